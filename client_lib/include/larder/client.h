@@ -1,0 +1,289 @@
+// Larder client: read features from a shared-memory segment, with no network
+// hop. This header and larder/larder.h (the C ABI) are the whole public
+// surface of the client library.
+//
+//   auto seg = larder::Segment::open("features");          // throws larder::Error
+//   larder::Table users = seg.table("users");
+//   larder::Field spend = users.field("spend_1h", larder::FieldType::kFloat64);
+//   larder::Row row = users.make_row();                      // allocate once
+//   larder::ReadResult r = users.get("user:42", row, {.max_age_ms = 5000});
+//   if (r.ok() && row.valid(spend)) use(row.f64(spend), r.age_ms());
+//
+// Threading: Segment, Table and Field are immutable after open and safe to
+// share between threads. A Row or RowBatch is a caller-owned buffer: one per
+// thread (or per request).
+//
+// The read path (get, get_many and the Row accessors) never throws, never
+// allocates, never takes a lock and never writes to shared memory: the
+// segment is mapped read-only.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "larder/layout/error.h"
+#include "larder/layout/format.h"
+
+namespace larder {
+
+using layout::ConnectionState;
+using layout::FieldType;
+using layout::SegmentState;
+
+enum class Status : uint8_t {
+  kOk = 0,          // found; the row buffer holds it
+  kNotFound = 1,    // no such key (never written, or deleted)
+  kStale = 2,       // found, but older than ReadOptions::max_age_ms; row filled
+  kBusy = 3,        // the slot stayed mid-write for max_retries; try again
+                    // (a writer killed mid-update until it restarts)
+  kInvalidKey = 4,  // longer than the table's key_max_len
+};
+const char* status_name(Status s) noexcept;
+
+struct ClientOptions {
+  // Directory holding the segment (a tmpfs: /dev/shm, or a volume mount).
+  std::string dir = "/dev/shm";
+  // Seqlock retries on one slot before a read returns kBusy.
+  uint32_t max_retries = 256;
+  // When non-zero, open() fails with kSchemaMismatch unless the segment's
+  // schema fingerprint equals this.
+  uint64_t expected_schema_fingerprint = 0;
+};
+
+struct ReadOptions {
+  // When > 0, a row whose event time is older than this returns kStale.
+  int64_t max_age_ms = 0;
+};
+
+// Wall clock in milliseconds, the clock event times are compared against.
+int64_t now_unix_ms() noexcept;
+
+struct ReadResult {
+  Status status = Status::kNotFound;
+  int64_t event_time_ms = 0;   // newest event applied to the row (kOk, kStale)
+  int64_t apply_unix_ns = 0;   // when the writer applied it
+
+  bool ok() const noexcept { return status == Status::kOk; }
+  bool found() const noexcept { return status == Status::kOk || status == Status::kStale; }
+  // Age of the data: now - event time.
+  int64_t age_ms(int64_t now_ms) const noexcept { return now_ms - event_time_ms; }
+  int64_t age_ms() const noexcept { return age_ms(now_unix_ms()); }
+};
+
+// A resolved field: resolve once by name, then use on every read.
+struct Field {
+  uint32_t index = 0;
+  FieldType type = FieldType::kInt64;
+  uint32_t count = 1;   // vector dimensions, string max length
+  uint32_t offset = 0;  // inside the row payload
+  std::string_view name;
+};
+
+class Table;
+
+// A caller-owned copy of one row. Accessors read the copy, not shared memory.
+// Typed accessors expect the field's type (checked in debug builds); as_f64
+// converts any scalar. A field that was never written reads as zero and
+// valid() says false.
+class RowView {
+ public:
+  RowView() = default;
+  RowView(const uint64_t* words, uint32_t validity_words, uint32_t key_words)
+      : words_(words), validity_words_(validity_words), key_words_(key_words) {}
+
+  int64_t event_time_ms() const noexcept { return static_cast<int64_t>(words_[0]); }
+  int64_t apply_unix_ns() const noexcept { return static_cast<int64_t>(words_[1]); }
+  std::string_view key() const noexcept {
+    return {reinterpret_cast<const char*>(words_ + 3 + validity_words_),
+            static_cast<size_t>(words_[2] & 0xffffffffu)};
+  }
+  bool valid(const Field& f) const noexcept { return (words_[3 + f.index / 64] >> (f.index % 64)) & 1u; }
+
+  int64_t i64(const Field& f) const noexcept { return load<int64_t>(f); }
+  double f64(const Field& f) const noexcept { return load<double>(f); }
+  float f32(const Field& f) const noexcept { return load<float>(f); }
+  bool boolean(const Field& f) const noexcept { return load<uint8_t>(f) != 0; }
+  std::span<const float> vector(const Field& f) const noexcept {
+    return {reinterpret_cast<const float*>(payload() + f.offset), f.count};
+  }
+  std::string_view string(const Field& f) const noexcept {
+    uint32_t len = load<uint32_t>(f);
+    return {reinterpret_cast<const char*>(payload() + f.offset + 4), len <= f.count ? len : f.count};
+  }
+  // Any scalar as double (bool: 0 or 1; vectors and strings: NaN).
+  double as_f64(const Field& f) const noexcept;
+
+ private:
+  const unsigned char* payload() const noexcept {
+    return reinterpret_cast<const unsigned char*>(words_ + 3 + validity_words_ + key_words_);
+  }
+  template <class T>
+  T load(const Field& f) const noexcept {
+    T v;
+    std::memcpy(&v, payload() + f.offset, sizeof(T));
+    return v;
+  }
+
+  const uint64_t* words_ = nullptr;
+  uint32_t validity_words_ = 0;
+  uint32_t key_words_ = 0;
+};
+
+// A buffer for one row of one table. Make it with Table::make_row().
+class Row : public RowView {
+ public:
+  Row() = default;
+  uint64_t* data() noexcept { return buffer_.data(); }
+  size_t words() const noexcept { return buffer_.size(); }
+
+ private:
+  friend class Table;
+  Row(size_t words, uint32_t validity_words, uint32_t key_words);
+  std::vector<uint64_t> buffer_;
+};
+
+// Buffers for a batch of rows of one table. Make it with Table::make_batch().
+class RowBatch {
+ public:
+  RowBatch() = default;
+  size_t capacity() const noexcept { return capacity_; }
+  RowView row(size_t i) const noexcept {
+    return RowView(buffer_.data() + i * row_words_, validity_words_, key_words_);
+  }
+  uint64_t* row_data(size_t i) noexcept { return buffer_.data() + i * row_words_; }
+
+ private:
+  friend class Table;
+  RowBatch(size_t capacity, size_t row_words, uint32_t validity_words, uint32_t key_words);
+  std::vector<uint64_t> buffer_;
+  size_t capacity_ = 0;
+  size_t row_words_ = 0;
+  uint32_t validity_words_ = 0;
+  uint32_t key_words_ = 0;
+};
+
+struct TableStats {
+  uint64_t capacity = 0;
+  uint64_t slot_count = 0;
+  uint64_t live_keys = 0;
+  uint64_t tombstones = 0;
+  uint64_t upserts = 0;
+  uint64_t deletes = 0;
+  uint64_t stale_ignored = 0;
+  uint64_t full_rejected = 0;
+  int64_t last_apply_unix_ns = 0;
+  int64_t max_event_time_ms = 0;
+};
+
+struct SegmentInfo {
+  SegmentState state = SegmentState::kCreating;
+  ConnectionState connection = ConnectionState::kUnknown;
+  uint32_t layout_version = 0;
+  uint64_t schema_fingerprint = 0;
+  uint64_t segment_bytes = 0;
+  uint64_t generation = 0;
+  uint64_t writer_pid = 0;         // 0: no writer attached
+  int64_t heartbeat_age_ms = -1;   // -1: never
+  uint64_t writer_sessions = 0;
+  uint64_t repaired_slots = 0;
+  uint64_t updates_applied = 0;
+  uint64_t messages_rejected = 0;
+  int64_t last_apply_unix_ns = 0;
+  int64_t created_unix_ns = 0;
+};
+
+struct Mapping;  // the read-only mapping, shared by a Segment and its Tables
+
+class Table {
+ public:
+  Table() = default;
+
+  const std::string& name() const noexcept { return name_; }
+  uint32_t key_max_len() const noexcept { return key_max_len_; }
+  const std::vector<Field>& fields() const noexcept { return fields_; }
+  // Throws Error(kNotFound) naming the table and the fields it has.
+  Field field(std::string_view name) const;
+  // As above, and Error(kSchemaMismatch) when the field has another type.
+  Field field(std::string_view name, FieldType expected) const;
+
+  Row make_row() const;
+  RowBatch make_batch(size_t capacity) const;
+  // Words (8 bytes each) of one row buffer, for callers that manage their own
+  // buffers (the C ABI, language bindings); view() reads such a buffer.
+  size_t row_words() const noexcept { return slot_words_ - layout::kSlotEventTimeWord; }
+  RowView view(const uint64_t* row) const noexcept { return RowView(row, validity_words_, key_words_); }
+
+  // Looks `key` up and copies its row into `out` (a row of this table).
+  // Lock-free. Never allocates. Never blocks on the writer: at most
+  // max_retries retries on a slot being written, then kBusy.
+  ReadResult get(std::string_view key, Row& out, const ReadOptions& options = {}) const noexcept;
+
+  // Looks up keys[i] into out.row(i) and results[i], for i < keys.size(),
+  // prefetching slots ahead. Requires keys.size() <= out.capacity() and
+  // <= results.size(). Same promises as get().
+  void get_many(std::span<const std::string_view> keys, RowBatch& out,
+                std::span<ReadResult> results, const ReadOptions& options = {}) const noexcept;
+
+  // The same reads into caller-managed buffers of row_words() words each
+  // (rows[i * row_words()] for key i). Same promises as get().
+  ReadResult get(std::string_view key, uint64_t* row, const ReadOptions& options = {}) const noexcept;
+  void get_many(std::span<const std::string_view> keys, uint64_t* rows, std::span<ReadResult> results,
+                const ReadOptions& options = {}) const noexcept;
+
+  TableStats stats() const noexcept;
+
+  // For larderctl and tests: raw geometry.
+  uint64_t slot_count() const noexcept { return slot_count_; }
+
+ private:
+  friend class Segment;
+  ReadResult lookup(std::string_view key, uint64_t hash, uint64_t* out, int64_t now_ms,
+                    const ReadOptions& options) const noexcept;
+
+  std::shared_ptr<const Mapping> mapping_;
+  const layout::TableDescriptor* desc_ = nullptr;
+  const layout::Word* slots_ = nullptr;
+  std::string name_;
+  std::vector<Field> fields_;
+  std::vector<std::string> field_names_;
+  uint64_t slot_count_ = 0;
+  uint64_t hash_seed_ = 0;
+  uint32_t slot_words_ = 0;
+  uint32_t validity_words_ = 0;
+  uint32_t key_words_ = 0;
+  uint32_t key_max_len_ = 0;
+  uint32_t max_retries_ = 0;
+};
+
+class Segment {
+ public:
+  // Maps the segment `name` read-only. Throws Error: kInvalidArgument (bad
+  // name), kNotFound (no segment: is the sidecar running, is dir right?),
+  // kPermissionDenied (mode/group), kVersionMismatch (names both versions),
+  // kSchemaMismatch, kNotReady (still being created), kCorrupt.
+  static Segment open(std::string_view name, const ClientOptions& options = {});
+
+  Segment() = default;
+  const std::string& name() const noexcept { return name_; }
+  std::vector<std::string> table_names() const;
+  // Throws Error(kNotFound) naming the tables the segment has.
+  Table table(std::string_view name) const;
+
+  SegmentInfo info() const noexcept;
+  // True when a writer is attached and its heartbeat is younger than the bound.
+  bool writer_alive(int64_t max_heartbeat_age_ms = 1000) const noexcept;
+  // True once a newer segment replaced this one: open the name again.
+  bool retired() const noexcept;
+
+ private:
+  std::shared_ptr<const Mapping> mapping_;
+  std::string name_;
+  ClientOptions options_;
+};
+
+}  // namespace larder

@@ -1,0 +1,138 @@
+/* Larder client, C ABI: read features from a shared-memory segment.
+ *
+ * The same reads as larder/client.h for C and for FFI (Python ctypes, Rust,
+ * Go). Handles are opaque; row buffers are caller-owned and sized by
+ * larder_table_row_bytes(). Every larder_get* function is lock-free, never
+ * allocates and never blocks on the writer; the open/close functions may
+ * allocate and return an error code with a message.
+ *
+ *   char err[256];
+ *   larder_segment* seg;
+ *   if (larder_open("features", NULL, &seg, err, sizeof err) != LARDER_E_OK) die(err);
+ *   larder_table* users;
+ *   larder_table_open(seg, "users", &users, err, sizeof err);
+ *   int32_t spend = larder_field_index(users, "spend_1h");
+ *   void* row = aligned_alloc(8, larder_table_row_bytes(users));
+ *   larder_read_result r = larder_get(users, "user:42", 7, row, 5000);
+ *   if (r.status == LARDER_OK && larder_row_valid(users, row, spend))
+ *     printf("%f\n", larder_row_f64(users, row, spend));
+ */
+#ifndef LARDER_LARDER_H_
+#define LARDER_LARDER_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Read statuses (larder::Status). */
+enum {
+  LARDER_OK = 0,
+  LARDER_NOT_FOUND = 1,
+  LARDER_STALE = 2,
+  LARDER_BUSY = 3,
+  LARDER_INVALID_KEY = 4
+};
+
+/* Error codes of the open functions (larder::ErrorCode); 0 is success. */
+enum {
+  LARDER_E_OK = 0,
+  LARDER_E_INVALID_ARGUMENT = 1,
+  LARDER_E_NOT_FOUND = 2,
+  LARDER_E_PERMISSION_DENIED = 3,
+  LARDER_E_VERSION_MISMATCH = 4,
+  LARDER_E_SCHEMA_MISMATCH = 5,
+  LARDER_E_NOT_READY = 6,
+  LARDER_E_CORRUPT = 7,
+  LARDER_E_WRITER_LOCKED = 8,
+  LARDER_E_NO_SPACE = 9,
+  LARDER_E_SYSTEM = 10
+};
+
+/* Field types (larder::FieldType). */
+enum {
+  LARDER_INT64 = 1,
+  LARDER_FLOAT64 = 2,
+  LARDER_FLOAT32 = 3,
+  LARDER_BOOL = 4,
+  LARDER_FLOAT32_VECTOR = 5,
+  LARDER_STRING = 6
+};
+
+typedef struct larder_segment larder_segment;
+typedef struct larder_table larder_table;
+
+typedef struct larder_read_result {
+  int32_t status;        /* LARDER_OK, ... */
+  int32_t reserved;
+  int64_t event_time_ms; /* valid for LARDER_OK and LARDER_STALE */
+  int64_t apply_unix_ns;
+} larder_read_result;
+
+typedef struct larder_field_info {
+  const char* name; /* valid while the table is open */
+  int32_t type;     /* LARDER_INT64, ... */
+  uint32_t count;   /* vector dimensions, string max length, else 1 */
+} larder_field_info;
+
+typedef struct larder_segment_info {
+  uint32_t state;            /* 0 creating, 1 ready, 2 retired */
+  uint32_t connection;       /* 0 unknown, 1 connecting, 2 connected, 3 disconnected, 4 stopped */
+  uint32_t layout_version;
+  uint32_t reserved;
+  uint64_t schema_fingerprint;
+  uint64_t writer_pid;       /* 0: no writer attached */
+  int64_t heartbeat_age_ms;  /* -1: never */
+  uint64_t updates_applied;
+  uint64_t messages_rejected;
+  int64_t last_apply_unix_ns;
+} larder_segment_info;
+
+/* Opens a segment read-only. dir NULL means /dev/shm. On failure returns a
+ * LARDER_E_* code, writes a message naming the problem and the fix into err
+ * (if errlen > 0) and sets *out to NULL. */
+int larder_open(const char* name, const char* dir, larder_segment** out, char* err, size_t errlen);
+void larder_close(larder_segment* segment);
+larder_segment_info larder_segment_stat(const larder_segment* segment);
+/* 1 when a writer is attached and its heartbeat is younger than the bound. */
+int larder_writer_alive(const larder_segment* segment, int64_t max_heartbeat_age_ms);
+
+int larder_table_open(const larder_segment* segment, const char* name, larder_table** out, char* err,
+                      size_t errlen);
+void larder_table_close(larder_table* table);
+size_t larder_table_row_bytes(const larder_table* table);
+uint32_t larder_table_field_count(const larder_table* table);
+larder_field_info larder_table_field(const larder_table* table, uint32_t index);
+/* -1 when the table has no such field. */
+int32_t larder_field_index(const larder_table* table, const char* name);
+
+/* Copies the row of key into row (larder_table_row_bytes bytes, 8-byte
+ * aligned). max_age_ms > 0 turns rows older than that into LARDER_STALE. */
+larder_read_result larder_get(const larder_table* table, const void* key, size_t key_len, void* row,
+                              int64_t max_age_ms);
+/* n lookups with prefetching; rows is n consecutive row buffers. */
+void larder_get_many(const larder_table* table, const void* const* keys, const size_t* key_lens, size_t n,
+                     void* rows, larder_read_result* results, int64_t max_age_ms);
+
+/* Accessors on a row buffer filled by larder_get. */
+int larder_row_valid(const larder_table* table, const void* row, uint32_t field);
+int64_t larder_row_int64(const larder_table* table, const void* row, uint32_t field);
+double larder_row_float64(const larder_table* table, const void* row, uint32_t field);
+float larder_row_float32(const larder_table* table, const void* row, uint32_t field);
+int larder_row_bool(const larder_table* table, const void* row, uint32_t field);
+/* Any scalar as double; NaN for vectors and strings. */
+double larder_row_as_double(const larder_table* table, const void* row, uint32_t field);
+/* Points into the row buffer; *dims or *len receive the size. */
+const float* larder_row_vector(const larder_table* table, const void* row, uint32_t field, uint32_t* dims);
+const char* larder_row_string(const larder_table* table, const void* row, uint32_t field, uint32_t* len);
+
+const char* larder_status_name(int32_t status);
+int64_t larder_now_unix_ms(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LARDER_LARDER_H_ */

@@ -1,0 +1,281 @@
+// The client library: read-only mapping, name resolution and the read path.
+//
+// Threading: everything here may be called from any thread; Segment, Table
+// and Field are immutable after open. The read path (Table::get, get_many)
+// touches only the caller's buffers and the read-only mapping.
+#include "larder/client.h"
+
+#include <cmath>
+#include <limits>
+
+#include <algorithm>
+
+#include "larder/layout/clock.h"
+#include "larder/layout/schema.h"
+#include "larder/layout/segment_file.h"
+#include "larder/layout/sync.h"
+#include "larder/layout/table_view.h"
+
+namespace larder {
+
+using namespace layout;  // NOLINT: the client implements the layout's read side
+
+struct Mapping {
+  std::unique_ptr<MappedFile> file;
+  const SegmentHeader* header = nullptr;
+};
+
+const char* status_name(Status s) noexcept {
+  switch (s) {
+    case Status::kOk: return "ok";
+    case Status::kNotFound: return "not_found";
+    case Status::kStale: return "stale";
+    case Status::kBusy: return "busy";
+    case Status::kInvalidKey: return "invalid_key";
+  }
+  return "unknown";
+}
+
+int64_t now_unix_ms() noexcept { return now_unix_ns() / 1'000'000; }
+
+double RowView::as_f64(const Field& f) const noexcept {
+  switch (f.type) {
+    case FieldType::kInt64: return static_cast<double>(i64(f));
+    case FieldType::kFloat64: return f64(f);
+    case FieldType::kFloat32: return f32(f);
+    case FieldType::kBool: return boolean(f) ? 1.0 : 0.0;
+    case FieldType::kFloat32Vector:
+    case FieldType::kString: break;
+  }
+  return std::numeric_limits<double>::quiet_NaN();
+}
+
+Row::Row(size_t words, uint32_t validity_words, uint32_t key_words) : buffer_(words, 0) {
+  static_cast<RowView&>(*this) = RowView(buffer_.data(), validity_words, key_words);
+}
+
+RowBatch::RowBatch(size_t capacity, size_t row_words, uint32_t validity_words, uint32_t key_words)
+    : buffer_(capacity * row_words, 0),
+      capacity_(capacity),
+      row_words_(row_words),
+      validity_words_(validity_words),
+      key_words_(key_words) {}
+
+// ---------------------------------------------------------------------------
+// Segment
+
+Segment Segment::open(std::string_view name, const ClientOptions& options) {
+  validate_segment_name(name);
+  auto mapping = std::make_shared<Mapping>();
+  mapping->file = MappedFile::open_read_only(segment_path(options.dir, name), name);
+  validate_segment(mapping->file->data(), mapping->file->size(), name);
+  mapping->header = &mapping->file->header();
+  if (options.expected_schema_fingerprint != 0 &&
+      mapping->header->schema_fingerprint != options.expected_schema_fingerprint) {
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "segment \"%.*s\" has schema fingerprint %016llx, the reader expects %016llx",
+                  static_cast<int>(name.size()), name.data(),
+                  static_cast<unsigned long long>(mapping->header->schema_fingerprint),
+                  static_cast<unsigned long long>(options.expected_schema_fingerprint));
+    throw Error(ErrorCode::kSchemaMismatch, buf);
+  }
+  Segment s;
+  s.mapping_ = std::move(mapping);
+  s.name_ = std::string(name);
+  s.options_ = options;
+  if (s.options_.max_retries == 0) s.options_.max_retries = 1;
+  return s;
+}
+
+std::vector<std::string> Segment::table_names() const {
+  std::vector<std::string> names;
+  if (!mapping_) return names;
+  for (uint32_t t = 0; t < mapping_->header->table_count; ++t) {
+    names.emplace_back(fixed_name(table_descriptor(mapping_->file->data(), t).name));
+  }
+  return names;
+}
+
+Table Segment::table(std::string_view name) const {
+  if (!mapping_) throw Error(ErrorCode::kInvalidArgument, "Segment::table on a segment that is not open");
+  const void* base = mapping_->file->data();
+  for (uint32_t t = 0; t < mapping_->header->table_count; ++t) {
+    const TableDescriptor& d = table_descriptor(base, t);
+    if (fixed_name(d.name) != name) continue;
+    Table tab;
+    tab.mapping_ = mapping_;
+    tab.desc_ = &d;
+    const TableGeometry g = table_geometry(base, d);
+    tab.slots_ = g.slots;
+    tab.name_ = std::string(name);
+    tab.slot_count_ = g.slot_count;
+    tab.hash_seed_ = g.hash_seed;
+    tab.slot_words_ = g.slot_words;
+    tab.validity_words_ = g.validity_words;
+    tab.key_words_ = g.key_words;
+    tab.key_max_len_ = g.key_max_len;
+    tab.max_retries_ = options_.max_retries;
+    tab.field_names_.reserve(d.field_count);
+    for (uint32_t f = 0; f < d.field_count; ++f) tab.field_names_.emplace_back(fixed_name(field_descriptor(base, d, f).name));
+    for (uint32_t f = 0; f < d.field_count; ++f) {
+      const FieldDescriptor& fd = field_descriptor(base, d, f);
+      tab.fields_.push_back(Field{fd.index, static_cast<FieldType>(fd.type), fd.count, fd.offset, tab.field_names_[f]});
+    }
+    return tab;
+  }
+  std::string have;
+  for (const std::string& n : table_names()) have += (have.empty() ? "" : ", ") + n;
+  throw Error(ErrorCode::kNotFound, "segment \"" + name_ + "\" has no table \"" + std::string(name) +
+                                        "\" (tables: " + have + ")");
+}
+
+SegmentInfo Segment::info() const noexcept {
+  SegmentInfo i;
+  if (!mapping_) return i;
+  const SegmentHeader& h = *mapping_->header;
+  i.state = static_cast<SegmentState>(h.state.load(std::memory_order_acquire));
+  i.connection = static_cast<ConnectionState>(h.connection_state.load(std::memory_order_relaxed));
+  i.layout_version = h.layout_version;
+  i.schema_fingerprint = h.schema_fingerprint;
+  i.segment_bytes = h.segment_bytes;
+  i.generation = h.generation;
+  i.writer_pid = sync::load_acquire(h.writer_pid);
+  const uint64_t hb = sync::load_relaxed(h.heartbeat_mono_ns);
+  i.heartbeat_age_ms = hb == 0 ? -1 : (now_mono_ns() - static_cast<int64_t>(hb)) / 1'000'000;
+  i.writer_sessions = sync::load_relaxed(h.writer_sessions);
+  i.repaired_slots = sync::load_relaxed(h.repaired_slots);
+  i.updates_applied = sync::load_relaxed(h.updates_applied);
+  i.messages_rejected = sync::load_relaxed(h.messages_rejected);
+  i.last_apply_unix_ns = static_cast<int64_t>(sync::load_relaxed(h.last_apply_unix_ns));
+  i.created_unix_ns = static_cast<int64_t>(h.created_unix_ns);
+  return i;
+}
+
+bool Segment::writer_alive(int64_t max_heartbeat_age_ms) const noexcept {
+  const SegmentInfo i = info();
+  return i.writer_pid != 0 && i.heartbeat_age_ms >= 0 && i.heartbeat_age_ms <= max_heartbeat_age_ms;
+}
+
+bool Segment::retired() const noexcept {
+  return mapping_ && mapping_->header->state.load(std::memory_order_acquire) ==
+                         static_cast<uint32_t>(SegmentState::kRetired);
+}
+
+// ---------------------------------------------------------------------------
+// Table
+
+Field Table::field(std::string_view name) const {
+  for (const Field& f : fields_) {
+    if (f.name == name) return f;
+  }
+  std::string have;
+  for (const Field& f : fields_) have += (have.empty() ? "" : ", ") + std::string(f.name);
+  throw Error(ErrorCode::kNotFound,
+              "table \"" + name_ + "\" has no field \"" + std::string(name) + "\" (fields: " + have + ")");
+}
+
+Field Table::field(std::string_view name, FieldType expected) const {
+  Field f = field(name);
+  if (f.type != expected) {
+    throw Error(ErrorCode::kSchemaMismatch, "field \"" + name_ + "." + std::string(name) + "\" is " +
+                                               field_type_name(f.type) + ", the reader expects " +
+                                               field_type_name(expected));
+  }
+  return f;
+}
+
+Row Table::make_row() const { return Row(row_words(), validity_words_, key_words_); }
+
+RowBatch Table::make_batch(size_t capacity) const {
+  return RowBatch(capacity, row_words(), validity_words_, key_words_);
+}
+
+ReadResult Table::lookup(std::string_view key, uint64_t hash, uint64_t* out, int64_t now_ms,
+                         const ReadOptions& options) const noexcept {
+  ReadResult r;
+  if (key.empty() || key.size() > key_max_len_) {
+    r.status = Status::kInvalidKey;
+    return r;
+  }
+  TableGeometry g;
+  g.slots = slots_;
+  g.slot_count = slot_count_;
+  g.slot_words = slot_words_;
+  g.validity_words = validity_words_;
+  g.key_words = key_words_;
+  g.key_max_len = key_max_len_;
+  g.hash_seed = hash_seed_;
+  PackedKey packed;
+  packed.assign(key);
+  switch (find(g, packed, hash, out, max_retries_)) {
+    case FindResult::kAbsent: r.status = Status::kNotFound; return r;
+    case FindResult::kBusy: r.status = Status::kBusy; return r;
+    case FindResult::kFound: break;
+  }
+  r.event_time_ms = static_cast<int64_t>(out[0]);
+  r.apply_unix_ns = static_cast<int64_t>(out[1]);
+  r.status = (options.max_age_ms > 0 && now_ms - r.event_time_ms > options.max_age_ms) ? Status::kStale : Status::kOk;
+  return r;
+}
+
+ReadResult Table::get(std::string_view key, Row& out, const ReadOptions& options) const noexcept {
+  return get(key, out.data(), options);
+}
+
+ReadResult Table::get(std::string_view key, uint64_t* row, const ReadOptions& options) const noexcept {
+  const int64_t now_ms = options.max_age_ms > 0 ? now_unix_ms() : 0;
+  return lookup(key, hash_key(key, hash_seed_), row, now_ms, options);
+}
+
+void Table::get_many(std::span<const std::string_view> keys, RowBatch& out, std::span<ReadResult> results,
+                     const ReadOptions& options) const noexcept {
+  const size_t n = std::min({keys.size(), out.capacity(), results.size()});
+  get_many(keys.first(n), out.row_data(0), results, options);
+}
+
+void Table::get_many(std::span<const std::string_view> keys, uint64_t* rows, std::span<ReadResult> results,
+                     const ReadOptions& options) const noexcept {
+  const size_t n = std::min(keys.size(), results.size());
+  const size_t stride = row_words();
+  const int64_t now_ms = options.max_age_ms > 0 ? now_unix_ms() : 0;
+  TableGeometry g;
+  g.slots = slots_;
+  g.slot_count = slot_count_;
+  g.slot_words = slot_words_;
+  g.validity_words = validity_words_;
+  // Hash and prefetch a window ahead of the lookups so that the slots' cache
+  // misses overlap instead of queueing one after another.
+  constexpr size_t kWindow = 16;
+  uint64_t hashes[kWindow];
+  for (size_t i = 0; i < n && i < kWindow; ++i) {
+    hashes[i] = hash_key(keys[i], hash_seed_);
+    prefetch_home(g, hashes[i]);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const uint64_t h = hashes[i % kWindow];
+    if (i + kWindow < n) {
+      hashes[i % kWindow] = hash_key(keys[i + kWindow], hash_seed_);
+      prefetch_home(g, hashes[i % kWindow]);
+    }
+    results[i] = lookup(keys[i], h, rows + i * stride, now_ms, options);
+  }
+}
+
+TableStats Table::stats() const noexcept {
+  TableStats s;
+  if (desc_ == nullptr) return s;
+  const TableCounters& c = desc_->counters;
+  s.capacity = desc_->capacity;
+  s.slot_count = slot_count_;
+  s.live_keys = sync::load_relaxed(c.live_keys);
+  s.tombstones = sync::load_relaxed(c.tombstones);
+  s.upserts = sync::load_relaxed(c.upserts);
+  s.deletes = sync::load_relaxed(c.deletes);
+  s.stale_ignored = sync::load_relaxed(c.stale_ignored);
+  s.full_rejected = sync::load_relaxed(c.full_rejected);
+  s.last_apply_unix_ns = static_cast<int64_t>(sync::load_relaxed(c.last_apply_unix_ns));
+  s.max_event_time_ms = static_cast<int64_t>(sync::load_relaxed(c.max_event_time_ms));
+  return s;
+}
+
+}  // namespace larder

@@ -1,0 +1,252 @@
+// The Larder segment format, layout version 1.
+//
+// One definition of the bytes that the writer (sidecar), the client library
+// and larderctl all compile against. docs/segment-format.md describes the same
+// format in prose; tests/layout_test.cc pins every size and offset below, so an
+// accidental change fails the build or the tests.
+//
+// A segment is one file in a tmpfs directory (default /dev/shm):
+//
+//   offset 0                                                     segment_bytes
+//   +----------------+---------------------+-----------+------+---------------+
+//   | SegmentHeader  | TableDescriptor[T]  | Field-    | Undo | slot array of |
+//   | (256 bytes)    | (256 bytes each)    | Desc[]    | area | table 0, 1 .. |
+//   +----------------+---------------------+-----------+------+---------------+
+//                     ^header_bytes                            ^4 KiB aligned
+//
+// A slot (all words are 8-byte atomics, the slot is padded to 64 bytes):
+//
+//   word 0        seq            even: stable, odd: the writer is inside
+//   word 1        meta           hash with the low 2 bits replaced by the state
+//                                (0 empty, 1 live, 2 tombstone)
+//   word 2        event_time_ms  newest event time applied (last write wins)
+//   word 3        apply_unix_ns  when the writer applied it (CLOCK_REALTIME)
+//   word 4        key_len        low 32 bits
+//   words 5..     validity       one bit per field: set once the field is written
+//   then          key            key_words words, zero padded
+//   then          row            row_bytes of typed fields at FieldDescriptor::offset
+//
+// Invariants (see docs/design.md for the arguments):
+//  * Exactly one writer per segment; it holds an exclusive flock on
+//    "<dir>/<name>.lock" for its lifetime.
+//  * Everything a reader touches is an always-lock-free 8-byte atomic; nothing
+//    wider, and readers never write (their mapping is PROT_READ).
+//  * Keys never move once inserted. Deleting a key leaves a tombstone (which
+//    keeps the key and the delete's event time); a tombstone becomes empty only
+//    when the slot after it is empty, so a present key's probe chain never
+//    contains an empty slot.
+//  * Before the writer makes a slot's seq odd it copies the slot into the undo
+//    area and arms it; a writer that restarts restores an odd slot from there.
+//
+// Everything here is standard layout, trivially copyable where it has no
+// atomics, and addressed by offsets only: the mapping address differs per
+// process.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace larder::layout {
+
+// "LARDSEG1" read as a little-endian 64-bit integer.
+inline constexpr uint64_t kMagic = 0x314745534452414CULL;
+inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint32_t kEndianTag = 0x01020304U;
+
+inline constexpr size_t kNameBytes = 64;  // table and field names, NUL padded
+inline constexpr size_t kMaxNameLength = kNameBytes - 1;
+inline constexpr size_t kMaxTables = 64;
+inline constexpr size_t kMaxFields = 1024;
+inline constexpr size_t kMaxKeyLength = 1024;
+inline constexpr size_t kMaxStringLength = 65535;
+inline constexpr size_t kMaxVectorDims = 16384;
+inline constexpr size_t kSlotAlign = 64;
+inline constexpr size_t kSlotArrayAlign = 4096;
+
+enum class SegmentState : uint32_t {
+  kCreating = 0,  // being built; readers must not attach
+  kReady = 1,     // published; readers may attach
+  kRetired = 2,   // replaced by a newer segment of the same name; reopen
+};
+
+// What the sidecar last knew about its broker connection. Informational.
+enum class ConnectionState : uint32_t {
+  kUnknown = 0,       // no sidecar has reported (e.g. a test writer)
+  kConnecting = 1,
+  kConnected = 2,
+  kDisconnected = 3,  // retrying with backoff; readers keep the last values
+  kStopped = 4,       // the sidecar shut down cleanly
+};
+
+enum class FieldType : uint32_t {
+  kInt64 = 1,
+  kFloat64 = 2,
+  kFloat32 = 3,
+  kBool = 4,
+  kFloat32Vector = 5,  // count = dimensions
+  kString = 6,         // count = maximum length in bytes
+};
+
+enum class SlotState : uint64_t { kEmpty = 0, kLive = 1, kTombstone = 2 };
+
+inline constexpr uint64_t kMetaStateMask = 0x3;
+
+// meta = hash with its low two bits replaced by the state. An empty slot has
+// meta == 0, so a zero-filled slot array is a valid empty table.
+constexpr uint64_t make_meta(uint64_t hash, SlotState state) {
+  return (hash & ~kMetaStateMask) | static_cast<uint64_t>(state);
+}
+constexpr SlotState meta_state(uint64_t meta) {
+  return static_cast<SlotState>(meta & kMetaStateMask);
+}
+constexpr bool meta_matches(uint64_t meta, uint64_t hash) {
+  return meta == make_meta(hash, SlotState::kLive);
+}
+
+using Word = std::atomic<uint64_t>;
+static_assert(Word::is_always_lock_free, "8-byte atomics must be lock-free");
+static_assert(sizeof(Word) == 8 && alignof(Word) == 8);
+
+// Per-table counters, written by the writer with relaxed stores, read by
+// anyone. They are statistics, not synchronisation.
+struct TableCounters {
+  Word live_keys;          // slots in state live
+  Word tombstones;         // slots in state tombstone
+  Word upserts;            // upserts applied
+  Word deletes;            // deletes applied
+  Word stale_ignored;      // updates/deletes older than the row (LWW)
+  Word full_rejected;      // new keys refused because the table was full
+  Word last_apply_unix_ns; // when the writer last changed this table
+  Word max_event_time_ms;  // newest event time applied to this table
+};
+static_assert(sizeof(TableCounters) == 64);
+
+struct FieldDescriptor {
+  char name[kNameBytes];  //  0
+  uint32_t type;          // 64  FieldType
+  uint32_t count;         // 68  vector dimensions, string max length, else 1
+  uint32_t offset;        // 72  byte offset inside the row payload
+  uint32_t bytes;         // 76  bytes the field occupies in the row
+  uint32_t index;         // 80  bit in the validity bitmap
+  uint32_t flags;         // 84  reserved, 0
+  uint64_t reserved;      // 88
+};
+
+struct TableDescriptor {
+  char name[kNameBytes];        //   0
+  uint32_t field_count;         //  64
+  uint32_t key_max_len;         //  68
+  uint64_t capacity;            //  72  live keys the table accepts
+  uint64_t slot_count;          //  80
+  uint32_t slot_bytes;          //  88  multiple of 64
+  uint32_t row_bytes;           //  92  multiple of 8
+  uint32_t validity_words;      //  96
+  uint32_t key_words;           // 100
+  uint64_t fields_offset;       // 104  FieldDescriptor[field_count], from segment start
+  uint64_t slots_offset;        // 112  slot array, from segment start
+  uint64_t hash_seed;           // 120
+  uint32_t max_load_permille;   // 128  capacity / slot_count, rounded up
+  uint32_t flags;               // 132  reserved, 0
+  uint64_t reserved0;           // 136
+  TableCounters counters;       // 144
+  uint64_t reserved1[6];        // 208
+};
+
+struct SegmentHeader {
+  // Identity: written before the segment is published, then immutable.
+  uint64_t magic;                 //   0  kMagic
+  uint32_t layout_version;        //   8  kLayoutVersion
+  uint32_t endian_tag;            //  12  kEndianTag
+  uint64_t abi_signature;         //  16  abi_signature() of the writer's build
+  uint64_t schema_fingerprint;    //  24  Schema::fingerprint()
+  uint64_t segment_bytes;         //  32  file size
+  uint32_t table_count;           //  40
+  uint32_t header_bytes;          //  44  offset of TableDescriptor[0]
+  uint64_t undo_offset;           //  48  undo area, from segment start
+  uint64_t undo_bytes;            //  56
+  uint64_t created_unix_ns;       //  64
+  uint64_t generation;            //  72  bumped when a segment replaces another
+  char creator[32];               //  80  e.g. "larder 0.1.0", NUL padded
+
+  // Lifecycle and liveness: written by the writer, read by anyone.
+  std::atomic<uint32_t> state;             // 112  SegmentState; kReady is a release store
+  std::atomic<uint32_t> connection_state;  // 116  ConnectionState
+  Word writer_pid;                         // 120  0 when no writer is attached
+  Word writer_start_unix_ns;               // 128
+  Word heartbeat_mono_ns;                  // 136  CLOCK_MONOTONIC, >= every 100 ms while alive
+  Word writer_sessions;                    // 144  writers that have attached, ever
+  Word repaired_slots;                     // 152  slots the last attach repaired
+  Word last_apply_unix_ns;                 // 160
+  Word undo_armed;                         // 168  1 while the undo area guards a slot
+  Word undo_table;                         // 176
+  Word undo_slot;                          // 184
+  Word messages_rejected;                  // 192  maintained by the sidecar
+  Word updates_applied;                    // 200  all tables
+  uint64_t reserved[6];                    // 208
+};
+
+inline constexpr size_t kSegmentHeaderBytes = 256;
+inline constexpr size_t kTableDescriptorBytes = 256;
+inline constexpr size_t kFieldDescriptorBytes = 96;
+
+// Slot header words, in order; then validity, key and row words.
+inline constexpr size_t kSlotSeqWord = 0;
+inline constexpr size_t kSlotMetaWord = 1;
+inline constexpr size_t kSlotEventTimeWord = 2;
+inline constexpr size_t kSlotApplyTimeWord = 3;
+inline constexpr size_t kSlotKeyLenWord = 4;
+inline constexpr size_t kSlotHeaderWords = 5;
+
+static_assert(std::is_standard_layout_v<SegmentHeader>);
+static_assert(std::is_standard_layout_v<TableDescriptor>);
+static_assert(std::is_standard_layout_v<FieldDescriptor>);
+static_assert(std::is_trivially_copyable_v<FieldDescriptor>);
+static_assert(sizeof(SegmentHeader) == kSegmentHeaderBytes);
+static_assert(sizeof(TableDescriptor) == kTableDescriptorBytes);
+static_assert(sizeof(FieldDescriptor) == kFieldDescriptorBytes);
+static_assert(offsetof(SegmentHeader, state) == 112);
+static_assert(offsetof(SegmentHeader, heartbeat_mono_ns) == 136);
+static_assert(offsetof(SegmentHeader, undo_armed) == 168);
+static_assert(offsetof(SegmentHeader, updates_applied) == 200);
+static_assert(offsetof(TableDescriptor, slots_offset) == 112);
+static_assert(offsetof(TableDescriptor, counters) == 144);
+static_assert(offsetof(FieldDescriptor, index) == 80);
+static_assert(std::atomic<uint32_t>::is_always_lock_free);
+
+// A fingerprint of this build's view of the format: sizes and offsets of every
+// shared structure. Two builds that disagree on any of them refuse to share a
+// segment even if someone forgot to bump kLayoutVersion.
+constexpr uint64_t abi_signature() {
+  const uint64_t facts[] = {
+      kLayoutVersion,
+      sizeof(SegmentHeader),
+      sizeof(TableDescriptor),
+      sizeof(FieldDescriptor),
+      sizeof(TableCounters),
+      offsetof(SegmentHeader, state),
+      offsetof(SegmentHeader, undo_slot),
+      offsetof(TableDescriptor, slots_offset),
+      offsetof(TableDescriptor, counters),
+      offsetof(FieldDescriptor, index),
+      kSlotHeaderWords,
+      kSlotAlign,
+      sizeof(Word),
+      alignof(Word),
+  };
+  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a over the facts' bytes
+  for (uint64_t f : facts) {
+    for (int i = 0; i < 8; ++i) {
+      h ^= (f >> (8 * i)) & 0xff;
+      h *= 0x100000001b3ULL;
+    }
+  }
+  return h;
+}
+
+constexpr uint64_t round_up(uint64_t v, uint64_t align) {
+  return (v + align - 1) / align * align;
+}
+
+}  // namespace larder::layout

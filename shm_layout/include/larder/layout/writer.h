@@ -1,0 +1,135 @@
+// The writer side of a segment: create or reopen it, upsert and delete rows.
+//
+// Threading: one Writer per segment per host, and every call on it from one
+// thread (the sidecar's writer thread). Another process that tries to open a
+// writer on the same segment gets Error(kWriterLocked) at once.
+//
+// Last write wins by event time: an upsert or delete whose event_time_ms is
+// older than the row's is ignored (ApplyResult::kStale) and counted. On a tie
+// the later call wins, so two messages with the same event time that set
+// different fields both take effect, and a redelivered duplicate rewrites the
+// same values. Deletes leave a tombstone that remembers the delete's event
+// time, so an older upsert that arrives after a delete is ignored too, for as
+// long as the tombstone lives (see WriterOptions::tombstone_retention_ms).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "larder/layout/error.h"
+#include "larder/layout/format.h"
+#include "larder/layout/schema.h"
+
+namespace larder {
+
+struct WriterOptions {
+  // Directory of the segment file: a tmpfs such as /dev/shm or a Kubernetes
+  // emptyDir with medium Memory.
+  std::string dir = "/dev/shm";
+  // File mode of the segment (umask does not apply). 0640 lets readers in the
+  // file's group map it read-only.
+  uint32_t mode = 0640;
+  // A segment of this name with another schema: refuse (false) or retire it
+  // and create a new one in its place (true; readers see kRetired and reopen).
+  bool recreate_on_schema_change = false;
+  // A tombstone whose delete was applied longer ago than this may be turned
+  // back into an empty slot by maintain(). Until then a late, older upsert of
+  // the deleted key is still recognised as stale.
+  int64_t tombstone_retention_ms = 10 * 60 * 1000;
+};
+
+// One typed value for one field of a row, by field index.
+struct FieldValue {
+  uint32_t field = 0;
+  layout::FieldType type = layout::FieldType::kInt64;
+  int64_t i64 = 0;
+  double f64 = 0;
+  const void* data = nullptr;  // string bytes or float vector
+  uint32_t length = 0;         // string bytes or vector dimensions
+
+  static FieldValue int64(uint32_t f, int64_t v) { return {f, layout::FieldType::kInt64, v, 0, nullptr, 0}; }
+  static FieldValue float64(uint32_t f, double v) { return {f, layout::FieldType::kFloat64, 0, v, nullptr, 0}; }
+  static FieldValue float32(uint32_t f, float v) { return {f, layout::FieldType::kFloat32, 0, v, nullptr, 0}; }
+  static FieldValue boolean(uint32_t f, bool v) { return {f, layout::FieldType::kBool, v ? 1 : 0, 0, nullptr, 0}; }
+  static FieldValue string(uint32_t f, std::string_view v) {
+    return {f, layout::FieldType::kString, 0, 0, v.data(), static_cast<uint32_t>(v.size())};
+  }
+  static FieldValue vector(uint32_t f, std::span<const float> v) {
+    return {f, layout::FieldType::kFloat32Vector, 0, 0, v.data(), static_cast<uint32_t>(v.size())};
+  }
+};
+
+enum class ApplyResult : uint8_t {
+  kApplied = 0,    // the row now reflects the update
+  kStale = 1,      // older than the row's event time: ignored and counted
+  kTableFull = 2,  // a new key, and the table holds `capacity` keys: refused and counted
+  kInvalid = 3,    // key too long, unknown field index, wrong type or length
+};
+const char* apply_result_name(ApplyResult r);
+
+struct WriterStats {
+  uint64_t live_keys = 0;
+  uint64_t tombstones = 0;
+  uint64_t slot_count = 0;
+  uint64_t capacity = 0;
+};
+
+class Writer {
+ public:
+  // Opens the segment `name` in options.dir for writing, creating it if it
+  // does not exist. An existing segment with the same schema is reopened warm
+  // (its rows stay) after repairing any slot a crashed writer left
+  // half-written. Throws Error: kInvalidArgument (name, schema), kWriterLocked,
+  // kSchemaMismatch, kVersionMismatch, kNoSpace, kPermissionDenied, kSystem.
+  static std::unique_ptr<Writer> open(std::string_view name, const layout::Schema& schema,
+                                      const WriterOptions& options = {});
+
+  // Detaches: clears writer_pid, records ConnectionState::kStopped if nothing
+  // else was reported, releases the lock. The segment stays for readers.
+  ~Writer();
+  Writer(const Writer&) = delete;
+  Writer& operator=(const Writer&) = delete;
+
+  // -1 when absent.
+  int table_index(std::string_view table) const;
+  int field_index(uint32_t table, std::string_view field) const;
+  const layout::Schema& schema() const;
+
+  // Upserts the given fields of the row `key`; fields not given keep their
+  // values (and validity). apply_unix_ns = 0 reads CLOCK_REALTIME.
+  ApplyResult upsert(uint32_t table, std::string_view key, int64_t event_time_ms,
+                     std::span<const FieldValue> values, int64_t apply_unix_ns = 0);
+  // Deletes `key` (leaves a tombstone with the delete's event time, also when
+  // the key was absent, so an older upsert arriving later stays deleted).
+  ApplyResult remove(uint32_t table, std::string_view key, int64_t event_time_ms,
+                     int64_t apply_unix_ns = 0);
+
+  // Publishes liveness: call at least every 100 ms from the writer thread.
+  void heartbeat();
+  // Heartbeat, then reclaims up to `slot_budget` slots' worth of expired
+  // tombstones (incrementally, from a cursor). Returns slots reclaimed.
+  uint64_t maintain(uint64_t slot_budget = 4096);
+
+  void set_connection_state(layout::ConnectionState state);
+  void add_messages_rejected(uint64_t n);
+
+  bool created() const;              // this open created the segment
+  uint64_t repaired_slots() const;   // slots restored by this open
+  std::string path() const;
+  WriterStats stats(uint32_t table) const;
+
+  // Unlinks the segment file and its lock file. Readers that have it mapped
+  // keep their mapping until they close it.
+  static void remove_segment(std::string_view name, const std::string& dir = "/dev/shm");
+
+  struct Impl;
+
+ private:
+  explicit Writer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace larder

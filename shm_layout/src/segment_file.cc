@@ -1,0 +1,236 @@
+// Segment names, mappings (Boost.Interprocess) and header validation.
+#include "larder/layout/segment_file.h"
+
+#include "larder/layout/schema.h"
+
+#include <grp.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/interprocess/exceptions.hpp>
+#include <boost/interprocess/file_mapping.hpp>
+#include <boost/interprocess/mapped_region.hpp>
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+namespace bip = boost::interprocess;
+
+namespace larder::layout {
+
+uint64_t hash_key(std::string_view key, uint64_t seed) noexcept {
+  return XXH3_64bits_withSeed(key.data(), key.size(), seed);
+}
+
+void validate_segment_name(std::string_view name) {
+  auto bad = [&](const std::string& why) {
+    throw Error(ErrorCode::kInvalidArgument, "segment name \"" + std::string(name) + "\": " + why);
+  };
+  if (name.empty() || name.size() > 200) bad("must be 1..200 characters");
+  if (name[0] == '.' || name[0] == '-') bad("must not start with '.' or '-'");
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+              c == '.' || c == '-';
+    if (!ok) bad("only [A-Za-z0-9_.-] are allowed");
+  }
+  if (name.size() >= 5 && name.substr(name.size() - 5) == ".lock") bad("must not end in \".lock\"");
+}
+
+std::string segment_path(std::string_view dir, std::string_view name) {
+  std::string p(dir);
+  if (p.empty()) p = "/dev/shm";
+  if (p.back() != '/') p += '/';
+  p += name;
+  return p;
+}
+
+std::string lock_path(std::string_view dir, std::string_view name) { return segment_path(dir, name) + ".lock"; }
+
+struct MappedFile::Region {
+  bip::file_mapping file;
+  bip::mapped_region region;
+};
+
+namespace {
+
+std::string describe_owner(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return "";
+  char mode[8];
+  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+  std::string owner = std::to_string(st.st_uid), group_name = std::to_string(st.st_gid);
+  if (passwd* pw = ::getpwuid(st.st_uid)) owner = pw->pw_name;
+  if (struct group* gr = ::getgrgid(st.st_gid)) group_name = gr->gr_name;
+  return std::string(" (mode ") + mode + ", owner " + owner + ", group " + group_name + ")";
+}
+
+[[noreturn]] void throw_open_error(int err, const std::string& path, std::string_view name, bool write) {
+  const std::string seg = "segment \"" + std::string(name) + "\" at " + path;
+  if (err == ENOENT) {
+    throw Error(ErrorCode::kNotFound,
+                seg + ": no such file. Is the sidecar running, and is the directory right (ClientOptions::dir)?");
+  }
+  if (err == EACCES || err == EPERM) {
+    throw Error(ErrorCode::kPermissionDenied,
+                seg + ": permission denied" + describe_owner(path) +
+                    (write ? ". The writer needs read-write access to the file and its directory."
+                           : ". Run the reader as a member of the file's group, or create the segment with a "
+                             "mode that grants it (segment.mode)."));
+  }
+  if (err == EROFS) {
+    throw Error(ErrorCode::kPermissionDenied, seg + ": read-only file system");
+  }
+  throw Error(ErrorCode::kSystem, seg + ": " + std::strerror(err));
+}
+
+std::unique_ptr<MappedFile::Region> map_file(const std::string& path, std::string_view name, bool write) {
+  // Probe with access(2) first: Boost's exception carries only a generic
+  // error code, and we want to name the precise cause.
+  if (::access(path.c_str(), write ? (R_OK | W_OK) : R_OK) != 0) throw_open_error(errno, path, name, write);
+  try {
+    auto r = std::make_unique<MappedFile::Region>();
+    const bip::mode_t mode = write ? bip::read_write : bip::read_only;
+    r->file = bip::file_mapping(path.c_str(), mode);
+    r->region = bip::mapped_region(r->file, mode);
+    return r;
+  } catch (const bip::interprocess_exception& e) {
+    int err = e.get_native_error();
+    if (err != 0) throw_open_error(err, path, name, write);
+    throw Error(ErrorCode::kSystem, "segment \"" + std::string(name) + "\" at " + path + ": " + e.what());
+  }
+}
+
+std::unique_ptr<MappedFile> finish(std::unique_ptr<MappedFile> m, const std::string& path, std::string_view name) {
+  if (m->size() < sizeof(SegmentHeader)) {
+    throw Error(ErrorCode::kCorrupt, "segment \"" + std::string(name) + "\" at " + path + ": " +
+                                         std::to_string(m->size()) + " bytes is too small to be a Larder segment");
+  }
+  return m;
+}
+
+}  // namespace
+
+MappedFile::~MappedFile() = default;
+
+std::unique_ptr<MappedFile> MappedFile::open_read_only(const std::string& path, std::string_view name) {
+  std::unique_ptr<MappedFile> m(new MappedFile());
+  m->region_ = map_file(path, name, false);
+  m->data_ = m->region_->region.get_address();
+  m->size_ = m->region_->region.get_size();
+  return finish(std::move(m), path, name);
+}
+
+std::unique_ptr<MappedFile> MappedFile::open_read_write(const std::string& path, std::string_view name) {
+  std::unique_ptr<MappedFile> m(new MappedFile());
+  m->region_ = map_file(path, name, true);
+  m->data_ = m->region_->region.get_address();
+  m->size_ = m->region_->region.get_size();
+  return finish(std::move(m), path, name);
+}
+
+std::string_view fixed_name(const char (&name)[kNameBytes]) noexcept {
+  return std::string_view(name, strnlen(name, kNameBytes));
+}
+
+const TableDescriptor& table_descriptor(const void* base, uint32_t table) noexcept {
+  const auto* h = static_cast<const SegmentHeader*>(base);
+  return *reinterpret_cast<const TableDescriptor*>(static_cast<const char*>(base) + h->header_bytes +
+                                                   table * sizeof(TableDescriptor));
+}
+
+const FieldDescriptor& field_descriptor(const void* base, const TableDescriptor& t, uint32_t field) noexcept {
+  return *reinterpret_cast<const FieldDescriptor*>(static_cast<const char*>(base) + t.fields_offset +
+                                                   field * sizeof(FieldDescriptor));
+}
+
+TableGeometry table_geometry(const void* base, const TableDescriptor& t) noexcept {
+  TableGeometry g;
+  g.slots = reinterpret_cast<const Word*>(static_cast<const char*>(base) + t.slots_offset);
+  g.slot_count = t.slot_count;
+  g.slot_words = t.slot_bytes / 8;
+  g.validity_words = t.validity_words;
+  g.key_words = t.key_words;
+  g.row_words = t.row_bytes / 8;
+  g.key_max_len = t.key_max_len;
+  g.hash_seed = t.hash_seed;
+  return g;
+}
+
+void validate_segment(const void* base, size_t size, std::string_view name) {
+  const auto& h = *static_cast<const SegmentHeader*>(base);
+  const std::string seg = "segment \"" + std::string(name) + "\"";
+  auto corrupt = [&](const std::string& why) { throw Error(ErrorCode::kCorrupt, seg + ": " + why); };
+  if (h.magic != kMagic) corrupt("not a Larder segment (bad magic)");
+  if (h.endian_tag != kEndianTag) corrupt("written on a machine of another byte order");
+  if (h.layout_version != kLayoutVersion) {
+    throw Error(ErrorCode::kVersionMismatch,
+                seg + " has layout v" + std::to_string(h.layout_version) + ", this build reads v" +
+                    std::to_string(kLayoutVersion) + ": " +
+                    (h.layout_version > kLayoutVersion ? "upgrade the client" : "upgrade the sidecar"));
+  }
+  if (h.abi_signature != abi_signature()) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, " has ABI signature %016llx, this build expects %016llx",
+                  static_cast<unsigned long long>(h.abi_signature),
+                  static_cast<unsigned long long>(abi_signature()));
+    throw Error(ErrorCode::kVersionMismatch, seg + buf + ": rebuild reader and writer from the same release");
+  }
+  const auto state = static_cast<SegmentState>(h.state.load(std::memory_order_acquire));
+  if (state == SegmentState::kCreating) {
+    throw Error(ErrorCode::kNotReady, seg + " is still being created; retry shortly");
+  }
+  if (state != SegmentState::kReady && state != SegmentState::kRetired) corrupt("unknown state");
+  if (h.segment_bytes != size) {
+    corrupt("header says " + std::to_string(h.segment_bytes) + " bytes, the file has " + std::to_string(size));
+  }
+  if (h.table_count == 0 || h.table_count > kMaxTables) corrupt("bad table count");
+  if (h.header_bytes != kSegmentHeaderBytes) corrupt("bad header size");
+  const uint64_t dir_end = uint64_t{h.header_bytes} + uint64_t{h.table_count} * sizeof(TableDescriptor);
+  if (dir_end > size) corrupt("table directory outside the file");
+  if (h.undo_offset + h.undo_bytes > size || h.undo_offset < dir_end) corrupt("undo area outside the file");
+  for (uint32_t i = 0; i < h.table_count; ++i) {
+    const TableDescriptor& t = table_descriptor(base, i);
+    const std::string tw = "table " + std::to_string(i) + ": ";
+    if (t.name[kNameBytes - 1] != '\0' || t.name[0] == '\0') corrupt(tw + "bad name");
+    if (t.field_count == 0 || t.field_count > kMaxFields) corrupt(tw + "bad field count");
+    if (t.validity_words != (t.field_count + 63) / 64) corrupt(tw + "bad validity size");
+    if (t.key_max_len == 0 || t.key_max_len > kMaxKeyLength || t.key_words != (t.key_max_len + 7) / 8) {
+      corrupt(tw + "bad key size");
+    }
+    if (t.slot_bytes % kSlotAlign != 0 || t.row_bytes % 8 != 0 ||
+        uint64_t{8} * (kSlotHeaderWords + t.validity_words + t.key_words) + t.row_bytes > t.slot_bytes) {
+      corrupt(tw + "bad slot size");
+    }
+    if (t.slot_count == 0 || t.slot_count <= t.capacity) corrupt(tw + "bad slot count");
+    if (t.slots_offset % kSlotAlign != 0 || t.slots_offset < dir_end ||
+        t.slot_count > (size - t.slots_offset) / t.slot_bytes || t.slots_offset > size) {
+      corrupt(tw + "slot array outside the file");
+    }
+    if (t.fields_offset % 8 != 0 || t.fields_offset < dir_end ||
+        t.fields_offset + uint64_t{t.field_count} * sizeof(FieldDescriptor) > size) {
+      corrupt(tw + "field descriptors outside the file");
+    }
+    for (uint32_t f = 0; f < t.field_count; ++f) {
+      const FieldDescriptor& fd = field_descriptor(base, t, f);
+      if (fd.name[kNameBytes - 1] != '\0' || fd.name[0] == '\0') corrupt(tw + "field " + std::to_string(f) + " bad name");
+      if (fd.index != f || uint64_t{fd.offset} + fd.bytes > t.row_bytes) {
+        corrupt(tw + "field " + std::to_string(f) + " outside the row");
+      }
+      if (fd.type < static_cast<uint32_t>(FieldType::kInt64) || fd.type > static_cast<uint32_t>(FieldType::kString)) {
+        corrupt(tw + "field " + std::to_string(f) + " has unknown type");
+      }
+      const auto type = static_cast<FieldType>(fd.type);
+      const bool sized = type == FieldType::kFloat32Vector || type == FieldType::kString;
+      if ((sized ? (fd.count == 0 || fd.count > kMaxStringLength) : fd.count != 1) ||
+          fd.bytes != field_bytes(type, fd.count)) {
+        corrupt(tw + "field " + std::to_string(f) + " has an inconsistent size");
+      }
+    }
+  }
+}
+
+}  // namespace larder::layout

@@ -1,0 +1,241 @@
+// Pins the segment format: an accidental change to any size or offset fails
+// here. A deliberate change bumps kLayoutVersion and updates these numbers
+// and docs/segment-format.md together.
+#include <gtest/gtest.h>
+
+#include <cstddef>
+#include <cstring>
+#include <string>
+
+#include "larder/layout/format.h"
+#include "larder/layout/schema.h"
+#include "larder/layout/segment_file.h"
+#include "larder/layout/table_view.h"
+
+namespace larder::layout {
+namespace {
+
+TEST(Layout, VersionMagicAndAbiSignatureArePinned) {
+  EXPECT_EQ(kLayoutVersion, 1u);
+  char bytes[8];
+  std::memcpy(bytes, &kMagic, 8);
+  EXPECT_EQ(std::string(bytes, 8), "LARDSEG1");
+  EXPECT_EQ(kEndianTag, 0x01020304u);
+  // Changing any shared struct changes this value: bump kLayoutVersion with it.
+  EXPECT_EQ(abi_signature(), 17230625729525868313ull);
+}
+
+TEST(Layout, SegmentHeaderOffsets) {
+  EXPECT_EQ(sizeof(SegmentHeader), 256u);
+  EXPECT_EQ(offsetof(SegmentHeader, magic), 0u);
+  EXPECT_EQ(offsetof(SegmentHeader, layout_version), 8u);
+  EXPECT_EQ(offsetof(SegmentHeader, endian_tag), 12u);
+  EXPECT_EQ(offsetof(SegmentHeader, abi_signature), 16u);
+  EXPECT_EQ(offsetof(SegmentHeader, schema_fingerprint), 24u);
+  EXPECT_EQ(offsetof(SegmentHeader, segment_bytes), 32u);
+  EXPECT_EQ(offsetof(SegmentHeader, table_count), 40u);
+  EXPECT_EQ(offsetof(SegmentHeader, header_bytes), 44u);
+  EXPECT_EQ(offsetof(SegmentHeader, undo_offset), 48u);
+  EXPECT_EQ(offsetof(SegmentHeader, undo_bytes), 56u);
+  EXPECT_EQ(offsetof(SegmentHeader, created_unix_ns), 64u);
+  EXPECT_EQ(offsetof(SegmentHeader, generation), 72u);
+  EXPECT_EQ(offsetof(SegmentHeader, creator), 80u);
+  EXPECT_EQ(offsetof(SegmentHeader, state), 112u);
+  EXPECT_EQ(offsetof(SegmentHeader, connection_state), 116u);
+  EXPECT_EQ(offsetof(SegmentHeader, writer_pid), 120u);
+  EXPECT_EQ(offsetof(SegmentHeader, writer_start_unix_ns), 128u);
+  EXPECT_EQ(offsetof(SegmentHeader, heartbeat_mono_ns), 136u);
+  EXPECT_EQ(offsetof(SegmentHeader, writer_sessions), 144u);
+  EXPECT_EQ(offsetof(SegmentHeader, repaired_slots), 152u);
+  EXPECT_EQ(offsetof(SegmentHeader, last_apply_unix_ns), 160u);
+  EXPECT_EQ(offsetof(SegmentHeader, undo_armed), 168u);
+  EXPECT_EQ(offsetof(SegmentHeader, undo_table), 176u);
+  EXPECT_EQ(offsetof(SegmentHeader, undo_slot), 184u);
+  EXPECT_EQ(offsetof(SegmentHeader, messages_rejected), 192u);
+  EXPECT_EQ(offsetof(SegmentHeader, updates_applied), 200u);
+}
+
+TEST(Layout, DescriptorOffsets) {
+  EXPECT_EQ(sizeof(TableDescriptor), 256u);
+  EXPECT_EQ(offsetof(TableDescriptor, name), 0u);
+  EXPECT_EQ(offsetof(TableDescriptor, field_count), 64u);
+  EXPECT_EQ(offsetof(TableDescriptor, key_max_len), 68u);
+  EXPECT_EQ(offsetof(TableDescriptor, capacity), 72u);
+  EXPECT_EQ(offsetof(TableDescriptor, slot_count), 80u);
+  EXPECT_EQ(offsetof(TableDescriptor, slot_bytes), 88u);
+  EXPECT_EQ(offsetof(TableDescriptor, row_bytes), 92u);
+  EXPECT_EQ(offsetof(TableDescriptor, validity_words), 96u);
+  EXPECT_EQ(offsetof(TableDescriptor, key_words), 100u);
+  EXPECT_EQ(offsetof(TableDescriptor, fields_offset), 104u);
+  EXPECT_EQ(offsetof(TableDescriptor, slots_offset), 112u);
+  EXPECT_EQ(offsetof(TableDescriptor, hash_seed), 120u);
+  EXPECT_EQ(offsetof(TableDescriptor, max_load_permille), 128u);
+  EXPECT_EQ(offsetof(TableDescriptor, counters), 144u);
+  EXPECT_EQ(sizeof(TableCounters), 64u);
+  EXPECT_EQ(offsetof(TableCounters, live_keys), 0u);
+  EXPECT_EQ(offsetof(TableCounters, tombstones), 8u);
+  EXPECT_EQ(offsetof(TableCounters, upserts), 16u);
+  EXPECT_EQ(offsetof(TableCounters, deletes), 24u);
+  EXPECT_EQ(offsetof(TableCounters, stale_ignored), 32u);
+  EXPECT_EQ(offsetof(TableCounters, full_rejected), 40u);
+  EXPECT_EQ(offsetof(TableCounters, last_apply_unix_ns), 48u);
+  EXPECT_EQ(offsetof(TableCounters, max_event_time_ms), 56u);
+
+  EXPECT_EQ(sizeof(FieldDescriptor), 96u);
+  EXPECT_EQ(offsetof(FieldDescriptor, type), 64u);
+  EXPECT_EQ(offsetof(FieldDescriptor, count), 68u);
+  EXPECT_EQ(offsetof(FieldDescriptor, offset), 72u);
+  EXPECT_EQ(offsetof(FieldDescriptor, bytes), 76u);
+  EXPECT_EQ(offsetof(FieldDescriptor, index), 80u);
+}
+
+TEST(Layout, SlotWordsArePinned) {
+  EXPECT_EQ(kSlotSeqWord, 0u);
+  EXPECT_EQ(kSlotMetaWord, 1u);
+  EXPECT_EQ(kSlotEventTimeWord, 2u);
+  EXPECT_EQ(kSlotApplyTimeWord, 3u);
+  EXPECT_EQ(kSlotKeyLenWord, 4u);
+  EXPECT_EQ(kSlotHeaderWords, 5u);
+  EXPECT_EQ(kSlotAlign, 64u);
+}
+
+TEST(Layout, MetaEncodesHashAndState) {
+  const uint64_t h = 0xfedcba9876543217ull;
+  EXPECT_EQ(make_meta(h, SlotState::kEmpty) & 3u, 0u);
+  EXPECT_EQ(meta_state(make_meta(h, SlotState::kLive)), SlotState::kLive);
+  EXPECT_EQ(meta_state(make_meta(h, SlotState::kTombstone)), SlotState::kTombstone);
+  EXPECT_TRUE(meta_matches(make_meta(h, SlotState::kLive), h));
+  EXPECT_FALSE(meta_matches(make_meta(h, SlotState::kTombstone), h));
+  EXPECT_FALSE(meta_matches(make_meta(h ^ 0x100, SlotState::kLive), h));
+}
+
+// The layout of a known schema, byte for byte.
+TEST(Layout, PlanOfAKnownSchemaIsPinned) {
+  Schema s;
+  TableSpec users;
+  users.name = "users";
+  users.key_max_len = 20;   // 3 key words
+  users.capacity = 1000;    // 0.75 load -> 1334 slots
+  users.fields = {{"clicks", FieldType::kInt64, 1},  {"ctr", FieldType::kFloat32, 1},
+                  {"premium", FieldType::kBool, 1},  {"emb", FieldType::kFloat32Vector, 3},
+                  {"country", FieldType::kString, 5}, {"spend", FieldType::kFloat64, 1}};
+  s.tables.push_back(users);
+  const LayoutPlan p = plan_layout(s);
+  ASSERT_EQ(p.tables.size(), 1u);
+  const TablePlan& t = p.tables[0];
+  // clicks @0 (8), ctr @8 (4), premium @12 (1), emb @16 (12), country @28 (9), spend @40 (8)
+  const uint32_t offsets[] = {0, 8, 12, 16, 28, 40};
+  const uint32_t sizes[] = {8, 4, 1, 12, 9, 8};
+  for (size_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(t.fields[i].offset, offsets[i]) << i;
+    EXPECT_EQ(t.fields[i].bytes, sizes[i]) << i;
+  }
+  EXPECT_EQ(t.row_bytes, 48u);
+  EXPECT_EQ(t.validity_words, 1u);
+  EXPECT_EQ(t.key_words, 3u);
+  EXPECT_EQ(t.slot_bytes, 128u);  // (5 + 1 + 3) * 8 + 48 = 120 -> 128
+  EXPECT_EQ(t.slot_count, 1334u);
+  EXPECT_EQ(t.fields_offset, 512u);   // header 256 + one descriptor 256
+  EXPECT_EQ(p.undo_offset, 1088u);    // 512 + 6 * 96 = 1088, 64-aligned
+  EXPECT_EQ(p.undo_bytes, 128u);
+  EXPECT_EQ(t.slots_offset, 4096u);
+  EXPECT_EQ(p.segment_bytes, 176128u);  // 4096 + 1334 * 128 = 174848, rounded up to 4 KiB
+  EXPECT_EQ(p.segment_bytes % 4096, 0u);
+}
+
+TEST(Layout, FingerprintCoversEverySchemaDetail) {
+  Schema a;
+  TableSpec t;
+  t.name = "t";
+  t.fields = {{"x", FieldType::kFloat64, 1}};
+  a.tables.push_back(t);
+  Schema b = a;
+  EXPECT_EQ(a.fingerprint(), b.fingerprint());
+  b.tables[0].fields[0].type = FieldType::kFloat32;
+  EXPECT_NE(a.fingerprint(), b.fingerprint());
+  b = a;
+  b.tables[0].capacity += 1;
+  EXPECT_NE(a.fingerprint(), b.fingerprint());
+  b = a;
+  b.tables[0].fields[0].name = "y";
+  EXPECT_NE(a.fingerprint(), b.fingerprint());
+}
+
+TEST(Schema, ValidationNamesTheProblem) {
+  auto message_of = [](const Schema& s) {
+    try {
+      s.validate();
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  Schema s;
+  EXPECT_NE(message_of(s).find("at least one table"), std::string::npos);
+  TableSpec t;
+  t.name = "users";
+  t.fields = {{"x", FieldType::kFloat64, 1}, {"x", FieldType::kInt64, 1}};
+  s.tables = {t};
+  EXPECT_NE(message_of(s).find("field \"x\": declared twice"), std::string::npos);
+  t.fields = {{"v", FieldType::kFloat32Vector, 0}};
+  s.tables = {t};
+  EXPECT_NE(message_of(s).find("vector dims 0"), std::string::npos);
+  t.fields = {{"bad name", FieldType::kInt64, 1}};
+  s.tables = {t};
+  EXPECT_NE(message_of(s).find("invalid name"), std::string::npos);
+  t.fields = {{"x", FieldType::kInt64, 1}};
+  t.max_load_factor = 0.99;
+  s.tables = {t};
+  EXPECT_NE(message_of(s).find("max_load_factor"), std::string::npos);
+  t.max_load_factor = 0.75;
+  t.key_max_len = 5000;
+  s.tables = {t};
+  EXPECT_NE(message_of(s).find("key_max_len 5000"), std::string::npos);
+}
+
+TEST(Schema, FieldTypeNamesRoundTrip) {
+  for (FieldType t : {FieldType::kInt64, FieldType::kFloat64, FieldType::kFloat32, FieldType::kBool,
+                      FieldType::kFloat32Vector, FieldType::kString}) {
+    FieldType parsed;
+    ASSERT_TRUE(parse_field_type(field_type_name(t), &parsed));
+    EXPECT_EQ(parsed, t);
+  }
+  FieldType ignored;
+  EXPECT_FALSE(parse_field_type("double", &ignored));
+}
+
+TEST(SegmentName, Validation) {
+  EXPECT_NO_THROW(validate_segment_name("features-prod.v2_1"));
+  for (const char* bad : {"", ".hidden", "-x", "a/b", "with space", "x.lock"}) {
+    EXPECT_THROW(validate_segment_name(bad), Error) << bad;
+  }
+  EXPECT_THROW(validate_segment_name(std::string(201, 'a')), Error);
+}
+
+TEST(Hashing, DependsOnKeyAndSeed) {
+  EXPECT_EQ(hash_key("user:1", 7), hash_key("user:1", 7));
+  EXPECT_NE(hash_key("user:1", 7), hash_key("user:2", 7));
+  EXPECT_NE(hash_key("user:1", 7), hash_key("user:1", 8));
+}
+
+TEST(Probing, HomeSlotIsWithinTheTable) {
+  TableGeometry g;
+  g.slot_count = 1334;
+  for (uint64_t h : {0ull, 1ull, ~0ull, 0x8000000000000000ull, 0x123456789abcdefull}) {
+    EXPECT_LT(g.home(h), g.slot_count);
+  }
+  EXPECT_EQ(g.home(0), 0u);
+  EXPECT_EQ(g.home(~0ull), 1333u);
+}
+
+TEST(PackedKey, PadsWithZeros) {
+  PackedKey k;
+  k.assign("abcdefghij");
+  EXPECT_EQ(k.length, 10u);
+  EXPECT_EQ(k.word_count, 2u);
+  EXPECT_EQ(k.words[1] >> 16, 0u);  // bytes 10..15 of the key are zero
+}
+
+}  // namespace
+}  // namespace larder::layout
