@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <random>
@@ -49,6 +50,14 @@ namespace {
 
 constexpr uint64_t kNone = ~uint64_t{0};
 
+std::atomic<CrashHook> crash_hook{nullptr};
+
+inline void crash_point(CrashPoint point) {
+  if (CrashHook hook = crash_hook.load(std::memory_order_relaxed); hook != nullptr) [[unlikely]] {
+    hook(point);
+  }
+}
+
 // Free space to leave on the file system beyond the segment itself.
 constexpr uint64_t kSpaceMargin = 1 << 20;
 
@@ -66,6 +75,8 @@ std::string hex64(uint64_t v) {
 }
 
 }  // namespace
+
+void set_crash_hook(CrashHook hook) { crash_hook.store(hook); }
 
 struct Writer::Impl {
   struct TableState {
@@ -117,15 +128,22 @@ struct Writer::Impl {
       sync::store_relaxed(w.header->undo_table, uint64_t{table});
       sync::store_relaxed(w.header->undo_slot, index);
       sync::store_release(w.header->undo_armed, uint64_t{1});  // after the copy, before seq turns odd
+      crash_point(CrashPoint::kUndoArmed);
       seq_ = sync::load_relaxed(s_[kSlotSeqWord]);
       sync::store_relaxed(s_[kSlotSeqWord], seq_ + 1);
       sync::writer_fence();  // W1: pairs with the readers' R2
+      crash_point(CrashPoint::kSeqOdd);
     }
     ~SlotWrite() {
+      crash_point(CrashPoint::kPayloadWritten);
       sync::store_release(s_[kSlotSeqWord], seq_ + 2);  // W2: pairs with the readers' R1
+      crash_point(CrashPoint::kSeqEven);
       sync::store_release(w_.header->undo_armed, uint64_t{0});
     }
-    void set(size_t word, uint64_t v) { sync::store_payload(s_[word], v); }
+    void set(size_t word, uint64_t v) {
+      crash_point(CrashPoint::kMidPayload);
+      sync::store_payload(s_[word], v);
+    }
 
    private:
     Impl& w_;
@@ -749,6 +767,7 @@ void Writer::add_messages_rejected(uint64_t n) { bump(impl_->header->messages_re
 bool Writer::created() const { return impl_->created; }
 uint64_t Writer::repaired_slots() const { return impl_->repaired; }
 std::string Writer::path() const { return segment_path(impl_->dir, impl_->name); }
+const void* Writer::data() const { return impl_->map->data(); }
 
 WriterStats Writer::stats(uint32_t table) const {
   WriterStats st;

@@ -77,6 +77,19 @@ struct WriterStats {
   uint64_t capacity = 0;
 };
 
+// Points inside a slot update, in order, for crash tests.
+enum class CrashPoint : int {
+  kUndoArmed = 1,      // the undo copy is armed, seq still even
+  kSeqOdd = 2,         // seq is odd, nothing written yet
+  kMidPayload = 3,     // before each payload word store
+  kPayloadWritten = 4, // every word written, seq still odd
+  kSeqEven = 5,        // seq even again, undo still armed
+};
+// When set, called at every CrashPoint of every slot update (crash tests
+// raise SIGKILL from it). Process-wide; not for production use.
+using CrashHook = void (*)(CrashPoint point);
+void set_crash_hook(CrashHook hook);
+
 class Writer {
  public:
   // Opens the segment `name` in options.dir for writing, creating it if it
@@ -120,6 +133,9 @@ class Writer {
   uint64_t repaired_slots() const;   // slots restored by this open
   std::string path() const;
   WriterStats stats(uint32_t table) const;
+  // The writer's own mapping, for readers in the same process (the
+  // single-mapping concurrency tests that ThreadSanitizer can follow).
+  const void* data() const;
 
   // Unlinks the segment file and its lock file. Readers that have it mapped
   // keep their mapping until they close it.

@@ -1,0 +1,146 @@
+// Test harness for the sidecar integration tests: the broker environment, an
+// AMQP client for publishing (with publisher confirms) and inspecting queues,
+// a child larder-sidecar process, and an oracle of what the segment must
+// hold. Everything here runs on the test's main thread.
+#pragma once
+
+#include <amqp.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "amqp_url.h"
+
+namespace larder::test {
+
+// What scripts/broker.sh exports. load() records a test failure naming the
+// missing variable (integration tests never skip silently).
+struct BrokerEnv {
+  std::string amqp_url;      // LARDER_TEST_AMQP_URL, e.g. amqp://guest@127.0.0.1:5699/
+  std::string password;      // LARDER_TEST_AMQP_PASSWORD
+  std::string amqps_url;     // LARDER_TEST_AMQPS_URL
+  std::string ca_file;       // LARDER_TEST_CA_FILE
+  std::string client_cert;   // LARDER_TEST_CLIENT_CERT (optional)
+  std::string client_key;    // LARDER_TEST_CLIENT_KEY (optional)
+  std::string broker_ctl;    // LARDER_TEST_BROKER_CTL: a command prefix taking stop_app, start_app, restart
+
+  static bool load(BrokerEnv* env, bool need_tls = false, bool need_ctl = false);
+  // Runs "<broker_ctl> <verb>"; returns true on exit status 0.
+  bool ctl(const std::string& verb) const;
+};
+
+// A blocking rabbitmq-c client on channel 1 with publisher confirms.
+class AmqpClient {
+ public:
+  explicit AmqpClient(const BrokerEnv& env);
+  ~AmqpClient();
+  AmqpClient(const AmqpClient&) = delete;
+  AmqpClient& operator=(const AmqpClient&) = delete;
+
+  // Publishes persistent messages and returns once the broker confirmed all
+  // of them (throws std::runtime_error on a nack, error or 30 s timeout).
+  void publish(const std::string& exchange, const std::string& routing_key, const std::vector<std::string>& bodies,
+               size_t window = 500);
+  void publish(const std::string& exchange, const std::string& routing_key, const std::string& body) {
+    publish(exchange, routing_key, std::vector<std::string>{body});
+  }
+
+  struct Got {
+    std::string body;
+    bool has_x_death = false;
+  };
+  // basic.get with auto-ack; nullopt when the queue is empty.
+  std::optional<Got> get(const std::string& queue);
+  // Drains `queue` with get(); returns the bodies.
+  std::vector<Got> drain(const std::string& queue);
+  // Passive declare: nullopt when the queue does not exist, else its
+  // (messages, consumers).
+  std::optional<std::pair<uint32_t, uint32_t>> inspect(const std::string& queue);
+  void delete_queue(const std::string& queue);
+  void delete_exchange(const std::string& exchange);
+
+ private:
+  amqp_channel_t fresh_channel();
+  void check(const char* what);
+
+  amqp_connection_state_t conn_ = nullptr;
+  amqp_channel_t next_channel_ = 2;  // 1 is the confirm channel
+  uint64_t published_ = 0;
+};
+
+// A larder-sidecar child process with its own config file and log.
+class SidecarProcess {
+ public:
+  SidecarProcess(std::string config_yaml, std::string name, const BrokerEnv& env);
+  ~SidecarProcess();  // SIGKILLs a still-running child
+
+  void start();
+  // SIGTERM and wait; returns the exit code (or 128+signal; -1 on timeout).
+  int stop(std::chrono::seconds timeout = std::chrono::seconds(20));
+  void kill9();
+  bool running();
+  std::string log_tail(size_t bytes = 4000) const;
+  size_t log_count(const std::string& needle) const;
+  const std::string& log_path() const { return log_path_; }
+
+ private:
+  std::string config_path_;
+  std::string log_path_;
+  std::string password_;
+  pid_t pid_ = -1;
+};
+
+// Polls `pred` every 20 ms until true or timeout; returns the last result.
+bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
+
+// The features the tests write: every type the segment supports.
+struct Features {
+  int64_t n = 0;
+  double x = 0;
+  float f = 0;
+  bool flag = false;
+  std::string s;
+  std::vector<float> v;  // 4 dims
+
+  static Features from_seed(int64_t seed);
+  std::string json() const;  // the "fields" object
+};
+
+// Last-write-wins model of one table, built from what the test published.
+class Oracle {
+ public:
+  void upsert(const std::string& key, int64_t event_time_ms, const Features& f);
+  void remove(const std::string& key, int64_t event_time_ms);
+
+  struct Row {
+    int64_t event_time_ms = -1;
+    bool deleted = false;
+    Features features;
+  };
+  const std::map<std::string, Row>& rows() const { return rows_; }
+
+ private:
+  std::map<std::string, Row> rows_;
+};
+
+std::string upsert_json(const std::string& table, const std::string& key, int64_t event_time_ms, const Features& f,
+                        const std::string& id = "");
+std::string delete_json(const std::string& table, const std::string& key, int64_t event_time_ms);
+
+// The table every integration test uses, as YAML for the sidecar config.
+std::string users_table_yaml(uint64_t capacity = 100000);
+
+// Compares the segment's table "users" with the oracle. Returns "" when they
+// agree, else a description of the first differences.
+std::string compare_segment(const std::string& segment, const Oracle& oracle);
+
+// A unique name for this test's segment, queue and exchange.
+std::string unique_name(const std::string& test);
+
+}  // namespace larder::test
