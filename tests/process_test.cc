@@ -94,6 +94,7 @@ std::unique_ptr<Writer> open_derived(const ScratchSegment& seg, uint64_t capacit
 }
 
 TEST(Processes, TornReadTorture) {
+  testing::Children kids;
   ScratchSegment seg;
   constexpr uint64_t kKeys = 256;
   {
@@ -105,7 +106,7 @@ TEST(Processes, TornReadTorture) {
   auto* writes = shared_array<std::atomic<uint64_t>>(1);
   const double seconds = testing::torture_seconds(2.0);
 
-  const pid_t writer = testing::spawn([&] {
+  const pid_t writer = kids.add(testing::spawn([&] {
     auto w = open_derived(seg, kKeys);
     int64_t c = 2;
     while (!stop->load(std::memory_order_relaxed)) {
@@ -114,17 +115,17 @@ TEST(Processes, TornReadTorture) {
     }
     writes->store(static_cast<uint64_t>(c));
     return 0;
-  });
+  }));
   std::vector<pid_t> readers;
   for (int r = 0; r < 3; ++r) {
-    readers.push_back(testing::spawn([&, r] {
+    readers.push_back(kids.add(testing::spawn([&, r] {
       return reader_process(seg.name(), seg.dir(), kKeys, true, stop, report, 1000 + r);
-    }));
+    })));
   }
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
   stop->store(true);
-  for (pid_t r : readers) EXPECT_EQ(testing::wait_for(r), 0);
-  EXPECT_EQ(testing::wait_for(writer), 0);
+  for (pid_t r : readers) EXPECT_EQ(kids.wait(r), 0);
+  EXPECT_EQ(kids.wait(writer), 0);
   std::printf("torn-read torture: %.1f s, %llu reads verified, %llu writes, %llu busy\n", seconds,
               static_cast<unsigned long long>(report->reads.load()), static_cast<unsigned long long>(writes->load()),
               static_cast<unsigned long long>(report->busy.load()));
@@ -135,6 +136,7 @@ TEST(Processes, TornReadTorture) {
 }
 
 TEST(Processes, ChurnNeverHidesStableKeys) {
+  testing::Children kids;
   ScratchSegment seg;
   constexpr uint64_t kStable = 500;
   layout::TableSpec spec = testing::derived_table(4000);
@@ -149,7 +151,7 @@ TEST(Processes, ChurnNeverHidesStableKeys) {
   auto* stop = shared_array<std::atomic<bool>>(1);
   auto* report = shared_array<ReaderReport>(1);
   auto* churn = shared_array<std::atomic<uint64_t>>(1);
-  const pid_t writer = testing::spawn([&] {
+  const pid_t writer = kids.add(testing::spawn([&] {
     auto w = Writer::open(seg.name(), testing::one_table_schema(spec), opts);
     std::mt19937_64 rng(3);
     int64_t c = 2;
@@ -165,17 +167,17 @@ TEST(Processes, ChurnNeverHidesStableKeys) {
     }
     churn->store(n);
     return 0;
-  });
+  }));
   std::vector<pid_t> readers;
   for (int r = 0; r < 2; ++r) {
-    readers.push_back(testing::spawn([&, r] {
+    readers.push_back(kids.add(testing::spawn([&, r] {
       return reader_process(seg.name(), seg.dir(), kStable, true, stop, report, 2000 + r);
-    }));
+    })));
   }
   std::this_thread::sleep_for(std::chrono::duration<double>(testing::torture_seconds(2.0)));
   stop->store(true);
-  for (pid_t r : readers) EXPECT_EQ(testing::wait_for(r), 0);
-  EXPECT_EQ(testing::wait_for(writer), 0);
+  for (pid_t r : readers) EXPECT_EQ(kids.wait(r), 0);
+  EXPECT_EQ(kids.wait(writer), 0);
   std::printf("churn: %llu inserts/deletes, %llu stable-key reads\n", static_cast<unsigned long long>(churn->load()),
               static_cast<unsigned long long>(report->reads.load()));
   EXPECT_GT(churn->load(), 10000u);
@@ -194,6 +196,7 @@ void crash_after_countdown(CrashPoint) {
 // acknowledged (upsert returned) is lost; after replaying what was in flight
 // the table equals the model.
 TEST(Processes, CrashInjection) {
+  testing::Children kids;
   ScratchSegment seg;
   constexpr uint64_t kKeys = 128;
   const uint64_t seed = testing::test_seed("CrashInjection");
@@ -214,9 +217,9 @@ TEST(Processes, CrashInjection) {
   }
   std::vector<pid_t> readers;
   for (int r = 0; r < 2; ++r) {
-    readers.push_back(testing::spawn([&, r] {
+    readers.push_back(kids.add(testing::spawn([&, r] {
       return reader_process(seg.name(), seg.dir(), kKeys, true, stop, report, seed + r);
-    }));
+    })));
   }
   uint64_t repaired_total = 0;
   for (int it = 0; it < iterations; ++it) {
@@ -225,7 +228,7 @@ TEST(Processes, CrashInjection) {
     // (whitebox); even ones at a random time (blackbox).
     const bool whitebox = it % 2 == 1;
     crash_countdown = 1 + static_cast<int>(rng() % 5000);
-    const pid_t writer = testing::spawn([&] {
+    const pid_t writer = kids.add(testing::spawn([&] {
       auto w = open_derived(seg, kKeys);
       if (whitebox) set_crash_hook(&crash_after_countdown);
       for (int64_t c = base;; ++c) {
@@ -234,12 +237,12 @@ TEST(Processes, CrashInjection) {
         if (testing::write_derived(*w, k, c) != ApplyResult::kApplied) return 3;
         acked[k].store(c);
       }
-    });
+    }));
     if (!whitebox) {
       std::this_thread::sleep_for(std::chrono::microseconds(2000 + rng() % 20000));
       ::kill(writer, SIGKILL);
     }
-    ASSERT_EQ(testing::wait_for(writer), 128 + SIGKILL);
+    ASSERT_EQ(kids.wait(writer), 128 + SIGKILL);
 
     // Restart: the new writer repairs what the dead one left half-written.
     auto w = open_derived(seg, kKeys);
@@ -274,7 +277,7 @@ TEST(Processes, CrashInjection) {
     for (uint64_t i = 0; i < g.slot_count; ++i) ASSERT_EQ(g.slot(i)[0].load() & 1, 0u) << "slot " << i;
   }
   stop->store(true);
-  for (pid_t r : readers) EXPECT_EQ(testing::wait_for(r), 0);
+  for (pid_t r : readers) EXPECT_EQ(kids.wait(r), 0);
   std::printf("crash injection: %d kills, %llu slots repaired, %llu reads, %llu busy, max get %.3f ms\n", iterations,
               static_cast<unsigned long long>(repaired_total), static_cast<unsigned long long>(report->reads.load()),
               static_cast<unsigned long long>(report->busy.load()), report->max_get_ns.load() / 1e6);
@@ -308,10 +311,11 @@ TEST(Processes, WriteThroughReadOnlyMappingFaults) {
 }
 
 TEST(Processes, SecondWriterIsRefused) {
+  testing::Children kids;
   ScratchSegment seg;
   auto w = open_derived(seg, 16);
   const auto t0 = std::chrono::steady_clock::now();
-  const pid_t other = testing::spawn([&] {
+  const pid_t other = kids.add(testing::spawn([&] {
     try {
       open_derived(seg, 16);
     } catch (const Error& e) {
@@ -319,8 +323,8 @@ TEST(Processes, SecondWriterIsRefused) {
       return e.code() == ErrorCode::kWriterLocked && names_pid ? 0 : 2;
     }
     return 1;
-  });
-  EXPECT_EQ(testing::wait_for(other), 0);
+  }));
+  EXPECT_EQ(kids.wait(other), 0);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
   // Once the first writer is gone the lock is free.
   w.reset();
@@ -328,6 +332,7 @@ TEST(Processes, SecondWriterIsRefused) {
 }
 
 TEST(Processes, ReaderDeathLeavesNothingBehind) {
+  testing::Children kids;
   ScratchSegment seg;
   auto w = open_derived(seg, 16);
   testing::write_derived(*w, 1, 5);
@@ -339,30 +344,31 @@ TEST(Processes, ReaderDeathLeavesNothingBehind) {
     return names;
   };
   const auto before = files();
-  const pid_t reader = testing::spawn([&] {
+  const pid_t reader = kids.add(testing::spawn([&] {
     Segment s = Segment::open(seg.name(), ClientOptions{seg.dir()});
     Row row = s.table("rows").make_row();
     while (true) (void)s.table("rows").get("key:1", row);
     return 0;
-  });
+  }));
   std::this_thread::sleep_for(50ms);
   ::kill(reader, SIGKILL);
-  EXPECT_EQ(testing::wait_for(reader), 128 + SIGKILL);
+  EXPECT_EQ(kids.wait(reader), 128 + SIGKILL);
   EXPECT_EQ(files(), before);
   EXPECT_EQ(testing::write_derived(*w, 1, 6), ApplyResult::kApplied);
 }
 
 TEST(Processes, HeartbeatShowsAStoppedWriter) {
+  testing::Children kids;
   ScratchSegment seg;
   { open_derived(seg, 16); }
-  const pid_t writer = testing::spawn([&] {
+  const pid_t writer = kids.add(testing::spawn([&] {
     auto w = open_derived(seg, 16);
     while (true) {
       w->heartbeat();
       std::this_thread::sleep_for(10ms);
     }
     return 0;
-  });
+  }));
   Segment s = Segment::open(seg.name(), ClientOptions{seg.dir()});
   auto wait_until = [&](bool alive) {
     for (int i = 0; i < 300; ++i) {
@@ -378,7 +384,7 @@ TEST(Processes, HeartbeatShowsAStoppedWriter) {
   ::kill(writer, SIGCONT);
   EXPECT_TRUE(wait_until(true));
   ::kill(writer, SIGKILL);
-  testing::wait_for(writer);
+  kids.wait(writer);
   EXPECT_TRUE(wait_until(false));
   EXPECT_GT(s.info().heartbeat_age_ms, 0);
 }
@@ -514,12 +520,13 @@ TEST(Creation, ModeIsExactWhateverTheUmask) {
 }
 
 TEST(Creation, ReaderOutsideTheGroupIsRefusedClearly) {
+  testing::Children kids;
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to switch to an unprivileged user";
   ScratchSegment seg;
   auto w = open_derived(seg, 16);
   testing::write_derived(*w, 1, 7);
   auto read_as_nobody = [&] {
-    return testing::wait_for(testing::spawn([&] {
+    return kids.wait(kids.add(testing::spawn([&] {
       if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 10;
       try {
         Segment s = Segment::open(seg.name(), ClientOptions{seg.dir()});
@@ -529,7 +536,7 @@ TEST(Creation, ReaderOutsideTheGroupIsRefusedClearly) {
         const bool clear = std::string(e.what()).find("permission denied (mode 0640") != std::string::npos;
         return e.code() == ErrorCode::kPermissionDenied && clear ? 20 : 21;
       }
-    }));
+    })));
   };
   EXPECT_EQ(read_as_nobody(), 20) << "mode 0640 root:root must refuse user nobody";
   ASSERT_EQ(::chown(w->path().c_str(), 0, 65534), 0);  // the segment's group: nogroup
@@ -560,17 +567,18 @@ TEST(Creation, TooSmallTmpfsIsRefusedCleanly) {
 }
 
 TEST(Creation, WriterKilledWhileCreatingLeavesNoHalfBuiltSegment) {
+  testing::Children kids;
   const uint64_t seed = testing::test_seed("WriterKilledWhileCreating");
   std::mt19937_64 rng(seed);
   for (int it = 0; it < 5; ++it) {
     ScratchSegment seg;
-    const pid_t creator = testing::spawn([&] {
+    const pid_t creator = kids.add(testing::spawn([&] {
       open_derived(seg, 500'000);  // ~128 MB: creation takes a while
       return 0;
-    });
+    }));
     std::this_thread::sleep_for(std::chrono::microseconds(rng() % 30000));
     ::kill(creator, SIGKILL);
-    testing::wait_for(creator);
+    kids.wait(creator);
     // Readers see either no segment or a complete one, never a half-built one.
     try {
       Segment s = Segment::open(seg.name(), ClientOptions{seg.dir()});

@@ -6,9 +6,13 @@
 # beside the broker that scripts/test.sh started. About 30 s.
 #
 #   bash tests/scripts/broker_test.sh
+
+# broker.env is written at run time; LARDER_TEST_* commands split on purpose.
+# shellcheck disable=SC1091,SC2086
 set -euo pipefail
 
-readonly BROKER=$(readlink -f "$(dirname "${BASH_SOURCE[0]}")/../../scripts/broker.sh")
+BROKER=$(readlink -f "$(dirname "${BASH_SOURCE[0]}")/../../scripts/broker.sh")
+readonly BROKER
 readonly BASE=${LARDER_SELFTEST_PORT:-$((5800 + (RANDOM % 100) * 10))}
 readonly PORT=$BASE TLS_PORT=$((BASE + 1)) DIST_PORT=$((BASE + 20000))
 readonly NODE=larder_selftest_$$
@@ -44,7 +48,6 @@ t0=$SECONDS
 "$BROKER" start --dir "$DIR" --port "$PORT" --tls-port "$TLS_PORT" --dist-port "$DIST_PORT" --node "$NODE"
 echo "     started in $((SECONDS - t0)) s"
 check "broker.env written" test -s "$DIR/broker.env"
-# shellcheck disable=SC1091
 . "$DIR/broker.env"
 for v in LARDER_TEST_AMQP_URL LARDER_TEST_AMQP_PASSWORD LARDER_TEST_AMQPS_URL LARDER_TEST_CA_FILE \
   LARDER_TEST_CLIENT_CERT LARDER_TEST_CLIENT_KEY LARDER_TEST_BROKER_CTL LARDER_TEST_RABBITMQCTL \

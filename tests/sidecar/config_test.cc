@@ -184,6 +184,20 @@ TEST_F(ConfigTest, StreamQueue) {
   EXPECT_EQ(c.rabbitmq.queue.stream_offset_number, 42);
 }
 
+// The shipped examples must stay valid.
+TEST_F(ConfigTest, ExampleConfigsAreValid) {
+  ::setenv("LARDER_AMQP_PASSWORD", "example", 0);
+  for (const char* file : {"examples/sidecar.example.yaml", "examples/demo.yaml"}) {
+    const std::string path = std::string(LARDER_SOURCE_DIR) + "/" + file;
+    try {
+      const Config c = load_config_file(path);
+      EXPECT_FALSE(c.tables.empty()) << path;
+    } catch (const ConfigError& e) {
+      ADD_FAILURE() << e.what();
+    }
+  }
+}
+
 TEST_F(ConfigTest, YamlSyntaxErrorNamesTheLine) {
   try {
     parse_config("segment: {name: x\ntables: [\n", "my.yaml");

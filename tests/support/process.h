@@ -2,6 +2,7 @@
 #pragma once
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include <cstdlib>
 #include <functional>
 #include <thread>
+#include <vector>
 
 namespace larder::testing {
 
@@ -20,6 +22,8 @@ inline pid_t spawn(const std::function<int()>& body) {
   const pid_t pid = ::fork();
   if (pid < 0) std::abort();
   if (pid == 0) {
+    // A test that fails and returns early must not leave children behind.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     int code = 99;
     try {
       code = body();
@@ -51,6 +55,30 @@ inline int wait_for(pid_t pid, std::chrono::milliseconds timeout = std::chrono::
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return -1;
 }
+
+// Kills and reaps the children it holds when it goes out of scope, so that
+// a failing assertion cannot leave a reader or writer running.
+class Children {
+ public:
+  ~Children() {
+    for (pid_t p : pids_) {
+      ::kill(p, SIGKILL);
+      ::waitpid(p, nullptr, 0);
+    }
+  }
+  pid_t add(pid_t pid) {
+    pids_.push_back(pid);
+    return pid;
+  }
+  // Waits for pid (see wait_for) and forgets it.
+  int wait(pid_t pid, std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
+    std::erase(pids_, pid);
+    return wait_for(pid, timeout);
+  }
+
+ private:
+  std::vector<pid_t> pids_;
+};
 
 // Seconds for the long-running tests: LARDER_TORTURE_SECONDS, else `fallback`.
 inline double torture_seconds(double fallback) {
