@@ -70,6 +70,7 @@ TEST(Layout, DescriptorOffsets) {
   EXPECT_EQ(offsetof(TableDescriptor, slots_offset), 112u);
   EXPECT_EQ(offsetof(TableDescriptor, hash_seed), 120u);
   EXPECT_EQ(offsetof(TableDescriptor, max_load_permille), 128u);
+  EXPECT_EQ(offsetof(TableDescriptor, max_load_ppm), 136u);
   EXPECT_EQ(offsetof(TableDescriptor, counters), 144u);
   EXPECT_EQ(sizeof(TableCounters), 64u);
   EXPECT_EQ(offsetof(TableCounters, live_keys), 0u);

@@ -160,6 +160,25 @@ TableGeometry table_geometry(const void* base, const TableDescriptor& t) noexcep
   return g;
 }
 
+Schema schema_of(const void* base) {
+  const auto& h = *static_cast<const SegmentHeader*>(base);
+  Schema schema;
+  for (uint32_t t = 0; t < h.table_count; ++t) {
+    const TableDescriptor& d = table_descriptor(base, t);
+    TableSpec spec;
+    spec.name = std::string(fixed_name(d.name));
+    spec.key_max_len = d.key_max_len;
+    spec.capacity = d.capacity;
+    spec.max_load_factor = d.max_load_ppm / 1e6;
+    for (uint32_t f = 0; f < d.field_count; ++f) {
+      const FieldDescriptor& fd = field_descriptor(base, d, f);
+      spec.fields.push_back(FieldSpec{std::string(fixed_name(fd.name)), static_cast<FieldType>(fd.type), fd.count});
+    }
+    schema.tables.push_back(std::move(spec));
+  }
+  return schema;
+}
+
 void validate_segment(const void* base, size_t size, std::string_view name) {
   const auto& h = *static_cast<const SegmentHeader*>(base);
   const std::string seg = "segment \"" + std::string(name) + "\"";

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -412,6 +413,7 @@ void Writer::Impl::create(bool replace_existing) {
     d->slots_offset = tp.slots_offset;
     d->hash_seed = (uint64_t{rd()} << 32) ^ rd();
     d->max_load_permille = static_cast<uint32_t>((spec.capacity * 1000 + tp.slot_count - 1) / tp.slot_count);
+    d->max_load_ppm = static_cast<uint32_t>(std::llround(spec.max_load_factor * 1e6));
     for (size_t f = 0; f < spec.fields.size(); ++f) {
       auto* out = reinterpret_cast<FieldDescriptor*>(base + tp.fields_offset + f * sizeof(FieldDescriptor));
       const FieldSpec& fs = spec.fields[f];

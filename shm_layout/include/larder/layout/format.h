@@ -149,7 +149,8 @@ struct TableDescriptor {
   uint64_t hash_seed;           // 120
   uint32_t max_load_permille;   // 128  capacity / slot_count, rounded up
   uint32_t flags;               // 132  reserved, 0
-  uint64_t reserved0;           // 136
+  uint32_t max_load_ppm;        // 136  the schema's max_load_factor × 10^6
+  uint32_t reserved0;           // 140
   TableCounters counters;       // 144
   uint64_t reserved1[6];        // 208
 };

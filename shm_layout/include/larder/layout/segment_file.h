@@ -10,6 +10,7 @@
 
 #include "larder/layout/error.h"
 #include "larder/layout/format.h"
+#include "larder/layout/schema.h"
 #include "larder/layout/table_view.h"
 
 namespace larder::layout {
@@ -56,6 +57,10 @@ void validate_segment(const void* base, size_t size, std::string_view name);
 const TableDescriptor& table_descriptor(const void* base, uint32_t table) noexcept;
 const FieldDescriptor& field_descriptor(const void* base, const TableDescriptor& t, uint32_t field) noexcept;
 TableGeometry table_geometry(const void* base, const TableDescriptor& t) noexcept;
+
+// The schema a validated segment was created from (its fingerprint equals
+// the header's).
+Schema schema_of(const void* base);
 
 // A NUL-padded name field as a string_view.
 std::string_view fixed_name(const char (&name)[kNameBytes]) noexcept;

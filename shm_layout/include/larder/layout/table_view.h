@@ -95,6 +95,24 @@ inline SlotRead read_slot(const TableGeometry& g, const Word* s, const PackedKey
   return SlotRead::kBusy;
 }
 
+// Seqlock read of a whole slot, whatever it holds (dumps, checks): copies
+// words [kSlotMetaWord, slot_words) into out, so out[0] is the meta word and
+// out + 1 has the layout a reader's row buffer has. kMismatch is not used.
+inline SlotRead read_whole_slot(const TableGeometry& g, const Word* s, uint64_t* out,
+                                uint32_t max_retries) noexcept {
+  for (uint32_t attempt = 0; attempt < max_retries; ++attempt) {
+    const uint64_t s0 = sync::load_acquire(s[kSlotSeqWord]);  // R1
+    if (s0 & 1) {
+      sync::cpu_relax();
+      continue;
+    }
+    for (uint32_t w = kSlotMetaWord; w < g.slot_words; ++w) out[w - kSlotMetaWord] = sync::load_payload(s[w]);
+    sync::reader_fence();  // R2
+    if (sync::load_relaxed(s[kSlotSeqWord]) == s0) return SlotRead::kMatch;
+  }
+  return SlotRead::kBusy;
+}
+
 enum class FindResult : uint8_t { kFound, kAbsent, kBusy };
 
 // Probes for `key` (already hashed) and copies its words into out on success.

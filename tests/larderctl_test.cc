@@ -1,0 +1,270 @@
+// larderctl against segments written by the writer API: golden outputs for
+// text and JSON, and verify against each kind of injected corruption.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "larder/layout/segment_file.h"
+#include "larder/layout/writer.h"
+#include "support/test_segment.h"
+
+#ifndef LARDERCTL_PATH
+#error "LARDERCTL_PATH must name the larderctl binary"
+#endif
+#ifndef LARDERCTL_GOLDEN_DIR
+#error "LARDERCTL_GOLDEN_DIR must name the golden files' directory"
+#endif
+
+namespace larder {
+namespace {
+
+using layout::FieldType;
+
+constexpr int64_t kAt = 1'700'000'100'000;  // "now" for every command (--at-ms)
+
+struct CtlRun {
+  int code = -1;
+  std::string out;
+};
+
+CtlRun larderctl(const std::string& args) {
+  CtlRun r;
+  const std::string cmd = std::string(LARDERCTL_PATH) + " " + args + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// Compares with the golden file; LARDER_UPDATE_GOLDEN=1 rewrites it instead
+// (review the diff before committing it).
+void expect_golden(const std::string& name, const std::string& actual) {
+  const std::string path = std::string(LARDERCTL_GOLDEN_DIR) + "/" + name;
+  if (std::getenv("LARDER_UPDATE_GOLDEN") != nullptr) {
+    std::ofstream(path) << actual;
+    return;
+  }
+  std::ifstream in(path);
+  ASSERT_TRUE(in.good()) << "missing golden file " << path;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  EXPECT_EQ(actual, ss.str()) << "golden " << name;
+}
+
+// Lines sorted after the first `keep` lines (dump order follows the hash seed).
+std::string sorted_lines(const std::string& text, size_t keep = 0) {
+  std::vector<std::string> lines;
+  std::stringstream ss(text);
+  for (std::string l; std::getline(ss, l);) lines.push_back(l);
+  std::sort(lines.begin() + static_cast<long>(std::min(keep, lines.size())), lines.end());
+  std::string out;
+  for (const std::string& l : lines) out += l + "\n";
+  return out;
+}
+
+class LarderctlTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    layout::TableSpec users;
+    users.name = "users";
+    users.key_max_len = 16;
+    users.capacity = 100;
+    users.fields = {{"clicks", FieldType::kInt64, 1},       {"spend", FieldType::kFloat64, 1},
+                    {"ctr", FieldType::kFloat32, 1},         {"premium", FieldType::kBool, 1},
+                    {"emb", FieldType::kFloat32Vector, 3},   {"country", FieldType::kString, 4}};
+    layout::TableSpec items;
+    items.name = "items";
+    items.capacity = 10;
+    items.max_load_factor = 0.5;
+    items.fields = {{"price", FieldType::kFloat64, 1}};
+    layout::Schema schema;
+    schema.tables = {users, items};
+    writer_ = Writer::open(seg_.name(), schema, seg_.writer_options());
+    const float emb[3] = {0.5f, -1.0f, 2.25f};
+    const FieldValue u1[] = {FieldValue::int64(0, 42),  FieldValue::float64(1, 12.5), FieldValue::float32(2, 0.25f),
+                             FieldValue::boolean(3, true), FieldValue::vector(4, emb),   FieldValue::string(5, "SE")};
+    ASSERT_EQ(writer_->upsert(0, "u1", 1'700'000'000'000, u1, 1'700'000'050'000'000'000), ApplyResult::kApplied);
+    const FieldValue u2[] = {FieldValue::int64(0, 7), FieldValue::string(5, "a,\"b")};
+    ASSERT_EQ(writer_->upsert(0, "u2", 1'700'000'090'000, u2, 1'700'000'095'000'000'000), ApplyResult::kApplied);
+    ASSERT_EQ(writer_->upsert(0, "u3", 1'700'000'000'000, u2, 1'700'000'095'000'000'000), ApplyResult::kApplied);
+    ASSERT_EQ(writer_->remove(0, "u3", 1'700'000'001'000, 1'700'000'096'000'000'000), ApplyResult::kApplied);
+    const FieldValue price[] = {FieldValue::float64(0, 9.99)};
+    ASSERT_EQ(writer_->upsert(1, "i1", 1'700'000'000'000, price, 1'700'000'000'000'000'000), ApplyResult::kApplied);
+  }
+  std::string common() const { return "--dir " + seg_.dir() + " --at-ms " + std::to_string(kAt) + " "; }
+  std::string fix(std::string s) const {
+    // Goldens say SEGMENT for the per-run segment name.
+    for (size_t at; (at = s.find(seg_.name())) != std::string::npos;) s.replace(at, seg_.name().size(), "SEGMENT");
+    return s;
+  }
+
+  testing::ScratchSegment seg_;
+  std::unique_ptr<Writer> writer_;
+};
+
+TEST_F(LarderctlTest, GetTextAndJson) {
+  CtlRun r = larderctl(common() + "get " + seg_.name() + " users u1 u2 nobody");
+  EXPECT_EQ(r.code, 1) << "a missing key makes get exit 1";
+  expect_golden("get.txt", r.out);
+  r = larderctl(common() + "--json get " + seg_.name() + " users u1 u3");
+  EXPECT_EQ(r.code, 1);
+  expect_golden("get.jsonl", r.out);
+  r = larderctl(common() + "get " + seg_.name() + " users u1 --max-age-ms 1000");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("u1: stale"), std::string::npos) << r.out;
+}
+
+TEST_F(LarderctlTest, DumpJsonLinesAndCsv) {
+  CtlRun r = larderctl(common() + "dump " + seg_.name() + " users");
+  EXPECT_EQ(r.code, 0);
+  expect_golden("dump.jsonl", sorted_lines(r.out));
+  r = larderctl(common() + "dump " + seg_.name() + " users --format csv");
+  EXPECT_EQ(r.code, 0);
+  expect_golden("dump.csv", sorted_lines(r.out, 1));
+  r = larderctl(common() + "dump " + seg_.name() + " users --limit 1");
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1);
+}
+
+TEST_F(LarderctlTest, SchemaRoundTripsToTheSameFingerprint) {
+  CtlRun r = larderctl(common() + "schema " + seg_.name());
+  EXPECT_EQ(r.code, 0);
+  expect_golden("schema.yaml", fix(r.out));
+  r = larderctl(common() + "--json schema " + seg_.name());
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("\"max_load_factor\":0.5"), std::string::npos) << r.out;
+  auto m = layout::MappedFile::open_read_only(writer_->path(), seg_.name());
+  EXPECT_EQ(layout::schema_of(m->data()).fingerprint(), writer_->schema().fingerprint());
+}
+
+TEST_F(LarderctlTest, InfoAndLs) {
+  CtlRun r = larderctl(common() + "--json info " + seg_.name());
+  EXPECT_EQ(r.code, 0) << r.out;
+  for (const char* want : {"\"layout_version\":1", "\"state\":\"ready\"", "\"alive\":true", "\"live_keys\":2",
+                           "\"tombstones\":1", "\"capacity\":100", "\"stale_ignored\":0", "\"probe_length\":"}) {
+    EXPECT_NE(r.out.find(want), std::string::npos) << want << " in " << r.out;
+  }
+  r = larderctl(common() + "info " + seg_.name());
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("users: 2 / 100 keys"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("writer pid " + std::to_string(::getpid()) + ", alive"), std::string::npos) << r.out;
+  r = larderctl(common() + "ls");
+  EXPECT_NE(r.out.find(seg_.name()), std::string::npos) << r.out;
+  r = larderctl(common() + "--json ls");
+  EXPECT_NE(r.out.find("{\"name\":\"" + seg_.name() + "\""), std::string::npos) << r.out;
+}
+
+TEST_F(LarderctlTest, WatchPrintsLiveNumbers) {
+  CtlRun r = larderctl(common() + "watch " + seg_.name() + " --interval 0.05 --count 2");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("writer alive"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("users"), std::string::npos) << r.out;
+}
+
+TEST_F(LarderctlTest, ErrorsNameTheProblem) {
+  CtlRun r = larderctl(common() + "info no-such-segment");
+  EXPECT_EQ(r.code, 3);
+  EXPECT_NE(r.out.find("Is the sidecar running"), std::string::npos) << r.out;
+  r = larderctl(common() + "get " + seg_.name() + " nosuchtable k");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("no table \"nosuchtable\" (tables: users, items)"), std::string::npos) << r.out;
+  r = larderctl(common() + "frobnicate");
+  EXPECT_EQ(r.code, 2);
+}
+
+TEST_F(LarderctlTest, VerifyIsCleanThenDetectsEachCorruption) {
+  CtlRun r = larderctl(common() + "verify " + seg_.name());
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("ok (4 occupied slots checked)"), std::string::npos) << r.out;
+  const std::string path = writer_->path();
+  writer_.reset();  // corrupt a segment nobody writes
+
+  auto damage = [&](auto&& f) {
+    auto m = layout::MappedFile::open_read_write(path, seg_.name());
+    char* base = static_cast<char*>(m->mutable_data());
+    const auto& d = layout::table_descriptor(base, 0);
+    const layout::TableGeometry g = layout::table_geometry(base, d);
+    // The slot of key u1.
+    for (uint64_t i = 0; i < g.slot_count; ++i) {
+      auto* s = const_cast<layout::Word*>(g.slot(i));
+      if (layout::meta_state(s[1].load()) == layout::SlotState::kLive &&
+          std::string_view(reinterpret_cast<const char*>(s + g.key_word_offset()), 2) == "u1") {
+        f(const_cast<layout::TableDescriptor&>(d), s, g);
+        return;
+      }
+    }
+    FAIL() << "u1 not found";
+  };
+  struct Case {
+    const char* what;
+    const char* expect;
+  };
+  // Each damage is undone by recreating the fixture: run them on copies.
+  const std::string pristine = path + ".pristine";
+  ASSERT_EQ(std::system(("cp " + path + " " + pristine).c_str()), 0);
+  auto restore = [&] { ASSERT_EQ(std::system(("cp " + pristine + " " + path).c_str()), 0); };
+
+  damage([](auto&, layout::Word* s, auto&) { s[0].store(s[0].load() + 1); });
+  r = larderctl(common() + "verify " + seg_.name());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("sequence stays odd"), std::string::npos) << r.out;
+  restore();
+
+  damage([](auto&, layout::Word* s, const layout::TableGeometry& g) { s[g.key_word_offset()].store(0x7878); });
+  r = larderctl(common() + "verify " + seg_.name());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("stored hash does not match key"), std::string::npos) << r.out;
+  restore();
+
+  damage([](auto& d, layout::Word*, auto&) { d.counters.live_keys.store(5); });
+  r = larderctl(common() + "verify " + seg_.name());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("counters say 5 live keys, the slots hold 2"), std::string::npos) << r.out;
+  restore();
+
+  damage([](auto&, layout::Word* s, auto&) { s[4].store(900); });  // key length
+  r = larderctl(common() + "verify " + seg_.name());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("key length 900"), std::string::npos) << r.out;
+  restore();
+
+  // The same key live twice: copy u1's slot into the next empty slot.
+  damage([](auto&, layout::Word* s, const layout::TableGeometry& g) {
+    for (uint64_t i = 0; i < g.slot_count; ++i) {
+      auto* t = const_cast<layout::Word*>(g.slot(i));
+      if (t == s || t[1].load() != 0) continue;
+      for (uint32_t w = 0; w < g.slot_words; ++w) t[w].store(s[w].load());
+      return;
+    }
+  });
+  r = larderctl(common() + "verify " + seg_.name());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("is live twice"), std::string::npos) << r.out;
+  restore();
+
+  {
+    auto m = layout::MappedFile::open_read_write(path, seg_.name());
+    static_cast<layout::SegmentHeader*>(m->mutable_data())->layout_version = 9;
+  }
+  r = larderctl(common() + "verify " + seg_.name());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("has layout v9"), std::string::npos) << r.out;
+  restore();
+
+  r = larderctl(common() + "--json verify " + seg_.name());
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("\"ok\":true"), std::string::npos) << r.out;
+  std::remove(pristine.c_str());
+}
+
+}  // namespace
+}  // namespace larder

@@ -1,0 +1,674 @@
+// larderctl: read-only inspection of Larder segments, in the spirit of
+// mdb_stat and redis-cli. Every command maps segments read-only; none can
+// change one.
+//
+//   larderctl ls                        segments in the directory
+//   larderctl info SEGMENT              header, writer, per-table occupancy
+//   larderctl schema SEGMENT            the schema as sidecar YAML
+//   larderctl get SEGMENT TABLE KEY...  rows, typed, with validity and age
+//   larderctl dump SEGMENT TABLE        every live row (jsonl or csv)
+//   larderctl watch SEGMENT             a live view, refreshed every second
+//   larderctl verify SEGMENT            an integrity check
+//
+// Exit codes: 0 success; 1 verify found problems, or get found no row for a
+// key; 2 bad usage; 3 the segment cannot be opened (missing, permission,
+// version, corrupt header).
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "larder/client.h"
+#include "larder/layout/clock.h"
+#include "larder/layout/segment_file.h"
+#include "larder/layout/table_view.h"
+
+namespace {
+
+using namespace larder;          // NOLINT: a tool over the whole library
+using namespace larder::layout;  // NOLINT
+
+constexpr int kExitOk = 0;
+constexpr int kExitProblems = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitOpen = 3;
+
+struct Globals {
+  std::string dir = "/dev/shm";
+  bool json = false;
+  int64_t at_ms = 0;  // compute ages as of this time (0: now)
+  int64_t now_ms() const { return at_ms != 0 ? at_ms : now_unix_ms(); }
+};
+
+// ---------------------------------------------------------------------------
+// Output helpers
+
+std::string json_string(std::string_view s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char b[8];
+          std::snprintf(b, sizeof b, "\\u%04x", c);
+          out += b;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string number(double v) {
+  if (!std::isfinite(v)) return "null";
+  char b[32];
+  std::snprintf(b, sizeof b, "%.17g", v);
+  return b;
+}
+
+std::string hex64(uint64_t v) {
+  char b[20];
+  std::snprintf(b, sizeof b, "%016" PRIx64, v);
+  return b;
+}
+
+const char* state_name(SegmentState s) {
+  switch (s) {
+    case SegmentState::kCreating: return "creating";
+    case SegmentState::kReady: return "ready";
+    case SegmentState::kRetired: return "retired";
+  }
+  return "unknown";
+}
+
+const char* connection_name(ConnectionState s) {
+  switch (s) {
+    case ConnectionState::kUnknown: return "unknown";
+    case ConnectionState::kConnecting: return "connecting";
+    case ConnectionState::kConnected: return "connected";
+    case ConnectionState::kDisconnected: return "disconnected";
+    case ConnectionState::kStopped: return "stopped";
+  }
+  return "unknown";
+}
+
+// A field's value as JSON (scalars, arrays for vectors, strings) or null when
+// never written.
+std::string value_json(const RowView& row, const Field& f) {
+  if (!row.valid(f)) return "null";
+  switch (f.type) {
+    case FieldType::kInt64: return std::to_string(row.i64(f));
+    case FieldType::kFloat64: return number(row.f64(f));
+    case FieldType::kFloat32: return number(row.f32(f));
+    case FieldType::kBool: return row.boolean(f) ? "true" : "false";
+    case FieldType::kString: return json_string(row.string(f));
+    case FieldType::kFloat32Vector: {
+      std::string out = "[";
+      for (float x : row.vector(f)) out += (out.size() > 1 ? "," : "") + number(x);
+      return out + "]";
+    }
+  }
+  return "null";
+}
+
+// The same as text: JSON for vectors and strings (quoted), plain otherwise.
+std::string value_text(const RowView& row, const Field& f) {
+  if (!row.valid(f)) return "(unset)";
+  return value_json(row, f);
+}
+
+std::string csv_cell(std::string s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) out += (c == '"') ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
+}
+
+// ---------------------------------------------------------------------------
+// Opening
+
+struct Opened {
+  Segment segment;
+  std::unique_ptr<MappedFile> raw;  // the same file, for slot-level commands
+};
+
+Opened open_segment(const Globals& g, const std::string& name) {
+  Opened o;
+  o.segment = Segment::open(name, ClientOptions{g.dir});
+  o.raw = MappedFile::open_read_only(segment_path(g.dir, name), name);
+  validate_segment(o.raw->data(), o.raw->size(), name);
+  return o;
+}
+
+struct TableScan {
+  uint64_t live = 0, tombstones = 0, empty = 0, odd = 0;
+  std::map<uint64_t, uint64_t> probe_lengths;  // distance from home -> live keys
+  uint64_t max_probe = 0;
+};
+
+TableScan scan_table(const void* base, const TableDescriptor& d) {
+  const TableGeometry g = table_geometry(base, d);
+  TableScan s;
+  for (uint64_t i = 0; i < g.slot_count; ++i) {
+    const Word* slot = g.slot(i);
+    if (slot[kSlotSeqWord].load(std::memory_order_relaxed) & 1) ++s.odd;
+    const uint64_t meta = slot[kSlotMetaWord].load(std::memory_order_relaxed);
+    switch (meta_state(meta)) {
+      case SlotState::kEmpty: ++s.empty; break;
+      case SlotState::kTombstone: ++s.tombstones; break;
+      case SlotState::kLive: {
+        ++s.live;
+        const uint64_t home = g.home(meta);
+        const uint64_t dist = i >= home ? i - home : i + g.slot_count - home;
+        ++s.probe_lengths[dist];
+        s.max_probe = std::max(s.max_probe, dist);
+        break;
+      }
+    }
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// Commands
+
+int cmd_ls(const Globals& g) {
+  DIR* d = ::opendir(g.dir.c_str());
+  if (d == nullptr) {
+    std::fprintf(stderr, "larderctl: cannot list %s: %s\n", g.dir.c_str(), std::strerror(errno));
+    return kExitOpen;
+  }
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(d)) {
+    std::string n = e->d_name;
+    if (n.empty() || n[0] == '.' || (n.size() > 5 && n.substr(n.size() - 5) == ".lock")) continue;
+    names.push_back(n);
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  std::string json = "[";
+  if (!g.json) std::printf("%-32s %12s %6s %-9s %s\n", "SEGMENT", "BYTES", "TABLES", "STATE", "WRITER");
+  for (const std::string& n : names) {
+    try {
+      validate_segment_name(n);
+      Segment s = Segment::open(n, ClientOptions{g.dir});
+      const SegmentInfo i = s.info();
+      const bool alive = s.writer_alive();
+      if (g.json) {
+        json += std::string(json.size() > 1 ? "," : "") + "{\"name\":" + json_string(n) +
+                ",\"bytes\":" + std::to_string(i.segment_bytes) +
+                ",\"tables\":" + std::to_string(s.table_names().size()) + ",\"state\":\"" + state_name(i.state) +
+                "\",\"writer_pid\":" + std::to_string(i.writer_pid) + ",\"writer_alive\":" +
+                (alive ? "true" : "false") + ",\"heartbeat_age_ms\":" + std::to_string(i.heartbeat_age_ms) + "}";
+      } else {
+        std::string writer = alive ? "alive (pid " + std::to_string(i.writer_pid) + ")"
+                                   : (i.writer_pid != 0 ? "not responding (pid " + std::to_string(i.writer_pid) + ")"
+                                                        : "none");
+        std::printf("%-32s %12" PRIu64 " %6zu %-9s %s\n", n.c_str(), i.segment_bytes, s.table_names().size(),
+                    state_name(i.state), writer.c_str());
+      }
+    } catch (const Error&) {
+      // Not a (readable) Larder segment: other files share /dev/shm.
+    }
+  }
+  if (g.json) std::printf("%s]\n", json.c_str());
+  return kExitOk;
+}
+
+int cmd_info(const Globals& g, const std::string& name) {
+  Opened o = open_segment(g, name);
+  const SegmentInfo i = o.segment.info();
+  const SegmentHeader& h = o.raw->header();
+  const int64_t now_ns = g.now_ms() * 1'000'000;
+  auto age_ms = [&](int64_t unix_ns) { return unix_ns == 0 ? int64_t{-1} : (now_ns - unix_ns) / 1'000'000; };
+  std::string tables_json = "[";
+  std::string text;
+  for (uint32_t t = 0; t < h.table_count; ++t) {
+    const TableDescriptor& d = table_descriptor(o.raw->data(), t);
+    const Table table = o.segment.table(std::string(fixed_name(d.name)));
+    const TableStats st = table.stats();
+    const TableScan scan = scan_table(o.raw->data(), d);
+    const double load = static_cast<double>(scan.live + scan.tombstones) / static_cast<double>(d.slot_count);
+    std::string probes_json = "{", probes_text;
+    uint64_t p50 = 0, p99 = 0, seen = 0;
+    for (const auto& [dist, n] : scan.probe_lengths) {
+      probes_json += std::string(probes_json.size() > 1 ? "," : "") + "\"" + std::to_string(dist) + "\":" +
+                     std::to_string(n);
+      if (seen < (scan.live + 1) / 2 && seen + n >= (scan.live + 1) / 2) p50 = dist;
+      if (seen < (scan.live * 99 + 99) / 100 && seen + n >= (scan.live * 99 + 99) / 100) p99 = dist;
+      seen += n;
+    }
+    probes_json += "}";
+    tables_json += std::string(tables_json.size() > 1 ? "," : "") + "{\"name\":" + json_string(table.name()) +
+                   ",\"capacity\":" + std::to_string(d.capacity) + ",\"slots\":" + std::to_string(d.slot_count) +
+                   ",\"slot_bytes\":" + std::to_string(d.slot_bytes) + ",\"live_keys\":" + std::to_string(st.live_keys) +
+                   ",\"tombstones\":" + std::to_string(st.tombstones) + ",\"load_factor\":" + number(load) +
+                   ",\"upserts\":" + std::to_string(st.upserts) + ",\"deletes\":" + std::to_string(st.deletes) +
+                   ",\"stale_ignored\":" + std::to_string(st.stale_ignored) +
+                   ",\"full_rejected\":" + std::to_string(st.full_rejected) +
+                   ",\"last_update_age_ms\":" + std::to_string(age_ms(st.last_apply_unix_ns)) +
+                   ",\"max_event_time_ms\":" + std::to_string(st.max_event_time_ms) +
+                   ",\"probe_length\":{\"p50\":" + std::to_string(p50) + ",\"p99\":" + std::to_string(p99) +
+                   ",\"max\":" + std::to_string(scan.max_probe) + ",\"histogram\":" + probes_json + "}}";
+    char line[512];
+    std::snprintf(line, sizeof line,
+                  "  %s: %" PRIu64 " / %" PRIu64 " keys (%.1f%% of capacity), %" PRIu64 " tombstones, %" PRIu64
+                  " slots of %u B, load %.3f\n"
+                  "    upserts %" PRIu64 ", deletes %" PRIu64 ", stale ignored %" PRIu64 ", full rejected %" PRIu64
+                  ", last update %s\n"
+                  "    probe length p50 %" PRIu64 ", p99 %" PRIu64 ", max %" PRIu64 "\n",
+                  table.name().c_str(), st.live_keys, d.capacity,
+                  100.0 * static_cast<double>(st.live_keys) / static_cast<double>(d.capacity), st.tombstones,
+                  d.slot_count, d.slot_bytes, load, st.upserts, st.deletes, st.stale_ignored, st.full_rejected,
+                  st.last_apply_unix_ns == 0 ? "never" : (std::to_string(age_ms(st.last_apply_unix_ns)) + " ms ago").c_str(),
+                  p50, p99, scan.max_probe);
+    text += line;
+  }
+  tables_json += "]";
+  const bool alive = o.segment.writer_alive();
+  if (g.json) {
+    std::printf(
+        "{\"name\":%s,\"path\":%s,\"bytes\":%" PRIu64 ",\"layout_version\":%u,\"abi_signature\":\"%s\","
+        "\"schema_fingerprint\":\"%s\",\"state\":\"%s\",\"generation\":%" PRIu64 ",\"creator\":%s,"
+        "\"writer\":{\"pid\":%" PRIu64 ",\"alive\":%s,\"heartbeat_age_ms\":%" PRId64 ",\"sessions\":%" PRIu64
+        ",\"repaired_slots\":%" PRIu64 "},\"connection\":\"%s\",\"updates_applied\":%" PRIu64
+        ",\"messages_rejected\":%" PRIu64 ",\"last_update_age_ms\":%" PRId64 ",\"tables\":%s}\n",
+        json_string(name).c_str(), json_string(segment_path(g.dir, name)).c_str(), i.segment_bytes, i.layout_version,
+        hex64(h.abi_signature).c_str(), hex64(i.schema_fingerprint).c_str(), state_name(i.state), i.generation,
+        json_string(std::string_view(h.creator, strnlen(h.creator, sizeof h.creator))).c_str(), i.writer_pid,
+        alive ? "true" : "false", i.heartbeat_age_ms, i.writer_sessions, i.repaired_slots,
+        connection_name(i.connection), i.updates_applied, i.messages_rejected, age_ms(i.last_apply_unix_ns),
+        tables_json.c_str());
+  } else {
+    std::printf("segment %s (%s)\n", name.c_str(), segment_path(g.dir, name).c_str());
+    std::printf("  %" PRIu64 " bytes, layout v%u, ABI %s, schema %s, state %s, generation %" PRIu64 "\n",
+                i.segment_bytes, i.layout_version, hex64(h.abi_signature).c_str(),
+                hex64(i.schema_fingerprint).c_str(), state_name(i.state), i.generation);
+    if (i.writer_pid != 0) {
+      std::printf("  writer pid %" PRIu64 ", %s, heartbeat %" PRId64 " ms ago, broker %s\n", i.writer_pid,
+                  alive ? "alive" : "NOT RESPONDING", i.heartbeat_age_ms, connection_name(i.connection));
+    } else {
+      std::printf("  no writer attached (last heartbeat %" PRId64 " ms ago), broker %s\n", i.heartbeat_age_ms,
+                  connection_name(i.connection));
+    }
+    std::printf("  %" PRIu64 " updates applied, %" PRIu64 " messages rejected, last update %s; %" PRIu64
+                " writer sessions, %" PRIu64 " slots repaired at the last start\n",
+                i.updates_applied, i.messages_rejected,
+                i.last_apply_unix_ns == 0 ? "never" : (std::to_string(age_ms(i.last_apply_unix_ns)) + " ms ago").c_str(),
+                i.writer_sessions, i.repaired_slots);
+    std::printf("tables:\n%s", text.c_str());
+  }
+  return kExitOk;
+}
+
+int cmd_schema(const Globals& g, const std::string& name) {
+  Opened o = open_segment(g, name);
+  const Schema schema = schema_of(o.raw->data());
+  if (g.json) {
+    std::string out = "{\"segment\":" + json_string(name) + ",\"fingerprint\":\"" +
+                      hex64(o.raw->header().schema_fingerprint) + "\",\"tables\":[";
+    for (size_t t = 0; t < schema.tables.size(); ++t) {
+      const TableSpec& s = schema.tables[t];
+      out += std::string(t ? "," : "") + "{\"name\":" + json_string(s.name) +
+             ",\"key_max_len\":" + std::to_string(s.key_max_len) + ",\"capacity\":" + std::to_string(s.capacity) +
+             ",\"max_load_factor\":" + number(s.max_load_factor) + ",\"fields\":[";
+      for (size_t f = 0; f < s.fields.size(); ++f) {
+        const FieldSpec& fs = s.fields[f];
+        out += std::string(f ? "," : "") + "{\"name\":" + json_string(fs.name) + ",\"type\":\"" +
+               field_type_name(fs.type) + "\"";
+        if (fs.type == FieldType::kFloat32Vector) out += ",\"dims\":" + std::to_string(fs.count);
+        if (fs.type == FieldType::kString) out += ",\"max_len\":" + std::to_string(fs.count);
+        out += "}";
+      }
+      out += "]}";
+    }
+    std::printf("%s]}\n", out.c_str());
+    return kExitOk;
+  }
+  std::printf("# Schema of segment %s (fingerprint %s), in larder-sidecar config form.\n", name.c_str(),
+              hex64(o.raw->header().schema_fingerprint).c_str());
+  std::printf("segment:\n  name: %s\n  dir: %s\ntables:\n", name.c_str(), g.dir.c_str());
+  for (const TableSpec& s : schema.tables) {
+    std::printf("  - name: %s\n    key_max_len: %u\n    capacity: %" PRIu64 "\n    max_load_factor: %g\n    fields:\n",
+                s.name.c_str(), s.key_max_len, s.capacity, s.max_load_factor);
+    for (const FieldSpec& f : s.fields) {
+      std::printf("      - {name: %s, type: %s", f.name.c_str(), field_type_name(f.type));
+      if (f.type == FieldType::kFloat32Vector) std::printf(", dims: %u", f.count);
+      if (f.type == FieldType::kString) std::printf(", max_len: %u", f.count);
+      std::printf("}\n");
+    }
+  }
+  return kExitOk;
+}
+
+std::string row_json(const Table& t, std::string_view key, const RowView& row, const char* status, int64_t now_ms) {
+  std::string out = "{\"key\":" + json_string(key) + ",\"status\":\"" + status + "\"";
+  if (row.event_time_ms() != 0 || std::string_view(status) == "ok" || std::string_view(status) == "stale") {
+    out += ",\"event_time_ms\":" + std::to_string(row.event_time_ms()) +
+           ",\"age_ms\":" + std::to_string(now_ms - row.event_time_ms()) +
+           ",\"apply_unix_ns\":" + std::to_string(row.apply_unix_ns()) + ",\"fields\":{";
+    bool first = true;
+    for (const Field& f : t.fields()) {
+      out += std::string(first ? "" : ",") + json_string(f.name) + ":" + value_json(row, f);
+      first = false;
+    }
+    out += "}";
+  }
+  return out + "}";
+}
+
+int cmd_get(const Globals& g, const std::string& name, const std::string& table_name,
+            const std::vector<std::string>& keys, int64_t max_age_ms) {
+  Opened o = open_segment(g, name);
+  const Table t = o.segment.table(table_name);
+  Row row = t.make_row();
+  const int64_t now = g.now_ms();
+  bool all_found = true;
+  for (const std::string& key : keys) {
+    const ReadResult r = t.get(key, row, ReadOptions{max_age_ms});
+    all_found = all_found && r.found();
+    if (g.json) {
+      if (r.found()) {
+        std::printf("%s\n", row_json(t, key, row, status_name(r.status), now).c_str());
+      } else {
+        std::printf("{\"key\":%s,\"status\":\"%s\"}\n", json_string(key).c_str(), status_name(r.status));
+      }
+      continue;
+    }
+    if (!r.found()) {
+      std::printf("%s: %s\n", key.c_str(), status_name(r.status));
+      continue;
+    }
+    std::printf("%s: %s, event time %" PRId64 " (age %" PRId64 " ms), applied %" PRId64 " ms ago\n", key.c_str(),
+                status_name(r.status), r.event_time_ms, r.age_ms(now), (now * 1'000'000 - r.apply_unix_ns) / 1'000'000);
+    for (const Field& f : t.fields()) {
+      std::printf("  %-24.*s %-8s %s\n", static_cast<int>(f.name.size()), f.name.data(), field_type_name(f.type),
+                  value_text(row, f).c_str());
+    }
+  }
+  return all_found ? kExitOk : kExitProblems;
+}
+
+int cmd_dump(const Globals& g, const std::string& name, const std::string& table_name, const std::string& format,
+             uint64_t limit) {
+  Opened o = open_segment(g, name);
+  const Table t = o.segment.table(table_name);
+  const void* base = o.raw->data();
+  const TableDescriptor* d = nullptr;
+  for (uint32_t i = 0; i < o.raw->header().table_count; ++i) {
+    if (fixed_name(table_descriptor(base, i).name) == table_name) d = &table_descriptor(base, i);
+  }
+  const TableGeometry geo = table_geometry(base, *d);
+  std::vector<uint64_t> words(geo.slot_words);
+  const RowView row = t.view(words.data() + 1);
+  const int64_t now = g.now_ms();
+  const bool csv = format == "csv";
+  if (csv) {
+    std::printf("key,event_time_ms,apply_unix_ns");
+    for (const Field& f : t.fields()) std::printf(",%s", csv_cell(std::string(f.name)).c_str());
+    std::printf("\n");
+  }
+  uint64_t n = 0, busy = 0;
+  for (uint64_t i = 0; i < geo.slot_count && (limit == 0 || n < limit); ++i) {
+    if (geo.slot(i)[kSlotMetaWord].load(std::memory_order_relaxed) == 0) continue;
+    // Each row is one consistent version (a seqlock read of the slot).
+    if (read_whole_slot(geo, geo.slot(i), words.data(), 1024) != SlotRead::kMatch) {
+      ++busy;
+      continue;
+    }
+    if (meta_state(words[0]) != SlotState::kLive) continue;
+    if (csv) {
+      std::string line = csv_cell(std::string(row.key())) + "," + std::to_string(row.event_time_ms()) + "," +
+                         std::to_string(row.apply_unix_ns());
+      for (const Field& f : t.fields()) {
+        std::string cell;
+        if (row.valid(f)) cell = f.type == FieldType::kString ? std::string(row.string(f)) : value_json(row, f);
+        line += "," + csv_cell(cell);
+      }
+      std::printf("%s\n", line.c_str());
+    } else {
+      std::printf("%s\n", row_json(t, row.key(), row, "ok", now).c_str());
+    }
+    ++n;
+  }
+  if (busy > 0) std::fprintf(stderr, "larderctl: %" PRIu64 " slots were mid-update and skipped\n", busy);
+  return kExitOk;
+}
+
+// verify: every check that can be made without the writer's cooperation.
+int cmd_verify(const Globals& g, const std::string& name) {
+  std::unique_ptr<MappedFile> m;
+  std::vector<std::string> problems;
+  try {
+    validate_segment_name(name);
+    m = MappedFile::open_read_only(segment_path(g.dir, name), name);
+    validate_segment(m->data(), m->size(), name);
+  } catch (const Error& e) {
+    if (g.json) {
+      std::printf("{\"segment\":%s,\"ok\":false,\"problems\":[%s]}\n", json_string(name).c_str(),
+                  json_string(e.what()).c_str());
+    } else {
+      std::printf("%s: %s\n", name.c_str(), e.what());
+    }
+    return e.code() == ErrorCode::kCorrupt || e.code() == ErrorCode::kVersionMismatch ? kExitProblems : kExitOpen;
+  }
+  const void* base = m->data();
+  const SegmentHeader& h = m->header();
+  uint64_t checked = 0;
+  if (schema_of(base).fingerprint() != h.schema_fingerprint) {
+    problems.push_back("the schema fingerprint does not match the table and field descriptors");
+  }
+  const bool undo_armed = h.undo_armed.load() != 0;
+  for (uint32_t t = 0; t < h.table_count; ++t) {
+    const TableDescriptor& d = table_descriptor(base, t);
+    const std::string tname(fixed_name(d.name));
+    const TableGeometry geo = table_geometry(base, d);
+    std::vector<uint64_t> words(geo.slot_words);
+    std::set<std::string> keys;
+    uint64_t live = 0, tomb = 0;
+    for (uint64_t i = 0; i < geo.slot_count; ++i) {
+      const Word* s = geo.slot(i);
+      const std::string where = tname + " slot " + std::to_string(i);
+      if (read_whole_slot(geo, s, words.data(), 4096) != SlotRead::kMatch) {
+        const bool repairable = undo_armed && h.undo_table.load() == t && h.undo_slot.load() == i;
+        problems.push_back(where + ": sequence stays odd (" +
+                           (repairable ? "a writer died mid-update; the next writer restores it from the undo copy)"
+                                       : "not covered by the undo record; the next writer turns it into a tombstone)"));
+        continue;
+      }
+      const uint64_t meta = words[0];
+      if (meta == 0) continue;
+      const RowView row(words.data() + 1, geo.validity_words, geo.key_words);
+      const uint64_t key_len = words[kSlotKeyLenWord - 1] & 0xffffffffu;
+      if (key_len == 0 || key_len > d.key_max_len) {
+        problems.push_back(where + ": key length " + std::to_string(key_len) + " is outside 1.." +
+                           std::to_string(d.key_max_len));
+        continue;
+      }
+      const std::string key(row.key());
+      if (((hash_key(key, geo.hash_seed) ^ meta) & ~kMetaStateMask) != 0) {
+        problems.push_back(where + ": stored hash does not match key " + json_string(key));
+      }
+      if (meta_state(meta) == SlotState::kTombstone) {
+        ++tomb;
+      } else if (meta_state(meta) == SlotState::kLive) {
+        ++live;
+        if (!keys.insert(key).second) problems.push_back(where + ": key " + json_string(key) + " is live twice");
+        // The key must be reachable from its home without crossing an empty slot.
+        PackedKey packed;
+        packed.assign(key);
+        std::vector<uint64_t> out(geo.copy_words());
+        if (find(geo, packed, hash_key(key, geo.hash_seed), out.data(), 4096) == FindResult::kAbsent) {
+          problems.push_back(where + ": key " + json_string(key) + " is not reachable from its home slot");
+        }
+      } else {
+        problems.push_back(where + ": unknown state " + std::to_string(meta & kMetaStateMask));
+      }
+      ++checked;
+    }
+    const uint64_t c_live = d.counters.live_keys.load(), c_tomb = d.counters.tombstones.load();
+    if (c_live != live) {
+      problems.push_back(tname + ": counters say " + std::to_string(c_live) + " live keys, the slots hold " +
+                         std::to_string(live));
+    }
+    if (c_tomb != tomb) {
+      problems.push_back(tname + ": counters say " + std::to_string(c_tomb) + " tombstones, the slots hold " +
+                         std::to_string(tomb));
+    }
+    if (live > d.capacity) problems.push_back(tname + ": more live keys than the capacity");
+  }
+  if (g.json) {
+    std::string list;
+    for (const std::string& p : problems) list += (list.empty() ? "" : ",") + json_string(p);
+    std::printf("{\"segment\":%s,\"ok\":%s,\"slots_checked\":%" PRIu64 ",\"problems\":[%s]}\n",
+                json_string(name).c_str(), problems.empty() ? "true" : "false", checked, list.c_str());
+  } else if (problems.empty()) {
+    std::printf("%s: ok (%" PRIu64 " occupied slots checked)\n", name.c_str(), checked);
+  } else {
+    std::printf("%s: %zu problem(s)\n", name.c_str(), problems.size());
+    for (const std::string& p : problems) std::printf("  %s\n", p.c_str());
+  }
+  return problems.empty() ? kExitOk : kExitProblems;
+}
+
+int cmd_watch(const Globals& g, const std::string& name, double interval_s, int count) {
+  Opened o = open_segment(g, name);
+  const bool tty = ::isatty(STDOUT_FILENO) != 0;
+  std::vector<Table> tables;
+  for (const std::string& t : o.segment.table_names()) tables.push_back(o.segment.table(t));
+  std::vector<uint64_t> last(tables.size(), 0);
+  auto last_time = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < tables.size(); ++i) {
+    const TableStats s = tables[i].stats();
+    last[i] = s.upserts + s.deletes;
+  }
+  for (int n = 0; count == 0 || n < count; ++n) {
+    std::this_thread::sleep_for(std::chrono::duration<double>(interval_s));
+    const auto now_t = std::chrono::steady_clock::now();
+    const double dt = std::chrono::duration<double>(now_t - last_time).count();
+    last_time = now_t;
+    const SegmentInfo info = o.segment.info();
+    const int64_t now_ns = layout::now_unix_ns();
+    if (tty) std::printf("\x1b[H\x1b[2J");
+    if (tty || n == 0 || g.json) {
+      // Header: once per screen on a terminal, once at the start otherwise.
+    }
+    if (g.json) {
+      std::string t_json;
+      for (size_t i = 0; i < tables.size(); ++i) {
+        const TableStats s = tables[i].stats();
+        const uint64_t ops = s.upserts + s.deletes;
+        t_json += std::string(i ? "," : "") + "{\"name\":" + json_string(tables[i].name()) +
+                  ",\"updates_per_s\":" + number(static_cast<double>(ops - last[i]) / dt) +
+                  ",\"live_keys\":" + std::to_string(s.live_keys) + ",\"capacity\":" + std::to_string(s.capacity) +
+                  ",\"freshness_ms\":" +
+                  std::to_string(s.last_apply_unix_ns == 0 ? -1 : (now_ns - s.last_apply_unix_ns) / 1'000'000) + "}";
+        last[i] = ops;
+      }
+      std::printf("{\"segment\":%s,\"writer_alive\":%s,\"heartbeat_age_ms\":%" PRId64
+                  ",\"connection\":\"%s\",\"tables\":[%s]}\n",
+                  json_string(name).c_str(), o.segment.writer_alive() ? "true" : "false", info.heartbeat_age_ms,
+                  connection_name(info.connection), t_json.c_str());
+    } else {
+      std::printf("%s  writer %s (pid %" PRIu64 ", heartbeat %" PRId64 " ms)  broker %s  rejected %" PRIu64 "\n",
+                  name.c_str(), o.segment.writer_alive() ? "alive" : "NOT RESPONDING", info.writer_pid,
+                  info.heartbeat_age_ms, connection_name(info.connection), info.messages_rejected);
+      if (tty || n == 0) {
+        std::printf("  %-20s %12s %12s %12s %8s %12s\n", "TABLE", "UPDATES/S", "LIVE", "CAPACITY", "FULL%",
+                    "FRESHNESS");
+      }
+      for (size_t i = 0; i < tables.size(); ++i) {
+        const TableStats s = tables[i].stats();
+        const uint64_t ops = s.upserts + s.deletes;
+        const std::string fresh =
+            s.last_apply_unix_ns == 0 ? "never" : std::to_string((now_ns - s.last_apply_unix_ns) / 1'000'000) + " ms";
+        std::printf("  %-20s %12.0f %12" PRIu64 " %12" PRIu64 " %7.1f%% %12s\n", tables[i].name().c_str(),
+                    static_cast<double>(ops - last[i]) / dt, s.live_keys, s.capacity,
+                    100.0 * static_cast<double>(s.live_keys) / static_cast<double>(s.capacity), fresh.c_str());
+        last[i] = ops;
+      }
+    }
+    std::fflush(stdout);
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"larderctl: inspect Larder shared-memory segments (read-only).\n"
+               "Exit codes: 0 ok; 1 verify found problems or get found no row; 2 usage; 3 cannot open the segment."};
+  app.require_subcommand(1);
+  Globals g;
+  app.add_option("--dir", g.dir, "directory of the segments")->capture_default_str();
+  app.add_flag("--json", g.json, "machine-readable output (one JSON document, or JSON lines)");
+  app.add_option("--at-ms", g.at_ms, "compute ages as of this time (ms since the epoch) instead of now");
+
+  std::string segment, table, format = "jsonl";
+  std::vector<std::string> keys;
+  int64_t max_age_ms = 0;
+  uint64_t limit = 0;
+  double interval = 1.0;
+  int count = 0;
+
+  app.add_subcommand("ls", "list the segments in --dir: name, size, tables, writer");
+  auto* info = app.add_subcommand("info", "header, writer liveness, per-table occupancy and probe lengths");
+  info->add_option("segment", segment, "segment name")->required();
+  auto* schema = app.add_subcommand("schema", "print the schema as YAML that larder-sidecar accepts");
+  schema->add_option("segment", segment, "segment name")->required();
+  auto* get = app.add_subcommand("get", "print rows: typed fields, validity, event time and age");
+  get->add_option("segment", segment, "segment name")->required();
+  get->add_option("table", table, "table name")->required();
+  get->add_option("keys", keys, "keys")->required();
+  get->add_option("--max-age-ms", max_age_ms, "report rows older than this as stale");
+  auto* dump = app.add_subcommand("dump", "print every live row, each read consistently");
+  dump->add_option("segment", segment, "segment name")->required();
+  dump->add_option("table", table, "table name")->required();
+  dump->add_option("--format", format, "jsonl or csv")->check(CLI::IsMember({"jsonl", "csv"}))->capture_default_str();
+  dump->add_option("--limit", limit, "at most this many rows (0: all)");
+  auto* watch = app.add_subcommand("watch", "live view: updates/s, occupancy, freshness, writer heartbeat");
+  watch->add_option("segment", segment, "segment name")->required();
+  watch->add_option("--interval", interval, "seconds between refreshes")->capture_default_str();
+  watch->add_option("--count", count, "stop after this many refreshes (0: until interrupted)");
+  auto* verify = app.add_subcommand("verify", "integrity check; exit 0 when clean, 1 with a report otherwise");
+  verify->add_option("segment", segment, "segment name")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? kExitOk : kExitUsage;
+  }
+  try {
+    if (app.got_subcommand("ls")) return cmd_ls(g);
+    if (app.got_subcommand(info)) return cmd_info(g, segment);
+    if (app.got_subcommand(schema)) return cmd_schema(g, segment);
+    if (app.got_subcommand(get)) return cmd_get(g, segment, table, keys, max_age_ms);
+    if (app.got_subcommand(dump)) return cmd_dump(g, segment, table, format, limit);
+    if (app.got_subcommand(watch)) return cmd_watch(g, segment, interval, count);
+    if (app.got_subcommand(verify)) return cmd_verify(g, segment);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "larderctl: %s\n", e.what());
+    return e.code() == ErrorCode::kNotFound && std::string(e.what()).find("has no") != std::string::npos
+               ? kExitUsage
+               : kExitOpen;
+  }
+  return kExitUsage;
+}
