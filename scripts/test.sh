@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs the Debian packages it needs,
+# builds, starts a throwaway RabbitMQ on loopback (scripts/broker.sh), runs
+# every test, and always stops the broker. The exit status is the result.
+#
+#   bash scripts/test.sh                 all tests: unit and integration
+#   bash scripts/test.sh --unit-only     no broker; ctest -LE integration
+#   bash scripts/test.sh --sanitize address,undefined    (build-asan/)
+#   bash scripts/test.sh --sanitize thread               (build-tsan/)
+#       a sanitizer build, running the tests that need no broker
+#
+# Other options:
+#   -R REGEX        pass a test-name filter to ctest
+#   --jobs N        build and test parallelism (default 2)
+#   --build-dir D   build in D instead of build/ (or build-asan/, build-tsan/)
+#   --skip-deps     do not run scripts/install-deps.sh
+#
+# Integration tests find the broker through the variables of broker.env
+# (LARDER_TEST_AMQP_URL, LARDER_TEST_AMQP_PASSWORD, LARDER_TEST_AMQPS_URL,
+# LARDER_TEST_CA_FILE, LARDER_TEST_CLIENT_CERT, LARDER_TEST_CLIENT_KEY,
+# LARDER_TEST_BROKER_CTL, LARDER_TEST_RABBITMQCTL, ...; see scripts/broker.sh).
+set -euo pipefail
+# The whole script is one block, read before it runs: editing or updating
+# the file during a run cannot change what this run executes.
+{
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+readonly ROOT=$PWD
+
+unit_only=0
+sanitize=""
+jobs=2
+filter=()
+skip_deps=0
+build_dir_opt=""
+while (($#)); do
+  case $1 in
+    --unit-only) unit_only=1 ;;
+    --sanitize) sanitize=${2:?--sanitize needs address,undefined or thread}; shift ;;
+    --sanitize=*) sanitize=${1#*=} ;;
+    --jobs) jobs=${2:?--jobs needs a number}; shift ;;
+    -R) filter=(-R "${2:?-R needs a regex}"); shift ;;
+    --build-dir) build_dir_opt=${2:?--build-dir needs a directory}; shift ;;
+    --skip-deps) skip_deps=1 ;;
+    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+    *) echo "test.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+build_dir=build
+cmake_args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo)
+case $sanitize in
+  "") ;;
+  address | undefined | address,undefined | undefined,address)
+    build_dir=build-asan
+    unit_only=1
+    export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}
+    export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+    ;;
+  thread)
+    # The in-process concurrency tests of the table and client. The sidecar
+    # is left out: moodycamel's queue uses standalone fences, which TSAN
+    # cannot model and -Werror=tsan refuses.
+    build_dir=build-tsan
+    unit_only=1
+    cmake_args+=(-DLARDER_BUILD_SIDECAR=OFF)
+    export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
+    ;;
+  *) echo "test.sh: --sanitize takes address,undefined or thread, not '$sanitize'" >&2; exit 2 ;;
+esac
+[[ -n $sanitize ]] && cmake_args+=(-DLARDER_SANITIZE="$sanitize" -DLARDER_BUILD_BENCH=OFF)
+[[ -n $build_dir_opt ]] && build_dir=$build_dir_opt
+
+step() { printf '\n== test.sh: %s\n' "$*"; }
+
+if ((!skip_deps)); then
+  step "dependencies"
+  bash scripts/install-deps.sh
+fi
+
+step "build ($build_dir, RelWithDebInfo${sanitize:+, sanitize=$sanitize})"
+cmake -S . -B "$build_dir" "${cmake_args[@]}"
+cmake --build "$build_dir" -j "$jobs"
+
+# Test commands run in a process group of their own, so that an interrupted
+# run, or a test that leaves forked children behind, leaves nothing running.
+group=""
+end_group() {
+  [[ -n $group ]] || return 0
+  local pids
+  pids=$(pgrep -g "$group" 2>/dev/null | tr '\n' ' ' || true)
+  if [[ -n $pids ]]; then
+    echo "test.sh: ending processes the tests left running: $pids" >&2
+    kill -TERM -- "-$group" 2>/dev/null || true
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+      pgrep -g "$group" >/dev/null 2>&1 || break
+      sleep 0.5
+    done
+    kill -KILL -- "-$group" 2>/dev/null || true
+  fi
+  group=""
+}
+run_grouped() {
+  setsid "$@" &
+  group=$!
+  local rc=0
+  wait "$group" || rc=$?
+  end_group
+  return "$rc"
+}
+
+broker_dir=""
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  end_group
+  if [[ -n $broker_dir ]]; then
+    step "stopping the test broker"
+    scripts/broker.sh stop --dir "$broker_dir" || rc=1
+    rm -rf "$broker_dir"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+ctest_args=(--test-dir "$build_dir" --output-on-failure --no-tests=error -j "$jobs" "${filter[@]}")
+if ((unit_only)); then
+  ctest_args+=(-LE integration)
+else
+  step "starting a throwaway RabbitMQ"
+  broker_dir=$(mktemp -d /tmp/larder-test-broker.XXXXXX)
+  broker_args=()
+  # Another broker (say, a running demo) may hold the default ports or node
+  # name; the tests read ports and node from broker.env, so any will do.
+  if [[ -n $(ss -Hltn '( sport = :5699 or sport = :5698 or sport = :25699 )' 2>/dev/null) ]] ||
+    epmd -names 2>/dev/null | grep -q '^name larder_test at '; then
+    base=$((5700 + (RANDOM % 200) * 10))
+    broker_args=(--port "$base" --tls-port "$((base + 1))" --dist-port "$((base + 20000))" --node "larder_test_$$")
+  fi
+  scripts/broker.sh start --dir "$broker_dir" "${broker_args[@]}"
+  set -a
+  # shellcheck disable=SC1091
+  . "$broker_dir/broker.env"
+  set +a
+fi
+
+status=0
+step "ctest ${ctest_args[*]}"
+run_grouped ctest "${ctest_args[@]}" || status=1
+
+# Python client tests, once client_lib/python exists. Debian's interpreter:
+# python3-pytest and python3-numpy are installed for it, not for others on PATH.
+if [[ -z $sanitize && -d client_lib/python/tests ]]; then
+  step "python tests (client_lib/python/tests)"
+  LARDER_BUILD_DIR="$(cd "$build_dir" && pwd)" PYTHONPATH="$ROOT/client_lib/python${PYTHONPATH:+:$PYTHONPATH}" \
+    run_grouped /usr/bin/python3 -m pytest -q client_lib/python/tests || status=1
+fi
+
+if ((status == 0)); then step "all tests passed"; else step "TESTS FAILED"; fi
+exit "$status"
+}
