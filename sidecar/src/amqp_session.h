@@ -1,0 +1,101 @@
+// One AMQP 0-9-1 connection to RabbitMQ through rabbitmq-c, with the
+// sidecar's single channel, its topology and its consumer.
+//
+// rabbitmq-c state may not be shared between threads, so an AmqpSession is
+// created, used and destroyed on one thread (the consumer thread); debug
+// builds assert it on every call. A session is single-use: after any
+// SessionError it is dead (rabbitmq-c's state cannot be recovered) and the
+// caller destroys it and connects a new one.
+#pragma once
+
+#include <amqp.h>
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "config.h"
+
+namespace larder::sidecar {
+
+enum class SessionFailure : uint8_t {
+  kConnect = 0,           // TCP/TLS connect or login failed
+  kTopology,              // a declare/bind/qos/consume was refused
+  kSocket,                // socket error, EOF, or TLS failure while connected
+  kHeartbeatTimeout,      // the broker went silent for two heartbeat intervals
+  kChannelClosed,         // the broker closed our channel (reply code in the message)
+  kConnectionClosed,      // the broker closed the connection
+  kConsumerCancelled,     // the broker cancelled our consumer (queue deleted, node down)
+  kProtocol,              // an unexpected frame or library error
+};
+const char* session_failure_name(SessionFailure f) noexcept;
+
+class SessionError : public std::runtime_error {
+ public:
+  SessionError(SessionFailure failure, const std::string& message)
+      : std::runtime_error(message), failure_(failure) {}
+  SessionFailure failure() const noexcept { return failure_; }
+
+ private:
+  SessionFailure failure_;
+};
+
+enum class ConsumeEvent : uint8_t {
+  kDelivery = 0,  // *envelope holds a message; destroy it with amqp_destroy_envelope
+  kTimeout,       // nothing arrived within the timeout
+  kHandled,       // a non-delivery frame arrived and was handled (ignored, or logged)
+  kBlocked,       // connection.blocked (the broker is short of memory or disk)
+  kUnblocked,     // connection.unblocked
+};
+
+class AmqpSession {
+ public:
+  // Connects, logs in with consumer_cancel_notify and connection.blocked
+  // capabilities, opens channel 1, declares the topology (dead-letter
+  // exchange and queue, the queue, the bindings), sets prefetch and starts
+  // consuming. Throws SessionError.
+  static std::unique_ptr<AmqpSession> connect(const RabbitConfig& config, const std::string& consumer_tag);
+
+  ~AmqpSession();  // destroys the connection state without a handshake
+  AmqpSession(const AmqpSession&) = delete;
+  AmqpSession& operator=(const AmqpSession&) = delete;
+
+  // Waits up to timeout_ms (> 0) for a frame. Heartbeats are serviced inside.
+  // Throws SessionError on a fatal condition, including a basic.cancel from
+  // the broker (kConsumerCancelled) unless cancel() was called first.
+  ConsumeEvent next(int timeout_ms, amqp_envelope_t* envelope);
+
+  // basic.ack with multiple=true up to `tag`. Throws SessionError.
+  void ack_up_to(uint64_t tag);
+  // basic.reject requeue=false: the broker dead-letters the message.
+  void reject(uint64_t tag);
+
+  // basic.cancel: the broker stops delivering; deliveries already sent still
+  // arrive through next(). Throws SessionError.
+  void cancel();
+  // channel.close and connection.close handshakes, best effort.
+  void close();
+
+  bool cancelled() const noexcept { return cancel_sent_; }
+
+ private:
+  AmqpSession(const RabbitConfig& config, std::string consumer_tag);
+  void open();
+  void declare_topology();
+  void check_owner() const;
+  [[noreturn]] void throw_reply(SessionFailure failure, const std::string& what, const amqp_rpc_reply_t& reply);
+  void check_rpc(SessionFailure failure, const std::string& what);
+  void check_status(int status, const std::string& what);
+  ConsumeEvent handle_other_frame();
+
+  const RabbitConfig& config_;
+  std::string consumer_tag_;
+  amqp_connection_state_t conn_ = nullptr;
+  std::thread::id owner_;
+  bool channel_open_ = false;
+  bool cancel_sent_ = false;
+};
+
+}  // namespace larder::sidecar

@@ -1,0 +1,118 @@
+// The sidecar's YAML configuration (examples/sidecar.example.yaml documents
+// every key; docs/sidecar.md is the reference).
+//
+// load_config() reads and validates everything at start, so the daemon never
+// fails later on a bad setting. Every error is a ConfigError whose message
+// starts with the key path, e.g.
+//   tables[1].fields[0].type: unknown type "floot" (expected int64, float64, float32, bool, vector, string)
+//
+// Threading: loaded once on the main thread before any other thread starts;
+// read-only afterwards.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "amqp_url.h"
+#include "decoder.h"
+#include "larder/layout/schema.h"
+
+namespace larder::sidecar {
+
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct SegmentConfig {
+  std::string name;
+  std::string dir = "/dev/shm";
+  uint32_t mode = 0640;
+};
+
+struct TableConfig {
+  layout::TableSpec spec;
+  bool allow_unknown_fields = false;
+};
+
+enum class QueueType : uint8_t { kQuorum = 0, kClassic = 1, kStream = 2 };
+const char* queue_type_name(QueueType type) noexcept;
+
+struct QueueConfig {
+  std::string name;
+  QueueType type = QueueType::kQuorum;
+  bool durable = true;
+  uint32_t delivery_limit = 5;  // quorum only
+  // stream only: "first", "last", "next" or a numeric offset.
+  std::string stream_offset = "next";
+  bool stream_offset_is_number = false;
+  int64_t stream_offset_number = 0;
+};
+
+struct BindingConfig {
+  std::string exchange;
+  std::string type = "topic";  // direct, topic, fanout, headers
+  std::vector<std::string> routing_keys;
+};
+
+struct TlsConfig {
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
+  bool verify_peer = true;
+  bool verify_hostname = true;
+};
+
+struct DeadLetterConfig {
+  std::string exchange;  // default "<queue>.dlx"
+  std::string queue;     // default "<queue>.dlq"
+};
+
+struct ReconnectConfig {
+  double base_s = 0.5;
+  double cap_s = 30.0;
+};
+
+struct RabbitConfig {
+  AmqpUrl url;
+  std::string password;         // resolved from password_env / password_file
+  std::string password_source;  // "env LARDER_AMQP_PASSWORD" or "file /run/..." (for logs)
+  QueueConfig queue;
+  std::vector<BindingConfig> bindings;
+  uint32_t prefetch = 200;
+  uint32_t heartbeat_s = 15;
+  TlsConfig tls;
+  DeadLetterConfig dead_letter;
+  ReconnectConfig reconnect;
+  double rpc_timeout_s = 10.0;
+  double drain_timeout_s = 10.0;
+  std::string connection_name;  // default "larder-sidecar <segment>"
+};
+
+struct LoggingConfig {
+  std::string level = "info";
+  bool json = false;
+};
+
+struct Config {
+  SegmentConfig segment;
+  std::vector<TableConfig> tables;
+  RabbitConfig rabbitmq;
+  LoggingConfig logging;
+
+  layout::Schema schema() const;
+  std::vector<TableDecodeOptions> decode_options() const;
+};
+
+// Reads and validates a config file. Throws ConfigError.
+Config load_config_file(const std::string& path);
+// Same, from YAML text (for tests). `origin` names the source in messages.
+Config parse_config(std::string_view yaml_text, const std::string& origin = "config");
+
+// The log levels accepted by logging.level and --log-level.
+bool valid_log_level(std::string_view level);
+
+}  // namespace larder::sidecar

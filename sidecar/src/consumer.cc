@@ -1,0 +1,265 @@
+// The consumer loop (see consumer.h). Every function here runs on the
+// consumer thread.
+#include "consumer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+namespace larder::sidecar {
+namespace {
+
+// amqp_consume_message waits at most this long when nothing is in flight;
+// never 0 or infinite (rabbitmq-c services heartbeats only while waiting, and
+// a zero timeout never reports a missed heartbeat).
+constexpr int kIdleWaitMs = 200;
+// While the writer holds our messages, poll more often so acks go out soon
+// after the apply and the prefetch window refills.
+constexpr int kBusyWaitMs = 1;
+constexpr auto kStatsInterval = std::chrono::seconds(60);
+
+}  // namespace
+
+Consumer::Consumer(const Config& config, Pipeline& pipeline, const std::atomic<int>& stop_requests)
+    : config_(config),
+      pipeline_(pipeline),
+      stop_requests_(stop_requests),
+      decoder_(config.schema(), config.decode_options()),
+      backoff_(config.rabbitmq.reconnect.base_s, config.rabbitmq.reconnect.cap_s),
+      reject_log_(kRejectReasonCount, 10, std::chrono::milliseconds(1000)),
+      work_token_(pipeline.work),
+      last_stats_log_(std::chrono::steady_clock::now()) {
+  completions_.resize(64);
+  ack_batch_ = std::max<uint64_t>(1, config.rabbitmq.prefetch / 4);
+}
+
+void Consumer::set_state(layout::ConnectionState state) {
+  pipeline_.connection_state.store(static_cast<uint32_t>(state), std::memory_order_relaxed);
+}
+
+DecodedBatch Consumer::take_spare_batch() {
+  if (spare_batches_.empty()) return DecodedBatch();
+  DecodedBatch b = std::move(spare_batches_.back());
+  spare_batches_.pop_back();
+  return b;
+}
+
+bool Consumer::sleep_interruptible(std::chrono::milliseconds delay) {
+  const auto until = std::chrono::steady_clock::now() + delay;
+  while (std::chrono::steady_clock::now() < until) {
+    if (stop_requests_.load() > 0) return false;
+    process_completions(nullptr);  // old-epoch completions: recycle and drop
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return stop_requests_.load() == 0;
+}
+
+int Consumer::run() {
+  const RabbitConfig& rc = config_.rabbitmq;
+  spdlog::info("consumer: queue \"{}\" ({}), broker {}, prefetch {}, heartbeat {} s", rc.queue.name,
+               queue_type_name(rc.queue.type), rc.url.to_string(), rc.prefetch, rc.heartbeat_s);
+  bool immediate_retry = false;
+  while (stop_requests_.load() == 0) {
+    ++epoch_;
+    tracker_.reset();
+    outstanding_work_ = 0;
+    unsent_ack_tag_ = 0;
+    unsent_ack_count_ = 0;
+    set_state(layout::ConnectionState::kConnecting);
+    std::unique_ptr<AmqpSession> session;
+    try {
+      const std::string tag = fmt::format("larder-sidecar.{}.{}", ::getpid(), epoch_);
+      session = AmqpSession::connect(rc, tag);
+      ++stats_.connections;
+      set_state(layout::ConnectionState::kConnected);
+      spdlog::info("consumer: connected to {} (epoch {}), consuming \"{}\"", rc.url.to_string(), epoch_, rc.queue.name);
+      backoff_.reset();
+      immediate_retry = false;
+      serve(*session);
+      // A requested stop, drained: close the handshake politely.
+      session->close();
+      session.reset();
+      set_state(layout::ConnectionState::kStopped);
+      spdlog::info("consumer: stopped cleanly ({} deliveries, {} acks, {} rejects)", stats_.deliveries,
+                   stats_.acks_sent, stats_.rejects_sent);
+      return 0;
+    } catch (const SessionError& e) {
+      if (session != nullptr && e.failure() == SessionFailure::kConsumerCancelled) {
+        try {
+          session->close();  // the connection itself is healthy: say goodbye
+        } catch (const SessionError&) {
+        }
+      }
+      session.reset();  // rabbitmq-c state is dead after a failure: destroy, never reuse
+      set_state(layout::ConnectionState::kDisconnected);
+      if (outstanding_work_ > 0) {
+        spdlog::info("consumer: {} applied-or-in-flight messages of epoch {} will not be acked; the broker redelivers them",
+                     outstanding_work_, epoch_);
+      }
+      if (e.failure() == SessionFailure::kConsumerCancelled && !immediate_retry) {
+        // Documented behaviour: re-declare the queue and resubscribe at once.
+        spdlog::warn("consumer: {}; re-declaring the topology and resubscribing", e.what());
+        immediate_retry = true;
+        continue;
+      }
+      const auto delay = backoff_.next();
+      spdlog::warn("consumer: {} ({}); reconnecting in {} ms (attempt {}, ceiling {:.1f} s)", e.what(),
+                   session_failure_name(e.failure()), delay.count(), backoff_.attempt(), backoff_.ceiling_s());
+      if (!sleep_interruptible(delay)) break;
+    }
+  }
+  set_state(layout::ConnectionState::kStopped);
+  spdlog::info("consumer: stopped while disconnected; unacked messages stay on the broker");
+  return 0;
+}
+
+void Consumer::serve(AmqpSession& session) {
+  auto drain_deadline = std::chrono::steady_clock::time_point::max();
+  bool quiet = false;  // the last wait returned nothing
+  for (;;) {
+    // After a quiet wait, ack whatever is applied; otherwise ack in batches.
+    process_completions(&session, quiet || session.cancelled());
+    log_stats_if_due(false);
+
+    const int stops = stop_requests_.load();
+    if (stops > 0 && !session.cancelled()) {
+      spdlog::info("consumer: stop requested; cancelling the consumer and draining {} in-flight messages",
+                   tracker_.in_flight());
+      session.cancel();
+      drain_deadline = std::chrono::steady_clock::now() +
+                       std::chrono::milliseconds(static_cast<int64_t>(config_.rabbitmq.drain_timeout_s * 1000));
+      quiet = false;
+    }
+    if (session.cancelled()) {
+      if (tracker_.in_flight() == 0 && unsent_ack_tag_ == 0 && quiet) return;  // all acked or rejected
+      if (stops > 1 || std::chrono::steady_clock::now() > drain_deadline) {
+        spdlog::warn("consumer: drain abandoned with {} messages in flight; the broker redelivers them",
+                     tracker_.in_flight());
+        return;
+      }
+    }
+
+    const int wait_ms = tracker_.in_flight() > 0 || unsent_ack_tag_ != 0 ? kBusyWaitMs
+                        : session.cancelled()                            ? 20
+                                                                         : kIdleWaitMs;
+    amqp_envelope_t envelope;
+    const ConsumeEvent event = session.next(wait_ms, &envelope);
+    quiet = event == ConsumeEvent::kTimeout;
+    switch (event) {
+      case ConsumeEvent::kDelivery:
+        handle_delivery(session, envelope);
+        amqp_destroy_envelope(&envelope);
+        break;
+      case ConsumeEvent::kBlocked:
+        spdlog::warn("consumer: the broker blocked the connection (memory or disk alarm); consuming continues");
+        break;
+      case ConsumeEvent::kUnblocked:
+        spdlog::info("consumer: the broker unblocked the connection");
+        break;
+      case ConsumeEvent::kTimeout:
+      case ConsumeEvent::kHandled:
+        break;
+    }
+  }
+}
+
+void Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) {
+  ++stats_.deliveries;
+  const uint64_t tag = envelope.delivery_tag;
+  tracker_.delivered(tag);
+  const std::string_view body(static_cast<const char*>(envelope.message.body.bytes), envelope.message.body.len);
+  DecodedBatch batch = take_spare_batch();
+  DecodeResult result = decoder_.decode(body, batch);
+  if (!result.ok) {
+    std::string id;
+    if (envelope.message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
+      id.assign(static_cast<const char*>(envelope.message.properties.message_id.bytes),
+                std::min<size_t>(envelope.message.properties.message_id.len, 128));
+    }
+    spare_batches_.push_back(std::move(batch));
+    dead_letter(session, tag, result.reason, result.detail, id);
+    return;
+  }
+  pipeline_.work.enqueue(work_token_, WorkItem{epoch_, tag, std::move(batch)});
+  ++outstanding_work_;
+}
+
+void Consumer::dead_letter(AmqpSession& session, uint64_t tag, RejectReason reason, const std::string& detail,
+                           const std::string& id) {
+  const size_t r = static_cast<size_t>(reason);
+  ++stats_.rejected_by_reason[r];
+  pipeline_.pending_rejects.fetch_add(1, std::memory_order_relaxed);
+  uint64_t suppressed = 0;
+  if (reject_log_.allow(r, &suppressed)) {
+    spdlog::warn("reject: reason={} tag={} id=\"{}\" detail=\"{}\" suppressed_since_last={}",
+                 reject_reason_name(reason), tag, id, detail, suppressed);
+  }
+  if (config_.rabbitmq.queue.type == QueueType::kStream) {
+    // Streams have no dead-lettering and ignore rejects; the ack (a credit)
+    // is what lets consumption go on. The reject is counted and logged.
+    tracker_.settle(tag, true);
+    return;
+  }
+  // The reject goes out now, before any multiple-ack whose range covers this
+  // tag can be sent (take_ack() only reaches past this tag afterwards).
+  session.reject(tag);
+  ++stats_.rejects_sent;
+  tracker_.settle(tag, false);
+}
+
+void Consumer::process_completions(AmqpSession* session, bool flush_acks) {
+  for (;;) {
+    const size_t n = pipeline_.done.try_dequeue_bulk(completions_.begin(), completions_.size());
+    if (n == 0) break;
+    for (size_t i = 0; i < n; ++i) {
+      Completion& c = completions_[i];
+      const std::string id = c.outcome == Outcome::kRejected ? c.batch.first_id() : std::string();
+      if (spare_batches_.size() < config_.rabbitmq.prefetch + 16u) spare_batches_.push_back(std::move(c.batch));
+      if (c.epoch != epoch_ || session == nullptr) {
+        ++stats_.stale_completions_dropped;  // its channel is gone; the broker redelivers it
+        continue;
+      }
+      --outstanding_work_;
+      if (c.outcome == Outcome::kApplied) {
+        tracker_.settle(c.delivery_tag, true);
+        ++unsent_ack_count_;
+      } else {
+        dead_letter(*session, c.delivery_tag, c.reason,
+                    c.reason == RejectReason::kTableFull ? "a table is full (raise its capacity)" : "the writer refused an update",
+                    id);
+      }
+    }
+    if (n < completions_.size()) break;
+  }
+  if (session == nullptr) return;
+  if (const uint64_t tag = tracker_.take_ack()) unsent_ack_tag_ = tag;
+  // A multiple-ack of unsent_ack_tag_ covers only applied deliveries (see
+  // AckTracker); holding it back a little is safe: rejects of higher tags
+  // have gone out already, and a later ack covers these too.
+  if (unsent_ack_tag_ != 0 && (flush_acks || unsent_ack_count_ >= ack_batch_)) {
+    session->ack_up_to(unsent_ack_tag_);
+    ++stats_.acks_sent;
+    unsent_ack_tag_ = 0;
+    unsent_ack_count_ = 0;
+  }
+}
+
+void Consumer::log_stats_if_due(bool force) {
+  const auto now = std::chrono::steady_clock::now();
+  if (!force && now - last_stats_log_ < kStatsInterval) return;
+  last_stats_log_ = now;
+  std::string rejects;
+  for (RejectReason r : all_reject_reasons()) {
+    const uint64_t n = stats_.rejected_by_reason[static_cast<size_t>(r)];
+    if (n > 0) rejects += fmt::format(" {}={}", reject_reason_name(r), n);
+  }
+  spdlog::info("stats: deliveries={} messages_applied={} updates_applied={} updates_stale={} acks={} rejects={}{}",
+               stats_.deliveries, pipeline_.messages_applied.load(), pipeline_.updates_applied.load(),
+               pipeline_.updates_stale.load(), stats_.acks_sent, stats_.rejects_sent, rejects);
+}
+
+}  // namespace larder::sidecar

@@ -1,0 +1,88 @@
+// The consumer loop: owns the broker connection (one AmqpSession at a time),
+// decodes deliveries, hands them to the writer thread, acknowledges what the
+// writer has applied, dead-letters what cannot be applied, and reconnects
+// with backoff when the connection fails.
+//
+// Delivery guarantees (docs/sidecar.md):
+//  * A message is acked only after the writer reports it applied to shared
+//    memory; a crash before that makes the broker redeliver it (at least
+//    once). Redeliveries are harmless under last-write-wins.
+//  * A message that cannot be decoded or applied is rejected with
+//    requeue=false (dead-lettered), before any multiple-ack that covers its
+//    tag is sent (see AckTracker).
+//  * Each connection is an epoch; completions of an older epoch are dropped,
+//    never acked on a newer connection (the broker redelivers them).
+//
+// Threading: run() runs on the consumer thread (the process's main thread);
+// nothing here is shared except the Pipeline and the stop flag.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "ack_tracker.h"
+#include "amqp_session.h"
+#include "backoff.h"
+#include "config.h"
+#include "decoder.h"
+#include "logging.h"
+#include "pipeline.h"
+
+namespace larder::sidecar {
+
+struct ConsumerStats {
+  uint64_t deliveries = 0;
+  uint64_t acks_sent = 0;
+  uint64_t rejects_sent = 0;
+  uint64_t stale_completions_dropped = 0;  // from an older connection epoch
+  uint64_t connections = 0;
+  std::array<uint64_t, kRejectReasonCount> rejected_by_reason{};
+};
+
+class Consumer {
+ public:
+  // `stop_requests` counts SIGTERM/SIGINT: 1 starts a graceful drain, 2 or
+  // more abandons the drain (unacked messages are redelivered later).
+  Consumer(const Config& config, Pipeline& pipeline, const std::atomic<int>& stop_requests);
+
+  // Consumes until a stop is requested and the drain has finished. Returns
+  // the process exit code (0 after a clean stop).
+  int run();
+
+  const ConsumerStats& stats() const { return stats_; }
+
+ private:
+  void serve(AmqpSession& session);
+  void handle_delivery(AmqpSession& session, amqp_envelope_t& envelope);
+  // Settles what the writer finished. Acks the watermark when at least
+  // ack_batch_ messages are waiting for an ack, or when flush_acks is true.
+  void process_completions(AmqpSession* session, bool flush_acks = false);
+  void dead_letter(AmqpSession& session, uint64_t tag, RejectReason reason, const std::string& detail,
+                   const std::string& id);
+  void set_state(layout::ConnectionState state);
+  bool sleep_interruptible(std::chrono::milliseconds delay);
+  void log_stats_if_due(bool force);
+  DecodedBatch take_spare_batch();
+
+  const Config& config_;
+  Pipeline& pipeline_;
+  const std::atomic<int>& stop_requests_;
+  Decoder decoder_;
+  AckTracker tracker_;
+  Backoff backoff_;
+  RateLimiter reject_log_;
+  moodycamel::ProducerToken work_token_;
+  std::vector<DecodedBatch> spare_batches_;
+  std::vector<Completion> completions_;
+  uint64_t epoch_ = 0;
+  uint64_t outstanding_work_ = 0;  // WorkItems of the current epoch not yet completed
+  uint64_t unsent_ack_tag_ = 0;    // applied watermark not yet acked on the wire
+  uint64_t unsent_ack_count_ = 0;  // messages that ack will cover
+  uint64_t ack_batch_ = 1;         // prefetch / 4: fewer ack frames, window stays open
+  ConsumerStats stats_;
+  std::chrono::steady_clock::time_point last_stats_log_;
+};
+
+}  // namespace larder::sidecar

@@ -1,0 +1,106 @@
+// Message format v1 decoder (docs/message-format.md): a message body (one
+// JSON object or an array of them) to a DecodedBatch of typed updates whose
+// field values are resolved to the schema's field indexes, ready for
+// larder::Writer::upsert/remove.
+//
+// A message decodes whole or not at all: the first problem stops decoding and
+// is reported as a RejectReason plus a human-readable detail.
+//
+// Threading: a Decoder holds a simdjson parser and scratch buffers, so it is
+// used by one thread at a time (the sidecar's consumer thread). A
+// DecodedBatch owns all its storage and may be moved to another thread (the
+// writer thread) and back for reuse.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "larder/layout/schema.h"
+#include "larder/layout/writer.h"
+#include "reject_reason.h"
+
+namespace larder::sidecar {
+
+enum class UpdateOp : uint8_t { kUpsert = 0, kDelete = 1 };
+
+struct DecodedUpdate {
+  uint32_t table = 0;
+  UpdateOp op = UpdateOp::kUpsert;
+  int64_t event_time_ms = 0;
+  uint32_t key_offset = 0;    // into DecodedBatch::bytes
+  uint32_t key_length = 0;
+  uint32_t values_begin = 0;  // into DecodedBatch::values
+  uint32_t values_count = 0;
+};
+
+// The updates of one message. FieldValue::data of strings and vectors points
+// into `bytes` / `floats`; moving the batch keeps those pointers valid
+// (vectors move their buffers), copying it does not, so it is move-only.
+class DecodedBatch {
+ public:
+  DecodedBatch() = default;
+  DecodedBatch(DecodedBatch&&) noexcept = default;
+  DecodedBatch& operator=(DecodedBatch&&) noexcept = default;
+  DecodedBatch(const DecodedBatch&) = delete;
+  DecodedBatch& operator=(const DecodedBatch&) = delete;
+
+  // Empties the batch and keeps its capacity.
+  void clear() noexcept;
+
+  size_t size() const noexcept { return updates_.size(); }
+  bool empty() const noexcept { return updates_.empty(); }
+  const DecodedUpdate& update(size_t i) const noexcept { return updates_[i]; }
+  std::string_view key(const DecodedUpdate& u) const noexcept {
+    return {bytes_.data() + u.key_offset, u.key_length};
+  }
+  std::span<const FieldValue> values(const DecodedUpdate& u) const noexcept {
+    return {values_.data() + u.values_begin, u.values_count};
+  }
+  // The message's first `id`, if any (for logs).
+  const std::string& first_id() const noexcept { return first_id_; }
+
+ private:
+  friend class Decoder;
+  std::vector<DecodedUpdate> updates_;
+  std::vector<FieldValue> values_;
+  std::vector<char> bytes_;    // keys and string values
+  std::vector<float> floats_;  // vector values
+  std::string first_id_;
+};
+
+struct DecodeResult {
+  bool ok = true;
+  RejectReason reason = RejectReason::kBadJson;  // meaningful when !ok
+  std::string detail;                            // e.g. `update 3: field "ctr": expected a number`
+
+  static DecodeResult success() { return {}; }
+};
+
+// Per-table decoding options that are not part of the segment schema.
+struct TableDecodeOptions {
+  bool allow_unknown_fields = false;
+};
+
+class Decoder {
+ public:
+  // `options` is indexed like schema.tables (missing entries use defaults).
+  Decoder(const layout::Schema& schema, std::vector<TableDecodeOptions> options);
+  ~Decoder();
+  Decoder(const Decoder&) = delete;
+  Decoder& operator=(const Decoder&) = delete;
+
+  // Decodes `body` into `out` (cleared first). On failure `out` is left
+  // empty. Never throws on any input; allocates only to grow buffers.
+  DecodeResult decode(std::string_view body, DecodedBatch& out);
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace larder::sidecar

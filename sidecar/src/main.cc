@@ -1,0 +1,160 @@
+// larder-sidecar: consumes feature updates from RabbitMQ and applies them to
+// a shared-memory segment that inference processes read (docs/sidecar.md).
+//
+// Threads:
+//  * main thread = the consumer thread: parses the config, opens the segment,
+//    starts the writer thread, then runs the Consumer (it owns the broker
+//    connection) until SIGTERM/SIGINT, and joins the writer.
+//  * writer thread: run_writer_thread(), the only user of larder::Writer.
+//  * signal handlers only bump an atomic counter.
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "config.h"
+#include "consumer.h"
+#include "larder/layout/writer.h"
+#include "logging.h"
+#include "pipeline.h"
+#include "writer_thread.h"
+
+namespace {
+
+std::atomic<int> g_stop_requests{0};
+static_assert(std::atomic<int>::is_always_lock_free, "used from a signal handler");
+
+extern "C" void on_stop_signal(int) { g_stop_requests.fetch_add(1); }
+
+void install_signal_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: blocking calls return EINTR and loops re-check the flag
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);  // a broker that vanishes must not kill us on write
+}
+
+constexpr const char* kConfigHelp = R"(
+CONFIG FILE (YAML; annotated example: examples/sidecar.example.yaml; reference: docs/sidecar.md)
+  segment:
+    name            segment name, the file <dir>/<name> (required)
+    dir             tmpfs directory (default /dev/shm)
+    mode            octal file mode as a string (default "0640": group may read)
+  tables:           list, at least one
+    - name          table name (required)
+      key_max_len   longest key in bytes (default 64, max 1024)
+      capacity      live keys the table holds (required)
+      max_load_factor  live keys / slots, in (0, 0.95] (default 0.75)
+      allow_unknown_fields  false (default): a message naming an unknown field is
+                    dead-lettered; true: unknown fields are ignored
+      fields:       list, at least one
+        - name      field name (required)
+          type      int64 | float64 | float32 | bool | vector | string
+          dims      vector dimensions (vector only, required)
+          max_len   longest value in bytes (string only, required)
+  rabbitmq:
+    url             amqp://user@host:port/vhost or amqps://... (no password in it)
+    password_env    name of an environment variable holding the password, or
+    password_file   a file holding the password (never on the command line)
+    queue:
+      name          queue to consume (required; declared if missing)
+      type          quorum (default) | classic | stream
+      durable       true (default); quorum and stream are always durable
+      delivery_limit  redeliveries before dead-lettering (quorum; default 5)
+      stream_offset   first | last | next (default) | <offset> (stream only)
+    bindings:       list of {exchange, type (topic default; direct, fanout,
+                    headers), routing_keys [..]}; exchanges are declared durable
+    prefetch        unacked deliveries in flight (default 200)
+    heartbeat_s     AMQP heartbeat in seconds (default 15)
+    tls:            {ca_file, cert_file, key_file, verify_peer (true),
+                    verify_hostname (= verify_peer)}; with amqps:// only
+    dead_letter:    {exchange (default "<queue>.dlx", fanout),
+                    queue (default "<queue>.dlq")}
+    reconnect:      {base_s (0.5), cap_s (30)}: exponential backoff, full jitter
+    rpc_timeout_s   connect/login/declare timeout (default 10)
+    drain_timeout_s on SIGTERM, how long to finish in-flight messages (default 10)
+    connection_name shown in the management UI (default "larder-sidecar <segment>")
+  logging:
+    level           trace | debug | info (default) | warn | error | critical | off
+    json            one JSON object per log line (default false)
+
+SIGNALS
+  SIGTERM, SIGINT   stop consuming, apply and ack in-flight messages, close, exit 0;
+                    a second signal abandons the drain (the broker redelivers)
+
+EXIT CODES
+  0 clean stop, 2 bad config or arguments, 3 cannot open the segment
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"larder-sidecar: apply feature updates from RabbitMQ to a Larder shared-memory segment"};
+  std::string config_path;
+  std::string log_level;
+  bool check_only = false;
+  app.add_option("-c,--config", config_path, "YAML config file")->required();
+  app.add_option("--log-level", log_level, "override logging.level: trace, debug, info, warn, error, critical, off");
+  app.add_flag("--check-config", check_only, "validate the config (and password source) and exit");
+  app.footer(kConfigHelp);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+
+  larder::sidecar::Config config;
+  try {
+    config = larder::sidecar::load_config_file(config_path);
+  } catch (const larder::sidecar::ConfigError& e) {
+    std::fprintf(stderr, "larder-sidecar: invalid config: %s\n", e.what());
+    return 2;
+  }
+  if (!log_level.empty()) {
+    if (!larder::sidecar::valid_log_level(log_level)) {
+      std::fprintf(stderr, "larder-sidecar: --log-level: unknown level \"%s\"\n", log_level.c_str());
+      return 2;
+    }
+    config.logging.level = log_level;
+  }
+  if (check_only) {
+    std::printf("config ok: segment \"%s\", %zu tables, queue \"%s\"\n", config.segment.name.c_str(),
+                config.tables.size(), config.rabbitmq.queue.name.c_str());
+    return 0;
+  }
+  larder::sidecar::setup_logging(config.logging.level, config.logging.json);
+  install_signal_handlers();
+
+  std::unique_ptr<larder::Writer> writer;
+  try {
+    larder::WriterOptions options;
+    options.dir = config.segment.dir;
+    options.mode = config.segment.mode;
+    writer = larder::Writer::open(config.segment.name, config.schema(), options);
+  } catch (const larder::Error& e) {
+    spdlog::critical("cannot open segment \"{}\" in {}: {} ({})", config.segment.name, config.segment.dir, e.what(),
+                     larder::error_code_name(e.code()));
+    return 3;
+  }
+  spdlog::info("segment {}: {} ({} slots repaired)", writer->path(), writer->created() ? "created" : "reopened warm",
+               writer->repaired_slots());
+
+  larder::sidecar::Pipeline pipeline;
+  std::thread writer_thread([&] { larder::sidecar::run_writer_thread(*writer, pipeline); });
+
+  int code = 0;
+  {
+    larder::sidecar::Consumer consumer(config, pipeline, g_stop_requests);
+    code = consumer.run();
+  }
+  pipeline.writer_stop.store(true, std::memory_order_release);
+  writer_thread.join();
+  writer.reset();  // detaches: the segment stays for readers
+  spdlog::info("larder-sidecar: exit {}", code);
+  return code;
+}

@@ -1,0 +1,96 @@
+// The writer thread (see writer_thread.h). Every function here runs on the
+// writer thread.
+#include "writer_thread.h"
+
+#include <array>
+
+#include <spdlog/spdlog.h>
+
+#include "larder/layout/clock.h"
+
+namespace larder::sidecar {
+
+Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* reason, uint64_t* stale) {
+  Outcome outcome = Outcome::kApplied;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const DecodedUpdate& u = batch.update(i);
+    const ApplyResult r = u.op == UpdateOp::kUpsert
+                              ? writer.upsert(u.table, batch.key(u), u.event_time_ms, batch.values(u))
+                              : writer.remove(u.table, batch.key(u), u.event_time_ms);
+    switch (r) {
+      case ApplyResult::kApplied:
+        break;
+      case ApplyResult::kStale:
+        ++*stale;
+        break;
+      case ApplyResult::kTableFull:
+        if (outcome == Outcome::kApplied) *reason = RejectReason::kTableFull;
+        outcome = Outcome::kRejected;
+        break;
+      case ApplyResult::kInvalid:
+        if (outcome == Outcome::kApplied) *reason = RejectReason::kInternal;
+        outcome = Outcome::kRejected;
+        break;
+    }
+  }
+  return outcome;
+}
+
+void run_writer_thread(Writer& writer, Pipeline& pipeline) {
+  moodycamel::ConsumerToken ctok(pipeline.work);
+  moodycamel::ProducerToken ptok(pipeline.done);
+  std::array<WorkItem, 64> items;
+  uint32_t reported_state = ~0u;
+  int64_t last_maintain_ns = 0;
+  uint64_t table_full_logged = 0;
+
+  for (;;) {
+    const size_t n = pipeline.work.wait_dequeue_bulk_timed(ctok, items.begin(), items.size(),
+                                                           std::chrono::microseconds(20'000));
+    uint64_t updates = 0, stale = 0;
+    for (size_t i = 0; i < n; ++i) {
+      WorkItem& item = items[i];
+      Completion c;
+      c.epoch = item.epoch;
+      c.delivery_tag = item.delivery_tag;
+      c.outcome = apply_batch(writer, item.batch, &c.reason, &stale);
+      updates += item.batch.size();
+      if (c.outcome == Outcome::kRejected && c.reason == RejectReason::kTableFull &&
+          table_full_logged++ % 1000 == 0) {
+        spdlog::error("writer: a table is full; new keys are refused and their messages dead-lettered "
+                      "(raise the table's capacity; {} such messages so far)", table_full_logged);
+      }
+      c.batch = std::move(item.batch);
+      pipeline.done.enqueue(ptok, std::move(c));
+    }
+    if (n > 0) {
+      pipeline.messages_applied.fetch_add(n, std::memory_order_relaxed);
+      pipeline.updates_applied.fetch_add(updates, std::memory_order_relaxed);
+      pipeline.updates_stale.fetch_add(stale, std::memory_order_relaxed);
+    }
+
+    const uint32_t state = pipeline.connection_state.load(std::memory_order_relaxed);
+    if (state != reported_state) {
+      writer.set_connection_state(static_cast<layout::ConnectionState>(state));
+      reported_state = state;
+    }
+    if (const uint64_t rejects = pipeline.pending_rejects.exchange(0, std::memory_order_relaxed)) {
+      writer.add_messages_rejected(rejects);
+    }
+    const int64_t now = layout::now_mono_ns();
+    if (now - last_maintain_ns >= std::chrono::nanoseconds(kMaintainInterval).count()) {
+      writer.maintain();  // heartbeat + incremental tombstone reclaim
+      last_maintain_ns = now;
+    }
+    if (n == 0 && pipeline.writer_stop.load(std::memory_order_acquire) && pipeline.work.size_approx() == 0) {
+      break;
+    }
+  }
+  if (const uint64_t rejects = pipeline.pending_rejects.exchange(0, std::memory_order_relaxed)) {
+    writer.add_messages_rejected(rejects);
+  }
+  writer.set_connection_state(layout::ConnectionState::kStopped);
+  writer.heartbeat();
+}
+
+}  // namespace larder::sidecar
