@@ -9,7 +9,8 @@
 # sidecar with examples/demo.yaml, publishes a realistic stream of feature
 # updates with the C++ producer (then a short one with the Python producer),
 # waits until the sidecar has applied them, runs the inference reader, which
-# prints features with their age, and then stops everything it started:
+# prints features with their age, shows `larderctl info` of the segment, and
+# then stops everything it started:
 # the sidecar (SIGTERM), the broker, and the segment /dev/shm/larder-demo
 # (with its writer lock file).
 # Logs stay in build/demo/.
@@ -46,6 +47,7 @@ readonly LOGS=$BUILD/demo
 readonly SIDECAR=$BUILD/sidecar/larder-sidecar
 readonly PRODUCER=$BUILD/examples/larder-example-producer
 readonly READER=$BUILD/examples/larder-inference-reader
+readonly LARDERCTL=$BUILD/tools/larderctl
 
 step() { printf '\n== demo: %s\n' "$*"; }
 die() { echo "demo.sh: error: $*" >&2; exit 1; }
@@ -77,14 +79,12 @@ fi
 if ((!skip_build)); then
   step "build ($BUILD/, RelWithDebInfo)"
   cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  targets=(larder-sidecar larder-example-producer)
-  if cmake --build "$BUILD" --target help 2>/dev/null | grep -qw larder-inference-reader; then
-    targets+=(larder-inference-reader)
-  fi
-  cmake --build "$BUILD" -j 2 --target "${targets[@]}"
+  cmake --build "$BUILD" -j 2 --target larder-sidecar larder-example-producer larder-inference-reader larderctl
 fi
 [[ -x $SIDECAR ]] || die "$SIDECAR was not built"
 [[ -x $PRODUCER ]] || die "$PRODUCER was not built"
+[[ -x $READER ]] || die "$READER was not built"
+[[ -x $LARDERCTL ]] || die "$LARDERCTL was not built"
 mkdir -p "$LOGS"
 
 # --- everything below is stopped by cleanup, whatever happens -------------------
@@ -198,10 +198,9 @@ done
 ctl -q list_queues name type messages consumers 2>/dev/null | sed 's/^/demo: /'
 
 step "inference reader"
-if [[ -x $READER ]]; then
-  "$READER" --segment "$SEGMENT"
-else
-  echo "demo: $READER is not built in this tree yet; skipping the reader"
-fi
+"$READER" --segment "$SEGMENT" --dir "${shm_dir:-/dev/shm}"
+
+step "what an operator sees: larderctl info $SEGMENT"
+"$LARDERCTL" --dir "${shm_dir:-/dev/shm}" info "$SEGMENT"
 exit 0
 }
