@@ -105,15 +105,8 @@ Table Segment::table(std::string_view name) const {
     Table tab;
     tab.mapping_ = mapping_;
     tab.desc_ = &d;
-    const TableGeometry g = table_geometry(base, d);
-    tab.slots_ = g.slots;
+    tab.geo_ = table_geometry(base, d);
     tab.name_ = std::string(name);
-    tab.slot_count_ = g.slot_count;
-    tab.hash_seed_ = g.hash_seed;
-    tab.slot_words_ = g.slot_words;
-    tab.validity_words_ = g.validity_words;
-    tab.key_words_ = g.key_words;
-    tab.key_max_len_ = g.key_max_len;
     tab.max_retries_ = options_.max_retries;
     tab.field_names_.reserve(d.field_count);
     for (uint32_t f = 0; f < d.field_count; ++f) tab.field_names_.emplace_back(fixed_name(field_descriptor(base, d, f).name));
@@ -184,30 +177,22 @@ Field Table::field(std::string_view name, FieldType expected) const {
   return f;
 }
 
-Row Table::make_row() const { return Row(row_words(), validity_words_, key_words_); }
+Row Table::make_row() const { return Row(row_words(), geo_.validity_words, geo_.key_words); }
 
 RowBatch Table::make_batch(size_t capacity) const {
-  return RowBatch(capacity, row_words(), validity_words_, key_words_);
+  return RowBatch(capacity, row_words(), geo_.validity_words, geo_.key_words);
 }
 
 ReadResult Table::lookup(std::string_view key, uint64_t hash, uint64_t* out, int64_t now_ms,
                          const ReadOptions& options) const noexcept {
   ReadResult r;
-  if (key.empty() || key.size() > key_max_len_) {
+  if (key.empty() || key.size() > geo_.key_max_len) {
     r.status = Status::kInvalidKey;
     return r;
   }
-  TableGeometry g;
-  g.slots = slots_;
-  g.slot_count = slot_count_;
-  g.slot_words = slot_words_;
-  g.validity_words = validity_words_;
-  g.key_words = key_words_;
-  g.key_max_len = key_max_len_;
-  g.hash_seed = hash_seed_;
   PackedKey packed;
   packed.assign(key);
-  switch (find(g, packed, hash, out, max_retries_)) {
+  switch (find(geo_, packed, hash, out, max_retries_)) {
     case FindResult::kAbsent: r.status = Status::kNotFound; return r;
     case FindResult::kBusy: r.status = Status::kBusy; return r;
     case FindResult::kFound: break;
@@ -224,7 +209,7 @@ ReadResult Table::get(std::string_view key, Row& out, const ReadOptions& options
 
 ReadResult Table::get(std::string_view key, uint64_t* row, const ReadOptions& options) const noexcept {
   const int64_t now_ms = options.max_age_ms > 0 ? now_unix_ms() : 0;
-  return lookup(key, hash_key(key, hash_seed_), row, now_ms, options);
+  return lookup(key, hash_key(key, geo_.hash_seed), row, now_ms, options);
 }
 
 void Table::get_many(std::span<const std::string_view> keys, RowBatch& out, std::span<ReadResult> results,
@@ -238,24 +223,19 @@ void Table::get_many(std::span<const std::string_view> keys, uint64_t* rows, std
   const size_t n = std::min(keys.size(), results.size());
   const size_t stride = row_words();
   const int64_t now_ms = options.max_age_ms > 0 ? now_unix_ms() : 0;
-  TableGeometry g;
-  g.slots = slots_;
-  g.slot_count = slot_count_;
-  g.slot_words = slot_words_;
-  g.validity_words = validity_words_;
   // Hash and prefetch a window ahead of the lookups so that the slots' cache
   // misses overlap instead of queueing one after another.
   constexpr size_t kWindow = 16;
   uint64_t hashes[kWindow];
   for (size_t i = 0; i < n && i < kWindow; ++i) {
-    hashes[i] = hash_key(keys[i], hash_seed_);
-    prefetch_home(g, hashes[i]);
+    hashes[i] = hash_key(keys[i], geo_.hash_seed);
+    prefetch_home(geo_, hashes[i]);
   }
   for (size_t i = 0; i < n; ++i) {
     const uint64_t h = hashes[i % kWindow];
     if (i + kWindow < n) {
-      hashes[i % kWindow] = hash_key(keys[i + kWindow], hash_seed_);
-      prefetch_home(g, hashes[i % kWindow]);
+      hashes[i % kWindow] = hash_key(keys[i + kWindow], geo_.hash_seed);
+      prefetch_home(geo_, hashes[i % kWindow]);
     }
     results[i] = lookup(keys[i], h, rows + i * stride, now_ms, options);
   }
@@ -266,7 +246,7 @@ TableStats Table::stats() const noexcept {
   if (desc_ == nullptr) return s;
   const TableCounters& c = desc_->counters;
   s.capacity = desc_->capacity;
-  s.slot_count = slot_count_;
+  s.slot_count = geo_.slot_count;
   s.live_keys = sync::load_relaxed(c.live_keys);
   s.tombstones = sync::load_relaxed(c.tombstones);
   s.upserts = sync::load_relaxed(c.upserts);

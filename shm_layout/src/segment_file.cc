@@ -104,32 +104,36 @@ std::unique_ptr<MappedFile::Region> map_file(const std::string& path, std::strin
   }
 }
 
-std::unique_ptr<MappedFile> finish(std::unique_ptr<MappedFile> m, const std::string& path, std::string_view name) {
-  if (m->size() < sizeof(SegmentHeader)) {
-    throw Error(ErrorCode::kCorrupt, "segment \"" + std::string(name) + "\" at " + path + ": " +
-                                         std::to_string(m->size()) + " bytes is too small to be a Larder segment");
-  }
-  return m;
-}
-
 }  // namespace
 
 MappedFile::~MappedFile() = default;
 
+namespace {
+
+std::unique_ptr<MappedFile::Region> map_region(const std::string& path, std::string_view name, bool write,
+                                               void** data, size_t* size) {
+  auto region = map_file(path, name, write);
+  *data = region->region.get_address();
+  *size = region->region.get_size();
+  if (*size < sizeof(SegmentHeader)) {
+    throw Error(ErrorCode::kCorrupt, "segment \"" + std::string(name) + "\" at " + path + ": " +
+                                         std::to_string(*size) + " bytes is too small to be a Larder segment");
+  }
+  return region;
+}
+
+}  // namespace
+
 std::unique_ptr<MappedFile> MappedFile::open_read_only(const std::string& path, std::string_view name) {
   std::unique_ptr<MappedFile> m(new MappedFile());
-  m->region_ = map_file(path, name, false);
-  m->data_ = m->region_->region.get_address();
-  m->size_ = m->region_->region.get_size();
-  return finish(std::move(m), path, name);
+  m->region_ = map_region(path, name, false, &m->data_, &m->size_);
+  return m;
 }
 
 std::unique_ptr<MappedFile> MappedFile::open_read_write(const std::string& path, std::string_view name) {
   std::unique_ptr<MappedFile> m(new MappedFile());
-  m->region_ = map_file(path, name, true);
-  m->data_ = m->region_->region.get_address();
-  m->size_ = m->region_->region.get_size();
-  return finish(std::move(m), path, name);
+  m->region_ = map_region(path, name, true, &m->data_, &m->size_);
+  return m;
 }
 
 std::string_view fixed_name(const char (&name)[kNameBytes]) noexcept {

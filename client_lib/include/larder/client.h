@@ -28,6 +28,7 @@
 
 #include "larder/layout/error.h"
 #include "larder/layout/format.h"
+#include "larder/layout/table_view.h"
 
 namespace larder {
 
@@ -204,7 +205,7 @@ class Table {
   Table() = default;
 
   const std::string& name() const noexcept { return name_; }
-  uint32_t key_max_len() const noexcept { return key_max_len_; }
+  uint32_t key_max_len() const noexcept { return geo_.key_max_len; }
   const std::vector<Field>& fields() const noexcept { return fields_; }
   // Throws Error(kNotFound) naming the table and the fields it has.
   Field field(std::string_view name) const;
@@ -215,8 +216,8 @@ class Table {
   RowBatch make_batch(size_t capacity) const;
   // Words (8 bytes each) of one row buffer, for callers that manage their own
   // buffers (the C ABI, language bindings); view() reads such a buffer.
-  size_t row_words() const noexcept { return slot_words_ - layout::kSlotEventTimeWord; }
-  RowView view(const uint64_t* row) const noexcept { return RowView(row, validity_words_, key_words_); }
+  size_t row_words() const noexcept { return geo_.copy_words(); }
+  RowView view(const uint64_t* row) const noexcept { return RowView(row, geo_.validity_words, geo_.key_words); }
 
   // Looks `key` up and copies its row into `out` (a row of this table).
   // Lock-free. Never allocates. Never blocks on the writer: at most
@@ -238,7 +239,7 @@ class Table {
   TableStats stats() const noexcept;
 
   // For larderctl and tests: raw geometry.
-  uint64_t slot_count() const noexcept { return slot_count_; }
+  uint64_t slot_count() const noexcept { return geo_.slot_count; }
 
  private:
   friend class Segment;
@@ -247,16 +248,10 @@ class Table {
 
   std::shared_ptr<const Mapping> mapping_;
   const layout::TableDescriptor* desc_ = nullptr;
-  const layout::Word* slots_ = nullptr;
+  layout::TableGeometry geo_;  // validated at open; never re-read from the segment
   std::string name_;
   std::vector<Field> fields_;
   std::vector<std::string> field_names_;
-  uint64_t slot_count_ = 0;
-  uint64_t hash_seed_ = 0;
-  uint32_t slot_words_ = 0;
-  uint32_t validity_words_ = 0;
-  uint32_t key_words_ = 0;
-  uint32_t key_max_len_ = 0;
   uint32_t max_retries_ = 0;
 };
 
