@@ -9,7 +9,9 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <linux/magic.h>
 #include <sys/mount.h>
+#include <sys/statfs.h>
 #include <sys/stat.h>
 
 #include <atomic>
@@ -545,6 +547,30 @@ TEST(Creation, ReaderOutsideTheGroupIsRefusedClearly) {
   EXPECT_EQ(read_as_nobody(), 20) << "mode 0640 root:root must refuse user nobody";
   ASSERT_EQ(::chown(w->path().c_str(), 0, 65534), 0);  // the segment's group: nogroup
   EXPECT_EQ(read_as_nobody(), 0) << "a reader in the segment's group reads it";
+}
+
+TEST(Creation, DiskDirectoryIsRefusedUnlessAllowed) {
+  char dir[] = "/var/tmp/larder-disk-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  struct statfs fs;
+  ASSERT_EQ(::statfs(dir, &fs), 0);
+  if (fs.f_type == TMPFS_MAGIC) {
+    ::rmdir(dir);
+    GTEST_SKIP() << "/var/tmp is a tmpfs here";
+  }
+  ScratchSegment seg(dir);
+  try {
+    open_derived(seg, 16);
+    ADD_FAILURE() << "created a segment on a disk file system";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("is not a tmpfs"), std::string::npos) << e.what();
+  }
+  WriterOptions allow;
+  allow.allow_non_tmpfs = true;
+  EXPECT_NO_THROW(open_derived(seg, 16, allow));
+  Writer::remove_segment(seg.name(), dir);
+  ::rmdir(dir);
 }
 
 TEST(Creation, TooSmallTmpfsIsRefusedCleanly) {

@@ -16,6 +16,8 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <linux/magic.h>
+#include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -538,6 +540,14 @@ std::unique_ptr<Writer> Writer::open(std::string_view name, const Schema& schema
   struct stat st;
   if (::stat(impl->dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     throw Error(ErrorCode::kNotFound, "segment directory " + impl->dir + " does not exist");
+  }
+  struct statfs fs;
+  if (::statfs(impl->dir.c_str(), &fs) == 0 && fs.f_type != TMPFS_MAGIC && fs.f_type != RAMFS_MAGIC &&
+      !options.allow_non_tmpfs) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "segment directory " + impl->dir +
+                    " is not a tmpfs: a segment there would be written back to disk. Use /dev/shm or a "
+                    "memory-backed volume (Kubernetes emptyDir with medium: Memory), or allow it explicitly");
   }
   impl->acquire_lock();
   impl->remove_leftovers();

@@ -39,6 +39,10 @@ struct WriterOptions {
   // back into an empty slot by maintain(). Until then a late, older upsert of
   // the deleted key is still recognised as stale.
   int64_t tombstone_retention_ms = 10 * 60 * 1000;
+  // A segment in a directory that is not memory-backed (tmpfs, ramfs) is
+  // refused: on a disk file system every update would be written back to
+  // disk. Set to allow one anyway (e.g. a test on a developer machine).
+  bool allow_non_tmpfs = false;
 };
 
 // One typed value for one field of a row, by field index.
