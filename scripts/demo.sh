@@ -79,7 +79,8 @@ fi
 if ((!skip_build)); then
   step "build ($BUILD/, RelWithDebInfo)"
   cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build "$BUILD" -j 2 --target larder-sidecar larder-example-producer larder-inference-reader larderctl
+  cmake --build "$BUILD" -j 2 --target larder-sidecar larder-example-producer larder-inference-reader larderctl \
+    larder_client_shared
 fi
 [[ -x $SIDECAR ]] || die "$SIDECAR was not built"
 [[ -x $PRODUCER ]] || die "$PRODUCER was not built"
@@ -199,6 +200,9 @@ ctl -q list_queues name type messages consumers 2>/dev/null | sed 's/^/demo: /'
 
 step "inference reader"
 "$READER" --segment "$SEGMENT" --dir "${shm_dir:-/dev/shm}"
+
+step "the same features in Python (NumPy batch into a logistic regression)"
+LARDER_BUILD_DIR="$BUILD" /usr/bin/python3 examples/inference.py --segment "$SEGMENT" --dir "${shm_dir:-/dev/shm}"
 
 step "what an operator sees: larderctl info $SEGMENT"
 "$LARDERCTL" --dir "${shm_dir:-/dev/shm}" info "$SEGMENT"

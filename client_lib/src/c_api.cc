@@ -2,9 +2,17 @@
 // catch and return codes; the read functions are noexcept already.
 #include "larder/larder.h"
 
+#include <algorithm>
+#include <bit>
+#include <cstdint>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <new>
+#include <span>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "larder/client.h"
 
@@ -14,6 +22,10 @@ struct larder_segment {
 
 struct larder_table {
   larder::Table table;
+  // Byte offset of each field's value in a row buffer: made on first use by
+  // the gathers and larder_row_field_offset (row_field_offsets()).
+  std::once_flag offsets_once;
+  std::vector<uint32_t> field_offsets;
 };
 
 namespace {
@@ -181,5 +193,322 @@ const char* larder_row_string(const larder_table* table, const void* row, uint32
 
 const char* larder_status_name(int32_t status) { return larder::status_name(static_cast<larder::Status>(status)); }
 int64_t larder_now_unix_ms(void) { return larder::now_unix_ms(); }
+
+}  // extern "C"
+
+// ---- Batch gathers ---------------------------------------------------------
+//
+// The gathers read keys in chunks through Table::get_many (which prefetches
+// within a chunk) into a row buffer on the stack, then copy the requested
+// cells out. Nothing here touches shared memory directly: the rows are the
+// consistent copies get_many made.
+
+namespace {
+
+// Keys per Table::get_many call (256 measured no faster: the prefetch
+// pipeline refills within a few keys).
+constexpr size_t kGatherChunk = 64;
+// Stack budget for one chunk of rows: 32 KiB. Rows up to 512 bytes read 64
+// keys per chunk; wider ones fewer; rows wider than the whole budget go one
+// at a time through a per-thread buffer that grows once.
+constexpr size_t kGatherStackWords = 4096;
+
+// Key i of a gather's key arguments (see larder.h for the three forms).
+// NUL-terminated keys are split as they are read; ok() says afterwards
+// whether they matched their form (exactly n of them filling key_len).
+class KeyCursor {
+ public:
+  KeyCursor(const char* bytes, size_t len, const uint64_t* offsets, size_t width)
+      : bytes_(bytes), len_(len), offsets_(offsets), width_(width) {}
+
+  // The checks that need no scan: offsets ordered and inside key_len,
+  // fixed-width keys inside key_len.
+  bool precheck(size_t n) const noexcept {
+    if (n == 0) return true;
+    if (bytes_ == nullptr) return false;
+    if (offsets_ != nullptr) {
+      for (size_t i = 0; i < n; ++i) {
+        if (offsets_[i] > offsets_[i + 1]) return false;
+      }
+      return offsets_[n] <= len_;
+    }
+    if (width_ > 0) return n <= len_ / width_;
+    return len_ > 0 && bytes_[len_ - 1] == '\0';
+  }
+
+  // Keys must be taken in order, i = 0, 1, ...
+  std::string_view key(size_t i) noexcept {
+    if (offsets_ != nullptr) {
+      return {bytes_ + offsets_[i], static_cast<size_t>(offsets_[i + 1] - offsets_[i])};
+    }
+    if (width_ > 0) {
+      const char* k = bytes_ + i * width_;
+      size_t len = width_;
+      while (len > 0 && k[len - 1] == '\0') --len;
+      return {k, len};
+    }
+    return next_terminated();
+  }
+
+  // After the last key: true unless NUL-terminated keys did not fill key_len
+  // exactly (a key held a NUL, or terminators were missing).
+  bool ok(size_t n) const noexcept {
+    return offsets_ != nullptr || width_ > 0 || n == 0 || (!overrun_ && next_ == len_);
+  }
+
+ private:
+  std::string_view next_terminated() noexcept {
+    static_assert(std::endian::native == std::endian::little, "the word scan below assumes little-endian");
+    const char* k = bytes_ + next_;
+    const size_t avail = next_ < len_ ? len_ - next_ : 0;
+    size_t len = 0;
+    // A word at a time: the lowest set bit of `zero` marks the first NUL byte.
+    while (len + 8 <= avail) {
+      uint64_t w;
+      std::memcpy(&w, k + len, 8);
+      const uint64_t zero = (w - 0x0101010101010101ULL) & ~w & 0x8080808080808080ULL;
+      if (zero != 0) {
+        len += static_cast<size_t>(std::countr_zero(zero)) / 8;
+        next_ += len + 1;
+        return {k, len};
+      }
+      len += 8;
+    }
+    while (len < avail && k[len] != '\0') ++len;
+    if (len == avail) {  // no terminator before key_len
+      overrun_ = true;
+      next_ = len_;
+      return {k, 0};
+    }
+    next_ += len + 1;
+    return {k, len};
+  }
+
+  const char* bytes_;
+  size_t len_;
+  const uint64_t* offsets_;
+  size_t width_;
+  size_t next_ = 0;
+  bool overrun_ = false;
+};
+
+// Reads n keys; calls fill(i, row) with the row of key i, or nullptr when
+// there is none to take values from (anything but kOk and kStale).
+template <class Fill>
+void gather_rows(const larder::Table& table, KeyCursor& keys, size_t n, int32_t* status, int64_t* event_time_ms,
+                 int64_t max_age_ms, Fill&& fill) noexcept {
+  const size_t row_words = table.row_words();
+  alignas(64) uint64_t stack_rows[kGatherStackWords];
+  uint64_t* rows = stack_rows;
+  size_t chunk = std::min(kGatherChunk, kGatherStackWords / row_words);
+  if (chunk == 0) {
+    // Wider than the stack budget (vectors of thousands of dimensions).
+    thread_local std::vector<uint64_t> wide;
+    if (wide.size() < row_words) {
+      try {
+        wide.resize(row_words);
+      } catch (...) {
+        return;  // out of memory: leave the outputs as they are
+      }
+    }
+    rows = wide.data();
+    chunk = 1;
+  }
+  std::string_view views[kGatherChunk];
+  larder::ReadResult results[kGatherChunk];
+  const larder::ReadOptions options{max_age_ms};
+  for (size_t base = 0; base < n; base += chunk) {
+    const size_t m = std::min(chunk, n - base);
+    for (size_t i = 0; i < m; ++i) views[i] = keys.key(base + i);
+    table.get_many(std::span<const std::string_view>(views, m), rows, std::span<larder::ReadResult>(results, m),
+                   options);
+    for (size_t i = 0; i < m; ++i) {
+      const larder::ReadResult& r = results[i];
+      if (status != nullptr) status[base + i] = static_cast<int32_t>(r.status);
+      if (event_time_ms != nullptr) event_time_ms[base + i] = r.found() ? r.event_time_ms : 0;
+      fill(base + i, r.found() ? rows + i * row_words : nullptr);
+    }
+  }
+}
+
+const std::vector<uint32_t>& row_field_offsets(const larder_table* t) {
+  auto* mt = const_cast<larder_table*>(t);
+  std::call_once(mt->offsets_once, [mt] {
+    const larder::Table& table = mt->table;
+    const std::vector<uint64_t> probe(table.row_words(), 0);
+    const larder::RowView view = table.view(probe.data());
+    const auto* base = reinterpret_cast<const char*>(probe.data());
+    for (const larder::Field& f : table.fields()) {
+      // vector() points at the field's bytes whatever its type.
+      mt->field_offsets.push_back(static_cast<uint32_t>(reinterpret_cast<const char*>(view.vector(f).data()) - base));
+    }
+  });
+  return mt->field_offsets;
+}
+
+constexpr size_t kValidityWord = larder::layout::kSlotHeaderWords - larder::layout::kSlotEventTimeWord;
+
+// Where one requested field sits in a row buffer, resolved once per call.
+struct Cell {
+  uint32_t offset = 0;      // bytes from the start of the row buffer
+  uint32_t validity = 0;    // word of the row buffer holding its validity bit
+  uint64_t mask = 0;        // its bit; 0: no such field of this kind (always missing)
+  uint32_t count = 0;       // vector dimensions
+  larder::FieldType type = larder::FieldType::kInt64;
+};
+
+Cell cell_of(const larder_table* t, uint32_t field, bool want_vector) {
+  const auto& fields = t->table.fields();
+  Cell c;
+  if (field >= fields.size()) return c;
+  const larder::Field& f = fields[field];
+  if ((f.type == larder::FieldType::kFloat32Vector) != want_vector || f.type == larder::FieldType::kString) return c;
+  c.offset = row_field_offsets(t)[field];
+  c.validity = static_cast<uint32_t>(kValidityWord + field / 64);
+  c.mask = uint64_t{1} << (field % 64);
+  c.count = f.count;
+  c.type = f.type;
+  return c;
+}
+
+double scalar_value(const Cell& c, const uint64_t* row, double missing) noexcept {
+  if ((row[c.validity] & c.mask) == 0) return missing;  // also mask 0: not a scalar field
+  const auto* p = reinterpret_cast<const unsigned char*>(row) + c.offset;
+  switch (c.type) {
+    case larder::FieldType::kInt64: {
+      int64_t v;
+      std::memcpy(&v, p, sizeof v);
+      return static_cast<double>(v);
+    }
+    case larder::FieldType::kFloat64: {
+      double v;
+      std::memcpy(&v, p, sizeof v);
+      return v;
+    }
+    case larder::FieldType::kFloat32: {
+      float v;
+      std::memcpy(&v, p, sizeof v);
+      return v;
+    }
+    case larder::FieldType::kBool: return *p != 0 ? 1.0 : 0.0;
+    default: return missing;
+  }
+}
+
+void vector_value(const Cell& c, const uint64_t* row, float* out, float missing) noexcept {
+  if (row != nullptr && (row[c.validity] & c.mask) != 0) {
+    std::memcpy(out, reinterpret_cast<const unsigned char*>(row) + c.offset, sizeof(float) * c.count);
+  } else {
+    std::fill(out, out + c.count, missing);
+  }
+}
+
+bool is_vector_field(const larder::Table& table, uint32_t field) {
+  return field < table.fields().size() && table.fields()[field].type == larder::FieldType::kFloat32Vector;
+}
+
+}  // namespace
+
+extern "C" {
+
+int larder_gather_f64(const larder_table* table, const char* key_bytes, size_t key_len,
+                      const uint64_t* key_offsets, size_t key_width, size_t n, const uint32_t* fields,
+                      size_t nfields, double* out, int32_t* status, int64_t* event_time_ms, int64_t max_age_ms,
+                      double missing_value) {
+  return larder_gather(table, key_bytes, key_len, key_offsets, key_width, n, fields, nfields, out, missing_value,
+                       nullptr, 0, nullptr, 0.0f, status, event_time_ms, max_age_ms);
+}
+
+int larder_gather_vector(const larder_table* table, const char* key_bytes, size_t key_len,
+                         const uint64_t* key_offsets, size_t key_width, size_t n, uint32_t field, float* out,
+                         int32_t* status, int64_t* event_time_ms, int64_t max_age_ms, float missing_value) {
+  return larder_gather(table, key_bytes, key_len, key_offsets, key_width, n, nullptr, 0, nullptr, 0.0, &field, 1,
+                       out, missing_value, status, event_time_ms, max_age_ms);
+}
+
+int larder_gather(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
+                  size_t key_width, size_t n, const uint32_t* scalar_fields, size_t nscalar, double* scalar_out,
+                  double missing_scalar, const uint32_t* vector_fields, size_t nvector, float* vector_out,
+                  float missing_vector, int32_t* status, int64_t* event_time_ms, int64_t max_age_ms) {
+  if (table == nullptr) return LARDER_E_INVALID_ARGUMENT;
+  if (nscalar > 0 && (scalar_fields == nullptr || scalar_out == nullptr)) return LARDER_E_INVALID_ARGUMENT;
+  if (nvector > 0 && (vector_fields == nullptr || vector_out == nullptr)) return LARDER_E_INVALID_ARGUMENT;
+  KeyCursor keys(key_bytes, key_len, key_offsets, key_width);
+  if (!keys.precheck(n)) return LARDER_E_INVALID_ARGUMENT;
+  const larder::Table& t = table->table;
+  for (size_t v = 0; v < nvector; ++v) {
+    if (!is_vector_field(t, vector_fields[v])) return LARDER_E_INVALID_ARGUMENT;
+  }
+  // Resolve the requested fields once (a few per call in practice; wider
+  // requests go through the cells in groups, re-resolved per row).
+  constexpr size_t kCells = 32;
+  Cell scalars[kCells], vectors[kCells];
+  const size_t planned_scalars = std::min(nscalar, kCells), planned_vectors = std::min(nvector, kCells);
+  size_t vector_dims = 0;
+  try {
+    row_field_offsets(table);
+    for (size_t j = 0; j < planned_scalars; ++j) scalars[j] = cell_of(table, scalar_fields[j], false);
+    for (size_t v = 0; v < nvector; ++v) {
+      vector_dims += t.fields()[vector_fields[v]].count;
+      if (v < planned_vectors) vectors[v] = cell_of(table, vector_fields[v], true);
+    }
+  } catch (const std::bad_alloc&) {
+    return LARDER_E_SYSTEM;  // the one-time offsets table
+  }
+  gather_rows(t, keys, n, status, event_time_ms, max_age_ms, [&](size_t i, const uint64_t* row) {
+    double* values = scalar_out + i * nscalar;
+    if (row == nullptr) {
+      std::fill(values, values + nscalar, missing_scalar);
+    } else {
+      for (size_t j = 0; j < planned_scalars; ++j) values[j] = scalar_value(scalars[j], row, missing_scalar);
+      for (size_t j = planned_scalars; j < nscalar; ++j) {
+        values[j] = scalar_value(cell_of(table, scalar_fields[j], false), row, missing_scalar);
+      }
+    }
+    float* out = vector_out + i * vector_dims;
+    for (size_t v = 0; v < planned_vectors; ++v) {
+      vector_value(vectors[v], row, out, missing_vector);
+      out += vectors[v].count;
+    }
+    for (size_t v = planned_vectors; v < nvector; ++v) {
+      const Cell c = cell_of(table, vector_fields[v], true);
+      vector_value(c, row, out, missing_vector);
+      out += c.count;
+    }
+  });
+  return keys.ok(n) ? LARDER_E_OK : LARDER_E_INVALID_ARGUMENT;
+}
+
+uint32_t larder_row_validity_offset(const larder_table*) {
+  // The row buffer is the slot from its event-time word on (format.h).
+  return static_cast<uint32_t>(8 * (larder::layout::kSlotHeaderWords - larder::layout::kSlotEventTimeWord));
+}
+
+uint32_t larder_row_key_offset(const larder_table* table) {
+  // Measured through RowView, which owns the row geometry.
+  try {
+    const std::vector<uint64_t> probe(table->table.row_words(), 0);
+    const char* key = table->table.view(probe.data()).key().data();
+    return static_cast<uint32_t>(key - reinterpret_cast<const char*>(probe.data()));
+  } catch (const std::bad_alloc&) {
+    return UINT32_MAX;
+  }
+}
+
+uint32_t larder_row_field_offset(const larder_table* table, uint32_t field) {
+  if (field >= table->table.fields().size()) return UINT32_MAX;
+  try {
+    return row_field_offsets(table)[field];
+  } catch (const std::bad_alloc&) {
+    return UINT32_MAX;
+  }
+}
+
+int32_t larder_get_into(const larder_table* table, const void* key, size_t key_len, void* row, int64_t max_age_ms,
+                        larder_read_result* result) {
+  const larder_read_result r = larder_get(table, key, key_len, row, max_age_ms);
+  if (result != nullptr) *result = r;
+  return r.status;
+}
 
 }  // extern "C"

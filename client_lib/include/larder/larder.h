@@ -131,6 +131,77 @@ const char* larder_row_string(const larder_table* table, const void* row, uint32
 const char* larder_status_name(int32_t status);
 int64_t larder_now_unix_ms(void);
 
+/* ---- Batch gathers for bindings (NumPy and friends) ----------------------
+ *
+ * Read n keys and write chosen fields straight into caller arrays, so that a
+ * binding builds no per-key objects. The keys are key_bytes[0 .. key_len) in
+ * one of three forms:
+ *   key_offsets != NULL  key i is key_bytes[key_offsets[i] .. key_offsets[i+1])
+ *                        (n + 1 offsets, the last <= key_len);
+ *   key_width > 0        fixed-width keys, NUL padded (a NumPy 'S' array):
+ *                        key i is key_bytes[i * key_width ..], trailing NULs
+ *                        dropped (n * key_width <= key_len);
+ *   otherwise            NUL-terminated keys one after another: exactly n NUL
+ *                        bytes, the last at key_len - 1 (so no key holds a
+ *                        NUL; when one does, pass offsets instead).
+ * status[i] receives the read status (LARDER_OK, ...) and event_time_ms[i]
+ * the row's event time (0 unless LARDER_OK or LARDER_STALE); either may be
+ * NULL. Values are written for LARDER_OK and LARDER_STALE rows (a stale row
+ * is still filled, as with larder_get); every other cell receives the
+ * missing value: rows not found, busy or with an invalid key, fields never
+ * written (validity bit clear), and scalar field indices that are out of
+ * range or not scalars. All fields of a key come from one read of its row,
+ * so they are one consistent version of it.
+ * Return LARDER_E_OK, or LARDER_E_INVALID_ARGUMENT when a required pointer is
+ * NULL, a vector field is not a vector, or the keys do not match their form
+ * and key_len. NUL-terminated keys are checked while they are read, so after
+ * that refusal the outputs hold partial results; every other refusal comes
+ * before anything is read or written. Never reads key_bytes past key_len.
+ * Lock-free. Never blocks on the writer. Never allocates, except on the
+ * first gather of a table (its field offsets: LARDER_E_SYSTEM when out of
+ * memory) and once per thread for rows wider than 32 KiB. Uses up to 32 KiB
+ * of stack. */
+
+/* Scalar fields (int64, float64, float32, bool as 0/1) as doubles into out,
+ * row-major n x nfields: out[i * nfields + j] is field fields[j] of key i. */
+int larder_gather_f64(const larder_table* table, const char* key_bytes, size_t key_len,
+                      const uint64_t* key_offsets, size_t key_width, size_t n, const uint32_t* fields,
+                      size_t nfields, double* out, int32_t* status, int64_t* event_time_ms, int64_t max_age_ms,
+                      double missing_value);
+
+/* One float32 vector field into out, row-major n x dims (dims: the field's
+ * count). */
+int larder_gather_vector(const larder_table* table, const char* key_bytes, size_t key_len,
+                         const uint64_t* key_offsets, size_t key_width, size_t n, uint32_t field, float* out,
+                         int32_t* status, int64_t* event_time_ms, int64_t max_age_ms, float missing_value);
+
+/* Both in one pass: scalar fields into scalar_out (n x nscalar, as
+ * larder_gather_f64) and the vector fields into vector_out, row-major
+ * n x D where D is the sum of their dims: key i's vectors one after another,
+ * in the order of vector_fields, from vector_out[i * D]. */
+int larder_gather(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
+                  size_t key_width, size_t n, const uint32_t* scalar_fields, size_t nscalar, double* scalar_out,
+                  double missing_scalar, const uint32_t* vector_fields, size_t nvector, float* vector_out,
+                  float missing_vector, int32_t* status, int64_t* event_time_ms, int64_t max_age_ms);
+
+/* Where things sit in a row buffer filled by larder_get, so that a binding
+ * can decode a whole row with one unpack instead of one call per field. Byte
+ * offsets from the start of the buffer; fixed for an open table. The buffer
+ * starts with event_time_ms (int64, offset 0), apply_unix_ns (offset 8) and
+ * the key length (uint32, offset 16), then the validity bitmap: bit f % 64
+ * of the little-endian uint64 at larder_row_validity_offset() + 8 * (f / 64)
+ * is field f's validity. UINT32_MAX for a field out of range, or when out
+ * of memory (these functions allocate; call them at start-up). */
+uint32_t larder_row_validity_offset(const larder_table* table);
+uint32_t larder_row_key_offset(const larder_table* table);
+uint32_t larder_row_field_offset(const larder_table* table, uint32_t field);
+
+/* larder_get with the result through a pointer and the status returned, for
+ * FFIs where returning a struct by value is slow or unsupported. result may
+ * be NULL. */
+int32_t larder_get_into(const larder_table* table, const void* key, size_t key_len, void* row,
+                        int64_t max_age_ms, larder_read_result* result);
+
 #ifdef __cplusplus
 }
 #endif

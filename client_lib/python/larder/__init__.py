@@ -1,0 +1,43 @@
+"""Larder: read ML features from a host-local shared-memory segment.
+
+    import larder
+    seg = larder.open("larder-demo")                 # read-only mapping
+    users = seg.table("users")
+    row = users.get("u000042", max_age_ms=60_000)    # a Row (dict-like)
+    if row.ok:
+        print(row["spend_usd"], row.age_ms)
+    batch = users.get_many(keys, fields=["clicks_1h", "spend_usd", "embedding"])
+    X = batch.values            # float64 (n, 2), NaN where missing
+    E = batch["embedding"]      # float32 (n, 16)
+
+See docs/python.md.
+"""
+
+from .client import Batch, Field, FieldType, Row, Segment, Status, Table
+from .errors import (CorruptError, InvalidArgumentError, LarderError, LarderSystemError, NoSpaceError,
+                     NotFoundError, NotReadyError, PermissionDeniedError, SchemaMismatchError,
+                     VersionMismatchError, WriterLockedError)
+from . import _native
+
+__version__ = "0.1.0"
+
+
+def open(name, dir=None):  # noqa: A001 - mirrors larder_open
+    """Maps the segment ``name`` in ``dir`` (default /dev/shm) read-only."""
+    return Segment(name, dir)
+
+
+def now_unix_ms():
+    """Wall clock in ms, the clock event times are compared against."""
+    return _native.larder_now_unix_ms()
+
+
+def library_path():
+    """The liblarder.so this package loaded."""
+    return _native.path
+
+
+__all__ = ["open", "now_unix_ms", "library_path", "Segment", "Table", "Row", "Batch", "Field", "FieldType",
+           "Status", "LarderError", "InvalidArgumentError", "NotFoundError", "PermissionDeniedError",
+           "VersionMismatchError", "SchemaMismatchError", "NotReadyError", "CorruptError", "WriterLockedError",
+           "NoSpaceError", "LarderSystemError"]

@@ -1,0 +1,122 @@
+"""Loads liblarder.so and declares the C ABI (larder/larder.h) for ctypes.
+
+Search order for the library:
+  1. $LARDER_LIBRARY (a path to the .so);
+  2. the package directory (a copy bundled by ``pip install``);
+  3. the build tree: $LARDER_BUILD_DIR/client_lib, then <repo>/build/client_lib
+     when the package is imported from a checkout;
+  4. the system loader (``liblarder.so`` / ``liblarder.so.0`` on the library
+     path, e.g. after ``cmake --install``).
+"""
+
+import ctypes
+import os
+from ctypes import (POINTER, c_char_p, c_double, c_float, c_int, c_int32, c_int64, c_size_t, c_uint32,
+                    c_void_p)
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(_HERE)))  # client_lib/python/larder -> repo
+
+
+class ReadResult(ctypes.Structure):
+    _fields_ = [("status", c_int32), ("reserved", c_int32), ("event_time_ms", c_int64),
+                ("apply_unix_ns", c_int64)]
+
+
+class FieldInfo(ctypes.Structure):
+    _fields_ = [("name", c_char_p), ("type", c_int32), ("count", c_uint32)]
+
+
+class SegmentInfo(ctypes.Structure):
+    _fields_ = [("state", c_uint32), ("connection", c_uint32), ("layout_version", c_uint32),
+                ("reserved", c_uint32), ("schema_fingerprint", ctypes.c_uint64),
+                ("writer_pid", ctypes.c_uint64), ("heartbeat_age_ms", c_int64),
+                ("updates_applied", ctypes.c_uint64), ("messages_rejected", ctypes.c_uint64),
+                ("last_apply_unix_ns", c_int64)]
+
+
+def candidates():
+    """Paths tried in order; the last entries are names for the system loader."""
+    paths = []
+    env = os.environ.get("LARDER_LIBRARY")
+    if env:
+        paths.append(env)
+    paths.append(os.path.join(_HERE, "liblarder.so"))
+    build = os.environ.get("LARDER_BUILD_DIR")
+    if build:
+        paths.append(os.path.join(build, "client_lib", "liblarder.so"))
+    paths.append(os.path.join(_REPO, "build", "client_lib", "liblarder.so"))
+    return paths, ["liblarder.so", "liblarder.so.0"]
+
+
+def _load():
+    paths, names = candidates()
+    env = os.environ.get("LARDER_LIBRARY")
+    if env and not os.path.exists(env):
+        raise OSError("LARDER_LIBRARY=%s does not exist" % env)
+    for p in paths:
+        if os.path.exists(p):
+            return p
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+            return name
+        except OSError:
+            pass
+    raise OSError("liblarder.so not found; tried %s and the system loader. Build it with "
+                  "`cmake --build build --target larder_client_shared` or set LARDER_LIBRARY"
+                  % ", ".join(paths))
+
+
+path = _load()
+# Two handles on the same library: batch reads and opens release the GIL
+# (CDLL); the single-key read keeps it (PyDLL), since it takes well under a
+# microsecond and releasing and retaking the GIL would cost more than the read.
+lib = ctypes.CDLL(path)
+fast = ctypes.PyDLL(path)
+
+
+def _declare(handle, name, restype, *argtypes):
+    fn = getattr(handle, name)
+    fn.restype = restype
+    fn.argtypes = list(argtypes)
+    return fn
+
+
+seg_p = c_void_p
+tab_p = c_void_p
+
+larder_open = _declare(lib, "larder_open", c_int, c_char_p, c_char_p, POINTER(c_void_p), c_char_p, c_size_t)
+larder_close = _declare(lib, "larder_close", None, seg_p)
+larder_segment_stat = _declare(lib, "larder_segment_stat", SegmentInfo, seg_p)
+larder_writer_alive = _declare(lib, "larder_writer_alive", c_int, seg_p, c_int64)
+larder_table_open = _declare(lib, "larder_table_open", c_int, seg_p, c_char_p, POINTER(c_void_p), c_char_p,
+                             c_size_t)
+larder_table_close = _declare(lib, "larder_table_close", None, tab_p)
+larder_table_row_bytes = _declare(lib, "larder_table_row_bytes", c_size_t, tab_p)
+larder_table_field_count = _declare(lib, "larder_table_field_count", c_uint32, tab_p)
+larder_table_field = _declare(lib, "larder_table_field", FieldInfo, tab_p, c_uint32)
+larder_row_validity_offset = _declare(lib, "larder_row_validity_offset", c_uint32, tab_p)
+larder_row_key_offset = _declare(lib, "larder_row_key_offset", c_uint32, tab_p)
+larder_row_field_offset = _declare(lib, "larder_row_field_offset", c_uint32, tab_p, c_uint32)
+larder_status_name = _declare(lib, "larder_status_name", c_char_p, c_int32)
+larder_now_unix_ms = _declare(lib, "larder_now_unix_ms", c_int64)
+
+# int32 larder_get_into(table, key, key_len, row, max_age_ms, result*)
+larder_get_into = _declare(fast, "larder_get_into", c_int32, tab_p, c_char_p, c_size_t, c_void_p, c_int64,
+                           c_void_p)
+# The same without argtypes, for Table.get: ctypes then converts each
+# argument by its Python type, which saves about a third of the call. Callers
+# pass the table as a c_void_p, the key as bytes, the row as a ctypes array,
+# None, and ints in [0, 2**31): ctypes passes those as C int, and libffi
+# widens int arguments to the 64-bit register with sign extension, so the
+# size_t and int64_t parameters receive them exactly. (fast[...] makes a new
+# function object; attribute access would return the declared one.)
+larder_get_into_raw = fast["larder_get_into"]
+larder_get_into_raw.restype = c_int32
+
+# Pointer arguments of the gathers are passed as integers (NumPy's
+# ndarray.ctypes.data): cheaper than building ctypes pointer objects.
+larder_gather = _declare(lib, "larder_gather", c_int, tab_p, c_void_p, c_size_t, c_void_p, c_size_t, c_size_t,
+                         c_void_p, c_size_t, c_void_p, c_double, c_void_p, c_size_t, c_void_p, c_float,
+                         c_void_p, c_void_p, c_int64)

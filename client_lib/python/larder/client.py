@@ -1,0 +1,558 @@
+"""Segments, tables, rows and batches over the C ABI.
+
+Threading: a Segment and its Tables may be shared by every thread of a
+process; each read returns new objects (a Row owns its buffer, a Batch its
+arrays), so nothing is shared between calls. Batch reads release the GIL
+while they run. Do not close a table while another thread reads it.
+"""
+
+import ctypes
+import enum
+import struct
+import time
+
+import numpy as np
+
+from . import _native as _n
+from .errors import InvalidArgumentError, LarderError, NotFoundError, from_code
+
+
+class Status(enum.IntEnum):
+    """Read status of one key (the C ABI's LARDER_OK, ...)."""
+    OK = 0           # found; values filled
+    NOT_FOUND = 1    # never written, or deleted
+    STALE = 2        # found, older than max_age_ms; values still filled
+    BUSY = 3         # the slot stayed mid-write for too long: retry or use a default
+    INVALID_KEY = 4  # empty, or longer than the table's key_max_len
+
+
+_STATUSES = tuple(Status)
+
+
+class FieldType(enum.IntEnum):
+    INT64 = 1
+    FLOAT64 = 2
+    FLOAT32 = 3
+    BOOL = 4
+    VECTOR = 5   # float32 vector
+    STRING = 6
+
+
+_SCALAR_TYPES = (FieldType.INT64, FieldType.FLOAT64, FieldType.FLOAT32, FieldType.BOOL)
+
+
+class Field:
+    """A field of a table: name, index, type, count (vector dims, string max bytes, else 1)."""
+
+    __slots__ = ("name", "index", "type", "count", "offset", "_decode")
+
+    def __init__(self, name, index, ftype, count, offset):
+        self.name = name
+        self.index = index
+        self.type = FieldType(ftype)
+        self.count = count
+        self.offset = offset
+        self._decode = _decoder(self.type, count, offset)
+
+    def __repr__(self):
+        extra = "[%d]" % self.count if self.type in (FieldType.VECTOR, FieldType.STRING) else ""
+        return "Field(%r, %s%s)" % (self.name, self.type.name.lower(), extra)
+
+
+def _decoder(ftype, count, offset):
+    """A function buffer -> Python value for one field."""
+    if ftype == FieldType.INT64:
+        unpack = struct.Struct("<q").unpack_from
+        return lambda buf: unpack(buf, offset)[0]
+    if ftype == FieldType.FLOAT64:
+        unpack = struct.Struct("<d").unpack_from
+        return lambda buf: unpack(buf, offset)[0]
+    if ftype == FieldType.FLOAT32:
+        unpack = struct.Struct("<f").unpack_from
+        return lambda buf: unpack(buf, offset)[0]
+    if ftype == FieldType.BOOL:
+        return lambda buf: buf[offset] != b"\0"
+    if ftype == FieldType.STRING:
+        unpack = struct.Struct("<I").unpack_from
+
+        def string(buf):
+            n = min(unpack(buf, offset)[0], count)
+            return bytes(buf[offset + 4:offset + 4 + n]).decode("utf-8", "replace")
+        return string
+    if ftype == FieldType.VECTOR:
+        def vector(buf):
+            v = np.frombuffer(buf, dtype="<f4", count=count, offset=offset)
+            v.flags.writeable = False
+            return v
+        return vector
+    raise LarderError("unknown field type %d" % ftype)
+
+
+_address = ctypes.addressof
+_char_view = ctypes.c_char.from_buffer
+
+_I64 = struct.Struct("<q").unpack_from
+_U64 = struct.Struct("<Q").unpack_from
+_U32 = struct.Struct("<I").unpack_from
+
+
+def _now_ms():
+    return time.time_ns() // 1_000_000
+
+
+class Row:
+    """One key's row: a read-only mapping of field name -> typed value.
+
+    Holds only the fields that have a value: a field never written for this
+    key (validity bit clear) is absent, so ``row["x"]`` raises KeyError and
+    ``row.get("x")`` returns None; ``row.valid("x")`` tells. A row that was not
+    found (status NOT_FOUND, BUSY, INVALID_KEY) is empty; a STALE row holds
+    its (old) values. ``bool(row)`` is ``row.found``.
+
+    Values: int64 -> int, float64/float32 -> float, bool -> bool,
+    string -> str, vector -> read-only numpy float32 array (a view of the
+    row's own copy, not of shared memory).
+    """
+
+    __slots__ = ("_table", "_buf", "key", "status")
+
+    def __init__(self, table, key, buf, status):
+        self._table = table
+        self.key = key
+        self._buf = buf
+        self.status = _STATUSES[status]
+
+    @property
+    def found(self):
+        """OK or STALE: the row holds values."""
+        return self.status == 0 or self.status == 2
+
+    @property
+    def ok(self):
+        return self.status == 0
+
+    def __bool__(self):
+        return self.status == 0 or self.status == 2
+
+    @property
+    def event_time_ms(self):
+        """Event time the producer stamped on the newest update (None when not found)."""
+        return _I64(self._buf, 0)[0] if self.found else None
+
+    @property
+    def apply_unix_ns(self):
+        """When the writer applied it (None when not found)."""
+        return _I64(self._buf, 8)[0] if self.found else None
+
+    @property
+    def age_ms(self):
+        """Age of the data: now - event time, in ms (None when not found)."""
+        return _now_ms() - _I64(self._buf, 0)[0] if self.found else None
+
+    def valid(self, name):
+        """True when the row holds a value for field ``name``. KeyError for an unknown field."""
+        f = self._table._by_name[name]
+        if not self.found:
+            return False
+        word = _U64(self._buf, self._table._validity_offset + 8 * (f.index >> 6))[0]
+        return (word >> (f.index & 63)) & 1 == 1
+
+    def __getitem__(self, name):
+        f = self._table._by_name[name]  # KeyError: no such field
+        if not self.valid(name):
+            raise KeyError("%s: field %r has no value for key %r (status %s)"
+                           % (self._table.name, name, self.key, self.status.name))
+        return f._decode(self._buf)
+
+    def get(self, name, default=None):
+        f = self._table._by_name.get(name)
+        if f is None or not self.valid(name):
+            return default
+        return f._decode(self._buf)
+
+    def keys(self):
+        return [f.name for f in self._table.fields if self.valid(f.name)]
+
+    def values(self):
+        return [self[k] for k in self.keys()]
+
+    def items(self):
+        return [(k, self[k]) for k in self.keys()]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self):
+        return len(self.keys())
+
+    def __contains__(self, name):
+        return name in self._table._by_name and self.valid(name)
+
+    def to_dict(self):
+        return dict(self.items())
+
+    def __repr__(self):
+        if not self.found:
+            return "Row(%r, status=%s)" % (self.key, self.status.name)
+        return "Row(%r, status=%s, age_ms=%d, %r)" % (self.key, self.status.name, self.age_ms, self.to_dict())
+
+
+class Batch:
+    """The result of Table.get_many: NumPy arrays, one row per key.
+
+    values         float64 (n, len(columns)): the scalar fields (bool as 0/1);
+                   ``missing`` (NaN by default) where the key was not found
+                   or the field never written.
+    columns        names of the columns of ``values``.
+    vectors        {name: float32 (n, dims)} for each vector field.
+    status         int32 (n,): Status codes.
+    event_time_ms  int64 (n,): 0 where not found.
+    ``batch[name]`` is a column of ``values`` or a vector block.
+
+    The arrays are views of one buffer the batch owns (made on first
+    access); they stay valid as long as any of them is referenced.
+    """
+
+    __slots__ = ("keys", "_plan", "_raw", "_n", "_values", "_vectors", "_status", "_times")
+
+    def __init__(self, keys, plan, raw, n):
+        self.keys = keys
+        self._plan = plan
+        self._raw = raw
+        self._n = n
+        self._values = self._vectors = self._status = self._times = None
+
+    # Layout of _raw: values (8 n ncols), event times (8 n), vectors
+    # (4 n dims), statuses (4 n); see Table.get_many.
+    @property
+    def columns(self):
+        return self._plan.columns
+
+    @property
+    def values(self):
+        v = self._values
+        if v is None:
+            v = self._values = np.ndarray((self._n, self._plan.ncols), np.float64, self._raw, 0)
+        return v
+
+    @property
+    def event_time_ms(self):
+        v = self._times
+        if v is None:
+            v = self._times = np.ndarray((self._n,), np.int64, self._raw, 8 * self._n * self._plan.ncols)
+        return v
+
+    @property
+    def status(self):
+        v = self._status
+        if v is None:
+            plan, n = self._plan, self._n
+            v = self._status = np.ndarray((n,), np.int32, self._raw, 8 * n * plan.ncols + 8 * n + 4 * n * plan.dims)
+        return v
+
+    @property
+    def vectors(self):
+        v = self._vectors
+        if v is None:
+            plan, n = self._plan, self._n
+            v = {}
+            if plan.vectors:
+                block = np.ndarray((n, plan.dims), np.float32, self._raw, 8 * n * plan.ncols + 8 * n)
+                for name, lo, hi in plan.vectors:
+                    v[name] = block if hi - lo == plan.dims else block[:, lo:hi]
+            self._vectors = v
+        return v
+
+    def __len__(self):
+        return self._n
+
+    def __getitem__(self, name):
+        j = self._plan.column_index.get(name)
+        if j is not None:
+            return self.values[:, j]
+        return self.vectors[name]
+
+    @property
+    def found(self):
+        """bool (n,): OK or STALE."""
+        s = self.status
+        return (s == 0) | (s == 2)
+
+    @property
+    def ok(self):
+        return self.status == 0
+
+    def age_ms(self, now_ms=None):
+        """int64 (n,): now - event time; -1 where not found."""
+        now = _now_ms() if now_ms is None else now_ms
+        return np.where(self.found, now - self.event_time_ms, -1)
+
+    def __repr__(self):
+        return "Batch(%d keys, columns=%r, vectors=%r)" % (self._n, self.columns, list(self.vectors))
+
+
+def _error(code, err):
+    return from_code(code, err.value.decode("utf-8", "replace"))
+
+
+class Segment:
+    """A segment mapped read-only. ``larder.open(name, dir)`` makes one.
+
+    Raises NotFoundError (no segment: is the sidecar running, is dir right?),
+    PermissionDeniedError, VersionMismatchError (names both versions),
+    SchemaMismatchError, NotReadyError, CorruptError, InvalidArgumentError.
+    """
+
+    def __init__(self, name, dir=None):
+        self.name = name
+        self.dir = dir or "/dev/shm"
+        handle = ctypes.c_void_p()
+        err = ctypes.create_string_buffer(512)
+        code = _n.larder_open(_bytes(name), _bytes(self.dir), ctypes.byref(handle), err, len(err))
+        if code != 0:
+            raise _error(code, err)
+        self._handle = handle
+        self._tables = {}
+
+    def table(self, name):
+        """The table ``name`` (cached). NotFoundError names the tables there are."""
+        t = self._tables.get(name)
+        if t is None:
+            t = Table(self, name)
+            self._tables[name] = t
+        return t
+
+    def info(self):
+        """Segment state, writer pid, heartbeat age, connection, counters (a dict)."""
+        s = _n.larder_segment_stat(self._live())
+        return {f: getattr(s, f) for f, _ in s._fields_ if f != "reserved"}
+
+    def writer_alive(self, max_heartbeat_age_ms=1000):
+        """True when a writer is attached and its heartbeat is younger than the bound."""
+        return _n.larder_writer_alive(self._live(), max_heartbeat_age_ms) == 1
+
+    def close(self):
+        """Closes the segment and its tables. Idempotent."""
+        for t in self._tables.values():
+            t.close()
+        self._tables.clear()
+        if self._handle is not None:
+            _n.larder_close(self._handle)
+            self._handle = None
+
+    def _live(self):
+        if self._handle is None:
+            raise InvalidArgumentError("segment %r is closed" % self.name)
+        return self._handle
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        return "Segment(%r, dir=%r)" % (self.name, self.dir)
+
+
+def _bytes(s):
+    return s.encode("utf-8") if isinstance(s, str) else bytes(s)
+
+
+# Table.get calls larder_get_into without argtypes (_native.py says why):
+# ints in [0, 2**31) go as they are, larger max_age_ms values as c_int64.
+# Keys are far shorter than 2**31 bytes.
+_INT_LIMIT = 1 << 31
+
+
+class Table:
+    """A table of a segment: ``get`` one key, ``get_many`` a batch into NumPy."""
+
+    def __init__(self, segment, name):
+        self.segment = segment
+        self.name = name
+        handle = ctypes.c_void_p()
+        err = ctypes.create_string_buffer(512)
+        code = _n.larder_table_open(segment._live(), _bytes(name), ctypes.byref(handle), err, len(err))
+        if code != 0:
+            raise _error(code, err)
+        self._handle = handle
+        self.row_bytes = _n.larder_table_row_bytes(handle)
+        self._row_type = ctypes.c_char * self.row_bytes
+        self._validity_offset = _n.larder_row_validity_offset(handle)
+        fields = []
+        for i in range(_n.larder_table_field_count(handle)):
+            info = _n.larder_table_field(handle, i)
+            fields.append(Field(info.name.decode("utf-8"), i, info.type, info.count,
+                                _n.larder_row_field_offset(handle, i)))
+        self.fields = tuple(fields)
+        self._by_name = {f.name: f for f in fields}
+        self._plans = {}  # fields (a tuple, or None for the default) -> _Plan
+        self._get_into = _n.larder_get_into_raw  # see _INT_LIMIT
+
+    def field(self, name):
+        """The Field ``name``; NotFoundError naming the fields there are."""
+        f = self._by_name.get(name)
+        if f is None:
+            raise NotFoundError("table %r has no field %r; it has: %s"
+                                % (self.name, name, ", ".join(self._by_name)))
+        return f
+
+    @property
+    def field_names(self):
+        return [f.name for f in self.fields]
+
+    def get(self, key, max_age_ms=0):
+        """Reads one key (str or bytes) into a new Row. Never raises for a
+        missing key: check ``row.status`` / ``row.found``. max_age_ms > 0
+        turns rows older than that into Status.STALE (still filled).
+        Lock-free, never blocks on the writer; holds the GIL (well under a
+        microsecond in the library)."""
+        k = key.encode("utf-8") if key.__class__ is str else key
+        buf = self._row_type()
+        if not 0 <= max_age_ms < _INT_LIMIT:
+            max_age_ms = ctypes.c_int64(max_age_ms)
+        handle = self._handle
+        if handle is None:
+            raise InvalidArgumentError("table %r is closed" % self.name)
+        status = self._get_into(handle, k, len(k), buf, max_age_ms, None)
+        return Row(self, key, buf, status)
+
+    def get_many(self, keys, fields=None, max_age_ms=0, missing=float("nan")):
+        """Reads a batch of keys into NumPy arrays in one pass (see Batch).
+
+        keys: a list/tuple of str or bytes, or a NumPy array of dtype 'S'
+        (fixed width, NUL padded: the cheapest form) or 'U'. fields: names of
+        scalar and vector fields (default: all but strings; strings are read
+        with get). max_age_ms: as for get. missing: the value of cells with no
+        value (NaN by default; vectors use it too). No per-key Python objects
+        are made; the GIL is released while the library reads."""
+        plan = self._plans.get(fields if fields is None or fields.__class__ is tuple else tuple(fields))
+        if plan is None:
+            plan = self._plan(fields)
+        if keys.__class__ is str or keys.__class__ is bytes:
+            raise InvalidArgumentError("keys is a list of keys, not one key: use get(), or [key]")
+        if self._handle is None:
+            raise InvalidArgumentError("table %r is closed" % self.name)
+        n = len(keys)
+        key_buf, offsets, width = _pack_keys(keys, n)
+        # One allocation for every output: float64 values, int64 event
+        # times, float32 vectors, int32 statuses, in that order (aligned).
+        raw = np.empty(max(n * (8 * plan.ncols + 12 + 4 * plan.dims), 8), dtype=np.uint8)
+        base = _address(_char_view(raw))  # 3x cheaper than raw.ctypes.data
+        if key_buf.__class__ is np.ndarray:
+            key_len = key_buf.nbytes
+            key_ptr = _address(_char_view(key_buf)) if key_buf.flags.writeable and key_len else key_buf.ctypes.data
+        else:
+            key_ptr, key_len = key_buf, len(key_buf)
+        code = self._gather(key_ptr, key_len, offsets, width, n, plan, base, missing, max_age_ms)
+        if code != 0 and offsets is None and width == 0:
+            # A key holds a NUL byte: pass explicit offsets instead.
+            key_buf, offsets = _pack_offsets(keys, n)
+            code = self._gather(key_buf, len(key_buf), offsets, 0, n, plan, base, missing, max_age_ms)
+        if code != 0:
+            raise from_code(code, "larder_gather refused its arguments (table %r)" % self.name)
+        return Batch(keys, plan, raw, n)
+
+    def _gather(self, key_ptr, key_len, offsets, width, n, plan, base, missing, max_age_ms):
+        ncols = plan.ncols
+        at_vectors = base + 8 * n * ncols + 8 * n
+        return _n.larder_gather(self._handle, key_ptr, key_len, None if offsets is None else offsets.ctypes.data,
+                                width, n, plan.scalar_ptr, ncols, base, missing,
+                                plan.vector_ptr, plan.nvector, at_vectors if plan.nvector else None, missing,
+                                at_vectors + 4 * n * plan.dims, base + 8 * n * ncols, max_age_ms)
+
+    def _plan(self, fields):
+        key = None if fields is None else tuple(fields)
+        if fields is None:
+            chosen = [f for f in self.fields if f.type != FieldType.STRING]
+        else:
+            if isinstance(fields, str):
+                raise InvalidArgumentError("fields is a list of names, not a string")
+            chosen = [self.field(name) for name in fields]
+        for f in chosen:
+            if f.type == FieldType.STRING:
+                raise InvalidArgumentError("field %r of table %r is a string: read strings with get()"
+                                           % (f.name, self.name))
+        plan = _Plan([f for f in chosen if f.type in _SCALAR_TYPES],
+                     [f for f in chosen if f.type == FieldType.VECTOR])
+        if len(self._plans) < 64:
+            self._plans[key] = plan
+        return plan
+
+    def close(self):
+        """Idempotent. Rows and batches already returned stay readable."""
+        if self._handle is not None:
+            _n.larder_table_close(self._handle)
+            self._handle = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        return "Table(%r, fields=%r)" % (self.name, list(self.fields))
+
+
+class _Plan:
+    """What get_many reads for one list of fields, resolved once."""
+
+    def __init__(self, scalars, vectors):
+        self.columns = tuple(f.name for f in scalars)
+        self.column_index = {c: j for j, c in enumerate(self.columns)}
+        self.ncols = len(scalars)
+        self.nvector = len(vectors)
+        # The index arrays live as long as the plan; their addresses are
+        # passed on every call.
+        self._scalar_idx = np.array([f.index for f in scalars], dtype=np.uint32)
+        self._vector_idx = np.array([f.index for f in vectors], dtype=np.uint32)
+        self.scalar_ptr = self._scalar_idx.ctypes.data if scalars else None
+        self.vector_ptr = self._vector_idx.ctypes.data if vectors else None
+        self.vectors = []
+        lo = 0
+        for f in vectors:
+            self.vectors.append((f.name, lo, lo + f.count))
+            lo += f.count
+        self.dims = lo
+
+
+def _pack_keys(keys, n):
+    """(buffer, offsets array or None, fixed width) for larder_gather; the
+    caller keeps both alive for the call."""
+    if keys.__class__ is np.ndarray:
+        if keys.dtype.kind == "U":
+            keys = np.char.encode(keys, "utf-8")
+        if keys.dtype.kind != "S":
+            raise InvalidArgumentError("keys array must have dtype 'S' or 'U', not %s" % keys.dtype)
+        keys = np.ascontiguousarray(keys.reshape(-1))
+        if keys.dtype.itemsize == 0:
+            keys = keys.astype("S1")
+        return keys, None, keys.dtype.itemsize
+    if n == 0:
+        return b"\0", None, 0
+    # Fast path: keys joined with NUL terminators and split again in C, which
+    # refuses the buffer when a key holds a NUL (get_many then retries with
+    # offsets).
+    try:
+        if keys[0].__class__ is str:
+            return ("\0".join(keys) + "\0").encode("utf-8"), None, 0
+        return b"\0".join(keys) + b"\0", None, 0
+    except TypeError:
+        pass  # a mix of str and bytes
+    buf, offsets = _pack_offsets(keys, n)
+    return buf, offsets, 0
+
+
+def _pack_offsets(keys, n):
+    encoded = [k.encode("utf-8") if isinstance(k, str) else bytes(k) for k in keys]
+    offsets = np.zeros(n + 1, dtype=np.uint64)
+    np.cumsum([len(k) for k in encoded], out=offsets[1:])
+    return b"".join(encoded), offsets

@@ -1,0 +1,54 @@
+"""The values larder-test-writer writes (tests/writer_tool.cc, write_demo):
+keep the two in step."""
+
+import numpy as np
+
+SEED = 3
+COUNTRIES = ["SE", "US", "DE", "FR", "JP"]
+
+
+def user_key(k):
+    return "u%06d" % k
+
+
+def item_key(k):
+    return "i%05d" % k
+
+
+def user(k, seed=SEED):
+    """Field -> value of user k; absent fields were never written."""
+    row = {"clicks_1h": (k * 7 + seed) % 1000, "is_premium": k % 3 == 0}
+    if k % 13 != 0:
+        row["spend_usd"] = k * 0.25 + seed
+    if k % 11 != 0:
+        row["country"] = COUNTRIES[k % 5]
+    if k % 7 != 0:
+        row["embedding"] = (np.float32(k % 1000) / np.float32(8.0)
+                            + np.arange(16, dtype=np.float32) * np.float32(0.5))
+    return row
+
+
+def item(k, seed=SEED):
+    row = {"price": k * 1.5 + seed, "category": "cat-%d" % (k % 13)}
+    if k % 9 != 0:
+        row["ctr"] = float(np.float32(k % 100) / np.float32(100.0))
+    return row
+
+
+def age_minutes(k):
+    """Event time of key k is write time - (k % 10) minutes."""
+    return k % 10
+
+
+# Table "rows" of tests/support/derived_rows.h: every field from one counter c.
+def derived_ok_scalars(k, c, event_time_ms, spend, ctr, premium):
+    return (event_time_ms == c and spend == c * 0.5 + k and ctr == float(np.float32(c % 4096))
+            and bool(premium) == bool(c & 1))
+
+
+def derived_embedding(c):
+    return ((c + np.arange(16)) % 65536).astype(np.float32)
+
+
+def derived_tag(c):
+    return "v%d" % (c % 100000000)
