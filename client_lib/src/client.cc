@@ -208,8 +208,10 @@ ReadResult Table::get(std::string_view key, Row& out, const ReadOptions& options
 }
 
 ReadResult Table::get(std::string_view key, uint64_t* row, const ReadOptions& options) const noexcept {
+  const uint64_t hash = hash_key(key, geo_.hash_seed);
+  prefetch_home(geo_, hash);  // a wide slot's lines are fetched in parallel
   const int64_t now_ms = options.max_age_ms > 0 ? now_unix_ms() : 0;
-  return lookup(key, hash_key(key, geo_.hash_seed), row, now_ms, options);
+  return lookup(key, hash, row, now_ms, options);
 }
 
 void Table::get_many(std::span<const std::string_view> keys, RowBatch& out, std::span<ReadResult> results,

@@ -668,9 +668,9 @@ ApplyResult Writer::upsert(uint32_t table, std::string_view key, int64_t event_t
     }
     for (uint32_t k = lo; k < hi; ++k) w.scratch[k] = sync::load_relaxed(s[row_at + k]);
   }
-  uint64_t validity[kMaxFields / 64] = {};
-  if (!fresh_row) {
-    for (uint32_t k = 0; k < ts.geo.validity_words; ++k) validity[k] = sync::load_relaxed(s[validity_at + k]);
+  uint64_t validity[kMaxFields / 64];
+  for (uint32_t k = 0; k < ts.geo.validity_words; ++k) {
+    validity[k] = fresh_row ? 0 : sync::load_relaxed(s[validity_at + k]);
   }
   for (const FieldValue& v : values) {
     w.encode(ts.fields[v.field], v, &lo, &hi);

@@ -9,6 +9,7 @@
 // key look missing.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string_view>
@@ -138,13 +139,14 @@ inline FindResult find(const TableGeometry& g, const PackedKey& key, uint64_t ha
   return FindResult::kAbsent;
 }
 
-// Prefetches the lines of the slot a key hashes to: the meta word and the
-// key words (L2 hint: measured faster than the default for batches here).
+// Prefetches the home slot of a hash: every 64-byte line of it, up to 16
+// lines (1 KiB), so that the lines a lookup reads arrive together instead of
+// one after another. The L2 hint measured faster than the default for
+// batches here.
 inline void prefetch_home(const TableGeometry& g, uint64_t hash) noexcept {
-  const Word* s = g.slot(g.home(hash));
-  __builtin_prefetch(s, 0, 1);
-  const Word* key = s + g.key_word_offset();
-  if (reinterpret_cast<uintptr_t>(key) / 64 != reinterpret_cast<uintptr_t>(s) / 64) __builtin_prefetch(key, 0, 1);
+  const auto* s = reinterpret_cast<const char*>(g.slot(g.home(hash)));
+  const uint32_t lines = std::min<uint32_t>(g.slot_words / 8, 16);
+  for (uint32_t l = 0; l < lines; ++l) __builtin_prefetch(s + 64 * l, 0, 1);
 }
 
 }  // namespace larder::layout
