@@ -12,7 +12,9 @@
 #include <fmt/format.h>
 
 #include "decoder.h"
+#include "larder/layout/clock.h"
 #include "larder/layout/writer.h"
+#include "metrics.h"
 #include "writer_thread.h"
 
 namespace {
@@ -54,6 +56,29 @@ void BM_Decode(benchmark::State& state) {
 }
 BENCHMARK(BM_Decode)->Arg(1)->Arg(100);
 
+// BM_Decode plus what the consumer thread records per delivery for /metrics:
+// two clock reads, a histogram observation and the counters.
+void BM_DecodeWithMetrics(benchmark::State& state) {
+  const int updates = static_cast<int>(state.range(0));
+  larder::sidecar::Decoder decoder(bench_schema(), {});
+  larder::sidecar::DecodedBatch batch;
+  larder::sidecar::SidecarMetrics metrics;
+  const std::string body = message(updates, 0);
+  for (auto _ : state) {
+    metrics.messages_received.add();
+    const int64_t t0 = larder::layout::now_mono_ns();
+    auto r = decoder.decode(body, batch);
+    const int64_t t1 = larder::layout::now_mono_ns();
+    metrics.decode_seconds.observe_ns(t1 - t0);
+    if (metrics.work_enqueued.value() == metrics.work_done.value_acquire()) metrics.backlog_start_mono_ns.set(t1);
+    metrics.work_enqueued.add_release();
+    benchmark::DoNotOptimize(r.ok);
+  }
+  state.SetItemsProcessed(state.iterations() * updates);
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(body.size()));
+}
+BENCHMARK(BM_DecodeWithMetrics)->Arg(1)->Arg(100);
+
 void BM_Apply(benchmark::State& state) {
   const int updates = static_cast<int>(state.range(0));
   const std::string name = fmt::format("larder-bench-apply-{}", ::getpid());
@@ -74,6 +99,55 @@ void BM_Apply(benchmark::State& state) {
   larder::Writer::remove_segment(name);
 }
 BENCHMARK(BM_Apply)->Arg(1)->Arg(100);
+
+// BM_Apply plus what the writer thread records per message for /metrics: a
+// clock read per message (the wall clock once per bulk of up to 64), the
+// apply-duration histogram, the lag histogram per applied update, counters.
+// Same messages as BM_Apply, so the two compare directly (after the first
+// pass over the 1000 messages their updates are stale, and the lag histogram
+// is skipped: BM_HistogramObserve prices one observation).
+void BM_ApplyWithMetrics(benchmark::State& state) {
+  const int updates = static_cast<int>(state.range(0));
+  const std::string name = fmt::format("larder-bench-apply-m-{}", ::getpid());
+  larder::Writer::remove_segment(name);
+  auto writer = larder::Writer::open(name, bench_schema());
+  larder::sidecar::Decoder decoder(bench_schema(), {});
+  larder::sidecar::SidecarMetrics metrics;
+  std::vector<larder::sidecar::DecodedBatch> batches(1000);
+  for (size_t m = 0; m < batches.size(); ++m) decoder.decode(message(updates, static_cast<int64_t>(m) * updates), batches[m]);
+  size_t m = 0;
+  uint64_t stale = 0, applied = 0;
+  larder::sidecar::RejectReason reason;
+  int64_t t0 = larder::layout::now_mono_ns();
+  larder::sidecar::LagRecorder lag{&metrics.visible_lag_seconds, larder::layout::now_unix_ns() / 1'000'000};
+  for (auto _ : state) {
+    if (m % 64 == 0) lag.now_unix_ms = larder::layout::now_unix_ns() / 1'000'000;
+    benchmark::DoNotOptimize(larder::sidecar::apply_batch(*writer, batches[m], &reason, &stale, &applied, &lag));
+    const int64_t t1 = larder::layout::now_mono_ns();
+    metrics.apply_seconds.observe_ns(t1 - t0);
+    t0 = t1;
+    metrics.messages_applied.add();
+    metrics.work_done.add_release();
+    m = (m + 1) % batches.size();
+  }
+  state.SetItemsProcessed(state.iterations() * updates);
+  writer.reset();
+  larder::Writer::remove_segment(name);
+}
+BENCHMARK(BM_ApplyWithMetrics)->Arg(1)->Arg(100);
+
+// One observation into an 18-bucket histogram (the lag histogram's size),
+// values spread over the buckets.
+void BM_HistogramObserve(benchmark::State& state) {
+  larder::sidecar::SidecarMetrics metrics;
+  int64_t v = 1;
+  for (auto _ : state) {
+    metrics.visible_lag_seconds.observe_ns(v);
+    v = v < 4'000'000'000'000 ? v * 3 : 1;
+  }
+  benchmark::DoNotOptimize(metrics.visible_lag_seconds.snapshot().sum_s);
+}
+BENCHMARK(BM_HistogramObserve);
 
 }  // namespace
 

@@ -192,7 +192,10 @@ ReadResult Table::lookup(std::string_view key, uint64_t hash, uint64_t* out, int
   }
   PackedKey packed;
   packed.assign(key);
-  switch (find(geo_, packed, hash, out, max_retries_)) {
+  // A local copy: `out` is a uint64_t* that could alias the member's fields,
+  // which would make the compiler reload them on every copied word.
+  const TableGeometry g = geo_;
+  switch (find(g, packed, hash, out, max_retries_)) {
     case FindResult::kAbsent: r.status = Status::kNotFound; return r;
     case FindResult::kBusy: r.status = Status::kBusy; return r;
     case FindResult::kFound: break;

@@ -328,9 +328,40 @@ RabbitConfig parse_rabbitmq(const YAML::Node& node, const std::string& segment_n
   return r;
 }
 
+MetricsConfig parse_metrics(const YAML::Node& node) {
+  MapNode m(node, "metrics", {"enabled", "listen", "ready_max_lag_s"});
+  MetricsConfig c;
+  c.enabled = m.boolean("enabled", true);
+  // A present but empty listen ("") disables the listener.
+  const YAML::Node listen = m.node("listen");
+  if (listen.IsDefined() && !listen.IsNull()) {
+    if (!listen.IsScalar()) fail(m.child("listen"), "expected HOST:PORT, e.g. \"127.0.0.1:9464\"");
+    c.listen = listen.Scalar();
+  }
+  if (c.listen.empty()) c.enabled = false;
+  if (c.enabled) {
+    // HOST:PORT, or [IPv6]:PORT.
+    const size_t colon = c.listen.rfind(':');
+    std::string host = colon == std::string::npos ? std::string() : c.listen.substr(0, colon);
+    const std::string port = colon == std::string::npos ? std::string() : c.listen.substr(colon + 1);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+    bool ok = !host.empty() && !port.empty() && port.size() <= 5 && host.find_first_of("[] ") == std::string::npos;
+    for (char ch : port) ok = ok && ch >= '0' && ch <= '9';
+    if (ok && std::stoul(port) > 65535) ok = false;
+    if (!ok) {
+      fail(m.child("listen"), fmt::format("expected HOST:PORT such as \"127.0.0.1:9464\" (port 0: any free port; "
+                                          "\"\" turns the listener off), got \"{}\"", c.listen));
+    }
+    c.host = host;
+    c.port = static_cast<uint16_t>(std::stoul(port));
+  }
+  c.ready_max_lag_s = m.number("ready_max_lag_s", 30.0, 0.0, 86400.0, true);
+  return c;
+}
+
 Config parse_root(const YAML::Node& root) {
   if (!present(root)) fail("config", "empty file");
-  MapNode m(root, "", {"segment", "tables", "rabbitmq", "logging"});
+  MapNode m(root, "", {"segment", "tables", "rabbitmq", "logging", "metrics"});
   Config c;
   c.segment = parse_segment(m.node("segment"));
   std::set<std::string> names;
@@ -350,6 +381,7 @@ Config parse_root(const YAML::Node& root) {
     }
     c.logging.json = l.boolean("json", false);
   }
+  c.metrics = parse_metrics(m.node("metrics"));
   // The segment layer has the last word on sizes (e.g. a segment too large).
   try {
     c.schema().validate();

@@ -97,11 +97,21 @@ struct LoggingConfig {
   bool json = false;
 };
 
+// The HTTP listener for /metrics, /healthz and /readyz (docs/operations.md).
+struct MetricsConfig {
+  bool enabled = true;              // false, or listen: "", turns the listener off
+  std::string listen = "127.0.0.1:9464";
+  std::string host = "127.0.0.1";   // parsed from listen
+  uint16_t port = 9464;             // 0: any free port (the log names it)
+  double ready_max_lag_s = 30.0;    // readyz: unapplied messages with no progress for longer
+};
+
 struct Config {
   SegmentConfig segment;
   std::vector<TableConfig> tables;
   RabbitConfig rabbitmq;
   LoggingConfig logging;
+  MetricsConfig metrics;
 
   layout::Schema schema() const;
   std::vector<TableDecodeOptions> decode_options() const;

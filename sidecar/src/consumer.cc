@@ -10,6 +10,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "larder/layout/clock.h"
+
 namespace larder::sidecar {
 namespace {
 
@@ -51,6 +53,7 @@ DecodedBatch Consumer::take_spare_batch() {
 bool Consumer::sleep_interruptible(std::chrono::milliseconds delay) {
   const auto until = std::chrono::steady_clock::now() + delay;
   while (std::chrono::steady_clock::now() < until) {
+    pipeline_.metrics.consumer_heartbeat_mono_ns.set(layout::now_mono_ns());
     if (stop_requests_.load() > 0) return false;
     process_completions(nullptr);  // old-epoch completions: recycle and drop
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -70,11 +73,13 @@ int Consumer::run() {
     unsent_ack_tag_ = 0;
     unsent_ack_count_ = 0;
     set_state(layout::ConnectionState::kConnecting);
+    pipeline_.metrics.consumer_heartbeat_mono_ns.set(layout::now_mono_ns());
     std::unique_ptr<AmqpSession> session;
     try {
       const std::string tag = fmt::format("larder-sidecar.{}.{}", ::getpid(), epoch_);
       session = AmqpSession::connect(rc, tag);
       ++stats_.connections;
+      pipeline_.metrics.connects.add();
       set_state(layout::ConnectionState::kConnected);
       spdlog::info("consumer: connected to {} (epoch {}), consuming \"{}\"", rc.url.to_string(), epoch_, rc.queue.name);
       backoff_.reset();
@@ -96,6 +101,7 @@ int Consumer::run() {
       }
       session.reset();  // rabbitmq-c state is dead after a failure: destroy, never reuse
       set_state(layout::ConnectionState::kDisconnected);
+      pipeline_.metrics.reconnects.add();
       if (outstanding_work_ > 0) {
         spdlog::info("consumer: {} applied-or-in-flight messages of epoch {} will not be acked; the broker redelivers them",
                      outstanding_work_, epoch_);
@@ -149,6 +155,9 @@ void Consumer::serve(AmqpSession& session) {
     amqp_envelope_t envelope;
     const ConsumeEvent event = session.next(wait_ms, &envelope);
     quiet = event == ConsumeEvent::kTimeout;
+    // Liveness for /healthz: a delivery refreshes it from its decode clock
+    // read (handle_delivery), anything else here, at most kIdleWaitMs apart.
+    if (event != ConsumeEvent::kDelivery) pipeline_.metrics.consumer_heartbeat_mono_ns.set(layout::now_mono_ns());
     switch (event) {
       case ConsumeEvent::kDelivery:
         handle_delivery(session, envelope);
@@ -169,11 +178,18 @@ void Consumer::serve(AmqpSession& session) {
 
 void Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) {
   ++stats_.deliveries;
+  SidecarMetrics& metrics = pipeline_.metrics;
+  metrics.messages_received.add();
+  if (envelope.redelivered) metrics.messages_redelivered.add();
   const uint64_t tag = envelope.delivery_tag;
   tracker_.delivered(tag);
   const std::string_view body(static_cast<const char*>(envelope.message.body.bytes), envelope.message.body.len);
   DecodedBatch batch = take_spare_batch();
+  const int64_t decode_start = layout::now_mono_ns();
   DecodeResult result = decoder_.decode(body, batch);
+  const int64_t decode_end = layout::now_mono_ns();
+  metrics.decode_seconds.observe_ns(decode_end - decode_start);
+  metrics.consumer_heartbeat_mono_ns.set(decode_end);
   if (!result.ok) {
     std::string id;
     if (envelope.message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
@@ -184,7 +200,13 @@ void Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) 
     dead_letter(session, tag, result.reason, result.detail, id);
     return;
   }
+  // Write point of the hand-over progress (see SidecarMetrics): when nothing
+  // was pending, a backlog begins now; then publish the count with release.
+  if (metrics.work_enqueued.value() == metrics.work_done.value_acquire()) {
+    metrics.backlog_start_mono_ns.set(decode_end);
+  }
   pipeline_.work.enqueue(work_token_, WorkItem{epoch_, tag, std::move(batch)});
+  metrics.work_enqueued.add_release();
   ++outstanding_work_;
 }
 
@@ -192,6 +214,7 @@ void Consumer::dead_letter(AmqpSession& session, uint64_t tag, RejectReason reas
                            const std::string& id) {
   const size_t r = static_cast<size_t>(reason);
   ++stats_.rejected_by_reason[r];
+  pipeline_.metrics.messages_rejected[r].add();
   pipeline_.pending_rejects.fetch_add(1, std::memory_order_relaxed);
   uint64_t suppressed = 0;
   if (reject_log_.allow(r, &suppressed)) {
@@ -243,6 +266,7 @@ void Consumer::process_completions(AmqpSession* session, bool flush_acks) {
   if (unsent_ack_tag_ != 0 && (flush_acks || unsent_ack_count_ >= ack_batch_)) {
     session->ack_up_to(unsent_ack_tag_);
     ++stats_.acks_sent;
+    pipeline_.metrics.messages_acked.add(unsent_ack_count_);
     unsent_ack_tag_ = 0;
     unsent_ack_count_ = 0;
   }

@@ -6,6 +6,8 @@
 //    starts the writer thread, then runs the Consumer (it owns the broker
 //    connection) until SIGTERM/SIGINT, and joins the writer.
 //  * writer thread: run_writer_thread(), the only user of larder::Writer.
+//  * HTTP thread and its workers (metrics_server.h): /metrics, /healthz,
+//    /readyz; they only read atomics and the segment (read-only mapping).
 //  * signal handlers only bump an atomic counter.
 #include <csignal>
 #include <cstdio>
@@ -17,7 +19,9 @@
 #include "config.h"
 #include "consumer.h"
 #include "larder/layout/writer.h"
+#include "larder/layout/clock.h"
 #include "logging.h"
+#include "metrics_server.h"
 #include "pipeline.h"
 #include "writer_thread.h"
 
@@ -81,13 +85,19 @@ CONFIG FILE (YAML; annotated example: examples/sidecar.example.yaml; reference: 
   logging:
     level           trace | debug | info (default) | warn | error | critical | off
     json            one JSON object per log line (default false)
+  metrics:          HTTP listener for /metrics, /healthz, /readyz (docs/operations.md)
+    listen          HOST:PORT (default "127.0.0.1:9464"; port 0: any free port; "" turns it off)
+    enabled         false turns the listener off (default true)
+    ready_max_lag_s /readyz fails when delivered messages wait this long with no
+                    apply progress (default 30)
 
 SIGNALS
   SIGTERM, SIGINT   stop consuming, apply and ack in-flight messages, close, exit 0;
                     a second signal abandons the drain (the broker redelivers)
 
 EXIT CODES
-  0 clean stop, 2 bad config or arguments, 3 cannot open the segment
+  0 clean stop, 2 bad config or arguments, 3 cannot open the segment,
+  4 cannot listen on metrics.listen
 )";
 
 }  // namespace
@@ -145,6 +155,28 @@ int main(int argc, char** argv) {
                writer->repaired_slots());
 
   larder::sidecar::Pipeline pipeline;
+  // Both threads count as alive from the start (their loops refresh these).
+  pipeline.metrics.writer_heartbeat_mono_ns.set(larder::layout::now_mono_ns());
+  pipeline.metrics.consumer_heartbeat_mono_ns.set(larder::layout::now_mono_ns());
+
+  std::unique_ptr<larder::sidecar::MetricsServer> metrics_server;
+  if (config.metrics.enabled) {
+    metrics_server = std::make_unique<larder::sidecar::MetricsServer>(config, pipeline);
+    std::string error;
+    const int port = metrics_server->bind(&error);
+    if (port < 0) {
+      spdlog::critical("metrics: {}", error);
+      return 4;
+    }
+    metrics_server->start();
+    spdlog::info("metrics: listening on http://{}:{} (/metrics, /healthz, /readyz)",
+                 config.metrics.host.find(':') != std::string::npos ? "[" + config.metrics.host + "]"
+                                                                    : config.metrics.host,
+                 port);
+  } else {
+    spdlog::info("metrics: listener off (metrics.listen is empty or metrics.enabled is false)");
+  }
+
   std::thread writer_thread([&] { larder::sidecar::run_writer_thread(*writer, pipeline); });
 
   int code = 0;
@@ -154,6 +186,7 @@ int main(int argc, char** argv) {
   }
   pipeline.writer_stop.store(true, std::memory_order_release);
   writer_thread.join();
+  if (metrics_server) metrics_server->stop();
   writer.reset();  // detaches: the segment stays for readers
   spdlog::info("larder-sidecar: exit {}", code);
   return code;

@@ -17,6 +17,9 @@
 // thread and read by the writer thread, which forwards them to the segment
 // (the Writer is used by the writer thread only). Relaxed order suffices:
 // they are statistics, not synchronisation; the queues synchronise the items.
+//
+// Metrics: each member of `metrics` has one writer thread (consumer or
+// writer, see metrics.h); the HTTP thread reads them and connection_state.
 #pragma once
 
 #include <atomic>
@@ -27,6 +30,7 @@
 
 #include "decoder.h"
 #include "larder/layout/format.h"
+#include "metrics.h"
 
 namespace larder::sidecar {
 
@@ -64,6 +68,8 @@ struct Pipeline {
   std::atomic<uint64_t> messages_applied{0};
   std::atomic<uint64_t> updates_applied{0};
   std::atomic<uint64_t> updates_stale{0};
+
+  SidecarMetrics metrics;
 };
 
 }  // namespace larder::sidecar

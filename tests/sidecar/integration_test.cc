@@ -63,6 +63,7 @@ class SidecarIntegrationTest : public ::testing::Test {
   reconnect: {{base_s: 0.2, cap_s: 2}}
   drain_timeout_s: 5
 {extra}logging: {{level: debug}}
+metrics: {{listen: "127.0.0.1:0"}}
 )",
                        fmt::arg("name", name_), fmt::arg("tables", users_table_yaml()),
                        fmt::arg("url", url.empty() ? env_.amqp_url : url), fmt::arg("type", queue_type),

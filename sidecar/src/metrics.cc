@@ -1,0 +1,294 @@
+// Metrics storage and the Prometheus text rendering (see metrics.h). The
+// constructors run on the main thread before the other threads start;
+// render_metrics, not_ready_reason and not_alive_reason run on the HTTP thread.
+#include "metrics.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+namespace larder::sidecar {
+namespace {
+
+// Bucket bounds (seconds). Decode and apply take microseconds; the lag from
+// event time to visibility spans network, broker queueing and producer clocks.
+constexpr std::initializer_list<double> kWorkBucketsS = {1e-6, 2.5e-6, 5e-6,   1e-5,   2.5e-5, 5e-5,  1e-4,
+                                                        2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 1e-1};
+constexpr std::initializer_list<double> kLagBucketsS = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                                       1,     2.5,    5,     10,   30,    60,   300, 900, 3600};
+
+double seconds(int64_t ns) { return static_cast<double>(ns) / 1e9; }
+
+}  // namespace
+
+Histogram::Histogram(std::initializer_list<double> upper_bounds_s) {
+  if (upper_bounds_s.size() == 0 || upper_bounds_s.size() > kMaxHistogramBuckets) {
+    throw std::invalid_argument(fmt::format("a histogram takes 1..{} bounds", kMaxHistogramBuckets));
+  }
+  double prev = -1;
+  for (double b : upper_bounds_s) {
+    if (!(b > prev) || !std::isfinite(b)) throw std::invalid_argument("histogram bounds must ascend and be finite");
+    bounds_s_[bucket_count_] = b;
+    bounds_ns_[bucket_count_] = static_cast<uint64_t>(std::llround(b * 1e9));
+    prev = b;
+    ++bucket_count_;
+  }
+}
+
+uint64_t Histogram::Snapshot::count() const noexcept {
+  uint64_t n = 0;
+  for (uint64_t c : counts) n += c;
+  return n;
+}
+
+Histogram::Snapshot Histogram::snapshot() const {
+  Snapshot s;
+  s.upper_bounds_s.assign(bounds_s_.begin(), bounds_s_.begin() + static_cast<ptrdiff_t>(bucket_count_));
+  s.counts.resize(bucket_count_ + 1);
+  for (size_t i = 0; i <= bucket_count_; ++i) s.counts[i] = counts_[i].load(std::memory_order_relaxed);
+  s.sum_s = sum_s_.load(std::memory_order_relaxed);
+  return s;
+}
+
+SidecarMetrics::SidecarMetrics()
+    : decode_seconds(kWorkBucketsS), apply_seconds(kWorkBucketsS), visible_lag_seconds(kLagBucketsS) {}
+
+std::string escape_label_value(std::string_view v) {
+  std::string out;
+  out.reserve(v.size());
+  for (char c : v) {
+    switch (c) {
+      case '\\': out += "\\\\"; break;
+      case '"': out += "\\\""; break;
+      case '\n': out += "\\n"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+std::string format_sample_value(double v) {
+  if (std::isnan(v)) return "NaN";
+  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+  return fmt::format("{}", v);
+}
+
+void PrometheusText::family(std::string_view name, std::string_view type, std::string_view help) {
+  // HELP text escapes only \ and newline.
+  std::string h;
+  for (char c : help) {
+    if (c == '\\') h += "\\\\";
+    else if (c == '\n') h += "\\n";
+    else h += c;
+  }
+  out_ += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, h, name, type);
+}
+
+void PrometheusText::line(std::string_view name, std::string_view labels, std::string_view value) {
+  out_ += name;
+  if (!labels.empty()) {
+    out_ += '{';
+    out_ += labels;
+    out_ += '}';
+  }
+  out_ += ' ';
+  out_ += value;
+  out_ += '\n';
+}
+
+void PrometheusText::sample(std::string_view name, std::string_view labels, uint64_t value) {
+  line(name, labels, fmt::format("{}", value));
+}
+void PrometheusText::sample(std::string_view name, std::string_view labels, int64_t value) {
+  line(name, labels, fmt::format("{}", value));
+}
+void PrometheusText::sample(std::string_view name, std::string_view labels, double value) {
+  line(name, labels, format_sample_value(value));
+}
+
+void PrometheusText::histogram(std::string_view name, std::string_view help, const Histogram::Snapshot& h) {
+  family(name, "histogram", help);
+  const std::string bucket = fmt::format("{}_bucket", name);
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < h.upper_bounds_s.size(); ++i) {
+    cumulative += h.counts[i];
+    line(bucket, fmt::format("le=\"{}\"", format_sample_value(h.upper_bounds_s[i])), fmt::format("{}", cumulative));
+  }
+  cumulative += h.counts.back();
+  line(bucket, "le=\"+Inf\"", fmt::format("{}", cumulative));
+  line(fmt::format("{}_sum", name), "", format_sample_value(h.sum_s));
+  line(fmt::format("{}_count", name), "", fmt::format("{}", cumulative));
+}
+
+const char* connection_state_name(uint32_t state) noexcept {
+  switch (static_cast<layout::ConnectionState>(state)) {
+    case layout::ConnectionState::kUnknown: return "unknown";
+    case layout::ConnectionState::kConnecting: return "connecting";
+    case layout::ConnectionState::kConnected: return "connected";
+    case layout::ConnectionState::kDisconnected: return "disconnected";
+    case layout::ConnectionState::kStopped: return "stopped";
+  }
+  return "unknown";
+}
+
+std::string render_metrics(const SidecarMetrics& m, uint32_t connection_state, const SegmentSample& segment,
+                           int64_t now_unix_ns, int64_t now_mono_ns) {
+  PrometheusText p;
+  auto counter = [&](const char* name, const char* help, uint64_t v) {
+    p.family(name, "counter", help);
+    p.sample(name, "", v);
+  };
+
+  counter("larder_messages_received_total", "Messages delivered by the broker, redeliveries included.",
+          m.messages_received.value());
+  counter("larder_messages_redelivered_total", "Deliveries the broker flagged as redelivered.",
+          m.messages_redelivered.value());
+  counter("larder_messages_applied_total", "Messages whose every update reached shared memory.",
+          m.messages_applied.value());
+  p.family("larder_messages_rejected_total", "counter", "Messages dead-lettered (or, on streams, skipped), by reason.");
+  for (RejectReason r : all_reject_reasons()) {
+    p.sample("larder_messages_rejected_total", fmt::format("reason=\"{}\"", reject_reason_name(r)),
+             m.messages_rejected[static_cast<size_t>(r)].value());
+  }
+  counter("larder_messages_acked_total", "Applied messages acknowledged to the broker.", m.messages_acked.value());
+  counter("larder_updates_applied_total", "Single upserts and deletes applied to the segment.",
+          m.updates_applied.value());
+  counter("larder_updates_stale_total", "Updates ignored because the row already had a newer event time.",
+          m.updates_stale.value());
+  // Read done before enqueued so that in-flight never goes negative.
+  const uint64_t done = m.work_done.value_acquire();
+  const uint64_t enqueued = m.work_enqueued.value_acquire();
+  p.family("larder_messages_in_flight", "gauge", "Messages decoded and handed to the writer, not yet applied.");
+  p.sample("larder_messages_in_flight", "", enqueued >= done ? enqueued - done : uint64_t{0});
+  counter("larder_connects_total", "Broker connections established.", m.connects.value());
+  counter("larder_reconnects_total", "Broker connections lost; each starts a reconnect with backoff.",
+          m.reconnects.value());
+  p.family("larder_connection_state", "gauge", "Broker connection state: 1 for the current state, else 0.");
+  for (uint32_t s = 1; s <= static_cast<uint32_t>(layout::ConnectionState::kStopped); ++s) {
+    p.sample("larder_connection_state", fmt::format("state=\"{}\"", connection_state_name(s)),
+             uint64_t{s == connection_state ? 1u : 0u});
+  }
+
+  p.histogram("larder_decode_duration_seconds", "Time to decode one message (consumer thread).",
+              m.decode_seconds.snapshot());
+  p.histogram("larder_apply_duration_seconds", "Time to apply one message to shared memory (writer thread).",
+              m.apply_seconds.snapshot());
+  p.histogram("larder_event_to_visible_seconds",
+              "Apply time minus event_time of each applied update (includes producer clock skew).",
+              m.visible_lag_seconds.snapshot());
+
+  p.family("larder_writer_thread_heartbeat_age_seconds", "gauge", "Time since the writer thread last made a round.");
+  p.sample("larder_writer_thread_heartbeat_age_seconds", "",
+           seconds(now_mono_ns - m.writer_heartbeat_mono_ns.value()));
+
+  p.family("larder_segment_up", "gauge", "1 when the segment is open and ready for readers.");
+  const bool up = segment.open && segment.info.state == SegmentState::kReady;
+  p.sample("larder_segment_up", "", uint64_t{up ? 1u : 0u});
+  if (segment.open) {
+    const SegmentInfo& i = segment.info;
+    p.family("larder_segment_bytes", "gauge", "Size of the segment file.");
+    p.sample("larder_segment_bytes", "", i.segment_bytes);
+    p.family("larder_writer_heartbeat_age_seconds", "gauge",
+             "Age of the writer heartbeat in the segment header, as readers see it.");
+    p.sample("larder_writer_heartbeat_age_seconds", "",
+             i.heartbeat_age_ms < 0 ? std::numeric_limits<double>::infinity()
+                                    : static_cast<double>(i.heartbeat_age_ms) / 1e3);
+
+    struct TableMetric {
+      const char* name;
+      const char* type;
+      const char* help;
+    };
+    const TableMetric kTable[] = {
+        {"larder_table_live_keys", "gauge", "Live keys in the table."},
+        {"larder_table_capacity", "gauge", "Live keys the table may hold (new keys beyond it are refused)."},
+        {"larder_table_slots", "gauge", "Hash slots of the table."},
+        {"larder_table_load_factor", "gauge", "Live keys / slots."},
+        {"larder_table_tombstones", "gauge", "Deleted slots not yet reclaimed."},
+        {"larder_table_upserts_total", "counter", "Upserts applied to the table (segment lifetime)."},
+        {"larder_table_deletes_total", "counter", "Deletes applied to the table (segment lifetime)."},
+        {"larder_table_stale_ignored_total", "counter", "Updates ignored as older than the row (segment lifetime)."},
+        {"larder_table_full_rejected_total", "counter", "New keys refused because the table was full (segment lifetime)."},
+        {"larder_table_freshness_seconds", "gauge", "Now minus the last apply to the table; absent before the first."},
+        {"larder_table_event_age_seconds", "gauge", "Now minus the newest event_time in the table; absent before the first."},
+    };
+    for (size_t k = 0; k < std::size(kTable); ++k) {
+      p.family(kTable[k].name, kTable[k].type, kTable[k].help);
+      for (const SegmentSample::TableSample& t : segment.tables) {
+        const TableStats& s = t.stats;
+        const std::string labels = fmt::format("table=\"{}\"", escape_label_value(t.name));
+        switch (k) {
+          case 0: p.sample(kTable[k].name, labels, s.live_keys); break;
+          case 1: p.sample(kTable[k].name, labels, s.capacity); break;
+          case 2: p.sample(kTable[k].name, labels, s.slot_count); break;
+          case 3:
+            p.sample(kTable[k].name, labels,
+                     s.slot_count == 0 ? 0.0 : static_cast<double>(s.live_keys) / static_cast<double>(s.slot_count));
+            break;
+          case 4: p.sample(kTable[k].name, labels, s.tombstones); break;
+          case 5: p.sample(kTable[k].name, labels, s.upserts); break;
+          case 6: p.sample(kTable[k].name, labels, s.deletes); break;
+          case 7: p.sample(kTable[k].name, labels, s.stale_ignored); break;
+          case 8: p.sample(kTable[k].name, labels, s.full_rejected); break;
+          case 9:
+            if (s.last_apply_unix_ns > 0) p.sample(kTable[k].name, labels, seconds(now_unix_ns - s.last_apply_unix_ns));
+            break;
+          case 10:
+            if (s.max_event_time_ms > 0) {
+              p.sample(kTable[k].name, labels, seconds(now_unix_ns - s.max_event_time_ms * 1'000'000));
+            }
+            break;
+        }
+      }
+    }
+  }
+  return p.text();
+}
+
+std::string not_ready_reason(const SidecarMetrics& m, uint32_t connection_state, const SegmentSample& segment,
+                             const ReadyPolicy& policy, int64_t now_mono_ns) {
+  if (!segment.open) return "segment not open: " + segment.error;
+  if (segment.info.state != SegmentState::kReady) return "segment is not ready for readers";
+  if (connection_state != static_cast<uint32_t>(layout::ConnectionState::kConnected)) {
+    return fmt::format("broker connection is {}", connection_state_name(connection_state));
+  }
+  const double writer_age = seconds(now_mono_ns - m.writer_heartbeat_mono_ns.value());
+  if (writer_age > policy.max_writer_heartbeat_s) {
+    return fmt::format("writer thread heartbeat is {:.3f} s old (limit {} s)", writer_age, policy.max_writer_heartbeat_s);
+  }
+  const int64_t hb_ms = segment.info.heartbeat_age_ms;
+  if (hb_ms < 0 || static_cast<double>(hb_ms) / 1e3 > policy.max_writer_heartbeat_s) {
+    return fmt::format("segment heartbeat is {} ms old (limit {} s)", hb_ms, policy.max_writer_heartbeat_s);
+  }
+  // Read point of the progress counters (see SidecarMetrics): acquire, then
+  // the timestamps written before them.
+  const uint64_t done = m.work_done.value_acquire();
+  const uint64_t enqueued = m.work_enqueued.value_acquire();
+  if (enqueued > done) {
+    const int64_t since = std::max(m.last_done_mono_ns.value(), m.backlog_start_mono_ns.value());
+    const double stalled = seconds(now_mono_ns - since);
+    if (stalled > policy.max_lag_s) {
+      return fmt::format("{} messages delivered but not applied, no progress for {:.1f} s (limit {} s)",
+                         enqueued - done, stalled, policy.max_lag_s);
+    }
+  }
+  return "";
+}
+
+std::string not_alive_reason(const SidecarMetrics& m, double consumer_max_age_s, double writer_max_age_s,
+                             int64_t now_mono_ns) {
+  const double writer_age = seconds(now_mono_ns - m.writer_heartbeat_mono_ns.value());
+  if (writer_age > writer_max_age_s) {
+    return fmt::format("writer thread made no round for {:.3f} s (limit {} s)", writer_age, writer_max_age_s);
+  }
+  const double consumer_age = seconds(now_mono_ns - m.consumer_heartbeat_mono_ns.value());
+  if (consumer_age > consumer_max_age_s) {
+    return fmt::format("consumer thread made no round for {:.3f} s (limit {} s)", consumer_age, consumer_max_age_s);
+  }
+  return "";
+}
+
+}  // namespace larder::sidecar
