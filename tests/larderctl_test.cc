@@ -1,7 +1,9 @@
 // larderctl against segments written by the writer API: golden outputs for
 // text and JSON, and verify against each kind of injected corruption.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -264,6 +266,69 @@ TEST_F(LarderctlTest, VerifyIsCleanThenDetectsEachCorruption) {
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("\"ok\":true"), std::string::npos) << r.out;
   std::remove(pristine.c_str());
+}
+
+// `larderctl size` is what operators provision tmpfs by: it must equal the
+// bytes the writer actually allocates for the same schema.
+TEST(LarderctlSize, EqualsTheBytesTheWriterAllocates) {
+  testing::ScratchSegment seg;
+  const std::string config = "/tmp/" + seg.name() + ".yaml";
+  std::ofstream(config) << "segment: {name: " << seg.name() << ", dir: " << seg.dir() << "}\n"
+                        << "tables:\n"
+                        << "  - name: users\n    key_max_len: 24\n    capacity: 3000\n    max_load_factor: 0.7\n"
+                        << "    fields:\n"
+                        << "      - {name: clicks, type: int64}\n"
+                        << "      - {name: country, type: string, max_len: 8}\n"
+                        << "      - {name: emb, type: vector, dims: 32}\n"
+                        << "  - name: items\n    capacity: 100\n    fields: [{name: price, type: float64}]\n"
+                        << "rabbitmq:\n  url: amqp://guest@127.0.0.1:5672/\n"
+                        << "  password_env: LARDERCTL_TEST_UNSET_PASSWORD_VARIABLE\n  queue: {name: q}\n";
+  // No broker password is needed to size a config.
+  const CtlRun r = larderctl("size --config " + config + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto number_after = [&](const std::string& key) {
+    const size_t at = r.out.find("\"" + key + "\":");
+    return at == std::string::npos ? uint64_t{0} : std::stoull(r.out.substr(at + key.size() + 3));
+  };
+  const uint64_t total = number_after("total_bytes");
+  const uint64_t recommended = number_after("recommended_tmpfs_bytes");
+
+  layout::TableSpec users;
+  users.name = "users";
+  users.key_max_len = 24;
+  users.capacity = 3000;
+  users.max_load_factor = 0.7;
+  users.fields = {{"clicks", FieldType::kInt64, 1}, {"country", FieldType::kString, 8},
+                  {"emb", FieldType::kFloat32Vector, 32}};
+  layout::TableSpec items;
+  items.name = "items";
+  items.capacity = 100;
+  items.fields = {{"price", FieldType::kFloat64, 1}};
+  layout::Schema schema;
+  schema.tables = {users, items};
+  auto writer = Writer::open(seg.name(), schema, seg.writer_options());
+  struct stat st;
+  ASSERT_EQ(::stat(layout::segment_path(seg.dir(), seg.name()).c_str(), &st), 0);
+  EXPECT_EQ(total, static_cast<uint64_t>(st.st_size));
+  EXPECT_EQ(total, static_cast<uint64_t>(st.st_blocks) * 512) << "every page allocated at creation";
+  EXPECT_GE(recommended, total + (uint64_t{1} << 20)) << "room for the writer's free-space margin";
+  EXPECT_EQ(recommended % (uint64_t{1} << 20), 0u);
+  EXPECT_NE(r.out.find("\"schema_fingerprint\":\"" + [&] {
+    char b[20];
+    std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(schema.fingerprint()));
+    return std::string(b);
+  }() + "\""), std::string::npos) << r.out;
+  std::remove(config.c_str());
+}
+
+TEST(LarderctlSize, RefusesABadConfigWithTheKeyPath) {
+  const std::string config = "/tmp/larderctl-size-bad-" + std::to_string(::getpid()) + ".yaml";
+  std::ofstream(config) << "segment: {name: x}\ntables: [{name: t, capacity: 10, fields: [{name: a, type: floot}]}]\n"
+                        << "rabbitmq: {url: 'amqp://h', password_env: X, queue: {name: q}}\n";
+  const CtlRun r = larderctl("size --config " + config);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("tables[0].fields[0].type: unknown type \"floot\""), std::string::npos) << r.out;
+  std::remove(config.c_str());
 }
 
 }  // namespace

@@ -9,12 +9,17 @@
 //   larderctl dump SEGMENT TABLE        every live row (jsonl or csv)
 //   larderctl watch SEGMENT             a live view, refreshed every second
 //   larderctl verify SEGMENT            an integrity check
+//   larderctl size --config FILE        bytes a sidecar config needs (no segment)
 //
-// Exit codes: 0 success; 1 verify found problems, or get found no row for a
-// key; 2 bad usage; 3 the segment cannot be opened (missing, permission,
-// version, corrupt header).
+// Exit codes: 0 success; 1 verify found problems, get found no row for a
+// key, or size --check-dir found the directory unfit; 2 bad usage or a bad
+// config; 3 the segment cannot be opened (missing, permission, version,
+// corrupt header).
 #include <dirent.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -23,12 +28,17 @@
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <fstream>
 #include <map>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
+#include <yaml-cpp/yaml.h>
 
+#include "config.h"  // larder-sidecar's config parser (larder::sidecar_core)
 #include "larder/client.h"
 #include "larder/layout/clock.h"
 #include "larder/layout/segment_file.h"
@@ -610,11 +620,187 @@ int cmd_watch(const Globals& g, const std::string& name, double interval_s, int 
   return kExitOk;
 }
 
+// ---------------------------------------------------------------------------
+// size: what a sidecar config needs, before any segment exists.
+
+// The writer refuses to create a segment unless the directory has this much
+// free space beyond the segment (kSpaceMargin in shm_layout/src/writer.cc).
+constexpr uint64_t kWriterFreeMargin = uint64_t{1} << 20;
+// Headroom on top: the lock file, file-system metadata, and rounding by
+// tools (kubelet, du) that measure the volume.
+constexpr uint64_t kHeadroomPercent = 10;
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+
+uint64_t round_up_to(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
+
+std::string mib(uint64_t bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f MiB", static_cast<double>(bytes) / static_cast<double>(kMiB));
+  return b;
+}
+
+// Loads a sidecar config the way larder-sidecar does (same parser, same
+// messages), except that the broker password need not be available: sizing
+// happens on an operator's machine or in CI, where the secret is not.
+larder::sidecar::Config load_config_for_sizing(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw larder::sidecar::ConfigError(path + ": cannot open the config file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  YAML::Node root;
+  try {
+    root = YAML::Load(ss.str());
+  } catch (const YAML::Exception&) {
+    // Let the sidecar's parser word the syntax error.
+    return larder::sidecar::parse_config(ss.str(), path);
+  }
+  static constexpr const char* kPlaceholderVar = "LARDERCTL_SIZE_PASSWORD_PLACEHOLDER";
+  if (root.IsMap() && root["rabbitmq"].IsMap()) {
+    YAML::Node r = root["rabbitmq"];
+    const bool env = r["password_env"].IsDefined(), file = r["password_file"].IsDefined();
+    if (env != file) {  // exactly one: replace it by a variable we set (both: let the parser refuse)
+      r.remove("password_env");
+      r.remove("password_file");
+      r["password_env"] = kPlaceholderVar;
+      ::setenv(kPlaceholderVar, "unused", 1);
+    }
+  }
+  YAML::Emitter out;
+  out << root;
+  return larder::sidecar::parse_config(out.c_str(), path);
+}
+
+struct DirCheck {
+  bool exists = false;
+  bool memory_backed = false;
+  std::string fs_type;      // "tmpfs", "ramfs" or "0x<magic>"
+  uint64_t size_bytes = 0;  // of the file system
+  uint64_t free_bytes = 0;  // for an unprivileged user, plus the existing segment's bytes
+  uint64_t existing_segment_bytes = 0;
+  bool fits = false;
+  std::string problem;  // empty when fit
+};
+
+DirCheck check_dir(const std::string& dir, const std::string& segment, uint64_t need) {
+  DirCheck c;
+  struct statfs fs;
+  struct statvfs vfs;
+  if (::statfs(dir.c_str(), &fs) != 0 || ::statvfs(dir.c_str(), &vfs) != 0) {
+    c.problem = dir + " does not exist on this host (" + std::strerror(errno) + ")";
+    return c;
+  }
+  c.exists = true;
+  const auto magic = static_cast<uint64_t>(fs.f_type);
+  c.memory_backed = magic == TMPFS_MAGIC || magic == RAMFS_MAGIC;
+  c.fs_type = magic == TMPFS_MAGIC ? "tmpfs" : magic == RAMFS_MAGIC ? "ramfs" : "0x" + hex64(magic).substr(8);
+  c.size_bytes = uint64_t{vfs.f_blocks} * vfs.f_frsize;
+  c.free_bytes = uint64_t{vfs.f_bavail} * vfs.f_frsize;
+  struct stat st;
+  if (::stat(segment_path(dir, segment).c_str(), &st) == 0) {
+    // The sidecar reopens an existing segment in place: its pages count as available.
+    c.existing_segment_bytes = static_cast<uint64_t>(st.st_blocks) * 512;
+    c.free_bytes += c.existing_segment_bytes;
+  }
+  // ramfs has no size limit and reports 0 blocks.
+  c.fits = magic == RAMFS_MAGIC || c.free_bytes >= need + kWriterFreeMargin;
+  if (!c.memory_backed) {
+    c.problem = dir + " is not a tmpfs (file system type " + c.fs_type +
+                "): larder-sidecar refuses it, because every update would be written back to disk";
+  } else if (!c.fits) {
+    c.problem = dir + " has " + std::to_string(c.free_bytes) + " bytes free, the segment needs " +
+                std::to_string(need) + " plus " + std::to_string(kWriterFreeMargin) +
+                " kept free: enlarge it (docker --shm-size, emptyDir sizeLimit, mount -o remount,size=)";
+  }
+  return c;
+}
+
+int cmd_size(const Globals& g, const std::string& config_path, bool check) {
+  larder::sidecar::Config cfg;
+  try {
+    cfg = load_config_for_sizing(config_path);
+  } catch (const larder::sidecar::ConfigError& e) {
+    std::fprintf(stderr, "larderctl: invalid config: %s\n", e.what());
+    return kExitUsage;
+  }
+  const Schema schema = cfg.schema();
+  const LayoutPlan plan = plan_layout(schema);
+  uint64_t tables_bytes = 0;
+  for (const TablePlan& tp : plan.tables) tables_bytes += tp.slots_bytes;
+  const uint64_t other_bytes = plan.segment_bytes - tables_bytes;
+  const uint64_t headroom = std::max(plan.segment_bytes * kHeadroomPercent / 100, kMiB);
+  const uint64_t recommended = round_up_to(plan.segment_bytes + kWriterFreeMargin + headroom, kMiB);
+  const std::string& dir = cfg.segment.dir;
+  const DirCheck dc = check_dir(dir, cfg.segment.name, plan.segment_bytes);
+  char mode[8];
+  std::snprintf(mode, sizeof mode, "%04o", cfg.segment.mode);
+
+  if (g.json) {
+    std::string tables = "[";
+    for (size_t t = 0; t < plan.tables.size(); ++t) {
+      const TableSpec& s = schema.tables[t];
+      const TablePlan& tp = plan.tables[t];
+      tables += std::string(t ? "," : "") + "{\"name\":" + json_string(s.name) +
+                ",\"capacity\":" + std::to_string(s.capacity) + ",\"max_load_factor\":" + number(s.max_load_factor) +
+                ",\"slots\":" + std::to_string(tp.slot_count) + ",\"slot_bytes\":" + std::to_string(tp.slot_bytes) +
+                ",\"row_bytes\":" + std::to_string(tp.row_bytes) + ",\"bytes\":" + std::to_string(tp.slots_bytes) + "}";
+    }
+    tables += "]";
+    std::string dir_json = "{\"exists\":" + std::string(dc.exists ? "true" : "false");
+    if (dc.exists) {
+      dir_json +=
+          ",\"fs_type\":" + json_string(dc.fs_type) + ",\"memory_backed\":" + (dc.memory_backed ? "true" : "false") +
+          ",\"size_bytes\":" + std::to_string(dc.size_bytes) + ",\"free_bytes\":" + std::to_string(dc.free_bytes) +
+          ",\"existing_segment_bytes\":" + std::to_string(dc.existing_segment_bytes) +
+          ",\"fits\":" + (dc.fits ? "true" : "false");
+    }
+    dir_json += ",\"problem\":" + (dc.problem.empty() ? std::string("null") : json_string(dc.problem)) + "}";
+    std::printf(
+        "{\"config\":%s,\"segment\":%s,\"dir\":%s,\"mode\":\"%s\",\"schema_fingerprint\":\"%s\","
+        "\"tables\":%s,\"other_bytes\":%" PRIu64 ",\"total_bytes\":%" PRIu64 ",\"writer_free_margin_bytes\":%" PRIu64
+        ",\"headroom_bytes\":%" PRIu64 ",\"recommended_tmpfs_bytes\":%" PRIu64 ",\"recommended_tmpfs_mib\":%" PRIu64
+        ",\"dir_check\":%s}\n",
+        json_string(config_path).c_str(), json_string(cfg.segment.name).c_str(), json_string(dir).c_str(), mode,
+        hex64(schema.fingerprint()).c_str(), tables.c_str(), other_bytes, plan.segment_bytes, kWriterFreeMargin,
+        headroom, recommended, recommended / kMiB, dir_json.c_str());
+  } else {
+    std::printf("segment %s in %s (mode %s), schema %s\n", cfg.segment.name.c_str(), dir.c_str(), mode,
+                hex64(schema.fingerprint()).c_str());
+    std::printf("  %-24s %12s %10s %8s %16s\n", "TABLE", "CAPACITY", "SLOTS", "SLOT B", "BYTES");
+    for (size_t t = 0; t < plan.tables.size(); ++t) {
+      const TablePlan& tp = plan.tables[t];
+      std::printf("  %-24s %12" PRIu64 " %10" PRIu64 " %8u %16" PRIu64 "  %s\n", schema.tables[t].name.c_str(),
+                  schema.tables[t].capacity, tp.slot_count, tp.slot_bytes, tp.slots_bytes, mib(tp.slots_bytes).c_str());
+    }
+    std::printf("  %-57s %16" PRIu64 "  %s\n", "header, descriptors, undo area, alignment", other_bytes,
+                mib(other_bytes).c_str());
+    std::printf("  %-57s %16" PRIu64 "  %s\n", "total (the segment file, allocated at start)", plan.segment_bytes,
+                mib(plan.segment_bytes).c_str());
+    std::printf("recommended tmpfs size: %" PRIu64 " bytes = %" PRIu64 " MiB (total + %" PRIu64
+                " MiB the sidecar keeps free + %" PRIu64 "%% headroom, at least 1 MiB)\n",
+                recommended, recommended / kMiB, kWriterFreeMargin / kMiB, kHeadroomPercent);
+    std::printf("  docker run --shm-size=%" PRIu64 "m   |   Kubernetes emptyDir {medium: Memory, sizeLimit: %" PRIu64
+                "Mi}\n",
+                recommended / kMiB, recommended / kMiB);
+    std::printf("  the segment's pages count against the memory limit of the sidecar's container (its cgroup)\n");
+    if (dc.exists) {
+      std::printf("%s on this host: %s, %s, %s free%s: %s\n", dir.c_str(), dc.fs_type.c_str(),
+                  mib(dc.size_bytes).c_str(), mib(dc.free_bytes).c_str(),
+                  dc.existing_segment_bytes ? " (counting the existing segment)" : "",
+                  dc.problem.empty() ? "fits" : dc.problem.c_str());
+    } else {
+      std::printf("%s\n", dc.problem.c_str());
+    }
+  }
+  if (g.json && !dc.problem.empty() && dc.exists) std::fprintf(stderr, "larderctl: warning: %s\n", dc.problem.c_str());
+  return check && !dc.problem.empty() ? kExitProblems : kExitOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"larderctl: inspect Larder shared-memory segments (read-only).\n"
-               "Exit codes: 0 ok; 1 verify found problems or get found no row; 2 usage; 3 cannot open the segment."};
+               "Exit codes: 0 ok; 1 verify found problems, get found no row, or size --check-dir found the\n"
+               "directory unfit; 2 usage or a bad config; 3 cannot open the segment."};
   app.require_subcommand(1);
   Globals g;
   app.add_option("--dir", g.dir, "directory of the segments")->capture_default_str();
@@ -649,6 +835,15 @@ int main(int argc, char** argv) {
   watch->add_option("--count", count, "stop after this many refreshes (0: until interrupted)");
   auto* verify = app.add_subcommand("verify", "integrity check; exit 0 when clean, 1 with a report otherwise");
   verify->add_option("segment", segment, "segment name")->required();
+  std::string config_path;
+  bool check_dir = false;
+  auto* size = app.add_subcommand("size",
+                                  "bytes a larder-sidecar config needs, per table and in total, and the tmpfs size "
+                                  "to give its directory (no segment is opened)");
+  size->add_option("--config", config_path, "larder-sidecar config file")->required();
+  size->add_flag("--check-dir", check_dir,
+                 "exit 1 unless segment.dir exists here, is a tmpfs and has room for the segment");
+  size->fallthrough();  // larderctl size --config F --json
 
   try {
     app.parse(argc, argv);
@@ -664,6 +859,7 @@ int main(int argc, char** argv) {
     if (app.got_subcommand(dump)) return cmd_dump(g, segment, table, format, limit);
     if (app.got_subcommand(watch)) return cmd_watch(g, segment, interval, count);
     if (app.got_subcommand(verify)) return cmd_verify(g, segment);
+    if (app.got_subcommand(size)) return cmd_size(g, config_path, check_dir);
   } catch (const Error& e) {
     std::fprintf(stderr, "larderctl: %s\n", e.what());
     return e.code() == ErrorCode::kNotFound && std::string(e.what()).find("has no") != std::string::npos
