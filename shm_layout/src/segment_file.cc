@@ -11,6 +11,7 @@
 #include <boost/interprocess/exceptions.hpp>
 #include <boost/interprocess/file_mapping.hpp>
 #include <boost/interprocess/mapped_region.hpp>
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -24,6 +25,12 @@ namespace larder::layout {
 
 uint64_t hash_key(std::string_view key, uint64_t seed) noexcept {
   return XXH3_64bits_withSeed(key.data(), key.size(), seed);
+}
+
+void prefetch_home(const TableGeometry& g, uint64_t hash) noexcept {
+  const auto* s = reinterpret_cast<const char*>(g.slot(g.home(hash)));
+  const uint32_t lines = std::min<uint32_t>(g.slot_words / 8, 16);
+  for (uint32_t l = 0; l < lines; ++l) __builtin_prefetch(s + 64 * l, 0, 1);
 }
 
 void validate_segment_name(std::string_view name) {
