@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <iostream>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -19,6 +20,7 @@
 #include <gtest/gtest.h>
 
 #include "larder/client.h"
+#include "larder/layout/writer.h"
 
 namespace larder::test {
 namespace {
@@ -402,6 +404,32 @@ std::string compare_segment(const std::string& segment, const Oracle& oracle) {
 std::string unique_name(const std::string& test) {
   // Segment names are limited to 63 bytes.
   return fmt::format("larder-it-{}-{}", test.substr(0, 32), ::getpid());
+}
+
+bool SidecarTestBase::load_broker(const std::string& prefix, bool need_tls, bool need_ctl) {
+  name_ = unique_name(prefix + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+  Writer::remove_segment(name_);
+  if (!BrokerEnv::load(&env_, need_tls, need_ctl)) return false;
+  client_ = std::make_unique<AmqpClient>(env_);
+  return true;
+}
+
+void SidecarTestBase::TearDown() {
+  if (sidecar_ && sidecar_->running()) sidecar_->kill9();
+  if (sidecar_ && HasFailure()) std::cerr << "---- sidecar log tail ----\n" << sidecar_->log_tail() << "\n";
+  sidecar_.reset();
+  try {
+    if (client_) {
+      client_->delete_queue(name_);
+      client_->delete_queue(name_ + ".dlq");
+      client_->delete_exchange(name_);
+      client_->delete_exchange(name_ + ".dlx");
+    }
+  } catch (const std::exception&) {
+    // The broker may be gone after a failed restart test; nothing to clean.
+  }
+  client_.reset();
+  Writer::remove_segment(name_);
 }
 
 }  // namespace larder::test

@@ -5,12 +5,14 @@
 #pragma once
 
 #include <amqp.h>
+#include <gtest/gtest.h>
 #include <sys/types.h>
 
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -142,5 +144,21 @@ std::string compare_segment(const std::string& segment, const Oracle& oracle);
 
 // A unique name for this test's segment, queue and exchange.
 std::string unique_name(const std::string& test);
+
+// A test that runs the real sidecar against the real broker: one unique name
+// for its segment, queue and exchanges, and cleanup of all of them (and of
+// the sidecar, whose log tail is printed when the test failed).
+class SidecarTestBase : public ::testing::Test {
+ protected:
+  // Loads the broker environment; false (with a recorded failure) if absent.
+  // The name is `prefix` + the test's name, made unique.
+  bool load_broker(const std::string& prefix, bool need_tls, bool need_ctl);
+  void TearDown() override;
+
+  BrokerEnv env_;
+  std::string name_;
+  std::unique_ptr<AmqpClient> client_;
+  std::unique_ptr<SidecarProcess> sidecar_;
+};
 
 }  // namespace larder::test

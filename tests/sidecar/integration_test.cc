@@ -21,34 +21,10 @@ namespace {
 
 using namespace std::chrono_literals;
 
-class SidecarIntegrationTest : public ::testing::Test {
+class SidecarIntegrationTest : public SidecarTestBase {
  protected:
   // Loads the broker environment; false (with a recorded failure) if absent.
-  bool setup(bool need_tls = false, bool need_ctl = false) {
-    name_ = unique_name(::testing::UnitTest::GetInstance()->current_test_info()->name());
-    Writer::remove_segment(name_);
-    if (!BrokerEnv::load(&env_, need_tls, need_ctl)) return false;
-    client_ = std::make_unique<AmqpClient>(env_);
-    return true;
-  }
-
-  void TearDown() override {
-    if (sidecar_ && sidecar_->running()) sidecar_->kill9();
-    if (sidecar_ && HasFailure()) std::cerr << "---- sidecar log tail ----\n" << sidecar_->log_tail() << "\n";
-    sidecar_.reset();
-    try {
-      if (client_) {
-        client_->delete_queue(name_);
-        client_->delete_queue(name_ + ".dlq");
-        client_->delete_exchange(name_);
-        client_->delete_exchange(name_ + ".dlx");
-      }
-    } catch (const std::exception&) {
-      // The broker may be gone after a failed restart test; nothing to clean.
-    }
-    client_.reset();
-    Writer::remove_segment(name_);
-  }
+  bool setup(bool need_tls = false, bool need_ctl = false) { return load_broker("", need_tls, need_ctl); }
 
   std::string config(const std::string& queue_type = "quorum", const std::string& url = "",
                      const std::string& extra = "") const {
@@ -102,11 +78,7 @@ metrics: {{listen: "127.0.0.1:0"}}
 
   SegmentInfo info() { return Segment::open(name_).info(); }
 
-  BrokerEnv env_;
-  std::string name_;
   int prefetch_ = 200;
-  std::unique_ptr<AmqpClient> client_;
-  std::unique_ptr<SidecarProcess> sidecar_;
 };
 
 // Builds `messages` messages of random batch sizes over `keys` keys with

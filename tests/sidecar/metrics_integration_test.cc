@@ -22,33 +22,9 @@ namespace {
 
 using namespace std::chrono_literals;
 
-class SidecarMetricsTest : public ::testing::Test {
+class SidecarMetricsTest : public SidecarTestBase {
  protected:
-  bool setup(bool need_ctl = false) {
-    name_ = unique_name(std::string("m-") + ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    Writer::remove_segment(name_);
-    if (!BrokerEnv::load(&env_, false, need_ctl)) return false;
-    client_ = std::make_unique<AmqpClient>(env_);
-    return true;
-  }
-
-  void TearDown() override {
-    if (sidecar_ && sidecar_->running()) sidecar_->kill9();
-    if (sidecar_ && HasFailure()) std::cerr << "---- sidecar log tail ----\n" << sidecar_->log_tail() << "\n";
-    sidecar_.reset();
-    try {
-      if (client_) {
-        client_->delete_queue(name_);
-        client_->delete_queue(name_ + ".dlq");
-        client_->delete_exchange(name_);
-        client_->delete_exchange(name_ + ".dlx");
-      }
-    } catch (const std::exception&) {
-      // The broker may be gone after a failed restart test; nothing to clean.
-    }
-    client_.reset();
-    Writer::remove_segment(name_);
-  }
+  bool setup(bool need_ctl = false) { return load_broker("m-", false, need_ctl); }
 
   std::string config() const {
     return fmt::format(R"(segment: {{name: {name}}}
@@ -109,11 +85,7 @@ metrics: {{listen: "127.0.0.1:0", ready_max_lag_s: 10}}
     return p;
   }
 
-  BrokerEnv env_;
-  std::string name_;
   int port_ = 0;
-  std::unique_ptr<AmqpClient> client_;
-  std::unique_ptr<SidecarProcess> sidecar_;
 };
 
 std::string rejected(const char* reason) { return fmt::format("larder_messages_rejected_total{{reason=\"{}\"}}", reason); }
