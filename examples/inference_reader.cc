@@ -100,12 +100,10 @@ int main(int argc, char** argv) {
     const larder::Field category = items.field("category", larder::FieldType::kString);
 
     const larder::SegmentInfo info = seg.info();
-    std::printf("segment %s: writer pid %llu %s (heartbeat %lld ms ago), %llu updates applied\n",
-                opt.segment.c_str(), static_cast<unsigned long long>(info.writer_pid),
-                seg.writer_alive() ? "alive" : "NOT alive", static_cast<long long>(info.heartbeat_age_ms),
-                static_cast<unsigned long long>(info.updates_applied));
-    std::printf("users: %llu keys, items: %llu keys\n\n",
-                static_cast<unsigned long long>(users.stats().live_keys),
+    std::printf("segment %s: writer pid %llu %s (heartbeat %lld ms ago), %llu updates applied\n", opt.segment.c_str(),
+                static_cast<unsigned long long>(info.writer_pid), seg.writer_alive() ? "alive" : "NOT alive",
+                static_cast<long long>(info.heartbeat_age_ms), static_cast<unsigned long long>(info.updates_applied));
+    std::printf("users: %llu keys, items: %llu keys\n\n", static_cast<unsigned long long>(users.stats().live_keys),
                 static_cast<unsigned long long>(items.stats().live_keys));
 
     // Per-request buffers: allocated once, reused by every request.
@@ -137,8 +135,7 @@ int main(int argc, char** argv) {
                   user_key.c_str(), larder::status_name(ur.status), age_text(ur.age_ms(now)).c_str(),
                   static_cast<long long>(user_row.i64(clicks)), user_row.f64(spend),
                   user_row.valid(premium) ? (user_row.boolean(premium) ? "yes" : "no") : "?",
-                  static_cast<int>(user_row.string(country).size()), user_row.string(country).data(),
-                  std::sqrt(norm));
+                  static_cast<int>(user_row.string(country).size()), user_row.string(country).data(), std::sqrt(norm));
       // The model: p(click) = sigmoid(w . x + b) over user and item features.
       for (int i = 0; i < opt.items; ++i) {
         const larder::ReadResult& r = item_results[static_cast<size_t>(i)];
@@ -148,8 +145,7 @@ int main(int argc, char** argv) {
         }
         const larder::RowView row = item_rows.row(static_cast<size_t>(i));
         const double z = -2.0 + 8.0 * row.f32(ctr) - 0.01 * row.f64(price) +
-                         0.02 * static_cast<double>(user_row.i64(clicks)) +
-                         (user_row.boolean(premium) ? 0.5 : 0.0);
+                         0.02 * static_cast<double>(user_row.i64(clicks)) + (user_row.boolean(premium) ? 0.5 : 0.0);
         const double p = 1.0 / (1.0 + std::exp(-z));
         std::printf("    %s %-12.*s price=%7.2f ctr=%.3f age %-8s -> p(click)=%.3f\n",
                     item_keys[static_cast<size_t>(i)].c_str(), static_cast<int>(row.string(category).size()),

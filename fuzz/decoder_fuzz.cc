@@ -1,9 +1,9 @@
 // libFuzzer target for the message decoder (sidecar/src/decoder.h): any byte
 // string must decode or be rejected with a named reason, never crash, hang
 // or leak; an accepted batch must be internally consistent. Single-threaded.
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
@@ -20,8 +20,8 @@ larder::layout::Schema fuzz_schema() {
   users.name = "users";
   users.key_max_len = 16;
   users.capacity = 64;
-  users.fields = {{"n", FieldType::kInt64, 1},   {"x", FieldType::kFloat64, 1},        {"f", FieldType::kFloat32, 1},
-                  {"b", FieldType::kBool, 1},    {"s", FieldType::kString, 8},         {"v", FieldType::kFloat32Vector, 3}};
+  users.fields = {{"n", FieldType::kInt64, 1}, {"x", FieldType::kFloat64, 1}, {"f", FieldType::kFloat32, 1},
+                  {"b", FieldType::kBool, 1},  {"s", FieldType::kString, 8},  {"v", FieldType::kFloat32Vector, 3}};
   s.tables.push_back(users);
   larder::layout::TableSpec open;
   open.name = "open";
@@ -68,8 +68,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           check(v.length == 3);
           for (uint32_t k = 0; k < 3; ++k) check(std::isfinite(static_cast<const float*>(v.data)[k]));
           break;
-        default:
-          break;
+        default: break;
       }
     }
   }

@@ -54,8 +54,8 @@ struct SameMappingReader {
 TEST(Concurrency, ReadersNeverSeeATornRow) {
   testing::ScratchSegment seg;
   constexpr uint64_t kKeys = 64;  // few keys: readers and writer collide often
-  auto writer = Writer::open(seg.name(), testing::one_table_schema(testing::derived_table(kKeys)),
-                             seg.writer_options());
+  auto writer =
+      Writer::open(seg.name(), testing::one_table_schema(testing::derived_table(kKeys)), seg.writer_options());
   for (uint64_t k = 0; k < kKeys; ++k) ASSERT_EQ(testing::write_derived(*writer, k, 1), ApplyResult::kApplied);
 
   std::atomic<bool> stop{false};

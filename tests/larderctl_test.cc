@@ -6,8 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -81,9 +81,9 @@ class LarderctlTest : public ::testing::Test {
     users.name = "users";
     users.key_max_len = 16;
     users.capacity = 100;
-    users.fields = {{"clicks", FieldType::kInt64, 1},       {"spend", FieldType::kFloat64, 1},
-                    {"ctr", FieldType::kFloat32, 1},         {"premium", FieldType::kBool, 1},
-                    {"emb", FieldType::kFloat32Vector, 3},   {"country", FieldType::kString, 4}};
+    users.fields = {{"clicks", FieldType::kInt64, 1},      {"spend", FieldType::kFloat64, 1},
+                    {"ctr", FieldType::kFloat32, 1},       {"premium", FieldType::kBool, 1},
+                    {"emb", FieldType::kFloat32Vector, 3}, {"country", FieldType::kString, 4}};
     layout::TableSpec items;
     items.name = "items";
     items.capacity = 10;
@@ -93,7 +93,7 @@ class LarderctlTest : public ::testing::Test {
     schema.tables = {users, items};
     writer_ = Writer::open(seg_.name(), schema, seg_.writer_options());
     const float emb[3] = {0.5f, -1.0f, 2.25f};
-    const FieldValue u1[] = {FieldValue::int64(0, 42),  FieldValue::float64(1, 12.5), FieldValue::float32(2, 0.25f),
+    const FieldValue u1[] = {FieldValue::int64(0, 42),     FieldValue::float64(1, 12.5), FieldValue::float32(2, 0.25f),
                              FieldValue::boolean(3, true), FieldValue::vector(4, emb),   FieldValue::string(5, "SE")};
     ASSERT_EQ(writer_->upsert(0, "u1", 1'700'000'000'000, u1, 1'700'000'050'000'000'000), ApplyResult::kApplied);
     const FieldValue u2[] = {FieldValue::int64(0, 7), FieldValue::string(5, "a,\"b")};
@@ -298,8 +298,8 @@ TEST(LarderctlSize, EqualsTheBytesTheWriterAllocates) {
   users.key_max_len = 24;
   users.capacity = 3000;
   users.max_load_factor = 0.7;
-  users.fields = {{"clicks", FieldType::kInt64, 1}, {"country", FieldType::kString, 8},
-                  {"emb", FieldType::kFloat32Vector, 32}};
+  users.fields = {
+      {"clicks", FieldType::kInt64, 1}, {"country", FieldType::kString, 8}, {"emb", FieldType::kFloat32Vector, 32}};
   layout::TableSpec items;
   items.name = "items";
   items.capacity = 100;
@@ -313,11 +313,15 @@ TEST(LarderctlSize, EqualsTheBytesTheWriterAllocates) {
   EXPECT_EQ(total, static_cast<uint64_t>(st.st_blocks) * 512) << "every page allocated at creation";
   EXPECT_GE(recommended, total + (uint64_t{1} << 20)) << "room for the writer's free-space margin";
   EXPECT_EQ(recommended % (uint64_t{1} << 20), 0u);
-  EXPECT_NE(r.out.find("\"schema_fingerprint\":\"" + [&] {
-    char b[20];
-    std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(schema.fingerprint()));
-    return std::string(b);
-  }() + "\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"schema_fingerprint\":\"" +
+                       [&] {
+                         char b[20];
+                         std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(schema.fingerprint()));
+                         return std::string(b);
+                       }() +
+                       "\""),
+            std::string::npos)
+      << r.out;
   std::remove(config.c_str());
 }
 

@@ -115,10 +115,10 @@ TEST(Layout, PlanOfAKnownSchemaIsPinned) {
   Schema s;
   TableSpec users;
   users.name = "users";
-  users.key_max_len = 20;   // 3 key words
-  users.capacity = 1000;    // 0.75 load -> 1334 slots
-  users.fields = {{"clicks", FieldType::kInt64, 1},  {"ctr", FieldType::kFloat32, 1},
-                  {"premium", FieldType::kBool, 1},  {"emb", FieldType::kFloat32Vector, 3},
+  users.key_max_len = 20;  // 3 key words
+  users.capacity = 1000;   // 0.75 load -> 1334 slots
+  users.fields = {{"clicks", FieldType::kInt64, 1},   {"ctr", FieldType::kFloat32, 1},
+                  {"premium", FieldType::kBool, 1},   {"emb", FieldType::kFloat32Vector, 3},
                   {"country", FieldType::kString, 5}, {"spend", FieldType::kFloat64, 1}};
   s.tables.push_back(users);
   const LayoutPlan p = plan_layout(s);
@@ -136,8 +136,8 @@ TEST(Layout, PlanOfAKnownSchemaIsPinned) {
   EXPECT_EQ(t.key_words, 3u);
   EXPECT_EQ(t.slot_bytes, 128u);  // (5 + 1 + 3) * 8 + 48 = 120 -> 128
   EXPECT_EQ(t.slot_count, 1334u);
-  EXPECT_EQ(t.fields_offset, 512u);   // header 256 + one descriptor 256
-  EXPECT_EQ(p.undo_offset, 1088u);    // 512 + 6 * 96 = 1088, 64-aligned
+  EXPECT_EQ(t.fields_offset, 512u);  // header 256 + one descriptor 256
+  EXPECT_EQ(p.undo_offset, 1088u);   // 512 + 6 * 96 = 1088, 64-aligned
   EXPECT_EQ(p.undo_bytes, 128u);
   EXPECT_EQ(t.slots_offset, 4096u);
   EXPECT_EQ(p.segment_bytes, 176128u);  // 4096 + 1334 * 128 = 174848, rounded up to 4 KiB

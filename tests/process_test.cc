@@ -5,14 +5,16 @@
 // LARDER_TORTURE_SECONDS sets the duration of the torture tests (default 2;
 // run minutes on demand), LARDER_CRASH_ITERATIONS the number of SIGKILLs
 // (default 25) and LARDER_SEED replays a randomized run.
+#include "support/process.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <sys/mman.h>
 #include <linux/magic.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
-#include <sys/statfs.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 
 #include <atomic>
 #include <chrono>
@@ -26,7 +28,6 @@
 #include "larder/layout/clock.h"
 #include "larder/layout/segment_file.h"
 #include "support/derived_rows.h"
-#include "support/process.h"
 #include "support/test_segment.h"
 
 namespace larder {
@@ -120,9 +121,8 @@ TEST(Processes, TornReadTorture) {
   }));
   std::vector<pid_t> readers;
   for (int r = 0; r < 3; ++r) {
-    readers.push_back(kids.add(testing::spawn([&, r] {
-      return reader_process(seg.name(), seg.dir(), kKeys, true, stop, report, 1000 + r);
-    })));
+    readers.push_back(kids.add(
+        testing::spawn([&, r] { return reader_process(seg.name(), seg.dir(), kKeys, true, stop, report, 1000 + r); })));
   }
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
   stop->store(true);
@@ -172,9 +172,8 @@ TEST(Processes, ChurnNeverHidesStableKeys) {
   }));
   std::vector<pid_t> readers;
   for (int r = 0; r < 2; ++r) {
-    readers.push_back(kids.add(testing::spawn([&, r] {
-      return reader_process(seg.name(), seg.dir(), kStable, true, stop, report, 2000 + r);
-    })));
+    readers.push_back(kids.add(testing::spawn(
+        [&, r] { return reader_process(seg.name(), seg.dir(), kStable, true, stop, report, 2000 + r); })));
   }
   std::this_thread::sleep_for(std::chrono::duration<double>(testing::torture_seconds(2.0)));
   stop->store(true);
@@ -219,9 +218,8 @@ TEST(Processes, CrashInjection) {
   }
   std::vector<pid_t> readers;
   for (int r = 0; r < 2; ++r) {
-    readers.push_back(kids.add(testing::spawn([&, r] {
-      return reader_process(seg.name(), seg.dir(), kKeys, true, stop, report, seed + r);
-    })));
+    readers.push_back(kids.add(
+        testing::spawn([&, r] { return reader_process(seg.name(), seg.dir(), kKeys, true, stop, report, seed + r); })));
   }
   uint64_t repaired_total = 0;
   for (int it = 0; it < iterations; ++it) {

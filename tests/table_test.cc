@@ -19,8 +19,7 @@ using testing::ScratchSegment;
 class TableTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    writer_ = Writer::open(seg_.name(), testing::one_table_schema(testing::every_type_table()),
-                           seg_.writer_options());
+    writer_ = Writer::open(seg_.name(), testing::one_table_schema(testing::every_type_table()), seg_.writer_options());
     segment_ = Segment::open(seg_.name(), ClientOptions{seg_.dir()});
     users_ = segment_.table("users");
     row_ = users_.make_row();
@@ -46,9 +45,8 @@ class TableTest : public ::testing::Test {
 TEST_F(TableTest, UpsertThenGetEveryType) {
   const float emb[8] = {1, 2, 3, 4, 5, 6, 7, 8.5f};
   const FieldValue values[] = {
-      FieldValue::int64(0, -42),          FieldValue::float64(1, 12.25),
-      FieldValue::float32(2, 0.125f),     FieldValue::boolean(3, true),
-      FieldValue::vector(4, emb),         FieldValue::string(5, "SE"),
+      FieldValue::int64(0, -42),    FieldValue::float64(1, 12.25), FieldValue::float32(2, 0.125f),
+      FieldValue::boolean(3, true), FieldValue::vector(4, emb),    FieldValue::string(5, "SE"),
   };
   ASSERT_EQ(writer_->upsert(0, "user:1", 1000, values), ApplyResult::kApplied);
   const ReadResult r = users_.get("user:1", row_);
@@ -103,7 +101,9 @@ TEST_F(TableTest, OlderUpdatesAreIgnoredAndCounted) {
 
 TEST_F(TableTest, OutOfOrderDeliveryConverges) {
   // The same five updates in two orders give the same row.
-  struct U { int64_t clicks, t; };
+  struct U {
+    int64_t clicks, t;
+  };
   const std::vector<U> updates = {{1, 10}, {2, 20}, {3, 30}, {4, 40}, {5, 50}};
   for (U u : updates) put_clicks("a", u.clicks, u.t);
   for (auto it = updates.rbegin(); it != updates.rend(); ++it) put_clicks("b", it->clicks, it->t);
@@ -209,8 +209,8 @@ TEST_F(TableTest, ResolvingUnknownNamesFailsClearly) {
 
 TEST(Table, FullTableRefusesNewKeysButUpdatesExisting) {
   ScratchSegment seg;
-  auto writer = Writer::open(seg.name(), testing::one_table_schema(testing::every_type_table("t", 50)),
-                             seg.writer_options());
+  auto writer =
+      Writer::open(seg.name(), testing::one_table_schema(testing::every_type_table("t", 50)), seg.writer_options());
   const FieldValue v[] = {FieldValue::int64(0, 1)};
   for (int i = 0; i < 50; ++i) ASSERT_EQ(writer->upsert(0, "k" + std::to_string(i), 1, v), ApplyResult::kApplied);
   EXPECT_EQ(writer->upsert(0, "one-too-many", 1, v), ApplyResult::kTableFull);
@@ -252,8 +252,8 @@ TEST(Table, ManyKeysWithCollisionsAndChurnStayFindable) {
     } else if (model.size() < 1000 || model.count(key)) {
       const FieldValue v[] = {FieldValue::int64(0, step)};
       ASSERT_EQ(writer->upsert(0, key, step, v), ApplyResult::kApplied)
-          << step << " live " << writer->stats(0).live_keys << " tomb " << writer->stats(0).tombstones
-          << " model " << model.size();
+          << step << " live " << writer->stats(0).live_keys << " tomb " << writer->stats(0).tombstones << " model "
+          << model.size();
       model[key] = step;
     }
     if (step % 100 == 0) writer->maintain(1 << 20);
@@ -286,8 +286,7 @@ TEST(Table, MaintainReclaimsExpiredTombstones) {
 
 TEST(CApi, ReadsThroughTheCAbi) {
   ScratchSegment seg;
-  auto writer = Writer::open(seg.name(), testing::one_table_schema(testing::every_type_table()),
-                             seg.writer_options());
+  auto writer = Writer::open(seg.name(), testing::one_table_schema(testing::every_type_table()), seg.writer_options());
   const float emb[8] = {0.5f, 1, 2, 3, 4, 5, 6, 7};
   const FieldValue values[] = {FieldValue::int64(0, 11), FieldValue::float64(1, 2.5), FieldValue::vector(4, emb),
                                FieldValue::string(5, "DE")};

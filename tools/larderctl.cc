@@ -21,6 +21,7 @@
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
+#include <yaml-cpp/yaml.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -36,7 +37,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-#include <yaml-cpp/yaml.h>
 
 #include "config.h"  // larder-sidecar's config parser (larder::sidecar_core)
 #include "larder/client.h"
@@ -225,12 +225,13 @@ int cmd_ls(const Globals& g) {
         json += std::string(json.size() > 1 ? "," : "") + "{\"name\":" + json_string(n) +
                 ",\"bytes\":" + std::to_string(i.segment_bytes) +
                 ",\"tables\":" + std::to_string(s.table_names().size()) + ",\"state\":\"" + state_name(i.state) +
-                "\",\"writer_pid\":" + std::to_string(i.writer_pid) + ",\"writer_alive\":" +
-                (alive ? "true" : "false") + ",\"heartbeat_age_ms\":" + std::to_string(i.heartbeat_age_ms) + "}";
+                "\",\"writer_pid\":" + std::to_string(i.writer_pid) +
+                ",\"writer_alive\":" + (alive ? "true" : "false") +
+                ",\"heartbeat_age_ms\":" + std::to_string(i.heartbeat_age_ms) + "}";
       } else {
-        std::string writer = alive ? "alive (pid " + std::to_string(i.writer_pid) + ")"
-                                   : (i.writer_pid != 0 ? "not responding (pid " + std::to_string(i.writer_pid) + ")"
-                                                        : "none");
+        std::string writer =
+            alive ? "alive (pid " + std::to_string(i.writer_pid) + ")"
+                  : (i.writer_pid != 0 ? "not responding (pid " + std::to_string(i.writer_pid) + ")" : "none");
         std::printf("%-32s %12" PRIu64 " %6zu %-9s %s\n", n.c_str(), i.segment_bytes, s.table_names().size(),
                     state_name(i.state), writer.c_str());
       }
@@ -259,8 +260,8 @@ int cmd_info(const Globals& g, const std::string& name) {
     std::string probes_json = "{", probes_text;
     uint64_t p50 = 0, p99 = 0, seen = 0;
     for (const auto& [dist, n] : scan.probe_lengths) {
-      probes_json += std::string(probes_json.size() > 1 ? "," : "") + "\"" + std::to_string(dist) + "\":" +
-                     std::to_string(n);
+      probes_json +=
+          std::string(probes_json.size() > 1 ? "," : "") + "\"" + std::to_string(dist) + "\":" + std::to_string(n);
       if (seen < (scan.live + 1) / 2 && seen + n >= (scan.live + 1) / 2) p50 = dist;
       if (seen < (scan.live * 99 + 99) / 100 && seen + n >= (scan.live * 99 + 99) / 100) p99 = dist;
       seen += n;
@@ -268,7 +269,8 @@ int cmd_info(const Globals& g, const std::string& name) {
     probes_json += "}";
     tables_json += std::string(tables_json.size() > 1 ? "," : "") + "{\"name\":" + json_string(table.name()) +
                    ",\"capacity\":" + std::to_string(d.capacity) + ",\"slots\":" + std::to_string(d.slot_count) +
-                   ",\"slot_bytes\":" + std::to_string(d.slot_bytes) + ",\"live_keys\":" + std::to_string(st.live_keys) +
+                   ",\"slot_bytes\":" + std::to_string(d.slot_bytes) +
+                   ",\"live_keys\":" + std::to_string(st.live_keys) +
                    ",\"tombstones\":" + std::to_string(st.tombstones) + ",\"load_factor\":" + number(load) +
                    ",\"upserts\":" + std::to_string(st.upserts) + ",\"deletes\":" + std::to_string(st.deletes) +
                    ",\"stale_ignored\":" + std::to_string(st.stale_ignored) +
@@ -278,39 +280,42 @@ int cmd_info(const Globals& g, const std::string& name) {
                    ",\"probe_length\":{\"p50\":" + std::to_string(p50) + ",\"p99\":" + std::to_string(p99) +
                    ",\"max\":" + std::to_string(scan.max_probe) + ",\"histogram\":" + probes_json + "}}";
     char line[512];
-    std::snprintf(line, sizeof line,
-                  "  %s: %" PRIu64 " / %" PRIu64 " keys (%.1f%% of capacity), %" PRIu64 " tombstones, %" PRIu64
-                  " slots of %u B, load %.3f\n"
-                  "    upserts %" PRIu64 ", deletes %" PRIu64 ", stale ignored %" PRIu64 ", full rejected %" PRIu64
-                  ", last update %s\n"
-                  "    probe length p50 %" PRIu64 ", p99 %" PRIu64 ", max %" PRIu64 "\n",
-                  table.name().c_str(), st.live_keys, d.capacity,
-                  100.0 * static_cast<double>(st.live_keys) / static_cast<double>(d.capacity), st.tombstones,
-                  d.slot_count, d.slot_bytes, load, st.upserts, st.deletes, st.stale_ignored, st.full_rejected,
-                  st.last_apply_unix_ns == 0 ? "never" : (std::to_string(age_ms(st.last_apply_unix_ns)) + " ms ago").c_str(),
-                  p50, p99, scan.max_probe);
+    std::snprintf(
+        line, sizeof line,
+        "  %s: %" PRIu64 " / %" PRIu64 " keys (%.1f%% of capacity), %" PRIu64 " tombstones, %" PRIu64
+        " slots of %u B, load %.3f\n"
+        "    upserts %" PRIu64 ", deletes %" PRIu64 ", stale ignored %" PRIu64 ", full rejected %" PRIu64
+        ", last update %s\n"
+        "    probe length p50 %" PRIu64 ", p99 %" PRIu64 ", max %" PRIu64 "\n",
+        table.name().c_str(), st.live_keys, d.capacity,
+        100.0 * static_cast<double>(st.live_keys) / static_cast<double>(d.capacity), st.tombstones, d.slot_count,
+        d.slot_bytes, load, st.upserts, st.deletes, st.stale_ignored, st.full_rejected,
+        st.last_apply_unix_ns == 0 ? "never" : (std::to_string(age_ms(st.last_apply_unix_ns)) + " ms ago").c_str(), p50,
+        p99, scan.max_probe);
     text += line;
   }
   tables_json += "]";
   const bool alive = o.segment.writer_alive();
   if (g.json) {
-    std::printf(
-        "{\"name\":%s,\"path\":%s,\"bytes\":%" PRIu64 ",\"layout_version\":%u,\"abi_signature\":\"%s\","
-        "\"schema_fingerprint\":\"%s\",\"state\":\"%s\",\"generation\":%" PRIu64 ",\"creator\":%s,"
-        "\"writer\":{\"pid\":%" PRIu64 ",\"alive\":%s,\"heartbeat_age_ms\":%" PRId64 ",\"sessions\":%" PRIu64
-        ",\"repaired_slots\":%" PRIu64 "},\"connection\":\"%s\",\"updates_applied\":%" PRIu64
-        ",\"messages_rejected\":%" PRIu64 ",\"last_update_age_ms\":%" PRId64 ",\"tables\":%s}\n",
-        json_string(name).c_str(), json_string(segment_path(g.dir, name)).c_str(), i.segment_bytes, i.layout_version,
-        hex64(h.abi_signature).c_str(), hex64(i.schema_fingerprint).c_str(), state_name(i.state), i.generation,
-        json_string(std::string_view(h.creator, strnlen(h.creator, sizeof h.creator))).c_str(), i.writer_pid,
-        alive ? "true" : "false", i.heartbeat_age_ms, i.writer_sessions, i.repaired_slots,
-        connection_name(i.connection), i.updates_applied, i.messages_rejected, age_ms(i.last_apply_unix_ns),
-        tables_json.c_str());
+    std::printf("{\"name\":%s,\"path\":%s,\"bytes\":%" PRIu64
+                ",\"layout_version\":%u,\"abi_signature\":\"%s\","
+                "\"schema_fingerprint\":\"%s\",\"state\":\"%s\",\"generation\":%" PRIu64
+                ",\"creator\":%s,"
+                "\"writer\":{\"pid\":%" PRIu64 ",\"alive\":%s,\"heartbeat_age_ms\":%" PRId64 ",\"sessions\":%" PRIu64
+                ",\"repaired_slots\":%" PRIu64 "},\"connection\":\"%s\",\"updates_applied\":%" PRIu64
+                ",\"messages_rejected\":%" PRIu64 ",\"last_update_age_ms\":%" PRId64 ",\"tables\":%s}\n",
+                json_string(name).c_str(), json_string(segment_path(g.dir, name)).c_str(), i.segment_bytes,
+                i.layout_version, hex64(h.abi_signature).c_str(), hex64(i.schema_fingerprint).c_str(),
+                state_name(i.state), i.generation,
+                json_string(std::string_view(h.creator, strnlen(h.creator, sizeof h.creator))).c_str(), i.writer_pid,
+                alive ? "true" : "false", i.heartbeat_age_ms, i.writer_sessions, i.repaired_slots,
+                connection_name(i.connection), i.updates_applied, i.messages_rejected, age_ms(i.last_apply_unix_ns),
+                tables_json.c_str());
   } else {
     std::printf("segment %s (%s)\n", name.c_str(), segment_path(g.dir, name).c_str());
     std::printf("  %" PRIu64 " bytes, layout v%u, ABI %s, schema %s, state %s, generation %" PRIu64 "\n",
-                i.segment_bytes, i.layout_version, hex64(h.abi_signature).c_str(),
-                hex64(i.schema_fingerprint).c_str(), state_name(i.state), i.generation);
+                i.segment_bytes, i.layout_version, hex64(h.abi_signature).c_str(), hex64(i.schema_fingerprint).c_str(),
+                state_name(i.state), i.generation);
     if (i.writer_pid != 0) {
       std::printf("  writer pid %" PRIu64 ", %s, heartbeat %" PRId64 " ms ago, broker %s\n", i.writer_pid,
                   alive ? "alive" : "NOT RESPONDING", i.heartbeat_age_ms, connection_name(i.connection));
@@ -318,11 +323,12 @@ int cmd_info(const Globals& g, const std::string& name) {
       std::printf("  no writer attached (last heartbeat %" PRId64 " ms ago), broker %s\n", i.heartbeat_age_ms,
                   connection_name(i.connection));
     }
-    std::printf("  %" PRIu64 " updates applied, %" PRIu64 " messages rejected, last update %s; %" PRIu64
-                " writer sessions, %" PRIu64 " slots repaired at the last start\n",
-                i.updates_applied, i.messages_rejected,
-                i.last_apply_unix_ns == 0 ? "never" : (std::to_string(age_ms(i.last_apply_unix_ns)) + " ms ago").c_str(),
-                i.writer_sessions, i.repaired_slots);
+    std::printf(
+        "  %" PRIu64 " updates applied, %" PRIu64 " messages rejected, last update %s; %" PRIu64
+        " writer sessions, %" PRIu64 " slots repaired at the last start\n",
+        i.updates_applied, i.messages_rejected,
+        i.last_apply_unix_ns == 0 ? "never" : (std::to_string(age_ms(i.last_apply_unix_ns)) + " ms ago").c_str(),
+        i.writer_sessions, i.repaired_slots);
     std::printf("tables:\n%s", text.c_str());
   }
   return kExitOk;
@@ -798,9 +804,10 @@ int cmd_size(const Globals& g, const std::string& config_path, bool check) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"larderctl: inspect Larder shared-memory segments (read-only).\n"
-               "Exit codes: 0 ok; 1 verify found problems, get found no row, or size --check-dir found the\n"
-               "directory unfit; 2 usage or a bad config; 3 cannot open the segment."};
+  CLI::App app{
+      "larderctl: inspect Larder shared-memory segments (read-only).\n"
+      "Exit codes: 0 ok; 1 verify found problems, get found no row, or size --check-dir found the\n"
+      "directory unfit; 2 usage or a bad config; 3 cannot open the segment."};
   app.require_subcommand(1);
   Globals g;
   app.add_option("--dir", g.dir, "directory of the segments")->capture_default_str();
@@ -862,9 +869,8 @@ int main(int argc, char** argv) {
     if (app.got_subcommand(size)) return cmd_size(g, config_path, check_dir);
   } catch (const Error& e) {
     std::fprintf(stderr, "larderctl: %s\n", e.what());
-    return e.code() == ErrorCode::kNotFound && std::string(e.what()).find("has no") != std::string::npos
-               ? kExitUsage
-               : kExitOpen;
+    return e.code() == ErrorCode::kNotFound && std::string(e.what()).find("has no") != std::string::npos ? kExitUsage
+                                                                                                         : kExitOpen;
   }
   return kExitUsage;
 }

@@ -29,9 +29,7 @@ struct KeyBuf {
   std::string_view view() const { return {bytes, length}; }
 };
 
-inline uint32_t scramble(uint64_t index) {
-  return static_cast<uint32_t>(index) * 2654435761u + 0x9e3779b9u;
-}
+inline uint32_t scramble(uint64_t index) { return static_cast<uint32_t>(index) * 2654435761u + 0x9e3779b9u; }
 
 // Formats the key of `index` without allocating (the read loops call it).
 inline void format_key(uint64_t index, KeyBuf& out) {
@@ -126,7 +124,8 @@ class LatencySamples {
  public:
   explicit LatencySamples(size_t cap = 4u << 20) { ticks_.reserve(cap); }
   void add(uint64_t ticks) {
-    if (ticks_.size() < ticks_.capacity()) ticks_.push_back(static_cast<uint32_t>(std::min<uint64_t>(ticks, UINT32_MAX)));
+    if (ticks_.size() < ticks_.capacity())
+      ticks_.push_back(static_cast<uint32_t>(std::min<uint64_t>(ticks, UINT32_MAX)));
   }
   size_t size() const { return ticks_.size(); }
   double percentile_ns(double p) {
@@ -158,8 +157,10 @@ struct Config {
 inline bool parse_count(std::string_view s, uint64_t* out) {
   if (s.empty()) return false;
   uint64_t mult = 1;
-  if (s.back() == 'M' || s.back() == 'm') mult = 1'000'000, s.remove_suffix(1);
-  else if (s.back() == 'K' || s.back() == 'k') mult = 1'000, s.remove_suffix(1);
+  if (s.back() == 'M' || s.back() == 'm')
+    mult = 1'000'000, s.remove_suffix(1);
+  else if (s.back() == 'K' || s.back() == 'k')
+    mult = 1'000, s.remove_suffix(1);
   if (s.empty()) return false;
   uint64_t v = 0;
   for (char c : s) {

@@ -67,7 +67,7 @@ struct Options {
   uint64_t baseline_keys = 1'000'000;
   double writer_rate = 1e6;
   std::string dir = "/dev/shm";
-  std::string filter;  // --benchmark_filter, to skip building unused stores
+  std::string filter;   // --benchmark_filter, to skip building unused stores
   int repetitions = 3;  // each benchmark; the summary uses the medians
 };
 
@@ -89,18 +89,21 @@ std::vector<uint64_t> parse_counts(std::string_view list, const char* what) {
 // Takes our flags out of argv (Google Benchmark rejects unknown ones).
 Options parse_options(int* argc, char** argv) {
   std::map<std::string, std::string> given;
-  for (const char* env : {"LARDER_BENCH_CONFIGS", "LARDER_BENCH_SIZES", "LARDER_BENCH_ROWS",
-                          "LARDER_BENCH_BASELINE_KEYS", "LARDER_BENCH_WRITER_RATE", "LARDER_BENCH_DIR",
-                          "LARDER_BENCH_REPETITIONS"}) {
+  for (const char* env :
+       {"LARDER_BENCH_CONFIGS", "LARDER_BENCH_SIZES", "LARDER_BENCH_ROWS", "LARDER_BENCH_BASELINE_KEYS",
+        "LARDER_BENCH_WRITER_RATE", "LARDER_BENCH_DIR", "LARDER_BENCH_REPETITIONS"}) {
     if (const char* v = std::getenv(env)) given[env] = v;
   }
   int kept = 1;
   for (int i = 1; i < *argc; ++i) {
     const std::string a = argv[i];
     bool ours = false;
-    for (auto [flag, env] : {std::pair{"--configs=", "LARDER_BENCH_CONFIGS"}, {"--sizes=", "LARDER_BENCH_SIZES"},
-                             {"--rows=", "LARDER_BENCH_ROWS"}, {"--baseline_keys=", "LARDER_BENCH_BASELINE_KEYS"},
-                             {"--writer_rate=", "LARDER_BENCH_WRITER_RATE"}, {"--dir=", "LARDER_BENCH_DIR"},
+    for (auto [flag, env] : {std::pair{"--configs=", "LARDER_BENCH_CONFIGS"},
+                             {"--sizes=", "LARDER_BENCH_SIZES"},
+                             {"--rows=", "LARDER_BENCH_ROWS"},
+                             {"--baseline_keys=", "LARDER_BENCH_BASELINE_KEYS"},
+                             {"--writer_rate=", "LARDER_BENCH_WRITER_RATE"},
+                             {"--dir=", "LARDER_BENCH_DIR"},
                              {"--repetitions=", "LARDER_BENCH_REPETITIONS"}}) {
       if (a.rfind(flag, 0) == 0) {
         given[env] = a.substr(std::strlen(flag));
@@ -120,7 +123,8 @@ Options parse_options(int* argc, char** argv) {
       for (uint64_t r : rows) o.configs.push_back({k, static_cast<uint32_t>(r)});
     }
   } else {
-    const std::string list = given.count("LARDER_BENCH_CONFIGS") ? given["LARDER_BENCH_CONFIGS"] : "1Mx64,1Mx512,10Mx64";
+    const std::string list =
+        given.count("LARDER_BENCH_CONFIGS") ? given["LARDER_BENCH_CONFIGS"] : "1Mx64,1Mx512,10Mx64";
     for (std::string_view c : split(list, ',')) {
       const size_t x = c.find('x');
       uint64_t k = 0, r = 0;
@@ -143,7 +147,8 @@ Options parse_options(int* argc, char** argv) {
   if (given.count("LARDER_BENCH_WRITER_RATE")) o.writer_rate = std::atof(given["LARDER_BENCH_WRITER_RATE"].c_str());
   if (given.count("LARDER_BENCH_DIR")) o.dir = given["LARDER_BENCH_DIR"];
   if (given.count("filter")) o.filter = given["filter"];
-  if (given.count("LARDER_BENCH_REPETITIONS")) o.repetitions = std::max(1, std::atoi(given["LARDER_BENCH_REPETITIONS"].c_str()));
+  if (given.count("LARDER_BENCH_REPETITIONS"))
+    o.repetitions = std::max(1, std::atoi(given["LARDER_BENCH_REPETITIONS"].c_str()));
   return o;
 }
 
@@ -159,7 +164,7 @@ void remove_segments() {
 
 struct Dataset {
   Config cfg;
-  std::vector<uint32_t> chain;           // over all keys
+  std::vector<uint32_t> chain;  // over all keys
   uint64_t baseline_keys = 0;
   std::vector<uint32_t> baseline_chain;  // over the first baseline_keys keys
   layout::Schema schema;
@@ -179,7 +184,8 @@ layout::Schema make_schema(const Config& cfg) {
   t.key_max_len = kKeyMaxLen;
   t.capacity = cfg.keys;
   t.max_load_factor = 0.75;
-  for (uint32_t f = 0; f < cfg.fields(); ++f) t.fields.push_back({"f" + std::to_string(f), layout::FieldType::kFloat64, 1});
+  for (uint32_t f = 0; f < cfg.fields(); ++f)
+    t.fields.push_back({"f" + std::to_string(f), layout::FieldType::kFloat64, 1});
   layout::Schema s;
   s.tables.push_back(t);
   return s;
@@ -440,7 +446,8 @@ class WriterProcess {
         const uint64_t due = start + static_cast<uint64_t>(static_cast<double>(n) * 1e9 / o.writer_rate);
         const uint64_t now = now_ns();
         if (due > now) {
-          timespec ts{static_cast<time_t>((due - now) / 1'000'000'000u), static_cast<long>((due - now) % 1'000'000'000u)};
+          timespec ts{static_cast<time_t>((due - now) / 1'000'000'000u),
+                      static_cast<long>((due - now) % 1'000'000'000u)};
           ::nanosleep(&ts, nullptr);
         }
       }
@@ -543,8 +550,8 @@ class Phase {
   // less.
   void add(const std::string& name, std::function<void(benchmark::State&)> fn, bool wall = false) {
     if (!wanted(name)) return;
-    auto* b = benchmark::RegisterBenchmark(name.c_str(), [fn](benchmark::State& s) { fn(s); })
-                  ->Unit(benchmark::kNanosecond);
+    auto* b =
+        benchmark::RegisterBenchmark(name.c_str(), [fn](benchmark::State& s) { fn(s); })->Unit(benchmark::kNanosecond);
     if (repetitions_ > 1) b->Repetitions(repetitions_)->DisplayAggregatesOnly(true);
     if (wall) b->UseRealTime();
     ++count_;
@@ -626,19 +633,23 @@ void run_config(const Config& cfg, const Options& o, RecordingReporter& rep) {
   };
 
   d.chain = make_chain(cfg.keys, 42);
-  if (d.baseline_keys != cfg.keys) d.baseline_chain = make_chain(d.baseline_keys, 43);
-  else d.baseline_chain = d.chain;
+  if (d.baseline_keys != cfg.keys)
+    d.baseline_chain = make_chain(d.baseline_keys, 43);
+  else
+    d.baseline_chain = d.chain;
   load_larder(d, o);
 
   // Phase A: reads alone.
   if (wanted_any({"floor/get_dependent", "floor/get_independent", "floor/get_many64"})) load_floor(d);
   if (wanted_any({"redis/get_dependent"})) {
     load_redis(d);
-    if (!d.redis->available()) std::printf("# %s: Redis skipped: %s\n", cfg.label().c_str(), d.redis->skip_reason().c_str());
+    if (!d.redis->available())
+      std::printf("# %s: Redis skipped: %s\n", cfg.label().c_str(), d.redis->skip_reason().c_str());
   }
   if (wanted_any({"lmdb/get_dependent"})) {
     load_lmdb(d);
-    if (!d.lmdb->available()) std::printf("# %s: LMDB skipped: %s\n", cfg.label().c_str(), d.lmdb->skip_reason().c_str());
+    if (!d.lmdb->available())
+      std::printf("# %s: LMDB skipped: %s\n", cfg.label().c_str(), d.lmdb->skip_reason().c_str());
   }
   std::vector<uint64_t> row_buf(cfg.fields() + 8);
   std::vector<uint64_t> batch_buf(kBatch * cfg.fields());
@@ -652,11 +663,14 @@ void run_config(const Config& cfg, const Options& o, RecordingReporter& rep) {
   }
   phase.add(p + "larder/get_dependent", [&](benchmark::State& s) { larder_dependent(s, d); });
   if (d.redis && d.redis->available()) {
-    phase.add(p + "redis/get_dependent", [&](benchmark::State& s) {
-      dependent_loop(s, d.baseline_keys, [&](std::string_view k) {
-        return d.redis->get(k, row_buf.data(), cfg.row_bytes) ? as_next(row_buf[0]) : UINT64_MAX;
-      });
-    }, /*wall=*/true);
+    phase.add(
+        p + "redis/get_dependent",
+        [&](benchmark::State& s) {
+          dependent_loop(s, d.baseline_keys, [&](std::string_view k) {
+            return d.redis->get(k, row_buf.data(), cfg.row_bytes) ? as_next(row_buf[0]) : UINT64_MAX;
+          });
+        },
+        /*wall=*/true);
   }
   if (d.lmdb && d.lmdb->available()) {
     phase.add(p + "lmdb/get_dependent", [&](benchmark::State& s) {
@@ -700,9 +714,8 @@ void run_config(const Config& cfg, const Options& o, RecordingReporter& rep) {
     });
     phase.add(p + "larder/proto_get_many64", [&](benchmark::State& s) {
       std::vector<uint64_t> rows(kBatch * proto->row_words());
-      batch_loop(s, cfg.keys, [&](std::span<std::string_view> keys) -> uint64_t {
-        return proto->get_many(keys, rows.data());
-      });
+      batch_loop(s, cfg.keys,
+                 [&](std::span<std::string_view> keys) -> uint64_t { return proto->get_many(keys, rows.data()); });
     });
   }
   phase.run();
@@ -732,8 +745,9 @@ void run_config(const Config& cfg, const Options& o, RecordingReporter& rep) {
     auto w = Writer::open(d.segment, d.schema, wo);
     phase.add(p + "larder/upsert_random", [&](benchmark::State& s) { upsert_loop(s, d, *w, {cfg.keys}); });
     phase.add(p + "larder/upsert_hot1K", [&](benchmark::State& s) { upsert_loop(s, d, *w, {kHotKeys}); });
-    phase.add(p + "larder/proto_upsert_random_prefetch",
-              [&](benchmark::State& s) { upsert_loop(s, d, *w, {cfg.keys, true}); });
+    phase.add(p + "larder/proto_upsert_random_prefetch", [&](benchmark::State& s) {
+      upsert_loop(s, d, *w, {cfg.keys, true});
+    });
     phase.run();
   }
 
@@ -764,11 +778,12 @@ void print_summary(const Options& o, const std::map<std::string, Result>& r) {
     }
   };
 
-  std::printf("\n==== Summary ====\n"
-              "mean: CPU time per op of the measuring thread (Redis: wall time); p50/p99: per-op TSC\n"
-              "samples (wall, including ~20 ns of timer overhead)\n");
-  for (const char* n : {"platform/4KiB/load_dependent", "platform/4KiB/load_independent",
-                        "platform/THP/load_dependent", "platform/THP/load_independent"}) {
+  std::printf(
+      "\n==== Summary ====\n"
+      "mean: CPU time per op of the measuring thread (Redis: wall time); p50/p99: per-op TSC\n"
+      "samples (wall, including ~20 ns of timer overhead)\n");
+  for (const char* n : {"platform/4KiB/load_dependent", "platform/4KiB/load_independent", "platform/THP/load_dependent",
+                        "platform/THP/load_independent"}) {
     if (const Result* x = find(n)) std::printf("  %-34s %9.1f ns per load\n", n, ns(x));
   }
   for (const Config& c : o.configs) {

@@ -46,9 +46,8 @@ RedisBaseline::RedisBaseline() {
   const std::string log = dir_ + "/redis.log";
   server_ = ::fork();
   if (server_ == 0) {
-    ::execl(server.c_str(), server.c_str(), "--port", "0", "--unixsocket", sock.c_str(), "--save", "",
-            "--appendonly", "no", "--dir", dir_.c_str(), "--logfile", log.c_str(), "--daemonize", "no",
-            static_cast<char*>(nullptr));
+    ::execl(server.c_str(), server.c_str(), "--port", "0", "--unixsocket", sock.c_str(), "--save", "", "--appendonly",
+            "no", "--dir", dir_.c_str(), "--logfile", log.c_str(), "--daemonize", "no", static_cast<char*>(nullptr));
     ::_exit(127);
   }
   if (server_ < 0) {

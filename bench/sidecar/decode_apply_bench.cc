@@ -4,12 +4,11 @@
 // which side bounds the pipeline; larder-bench-sidecar measures the whole.
 // Single-threaded.
 #include <benchmark/benchmark.h>
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <string>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "decoder.h"
 #include "larder/layout/clock.h"
@@ -86,7 +85,8 @@ void BM_Apply(benchmark::State& state) {
   auto writer = larder::Writer::open(name, bench_schema());
   larder::sidecar::Decoder decoder(bench_schema(), {});
   std::vector<larder::sidecar::DecodedBatch> batches(1000);
-  for (size_t m = 0; m < batches.size(); ++m) decoder.decode(message(updates, static_cast<int64_t>(m) * updates), batches[m]);
+  for (size_t m = 0; m < batches.size(); ++m)
+    decoder.decode(message(updates, static_cast<int64_t>(m) * updates), batches[m]);
   size_t m = 0;
   uint64_t stale = 0;
   larder::sidecar::RejectReason reason;
@@ -114,7 +114,8 @@ void BM_ApplyWithMetrics(benchmark::State& state) {
   larder::sidecar::Decoder decoder(bench_schema(), {});
   larder::sidecar::SidecarMetrics metrics;
   std::vector<larder::sidecar::DecodedBatch> batches(1000);
-  for (size_t m = 0; m < batches.size(); ++m) decoder.decode(message(updates, static_cast<int64_t>(m) * updates), batches[m]);
+  for (size_t m = 0; m < batches.size(); ++m)
+    decoder.decode(message(updates, static_cast<int64_t>(m) * updates), batches[m]);
   size_t m = 0;
   uint64_t stale = 0, applied = 0;
   larder::sidecar::RejectReason reason;

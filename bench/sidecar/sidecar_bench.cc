@@ -15,10 +15,12 @@
 // and a segment reader each get a thread with their own connection/mapping.
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
+#include <fmt/format.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -30,9 +32,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <CLI/CLI.hpp>
-#include <fmt/format.h>
 
 #include "amqp_url.h"
 #include "larder/client.h"
@@ -46,9 +45,9 @@ struct Options {
   std::string url;
   std::string password_env = "LARDER_BENCH_AMQP_PASSWORD";
   std::string password;
-  uint32_t messages = 50000;        // throughput: 1-update messages
-  uint32_t batch_messages = 2000;   // throughput: 100-update messages
-  double rate = 2000;               // latency: messages per second
+  uint32_t messages = 50000;       // throughput: 1-update messages
+  uint32_t batch_messages = 2000;  // throughput: 100-update messages
+  double rate = 2000;              // latency: messages per second
   double latency_seconds = 5;
   std::vector<std::string> queue_types = {"classic", "quorum"};
   std::string sidecar = LARDER_SIDECAR_BINARY;
@@ -69,7 +68,9 @@ class Conn {
     conn_ = amqp_new_connection();
     amqp_socket_t* s = amqp_tcp_socket_new(conn_);
     if (amqp_socket_open(s, url.host.c_str(), url.port) != AMQP_STATUS_OK) throw std::runtime_error("connect " + o.url);
-    rpc(amqp_login(conn_, url.vhost.c_str(), 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, url.user.c_str(), o.password.c_str()), "login");
+    rpc(amqp_login(conn_, url.vhost.c_str(), 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, url.user.c_str(),
+                   o.password.c_str()),
+        "login");
     amqp_channel_open(conn_, 1);
     rpc(amqp_get_rpc_reply(conn_), "channel.open");
   }
@@ -80,7 +81,8 @@ class Conn {
   amqp_connection_state_t get() { return conn_; }
 
   void rpc(amqp_rpc_reply_t r, const char* what) {
-    if (r.reply_type != AMQP_RESPONSE_NORMAL) throw std::runtime_error(fmt::format("{} failed ({})", what, static_cast<int>(r.reply_type)));
+    if (r.reply_type != AMQP_RESPONSE_NORMAL)
+      throw std::runtime_error(fmt::format("{} failed ({})", what, static_cast<int>(r.reply_type)));
   }
 
   // Declares the queue exactly as larder-sidecar does, so either may go first.
@@ -163,8 +165,8 @@ class Conn {
 };
 
 std::string update(const std::string& key, int64_t t, int64_t n) {
-  return fmt::format(R"({{"table":"t","key":"{}","event_time":{},"fields":{{"n":{},"x":{},"v":[{},0.5,-1,2]}}}})", key, t, n,
-                     static_cast<double>(n) * 0.5, n % 100);
+  return fmt::format(R"({{"table":"t","key":"{}","event_time":{},"fields":{{"n":{},"x":{},"v":[{},0.5,-1,2]}}}})", key,
+                     t, n, static_cast<double>(n) * 0.5, n % 100);
 }
 
 // Bare consumer: consumes `count` messages, acking each. Calls on_message
@@ -216,8 +218,9 @@ rabbitmq:
   prefetch: {prefetch}
 logging: {{level: warn}}
 )",
-                                          fmt::arg("name", name), fmt::arg("url", o.url), fmt::arg("env", o.password_env),
-                                          fmt::arg("type", type), fmt::arg("prefetch", o.prefetch));
+                                          fmt::arg("name", name), fmt::arg("url", o.url),
+                                          fmt::arg("env", o.password_env), fmt::arg("type", type),
+                                          fmt::arg("prefetch", o.prefetch));
     ::setenv(o.password_env.c_str(), o.password.c_str(), 1);
     pid_ = ::fork();
     if (pid_ == 0) {
@@ -299,7 +302,8 @@ void run_queue_type(const Options& o, const std::string& type) {
   // --- throughput: bare consumer, 1 update/message ---------------------------
   std::vector<std::string> single;
   single.reserve(o.messages);
-  for (uint32_t i = 0; i < o.messages; ++i) single.push_back(update(fmt::format("k{}", i % 10000), 1'700'000'000'000 + i, i));
+  for (uint32_t i = 0; i < o.messages; ++i)
+    single.push_back(update(fmt::format("k{}", i % 10000), 1'700'000'000'000 + i, i));
   const std::string bare_q = base + "-bare";
   admin.declare_sidecar_queue(bare_q, type);
   admin.publish_confirmed(bare_q, single);
@@ -325,7 +329,8 @@ void run_queue_type(const Options& o, const std::string& type) {
     std::string b = "[";
     for (uint32_t j = 0; j < 100; ++j) {
       const uint64_t i = static_cast<uint64_t>(m) * 100 + j;
-      b += (j ? "," : "") + update(fmt::format("k{}", i % 200000), 1'700'000'000'000 + static_cast<int64_t>(i), static_cast<int64_t>(i));
+      b += (j ? "," : "") +
+           update(fmt::format("k{}", i % 200000), 1'700'000'000'000 + static_cast<int64_t>(i), static_cast<int64_t>(i));
     }
     batches.push_back(b + "]");
   }
@@ -342,8 +347,10 @@ void run_queue_type(const Options& o, const std::string& type) {
 
   std::printf("\n## %s queue, prefetch %u\n\n", type.c_str(), o.prefetch);
   std::printf("| run | messages | updates/msg | messages/s | updates/s | vs bare msg/s |\n|---|---|---|---|---|---|\n");
-  std::printf("| bare rabbitmq-c consumer (ack each) | %u | 1 | %.0f | %.0f | 1.00 |\n", o.messages, bare_rate, bare_rate);
-  std::printf("| larder-sidecar | %u | 1 | %.0f | %.0f | %.2f |\n", o.messages, one_rate, one_rate, one_rate / bare_rate);
+  std::printf("| bare rabbitmq-c consumer (ack each) | %u | 1 | %.0f | %.0f | 1.00 |\n", o.messages, bare_rate,
+              bare_rate);
+  std::printf("| larder-sidecar | %u | 1 | %.0f | %.0f | %.2f |\n", o.messages, one_rate, one_rate,
+              one_rate / bare_rate);
   std::printf("| larder-sidecar | %u | 100 | %.0f | %.0f | %.2f |\n", o.batch_messages, batch_msg_rate,
               batch_msg_rate * 100, batch_msg_rate / bare_rate);
   std::fflush(stdout);
@@ -380,39 +387,40 @@ void run_queue_type(const Options& o, const std::string& type) {
     std::vector<std::atomic<int64_t>> stamps(count);
     std::vector<double> samples;
     {
-    Sidecar s(o, q, type);
-    std::atomic<bool> done{false};
-    std::thread reader([&] {
-      const larder::Table t = s.segment().table("t");
-      const larder::Field n = t.field("n");
-      larder::Row row = t.make_row();
-      int64_t last = -1;
-      while (!done.load(std::memory_order_relaxed)) {
-        if (t.get("lat", row).ok()) {
-          const int64_t seen = row.i64(n);
-          if (seen != last) {
-            samples.push_back((now_ns() - stamps[seen].load(std::memory_order_acquire)) / 1e3);
-            last = seen;
+      Sidecar s(o, q, type);
+      std::atomic<bool> done{false};
+      std::thread reader([&] {
+        const larder::Table t = s.segment().table("t");
+        const larder::Field n = t.field("n");
+        larder::Row row = t.make_row();
+        int64_t last = -1;
+        while (!done.load(std::memory_order_relaxed)) {
+          if (t.get("lat", row).ok()) {
+            const int64_t seen = row.i64(n);
+            if (seen != last) {
+              samples.push_back((now_ns() - stamps[seen].load(std::memory_order_acquire)) / 1e3);
+              last = seen;
+            }
           }
+          // Poll, do not spin: on a small host a spinning reader would take a
+          // core from the broker and the sidecar and distort the result.
+          std::this_thread::sleep_for(20us);
         }
-        // Poll, do not spin: on a small host a spinning reader would take a
-        // core from the broker and the sidecar and distort the result.
-        std::this_thread::sleep_for(20us);
-      }
-    });
-    std::this_thread::sleep_for(300ms);  // let the sidecar subscribe
-    paced_publish(o, q, count, epoch, stamps,
-                  [](uint64_t i) { return update("lat", 1'700'000'000'000 + static_cast<int64_t>(i), static_cast<int64_t>(i)); });
-    std::this_thread::sleep_for(500ms);
-    done = true;
-    reader.join();
+      });
+      std::this_thread::sleep_for(300ms);  // let the sidecar subscribe
+      paced_publish(o, q, count, epoch, stamps, [](uint64_t i) {
+        return update("lat", 1'700'000'000'000 + static_cast<int64_t>(i), static_cast<int64_t>(i));
+      });
+      std::this_thread::sleep_for(500ms);
+      done = true;
+      reader.join();
     }  // stops the sidecar before its queue goes away
     admin.delete_queues(q);
     side_lat = percentiles(std::move(samples));
   }
   std::printf("\n| latency at %.0f msg/s | samples | p50 µs | p99 µs | max µs |\n|---|---|---|---|---|\n", o.rate);
-  std::printf("| bare publish-to-consume | %zu | %.0f | %.0f | %.0f |\n", bare_lat.samples, bare_lat.p50_us, bare_lat.p99_us,
-              bare_lat.max_us);
+  std::printf("| bare publish-to-consume | %zu | %.0f | %.0f | %.0f |\n", bare_lat.samples, bare_lat.p50_us,
+              bare_lat.p99_us, bare_lat.max_us);
   std::printf("| sidecar publish-to-visible | %zu | %.0f | %.0f | %.0f |\n", side_lat.samples, side_lat.p50_us,
               side_lat.p99_us, side_lat.max_us);
   std::printf("\np99 ratio (sidecar / bare): %.2f\n", side_lat.p99_us / std::max(1.0, bare_lat.p99_us));
@@ -424,7 +432,8 @@ void run_queue_type(const Options& o, const std::string& type) {
 int main(int argc, char** argv) {
   Options o;
   CLI::App app{"larder-bench-sidecar: larder-sidecar throughput and latency against a bare rabbitmq-c consumer"};
-  app.add_option("--url", o.url, "broker, amqp://user@host:port/vhost (default: $LARDER_BENCH_AMQP_URL, then $LARDER_TEST_AMQP_URL)");
+  app.add_option("--url", o.url,
+                 "broker, amqp://user@host:port/vhost (default: $LARDER_BENCH_AMQP_URL, then $LARDER_TEST_AMQP_URL)");
   app.add_option("--password-env", o.password_env,
                  "environment variable holding the password (falls back to LARDER_TEST_AMQP_PASSWORD)")
       ->capture_default_str();
@@ -437,18 +446,25 @@ int main(int argc, char** argv) {
   app.add_option("--sidecar", o.sidecar, "larder-sidecar binary")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
-  auto env = [](const char* name) { const char* v = std::getenv(name); return v ? std::string(v) : std::string(); };
+  auto env = [](const char* name) {
+    const char* v = std::getenv(name);
+    return v ? std::string(v) : std::string();
+  };
   if (o.url.empty()) o.url = env("LARDER_BENCH_AMQP_URL");
   if (o.url.empty()) o.url = env("LARDER_TEST_AMQP_URL");
   o.password = env(o.password_env.c_str());
   if (o.password.empty()) o.password = env("LARDER_TEST_AMQP_PASSWORD");
   if (o.url.empty() || o.password.empty()) {
-    std::fprintf(stderr, "larder-bench-sidecar: no broker: pass --url and set %s (or source a broker.env from scripts/broker.sh)\n",
-                 o.password_env.c_str());
+    std::fprintf(
+        stderr,
+        "larder-bench-sidecar: no broker: pass --url and set %s (or source a broker.env from scripts/broker.sh)\n",
+        o.password_env.c_str());
     return 2;
   }
-  std::printf("# larder-sidecar benchmark\n\nbroker %s, %u messages x 1 update, %u messages x 100 updates, latency at %.0f msg/s for %.0f s\n",
-              o.url.c_str(), o.messages, o.batch_messages, o.rate, o.latency_seconds);
+  std::printf(
+      "# larder-sidecar benchmark\n\nbroker %s, %u messages x 1 update, %u messages x 100 updates, latency at %.0f "
+      "msg/s for %.0f s\n",
+      o.url.c_str(), o.messages, o.batch_messages, o.rate, o.latency_seconds);
   try {
     for (const std::string& type : o.queue_types) run_queue_type(o, type);
   } catch (const std::exception& e) {

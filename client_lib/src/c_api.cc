@@ -1,7 +1,5 @@
 // The C ABI over the C++ client. No exception crosses it: open functions
 // catch and return codes; the read functions are noexcept already.
-#include "larder/larder.h"
-
 #include <algorithm>
 #include <bit>
 #include <cstdint>
@@ -15,6 +13,7 @@
 #include <vector>
 
 #include "larder/client.h"
+#include "larder/larder.h"
 
 struct larder_segment {
   larder::Segment segment;
@@ -67,7 +66,8 @@ larder_read_result to_c(const larder::ReadResult& r) {
 extern "C" {
 
 int larder_open(const char* name, const char* dir, larder_segment** out, char* err, size_t errlen) {
-  if (out == nullptr || name == nullptr) return fail(LARDER_E_INVALID_ARGUMENT, "name and out are required", err, errlen);
+  if (out == nullptr || name == nullptr)
+    return fail(LARDER_E_INVALID_ARGUMENT, "name and out are required", err, errlen);
   *out = nullptr;
   return guarded(
       [&] {
@@ -101,8 +101,7 @@ int larder_writer_alive(const larder_segment* segment, int64_t max_heartbeat_age
   return segment->segment.writer_alive(max_heartbeat_age_ms) ? 1 : 0;
 }
 
-int larder_table_open(const larder_segment* segment, const char* name, larder_table** out, char* err,
-                      size_t errlen) {
+int larder_table_open(const larder_segment* segment, const char* name, larder_table** out, char* err, size_t errlen) {
   if (segment == nullptr || out == nullptr || name == nullptr) {
     return fail(LARDER_E_INVALID_ARGUMENT, "segment, name and out are required", err, errlen);
   }
@@ -140,12 +139,12 @@ int32_t larder_field_index(const larder_table* table, const char* name) {
 
 larder_read_result larder_get(const larder_table* table, const void* key, size_t key_len, void* row,
                               int64_t max_age_ms) {
-  return to_c(table->table.get(std::string_view(static_cast<const char*>(key), key_len),
-                               static_cast<uint64_t*>(row), larder::ReadOptions{max_age_ms}));
+  return to_c(table->table.get(std::string_view(static_cast<const char*>(key), key_len), static_cast<uint64_t*>(row),
+                               larder::ReadOptions{max_age_ms}));
 }
 
-void larder_get_many(const larder_table* table, const void* const* keys, const size_t* key_lens, size_t n,
-                     void* rows, larder_read_result* results, int64_t max_age_ms) {
+void larder_get_many(const larder_table* table, const void* const* keys, const size_t* key_lens, size_t n, void* rows,
+                     larder_read_result* results, int64_t max_age_ms) {
   const size_t row_words = table->table.row_words();
   auto* out = static_cast<uint64_t*>(rows);
   constexpr size_t kChunk = 64;
@@ -153,7 +152,8 @@ void larder_get_many(const larder_table* table, const void* const* keys, const s
   larder::ReadResult rs[kChunk];
   for (size_t base = 0; base < n; base += kChunk) {
     const size_t m = std::min(kChunk, n - base);
-    for (size_t i = 0; i < m; ++i) views[i] = std::string_view(static_cast<const char*>(keys[base + i]), key_lens[base + i]);
+    for (size_t i = 0; i < m; ++i)
+      views[i] = std::string_view(static_cast<const char*>(keys[base + i]), key_lens[base + i]);
     table->table.get_many(std::span<const std::string_view>(views, m), out + base * row_words,
                           std::span<larder::ReadResult>(rs, m), larder::ReadOptions{max_age_ms});
     for (size_t i = 0; i < m; ++i) results[base + i] = to_c(rs[i]);
@@ -350,10 +350,10 @@ constexpr size_t kValidityWord = larder::layout::kSlotHeaderWords - larder::layo
 
 // Where one requested field sits in a row buffer, resolved once per call.
 struct Cell {
-  uint32_t offset = 0;      // bytes from the start of the row buffer
-  uint32_t validity = 0;    // word of the row buffer holding its validity bit
-  uint64_t mask = 0;        // its bit; 0: no such field of this kind (always missing)
-  uint32_t count = 0;       // vector dimensions
+  uint32_t offset = 0;    // bytes from the start of the row buffer
+  uint32_t validity = 0;  // word of the row buffer holding its validity bit
+  uint64_t mask = 0;      // its bit; 0: no such field of this kind (always missing)
+  uint32_t count = 0;     // vector dimensions
   larder::FieldType type = larder::FieldType::kInt64;
 };
 
@@ -411,19 +411,18 @@ bool is_vector_field(const larder::Table& table, uint32_t field) {
 
 extern "C" {
 
-int larder_gather_f64(const larder_table* table, const char* key_bytes, size_t key_len,
-                      const uint64_t* key_offsets, size_t key_width, size_t n, const uint32_t* fields,
-                      size_t nfields, double* out, int32_t* status, int64_t* event_time_ms, int64_t max_age_ms,
-                      double missing_value) {
+int larder_gather_f64(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
+                      size_t key_width, size_t n, const uint32_t* fields, size_t nfields, double* out, int32_t* status,
+                      int64_t* event_time_ms, int64_t max_age_ms, double missing_value) {
   return larder_gather(table, key_bytes, key_len, key_offsets, key_width, n, fields, nfields, out, missing_value,
                        nullptr, 0, nullptr, 0.0f, status, event_time_ms, max_age_ms);
 }
 
-int larder_gather_vector(const larder_table* table, const char* key_bytes, size_t key_len,
-                         const uint64_t* key_offsets, size_t key_width, size_t n, uint32_t field, float* out,
-                         int32_t* status, int64_t* event_time_ms, int64_t max_age_ms, float missing_value) {
-  return larder_gather(table, key_bytes, key_len, key_offsets, key_width, n, nullptr, 0, nullptr, 0.0, &field, 1,
-                       out, missing_value, status, event_time_ms, max_age_ms);
+int larder_gather_vector(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
+                         size_t key_width, size_t n, uint32_t field, float* out, int32_t* status,
+                         int64_t* event_time_ms, int64_t max_age_ms, float missing_value) {
+  return larder_gather(table, key_bytes, key_len, key_offsets, key_width, n, nullptr, 0, nullptr, 0.0, &field, 1, out,
+                       missing_value, status, event_time_ms, max_age_ms);
 }
 
 int larder_gather(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,

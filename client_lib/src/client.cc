@@ -5,10 +5,9 @@
 // touches only the caller's buffers and the read-only mapping.
 #include "larder/client.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
-
-#include <algorithm>
 
 #include "larder/layout/clock.h"
 #include "larder/layout/schema.h"
@@ -109,7 +108,8 @@ Table Segment::table(std::string_view name) const {
     tab.name_ = std::string(name);
     tab.max_retries_ = options_.max_retries;
     tab.field_names_.reserve(d.field_count);
-    for (uint32_t f = 0; f < d.field_count; ++f) tab.field_names_.emplace_back(fixed_name(field_descriptor(base, d, f).name));
+    for (uint32_t f = 0; f < d.field_count; ++f)
+      tab.field_names_.emplace_back(fixed_name(field_descriptor(base, d, f).name));
     for (uint32_t f = 0; f < d.field_count; ++f) {
       const FieldDescriptor& fd = field_descriptor(base, d, f);
       tab.fields_.push_back(Field{fd.index, static_cast<FieldType>(fd.type), fd.count, fd.offset, tab.field_names_[f]});
@@ -118,8 +118,8 @@ Table Segment::table(std::string_view name) const {
   }
   std::string have;
   for (const std::string& n : table_names()) have += (have.empty() ? "" : ", ") + n;
-  throw Error(ErrorCode::kNotFound, "segment \"" + name_ + "\" has no table \"" + std::string(name) +
-                                        "\" (tables: " + have + ")");
+  throw Error(ErrorCode::kNotFound,
+              "segment \"" + name_ + "\" has no table \"" + std::string(name) + "\" (tables: " + have + ")");
 }
 
 SegmentInfo Segment::info() const noexcept {
@@ -150,8 +150,8 @@ bool Segment::writer_alive(int64_t max_heartbeat_age_ms) const noexcept {
 }
 
 bool Segment::retired() const noexcept {
-  return mapping_ && mapping_->header->state.load(std::memory_order_acquire) ==
-                         static_cast<uint32_t>(SegmentState::kRetired);
+  return mapping_ &&
+         mapping_->header->state.load(std::memory_order_acquire) == static_cast<uint32_t>(SegmentState::kRetired);
 }
 
 // ---------------------------------------------------------------------------
@@ -171,8 +171,8 @@ Field Table::field(std::string_view name, FieldType expected) const {
   Field f = field(name);
   if (f.type != expected) {
     throw Error(ErrorCode::kSchemaMismatch, "field \"" + name_ + "." + std::string(name) + "\" is " +
-                                               field_type_name(f.type) + ", the reader expects " +
-                                               field_type_name(expected));
+                                                field_type_name(f.type) + ", the reader expects " +
+                                                field_type_name(expected));
   }
   return f;
 }

@@ -44,8 +44,8 @@ bool parse_field_type(std::string_view text, FieldType* out) {
 bool valid_identifier(std::string_view name) {
   if (name.empty() || name.size() > kMaxNameLength || name[0] == '.' || name[0] == '-') return false;
   for (char c : name) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-              c == '.' || c == '-';
+    bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
     if (!ok) return false;
   }
   return true;
@@ -77,8 +77,8 @@ uint32_t field_align(FieldType type) {
 
 void Schema::validate() const {
   if (tables.empty()) invalid("schema: at least one table is required");
-  if (tables.size() > kMaxTables) invalid("schema: " + std::to_string(tables.size()) + " tables, at most " +
-                                          std::to_string(kMaxTables));
+  if (tables.size() > kMaxTables)
+    invalid("schema: " + std::to_string(tables.size()) + " tables, at most " + std::to_string(kMaxTables));
   std::set<std::string> table_names;
   for (const TableSpec& t : tables) {
     const std::string where = "table \"" + t.name + "\"";
@@ -120,10 +120,8 @@ void Schema::validate() const {
         case FieldType::kInt64:
         case FieldType::kFloat64:
         case FieldType::kFloat32:
-        case FieldType::kBool:
-          break;
-        default:
-          invalid(fwhere + ": unknown type " + std::to_string(static_cast<uint32_t>(f.type)));
+        case FieldType::kBool: break;
+        default: invalid(fwhere + ": unknown type " + std::to_string(static_cast<uint32_t>(f.type)));
       }
     }
   }
@@ -132,9 +130,8 @@ void Schema::validate() const {
 uint64_t Schema::fingerprint() const {
   std::string canon = "larder-schema-v1\n";
   for (const TableSpec& t : tables) {
-    canon += "table " + t.name + " key " + std::to_string(t.key_max_len) + " capacity " +
-             std::to_string(t.capacity) + " load " +
-             std::to_string(static_cast<uint64_t>(std::llround(t.max_load_factor * 1e6))) + "\n";
+    canon += "table " + t.name + " key " + std::to_string(t.key_max_len) + " capacity " + std::to_string(t.capacity) +
+             " load " + std::to_string(static_cast<uint64_t>(std::llround(t.max_load_factor * 1e6))) + "\n";
     for (const FieldSpec& f : t.fields) {
       canon += " field " + f.name + " " + field_type_name(f.type) + " " + std::to_string(f.count) + "\n";
     }

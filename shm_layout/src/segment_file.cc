@@ -1,20 +1,20 @@
 // Segment names, mappings (Boost.Interprocess) and header validation.
 #include "larder/layout/segment_file.h"
 
-#include "larder/layout/schema.h"
-
 #include <grp.h>
 #include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/interprocess/exceptions.hpp>
 #include <boost/interprocess/file_mapping.hpp>
 #include <boost/interprocess/mapped_region.hpp>
-#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
+
+#include "larder/layout/schema.h"
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -40,8 +40,8 @@ void validate_segment_name(std::string_view name) {
   if (name.empty() || name.size() > 200) bad("must be 1..200 characters");
   if (name[0] == '.' || name[0] == '-') bad("must not start with '.' or '-'");
   for (char c : name) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-              c == '.' || c == '-';
+    bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
     if (!ok) bad("only [A-Za-z0-9_.-] are allowed");
   }
   if (name.size() >= 5 && name.substr(name.size() - 5) == ".lock") bad("must not end in \".lock\"");
@@ -117,14 +117,14 @@ MappedFile::~MappedFile() = default;
 
 namespace {
 
-std::unique_ptr<MappedFile::Region> map_region(const std::string& path, std::string_view name, bool write,
-                                               void** data, size_t* size) {
+std::unique_ptr<MappedFile::Region> map_region(const std::string& path, std::string_view name, bool write, void** data,
+                                               size_t* size) {
   auto region = map_file(path, name, write);
   *data = region->region.get_address();
   *size = region->region.get_size();
   if (*size < sizeof(SegmentHeader)) {
-    throw Error(ErrorCode::kCorrupt, "segment \"" + std::string(name) + "\" at " + path + ": " +
-                                         std::to_string(*size) + " bytes is too small to be a Larder segment");
+    throw Error(ErrorCode::kCorrupt, "segment \"" + std::string(name) + "\" at " + path + ": " + std::to_string(*size) +
+                                         " bytes is too small to be a Larder segment");
   }
   return region;
 }
@@ -205,8 +205,7 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
   if (h.abi_signature != abi_signature()) {
     char buf[160];
     std::snprintf(buf, sizeof buf, " has ABI signature %016llx, this build expects %016llx",
-                  static_cast<unsigned long long>(h.abi_signature),
-                  static_cast<unsigned long long>(abi_signature()));
+                  static_cast<unsigned long long>(h.abi_signature), static_cast<unsigned long long>(abi_signature()));
     throw Error(ErrorCode::kVersionMismatch, seg + buf + ": rebuild reader and writer from the same release");
   }
   const auto state = static_cast<SegmentState>(h.state.load(std::memory_order_acquire));
@@ -246,7 +245,8 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
     }
     for (uint32_t f = 0; f < t.field_count; ++f) {
       const FieldDescriptor& fd = field_descriptor(base, t, f);
-      if (fd.name[kNameBytes - 1] != '\0' || fd.name[0] == '\0') corrupt(tw + "field " + std::to_string(f) + " bad name");
+      if (fd.name[kNameBytes - 1] != '\0' || fd.name[0] == '\0')
+        corrupt(tw + "field " + std::to_string(f) + " bad name");
       if (fd.index != f || uint64_t{fd.offset} + fd.bytes > t.row_bytes) {
         corrupt(tw + "field " + std::to_string(f) + " outside the row");
       }

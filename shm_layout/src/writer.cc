@@ -14,17 +14,17 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/file.h>
 #include <sys/stat.h>
-#include <linux/magic.h>
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cmath>
 #include <atomic>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
@@ -155,10 +155,10 @@ struct Writer::Impl {
   };
 
   struct Probe {
-    uint64_t found = kNone;            // slot holding the key (live or tombstone)
-    uint64_t empty = kNone;            // first empty slot, ending the chain
-    uint64_t tombstone = kNone;        // first tombstone of another key
-    uint64_t expired = kNone;          // first tombstone past its retention
+    uint64_t found = kNone;      // slot holding the key (live or tombstone)
+    uint64_t empty = kNone;      // first empty slot, ending the chain
+    uint64_t tombstone = kNone;  // first tombstone of another key
+    uint64_t expired = kNone;    // first tombstone past its retention
   };
 
   Probe probe(const TableState& ts, uint64_t hash, int64_t now_ns) const {
@@ -176,7 +176,8 @@ struct Writer::Impl {
       if ((meta & ~kMetaStateMask) == (hash & ~kMetaStateMask) &&
           (sync::load_relaxed(s[kSlotKeyLenWord]) & 0xffffffffu) == packed.length) {
         bool same = true;
-        for (uint32_t w = 0; same && w < packed.word_count; ++w) same = sync::load_relaxed(s[key_at + w]) == packed.words[w];
+        for (uint32_t w = 0; same && w < packed.word_count; ++w)
+          same = sync::load_relaxed(s[key_at + w]) == packed.words[w];
         if (same) {
           p.found = i;
           return p;
@@ -315,8 +316,7 @@ void Writer::Impl::acquire_lock() {
         }
       } catch (const Error&) {
       }
-      throw Error(ErrorCode::kWriterLocked, "segment \"" + name + "\" in " + dir +
-                                                " already has a writer" + holder +
+      throw Error(ErrorCode::kWriterLocked, "segment \"" + name + "\" in " + dir + " already has a writer" + holder +
                                                 ": one sidecar per segment; stop the other one or pick another name");
     }
     errno = err;
@@ -346,8 +346,8 @@ void Writer::Impl::create(bool replace_existing) {
   const uint64_t avail = uint64_t{vfs.f_bavail} * vfs.f_frsize;
   if (avail < plan.segment_bytes + kSpaceMargin) {
     throw Error(ErrorCode::kNoSpace,
-                "segment \"" + name + "\" needs " + std::to_string(plan.segment_bytes) + " bytes but " + dir +
-                    " has " + std::to_string(avail) +
+                "segment \"" + name + "\" needs " + std::to_string(plan.segment_bytes) + " bytes but " + dir + " has " +
+                    std::to_string(avail) +
                     " free: enlarge it (docker --shm-size, Kubernetes emptyDir sizeLimit, mount -o remount,size=) "
                     "or lower the tables' capacity");
   }

@@ -4,17 +4,16 @@
 
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <fmt/format.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
 #include <cassert>
 #include <cmath>
 #include <vector>
-
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 namespace larder::sidecar {
 namespace {
@@ -109,14 +108,13 @@ std::unique_ptr<AmqpSession> AmqpSession::connect(const RabbitConfig& config, co
 
 void AmqpSession::throw_reply(SessionFailure failure, const std::string& what, const amqp_rpc_reply_t& reply) {
   switch (reply.reply_type) {
-    case AMQP_RESPONSE_NORMAL:
-      break;
-    case AMQP_RESPONSE_NONE:
-      throw SessionError(failure, what + ": no reply from the broker");
+    case AMQP_RESPONSE_NORMAL: break;
+    case AMQP_RESPONSE_NONE: throw SessionError(failure, what + ": no reply from the broker");
     case AMQP_RESPONSE_LIBRARY_EXCEPTION: {
-      const SessionFailure f = failure == SessionFailure::kConnect || failure == SessionFailure::kTopology
-                                   ? (reply.library_error == AMQP_STATUS_HEARTBEAT_TIMEOUT ? SessionFailure::kHeartbeatTimeout : failure)
-                                   : failure_of_status(reply.library_error);
+      const SessionFailure f =
+          failure == SessionFailure::kConnect || failure == SessionFailure::kTopology
+              ? (reply.library_error == AMQP_STATUS_HEARTBEAT_TIMEOUT ? SessionFailure::kHeartbeatTimeout : failure)
+              : failure_of_status(reply.library_error);
       throw SessionError(f, fmt::format("{}: {}", what, amqp_error_string2(reply.library_error)));
     }
     case AMQP_RESPONSE_SERVER_EXCEPTION:
@@ -128,9 +126,9 @@ void AmqpSession::throw_reply(SessionFailure failure, const std::string& what, c
       }
       if (reply.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
         const auto* m = static_cast<const amqp_channel_close_t*>(reply.reply.decoded);
-        throw SessionError(failure == SessionFailure::kTopology ? failure : SessionFailure::kChannelClosed,
-                           fmt::format("{}: broker closed the channel: {} {}", what, m->reply_code,
-                                       bytes_to_string(m->reply_text)));
+        throw SessionError(
+            failure == SessionFailure::kTopology ? failure : SessionFailure::kChannelClosed,
+            fmt::format("{}: broker closed the channel: {} {}", what, m->reply_code, bytes_to_string(m->reply_text)));
       }
       throw SessionError(failure, fmt::format("{}: unexpected server method 0x{:08x}", what, reply.reply.id));
   }
@@ -159,13 +157,16 @@ void AmqpSession::open() {
     if (socket == nullptr) throw SessionError(SessionFailure::kConnect, "cannot create a TLS socket");
     amqp_ssl_socket_set_verify_peer(socket, config_.tls.verify_peer ? 1 : 0);
     amqp_ssl_socket_set_verify_hostname(socket, config_.tls.verify_hostname ? 1 : 0);
-    if (!config_.tls.ca_file.empty() && amqp_ssl_socket_set_cacert(socket, config_.tls.ca_file.c_str()) != AMQP_STATUS_OK) {
-      throw SessionError(SessionFailure::kConnect, fmt::format("rabbitmq.tls.ca_file: cannot load \"{}\"", config_.tls.ca_file));
+    if (!config_.tls.ca_file.empty() &&
+        amqp_ssl_socket_set_cacert(socket, config_.tls.ca_file.c_str()) != AMQP_STATUS_OK) {
+      throw SessionError(SessionFailure::kConnect,
+                         fmt::format("rabbitmq.tls.ca_file: cannot load \"{}\"", config_.tls.ca_file));
     }
-    if (!config_.tls.cert_file.empty() &&
-        amqp_ssl_socket_set_key(socket, config_.tls.cert_file.c_str(), config_.tls.key_file.c_str()) != AMQP_STATUS_OK) {
-      throw SessionError(SessionFailure::kConnect, fmt::format("rabbitmq.tls: cannot load cert_file \"{}\" / key_file \"{}\"",
-                                                               config_.tls.cert_file, config_.tls.key_file));
+    if (!config_.tls.cert_file.empty() && amqp_ssl_socket_set_key(socket, config_.tls.cert_file.c_str(),
+                                                                  config_.tls.key_file.c_str()) != AMQP_STATUS_OK) {
+      throw SessionError(SessionFailure::kConnect,
+                         fmt::format("rabbitmq.tls: cannot load cert_file \"{}\" / key_file \"{}\"",
+                                     config_.tls.cert_file, config_.tls.key_file));
     }
   } else {
     socket = amqp_tcp_socket_new(conn_);
@@ -175,8 +176,8 @@ void AmqpSession::open() {
   timeval connect_timeout = to_timeval(config_.rpc_timeout_s);
   const int status = amqp_socket_open_noblock(socket, config_.url.host.c_str(), config_.url.port, &connect_timeout);
   if (status != AMQP_STATUS_OK) {
-    throw SessionError(SessionFailure::kConnect, fmt::format("connect to {}:{}: {}", config_.url.host,
-                                                             config_.url.port, amqp_error_string2(status)));
+    throw SessionError(SessionFailure::kConnect, fmt::format("connect to {}:{}: {}", config_.url.host, config_.url.port,
+                                                             amqp_error_string2(status)));
   }
   // TCP keepalive: a fallback for rabbitmq-c's partial heartbeat support.
   const int fd = amqp_get_sockfd(conn_);
@@ -226,9 +227,10 @@ void AmqpSession::declare_topology() {
   if (dead_letters) {
     // The dead-letter exchange is a fanout: every rejected message reaches the
     // dead-letter queue whatever its routing key.
-    amqp_exchange_declare(conn_, kChannel, bytes_of(config_.dead_letter.exchange), amqp_cstring_bytes("fanout"), 0, 1, 0, 0,
-                          amqp_empty_table);
-    check_rpc(SessionFailure::kTopology, fmt::format("declare dead-letter exchange \"{}\"", config_.dead_letter.exchange));
+    amqp_exchange_declare(conn_, kChannel, bytes_of(config_.dead_letter.exchange), amqp_cstring_bytes("fanout"), 0, 1,
+                          0, 0, amqp_empty_table);
+    check_rpc(SessionFailure::kTopology,
+              fmt::format("declare dead-letter exchange \"{}\"", config_.dead_letter.exchange));
     const std::string dlq_type = q.type == QueueType::kQuorum ? "quorum" : "classic";
     amqp_table_entry_t dlq_args[] = {utf8_entry("x-queue-type", dlq_type)};
     amqp_queue_declare(conn_, kChannel, bytes_of(config_.dead_letter.queue), 0, 1, 0, 0, amqp_table_t{1, dlq_args});
@@ -298,8 +300,7 @@ ConsumeEvent AmqpSession::handle_other_frame() {
   }
   switch (frame.payload.method.id) {
     case AMQP_BASIC_ACK_METHOD:
-    case AMQP_BASIC_NACK_METHOD:
-      return ConsumeEvent::kHandled;  // publisher confirms: we do not publish
+    case AMQP_BASIC_NACK_METHOD: return ConsumeEvent::kHandled;  // publisher confirms: we do not publish
     case AMQP_BASIC_RETURN_METHOD: {
       amqp_message_t message;
       const amqp_rpc_reply_t r = amqp_read_message(conn_, frame.channel, &message, 0);
@@ -309,7 +310,8 @@ ConsumeEvent AmqpSession::handle_other_frame() {
     }
     case AMQP_CHANNEL_CLOSE_METHOD: {
       const auto* m = static_cast<const amqp_channel_close_t*>(frame.payload.method.decoded);
-      const std::string text = fmt::format("broker closed the channel: {} {}", m->reply_code, bytes_to_string(m->reply_text));
+      const std::string text =
+          fmt::format("broker closed the channel: {} {}", m->reply_code, bytes_to_string(m->reply_text));
       amqp_channel_close_ok_t ok{};
       amqp_send_method(conn_, frame.channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
       channel_open_ = false;
@@ -317,7 +319,8 @@ ConsumeEvent AmqpSession::handle_other_frame() {
     }
     case AMQP_CONNECTION_CLOSE_METHOD: {
       const auto* m = static_cast<const amqp_connection_close_t*>(frame.payload.method.decoded);
-      const std::string text = fmt::format("broker closed the connection: {} {}", m->reply_code, bytes_to_string(m->reply_text));
+      const std::string text =
+          fmt::format("broker closed the connection: {} {}", m->reply_code, bytes_to_string(m->reply_text));
       amqp_connection_close_ok_t ok{};
       amqp_send_method(conn_, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
       channel_open_ = false;
@@ -326,16 +329,14 @@ ConsumeEvent AmqpSession::handle_other_frame() {
     case AMQP_BASIC_CANCEL_METHOD: {
       const auto* m = static_cast<const amqp_basic_cancel_t*>(frame.payload.method.decoded);
       if (cancel_sent_) return ConsumeEvent::kHandled;  // crossed with our own cancel
-      throw SessionError(SessionFailure::kConsumerCancelled,
-                         fmt::format("the broker cancelled consumer \"{}\" (queue \"{}\" deleted, or its node went down)",
-                                     bytes_to_string(m->consumer_tag), config_.queue.name));
+      throw SessionError(
+          SessionFailure::kConsumerCancelled,
+          fmt::format("the broker cancelled consumer \"{}\" (queue \"{}\" deleted, or its node went down)",
+                      bytes_to_string(m->consumer_tag), config_.queue.name));
     }
-    case AMQP_BASIC_CANCEL_OK_METHOD:
-      return ConsumeEvent::kHandled;
-    case AMQP_CONNECTION_BLOCKED_METHOD:
-      return ConsumeEvent::kBlocked;
-    case AMQP_CONNECTION_UNBLOCKED_METHOD:
-      return ConsumeEvent::kUnblocked;
+    case AMQP_BASIC_CANCEL_OK_METHOD: return ConsumeEvent::kHandled;
+    case AMQP_CONNECTION_BLOCKED_METHOD: return ConsumeEvent::kBlocked;
+    case AMQP_CONNECTION_UNBLOCKED_METHOD: return ConsumeEvent::kUnblocked;
     default:
       spdlog::debug("amqp: ignoring method 0x{:08x} on channel {}", frame.payload.method.id, frame.channel);
       return ConsumeEvent::kHandled;

@@ -21,21 +21,20 @@
 namespace larder::sidecar {
 
 enum class SessionFailure : uint8_t {
-  kConnect = 0,           // TCP/TLS connect or login failed
-  kTopology,              // a declare/bind/qos/consume was refused
-  kSocket,                // socket error, EOF, or TLS failure while connected
-  kHeartbeatTimeout,      // the broker went silent for two heartbeat intervals
-  kChannelClosed,         // the broker closed our channel (reply code in the message)
-  kConnectionClosed,      // the broker closed the connection
-  kConsumerCancelled,     // the broker cancelled our consumer (queue deleted, node down)
-  kProtocol,              // an unexpected frame or library error
+  kConnect = 0,        // TCP/TLS connect or login failed
+  kTopology,           // a declare/bind/qos/consume was refused
+  kSocket,             // socket error, EOF, or TLS failure while connected
+  kHeartbeatTimeout,   // the broker went silent for two heartbeat intervals
+  kChannelClosed,      // the broker closed our channel (reply code in the message)
+  kConnectionClosed,   // the broker closed the connection
+  kConsumerCancelled,  // the broker cancelled our consumer (queue deleted, node down)
+  kProtocol,           // an unexpected frame or library error
 };
 const char* session_failure_name(SessionFailure f) noexcept;
 
 class SessionError : public std::runtime_error {
  public:
-  SessionError(SessionFailure failure, const std::string& message)
-      : std::runtime_error(message), failure_(failure) {}
+  SessionError(SessionFailure failure, const std::string& message) : std::runtime_error(message), failure_(failure) {}
   SessionFailure failure() const noexcept { return failure_; }
 
  private:

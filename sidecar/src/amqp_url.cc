@@ -33,8 +33,8 @@ bool percent_decode(std::string_view in, std::string* out) {
 std::string percent_encode(std::string_view in) {
   std::string out;
   for (unsigned char c : in) {
-    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
-        c == '_' || c == '.' || c == '~') {
+    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
+        c == '.' || c == '~') {
       out.push_back(static_cast<char>(c));
     } else {
       out += fmt::format("%{:02X}", c);
@@ -47,8 +47,8 @@ std::string percent_encode(std::string_view in) {
 
 std::string AmqpUrl::to_string() const {
   const bool v6 = host.find(':') != std::string::npos;
-  return fmt::format("{}://{}@{}{}{}:{}/{}", tls ? "amqps" : "amqp", percent_encode(user), v6 ? "[" : "",
-                     host, v6 ? "]" : "", port, vhost == "/" ? std::string() : percent_encode(vhost));
+  return fmt::format("{}://{}@{}{}{}:{}/{}", tls ? "amqps" : "amqp", percent_encode(user), v6 ? "[" : "", host,
+                     v6 ? "]" : "", port, vhost == "/" ? std::string() : percent_encode(vhost));
 }
 
 bool parse_amqp_url(std::string_view text, AmqpUrl* out, std::string* error) {
@@ -76,8 +76,9 @@ bool parse_amqp_url(std::string_view text, AmqpUrl* out, std::string* error) {
   if (at != std::string_view::npos) {
     const std::string_view userinfo = authority.substr(0, at);
     if (userinfo.find(':') != std::string_view::npos) {
-      *error = "contains a password; remove it from the URL (it would show in process listings, logs "
-               "and config backups) and set rabbitmq.password_env or rabbitmq.password_file";
+      *error =
+          "contains a password; remove it from the URL (it would show in process listings, logs "
+          "and config backups) and set rabbitmq.password_env or rabbitmq.password_file";
       return false;
     }
     if (userinfo.empty() || !percent_decode(userinfo, &url.user)) {

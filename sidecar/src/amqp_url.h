@@ -11,10 +11,10 @@
 namespace larder::sidecar {
 
 struct AmqpUrl {
-  bool tls = false;          // amqps://
+  bool tls = false;  // amqps://
   std::string user = "guest";
   std::string host;
-  uint16_t port = 5672;      // 5671 for amqps:// unless given
+  uint16_t port = 5672;  // 5671 for amqps:// unless given
   std::string vhost = "/";
 
   // amqps://user@host:port/vhost with the vhost percent-encoded; safe to log.

@@ -1,8 +1,10 @@
 // YAML config loading and validation (see config.h). Main thread, at start.
 #include "config.h"
 
-#include <unistd.h>
+#include <fmt/format.h>
 #include <sys/stat.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -11,9 +13,6 @@
 #include <optional>
 #include <set>
 #include <sstream>
-
-#include <fmt/format.h>
-#include <yaml-cpp/yaml.h>
 
 #include "larder/layout/error.h"
 
@@ -74,7 +73,8 @@ class MapNode {
     if (!has(key)) return fallback;
     bool out;
     if (!node_[key].IsScalar() || !YAML::convert<bool>::decode(node_[key], out)) {
-      fail(child(key), fmt::format("expected true or false, got \"{}\"", node_[key].IsScalar() ? node_[key].Scalar() : "?"));
+      fail(child(key),
+           fmt::format("expected true or false, got \"{}\"", node_[key].IsScalar() ? node_[key].Scalar() : "?"));
     }
     return out;
   }
@@ -88,7 +88,8 @@ class MapNode {
     bool ok = !s.empty() && s.size() <= 19;
     for (char c : s) ok = ok && c >= '0' && c <= '9';
     if (ok) v = std::stoull(s);
-    if (!ok || v < min || v > max) fail(child(key), fmt::format("expected an integer in [{}, {}], got \"{}\"", min, max, s));
+    if (!ok || v < min || v > max)
+      fail(child(key), fmt::format("expected an integer in [{}, {}], got \"{}\"", min, max, s));
     return v;
   }
   double number(const char* key, double fallback, double min, double max, bool min_exclusive = false) const {
@@ -99,7 +100,9 @@ class MapNode {
     v = std::strtod(s.c_str(), &end);
     const bool ok = !s.empty() && end == s.c_str() + s.size() && std::isfinite(v) &&
                     (min_exclusive ? v > min : v >= min) && v <= max;
-    if (!ok) fail(child(key), fmt::format("expected a number in {}{}, {}], got \"{}\"", min_exclusive ? "(" : "[", min, max, s));
+    if (!ok)
+      fail(child(key),
+           fmt::format("expected a number in {}{}, {}], got \"{}\"", min_exclusive ? "(" : "[", min, max, s));
     return v;
   }
 
@@ -138,7 +141,8 @@ SegmentConfig parse_segment(const YAML::Node& node) {
   SegmentConfig s;
   s.name = m.str("name");
   if (!layout::valid_identifier(s.name)) {
-    fail(m.child("name"), fmt::format("\"{}\" is not a valid name ([A-Za-z0-9_.-], 1..63 bytes, not starting with '.' or '-')", s.name));
+    fail(m.child("name"),
+         fmt::format("\"{}\" is not a valid name ([A-Za-z0-9_.-], 1..63 bytes, not starting with '.' or '-')", s.name));
   }
   s.dir = m.str("dir", "/dev/shm");
   if (s.dir.empty() || s.dir[0] != '/') fail(m.child("dir"), "must be an absolute path");
@@ -149,7 +153,8 @@ SegmentConfig parse_segment(const YAML::Node& node) {
     ok = ok && c >= '0' && c <= '7';
     v = v * 8 + static_cast<uint32_t>(c - '0');
   }
-  if (!ok || v > 0777) fail(m.child("mode"), fmt::format("expected an octal file mode such as \"0640\", got \"{}\"", mode));
+  if (!ok || v > 0777)
+    fail(m.child("mode"), fmt::format("expected an octal file mode such as \"0640\", got \"{}\"", mode));
   if ((v & 0600) != 0600) fail(m.child("mode"), "the owner (the sidecar) needs read and write: use 06x0");
   s.mode = v;
   return s;
@@ -177,7 +182,8 @@ TableConfig parse_table(const YAML::Node& node, const std::string& path) {
     if (!names.insert(spec.name).second) fail(f.child("name"), fmt::format("duplicate field \"{}\"", spec.name));
     const std::string type = f.str("type");
     if (!layout::parse_field_type(type, &spec.type)) {
-      fail(f.child("type"), fmt::format("unknown type \"{}\" (expected int64, float64, float32, bool, vector, string)", type));
+      fail(f.child("type"),
+           fmt::format("unknown type \"{}\" (expected int64, float64, float32, bool, vector, string)", type));
     }
     if (spec.type == layout::FieldType::kFloat32Vector) {
       spec.count = static_cast<uint32_t>(f.integer("dims", std::nullopt, 1, layout::kMaxVectorDims));
@@ -192,7 +198,8 @@ TableConfig parse_table(const YAML::Node& node, const std::string& path) {
     t.spec.fields.push_back(std::move(spec));
   });
   if (t.spec.fields.empty()) fail(m.child("fields"), "a table needs at least one field");
-  if (t.spec.fields.size() > layout::kMaxFields) fail(m.child("fields"), fmt::format("at most {} fields", layout::kMaxFields));
+  if (t.spec.fields.size() > layout::kMaxFields)
+    fail(m.child("fields"), fmt::format("at most {} fields", layout::kMaxFields));
   return t;
 }
 
@@ -214,7 +221,8 @@ QueueConfig parse_queue(const YAML::Node& node, const std::string& path) {
     fail(m.child("type"), fmt::format("unknown queue type \"{}\" (expected quorum, classic or stream)", type));
   }
   q.durable = m.boolean("durable", true);
-  if (!q.durable && q.type != QueueType::kClassic) fail(m.child("durable"), fmt::format("{} queues are always durable", type));
+  if (!q.durable && q.type != QueueType::kClassic)
+    fail(m.child("durable"), fmt::format("{} queues are always durable", type));
   if (m.has("delivery_limit") && q.type != QueueType::kQuorum) {
     fail(m.child("delivery_limit"), "only quorum queues have a delivery limit");
   }
@@ -225,7 +233,9 @@ QueueConfig parse_queue(const YAML::Node& node, const std::string& path) {
     if (q.stream_offset != "first" && q.stream_offset != "last" && q.stream_offset != "next") {
       bool digits = !q.stream_offset.empty() && q.stream_offset.size() <= 18;
       for (char c : q.stream_offset) digits = digits && c >= '0' && c <= '9';
-      if (!digits) fail(m.child("stream_offset"), fmt::format("expected first, last, next or an offset number, got \"{}\"", q.stream_offset));
+      if (!digits)
+        fail(m.child("stream_offset"),
+             fmt::format("expected first, last, next or an offset number, got \"{}\"", q.stream_offset));
       q.stream_offset_is_number = true;
       q.stream_offset_number = std::stoll(q.stream_offset);
     }
@@ -257,8 +267,9 @@ RabbitConfig parse_rabbitmq(const YAML::Node& node, const std::string& segment_n
     r.password = read_file_trimmed(file, m.child("password_file"));
     r.password_source = "file " + file;
   } else {
-    fail("rabbitmq", "set password_env (name of an environment variable) or password_file (a file holding "
-                     "the password); passwords are never taken from the URL or the command line");
+    fail("rabbitmq",
+         "set password_env (name of an environment variable) or password_file (a file holding "
+         "the password); passwords are never taken from the URL or the command line");
   }
 
   r.queue = parse_queue(m.node("queue"), m.child("queue"));
@@ -269,15 +280,18 @@ RabbitConfig parse_rabbitmq(const YAML::Node& node, const std::string& segment_n
     if (bc.exchange.empty()) fail(b.child("exchange"), "must not be empty (the default exchange cannot be bound)");
     bc.type = b.str("type", "topic");
     if (bc.type != "topic" && bc.type != "direct" && bc.type != "fanout" && bc.type != "headers") {
-      fail(b.child("type"), fmt::format("unknown exchange type \"{}\" (expected topic, direct, fanout or headers)", bc.type));
+      fail(b.child("type"),
+           fmt::format("unknown exchange type \"{}\" (expected topic, direct, fanout or headers)", bc.type));
     }
-    each_item(b.node("routing_keys"), b.child("routing_keys"), false, [&](const YAML::Node& k, const std::string& kpath) {
-      if (!k.IsScalar()) fail(kpath, "expected a routing key string");
-      bc.routing_keys.push_back(k.Scalar());
-    });
+    each_item(b.node("routing_keys"), b.child("routing_keys"), false,
+              [&](const YAML::Node& k, const std::string& kpath) {
+                if (!k.IsScalar()) fail(kpath, "expected a routing key string");
+                bc.routing_keys.push_back(k.Scalar());
+              });
     if (bc.routing_keys.empty()) {
       if (bc.type == "topic" || bc.type == "direct") {
-        fail(b.child("routing_keys"), fmt::format("a {} exchange needs at least one routing key (\"#\" matches all on topic)", bc.type));
+        fail(b.child("routing_keys"),
+             fmt::format("a {} exchange needs at least one routing key (\"#\" matches all on topic)", bc.type));
       }
       bc.routing_keys.push_back("");
     }
@@ -296,10 +310,12 @@ RabbitConfig parse_rabbitmq(const YAML::Node& node, const std::string& segment_n
     r.tls.verify_hostname = t.boolean("verify_hostname", r.tls.verify_peer);
     if (r.tls.verify_hostname && !r.tls.verify_peer) fail(t.child("verify_hostname"), "needs verify_peer: true");
     if (r.url.tls && r.tls.verify_peer && r.tls.ca_file.empty()) {
-      fail(t.child("ca_file"), "required with amqps:// and verify_peer: true (the CA that signed the broker's certificate)");
+      fail(t.child("ca_file"),
+           "required with amqps:// and verify_peer: true (the CA that signed the broker's certificate)");
     }
     if (r.tls.cert_file.empty() != r.tls.key_file.empty()) {
-      fail(t.child(r.tls.cert_file.empty() ? "cert_file" : "key_file"), "cert_file and key_file go together (client certificate)");
+      fail(t.child(r.tls.cert_file.empty() ? "cert_file" : "key_file"),
+           "cert_file and key_file go together (client certificate)");
     }
     if (!r.tls.ca_file.empty()) require_readable(r.tls.ca_file, t.child("ca_file"));
     if (!r.tls.cert_file.empty()) require_readable(r.tls.cert_file, t.child("cert_file"));
@@ -350,7 +366,8 @@ MetricsConfig parse_metrics(const YAML::Node& node) {
     if (ok && std::stoul(port) > 65535) ok = false;
     if (!ok) {
       fail(m.child("listen"), fmt::format("expected HOST:PORT such as \"127.0.0.1:9464\" (port 0: any free port; "
-                                          "\"\" turns the listener off), got \"{}\"", c.listen));
+                                          "\"\" turns the listener off), got \"{}\"",
+                                          c.listen));
     }
     c.host = host;
     c.port = static_cast<uint16_t>(std::stoul(port));
@@ -377,7 +394,9 @@ Config parse_root(const YAML::Node& root) {
     MapNode l(m.node("logging"), "logging", {"level", "json"});
     c.logging.level = l.str("level", "info");
     if (!valid_log_level(c.logging.level)) {
-      fail("logging.level", fmt::format("unknown level \"{}\" (expected trace, debug, info, warn, error, critical, off)", c.logging.level));
+      fail("logging.level",
+           fmt::format("unknown level \"{}\" (expected trace, debug, info, warn, error, critical, off)",
+                       c.logging.level));
     }
     c.logging.json = l.boolean("json", false);
   }

@@ -99,11 +99,11 @@ struct LoggingConfig {
 
 // The HTTP listener for /metrics, /healthz and /readyz (docs/operations.md).
 struct MetricsConfig {
-  bool enabled = true;              // false, or listen: "", turns the listener off
+  bool enabled = true;  // false, or listen: "", turns the listener off
   std::string listen = "127.0.0.1:9464";
-  std::string host = "127.0.0.1";   // parsed from listen
-  uint16_t port = 9464;             // 0: any free port (the log names it)
-  double ready_max_lag_s = 30.0;    // readyz: unapplied messages with no progress for longer
+  std::string host = "127.0.0.1";  // parsed from listen
+  uint16_t port = 9464;            // 0: any free port (the log names it)
+  double ready_max_lag_s = 30.0;   // readyz: unapplied messages with no progress for longer
 };
 
 struct Config {

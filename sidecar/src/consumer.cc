@@ -2,13 +2,12 @@
 // consumer thread.
 #include "consumer.h"
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <thread>
-
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 #include "larder/layout/clock.h"
 
@@ -103,8 +102,9 @@ int Consumer::run() {
       set_state(layout::ConnectionState::kDisconnected);
       pipeline_.metrics.reconnects.add();
       if (outstanding_work_ > 0) {
-        spdlog::info("consumer: {} applied-or-in-flight messages of epoch {} will not be acked; the broker redelivers them",
-                     outstanding_work_, epoch_);
+        spdlog::info(
+            "consumer: {} applied-or-in-flight messages of epoch {} will not be acked; the broker redelivers them",
+            outstanding_work_, epoch_);
       }
       if (e.failure() == SessionFailure::kConsumerCancelled && !immediate_retry) {
         // Documented behaviour: re-declare the queue and resubscribe at once.
@@ -166,12 +166,9 @@ void Consumer::serve(AmqpSession& session) {
       case ConsumeEvent::kBlocked:
         spdlog::warn("consumer: the broker blocked the connection (memory or disk alarm); consuming continues");
         break;
-      case ConsumeEvent::kUnblocked:
-        spdlog::info("consumer: the broker unblocked the connection");
-        break;
+      case ConsumeEvent::kUnblocked: spdlog::info("consumer: the broker unblocked the connection"); break;
       case ConsumeEvent::kTimeout:
-      case ConsumeEvent::kHandled:
-        break;
+      case ConsumeEvent::kHandled: break;
     }
   }
 }
@@ -252,7 +249,8 @@ void Consumer::process_completions(AmqpSession* session, bool flush_acks) {
         ++unsent_ack_count_;
       } else {
         dead_letter(*session, c.delivery_tag, c.reason,
-                    c.reason == RejectReason::kTableFull ? "a table is full (raise its capacity)" : "the writer refused an update",
+                    c.reason == RejectReason::kTableFull ? "a table is full (raise its capacity)"
+                                                         : "the writer refused an update",
                     id);
       }
     }

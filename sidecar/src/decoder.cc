@@ -7,6 +7,7 @@
 // leaves decode(): the happy path pays nothing for it.
 #include "decoder.h"
 
+#include <fmt/format.h>
 #include <simdjson.h>
 
 #include <cfloat>
@@ -14,8 +15,6 @@
 #include <cstring>
 #include <limits>
 #include <unordered_map>
-
-#include <fmt/format.h>
 
 #include "event_time.h"
 
@@ -103,9 +102,7 @@ bool json_number_syntax(std::string_view t) {
 // Producer-supplied text in reject details is cut short: logs stay bounded.
 std::string_view clip(std::string_view s) { return s.substr(0, 64); }
 
-bool has_fraction_or_exponent(std::string_view t) {
-  return t.find_first_of(".eE") != std::string_view::npos;
-}
+bool has_fraction_or_exponent(std::string_view t) { return t.find_first_of(".eE") != std::string_view::npos; }
 
 const char* json_type_name(od::json_type t) {
   switch (t) {
@@ -148,7 +145,7 @@ struct Decoder::Impl {
     bool allow_unknown_fields = false;
     StringMap<FieldInfo> fields;
     std::vector<std::pair<std::string, FieldInfo>> field_list;  // same, for a linear scan
-    std::vector<uint64_t> seen;  // per field: the update serial that last set it
+    std::vector<uint64_t> seen;                                 // per field: the update serial that last set it
 
     // Small tables: a scan of a few short names beats hashing the name.
     const FieldInfo* find_field(std::string_view wanted) const {
@@ -207,8 +204,7 @@ struct Decoder::Impl {
     return i;
   }
 
-  void decode_fields(od::value& fields_value, const TableInfo& table, const Where& at,
-                     DecodedBatch& out) {
+  void decode_fields(od::value& fields_value, const TableInfo& table, const Where& at, DecodedBatch& out) {
     if (type_of(fields_value, at) != od::json_type::object) {
       reject(RejectReason::kWrongMemberType, at + ": fields must be an object");
     }
@@ -219,9 +215,11 @@ struct Decoder::Impl {
     auto& seen = const_cast<TableInfo&>(table).seen;
     for (auto member : obj) {
       od::field f;
-      if (std::move(member).get(f) != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed fields object");
+      if (std::move(member).get(f) != simdjson::SUCCESS)
+        reject(RejectReason::kBadJson, at + ": malformed fields object");
       std::string_view name;
-      if (f.unescaped_key().get(name) != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed field name");
+      if (f.unescaped_key().get(name) != simdjson::SUCCESS)
+        reject(RejectReason::kBadJson, at + ": malformed field name");
       const FieldInfo* found = table.find_field(name);
       if (found == nullptr) {
         if (table.allow_unknown_fields) {
@@ -245,30 +243,37 @@ struct Decoder::Impl {
       fv.type = info.type;
       switch (info.type) {
         case FieldType::kInt64:
-          if (t != od::json_type::number) reject(RejectReason::kWrongType, fmt::format("{}: expected an integer, got {}", what, json_type_name(t)));
+          if (t != od::json_type::number)
+            reject(RejectReason::kWrongType, fmt::format("{}: expected an integer, got {}", what, json_type_name(t)));
           fv.i64 = read_int64(v, what);
           break;
         case FieldType::kFloat64:
-          if (t != od::json_type::number) reject(RejectReason::kWrongType, fmt::format("{}: expected a number, got {}", what, json_type_name(t)));
+          if (t != od::json_type::number)
+            reject(RejectReason::kWrongType, fmt::format("{}: expected a number, got {}", what, json_type_name(t)));
           fv.f64 = read_double(v, what);
           break;
         case FieldType::kFloat32:
-          if (t != od::json_type::number) reject(RejectReason::kWrongType, fmt::format("{}: expected a number, got {}", what, json_type_name(t)));
+          if (t != od::json_type::number)
+            reject(RejectReason::kWrongType, fmt::format("{}: expected a number, got {}", what, json_type_name(t)));
           fv.f64 = read_float32(v, what);
           break;
         case FieldType::kBool: {
-          if (t != od::json_type::boolean) reject(RejectReason::kWrongType, fmt::format("{}: expected true or false, got {}", what, json_type_name(t)));
+          if (t != od::json_type::boolean)
+            reject(RejectReason::kWrongType,
+                   fmt::format("{}: expected true or false, got {}", what, json_type_name(t)));
           bool b;
           if (v.get_bool().get(b) != simdjson::SUCCESS) reject(RejectReason::kBadJson, what + ": malformed boolean");
           fv.i64 = b ? 1 : 0;
           break;
         }
         case FieldType::kString: {
-          if (t != od::json_type::string) reject(RejectReason::kWrongType, fmt::format("{}: expected a string, got {}", what, json_type_name(t)));
+          if (t != od::json_type::string)
+            reject(RejectReason::kWrongType, fmt::format("{}: expected a string, got {}", what, json_type_name(t)));
           std::string_view s;
           if (v.get_string().get(s) != simdjson::SUCCESS) reject(RejectReason::kBadJson, what + ": malformed string");
           if (s.size() > info.count) {
-            reject(RejectReason::kStringTooLong, fmt::format("{}: {} bytes, max_len is {}", what, s.size(), info.count));
+            reject(RejectReason::kStringTooLong,
+                   fmt::format("{}: {} bytes, max_len is {}", what, s.size(), info.count));
           }
           fv.i64 = static_cast<int64_t>(out.bytes_.size());  // fixed up to a pointer in finish()
           fv.length = static_cast<uint32_t>(s.size());
@@ -276,21 +281,25 @@ struct Decoder::Impl {
           break;
         }
         case FieldType::kFloat32Vector: {
-          if (t != od::json_type::array) reject(RejectReason::kWrongType, fmt::format("{}: expected an array of {} numbers, got {}", what, info.count, json_type_name(t)));
+          if (t != od::json_type::array)
+            reject(RejectReason::kWrongType,
+                   fmt::format("{}: expected an array of {} numbers, got {}", what, info.count, json_type_name(t)));
           od::array arr;
           if (v.get_array().get(arr) != simdjson::SUCCESS) reject(RejectReason::kBadJson, what + ": malformed array");
           const size_t begin = out.floats_.size();
           uint32_t n = 0;
           for (auto element : arr) {
             od::value ev;
-            if (std::move(element).get(ev) != simdjson::SUCCESS) reject(RejectReason::kBadJson, what + ": malformed array");
+            if (std::move(element).get(ev) != simdjson::SUCCESS)
+              reject(RejectReason::kBadJson, what + ": malformed array");
             if (n == info.count) {
               reject(RejectReason::kVectorLength, fmt::format("{}: more than {} elements", what, info.count));
             }
             Where ewhat = what;
             ewhat.element = n;
             const od::json_type et = type_of(ev, ewhat);
-            if (et != od::json_type::number) reject(RejectReason::kWrongType, fmt::format("{}: expected a number, got {}", ewhat, json_type_name(et)));
+            if (et != od::json_type::number)
+              reject(RejectReason::kWrongType, fmt::format("{}: expected a number, got {}", ewhat, json_type_name(et)));
             out.floats_.push_back(read_float32(ev, ewhat));
             ++n;
           }
@@ -309,8 +318,8 @@ struct Decoder::Impl {
   void decode_update(od::object& obj, size_t index, bool batch, DecodedBatch& out) {
     const Where at{index, batch};
     ++update_serial;
-    bool have_table = false, have_key = false, have_time = false, have_op = false,
-         have_fields = false, have_id = false, fields_done = false;
+    bool have_table = false, have_key = false, have_time = false, have_op = false, have_fields = false, have_id = false,
+         fields_done = false;
     const TableInfo* table = nullptr;
     std::string_view key;
     int64_t event_time_ms = 0;
@@ -334,13 +343,15 @@ struct Decoder::Impl {
       od::field f;
       if (std::move(member).get(f) != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed object");
       std::string_view name;
-      if (f.unescaped_key().get(name) != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed member name");
+      if (f.unescaped_key().get(name) != simdjson::SUCCESS)
+        reject(RejectReason::kBadJson, at + ": malformed member name");
       od::value& v = f.value();
       if (name == "table") {
         once(have_table, name);
         const std::string_view t = string_member(v, name);
         auto it = table_by_name.find(t);
-        if (it == table_by_name.end()) reject(RejectReason::kUnknownTable, fmt::format("{}: no table \"{}\"", at, clip(t)));
+        if (it == table_by_name.end())
+          reject(RejectReason::kUnknownTable, fmt::format("{}: no table \"{}\"", at, clip(t)));
         table = &tables[it->second];
       } else if (name == "key") {
         once(have_key, name);
@@ -350,7 +361,8 @@ struct Decoder::Impl {
         event_time_ms = read_event_time(v, at);
       } else if (name == "op") {
         once(have_op, name);
-        if (type_of(v, at) != od::json_type::string) reject(RejectReason::kBadOp, at + ": \"op\" must be \"upsert\" or \"delete\"");
+        if (type_of(v, at) != od::json_type::string)
+          reject(RejectReason::kBadOp, at + ": \"op\" must be \"upsert\" or \"delete\"");
         std::string_view o;
         if (v.get_string().get(o) != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed string");
         if (o == "upsert") {
@@ -379,10 +391,12 @@ struct Decoder::Impl {
     if (!have_table) reject(RejectReason::kMissingMember, at + ": missing \"table\"");
     if (!have_key) reject(RejectReason::kMissingMember, at + ": missing \"key\"");
     if (!have_time) reject(RejectReason::kMissingMember, at + ": missing \"event_time\"");
-    if (op == UpdateOp::kUpsert && !have_fields) reject(RejectReason::kMissingMember, at + ": missing \"fields\" (required for an upsert)");
+    if (op == UpdateOp::kUpsert && !have_fields)
+      reject(RejectReason::kMissingMember, at + ": missing \"fields\" (required for an upsert)");
     if (key.empty()) reject(RejectReason::kEmptyKey, at + ": \"key\" is empty");
     if (key.size() > table->key_max_len) {
-      reject(RejectReason::kKeyTooLong, fmt::format("{}: key of {} bytes, table \"{}\" allows {}", at, key.size(), table->name, table->key_max_len));
+      reject(RejectReason::kKeyTooLong, fmt::format("{}: key of {} bytes, table \"{}\" allows {}", at, key.size(),
+                                                    table->name, table->key_max_len));
     }
     // Copy the key now: it points into the parser's string buffer, which a
     // second walk of the object may reuse.
@@ -396,7 +410,8 @@ struct Decoder::Impl {
     } else if (!fields_done) {
       if (obj.reset().error() != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed object");
       od::value v;
-      if (obj.find_field("fields").get(v) != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed object");
+      if (obj.find_field("fields").get(v) != simdjson::SUCCESS)
+        reject(RejectReason::kBadJson, at + ": malformed object");
       decode_fields(v, *table, at, out);
       // Walk to the end of the object so the document iterator is past it.
       if (obj.reset().error() != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed object");
@@ -423,8 +438,8 @@ struct Decoder::Impl {
       int64_t ms;
       if (has_fraction_or_exponent(tok) || v.get_int64().get(ms) != simdjson::SUCCESS || ms < 0 ||
           ms > kMaxEventTimeMs) {
-        reject(RejectReason::kBadEventTime,
-               fmt::format("{}: event_time {} is not an integer count of ms in [0, {}]", at, clip(tok), kMaxEventTimeMs));
+        reject(RejectReason::kBadEventTime, fmt::format("{}: event_time {} is not an integer count of ms in [0, {}]",
+                                                        at, clip(tok), kMaxEventTimeMs));
       }
       return ms;
     }
@@ -433,11 +448,14 @@ struct Decoder::Impl {
       if (v.get_string().get(s) != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed string");
       int64_t ms;
       if (!parse_rfc3339_ms(s, &ms)) {
-        reject(RejectReason::kBadEventTime, fmt::format("{}: event_time \"{}\" is not an RFC 3339 timestamp with an offset", at, clip(s)));
+        reject(RejectReason::kBadEventTime,
+               fmt::format("{}: event_time \"{}\" is not an RFC 3339 timestamp with an offset", at, clip(s)));
       }
       return ms;
     }
-    reject(RejectReason::kBadEventTime, fmt::format("{}: event_time must be ms since the epoch or an RFC 3339 string, got {}", at, json_type_name(t)));
+    reject(
+        RejectReason::kBadEventTime,
+        fmt::format("{}: event_time must be ms since the epoch or an RFC 3339 string, got {}", at, json_type_name(t)));
   }
 
   // Points string and vector values at the batch's arenas (final addresses).
@@ -478,9 +496,11 @@ struct Decoder::Impl {
         od::value ev;
         if (std::move(element).get(ev) != simdjson::SUCCESS) reject(RejectReason::kBadJson, "malformed array");
         od::json_type et;
-        if (ev.type().get(et) != simdjson::SUCCESS) reject(RejectReason::kBadJson, fmt::format("update {}: malformed value", index));
+        if (ev.type().get(et) != simdjson::SUCCESS)
+          reject(RejectReason::kBadJson, fmt::format("update {}: malformed value", index));
         if (et != od::json_type::object) {
-          reject(RejectReason::kNotObject, fmt::format("update {}: expected an object, got {}", index, json_type_name(et)));
+          reject(RejectReason::kNotObject,
+                 fmt::format("update {}: expected an object, got {}", index, json_type_name(et)));
         }
         od::object obj;
         if (ev.get_object().get(obj) != simdjson::SUCCESS) reject(RejectReason::kBadJson, "malformed object");
@@ -489,7 +509,8 @@ struct Decoder::Impl {
       }
       if (index == 0) reject(RejectReason::kEmptyBatch, "empty batch");
     } else {
-      reject(RejectReason::kNotObject, fmt::format("body must be an object or an array of objects, got {}", json_type_name(t)));
+      reject(RejectReason::kNotObject,
+             fmt::format("body must be an object or an array of objects, got {}", json_type_name(t)));
     }
     // Nothing but whitespace may follow the top-level value.
     const char* rest = nullptr;

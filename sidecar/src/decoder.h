@@ -31,7 +31,7 @@ struct DecodedUpdate {
   uint32_t table = 0;
   UpdateOp op = UpdateOp::kUpsert;
   int64_t event_time_ms = 0;
-  uint32_t key_offset = 0;    // into DecodedBatch::bytes
+  uint32_t key_offset = 0;  // into DecodedBatch::bytes
   uint32_t key_length = 0;
   uint32_t values_begin = 0;  // into DecodedBatch::values
   uint32_t values_count = 0;
@@ -54,9 +54,7 @@ class DecodedBatch {
   size_t size() const noexcept { return updates_.size(); }
   bool empty() const noexcept { return updates_.empty(); }
   const DecodedUpdate& update(size_t i) const noexcept { return updates_[i]; }
-  std::string_view key(const DecodedUpdate& u) const noexcept {
-    return {bytes_.data() + u.key_offset, u.key_length};
-  }
+  std::string_view key(const DecodedUpdate& u) const noexcept { return {bytes_.data() + u.key_offset, u.key_length}; }
   std::span<const FieldValue> values(const DecodedUpdate& u) const noexcept {
     return {values_.data() + u.values_begin, u.values_count};
   }

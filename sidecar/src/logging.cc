@@ -1,11 +1,11 @@
 // spdlog setup (see logging.h). Main thread, before other threads start.
 #include "logging.h"
 
-#include <memory>
-
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+
+#include <memory>
 
 namespace larder::sidecar {
 namespace {

@@ -9,17 +9,17 @@
 //  * HTTP thread and its workers (metrics_server.h): /metrics, /healthz,
 //    /readyz; they only read atomics and the segment (read-only mapping).
 //  * signal handlers only bump an atomic counter.
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
 #include <thread>
 
-#include <CLI/CLI.hpp>
-#include <spdlog/spdlog.h>
-
 #include "config.h"
 #include "consumer.h"
-#include "larder/layout/writer.h"
 #include "larder/layout/clock.h"
+#include "larder/layout/writer.h"
 #include "logging.h"
 #include "metrics_server.h"
 #include "pipeline.h"
@@ -169,10 +169,10 @@ int main(int argc, char** argv) {
       return 4;
     }
     metrics_server->start();
-    spdlog::info("metrics: listening on http://{}:{} (/metrics, /healthz, /readyz)",
-                 config.metrics.host.find(':') != std::string::npos ? "[" + config.metrics.host + "]"
-                                                                    : config.metrics.host,
-                 port);
+    spdlog::info(
+        "metrics: listening on http://{}:{} (/metrics, /healthz, /readyz)",
+        config.metrics.host.find(':') != std::string::npos ? "[" + config.metrics.host + "]" : config.metrics.host,
+        port);
   } else {
     spdlog::info("metrics: listener off (metrics.listen is empty or metrics.enabled is false)");
   }

@@ -3,22 +3,22 @@
 // render_metrics, not_ready_reason and not_alive_reason run on the HTTP thread.
 #include "metrics.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
-
-#include <fmt/format.h>
 
 namespace larder::sidecar {
 namespace {
 
 // Bucket bounds (seconds). Decode and apply take microseconds; the lag from
 // event time to visibility spans network, broker queueing and producer clocks.
-constexpr std::initializer_list<double> kWorkBucketsS = {1e-6, 2.5e-6, 5e-6,   1e-5,   2.5e-5, 5e-5,  1e-4,
-                                                        2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 1e-1};
+constexpr std::initializer_list<double> kWorkBucketsS = {1e-6,   2.5e-6, 5e-6, 1e-5,   2.5e-5, 5e-5, 1e-4,
+                                                         2.5e-4, 5e-4,   1e-3, 2.5e-3, 1e-2,   1e-1};
 constexpr std::initializer_list<double> kLagBucketsS = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                                                       1,     2.5,    5,     10,   30,    60,   300, 900, 3600};
+                                                        1,     2.5,    5,     10,   30,    60,   300, 900,  3600};
 
 double seconds(int64_t ns) { return static_cast<double>(ns) / 1e9; }
 
@@ -80,9 +80,12 @@ void PrometheusText::family(std::string_view name, std::string_view type, std::s
   // HELP text escapes only \ and newline.
   std::string h;
   for (char c : help) {
-    if (c == '\\') h += "\\\\";
-    else if (c == '\n') h += "\\n";
-    else h += c;
+    if (c == '\\')
+      h += "\\\\";
+    else if (c == '\n')
+      h += "\\n";
+    else
+      h += c;
   }
   out_ += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, h, name, type);
 }
@@ -181,8 +184,7 @@ std::string render_metrics(const SidecarMetrics& m, uint32_t connection_state, c
               m.visible_lag_seconds.snapshot());
 
   p.family("larder_writer_thread_heartbeat_age_seconds", "gauge", "Time since the writer thread last made a round.");
-  p.sample("larder_writer_thread_heartbeat_age_seconds", "",
-           seconds(now_mono_ns - m.writer_heartbeat_mono_ns.value()));
+  p.sample("larder_writer_thread_heartbeat_age_seconds", "", seconds(now_mono_ns - m.writer_heartbeat_mono_ns.value()));
 
   p.family("larder_segment_up", "gauge", "1 when the segment is open and ready for readers.");
   const bool up = segment.open && segment.info.state == SegmentState::kReady;
@@ -211,9 +213,11 @@ std::string render_metrics(const SidecarMetrics& m, uint32_t connection_state, c
         {"larder_table_upserts_total", "counter", "Upserts applied to the table (segment lifetime)."},
         {"larder_table_deletes_total", "counter", "Deletes applied to the table (segment lifetime)."},
         {"larder_table_stale_ignored_total", "counter", "Updates ignored as older than the row (segment lifetime)."},
-        {"larder_table_full_rejected_total", "counter", "New keys refused because the table was full (segment lifetime)."},
+        {"larder_table_full_rejected_total", "counter",
+         "New keys refused because the table was full (segment lifetime)."},
         {"larder_table_freshness_seconds", "gauge", "Now minus the last apply to the table; absent before the first."},
-        {"larder_table_event_age_seconds", "gauge", "Now minus the newest event_time in the table; absent before the first."},
+        {"larder_table_event_age_seconds", "gauge",
+         "Now minus the newest event_time in the table; absent before the first."},
     };
     for (size_t k = 0; k < std::size(kTable); ++k) {
       p.family(kTable[k].name, kTable[k].type, kTable[k].help);
@@ -257,7 +261,8 @@ std::string not_ready_reason(const SidecarMetrics& m, uint32_t connection_state,
   }
   const double writer_age = seconds(now_mono_ns - m.writer_heartbeat_mono_ns.value());
   if (writer_age > policy.max_writer_heartbeat_s) {
-    return fmt::format("writer thread heartbeat is {:.3f} s old (limit {} s)", writer_age, policy.max_writer_heartbeat_s);
+    return fmt::format("writer thread heartbeat is {:.3f} s old (limit {} s)", writer_age,
+                       policy.max_writer_heartbeat_s);
   }
   const int64_t hb_ms = segment.info.heartbeat_age_ms;
   if (hb_ms < 0 || static_cast<double>(hb_ms) / 1e3 > policy.max_writer_heartbeat_s) {

@@ -106,38 +106,38 @@ struct SidecarMetrics {
   SidecarMetrics();
 
   // Consumer thread.
-  Counter messages_received;     // deliveries, including redeliveries
-  Counter messages_redelivered;  // deliveries with the redelivered flag
-  Counter messages_acked;        // applied messages covered by a sent basic.ack
+  Counter messages_received;                                  // deliveries, including redeliveries
+  Counter messages_redelivered;                               // deliveries with the redelivered flag
+  Counter messages_acked;                                     // applied messages covered by a sent basic.ack
   std::array<Counter, kRejectReasonCount> messages_rejected;  // dead-lettered, by reason
-  Counter connects;              // connections established
-  Counter reconnects;            // connections lost (each starts a reconnect)
-  Histogram decode_seconds;      // Decoder::decode per message
+  Counter connects;                                           // connections established
+  Counter reconnects;                                         // connections lost (each starts a reconnect)
+  Histogram decode_seconds;                                   // Decoder::decode per message
   // Progress of the hand-over to the writer (readiness; see not_ready_reason).
   // Write point: backlog_start_mono_ns, then work_enqueued.add_release();
   // pairs with the value_acquire() in not_ready_reason, so a probe that sees
   // a message pending also sees when the backlog began.
-  Counter work_enqueued;         // messages handed to the writer thread, all epochs
-  Gauge backlog_start_mono_ns;   // set when a message is handed over while none was pending
+  Counter work_enqueued;             // messages handed to the writer thread, all epochs
+  Gauge backlog_start_mono_ns;       // set when a message is handed over while none was pending
   Gauge consumer_heartbeat_mono_ns;  // refreshed per delivery and per idle wait (<= 200 ms apart)
 
   // Writer thread.
-  Counter messages_applied;   // every update of the message reached shared memory
-  Counter updates_applied;    // single upserts and deletes applied (stale ones excluded)
-  Counter updates_stale;      // older than the row: ignored
+  Counter messages_applied;  // every update of the message reached shared memory
+  Counter updates_applied;   // single upserts and deletes applied (stale ones excluded)
+  Counter updates_stale;     // older than the row: ignored
   // Write point: last_done_mono_ns, then work_done.add_release(); pairs with
   // the value_acquire() in not_ready_reason.
-  Counter work_done;          // messages the writer finished (applied or refused)
-  Gauge last_done_mono_ns;    // when work_done last grew
+  Counter work_done;               // messages the writer finished (applied or refused)
+  Gauge last_done_mono_ns;         // when work_done last grew
   Gauge writer_heartbeat_mono_ns;  // refreshed every writer-loop iteration (<= 20 ms apart)
-  Histogram apply_seconds;    // apply_batch per message
-  Histogram visible_lag_seconds;  // apply time - event_time, per applied update
+  Histogram apply_seconds;         // apply_batch per message
+  Histogram visible_lag_seconds;   // apply time - event_time, per applied update
 };
 
 // What the HTTP thread read from the segment for one scrape or probe.
 struct SegmentSample {
-  bool open = false;            // false: the segment could not be opened
-  std::string error;            // why, when !open
+  bool open = false;  // false: the segment could not be opened
+  std::string error;  // why, when !open
   SegmentInfo info;
   struct TableSample {
     std::string name;

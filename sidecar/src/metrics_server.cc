@@ -3,9 +3,8 @@
 #include "metrics_server.h"
 
 #include <httplib.h>
-#include <sys/socket.h>
-
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
 #include "larder/layout/clock.h"
 
@@ -59,9 +58,10 @@ int MetricsServer::bind(std::string* error) {
     port = mc.port;
   }
   if (port < 0) {
-    *error = fmt::format("cannot listen on {} (address in use, or not an address of this host?): set metrics.listen "
-                         "to a free HOST:PORT, or \"\" to turn the listener off",
-                         mc.listen);
+    *error = fmt::format(
+        "cannot listen on {} (address in use, or not an address of this host?): set metrics.listen "
+        "to a free HOST:PORT, or \"\" to turn the listener off",
+        mc.listen);
   }
   return port;
 }

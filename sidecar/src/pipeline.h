@@ -22,11 +22,11 @@
 // writer, see metrics.h); the HTTP thread reads them and connection_state.
 #pragma once
 
-#include <atomic>
-#include <cstdint>
-
 #include <concurrentqueue/blockingconcurrentqueue.h>
 #include <concurrentqueue/concurrentqueue.h>
+
+#include <atomic>
+#include <cstdint>
 
 #include "decoder.h"
 #include "larder/layout/format.h"
@@ -36,7 +36,7 @@ namespace larder::sidecar {
 
 // One decoded message on its way to the writer.
 struct WorkItem {
-  uint64_t epoch = 0;         // the connection it came from
+  uint64_t epoch = 0;  // the connection it came from
   uint64_t delivery_tag = 0;
   DecodedBatch batch;
 };

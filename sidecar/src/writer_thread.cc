@@ -2,16 +2,16 @@
 // writer thread.
 #include "writer_thread.h"
 
-#include <array>
-
 #include <spdlog/spdlog.h>
+
+#include <array>
 
 #include "larder/layout/clock.h"
 
 namespace larder::sidecar {
 
-Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* reason, uint64_t* stale,
-                    uint64_t* applied, const LagRecorder* lag) {
+Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* reason, uint64_t* stale, uint64_t* applied,
+                    const LagRecorder* lag) {
   Outcome outcome = Outcome::kApplied;
   for (size_t i = 0; i < batch.size(); ++i) {
     const DecodedUpdate& u = batch.update(i);
@@ -23,9 +23,7 @@ Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* rea
         if (applied != nullptr) ++*applied;
         if (lag != nullptr) lag->histogram->observe_ns((lag->now_unix_ms - u.event_time_ms) * 1'000'000);
         break;
-      case ApplyResult::kStale:
-        ++*stale;
-        break;
+      case ApplyResult::kStale: ++*stale; break;
       case ApplyResult::kTableFull:
         if (outcome == Outcome::kApplied) *reason = RejectReason::kTableFull;
         outcome = Outcome::kRejected;
@@ -49,8 +47,8 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline) {
   SidecarMetrics& metrics = pipeline.metrics;
 
   for (;;) {
-    const size_t n = pipeline.work.wait_dequeue_bulk_timed(ctok, items.begin(), items.size(),
-                                                           std::chrono::microseconds(20'000));
+    const size_t n =
+        pipeline.work.wait_dequeue_bulk_timed(ctok, items.begin(), items.size(), std::chrono::microseconds(20'000));
     uint64_t updates = 0, stale = 0, applied_updates = 0, applied_messages = 0;
     // One wall-clock read per bulk: the bulk applies within microseconds,
     // well under the millisecond resolution of event times.
@@ -67,10 +65,11 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline) {
       t0 = t1;
       if (c.outcome == Outcome::kApplied) ++applied_messages;
       updates += item.batch.size();
-      if (c.outcome == Outcome::kRejected && c.reason == RejectReason::kTableFull &&
-          table_full_logged++ % 1000 == 0) {
-        spdlog::error("writer: a table is full; new keys are refused and their messages dead-lettered "
-                      "(raise the table's capacity; {} such messages so far)", table_full_logged);
+      if (c.outcome == Outcome::kRejected && c.reason == RejectReason::kTableFull && table_full_logged++ % 1000 == 0) {
+        spdlog::error(
+            "writer: a table is full; new keys are refused and their messages dead-lettered "
+            "(raise the table's capacity; {} such messages so far)",
+            table_full_logged);
       }
       c.batch = std::move(item.batch);
       pipeline.done.enqueue(ptok, std::move(c));

@@ -118,38 +118,49 @@ TEST_F(ConfigTest, ErrorsNameTheKey) {
   expect_error(replace(v, ", dims: 8", ""), "tables[0].fields[1].dims", "required");
   expect_error(replace(v, ", max_len: 2", ""), "tables[0].fields[2].max_len", "required");
   expect_error(replace(v, "{name: age, type: int64}", "{name: age, type: int64, dims: 3}"), "tables[0].fields[0].dims");
-  expect_error(replace(v, "{name: age, type: int64}", "{name: age, type: int64, max_len: 3}"), "tables[0].fields[0].max_len");
-  expect_error(replace(v, "{name: age, type: int64}", "{name: age, typ: int64}"), "tables[0].fields[0].typ", "unknown key");
+  expect_error(replace(v, "{name: age, type: int64}", "{name: age, type: int64, max_len: 3}"),
+               "tables[0].fields[0].max_len");
+  expect_error(replace(v, "{name: age, type: int64}", "{name: age, typ: int64}"), "tables[0].fields[0].typ",
+               "unknown key");
   expect_error(replace(v, "name: emb", "name: age"), "tables[0].fields[1].name", "duplicate");
   expect_error(replace(v, "name: emb", "name: \"bad name\""), "tables[0].fields[1].name");
   expect_error(replace(v, "capacity: 1000", "capacity: lots"), "tables[0].capacity");
   expect_error(replace(v, "    capacity: 1000\n", ""), "tables[0].capacity", "required");
   expect_error(replace(v, "max_load_factor: 0.5", "max_load_factor: 0.99"), "tables[1].max_load_factor");
   expect_error(replace(v, "key_max_len: 32", "key_max_len: 5000"), "tables[1].key_max_len");
-  expect_error(replace(v, "allow_unknown_fields: true", "allow_unknown_fields: maybe"), "tables[1].allow_unknown_fields");
+  expect_error(replace(v, "allow_unknown_fields: true", "allow_unknown_fields: maybe"),
+               "tables[1].allow_unknown_fields");
   expect_error(replace(v, "name: items", "name: users"), "tables[1].name", "duplicate");
   expect_error(replace(v, "  name: features\n", "  name: features\n  size: 3\n"), "segment.size", "unknown key");
   expect_error(replace(v, "  name: features\n", "  name: features\n  mode: \"0999\"\n"), "segment.mode");
   expect_error(replace(v, "  name: features\n", "  name: features\n  mode: \"0440\"\n"), "segment.mode");
   expect_error(replace(v, "  name: features\n", "  name: features\n  dir: relative\n"), "segment.dir");
   expect_error(replace(v, "  name: features\n", "  nam: features\n"), "segment.nam");
-  expect_error(replace(v, "amqp://larder@broker.local:5673/prod", "amqp://larder:pw@broker.local/"), "rabbitmq.url", "password");
+  expect_error(replace(v, "amqp://larder@broker.local:5673/prod", "amqp://larder:pw@broker.local/"), "rabbitmq.url",
+               "password");
   expect_error(replace(v, "amqp://larder@broker.local:5673/prod", "http://x/"), "rabbitmq.url", "amqp://");
   expect_error(replace(v, "amqp://larder@broker.local:5673/prod", "amqp://h:99999/"), "rabbitmq.url", "port");
-  expect_error(replace(v, "LARDER_TEST_CONFIG_PASSWORD", "LARDER_TEST_NO_SUCH_VAR"), "rabbitmq.password_env", "not set");
+  expect_error(replace(v, "LARDER_TEST_CONFIG_PASSWORD", "LARDER_TEST_NO_SUCH_VAR"), "rabbitmq.password_env",
+               "not set");
   expect_error(replace(v, "  password_env: LARDER_TEST_CONFIG_PASSWORD\n", ""), "rabbitmq", "password_env");
-  expect_error(replace(v, "password_env: LARDER_TEST_CONFIG_PASSWORD", "password_file: /nonexistent/pw"), "rabbitmq.password_file");
-  expect_error(replace(v, "    name: features.host1\n", "    name: features.host1\n    type: lazy\n"), "rabbitmq.queue.type");
-  expect_error(replace(v, "    name: features.host1\n", "    name: features.host1\n    durable: false\n"), "rabbitmq.queue.durable");
-  expect_error(replace(v, "    name: features.host1\n", "    name: features.host1\n    type: classic\n    delivery_limit: 3\n"),
-               "rabbitmq.queue.delivery_limit");
+  expect_error(replace(v, "password_env: LARDER_TEST_CONFIG_PASSWORD", "password_file: /nonexistent/pw"),
+               "rabbitmq.password_file");
+  expect_error(replace(v, "    name: features.host1\n", "    name: features.host1\n    type: lazy\n"),
+               "rabbitmq.queue.type");
+  expect_error(replace(v, "    name: features.host1\n", "    name: features.host1\n    durable: false\n"),
+               "rabbitmq.queue.durable");
+  expect_error(
+      replace(v, "    name: features.host1\n", "    name: features.host1\n    type: classic\n    delivery_limit: 3\n"),
+      "rabbitmq.queue.delivery_limit");
   expect_error(replace(v, "    name: features.host1\n", "    name: features.host1\n    stream_offset: first\n"),
                "rabbitmq.queue.stream_offset");
-  expect_error(replace(v, "    name: features.host1\n", "    name: features.host1\n    type: stream\n    stream_offset: soon\n"),
-               "rabbitmq.queue.stream_offset");
+  expect_error(
+      replace(v, "    name: features.host1\n", "    name: features.host1\n    type: stream\n    stream_offset: soon\n"),
+      "rabbitmq.queue.stream_offset");
   expect_error(replace(v, "    name: features.host1\n", "    name: amq.mine\n"), "rabbitmq.queue.name");
   expect_error(replace(v, "      routing_keys: [\"users.#\", \"items.#\"]\n", ""), "rabbitmq.bindings[0].routing_keys");
-  expect_error(replace(v, "    - exchange: features\n", "    - exchange: features\n      type: special\n"), "rabbitmq.bindings[0].type");
+  expect_error(replace(v, "    - exchange: features\n", "    - exchange: features\n      type: special\n"),
+               "rabbitmq.bindings[0].type");
   expect_error(v + "  prefetch: 0\n", "rabbitmq.prefetch");
   expect_error(v + "  heartbeat_s: 0\n", "rabbitmq.heartbeat_s");
   expect_error(v + "  tls: {ca_file: /etc/hostname}\n", "rabbitmq.tls", "amqps://");
@@ -177,8 +188,8 @@ TEST_F(ConfigTest, TlsSettings) {
 }
 
 TEST_F(ConfigTest, StreamQueue) {
-  const Config c = parse_config(
-      replace(kValid, "    name: features.host1\n", "    name: features.host1\n    type: stream\n    stream_offset: 42\n"));
+  const Config c = parse_config(replace(kValid, "    name: features.host1\n",
+                                        "    name: features.host1\n    type: stream\n    stream_offset: 42\n"));
   EXPECT_EQ(c.rabbitmq.queue.type, QueueType::kStream);
   EXPECT_TRUE(c.rabbitmq.queue.stream_offset_is_number);
   EXPECT_EQ(c.rabbitmq.queue.stream_offset_number, 42);

@@ -24,8 +24,8 @@ layout::Schema test_schema() {
   t.name = "t";
   t.key_max_len = 8;
   t.capacity = 16;
-  t.fields = {{"i", FieldType::kInt64, 1},  {"d", FieldType::kFloat64, 1},       {"f", FieldType::kFloat32, 1},
-              {"b", FieldType::kBool, 1},   {"s", FieldType::kString, 4},        {"v", FieldType::kFloat32Vector, 3}};
+  t.fields = {{"i", FieldType::kInt64, 1}, {"d", FieldType::kFloat64, 1}, {"f", FieldType::kFloat32, 1},
+              {"b", FieldType::kBool, 1},  {"s", FieldType::kString, 4},  {"v", FieldType::kFloat32Vector, 3}};
   s.tables.push_back(t);
   layout::TableSpec open;
   open.name = "open";
@@ -61,7 +61,8 @@ class DecoderTest : public ::testing::Test {
 std::set<RejectReason> DecoderTest::seen_;
 
 TEST_F(DecoderTest, DecodesOneUpdateWithEveryType) {
-  const DecodeResult r = decode(upd(R"("i":-42,"d":2.5,"f":1.25,"b":true,"s":"abcd","v":[1,2.5,-3])", R"(,"id":"m-1")"));
+  const DecodeResult r =
+      decode(upd(R"("i":-42,"d":2.5,"f":1.25,"b":true,"s":"abcd","v":[1,2.5,-3])", R"(,"id":"m-1")"));
   ASSERT_TRUE(r.ok) << r.detail;
   ASSERT_EQ(batch_.size(), 1u);
   const DecodedUpdate& u = batch_.update(0);
@@ -200,8 +201,8 @@ TEST_F(DecoderTest, EventTimes) {
   ASSERT_TRUE(decode(R"({"table":"t","key":"k","event_time":"2024-05-01T14:30:00.123+02:00","fields":{}})").ok);
   EXPECT_EQ(batch_.update(0).event_time_ms, 1714566600123);
   ASSERT_TRUE(decode(R"({"table":"t","key":"k","event_time":0,"fields":{}})").ok);
-  for (const char* bad : {R"("2024-05-01T12:30:00")", R"("2024-13-01T00:00:00Z")", R"("yesterday")", "-1", "1.5",
-                          "1e3", "true", "null", "[1]", "253402300800000"}) {
+  for (const char* bad : {R"("2024-05-01T12:30:00")", R"("2024-13-01T00:00:00Z")", R"("yesterday")", "-1", "1.5", "1e3",
+                          "true", "null", "[1]", "253402300800000"}) {
     expect_reject(std::string(R"({"table":"t","key":"k","fields":{},"event_time":)") + bad + "}",
                   RejectReason::kBadEventTime);
   }

@@ -37,7 +37,7 @@ TEST(EventTimeTest, Valid) {
 TEST(EventTimeTest, Invalid) {
   EXPECT_TRUE(rejects(""));
   EXPECT_TRUE(rejects("2024-05-01"));
-  EXPECT_TRUE(rejects("2024-05-01T12:30:00"));       // no offset
+  EXPECT_TRUE(rejects("2024-05-01T12:30:00"));  // no offset
   EXPECT_TRUE(rejects("2024-05-01T12:30Z"));
   EXPECT_TRUE(rejects("2024-05-01T12:30:00.Z"));     // empty fraction
   EXPECT_TRUE(rejects("2024-05-01T12:30:00+0200"));  // offset needs a colon

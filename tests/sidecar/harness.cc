@@ -3,6 +3,8 @@
 
 #include <amqp_tcp_socket.h>
 #include <fcntl.h>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -15,9 +17,6 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
-
-#include <fmt/format.h>
-#include <gtest/gtest.h>
 
 #include "larder/client.h"
 #include "larder/layout/writer.h"
@@ -140,7 +139,8 @@ void AmqpClient::publish(const std::string& exchange, const std::string& routing
       timeval tv{1, 0};
       const int status = amqp_simple_wait_frame_noblock(conn_, &frame, &tv);
       if (status == AMQP_STATUS_TIMEOUT) continue;
-      if (status != AMQP_STATUS_OK) throw std::runtime_error(std::string("waiting for confirms: ") + amqp_error_string2(status));
+      if (status != AMQP_STATUS_OK)
+        throw std::runtime_error(std::string("waiting for confirms: ") + amqp_error_string2(status));
       if (frame.frame_type != AMQP_FRAME_METHOD) continue;
       if (frame.payload.method.id == AMQP_BASIC_ACK_METHOD) {
         const auto* ack = static_cast<const amqp_basic_ack_t*>(frame.payload.method.decoded);
@@ -162,7 +162,8 @@ void AmqpClient::publish(const std::string& exchange, const std::string& routing
   props.content_type = amqp_cstring_bytes("application/json");
   props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
   for (const std::string& body : bodies) {
-    const int status = amqp_basic_publish(conn_, 1, bytes_of(exchange), bytes_of(routing_key), 0, 0, &props, bytes_of(body));
+    const int status =
+        amqp_basic_publish(conn_, 1, bytes_of(exchange), bytes_of(routing_key), 0, 0, &props, bytes_of(body));
     if (status != AMQP_STATUS_OK) throw std::runtime_error(std::string("publish: ") + amqp_error_string2(status));
     unconfirmed.insert(++published_);
     if (unconfirmed.size() >= window) wait_confirms(window / 2);
@@ -198,7 +199,8 @@ std::vector<AmqpClient::Got> AmqpClient::drain(const std::string& queue) {
 
 std::optional<std::pair<uint32_t, uint32_t>> AmqpClient::inspect(const std::string& queue) {
   const amqp_channel_t ch = fresh_channel();
-  const amqp_queue_declare_ok_t* ok = amqp_queue_declare(conn_, ch, bytes_of(queue), /*passive=*/1, 0, 0, 0, amqp_empty_table);
+  const amqp_queue_declare_ok_t* ok =
+      amqp_queue_declare(conn_, ch, bytes_of(queue), /*passive=*/1, 0, 0, 0, amqp_empty_table);
   const amqp_rpc_reply_t r = amqp_get_rpc_reply(conn_);
   if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION && r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
     amqp_channel_close_ok_t close_ok{};
@@ -319,8 +321,8 @@ Features Features::from_seed(int64_t seed) {
 }
 
 std::string Features::json() const {
-  return fmt::format(R"({{"n":{},"x":{},"f":{},"flag":{},"s":"{}","v":[{},{},{},{}]}})", n, x, f, flag ? "true" : "false",
-                     s, v[0], v[1], v[2], v[3]);
+  return fmt::format(R"({{"n":{},"x":{},"f":{},"flag":{},"s":"{}","v":[{},{},{},{}]}})", n, x, f,
+                     flag ? "true" : "false", s, v[0], v[1], v[2], v[3]);
 }
 
 void Oracle::upsert(const std::string& key, int64_t t, const Features& f) {
@@ -381,7 +383,8 @@ std::string compare_segment(const std::string& segment, const Oracle& oracle) {
     const ReadResult r = users.get(key, row);
     std::string problem;
     if (want.deleted) {
-      if (r.status != Status::kNotFound) problem = fmt::format("deleted at {}, segment has {}", want.event_time_ms, status_name(r.status));
+      if (r.status != Status::kNotFound)
+        problem = fmt::format("deleted at {}, segment has {}", want.event_time_ms, status_name(r.status));
     } else if (r.status != Status::kOk) {
       problem = fmt::format("want event {}, segment has {}", want.event_time_ms, status_name(r.status));
     } else if (r.event_time_ms != want.event_time_ms) {

@@ -24,13 +24,13 @@ namespace larder::test {
 // What scripts/broker.sh exports. load() records a test failure naming the
 // missing variable (integration tests never skip silently).
 struct BrokerEnv {
-  std::string amqp_url;      // LARDER_TEST_AMQP_URL, e.g. amqp://guest@127.0.0.1:5699/
-  std::string password;      // LARDER_TEST_AMQP_PASSWORD
-  std::string amqps_url;     // LARDER_TEST_AMQPS_URL
-  std::string ca_file;       // LARDER_TEST_CA_FILE
-  std::string client_cert;   // LARDER_TEST_CLIENT_CERT (optional)
-  std::string client_key;    // LARDER_TEST_CLIENT_KEY (optional)
-  std::string broker_ctl;    // LARDER_TEST_BROKER_CTL: a command prefix taking stop_app, start_app, restart
+  std::string amqp_url;     // LARDER_TEST_AMQP_URL, e.g. amqp://guest@127.0.0.1:5699/
+  std::string password;     // LARDER_TEST_AMQP_PASSWORD
+  std::string amqps_url;    // LARDER_TEST_AMQPS_URL
+  std::string ca_file;      // LARDER_TEST_CA_FILE
+  std::string client_cert;  // LARDER_TEST_CLIENT_CERT (optional)
+  std::string client_key;   // LARDER_TEST_CLIENT_KEY (optional)
+  std::string broker_ctl;   // LARDER_TEST_BROKER_CTL: a command prefix taking stop_app, start_app, restart
 
   static bool load(BrokerEnv* env, bool need_tls = false, bool need_ctl = false);
   // Runs "<broker_ctl> <verb>"; returns true on exit status 0.

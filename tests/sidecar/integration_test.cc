@@ -4,13 +4,12 @@
 // compares the segment (read through the client library) with an oracle of
 // what was published. The broker comes from scripts/broker.sh (see
 // harness.h); without it every test fails with instructions.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <random>
 #include <thread>
-
-#include <fmt/format.h>
 
 #include "harness.h"
 #include "larder/client.h"
@@ -83,8 +82,7 @@ metrics: {{listen: "127.0.0.1:0"}}
 
 // Builds `messages` messages of random batch sizes over `keys` keys with
 // increasing event times, recording them in the oracle.
-std::vector<std::string> make_stream(Oracle& oracle, int keys, int messages, int max_batch, int64_t t0,
-                                     uint32_t seed) {
+std::vector<std::string> make_stream(Oracle& oracle, int keys, int messages, int max_batch, int64_t t0, uint32_t seed) {
   std::mt19937 rng(seed);
   std::vector<std::string> bodies;
   int64_t t = t0;
@@ -324,7 +322,8 @@ TEST_F(SidecarIntegrationTest, QueueDeletedUnderTheSidecarIsRedeclared) {
 TEST_F(SidecarIntegrationTest, TlsConnection) {
   if (!setup(true)) return;
   // broker.sh's server certificate is for "localhost", the host of LARDER_TEST_AMQPS_URL.
-  std::string tls = fmt::format("  tls:\n    ca_file: {}\n    verify_peer: true\n    verify_hostname: true\n", env_.ca_file);
+  std::string tls =
+      fmt::format("  tls:\n    ca_file: {}\n    verify_peer: true\n    verify_hostname: true\n", env_.ca_file);
   if (!env_.client_cert.empty() && !env_.client_key.empty()) {
     tls += fmt::format("    cert_file: {}\n    key_file: {}\n", env_.client_cert, env_.client_key);
   }

@@ -4,13 +4,12 @@
 // watch /readyz go to 503 and come back. Each test has its own segment, queue,
 // exchange and an ephemeral port (metrics.listen port 0; the port is read
 // from the sidecar's log).
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
 
 #include <regex>
 #include <thread>
-
-#include <fmt/format.h>
 
 #include "harness.h"
 #include "larder/client.h"
@@ -88,16 +87,18 @@ metrics: {{listen: "127.0.0.1:0", ready_max_lag_s: 10}}
   int port_ = 0;
 };
 
-std::string rejected(const char* reason) { return fmt::format("larder_messages_rejected_total{{reason=\"{}\"}}", reason); }
+std::string rejected(const char* reason) {
+  return fmt::format("larder_messages_rejected_total{{reason=\"{}\"}}", reason);
+}
 
 TEST_F(SidecarMetricsTest, CountsMatchThePublishedMessagesExactly) {
   if (!setup()) return;
   start_sidecar();
   if (HasFatalFailure()) return;
 
-  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                             std::chrono::system_clock::now().time_since_epoch())
-                             .count();
+  const int64_t now_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
   std::vector<std::string> bodies;
   int good_messages = 0, good_updates = 0;
   // 30 single upserts.
@@ -108,7 +109,8 @@ TEST_F(SidecarMetricsTest, CountsMatchThePublishedMessagesExactly) {
   for (int b = 0; b < 5; ++b, ++good_messages) {
     std::string body = "[";
     for (int j = 0; j < 4; ++j, ++good_updates) {
-      body += (j ? "," : "") + upsert_json("users", fmt::format("b{}", b * 4 + j), now_ms - 500, Features::from_seed(j));
+      body +=
+          (j ? "," : "") + upsert_json("users", fmt::format("b{}", b * 4 + j), now_ms - 500, Features::from_seed(j));
     }
     bodies.push_back(body + "]");
   }
@@ -183,8 +185,8 @@ TEST_F(SidecarMetricsTest, CountsMatchThePublishedMessagesExactly) {
   EXPECT_EQ(p.at("larder_decode_duration_seconds_count"), static_cast<double>(total));
   EXPECT_EQ(p.at("larder_apply_duration_seconds_count"), good_messages);
   EXPECT_EQ(p.at("larder_event_to_visible_seconds_count"), good_updates);
-  for (const char* h : {"larder_decode_duration_seconds", "larder_apply_duration_seconds",
-                        "larder_event_to_visible_seconds"}) {
+  for (const char* h :
+       {"larder_decode_duration_seconds", "larder_apply_duration_seconds", "larder_event_to_visible_seconds"}) {
     double prev = 0;
     int buckets = 0;
     for (const auto& [key, value] : p.samples) {

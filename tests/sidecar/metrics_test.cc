@@ -4,8 +4,10 @@
 // by larder::Writer in the test).
 #include "metrics.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <simdjson.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -13,9 +15,6 @@
 #include <regex>
 #include <set>
 #include <sstream>
-
-#include <fmt/format.h>
-#include <simdjson.h>
 
 #include "config.h"
 #include "larder/layout/clock.h"
@@ -31,13 +30,13 @@ constexpr int64_t kMs = 1'000'000;
 
 TEST(Histogram, BucketsAreUpperInclusiveAndCountEverything) {
   Histogram h({0.001, 0.01, 0.1});
-  h.observe_ns(-5);              // clock skew: counts as 0
+  h.observe_ns(-5);  // clock skew: counts as 0
   h.observe_ns(0);
-  h.observe_ns(1 * kMs);         // exactly on a bound: that bucket (le)
-  h.observe_ns(1 * kMs + 1);     // just above: the next
+  h.observe_ns(1 * kMs);      // exactly on a bound: that bucket (le)
+  h.observe_ns(1 * kMs + 1);  // just above: the next
   h.observe_ns(10 * kMs);
   h.observe_ns(100 * kMs);
-  h.observe_ns(100 * kMs + 1);   // above the last bound: +Inf
+  h.observe_ns(100 * kMs + 1);  // above the last bound: +Inf
   h.observe_ns(3'600'000 * kMs);
   const Histogram::Snapshot s = h.snapshot();
   ASSERT_EQ(s.upper_bounds_s, (std::vector<double>{0.001, 0.01, 0.1}));
@@ -134,8 +133,8 @@ TEST(RenderMetrics, EveryFamilyIsWellFormedAndValuesAreRight) {
   m.decode_seconds.observe_ns(3'000);
   m.apply_seconds.observe_ns(700);
   m.visible_lag_seconds.observe_ns(40 * kMs);
-  const std::string text = render_metrics(m, static_cast<uint32_t>(ConnectionState::kConnected),
-                                          fake_segment(now_unix), now_unix, now_mono);
+  const std::string text =
+      render_metrics(m, static_cast<uint32_t>(ConnectionState::kConnected), fake_segment(now_unix), now_unix, now_mono);
   const test::ParsedMetrics p = test::parse_prometheus(text);
   ASSERT_EQ(p.error, "") << text;
 
@@ -374,7 +373,8 @@ std::string read_source_file(const std::string& relative) {
 std::set<std::string> rendered_families() {
   SidecarMetrics m;
   const int64_t now = layout::now_unix_ns();
-  const test::ParsedMetrics p = test::parse_prometheus(render_metrics(m, 2, fake_segment(now), now, layout::now_mono_ns()));
+  const test::ParsedMetrics p =
+      test::parse_prometheus(render_metrics(m, 2, fake_segment(now), now, layout::now_mono_ns()));
   std::set<std::string> out;
   for (const auto& [name, type] : p.types) out.insert(name);
   return out;

@@ -18,7 +18,7 @@ struct ParsedMetrics {
   // "name" or "name{labels}" exactly as rendered -> value.
   std::map<std::string, double> samples;
   std::map<std::string, std::string> types;  // family -> counter | gauge | histogram
-  std::string error;                          // "" when the text is valid
+  std::string error;                         // "" when the text is valid
 
   bool has(const std::string& key) const { return samples.count(key) != 0; }
   // The value, or NaN when absent.

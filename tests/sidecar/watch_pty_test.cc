@@ -7,6 +7,7 @@
 //
 // The tmux server runs on a socket of its own (-L), so the test never talks
 // to, or kills, anyone else's tmux.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -16,8 +17,6 @@
 #include <regex>
 #include <string>
 #include <thread>
-
-#include <fmt/format.h>
 
 #include "larder/client.h"
 #include "larder/layout/clock.h"
@@ -71,7 +70,8 @@ class LiveSegment {
     int64_t last_maintain = 0;
     while (!stop_.load()) {
       const FieldValue v = FieldValue::int64(0, i);
-      writer_->upsert(0, fmt::format("user:{}", i), layout::now_unix_ns() / 1'000'000, std::span<const FieldValue>(&v, 1));
+      writer_->upsert(0, fmt::format("user:{}", i), layout::now_unix_ns() / 1'000'000,
+                      std::span<const FieldValue>(&v, 1));
       ++i;
       const int64_t now = layout::now_mono_ns();
       if (now - last_maintain > 50'000'000) {

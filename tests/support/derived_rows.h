@@ -54,8 +54,8 @@ struct DerivedFields {
   Field clicks, spend, ctr, premium, embedding, tag;
 
   static DerivedFields of(const Table& t) {
-    return {t.field("clicks"), t.field("spend"), t.field("ctr"), t.field("premium"), t.field("embedding"),
-            t.field("tag")};
+    return {t.field("clicks"),  t.field("spend"),     t.field("ctr"),
+            t.field("premium"), t.field("embedding"), t.field("tag")};
   }
   // Fields in the declaration order of derived_table().
   static DerivedFields in_order(const std::vector<Field>& f) { return {f[0], f[1], f[2], f[3], f[4], f[5]}; }

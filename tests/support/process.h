@@ -90,8 +90,9 @@ inline double torture_seconds(double fallback) {
 // Always printed so that a failure can be replayed.
 inline uint64_t test_seed(const char* test) {
   const char* s = std::getenv("LARDER_SEED");
-  const uint64_t seed = s != nullptr ? std::strtoull(s, nullptr, 10)
-                                     : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  const uint64_t seed = s != nullptr
+                            ? std::strtoull(s, nullptr, 10)
+                            : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
   std::printf("%s: seed %llu (replay with LARDER_SEED=%llu)\n", test, static_cast<unsigned long long>(seed),
               static_cast<unsigned long long>(seed));
   return seed;

@@ -45,9 +45,12 @@ inline layout::TableSpec every_type_table(const std::string& name = "users", uin
   t.key_max_len = 32;
   t.capacity = capacity;
   t.fields = {
-      {"clicks", layout::FieldType::kInt64, 1},       {"spend", layout::FieldType::kFloat64, 1},
-      {"ctr", layout::FieldType::kFloat32, 1},        {"premium", layout::FieldType::kBool, 1},
-      {"embedding", layout::FieldType::kFloat32Vector, dims}, {"country", layout::FieldType::kString, 8},
+      {"clicks", layout::FieldType::kInt64, 1},
+      {"spend", layout::FieldType::kFloat64, 1},
+      {"ctr", layout::FieldType::kFloat32, 1},
+      {"premium", layout::FieldType::kBool, 1},
+      {"embedding", layout::FieldType::kFloat32Vector, dims},
+      {"country", layout::FieldType::kString, 8},
   };
   return t;
 }

@@ -66,8 +66,8 @@ int64_t now_unix_ms() noexcept;
 
 struct ReadResult {
   Status status = Status::kNotFound;
-  int64_t event_time_ms = 0;   // newest event applied to the row (kOk, kStale)
-  int64_t apply_unix_ns = 0;   // when the writer applied it
+  int64_t event_time_ms = 0;  // newest event applied to the row (kOk, kStale)
+  int64_t apply_unix_ns = 0;  // when the writer applied it
 
   bool ok() const noexcept { return status == Status::kOk; }
   bool found() const noexcept { return status == Status::kOk || status == Status::kStale; }
@@ -100,8 +100,7 @@ class RowView {
   int64_t event_time_ms() const noexcept { return static_cast<int64_t>(words_[0]); }
   int64_t apply_unix_ns() const noexcept { return static_cast<int64_t>(words_[1]); }
   std::string_view key() const noexcept {
-    return {reinterpret_cast<const char*>(words_ + 3 + validity_words_),
-            static_cast<size_t>(words_[2] & 0xffffffffu)};
+    return {reinterpret_cast<const char*>(words_ + 3 + validity_words_), static_cast<size_t>(words_[2] & 0xffffffffu)};
   }
   bool valid(const Field& f) const noexcept { return (words_[3 + f.index / 64] >> (f.index % 64)) & 1u; }
 
@@ -153,9 +152,7 @@ class RowBatch {
  public:
   RowBatch() = default;
   size_t capacity() const noexcept { return capacity_; }
-  RowView row(size_t i) const noexcept {
-    return RowView(buffer_.data() + i * row_words_, validity_words_, key_words_);
-  }
+  RowView row(size_t i) const noexcept { return RowView(buffer_.data() + i * row_words_, validity_words_, key_words_); }
   uint64_t* row_data(size_t i) noexcept { return buffer_.data() + i * row_words_; }
 
  private:
@@ -188,8 +185,8 @@ struct SegmentInfo {
   uint64_t schema_fingerprint = 0;
   uint64_t segment_bytes = 0;
   uint64_t generation = 0;
-  uint64_t writer_pid = 0;         // 0: no writer attached
-  int64_t heartbeat_age_ms = -1;   // -1: never
+  uint64_t writer_pid = 0;        // 0: no writer attached
+  int64_t heartbeat_age_ms = -1;  // -1: never
   uint64_t writer_sessions = 0;
   uint64_t repaired_slots = 0;
   uint64_t updates_applied = 0;
@@ -227,8 +224,8 @@ class Table {
   // Looks up keys[i] into out.row(i) and results[i], for i < keys.size(),
   // prefetching slots ahead. Requires keys.size() <= out.capacity() and
   // <= results.size(). Same promises as get().
-  void get_many(std::span<const std::string_view> keys, RowBatch& out,
-                std::span<ReadResult> results, const ReadOptions& options = {}) const noexcept;
+  void get_many(std::span<const std::string_view> keys, RowBatch& out, std::span<ReadResult> results,
+                const ReadOptions& options = {}) const noexcept;
 
   // The same reads into caller-managed buffers of row_words() words each
   // (rows[i * row_words()] for key i). Same promises as get().

@@ -28,13 +28,7 @@ extern "C" {
 #endif
 
 /* Read statuses (larder::Status). */
-enum {
-  LARDER_OK = 0,
-  LARDER_NOT_FOUND = 1,
-  LARDER_STALE = 2,
-  LARDER_BUSY = 3,
-  LARDER_INVALID_KEY = 4
-};
+enum { LARDER_OK = 0, LARDER_NOT_FOUND = 1, LARDER_STALE = 2, LARDER_BUSY = 3, LARDER_INVALID_KEY = 4 };
 
 /* Error codes of the open functions (larder::ErrorCode); 0 is success. */
 enum {
@@ -65,7 +59,7 @@ typedef struct larder_segment larder_segment;
 typedef struct larder_table larder_table;
 
 typedef struct larder_read_result {
-  int32_t status;        /* LARDER_OK, ... */
+  int32_t status; /* LARDER_OK, ... */
   int32_t reserved;
   int64_t event_time_ms; /* valid for LARDER_OK and LARDER_STALE */
   int64_t apply_unix_ns;
@@ -78,13 +72,13 @@ typedef struct larder_field_info {
 } larder_field_info;
 
 typedef struct larder_segment_info {
-  uint32_t state;            /* 0 creating, 1 ready, 2 retired */
-  uint32_t connection;       /* 0 unknown, 1 connecting, 2 connected, 3 disconnected, 4 stopped */
+  uint32_t state;      /* 0 creating, 1 ready, 2 retired */
+  uint32_t connection; /* 0 unknown, 1 connecting, 2 connected, 3 disconnected, 4 stopped */
   uint32_t layout_version;
   uint32_t reserved;
   uint64_t schema_fingerprint;
-  uint64_t writer_pid;       /* 0: no writer attached */
-  int64_t heartbeat_age_ms;  /* -1: never */
+  uint64_t writer_pid;      /* 0: no writer attached */
+  int64_t heartbeat_age_ms; /* -1: never */
   uint64_t updates_applied;
   uint64_t messages_rejected;
   int64_t last_apply_unix_ns;
@@ -99,8 +93,7 @@ larder_segment_info larder_segment_stat(const larder_segment* segment);
 /* 1 when a writer is attached and its heartbeat is younger than the bound. */
 int larder_writer_alive(const larder_segment* segment, int64_t max_heartbeat_age_ms);
 
-int larder_table_open(const larder_segment* segment, const char* name, larder_table** out, char* err,
-                      size_t errlen);
+int larder_table_open(const larder_segment* segment, const char* name, larder_table** out, char* err, size_t errlen);
 void larder_table_close(larder_table* table);
 size_t larder_table_row_bytes(const larder_table* table);
 uint32_t larder_table_field_count(const larder_table* table);
@@ -113,8 +106,8 @@ int32_t larder_field_index(const larder_table* table, const char* name);
 larder_read_result larder_get(const larder_table* table, const void* key, size_t key_len, void* row,
                               int64_t max_age_ms);
 /* n lookups with prefetching; rows is n consecutive row buffers. */
-void larder_get_many(const larder_table* table, const void* const* keys, const size_t* key_lens, size_t n,
-                     void* rows, larder_read_result* results, int64_t max_age_ms);
+void larder_get_many(const larder_table* table, const void* const* keys, const size_t* key_lens, size_t n, void* rows,
+                     larder_read_result* results, int64_t max_age_ms);
 
 /* Accessors on a row buffer filled by larder_get. */
 int larder_row_valid(const larder_table* table, const void* row, uint32_t field);
@@ -164,16 +157,15 @@ int64_t larder_now_unix_ms(void);
 
 /* Scalar fields (int64, float64, float32, bool as 0/1) as doubles into out,
  * row-major n x nfields: out[i * nfields + j] is field fields[j] of key i. */
-int larder_gather_f64(const larder_table* table, const char* key_bytes, size_t key_len,
-                      const uint64_t* key_offsets, size_t key_width, size_t n, const uint32_t* fields,
-                      size_t nfields, double* out, int32_t* status, int64_t* event_time_ms, int64_t max_age_ms,
-                      double missing_value);
+int larder_gather_f64(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
+                      size_t key_width, size_t n, const uint32_t* fields, size_t nfields, double* out, int32_t* status,
+                      int64_t* event_time_ms, int64_t max_age_ms, double missing_value);
 
 /* One float32 vector field into out, row-major n x dims (dims: the field's
  * count). */
-int larder_gather_vector(const larder_table* table, const char* key_bytes, size_t key_len,
-                         const uint64_t* key_offsets, size_t key_width, size_t n, uint32_t field, float* out,
-                         int32_t* status, int64_t* event_time_ms, int64_t max_age_ms, float missing_value);
+int larder_gather_vector(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
+                         size_t key_width, size_t n, uint32_t field, float* out, int32_t* status,
+                         int64_t* event_time_ms, int64_t max_age_ms, float missing_value);
 
 /* Both in one pass: scalar fields into scalar_out (n x nscalar, as
  * larder_gather_f64) and the vector fields into vector_out, row-major
@@ -199,8 +191,8 @@ uint32_t larder_row_field_offset(const larder_table* table, uint32_t field);
 /* larder_get with the result through a pointer and the status returned, for
  * FFIs where returning a struct by value is slow or unsupported. result may
  * be NULL. */
-int32_t larder_get_into(const larder_table* table, const void* key, size_t key_len, void* row,
-                        int64_t max_age_ms, larder_read_result* result);
+int32_t larder_get_into(const larder_table* table, const void* key, size_t key_len, void* row, int64_t max_age_ms,
+                        larder_read_result* result);
 
 #ifdef __cplusplus
 }

@@ -73,7 +73,7 @@ enum class SegmentState : uint32_t {
 
 // What the sidecar last knew about its broker connection. Informational.
 enum class ConnectionState : uint32_t {
-  kUnknown = 0,       // no sidecar has reported (e.g. a test writer)
+  kUnknown = 0,  // no sidecar has reported (e.g. a test writer)
   kConnecting = 1,
   kConnected = 2,
   kDisconnected = 3,  // retrying with backoff; readers keep the last values
@@ -98,12 +98,8 @@ inline constexpr uint64_t kMetaStateMask = 0x3;
 constexpr uint64_t make_meta(uint64_t hash, SlotState state) {
   return (hash & ~kMetaStateMask) | static_cast<uint64_t>(state);
 }
-constexpr SlotState meta_state(uint64_t meta) {
-  return static_cast<SlotState>(meta & kMetaStateMask);
-}
-constexpr bool meta_matches(uint64_t meta, uint64_t hash) {
-  return meta == make_meta(hash, SlotState::kLive);
-}
+constexpr SlotState meta_state(uint64_t meta) { return static_cast<SlotState>(meta & kMetaStateMask); }
+constexpr bool meta_matches(uint64_t meta, uint64_t hash) { return meta == make_meta(hash, SlotState::kLive); }
 
 using Word = std::atomic<uint64_t>;
 static_assert(Word::is_always_lock_free, "8-byte atomics must be lock-free");
@@ -112,14 +108,14 @@ static_assert(sizeof(Word) == 8 && alignof(Word) == 8);
 // Per-table counters, written by the writer with relaxed stores, read by
 // anyone. They are statistics, not synchronisation.
 struct TableCounters {
-  Word live_keys;          // slots in state live
-  Word tombstones;         // slots in state tombstone
-  Word upserts;            // upserts applied
-  Word deletes;            // deletes applied
-  Word stale_ignored;      // updates/deletes older than the row (LWW)
-  Word full_rejected;      // new keys refused because the table was full
-  Word last_apply_unix_ns; // when the writer last changed this table
-  Word max_event_time_ms;  // newest event time applied to this table
+  Word live_keys;           // slots in state live
+  Word tombstones;          // slots in state tombstone
+  Word upserts;             // upserts applied
+  Word deletes;             // deletes applied
+  Word stale_ignored;       // updates/deletes older than the row (LWW)
+  Word full_rejected;       // new keys refused because the table was full
+  Word last_apply_unix_ns;  // when the writer last changed this table
+  Word max_event_time_ms;   // newest event time applied to this table
 };
 static_assert(sizeof(TableCounters) == 64);
 
@@ -135,41 +131,41 @@ struct FieldDescriptor {
 };
 
 struct TableDescriptor {
-  char name[kNameBytes];        //   0
-  uint32_t field_count;         //  64
-  uint32_t key_max_len;         //  68
-  uint64_t capacity;            //  72  live keys the table accepts
-  uint64_t slot_count;          //  80
-  uint32_t slot_bytes;          //  88  multiple of 64
-  uint32_t row_bytes;           //  92  multiple of 8
-  uint32_t validity_words;      //  96
-  uint32_t key_words;           // 100
-  uint64_t fields_offset;       // 104  FieldDescriptor[field_count], from segment start
-  uint64_t slots_offset;        // 112  slot array, from segment start
-  uint64_t hash_seed;           // 120
-  uint32_t max_load_permille;   // 128  capacity / slot_count, rounded up
-  uint32_t flags;               // 132  reserved, 0
-  uint32_t max_load_ppm;        // 136  the schema's max_load_factor × 10^6
-  uint32_t reserved0;           // 140
-  TableCounters counters;       // 144
-  uint64_t reserved1[6];        // 208
+  char name[kNameBytes];       //   0
+  uint32_t field_count;        //  64
+  uint32_t key_max_len;        //  68
+  uint64_t capacity;           //  72  live keys the table accepts
+  uint64_t slot_count;         //  80
+  uint32_t slot_bytes;         //  88  multiple of 64
+  uint32_t row_bytes;          //  92  multiple of 8
+  uint32_t validity_words;     //  96
+  uint32_t key_words;          // 100
+  uint64_t fields_offset;      // 104  FieldDescriptor[field_count], from segment start
+  uint64_t slots_offset;       // 112  slot array, from segment start
+  uint64_t hash_seed;          // 120
+  uint32_t max_load_permille;  // 128  capacity / slot_count, rounded up
+  uint32_t flags;              // 132  reserved, 0
+  uint32_t max_load_ppm;       // 136  the schema's max_load_factor × 10^6
+  uint32_t reserved0;          // 140
+  TableCounters counters;      // 144
+  uint64_t reserved1[6];       // 208
 };
 
 struct SegmentHeader {
   // Identity: written before the segment is published, then immutable.
-  uint64_t magic;                 //   0  kMagic
-  uint32_t layout_version;        //   8  kLayoutVersion
-  uint32_t endian_tag;            //  12  kEndianTag
-  uint64_t abi_signature;         //  16  abi_signature() of the writer's build
-  uint64_t schema_fingerprint;    //  24  Schema::fingerprint()
-  uint64_t segment_bytes;         //  32  file size
-  uint32_t table_count;           //  40
-  uint32_t header_bytes;          //  44  offset of TableDescriptor[0]
-  uint64_t undo_offset;           //  48  undo area, from segment start
-  uint64_t undo_bytes;            //  56
-  uint64_t created_unix_ns;       //  64
-  uint64_t generation;            //  72  bumped when a segment replaces another
-  char creator[32];               //  80  e.g. "larder 0.1.0", NUL padded
+  uint64_t magic;               //   0  kMagic
+  uint32_t layout_version;      //   8  kLayoutVersion
+  uint32_t endian_tag;          //  12  kEndianTag
+  uint64_t abi_signature;       //  16  abi_signature() of the writer's build
+  uint64_t schema_fingerprint;  //  24  Schema::fingerprint()
+  uint64_t segment_bytes;       //  32  file size
+  uint32_t table_count;         //  40
+  uint32_t header_bytes;        //  44  offset of TableDescriptor[0]
+  uint64_t undo_offset;         //  48  undo area, from segment start
+  uint64_t undo_bytes;          //  56
+  uint64_t created_unix_ns;     //  64
+  uint64_t generation;          //  72  bumped when a segment replaces another
+  char creator[32];             //  80  e.g. "larder 0.1.0", NUL padded
 
   // Lifecycle and liveness: written by the writer, read by anyone.
   std::atomic<uint32_t> state;             // 112  SegmentState; kReady is a release store
@@ -246,8 +242,6 @@ constexpr uint64_t abi_signature() {
   return h;
 }
 
-constexpr uint64_t round_up(uint64_t v, uint64_t align) {
-  return (v + align - 1) / align * align;
-}
+constexpr uint64_t round_up(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
 
 }  // namespace larder::layout

@@ -47,10 +47,8 @@ inline constexpr bool kTsan = true;
 inline constexpr bool kTsan = false;
 #endif
 
-inline constexpr std::memory_order kPayloadLoad =
-    kTsan ? std::memory_order_acquire : std::memory_order_relaxed;
-inline constexpr std::memory_order kPayloadStore =
-    kTsan ? std::memory_order_release : std::memory_order_relaxed;
+inline constexpr std::memory_order kPayloadLoad = kTsan ? std::memory_order_acquire : std::memory_order_relaxed;
+inline constexpr std::memory_order kPayloadStore = kTsan ? std::memory_order_release : std::memory_order_relaxed;
 
 template <class T>
 inline T load_acquire(const std::atomic<T>& a) {

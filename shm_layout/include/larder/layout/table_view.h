@@ -72,8 +72,8 @@ enum class SlotRead : uint8_t {
 // Seqlock read of one slot that may hold `key`: compares the key inside the
 // read window and, on a match, copies words [kSlotEventTimeWord, slot_words)
 // into out. Lock-free; never writes to the slot.
-inline SlotRead read_slot(const TableGeometry& g, const Word* s, const PackedKey& key, uint64_t hash,
-                          uint64_t* out, uint32_t max_retries) noexcept {
+inline SlotRead read_slot(const TableGeometry& g, const Word* s, const PackedKey& key, uint64_t hash, uint64_t* out,
+                          uint32_t max_retries) noexcept {
   const uint32_t key_at = g.key_word_offset();
   for (uint32_t attempt = 0; attempt < max_retries; ++attempt) {
     const uint64_t s0 = sync::load_acquire(s[kSlotSeqWord]);  // R1: pairs with W2
@@ -99,8 +99,7 @@ inline SlotRead read_slot(const TableGeometry& g, const Word* s, const PackedKey
 // Seqlock read of a whole slot, whatever it holds (dumps, checks): copies
 // words [kSlotMetaWord, slot_words) into out, so out[0] is the meta word and
 // out + 1 has the layout a reader's row buffer has. kMismatch is not used.
-inline SlotRead read_whole_slot(const TableGeometry& g, const Word* s, uint64_t* out,
-                                uint32_t max_retries) noexcept {
+inline SlotRead read_whole_slot(const TableGeometry& g, const Word* s, uint64_t* out, uint32_t max_retries) noexcept {
   for (uint32_t attempt = 0; attempt < max_retries; ++attempt) {
     const uint64_t s0 = sync::load_acquire(s[kSlotSeqWord]);  // R1
     if (s0 & 1) {

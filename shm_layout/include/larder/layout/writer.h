@@ -83,11 +83,11 @@ struct WriterStats {
 
 // Points inside a slot update, in order, for crash tests.
 enum class CrashPoint : int {
-  kUndoArmed = 1,      // the undo copy is armed, seq still even
-  kSeqOdd = 2,         // seq is odd, nothing written yet
-  kMidPayload = 3,     // before each payload word store
-  kPayloadWritten = 4, // every word written, seq still odd
-  kSeqEven = 5,        // seq even again, undo still armed
+  kUndoArmed = 1,       // the undo copy is armed, seq still even
+  kSeqOdd = 2,          // seq is odd, nothing written yet
+  kMidPayload = 3,      // before each payload word store
+  kPayloadWritten = 4,  // every word written, seq still odd
+  kSeqEven = 5,         // seq even again, undo still armed
 };
 // When set, called at every CrashPoint of every slot update (crash tests
 // raise SIGKILL from it). Process-wide; not for production use.
@@ -117,12 +117,11 @@ class Writer {
 
   // Upserts the given fields of the row `key`; fields not given keep their
   // values (and validity). apply_unix_ns = 0 reads CLOCK_REALTIME.
-  ApplyResult upsert(uint32_t table, std::string_view key, int64_t event_time_ms,
-                     std::span<const FieldValue> values, int64_t apply_unix_ns = 0);
+  ApplyResult upsert(uint32_t table, std::string_view key, int64_t event_time_ms, std::span<const FieldValue> values,
+                     int64_t apply_unix_ns = 0);
   // Deletes `key` (leaves a tombstone with the delete's event time, also when
   // the key was absent, so an older upsert arriving later stays deleted).
-  ApplyResult remove(uint32_t table, std::string_view key, int64_t event_time_ms,
-                     int64_t apply_unix_ns = 0);
+  ApplyResult remove(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t apply_unix_ns = 0);
 
   // Publishes liveness: call at least every 100 ms from the writer thread.
   void heartbeat();
@@ -133,8 +132,8 @@ class Writer {
   void set_connection_state(layout::ConnectionState state);
   void add_messages_rejected(uint64_t n);
 
-  bool created() const;              // this open created the segment
-  uint64_t repaired_slots() const;   // slots restored by this open
+  bool created() const;             // this open created the segment
+  uint64_t repaired_slots() const;  // slots restored by this open
   std::string path() const;
   WriterStats stats(uint32_t table) const;
   // The writer's own mapping, for readers in the same process (the
