@@ -111,7 +111,10 @@ def main():
                   % (key, status, age_text(user_ages[i]), row.get("clicks_1h"),
                      "%.2f" % row["spend_usd"] if row.valid("spend_usd") else None, row.get("is_premium"),
                      row.get("country")))
-        top = np.argsort(-scores[i])[:3]
+        # Only items that exist can be recommended: a deleted or unknown item
+        # (NOT_FOUND) is scored with defaults but never ranked.
+        ranked = np.where(it.found, scores[i], -np.inf)
+        top = [j for j in np.argsort(-ranked)[:3] if it.found[j]]
         print("    top items: " + ", ".join("%s p(click)=%.3f" % (item_keys[j].decode(), scores[i, j]) for j in top))
     seg.close()
     return 0
