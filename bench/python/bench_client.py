@@ -15,7 +15,7 @@ writer (larder-test-writer), then alternates rounds of
 Each round draws 4096 random keys from all rows (batches are 16 windows of
 256 of them). Both sides time blocks of calls (4096 gets, 16 batches) and
 report the fastest block of any round (the least disturbed by other load on
-the host) and the median of the rounds' means. Targets (issue 6): Python
+the host) and the median of the rounds' means. Targets: Python
 get_many <= 3x the C++ get_many per key; Python get < 2 us.
 """
 
