@@ -417,6 +417,20 @@ bool SidecarTestBase::load_broker(const std::string& prefix, bool need_tls, bool
   return true;
 }
 
+bool SidecarTestBase::reconnect_client(std::chrono::milliseconds timeout) {
+  client_.reset();
+  return wait_until(
+      [&] {
+        try {
+          client_ = std::make_unique<AmqpClient>(env_);
+          return true;
+        } catch (const std::exception&) {
+          return false;
+        }
+      },
+      timeout);
+}
+
 void SidecarTestBase::TearDown() {
   if (sidecar_ && sidecar_->running()) sidecar_->kill9();
   if (sidecar_ && HasFailure()) std::cerr << "---- sidecar log tail ----\n" << sidecar_->log_tail() << "\n";

@@ -154,6 +154,9 @@ class SidecarTestBase : public ::testing::Test {
   // The name is `prefix` + the test's name, made unique.
   bool load_broker(const std::string& prefix, bool need_tls, bool need_ctl);
   void TearDown() override;
+  // Replaces the test's own broker connection (after a broker restart),
+  // retrying until `timeout`.
+  bool reconnect_client(std::chrono::milliseconds timeout);
 
   BrokerEnv env_;
   std::string name_;

@@ -263,17 +263,7 @@ TEST_F(SidecarIntegrationTest, BrokerRestartedMidStream) {
       << "the segment header should show the lost connection";
   std::this_thread::sleep_for(1s);
   ASSERT_TRUE(env_.ctl("start_app")) << "broker start_app failed";
-  client_.reset();
-  ASSERT_TRUE(wait_until(
-      [&] {
-        try {
-          client_ = std::make_unique<AmqpClient>(env_);
-          return true;
-        } catch (const std::exception&) {
-          return false;
-        }
-      },
-      30s));
+  ASSERT_TRUE(reconnect_client(30s)) << "no broker connection for the test client";
   wait_for_consumer(30s);
   publish(make_stream(oracle, 500, 500, 10, 1'800'000'000'000, 5));
   expect_converges(oracle, 60s);

@@ -254,17 +254,7 @@ TEST_F(SidecarMetricsTest, ReadyzFlipsWhenTheBrokerStopsAndRecovers) {
   EXPECT_GE(p.at("larder_connects_total"), 2);
 
   // The connection is usable again: a message published now is applied.
-  client_.reset();
-  ASSERT_TRUE(wait_until(
-      [&] {
-        try {
-          client_ = std::make_unique<AmqpClient>(env_);
-          return true;
-        } catch (const std::exception&) {
-          return false;
-        }
-      },
-      30s));
+  ASSERT_TRUE(reconnect_client(30s)) << "no broker connection for the test client";
   ASSERT_TRUE(wait_until(
       [&] {
         const auto q = client_->inspect(name_);

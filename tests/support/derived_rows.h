@@ -9,25 +9,18 @@
 
 #include "larder/client.h"
 #include "larder/layout/writer.h"
+#include "support/test_segment.h"
 
 namespace larder::testing {
 
 inline constexpr uint32_t kDerivedDims = 16;
 
-// Table "rows": the every-type table with a 16-dim vector.
+// Table "rows": the every-type table with a 16-dim vector and a string
+// "tag" long enough for "v" + 8 digits.
 inline layout::TableSpec derived_table(uint64_t capacity) {
-  layout::TableSpec t;
-  t.name = "rows";
+  layout::TableSpec t = every_type_table("rows", capacity, kDerivedDims);
   t.key_max_len = 24;
-  t.capacity = capacity;
-  t.fields = {
-      {"clicks", layout::FieldType::kInt64, 1},
-      {"spend", layout::FieldType::kFloat64, 1},
-      {"ctr", layout::FieldType::kFloat32, 1},
-      {"premium", layout::FieldType::kBool, 1},
-      {"embedding", layout::FieldType::kFloat32Vector, kDerivedDims},
-      {"tag", layout::FieldType::kString, 12},
-  };
+  t.fields[5] = {"tag", layout::FieldType::kString, 12};
   return t;
 }
 
