@@ -16,13 +16,13 @@ namespace larder::layout {
 namespace {
 
 TEST(Layout, VersionMagicAndAbiSignatureArePinned) {
-  EXPECT_EQ(kLayoutVersion, 1u);
+  EXPECT_EQ(kLayoutVersion, 2u);
   char bytes[8];
   std::memcpy(bytes, &kMagic, 8);
   EXPECT_EQ(std::string(bytes, 8), "LARDSEG1");
   EXPECT_EQ(kEndianTag, 0x01020304u);
   // Changing any shared struct changes this value: bump kLayoutVersion with it.
-  EXPECT_EQ(abi_signature(), 17230625729525868313ull);
+  EXPECT_EQ(abi_signature(), 12303511976828881721ull);
 }
 
 TEST(Layout, SegmentHeaderOffsets) {
@@ -53,10 +53,31 @@ TEST(Layout, SegmentHeaderOffsets) {
   EXPECT_EQ(offsetof(SegmentHeader, undo_slot), 184u);
   EXPECT_EQ(offsetof(SegmentHeader, messages_rejected), 192u);
   EXPECT_EQ(offsetof(SegmentHeader, updates_applied), 200u);
+  EXPECT_EQ(offsetof(SegmentHeader, journal_armed), 208u);
+  EXPECT_EQ(offsetof(SegmentHeader, journal_count), 216u);
+  EXPECT_EQ(offsetof(SegmentHeader, journal_offset), 224u);
+  EXPECT_EQ(offsetof(SegmentHeader, journal_capacity), 232u);
 }
 
 TEST(Layout, DescriptorOffsets) {
-  EXPECT_EQ(sizeof(TableDescriptor), 256u);
+  EXPECT_EQ(sizeof(TableDescriptor), 384u);
+  EXPECT_EQ(offsetof(TableDescriptor, aggregate_count), 208u);
+  EXPECT_EQ(offsetof(TableDescriptor, state_stride_words), 212u);
+  EXPECT_EQ(offsetof(TableDescriptor, aggregates_offset), 216u);
+  EXPECT_EQ(offsetof(TableDescriptor, state_offset), 224u);
+  EXPECT_EQ(offsetof(TableDescriptor, dedup_offset), 232u);
+  EXPECT_EQ(offsetof(TableDescriptor, dedup_buckets), 240u);
+  EXPECT_EQ(offsetof(TableDescriptor, allowed_lateness_ms), 248u);
+  EXPECT_EQ(offsetof(TableDescriptor, dedup_horizon_ms), 256u);
+  EXPECT_EQ(offsetof(TableDescriptor, dedup_capacity), 264u);
+  EXPECT_EQ(offsetof(TableDescriptor, aggregate_counters), 272u);
+  EXPECT_EQ(sizeof(AggregateDescriptor), 128u);
+  EXPECT_EQ(offsetof(AggregateDescriptor, fn), 64u);
+  EXPECT_EQ(offsetof(AggregateDescriptor, end), 68u);
+  EXPECT_EQ(offsetof(AggregateDescriptor, window_ms), 72u);
+  EXPECT_EQ(offsetof(AggregateDescriptor, resolution_ms), 80u);
+  EXPECT_EQ(offsetof(AggregateDescriptor, field), 88u);
+  EXPECT_EQ(sizeof(JournalEntry), 16u);
   EXPECT_EQ(offsetof(TableDescriptor, name), 0u);
   EXPECT_EQ(offsetof(TableDescriptor, field_count), 64u);
   EXPECT_EQ(offsetof(TableDescriptor, key_max_len), 68u);
@@ -136,12 +157,57 @@ TEST(Layout, PlanOfAKnownSchemaIsPinned) {
   EXPECT_EQ(t.key_words, 3u);
   EXPECT_EQ(t.slot_bytes, 128u);  // (5 + 1 + 3) * 8 + 48 = 120 -> 128
   EXPECT_EQ(t.slot_count, 1334u);
-  EXPECT_EQ(t.fields_offset, 512u);  // header 256 + one descriptor 256
-  EXPECT_EQ(p.undo_offset, 1088u);   // 512 + 6 * 96 = 1088, 64-aligned
+  EXPECT_EQ(t.fields_offset, 640u);  // header 256 + one descriptor 384
+  EXPECT_EQ(p.undo_offset, 1216u);   // 640 + 6 * 96 = 1216, 64-aligned
   EXPECT_EQ(p.undo_bytes, 128u);
   EXPECT_EQ(t.slots_offset, 4096u);
   EXPECT_EQ(p.segment_bytes, 176128u);  // 4096 + 1334 * 128 = 174848, rounded up to 4 KiB
   EXPECT_EQ(p.segment_bytes % 4096, 0u);
+}
+
+TEST(Layout, PlanOfAggregatesIsPinned) {
+  TableSpec t;
+  t.name = "users";
+  t.fields = {{"amount", FieldType::kFloat64, 1}};
+  // Two windows of one source and resolution share a ring; a count without
+  // a source and a second resolution make two more groups.
+  t.aggregates = {{"spend_1h", "amount", AggregateFn::kSum, 3'600'000, 60'000, WindowEnd::kNow},
+                  {"spend_10m", "amount", AggregateFn::kMean, 600'000, 60'000, WindowEnd::kNow},
+                  {"var_1h", "amount", AggregateFn::kVariance, 3'600'000, 60'000, WindowEnd::kNow},
+                  {"clicks_5m", "", AggregateFn::kCount, 300'000, 0, WindowEnd::kNow},
+                  {"max_1d", "amount", AggregateFn::kMax, 86'400'000, 0, WindowEnd::kLatestEvent}};
+  const AggregatePlan p = plan_aggregates(t);
+  EXPECT_EQ(p.sources, std::vector<std::string>{"amount"});
+  ASSERT_EQ(p.groups.size(), 3u);
+  const AggregatePlan::Group& g0 = p.groups[0];
+  EXPECT_EQ(g0.resolution_ms, 60'000);
+  EXPECT_EQ(g0.ring_buckets, 60);
+  ASSERT_EQ(g0.windows.size(), 2u);
+  EXPECT_TRUE(g0.sum && g0.sumsq && !g0.min && !g0.max);
+  EXPECT_EQ(g0.bucket_words, 4u);  // tag, count, sum, sumsq
+  EXPECT_EQ(g0.offset, 2u);
+  EXPECT_EQ(g0.windows[0].offset, 6u);
+  EXPECT_EQ(g0.windows[1].offset, 12u);
+  const AggregatePlan::Group& g1 = p.groups[1];  // count, 300 s / 60 = 5 s buckets
+  EXPECT_EQ(g1.resolution_ms, 5'000);
+  EXPECT_EQ(g1.bucket_words, 2u);
+  EXPECT_EQ(g1.offset, 18u);
+  const AggregatePlan::Group& g2 = p.groups[2];  // 1 d / 60 = 24 min buckets
+  EXPECT_EQ(g2.resolution_ms, 1'440'000);
+  EXPECT_EQ(g2.bucket_words, 3u);
+  EXPECT_EQ(g2.offset, 28u);
+  EXPECT_EQ(p.hot_words, 38u);  // headers and windows together, then the rings
+  EXPECT_EQ(g0.ring_offset, 38u);
+  EXPECT_EQ(g1.ring_offset, 38u + 60 * 4);
+  EXPECT_EQ(g2.ring_offset, 38u + 60 * 4 + 60 * 2);
+  EXPECT_EQ(p.stride_words, 2u + (4 + 12 + 240) + (4 + 6 + 120) + (4 + 6 + 180));
+  ASSERT_EQ(p.outputs.size(), 5u);
+  EXPECT_EQ(p.outputs[2].field, 3u);
+  EXPECT_EQ(p.outputs[2].window, 0u);
+  EXPECT_EQ(p.outputs[1].window, 1u);
+  EXPECT_EQ(default_resolution_ms(5'000), 50);
+  EXPECT_EQ(default_resolution_ms(3'600'000), 60'000);
+  EXPECT_EQ(default_resolution_ms(30LL * 86'400'000), 43'200'000);
 }
 
 TEST(Layout, FingerprintCoversEverySchemaDetail) {

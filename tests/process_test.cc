@@ -337,7 +337,15 @@ TEST(Processes, SecondWriterIsRefused) {
 
 TEST(Processes, ReaderDeathLeavesNothingBehind) {
   testing::Children kids;
-  ScratchSegment seg;
+  // A directory of its own: other tests create and remove files in /dev/shm
+  // meanwhile, and any file the reader left would show here.
+  const std::string dir = "/dev/shm/larder-reader-death-" + std::to_string(::getpid());
+  ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0) << dir;
+  struct RemoveDir {
+    std::string path;
+    ~RemoveDir() { ::rmdir(path.c_str()); }
+  } remove_dir{dir};
+  ScratchSegment seg(dir);
   auto w = open_derived(seg, 16);
   testing::write_derived(*w, 1, 5);
   auto files = [&] {
@@ -422,10 +430,12 @@ class Refusals : public ::testing::Test {
 };
 
 TEST_F(Refusals, OlderLayoutVersionNamesBothVersions) {
-  edit([](layout::SegmentHeader& h, char*) { h.layout_version = 0; });
+  edit([](layout::SegmentHeader& h, char*) { h.layout_version = layout::kLayoutVersion - 1; });
   const Error e = open_error();
   EXPECT_EQ(e.code(), ErrorCode::kVersionMismatch);
-  EXPECT_NE(std::string(e.what()).find("has layout v0, this build reads v1"), std::string::npos) << e.what();
+  const std::string want = "has layout v" + std::to_string(layout::kLayoutVersion - 1) + ", this build reads v" +
+                           std::to_string(layout::kLayoutVersion);
+  EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
   // The writer refuses it too rather than overwrite it.
   try {
     open_derived(seg_, 16);
@@ -436,7 +446,7 @@ TEST_F(Refusals, OlderLayoutVersionNamesBothVersions) {
 }
 
 TEST_F(Refusals, NewerLayoutVersionSaysUpgradeTheClient) {
-  edit([](layout::SegmentHeader& h, char*) { h.layout_version = 2; });
+  edit([](layout::SegmentHeader& h, char*) { h.layout_version = layout::kLayoutVersion + 1; });
   const Error e = open_error();
   EXPECT_EQ(e.code(), ErrorCode::kVersionMismatch);
   EXPECT_NE(std::string(e.what()).find("upgrade the client"), std::string::npos) << e.what();

@@ -278,7 +278,17 @@ int cmd_info(const Globals& g, const std::string& name) {
                    ",\"last_update_age_ms\":" + std::to_string(age_ms(st.last_apply_unix_ns)) +
                    ",\"max_event_time_ms\":" + std::to_string(st.max_event_time_ms) +
                    ",\"probe_length\":{\"p50\":" + std::to_string(p50) + ",\"p99\":" + std::to_string(p99) +
-                   ",\"max\":" + std::to_string(scan.max_probe) + ",\"histogram\":" + probes_json + "}}";
+                   ",\"max\":" + std::to_string(scan.max_probe) + ",\"histogram\":" + probes_json + "}";
+    if (st.aggregates > 0) {
+      tables_json += ",\"aggregates\":{\"count\":" + std::to_string(st.aggregates) +
+                     ",\"events\":" + std::to_string(st.aggregate_events) +
+                     ",\"late_dropped\":" + std::to_string(st.late_dropped) +
+                     ",\"duplicates\":" + std::to_string(st.duplicates) +
+                     ",\"dedup_evictions\":" + std::to_string(st.dedup_evictions) +
+                     ",\"refreshes\":" + std::to_string(st.refreshes) +
+                     ",\"clock_ms\":" + std::to_string(st.aggregate_clock_ms) + "}";
+    }
+    tables_json += "}";
     char line[512];
     std::snprintf(
         line, sizeof line,
@@ -293,6 +303,14 @@ int cmd_info(const Globals& g, const std::string& name) {
         st.last_apply_unix_ns == 0 ? "never" : (std::to_string(age_ms(st.last_apply_unix_ns)) + " ms ago").c_str(), p50,
         p99, scan.max_probe);
     text += line;
+    if (st.aggregates > 0) {
+      std::snprintf(line, sizeof line,
+                    "    %u aggregates: %" PRIu64 " events, %" PRIu64 " late dropped, %" PRIu64 " duplicates, %" PRIu64
+                    " dedup evictions, %" PRIu64 " refreshes\n",
+                    st.aggregates, st.aggregate_events, st.late_dropped, st.duplicates, st.dedup_evictions,
+                    st.refreshes);
+      text += line;
+    }
   }
   tables_json += "]";
   const bool alive = o.segment.writer_alive();
@@ -353,7 +371,22 @@ int cmd_schema(const Globals& g, const std::string& name) {
         if (fs.type == FieldType::kString) out += ",\"max_len\":" + std::to_string(fs.count);
         out += "}";
       }
-      out += "]}";
+      out += "]";
+      if (!s.aggregates.empty()) {
+        out += ",\"aggregates\":[";
+        for (size_t a = 0; a < s.aggregates.size(); ++a) {
+          const AggregateSpec& as = s.aggregates[a];
+          out += std::string(a ? "," : "") + "{\"name\":" + json_string(as.name) +
+                 ",\"source\":" + json_string(as.source) + ",\"fn\":\"" + aggregate_fn_name(as.fn) +
+                 "\",\"window_ms\":" + std::to_string(as.window_ms) +
+                 ",\"resolution_ms\":" + std::to_string(s.resolution_of(as)) + ",\"end\":\"" +
+                 (as.end == WindowEnd::kNow ? "now" : "latest_event") + "\"}";
+        }
+        out += "],\"allowed_lateness_ms\":" + std::to_string(s.lateness_ms()) +
+               ",\"dedup\":{\"horizon_ms\":" + std::to_string(s.dedup_horizon()) +
+               ",\"capacity\":" + std::to_string(s.dedup_ids()) + "}";
+      }
+      out += "}";
     }
     std::printf("%s]}\n", out.c_str());
     return kExitOk;
@@ -368,6 +401,26 @@ int cmd_schema(const Globals& g, const std::string& name) {
       std::printf("      - {name: %s, type: %s", f.name.c_str(), field_type_name(f.type));
       if (f.type == FieldType::kFloat32Vector) std::printf(", dims: %u", f.count);
       if (f.type == FieldType::kString) std::printf(", max_len: %u", f.count);
+      std::printf("}\n");
+    }
+    // Durations in milliseconds and only the settings that were given, so
+    // that the config reproduces the fingerprint. Field transforms are ingest
+    // settings and not recorded in the segment.
+    if (!s.aggregates.empty()) std::printf("    aggregates:\n");
+    for (const AggregateSpec& a : s.aggregates) {
+      std::printf("      - {name: %s, ", a.name.c_str());
+      if (!a.source.empty()) std::printf("source: %s, ", a.source.c_str());
+      std::printf("fn: %s, window: %" PRId64, aggregate_fn_name(a.fn), a.window_ms);
+      if (a.resolution_ms != 0) std::printf(", resolution: %" PRId64, a.resolution_ms);
+      if (a.end == WindowEnd::kLatestEvent) std::printf(", end: latest_event");
+      std::printf("}\n");
+    }
+    if (s.allowed_lateness_ms != 0) std::printf("    allowed_lateness: %" PRId64 "\n", s.allowed_lateness_ms);
+    if (s.dedup_capacity != 0 || s.dedup_horizon_ms != 0) {
+      std::printf("    dedup: {");
+      if (s.dedup_horizon_ms != 0)
+        std::printf("horizon: %" PRId64 "%s", s.dedup_horizon_ms, s.dedup_capacity ? ", " : "");
+      if (s.dedup_capacity != 0) std::printf("capacity: %" PRIu64, s.dedup_capacity);
       std::printf("}\n");
     }
   }
@@ -731,7 +784,9 @@ int cmd_size(const Globals& g, const std::string& config_path, bool check) {
   const Schema schema = cfg.schema();
   const LayoutPlan plan = plan_layout(schema);
   uint64_t tables_bytes = 0;
-  for (const TablePlan& tp : plan.tables) tables_bytes += tp.slots_bytes;
+  for (const TablePlan& tp : plan.tables) {
+    tables_bytes += tp.slots_bytes + tp.state_bytes + tp.dedup_buckets * kDedupBucketBytes;
+  }
   const uint64_t other_bytes = plan.segment_bytes - tables_bytes;
   const uint64_t headroom = std::max(plan.segment_bytes * kHeadroomPercent / 100, kMiB);
   const uint64_t recommended = round_up_to(plan.segment_bytes + kWriterFreeMargin + headroom, kMiB);
@@ -748,7 +803,10 @@ int cmd_size(const Globals& g, const std::string& config_path, bool check) {
       tables += std::string(t ? "," : "") + "{\"name\":" + json_string(s.name) +
                 ",\"capacity\":" + std::to_string(s.capacity) + ",\"max_load_factor\":" + number(s.max_load_factor) +
                 ",\"slots\":" + std::to_string(tp.slot_count) + ",\"slot_bytes\":" + std::to_string(tp.slot_bytes) +
-                ",\"row_bytes\":" + std::to_string(tp.row_bytes) + ",\"bytes\":" + std::to_string(tp.slots_bytes) + "}";
+                ",\"row_bytes\":" + std::to_string(tp.row_bytes) + ",\"bytes\":" + std::to_string(tp.slots_bytes) +
+                ",\"aggregate_state_bytes\":" + std::to_string(tp.state_bytes) +
+                ",\"aggregate_state_bytes_per_slot\":" + std::to_string(tp.aggregates.stride_words * 8) +
+                ",\"dedup_bytes\":" + std::to_string(tp.dedup_buckets * kDedupBucketBytes) + "}";
     }
     tables += "]";
     std::string dir_json = "{\"exists\":" + std::string(dc.exists ? "true" : "false");
@@ -776,8 +834,15 @@ int cmd_size(const Globals& g, const std::string& config_path, bool check) {
       const TablePlan& tp = plan.tables[t];
       std::printf("  %-24s %12" PRIu64 " %10" PRIu64 " %8u %16" PRIu64 "  %s\n", schema.tables[t].name.c_str(),
                   schema.tables[t].capacity, tp.slot_count, tp.slot_bytes, tp.slots_bytes, mib(tp.slots_bytes).c_str());
+      if (tp.state_bytes > 0) {
+        const uint64_t dedup = tp.dedup_buckets * kDedupBucketBytes;
+        std::printf("  %-24s %12s %10" PRIu64 " %8u %16" PRIu64 "  %s\n", "  aggregate state", "", tp.slot_count,
+                    tp.aggregates.stride_words * 8, tp.state_bytes, mib(tp.state_bytes).c_str());
+        std::printf("  %-24s %12" PRIu64 " %10s %8zu %16" PRIu64 "  %s\n", "  dedup ids", tp.dedup_buckets * kDedupWays,
+                    "", size_t{16}, dedup, mib(dedup).c_str());
+      }
     }
-    std::printf("  %-57s %16" PRIu64 "  %s\n", "header, descriptors, undo area, alignment", other_bytes,
+    std::printf("  %-57s %16" PRIu64 "  %s\n", "header, descriptors, undo area, journal, alignment", other_bytes,
                 mib(other_bytes).c_str());
     std::printf("  %-57s %16" PRIu64 "  %s\n", "total (the segment file, allocated at start)", plan.segment_bytes,
                 mib(plan.segment_bytes).c_str());

@@ -112,7 +112,8 @@ Table Segment::table(std::string_view name) const {
       tab.field_names_.emplace_back(fixed_name(field_descriptor(base, d, f).name));
     for (uint32_t f = 0; f < d.field_count; ++f) {
       const FieldDescriptor& fd = field_descriptor(base, d, f);
-      tab.fields_.push_back(Field{fd.index, static_cast<FieldType>(fd.type), fd.count, fd.offset, tab.field_names_[f]});
+      tab.fields_.push_back(Field{fd.index, static_cast<FieldType>(fd.type), fd.count, fd.offset, tab.field_names_[f],
+                                  (fd.flags & kFieldAggregate) != 0});
     }
     return tab;
   }
@@ -260,6 +261,14 @@ TableStats Table::stats() const noexcept {
   s.full_rejected = sync::load_relaxed(c.full_rejected);
   s.last_apply_unix_ns = static_cast<int64_t>(sync::load_relaxed(c.last_apply_unix_ns));
   s.max_event_time_ms = static_cast<int64_t>(sync::load_relaxed(c.max_event_time_ms));
+  const AggregateCounters& a = desc_->aggregate_counters;
+  s.aggregates = desc_->aggregate_count;
+  s.aggregate_events = sync::load_relaxed(a.events);
+  s.late_dropped = sync::load_relaxed(a.late_dropped);
+  s.duplicates = sync::load_relaxed(a.duplicates);
+  s.dedup_evictions = sync::load_relaxed(a.dedup_evictions);
+  s.refreshes = sync::load_relaxed(a.refreshes);
+  s.aggregate_clock_ms = static_cast<int64_t>(sync::load_relaxed(a.clock_ms));
   return s;
 }
 

@@ -1,6 +1,7 @@
 // Schema validation, fingerprint and the layout plan.
 #include "larder/layout/schema.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <string>
@@ -41,6 +42,79 @@ bool parse_field_type(std::string_view text, FieldType* out) {
   return false;
 }
 
+const char* aggregate_fn_name(AggregateFn fn) {
+  switch (fn) {
+    case AggregateFn::kCount: return "count";
+    case AggregateFn::kSum: return "sum";
+    case AggregateFn::kMean: return "mean";
+    case AggregateFn::kMin: return "min";
+    case AggregateFn::kMax: return "max";
+    case AggregateFn::kLast: return "last";
+    case AggregateFn::kVariance: return "variance";
+    case AggregateFn::kStddev: return "stddev";
+  }
+  return "unknown";
+}
+
+bool parse_aggregate_fn(std::string_view text, AggregateFn* out) {
+  for (AggregateFn fn : {AggregateFn::kCount, AggregateFn::kSum, AggregateFn::kMean, AggregateFn::kMin,
+                         AggregateFn::kMax, AggregateFn::kLast, AggregateFn::kVariance, AggregateFn::kStddev}) {
+    if (text == aggregate_fn_name(fn)) {
+      *out = fn;
+      return true;
+    }
+  }
+  if (text == "avg")
+    *out = AggregateFn::kMean;
+  else if (text == "var")
+    *out = AggregateFn::kVariance;
+  else if (text == "std")
+    *out = AggregateFn::kStddev;
+  else
+    return false;
+  return true;
+}
+
+int64_t default_resolution_ms(int64_t window_ms) {
+  if (window_ms <= 0) return 0;
+  for (int64_t n = 60; n <= kMaxBucketsPerWindow && n <= window_ms; ++n) {
+    if (window_ms % n == 0) return window_ms / n;
+  }
+  return window_ms >= 60 ? 0 : 1;  // 0: no whole-millisecond default; the resolution must be given
+}
+
+namespace {
+bool numeric_source_type(FieldType t) {
+  return t == FieldType::kInt64 || t == FieldType::kFloat64 || t == FieldType::kFloat32 || t == FieldType::kBool;
+}
+}  // namespace
+
+std::vector<FieldSpec> TableSpec::all_fields() const {
+  std::vector<FieldSpec> all = fields;
+  for (const AggregateSpec& a : aggregates) {
+    all.push_back(FieldSpec{a.name, a.fn == AggregateFn::kCount ? FieldType::kInt64 : FieldType::kFloat64, 1});
+  }
+  return all;
+}
+
+int64_t TableSpec::resolution_of(const AggregateSpec& a) const {
+  return a.resolution_ms > 0 ? a.resolution_ms : default_resolution_ms(a.window_ms);
+}
+
+int64_t TableSpec::lateness_ms() const {
+  if (allowed_lateness_ms > 0) return allowed_lateness_ms;
+  int64_t longest = 0;
+  for (const AggregateSpec& a : aggregates) longest = std::max(longest, a.window_ms);
+  return longest;
+}
+
+uint64_t TableSpec::dedup_ids() const {
+  if (aggregates.empty()) return 0;
+  return dedup_capacity > 0 ? dedup_capacity : std::max<uint64_t>(capacity, 65536);
+}
+
+int64_t TableSpec::dedup_horizon() const { return dedup_horizon_ms > 0 ? dedup_horizon_ms : lateness_ms(); }
+
 bool valid_identifier(std::string_view name) {
   if (name.empty() || name.size() > kMaxNameLength || name[0] == '.' || name[0] == '-') return false;
   for (char c : name) {
@@ -75,6 +149,70 @@ uint32_t field_align(FieldType type) {
   return 8;
 }
 
+namespace {
+
+void validate_aggregates(const TableSpec& t, const std::string& where, std::set<std::string>* names) {
+  if (t.aggregates.size() > kMaxAggregates) {
+    invalid(where + ": " + std::to_string(t.aggregates.size()) + " aggregates, at most " +
+            std::to_string(kMaxAggregates));
+  }
+  int64_t longest = 0;
+  for (const AggregateSpec& a : t.aggregates) {
+    const std::string aw = where + " aggregate \"" + a.name + "\"";
+    if (!valid_identifier(a.name)) invalid(aw + ": invalid name (1..63 of [A-Za-z0-9_.-])");
+    if (!names->insert(a.name).second) invalid(aw + ": the name is already a field or another aggregate");
+    if (static_cast<uint32_t>(a.fn) < 1 || static_cast<uint32_t>(a.fn) > 8) invalid(aw + ": unknown function");
+    if (a.source.empty()) {
+      if (a.fn != AggregateFn::kCount) invalid(aw + ": " + aggregate_fn_name(a.fn) + " needs a source");
+    } else {
+      if (!valid_identifier(a.source)) invalid(aw + ": invalid source name \"" + a.source + "\"");
+      for (const FieldSpec& f : t.fields) {
+        if (f.name == a.source && !numeric_source_type(f.type)) {
+          invalid(aw + ": source \"" + a.source + "\" is a " + field_type_name(f.type) +
+                  " field; aggregates need a number (int64, float64, float32 or bool)");
+        }
+      }
+    }
+    if (a.end != WindowEnd::kNow && a.end != WindowEnd::kLatestEvent) invalid(aw + ": unknown window end");
+    if (a.window_ms < kMinWindowMs || a.window_ms > kMaxWindowMs) {
+      invalid(aw + ": window " + std::to_string(a.window_ms) + " ms is outside 1 s .. 30 days");
+    }
+    if (a.resolution_ms < 0) invalid(aw + ": resolution " + std::to_string(a.resolution_ms) + " ms is negative");
+    const int64_t r = t.resolution_of(a);
+    if (r <= 0) {
+      invalid(aw + ": no whole-millisecond resolution divides the window " + std::to_string(a.window_ms) +
+              " ms into 60..4096 buckets; give a resolution");
+    }
+    if (a.window_ms % r != 0) {
+      invalid(aw + ": window " + std::to_string(a.window_ms) + " ms is not a multiple of the resolution " +
+              std::to_string(r) + " ms");
+    }
+    if (a.window_ms / r > kMaxBucketsPerWindow) {
+      invalid(aw + ": window / resolution = " + std::to_string(a.window_ms / r) + " buckets, at most " +
+              std::to_string(kMaxBucketsPerWindow) + "; use a coarser resolution");
+    }
+    longest = std::max(longest, a.window_ms);
+  }
+  if (t.aggregates.empty()) {
+    if (t.allowed_lateness_ms != 0 || t.dedup_capacity != 0 || t.dedup_horizon_ms != 0) {
+      invalid(where + ": allowed_lateness and dedup apply to aggregates, and the table has none");
+    }
+    return;
+  }
+  if (t.allowed_lateness_ms < 0 || t.allowed_lateness_ms > longest) {
+    invalid(where + ": allowed_lateness " + std::to_string(t.allowed_lateness_ms) +
+            " ms must be between 0 and the longest window, " + std::to_string(longest) + " ms");
+  }
+  if (t.dedup_horizon_ms < 0 || (t.dedup_horizon_ms > 0 && t.dedup_horizon_ms < t.lateness_ms())) {
+    invalid(where + ": dedup horizon " + std::to_string(t.dedup_horizon_ms) +
+            " ms is shorter than the allowed lateness " + std::to_string(t.lateness_ms()) +
+            " ms: an event could be old enough to be forgotten and still count");
+  }
+  if (t.dedup_capacity > (uint64_t{1} << 32)) invalid(where + ": dedup capacity is above 2^32 ids");
+}
+
+}  // namespace
+
 void Schema::validate() const {
   if (tables.empty()) invalid("schema: at least one table is required");
   if (tables.size() > kMaxTables)
@@ -97,8 +235,10 @@ void Schema::validate() const {
     if (!(t.max_load_factor > 0.0 && t.max_load_factor <= 0.95)) {
       invalid(where + ": max_load_factor " + std::to_string(t.max_load_factor) + " is outside (0, 0.95]");
     }
-    if (t.fields.empty()) invalid(where + ": at least one field is required");
-    if (t.fields.size() > kMaxFields) invalid(where + ": more than " + std::to_string(kMaxFields) + " fields");
+    if (t.fields.empty() && t.aggregates.empty()) invalid(where + ": at least one field or aggregate is required");
+    if (t.all_fields().size() > kMaxFields) {
+      invalid(where + ": more than " + std::to_string(kMaxFields) + " fields and aggregates");
+    }
     std::set<std::string> field_names;
     for (const FieldSpec& f : t.fields) {
       const std::string fwhere = where + " field \"" + f.name + "\"";
@@ -124,6 +264,7 @@ void Schema::validate() const {
         default: invalid(fwhere + ": unknown type " + std::to_string(static_cast<uint32_t>(f.type)));
       }
     }
+    validate_aggregates(t, where, &field_names);
   }
 }
 
@@ -135,6 +276,15 @@ uint64_t Schema::fingerprint() const {
     for (const FieldSpec& f : t.fields) {
       canon += " field " + f.name + " " + field_type_name(f.type) + " " + std::to_string(f.count) + "\n";
     }
+    for (const AggregateSpec& a : t.aggregates) {
+      canon += " aggregate " + a.name + " " + a.source + " " + aggregate_fn_name(a.fn) + " " +
+               std::to_string(a.window_ms) + " " + std::to_string(t.resolution_of(a)) + " " +
+               std::to_string(static_cast<uint32_t>(a.end)) + "\n";
+    }
+    if (!t.aggregates.empty()) {
+      canon += " lateness " + std::to_string(t.allowed_lateness_ms) + " dedup " + std::to_string(t.dedup_capacity) +
+               " " + std::to_string(t.dedup_horizon_ms) + "\n";
+    }
   }
   return XXH3_64bits(canon.data(), canon.size());
 }
@@ -144,12 +294,19 @@ LayoutPlan plan_layout(const Schema& schema) {
   plan.header_bytes = kSegmentHeaderBytes;
   uint64_t at = kSegmentHeaderBytes + kTableDescriptorBytes * schema.tables.size();
   uint64_t max_slot_bytes = 0;
+  uint64_t journal_words = 0;
   for (const TableSpec& t : schema.tables) {
     TablePlan tp;
+    const std::vector<FieldSpec> fields = t.all_fields();
     tp.fields_offset = round_up(at, 8);
-    at = tp.fields_offset + kFieldDescriptorBytes * t.fields.size();
+    at = tp.fields_offset + kFieldDescriptorBytes * fields.size();
+    tp.aggregates_offset = t.aggregates.empty() ? 0 : at;
+    at += kAggregateDescriptorBytes * t.aggregates.size();
+    tp.aggregates = plan_aggregates(t);
+    journal_words = std::max<uint64_t>(journal_words, tp.aggregates.journal_words);
+    tp.dedup_buckets = (t.dedup_ids() + kDedupWays - 1) / kDedupWays;
     uint32_t row = 0;
-    for (const FieldSpec& f : t.fields) {
+    for (const FieldSpec& f : fields) {
       const uint32_t count = (f.type == FieldType::kFloat32Vector || f.type == FieldType::kString) ? f.count : 1;
       FieldPlan fp;
       fp.bytes = field_bytes(f.type, count);
@@ -158,7 +315,7 @@ LayoutPlan plan_layout(const Schema& schema) {
       tp.fields.push_back(fp);
     }
     tp.row_bytes = static_cast<uint32_t>(round_up(row, 8));
-    tp.validity_words = static_cast<uint32_t>((t.fields.size() + 63) / 64);
+    tp.validity_words = static_cast<uint32_t>((fields.size() + 63) / 64);
     tp.key_words = static_cast<uint32_t>((t.key_max_len + 7) / 8);
     tp.slot_bytes = static_cast<uint32_t>(
         round_up(8 * (kSlotHeaderWords + tp.validity_words + tp.key_words) + tp.row_bytes, kSlotAlign));
@@ -173,12 +330,96 @@ LayoutPlan plan_layout(const Schema& schema) {
   plan.undo_offset = round_up(at, kSlotAlign);
   plan.undo_bytes = max_slot_bytes;
   at = plan.undo_offset + plan.undo_bytes;
+  plan.journal_offset = round_up(at, kSlotAlign);
+  plan.journal_capacity = journal_words == 0 ? 0 : journal_words + 16;
+  at = plan.journal_offset + plan.journal_capacity * sizeof(JournalEntry);
   for (TablePlan& tp : plan.tables) {
     tp.slots_offset = round_up(at, kSlotArrayAlign);
     at = tp.slots_offset + tp.slots_bytes;
+    if (tp.aggregates.stride_words > 0) {
+      tp.state_offset = round_up(at, kSlotAlign);
+      tp.state_bytes = tp.slot_count * tp.aggregates.stride_words * 8;
+      at = tp.state_offset + tp.state_bytes;
+      tp.dedup_offset = round_up(at, kSlotAlign);
+      at = tp.dedup_offset + tp.dedup_buckets * kDedupBucketBytes;
+    }
   }
   plan.segment_bytes = round_up(at, kSlotArrayAlign);
   return plan;
+}
+
+AggregatePlan plan_aggregates(const TableSpec& table) {
+  AggregatePlan p;
+  if (table.aggregates.empty()) return p;
+  uint32_t at = kAggregateSlotHeaderWords;
+  for (const AggregateSpec& a : table.aggregates) {
+    const int64_t r = table.resolution_of(a);
+    if (!a.source.empty() && std::find(p.sources.begin(), p.sources.end(), a.source) == p.sources.end()) {
+      p.sources.push_back(a.source);
+    }
+    uint32_t g = 0;
+    while (g < p.groups.size() && !(p.groups[g].source == a.source && p.groups[g].resolution_ms == r)) ++g;
+    if (g == p.groups.size()) {
+      AggregatePlan::Group group;
+      group.source = a.source;
+      group.resolution_ms = r;
+      p.groups.push_back(std::move(group));
+    }
+    AggregatePlan::Group& group = p.groups[g];
+    uint32_t w = 0;
+    while (w < group.windows.size() && !(group.windows[w].window_ms == a.window_ms && group.windows[w].end == a.end))
+      ++w;
+    if (w == group.windows.size()) {
+      AggregatePlan::Window win;
+      win.window_ms = a.window_ms;
+      win.buckets = r > 0 ? a.window_ms / r : 0;
+      win.end = a.end;
+      group.windows.push_back(win);
+    }
+    group.ring_buckets = std::max(group.ring_buckets, r > 0 ? a.window_ms / r : 0);
+    switch (a.fn) {
+      case AggregateFn::kSum:
+      case AggregateFn::kMean: group.sum = true; break;
+      case AggregateFn::kVariance:
+      case AggregateFn::kStddev: group.sum = group.sumsq = true; break;
+      case AggregateFn::kMin: group.min = true; break;
+      case AggregateFn::kMax: group.max = true; break;
+      case AggregateFn::kLast: group.last = true; break;
+      case AggregateFn::kCount: break;
+    }
+    AggregatePlan::Output out;
+    out.field = static_cast<uint32_t>(table.fields.size() + p.outputs.size());
+    out.group = g;
+    out.window = w;
+    out.fn = a.fn;
+    p.outputs.push_back(out);
+  }
+  // Words one change may store: the slot header and a dedup entry, and per
+  // group its header twice, each window three times (moved on the clock,
+  // moved on a new newest bucket, folded) and one bucket twice (reset, fold).
+  uint32_t journal = 2 * kAggregateSlotHeaderWords + 2 * kDedupWays;
+  // Every group's header and windows first: an event touches all of them,
+  // so they share a few adjacent cache lines; then the rings, of which an
+  // event touches one bucket each.
+  for (AggregatePlan::Group& g : p.groups) {
+    g.bucket_words = 2 + g.sum + g.sumsq + g.min + g.max;
+    g.offset = at;
+    at += kAggregateGroupHeaderWords;
+    for (AggregatePlan::Window& w : g.windows) {
+      w.offset = at;
+      at += kAggregateWindowWords;
+    }
+  }
+  p.hot_words = at;
+  for (AggregatePlan::Group& g : p.groups) {
+    g.ring_offset = at;
+    at += static_cast<uint32_t>(g.ring_buckets) * g.bucket_words;
+    journal += 2 * kAggregateGroupHeaderWords + 3 * kAggregateWindowWords * static_cast<uint32_t>(g.windows.size()) +
+               2 * g.bucket_words;
+  }
+  p.stride_words = at;
+  p.journal_words = journal;
+  return p;
 }
 
 }  // namespace larder::layout

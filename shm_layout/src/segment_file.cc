@@ -153,6 +153,11 @@ const TableDescriptor& table_descriptor(const void* base, uint32_t table) noexce
                                                    table * sizeof(TableDescriptor));
 }
 
+const AggregateDescriptor& aggregate_descriptor(const void* base, const TableDescriptor& t, uint32_t a) noexcept {
+  return *reinterpret_cast<const AggregateDescriptor*>(static_cast<const char*>(base) + t.aggregates_offset +
+                                                       a * sizeof(AggregateDescriptor));
+}
+
 const FieldDescriptor& field_descriptor(const void* base, const TableDescriptor& t, uint32_t field) noexcept {
   return *reinterpret_cast<const FieldDescriptor*>(static_cast<const char*>(base) + t.fields_offset +
                                                    field * sizeof(FieldDescriptor));
@@ -183,8 +188,23 @@ Schema schema_of(const void* base) {
     spec.max_load_factor = d.max_load_ppm / 1e6;
     for (uint32_t f = 0; f < d.field_count; ++f) {
       const FieldDescriptor& fd = field_descriptor(base, d, f);
+      if (fd.flags & kFieldAggregate) continue;  // rebuilt from the aggregate descriptors below
       spec.fields.push_back(FieldSpec{std::string(fixed_name(fd.name)), static_cast<FieldType>(fd.type), fd.count});
     }
+    for (uint32_t a = 0; a < d.aggregate_count; ++a) {
+      const AggregateDescriptor& ad = aggregate_descriptor(base, d, a);
+      AggregateSpec as;
+      as.name = std::string(fixed_name(field_descriptor(base, d, ad.field).name));
+      as.source = std::string(fixed_name(ad.source));
+      as.fn = static_cast<AggregateFn>(ad.fn);
+      as.end = static_cast<WindowEnd>(ad.end);
+      as.window_ms = ad.window_ms;
+      as.resolution_ms = ad.resolution_ms;
+      spec.aggregates.push_back(std::move(as));
+    }
+    spec.allowed_lateness_ms = d.allowed_lateness_ms;
+    spec.dedup_capacity = d.dedup_capacity;
+    spec.dedup_horizon_ms = d.dedup_horizon_ms;
     schema.tables.push_back(std::move(spec));
   }
   return schema;
@@ -221,6 +241,10 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
   const uint64_t dir_end = uint64_t{h.header_bytes} + uint64_t{h.table_count} * sizeof(TableDescriptor);
   if (dir_end > size) corrupt("table directory outside the file");
   if (h.undo_offset + h.undo_bytes > size || h.undo_offset < dir_end) corrupt("undo area outside the file");
+  if (h.journal_offset % 8 != 0 || h.journal_offset > size ||
+      h.journal_capacity > (size - h.journal_offset) / sizeof(JournalEntry)) {
+    corrupt("journal outside the file");
+  }
   for (uint32_t i = 0; i < h.table_count; ++i) {
     const TableDescriptor& t = table_descriptor(base, i);
     const std::string tw = "table " + std::to_string(i) + ": ";
@@ -258,6 +282,25 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
       if ((sized ? (fd.count == 0 || fd.count > kMaxStringLength) : fd.count != 1) ||
           fd.bytes != field_bytes(type, fd.count)) {
         corrupt(tw + "field " + std::to_string(f) + " has an inconsistent size");
+      }
+    }
+    if (t.aggregate_count > kMaxAggregates || t.aggregate_count > t.field_count) corrupt(tw + "bad aggregate count");
+    if (t.aggregate_count > 0) {
+      if (t.aggregates_offset % 8 != 0 || t.aggregates_offset < dir_end ||
+          t.aggregates_offset + uint64_t{t.aggregate_count} * sizeof(AggregateDescriptor) > size) {
+        corrupt(tw + "aggregate descriptors outside the file");
+      }
+      for (uint32_t a = 0; a < t.aggregate_count; ++a) {
+        const AggregateDescriptor& ad = aggregate_descriptor(base, t, a);
+        if (ad.field >= t.field_count || ad.source[kNameBytes - 1] != '\0' || ad.fn < 1 || ad.fn > 8 || ad.end > 1) {
+          corrupt(tw + "aggregate " + std::to_string(a) + " is malformed");
+        }
+      }
+      const uint64_t state_bytes = t.slot_count * uint64_t{t.state_stride_words} * 8;
+      if (t.state_offset % 8 != 0 || t.state_offset < dir_end || t.state_offset > size ||
+          state_bytes > size - t.state_offset || t.dedup_offset > size ||
+          t.dedup_buckets > (size - t.dedup_offset) / kDedupBucketBytes) {
+        corrupt(tw + "aggregate state outside the file");
       }
     }
   }

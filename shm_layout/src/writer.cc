@@ -26,10 +26,15 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <queue>
 #include <random>
 #include <string>
 #include <vector>
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "aggregate.h"
 #include "larder/layout/clock.h"
 #include "larder/layout/segment_file.h"
 #include "larder/layout/sync.h"
@@ -45,6 +50,8 @@ const char* apply_result_name(ApplyResult r) {
     case ApplyResult::kStale: return "stale";
     case ApplyResult::kTableFull: return "table_full";
     case ApplyResult::kInvalid: return "invalid";
+    case ApplyResult::kDuplicate: return "duplicate";
+    case ApplyResult::kLate: return "late";
   }
   return "unknown";
 }
@@ -52,6 +59,9 @@ const char* apply_result_name(ApplyResult r) {
 namespace {
 
 constexpr uint64_t kNone = ~uint64_t{0};
+
+// The most time one maintain() call spends refreshing aggregates.
+constexpr int64_t kMaintainRefreshNs = 5'000'000;
 
 std::atomic<CrashHook> crash_hook{nullptr};
 
@@ -81,6 +91,15 @@ std::string hex64(uint64_t v) {
 
 void set_crash_hook(CrashHook hook) { crash_hook.store(hook); }
 
+namespace layout::detail {
+void crash_point_hook(CrashPoint point) { crash_point(point); }
+}  // namespace layout::detail
+
+uint64_t event_id_hash(std::string_view id) noexcept {
+  const uint64_t h = XXH3_64bits(id.data(), id.size());
+  return h == 0 ? 1 : h;
+}
+
 struct Writer::Impl {
   struct TableState {
     TableDescriptor* desc = nullptr;
@@ -89,6 +108,8 @@ struct Writer::Impl {
     std::vector<FieldDescriptor> fields;  // local copy
     uint64_t max_used = 0;                // live + tombstones before empties are kept back
     uint64_t purge_cursor = 0;
+    uint32_t declared_fields = 0;  // fields an update may write; aggregate outputs follow
+    detail::AggregateTable agg;
     Word* slot(uint64_t i) const { return slots + i * geo.slot_words; }
   };
 
@@ -105,6 +126,20 @@ struct Writer::Impl {
   PackedKey packed;
   bool created = false;
   uint64_t repaired = 0;
+
+  // Aggregates: the journal of state changes, the aggregate clock (ms, never
+  // decreasing) and the keys to refresh, soonest first.
+  detail::Journal journal;
+  int64_t clock_ms = 0;
+  struct Due {
+    int64_t due_ms;
+    uint32_t table;
+    uint64_t slot;
+    bool operator>(const Due& o) const { return due_ms > o.due_ms; }
+  };
+  std::priority_queue<Due, std::vector<Due>, std::greater<Due>> due;
+
+  void advance_clock(int64_t now_unix_ns) { clock_ms = std::max(clock_ms, now_unix_ns / 1'000'000); }
 
   ~Impl() {
     if (header != nullptr) {
@@ -140,6 +175,10 @@ struct Writer::Impl {
     ~SlotWrite() {
       crash_point(CrashPoint::kPayloadWritten);
       sync::store_release(s_[kSlotSeqWord], seq_ + 2);  // W2: pairs with the readers' R1
+      // The slot is written, so the aggregate change it publishes is
+      // complete: a restart keeps it (repair() also recognises the instant
+      // between these two stores by the slot's seq).
+      if (w_.journal.armed()) w_.journal.mark_done();
       crash_point(CrashPoint::kSeqEven);
       sync::store_release(w_.header->undo_armed, uint64_t{0});
     }
@@ -283,6 +322,38 @@ struct Writer::Impl {
     return reclaimed;
   }
 
+  ApplyResult upsert_plain(uint32_t table, std::string_view key, int64_t event_time_ms,
+                           std::span<const FieldValue> values, int64_t apply_unix_ns);
+  ApplyResult apply_aggregated(uint32_t table, std::string_view key, int64_t event_time_ms,
+                               std::span<const FieldValue> values, std::span<const SourceValue> sources,
+                               uint64_t event_id, int64_t apply_unix_ns);
+  bool refresh_slot(uint32_t table, uint64_t slot);
+
+  // Writes every aggregate output of `block` into the row image (scratch) and
+  // the validity bits, widening [lo, hi) to the words written.
+  void encode_outputs(const TableState& ts, const Word* block, uint64_t* validity, uint32_t* lo, uint32_t* hi) {
+    for (size_t o = 0; o < ts.agg.plan.outputs.size(); ++o) {
+      const uint32_t f = ts.agg.plan.outputs[o].field;
+      const detail::OutputValue v = detail::output(ts.agg, block, o);
+      const FieldDescriptor& fd = ts.fields[f];
+      encode(fd,
+             static_cast<FieldType>(fd.type) == FieldType::kInt64 ? FieldValue::int64(f, v.i64)
+                                                                  : FieldValue::float64(f, v.f64),
+             lo, hi);
+      const uint64_t bit = uint64_t{1} << (f % 64);
+      validity[f / 64] = v.valid ? (validity[f / 64] | bit) : (validity[f / 64] & ~bit);
+    }
+  }
+
+  // Records when the block must next be refreshed, and queues it.
+  void schedule(uint32_t table, uint64_t slot, Word* block) {
+    const int64_t at = detail::next_due_ms(tables[table].agg, block);
+    const uint64_t word = at > 0 ? static_cast<uint64_t>(at) + 1 : 0;
+    if (sync::load_relaxed(detail::due_word(block)) == word) return;
+    journal.set(detail::due_word(block), word);
+    if (at > 0) due.push(Due{at, table, slot});
+  }
+
   void count_apply(TableState& ts, int64_t event_time_ms, int64_t now_ns) {
     sync::store_relaxed(ts.desc->counters.last_apply_unix_ns, static_cast<uint64_t>(now_ns));
     if (event_time_ms > static_cast<int64_t>(sync::load_relaxed(ts.desc->counters.max_event_time_ms))) {
@@ -402,8 +473,9 @@ void Writer::Impl::create(bool replace_existing) {
     const TableSpec& spec = schema.tables[t];
     const TablePlan& tp = plan.tables[t];
     auto* d = reinterpret_cast<TableDescriptor*>(base + plan.header_bytes + t * sizeof(TableDescriptor));
+    const std::vector<FieldSpec> fields = spec.all_fields();
     std::snprintf(d->name, sizeof d->name, "%s", spec.name.c_str());
-    d->field_count = static_cast<uint32_t>(spec.fields.size());
+    d->field_count = static_cast<uint32_t>(fields.size());
     d->key_max_len = spec.key_max_len;
     d->capacity = spec.capacity;
     d->slot_count = tp.slot_count;
@@ -416,17 +488,39 @@ void Writer::Impl::create(bool replace_existing) {
     d->hash_seed = (uint64_t{rd()} << 32) ^ rd();
     d->max_load_permille = static_cast<uint32_t>((spec.capacity * 1000 + tp.slot_count - 1) / tp.slot_count);
     d->max_load_ppm = static_cast<uint32_t>(std::llround(spec.max_load_factor * 1e6));
-    for (size_t f = 0; f < spec.fields.size(); ++f) {
+    for (size_t f = 0; f < fields.size(); ++f) {
       auto* out = reinterpret_cast<FieldDescriptor*>(base + tp.fields_offset + f * sizeof(FieldDescriptor));
-      const FieldSpec& fs = spec.fields[f];
+      const FieldSpec& fs = fields[f];
       std::snprintf(out->name, sizeof out->name, "%s", fs.name.c_str());
       out->type = static_cast<uint32_t>(fs.type);
       out->count = (fs.type == FieldType::kFloat32Vector || fs.type == FieldType::kString) ? fs.count : 1;
       out->offset = tp.fields[f].offset;
       out->bytes = tp.fields[f].bytes;
       out->index = static_cast<uint32_t>(f);
+      out->flags = f >= spec.fields.size() ? kFieldAggregate : 0;
+    }
+    d->aggregate_count = static_cast<uint32_t>(spec.aggregates.size());
+    d->state_stride_words = tp.aggregates.stride_words;
+    d->aggregates_offset = tp.aggregates_offset;
+    d->state_offset = tp.state_offset;
+    d->dedup_offset = tp.dedup_offset;
+    d->dedup_buckets = tp.dedup_buckets;
+    d->allowed_lateness_ms = spec.allowed_lateness_ms;
+    d->dedup_horizon_ms = spec.dedup_horizon_ms;
+    d->dedup_capacity = spec.dedup_capacity;
+    for (size_t a = 0; a < spec.aggregates.size(); ++a) {
+      auto* ad = reinterpret_cast<AggregateDescriptor*>(base + tp.aggregates_offset + a * sizeof(AggregateDescriptor));
+      const AggregateSpec& as = spec.aggregates[a];
+      std::snprintf(ad->source, sizeof ad->source, "%s", as.source.c_str());
+      ad->fn = static_cast<uint32_t>(as.fn);
+      ad->end = static_cast<uint32_t>(as.end);
+      ad->window_ms = as.window_ms;
+      ad->resolution_ms = as.resolution_ms;
+      ad->field = static_cast<uint32_t>(spec.fields.size() + a);
     }
   }
+  header->journal_offset = plan.journal_offset;
+  header->journal_capacity = plan.journal_capacity;
   if (replace_existing) {
     // Readers of the old file see kRetired and reopen the name.
     try {
@@ -461,13 +555,45 @@ void Writer::Impl::attach() {
     ts.slots = const_cast<Word*>(ts.geo.slots);
     for (uint32_t f = 0; f < ts.desc->field_count; ++f) ts.fields.push_back(field_descriptor(base, *ts.desc, f));
     ts.max_used = ts.desc->capacity + (ts.geo.slot_count - ts.desc->capacity) / 2;
+    // The schema equals the segment's (same fingerprint), so its plan is the
+    // segment's layout.
+    const TableSpec& spec = schema.tables[t];
+    ts.declared_fields = static_cast<uint32_t>(spec.fields.size());
+    ts.agg.plan = plan_aggregates(spec);
+    if (ts.agg.plan.stride_words != ts.desc->state_stride_words) {
+      throw Error(ErrorCode::kCorrupt, "segment \"" + name + "\" table \"" + spec.name +
+                                           "\": aggregate state size differs from the schema's plan");
+    }
+    if (ts.agg.enabled()) {
+      ts.agg.state = reinterpret_cast<Word*>(base + ts.desc->state_offset);
+      ts.agg.dedup = reinterpret_cast<Word*>(base + ts.desc->dedup_offset);
+      ts.agg.dedup_buckets = ts.desc->dedup_buckets;
+      ts.agg.lateness_ms = spec.lateness_ms();
+      ts.agg.horizon_ms = spec.dedup_horizon();
+      for (const AggregatePlan::Group& g : ts.agg.plan.groups) {
+        const auto it = std::find(ts.agg.plan.sources.begin(), ts.agg.plan.sources.end(), g.source);
+        ts.agg.group_source.push_back(g.source.empty() ? -1 : static_cast<int>(it - ts.agg.plan.sources.begin()));
+      }
+    }
     tables.push_back(std::move(ts));
   }
+  journal = detail::Journal(header, reinterpret_cast<Word*>(base),
+                            reinterpret_cast<JournalEntry*>(base + header->journal_offset), header->journal_capacity);
   uint32_t max_row_words = 0;
   for (const TableState& ts : tables) max_row_words = std::max(max_row_words, ts.geo.row_words);
   scratch.assign(max_row_words, 0);
 
   repair();
+  for (uint32_t t = 0; t < tables.size(); ++t) {
+    TableState& ts = tables[t];
+    if (!ts.agg.enabled()) continue;
+    clock_ms = std::max(clock_ms, static_cast<int64_t>(sync::load_relaxed(ts.desc->aggregate_counters.clock_ms)));
+    for (uint64_t i = 0; i < ts.geo.slot_count; ++i) {
+      if (meta_state(sync::load_relaxed(ts.slot(i)[kSlotMetaWord])) != SlotState::kLive) continue;
+      const uint64_t word = sync::load_relaxed(detail::due_word(ts.agg.block(i)));
+      if (word != 0) due.push(Due{static_cast<int64_t>(word - 1), t, i});
+    }
+  }
   bump(header->writer_sessions);
   sync::store_relaxed(header->writer_start_unix_ns, static_cast<uint64_t>(now_unix_ns()));
   sync::store_relaxed(header->heartbeat_mono_ns, static_cast<uint64_t>(now_mono_ns()));
@@ -477,6 +603,27 @@ void Writer::Impl::attach() {
 
 // Restores the slot a dead writer was changing, then recounts every table.
 void Writer::Impl::repair() {
+  // An unfinished aggregate change first. Its state words were all written
+  // before its slot write began, so it is complete once that slot write
+  // finished (the journal says so, or the guarded slot's seq moved on by 2
+  // from its undo copy): keep it. Otherwise undo it; the slot, if it got
+  // that far, is restored from the undo copy below.
+  if (sync::load_acquire(header->journal_armed) != 0) {
+    bool slot_written = sync::load_relaxed(header->journal_armed) == detail::Journal::kDone;
+    if (!slot_written && sync::load_acquire(header->undo_armed) != 0) {
+      const uint64_t t = sync::load_relaxed(header->undo_table);
+      const uint64_t i = sync::load_relaxed(header->undo_slot);
+      if (t < tables.size() && i < tables[t].geo.slot_count) {
+        slot_written =
+            sync::load_relaxed(tables[t].slot(i)[kSlotSeqWord]) == sync::load_relaxed(undo[kSlotSeqWord]) + 2;
+      }
+    }
+    if (slot_written) {
+      journal.commit();
+    } else {
+      journal.rollback(header->segment_bytes / 8);
+    }
+  }
   repaired = 0;
   if (sync::load_acquire(header->undo_armed) != 0) {
     const uint64_t t = sync::load_relaxed(header->undo_table);
@@ -614,10 +761,35 @@ int Writer::field_index(uint32_t table, std::string_view field) const {
 
 const Schema& Writer::schema() const { return impl_->schema; }
 
+int Writer::source_index(uint32_t table, std::string_view source) const {
+  if (table >= impl_->tables.size()) return -1;
+  const auto& sources = impl_->tables[table].agg.plan.sources;
+  for (size_t i = 0; i < sources.size(); ++i) {
+    if (sources[i] == source) return static_cast<int>(i);
+  }
+  return -1;
+}
+
 ApplyResult Writer::upsert(uint32_t table, std::string_view key, int64_t event_time_ms,
                            std::span<const FieldValue> values, int64_t apply_unix_ns) {
+  return apply(table, key, event_time_ms, values, {}, 0, apply_unix_ns);
+}
+
+ApplyResult Writer::apply(uint32_t table, std::string_view key, int64_t event_time_ms,
+                          std::span<const FieldValue> values, std::span<const SourceValue> sources, uint64_t event_id,
+                          int64_t apply_unix_ns) {
   Impl& w = *impl_;
   if (table >= w.tables.size()) return ApplyResult::kInvalid;
+  if (w.tables[table].agg.enabled()) {
+    return w.apply_aggregated(table, key, event_time_ms, values, sources, event_id, apply_unix_ns);
+  }
+  if (!sources.empty()) return ApplyResult::kInvalid;
+  return w.upsert_plain(table, key, event_time_ms, values, apply_unix_ns);
+}
+
+ApplyResult Writer::Impl::upsert_plain(uint32_t table, std::string_view key, int64_t event_time_ms,
+                                       std::span<const FieldValue> values, int64_t apply_unix_ns) {
+  Impl& w = *this;
   Impl::TableState& ts = w.tables[table];
   if (key.empty() || key.size() > ts.geo.key_max_len || !w.values_valid(ts, values)) return ApplyResult::kInvalid;
   const int64_t now = apply_unix_ns != 0 ? apply_unix_ns : now_unix_ns();
@@ -700,12 +872,200 @@ ApplyResult Writer::upsert(uint32_t table, std::string_view key, int64_t event_t
   return ApplyResult::kApplied;
 }
 
+ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key, int64_t event_time_ms,
+                                           std::span<const FieldValue> values, std::span<const SourceValue> sources,
+                                           uint64_t event_id, int64_t apply_unix_ns) {
+  TableState& ts = tables[table];
+  if (key.empty() || key.size() > ts.geo.key_max_len || !values_valid(ts, values)) return ApplyResult::kInvalid;
+  for (const FieldValue& v : values) {
+    if (v.field >= ts.declared_fields) return ApplyResult::kInvalid;  // outputs belong to the writer
+  }
+  for (const SourceValue& sv : sources) {
+    if (sv.source >= ts.agg.plan.sources.size() || !std::isfinite(sv.value)) return ApplyResult::kInvalid;
+  }
+  const int64_t now = apply_unix_ns != 0 ? apply_unix_ns : now_unix_ns();
+  advance_clock(now);
+  const int64_t clock = clock_ms;
+  const uint64_t hash = hash_key(key, ts.geo.hash_seed);
+  // Most keys sit in their home slot: start fetching its row and state now.
+  prefetch_home(ts.geo, hash);
+  detail::prefetch_event(ts.agg, ts.agg.block(ts.geo.home(hash)), clock, event_time_ms);
+  packed.assign(key);
+  const Probe p = probe(ts, hash, now);
+  TableCounters& c = ts.desc->counters;
+  AggregateCounters& ac = ts.desc->aggregate_counters;
+  sync::store_relaxed(ac.clock_ms, static_cast<uint64_t>(clock));
+
+  const uint64_t scoped = event_id != 0 ? detail::scoped_event_id(event_id, hash) : 0;
+  if (scoped != 0 && detail::dedup_contains(ts.agg, scoped, clock)) {
+    bump(ac.duplicates);
+    return ApplyResult::kDuplicate;
+  }
+
+  uint64_t at = p.found;
+  bool live = false;
+  int64_t row_time = 0;
+  if (at != kNone) {
+    const Word* s = ts.slot(at);
+    row_time = static_cast<int64_t>(sync::load_relaxed(s[kSlotEventTimeWord]));
+    live = meta_state(sync::load_relaxed(s[kSlotMetaWord])) == SlotState::kLive;
+    if (!live && event_time_ms < row_time) {  // older than the delete: the key stays deleted
+      bump(c.stale_ignored);
+      return ApplyResult::kStale;
+    }
+  }
+  // Fields follow last write wins; aggregates take any event within the
+  // allowed lateness.
+  const bool fields_fresh = !live || event_time_ms >= row_time;
+  const bool late = event_time_ms <= clock - ts.agg.lateness_ms;
+  if (late && !(fields_fresh && !values.empty())) {
+    bump(ac.late_dropped);
+    return ApplyResult::kLate;
+  }
+  const bool fresh_row = !live;
+  if (fresh_row && sync::load_relaxed(c.live_keys) >= ts.desc->capacity) {
+    bump(c.full_rejected);
+    return ApplyResult::kTableFull;
+  }
+  if (at == kNone) {
+    at = choose_slot(ts, p, false);
+    if (at == kNone && purge(table, ts.geo.slot_count) > 0) at = choose_slot(ts, probe(ts, hash, now), false);
+    if (at == kNone) {
+      bump(c.full_rejected);
+      return ApplyResult::kTableFull;
+    }
+  }
+
+  Word* s = ts.slot(at);
+  Word* block = ts.agg.block(at);
+  if (fresh_row) detail::reset_block(ts.agg, block);  // not live yet: no journal needed
+  journal.begin();
+  if (!fresh_row) detail::advance(ts.agg, block, clock, journal);
+  bool folded = false;
+  if (late) {
+    bump(ac.late_dropped);
+  } else {
+    folded = detail::fold(ts.agg, block, clock, event_time_ms, sources, journal);
+    if (folded) bump(ac.events);
+  }
+  if (scoped != 0 && detail::dedup_insert(ts.agg, scoped, event_time_ms, clock, journal)) bump(ac.dedup_evictions);
+  schedule(table, at, block);
+
+  // The row image: written fields, then every output.
+  const uint32_t row_at = ts.geo.row_word_offset();
+  const bool write_fields = fields_fresh;
+  uint32_t lo = ts.geo.row_words, hi = 0;
+  if (fresh_row) {
+    std::fill(scratch.begin(), scratch.begin() + ts.geo.row_words, 0);
+    lo = 0;
+    hi = ts.geo.row_words;
+  } else {
+    if (write_fields) {
+      for (const FieldValue& v : values) {
+        const FieldDescriptor& fd = ts.fields[v.field];
+        lo = std::min(lo, fd.offset / 8);
+        hi = std::max(hi, static_cast<uint32_t>((fd.offset + fd.bytes + 7) / 8));
+      }
+    }
+    for (const AggregatePlan::Output& o : ts.agg.plan.outputs) {
+      lo = std::min(lo, ts.fields[o.field].offset / 8);
+      hi = std::max(hi, ts.fields[o.field].offset / 8 + 1);
+    }
+    for (uint32_t k = lo; k < hi; ++k) scratch[k] = sync::load_relaxed(s[row_at + k]);
+  }
+  uint64_t validity[kMaxFields / 64];
+  for (uint32_t k = 0; k < ts.geo.validity_words; ++k) {
+    validity[k] = fresh_row ? 0 : sync::load_relaxed(s[kSlotHeaderWords + k]);
+  }
+  if (write_fields) {
+    for (const FieldValue& v : values) {
+      encode(ts.fields[v.field], v, &lo, &hi);
+      validity[v.field / 64] |= uint64_t{1} << (v.field % 64);
+    }
+  }
+  encode_outputs(ts, block, validity, &lo, &hi);
+  const int64_t new_time = fresh_row ? event_time_ms : std::max(row_time, event_time_ms);
+  const uint64_t prior_meta = sync::load_relaxed(s[kSlotMetaWord]);
+  {
+    SlotWrite write(*this, table, at);
+    if (fresh_row) {
+      write.set(kSlotKeyLenWord, packed.length);
+      for (uint32_t k = 0; k < ts.geo.key_words; ++k) {
+        write.set(ts.geo.key_word_offset() + k, k < packed.word_count ? packed.words[k] : 0);
+      }
+    }
+    for (uint32_t k = 0; k < ts.geo.validity_words; ++k) write.set(kSlotHeaderWords + k, validity[k]);
+    for (uint32_t k = lo; k < hi; ++k) write.set(row_at + k, scratch[k]);
+    write.set(kSlotEventTimeWord, static_cast<uint64_t>(new_time));
+    write.set(kSlotApplyTimeWord, static_cast<uint64_t>(now));
+    if (fresh_row) write.set(kSlotMetaWord, make_meta(hash, SlotState::kLive));
+  }
+  journal.commit();
+  if (fresh_row) {
+    bump(c.live_keys);
+    if (meta_state(prior_meta) == SlotState::kTombstone) dec(c.tombstones);
+  }
+  if (!fields_fresh) bump(c.stale_ignored);
+  bump(c.upserts);
+  count_apply(ts, event_time_ms, now);
+  return ApplyResult::kApplied;
+}
+
+// Brings one live key's windows up to the clock and rewrites its outputs.
+bool Writer::Impl::refresh_slot(uint32_t table, uint64_t slot) {
+  TableState& ts = tables[table];
+  Word* s = ts.slot(slot);
+  if (meta_state(sync::load_relaxed(s[kSlotMetaWord])) != SlotState::kLive) return false;
+  Word* block = ts.agg.block(slot);
+  journal.begin();
+  detail::advance(ts.agg, block, clock_ms, journal);
+  schedule(table, slot, block);
+  uint64_t validity[kMaxFields / 64];
+  for (uint32_t k = 0; k < ts.geo.validity_words; ++k) validity[k] = sync::load_relaxed(s[kSlotHeaderWords + k]);
+  uint32_t lo = ts.geo.row_words, hi = 0;
+  encode_outputs(ts, block, validity, &lo, &hi);
+  const uint32_t row_at = ts.geo.row_word_offset();
+  {
+    SlotWrite write(*this, table, slot);
+    for (uint32_t k = 0; k < ts.geo.validity_words; ++k) write.set(kSlotHeaderWords + k, validity[k]);
+    for (uint32_t k = lo; k < hi; ++k) write.set(row_at + k, scratch[k]);
+  }
+  journal.commit();
+  bump(ts.desc->aggregate_counters.refreshes);
+  return true;
+}
+
+bool Writer::refresh_due() const {
+  const Impl& w = *impl_;
+  return !w.due.empty() && w.due.top().due_ms <= std::max(w.clock_ms, layout::now_unix_ns() / 1'000'000);
+}
+
+uint64_t Writer::refresh(int64_t now_unix_ns, uint64_t key_budget) {
+  Impl& w = *impl_;
+  w.advance_clock(now_unix_ns != 0 ? now_unix_ns : layout::now_unix_ns());
+  uint64_t done = 0;
+  while (!w.due.empty() && done < key_budget && w.due.top().due_ms <= w.clock_ms) {
+    const Impl::Due d = w.due.top();
+    w.due.pop();
+    // A queued time the key has since moved past (an event or an earlier
+    // refresh rescheduled it) is dropped; the key's current time is queued too.
+    Impl::TableState& ts = w.tables[d.table];
+    if (sync::load_relaxed(detail::due_word(ts.agg.block(d.slot))) != static_cast<uint64_t>(d.due_ms) + 1) continue;
+    if (w.refresh_slot(d.table, d.slot)) ++done;
+  }
+  for (Impl::TableState& ts : w.tables) {
+    if (ts.agg.enabled()) sync::store_relaxed(ts.desc->aggregate_counters.clock_ms, static_cast<uint64_t>(w.clock_ms));
+  }
+  return done;
+}
+
 ApplyResult Writer::remove(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t apply_unix_ns) {
   Impl& w = *impl_;
   if (table >= w.tables.size()) return ApplyResult::kInvalid;
   Impl::TableState& ts = w.tables[table];
   if (key.empty() || key.size() > ts.geo.key_max_len) return ApplyResult::kInvalid;
   const int64_t now = apply_unix_ns != 0 ? apply_unix_ns : now_unix_ns();
+  w.advance_clock(now);  // every call moves the aggregate clock (writer.h)
   const uint64_t hash = hash_key(key, ts.geo.hash_seed);
   w.packed.assign(key);
   const Impl::Probe p = w.probe(ts, hash, now);
@@ -760,6 +1120,12 @@ void Writer::heartbeat() {
 
 uint64_t Writer::maintain(uint64_t slot_budget) {
   heartbeat();
+  // Bounded in time, so that a bucket boundary shared by many keys delays
+  // updates by at most a few milliseconds per call; the sidecar's writer
+  // thread works off a backlog between bulks of messages (refresh_due()).
+  const int64_t until = now_mono_ns() + kMaintainRefreshNs;
+  while (refresh(0, 512) == 512 && now_mono_ns() < until) {
+  }
   Impl& w = *impl_;
   uint64_t reclaimed = 0;
   for (uint32_t t = 0; t < w.tables.size() && slot_budget > 0; ++t) {
@@ -789,6 +1155,12 @@ WriterStats Writer::stats(uint32_t table) const {
   st.tombstones = sync::load_relaxed(ts.desc->counters.tombstones);
   st.slot_count = ts.geo.slot_count;
   st.capacity = ts.desc->capacity;
+  const AggregateCounters& ac = ts.desc->aggregate_counters;
+  st.aggregate_events = sync::load_relaxed(ac.events);
+  st.late_dropped = sync::load_relaxed(ac.late_dropped);
+  st.duplicates = sync::load_relaxed(ac.duplicates);
+  st.dedup_evictions = sync::load_relaxed(ac.dedup_evictions);
+  st.refreshes = sync::load_relaxed(ac.refreshes);
   return st;
 }
 

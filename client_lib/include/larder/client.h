@@ -83,6 +83,7 @@ struct Field {
   uint32_t count = 1;   // vector dimensions, string max length
   uint32_t offset = 0;  // inside the row payload
   std::string_view name;
+  bool aggregate = false;  // written by the writer from a windowed aggregate
 };
 
 class Table;
@@ -176,6 +177,14 @@ struct TableStats {
   uint64_t full_rejected = 0;
   int64_t last_apply_unix_ns = 0;
   int64_t max_event_time_ms = 0;
+  // Tables with aggregates (docs/aggregates.md).
+  uint32_t aggregates = 0;
+  uint64_t aggregate_events = 0;  // events folded into aggregates
+  uint64_t late_dropped = 0;      // aggregate inputs older than the allowed lateness
+  uint64_t duplicates = 0;        // events ignored because their id was seen
+  uint64_t dedup_evictions = 0;   // ids forgotten inside their horizon (dedup set too small)
+  uint64_t refreshes = 0;         // keys rewritten because a bucket left a window
+  int64_t aggregate_clock_ms = 0;
 };
 
 struct SegmentInfo {

@@ -1,4 +1,4 @@
-// The Larder segment format, layout version 1.
+// The Larder segment format, layout version 2.
 //
 // One definition of the bytes that the writer (sidecar), the client library
 // and larderctl all compile against. docs/segment-format.md describes the same
@@ -10,7 +10,10 @@
 //   offset 0                                                     segment_bytes
 //   +----------------+---------------------+-----------+------+---------------+
 //   | SegmentHeader  | TableDescriptor[T]  | Field-    | Undo | slot array of |
-//   | (256 bytes)    | (256 bytes each)    | Desc[]    | area | table 0, 1 .. |
+//   | (256 bytes)    | (384 bytes each)    | Desc[],   | area,| table 0, 1 .. |
+//   |                |                     | Aggregate-| jour-| then its      |
+//   |                |                     | Desc[]    | nal  | aggregate     |
+//   |                |                     |           |      | state & dedup |
 //   +----------------+---------------------+-----------+------+---------------+
 //                     ^header_bytes                            ^4 KiB aligned
 //
@@ -37,6 +40,10 @@
 //    contains an empty slot.
 //  * Before the writer makes a slot's seq odd it copies the slot into the undo
 //    area and arms it; a writer that restarts restores an odd slot from there.
+//  * Aggregate state and the dedup set are the writer's alone (readers see
+//    aggregates as ordinary fields of the row). Before the writer changes one
+//    of their words it appends the old value to the journal; a writer that
+//    restarts with the journal armed undoes those changes, newest first.
 //
 // Everything here is standard layout, trivially copyable where it has no
 // atomics, and addressed by offsets only: the mapping address differs per
@@ -52,7 +59,7 @@ namespace larder::layout {
 
 // "LARDSEG1" read as a little-endian 64-bit integer.
 inline constexpr uint64_t kMagic = 0x314745534452414CULL;
-inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint32_t kLayoutVersion = 2;
 inline constexpr uint32_t kEndianTag = 0x01020304U;
 
 inline constexpr size_t kNameBytes = 64;  // table and field names, NUL padded
@@ -119,6 +126,21 @@ struct TableCounters {
 };
 static_assert(sizeof(TableCounters) == 64);
 
+// Per-table aggregate counters (same rules as TableCounters).
+struct AggregateCounters {
+  Word events;           // events folded into aggregates
+  Word late_dropped;     // aggregate inputs older than the allowed lateness
+  Word duplicates;       // events dropped because their id was seen before
+  Word dedup_evictions;  // ids forgotten before their horizon (set too small)
+  Word refreshes;        // keys whose windows were brought up to the clock
+  Word clock_ms;         // the writer's aggregate clock
+  Word reserved[2];
+};
+static_assert(sizeof(AggregateCounters) == 64);
+
+// FieldDescriptor::flags
+inline constexpr uint32_t kFieldAggregate = 1;  // written by the writer from an aggregate
+
 struct FieldDescriptor {
   char name[kNameBytes];  //  0
   uint32_t type;          // 64  FieldType
@@ -126,29 +148,62 @@ struct FieldDescriptor {
   uint32_t offset;        // 72  byte offset inside the row payload
   uint32_t bytes;         // 76  bytes the field occupies in the row
   uint32_t index;         // 80  bit in the validity bitmap
-  uint32_t flags;         // 84  reserved, 0
+  uint32_t flags;         // 84  kFieldAggregate
   uint64_t reserved;      // 88
 };
 
+// One aggregate of a table; its output is field `field` (flags kFieldAggregate).
+struct AggregateDescriptor {
+  char source[kNameBytes];  //   0  "" counts every event
+  uint32_t fn;              //  64  AggregateFn
+  uint32_t end;             //  68  WindowEnd
+  int64_t window_ms;        //  72
+  int64_t resolution_ms;    //  80
+  uint32_t field;           //  88
+  uint32_t reserved0;       //  92
+  uint64_t reserved[4];     //  96
+};
+
 struct TableDescriptor {
-  char name[kNameBytes];       //   0
-  uint32_t field_count;        //  64
-  uint32_t key_max_len;        //  68
-  uint64_t capacity;           //  72  live keys the table accepts
-  uint64_t slot_count;         //  80
-  uint32_t slot_bytes;         //  88  multiple of 64
-  uint32_t row_bytes;          //  92  multiple of 8
-  uint32_t validity_words;     //  96
-  uint32_t key_words;          // 100
-  uint64_t fields_offset;      // 104  FieldDescriptor[field_count], from segment start
-  uint64_t slots_offset;       // 112  slot array, from segment start
-  uint64_t hash_seed;          // 120
-  uint32_t max_load_permille;  // 128  capacity / slot_count, rounded up
-  uint32_t flags;              // 132  reserved, 0
-  uint32_t max_load_ppm;       // 136  the schema's max_load_factor × 10^6
-  uint32_t reserved0;          // 140
-  TableCounters counters;      // 144
-  uint64_t reserved1[6];       // 208
+  char name[kNameBytes];                 //   0
+  uint32_t field_count;                  //  64
+  uint32_t key_max_len;                  //  68
+  uint64_t capacity;                     //  72  live keys the table accepts
+  uint64_t slot_count;                   //  80
+  uint32_t slot_bytes;                   //  88  multiple of 64
+  uint32_t row_bytes;                    //  92  multiple of 8
+  uint32_t validity_words;               //  96
+  uint32_t key_words;                    // 100
+  uint64_t fields_offset;                // 104  FieldDescriptor[field_count], from segment start
+  uint64_t slots_offset;                 // 112  slot array, from segment start
+  uint64_t hash_seed;                    // 120
+  uint32_t max_load_permille;            // 128  capacity / slot_count, rounded up
+  uint32_t flags;                        // 132  reserved, 0
+  uint32_t max_load_ppm;                 // 136  the schema's max_load_factor × 10^6
+  uint32_t reserved0;                    // 140
+  TableCounters counters;                // 144
+  uint32_t aggregate_count;              // 208
+  uint32_t state_stride_words;           // 212  aggregate state words per slot
+  uint64_t aggregates_offset;            // 216  AggregateDescriptor[aggregate_count]
+  uint64_t state_offset;                 // 224  slot_count * state_stride_words words
+  uint64_t dedup_offset;                 // 232  dedup_buckets * kDedupBucketBytes
+  uint64_t dedup_buckets;                // 240
+  int64_t allowed_lateness_ms;           // 248  as configured (0: default)
+  int64_t dedup_horizon_ms;              // 256  as configured (0: default)
+  uint64_t dedup_capacity;               // 264  as configured (0: default)
+  AggregateCounters aggregate_counters;  // 272
+  uint64_t reserved1[6];                 // 336
+};
+
+// The dedup set: buckets of kDedupWays entries {id hash, event time + 1}.
+inline constexpr size_t kDedupWays = 8;
+inline constexpr size_t kDedupBucketBytes = kDedupWays * 16;
+
+// One journal entry: the old value of the word at `word` (8-byte words from
+// the segment start).
+struct JournalEntry {
+  Word word;
+  Word old;
 };
 
 struct SegmentHeader {
@@ -181,12 +236,17 @@ struct SegmentHeader {
   Word undo_slot;                          // 184
   Word messages_rejected;                  // 192  maintained by the sidecar
   Word updates_applied;                    // 200  all tables
-  uint64_t reserved[6];                    // 208
+  Word journal_armed;                      // 208  1 while journal entries guard a change
+  Word journal_count;                      // 216  valid entries
+  uint64_t journal_offset;                 // 224  JournalEntry[journal_capacity]
+  uint64_t journal_capacity;               // 232
+  uint64_t reserved[2];                    // 240
 };
 
 inline constexpr size_t kSegmentHeaderBytes = 256;
-inline constexpr size_t kTableDescriptorBytes = 256;
+inline constexpr size_t kTableDescriptorBytes = 384;
 inline constexpr size_t kFieldDescriptorBytes = 96;
+inline constexpr size_t kAggregateDescriptorBytes = 128;
 
 // Slot header words, in order; then validity, key and row words.
 inline constexpr size_t kSlotSeqWord = 0;
@@ -203,6 +263,12 @@ static_assert(std::is_trivially_copyable_v<FieldDescriptor>);
 static_assert(sizeof(SegmentHeader) == kSegmentHeaderBytes);
 static_assert(sizeof(TableDescriptor) == kTableDescriptorBytes);
 static_assert(sizeof(FieldDescriptor) == kFieldDescriptorBytes);
+static_assert(sizeof(AggregateDescriptor) == kAggregateDescriptorBytes);
+static_assert(std::is_trivially_copyable_v<AggregateDescriptor>);
+static_assert(sizeof(JournalEntry) == 16);
+static_assert(offsetof(SegmentHeader, journal_armed) == 208);
+static_assert(offsetof(TableDescriptor, aggregate_count) == 208);
+static_assert(offsetof(TableDescriptor, aggregate_counters) == 272);
 static_assert(offsetof(SegmentHeader, state) == 112);
 static_assert(offsetof(SegmentHeader, heartbeat_mono_ns) == 136);
 static_assert(offsetof(SegmentHeader, undo_armed) == 168);
@@ -227,6 +293,10 @@ constexpr uint64_t abi_signature() {
       offsetof(TableDescriptor, slots_offset),
       offsetof(TableDescriptor, counters),
       offsetof(FieldDescriptor, index),
+      sizeof(AggregateDescriptor),
+      offsetof(SegmentHeader, journal_offset),
+      offsetof(TableDescriptor, aggregate_counters),
+      kDedupWays,
       kSlotHeaderWords,
       kSlotAlign,
       sizeof(Word),

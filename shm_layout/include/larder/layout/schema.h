@@ -21,12 +21,75 @@ struct FieldSpec {
   uint32_t count = 1;  // dimensions for kFloat32Vector, max bytes for kString
 };
 
+// Windowed aggregates (docs/aggregates.md). An aggregate folds the values
+// that events carry for its `source` into time buckets of `resolution_ms` and
+// publishes fn over the last `window_ms` as an ordinary field of the row:
+// int64 for kCount, float64 for the others.
+enum class AggregateFn : uint32_t {
+  kCount = 1,
+  kSum = 2,
+  kMean = 3,
+  kMin = 4,
+  kMax = 5,
+  kLast = 6,      // the value of the newest event in the window
+  kVariance = 7,  // population variance (divides by the count)
+  kStddev = 8,
+};
+const char* aggregate_fn_name(AggregateFn fn);
+// Accepts the names above ("count", "sum", "mean", "min", "max", "last",
+// "variance", "stddev") and the short forms "avg", "var" and "std".
+bool parse_aggregate_fn(std::string_view text, AggregateFn* out);
+
+// Where a window ends when it is read.
+enum class WindowEnd : uint32_t {
+  kNow = 0,          // the current time: the value decays as buckets leave the window
+  kLatestEvent = 1,  // the newest event time seen for the key: no decay
+};
+
+inline constexpr int64_t kMinWindowMs = 1000;                     // 1 s
+inline constexpr int64_t kMaxWindowMs = 30LL * 24 * 3600 * 1000;  // 30 days
+inline constexpr int64_t kMaxBucketsPerWindow = 4096;
+inline constexpr size_t kMaxAggregates = 64;  // per table
+
+struct AggregateSpec {
+  std::string name;    // the output field
+  std::string source;  // the event field it folds; "" counts every event of the key (kCount only)
+  AggregateFn fn = AggregateFn::kSum;
+  int64_t window_ms = 0;
+  int64_t resolution_ms = 0;  // bucket width; 0 picks default_resolution_ms(window_ms)
+  WindowEnd end = WindowEnd::kNow;
+};
+
+// The default bucket width: window / n for the smallest n >= 60 that divides
+// the window into whole milliseconds (1 h -> 1 min, 24 h -> 24 min, 5 s -> 50 ms).
+int64_t default_resolution_ms(int64_t window_ms);
+
 struct TableSpec {
   std::string name;
   uint32_t key_max_len = 64;
   uint64_t capacity = 1024;       // live keys
   double max_load_factor = 0.75;  // live keys / slots; in (0, 0.95]
   std::vector<FieldSpec> fields;
+  std::vector<AggregateSpec> aggregates;
+  // Aggregate inputs whose event time is at least this much older than the
+  // writer's clock are dropped and counted (late_dropped). 0: the longest
+  // window. At most the longest window.
+  int64_t allowed_lateness_ms = 0;
+  // Event ids remembered to drop redelivered events (tables with aggregates
+  // only). 0: max(capacity, 65536). Memory: 16 bytes per id.
+  uint64_t dedup_capacity = 0;
+  // How long an id is remembered, by event time. 0: the allowed lateness. At
+  // least the allowed lateness, so an event too old to be checked is also too
+  // old to be aggregated.
+  int64_t dedup_horizon_ms = 0;
+
+  // The row's fields: `fields`, then one per aggregate, in order.
+  std::vector<FieldSpec> all_fields() const;
+  // resolution_ms / allowed_lateness_ms / dedup_* with defaults applied.
+  int64_t resolution_of(const AggregateSpec& a) const;
+  int64_t lateness_ms() const;
+  uint64_t dedup_ids() const;  // 0 when the table has no aggregates
+  int64_t dedup_horizon() const;
 };
 
 struct Schema {
@@ -50,6 +113,51 @@ struct FieldPlan {
   uint32_t bytes = 0;
 };
 
+// The words of a slot's aggregate state block (see aggregate.cc): the slot
+// header, every group's header and windows, then every group's ring.
+//   slot header   [0] next refresh due (ms + 1, 0: none)  [1] reserved
+//   group header  [0] newest bucket + 1  [1] newest event time + 1  [2] its value  [3] reserved
+//   window        [0] oldest bucket that may hold events  [1] count  [2] sum
+//                 [3] M2 (squared deviations from the mean)  [4] min  [5] max
+//   bucket        [0] bucket index + 1 (0: empty)  [1] count  then sum, M2, min, max as the group needs
+inline constexpr uint32_t kAggregateSlotHeaderWords = 2;
+inline constexpr uint32_t kAggregateGroupHeaderWords = 4;
+inline constexpr uint32_t kAggregateWindowWords = 6;
+
+// Where one table's aggregate state lives: per slot, a state block of
+// `stride_words` words that only the writer reads (see aggregate.h).
+struct AggregatePlan {
+  struct Window {
+    int64_t window_ms = 0;
+    int64_t buckets = 0;  // window / resolution
+    WindowEnd end = WindowEnd::kNow;
+    uint32_t offset = 0;  // words into the slot's state block
+  };
+  struct Group {  // the aggregates of one (source, resolution): one ring of buckets
+    std::string source;
+    int64_t resolution_ms = 0;
+    int64_t ring_buckets = 0;  // the longest window of the group / resolution
+    bool sum = false, sumsq = false, min = false, max = false, last = false;  // sumsq: M2 is kept
+    uint32_t bucket_words = 0;  // tag, count, then sum, M2, min, max as needed
+    uint32_t offset = 0;        // words into the slot's state block: group header
+    uint32_t ring_offset = 0;   // words: first bucket
+    std::vector<Window> windows;
+  };
+  struct Output {
+    uint32_t field = 0;  // index into all_fields()
+    uint32_t group = 0;
+    uint32_t window = 0;  // index into the group's windows
+    AggregateFn fn = AggregateFn::kSum;
+  };
+  std::vector<std::string> sources;  // distinct non-empty sources, in order of first use
+  std::vector<Group> groups;
+  std::vector<Output> outputs;
+  uint32_t hot_words = 0;      // slot header, then every group's header and windows
+  uint32_t stride_words = 0;   // 0 when the table has no aggregates
+  uint32_t journal_words = 0;  // most state words one event or refresh can change
+};
+AggregatePlan plan_aggregates(const TableSpec& table);
+
 struct TablePlan {
   uint64_t slot_count = 0;
   uint32_t slot_bytes = 0;
@@ -60,12 +168,20 @@ struct TablePlan {
   uint64_t slots_offset = 0;
   uint64_t slots_bytes = 0;
   std::vector<FieldPlan> fields;
+  uint64_t aggregates_offset = 0;  // AggregateDescriptor[aggregates.size()]
+  uint64_t state_offset = 0;       // aggregate state, slot_count * stride
+  uint64_t state_bytes = 0;
+  uint64_t dedup_offset = 0;  // dedup set: dedup_buckets * kDedupBucketBytes
+  uint64_t dedup_buckets = 0;
+  AggregatePlan aggregates;
 };
 
 struct LayoutPlan {
   uint64_t header_bytes = kSegmentHeaderBytes;
   uint64_t undo_offset = 0;
   uint64_t undo_bytes = 0;
+  uint64_t journal_offset = 0;  // JournalEntry[journal_capacity]
+  uint64_t journal_capacity = 0;
   uint64_t segment_bytes = 0;
   std::vector<TablePlan> tables;
 };

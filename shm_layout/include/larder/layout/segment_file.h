@@ -56,6 +56,7 @@ void validate_segment(const void* base, size_t size, std::string_view name);
 // Requires a validated segment.
 const TableDescriptor& table_descriptor(const void* base, uint32_t table) noexcept;
 const FieldDescriptor& field_descriptor(const void* base, const TableDescriptor& t, uint32_t field) noexcept;
+const AggregateDescriptor& aggregate_descriptor(const void* base, const TableDescriptor& t, uint32_t a) noexcept;
 TableGeometry table_geometry(const void* base, const TableDescriptor& t) noexcept;
 
 // The schema a validated segment was created from (its fingerprint equals

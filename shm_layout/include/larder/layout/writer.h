@@ -66,11 +66,24 @@ struct FieldValue {
   }
 };
 
+// One input of a table's aggregates: `value` for the source at index
+// `source` (Writer::source_index, the order of AggregatePlan::sources).
+struct SourceValue {
+  uint32_t source = 0;
+  double value = 0;
+};
+
+// The 64-bit id apply() takes for an event id string. Never 0.
+uint64_t event_id_hash(std::string_view id) noexcept;
+
 enum class ApplyResult : uint8_t {
   kApplied = 0,    // the row now reflects the update
   kStale = 1,      // older than the row's event time: ignored and counted
   kTableFull = 2,  // a new key, and the table holds `capacity` keys: refused and counted
-  kInvalid = 3,    // key too long, unknown field index, wrong type or length
+  kInvalid = 3,    // key too long, unknown field or source index, wrong type or length
+  kDuplicate = 4,  // the event's id was applied before (within the dedup horizon): ignored and counted
+  kLate = 5,       // nothing applied: the aggregate inputs were older than the allowed lateness
+                   // (counted as late_dropped) and the fields, if any, older than the row
 };
 const char* apply_result_name(ApplyResult r);
 
@@ -79,6 +92,11 @@ struct WriterStats {
   uint64_t tombstones = 0;
   uint64_t slot_count = 0;
   uint64_t capacity = 0;
+  uint64_t aggregate_events = 0;
+  uint64_t late_dropped = 0;
+  uint64_t duplicates = 0;
+  uint64_t dedup_evictions = 0;
+  uint64_t refreshes = 0;
 };
 
 // Points inside a slot update, in order, for crash tests.
@@ -88,6 +106,7 @@ enum class CrashPoint : int {
   kMidPayload = 3,      // before each payload word store
   kPayloadWritten = 4,  // every word written, seq still odd
   kSeqEven = 5,         // seq even again, undo still armed
+  kJournal = 6,         // before each aggregate state or dedup word store
 };
 // When set, called at every CrashPoint of every slot update (crash tests
 // raise SIGKILL from it). Process-wide; not for production use.
@@ -115,18 +134,42 @@ class Writer {
   int field_index(uint32_t table, std::string_view field) const;
   const layout::Schema& schema() const;
 
+  // -1 when the table has no aggregate with that source.
+  int source_index(uint32_t table, std::string_view source) const;
+
   // Upserts the given fields of the row `key`; fields not given keep their
-  // values (and validity). apply_unix_ns = 0 reads CLOCK_REALTIME.
+  // values (and validity). apply_unix_ns = 0 reads CLOCK_REALTIME. On a
+  // table with aggregates this is apply() with no sources and no id.
   ApplyResult upsert(uint32_t table, std::string_view key, int64_t event_time_ms, std::span<const FieldValue> values,
                      int64_t apply_unix_ns = 0);
+
+  // One event for the row `key`: its fields are upserted under last write
+  // wins (as upsert()), and its source values are folded into the table's
+  // aggregates by event time, even when the fields are stale (late events
+  // count in their bucket). An event with a non-zero `event_id`
+  // (event_id_hash) that was applied before, within the dedup horizon, is
+  // ignored (kDuplicate). `apply_unix_ns` is also the aggregate clock: the
+  // writer's clock is the largest value it has been given (0 reads
+  // CLOCK_REALTIME), so tests can drive time. See docs/aggregates.md.
+  ApplyResult apply(uint32_t table, std::string_view key, int64_t event_time_ms, std::span<const FieldValue> values,
+                    std::span<const SourceValue> sources, uint64_t event_id = 0, int64_t apply_unix_ns = 0);
+
+  // Moves the aggregate clock to `now_unix_ns` (0: CLOCK_REALTIME) and
+  // rewrites the aggregates of every key whose windows lost a bucket since
+  // they were last written, at most `key_budget` keys. Returns the keys
+  // rewritten. maintain() calls it; tests call it with their own clock.
+  uint64_t refresh(int64_t now_unix_ns = 0, uint64_t key_budget = ~uint64_t{0});
+  // True when some key's aggregates are due for refresh by the wall clock.
+  bool refresh_due() const;
   // Deletes `key` (leaves a tombstone with the delete's event time, also when
   // the key was absent, so an older upsert arriving later stays deleted).
   ApplyResult remove(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t apply_unix_ns = 0);
 
   // Publishes liveness: call at least every 100 ms from the writer thread.
   void heartbeat();
-  // Heartbeat, then reclaims up to `slot_budget` slots' worth of expired
-  // tombstones (incrementally, from a cursor). Returns slots reclaimed.
+  // Heartbeat, refresh() with the wall clock for at most 5 ms, then reclaims up to
+  // `slot_budget` slots' worth of expired tombstones (incrementally, from a
+  // cursor). Returns slots reclaimed.
   uint64_t maintain(uint64_t slot_budget = 4096);
 
   void set_connection_state(layout::ConnectionState state);

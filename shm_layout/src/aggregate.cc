@@ -1,0 +1,467 @@
+// Windowed aggregates: bucket rings, window totals, refresh times and the
+// dedup set (see aggregate.h and docs/aggregates.md).
+//
+// A group (one source at one resolution) keeps a ring of buckets indexed by
+// bucket number modulo the ring length; each bucket is tagged with its number
+// + 1, so an entry left by an older lap of the ring reads as empty. Each
+// distinct window of the group keeps running totals of the buckets it covers
+// and `start`, the oldest bucket that may still hold some of them. Moving a
+// window forward subtracts the buckets that left it; min and max are
+// recomputed from the remaining buckets only when the bucket that left held
+// the extreme.
+//
+// Spread is kept as M2, the sum of squared deviations from the set's own
+// mean, per bucket and per window: Welford's update adds one value and Chan's
+// formula merges or removes a bucket, so no sum of squares about a distant
+// origin ever cancels (1e9 + {0..4} reads variance 2). A removal that would
+// cancel most of the window's M2 (an outlier leaving) recomputes it from the
+// remaining buckets instead.
+#include "aggregate.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "larder/layout/sync.h"
+
+namespace larder::layout::detail {
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+inline uint64_t load(const Word& w) { return sync::load_relaxed(w); }
+inline double load_f64(const Word& w) { return std::bit_cast<double>(sync::load_relaxed(w)); }
+inline int64_t load_i64(const Word& w) { return static_cast<int64_t>(sync::load_relaxed(w)); }
+
+inline int64_t floor_div(int64_t a, int64_t b) {
+  const int64_t q = a / b;
+  return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+
+inline int64_t ring_pos(int64_t bucket, int64_t ring) {
+  const int64_t m = bucket % ring;
+  return m < 0 ? m + ring : m;
+}
+
+// A window's words, read into locals, changed, and written back once.
+struct WindowState {
+  int64_t start = 0;
+  uint64_t count = 0;
+  double sum = 0, m2 = 0, min = kInf, max = -kInf;
+
+  static WindowState read(const Word* w) {
+    WindowState s;
+    s.start = load_i64(w[0]);
+    s.count = load(w[1]);
+    s.sum = load_f64(w[2]);
+    s.m2 = load_f64(w[3]);
+    s.min = load_f64(w[4]);
+    s.max = load_f64(w[5]);
+    return s;
+  }
+  void write(Word* w, Journal& j) const {
+    j.set(w[0], static_cast<uint64_t>(start));
+    j.set(w[1], count);
+    j.set_f64(w[2], sum);
+    j.set_f64(w[3], m2);
+    j.set_f64(w[4], min);
+    j.set_f64(w[5], max);
+  }
+  void clear(int64_t new_start) {
+    *this = WindowState{};
+    start = new_start;
+  }
+};
+
+// A bucket entry's statistics, at the offsets the group keeps.
+struct BucketView {
+  const AggregatePlan::Group& g;
+  Word* b;
+  uint32_t at_sum() const { return 2; }
+  uint32_t at_m2() const { return 2 + g.sum; }
+  uint32_t at_min() const { return 2 + g.sum + g.sumsq; }
+  uint32_t at_max() const { return 2 + g.sum + g.sumsq + g.min; }
+  int64_t tag() const { return load_i64(b[0]); }
+  uint64_t count() const { return load(b[1]); }
+  double sum() const { return g.sum ? load_f64(b[at_sum()]) : 0; }
+  double m2() const { return g.sumsq ? load_f64(b[at_m2()]) : 0; }
+  double min() const { return g.min ? load_f64(b[at_min()]) : kInf; }
+  double max() const { return g.max ? load_f64(b[at_max()]) : -kInf; }
+};
+
+BucketView bucket_at(const AggregatePlan::Group& g, Word* block, int64_t bucket) {
+  return BucketView{g, block + g.ring_offset + ring_pos(bucket, g.ring_buckets) * g.bucket_words};
+}
+
+// The bucket that `bucket` names, if the ring still holds it with data.
+bool holds(const BucketView& v, int64_t bucket) { return v.tag() == bucket + 1 && v.count() > 0; }
+
+// Welford: adds one value to a set of n values with sum `sum` and M2 `m2`.
+inline void add_value(uint64_t n, double sum, double m2, double v, double* new_sum, double* new_m2) {
+  *new_sum = sum + v;
+  if (n == 0) {
+    *new_m2 = 0;
+    return;
+  }
+  *new_m2 = m2 + (v - sum / static_cast<double>(n)) * (v - *new_sum / static_cast<double>(n + 1));
+}
+
+// Chan et al.: the M2 of the union of two sets.
+inline double merged_m2(double na, double sa, double m2a, double nb, double sb, double m2b) {
+  if (na == 0) return m2b;
+  if (nb == 0) return m2a;
+  const double d = sb / nb - sa / na;
+  return m2a + m2b + d * d * na * nb / (na + nb);
+}
+
+// Recomputes a window's statistics from its buckets [lo, hi]: min and max
+// always, count, sum and M2 when `moments`.
+void rescan(const AggregatePlan::Group& g, Word* block, int64_t lo, int64_t hi, bool moments, WindowState& w) {
+  w.min = kInf;
+  w.max = -kInf;
+  uint64_t n = 0;
+  double sum = 0, m2 = 0;
+  for (int64_t k = lo; k <= hi; ++k) {
+    const BucketView v = bucket_at(g, block, k);
+    if (!holds(v, k)) continue;
+    w.min = std::min(w.min, v.min());
+    w.max = std::max(w.max, v.max());
+    if (moments) {
+      m2 = merged_m2(static_cast<double>(n), sum, m2, static_cast<double>(v.count()), v.sum(), v.m2());
+      n += v.count();
+      sum += v.sum();
+    }
+  }
+  if (moments) {
+    w.count = n;
+    w.sum = sum;
+    w.m2 = m2;
+  }
+}
+
+// Moves window `w` (n buckets) so that it ends at bucket `end`: subtracts the
+// buckets that left it. Returns true when the window's state changed.
+bool move_window(const AggregatePlan::Group& g, const AggregatePlan::Window& win, Word* block, int64_t end,
+                 Journal& j) {
+  Word* words = block + win.offset;
+  WindowState w = WindowState::read(words);
+  const int64_t lo = end - win.buckets + 1;
+  if (w.count == 0 || w.start >= lo) return false;
+  bool min_dirty = false, max_dirty = false, moments_dirty = false;
+  // Every bucket the window holds lies in [start, end_before], and
+  // end_before - start < n, so this loop is bounded by the window length.
+  const int64_t stop = std::min(lo, w.start + win.buckets);
+  for (int64_t k = w.start; k < stop; ++k) {
+    const BucketView v = bucket_at(g, block, k);
+    if (!holds(v, k)) continue;
+    const uint64_t nb = std::min(w.count, v.count());
+    const uint64_t na = w.count - nb;
+    if (g.sumsq && na > 0 && !moments_dirty) {
+      // Chan's formula backwards: the M2 of what stays.
+      const double n = static_cast<double>(w.count), dna = static_cast<double>(na), dnb = static_cast<double>(nb);
+      const double sa = w.sum - v.sum();
+      const double d = v.sum() / dnb - sa / dna;
+      const double removed = v.m2() + d * d * dna * dnb / n;
+      const double m2a = w.m2 - removed;
+      // Most of the M2 leaving with this bucket: the difference would be
+      // rounding noise; recompute from the buckets that stay.
+      moments_dirty = removed > 1e6 * std::max(m2a, 0.0);
+      w.m2 = std::max(m2a, 0.0);
+    }
+    w.count = na;
+    w.sum -= v.sum();
+    min_dirty |= g.min && v.min() <= w.min;
+    max_dirty |= g.max && v.max() >= w.max;
+  }
+  if (w.count == 0) {
+    // Exact zeros: no rounding residue survives an empty window.
+    w.clear(lo);
+  } else {
+    w.start = lo;
+    while (w.start < end && !holds(bucket_at(g, block, w.start), w.start)) ++w.start;
+    if (min_dirty || max_dirty || moments_dirty) rescan(g, block, w.start, end, moments_dirty, w);
+  }
+  w.write(words, j);
+  return true;
+}
+
+int64_t group_head(const Word* gh) { return load_i64(gh[0]) - 1; }  // -1: no event yet
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Journal
+
+void Journal::begin() {
+  count_ = 0;
+  sync::store_relaxed(header_->journal_count, uint64_t{0});
+  sync::store_release(header_->journal_armed, uint64_t{1});
+  armed_ = true;
+}
+
+void Journal::set(Word& w, uint64_t v) {
+  const uint64_t old = sync::load_relaxed(w);
+  if (old == v) return;
+  crash_point_hook(CrashPoint::kJournal);
+  if (count_ >= capacity_) std::abort();  // plan_aggregates bounds every change; a bug otherwise
+  JournalEntry& e = entries_[count_];
+  sync::store_relaxed(e.word, static_cast<uint64_t>(&w - base_));
+  sync::store_relaxed(e.old, old);
+  sync::store_release(header_->journal_count, ++count_);
+  // The entry is in memory before the word changes: a SIGKILL after this
+  // point finds the entry (only the compiler could reorder these stores).
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  sync::store_relaxed(w, v);
+}
+
+void Journal::set_f64(Word& w, double v) { set(w, std::bit_cast<uint64_t>(v)); }
+
+void Journal::mark_done() {
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  sync::store_release(header_->journal_armed, kDone);
+}
+
+void Journal::commit() {
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  sync::store_release(header_->journal_armed, uint64_t{0});
+  sync::store_relaxed(header_->journal_count, uint64_t{0});
+  count_ = 0;
+  armed_ = false;
+}
+
+uint64_t Journal::rollback(uint64_t segment_words) {
+  if (sync::load_acquire(header_->journal_armed) == 0) return 0;
+  const uint64_t n = std::min(sync::load_relaxed(header_->journal_count), capacity_);
+  for (uint64_t i = n; i-- > 0;) {
+    const uint64_t at = sync::load_relaxed(entries_[i].word);
+    if (at < segment_words) sync::store_relaxed(base_[at], sync::load_relaxed(entries_[i].old));
+  }
+  commit();
+  return n;
+}
+
+// ---------------------------------------------------------------------------
+// State
+
+void prefetch_event(const AggregateTable& t, const Word* block, int64_t clock_ms, int64_t event_time_ms) {
+  const char* hot = reinterpret_cast<const char*>(block);
+  const uint32_t hot_bytes = std::min<uint32_t>(t.plan.hot_words * 8, 8 * 64);
+  for (uint32_t at = 0; at < hot_bytes; at += 64) __builtin_prefetch(hot + at, 1, 3);
+  const int64_t te = std::min(event_time_ms, clock_ms);
+  for (const AggregatePlan::Group& g : t.plan.groups) {
+    const int64_t k = floor_div(te, g.resolution_ms);
+    __builtin_prefetch(block + g.ring_offset + ring_pos(k, g.ring_buckets) * g.bucket_words, 1, 3);
+  }
+}
+
+void reset_block(const AggregateTable& t, Word* block) {
+  for (uint32_t i = 0; i < t.plan.stride_words; ++i) sync::store_relaxed(block[i], uint64_t{0});
+  for (const AggregatePlan::Group& g : t.plan.groups) {
+    for (const AggregatePlan::Window& w : g.windows) {
+      sync::store_relaxed(block[w.offset + 4], std::bit_cast<uint64_t>(kInf));
+      sync::store_relaxed(block[w.offset + 5], std::bit_cast<uint64_t>(-kInf));
+    }
+  }
+}
+
+bool advance(const AggregateTable& t, Word* block, int64_t clock_ms, Journal& j) {
+  bool changed = false;
+  for (const AggregatePlan::Group& g : t.plan.groups) {
+    const int64_t h = floor_div(clock_ms, g.resolution_ms);
+    for (const AggregatePlan::Window& w : g.windows) {
+      if (w.end == WindowEnd::kNow) changed |= move_window(g, w, block, h, j);
+    }
+  }
+  return changed;
+}
+
+bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_time_ms,
+          std::span<const SourceValue> sources, Journal& j) {
+  // An event stamped after the clock counts as of the clock.
+  const int64_t te = std::min(event_time_ms, clock_ms);
+  bool folded = false;
+  for (size_t gi = 0; gi < t.plan.groups.size(); ++gi) {
+    const AggregatePlan::Group& g = t.plan.groups[gi];
+    double v = 0;
+    if (const int src = t.group_source[gi]; src >= 0) {
+      bool found = false;
+      for (const SourceValue& s : sources) {
+        if (s.source == static_cast<uint32_t>(src)) {
+          v = s.value;
+          found = true;
+        }
+      }
+      if (!found) continue;
+    }
+    const int64_t h = floor_div(clock_ms, g.resolution_ms);
+    const int64_t k = floor_div(te, g.resolution_ms);
+    if (k <= h - g.ring_buckets) continue;  // older than every window of the group
+    folded = true;
+
+    Word* gh = block + g.offset;
+    int64_t head = group_head(gh);
+    if (k > head) {
+      head = k;
+      j.set(gh[0], static_cast<uint64_t>(head + 1));
+      for (const AggregatePlan::Window& w : g.windows) {
+        if (w.end == WindowEnd::kLatestEvent) move_window(g, w, block, head, j);
+      }
+    }
+    if (const int64_t latest = load_i64(gh[1]) - 1; te >= latest) {
+      j.set(gh[1], static_cast<uint64_t>(te + 1));
+      j.set_f64(gh[2], v);
+    }
+
+    BucketView b = bucket_at(g, block, k);
+    if (b.tag() != k + 1) {
+      j.set(b.b[0], static_cast<uint64_t>(k + 1));
+      j.set(b.b[1], 0);
+      if (g.sum) j.set_f64(b.b[b.at_sum()], 0);
+      if (g.sumsq) j.set_f64(b.b[b.at_m2()], 0);
+      if (g.min) j.set_f64(b.b[b.at_min()], kInf);
+      if (g.max) j.set_f64(b.b[b.at_max()], -kInf);
+    }
+    {
+      double sum, m2;
+      add_value(b.count(), b.sum(), b.m2(), v, &sum, &m2);
+      if (g.sum) j.set_f64(b.b[b.at_sum()], sum);
+      if (g.sumsq) j.set_f64(b.b[b.at_m2()], m2);
+      j.set(b.b[1], b.count() + 1);
+    }
+    if (g.min) j.set_f64(b.b[b.at_min()], std::min(b.min(), v));
+    if (g.max) j.set_f64(b.b[b.at_max()], std::max(b.max(), v));
+
+    for (const AggregatePlan::Window& win : g.windows) {
+      const int64_t end = win.end == WindowEnd::kNow ? h : head;
+      if (k <= end - win.buckets) continue;  // left this window already
+      Word* words = block + win.offset;
+      WindowState w = WindowState::read(words);
+      if (w.count == 0) {
+        w.clear(k);
+      } else {
+        w.start = std::min(w.start, k);
+      }
+      if (g.sum) {
+        double sum, m2;
+        add_value(w.count, w.sum, w.m2, v, &sum, &m2);
+        w.sum = sum;
+        if (g.sumsq) w.m2 = m2;
+      }
+      ++w.count;
+      if (g.min) w.min = std::min(w.min, v);
+      if (g.max) w.max = std::max(w.max, v);
+      w.write(words, j);
+    }
+  }
+  return folded;
+}
+
+OutputValue output(const AggregateTable& t, const Word* block, size_t o) {
+  const AggregatePlan::Output& out = t.plan.outputs[o];
+  const AggregatePlan::Group& g = t.plan.groups[out.group];
+  const WindowState w = WindowState::read(block + g.windows[out.window].offset);
+  OutputValue r;
+  const double n = static_cast<double>(w.count);
+  auto variance = [&] { return std::max(0.0, w.m2 / n); };
+  switch (out.fn) {
+    case AggregateFn::kCount:
+      r.i64 = static_cast<int64_t>(w.count);
+      r.valid = true;
+      return r;
+    case AggregateFn::kSum:
+      r.f64 = w.count > 0 ? w.sum : 0.0;
+      r.valid = true;
+      return r;
+    default: break;
+  }
+  if (w.count == 0) {
+    r.f64 = kNaN;
+    return r;
+  }
+  r.valid = true;
+  switch (out.fn) {
+    case AggregateFn::kMean: r.f64 = w.sum / n; break;
+    case AggregateFn::kMin: r.f64 = w.min; break;
+    case AggregateFn::kMax: r.f64 = w.max; break;
+    case AggregateFn::kLast: r.f64 = load_f64(block[g.offset + 2]); break;
+    case AggregateFn::kVariance: r.f64 = variance(); break;
+    case AggregateFn::kStddev: r.f64 = std::sqrt(variance()); break;
+    default: break;
+  }
+  return r;
+}
+
+int64_t next_due_ms(const AggregateTable& t, const Word* block) {
+  int64_t due = 0;
+  for (const AggregatePlan::Group& g : t.plan.groups) {
+    for (const AggregatePlan::Window& w : g.windows) {
+      if (w.end != WindowEnd::kNow || load(block[w.offset + 1]) == 0) continue;
+      // Bucket `start` leaves the window when the clock reaches bucket start + n.
+      const int64_t at = (load_i64(block[w.offset]) + w.buckets) * g.resolution_ms;
+      if (due == 0 || at < due) due = at;
+    }
+  }
+  return due;
+}
+
+// ---------------------------------------------------------------------------
+// Dedup
+
+uint64_t scoped_event_id(uint64_t event_id, uint64_t key_hash) {
+  uint64_t x = event_id ^ (key_hash * 0x9E3779B97F4A7C15ULL);
+  // murmur3's finaliser: every input bit reaches every output bit.
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  x ^= x >> 33;
+  return x == 0 ? 1 : x;
+}
+
+namespace {
+Word* dedup_bucket(const AggregateTable& t, uint64_t id) {
+  __extension__ using u128 = unsigned __int128;
+  const uint64_t b = static_cast<uint64_t>((static_cast<u128>(id) * t.dedup_buckets) >> 64);
+  return t.dedup + b * kDedupWays * 2;
+}
+}  // namespace
+
+bool dedup_contains(const AggregateTable& t, uint64_t id, int64_t clock_ms) {
+  if (t.dedup_buckets == 0) return false;
+  const Word* b = dedup_bucket(t, id);
+  for (size_t i = 0; i < kDedupWays; ++i) {
+    if (load(b[2 * i]) != id) continue;
+    const int64_t time1 = load_i64(b[2 * i + 1]);
+    if (time1 != 0 && time1 - 1 > clock_ms - t.horizon_ms) return true;
+  }
+  return false;
+}
+
+bool dedup_insert(const AggregateTable& t, uint64_t id, int64_t event_time_ms, int64_t clock_ms, Journal& j) {
+  if (t.dedup_buckets == 0) return false;
+  Word* b = dedup_bucket(t, id);
+  size_t victim = 0;
+  int64_t oldest = std::numeric_limits<int64_t>::max();
+  for (size_t i = 0; i < kDedupWays; ++i) {
+    const int64_t time1 = load_i64(b[2 * i + 1]);
+    if (load(b[2 * i]) == id || time1 == 0) {
+      victim = i;
+      oldest = std::numeric_limits<int64_t>::min();
+      break;
+    }
+    if (time1 < oldest) {
+      oldest = time1;
+      victim = i;
+    }
+  }
+  const bool evicted = oldest != std::numeric_limits<int64_t>::min() && oldest - 1 > clock_ms - t.horizon_ms;
+  j.set(b[2 * victim], id);
+  j.set(b[2 * victim + 1], static_cast<uint64_t>(event_time_ms + 1));
+  return evicted;
+}
+
+}  // namespace larder::layout::detail

@@ -1,0 +1,113 @@
+// Windowed aggregates: the writer-side state machine (docs/aggregates.md).
+//
+// Each slot of a table with aggregates owns a state block of
+// AggregatePlan::stride_words words (layout in schema.h). Only the writer
+// reads or writes it; readers see the results as ordinary row fields, which
+// the writer recomputes whenever the state changes.
+//
+// Every store into a state block or the dedup set goes through a Journal,
+// which first records the word's old value in the segment's journal, so that
+// a writer restarting after a crash can undo a half-made change
+// (Journal::rollback). The one exception is reset_block(): it only runs on a
+// slot that is not live yet, and a crash before the slot turns live leaves the
+// block unused.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "larder/layout/format.h"
+#include "larder/layout/schema.h"
+#include "larder/layout/writer.h"
+
+namespace larder::layout::detail {
+
+// Calls the process's crash hook (writer.h), if one is set.
+void crash_point_hook(CrashPoint point);
+
+// The undo journal of one change (armed from begin() to commit()).
+class Journal {
+ public:
+  Journal() = default;
+  Journal(SegmentHeader* header, Word* base, JournalEntry* entries, uint64_t capacity)
+      : header_(header), base_(base), entries_(entries), capacity_(capacity) {}
+
+  // journal_armed: 1 while the change is being made, kDone once the slot
+  // write that publishes it finished (the change is then complete).
+  static constexpr uint64_t kDone = 2;
+
+  void begin();
+  void mark_done();
+  // Records the old value of `w`, then stores `v` (no-op when equal).
+  void set(Word& w, uint64_t v);
+  void set_f64(Word& w, double v);
+  void commit();
+  bool armed() const { return armed_; }
+
+  // A restarting writer: undoes an armed change, newest entry first. Returns
+  // the entries undone. (Writer::Impl::repair decides whether to undo.)
+  uint64_t rollback(uint64_t segment_words);
+
+ private:
+  SegmentHeader* header_ = nullptr;
+  Word* base_ = nullptr;
+  JournalEntry* entries_ = nullptr;
+  uint64_t capacity_ = 0;
+  uint64_t count_ = 0;
+  bool armed_ = false;
+};
+
+// One table's aggregate configuration and state arrays.
+struct AggregateTable {
+  AggregatePlan plan;
+  Word* state = nullptr;  // slot_count * plan.stride_words
+  Word* dedup = nullptr;  // dedup_buckets * kDedupWays * 2
+  uint64_t dedup_buckets = 0;
+  int64_t lateness_ms = 0;
+  int64_t horizon_ms = 0;
+  // plan.sources index of each group's source, -1 for a count of events.
+  std::vector<int> group_source;
+
+  bool enabled() const { return plan.stride_words != 0; }
+  Word* block(uint64_t slot) const { return state + slot * plan.stride_words; }
+};
+
+// Prefetches for writing the cache lines an event at `event_time_ms` touches
+// in `block`: the headers and windows, and one bucket per group. Issued
+// before the probe, so that these misses overlap the slot's.
+void prefetch_event(const AggregateTable& t, const Word* block, int64_t clock_ms, int64_t event_time_ms);
+
+// Zeroes a block for a key that is about to be inserted.
+void reset_block(const AggregateTable& t, Word* block);
+
+// Drops from every `end: now` window the buckets that left it by clock_ms.
+// Returns true when some window changed.
+bool advance(const AggregateTable& t, Word* block, int64_t clock_ms, Journal& j);
+
+// Folds one event into every group whose ring still holds its bucket.
+// Returns false when no group took it (too late for all of them).
+bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_time_ms,
+          std::span<const SourceValue> sources, Journal& j);
+
+// The value and validity of output `o` as of the block's state.
+struct OutputValue {
+  double f64 = 0;
+  int64_t i64 = 0;
+  bool valid = false;
+};
+OutputValue output(const AggregateTable& t, const Word* block, size_t o);
+
+// When the block's next bucket leaves an `end: now` window (ms), 0 if never.
+int64_t next_due_ms(const AggregateTable& t, const Word* block);
+
+// The block's slot-header word holding next_due_ms + 1.
+inline Word& due_word(Word* block) { return block[0]; }
+
+// The dedup set. `id` is the key-scoped id (scoped_event_id).
+uint64_t scoped_event_id(uint64_t event_id, uint64_t key_hash);
+bool dedup_contains(const AggregateTable& t, uint64_t id, int64_t clock_ms);
+// Returns true when it forgot an id still inside its horizon to make room.
+bool dedup_insert(const AggregateTable& t, uint64_t id, int64_t event_time_ms, int64_t clock_ms, Journal& j);
+
+}  // namespace larder::layout::detail
