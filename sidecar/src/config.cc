@@ -6,120 +6,27 @@
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <initializer_list>
+#include <map>
 #include <optional>
 #include <set>
 #include <sstream>
 
+#include "config_yaml.h"
 #include "larder/layout/error.h"
 
 namespace larder::sidecar {
 namespace {
 
-[[noreturn]] void fail(const std::string& path, const std::string& problem) {
-  throw ConfigError(path + ": " + problem);
-}
-
-std::string join(std::initializer_list<std::string_view> items) {
-  std::string out;
-  for (std::string_view s : items) {
-    if (!out.empty()) out += ", ";
-    out += s;
-  }
-  return out;
-}
-
-// Missing keys of a const node yield an "invalid" node, which throws on most
-// calls (even assignment); IsDefined() is safe on it.
-bool present(const YAML::Node& n) { return n.IsDefined() && !n.IsNull(); }
-
-// A YAML mapping at `path` whose keys must come from `allowed`.
-class MapNode {
- public:
-  MapNode(const YAML::Node& node, std::string path, std::initializer_list<std::string_view> allowed)
-      : node_(present(node) ? node : YAML::Node(YAML::NodeType::Map)), path_(std::move(path)) {
-    if (!node_.IsMap()) fail(path_, "expected a mapping of keys (" + join(allowed) + ")");
-    for (const auto& kv : node_) {
-      const std::string key = kv.first.as<std::string>();
-      bool ok = false;
-      for (std::string_view a : allowed) ok = ok || a == key;
-      if (!ok) fail(child(key), "unknown key (expected one of: " + join(allowed) + ")");
-    }
-  }
-
-  std::string child(std::string_view key) const {
-    return path_.empty() ? std::string(key) : path_ + "." + std::string(key);
-  }
-  const std::string& path() const { return path_; }
-  bool has(const char* key) const { return present(node_[key]); }
-  YAML::Node node(const char* key) const { return node_[key]; }
-
-  std::string scalar(const char* key) const {
-    const YAML::Node n = node_[key];
-    if (!n.IsScalar()) fail(child(key), "expected a single value");
-    return n.Scalar();
-  }
-  std::string str(const char* key, std::optional<std::string> fallback = std::nullopt) const {
-    if (!has(key)) {
-      if (!fallback) fail(child(key), "required");
-      return *fallback;
-    }
-    return scalar(key);
-  }
-  bool boolean(const char* key, bool fallback) const {
-    if (!has(key)) return fallback;
-    bool out;
-    if (!node_[key].IsScalar() || !YAML::convert<bool>::decode(node_[key], out)) {
-      fail(child(key),
-           fmt::format("expected true or false, got \"{}\"", node_[key].IsScalar() ? node_[key].Scalar() : "?"));
-    }
-    return out;
-  }
-  uint64_t integer(const char* key, std::optional<uint64_t> fallback, uint64_t min, uint64_t max) const {
-    if (!has(key)) {
-      if (!fallback) fail(child(key), "required");
-      return *fallback;
-    }
-    const std::string s = scalar(key);
-    uint64_t v = 0;
-    bool ok = !s.empty() && s.size() <= 19;
-    for (char c : s) ok = ok && c >= '0' && c <= '9';
-    if (ok) v = std::stoull(s);
-    if (!ok || v < min || v > max)
-      fail(child(key), fmt::format("expected an integer in [{}, {}], got \"{}\"", min, max, s));
-    return v;
-  }
-  double number(const char* key, double fallback, double min, double max, bool min_exclusive = false) const {
-    if (!has(key)) return fallback;
-    const std::string s = scalar(key);
-    double v = 0;
-    char* end = nullptr;
-    v = std::strtod(s.c_str(), &end);
-    const bool ok = !s.empty() && end == s.c_str() + s.size() && std::isfinite(v) &&
-                    (min_exclusive ? v > min : v >= min) && v <= max;
-    if (!ok)
-      fail(child(key),
-           fmt::format("expected a number in {}{}, {}], got \"{}\"", min_exclusive ? "(" : "[", min, max, s));
-    return v;
-  }
-
- private:
-  YAML::Node node_;
-  std::string path_;
-};
-
-template <class Fn>
-void each_item(const YAML::Node& seq, const std::string& path, bool required, Fn&& fn) {
-  if (!present(seq)) {
-    if (required) fail(path, "required (a list)");
-    return;
-  }
-  if (!seq.IsSequence()) fail(path, "expected a list");
-  for (size_t i = 0; i < seq.size(); ++i) fn(seq[i], fmt::format("{}[{}]", path, i));
-}
+using config_yaml::each_item;
+using config_yaml::fail;
+using config_yaml::join;
+using config_yaml::MapNode;
+using config_yaml::present;
 
 std::string read_file_trimmed(const std::string& path, const std::string& key) {
   std::ifstream in(path, std::ios::binary);
@@ -160,8 +67,110 @@ SegmentConfig parse_segment(const YAML::Node& node) {
   return s;
 }
 
+// Durations: "500ms", "90s", "5m", "1h", "7d", or an integer of milliseconds.
+// Longer than ten years is refused (no setting needs it, and it keeps every
+// product below far from overflow).
+constexpr int64_t kMaxDurationMs = 10LL * 366 * 24 * 3600 * 1000;
+
+std::optional<int64_t> duration_ms(const MapNode& m, const char* key) {
+  if (!m.has(key)) return std::nullopt;
+  const std::string s = m.scalar(key);
+  size_t digits = 0;
+  while (digits < s.size() && s[digits] >= '0' && s[digits] <= '9') ++digits;
+  const std::string_view unit = std::string_view(s).substr(digits);
+  int64_t scale = 0;
+  if (unit.empty() || unit == "ms") {
+    scale = 1;
+  } else if (unit == "s") {
+    scale = 1000;
+  } else if (unit == "m") {
+    scale = 60 * 1000;
+  } else if (unit == "h") {
+    scale = 3600 * 1000;
+  } else if (unit == "d") {
+    scale = 24 * 3600 * 1000;
+  }
+  if (digits == 0 || scale == 0) {
+    fail(m.child(key), fmt::format("expected a duration such as 500ms, 90s, 5m, 1h, 7d or an integer number of "
+                                   "milliseconds, got \"{}\"",
+                                   s));
+  }
+  const uint64_t n = digits > 15 ? ~uint64_t{0} : std::stoull(s.substr(0, digits));
+  if (n > static_cast<uint64_t>(kMaxDurationMs / scale)) fail(m.child(key), fmt::format("\"{}\" is too long", s));
+  return static_cast<int64_t>(n) * scale;
+}
+
+// The shortest exact spelling: 86400000 -> "1d", 1500 -> "1500ms".
+std::string format_duration(int64_t ms) {
+  struct Unit {
+    int64_t ms;
+    const char* suffix;
+  };
+  for (const Unit u : {Unit{24 * 3600 * 1000, "d"}, Unit{3600 * 1000, "h"}, Unit{60 * 1000, "m"}, Unit{1000, "s"}}) {
+    if (ms != 0 && ms % u.ms == 0) return fmt::format("{}{}", ms / u.ms, u.suffix);
+  }
+  return fmt::format("{}ms", ms);
+}
+
+// A resolution that divides `window_ms` into at most kMaxBucketsPerWindow
+// buckets, preferring about 60 (for error messages).
+int64_t suggest_resolution(int64_t window_ms) {
+  for (int64_t n = 60; n <= layout::kMaxBucketsPerWindow; ++n) {
+    if (window_ms % n == 0) return window_ms / n;
+  }
+  for (int64_t n = 59; n > 1; --n) {
+    if (window_ms % n == 0) return window_ms / n;
+  }
+  return window_ms;
+}
+
+// The JSON value an event member must hold for one of the targets that read
+// it. All targets of one member must agree (a bool may also feed a source).
+enum class InputKind : uint8_t { kNumber, kString, kBool, kArray, kNumberOrBool };
+
+const char* input_kind_text(InputKind k) {
+  switch (k) {
+    case InputKind::kNumber: return "a number";
+    case InputKind::kString: return "a string";
+    case InputKind::kBool: return "true/false";
+    case InputKind::kArray: return "an array of numbers";
+    case InputKind::kNumberOrBool: return "a number (or true/false)";
+  }
+  return "?";
+}
+
+bool compatible(InputKind a, InputKind b) {
+  if (a == b) return true;
+  if (a == InputKind::kNumberOrBool) std::swap(a, b);
+  return b == InputKind::kNumberOrBool && (a == InputKind::kNumber || a == InputKind::kBool);
+}
+
+struct InputUse {
+  InputKind kind;
+  std::string who;  // e.g. `field "country" (fields[0])`
+};
+
+// Records that `who` reads member `input` as `kind`; fails at `path` when an
+// earlier reader of the same member expects another JSON type.
+void use_input(std::map<std::string, std::vector<InputUse>>& uses, const std::string& input, InputKind kind,
+               const std::string& who, const std::string& path) {
+  std::vector<InputUse>& list = uses[input];
+  for (const InputUse& u : list) {
+    if (!compatible(u.kind, kind)) {
+      fail(path, fmt::format("input \"{}\" is read as {} by {} but as {} by {}; a member holds one JSON type: "
+                             "make them agree, or have producers send the other value under its own member name",
+                             input, input_kind_text(kind), who, input_kind_text(u.kind), u.who));
+    }
+  }
+  list.push_back(InputUse{kind, who});
+}
+
+const char* const kAggregateFns = "count, sum, mean (avg), min, max, last, variance (var), stddev (std)";
+
 TableConfig parse_table(const YAML::Node& node, const std::string& path) {
-  MapNode m(node, path, {"name", "key_max_len", "capacity", "max_load_factor", "allow_unknown_fields", "fields"});
+  MapNode m(node, path,
+            {"name", "key_max_len", "capacity", "max_load_factor", "allow_unknown_fields", "fields", "aggregates",
+             "allowed_lateness", "dedup"});
   TableConfig t;
   t.spec.name = m.str("name");
   if (!layout::valid_identifier(t.spec.name)) {
@@ -171,15 +180,20 @@ TableConfig parse_table(const YAML::Node& node, const std::string& path) {
   t.spec.capacity = m.integer("capacity", std::nullopt, 1, uint64_t{1} << 32);
   t.spec.max_load_factor = m.number("max_load_factor", 0.75, 0.0, 0.95, true);
   t.allow_unknown_fields = m.boolean("allow_unknown_fields", false);
-  std::set<std::string> names;
+
+  std::map<std::string, size_t> field_index;
+  std::map<std::string, std::vector<InputUse>> uses;  // event member -> who reads it, as what
+  std::vector<std::string> from_paths;                // per field: the key path of its input, for errors
   each_item(m.node("fields"), m.child("fields"), true, [&](const YAML::Node& fnode, const std::string& fpath) {
-    MapNode f(fnode, fpath, {"name", "type", "dims", "max_len"});
+    MapNode f(fnode, fpath, {"name", "type", "dims", "max_len", "from", "transform"});
     layout::FieldSpec spec;
     spec.name = f.str("name");
     if (!layout::valid_identifier(spec.name)) {
       fail(f.child("name"), fmt::format("\"{}\" is not a valid name ([A-Za-z0-9_.-], 1..63 bytes)", spec.name));
     }
-    if (!names.insert(spec.name).second) fail(f.child("name"), fmt::format("duplicate field \"{}\"", spec.name));
+    if (!field_index.emplace(spec.name, t.spec.fields.size()).second) {
+      fail(f.child("name"), fmt::format("duplicate field \"{}\"", spec.name));
+    }
     const std::string type = f.str("type");
     if (!layout::parse_field_type(type, &spec.type)) {
       fail(f.child("type"),
@@ -195,11 +209,208 @@ TableConfig parse_table(const YAML::Node& node, const std::string& path) {
     } else if (f.has("max_len")) {
       fail(f.child("max_len"), "only string fields have max_len");
     }
+
+    FieldIngest ingest;
+    if (f.has("from")) {
+      ingest.from = f.str("from");
+      if (!layout::valid_identifier(ingest.from)) {
+        fail(f.child("from"),
+             fmt::format("\"{}\" is not a valid member name ([A-Za-z0-9_.-], 1..63 bytes)", ingest.from));
+      }
+      if (ingest.from == spec.name) ingest.from.clear();  // the default, spelled out
+    }
+    ingest.transform = TransformChain::parse(f.node("transform"), f.child("transform"));
+    const bool numeric = spec.type == layout::FieldType::kInt64 || spec.type == layout::FieldType::kFloat64 ||
+                         spec.type == layout::FieldType::kFloat32;
+    InputKind kind = numeric                                   ? InputKind::kNumber
+                     : spec.type == layout::FieldType::kString ? InputKind::kString
+                     : spec.type == layout::FieldType::kBool   ? InputKind::kBool
+                                                               : InputKind::kArray;
+    if (!ingest.transform.empty()) {
+      if (!numeric) {
+        fail(f.child("transform"),
+             fmt::format("{} fields take no transform: a transform gives a number, stored in an int64, float64 or "
+                         "float32 field (a vocabulary reads a string input: declare the field int64 with from: the "
+                         "string member)",
+                         type));
+      }
+      if (spec.type == layout::FieldType::kInt64 && ingest.transform.output() == TransformOutput::kFloat64) {
+        fail(f.child("transform"),
+             fmt::format("the chain ends in {}, which gives a float64, but field \"{}\" is int64: declare the field "
+                         "float64 (or float32), or end the chain with bucketize",
+                         transform_kind_name(ingest.transform.steps().back().kind), spec.name));
+      }
+      kind = ingest.transform.string_input() ? InputKind::kString : InputKind::kNumber;
+    }
+    const std::string input = ingest.from.empty() ? spec.name : ingest.from;
+    from_paths.push_back(f.child(f.has("from") ? "from" : "name"));
+    use_input(uses, input, kind, fmt::format("field \"{}\" ({})", spec.name, fpath.substr(path.size() + 1)),
+              from_paths.back());
     t.spec.fields.push_back(std::move(spec));
+    t.ingest.push_back(std::move(ingest));
   });
   if (t.spec.fields.empty()) fail(m.child("fields"), "a table needs at least one field");
   if (t.spec.fields.size() > layout::kMaxFields)
     fail(m.child("fields"), fmt::format("at most {} fields", layout::kMaxFields));
+  // `from` names an event member. A member that is also a declared field
+  // computed from elsewhere would read the raw member, not that field's
+  // result, which is never what was meant.
+  for (size_t i = 0; i < t.ingest.size(); ++i) {
+    const std::string& from = t.ingest[i].from;
+    const auto it = field_index.find(from);
+    if (from.empty() || it == field_index.end() || t.ingest[it->second].from.empty()) continue;
+    fail(from_paths[i], fmt::format("\"{}\" is a field computed from \"{}\"; from names an event member, not another "
+                                    "field's result: use from: {} (and repeat that field's steps)",
+                                    from, t.ingest[it->second].from, t.ingest[it->second].from));
+  }
+
+  std::map<std::string, size_t> aggregate_index;
+  std::vector<std::string> source_paths;
+  each_item(m.node("aggregates"), m.child("aggregates"), false, [&](const YAML::Node& anode, const std::string& apath) {
+    MapNode a(anode, apath, {"name", "source", "fn", "window", "resolution", "end"});
+    layout::AggregateSpec spec;
+    spec.name = a.str("name");
+    if (!layout::valid_identifier(spec.name)) {
+      fail(a.child("name"), fmt::format("\"{}\" is not a valid name ([A-Za-z0-9_.-], 1..63 bytes)", spec.name));
+    }
+    if (const auto f = field_index.find(spec.name); f != field_index.end()) {
+      fail(a.child("name"), fmt::format("\"{}\" is already a field (fields[{}]); an aggregate is published as a field "
+                                        "of its own name, so the names must differ",
+                                        spec.name, f->second));
+    }
+    if (const auto d = aggregate_index.find(spec.name); d != aggregate_index.end()) {
+      fail(a.child("name"), fmt::format("duplicate aggregate \"{}\" (also aggregates[{}])", spec.name, d->second));
+    }
+    aggregate_index.emplace(spec.name, t.spec.aggregates.size());
+
+    const std::string fn = a.str("fn");
+    if (!layout::parse_aggregate_fn(fn, &spec.fn)) {
+      fail(a.child("fn"), fmt::format("unknown fn \"{}\" (expected {})", fn, kAggregateFns));
+    }
+    if (a.has("source")) {
+      spec.source = a.str("source");
+      if (!layout::valid_identifier(spec.source)) {
+        fail(a.child("source"), fmt::format("\"{}\" is not a valid name ([A-Za-z0-9_.-], 1..63 bytes)", spec.source));
+      }
+      if (const auto f = field_index.find(spec.source); f != field_index.end()) {
+        // The aggregate folds that field's value (after its transform).
+        const layout::FieldType type = t.spec.fields[f->second].type;
+        if (type == layout::FieldType::kString || type == layout::FieldType::kFloat32Vector) {
+          fail(a.child("source"),
+               fmt::format("\"{}\" is a {} field; an aggregate folds numbers: name an int64, float64, float32 or "
+                           "bool field, or an event member that holds numbers",
+                           spec.source, layout::field_type_name(type)));
+        }
+      } else {
+        use_input(uses, spec.source, InputKind::kNumberOrBool,
+                  fmt::format("aggregate \"{}\" ({})", spec.name, apath.substr(path.size() + 1)), a.child("source"));
+      }
+    } else if (spec.fn != layout::AggregateFn::kCount) {
+      fail(a.child("source"),
+           fmt::format("required for {}: the event member (or field) whose values it folds; only count may omit it",
+                       layout::aggregate_fn_name(spec.fn)));
+    }
+    source_paths.push_back(a.child("source"));
+
+    const std::optional<int64_t> window = duration_ms(a, "window");
+    if (!window) fail(a.child("window"), "required (e.g. 1h)");
+    spec.window_ms = *window;
+    if (spec.window_ms < layout::kMinWindowMs || spec.window_ms > layout::kMaxWindowMs) {
+      fail(a.child("window"),
+           fmt::format("{} is outside {}..{}", format_duration(spec.window_ms), format_duration(layout::kMinWindowMs),
+                       format_duration(layout::kMaxWindowMs)));
+    }
+    const std::optional<int64_t> resolution = duration_ms(a, "resolution");
+    if (resolution) {
+      if (*resolution <= 0) fail(a.child("resolution"), "must be > 0");
+      if (spec.window_ms % *resolution != 0) {
+        fail(a.child("resolution"),
+             fmt::format("window {} is not a multiple of resolution {}; pick a resolution that divides it (e.g. {})",
+                         format_duration(spec.window_ms), format_duration(*resolution),
+                         format_duration(suggest_resolution(spec.window_ms))));
+      }
+      spec.resolution_ms = *resolution;
+    }
+    const int64_t effective = resolution ? *resolution : layout::default_resolution_ms(spec.window_ms);
+    if (effective <= 0) {
+      fail(a.child("window"),
+           fmt::format("{} has no default resolution (no whole number of milliseconds divides it into 60..{} "
+                       "buckets): set resolution to a divisor of the window (e.g. {}), or use a rounder window",
+                       format_duration(spec.window_ms), layout::kMaxBucketsPerWindow,
+                       format_duration(suggest_resolution(spec.window_ms))));
+    }
+    if (spec.window_ms / effective > layout::kMaxBucketsPerWindow) {
+      fail(a.child(resolution ? "resolution" : "window"),
+           fmt::format("window {} / resolution {} is {} buckets; at most {}: {} a resolution of {} or another "
+                       "divisor of the window",
+                       format_duration(spec.window_ms), format_duration(effective), spec.window_ms / effective,
+                       layout::kMaxBucketsPerWindow, resolution ? "use" : "set",
+                       format_duration(suggest_resolution(spec.window_ms))));
+    }
+    const std::string end = a.str("end", "now");
+    if (end == "now") {
+      spec.end = layout::WindowEnd::kNow;
+    } else if (end == "latest_event") {
+      spec.end = layout::WindowEnd::kLatestEvent;
+    } else {
+      fail(a.child("end"), fmt::format("unknown end \"{}\" (expected now or latest_event)", end));
+    }
+    t.spec.aggregates.push_back(std::move(spec));
+  });
+  for (size_t i = 0; i < t.spec.aggregates.size(); ++i) {
+    const std::string& source = t.spec.aggregates[i].source;
+    if (const auto d = aggregate_index.find(source); d != aggregate_index.end()) {
+      fail(source_paths[i], fmt::format("\"{}\" is an aggregate (aggregates[{}]); an aggregate folds event values, "
+                                        "not other aggregates",
+                                        source, d->second));
+    }
+  }
+  for (size_t i = 0; i < t.ingest.size(); ++i) {
+    const std::string& from = t.ingest[i].from;
+    if (const auto d = aggregate_index.find(from); !from.empty() && d != aggregate_index.end()) {
+      fail(from_paths[i],
+           fmt::format("\"{}\" is an aggregate (aggregates[{}]); from names an event member", from, d->second));
+    }
+  }
+  if (t.spec.aggregates.size() > layout::kMaxAggregates) {
+    fail(m.child("aggregates"),
+         fmt::format("{} aggregates; a table has at most {}", t.spec.aggregates.size(), layout::kMaxAggregates));
+  }
+  if (t.spec.fields.size() + t.spec.aggregates.size() > layout::kMaxFields) {
+    fail(m.child("aggregates"), fmt::format("{} fields and {} aggregates; together at most {}", t.spec.fields.size(),
+                                            t.spec.aggregates.size(), layout::kMaxFields));
+  }
+
+  int64_t longest = 0;
+  for (const layout::AggregateSpec& a : t.spec.aggregates) longest = std::max(longest, a.window_ms);
+  if (const std::optional<int64_t> lateness = duration_ms(m, "allowed_lateness")) {
+    if (t.spec.aggregates.empty()) fail(m.child("allowed_lateness"), "only tables with aggregates take it");
+    if (*lateness <= 0) fail(m.child("allowed_lateness"), "must be > 0 (leave it out for the longest window)");
+    if (*lateness > longest) {
+      fail(m.child("allowed_lateness"),
+           fmt::format("{} is longer than the longest window ({}): an event that old counts in no window",
+                       format_duration(*lateness), format_duration(longest)));
+    }
+    t.spec.allowed_lateness_ms = *lateness;
+  }
+  if (m.has("dedup")) {
+    const MapNode d(m.node("dedup"), m.child("dedup"), {"horizon", "capacity"});
+    if (t.spec.aggregates.empty()) {
+      fail(m.child("dedup"), "only tables with aggregates take it (plain fields are idempotent without it)");
+    }
+    const int64_t lateness = t.spec.allowed_lateness_ms > 0 ? t.spec.allowed_lateness_ms : longest;
+    if (const std::optional<int64_t> horizon = duration_ms(d, "horizon")) {
+      if (*horizon < lateness) {
+        fail(d.child("horizon"),
+             fmt::format("{} is shorter than the allowed lateness ({}{}): a redelivered event could be too old for "
+                         "the duplicate check yet young enough to count again; use at least {}",
+                         format_duration(*horizon), format_duration(lateness),
+                         t.spec.allowed_lateness_ms > 0 ? "" : ", the longest window", format_duration(lateness)));
+      }
+      t.spec.dedup_horizon_ms = *horizon;
+    }
+    t.spec.dedup_capacity = d.integer("capacity", 0, 1, uint64_t{1} << 32);
+  }
   return t;
 }
 
@@ -436,7 +647,7 @@ layout::Schema Config::schema() const {
 
 std::vector<TableDecodeOptions> Config::decode_options() const {
   std::vector<TableDecodeOptions> out;
-  for (const TableConfig& t : tables) out.push_back(TableDecodeOptions{t.allow_unknown_fields});
+  for (const TableConfig& t : tables) out.push_back(TableDecodeOptions{t.allow_unknown_fields, t.ingest});
   return out;
 }
 

@@ -17,15 +17,11 @@
 #include <vector>
 
 #include "amqp_url.h"
+#include "config_error.h"
 #include "decoder.h"
 #include "larder/layout/schema.h"
 
 namespace larder::sidecar {
-
-class ConfigError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
 
 struct SegmentConfig {
   std::string name;
@@ -34,8 +30,13 @@ struct SegmentConfig {
 };
 
 struct TableConfig {
+  // The schema part: fields, and aggregates with their lateness and dedup
+  // settings (they shape the segment, so Config::schema() carries them).
   layout::TableSpec spec;
   bool allow_unknown_fields = false;
+  // Ingest-only settings, one per spec.fields entry: the event member a field
+  // is computed from (`from`) and its transform. Not part of the schema.
+  std::vector<FieldIngest> ingest;
 };
 
 enum class QueueType : uint8_t { kQuorum = 0, kClassic = 1, kStream = 2 };

@@ -279,9 +279,12 @@ void Consumer::log_stats_if_due(bool force) {
     const uint64_t n = stats_.rejected_by_reason[static_cast<size_t>(r)];
     if (n > 0) rejects += fmt::format(" {}={}", reject_reason_name(r), n);
   }
-  spdlog::info("stats: deliveries={} messages_applied={} updates_applied={} updates_stale={} acks={} rejects={}{}",
-               stats_.deliveries, pipeline_.messages_applied.load(), pipeline_.updates_applied.load(),
-               pipeline_.updates_stale.load(), stats_.acks_sent, stats_.rejects_sent, rejects);
+  spdlog::info(
+      "stats: deliveries={} messages_applied={} updates_applied={} updates_stale={} updates_duplicate={} "
+      "updates_late={} acks={} rejects={}{}",
+      stats_.deliveries, pipeline_.messages_applied.load(), pipeline_.updates_applied.load(),
+      pipeline_.updates_stale.load(), pipeline_.updates_duplicate.load(), pipeline_.updates_late.load(),
+      stats_.acks_sent, stats_.rejects_sent, rejects);
 }
 
 }  // namespace larder::sidecar

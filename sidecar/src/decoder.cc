@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 #include <unordered_map>
 
 #include "event_time.h"
@@ -127,36 +128,54 @@ od::json_type type_of(od::value& v, const Where& where) {
 void DecodedBatch::clear() noexcept {
   updates_.clear();
   values_.clear();
+  sources_.clear();
   bytes_.clear();
   floats_.clear();
   first_id_.clear();
 }
 
 struct Decoder::Impl {
-  struct FieldInfo {
-    uint32_t index;
-    FieldType type;
-    uint32_t count;
+  // What an input member must hold, from the targets that read it.
+  enum class InputKind : uint8_t { kNumber, kNumberOrBool, kBool, kString, kArray };
+
+  // A declared field computed from an input member.
+  struct FieldTarget {
+    uint32_t index = 0;  // field index
+    FieldType type = FieldType::kInt64;
+    uint32_t count = 0;
+    const TransformChain* chain = nullptr;  // null: stored as is
+    int32_t source = -1;                    // the aggregate source fed with this field's value, or -1
+  };
+  // One member of `fields` and everything computed from it.
+  struct InputInfo {
+    std::string name;
+    uint32_t index = 0;  // into TableInfo::seen
+    InputKind kind = InputKind::kNumberOrBool;
+    std::vector<FieldTarget> fields;  // in field order
+    int32_t raw_source = -1;          // the aggregate source that folds this member's raw value, or -1
   };
   struct TableInfo {
     uint32_t index = 0;
     std::string name;
     uint32_t key_max_len = 0;
     bool allow_unknown_fields = false;
-    StringMap<FieldInfo> fields;
-    std::vector<std::pair<std::string, FieldInfo>> field_list;  // same, for a linear scan
-    std::vector<uint64_t> seen;                                 // per field: the update serial that last set it
+    std::vector<std::string> field_names;
+    std::vector<TransformChain> chains;  // per field; FieldTarget::chain points here
+    std::vector<InputInfo> inputs;
+    StringMap<uint32_t> input_by_name;
+    std::vector<std::pair<std::string, std::string>> computed;  // field -> its input, when they differ (details)
+    std::vector<uint64_t> seen;                                 // per input: the update serial that last set it
 
     // Small tables: a scan of a few short names beats hashing the name.
-    const FieldInfo* find_field(std::string_view wanted) const {
-      if (field_list.size() <= 16) {
-        for (const auto& [n, info] : field_list) {
-          if (n == wanted) return &info;
+    const InputInfo* find_input(std::string_view wanted) const {
+      if (inputs.size() <= 16) {
+        for (const InputInfo& in : inputs) {
+          if (in.name == wanted) return &in;
         }
         return nullptr;
       }
-      auto it = fields.find(wanted);
-      return it == fields.end() ? nullptr : &it->second;
+      auto it = input_by_name.find(wanted);
+      return it == input_by_name.end() ? nullptr : &inputs[it->second];
     }
   };
 
@@ -204,6 +223,193 @@ struct Decoder::Impl {
     return i;
   }
 
+  // " (for field \"x\")" when the field is not the member itself.
+  static std::string for_field(const TableInfo& table, const FieldTarget& target, std::string_view member) {
+    const std::string& name = table.field_names[target.index];
+    return name == member ? std::string() : fmt::format(" (for field \"{}\")", name);
+  }
+
+  static void add_source(DecodedBatch& out, int32_t source, double value) {
+    if (source >= 0) out.sources_.push_back(SourceValue{static_cast<uint32_t>(source), value});
+  }
+
+  // Stores a transform's result in `target`'s type; returns the stored value
+  // as the double an aggregate source sees.
+  double store_transformed(const TransformResult& r, const FieldTarget& target, const TableInfo& table,
+                           const Where& what, DecodedBatch& out) {
+    FieldValue fv;
+    fv.field = target.index;
+    fv.type = target.type;
+    double seen_by_source = r.f64;
+    switch (target.type) {
+      case FieldType::kInt64:  // Config allows only int64 output here
+        fv.i64 = r.i64;
+        seen_by_source = static_cast<double>(r.i64);
+        break;
+      case FieldType::kFloat64: fv.f64 = r.f64; break;
+      case FieldType::kFloat32:
+        if (r.f64 > static_cast<double>(FLT_MAX) || r.f64 < -static_cast<double>(FLT_MAX)) {
+          reject(RejectReason::kOutOfRange, fmt::format("{}: {} after transform is outside the float32 range{}", what,
+                                                        r.f64, for_field(table, target, what.field)));
+        }
+        fv.f64 = static_cast<float>(r.f64);
+        seen_by_source = fv.f64;
+        break;
+      default: break;  // the constructor refuses transforms on other types
+    }
+    out.values_.push_back(fv);
+    return seen_by_source;
+  }
+
+  [[noreturn]] void reject_transform(const TransformFailure& why, const FieldTarget& target, const TableInfo& table,
+                                     const Where& what) {
+    reject(RejectReason::kBadValue, fmt::format("{}: {}{}", what, why.str(), for_field(table, target, what.field)));
+  }
+
+  // A member read as a number by fields, transforms and sources.
+  void decode_number_input(od::value& v, od::json_type t, const InputInfo& in, const TableInfo& table,
+                           const Where& what, DecodedBatch& out) {
+    if (t == od::json_type::boolean && in.kind == InputKind::kNumberOrBool) {
+      bool b;  // only a source reads it: true/false count as 1/0
+      if (v.get_bool().get(b) != simdjson::SUCCESS) reject(RejectReason::kBadJson, what + ": malformed boolean");
+      add_source(out, in.raw_source, b ? 1.0 : 0.0);
+      return;
+    }
+    if (t != od::json_type::number) {
+      const FieldType first = in.fields.empty() ? FieldType::kFloat64 : in.fields.front().type;
+      const char* expected = in.fields.empty()                                        ? "a number (or true/false)"
+                             : first == FieldType::kInt64 && !in.fields.front().chain ? "an integer"
+                                                                                      : "a number";
+      reject(RejectReason::kWrongType, fmt::format("{}: expected {}, got {}", what, expected, json_type_name(t)));
+    }
+    for (const FieldTarget& target : in.fields) {
+      double seen_by_source = 0;
+      if (target.chain != nullptr) {
+        TransformResult r;
+        TransformFailure why;
+        if (!target.chain->apply(read_double(v, what), &r, &why)) reject_transform(why, target, table, what);
+        seen_by_source = store_transformed(r, target, table, what, out);
+      } else {
+        FieldValue fv;
+        fv.field = target.index;
+        fv.type = target.type;
+        switch (target.type) {
+          case FieldType::kInt64:
+            fv.i64 = read_int64(v, what);
+            seen_by_source = static_cast<double>(fv.i64);
+            break;
+          case FieldType::kFloat64: seen_by_source = fv.f64 = read_double(v, what); break;
+          case FieldType::kFloat32: seen_by_source = fv.f64 = read_float32(v, what); break;
+          default: break;  // not a number input
+        }
+        out.values_.push_back(fv);
+      }
+      add_source(out, target.source, seen_by_source);
+    }
+    if (in.raw_source >= 0) add_source(out, in.raw_source, read_double(v, what));
+  }
+
+  // A member read as a string by string fields and vocabulary transforms.
+  void decode_string_input(od::value& v, od::json_type t, const InputInfo& in, const TableInfo& table,
+                           const Where& what, DecodedBatch& out) {
+    if (t != od::json_type::string)
+      reject(RejectReason::kWrongType, fmt::format("{}: expected a string, got {}", what, json_type_name(t)));
+    std::string_view s;  // read once: a second read would unescape it again into the parser's buffer
+    if (v.get_string().get(s) != simdjson::SUCCESS) reject(RejectReason::kBadJson, what + ": malformed string");
+    int64_t stored_at = -1;  // string fields sharing the member share its bytes
+    for (const FieldTarget& target : in.fields) {
+      if (target.type == FieldType::kString) {
+        if (s.size() > target.count) {
+          reject(RejectReason::kStringTooLong, fmt::format("{}: {} bytes, max_len is {}{}", what, s.size(),
+                                                           target.count, for_field(table, target, what.field)));
+        }
+        if (stored_at < 0) {
+          stored_at = static_cast<int64_t>(out.bytes_.size());
+          out.bytes_.insert(out.bytes_.end(), s.begin(), s.end());
+        }
+        FieldValue fv;
+        fv.field = target.index;
+        fv.type = target.type;
+        fv.i64 = stored_at;  // fixed up to a pointer in finish()
+        fv.length = static_cast<uint32_t>(s.size());
+        out.values_.push_back(fv);
+      } else {
+        TransformResult r;
+        TransformFailure why;
+        if (!target.chain->apply(s, &r, &why)) reject_transform(why, target, table, what);
+        add_source(out, target.source, store_transformed(r, target, table, what, out));
+      }
+    }
+  }
+
+  void decode_bool_input(od::value& v, od::json_type t, const InputInfo& in, const Where& what, DecodedBatch& out) {
+    if (t != od::json_type::boolean)
+      reject(RejectReason::kWrongType, fmt::format("{}: expected true or false, got {}", what, json_type_name(t)));
+    bool b;
+    if (v.get_bool().get(b) != simdjson::SUCCESS) reject(RejectReason::kBadJson, what + ": malformed boolean");
+    for (const FieldTarget& target : in.fields) {
+      FieldValue fv;
+      fv.field = target.index;
+      fv.type = target.type;
+      fv.i64 = b ? 1 : 0;
+      out.values_.push_back(fv);
+      add_source(out, target.source, b ? 1.0 : 0.0);
+    }
+    add_source(out, in.raw_source, b ? 1.0 : 0.0);
+  }
+
+  void decode_vector_input(od::value& v, od::json_type t, const InputInfo& in, const TableInfo& table,
+                           const Where& what, DecodedBatch& out) {
+    const FieldTarget& first = in.fields.front();
+    if (t != od::json_type::array)
+      reject(RejectReason::kWrongType,
+             fmt::format("{}: expected an array of {} numbers, got {}", what, first.count, json_type_name(t)));
+    od::array arr;
+    if (v.get_array().get(arr) != simdjson::SUCCESS) reject(RejectReason::kBadJson, what + ": malformed array");
+    const size_t begin = out.floats_.size();
+    uint32_t n = 0;
+    for (auto element : arr) {
+      od::value ev;
+      if (std::move(element).get(ev) != simdjson::SUCCESS) reject(RejectReason::kBadJson, what + ": malformed array");
+      if (n == first.count) {
+        reject(RejectReason::kVectorLength,
+               fmt::format("{}: more than {} elements{}", what, first.count, for_field(table, first, what.field)));
+      }
+      Where ewhat = what;
+      ewhat.element = n;
+      const od::json_type et = type_of(ev, ewhat);
+      if (et != od::json_type::number)
+        reject(RejectReason::kWrongType, fmt::format("{}: expected a number, got {}", ewhat, json_type_name(et)));
+      out.floats_.push_back(read_float32(ev, ewhat));
+      ++n;
+    }
+    // Vector fields sharing the member share its floats.
+    for (const FieldTarget& target : in.fields) {
+      if (n != target.count) {
+        reject(RejectReason::kVectorLength, fmt::format("{}: {} elements, dims is {}{}", what, n, target.count,
+                                                        for_field(table, target, what.field)));
+      }
+      FieldValue fv;
+      fv.field = target.index;
+      fv.type = target.type;
+      fv.i64 = static_cast<int64_t>(begin);  // fixed up to a pointer in finish()
+      fv.length = n;
+      out.values_.push_back(fv);
+    }
+  }
+
+  [[noreturn]] void reject_unknown(const TableInfo& table, std::string_view name, const Where& at) {
+    for (const auto& [field, input] : table.computed) {
+      if (field == name) {
+        reject(RejectReason::kUnknownField,
+               fmt::format("{}: field \"{}\" of table \"{}\" is computed from \"{}\"; send \"{}\" instead", at,
+                           clip(name), table.name, input, input));
+      }
+    }
+    reject(RejectReason::kUnknownField,
+           fmt::format("{}: table \"{}\" has no field \"{}\"", at, table.name, clip(name)));
+  }
+
   void decode_fields(od::value& fields_value, const TableInfo& table, const Where& at, DecodedBatch& out) {
     if (type_of(fields_value, at) != od::json_type::object) {
       reject(RejectReason::kWrongMemberType, at + ": fields must be an object");
@@ -220,98 +426,29 @@ struct Decoder::Impl {
       std::string_view name;
       if (f.unescaped_key().get(name) != simdjson::SUCCESS)
         reject(RejectReason::kBadJson, at + ": malformed field name");
-      const FieldInfo* found = table.find_field(name);
+      const InputInfo* found = table.find_input(name);
       if (found == nullptr) {
         if (table.allow_unknown_fields) {
           skipped_unread = true;
           continue;
         }
-        reject(RejectReason::kUnknownField,
-               fmt::format("{}: table \"{}\" has no field \"{}\"", at, table.name, clip(name)));
+        reject_unknown(table, name, at);
       }
-      const FieldInfo& info = *found;
-      if (seen[info.index] == update_serial) {
+      const InputInfo& in = *found;
+      if (seen[in.index] == update_serial) {
         reject(RejectReason::kDuplicateMember, fmt::format("{}: field \"{}\" appears twice", at, clip(name)));
       }
-      seen[info.index] = update_serial;
+      seen[in.index] = update_serial;
       const Where what{at.index, at.batch, name};
       od::value& v = f.value();
       const od::json_type t = type_of(v, what);
-
-      FieldValue fv;
-      fv.field = info.index;
-      fv.type = info.type;
-      switch (info.type) {
-        case FieldType::kInt64:
-          if (t != od::json_type::number)
-            reject(RejectReason::kWrongType, fmt::format("{}: expected an integer, got {}", what, json_type_name(t)));
-          fv.i64 = read_int64(v, what);
-          break;
-        case FieldType::kFloat64:
-          if (t != od::json_type::number)
-            reject(RejectReason::kWrongType, fmt::format("{}: expected a number, got {}", what, json_type_name(t)));
-          fv.f64 = read_double(v, what);
-          break;
-        case FieldType::kFloat32:
-          if (t != od::json_type::number)
-            reject(RejectReason::kWrongType, fmt::format("{}: expected a number, got {}", what, json_type_name(t)));
-          fv.f64 = read_float32(v, what);
-          break;
-        case FieldType::kBool: {
-          if (t != od::json_type::boolean)
-            reject(RejectReason::kWrongType,
-                   fmt::format("{}: expected true or false, got {}", what, json_type_name(t)));
-          bool b;
-          if (v.get_bool().get(b) != simdjson::SUCCESS) reject(RejectReason::kBadJson, what + ": malformed boolean");
-          fv.i64 = b ? 1 : 0;
-          break;
-        }
-        case FieldType::kString: {
-          if (t != od::json_type::string)
-            reject(RejectReason::kWrongType, fmt::format("{}: expected a string, got {}", what, json_type_name(t)));
-          std::string_view s;
-          if (v.get_string().get(s) != simdjson::SUCCESS) reject(RejectReason::kBadJson, what + ": malformed string");
-          if (s.size() > info.count) {
-            reject(RejectReason::kStringTooLong,
-                   fmt::format("{}: {} bytes, max_len is {}", what, s.size(), info.count));
-          }
-          fv.i64 = static_cast<int64_t>(out.bytes_.size());  // fixed up to a pointer in finish()
-          fv.length = static_cast<uint32_t>(s.size());
-          out.bytes_.insert(out.bytes_.end(), s.begin(), s.end());
-          break;
-        }
-        case FieldType::kFloat32Vector: {
-          if (t != od::json_type::array)
-            reject(RejectReason::kWrongType,
-                   fmt::format("{}: expected an array of {} numbers, got {}", what, info.count, json_type_name(t)));
-          od::array arr;
-          if (v.get_array().get(arr) != simdjson::SUCCESS) reject(RejectReason::kBadJson, what + ": malformed array");
-          const size_t begin = out.floats_.size();
-          uint32_t n = 0;
-          for (auto element : arr) {
-            od::value ev;
-            if (std::move(element).get(ev) != simdjson::SUCCESS)
-              reject(RejectReason::kBadJson, what + ": malformed array");
-            if (n == info.count) {
-              reject(RejectReason::kVectorLength, fmt::format("{}: more than {} elements", what, info.count));
-            }
-            Where ewhat = what;
-            ewhat.element = n;
-            const od::json_type et = type_of(ev, ewhat);
-            if (et != od::json_type::number)
-              reject(RejectReason::kWrongType, fmt::format("{}: expected a number, got {}", ewhat, json_type_name(et)));
-            out.floats_.push_back(read_float32(ev, ewhat));
-            ++n;
-          }
-          if (n != info.count) {
-            reject(RejectReason::kVectorLength, fmt::format("{}: {} elements, dims is {}", what, n, info.count));
-          }
-          fv.i64 = static_cast<int64_t>(begin);  // fixed up to a pointer in finish()
-          fv.length = n;
-          break;
-        }
+      switch (in.kind) {
+        case InputKind::kNumber:
+        case InputKind::kNumberOrBool: decode_number_input(v, t, in, table, what, out); break;
+        case InputKind::kString: decode_string_input(v, t, in, table, what, out); break;
+        case InputKind::kBool: decode_bool_input(v, t, in, what, out); break;
+        case InputKind::kArray: decode_vector_input(v, t, in, table, what, out); break;
       }
-      out.values_.push_back(fv);
     }
   }
 
@@ -324,7 +461,9 @@ struct Decoder::Impl {
     std::string_view key;
     int64_t event_time_ms = 0;
     UpdateOp op = UpdateOp::kUpsert;
+    uint64_t event_id = 0;
     const size_t values_begin = out.values_.size();
+    const size_t sources_begin = out.sources_.size();
 
     auto once = [&](bool& flag, std::string_view name) {
       if (flag) reject(RejectReason::kDuplicateMember, fmt::format("{}: \"{}\" appears twice", at, name));
@@ -376,6 +515,11 @@ struct Decoder::Impl {
         once(have_id, name);
         const std::string_view id = string_member(v, name);
         if (out.first_id_.empty()) out.first_id_.assign(id.substr(0, 128));
+        // Hashed now: `id` points into the parser's string buffer, which a
+        // second walk of the object may reuse. "" is no id: a producer that
+        // fills it with an empty default must not have every event after
+        // the first dropped as a duplicate.
+        event_id = id.empty() ? 0 : event_id_hash(id);
       } else if (name == "fields") {
         once(have_fields, name);
         // Decoded in place when the table is already known (the usual order);
@@ -406,6 +550,7 @@ struct Decoder::Impl {
     out.bytes_.insert(out.bytes_.end(), key.begin(), key.end());
     if (op == UpdateOp::kDelete) {
       out.values_.resize(values_begin);  // a delete ignores fields
+      out.sources_.resize(sources_begin);
       if (have_fields && !fields_done) skipped_unread = true;
     } else if (!fields_done) {
       if (obj.reset().error() != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed object");
@@ -425,6 +570,9 @@ struct Decoder::Impl {
     u.event_time_ms = event_time_ms;
     u.values_begin = static_cast<uint32_t>(values_begin);
     u.values_count = static_cast<uint32_t>(out.values_.size() - values_begin);
+    u.sources_begin = static_cast<uint32_t>(sources_begin);
+    u.sources_count = static_cast<uint32_t>(out.sources_.size() - sources_begin);
+    u.event_id = event_id;
     out.updates_.push_back(u);
   }
 
@@ -533,20 +681,90 @@ struct Decoder::Impl {
 
 Decoder::Decoder(const layout::Schema& schema, std::vector<TableDecodeOptions> options)
     : impl_(std::make_unique<Impl>()) {
+  using InputKind = Impl::InputKind;
+  // The JSON value one more reader of an input needs, merged into what the
+  // earlier readers need; false when they cannot agree.
+  auto merge = [](Impl::InputInfo& in, InputKind k) {
+    const bool fresh = in.fields.empty() && in.raw_source < 0;
+    if (fresh || in.kind == k ||
+        (in.kind == InputKind::kNumberOrBool && (k == InputKind::kNumber || k == InputKind::kBool))) {
+      in.kind = k;
+      return true;
+    }
+    return k == InputKind::kNumberOrBool && (in.kind == InputKind::kNumber || in.kind == InputKind::kBool);
+  };
   impl_->tables.resize(schema.tables.size());
   for (size_t t = 0; t < schema.tables.size(); ++t) {
     const layout::TableSpec& spec = schema.tables[t];
+    const TableDecodeOptions* opt = t < options.size() ? &options[t] : nullptr;
     Impl::TableInfo& info = impl_->tables[t];
     info.index = static_cast<uint32_t>(t);
     info.name = spec.name;
     info.key_max_len = spec.key_max_len;
-    info.allow_unknown_fields = t < options.size() && options[t].allow_unknown_fields;
+    info.allow_unknown_fields = opt != nullptr && opt->allow_unknown_fields;
+    info.chains.resize(spec.fields.size());  // never resized again: targets point into it
+    auto input_for = [&](const std::string& name) -> Impl::InputInfo& {
+      const auto [it, added] = info.input_by_name.emplace(name, static_cast<uint32_t>(info.inputs.size()));
+      if (added) {
+        info.inputs.emplace_back();
+        info.inputs.back().name = name;
+        info.inputs.back().index = it->second;
+      }
+      return info.inputs[it->second];
+    };
+    auto bad = [&](const std::string& what) {
+      throw std::invalid_argument(fmt::format("decoder: table \"{}\": {}", spec.name, what));
+    };
+
     for (size_t f = 0; f < spec.fields.size(); ++f) {
-      const Impl::FieldInfo field{static_cast<uint32_t>(f), spec.fields[f].type, spec.fields[f].count};
-      info.fields.emplace(spec.fields[f].name, field);
-      info.field_list.emplace_back(spec.fields[f].name, field);
+      const layout::FieldSpec& field = spec.fields[f];
+      info.field_names.push_back(field.name);
+      const FieldIngest* ingest = opt != nullptr && f < opt->fields.size() ? &opt->fields[f] : nullptr;
+      const std::string& input = ingest != nullptr && !ingest->from.empty() ? ingest->from : field.name;
+      Impl::FieldTarget target{static_cast<uint32_t>(f), field.type, field.count, nullptr, -1};
+      InputKind kind = field.type == FieldType::kString          ? InputKind::kString
+                       : field.type == FieldType::kFloat32Vector ? InputKind::kArray
+                       : field.type == FieldType::kBool          ? InputKind::kBool
+                                                                 : InputKind::kNumber;
+      if (ingest != nullptr && !ingest->transform.empty()) {
+        if (kind != InputKind::kNumber)
+          bad(fmt::format("field \"{}\": only numeric fields take a transform", field.name));
+        if (field.type == FieldType::kInt64 && ingest->transform.output() == TransformOutput::kFloat64) {
+          bad(fmt::format("field \"{}\" is int64 but its transform gives a float64", field.name));
+        }
+        info.chains[f] = ingest->transform;
+        target.chain = &info.chains[f];
+        kind = target.chain->string_input() ? InputKind::kString : InputKind::kNumber;
+      }
+      Impl::InputInfo& in = input_for(input);
+      if (!merge(in, kind)) bad(fmt::format("member \"{}\" is read as two JSON types", input));
+      in.fields.push_back(target);
+      if (input != field.name) info.computed.emplace_back(field.name, input);
     }
-    info.seen.assign(spec.fields.size(), 0);
+
+    if (!spec.aggregates.empty()) {
+      const layout::AggregatePlan plan = layout::plan_aggregates(spec);
+      for (size_t k = 0; k < plan.sources.size(); ++k) {
+        const std::string& source = plan.sources[k];
+        Impl::FieldTarget* field_target = nullptr;
+        for (Impl::InputInfo& in : info.inputs) {
+          for (Impl::FieldTarget& target : in.fields) {
+            if (info.field_names[target.index] == source) field_target = &target;
+          }
+        }
+        if (field_target != nullptr) {  // the field's value, after its transform
+          if (field_target->type == FieldType::kString || field_target->type == FieldType::kFloat32Vector) {
+            bad(fmt::format("aggregate source \"{}\" is not a numeric field", source));
+          }
+          field_target->source = static_cast<int32_t>(k);
+        } else {  // a member the row does not store: its raw value
+          Impl::InputInfo& in = input_for(source);
+          if (!merge(in, InputKind::kNumberOrBool)) bad(fmt::format("member \"{}\" is read as two JSON types", source));
+          in.raw_source = static_cast<int32_t>(k);
+        }
+      }
+    }
+    info.seen.assign(info.inputs.size(), 0);
     impl_->table_by_name.emplace(spec.name, static_cast<uint32_t>(t));
   }
 }

@@ -1,7 +1,14 @@
 // Message format v1 decoder (docs/message-format.md): a message body (one
 // JSON object or an array of them) to a DecodedBatch of typed updates whose
 // field values are resolved to the schema's field indexes, ready for
-// larder::Writer::upsert/remove.
+// larder::Writer::apply/remove.
+//
+// One message member can feed several targets (docs/aggregates.md): the
+// declared fields computed `from` it (each through its own transform), and
+// the table's aggregate sources, which get either the member's raw value or,
+// when the source names a declared field, that field's value. The decoder
+// resolves all of that once, at construction, into a per-table map from
+// member name to targets, so decoding a member is one lookup.
 //
 // A message decodes whole or not at all: the first problem stops decoding and
 // is reported as a RejectReason plus a human-readable detail.
@@ -22,6 +29,7 @@
 #include "larder/layout/schema.h"
 #include "larder/layout/writer.h"
 #include "reject_reason.h"
+#include "transform.h"
 
 namespace larder::sidecar {
 
@@ -35,6 +43,9 @@ struct DecodedUpdate {
   uint32_t key_length = 0;
   uint32_t values_begin = 0;  // into DecodedBatch::values
   uint32_t values_count = 0;
+  uint32_t sources_begin = 0;  // into DecodedBatch::sources: aggregate inputs (upserts only)
+  uint32_t sources_count = 0;
+  uint64_t event_id = 0;  // larder::event_id_hash of the update's `id`; 0 when absent or ""
 };
 
 // The updates of one message. FieldValue::data of strings and vectors points
@@ -58,6 +69,11 @@ class DecodedBatch {
   std::span<const FieldValue> values(const DecodedUpdate& u) const noexcept {
     return {values_.data() + u.values_begin, u.values_count};
   }
+  // The update's aggregate source values, by source index
+  // (layout::plan_aggregates(table).sources), for Writer::apply.
+  std::span<const SourceValue> sources(const DecodedUpdate& u) const noexcept {
+    return {sources_.data() + u.sources_begin, u.sources_count};
+  }
   // The message's first `id`, if any (for logs).
   const std::string& first_id() const noexcept { return first_id_; }
 
@@ -65,6 +81,7 @@ class DecodedBatch {
   friend class Decoder;
   std::vector<DecodedUpdate> updates_;
   std::vector<FieldValue> values_;
+  std::vector<SourceValue> sources_;
   std::vector<char> bytes_;    // keys and string values
   std::vector<float> floats_;  // vector values
   std::string first_id_;
@@ -78,14 +95,33 @@ struct DecodeResult {
   static DecodeResult success() { return {}; }
 };
 
+// How a declared field gets its value from a message (ingest config, not part
+// of the segment schema).
+struct FieldIngest {
+  // The `fields` member the field is computed from; "" (or the field's own
+  // name): the member of the field's name. Several fields may share a member.
+  std::string from;
+  // Applied to the member's value before it is stored; empty: stored as is.
+  // Its output converts to the field's type (int64 output into a float
+  // field; Config rejects float64 output into an int64 field).
+  TransformChain transform;
+};
+
 // Per-table decoding options that are not part of the segment schema.
 struct TableDecodeOptions {
   bool allow_unknown_fields = false;
+  // Indexed like the table's fields; missing entries use the defaults (the
+  // member of the field's own name, no transform).
+  std::vector<FieldIngest> fields;
 };
 
 class Decoder {
  public:
   // `options` is indexed like schema.tables (missing entries use defaults).
+  // Throws std::invalid_argument when the options do not fit the schema (a
+  // transform on a string field, a string-input transform on a member that
+  // another target reads as a number, ...); Config validates all of that
+  // with key paths first.
   Decoder(const layout::Schema& schema, std::vector<TableDecodeOptions> options);
   ~Decoder();
   Decoder(const Decoder&) = delete;

@@ -60,6 +60,21 @@ CONFIG FILE (YAML; annotated example: examples/sidecar.example.yaml; reference: 
           type      int64 | float64 | float32 | bool | vector | string
           dims      vector dimensions (vector only, required)
           max_len   longest value in bytes (string only, required)
+          from      message member the field is computed from (default: its name)
+          transform list of steps: log1p | {clip: {min, max}} |
+                    {standardize: {mean, std}} | {minmax: {min, max}} |
+                    {bucketize: {boundaries: [..]}} |
+                    {vocabulary: {values: [..], unknown_index}} (first step only)
+      aggregates:   list of windowed aggregates (docs/aggregates.md), at most 64
+        - name      output field name (required)
+          source    field or member it folds (required but for count)
+          fn        count | sum | mean | min | max | last | variance | stddev
+          window    1s..30d, e.g. 90s, 5m, 1h, 7d or milliseconds (required)
+          resolution  bucket width (default about window/60; <= 4096 buckets)
+          end       now (default) | latest_event
+      allowed_lateness  older events count in no aggregate (default: longest window)
+      dedup:        {horizon (default: allowed_lateness), capacity (default:
+                    max(capacity, 65536))}: event ids remembered to drop redeliveries
   rabbitmq:
     url             amqp://user@host:port/vhost or amqps://... (no password in it)
     password_env    name of an environment variable holding the password, or

@@ -161,6 +161,13 @@ std::string render_metrics(const SidecarMetrics& m, uint32_t connection_state, c
           m.updates_applied.value());
   counter("larder_updates_stale_total", "Updates ignored because the row already had a newer event time.",
           m.updates_stale.value());
+  counter("larder_updates_duplicate_total",
+          "Updates ignored because their event id was applied before (tables with aggregates; acked, not rejected).",
+          m.updates_duplicate.value());
+  counter("larder_updates_late_total",
+          "Updates with nothing applied: aggregate inputs older than the allowed lateness and fields older than the "
+          "row (acked, not rejected).",
+          m.updates_late.value());
   // Read done before enqueued so that in-flight never goes negative.
   const uint64_t done = m.work_done.value_acquire();
   const uint64_t enqueued = m.work_enqueued.value_acquire();
@@ -218,6 +225,16 @@ std::string render_metrics(const SidecarMetrics& m, uint32_t connection_state, c
         {"larder_table_freshness_seconds", "gauge", "Now minus the last apply to the table; absent before the first."},
         {"larder_table_event_age_seconds", "gauge",
          "Now minus the newest event_time in the table; absent before the first."},
+        // Tables with aggregates only (docs/aggregates.md).
+        {"larder_table_aggregate_events_total", "counter", "Events folded into the table's aggregates."},
+        {"larder_table_late_dropped_total", "counter",
+         "Aggregate inputs dropped as older than the allowed lateness (segment lifetime)."},
+        {"larder_table_duplicates_total", "counter",
+         "Events ignored because their id was applied before (segment lifetime)."},
+        {"larder_table_dedup_evictions_total", "counter",
+         "Event ids forgotten before their horizon because the dedup set was full: raise dedup.capacity."},
+        {"larder_table_aggregate_refreshes_total", "counter",
+         "Keys whose aggregates were rewritten because a bucket left a window."},
     };
     for (size_t k = 0; k < std::size(kTable); ++k) {
       p.family(kTable[k].name, kTable[k].type, kTable[k].help);
@@ -244,6 +261,21 @@ std::string render_metrics(const SidecarMetrics& m, uint32_t connection_state, c
             if (s.max_event_time_ms > 0) {
               p.sample(kTable[k].name, labels, seconds(now_unix_ns - s.max_event_time_ms * 1'000'000));
             }
+            break;
+          case 11:
+            if (s.aggregates > 0) p.sample(kTable[k].name, labels, s.aggregate_events);
+            break;
+          case 12:
+            if (s.aggregates > 0) p.sample(kTable[k].name, labels, s.late_dropped);
+            break;
+          case 13:
+            if (s.aggregates > 0) p.sample(kTable[k].name, labels, s.duplicates);
+            break;
+          case 14:
+            if (s.aggregates > 0) p.sample(kTable[k].name, labels, s.dedup_evictions);
+            break;
+          case 15:
+            if (s.aggregates > 0) p.sample(kTable[k].name, labels, s.refreshes);
             break;
         }
       }

@@ -122,9 +122,11 @@ struct SidecarMetrics {
   Gauge consumer_heartbeat_mono_ns;  // refreshed per delivery and per idle wait (<= 200 ms apart)
 
   // Writer thread.
-  Counter messages_applied;  // every update of the message reached shared memory
-  Counter updates_applied;   // single upserts and deletes applied (stale ones excluded)
-  Counter updates_stale;     // older than the row: ignored
+  Counter messages_applied;   // every update of the message reached shared memory
+  Counter updates_applied;    // single upserts and deletes applied (stale ones excluded)
+  Counter updates_stale;      // older than the row: ignored
+  Counter updates_duplicate;  // an event id applied before (tables with aggregates): ignored, acked
+  Counter updates_late;       // aggregate inputs older than the allowed lateness, fields older than the row
   // Write point: last_done_mono_ns, then work_done.add_release(); pairs with
   // the value_acquire() in not_ready_reason.
   Counter work_done;               // messages the writer finished (applied or refused)

@@ -68,6 +68,8 @@ struct Pipeline {
   std::atomic<uint64_t> messages_applied{0};
   std::atomic<uint64_t> updates_applied{0};
   std::atomic<uint64_t> updates_stale{0};
+  std::atomic<uint64_t> updates_duplicate{0};  // ids seen before: ignored, acked
+  std::atomic<uint64_t> updates_late{0};       // too late for the aggregates and older than the row: acked
 
   SidecarMetrics metrics;
 };

@@ -22,6 +22,7 @@ const char* reject_reason_name(RejectReason reason) noexcept {
     case RejectReason::kVectorLength: return "vector_length";
     case RejectReason::kBadEventTime: return "bad_event_time";
     case RejectReason::kBadOp: return "bad_op";
+    case RejectReason::kBadValue: return "bad_value";
     case RejectReason::kTableFull: return "table_full";
     case RejectReason::kInternal: return "internal";
   }

@@ -27,6 +27,8 @@ enum class RejectReason : uint8_t {
   kVectorLength,     // a vector with other than `dims` elements
   kBadEventTime,     // event_time is not a valid ms integer or RFC 3339 timestamp
   kBadOp,            // op is neither "upsert" nor "delete"
+  kBadValue,         // a field's transform refused its input (outside the domain, e.g. log1p of -2,
+                     // or a non-finite result)
   kTableFull,        // the writer refused a new key: the table holds `capacity` keys
   kInternal,         // the writer refused an update the decoder accepted (a bug)
 };

@@ -11,19 +11,25 @@
 namespace larder::sidecar {
 
 Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* reason, uint64_t* stale, uint64_t* applied,
-                    const LagRecorder* lag) {
+                    const LagRecorder* lag, uint64_t* duplicates, uint64_t* late) {
   Outcome outcome = Outcome::kApplied;
   for (size_t i = 0; i < batch.size(); ++i) {
     const DecodedUpdate& u = batch.update(i);
-    const ApplyResult r = u.op == UpdateOp::kUpsert
-                              ? writer.upsert(u.table, batch.key(u), u.event_time_ms, batch.values(u))
-                              : writer.remove(u.table, batch.key(u), u.event_time_ms);
+    const ApplyResult r = u.op == UpdateOp::kUpsert ? writer.apply(u.table, batch.key(u), u.event_time_ms,
+                                                                   batch.values(u), batch.sources(u), u.event_id)
+                                                    : writer.remove(u.table, batch.key(u), u.event_time_ms);
     switch (r) {
       case ApplyResult::kApplied:
         if (applied != nullptr) ++*applied;
         if (lag != nullptr) lag->histogram->observe_ns((lag->now_unix_ms - u.event_time_ms) * 1'000'000);
         break;
       case ApplyResult::kStale: ++*stale; break;
+      case ApplyResult::kDuplicate:
+        if (duplicates != nullptr) ++*duplicates;
+        break;
+      case ApplyResult::kLate:
+        if (late != nullptr) ++*late;
+        break;
       case ApplyResult::kTableFull:
         if (outcome == Outcome::kApplied) *reason = RejectReason::kTableFull;
         outcome = Outcome::kRejected;
@@ -49,7 +55,7 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline) {
   for (;;) {
     const size_t n =
         pipeline.work.wait_dequeue_bulk_timed(ctok, items.begin(), items.size(), std::chrono::microseconds(20'000));
-    uint64_t updates = 0, stale = 0, applied_updates = 0, applied_messages = 0;
+    uint64_t updates = 0, stale = 0, applied_updates = 0, applied_messages = 0, duplicates = 0, late = 0;
     // One wall-clock read per bulk: the bulk applies within microseconds,
     // well under the millisecond resolution of event times.
     const LagRecorder lag{&metrics.visible_lag_seconds, n > 0 ? layout::now_unix_ns() / 1'000'000 : 0};
@@ -59,7 +65,7 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline) {
       Completion c;
       c.epoch = item.epoch;
       c.delivery_tag = item.delivery_tag;
-      c.outcome = apply_batch(writer, item.batch, &c.reason, &stale, &applied_updates, &lag);
+      c.outcome = apply_batch(writer, item.batch, &c.reason, &stale, &applied_updates, &lag, &duplicates, &late);
       const int64_t t1 = layout::now_mono_ns();
       metrics.apply_seconds.observe_ns(t1 - t0);
       t0 = t1;
@@ -78,9 +84,13 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline) {
       pipeline.messages_applied.fetch_add(n, std::memory_order_relaxed);
       pipeline.updates_applied.fetch_add(updates, std::memory_order_relaxed);
       pipeline.updates_stale.fetch_add(stale, std::memory_order_relaxed);
+      pipeline.updates_duplicate.fetch_add(duplicates, std::memory_order_relaxed);
+      pipeline.updates_late.fetch_add(late, std::memory_order_relaxed);
       metrics.messages_applied.add(applied_messages);
       metrics.updates_applied.add(applied_updates);
       metrics.updates_stale.add(stale);
+      metrics.updates_duplicate.add(duplicates);
+      metrics.updates_late.add(late);
       // Write point of the writer's progress (see SidecarMetrics): the
       // timestamp, then the count with release. t0 is the last apply's end.
       metrics.last_done_mono_ns.set(t0);
@@ -95,6 +105,10 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline) {
     if (const uint64_t rejects = pipeline.pending_rejects.exchange(0, std::memory_order_relaxed)) {
       writer.add_messages_rejected(rejects);
     }
+    // Aggregates whose buckets left a window, a slice at a time between bulks
+    // of messages, so that a boundary many keys share neither stalls updates
+    // nor waits for the next maintain().
+    if (writer.refresh_due()) writer.refresh(0, 2048);
     const int64_t now = layout::now_mono_ns();
     metrics.writer_heartbeat_mono_ns.set(now);
     if (now - last_maintain_ns >= std::chrono::nanoseconds(kMaintainInterval).count()) {

@@ -25,13 +25,19 @@ struct LagRecorder {
   int64_t now_unix_ms = 0;
 };
 
-// Applies one message's updates. Returns kApplied, or kRejected with the
-// reason of the first refused update (the other updates still apply: they
-// are idempotent under last-write-wins, so a later replay from the
-// dead-letter queue is harmless). Counts applied updates in `*applied` and
-// stale ones in `*stale`; observes each applied update's lag into `lag` when
-// given. Writer thread. Never allocates.
+// Applies one message's updates: upserts through Writer::apply (fields,
+// aggregate sources and the event id), deletes through Writer::remove.
+// Returns kApplied, or kRejected with the reason of the first refused update
+// (the other updates still apply: they are idempotent under last-write-wins,
+// and aggregate inputs are deduplicated by event id, so a later replay from
+// the dead-letter queue is harmless). Counts applied updates in `*applied`,
+// stale ones in `*stale`, redelivered events the writer recognised by id in
+// `*duplicates` and events too late for their aggregates (and older than the
+// row) in `*late`; those three are not rejections: the message is acked.
+// Observes each applied update's lag into `lag` when given. Writer thread.
+// Never allocates.
 Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* reason, uint64_t* stale,
-                    uint64_t* applied = nullptr, const LagRecorder* lag = nullptr);
+                    uint64_t* applied = nullptr, const LagRecorder* lag = nullptr, uint64_t* duplicates = nullptr,
+                    uint64_t* late = nullptr);
 
 }  // namespace larder::sidecar

@@ -173,6 +173,243 @@ TEST_F(ConfigTest, ErrorsNameTheKey) {
   expect_error("segment: {name: x}\ntables: []\n", "tables");
 }
 
+// A table with transforms and aggregates (docs/aggregates.md's example).
+const char* kAggregates = R"(
+segment:
+  name: features
+tables:
+  - name: users
+    capacity: 1000
+    fields:
+      - {name: country, type: string, max_len: 2}
+      - {name: country_idx, type: int64, from: country,
+         transform: [{vocabulary: {values: [US, DE, FR]}}]}
+      - {name: amount_log, type: float64, from: amount,
+         transform: [{clip: {min: 0, max: 10000}}, log1p]}
+      - {name: score, type: float32}
+      - {name: emb, type: vector, dims: 4}
+      - {name: premium, type: bool}
+    aggregates:
+      - {name: clicks_1h, fn: count, window: 1h}
+      - {name: spend_1h, source: amount, fn: sum, window: 1h}
+      - {name: spend_24h, source: amount, fn: sum, window: 24h}
+      - {name: basket_std_24h, source: amount, fn: std, window: 24h, resolution: 10m}
+      - {name: last_amount_log, source: amount_log, fn: last, window: 7d, end: latest_event}
+      - {name: premium_share, source: premium, fn: avg, window: 90000}
+    allowed_lateness: 1h
+    dedup: {horizon: 2h, capacity: 1000000}
+rabbitmq:
+  url: amqp://larder@broker.local/
+  password_env: LARDER_TEST_CONFIG_PASSWORD
+  queue:
+    name: features.host1
+)";
+
+TEST_F(ConfigTest, TransformsAndAggregates) {
+  const Config c = parse_config(kAggregates);
+  const TableConfig& t = c.tables[0];
+  ASSERT_EQ(t.ingest.size(), t.spec.fields.size());
+  EXPECT_EQ(t.ingest[0].from, "");
+  EXPECT_TRUE(t.ingest[0].transform.empty());
+  EXPECT_EQ(t.ingest[1].from, "country");
+  EXPECT_TRUE(t.ingest[1].transform.string_input());
+  EXPECT_EQ(t.ingest[2].from, "amount");
+  EXPECT_EQ(t.ingest[2].transform.describe(), "clip, log1p");
+
+  ASSERT_EQ(t.spec.aggregates.size(), 6u);
+  const layout::AggregateSpec& clicks = t.spec.aggregates[0];
+  EXPECT_EQ(clicks.name, "clicks_1h");
+  EXPECT_EQ(clicks.source, "");
+  EXPECT_EQ(clicks.fn, layout::AggregateFn::kCount);
+  EXPECT_EQ(clicks.window_ms, 3'600'000);
+  EXPECT_EQ(clicks.resolution_ms, 0);  // the default, resolved by the layout
+  EXPECT_EQ(clicks.end, layout::WindowEnd::kNow);
+  EXPECT_EQ(t.spec.aggregates[1].source, "amount");
+  EXPECT_EQ(t.spec.aggregates[3].fn, layout::AggregateFn::kStddev);
+  EXPECT_EQ(t.spec.aggregates[3].resolution_ms, 600'000);
+  EXPECT_EQ(t.spec.aggregates[4].window_ms, 7 * 86'400'000LL);
+  EXPECT_EQ(t.spec.aggregates[4].end, layout::WindowEnd::kLatestEvent);
+  EXPECT_EQ(t.spec.aggregates[5].fn, layout::AggregateFn::kMean);
+  EXPECT_EQ(t.spec.aggregates[5].window_ms, 90'000);
+  EXPECT_EQ(t.spec.allowed_lateness_ms, 3'600'000);
+  EXPECT_EQ(t.spec.dedup_horizon_ms, 7'200'000);
+  EXPECT_EQ(t.spec.dedup_capacity, 1'000'000u);
+
+  // The schema carries the aggregates; the decoder options carry from and transforms.
+  const layout::Schema s = c.schema();
+  EXPECT_EQ(s.tables[0].aggregates.size(), 6u);
+  EXPECT_EQ(s.tables[0].allowed_lateness_ms, 3'600'000);
+  const std::vector<TableDecodeOptions> opts = c.decode_options();
+  ASSERT_EQ(opts[0].fields.size(), t.spec.fields.size());
+  EXPECT_EQ(opts[0].fields[2].from, "amount");
+  EXPECT_EQ(opts[0].fields[2].transform.size(), 2u);
+
+  // Transforms are ingest config: the schema fingerprint does not see them.
+  const Config other = parse_config(replace(kAggregates, "max: 10000}}, log1p]", "max: 500}}]"));
+  EXPECT_EQ(other.schema().fingerprint(), s.fingerprint());
+
+  // Defaults: lateness and dedup filled in by the layout (0 here).
+  const Config d = parse_config(replace(replace(kAggregates, "    allowed_lateness: 1h\n", ""),
+                                        "    dedup: {horizon: 2h, capacity: 1000000}\n", ""));
+  EXPECT_EQ(d.tables[0].spec.allowed_lateness_ms, 0);
+  EXPECT_EQ(d.tables[0].spec.dedup_horizon_ms, 0);
+  EXPECT_EQ(d.tables[0].spec.dedup_capacity, 0u);
+
+  // Durations in every unit; an int64 field takes an int64 transform output,
+  // float fields take it converted.
+  const std::string more = replace(kAggregates, "      - {name: premium, type: bool}\n",
+                                   "      - {name: premium, type: bool}\n"
+                                   "      - {name: amount_bucket, type: int64, from: amount,\n"
+                                   "         transform: [{bucketize: {boundaries: [10, 100]}}]}\n"
+                                   "      - {name: amount_bucket_f, type: float32, from: amount,\n"
+                                   "         transform: [{bucketize: {boundaries: [10, 100]}}]}\n"
+                                   "      - {name: country_idx_f, type: float64, from: country,\n"
+                                   "         transform: [{vocabulary: {values: [US]}}]}\n"
+                                   "      - {name: amount_raw, type: float64, from: amount}\n");
+  const Config m =
+      parse_config(replace(more, "      - {name: clicks_1h, fn: count, window: 1h}\n",
+                           "      - {name: clicks_1h, fn: count, window: 1h}\n"
+                           "      - {name: c_ms, fn: count, window: 1500ms, resolution: 500ms}\n"
+                           "      - {name: c_s, fn: count, window: 90s}\n"
+                           "      - {name: c_m, fn: count, window: 5m, resolution: 1m}\n"
+                           "      - {name: c_d, fn: count, window: 30d}\n"
+                           "      - {name: c_src, source: amount_raw, fn: count, window: 1s, resolution: 1000}\n"));
+  const auto& a = m.tables[0].spec.aggregates;
+  EXPECT_EQ(a[1].window_ms, 1500);
+  EXPECT_EQ(a[1].resolution_ms, 500);
+  EXPECT_EQ(a[2].window_ms, 90'000);
+  EXPECT_EQ(a[3].window_ms, 300'000);
+  EXPECT_EQ(a[3].resolution_ms, 60'000);
+  EXPECT_EQ(a[4].window_ms, 30 * 86'400'000LL);
+  EXPECT_EQ(a[5].source, "amount_raw");
+  EXPECT_EQ(a[5].resolution_ms, 1000);
+}
+
+TEST_F(ConfigTest, TransformErrorsNameTheKey) {
+  const std::string v = kAggregates;
+  expect_error(replace(v, "max: 10000}}, log1p]", "max: 10000}}, {standardize: {mean: 0, std: 0}}]"),
+               "tables[0].fields[2].transform[1].standardize.std", "must be > 0");
+  expect_error(
+      replace(v, "transform: [{vocabulary: {values: [US, DE, FR]}}]", "transform: [{vocabulary: {values: []}}]"),
+      "tables[0].fields[1].transform[0].vocabulary.values", "at least one");
+  expect_error(replace(v, "max_len: 2}", "max_len: 2, transform: [log1p]}"), "tables[0].fields[0].transform",
+               "string fields take no transform");
+  expect_error(replace(v, "dims: 4}", "dims: 4, transform: [log1p]}"), "tables[0].fields[4].transform",
+               "vector fields take no transform");
+  expect_error(replace(v, "{name: premium, type: bool}", "{name: premium, type: bool, transform: [log1p]}"),
+               "tables[0].fields[5].transform", "bool fields take no transform");
+  // A vocabulary reads a string, but stores a number: not into a string field.
+  expect_error(replace(v, "{name: country_idx, type: int64,", "{name: country_idx, type: string, max_len: 4,"),
+               "tables[0].fields[1].transform", "string fields take no transform");
+  expect_error(replace(v, "{name: amount_log, type: float64,", "{name: amount_log, type: int64,"),
+               "tables[0].fields[2].transform",
+               "ends in log1p, which gives a float64, but field \"amount_log\" is int64");
+  expect_error(replace(v, "transform: [{clip: {min: 0, max: 10000}}, log1p]", "transform: log1p"),
+               "tables[0].fields[2].transform", "expected a list of steps");
+  // One member, two JSON types.
+  expect_error(
+      replace(v, "      - {name: score, type: float32}\n",
+              "      - {name: score, type: float32}\n      - {name: country_num, type: float64, from: country}\n"),
+      "tables[0].fields[4].from",
+      "input \"country\" is read as a number by field \"country_num\" (fields[4]) but as a string by field "
+      "\"country\" (fields[0])");
+  expect_error(replace(v, "      - {name: score, type: float32}\n",
+                       "      - {name: score, type: float32}\n"
+                       "      - {name: amount_idx, type: int64, from: amount,\n"
+                       "         transform: [{vocabulary: {values: [a]}}]}\n"),
+               "tables[0].fields[4].from", "input \"amount\" is read as a string by field \"amount_idx\"");
+  // from names an event member, not another field's result or an aggregate.
+  expect_error(replace(v, "{name: score, type: float32}", "{name: score, type: float32, from: amount_log}"),
+               "tables[0].fields[3].from", "\"amount_log\" is a field computed from \"amount\"");
+  expect_error(replace(v, "{name: score, type: float32}", "{name: score, type: float32, from: spend_1h}"),
+               "tables[0].fields[3].from", "\"spend_1h\" is an aggregate");
+  expect_error(replace(v, "{name: score, type: float32}", "{name: score, type: float32, from: \"a b\"}"),
+               "tables[0].fields[3].from", "not a valid member name");
+  expect_error(replace(v, "{name: score, type: float32}", "{name: score, type: float32, form: x}"),
+               "tables[0].fields[3].form", "unknown key");
+}
+
+TEST_F(ConfigTest, AggregateErrorsNameTheKey) {
+  const std::string v = kAggregates;
+  const std::string clicks = "{name: clicks_1h, fn: count, window: 1h}";
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: median, window: 1h}"), "tables[0].aggregates[0].fn",
+               "unknown fn \"median\" (expected count, sum, mean (avg), min, max, last, variance (var), stddev (std))");
+  expect_error(replace(v, clicks, "{name: clicks_1h, window: 1h}"), "tables[0].aggregates[0].fn", "required");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count}"), "tables[0].aggregates[0].window", "required");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 500ms}"), "tables[0].aggregates[0].window",
+               "500ms is outside 1s..30d");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 31d}"), "tables[0].aggregates[0].window",
+               "31d is outside 1s..30d");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 1.5h}"), "tables[0].aggregates[0].window",
+               "expected a duration such as 500ms, 90s, 5m, 1h, 7d");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 1w}"), "tables[0].aggregates[0].window",
+               "expected a duration");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: -5s}"), "tables[0].aggregates[0].window",
+               "expected a duration");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 1h, resolution: 7m}"),
+               "tables[0].aggregates[0].resolution", "window 1h is not a multiple of resolution 7m");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 1h, resolution: 0}"),
+               "tables[0].aggregates[0].resolution", "must be > 0");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 1h, resolution: 500ms}"),
+               "tables[0].aggregates[0].resolution", "7200 buckets; at most 4096");
+  // A prime number of milliseconds has no default resolution.
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 4099}"), "tables[0].aggregates[0].window",
+               "4099ms has no default resolution");
+  // An explicit resolution that divides it is fine.
+  EXPECT_NO_THROW(parse_config(replace(v, clicks, "{name: clicks_1h, fn: count, window: 4099, resolution: 4099}")));
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 1h, end: sometime}"),
+               "tables[0].aggregates[0].end", "expected now or latest_event");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: sum, window: 1h}"), "tables[0].aggregates[0].source",
+               "required for sum");
+  expect_error(replace(v, clicks, "{name: clicks_1h, source: country, fn: sum, window: 1h}"),
+               "tables[0].aggregates[0].source", "\"country\" is a string field; an aggregate folds numbers");
+  expect_error(replace(v, clicks, "{name: clicks_1h, source: emb, fn: max, window: 1h}"),
+               "tables[0].aggregates[0].source", "\"emb\" is a vector field");
+  expect_error(replace(v, clicks, "{name: clicks_1h, source: spend_24h, fn: max, window: 1h}"),
+               "tables[0].aggregates[0].source", "\"spend_24h\" is an aggregate");
+  expect_error(replace(v, clicks, "{name: clicks_1h, source: \"a b\", fn: max, window: 1h}"),
+               "tables[0].aggregates[0].source", "not a valid name");
+  expect_error(replace(v, clicks, "{name: score, fn: count, window: 1h}"), "tables[0].aggregates[0].name",
+               "\"score\" is already a field (fields[3])");
+  expect_error(replace(v, clicks, "{name: spend_1h, fn: count, window: 1h}"), "tables[0].aggregates[1].name",
+               "duplicate aggregate \"spend_1h\" (also aggregates[0])");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 1h, every: 2}"),
+               "tables[0].aggregates[0].every", "unknown key");
+  // A raw member that a vocabulary reads as a string cannot also be a source.
+  expect_error(replace(replace(v, "      - {name: score, type: float32}\n",
+                               "      - {name: score, type: float32}\n"
+                               "      - {name: cc_idx, type: int64, from: cc,\n"
+                               "         transform: [{vocabulary: {values: [a]}}]}\n"),
+                       clicks, "{name: clicks_1h, source: cc, fn: sum, window: 1h}"),
+               "tables[0].aggregates[0].source",
+               "input \"cc\" is read as a number (or true/false) by aggregate \"clicks_1h\" (aggregates[0]) but as a "
+               "string by field \"cc_idx\" (fields[4])");
+
+  expect_error(replace(v, "allowed_lateness: 1h", "allowed_lateness: 8d"), "tables[0].allowed_lateness",
+               "8d is longer than the longest window (7d)");
+  expect_error(replace(v, "allowed_lateness: 1h", "allowed_lateness: 0"), "tables[0].allowed_lateness", "must be > 0");
+  expect_error(replace(v, "allowed_lateness: 1h", "allowed_lateness: soon"), "tables[0].allowed_lateness",
+               "expected a duration");
+  expect_error(replace(v, "horizon: 2h", "horizon: 30m"), "tables[0].dedup.horizon",
+               "30m is shorter than the allowed lateness (1h)");
+  expect_error(replace(replace(v, "    allowed_lateness: 1h\n", ""), "horizon: 2h", "horizon: 2d"),
+               "tables[0].dedup.horizon", "shorter than the allowed lateness (7d, the longest window)");
+  expect_error(replace(v, "capacity: 1000000}", "capacity: 0}"), "tables[0].dedup.capacity", "expected an integer");
+  expect_error(replace(v, "capacity: 1000000}", "size: 3}"), "tables[0].dedup.size", "unknown key");
+
+  // Tables without aggregates take neither lateness nor dedup.
+  expect_error(std::string(kValid).replace(std::string(kValid).find("    fields:\n"), 0, "    allowed_lateness: 1h\n"),
+               "tables[0].allowed_lateness", "only tables with aggregates");
+  expect_error(std::string(kValid).replace(std::string(kValid).find("    fields:\n"), 0, "    dedup: {horizon: 1h}\n"),
+               "tables[0].dedup", "only tables with aggregates");
+
+  // At most 64 aggregates.
+  std::string many;
+  for (int i = 0; i < 65; ++i) many += "      - {name: n" + std::to_string(i) + ", fn: count, window: 1h}\n";
+  expect_error(replace(v, "      - " + clicks + "\n", many), "tables[0].aggregates",
+               "70 aggregates; a table has at most 64");
+}
+
 TEST_F(ConfigTest, TlsSettings) {
   std::string v = replace(kValid, "amqp://larder@broker.local:5673/prod", "amqps://larder@broker.local/");
   expect_error(v, "rabbitmq.tls.ca_file", "required");

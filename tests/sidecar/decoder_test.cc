@@ -3,13 +3,18 @@
 // apply_batch(). No broker.
 #include "decoder.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <map>
 #include <set>
+#include <stdexcept>
 #include <string>
 
+#include "alloc_count.h"
+#include "larder/layout/clock.h"
 #include "larder/layout/writer.h"
 #include "writer_thread.h"
 
@@ -24,8 +29,9 @@ layout::Schema test_schema() {
   t.name = "t";
   t.key_max_len = 8;
   t.capacity = 16;
-  t.fields = {{"i", FieldType::kInt64, 1}, {"d", FieldType::kFloat64, 1}, {"f", FieldType::kFloat32, 1},
-              {"b", FieldType::kBool, 1},  {"s", FieldType::kString, 4},  {"v", FieldType::kFloat32Vector, 3}};
+  t.fields = {{"i", FieldType::kInt64, 1},   {"d", FieldType::kFloat64, 1}, {"f", FieldType::kFloat32, 1},
+              {"b", FieldType::kBool, 1},    {"s", FieldType::kString, 4},  {"v", FieldType::kFloat32Vector, 3},
+              {"lg", FieldType::kFloat64, 1}};
   s.tables.push_back(t);
   layout::TableSpec open;
   open.name = "open";
@@ -35,9 +41,18 @@ layout::Schema test_schema() {
   return s;
 }
 
+// Table "t": field "lg" is log1p of the member "x".
+std::vector<TableDecodeOptions> test_options() {
+  std::vector<TableDecodeOptions> o{{false}, {true}};
+  o[0].fields.resize(7);
+  o[0].fields[6].from = "x";
+  o[0].fields[6].transform = TransformChain::parse_yaml("[log1p]");
+  return o;
+}
+
 class DecoderTest : public ::testing::Test {
  protected:
-  DecoderTest() : decoder_(test_schema(), {{false}, {true}}) {}
+  DecoderTest() : decoder_(test_schema(), test_options()) {}
 
   DecodeResult decode(const std::string& body) { return decoder_.decode(body, batch_); }
 
@@ -241,6 +256,7 @@ TEST_F(DecoderTest, EveryDecoderRejectReason) {
   expect_reject(R"({"table":"t","key":"k","event_time":"2024","fields":{}})", RejectReason::kBadEventTime);
   expect_reject(upd(R"("i":1)", R"(,"op":"merge")"), RejectReason::kBadOp);
   expect_reject(upd(R"("i":1)", R"(,"op":1)"), RejectReason::kBadOp);
+  expect_reject(upd(R"("x":-2)"), RejectReason::kBadValue);
   // One bad update rejects the whole batch.
   expect_reject("[" + upd(R"("i":1)") + "," + upd(R"("i":"bad")") + "]", RejectReason::kWrongType);
 
@@ -298,6 +314,301 @@ TEST(ApplyBatchTest, TableFullIsAWriterReject) {
     ASSERT_TRUE(decoder.decode(R"([{"table":"t","key":"b","event_time":5,"fields":{"i":1}}])", batch).ok);
     EXPECT_EQ(apply_batch(*writer, batch, &reason, &stale), Outcome::kRejected);
     EXPECT_EQ(reason, RejectReason::kTableFull);
+  }
+  Writer::remove_segment(name);
+}
+
+// ---------------------------------------------------------------------------
+// Transforms and aggregate sources: one member feeding several targets.
+
+TransformChain steps(const char* yaml) { return TransformChain::parse_yaml(yaml); }
+
+layout::Schema aggregate_schema() {
+  layout::Schema s;
+  layout::TableSpec a;
+  a.name = "a";
+  a.capacity = 16;
+  a.fields = {{"country", FieldType::kString, 2},     {"country_idx", FieldType::kInt64, 1},
+              {"amount_log", FieldType::kFloat64, 1}, {"score", FieldType::kFloat32, 1},
+              {"flag", FieldType::kBool, 1},          {"bucket", FieldType::kFloat32, 1},
+              {"emb", FieldType::kFloat32Vector, 2},  {"emb2", FieldType::kFloat32Vector, 2},
+              {"name4", FieldType::kString, 4}};
+  auto agg = [](const char* name, const char* source, layout::AggregateFn fn) {
+    layout::AggregateSpec spec;
+    spec.name = name;
+    spec.source = source;
+    spec.fn = fn;
+    spec.window_ms = 3'600'000;
+    return spec;
+  };
+  using layout::AggregateFn;
+  a.aggregates = {agg("clicks", "", AggregateFn::kCount),
+                  agg("spend", "amount", AggregateFn::kSum),
+                  agg("last_log", "amount_log", AggregateFn::kLast),
+                  agg("flags", "flag", AggregateFn::kSum),
+                  agg("score_max", "score", AggregateFn::kMax),
+                  agg("idx_sum", "country_idx", AggregateFn::kSum),
+                  agg("clicked_sum", "clicked", AggregateFn::kSum),
+                  agg("spend_mean", "amount", AggregateFn::kMean)};
+  s.tables.push_back(a);
+  layout::TableSpec b;  // transforms that refuse values
+  b.name = "b";
+  b.capacity = 16;
+  b.fields = {{"big", FieldType::kFloat32, 1}, {"tiny", FieldType::kFloat64, 1}, {"r", FieldType::kFloat64, 1}};
+  s.tables.push_back(b);
+  return s;
+}
+
+std::vector<TableDecodeOptions> aggregate_options() {
+  std::vector<TableDecodeOptions> o(2);
+  o[0].fields.resize(9);
+  o[0].fields[1] = {"country", steps("[{vocabulary: {values: [US, DE, FR]}}]")};
+  o[0].fields[2] = {"amount", steps("[{clip: {min: 0, max: 10000}}, log1p]")};
+  o[0].fields[5] = {"amount", steps("[{bucketize: {boundaries: [10, 100]}}]")};
+  o[0].fields[7] = {"emb", {}};
+  o[0].fields[8] = {"country", {}};
+  o[1].fields = {{"v", steps("[{minmax: {min: 0, max: 1e-40}}]")},
+                 {"w", steps("[{standardize: {mean: 0, std: 1e-300}}]")},
+                 {"r", steps("[log1p]")}};
+  return o;
+}
+
+class AggregateDecoderTest : public ::testing::Test {
+ protected:
+  AggregateDecoderTest() : decoder_(aggregate_schema(), aggregate_options()) {
+    sources_ = layout::plan_aggregates(aggregate_schema().tables[0]).sources;
+  }
+
+  DecodeResult decode(const std::string& body) { return decoder_.decode(body, batch_); }
+  void expect_reject(const std::string& body, RejectReason reason, const std::string& detail_fragment = "") {
+    const DecodeResult r = decode(body);
+    EXPECT_FALSE(r.ok) << body;
+    EXPECT_EQ(reject_reason_name(r.reason), std::string(reject_reason_name(reason))) << body << " -> " << r.detail;
+    EXPECT_TRUE(batch_.empty());
+    EXPECT_NE(r.detail.find(detail_fragment), std::string::npos) << r.detail;
+  }
+  static std::string msg(const std::string& fields, const std::string& extra = R"(,"id":"e1")") {
+    return R"({"table":"a","key":"k","event_time":1000,"fields":{)" + fields + "}" + extra + "}";
+  }
+  // The update's sources by name; each source at most once.
+  std::map<std::string, double> sources(const DecodedUpdate& u) {
+    std::map<std::string, double> out;
+    for (const SourceValue& sv : batch_.sources(u)) {
+      EXPECT_LT(sv.source, sources_.size());
+      if (sv.source >= sources_.size()) continue;
+      EXPECT_TRUE(out.emplace(sources_[sv.source], sv.value).second) << sources_[sv.source] << " twice";
+    }
+    return out;
+  }
+  const FieldValue* value(const DecodedUpdate& u, uint32_t field) {
+    const FieldValue* found = nullptr;
+    for (const FieldValue& fv : batch_.values(u)) {
+      if (fv.field == field) {
+        EXPECT_EQ(found, nullptr) << "field " << field << " twice";
+        found = &fv;
+      }
+    }
+    return found;
+  }
+
+  Decoder decoder_;
+  DecodedBatch batch_;
+  std::vector<std::string> sources_;
+};
+
+TEST_F(AggregateDecoderTest, OneMemberFeedsFieldsAndSources) {
+  // plan_aggregates orders sources by first use; the decoder uses those indexes.
+  ASSERT_EQ(sources_, (std::vector<std::string>{"amount", "amount_log", "flag", "score", "country_idx", "clicked"}));
+  const DecodeResult r =
+      decode(msg(R"("country":"DE","amount":99,"score":2.5,"flag":true,"clicked":false,"emb":[1,2])"));
+  ASSERT_TRUE(r.ok) << r.detail;
+  const DecodedUpdate& u = batch_.update(0);
+  EXPECT_EQ(u.event_id, event_id_hash("e1"));
+  ASSERT_EQ(u.values_count, 9u);  // everything but "clicked", which only a source reads
+  ASSERT_NE(value(u, 0), nullptr);
+  EXPECT_EQ(std::string(static_cast<const char*>(value(u, 0)->data), value(u, 0)->length), "DE");
+  EXPECT_EQ(std::string(static_cast<const char*>(value(u, 8)->data), value(u, 8)->length), "DE");
+  EXPECT_EQ(value(u, 1)->type, FieldType::kInt64);
+  EXPECT_EQ(value(u, 1)->i64, 2);                         // DE is values[1]: index 2
+  EXPECT_DOUBLE_EQ(value(u, 2)->f64, 4.605170185988092);  // log1p(clip(99)) = ln(100)
+  EXPECT_EQ(value(u, 3)->f64, 2.5);
+  EXPECT_EQ(value(u, 4)->i64, 1);
+  EXPECT_EQ(value(u, 5)->type, FieldType::kFloat32);  // bucketize's int64 output, converted
+  EXPECT_EQ(value(u, 5)->f64, 1.0);                   // 10 <= 99 < 100
+  ASSERT_EQ(value(u, 6)->length, 2u);
+  ASSERT_EQ(value(u, 7)->length, 2u);
+  EXPECT_EQ(static_cast<const float*>(value(u, 7)->data)[1], 2.0f);
+
+  const std::map<std::string, double> src = sources(u);
+  EXPECT_EQ(src.size(), 6u);
+  EXPECT_EQ(src.at("amount"), 99.0);                          // raw: the row does not store it
+  EXPECT_DOUBLE_EQ(src.at("amount_log"), 4.605170185988092);  // the field's value, after its transform
+  EXPECT_EQ(src.at("flag"), 1.0);
+  EXPECT_EQ(src.at("score"), 2.5);
+  EXPECT_EQ(src.at("country_idx"), 2.0);
+  EXPECT_EQ(src.at("clicked"), 0.0);  // false counts as 0
+
+  // Clipped, unknown vocabulary value, and a member that only a source reads.
+  ASSERT_TRUE(decode(msg(R"("amount":20000,"country":"XX","clicked":3.5)")).ok);
+  const DecodedUpdate& v = batch_.update(0);
+  EXPECT_DOUBLE_EQ(value(v, 2)->f64, 9.210440366976517);  // ln(10001)
+  EXPECT_EQ(value(v, 1)->i64, 0);
+  EXPECT_EQ(value(v, 5)->f64, 2.0);
+  const std::map<std::string, double> vs = sources(v);
+  EXPECT_EQ(vs.at("amount"), 20000.0);
+  EXPECT_EQ(vs.at("country_idx"), 0.0);
+  EXPECT_EQ(vs.at("clicked"), 3.5);
+  EXPECT_FALSE(vs.count("score"));  // absent members give no source value
+
+  // Only a source: no field values at all.
+  ASSERT_TRUE(decode(msg(R"("clicked":true)")).ok);
+  EXPECT_EQ(batch_.update(0).values_count, 0u);
+  EXPECT_EQ(sources(batch_.update(0)).at("clicked"), 1.0);
+}
+
+TEST_F(AggregateDecoderTest, EventIds) {
+  ASSERT_TRUE(decode(msg(R"("amount":1)", "")).ok);
+  EXPECT_EQ(batch_.update(0).event_id, 0u);  // no id: counted every time it is delivered
+  ASSERT_TRUE(decode(msg(R"("amount":1)", R"(,"id":"")")).ok);
+  EXPECT_EQ(batch_.update(0).event_id, 0u);  // "" is no id
+  ASSERT_TRUE(decode(R"({"id":"\u0065v-7","table":"a","key":"k","event_time":1,"fields":{"amount":1}})").ok);
+  EXPECT_EQ(batch_.update(0).event_id, event_id_hash("ev-7"));  // unescaped, in any member order
+
+  // A batch: each update its own id and its own range of sources.
+  ASSERT_TRUE(decode("[" + msg(R"("amount":1,"flag":false)", R"(,"id":"x")") + "," + msg(R"("score":4)", "") + "," +
+                     msg(R"("amount":3)", R"(,"id":"y")") + "]")
+                  .ok);
+  ASSERT_EQ(batch_.size(), 3u);
+  EXPECT_EQ(batch_.update(0).event_id, event_id_hash("x"));
+  EXPECT_EQ(batch_.update(1).event_id, 0u);
+  EXPECT_EQ(batch_.update(2).event_id, event_id_hash("y"));
+  EXPECT_EQ(sources(batch_.update(0)).size(), 3u);  // amount, amount_log, flag
+  EXPECT_EQ(sources(batch_.update(0)).count("flag"), 1u);
+  EXPECT_EQ(sources(batch_.update(1)), (std::map<std::string, double>{{"score", 4.0}}));
+  EXPECT_EQ(sources(batch_.update(2)).at("amount"), 3.0);
+  // Moving the batch keeps its sources.
+  DecodedBatch moved = std::move(batch_);
+  EXPECT_EQ(moved.sources(moved.update(2)).size(), 2u);
+  batch_ = std::move(moved);
+}
+
+TEST_F(AggregateDecoderTest, DeletesCarryNoSources) {
+  ASSERT_TRUE(decode(msg(R"("amount":5)", R"(,"op":"delete")")).ok);
+  EXPECT_EQ(batch_.update(0).values_count, 0u);
+  EXPECT_EQ(batch_.update(0).sources_count, 0u);
+  ASSERT_TRUE(decode(R"({"op":"delete","table":"a","key":"k","event_time":1,"fields":{"amount":5}})").ok);
+  EXPECT_EQ(batch_.update(0).sources_count, 0u);
+}
+
+TEST_F(AggregateDecoderTest, Rejects) {
+  expect_reject(msg(R"("amount":"12")"), RejectReason::kWrongType, "expected a number, got a string");
+  expect_reject(msg(R"("amount":true)"), RejectReason::kWrongType);  // fields read it: no bools
+  expect_reject(msg(R"("clicked":"yes")"), RejectReason::kWrongType, "expected a number (or true/false)");
+  expect_reject(msg(R"("clicked":null)"), RejectReason::kWrongType);
+  expect_reject(msg(R"("clicked":1e999)"), RejectReason::kNonFinite);
+  expect_reject(msg(R"("country":5)"), RejectReason::kWrongType, "expected a string");
+  expect_reject(msg(R"("flag":1)"), RejectReason::kWrongType);
+  expect_reject(msg(R"("country":"USA")"), RejectReason::kStringTooLong, "max_len is 2");
+  expect_reject(msg(R"("emb":[1])"), RejectReason::kVectorLength);
+  expect_reject(msg(R"("amount":1,"amount":2)"), RejectReason::kDuplicateMember);
+  // Computed fields and aggregates are not members a message sets.
+  expect_reject(msg(R"("amount_log":1)"), RejectReason::kUnknownField,
+                "field \"amount_log\" of table \"a\" is computed from \"amount\"");
+  expect_reject(msg(R"("spend":1)"), RejectReason::kUnknownField, "has no field \"spend\"");
+  // Transforms that refuse their input: the whole message is rejected.
+  auto b = [](const std::string& fields) {
+    return R"({"table":"b","key":"k","event_time":1,"fields":{)" + fields + "}}";
+  };
+  expect_reject(b(R"("r":-1)"), RejectReason::kBadValue,
+                "field \"r\": transform[0] (log1p) needs an input > -1, got -1");
+  expect_reject(b(R"("r":-7.5)"), RejectReason::kBadValue);
+  expect_reject(b(R"("w":1e300)"), RejectReason::kBadValue,
+                "gives a non-finite value, got 1e+300 (for field \"tiny\")");
+  expect_reject(b(R"("v":99)"), RejectReason::kOutOfRange, "after transform is outside the float32 range");
+  expect_reject("[" + b(R"("r":1)") + "," + b(R"("r":-3)") + "]", RejectReason::kBadValue, "update 1");
+  ASSERT_TRUE(decode(b(R"("r":0,"w":1,"v":0)")).ok);
+  EXPECT_EQ(batch_.update(0).sources_count, 0u);
+}
+
+TEST_F(AggregateDecoderTest, SteadyStateNeverAllocates) {
+  const std::string body =
+      "[" + msg(R"("country":"DE","amount":99,"score":2.5,"flag":true,"clicked":false,"emb":[1,2])") + "," +
+      msg(R"("amount":-3,"country":"XX")", R"(,"id":"another-id-longer-than-sso-buffers")") + "]";
+  ASSERT_TRUE(decode(body).ok);  // warms the parser and the batch's buffers
+  batch_.clear();
+  const uint64_t before = test::allocations();
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(decoder_.decode(body, batch_).ok);
+  EXPECT_EQ(test::allocations(), before);
+}
+
+// Options that contradict the schema are refused at construction (Config
+// reports them first, with key paths).
+TEST(DecoderOptions, ContradictionsThrow) {
+  layout::Schema s;
+  layout::TableSpec t;
+  t.name = "t";
+  t.fields = {{"s", FieldType::kString, 4}, {"n", FieldType::kInt64, 1}};
+  s.tables.push_back(t);
+  std::vector<TableDecodeOptions> o(1);
+  o[0].fields.resize(2);
+  o[0].fields[0].transform = steps("[log1p]");
+  EXPECT_THROW(Decoder(s, o), std::invalid_argument);  // a transform on a string field
+  o[0].fields[0] = {};
+  o[0].fields[1].transform = steps("[log1p]");
+  EXPECT_THROW(Decoder(s, o), std::invalid_argument);  // float64 output into int64
+  o[0].fields[1] = {"s", {}};
+  EXPECT_THROW(Decoder(s, o), std::invalid_argument);  // member "s" as a string and as a number
+  o[0].fields[1] = {"s", steps("[{vocabulary: {values: [a]}}]")};
+  EXPECT_NO_THROW(Decoder(s, o));  // a vocabulary reads it as a string too
+}
+
+// Writer::apply through apply_batch: a redelivered event (same id) and an
+// event too late for its aggregates are counted, not rejected.
+TEST(ApplyBatchTest, DuplicatesAndLateEventsAreCountedNotRejected) {
+  layout::Schema schema;
+  layout::TableSpec t;
+  t.name = "t";
+  t.capacity = 4;
+  t.fields = {{"x", FieldType::kInt64, 1}};
+  layout::AggregateSpec n;
+  n.name = "n";
+  n.fn = layout::AggregateFn::kCount;
+  n.window_ms = 3'600'000;
+  layout::AggregateSpec sum = n;
+  sum.name = "spend";
+  sum.source = "amount";
+  sum.fn = layout::AggregateFn::kSum;
+  t.aggregates = {n, sum};
+  schema.tables.push_back(t);
+  const std::string name = "larder-unit-applybatch-agg-" + std::to_string(::getpid());
+  Writer::remove_segment(name);
+  {
+    auto writer = Writer::open(name, schema);
+    Decoder decoder(schema, {});
+    DecodedBatch batch;
+    RejectReason reason = RejectReason::kBadJson;
+    uint64_t stale = 0, applied = 0, duplicates = 0, late = 0;
+    auto apply = [&](const std::string& body) {
+      const DecodeResult r = decoder.decode(body, batch);
+      EXPECT_TRUE(r.ok) << r.detail;
+      return apply_batch(*writer, batch, &reason, &stale, &applied, nullptr, &duplicates, &late);
+    };
+    const int64_t now_ms = layout::now_unix_ns() / 1'000'000;
+    const std::string first =
+        fmt::format(R"({{"table":"t","key":"a","event_time":{},"id":"e1","fields":{{"x":1,"amount":5}}}})", now_ms);
+    EXPECT_EQ(apply(first), Outcome::kApplied);
+    EXPECT_EQ(batch.sources(batch.update(0)).size(), 1u);
+    EXPECT_EQ(applied, 1u);
+    EXPECT_EQ(apply(first), Outcome::kApplied);  // redelivered: acked, ignored
+    EXPECT_EQ(duplicates, 1u);
+    EXPECT_EQ(apply(fmt::format(R"({{"table":"t","key":"a","event_time":{},"id":"e2","fields":{{"amount":5}}}})",
+                                now_ms - 2 * 3'600'000)),
+              Outcome::kApplied);  // older than the lateness (the 1 h window): acked, dropped
+    EXPECT_EQ(late, 1u);
+    EXPECT_EQ(applied, 1u);
+    const WriterStats st = writer->stats(0);
+    EXPECT_EQ(st.duplicates, 1u);
+    EXPECT_EQ(st.late_dropped, 1u);
   }
   Writer::remove_segment(name);
 }

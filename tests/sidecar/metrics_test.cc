@@ -125,6 +125,9 @@ TEST(RenderMetrics, EveryFamilyIsWellFormedAndValuesAreRight) {
   m.messages_rejected[static_cast<size_t>(RejectReason::kTableFull)].add(1);
   m.messages_acked.add(7);
   m.updates_applied.add(12);
+  m.updates_stale.add(5);
+  m.updates_duplicate.add(3);
+  m.updates_late.add(4);
   m.connects.add(2);
   m.reconnects.add(1);
   m.work_enqueued.add(8);
@@ -143,6 +146,9 @@ TEST(RenderMetrics, EveryFamilyIsWellFormedAndValuesAreRight) {
   EXPECT_EQ(p.at("larder_messages_applied_total"), 7);
   EXPECT_EQ(p.at("larder_messages_acked_total"), 7);
   EXPECT_EQ(p.at("larder_updates_applied_total"), 12);
+  EXPECT_EQ(p.at("larder_updates_stale_total"), 5);
+  EXPECT_EQ(p.at("larder_updates_duplicate_total"), 3);
+  EXPECT_EQ(p.at("larder_updates_late_total"), 4);
   EXPECT_EQ(p.at("larder_messages_in_flight"), 1);
   EXPECT_EQ(p.at("larder_connects_total"), 2);
   EXPECT_EQ(p.at("larder_reconnects_total"), 1);

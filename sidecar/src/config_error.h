@@ -1,0 +1,16 @@
+// ConfigError: a bad setting in the sidecar config, with a message that starts
+// with the key path it is about (see config.h). Separate from config.h so
+// that the pieces config.cc delegates to (transform.cc) can throw it without
+// including the whole config.
+#pragma once
+
+#include <stdexcept>
+
+namespace larder::sidecar {
+
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace larder::sidecar
