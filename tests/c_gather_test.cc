@@ -218,5 +218,72 @@ TEST_F(CGatherTest, RowOffsetsMatchTheAccessors) {
   EXPECT_EQ(larder_get_into(table_, "user:5", 6, row_.data(), 0, nullptr), LARDER_NOT_FOUND);
 }
 
+// Aggregates are ordinary fields to every reader: the C ABI's index lookup,
+// single gets and batch gathers see the rolling values, and an empty window
+// reads as missing (NaN) once its events have left it.
+TEST(CAggregates, GathersReadRollingValuesAndTheirDecay) {
+  ScratchSegment seg;
+  layout::TableSpec t;
+  t.name = "users";
+  t.capacity = 100;
+  t.fields = {{"country", layout::FieldType::kString, 4}};
+  t.aggregates = {{"spend_1m", "amount", layout::AggregateFn::kSum, 60'000, 1'000, layout::WindowEnd::kNow},
+                  {"basket_mean_1m", "amount", layout::AggregateFn::kMean, 60'000, 1'000, layout::WindowEnd::kNow},
+                  {"events_1m", "", layout::AggregateFn::kCount, 60'000, 1'000, layout::WindowEnd::kNow}};
+  auto w = Writer::open(seg.name(), testing::one_table_schema(t), seg.writer_options());
+  const int64_t t0 = 1'700'000'000'000;
+  const uint32_t amount = static_cast<uint32_t>(w->source_index(0, "amount"));
+  for (int k = 0; k < 10; ++k) {
+    for (int e = 0; e <= k; ++e) {  // user:k buys k + 1 times, 10 each
+      const SourceValue v{amount, 10.0};
+      const int64_t at = t0 + e * 1000;
+      ASSERT_EQ(w->apply(0, "user:" + std::to_string(k), at, {}, {&v, 1}, 0, at * 1'000'000), ApplyResult::kApplied);
+    }
+  }
+  char err[256];
+  larder_segment* segment = nullptr;
+  larder_table* table = nullptr;
+  ASSERT_EQ(larder_open(seg.name().c_str(), seg.dir().c_str(), &segment, err, sizeof err), LARDER_E_OK) << err;
+  ASSERT_EQ(larder_table_open(segment, "users", &table, err, sizeof err), LARDER_E_OK) << err;
+  const uint32_t fields[] = {static_cast<uint32_t>(larder_field_index(table, "spend_1m")),
+                             static_cast<uint32_t>(larder_field_index(table, "basket_mean_1m")),
+                             static_cast<uint32_t>(larder_field_index(table, "events_1m"))};
+  ASSERT_EQ(fields[0], 1u);
+  ASSERT_EQ(larder_table_field(table, fields[2]).type, LARDER_INT64);
+  std::vector<std::string> keys;
+  for (int k = 0; k < 10; ++k) keys.push_back("user:" + std::to_string(k));
+  const PackedKeys packed(keys);
+  std::vector<double> out(keys.size() * 3);
+  std::vector<int32_t> status(keys.size());
+  auto gather = [&] {
+    ASSERT_EQ(larder_gather_f64(table, packed.bytes.data(), packed.bytes.size(), packed.offsets.data(), 0, keys.size(),
+                                fields, 3, out.data(), status.data(), nullptr, 0, NAN),
+              LARDER_E_OK);
+  };
+  w->refresh((t0 + 10'000) * 1'000'000);
+  gather();
+  for (int k = 0; k < 10; ++k) {
+    EXPECT_EQ(status[k], LARDER_OK);
+    EXPECT_EQ(out[k * 3 + 0], 10.0 * (k + 1)) << k;
+    EXPECT_EQ(out[k * 3 + 1], 10.0) << k;
+    EXPECT_EQ(out[k * 3 + 2], k + 1.0) << k;
+  }
+  // 64.5 s after t0: the buckets of t0 .. t0 + 4 s have left every window.
+  w->refresh((t0 + 64'500) * 1'000'000);
+  gather();
+  for (int k = 0; k < 10; ++k) {
+    const int left = std::max(0, k + 1 - 5);
+    EXPECT_EQ(out[k * 3 + 0], 10.0 * left) << k;
+    EXPECT_EQ(out[k * 3 + 2], static_cast<double>(left)) << k;
+    if (left == 0) {
+      EXPECT_TRUE(std::isnan(out[k * 3 + 1])) << "an empty window's mean is missing, key " << k;
+    } else {
+      EXPECT_EQ(out[k * 3 + 1], 10.0) << k;
+    }
+  }
+  larder_table_close(table);
+  larder_close(segment);
+}
+
 }  // namespace
 }  // namespace larder

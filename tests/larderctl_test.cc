@@ -151,7 +151,7 @@ TEST_F(LarderctlTest, SchemaRoundTripsToTheSameFingerprint) {
 TEST_F(LarderctlTest, InfoAndLs) {
   CtlRun r = larderctl(common() + "--json info " + seg_.name());
   EXPECT_EQ(r.code, 0) << r.out;
-  for (const char* want : {"\"layout_version\":1", "\"state\":\"ready\"", "\"alive\":true", "\"live_keys\":2",
+  for (const char* want : {"\"layout_version\":2", "\"state\":\"ready\"", "\"alive\":true", "\"live_keys\":2",
                            "\"tombstones\":1", "\"capacity\":100", "\"stale_ignored\":0", "\"probe_length\":"}) {
     EXPECT_NE(r.out.find(want), std::string::npos) << want << " in " << r.out;
   }
@@ -322,6 +322,48 @@ TEST(LarderctlSize, EqualsTheBytesTheWriterAllocates) {
                        "\""),
             std::string::npos)
       << r.out;
+  std::remove(config.c_str());
+}
+
+// A segment with aggregates: `schema` prints a config whose fingerprint is
+// the segment's (so an operator can recreate the sidecar's config from a
+// live segment), and `size` of that config is the bytes the writer allocated,
+// aggregate state and dedup set included.
+TEST(LarderctlAggregates, SchemaRoundTripsAndSizeCountsTheState) {
+  testing::ScratchSegment seg;
+  layout::TableSpec t;
+  t.name = "users";
+  t.capacity = 500;
+  t.fields = {{"country", FieldType::kString, 4}};
+  t.aggregates = {
+      {"spend_1h", "amount", layout::AggregateFn::kSum, 3'600'000, 0, layout::WindowEnd::kNow},
+      {"spend_std_1d", "amount", layout::AggregateFn::kStddev, 86'400'000, 600'000, layout::WindowEnd::kLatestEvent},
+      {"events_5m", "", layout::AggregateFn::kCount, 300'000, 0, layout::WindowEnd::kNow}};
+  t.allowed_lateness_ms = 1'800'000;
+  t.dedup_capacity = 4096;
+  t.dedup_horizon_ms = 7'200'000;
+  layout::Schema schema;
+  schema.tables = {t};
+  auto writer = Writer::open(seg.name(), schema, seg.writer_options());
+
+  const CtlRun yaml = larderctl("--dir " + seg.dir() + " schema " + seg.name());
+  ASSERT_EQ(yaml.code, 0) << yaml.out;
+  EXPECT_NE(yaml.out.find("{name: spend_std_1d, source: amount, fn: stddev, window: 86400000, resolution: 600000, "
+                          "end: latest_event}"),
+            std::string::npos)
+      << yaml.out;
+  const std::string config = "/tmp/" + seg.name() + ".yaml";
+  std::ofstream(config) << yaml.out << "rabbitmq:\n  url: amqp://guest@127.0.0.1:5672/\n"
+                        << "  password_env: LARDERCTL_TEST_UNSET_PASSWORD_VARIABLE\n  queue: {name: q}\n";
+  const CtlRun r = larderctl("size --config " + config + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  char fp[20];
+  std::snprintf(fp, sizeof fp, "%016llx", static_cast<unsigned long long>(schema.fingerprint()));
+  EXPECT_NE(r.out.find("\"schema_fingerprint\":\"" + std::string(fp) + "\""), std::string::npos) << r.out;
+  struct stat st;
+  ASSERT_EQ(::stat(layout::segment_path(seg.dir(), seg.name()).c_str(), &st), 0);
+  EXPECT_NE(r.out.find("\"total_bytes\":" + std::to_string(st.st_size)), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"dedup_bytes\":65536"), std::string::npos) << "4096 ids of 16 bytes: " << r.out;
   std::remove(config.c_str());
 }
 

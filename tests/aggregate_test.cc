@@ -1,0 +1,1385 @@
+// Windowed aggregates (docs/aggregates.md) against a brute-force reference
+// (support/aggregate_reference.h): seeded random streams, decay under
+// refresh, warm restarts, crash injection, and the schema checks.
+//
+// Every test drives the writer's clock itself (apply_unix_ns, refresh(now));
+// nothing sleeps. Randomized tests print their seed: replay one with
+// `larder_aggregate_tests --seed=N` (or LARDER_SEED=N).
+// LARDER_CRASH_ITERATIONS sets the number of SIGKILLs (default 20).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mman.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "larder/client.h"
+#include "larder/layout/error.h"
+#include "larder/layout/schema.h"
+#include "larder/layout/writer.h"
+#include "support/aggregate_reference.h"
+#include "support/process.h"
+#include "support/test_segment.h"
+
+namespace larder::aggregate_test {
+std::optional<uint64_t> seed_flag;  // --seed=N
+}  // namespace larder::aggregate_test
+
+namespace larder {
+namespace {
+
+using layout::AggregateFn;
+using layout::AggregateSpec;
+using layout::FieldType;
+using layout::TableSpec;
+using layout::WindowEnd;
+using testing::ScratchSegment;
+using Ref = testing::AggregateReference;
+using Outcome = Ref::Outcome;
+
+// 2100-01-01T00:00:00Z: a multiple of every resolution used here, and later
+// than any wall clock these tests will meet (so a writer that started its
+// clock from CLOCK_REALTIME would still follow the test's clock).
+constexpr int64_t kBaseMs = 4'102'444'800'000;
+constexpr int64_t kNsPerMs = 1'000'000;
+// Tombstones must outlive the test's clock jumps (days), or a new key could
+// take a deleted key's slot and its tombstone with it.
+constexpr int64_t kLongRetentionMs = 50LL * 365 * 86'400'000;
+
+constexpr int64_t ns(int64_t ms) { return ms * kNsPerMs; }
+
+uint64_t seed_for(const char* test) {
+  uint64_t seed = 0;
+  if (aggregate_test::seed_flag) {
+    seed = *aggregate_test::seed_flag;
+  } else if (const char* s = std::getenv("LARDER_SEED"); s != nullptr) {
+    seed = std::strtoull(s, nullptr, 10);
+  } else {
+    seed = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  }
+  std::printf("%s: seed %llu (replay with --seed=%llu or LARDER_SEED=%llu)\n", test,
+              static_cast<unsigned long long>(seed), static_cast<unsigned long long>(seed),
+              static_cast<unsigned long long>(seed));
+  ::testing::Test::RecordProperty("seed", std::to_string(seed));
+  return seed;
+}
+
+AggregateSpec agg(std::string name, std::string source, AggregateFn fn, int64_t window_ms, int64_t resolution_ms = 0,
+                  WindowEnd end = WindowEnd::kNow) {
+  AggregateSpec a;
+  a.name = std::move(name);
+  a.source = std::move(source);
+  a.fn = fn;
+  a.window_ms = window_ms;
+  a.resolution_ms = resolution_ms;
+  a.end = end;
+  return a;
+}
+
+// Every fn; two windows sharing a ring (amount 4 s and 10 s at 1 s); one
+// source at three resolutions; latest_event windows sharing a ring with now
+// windows; counts with and without a source; default resolutions (50 ms,
+// 10 ms). Lateness: the default (10 s).
+TableSpec wide_table() {
+  TableSpec t;
+  t.name = "users";
+  t.key_max_len = 32;
+  t.capacity = 64;
+  t.fields = {{"amount", FieldType::kFloat64, 1}, {"tag", FieldType::kInt64, 1}};
+  const WindowEnd latest = WindowEnd::kLatestEvent;
+  t.aggregates = {
+      agg("events_10s", "", AggregateFn::kCount, 10'000, 1000),
+      agg("events_3s_latest", "", AggregateFn::kCount, 3000, 1000, latest),
+      agg("amount_sum_10s", "amount", AggregateFn::kSum, 10'000, 1000),
+      agg("amount_sum_4s", "amount", AggregateFn::kSum, 4000, 1000),
+      agg("amount_count_4s", "amount", AggregateFn::kCount, 4000, 1000),
+      agg("amount_mean_10s", "amount", AggregateFn::kMean, 10'000, 1000),
+      agg("amount_min_10s", "amount", AggregateFn::kMin, 10'000, 1000),
+      agg("amount_max_10s", "amount", AggregateFn::kMax, 10'000, 1000),
+      agg("amount_last_10s", "amount", AggregateFn::kLast, 10'000, 1000),
+      agg("amount_var_10s", "amount", AggregateFn::kVariance, 10'000, 1000),
+      agg("amount_std_10s", "amount", AggregateFn::kStddev, 10'000, 1000),
+      agg("amount_sum_6s_latest", "amount", AggregateFn::kSum, 6000, 1000, latest),
+      agg("amount_count_6s_latest", "amount", AggregateFn::kCount, 6000, 1000, latest),
+      agg("amount_last_6s_latest", "amount", AggregateFn::kLast, 6000, 1000, latest),
+      agg("amount_max_6s_latest", "amount", AggregateFn::kMax, 6000, 1000, latest),
+      agg("amount_mean_6s_latest", "amount", AggregateFn::kMean, 6000, 1000, latest),
+      agg("amount_mean_2s", "amount", AggregateFn::kMean, 2000, 500),
+      agg("amount_std_2s", "amount", AggregateFn::kStddev, 2000, 500),
+      agg("amount_min_2s", "amount", AggregateFn::kMin, 2000, 500),
+      agg("latency_min_3s", "latency", AggregateFn::kMin, 3000, 250),
+      agg("latency_max_3s", "latency", AggregateFn::kMax, 3000, 250),
+      agg("latency_last_3s", "latency", AggregateFn::kLast, 3000, 250),
+      agg("latency_var_3s", "latency", AggregateFn::kVariance, 3000, 250),
+      agg("latency_count_5s_latest", "latency", AggregateFn::kCount, 5000, 250, latest),
+      agg("latency_sum_3s", "latency", AggregateFn::kSum, 3000),    // default resolution: 50 ms
+      agg("latency_mean_1s", "latency", AggregateFn::kMean, 1000),  // default resolution: 10 ms
+  };
+  return t;
+}
+
+// No count without a source (an upsert feeds no aggregate), a lateness (3 s)
+// shorter than the rings (8 s), a longer dedup horizon and a small dedup set.
+TableSpec tight_table() {
+  TableSpec t;
+  t.name = "items";
+  t.key_max_len = 32;
+  t.capacity = 64;
+  t.fields = {{"amount", FieldType::kFloat64, 1}, {"tag", FieldType::kInt64, 1}};
+  const WindowEnd latest = WindowEnd::kLatestEvent;
+  t.aggregates = {
+      agg("amount_sum_5s", "amount", AggregateFn::kSum, 5000, 500),
+      agg("amount_count_5s", "amount", AggregateFn::kCount, 5000, 500),
+      agg("amount_last_5s", "amount", AggregateFn::kLast, 5000, 500),
+      agg("amount_min_5s", "amount", AggregateFn::kMin, 5000, 500),
+      agg("amount_var_5s", "amount", AggregateFn::kVariance, 5000, 500),
+      agg("amount_mean_5s", "amount", AggregateFn::kMean, 5000, 500),
+      agg("amount_sum_2s_latest", "amount", AggregateFn::kSum, 2000, 500, latest),
+      agg("amount_last_2s_latest", "amount", AggregateFn::kLast, 2000, 500, latest),
+      agg("latency_mean_8s", "latency", AggregateFn::kMean, 8000, 1000),
+      agg("latency_max_8s", "latency", AggregateFn::kMax, 8000, 1000),
+      agg("latency_std_8s", "latency", AggregateFn::kStddev, 8000, 1000),
+      agg("latency_sum_8s", "latency", AggregateFn::kSum, 8000, 1000),
+      agg("latency_last_2s_latest", "latency", AggregateFn::kLast, 2000, 1000, latest),
+  };
+  t.allowed_lateness_ms = 3000;
+  t.dedup_horizon_ms = 6000;
+  t.dedup_capacity = 4096;
+  return t;
+}
+
+// ---------------------------------------------------------------------------
+// Steps: what a stream does, applied identically to the writer and the model.
+
+struct Step {
+  enum class Kind { kApply, kUpsert, kRemove, kRefresh } kind = Kind::kApply;
+  Ref::Event event;  // kRefresh: event.apply_ns is the refresh time
+  bool redelivery = false;
+};
+
+std::string describe(const Step& s) {
+  char buf[256];
+  const char* kind = s.kind == Step::Kind::kApply    ? "apply"
+                     : s.kind == Step::Kind::kUpsert ? "upsert"
+                     : s.kind == Step::Kind::kRemove ? "remove"
+                                                     : "refresh";
+  std::snprintf(buf, sizeof buf, "%s%s key=%s te=base%+lld at=base%+.6f ms id=%016llx fields=%zu sources=%zu", kind,
+                s.redelivery ? "(redelivery)" : "", s.event.key.c_str(), static_cast<long long>(s.event.te - kBaseMs),
+                static_cast<double>(s.event.apply_ns - ns(kBaseMs)) / kNsPerMs,
+                static_cast<unsigned long long>(s.event.id), s.event.fields.size(), s.event.sources.size());
+  return buf;
+}
+
+// The writer side of a step. `source_map` maps the model's source indices to
+// the writer's.
+ApplyResult write_step(Writer& w, const TableSpec& spec, const std::vector<uint32_t>& source_map, const Step& s) {
+  const Ref::Event& e = s.event;
+  std::vector<FieldValue> values;
+  for (const Ref::FieldWrite& f : e.fields) {
+    values.push_back(spec.fields[f.field].type == FieldType::kInt64 ? FieldValue::int64(f.field, f.i64)
+                                                                    : FieldValue::float64(f.field, f.f64));
+  }
+  std::vector<SourceValue> sources;
+  for (const Ref::SourceInput& in : e.sources) sources.push_back({source_map[in.source], in.value});
+  switch (s.kind) {
+    case Step::Kind::kApply: return w.apply(0, e.key, e.te, values, sources, e.id, e.apply_ns);
+    case Step::Kind::kUpsert: return w.upsert(0, e.key, e.te, values, e.apply_ns);
+    case Step::Kind::kRemove: return w.remove(0, e.key, e.te, e.apply_ns);
+    case Step::Kind::kRefresh: w.refresh(e.apply_ns); return ApplyResult::kApplied;
+  }
+  return ApplyResult::kInvalid;
+}
+
+Outcome model_step(Ref& ref, const Step& s) {
+  const Ref::Event& e = s.event;
+  switch (s.kind) {
+    case Step::Kind::kApply: return ref.apply(e);
+    case Step::Kind::kUpsert: return ref.upsert(e.key, e.te, e.fields, e.apply_ns);
+    case Step::Kind::kRemove: return ref.remove(e.key, e.te, e.apply_ns);
+    case Step::Kind::kRefresh: ref.refresh(e.apply_ns); return Outcome::kApplied;
+  }
+  return Outcome::kApplied;
+}
+
+// What the writer may return for what the model did. Where the docs leave the
+// result open (sources folded while the fields are older than the row; an
+// event neither late nor inside any ring), any non-duplicate result that
+// changes nothing else is accepted.
+bool compatible(Outcome want, ApplyResult got) {
+  switch (want) {
+    case Outcome::kApplied: return got == ApplyResult::kApplied;
+    case Outcome::kFoldedFieldsStale: return got == ApplyResult::kApplied || got == ApplyResult::kStale;
+    case Outcome::kNoEffect:
+      return got == ApplyResult::kApplied || got == ApplyResult::kStale || got == ApplyResult::kLate;
+    case Outcome::kDuplicate: return got == ApplyResult::kDuplicate;
+    case Outcome::kStale: return got == ApplyResult::kStale;
+    case Outcome::kLate: return got == ApplyResult::kLate;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------
+// A writer, a reader and the model of one table.
+
+class Harness {
+ public:
+  Harness(const TableSpec& spec, std::string label, uint64_t seed, std::vector<std::string> keys)
+      : spec_(spec), ref_(spec), label_(std::move(label)), seed_(seed), keys_(std::move(keys)) {
+    schema_.tables.push_back(spec);
+    open_writer();
+  }
+
+  WriterOptions options() const {
+    WriterOptions o = seg_.writer_options();
+    o.tombstone_retention_ms = kLongRetentionMs;
+    return o;
+  }
+  void open_writer() {
+    writer_ = Writer::open(seg_.name(), schema_, options());
+    segment_ = Segment::open(seg_.name(), ClientOptions{seg_.dir()});
+    table_ = segment_.table(spec_.name);
+    row_ = table_.make_row();
+    fields_.clear();
+    for (size_t f = 0; f < ref_.field_count(); ++f) fields_.push_back(table_.field(ref_.field_name(f)));
+    source_map_.clear();
+    for (const std::string& s : ref_.sources()) {
+      const int i = writer_->source_index(0, s);
+      if (i < 0) throw std::runtime_error("writer has no source " + s);
+      source_map_.push_back(static_cast<uint32_t>(i));
+    }
+  }
+  void close_writer() { writer_.reset(); }
+
+  Writer& writer() { return *writer_; }
+  Ref& ref() { return ref_; }
+  const Ref& ref() const { return ref_; }
+  const TableSpec& spec() const { return spec_; }
+  const layout::Schema& schema() const { return schema_; }
+  const ScratchSegment& segment() const { return seg_; }
+  const std::vector<uint32_t>& source_map() const { return source_map_; }
+  std::vector<std::string>& keys() { return keys_; }
+  uint64_t comparisons() const { return comparisons_; }
+  uint64_t mismatches() const { return mismatches_; }
+  uint64_t steps() const { return steps_; }
+  // The largest |got - want| / tolerance seen (sum, mean, variance, stddev).
+  double max_error_ratio() const { return max_error_ratio_; }
+  const std::map<std::string, uint64_t>& outcomes() const { return outcomes_; }
+  void set_label(std::string label) { label_ = std::move(label); }
+
+  // Applies the step to both; checks the writer's result against the model's.
+  Outcome run(const Step& s) {
+    ++steps_;
+    const ApplyResult got = write_step(*writer_, spec_, source_map_, s);
+    const Outcome want = model_step(ref_, s);
+    ++outcomes_[std::string(Ref::outcome_name(want)) + "->" + apply_result_name(got)];
+    remember(describe(s) + " -> " + apply_result_name(got) + " (model " + Ref::outcome_name(want) + ", clock base" +
+             signed_ms(ref_.clock_ms() - kBaseMs) + ")");
+    if (!compatible(want, got)) {
+      fail("result of step " + std::to_string(steps_) + " (" + describe(s) + "): got " + apply_result_name(got) +
+           ", model " + Ref::outcome_name(want) + "\n" + history());
+    }
+    return want;
+  }
+  ApplyResult write(const Step& s) {
+    const ApplyResult got = write_step(*writer_, spec_, source_map_, s);
+    remember(describe(s) + " -> " + apply_result_name(got) + " (writer only)");
+    return got;
+  }
+  void remember(std::string what) {
+    history_.push_back(std::to_string(steps_) + ": " + std::move(what));
+    if (history_.size() > 30) history_.erase(history_.begin());
+  }
+  std::string history() const {
+    std::string out = "  last steps:\n";
+    for (const std::string& h : history_) out += "    " + h + "\n";
+    return out;
+  }
+
+  enum class Part { kAll, kPlain, kAggregates };
+  // Compares the row of `key` (`part` of its fields) with `model`; returns ""
+  // or the first mismatch.
+  std::string compare_key(const Ref& model, const std::string& key, Part part = Part::kAll) {
+    const Ref::Row want = model.read(key);
+    const ReadResult r = table_.get(key, row_);
+    if (!want.found)
+      return r.status == Status::kNotFound ? "" : std::string("row: got ") + status_name(r.status) + ", want not-found";
+    if (r.status != Status::kOk) return std::string("row: got ") + status_name(r.status) + ", want ok";
+    for (size_t f = 0; f < fields_.size(); ++f) {
+      const bool plain = f < spec_.fields.size();
+      if ((part == Part::kPlain && !plain) || (part == Part::kAggregates && plain)) continue;
+      ++comparisons_;
+      const bool is_int = fields_[f].type == FieldType::kInt64;
+      std::string why;
+      if (!Ref::matches(want.fields[f], row_.valid(fields_[f]), is_int ? row_.i64(fields_[f]) : 0,
+                        is_int ? 0 : row_.f64(fields_[f]), &why)) {
+        return ref_.field_name(f) + ": " + why;
+      }
+      if (!is_int)
+        max_error_ratio_ = std::max(max_error_ratio_, Ref::error_ratio(want.fields[f], row_.f64(fields_[f])));
+    }
+    return "";
+  }
+
+  // Brings the writer to the model's clock (unless told not to) and compares
+  // every key. Returns the keys that differ.
+  int check(bool refresh_first = true) {
+    if (refresh_first && ref_.clock_ms() > 0) writer_->refresh(ns(ref_.clock_ms()));  // 0 would read the wall clock
+    int bad = 0;
+    for (const std::string& key : keys_) {
+      const std::string why = compare_key(ref_, key);
+      if (!why.empty()) {
+        ++bad;
+        std::string what = "key " + key + " at T=base" + signed_ms(ref_.clock_ms() - kBaseMs) + " after step " +
+                           std::to_string(steps_) + ": " + why;
+        if (mismatches_ == 0) what += "\n" + ref_.dump(key, kBaseMs) + history();
+        fail(what);
+      }
+    }
+    return bad;
+  }
+
+  void fail(const std::string& what) {
+    ++mismatches_;
+    if (mismatches_ <= 12) {
+      ADD_FAILURE() << "[" << label_ << " seed=" << seed_ << "] " << what;
+    }
+  }
+
+  // Typed reads for the hand-written expectations.
+  Status status(const std::string& key) { return table_.get(key, row_).status; }
+  int64_t i64(const std::string& key, const std::string& field) {
+    EXPECT_EQ(table_.get(key, row_).status, Status::kOk) << key;
+    return row_.i64(table_.field(field, FieldType::kInt64));
+  }
+  double f64(const std::string& key, const std::string& field, bool* valid = nullptr) {
+    EXPECT_EQ(table_.get(key, row_).status, Status::kOk) << key;
+    const Field f = table_.field(field, FieldType::kFloat64);
+    if (valid != nullptr) *valid = row_.valid(f);
+    return row_.f64(f);
+  }
+
+  static std::string signed_ms(int64_t ms) { return (ms >= 0 ? "+" : "") + std::to_string(ms) + "ms"; }
+
+ private:
+  ScratchSegment seg_;
+  TableSpec spec_;
+  layout::Schema schema_;
+  Ref ref_;
+  std::string label_;
+  uint64_t seed_;
+  std::vector<std::string> keys_;
+  std::unique_ptr<Writer> writer_;
+  Segment segment_;
+  Table table_;
+  Row row_;
+  std::vector<Field> fields_;
+  std::vector<uint32_t> source_map_;
+  uint64_t comparisons_ = 0;
+  uint64_t mismatches_ = 0;
+  uint64_t steps_ = 0;
+  double max_error_ratio_ = 0;
+  std::map<std::string, uint64_t> outcomes_;
+  std::vector<std::string> history_;
+};
+
+// ---------------------------------------------------------------------------
+// Random streams.
+
+struct GeneratorOptions {
+  bool ids_always = false;  // every apply carries an id (crash replay needs them)
+  bool upserts = true;
+  bool removes = true;
+};
+
+// Draws steps from the model's current state: the caller applies each step
+// to the model (and the writer) and then calls record(). Duplicates are
+// redeliveries of folded events of the key since its last delete, within the
+// lateness (hence the dedup horizon); ids are never reused across a delete.
+// After a delete, events of the revived key are no older than the delete.
+class StreamGenerator {
+ public:
+  StreamGenerator(const Ref& ref, std::vector<std::string> keys, uint64_t seed, GeneratorOptions options = {})
+      : ref_(ref), keys_(std::move(keys)), rng_(seed), options_(options) {
+    amount_ = ref_.source_index("amount");
+    latency_ = ref_.source_index("latency");
+  }
+
+  Step next() {
+    ++n_;
+    const int64_t c = std::max(ref_.clock_ms(), kBaseMs);
+    const double u = unit();
+    if (u < 0.10) return refresh_step(c);
+    if (u < 0.18) {
+      if (std::optional<Step> s = redelivery(c)) return *s;
+      return apply_step(c);
+    }
+    if (options_.removes && u < 0.195) return remove_step(c);
+    if (options_.upserts && u < 0.25) return upsert_step(c);
+    return apply_step(c);
+  }
+
+  void record(const Step& s, Outcome outcome, bool folded) {
+    const std::string& key = s.event.key;
+    if (s.kind == Step::Kind::kRemove && outcome == Outcome::kApplied) {
+      ++epoch_[key];
+      floor_[key] = s.event.te;
+    }
+    if (s.kind == Step::Kind::kApply && !s.redelivery && s.event.id != 0 && folded &&
+        (outcome == Outcome::kApplied || outcome == Outcome::kFoldedFieldsStale)) {
+      redeliverable_.push_back({s, epoch_[key]});
+      if (redeliverable_.size() > 64) redeliverable_.erase(redeliverable_.begin());
+    }
+    if (s.kind == Step::Kind::kApply || s.kind == Step::Kind::kUpsert) {
+      auto& tes = recent_te_[key];
+      tes.push_back(s.event.te);
+      if (tes.size() > 8) tes.erase(tes.begin());
+    }
+  }
+
+  // Redeliveries still possible at the current clock.
+  std::vector<Step> redeliverable() const {
+    std::vector<Step> out;
+    for (const auto& [s, epoch] : redeliverable_) {
+      auto it = epoch_.find(s.event.key);
+      if (epoch == (it == epoch_.end() ? 0 : it->second) && !ref_.would_be_late(s.event.te, ns(ref_.clock_ms())))
+        out.push_back(s);
+    }
+    return out;
+  }
+
+ private:
+  double unit() { return std::uniform_real_distribution<double>(0.0, 1.0)(rng_); }
+  int64_t range(int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng_); }
+
+  const std::string& pick_key() {
+    // Skewed: the first key gets a third of the traffic.
+    if (unit() < 0.34) return keys_[0];
+    return keys_[static_cast<size_t>(range(0, static_cast<int64_t>(keys_.size()) - 1))];
+  }
+
+  int64_t next_apply_ms(int64_t c) {
+    const double u = unit();
+    if (u < 0.30) return c;
+    if (u < 0.85) return c + range(1, 30);
+    if (u < 0.955) return c + range(30, 300);
+    if (u < 0.996) return c - range(1, 2000);          // a wall clock behind the writer's clock
+    if (u < 0.9992) return c + range(11'000, 40'000);  // silence longer than every window
+    return c + range(3'600'000, 3 * 86'400'000);       // hours to days
+  }
+  int64_t apply_ns(int64_t ms) { return ns(ms) + (unit() < 0.3 ? range(0, kNsPerMs - 1) : 0); }
+
+  int64_t pick_te(const std::string& key, int64_t cn) {
+    const int64_t lateness = ref_.lateness_ms();
+    const auto& groups = ref_.groups();
+    const Ref::Group& g = groups[static_cast<size_t>(range(0, static_cast<int64_t>(groups.size()) - 1))];
+    const int64_t row_time = ref_.row_time(key);
+    const Ref::KeyState state = ref_.key_state(key);
+    const double u = unit();
+    int64_t te;
+    if (u < 0.52) {
+      te = cn - range(0, 1500);
+    } else if (u < 0.67) {
+      te = cn - range(1500, lateness + 2000);  // out of order; some late
+    } else if (u < 0.72) {
+      te = cn - lateness + range(0, 1);  // exactly late, or one ms inside
+    } else if (u < 0.77) {
+      te = cn + range(1, 3000);  // a producer clock ahead of the writer's
+    } else if (u < 0.85) {
+      te = (testing::floor_div(cn, g.r) - range(0, g.ring)) * g.r - range(0, 1);  // on a bucket edge
+    } else if (u < 0.90) {
+      te = (testing::floor_div(cn, g.r) - g.ring) * g.r + range(-g.r, 2 * g.r);  // at the ring's edge
+    } else if (u < 0.95 && state == Ref::KeyState::kLive) {
+      te = row_time;  // a tie with the row
+    } else if (!recent_te_[key].empty()) {
+      const auto& tes = recent_te_[key];
+      te = tes[static_cast<size_t>(range(0, static_cast<int64_t>(tes.size()) - 1))];  // a tie for `last`
+    } else {
+      te = cn - range(0, 500);
+    }
+    if (state == Ref::KeyState::kTombstone) {
+      if (unit() < 0.6) te = std::max(te, row_time);  // else maybe older than the delete: stale
+    } else if (auto it = floor_.find(key); it != floor_.end()) {
+      te = std::max(te, it->second);
+    }
+    return te;
+  }
+
+  double value(double lo, double hi, std::vector<double>& recent) {
+    const double u = unit();
+    double v;
+    if (u < 0.6 || recent.empty()) {
+      v = lo + static_cast<double>(range(0, static_cast<int64_t>((hi - lo) * 8))) / 8;
+    } else if (u < 0.85) {
+      v = lo + unit() * (hi - lo);
+    } else {
+      v = recent[static_cast<size_t>(range(0, static_cast<int64_t>(recent.size()) - 1))];  // ties for min/max
+    }
+    recent.push_back(v);
+    if (recent.size() > 16) recent.erase(recent.begin());
+    return v;
+  }
+
+  uint64_t pick_id(const std::string& key) {
+    if (!options_.ids_always && unit() < 0.15) return 0;
+    std::string text = "e" + std::to_string(n_);
+    if (unit() < 0.05 && !id_texts_.empty()) {
+      // The id of another key's event: a different event here.
+      const auto& [other, t] = id_texts_[static_cast<size_t>(range(0, static_cast<int64_t>(id_texts_.size()) - 1))];
+      if (other != key && used_.count({key, t}) == 0) text = t;
+    }
+    used_.insert({key, text});
+    id_texts_.push_back({key, text});
+    if (id_texts_.size() > 64) id_texts_.erase(id_texts_.begin());
+    return event_id_hash(text);
+  }
+
+  Step apply_step(int64_t c) {
+    Step s;
+    s.kind = Step::Kind::kApply;
+    Ref::Event& e = s.event;
+    e.key = pick_key();
+    const int64_t a = next_apply_ms(c);
+    e.apply_ns = apply_ns(a);
+    e.te = pick_te(e.key, std::max(c, a));
+    bool amount = unit() < 0.75, latency = unit() < 0.55;
+    if (!amount && !latency && !ref_.has_sourceless_group()) amount = true;
+    if (amount) {
+      const double v = value(-100, 1000, recent_amounts_);
+      e.sources.push_back({static_cast<uint32_t>(amount_), v});
+      if (unit() < 0.8) e.fields.push_back({0, 0, v});
+    }
+    if (latency) e.sources.push_back({static_cast<uint32_t>(latency_), value(0, 500, recent_latencies_)});
+    if (unit() < 0.5) e.fields.push_back({1, static_cast<int64_t>(n_), 0});
+    e.id = pick_id(e.key);
+    return s;
+  }
+
+  Step upsert_step(int64_t c) {
+    Step s;
+    s.kind = Step::Kind::kUpsert;
+    s.event.key = pick_key();
+    const int64_t a = next_apply_ms(c);
+    s.event.apply_ns = apply_ns(a);
+    s.event.te = pick_te(s.event.key, std::max(c, a));
+    s.event.fields.push_back({1, static_cast<int64_t>(n_), 0});
+    if (unit() < 0.5) s.event.fields.push_back({0, 0, value(-100, 1000, recent_amounts_)});
+    return s;
+  }
+
+  Step remove_step(int64_t c) {
+    Step s;
+    s.kind = Step::Kind::kRemove;
+    s.event.key = pick_key();
+    s.event.apply_ns = apply_ns(c + range(0, 100));
+    const int64_t row_time = ref_.row_time(s.event.key);
+    if (row_time == Ref::kNone) {
+      s.event.te = c - range(0, 1000);
+    } else if (unit() < 0.2) {
+      s.event.te = row_time - range(1, 1000);  // older than the row: stale
+    } else {
+      s.event.te = row_time + range(0, 500);
+    }
+    return s;
+  }
+
+  Step refresh_step(int64_t c) {
+    Step s;
+    s.kind = Step::Kind::kRefresh;
+    const auto& groups = ref_.groups();
+    const Ref::Group& g = groups[static_cast<size_t>(range(0, static_cast<int64_t>(groups.size()) - 1))];
+    const double u = unit();
+    int64_t t;
+    if (u < 0.15) {
+      t = c;
+    } else if (u < 0.50) {
+      t = c + range(1, 300);
+    } else if (u < 0.80) {
+      t = (testing::floor_div(c, g.r) + range(1, 3)) * g.r - range(0, 1);  // on or just before a bucket edge
+    } else if (u < 0.97) {
+      t = c + range(300, 3000);
+    } else if (u < 0.995) {
+      t = c + range(11'000, 40'000);
+    } else {
+      t = c + range(3'600'000, 86'400'000);
+    }
+    s.event.apply_ns = apply_ns(t);
+    return s;
+  }
+
+  std::optional<Step> redelivery(int64_t c) {
+    for (int tries = 0; tries < 4 && !redeliverable_.empty(); ++tries) {
+      const size_t i = static_cast<size_t>(range(0, static_cast<int64_t>(redeliverable_.size()) - 1));
+      const auto& [original, epoch] = redeliverable_[i];
+      Step s = original;
+      s.redelivery = true;
+      s.event.apply_ns = apply_ns(c + range(0, 200));
+      if (epoch != epoch_[s.event.key] || ref_.would_be_late(s.event.te, s.event.apply_ns + kNsPerMs)) {
+        redeliverable_.erase(redeliverable_.begin() + static_cast<std::ptrdiff_t>(i));
+        continue;
+      }
+      return s;
+    }
+    return std::nullopt;
+  }
+
+  const Ref& ref_;
+  std::vector<std::string> keys_;
+  std::mt19937_64 rng_;
+  GeneratorOptions options_;
+  int amount_ = -1, latency_ = -1;
+  uint64_t n_ = 0;
+  std::map<std::string, uint64_t> epoch_;
+  std::map<std::string, int64_t> floor_;
+  std::map<std::string, std::vector<int64_t>> recent_te_;
+  std::vector<std::pair<Step, uint64_t>> redeliverable_;
+  std::vector<double> recent_amounts_, recent_latencies_;
+  std::set<std::pair<std::string, std::string>> used_;
+  std::vector<std::pair<std::string, std::string>> id_texts_;
+};
+
+std::vector<std::string> stream_keys() { return {"user:0", "user:1", "user:2", "a-much-longer-key:3", "user:4"}; }
+
+void print_outcomes(const Harness& h) {
+  std::string line;
+  for (const auto& [k, n] : h.outcomes()) line += " " + k + "=" + std::to_string(n);
+  std::printf("  results (model->writer):%s\n", line.c_str());
+}
+
+// ---------------------------------------------------------------------------
+// 1. Seeded property test.
+
+void run_property(const TableSpec& spec, const char* label, uint64_t seed, int steps,
+                  const std::vector<std::string>& keys = stream_keys()) {
+  const auto start = std::chrono::steady_clock::now();
+  Harness h(spec, label, seed, keys);
+  StreamGenerator gen(h.ref(), keys, seed);
+  std::mt19937_64 read_rng(seed ^ 0x9e3779b97f4a7c15ULL);
+  uint64_t checks = 0;
+  for (int i = 0; i < steps && h.mismatches() == 0; ++i) {
+    const Step s = gen.next();
+    const Outcome o = h.run(s);
+    gen.record(s, o, h.ref().last_folded());
+    if (s.kind == Step::Kind::kRefresh || read_rng() % 2 == 0) {
+      h.check();
+      ++checks;
+    }
+  }
+  if (h.mismatches() == 0) h.check();
+  const WriterStats st = h.writer().stats(0);
+  EXPECT_EQ(st.duplicates, h.ref().duplicates()) << label << " seed " << seed;
+  EXPECT_EQ(st.dedup_evictions, 0u) << label << " seed " << seed;
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf(
+      "%s: %llu steps, %llu checks, %llu field comparisons, %llu mismatches (largest error %.2g of the tolerance), "
+      "%.2f s; writer: %llu events, %llu late, %llu duplicates, %llu refreshes\n",
+      label, static_cast<unsigned long long>(h.steps()), static_cast<unsigned long long>(checks),
+      static_cast<unsigned long long>(h.comparisons()), static_cast<unsigned long long>(h.mismatches()),
+      h.max_error_ratio(), secs, static_cast<unsigned long long>(st.aggregate_events),
+      static_cast<unsigned long long>(st.late_dropped), static_cast<unsigned long long>(st.duplicates),
+      static_cast<unsigned long long>(st.refreshes));
+  print_outcomes(h);
+  EXPECT_EQ(h.mismatches(), 0u) << label << ": replay with --seed=" << seed;
+  EXPECT_GT(h.comparisons(), 10'000u);
+}
+
+// Each stream's own seed is derived from the test's (printed) seed.
+TEST(AggregateProperty, RandomStreamsMatchTheReference) {
+  const uint64_t seed = seed_for("AggregateProperty");
+  run_property(wide_table(), "wide", seed, 40'000);
+  run_property(tight_table(), "tight", seed + 1, 40'000);
+  // Many keys in a small table: probe chains and tombstones next to each other.
+  std::vector<std::string> many;
+  for (int i = 0; i < 44; ++i) many.push_back("k" + std::to_string(i * 7919));
+  TableSpec crowded = wide_table();
+  crowded.capacity = 48;
+  run_property(crowded, "crowded", seed + 2, 10'000, many);
+}
+
+// ---------------------------------------------------------------------------
+// Hand-computed cases: the same model, and explicit numbers.
+
+Step event(std::string key, int64_t te, int64_t at_ms, std::vector<Ref::SourceInput> sources, std::string id = "",
+           std::vector<Ref::FieldWrite> fields = {}) {
+  Step s;
+  s.kind = Step::Kind::kApply;
+  s.event.key = std::move(key);
+  s.event.te = te;
+  s.event.apply_ns = ns(at_ms);
+  s.event.sources = std::move(sources);
+  s.event.fields = std::move(fields);
+  s.event.id = id.empty() ? 0 : event_id_hash(id);
+  return s;
+}
+Step refresh_at(int64_t ms) {
+  Step s;
+  s.kind = Step::Kind::kRefresh;
+  s.event.apply_ns = ns(ms);
+  return s;
+}
+Step remove_at(std::string key, int64_t te, int64_t at_ms) {
+  Step s;
+  s.kind = Step::Kind::kRemove;
+  s.event.key = std::move(key);
+  s.event.te = te;
+  s.event.apply_ns = ns(at_ms);
+  return s;
+}
+
+TableSpec small_table() {
+  TableSpec t;
+  t.name = "small";
+  t.capacity = 16;
+  t.fields = {{"note", FieldType::kInt64, 1}};
+  t.aggregates = {
+      agg("events_10s", "", AggregateFn::kCount, 10'000, 1000),
+      agg("x_sum_10s", "x", AggregateFn::kSum, 10'000, 1000),
+      agg("x_last_10s", "x", AggregateFn::kLast, 10'000, 1000),
+      agg("x_sum_3s_latest", "x", AggregateFn::kSum, 3000, 1000, WindowEnd::kLatestEvent),
+  };
+  return t;
+}
+
+TEST(AggregateSemantics, FutureEventsCountInTheCurrentBucket) {
+  Harness h(small_table(), "future", 0, {"k"});
+  const int64_t b = kBaseMs;
+  // Applied at b + 500 with an event time 5 s ahead: bucket b/1000, not (b + 5000)/1000.
+  h.run(event("k", b + 5000, b + 500, {{0, 7}}, "f1"));
+  h.run(refresh_at(b + 9999));
+  EXPECT_EQ(h.check(), 0);
+  EXPECT_EQ(h.i64("k", "events_10s"), 1);
+  EXPECT_EQ(h.f64("k", "x_last_10s"), 7);
+  h.run(refresh_at(b + 10'000));
+  EXPECT_EQ(h.check(), 0);
+  EXPECT_EQ(h.i64("k", "events_10s"), 0);
+  bool valid = true;
+  EXPECT_TRUE(std::isnan(h.f64("k", "x_last_10s", &valid)));
+  EXPECT_FALSE(valid);
+  EXPECT_EQ(h.f64("k", "x_sum_3s_latest"), 7);  // latest_event: no decay
+}
+
+TEST(AggregateSemantics, LatenessBoundary) {
+  Harness h(small_table(), "lateness", 0, {"k"});
+  const int64_t b = kBaseMs;
+  h.run(event("k", b + 20'000, b + 20'000, {{0, 1}}, "l0"));
+  // Lateness 10 s (the longest window): te <= C - 10 s is dropped (run()
+  // also checks that the writer returned kLate).
+  EXPECT_EQ(h.run(event("k", b + 10'000, b + 20'000, {{0, 2}}, "l1")), Outcome::kLate);
+  EXPECT_EQ(h.run(event("k", b + 9000, b + 20'000, {{0, 4}}, "l2")), Outcome::kLate);
+  // 9 s old: bucket b/1000 + 11, inside the ring (b/1000 + 10, b/1000 + 20].
+  h.run(event("k", b + 11'000, b + 20'000, {{0, 8}}, "l3"));
+  EXPECT_EQ(h.check(), 0);
+  EXPECT_EQ(h.i64("k", "events_10s"), 2);
+  EXPECT_EQ(h.f64("k", "x_sum_10s"), 9);
+  EXPECT_EQ(h.f64("k", "x_last_10s"), 1);  // the newest event time wins, not the last applied
+  EXPECT_GE(h.writer().stats(0).late_dropped, 2u);
+}
+
+TEST(AggregateSemantics, DedupIsPerKeyAndCountsDuplicates) {
+  Harness h(small_table(), "dedup", 0, {"a", "b"});
+  const int64_t b = kBaseMs;
+  EXPECT_EQ(h.run(event("a", b, b, {{0, 1}}, "same")), Outcome::kApplied);
+  EXPECT_EQ(h.run(event("b", b, b, {{0, 2}}, "same")), Outcome::kApplied);  // another key: another event
+  EXPECT_EQ(h.run(event("a", b, b + 10, {{0, 1}}, "same")), Outcome::kDuplicate);
+  EXPECT_EQ(h.run(event("a", b + 1, b + 20, {{0, 3}})), Outcome::kApplied);  // no id: counted every time
+  EXPECT_EQ(h.run(event("a", b + 1, b + 30, {{0, 3}})), Outcome::kApplied);
+  EXPECT_EQ(h.check(), 0);
+  EXPECT_EQ(h.i64("a", "events_10s"), 3);
+  EXPECT_EQ(h.f64("a", "x_sum_10s"), 7);
+  EXPECT_EQ(h.i64("b", "events_10s"), 1);
+  EXPECT_EQ(h.writer().stats(0).duplicates, 1u);
+}
+
+TEST(AggregateSemantics, LatestEventWindowEndsAtTheNewestBucket) {
+  Harness h(small_table(), "latest", 0, {"k"});
+  const int64_t b = kBaseMs;
+  h.run(event("k", b + 100, b + 100, {{0, 1}}, "a"));
+  h.run(event("k", b + 1500, b + 1500, {{0, 2}}, "b"));
+  h.run(refresh_at(b + 3'600'000));
+  EXPECT_EQ(h.check(), 0);
+  EXPECT_EQ(h.f64("k", "x_sum_3s_latest"), 3);  // an hour later: unchanged
+  EXPECT_EQ(h.f64("k", "x_sum_10s"), 0);
+  const int64_t t = b + 3'600'000;
+  h.run(event("k", t, t, {{0, 4}}, "c"));
+  h.run(event("k", t - 2500, t, {{0, 8}}, "d"));   // bucket H - 3: outside (H - 3, H]
+  h.run(event("k", t - 1500, t, {{0, 16}}, "e"));  // bucket H - 2: inside
+  EXPECT_EQ(h.check(), 0);
+  EXPECT_EQ(h.f64("k", "x_sum_3s_latest"), 20);
+  EXPECT_EQ(h.f64("k", "x_sum_10s"), 28);
+}
+
+TEST(AggregateSemantics, DeleteForgetsAggregates) {
+  Harness h(small_table(), "delete", 0, {"k"});
+  const int64_t b = kBaseMs;
+  h.run(event("k", b, b, {{0, 1}}, "a"));
+  h.run(event("k", b + 10, b + 10, {{0, 2}}, "b"));
+  EXPECT_EQ(h.run(remove_at("k", b + 20, b + 30)), Outcome::kApplied);
+  EXPECT_EQ(h.status("k"), Status::kNotFound);
+  EXPECT_EQ(h.run(event("k", b + 15, b + 40, {{0, 4}}, "c")), Outcome::kStale);  // older than the delete
+  EXPECT_EQ(h.run(event("k", b + 25, b + 50, {{0, 8}}, "d")), Outcome::kApplied);
+  EXPECT_EQ(h.check(), 0);
+  EXPECT_EQ(h.i64("k", "events_10s"), 1);
+  EXPECT_EQ(h.f64("k", "x_sum_10s"), 8);
+  EXPECT_EQ(h.f64("k", "x_sum_3s_latest"), 8);
+}
+
+TEST(AggregateSemantics, ClockIsWriterWide) {
+  // Two tables, one clock: an apply to one table moves the clock of both.
+  ScratchSegment seg;
+  layout::Schema schema;
+  TableSpec a = small_table();
+  a.name = "a";
+  TableSpec b = small_table();
+  b.name = "b";
+  schema.tables = {a, b};
+  WriterOptions o = seg.writer_options();
+  o.tombstone_retention_ms = kLongRetentionMs;
+  auto w = Writer::open(seg.name(), schema, o);
+  const SourceValue x[] = {{static_cast<uint32_t>(w->source_index(1, "x")), 1}};
+  EXPECT_EQ(w->apply(0, "k", kBaseMs + 100'000, {}, x, 0, ns(kBaseMs + 100'000)), ApplyResult::kApplied);
+  // 10 s behind the clock that table "a" moved: late in table "b" too.
+  EXPECT_EQ(w->apply(1, "k", kBaseMs + 90'000, {}, x, 0, ns(kBaseMs + 50'000)), ApplyResult::kLate);
+}
+
+// The documented limits of the dedup set: a full bucket forgets its oldest id
+// early and counts it (dedup_evictions); ids past the horizon make room
+// without counting. dedup_capacity 8: one bucket of 8 ways.
+TEST(AggregateSemantics, DedupCapacityAndHorizon) {
+  TableSpec t = small_table();
+  t.dedup_capacity = 8;
+  Harness h(t, "dedup-capacity", 0, {"k"});
+  const int64_t b = kBaseMs;
+  for (int i = 0; i < 8; ++i) h.run(event("k", b + i, b + i, {{0, 1}}, "old" + std::to_string(i)));
+  // The clock passes the horizon (10 s, the lateness) of all eight.
+  h.run(refresh_at(b + 20'000));
+  const int64_t c = b + 20'000;
+  for (int i = 0; i < 12; ++i) h.write(event("k", c + i, c + i, {{0, 1}}, "new" + std::to_string(i)));
+  EXPECT_EQ(h.writer().stats(0).dedup_evictions, 4u) << "12 ids in the horizon, 8 ways";
+  // The newest eight are remembered.
+  for (int i = 4; i < 12; ++i) {
+    EXPECT_EQ(h.write(event("k", c + i, c + 20, {{0, 1}}, "new" + std::to_string(i))), ApplyResult::kDuplicate) << i;
+  }
+  // An evicted id is not (the documented limit): its redelivery counts again.
+  EXPECT_EQ(h.write(event("k", c, c + 20, {{0, 1}}, "new0")), ApplyResult::kApplied);
+  EXPECT_EQ(h.i64("k", "events_10s"), 13);
+}
+
+// A delete moves the aggregate clock like every other call: the clock is the
+// largest apply_unix_ns the writer has been given (writer.h).
+TEST(AggregateSemantics, RemoveMovesTheClock) {
+  Harness h(small_table(), "remove-clock", 0, {"k"});
+  const int64_t b = kBaseMs;
+  h.run(event("k", b, b, {{0, 1}}, "a"));
+  EXPECT_EQ(h.write(remove_at("other", b, b + 20'000)), ApplyResult::kApplied);  // the clock: b + 20 s
+  // The lateness (10 s) behind that clock: late, whatever this call's own time.
+  EXPECT_EQ(h.write(event("k", b + 10'000, b + 1, {{0, 2}}, "b")), ApplyResult::kLate)
+      << "remove() did not move the aggregate clock";
+}
+
+// `last` is the value of the event with the newest event time in the window
+// (docs/aggregates.md), where an event stamped ahead of the writer's clock
+// counts as of the clock: in the current bucket, and for `last` at the
+// clock's time.
+TEST(AggregateSemantics, LastOfAnEventStampedAhead) {
+  Harness h(small_table(), "last-ahead", 0, {"k"});
+  const int64_t b = kBaseMs;
+  h.run(event("k", b + 5000, b + 500, {{0, 7}}, "ahead"));    // counts in bucket b/1000
+  h.run(event("k", b + 1200, b + 1200, {{0, 9}}, "behind"));  // an older event time, applied later
+  EXPECT_EQ(h.f64("k", "x_last_10s"), 9);                     // "ahead" counts as of b + 500
+  EXPECT_EQ(h.check(), 0);
+}
+
+// The sum of squares is kept about a shift, first the key's first value; a
+// key whose level moves far from it (1e9 + {0..4} after a 0) would meet the
+// textbook formula's cancellation and read variance 0, not 2, unless the
+// writer re-centres the shift on the window's mean.
+TEST(AggregateSemantics, VarianceFarFromTheFirstValue) {
+  TableSpec t = small_table();
+  t.aggregates.push_back(agg("x_var_10s", "x", AggregateFn::kVariance, 10'000, 1000));
+  Harness h(t, "precision", 0, {"k"});
+  const int64_t b = kBaseMs;
+  h.run(event("k", b, b, {{0, 0.0}}));
+  for (int i = 1; i <= 40; ++i) h.run(event("k", b + i * 1000, b + i * 1000, {{0, 1e9 + i % 5}}));
+  h.run(refresh_at(b + 40'000));
+  EXPECT_NEAR(h.f64("k", "x_var_10s"), 2.0, 1e-6);  // the window holds 1e9 + {1, 2, 3, 4, 0} twice
+}
+
+// ---------------------------------------------------------------------------
+// 2. Decay: no new events, only the clock.
+
+TableSpec decay_table() {
+  TableSpec t;
+  t.name = "decay";
+  t.capacity = 64;
+  t.fields = {{"note", FieldType::kInt64, 1}};
+  t.aggregates = {
+      agg("events_10s", "", AggregateFn::kCount, 10'000, 1000),
+      agg("x_sum_10s", "x", AggregateFn::kSum, 10'000, 1000),
+      agg("x_mean_10s", "x", AggregateFn::kMean, 10'000, 1000),
+      agg("x_min_10s", "x", AggregateFn::kMin, 10'000, 1000),
+      agg("x_max_10s", "x", AggregateFn::kMax, 10'000, 1000),
+      agg("x_last_10s", "x", AggregateFn::kLast, 10'000, 1000),
+      agg("x_var_10s", "x", AggregateFn::kVariance, 10'000, 1000),
+      agg("x_std_10s", "x", AggregateFn::kStddev, 10'000, 1000),
+      agg("x_sum_4s", "x", AggregateFn::kSum, 4000, 1000),
+      agg("x_count_2s", "x", AggregateFn::kCount, 2000, 500),
+      agg("x_mean_5s", "x", AggregateFn::kMean, 5000, 250),
+      agg("x_sum_10s_latest", "x", AggregateFn::kSum, 10'000, 1000, WindowEnd::kLatestEvent),
+      agg("x_last_3s_latest", "x", AggregateFn::kLast, 3000, 1000, WindowEnd::kLatestEvent),
+  };
+  return t;
+}
+
+TEST(AggregateDecay, ValuesFollowTheClockDownToEmpty) {
+  Harness h(decay_table(), "decay", 0, {"k0", "k1", "k2"});
+  for (int i = 0; i < 30; ++i) {
+    const int64_t te = kBaseMs + i * 97;
+    const double x = static_cast<double>((i * 37) % 23) - 5.5;
+    h.run(event("k" + std::to_string(i % 3), te, te + 5, {{0, x}}, "d" + std::to_string(i)));
+    ASSERT_EQ(h.check(), 0);
+  }
+  // Read times: every 100 ms and each bucket edge (250/500/1000 ms) and one
+  // ms either side, until every now window is empty.
+  const int64_t c = h.ref().clock_ms();
+  std::set<int64_t> times;
+  for (int64_t t = c; t <= kBaseMs + 15'000; t += 100) times.insert(t);
+  for (int64_t e = kBaseMs; e <= kBaseMs + 15'000; e += 250) {
+    for (int64_t d = -1; d <= 1; ++d) {
+      if (e + d > c) times.insert(e + d);
+    }
+  }
+  for (int64_t t : times) {
+    h.run(refresh_at(t));
+    ASSERT_EQ(h.check(false), 0) << "at base+" << t - kBaseMs << " ms (no refresh beyond the step's)";
+  }
+  for (const std::string k : {"k0", "k1", "k2"}) {
+    EXPECT_EQ(h.i64(k, "events_10s"), 0) << k;
+    EXPECT_EQ(h.f64(k, "x_sum_10s"), 0) << k;
+    for (const char* f : {"x_mean_10s", "x_min_10s", "x_max_10s", "x_last_10s", "x_var_10s", "x_std_10s"}) {
+      bool valid = true;
+      EXPECT_TRUE(std::isnan(h.f64(k, f, &valid))) << k << " " << f;
+      EXPECT_FALSE(valid) << k << " " << f;
+    }
+    bool valid = false;
+    h.f64(k, "x_sum_10s_latest", &valid);
+    EXPECT_TRUE(valid) << k << ": a latest_event window does not decay";
+  }
+  // Every now window is empty and was rewritten: nothing left to refresh.
+  EXPECT_EQ(h.writer().refresh(ns(kBaseMs + 60'000)), 0u);
+  EXPECT_EQ(h.writer().refresh(ns(kBaseMs + 86'400'000)), 0u);
+}
+
+TEST(AggregateDecay, BudgetedRefreshCatchesUp) {
+  std::vector<std::string> keys;
+  for (int i = 0; i < 40; ++i) keys.push_back("key:" + std::to_string(i));
+  Harness h(decay_table(), "decay-budget", 0, keys);
+  for (int i = 0; i < 40; ++i) {
+    for (int j = 0; j < 3; ++j) {
+      const int64_t te = kBaseMs + 37 * i + 400 * j;
+      h.run(event(keys[i], te, kBaseMs + 1500, {{0, static_cast<double>(i + j)}}, "b" + std::to_string(i * 3 + j)));
+    }
+  }
+  ASSERT_EQ(h.check(), 0);
+  uint64_t rewritten = 0;
+  for (int64_t t : {kBaseMs + 2000, kBaseMs + 4000, kBaseMs + 4999, kBaseMs + 10'000, kBaseMs + 10'500,
+                    kBaseMs + 11'000, kBaseMs + 12'000}) {
+    h.ref().refresh(ns(t));
+    int calls = 0;
+    for (uint64_t n; (n = h.writer().refresh(ns(t), 7)) > 0; ++calls) {
+      ASSERT_LE(n, 7u);
+      ASSERT_LT(calls, 100) << "refresh(budget 7) never finishes";
+      rewritten += n;
+    }
+    ASSERT_EQ(h.check(false), 0) << "at base+" << t - kBaseMs;
+  }
+  std::printf("budgeted refresh: %llu key rewrites\n", static_cast<unsigned long long>(rewritten));
+  EXPECT_GT(rewritten, 40u);
+}
+
+// ---------------------------------------------------------------------------
+// 3. Restart: close and reopen warm.
+
+TEST(AggregateRestart, WarmReopenContinuesAggregatesAndDedup) {
+  const uint64_t seed = seed_for("AggregateRestart");
+  std::vector<std::string> keys = stream_keys();
+  keys.push_back("probe");
+  Harness h(wide_table(), "restart", seed, keys);
+  StreamGenerator gen(h.ref(), stream_keys(), seed);
+  auto run_steps = [&](int n) {
+    for (int i = 0; i < n && h.mismatches() == 0; ++i) {
+      const Step s = gen.next();
+      const Outcome o = h.run(s);
+      gen.record(s, o, h.ref().last_folded());
+      h.check();
+    }
+  };
+  run_steps(600);
+  const int64_t c = h.ref().clock_ms();
+  const Step probe1 = event("probe", c, c, {{0, 5}}, "probe-1");
+  h.run(probe1);
+  ASSERT_EQ(h.check(), 0);
+  const uint64_t duplicates_before = h.writer().stats(0).duplicates;
+
+  h.close_writer();
+  h.open_writer();
+  EXPECT_FALSE(h.writer().created());
+  EXPECT_EQ(h.writer().repaired_slots(), 0u);
+  EXPECT_EQ(h.writer().stats(0).duplicates, duplicates_before);
+  EXPECT_EQ(h.check(), 0) << "after the reopen";
+
+  // The clock survived: late by the old clock, applied with an earlier wall clock.
+  EXPECT_EQ(h.run(event("probe", c - h.ref().lateness_ms(), c - 5000, {{0, 100}}, "probe-2")), Outcome::kLate);
+  // Redeliveries of events applied before the restart are duplicates.
+  int redelivered = 0;
+  std::vector<Step> again = gen.redeliverable();
+  again.push_back(probe1);
+  for (Step s : again) {
+    s.redelivery = true;
+    s.event.apply_ns = ns(h.ref().clock_ms());
+    EXPECT_EQ(h.run(s), Outcome::kDuplicate);
+    ++redelivered;
+  }
+  EXPECT_GT(redelivered, 0);
+  EXPECT_EQ(h.check(), 0);
+  run_steps(600);
+  EXPECT_EQ(h.writer().stats(0).duplicates, h.ref().duplicates());
+  std::printf("restart: %d redeliveries after the reopen, %llu comparisons, %llu mismatches\n", redelivered,
+              static_cast<unsigned long long>(h.comparisons()), static_cast<unsigned long long>(h.mismatches()));
+  print_outcomes(h);
+  EXPECT_EQ(h.mismatches(), 0u) << "replay with --seed=" << seed;
+}
+
+// ---------------------------------------------------------------------------
+// 4. Crash injection.
+
+template <class T>
+T* shared_array(size_t n) {
+  void* p = ::mmap(nullptr, sizeof(T) * n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) std::abort();
+  return new (p) T[n]();
+}
+
+uint64_t g_points_all = 0, g_points_journal = 0;
+void count_points(CrashPoint p) {
+  ++g_points_all;
+  if (p == CrashPoint::kJournal) ++g_points_journal;
+}
+int64_t g_countdown = 0;  // set before fork; counted down in the child
+bool g_journal_only = false;
+void crash_at_countdown(CrashPoint p) {
+  if (g_journal_only && p != CrashPoint::kJournal) return;
+  if (--g_countdown == 0) ::raise(SIGKILL);
+}
+
+CrashPoint g_kill_at = CrashPoint::kSeqEven;
+void kill_at_point(CrashPoint p) {
+  if (p == g_kill_at) ::raise(SIGKILL);
+}
+
+// A writer killed once an event's row is written (seq even again) but before
+// its aggregate change is marked committed. The row and the aggregate state
+// (with the event's id) must come back together: both after the event (its
+// redelivery is then a duplicate) or both before it. A repair that rolled the
+// state back and kept the row showed the event's fields with aggregates
+// without it until the redelivery.
+TEST(AggregateCrash, KillAtSeqEvenIsAllOrNothing) {
+  Harness h(small_table(), "seq-even", 0, {"k"});
+  const int64_t b = kBaseMs;
+  h.run(event("k", b, b, {{0, 1}}, "a", {{0, 1}}));
+  const Step second = event("k", b + 1500, b + 1500, {{0, 2}}, "b", {{0, 2}});
+  h.close_writer();
+  testing::Children kids;
+  const pid_t child = kids.add(testing::spawn([&] {
+    auto w = Writer::open(h.segment().name(), h.schema(), h.options());
+    g_kill_at = CrashPoint::kSeqEven;
+    set_crash_hook(&kill_at_point);
+    write_step(*w, h.spec(), h.source_map(), second);
+    return 0;
+  }));
+  ASSERT_EQ(kids.wait(child), 128 + SIGKILL);
+  h.open_writer();
+  // At b + 10 s the first event's bucket leaves the 10 s window: a refresh.
+  Ref before = h.ref();
+  Ref after = h.ref();
+  model_step(after, second);
+  before.refresh(ns(b + 10'000));
+  after.refresh(ns(b + 10'000));
+  h.writer().refresh(ns(b + 10'000));
+  const std::string vs_before = h.compare_key(before, "k"), vs_after = h.compare_key(after, "k");
+  EXPECT_TRUE(vs_before.empty() || vs_after.empty())
+      << "after repair the row is neither before nor after the interrupted event: vs before: " << vs_before
+      << "; vs after: " << vs_after;
+  // Redelivered, the event counts exactly once.
+  h.write(second);
+  h.ref() = after;
+  EXPECT_EQ(h.check(), 0);
+}
+
+TEST(AggregateCrash, KilledWriterRepairsAndReplaysExactlyOnce) {
+  const uint64_t seed = seed_for("AggregateCrash");
+  const char* env = std::getenv("LARDER_CRASH_ITERATIONS");
+  const int iterations = env != nullptr ? std::atoi(env) : 20;
+  std::mt19937_64 rng(seed);
+  const TableSpec spec = wide_table();
+
+  // The stream, drawn against its own model; every event carries an id.
+  std::vector<Step> steps;
+  std::vector<size_t> ends;
+  {
+    Ref gen_ref(spec);
+    StreamGenerator gen(gen_ref, stream_keys(), seed, {.ids_always = true, .upserts = false, .removes = true});
+    size_t total = 0;
+    for (int it = 0; it < iterations; ++it) ends.push_back(total += 40 + rng() % 110);
+    while (steps.size() < total) {
+      const Step s = gen.next();
+      const Outcome o = model_step(gen_ref, s);
+      gen.record(s, o, gen_ref.last_folded());
+      steps.push_back(s);
+    }
+  }
+
+  Harness h(spec, "crash", seed, stream_keys());
+  // Crash points per step, from a dry run on another segment.
+  std::vector<uint64_t> cum_all{0}, cum_journal{0};
+  {
+    ScratchSegment dry;
+    WriterOptions o = h.options();
+    o.dir = dry.dir();
+    auto w = Writer::open(dry.name(), h.schema(), o);
+    g_points_all = g_points_journal = 0;
+    set_crash_hook(&count_points);
+    for (const Step& s : steps) {
+      write_step(*w, spec, h.source_map(), s);
+      cum_all.push_back(g_points_all);
+      cum_journal.push_back(g_points_journal);
+    }
+    set_crash_hook(nullptr);
+  }
+  std::printf("crash: %zu steps, %llu crash points (%llu journal) in a dry run\n", steps.size(),
+              static_cast<unsigned long long>(g_points_all), static_cast<unsigned long long>(g_points_journal));
+  ASSERT_GT(g_points_journal, 0u) << "no CrashPoint::kJournal reported";
+
+  auto* completed = shared_array<std::atomic<int64_t>>(1);
+  testing::Children kids;
+  h.close_writer();
+  size_t begin = 0;
+  int kills = 0, mid_checks = 0;
+  uint64_t repaired = 0;
+  for (int it = 0; it < iterations && h.mismatches() == 0; ++it) {
+    const size_t end = ends[it];
+    g_journal_only = it % 2 == 0;
+    const uint64_t points = g_journal_only ? cum_journal[end] - cum_journal[begin] : cum_all[end] - cum_all[begin];
+    g_countdown = 1 + static_cast<int64_t>(rng() % std::max<uint64_t>(points, 1));
+    completed->store(static_cast<int64_t>(begin) - 1);
+    const pid_t child = kids.add(testing::spawn([&] {
+      auto w = Writer::open(h.segment().name(), h.schema(), h.options());
+      set_crash_hook(&crash_at_countdown);
+      for (size_t i = begin; i < end; ++i) {
+        write_step(*w, spec, h.source_map(), steps[i]);
+        completed->store(static_cast<int64_t>(i));
+      }
+      set_crash_hook(nullptr);
+      return 0;
+    }));
+    const int status = kids.wait(child);
+    ASSERT_TRUE(status == 0 || status == 128 + SIGKILL) << "child exit " << status;
+    const size_t next = static_cast<size_t>(completed->load() + 1);  // the interrupted step, if killed
+    if (status != 0) ++kills;
+    for (size_t i = begin; i < next; ++i) model_step(h.ref(), steps[i]);
+
+    h.open_writer();  // repairs
+    repaired += h.writer().repaired_slots();
+    h.set_label("crash it=" + std::to_string(it) + " step=" + std::to_string(next));
+    if (next < end) {
+      // Repaired: every key (plain fields and aggregates together) is as
+      // before the interrupted step or as after it.
+      Ref before = h.ref();
+      Ref after = h.ref();
+      model_step(after, steps[next]);
+      before.refresh(ns(after.clock_ms()));
+      h.writer().refresh(ns(after.clock_ms()));
+      for (const std::string& key : h.keys()) {
+        const std::string b = h.compare_key(before, key);
+        const std::string a = h.compare_key(after, key);
+        if (b.empty() || a.empty()) continue;
+        // Say which part is split: the aggregates, the plain fields, or the row between them.
+        std::string split = "row";
+        for (Harness::Part part : {Harness::Part::kAggregates, Harness::Part::kPlain}) {
+          if (!h.compare_key(before, key, part).empty() && !h.compare_key(after, key, part).empty()) {
+            split = part == Harness::Part::kAggregates ? "aggregates" : "plain fields";
+          }
+        }
+        h.fail("after repair, key " + key + " (" + split + ") is neither before nor after step " +
+               std::to_string(next) + " (" + describe(steps[next]) + "): vs before: " + b + "; vs after: " + a);
+      }
+      ++mid_checks;
+      // Redeliver the unacknowledged steps, the interrupted one included.
+      for (size_t i = next; i < end; ++i) {
+        if (i == next) {
+          h.write(steps[i]);
+          model_step(h.ref(), steps[i]);
+        } else {
+          h.run(steps[i]);
+        }
+      }
+    }
+    h.check();
+    h.close_writer();
+    begin = end;
+  }
+  std::printf("crash: %d iterations, %d kills, %d repaired states checked, %llu slots repaired, %llu comparisons\n",
+              iterations, kills, mid_checks, static_cast<unsigned long long>(repaired),
+              static_cast<unsigned long long>(h.comparisons()));
+  EXPECT_EQ(h.mismatches(), 0u) << "replay with --seed=" << seed;
+  if (iterations >= 10 && h.mismatches() == 0) {
+    EXPECT_GT(kills, iterations / 2);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// 5. Schema checks and the API around it.
+
+TableSpec one_field_table() {
+  TableSpec t;
+  t.name = "t";
+  t.fields = {{"x", FieldType::kFloat64, 1}};
+  return t;
+}
+
+void expect_invalid(const TableSpec& t, const std::string& what) {
+  const layout::Schema s = testing::one_table_schema(t);
+  try {
+    s.validate();
+    ADD_FAILURE() << what << ": validate() accepted it";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << what << ": " << e.what();
+  }
+  ScratchSegment seg;
+  EXPECT_THROW(Writer::open(seg.name(), s, seg.writer_options()), Error) << what;
+}
+
+void expect_valid(const TableSpec& t, const std::string& what) {
+  const layout::Schema s = testing::one_table_schema(t);
+  EXPECT_NO_THROW(s.validate()) << what;
+}
+
+TEST(AggregateSchema, ValidateRefusesBadWindows) {
+  auto with = [](AggregateSpec a) {
+    TableSpec t = one_field_table();
+    t.aggregates.push_back(std::move(a));
+    return t;
+  };
+  expect_invalid(with(agg("s", "x", AggregateFn::kSum, 10'000, 3000)), "window not a multiple of the resolution");
+  expect_invalid(with(agg("s", "x", AggregateFn::kSum, 3'600'000, 100)), "36000 buckets");
+  expect_invalid(with(agg("s", "x", AggregateFn::kSum, 4'097'000, 1000)), "4097 buckets");
+  expect_invalid(with(agg("s", "x", AggregateFn::kSum, 500)), "window under 1 s");
+  expect_invalid(with(agg("s", "x", AggregateFn::kSum, 31LL * 86'400'000)), "window over 30 d");
+  expect_invalid(with(agg("s", "", AggregateFn::kSum, 10'000)), "sum without a source");
+  expect_invalid(with(agg("x", "y", AggregateFn::kSum, 10'000)), "aggregate named like a field");
+  {
+    TableSpec t = with(agg("s", "x", AggregateFn::kSum, 10'000));
+    t.aggregates.push_back(agg("s", "x", AggregateFn::kMax, 10'000));
+    expect_invalid(t, "aggregate declared twice");
+  }
+  {
+    TableSpec t = with(agg("s", "x", AggregateFn::kSum, 10'000));
+    t.allowed_lateness_ms = 20'000;
+    expect_invalid(t, "lateness over the longest window");
+  }
+  {
+    TableSpec t = with(agg("s", "x", AggregateFn::kSum, 10'000));
+    t.allowed_lateness_ms = 5000;
+    t.dedup_horizon_ms = 1000;
+    expect_invalid(t, "dedup horizon under the lateness");
+  }
+  expect_valid(with(agg("s", "x", AggregateFn::kSum, 4'096'000, 1000)), "exactly 4096 buckets");
+  expect_valid(with(agg("c", "", AggregateFn::kCount, 1000)), "count without a source, 1 s");
+  expect_valid(with(agg("s", "x", AggregateFn::kMean, 30LL * 86'400'000)), "30 d, default resolution");
+}
+
+// resolution_ms 0 picks the default; a negative width is not a bucket width.
+TEST(AggregateSchema, ValidateRefusesNegativeResolution) {
+  TableSpec t = one_field_table();
+  t.aggregates.push_back(agg("s", "x", AggregateFn::kSum, 10'000, -1000));
+  expect_invalid(t, "negative resolution");
+}
+
+TEST(AggregateSchema, DefaultsSourcesAndOutputFields) {
+  EXPECT_EQ(layout::default_resolution_ms(3'600'000), 60'000);
+  EXPECT_EQ(layout::default_resolution_ms(86'400'000), 1'440'000);
+  EXPECT_EQ(layout::default_resolution_ms(5000), 50);
+  EXPECT_EQ(layout::default_resolution_ms(1000), 10);
+  EXPECT_EQ(layout::default_resolution_ms(90'000), 1500);
+  for (int64_t w = 1000; w <= 200'000; w += 500) {
+    ASSERT_EQ(layout::default_resolution_ms(w), testing::reference_default_resolution(w)) << w;
+  }
+
+  const TableSpec t = wide_table();
+  const std::vector<layout::FieldSpec> all = t.all_fields();
+  ASSERT_EQ(all.size(), t.fields.size() + t.aggregates.size());
+  for (size_t i = 0; i < t.aggregates.size(); ++i) {
+    const layout::FieldSpec& f = all[t.fields.size() + i];
+    EXPECT_EQ(f.name, t.aggregates[i].name);
+    EXPECT_EQ(f.type, t.aggregates[i].fn == AggregateFn::kCount ? FieldType::kInt64 : FieldType::kFloat64) << f.name;
+  }
+  EXPECT_EQ(t.resolution_of(t.aggregates.back()), 10);  // latency_mean_1s
+  EXPECT_EQ(t.lateness_ms(), 10'000);
+  EXPECT_EQ(t.dedup_ids(), 65'536u);
+  EXPECT_EQ(t.dedup_horizon(), 10'000);
+  EXPECT_EQ(tight_table().dedup_horizon(), 6000);
+  EXPECT_EQ(one_field_table().dedup_ids(), 0u);
+
+  AggregateFn fn{};
+  for (auto [text, want] : std::vector<std::pair<const char*, AggregateFn>>{{"count", AggregateFn::kCount},
+                                                                            {"avg", AggregateFn::kMean},
+                                                                            {"var", AggregateFn::kVariance},
+                                                                            {"std", AggregateFn::kStddev},
+                                                                            {"last", AggregateFn::kLast}}) {
+    EXPECT_TRUE(layout::parse_aggregate_fn(text, &fn)) << text;
+    EXPECT_EQ(fn, want) << text;
+  }
+  EXPECT_FALSE(layout::parse_aggregate_fn("median", &fn));
+
+  Harness h(t, "api", 0, {});
+  EXPECT_EQ(h.writer().source_index(0, "amount"), 0);  // order of first use
+  EXPECT_EQ(h.writer().source_index(0, "latency"), 1);
+  EXPECT_EQ(h.writer().source_index(0, "tag"), -1);
+  EXPECT_EQ(h.writer().source_index(0, ""), -1);
+  EXPECT_EQ(h.writer().source_index(5, "amount"), -1);
+  EXPECT_NE(event_id_hash(""), 0u);
+  EXPECT_NE(event_id_hash("x"), 0u);
+  EXPECT_NE(event_id_hash("x"), event_id_hash("y"));
+  // Unknown source index: kInvalid, nothing applied.
+  const SourceValue bad[] = {{7, 1.0}};
+  EXPECT_EQ(h.writer().apply(0, "k", kBaseMs, {}, bad, 0, ns(kBaseMs)), ApplyResult::kInvalid);
+  EXPECT_EQ(h.status("k"), Status::kNotFound);
+}
+
+}  // namespace
+}  // namespace larder
+
+int main(int argc, char** argv) {
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (a.starts_with("--seed=")) {
+      larder::aggregate_test::seed_flag = std::strtoull(argv[i] + 7, nullptr, 10);
+      continue;
+    }
+    args.push_back(argv[i]);
+  }
+  int n = static_cast<int>(args.size());
+  args.push_back(nullptr);
+  ::testing::InitGoogleTest(&n, args.data());
+  return RUN_ALL_TESTS();
+}
