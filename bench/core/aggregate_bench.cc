@@ -1,0 +1,975 @@
+// larder_bench_aggregates: the cost of windowed aggregates (docs/aggregates.md)
+// in the writer and in the reader, next to plain fields in the same run.
+//
+//   writer/<keys>/agg_*     Writer::apply of one event (4 plain float64 fields
+//                           and the source `amount`) to a table with sum, mean
+//                           and max of `amount` over 5 m, 1 h and 24 h at the
+//                           default resolutions (5 s, 1 min, 24 min): 9
+//                           aggregate outputs in 3 bucket rings. Event times
+//                           increase and the writer clock (apply_unix_ns)
+//                           moves with them, LARDER_AGG_EVENT_RATE events per
+//                           second of event time; `_ids` gives every event an
+//                           id (dedup on). Keys: random over all keys, or the
+//                           first 1,024 (hot1K).
+//   writer/<keys>/proto_agg_random_prefetch16
+//                           a candidate change, built here from the public
+//                           layout headers: agg_random with the home slot and
+//                           the state lines of the event 16 positions ahead
+//                           prefetched for writing (a stand-in for a batched
+//                           apply).
+//   writer/<keys>/plain_*   the baseline: Writer::upsert of the same 13 float64
+//                           fields (4 + 9 in place of the outputs) into a
+//                           table without aggregates, same keys, same row size.
+//   read/<keys>/typical/... Table::get and get_many(64) of `amount_sum_24h` in
+//                           the table above and of f12 in the baseline table
+//                           (same keys, 192-byte slots); the gets are chained
+//                           through a hash of the value read.
+//   refresh/<keys>/typical  Writer::refresh of the table above while the clock
+//                           moves 5 s per call, after every key was given 8
+//                           events spread over the last 24 h: refreshes/s is
+//                           keys rewritten per CPU second.
+//   read/<keys>/...         Table::get and get_many(64) of a float64 field
+//                           that is a sum over 24 h at 1-minute resolution
+//                           (1,440 buckets) and of a plain float64 field, two
+//                           tables with the same keys and the same 64-byte row.
+//                           Dependent gets: each key comes from the value just
+//                           read (the sum of the one event the key received).
+//   refresh/<keys>/24h_1min the refresh benchmark on the 24 h at 1-minute table.
+//   event_id_hash/36B       event_id_hash of a 36-byte id (a UUID's length).
+//
+// The run prints the aggregate state per slot and the segment size of the
+// configurations to stderr first, then a summary with the medians and ratios.
+// See docs/performance.md, "Aggregates".
+//
+// Knobs (environment, or the same as flags):
+//   LARDER_AGG_SIZES       --sizes=       keys of the writer and refresh runs (default 10K,1M)
+//   LARDER_AGG_READ_SIZES  --read_sizes=  keys of the read runs (default 10K,100K; a
+//                                         24 h @ 1 min sum keeps 34.6 KB of state per slot)
+//   LARDER_AGG_EVENT_RATE  --event_rate=  events per second of event time (default 1000000)
+//   LARDER_BENCH_DIR       --dir=         tmpfs directory of the segments (default /dev/shm)
+//   LARDER_BENCH_REPETITIONS --repetitions= runs of each benchmark (default 3); the
+//                                         summary uses the medians
+// --benchmark_filter= also skips building the segments no selected benchmark uses.
+#include <benchmark/benchmark.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <memory>
+#include <regex>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "bench_support.h"
+#include "larder/client.h"
+#include "larder/layout/schema.h"
+#include "larder/layout/segment_file.h"
+#include "larder/layout/table_view.h"
+#include "larder/layout/writer.h"
+
+namespace larder::bench {
+namespace {
+
+constexpr size_t kBatch = 64;
+constexpr uint64_t kHotKeys = 1024;
+constexpr int64_t kSecond = 1000, kMinute = 60 * kSecond, kHour = 60 * kMinute, kDay = 24 * kHour;
+constexpr int64_t kNsPerMs = 1'000'000;
+constexpr uint32_t kPlainFields = 4;  // f0..f3 of the aggregate table
+constexpr uint32_t kOutputs = 9;      // 3 functions x 3 windows
+// The sidecar runs Writer::refresh every 50 ms; the writer loops do too, by event time.
+constexpr int64_t kRefreshPeriodNs = 50 * kNsPerMs;
+// The refresh benchmark moves the clock by this much per Writer::refresh call.
+constexpr int64_t kRefreshStepMs = 5 * kSecond;
+
+uint64_t g_seed = 0xa66e5;
+
+// ---------------------------------------------------------------------------
+// options
+
+struct Options {
+  std::vector<uint64_t> sizes{10'000, 1'000'000};
+  std::vector<uint64_t> read_sizes{10'000, 100'000};
+  double event_rate = 1e6;
+  std::string dir = "/dev/shm";
+  std::string filter;
+  int repetitions = 3;
+};
+
+[[noreturn]] void usage_error(const std::string& what) {
+  std::fprintf(stderr, "larder_bench_aggregates: %s\n", what.c_str());
+  std::exit(2);
+}
+
+std::vector<uint64_t> parse_counts(std::string_view list, const char* what) {
+  std::vector<uint64_t> out;
+  for (std::string_view s : split(list, ',')) {
+    uint64_t v = 0;
+    if (!parse_count(s, &v)) usage_error(std::string("bad ") + what + " '" + std::string(s) + "'");
+    if (v < kBatch || v > UINT32_MAX) usage_error(std::string(what) + " out of range: " + std::string(s));
+    out.push_back(v);
+  }
+  return out;
+}
+
+// Takes our flags out of argv (Google Benchmark rejects unknown ones).
+Options parse_options(int* argc, char** argv) {
+  const std::pair<const char*, const char*> known[] = {{"--sizes=", "LARDER_AGG_SIZES"},
+                                                       {"--read_sizes=", "LARDER_AGG_READ_SIZES"},
+                                                       {"--event_rate=", "LARDER_AGG_EVENT_RATE"},
+                                                       {"--dir=", "LARDER_BENCH_DIR"},
+                                                       {"--repetitions=", "LARDER_BENCH_REPETITIONS"}};
+  std::map<std::string, std::string> given;
+  for (auto [flag, env] : known) {
+    if (const char* v = std::getenv(env)) given[env] = v;
+  }
+  int kept = 1;
+  for (int i = 1; i < *argc; ++i) {
+    const std::string a = argv[i];
+    bool ours = false;
+    for (auto [flag, env] : known) {
+      if (a.rfind(flag, 0) == 0) {
+        given[env] = a.substr(std::strlen(flag));
+        ours = true;
+      }
+    }
+    if (a.rfind("--benchmark_filter=", 0) == 0) given["filter"] = a.substr(19);
+    if (!ours) argv[kept++] = argv[i];
+  }
+  *argc = kept;
+
+  Options o;
+  if (given.count("LARDER_AGG_SIZES")) o.sizes = parse_counts(given["LARDER_AGG_SIZES"], "size");
+  if (given.count("LARDER_AGG_READ_SIZES")) o.read_sizes = parse_counts(given["LARDER_AGG_READ_SIZES"], "read size");
+  if (given.count("LARDER_AGG_EVENT_RATE")) {
+    o.event_rate = std::atof(given["LARDER_AGG_EVENT_RATE"].c_str());
+    if (!(o.event_rate >= 1 && o.event_rate <= 1e9)) usage_error("LARDER_AGG_EVENT_RATE must be in [1, 1e9]");
+  }
+  if (given.count("LARDER_BENCH_DIR")) o.dir = given["LARDER_BENCH_DIR"];
+  if (given.count("filter")) o.filter = given["filter"];
+  if (given.count("LARDER_BENCH_REPETITIONS"))
+    o.repetitions = std::max(1, std::atoi(given["LARDER_BENCH_REPETITIONS"].c_str()));
+  return o;
+}
+
+std::string count_label(uint64_t n) {
+  return n % 1'000'000 == 0 ? std::to_string(n / 1'000'000) + "M"
+         : n % 1'000 == 0   ? std::to_string(n / 1'000) + "K"
+                            : std::to_string(n);
+}
+
+// ---------------------------------------------------------------------------
+// schemas
+
+layout::TableSpec base_table(const char* name, uint64_t keys) {
+  layout::TableSpec t;
+  t.name = name;
+  t.key_max_len = kKeyMaxLen;
+  t.capacity = keys;
+  t.max_load_factor = 0.75;
+  return t;
+}
+
+void add_float_fields(layout::TableSpec& t, uint32_t from, uint32_t to) {
+  for (uint32_t f = from; f < to; ++f) {
+    std::string name = "f";
+    name += std::to_string(f);  // not "f" + ...: g++ 12 warns (-Wrestrict) on that
+    t.fields.push_back({name, layout::FieldType::kFloat64, 1});
+  }
+}
+
+struct WindowName {
+  const char* name;
+  int64_t ms;
+};
+constexpr WindowName kWindows[] = {{"5m", 5 * kMinute}, {"1h", kHour}, {"24h", kDay}};
+
+// `fns` of `amount` over 5 m, 1 h and 24 h at the default resolutions
+// (5 s, 1 min, 24 min: 60 buckets each, three rings).
+void add_three_windows(layout::TableSpec& t, std::initializer_list<layout::AggregateFn> fns) {
+  for (const WindowName& w : kWindows) {
+    for (layout::AggregateFn fn : fns) {
+      layout::AggregateSpec a;
+      a.name = std::string("amount_") + layout::aggregate_fn_name(fn) + "_" + w.name;
+      a.source = fn == layout::AggregateFn::kCount ? "" : "amount";
+      a.fn = fn;
+      a.window_ms = w.ms;
+      t.aggregates.push_back(a);
+    }
+  }
+}
+
+// The writer benchmarks' table: f0..f3, then sum, mean, max x 5m, 1h, 24h.
+layout::Schema typical_schema(uint64_t keys) {
+  layout::TableSpec t = base_table("events", keys);
+  add_float_fields(t, 0, kPlainFields);
+  add_three_windows(t, {layout::AggregateFn::kSum, layout::AggregateFn::kMean, layout::AggregateFn::kMax});
+  return {{t}};
+}
+
+// The baseline: the same row (13 float64 fields), no aggregates.
+layout::Schema plain_schema(uint64_t keys) {
+  layout::TableSpec t = base_table("events", keys);
+  add_float_fields(t, 0, kPlainFields + kOutputs);
+  return {{t}};
+}
+
+// 24 h at 1-minute resolution (1,440 buckets) of `source`, after plain fields f1..f7.
+layout::TableSpec day_by_minute_table(uint64_t keys, const char* source,
+                                      std::initializer_list<layout::AggregateFn> fns) {
+  layout::TableSpec t = base_table("events", keys);
+  add_float_fields(t, 1, 8);
+  for (layout::AggregateFn fn : fns) {
+    layout::AggregateSpec a;
+    a.name = std::string(source) + "_" + layout::aggregate_fn_name(fn) + "_24h";
+    a.source = source;
+    a.fn = fn;
+    a.window_ms = kDay;
+    a.resolution_ms = kMinute;
+    t.aggregates.push_back(a);
+  }
+  return t;
+}
+
+// The read benchmarks: f1..f7 and `next_sum_24h` (the chain's next index, as
+// the sum of the one event each key receives), 64-byte rows ...
+layout::Schema read_agg_schema(uint64_t keys) {
+  return {{day_by_minute_table(keys, "next", {layout::AggregateFn::kSum})}};
+}
+// ... and f0 (the next index), f1..f7: the same 64-byte row, plain.
+layout::Schema read_plain_schema(uint64_t keys) {
+  layout::TableSpec t = base_table("events", keys);
+  add_float_fields(t, 0, 8);
+  return {{t}};
+}
+
+// ---------------------------------------------------------------------------
+// memory per entity
+
+void print_memory(const Options& o) {
+  struct Config {
+    const char* name;
+    std::function<layout::TableSpec(uint64_t)> table;
+  };
+  using F = layout::AggregateFn;
+  const Config configs[] = {
+      {"plain: 13 float64 fields (baseline)", [](uint64_t k) { return plain_schema(k).tables[0]; }},
+      {"typical: sum,mean,max x 5m,1h,24h", [](uint64_t k) { return typical_schema(k).tables[0]; }},
+      {"count(all),sum,stddev x 5m,1h,24h",
+       [](uint64_t k) {
+         layout::TableSpec t = base_table("events", k);
+         add_float_fields(t, 0, kPlainFields);
+         add_three_windows(t, {F::kCount, F::kSum, F::kStddev});
+         return t;
+       }},
+      {"count(amount),sum,stddev x 5m,1h,24h",
+       [](uint64_t k) {
+         layout::TableSpec t = base_table("events", k);
+         add_float_fields(t, 0, kPlainFields);
+         add_three_windows(t, {F::kCount, F::kSum, F::kStddev});
+         for (layout::AggregateSpec& a : t.aggregates) a.source = "amount";  // the count shares the rings
+         return t;
+       }},
+      {"24h@1min: sum (the read table)", [](uint64_t k) { return read_agg_schema(k).tables[0]; }},
+      {"24h@1min: sum,mean,max",
+       [](uint64_t k) {
+         return day_by_minute_table(k, "amount", {F::kSum, F::kMean, F::kMax});
+       }},
+      {"24h@1min: count,sum,stddev",
+       [](uint64_t k) {
+         return day_by_minute_table(k, "amount", {F::kCount, F::kSum, F::kStddev});
+       }},
+  };
+  std::vector<uint64_t> caps = o.sizes;
+  if (std::find(caps.begin(), caps.end(), uint64_t{1'000'000}) == caps.end()) caps.push_back(1'000'000);
+  std::fprintf(stderr,
+               "# Memory per entity: segment bytes ~= slots x (slot_bytes + stride_words x 8) + dedup ids x 16,\n"
+               "# slots = ceil(capacity / max_load_factor), max_load_factor 0.75, 16-byte keys\n"
+               "# %-40s %9s %6s %11s %10s %10s %13s %13s %10s\n",
+               "config", "capacity", "slot B", "state B/slot", "slots", "dedup ids", "formula B", "segment B",
+               "B/entity");
+  for (const Config& c : configs) {
+    for (uint64_t cap : caps) {
+      layout::Schema s{{c.table(cap)}};
+      s.validate();
+      const layout::LayoutPlan plan = layout::plan_layout(s);
+      const layout::TablePlan& tp = plan.tables[0];
+      const uint64_t state = uint64_t{layout::plan_aggregates(s.tables[0]).stride_words} * 8;
+      const uint64_t dedup_ids = s.tables[0].dedup_ids();
+      const uint64_t formula = tp.slot_count * (tp.slot_bytes + state) + dedup_ids * 16;
+      std::fprintf(stderr, "# %-40s %9s %6u %11llu %10llu %10llu %13llu %13llu %10.0f\n", c.name,
+                   count_label(cap).c_str(), tp.slot_bytes, static_cast<unsigned long long>(state),
+                   static_cast<unsigned long long>(tp.slot_count), static_cast<unsigned long long>(dedup_ids),
+                   static_cast<unsigned long long>(formula), static_cast<unsigned long long>(plan.segment_bytes),
+                   static_cast<double>(formula) / static_cast<double>(cap));
+    }
+  }
+  std::fflush(stderr);
+}
+
+// ---------------------------------------------------------------------------
+// segments
+
+std::vector<std::string> g_segments;  // removed at exit, also after an error
+std::string g_dir;
+
+void remove_segments() {
+  for (const std::string& s : g_segments) Writer::remove_segment(s, g_dir);
+  g_segments.clear();
+}
+
+double seconds_since(uint64_t t0) { return static_cast<double>(now_ns() - t0) / 1e9; }
+
+// One segment with its writer and its own event-time stream: event times
+// (and the writer clock) only move forward, across every benchmark that uses
+// the segment.
+struct Store {
+  std::string name;
+  layout::Schema schema;
+  std::unique_ptr<Writer> w;
+  uint64_t keys = 0;
+  int64_t sim_ns = 0;   // event time and writer clock of the last event
+  int64_t step_ns = 1;  // event time between two events
+  int64_t next_refresh_ns = 0;
+  uint64_t events = 0;     // ids: 1, 2, ...
+  uint32_t source = 0;     // Writer::source_index of the aggregates' source
+  int64_t drained_ns = 0;  // refresh benchmark: every seeded window is empty after this
+
+  int64_t event_ms() const { return sim_ns / kNsPerMs; }
+  void tick() { sim_ns += step_ns; }
+};
+
+std::unique_ptr<Store> create_store(const Options& o, const std::string& tag, layout::Schema schema, uint64_t keys) {
+  auto st = std::make_unique<Store>();
+  st->name = "larder-aggbench-" + std::to_string(::getpid()) + "-" + tag;
+  st->schema = std::move(schema);
+  st->keys = keys;
+  st->step_ns = std::max<int64_t>(1, std::llround(1e9 / o.event_rate));
+  // Start at the wall clock, on a whole second.
+  st->sim_ns = now_unix_ms() / 1000 * 1000 * kNsPerMs;
+  st->next_refresh_ns = st->sim_ns + kRefreshPeriodNs;
+  WriterOptions wo;
+  wo.dir = o.dir;
+  Writer::remove_segment(st->name, o.dir);
+  g_segments.push_back(st->name);
+  st->w = Writer::open(st->name, st->schema, wo);
+  return st;
+}
+
+void drop_store(std::unique_ptr<Store>& st) {
+  if (!st) return;
+  st->w.reset();
+  Writer::remove_segment(st->name, g_dir);
+  g_segments.erase(std::remove(g_segments.begin(), g_segments.end(), st->name), g_segments.end());
+  st.reset();
+}
+
+void check_applied(ApplyResult r, const char* what, uint64_t i) {
+  if (r != ApplyResult::kApplied) {
+    throw std::runtime_error(std::string(what) + ": key " + key_string(i) + ": " + apply_result_name(r));
+  }
+}
+
+// The aggregate table, every key given one event.
+std::unique_ptr<Store> load_typical(const Options& o, uint64_t keys) {
+  auto st = create_store(o, "typical-" + count_label(keys), typical_schema(keys), keys);
+  const int src = st->w->source_index(0, "amount");
+  if (src < 0) throw std::runtime_error("no source 'amount'");
+  st->source = static_cast<uint32_t>(src);
+  const uint64_t t0 = now_ns();
+  KeyBuf key;
+  FieldValue values[kPlainFields];
+  for (uint64_t i = 0; i < keys; ++i) {
+    format_key(i, key);
+    for (uint32_t f = 0; f < kPlainFields; ++f) values[f] = FieldValue::float64(f, static_cast<double>(i + f));
+    const SourceValue sv{st->source, static_cast<double>(i % 100)};
+    st->tick();
+    check_applied(st->w->apply(0, key.view(), st->event_ms(), values, {&sv, 1}, 0, st->sim_ns), "loading", i);
+  }
+  std::printf("# typical %s: %llu keys loaded in %.1f s (%.2f M events/s, inserts), segment %.1f MB\n",
+              count_label(keys).c_str(), static_cast<unsigned long long>(keys), seconds_since(t0),
+              static_cast<double>(keys) / seconds_since(t0) / 1e6,
+              static_cast<double>(layout::plan_layout(st->schema).segment_bytes) / 1e6);
+  return st;
+}
+
+std::unique_ptr<Store> load_plain(const Options& o, uint64_t keys) {
+  auto st = create_store(o, "plain-" + count_label(keys), plain_schema(keys), keys);
+  KeyBuf key;
+  FieldValue values[kPlainFields + kOutputs];
+  for (uint64_t i = 0; i < keys; ++i) {
+    format_key(i, key);
+    for (uint32_t f = 0; f < kPlainFields + kOutputs; ++f)
+      values[f] = FieldValue::float64(f, static_cast<double>(i + f));
+    st->tick();
+    check_applied(st->w->upsert(0, key.view(), st->event_ms(), values, st->sim_ns), "loading plain", i);
+  }
+  return st;
+}
+
+// ---------------------------------------------------------------------------
+// writer loops
+
+// Prototype of a batched apply: the writer's own mapping, read through the
+// public layout headers, to prefetch (for writing) what an event for a key
+// will touch: the home slot, the slot header of its state block, every
+// group's header and windows, and the bucket the event time falls in.
+class AheadPrefetcher {
+ public:
+  explicit AheadPrefetcher(const Writer& w) : plan_(layout::plan_aggregates(w.schema().tables[0])) {
+    const auto& d = layout::table_descriptor(w.data(), 0);
+    geo_ = layout::table_geometry(w.data(), d);
+    state_ = reinterpret_cast<const char*>(w.data()) + d.state_offset;
+    stride_bytes_ = uint64_t{d.state_stride_words} * 8;
+  }
+  [[gnu::noinline]] void prefetch(uint64_t index, int64_t event_ms) const {
+    KeyBuf k;
+    format_key(index, k);
+    const uint64_t home = geo_.home(layout::hash_key(k.view(), geo_.hash_seed));
+    const char* s = reinterpret_cast<const char*>(geo_.slot(home));
+    for (size_t off = 0; off < size_t{geo_.slot_words} * 8; off += 64) __builtin_prefetch(s + off, 1, 3);
+    const char* b = state_ + home * stride_bytes_;
+    __builtin_prefetch(b, 1, 3);
+    for (const layout::AggregatePlan::Group& g : plan_.groups) {
+      const size_t hot = (layout::kAggregateGroupHeaderWords + layout::kAggregateWindowWords * g.windows.size()) * 8;
+      for (size_t off = 0; off < hot; off += 64) __builtin_prefetch(b + g.offset * 8 + off, 1, 3);
+      const int64_t bucket = event_ms / g.resolution_ms;  // event times are positive here
+      __builtin_prefetch(b + (g.ring_offset + (bucket % g.ring_buckets) * g.bucket_words) * 8, 1, 3);
+    }
+  }
+
+ private:
+  layout::AggregatePlan plan_;
+  layout::TableGeometry geo_;
+  const char* state_ = nullptr;
+  uint64_t stride_bytes_ = 0;
+};
+
+// One event per iteration: the 4 plain fields and the source, to a random
+// key of [0, key_range), event time one step after the previous event.
+void event_loop(benchmark::State& state, Store& st, uint64_t key_range, bool ids, bool prefetch_ahead = false) {
+  constexpr size_t kAhead = 16;
+  Writer& w = *st.w;
+  Rng rng(++g_seed);
+  KeyBuf key;
+  FieldValue values[kPlainFields];
+  SourceValue sv{st.source, 0};
+  uint64_t not_applied = 0;
+  std::unique_ptr<AheadPrefetcher> pf;
+  if (prefetch_ahead) pf = std::make_unique<AheadPrefetcher>(w);
+  uint64_t ring[kAhead];
+  for (size_t j = 0; j < kAhead; ++j) {
+    ring[j] = rng.below(key_range);
+    if (pf) pf->prefetch(ring[j], (st.sim_ns + static_cast<int64_t>(j + 1) * st.step_ns) / kNsPerMs);
+  }
+  uint64_t at = 0;
+  for (auto _ : state) {
+    const uint64_t i = ring[at];
+    ring[at] = rng.below(key_range);
+    if (pf) pf->prefetch(ring[at], (st.sim_ns + static_cast<int64_t>(kAhead + 1) * st.step_ns) / kNsPerMs);
+    at = (at + 1) % kAhead;
+    format_key(i, key);
+    const uint64_t n = ++st.events;
+    st.tick();
+    const double amount = 1.0 + static_cast<double>(n % 1000) * 0.25;
+    for (uint32_t f = 0; f < kPlainFields; ++f) values[f] = FieldValue::float64(f, amount + f);
+    sv.value = amount;
+    not_applied +=
+        w.apply(0, key.view(), st.event_ms(), values, {&sv, 1}, ids ? n : 0, st.sim_ns) != ApplyResult::kApplied;
+    if (st.sim_ns >= st.next_refresh_ns) {
+      w.refresh(st.sim_ns);
+      st.next_refresh_ns += kRefreshPeriodNs;
+    }
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()));
+  const WriterStats ws = w.stats(0);
+  state.counters["dedup_evictions"] = static_cast<double>(ws.dedup_evictions);
+  state.counters["refreshes"] = static_cast<double>(ws.refreshes);
+  if (not_applied != 0) state.SkipWithError("some events were not applied");
+}
+
+// The baseline: upsert of all 13 fields of a random key of [0, key_range).
+void upsert_loop(benchmark::State& state, Store& st, uint64_t key_range) {
+  Writer& w = *st.w;
+  Rng rng(++g_seed);
+  KeyBuf key;
+  FieldValue values[kPlainFields + kOutputs];
+  uint64_t not_applied = 0;
+  for (auto _ : state) {
+    const uint64_t i = rng.below(key_range);
+    format_key(i, key);
+    const uint64_t n = ++st.events;
+    st.tick();
+    const double amount = 1.0 + static_cast<double>(n % 1000) * 0.25;
+    for (uint32_t f = 0; f < kPlainFields + kOutputs; ++f) values[f] = FieldValue::float64(f, amount + f);
+    not_applied += w.upsert(0, key.view(), st.event_ms(), values, st.sim_ns) != ApplyResult::kApplied;
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()));
+  if (not_applied != 0) state.SkipWithError("some upserts were not applied");
+}
+
+// ---------------------------------------------------------------------------
+// refresh
+
+// Gives every key 8 events at the current clock: 2 in the last 5 minutes, 2
+// in the hour before, 4 in the rest of the last 24 h, so that as the clock
+// moves each key loses buckets from every window until they are all empty.
+void seed_history(Store& st) {
+  constexpr struct {
+    int64_t lo, hi;
+    int n;
+  } kSpans[] = {{0, 5 * kMinute, 2}, {5 * kMinute, kHour, 2}, {kHour, kDay - 2 * kMinute, 4}};
+  Rng rng(++g_seed);
+  KeyBuf key;
+  const int64_t now_ms = st.event_ms();
+  for (uint64_t i = 0; i < st.keys; ++i) {
+    format_key(i, key);
+    for (const auto& sp : kSpans) {
+      for (int e = 0; e < sp.n; ++e) {
+        const SourceValue sv{st.source, static_cast<double>(rng.below(1000))};
+        const int64_t t = now_ms - sp.lo - static_cast<int64_t>(rng.below(static_cast<uint64_t>(sp.hi - sp.lo)));
+        check_applied(st.w->apply(0, key.view(), t, {}, {&sv, 1}, 0, st.sim_ns), "seeding", i);
+      }
+    }
+  }
+  // The last bucket of the 24 h window (24 min, or 1 min) leaves it by then.
+  st.drained_ns = st.sim_ns + (kDay + kHour) * kNsPerMs;
+}
+
+void refresh_loop(benchmark::State& state, Store& st) {
+  Writer& w = *st.w;
+  uint64_t refreshed = 0, calls = 0, seeds = 0;
+  if (st.drained_ns <= st.sim_ns) seed_history(st);
+  for (auto _ : state) {
+    st.sim_ns += kRefreshStepMs * kNsPerMs;
+    if (st.sim_ns > st.drained_ns) {
+      state.PauseTiming();
+      seed_history(st);
+      ++seeds;
+      state.ResumeTiming();
+    }
+    refreshed += w.refresh(st.sim_ns);
+    ++calls;
+  }
+  st.next_refresh_ns = st.sim_ns + kRefreshPeriodNs;
+  state.SetItemsProcessed(static_cast<int64_t>(refreshed));
+  state.counters["keys_per_call"] = calls ? static_cast<double>(refreshed) / static_cast<double>(calls) : 0;
+  state.counters["ns_per_refresh"] =
+      benchmark::Counter(static_cast<double>(refreshed), benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["reseeds"] = static_cast<double>(seeds);
+  // (Short estimation runs may fall between two bucket boundaries.)
+  if (refreshed == 0 && calls >= 100'000) state.SkipWithError("nothing was refreshed");
+}
+
+// ---------------------------------------------------------------------------
+// read loops (as in larder_bench_core)
+
+// Dependent chain: the key of each get comes from the row the previous get
+// returned. Each get is timed on its own (TSC) for p50/p99; the benchmark
+// time is the mean including that timer overhead.
+template <class ReadNext>
+void dependent_loop(benchmark::State& state, uint64_t keys, ReadNext read_next) {
+  LatencySamples samples;
+  Rng rng(++g_seed);
+  uint64_t idx = rng.below(keys);
+  uint64_t misses = 0;
+  KeyBuf key;
+  for (auto _ : state) {
+    const uint64_t t0 = tsc_begin();
+    format_key(idx, key);
+    const uint64_t next = read_next(key.view());
+    const uint64_t t1 = tsc_end();
+    samples.add(t1 - t0);
+    if (next >= keys) {
+      ++misses;
+      idx = rng.below(keys);
+    } else {
+      idx = next;
+    }
+  }
+  state.counters["p50_ns"] = samples.percentile_ns(0.50);
+  state.counters["p99_ns"] = samples.percentile_ns(0.99);
+  state.counters["misses"] = static_cast<double>(misses);
+  if (misses != 0) state.SkipWithError("some gets did not find their key or value");
+}
+
+// Batches of 64 random keys; per-key cost = time / 64.
+template <class ReadBatch>
+void batch_loop(benchmark::State& state, uint64_t keys, ReadBatch read_batch) {
+  Rng rng(++g_seed);
+  KeyBuf key_bufs[kBatch];
+  std::string_view views[kBatch];
+  uint64_t misses = 0;
+  double acc = 0;
+  for (auto _ : state) {
+    for (size_t i = 0; i < kBatch; ++i) {
+      format_key(rng.below(keys), key_bufs[i]);
+      views[i] = key_bufs[i].view();
+    }
+    misses += read_batch(std::span<std::string_view>(views, kBatch), &acc);
+  }
+  benchmark::DoNotOptimize(acc);
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * kBatch));
+  state.counters["ns_per_key"] = benchmark::Counter(static_cast<double>(state.iterations() * kBatch),
+                                                    benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  if (misses != 0) state.SkipWithError("some keys of a batch were not found");
+}
+
+uint64_t next_of(double v) { return v >= 0 && v < 4294967296.0 ? static_cast<uint64_t>(v) : UINT64_MAX; }
+
+struct ReadSet {
+  Segment seg;
+  Table table;
+  Field field;
+};
+
+ReadSet open_reader(const Options& o, const Store& st, const char* field) {
+  ClientOptions co;
+  co.dir = o.dir;
+  ReadSet r;
+  r.seg = Segment::open(st.name, co);
+  r.table = r.seg.table("events");
+  r.field = r.table.field(field, FieldType::kFloat64);
+  return r;
+}
+
+void read_dependent(benchmark::State& state, const ReadSet& r, uint64_t keys) {
+  Row row = r.table.make_row();
+  dependent_loop(state, keys, [&](std::string_view key) -> uint64_t {
+    return r.table.get(key, row).ok() && row.valid(r.field) ? next_of(row.f64(r.field)) : UINT64_MAX;
+  });
+}
+
+void read_many(benchmark::State& state, const ReadSet& r, uint64_t keys) {
+  RowBatch batch = r.table.make_batch(kBatch);
+  ReadResult results[kBatch];
+  batch_loop(state, keys, [&](std::span<std::string_view> ks, double* acc) -> uint64_t {
+    r.table.get_many(ks, batch, results);
+    uint64_t missing = 0;
+    for (size_t i = 0; i < kBatch; ++i) {
+      missing += !results[i].ok();
+      *acc += batch.row(i).f64(r.field);
+    }
+    return missing;
+  });
+}
+
+// Gets made dependent by the value read, whatever it holds: the next key is a
+// hash of the previous choice and the field's bits (the writer tables, whose
+// fields do not hold a chain).
+void read_chained(benchmark::State& state, const ReadSet& r, uint64_t keys) {
+  Row row = r.table.make_row();
+  uint64_t x = 0x243f6a8885a308d3ull;
+  dependent_loop(state, keys, [&](std::string_view key) -> uint64_t {
+    if (!r.table.get(key, row).ok()) return UINT64_MAX;
+    x = (x ^ std::bit_cast<uint64_t>(row.f64(r.field))) * 0x9E3779B97F4A7C15ull + 0x632be59bd9b4e019ull;
+    x ^= x >> 29;
+    __extension__ using u128 = unsigned __int128;
+    return static_cast<uint64_t>((static_cast<u128>(x) * keys) >> 64);
+  });
+}
+
+// ---------------------------------------------------------------------------
+// results
+
+struct Result {
+  double ns = 0;  // CPU time per iteration
+  std::map<std::string, double> counters;
+};
+
+class RecordingReporter : public benchmark::ConsoleReporter {
+ public:
+  RecordingReporter() : ConsoleReporter(::isatty(STDOUT_FILENO) ? OO_Defaults : OO_Tabular) {}
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& r : runs) {
+      if (r.error_occurred) continue;
+      if (r.run_type == Run::RT_Aggregate && r.aggregate_name != "median") continue;
+      Result res;
+      res.ns = r.GetAdjustedCPUTime();
+      for (const auto& [name, c] : r.counters) res.counters[name] = c.value;
+      results[r.run_name.function_name] = res;
+    }
+  }
+  std::map<std::string, Result> results;
+};
+
+class Phase {
+ public:
+  Phase(const Options& o, RecordingReporter& rep)
+      : filter_(o.filter.empty() ? ".*" : o.filter), rep_(rep), repetitions_(o.repetitions) {}
+  bool wanted(const std::string& name) const { return std::regex_search(name, filter_); }
+  bool wanted_any(std::initializer_list<std::string> names) const {
+    for (const std::string& n : names) {
+      if (wanted(n)) return true;
+    }
+    return false;
+  }
+  void add(const std::string& name, std::function<void(benchmark::State&)> fn) {
+    if (!wanted(name)) return;
+    auto* b =
+        benchmark::RegisterBenchmark(name.c_str(), [fn](benchmark::State& s) { fn(s); })->Unit(benchmark::kNanosecond);
+    if (repetitions_ > 1) b->Repetitions(repetitions_)->DisplayAggregatesOnly(true);
+    ++count_;
+  }
+  void run() {
+    if (count_ > 0) benchmark::RunSpecifiedBenchmarks(&rep_);
+    benchmark::ClearRegisteredBenchmarks();
+    count_ = 0;
+  }
+
+ private:
+  std::regex filter_;
+  RecordingReporter& rep_;
+  int repetitions_ = 1;
+  int count_ = 0;
+};
+
+// ---------------------------------------------------------------------------
+// phases
+
+void run_writer(const Options& o, RecordingReporter& rep, uint64_t keys) {
+  Phase phase(o, rep);
+  const std::string p = "writer/" + count_label(keys) + "/";
+  const std::string rp = "refresh/" + count_label(keys) + "/typical";
+  const std::string q0 = "read/" + count_label(keys) + "/typical/";
+  const bool want_reads = phase.wanted_any({q0 + "plain_f12/get_chained", q0 + "agg_sum_24h/get_chained",
+                                            q0 + "plain_f12/get_many64", q0 + "agg_sum_24h/get_many64"});
+  const bool want_agg = want_reads || phase.wanted_any({p + "agg_random", p + "agg_random_ids", p + "agg_hot1K",
+                                                        p + "agg_hot1K_ids", p + "proto_agg_random_prefetch16", rp});
+  const bool want_plain = want_reads || phase.wanted_any({p + "plain_random", p + "plain_hot1K"});
+  if (!want_agg && !want_plain) return;
+  std::unique_ptr<Store> agg, plain;
+  if (want_agg) agg = load_typical(o, keys);
+  if (want_plain) plain = load_plain(o, keys);
+  const uint64_t hot = std::min(keys, kHotKeys);
+  if (plain) {
+    phase.add(p + "plain_random", [&](benchmark::State& s) { upsert_loop(s, *plain, keys); });
+    phase.add(p + "plain_hot1K", [&](benchmark::State& s) { upsert_loop(s, *plain, hot); });
+  }
+  if (agg) {
+    phase.add(p + "agg_random", [&](benchmark::State& s) { event_loop(s, *agg, keys, false); });
+    phase.add(p + "agg_random_ids", [&](benchmark::State& s) { event_loop(s, *agg, keys, true); });
+    phase.add(p + "agg_hot1K", [&](benchmark::State& s) { event_loop(s, *agg, hot, false); });
+    phase.add(p + "agg_hot1K_ids", [&](benchmark::State& s) { event_loop(s, *agg, hot, true); });
+    phase.add(p + "proto_agg_random_prefetch16", [&](benchmark::State& s) { event_loop(s, *agg, keys, false, true); });
+  }
+  phase.run();
+  // Reads of an aggregate output and of a plain field of the same slot size,
+  // same keys: the two tables above.
+  const std::string q = "read/" + count_label(keys) + "/typical/";
+  if (agg && plain) {
+    ReadSet ra = open_reader(o, *agg, "amount_sum_24h"), rplain = open_reader(o, *plain, "f12");
+    phase.add(q + "plain_f12/get_chained", [&](benchmark::State& s) { read_chained(s, rplain, keys); });
+    phase.add(q + "agg_sum_24h/get_chained", [&](benchmark::State& s) { read_chained(s, ra, keys); });
+    phase.add(q + "plain_f12/get_many64", [&](benchmark::State& s) { read_many(s, rplain, keys); });
+    phase.add(q + "agg_sum_24h/get_many64", [&](benchmark::State& s) { read_many(s, ra, keys); });
+    phase.run();
+  }
+  drop_store(plain);
+  if (agg && phase.wanted(rp)) {
+    phase.add(rp, [&](benchmark::State& s) { refresh_loop(s, *agg); });
+    phase.run();
+  }
+  drop_store(agg);
+}
+
+void run_reads(const Options& o, RecordingReporter& rep, uint64_t keys) {
+  Phase phase(o, rep);
+  const std::string p = "read/" + count_label(keys) + "/";
+  const std::string rp = "refresh/" + count_label(keys) + "/24h_1min";
+  const bool want_plain = phase.wanted_any({p + "plain/get_dependent", p + "plain/get_many64"});
+  const bool want_agg = phase.wanted_any({p + "agg24h_1min/get_dependent", p + "agg24h_1min/get_many64", rp});
+  if (!want_plain && !want_agg) return;
+  const std::vector<uint32_t> chain = make_chain(keys, 42);
+  std::unique_ptr<Store> plain, agg;
+  KeyBuf key;
+  if (want_plain) {
+    plain = create_store(o, "read-plain-" + count_label(keys), read_plain_schema(keys), keys);
+    std::vector<double> row(8);
+    FieldValue values[8];
+    for (uint64_t i = 0; i < keys; ++i) {
+      fill_row(i, chain[i], 8, row.data());
+      for (uint32_t f = 0; f < 8; ++f) values[f] = FieldValue::float64(f, row[f]);
+      format_key(i, key);
+      plain->tick();
+      check_applied(plain->w->upsert(0, key.view(), plain->event_ms(), values, plain->sim_ns), "loading", i);
+    }
+  }
+  if (want_agg) {
+    const uint64_t t0 = now_ns();
+    agg = create_store(o, "read-agg-" + count_label(keys), read_agg_schema(keys), keys);
+    agg->source = static_cast<uint32_t>(agg->w->source_index(0, "next"));
+    std::vector<double> row(8);
+    FieldValue values[7];
+    for (uint64_t i = 0; i < keys; ++i) {
+      fill_row(i, chain[i], 8, row.data());
+      for (uint32_t f = 1; f < 8; ++f) values[f - 1] = FieldValue::float64(f - 1, row[f]);  // f1..f7 are fields 0..6
+      const SourceValue sv{agg->source, static_cast<double>(chain[i])};
+      format_key(i, key);
+      agg->tick();
+      check_applied(agg->w->apply(0, key.view(), agg->event_ms(), values, {&sv, 1}, 0, agg->sim_ns), "loading", i);
+    }
+    std::printf("# read %s: 24h@1min table loaded in %.1f s, segment %.1f MB\n", count_label(keys).c_str(),
+                seconds_since(t0), static_cast<double>(layout::plan_layout(agg->schema).segment_bytes) / 1e6);
+  }
+  {
+    std::unique_ptr<ReadSet> rplain, ragg;
+    if (plain) rplain = std::make_unique<ReadSet>(open_reader(o, *plain, "f0"));
+    if (agg) {
+      ragg = std::make_unique<ReadSet>(open_reader(o, *agg, "next_sum_24h"));
+      // The aggregate field holds the chain: check one key before timing.
+      Row row = ragg->table.make_row();
+      format_key(7, key);
+      if (!ragg->table.get(key.view(), row).ok() || row.f64(ragg->field) != static_cast<double>(chain[7]))
+        throw std::runtime_error("read table: next_sum_24h does not hold the chain");
+    }
+    if (rplain) phase.add(p + "plain/get_dependent", [&](benchmark::State& s) { read_dependent(s, *rplain, keys); });
+    if (ragg) phase.add(p + "agg24h_1min/get_dependent", [&](benchmark::State& s) { read_dependent(s, *ragg, keys); });
+    if (rplain) phase.add(p + "plain/get_many64", [&](benchmark::State& s) { read_many(s, *rplain, keys); });
+    if (ragg) phase.add(p + "agg24h_1min/get_many64", [&](benchmark::State& s) { read_many(s, *ragg, keys); });
+    phase.run();
+  }
+  drop_store(plain);
+  if (agg && phase.wanted(rp)) {
+    phase.add(rp, [&](benchmark::State& s) { refresh_loop(s, *agg); });
+    phase.run();
+  }
+  drop_store(agg);
+}
+
+void run_misc(const Options& o, RecordingReporter& rep) {
+  Phase phase(o, rep);
+  phase.add("event_id_hash/36B", [](benchmark::State& s) {
+    std::string id = "3f2a9c1e-8b7d-4e6f-a5c4-0d1e2f3a4b5c";
+    uint64_t acc = 0, n = 0;
+    for (auto _ : s) {
+      id[35] = static_cast<char>('0' + (++n & 7));
+      acc += event_id_hash(id);
+    }
+    benchmark::DoNotOptimize(acc);
+    s.SetItemsProcessed(static_cast<int64_t>(s.iterations()));
+  });
+  phase.run();
+}
+
+// ---------------------------------------------------------------------------
+// summary
+
+void print_summary(const Options& o, const std::map<std::string, Result>& r) {
+  auto find = [&](const std::string& name) -> const Result* {
+    auto it = r.find(name);
+    return it == r.end() ? nullptr : &it->second;
+  };
+  auto counter = [](const Result* x, const char* c) -> double {
+    if (x == nullptr) return NAN;
+    auto it = x->counters.find(c);
+    return it == x->counters.end() ? NAN : it->second;
+  };
+  auto ns = [](const Result* x) { return x == nullptr ? NAN : x->ns; };
+  auto verdict = [](double v, bool met) { return std::isnan(v) ? "-" : met ? "met" : "MISSED"; };
+
+  std::printf("\n==== Summary (medians of %d repetitions; CPU time of the measuring thread) ====\n", o.repetitions);
+  std::printf("event time moves %.0f events per second; writer clock = event time\n", o.event_rate);
+  for (uint64_t keys : o.sizes) {
+    const std::string p = "writer/" + count_label(keys) + "/";
+    std::printf("\nwriter, %s keys                    ns/event   M events/s   / plain upsert   target >= 2 M/s\n",
+                count_label(keys).c_str());
+    const Result* pr = find(p + "plain_random");
+    const Result* ph = find(p + "plain_hot1K");
+    auto row = [&](const char* what, const Result* x, const Result* base) {
+      if (x == nullptr) return;
+      const double rate = 1e3 / ns(x);
+      std::printf("  %-34s %8.1f %12.3f %16.2f   %s\n", what, ns(x), rate, ns(base) / ns(x),
+                  base == x ? "" : verdict(rate, rate >= 2.0));
+    };
+    row("plain upsert, random keys", pr, pr);
+    row("plain upsert, 1K hot keys", ph, ph);
+    row("agg event, random keys", find(p + "agg_random"), pr);
+    row("agg event, random keys, ids", find(p + "agg_random_ids"), pr);
+    row("agg event, 1K hot keys", find(p + "agg_hot1K"), ph);
+    row("agg event, 1K hot keys, ids", find(p + "agg_hot1K_ids"), ph);
+    row("proto: agg random, prefetch 16", find(p + "proto_agg_random_prefetch16"), pr);
+    {
+      const std::string q = "read/" + count_label(keys) + "/typical/";
+      const Result* pc = find(q + "plain_f12/get_chained");
+      const Result* ac = find(q + "agg_sum_24h/get_chained");
+      const Result* pm = find(q + "plain_f12/get_many64");
+      const Result* am = find(q + "agg_sum_24h/get_many64");
+      if (pc && ac) {
+        std::printf(
+            "  reads of these tables (192-byte slots), chained get mean/p50 ns: plain f12 %.1f/%.1f, "
+            "sum_24h %.1f/%.1f (ratio %.2f/%.2f)\n",
+            ns(pc), counter(pc, "p50_ns"), ns(ac), counter(ac, "p50_ns"), ns(ac) / ns(pc),
+            counter(ac, "p50_ns") / counter(pc, "p50_ns"));
+      }
+      if (pm && am) {
+        std::printf("  get_many64 per key: plain f12 %.1f, sum_24h %.1f (ratio %.2f)\n", ns(pm) / kBatch,
+                    ns(am) / kBatch, ns(am) / ns(pm));
+      }
+    }
+    if (const Result* x = find("refresh/" + count_label(keys) + "/typical")) {
+      std::printf("  %-34s %8.1f %12.3f   (M refreshes/s, %.0f keys per call)\n", "refresh, typical config",
+                  1e9 / counter(x, "items_per_second"), counter(x, "items_per_second") / 1e6,
+                  counter(x, "keys_per_call"));
+    }
+  }
+  for (uint64_t keys : o.read_sizes) {
+    const std::string p = "read/" + count_label(keys) + "/";
+    const Result* pd = find(p + "plain/get_dependent");
+    const Result* ad = find(p + "agg24h_1min/get_dependent");
+    const Result* pm = find(p + "plain/get_many64");
+    const Result* am = find(p + "agg24h_1min/get_many64");
+    std::printf("\nreads, %s keys, 64-byte rows          mean ns   p50 ns   p99 ns\n", count_label(keys).c_str());
+    auto row = [&](const char* what, const Result* x, double div) {
+      if (x == nullptr) return;
+      std::printf("  %-36s %8.1f %8.1f %8.1f\n", what, ns(x) / div, counter(x, "p50_ns"), counter(x, "p99_ns"));
+    };
+    row("plain float64, get dependent", pd, 1);
+    row("24h@1min sum, get dependent", ad, 1);
+    row("plain float64, get_many64 per key", pm, kBatch);
+    row("24h@1min sum, get_many64 per key", am, kBatch);
+    const double r1 = counter(ad, "p50_ns") / counter(pd, "p50_ns"), r1m = ns(ad) / ns(pd), r2 = ns(am) / ns(pm);
+    std::printf("  %-36s %8.2f   target <= 2   %s\n", "agg / plain, dependent get (p50)", r1, verdict(r1, r1 <= 2));
+    std::printf("  %-36s %8.2f   target <= 2   %s\n", "agg / plain, dependent get (mean)", r1m, verdict(r1m, r1m <= 2));
+    std::printf("  %-36s %8.2f   target <= 2   %s\n", "agg / plain, get_many64 per key", r2, verdict(r2, r2 <= 2));
+    if (const Result* x = find("refresh/" + count_label(keys) + "/24h_1min")) {
+      std::printf("  refresh, 24h@1min sum: %.1f ns per key (%.3f M refreshes/s, %.0f keys per call)\n",
+                  1e9 / counter(x, "items_per_second"), counter(x, "items_per_second") / 1e6,
+                  counter(x, "keys_per_call"));
+    }
+  }
+  if (const Result* x = find("event_id_hash/36B")) std::printf("\nevent_id_hash of a 36-byte id: %.1f ns\n", ns(x));
+}
+
+}  // namespace
+}  // namespace larder::bench
+
+int main(int argc, char** argv) {
+  using namespace larder::bench;
+  Options o = parse_options(&argc, argv);
+  g_dir = o.dir;
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  int rc = 0;
+  RecordingReporter reporter;
+  try {
+    print_memory(o);
+    run_misc(o, reporter);
+    for (uint64_t keys : o.sizes) run_writer(o, reporter, keys);
+    for (uint64_t keys : o.read_sizes) run_reads(o, reporter, keys);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "larder_bench_aggregates: %s\n", e.what());
+    rc = 1;
+  }
+  remove_segments();
+  print_summary(o, reporter.results);
+  benchmark::Shutdown();
+  return rc;
+}
