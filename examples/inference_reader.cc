@@ -2,6 +2,11 @@
 //
 //   larder-inference-reader --segment larder-demo [--dir /dev/shm]
 //                           [--users N] [--items N] [--max-age-ms MS]
+//                           [--watch SECONDS [--watch-key KEY]]
+//
+// --watch prints one user's rolling features (the sidecar's windowed
+// aggregates) once a second for SECONDS: they rise while events stream in
+// and decay once they stop, with no new event needed.
 //
 // It does what a model server does per request: resolve tables and fields
 // once at start-up, then for each request look up the user's row and a batch
@@ -18,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -28,11 +34,14 @@ struct Options {
   int users = 5;
   int items = 8;
   int64_t max_age_ms = 0;
+  int watch_seconds = 0;
+  std::string watch_key = "u000000";
 };
 
 void usage(const char* argv0) {
   std::fprintf(stderr,
                "usage: %s [--segment NAME] [--dir DIR] [--users N] [--items N] [--max-age-ms MS]\n"
+               "          [--watch SECONDS [--watch-key KEY]]\n"
                "Reads users and candidate items from a Larder segment and scores them.\n",
                argv0);
 }
@@ -53,6 +62,10 @@ bool parse(int argc, char** argv, Options* o) {
       o->items = std::atoi(v);
     } else if (a == "--max-age-ms" && (v = value())) {
       o->max_age_ms = std::atoll(v);
+    } else if (a == "--watch" && (v = value())) {
+      o->watch_seconds = std::atoi(v);
+    } else if (a == "--watch-key" && (v = value())) {
+      o->watch_key = v;
     } else {
       std::fprintf(stderr, "unknown or incomplete argument: %s\n", a.c_str());
       return false;
@@ -77,6 +90,44 @@ std::string key(char prefix, int width, int i) {
   return b;
 }
 
+// The row's aggregate fields as "name=value" pairs ("-" for an empty window).
+std::string rolling_text(const larder::Table& t, const larder::RowView& row) {
+  std::string out;
+  for (const larder::Field& f : t.fields()) {
+    if (!f.aggregate) continue;
+    char b[96];
+    if (!row.valid(f)) {
+      std::snprintf(b, sizeof b, " %.*s=-", static_cast<int>(f.name.size()), f.name.data());
+    } else if (f.type == larder::FieldType::kInt64) {
+      std::snprintf(b, sizeof b, " %.*s=%lld", static_cast<int>(f.name.size()), f.name.data(),
+                    static_cast<long long>(row.i64(f)));
+    } else {
+      std::snprintf(b, sizeof b, " %.*s=%.2f", static_cast<int>(f.name.size()), f.name.data(), row.as_f64(f));
+    }
+    out += b;
+  }
+  return out;
+}
+
+// --watch: one user's rolling features, once a second.
+int watch(const larder::Segment& seg, const larder::Table& users, const Options& opt) {
+  larder::Row row = users.make_row();
+  std::printf("rolling features of %s, once a second for %d s (the writer %s):\n", opt.watch_key.c_str(),
+              opt.watch_seconds, seg.writer_alive() ? "is alive" : "is NOT alive");
+  const auto start = std::chrono::steady_clock::now();
+  for (int s = 0; s <= opt.watch_seconds; ++s) {
+    std::this_thread::sleep_until(start + std::chrono::seconds(s));
+    const larder::ReadResult r = users.get(opt.watch_key, row);
+    if (!r.found()) {
+      std::printf("  t=%2ds %s: %s\n", s, opt.watch_key.c_str(), larder::status_name(r.status));
+      continue;
+    }
+    std::printf("  t=%2ds last event %-8s ago:%s\n", s, age_text(r.age_ms()).c_str(), rolling_text(users, row).c_str());
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -98,6 +149,8 @@ int main(int argc, char** argv) {
     const larder::Field price = items.field("price", larder::FieldType::kFloat64);
     const larder::Field ctr = items.field("ctr", larder::FieldType::kFloat32);
     const larder::Field category = items.field("category", larder::FieldType::kString);
+
+    if (opt.watch_seconds > 0) return watch(seg, users, opt);
 
     const larder::SegmentInfo info = seg.info();
     std::printf("segment %s: writer pid %llu %s (heartbeat %lld ms ago), %llu updates applied\n", opt.segment.c_str(),
@@ -136,6 +189,9 @@ int main(int argc, char** argv) {
                   static_cast<long long>(user_row.i64(clicks)), user_row.f64(spend),
                   user_row.valid(premium) ? (user_row.boolean(premium) ? "yes" : "no") : "?",
                   static_cast<int>(user_row.string(country).size()), user_row.string(country).data(), std::sqrt(norm));
+      if (const std::string rolling = rolling_text(users, user_row); !rolling.empty()) {
+        std::printf("    rolling:%s\n", rolling.c_str());
+      }
       // The model: p(click) = sigmoid(w . x + b) over user and item features.
       for (int i = 0; i < opt.items; ++i) {
         const larder::ReadResult& r = item_results[static_cast<size_t>(i)];

@@ -11,7 +11,9 @@
 //
 // Tables and fields it writes (examples/demo.yaml declares them):
 //   users  clicks_1h int64, spend_usd float64, is_premium bool,
-//          country string(8), embedding float32[--embedding-dims]
+//          country string(8), embedding float32[--embedding-dims];
+//          and raw events the sidecar aggregates: "click": 1 with every
+//          click, "amount": the price with every purchase
 //   items  price float64, ctr float32, category string(16)
 // Each update carries a unique "id" and an "event_time" that is the wall
 // clock in ms, made strictly increasing per key so that last-write-wins
@@ -320,6 +322,8 @@ class FeatureStream {
       it.impressions = std::max(it.impressions, it.clicks);
       field_name(f, "clicks_1h");
       append_number(f, clicks_1h(u, now));
+      field_name(f, "click");  // the raw event: the sidecar's rolling counts fold it
+      append_number(f, 1);
       emit("users", user_key(ui), std::move(f));
       std::string g;
       field_name(g, "ctr");
@@ -334,6 +338,8 @@ class FeatureStream {
       u.spend_usd = std::round((u.spend_usd + it.price) * 100) / 100;
       field_name(f, "spend_usd");
       append_number(f, u.spend_usd);
+      field_name(f, "amount");  // the raw event: the sidecar's rolling spend folds it
+      append_number(f, it.price);
       if (!u.is_premium && u.spend_usd > 500) {  // big spenders get premium
         u.is_premium = true;
         field_name(f, "is_premium");

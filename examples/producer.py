@@ -15,7 +15,9 @@ the URL is used only when that variable is unset.
 
 Tables and fields it writes (examples/demo.yaml declares them):
     users  clicks_1h int64, spend_usd float64, is_premium bool,
-           country string(8), embedding float32[--embedding-dims]
+           country string(8), embedding float32[--embedding-dims];
+           and raw events the sidecar aggregates: "click": 1 with every
+           click, "amount": the price with every purchase
     items  price float64, ctr float32, category string(16)
 
 Every update carries a unique "id" and an "event_time" in wall-clock ms,
@@ -148,14 +150,16 @@ class FeatureStream:
             user["clicks"].append(now)
             item["clicks"] += 1
             item["impressions"] = max(item["impressions"], item["clicks"])
-            self._emit("users", ukey, {"clicks_1h": self._clicks_1h(user, now)})
+            # "click": the raw event the sidecar's rolling counts fold.
+            self._emit("users", ukey, {"clicks_1h": self._clicks_1h(user, now), "click": 1})
             self._emit("items", ikey, {"ctr": self._ctr(item)})
         elif r < 0.60:  # impressions served: the CTR drifts down
             item["impressions"] += 20 + int(180 * self.rng.random())
             self._emit("items", ikey, {"ctr": self._ctr(item)})
         elif r < 0.70:  # purchase
             user["spend_usd"] = round(user["spend_usd"] + item["price"], 2)
-            fields = {"spend_usd": user["spend_usd"]}
+            # "amount": the raw event the sidecar's rolling spend folds.
+            fields = {"spend_usd": user["spend_usd"], "amount": item["price"]}
             if not user["is_premium"] and user["spend_usd"] > 500:
                 user["is_premium"] = fields["is_premium"] = True
             self._emit("users", ukey, fields)

@@ -9,7 +9,9 @@
 # sidecar with examples/demo.yaml, publishes a realistic stream of feature
 # updates with the C++ producer (then a short one with the Python producer),
 # waits until the sidecar has applied them, runs the inference reader, which
-# prints features with their age, shows `larderctl info` of the segment, and
+# prints features with their age, streams raw events for 10 s while the
+# reader shows one user's rolling features rise and decay, shows
+# `larderctl info` of the segment, and
 # then stops everything it started:
 # the sidecar (SIGTERM), the broker, and the segment /dev/shm/larder-demo
 # (with its writer lock file).
@@ -203,6 +205,18 @@ step "inference reader"
 
 step "the same features in Python (NumPy batch into a logistic regression)"
 LARDER_BUILD_DIR="$BUILD" /usr/bin/python3 examples/inference.py --segment "$SEGMENT" --dir "${shm_dir:-/dev/shm}"
+
+step "rolling features, live: 10 s of events for a few users, then silence"
+# The sidecar folds raw events ("click", "amount") into windowed aggregates;
+# the reader polls one user's row once a second. clicks_10s and spend_10s
+# climb while the producer runs and fall back to 0 (and "-", an empty
+# window) about 10 s after it stops: the sidecar refreshes them as buckets
+# leave the window, with no new event.
+"$PRODUCER" --url "$LARDER_TEST_AMQP_URL" --exchange features --users 20 --items 50 \
+  --count 2000 --batch 1 --rate 200 --seed "$((seed + 2))" --print 0 >"$LOGS/producer-live.log" 2>&1 &
+producer_pid=$!
+"$READER" --segment "$SEGMENT" --dir "${shm_dir:-/dev/shm}" --watch 22 --watch-key u000000
+wait "$producer_pid" || die "the live producer failed (log: $LOGS/producer-live.log)"
 
 step "what an operator sees: larderctl info $SEGMENT"
 "$LARDERCTL" --dir "${shm_dir:-/dev/shm}" info "$SEGMENT"

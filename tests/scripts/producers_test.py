@@ -28,8 +28,9 @@ except ImportError:
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIMS = 16
+# Fields, and the raw event values the demo's aggregates fold ("click", "amount").
 USERS_FIELDS = {"clicks_1h": int, "spend_usd": float, "is_premium": bool, "country": str,
-                "embedding": list}
+                "embedding": list, "click": int, "amount": float}
 ITEMS_FIELDS = {"price": float, "ctr": float, "category": str}
 MAX_LEN = {"country": 8, "category": 16}
 
