@@ -193,8 +193,13 @@ def _patch(path, offset, fmt, value):
 
 
 def test_version_mismatch_names_both_versions(demo):
-    _patch(os.path.join(demo, "demo"), 8, "<I", 2)  # SegmentHeader.layout_version
-    with pytest.raises(larder.VersionMismatchError, match="v2.*v1|upgrade") as e:
+    path = os.path.join(demo, "demo")
+    with open(path, "rb") as f:
+        f.seek(8)  # SegmentHeader.layout_version
+        (version,) = struct.unpack("<I", f.read(4))
+    _patch(path, 8, "<I", version + 1)
+    with pytest.raises(larder.VersionMismatchError,
+                       match="v%d.*v%d.*upgrade the client" % (version + 1, version)) as e:
         larder.open("demo", demo)
     assert e.value.code == 4 and e.value.message
 
@@ -229,7 +234,7 @@ def test_permission_denied_is_a_permission_error(demo):
 def test_segment_info(demo):
     with larder.open("demo", demo) as seg:
         info = seg.info()
-        assert info["layout_version"] == 1 and info["state"] == 1
+        assert info["layout_version"] == 2 and info["state"] == 1
         assert info["writer_pid"] == 0  # the writer tool has exited
         assert not seg.writer_alive()
     with pytest.raises(larder.InvalidArgumentError, match="closed"):
