@@ -573,6 +573,7 @@ void Writer::Impl::attach() {
       for (const AggregatePlan::Group& g : ts.agg.plan.groups) {
         const auto it = std::find(ts.agg.plan.sources.begin(), ts.agg.plan.sources.end(), g.source);
         ts.agg.group_source.push_back(g.source.empty() ? -1 : static_cast<int>(it - ts.agg.plan.sources.begin()));
+        ts.agg.counts_every_event |= g.source.empty();
       }
     }
     tables.push_back(std::move(ts));
@@ -917,7 +918,14 @@ ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key,
   // Fields follow last write wins; aggregates take any event within the
   // allowed lateness.
   const bool fields_fresh = !live || event_time_ms >= row_time;
-  const bool late = event_time_ms <= clock - ts.agg.lateness_ms;
+  // Only an event that carries aggregate input can be late: a count without
+  // a source counts every event.
+  const bool aggregate_input = !sources.empty() || ts.agg.counts_every_event;
+  if (!aggregate_input && !fields_fresh) {
+    bump(c.stale_ignored);
+    return ApplyResult::kStale;
+  }
+  const bool late = aggregate_input && event_time_ms <= clock - ts.agg.lateness_ms;
   if (late && !(fields_fresh && !values.empty())) {
     bump(ac.late_dropped);
     return ApplyResult::kLate;
