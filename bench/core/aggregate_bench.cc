@@ -570,35 +570,6 @@ void refresh_loop(benchmark::State& state, Store& st) {
 // ---------------------------------------------------------------------------
 // read loops (as in larder_bench_core)
 
-// Dependent chain: the key of each get comes from the row the previous get
-// returned. Each get is timed on its own (TSC) for p50/p99; the benchmark
-// time is the mean including that timer overhead.
-template <class ReadNext>
-void dependent_loop(benchmark::State& state, uint64_t keys, ReadNext read_next) {
-  LatencySamples samples;
-  Rng rng(++g_seed);
-  uint64_t idx = rng.below(keys);
-  uint64_t misses = 0;
-  KeyBuf key;
-  for (auto _ : state) {
-    const uint64_t t0 = tsc_begin();
-    format_key(idx, key);
-    const uint64_t next = read_next(key.view());
-    const uint64_t t1 = tsc_end();
-    samples.add(t1 - t0);
-    if (next >= keys) {
-      ++misses;
-      idx = rng.below(keys);
-    } else {
-      idx = next;
-    }
-  }
-  state.counters["p50_ns"] = samples.percentile_ns(0.50);
-  state.counters["p99_ns"] = samples.percentile_ns(0.99);
-  state.counters["misses"] = static_cast<double>(misses);
-  if (misses != 0) state.SkipWithError("some gets did not find their key or value");
-}
-
 // Batches of 64 random keys; per-key cost = time / 64.
 template <class ReadBatch>
 void batch_loop(benchmark::State& state, uint64_t keys, ReadBatch read_batch) {
@@ -641,7 +612,7 @@ ReadSet open_reader(const Options& o, const Store& st, const char* field) {
 
 void read_dependent(benchmark::State& state, const ReadSet& r, uint64_t keys) {
   Row row = r.table.make_row();
-  dependent_loop(state, keys, [&](std::string_view key) -> uint64_t {
+  dependent_loop(state, keys, ++g_seed, [&](std::string_view key) -> uint64_t {
     return r.table.get(key, row).ok() && row.valid(r.field) ? next_of(row.f64(r.field)) : UINT64_MAX;
   });
 }
@@ -666,7 +637,7 @@ void read_many(benchmark::State& state, const ReadSet& r, uint64_t keys) {
 void read_chained(benchmark::State& state, const ReadSet& r, uint64_t keys) {
   Row row = r.table.make_row();
   uint64_t x = 0x243f6a8885a308d3ull;
-  dependent_loop(state, keys, [&](std::string_view key) -> uint64_t {
+  dependent_loop(state, keys, ++g_seed, [&](std::string_view key) -> uint64_t {
     if (!r.table.get(key, row).ok()) return UINT64_MAX;
     x = (x ^ std::bit_cast<uint64_t>(row.f64(r.field))) * 0x9E3779B97F4A7C15ull + 0x632be59bd9b4e019ull;
     x ^= x >> 29;

@@ -6,6 +6,7 @@
 // so the figures compare the stores and nothing else.
 #pragma once
 
+#include <benchmark/benchmark.h>
 #include <x86intrin.h>
 
 #include <algorithm>
@@ -138,6 +139,38 @@ class LatencySamples {
  private:
   std::vector<uint32_t> ticks_;
 };
+
+// Dependent chain: the key of each get comes from the row the previous get
+// returned (read_next returns that key's index, or >= keys for a miss). Each
+// get is timed on its own (TSC, serialised at both ends) for p50/p99/p99.9;
+// the benchmark time is the mean including that timer overhead, which every
+// store measured this way pays alike.
+template <class ReadNext>
+void dependent_loop(benchmark::State& state, uint64_t keys, uint64_t seed, ReadNext read_next) {
+  LatencySamples samples;
+  Rng rng(seed);
+  uint64_t idx = rng.below(keys);  // a fresh starting point: no warm prefix
+  uint64_t misses = 0;
+  KeyBuf key;
+  for (auto _ : state) {
+    const uint64_t t0 = tsc_begin();
+    format_key(idx, key);
+    const uint64_t next = read_next(key.view());
+    const uint64_t t1 = tsc_end();
+    samples.add(t1 - t0);
+    if (next >= keys) {
+      ++misses;
+      idx = rng.below(keys);
+    } else {
+      idx = next;
+    }
+  }
+  state.counters["p50_ns"] = samples.percentile_ns(0.50);
+  state.counters["p99_ns"] = samples.percentile_ns(0.99);
+  state.counters["p999_ns"] = samples.percentile_ns(0.999);
+  state.counters["misses"] = static_cast<double>(misses);
+  if (misses != 0) state.SkipWithError("some gets did not find their key or value");
+}
 
 // --- sizes ------------------------------------------------------------------
 

@@ -282,37 +282,6 @@ void load_lmdb(Dataset& d) {
 
 uint64_t g_seed = 0x1a2de5;
 
-// Dependent chain: the key of each get comes from the row the previous get
-// returned. Each get is timed on its own (TSC, serialised at both ends) for
-// p50/p99; the benchmark time is the mean including that timer overhead,
-// which the floor pays too.
-template <class ReadNext>
-void dependent_loop(benchmark::State& state, uint64_t keys, ReadNext read_next) {
-  LatencySamples samples;
-  Rng rng(++g_seed);
-  uint64_t idx = rng.below(keys);  // a fresh starting point: no warm prefix
-  uint64_t misses = 0;
-  KeyBuf key;
-  for (auto _ : state) {
-    const uint64_t t0 = tsc_begin();
-    format_key(idx, key);
-    const uint64_t next = read_next(key.view());
-    const uint64_t t1 = tsc_end();
-    samples.add(t1 - t0);
-    if (next >= keys) {
-      ++misses;
-      idx = rng.below(keys);
-    } else {
-      idx = next;
-    }
-  }
-  state.counters["p50_ns"] = samples.percentile_ns(0.50);
-  state.counters["p99_ns"] = samples.percentile_ns(0.99);
-  state.counters["p999_ns"] = samples.percentile_ns(0.999);
-  state.counters["misses"] = static_cast<double>(misses);
-  if (misses != 0) state.SkipWithError("some gets did not find their key");
-}
-
 // Independent gets: random keys that do not depend on earlier results, so the
 // CPU may overlap their cache misses. Throughput.
 template <class Read>
@@ -353,7 +322,7 @@ uint64_t next_of(double v) { return static_cast<uint64_t>(v); }
 // Larder reads, used alone (phase A) and under the writer (phase B).
 void larder_dependent(benchmark::State& state, Dataset& d) {
   Row row = d.table.make_row();
-  dependent_loop(state, d.cfg.keys, [&](std::string_view key) -> uint64_t {
+  dependent_loop(state, d.cfg.keys, ++g_seed, [&](std::string_view key) -> uint64_t {
     return d.table.get(key, row).ok() ? next_of(row.f64(d.next_field)) : UINT64_MAX;
   });
 }
@@ -656,7 +625,7 @@ void run_config(const Config& cfg, const Options& o, RecordingReporter& rep) {
   auto as_next = [](uint64_t word) { return next_of(std::bit_cast<double>(word)); };
   if (d.floor) {
     phase.add(p + "floor/get_dependent", [&](benchmark::State& s) {
-      dependent_loop(s, cfg.keys, [&](std::string_view k) {
+      dependent_loop(s, cfg.keys, ++g_seed, [&](std::string_view k) {
         return d.floor->get(k, row_buf.data()) ? as_next(row_buf[0]) : UINT64_MAX;
       });
     });
@@ -666,7 +635,7 @@ void run_config(const Config& cfg, const Options& o, RecordingReporter& rep) {
     phase.add(
         p + "redis/get_dependent",
         [&](benchmark::State& s) {
-          dependent_loop(s, d.baseline_keys, [&](std::string_view k) {
+          dependent_loop(s, d.baseline_keys, ++g_seed, [&](std::string_view k) {
             return d.redis->get(k, row_buf.data(), cfg.row_bytes) ? as_next(row_buf[0]) : UINT64_MAX;
           });
         },
@@ -674,7 +643,7 @@ void run_config(const Config& cfg, const Options& o, RecordingReporter& rep) {
   }
   if (d.lmdb && d.lmdb->available()) {
     phase.add(p + "lmdb/get_dependent", [&](benchmark::State& s) {
-      dependent_loop(s, d.baseline_keys, [&](std::string_view k) {
+      dependent_loop(s, d.baseline_keys, ++g_seed, [&](std::string_view k) {
         return d.lmdb->get(k, row_buf.data(), cfg.row_bytes) ? as_next(row_buf[0]) : UINT64_MAX;
       });
     });
@@ -708,7 +677,7 @@ void run_config(const Config& cfg, const Options& o, RecordingReporter& rep) {
       // Field 0 is the first row word: after event time, apply time, key
       // length, validity and key words.
       const size_t next_at = proto->row_words() - cfg.fields();
-      dependent_loop(s, cfg.keys, [&](std::string_view k) {
+      dependent_loop(s, cfg.keys, ++g_seed, [&](std::string_view k) {
         return proto->get(k, row.data()) ? as_next(row[next_at]) : UINT64_MAX;
       });
     });
