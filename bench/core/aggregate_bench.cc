@@ -647,66 +647,10 @@ void read_chained(benchmark::State& state, const ReadSet& r, uint64_t keys) {
 }
 
 // ---------------------------------------------------------------------------
-// results
-
-struct Result {
-  double ns = 0;  // CPU time per iteration
-  std::map<std::string, double> counters;
-};
-
-class RecordingReporter : public benchmark::ConsoleReporter {
- public:
-  RecordingReporter() : ConsoleReporter(::isatty(STDOUT_FILENO) ? OO_Defaults : OO_Tabular) {}
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& r : runs) {
-      if (r.error_occurred) continue;
-      if (r.run_type == Run::RT_Aggregate && r.aggregate_name != "median") continue;
-      Result res;
-      res.ns = r.GetAdjustedCPUTime();
-      for (const auto& [name, c] : r.counters) res.counters[name] = c.value;
-      results[r.run_name.function_name] = res;
-    }
-  }
-  std::map<std::string, Result> results;
-};
-
-class Phase {
- public:
-  Phase(const Options& o, RecordingReporter& rep)
-      : filter_(o.filter.empty() ? ".*" : o.filter), rep_(rep), repetitions_(o.repetitions) {}
-  bool wanted(const std::string& name) const { return std::regex_search(name, filter_); }
-  bool wanted_any(std::initializer_list<std::string> names) const {
-    for (const std::string& n : names) {
-      if (wanted(n)) return true;
-    }
-    return false;
-  }
-  void add(const std::string& name, std::function<void(benchmark::State&)> fn) {
-    if (!wanted(name)) return;
-    auto* b =
-        benchmark::RegisterBenchmark(name.c_str(), [fn](benchmark::State& s) { fn(s); })->Unit(benchmark::kNanosecond);
-    if (repetitions_ > 1) b->Repetitions(repetitions_)->DisplayAggregatesOnly(true);
-    ++count_;
-  }
-  void run() {
-    if (count_ > 0) benchmark::RunSpecifiedBenchmarks(&rep_);
-    benchmark::ClearRegisteredBenchmarks();
-    count_ = 0;
-  }
-
- private:
-  std::regex filter_;
-  RecordingReporter& rep_;
-  int repetitions_ = 1;
-  int count_ = 0;
-};
-
-// ---------------------------------------------------------------------------
-// phases
+// phases (Phase and RecordingReporter are in bench_support.h)
 
 void run_writer(const Options& o, RecordingReporter& rep, uint64_t keys) {
-  Phase phase(o, rep);
+  Phase phase(o.filter, o.repetitions, rep);
   const std::string p = "writer/" + count_label(keys) + "/";
   const std::string rp = "refresh/" + count_label(keys) + "/typical";
   const std::string q0 = "read/" + count_label(keys) + "/typical/";
@@ -752,7 +696,7 @@ void run_writer(const Options& o, RecordingReporter& rep, uint64_t keys) {
 }
 
 void run_reads(const Options& o, RecordingReporter& rep, uint64_t keys) {
-  Phase phase(o, rep);
+  Phase phase(o.filter, o.repetitions, rep);
   const std::string p = "read/" + count_label(keys) + "/";
   const std::string rp = "refresh/" + count_label(keys) + "/24h_1min";
   const bool want_plain = phase.wanted_any({p + "plain/get_dependent", p + "plain/get_many64"});
@@ -816,7 +760,7 @@ void run_reads(const Options& o, RecordingReporter& rep, uint64_t keys) {
 }
 
 void run_misc(const Options& o, RecordingReporter& rep) {
-  Phase phase(o, rep);
+  Phase phase(o.filter, o.repetitions, rep);
   phase.add("event_id_hash/36B", [](benchmark::State& s) {
     std::string id = "3f2a9c1e-8b7d-4e6f-a5c4-0d1e2f3a4b5c";
     uint64_t acc = 0, n = 0;

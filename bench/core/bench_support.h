@@ -7,6 +7,7 @@
 #pragma once
 
 #include <benchmark/benchmark.h>
+#include <unistd.h>
 #include <x86intrin.h>
 
 #include <algorithm>
@@ -14,6 +15,9 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <functional>
+#include <map>
+#include <regex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -171,6 +175,70 @@ void dependent_loop(benchmark::State& state, uint64_t keys, uint64_t seed, ReadN
   state.counters["misses"] = static_cast<double>(misses);
   if (misses != 0) state.SkipWithError("some gets did not find their key or value");
 }
+
+// --- results and phases -----------------------------------------------------
+
+struct Result {
+  double ns = 0;  // CPU time per iteration (the median run with repetitions)
+  std::map<std::string, double> counters;
+};
+
+// The console reporter, keeping every run (or the median of repeated runs)
+// for the summary a binary prints at the end.
+class RecordingReporter : public benchmark::ConsoleReporter {
+ public:
+  RecordingReporter() : ConsoleReporter(::isatty(STDOUT_FILENO) ? OO_Defaults : OO_Tabular) {}
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& r : runs) {
+      if (r.error_occurred) continue;
+      if (r.run_type == Run::RT_Aggregate && r.aggregate_name != "median") continue;
+      Result res;
+      res.ns = r.GetAdjustedCPUTime();  // ns; CPU time of the measuring thread
+      for (const auto& [name, c] : r.counters) res.counters[name] = c.value;
+      results[r.run_name.function_name] = res;
+    }
+  }
+  std::map<std::string, Result> results;
+};
+
+// Benchmarks registered and run together, while the data they read exists;
+// `filter` (a regex, "" for all) skips the others.
+class Phase {
+ public:
+  Phase(const std::string& filter, int repetitions, RecordingReporter& rep)
+      : filter_(filter.empty() ? ".*" : filter), rep_(rep), repetitions_(repetitions) {}
+  bool wanted(const std::string& name) const { return std::regex_search(name, filter_); }
+  bool wanted_any(std::initializer_list<std::string> names) const {
+    for (const std::string& n : names) {
+      if (wanted(n)) return true;
+    }
+    return false;
+  }
+  // wall: time the benchmark by the wall clock (for a server on the other
+  // side of a socket, where the client thread mostly waits); otherwise the
+  // CPU time of the measuring thread, which a busy shared machine disturbs
+  // less.
+  void add(const std::string& name, std::function<void(benchmark::State&)> fn, bool wall = false) {
+    if (!wanted(name)) return;
+    auto* b =
+        benchmark::RegisterBenchmark(name.c_str(), [fn](benchmark::State& s) { fn(s); })->Unit(benchmark::kNanosecond);
+    if (repetitions_ > 1) b->Repetitions(repetitions_)->DisplayAggregatesOnly(true);
+    if (wall) b->UseRealTime();
+    ++count_;
+  }
+  void run() {
+    if (count_ > 0) benchmark::RunSpecifiedBenchmarks(&rep_);
+    benchmark::ClearRegisteredBenchmarks();
+    count_ = 0;
+  }
+
+ private:
+  std::regex filter_;
+  RecordingReporter& rep_;
+  int repetitions_ = 1;
+  int count_ = 0;
+};
 
 // --- sizes ------------------------------------------------------------------
 

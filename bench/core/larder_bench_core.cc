@@ -481,64 +481,6 @@ void upsert_loop(benchmark::State& state, Dataset& d, Writer& w, const UpsertOpt
 }
 
 // ---------------------------------------------------------------------------
-// results: a reporter that also keeps every run for the summary
-
-struct Result {
-  double ns = 0;  // mean CPU time per iteration
-  std::map<std::string, double> counters;
-};
-
-class RecordingReporter : public benchmark::ConsoleReporter {
- public:
-  RecordingReporter() : ConsoleReporter(::isatty(STDOUT_FILENO) ? OO_Defaults : OO_Tabular) {}
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& r : runs) {
-      if (r.error_occurred) continue;
-      if (r.run_type == Run::RT_Aggregate && r.aggregate_name != "median") continue;
-      Result res;
-      res.ns = r.GetAdjustedCPUTime();  // ns; CPU time of the measuring thread
-      for (const auto& [name, c] : r.counters) res.counters[name] = c.value;
-      results[r.run_name.function_name] = res;
-    }
-  }
-  std::map<std::string, Result> results;
-};
-
-// ---------------------------------------------------------------------------
-// phases
-
-class Phase {
- public:
-  Phase(const Options& o, RecordingReporter& rep)
-      : filter_(o.filter.empty() ? ".*" : o.filter), rep_(rep), repetitions_(o.repetitions) {}
-  bool wanted(const std::string& name) const { return std::regex_search(name, filter_); }
-  // wall: time the benchmark by the wall clock (for a server on the other
-  // side of a socket, where the client thread mostly waits); otherwise the
-  // CPU time of the measuring thread, which a busy shared machine disturbs
-  // less.
-  void add(const std::string& name, std::function<void(benchmark::State&)> fn, bool wall = false) {
-    if (!wanted(name)) return;
-    auto* b =
-        benchmark::RegisterBenchmark(name.c_str(), [fn](benchmark::State& s) { fn(s); })->Unit(benchmark::kNanosecond);
-    if (repetitions_ > 1) b->Repetitions(repetitions_)->DisplayAggregatesOnly(true);
-    if (wall) b->UseRealTime();
-    ++count_;
-  }
-  void run() {
-    if (count_ > 0) benchmark::RunSpecifiedBenchmarks(&rep_);
-    benchmark::ClearRegisteredBenchmarks();
-    count_ = 0;
-  }
-
- private:
-  std::regex filter_;
-  RecordingReporter& rep_;
-  int repetitions_ = 1;
-  int count_ = 0;
-};
-
-// ---------------------------------------------------------------------------
 // platform: what the memory system allows, before any table is involved
 
 // Random 64-byte lines of a 1 GiB buffer, read as a dependent chain (one
@@ -546,7 +488,7 @@ class Phase {
 // the core and its page walkers allow), on 4 KiB pages and on transparent
 // huge pages. The tables' figures cannot beat these.
 void run_platform(const Options& o, RecordingReporter& rep) {
-  Phase phase(o, rep);
+  Phase phase(o.filter, o.repetitions, rep);
   const char* names[] = {"platform/4KiB/load_dependent", "platform/4KiB/load_independent",
                          "platform/THP/load_dependent", "platform/THP/load_independent"};
   bool any = false;
@@ -593,7 +535,7 @@ void run_config(const Config& cfg, const Options& o, RecordingReporter& rep) {
   d.cfg = cfg;
   d.baseline_keys = std::min(cfg.keys, o.baseline_keys);
   const std::string p = cfg.label() + "/";
-  Phase phase(o, rep);
+  Phase phase(o.filter, o.repetitions, rep);
   auto wanted_any = [&](std::initializer_list<const char*> names) {
     for (const char* n : names) {
       if (phase.wanted(p + n)) return true;
