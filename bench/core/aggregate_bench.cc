@@ -120,29 +120,12 @@ std::vector<uint64_t> parse_counts(std::string_view list, const char* what) {
 
 // Takes our flags out of argv (Google Benchmark rejects unknown ones).
 Options parse_options(int* argc, char** argv) {
-  const std::pair<const char*, const char*> known[] = {{"--sizes=", "LARDER_AGG_SIZES"},
-                                                       {"--read_sizes=", "LARDER_AGG_READ_SIZES"},
-                                                       {"--event_rate=", "LARDER_AGG_EVENT_RATE"},
-                                                       {"--dir=", "LARDER_BENCH_DIR"},
-                                                       {"--repetitions=", "LARDER_BENCH_REPETITIONS"}};
-  std::map<std::string, std::string> given;
-  for (auto [flag, env] : known) {
-    if (const char* v = std::getenv(env)) given[env] = v;
-  }
-  int kept = 1;
-  for (int i = 1; i < *argc; ++i) {
-    const std::string a = argv[i];
-    bool ours = false;
-    for (auto [flag, env] : known) {
-      if (a.rfind(flag, 0) == 0) {
-        given[env] = a.substr(std::strlen(flag));
-        ours = true;
-      }
-    }
-    if (a.rfind("--benchmark_filter=", 0) == 0) given["filter"] = a.substr(19);
-    if (!ours) argv[kept++] = argv[i];
-  }
-  *argc = kept;
+  std::map<std::string, std::string> given = take_settings(argc, argv,
+                                                           {{"--sizes=", "LARDER_AGG_SIZES"},
+                                                            {"--read_sizes=", "LARDER_AGG_READ_SIZES"},
+                                                            {"--event_rate=", "LARDER_AGG_EVENT_RATE"},
+                                                            {"--dir=", "LARDER_BENCH_DIR"},
+                                                            {"--repetitions=", "LARDER_BENCH_REPETITIONS"}});
 
   Options o;
   if (given.count("LARDER_AGG_SIZES")) o.sizes = parse_counts(given["LARDER_AGG_SIZES"], "size");

@@ -13,9 +13,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <regex>
 #include <string>
@@ -174,6 +176,35 @@ void dependent_loop(benchmark::State& state, uint64_t keys, uint64_t seed, ReadN
   state.counters["p999_ns"] = samples.percentile_ns(0.999);
   state.counters["misses"] = static_cast<double>(misses);
   if (misses != 0) state.SkipWithError("some gets did not find their key or value");
+}
+
+// --- settings ----------------------------------------------------------------
+
+// A benchmark binary's settings: each `--flag=value` of `flags` overrides the
+// environment variable it names. Takes those flags out of argv (Google
+// Benchmark rejects unknown ones) and records --benchmark_filter= (which it
+// leaves for Google Benchmark) as "filter". Keyed by variable name.
+inline std::map<std::string, std::string> take_settings(
+    int* argc, char** argv, std::initializer_list<std::pair<const char*, const char*>> flags) {
+  std::map<std::string, std::string> given;
+  for (auto [flag, env] : flags) {
+    if (const char* v = std::getenv(env)) given[env] = v;
+  }
+  int kept = 1;
+  for (int i = 1; i < *argc; ++i) {
+    const std::string a = argv[i];
+    bool ours = false;
+    for (auto [flag, env] : flags) {
+      if (a.rfind(flag, 0) == 0) {
+        given[env] = a.substr(std::strlen(flag));
+        ours = true;
+      }
+    }
+    if (a.rfind("--benchmark_filter=", 0) == 0) given["filter"] = a.substr(19);
+    if (!ours) argv[kept++] = argv[i];
+  }
+  *argc = kept;
+  return given;
 }
 
 // --- results and phases -----------------------------------------------------

@@ -88,32 +88,14 @@ std::vector<uint64_t> parse_counts(std::string_view list, const char* what) {
 
 // Takes our flags out of argv (Google Benchmark rejects unknown ones).
 Options parse_options(int* argc, char** argv) {
-  std::map<std::string, std::string> given;
-  for (const char* env :
-       {"LARDER_BENCH_CONFIGS", "LARDER_BENCH_SIZES", "LARDER_BENCH_ROWS", "LARDER_BENCH_BASELINE_KEYS",
-        "LARDER_BENCH_WRITER_RATE", "LARDER_BENCH_DIR", "LARDER_BENCH_REPETITIONS"}) {
-    if (const char* v = std::getenv(env)) given[env] = v;
-  }
-  int kept = 1;
-  for (int i = 1; i < *argc; ++i) {
-    const std::string a = argv[i];
-    bool ours = false;
-    for (auto [flag, env] : {std::pair{"--configs=", "LARDER_BENCH_CONFIGS"},
-                             {"--sizes=", "LARDER_BENCH_SIZES"},
-                             {"--rows=", "LARDER_BENCH_ROWS"},
-                             {"--baseline_keys=", "LARDER_BENCH_BASELINE_KEYS"},
-                             {"--writer_rate=", "LARDER_BENCH_WRITER_RATE"},
-                             {"--dir=", "LARDER_BENCH_DIR"},
-                             {"--repetitions=", "LARDER_BENCH_REPETITIONS"}}) {
-      if (a.rfind(flag, 0) == 0) {
-        given[env] = a.substr(std::strlen(flag));
-        ours = true;
-      }
-    }
-    if (a.rfind("--benchmark_filter=", 0) == 0) given["filter"] = a.substr(19);
-    if (!ours) argv[kept++] = argv[i];
-  }
-  *argc = kept;
+  std::map<std::string, std::string> given = take_settings(argc, argv,
+                                                           {{"--configs=", "LARDER_BENCH_CONFIGS"},
+                                                            {"--sizes=", "LARDER_BENCH_SIZES"},
+                                                            {"--rows=", "LARDER_BENCH_ROWS"},
+                                                            {"--baseline_keys=", "LARDER_BENCH_BASELINE_KEYS"},
+                                                            {"--writer_rate=", "LARDER_BENCH_WRITER_RATE"},
+                                                            {"--dir=", "LARDER_BENCH_DIR"},
+                                                            {"--repetitions=", "LARDER_BENCH_REPETITIONS"}});
 
   Options o;
   if (given.count("LARDER_BENCH_SIZES") || given.count("LARDER_BENCH_ROWS")) {
