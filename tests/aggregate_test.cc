@@ -27,7 +27,7 @@
 #include "larder/client.h"
 #include "larder/layout/error.h"
 #include "larder/layout/schema.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 #include "support/aggregate_reference.h"
 #include "support/process.h"
 #include "support/test_segment.h"

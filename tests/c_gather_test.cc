@@ -10,7 +10,7 @@
 
 #include "larder/client.h"
 #include "larder/larder.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 #include "support/test_segment.h"
 
 namespace larder {

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "larder/layout/segment_file.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 #include "support/test_segment.h"
 
 #ifndef LARDERCTL_PATH

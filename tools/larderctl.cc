@@ -16,9 +16,7 @@
 // config; 3 the segment cannot be opened (missing, permission, version,
 // corrupt header).
 #include <dirent.h>
-#include <linux/magic.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
@@ -90,12 +88,6 @@ std::string number(double v) {
   if (!std::isfinite(v)) return "null";
   char b[32];
   std::snprintf(b, sizeof b, "%.17g", v);
-  return b;
-}
-
-std::string hex64(uint64_t v) {
-  char b[20];
-  std::snprintf(b, sizeof b, "%016" PRIx64, v);
   return b;
 }
 
@@ -683,8 +675,8 @@ int cmd_watch(const Globals& g, const std::string& name, double interval_s, int 
 // size: what a sidecar config needs, before any segment exists.
 
 // The writer refuses to create a segment unless the directory has this much
-// free space beyond the segment (kSpaceMargin in shm_layout/src/writer.cc).
-constexpr uint64_t kWriterFreeMargin = uint64_t{1} << 20;
+// free space beyond the segment.
+constexpr uint64_t kWriterFreeMargin = kSegmentFreeMargin;
 // Headroom on top: the lock file, file-system metadata, and rounding by
 // tools (kubelet, du) that measure the volume.
 constexpr uint64_t kHeadroomPercent = 10;
@@ -742,16 +734,15 @@ struct DirCheck {
 
 DirCheck check_dir(const std::string& dir, const std::string& segment, uint64_t need) {
   DirCheck c;
-  struct statfs fs;
+  DirFileSystem fs;
   struct statvfs vfs;
-  if (::statfs(dir.c_str(), &fs) != 0 || ::statvfs(dir.c_str(), &vfs) != 0) {
+  if (!dir_file_system(dir, &fs) || ::statvfs(dir.c_str(), &vfs) != 0) {
     c.problem = dir + " does not exist on this host (" + std::strerror(errno) + ")";
     return c;
   }
   c.exists = true;
-  const auto magic = static_cast<uint64_t>(fs.f_type);
-  c.memory_backed = magic == TMPFS_MAGIC || magic == RAMFS_MAGIC;
-  c.fs_type = magic == TMPFS_MAGIC ? "tmpfs" : magic == RAMFS_MAGIC ? "ramfs" : "0x" + hex64(magic).substr(8);
+  c.memory_backed = fs.memory_backed;
+  c.fs_type = fs.type_name;
   c.size_bytes = uint64_t{vfs.f_blocks} * vfs.f_frsize;
   c.free_bytes = uint64_t{vfs.f_bavail} * vfs.f_frsize;
   struct stat st;
@@ -761,7 +752,7 @@ DirCheck check_dir(const std::string& dir, const std::string& segment, uint64_t 
     c.free_bytes += c.existing_segment_bytes;
   }
   // ramfs has no size limit and reports 0 blocks.
-  c.fits = magic == RAMFS_MAGIC || c.free_bytes >= need + kWriterFreeMargin;
+  c.fits = !fs.size_limited || c.free_bytes >= need + kWriterFreeMargin;
   if (!c.memory_backed) {
     c.problem = dir + " is not a tmpfs (file system type " + c.fs_type +
                 "): larder-sidecar refuses it, because every update would be written back to disk";

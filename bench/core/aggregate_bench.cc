@@ -72,7 +72,7 @@
 #include "larder/layout/schema.h"
 #include "larder/layout/segment_file.h"
 #include "larder/layout/table_view.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 
 namespace larder::bench {
 namespace {

@@ -46,7 +46,7 @@
 #include "floor_table.h"
 #include "larder/client.h"
 #include "larder/layout/segment_file.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 #include "lmdb_baseline.h"
 #include "read_path_prototype.h"
 #include "redis_baseline.h"

@@ -12,7 +12,7 @@
 
 #include "decoder.h"
 #include "larder/layout/clock.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 #include "metrics.h"
 #include "writer_thread.h"
 

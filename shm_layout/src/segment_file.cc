@@ -1,9 +1,12 @@
-// Segment names, mappings (Boost.Interprocess) and header validation.
+// Segment names, directories, mappings (Boost.Interprocess) and header
+// validation.
 #include "larder/layout/segment_file.h"
 
 #include <grp.h>
+#include <linux/magic.h>
 #include <pwd.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,23 +18,11 @@
 #include <string>
 
 #include "larder/layout/schema.h"
-
-#define XXH_INLINE_ALL
-#include <xxhash.h>
+#include "larder/layout/sync.h"
 
 namespace bip = boost::interprocess;
 
 namespace larder::layout {
-
-uint64_t hash_key(std::string_view key, uint64_t seed) noexcept {
-  return XXH3_64bits_withSeed(key.data(), key.size(), seed);
-}
-
-void prefetch_home(const TableGeometry& g, uint64_t hash) noexcept {
-  const auto* s = reinterpret_cast<const char*>(g.slot(g.home(hash)));
-  const uint32_t lines = std::min<uint32_t>(g.slot_words / 8, 16);
-  for (uint32_t l = 0; l < lines; ++l) __builtin_prefetch(s + 64 * l, 0, 1);
-}
 
 void validate_segment_name(std::string_view name) {
   auto bad = [&](const std::string& why) {
@@ -55,7 +46,23 @@ std::string segment_path(std::string_view dir, std::string_view name) {
   return p;
 }
 
-std::string lock_path(std::string_view dir, std::string_view name) { return segment_path(dir, name) + ".lock"; }
+std::string hex64(uint64_t v) {
+  char buf[20];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+bool dir_file_system(const std::string& dir, DirFileSystem* out) {
+  struct statfs fs;
+  if (::statfs(dir.c_str(), &fs) != 0) return false;
+  out->magic = static_cast<uint64_t>(fs.f_type);
+  out->memory_backed = out->magic == TMPFS_MAGIC || out->magic == RAMFS_MAGIC;
+  out->size_limited = out->magic != RAMFS_MAGIC;
+  out->type_name = out->magic == TMPFS_MAGIC   ? "tmpfs"
+                   : out->magic == RAMFS_MAGIC ? "ramfs"
+                                               : "0x" + hex64(out->magic).substr(8);
+  return true;
+}
 
 struct MappedFile::Region {
   bip::file_mapping file;
@@ -223,12 +230,11 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
                     (h.layout_version > kLayoutVersion ? "upgrade the client" : "upgrade the sidecar"));
   }
   if (h.abi_signature != abi_signature()) {
-    char buf[160];
-    std::snprintf(buf, sizeof buf, " has ABI signature %016llx, this build expects %016llx",
-                  static_cast<unsigned long long>(h.abi_signature), static_cast<unsigned long long>(abi_signature()));
-    throw Error(ErrorCode::kVersionMismatch, seg + buf + ": rebuild reader and writer from the same release");
+    throw Error(ErrorCode::kVersionMismatch, seg + " has ABI signature " + hex64(h.abi_signature) +
+                                                 ", this build expects " + hex64(abi_signature()) +
+                                                 ": rebuild reader and writer from the same release");
   }
-  const auto state = static_cast<SegmentState>(h.state.load(std::memory_order_acquire));
+  const auto state = static_cast<SegmentState>(sync::load_acquire(h.state));  // pairs with create()'s kReady store
   if (state == SegmentState::kCreating) {
     throw Error(ErrorCode::kNotReady, seg + " is still being created; retry shortly");
   }

@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "larder/layout/schema.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 #include "reject_reason.h"
 #include "transform.h"
 

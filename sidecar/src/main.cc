@@ -19,7 +19,7 @@
 #include "config.h"
 #include "consumer.h"
 #include "larder/layout/clock.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 #include "logging.h"
 #include "metrics_server.h"
 #include "pipeline.h"

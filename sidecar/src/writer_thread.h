@@ -7,7 +7,7 @@
 
 #include <chrono>
 
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 #include "pipeline.h"
 
 namespace larder::sidecar {

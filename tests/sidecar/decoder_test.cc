@@ -15,7 +15,7 @@
 
 #include "alloc_count.h"
 #include "larder/layout/clock.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 #include "writer_thread.h"
 
 namespace larder::sidecar {

@@ -19,7 +19,7 @@
 #include <thread>
 
 #include "larder/client.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 
 namespace larder::test {
 namespace {

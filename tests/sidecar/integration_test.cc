@@ -13,7 +13,7 @@
 
 #include "harness.h"
 #include "larder/client.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 
 namespace larder::test {
 namespace {

@@ -18,7 +18,7 @@
 
 #include "config.h"
 #include "larder/layout/clock.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 #include "metrics_server.h"
 #include "pipeline.h"
 #include "prometheus_parse.h"

@@ -20,7 +20,7 @@
 
 #include "larder/client.h"
 #include "larder/layout/clock.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 
 namespace larder::test {
 namespace {

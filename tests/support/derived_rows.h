@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "larder/client.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 #include "support/test_segment.h"
 
 namespace larder::testing {

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "larder/layout/schema.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 
 namespace larder::testing {
 

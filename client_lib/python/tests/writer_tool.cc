@@ -33,7 +33,7 @@
 #include "larder/client.h"
 #include "larder/larder.h"
 #include "larder/layout/schema.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 #include "support/derived_rows.h"
 
 namespace {

@@ -20,7 +20,27 @@ namespace larder::layout {
 void validate_segment_name(std::string_view name);
 
 std::string segment_path(std::string_view dir, std::string_view name);
-std::string lock_path(std::string_view dir, std::string_view name);
+
+// 16 lowercase hex digits, zero padded, no prefix: how fingerprints, ABI
+// signatures and other 64-bit identifiers are printed.
+std::string hex64(uint64_t v);
+
+// The file system under a segment directory. Segments belong on a
+// memory-backed one (tmpfs, ramfs): anywhere else every update would be
+// written back to disk, so the writer refuses it unless told otherwise
+// (WriterOptions::allow_non_tmpfs) and `larderctl size --check-dir` flags it.
+struct DirFileSystem {
+  uint64_t magic = 0;          // statfs f_type
+  bool memory_backed = false;  // tmpfs or ramfs
+  bool size_limited = true;    // false on ramfs, which has no limit and reports 0 blocks
+  std::string type_name;       // "tmpfs", "ramfs" or "0x" and the magic's low 8 hex digits
+};
+// statfs(2) of `dir`. Returns false with errno set when that fails.
+bool dir_file_system(const std::string& dir, DirFileSystem* out);
+
+// Free space the writer keeps on the file system beyond the segment itself:
+// creating a segment that leaves less fails with kNoSpace.
+inline constexpr uint64_t kSegmentFreeMargin = uint64_t{1} << 20;
 
 // A mapping of a whole segment file. Read-only mappings are PROT_READ: a
 // write through one faults.

@@ -50,18 +50,25 @@ inline constexpr bool kTsan = false;
 inline constexpr std::memory_order kPayloadLoad = kTsan ? std::memory_order_acquire : std::memory_order_relaxed;
 inline constexpr std::memory_order kPayloadStore = kTsan ? std::memory_order_release : std::memory_order_relaxed;
 
+// Pairs with a store_release of the same word: what was stored before that
+// store is visible after this load (segment state, writer_pid, undo_armed).
 template <class T>
 inline T load_acquire(const std::atomic<T>& a) {
   return a.load(std::memory_order_acquire);
 }
+// No ordering: the writer reading its own words, or a word read on its own
+// (counters, heartbeat) where a stale value is harmless.
 template <class T>
 inline T load_relaxed(const std::atomic<T>& a) {
   return a.load(std::memory_order_relaxed);
 }
+// Publishes every store made before it to a load_acquire of the same word.
 template <class T>
 inline void store_release(std::atomic<T>& a, T v) {
   a.store(v, std::memory_order_release);
 }
+// No ordering: a word inside a window another word publishes, or one read
+// on its own (counters).
 template <class T>
 inline void store_relaxed(std::atomic<T>& a, T v) {
   a.store(v, std::memory_order_relaxed);
@@ -79,6 +86,13 @@ inline void reader_fence() {
 inline void writer_fence() {
   if constexpr (!kTsan) std::atomic_thread_fence(std::memory_order_release);
 }
+
+// Orders this thread's shared-memory stores as written against the
+// compiler only: what a process killed by a signal between two of them
+// leaves behind. Pairs with the restarting writer's repair, which reads the
+// words in the order they were stored (the journal entry before the word it
+// guards). No CPU fence: a killed process's retired stores still reach memory.
+inline void signal_fence() { std::atomic_signal_fence(std::memory_order_seq_cst); }
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)

@@ -24,9 +24,12 @@
 #include <cstring>
 #include <limits>
 
+#include "crash_hook.h"
 #include "larder/layout/sync.h"
 
-namespace larder::layout::detail {
+namespace larder::writer {
+
+using namespace layout;  // NOLINT: the engine works on the layout's words
 
 namespace {
 
@@ -206,7 +209,7 @@ void Journal::begin() {
 void Journal::set(Word& w, uint64_t v) {
   const uint64_t old = sync::load_relaxed(w);
   if (old == v) return;
-  crash_point_hook(CrashPoint::kJournal);
+  crash_point(CrashPoint::kJournal);
   if (count_ >= capacity_) std::abort();  // plan_aggregates bounds every change; a bug otherwise
   JournalEntry& e = entries_[count_];
   sync::store_relaxed(e.word, static_cast<uint64_t>(&w - base_));
@@ -214,19 +217,19 @@ void Journal::set(Word& w, uint64_t v) {
   sync::store_release(header_->journal_count, ++count_);
   // The entry is in memory before the word changes: a SIGKILL after this
   // point finds the entry (only the compiler could reorder these stores).
-  std::atomic_signal_fence(std::memory_order_seq_cst);
+  sync::signal_fence();
   sync::store_relaxed(w, v);
 }
 
 void Journal::set_f64(Word& w, double v) { set(w, std::bit_cast<uint64_t>(v)); }
 
 void Journal::mark_done() {
-  std::atomic_signal_fence(std::memory_order_seq_cst);
+  sync::signal_fence();
   sync::store_release(header_->journal_armed, kDone);
 }
 
 void Journal::commit() {
-  std::atomic_signal_fence(std::memory_order_seq_cst);
+  sync::signal_fence();
   sync::store_release(header_->journal_armed, uint64_t{0});
   sync::store_relaxed(header_->journal_count, uint64_t{0});
   count_ = 0;
@@ -464,4 +467,4 @@ bool dedup_insert(const AggregateTable& t, uint64_t id, int64_t event_time_ms, i
   return evicted;
 }
 
-}  // namespace larder::layout::detail
+}  // namespace larder::writer

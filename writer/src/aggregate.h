@@ -19,12 +19,14 @@
 
 #include "larder/layout/format.h"
 #include "larder/layout/schema.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 
-namespace larder::layout::detail {
+namespace larder::writer {
 
-// Calls the process's crash hook (writer.h), if one is set.
-void crash_point_hook(CrashPoint point);
+using layout::AggregatePlan;
+using layout::JournalEntry;
+using layout::SegmentHeader;
+using layout::Word;
 
 // The undo journal of one change (armed from begin() to commit()).
 class Journal {
@@ -46,7 +48,7 @@ class Journal {
   bool armed() const { return armed_; }
 
   // A restarting writer: undoes an armed change, newest entry first. Returns
-  // the entries undone. (Writer::Impl::repair decides whether to undo.)
+  // the entries undone. (repair.cc decides whether to undo.)
   uint64_t rollback(uint64_t segment_words);
 
  private:
@@ -111,4 +113,4 @@ bool dedup_contains(const AggregateTable& t, uint64_t id, int64_t clock_ms);
 // Returns true when it forgot an id still inside its horizon to make room.
 bool dedup_insert(const AggregateTable& t, uint64_t id, int64_t event_time_ms, int64_t clock_ms, Journal& j);
 
-}  // namespace larder::layout::detail
+}  // namespace larder::writer

@@ -1,0 +1,142 @@
+// Work the writer does between updates: the heartbeat, refreshing aggregates
+// whose windows lost a bucket, and reclaiming expired tombstones.
+//
+// Threading: the writer thread only.
+#include <algorithm>
+
+#include "larder/layout/clock.h"
+#include "row_write.h"
+#include "table.h"
+
+namespace larder {
+
+using namespace layout;  // NOLINT: the writer works on the layout's words
+using writer::bump;
+using writer::dec;
+
+namespace {
+
+// The most time one maintain() call spends refreshing aggregates.
+constexpr int64_t kMaintainRefreshNs = 5'000'000;
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Aggregate refresh
+
+// Records when the block must next be refreshed, and queues it.
+void Writer::Impl::schedule(uint32_t table, uint64_t slot, Word* block) {
+  const int64_t at = writer::next_due_ms(tables[table].agg, block);
+  const uint64_t word = at > 0 ? static_cast<uint64_t>(at) + 1 : 0;
+  if (sync::load_relaxed(writer::due_word(block)) == word) return;
+  journal.set(writer::due_word(block), word);
+  if (at > 0) due.push(Due{at, table, slot});
+}
+
+// Brings one live key's windows up to the clock and rewrites its outputs.
+bool Writer::Impl::refresh_slot(uint32_t table, uint64_t slot) {
+  TableState& ts = tables[table];
+  if (meta_state(sync::load_relaxed(ts.slot(slot)[kSlotMetaWord])) != SlotState::kLive) return false;
+  Word* block = ts.agg.block(slot);
+  journal.begin();
+  writer::advance(ts.agg, block, clock_ms, journal);
+  schedule(table, slot, block);
+  RowChange change;
+  change.outputs_of = block;
+  write_row(table, slot, change);
+  journal.commit();
+  bump(ts.desc->aggregate_counters.refreshes);
+  return true;
+}
+
+uint64_t Writer::Impl::refresh(int64_t now_unix_ns, uint64_t key_budget) {
+  advance_clock(now_unix_ns != 0 ? now_unix_ns : layout::now_unix_ns());
+  uint64_t done = 0;
+  while (!due.empty() && done < key_budget && due.top().due_ms <= clock_ms) {
+    const Due d = due.top();
+    due.pop();
+    // A queued time the key has since moved past (an event or an earlier
+    // refresh rescheduled it) is dropped; the key's current time is queued too.
+    const TableState& ts = tables[d.table];
+    if (sync::load_relaxed(writer::due_word(ts.agg.block(d.slot))) != static_cast<uint64_t>(d.due_ms) + 1) continue;
+    if (refresh_slot(d.table, d.slot)) ++done;
+  }
+  for (TableState& ts : tables) {
+    if (ts.agg.enabled()) sync::store_relaxed(ts.desc->aggregate_counters.clock_ms, static_cast<uint64_t>(clock_ms));
+  }
+  return done;
+}
+
+uint64_t Writer::refresh(int64_t now_unix_ns, uint64_t key_budget) { return impl_->refresh(now_unix_ns, key_budget); }
+
+bool Writer::refresh_due() const {
+  const Impl& w = *impl_;
+  return !w.due.empty() && w.due.top().due_ms <= std::max(w.clock_ms, layout::now_unix_ns() / 1'000'000);
+}
+
+// ---------------------------------------------------------------------------
+// Tombstone reclaim
+
+// Turns expired tombstones that no probe chain needs back into empty
+// slots, visiting `steps` slots from the table's cursor. A tombstone at i
+// is needed while some key after it in the same cluster has its home at or
+// before i (its chain runs through i); otherwise emptying i hides nothing
+// from any reader. Returns the slots reclaimed.
+uint64_t Writer::Impl::purge(uint32_t table, uint64_t steps) {
+  TableState& ts = tables[table];
+  if (sync::load_relaxed(ts.desc->counters.tombstones) == 0) return 0;
+  const uint64_t n = ts.geo.slot_count;
+  const int64_t expiry_ns = now_unix_ns() - options.tombstone_retention_ms * 1'000'000;
+  auto distance = [n](uint64_t from, uint64_t to) { return to >= from ? to - from : to + n - from; };
+  uint64_t reclaimed = 0;
+  for (uint64_t step = 0; step < steps; ++step) {
+    const uint64_t i = ts.purge_cursor;
+    ts.purge_cursor = (i + 1 == n) ? 0 : i + 1;
+    const Word* s = ts.slot(i);
+    if (meta_state(sync::load_relaxed(s[kSlotMetaWord])) != SlotState::kTombstone ||
+        static_cast<int64_t>(sync::load_relaxed(s[kSlotApplyTimeWord])) >= expiry_ns) {
+      continue;
+    }
+    bool needed = false;
+    for (uint64_t q = (i + 1) % n, k = 0; k + 1 < n && !needed; q = (q + 1) % n, ++k) {
+      const uint64_t meta = sync::load_relaxed(ts.slot(q)[kSlotMetaWord]);
+      if (meta == 0) break;
+      needed = distance(ts.geo.home(meta), q) >= distance(i, q);
+    }
+    if (needed) continue;
+    RowChange change;
+    change.set_meta = true;
+    change.meta = 0;
+    write_row(table, i, change);
+    dec(ts.desc->counters.tombstones);
+    ++reclaimed;
+  }
+  return reclaimed;
+}
+
+// ---------------------------------------------------------------------------
+// The writer thread's periodic call
+
+void Writer::heartbeat() {
+  sync::store_relaxed(impl_->header->heartbeat_mono_ns, static_cast<uint64_t>(now_mono_ns()));
+}
+
+uint64_t Writer::maintain(uint64_t slot_budget) {
+  heartbeat();
+  // Bounded in time, so that a bucket boundary shared by many keys delays
+  // updates by at most a few milliseconds per call; the sidecar's writer
+  // thread works off a backlog between bulks of messages (refresh_due()).
+  const int64_t until = now_mono_ns() + kMaintainRefreshNs;
+  while (refresh(0, 512) == 512 && now_mono_ns() < until) {
+  }
+  Impl& w = *impl_;
+  uint64_t reclaimed = 0;
+  for (uint32_t t = 0; t < w.tables.size() && slot_budget > 0; ++t) {
+    const uint64_t steps = std::min(w.tables[t].geo.slot_count, slot_budget);
+    reclaimed += w.purge(t, steps);
+    slot_budget -= steps;
+  }
+  return reclaimed;
+}
+
+}  // namespace larder

@@ -1,0 +1,170 @@
+// The one routine that changes a slot: Writer::Impl::write_row. Every path
+// that writes a row (upsert, aggregated apply, delete, tombstone reclaim,
+// aggregate refresh) describes its change as a RowChange and calls it.
+//
+// Invariants it keeps, in the order of the stores:
+//  1. Undo copy. Before seq turns odd, the whole slot is copied to the undo
+//     area and undo_armed is set (release, after the copy). A writer killed
+//     anywhere between here and step 4 leaves an armed undo copy and an odd
+//     slot; repair() restores the slot from the copy, so a row is always
+//     either as before the change or as after it.
+//  2. Seqlock, odd. seq = s + 1, then the W1 fence: pairs with the readers'
+//     R2 (sync.h), so a reader that saw any payload store of this change sees
+//     seq move and retries.
+//  3. Payload. Every word (key, validity, row words, times, meta) is an
+//     8-byte atomic stored relaxed, each after a kMidPayload crash point.
+//  4. Seqlock, even. seq = s + 2 with release (W2): pairs with the readers'
+//     R1, so a reader that sees s + 2 sees every payload word of the change.
+//  5. Journal. If an aggregate change is in progress (Journal::begin), it is
+//     marked done right after W2: its state words were all stored before the
+//     slot write began, so the change is complete and a restart keeps it.
+//  6. undo_armed = 0 (release): the copy is no longer needed.
+//
+// Threading: the writer thread only. The routine never reads what readers
+// write (readers never write), so it needs no read-side synchronisation.
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+
+#include "crash_hook.h"
+#include "writer_impl.h"
+
+namespace larder::writer {
+
+// The word range [lo, hi) of the row that holds field `fd`.
+inline uint32_t field_first_word(const layout::FieldDescriptor& fd) { return fd.offset / 8; }
+inline uint32_t field_end_word(const layout::FieldDescriptor& fd) {
+  return static_cast<uint32_t>((fd.offset + fd.bytes + 7) / 8);
+}
+
+// Writes `v` into the row image `row` at the field's offset.
+inline void encode_field(unsigned char* row, const layout::FieldDescriptor& fd, const FieldValue& v) {
+  using layout::FieldType;
+  unsigned char* at = row + fd.offset;
+  switch (v.type) {
+    case FieldType::kInt64: std::memcpy(at, &v.i64, 8); break;
+    case FieldType::kFloat64: std::memcpy(at, &v.f64, 8); break;
+    case FieldType::kFloat32: {
+      const float f = static_cast<float>(v.f64);
+      std::memcpy(at, &f, 4);
+      break;
+    }
+    case FieldType::kBool: *at = v.i64 != 0 ? 1 : 0; break;
+    case FieldType::kFloat32Vector: std::memcpy(at, v.data, 4ull * v.length); break;
+    case FieldType::kString:
+      std::memset(at, 0, fd.bytes);
+      std::memcpy(at, &v.length, 4);
+      if (v.length > 0) std::memcpy(at + 4, v.data, v.length);
+      break;
+  }
+}
+
+inline void set_valid(uint64_t* validity, uint32_t field, bool valid) {
+  const uint64_t bit = uint64_t{1} << (field % 64);
+  validity[field / 64] = valid ? (validity[field / 64] | bit) : (validity[field / 64] & ~bit);
+}
+
+}  // namespace larder::writer
+
+namespace larder {
+
+inline void Writer::Impl::write_row(uint32_t table, uint64_t slot, const RowChange& change) {
+  namespace sync = layout::sync;
+  using layout::Word;
+  using writer::crash_point;
+  const TableState& ts = tables[table];
+  const layout::TableGeometry& geo = ts.geo;
+  Word* s = ts.slot(slot);
+  const uint32_t validity_at = layout::kSlotHeaderWords;
+  const uint32_t row_at = geo.row_word_offset();
+  const bool fresh = change.new_key != nullptr;
+  const bool writes_row = fresh || !change.values.empty() || change.outputs_of != nullptr;
+
+  // The row image: the words [lo, hi) that change, built in scratch over the
+  // slot's current words (or zeros for a new key), and the validity words.
+  uint32_t lo = geo.row_words, hi = 0;
+  uint64_t validity[layout::kMaxFields / 64];
+  if (writes_row) {
+    if (fresh) {
+      lo = 0;
+      hi = geo.row_words;
+      std::fill(scratch.begin(), scratch.begin() + hi, 0);
+      std::fill(validity, validity + geo.validity_words, 0);
+    } else {
+      for (const FieldValue& v : change.values) {
+        lo = std::min(lo, writer::field_first_word(ts.fields[v.field]));
+        hi = std::max(hi, writer::field_end_word(ts.fields[v.field]));
+      }
+      if (change.outputs_of != nullptr) {
+        for (const layout::AggregatePlan::Output& o : ts.agg.plan.outputs) {
+          lo = std::min(lo, writer::field_first_word(ts.fields[o.field]));
+          hi = std::max(hi, writer::field_end_word(ts.fields[o.field]));
+        }
+      }
+      for (uint32_t k = lo; k < hi; ++k) scratch[k] = sync::load_relaxed(s[row_at + k]);
+      for (uint32_t k = 0; k < geo.validity_words; ++k) validity[k] = sync::load_relaxed(s[validity_at + k]);
+    }
+    auto* row = reinterpret_cast<unsigned char*>(scratch.data());
+    for (const FieldValue& v : change.values) {
+      writer::encode_field(row, ts.fields[v.field], v);
+      writer::set_valid(validity, v.field, true);
+    }
+    if (change.outputs_of != nullptr) {
+      for (size_t o = 0; o < ts.agg.plan.outputs.size(); ++o) {
+        const uint32_t f = ts.agg.plan.outputs[o].field;
+        const writer::OutputValue v = writer::output(ts.agg, change.outputs_of, o);
+        const layout::FieldDescriptor& fd = ts.fields[f];
+        writer::encode_field(row, fd,
+                             static_cast<layout::FieldType>(fd.type) == layout::FieldType::kInt64
+                                 ? FieldValue::int64(f, v.i64)
+                                 : FieldValue::float64(f, v.f64));
+        writer::set_valid(validity, f, v.valid);
+      }
+    }
+  }
+
+  // 1. The undo copy, armed before seq turns odd.
+  for (uint32_t k = 0; k < geo.slot_words; ++k) sync::store_relaxed(undo[k], sync::load_relaxed(s[k]));
+  sync::store_relaxed(header->undo_table, uint64_t{table});
+  sync::store_relaxed(header->undo_slot, slot);
+  sync::store_release(header->undo_armed, uint64_t{1});  // after the copy, before seq turns odd
+  crash_point(CrashPoint::kUndoArmed);
+  // 2. seq odd.
+  const uint64_t seq = sync::load_relaxed(s[layout::kSlotSeqWord]);
+  sync::store_relaxed(s[layout::kSlotSeqWord], seq + 1);
+  sync::writer_fence();  // W1: pairs with the readers' R2
+  crash_point(CrashPoint::kSeqOdd);
+  // 3. The payload.
+  auto set = [s](size_t word, uint64_t v) {
+    crash_point(CrashPoint::kMidPayload);
+    sync::store_payload(s[word], v);
+  };
+  if (fresh) {
+    set(layout::kSlotKeyLenWord, change.new_key->length);
+    for (uint32_t k = 0; k < geo.key_words; ++k) {
+      set(geo.key_word_offset() + k, k < change.new_key->word_count ? change.new_key->words[k] : 0);
+    }
+  }
+  if (writes_row) {
+    for (uint32_t k = 0; k < geo.validity_words; ++k) set(validity_at + k, validity[k]);
+    for (uint32_t k = lo; k < hi; ++k) set(row_at + k, scratch[k]);
+  }
+  if (change.set_times) {
+    set(layout::kSlotEventTimeWord, static_cast<uint64_t>(change.event_time_ms));
+    set(layout::kSlotApplyTimeWord, static_cast<uint64_t>(change.apply_unix_ns));
+  }
+  if (change.set_meta) set(layout::kSlotMetaWord, change.meta);
+  crash_point(CrashPoint::kPayloadWritten);
+  // 4. seq even.
+  sync::store_release(s[layout::kSlotSeqWord], seq + 2);  // W2: pairs with the readers' R1
+  // 5. The aggregate change this slot publishes is complete: a restart keeps
+  // it (repair() also recognises the instant between these two stores by the
+  // slot's seq).
+  if (journal.armed()) journal.mark_done();
+  crash_point(CrashPoint::kSeqEven);
+  // 6. The undo copy is no longer needed.
+  sync::store_release(header->undo_armed, uint64_t{0});
+}
+
+}  // namespace larder

@@ -1,0 +1,269 @@
+// Creating a segment and attaching the writer to it: the lock file that
+// makes the writer single, creation under a temporary name published by
+// rename, and the writer's local view of the tables.
+//
+// Invariant: a segment file at its final name is complete. It is built under
+// ".<name>.creating.<pid>", its state stored kReady (release, pairs with the
+// readers' acquire load in validate_segment), and only then renamed.
+//
+// Threading: the thread that opens the Writer.
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "larder/layout/clock.h"
+#include "writer_impl.h"
+
+namespace larder {
+
+using namespace layout;  // NOLINT: the writer works on the layout's words
+using writer::bump;
+using writer::throw_errno;
+
+std::string writer::lock_path(std::string_view dir, std::string_view name) { return segment_path(dir, name) + ".lock"; }
+
+void Writer::Impl::acquire_lock() {
+  const std::string path = writer::lock_path(dir, name);
+  lock_fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, options.mode & 0666);
+  if (lock_fd < 0) {
+    if (errno == EACCES || errno == EROFS) throw_errno(ErrorCode::kPermissionDenied, "writer lock " + path);
+    throw_errno(ErrorCode::kSystem, "writer lock " + path);
+  }
+  if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(lock_fd);
+    lock_fd = -1;
+    if (err == EWOULDBLOCK) {
+      std::string holder;
+      try {
+        auto m = MappedFile::open_read_only(segment_path(dir, name), name);
+        if (m->header().magic == kMagic) {
+          holder = " (pid " + std::to_string(sync::load_relaxed(m->header().writer_pid)) + ")";
+        }
+      } catch (const Error&) {
+      }
+      throw Error(ErrorCode::kWriterLocked, "segment \"" + name + "\" in " + dir + " already has a writer" + holder +
+                                                ": one sidecar per segment; stop the other one or pick another name");
+    }
+    errno = err;
+    throw_errno(ErrorCode::kSystem, "flock " + path);
+  }
+}
+
+// Temporary files of creators that died before publishing.
+void Writer::Impl::remove_leftovers() {
+  const std::string prefix = "." + name + ".creating.";
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return;
+  while (dirent* e = ::readdir(d)) {
+    if (std::strncmp(e->d_name, prefix.c_str(), prefix.size()) == 0) {
+      ::unlink((dir + "/" + e->d_name).c_str());
+    }
+  }
+  ::closedir(d);
+}
+
+void Writer::Impl::create(bool replace_existing) {
+  const LayoutPlan plan = plan_layout(schema);
+  const std::string path = segment_path(dir, name);
+
+  struct statvfs vfs;
+  if (::statvfs(dir.c_str(), &vfs) != 0) throw_errno(ErrorCode::kSystem, "statvfs " + dir);
+  const uint64_t avail = uint64_t{vfs.f_bavail} * vfs.f_frsize;
+  if (avail < plan.segment_bytes + kSegmentFreeMargin) {
+    throw Error(ErrorCode::kNoSpace,
+                "segment \"" + name + "\" needs " + std::to_string(plan.segment_bytes) + " bytes but " + dir + " has " +
+                    std::to_string(avail) +
+                    " free: enlarge it (docker --shm-size, Kubernetes emptyDir sizeLimit, mount -o remount,size=) "
+                    "or lower the tables' capacity");
+  }
+
+  const std::string tmp = segment_path(dir, "." + name + ".creating." + std::to_string(::getpid()));
+  int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    if (errno == EACCES || errno == EROFS) throw_errno(ErrorCode::kPermissionDenied, "create " + tmp);
+    throw_errno(ErrorCode::kSystem, "create " + tmp);
+  }
+  // fchmod after open: the mode is exactly options.mode, whatever the umask.
+  if (::fchmod(fd, options.mode & 07777) != 0) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw_errno(ErrorCode::kSystem, "chmod " + tmp);
+  }
+  // Allocate every page now so that a too-small tmpfs fails here with a
+  // message, not later with SIGBUS on first touch.
+  if (int err = ::posix_fallocate(fd, 0, static_cast<off_t>(plan.segment_bytes)); err != 0) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    if (err == ENOSPC) {
+      throw Error(ErrorCode::kNoSpace, "segment \"" + name + "\" needs " + std::to_string(plan.segment_bytes) +
+                                           " bytes and " + dir +
+                                           " ran out of space while allocating them: enlarge it (docker "
+                                           "--shm-size, Kubernetes emptyDir sizeLimit) or lower the capacity");
+    }
+    errno = err;
+    throw_errno(ErrorCode::kSystem, "allocate " + tmp);
+  }
+  ::close(fd);
+
+  map = MappedFile::open_read_write(tmp, name);
+  char* base = static_cast<char*>(map->mutable_data());
+  header = reinterpret_cast<SegmentHeader*>(base);
+  // The file is zero-filled: state is kCreating until the release store below.
+  header->magic = kMagic;
+  header->layout_version = kLayoutVersion;
+  header->endian_tag = kEndianTag;
+  header->abi_signature = abi_signature();
+  header->schema_fingerprint = schema.fingerprint();
+  header->segment_bytes = plan.segment_bytes;
+  header->table_count = static_cast<uint32_t>(schema.tables.size());
+  header->header_bytes = static_cast<uint32_t>(plan.header_bytes);
+  header->undo_offset = plan.undo_offset;
+  header->undo_bytes = plan.undo_bytes;
+  header->created_unix_ns = static_cast<uint64_t>(now_unix_ns());
+  std::snprintf(header->creator, sizeof header->creator, "larder %s", "0.1.0");
+
+  std::random_device rd;
+  for (size_t t = 0; t < schema.tables.size(); ++t) {
+    const TableSpec& spec = schema.tables[t];
+    const TablePlan& tp = plan.tables[t];
+    auto* d = reinterpret_cast<TableDescriptor*>(base + plan.header_bytes + t * sizeof(TableDescriptor));
+    const std::vector<FieldSpec> fields = spec.all_fields();
+    std::snprintf(d->name, sizeof d->name, "%s", spec.name.c_str());
+    d->field_count = static_cast<uint32_t>(fields.size());
+    d->key_max_len = spec.key_max_len;
+    d->capacity = spec.capacity;
+    d->slot_count = tp.slot_count;
+    d->slot_bytes = tp.slot_bytes;
+    d->row_bytes = tp.row_bytes;
+    d->validity_words = tp.validity_words;
+    d->key_words = tp.key_words;
+    d->fields_offset = tp.fields_offset;
+    d->slots_offset = tp.slots_offset;
+    d->hash_seed = (uint64_t{rd()} << 32) ^ rd();
+    d->max_load_permille = static_cast<uint32_t>((spec.capacity * 1000 + tp.slot_count - 1) / tp.slot_count);
+    d->max_load_ppm = static_cast<uint32_t>(std::llround(spec.max_load_factor * 1e6));
+    for (size_t f = 0; f < fields.size(); ++f) {
+      auto* out = reinterpret_cast<FieldDescriptor*>(base + tp.fields_offset + f * sizeof(FieldDescriptor));
+      const FieldSpec& fs = fields[f];
+      std::snprintf(out->name, sizeof out->name, "%s", fs.name.c_str());
+      out->type = static_cast<uint32_t>(fs.type);
+      out->count = (fs.type == FieldType::kFloat32Vector || fs.type == FieldType::kString) ? fs.count : 1;
+      out->offset = tp.fields[f].offset;
+      out->bytes = tp.fields[f].bytes;
+      out->index = static_cast<uint32_t>(f);
+      out->flags = f >= spec.fields.size() ? kFieldAggregate : 0;
+    }
+    d->aggregate_count = static_cast<uint32_t>(spec.aggregates.size());
+    d->state_stride_words = tp.aggregates.stride_words;
+    d->aggregates_offset = tp.aggregates_offset;
+    d->state_offset = tp.state_offset;
+    d->dedup_offset = tp.dedup_offset;
+    d->dedup_buckets = tp.dedup_buckets;
+    d->allowed_lateness_ms = spec.allowed_lateness_ms;
+    d->dedup_horizon_ms = spec.dedup_horizon_ms;
+    d->dedup_capacity = spec.dedup_capacity;
+    for (size_t a = 0; a < spec.aggregates.size(); ++a) {
+      auto* ad = reinterpret_cast<AggregateDescriptor*>(base + tp.aggregates_offset + a * sizeof(AggregateDescriptor));
+      const AggregateSpec& as = spec.aggregates[a];
+      std::snprintf(ad->source, sizeof ad->source, "%s", as.source.c_str());
+      ad->fn = static_cast<uint32_t>(as.fn);
+      ad->end = static_cast<uint32_t>(as.end);
+      ad->window_ms = as.window_ms;
+      ad->resolution_ms = as.resolution_ms;
+      ad->field = static_cast<uint32_t>(spec.fields.size() + a);
+    }
+  }
+  header->journal_offset = plan.journal_offset;
+  header->journal_capacity = plan.journal_capacity;
+  if (replace_existing) {
+    // Readers of the old file see kRetired and reopen the name.
+    try {
+      auto old = MappedFile::open_read_write(path, name);
+      auto* oh = static_cast<SegmentHeader*>(old->mutable_data());
+      if (oh->magic == kMagic) {
+        header->generation = oh->generation + 1;
+        sync::store_release(oh->state, static_cast<uint32_t>(SegmentState::kRetired));  // readers' validate_segment
+      }
+    } catch (const Error&) {
+    }
+  }
+  // Publishes every header and descriptor store above to the readers'
+  // acquire load of the state (validate_segment).
+  sync::store_release(header->state, static_cast<uint32_t>(SegmentState::kReady));
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    errno = err;
+    throw_errno(ErrorCode::kSystem, "publish " + path);
+  }
+  created = true;
+}
+
+void Writer::Impl::attach() {
+  char* base = static_cast<char*>(map->mutable_data());
+  header = reinterpret_cast<SegmentHeader*>(base);
+  undo = reinterpret_cast<Word*>(base + header->undo_offset);
+  tables.clear();
+  for (uint32_t t = 0; t < header->table_count; ++t) {
+    TableState ts;
+    ts.desc = const_cast<TableDescriptor*>(&table_descriptor(base, t));
+    ts.geo = table_geometry(base, *ts.desc);
+    ts.slots = const_cast<Word*>(ts.geo.slots);
+    for (uint32_t f = 0; f < ts.desc->field_count; ++f) ts.fields.push_back(field_descriptor(base, *ts.desc, f));
+    ts.max_used = ts.desc->capacity + (ts.geo.slot_count - ts.desc->capacity) / 2;
+    // The schema equals the segment's (same fingerprint), so its plan is the
+    // segment's layout.
+    const TableSpec& spec = schema.tables[t];
+    ts.declared_fields = static_cast<uint32_t>(spec.fields.size());
+    ts.agg.plan = plan_aggregates(spec);
+    if (ts.agg.plan.stride_words != ts.desc->state_stride_words) {
+      throw Error(ErrorCode::kCorrupt, "segment \"" + name + "\" table \"" + spec.name +
+                                           "\": aggregate state size differs from the schema's plan");
+    }
+    if (ts.agg.enabled()) {
+      ts.agg.state = reinterpret_cast<Word*>(base + ts.desc->state_offset);
+      ts.agg.dedup = reinterpret_cast<Word*>(base + ts.desc->dedup_offset);
+      ts.agg.dedup_buckets = ts.desc->dedup_buckets;
+      ts.agg.lateness_ms = spec.lateness_ms();
+      ts.agg.horizon_ms = spec.dedup_horizon();
+      for (const AggregatePlan::Group& g : ts.agg.plan.groups) {
+        const auto it = std::find(ts.agg.plan.sources.begin(), ts.agg.plan.sources.end(), g.source);
+        ts.agg.group_source.push_back(g.source.empty() ? -1 : static_cast<int>(it - ts.agg.plan.sources.begin()));
+        ts.agg.counts_every_event |= g.source.empty();
+      }
+    }
+    tables.push_back(std::move(ts));
+  }
+  journal = writer::Journal(header, reinterpret_cast<Word*>(base),
+                            reinterpret_cast<JournalEntry*>(base + header->journal_offset), header->journal_capacity);
+  uint32_t max_row_words = 0;
+  for (const TableState& ts : tables) max_row_words = std::max(max_row_words, ts.geo.row_words);
+  scratch.assign(max_row_words, 0);
+
+  repair();
+  for (uint32_t t = 0; t < tables.size(); ++t) {
+    TableState& ts = tables[t];
+    if (!ts.agg.enabled()) continue;
+    clock_ms = std::max(clock_ms, static_cast<int64_t>(sync::load_relaxed(ts.desc->aggregate_counters.clock_ms)));
+    for (uint64_t i = 0; i < ts.geo.slot_count; ++i) {
+      if (meta_state(sync::load_relaxed(ts.slot(i)[kSlotMetaWord])) != SlotState::kLive) continue;
+      const uint64_t word = sync::load_relaxed(writer::due_word(ts.agg.block(i)));
+      if (word != 0) due.push(Due{static_cast<int64_t>(word - 1), t, i});
+    }
+  }
+  bump(header->writer_sessions);
+  sync::store_relaxed(header->writer_start_unix_ns, static_cast<uint64_t>(now_unix_ns()));
+  sync::store_relaxed(header->heartbeat_mono_ns, static_cast<uint64_t>(now_mono_ns()));
+  sync::store_relaxed(header->connection_state, static_cast<uint32_t>(ConnectionState::kUnknown));
+  sync::store_release(header->writer_pid, static_cast<uint64_t>(::getpid()));
+}
+
+}  // namespace larder

@@ -1,0 +1,203 @@
+// The public face of the writer (writer.h): open, lookups, the dispatch of
+// updates, stats and liveness. The work is in the files writer_impl.h lists.
+//
+// Threading: every function runs on the thread that owns the Writer (the
+// sidecar's writer thread). Readers in other processes read concurrently
+// through table_view.h.
+#include "larder/writer/writer.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "writer_impl.h"
+
+namespace larder {
+
+using namespace layout;  // NOLINT: the writer works on the layout's words
+
+const char* apply_result_name(ApplyResult r) {
+  switch (r) {
+    case ApplyResult::kApplied: return "applied";
+    case ApplyResult::kStale: return "stale";
+    case ApplyResult::kTableFull: return "table_full";
+    case ApplyResult::kInvalid: return "invalid";
+    case ApplyResult::kDuplicate: return "duplicate";
+    case ApplyResult::kLate: return "late";
+  }
+  return "unknown";
+}
+
+uint64_t event_id_hash(std::string_view id) noexcept {
+  const uint64_t h = XXH3_64bits(id.data(), id.size());
+  return h == 0 ? 1 : h;
+}
+
+Writer::Impl::~Impl() {
+  if (header != nullptr) {
+    sync::store_relaxed(header->connection_state, static_cast<uint32_t>(ConnectionState::kStopped));
+    sync::store_release(header->writer_pid, uint64_t{0});
+  }
+  map.reset();
+  if (lock_fd >= 0) ::close(lock_fd);  // releases the flock
+}
+
+// ---------------------------------------------------------------------------
+// open
+
+Writer::Writer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Writer::~Writer() = default;
+
+std::unique_ptr<Writer> Writer::open(std::string_view name, const Schema& schema, const WriterOptions& options) {
+  validate_segment_name(name);
+  schema.validate();
+  auto impl = std::make_unique<Impl>();
+  impl->name = std::string(name);
+  impl->dir = options.dir.empty() ? "/dev/shm" : options.dir;
+  impl->options = options;
+  impl->schema = schema;
+
+  struct stat st;
+  if (::stat(impl->dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    throw Error(ErrorCode::kNotFound, "segment directory " + impl->dir + " does not exist");
+  }
+  DirFileSystem fs;
+  if (dir_file_system(impl->dir, &fs) && !fs.memory_backed && !options.allow_non_tmpfs) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "segment directory " + impl->dir +
+                    " is not a tmpfs: a segment there would be written back to disk. Use /dev/shm or a "
+                    "memory-backed volume (Kubernetes emptyDir with medium: Memory), or allow it explicitly");
+  }
+  impl->acquire_lock();
+  impl->remove_leftovers();
+
+  const std::string path = segment_path(impl->dir, name);
+  if (::access(path.c_str(), F_OK) != 0) {
+    impl->create(false);
+  } else {
+    impl->map = MappedFile::open_read_write(path, name);
+    bool replace = false;
+    try {
+      validate_segment(impl->map->data(), impl->map->size(), name);
+      const uint64_t have = impl->map->header().schema_fingerprint;
+      if (have != schema.fingerprint()) {
+        if (!options.recreate_on_schema_change) {
+          throw Error(ErrorCode::kSchemaMismatch,
+                      "segment \"" + impl->name + "\" has schema fingerprint " + hex64(have) +
+                          ", the configured schema is " + hex64(schema.fingerprint()) +
+                          ": restore the old schema, remove the segment, or allow recreation "
+                          "(recreate_on_schema_change)");
+        }
+        replace = true;
+      }
+    } catch (const Error& e) {
+      // A segment whose creation never finished at this name cannot exist
+      // (creation publishes by rename); anything else unreadable is only
+      // replaced when the operator allows it.
+      if (e.code() == ErrorCode::kSchemaMismatch || !options.recreate_on_schema_change) throw;
+      replace = true;
+    }
+    if (replace) {
+      impl->map.reset();
+      impl->create(true);
+    }
+  }
+  impl->attach();
+  return std::unique_ptr<Writer>(new Writer(std::move(impl)));
+}
+
+void Writer::remove_segment(std::string_view name, const std::string& dir) {
+  validate_segment_name(name);
+  ::unlink(segment_path(dir, name).c_str());
+  ::unlink(writer::lock_path(dir, name).c_str());
+}
+
+// ---------------------------------------------------------------------------
+// lookups
+
+int Writer::table_index(std::string_view table) const {
+  for (size_t t = 0; t < impl_->schema.tables.size(); ++t) {
+    if (impl_->schema.tables[t].name == table) return static_cast<int>(t);
+  }
+  return -1;
+}
+
+int Writer::field_index(uint32_t table, std::string_view field) const {
+  if (table >= impl_->schema.tables.size()) return -1;
+  const auto& fields = impl_->schema.tables[table].fields;
+  for (size_t f = 0; f < fields.size(); ++f) {
+    if (fields[f].name == field) return static_cast<int>(f);
+  }
+  return -1;
+}
+
+const Schema& Writer::schema() const { return impl_->schema; }
+
+int Writer::source_index(uint32_t table, std::string_view source) const {
+  if (table >= impl_->tables.size()) return -1;
+  const auto& sources = impl_->tables[table].agg.plan.sources;
+  for (size_t i = 0; i < sources.size(); ++i) {
+    if (sources[i] == source) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+ApplyResult Writer::upsert(uint32_t table, std::string_view key, int64_t event_time_ms,
+                           std::span<const FieldValue> values, int64_t apply_unix_ns) {
+  return apply(table, key, event_time_ms, values, {}, 0, apply_unix_ns);
+}
+
+// ---------------------------------------------------------------------------
+// updates (update.cc)
+
+ApplyResult Writer::apply(uint32_t table, std::string_view key, int64_t event_time_ms,
+                          std::span<const FieldValue> values, std::span<const SourceValue> sources, uint64_t event_id,
+                          int64_t apply_unix_ns) {
+  Impl& w = *impl_;
+  if (table >= w.tables.size()) return ApplyResult::kInvalid;
+  if (w.tables[table].agg.enabled()) {
+    return w.apply_aggregated(table, key, event_time_ms, values, sources, event_id, apply_unix_ns);
+  }
+  if (!sources.empty()) return ApplyResult::kInvalid;
+  return w.upsert_plain(table, key, event_time_ms, values, apply_unix_ns);
+}
+
+ApplyResult Writer::remove(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t apply_unix_ns) {
+  if (table >= impl_->tables.size()) return ApplyResult::kInvalid;
+  return impl_->remove(table, key, event_time_ms, apply_unix_ns);
+}
+
+// ---------------------------------------------------------------------------
+// state and stats
+
+void Writer::set_connection_state(ConnectionState state) {
+  sync::store_relaxed(impl_->header->connection_state, static_cast<uint32_t>(state));
+}
+
+void Writer::add_messages_rejected(uint64_t n) { writer::bump(impl_->header->messages_rejected, n); }
+
+bool Writer::created() const { return impl_->created; }
+uint64_t Writer::repaired_slots() const { return impl_->repaired; }
+std::string Writer::path() const { return segment_path(impl_->dir, impl_->name); }
+const void* Writer::data() const { return impl_->map->data(); }
+
+WriterStats Writer::stats(uint32_t table) const {
+  WriterStats st;
+  if (table >= impl_->tables.size()) return st;
+  const Impl::TableState& ts = impl_->tables[table];
+  st.live_keys = sync::load_relaxed(ts.desc->counters.live_keys);
+  st.tombstones = sync::load_relaxed(ts.desc->counters.tombstones);
+  st.slot_count = ts.geo.slot_count;
+  st.capacity = ts.desc->capacity;
+  const AggregateCounters& ac = ts.desc->aggregate_counters;
+  st.aggregate_events = sync::load_relaxed(ac.events);
+  st.late_dropped = sync::load_relaxed(ac.late_dropped);
+  st.duplicates = sync::load_relaxed(ac.duplicates);
+  st.dedup_evictions = sync::load_relaxed(ac.dedup_evictions);
+  st.refreshes = sync::load_relaxed(ac.refreshes);
+  return st;
+}
+
+}  // namespace larder

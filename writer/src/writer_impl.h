@@ -1,0 +1,178 @@
+// The writer's state: the mapping, one TableState per table, the aggregate
+// journal and clock. Internal to larder::writer.
+//
+// Threading: a Writer::Impl is used by one thread only (writer.h), so none of
+// its own members need synchronisation. What it shares with readers lives in
+// the mapping and is written through sync.h: slots under their seqlock
+// (row_write.h), counters and header words relaxed, the publication words
+// (state, writer_pid, undo_armed, journal_armed) release.
+//
+// Where things are:
+//   writer.cc          the public API: open, lookups, apply dispatch, stats
+//   segment_create.cc  the lock file, creating a segment, attaching to one
+//   repair.cc          restoring what a killed writer left half-done
+//   table.h            probing a table, choosing a slot for a new key
+//   row_write.h        the one routine that writes a row into a slot
+//   update.cc          upsert, aggregated apply, delete
+//   aggregate.h/.cc    the aggregate engine and its journal
+//   maintenance.cc     refresh of aggregates, tombstone reclaim, heartbeat
+#pragma once
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <queue>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "aggregate.h"
+#include "larder/layout/format.h"
+#include "larder/layout/schema.h"
+#include "larder/layout/segment_file.h"
+#include "larder/layout/sync.h"
+#include "larder/layout/table_view.h"
+#include "larder/writer/writer.h"
+
+namespace larder::writer {
+
+// No slot.
+inline constexpr uint64_t kNone = ~uint64_t{0};
+
+// Counters in the segment: only the writer changes them, readers load them
+// on their own, so a relaxed load and store is the whole increment.
+inline void bump(layout::Word& w, uint64_t by = 1) {
+  layout::sync::store_relaxed(w, layout::sync::load_relaxed(w) + by);
+}
+inline void dec(layout::Word& w) { layout::sync::store_relaxed(w, layout::sync::load_relaxed(w) - 1); }
+
+[[noreturn]] inline void throw_errno(ErrorCode code, const std::string& what) {
+  throw Error(code, what + ": " + std::strerror(errno));
+}
+
+// The lock file that holds a segment's single writer. validate_segment_name
+// refuses names ending in ".lock", so it never collides with a segment.
+std::string lock_path(std::string_view dir, std::string_view name);
+
+}  // namespace larder::writer
+
+namespace larder {
+
+struct Writer::Impl {
+  // One table of the segment, with a local copy of everything the writer
+  // must not re-read from shared memory.
+  struct TableState {
+    layout::TableDescriptor* desc = nullptr;
+    layout::Word* slots = nullptr;
+    layout::TableGeometry geo;
+    std::vector<layout::FieldDescriptor> fields;  // local copy
+    uint64_t max_used = 0;                        // live + tombstones before empties are kept back
+    uint64_t purge_cursor = 0;
+    uint32_t declared_fields = 0;  // fields an update may write; aggregate outputs follow
+    writer::AggregateTable agg;
+    layout::Word* slot(uint64_t i) const { return slots + i * geo.slot_words; }
+  };
+
+  // A probe for one key along its chain (table.h).
+  struct Probe {
+    uint64_t found = writer::kNone;      // slot holding the key (live or tombstone)
+    uint64_t empty = writer::kNone;      // first empty slot, ending the chain
+    uint64_t tombstone = writer::kNone;  // first tombstone of another key
+    uint64_t expired = writer::kNone;    // first tombstone past its retention
+  };
+
+  // What one slot write stores (row_write.h). Words it does not name keep
+  // their values.
+  struct RowChange {
+    // The slot takes this key (insert, revive, record of a delete): the key
+    // is written and the row starts from zeros with every field invalid.
+    const layout::PackedKey* new_key = nullptr;
+    // Fields to store and mark valid.
+    std::span<const FieldValue> values;
+    // A state block whose aggregate outputs are stored (value and validity).
+    const layout::Word* outputs_of = nullptr;
+    // The row's event and apply times.
+    bool set_times = false;
+    int64_t event_time_ms = 0;
+    int64_t apply_unix_ns = 0;
+    // The meta word (hash and state; 0 empties the slot).
+    bool set_meta = false;
+    uint64_t meta = 0;
+
+    // The slot takes `key`, with `meta`.
+    void take_key(const layout::PackedKey& key, uint64_t new_meta) {
+      new_key = &key;
+      set_meta = true;
+      meta = new_meta;
+    }
+  };
+
+  // A key whose aggregates must be refreshed at due_ms.
+  struct Due {
+    int64_t due_ms;
+    uint32_t table;
+    uint64_t slot;
+    bool operator>(const Due& o) const { return due_ms > o.due_ms; }
+  };
+
+  std::string name;
+  std::string dir;
+  WriterOptions options;
+  layout::Schema schema;
+  int lock_fd = -1;
+  std::unique_ptr<layout::MappedFile> map;
+  layout::SegmentHeader* header = nullptr;
+  layout::Word* undo = nullptr;
+  std::vector<TableState> tables;
+  std::vector<uint64_t> scratch;  // the row image being built (row_write.h)
+  layout::PackedKey packed;       // the key of the update in progress
+  bool created = false;
+  uint64_t repaired = 0;
+
+  // Aggregates: the journal of state changes, the aggregate clock (ms, never
+  // decreasing) and the keys to refresh, soonest first.
+  writer::Journal journal;
+  int64_t clock_ms = 0;
+  std::priority_queue<Due, std::vector<Due>, std::greater<Due>> due;
+
+  ~Impl();
+
+  // segment_create.cc
+  void acquire_lock();
+  void remove_leftovers();
+  void create(bool replace_existing);
+  void attach();
+  // repair.cc
+  void repair();
+
+  // table.h
+  Probe probe(const TableState& ts, uint64_t hash, int64_t now_ns) const;
+  uint64_t used(const TableState& ts) const;
+  uint64_t choose_slot(const TableState& ts, const Probe& p, bool for_tombstone) const;
+  uint64_t slot_for_upsert(uint32_t table, const Probe& p, bool fresh_row, uint64_t hash, int64_t now_ns);
+
+  // row_write.h
+  void write_row(uint32_t table, uint64_t slot, const RowChange& change);
+
+  // update.cc
+  bool values_valid(const TableState& ts, std::span<const FieldValue> values) const;
+  ApplyResult upsert_plain(uint32_t table, std::string_view key, int64_t event_time_ms,
+                           std::span<const FieldValue> values, int64_t apply_unix_ns);
+  ApplyResult apply_aggregated(uint32_t table, std::string_view key, int64_t event_time_ms,
+                               std::span<const FieldValue> values, std::span<const SourceValue> sources,
+                               uint64_t event_id, int64_t apply_unix_ns);
+  ApplyResult remove(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t apply_unix_ns);
+  void count_upsert(TableState& ts, bool fresh_row, uint64_t prior_meta, int64_t event_time_ms, int64_t now_ns);
+  void count_apply(TableState& ts, int64_t event_time_ms, int64_t now_ns);
+
+  // maintenance.cc
+  void advance_clock(int64_t now_unix_ns) { clock_ms = std::max(clock_ms, now_unix_ns / 1'000'000); }
+  void schedule(uint32_t table, uint64_t slot, layout::Word* block);
+  bool refresh_slot(uint32_t table, uint64_t slot);
+  uint64_t refresh(int64_t now_unix_ns, uint64_t key_budget);
+  uint64_t purge(uint32_t table, uint64_t steps);
+};
+
+}  // namespace larder
