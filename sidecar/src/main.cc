@@ -16,14 +16,14 @@
 #include <cstdio>
 #include <thread>
 
-#include "config.h"
-#include "consumer.h"
+#include "apply/pipeline.h"
+#include "apply/writer_thread.h"
+#include "config/config.h"
+#include "consume/consumer.h"
 #include "larder/layout/clock.h"
 #include "larder/layout/writer.h"
-#include "logging.h"
-#include "metrics_server.h"
-#include "pipeline.h"
-#include "writer_thread.h"
+#include "observe/logging.h"
+#include "observe/metrics_server.h"
 
 namespace {
 

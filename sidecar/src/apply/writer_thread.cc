@@ -1,6 +1,6 @@
 // The writer thread (see writer_thread.h). Every function here runs on the
 // writer thread.
-#include "writer_thread.h"
+#include "apply/writer_thread.h"
 
 #include <spdlog/spdlog.h>
 

@@ -5,7 +5,7 @@
 // against the schema while they are read, so a bad message stops at its first
 // problem. Rejections travel as an internal exception (Reject) that never
 // leaves decode(): the happy path pays nothing for it.
-#include "decoder.h"
+#include "decode/decoder.h"
 
 #include <fmt/format.h>
 #include <simdjson.h>
@@ -17,7 +17,7 @@
 #include <stdexcept>
 #include <unordered_map>
 
-#include "event_time.h"
+#include "decode/event_time.h"
 
 namespace larder::sidecar {
 namespace {

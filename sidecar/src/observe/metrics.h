@@ -23,8 +23,8 @@
 #include <string_view>
 #include <vector>
 
+#include "decode/reject_reason.h"
 #include "larder/client.h"
-#include "reject_reason.h"
 
 namespace larder::sidecar {
 

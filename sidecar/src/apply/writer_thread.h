@@ -7,8 +7,8 @@
 
 #include <chrono>
 
+#include "apply/pipeline.h"
 #include "larder/layout/writer.h"
-#include "pipeline.h"
 
 namespace larder::sidecar {
 

@@ -1,5 +1,5 @@
 // YAML config loading and validation (see config.h). Main thread, at start.
-#include "config.h"
+#include "config/config.h"
 
 #include <fmt/format.h>
 #include <sys/stat.h>
@@ -16,7 +16,7 @@
 #include <set>
 #include <sstream>
 
-#include "config_yaml.h"
+#include "config/config_yaml.h"
 #include "larder/layout/error.h"
 
 namespace larder::sidecar {

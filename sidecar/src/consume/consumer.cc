@@ -1,6 +1,6 @@
 // The consumer loop (see consumer.h). Every function here runs on the
 // consumer thread.
-#include "consumer.h"
+#include "consume/consumer.h"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>

@@ -1,7 +1,7 @@
 // Metrics storage and the Prometheus text rendering (see metrics.h). The
 // constructors run on the main thread before the other threads start;
 // render_metrics, not_ready_reason and not_alive_reason run on the HTTP thread.
-#include "metrics.h"
+#include "observe/metrics.h"
 
 #include <fmt/format.h>
 

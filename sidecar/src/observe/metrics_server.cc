@@ -1,6 +1,6 @@
 // The HTTP listener (see metrics_server.h). bind/start/stop: main thread;
 // metrics/healthz/readyz and sample_segment: HTTP worker threads.
-#include "metrics_server.h"
+#include "observe/metrics_server.h"
 
 #include <httplib.h>
 #include <spdlog/spdlog.h>
