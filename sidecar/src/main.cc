@@ -199,6 +199,8 @@ int main(int argc, char** argv) {
     larder::sidecar::Consumer consumer(config, pipeline, g_stop_requests);
     code = consumer.run();
   }
+  // release: pairs with the writer thread's acquire load; every item the
+  // consumer enqueued is visible to it before it sees the stop.
   pipeline.writer_stop.store(true, std::memory_order_release);
   writer_thread.join();
   if (metrics_server) metrics_server->stop();

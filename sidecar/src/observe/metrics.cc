@@ -48,6 +48,7 @@ Histogram::Snapshot Histogram::snapshot() const {
   Snapshot s;
   s.upper_bounds_s.assign(bounds_s_.begin(), bounds_s_.begin() + static_cast<ptrdiff_t>(bucket_count_));
   s.counts.resize(bucket_count_ + 1);
+  // relaxed: statistics; no consistent snapshot is promised (see metrics.h).
   for (size_t i = 0; i <= bucket_count_; ++i) s.counts[i] = counts_[i].load(std::memory_order_relaxed);
   s.sum_s = sum_s_.load(std::memory_order_relaxed);
   return s;
