@@ -1,4 +1,4 @@
-// libFuzzer target for the message decoder (sidecar/src/decoder.h): any byte
+// libFuzzer target for the message decoder (sidecar/src/decode/decoder.h): any byte
 // string must decode or be rejected with a named reason, never crash, hang
 // or leak; an accepted batch must be internally consistent. Single-threaded.
 #include <cmath>
@@ -8,7 +8,7 @@
 #include <cstring>
 #include <string_view>
 
-#include "decoder.h"
+#include "decode/decoder.h"
 
 namespace {
 

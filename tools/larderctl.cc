@@ -36,7 +36,7 @@
 #include <thread>
 #include <vector>
 
-#include "config.h"  // larder-sidecar's config parser (larder::sidecar_core)
+#include "config/config.h"  // larder-sidecar's config parser (larder::sidecar_config)
 #include "larder/client.h"
 #include "larder/layout/clock.h"
 #include "larder/layout/segment_file.h"

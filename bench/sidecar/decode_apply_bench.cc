@@ -10,11 +10,11 @@
 #include <string>
 #include <vector>
 
-#include "decoder.h"
+#include "apply/writer_thread.h"
+#include "decode/decoder.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
-#include "metrics.h"
-#include "writer_thread.h"
+#include "observe/metrics.h"
 
 namespace {
 

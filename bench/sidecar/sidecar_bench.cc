@@ -33,7 +33,7 @@
 #include <thread>
 #include <vector>
 
-#include "amqp_url.h"
+#include "config/amqp_url.h"
 #include "larder/client.h"
 
 namespace {

@@ -16,14 +16,14 @@
 #include <cstdio>
 #include <thread>
 
-#include "config.h"
-#include "consumer.h"
+#include "apply/pipeline.h"
+#include "apply/writer_thread.h"
+#include "config/config.h"
+#include "consume/consumer.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
-#include "logging.h"
-#include "metrics_server.h"
-#include "pipeline.h"
-#include "writer_thread.h"
+#include "observe/logging.h"
+#include "observe/metrics_server.h"
 
 namespace {
 
@@ -199,6 +199,8 @@ int main(int argc, char** argv) {
     larder::sidecar::Consumer consumer(config, pipeline, g_stop_requests);
     code = consumer.run();
   }
+  // release: pairs with the writer thread's acquire load; every item the
+  // consumer enqueued is visible to it before it sees the stop.
   pipeline.writer_stop.store(true, std::memory_order_release);
   writer_thread.join();
   if (metrics_server) metrics_server->stop();

@@ -1,9 +1,9 @@
 // Unit tests of the ack watermark (AckTracker) and reconnect backoff. No broker.
-#include "ack_tracker.h"
+#include "consume/ack_tracker.h"
 
 #include <gtest/gtest.h>
 
-#include "backoff.h"
+#include "consume/backoff.h"
 
 namespace larder::sidecar {
 namespace {

@@ -1,5 +1,5 @@
 // Unit tests of AMQP URL parsing. No broker.
-#include "amqp_url.h"
+#include "config/amqp_url.h"
 
 #include <gtest/gtest.h>
 

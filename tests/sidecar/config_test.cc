@@ -1,6 +1,6 @@
 // Unit tests of config loading: defaults, conversion to a Schema, and that
 // every error message starts with the key path it is about. No broker.
-#include "config.h"
+#include "config/config.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>

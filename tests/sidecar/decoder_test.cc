@@ -1,7 +1,7 @@
 // Unit tests of the message format v1 decoder: every reject reason, batches,
 // each field type and its limits, and the writer-side reasons through
 // apply_batch(). No broker.
-#include "decoder.h"
+#include "decode/decoder.h"
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -14,9 +14,9 @@
 #include <string>
 
 #include "alloc_count.h"
+#include "apply/writer_thread.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
-#include "writer_thread.h"
 
 namespace larder::sidecar {
 namespace {

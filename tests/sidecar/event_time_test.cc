@@ -1,5 +1,5 @@
 // Unit tests of RFC 3339 event-time parsing. No broker.
-#include "event_time.h"
+#include "decode/event_time.h"
 
 #include <gtest/gtest.h>
 

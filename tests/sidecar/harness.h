@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "amqp_url.h"
+#include "config/amqp_url.h"
 
 namespace larder::test {
 

@@ -2,7 +2,7 @@
 // the Prometheus text rendering, the readiness and liveness rules, the
 // metrics config keys, and the HTTP listener itself (against a segment made
 // by larder::Writer in the test).
-#include "metrics.h"
+#include "observe/metrics.h"
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -16,11 +16,11 @@
 #include <set>
 #include <sstream>
 
-#include "config.h"
+#include "apply/pipeline.h"
+#include "config/config.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
-#include "metrics_server.h"
-#include "pipeline.h"
+#include "observe/metrics_server.h"
 #include "prometheus_parse.h"
 
 namespace larder::sidecar {

@@ -1,7 +1,7 @@
 // Unit tests of ingest transforms: every step against hand-computed values,
 // output types, domain errors, no allocation when applied, and every
 // parameter error with its key path. No broker.
-#include "transform.h"
+#include "config/transform.h"
 
 #include <gtest/gtest.h>
 
@@ -9,7 +9,7 @@
 #include <string>
 
 #include "alloc_count.h"
-#include "config_error.h"
+#include "config/config_error.h"
 
 namespace larder::sidecar {
 namespace {

@@ -5,7 +5,7 @@
 // against the schema while they are read, so a bad message stops at its first
 // problem. Rejections travel as an internal exception (Reject) that never
 // leaves decode(): the happy path pays nothing for it.
-#include "decoder.h"
+#include "decode/decoder.h"
 
 #include <fmt/format.h>
 #include <simdjson.h>
@@ -17,7 +17,7 @@
 #include <stdexcept>
 #include <unordered_map>
 
-#include "event_time.h"
+#include "decode/event_time.h"
 
 namespace larder::sidecar {
 namespace {
@@ -452,31 +452,117 @@ struct Decoder::Impl {
     }
   }
 
-  void decode_update(od::object& obj, size_t index, bool batch, DecodedBatch& out) {
-    const Where at{index, batch};
-    ++update_serial;
-    bool have_table = false, have_key = false, have_time = false, have_op = false, have_fields = false, have_id = false,
-         fields_done = false;
+  // The envelope members of one update as the walk over its object finds
+  // them. `key` points into the parser's string buffer until copied.
+  struct Envelope {
+    bool have_table = false, have_key = false, have_time = false, have_op = false, have_fields = false, have_id = false;
+    bool fields_done = false;  // `fields` decoded in place during the walk
     const TableInfo* table = nullptr;
     std::string_view key;
     int64_t event_time_ms = 0;
     UpdateOp op = UpdateOp::kUpsert;
     uint64_t event_id = 0;
+  };
+
+  // Rejects a member that appears twice in one update.
+  static void mark_once(bool& flag, std::string_view name, const Where& at) {
+    if (flag) reject(RejectReason::kDuplicateMember, fmt::format("{}: \"{}\" appears twice", at, name));
+    flag = true;
+  }
+
+  std::string_view read_string_member(od::value& v, std::string_view name, const Where& at) {
+    if (type_of(v, at) != od::json_type::string) {
+      reject(RejectReason::kWrongMemberType, fmt::format("{}: \"{}\" must be a string", at, name));
+    }
+    std::string_view s;
+    if (v.get_string().get(s) != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed string");
+    return s;
+  }
+
+  UpdateOp read_op(od::value& v, const Where& at) {
+    if (type_of(v, at) != od::json_type::string)
+      reject(RejectReason::kBadOp, at + ": \"op\" must be \"upsert\" or \"delete\"");
+    std::string_view o;
+    if (v.get_string().get(o) != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed string");
+    if (o == "upsert") return UpdateOp::kUpsert;
+    if (o == "delete") return UpdateOp::kDelete;
+    reject(RejectReason::kBadOp, fmt::format("{}: op \"{}\" (expected \"upsert\" or \"delete\")", at, clip(o)));
+  }
+
+  // One member of an update object, named `name`, into `e` (and, for
+  // `fields` once the table is known, into `out`).
+  void read_envelope_member(od::value& v, std::string_view name, const Where& at, Envelope& e, DecodedBatch& out) {
+    if (name == "table") {
+      mark_once(e.have_table, name, at);
+      const std::string_view t = read_string_member(v, name, at);
+      auto it = table_by_name.find(t);
+      if (it == table_by_name.end())
+        reject(RejectReason::kUnknownTable, fmt::format("{}: no table \"{}\"", at, clip(t)));
+      e.table = &tables[it->second];
+    } else if (name == "key") {
+      mark_once(e.have_key, name, at);
+      e.key = read_string_member(v, name, at);
+    } else if (name == "event_time") {
+      mark_once(e.have_time, name, at);
+      e.event_time_ms = read_event_time(v, at);
+    } else if (name == "op") {
+      mark_once(e.have_op, name, at);
+      e.op = read_op(v, at);
+    } else if (name == "id") {
+      mark_once(e.have_id, name, at);
+      const std::string_view id = read_string_member(v, name, at);
+      if (out.first_id_.empty()) out.first_id_.assign(id.substr(0, 128));
+      // Hashed now: `id` points into the parser's string buffer, which a
+      // second walk of the object may reuse. "" is no id: a producer that
+      // fills it with an empty default must not have every event after
+      // the first dropped as a duplicate.
+      e.event_id = id.empty() ? 0 : event_id_hash(id);
+    } else if (name == "fields") {
+      mark_once(e.have_fields, name, at);
+      // Decoded in place when the table is already known (the usual order);
+      // otherwise after the walk, by finding the member again.
+      if (e.table != nullptr && !(e.have_op && e.op == UpdateOp::kDelete)) {
+        decode_fields(v, *e.table, at, out);
+        e.fields_done = true;
+      }
+    } else {
+      skipped_unread = true;  // any other member is ignored (forward compatibility)
+    }
+  }
+
+  // The members every update needs, and its key within the table's limit.
+  static void check_envelope(const Envelope& e, const Where& at) {
+    if (!e.have_table) reject(RejectReason::kMissingMember, at + ": missing \"table\"");
+    if (!e.have_key) reject(RejectReason::kMissingMember, at + ": missing \"key\"");
+    if (!e.have_time) reject(RejectReason::kMissingMember, at + ": missing \"event_time\"");
+    if (e.op == UpdateOp::kUpsert && !e.have_fields)
+      reject(RejectReason::kMissingMember, at + ": missing \"fields\" (required for an upsert)");
+    if (e.key.empty()) reject(RejectReason::kEmptyKey, at + ": \"key\" is empty");
+    if (e.key.size() > e.table->key_max_len) {
+      reject(RejectReason::kKeyTooLong, fmt::format("{}: key of {} bytes, table \"{}\" allows {}", at, e.key.size(),
+                                                    e.table->name, e.table->key_max_len));
+    }
+  }
+
+  // `fields` came before `table`: a second walk finds it, decodes it, then
+  // walks to the end of the object so the document iterator is past it.
+  void decode_fields_after_walk(od::object& obj, const TableInfo& table, const Where& at, DecodedBatch& out) {
+    if (obj.reset().error() != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed object");
+    od::value v;
+    if (obj.find_field("fields").get(v) != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed object");
+    decode_fields(v, table, at, out);
+    if (obj.reset().error() != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed object");
+    for (auto member : obj) {
+      if (member.error() != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed object");
+    }
+  }
+
+  void decode_update(od::object& obj, size_t index, bool batch, DecodedBatch& out) {
+    const Where at{index, batch};
+    ++update_serial;
+    Envelope e;
     const size_t values_begin = out.values_.size();
     const size_t sources_begin = out.sources_.size();
-
-    auto once = [&](bool& flag, std::string_view name) {
-      if (flag) reject(RejectReason::kDuplicateMember, fmt::format("{}: \"{}\" appears twice", at, name));
-      flag = true;
-    };
-    auto string_member = [&](od::value& v, std::string_view name) {
-      if (type_of(v, at) != od::json_type::string) {
-        reject(RejectReason::kWrongMemberType, fmt::format("{}: \"{}\" must be a string", at, name));
-      }
-      std::string_view s;
-      if (v.get_string().get(s) != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed string");
-      return s;
-    };
 
     for (auto member : obj) {
       od::field f;
@@ -484,95 +570,31 @@ struct Decoder::Impl {
       std::string_view name;
       if (f.unescaped_key().get(name) != simdjson::SUCCESS)
         reject(RejectReason::kBadJson, at + ": malformed member name");
-      od::value& v = f.value();
-      if (name == "table") {
-        once(have_table, name);
-        const std::string_view t = string_member(v, name);
-        auto it = table_by_name.find(t);
-        if (it == table_by_name.end())
-          reject(RejectReason::kUnknownTable, fmt::format("{}: no table \"{}\"", at, clip(t)));
-        table = &tables[it->second];
-      } else if (name == "key") {
-        once(have_key, name);
-        key = string_member(v, name);
-      } else if (name == "event_time") {
-        once(have_time, name);
-        event_time_ms = read_event_time(v, at);
-      } else if (name == "op") {
-        once(have_op, name);
-        if (type_of(v, at) != od::json_type::string)
-          reject(RejectReason::kBadOp, at + ": \"op\" must be \"upsert\" or \"delete\"");
-        std::string_view o;
-        if (v.get_string().get(o) != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed string");
-        if (o == "upsert") {
-          op = UpdateOp::kUpsert;
-        } else if (o == "delete") {
-          op = UpdateOp::kDelete;
-        } else {
-          reject(RejectReason::kBadOp, fmt::format("{}: op \"{}\" (expected \"upsert\" or \"delete\")", at, clip(o)));
-        }
-      } else if (name == "id") {
-        once(have_id, name);
-        const std::string_view id = string_member(v, name);
-        if (out.first_id_.empty()) out.first_id_.assign(id.substr(0, 128));
-        // Hashed now: `id` points into the parser's string buffer, which a
-        // second walk of the object may reuse. "" is no id: a producer that
-        // fills it with an empty default must not have every event after
-        // the first dropped as a duplicate.
-        event_id = id.empty() ? 0 : event_id_hash(id);
-      } else if (name == "fields") {
-        once(have_fields, name);
-        // Decoded in place when the table is already known (the usual order);
-        // otherwise after the walk, by finding the member again.
-        if (table != nullptr && !(have_op && op == UpdateOp::kDelete)) {
-          decode_fields(v, *table, at, out);
-          fields_done = true;
-        }
-      } else {
-        skipped_unread = true;  // any other member is ignored (forward compatibility)
-      }
+      read_envelope_member(f.value(), name, at, e, out);
     }
-    if (!have_table) reject(RejectReason::kMissingMember, at + ": missing \"table\"");
-    if (!have_key) reject(RejectReason::kMissingMember, at + ": missing \"key\"");
-    if (!have_time) reject(RejectReason::kMissingMember, at + ": missing \"event_time\"");
-    if (op == UpdateOp::kUpsert && !have_fields)
-      reject(RejectReason::kMissingMember, at + ": missing \"fields\" (required for an upsert)");
-    if (key.empty()) reject(RejectReason::kEmptyKey, at + ": \"key\" is empty");
-    if (key.size() > table->key_max_len) {
-      reject(RejectReason::kKeyTooLong, fmt::format("{}: key of {} bytes, table \"{}\" allows {}", at, key.size(),
-                                                    table->name, table->key_max_len));
-    }
+    check_envelope(e, at);
     // Copy the key now: it points into the parser's string buffer, which a
     // second walk of the object may reuse.
     DecodedUpdate u;
     u.key_offset = static_cast<uint32_t>(out.bytes_.size());
-    u.key_length = static_cast<uint32_t>(key.size());
-    out.bytes_.insert(out.bytes_.end(), key.begin(), key.end());
-    if (op == UpdateOp::kDelete) {
+    u.key_length = static_cast<uint32_t>(e.key.size());
+    out.bytes_.insert(out.bytes_.end(), e.key.begin(), e.key.end());
+    if (e.op == UpdateOp::kDelete) {
       out.values_.resize(values_begin);  // a delete ignores fields
       out.sources_.resize(sources_begin);
-      if (have_fields && !fields_done) skipped_unread = true;
-    } else if (!fields_done) {
-      if (obj.reset().error() != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed object");
-      od::value v;
-      if (obj.find_field("fields").get(v) != simdjson::SUCCESS)
-        reject(RejectReason::kBadJson, at + ": malformed object");
-      decode_fields(v, *table, at, out);
-      // Walk to the end of the object so the document iterator is past it.
-      if (obj.reset().error() != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed object");
-      for (auto member : obj) {
-        if (member.error() != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed object");
-      }
+      if (e.have_fields && !e.fields_done) skipped_unread = true;
+    } else if (!e.fields_done) {
+      decode_fields_after_walk(obj, *e.table, at, out);
     }
 
-    u.table = table->index;
-    u.op = op;
-    u.event_time_ms = event_time_ms;
+    u.table = e.table->index;
+    u.op = e.op;
+    u.event_time_ms = e.event_time_ms;
     u.values_begin = static_cast<uint32_t>(values_begin);
     u.values_count = static_cast<uint32_t>(out.values_.size() - values_begin);
     u.sources_begin = static_cast<uint32_t>(sources_begin);
     u.sources_count = static_cast<uint32_t>(out.sources_.size() - sources_begin);
-    u.event_id = event_id;
+    u.event_id = e.event_id;
     out.updates_.push_back(u);
   }
 

@@ -28,9 +28,9 @@
 #include <atomic>
 #include <cstdint>
 
-#include "decoder.h"
+#include "decode/decoder.h"
 #include "larder/layout/format.h"
-#include "metrics.h"
+#include "observe/metrics.h"
 
 namespace larder::sidecar {
 

@@ -23,8 +23,8 @@
 #include <string_view>
 #include <vector>
 
+#include "decode/reject_reason.h"
 #include "larder/client.h"
-#include "reject_reason.h"
 
 namespace larder::sidecar {
 
@@ -34,15 +34,20 @@ class Counter {
  public:
   // Writer thread only. Lock-free, never allocates.
   void add(uint64_t n = 1) noexcept {
+    // relaxed: a statistic; the only writer reads back its own last store.
     value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
+  // relaxed: a statistic; readers want the number, not the writes before it.
   uint64_t value() const noexcept { return value_.load(std::memory_order_relaxed); }
 
   // The same with release/acquire order, for counters that publish other
   // values written before them (the progress counters below).
   void add_release(uint64_t n = 1) noexcept {
+    // load relaxed: the only writer reads its own last store; store release:
+    // pairs with value_acquire(), publishing what was written before it.
     value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_release);
   }
+  // acquire: pairs with add_release(); what was written before it is visible.
   uint64_t value_acquire() const noexcept { return value_.load(std::memory_order_acquire); }
 
  private:
@@ -53,8 +58,10 @@ class Counter {
 // A gauge set by one thread and read by others (a plain relaxed atomic).
 class Gauge {
  public:
+  // relaxed: a gauge is a value of its own; a Counter's release/acquire
+  // publishes it where order matters (see SidecarMetrics).
   void set(int64_t v) noexcept { value_.store(v, std::memory_order_relaxed); }
-  int64_t value() const noexcept { return value_.load(std::memory_order_relaxed); }
+  int64_t value() const noexcept { return value_.load(std::memory_order_relaxed); }  // relaxed: as set()
 
  private:
   std::atomic<int64_t> value_{0};
@@ -76,6 +83,8 @@ class Histogram {
     const uint64_t v = ns < 0 ? 0 : static_cast<uint64_t>(ns);
     size_t i = 0;
     while (i < bucket_count_ && v > bounds_ns_[i]) ++i;
+    // relaxed: statistics with one writer; a scrape may see _sum lag the
+    // buckets by an observation, which Prometheus accepts.
     counts_[i].store(counts_[i].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     // The sum in double seconds: event-time lags of a backfill (months each)
     // would overflow an integer nanosecond sum.

@@ -1,5 +1,5 @@
 // YAML config loading and validation (see config.h). Main thread, at start.
-#include "config.h"
+#include "config/config.h"
 
 #include <fmt/format.h>
 #include <sys/stat.h>
@@ -16,7 +16,7 @@
 #include <set>
 #include <sstream>
 
-#include "config_yaml.h"
+#include "config/config_yaml.h"
 #include "larder/layout/error.h"
 
 namespace larder::sidecar {
@@ -167,208 +167,227 @@ void use_input(std::map<std::string, std::vector<InputUse>>& uses, const std::st
 
 const char* const kAggregateFns = "count, sum, mean (avg), min, max, last, variance (var), stddev (std)";
 
-TableConfig parse_table(const YAML::Node& node, const std::string& path) {
-  MapNode m(node, path,
-            {"name", "key_max_len", "capacity", "max_load_factor", "allow_unknown_fields", "fields", "aggregates",
-             "allowed_lateness", "dedup"});
-  TableConfig t;
-  t.spec.name = m.str("name");
-  if (!layout::valid_identifier(t.spec.name)) {
-    fail(m.child("name"), fmt::format("\"{}\" is not a valid name ([A-Za-z0-9_.-], 1..63 bytes)", t.spec.name));
-  }
-  t.spec.key_max_len = static_cast<uint32_t>(m.integer("key_max_len", 64, 1, layout::kMaxKeyLength));
-  t.spec.capacity = m.integer("capacity", std::nullopt, 1, uint64_t{1} << 32);
-  t.spec.max_load_factor = m.number("max_load_factor", 0.75, 0.0, 0.95, true);
-  t.allow_unknown_fields = m.boolean("allow_unknown_fields", false);
-
-  std::map<std::string, size_t> field_index;
+// What parse_table learns about a table's names while it reads them, so that
+// later parts can refer back to earlier ones in their errors.
+struct TableNames {
+  std::string path;                                   // the table's key path, e.g. "tables[0]"
+  std::map<std::string, size_t> field_index;          // field name -> fields[i]
+  std::map<std::string, size_t> aggregate_index;      // aggregate name -> aggregates[i]
   std::map<std::string, std::vector<InputUse>> uses;  // event member -> who reads it, as what
   std::vector<std::string> from_paths;                // per field: the key path of its input, for errors
-  each_item(m.node("fields"), m.child("fields"), true, [&](const YAML::Node& fnode, const std::string& fpath) {
-    MapNode f(fnode, fpath, {"name", "type", "dims", "max_len", "from", "transform"});
-    layout::FieldSpec spec;
-    spec.name = f.str("name");
-    if (!layout::valid_identifier(spec.name)) {
-      fail(f.child("name"), fmt::format("\"{}\" is not a valid name ([A-Za-z0-9_.-], 1..63 bytes)", spec.name));
-    }
-    if (!field_index.emplace(spec.name, t.spec.fields.size()).second) {
-      fail(f.child("name"), fmt::format("duplicate field \"{}\"", spec.name));
-    }
-    const std::string type = f.str("type");
-    if (!layout::parse_field_type(type, &spec.type)) {
-      fail(f.child("type"),
-           fmt::format("unknown type \"{}\" (expected int64, float64, float32, bool, vector, string)", type));
-    }
-    if (spec.type == layout::FieldType::kFloat32Vector) {
-      spec.count = static_cast<uint32_t>(f.integer("dims", std::nullopt, 1, layout::kMaxVectorDims));
-    } else if (f.has("dims")) {
-      fail(f.child("dims"), "only vector fields have dims");
-    }
-    if (spec.type == layout::FieldType::kString) {
-      spec.count = static_cast<uint32_t>(f.integer("max_len", std::nullopt, 1, layout::kMaxStringLength));
-    } else if (f.has("max_len")) {
-      fail(f.child("max_len"), "only string fields have max_len");
-    }
+  std::vector<std::string> source_paths;              // per aggregate: the key path of its source
+};
 
-    FieldIngest ingest;
-    if (f.has("from")) {
-      ingest.from = f.str("from");
-      if (!layout::valid_identifier(ingest.from)) {
-        fail(f.child("from"),
-             fmt::format("\"{}\" is not a valid member name ([A-Za-z0-9_.-], 1..63 bytes)", ingest.from));
-      }
-      if (ingest.from == spec.name) ingest.from.clear();  // the default, spelled out
-    }
-    ingest.transform = TransformChain::parse(f.node("transform"), f.child("transform"));
-    const bool numeric = spec.type == layout::FieldType::kInt64 || spec.type == layout::FieldType::kFloat64 ||
-                         spec.type == layout::FieldType::kFloat32;
-    InputKind kind = numeric                                   ? InputKind::kNumber
-                     : spec.type == layout::FieldType::kString ? InputKind::kString
-                     : spec.type == layout::FieldType::kBool   ? InputKind::kBool
-                                                               : InputKind::kArray;
-    if (!ingest.transform.empty()) {
-      if (!numeric) {
-        fail(f.child("transform"),
-             fmt::format("{} fields take no transform: a transform gives a number, stored in an int64, float64 or "
-                         "float32 field (a vocabulary reads a string input: declare the field int64 with from: the "
-                         "string member)",
-                         type));
-      }
-      if (spec.type == layout::FieldType::kInt64 && ingest.transform.output() == TransformOutput::kFloat64) {
-        fail(f.child("transform"),
-             fmt::format("the chain ends in {}, which gives a float64, but field \"{}\" is int64: declare the field "
-                         "float64 (or float32), or end the chain with bucketize",
-                         transform_kind_name(ingest.transform.steps().back().kind), spec.name));
-      }
-      kind = ingest.transform.string_input() ? InputKind::kString : InputKind::kNumber;
-    }
-    const std::string input = ingest.from.empty() ? spec.name : ingest.from;
-    from_paths.push_back(f.child(f.has("from") ? "from" : "name"));
-    use_input(uses, input, kind, fmt::format("field \"{}\" ({})", spec.name, fpath.substr(path.size() + 1)),
-              from_paths.back());
-    t.spec.fields.push_back(std::move(spec));
-    t.ingest.push_back(std::move(ingest));
-  });
-  if (t.spec.fields.empty()) fail(m.child("fields"), "a table needs at least one field");
-  if (t.spec.fields.size() > layout::kMaxFields)
-    fail(m.child("fields"), fmt::format("at most {} fields", layout::kMaxFields));
-  // `from` names an event member. A member that is also a declared field
-  // computed from elsewhere would read the raw member, not that field's
-  // result, which is never what was meant.
-  for (size_t i = 0; i < t.ingest.size(); ++i) {
-    const std::string& from = t.ingest[i].from;
-    const auto it = field_index.find(from);
-    if (from.empty() || it == field_index.end() || t.ingest[it->second].from.empty()) continue;
-    fail(from_paths[i], fmt::format("\"{}\" is a field computed from \"{}\"; from names an event member, not another "
-                                    "field's result: use from: {} (and repeat that field's steps)",
-                                    from, t.ingest[it->second].from, t.ingest[it->second].from));
+// The JSON type a field reads from its member, before any transform.
+InputKind field_input_kind(layout::FieldType type) {
+  switch (type) {
+    case layout::FieldType::kInt64:
+    case layout::FieldType::kFloat64:
+    case layout::FieldType::kFloat32: return InputKind::kNumber;
+    case layout::FieldType::kString: return InputKind::kString;
+    case layout::FieldType::kBool: return InputKind::kBool;
+    case layout::FieldType::kFloat32Vector: return InputKind::kArray;
+  }
+  return InputKind::kArray;  // not reached: parse_field_type gives the types above
+}
+
+// One `fields` entry: appends it to t.spec.fields and t.ingest.
+void parse_field(const YAML::Node& fnode, const std::string& fpath, TableConfig& t, TableNames& names) {
+  MapNode f(fnode, fpath, {"name", "type", "dims", "max_len", "from", "transform"});
+  layout::FieldSpec spec;
+  spec.name = f.str("name");
+  if (!layout::valid_identifier(spec.name)) {
+    fail(f.child("name"), fmt::format("\"{}\" is not a valid name ([A-Za-z0-9_.-], 1..63 bytes)", spec.name));
+  }
+  if (!names.field_index.emplace(spec.name, t.spec.fields.size()).second) {
+    fail(f.child("name"), fmt::format("duplicate field \"{}\"", spec.name));
+  }
+  const std::string type = f.str("type");
+  if (!layout::parse_field_type(type, &spec.type)) {
+    fail(f.child("type"),
+         fmt::format("unknown type \"{}\" (expected int64, float64, float32, bool, vector, string)", type));
+  }
+  if (spec.type == layout::FieldType::kFloat32Vector) {
+    spec.count = static_cast<uint32_t>(f.integer("dims", std::nullopt, 1, layout::kMaxVectorDims));
+  } else if (f.has("dims")) {
+    fail(f.child("dims"), "only vector fields have dims");
+  }
+  if (spec.type == layout::FieldType::kString) {
+    spec.count = static_cast<uint32_t>(f.integer("max_len", std::nullopt, 1, layout::kMaxStringLength));
+  } else if (f.has("max_len")) {
+    fail(f.child("max_len"), "only string fields have max_len");
   }
 
-  std::map<std::string, size_t> aggregate_index;
-  std::vector<std::string> source_paths;
-  each_item(m.node("aggregates"), m.child("aggregates"), false, [&](const YAML::Node& anode, const std::string& apath) {
-    MapNode a(anode, apath, {"name", "source", "fn", "window", "resolution", "end"});
-    layout::AggregateSpec spec;
-    spec.name = a.str("name");
-    if (!layout::valid_identifier(spec.name)) {
-      fail(a.child("name"), fmt::format("\"{}\" is not a valid name ([A-Za-z0-9_.-], 1..63 bytes)", spec.name));
+  FieldIngest ingest;
+  if (f.has("from")) {
+    ingest.from = f.str("from");
+    if (!layout::valid_identifier(ingest.from)) {
+      fail(f.child("from"),
+           fmt::format("\"{}\" is not a valid member name ([A-Za-z0-9_.-], 1..63 bytes)", ingest.from));
     }
-    if (const auto f = field_index.find(spec.name); f != field_index.end()) {
-      fail(a.child("name"), fmt::format("\"{}\" is already a field (fields[{}]); an aggregate is published as a field "
-                                        "of its own name, so the names must differ",
-                                        spec.name, f->second));
+    if (ingest.from == spec.name) ingest.from.clear();  // the default, spelled out
+  }
+  ingest.transform = TransformChain::parse(f.node("transform"), f.child("transform"));
+  InputKind kind = field_input_kind(spec.type);
+  if (!ingest.transform.empty()) {
+    if (kind != InputKind::kNumber) {
+      fail(f.child("transform"),
+           fmt::format("{} fields take no transform: a transform gives a number, stored in an int64, float64 or "
+                       "float32 field (a vocabulary reads a string input: declare the field int64 with from: the "
+                       "string member)",
+                       type));
     }
-    if (const auto d = aggregate_index.find(spec.name); d != aggregate_index.end()) {
-      fail(a.child("name"), fmt::format("duplicate aggregate \"{}\" (also aggregates[{}])", spec.name, d->second));
+    if (spec.type == layout::FieldType::kInt64 && ingest.transform.output() == TransformOutput::kFloat64) {
+      fail(f.child("transform"),
+           fmt::format("the chain ends in {}, which gives a float64, but field \"{}\" is int64: declare the field "
+                       "float64 (or float32), or end the chain with bucketize",
+                       transform_kind_name(ingest.transform.steps().back().kind), spec.name));
     }
-    aggregate_index.emplace(spec.name, t.spec.aggregates.size());
+    kind = ingest.transform.string_input() ? InputKind::kString : InputKind::kNumber;
+  }
+  const std::string input = ingest.from.empty() ? spec.name : ingest.from;
+  names.from_paths.push_back(f.child(f.has("from") ? "from" : "name"));
+  use_input(names.uses, input, kind, fmt::format("field \"{}\" ({})", spec.name, fpath.substr(names.path.size() + 1)),
+            names.from_paths.back());
+  t.spec.fields.push_back(std::move(spec));
+  t.ingest.push_back(std::move(ingest));
+}
 
-    const std::string fn = a.str("fn");
-    if (!layout::parse_aggregate_fn(fn, &spec.fn)) {
-      fail(a.child("fn"), fmt::format("unknown fn \"{}\" (expected {})", fn, kAggregateFns));
-    }
-    if (a.has("source")) {
-      spec.source = a.str("source");
-      if (!layout::valid_identifier(spec.source)) {
-        fail(a.child("source"), fmt::format("\"{}\" is not a valid name ([A-Za-z0-9_.-], 1..63 bytes)", spec.source));
-      }
-      if (const auto f = field_index.find(spec.source); f != field_index.end()) {
-        // The aggregate folds that field's value (after its transform).
-        const layout::FieldType type = t.spec.fields[f->second].type;
-        if (type == layout::FieldType::kString || type == layout::FieldType::kFloat32Vector) {
-          fail(a.child("source"),
-               fmt::format("\"{}\" is a {} field; an aggregate folds numbers: name an int64, float64, float32 or "
-                           "bool field, or an event member that holds numbers",
-                           spec.source, layout::field_type_name(type)));
-        }
-      } else {
-        use_input(uses, spec.source, InputKind::kNumberOrBool,
-                  fmt::format("aggregate \"{}\" ({})", spec.name, apath.substr(path.size() + 1)), a.child("source"));
-      }
-    } else if (spec.fn != layout::AggregateFn::kCount) {
-      fail(a.child("source"),
-           fmt::format("required for {}: the event member (or field) whose values it folds; only count may omit it",
-                       layout::aggregate_fn_name(spec.fn)));
-    }
-    source_paths.push_back(a.child("source"));
+// `from` names an event member. A member that is also a declared field
+// computed from elsewhere would read the raw member, not that field's
+// result, which is never what was meant.
+void check_from_is_not_computed(const TableConfig& t, const TableNames& names) {
+  for (size_t i = 0; i < t.ingest.size(); ++i) {
+    const std::string& from = t.ingest[i].from;
+    const auto it = names.field_index.find(from);
+    if (from.empty() || it == names.field_index.end() || t.ingest[it->second].from.empty()) continue;
+    fail(names.from_paths[i],
+         fmt::format("\"{}\" is a field computed from \"{}\"; from names an event member, not another "
+                     "field's result: use from: {} (and repeat that field's steps)",
+                     from, t.ingest[it->second].from, t.ingest[it->second].from));
+  }
+}
 
-    const std::optional<int64_t> window = duration_ms(a, "window");
-    if (!window) fail(a.child("window"), "required (e.g. 1h)");
-    spec.window_ms = *window;
-    if (spec.window_ms < layout::kMinWindowMs || spec.window_ms > layout::kMaxWindowMs) {
-      fail(a.child("window"),
-           fmt::format("{} is outside {}..{}", format_duration(spec.window_ms), format_duration(layout::kMinWindowMs),
-                       format_duration(layout::kMaxWindowMs)));
+// An aggregate's `source`: a numeric field of the table, or an event member
+// (recorded as read as a number). Only count may omit it.
+void parse_aggregate_source(const MapNode& a, const std::string& apath, layout::AggregateSpec& spec,
+                            const TableConfig& t, TableNames& names) {
+  if (a.has("source")) {
+    spec.source = a.str("source");
+    if (!layout::valid_identifier(spec.source)) {
+      fail(a.child("source"), fmt::format("\"{}\" is not a valid name ([A-Za-z0-9_.-], 1..63 bytes)", spec.source));
     }
-    const std::optional<int64_t> resolution = duration_ms(a, "resolution");
-    if (resolution) {
-      if (*resolution <= 0) fail(a.child("resolution"), "must be > 0");
-      if (spec.window_ms % *resolution != 0) {
-        fail(a.child("resolution"),
-             fmt::format("window {} is not a multiple of resolution {}; pick a resolution that divides it (e.g. {})",
-                         format_duration(spec.window_ms), format_duration(*resolution),
-                         format_duration(suggest_resolution(spec.window_ms))));
+    if (const auto f = names.field_index.find(spec.source); f != names.field_index.end()) {
+      // The aggregate folds that field's value (after its transform).
+      const layout::FieldType type = t.spec.fields[f->second].type;
+      if (type == layout::FieldType::kString || type == layout::FieldType::kFloat32Vector) {
+        fail(a.child("source"),
+             fmt::format("\"{}\" is a {} field; an aggregate folds numbers: name an int64, float64, float32 or "
+                         "bool field, or an event member that holds numbers",
+                         spec.source, layout::field_type_name(type)));
       }
-      spec.resolution_ms = *resolution;
-    }
-    const int64_t effective = resolution ? *resolution : layout::default_resolution_ms(spec.window_ms);
-    if (effective <= 0) {
-      fail(a.child("window"),
-           fmt::format("{} has no default resolution (no whole number of milliseconds divides it into 60..{} "
-                       "buckets): set resolution to a divisor of the window (e.g. {}), or use a rounder window",
-                       format_duration(spec.window_ms), layout::kMaxBucketsPerWindow,
-                       format_duration(suggest_resolution(spec.window_ms))));
-    }
-    if (spec.window_ms / effective > layout::kMaxBucketsPerWindow) {
-      fail(a.child(resolution ? "resolution" : "window"),
-           fmt::format("window {} / resolution {} is {} buckets; at most {}: {} a resolution of {} or another "
-                       "divisor of the window",
-                       format_duration(spec.window_ms), format_duration(effective), spec.window_ms / effective,
-                       layout::kMaxBucketsPerWindow, resolution ? "use" : "set",
-                       format_duration(suggest_resolution(spec.window_ms))));
-    }
-    const std::string end = a.str("end", "now");
-    if (end == "now") {
-      spec.end = layout::WindowEnd::kNow;
-    } else if (end == "latest_event") {
-      spec.end = layout::WindowEnd::kLatestEvent;
     } else {
-      fail(a.child("end"), fmt::format("unknown end \"{}\" (expected now or latest_event)", end));
+      use_input(names.uses, spec.source, InputKind::kNumberOrBool,
+                fmt::format("aggregate \"{}\" ({})", spec.name, apath.substr(names.path.size() + 1)),
+                a.child("source"));
     }
-    t.spec.aggregates.push_back(std::move(spec));
-  });
+  } else if (spec.fn != layout::AggregateFn::kCount) {
+    fail(a.child("source"),
+         fmt::format("required for {}: the event member (or field) whose values it folds; only count may omit it",
+                     layout::aggregate_fn_name(spec.fn)));
+  }
+  names.source_paths.push_back(a.child("source"));
+}
+
+// An aggregate's `window` and `resolution`: the window within bounds, the
+// resolution (given or default) a divisor of it into few enough buckets.
+void parse_aggregate_window(const MapNode& a, layout::AggregateSpec& spec) {
+  const std::optional<int64_t> window = duration_ms(a, "window");
+  if (!window) fail(a.child("window"), "required (e.g. 1h)");
+  spec.window_ms = *window;
+  if (spec.window_ms < layout::kMinWindowMs || spec.window_ms > layout::kMaxWindowMs) {
+    fail(a.child("window"), fmt::format("{} is outside {}..{}", format_duration(spec.window_ms),
+                                        format_duration(layout::kMinWindowMs), format_duration(layout::kMaxWindowMs)));
+  }
+  const std::optional<int64_t> resolution = duration_ms(a, "resolution");
+  if (resolution) {
+    if (*resolution <= 0) fail(a.child("resolution"), "must be > 0");
+    if (spec.window_ms % *resolution != 0) {
+      fail(a.child("resolution"),
+           fmt::format("window {} is not a multiple of resolution {}; pick a resolution that divides it (e.g. {})",
+                       format_duration(spec.window_ms), format_duration(*resolution),
+                       format_duration(suggest_resolution(spec.window_ms))));
+    }
+    spec.resolution_ms = *resolution;
+  }
+  const int64_t effective = resolution ? *resolution : layout::default_resolution_ms(spec.window_ms);
+  if (effective <= 0) {
+    fail(a.child("window"),
+         fmt::format("{} has no default resolution (no whole number of milliseconds divides it into 60..{} "
+                     "buckets): set resolution to a divisor of the window (e.g. {}), or use a rounder window",
+                     format_duration(spec.window_ms), layout::kMaxBucketsPerWindow,
+                     format_duration(suggest_resolution(spec.window_ms))));
+  }
+  if (spec.window_ms / effective > layout::kMaxBucketsPerWindow) {
+    fail(a.child(resolution ? "resolution" : "window"),
+         fmt::format("window {} / resolution {} is {} buckets; at most {}: {} a resolution of {} or another "
+                     "divisor of the window",
+                     format_duration(spec.window_ms), format_duration(effective), spec.window_ms / effective,
+                     layout::kMaxBucketsPerWindow, resolution ? "use" : "set",
+                     format_duration(suggest_resolution(spec.window_ms))));
+  }
+}
+
+// One `aggregates` entry: appends it to t.spec.aggregates.
+void parse_aggregate(const YAML::Node& anode, const std::string& apath, TableConfig& t, TableNames& names) {
+  MapNode a(anode, apath, {"name", "source", "fn", "window", "resolution", "end"});
+  layout::AggregateSpec spec;
+  spec.name = a.str("name");
+  if (!layout::valid_identifier(spec.name)) {
+    fail(a.child("name"), fmt::format("\"{}\" is not a valid name ([A-Za-z0-9_.-], 1..63 bytes)", spec.name));
+  }
+  if (const auto f = names.field_index.find(spec.name); f != names.field_index.end()) {
+    fail(a.child("name"), fmt::format("\"{}\" is already a field (fields[{}]); an aggregate is published as a field "
+                                      "of its own name, so the names must differ",
+                                      spec.name, f->second));
+  }
+  if (const auto d = names.aggregate_index.find(spec.name); d != names.aggregate_index.end()) {
+    fail(a.child("name"), fmt::format("duplicate aggregate \"{}\" (also aggregates[{}])", spec.name, d->second));
+  }
+  names.aggregate_index.emplace(spec.name, t.spec.aggregates.size());
+
+  const std::string fn = a.str("fn");
+  if (!layout::parse_aggregate_fn(fn, &spec.fn)) {
+    fail(a.child("fn"), fmt::format("unknown fn \"{}\" (expected {})", fn, kAggregateFns));
+  }
+  parse_aggregate_source(a, apath, spec, t, names);
+  parse_aggregate_window(a, spec);
+  const std::string end = a.str("end", "now");
+  if (end == "now") {
+    spec.end = layout::WindowEnd::kNow;
+  } else if (end == "latest_event") {
+    spec.end = layout::WindowEnd::kLatestEvent;
+  } else {
+    fail(a.child("end"), fmt::format("unknown end \"{}\" (expected now or latest_event)", end));
+  }
+  t.spec.aggregates.push_back(std::move(spec));
+}
+
+// Aggregates fold event values: neither an aggregate's source nor a field's
+// `from` may name an aggregate. Also the per-table counts.
+void check_aggregate_references(const MapNode& m, const TableConfig& t, const TableNames& names) {
   for (size_t i = 0; i < t.spec.aggregates.size(); ++i) {
     const std::string& source = t.spec.aggregates[i].source;
-    if (const auto d = aggregate_index.find(source); d != aggregate_index.end()) {
-      fail(source_paths[i], fmt::format("\"{}\" is an aggregate (aggregates[{}]); an aggregate folds event values, "
-                                        "not other aggregates",
-                                        source, d->second));
+    if (const auto d = names.aggregate_index.find(source); d != names.aggregate_index.end()) {
+      fail(names.source_paths[i], fmt::format("\"{}\" is an aggregate (aggregates[{}]); an aggregate folds event "
+                                              "values, not other aggregates",
+                                              source, d->second));
     }
   }
   for (size_t i = 0; i < t.ingest.size(); ++i) {
     const std::string& from = t.ingest[i].from;
-    if (const auto d = aggregate_index.find(from); !from.empty() && d != aggregate_index.end()) {
-      fail(from_paths[i],
+    if (const auto d = names.aggregate_index.find(from); !from.empty() && d != names.aggregate_index.end()) {
+      fail(names.from_paths[i],
            fmt::format("\"{}\" is an aggregate (aggregates[{}]); from names an event member", from, d->second));
     }
   }
@@ -380,7 +399,11 @@ TableConfig parse_table(const YAML::Node& node, const std::string& path) {
     fail(m.child("aggregates"), fmt::format("{} fields and {} aggregates; together at most {}", t.spec.fields.size(),
                                             t.spec.aggregates.size(), layout::kMaxFields));
   }
+}
 
+// `allowed_lateness` and `dedup`: only for tables with aggregates; lateness
+// within the longest window, the dedup horizon at least the lateness.
+void parse_lateness_and_dedup(const MapNode& m, TableConfig& t) {
   int64_t longest = 0;
   for (const layout::AggregateSpec& a : t.spec.aggregates) longest = std::max(longest, a.window_ms);
   if (const std::optional<int64_t> lateness = duration_ms(m, "allowed_lateness")) {
@@ -411,6 +434,38 @@ TableConfig parse_table(const YAML::Node& node, const std::string& path) {
     }
     t.spec.dedup_capacity = d.integer("capacity", 0, 1, uint64_t{1} << 32);
   }
+}
+
+// One `tables` entry. The parts run in this order, so the first bad setting
+// of a table is the one reported: table settings, fields, their `from`s,
+// aggregates, the references between them, lateness and dedup.
+TableConfig parse_table(const YAML::Node& node, const std::string& path) {
+  MapNode m(node, path,
+            {"name", "key_max_len", "capacity", "max_load_factor", "allow_unknown_fields", "fields", "aggregates",
+             "allowed_lateness", "dedup"});
+  TableConfig t;
+  t.spec.name = m.str("name");
+  if (!layout::valid_identifier(t.spec.name)) {
+    fail(m.child("name"), fmt::format("\"{}\" is not a valid name ([A-Za-z0-9_.-], 1..63 bytes)", t.spec.name));
+  }
+  t.spec.key_max_len = static_cast<uint32_t>(m.integer("key_max_len", 64, 1, layout::kMaxKeyLength));
+  t.spec.capacity = m.integer("capacity", std::nullopt, 1, uint64_t{1} << 32);
+  t.spec.max_load_factor = m.number("max_load_factor", 0.75, 0.0, 0.95, true);
+  t.allow_unknown_fields = m.boolean("allow_unknown_fields", false);
+
+  TableNames names;
+  names.path = path;
+  each_item(m.node("fields"), m.child("fields"), true,
+            [&](const YAML::Node& fnode, const std::string& fpath) { parse_field(fnode, fpath, t, names); });
+  if (t.spec.fields.empty()) fail(m.child("fields"), "a table needs at least one field");
+  if (t.spec.fields.size() > layout::kMaxFields)
+    fail(m.child("fields"), fmt::format("at most {} fields", layout::kMaxFields));
+  check_from_is_not_computed(t, names);
+
+  each_item(m.node("aggregates"), m.child("aggregates"), false,
+            [&](const YAML::Node& anode, const std::string& apath) { parse_aggregate(anode, apath, t, names); });
+  check_aggregate_references(m, t, names);
+  parse_lateness_and_dedup(m, t);
   return t;
 }
 

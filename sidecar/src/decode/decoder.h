@@ -26,10 +26,10 @@
 #include <string_view>
 #include <vector>
 
+#include "config/ingest.h"
+#include "decode/reject_reason.h"
 #include "larder/layout/schema.h"
 #include "larder/writer/writer.h"
-#include "reject_reason.h"
-#include "transform.h"
 
 namespace larder::sidecar {
 
@@ -93,26 +93,6 @@ struct DecodeResult {
   std::string detail;                            // e.g. `update 3: field "ctr": expected a number`
 
   static DecodeResult success() { return {}; }
-};
-
-// How a declared field gets its value from a message (ingest config, not part
-// of the segment schema).
-struct FieldIngest {
-  // The `fields` member the field is computed from; "" (or the field's own
-  // name): the member of the field's name. Several fields may share a member.
-  std::string from;
-  // Applied to the member's value before it is stored; empty: stored as is.
-  // Its output converts to the field's type (int64 output into a float
-  // field; Config rejects float64 output into an int64 field).
-  TransformChain transform;
-};
-
-// Per-table decoding options that are not part of the segment schema.
-struct TableDecodeOptions {
-  bool allow_unknown_fields = false;
-  // Indexed like the table's fields; missing entries use the defaults (the
-  // member of the field's own name, no transform).
-  std::vector<FieldIngest> fields;
 };
 
 class Decoder {

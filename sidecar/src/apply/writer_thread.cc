@@ -1,6 +1,6 @@
 // The writer thread (see writer_thread.h). Every function here runs on the
 // writer thread.
-#include "writer_thread.h"
+#include "apply/writer_thread.h"
 
 #include <spdlog/spdlog.h>
 
@@ -81,6 +81,7 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline) {
       pipeline.done.enqueue(ptok, std::move(c));
     }
     if (n > 0) {
+      // relaxed: statistics for logs; the queues order the items themselves.
       pipeline.messages_applied.fetch_add(n, std::memory_order_relaxed);
       pipeline.updates_applied.fetch_add(updates, std::memory_order_relaxed);
       pipeline.updates_stale.fetch_add(stale, std::memory_order_relaxed);
@@ -97,11 +98,13 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline) {
       metrics.work_done.add_release(n);
     }
 
+    // relaxed: a status report forwarded to the segment (see pipeline.h).
     const uint32_t state = pipeline.connection_state.load(std::memory_order_relaxed);
     if (state != reported_state) {
       writer.set_connection_state(static_cast<layout::ConnectionState>(state));
       reported_state = state;
     }
+    // relaxed: a count; exchange moves each reject into the segment once.
     if (const uint64_t rejects = pipeline.pending_rejects.exchange(0, std::memory_order_relaxed)) {
       writer.add_messages_rejected(rejects);
     }
@@ -115,10 +118,13 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline) {
       writer.maintain();  // heartbeat + incremental tombstone reclaim
       last_maintain_ns = now;
     }
+    // acquire: pairs with main's release store, after the consumer's last
+    // enqueue, so an empty queue seen after it stays empty.
     if (n == 0 && pipeline.writer_stop.load(std::memory_order_acquire) && pipeline.work.size_approx() == 0) {
       break;
     }
   }
+  // relaxed: the consumer has stopped (writer_stop); this takes the last count.
   if (const uint64_t rejects = pipeline.pending_rejects.exchange(0, std::memory_order_relaxed)) {
     writer.add_messages_rejected(rejects);
   }

@@ -1,5 +1,5 @@
 // RFC 3339 parsing (see event_time.h). Any thread.
-#include "event_time.h"
+#include "decode/event_time.h"
 
 namespace larder::sidecar {
 namespace {

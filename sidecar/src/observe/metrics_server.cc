@@ -1,6 +1,6 @@
 // The HTTP listener (see metrics_server.h). bind/start/stop: main thread;
 // metrics/healthz/readyz and sample_segment: HTTP worker threads.
-#include "metrics_server.h"
+#include "observe/metrics_server.h"
 
 #include <httplib.h>
 #include <spdlog/spdlog.h>
@@ -106,6 +106,7 @@ SegmentSample MetricsServer::sample_segment() {
 
 MetricsServer::Reply MetricsServer::metrics() {
   const SegmentSample segment = sample_segment();
+  // relaxed: a status report; it orders nothing else (see pipeline.h).
   const uint32_t state = pipeline_.connection_state.load(std::memory_order_relaxed);
   return {200, render_metrics(pipeline_.metrics, state, segment, layout::now_unix_ns(), layout::now_mono_ns())};
 }
@@ -120,6 +121,7 @@ MetricsServer::Reply MetricsServer::healthz() {
 
 MetricsServer::Reply MetricsServer::readyz() {
   const SegmentSample segment = sample_segment();
+  // relaxed: a status report; it orders nothing else (see pipeline.h).
   const uint32_t state = pipeline_.connection_state.load(std::memory_order_relaxed);
   ReadyPolicy policy;
   policy.max_lag_s = config_.metrics.ready_max_lag_s;

@@ -16,9 +16,9 @@
 #include <string_view>
 #include <vector>
 
-#include "amqp_url.h"
-#include "config_error.h"
-#include "decoder.h"
+#include "config/amqp_url.h"
+#include "config/config_error.h"
+#include "config/ingest.h"
 #include "larder/layout/schema.h"
 
 namespace larder::sidecar {

@@ -1,7 +1,7 @@
 // Metrics storage and the Prometheus text rendering (see metrics.h). The
 // constructors run on the main thread before the other threads start;
 // render_metrics, not_ready_reason and not_alive_reason run on the HTTP thread.
-#include "metrics.h"
+#include "observe/metrics.h"
 
 #include <fmt/format.h>
 
@@ -48,6 +48,7 @@ Histogram::Snapshot Histogram::snapshot() const {
   Snapshot s;
   s.upper_bounds_s.assign(bounds_s_.begin(), bounds_s_.begin() + static_cast<ptrdiff_t>(bucket_count_));
   s.counts.resize(bucket_count_ + 1);
+  // relaxed: statistics; no consistent snapshot is promised (see metrics.h).
   for (size_t i = 0; i <= bucket_count_; ++i) s.counts[i] = counts_[i].load(std::memory_order_relaxed);
   s.sum_s = sum_s_.load(std::memory_order_relaxed);
   return s;
@@ -137,34 +138,35 @@ const char* connection_state_name(uint32_t state) noexcept {
   return "unknown";
 }
 
-std::string render_metrics(const SidecarMetrics& m, uint32_t connection_state, const SegmentSample& segment,
-                           int64_t now_unix_ns, int64_t now_mono_ns) {
-  PrometheusText p;
-  auto counter = [&](const char* name, const char* help, uint64_t v) {
-    p.family(name, "counter", help);
-    p.sample(name, "", v);
-  };
+namespace {
 
-  counter("larder_messages_received_total", "Messages delivered by the broker, redeliveries included.",
+void counter(PrometheusText& p, const char* name, const char* help, uint64_t v) {
+  p.family(name, "counter", help);
+  p.sample(name, "", v);
+}
+
+// Messages and updates: what arrived, what was applied, acked or rejected.
+void render_message_metrics(PrometheusText& p, const SidecarMetrics& m) {
+  counter(p, "larder_messages_received_total", "Messages delivered by the broker, redeliveries included.",
           m.messages_received.value());
-  counter("larder_messages_redelivered_total", "Deliveries the broker flagged as redelivered.",
+  counter(p, "larder_messages_redelivered_total", "Deliveries the broker flagged as redelivered.",
           m.messages_redelivered.value());
-  counter("larder_messages_applied_total", "Messages whose every update reached shared memory.",
+  counter(p, "larder_messages_applied_total", "Messages whose every update reached shared memory.",
           m.messages_applied.value());
   p.family("larder_messages_rejected_total", "counter", "Messages dead-lettered (or, on streams, skipped), by reason.");
   for (RejectReason r : all_reject_reasons()) {
     p.sample("larder_messages_rejected_total", fmt::format("reason=\"{}\"", reject_reason_name(r)),
              m.messages_rejected[static_cast<size_t>(r)].value());
   }
-  counter("larder_messages_acked_total", "Applied messages acknowledged to the broker.", m.messages_acked.value());
-  counter("larder_updates_applied_total", "Single upserts and deletes applied to the segment.",
+  counter(p, "larder_messages_acked_total", "Applied messages acknowledged to the broker.", m.messages_acked.value());
+  counter(p, "larder_updates_applied_total", "Single upserts and deletes applied to the segment.",
           m.updates_applied.value());
-  counter("larder_updates_stale_total", "Updates ignored because the row already had a newer event time.",
+  counter(p, "larder_updates_stale_total", "Updates ignored because the row already had a newer event time.",
           m.updates_stale.value());
-  counter("larder_updates_duplicate_total",
+  counter(p, "larder_updates_duplicate_total",
           "Updates ignored because their event id was applied before (tables with aggregates; acked, not rejected).",
           m.updates_duplicate.value());
-  counter("larder_updates_late_total",
+  counter(p, "larder_updates_late_total",
           "Updates with nothing applied: aggregate inputs older than the allowed lateness and fields older than the "
           "row (acked, not rejected).",
           m.updates_late.value());
@@ -173,15 +175,22 @@ std::string render_metrics(const SidecarMetrics& m, uint32_t connection_state, c
   const uint64_t enqueued = m.work_enqueued.value_acquire();
   p.family("larder_messages_in_flight", "gauge", "Messages decoded and handed to the writer, not yet applied.");
   p.sample("larder_messages_in_flight", "", enqueued >= done ? enqueued - done : uint64_t{0});
-  counter("larder_connects_total", "Broker connections established.", m.connects.value());
-  counter("larder_reconnects_total", "Broker connections lost; each starts a reconnect with backoff.",
+}
+
+// The broker connection: connects, reconnects and the current state.
+void render_connection_metrics(PrometheusText& p, const SidecarMetrics& m, uint32_t connection_state) {
+  counter(p, "larder_connects_total", "Broker connections established.", m.connects.value());
+  counter(p, "larder_reconnects_total", "Broker connections lost; each starts a reconnect with backoff.",
           m.reconnects.value());
   p.family("larder_connection_state", "gauge", "Broker connection state: 1 for the current state, else 0.");
   for (uint32_t s = 1; s <= static_cast<uint32_t>(layout::ConnectionState::kStopped); ++s) {
     p.sample("larder_connection_state", fmt::format("state=\"{}\"", connection_state_name(s)),
              uint64_t{s == connection_state ? 1u : 0u});
   }
+}
 
+// Durations: decode, apply, event-to-visible, and the writer thread's liveness.
+void render_timing_metrics(PrometheusText& p, const SidecarMetrics& m, int64_t now_mono_ns) {
   p.histogram("larder_decode_duration_seconds", "Time to decode one message (consumer thread).",
               m.decode_seconds.snapshot());
   p.histogram("larder_apply_duration_seconds", "Time to apply one message to shared memory (writer thread).",
@@ -192,95 +201,123 @@ std::string render_metrics(const SidecarMetrics& m, uint32_t connection_state, c
 
   p.family("larder_writer_thread_heartbeat_age_seconds", "gauge", "Time since the writer thread last made a round.");
   p.sample("larder_writer_thread_heartbeat_age_seconds", "", seconds(now_mono_ns - m.writer_heartbeat_mono_ns.value()));
+}
 
+// One per-table metric family: its name, type, help and how a table's
+// sample is written (some write none, e.g. before the first apply).
+struct TableMetric {
+  const char* name;
+  const char* type;
+  const char* help;
+  void (*emit)(PrometheusText& p, const char* name, const std::string& labels, const TableStats& s,
+               int64_t now_unix_ns);
+};
+
+constexpr TableMetric kTableMetrics[] = {
+    {"larder_table_live_keys", "gauge", "Live keys in the table.",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t) {
+       p.sample(name, labels, s.live_keys);
+     }},
+    {"larder_table_capacity", "gauge", "Live keys the table may hold (new keys beyond it are refused).",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t) {
+       p.sample(name, labels, s.capacity);
+     }},
+    {"larder_table_slots", "gauge", "Hash slots of the table.",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t) {
+       p.sample(name, labels, s.slot_count);
+     }},
+    {"larder_table_load_factor", "gauge", "Live keys / slots.",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t) {
+       p.sample(name, labels,
+                s.slot_count == 0 ? 0.0 : static_cast<double>(s.live_keys) / static_cast<double>(s.slot_count));
+     }},
+    {"larder_table_tombstones", "gauge", "Deleted slots not yet reclaimed.",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t) {
+       p.sample(name, labels, s.tombstones);
+     }},
+    {"larder_table_upserts_total", "counter", "Upserts applied to the table (segment lifetime).",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t) {
+       p.sample(name, labels, s.upserts);
+     }},
+    {"larder_table_deletes_total", "counter", "Deletes applied to the table (segment lifetime).",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t) {
+       p.sample(name, labels, s.deletes);
+     }},
+    {"larder_table_stale_ignored_total", "counter", "Updates ignored as older than the row (segment lifetime).",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t) {
+       p.sample(name, labels, s.stale_ignored);
+     }},
+    {"larder_table_full_rejected_total", "counter", "New keys refused because the table was full (segment lifetime).",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t) {
+       p.sample(name, labels, s.full_rejected);
+     }},
+    {"larder_table_freshness_seconds", "gauge", "Now minus the last apply to the table; absent before the first.",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t now_unix_ns) {
+       if (s.last_apply_unix_ns > 0) p.sample(name, labels, seconds(now_unix_ns - s.last_apply_unix_ns));
+     }},
+    {"larder_table_event_age_seconds", "gauge",
+     "Now minus the newest event_time in the table; absent before the first.",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t now_unix_ns) {
+       if (s.max_event_time_ms > 0) p.sample(name, labels, seconds(now_unix_ns - s.max_event_time_ms * 1'000'000));
+     }},
+    // Tables with aggregates only (docs/aggregates.md).
+    {"larder_table_aggregate_events_total", "counter", "Events folded into the table's aggregates.",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t) {
+       if (s.aggregates > 0) p.sample(name, labels, s.aggregate_events);
+     }},
+    {"larder_table_late_dropped_total", "counter",
+     "Aggregate inputs dropped as older than the allowed lateness (segment lifetime).",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t) {
+       if (s.aggregates > 0) p.sample(name, labels, s.late_dropped);
+     }},
+    {"larder_table_duplicates_total", "counter",
+     "Events ignored because their id was applied before (segment lifetime).",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t) {
+       if (s.aggregates > 0) p.sample(name, labels, s.duplicates);
+     }},
+    {"larder_table_dedup_evictions_total", "counter",
+     "Event ids forgotten before their horizon because the dedup set was full: raise dedup.capacity.",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t) {
+       if (s.aggregates > 0) p.sample(name, labels, s.dedup_evictions);
+     }},
+    {"larder_table_aggregate_refreshes_total", "counter",
+     "Keys whose aggregates were rewritten because a bucket left a window.",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t) {
+       if (s.aggregates > 0) p.sample(name, labels, s.refreshes);
+     }},
+};
+
+// The segment as readers see it; per-table families only while it is open.
+void render_segment_metrics(PrometheusText& p, const SegmentSample& segment, int64_t now_unix_ns) {
   p.family("larder_segment_up", "gauge", "1 when the segment is open and ready for readers.");
   const bool up = segment.open && segment.info.state == SegmentState::kReady;
   p.sample("larder_segment_up", "", uint64_t{up ? 1u : 0u});
-  if (segment.open) {
-    const SegmentInfo& i = segment.info;
-    p.family("larder_segment_bytes", "gauge", "Size of the segment file.");
-    p.sample("larder_segment_bytes", "", i.segment_bytes);
-    p.family("larder_writer_heartbeat_age_seconds", "gauge",
-             "Age of the writer heartbeat in the segment header, as readers see it.");
-    p.sample("larder_writer_heartbeat_age_seconds", "",
-             i.heartbeat_age_ms < 0 ? std::numeric_limits<double>::infinity()
-                                    : static_cast<double>(i.heartbeat_age_ms) / 1e3);
-
-    struct TableMetric {
-      const char* name;
-      const char* type;
-      const char* help;
-    };
-    const TableMetric kTable[] = {
-        {"larder_table_live_keys", "gauge", "Live keys in the table."},
-        {"larder_table_capacity", "gauge", "Live keys the table may hold (new keys beyond it are refused)."},
-        {"larder_table_slots", "gauge", "Hash slots of the table."},
-        {"larder_table_load_factor", "gauge", "Live keys / slots."},
-        {"larder_table_tombstones", "gauge", "Deleted slots not yet reclaimed."},
-        {"larder_table_upserts_total", "counter", "Upserts applied to the table (segment lifetime)."},
-        {"larder_table_deletes_total", "counter", "Deletes applied to the table (segment lifetime)."},
-        {"larder_table_stale_ignored_total", "counter", "Updates ignored as older than the row (segment lifetime)."},
-        {"larder_table_full_rejected_total", "counter",
-         "New keys refused because the table was full (segment lifetime)."},
-        {"larder_table_freshness_seconds", "gauge", "Now minus the last apply to the table; absent before the first."},
-        {"larder_table_event_age_seconds", "gauge",
-         "Now minus the newest event_time in the table; absent before the first."},
-        // Tables with aggregates only (docs/aggregates.md).
-        {"larder_table_aggregate_events_total", "counter", "Events folded into the table's aggregates."},
-        {"larder_table_late_dropped_total", "counter",
-         "Aggregate inputs dropped as older than the allowed lateness (segment lifetime)."},
-        {"larder_table_duplicates_total", "counter",
-         "Events ignored because their id was applied before (segment lifetime)."},
-        {"larder_table_dedup_evictions_total", "counter",
-         "Event ids forgotten before their horizon because the dedup set was full: raise dedup.capacity."},
-        {"larder_table_aggregate_refreshes_total", "counter",
-         "Keys whose aggregates were rewritten because a bucket left a window."},
-    };
-    for (size_t k = 0; k < std::size(kTable); ++k) {
-      p.family(kTable[k].name, kTable[k].type, kTable[k].help);
-      for (const SegmentSample::TableSample& t : segment.tables) {
-        const TableStats& s = t.stats;
-        const std::string labels = fmt::format("table=\"{}\"", escape_label_value(t.name));
-        switch (k) {
-          case 0: p.sample(kTable[k].name, labels, s.live_keys); break;
-          case 1: p.sample(kTable[k].name, labels, s.capacity); break;
-          case 2: p.sample(kTable[k].name, labels, s.slot_count); break;
-          case 3:
-            p.sample(kTable[k].name, labels,
-                     s.slot_count == 0 ? 0.0 : static_cast<double>(s.live_keys) / static_cast<double>(s.slot_count));
-            break;
-          case 4: p.sample(kTable[k].name, labels, s.tombstones); break;
-          case 5: p.sample(kTable[k].name, labels, s.upserts); break;
-          case 6: p.sample(kTable[k].name, labels, s.deletes); break;
-          case 7: p.sample(kTable[k].name, labels, s.stale_ignored); break;
-          case 8: p.sample(kTable[k].name, labels, s.full_rejected); break;
-          case 9:
-            if (s.last_apply_unix_ns > 0) p.sample(kTable[k].name, labels, seconds(now_unix_ns - s.last_apply_unix_ns));
-            break;
-          case 10:
-            if (s.max_event_time_ms > 0) {
-              p.sample(kTable[k].name, labels, seconds(now_unix_ns - s.max_event_time_ms * 1'000'000));
-            }
-            break;
-          case 11:
-            if (s.aggregates > 0) p.sample(kTable[k].name, labels, s.aggregate_events);
-            break;
-          case 12:
-            if (s.aggregates > 0) p.sample(kTable[k].name, labels, s.late_dropped);
-            break;
-          case 13:
-            if (s.aggregates > 0) p.sample(kTable[k].name, labels, s.duplicates);
-            break;
-          case 14:
-            if (s.aggregates > 0) p.sample(kTable[k].name, labels, s.dedup_evictions);
-            break;
-          case 15:
-            if (s.aggregates > 0) p.sample(kTable[k].name, labels, s.refreshes);
-            break;
-        }
-      }
+  if (!segment.open) return;
+  const SegmentInfo& i = segment.info;
+  p.family("larder_segment_bytes", "gauge", "Size of the segment file.");
+  p.sample("larder_segment_bytes", "", i.segment_bytes);
+  p.family("larder_writer_heartbeat_age_seconds", "gauge",
+           "Age of the writer heartbeat in the segment header, as readers see it.");
+  p.sample(
+      "larder_writer_heartbeat_age_seconds", "",
+      i.heartbeat_age_ms < 0 ? std::numeric_limits<double>::infinity() : static_cast<double>(i.heartbeat_age_ms) / 1e3);
+  for (const TableMetric& metric : kTableMetrics) {
+    p.family(metric.name, metric.type, metric.help);
+    for (const SegmentSample::TableSample& t : segment.tables) {
+      metric.emit(p, metric.name, fmt::format("table=\"{}\"", escape_label_value(t.name)), t.stats, now_unix_ns);
     }
   }
+}
+
+}  // namespace
+
+std::string render_metrics(const SidecarMetrics& m, uint32_t connection_state, const SegmentSample& segment,
+                           int64_t now_unix_ns, int64_t now_mono_ns) {
+  PrometheusText p;
+  render_message_metrics(p, m);
+  render_connection_metrics(p, m, connection_state);
+  render_timing_metrics(p, m, now_mono_ns);
+  render_segment_metrics(p, segment, now_unix_ns);
   return p.text();
 }
 

@@ -1,6 +1,6 @@
 // The consumer loop (see consumer.h). Every function here runs on the
 // consumer thread.
-#include "consumer.h"
+#include "consume/consumer.h"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -39,6 +39,7 @@ Consumer::Consumer(const Config& config, Pipeline& pipeline, const std::atomic<i
 }
 
 void Consumer::set_state(layout::ConnectionState state) {
+  // relaxed: a status report; it orders nothing else (see pipeline.h).
   pipeline_.connection_state.store(static_cast<uint32_t>(state), std::memory_order_relaxed);
 }
 
@@ -212,7 +213,7 @@ void Consumer::dead_letter(AmqpSession& session, uint64_t tag, RejectReason reas
   const size_t r = static_cast<size_t>(reason);
   ++stats_.rejected_by_reason[r];
   pipeline_.metrics.messages_rejected[r].add();
-  pipeline_.pending_rejects.fetch_add(1, std::memory_order_relaxed);
+  pipeline_.pending_rejects.fetch_add(1, std::memory_order_relaxed);  // relaxed: a count, see pipeline.h
   uint64_t suppressed = 0;
   if (reject_log_.allow(r, &suppressed)) {
     spdlog::warn("reject: reason={} tag={} id=\"{}\" detail=\"{}\" suppressed_since_last={}",

@@ -1,5 +1,5 @@
 // AMQP URL parsing (see amqp_url.h). Any thread.
-#include "amqp_url.h"
+#include "config/amqp_url.h"
 
 #include <fmt/format.h>
 

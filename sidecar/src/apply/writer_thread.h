@@ -7,8 +7,8 @@
 
 #include <chrono>
 
+#include "apply/pipeline.h"
 #include "larder/writer/writer.h"
-#include "pipeline.h"
 
 namespace larder::sidecar {
 

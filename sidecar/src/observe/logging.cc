@@ -1,5 +1,5 @@
 // spdlog setup (see logging.h). Main thread, before other threads start.
-#include "logging.h"
+#include "observe/logging.h"
 
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks.h>

@@ -1,6 +1,6 @@
 // Ingest transforms (see transform.h). parse() runs on the main thread at
 // start; apply() on the consumer thread, for every transformed value.
-#include "transform.h"
+#include "config/transform.h"
 
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
@@ -9,7 +9,7 @@
 #include <cmath>
 #include <limits>
 
-#include "config_yaml.h"
+#include "config/config_yaml.h"
 
 namespace larder::sidecar {
 namespace {

@@ -16,7 +16,7 @@
 #include <string_view>
 #include <utility>
 
-#include "config_error.h"
+#include "config/config_error.h"
 
 namespace larder::sidecar::config_yaml {
 

@@ -1,6 +1,6 @@
 // The rabbitmq-c session (see amqp_session.h). Every function runs on the
 // consumer thread, the only thread that touches the connection state.
-#include "amqp_session.h"
+#include "consume/amqp_session.h"
 
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>

@@ -22,13 +22,13 @@
 #include <memory>
 #include <vector>
 
-#include "ack_tracker.h"
-#include "amqp_session.h"
-#include "backoff.h"
-#include "config.h"
-#include "decoder.h"
-#include "logging.h"
-#include "pipeline.h"
+#include "apply/pipeline.h"
+#include "config/config.h"
+#include "consume/ack_tracker.h"
+#include "consume/amqp_session.h"
+#include "consume/backoff.h"
+#include "decode/decoder.h"
+#include "observe/logging.h"
 
 namespace larder::sidecar {
 

@@ -17,10 +17,10 @@
 #include <thread>
 #include <vector>
 
-#include "config.h"
+#include "apply/pipeline.h"
+#include "config/config.h"
 #include "larder/client.h"
-#include "metrics.h"
-#include "pipeline.h"
+#include "observe/metrics.h"
 
 namespace httplib {
 class Server;

@@ -1,5 +1,5 @@
 // Names of the reject reasons (see reject_reason.h). Any thread.
-#include "reject_reason.h"
+#include "decode/reject_reason.h"
 
 namespace larder::sidecar {
 

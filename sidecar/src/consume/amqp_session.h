@@ -16,7 +16,7 @@
 #include <string>
 #include <thread>
 
-#include "config.h"
+#include "config/config.h"
 
 namespace larder::sidecar {
 
