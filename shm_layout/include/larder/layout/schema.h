@@ -111,9 +111,9 @@ struct AggregatePlan {
     int64_t resolution_ms = 0;
     int64_t ring_buckets = 0;  // the longest window of the group / resolution
     bool sum = false, sumsq = false, min = false, max = false, last = false;  // sumsq: M2 is kept
-    uint32_t bucket_words = 0;                                                // aggregate_bucket_words(stats())
-    uint32_t offset = 0;       // words into the slot's state block: group header
-    uint32_t ring_offset = 0;  // words: first bucket
+    uint32_t bucket_words = 0;  // tag, count, then one word per statistic of stats()
+    uint32_t offset = 0;        // words into the slot's state block: group header
+    uint32_t ring_offset = 0;   // words: first bucket
     std::vector<Window> windows;
 
     // The kBucket* statistics the group's buckets keep (format.h).
