@@ -228,7 +228,9 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
                   static_cast<unsigned long long>(h.abi_signature), static_cast<unsigned long long>(abi_signature()));
     throw Error(ErrorCode::kVersionMismatch, seg + buf + ": rebuild reader and writer from the same release");
   }
-  const auto state = static_cast<SegmentState>(h.state.load(std::memory_order_acquire));
+  // Pairs with the writer's release store of kReady: what the writer wrote
+  // before publishing (identity, descriptors) is visible to the reads after.
+  const auto state = static_cast<SegmentState>(sync::load_acquire(h.state));
   if (state == SegmentState::kCreating) {
     throw Error(ErrorCode::kNotReady, seg + " is still being created; retry shortly");
   }
