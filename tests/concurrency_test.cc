@@ -67,7 +67,7 @@ TEST(Concurrency, ReadersNeverSeeATornRow) {
       const auto f = testing::DerivedFields::in_order(reader.fields);
       std::mt19937_64 rng(r);
       uint64_t n = 0;
-      while (!stop.load(std::memory_order_relaxed)) {
+      while (!stop.load(std::memory_order_relaxed)) {  // a thread-local stop flag; it guards no data
         const uint64_t k = rng() % kKeys;
         const std::string key = testing::derived_key(k);
         switch (reader.find(key)) {
@@ -114,7 +114,7 @@ TEST(Concurrency, ChurnNeverHidesAStableKey) {
       const auto f = testing::DerivedFields::in_order(reader.fields);
       std::mt19937_64 rng(100 + r);
       uint64_t n = 0;
-      while (!stop.load(std::memory_order_relaxed)) {
+      while (!stop.load(std::memory_order_relaxed)) {  // a thread-local stop flag; it guards no data
         const uint64_t k = rng() % kStable;
         switch (reader.find(testing::derived_key(k))) {
           case layout::FindResult::kFound:

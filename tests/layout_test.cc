@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <iterator>
 #include <string>
 
 #include "larder/layout/format.h"
@@ -21,8 +22,9 @@ TEST(Layout, VersionMagicAndAbiSignatureArePinned) {
   std::memcpy(bytes, &kMagic, 8);
   EXPECT_EQ(std::string(bytes, 8), "LARDSEG1");
   EXPECT_EQ(kEndianTag, 0x01020304u);
-  // Changing any shared struct changes this value: bump kLayoutVersion with it.
-  EXPECT_EQ(abi_signature(), 12303511976828881721ull);
+  // Changing any shared struct or the aggregate word map (pinned below)
+  // changes this value: bump kLayoutVersion with it.
+  EXPECT_EQ(abi_signature(), 120193535228300946ull);
 }
 
 TEST(Layout, SegmentHeaderOffsets) {
@@ -208,6 +210,78 @@ TEST(Layout, PlanOfAggregatesIsPinned) {
   EXPECT_EQ(default_resolution_ms(5'000), 50);
   EXPECT_EQ(default_resolution_ms(3'600'000), 60'000);
   EXPECT_EQ(default_resolution_ms(30LL * 86'400'000), 43'200'000);
+}
+
+// The aggregate state and dedup words, which a restarting writer of another
+// build resumes from: every index and count of format.h, and what each
+// function keeps per bucket.
+TEST(Layout, AggregateWordMapIsPinned) {
+  EXPECT_EQ(kStateDueWord, 0u);
+  EXPECT_EQ(kAggregateSlotHeaderWords, 2u);
+
+  EXPECT_EQ(kGroupHeadWord, 0u);
+  EXPECT_EQ(kGroupLastTimeWord, 1u);
+  EXPECT_EQ(kGroupLastValueWord, 2u);
+  EXPECT_EQ(kAggregateGroupHeaderWords, 4u);
+
+  EXPECT_EQ(kWindowStartWord, 0u);
+  EXPECT_EQ(kWindowCountWord, 1u);
+  EXPECT_EQ(kWindowSumWord, 2u);
+  EXPECT_EQ(kWindowM2Word, 3u);
+  EXPECT_EQ(kWindowMinWord, 4u);
+  EXPECT_EQ(kWindowMaxWord, 5u);
+  EXPECT_EQ(kAggregateWindowWords, 6u);
+
+  EXPECT_EQ(kBucketTagWord, 0u);
+  EXPECT_EQ(kBucketCountWord, 1u);
+  EXPECT_EQ(kBucketFixedWords, 2u);
+  // A bucket keeping everything: tag, count, sum, M2, min, max.
+  const uint32_t all = kBucketSum | kBucketM2 | kBucketMin | kBucketMax;
+  EXPECT_EQ(aggregate_bucket_words(all), 6u);
+  EXPECT_EQ(aggregate_bucket_word(all, kBucketSum), 2u);
+  EXPECT_EQ(aggregate_bucket_word(all, kBucketM2), 3u);
+  EXPECT_EQ(aggregate_bucket_word(all, kBucketMin), 4u);
+  EXPECT_EQ(aggregate_bucket_word(all, kBucketMax), 5u);
+  // A statistic moves up when those before it are not kept.
+  EXPECT_EQ(aggregate_bucket_word(kBucketMin | kBucketMax, kBucketMin), 2u);
+  EXPECT_EQ(aggregate_bucket_word(kBucketMin | kBucketMax, kBucketMax), 3u);
+  EXPECT_EQ(aggregate_bucket_word(kBucketSum | kBucketMax, kBucketMax), 3u);
+
+  // Per function: its number in AggregateDescriptor::fn, the statistics its
+  // buckets keep and the words of a bucket that keeps only those.
+  struct FnWords {
+    AggregateFn fn;
+    uint32_t number;
+    uint32_t stats;
+    uint32_t bucket_words;
+  };
+  const FnWords expected[] = {
+      {AggregateFn::kCount, 1, 0, 2},
+      {AggregateFn::kSum, 2, kBucketSum, 3},
+      {AggregateFn::kMean, 3, kBucketSum, 3},
+      {AggregateFn::kMin, 4, kBucketMin, 3},
+      {AggregateFn::kMax, 5, kBucketMax, 3},
+      {AggregateFn::kLast, 6, 0, 2},  // the group header's last value
+      {AggregateFn::kVariance, 7, kBucketSum | kBucketM2, 4},
+      {AggregateFn::kStddev, 8, kBucketSum | kBucketM2, 4},
+  };
+  ASSERT_EQ(std::size(kAllAggregateFns), std::size(expected));
+  for (size_t i = 0; i < std::size(expected); ++i) {
+    const FnWords& e = expected[i];
+    SCOPED_TRACE(aggregate_fn_name(e.fn));
+    EXPECT_EQ(kAllAggregateFns[i], e.fn);
+    EXPECT_EQ(static_cast<uint32_t>(e.fn), e.number);
+    EXPECT_EQ(aggregate_bucket_stats(e.fn), e.stats);
+    EXPECT_EQ(aggregate_bucket_words(aggregate_bucket_stats(e.fn)), e.bucket_words);
+  }
+  EXPECT_EQ(static_cast<uint32_t>(WindowEnd::kNow), 0u);
+  EXPECT_EQ(static_cast<uint32_t>(WindowEnd::kLatestEvent), 1u);
+
+  EXPECT_EQ(kDedupWays, 8u);
+  EXPECT_EQ(kDedupEntryWords, 2u);
+  EXPECT_EQ(kDedupIdWord, 0u);
+  EXPECT_EQ(kDedupTimeWord, 1u);
+  EXPECT_EQ(kDedupBucketBytes, 128u);
 }
 
 TEST(Layout, FingerprintCoversEverySchemaDetail) {

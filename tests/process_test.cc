@@ -65,7 +65,7 @@ int reader_process(const std::string& name, const std::string& dir, uint64_t key
   std::mt19937_64 rng(seed);
   uint64_t reads = 0;
   int64_t max_ns = 0;
-  while (!stop->load(std::memory_order_relaxed)) {
+  while (!layout::sync::load_relaxed(*stop)) {  // a stop flag; it guards no data
     const uint64_t k = rng() % keys;
     char key[32];
     std::snprintf(key, sizeof key, "key:%llu", static_cast<unsigned long long>(k));
@@ -112,7 +112,7 @@ TEST(Processes, TornReadTorture) {
   const pid_t writer = kids.add(testing::spawn([&] {
     auto w = open_derived(seg, kKeys);
     int64_t c = 2;
-    while (!stop->load(std::memory_order_relaxed)) {
+    while (!layout::sync::load_relaxed(*stop)) {  // a stop flag; it guards no data
       for (uint64_t k = 0; k < kKeys; ++k) testing::write_derived(*w, k, c++);
       w->heartbeat();
     }
@@ -158,7 +158,7 @@ TEST(Processes, ChurnNeverHidesStableKeys) {
     std::mt19937_64 rng(3);
     int64_t c = 2;
     uint64_t n = 0;
-    while (!stop->load(std::memory_order_relaxed)) {
+    while (!layout::sync::load_relaxed(*stop)) {  // a stop flag; it guards no data
       const uint64_t k = kStable + rng() % 6000;
       if (rng() % 2 == 0) {
         testing::write_derived(*w, k, c++);

@@ -170,8 +170,8 @@ TableScan scan_table(const void* base, const TableDescriptor& d) {
   TableScan s;
   for (uint64_t i = 0; i < g.slot_count; ++i) {
     const Word* slot = g.slot(i);
-    if (slot[kSlotSeqWord].load(std::memory_order_relaxed) & 1) ++s.odd;
-    const uint64_t meta = slot[kSlotMetaWord].load(std::memory_order_relaxed);
+    if (sync::load_relaxed(slot[kSlotSeqWord]) & 1) ++s.odd;  // statistics: no seqlock, may be torn
+    const uint64_t meta = sync::load_relaxed(slot[kSlotMetaWord]);
     switch (meta_state(meta)) {
       case SlotState::kEmpty: ++s.empty; break;
       case SlotState::kTombstone: ++s.tombstones; break;
@@ -488,7 +488,7 @@ int cmd_dump(const Globals& g, const std::string& name, const std::string& table
   }
   uint64_t n = 0, busy = 0;
   for (uint64_t i = 0; i < geo.slot_count && (limit == 0 || n < limit); ++i) {
-    if (geo.slot(i)[kSlotMetaWord].load(std::memory_order_relaxed) == 0) continue;
+    if (sync::load_relaxed(geo.slot(i)[kSlotMetaWord]) == 0) continue;  // a hint: the seqlock read decides
     // Each row is one consistent version (a seqlock read of the slot).
     if (read_whole_slot(geo, geo.slot(i), words.data(), 1024) != SlotRead::kMatch) {
       ++busy;

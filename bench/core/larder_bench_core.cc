@@ -385,7 +385,7 @@ class WriterProcess {
       const uint64_t start = now_ns();
       uint64_t n = 0;
       constexpr uint64_t kChunk = 256;
-      while (report_->stop.load(std::memory_order_relaxed) == 0) {
+      while (layout::sync::load_relaxed(report_->stop) == 0) {  // a stop flag; it guards no data
         const int64_t event_ms = now_unix_ms();
         for (uint64_t c = 0; c < kChunk; ++c, ++n) {
           format_key(rng.below(d.cfg.keys), key);

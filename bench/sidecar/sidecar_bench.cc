@@ -290,7 +290,7 @@ void paced_publish(const Options& o, const std::string& queue, uint64_t count, C
     std::this_thread::sleep_until(start + i * interval);
     const std::string b = body(i);
     stamps[i].store(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - epoch).count(),
-                    std::memory_order_release);
+                    std::memory_order_release);  // process memory, not a segment: consumers acquire it
     c.publish_fast(queue, b);
   }
 }
@@ -370,7 +370,7 @@ void run_queue_type(const Options& o, const std::string& type) {
     std::thread consumer([&] {
       bare_consume(o, q, count, [&](std::string_view body) {
         const uint64_t i = std::stoull(std::string(body));
-        samples.push_back((now_ns() - stamps[i].load(std::memory_order_acquire)) / 1e3);
+        samples.push_back((now_ns() - stamps[i].load(std::memory_order_acquire)) / 1e3);  // see paced_publish
       });
     });
     std::this_thread::sleep_for(200ms);  // let the consumer subscribe
@@ -394,11 +394,11 @@ void run_queue_type(const Options& o, const std::string& type) {
         const larder::Field n = t.field("n");
         larder::Row row = t.make_row();
         int64_t last = -1;
-        while (!done.load(std::memory_order_relaxed)) {
+        while (!done.load(std::memory_order_relaxed)) {  // a stop flag; it guards no data
           if (t.get("lat", row).ok()) {
             const int64_t seen = row.i64(n);
             if (seen != last) {
-              samples.push_back((now_ns() - stamps[seen].load(std::memory_order_acquire)) / 1e3);
+              samples.push_back((now_ns() - stamps[seen].load(std::memory_order_acquire)) / 1e3);  // see paced_publish
               last = seen;
             }
           }

@@ -27,6 +27,30 @@ struct larder_table {
   std::vector<uint32_t> field_offsets;
 };
 
+// The C constants are the C++ enums' numbers (tests/status_codes_test.cc
+// also checks that every enumerator has its twin).
+static_assert(LARDER_OK == static_cast<int>(larder::Status::kOk));
+static_assert(LARDER_NOT_FOUND == static_cast<int>(larder::Status::kNotFound));
+static_assert(LARDER_STALE == static_cast<int>(larder::Status::kStale));
+static_assert(LARDER_BUSY == static_cast<int>(larder::Status::kBusy));
+static_assert(LARDER_INVALID_KEY == static_cast<int>(larder::Status::kInvalidKey));
+static_assert(LARDER_E_INVALID_ARGUMENT == static_cast<int>(larder::ErrorCode::kInvalidArgument));
+static_assert(LARDER_E_NOT_FOUND == static_cast<int>(larder::ErrorCode::kNotFound));
+static_assert(LARDER_E_PERMISSION_DENIED == static_cast<int>(larder::ErrorCode::kPermissionDenied));
+static_assert(LARDER_E_VERSION_MISMATCH == static_cast<int>(larder::ErrorCode::kVersionMismatch));
+static_assert(LARDER_E_SCHEMA_MISMATCH == static_cast<int>(larder::ErrorCode::kSchemaMismatch));
+static_assert(LARDER_E_NOT_READY == static_cast<int>(larder::ErrorCode::kNotReady));
+static_assert(LARDER_E_CORRUPT == static_cast<int>(larder::ErrorCode::kCorrupt));
+static_assert(LARDER_E_WRITER_LOCKED == static_cast<int>(larder::ErrorCode::kWriterLocked));
+static_assert(LARDER_E_NO_SPACE == static_cast<int>(larder::ErrorCode::kNoSpace));
+static_assert(LARDER_E_SYSTEM == static_cast<int>(larder::ErrorCode::kSystem));
+static_assert(LARDER_INT64 == static_cast<int>(larder::FieldType::kInt64));
+static_assert(LARDER_FLOAT64 == static_cast<int>(larder::FieldType::kFloat64));
+static_assert(LARDER_FLOAT32 == static_cast<int>(larder::FieldType::kFloat32));
+static_assert(LARDER_BOOL == static_cast<int>(larder::FieldType::kBool));
+static_assert(LARDER_FLOAT32_VECTOR == static_cast<int>(larder::FieldType::kFloat32Vector));
+static_assert(LARDER_STRING == static_cast<int>(larder::FieldType::kString));
+
 namespace {
 
 int fail(int code, const char* message, char* err, size_t errlen) {
@@ -191,7 +215,28 @@ const char* larder_row_string(const larder_table* table, const void* row, uint32
   return s.data();
 }
 
-const char* larder_status_name(int32_t status) { return larder::status_name(static_cast<larder::Status>(status)); }
+const char* larder_status_name(int32_t status) {
+  // Status is 8 bits wide: a wider number must not wrap onto a status.
+  if (status < 0 || status > 0xff) return "unknown";
+  return larder::status_name(static_cast<larder::Status>(status));
+}
+
+const char* larder_error_name(int code) {
+  switch (code) {
+    case LARDER_E_OK: return "ok";
+    case LARDER_E_INVALID_ARGUMENT: return "invalid_argument";
+    case LARDER_E_NOT_FOUND: return "not_found";
+    case LARDER_E_PERMISSION_DENIED: return "permission_denied";
+    case LARDER_E_VERSION_MISMATCH: return "version_mismatch";
+    case LARDER_E_SCHEMA_MISMATCH: return "schema_mismatch";
+    case LARDER_E_NOT_READY: return "not_ready";
+    case LARDER_E_CORRUPT: return "corrupt";
+    case LARDER_E_WRITER_LOCKED: return "writer_locked";
+    case LARDER_E_NO_SPACE: return "no_space";
+    case LARDER_E_SYSTEM: return "system";
+    default: return "unknown";
+  }
+}
 int64_t larder_now_unix_ms(void) { return larder::now_unix_ms(); }
 
 }  // extern "C"

@@ -127,8 +127,10 @@ SegmentInfo Segment::info() const noexcept {
   SegmentInfo i;
   if (!mapping_) return i;
   const SegmentHeader& h = *mapping_->header;
-  i.state = static_cast<SegmentState>(h.state.load(std::memory_order_acquire));
-  i.connection = static_cast<ConnectionState>(h.connection_state.load(std::memory_order_relaxed));
+  // Pairs with the writer's release store of kReady (or kRetired): the
+  // header and descriptors written before it are visible.
+  i.state = static_cast<SegmentState>(sync::load_acquire(h.state));
+  i.connection = static_cast<ConnectionState>(sync::load_relaxed(h.connection_state));  // informational
   i.layout_version = h.layout_version;
   i.schema_fingerprint = h.schema_fingerprint;
   i.segment_bytes = h.segment_bytes;
@@ -151,8 +153,9 @@ bool Segment::writer_alive(int64_t max_heartbeat_age_ms) const noexcept {
 }
 
 bool Segment::retired() const noexcept {
-  return mapping_ &&
-         mapping_->header->state.load(std::memory_order_acquire) == static_cast<uint32_t>(SegmentState::kRetired);
+  // Pairs with the release store of kRetired by the writer that replaced
+  // this segment.
+  return mapping_ && sync::load_acquire(mapping_->header->state) == static_cast<uint32_t>(SegmentState::kRetired);
 }
 
 // ---------------------------------------------------------------------------

@@ -377,16 +377,12 @@ AggregatePlan plan_aggregates(const TableSpec& table) {
       group.windows.push_back(win);
     }
     group.ring_buckets = std::max(group.ring_buckets, r > 0 ? a.window_ms / r : 0);
-    switch (a.fn) {
-      case AggregateFn::kSum:
-      case AggregateFn::kMean: group.sum = true; break;
-      case AggregateFn::kVariance:
-      case AggregateFn::kStddev: group.sum = group.sumsq = true; break;
-      case AggregateFn::kMin: group.min = true; break;
-      case AggregateFn::kMax: group.max = true; break;
-      case AggregateFn::kLast: group.last = true; break;
-      case AggregateFn::kCount: break;
-    }
+    const uint32_t stats = aggregate_bucket_stats(a.fn);
+    group.sum |= (stats & kBucketSum) != 0;
+    group.sumsq |= (stats & kBucketM2) != 0;
+    group.min |= (stats & kBucketMin) != 0;
+    group.max |= (stats & kBucketMax) != 0;
+    group.last |= a.fn == AggregateFn::kLast;
     AggregatePlan::Output out;
     out.field = static_cast<uint32_t>(table.fields.size() + p.outputs.size());
     out.group = g;
@@ -402,7 +398,7 @@ AggregatePlan plan_aggregates(const TableSpec& table) {
   // so they share a few adjacent cache lines; then the rings, of which an
   // event touches one bucket each.
   for (AggregatePlan::Group& g : p.groups) {
-    g.bucket_words = 2 + g.sum + g.sumsq + g.min + g.max;
+    g.bucket_words = aggregate_bucket_words(g.stats());
     g.offset = at;
     at += kAggregateGroupHeaderWords;
     for (AggregatePlan::Window& w : g.windows) {

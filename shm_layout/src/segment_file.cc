@@ -234,7 +234,9 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
                                                  ", this build expects " + hex64(abi_signature()) +
                                                  ": rebuild reader and writer from the same release");
   }
-  const auto state = static_cast<SegmentState>(sync::load_acquire(h.state));  // pairs with create()'s kReady store
+  // Pairs with the writer's release store of kReady: what the writer wrote
+  // before publishing (identity, descriptors) is visible to the reads after.
+  const auto state = static_cast<SegmentState>(sync::load_acquire(h.state));
   if (state == SegmentState::kCreating) {
     throw Error(ErrorCode::kNotReady, seg + " is still being created; retry shortly");
   }

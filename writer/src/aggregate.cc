@@ -58,21 +58,21 @@ struct WindowState {
 
   static WindowState read(const Word* w) {
     WindowState s;
-    s.start = load_i64(w[0]);
-    s.count = load(w[1]);
-    s.sum = load_f64(w[2]);
-    s.m2 = load_f64(w[3]);
-    s.min = load_f64(w[4]);
-    s.max = load_f64(w[5]);
+    s.start = load_i64(w[kWindowStartWord]);
+    s.count = load(w[kWindowCountWord]);
+    s.sum = load_f64(w[kWindowSumWord]);
+    s.m2 = load_f64(w[kWindowM2Word]);
+    s.min = load_f64(w[kWindowMinWord]);
+    s.max = load_f64(w[kWindowMaxWord]);
     return s;
   }
   void write(Word* w, Journal& j) const {
-    j.set(w[0], static_cast<uint64_t>(start));
-    j.set(w[1], count);
-    j.set_f64(w[2], sum);
-    j.set_f64(w[3], m2);
-    j.set_f64(w[4], min);
-    j.set_f64(w[5], max);
+    j.set(w[kWindowStartWord], static_cast<uint64_t>(start));
+    j.set(w[kWindowCountWord], count);
+    j.set_f64(w[kWindowSumWord], sum);
+    j.set_f64(w[kWindowM2Word], m2);
+    j.set_f64(w[kWindowMinWord], min);
+    j.set_f64(w[kWindowMaxWord], max);
   }
   void clear(int64_t new_start) {
     *this = WindowState{};
@@ -84,12 +84,12 @@ struct WindowState {
 struct BucketView {
   const AggregatePlan::Group& g;
   Word* b;
-  uint32_t at_sum() const { return 2; }
-  uint32_t at_m2() const { return 2 + g.sum; }
-  uint32_t at_min() const { return 2 + g.sum + g.sumsq; }
-  uint32_t at_max() const { return 2 + g.sum + g.sumsq + g.min; }
-  int64_t tag() const { return load_i64(b[0]); }
-  uint64_t count() const { return load(b[1]); }
+  uint32_t at_sum() const { return aggregate_bucket_word(g.stats(), kBucketSum); }
+  uint32_t at_m2() const { return aggregate_bucket_word(g.stats(), kBucketM2); }
+  uint32_t at_min() const { return aggregate_bucket_word(g.stats(), kBucketMin); }
+  uint32_t at_max() const { return aggregate_bucket_word(g.stats(), kBucketMax); }
+  int64_t tag() const { return load_i64(b[kBucketTagWord]); }
+  uint64_t count() const { return load(b[kBucketCountWord]); }
   double sum() const { return g.sum ? load_f64(b[at_sum()]) : 0; }
   double m2() const { return g.sumsq ? load_f64(b[at_m2()]) : 0; }
   double min() const { return g.min ? load_f64(b[at_min()]) : kInf; }
@@ -192,7 +192,7 @@ bool move_window(const AggregatePlan::Group& g, const AggregatePlan::Window& win
   return true;
 }
 
-int64_t group_head(const Word* gh) { return load_i64(gh[0]) - 1; }  // -1: no event yet
+int64_t group_head(const Word* gh) { return load_i64(gh[kGroupHeadWord]) - 1; }  // -1: no event yet
 
 }  // namespace
 
@@ -265,8 +265,8 @@ void reset_block(const AggregateTable& t, Word* block) {
   for (uint32_t i = 0; i < t.plan.stride_words; ++i) sync::store_relaxed(block[i], uint64_t{0});
   for (const AggregatePlan::Group& g : t.plan.groups) {
     for (const AggregatePlan::Window& w : g.windows) {
-      sync::store_relaxed(block[w.offset + 4], std::bit_cast<uint64_t>(kInf));
-      sync::store_relaxed(block[w.offset + 5], std::bit_cast<uint64_t>(-kInf));
+      sync::store_relaxed(block[w.offset + kWindowMinWord], std::bit_cast<uint64_t>(kInf));
+      sync::store_relaxed(block[w.offset + kWindowMaxWord], std::bit_cast<uint64_t>(-kInf));
     }
   }
 }
@@ -309,20 +309,20 @@ bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_
     int64_t head = group_head(gh);
     if (k > head) {
       head = k;
-      j.set(gh[0], static_cast<uint64_t>(head + 1));
+      j.set(gh[kGroupHeadWord], static_cast<uint64_t>(head + 1));
       for (const AggregatePlan::Window& w : g.windows) {
         if (w.end == WindowEnd::kLatestEvent) move_window(g, w, block, head, j);
       }
     }
-    if (const int64_t latest = load_i64(gh[1]) - 1; te >= latest) {
-      j.set(gh[1], static_cast<uint64_t>(te + 1));
-      j.set_f64(gh[2], v);
+    if (const int64_t latest = load_i64(gh[kGroupLastTimeWord]) - 1; te >= latest) {
+      j.set(gh[kGroupLastTimeWord], static_cast<uint64_t>(te + 1));
+      j.set_f64(gh[kGroupLastValueWord], v);
     }
 
     BucketView b = bucket_at(g, block, k);
     if (b.tag() != k + 1) {
-      j.set(b.b[0], static_cast<uint64_t>(k + 1));
-      j.set(b.b[1], 0);
+      j.set(b.b[kBucketTagWord], static_cast<uint64_t>(k + 1));
+      j.set(b.b[kBucketCountWord], 0);
       if (g.sum) j.set_f64(b.b[b.at_sum()], 0);
       if (g.sumsq) j.set_f64(b.b[b.at_m2()], 0);
       if (g.min) j.set_f64(b.b[b.at_min()], kInf);
@@ -333,7 +333,7 @@ bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_
       add_value(b.count(), b.sum(), b.m2(), v, &sum, &m2);
       if (g.sum) j.set_f64(b.b[b.at_sum()], sum);
       if (g.sumsq) j.set_f64(b.b[b.at_m2()], m2);
-      j.set(b.b[1], b.count() + 1);
+      j.set(b.b[kBucketCountWord], b.count() + 1);
     }
     if (g.min) j.set_f64(b.b[b.at_min()], std::min(b.min(), v));
     if (g.max) j.set_f64(b.b[b.at_max()], std::max(b.max(), v));
@@ -390,7 +390,7 @@ OutputValue output(const AggregateTable& t, const Word* block, size_t o) {
     case AggregateFn::kMean: r.f64 = w.sum / n; break;
     case AggregateFn::kMin: r.f64 = w.min; break;
     case AggregateFn::kMax: r.f64 = w.max; break;
-    case AggregateFn::kLast: r.f64 = load_f64(block[g.offset + 2]); break;
+    case AggregateFn::kLast: r.f64 = load_f64(block[g.offset + kGroupLastValueWord]); break;
     case AggregateFn::kVariance: r.f64 = variance(); break;
     case AggregateFn::kStddev: r.f64 = std::sqrt(variance()); break;
     default: break;
@@ -402,9 +402,9 @@ int64_t next_due_ms(const AggregateTable& t, const Word* block) {
   int64_t due = 0;
   for (const AggregatePlan::Group& g : t.plan.groups) {
     for (const AggregatePlan::Window& w : g.windows) {
-      if (w.end != WindowEnd::kNow || load(block[w.offset + 1]) == 0) continue;
+      if (w.end != WindowEnd::kNow || load(block[w.offset + kWindowCountWord]) == 0) continue;
       // Bucket `start` leaves the window when the clock reaches bucket start + n.
-      const int64_t at = (load_i64(block[w.offset]) + w.buckets) * g.resolution_ms;
+      const int64_t at = (load_i64(block[w.offset + kWindowStartWord]) + w.buckets) * g.resolution_ms;
       if (due == 0 || at < due) due = at;
     }
   }
@@ -429,7 +429,7 @@ namespace {
 Word* dedup_bucket(const AggregateTable& t, uint64_t id) {
   __extension__ using u128 = unsigned __int128;
   const uint64_t b = static_cast<uint64_t>((static_cast<u128>(id) * t.dedup_buckets) >> 64);
-  return t.dedup + b * kDedupWays * 2;
+  return t.dedup + b * kDedupWays * kDedupEntryWords;
 }
 }  // namespace
 
@@ -437,8 +437,9 @@ bool dedup_contains(const AggregateTable& t, uint64_t id, int64_t clock_ms) {
   if (t.dedup_buckets == 0) return false;
   const Word* b = dedup_bucket(t, id);
   for (size_t i = 0; i < kDedupWays; ++i) {
-    if (load(b[2 * i]) != id) continue;
-    const int64_t time1 = load_i64(b[2 * i + 1]);
+    const Word* e = b + i * kDedupEntryWords;
+    if (load(e[kDedupIdWord]) != id) continue;
+    const int64_t time1 = load_i64(e[kDedupTimeWord]);
     if (time1 != 0 && time1 - 1 > clock_ms - t.horizon_ms) return true;
   }
   return false;
@@ -450,8 +451,9 @@ bool dedup_insert(const AggregateTable& t, uint64_t id, int64_t event_time_ms, i
   size_t victim = 0;
   int64_t oldest = std::numeric_limits<int64_t>::max();
   for (size_t i = 0; i < kDedupWays; ++i) {
-    const int64_t time1 = load_i64(b[2 * i + 1]);
-    if (load(b[2 * i]) == id || time1 == 0) {
+    const Word* e = b + i * kDedupEntryWords;
+    const int64_t time1 = load_i64(e[kDedupTimeWord]);
+    if (load(e[kDedupIdWord]) == id || time1 == 0) {
       victim = i;
       oldest = std::numeric_limits<int64_t>::min();
       break;
@@ -462,8 +464,9 @@ bool dedup_insert(const AggregateTable& t, uint64_t id, int64_t event_time_ms, i
     }
   }
   const bool evicted = oldest != std::numeric_limits<int64_t>::min() && oldest - 1 > clock_ms - t.horizon_ms;
-  j.set(b[2 * victim], id);
-  j.set(b[2 * victim + 1], static_cast<uint64_t>(event_time_ms + 1));
+  Word* e = b + victim * kDedupEntryWords;
+  j.set(e[kDedupIdWord], id);
+  j.set(e[kDedupTimeWord], static_cast<uint64_t>(event_time_ms + 1));
   return evicted;
 }
 

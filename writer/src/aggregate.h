@@ -1,7 +1,7 @@
 // Windowed aggregates: the writer-side state machine (docs/aggregates.md).
 //
 // Each slot of a table with aggregates owns a state block of
-// AggregatePlan::stride_words words (layout in schema.h). Only the writer
+// AggregatePlan::stride_words words (word map in format.h). Only the writer
 // reads or writes it; readers see the results as ordinary row fields, which
 // the writer recomputes whenever the state changes.
 //
@@ -64,7 +64,7 @@ class Journal {
 struct AggregateTable {
   AggregatePlan plan;
   Word* state = nullptr;  // slot_count * plan.stride_words
-  Word* dedup = nullptr;  // dedup_buckets * kDedupWays * 2
+  Word* dedup = nullptr;  // dedup_buckets * kDedupWays * kDedupEntryWords
   uint64_t dedup_buckets = 0;
   int64_t lateness_ms = 0;
   int64_t horizon_ms = 0;
@@ -105,7 +105,7 @@ OutputValue output(const AggregateTable& t, const Word* block, size_t o);
 int64_t next_due_ms(const AggregateTable& t, const Word* block);
 
 // The block's slot-header word holding next_due_ms + 1.
-inline Word& due_word(Word* block) { return block[0]; }
+inline Word& due_word(Word* block) { return block[kStateDueWord]; }
 
 // The dedup set. `id` is the key-scoped id (scoped_event_id).
 uint64_t scoped_event_id(uint64_t event_id, uint64_t key_hash);

@@ -121,7 +121,14 @@ double larder_row_as_double(const larder_table* table, const void* row, uint32_t
 const float* larder_row_vector(const larder_table* table, const void* row, uint32_t field, uint32_t* dims);
 const char* larder_row_string(const larder_table* table, const void* row, uint32_t field, uint32_t* len);
 
+/* The name of a read status: "ok", "not_found", "stale", "busy",
+ * "invalid_key" (the LARDER_* constant without its prefix, in lower case);
+ * "unknown" for any other number. Static strings. */
 const char* larder_status_name(int32_t status);
+/* The name of a LARDER_E_* code: "ok", "invalid_argument", "not_found", ...,
+ * "system" (the constant without LARDER_E_, in lower case); "unknown" for
+ * any other number. Static strings. */
+const char* larder_error_name(int code);
 int64_t larder_now_unix_ms(void);
 
 /* ---- Batch gathers for bindings (NumPy and friends) ----------------------

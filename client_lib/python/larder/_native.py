@@ -100,6 +100,7 @@ larder_row_validity_offset = _declare(lib, "larder_row_validity_offset", c_uint3
 larder_row_key_offset = _declare(lib, "larder_row_key_offset", c_uint32, tab_p)
 larder_row_field_offset = _declare(lib, "larder_row_field_offset", c_uint32, tab_p, c_uint32)
 larder_status_name = _declare(lib, "larder_status_name", c_char_p, c_int32)
+larder_error_name = _declare(lib, "larder_error_name", c_char_p, c_int)
 larder_now_unix_ms = _declare(lib, "larder_now_unix_ms", c_int64)
 
 # int32 larder_get_into(table, key, key_len, row, max_age_ms, result*)

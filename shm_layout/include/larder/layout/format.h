@@ -51,6 +51,7 @@
 #pragma once
 
 #include <atomic>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -197,7 +198,105 @@ struct TableDescriptor {
 
 // The dedup set: buckets of kDedupWays entries {id hash, event time + 1}.
 inline constexpr size_t kDedupWays = 8;
-inline constexpr size_t kDedupBucketBytes = kDedupWays * 16;
+inline constexpr size_t kDedupEntryWords = 2;
+inline constexpr size_t kDedupIdWord = 0;    // the key-scoped event id hash (0: never used)
+inline constexpr size_t kDedupTimeWord = 1;  // its event time + 1 (0: never used)
+inline constexpr size_t kDedupBucketBytes = kDedupWays * kDedupEntryWords * 8;
+
+// ---------------------------------------------------------------------------
+// Aggregate state. Only the writer reads or writes these words (readers see
+// aggregates as ordinary row fields), but they outlive the writer: the next
+// writer to attach, possibly another build, resumes from them. So their map
+// is part of the format and of abi_signature().
+
+// AggregateDescriptor::fn. The output field is int64 for kCount, float64 for
+// the others.
+enum class AggregateFn : uint32_t {
+  kCount = 1,
+  kSum = 2,
+  kMean = 3,
+  kMin = 4,
+  kMax = 5,
+  kLast = 6,      // the value of the newest event in the window
+  kVariance = 7,  // population variance (divides by the count)
+  kStddev = 8,
+};
+inline constexpr AggregateFn kAllAggregateFns[] = {
+    AggregateFn::kCount, AggregateFn::kSum,  AggregateFn::kMean,     AggregateFn::kMin,
+    AggregateFn::kMax,   AggregateFn::kLast, AggregateFn::kVariance, AggregateFn::kStddev,
+};
+
+// AggregateDescriptor::end: where a window ends when it is read.
+enum class WindowEnd : uint32_t {
+  kNow = 0,          // the current time: the value decays as buckets leave the window
+  kLatestEvent = 1,  // the newest event time seen for the key: no decay
+};
+
+// Each slot of a table with aggregates owns a state block of
+// TableDescriptor::state_stride_words words at state_offset + slot * stride.
+// A group is the aggregates of one (source, resolution); plan_aggregates()
+// (schema.h) places the parts, all of them 8-byte words:
+//
+//   slot header                    kAggregateSlotHeaderWords
+//   for each group: group header   kAggregateGroupHeaderWords
+//     for each distinct window     kAggregateWindowWords     (the "hot" words)
+//   for each group: ring of buckets, aggregate_bucket_words(group stats) each
+//
+// Times are stored + 1 so that 0 means "none"; statistics are float64 bits.
+
+// Slot header.
+inline constexpr uint32_t kStateDueWord = 0;              // when a window next decays, ms + 1 (0: never)
+inline constexpr uint32_t kAggregateSlotHeaderWords = 2;  // word 1 reserved
+
+// Group header.
+inline constexpr uint32_t kGroupHeadWord = 0;              // newest bucket index + 1 (0: no event yet)
+inline constexpr uint32_t kGroupLastTimeWord = 1;          // newest event time + 1
+inline constexpr uint32_t kGroupLastValueWord = 2;         // that event's value (kLast reads it)
+inline constexpr uint32_t kAggregateGroupHeaderWords = 4;  // word 3 reserved
+
+// Window: running totals of the buckets it covers.
+inline constexpr uint32_t kWindowStartWord = 0;  // oldest bucket index that may hold events
+inline constexpr uint32_t kWindowCountWord = 1;  // uint64
+inline constexpr uint32_t kWindowSumWord = 2;
+inline constexpr uint32_t kWindowM2Word = 3;   // sum of squared deviations from the mean
+inline constexpr uint32_t kWindowMinWord = 4;  // +inf when empty
+inline constexpr uint32_t kWindowMaxWord = 5;  // -inf when empty
+inline constexpr uint32_t kAggregateWindowWords = 6;
+
+// Bucket: a tag and a count, then one word per statistic the group keeps, in
+// the order of the kBucket* bits (sum, M2, min, max).
+inline constexpr uint32_t kBucketTagWord = 0;    // bucket index + 1 (0: empty; another index: a stale lap)
+inline constexpr uint32_t kBucketCountWord = 1;  // uint64
+inline constexpr uint32_t kBucketFixedWords = 2;
+inline constexpr uint32_t kBucketSum = 1U << 0;
+inline constexpr uint32_t kBucketM2 = 1U << 1;
+inline constexpr uint32_t kBucketMin = 1U << 2;
+inline constexpr uint32_t kBucketMax = 1U << 3;
+
+// The statistics a group's buckets keep for function fn (a group keeps the
+// union over its aggregates). kCount needs only the count word and kLast the
+// group header.
+constexpr uint32_t aggregate_bucket_stats(AggregateFn fn) {
+  switch (fn) {
+    case AggregateFn::kSum:
+    case AggregateFn::kMean: return kBucketSum;
+    case AggregateFn::kVariance:
+    case AggregateFn::kStddev: return kBucketSum | kBucketM2;
+    case AggregateFn::kMin: return kBucketMin;
+    case AggregateFn::kMax: return kBucketMax;
+    case AggregateFn::kCount:
+    case AggregateFn::kLast: return 0;
+  }
+  return 0;
+}
+// Words of a bucket that keeps `stats`.
+constexpr uint32_t aggregate_bucket_words(uint32_t stats) {
+  return kBucketFixedWords + static_cast<uint32_t>(std::popcount(stats));
+}
+// The word of statistic `stat` (one kBucket* bit) in a bucket that keeps `stats`.
+constexpr uint32_t aggregate_bucket_word(uint32_t stats, uint32_t stat) {
+  return kBucketFixedWords + static_cast<uint32_t>(std::popcount(stats & (stat - 1)));
+}
 
 // One journal entry: the old value of the word at `word` (8-byte words from
 // the segment start).
@@ -279,8 +378,10 @@ static_assert(offsetof(FieldDescriptor, index) == 80);
 static_assert(std::atomic<uint32_t>::is_always_lock_free);
 
 // A fingerprint of this build's view of the format: sizes and offsets of every
-// shared structure. Two builds that disagree on any of them refuse to share a
-// segment even if someone forgot to bump kLayoutVersion.
+// shared structure, then the word map of the aggregate state and dedup set
+// (which words a slot header, group header, window and bucket keep, and which
+// statistics each AggregateFn needs). Two builds that disagree on any of them
+// refuse to share a segment even if someone forgot to bump kLayoutVersion.
 constexpr uint64_t abi_signature() {
   const uint64_t facts[] = {
       kLayoutVersion,
@@ -301,12 +402,47 @@ constexpr uint64_t abi_signature() {
       kSlotAlign,
       sizeof(Word),
       alignof(Word),
+      // The aggregate state and dedup word map.
+      kDedupEntryWords,
+      kDedupIdWord,
+      kDedupTimeWord,
+      kStateDueWord,
+      kAggregateSlotHeaderWords,
+      kGroupHeadWord,
+      kGroupLastTimeWord,
+      kGroupLastValueWord,
+      kAggregateGroupHeaderWords,
+      kWindowStartWord,
+      kWindowCountWord,
+      kWindowSumWord,
+      kWindowM2Word,
+      kWindowMinWord,
+      kWindowMaxWord,
+      kAggregateWindowWords,
+      kBucketTagWord,
+      kBucketCountWord,
+      kBucketFixedWords,
+      aggregate_bucket_word(kBucketSum | kBucketM2 | kBucketMin | kBucketMax, kBucketSum),
+      aggregate_bucket_word(kBucketSum | kBucketM2 | kBucketMin | kBucketMax, kBucketM2),
+      aggregate_bucket_word(kBucketSum | kBucketM2 | kBucketMin | kBucketMax, kBucketMin),
+      aggregate_bucket_word(kBucketSum | kBucketM2 | kBucketMin | kBucketMax, kBucketMax),
+      static_cast<uint64_t>(WindowEnd::kNow),
+      static_cast<uint64_t>(WindowEnd::kLatestEvent),
   };
   uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a over the facts' bytes
-  for (uint64_t f : facts) {
+  auto mix = [&h](uint64_t f) {
     for (int i = 0; i < 8; ++i) {
       h ^= (f >> (8 * i)) & 0xff;
       h *= 0x100000001b3ULL;
+    }
+  };
+  for (uint64_t f : facts) mix(f);
+  for (AggregateFn fn : kAllAggregateFns) {  // each function's number and what its buckets keep
+    mix(static_cast<uint64_t>(fn));
+    const uint32_t stats = aggregate_bucket_stats(fn);
+    mix(aggregate_bucket_words(stats));
+    for (uint32_t stat : {kBucketSum, kBucketM2, kBucketMin, kBucketMax}) {
+      mix((stats & stat) != 0 ? aggregate_bucket_word(stats, stat) : 0);
     }
   }
   return h;

@@ -23,28 +23,12 @@ struct FieldSpec {
 
 // Windowed aggregates (docs/aggregates.md). An aggregate folds the values
 // that events carry for its `source` into time buckets of `resolution_ms` and
-// publishes fn over the last `window_ms` as an ordinary field of the row:
-// int64 for kCount, float64 for the others.
-enum class AggregateFn : uint32_t {
-  kCount = 1,
-  kSum = 2,
-  kMean = 3,
-  kMin = 4,
-  kMax = 5,
-  kLast = 6,      // the value of the newest event in the window
-  kVariance = 7,  // population variance (divides by the count)
-  kStddev = 8,
-};
+// publishes fn over the last `window_ms` as an ordinary field of the row.
+// AggregateFn and WindowEnd are stored in AggregateDescriptor (format.h).
 const char* aggregate_fn_name(AggregateFn fn);
-// Accepts the names above ("count", "sum", "mean", "min", "max", "last",
+// Accepts the names ("count", "sum", "mean", "min", "max", "last",
 // "variance", "stddev") and the short forms "avg", "var" and "std".
 bool parse_aggregate_fn(std::string_view text, AggregateFn* out);
-
-// Where a window ends when it is read.
-enum class WindowEnd : uint32_t {
-  kNow = 0,          // the current time: the value decays as buckets leave the window
-  kLatestEvent = 1,  // the newest event time seen for the key: no decay
-};
 
 inline constexpr int64_t kMinWindowMs = 1000;                     // 1 s
 inline constexpr int64_t kMaxWindowMs = 30LL * 24 * 3600 * 1000;  // 30 days
@@ -113,19 +97,8 @@ struct FieldPlan {
   uint32_t bytes = 0;
 };
 
-// The words of a slot's aggregate state block (see aggregate.cc): the slot
-// header, every group's header and windows, then every group's ring.
-//   slot header   [0] next refresh due (ms + 1, 0: none)  [1] reserved
-//   group header  [0] newest bucket + 1  [1] newest event time + 1  [2] its value  [3] reserved
-//   window        [0] oldest bucket that may hold events  [1] count  [2] sum
-//                 [3] M2 (squared deviations from the mean)  [4] min  [5] max
-//   bucket        [0] bucket index + 1 (0: empty)  [1] count  then sum, M2, min, max as the group needs
-inline constexpr uint32_t kAggregateSlotHeaderWords = 2;
-inline constexpr uint32_t kAggregateGroupHeaderWords = 4;
-inline constexpr uint32_t kAggregateWindowWords = 6;
-
 // Where one table's aggregate state lives: per slot, a state block of
-// `stride_words` words that only the writer reads (see aggregate.h).
+// `stride_words` words that only the writer reads (word map in format.h).
 struct AggregatePlan {
   struct Window {
     int64_t window_ms = 0;
@@ -138,10 +111,15 @@ struct AggregatePlan {
     int64_t resolution_ms = 0;
     int64_t ring_buckets = 0;  // the longest window of the group / resolution
     bool sum = false, sumsq = false, min = false, max = false, last = false;  // sumsq: M2 is kept
-    uint32_t bucket_words = 0;  // tag, count, then sum, M2, min, max as needed
+    uint32_t bucket_words = 0;  // tag, count, then one word per statistic of stats()
     uint32_t offset = 0;        // words into the slot's state block: group header
     uint32_t ring_offset = 0;   // words: first bucket
     std::vector<Window> windows;
+
+    // The kBucket* statistics the group's buckets keep (format.h).
+    uint32_t stats() const {
+      return (sum ? kBucketSum : 0) | (sumsq ? kBucketM2 : 0) | (min ? kBucketMin : 0) | (max ? kBucketMax : 0);
+    }
   };
   struct Output {
     uint32_t field = 0;  // index into all_fields()
