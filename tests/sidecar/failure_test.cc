@@ -294,6 +294,23 @@ metrics: {{listen: "{listen}"}}
 
 // ---- segment ownership and start-up refusals --------------------------------
 
+TEST_F(SidecarFailureTest, BadConfigOrArgumentsExit2BeforeTouchingTheSegment) {
+  if (!setup()) return;
+  Settings s;
+  s.tables = R"(tables:
+  - name: users
+    capacity: 10
+    fields:
+      - {name: n, type: floot}
+)";
+  SidecarChild& sidecar = start(s);
+  EXPECT_EQ(sidecar.wait_exit(kGuard), 2);
+  EXPECT_GE(sidecar.log_count("invalid config: tables[0].fields[0].type: unknown type \"floot\""), 1u) << sidecar.log();
+  EXPECT_FALSE(info()) << "no segment is created";
+  const auto [code, out] = run_command(std::string(LARDER_SIDECAR_BINARY) + " --config /nonexistent --no-such-option");
+  EXPECT_EQ(code, 2) << out;
+}
+
 TEST_F(SidecarFailureTest, SecondSidecarOnOneSegmentExits3) {
   if (!setup()) return;
   SidecarChild& first = start({});
