@@ -207,13 +207,21 @@ metrics: {{listen: "{listen}"}}
     return *children_.back();
   }
 
-  // The URL of the test broker's host through a proxy on `port`.
-  std::string url_via(uint16_t port) const { return fmt::format("amqp://guest@127.0.0.1:{}", port); }
-  uint16_t broker_port() const {
+  // The test broker's URL, host and port.
+  sidecar::AmqpUrl broker_url() const {
     sidecar::AmqpUrl url;
     std::string error;
     sidecar::parse_amqp_url(env_.amqp_url, &url, &error);
-    return static_cast<uint16_t>(url.port);
+    return url;
+  }
+  // A forwarder to the test broker (bound, not yet listening).
+  std::unique_ptr<TcpProxy> make_proxy() const {
+    const sidecar::AmqpUrl url = broker_url();
+    return std::make_unique<TcpProxy>(url.host, static_cast<uint16_t>(url.port));
+  }
+  // The test broker's URL with the proxy's port.
+  std::string url_via(const TcpProxy& proxy) const {
+    return fmt::format("amqp://{}@127.0.0.1:{}", broker_url().user, proxy.port());
   }
 
   bool wait_consumers(uint32_t n, std::chrono::milliseconds timeout = kGuard) {
@@ -399,15 +407,15 @@ TEST_F(SidecarFailureTest, LarderctlInfoShowsAFrozenWriterAsNotResponding) {
 
 TEST_F(SidecarFailureTest, LostBrokerShowsAsDisconnectedAndReadersKeepTheLastValues) {
   if (!setup()) return;
-  TcpProxy proxy("127.0.0.1", broker_port());
-  proxy.listen();
+  auto proxy = make_proxy();
+  proxy->listen();
   Settings s;
-  s.url = url_via(proxy.port());
+  s.url = url_via(*proxy);
   SidecarChild& sidecar = start(s);
   ASSERT_TRUE(wait_consumers(1));
   publish({upsert_n("k", kT0, 1)});
   ASSERT_TRUE(wait_n("k", 1));
-  proxy.cut();
+  proxy->cut();
   EXPECT_TRUE(wait_connection(ConnectionState::kDisconnected));
   std::string out;
   EXPECT_TRUE(wait_until(
@@ -418,7 +426,7 @@ TEST_F(SidecarFailureTest, LostBrokerShowsAsDisconnectedAndReadersKeepTheLastVal
       kGuard))
       << out;
   EXPECT_EQ(read_n("k"), 1) << "readers keep reading the last values";
-  proxy.listen();
+  proxy->listen();
   EXPECT_TRUE(wait_connection(ConnectionState::kConnected));
   publish({upsert_n("k", kT0 + 1, 2)});
   EXPECT_TRUE(wait_n("k", 2));
@@ -428,17 +436,17 @@ TEST_F(SidecarFailureTest, LostBrokerShowsAsDisconnectedAndReadersKeepTheLastVal
 
 TEST_F(SidecarFailureTest, BrokerUnreachableAtStartRetriesAndReadersSeeDisconnected) {
   if (!setup()) return;
-  TcpProxy proxy("127.0.0.1", broker_port());  // bound, not listening: refused
+  auto proxy = make_proxy();  // bound, not listening: refused
   Settings s;
-  s.url = url_via(proxy.port());
+  s.url = url_via(*proxy);
   SidecarChild& sidecar = start(s);
   // The segment exists for readers while the sidecar keeps retrying.
   EXPECT_TRUE(wait_connection(ConnectionState::kDisconnected));
   EXPECT_TRUE(sidecar.wait_log("reconnecting in", 3)) << "at least three attempts";
-  EXPECT_EQ(proxy.accepted(), 0u);
+  EXPECT_EQ(proxy->accepted(), 0u);
   const auto out = larderctl("info " + name_);
   EXPECT_NE(out.second.find("broker disconnected"), std::string::npos) << out.second;
-  proxy.listen();
+  proxy->listen();
   EXPECT_TRUE(wait_connection(ConnectionState::kConnected));
   ASSERT_TRUE(wait_consumers(1));
   publish({upsert_n("k", kT0, 5)});
@@ -713,17 +721,17 @@ TEST_F(SidecarFailureTest, ChannelCloseFromTheBrokerIsAnsweredLoggedAndReconnect
   // consumer_timeout (406 PRECONDITION_FAILED); channels read both at start.
   BrokerEnvVars timeout(ctl, {{"channel_tick_interval", "100"}, {"consumer_timeout", "500"}});
   ASSERT_TRUE(timeout.ok()) << "rabbitmqctl eval failed";
-  TcpProxy proxy("127.0.0.1", broker_port());  // to see the broker's channel.close go out
-  proxy.listen();
+  auto proxy = make_proxy();  // to see the broker's channel.close go out
+  proxy->listen();
   Settings s;
-  s.url = url_via(proxy.port());
+  s.url = url_via(*proxy);
   SidecarChild& sidecar = start(s);
   ASSERT_TRUE(wait_consumers(1));
   sidecar.signal(SIGSTOP);
   publish({upsert_n("k", kT0, 3)});
   ASSERT_TRUE(wait_ready(0)) << "the broker did not deliver to the frozen sidecar";
   // The broker gives up on the frozen channel and closes it.
-  ASSERT_TRUE(wait_until([&] { return proxy.server_methods(20, 40) == 1; }, kGuard)) << "no channel.close";
+  ASSERT_TRUE(wait_until([&] { return proxy->server_methods(20, 40) == 1; }, kGuard)) << "no channel.close";
   sidecar.signal(SIGCONT);
   EXPECT_TRUE(sidecar.wait_log("broker closed the channel: 406")) << "the reply code and text are logged";
   EXPECT_TRUE(sidecar.wait_log("consumer: connected", 2)) << "it reconnects";
@@ -734,18 +742,18 @@ TEST_F(SidecarFailureTest, ChannelCloseFromTheBrokerIsAnsweredLoggedAndReconnect
 
 TEST_F(SidecarFailureTest, SilentBrokerIsDetectedByMissedHeartbeatsAndReconnected) {
   if (!setup()) return;
-  TcpProxy proxy("127.0.0.1", broker_port());
-  proxy.listen();
+  auto proxy = make_proxy();
+  proxy->listen();
   Settings s;
-  s.url = url_via(proxy.port());
+  s.url = url_via(*proxy);
   s.heartbeat_s = 1;
   SidecarChild& sidecar = start(s);
   ASSERT_TRUE(wait_consumers(1));
   ASSERT_TRUE(wait_connection(ConnectionState::kConnected));
-  proxy.silence();  // no FIN, no RST: the bytes just stop
+  proxy->silence();  // no FIN, no RST: the bytes just stop
   EXPECT_TRUE(sidecar.wait_log("(heartbeat_timeout)")) << "a missed heartbeat must be reported";
   EXPECT_TRUE(sidecar.wait_log("consumer: connected", 2)) << "it reconnects";
-  EXPECT_GE(proxy.accepted(), 2u);
+  EXPECT_GE(proxy->accepted(), 2u);
   publish({upsert_n("k", kT0, 4)});
   EXPECT_TRUE(wait_n("k", 4));
   sidecar.signal(SIGTERM);
@@ -809,10 +817,10 @@ TEST_F(SidecarFailureTest, ConnectionBlockedIsLoggedAndConsumptionContinues) {
   if (!setup()) return;
   const std::string ctl = rabbitmqctl_command();
   ASSERT_FALSE(ctl.empty()) << "LARDER_TEST_RABBITMQCTL not set (scripts/test.sh exports it)";
-  TcpProxy proxy("127.0.0.1", broker_port());
-  proxy.listen();
+  auto proxy = make_proxy();
+  proxy->listen();
   Settings s;
-  s.url = url_via(proxy.port());
+  s.url = url_via(*proxy);
   SidecarChild& sidecar = start(s);
   ASSERT_TRUE(wait_consumers(1));
   // Messages handed to the frozen sidecar before the alarm (an alarm blocks
@@ -827,14 +835,14 @@ TEST_F(SidecarFailureTest, ConnectionBlockedIsLoggedAndConsumptionContinues) {
   // RabbitMQ sends connection.blocked only to connections that publish during
   // an alarm, and the sidecar never publishes: the forwarder slips the frame
   // the broker would send in between two of the broker's frames.
-  proxy.inject_to_client(connection_method_frame(60, "low on memory"));
-  ASSERT_TRUE(wait_until([&] { return proxy.injected() == 1; }, kGuard));
+  proxy->inject_to_client(connection_method_frame(60, "low on memory"));
+  ASSERT_TRUE(wait_until([&] { return proxy->injected() == 1; }, kGuard));
   sidecar.signal(SIGCONT);
   EXPECT_TRUE(sidecar.wait_log("the broker blocked the connection"));
   EXPECT_TRUE(wait_n("k19", 19)) << "consumption continues while blocked";
   EXPECT_TRUE(wait_until([&] { return scrape(sidecar).at("larder_messages_acked_total") == 20; }, kGuard))
       << "and so do acks";
-  proxy.inject_to_client(connection_method_frame(61, ""));
+  proxy->inject_to_client(connection_method_frame(61, ""));
   EXPECT_TRUE(sidecar.wait_log("the broker unblocked the connection"));
   EXPECT_EQ(sidecar.log_count("consumer: connected"), 1u) << "no reconnect";
   sidecar.signal(SIGTERM);

@@ -115,7 +115,8 @@ class TcpProxy {
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(target_port_);
-    ::inet_pton(AF_INET, target_host_.c_str(), &a.sin_addr);
+    // The target is on this host: a name (say "localhost") means loopback.
+    if (::inet_pton(AF_INET, target_host_.c_str(), &a.sin_addr) != 1) a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
       ::close(fd);
       return -1;
