@@ -1,0 +1,853 @@
+// The sidecar's documented failure behaviours (docs/sidecar.md, "Failure
+// behaviour"; docs/operations.md), each against the real larder-sidecar
+// binary, a real RabbitMQ (CTest label "integration") and real shared memory.
+// Failures are made certain rather than hoped for: a process frozen with
+// SIGSTOP while the broker hands it messages, a loopback forwarder the test
+// controls (support/tcp_proxy.h) for a broker that is absent or silent, and
+// broker settings changed with rabbitmqctl and restored on every exit path.
+// Every wait is for an event (a log line, the segment header, the broker's
+// queue counts, process exit) under a generous hang guard.
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <optional>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "amqp_url.h"
+#include "harness.h"
+#include "larder/client.h"
+#include "larder/layout/writer.h"
+#include "prometheus_parse.h"
+#include "support/tcp_proxy.h"
+
+#ifndef LARDERCTL_PATH
+#error "LARDERCTL_PATH must name the larderctl binary"
+#endif
+
+namespace larder::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Hang guard of every wait: far above what any event here takes.
+constexpr auto kGuard = 30s;
+constexpr int64_t kT0 = 1'700'000'000'000;
+
+// Runs a shell command; its exit status and combined output.
+std::pair<int, std::string> run_command(const std::string& cmd) {
+  std::string out;
+  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  if (p == nullptr) return {-1, "popen failed"};
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = ::pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::pair<int, std::string> larderctl(const std::string& args) {
+  return run_command(std::string(LARDERCTL_PATH) + " " + args);
+}
+
+// A larder-sidecar child with its own config and log file. Unlike
+// SidecarProcess it reports how the child exited on its own and can be sent
+// any signal. The destructor resumes and SIGKILLs a child still running.
+class SidecarChild {
+ public:
+  SidecarChild(const std::string& yaml, const std::string& file_stem, const BrokerEnv& env) : password_(env.password) {
+    config_path_ = ::testing::TempDir() + "/" + file_stem + ".yaml";
+    log_path_ = ::testing::TempDir() + "/" + file_stem + ".log";
+    std::ofstream(config_path_) << yaml;
+    std::ofstream(log_path_, std::ios::trunc).flush();
+  }
+  ~SidecarChild() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGCONT);
+      ::kill(pid_, SIGKILL);
+      int status = 0;
+      ::waitpid(pid_, &status, 0);
+    }
+    std::remove(config_path_.c_str());
+    if (!::testing::Test::HasFailure()) std::remove(log_path_.c_str());
+  }
+  SidecarChild(const SidecarChild&) = delete;
+  SidecarChild& operator=(const SidecarChild&) = delete;
+
+  void start() {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      const int fd = ::open(log_path_.c_str(), O_WRONLY | O_APPEND | O_CREAT, 0644);
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      ::setenv("LARDER_IT_PASSWORD", password_.c_str(), 1);
+      ::execl(LARDER_SIDECAR_BINARY, "larder-sidecar", "--config", config_path_.c_str(), "--log-level", "debug",
+              static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    ASSERT_GT(pid_, 0) << "fork failed";
+  }
+
+  void signal(int sig) const {
+    if (pid_ > 0) ::kill(pid_, sig);
+  }
+
+  // Waits for the child to end: its exit code, 128 + the signal that ended
+  // it, or nullopt if it still runs after `timeout`.
+  std::optional<int> wait_exit(std::chrono::milliseconds timeout) {
+    if (pid_ <= 0) return exit_code_;
+    std::optional<int> code;
+    wait_until(
+        [&] {
+          int status = 0;
+          if (::waitpid(pid_, &status, WNOHANG) != pid_) return false;
+          code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+          return true;
+        },
+        timeout);
+    if (code) {
+      pid_ = -1;
+      exit_code_ = code;
+    }
+    return code;
+  }
+
+  std::string log() const {
+    std::ifstream in(log_path_);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+  size_t log_count(const std::string& needle) const {
+    const std::string s = log();
+    size_t count = 0;
+    for (size_t at = s.find(needle); at != std::string::npos; at = s.find(needle, at + 1)) ++count;
+    return count;
+  }
+  bool wait_log(const std::string& needle, size_t times = 1, std::chrono::milliseconds timeout = kGuard) const {
+    return wait_until([&] { return log_count(needle) >= times; }, timeout);
+  }
+  // The metrics port from the "metrics: listening on" line; 0 before it.
+  int metrics_port() const {
+    static const std::regex listening(R"(metrics: listening on http://127\.0\.0\.1:(\d+))");
+    std::smatch m;
+    const std::string s = log();
+    return std::regex_search(s, m, listening) ? std::stoi(m[1]) : 0;
+  }
+
+ private:
+  std::string config_path_;
+  std::string log_path_;
+  std::string password_;
+  pid_t pid_ = -1;
+  std::optional<int> exit_code_;
+};
+
+// What a test changes in the sidecar's config.
+struct Settings {
+  std::string url;  // "" = the test broker
+  std::string queue_type = "quorum";
+  std::string queue_extra;  // more keys of rabbitmq.queue, e.g. ", delivery_limit: 2"
+  std::string tables;       // "" = users_table_yaml()
+  std::string metrics_listen = "127.0.0.1:0";
+  int prefetch = 50;
+  int heartbeat_s = 5;
+  double drain_timeout_s = 5;
+};
+
+class SidecarFailureTest : public SidecarTestBase {
+ protected:
+  bool setup(bool need_ctl = false) { return load_broker("f-", false, need_ctl); }
+
+  void TearDown() override {
+    if (HasFailure()) {
+      for (const auto& child : children_) std::cerr << "---- sidecar log ----\n" << child->log() << "\n";
+    }
+    children_.clear();
+    SidecarTestBase::TearDown();
+  }
+
+  std::string config(const Settings& s) const {
+    return fmt::format(R"(segment: {{name: {name}}}
+{tables}rabbitmq:
+  url: {url}
+  password_env: LARDER_IT_PASSWORD
+  queue: {{name: {name}, type: {type}{queue_extra}}}
+  bindings: [{{exchange: {name}, routing_keys: ["users.#"]}}]
+  prefetch: {prefetch}
+  heartbeat_s: {heartbeat}
+  reconnect: {{base_s: 0.2, cap_s: 1}}
+  rpc_timeout_s: 5
+  drain_timeout_s: {drain}
+logging: {{level: debug}}
+metrics: {{listen: "{listen}"}}
+)",
+                       fmt::arg("name", name_), fmt::arg("tables", s.tables.empty() ? users_table_yaml() : s.tables),
+                       fmt::arg("url", s.url.empty() ? env_.amqp_url : s.url), fmt::arg("type", s.queue_type),
+                       fmt::arg("queue_extra", s.queue_extra), fmt::arg("prefetch", s.prefetch),
+                       fmt::arg("heartbeat", s.heartbeat_s), fmt::arg("drain", s.drain_timeout_s),
+                       fmt::arg("listen", s.metrics_listen));
+  }
+
+  // Starts a sidecar child (the n-th of this test has its own files).
+  SidecarChild& start(const Settings& s) {
+    children_.push_back(std::make_unique<SidecarChild>(config(s), fmt::format("{}-{}", name_, children_.size()), env_));
+    children_.back()->start();
+    return *children_.back();
+  }
+
+  // The test broker's URL, host and port.
+  sidecar::AmqpUrl broker_url() const {
+    sidecar::AmqpUrl url;
+    std::string error;
+    sidecar::parse_amqp_url(env_.amqp_url, &url, &error);
+    return url;
+  }
+  // A forwarder to the test broker (bound, not yet listening).
+  std::unique_ptr<TcpProxy> make_proxy() const {
+    const sidecar::AmqpUrl url = broker_url();
+    return std::make_unique<TcpProxy>(url.host, static_cast<uint16_t>(url.port));
+  }
+  // The test broker's URL with the proxy's port.
+  std::string url_via(const TcpProxy& proxy) const {
+    return fmt::format("amqp://{}@127.0.0.1:{}", broker_url().user, proxy.port());
+  }
+
+  bool wait_consumers(uint32_t n, std::chrono::milliseconds timeout = kGuard) {
+    return wait_until(
+        [&] {
+          const auto q = client_->inspect(name_);
+          return q && q->second == n;
+        },
+        timeout);
+  }
+  // Messages ready in the queue (not delivered, or returned).
+  std::optional<uint32_t> ready() {
+    const auto q = client_->inspect(name_);
+    return q ? std::optional<uint32_t>(q->first) : std::nullopt;
+  }
+  bool wait_ready(uint32_t n, std::chrono::milliseconds timeout = kGuard) {
+    return wait_until([&] { return ready() == n; }, timeout);
+  }
+
+  std::optional<SegmentInfo> info() {
+    try {
+      return Segment::open(name_).info();
+    } catch (const Error&) {
+      return std::nullopt;
+    }
+  }
+  bool wait_connection(ConnectionState state, std::chrono::milliseconds timeout = kGuard) {
+    return wait_until(
+        [&] {
+          const auto i = info();
+          return i && i->connection == state;
+        },
+        timeout);
+  }
+
+  // Reads `key` of table users; the row's `n`, or nullopt when absent.
+  std::optional<int64_t> read_n(const std::string& key) {
+    try {
+      Segment seg = Segment::open(name_);
+      const Table users = seg.table("users");
+      const Field n = users.field("n");
+      Row row = users.make_row();
+      if (users.get(key, row).status != Status::kOk || !row.valid(n)) return std::nullopt;
+      return row.i64(n);
+    } catch (const Error&) {
+      return std::nullopt;
+    }
+  }
+  bool wait_n(const std::string& key, int64_t n, std::chrono::milliseconds timeout = kGuard) {
+    return wait_until([&] { return read_n(key) == n; }, timeout);
+  }
+
+  ParsedMetrics scrape(const SidecarChild& child) {
+    httplib::Client http("127.0.0.1", child.metrics_port());
+    http.set_connection_timeout(2);
+    http.set_read_timeout(5);
+    auto res = http.Get("/metrics");
+    ParsedMetrics p;
+    if (!res || res->status != 200) {
+      p.error = "GET /metrics failed";
+      return p;
+    }
+    return parse_prometheus(res->body);
+  }
+
+  void publish(const std::vector<std::string>& bodies) { client_->publish(name_, "users.1", bodies); }
+  static std::string upsert_n(const std::string& key, int64_t t, int64_t n) {
+    return fmt::format(R"({{"table":"users","key":"{}","event_time":{},"fields":{{"n":{}}}}})", key, t, n);
+  }
+
+  std::string rabbitmqctl_command() const {
+    const char* v = std::getenv("LARDER_TEST_RABBITMQCTL");
+    return v == nullptr ? std::string() : std::string(v);
+  }
+
+  std::vector<std::unique_ptr<SidecarChild>> children_;
+};
+
+// ---- segment ownership and start-up refusals --------------------------------
+
+TEST_F(SidecarFailureTest, BadConfigOrArgumentsExit2BeforeTouchingTheSegment) {
+  if (!setup()) return;
+  Settings s;
+  s.tables = R"(tables:
+  - name: users
+    capacity: 10
+    fields:
+      - {name: n, type: floot}
+)";
+  SidecarChild& sidecar = start(s);
+  EXPECT_EQ(sidecar.wait_exit(kGuard), 2);
+  EXPECT_GE(sidecar.log_count("invalid config: tables[0].fields[0].type: unknown type \"floot\""), 1u) << sidecar.log();
+  EXPECT_FALSE(info()) << "no segment is created";
+  const auto [code, out] = run_command(std::string(LARDER_SIDECAR_BINARY) + " --config /nonexistent --no-such-option");
+  EXPECT_EQ(code, 2) << out;
+}
+
+TEST_F(SidecarFailureTest, SecondSidecarOnOneSegmentExits3) {
+  if (!setup()) return;
+  SidecarChild& first = start({});
+  ASSERT_TRUE(wait_consumers(1)) << "the first sidecar did not start consuming";
+  SidecarChild& second = start({});
+  EXPECT_EQ(second.wait_exit(kGuard), 3);
+  EXPECT_GE(second.log_count("already has a writer"), 1u) << second.log();
+  EXPECT_GE(second.log_count("writer locked"), 1u) << second.log();
+  // The first one keeps the segment and goes on applying.
+  publish({upsert_n("k", kT0, 7)});
+  EXPECT_TRUE(wait_n("k", 7));
+  EXPECT_EQ(first.wait_exit(0ms), std::nullopt) << "the first sidecar must keep running";
+  first.signal(SIGTERM);
+  EXPECT_EQ(first.wait_exit(kGuard), 0);
+}
+
+TEST_F(SidecarFailureTest, SchemaChangeMakesTheSidecarExit3) {
+  if (!setup()) return;
+  SidecarChild& first = start({});
+  ASSERT_TRUE(wait_consumers(1));
+  first.signal(SIGTERM);
+  ASSERT_EQ(first.wait_exit(kGuard), 0);
+  Settings changed;
+  changed.tables = users_table_yaml(/*capacity=*/5000);  // another capacity: another layout
+  SidecarChild& second = start(changed);
+  EXPECT_EQ(second.wait_exit(kGuard), 3);
+  EXPECT_GE(second.log_count("schema"), 1u) << second.log();
+  EXPECT_EQ(second.log_count("consumer: connected"), 0u) << "it must stop before touching the broker";
+  // The existing segment is intact and still has its old schema.
+  const auto i = info();
+  ASSERT_TRUE(i);
+  EXPECT_EQ(i->connection, ConnectionState::kStopped);
+}
+
+TEST_F(SidecarFailureTest, UnbindableMetricsAddressExits4) {
+  if (!setup()) return;
+  // An address in use: the test holds a listening socket on it.
+  const int holder = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(holder, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(holder, 1), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(holder, reinterpret_cast<sockaddr*>(&a), &len);
+  Settings in_use;
+  in_use.metrics_listen = fmt::format("127.0.0.1:{}", ntohs(a.sin_port));
+  SidecarChild& first = start(in_use);
+  EXPECT_EQ(first.wait_exit(kGuard), 4);
+  EXPECT_GE(first.log_count("metrics:"), 1u) << first.log();
+  ::close(holder);
+  // An address that is not local (TEST-NET-1, RFC 5737).
+  Settings not_local;
+  not_local.metrics_listen = "192.0.2.1:9464";
+  SidecarChild& second = start(not_local);
+  EXPECT_EQ(second.wait_exit(kGuard), 4);
+  EXPECT_EQ(second.log_count("consumer: connected"), 0u) << "it must stop before consuming";
+}
+
+// ---- what readers and larderctl see -----------------------------------------
+
+TEST_F(SidecarFailureTest, LarderctlInfoShowsAFrozenWriterAsNotResponding) {
+  if (!setup()) return;
+  SidecarChild& sidecar = start({});
+  ASSERT_TRUE(wait_consumers(1));
+  const auto alive = larderctl("info " + name_);
+  EXPECT_EQ(alive.first, 0);
+  EXPECT_NE(alive.second.find(", alive,"), std::string::npos) << alive.second;
+  sidecar.signal(SIGSTOP);
+  std::string out;
+  const bool shown = wait_until(
+      [&] {
+        out = larderctl("info " + name_).second;
+        return out.find("NOT RESPONDING") != std::string::npos;
+      },
+      kGuard);
+  EXPECT_TRUE(shown) << out;
+  const auto ls = larderctl("ls");
+  EXPECT_NE(ls.second.find("not responding"), std::string::npos) << ls.second;
+  sidecar.signal(SIGCONT);
+  EXPECT_TRUE(
+      wait_until([&] { return larderctl("info " + name_).second.find(", alive,") != std::string::npos; }, kGuard));
+  sidecar.signal(SIGTERM);
+  EXPECT_EQ(sidecar.wait_exit(kGuard), 0);
+}
+
+TEST_F(SidecarFailureTest, LostBrokerShowsAsDisconnectedAndReadersKeepTheLastValues) {
+  if (!setup()) return;
+  auto proxy = make_proxy();
+  proxy->listen();
+  Settings s;
+  s.url = url_via(*proxy);
+  SidecarChild& sidecar = start(s);
+  ASSERT_TRUE(wait_consumers(1));
+  publish({upsert_n("k", kT0, 1)});
+  ASSERT_TRUE(wait_n("k", 1));
+  proxy->cut();
+  EXPECT_TRUE(wait_connection(ConnectionState::kDisconnected));
+  std::string out;
+  EXPECT_TRUE(wait_until(
+      [&] {
+        out = larderctl("info " + name_).second;
+        return out.find("broker disconnected") != std::string::npos;
+      },
+      kGuard))
+      << out;
+  EXPECT_EQ(read_n("k"), 1) << "readers keep reading the last values";
+  proxy->listen();
+  EXPECT_TRUE(wait_connection(ConnectionState::kConnected));
+  publish({upsert_n("k", kT0 + 1, 2)});
+  EXPECT_TRUE(wait_n("k", 2));
+  sidecar.signal(SIGTERM);
+  EXPECT_EQ(sidecar.wait_exit(kGuard), 0);
+}
+
+TEST_F(SidecarFailureTest, BrokerUnreachableAtStartRetriesAndReadersSeeDisconnected) {
+  if (!setup()) return;
+  auto proxy = make_proxy();  // bound, not listening: refused
+  Settings s;
+  s.url = url_via(*proxy);
+  SidecarChild& sidecar = start(s);
+  // The segment exists for readers while the sidecar keeps retrying.
+  EXPECT_TRUE(wait_connection(ConnectionState::kDisconnected));
+  EXPECT_TRUE(sidecar.wait_log("reconnecting in", 3)) << "at least three attempts";
+  EXPECT_EQ(proxy->accepted(), 0u);
+  const auto out = larderctl("info " + name_);
+  EXPECT_NE(out.second.find("broker disconnected"), std::string::npos) << out.second;
+  proxy->listen();
+  EXPECT_TRUE(wait_connection(ConnectionState::kConnected));
+  ASSERT_TRUE(wait_consumers(1));
+  publish({upsert_n("k", kT0, 5)});
+  EXPECT_TRUE(wait_n("k", 5));
+  sidecar.signal(SIGTERM);
+  EXPECT_EQ(sidecar.wait_exit(kGuard), 0);
+}
+
+// ---- rejects through the real broker ------------------------------------------
+
+std::string rejected(const char* reason) {
+  return fmt::format("larder_messages_rejected_total{{reason=\"{}\"}}", reason);
+}
+
+TEST_F(SidecarFailureTest, TableFullDeadLettersTheMessageAndAppliesItsOtherUpdates) {
+  if (!setup()) return;
+  Settings s;
+  s.tables = users_table_yaml(/*capacity=*/4);
+  SidecarChild& sidecar = start(s);
+  ASSERT_TRUE(wait_consumers(1));
+  publish({upsert_n("k0", kT0, 0), upsert_n("k1", kT0, 1), upsert_n("k2", kT0, 2), upsert_n("k3", kT0, 3)});
+  ASSERT_TRUE(wait_n("k3", 3));
+  // One message: an update of k0, a new key (refused: the table holds 4),
+  // an update of k1. Then a message after it, so its outcome is known.
+  const std::string batch =
+      "[" + upsert_n("k0", kT0 + 1, 10) + "," + upsert_n("new", kT0 + 1, 99) + "," + upsert_n("k1", kT0 + 1, 11) + "]";
+  publish({batch});
+  publish({upsert_n("k2", kT0 + 1, 12)});
+  EXPECT_TRUE(wait_n("k2", 12));
+  std::vector<AmqpClient::Got> dead;
+  EXPECT_TRUE(wait_until(
+      [&] {
+        for (auto& g : client_->drain(name_ + ".dlq")) dead.push_back(std::move(g));
+        return !dead.empty();
+      },
+      kGuard));
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0].body, batch);
+  EXPECT_TRUE(dead[0].has_x_death);
+  EXPECT_EQ(read_n("k0"), 10) << "the message's other updates are applied";
+  EXPECT_EQ(read_n("k1"), 11) << "the message's other updates are applied";
+  EXPECT_EQ(read_n("new"), std::nullopt);
+  const ParsedMetrics m = scrape(sidecar);
+  EXPECT_EQ(m.error, "");
+  EXPECT_EQ(m.at(rejected("table_full")), 1);
+  EXPECT_EQ(m.at("larder_table_full_rejected_total{table=\"users\"}"), 1);
+  EXPECT_EQ(sidecar.log_count("writer: a table is full"), 1u) << sidecar.log();
+  EXPECT_GE(sidecar.log_count("reason=table_full"), 1u) << sidecar.log();
+  EXPECT_TRUE(wait_until([&] { return info() && info()->messages_rejected == 1; }, kGuard));
+}
+
+TEST_F(SidecarFailureTest, TransformRefusingItsInputDeadLettersBadValue) {
+  if (!setup()) return;
+  Settings s;
+  s.tables = R"(tables:
+  - name: users
+    key_max_len: 32
+    capacity: 100
+    fields:
+      - {name: n, type: int64}
+      - {name: amount_log, type: float64, from: amount, transform: [log1p]}
+)";
+  SidecarChild& sidecar = start(s);
+  ASSERT_TRUE(wait_consumers(1));
+  const std::string bad =
+      fmt::format(R"({{"table":"users","key":"a","event_time":{},"fields":{{"n":1,"amount":-2}}}})", kT0);
+  publish({bad});
+  publish({fmt::format(R"({{"table":"users","key":"b","event_time":{},"fields":{{"n":2,"amount":1.5}}}})", kT0)});
+  EXPECT_TRUE(wait_n("b", 2));
+  std::vector<AmqpClient::Got> dead;
+  EXPECT_TRUE(wait_until(
+      [&] {
+        for (auto& g : client_->drain(name_ + ".dlq")) dead.push_back(std::move(g));
+        return !dead.empty();
+      },
+      kGuard));
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0].body, bad);
+  EXPECT_EQ(read_n("a"), std::nullopt) << "nothing of a refused message is applied";
+  const ParsedMetrics m = scrape(sidecar);
+  EXPECT_EQ(m.error, "");
+  EXPECT_EQ(m.at(rejected("bad_value")), 1);
+  EXPECT_GE(sidecar.log_count("reason=bad_value"), 1u) << sidecar.log();
+}
+
+// ---- stopping ----------------------------------------------------------------
+
+// Freezes the sidecar, publishes `total` messages (distinct keys) and waits
+// until the broker has handed the frozen sidecar its prefetch window: those
+// messages are certainly in flight when the test signals it.
+class DrainTest : public SidecarFailureTest {
+ protected:
+  static constexpr uint32_t kTotal = 200;
+  static constexpr int kPrefetch = 50;
+
+  SidecarChild& start_frozen_with_messages_in_flight() {
+    Settings s;
+    s.prefetch = kPrefetch;
+    s.drain_timeout_s = 60;  // only a second signal may end the drain early
+    SidecarChild& sidecar = start(s);
+    EXPECT_TRUE(wait_consumers(1));
+    sidecar.signal(SIGSTOP);
+    std::vector<std::string> bodies;
+    for (uint32_t i = 0; i < kTotal; ++i) bodies.push_back(upsert_n(fmt::format("k{}", i), kT0, i));
+    publish(bodies);
+    EXPECT_TRUE(wait_ready(kTotal - kPrefetch)) << "the broker did not deliver the prefetch window";
+    return sidecar;
+  }
+};
+
+TEST_F(DrainTest, SigtermFinishesInFlightMessagesAcksThemAndExits0) {
+  if (!setup()) return;
+  SidecarChild& sidecar = start_frozen_with_messages_in_flight();
+  if (HasFailure()) return;
+  sidecar.signal(SIGTERM);  // pending until the process runs again
+  sidecar.signal(SIGCONT);
+  EXPECT_EQ(sidecar.wait_exit(kGuard), 0);
+  EXPECT_GE(sidecar.log_count("consumer: stopped cleanly"), 1u);
+  EXPECT_EQ(sidecar.log_count("drain abandoned"), 0u);
+  const auto i = info();
+  ASSERT_TRUE(i);
+  EXPECT_EQ(i->connection, ConnectionState::kStopped);
+  EXPECT_GE(i->updates_applied, static_cast<uint64_t>(kPrefetch)) << "the in-flight window is applied";
+  // Everything applied was acked: the queue holds exactly the rest.
+  EXPECT_TRUE(wait_ready(kTotal - static_cast<uint32_t>(i->updates_applied))) << "ready " << ready().value_or(0);
+}
+
+TEST_F(DrainTest, SecondSignalAbandonsTheDrainAndTheBrokerRedelivers) {
+  if (!setup()) return;
+  SidecarChild& sidecar = start_frozen_with_messages_in_flight();
+  if (HasFailure()) return;
+  // Two distinct signals stay pending together (two SIGTERMs would merge).
+  sidecar.signal(SIGTERM);
+  sidecar.signal(SIGINT);
+  sidecar.signal(SIGCONT);
+  EXPECT_EQ(sidecar.wait_exit(kGuard), 0);
+  EXPECT_GE(sidecar.log_count("drain abandoned"), 1u);
+  const auto i = info();
+  ASSERT_TRUE(i);
+  EXPECT_EQ(i->connection, ConnectionState::kStopped);
+  // Nothing was acked: every message is back in the queue for the next consumer.
+  EXPECT_TRUE(wait_ready(kTotal)) << "ready " << ready().value_or(0);
+}
+
+// ---- queue types ---------------------------------------------------------------
+
+TEST_F(SidecarFailureTest, StreamQueueCountsAndAcksAnInvalidMessage) {
+  if (!setup()) return;
+  Settings s;
+  s.queue_type = "stream";
+  s.queue_extra = ", stream_offset: first";  // the fresh stream holds only this test's messages
+  s.prefetch = 2;                            // the stream's credit: unacked invalid messages would stall it
+  SidecarChild& sidecar = start(s);
+  ASSERT_TRUE(sidecar.wait_log("consumer: connected"));  // a stream reports no consumer count
+  std::vector<std::string> bodies;
+  for (int i = 0; i < 6; ++i) bodies.push_back("{not json");
+  bodies.push_back(upsert_n("after", kT0, 42));
+  publish(bodies);
+  EXPECT_TRUE(wait_n("after", 42)) << "consumption must go on past the invalid messages";
+  const ParsedMetrics m = scrape(sidecar);
+  EXPECT_EQ(m.error, "");
+  EXPECT_EQ(m.at(rejected("bad_json")), 6);
+  EXPECT_GE(sidecar.log_count("reason=bad_json"), 1u);
+  EXPECT_FALSE(client_->inspect(name_ + ".dlq")) << "streams have no dead-letter queue";
+  sidecar.signal(SIGTERM);
+  EXPECT_EQ(sidecar.wait_exit(kGuard), 0);
+}
+
+// A consumer that takes one message and dies without acking it, as a sidecar
+// that crashes on it would: its own connection, closed by destroying it.
+bool take_and_die(const BrokerEnv& env, const std::string& queue) {
+  sidecar::AmqpUrl url;
+  std::string error;
+  if (!sidecar::parse_amqp_url(env.amqp_url, &url, &error)) return false;
+  amqp_connection_state_t conn = amqp_new_connection();
+  amqp_socket_t* socket = amqp_tcp_socket_new(conn);
+  timeval tv{10, 0};
+  bool got = false;
+  if (amqp_socket_open_noblock(socket, url.host.c_str(), url.port, &tv) == AMQP_STATUS_OK &&
+      amqp_login(conn, url.vhost.c_str(), 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, url.user.c_str(), env.password.c_str())
+              .reply_type == AMQP_RESPONSE_NORMAL) {
+    amqp_set_rpc_timeout(conn, &tv);
+    amqp_channel_open(conn, 1);
+    const amqp_bytes_t q{queue.size(), const_cast<char*>(queue.data())};
+    const amqp_rpc_reply_t r = amqp_basic_get(conn, 1, q, /*no_ack=*/0);
+    if (r.reply_type == AMQP_RESPONSE_NORMAL && r.reply.id == AMQP_BASIC_GET_OK_METHOD) {
+      amqp_message_t message;
+      got = amqp_read_message(conn, 1, &message, 0).reply_type == AMQP_RESPONSE_NORMAL;
+      if (got) amqp_destroy_message(&message);
+    }
+  }
+  amqp_destroy_connection(conn);  // no ack, no close handshake: a crash
+  return got;
+}
+
+TEST_F(SidecarFailureTest, QuorumDeliveryLimitDeadLettersAMessageThatKeepsKillingItsConsumer) {
+  if (!setup()) return;
+  Settings s;
+  s.queue_extra = ", delivery_limit: 2";
+  SidecarChild& declarer = start(s);  // declares the queue with x-delivery-limit
+  ASSERT_TRUE(wait_consumers(1));
+  declarer.signal(SIGTERM);
+  ASSERT_EQ(declarer.wait_exit(kGuard), 0);
+  const std::string poison = upsert_n("poison", kT0, 1);
+  publish({poison});
+  // Each taker dies holding the message; the broker returns it to the queue
+  // until the delivery limit, then dead-letters it.
+  int deliveries = 0;
+  std::optional<AmqpClient::Got> dead;
+  for (int i = 0; i < 10 && !dead; ++i) {
+    if (!take_and_die(env_, name_)) break;
+    ++deliveries;
+    ASSERT_TRUE(wait_until(
+        [&] {
+          dead = client_->get(name_ + ".dlq");
+          return dead || ready() == 1u;
+        },
+        kGuard))
+        << "the message neither came back nor was dead-lettered";
+  }
+  ASSERT_TRUE(dead) << "never dead-lettered after " << deliveries << " deliveries";
+  EXPECT_EQ(dead->body, poison);
+  EXPECT_TRUE(dead->has_x_death);
+  EXPECT_EQ(deliveries, 3) << "delivery_limit 2: dead-lettered after the third unsuccessful delivery";
+}
+
+// ---- the broker's side of the connection ------------------------------------------
+
+// Sets rabbit application variables on the test broker for the test's
+// lifetime and restores the old values however the test ends (one
+// rabbitmqctl call each way: each costs a second or two).
+class BrokerEnvVars {
+ public:
+  BrokerEnvVars(std::string rabbitmqctl, std::vector<std::pair<std::string, std::string>> values)
+      : ctl_(std::move(rabbitmqctl)), values_(std::move(values)) {
+    std::string expr = "[";
+    for (const auto& [key, value] : values_) expr += fmt::format("application:get_env(rabbit, {}), ", key);
+    for (const auto& [key, value] : values_) expr += fmt::format("application:set_env(rabbit, {}, {}), ", key, value);
+    expr += "done].";
+    const auto [code, out] = eval(expr);
+    // Prints e.g. [{ok,1800000},undefined,ok,ok,done]: the old values first.
+    static const std::regex old_value(R"(\{ok,([^}]*)\}|undefined)");
+    auto it = std::sregex_iterator(out.begin(), out.end(), old_value);
+    for (size_t i = 0; i < values_.size() && it != std::sregex_iterator(); ++i, ++it) {
+      old_.push_back((*it)[1].matched ? std::optional<std::string>((*it)[1].str()) : std::nullopt);
+    }
+    ok_ = code == 0 && old_.size() == values_.size();
+  }
+  ~BrokerEnvVars() {
+    std::string expr = "[";
+    for (size_t i = 0; i < old_.size(); ++i) {
+      expr += old_[i] ? fmt::format("application:set_env(rabbit, {}, {}), ", values_[i].first, *old_[i])
+                      : fmt::format("application:unset_env(rabbit, {}), ", values_[i].first);
+    }
+    if (!old_.empty()) eval(expr + "done].");
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  std::pair<int, std::string> eval(const std::string& expr) const { return run_command(ctl_ + " eval '" + expr + "'"); }
+  std::string ctl_;
+  std::vector<std::pair<std::string, std::string>> values_;
+  std::vector<std::optional<std::string>> old_;
+  bool ok_ = false;
+};
+
+TEST_F(SidecarFailureTest, ChannelCloseFromTheBrokerIsAnsweredLoggedAndReconnected) {
+  if (!setup()) return;
+  const std::string ctl = rabbitmqctl_command();
+  ASSERT_FALSE(ctl.empty()) << "LARDER_TEST_RABBITMQCTL not set (scripts/test.sh exports it)";
+  // The broker closes a channel that holds a delivery unacked past
+  // consumer_timeout (406 PRECONDITION_FAILED); channels read both at start.
+  BrokerEnvVars timeout(ctl, {{"channel_tick_interval", "100"}, {"consumer_timeout", "500"}});
+  ASSERT_TRUE(timeout.ok()) << "rabbitmqctl eval failed";
+  auto proxy = make_proxy();  // to see the broker's channel.close go out
+  proxy->listen();
+  Settings s;
+  s.url = url_via(*proxy);
+  SidecarChild& sidecar = start(s);
+  ASSERT_TRUE(wait_consumers(1));
+  sidecar.signal(SIGSTOP);
+  publish({upsert_n("k", kT0, 3)});
+  ASSERT_TRUE(wait_ready(0)) << "the broker did not deliver to the frozen sidecar";
+  // The broker gives up on the frozen channel and closes it.
+  ASSERT_TRUE(wait_until([&] { return proxy->server_methods(20, 40) == 1; }, kGuard)) << "no channel.close";
+  sidecar.signal(SIGCONT);
+  EXPECT_TRUE(sidecar.wait_log("broker closed the channel: 406")) << "the reply code and text are logged";
+  EXPECT_TRUE(sidecar.wait_log("consumer: connected", 2)) << "it reconnects";
+  EXPECT_TRUE(wait_n("k", 3)) << "the redelivered message is applied";
+  sidecar.signal(SIGTERM);
+  EXPECT_EQ(sidecar.wait_exit(kGuard), 0);
+}
+
+TEST_F(SidecarFailureTest, SilentBrokerIsDetectedByMissedHeartbeatsAndReconnected) {
+  if (!setup()) return;
+  auto proxy = make_proxy();
+  proxy->listen();
+  Settings s;
+  s.url = url_via(*proxy);
+  s.heartbeat_s = 1;
+  SidecarChild& sidecar = start(s);
+  ASSERT_TRUE(wait_consumers(1));
+  ASSERT_TRUE(wait_connection(ConnectionState::kConnected));
+  proxy->silence();  // no FIN, no RST: the bytes just stop
+  EXPECT_TRUE(sidecar.wait_log("(heartbeat_timeout)")) << "a missed heartbeat must be reported";
+  EXPECT_TRUE(sidecar.wait_log("consumer: connected", 2)) << "it reconnects";
+  EXPECT_GE(proxy->accepted(), 2u);
+  publish({upsert_n("k", kT0, 4)});
+  EXPECT_TRUE(wait_n("k", 4));
+  sidecar.signal(SIGTERM);
+  EXPECT_EQ(sidecar.wait_exit(kGuard), 0);
+}
+
+// connection.blocked (10, 60) with a reason, and connection.unblocked (10, 61).
+std::string connection_method_frame(uint16_t method, const std::string& reason_arg) {
+  std::string payload;
+  auto u16 = [&](uint16_t v) {
+    payload.push_back(static_cast<char>(v >> 8));
+    payload.push_back(static_cast<char>(v & 0xff));
+  };
+  u16(10);
+  u16(method);
+  if (method == 60) {
+    payload.push_back(static_cast<char>(reason_arg.size()));
+    payload += reason_arg;
+  }
+  std::string frame;
+  frame.push_back(1);  // method frame
+  frame.push_back(0);  // channel 0
+  frame.push_back(0);
+  const uint32_t size = static_cast<uint32_t>(payload.size());
+  for (int shift = 24; shift >= 0; shift -= 8) frame.push_back(static_cast<char>((size >> shift) & 0xff));
+  frame += payload;
+  frame.push_back(static_cast<char>(0xCE));
+  return frame;
+}
+
+// The test broker's memory alarm, raised for the test's lifetime (the
+// watermark set to 0) and cleared with the old watermark however it ends.
+class MemoryAlarm {
+ public:
+  explicit MemoryAlarm(std::string rabbitmqctl) : ctl_(std::move(rabbitmqctl)) {
+    // One call (each costs a second or two): the old watermark, the new one,
+    // and a wait inside the broker (50 ms polls, 30 s guard) for the alarm.
+    const auto [code, out] = eval(
+        "W = vm_memory_monitor:get_vm_memory_high_watermark(), "
+        "ok = vm_memory_monitor:set_vm_memory_high_watermark(0), "
+        "Raised = fun Poll(0) -> timeout; Poll(N) -> "
+        "case lists:keymember({resource_limit, memory, node()}, 1, rabbit_alarm:get_alarms()) of "
+        "true -> raised; false -> timer:sleep(50), Poll(N - 1) end end, "
+        "{W, Raised(600)}.");
+    const size_t comma = out.find(',');
+    if (code == 0 && out.starts_with("{") && comma != std::string::npos) old_ = out.substr(1, comma - 1);
+    raised_ = code == 0 && out.find("raised") != std::string::npos;
+  }
+  ~MemoryAlarm() {
+    if (!old_.empty()) eval("vm_memory_monitor:set_vm_memory_high_watermark(" + old_ + ").");
+  }
+  bool raised() const { return raised_; }
+
+ private:
+  std::pair<int, std::string> eval(const std::string& expr) const { return run_command(ctl_ + " eval '" + expr + "'"); }
+  std::string ctl_, old_;
+  bool raised_ = false;
+};
+
+TEST_F(SidecarFailureTest, ConnectionBlockedIsLoggedAndConsumptionContinues) {
+  if (!setup()) return;
+  const std::string ctl = rabbitmqctl_command();
+  ASSERT_FALSE(ctl.empty()) << "LARDER_TEST_RABBITMQCTL not set (scripts/test.sh exports it)";
+  auto proxy = make_proxy();
+  proxy->listen();
+  Settings s;
+  s.url = url_via(*proxy);
+  SidecarChild& sidecar = start(s);
+  ASSERT_TRUE(wait_consumers(1));
+  // Messages handed to the frozen sidecar before the alarm (an alarm blocks
+  // publishers, the test's too), applied and acked while the alarm is on.
+  sidecar.signal(SIGSTOP);
+  std::vector<std::string> bodies;
+  for (int i = 0; i < 20; ++i) bodies.push_back(upsert_n(fmt::format("k{}", i), kT0, i));
+  publish(bodies);
+  ASSERT_TRUE(wait_ready(0));
+  MemoryAlarm alarm(ctl);
+  ASSERT_TRUE(alarm.raised()) << "the broker's memory alarm did not go off";
+  // RabbitMQ sends connection.blocked only to connections that publish during
+  // an alarm, and the sidecar never publishes: the forwarder slips the frame
+  // the broker would send in between two of the broker's frames.
+  proxy->inject_to_client(connection_method_frame(60, "low on memory"));
+  ASSERT_TRUE(wait_until([&] { return proxy->injected() == 1; }, kGuard));
+  sidecar.signal(SIGCONT);
+  EXPECT_TRUE(sidecar.wait_log("the broker blocked the connection"));
+  EXPECT_TRUE(wait_n("k19", 19)) << "consumption continues while blocked";
+  EXPECT_TRUE(wait_until([&] { return scrape(sidecar).at("larder_messages_acked_total") == 20; }, kGuard))
+      << "and so do acks";
+  proxy->inject_to_client(connection_method_frame(61, ""));
+  EXPECT_TRUE(sidecar.wait_log("the broker unblocked the connection"));
+  EXPECT_EQ(sidecar.log_count("consumer: connected"), 1u) << "no reconnect";
+  sidecar.signal(SIGTERM);
+  EXPECT_EQ(sidecar.wait_exit(kGuard), 0);
+}
+
+}  // namespace
+}  // namespace larder::test
