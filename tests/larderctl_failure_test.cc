@@ -11,7 +11,7 @@
 
 #include "larder/layout/format.h"
 #include "larder/layout/segment_file.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 #include "support/test_segment.h"
 
 #ifndef LARDERCTL_PATH

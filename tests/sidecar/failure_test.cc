@@ -25,10 +25,10 @@
 #include <sstream>
 #include <thread>
 
-#include "amqp_url.h"
+#include "config/amqp_url.h"
 #include "harness.h"
 #include "larder/client.h"
-#include "larder/layout/writer.h"
+#include "larder/writer/writer.h"
 #include "prometheus_parse.h"
 #include "support/tcp_proxy.h"
 
