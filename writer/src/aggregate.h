@@ -25,6 +25,7 @@ namespace larder::writer {
 
 using layout::AggregatePlan;
 using layout::JournalEntry;
+using layout::kStateDueWord;
 using layout::SegmentHeader;
 using layout::Word;
 
