@@ -42,6 +42,9 @@ void Writer::Impl::repair() {
       Word* s = tables[t].slot(i);
       const uint64_t seq = sync::load_relaxed(s[kSlotSeqWord]);
       if (seq & 1) {
+        // Not write_row: the undo copy is the source here, and write_row
+        // would overwrite it with the torn slot. The slot is already odd, so
+        // this is write_row's steps 3 and 4 with the copy as the payload.
         const uint64_t before = sync::load_relaxed(undo[kSlotSeqWord]);  // even: the slot before the change
         sync::writer_fence();
         for (uint32_t k = 1; k < tables[t].geo.slot_words; ++k) sync::store_payload(s[k], sync::load_relaxed(undo[k]));

@@ -69,7 +69,10 @@ inline void set_valid(uint64_t* validity, uint32_t field, bool valid) {
 
 namespace larder {
 
-inline void Writer::Impl::write_row(uint32_t table, uint64_t slot, const RowChange& change) {
+// Always inlined: each caller's RowChange is then known at compile time and
+// the branches on it fold away (measured: out of line, a hot-key upsert cost
+// 1.4x as much).
+[[gnu::always_inline]] inline void Writer::Impl::write_row(uint32_t table, uint64_t slot, const RowChange& change) {
   namespace sync = layout::sync;
   using layout::Word;
   using writer::crash_point;

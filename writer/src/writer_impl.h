@@ -147,14 +147,14 @@ struct Writer::Impl {
   // repair.cc
   void repair();
 
-  // table.h
-  Probe probe(const TableState& ts, uint64_t hash, int64_t now_ns) const;
-  uint64_t used(const TableState& ts) const;
-  uint64_t choose_slot(const TableState& ts, const Probe& p, bool for_tombstone) const;
-  uint64_t slot_for_upsert(uint32_t table, const Probe& p, bool fresh_row, uint64_t hash, int64_t now_ns);
+  // table.h (inline: the update path)
+  inline Probe probe(const TableState& ts, uint64_t hash, int64_t now_ns) const;
+  inline uint64_t used(const TableState& ts) const;
+  inline uint64_t choose_slot(const TableState& ts, const Probe& p, bool for_tombstone) const;
+  inline uint64_t slot_for_upsert(uint32_t table, const Probe& p, bool fresh_row, uint64_t hash, int64_t now_ns);
 
-  // row_write.h
-  void write_row(uint32_t table, uint64_t slot, const RowChange& change);
+  // row_write.h (inline: the update path)
+  inline void write_row(uint32_t table, uint64_t slot, const RowChange& change);
 
   // update.cc
   bool values_valid(const TableState& ts, std::span<const FieldValue> values) const;
