@@ -15,6 +15,11 @@
 #   --build-dir D   build in D instead of build/ (or build-asan/, build-tsan/)
 #   --skip-deps     do not run scripts/install-deps.sh
 #
+# No silent skip: a test that cannot run here fails, unless the environment
+# is declared lacking with LARDER_TEST_ALLOW_SKIP=1 (CI never sets it). The
+# run ends with the list of skipped tests (ctest and pytest) and their count;
+# any skip without LARDER_TEST_ALLOW_SKIP=1 fails the run.
+#
 # Integration tests find the broker through the variables of broker.env
 # (LARDER_TEST_AMQP_URL, LARDER_TEST_AMQP_PASSWORD, LARDER_TEST_AMQPS_URL,
 # LARDER_TEST_CA_FILE, LARDER_TEST_CLIENT_CERT, LARDER_TEST_CLIENT_KEY,
@@ -111,11 +116,13 @@ run_grouped() {
 }
 
 broker_dir=""
+report_dir=$(mktemp -d /tmp/larder-test-report.XXXXXX)
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   end_group
+  rm -rf "$report_dir"
   if [[ -n $broker_dir ]]; then
     step "stopping the test broker"
     scripts/broker.sh stop --dir "$broker_dir" || rc=1
@@ -127,7 +134,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-ctest_args=(--test-dir "$build_dir" --output-on-failure --no-tests=error -j "$jobs" "${filter[@]}")
+ctest_args=(--test-dir "$build_dir" --output-on-failure --no-tests=error -j "$jobs" -O "$report_dir/ctest.log"
+  "${filter[@]}")
 if ((unit_only)); then
   ctest_args+=(-LE integration)
 else
@@ -157,7 +165,35 @@ run_grouped ctest "${ctest_args[@]}" || status=1
 if [[ -z $sanitize && -d client_lib/python/tests ]]; then
   step "python tests (client_lib/python/tests)"
   LARDER_BUILD_DIR="$(cd "$build_dir" && pwd)" PYTHONPATH="$ROOT/client_lib/python${PYTHONPATH:+:$PYTHONPATH}" \
-    run_grouped /usr/bin/python3 -m pytest -q client_lib/python/tests || status=1
+    run_grouped /usr/bin/python3 -m pytest -q -rs --junitxml="$report_dir/pytest.xml" client_lib/python/tests ||
+    status=1
+fi
+
+# Skipped tests: ctest lists them under "The following tests did not run"
+# (GTEST_SKIP, exit code 77), pytest in its JUnit report.
+step "skipped tests"
+skipped=()
+if [[ -f $report_dir/ctest.log ]]; then
+  while IFS= read -r line; do skipped+=("ctest: $line"); done < <(
+    sed -n '/The following tests did not run:/,/^[^[:space:]]/p' "$report_dir/ctest.log" |
+      sed -n 's/^[[:space:]]*[0-9]* - \(.*\)$/\1/p')
+fi
+if [[ -f $report_dir/pytest.xml ]]; then
+  while IFS= read -r line; do skipped+=("pytest: $line"); done < <(
+    /usr/bin/python3 - "$report_dir/pytest.xml" <<'PY'
+import sys
+import xml.etree.ElementTree as ET
+for case in ET.parse(sys.argv[1]).iter("testcase"):
+    for s in case.findall("skipped"):
+        print("%s::%s (%s)" % (case.get("classname"), case.get("name"), s.get("message", "")))
+PY
+  )
+fi
+for t in "${skipped[@]}"; do echo "  skipped $t"; done
+echo "test.sh: ${#skipped[@]} skipped"
+if ((${#skipped[@]} > 0)) && [[ ${LARDER_TEST_ALLOW_SKIP:-} != 1 ]]; then
+  echo "test.sh: tests were skipped without LARDER_TEST_ALLOW_SKIP=1: this environment must run every test" >&2
+  status=1
 fi
 
 if ((status == 0)); then step "all tests passed"; else step "TESTS FAILED"; fi

@@ -15,12 +15,17 @@
 #include "larder/layout/segment_file.h"
 #include "larder/layout/table_view.h"
 #include "support/derived_rows.h"
+#include "support/progress.h"
 #include "support/test_segment.h"
 
 namespace larder {
 namespace {
 
 using namespace std::chrono_literals;
+
+// The minimum verified work of each test; it runs at least test_duration().
+constexpr uint64_t kMinConsistentReads = 10000;
+constexpr int64_t kMinWrites = 10000;
 
 std::chrono::milliseconds test_duration() {
   const char* s = std::getenv("LARDER_TORTURE_SECONDS");
@@ -59,7 +64,9 @@ TEST(Concurrency, ReadersNeverSeeATornRow) {
   for (uint64_t k = 0; k < kKeys; ++k) ASSERT_EQ(testing::write_derived(*writer, k, 1), ApplyResult::kApplied);
 
   std::atomic<bool> stop{false};
-  std::atomic<uint64_t> reads{0}, torn{0}, missing{0};
+  // `consistent` counts verified rows: a reader that only answers kBusy makes
+  // no progress.
+  std::atomic<uint64_t> reads{0}, consistent{0}, busy{0}, torn{0}, missing{0};
   std::vector<std::thread> readers;
   for (int r = 0; r < 3; ++r) {
     readers.emplace_back([&, r] {
@@ -72,25 +79,33 @@ TEST(Concurrency, ReadersNeverSeeATornRow) {
         const std::string key = testing::derived_key(k);
         switch (reader.find(key)) {
           case layout::FindResult::kFound:
-            if (!testing::verify_derived(reader.row(), f, k, reader.row().event_time_ms())) torn.fetch_add(1);
+            if (testing::verify_derived(reader.row(), f, k, reader.row().event_time_ms())) {
+              consistent.fetch_add(1, std::memory_order_relaxed);
+            } else {
+              torn.fetch_add(1);
+            }
             break;
           case layout::FindResult::kAbsent: missing.fetch_add(1); break;
-          case layout::FindResult::kBusy: break;
+          case layout::FindResult::kBusy: busy.fetch_add(1, std::memory_order_relaxed); break;
         }
         ++n;
       }
       reads.fetch_add(n);
     });
   }
-  const auto deadline = std::chrono::steady_clock::now() + test_duration();
   int64_t c = 2;
-  while (std::chrono::steady_clock::now() < deadline) {
-    for (uint64_t k = 0; k < kKeys; ++k) testing::write_derived(*writer, k, c++);
-  }
+  const bool progressed =
+      testing::run_until([&] { return consistent.load() >= kMinConsistentReads && c >= kMinWrites; }, test_duration(),
+                         [&] {
+                           for (uint64_t k = 0; k < kKeys; ++k) testing::write_derived(*writer, k, c++);
+                         });
   stop = true;
   for (auto& t : readers) t.join();
-  std::printf("reads %llu, writes %lld\n", static_cast<unsigned long long>(reads.load()), static_cast<long long>(c));
-  EXPECT_GT(reads.load(), 1000u);
+  std::printf("reads %llu, consistent %llu, busy %llu, writes %lld\n", static_cast<unsigned long long>(reads.load()),
+              static_cast<unsigned long long>(consistent.load()), static_cast<unsigned long long>(busy.load()),
+              static_cast<long long>(c));
+  EXPECT_TRUE(progressed) << "no progress within " << testing::kHangGuard.count() << " s";
+  EXPECT_GE(consistent.load(), kMinConsistentReads) << "reads that found a verified row (kBusy is not one)";
   EXPECT_EQ(torn.load(), 0u);
   EXPECT_EQ(missing.load(), 0u);
 }
@@ -106,7 +121,7 @@ TEST(Concurrency, ChurnNeverHidesAStableKey) {
   for (uint64_t k = 0; k < kStable; ++k) ASSERT_EQ(testing::write_derived(*writer, k, 1), ApplyResult::kApplied);
 
   std::atomic<bool> stop{false};
-  std::atomic<uint64_t> reads{0}, misses{0}, wrong{0};
+  std::atomic<uint64_t> reads{0}, consistent{0}, busy{0}, misses{0}, wrong{0};
   std::vector<std::thread> readers;
   for (int r = 0; r < 2; ++r) {
     readers.emplace_back([&, r] {
@@ -118,10 +133,14 @@ TEST(Concurrency, ChurnNeverHidesAStableKey) {
         const uint64_t k = rng() % kStable;
         switch (reader.find(testing::derived_key(k))) {
           case layout::FindResult::kFound:
-            if (!testing::verify_derived(reader.row(), f, k, reader.row().event_time_ms())) wrong.fetch_add(1);
+            if (testing::verify_derived(reader.row(), f, k, reader.row().event_time_ms())) {
+              consistent.fetch_add(1, std::memory_order_relaxed);
+            } else {
+              wrong.fetch_add(1);
+            }
             break;
           case layout::FindResult::kAbsent: misses.fetch_add(1); break;
-          case layout::FindResult::kBusy: break;
+          case layout::FindResult::kBusy: busy.fetch_add(1, std::memory_order_relaxed); break;
         }
         // Keys that were never inserted must never be found.
         if (reader.find("never:" + std::to_string(rng() % 1000)) == layout::FindResult::kFound) wrong.fetch_add(1);
@@ -130,26 +149,30 @@ TEST(Concurrency, ChurnNeverHidesAStableKey) {
       reads.fetch_add(n);
     });
   }
-  const auto deadline = std::chrono::steady_clock::now() + test_duration();
   std::mt19937_64 rng(7);
   int64_t c = 2;
   uint64_t churned = 0;
-  while (std::chrono::steady_clock::now() < deadline) {
-    // Insert and delete keys beyond the stable set, forcing long chains and
-    // tombstone reuse and reclamation around the stable keys.
-    const uint64_t k = kStable + rng() % 3000;
-    if (rng() % 2 == 0) {
-      testing::write_derived(*writer, k, c++);
-    } else {
-      writer->remove(0, testing::derived_key(k), c++);
-    }
-    if (++churned % 512 == 0) writer->maintain(4096);
-  }
+  const bool progressed = testing::run_until(
+      [&] { return consistent.load() >= kMinConsistentReads && churned >= static_cast<uint64_t>(kMinWrites); },
+      test_duration(),
+      [&] {
+        // Insert and delete keys beyond the stable set, forcing long chains and
+        // tombstone reuse and reclamation around the stable keys.
+        const uint64_t k = kStable + rng() % 3000;
+        if (rng() % 2 == 0) {
+          testing::write_derived(*writer, k, c++);
+        } else {
+          writer->remove(0, testing::derived_key(k), c++);
+        }
+        if (++churned % 512 == 0) writer->maintain(4096);
+      });
   stop = true;
   for (auto& t : readers) t.join();
-  std::printf("reads %llu, churn operations %llu\n", static_cast<unsigned long long>(reads.load()),
-              static_cast<unsigned long long>(churned));
-  EXPECT_GT(reads.load(), 1000u);
+  std::printf("reads %llu, consistent %llu, busy %llu, churn operations %llu\n",
+              static_cast<unsigned long long>(reads.load()), static_cast<unsigned long long>(consistent.load()),
+              static_cast<unsigned long long>(busy.load()), static_cast<unsigned long long>(churned));
+  EXPECT_TRUE(progressed) << "no progress within " << testing::kHangGuard.count() << " s";
+  EXPECT_GE(consistent.load(), kMinConsistentReads) << "reads that found a verified row (kBusy is not one)";
   EXPECT_EQ(misses.load(), 0u);
   EXPECT_EQ(wrong.load(), 0u);
 }

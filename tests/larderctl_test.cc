@@ -1,16 +1,22 @@
 // larderctl against segments written by the writer API: golden outputs for
 // text and JSON, and verify against each kind of injected corruption.
+//
+// `larder_larderctl_tests --update-golden` rewrites the golden files instead
+// of comparing (review the diff before committing it). Only this command-line
+// flag does it, so no environment can turn the comparisons off.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "larder/layout/segment_file.h"
@@ -31,6 +37,8 @@ using layout::FieldType;
 
 constexpr int64_t kAt = 1'700'000'100'000;  // "now" for every command (--at-ms)
 
+bool update_golden = false;  // --update-golden; set by main() before any test
+
 struct CtlRun {
   int code = -1;
   std::string out;
@@ -48,12 +56,12 @@ CtlRun larderctl(const std::string& args) {
   return r;
 }
 
-// Compares with the golden file; LARDER_UPDATE_GOLDEN=1 rewrites it instead
-// (review the diff before committing it).
+// Compares with the golden file; with --update-golden rewrites it instead.
 void expect_golden(const std::string& name, const std::string& actual) {
   const std::string path = std::string(LARDERCTL_GOLDEN_DIR) + "/" + name;
-  if (std::getenv("LARDER_UPDATE_GOLDEN") != nullptr) {
+  if (update_golden) {
     std::ofstream(path) << actual;
+    std::printf("rewrote golden file %s\n", path.c_str());
     return;
   }
   std::ifstream in(path);
@@ -73,6 +81,36 @@ std::string sorted_lines(const std::string& text, size_t keep = 0) {
   for (const std::string& l : lines) out += l + "\n";
   return out;
 }
+
+// Heartbeats `writer` every few milliseconds (and, when `write` is set,
+// upserts users row "live" each time) from a thread of its own until
+// destroyed: "writer alive" then holds however slowly a command starts. The
+// test's main thread does not use the writer meanwhile.
+class KeepWriting {
+ public:
+  KeepWriting(Writer& writer, bool write) : writer_(writer), write_(write), thread_([this] { loop(); }) {}
+  ~KeepWriting() {
+    stop_.store(true);
+    thread_.join();
+  }
+
+ private:
+  void loop() {
+    for (int64_t t = 1'700'000'000'001; !stop_.load(); ++t) {
+      writer_.heartbeat();
+      if (write_) {
+        const FieldValue v[] = {FieldValue::int64(0, t)};
+        writer_.upsert(0, "live", t, v);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+
+  Writer& writer_;
+  const bool write_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
 
 class LarderctlTest : public ::testing::Test {
  protected:
@@ -149,6 +187,7 @@ TEST_F(LarderctlTest, SchemaRoundTripsToTheSameFingerprint) {
 }
 
 TEST_F(LarderctlTest, InfoAndLs) {
+  const KeepWriting heartbeat(*writer_, false);
   CtlRun r = larderctl(common() + "--json info " + seg_.name());
   EXPECT_EQ(r.code, 0) << r.out;
   for (const char* want : {"\"layout_version\":2", "\"state\":\"ready\"", "\"alive\":true", "\"live_keys\":2",
@@ -165,11 +204,29 @@ TEST_F(LarderctlTest, InfoAndLs) {
   EXPECT_NE(r.out.find("{\"name\":\"" + seg_.name() + "\""), std::string::npos) << r.out;
 }
 
+// watch on a segment being written: a frame after the first shows updates
+// per second above zero. Frames are read as they come, and watch ends when
+// the test closes the pipe (SIGPIPE) or after its --count.
 TEST_F(LarderctlTest, WatchPrintsLiveNumbers) {
-  CtlRun r = larderctl(common() + "watch " + seg_.name() + " --interval 0.05 --count 2");
-  EXPECT_EQ(r.code, 0);
-  EXPECT_NE(r.out.find("writer alive"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("users"), std::string::npos) << r.out;
+  const KeepWriting writing(*writer_, true);
+  const std::string cmd =
+      std::string(LARDERCTL_PATH) + " " + common() + "watch " + seg_.name() + " --interval 0.05 --count 2400 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  int users_rows = 0;
+  bool moving = false;
+  char line[1024];
+  while (!moving && std::fgets(line, sizeof line, p) != nullptr) {
+    out += line;
+    const std::string l = line;
+    if (l.rfind("  users ", 0) != 0) continue;
+    // "  users  <updates/s>  <live>  ..."; the first frame has no interval yet.
+    moving = ++users_rows > 1 && std::strtod(l.c_str() + 8, nullptr) > 0;
+  }
+  ::pclose(p);
+  EXPECT_TRUE(moving) << "no frame showed updates while the segment was written:\n" << out;
+  EXPECT_NE(out.find("writer alive"), std::string::npos) << out;
 }
 
 TEST_F(LarderctlTest, ErrorsNameTheProblem) {
@@ -379,3 +436,16 @@ TEST(LarderctlSize, RefusesABadConfigWithTheKeyPath) {
 
 }  // namespace
 }  // namespace larder
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--update-golden") {
+      larder::update_golden = true;
+    } else {
+      std::fprintf(stderr, "unknown argument %s (only --update-golden and gtest's flags)\n", argv[i]);
+      return 2;
+    }
+  }
+  return RUN_ALL_TESTS();
+}

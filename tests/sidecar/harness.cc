@@ -256,11 +256,15 @@ void SidecarProcess::start() {
 bool SidecarProcess::running() {
   if (pid_ <= 0) return false;
   int status = 0;
-  return ::waitpid(pid_, &status, WNOHANG) == 0;
+  if (::waitpid(pid_, &status, WNOHANG) == 0) return true;
+  // Reaped (or gone): the pid may be reused now, so never signal it again.
+  exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  pid_ = -1;
+  return false;
 }
 
 int SidecarProcess::stop(std::chrono::seconds timeout) {
-  if (pid_ <= 0) return -1;
+  if (pid_ <= 0) return exit_code_;
   ::kill(pid_, SIGTERM);
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   int status = 0;
@@ -268,7 +272,8 @@ int SidecarProcess::stop(std::chrono::seconds timeout) {
     const pid_t r = ::waitpid(pid_, &status, WNOHANG);
     if (r == pid_) {
       pid_ = -1;
-      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      return exit_code_;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
@@ -281,6 +286,7 @@ void SidecarProcess::kill9() {
   int status = 0;
   ::waitpid(pid_, &status, 0);
   pid_ = -1;
+  exit_code_ = 128 + SIGKILL;
 }
 
 std::string SidecarProcess::log_tail(size_t bytes) const {

@@ -84,9 +84,12 @@ class SidecarProcess {
 
   void start();
   // SIGTERM and wait; returns the exit code (or 128+signal; -1 on timeout).
+  // A child that already exited (seen by running()) returns its exit code.
   int stop(std::chrono::seconds timeout = std::chrono::seconds(20));
   void kill9();
+  // False once the child exited; then it is reaped and never signalled again.
   bool running();
+  pid_t pid() const { return pid_; }
   std::string log_tail(size_t bytes = 4000) const;
   size_t log_count(const std::string& needle) const;
   const std::string& log_path() const { return log_path_; }
@@ -95,7 +98,8 @@ class SidecarProcess {
   std::string config_path_;
   std::string log_path_;
   std::string password_;
-  pid_t pid_ = -1;
+  pid_t pid_ = -1;      // -1 once reaped: a reaped pid may belong to another process
+  int exit_code_ = -1;  // of the reaped child; -1 while running or never started
 };
 
 // Polls `pred` every 20 ms until true or timeout; returns the last result.

@@ -21,6 +21,7 @@
 #include "larder/client.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
+#include "support/progress.h"
 
 namespace larder::test {
 namespace {
@@ -103,6 +104,12 @@ class WatchPtyTest : public ::testing::Test {
   void SetUp() override {
     socket_ = fmt::format("larder-watch-test-{}", ::getpid());
     session_ = "watch";
+    int status = -1;
+    run(fmt::format("{} -V >/dev/null 2>&1", LARDER_TMUX), &status);
+    if (status != 0) {
+      LARDER_SKIP_OR_FAIL(std::string("tmux (") + LARDER_TMUX +
+                          ") does not run here; scripts/install-deps.sh installs it");
+    }
   }
   void TearDown() override {
     // Only our own server, by its own socket.
@@ -125,14 +132,17 @@ TEST_F(WatchPtyTest, ShowsLiveChangingNumbersOnATerminal) {
        &status);
   ASSERT_EQ(status, 0) << "tmux new-session failed";
 
-  // First screen: wait until watch has drawn the table.
+  // First screen: wait until watch has drawn the table (the event; only a
+  // hang fails on time).
   std::string first;
   double rate1 = 0;
   uint64_t live1 = 0;
-  for (int i = 0; i < 50 && !users_row(first, &rate1, &live1); ++i) {
-    std::this_thread::sleep_for(100ms);
-    first = capture();
-  }
+  testing::run_until(
+      [&] {
+        first = capture();
+        return users_row(first, &rate1, &live1);
+      },
+      0s, [] { std::this_thread::sleep_for(50ms); });
   ASSERT_TRUE(users_row(first, &rate1, &live1)) << "no users row on the screen:\n" << first;
   EXPECT_NE(first.find(seg.name()), std::string::npos) << first;
   EXPECT_NE(first.find("writer alive"), std::string::npos) << first;
@@ -140,10 +150,16 @@ TEST_F(WatchPtyTest, ShowsLiveChangingNumbersOnATerminal) {
   EXPECT_GT(rate1, 0) << first;
 
   // A later screen shows other numbers: the view is live, not a snapshot.
-  std::this_thread::sleep_for(1200ms);
-  const std::string second = capture();
+  // Waits for the redraw that shows more live keys.
+  std::string second;
   double rate2 = 0;
   uint64_t live2 = 0;
+  testing::run_until(
+      [&] {
+        second = capture();
+        return users_row(second, &rate2, &live2) && live2 > live1 && rate2 > 0;
+      },
+      0s, [] { std::this_thread::sleep_for(50ms); });
   ASSERT_TRUE(users_row(second, &rate2, &live2)) << second;
   EXPECT_GT(live2, live1) << "first:\n" << first << "\nsecond:\n" << second;
   EXPECT_GT(rate2, 0) << second;
@@ -156,12 +172,12 @@ TEST_F(WatchPtyTest, ShowsLiveChangingNumbersOnATerminal) {
 
   // Ctrl-C ends it.
   tmux(fmt::format("send-keys -t {} C-c", session_));
-  bool gone = false;
-  for (int i = 0; i < 50 && !gone; ++i) {
-    std::this_thread::sleep_for(100ms);
-    tmux(fmt::format("has-session -t {} 2>/dev/null", session_), &status);
-    gone = status != 0;
-  }
+  const bool gone = testing::run_until(
+      [&] {
+        tmux(fmt::format("has-session -t {} 2>/dev/null", session_), &status);
+        return status != 0;
+      },
+      0s, [] { std::this_thread::sleep_for(50ms); });
   EXPECT_TRUE(gone) << "watch did not exit on Ctrl-C";
 }
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import larder
-from conftest import run_writer
+from conftest import run_writer, skip_or_fail
 from expected import age_minutes, item, item_key, user, user_key
 
 
@@ -210,8 +210,9 @@ def test_segment_still_being_created(demo):
         larder.open("demo", demo)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to read as user nobody")
 def test_permission_denied_is_a_permission_error(demo):
+    if os.geteuid() != 0:
+        skip_or_fail("needs root to read as user nobody")
     code = ("import larder\n"
             "try:\n"
             "    larder.open('demo', %r)\n"

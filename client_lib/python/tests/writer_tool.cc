@@ -14,12 +14,14 @@
 // write, schema "rows" / churn: table "rows" of tests/support/derived_rows.h,
 // every field derived from one counter so a torn row is detectable. churn
 // fills keys key:0..N-1, prints "ready" and rewrites them round-robin with an
-// ever-increasing counter for S seconds, then prints "done WRITES".
+// ever-increasing counter for S seconds (or until SIGTERM), then prints
+// "done WRITES".
 // bench: random keys of the "demo" schema: Table::get, Table::get_many of
 // --batch keys and the C ABI's larder_gather; prints one JSON line with
 // nanoseconds per call (best block and mean).
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -186,7 +188,10 @@ int write(const Args& a) {
   return 0;
 }
 
+volatile std::sig_atomic_t churn_stop = 0;  // set by SIGTERM: churn ends early
+
 int churn(const Args& a) {
+  std::signal(SIGTERM, [](int) { churn_stop = 1; });
   auto w = larder::Writer::open(a.segment, rows_schema(a.rows), writer_options(a));
   int64_t counter = 1;
   for (uint64_t k = 0; k < a.rows; ++k) larder::testing::write_derived(*w, k, counter++);
@@ -195,7 +200,7 @@ int churn(const Args& a) {
   const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(a.seconds);
   uint64_t writes = 0;
   uint64_t k = 0;
-  while (std::chrono::steady_clock::now() < until) {
+  while (churn_stop == 0 && std::chrono::steady_clock::now() < until) {
     for (int i = 0; i < 256; ++i) {
       larder::testing::write_derived(*w, k, counter++);
       k = (k + 1) % a.rows;
