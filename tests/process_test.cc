@@ -94,7 +94,8 @@ int reader_process(const std::string& name, const std::string& dir, uint64_t key
       case Status::kBusy: report->busy.fetch_add(1); break;
       default: report->torn.fetch_add(1); break;
     }
-    // Published while running: the test waits on this progress.
+    // Published while running: the test waits on this progress (relaxed:
+    // progress counters; they guard no data).
     if (++reads % 256 == 0) {
       report->reads.fetch_add(256, std::memory_order_relaxed);
       report->consistent.fetch_add(consistent, std::memory_order_relaxed);
@@ -137,7 +138,7 @@ TEST(Processes, TornReadTorture) {
     while (!layout::sync::load_relaxed(*stop)) {  // a stop flag; it guards no data
       for (uint64_t k = 0; k < kKeys; ++k) testing::write_derived(*w, k, c++);
       w->heartbeat();
-      writes->store(static_cast<uint64_t>(c - 2), std::memory_order_relaxed);
+      writes->store(static_cast<uint64_t>(c - 2), std::memory_order_relaxed);  // a progress counter; it guards no data
     }
     return 0;
   }));
@@ -193,7 +194,7 @@ TEST(Processes, ChurnNeverHidesStableKeys) {
       }
       if (++n % 1024 == 0) {
         w->maintain(8192);
-        churn->store(n, std::memory_order_relaxed);
+        churn->store(n, std::memory_order_relaxed);  // a progress counter; it guards no data
       }
     }
     return 0;
@@ -229,7 +230,6 @@ void crash_after_countdown(CrashPoint) {
 void crash_with_seq_odd(CrashPoint point) {
   if (point == CrashPoint::kPayloadWritten) ::raise(SIGKILL);
 }
-
 
 // SIGKILL the writer at random points, many times. Readers must never hang or
 // read a torn row; each restarted writer repairs; nothing the writer
