@@ -318,6 +318,38 @@ TEST(ApplyBatchTest, TableFullIsAWriterReject) {
   Writer::remove_segment(name);
 }
 
+// `internal`: the writer refuses an update the decoder accepted. The two
+// share one schema in the daemon, so only a bug gets here; the test makes the
+// disagreement on purpose (the decoder allows 16-byte strings, the segment 4)
+// and checks that the message is rejected as internal, not applied or lost.
+TEST(ApplyBatchTest, AnUpdateTheWriterRefusesIsAnInternalReject) {
+  layout::Schema segment_schema;
+  layout::TableSpec t;
+  t.name = "t";
+  t.capacity = 8;
+  t.fields = {{"s", FieldType::kString, 4}};
+  segment_schema.tables.push_back(t);
+  layout::Schema decoder_schema = segment_schema;
+  decoder_schema.tables[0].fields[0].count = 16;
+  const std::string name = "larder-unit-internal-" + std::to_string(::getpid());
+  Writer::remove_segment(name);
+  {
+    auto writer = Writer::open(name, segment_schema);
+    Decoder decoder(decoder_schema, {});
+    DecodedBatch batch;
+    RejectReason reason = RejectReason::kBadJson;
+    uint64_t stale = 0;
+    ASSERT_TRUE(decoder.decode(R"({"table":"t","key":"a","event_time":5,"fields":{"s":"abcd"}})", batch).ok);
+    EXPECT_EQ(apply_batch(*writer, batch, &reason, &stale), Outcome::kApplied);
+    ASSERT_TRUE(decoder.decode(R"({"table":"t","key":"b","event_time":5,"fields":{"s":"abcdefgh"}})", batch).ok);
+    EXPECT_EQ(apply_batch(*writer, batch, &reason, &stale), Outcome::kRejected);
+    EXPECT_EQ(reason, RejectReason::kInternal);
+    EXPECT_STREQ(reject_reason_name(reason), "internal");
+    EXPECT_EQ(writer->stats(0).live_keys, 1u);  // "b" was not written
+  }
+  Writer::remove_segment(name);
+}
+
 // ---------------------------------------------------------------------------
 // Transforms and aggregate sources: one member feeding several targets.
 
