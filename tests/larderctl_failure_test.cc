@@ -4,14 +4,13 @@
 // its header bytes as another build or a stray write would, and runs the real
 // larderctl binary on it. Test main thread only.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <cstdio>
 #include <string>
 
 #include "larder/layout/format.h"
 #include "larder/layout/segment_file.h"
 #include "larder/writer/writer.h"
+#include "support/run_command.h"
 #include "support/test_segment.h"
 
 #ifndef LARDERCTL_PATH
@@ -21,23 +20,9 @@
 namespace larder {
 namespace {
 
-struct CtlRun {
-  int code = -1;
-  std::string out;  // stdout and stderr
-};
+using CtlRun = testing::CommandRun;
 
-CtlRun run_larderctl(const std::string& args) {
-  CtlRun r;
-  const std::string cmd = std::string(LARDERCTL_PATH) + " " + args + " 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int status = ::pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+CtlRun run_larderctl(const std::string& args) { return testing::run_command(std::string(LARDERCTL_PATH) + " " + args); }
 
 class LarderctlRefusesSegment : public ::testing::Test {
  protected:

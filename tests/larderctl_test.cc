@@ -6,7 +6,6 @@
 // flag does it, so no environment can turn the comparisons off.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +20,7 @@
 
 #include "larder/layout/segment_file.h"
 #include "larder/writer/writer.h"
+#include "support/run_command.h"
 #include "support/test_segment.h"
 
 #ifndef LARDERCTL_PATH
@@ -39,22 +39,9 @@ constexpr int64_t kAt = 1'700'000'100'000;  // "now" for every command (--at-ms)
 
 bool update_golden = false;  // --update-golden; set by main() before any test
 
-struct CtlRun {
-  int code = -1;
-  std::string out;
-};
+using CtlRun = testing::CommandRun;
 
-CtlRun larderctl(const std::string& args) {
-  CtlRun r;
-  const std::string cmd = std::string(LARDERCTL_PATH) + " " + args + " 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int status = ::pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+CtlRun larderctl(const std::string& args) { return testing::run_command(std::string(LARDERCTL_PATH) + " " + args); }
 
 // Compares with the golden file; with --update-golden rewrites it instead.
 void expect_golden(const std::string& name, const std::string& actual) {

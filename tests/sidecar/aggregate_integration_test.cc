@@ -12,7 +12,6 @@
 #include <random>
 #include <thread>
 
-#include "config/amqp_url.h"
 #include "harness.h"
 #include "larder/client.h"
 #include "upstream_hold_proxy.h"
@@ -77,27 +76,6 @@ metrics: {{listen: "127.0.0.1:0"}}
         },
         60s);
     ASSERT_TRUE(ready) << "the sidecar did not start consuming\n" << sidecar_->log_tail();
-  }
-
-  // Waits until the broker lists no consumer on the queue: the next start
-  // then waits for its own consumer, not a stale registration.
-  void wait_for_no_consumer() {
-    ASSERT_TRUE(wait_until(
-        [&] {
-          const auto q = client_->inspect(name_);
-          return q && q->second == 0;
-        },
-        60s))
-        << "the broker still lists a consumer of the stopped sidecar";
-  }
-
-  // A proxy between the sidecar and the broker that the test can hold (see
-  // upstream_hold_proxy.h).
-  std::unique_ptr<UpstreamHoldProxy> make_proxy() const {
-    sidecar::AmqpUrl url;
-    std::string error;
-    EXPECT_TRUE(sidecar::parse_amqp_url(env_.amqp_url, &url, &error)) << error;
-    return std::make_unique<UpstreamHoldProxy>(url.host, url.port);
   }
 
   // `messages` messages of 1..max_batch events over `keys` keys; every event
@@ -220,7 +198,7 @@ TEST_F(AggregateIntegrationTest, SidecarKilledMidStreamKeepsAggregatesExact) {
   std::map<std::string, Expected> expected;
   uint64_t folded_while_held = 0;  // events folded after a hold, before a kill
   for (uint32_t part = 0; part < 3; ++part) {
-    auto proxy = make_proxy();
+    auto proxy = make_hold_proxy(env_.amqp_url);
     start_sidecar(proxy->url_through(env_.amqp_url));
     proxy->hold_upstream();
     const uint64_t at_hold = Segment::open(name_).table("users").stats().aggregate_events;

@@ -9,7 +9,6 @@
 // queue counts, process exit) under a generous hang guard.
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -30,6 +29,7 @@
 #include "larder/client.h"
 #include "larder/writer/writer.h"
 #include "prometheus_parse.h"
+#include "support/run_command.h"
 #include "support/tcp_proxy.h"
 
 #ifndef LARDERCTL_PATH
@@ -47,14 +47,8 @@ constexpr int64_t kT0 = 1'700'000'000'000;
 
 // Runs a shell command; its exit status and combined output.
 std::pair<int, std::string> run_command(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return {-1, "popen failed"};
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = ::pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  testing::CommandRun r = testing::run_command(cmd);
+  return {r.code, std::move(r.out)};
 }
 
 std::pair<int, std::string> larderctl(const std::string& args) {
@@ -86,16 +80,7 @@ class SidecarChild {
   SidecarChild& operator=(const SidecarChild&) = delete;
 
   void start() {
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      const int fd = ::open(log_path_.c_str(), O_WRONLY | O_APPEND | O_CREAT, 0644);
-      ::dup2(fd, 1);
-      ::dup2(fd, 2);
-      ::setenv("LARDER_IT_PASSWORD", password_.c_str(), 1);
-      ::execl(LARDER_SIDECAR_BINARY, "larder-sidecar", "--config", config_path_.c_str(), "--log-level", "debug",
-              static_cast<char*>(nullptr));
-      _exit(127);
-    }
+    pid_ = spawn_sidecar(config_path_, log_path_, password_);
     ASSERT_GT(pid_, 0) << "fork failed";
   }
 
@@ -223,6 +208,12 @@ metrics: {{listen: "{listen}"}}
   std::string url_via(const TcpProxy& proxy) const {
     return fmt::format("amqp://{}@127.0.0.1:{}", broker_url().user, proxy.port());
   }
+  // Starts a sidecar child that reaches the broker through `proxy` (whether
+  // the proxy listens is the caller's choice); `s.url` is replaced.
+  SidecarChild& start_through(const TcpProxy& proxy, Settings s = {}) {
+    s.url = url_via(proxy);
+    return start(s);
+  }
 
   bool wait_consumers(uint32_t n, std::chrono::milliseconds timeout = kGuard) {
     return wait_until(
@@ -231,6 +222,16 @@ metrics: {{listen: "{listen}"}}
           return q && q->second == n;
         },
         timeout);
+  }
+  // Drains the dead-letter queue into `dead` until it holds at least one
+  // message; false if none came within the guard.
+  bool wait_dead_letters(std::vector<AmqpClient::Got>* dead) {
+    return wait_until(
+        [&] {
+          for (auto& g : client_->drain(name_ + ".dlq")) dead->push_back(std::move(g));
+          return !dead->empty();
+        },
+        kGuard);
   }
   // Messages ready in the queue (not delivered, or returned).
   std::optional<uint32_t> ready() {
@@ -409,9 +410,7 @@ TEST_F(SidecarFailureTest, LostBrokerShowsAsDisconnectedAndReadersKeepTheLastVal
   if (!setup()) return;
   auto proxy = make_proxy();
   proxy->listen();
-  Settings s;
-  s.url = url_via(*proxy);
-  SidecarChild& sidecar = start(s);
+  SidecarChild& sidecar = start_through(*proxy);
   ASSERT_TRUE(wait_consumers(1));
   publish({upsert_n("k", kT0, 1)});
   ASSERT_TRUE(wait_n("k", 1));
@@ -437,9 +436,7 @@ TEST_F(SidecarFailureTest, LostBrokerShowsAsDisconnectedAndReadersKeepTheLastVal
 TEST_F(SidecarFailureTest, BrokerUnreachableAtStartRetriesAndReadersSeeDisconnected) {
   if (!setup()) return;
   auto proxy = make_proxy();  // bound, not listening: refused
-  Settings s;
-  s.url = url_via(*proxy);
-  SidecarChild& sidecar = start(s);
+  SidecarChild& sidecar = start_through(*proxy);
   // The segment exists for readers while the sidecar keeps retrying.
   EXPECT_TRUE(wait_connection(ConnectionState::kDisconnected));
   EXPECT_TRUE(sidecar.wait_log("reconnecting in", 3)) << "at least three attempts";
@@ -477,12 +474,7 @@ TEST_F(SidecarFailureTest, TableFullDeadLettersTheMessageAndAppliesItsOtherUpdat
   publish({upsert_n("k2", kT0 + 1, 12)});
   EXPECT_TRUE(wait_n("k2", 12));
   std::vector<AmqpClient::Got> dead;
-  EXPECT_TRUE(wait_until(
-      [&] {
-        for (auto& g : client_->drain(name_ + ".dlq")) dead.push_back(std::move(g));
-        return !dead.empty();
-      },
-      kGuard));
+  EXPECT_TRUE(wait_dead_letters(&dead));
   ASSERT_EQ(dead.size(), 1u);
   EXPECT_EQ(dead[0].body, batch);
   EXPECT_TRUE(dead[0].has_x_death);
@@ -517,12 +509,7 @@ TEST_F(SidecarFailureTest, TransformRefusingItsInputDeadLettersBadValue) {
   publish({fmt::format(R"({{"table":"users","key":"b","event_time":{},"fields":{{"n":2,"amount":1.5}}}})", kT0)});
   EXPECT_TRUE(wait_n("b", 2));
   std::vector<AmqpClient::Got> dead;
-  EXPECT_TRUE(wait_until(
-      [&] {
-        for (auto& g : client_->drain(name_ + ".dlq")) dead.push_back(std::move(g));
-        return !dead.empty();
-      },
-      kGuard));
+  EXPECT_TRUE(wait_dead_letters(&dead));
   ASSERT_EQ(dead.size(), 1u);
   EXPECT_EQ(dead[0].body, bad);
   EXPECT_EQ(read_n("a"), std::nullopt) << "nothing of a refused message is applied";
@@ -723,9 +710,7 @@ TEST_F(SidecarFailureTest, ChannelCloseFromTheBrokerIsAnsweredLoggedAndReconnect
   ASSERT_TRUE(timeout.ok()) << "rabbitmqctl eval failed";
   auto proxy = make_proxy();  // to see the broker's channel.close go out
   proxy->listen();
-  Settings s;
-  s.url = url_via(*proxy);
-  SidecarChild& sidecar = start(s);
+  SidecarChild& sidecar = start_through(*proxy);
   ASSERT_TRUE(wait_consumers(1));
   sidecar.signal(SIGSTOP);
   publish({upsert_n("k", kT0, 3)});
@@ -745,9 +730,8 @@ TEST_F(SidecarFailureTest, SilentBrokerIsDetectedByMissedHeartbeatsAndReconnecte
   auto proxy = make_proxy();
   proxy->listen();
   Settings s;
-  s.url = url_via(*proxy);
   s.heartbeat_s = 1;
-  SidecarChild& sidecar = start(s);
+  SidecarChild& sidecar = start_through(*proxy, s);
   ASSERT_TRUE(wait_consumers(1));
   ASSERT_TRUE(wait_connection(ConnectionState::kConnected));
   proxy->silence();  // no FIN, no RST: the bytes just stop
@@ -819,9 +803,7 @@ TEST_F(SidecarFailureTest, ConnectionBlockedIsLoggedAndConsumptionContinues) {
   ASSERT_FALSE(ctl.empty()) << "LARDER_TEST_RABBITMQCTL not set (scripts/test.sh exports it)";
   auto proxy = make_proxy();
   proxy->listen();
-  Settings s;
-  s.url = url_via(*proxy);
-  SidecarChild& sidecar = start(s);
+  SidecarChild& sidecar = start_through(*proxy);
   ASSERT_TRUE(wait_consumers(1));
   // Messages handed to the frozen sidecar before the alarm (an alarm blocks
   // publishers, the test's too), applied and acked while the alarm is on.

@@ -239,17 +239,22 @@ SidecarProcess::~SidecarProcess() {
   if (!::testing::Test::HasFailure()) std::remove(log_path_.c_str());
 }
 
-void SidecarProcess::start() {
-  pid_ = ::fork();
-  if (pid_ == 0) {
-    const int fd = ::open(log_path_.c_str(), O_WRONLY | O_APPEND | O_CREAT, 0644);
+pid_t spawn_sidecar(const std::string& config_path, const std::string& log_path, const std::string& password) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int fd = ::open(log_path.c_str(), O_WRONLY | O_APPEND | O_CREAT, 0644);
     ::dup2(fd, 1);
     ::dup2(fd, 2);
-    ::setenv("LARDER_IT_PASSWORD", password_.c_str(), 1);
-    ::execl(LARDER_SIDECAR_BINARY, "larder-sidecar", "--config", config_path_.c_str(), "--log-level", "debug",
+    ::setenv("LARDER_IT_PASSWORD", password.c_str(), 1);
+    ::execl(LARDER_SIDECAR_BINARY, "larder-sidecar", "--config", config_path.c_str(), "--log-level", "debug",
             static_cast<char*>(nullptr));
     _exit(127);
   }
+  return pid;
+}
+
+void SidecarProcess::start() {
+  pid_ = spawn_sidecar(config_path_, log_path_, password_);
   ASSERT_GT(pid_, 0) << "fork failed";
 }
 
@@ -435,6 +440,16 @@ bool SidecarTestBase::reconnect_client(std::chrono::milliseconds timeout) {
         }
       },
       timeout);
+}
+
+void SidecarTestBase::wait_for_no_consumer() {
+  ASSERT_TRUE(wait_until(
+      [&] {
+        const auto q = client_->inspect(name_);
+        return q && q->second == 0;
+      },
+      std::chrono::seconds(60)))
+      << "the broker still lists a consumer of the stopped sidecar";
 }
 
 void SidecarTestBase::TearDown() {

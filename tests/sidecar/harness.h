@@ -102,6 +102,11 @@ class SidecarProcess {
   int exit_code_ = -1;  // of the reaped child; -1 while running or never started
 };
 
+// Forks and execs larder-sidecar (LARDER_SIDECAR_BINARY) with the config at
+// `config_path`, its stdout and stderr appended to `log_path` and `password`
+// in LARDER_IT_PASSWORD. Returns the child's pid, or -1 when fork failed.
+pid_t spawn_sidecar(const std::string& config_path, const std::string& log_path, const std::string& password);
+
 // Polls `pred` every 20 ms until true or timeout; returns the last result.
 bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
 
@@ -161,6 +166,9 @@ class SidecarTestBase : public ::testing::Test {
   // Replaces the test's own broker connection (after a broker restart),
   // retrying until `timeout`.
   bool reconnect_client(std::chrono::milliseconds timeout);
+  // Waits until the broker lists no consumer on the queue: the next start
+  // then waits for its own consumer, not a stale registration.
+  void wait_for_no_consumer();
 
   BrokerEnv env_;
   std::string name_;

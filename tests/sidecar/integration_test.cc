@@ -11,7 +11,6 @@
 #include <random>
 #include <thread>
 
-#include "config/amqp_url.h"
 #include "harness.h"
 #include "larder/client.h"
 #include "larder/writer/writer.h"
@@ -65,27 +64,6 @@ metrics: {{listen: "127.0.0.1:0"}}
   }
 
   void publish(const std::vector<std::string>& bodies) { client_->publish(name_, "users.1", bodies); }
-
-  // Waits until the broker lists no consumer on the queue: the next start
-  // then waits for its own consumer, not a stale registration.
-  void wait_for_no_consumer() {
-    ASSERT_TRUE(wait_until(
-        [&] {
-          const auto q = client_->inspect(name_);
-          return q && q->second == 0;
-        },
-        60s))
-        << "the broker still lists a consumer of the stopped sidecar";
-  }
-
-  // A proxy between the sidecar and the broker that the test can hold (see
-  // upstream_hold_proxy.h); config(..., proxy->url_through(env_.amqp_url)).
-  std::unique_ptr<UpstreamHoldProxy> make_proxy() const {
-    sidecar::AmqpUrl url;
-    std::string error;
-    EXPECT_TRUE(sidecar::parse_amqp_url(env_.amqp_url, &url, &error)) << error;
-    return std::make_unique<UpstreamHoldProxy>(url.host, url.port);
-  }
 
   void expect_converges(const Oracle& oracle, std::chrono::milliseconds timeout = 60s) {
     std::string diff;
@@ -325,7 +303,7 @@ TEST_F(SidecarIntegrationTest, SidecarKilledMidStreamAndRestarted) {
   ASSERT_EQ(sidecar_->stop(), 0);  // everything applied is acked
   wait_for_no_consumer();
 
-  auto proxy = make_proxy();
+  auto proxy = make_hold_proxy(env_.amqp_url);
   start_sidecar(config("quorum", proxy->url_through(env_.amqp_url)));
   proxy->hold_upstream();
   const uint64_t applied_at_hold = info().updates_applied;

@@ -2,6 +2,7 @@
 #include "upstream_hold_proxy.h"
 
 #include <arpa/inet.h>
+#include <gtest/gtest.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -10,6 +11,8 @@
 
 #include <chrono>
 #include <stdexcept>
+
+#include "config/amqp_url.h"
 
 namespace larder::test {
 namespace {
@@ -146,6 +149,13 @@ void UpstreamHoldProxy::run() {
     }
     pairs_ = std::move(alive);
   }
+}
+
+std::unique_ptr<UpstreamHoldProxy> make_hold_proxy(const std::string& amqp_url) {
+  sidecar::AmqpUrl url;
+  std::string error;
+  EXPECT_TRUE(sidecar::parse_amqp_url(amqp_url, &url, &error)) << error;
+  return std::make_unique<UpstreamHoldProxy>(url.host, url.port);
 }
 
 }  // namespace larder::test

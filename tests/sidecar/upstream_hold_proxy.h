@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -62,5 +63,10 @@ class UpstreamHoldProxy {
   std::vector<Pair> pairs_;  // forwarding thread only
   std::thread thread_;
 };
+
+// A proxy to the broker of `amqp_url`; the sidecar reaches the broker
+// through it at proxy->url_through(amqp_url). Records a test failure when
+// `amqp_url` does not parse.
+std::unique_ptr<UpstreamHoldProxy> make_hold_proxy(const std::string& amqp_url);
 
 }  // namespace larder::test

@@ -70,6 +70,74 @@ void Writer::Impl::remove_leftovers() {
   ::closedir(d);
 }
 
+namespace {
+
+// The `index`-th element of an array of D at byte `offset` of the segment.
+template <class D>
+D* descriptor_at(char* base, uint64_t offset, size_t index) {
+  return reinterpret_cast<D*>(base + offset + index * sizeof(D));
+}
+
+// Copies `name` into a fixed name field, NUL-terminated and cut to fit.
+template <size_t N>
+void copy_name(char (&out)[N], const std::string& name) {
+  std::snprintf(out, N, "%s", name.c_str());
+}
+
+// Table `spec` as planned in `tp`; `field_count` counts its declared and
+// aggregate fields. Writes into the unpublished segment only.
+void fill_table_descriptor(TableDescriptor* d, const TableSpec& spec, const TablePlan& tp, size_t field_count,
+                           uint64_t hash_seed) {
+  copy_name(d->name, spec.name);
+  d->field_count = static_cast<uint32_t>(field_count);
+  d->key_max_len = spec.key_max_len;
+  d->capacity = spec.capacity;
+  d->slot_count = tp.slot_count;
+  d->slot_bytes = tp.slot_bytes;
+  d->row_bytes = tp.row_bytes;
+  d->validity_words = tp.validity_words;
+  d->key_words = tp.key_words;
+  d->fields_offset = tp.fields_offset;
+  d->slots_offset = tp.slots_offset;
+  d->hash_seed = hash_seed;
+  d->max_load_permille = static_cast<uint32_t>((spec.capacity * 1000 + tp.slot_count - 1) / tp.slot_count);
+  d->max_load_ppm = static_cast<uint32_t>(std::llround(spec.max_load_factor * 1e6));
+  d->aggregate_count = static_cast<uint32_t>(spec.aggregates.size());
+  d->state_stride_words = tp.aggregates.stride_words;
+  d->aggregates_offset = tp.aggregates_offset;
+  d->state_offset = tp.state_offset;
+  d->dedup_offset = tp.dedup_offset;
+  d->dedup_buckets = tp.dedup_buckets;
+  d->allowed_lateness_ms = spec.allowed_lateness_ms;
+  d->dedup_horizon_ms = spec.dedup_horizon_ms;
+  d->dedup_capacity = spec.dedup_capacity;
+}
+
+// Field number `index` of its table, placed as `fp`; `aggregate` marks the
+// fields that hold an aggregate's value.
+void fill_field_descriptor(FieldDescriptor* out, const FieldSpec& fs, const FieldPlan& fp, size_t index,
+                           bool aggregate) {
+  copy_name(out->name, fs.name);
+  out->type = static_cast<uint32_t>(fs.type);
+  out->count = (fs.type == FieldType::kFloat32Vector || fs.type == FieldType::kString) ? fs.count : 1;
+  out->offset = fp.offset;
+  out->bytes = fp.bytes;
+  out->index = static_cast<uint32_t>(index);
+  out->flags = aggregate ? kFieldAggregate : 0;
+}
+
+// Aggregate `as`, whose value is the table's field number `field`.
+void fill_aggregate_descriptor(AggregateDescriptor* out, const AggregateSpec& as, size_t field) {
+  copy_name(out->source, as.source);
+  out->fn = static_cast<uint32_t>(as.fn);
+  out->end = static_cast<uint32_t>(as.end);
+  out->window_ms = as.window_ms;
+  out->resolution_ms = as.resolution_ms;
+  out->field = static_cast<uint32_t>(field);
+}
+
+}  // namespace
+
 void Writer::Impl::create(bool replace_existing) {
   const LayoutPlan plan = plan_layout(schema);
   const std::string path = segment_path(dir, name);
@@ -134,51 +202,18 @@ void Writer::Impl::create(bool replace_existing) {
   for (size_t t = 0; t < schema.tables.size(); ++t) {
     const TableSpec& spec = schema.tables[t];
     const TablePlan& tp = plan.tables[t];
-    auto* d = reinterpret_cast<TableDescriptor*>(base + plan.header_bytes + t * sizeof(TableDescriptor));
     const std::vector<FieldSpec> fields = spec.all_fields();
-    std::snprintf(d->name, sizeof d->name, "%s", spec.name.c_str());
-    d->field_count = static_cast<uint32_t>(fields.size());
-    d->key_max_len = spec.key_max_len;
-    d->capacity = spec.capacity;
-    d->slot_count = tp.slot_count;
-    d->slot_bytes = tp.slot_bytes;
-    d->row_bytes = tp.row_bytes;
-    d->validity_words = tp.validity_words;
-    d->key_words = tp.key_words;
-    d->fields_offset = tp.fields_offset;
-    d->slots_offset = tp.slots_offset;
-    d->hash_seed = (uint64_t{rd()} << 32) ^ rd();
-    d->max_load_permille = static_cast<uint32_t>((spec.capacity * 1000 + tp.slot_count - 1) / tp.slot_count);
-    d->max_load_ppm = static_cast<uint32_t>(std::llround(spec.max_load_factor * 1e6));
+    const uint64_t hash_seed = (uint64_t{rd()} << 32) ^ rd();
+    fill_table_descriptor(descriptor_at<TableDescriptor>(base, plan.header_bytes, t), spec, tp, fields.size(),
+                          hash_seed);
     for (size_t f = 0; f < fields.size(); ++f) {
-      auto* out = reinterpret_cast<FieldDescriptor*>(base + tp.fields_offset + f * sizeof(FieldDescriptor));
-      const FieldSpec& fs = fields[f];
-      std::snprintf(out->name, sizeof out->name, "%s", fs.name.c_str());
-      out->type = static_cast<uint32_t>(fs.type);
-      out->count = (fs.type == FieldType::kFloat32Vector || fs.type == FieldType::kString) ? fs.count : 1;
-      out->offset = tp.fields[f].offset;
-      out->bytes = tp.fields[f].bytes;
-      out->index = static_cast<uint32_t>(f);
-      out->flags = f >= spec.fields.size() ? kFieldAggregate : 0;
+      // Declared fields first, then one per aggregate.
+      fill_field_descriptor(descriptor_at<FieldDescriptor>(base, tp.fields_offset, f), fields[f], tp.fields[f], f,
+                            f >= spec.fields.size());
     }
-    d->aggregate_count = static_cast<uint32_t>(spec.aggregates.size());
-    d->state_stride_words = tp.aggregates.stride_words;
-    d->aggregates_offset = tp.aggregates_offset;
-    d->state_offset = tp.state_offset;
-    d->dedup_offset = tp.dedup_offset;
-    d->dedup_buckets = tp.dedup_buckets;
-    d->allowed_lateness_ms = spec.allowed_lateness_ms;
-    d->dedup_horizon_ms = spec.dedup_horizon_ms;
-    d->dedup_capacity = spec.dedup_capacity;
     for (size_t a = 0; a < spec.aggregates.size(); ++a) {
-      auto* ad = reinterpret_cast<AggregateDescriptor*>(base + tp.aggregates_offset + a * sizeof(AggregateDescriptor));
-      const AggregateSpec& as = spec.aggregates[a];
-      std::snprintf(ad->source, sizeof ad->source, "%s", as.source.c_str());
-      ad->fn = static_cast<uint32_t>(as.fn);
-      ad->end = static_cast<uint32_t>(as.end);
-      ad->window_ms = as.window_ms;
-      ad->resolution_ms = as.resolution_ms;
-      ad->field = static_cast<uint32_t>(spec.fields.size() + a);
+      fill_aggregate_descriptor(descriptor_at<AggregateDescriptor>(base, tp.aggregates_offset, a), spec.aggregates[a],
+                                spec.fields.size() + a);
     }
   }
   header->journal_offset = plan.journal_offset;
