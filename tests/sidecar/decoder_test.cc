@@ -38,12 +38,18 @@ layout::Schema test_schema() {
   open.capacity = 16;
   open.fields = {{"x", FieldType::kInt64, 1}};
   s.tables.push_back(open);
+  layout::TableSpec bounded;  // event-time bounds on (the Config defaults)
+  bounded.name = "bounded";
+  bounded.capacity = 16;
+  bounded.fields = {{"x", FieldType::kInt64, 1}};
+  s.tables.push_back(bounded);
   return s;
 }
 
 // Table "t": field "lg" is log1p of the member "x".
 std::vector<TableDecodeOptions> test_options() {
-  std::vector<TableDecodeOptions> o{{false}, {true}};
+  std::vector<TableDecodeOptions> o{{false}, {true}, {false}};
+  o[2].event_time = {kDefaultMaxFutureSkewMs, kDefaultMinEventTimeMs};
   o[0].fields.resize(7);
   o[0].fields[6].from = "x";
   o[0].fields[6].transform = TransformChain::parse_yaml("[log1p]");
@@ -223,6 +229,80 @@ TEST_F(DecoderTest, EventTimes) {
   }
 }
 
+// A fixed clock for the bounds: 2026-01-01T00:00:00Z.
+constexpr int64_t kNowMs = 1767225600000;
+
+std::string bounded_update(int64_t event_time_ms, const std::string& extra = "") {
+  return fmt::format(R"({{"table":"bounded","key":"k","event_time":{},"fields":{{"x":1}}{}}})", event_time_ms, extra);
+}
+
+TEST_F(DecoderTest, EventTimeBounds) {
+  // The limits themselves pass.
+  ASSERT_TRUE(decoder_.decode(bounded_update(kNowMs + kDefaultMaxFutureSkewMs), batch_, kNowMs).ok);
+  ASSERT_TRUE(decoder_.decode(bounded_update(kDefaultMinEventTimeMs), batch_, kNowMs).ok);
+  // One ms beyond them does not, and the detail names the times.
+  DecodeResult r = decoder_.decode(bounded_update(kNowMs + kDefaultMaxFutureSkewMs + 1), batch_, kNowMs);
+  EXPECT_EQ(r.reason, RejectReason::kEventTimeInFuture) << r.detail;
+  EXPECT_NE(r.detail.find("2026-01-01T00:05:00.001Z"), std::string::npos) << r.detail;
+  r = decoder_.decode(bounded_update(kDefaultMinEventTimeMs - 1), batch_, kNowMs);
+  EXPECT_EQ(r.reason, RejectReason::kEventTimeTooOld) << r.detail;
+  // Seconds where ms are meant, and RFC 3339 times far ahead.
+  r = decoder_.decode(bounded_update(1796515640), batch_, kNowMs);
+  EXPECT_EQ(r.reason, RejectReason::kEventTimeTooOld) << r.detail;
+  EXPECT_NE(r.detail.find("1970-01-21T"), std::string::npos) << r.detail;
+  r = decoder_.decode(R"({"table":"bounded","key":"k","event_time":"9999-12-31T23:59:59.999Z","fields":{"x":1}})",
+                      batch_, kNowMs);
+  EXPECT_EQ(r.reason, RejectReason::kEventTimeInFuture) << r.detail;
+  // A bad time anywhere rejects the whole batch: nothing of it is applied.
+  r = decoder_.decode("[" + bounded_update(kNowMs) + "," + bounded_update(kNowMs + 3'600'000) + "]", batch_, kNowMs);
+  EXPECT_EQ(r.reason, RejectReason::kEventTimeInFuture);
+  EXPECT_NE(r.detail.find("update 1"), std::string::npos) << r.detail;
+  EXPECT_TRUE(batch_.empty());
+  // Deletes are bounded too, and another problem of the update comes first.
+  r = decoder_.decode(fmt::format(R"({{"table":"bounded","key":"k","event_time":{},"op":"delete"}})", 5), batch_,
+                      kNowMs);
+  EXPECT_EQ(r.reason, RejectReason::kEventTimeTooOld);
+  r = decoder_.decode(fmt::format(R"({{"table":"bounded","key":"k","event_time":5,"fields":{{"nope":1}}}})"), batch_,
+                      kNowMs);
+  EXPECT_EQ(r.reason, RejectReason::kUnknownField);
+  // A table without bounds takes any valid time.
+  ASSERT_TRUE(decoder_.decode(upd(R"("i":1)"), batch_, kNowMs).ok);
+  ASSERT_TRUE(
+      decoder_.decode(R"({"table":"t","key":"k","event_time":253402300799999,"fields":{}})", batch_, kNowMs).ok);
+}
+
+TEST_F(DecoderTest, UnpinCarriesTheBoundAndNeedsIt) {
+  ASSERT_TRUE(decoder_
+                  .decode(fmt::format(R"({{"table":"bounded","key":"k","event_time":{},"op":"unpin",)"
+                                      R"("fields":{{"x":1}}}})",
+                                      kNowMs),
+                          batch_, kNowMs)
+                  .ok);
+  ASSERT_EQ(batch_.size(), 1u);
+  EXPECT_EQ(batch_.update(0).op, UpdateOp::kUnpin);
+  EXPECT_EQ(batch_.update(0).pinned_after_ms, kNowMs + kDefaultMaxFutureSkewMs);
+  EXPECT_EQ(batch_.update(0).values_count, 0u);
+  // The unpin's own time is bounded like any other.
+  EXPECT_EQ(
+      decoder_
+          .decode(fmt::format(R"({{"table":"bounded","key":"k","event_time":{},"op":"unpin"}})", kNowMs + 3'600'000),
+                  batch_, kNowMs)
+          .reason,
+      RejectReason::kEventTimeInFuture);
+  // Without max_future_skew nothing counts as pinned.
+  const DecodeResult r = decoder_.decode(R"({"table":"t","key":"k","event_time":5,"op":"unpin"})", batch_, kNowMs);
+  EXPECT_EQ(r.reason, RejectReason::kBadOp) << r.detail;
+}
+
+TEST_F(DecoderTest, BoundsCheckNeverAllocates) {
+  const std::string body = "[" + bounded_update(kNowMs - 10) + "," + bounded_update(kNowMs + 10) + "]";
+  ASSERT_TRUE(decoder_.decode(body, batch_).ok);  // warms the buffers; reads the clock
+  const uint64_t before = test::allocations();
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(decoder_.decode(body, batch_, kNowMs).ok);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(decoder_.decode(body, batch_).ok);
+  EXPECT_EQ(test::allocations(), before);
+}
+
 TEST_F(DecoderTest, EveryDecoderRejectReason) {
   expect_reject("", RejectReason::kBadJson);
   expect_reject("{", RejectReason::kBadJson);
@@ -257,6 +337,8 @@ TEST_F(DecoderTest, EveryDecoderRejectReason) {
   expect_reject(upd(R"("i":1)", R"(,"op":"merge")"), RejectReason::kBadOp);
   expect_reject(upd(R"("i":1)", R"(,"op":1)"), RejectReason::kBadOp);
   expect_reject(upd(R"("x":-2)"), RejectReason::kBadValue);
+  expect_reject(bounded_update(253402300799999), RejectReason::kEventTimeInFuture);
+  expect_reject(bounded_update(1796515640), RejectReason::kEventTimeTooOld);
   // One bad update rejects the whole batch.
   expect_reject("[" + upd(R"("i":1)") + "," + upd(R"("i":"bad")") + "]", RejectReason::kWrongType);
 
