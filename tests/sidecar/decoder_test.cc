@@ -15,6 +15,7 @@
 
 #include "alloc_count.h"
 #include "apply/writer_thread.h"
+#include "larder/client.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
 
@@ -396,6 +397,57 @@ TEST(ApplyBatchTest, TableFullIsAWriterReject) {
     ASSERT_TRUE(decoder.decode(R"([{"table":"t","key":"b","event_time":5,"fields":{"i":1}}])", batch).ok);
     EXPECT_EQ(apply_batch(*writer, batch, &reason, &stale), Outcome::kRejected);
     EXPECT_EQ(reason, RejectReason::kTableFull);
+  }
+  Writer::remove_segment(name);
+}
+
+// An unpin through the writer: it clears a row whose event time is beyond
+// the bound (whatever that time), and changes nothing on a healthy row.
+TEST(ApplyBatchTest, UnpinClearsOnlyAPinnedRow) {
+  layout::Schema schema;
+  layout::TableSpec t;
+  t.name = "t";
+  t.capacity = 8;
+  t.fields = {{"i", FieldType::kInt64, 1}};
+  schema.tables.push_back(t);
+  std::vector<TableDecodeOptions> options(1);
+  options[0].event_time = {kDefaultMaxFutureSkewMs, 0};
+  const std::string name = "larder-unit-unpin-" + std::to_string(::getpid());
+  Writer::remove_segment(name);
+  {
+    auto writer = Writer::open(name, schema);
+    Decoder unbounded(schema, {});  // as before the bound existed
+    Decoder bounded(schema, options);
+    DecodedBatch batch;
+    RejectReason reason = RejectReason::kBadJson;
+    uint64_t stale = 0;
+    const int64_t now = 1767225600000;  // the decoder's clock below
+    auto apply = [&](Decoder& d, const std::string& body) {
+      const DecodeResult r = d.decode(body, batch, now);
+      EXPECT_TRUE(r.ok) << body << " -> " << r.detail;
+      return apply_batch(*writer, batch, &reason, &stale);
+    };
+    apply(unbounded, R"({"table":"t","key":"pinned","event_time":253402300799999,"fields":{"i":1}})");
+    apply(unbounded, fmt::format(R"({{"table":"t","key":"healthy","event_time":{},"fields":{{"i":2}}}})", now));
+    apply(bounded, fmt::format(R"({{"table":"t","key":"pinned","event_time":{},"fields":{{"i":3}}}})", now));
+    EXPECT_EQ(stale, 1u) << "the pinned row ignores a real update";
+
+    apply(bounded, fmt::format(R"({{"table":"t","key":"pinned","event_time":{},"op":"unpin"}})", now));
+    apply(bounded, fmt::format(R"({{"table":"t","key":"healthy","event_time":{},"op":"unpin"}})", now + 1));
+    EXPECT_EQ(stale, 2u) << "an unpin of a healthy row is ignored";
+    apply(bounded, fmt::format(R"({{"table":"t","key":"pinned","event_time":{},"fields":{{"i":4}}}})", now + 1));
+    EXPECT_EQ(stale, 2u);
+
+    larder::Segment seg = larder::Segment::open(name);
+    const larder::Table table = seg.table("t");
+    const larder::Field i = table.field("i");
+    larder::Row row = table.make_row();
+    ASSERT_EQ(table.get("pinned", row).status, larder::Status::kOk);
+    EXPECT_EQ(row.i64(i), 4);
+    EXPECT_EQ(row.event_time_ms(), now + 1);
+    ASSERT_EQ(table.get("healthy", row).status, larder::Status::kOk);
+    EXPECT_EQ(row.i64(i), 2);
+    EXPECT_EQ(writer->stats(0).live_keys, 2u);
   }
   Writer::remove_segment(name);
 }
