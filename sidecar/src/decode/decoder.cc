@@ -201,20 +201,27 @@ struct Decoder::Impl {
   // Rejects an event time outside the table's bounds. The message is
   // rejected whole, so nothing of it is applied.
   void check_event_time(const TableInfo& table, int64_t event_time_ms, const Where& at) {
-    if (event_time_ms < table.bounds.min_event_time_ms) {
-      reject(RejectReason::kEventTimeTooOld,
-             fmt::format("{}: event_time {} ({}) is before min_event_time {} of table \"{}\" (seconds for ms?)", at,
-                         event_time_ms, format_rfc3339_ms(event_time_ms),
-                         format_rfc3339_ms(table.bounds.min_event_time_ms), table.name));
-    }
+    if (event_time_ms < table.bounds.min_event_time_ms) [[unlikely]]
+      reject_too_old(table, event_time_ms, at);
     if (table.bounds.max_future_skew_ms == EventTimeBounds::kOff) return;
+    if (event_time_ms - clock_ms() > table.bounds.max_future_skew_ms) [[unlikely]]
+      reject_in_future(table, event_time_ms, at);
+  }
+  // The reject details, kept out of the decoding loop.
+  [[noreturn, gnu::cold, gnu::noinline]] static void reject_too_old(const TableInfo& table, int64_t event_time_ms,
+                                                                    const Where& at) {
+    reject(RejectReason::kEventTimeTooOld,
+           fmt::format("{}: event_time {} ({}) is before min_event_time {} of table \"{}\" (seconds for ms?)", at,
+                       event_time_ms, format_rfc3339_ms(event_time_ms),
+                       format_rfc3339_ms(table.bounds.min_event_time_ms), table.name));
+  }
+  [[noreturn, gnu::cold, gnu::noinline]] void reject_in_future(const TableInfo& table, int64_t event_time_ms,
+                                                               const Where& at) {
     const int64_t now = clock_ms();
-    if (event_time_ms - now > table.bounds.max_future_skew_ms) {
-      reject(RejectReason::kEventTimeInFuture,
-             fmt::format("{}: event_time {} ({}) is {} ms ahead of the sidecar's clock ({}), table \"{}\" allows {} ms",
-                         at, event_time_ms, format_rfc3339_ms(event_time_ms), event_time_ms - now,
-                         format_rfc3339_ms(now), table.name, table.bounds.max_future_skew_ms));
-    }
+    reject(RejectReason::kEventTimeInFuture,
+           fmt::format("{}: event_time {} ({}) is {} ms ahead of the sidecar's clock ({}), table \"{}\" allows {} ms",
+                       at, event_time_ms, format_rfc3339_ms(event_time_ms), event_time_ms - now, format_rfc3339_ms(now),
+                       table.name, table.bounds.max_future_skew_ms));
   }
 
   double read_double(od::value& v, const Where& what) {
