@@ -31,6 +31,13 @@ larder::layout::Schema bench_schema() {
   return s;
 }
 
+// The Config defaults: every message passes the event-time bounds check.
+std::vector<larder::sidecar::TableDecodeOptions> bench_options() {
+  std::vector<larder::sidecar::TableDecodeOptions> o(1);
+  o[0].event_time = {larder::sidecar::kDefaultMaxFutureSkewMs, larder::sidecar::kDefaultMinEventTimeMs};
+  return o;
+}
+
 std::string message(int updates, int64_t first) {
   std::string b = updates > 1 ? "[" : "";
   for (int j = 0; j < updates; ++j) {
@@ -43,7 +50,7 @@ std::string message(int updates, int64_t first) {
 
 void BM_Decode(benchmark::State& state) {
   const int updates = static_cast<int>(state.range(0));
-  larder::sidecar::Decoder decoder(bench_schema(), {});
+  larder::sidecar::Decoder decoder(bench_schema(), bench_options());
   larder::sidecar::DecodedBatch batch;
   const std::string body = message(updates, 0);
   for (auto _ : state) {
@@ -59,7 +66,7 @@ BENCHMARK(BM_Decode)->Arg(1)->Arg(100);
 // two clock reads, a histogram observation and the counters.
 void BM_DecodeWithMetrics(benchmark::State& state) {
   const int updates = static_cast<int>(state.range(0));
-  larder::sidecar::Decoder decoder(bench_schema(), {});
+  larder::sidecar::Decoder decoder(bench_schema(), bench_options());
   larder::sidecar::DecodedBatch batch;
   larder::sidecar::SidecarMetrics metrics;
   const std::string body = message(updates, 0);
@@ -83,7 +90,7 @@ void BM_Apply(benchmark::State& state) {
   const std::string name = fmt::format("larder-bench-apply-{}", ::getpid());
   larder::Writer::remove_segment(name);
   auto writer = larder::Writer::open(name, bench_schema());
-  larder::sidecar::Decoder decoder(bench_schema(), {});
+  larder::sidecar::Decoder decoder(bench_schema(), bench_options());
   std::vector<larder::sidecar::DecodedBatch> batches(1000);
   for (size_t m = 0; m < batches.size(); ++m)
     decoder.decode(message(updates, static_cast<int64_t>(m) * updates), batches[m]);
@@ -111,7 +118,7 @@ void BM_ApplyWithMetrics(benchmark::State& state) {
   const std::string name = fmt::format("larder-bench-apply-m-{}", ::getpid());
   larder::Writer::remove_segment(name);
   auto writer = larder::Writer::open(name, bench_schema());
-  larder::sidecar::Decoder decoder(bench_schema(), {});
+  larder::sidecar::Decoder decoder(bench_schema(), bench_options());
   larder::sidecar::SidecarMetrics metrics;
   std::vector<larder::sidecar::DecodedBatch> batches(1000);
   for (size_t m = 0; m < batches.size(); ++m)

@@ -410,6 +410,37 @@ TEST_F(ConfigTest, AggregateErrorsNameTheKey) {
                "70 aggregates; a table has at most 64");
 }
 
+TEST_F(ConfigTest, EventTimeBounds) {
+  // Defaults: five minutes ahead, nothing before 2000-01-01.
+  const Config c = parse_config(kValid);
+  EXPECT_EQ(c.tables[0].event_time.max_future_skew_ms, 5 * 60 * 1000);
+  EXPECT_EQ(c.tables[0].event_time.min_event_time_ms, 946684800000);
+  EXPECT_EQ(c.decode_options()[1].event_time.min_event_time_ms, 946684800000);
+  // A global section, and a table's keys over it one by one.
+  const Config g = parse_config(replace(
+      replace(kValid, "tables:\n", "event_time: {max_future_skew: 90s, min_event_time: 2020-02-29}\ntables:\n"),
+      "    allow_unknown_fields: true\n", "    allow_unknown_fields: true\n    event_time: {max_future_skew: off}\n"));
+  EXPECT_EQ(g.tables[0].event_time.max_future_skew_ms, 90'000);
+  EXPECT_EQ(g.tables[0].event_time.min_event_time_ms, 1582934400000);
+  EXPECT_EQ(g.tables[1].event_time.max_future_skew_ms, EventTimeBounds::kOff);
+  EXPECT_EQ(g.tables[1].event_time.min_event_time_ms, 1582934400000);
+  const Config zero = parse_config(
+      replace(kValid, "    capacity: 1000\n", "    capacity: 1000\n    event_time: {min_event_time: 0}\n"));
+  EXPECT_EQ(zero.tables[0].event_time.min_event_time_ms, 0);
+  EXPECT_EQ(zero.tables[1].event_time.min_event_time_ms, 946684800000);
+
+  const std::string table_key = "    capacity: 1000\n";
+  expect_error(replace(kValid, table_key, table_key + "    event_time: {max_future_skew: soon}\n"),
+               "tables[0].event_time.max_future_skew");
+  expect_error(replace(kValid, table_key, table_key + "    event_time: {min_event_time: 2023-02-29}\n"),
+               "tables[0].event_time.min_event_time");
+  expect_error(replace(kValid, table_key, table_key + "    event_time: {min_event_time: yesterday}\n"),
+               "tables[0].event_time.min_event_time");
+  expect_error(replace(kValid, table_key, table_key + "    event_time: {min_event_time: 253402300800000}\n"),
+               "tables[0].event_time.min_event_time");
+  expect_error(replace(kValid, "tables:\n", "event_time: {skew: 5m}\ntables:\n"), "event_time.skew");
+}
+
 TEST_F(ConfigTest, TlsSettings) {
   std::string v = replace(kValid, "amqp://larder@broker.local:5673/prod", "amqps://larder@broker.local/");
   expect_error(v, "rabbitmq.tls.ca_file", "required");

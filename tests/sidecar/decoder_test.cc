@@ -15,6 +15,7 @@
 
 #include "alloc_count.h"
 #include "apply/writer_thread.h"
+#include "larder/client.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
 
@@ -38,12 +39,18 @@ layout::Schema test_schema() {
   open.capacity = 16;
   open.fields = {{"x", FieldType::kInt64, 1}};
   s.tables.push_back(open);
+  layout::TableSpec bounded;  // event-time bounds on (the Config defaults)
+  bounded.name = "bounded";
+  bounded.capacity = 16;
+  bounded.fields = {{"x", FieldType::kInt64, 1}};
+  s.tables.push_back(bounded);
   return s;
 }
 
 // Table "t": field "lg" is log1p of the member "x".
 std::vector<TableDecodeOptions> test_options() {
-  std::vector<TableDecodeOptions> o{{false}, {true}};
+  std::vector<TableDecodeOptions> o{{false}, {true}, {false}};
+  o[2].event_time = {kDefaultMaxFutureSkewMs, kDefaultMinEventTimeMs};
   o[0].fields.resize(7);
   o[0].fields[6].from = "x";
   o[0].fields[6].transform = TransformChain::parse_yaml("[log1p]");
@@ -223,6 +230,80 @@ TEST_F(DecoderTest, EventTimes) {
   }
 }
 
+// A fixed clock for the bounds: 2026-01-01T00:00:00Z.
+constexpr int64_t kNowMs = 1767225600000;
+
+std::string bounded_update(int64_t event_time_ms, const std::string& extra = "") {
+  return fmt::format(R"({{"table":"bounded","key":"k","event_time":{},"fields":{{"x":1}}{}}})", event_time_ms, extra);
+}
+
+TEST_F(DecoderTest, EventTimeBounds) {
+  // The limits themselves pass.
+  ASSERT_TRUE(decoder_.decode(bounded_update(kNowMs + kDefaultMaxFutureSkewMs), batch_, kNowMs).ok);
+  ASSERT_TRUE(decoder_.decode(bounded_update(kDefaultMinEventTimeMs), batch_, kNowMs).ok);
+  // One ms beyond them does not, and the detail names the times.
+  DecodeResult r = decoder_.decode(bounded_update(kNowMs + kDefaultMaxFutureSkewMs + 1), batch_, kNowMs);
+  EXPECT_EQ(r.reason, RejectReason::kEventTimeInFuture) << r.detail;
+  EXPECT_NE(r.detail.find("2026-01-01T00:05:00.001Z"), std::string::npos) << r.detail;
+  r = decoder_.decode(bounded_update(kDefaultMinEventTimeMs - 1), batch_, kNowMs);
+  EXPECT_EQ(r.reason, RejectReason::kEventTimeTooOld) << r.detail;
+  // Seconds where ms are meant, and RFC 3339 times far ahead.
+  r = decoder_.decode(bounded_update(1796515640), batch_, kNowMs);
+  EXPECT_EQ(r.reason, RejectReason::kEventTimeTooOld) << r.detail;
+  EXPECT_NE(r.detail.find("1970-01-21T"), std::string::npos) << r.detail;
+  r = decoder_.decode(R"({"table":"bounded","key":"k","event_time":"9999-12-31T23:59:59.999Z","fields":{"x":1}})",
+                      batch_, kNowMs);
+  EXPECT_EQ(r.reason, RejectReason::kEventTimeInFuture) << r.detail;
+  // A bad time anywhere rejects the whole batch: nothing of it is applied.
+  r = decoder_.decode("[" + bounded_update(kNowMs) + "," + bounded_update(kNowMs + 3'600'000) + "]", batch_, kNowMs);
+  EXPECT_EQ(r.reason, RejectReason::kEventTimeInFuture);
+  EXPECT_NE(r.detail.find("update 1"), std::string::npos) << r.detail;
+  EXPECT_TRUE(batch_.empty());
+  // Deletes are bounded too, and another problem of the update comes first.
+  r = decoder_.decode(fmt::format(R"({{"table":"bounded","key":"k","event_time":{},"op":"delete"}})", 5), batch_,
+                      kNowMs);
+  EXPECT_EQ(r.reason, RejectReason::kEventTimeTooOld);
+  r = decoder_.decode(fmt::format(R"({{"table":"bounded","key":"k","event_time":5,"fields":{{"nope":1}}}})"), batch_,
+                      kNowMs);
+  EXPECT_EQ(r.reason, RejectReason::kUnknownField);
+  // A table without bounds takes any valid time.
+  ASSERT_TRUE(decoder_.decode(upd(R"("i":1)"), batch_, kNowMs).ok);
+  ASSERT_TRUE(
+      decoder_.decode(R"({"table":"t","key":"k","event_time":253402300799999,"fields":{}})", batch_, kNowMs).ok);
+}
+
+TEST_F(DecoderTest, UnpinCarriesTheBoundAndNeedsIt) {
+  ASSERT_TRUE(decoder_
+                  .decode(fmt::format(R"({{"table":"bounded","key":"k","event_time":{},"op":"unpin",)"
+                                      R"("fields":{{"x":1}}}})",
+                                      kNowMs),
+                          batch_, kNowMs)
+                  .ok);
+  ASSERT_EQ(batch_.size(), 1u);
+  EXPECT_EQ(batch_.update(0).op, UpdateOp::kUnpin);
+  EXPECT_EQ(batch_.update(0).pinned_after_ms, kNowMs + kDefaultMaxFutureSkewMs);
+  EXPECT_EQ(batch_.update(0).values_count, 0u);
+  // The unpin's own time is bounded like any other.
+  EXPECT_EQ(
+      decoder_
+          .decode(fmt::format(R"({{"table":"bounded","key":"k","event_time":{},"op":"unpin"}})", kNowMs + 3'600'000),
+                  batch_, kNowMs)
+          .reason,
+      RejectReason::kEventTimeInFuture);
+  // Without max_future_skew nothing counts as pinned.
+  const DecodeResult r = decoder_.decode(R"({"table":"t","key":"k","event_time":5,"op":"unpin"})", batch_, kNowMs);
+  EXPECT_EQ(r.reason, RejectReason::kBadOp) << r.detail;
+}
+
+TEST_F(DecoderTest, BoundsCheckNeverAllocates) {
+  const std::string body = "[" + bounded_update(kNowMs - 10) + "," + bounded_update(kNowMs + 10) + "]";
+  ASSERT_TRUE(decoder_.decode(body, batch_).ok);  // warms the buffers; reads the clock
+  const uint64_t before = test::allocations();
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(decoder_.decode(body, batch_, kNowMs).ok);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(decoder_.decode(body, batch_).ok);
+  EXPECT_EQ(test::allocations(), before);
+}
+
 TEST_F(DecoderTest, EveryDecoderRejectReason) {
   expect_reject("", RejectReason::kBadJson);
   expect_reject("{", RejectReason::kBadJson);
@@ -257,6 +338,8 @@ TEST_F(DecoderTest, EveryDecoderRejectReason) {
   expect_reject(upd(R"("i":1)", R"(,"op":"merge")"), RejectReason::kBadOp);
   expect_reject(upd(R"("i":1)", R"(,"op":1)"), RejectReason::kBadOp);
   expect_reject(upd(R"("x":-2)"), RejectReason::kBadValue);
+  expect_reject(bounded_update(253402300799999), RejectReason::kEventTimeInFuture);
+  expect_reject(bounded_update(1796515640), RejectReason::kEventTimeTooOld);
   // One bad update rejects the whole batch.
   expect_reject("[" + upd(R"("i":1)") + "," + upd(R"("i":"bad")") + "]", RejectReason::kWrongType);
 
@@ -314,6 +397,57 @@ TEST(ApplyBatchTest, TableFullIsAWriterReject) {
     ASSERT_TRUE(decoder.decode(R"([{"table":"t","key":"b","event_time":5,"fields":{"i":1}}])", batch).ok);
     EXPECT_EQ(apply_batch(*writer, batch, &reason, &stale), Outcome::kRejected);
     EXPECT_EQ(reason, RejectReason::kTableFull);
+  }
+  Writer::remove_segment(name);
+}
+
+// An unpin through the writer: it clears a row whose event time is beyond
+// the bound (whatever that time), and changes nothing on a healthy row.
+TEST(ApplyBatchTest, UnpinClearsOnlyAPinnedRow) {
+  layout::Schema schema;
+  layout::TableSpec t;
+  t.name = "t";
+  t.capacity = 8;
+  t.fields = {{"i", FieldType::kInt64, 1}};
+  schema.tables.push_back(t);
+  std::vector<TableDecodeOptions> options(1);
+  options[0].event_time = {kDefaultMaxFutureSkewMs, 0};
+  const std::string name = "larder-unit-unpin-" + std::to_string(::getpid());
+  Writer::remove_segment(name);
+  {
+    auto writer = Writer::open(name, schema);
+    Decoder unbounded(schema, {});  // as before the bound existed
+    Decoder bounded(schema, options);
+    DecodedBatch batch;
+    RejectReason reason = RejectReason::kBadJson;
+    uint64_t stale = 0;
+    const int64_t now = 1767225600000;  // the decoder's clock below
+    auto apply = [&](Decoder& d, const std::string& body) {
+      const DecodeResult r = d.decode(body, batch, now);
+      EXPECT_TRUE(r.ok) << body << " -> " << r.detail;
+      return apply_batch(*writer, batch, &reason, &stale);
+    };
+    apply(unbounded, R"({"table":"t","key":"pinned","event_time":253402300799999,"fields":{"i":1}})");
+    apply(unbounded, fmt::format(R"({{"table":"t","key":"healthy","event_time":{},"fields":{{"i":2}}}})", now));
+    apply(bounded, fmt::format(R"({{"table":"t","key":"pinned","event_time":{},"fields":{{"i":3}}}})", now));
+    EXPECT_EQ(stale, 1u) << "the pinned row ignores a real update";
+
+    apply(bounded, fmt::format(R"({{"table":"t","key":"pinned","event_time":{},"op":"unpin"}})", now));
+    apply(bounded, fmt::format(R"({{"table":"t","key":"healthy","event_time":{},"op":"unpin"}})", now + 1));
+    EXPECT_EQ(stale, 2u) << "an unpin of a healthy row is ignored";
+    apply(bounded, fmt::format(R"({{"table":"t","key":"pinned","event_time":{},"fields":{{"i":4}}}})", now + 1));
+    EXPECT_EQ(stale, 2u);
+
+    larder::Segment seg = larder::Segment::open(name);
+    const larder::Table table = seg.table("t");
+    const larder::Field i = table.field("i");
+    larder::Row row = table.make_row();
+    ASSERT_EQ(table.get("pinned", row).status, larder::Status::kOk);
+    EXPECT_EQ(row.i64(i), 4);
+    EXPECT_EQ(row.event_time_ms(), now + 1);
+    ASSERT_EQ(table.get("healthy", row).status, larder::Status::kOk);
+    EXPECT_EQ(row.i64(i), 2);
+    EXPECT_EQ(writer->stats(0).live_keys, 2u);
   }
   Writer::remove_segment(name);
 }

@@ -27,6 +27,7 @@
 #include "config/amqp_url.h"
 #include "harness.h"
 #include "larder/client.h"
+#include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
 #include "prometheus_parse.h"
 #include "support/run_command.h"
@@ -525,6 +526,161 @@ TEST_F(SidecarFailureTest, TransformRefusingItsInputDeadLettersBadValue) {
   EXPECT_EQ(m.error, "");
   EXPECT_EQ(m.at(rejected("bad_value")), 1);
   EXPECT_GE(sidecar.log_count("reason=bad_value"), 1u) << sidecar.log();
+}
+
+// ---- event-time bounds -------------------------------------------------------
+
+// The sidecar's tables with the default bounds (max_future_skew 5m,
+// min_event_time 2000-01-01), and a key's int64 field read from the segment.
+class EventTimeBoundsTest : public SidecarFailureTest {
+ protected:
+  // `bounds`: this table's `event_time` section, "" for the defaults.
+  static std::string tables_yaml(const std::string& bounds = "") {
+    return fmt::format(R"(tables:
+  - name: users
+    key_max_len: 32
+    capacity: 100
+{}    fields:
+      - {{name: n, type: int64}}
+    aggregates:
+      - {{name: events_1h, fn: count, window: 1h}}
+)",
+                       bounds.empty() ? "" : "    event_time: " + bounds + "\n");
+  }
+  std::optional<int64_t> read_i64(const std::string& key, const char* field) {
+    try {
+      Segment seg = Segment::open(name_);
+      const Table users = seg.table("users");
+      const Field f = users.field(field, FieldType::kInt64);
+      Row row = users.make_row();
+      if (users.get(key, row).status != Status::kOk || !row.valid(f)) return std::nullopt;
+      return row.i64(f);
+    } catch (const Error&) {
+      return std::nullopt;
+    }
+  }
+  static int64_t now_ms() { return layout::now_unix_ns() / 1'000'000; }
+  static std::string event(const std::string& key, int64_t t, int64_t n, const std::string& op = "upsert") {
+    return fmt::format(R"({{"table":"users","key":"{}","event_time":{},"op":"{}","fields":{{"n":{}}}}})", key, t, op,
+                       n);
+  }
+};
+
+TEST_F(EventTimeBoundsTest, FutureUpdateIsDeadLetteredAndTheKeyKeepsAcceptingUpdates) {
+  if (!setup()) return;
+  Settings s;
+  s.tables = tables_yaml();
+  SidecarChild& sidecar = start(s);
+  ASSERT_TRUE(wait_consumers(1));
+  const int64_t t = now_ms();
+  publish({event("k", t - 1000, 1)});
+  ASSERT_TRUE(wait_n("k", 1));
+  // 9999-12-31T23:59:59.999Z, the largest time the format accepts.
+  const std::string future = event("k", 253402300799999, 2);
+  publish({future});
+  publish({event("k", t, 3)});
+  EXPECT_TRUE(wait_n("k", 3)) << "a later real update applies: the key is not pinned";
+  std::vector<AmqpClient::Got> dead;
+  EXPECT_TRUE(wait_dead_letters(&dead));
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0].body, future);
+  EXPECT_EQ(read_i64("k", "events_1h"), 2) << "the future event is not counted in any window";
+  const ParsedMetrics m = scrape(sidecar);
+  EXPECT_EQ(m.error, "");
+  EXPECT_EQ(m.at(rejected("event_time_in_future")), 1);
+  EXPECT_GE(sidecar.log_count("reason=event_time_in_future"), 1u) << sidecar.log();
+}
+
+TEST_F(EventTimeBoundsTest, SecondsForMillisecondsIsDeadLetteredTooOld) {
+  if (!setup()) return;
+  Settings s;
+  s.tables = tables_yaml();
+  SidecarChild& sidecar = start(s);
+  ASSERT_TRUE(wait_consumers(1));
+  const std::string seconds = event("s", 1796515640, 1);  // 2026-12-05 in seconds: 1970-01-21 in ms
+  publish({seconds});
+  publish({event("after", now_ms(), 2)});
+  EXPECT_TRUE(wait_n("after", 2));
+  std::vector<AmqpClient::Got> dead;
+  EXPECT_TRUE(wait_dead_letters(&dead));
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0].body, seconds);
+  EXPECT_EQ(read_n("s"), std::nullopt) << "nothing of a refused message is applied";
+  const ParsedMetrics m = scrape(sidecar);
+  EXPECT_EQ(m.error, "");
+  EXPECT_EQ(m.at(rejected("event_time_too_old")), 1);
+  EXPECT_GE(sidecar.log_count("reason=event_time_too_old"), 1u) << sidecar.log();
+}
+
+TEST_F(EventTimeBoundsTest, AggregateEventsOutsideTheBoundsAreDeadLetteredAndNotCounted) {
+  if (!setup()) return;
+  Settings s;
+  s.tables = tables_yaml();
+  SidecarChild& sidecar = start(s);
+  ASSERT_TRUE(wait_consumers(1));
+  const int64_t t = now_ms();
+  publish({event("a", t - 2000, 1), event("a", t - 1000, 2)});
+  ASSERT_TRUE(wait_n("a", 2));
+  ASSERT_EQ(read_i64("a", "events_1h"), 2);
+  // Ten years ahead, and a time in seconds, in one batch with a good event:
+  // the whole message is refused.
+  const std::string ahead = event("a", t + 10LL * 365 * 24 * 3600 * 1000, 3);
+  const std::string batch = "[" + event("a", t, 4) + "," + event("a", t / 1000, 5) + "]";
+  publish({ahead, batch});
+  publish({event("a", t, 6)});
+  EXPECT_TRUE(wait_n("a", 6));
+  std::vector<AmqpClient::Got> dead;
+  EXPECT_TRUE(wait_until(
+      [&] {
+        for (auto& g : client_->drain(name_ + ".dlq")) dead.push_back(std::move(g));
+        return dead.size() >= 2;
+      },
+      kGuard));
+  ASSERT_EQ(dead.size(), 2u);
+  EXPECT_EQ(dead[0].body, ahead);
+  EXPECT_EQ(dead[1].body, batch);
+  EXPECT_EQ(read_i64("a", "events_1h"), 3) << "only the three accepted events count";
+  const ParsedMetrics m = scrape(sidecar);
+  EXPECT_EQ(m.error, "");
+  EXPECT_EQ(m.at(rejected("event_time_in_future")), 1);
+  EXPECT_EQ(m.at(rejected("event_time_too_old")), 1);
+  EXPECT_EQ(Segment::open(name_).table("users").stats().late_dropped, 0u);
+}
+
+// A key pinned while the bound was off (as before the bound existed) is
+// cleared by an "unpin" message once it is on; a healthy key is untouched by
+// one, and the rest of the table keeps its rows.
+TEST_F(EventTimeBoundsTest, UnpinClearsAPinnedKeyAndNothingElse) {
+  if (!setup()) return;
+  const int64_t t = now_ms();
+  {
+    Settings off;
+    off.tables = tables_yaml("{max_future_skew: off}");
+    SidecarChild& old = start(off);
+    ASSERT_TRUE(wait_consumers(1));
+    publish({event("healthy", t - 1000, 1), event("pinned", t + 10LL * 365 * 24 * 3600 * 1000, 7)});
+    publish({event("pinned", t, 8)});  // stale behind the pin
+    publish({event("marker", t, 1)});
+    ASSERT_TRUE(wait_n("marker", 1));
+    ASSERT_EQ(read_n("pinned"), 7) << "the future time pins the key";
+    old.signal(SIGTERM);
+    ASSERT_EQ(old.wait_exit(kGuard), 0);
+  }
+  Settings bounded;
+  bounded.tables = tables_yaml();
+  SidecarChild& sidecar = start(bounded);
+  ASSERT_TRUE(wait_consumers(1));
+  publish({event("pinned", t + 1, 0, "unpin"), event("healthy", t + 1, 0, "unpin")});
+  publish({event("pinned", t + 2, 9), event("marker", t + 2, 2)});
+  EXPECT_TRUE(wait_n("marker", 2));
+  EXPECT_EQ(read_n("pinned"), 9) << "after the unpin the key takes real updates again";
+  EXPECT_EQ(read_i64("pinned", "events_1h"), 1) << "the pinned key's windows start empty";
+  EXPECT_EQ(read_n("healthy"), 1) << "an unpin never clears a key that is not pinned";
+  const ParsedMetrics m = scrape(sidecar);
+  EXPECT_EQ(m.error, "");
+  EXPECT_EQ(m.at(rejected("event_time_in_future")), 0);
+  std::vector<AmqpClient::Got> dead = client_->drain(name_ + ".dlq");
+  EXPECT_TRUE(dead.empty()) << "nothing was dead-lettered";
 }
 
 // ---- stopping ----------------------------------------------------------------

@@ -366,6 +366,7 @@ std::string users_table_yaml(uint64_t capacity) {
   - name: users
     key_max_len: 32
     capacity: {}
+    event_time: {{max_future_skew: off, min_event_time: 0}}  # synthetic times: 1 ms, 2027
     fields:
       - {{name: n, type: int64}}
       - {{name: x, type: float64}}

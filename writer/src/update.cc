@@ -237,4 +237,36 @@ ApplyResult Writer::Impl::remove(uint32_t table, std::string_view key, int64_t e
   return ApplyResult::kApplied;
 }
 
+ApplyResult Writer::Impl::unpin(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t pinned_after_ms,
+                                int64_t apply_unix_ns) {
+  TableState& ts = tables[table];
+  if (key.empty() || key.size() > ts.geo.key_max_len) return ApplyResult::kInvalid;
+  const int64_t now = apply_unix_ns != 0 ? apply_unix_ns : now_unix_ns();
+  advance_clock(now);  // every call moves the aggregate clock (writer.h)
+  const uint64_t hash = hash_key(key, ts.geo.hash_seed);
+  packed.assign(key);
+  const Probe p = probe(ts, hash, now);
+  TableCounters& c = ts.desc->counters;
+  if (p.found == kNone ||
+      static_cast<int64_t>(sync::load_relaxed(ts.slot(p.found)[kSlotEventTimeWord])) <= pinned_after_ms) {
+    bump(c.stale_ignored);  // not pinned: a healthy row is never cleared
+    return ApplyResult::kStale;
+  }
+  RowChange change;
+  change.set_times = true;
+  change.event_time_ms = event_time_ms;
+  change.apply_unix_ns = now;
+  change.set_meta = true;
+  change.meta = make_meta(hash, SlotState::kTombstone);
+  const bool was_live = meta_state(sync::load_relaxed(ts.slot(p.found)[kSlotMetaWord])) == SlotState::kLive;
+  write_row(table, p.found, change);
+  if (was_live) {
+    dec(c.live_keys);
+    bump(c.tombstones);
+  }
+  bump(c.deletes);
+  count_apply(ts, event_time_ms, now);
+  return ApplyResult::kApplied;
+}
+
 }  // namespace larder

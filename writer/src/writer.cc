@@ -169,6 +169,12 @@ ApplyResult Writer::remove(uint32_t table, std::string_view key, int64_t event_t
   return impl_->remove(table, key, event_time_ms, apply_unix_ns);
 }
 
+ApplyResult Writer::unpin(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t pinned_after_ms,
+                          int64_t apply_unix_ns) {
+  if (table >= impl_->tables.size()) return ApplyResult::kInvalid;
+  return impl_->unpin(table, key, event_time_ms, pinned_after_ms, apply_unix_ns);
+}
+
 // ---------------------------------------------------------------------------
 // state and stats
 

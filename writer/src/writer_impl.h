@@ -164,6 +164,8 @@ struct Writer::Impl {
                                std::span<const FieldValue> values, std::span<const SourceValue> sources,
                                uint64_t event_id, int64_t apply_unix_ns);
   ApplyResult remove(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t apply_unix_ns);
+  ApplyResult unpin(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t pinned_after_ms,
+                    int64_t apply_unix_ns);
   void count_upsert(TableState& ts, bool fresh_row, uint64_t prior_meta, int64_t event_time_ms, int64_t now_ns);
   void count_apply(TableState& ts, int64_t event_time_ms, int64_t now_ns);
 

@@ -15,9 +15,14 @@ Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* rea
   Outcome outcome = Outcome::kApplied;
   for (size_t i = 0; i < batch.size(); ++i) {
     const DecodedUpdate& u = batch.update(i);
-    const ApplyResult r = u.op == UpdateOp::kUpsert ? writer.apply(u.table, batch.key(u), u.event_time_ms,
-                                                                   batch.values(u), batch.sources(u), u.event_id)
-                                                    : writer.remove(u.table, batch.key(u), u.event_time_ms);
+    ApplyResult r = ApplyResult::kInvalid;
+    switch (u.op) {
+      case UpdateOp::kUpsert:
+        r = writer.apply(u.table, batch.key(u), u.event_time_ms, batch.values(u), batch.sources(u), u.event_id);
+        break;
+      case UpdateOp::kDelete: r = writer.remove(u.table, batch.key(u), u.event_time_ms); break;
+      case UpdateOp::kUnpin: r = writer.unpin(u.table, batch.key(u), u.event_time_ms, u.pinned_after_ms); break;
+    }
     switch (r) {
       case ApplyResult::kApplied:
         if (applied != nullptr) ++*applied;

@@ -8,7 +8,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <initializer_list>
 #include <map>
@@ -99,6 +101,9 @@ std::optional<int64_t> duration_ms(const MapNode& m, const char* key) {
   if (n > static_cast<uint64_t>(kMaxDurationMs / scale)) fail(m.child(key), fmt::format("\"{}\" is too long", s));
   return static_cast<int64_t>(n) * scale;
 }
+
+// 9999-12-31T23:59:59.999Z, the largest event time the message format accepts.
+constexpr int64_t kMaxMinEventTimeMs = 253402300799999;
 
 // The shortest exact spelling: 86400000 -> "1d", 1500 -> "1500ms".
 std::string format_duration(int64_t ms) {
@@ -436,13 +441,57 @@ void parse_lateness_and_dedup(const MapNode& m, TableConfig& t) {
   }
 }
 
+// An `event_time` section (top level, or a table's), over `base`:
+//   max_future_skew: a duration, or off
+//   min_event_time: YYYY-MM-DD (UTC midnight), or an integer of ms since the epoch (0: off)
+EventTimeBounds parse_event_time_bounds(const YAML::Node& node, const std::string& path, EventTimeBounds base) {
+  MapNode m(node, path, {"max_future_skew", "min_event_time"});
+  if (m.has("max_future_skew")) {
+    if (m.scalar("max_future_skew") == "off") {
+      base.max_future_skew_ms = EventTimeBounds::kOff;
+    } else {
+      base.max_future_skew_ms = *duration_ms(m, "max_future_skew");
+    }
+  }
+  if (m.has("min_event_time")) {
+    const std::string s = m.scalar("min_event_time");
+    bool digits_only = !s.empty() && s.size() <= 15;
+    for (char ch : s) digits_only = digits_only && ch >= '0' && ch <= '9';
+    int year = 0;
+    unsigned month = 0, day = 0;
+    char tail = 0;
+    if (digits_only) {
+      base.min_event_time_ms = static_cast<int64_t>(std::stoull(s));
+    } else if (s.size() == 10 && std::sscanf(s.c_str(), "%4d-%2u-%2u%c", &year, &month, &day, &tail) == 3 &&
+               year >= 1970 && month >= 1 && month <= 12 && day >= 1 && day <= 31) {
+      std::tm tm{};
+      tm.tm_year = year - 1900;
+      tm.tm_mon = static_cast<int>(month) - 1;
+      tm.tm_mday = static_cast<int>(day);
+      const time_t t = ::timegm(&tm);
+      // timegm normalises 2023-02-30 to March 2nd: the date must round-trip.
+      if (tm.tm_mday != static_cast<int>(day) || tm.tm_mon != static_cast<int>(month) - 1) {
+        fail(m.child("min_event_time"), fmt::format("\"{}\" is not a date", s));
+      }
+      base.min_event_time_ms = static_cast<int64_t>(t) * 1000;
+    } else {
+      fail(m.child("min_event_time"),
+           fmt::format("expected a date such as 2000-01-01 or an integer number of ms since the epoch, got \"{}\"", s));
+    }
+    if (base.min_event_time_ms > kMaxMinEventTimeMs) {
+      fail(m.child("min_event_time"), fmt::format("\"{}\" is after 9999-12-31", s));
+    }
+  }
+  return base;
+}
+
 // One `tables` entry. The parts run in this order, so the first bad setting
 // of a table is the one reported: table settings, fields, their `from`s,
 // aggregates, the references between them, lateness and dedup.
-TableConfig parse_table(const YAML::Node& node, const std::string& path) {
+TableConfig parse_table(const YAML::Node& node, const std::string& path, const EventTimeBounds& global_bounds) {
   MapNode m(node, path,
             {"name", "key_max_len", "capacity", "max_load_factor", "allow_unknown_fields", "fields", "aggregates",
-             "allowed_lateness", "dedup"});
+             "allowed_lateness", "dedup", "event_time"});
   TableConfig t;
   t.spec.name = m.str("name");
   if (!layout::valid_identifier(t.spec.name)) {
@@ -452,6 +501,7 @@ TableConfig parse_table(const YAML::Node& node, const std::string& path) {
   t.spec.capacity = m.integer("capacity", std::nullopt, 1, uint64_t{1} << 32);
   t.spec.max_load_factor = m.number("max_load_factor", 0.75, 0.0, 0.95, true);
   t.allow_unknown_fields = m.boolean("allow_unknown_fields", false);
+  t.event_time = parse_event_time_bounds(m.node("event_time"), m.child("event_time"), global_bounds);
 
   TableNames names;
   names.path = path;
@@ -644,12 +694,13 @@ MetricsConfig parse_metrics(const YAML::Node& node) {
 
 Config parse_root(const YAML::Node& root) {
   if (!present(root)) fail("config", "empty file");
-  MapNode m(root, "", {"segment", "tables", "rabbitmq", "logging", "metrics"});
+  MapNode m(root, "", {"segment", "event_time", "tables", "rabbitmq", "logging", "metrics"});
   Config c;
   c.segment = parse_segment(m.node("segment"));
+  c.event_time = parse_event_time_bounds(m.node("event_time"), "event_time", c.event_time);
   std::set<std::string> names;
   each_item(m.node("tables"), "tables", true, [&](const YAML::Node& tnode, const std::string& tpath) {
-    TableConfig t = parse_table(tnode, tpath);
+    TableConfig t = parse_table(tnode, tpath, c.event_time);
     if (!names.insert(t.spec.name).second) fail(tpath + ".name", fmt::format("duplicate table \"{}\"", t.spec.name));
     c.tables.push_back(std::move(t));
   });
@@ -702,7 +753,7 @@ layout::Schema Config::schema() const {
 
 std::vector<TableDecodeOptions> Config::decode_options() const {
   std::vector<TableDecodeOptions> out;
-  for (const TableConfig& t : tables) out.push_back(TableDecodeOptions{t.allow_unknown_fields, t.ingest});
+  for (const TableConfig& t : tables) out.push_back(TableDecodeOptions{t.allow_unknown_fields, t.ingest, t.event_time});
   return out;
 }
 

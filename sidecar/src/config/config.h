@@ -37,6 +37,9 @@ struct TableConfig {
   // Ingest-only settings, one per spec.fields entry: the event member a field
   // is computed from (`from`) and its transform. Not part of the schema.
   std::vector<FieldIngest> ingest;
+  // The top-level `event_time` bounds with this table's `event_time` keys
+  // applied over them. Not part of the schema.
+  EventTimeBounds event_time;
 };
 
 enum class QueueType : uint8_t { kQuorum = 0, kClassic = 1, kStream = 2 };
@@ -109,6 +112,8 @@ struct MetricsConfig {
 
 struct Config {
   SegmentConfig segment;
+  // The top-level `event_time` section; each TableConfig holds its own result.
+  EventTimeBounds event_time{kDefaultMaxFutureSkewMs, kDefaultMinEventTimeMs};
   std::vector<TableConfig> tables;
   RabbitConfig rabbitmq;
   LoggingConfig logging;

@@ -5,6 +5,7 @@
 // Plain data: built on the main thread at start, read-only afterwards.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -24,12 +25,30 @@ struct FieldIngest {
   TransformChain transform;
 };
 
+// Event-time bounds (docs/sidecar.md, `event_time`): the decoder rejects an
+// update whose event time lies more than max_future_skew_ms ahead of the
+// sidecar's clock (event_time_in_future), or before min_event_time_ms
+// (event_time_too_old). A plain struct is unbounded; Config fills in the
+// documented defaults (kDefaultMaxFutureSkewMs, kDefaultMinEventTimeMs).
+struct EventTimeBounds {
+  static constexpr int64_t kOff = -1;
+  int64_t max_future_skew_ms = kOff;  // >= 0, or kOff: no upper bound
+  int64_t min_event_time_ms = 0;      // 0: every valid event time passes
+};
+
+// Five minutes: NTP keeps producer clocks within milliseconds, so this only
+// catches broken clocks and wrong units, never honest skew.
+inline constexpr int64_t kDefaultMaxFutureSkewMs = 5 * 60 * 1000;
+// 2000-01-01T00:00:00Z: a time in seconds (1.7e9 ms, January 1970) is too old.
+inline constexpr int64_t kDefaultMinEventTimeMs = 946684800000;
+
 // Per-table decoding options that are not part of the segment schema.
 struct TableDecodeOptions {
   bool allow_unknown_fields = false;
   // Indexed like the table's fields; missing entries use the defaults (the
   // member of the field's own name, no transform).
   std::vector<FieldIngest> fields;
+  EventTimeBounds event_time;
 };
 
 }  // namespace larder::sidecar

@@ -18,6 +18,7 @@
 #include <unordered_map>
 
 #include "decode/event_time.h"
+#include "larder/layout/clock.h"
 
 namespace larder::sidecar {
 namespace {
@@ -159,6 +160,7 @@ struct Decoder::Impl {
     std::string name;
     uint32_t key_max_len = 0;
     bool allow_unknown_fields = false;
+    EventTimeBounds bounds;
     std::vector<std::string> field_names;
     std::vector<TransformChain> chains;  // per field; FieldTarget::chain points here
     std::vector<InputInfo> inputs;
@@ -186,6 +188,41 @@ struct Decoder::Impl {
   std::vector<char> padded;
   bool skipped_unread = false;
   uint64_t update_serial = 0;
+  // The clock for event-time bounds: kClockUnread until the first update of
+  // a message that needs it reads CLOCK_REALTIME (or a test's value).
+  static constexpr int64_t kClockUnread = -1;
+  int64_t now_ms = kClockUnread;
+
+  int64_t clock_ms() {
+    if (now_ms == kClockUnread) now_ms = layout::now_unix_ns() / 1'000'000;
+    return now_ms;
+  }
+
+  // Rejects an event time outside the table's bounds. The message is
+  // rejected whole, so nothing of it is applied.
+  void check_event_time(const TableInfo& table, int64_t event_time_ms, const Where& at) {
+    if (event_time_ms < table.bounds.min_event_time_ms) [[unlikely]]
+      reject_too_old(table, event_time_ms, at);
+    if (table.bounds.max_future_skew_ms == EventTimeBounds::kOff) return;
+    if (event_time_ms - clock_ms() > table.bounds.max_future_skew_ms) [[unlikely]]
+      reject_in_future(table, event_time_ms, at);
+  }
+  // The reject details, kept out of the decoding loop.
+  [[noreturn, gnu::cold, gnu::noinline]] static void reject_too_old(const TableInfo& table, int64_t event_time_ms,
+                                                                    const Where& at) {
+    reject(RejectReason::kEventTimeTooOld,
+           fmt::format("{}: event_time {} ({}) is before min_event_time {} of table \"{}\" (seconds for ms?)", at,
+                       event_time_ms, format_rfc3339_ms(event_time_ms),
+                       format_rfc3339_ms(table.bounds.min_event_time_ms), table.name));
+  }
+  [[noreturn, gnu::cold, gnu::noinline]] void reject_in_future(const TableInfo& table, int64_t event_time_ms,
+                                                               const Where& at) {
+    const int64_t now = clock_ms();
+    reject(RejectReason::kEventTimeInFuture,
+           fmt::format("{}: event_time {} ({}) is {} ms ahead of the sidecar's clock ({}), table \"{}\" allows {} ms",
+                       at, event_time_ms, format_rfc3339_ms(event_time_ms), event_time_ms - now, format_rfc3339_ms(now),
+                       table.name, table.bounds.max_future_skew_ms));
+  }
 
   double read_double(od::value& v, const Where& what) {
     double d;
@@ -481,12 +518,14 @@ struct Decoder::Impl {
 
   UpdateOp read_op(od::value& v, const Where& at) {
     if (type_of(v, at) != od::json_type::string)
-      reject(RejectReason::kBadOp, at + ": \"op\" must be \"upsert\" or \"delete\"");
+      reject(RejectReason::kBadOp, at + ": \"op\" must be \"upsert\", \"delete\" or \"unpin\"");
     std::string_view o;
     if (v.get_string().get(o) != simdjson::SUCCESS) reject(RejectReason::kBadJson, at + ": malformed string");
     if (o == "upsert") return UpdateOp::kUpsert;
     if (o == "delete") return UpdateOp::kDelete;
-    reject(RejectReason::kBadOp, fmt::format("{}: op \"{}\" (expected \"upsert\" or \"delete\")", at, clip(o)));
+    if (o == "unpin") return UpdateOp::kUnpin;
+    reject(RejectReason::kBadOp,
+           fmt::format("{}: op \"{}\" (expected \"upsert\", \"delete\" or \"unpin\")", at, clip(o)));
   }
 
   // One member of an update object, named `name`, into `e` (and, for
@@ -521,7 +560,7 @@ struct Decoder::Impl {
       mark_once(e.have_fields, name, at);
       // Decoded in place when the table is already known (the usual order);
       // otherwise after the walk, by finding the member again.
-      if (e.table != nullptr && !(e.have_op && e.op == UpdateOp::kDelete)) {
+      if (e.table != nullptr && !(e.have_op && e.op != UpdateOp::kUpsert)) {
         decode_fields(v, *e.table, at, out);
         e.fields_done = true;
       }
@@ -579,8 +618,8 @@ struct Decoder::Impl {
     u.key_offset = static_cast<uint32_t>(out.bytes_.size());
     u.key_length = static_cast<uint32_t>(e.key.size());
     out.bytes_.insert(out.bytes_.end(), e.key.begin(), e.key.end());
-    if (e.op == UpdateOp::kDelete) {
-      out.values_.resize(values_begin);  // a delete ignores fields
+    if (e.op != UpdateOp::kUpsert) {
+      out.values_.resize(values_begin);  // a delete or unpin ignores fields
       out.sources_.resize(sources_begin);
       if (e.have_fields && !e.fields_done) skipped_unread = true;
     } else if (!e.fields_done) {
@@ -595,6 +634,15 @@ struct Decoder::Impl {
     u.sources_begin = static_cast<uint32_t>(sources_begin);
     u.sources_count = static_cast<uint32_t>(out.sources_.size() - sources_begin);
     u.event_id = e.event_id;
+    // Last, so that every other problem of the update is reported first.
+    check_event_time(*e.table, e.event_time_ms, at);
+    if (e.op == UpdateOp::kUnpin) {
+      if (e.table->bounds.max_future_skew_ms == EventTimeBounds::kOff) {
+        reject(RejectReason::kBadOp,
+               fmt::format("{}: op \"unpin\" needs max_future_skew on table \"{}\" (it is off)", at, e.table->name));
+      }
+      u.pinned_after_ms = clock_ms() + e.table->bounds.max_future_skew_ms;
+    }
     out.updates_.push_back(u);
   }
 
@@ -724,6 +772,7 @@ Decoder::Decoder(const layout::Schema& schema, std::vector<TableDecodeOptions> o
     info.name = spec.name;
     info.key_max_len = spec.key_max_len;
     info.allow_unknown_fields = opt != nullptr && opt->allow_unknown_fields;
+    if (opt != nullptr) info.bounds = opt->event_time;
     info.chains.resize(spec.fields.size());  // never resized again: targets point into it
     auto input_for = [&](const std::string& name) -> Impl::InputInfo& {
       const auto [it, added] = info.input_by_name.emplace(name, static_cast<uint32_t>(info.inputs.size()));
@@ -793,8 +842,11 @@ Decoder::Decoder(const layout::Schema& schema, std::vector<TableDecodeOptions> o
 
 Decoder::~Decoder() = default;
 
-DecodeResult Decoder::decode(std::string_view body, DecodedBatch& out) {
+DecodeResult Decoder::decode(std::string_view body, DecodedBatch& out) { return decode(body, out, Impl::kClockUnread); }
+
+DecodeResult Decoder::decode(std::string_view body, DecodedBatch& out, int64_t now_unix_ms) {
   out.clear();
+  impl_->now_ms = now_unix_ms;
   try {
     impl_->decode(body, out);
     return DecodeResult::success();

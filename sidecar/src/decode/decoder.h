@@ -33,7 +33,10 @@
 
 namespace larder::sidecar {
 
-enum class UpdateOp : uint8_t { kUpsert = 0, kDelete = 1 };
+// kUnpin (docs/operations.md): deletes the key only when its stored event
+// time is beyond pinned_after_ms (a key pinned by a future event time);
+// otherwise it is ignored like a stale delete.
+enum class UpdateOp : uint8_t { kUpsert = 0, kDelete = 1, kUnpin = 2 };
 
 struct DecodedUpdate {
   uint32_t table = 0;
@@ -45,7 +48,8 @@ struct DecodedUpdate {
   uint32_t values_count = 0;
   uint32_t sources_begin = 0;  // into DecodedBatch::sources: aggregate inputs (upserts only)
   uint32_t sources_count = 0;
-  uint64_t event_id = 0;  // larder::event_id_hash of the update's `id`; 0 when absent or ""
+  uint64_t event_id = 0;        // larder::event_id_hash of the update's `id`; 0 when absent or ""
+  int64_t pinned_after_ms = 0;  // kUnpin only: the decoder's clock plus the table's max_future_skew
 };
 
 // The updates of one message. FieldValue::data of strings and vectors points
@@ -109,7 +113,11 @@ class Decoder {
 
   // Decodes `body` into `out` (cleared first). On failure `out` is left
   // empty. Never throws on any input; allocates only to grow buffers.
+  // Event-time bounds (TableDecodeOptions::event_time) are checked against
+  // CLOCK_REALTIME, read at most once per message.
   DecodeResult decode(std::string_view body, DecodedBatch& out);
+  // Same, against `now_unix_ms` instead of the clock (tests).
+  DecodeResult decode(std::string_view body, DecodedBatch& out, int64_t now_unix_ms);
 
   struct Impl;
 

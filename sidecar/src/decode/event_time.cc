@@ -1,6 +1,10 @@
 // RFC 3339 parsing (see event_time.h). Any thread.
 #include "decode/event_time.h"
 
+#include <fmt/format.h>
+
+#include <ctime>
+
 namespace larder::sidecar {
 namespace {
 
@@ -73,6 +77,14 @@ bool parse_rfc3339_ms(std::string_view s, int64_t* out_ms) noexcept {
   if (ms < 0 || ms > kMaxEventTimeMs) return false;
   *out_ms = ms;
   return true;
+}
+
+std::string format_rfc3339_ms(int64_t ms) {
+  const time_t seconds = static_cast<time_t>(ms / 1000);
+  std::tm parts{};
+  if (ms < 0 || ms > kMaxEventTimeMs || ::gmtime_r(&seconds, &parts) == nullptr) return fmt::format("{} ms", ms);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", parts.tm_year + 1900, parts.tm_mon + 1,
+                     parts.tm_mday, parts.tm_hour, parts.tm_min, parts.tm_sec, ms % 1000);
 }
 
 }  // namespace larder::sidecar

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace larder::sidecar {
@@ -19,6 +20,10 @@ inline constexpr int64_t kMaxEventTimeMs = 253402300799999;
 // error, an impossible date (2023-02-29), or a result outside
 // [0, kMaxEventTimeMs].
 bool parse_rfc3339_ms(std::string_view text, int64_t* out_ms) noexcept;
+
+// "2024-05-01T12:30:00.123Z" for ms since the epoch in [0, kMaxEventTimeMs]
+// (for reject details and logs; allocates).
+std::string format_rfc3339_ms(int64_t ms);
 
 // Days since 1970-01-01 of a proleptic Gregorian date (month 1-12).
 constexpr int64_t days_from_civil(int64_t y, unsigned m, unsigned d) noexcept {

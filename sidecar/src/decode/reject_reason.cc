@@ -23,6 +23,8 @@ const char* reject_reason_name(RejectReason reason) noexcept {
     case RejectReason::kBadEventTime: return "bad_event_time";
     case RejectReason::kBadOp: return "bad_op";
     case RejectReason::kBadValue: return "bad_value";
+    case RejectReason::kEventTimeInFuture: return "event_time_in_future";
+    case RejectReason::kEventTimeTooOld: return "event_time_too_old";
     case RejectReason::kTableFull: return "table_full";
     case RejectReason::kInternal: return "internal";
   }

@@ -164,6 +164,14 @@ class Writer {
   // Deletes `key` (leaves a tombstone with the delete's event time, also when
   // the key was absent, so an older upsert arriving later stays deleted).
   ApplyResult remove(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t apply_unix_ns = 0);
+  // Clears a key pinned by an event time from the future: when the row's (or
+  // its tombstone's) event time is after `pinned_after_ms`, deletes it as
+  // remove() would, whatever that time, leaving a tombstone at
+  // `event_time_ms`, so updates newer than that apply again (and an
+  // aggregate row starts from empty windows). Otherwise changes nothing and
+  // returns kStale, so a replayed unpin never deletes a healthy row.
+  ApplyResult unpin(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t pinned_after_ms,
+                    int64_t apply_unix_ns = 0);
 
   // Publishes liveness: call at least every 100 ms from the writer thread.
   void heartbeat();
