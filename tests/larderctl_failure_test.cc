@@ -4,7 +4,9 @@
 // its header bytes as another build or a stray write would, and runs the real
 // larderctl binary on it. Test main thread only.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cstring>
 #include <string>
 
 #include "larder/layout/format.h"
@@ -82,6 +84,89 @@ TEST_F(LarderctlRefusesSegment, DescriptorOutsideTheFileExits3) {
     d->slot_count *= 1000;
   });
   expect_every_command_exits_3("slot array outside the file");
+}
+
+TEST_F(LarderctlRefusesSegment, FieldDescriptorsWrappingAroundExit3) {
+  edit_header([](layout::SegmentHeader& h, char* base) {
+    reinterpret_cast<layout::TableDescriptor*>(base + h.header_bytes)->fields_offset = ~uint64_t{0} - 7;
+  });
+  expect_every_command_exits_3("field descriptors outside the file");
+}
+
+TEST_F(LarderctlRefusesSegment, TruncatedFileExits3) {
+  uint64_t bytes = 0;
+  edit_header([&](layout::SegmentHeader& h, char*) { bytes = h.segment_bytes; });
+  ASSERT_EQ(::truncate(path_.c_str(), static_cast<off_t>(bytes / 2)), 0);
+  expect_every_command_exits_3("the file has " + std::to_string(bytes / 2));
+}
+
+// A row whose stored lengths do not fit the schema: the segment opens, the
+// row is reported corrupt, and no command dies of a signal (run_command
+// reports -1 for a signal).
+class LarderctlCorruptRow : public LarderctlRefusesSegment {
+ protected:
+  // The live slot of key "u1" in table 0.
+  uint64_t* slot_u1(char* base, const layout::SegmentHeader& h) {
+    const auto& d = *reinterpret_cast<const layout::TableDescriptor*>(base + h.header_bytes);
+    auto* slots = reinterpret_cast<uint64_t*>(base + d.slots_offset);
+    for (uint64_t i = 0; i < d.slot_count; ++i) {
+      uint64_t* s = slots + i * (d.slot_bytes / 8);
+      if (layout::meta_state(s[layout::kSlotMetaWord]) == layout::SlotState::kLive) return s;  // the only key
+    }
+    ADD_FAILURE() << "no live slot";
+    return nullptr;
+  }
+};
+
+TEST_F(LarderctlCorruptRow, KeyLengthBeyondTheSlotIsReportedNotFollowed) {
+  edit_header([&](layout::SegmentHeader& h, char* base) { slot_u1(base, h)[layout::kSlotKeyLenWord] = 0xfffffff0u; });
+  const std::string dir = "--dir " + seg_.dir() + " ";
+
+  CtlRun r = run_larderctl(dir + "dump " + seg_.name() + " users");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("\"status\":\"corrupt\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("1 slots hold lengths outside the schema"), std::string::npos) << r.out;
+
+  r = run_larderctl(dir + "dump --format csv " + seg_.name() + " users");
+  EXPECT_EQ(r.code, 1) << r.out;
+
+  r = run_larderctl(dir + "get " + seg_.name() + " users u1");  // the stored length no longer matches
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("u1: not_found"), std::string::npos) << r.out;
+
+  r = run_larderctl(dir + "info " + seg_.name());
+  EXPECT_EQ(r.code, 0) << r.out;
+
+  r = run_larderctl(dir + "verify " + seg_.name());
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("key length 4294967280 is outside 1..32"), std::string::npos) << r.out;
+}
+
+TEST_F(LarderctlCorruptRow, StringLengthBeyondMaxLenIsReportedCorrupt) {
+  edit_header([&](layout::SegmentHeader& h, char* base) {
+    const auto& d = *reinterpret_cast<const layout::TableDescriptor*>(base + h.header_bytes);
+    const auto* country = reinterpret_cast<const layout::FieldDescriptor*>(base + d.fields_offset) + 5;
+    auto* payload =
+        reinterpret_cast<char*>(slot_u1(base, h) + layout::kSlotHeaderWords + d.validity_words + d.key_words);
+    const uint32_t len = 0x7fffffffu;
+    std::memcpy(payload + country->offset, &len, sizeof len);
+  });
+  const std::string dir = "--dir " + seg_.dir() + " ";
+
+  CtlRun r = run_larderctl(dir + "get " + seg_.name() + " users u1");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("u1: corrupt"), std::string::npos) << r.out;
+
+  r = run_larderctl(dir + "--json get " + seg_.name() + " users u1");
+  EXPECT_NE(r.out.find("{\"key\":\"u1\",\"status\":\"corrupt\"}"), std::string::npos) << r.out;
+
+  r = run_larderctl(dir + "dump " + seg_.name() + " users");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("\"status\":\"corrupt\""), std::string::npos) << r.out;
+
+  r = run_larderctl(dir + "verify " + seg_.name());
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("field country has string length 2147483647, above its max_len 8"), std::string::npos) << r.out;
 }
 
 }  // namespace

@@ -35,6 +35,7 @@ constexpr StatusTwin kStatusTwins[] = {
     {Status::kStale, LARDER_STALE, "stale"},
     {Status::kBusy, LARDER_BUSY, "busy"},
     {Status::kInvalidKey, LARDER_INVALID_KEY, "invalid_key"},
+    {Status::kCorrupt, LARDER_CORRUPT, "corrupt"},
 };
 
 struct ErrorTwin {

@@ -145,7 +145,8 @@ TEST_F(TableTest, StatusesAndNames) {
   EXPECT_GE(r.age_ms(), 60'000);
   r = users_.get("old", row_, ReadOptions{.max_age_ms = 120'000});
   EXPECT_EQ(r.status, Status::kOk);
-  for (Status s : {Status::kOk, Status::kNotFound, Status::kStale, Status::kBusy, Status::kInvalidKey}) {
+  for (Status s :
+       {Status::kOk, Status::kNotFound, Status::kStale, Status::kBusy, Status::kInvalidKey, Status::kCorrupt}) {
     EXPECT_STRNE(status_name(s), "unknown");
   }
   EXPECT_STREQ(status_name(Status::kBusy), "busy");

@@ -486,7 +486,7 @@ int cmd_dump(const Globals& g, const std::string& name, const std::string& table
     for (const Field& f : t.fields()) std::printf(",%s", csv_cell(std::string(f.name)).c_str());
     std::printf("\n");
   }
-  uint64_t n = 0, busy = 0;
+  uint64_t n = 0, busy = 0, corrupt = 0;
   for (uint64_t i = 0; i < geo.slot_count && (limit == 0 || n < limit); ++i) {
     if (sync::load_relaxed(geo.slot(i)[kSlotMetaWord]) == 0) continue;  // a hint: the seqlock read decides
     // Each row is one consistent version (a seqlock read of the slot).
@@ -495,6 +495,13 @@ int cmd_dump(const Globals& g, const std::string& name, const std::string& table
       continue;
     }
     if (meta_state(words[0]) != SlotState::kLive) continue;
+    // A consistent copy whose lengths do not fit the schema is reported, not
+    // printed: its key and strings cannot be trusted.
+    if (t.check_row(words.data() + 1) != Status::kOk) {
+      ++corrupt;
+      if (!csv) std::printf("{\"slot\":%" PRIu64 ",\"status\":\"corrupt\"}\n", i);
+      continue;
+    }
     if (csv) {
       std::string line = csv_cell(std::string(row.key())) + "," + std::to_string(row.event_time_ms()) + "," +
                          std::to_string(row.apply_unix_ns());
@@ -510,6 +517,14 @@ int cmd_dump(const Globals& g, const std::string& name, const std::string& table
     ++n;
   }
   if (busy > 0) std::fprintf(stderr, "larderctl: %" PRIu64 " slots were mid-update and skipped\n", busy);
+  if (corrupt > 0) {
+    std::fprintf(stderr,
+                 "larderctl: %" PRIu64
+                 " slots hold lengths outside the schema (corrupt) and were skipped; "
+                 "run larderctl verify %s\n",
+                 corrupt, name.c_str());
+    return kExitProblems;
+  }
   return kExitOk;
 }
 
@@ -562,6 +577,20 @@ int cmd_verify(const Globals& g, const std::string& name) {
         problems.push_back(where + ": key length " + std::to_string(key_len) + " is outside 1.." +
                            std::to_string(d.key_max_len));
         continue;
+      }
+      for (uint32_t f = 0; f < d.field_count; ++f) {
+        const FieldDescriptor& fd = field_descriptor(base, d, f);
+        if (fd.type != static_cast<uint32_t>(FieldType::kString)) continue;
+        // words[w - kSlotMetaWord] holds slot word w.
+        uint32_t len;
+        std::memcpy(
+            &len,
+            reinterpret_cast<const unsigned char*>(words.data() + geo.row_word_offset() - kSlotMetaWord) + fd.offset,
+            sizeof len);
+        if (len > fd.count) {
+          problems.push_back(where + ": field " + std::string(fixed_name(fd.name)) + " has string length " +
+                             std::to_string(len) + ", above its max_len " + std::to_string(fd.count));
+        }
       }
       const std::string key(row.key());
       if (((hash_key(key, geo.hash_seed) ^ meta) & ~kMetaStateMask) != 0) {

@@ -34,6 +34,7 @@ static_assert(LARDER_NOT_FOUND == static_cast<int>(larder::Status::kNotFound));
 static_assert(LARDER_STALE == static_cast<int>(larder::Status::kStale));
 static_assert(LARDER_BUSY == static_cast<int>(larder::Status::kBusy));
 static_assert(LARDER_INVALID_KEY == static_cast<int>(larder::Status::kInvalidKey));
+static_assert(LARDER_CORRUPT == static_cast<int>(larder::Status::kCorrupt));
 static_assert(LARDER_E_INVALID_ARGUMENT == static_cast<int>(larder::ErrorCode::kInvalidArgument));
 static_assert(LARDER_E_NOT_FOUND == static_cast<int>(larder::ErrorCode::kNotFound));
 static_assert(LARDER_E_PERMISSION_DENIED == static_cast<int>(larder::ErrorCode::kPermissionDenied));

@@ -31,6 +31,7 @@ const char* status_name(Status s) noexcept {
     case Status::kStale: return "stale";
     case Status::kBusy: return "busy";
     case Status::kInvalidKey: return "invalid_key";
+    case Status::kCorrupt: return "corrupt";
   }
   return "unknown";
 }
@@ -110,10 +111,14 @@ Table Segment::table(std::string_view name) const {
     tab.field_names_.reserve(d.field_count);
     for (uint32_t f = 0; f < d.field_count; ++f)
       tab.field_names_.emplace_back(fixed_name(field_descriptor(base, d, f).name));
+    const uint32_t payload_bytes = 8 * (tab.geo_.row_word_offset() - kSlotEventTimeWord);
     for (uint32_t f = 0; f < d.field_count; ++f) {
       const FieldDescriptor& fd = field_descriptor(base, d, f);
       tab.fields_.push_back(Field{fd.index, static_cast<FieldType>(fd.type), fd.count, fd.offset, tab.field_names_[f],
                                   (fd.flags & kFieldAggregate) != 0});
+      if (fd.type == static_cast<uint32_t>(FieldType::kString)) {
+        tab.string_bounds_.push_back(Table::StringBound{payload_bytes + fd.offset, fd.count});
+      }
     }
     return tab;
   }
@@ -204,6 +209,16 @@ ReadResult Table::lookup(std::string_view key, uint64_t hash, uint64_t* out, int
     case FindResult::kBusy: r.status = Status::kBusy; return r;
     case FindResult::kFound: break;
   }
+  // The key length matched the caller's (already bounded) key inside the
+  // seqlock window, so only the string lengths are left to check.
+  for (const StringBound& b : string_bounds_) {
+    uint32_t len;
+    std::memcpy(&len, reinterpret_cast<const unsigned char*>(out) + b.offset, sizeof len);
+    if (len > b.max_len) {
+      r.status = Status::kCorrupt;
+      return r;
+    }
+  }
   r.event_time_ms = static_cast<int64_t>(out[0]);
   r.apply_unix_ns = static_cast<int64_t>(out[1]);
   r.status = (options.max_age_ms > 0 && now_ms - r.event_time_ms > options.max_age_ms) ? Status::kStale : Status::kOk;
@@ -248,6 +263,17 @@ void Table::get_many(std::span<const std::string_view> keys, uint64_t* rows, std
     }
     results[i] = lookup(keys[i], h, rows + i * stride, now_ms, options);
   }
+}
+
+Status Table::check_row(const uint64_t* row) const noexcept {
+  const uint64_t key_len = row[kSlotKeyLenWord - kSlotEventTimeWord] & 0xffffffffu;
+  if (key_len == 0 || key_len > geo_.key_max_len) return Status::kCorrupt;
+  for (const StringBound& b : string_bounds_) {
+    uint32_t len;
+    std::memcpy(&len, reinterpret_cast<const unsigned char*>(row) + b.offset, sizeof len);
+    if (len > b.max_len) return Status::kCorrupt;
+  }
+  return Status::kOk;
 }
 
 TableStats Table::stats() const noexcept {

@@ -244,11 +244,19 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
   if (h.segment_bytes != size) {
     corrupt("header says " + std::to_string(h.segment_bytes) + " bytes, the file has " + std::to_string(size));
   }
-  if (h.table_count == 0 || h.table_count > kMaxTables) corrupt("bad table count");
-  if (h.header_bytes != kSegmentHeaderBytes) corrupt("bad header size");
+  // Every offset and size below comes from the file: each is compared
+  // against the file size before it takes part in any sum or product, so no
+  // check can be defeated by an overflow.
+  if (h.table_count == 0 || h.table_count > kMaxTables) {
+    corrupt("bad table count " + std::to_string(h.table_count) + " (1.." + std::to_string(kMaxTables) + ")");
+  }
+  if (h.header_bytes != kSegmentHeaderBytes) corrupt("bad header size " + std::to_string(h.header_bytes));
   const uint64_t dir_end = uint64_t{h.header_bytes} + uint64_t{h.table_count} * sizeof(TableDescriptor);
   if (dir_end > size) corrupt("table directory outside the file");
-  if (h.undo_offset + h.undo_bytes > size || h.undo_offset < dir_end) corrupt("undo area outside the file");
+  if (h.undo_offset > size || h.undo_bytes > size - h.undo_offset || h.undo_offset < dir_end) {
+    corrupt("undo area outside the file (offset " + std::to_string(h.undo_offset) + ", " +
+            std::to_string(h.undo_bytes) + " bytes)");
+  }
   if (h.journal_offset % 8 != 0 || h.journal_offset > size ||
       h.journal_capacity > (size - h.journal_offset) / sizeof(JournalEntry)) {
     corrupt("journal outside the file");
@@ -257,23 +265,29 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
     const TableDescriptor& t = table_descriptor(base, i);
     const std::string tw = "table " + std::to_string(i) + ": ";
     if (t.name[kNameBytes - 1] != '\0' || t.name[0] == '\0') corrupt(tw + "bad name");
-    if (t.field_count == 0 || t.field_count > kMaxFields) corrupt(tw + "bad field count");
+    if (t.field_count == 0 || t.field_count > kMaxFields) {
+      corrupt(tw + "bad field count " + std::to_string(t.field_count) + " (1.." + std::to_string(kMaxFields) + ")");
+    }
     if (t.validity_words != (t.field_count + 63) / 64) corrupt(tw + "bad validity size");
     if (t.key_max_len == 0 || t.key_max_len > kMaxKeyLength || t.key_words != (t.key_max_len + 7) / 8) {
-      corrupt(tw + "bad key size");
+      corrupt(tw + "bad key size (key_max_len " + std::to_string(t.key_max_len) + ", " + std::to_string(t.key_words) +
+              " key words, at most " + std::to_string(kMaxKeyLength) + ")");
     }
     if (t.slot_bytes % kSlotAlign != 0 || t.row_bytes % 8 != 0 ||
         uint64_t{8} * (kSlotHeaderWords + t.validity_words + t.key_words) + t.row_bytes > t.slot_bytes) {
       corrupt(tw + "bad slot size");
     }
-    if (t.slot_count == 0 || t.slot_count <= t.capacity) corrupt(tw + "bad slot count");
-    if (t.slots_offset % kSlotAlign != 0 || t.slots_offset < dir_end ||
-        t.slot_count > (size - t.slots_offset) / t.slot_bytes || t.slots_offset > size) {
-      corrupt(tw + "slot array outside the file");
+    if (t.slot_count == 0 || t.slot_count <= t.capacity) {
+      corrupt(tw + "bad slot count " + std::to_string(t.slot_count) + " for capacity " + std::to_string(t.capacity));
     }
-    if (t.fields_offset % 8 != 0 || t.fields_offset < dir_end ||
-        t.fields_offset + uint64_t{t.field_count} * sizeof(FieldDescriptor) > size) {
-      corrupt(tw + "field descriptors outside the file");
+    if (t.slots_offset % kSlotAlign != 0 || t.slots_offset < dir_end || t.slots_offset > size ||
+        t.slot_count > (size - t.slots_offset) / t.slot_bytes) {
+      corrupt(tw + "slot array outside the file (offset " + std::to_string(t.slots_offset) + ", " +
+              std::to_string(t.slot_count) + " slots of " + std::to_string(t.slot_bytes) + " bytes)");
+    }
+    if (t.fields_offset % 8 != 0 || t.fields_offset < dir_end || t.fields_offset > size ||
+        uint64_t{t.field_count} * sizeof(FieldDescriptor) > size - t.fields_offset) {
+      corrupt(tw + "field descriptors outside the file (offset " + std::to_string(t.fields_offset) + ")");
     }
     for (uint32_t f = 0; f < t.field_count; ++f) {
       const FieldDescriptor& fd = field_descriptor(base, t, f);
@@ -292,11 +306,13 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
         corrupt(tw + "field " + std::to_string(f) + " has an inconsistent size");
       }
     }
-    if (t.aggregate_count > kMaxAggregates || t.aggregate_count > t.field_count) corrupt(tw + "bad aggregate count");
+    if (t.aggregate_count > kMaxAggregates || t.aggregate_count > t.field_count) {
+      corrupt(tw + "bad aggregate count " + std::to_string(t.aggregate_count));
+    }
     if (t.aggregate_count > 0) {
-      if (t.aggregates_offset % 8 != 0 || t.aggregates_offset < dir_end ||
-          t.aggregates_offset + uint64_t{t.aggregate_count} * sizeof(AggregateDescriptor) > size) {
-        corrupt(tw + "aggregate descriptors outside the file");
+      if (t.aggregates_offset % 8 != 0 || t.aggregates_offset < dir_end || t.aggregates_offset > size ||
+          uint64_t{t.aggregate_count} * sizeof(AggregateDescriptor) > size - t.aggregates_offset) {
+        corrupt(tw + "aggregate descriptors outside the file (offset " + std::to_string(t.aggregates_offset) + ")");
       }
       for (uint32_t a = 0; a < t.aggregate_count; ++a) {
         const AggregateDescriptor& ad = aggregate_descriptor(base, t, a);
@@ -304,10 +320,10 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
           corrupt(tw + "aggregate " + std::to_string(a) + " is malformed");
         }
       }
-      const uint64_t state_bytes = t.slot_count * uint64_t{t.state_stride_words} * 8;
+      // Division instead of slot_count * stride * 8, which could overflow.
       if (t.state_offset % 8 != 0 || t.state_offset < dir_end || t.state_offset > size ||
-          state_bytes > size - t.state_offset || t.dedup_offset > size ||
-          t.dedup_buckets > (size - t.dedup_offset) / kDedupBucketBytes) {
+          (t.state_stride_words != 0 && t.slot_count > (size - t.state_offset) / 8 / t.state_stride_words) ||
+          t.dedup_offset > size || t.dedup_buckets > (size - t.dedup_offset) / kDedupBucketBytes) {
         corrupt(tw + "aggregate state outside the file");
       }
     }

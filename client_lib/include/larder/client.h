@@ -43,6 +43,10 @@ enum class Status : uint8_t {
   kBusy = 3,        // the slot stayed mid-write for max_retries; try again
                     // (a writer killed mid-update until it restarts)
   kInvalidKey = 4,  // longer than the table's key_max_len
+  kCorrupt = 5,     // the slot was read consistently but holds a value outside
+                    // the table's schema (a string length above its max_len,
+                    // a key length above key_max_len): the row buffer must not
+                    // be used. Other rows are unaffected.
 };
 const char* status_name(Status s) noexcept;
 
@@ -100,8 +104,13 @@ class RowView {
 
   int64_t event_time_ms() const noexcept { return static_cast<int64_t>(words_[0]); }
   int64_t apply_unix_ns() const noexcept { return static_cast<int64_t>(words_[1]); }
+  // The stored key length is clamped to the key words the row has, so even a
+  // corrupted row never yields a view past its buffer (Table::check_row
+  // reports such a row as kCorrupt).
   std::string_view key() const noexcept {
-    return {reinterpret_cast<const char*>(words_ + 3 + validity_words_), static_cast<size_t>(words_[2] & 0xffffffffu)};
+    const size_t len = static_cast<size_t>(words_[2] & 0xffffffffu);
+    const size_t room = size_t{key_words_} * 8;
+    return {reinterpret_cast<const char*>(words_ + 3 + validity_words_), len <= room ? len : room};
   }
   bool valid(const Field& f) const noexcept { return (words_[3 + f.index / 64] >> (f.index % 64)) & 1u; }
 
@@ -244,6 +253,13 @@ class Table {
 
   TableStats stats() const noexcept;
 
+  // kOk when a row buffer's stored lengths fit the table's schema (key length
+  // 1..key_max_len, every string length <= its max_len), else kCorrupt. get
+  // and get_many apply it to every row they return; larderctl applies it to
+  // rows it reads slot by slot. Only meaningful for a consistent (seqlock
+  // validated) copy: a torn copy is retried, never judged.
+  Status check_row(const uint64_t* row) const noexcept;
+
   // For larderctl and tests: raw geometry.
   uint64_t slot_count() const noexcept { return geo_.slot_count; }
 
@@ -258,6 +274,13 @@ class Table {
   std::string name_;
   std::vector<Field> fields_;
   std::vector<std::string> field_names_;
+  // Byte offsets (from the row buffer's start) and max lengths of the string
+  // fields, the per-row lengths check_row compares; empty for most tables.
+  struct StringBound {
+    uint32_t offset = 0;
+    uint32_t max_len = 0;
+  };
+  std::vector<StringBound> string_bounds_;
   uint32_t max_retries_ = 0;
 };
 

@@ -27,8 +27,18 @@
 extern "C" {
 #endif
 
-/* Read statuses (larder::Status). */
-enum { LARDER_OK = 0, LARDER_NOT_FOUND = 1, LARDER_STALE = 2, LARDER_BUSY = 3, LARDER_INVALID_KEY = 4 };
+/* Read statuses (larder::Status). LARDER_CORRUPT: the key's slot was read
+ * consistently but holds a length outside the table's schema (a string longer
+ * than its max_len, a key longer than key_max_len); the row buffer must not be
+ * used, other keys are unaffected. */
+enum {
+  LARDER_OK = 0,
+  LARDER_NOT_FOUND = 1,
+  LARDER_STALE = 2,
+  LARDER_BUSY = 3,
+  LARDER_INVALID_KEY = 4,
+  LARDER_CORRUPT = 5
+};
 
 /* Error codes of the open functions (larder::ErrorCode); 0 is success. */
 enum {
@@ -122,7 +132,7 @@ const float* larder_row_vector(const larder_table* table, const void* row, uint3
 const char* larder_row_string(const larder_table* table, const void* row, uint32_t field, uint32_t* len);
 
 /* The name of a read status: "ok", "not_found", "stale", "busy",
- * "invalid_key" (the LARDER_* constant without its prefix, in lower case);
+ * "invalid_key", "corrupt" (the LARDER_* constant without its prefix, in lower case);
  * "unknown" for any other number. Static strings. */
 const char* larder_status_name(int32_t status);
 /* The name of a LARDER_E_* code: "ok", "invalid_argument", "not_found", ...,

@@ -24,6 +24,7 @@ class Status(enum.IntEnum):
     STALE = 2        # found, older than max_age_ms; values still filled
     BUSY = 3         # the slot stayed mid-write for too long: retry or use a default
     INVALID_KEY = 4  # empty, or longer than the table's key_max_len
+    CORRUPT = 5      # the key's slot holds a length outside the schema: no values
 
 
 _STATUSES = tuple(Status)
@@ -106,7 +107,7 @@ class Row:
     Holds only the fields that have a value: a field never written for this
     key (validity bit clear) is absent, so ``row["x"]`` raises KeyError and
     ``row.get("x")`` returns None; ``row.valid("x")`` tells. A row that was not
-    found (status NOT_FOUND, BUSY, INVALID_KEY) is empty; a STALE row holds
+    found (status NOT_FOUND, BUSY, INVALID_KEY, CORRUPT) is empty; a STALE row holds
     its (old) values. ``bool(row)`` is ``row.found``.
 
     Values: int64 -> int, float64/float32 -> float, bool -> bool,
