@@ -1130,8 +1130,9 @@ TEST(AggregateCrash, KillAtSeqEvenIsAllOrNothing) {
 TEST(AggregateCrash, KilledWriterRepairsAndReplaysExactlyOnce) {
   const uint64_t seed = seed_for("AggregateCrash");
   const int iterations = larder::testing::crash_iterations(20);
-  ASSERT_GE(iterations, 2) << "LARDER_CRASH_ITERATIONS=" << -iterations
-                           << " refused: at least 10 (fewer with LARDER_CRASH_ITERATIONS_REDUCED=1), never fewer than 2";
+  ASSERT_GE(iterations, 2)
+      << "LARDER_CRASH_ITERATIONS=" << -iterations
+      << " refused: at least 10 (fewer with LARDER_CRASH_ITERATIONS_REDUCED=1), never fewer than 2";
   std::mt19937_64 rng(seed);
   const TableSpec spec = wide_table();
 
