@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "config/config_yaml.h"
+#include "config/http_url.h"
 #include "larder/layout/error.h"
 
 namespace larder::sidecar {
@@ -692,9 +693,72 @@ MetricsConfig parse_metrics(const YAML::Node& node) {
   return c;
 }
 
+// A bearer token file: the whole file but trailing newlines, at least 16
+// bytes of visible ASCII (what a header carries without escaping).
+std::string read_token_file(const std::string& file, const std::string& key) {
+  const std::string token = read_file_trimmed(file, key);
+  if (token.size() < 16) fail(key, fmt::format("\"{}\" holds {} bytes; a token needs at least 16", file, token.size()));
+  for (char c : token) {
+    if (c <= ' ' || c > '~') fail(key, fmt::format("\"{}\" holds a space or a non-ASCII byte", file));
+  }
+  return token;
+}
+
+SnapshotConfig parse_snapshot(const YAML::Node& node, const MetricsConfig& metrics) {
+  MapNode m(node, "snapshot", {"dir", "interval", "keep", "serve", "token_file"});
+  SnapshotConfig c;
+  c.dir = m.str("dir", "");
+  if (!c.dir.empty() && c.dir[0] != '/') fail(m.child("dir"), "must be an absolute path");
+  if (const std::optional<int64_t> interval = duration_ms(m, "interval")) {
+    if (*interval < 1000) fail(m.child("interval"), "must be at least 1s");
+    c.interval_ms = *interval;
+  }
+  c.keep = static_cast<uint32_t>(m.integer("keep", 3, 1, 1000));
+  c.serve = m.boolean("serve", false);
+  c.token_file = m.str("token_file", "");
+  if (c.serve && !metrics.enabled) {
+    fail(m.child("serve"), "GET /snapshot is served on the metrics listener, which is off (metrics.listen)");
+  }
+  if (c.serve && c.token_file.empty() && !is_loopback_host(metrics.host)) {
+    fail(m.child("token_file"),
+         fmt::format("required when snapshot.serve is true and metrics.listen ({}) is not a loopback address: a "
+                     "snapshot holds every feature of every key",
+                     metrics.listen));
+  }
+  if (!c.token_file.empty()) c.token = read_token_file(c.token_file, m.child("token_file"));
+  return c;
+}
+
+BootstrapConfig parse_bootstrap(const YAML::Node& node) {
+  MapNode m(node, "bootstrap", {"restore", "peer", "peer_token_file", "peer_timeout_s"});
+  BootstrapConfig c;
+  const std::string restore = m.str("restore", "latest");
+  if (restore == "latest") {
+    c.restore = RestoreMode::kLatest;
+  } else if (restore == "never") {
+    c.restore = RestoreMode::kNever;
+  } else if (!restore.empty() && restore[0] == '/') {
+    c.restore = RestoreMode::kFile;
+    c.restore_file = restore;
+  } else {
+    fail(m.child("restore"), fmt::format("expected latest, never or an absolute snapshot file path, got \"{}\"", restore));
+  }
+  c.peer = m.str("peer", "");
+  if (!c.peer.empty()) {
+    HttpUrl url;
+    std::string error;
+    if (!parse_http_url(c.peer, &url, &error)) fail(m.child("peer"), error);
+  }
+  c.peer_token_file = m.str("peer_token_file", "");
+  if (!c.peer_token_file.empty()) c.peer_token = read_token_file(c.peer_token_file, m.child("peer_token_file"));
+  c.peer_timeout_s = m.number("peer_timeout_s", 600.0, 0.0, 86400.0, true);
+  return c;
+}
+
 Config parse_root(const YAML::Node& root) {
   if (!present(root)) fail("config", "empty file");
-  MapNode m(root, "", {"segment", "event_time", "tables", "rabbitmq", "logging", "metrics"});
+  MapNode m(root, "",
+            {"segment", "event_time", "tables", "rabbitmq", "logging", "metrics", "snapshot", "bootstrap"});
   Config c;
   c.segment = parse_segment(m.node("segment"));
   c.event_time = parse_event_time_bounds(m.node("event_time"), "event_time", c.event_time);
@@ -718,6 +782,8 @@ Config parse_root(const YAML::Node& root) {
     c.logging.json = l.boolean("json", false);
   }
   c.metrics = parse_metrics(m.node("metrics"));
+  c.snapshot = parse_snapshot(m.node("snapshot"), c.metrics);
+  c.bootstrap = parse_bootstrap(m.node("bootstrap"));
   // The segment layer has the last word on sizes (e.g. a segment too large).
   try {
     c.schema().validate();
@@ -736,6 +802,21 @@ const char* queue_type_name(QueueType type) noexcept {
     case QueueType::kStream: return "stream";
   }
   return "unknown";
+}
+
+bool is_loopback_host(std::string_view host) {
+  if (host == "localhost" || host == "::1" || host == "0:0:0:0:0:0:0:1") return true;
+  // 127.0.0.0/8 written as a dotted quad.
+  if (!host.starts_with("127.")) return false;
+  int dots = 0;
+  for (char c : host) {
+    if (c == '.') {
+      ++dots;
+    } else if (c < '0' || c > '9') {
+      return false;
+    }
+  }
+  return dots == 3;
 }
 
 bool valid_log_level(std::string_view level) {

@@ -110,6 +110,33 @@ struct MetricsConfig {
   double ready_max_lag_s = 30.0;   // readyz: unapplied messages with no progress for longer
 };
 
+// Periodic snapshots of the segment and GET /snapshot (docs/sidecar.md,
+// "Snapshots and bootstrap").
+struct SnapshotConfig {
+  std::string dir;                        // "": no periodic snapshots
+  int64_t interval_ms = 10 * 60 * 1000;   // between two periodic snapshots
+  uint32_t keep = 3;                      // newest files kept in dir
+  bool serve = false;                     // GET /snapshot on the metrics listener
+  std::string token_file;                 // bearer token for GET /snapshot
+  std::string token;                      // read from token_file at load ("" without one)
+};
+
+// What a start without a segment restores from (docs/operations.md, "New host").
+enum class RestoreMode : uint8_t {
+  kLatest = 0,  // the newest valid snapshot in snapshot.dir
+  kNever = 1,   // no local snapshot (a peer, if set, still applies)
+  kFile = 2,    // the file bootstrap.restore names
+};
+
+struct BootstrapConfig {
+  RestoreMode restore = RestoreMode::kLatest;
+  std::string restore_file;     // kFile
+  std::string peer;             // http(s)://HOST:PORT/snapshot of a peer sidecar; "" none
+  std::string peer_token_file;  // bearer token sent to the peer
+  std::string peer_token;       // read from peer_token_file at load
+  double peer_timeout_s = 600;  // the whole fetch (connect, transfer)
+};
+
 struct Config {
   SegmentConfig segment;
   // The top-level `event_time` section; each TableConfig holds its own result.
@@ -118,6 +145,8 @@ struct Config {
   RabbitConfig rabbitmq;
   LoggingConfig logging;
   MetricsConfig metrics;
+  SnapshotConfig snapshot;
+  BootstrapConfig bootstrap;
 
   layout::Schema schema() const;
   std::vector<TableDecodeOptions> decode_options() const;
@@ -127,6 +156,9 @@ struct Config {
 Config load_config_file(const std::string& path);
 // Same, from YAML text (for tests). `origin` names the source in messages.
 Config parse_config(std::string_view yaml_text, const std::string& origin = "config");
+
+// True for addresses only this host can reach: 127.0.0.0/8, ::1, localhost.
+bool is_loopback_host(std::string_view host);
 
 // The log levels accepted by logging.level and --log-level.
 bool valid_log_level(std::string_view level);

@@ -309,6 +309,20 @@ void render_segment_metrics(PrometheusText& p, const SegmentSample& segment, int
   }
 }
 
+// The periodic snapshots (snapshot.dir).
+void render_snapshot_metrics(PrometheusText& p, const SidecarMetrics& m) {
+  p.family("larder_snapshot_last_unix_seconds", "gauge",
+           "When the image of the last snapshot written to snapshot.dir was taken (0: none yet).");
+  p.sample("larder_snapshot_last_unix_seconds", "", seconds(m.snapshot_last_unix_ns.value()));
+  p.family("larder_snapshot_bytes", "gauge", "Size of the last snapshot file written.");
+  p.sample("larder_snapshot_bytes", "", m.snapshot_last_bytes.value());
+  p.family("larder_snapshot_seconds", "gauge", "Time the last snapshot took: copy, compression and write.");
+  p.sample("larder_snapshot_seconds", "", seconds(m.snapshot_last_ns.value()));
+  counter(p, "larder_snapshots_total", "Snapshot files written to snapshot.dir.", m.snapshots_written.value());
+  counter(p, "larder_snapshot_failures_total", "Periodic snapshots that wrote no file (the log says why).",
+          m.snapshot_failures.value());
+}
+
 }  // namespace
 
 std::string render_metrics(const SidecarMetrics& m, uint32_t connection_state, const SegmentSample& segment,
@@ -317,6 +331,7 @@ std::string render_metrics(const SidecarMetrics& m, uint32_t connection_state, c
   render_message_metrics(p, m);
   render_connection_metrics(p, m, connection_state);
   render_timing_metrics(p, m, now_mono_ns);
+  render_snapshot_metrics(p, m);
   render_segment_metrics(p, segment, now_unix_ns);
   return p.text();
 }

@@ -143,6 +143,16 @@ struct SidecarMetrics {
   Gauge writer_heartbeat_mono_ns;  // refreshed every writer-loop iteration (<= 20 ms apart)
   Histogram apply_seconds;         // apply_batch per message
   Histogram visible_lag_seconds;   // apply time - event_time, per applied update
+
+  // Snapshot thread (snapshot/snapshot_thread.h): the last periodic snapshot
+  // written to snapshot.dir. Write point: the gauges, then
+  // snapshots_written.add_release(); a scrape reads them without ordering
+  // (each is a value of its own).
+  Counter snapshots_written;     // files written
+  Counter snapshot_failures;     // attempts that wrote no file
+  Gauge snapshot_last_unix_ns;   // when the last written snapshot's image was taken (0: none yet)
+  Gauge snapshot_last_bytes;     // its file size
+  Gauge snapshot_last_ns;        // how long it took: copy, compression and write
 };
 
 // What the HTTP thread read from the segment for one scrape or probe.
