@@ -8,6 +8,8 @@ packages=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   # core and client
   libboost-dev libxxhash-dev
+  # snapshot files
+  libzstd-dev
   # sidecar
   librabbitmq-dev libconcurrentqueue-dev libsimdjson-dev libyaml-cpp-dev
   libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev
