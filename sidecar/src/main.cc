@@ -7,7 +7,12 @@
 //    connection) until SIGTERM/SIGINT, and joins the writer.
 //  * writer thread: run_writer_thread(), the only user of larder::Writer.
 //  * HTTP thread and its workers (metrics_server.h): /metrics, /healthz,
-//    /readyz; they only read atomics and the segment (read-only mapping).
+//    /readyz; they only read atomics and the segment (read-only mapping);
+//    GET /snapshot (snapshot.serve) asks the writer thread for an image.
+//  * snapshot thread (snapshot/snapshot_thread.h, snapshot.dir set): writes
+//    periodic snapshot files from images the writer thread copies.
+//  * before any of them, the main thread opens, restores or bootstraps the
+//    segment (snapshot/bootstrap.h).
 //  * signal handlers only bump an atomic counter.
 #include <spdlog/spdlog.h>
 
@@ -24,6 +29,8 @@
 #include "larder/writer/writer.h"
 #include "observe/logging.h"
 #include "observe/metrics_server.h"
+#include "snapshot/bootstrap.h"
+#include "snapshot/snapshot_thread.h"
 
 namespace {
 
@@ -105,6 +112,20 @@ CONFIG FILE (YAML; annotated example: examples/sidecar.example.yaml; reference: 
     enabled         false turns the listener off (default true)
     ready_max_lag_s /readyz fails when delivered messages wait this long with no
                     apply progress (default 30)
+  snapshot:         periodic snapshots and GET /snapshot (docs/operations.md)
+    dir             directory of <segment>-<unix_ms>.lsnap files ("" default: none)
+    interval        between two snapshots (default 10m, at least 1s)
+    keep            newest files kept (default 3)
+    serve           GET /snapshot on the metrics listener (default false)
+    token_file      bearer token for GET /snapshot; required when serve is true
+                    and metrics.listen is not a loopback address
+  bootstrap:        what a start without a segment restores from
+    restore         latest (default: newest valid snapshot in snapshot.dir) |
+                    never | /path/to/file.lsnap
+    peer            http(s)://HOST:PORT/snapshot of a peer, used when no local
+                    snapshot was restored
+    peer_token_file bearer token sent to the peer
+    peer_timeout_s  the whole fetch (default 600)
 
 SIGNALS
   SIGTERM, SIGINT   stop consuming, apply and ack in-flight messages, close, exit 0;
@@ -112,7 +133,8 @@ SIGNALS
 
 EXIT CODES
   0 clean stop, 2 bad config or arguments, 3 cannot open the segment,
-  4 cannot listen on metrics.listen
+  4 cannot listen on metrics.listen, 5 cannot restore (--restore,
+  bootstrap.restore FILE, a peer): the segment was not changed
 )";
 
 }  // namespace
@@ -122,7 +144,14 @@ int main(int argc, char** argv) {
   std::string config_path;
   std::string log_level;
   bool check_only = false;
+  larder::sidecar::StartOptions start;
   app.add_option("-c,--config", config_path, "YAML config file")->required();
+  app.add_option("--restore", start.restore_file,
+                 "verify this snapshot file and replace the segment with it (even if one exists), then consume "
+                 "from its stream position");
+  app.add_option("--bootstrap-from", start.bootstrap_from,
+                 "without a segment (and no local snapshot restored): fetch a snapshot from this peer URL, "
+                 "e.g. http://10.0.0.7:9464/snapshot (instead of bootstrap.peer)");
   app.add_option("--log-level", log_level, "override logging.level: trace, debug, info, warn, error, critical, off");
   app.add_flag("--check-config", check_only, "validate the config (and password source) and exit");
   app.footer(kConfigHelp);
@@ -157,14 +186,10 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<larder::Writer> writer;
   try {
-    larder::WriterOptions options;
-    options.dir = config.segment.dir;
-    options.mode = config.segment.mode;
-    writer = larder::Writer::open(config.segment.name, config.schema(), options);
-  } catch (const larder::Error& e) {
-    spdlog::critical("cannot open segment \"{}\" in {}: {} ({})", config.segment.name, config.segment.dir, e.what(),
-                     larder::error_code_name(e.code()));
-    return 3;
+    writer = larder::sidecar::open_segment(config, start);
+  } catch (const larder::sidecar::StartError& e) {
+    spdlog::critical("{}", e.what());
+    return e.exit_code();
   }
   spdlog::info("segment {}: {} ({} slots repaired)", writer->path(), writer->created() ? "created" : "reopened warm",
                writer->repaired_slots());
@@ -183,7 +208,13 @@ int main(int argc, char** argv) {
       spdlog::critical("metrics: {}", error);
       return 4;
     }
+    if (config.snapshot.serve) metrics_server->serve_snapshots(pipeline.images);
     metrics_server->start();
+    if (config.snapshot.serve) {
+      spdlog::info("snapshot: GET /snapshot is served {}",
+                   config.snapshot.token.empty() ? "without a token (loopback listener)"
+                                                 : "to requests with the bearer token of snapshot.token_file");
+    }
     spdlog::info(
         "metrics: listening on http://{}:{} (/metrics, /healthz, /readyz)",
         config.metrics.host.find(':') != std::string::npos ? "[" + config.metrics.host + "]" : config.metrics.host,
@@ -193,12 +224,20 @@ int main(int argc, char** argv) {
   }
 
   std::thread writer_thread([&] { larder::sidecar::run_writer_thread(*writer, pipeline); });
+  std::unique_ptr<larder::sidecar::SnapshotThread> snapshot_thread;
+  if (!config.snapshot.dir.empty()) {
+    snapshot_thread = std::make_unique<larder::sidecar::SnapshotThread>(config, pipeline.images, pipeline.metrics);
+    snapshot_thread->start();
+    spdlog::info("snapshot: every {} s into {}, keeping {}", config.snapshot.interval_ms / 1000, config.snapshot.dir,
+                 config.snapshot.keep);
+  }
 
   int code = 0;
   {
     larder::sidecar::Consumer consumer(config, pipeline, g_stop_requests);
     code = consumer.run();
   }
+  if (snapshot_thread) snapshot_thread->stop();  // finishes a snapshot in progress
   // release: pairs with the writer thread's acquire load; every item the
   // consumer enqueued is visible to it before it sees the stop.
   pipeline.writer_stop.store(true, std::memory_order_release);

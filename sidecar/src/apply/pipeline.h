@@ -31,6 +31,7 @@
 #include "decode/decoder.h"
 #include "larder/layout/format.h"
 #include "observe/metrics.h"
+#include "snapshot/image_exchange.h"
 
 namespace larder::sidecar {
 
@@ -72,6 +73,10 @@ struct Pipeline {
   std::atomic<uint64_t> updates_late{0};       // too late for the aggregates and older than the row: acked
 
   SidecarMetrics metrics;
+
+  // Segment images for snapshots: the snapshot thread and GET /snapshot ask,
+  // the writer thread copies between bulks (snapshot/image_exchange.h).
+  ImageExchange images;
 };
 
 }  // namespace larder::sidecar

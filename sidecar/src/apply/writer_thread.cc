@@ -117,6 +117,9 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline) {
     // of messages, so that a boundary many keys share neither stalls updates
     // nor waits for the next maintain().
     if (writer.refresh_due()) writer.refresh(0, 2048);
+    // A snapshot's copy, when one was asked for: between bulks, so the
+    // image holds whole messages only.
+    pipeline.images.serve(writer);
     const int64_t now = layout::now_mono_ns();
     metrics.writer_heartbeat_mono_ns.set(now);
     if (now - last_maintain_ns >= std::chrono::nanoseconds(kMaintainInterval).count()) {
@@ -135,6 +138,7 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline) {
   }
   writer.set_connection_state(layout::ConnectionState::kStopped);
   writer.heartbeat();
+  pipeline.images.close();  // no more copies: waiting requesters give up
 }
 
 }  // namespace larder::sidecar

@@ -1,8 +1,9 @@
 // The writer thread: the only thread that touches larder::Writer. It applies
 // decoded messages from Pipeline::work in order, reports each message's
 // outcome on Pipeline::done, forwards connection state and reject counts to
-// the segment header, and keeps the segment's heartbeat fresh (maintain()
-// at least every kMaintainInterval, busy or idle).
+// the segment header, keeps the segment's heartbeat fresh (maintain()
+// at least every kMaintainInterval, busy or idle), and copies the segment
+// between bulks when a snapshot asks for it (Pipeline::images).
 #pragma once
 
 #include <chrono>

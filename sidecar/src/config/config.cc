@@ -741,7 +741,8 @@ BootstrapConfig parse_bootstrap(const YAML::Node& node) {
     c.restore = RestoreMode::kFile;
     c.restore_file = restore;
   } else {
-    fail(m.child("restore"), fmt::format("expected latest, never or an absolute snapshot file path, got \"{}\"", restore));
+    fail(m.child("restore"),
+         fmt::format("expected latest, never or an absolute snapshot file path, got \"{}\"", restore));
   }
   c.peer = m.str("peer", "");
   if (!c.peer.empty()) {
@@ -757,8 +758,7 @@ BootstrapConfig parse_bootstrap(const YAML::Node& node) {
 
 Config parse_root(const YAML::Node& root) {
   if (!present(root)) fail("config", "empty file");
-  MapNode m(root, "",
-            {"segment", "event_time", "tables", "rabbitmq", "logging", "metrics", "snapshot", "bootstrap"});
+  MapNode m(root, "", {"segment", "event_time", "tables", "rabbitmq", "logging", "metrics", "snapshot", "bootstrap"});
   Config c;
   c.segment = parse_segment(m.node("segment"));
   c.event_time = parse_event_time_bounds(m.node("event_time"), "event_time", c.event_time);

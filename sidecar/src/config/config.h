@@ -113,12 +113,12 @@ struct MetricsConfig {
 // Periodic snapshots of the segment and GET /snapshot (docs/sidecar.md,
 // "Snapshots and bootstrap").
 struct SnapshotConfig {
-  std::string dir;                        // "": no periodic snapshots
-  int64_t interval_ms = 10 * 60 * 1000;   // between two periodic snapshots
-  uint32_t keep = 3;                      // newest files kept in dir
-  bool serve = false;                     // GET /snapshot on the metrics listener
-  std::string token_file;                 // bearer token for GET /snapshot
-  std::string token;                      // read from token_file at load ("" without one)
+  std::string dir;                       // "": no periodic snapshots
+  int64_t interval_ms = 10 * 60 * 1000;  // between two periodic snapshots
+  uint32_t keep = 3;                     // newest files kept in dir
+  bool serve = false;                    // GET /snapshot on the metrics listener
+  std::string token_file;                // bearer token for GET /snapshot
+  std::string token;                     // read from token_file at load ("" without one)
 };
 
 // What a start without a segment restores from (docs/operations.md, "New host").

@@ -9,8 +9,8 @@
 namespace larder::sidecar {
 
 struct HttpUrl {
-  bool tls = false;  // https://
-  std::string host;  // IPv6 without brackets
+  bool tls = false;    // https://
+  std::string host;    // IPv6 without brackets
   uint16_t port = 80;  // 443 for https:// unless given
   std::string path = "/snapshot";
 

@@ -148,11 +148,11 @@ struct SidecarMetrics {
   // written to snapshot.dir. Write point: the gauges, then
   // snapshots_written.add_release(); a scrape reads them without ordering
   // (each is a value of its own).
-  Counter snapshots_written;     // files written
-  Counter snapshot_failures;     // attempts that wrote no file
-  Gauge snapshot_last_unix_ns;   // when the last written snapshot's image was taken (0: none yet)
-  Gauge snapshot_last_bytes;     // its file size
-  Gauge snapshot_last_ns;        // how long it took: copy, compression and write
+  Counter snapshots_written;    // files written
+  Counter snapshot_failures;    // attempts that wrote no file
+  Gauge snapshot_last_unix_ns;  // when the last written snapshot's image was taken (0: none yet)
+  Gauge snapshot_last_bytes;    // its file size
+  Gauge snapshot_last_ns;       // how long it took: copy, compression and write
 };
 
 // What the HTTP thread read from the segment for one scrape or probe.

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 
 #include "larder/layout/clock.h"
+#include "snapshot/snapshot_http.h"
 
 namespace larder::sidecar {
 namespace {
@@ -65,6 +66,8 @@ int MetricsServer::bind(std::string* error) {
   }
   return port;
 }
+
+void MetricsServer::serve_snapshots(ImageExchange& images) { install_snapshot_route(*server_, config_, images); }
 
 void MetricsServer::start() {
   thread_ = std::thread([this] {

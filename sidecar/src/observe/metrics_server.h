@@ -21,6 +21,7 @@
 #include "config/config.h"
 #include "larder/client.h"
 #include "observe/metrics.h"
+#include "snapshot/image_exchange.h"
 
 namespace httplib {
 class Server;
@@ -42,6 +43,9 @@ class MetricsServer {
   // Binds metrics.host:metrics.port. Returns the bound port (the chosen one
   // when the config says 0), or -1 with a reason in *error. Main thread.
   int bind(std::string* error);
+  // Adds GET /snapshot (snapshot.serve; snapshot/snapshot_http.h), answered
+  // with images from `images`. Main thread, before start().
+  void serve_snapshots(ImageExchange& images);
   // Starts the HTTP thread; requires a successful bind(). Main thread.
   void start();
   // Stops accepting, finishes open requests and joins. Main thread; idempotent.

@@ -39,10 +39,10 @@ namespace larder::sidecar {
 
 // One consistent copy of the segment.
 struct SegmentImage {
-  std::vector<unsigned char> bytes;          // Writer::copy_image()
-  std::optional<SourcePosition> position;    // partition 0's stored position at the copy
-  int64_t taken_unix_ns = 0;                 // when the copy was taken
-  int64_t copy_ns = 0;                       // how long the writer thread paused for it
+  std::vector<unsigned char> bytes;        // Writer::copy_image()
+  std::optional<SourcePosition> position;  // partition 0's stored position at the copy
+  int64_t taken_unix_ns = 0;               // when the copy was taken
+  int64_t copy_ns = 0;                     // how long the writer thread paused for it
 };
 
 class ImageExchange {
@@ -74,12 +74,12 @@ class ImageExchange {
   std::atomic<bool> requested_{false};  // set by request() under mutex_; read by serve() without it
   mutable std::mutex mutex_;
   std::condition_variable cv_;
-  uint64_t started_ = 0;    // generations of copies started (guarded by mutex_)
-  uint64_t finished_ = 0;   // generations finished, successful or not (guarded by mutex_)
-  uint64_t waiting_ = 0;    // requesters inside request() (guarded by mutex_)
-  bool closed_ = false;     // guarded by mutex_
-  std::shared_ptr<const SegmentImage> image_;   // the last finished copy, or null if it failed (mutex_)
-  std::vector<unsigned char> spare_;            // a returned buffer (mutex_)
+  uint64_t started_ = 0;                       // generations of copies started (guarded by mutex_)
+  uint64_t finished_ = 0;                      // generations finished, successful or not (guarded by mutex_)
+  uint64_t waiting_ = 0;                       // requesters inside request() (guarded by mutex_)
+  bool closed_ = false;                        // guarded by mutex_
+  std::shared_ptr<const SegmentImage> image_;  // the last finished copy, or null if it failed (mutex_)
+  std::vector<unsigned char> spare_;           // a returned buffer (mutex_)
 };
 
 }  // namespace larder::sidecar
