@@ -61,8 +61,8 @@ void check_zstd(size_t rc, std::string_view what, const char* doing) {
 // The image must at least start like a segment: the header is built from it.
 const layout::SegmentHeader& image_header(std::span<const unsigned char> image) {
   if (image.size() < layout::kSegmentHeaderBytes) {
-    throw Error(ErrorCode::kInvalidArgument, "snapshot: the image has " + std::to_string(image.size()) +
-                                                 " bytes, less than a segment header");
+    throw Error(ErrorCode::kInvalidArgument,
+                "snapshot: the image has " + std::to_string(image.size()) + " bytes, less than a segment header");
   }
   const auto& h = *reinterpret_cast<const layout::SegmentHeader*>(image.data());
   if (h.magic != layout::kMagic || h.segment_bytes != image.size()) {
@@ -105,8 +105,7 @@ SnapshotInfo info_of(const SnapshotHeader& h) {
 // Compresses `image` as one zstd frame with its content size set, handing
 // each compressed chunk to `out(data, size)`. Returns the payload size.
 template <typename Out>
-uint64_t compress(std::span<const unsigned char> image, const WriteOptions& options, std::string_view what,
-                  Out&& out) {
+uint64_t compress(std::span<const unsigned char> image, const WriteOptions& options, std::string_view what, Out&& out) {
   if (options.level < ZSTD_minCLevel() || options.level > ZSTD_maxCLevel()) {
     throw Error(ErrorCode::kInvalidArgument, "snapshot: zstd level " + std::to_string(options.level) + " outside " +
                                                  std::to_string(ZSTD_minCLevel()) + ".." +
@@ -175,10 +174,10 @@ void check_header(const SnapshotHeader& h, uint64_t file_bytes, std::string_view
     throw Error(ErrorCode::kVersionMismatch,
                 subject(what) + " has snapshot format v" + std::to_string(h.format_version) + ", this build reads v" +
                     std::to_string(kSnapshotFormatVersion) +
-                    (sum == h.header_xxh64 ? std::string(": ") +
-                                                 (h.format_version > kSnapshotFormatVersion ? "upgrade larder"
-                                                                                             : "take a new snapshot")
-                                           : " (or the header is damaged: its checksum does not match)"));
+                    (sum == h.header_xxh64
+                         ? std::string(": ") +
+                               (h.format_version > kSnapshotFormatVersion ? "upgrade larder" : "take a new snapshot")
+                         : " (or the header is damaged: its checksum does not match)"));
   }
   if (sum != h.header_xxh64) {
     corrupt(what, "header checksum mismatch (stored " + layout::hex64(h.header_xxh64) + ", computed " +
@@ -255,14 +254,14 @@ void decode_payload(const SnapshotHeader& h, const unsigned char* payload, std::
   if (content == ZSTD_CONTENTSIZE_ERROR) corrupt(what, "payload is not a zstd frame");
   if (content == ZSTD_CONTENTSIZE_UNKNOWN) corrupt(what, "zstd frame does not state its content size");
   if (content != h.image_bytes) {
-    corrupt(what, "zstd frame holds " + std::to_string(content) + " bytes, the header says " +
-                      std::to_string(h.image_bytes));
+    corrupt(what,
+            "zstd frame holds " + std::to_string(content) + " bytes, the header says " + std::to_string(h.image_bytes));
   }
   const size_t frame = ZSTD_findFrameCompressedSize(payload, h.payload_bytes);
   if (ZSTD_isError(frame)) corrupt(what, std::string("zstd frame is damaged: ") + ZSTD_getErrorName(frame));
   if (frame != h.payload_bytes) {
-    corrupt(what, "zstd frame ends at payload byte " + std::to_string(frame) + " of " +
-                      std::to_string(h.payload_bytes));
+    corrupt(what,
+            "zstd frame ends at payload byte " + std::to_string(frame) + " of " + std::to_string(h.payload_bytes));
   }
   image->resize(h.image_bytes);
   ZstdDCtx dctx;
@@ -416,8 +415,7 @@ SnapshotInfo read_snapshot_info(const std::string& path, const ReadLimits& limit
   return info_of(parse_header(buf, size, path, limits));
 }
 
-SnapshotInfo read_snapshot_file(const std::string& path, std::vector<unsigned char>* image,
-                                const ReadLimits& limits) {
+SnapshotInfo read_snapshot_file(const std::string& path, std::vector<unsigned char>* image, const ReadLimits& limits) {
   FileDescriptor fd(open_read(path));
   const uint64_t size = file_size(fd.get(), path);
   unsigned char buf[kSnapshotHeaderBytes];

@@ -41,20 +41,20 @@ inline constexpr size_t kSnapshotNameBytes = 40;  // segment_name: at most 39 by
 // The file header, as stored (little-endian; this build runs on
 // little-endian machines only, as the segment format does).
 struct SnapshotHeader {
-  char magic[8];                            //   0  kSnapshotMagic
-  uint32_t format_version;                  //   8  kSnapshotFormatVersion
-  uint32_t flags;                           //  12  0 (no flags are defined)
-  uint32_t layout_version;                  //  16  the image's SegmentHeader::layout_version
-  uint32_t reserved;                        //  20  0
-  uint64_t abi_signature;                   //  24  the image's SegmentHeader::abi_signature
-  uint64_t schema_fingerprint;              //  32  the image's SegmentHeader::schema_fingerprint
-  uint64_t image_bytes;                     //  40  decompressed size = segment_bytes
-  uint64_t payload_bytes;                   //  48  compressed size; the file is 128 + this long
-  uint64_t payload_xxh64;                   //  56  XXH64 (seed 0) of the payload
-  uint64_t image_xxh64;                     //  64  XXH64 (seed 0) of the image
-  int64_t created_unix_ns;                  //  72  when the file was written
-  char segment_name[kSnapshotNameBytes];    //  80  the segment's name (truncated), NUL padded
-  uint64_t header_xxh64;                    // 120  XXH64 (seed 0) of bytes 0..119
+  char magic[8];                          //   0  kSnapshotMagic
+  uint32_t format_version;                //   8  kSnapshotFormatVersion
+  uint32_t flags;                         //  12  0 (no flags are defined)
+  uint32_t layout_version;                //  16  the image's SegmentHeader::layout_version
+  uint32_t reserved;                      //  20  0
+  uint64_t abi_signature;                 //  24  the image's SegmentHeader::abi_signature
+  uint64_t schema_fingerprint;            //  32  the image's SegmentHeader::schema_fingerprint
+  uint64_t image_bytes;                   //  40  decompressed size = segment_bytes
+  uint64_t payload_bytes;                 //  48  compressed size; the file is 128 + this long
+  uint64_t payload_xxh64;                 //  56  XXH64 (seed 0) of the payload
+  uint64_t image_xxh64;                   //  64  XXH64 (seed 0) of the image
+  int64_t created_unix_ns;                //  72  when the file was written
+  char segment_name[kSnapshotNameBytes];  //  80  the segment's name (truncated), NUL padded
+  uint64_t header_xxh64;                  // 120  XXH64 (seed 0) of bytes 0..119
 };
 static_assert(std::endian::native == std::endian::little, "snapshot files are little-endian");
 static_assert(sizeof(SnapshotHeader) == kSnapshotHeaderBytes);
