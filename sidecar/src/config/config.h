@@ -110,6 +110,14 @@ struct MetricsConfig {
   double ready_max_lag_s = 30.0;   // readyz: unapplied messages with no progress for longer
 };
 
+// When the sidecar calls itself ready (stream queues; docs/sidecar.md,
+// "Positions, resume and readiness").
+struct ReadinessConfig {
+  // READY (and /readyz) need the stream lag below this: 0 at the stream's
+  // tail, else now minus the newest event time of the last applied message.
+  int64_t max_lag_ms = 5000;
+};
+
 struct Config {
   SegmentConfig segment;
   // The top-level `event_time` section; each TableConfig holds its own result.
@@ -118,6 +126,7 @@ struct Config {
   RabbitConfig rabbitmq;
   LoggingConfig logging;
   MetricsConfig metrics;
+  ReadinessConfig readiness;
 
   layout::Schema schema() const;
   std::vector<TableDecodeOptions> decode_options() const;
