@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -35,6 +36,7 @@ namespace larder {
 using layout::ConnectionState;
 using layout::FieldType;
 using layout::SegmentState;
+using layout::SyncState;
 
 enum class Status : uint8_t {
   kOk = 0,          // found; the row buffer holds it
@@ -213,6 +215,22 @@ struct SegmentInfo {
   int64_t created_unix_ns = 0;
 };
 
+// Where the segment stands in the log it is built from (SourceBlock), as its
+// writer last stored it.
+struct SyncInfo {
+  layout::SyncState state = layout::SyncState::kUnknown;
+  std::string source_id;
+  struct Partition {
+    uint32_t partition = 0;
+    std::optional<uint64_t> next_offset;     // the first message not wholly applied
+    uint32_t skip_updates = 0;               // updates of message next_offset already applied
+    std::optional<uint64_t> target;          // CATCHING_UP: the offset replay must reach
+    std::optional<uint64_t> first_retained;  // INCOMPLETE: the first offset the log still holds
+  };
+  std::vector<Partition> partitions;  // those with a position, target or first_retained
+  int64_t changed_unix_ns = 0;        // when state last changed
+};
+
 struct Mapping;  // the read-only mapping, shared by a Segment and its Tables
 
 class Table {
@@ -303,6 +321,12 @@ class Segment {
   bool writer_alive(int64_t max_heartbeat_age_ms = 1000) const noexcept;
   // True once a newer segment replaced this one: open the name again.
   bool retired() const noexcept;
+
+  // How complete the segment is (SourceBlock::sync_state). Lock-free, never
+  // allocates: cheap enough to check before every read.
+  layout::SyncState state() const noexcept;
+  // The state with the source id and every partition's position. Allocates.
+  SyncInfo sync() const;
 
  private:
   std::shared_ptr<const Mapping> mapping_;

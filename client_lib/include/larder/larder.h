@@ -103,6 +103,35 @@ larder_segment_info larder_segment_stat(const larder_segment* segment);
 /* 1 when a writer is attached and its heartbeat is younger than the bound. */
 int larder_writer_alive(const larder_segment* segment, int64_t max_heartbeat_age_ms);
 
+/* How complete the segment is, as its writer knows it (larder::layout::SyncState). */
+typedef enum {
+  LARDER_SYNC_UNKNOWN = 0,     /* no source reports positions */
+  LARDER_SYNC_CATCHING_UP = 1, /* restoring a snapshot or replaying the log */
+  LARDER_SYNC_READY = 2,       /* caught up */
+  LARDER_SYNC_INCOMPLETE = 3   /* the log no longer holds what follows the stored position */
+} larder_sync_state_t;
+
+/* larder_position_t::flags */
+#define LARDER_POSITION_HAS_NEXT 1u
+#define LARDER_POSITION_HAS_TARGET 2u
+#define LARDER_POSITION_HAS_FIRST_RETAINED 4u
+
+/* One partition of the segment's source (a RabbitMQ stream is partition 0). */
+typedef struct larder_position_t {
+  uint64_t next_offset;    /* the first message not wholly applied (flag HAS_NEXT) */
+  uint32_t skip_updates;   /* updates of message next_offset already applied */
+  uint32_t flags;          /* LARDER_POSITION_HAS_* */
+  uint64_t target;         /* the offset replay must reach (flag HAS_TARGET) */
+  uint64_t first_retained; /* the first offset the log still holds (flag HAS_FIRST_RETAINED) */
+} larder_position_t;
+
+/* Lock-free, never allocates. */
+larder_sync_state_t larder_segment_state(const larder_segment* segment);
+/* LARDER_OK and *out filled when the partition holds a position, a target or
+ * a first retained offset; LARDER_NOT_FOUND (and *out zeroed) otherwise,
+ * including a partition beyond the segment's range. */
+int larder_segment_position(const larder_segment* segment, uint32_t partition, larder_position_t* out);
+
 int larder_table_open(const larder_segment* segment, const char* name, larder_table** out, char* err, size_t errlen);
 void larder_table_close(larder_table* table);
 size_t larder_table_row_bytes(const larder_table* table);

@@ -1,4 +1,4 @@
-// The Larder segment format, layout version 2.
+// The Larder segment format, layout version 3.
 //
 // One definition of the bytes that the writer (sidecar), the client library
 // and larderctl all compile against. docs/segment-format.md describes the same
@@ -60,7 +60,7 @@ namespace larder::layout {
 
 // "LARDSEG1" read as a little-endian 64-bit integer.
 inline constexpr uint64_t kMagic = 0x314745534452414CULL;
-inline constexpr uint32_t kLayoutVersion = 2;
+inline constexpr uint32_t kLayoutVersion = 3;
 inline constexpr uint32_t kEndianTag = 0x01020304U;
 
 inline constexpr size_t kNameBytes = 64;  // table and field names, NUL padded
@@ -339,8 +339,59 @@ struct SegmentHeader {
   Word journal_count;                      // 216  valid entries
   uint64_t journal_offset;                 // 224  JournalEntry[journal_capacity]
   uint64_t journal_capacity;               // 232
-  uint64_t reserved[2];                    // 240
+  uint64_t source_offset;                  // 240  SourceBlock, from segment start
+  uint64_t reserved;                       // 248
 };
+
+// ---------------------------------------------------------------------------
+// The source block: where the segment stands in the log it is built from (a
+// RabbitMQ stream, later Kafka partitions), and how complete it is. Written by
+// the writer only; readers see it through Segment::state() / sync().
+
+inline constexpr size_t kMaxSourcePartitions = 64;
+inline constexpr size_t kSourceIdWords = 16;  // 128 bytes of text, NUL padded
+
+// SourceBlock::sync_state: how complete the segment is, as its writer knows it.
+enum class SyncState : uint32_t {
+  kUnknown = 0,     // no source reports positions (a plain Writer, a queue that is not a stream)
+  kCatchingUp = 1,  // restoring a snapshot or replaying the log towards target
+  kReady = 2,       // caught up: lag below the configured bound
+  kIncomplete = 3,  // the log no longer holds what follows the stored position (retention cut past it)
+};
+
+// SourceBlock::pending_state
+inline constexpr uint64_t kPendingIdle = 0;
+inline constexpr uint64_t kPendingArmed = 1;  // the staged position waits for its update's effect
+inline constexpr uint64_t kPendingDone = 2;   // the effect is in the table: copy to the partition
+
+struct PartitionWords {          // 32 bytes
+  Word next_plus_one;            // the next offset to apply + 1 (0: no position stored)
+  Word skip_updates;             // updates of message `next` already applied (resume skips them)
+  Word target_plus_one;          // CATCHING_UP: the offset replay must reach + 1 (0: unknown)
+  Word first_retained_plus_one;  // INCOMPLETE: the first offset the log still holds + 1 (0: unknown)
+};
+
+struct SourceBlock {
+  Word source_id[kSourceIdWords];                   //   0  what the positions refer to, text, NUL padded
+  Word sync_state;                                  // 128  SyncState
+  Word partition_count;                             // 136  partitions 0..count-1 may hold positions
+  Word pending_state;                               // 144  kPendingIdle, kPendingArmed, kPendingDone
+  Word pending_partition;                           // 152
+  Word pending_next_plus_one;                       // 160
+  Word pending_skip_updates;                        // 168
+  Word sync_changed_unix_ns;                        // 176  when sync_state last changed
+  Word reserved[9];                                 // 184
+  PartitionWords partitions[kMaxSourcePartitions];  // 256
+};
+
+inline constexpr size_t kSourceBlockBytes = 256 + kMaxSourcePartitions * 32;
+static_assert(sizeof(PartitionWords) == 32);
+static_assert(sizeof(SourceBlock) == kSourceBlockBytes);
+static_assert(std::is_standard_layout_v<SourceBlock>);
+static_assert(offsetof(SourceBlock, sync_state) == 128);
+static_assert(offsetof(SourceBlock, pending_state) == 144);
+static_assert(offsetof(SourceBlock, sync_changed_unix_ns) == 176);
+static_assert(offsetof(SourceBlock, partitions) == 256);
 
 inline constexpr size_t kSegmentHeaderBytes = 256;
 inline constexpr size_t kTableDescriptorBytes = 384;
@@ -372,6 +423,7 @@ static_assert(offsetof(SegmentHeader, state) == 112);
 static_assert(offsetof(SegmentHeader, heartbeat_mono_ns) == 136);
 static_assert(offsetof(SegmentHeader, undo_armed) == 168);
 static_assert(offsetof(SegmentHeader, updates_applied) == 200);
+static_assert(offsetof(SegmentHeader, source_offset) == 240);
 static_assert(offsetof(TableDescriptor, slots_offset) == 112);
 static_assert(offsetof(TableDescriptor, counters) == 144);
 static_assert(offsetof(FieldDescriptor, index) == 80);
@@ -428,6 +480,10 @@ constexpr uint64_t abi_signature() {
       aggregate_bucket_word(kBucketSum | kBucketM2 | kBucketMin | kBucketMax, kBucketMax),
       static_cast<uint64_t>(WindowEnd::kNow),
       static_cast<uint64_t>(WindowEnd::kLatestEvent),
+      // The source block.
+      offsetof(SegmentHeader, source_offset),
+      sizeof(SourceBlock),
+      kMaxSourcePartitions,
   };
   uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a over the facts' bytes
   auto mix = [&h](uint64_t f) {

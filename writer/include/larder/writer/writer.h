@@ -15,9 +15,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "larder/layout/error.h"
 #include "larder/layout/format.h"
@@ -107,11 +109,20 @@ enum class CrashPoint : int {
   kPayloadWritten = 4,  // every word written, seq still odd
   kSeqEven = 5,         // seq even again, undo still armed
   kJournal = 6,         // before each aggregate state or dedup word store
+  kPosition = 7,        // before each source position store (pending record, partition words)
 };
 // When set, called at every CrashPoint of every slot update (crash tests
 // raise SIGKILL from it). Process-wide; not for production use.
 using CrashHook = void (*)(CrashPoint point);
 void set_crash_hook(CrashHook hook);
+
+// A position in a source's log: where to resume. The committed-offset
+// convention (Kafka's): next_offset is the first message not wholly applied.
+struct SourcePosition {
+  uint32_t partition = 0;
+  uint64_t next_offset = 0;
+  uint32_t skip_updates = 0;  // updates of message next_offset already applied
+};
 
 class Writer {
  public:
@@ -182,6 +193,52 @@ class Writer {
 
   void set_connection_state(layout::ConnectionState state);
   void add_messages_rejected(uint64_t n);
+
+  // Positions. stage_position(): the next update call (upsert, apply, remove,
+  // unpin) stores `next` together with its effect, whatever its result: after
+  // a kill at any instruction, the stored position covers exactly the updates
+  // whose effect is in the table (the pending record is committed or dropped
+  // by repair, by the same test that keeps or undoes the slot write).
+  // Throws Error(kInvalidArgument) for a partition >= kMaxSourcePartitions.
+  void stage_position(const SourcePosition& next);
+  // Stores `next` now, with no update (a message with no updates, a message
+  // the consumer rejected, a message before the resume point). Atomic too.
+  void set_position(const SourcePosition& next);
+  // The stored position of `partition`, if any.
+  std::optional<SourcePosition> position(uint32_t partition) const;
+  // What the positions refer to. Setting another id than the stored one
+  // clears every position (they meant another log) and returns false; the
+  // same id (or none stored yet) returns true. Throws
+  // Error(kInvalidArgument) for an id longer than 127 bytes or holding a NUL.
+  bool set_source_id(std::string_view id);
+  std::string source_id() const;
+  // The segment's completeness for readers (SourceBlock::sync_state), with
+  // the partition's target (CATCHING_UP) or first retained offset (INCOMPLETE).
+  void set_sync_state(layout::SyncState state);
+  void set_target(uint32_t partition, std::optional<uint64_t> target_offset);
+  void set_first_retained(uint32_t partition, std::optional<uint64_t> first_offset);
+
+  // Snapshots. A copy of the whole segment, taken on the writer thread between
+  // updates, so it is consistent: every row, the aggregate state, the dedup
+  // set and the positions it covers. `out` is resized to the segment size
+  // (reuse it between calls: no allocation after the first). Costs one memcpy
+  // of the segment (the writer thread pauses for it; readers do not).
+  void copy_image(std::vector<unsigned char>* out) const;
+
+  // Builds segment `name` from `image` (a copy_image() of a segment, e.g. read
+  // from a snapshot file) and opens it as open() would. The image is
+  // untrusted: it must be a valid v3 segment (validate_segment) whose header,
+  // descriptors and layout equal what `schema` plans here (recompute the plan
+  // and compare every offset and size), with no armed undo/journal/pending
+  // record, every slot's seq even, meta state valid, key_len within bounds,
+  // string lengths within their fields. It is written to a temporary file in
+  // options.dir and renamed over the segment only when complete, under the
+  // writer lock, so any failure leaves an existing segment untouched (readers
+  // of the old segment see kRetired, as with recreate_on_schema_change).
+  // Throws Error: kCorrupt (says what is wrong), kSchemaMismatch,
+  // kVersionMismatch, kWriterLocked, kNoSpace, ...
+  static std::unique_ptr<Writer> restore(std::string_view name, const layout::Schema& schema,
+                                         std::span<const unsigned char> image, const WriterOptions& options = {});
 
   bool created() const;             // this open created the segment
   uint64_t repaired_slots() const;  // slots restored by this open
