@@ -22,6 +22,8 @@
 #include <thread>
 
 #include "apply/pipeline.h"
+#include "apply/stream_sync.h"
+#include "apply/test_hooks.h"
 #include "apply/writer_thread.h"
 #include "config/config.h"
 #include "consume/consumer.h"
@@ -107,6 +109,8 @@ CONFIG FILE (YAML; annotated example: examples/sidecar.example.yaml; reference: 
   logging:
     level           trace | debug | info (default) | warn | error | critical | off
     json            one JSON object per log line (default false)
+  readiness:        stream queues (docs/sidecar.md, "Positions, resume and readiness")
+    max_lag         READY and /readyz need the stream lag below this (default 5s)
   metrics:          HTTP listener for /metrics, /healthz, /readyz (docs/operations.md)
     listen          HOST:PORT (default "127.0.0.1:9464"; port 0: any free port; "" turns it off)
     enabled         false turns the listener off (default true)
@@ -183,6 +187,7 @@ int main(int argc, char** argv) {
   }
   larder::sidecar::setup_logging(config.logging.level, config.logging.json);
   install_signal_handlers();
+  if (!larder::sidecar::install_test_hooks_from_env()) return 2;
 
   std::unique_ptr<larder::Writer> writer;
   try {
@@ -223,7 +228,13 @@ int main(int argc, char** argv) {
     spdlog::info("metrics: listener off (metrics.listen is empty or metrics.enabled is false)");
   }
 
-  std::thread writer_thread([&] { larder::sidecar::run_writer_thread(*writer, pipeline); });
+  // Stream queues: the source id, the stored position and the sync state,
+  // before the writer thread owns the Writer.
+  std::optional<larder::SourcePosition> resume;
+  std::unique_ptr<larder::sidecar::StreamSync> stream_sync =
+      larder::sidecar::start_stream_source(*writer, pipeline, config, &resume);
+
+  std::thread writer_thread([&] { larder::sidecar::run_writer_thread(*writer, pipeline, stream_sync.get()); });
   std::unique_ptr<larder::sidecar::SnapshotThread> snapshot_thread;
   if (!config.snapshot.dir.empty()) {
     snapshot_thread = std::make_unique<larder::sidecar::SnapshotThread>(config, pipeline.images, pipeline.metrics);
@@ -235,6 +246,7 @@ int main(int argc, char** argv) {
   int code = 0;
   {
     larder::sidecar::Consumer consumer(config, pipeline, g_stop_requests);
+    if (resume) consumer.resume_stream_at(resume->next_offset, resume->skip_updates);
     code = consumer.run();
   }
   if (snapshot_thread) snapshot_thread->stop();  // finishes a snapshot in progress

@@ -35,16 +35,33 @@
 
 namespace larder::sidecar {
 
+// "No offset": the queue is not a stream, or the value is unknown.
+inline constexpr uint64_t kNoOffset = ~uint64_t{0};
+
 // One decoded message on its way to the writer.
 struct WorkItem {
   uint64_t epoch = 0;  // the connection it came from
   uint64_t delivery_tag = 0;
+  // Stream queues: the message's offset in the stream (its x-stream-offset
+  // header); the writer stores positions with it. kNoOffset for other queues.
+  uint64_t offset = kNoOffset;
+  // Updates of this message that were applied before a restart (the stored
+  // position's skip_updates): the writer does not apply them again.
+  uint32_t skip_updates = 0;
+  // The consumer refused the message (it did not decode): apply nothing,
+  // store the position past it.
+  bool position_only = false;
+  // The first delivery after subscribing at offset `gap_from` came from a
+  // later offset: the stream no longer holds gap_from..offset-1 (retention
+  // removed them). kNoOffset: no gap.
+  uint64_t gap_from = kNoOffset;
   DecodedBatch batch;
 };
 
 enum class Outcome : uint8_t {
   kApplied = 0,   // every update reached shared memory (stale ones counted, not an error)
   kRejected = 1,  // the writer refused an update: dead-letter the message
+  kSkipped = 2,   // a position_only item: its position is stored, nothing applied; ack it
 };
 
 // The writer's answer for one WorkItem. It hands the batch back so the
@@ -64,6 +81,17 @@ struct Pipeline {
   std::atomic<uint32_t> connection_state{static_cast<uint32_t>(layout::ConnectionState::kConnecting)};
   std::atomic<uint64_t> pending_rejects{0};  // consumer adds, writer moves into the segment
   std::atomic<bool> writer_stop{false};      // set by main once the consumer has finished
+
+  // Stream queues: what the consumer learned of the stream, for the writer
+  // thread's sync state (apply/stream_sync.h). The consumer writes
+  // stream_tail and then bumps stream_probes with release; the writer reads
+  // stream_probes with acquire, then stream_tail. stream_at_tail is a hint
+  // on its own (relaxed): set when a wait for a delivery found nothing while
+  // nothing was in flight (the broker had no more to send), cleared by each
+  // delivery and each new connection.
+  std::atomic<uint64_t> stream_tail{kNoOffset};  // the last offset when the consumer attached; kNoOffset: empty
+  std::atomic<uint64_t> stream_probes{0};        // attaches whose stream_tail is published
+  std::atomic<bool> stream_at_tail{false};
 
   // Statistics for logs (writer thread writes, anyone reads).
   std::atomic<uint64_t> messages_applied{0};

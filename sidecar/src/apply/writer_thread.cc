@@ -4,6 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <array>
 
 #include "larder/layout/clock.h"
@@ -11,10 +12,21 @@
 namespace larder::sidecar {
 
 Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* reason, uint64_t* stale, uint64_t* applied,
-                    const LagRecorder* lag, uint64_t* duplicates, uint64_t* late) {
+                    const LagRecorder* lag, uint64_t* duplicates, uint64_t* late, const StreamPlace* place) {
   Outcome outcome = Outcome::kApplied;
-  for (size_t i = 0; i < batch.size(); ++i) {
+  const size_t n = batch.size();
+  if (place != nullptr && place->skip_updates >= n) {
+    // Nothing left to apply (no updates, or all applied before a restart).
+    writer.set_position(SourcePosition{0, place->offset + 1, 0});
+    return outcome;
+  }
+  for (size_t i = place != nullptr ? place->skip_updates : 0; i < n; ++i) {
     const DecodedUpdate& u = batch.update(i);
+    if (place != nullptr) {
+      const bool last = i + 1 == n;
+      writer.stage_position(
+          SourcePosition{0, last ? place->offset + 1 : place->offset, last ? 0u : static_cast<uint32_t>(i + 1)});
+    }
     ApplyResult r = ApplyResult::kInvalid;
     switch (u.op) {
       case UpdateOp::kUpsert:
@@ -48,7 +60,36 @@ Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* rea
   return outcome;
 }
 
-void run_writer_thread(Writer& writer, Pipeline& pipeline) {
+namespace {
+
+// The newest event time of a message's updates; 0 when it has none.
+int64_t newest_event_ms(const DecodedBatch& batch) noexcept {
+  int64_t newest = 0;
+  for (size_t i = 0; i < batch.size(); ++i) newest = std::max(newest, batch.update(i).event_time_ms);
+  return newest;
+}
+
+// Applies one WorkItem; a stream message's position goes with it.
+Outcome apply_item(Writer& writer, const WorkItem& item, StreamSync* sync, RejectReason* reason, uint64_t* stale,
+                   uint64_t* applied, const LagRecorder* lag, uint64_t* duplicates, uint64_t* late) {
+  if (item.offset == kNoOffset) {
+    return apply_batch(writer, item.batch, reason, stale, applied, lag, duplicates, late);
+  }
+  if (sync != nullptr && item.gap_from != kNoOffset) sync->gap(item.gap_from, item.offset);
+  Outcome outcome = Outcome::kSkipped;
+  if (item.position_only) {
+    writer.set_position(SourcePosition{0, item.offset + 1, 0});
+  } else {
+    const StreamPlace place{item.offset, item.skip_updates};
+    outcome = apply_batch(writer, item.batch, reason, stale, applied, lag, duplicates, late, &place);
+  }
+  if (sync != nullptr) sync->applied(item.offset, item.position_only ? 0 : newest_event_ms(item.batch));
+  return outcome;
+}
+
+}  // namespace
+
+void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
   moodycamel::ConsumerToken ctok(pipeline.work);
   moodycamel::ProducerToken ptok(pipeline.done);
   std::array<WorkItem, 64> items;
@@ -70,7 +111,7 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline) {
       Completion c;
       c.epoch = item.epoch;
       c.delivery_tag = item.delivery_tag;
-      c.outcome = apply_batch(writer, item.batch, &c.reason, &stale, &applied_updates, &lag, &duplicates, &late);
+      c.outcome = apply_item(writer, item, sync, &c.reason, &stale, &applied_updates, &lag, &duplicates, &late);
       const int64_t t1 = layout::now_mono_ns();
       metrics.apply_seconds.observe_ns(t1 - t0);
       t0 = t1;
@@ -120,6 +161,7 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline) {
     // A snapshot's copy, when one was asked for: between bulks, so the
     // image holds whole messages only.
     pipeline.images.serve(writer);
+    if (sync != nullptr) sync->poll(layout::now_unix_ns() / 1'000'000);
     const int64_t now = layout::now_mono_ns();
     metrics.writer_heartbeat_mono_ns.set(now);
     if (now - last_maintain_ns >= std::chrono::nanoseconds(kMaintainInterval).count()) {

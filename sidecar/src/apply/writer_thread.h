@@ -9,6 +9,7 @@
 #include <chrono>
 
 #include "apply/pipeline.h"
+#include "apply/stream_sync.h"
 #include "larder/writer/writer.h"
 
 namespace larder::sidecar {
@@ -16,8 +17,18 @@ namespace larder::sidecar {
 inline constexpr std::chrono::milliseconds kMaintainInterval{50};
 
 // Runs until pipeline.writer_stop is set and the work queue is empty, then
-// records ConnectionState::kStopped. Runs on the writer thread.
-void run_writer_thread(Writer& writer, Pipeline& pipeline);
+// records ConnectionState::kStopped. `sync`: the sync state of a stream
+// source (nullptr for other queues), polled every round. Runs on the writer
+// thread.
+void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync = nullptr);
+
+// Where a stream message sits: apply_batch stores the position after each
+// update with it (Writer::stage_position), so that after a kill the stored
+// position covers exactly the updates in the table.
+struct StreamPlace {
+  uint64_t offset = 0;        // the message's offset
+  uint32_t skip_updates = 0;  // its first updates, applied before a restart: not applied again
+};
 
 // Where apply_batch records the event-to-visible lag of each applied update:
 // `now_unix_ms` (taken once per dequeued bulk) minus the update's event time.
@@ -35,10 +46,14 @@ struct LagRecorder {
 // stale ones in `*stale`, redelivered events the writer recognised by id in
 // `*duplicates` and events too late for their aggregates (and older than the
 // row) in `*late`; those three are not rejections: the message is acked.
-// Observes each applied update's lag into `lag` when given. Writer thread.
-// Never allocates.
+// Observes each applied update's lag into `lag` when given. With `place`
+// (a stream message), skips its first place->skip_updates updates and stages
+// before update i of n the position {0, offset, i + 1} (the message is not
+// wholly applied yet) or, for the last, {0, offset + 1, 0}; a message with no
+// update left stores {0, offset + 1, 0} directly. Writer thread. Never
+// allocates.
 Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* reason, uint64_t* stale,
                     uint64_t* applied = nullptr, const LagRecorder* lag = nullptr, uint64_t* duplicates = nullptr,
-                    uint64_t* late = nullptr);
+                    uint64_t* late = nullptr, const StreamPlace* place = nullptr);
 
 }  // namespace larder::sidecar

@@ -756,9 +756,18 @@ BootstrapConfig parse_bootstrap(const YAML::Node& node) {
   return c;
 }
 
+ReadinessConfig parse_readiness(const YAML::Node& node) {
+  MapNode m(node, "readiness", {"max_lag"});
+  ReadinessConfig c;
+  if (const std::optional<int64_t> lag = duration_ms(m, "max_lag")) c.max_lag_ms = *lag;
+  return c;
+}
+
 Config parse_root(const YAML::Node& root) {
   if (!present(root)) fail("config", "empty file");
-  MapNode m(root, "", {"segment", "event_time", "tables", "rabbitmq", "logging", "metrics", "snapshot", "bootstrap"});
+  MapNode m(
+      root, "",
+      {"segment", "event_time", "tables", "rabbitmq", "logging", "metrics", "readiness", "snapshot", "bootstrap"});
   Config c;
   c.segment = parse_segment(m.node("segment"));
   c.event_time = parse_event_time_bounds(m.node("event_time"), "event_time", c.event_time);
@@ -784,6 +793,7 @@ Config parse_root(const YAML::Node& root) {
   c.metrics = parse_metrics(m.node("metrics"));
   c.snapshot = parse_snapshot(m.node("snapshot"), c.metrics);
   c.bootstrap = parse_bootstrap(m.node("bootstrap"));
+  c.readiness = parse_readiness(m.node("readiness"));
   // The segment layer has the last word on sizes (e.g. a segment too large).
   try {
     c.schema().validate();

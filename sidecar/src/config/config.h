@@ -137,6 +137,14 @@ struct BootstrapConfig {
   double peer_timeout_s = 600;  // the whole fetch (connect, transfer)
 };
 
+// When the sidecar calls itself ready (stream queues; docs/sidecar.md,
+// "Positions, resume and readiness").
+struct ReadinessConfig {
+  // READY (and /readyz) need the stream lag below this: 0 at the stream's
+  // tail, else now minus the newest event time of the last applied message.
+  int64_t max_lag_ms = 5000;
+};
+
 struct Config {
   SegmentConfig segment;
   // The top-level `event_time` section; each TableConfig holds its own result.
@@ -147,6 +155,7 @@ struct Config {
   MetricsConfig metrics;
   SnapshotConfig snapshot;
   BootstrapConfig bootstrap;
+  ReadinessConfig readiness;
 
   layout::Schema schema() const;
   std::vector<TableDecodeOptions> decode_options() const;

@@ -12,6 +12,8 @@
 #include <sys/time.h>
 
 #include <cassert>
+#include <chrono>
+#include <cstring>
 #include <cmath>
 #include <vector>
 
@@ -19,6 +21,15 @@ namespace larder::sidecar {
 namespace {
 
 constexpr amqp_channel_t kChannel = 1;
+constexpr amqp_channel_t kProbeChannel = 2;  // probe_stream_tail
+// The tail probe: after the first delivery, the last chunk's messages are
+// taken as complete after this quiet spell (the broker sends a chunk in one
+// go), or after kProbeMaxMs in all (a busy stream; the target is then a
+// little behind the tail, which the lag bound covers).
+constexpr int kProbeQuietMs = 100;
+constexpr int kProbeMaxMs = 1000;
+// How long an empty-looking stream is given to deliver its last chunk.
+constexpr int kProbeFirstMs = 1500;
 constexpr int kFrameMax = 131072;
 
 timeval to_timeval(double seconds) {
@@ -99,11 +110,95 @@ void AmqpSession::check_owner() const {
   assert(std::this_thread::get_id() == owner_ && "AmqpSession used from a thread that does not own it");
 }
 
-std::unique_ptr<AmqpSession> AmqpSession::connect(const RabbitConfig& config, const std::string& consumer_tag) {
+std::unique_ptr<AmqpSession> AmqpSession::connect(const RabbitConfig& config, const std::string& consumer_tag,
+                                                  StreamAttach* stream) {
   std::unique_ptr<AmqpSession> s(new AmqpSession(config, consumer_tag));
   s->open();
-  s->declare_topology();
+  s->declare_topology(config.queue.type == QueueType::kStream ? stream : nullptr);
   return s;
+}
+
+namespace {
+
+// The x-stream-offset header of a delivery; false when absent or not an integer.
+bool header_offset(const amqp_basic_properties_t& p, uint64_t* offset) {
+  if (!(p._flags & AMQP_BASIC_HEADERS_FLAG)) return false;
+  for (int i = 0; i < p.headers.num_entries; ++i) {
+    const amqp_table_entry_t& e = p.headers.entries[i];
+    if (e.key.len != 15 || std::memcmp(e.key.bytes, "x-stream-offset", 15) != 0) continue;
+    int64_t v = -1;
+    switch (e.value.kind) {
+      case AMQP_FIELD_KIND_I64: v = e.value.value.i64; break;
+      case AMQP_FIELD_KIND_U64: v = e.value.value.u64 > INT64_MAX ? -1 : static_cast<int64_t>(e.value.value.u64); break;
+      case AMQP_FIELD_KIND_I32: v = e.value.value.i32; break;
+      case AMQP_FIELD_KIND_U32: v = e.value.value.u32; break;
+      default: return false;
+    }
+    if (v < 0) return false;
+    *offset = static_cast<uint64_t>(v);
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+bool stream_offset_of(const amqp_envelope_t& envelope, uint64_t* offset) {
+  return header_offset(envelope.message.properties, offset);
+}
+
+uint64_t AmqpSession::probe_stream_tail() {
+  check_owner();
+  amqp_channel_open(conn_, kProbeChannel);
+  check_rpc(SessionFailure::kTopology, "channel.open (stream tail probe)");
+  amqp_basic_qos(conn_, kProbeChannel, 0, 2000, 0);
+  check_rpc(SessionFailure::kTopology, "basic.qos (stream tail probe)");
+  const std::string probe_tag = consumer_tag_ + ".tail";
+  const std::string last = "last";
+  amqp_table_entry_t args[] = {utf8_entry("x-stream-offset", last)};
+  amqp_basic_consume(conn_, kProbeChannel, bytes_of(config_.queue.name), bytes_of(probe_tag), 0, /*no_ack=*/0, 0,
+                     amqp_table_t{1, args});
+  check_rpc(SessionFailure::kTopology, fmt::format("basic.consume (stream tail probe) on \"{}\"", config_.queue.name));
+  uint64_t tail = ~uint64_t{0};
+  const auto start = std::chrono::steady_clock::now();
+  auto first_at = std::chrono::steady_clock::time_point::max();
+  for (;;) {
+    const auto now = std::chrono::steady_clock::now();
+    int wait_ms = 0;
+    if (first_at == std::chrono::steady_clock::time_point::max()) {
+      wait_ms = kProbeFirstMs - static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(now - start).count());
+    } else {
+      const int left = kProbeMaxMs - static_cast<int>(
+                                         std::chrono::duration_cast<std::chrono::milliseconds>(now - first_at).count());
+      wait_ms = std::min(kProbeQuietMs, left);
+    }
+    if (wait_ms <= 0) break;
+    amqp_maybe_release_buffers(conn_);
+    amqp_envelope_t envelope;
+    timeval tv{wait_ms / 1000, (wait_ms % 1000) * 1000};
+    const amqp_rpc_reply_t r = amqp_consume_message(conn_, &envelope, &tv, 0);
+    if (r.reply_type == AMQP_RESPONSE_NORMAL) {
+      uint64_t offset = 0;
+      if (envelope.channel == kProbeChannel && header_offset(envelope.message.properties, &offset)) {
+        if (tail == ~uint64_t{0} || offset > tail) tail = offset;
+        if (first_at == std::chrono::steady_clock::time_point::max()) first_at = std::chrono::steady_clock::now();
+        amqp_basic_ack(conn_, kProbeChannel, envelope.delivery_tag, 0);
+      }
+      amqp_destroy_envelope(&envelope);
+      continue;
+    }
+    if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && r.library_error == AMQP_STATUS_TIMEOUT) break;
+    if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && r.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
+      handle_other_frame();
+      continue;
+    }
+    throw_reply(SessionFailure::kTopology, "stream tail probe", r);
+  }
+  // channel.close cancels the probe's consumer; deliveries already on the
+  // wire for channel 2 are queued by rabbitmq-c and dropped by next().
+  amqp_channel_close(conn_, kProbeChannel, AMQP_REPLY_SUCCESS);
+  check_rpc(SessionFailure::kTopology, "channel.close (stream tail probe)");
+  return tail;
 }
 
 void AmqpSession::throw_reply(SessionFailure failure, const std::string& what, const amqp_rpc_reply_t& reply) {
@@ -218,7 +313,7 @@ void AmqpSession::open() {
   channel_open_ = true;
 }
 
-void AmqpSession::declare_topology() {
+void AmqpSession::declare_topology(StreamAttach* stream) {
   check_owner();
   const QueueConfig& q = config_.queue;
   const bool dead_letters = q.type != QueueType::kStream;  // streams have no dead-lettering
@@ -266,8 +361,13 @@ void AmqpSession::declare_topology() {
 
   std::vector<amqp_table_entry_t> consume_args;
   if (q.type == QueueType::kStream) {
-    consume_args.push_back(q.stream_offset_is_number ? i64_entry("x-stream-offset", q.stream_offset_number)
-                                                     : utf8_entry("x-stream-offset", q.stream_offset));
+    if (stream != nullptr) stream->tail = probe_stream_tail();
+    if (stream != nullptr && stream->from != ~uint64_t{0}) {
+      consume_args.push_back(i64_entry("x-stream-offset", static_cast<int64_t>(stream->from)));
+    } else {
+      consume_args.push_back(q.stream_offset_is_number ? i64_entry("x-stream-offset", q.stream_offset_number)
+                                                       : utf8_entry("x-stream-offset", q.stream_offset));
+    }
   }
   amqp_basic_consume(conn_, kChannel, bytes_of(q.name), bytes_of(consumer_tag_), 0, /*no_ack=*/0, 0,
                      amqp_table_t{static_cast<int>(consume_args.size()), consume_args.data()});
@@ -280,7 +380,11 @@ ConsumeEvent AmqpSession::next(int timeout_ms, amqp_envelope_t* envelope) {
   amqp_maybe_release_buffers(conn_);
   timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
   const amqp_rpc_reply_t r = amqp_consume_message(conn_, envelope, &tv, 0);
-  if (r.reply_type == AMQP_RESPONSE_NORMAL) return ConsumeEvent::kDelivery;
+  if (r.reply_type == AMQP_RESPONSE_NORMAL) {
+    if (envelope->channel == kChannel) return ConsumeEvent::kDelivery;
+    amqp_destroy_envelope(envelope);  // the tail probe's, after its channel closed
+    return ConsumeEvent::kHandled;
+  }
   if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION) {
     if (r.library_error == AMQP_STATUS_TIMEOUT) return ConsumeEvent::kTimeout;
     if (r.library_error == AMQP_STATUS_UNEXPECTED_STATE) return handle_other_frame();

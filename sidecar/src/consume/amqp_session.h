@@ -49,19 +49,38 @@ enum class ConsumeEvent : uint8_t {
   kUnblocked,     // connection.unblocked
 };
 
+// Stream queues: where to attach, and what the session learned of the stream.
+struct StreamAttach {
+  // Subscribe at this offset (a stored position); kNoOffset: the configured
+  // stream_offset.
+  uint64_t from = ~uint64_t{0};
+  // Out: the stream's last offset just before the consumer attached
+  // (probe_stream_tail), or ~0 when the stream was empty.
+  uint64_t tail = ~uint64_t{0};
+};
+
+// The x-stream-offset header of a stream delivery; false when it is absent
+// or not a non-negative integer.
+bool stream_offset_of(const amqp_envelope_t& envelope, uint64_t* offset);
+
 class AmqpSession {
  public:
   // Connects, logs in with consumer_cancel_notify and connection.blocked
   // capabilities, opens channel 1, declares the topology (dead-letter
   // exchange and queue, the queue, the bindings), sets prefetch and starts
-  // consuming. Throws SessionError.
-  static std::unique_ptr<AmqpSession> connect(const RabbitConfig& config, const std::string& consumer_tag);
+  // consuming. For a stream queue with `stream` given, first learns the
+  // stream's tail (stream->tail) and then subscribes at stream->from.
+  // Throws SessionError.
+  static std::unique_ptr<AmqpSession> connect(const RabbitConfig& config, const std::string& consumer_tag,
+                                              StreamAttach* stream = nullptr);
 
   ~AmqpSession();  // destroys the connection state without a handshake
   AmqpSession(const AmqpSession&) = delete;
   AmqpSession& operator=(const AmqpSession&) = delete;
 
   // Waits up to timeout_ms (> 0) for a frame. Heartbeats are serviced inside.
+  // Deliveries on other channels than the consumer's (the tail probe's
+  // leftovers) are dropped and reported as kHandled.
   // Throws SessionError on a fatal condition, including a basic.cancel from
   // the broker (kConsumerCancelled) unless cancel() was called first.
   ConsumeEvent next(int timeout_ms, amqp_envelope_t* envelope);
@@ -82,7 +101,13 @@ class AmqpSession {
  private:
   AmqpSession(const RabbitConfig& config, std::string consumer_tag);
   void open();
-  void declare_topology();
+  void declare_topology(StreamAttach* stream);
+  // The stream's last offset: a second consumer on channel 2 attached at
+  // "last" is delivered the stream's last chunk; the largest x-stream-offset
+  // it sees before a short quiet spell is the tail. ~0 when nothing arrives
+  // (an empty stream). Closes channel 2; its late deliveries are dropped by
+  // next().
+  uint64_t probe_stream_tail();
   void check_owner() const;
   [[noreturn]] void throw_reply(SessionFailure failure, const std::string& what, const amqp_rpc_reply_t& reply);
   void check_rpc(SessionFailure failure, const std::string& what);

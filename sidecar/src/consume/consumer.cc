@@ -33,8 +33,12 @@ Consumer::Consumer(const Config& config, Pipeline& pipeline, const std::atomic<i
       backoff_(config.rabbitmq.reconnect.base_s, config.rabbitmq.reconnect.cap_s),
       reject_log_(kRejectReasonCount, 10, std::chrono::milliseconds(1000)),
       work_token_(pipeline.work),
-      last_stats_log_(std::chrono::steady_clock::now()) {
+      last_stats_log_(std::chrono::steady_clock::now()),
+      stream_(config.rabbitmq.queue.type == QueueType::kStream) {
   completions_.resize(64);
+  if (stream_ && config.rabbitmq.queue.stream_offset_is_number) {
+    next_offset_ = static_cast<uint64_t>(config.rabbitmq.queue.stream_offset_number);
+  }
   ack_batch_ = std::max<uint64_t>(1, config.rabbitmq.prefetch / 4);
 }
 
@@ -61,6 +65,12 @@ bool Consumer::sleep_interruptible(std::chrono::milliseconds delay) {
   return stop_requests_.load() == 0;
 }
 
+void Consumer::resume_stream_at(uint64_t next_offset, uint32_t skip_updates) {
+  next_offset_ = next_offset;
+  skip_offset_ = skip_updates > 0 ? next_offset : kNoOffset;
+  skip_updates_ = skip_updates;
+}
+
 int Consumer::run() {
   const RabbitConfig& rc = config_.rabbitmq;
   spdlog::info("consumer: queue \"{}\" ({}), broker {}, prefetch {}, heartbeat {} s", rc.queue.name,
@@ -77,7 +87,22 @@ int Consumer::run() {
     std::unique_ptr<AmqpSession> session;
     try {
       const std::string tag = fmt::format("larder-sidecar.{}.{}", ::getpid(), epoch_);
-      session = AmqpSession::connect(rc, tag);
+      StreamAttach attach;
+      attach.from = next_offset_;
+      // relaxed: a hint (see pipeline.h); a new connection is not at the tail yet.
+      pipeline_.stream_at_tail.store(false, std::memory_order_relaxed);
+      session = AmqpSession::connect(rc, tag, stream_ ? &attach : nullptr);
+      if (stream_) {
+        requested_ = next_offset_;
+        first_of_epoch_ = true;
+        pipeline_.stream_tail.store(attach.tail, std::memory_order_relaxed);
+        // release: publishes stream_tail to the writer thread's acquire load.
+        pipeline_.stream_probes.fetch_add(1, std::memory_order_release);
+        spdlog::info("consumer: stream \"{}\": tail at offset {}; subscribing at {}", rc.queue.name,
+                     attach.tail == kNoOffset ? std::string("none (empty)") : std::to_string(attach.tail),
+                     next_offset_ == kNoOffset ? "\"" + rc.queue.stream_offset + "\" (rabbitmq.queue.stream_offset)"
+                                               : std::to_string(next_offset_));
+      }
       ++stats_.connections;
       pipeline_.metrics.connects.add();
       set_state(layout::ConnectionState::kConnected);
@@ -156,6 +181,15 @@ void Consumer::serve(AmqpSession& session) {
     amqp_envelope_t envelope;
     const ConsumeEvent event = session.next(wait_ms, &envelope);
     quiet = event == ConsumeEvent::kTimeout;
+    if (stream_) {
+      // relaxed: a hint (see pipeline.h). Quiet with nothing in flight: the
+      // broker had nothing more for us.
+      if (quiet && tracker_.in_flight() == 0 && !session.cancelled()) {
+        pipeline_.stream_at_tail.store(true, std::memory_order_relaxed);
+      } else if (event == ConsumeEvent::kDelivery) {
+        pipeline_.stream_at_tail.store(false, std::memory_order_relaxed);
+      }
+    }
     // Liveness for /healthz: a delivery refreshes it from its decode clock
     // read (handle_delivery), anything else here, at most kIdleWaitMs apart.
     if (event != ConsumeEvent::kDelivery) pipeline_.metrics.consumer_heartbeat_mono_ns.set(layout::now_mono_ns());
@@ -181,6 +215,32 @@ void Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) 
   if (envelope.redelivered) metrics.messages_redelivered.add();
   const uint64_t tag = envelope.delivery_tag;
   tracker_.delivered(tag);
+  uint64_t offset = kNoOffset;
+  uint64_t gap_from = kNoOffset;
+  uint32_t skip = 0;
+  if (stream_) {
+    if (!stream_offset_of(envelope, &offset)) {
+      dead_letter(session, tag, RejectReason::kNoStreamOffset, "a stream delivery without an x-stream-offset header",
+                  "");
+      return;
+    }
+    if (first_of_epoch_) {
+      first_of_epoch_ = false;
+      if (requested_ != kNoOffset && offset > requested_) gap_from = requested_;
+    }
+    if (next_offset_ != kNoOffset && offset < next_offset_ && gap_from == kNoOffset) {
+      // Before the resume point (a stream delivers whole chunks): applied
+      // already. Ack, apply nothing.
+      tracker_.settle(tag, true);
+      ++unsent_ack_count_;
+      return;
+    }
+    if (offset == skip_offset_) {
+      skip = skip_updates_;
+      skip_offset_ = kNoOffset;
+    }
+    next_offset_ = offset + 1;
+  }
   const std::string_view body(static_cast<const char*>(envelope.message.body.bytes), envelope.message.body.len);
   DecodedBatch batch = take_spare_batch();
   const int64_t decode_start = layout::now_mono_ns();
@@ -194,6 +254,16 @@ void Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) 
       id.assign(static_cast<const char*>(envelope.message.properties.message_id.bytes),
                 std::min<size_t>(envelope.message.properties.message_id.len, 128));
     }
+    if (offset != kNoOffset) {
+      // A stream: the writer stores the position past it, then it is acked.
+      note_reject(tag, result.reason, result.detail, id);
+      batch.clear();
+      WorkItem item{epoch_, tag, offset, 0, true, gap_from, std::move(batch)};
+      pipeline_.work.enqueue(work_token_, std::move(item));
+      metrics.work_enqueued.add_release();
+      ++outstanding_work_;
+      return;
+    }
     spare_batches_.push_back(std::move(batch));
     dead_letter(session, tag, result.reason, result.detail, id);
     return;
@@ -203,22 +273,14 @@ void Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) 
   if (metrics.work_enqueued.value() == metrics.work_done.value_acquire()) {
     metrics.backlog_start_mono_ns.set(decode_end);
   }
-  pipeline_.work.enqueue(work_token_, WorkItem{epoch_, tag, std::move(batch)});
+  pipeline_.work.enqueue(work_token_, WorkItem{epoch_, tag, offset, skip, false, gap_from, std::move(batch)});
   metrics.work_enqueued.add_release();
   ++outstanding_work_;
 }
 
 void Consumer::dead_letter(AmqpSession& session, uint64_t tag, RejectReason reason, const std::string& detail,
                            const std::string& id) {
-  const size_t r = static_cast<size_t>(reason);
-  ++stats_.rejected_by_reason[r];
-  pipeline_.metrics.messages_rejected[r].add();
-  pipeline_.pending_rejects.fetch_add(1, std::memory_order_relaxed);  // relaxed: a count, see pipeline.h
-  uint64_t suppressed = 0;
-  if (reject_log_.allow(r, &suppressed)) {
-    spdlog::warn("reject: reason={} tag={} id=\"{}\" detail=\"{}\" suppressed_since_last={}",
-                 reject_reason_name(reason), tag, id, detail, suppressed);
-  }
+  note_reject(tag, reason, detail, id);
   if (config_.rabbitmq.queue.type == QueueType::kStream) {
     // Streams have no dead-lettering and ignore rejects; the ack (a credit)
     // is what lets consumption go on. The reject is counted and logged.
@@ -230,6 +292,18 @@ void Consumer::dead_letter(AmqpSession& session, uint64_t tag, RejectReason reas
   session.reject(tag);
   ++stats_.rejects_sent;
   tracker_.settle(tag, false);
+}
+
+void Consumer::note_reject(uint64_t tag, RejectReason reason, const std::string& detail, const std::string& id) {
+  const size_t r = static_cast<size_t>(reason);
+  ++stats_.rejected_by_reason[r];
+  pipeline_.metrics.messages_rejected[r].add();
+  pipeline_.pending_rejects.fetch_add(1, std::memory_order_relaxed);  // relaxed: a count, see pipeline.h
+  uint64_t suppressed = 0;
+  if (reject_log_.allow(r, &suppressed)) {
+    spdlog::warn("reject: reason={} tag={} id=\"{}\" detail=\"{}\" suppressed_since_last={}",
+                 reject_reason_name(reason), tag, id, detail, suppressed);
+  }
 }
 
 void Consumer::process_completions(AmqpSession* session, bool flush_acks) {
@@ -245,7 +319,7 @@ void Consumer::process_completions(AmqpSession* session, bool flush_acks) {
         continue;
       }
       --outstanding_work_;
-      if (c.outcome == Outcome::kApplied) {
+      if (c.outcome == Outcome::kApplied || c.outcome == Outcome::kSkipped) {
         tracker_.settle(c.delivery_tag, true);
         ++unsent_ack_count_;
       } else {

@@ -12,6 +12,13 @@
 //    tag is sent (see AckTracker).
 //  * Each connection is an epoch; completions of an older epoch are dropped,
 //    never acked on a newer connection (the broker redelivers them).
+//  * Stream queues (docs/sidecar.md, "Positions, resume and readiness"): each
+//    WorkItem carries its x-stream-offset; the consumer subscribes at the
+//    next offset it has not handed to the writer (at start: the stored
+//    position), acks and drops deliveries before it (a stream delivers whole
+//    chunks), hands undecodable messages to the writer as position-only
+//    items, and flags a retention gap when the first delivery comes from
+//    after the offset it asked for.
 //
 // Threading: run() runs on the consumer thread (the process's main thread);
 // nothing here is shared except the Pipeline and the stop flag.
@@ -47,6 +54,10 @@ class Consumer {
   // more abandons the drain (unacked messages are redelivered later).
   Consumer(const Config& config, Pipeline& pipeline, const std::atomic<int>& stop_requests);
 
+  // Stream queues: resume at `next_offset` (a stored position), skipping the
+  // first `skip_updates` updates of that message. Call before run().
+  void resume_stream_at(uint64_t next_offset, uint32_t skip_updates);
+
   // Consumes until a stop is requested and the drain has finished. Returns
   // the process exit code (0 after a clean stop).
   int run();
@@ -61,6 +72,9 @@ class Consumer {
   void process_completions(AmqpSession* session, bool flush_acks = false);
   void dead_letter(AmqpSession& session, uint64_t tag, RejectReason reason, const std::string& detail,
                    const std::string& id);
+  // Counts and logs a refused message (the part of dead_letter() that does
+  // not settle it).
+  void note_reject(uint64_t tag, RejectReason reason, const std::string& detail, const std::string& id);
   void set_state(layout::ConnectionState state);
   bool sleep_interruptible(std::chrono::milliseconds delay);
   void log_stats_if_due(bool force);
@@ -83,6 +97,14 @@ class Consumer {
   uint64_t ack_batch_ = 1;         // prefetch / 4: fewer ack frames, window stays open
   ConsumerStats stats_;
   std::chrono::steady_clock::time_point last_stats_log_;
+
+  // Stream queues (kNoOffset: unknown).
+  const bool stream_;
+  uint64_t next_offset_ = kNoOffset;  // the first offset not yet handed to the writer
+  uint64_t skip_offset_ = kNoOffset;  // the resumed message whose first skip_updates_ updates are applied
+  uint32_t skip_updates_ = 0;
+  uint64_t requested_ = kNoOffset;    // the offset this epoch subscribed at
+  bool first_of_epoch_ = false;       // no delivery yet on this connection
 };
 
 }  // namespace larder::sidecar

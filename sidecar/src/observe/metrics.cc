@@ -323,6 +323,59 @@ void render_snapshot_metrics(PrometheusText& p, const SidecarMetrics& m) {
           m.snapshot_failures.value());
 }
 
+const char* sync_state_label(layout::SyncState s) noexcept {
+  switch (s) {
+    case layout::SyncState::kUnknown: return "unknown";
+    case layout::SyncState::kCatchingUp: return "catching_up";
+    case layout::SyncState::kReady: return "ready";
+    case layout::SyncState::kIncomplete: return "incomplete";
+  }
+  return "unknown";
+}
+
+// The source positions and sync state (stream queues), as readers see them in
+// the segment, and the writer's lag.
+void render_source_metrics(PrometheusText& p, const SidecarMetrics& m, const SegmentSample& segment) {
+  if (!segment.open) return;
+  const SyncInfo& sync = segment.sync;
+  p.family("larder_sync_state", "gauge",
+           "The segment's sync state (stream sources): 1 for the current state, else 0; unknown for other queues.");
+  for (layout::SyncState s : {layout::SyncState::kUnknown, layout::SyncState::kCatchingUp, layout::SyncState::kReady,
+                              layout::SyncState::kIncomplete}) {
+    p.sample("larder_sync_state", fmt::format("state=\"{}\"", sync_state_label(s)),
+             uint64_t{s == sync.state ? 1u : 0u});
+  }
+  p.family("larder_source_incomplete", "gauge",
+           "1 when the stream no longer held the offsets after the stored position (retention gap): restore a newer "
+           "snapshot or bootstrap from a peer.");
+  p.sample("larder_source_incomplete", "", uint64_t{sync.state == layout::SyncState::kIncomplete ? 1u : 0u});
+  p.family("larder_source_offset", "gauge", "The next source offset to apply (the stored position), per partition.");
+  for (const SyncInfo::Partition& part : sync.partitions) {
+    if (part.next_offset)
+      p.sample("larder_source_offset", fmt::format("partition=\"{}\"", part.partition), *part.next_offset);
+  }
+  p.family("larder_source_target_offset", "gauge",
+           "CATCHING_UP: the offset replay must reach (the stream's tail when the consumer attached).");
+  p.family("larder_source_lag_messages", "gauge", "CATCHING_UP: messages between the stored position and the target.");
+  p.family("larder_source_first_retained_offset", "gauge",
+           "INCOMPLETE: the first offset the stream still held when the gap was found.");
+  for (const SyncInfo::Partition& part : sync.partitions) {
+    const std::string labels = fmt::format("partition=\"{}\"", part.partition);
+    if (part.target) {
+      p.sample("larder_source_target_offset", labels, *part.target);
+      const uint64_t next = part.next_offset.value_or(0);
+      p.sample("larder_source_lag_messages", labels, *part.target + 1 > next ? *part.target + 1 - next : uint64_t{0});
+    }
+    if (part.first_retained) p.sample("larder_source_first_retained_offset", labels, *part.first_retained);
+  }
+  const int64_t lag_ms = m.source_lag_ms.value();
+  if (lag_ms >= 0) {
+    p.family("larder_source_lag_seconds", "gauge",
+             "Stream lag: 0 at the tail, else now minus the newest event time of the last applied message.");
+    p.sample("larder_source_lag_seconds", "", static_cast<double>(lag_ms) / 1e3);
+  }
+}
+
 }  // namespace
 
 std::string render_metrics(const SidecarMetrics& m, uint32_t connection_state, const SegmentSample& segment,
@@ -333,13 +386,34 @@ std::string render_metrics(const SidecarMetrics& m, uint32_t connection_state, c
   render_timing_metrics(p, m, now_mono_ns);
   render_snapshot_metrics(p, m);
   render_segment_metrics(p, segment, now_unix_ns);
+  render_source_metrics(p, m, segment);
   return p.text();
+}
+
+std::string not_synced_reason(const SyncInfo& sync) {
+  const SyncInfo::Partition* part = sync.partitions.empty() ? nullptr : &sync.partitions.front();
+  auto offset = [](const std::optional<uint64_t>& o) { return o ? std::to_string(*o) : std::string("none"); };
+  switch (sync.state) {
+    case layout::SyncState::kUnknown:
+    case layout::SyncState::kReady: return "";
+    case layout::SyncState::kCatchingUp:
+      return fmt::format("catching up with the stream: next offset {}, target {}",
+                         part ? offset(part->next_offset) : "none",
+                         part && part->target ? std::to_string(*part->target) : "not known yet");
+    case layout::SyncState::kIncomplete:
+      return fmt::format(
+          "incomplete: the stream no longer holds what follows the stored position (first retained offset {}, next "
+          "offset {}); restore a newer snapshot or bootstrap from a peer",
+          part ? offset(part->first_retained) : "none", part ? offset(part->next_offset) : "none");
+  }
+  return "";
 }
 
 std::string not_ready_reason(const SidecarMetrics& m, uint32_t connection_state, const SegmentSample& segment,
                              const ReadyPolicy& policy, int64_t now_mono_ns) {
   if (!segment.open) return "segment not open: " + segment.error;
   if (segment.info.state != SegmentState::kReady) return "segment is not ready for readers";
+  if (std::string sync = not_synced_reason(segment.sync); !sync.empty()) return sync;
   if (connection_state != static_cast<uint32_t>(layout::ConnectionState::kConnected)) {
     return fmt::format("broker connection is {}", connection_state_name(connection_state));
   }

@@ -58,6 +58,8 @@ class Counter {
 // A gauge set by one thread and read by others (a plain relaxed atomic).
 class Gauge {
  public:
+  Gauge() = default;
+  explicit Gauge(int64_t initial) : value_(initial) {}
   // relaxed: a gauge is a value of its own; a Counter's release/acquire
   // publishes it where order matters (see SidecarMetrics).
   void set(int64_t v) noexcept { value_.store(v, std::memory_order_relaxed); }
@@ -143,6 +145,7 @@ struct SidecarMetrics {
   Gauge writer_heartbeat_mono_ns;  // refreshed every writer-loop iteration (<= 20 ms apart)
   Histogram apply_seconds;         // apply_batch per message
   Histogram visible_lag_seconds;   // apply time - event_time, per applied update
+  Gauge source_lag_ms{-1};         // stream queues: the lag StreamSync last computed; -1 unknown or not a stream
 
   // Snapshot thread (snapshot/snapshot_thread.h): the last periodic snapshot
   // written to snapshot.dir. Write point: the gauges, then
@@ -160,6 +163,7 @@ struct SegmentSample {
   bool open = false;  // false: the segment could not be opened
   std::string error;  // why, when !open
   SegmentInfo info;
+  SyncInfo sync;  // the source positions and sync state readers see
   struct TableSample {
     std::string name;
     TableStats stats;
@@ -202,9 +206,14 @@ struct ReadyPolicy {
   double max_writer_heartbeat_s = 1.0;  // writer thread (and segment heartbeat) age
 };
 
-// "" when ready, else a one-line reason. HTTP thread.
+// "" when ready, else a one-line reason. Not ready while the segment's sync
+// state is CATCHING_UP or INCOMPLETE (stream queues; the reason names the
+// offsets). HTTP thread.
 std::string not_ready_reason(const SidecarMetrics& m, uint32_t connection_state, const SegmentSample& segment,
                              const ReadyPolicy& policy, int64_t now_mono_ns);
+
+// The sync-state part of not_ready_reason(): "" for UNKNOWN and READY.
+std::string not_synced_reason(const SyncInfo& sync);
 
 // Liveness: "" when the consumer and writer threads are making rounds, else a
 // one-line reason. `consumer_max_age_s` covers the longest blocking call of

@@ -102,6 +102,7 @@ SegmentSample MetricsServer::sample_segment() {
   }
   s.open = true;
   s.info = segment_.info();
+  s.sync = segment_.sync();
   s.tables.reserve(tables_.size());
   for (const Table& t : tables_) s.tables.push_back({t.name(), t.stats()});
   return s;
