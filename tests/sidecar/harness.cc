@@ -239,23 +239,32 @@ SidecarProcess::~SidecarProcess() {
   if (!::testing::Test::HasFailure()) std::remove(log_path_.c_str());
 }
 
-pid_t spawn_sidecar(const std::string& config_path, const std::string& log_path, const std::string& password) {
+pid_t spawn_sidecar(const std::string& config_path, const std::string& log_path, const std::string& password,
+                    const std::vector<std::string>& extra_args) {
+  // Built before the fork: the child only calls async-signal-safe functions.
+  std::vector<const char*> argv = {"larder-sidecar", "--config", config_path.c_str(), "--log-level", "debug"};
+  for (const std::string& a : extra_args) argv.push_back(a.c_str());
+  argv.push_back(nullptr);
   const pid_t pid = ::fork();
   if (pid == 0) {
     const int fd = ::open(log_path.c_str(), O_WRONLY | O_APPEND | O_CREAT, 0644);
     ::dup2(fd, 1);
     ::dup2(fd, 2);
     ::setenv("LARDER_IT_PASSWORD", password.c_str(), 1);
-    ::execl(LARDER_SIDECAR_BINARY, "larder-sidecar", "--config", config_path.c_str(), "--log-level", "debug",
-            static_cast<char*>(nullptr));
+    ::execv(LARDER_SIDECAR_BINARY, const_cast<char* const*>(argv.data()));
     _exit(127);
   }
   return pid;
 }
 
-void SidecarProcess::start() {
-  pid_ = spawn_sidecar(config_path_, log_path_, password_);
+void SidecarProcess::start(const std::vector<std::string>& extra_args) {
+  pid_ = spawn_sidecar(config_path_, log_path_, password_, extra_args);
   ASSERT_GT(pid_, 0) << "fork failed";
+}
+
+int SidecarProcess::wait_exit(std::chrono::seconds timeout) {
+  if (!wait_until([&] { return !running(); }, timeout)) return -1;
+  return exit_code_;
 }
 
 bool SidecarProcess::running() {

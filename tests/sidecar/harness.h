@@ -82,7 +82,12 @@ class SidecarProcess {
   SidecarProcess(std::string config_yaml, std::string name, const BrokerEnv& env);
   ~SidecarProcess();  // SIGKILLs a still-running child
 
-  void start();
+  // `extra_args` follow --config and --log-level (e.g. --restore FILE).
+  void start(const std::vector<std::string>& extra_args = {});
+  // Waits until the child exits on its own; returns its exit code (or
+  // 128+signal), -1 when it still runs after `timeout`.
+  int wait_exit(std::chrono::seconds timeout = std::chrono::seconds(60));
+  const std::string& config_path() const { return config_path_; }
   // SIGTERM and wait; returns the exit code (or 128+signal; -1 on timeout).
   // A child that already exited (seen by running()) returns its exit code.
   int stop(std::chrono::seconds timeout = std::chrono::seconds(20));
@@ -105,7 +110,8 @@ class SidecarProcess {
 // Forks and execs larder-sidecar (LARDER_SIDECAR_BINARY) with the config at
 // `config_path`, its stdout and stderr appended to `log_path` and `password`
 // in LARDER_IT_PASSWORD. Returns the child's pid, or -1 when fork failed.
-pid_t spawn_sidecar(const std::string& config_path, const std::string& log_path, const std::string& password);
+pid_t spawn_sidecar(const std::string& config_path, const std::string& log_path, const std::string& password,
+                    const std::vector<std::string>& extra_args = {});
 
 // Polls `pred` every 20 ms until true or timeout; returns the last result.
 bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout);

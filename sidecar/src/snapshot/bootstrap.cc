@@ -44,8 +44,8 @@ uint64_t max_snapshot_bytes(const Config& config) {
 
 // Restores `image` (verified, described by `info`) as the segment. Throws
 // larder::Error; nothing changes on a throw.
-std::unique_ptr<Writer> restore_image(const Config& config, std::vector<unsigned char>& image,
-                                      const snapshot::SnapshotInfo& info, const std::string& what) {
+// Throws kSchemaMismatch when `info` is of another schema than the config's.
+void check_schema(const Config& config, const snapshot::SnapshotInfo& info, const std::string& what) {
   const layout::Schema schema = config.schema();
   if (info.schema_fingerprint != schema.fingerprint()) {
     throw Error(ErrorCode::kSchemaMismatch,
@@ -54,6 +54,12 @@ std::unique_ptr<Writer> restore_image(const Config& config, std::vector<unsigned
                             "start without it (docs/operations.md, \"Schema change\")",
                             what, layout::hex64(info.schema_fingerprint), layout::hex64(schema.fingerprint())));
   }
+}
+
+std::unique_ptr<Writer> restore_image(const Config& config, std::vector<unsigned char>& image,
+                                      const snapshot::SnapshotInfo& info, const std::string& what) {
+  check_schema(config, info, what);
+  const layout::Schema schema = config.schema();
   mark_catching_up(image);
   std::unique_ptr<Writer> writer = Writer::restore(config.segment.name, schema, image, writer_options(config));
   writer->set_sync_state(layout::SyncState::kCatchingUp);
@@ -66,6 +72,9 @@ std::unique_ptr<Writer> restore_file(const Config& config, const std::string& pa
   snapshot::ReadLimits limits;
   limits.max_image_bytes = layout::plan_layout(config.schema()).segment_bytes;
   const int64_t t0 = layout::now_mono_ns();
+  // The verified header first: another schema is named as such, not as an
+  // image too large for this one.
+  check_schema(config, snapshot::read_snapshot_info(path), path);
   const snapshot::SnapshotInfo info = snapshot::read_snapshot_file(path, &image, limits);
   const double verify_s = seconds_since(t0);
   const int64_t t1 = layout::now_mono_ns();
