@@ -106,6 +106,7 @@ class SnapshotIntegrationTest : public SidecarTestBase {
     std::error_code ec;
     fs::remove_all(dir_, ec);
     fs::remove(token_file_, ec);
+    if (!peer_token_.empty()) fs::remove(peer_token_, ec);
   }
 
   // A sidecar on the test's stream. `segment` defaults to the test's name.
@@ -167,14 +168,12 @@ metrics: {{listen: "127.0.0.1:0"}}
     return path;
   }
 
-  void wait_for_consumers(uint32_t n) {
-    ASSERT_TRUE(wait_until(
-        [&] {
-          const auto q = client_->inspect(name_);
-          return q && q->second >= n;
-        },
-        60s))
-        << "fewer than " << n << " consumers on " << name_;
+  // Waits until `p` has subscribed to the stream (its consumer's log line;
+  // a stream queue reports no consumer count to a passive declare).
+  static void wait_for_consumer(SidecarProcess& p) {
+    ASSERT_TRUE(wait_until([&] { return p.log_count("consumer: connected to") >= 1; }, 60s))
+        << "the sidecar did not subscribe\n"
+        << p.log_tail();
   }
 
   // `count` upserts of keys k0..k(keys-1), event times after `t0`.
@@ -221,6 +220,7 @@ metrics: {{listen: "127.0.0.1:0"}}
 
   std::string dir_;
   std::string token_file_;
+  std::string peer_token_;
   std::vector<std::unique_ptr<SidecarProcess>> others_;
 };
 
@@ -231,9 +231,10 @@ metrics: {{listen: "127.0.0.1:0"}}
 TEST_F(SnapshotIntegrationTest, LostSegmentRestoresLatestSnapshotThenReplays) {
   ASSERT_TRUE(setup());
   Oracle oracle;
+  sidecar_.reset();  // its destructor removes the config file the next one writes
   sidecar_ = std::make_unique<SidecarProcess>(config(name_, snapshot_yaml()), name_, env_);
   sidecar_->start();
-  wait_for_consumers(1);
+  wait_for_consumer(*sidecar_);
   const std::vector<std::string> first = part(oracle, 150, 300, kT0, 1);
   client_->publish(name_, "users.1", first);
   std::string diff;
@@ -260,6 +261,7 @@ TEST_F(SnapshotIntegrationTest, LostSegmentRestoresLatestSnapshotThenReplays) {
   TcpProxy broker(url.host, url.port);
   url.host = "127.0.0.1";
   url.port = broker.port();
+  sidecar_.reset();  // its destructor removes the config file the next one writes
   sidecar_ = std::make_unique<SidecarProcess>(config(name_, snapshot_yaml(), url.to_string()), name_, env_);
   sidecar_->start();
   const int port = metrics_port(*sidecar_);
@@ -300,10 +302,11 @@ TEST_F(SnapshotIntegrationTest, LostSegmentRestoresLatestSnapshotThenReplays) {
 TEST_F(SnapshotIntegrationTest, SnapshotEndpointNeedsTheToken) {
   ASSERT_TRUE(setup());
   Oracle oracle;
+  sidecar_.reset();  // its destructor removes the config file the next one writes
   sidecar_ = std::make_unique<SidecarProcess>(
       config(name_, fmt::format("snapshot: {{serve: true, token_file: {}}}\n", token_file_)), name_, env_);
   sidecar_->start();
-  wait_for_consumers(1);
+  wait_for_consumer(*sidecar_);
   client_->publish(name_, "users.1", part(oracle, 50, 100, kT0, 3));
   std::string diff;
   ASSERT_TRUE(converges(name_, oracle, &diff)) << diff;
@@ -332,6 +335,7 @@ TEST_F(SnapshotIntegrationTest, SnapshotEndpointNeedsTheToken) {
   EXPECT_EQ(sidecar_->stop(), 0);
 
   // serve: false (the default): no such route.
+  sidecar_.reset();  // its destructor removes the config file the next one writes
   sidecar_ = std::make_unique<SidecarProcess>(config(name_, ""), name_, env_);
   sidecar_->start();
   const int port2 = metrics_port(*sidecar_);
@@ -347,46 +351,51 @@ TEST_F(SnapshotIntegrationTest, SnapshotEndpointNeedsTheToken) {
 TEST_F(SnapshotIntegrationTest, FanOutThirdSidecarBootstrapsFromPeerMidStream) {
   ASSERT_TRUE(setup());
   Oracle oracle;
+  sidecar_.reset();  // its destructor removes the config file the next one writes
   sidecar_ = std::make_unique<SidecarProcess>(config(name_, snapshot_yaml(true), "", "first"), name_, env_);
   sidecar_->start();
-  wait_for_consumers(1);
+  wait_for_consumer(*sidecar_);
   others_.push_back(std::make_unique<SidecarProcess>(config(name_ + "-b", "", "", "first"), name_ + "-b", env_));
   others_.back()->start();
-  wait_for_consumers(2);
+  wait_for_consumer(*others_.back());
   client_->publish(name_, "users.1", part(oracle, 300, 600, kT0, 4));
   std::string diff;
   ASSERT_TRUE(converges(name_, oracle, &diff)) << diff;
   const int port = metrics_port(*sidecar_);
   ASSERT_GT(port, 0);
 
-  // The producer keeps publishing while C bootstraps.
+  // The producer keeps publishing while C bootstraps: half of the batches
+  // go out around C's start, the rest only once C has restored, so C
+  // certainly replays messages after its snapshot's position.
   std::vector<std::vector<std::string>> batches;
   for (int b = 0; b < 20; ++b) batches.push_back(part(oracle, 400, 50, kT0 + 1'000'000 + b * 1000, 10 + b));
   std::atomic<int> published{0};
+  std::atomic<bool> c_restored{false};
   std::thread producer([&] {
     AmqpClient c(env_);
-    for (const auto& batch : batches) {
-      c.publish(name_, "users.1", batch);
+    for (size_t b = 0; b < batches.size(); ++b) {
+      if (b == batches.size() / 2) wait_until([&] { return c_restored.load(); }, 120s);
+      c.publish(name_, "users.1", batches[b]);
       published.fetch_add(1);
     }
   });
-  // C starts once some of the ongoing stream is out, so its snapshot lands
-  // mid-stream.
-  ASSERT_TRUE(wait_until([&] { return published.load() >= 3; }, 60s));
-  const std::string peer_token = ::testing::TempDir() + "/" + name_ + ".peer-token";
-  write_bytes(peer_token, read_bytes(token_file_));
+  // C starts once some of the ongoing stream is out.
+  EXPECT_TRUE(wait_until([&] { return published.load() >= 3; }, 60s));
+  peer_token_ = ::testing::TempDir() + "/" + name_ + ".peer-token";
+  write_bytes(peer_token_, read_bytes(token_file_));
   others_.push_back(std::make_unique<SidecarProcess>(
-      config(name_ + "-c", fmt::format("bootstrap: {{peer_token_file: {}}}\n", peer_token)), name_ + "-c", env_));
+      config(name_ + "-c", fmt::format("bootstrap: {{peer_token_file: {}}}\n", peer_token_)), name_ + "-c", env_));
   others_.back()->start({"--bootstrap-from", fmt::format("http://127.0.0.1:{}/snapshot", port)});
-  producer.join();
-  fs::remove(peer_token);
   EXPECT_TRUE(wait_until([&] { return others_.back()->log_count("restore: segment") == 1; }, 60s))
       << others_.back()->log_tail();
+  c_restored.store(true);
+  producer.join();
+  EXPECT_EQ(published.load(), 20);
   for (const std::string& s : {name_, name_ + "-b", name_ + "-c"}) {
     EXPECT_TRUE(converges(s, oracle, &diff)) << s << ": " << diff;
   }
   const std::string a = dump_rows(name_);
-  EXPECT_EQ(std::count(a.begin(), a.end(), '\n'), 401);  // header + 400 keys
+  EXPECT_EQ(std::count(a.begin(), a.end(), '\n'), static_cast<long>(oracle.rows().size() + 1));  // header + rows
   EXPECT_EQ(a, dump_rows(name_ + "-b"));
   EXPECT_EQ(a, dump_rows(name_ + "-c"));
   EXPECT_TRUE(wait_until([&] { return Segment::open(name_ + "-c").state() == layout::SyncState::kReady; }, 60s))
@@ -398,9 +407,10 @@ TEST_F(SnapshotIntegrationTest, FanOutThirdSidecarBootstrapsFromPeerMidStream) {
 TEST_F(SnapshotIntegrationTest, BadRestoreFileLeavesTheSegmentUntouched) {
   ASSERT_TRUE(setup());
   Oracle oracle;
+  sidecar_.reset();  // its destructor removes the config file the next one writes
   sidecar_ = std::make_unique<SidecarProcess>(config(name_, ""), name_, env_);
   sidecar_->start();
-  wait_for_consumers(1);
+  wait_for_consumer(*sidecar_);
   client_->publish(name_, "users.1", part(oracle, 80, 160, kT0, 5));
   std::string diff;
   ASSERT_TRUE(converges(name_, oracle, &diff)) << diff;
@@ -427,11 +437,12 @@ TEST_F(SnapshotIntegrationTest, BadRestoreFileLeavesTheSegmentUntouched) {
     std::string reason;
   };
   for (const Case& c : {Case{corrupt, "checksum"}, Case{truncated, "truncated"}, Case{foreign, "another schema"},
-                        Case{dir_ + "/absent.lsnap", "--restore"}}) {
+                        Case{dir_ + "/absent.lsnap", "No such file"}}) {
+    sidecar_.reset();  // its destructor removes the config file the next one writes
     sidecar_ = std::make_unique<SidecarProcess>(config(name_, ""), name_, env_);
     sidecar_->start({"--restore", c.file});
     EXPECT_EQ(sidecar_->wait_exit(), 5) << c.file << "\n" << sidecar_->log_tail();
-    EXPECT_EQ(sidecar_->log_count(c.reason), 1u) << c.file << "\n" << sidecar_->log_tail();
+    EXPECT_GE(sidecar_->log_count(c.reason), 1u) << c.file << "\n" << sidecar_->log_tail();
     EXPECT_EQ(sidecar_->log_count("the segment was not changed"), 1u) << sidecar_->log_tail();
     EXPECT_TRUE(read_bytes(segment_file) == before) << c.file << ": the segment changed";
   }
@@ -443,9 +454,10 @@ TEST_F(SnapshotIntegrationTest, BadRestoreFileLeavesTheSegmentUntouched) {
 TEST_F(SnapshotIntegrationTest, CorruptNewestSnapshotFallsBackToOlder) {
   ASSERT_TRUE(setup());
   Oracle oracle;
+  sidecar_.reset();  // its destructor removes the config file the next one writes
   sidecar_ = std::make_unique<SidecarProcess>(config(name_, snapshot_yaml()), name_, env_);
   sidecar_->start();
-  wait_for_consumers(1);
+  wait_for_consumer(*sidecar_);
   const std::vector<std::string> first = part(oracle, 100, 200, kT0, 6);
   client_->publish(name_, "users.1", first);
   std::string diff;
@@ -462,9 +474,11 @@ TEST_F(SnapshotIntegrationTest, CorruptNewestSnapshotFallsBackToOlder) {
   write_bytes(newest, bytes.substr(0, bytes.size() / 2));
   Writer::remove_segment(name_);
 
+  sidecar_.reset();  // its destructor removes the config file the next one writes
+
   sidecar_ = std::make_unique<SidecarProcess>(config(name_, snapshot_yaml()), name_, env_);
   sidecar_->start();
-  wait_for_consumers(1);
+  wait_for_consumer(*sidecar_);
   EXPECT_EQ(sidecar_->log_count("is unusable"), 1u) << sidecar_->log_tail();
   EXPECT_EQ(sidecar_->log_count("trying the next older one"), 1u) << sidecar_->log_tail();
   EXPECT_EQ(sidecar_->log_count("restored from " + older), 1u) << sidecar_->log_tail();
@@ -496,6 +510,7 @@ TEST_F(SnapshotIntegrationTest, UnusablePeerFailsTheStart) {
   for (const Case& c : {Case{fmt::format("http://127.0.0.1:{}/snapshot", closed.port()), "cannot fetch"},
                         Case{fmt::format("http://127.0.0.1:{}/snapshot", port), "magic"},
                         Case{fmt::format("http://127.0.0.1:{}/denied", port), "401"}}) {
+    sidecar_.reset();  // its destructor removes the config file the next one writes
     sidecar_ = std::make_unique<SidecarProcess>(config(name_, ""), name_, env_);
     sidecar_->start({"--bootstrap-from", c.url});
     EXPECT_EQ(sidecar_->wait_exit(), 5) << c.url << "\n" << sidecar_->log_tail();
