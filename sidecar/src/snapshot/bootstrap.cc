@@ -223,6 +223,12 @@ std::unique_ptr<Writer> open_segment(const Config& config, const StartOptions& s
     }
   }
   const bool exists = segment_exists(config);
+  if (exists && !start.bootstrap_from.empty()) {
+    spdlog::warn(
+        "--bootstrap-from {} ignored: segment {} exists and resumes from its own position (to replace it, delete it "
+        "first or use --restore FILE)",
+        start.bootstrap_from, config.segment.name);
+  }
   if (!exists && config.bootstrap.restore == RestoreMode::kFile) {
     try {
       return restore_file(config, config.bootstrap.restore_file);
