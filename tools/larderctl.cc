@@ -966,7 +966,7 @@ int main(int argc, char** argv) {
       app.add_subcommand("fetch-snapshot",
                          "GET a snapshot from a sidecar's /snapshot (http or https), verify it, then rename it to "
                          "FILE; nothing is written unless it is valid");
-  fetch->add_option("url", url, "e.g. http://10.0.0.7:9108/snapshot")->required();
+  fetch->add_option("url", url, "e.g. http://10.0.0.7:9464/snapshot")->required();
   fetch->add_option("file", snapshot_file, "snapshot file to write")->required();
   fetch->add_option("--token-file", token_file, "send `Authorization: Bearer <token>` with the token in this file");
   fetch->add_option("--timeout", timeout_s, "seconds to wait for the connection and for each read")
