@@ -47,7 +47,7 @@ FROM ${DEBIAN}-slim AS runtime
 RUN apt-get update -q \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
       ca-certificates librabbitmq4 libyaml-cpp0.7 libspdlog1.10 libfmt9 libsimdjson14 \
-      libcpp-httplib0.11 libssl3 \
+      libcpp-httplib0.11 libssl3 libzstd1 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 65532 larder \
  && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \

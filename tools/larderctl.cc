@@ -1,6 +1,7 @@
 // larderctl: read-only inspection of Larder segments, in the spirit of
 // mdb_stat and redis-cli. Every command maps segments read-only; none can
-// change one.
+// change one. The snapshot commands (snapshot_commands.cc) write snapshot
+// files, never segments.
 //
 //   larderctl ls                        segments in the directory
 //   larderctl info SEGMENT              header, writer, sync state and positions, per-table occupancy
@@ -10,11 +11,16 @@
 //   larderctl watch SEGMENT             a live view, refreshed every second
 //   larderctl verify SEGMENT            an integrity check
 //   larderctl size --config FILE        bytes a sidecar config needs (no segment)
+//   larderctl snapshot SEGMENT FILE     a segment with no writer -> snapshot file
+//   larderctl snapshot-info FILE        verify a snapshot file and describe it
+//   larderctl fetch-snapshot URL FILE   GET a peer's snapshot, verify, rename
 //
 // Exit codes: 0 success; 1 verify found problems, get found no row for a
-// key, or size --check-dir found the directory unfit; 2 bad usage or a bad
-// config; 3 the segment cannot be opened (missing, permission, version,
-// corrupt header).
+// key, size --check-dir found the directory unfit, or a snapshot command
+// refused (a live writer, an invalid snapshot file or answer, a non-200
+// answer); 2 bad usage or a bad config; 3 the segment or file cannot be
+// opened (missing, permission, version, corrupt header), or the peer cannot
+// be reached.
 #include <dirent.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -41,6 +47,7 @@
 #include "larder/layout/clock.h"
 #include "larder/layout/segment_file.h"
 #include "larder/layout/table_view.h"
+#include "snapshot_commands.h"
 
 namespace {
 
@@ -932,8 +939,9 @@ int cmd_size(const Globals& g, const std::string& config_path, bool check) {
 int main(int argc, char** argv) {
   CLI::App app{
       "larderctl: inspect Larder shared-memory segments (read-only).\n"
-      "Exit codes: 0 ok; 1 verify found problems, get found no row, or size --check-dir found the\n"
-      "directory unfit; 2 usage or a bad config; 3 cannot open the segment."};
+      "Exit codes: 0 ok; 1 verify found problems, get found no row, size --check-dir found the\n"
+      "directory unfit, or a snapshot command refused (live writer, invalid snapshot, non-200 answer);\n"
+      "2 usage or a bad config; 3 cannot open the segment or file, or cannot reach the peer."};
   app.require_subcommand(1);
   Globals g;
   app.add_option("--dir", g.dir, "directory of the segments")->capture_default_str();
@@ -977,6 +985,34 @@ int main(int argc, char** argv) {
   size->add_flag("--check-dir", check_dir,
                  "exit 1 unless segment.dir exists here, is a tmpfs and has room for the segment");
   size->fallthrough();  // larderctl size --config F --json
+  std::string snapshot_file, url, token_file;
+  int level = 1;
+  double timeout_s = 30;
+  auto* snap = app.add_subcommand(
+      "snapshot",
+      "write a snapshot file (zstd) of a segment that has no writer attached; a live segment is snapshotted by its "
+      "sidecar (snapshot.dir) and fetched with fetch-snapshot");
+  snap->add_option("segment", segment, "segment name")->required();
+  snap->add_option("file", snapshot_file, "snapshot file to write (atomically: temporary file, fsync, rename)")
+      ->required();
+  snap->add_option("--level", level, "zstd level (negative: faster, larger)")->capture_default_str();
+  snap->fallthrough();
+  auto* snap_info =
+      app.add_subcommand("snapshot-info",
+                         "verify a snapshot file (checksums, decompression, segment layout) and print its header, "
+                         "sync state, positions and tables; exit 1 if it is invalid");
+  snap_info->add_option("file", snapshot_file, "snapshot file")->required();
+  snap_info->fallthrough();
+  auto* fetch =
+      app.add_subcommand("fetch-snapshot",
+                         "GET a snapshot from a sidecar's /snapshot (http or https), verify it, then rename it to "
+                         "FILE; nothing is written unless it is valid");
+  fetch->add_option("url", url, "e.g. http://10.0.0.7:9464/snapshot")->required();
+  fetch->add_option("file", snapshot_file, "snapshot file to write")->required();
+  fetch->add_option("--token-file", token_file, "send `Authorization: Bearer <token>` with the token in this file");
+  fetch->add_option("--timeout", timeout_s, "seconds to wait for the connection and for each read")
+      ->capture_default_str();
+  fetch->fallthrough();
 
   try {
     app.parse(argc, argv);
@@ -993,6 +1029,9 @@ int main(int argc, char** argv) {
     if (app.got_subcommand(watch)) return cmd_watch(g, segment, interval, count);
     if (app.got_subcommand(verify)) return cmd_verify(g, segment);
     if (app.got_subcommand(size)) return cmd_size(g, config_path, check_dir);
+    if (app.got_subcommand(snap)) return ctl::cmd_snapshot(g.dir, g.json, segment, snapshot_file, level);
+    if (app.got_subcommand(snap_info)) return ctl::cmd_snapshot_info(g.json, snapshot_file);
+    if (app.got_subcommand(fetch)) return ctl::cmd_fetch_snapshot(g.json, url, snapshot_file, token_file, timeout_s);
   } catch (const Error& e) {
     std::fprintf(stderr, "larderctl: %s\n", e.what());
     return e.code() == ErrorCode::kNotFound && std::string(e.what()).find("has no") != std::string::npos ? kExitUsage
