@@ -30,6 +30,11 @@ struct larder_table {
 // The C constants are the C++ enums' numbers (tests/status_codes_test.cc
 // also checks that every enumerator has its twin).
 static_assert(LARDER_OK == static_cast<int>(larder::Status::kOk));
+static_assert(LARDER_SYNC_UNKNOWN == static_cast<int>(larder::SyncState::kUnknown));
+static_assert(LARDER_SYNC_CATCHING_UP == static_cast<int>(larder::SyncState::kCatchingUp));
+static_assert(LARDER_SYNC_READY == static_cast<int>(larder::SyncState::kReady));
+static_assert(LARDER_SYNC_INCOMPLETE == static_cast<int>(larder::SyncState::kIncomplete));
+static_assert(sizeof(larder_position_t) == 32);
 static_assert(LARDER_NOT_FOUND == static_cast<int>(larder::Status::kNotFound));
 static_assert(LARDER_STALE == static_cast<int>(larder::Status::kStale));
 static_assert(LARDER_BUSY == static_cast<int>(larder::Status::kBusy));
@@ -124,6 +129,39 @@ larder_segment_info larder_segment_stat(const larder_segment* segment) {
 
 int larder_writer_alive(const larder_segment* segment, int64_t max_heartbeat_age_ms) {
   return segment->segment.writer_alive(max_heartbeat_age_ms) ? 1 : 0;
+}
+
+larder_sync_state_t larder_segment_state(const larder_segment* segment) {
+  if (segment == nullptr) return LARDER_SYNC_UNKNOWN;
+  return static_cast<larder_sync_state_t>(segment->segment.state());
+}
+
+int larder_segment_position(const larder_segment* segment, uint32_t partition, larder_position_t* out) {
+  if (out == nullptr) return LARDER_NOT_FOUND;
+  *out = larder_position_t{};
+  if (segment == nullptr) return LARDER_NOT_FOUND;
+  try {
+    const larder::SyncInfo info = segment->segment.sync();
+    for (const larder::SyncInfo::Partition& p : info.partitions) {
+      if (p.partition != partition) continue;
+      if (p.next_offset) {
+        out->next_offset = *p.next_offset;
+        out->skip_updates = p.skip_updates;
+        out->flags |= LARDER_POSITION_HAS_NEXT;
+      }
+      if (p.target) {
+        out->target = *p.target;
+        out->flags |= LARDER_POSITION_HAS_TARGET;
+      }
+      if (p.first_retained) {
+        out->first_retained = *p.first_retained;
+        out->flags |= LARDER_POSITION_HAS_FIRST_RETAINED;
+      }
+      return LARDER_OK;
+    }
+  } catch (...) {  // out of memory: nothing to report
+  }
+  return LARDER_NOT_FOUND;
 }
 
 int larder_table_open(const larder_segment* segment, const char* name, larder_table** out, char* err, size_t errlen) {

@@ -163,6 +163,50 @@ bool Segment::retired() const noexcept {
   return mapping_ && sync::load_acquire(mapping_->header->state) == static_cast<uint32_t>(SegmentState::kRetired);
 }
 
+SyncState Segment::state() const noexcept {
+  if (!mapping_) return SyncState::kUnknown;
+  // Pairs with the writer's release store of sync_state (set_sync_state).
+  const uint64_t v = sync::load_acquire(source_block(mapping_->header).sync_state);
+  return v <= static_cast<uint64_t>(SyncState::kIncomplete) ? static_cast<SyncState>(v) : SyncState::kUnknown;
+}
+
+SyncInfo Segment::sync() const {
+  SyncInfo info;
+  if (!mapping_) return info;
+  const SourceBlock& b = source_block(mapping_->header);
+  info.state = state();
+  info.changed_unix_ns = static_cast<int64_t>(sync::load_relaxed(b.sync_changed_unix_ns));
+  // The id is text the writer stores word by word: cut at the first NUL and
+  // never past the block, whatever the words hold.
+  char text[kSourceIdWords * 8];
+  for (size_t k = 0; k < kSourceIdWords; ++k) {
+    const uint64_t w = sync::load_relaxed(b.source_id[k]);
+    std::memcpy(text + 8 * k, &w, 8);
+  }
+  info.source_id.assign(text, strnlen(text, sizeof text));
+  const uint64_t count = std::min<uint64_t>(sync::load_relaxed(b.partition_count), kMaxSourcePartitions);
+  for (uint32_t p = 0; p < count; ++p) {
+    const PartitionWords& pw = b.partitions[p];
+    // One word at a time: next and skip may come from two successive
+    // positions (source.cc in the writer).
+    const uint64_t next = sync::load_relaxed(pw.next_plus_one);
+    const uint64_t skip = sync::load_relaxed(pw.skip_updates);
+    const uint64_t target = sync::load_relaxed(pw.target_plus_one);
+    const uint64_t first = sync::load_relaxed(pw.first_retained_plus_one);
+    if (next == 0 && target == 0 && first == 0) continue;
+    SyncInfo::Partition part;
+    part.partition = p;
+    if (next != 0) {
+      part.next_offset = next - 1;
+      part.skip_updates = static_cast<uint32_t>(std::min<uint64_t>(skip, UINT32_MAX));
+    }
+    if (target != 0) part.target = target - 1;
+    if (first != 0) part.first_retained = first - 1;
+    info.partitions.push_back(part);
+  }
+  return info;
+}
+
 // ---------------------------------------------------------------------------
 // Table
 

@@ -333,6 +333,8 @@ LayoutPlan plan_layout(const Schema& schema) {
   plan.journal_offset = round_up(at, kSlotAlign);
   plan.journal_capacity = journal_words == 0 ? 0 : journal_words + 16;
   at = plan.journal_offset + plan.journal_capacity * sizeof(JournalEntry);
+  plan.source_offset = round_up(at, kSlotAlign);
+  at = plan.source_offset + sizeof(SourceBlock);
   for (TablePlan& tp : plan.tables) {
     tp.slots_offset = round_up(at, kSlotArrayAlign);
     at = tp.slots_offset + tp.slots_bytes;

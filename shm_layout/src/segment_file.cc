@@ -183,6 +183,11 @@ TableGeometry table_geometry(const void* base, const TableDescriptor& t) noexcep
   return g;
 }
 
+const SourceBlock& source_block(const void* base) noexcept {
+  const auto& h = *static_cast<const SegmentHeader*>(base);
+  return *reinterpret_cast<const SourceBlock*>(static_cast<const char*>(base) + h.source_offset);
+}
+
 Schema schema_of(const void* base) {
   const auto& h = *static_cast<const SegmentHeader*>(base);
   Schema schema;
@@ -221,6 +226,9 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
   const auto& h = *static_cast<const SegmentHeader*>(base);
   const std::string seg = "segment \"" + std::string(name) + "\"";
   auto corrupt = [&](const std::string& why) { throw Error(ErrorCode::kCorrupt, seg + ": " + why); };
+  if (size < sizeof(SegmentHeader)) {
+    corrupt(std::to_string(size) + " bytes is too small to be a Larder segment (truncated?)");
+  }
   if (h.magic != kMagic) corrupt("not a Larder segment (bad magic)");
   if (h.endian_tag != kEndianTag) corrupt("written on a machine of another byte order");
   if (h.layout_version != kLayoutVersion) {
@@ -260,6 +268,10 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
   if (h.journal_offset % 8 != 0 || h.journal_offset > size ||
       h.journal_capacity > (size - h.journal_offset) / sizeof(JournalEntry)) {
     corrupt("journal outside the file");
+  }
+  if (h.source_offset % 8 != 0 || h.source_offset < dir_end || h.source_offset > size ||
+      sizeof(SourceBlock) > size - h.source_offset) {
+    corrupt("source block outside the file (offset " + std::to_string(h.source_offset) + ")");
   }
   for (uint32_t i = 0; i < h.table_count; ++i) {
     const TableDescriptor& t = table_descriptor(base, i);

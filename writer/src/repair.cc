@@ -13,6 +13,9 @@ using namespace layout;  // NOLINT: the writer works on the layout's words
 
 // Restores the slot a dead writer was changing, then recounts every table.
 void Writer::Impl::repair() {
+  // The pending source position first, while the undo record still
+  // describes the slot write it may guard (source.cc).
+  repair_position();
   // An unfinished aggregate change first. Its state words were all written
   // before its slot write began, so it is complete once that slot write
   // finished (the journal says so, or the guarded slot's seq moved on by 2

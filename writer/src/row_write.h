@@ -18,6 +18,7 @@
 //  5. Journal. If an aggregate change is in progress (Journal::begin), it is
 //     marked done right after W2: its state words were all stored before the
 //     slot write began, so the change is complete and a restart keeps it.
+//     The same point marks a staged source position done (pending_state 2).
 //  6. undo_armed = 0 (release): the copy is no longer needed.
 //
 // Threading: the writer thread only. The routine never reads what readers
@@ -165,6 +166,10 @@ namespace larder {
   // it (repair() also recognises the instant between these two stores by the
   // slot's seq).
   if (journal.armed()) journal.mark_done();
+  // 5b. So is the update's staged source position (source.cc): repair()
+  // recognises the instant before this store the same way.
+  if (pending_armed) [[unlikely]]
+    mark_pending_done();
   crash_point(CrashPoint::kSeqEven);
   // 6. The undo copy is no longer needed.
   sync::store_release(header->undo_armed, uint64_t{0});

@@ -84,10 +84,12 @@ void copy_name(char (&out)[N], const std::string& name) {
   std::snprintf(out, N, "%s", name.c_str());
 }
 
+}  // namespace
+
 // Table `spec` as planned in `tp`; `field_count` counts its declared and
 // aggregate fields. Writes into the unpublished segment only.
-void fill_table_descriptor(TableDescriptor* d, const TableSpec& spec, const TablePlan& tp, size_t field_count,
-                           uint64_t hash_seed) {
+void writer::fill_table_descriptor(TableDescriptor* d, const TableSpec& spec, const TablePlan& tp, size_t field_count,
+                                   uint64_t hash_seed) {
   copy_name(d->name, spec.name);
   d->field_count = static_cast<uint32_t>(field_count);
   d->key_max_len = spec.key_max_len;
@@ -115,8 +117,8 @@ void fill_table_descriptor(TableDescriptor* d, const TableSpec& spec, const Tabl
 
 // Field number `index` of its table, placed as `fp`; `aggregate` marks the
 // fields that hold an aggregate's value.
-void fill_field_descriptor(FieldDescriptor* out, const FieldSpec& fs, const FieldPlan& fp, size_t index,
-                           bool aggregate) {
+void writer::fill_field_descriptor(FieldDescriptor* out, const FieldSpec& fs, const FieldPlan& fp, size_t index,
+                                   bool aggregate) {
   copy_name(out->name, fs.name);
   out->type = static_cast<uint32_t>(fs.type);
   out->count = (fs.type == FieldType::kFloat32Vector || fs.type == FieldType::kString) ? fs.count : 1;
@@ -127,7 +129,7 @@ void fill_field_descriptor(FieldDescriptor* out, const FieldSpec& fs, const Fiel
 }
 
 // Aggregate `as`, whose value is the table's field number `field`.
-void fill_aggregate_descriptor(AggregateDescriptor* out, const AggregateSpec& as, size_t field) {
+void writer::fill_aggregate_descriptor(AggregateDescriptor* out, const AggregateSpec& as, size_t field) {
   copy_name(out->source, as.source);
   out->fn = static_cast<uint32_t>(as.fn);
   out->end = static_cast<uint32_t>(as.end);
@@ -135,8 +137,6 @@ void fill_aggregate_descriptor(AggregateDescriptor* out, const AggregateSpec& as
   out->resolution_ms = as.resolution_ms;
   out->field = static_cast<uint32_t>(field);
 }
-
-}  // namespace
 
 void Writer::Impl::create(bool replace_existing) {
   const LayoutPlan plan = plan_layout(schema);
@@ -204,20 +204,21 @@ void Writer::Impl::create(bool replace_existing) {
     const TablePlan& tp = plan.tables[t];
     const std::vector<FieldSpec> fields = spec.all_fields();
     const uint64_t hash_seed = (uint64_t{rd()} << 32) ^ rd();
-    fill_table_descriptor(descriptor_at<TableDescriptor>(base, plan.header_bytes, t), spec, tp, fields.size(),
-                          hash_seed);
+    writer::fill_table_descriptor(descriptor_at<TableDescriptor>(base, plan.header_bytes, t), spec, tp, fields.size(),
+                                  hash_seed);
     for (size_t f = 0; f < fields.size(); ++f) {
       // Declared fields first, then one per aggregate.
-      fill_field_descriptor(descriptor_at<FieldDescriptor>(base, tp.fields_offset, f), fields[f], tp.fields[f], f,
-                            f >= spec.fields.size());
+      writer::fill_field_descriptor(descriptor_at<FieldDescriptor>(base, tp.fields_offset, f), fields[f], tp.fields[f],
+                                    f, f >= spec.fields.size());
     }
     for (size_t a = 0; a < spec.aggregates.size(); ++a) {
-      fill_aggregate_descriptor(descriptor_at<AggregateDescriptor>(base, tp.aggregates_offset, a), spec.aggregates[a],
-                                spec.fields.size() + a);
+      writer::fill_aggregate_descriptor(descriptor_at<AggregateDescriptor>(base, tp.aggregates_offset, a),
+                                        spec.aggregates[a], spec.fields.size() + a);
     }
   }
   header->journal_offset = plan.journal_offset;
   header->journal_capacity = plan.journal_capacity;
+  header->source_offset = plan.source_offset;
   if (replace_existing) {
     // Readers of the old file see kRetired and reopen the name.
     try {
@@ -277,6 +278,7 @@ void Writer::Impl::attach() {
     }
     tables.push_back(std::move(ts));
   }
+  source = reinterpret_cast<SourceBlock*>(base + header->source_offset);
   journal = writer::Journal(header, reinterpret_cast<Word*>(base),
                             reinterpret_cast<JournalEntry*>(base + header->journal_offset), header->journal_capacity);
   uint32_t max_row_words = 0;

@@ -1,7 +1,9 @@
 // Updates of one key: upsert into a plain table, apply an event to a table
 // with aggregates, delete. Each reads top to bottom as: validate, probe,
 // decide (stale, duplicate, late, full), place, build and write the row
-// (write_row, row_write.h), count.
+// (write_row, row_write.h), count. A staged source position is armed right
+// before the update's first effect (arm_if_staged, source.cc); the dispatch in
+// writer.cc finishes it whatever the result.
 //
 // Last write wins by event time (writer.h). Deletes leave a tombstone with
 // the delete's event time, so an older upsert that arrives later is stale.
@@ -85,6 +87,7 @@ ApplyResult Writer::Impl::upsert_plain(uint32_t table, std::string_view key, int
   change.event_time_ms = event_time_ms;
   change.apply_unix_ns = now;
   if (fresh_row) change.take_key(packed, make_meta(hash, SlotState::kLive));
+  arm_if_staged();
   write_row(table, at, change);
 
   count_upsert(ts, fresh_row, prior_meta, event_time_ms, now);
@@ -161,6 +164,7 @@ ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key,
 
   // The aggregate state, journalled.
   Word* block = ts.agg.block(at);
+  arm_if_staged();                                    // before the first state word changes
   if (fresh_row) writer::reset_block(ts.agg, block);  // not live yet: no journal needed
   journal.begin();
   if (!fresh_row) writer::advance(ts.agg, block, clock, journal);
@@ -216,6 +220,7 @@ ApplyResult Writer::Impl::remove(uint32_t table, std::string_view key, int64_t e
       return ApplyResult::kStale;
     }
     const bool was_live = meta_state(sync::load_relaxed(s[kSlotMetaWord])) == SlotState::kLive;
+    arm_if_staged();
     write_row(table, p.found, change);
     if (was_live) {
       dec(c.live_keys);
@@ -228,6 +233,7 @@ ApplyResult Writer::Impl::remove(uint32_t table, std::string_view key, int64_t e
     if (at != kNone) {
       const bool was_empty = sync::load_relaxed(ts.slot(at)[kSlotMetaWord]) == 0;
       change.take_key(packed, change.meta);
+      arm_if_staged();
       write_row(table, at, change);
       if (was_empty) bump(c.tombstones);
     }
@@ -259,6 +265,7 @@ ApplyResult Writer::Impl::unpin(uint32_t table, std::string_view key, int64_t ev
   change.set_meta = true;
   change.meta = make_meta(hash, SlotState::kTombstone);
   const bool was_live = meta_state(sync::load_relaxed(ts.slot(p.found)[kSlotMetaWord])) == SlotState::kLive;
+  arm_if_staged();
   write_row(table, p.found, change);
   if (was_live) {
     dec(c.live_keys);

@@ -50,7 +50,8 @@ Writer::Impl::~Impl() {
 Writer::Writer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Writer::~Writer() = default;
 
-std::unique_ptr<Writer> Writer::open(std::string_view name, const Schema& schema, const WriterOptions& options) {
+std::unique_ptr<Writer::Impl> Writer::Impl::prepare(std::string_view name, const Schema& schema,
+                                                    const WriterOptions& options) {
   validate_segment_name(name);
   schema.validate();
   auto impl = std::make_unique<Impl>();
@@ -72,7 +73,11 @@ std::unique_ptr<Writer> Writer::open(std::string_view name, const Schema& schema
   }
   impl->acquire_lock();
   impl->remove_leftovers();
+  return impl;
+}
 
+std::unique_ptr<Writer> Writer::open(std::string_view name, const Schema& schema, const WriterOptions& options) {
+  std::unique_ptr<Impl> impl = Impl::prepare(name, schema, options);
   const std::string path = segment_path(impl->dir, name);
   if (::access(path.c_str(), F_OK) != 0) {
     impl->create(false);
@@ -156,23 +161,38 @@ ApplyResult Writer::apply(uint32_t table, std::string_view key, int64_t event_ti
                           std::span<const FieldValue> values, std::span<const SourceValue> sources, uint64_t event_id,
                           int64_t apply_unix_ns) {
   Impl& w = *impl_;
-  if (table >= w.tables.size()) return ApplyResult::kInvalid;
-  if (w.tables[table].agg.enabled()) {
-    return w.apply_aggregated(table, key, event_time_ms, values, sources, event_id, apply_unix_ns);
+  ApplyResult r;
+  if (table >= w.tables.size()) {
+    r = ApplyResult::kInvalid;
+  } else if (w.tables[table].agg.enabled()) {
+    r = w.apply_aggregated(table, key, event_time_ms, values, sources, event_id, apply_unix_ns);
+  } else if (!sources.empty()) {
+    r = ApplyResult::kInvalid;
+  } else {
+    r = w.upsert_plain(table, key, event_time_ms, values, apply_unix_ns);
   }
-  if (!sources.empty()) return ApplyResult::kInvalid;
-  return w.upsert_plain(table, key, event_time_ms, values, apply_unix_ns);
+  if (w.staged) [[unlikely]]
+    w.finish_position();
+  return r;
 }
 
 ApplyResult Writer::remove(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t apply_unix_ns) {
-  if (table >= impl_->tables.size()) return ApplyResult::kInvalid;
-  return impl_->remove(table, key, event_time_ms, apply_unix_ns);
+  Impl& w = *impl_;
+  const ApplyResult r =
+      table >= w.tables.size() ? ApplyResult::kInvalid : w.remove(table, key, event_time_ms, apply_unix_ns);
+  if (w.staged) [[unlikely]]
+    w.finish_position();
+  return r;
 }
 
 ApplyResult Writer::unpin(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t pinned_after_ms,
                           int64_t apply_unix_ns) {
-  if (table >= impl_->tables.size()) return ApplyResult::kInvalid;
-  return impl_->unpin(table, key, event_time_ms, pinned_after_ms, apply_unix_ns);
+  Impl& w = *impl_;
+  const ApplyResult r = table >= w.tables.size() ? ApplyResult::kInvalid
+                                                 : w.unpin(table, key, event_time_ms, pinned_after_ms, apply_unix_ns);
+  if (w.staged) [[unlikely]]
+    w.finish_position();
+  return r;
 }
 
 // ---------------------------------------------------------------------------

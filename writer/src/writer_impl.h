@@ -16,6 +16,8 @@
 //   update.cc          upsert, aggregated apply, delete
 //   aggregate.h/.cc    the aggregate engine and its journal
 //   maintenance.cc     refresh of aggregates, tombstone reclaim, heartbeat
+//   source.cc          source positions (the pending record), source id, sync state
+//   restore.cc         copy_image, and restore: building a segment from an image
 #pragma once
 
 #include <algorithm>
@@ -51,6 +53,15 @@ inline void dec(layout::Word& w) { layout::sync::store_relaxed(w, layout::sync::
 [[noreturn]] inline void throw_errno(ErrorCode code, const std::string& what) {
   throw Error(code, what + ": " + std::strerror(errno));
 }
+
+// Fill the descriptors of table `t` of `schema` as planned (segment_create.cc):
+// creation writes them into a new segment, restore compares an image's
+// against them.
+void fill_table_descriptor(layout::TableDescriptor* d, const layout::TableSpec& spec, const layout::TablePlan& tp,
+                           size_t field_count, uint64_t hash_seed);
+void fill_field_descriptor(layout::FieldDescriptor* out, const layout::FieldSpec& fs, const layout::FieldPlan& fp,
+                           size_t index, bool aggregate);
+void fill_aggregate_descriptor(layout::AggregateDescriptor* out, const layout::AggregateSpec& as, size_t field);
 
 // The lock file that holds a segment's single writer. validate_segment_name
 // refuses names ending in ".lock", so it never collides with a segment.
@@ -131,6 +142,15 @@ struct Writer::Impl {
   bool created = false;
   uint64_t repaired = 0;
 
+  // Source positions (source.cc). `staged`: stage_position() was called and
+  // the next update stores `staged_position` with its effect. `pending_armed`:
+  // the pending record is armed (state 1) for the update in progress, so
+  // write_row marks it done (state 2) right after the slot's W2.
+  layout::SourceBlock* source = nullptr;
+  bool staged = false;
+  bool pending_armed = false;
+  SourcePosition staged_position;
+
   // Aggregates: the journal of state changes, the aggregate clock (ms, never
   // decreasing) and the keys to refresh, soonest first.
   writer::Journal journal;
@@ -139,6 +159,11 @@ struct Writer::Impl {
 
   ~Impl();
 
+  // writer.cc: checks the name, schema and directory, takes the writer lock
+  // and removes the leftovers of dead creators.
+  static std::unique_ptr<Impl> prepare(std::string_view name, const layout::Schema& schema,
+                                       const WriterOptions& options);
+
   // segment_create.cc
   void acquire_lock();
   void remove_leftovers();
@@ -146,6 +171,22 @@ struct Writer::Impl {
   void attach();
   // repair.cc
   void repair();
+  void repair_position();
+  // restore.cc
+  void restore_image(std::span<const unsigned char> image);
+
+  // source.cc. arm_position(): before the first effect of an update, when a
+  // position is staged. finish_position(): after the update, whatever its
+  // result, when one is staged.
+  void arm_position();
+  void finish_position();
+  void write_pending(const SourcePosition& p);
+  void commit_pending();
+  void mark_pending_done();
+  void arm_if_staged() {
+    if (staged) [[unlikely]]
+      arm_position();
+  }
 
   // table.h (inline: the update path)
   inline Probe probe(const TableState& ts, uint64_t hash, int64_t now_ns) const;

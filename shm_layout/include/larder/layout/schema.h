@@ -160,6 +160,7 @@ struct LayoutPlan {
   uint64_t undo_bytes = 0;
   uint64_t journal_offset = 0;  // JournalEntry[journal_capacity]
   uint64_t journal_capacity = 0;
+  uint64_t source_offset = 0;  // SourceBlock
   uint64_t segment_bytes = 0;
   std::vector<TablePlan> tables;
 };

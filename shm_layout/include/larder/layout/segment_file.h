@@ -66,7 +66,7 @@ class MappedFile {
   size_t size_ = 0;
 };
 
-// Checks magic, endianness, layout version, ABI signature, size and every
+// Checks the size (at least a header), magic, endianness, layout version, ABI signature, size and every
 // descriptor's bounds. Throws Error naming the segment and both versions on a
 // mismatch (kVersionMismatch), kNotReady while it is being created, kCorrupt
 // otherwise. Does not check the state for kRetired (a retired segment is
@@ -78,6 +78,7 @@ const TableDescriptor& table_descriptor(const void* base, uint32_t table) noexce
 const FieldDescriptor& field_descriptor(const void* base, const TableDescriptor& t, uint32_t field) noexcept;
 const AggregateDescriptor& aggregate_descriptor(const void* base, const TableDescriptor& t, uint32_t a) noexcept;
 TableGeometry table_geometry(const void* base, const TableDescriptor& t) noexcept;
+const SourceBlock& source_block(const void* base) noexcept;
 
 // The schema a validated segment was created from (its fingerprint equals
 // the header's).
