@@ -38,6 +38,7 @@
 #include "larder/client.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
+#include "support/process.h"
 #include "support/progress.h"
 #include "support/run_command.h"
 
@@ -322,8 +323,7 @@ TEST_F(StreamPositionTest, KilledMidStreamResumesExactlyFromTheStoredPosition) {
   const int iterations = testing::crash_iterations(20);
   ASSERT_GE(iterations, 2) << "LARDER_CRASH_ITERATIONS=" << -iterations
                            << " refused: at least 10 (fewer with LARDER_CRASH_ITERATIONS_REDUCED=1), never fewer than 2";
-  const uint64_t seed = std::random_device{}();
-  std::cerr << "seed " << seed << "\n";
+  const uint64_t seed = testing::test_seed("StreamPositionTest.KilledMidStream");
   std::mt19937_64 rng(seed);
   constexpr size_t kPerRound = 40;  // >= 80 updates, each passing >= 6 crash points
   std::map<uint32_t, int> kills_by_skip;  // how often the kill left a message half applied
