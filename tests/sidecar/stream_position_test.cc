@@ -274,6 +274,7 @@ metrics: {{listen: "127.0.0.1:0"}}
   // Opens the segment with a Writer (which repairs what a killed writer left)
   // and closes it again, as the next sidecar would before it serves.
   void repair(const std::string& segment) {
+    ::setenv("LARDER_IT_PASSWORD", env_.password.c_str(), 1);  // the config names it
     const sidecar::Config c = sidecar::parse_config(config(segment), "test");
     auto w = Writer::open(segment, c.schema());
     w.reset();
