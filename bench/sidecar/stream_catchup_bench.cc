@@ -155,7 +155,8 @@ double bare_replay(const Options& o, const std::string& stream) {
     ++seen;
   }
   const double s = seconds_since(first);
-  if (last_offset + 1 != o.messages) std::fprintf(stderr, "bare consumer: last offset %llu\n", (unsigned long long)last_offset);
+  if (last_offset + 1 != o.messages)
+    std::fprintf(stderr, "bare consumer: last offset %llu\n", (unsigned long long)last_offset);
   close(c);
   return s;
 }

@@ -322,11 +322,12 @@ metrics: {{listen: "127.0.0.1:0"}}
 TEST_F(StreamPositionTest, KilledMidStreamResumesExactlyFromTheStoredPosition) {
   if (!setup()) return;
   const int iterations = testing::crash_iterations(20);
-  ASSERT_GE(iterations, 2) << "LARDER_CRASH_ITERATIONS=" << -iterations
-                           << " refused: at least 10 (fewer with LARDER_CRASH_ITERATIONS_REDUCED=1), never fewer than 2";
+  ASSERT_GE(iterations, 2)
+      << "LARDER_CRASH_ITERATIONS=" << -iterations
+      << " refused: at least 10 (fewer with LARDER_CRASH_ITERATIONS_REDUCED=1), never fewer than 2";
   const uint64_t seed = testing::test_seed("StreamPositionTest.KilledMidStream");
   std::mt19937_64 rng(seed);
-  constexpr size_t kPerRound = 40;  // >= 80 updates, each passing >= 6 crash points
+  constexpr size_t kPerRound = 40;        // >= 80 updates, each passing >= 6 crash points
   std::map<uint32_t, int> kills_by_skip;  // how often the kill left a message half applied
   for (int round = 0; round < iterations; ++round) {
     const size_t from = messages_.size();
@@ -455,7 +456,8 @@ std::optional<uint64_t> first_offset(const BrokerEnv& env, const std::string& qu
       if (amqp_consume_message(conn, &e, &tv, 0).reply_type == AMQP_RESPONSE_NORMAL) {
         const amqp_table_t& h = e.message.properties.headers;
         for (int i = 0; i < h.num_entries; ++i) {
-          if (std::string(static_cast<const char*>(h.entries[i].key.bytes), h.entries[i].key.len) == "x-stream-offset") {
+          if (std::string(static_cast<const char*>(h.entries[i].key.bytes), h.entries[i].key.len) ==
+              "x-stream-offset") {
             out = static_cast<uint64_t>(h.entries[i].value.value.i64);
           }
         }
@@ -515,8 +517,8 @@ TEST_F(StreamPositionTest, RetentionGapIsReportedIncompleteWithBothOffsets) {
   ASSERT_TRUE(s.partitions[0].first_retained.has_value());
   const uint64_t retained = *s.partitions[0].first_retained;
   EXPECT_GE(retained, *first);
-  EXPECT_GE(sidecar_->log_count(fmt::format("resuming at stream offset 10, but the stream's first retained offset is {}",
-                                            retained)),
+  EXPECT_GE(sidecar_->log_count(
+                fmt::format("resuming at stream offset 10, but the stream's first retained offset is {}", retained)),
             1u)
       << sidecar_->log_tail();
   // It keeps applying what the stream holds: the tail arrives.

@@ -1,11 +1,12 @@
 // Stream positions through apply_batch and the sync state machine
 // (apply/stream_sync.h), on a real Writer and segment; no broker.
+#include "apply/stream_sync.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <string>
 
-#include "apply/stream_sync.h"
 #include "apply/writer_thread.h"
 #include "config/config.h"
 #include "decode/decoder.h"

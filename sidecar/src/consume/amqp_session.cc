@@ -13,8 +13,8 @@
 
 #include <cassert>
 #include <chrono>
-#include <cstring>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace larder::sidecar {
@@ -166,10 +166,11 @@ uint64_t AmqpSession::probe_stream_tail() {
     const auto now = std::chrono::steady_clock::now();
     int wait_ms = 0;
     if (first_at == std::chrono::steady_clock::time_point::max()) {
-      wait_ms = kProbeFirstMs - static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(now - start).count());
+      wait_ms =
+          kProbeFirstMs - static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(now - start).count());
     } else {
-      const int left = kProbeMaxMs - static_cast<int>(
-                                         std::chrono::duration_cast<std::chrono::milliseconds>(now - first_at).count());
+      const int left =
+          kProbeMaxMs - static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(now - first_at).count());
       wait_ms = std::min(kProbeQuietMs, left);
     }
     if (wait_ms <= 0) break;

@@ -103,8 +103,8 @@ class Consumer {
   uint64_t next_offset_ = kNoOffset;  // the first offset not yet handed to the writer
   uint64_t skip_offset_ = kNoOffset;  // the resumed message whose first skip_updates_ updates are applied
   uint32_t skip_updates_ = 0;
-  uint64_t requested_ = kNoOffset;    // the offset this epoch subscribed at
-  bool first_of_epoch_ = false;       // no delivery yet on this connection
+  uint64_t requested_ = kNoOffset;  // the offset this epoch subscribed at
+  bool first_of_epoch_ = false;     // no delivery yet on this connection
 };
 
 }  // namespace larder::sidecar

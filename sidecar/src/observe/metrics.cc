@@ -337,12 +337,12 @@ void render_source_metrics(PrometheusText& p, const SidecarMetrics& m, const Seg
   p.sample("larder_source_incomplete", "", uint64_t{sync.state == layout::SyncState::kIncomplete ? 1u : 0u});
   p.family("larder_source_offset", "gauge", "The next source offset to apply (the stored position), per partition.");
   for (const SyncInfo::Partition& part : sync.partitions) {
-    if (part.next_offset) p.sample("larder_source_offset", fmt::format("partition=\"{}\"", part.partition), *part.next_offset);
+    if (part.next_offset)
+      p.sample("larder_source_offset", fmt::format("partition=\"{}\"", part.partition), *part.next_offset);
   }
   p.family("larder_source_target_offset", "gauge",
            "CATCHING_UP: the offset replay must reach (the stream's tail when the consumer attached).");
-  p.family("larder_source_lag_messages", "gauge",
-           "CATCHING_UP: messages between the stored position and the target.");
+  p.family("larder_source_lag_messages", "gauge", "CATCHING_UP: messages between the stored position and the target.");
   p.family("larder_source_first_retained_offset", "gauge",
            "INCOMPLETE: the first offset the stream still held when the gap was found.");
   for (const SyncInfo::Partition& part : sync.partitions) {
@@ -354,12 +354,10 @@ void render_source_metrics(PrometheusText& p, const SidecarMetrics& m, const Seg
     }
     if (part.first_retained) p.sample("larder_source_first_retained_offset", labels, *part.first_retained);
   }
+  p.family("larder_source_lag_seconds", "gauge",
+           "Stream queues: 0 at the tail, else now minus the newest event time of the last applied message.");
   const int64_t lag_ms = m.source_lag_ms.value();
-  if (lag_ms >= 0) {
-    p.family("larder_source_lag_seconds", "gauge",
-             "Stream lag: 0 at the tail, else now minus the newest event time of the last applied message.");
-    p.sample("larder_source_lag_seconds", "", static_cast<double>(lag_ms) / 1e3);
-  }
+  if (lag_ms >= 0) p.sample("larder_source_lag_seconds", "", static_cast<double>(lag_ms) / 1e3);
 }
 
 }  // namespace
