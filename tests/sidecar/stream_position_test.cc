@@ -177,12 +177,18 @@ class ScopedEnv {
   const char* name_;
 };
 
+void declare_stream(const BrokerEnv& env, const std::string& name);
+
 class StreamPositionTest : public SidecarTestBase {
  protected:
   static constexpr size_t kPlainKeys = 40;
   static constexpr size_t kAggKeys = 20;
 
-  bool setup() { return load_broker("pos_", false, false); }
+  bool setup() {
+    if (!load_broker("pos_", false, false)) return false;
+    declare_stream(env_, name_);
+    return !HasFailure();
+  }
 
   std::string config(const std::string& segment, const std::string& extra = "") const {
     return fmt::format(R"(segment: {{name: {segment}}}
@@ -244,10 +250,12 @@ metrics: {{listen: "127.0.0.1:0"}}
     client_->publish(name_, "features.1", bodies);
   }
 
-  std::unique_ptr<SidecarProcess> start(const std::string& segment, const std::string& extra = "") {
-    auto p = std::make_unique<SidecarProcess>(config(segment, extra), segment, env_);
-    p->start();
-    return p;
+  // Starts a sidecar for `segment` in `slot`, after the previous one there is
+  // gone (its destructor removes the config file both use).
+  void start(std::unique_ptr<SidecarProcess>& slot, const std::string& segment) {
+    slot.reset();
+    slot = std::make_unique<SidecarProcess>(config(segment), segment, env_);
+    slot->start();
   }
 
   // Waits until `segment` stores position {target, 0}.
@@ -336,7 +344,7 @@ TEST_F(StreamPositionTest, KilledMidStreamResumesExactlyFromTheStoredPosition) {
     const long crash_at = std::uniform_int_distribution<long>(1, 400)(rng);
     {
       ScopedEnv crash("LARDER_TEST_CRASH_AT", std::to_string(crash_at));
-      sidecar_ = start(name_);
+      start(sidecar_, name_);
     }
     ASSERT_TRUE(wait_until([&] { return !sidecar_->running(); }, 60s))
         << "round " << round << ": the sidecar did not reach crash point " << crash_at << "\n"
@@ -354,7 +362,7 @@ TEST_F(StreamPositionTest, KilledMidStreamResumesExactlyFromTheStoredPosition) {
         << "round " << round << ": after the kill at crash point " << crash_at << " the tables do not match position "
         << next << "+" << skip;
 
-    sidecar_ = start(name_);
+    start(sidecar_, name_);
     ASSERT_TRUE(wait_position(name_, messages_.size(), *sidecar_));
     EXPECT_EQ(compare_tables(name_, reference_at(messages_, messages_.size(), 0), kPlainKeys, kAggKeys), "")
         << "round " << round << ": after the restart from " << next << "+" << skip;
@@ -377,7 +385,7 @@ TEST_F(StreamPositionTest, ReadyzFailsWhileCatchingUpAndPassesOnceCaughtUp) {
   {
     ScopedEnv at("LARDER_TEST_PAUSE_AT", "200");
     ScopedEnv until("LARDER_TEST_PAUSE_UNTIL", release);
-    sidecar_ = start(name_);
+    start(sidecar_, name_);
   }
   ASSERT_TRUE(wait_until([&] { return sidecar_->log_count("test hook: writer paused") > 0; }, 60s))
       << sidecar_->log_tail();
@@ -428,45 +436,82 @@ TEST_F(StreamPositionTest, ReadyzFailsWhileCatchingUpAndPassesOnceCaughtUp) {
   std::remove(release.c_str());
 }
 
-// The first offset a consumer attached at "first" is delivered; nullopt when
-// nothing arrives within 10 s.
-std::optional<uint64_t> first_offset(const BrokerEnv& env, const std::string& queue) {
+// A rabbitmq-c connection with channel 1 open; nullptr (with a recorded
+// failure) when it cannot connect.
+amqp_connection_state_t connect_raw(const BrokerEnv& env) {
   sidecar::AmqpUrl url;
   std::string error;
   if (!sidecar::parse_amqp_url(env.amqp_url, &url, &error)) {
     ADD_FAILURE() << env.amqp_url << ": " << error;
-    return std::nullopt;
+    return nullptr;
   }
   amqp_connection_state_t conn = amqp_new_connection();
   amqp_socket_t* socket = amqp_tcp_socket_new(conn);
-  std::optional<uint64_t> out;
-  if (amqp_socket_open(socket, url.host.c_str(), url.port) == AMQP_STATUS_OK &&
+  if (amqp_socket_open(socket, url.host.c_str(), url.port) != AMQP_STATUS_OK ||
       amqp_login(conn, url.vhost.c_str(), 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, url.user.c_str(), env.password.c_str())
-              .reply_type == AMQP_RESPONSE_NORMAL) {
-    amqp_channel_open(conn, 1);
-    amqp_basic_qos(conn, 1, 0, 10, 0);
-    amqp_table_entry_t arg;
-    arg.key = amqp_cstring_bytes("x-stream-offset");
-    arg.value.kind = AMQP_FIELD_KIND_UTF8;
-    arg.value.value.bytes = amqp_cstring_bytes("first");
-    amqp_basic_consume(conn, 1, amqp_cstring_bytes(queue.c_str()), amqp_empty_bytes, 0, 0, 0, amqp_table_t{1, &arg});
-    if (amqp_get_rpc_reply(conn).reply_type == AMQP_RESPONSE_NORMAL) {
-      amqp_envelope_t e;
-      timeval tv{10, 0};
-      if (amqp_consume_message(conn, &e, &tv, 0).reply_type == AMQP_RESPONSE_NORMAL) {
-        const amqp_table_t& h = e.message.properties.headers;
-        for (int i = 0; i < h.num_entries; ++i) {
-          if (std::string(static_cast<const char*>(h.entries[i].key.bytes), h.entries[i].key.len) ==
-              "x-stream-offset") {
-            out = static_cast<uint64_t>(h.entries[i].value.value.i64);
-          }
-        }
-        amqp_destroy_envelope(&e);
-      }
-    }
-    amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
+              .reply_type != AMQP_RESPONSE_NORMAL) {
+    ADD_FAILURE() << "cannot connect to " << env.amqp_url;
+    amqp_destroy_connection(conn);
+    return nullptr;
   }
+  amqp_channel_open(conn, 1);
+  return conn;
+}
+
+void close_raw(amqp_connection_state_t conn) {
+  amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
   amqp_destroy_connection(conn);
+}
+
+amqp_table_entry_t utf8_arg(const char* key, const char* value) {
+  amqp_table_entry_t e;
+  e.key = amqp_cstring_bytes(key);
+  e.value.kind = AMQP_FIELD_KIND_UTF8;
+  e.value.value.bytes = amqp_cstring_bytes(value);
+  return e;
+}
+
+// Declares the topology the sidecar's config names (the stream, its
+// exchange, the binding) with the sidecar's arguments, so that messages can
+// be published before any sidecar ran.
+void declare_stream(const BrokerEnv& env, const std::string& name) {
+  amqp_connection_state_t conn = connect_raw(env);
+  if (conn == nullptr) return;
+  amqp_exchange_declare(conn, 1, amqp_cstring_bytes(name.c_str()), amqp_cstring_bytes("topic"), 0, 1, 0, 0,
+                        amqp_empty_table);
+  EXPECT_EQ(amqp_get_rpc_reply(conn).reply_type, AMQP_RESPONSE_NORMAL) << "exchange.declare";
+  amqp_table_entry_t arg = utf8_arg("x-queue-type", "stream");
+  amqp_queue_declare(conn, 1, amqp_cstring_bytes(name.c_str()), 0, 1, 0, 0, amqp_table_t{1, &arg});
+  EXPECT_EQ(amqp_get_rpc_reply(conn).reply_type, AMQP_RESPONSE_NORMAL) << "queue.declare";
+  amqp_queue_bind(conn, 1, amqp_cstring_bytes(name.c_str()), amqp_cstring_bytes(name.c_str()),
+                  amqp_cstring_bytes("features.#"), amqp_empty_table);
+  EXPECT_EQ(amqp_get_rpc_reply(conn).reply_type, AMQP_RESPONSE_NORMAL) << "queue.bind";
+  close_raw(conn);
+}
+
+// The first offset a consumer attached at "first" is delivered; nullopt when
+// nothing arrives within 10 s.
+std::optional<uint64_t> first_offset(const BrokerEnv& env, const std::string& queue) {
+  amqp_connection_state_t conn = connect_raw(env);
+  if (conn == nullptr) return std::nullopt;
+  std::optional<uint64_t> out;
+  amqp_basic_qos(conn, 1, 0, 10, 0);
+  amqp_table_entry_t arg = utf8_arg("x-stream-offset", "first");
+  amqp_basic_consume(conn, 1, amqp_cstring_bytes(queue.c_str()), amqp_empty_bytes, 0, 0, 0, amqp_table_t{1, &arg});
+  if (amqp_get_rpc_reply(conn).reply_type == AMQP_RESPONSE_NORMAL) {
+    amqp_envelope_t e;
+    timeval tv{10, 0};
+    if (amqp_consume_message(conn, &e, &tv, 0).reply_type == AMQP_RESPONSE_NORMAL) {
+      const amqp_table_t& h = e.message.properties.headers;
+      for (int i = 0; i < h.num_entries; ++i) {
+        if (std::string(static_cast<const char*>(h.entries[i].key.bytes), h.entries[i].key.len) == "x-stream-offset") {
+          out = static_cast<uint64_t>(h.entries[i].value.value.i64);
+        }
+      }
+      amqp_destroy_envelope(&e);
+    }
+  }
+  close_raw(conn);
   return out;
 }
 
@@ -490,7 +535,7 @@ TEST_F(StreamPositionTest, RetentionGapIsReportedIncompleteWithBothOffsets) {
 
   std::mt19937_64 rng(11);
   make_messages(10, rng);
-  sidecar_ = start(name_);
+  start(sidecar_, name_);
   ASSERT_TRUE(wait_until([&] { return client_->inspect(name_).has_value(); }, 60s)) << sidecar_->log_tail();
   publish_range(0, 10);
   ASSERT_TRUE(wait_position(name_, 10, *sidecar_));
@@ -509,7 +554,7 @@ TEST_F(StreamPositionTest, RetentionGapIsReportedIncompleteWithBothOffsets) {
       << "retention did not remove the stream's head (first offset "
       << (first ? std::to_string(*first) : std::string("none")) << ")";
 
-  sidecar_ = start(name_);
+  start(sidecar_, name_);
   ASSERT_TRUE(wait_until([&] { return Segment::open(name_).state() == layout::SyncState::kIncomplete; }, 60s))
       << sidecar_->log_tail();
   const SyncInfo s = Segment::open(name_).sync();
@@ -539,7 +584,7 @@ TEST_F(StreamPositionTest, RetentionGapIsReportedIncompleteWithBothOffsets) {
   EXPECT_NE(info.out.find(std::to_string(retained)), std::string::npos) << info.out;
   // A restart keeps INCOMPLETE: the gap is in the table for good.
   ASSERT_EQ(sidecar_->stop(), 0);
-  sidecar_ = start(name_);
+  start(sidecar_, name_);
   ASSERT_TRUE(wait_until([&] { return sidecar_->log_count("the segment is INCOMPLETE") > 0; }, 60s))
       << sidecar_->log_tail();
   EXPECT_EQ(Segment::open(name_).state(), layout::SyncState::kIncomplete);
@@ -559,12 +604,12 @@ TEST_F(StreamPositionTest, ThreeSidecarsOnOneStreamConvergeToIdenticalDumps) {
   std::mt19937_64 rng(5);
   make_messages(200, rng);
   publish_range(0, 200);
-  std::vector<std::unique_ptr<SidecarProcess>> sidecars;
-  sidecars.push_back(start(segments[0]));
-  sidecars.push_back(start(segments[1]));
+  std::vector<std::unique_ptr<SidecarProcess>> sidecars(3);
+  start(sidecars[0], segments[0]);
+  start(sidecars[1], segments[1]);
   {
     ScopedEnv crash("LARDER_TEST_CRASH_AT", "700");
-    sidecars.push_back(start(segments[2]));
+    start(sidecars[2], segments[2]);
   }
   make_messages(200, rng);
   publish_range(200, 400);
@@ -574,7 +619,7 @@ TEST_F(StreamPositionTest, ThreeSidecarsOnOneStreamConvergeToIdenticalDumps) {
   const auto killed_at = stored_position(segments[2]);
   ASSERT_TRUE(killed_at.has_value());
   EXPECT_LT(killed_at->first, 400u) << "the kill came after the stream's end";
-  sidecars[2] = start(segments[2]);
+  start(sidecars[2], segments[2]);
   make_messages(100, rng);
   publish_range(400, messages_.size());
   const Reference ref = reference_at(messages_, messages_.size(), 0);
