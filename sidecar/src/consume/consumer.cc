@@ -95,11 +95,17 @@ int Consumer::run() {
       if (stream_) {
         requested_ = next_offset_;
         first_of_epoch_ = true;
+        // A retention gap: the stream's first message is after the offset
+        // asked for. (Not "the first delivery is after it": offsets are not
+        // dense, the broker's own chunks at segment starts take offsets that
+        // are never delivered, and a position may name one of them.)
+        gap_pending_ = attach.first != kNoOffset && requested_ != kNoOffset && attach.first > requested_;
         pipeline_.stream_tail.store(attach.tail, std::memory_order_relaxed);
         // release: publishes stream_tail to the writer thread's acquire load.
         pipeline_.stream_probes.fetch_add(1, std::memory_order_release);
-        spdlog::info("consumer: stream \"{}\": tail at offset {}; subscribing at {}", rc.queue.name,
+        spdlog::info("consumer: stream \"{}\": tail at offset {}{}; subscribing at {}", rc.queue.name,
                      attach.tail == kNoOffset ? std::string("none (empty)") : std::to_string(attach.tail),
+                     attach.first == kNoOffset ? std::string() : fmt::format(", first at {}", attach.first),
                      next_offset_ == kNoOffset ? "\"" + rc.queue.stream_offset + "\" (rabbitmq.queue.stream_offset)"
                                                : std::to_string(next_offset_));
       }
@@ -226,7 +232,7 @@ void Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) 
     }
     if (first_of_epoch_) {
       first_of_epoch_ = false;
-      if (requested_ != kNoOffset && offset > requested_) gap_from = requested_;
+      if (gap_pending_ && offset > requested_) gap_from = requested_;
     }
     if (next_offset_ != kNoOffset && offset < next_offset_ && gap_from == kNoOffset) {
       // Before the resume point (a stream delivers whole chunks): applied

@@ -105,6 +105,7 @@ class Consumer {
   uint32_t skip_updates_ = 0;
   uint64_t requested_ = kNoOffset;  // the offset this epoch subscribed at
   bool first_of_epoch_ = false;     // no delivery yet on this connection
+  bool gap_pending_ = false;        // the stream's first offset is after requested_
 };
 
 }  // namespace larder::sidecar
