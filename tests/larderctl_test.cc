@@ -174,16 +174,34 @@ TEST_F(LarderctlTest, SchemaRoundTripsToTheSameFingerprint) {
 }
 
 TEST_F(LarderctlTest, InfoAndLs) {
+  CtlRun r = larderctl(common() + "info " + seg_.name());
+  EXPECT_NE(r.out.find("  sync unknown, source none\n"), std::string::npos) << r.out;
+  writer_->set_source_id("amqp / stream features.stream");
+  writer_->set_position({0, 4242, 1});
+  writer_->set_target(0, 5000);
+  writer_->set_first_retained(2, 17);
+  writer_->set_sync_state(layout::SyncState::kCatchingUp);
   const KeepWriting heartbeat(*writer_, false);
-  CtlRun r = larderctl(common() + "--json info " + seg_.name());
+  r = larderctl(common() + "--json info " + seg_.name());
   EXPECT_EQ(r.code, 0) << r.out;
-  for (const char* want : {"\"layout_version\":2", "\"state\":\"ready\"", "\"alive\":true", "\"live_keys\":2",
-                           "\"tombstones\":1", "\"capacity\":100", "\"stale_ignored\":0", "\"probe_length\":"}) {
+  for (const char* want : {"\"layout_version\":3", "\"state\":\"ready\"",
+                           "\"sync\":{\"state\":\"catching_up\",\"source_id\":\"amqp / stream features.stream\"",
+                           "\"partitions\":[{\"partition\":0,\"next_offset\":4242,\"skip_updates\":1,\"target\":5000,"
+                           "\"first_retained\":null},{\"partition\":2,\"next_offset\":null,\"skip_updates\":0,"
+                           "\"target\":null,\"first_retained\":17}]",
+                           "\"alive\":true", "\"live_keys\":2", "\"tombstones\":1", "\"capacity\":100",
+                           "\"stale_ignored\":0", "\"probe_length\":"}) {
     EXPECT_NE(r.out.find(want), std::string::npos) << want << " in " << r.out;
   }
   r = larderctl(common() + "info " + seg_.name());
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("users: 2 / 100 keys"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("  sync catching_up (since "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(", source amqp / stream features.stream\n"
+                       "    partition 0: next offset 4242 (+1 updates applied), target 5000\n"
+                       "    partition 2: no position, first retained 17\n"),
+            std::string::npos)
+      << r.out;
   EXPECT_NE(r.out.find("writer pid " + std::to_string(::getpid()) + ", alive"), std::string::npos) << r.out;
   r = larderctl(common() + "ls");
   EXPECT_NE(r.out.find(seg_.name()), std::string::npos) << r.out;

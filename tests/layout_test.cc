@@ -17,14 +17,14 @@ namespace larder::layout {
 namespace {
 
 TEST(Layout, VersionMagicAndAbiSignatureArePinned) {
-  EXPECT_EQ(kLayoutVersion, 2u);
+  EXPECT_EQ(kLayoutVersion, 3u);
   char bytes[8];
   std::memcpy(bytes, &kMagic, 8);
   EXPECT_EQ(std::string(bytes, 8), "LARDSEG1");
   EXPECT_EQ(kEndianTag, 0x01020304u);
   // Changing any shared struct or the aggregate word map (pinned below)
   // changes this value: bump kLayoutVersion with it.
-  EXPECT_EQ(abi_signature(), 120193535228300946ull);
+  EXPECT_EQ(abi_signature(), 16311321170221552284ull);
 }
 
 TEST(Layout, SegmentHeaderOffsets) {
@@ -59,6 +59,36 @@ TEST(Layout, SegmentHeaderOffsets) {
   EXPECT_EQ(offsetof(SegmentHeader, journal_count), 216u);
   EXPECT_EQ(offsetof(SegmentHeader, journal_offset), 224u);
   EXPECT_EQ(offsetof(SegmentHeader, journal_capacity), 232u);
+  EXPECT_EQ(offsetof(SegmentHeader, source_offset), 240u);
+  EXPECT_EQ(offsetof(SegmentHeader, reserved), 248u);
+}
+
+TEST(Layout, SourceBlockOffsets) {
+  EXPECT_EQ(kMaxSourcePartitions, 64u);
+  EXPECT_EQ(kSourceIdWords, 16u);
+  EXPECT_EQ(sizeof(SourceBlock), 2304u);
+  EXPECT_EQ(offsetof(SourceBlock, source_id), 0u);
+  EXPECT_EQ(offsetof(SourceBlock, sync_state), 128u);
+  EXPECT_EQ(offsetof(SourceBlock, partition_count), 136u);
+  EXPECT_EQ(offsetof(SourceBlock, pending_state), 144u);
+  EXPECT_EQ(offsetof(SourceBlock, pending_partition), 152u);
+  EXPECT_EQ(offsetof(SourceBlock, pending_next_plus_one), 160u);
+  EXPECT_EQ(offsetof(SourceBlock, pending_skip_updates), 168u);
+  EXPECT_EQ(offsetof(SourceBlock, sync_changed_unix_ns), 176u);
+  EXPECT_EQ(offsetof(SourceBlock, reserved), 184u);
+  EXPECT_EQ(offsetof(SourceBlock, partitions), 256u);
+  EXPECT_EQ(sizeof(PartitionWords), 32u);
+  EXPECT_EQ(offsetof(PartitionWords, next_plus_one), 0u);
+  EXPECT_EQ(offsetof(PartitionWords, skip_updates), 8u);
+  EXPECT_EQ(offsetof(PartitionWords, target_plus_one), 16u);
+  EXPECT_EQ(offsetof(PartitionWords, first_retained_plus_one), 24u);
+  EXPECT_EQ(static_cast<uint32_t>(SyncState::kUnknown), 0u);
+  EXPECT_EQ(static_cast<uint32_t>(SyncState::kCatchingUp), 1u);
+  EXPECT_EQ(static_cast<uint32_t>(SyncState::kReady), 2u);
+  EXPECT_EQ(static_cast<uint32_t>(SyncState::kIncomplete), 3u);
+  EXPECT_EQ(kPendingIdle, 0u);
+  EXPECT_EQ(kPendingArmed, 1u);
+  EXPECT_EQ(kPendingDone, 2u);
 }
 
 TEST(Layout, DescriptorOffsets) {
@@ -162,6 +192,9 @@ TEST(Layout, PlanOfAKnownSchemaIsPinned) {
   EXPECT_EQ(t.fields_offset, 640u);  // header 256 + one descriptor 384
   EXPECT_EQ(p.undo_offset, 1216u);   // 640 + 6 * 96 = 1216, 64-aligned
   EXPECT_EQ(p.undo_bytes, 128u);
+  EXPECT_EQ(p.journal_offset, 1344u);  // no aggregates: an empty journal
+  EXPECT_EQ(p.journal_capacity, 0u);
+  EXPECT_EQ(p.source_offset, 1344u);  // the source block, 64-aligned after the journal; ends at 3648
   EXPECT_EQ(t.slots_offset, 4096u);
   EXPECT_EQ(p.segment_bytes, 176128u);  // 4096 + 1334 * 128 = 174848, rounded up to 4 KiB
   EXPECT_EQ(p.segment_bytes % 4096, 0u);

@@ -3,7 +3,7 @@
 // change one.
 //
 //   larderctl ls                        segments in the directory
-//   larderctl info SEGMENT              header, writer, per-table occupancy
+//   larderctl info SEGMENT              header, writer, sync state and positions, per-table occupancy
 //   larderctl schema SEGMENT            the schema as sidecar YAML
 //   larderctl get SEGMENT TABLE KEY...  rows, typed, with validity and age
 //   larderctl dump SEGMENT TABLE        every live row (jsonl or csv)
@@ -109,6 +109,44 @@ const char* connection_name(ConnectionState s) {
     case ConnectionState::kStopped: return "stopped";
   }
   return "unknown";
+}
+
+const char* sync_name(SyncState s) {
+  switch (s) {
+    case SyncState::kUnknown: return "unknown";
+    case SyncState::kCatchingUp: return "catching_up";
+    case SyncState::kReady: return "ready";
+    case SyncState::kIncomplete: return "incomplete";
+  }
+  return "unknown";
+}
+
+// The source block as JSON and as text lines (info).
+void describe_sync(const SyncInfo& info, int64_t now_ns, std::string* json, std::string* text) {
+  std::string parts_json = "[", parts_text;
+  auto opt = [](const std::optional<uint64_t>& v) { return v ? std::to_string(*v) : std::string("null"); };
+  for (const SyncInfo::Partition& p : info.partitions) {
+    parts_json += std::string(parts_json.size() > 1 ? "," : "") + "{\"partition\":" + std::to_string(p.partition) +
+                  ",\"next_offset\":" + opt(p.next_offset) + ",\"skip_updates\":" + std::to_string(p.skip_updates) +
+                  ",\"target\":" + opt(p.target) + ",\"first_retained\":" + opt(p.first_retained) + "}";
+    parts_text += "    partition " + std::to_string(p.partition) + ": ";
+    if (p.next_offset) {
+      parts_text += "next offset " + std::to_string(*p.next_offset);
+      if (p.skip_updates != 0) parts_text += " (+" + std::to_string(p.skip_updates) + " updates applied)";
+    } else {
+      parts_text += "no position";
+    }
+    if (p.target) parts_text += ", target " + std::to_string(*p.target);
+    if (p.first_retained) parts_text += ", first retained " + std::to_string(*p.first_retained);
+    parts_text += "\n";
+  }
+  parts_json += "]";
+  const int64_t age_ms = info.changed_unix_ns == 0 ? -1 : (now_ns - info.changed_unix_ns) / 1'000'000;
+  *json = "{\"state\":\"" + std::string(sync_name(info.state)) + "\",\"source_id\":" + json_string(info.source_id) +
+          ",\"changed_age_ms\":" + std::to_string(age_ms) + ",\"partitions\":" + parts_json + "}";
+  *text = "  sync " + std::string(sync_name(info.state)) +
+          (info.changed_unix_ns == 0 ? std::string() : " (since " + std::to_string(age_ms) + " ms ago)") + ", source " +
+          (info.source_id.empty() ? std::string("none") : info.source_id) + "\n" + parts_text;
 }
 
 // A field's value as JSON (scalars, arrays for vectors, strings) or null when
@@ -305,6 +343,8 @@ int cmd_info(const Globals& g, const std::string& name) {
     }
   }
   tables_json += "]";
+  std::string sync_json, sync_text;
+  describe_sync(o.segment.sync(), now_ns, &sync_json, &sync_text);
   const bool alive = o.segment.writer_alive();
   if (g.json) {
     std::printf("{\"name\":%s,\"path\":%s,\"bytes\":%" PRIu64
@@ -313,14 +353,14 @@ int cmd_info(const Globals& g, const std::string& name) {
                 ",\"creator\":%s,"
                 "\"writer\":{\"pid\":%" PRIu64 ",\"alive\":%s,\"heartbeat_age_ms\":%" PRId64 ",\"sessions\":%" PRIu64
                 ",\"repaired_slots\":%" PRIu64 "},\"connection\":\"%s\",\"updates_applied\":%" PRIu64
-                ",\"messages_rejected\":%" PRIu64 ",\"last_update_age_ms\":%" PRId64 ",\"tables\":%s}\n",
+                ",\"messages_rejected\":%" PRIu64 ",\"last_update_age_ms\":%" PRId64 ",\"sync\":%s,\"tables\":%s}\n",
                 json_string(name).c_str(), json_string(segment_path(g.dir, name)).c_str(), i.segment_bytes,
                 i.layout_version, hex64(h.abi_signature).c_str(), hex64(i.schema_fingerprint).c_str(),
                 state_name(i.state), i.generation,
                 json_string(std::string_view(h.creator, strnlen(h.creator, sizeof h.creator))).c_str(), i.writer_pid,
                 alive ? "true" : "false", i.heartbeat_age_ms, i.writer_sessions, i.repaired_slots,
                 connection_name(i.connection), i.updates_applied, i.messages_rejected, age_ms(i.last_apply_unix_ns),
-                tables_json.c_str());
+                sync_json.c_str(), tables_json.c_str());
   } else {
     std::printf("segment %s (%s)\n", name.c_str(), segment_path(g.dir, name).c_str());
     std::printf("  %" PRIu64 " bytes, layout v%u, ABI %s, schema %s, state %s, generation %" PRIu64 "\n",
@@ -339,6 +379,7 @@ int cmd_info(const Globals& g, const std::string& name) {
         i.updates_applied, i.messages_rejected,
         i.last_apply_unix_ns == 0 ? "never" : (std::to_string(age_ms(i.last_apply_unix_ns)) + " ms ago").c_str(),
         i.writer_sessions, i.repaired_slots);
+    std::printf("%s", sync_text.c_str());
     std::printf("tables:\n%s", text.c_str());
   }
   return kExitOk;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -35,6 +36,7 @@ static_assert(LARDER_SYNC_CATCHING_UP == static_cast<int>(larder::SyncState::kCa
 static_assert(LARDER_SYNC_READY == static_cast<int>(larder::SyncState::kReady));
 static_assert(LARDER_SYNC_INCOMPLETE == static_cast<int>(larder::SyncState::kIncomplete));
 static_assert(sizeof(larder_position_t) == 32);
+static_assert(sizeof(larder_sync_info_t) == 144);
 static_assert(LARDER_NOT_FOUND == static_cast<int>(larder::Status::kNotFound));
 static_assert(LARDER_STALE == static_cast<int>(larder::Status::kStale));
 static_assert(LARDER_BUSY == static_cast<int>(larder::Status::kBusy));
@@ -134,6 +136,23 @@ int larder_writer_alive(const larder_segment* segment, int64_t max_heartbeat_age
 larder_sync_state_t larder_segment_state(const larder_segment* segment) {
   if (segment == nullptr) return LARDER_SYNC_UNKNOWN;
   return static_cast<larder_sync_state_t>(segment->segment.state());
+}
+
+void larder_segment_sync_info(const larder_segment* segment, larder_sync_info_t* out) {
+  if (out == nullptr) return;
+  *out = larder_sync_info_t{};
+  if (segment == nullptr) return;
+  try {
+    const larder::SyncInfo info = segment->segment.sync();
+    out->state = static_cast<int32_t>(info.state);
+    out->changed_unix_ns = info.changed_unix_ns;
+    for (const larder::SyncInfo::Partition& p : info.partitions) {
+      out->partition_count = std::max(out->partition_count, p.partition + 1);
+    }
+    std::snprintf(out->source_id, sizeof out->source_id, "%s", info.source_id.c_str());
+  } catch (...) {  // out of memory: the state alone
+    out->state = static_cast<int32_t>(segment->segment.state());
+  }
 }
 
 int larder_segment_position(const larder_segment* segment, uint32_t partition, larder_position_t* out) {

@@ -10,9 +10,11 @@
 //     size and descriptor), nothing armed (undo, journal, pending position),
 //     every slot's seq even, meta state known, key and string lengths within
 //     their fields.
-//  3. It is written to ".<name>.creating.<pid>" in the segment directory
-//     (the name remove_leftovers() cleans up after a crash), marked kReady,
-//     and renamed over the name.
+//  3. It is copied into ".<name>.creating.<pid>" in the segment directory
+//     (the name remove_leftovers() cleans up after a crash), with the key
+//     counts check_image took (the image's own counters are not trusted),
+//     marked kReady, and renamed over the name. The writer attaches without
+//     a repair scan: check_image has seen every slot at rest.
 //  4. Only then is the old segment, if any, marked kRetired (its readers
 //     reopen the name, as with recreate_on_schema_change).
 //
@@ -23,6 +25,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "writer_impl.h"
@@ -34,10 +37,19 @@ using writer::throw_errno;
 
 namespace {
 
-// Checks a segment image against the layout `schema` plans. Throws Error:
-// kCorrupt naming the first problem, kSchemaMismatch, kVersionMismatch.
-// `base` is 8-byte aligned.
-void check_image(const void* base, size_t size, const Schema& schema, const LayoutPlan& plan, const std::string& name) {
+// What a table of a checked image holds, counted by check_image: the
+// restored segment's counters (the image's own are not trusted).
+struct TableCount {
+  uint64_t live = 0;
+  uint64_t tombstones = 0;
+  int64_t max_event_ms = 0;
+};
+
+// Checks a segment image against the layout `schema` plans, and counts its
+// keys. Throws Error: kCorrupt naming the first problem, kSchemaMismatch,
+// kVersionMismatch. `base` is 8-byte aligned.
+std::vector<TableCount> check_image(const void* base, size_t size, const Schema& schema, const LayoutPlan& plan,
+                                    const std::string& name) {
   const std::string what = "image of segment \"" + name + "\"";
   auto corrupt = [&](const std::string& why) { throw Error(ErrorCode::kCorrupt, what + ": " + why); };
   if (size < sizeof(SegmentHeader)) {
@@ -148,6 +160,7 @@ void check_image(const void* base, size_t size, const Schema& schema, const Layo
   }
 
   // Every slot: the seqlock at rest, a known state, lengths within bounds.
+  std::vector<TableCount> counts(h.table_count);
   for (uint32_t t = 0; t < h.table_count; ++t) {
     const TableDescriptor& d = table_descriptor(base, t);
     const TableGeometry geo = table_geometry(base, d);
@@ -174,6 +187,9 @@ void check_image(const void* base, size_t size, const Schema& schema, const Layo
         corrupt(tw + std::to_string(i) + ": bad meta state " + std::to_string(meta & kMetaStateMask));
       }
       if (meta == 0) continue;
+      ++(meta_state(meta) == SlotState::kLive ? counts[t].live : counts[t].tombstones);
+      counts[t].max_event_ms =
+          std::max(counts[t].max_event_ms, static_cast<int64_t>(sync::load_relaxed(s[kSlotEventTimeWord])));
       const uint64_t key_len = sync::load_relaxed(s[kSlotKeyLenWord]);
       if (key_len == 0 || key_len > geo.key_max_len) {
         corrupt(tw + std::to_string(i) + ": key_len " + std::to_string(key_len) + " outside 1.." +
@@ -188,6 +204,7 @@ void check_image(const void* base, size_t size, const Schema& schema, const Layo
       }
     }
   }
+  return counts;
 }
 
 }  // namespace
@@ -205,7 +222,7 @@ std::unique_ptr<Writer> Writer::restore(std::string_view name, const Schema& sch
                                         std::span<const unsigned char> image, const WriterOptions& options) {
   std::unique_ptr<Impl> impl = Impl::prepare(name, schema, options);
   impl->restore_image(image);
-  impl->attach();
+  impl->attach(false);  // restore_image checked every slot: nothing to repair, counters set
   return std::unique_ptr<Writer>(new Writer(std::move(impl)));
 }
 
@@ -220,7 +237,7 @@ void Writer::Impl::restore_image(std::span<const unsigned char> image) {
     if (!image.empty()) std::memcpy(aligned.data(), image.data(), image.size());
     base = aligned.data();
   }
-  check_image(base, image.size(), schema, plan, name);
+  const std::vector<TableCount> counts = check_image(base, image.size(), schema, plan, name);
   const size_t bytes = image.size();  // == plan.segment_bytes
 
   struct statvfs vfs;
@@ -248,14 +265,10 @@ void Writer::Impl::restore_image(std::span<const unsigned char> image) {
     }
   } cleanup{tmp, &fd};
   if (::fchmod(fd, options.mode & 07777) != 0) throw_errno(ErrorCode::kSystem, "chmod " + tmp);
-  if (int err = ::posix_fallocate(fd, 0, static_cast<off_t>(bytes)); err != 0) {
-    if (err == ENOSPC) {
-      throw Error(ErrorCode::kNoSpace, "restoring segment \"" + name + "\" needs " + std::to_string(bytes) +
-                                           " bytes and " + dir + " ran out of space while allocating them");
-    }
-    errno = err;
-    throw_errno(ErrorCode::kSystem, "allocate " + tmp);
-  }
+  // One copy, by write(2): on tmpfs it allocates and fills the file's pages
+  // directly, where a memcpy into a fresh mapping pays a fault per page
+  // (bench/core larder_bench_positions, restore: 4x slower that way on a
+  // virtual machine). A full tmpfs fails the write with ENOSPC.
   const auto* from = static_cast<const unsigned char*>(base);
   for (size_t done = 0; done < bytes;) {
     const ssize_t n = ::pwrite(fd, from + done, bytes - done, static_cast<off_t>(done));
@@ -270,7 +283,15 @@ void Writer::Impl::restore_image(std::span<const unsigned char> image) {
   fd = -1;
 
   auto fresh = MappedFile::open_read_write(tmp, name);
-  auto* nh = static_cast<SegmentHeader*>(fresh->mutable_data());
+  char* nbase = static_cast<char*>(fresh->mutable_data());
+  auto* nh = reinterpret_cast<SegmentHeader*>(nbase);
+  for (uint32_t t = 0; t < nh->table_count; ++t) {
+    auto& c = const_cast<TableDescriptor&>(table_descriptor(nbase, t)).counters;
+    sync::store_relaxed(c.live_keys, counts[t].live);
+    sync::store_relaxed(c.tombstones, counts[t].tombstones);
+    sync::store_relaxed(c.max_event_time_ms, static_cast<uint64_t>(counts[t].max_event_ms));
+  }
+  sync::store_relaxed(nh->repaired_slots, uint64_t{0});
   const std::string path = segment_path(dir, name);
   std::unique_ptr<MappedFile> old;
   try {

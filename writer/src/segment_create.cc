@@ -243,7 +243,7 @@ void Writer::Impl::create(bool replace_existing) {
   created = true;
 }
 
-void Writer::Impl::attach() {
+void Writer::Impl::attach(bool repair_first) {
   char* base = static_cast<char*>(map->mutable_data());
   header = reinterpret_cast<SegmentHeader*>(base);
   undo = reinterpret_cast<Word*>(base + header->undo_offset);
@@ -285,7 +285,7 @@ void Writer::Impl::attach() {
   for (const TableState& ts : tables) max_row_words = std::max(max_row_words, ts.geo.row_words);
   scratch.assign(max_row_words, 0);
 
-  repair();
+  if (repair_first) repair();
   for (uint32_t t = 0; t < tables.size(); ++t) {
     TableState& ts = tables[t];
     if (!ts.agg.enabled()) continue;

@@ -168,7 +168,7 @@ struct Writer::Impl {
   void acquire_lock();
   void remove_leftovers();
   void create(bool replace_existing);
-  void attach();
+  void attach(bool repair_first = true);
   // repair.cc
   void repair();
   void repair_position();

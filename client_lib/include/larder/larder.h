@@ -125,8 +125,18 @@ typedef struct larder_position_t {
   uint64_t first_retained; /* the first offset the log still holds (flag HAS_FIRST_RETAINED) */
 } larder_position_t;
 
+/* The rest of the source block: what the positions refer to. */
+typedef struct larder_sync_info_t {
+  int32_t state;            /* larder_sync_state_t */
+  uint32_t partition_count; /* partitions 0..count-1 may hold a position (larder_segment_position) */
+  int64_t changed_unix_ns;  /* when state last changed; 0: never */
+  char source_id[128];      /* NUL terminated; "" when none */
+} larder_sync_info_t;
+
 /* Lock-free, never allocates. */
 larder_sync_state_t larder_segment_state(const larder_segment* segment);
+/* Fills *out (zeroed for a NULL segment). */
+void larder_segment_sync_info(const larder_segment* segment, larder_sync_info_t* out);
 /* LARDER_OK and *out filled when the partition holds a position, a target or
  * a first retained offset; LARDER_NOT_FOUND (and *out zeroed) otherwise,
  * including a partition beyond the segment's range. */

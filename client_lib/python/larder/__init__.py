@@ -13,7 +13,7 @@
 See docs/python.md.
 """
 
-from .client import Batch, Field, FieldType, Row, Segment, Status, Table
+from .client import Batch, Field, FieldType, Row, Segment, Status, SyncState, Table
 from .errors import (CorruptError, InvalidArgumentError, LarderError, LarderSystemError, NoSpaceError,
                      NotFoundError, NotReadyError, PermissionDeniedError, SchemaMismatchError,
                      VersionMismatchError, WriterLockedError)
@@ -37,7 +37,7 @@ def library_path():
     return _native.path
 
 
-__all__ = ["open", "now_unix_ms", "library_path", "Segment", "Table", "Row", "Batch", "Field", "FieldType",
-           "Status", "LarderError", "InvalidArgumentError", "NotFoundError", "PermissionDeniedError",
+__all__ = ["open", "now_unix_ms", "library_path", "Segment", "SyncState", "Table", "Row", "Batch", "Field",
+           "FieldType", "Status", "LarderError", "InvalidArgumentError", "NotFoundError", "PermissionDeniedError",
            "VersionMismatchError", "SchemaMismatchError", "NotReadyError", "CorruptError", "WriterLockedError",
            "NoSpaceError", "LarderSystemError"]

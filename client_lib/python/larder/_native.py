@@ -35,6 +35,21 @@ class SegmentInfo(ctypes.Structure):
                 ("last_apply_unix_ns", c_int64)]
 
 
+class SyncInfo(ctypes.Structure):
+    _fields_ = [("state", c_int32), ("partition_count", c_uint32), ("changed_unix_ns", c_int64),
+                ("source_id", ctypes.c_char * 128)]
+
+
+class Position(ctypes.Structure):
+    _fields_ = [("next_offset", ctypes.c_uint64), ("skip_updates", c_uint32), ("flags", c_uint32),
+                ("target", ctypes.c_uint64), ("first_retained", ctypes.c_uint64)]
+
+
+POSITION_HAS_NEXT = 1
+POSITION_HAS_TARGET = 2
+POSITION_HAS_FIRST_RETAINED = 4
+
+
 def candidates():
     """Paths tried in order; the last entries are names for the system loader."""
     paths = []
@@ -90,6 +105,9 @@ larder_open = _declare(lib, "larder_open", c_int, c_char_p, c_char_p, POINTER(c_
 larder_close = _declare(lib, "larder_close", None, seg_p)
 larder_segment_stat = _declare(lib, "larder_segment_stat", SegmentInfo, seg_p)
 larder_writer_alive = _declare(lib, "larder_writer_alive", c_int, seg_p, c_int64)
+larder_segment_state = _declare(lib, "larder_segment_state", c_int, seg_p)
+larder_segment_sync_info = _declare(lib, "larder_segment_sync_info", None, seg_p, POINTER(SyncInfo))
+larder_segment_position = _declare(lib, "larder_segment_position", c_int, seg_p, c_uint32, POINTER(Position))
 larder_table_open = _declare(lib, "larder_table_open", c_int, seg_p, c_char_p, POINTER(c_void_p), c_char_p,
                              c_size_t)
 larder_table_close = _declare(lib, "larder_table_close", None, tab_p)

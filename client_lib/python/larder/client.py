@@ -30,6 +30,14 @@ class Status(enum.IntEnum):
 _STATUSES = tuple(Status)
 
 
+class SyncState(enum.IntEnum):
+    """How complete a segment is, as its writer knows it (the C ABI's LARDER_SYNC_*)."""
+    UNKNOWN = 0      # no source reports positions (a queue that is not a stream, a plain writer)
+    CATCHING_UP = 1  # restoring a snapshot or replaying the log towards a target
+    READY = 2        # caught up
+    INCOMPLETE = 3   # the log no longer holds what follows the stored position
+
+
 class FieldType(enum.IntEnum):
     INT64 = 1
     FLOAT64 = 2
@@ -331,6 +339,38 @@ class Segment:
     def writer_alive(self, max_heartbeat_age_ms=1000):
         """True when a writer is attached and its heartbeat is younger than the bound."""
         return _n.larder_writer_alive(self._live(), max_heartbeat_age_ms) == 1
+
+    @property
+    def state(self):
+        """The segment's SyncState. Cheap: one load, no allocation in the library."""
+        return SyncState(_n.larder_segment_state(self._live()))
+
+    def sync(self):
+        """The source block as a dict: ``state`` (SyncState), ``source_id``,
+        ``changed_unix_ns`` and ``partitions``, a list of dicts (``partition``,
+        ``next_offset``, ``skip_updates``, ``target``, ``first_retained``; None
+        where the writer stored nothing) for the partitions that hold any."""
+        handle = self._live()
+        info = _n.SyncInfo()
+        _n.larder_segment_sync_info(handle, ctypes.byref(info))
+        parts = []
+        pos = _n.Position()
+        for p in range(info.partition_count):
+            if _n.larder_segment_position(handle, p, ctypes.byref(pos)) != Status.OK:
+                continue
+            parts.append({
+                "partition": p,
+                "next_offset": pos.next_offset if pos.flags & _n.POSITION_HAS_NEXT else None,
+                "skip_updates": pos.skip_updates,
+                "target": pos.target if pos.flags & _n.POSITION_HAS_TARGET else None,
+                "first_retained": pos.first_retained if pos.flags & _n.POSITION_HAS_FIRST_RETAINED else None,
+            })
+        return {
+            "state": SyncState(info.state),
+            "source_id": info.source_id.decode("utf-8", "replace"),
+            "changed_unix_ns": info.changed_unix_ns,
+            "partitions": parts,
+        }
 
     def close(self):
         """Closes the segment and its tables. Idempotent."""

@@ -235,11 +235,35 @@ def test_permission_denied_is_a_permission_error(demo):
 def test_segment_info(demo):
     with larder.open("demo", demo) as seg:
         info = seg.info()
-        assert info["layout_version"] == 2 and info["state"] == 1
+        assert info["layout_version"] == 3 and info["state"] == 1
         assert info["writer_pid"] == 0  # the writer tool has exited
         assert not seg.writer_alive()
     with pytest.raises(larder.InvalidArgumentError, match="closed"):
         seg.info()
+
+
+def test_sync_state_and_positions(demo):
+    with larder.open("demo", demo) as seg:
+        assert seg.state is larder.SyncState.UNKNOWN  # a plain writer reports nothing
+        assert seg.sync() == {"state": larder.SyncState.UNKNOWN, "source_id": "", "changed_unix_ns": 0,
+                              "partitions": []}
+    run_writer("sync", "--segment", "demo", "--dir", demo)
+    with larder.open("demo", demo) as seg:
+        assert seg.state is larder.SyncState.CATCHING_UP
+        s = seg.sync()
+        assert s["state"] is larder.SyncState.CATCHING_UP
+        assert s["source_id"] == "amqp / stream features.stream"
+        assert s["changed_unix_ns"] > 0
+        assert s["partitions"] == [
+            {"partition": 0, "next_offset": 1234, "skip_updates": 2, "target": 5000, "first_retained": None},
+            {"partition": 1, "next_offset": None, "skip_updates": 0, "target": None, "first_retained": 77},
+        ]
+    run_writer("sync", "--segment", "demo", "--dir", demo, "--seed", 3)
+    with larder.open("demo", demo) as seg:
+        assert seg.state is larder.SyncState.INCOMPLETE
+        seg.close()
+        with pytest.raises(larder.InvalidArgumentError, match="closed"):
+            seg.state
 
 
 def test_rows_outlive_their_table(demo):

@@ -4,6 +4,7 @@
 //   larder-test-writer write --segment NAME --dir DIR [--schema demo|rows]
 //                            [--rows N] [--seed S] [--age-step-ms MS]
 //   larder-test-writer churn --segment NAME --dir DIR --rows N --seconds S
+//   larder-test-writer sync --segment NAME --dir DIR [--seed STATE]
 //   larder-test-writer bench --segment NAME --dir DIR [--table users]
 //                            [--rows N] [--batch 256] [--iters I] [--seed S]
 //
@@ -16,6 +17,10 @@
 // fills keys key:0..N-1, prints "ready" and rewrites them round-robin with an
 // ever-increasing counter for S seconds (or until SIGTERM), then prints
 // "done WRITES".
+// sync: on a "demo" segment, stores the source id "amqp / stream
+// features.stream", sync state --seed (a SyncState number, default 1:
+// catching up), partition 0 at offset 1234 with 2 updates applied and target
+// 5000, partition 1 with first retained offset 77.
 // bench: random keys of the "demo" schema: Table::get, Table::get_many of
 // --batch keys and the C ABI's larder_gather; prints one JSON line with
 // nanoseconds per call (best block and mean).
@@ -188,6 +193,17 @@ int write(const Args& a) {
   return 0;
 }
 
+int sync(const Args& a) {
+  auto w = larder::Writer::open(a.segment, demo_schema(), writer_options(a));
+  w->set_source_id("amqp / stream features.stream");
+  w->set_position({0, 1234, 2});
+  w->set_target(0, 5000);
+  w->set_first_retained(1, 77);
+  w->set_sync_state(static_cast<larder::layout::SyncState>(a.seed == 1 ? 1 : a.seed));
+  std::printf("ready\n");
+  return 0;
+}
+
 volatile std::sig_atomic_t churn_stop = 0;  // set by SIGTERM: churn ends early
 
 int churn(const Args& a) {
@@ -314,6 +330,7 @@ int main(int argc, char** argv) {
   try {
     if (a.command == "write") return write(a);
     if (a.command == "churn") return churn(a);
+    if (a.command == "sync") return sync(a);
     if (a.command == "bench") return bench(a);
     usage("command is write, churn or bench");
   } catch (const std::exception& e) {

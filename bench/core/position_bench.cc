@@ -1,0 +1,213 @@
+// larder_bench_positions: what source positions and images cost the writer,
+// next to their baselines in the same run.
+//
+//   upsert/plain/<keys>        Writer::upsert of 4 fields (2 int64, 2 float64)
+//                              of a random present key, no position.
+//   upsert/staged/<keys>       the same, each upsert preceded by
+//                              stage_position (the sidecar's pattern on a
+//                              stream): the pending record's stores ride with
+//                              the update.
+//   set_position               Writer::set_position alone (a message with no
+//                              updates).
+//   copy_image/<keys>          Writer::copy_image of the whole segment into a
+//                              reused buffer: bytes/s.
+//   memcpy/<keys>              std::memcpy of the same number of bytes between
+//                              two buffers touched beforehand: the floor.
+//   cp/<keys>                  what `cp` of the segment file does: read it in
+//                              1 MiB blocks into a new file in the same
+//                              tmpfs, then unlink that file: bytes/s. The
+//                              fair floor of a restore, which also fills
+//                              fresh tmpfs pages (on some virtual machines
+//                              the first write to a fresh page costs far more
+//                              than the copy: compare restore with cp).
+//   restore/<keys>             Writer::restore of that image over the segment
+//                              name (write to tmpfs, rename, attach and its
+//                              repair scan): bytes/s.
+//
+// Knobs (environment): LARDER_BENCH_DIR (tmpfs directory, default /dev/shm),
+// LARDER_POS_KEYS (keys of the image benchmarks, default 1000000).
+// See docs/performance.md, "Positions and images".
+#include <benchmark/benchmark.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench_support.h"
+#include "larder/writer/writer.h"
+
+namespace larder::bench {
+namespace {
+
+std::string bench_dir() {
+  const char* d = std::getenv("LARDER_BENCH_DIR");
+  return d != nullptr ? d : "/dev/shm";
+}
+
+uint64_t image_keys() {
+  const char* k = std::getenv("LARDER_POS_KEYS");
+  return k != nullptr ? std::strtoull(k, nullptr, 10) : 1'000'000;
+}
+
+layout::Schema schema_for(uint64_t keys) {
+  layout::TableSpec t;
+  t.name = "features";
+  t.key_max_len = kKeyMaxLen;
+  t.capacity = keys;
+  t.fields = {{"clicks", layout::FieldType::kInt64, 1},
+              {"views", layout::FieldType::kInt64, 1},
+              {"spend", layout::FieldType::kFloat64, 1},
+              {"score", layout::FieldType::kFloat64, 1}};
+  layout::Schema s;
+  s.tables = {t};
+  return s;
+}
+
+// A segment of `keys` keys, all written once; removed at exit.
+struct Filled {
+  std::string name;
+  layout::Schema schema;
+  std::unique_ptr<Writer> writer;
+  std::vector<std::string> keys;
+
+  explicit Filled(uint64_t n) : name("larder-bench-pos-" + std::to_string(::getpid()) + "-" + std::to_string(n)) {
+    schema = schema_for(n);
+    WriterOptions o;
+    o.dir = bench_dir();
+    Writer::remove_segment(name, o.dir);
+    writer = Writer::open(name, schema, o);
+    keys.reserve(n);
+    for (uint64_t k = 0; k < n; ++k) {
+      keys.push_back(key_string(k));
+      const FieldValue v[] = {FieldValue::int64(0, 1), FieldValue::int64(1, 2), FieldValue::float64(2, 3),
+                              FieldValue::float64(3, 4)};
+      writer->upsert(0, keys.back(), 1, v);
+    }
+  }
+  ~Filled() {
+    writer.reset();
+    Writer::remove_segment(name, bench_dir());
+  }
+};
+
+Filled& filled(uint64_t n) {
+  static std::map<uint64_t, std::unique_ptr<Filled>> all;
+  auto& f = all[n];
+  if (!f) f = std::make_unique<Filled>(n);
+  return *f;
+}
+
+void run_upserts(benchmark::State& state, bool staged) {
+  Filled& f = filled(static_cast<uint64_t>(state.range(0)));
+  std::mt19937_64 rng(42);
+  std::vector<uint32_t> order(1 << 16);
+  for (uint32_t& i : order) i = static_cast<uint32_t>(rng() % f.keys.size());
+  int64_t t = 1000;
+  uint64_t offset = 0;
+  size_t i = 0;
+  for (auto _ : state) {
+    ++t;
+    const FieldValue v[] = {FieldValue::int64(0, t), FieldValue::int64(1, t + 1), FieldValue::float64(2, 0.5),
+                            FieldValue::float64(3, 1.5)};
+    if (staged) f.writer->stage_position({0, ++offset, 0});
+    benchmark::DoNotOptimize(f.writer->upsert(0, f.keys[order[i++ & 0xffff]], t, v, t * 1'000'000));
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+void BM_UpsertPlain(benchmark::State& state) { run_upserts(state, false); }
+void BM_UpsertStaged(benchmark::State& state) { run_upserts(state, true); }
+BENCHMARK(BM_UpsertPlain)->Name("upsert/plain")->Arg(10'000)->Arg(1'000'000);
+BENCHMARK(BM_UpsertStaged)->Name("upsert/staged")->Arg(10'000)->Arg(1'000'000);
+
+void BM_SetPosition(benchmark::State& state) {
+  Filled& f = filled(10'000);
+  uint64_t offset = 0;
+  for (auto _ : state) f.writer->set_position({0, ++offset, 0});
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_SetPosition)->Name("set_position");
+
+void BM_CopyImage(benchmark::State& state) {
+  Filled& f = filled(image_keys());
+  std::vector<unsigned char> image;
+  f.writer->copy_image(&image);  // the first call allocates and faults the pages in
+  for (auto _ : state) {
+    f.writer->copy_image(&image);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * image.size()));
+  state.counters["segment_MB"] = static_cast<double>(image.size()) / 1e6;
+}
+BENCHMARK(BM_CopyImage)->Name("copy_image")->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_Memcpy(benchmark::State& state) {
+  Filled& f = filled(image_keys());
+  std::vector<unsigned char> image;
+  f.writer->copy_image(&image);
+  std::vector<unsigned char> to(image.size(), 1);
+  for (auto _ : state) {
+    std::memcpy(to.data(), image.data(), image.size());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * image.size()));
+}
+BENCHMARK(BM_Memcpy)->Name("memcpy")->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_Cp(benchmark::State& state) {
+  Filled& f = filled(image_keys());
+  const std::string from = f.writer->path();
+  const std::string to = from + "-cp";
+  std::vector<char> buf(1 << 20);
+  uint64_t bytes = 0;
+  for (auto _ : state) {
+    const int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+    const int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (in < 0 || out < 0) {
+      state.SkipWithError("open failed");
+      break;
+    }
+    ssize_t n;
+    bytes = 0;
+    while ((n = ::read(in, buf.data(), buf.size())) > 0) {
+      if (::write(out, buf.data(), static_cast<size_t>(n)) != n) {
+        state.SkipWithError("write failed");
+        break;
+      }
+      bytes += static_cast<uint64_t>(n);
+    }
+    ::close(in);
+    ::close(out);
+    ::unlink(to.c_str());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
+}
+BENCHMARK(BM_Cp)->Name("cp")->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_Restore(benchmark::State& state) {
+  Filled& f = filled(image_keys());
+  std::vector<unsigned char> image;
+  f.writer->copy_image(&image);
+  const std::string name = f.name + "-restored";
+  WriterOptions o;
+  o.dir = bench_dir();
+  Writer::remove_segment(name, o.dir);
+  for (auto _ : state) {
+    auto w = Writer::restore(name, f.schema, image, o);
+    benchmark::DoNotOptimize(w.get());
+  }
+  Writer::remove_segment(name, o.dir);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * image.size()));
+}
+BENCHMARK(BM_Restore)->Name("restore")->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+}  // namespace larder::bench
+
+BENCHMARK_MAIN();
