@@ -100,6 +100,14 @@ int Consumer::run() {
         // dense, the broker's own chunks at segment starts take offsets that
         // are never delivered, and a position may name one of them.)
         gap_pending_ = attach.first != kNoOffset && requested_ != kNoOffset && attach.first > requested_;
+        if (attach.tail != kNoOffset && requested_ != kNoOffset && attach.tail + 1 < requested_) {
+          // The last applied offset (requested_ - 1) is past the stream's end.
+          spdlog::error(
+              "consumer: stream \"{}\" ends at offset {}, before the stored position {}: the stream was deleted and "
+              "re-created, and its messages before offset {} will be taken as applied. Stop the sidecar, delete the "
+              "segment and start again to replay it",
+              rc.queue.name, attach.tail, requested_, requested_);
+        }
         pipeline_.stream_tail.store(attach.tail, std::memory_order_relaxed);
         // release: publishes stream_tail to the writer thread's acquire load.
         pipeline_.stream_probes.fetch_add(1, std::memory_order_release);
