@@ -272,22 +272,24 @@ void Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) 
       // A stream: the writer stores the position past it, then it is acked.
       note_reject(tag, result.reason, result.detail, id);
       batch.clear();
-      WorkItem item{epoch_, tag, offset, 0, true, gap_from, std::move(batch)};
-      pipeline_.work.enqueue(work_token_, std::move(item));
-      metrics.work_enqueued.add_release();
-      ++outstanding_work_;
+      hand_over(WorkItem{epoch_, tag, offset, 0, true, gap_from, std::move(batch)}, decode_end);
       return;
     }
     spare_batches_.push_back(std::move(batch));
     dead_letter(session, tag, result.reason, result.detail, id);
     return;
   }
+  hand_over(WorkItem{epoch_, tag, offset, skip, false, gap_from, std::move(batch)}, decode_end);
+}
+
+void Consumer::hand_over(WorkItem&& item, int64_t now_mono_ns) {
+  SidecarMetrics& metrics = pipeline_.metrics;
   // Write point of the hand-over progress (see SidecarMetrics): when nothing
   // was pending, a backlog begins now; then publish the count with release.
   if (metrics.work_enqueued.value() == metrics.work_done.value_acquire()) {
-    metrics.backlog_start_mono_ns.set(decode_end);
+    metrics.backlog_start_mono_ns.set(now_mono_ns);
   }
-  pipeline_.work.enqueue(work_token_, WorkItem{epoch_, tag, offset, skip, false, gap_from, std::move(batch)});
+  pipeline_.work.enqueue(work_token_, std::move(item));
   metrics.work_enqueued.add_release();
   ++outstanding_work_;
 }

@@ -72,6 +72,8 @@ class Consumer {
   void process_completions(AmqpSession* session, bool flush_acks = false);
   void dead_letter(AmqpSession& session, uint64_t tag, RejectReason reason, const std::string& detail,
                    const std::string& id);
+  // Hands a WorkItem to the writer thread; `now_mono_ns` may start a backlog.
+  void hand_over(WorkItem&& item, int64_t now_mono_ns);
   // Counts and logs a refused message (the part of dead_letter() that does
   // not settle it).
   void note_reject(uint64_t tag, RejectReason reason, const std::string& detail, const std::string& id);
