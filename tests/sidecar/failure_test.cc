@@ -765,6 +765,14 @@ TEST_F(SidecarFailureTest, StreamQueueCountsAndAcksAnInvalidMessage) {
   bodies.push_back(upsert_n("after", kT0, 42));
   publish(bodies);
   EXPECT_TRUE(wait_n("after", 42)) << "consumption must go on past the invalid messages";
+  // The invalid messages move the stored stream position too: a restart
+  // resumes after all seven.
+  EXPECT_TRUE(wait_until(
+      [&] {
+        const SyncInfo sync = Segment::open(name_).sync();
+        return !sync.partitions.empty() && sync.partitions[0].next_offset == 7u;
+      },
+      std::chrono::seconds(30)));
   const ParsedMetrics m = scrape(sidecar);
   EXPECT_EQ(m.error, "");
   EXPECT_EQ(m.at(rejected("bad_json")), 6);

@@ -375,6 +375,50 @@ std::string read_source_file(const std::string& relative) {
   return ss.str();
 }
 
+// Stream sources: the sync state, offsets and lag on /metrics, and /readyz
+// failing while CATCHING_UP or INCOMPLETE with the offsets.
+TEST(RenderMetrics, SourceMetricsAndReadinessFollowTheSyncState) {
+  SidecarMetrics m;
+  m.source_lag_ms.set(2500);
+  const int64_t now = layout::now_unix_ns();
+  SegmentSample seg = fake_segment(now);
+  seg.sync.state = layout::SyncState::kCatchingUp;
+  SyncInfo::Partition part;
+  part.partition = 0;
+  part.next_offset = 1200;
+  part.target = 5310;
+  seg.sync.partitions.push_back(part);
+  test::ParsedMetrics p = test::parse_prometheus(render_metrics(m, 2, seg, now, layout::now_mono_ns()));
+  ASSERT_EQ(p.error, "");
+  EXPECT_EQ(p.at("larder_sync_state{state=\"catching_up\"}"), 1);
+  EXPECT_EQ(p.at("larder_sync_state{state=\"ready\"}"), 0);
+  EXPECT_EQ(p.at("larder_source_offset{partition=\"0\"}"), 1200);
+  EXPECT_EQ(p.at("larder_source_target_offset{partition=\"0\"}"), 5310);
+  EXPECT_EQ(p.at("larder_source_lag_messages{partition=\"0\"}"), 4111);
+  EXPECT_EQ(p.at("larder_source_lag_seconds"), 2.5);
+  EXPECT_EQ(p.at("larder_source_incomplete"), 0);
+  ReadyPolicy policy;
+  const uint32_t connected = static_cast<uint32_t>(layout::ConnectionState::kConnected);
+  const int64_t mono = layout::now_mono_ns();
+  m.writer_heartbeat_mono_ns.set(mono);
+  EXPECT_EQ(not_ready_reason(m, connected, seg, policy, mono),
+            "catching up with the stream: next offset 1200, target 5310");
+
+  seg.sync.state = layout::SyncState::kIncomplete;
+  seg.sync.partitions[0].target.reset();
+  seg.sync.partitions[0].first_retained = 1532;
+  p = test::parse_prometheus(render_metrics(m, 2, seg, now, layout::now_mono_ns()));
+  EXPECT_EQ(p.at("larder_source_incomplete"), 1);
+  EXPECT_EQ(p.at("larder_source_first_retained_offset{partition=\"0\"}"), 1532);
+  EXPECT_FALSE(p.has("larder_source_target_offset{partition=\"0\"}"));
+  const std::string reason = not_ready_reason(m, connected, seg, policy, mono);
+  EXPECT_NE(reason.find("incomplete"), std::string::npos) << reason;
+  EXPECT_NE(reason.find("first retained offset 1532"), std::string::npos) << reason;
+
+  seg.sync.state = layout::SyncState::kReady;
+  EXPECT_EQ(not_ready_reason(m, connected, seg, policy, mono), "");
+}
+
 // The families /metrics serves (a fully populated page).
 std::set<std::string> rendered_families() {
   SidecarMetrics m;

@@ -102,7 +102,8 @@ void StreamSync::poll(int64_t now_unix_ms) {
 }
 
 std::string stream_source_id(const Config& config) {
-  std::string id = fmt::format("rabbitmq stream vhost={} queue={}", config.rabbitmq.url.vhost, config.rabbitmq.queue.name);
+  std::string id =
+      fmt::format("rabbitmq stream vhost={} queue={}", config.rabbitmq.url.vhost, config.rabbitmq.queue.name);
   constexpr size_t kMax = layout::kSourceIdWords * 8 - 1;
   if (id.size() > kMax) {
     uint64_t h = 14695981039346656037ull;  // FNV-1a 64 of the whole id

@@ -61,10 +61,10 @@ class StreamSync {
   const int64_t max_lag_ms_;
   layout::SyncState state_ = layout::SyncState::kCatchingUp;
   uint64_t probes_seen_ = 0;
-  bool probed_ = false;                     // the consumer attached and reported the tail
-  uint64_t target_ = kNoOffset;             // the tail at attach; kNoOffset: the stream was empty
-  uint64_t next_offset_ = kNoOffset;        // after the last applied message; kNoOffset: none yet
-  int64_t newest_event_ms_ = 0;             // of the last applied message with updates
+  bool probed_ = false;               // the consumer attached and reported the tail
+  uint64_t target_ = kNoOffset;       // the tail at attach; kNoOffset: the stream was empty
+  uint64_t next_offset_ = kNoOffset;  // after the last applied message; kNoOffset: none yet
+  int64_t newest_event_ms_ = 0;       // of the last applied message with updates
   int64_t lag_ms_ = -1;
 };
 

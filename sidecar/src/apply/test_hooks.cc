@@ -60,8 +60,8 @@ bool install_test_hooks_from_env() {
     g_pause_until = f;
   }
   if (g_crash_at == 0 && g_pause_at == 0) return true;
-  spdlog::warn("test hook installed (LARDER_TEST_CRASH_AT={}, LARDER_TEST_PAUSE_AT={}): not for production",
-               g_crash_at, g_pause_at);
+  spdlog::warn("test hook installed (LARDER_TEST_CRASH_AT={}, LARDER_TEST_PAUSE_AT={}): not for production", g_crash_at,
+               g_pause_at);
   set_crash_hook(&test_hook);
   return true;
 }

@@ -101,6 +101,9 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
   for (;;) {
     const size_t n =
         pipeline.work.wait_dequeue_bulk_timed(ctok, items.begin(), items.size(), std::chrono::microseconds(20'000));
+    // The sync state first: a new target reaches the segment before this
+    // bulk's updates, and READY is decided on what the last bulk applied.
+    if (sync != nullptr) sync->poll(layout::now_unix_ns() / 1'000'000);
     uint64_t updates = 0, stale = 0, applied_updates = 0, applied_messages = 0, duplicates = 0, late = 0;
     // One wall-clock read per bulk: the bulk applies within microseconds,
     // well under the millisecond resolution of event times.
@@ -161,7 +164,6 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
     // A snapshot's copy, when one was asked for: between bulks, so the
     // image holds whole messages only.
     pipeline.images.serve(writer);
-    if (sync != nullptr) sync->poll(layout::now_unix_ns() / 1'000'000);
     const int64_t now = layout::now_mono_ns();
     metrics.writer_heartbeat_mono_ns.set(now);
     if (now - last_maintain_ns >= std::chrono::nanoseconds(kMaintainInterval).count()) {

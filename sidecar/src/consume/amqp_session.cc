@@ -13,15 +13,18 @@
 
 #include <cassert>
 #include <chrono>
-#include <cstring>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace larder::sidecar {
 namespace {
 
 constexpr amqp_channel_t kChannel = 1;
-constexpr amqp_channel_t kProbeChannel = 2;  // probe_stream_tail
+// The stream probes (probe_stream): each on its own channel, so that late
+// deliveries of one are never taken for the other's.
+constexpr amqp_channel_t kTailProbeChannel = 2;
+constexpr amqp_channel_t kFirstProbeChannel = 3;
 // The tail probe: after the first delivery, the last chunk's messages are
 // taken as complete after this quiet spell (the broker sends a chunk in one
 // go), or after kProbeMaxMs in all (a busy stream; the target is then a
@@ -147,29 +150,32 @@ bool stream_offset_of(const amqp_envelope_t& envelope, uint64_t* offset) {
   return header_offset(envelope.message.properties, offset);
 }
 
-uint64_t AmqpSession::probe_stream_tail() {
+uint64_t AmqpSession::probe_stream(const std::string& at) {
   check_owner();
-  amqp_channel_open(conn_, kProbeChannel);
-  check_rpc(SessionFailure::kTopology, "channel.open (stream tail probe)");
-  amqp_basic_qos(conn_, kProbeChannel, 0, 2000, 0);
-  check_rpc(SessionFailure::kTopology, "basic.qos (stream tail probe)");
-  const std::string probe_tag = consumer_tag_ + ".tail";
-  const std::string last = "last";
-  amqp_table_entry_t args[] = {utf8_entry("x-stream-offset", last)};
-  amqp_basic_consume(conn_, kProbeChannel, bytes_of(config_.queue.name), bytes_of(probe_tag), 0, /*no_ack=*/0, 0,
+  const bool last = at == "last";
+  const amqp_channel_t channel = last ? kTailProbeChannel : kFirstProbeChannel;
+  const std::string what = fmt::format("stream probe at \"{}\" on \"{}\"", at, config_.queue.name);
+  amqp_channel_open(conn_, channel);
+  check_rpc(SessionFailure::kTopology, "channel.open (" + what + ")");
+  amqp_basic_qos(conn_, channel, 0, last ? 2000 : 1, 0);
+  check_rpc(SessionFailure::kTopology, "basic.qos (" + what + ")");
+  const std::string probe_tag = consumer_tag_ + "." + at;
+  amqp_table_entry_t args[] = {utf8_entry("x-stream-offset", at)};
+  amqp_basic_consume(conn_, channel, bytes_of(config_.queue.name), bytes_of(probe_tag), 0, /*no_ack=*/0, 0,
                      amqp_table_t{1, args});
-  check_rpc(SessionFailure::kTopology, fmt::format("basic.consume (stream tail probe) on \"{}\"", config_.queue.name));
-  uint64_t tail = ~uint64_t{0};
+  check_rpc(SessionFailure::kTopology, "basic.consume (" + what + ")");
+  uint64_t found = ~uint64_t{0};
   const auto start = std::chrono::steady_clock::now();
   auto first_at = std::chrono::steady_clock::time_point::max();
   for (;;) {
     const auto now = std::chrono::steady_clock::now();
     int wait_ms = 0;
     if (first_at == std::chrono::steady_clock::time_point::max()) {
-      wait_ms = kProbeFirstMs - static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(now - start).count());
+      wait_ms =
+          kProbeFirstMs - static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(now - start).count());
     } else {
-      const int left = kProbeMaxMs - static_cast<int>(
-                                         std::chrono::duration_cast<std::chrono::milliseconds>(now - first_at).count());
+      const int left =
+          kProbeMaxMs - static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(now - first_at).count());
       wait_ms = std::min(kProbeQuietMs, left);
     }
     if (wait_ms <= 0) break;
@@ -179,12 +185,14 @@ uint64_t AmqpSession::probe_stream_tail() {
     const amqp_rpc_reply_t r = amqp_consume_message(conn_, &envelope, &tv, 0);
     if (r.reply_type == AMQP_RESPONSE_NORMAL) {
       uint64_t offset = 0;
-      if (envelope.channel == kProbeChannel && header_offset(envelope.message.properties, &offset)) {
-        if (tail == ~uint64_t{0} || offset > tail) tail = offset;
+      const bool mine = envelope.channel == channel && header_offset(envelope.message.properties, &offset);
+      if (mine) {
+        if (found == ~uint64_t{0} || offset > found) found = offset;
         if (first_at == std::chrono::steady_clock::time_point::max()) first_at = std::chrono::steady_clock::now();
-        amqp_basic_ack(conn_, kProbeChannel, envelope.delivery_tag, 0);
+        amqp_basic_ack(conn_, channel, envelope.delivery_tag, 0);
       }
       amqp_destroy_envelope(&envelope);
+      if (mine && !last) break;  // "first": the first delivery is the answer
       continue;
     }
     if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && r.library_error == AMQP_STATUS_TIMEOUT) break;
@@ -192,13 +200,13 @@ uint64_t AmqpSession::probe_stream_tail() {
       handle_other_frame();
       continue;
     }
-    throw_reply(SessionFailure::kTopology, "stream tail probe", r);
+    throw_reply(SessionFailure::kTopology, what, r);
   }
   // channel.close cancels the probe's consumer; deliveries already on the
-  // wire for channel 2 are queued by rabbitmq-c and dropped by next().
-  amqp_channel_close(conn_, kProbeChannel, AMQP_REPLY_SUCCESS);
-  check_rpc(SessionFailure::kTopology, "channel.close (stream tail probe)");
-  return tail;
+  // wire for its channel are queued by rabbitmq-c and dropped by next().
+  amqp_channel_close(conn_, channel, AMQP_REPLY_SUCCESS);
+  check_rpc(SessionFailure::kTopology, "channel.close (" + what + ")");
+  return found;
 }
 
 void AmqpSession::throw_reply(SessionFailure failure, const std::string& what, const amqp_rpc_reply_t& reply) {
@@ -361,7 +369,11 @@ void AmqpSession::declare_topology(StreamAttach* stream) {
 
   std::vector<amqp_table_entry_t> consume_args;
   if (q.type == QueueType::kStream) {
-    if (stream != nullptr) stream->tail = probe_stream_tail();
+    if (stream != nullptr) {
+      stream->tail = probe_stream("last");
+      // Resuming at a stored offset: is it still in the stream?
+      if (stream->tail != ~uint64_t{0} && stream->from != ~uint64_t{0}) stream->first = probe_stream("first");
+    }
     if (stream != nullptr && stream->from != ~uint64_t{0}) {
       consume_args.push_back(i64_entry("x-stream-offset", static_cast<int64_t>(stream->from)));
     } else {

@@ -55,8 +55,11 @@ struct StreamAttach {
   // stream_offset.
   uint64_t from = ~uint64_t{0};
   // Out: the stream's last offset just before the consumer attached
-  // (probe_stream_tail), or ~0 when the stream was empty.
+  // (probe_stream("last")), or ~0 when the stream was empty.
   uint64_t tail = ~uint64_t{0};
+  // Out, when `from` is set and the stream is not empty: the first offset
+  // it still holds (probe_stream("first")); else ~0.
+  uint64_t first = ~uint64_t{0};
 };
 
 // The x-stream-offset header of a stream delivery; false when it is absent
@@ -69,7 +72,8 @@ class AmqpSession {
   // capabilities, opens channel 1, declares the topology (dead-letter
   // exchange and queue, the queue, the bindings), sets prefetch and starts
   // consuming. For a stream queue with `stream` given, first learns the
-  // stream's tail (stream->tail) and then subscribes at stream->from.
+  // stream's tail (stream->tail) and, resuming at stream->from, the first
+  // offset it holds (stream->first), then subscribes at stream->from.
   // Throws SessionError.
   static std::unique_ptr<AmqpSession> connect(const RabbitConfig& config, const std::string& consumer_tag,
                                               StreamAttach* stream = nullptr);
@@ -102,12 +106,13 @@ class AmqpSession {
   AmqpSession(const RabbitConfig& config, std::string consumer_tag);
   void open();
   void declare_topology(StreamAttach* stream);
-  // The stream's last offset: a second consumer on channel 2 attached at
-  // "last" is delivered the stream's last chunk; the largest x-stream-offset
-  // it sees before a short quiet spell is the tail. ~0 when nothing arrives
-  // (an empty stream). Closes channel 2; its late deliveries are dropped by
-  // next().
-  uint64_t probe_stream_tail();
+  // A short-lived second consumer attached at `at`: "last" is delivered the
+  // stream's last chunk, and the largest x-stream-offset it sees before a
+  // short quiet spell is the tail; "first" returns the first delivery's
+  // offset, the first message the stream still holds. ~0 when nothing arrives
+  // (an empty stream). Each on its own channel, closed afterwards; its late
+  // deliveries are dropped by next().
+  uint64_t probe_stream(const std::string& at);
   void check_owner() const;
   [[noreturn]] void throw_reply(SessionFailure failure, const std::string& what, const amqp_rpc_reply_t& reply);
   void check_rpc(SessionFailure failure, const std::string& what);

@@ -95,11 +95,25 @@ int Consumer::run() {
       if (stream_) {
         requested_ = next_offset_;
         first_of_epoch_ = true;
+        // A retention gap: the stream's first message is after the offset
+        // asked for. (Not "the first delivery is after it": offsets are not
+        // dense, the broker's own chunks at segment starts take offsets that
+        // are never delivered, and a position may name one of them.)
+        gap_pending_ = attach.first != kNoOffset && requested_ != kNoOffset && attach.first > requested_;
+        if (attach.tail != kNoOffset && requested_ != kNoOffset && attach.tail + 1 < requested_) {
+          // The last applied offset (requested_ - 1) is past the stream's end.
+          spdlog::error(
+              "consumer: stream \"{}\" ends at offset {}, before the stored position {}: the stream was deleted and "
+              "re-created, and its messages before offset {} will be taken as applied. Stop the sidecar, delete the "
+              "segment and start again to replay it",
+              rc.queue.name, attach.tail, requested_, requested_);
+        }
         pipeline_.stream_tail.store(attach.tail, std::memory_order_relaxed);
         // release: publishes stream_tail to the writer thread's acquire load.
         pipeline_.stream_probes.fetch_add(1, std::memory_order_release);
-        spdlog::info("consumer: stream \"{}\": tail at offset {}; subscribing at {}", rc.queue.name,
+        spdlog::info("consumer: stream \"{}\": tail at offset {}{}; subscribing at {}", rc.queue.name,
                      attach.tail == kNoOffset ? std::string("none (empty)") : std::to_string(attach.tail),
+                     attach.first == kNoOffset ? std::string() : fmt::format(", first at {}", attach.first),
                      next_offset_ == kNoOffset ? "\"" + rc.queue.stream_offset + "\" (rabbitmq.queue.stream_offset)"
                                                : std::to_string(next_offset_));
       }
@@ -226,7 +240,7 @@ void Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) 
     }
     if (first_of_epoch_) {
       first_of_epoch_ = false;
-      if (requested_ != kNoOffset && offset > requested_) gap_from = requested_;
+      if (gap_pending_ && offset > requested_) gap_from = requested_;
     }
     if (next_offset_ != kNoOffset && offset < next_offset_ && gap_from == kNoOffset) {
       // Before the resume point (a stream delivers whole chunks): applied
@@ -258,22 +272,24 @@ void Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) 
       // A stream: the writer stores the position past it, then it is acked.
       note_reject(tag, result.reason, result.detail, id);
       batch.clear();
-      WorkItem item{epoch_, tag, offset, 0, true, gap_from, std::move(batch)};
-      pipeline_.work.enqueue(work_token_, std::move(item));
-      metrics.work_enqueued.add_release();
-      ++outstanding_work_;
+      hand_over(WorkItem{epoch_, tag, offset, 0, true, gap_from, std::move(batch)}, decode_end);
       return;
     }
     spare_batches_.push_back(std::move(batch));
     dead_letter(session, tag, result.reason, result.detail, id);
     return;
   }
+  hand_over(WorkItem{epoch_, tag, offset, skip, false, gap_from, std::move(batch)}, decode_end);
+}
+
+void Consumer::hand_over(WorkItem&& item, int64_t now_mono_ns) {
+  SidecarMetrics& metrics = pipeline_.metrics;
   // Write point of the hand-over progress (see SidecarMetrics): when nothing
   // was pending, a backlog begins now; then publish the count with release.
   if (metrics.work_enqueued.value() == metrics.work_done.value_acquire()) {
-    metrics.backlog_start_mono_ns.set(decode_end);
+    metrics.backlog_start_mono_ns.set(now_mono_ns);
   }
-  pipeline_.work.enqueue(work_token_, WorkItem{epoch_, tag, offset, skip, false, gap_from, std::move(batch)});
+  pipeline_.work.enqueue(work_token_, std::move(item));
   metrics.work_enqueued.add_release();
   ++outstanding_work_;
 }

@@ -72,6 +72,8 @@ class Consumer {
   void process_completions(AmqpSession* session, bool flush_acks = false);
   void dead_letter(AmqpSession& session, uint64_t tag, RejectReason reason, const std::string& detail,
                    const std::string& id);
+  // Hands a WorkItem to the writer thread; `now_mono_ns` may start a backlog.
+  void hand_over(WorkItem&& item, int64_t now_mono_ns);
   // Counts and logs a refused message (the part of dead_letter() that does
   // not settle it).
   void note_reject(uint64_t tag, RejectReason reason, const std::string& detail, const std::string& id);
@@ -103,8 +105,9 @@ class Consumer {
   uint64_t next_offset_ = kNoOffset;  // the first offset not yet handed to the writer
   uint64_t skip_offset_ = kNoOffset;  // the resumed message whose first skip_updates_ updates are applied
   uint32_t skip_updates_ = 0;
-  uint64_t requested_ = kNoOffset;    // the offset this epoch subscribed at
-  bool first_of_epoch_ = false;       // no delivery yet on this connection
+  uint64_t requested_ = kNoOffset;  // the offset this epoch subscribed at
+  bool first_of_epoch_ = false;     // no delivery yet on this connection
+  bool gap_pending_ = false;        // the stream's first offset is after requested_
 };
 
 }  // namespace larder::sidecar

@@ -368,12 +368,10 @@ void render_source_metrics(PrometheusText& p, const SidecarMetrics& m, const Seg
     }
     if (part.first_retained) p.sample("larder_source_first_retained_offset", labels, *part.first_retained);
   }
+  p.family("larder_source_lag_seconds", "gauge",
+           "Stream queues: 0 at the tail, else now minus the newest event time of the last applied message.");
   const int64_t lag_ms = m.source_lag_ms.value();
-  if (lag_ms >= 0) {
-    p.family("larder_source_lag_seconds", "gauge",
-             "Stream lag: 0 at the tail, else now minus the newest event time of the last applied message.");
-    p.sample("larder_source_lag_seconds", "", static_cast<double>(lag_ms) / 1e3);
-  }
+  if (lag_ms >= 0) p.sample("larder_source_lag_seconds", "", static_cast<double>(lag_ms) / 1e3);
 }
 
 }  // namespace

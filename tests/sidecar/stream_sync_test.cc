@@ -1,0 +1,176 @@
+// Stream positions through apply_batch and the sync state machine
+// (apply/stream_sync.h), on a real Writer and segment; no broker.
+#include "apply/stream_sync.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "apply/writer_thread.h"
+#include "config/config.h"
+#include "decode/decoder.h"
+#include "larder/client.h"
+#include "larder/writer/writer.h"
+
+namespace larder::sidecar {
+namespace {
+
+layout::Schema one_table() {
+  layout::Schema schema;
+  layout::TableSpec t;
+  t.name = "t";
+  t.capacity = 16;
+  t.fields = {{"i", FieldType::kInt64, 1}};
+  schema.tables.push_back(t);
+  return schema;
+}
+
+class StreamSyncTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    name_ = "larder-unit-streamsync-" + std::to_string(::getpid());
+    Writer::remove_segment(name_);
+    writer_ = Writer::open(name_, one_table());
+  }
+  void TearDown() override {
+    writer_.reset();
+    Writer::remove_segment(name_);
+  }
+
+  std::optional<SourcePosition> position() const { return writer_->position(0); }
+  layout::SyncState state() const { return Segment::open(name_).state(); }
+
+  std::string name_;
+  std::unique_ptr<Writer> writer_;
+  Pipeline pipeline_;
+};
+
+// Before update i of n the position {O, i + 1} is staged, {O + 1, 0} before
+// the last; skip_updates skips the first updates; a message with none left
+// stores {O + 1, 0}.
+TEST_F(StreamSyncTest, ApplyBatchStoresThePositionAfterEachUpdate) {
+  Decoder decoder(one_table(), {});
+  DecodedBatch batch;
+  ASSERT_TRUE(decoder
+                  .decode(R"([{"table":"t","key":"a","event_time":5,"fields":{"i":1}},
+                              {"table":"t","key":"b","event_time":5,"fields":{"i":2}},
+                              {"table":"t","key":"c","event_time":5,"fields":{"i":3}}])",
+                          batch)
+                  .ok);
+  RejectReason reason = RejectReason::kInternal;
+  uint64_t stale = 0;
+  // Resuming inside the message: the first two updates were applied before.
+  StreamPlace place{7, 2};
+  EXPECT_EQ(apply_batch(*writer_, batch, &reason, &stale, nullptr, nullptr, nullptr, nullptr, &place),
+            Outcome::kApplied);
+  ASSERT_TRUE(position());
+  EXPECT_EQ(position()->next_offset, 8u);
+  EXPECT_EQ(position()->skip_updates, 0u);
+  Segment seg = Segment::open(name_);
+  Table t = seg.table("t");
+  Row row = t.make_row();
+  EXPECT_FALSE(t.get("a", row).found()) << "a skipped update was applied";
+  EXPECT_FALSE(t.get("b", row).found()) << "a skipped update was applied";
+  EXPECT_TRUE(t.get("c", row).ok());
+
+  // All skipped (or none at all): the position moves past the message.
+  place = StreamPlace{8, 3};
+  EXPECT_EQ(apply_batch(*writer_, batch, &reason, &stale, nullptr, nullptr, nullptr, nullptr, &place),
+            Outcome::kApplied);
+  EXPECT_EQ(position()->next_offset, 9u);
+  EXPECT_FALSE(t.get("a", row).found());
+
+  // A refused update (stale) still carries the position.
+  ASSERT_TRUE(decoder.decode(R"({"table":"t","key":"c","event_time":1,"fields":{"i":9}})", batch).ok);
+  place = StreamPlace{9, 0};
+  EXPECT_EQ(apply_batch(*writer_, batch, &reason, &stale, nullptr, nullptr, nullptr, nullptr, &place),
+            Outcome::kApplied);
+  EXPECT_EQ(stale, 1u);
+  EXPECT_EQ(position()->next_offset, 10u);
+}
+
+// CATCHING_UP until the target is applied and the lag is low enough; the
+// lag is 0 at the tail, else now minus the newest event time.
+TEST_F(StreamSyncTest, ReadyOnlyOnceTheTargetIsReachedAndTheLagIsLow) {
+  StreamSync sync(*writer_, pipeline_, /*max_lag_ms=*/1000, false);
+  EXPECT_EQ(state(), layout::SyncState::kCatchingUp);
+  const int64_t now = 10'000'000;
+  sync.poll(now);
+  EXPECT_EQ(state(), layout::SyncState::kCatchingUp) << "no target yet";
+
+  pipeline_.stream_tail.store(9);
+  pipeline_.stream_probes.fetch_add(1);
+  sync.poll(now);
+  EXPECT_EQ(state(), layout::SyncState::kCatchingUp);
+  EXPECT_EQ(Segment::open(name_).sync().partitions.at(0).target, 9u);
+
+  writer_->set_position({0, 10, 0});
+  sync.applied(9, now - 5000);  // the target, but old events: lag 5 s
+  sync.poll(now);
+  EXPECT_EQ(sync.lag_ms(), 5000);
+  EXPECT_EQ(state(), layout::SyncState::kCatchingUp);
+
+  pipeline_.stream_at_tail.store(true);  // the broker has no more: lag 0
+  sync.poll(now);
+  EXPECT_EQ(sync.lag_ms(), 0);
+  EXPECT_EQ(state(), layout::SyncState::kReady);
+  EXPECT_FALSE(Segment::open(name_).sync().partitions.at(0).target.has_value());
+
+  // READY is kept while the lag grows again.
+  pipeline_.stream_at_tail.store(false);
+  sync.applied(10, now - 60'000);
+  sync.poll(now);
+  EXPECT_EQ(state(), layout::SyncState::kReady);
+}
+
+// A gap makes the segment INCOMPLETE with the first retained offset, and a
+// new StreamSync on an incomplete segment keeps it.
+TEST_F(StreamSyncTest, AGapIsIncompleteForGood) {
+  {
+    StreamSync sync(*writer_, pipeline_, 1000, false);
+    sync.gap(10, 1532);
+    EXPECT_EQ(state(), layout::SyncState::kIncomplete);
+    EXPECT_EQ(Segment::open(name_).sync().partitions.at(0).first_retained, 1532u);
+    pipeline_.stream_tail.store(kNoOffset);
+    pipeline_.stream_probes.fetch_add(1);
+    pipeline_.stream_at_tail.store(true);
+    sync.poll(1);
+    EXPECT_EQ(state(), layout::SyncState::kIncomplete) << "a gap is never READY";
+  }
+  StreamSync again(*writer_, pipeline_, 1000, true);
+  EXPECT_EQ(state(), layout::SyncState::kIncomplete);
+  EXPECT_EQ(Segment::open(name_).sync().partitions.at(0).first_retained, 1532u);
+}
+
+// The source id: vhost and queue; too long ones are cut with a hash.
+TEST(StreamSourceId, NamesVhostAndQueueAndFitsTheBlock) {
+  Config c;
+  c.rabbitmq.url.vhost = "/prod";
+  c.rabbitmq.queue.name = "features";
+  EXPECT_EQ(stream_source_id(c), "rabbitmq stream vhost=/prod queue=features");
+  Config a = c, b = c;
+  a.rabbitmq.queue.name = std::string(200, 'q') + "a";
+  b.rabbitmq.queue.name = std::string(200, 'q') + "b";
+  EXPECT_LE(stream_source_id(a).size(), layout::kSourceIdWords * 8 - 1);
+  EXPECT_NE(stream_source_id(a), stream_source_id(b));
+}
+
+TEST(ReadinessConfig, MaxLagIsADuration) {
+  const std::string base = R"(segment: {name: s}
+tables: [{name: t, capacity: 10, fields: [{name: i, type: int64}]}]
+rabbitmq: {url: "amqp://guest@127.0.0.1/", password_env: LARDER_UNIT_STREAMSYNC_PASSWORD, queue: {name: q, type: stream}}
+)";
+  ::setenv("LARDER_UNIT_STREAMSYNC_PASSWORD", "x", 1);
+  EXPECT_EQ(parse_config(base).readiness.max_lag_ms, 5000);
+  EXPECT_EQ(parse_config(base + "readiness: {max_lag: 90s}\n").readiness.max_lag_ms, 90000);
+  try {
+    parse_config(base + "readiness: {max_lag: soon}\n");
+    ADD_FAILURE() << "accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("readiness.max_lag"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace larder::sidecar
