@@ -42,10 +42,6 @@
 
 namespace larder::ctl {
 
-namespace {
-
-using namespace larder::layout;  // NOLINT: a tool over the layout
-
 std::string json_string(std::string_view s) {
   std::string out = "\"";
   for (unsigned char c : s) {
@@ -67,6 +63,10 @@ std::string json_string(std::string_view s) {
   }
   return out + "\"";
 }
+
+namespace {
+
+using namespace larder::layout;  // NOLINT: a tool over the layout
 
 // Bytes from a peer, shown on a terminal: printable ASCII as is, everything
 // else (control characters, escape sequences, UTF-8) as \xHH.

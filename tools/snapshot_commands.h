@@ -3,10 +3,14 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 
 namespace larder::ctl {
 
 // Exit codes shared with larderctl.cc.
+// `s` as a JSON string literal, quoted and escaped.
+std::string json_string(std::string_view s);
+
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitProblems = 1;
 inline constexpr int kExitUsage = 2;
