@@ -26,6 +26,7 @@
 #include "apply/test_hooks.h"
 #include "apply/writer_thread.h"
 #include "config/config.h"
+#include "config/size_report.h"
 #include "consume/consumer.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
@@ -83,7 +84,9 @@ CONFIG FILE (YAML; annotated example: examples/sidecar.example.yaml; reference: 
           end       now (default) | latest_event
       allowed_lateness  older events count in no aggregate (default: longest window)
       dedup:        {horizon (default: allowed_lateness), capacity (default:
-                    max(capacity, 65536))}: event ids remembered to drop redeliveries
+                    max(capacity, 65536)), expected_rate (events the table folds,
+                    e.g. 50/s or 3000/h; a sizing hint: --check-config warns when
+                    capacity < rate x horizon)}: event ids remembered to drop redeliveries
   rabbitmq:
     url             amqp://user@host:port/vhost or amqps://... (no password in it)
     password_env    name of an environment variable holding the password, or
@@ -135,8 +138,16 @@ SIGNALS
   SIGTERM, SIGINT   stop consuming, apply and ack in-flight messages, close, exit 0;
                     a second signal abandons the drain (the broker redelivers)
 
+CHECKING A CONFIG
+  --check-config validates the config and prints the segment's size by table,
+  by aggregate (what removing it saves; which aggregates share a bucket ring;
+  what giving a count a source would save) and by dedup set, with the event
+  rate each dedup set covers. It needs no broker and no password: a password
+  or token it cannot read is a warning. larderctl size --config prints the same.
+
 EXIT CODES
-  0 clean stop, 2 bad config or arguments, 3 cannot open the segment,
+  0 clean stop, 2 bad config or arguments, 3 cannot open the segment (a
+  segment of another schema: the message says what works),
   4 cannot listen on metrics.listen, 5 cannot restore (--restore,
   bootstrap.restore FILE, a peer): the segment was not changed
 )";
@@ -157,7 +168,9 @@ int main(int argc, char** argv) {
                  "without a segment (and no local snapshot restored): fetch a snapshot from this peer URL, "
                  "e.g. http://10.0.0.7:9464/snapshot (instead of bootstrap.peer)");
   app.add_option("--log-level", log_level, "override logging.level: trace, debug, info, warn, error, critical, off");
-  app.add_flag("--check-config", check_only, "validate the config (and password source) and exit");
+  app.add_flag("--check-config", check_only,
+               "validate the config, print the segment's size by table, aggregate and dedup set, and exit 0; a "
+               "password or token that cannot be read is a warning here, not an error");
   app.footer(kConfigHelp);
   try {
     app.parse(argc, argv);
@@ -168,7 +181,10 @@ int main(int argc, char** argv) {
 
   larder::sidecar::Config config;
   try {
-    config = larder::sidecar::load_config_file(config_path);
+    // --check-config runs where the secrets may not be (CI): a password or
+    // token it cannot read is a warning there, not an error.
+    config =
+        larder::sidecar::load_config_file(config_path, larder::sidecar::ConfigLoad{.require_secrets = !check_only});
   } catch (const larder::sidecar::ConfigError& e) {
     std::fprintf(stderr, "larder-sidecar: invalid config: %s\n", e.what());
     return 2;
@@ -181,8 +197,13 @@ int main(int argc, char** argv) {
     config.logging.level = log_level;
   }
   if (check_only) {
-    std::printf("config ok: segment \"%s\", %zu tables, queue \"%s\"\n", config.segment.name.c_str(),
-                config.tables.size(), config.rabbitmq.queue.name.c_str());
+    // Sizes from the writer's own planner (size_report.h): what the segment
+    // will cost, before it exists. Its warnings are part of the report.
+    const larder::sidecar::SizeReport sizes = larder::sidecar::size_report(config);
+    for (const std::string& w : config.warnings) std::fprintf(stderr, "larder-sidecar: warning: %s\n", w.c_str());
+    std::printf("config ok: segment \"%s\", %zu tables, queue \"%s\"\n%s", config.segment.name.c_str(),
+                config.tables.size(), config.rabbitmq.queue.name.c_str(),
+                larder::sidecar::format_size_report(sizes).c_str());
     return 0;
   }
   larder::sidecar::setup_logging(config.logging.level, config.logging.json);

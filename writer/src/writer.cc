@@ -93,7 +93,7 @@ std::unique_ptr<Writer> Writer::open(std::string_view name, const Schema& schema
                       "segment \"" + impl->name + "\" has schema fingerprint " + hex64(have) +
                           ", the configured schema is " + hex64(schema.fingerprint()) +
                           ": restore the old schema, remove the segment, or allow recreation "
-                          "(recreate_on_schema_change)");
+                          "(WriterOptions::recreate_on_schema_change)");
         }
         replace = true;
       }

@@ -41,6 +41,21 @@ std::string read_file_trimmed(const std::string& path, const std::string& key) {
   return s;
 }
 
+// Passwords and tokens. With ConfigLoad::require_secrets false, one that
+// cannot be read is a warning rather than an error: the config is being
+// checked or sized where the secret is not available.
+struct Secrets {
+  bool required = true;
+  std::vector<std::string>* warnings = nullptr;
+
+  // False (and a warning) when `file` cannot be read and secrets are optional.
+  bool available(const std::string& file, const std::string& key) const {
+    if (required || ::access(file.c_str(), R_OK) == 0) return true;
+    warnings->push_back(fmt::format("{}: cannot read \"{}\" (the sidecar needs it to start)", key, file));
+    return false;
+  }
+};
+
 void require_readable(const std::string& file, const std::string& key) {
   if (::access(file.c_str(), R_OK) != 0) fail(key, fmt::format("cannot read \"{}\"", file));
 }
@@ -105,18 +120,6 @@ std::optional<int64_t> duration_ms(const MapNode& m, const char* key) {
 
 // 9999-12-31T23:59:59.999Z, the largest event time the message format accepts.
 constexpr int64_t kMaxMinEventTimeMs = 253402300799999;
-
-// The shortest exact spelling: 86400000 -> "1d", 1500 -> "1500ms".
-std::string format_duration(int64_t ms) {
-  struct Unit {
-    int64_t ms;
-    const char* suffix;
-  };
-  for (const Unit u : {Unit{24 * 3600 * 1000, "d"}, Unit{3600 * 1000, "h"}, Unit{60 * 1000, "m"}, Unit{1000, "s"}}) {
-    if (ms != 0 && ms % u.ms == 0) return fmt::format("{}{}", ms / u.ms, u.suffix);
-  }
-  return fmt::format("{}ms", ms);
-}
 
 // A resolution that divides `window_ms` into at most kMaxBucketsPerWindow
 // buckets, preferring about 60 (for error messages).
@@ -407,6 +410,31 @@ void check_aggregate_references(const MapNode& m, const TableConfig& t, const Ta
   }
 }
 
+// An event rate: "50" or "50/s" (per second), "3000/m", "200000/h", "4000000/d".
+double parse_rate(const std::string& text, const std::string& key) {
+  const size_t slash = text.find('/');
+  const std::string number = text.substr(0, slash);
+  const std::string unit = slash == std::string::npos ? "s" : text.substr(slash + 1);
+  double per = 0;
+  if (unit == "s") {
+    per = 1;
+  } else if (unit == "m") {
+    per = 60;
+  } else if (unit == "h") {
+    per = 3600;
+  } else if (unit == "d") {
+    per = 86400;
+  }
+  char* end = nullptr;
+  const double n = number.empty() ? -1 : std::strtod(number.c_str(), &end);
+  if (per == 0 || end == nullptr || *end != '\0' || !(n > 0) || n > 1e12) {
+    fail(key, fmt::format("expected events per second such as 50, or a rate such as 50/s, 3000/m, 200000/h, "
+                          "4000000/d, got \"{}\"",
+                          text));
+  }
+  return n / per;
+}
+
 // `allowed_lateness` and `dedup`: only for tables with aggregates; lateness
 // within the longest window, the dedup horizon at least the lateness.
 void parse_lateness_and_dedup(const MapNode& m, TableConfig& t) {
@@ -423,7 +451,7 @@ void parse_lateness_and_dedup(const MapNode& m, TableConfig& t) {
     t.spec.allowed_lateness_ms = *lateness;
   }
   if (m.has("dedup")) {
-    const MapNode d(m.node("dedup"), m.child("dedup"), {"horizon", "capacity"});
+    const MapNode d(m.node("dedup"), m.child("dedup"), {"horizon", "capacity", "expected_rate"});
     if (t.spec.aggregates.empty()) {
       fail(m.child("dedup"), "only tables with aggregates take it (plain fields are idempotent without it)");
     }
@@ -439,6 +467,8 @@ void parse_lateness_and_dedup(const MapNode& m, TableConfig& t) {
       t.spec.dedup_horizon_ms = *horizon;
     }
     t.spec.dedup_capacity = d.integer("capacity", 0, 1, uint64_t{1} << 32);
+    if (d.has("expected_rate"))
+      t.expected_events_per_s = parse_rate(d.scalar("expected_rate"), d.child("expected_rate"));
   }
 }
 
@@ -560,7 +590,7 @@ QueueConfig parse_queue(const YAML::Node& node, const std::string& path) {
   return q;
 }
 
-RabbitConfig parse_rabbitmq(const YAML::Node& node, const std::string& segment_name) {
+RabbitConfig parse_rabbitmq(const YAML::Node& node, const std::string& segment_name, const Secrets& secrets) {
   if (!node.IsDefined()) fail("rabbitmq", "required (url, password_env or password_file, queue, ...)");
   MapNode m(node, "rabbitmq",
             {"url", "password_env", "password_file", "queue", "bindings", "prefetch", "heartbeat_s", "tls",
@@ -576,12 +606,19 @@ RabbitConfig parse_rabbitmq(const YAML::Node& node, const std::string& segment_n
   if (m.has("password_env")) {
     const std::string var = m.scalar("password_env");
     const char* value = std::getenv(var.c_str());
-    if (value == nullptr) fail(m.child("password_env"), fmt::format("environment variable {} is not set", var));
-    r.password = value;
+    if (value == nullptr && secrets.required) {
+      fail(m.child("password_env"), fmt::format("environment variable {} is not set", var));
+    }
+    if (value == nullptr) {
+      secrets.warnings->push_back(fmt::format("{}: environment variable {} is not set (the sidecar needs it to start)",
+                                              m.child("password_env"), var));
+    }
+    r.password = value != nullptr ? value : "";
     r.password_source = "env " + var;
   } else if (m.has("password_file")) {
     const std::string file = m.scalar("password_file");
-    r.password = read_file_trimmed(file, m.child("password_file"));
+    if (secrets.available(file, m.child("password_file")))
+      r.password = read_file_trimmed(file, m.child("password_file"));
     r.password_source = "file " + file;
   } else {
     fail("rabbitmq",
@@ -704,7 +741,7 @@ std::string read_token_file(const std::string& file, const std::string& key) {
   return token;
 }
 
-SnapshotConfig parse_snapshot(const YAML::Node& node, const MetricsConfig& metrics) {
+SnapshotConfig parse_snapshot(const YAML::Node& node, const MetricsConfig& metrics, const Secrets& secrets) {
   MapNode m(node, "snapshot", {"dir", "interval", "keep", "serve", "token_file"});
   SnapshotConfig c;
   c.dir = m.str("dir", "");
@@ -725,11 +762,13 @@ SnapshotConfig parse_snapshot(const YAML::Node& node, const MetricsConfig& metri
                      "snapshot holds every feature of every key",
                      metrics.listen));
   }
-  if (!c.token_file.empty()) c.token = read_token_file(c.token_file, m.child("token_file"));
+  if (!c.token_file.empty() && secrets.available(c.token_file, m.child("token_file"))) {
+    c.token = read_token_file(c.token_file, m.child("token_file"));
+  }
   return c;
 }
 
-BootstrapConfig parse_bootstrap(const YAML::Node& node) {
+BootstrapConfig parse_bootstrap(const YAML::Node& node, const Secrets& secrets) {
   MapNode m(node, "bootstrap", {"restore", "peer", "peer_token_file", "peer_timeout_s"});
   BootstrapConfig c;
   const std::string restore = m.str("restore", "latest");
@@ -751,7 +790,9 @@ BootstrapConfig parse_bootstrap(const YAML::Node& node) {
     if (!parse_http_url(c.peer, &url, &error)) fail(m.child("peer"), error);
   }
   c.peer_token_file = m.str("peer_token_file", "");
-  if (!c.peer_token_file.empty()) c.peer_token = read_token_file(c.peer_token_file, m.child("peer_token_file"));
+  if (!c.peer_token_file.empty() && secrets.available(c.peer_token_file, m.child("peer_token_file"))) {
+    c.peer_token = read_token_file(c.peer_token_file, m.child("peer_token_file"));
+  }
   c.peer_timeout_s = m.number("peer_timeout_s", 600.0, 0.0, 86400.0, true);
   return c;
 }
@@ -763,12 +804,13 @@ ReadinessConfig parse_readiness(const YAML::Node& node) {
   return c;
 }
 
-Config parse_root(const YAML::Node& root) {
+Config parse_root(const YAML::Node& root, const ConfigLoad& load) {
   if (!present(root)) fail("config", "empty file");
   MapNode m(
       root, "",
       {"segment", "event_time", "tables", "rabbitmq", "logging", "metrics", "readiness", "snapshot", "bootstrap"});
   Config c;
+  const Secrets secrets{load.require_secrets, &c.warnings};
   c.segment = parse_segment(m.node("segment"));
   c.event_time = parse_event_time_bounds(m.node("event_time"), "event_time", c.event_time);
   std::set<std::string> names;
@@ -779,7 +821,7 @@ Config parse_root(const YAML::Node& root) {
   });
   if (c.tables.empty()) fail("tables", "at least one table is required");
   if (c.tables.size() > layout::kMaxTables) fail("tables", fmt::format("at most {} tables", layout::kMaxTables));
-  c.rabbitmq = parse_rabbitmq(m.node("rabbitmq"), c.segment.name);
+  c.rabbitmq = parse_rabbitmq(m.node("rabbitmq"), c.segment.name, secrets);
   {
     MapNode l(m.node("logging"), "logging", {"level", "json"});
     c.logging.level = l.str("level", "info");
@@ -791,8 +833,8 @@ Config parse_root(const YAML::Node& root) {
     c.logging.json = l.boolean("json", false);
   }
   c.metrics = parse_metrics(m.node("metrics"));
-  c.snapshot = parse_snapshot(m.node("snapshot"), c.metrics);
-  c.bootstrap = parse_bootstrap(m.node("bootstrap"));
+  c.snapshot = parse_snapshot(m.node("snapshot"), c.metrics, secrets);
+  c.bootstrap = parse_bootstrap(m.node("bootstrap"), secrets);
   c.readiness = parse_readiness(m.node("readiness"));
   // The segment layer has the last word on sizes (e.g. a segment too large).
   try {
@@ -848,7 +890,7 @@ std::vector<TableDecodeOptions> Config::decode_options() const {
   return out;
 }
 
-Config parse_config(std::string_view yaml_text, const std::string& origin) {
+Config parse_config(std::string_view yaml_text, const std::string& origin, const ConfigLoad& load) {
   YAML::Node root;
   try {
     root = YAML::Load(std::string(yaml_text));
@@ -856,18 +898,29 @@ Config parse_config(std::string_view yaml_text, const std::string& origin) {
     throw ConfigError(fmt::format("{}: line {} column {}: {}", origin, e.mark.line + 1, e.mark.column + 1, e.msg));
   }
   try {
-    return parse_root(root);
+    return parse_root(root, load);
   } catch (const YAML::Exception& e) {
     throw ConfigError(fmt::format("{}: line {}: {}", origin, e.mark.line + 1, e.msg));
   }
 }
 
-Config load_config_file(const std::string& path) {
+Config load_config_file(const std::string& path, const ConfigLoad& load) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw ConfigError(fmt::format("{}: cannot open the config file", path));
   std::stringstream ss;
   ss << in.rdbuf();
-  return parse_config(ss.str(), path);
+  return parse_config(ss.str(), path, load);
+}
+
+std::string format_duration(int64_t ms) {
+  struct Unit {
+    int64_t ms;
+    const char* suffix;
+  };
+  for (const Unit u : {Unit{24 * 3600 * 1000, "d"}, Unit{3600 * 1000, "h"}, Unit{60 * 1000, "m"}, Unit{1000, "s"}}) {
+    if (ms != 0 && ms % u.ms == 0) return fmt::format("{}{}", ms / u.ms, u.suffix);
+  }
+  return fmt::format("{}ms", ms);
 }
 
 }  // namespace larder::sidecar

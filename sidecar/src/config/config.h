@@ -40,6 +40,10 @@ struct TableConfig {
   // The top-level `event_time` bounds with this table's `event_time` keys
   // applied over them. Not part of the schema.
   EventTimeBounds event_time;
+  // dedup.expected_rate: events per second the table is expected to fold
+  // (0: not stated). A sizing hint only: --check-config and `larderctl size`
+  // warn when the dedup set holds fewer ids than this rate over the horizon.
+  double expected_events_per_s = 0;
 };
 
 enum class QueueType : uint8_t { kQuorum = 0, kClassic = 1, kStream = 2 };
@@ -157,14 +161,29 @@ struct Config {
   BootstrapConfig bootstrap;
   ReadinessConfig readiness;
 
+  // What loading with ConfigLoad::require_secrets false let pass: a
+  // password or token that could not be read, each with its key path.
+  std::vector<std::string> warnings;
+
   layout::Schema schema() const;
   std::vector<TableDecodeOptions> decode_options() const;
 };
 
+struct ConfigLoad {
+  // false: a password or token that cannot be read (variable not set, file
+  // missing) is a warning in Config::warnings instead of an error, so that a
+  // config can be checked and sized where the secret is not available (CI).
+  bool require_secrets = true;
+};
+
 // Reads and validates a config file. Throws ConfigError.
-Config load_config_file(const std::string& path);
+Config load_config_file(const std::string& path, const ConfigLoad& load = {});
 // Same, from YAML text (for tests). `origin` names the source in messages.
-Config parse_config(std::string_view yaml_text, const std::string& origin = "config");
+Config parse_config(std::string_view yaml_text, const std::string& origin = "config", const ConfigLoad& load = {});
+
+// The shortest exact spelling of a duration that the parser reads back:
+// 86400000 -> "1d", 5400000 -> "90m", 1500 -> "1500ms".
+std::string format_duration(int64_t ms);
 
 // True for addresses only this host can reach: 127.0.0.0/8, ::1, localhost.
 bool is_loopback_host(std::string_view host);

@@ -213,6 +213,29 @@ std::vector<unsigned char> fetch_peer_snapshot(const HttpUrl& url, const std::st
   return body;
 }
 
+// The refusal of a segment of another schema names what works today (the
+// writer's own message names a library option the sidecar does not expose).
+std::string schema_change_message(const Config& config) {
+  const std::string path = layout::segment_path(config.segment.dir, config.segment.name);
+  std::string have = "another fingerprint";
+  try {
+    have = "fingerprint " +
+           layout::hex64(layout::MappedFile::open_read_only(path, config.segment.name)->header().schema_fingerprint);
+  } catch (const Error&) {
+    // Named generically: the refusal itself already read the header.
+  }
+  return fmt::format(
+      "cannot open segment \"{}\" in {}: it holds another schema ({}; this config's tables give {}). The sidecar does "
+      "not change a segment's "
+      "schema in place, and has no setting that replaces it. What works: (1) give segment.name a new name: the "
+      "sidecar creates that segment beside the old one, readers move to the new name, then delete the old one; "
+      "(2) stop the sidecar, delete {} and {}.lock, and start it: it creates an empty segment and refills from the "
+      "stream (stream_offset) or a re-send by the producers, or restores a snapshot of the new schema "
+      "(--bootstrap-from a peer already on it); (3) go back to the old config. Snapshots of the old schema do not "
+      "restore into the new one. See docs/operations.md, \"Schema change\"",
+      config.segment.name, config.segment.dir, have, layout::hex64(config.schema().fingerprint()), path, path);
+}
+
 std::unique_ptr<Writer> open_segment(const Config& config, const StartOptions& start) {
   if (!start.restore_file.empty()) {
     try {
@@ -260,6 +283,7 @@ std::unique_ptr<Writer> open_segment(const Config& config, const StartOptions& s
   try {
     return Writer::open(config.segment.name, config.schema(), writer_options(config));
   } catch (const Error& e) {
+    if (e.code() == ErrorCode::kSchemaMismatch) throw StartError(kExitCannotOpen, schema_change_message(config));
     throw StartError(kExitCannotOpen, fmt::format("cannot open segment \"{}\" in {}: {}", config.segment.name,
                                                   config.segment.dir, error_text(e)));
   }
