@@ -18,8 +18,10 @@
 #include <thread>
 #include <vector>
 
+#include "config/config.h"  // the sidecar's parser, for `schema` round trips
 #include "larder/layout/segment_file.h"
 #include "larder/writer/writer.h"
+#include "support/progress.h"
 #include "support/run_command.h"
 #include "support/test_segment.h"
 
@@ -410,13 +412,23 @@ TEST(LarderctlAggregates, SchemaRoundTripsAndSizeCountsTheState) {
 
   const CtlRun yaml = larderctl("--dir " + seg.dir() + " schema " + seg.name());
   ASSERT_EQ(yaml.code, 0) << yaml.out;
-  EXPECT_NE(yaml.out.find("{name: spend_std_1d, source: amount, fn: stddev, window: 86400000, resolution: 600000, "
+  // Durations as a config spells them.
+  EXPECT_NE(yaml.out.find("{name: spend_std_1d, source: amount, fn: stddev, window: 1d, resolution: 10m, "
                           "end: latest_event}"),
             std::string::npos)
       << yaml.out;
+  EXPECT_NE(yaml.out.find("{name: spend_1h, source: amount, fn: sum, window: 1h}"), std::string::npos) << yaml.out;
+  EXPECT_NE(yaml.out.find("    allowed_lateness: 30m\n    dedup: {horizon: 2h, capacity: 4096}\n"), std::string::npos)
+      << yaml.out;
+  const std::string rabbitmq =
+      "rabbitmq:\n  url: amqp://guest@127.0.0.1:5672/\n"
+      "  password_env: LARDERCTL_TEST_UNSET_PASSWORD_VARIABLE\n  queue: {name: q}\n";
+  // The sidecar's own parser reads it back to the segment's fingerprint.
+  const sidecar::Config parsed =
+      sidecar::parse_config(yaml.out + rabbitmq, "schema output", sidecar::ConfigLoad{.require_secrets = false});
+  EXPECT_EQ(parsed.schema().fingerprint(), schema.fingerprint()) << yaml.out;
   const std::string config = "/tmp/" + seg.name() + ".yaml";
-  std::ofstream(config) << yaml.out << "rabbitmq:\n  url: amqp://guest@127.0.0.1:5672/\n"
-                        << "  password_env: LARDERCTL_TEST_UNSET_PASSWORD_VARIABLE\n  queue: {name: q}\n";
+  std::ofstream(config) << yaml.out << rabbitmq;
   const CtlRun r = larderctl("size --config " + config + " --json");
   ASSERT_EQ(r.code, 0) << r.out;
   char fp[20];
@@ -427,6 +439,75 @@ TEST(LarderctlAggregates, SchemaRoundTripsAndSizeCountsTheState) {
   EXPECT_NE(r.out.find("\"total_bytes\":" + std::to_string(st.st_size)), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"dedup_bytes\":65536"), std::string::npos) << "4096 ids of 16 bytes: " << r.out;
   std::remove(config.c_str());
+}
+
+// `size` breaks the bytes down by aggregate and dedup set, from the same
+// report as larder-sidecar --check-config, and warns about a dedup set too
+// small for the stated rate.
+TEST(LarderctlSize, BreaksDownByAggregateAndDedup) {
+  const std::string config = "/tmp/larderctl-size-agg-" + std::to_string(::getpid()) + ".yaml";
+  std::ofstream(config) << "segment: {name: cards}\n"
+                        << "tables:\n  - name: cards\n    capacity: 1000\n    fields: [{name: c, type: int64}]\n"
+                        << "    aggregates:\n      - {name: n_7d, fn: count, window: 7d}\n"
+                        << "      - {name: amount_7d, source: amount, fn: sum, window: 7d}\n"
+                        << "    dedup: {expected_rate: 10/s}\n"
+                        << "rabbitmq: {url: 'amqp://h', password_env: LARDERCTL_TEST_UNSET_PASSWORD_VARIABLE, "
+                        << "queue: {name: q}}\n";
+  CtlRun r = larderctl("size --config " + config);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("    aggregate state "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("      n_7d "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("    dedup set "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("hint: aggregate n_7d with `source: amount` would share a bucket ring"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("warning: table \"cards\": the dedup set holds 65536 ids, but 10 events/s"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("warning: rabbitmq.password_env: environment variable"), std::string::npos) << r.out;
+  r = larderctl("size --config " + config + " --json");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("{\"name\":\"n_7d\",\"fn\":\"count\",\"source\":\"\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"sharing_hints\":[{\"aggregate\":\"n_7d\",\"change\":\"source: amount\""), std::string::npos)
+      << r.out;
+  std::remove(config.c_str());
+}
+
+// A segment this user may not read is listed as unreadable, and ls exits 3.
+TEST(LarderctlLs, UnreadableSegmentIsListedAndExits3) {
+  if (::geteuid() != 0) {
+    LARDER_SKIP_OR_FAIL("needs root to run larderctl as an unprivileged user");
+  }
+  if (testing::run_command("command -v setpriv").code != 0) {
+    LARDER_SKIP_OR_FAIL("setpriv (util-linux) is missing");
+  }
+  // Its own directory, world-listable, so that other segments in /dev/shm
+  // do not enter the listing.
+  char dir[] = "/dev/shm/larderctl-ls-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  ASSERT_EQ(::chmod(dir, 0755), 0);
+  {
+    testing::ScratchSegment seg(dir);
+    layout::TableSpec t;
+    t.name = "t";
+    t.capacity = 4;
+    t.fields = {{"x", FieldType::kInt64, 1}};
+    layout::Schema schema;
+    schema.tables = {t};
+    auto writer = Writer::open(seg.name(), schema, seg.writer_options());  // mode 0640, root:root
+    const std::string as_nobody =
+        "setpriv --reuid=65534 --regid=65534 --clear-groups " + std::string(LARDERCTL_PATH) + " --dir " + dir + " ";
+    CtlRun r = testing::run_command(as_nobody + "ls");
+    EXPECT_EQ(r.code, 3) << r.out;
+    EXPECT_NE(r.out.find(seg.name()), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("unreadable"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("permission denied (mode 0640"), std::string::npos) << r.out;
+    r = testing::run_command(as_nobody + "--json ls");
+    EXPECT_EQ(r.code, 3) << r.out;
+    EXPECT_NE(r.out.find("\"state\":\"unreadable\",\"error\":\"permission_denied\""), std::string::npos) << r.out;
+    r = larderctl("--dir " + std::string(dir) + " ls");  // root reads it
+    EXPECT_EQ(r.code, 0) << r.out;
+    EXPECT_EQ(r.out.find("unreadable"), std::string::npos) << r.out;
+  }
+  ::rmdir(dir);
 }
 
 TEST(LarderctlSize, RefusesABadConfigWithTheKeyPath) {

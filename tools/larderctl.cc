@@ -25,7 +25,6 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
-#include <yaml-cpp/yaml.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -43,6 +42,7 @@
 #include <vector>
 
 #include "config/config.h"  // larder-sidecar's config parser (larder::sidecar_config)
+#include "config/size_report.h"
 #include "larder/client.h"
 #include "larder/layout/clock.h"
 #include "larder/layout/segment_file.h"
@@ -231,6 +231,7 @@ int cmd_ls(const Globals& g) {
   ::closedir(d);
   std::sort(names.begin(), names.end());
   std::string json = "[";
+  bool unreadable = false;
   if (!g.json) std::printf("%-32s %12s %6s %-9s %s\n", "SEGMENT", "BYTES", "TABLES", "STATE", "WRITER");
   for (const std::string& n : names) {
     try {
@@ -252,12 +253,25 @@ int cmd_ls(const Globals& g) {
         std::printf("%-32s %12" PRIu64 " %6zu %-9s %s\n", n.c_str(), i.segment_bytes, s.table_names().size(),
                     state_name(i.state), writer.c_str());
       }
-    } catch (const Error&) {
-      // Not a (readable) Larder segment: other files share /dev/shm.
+    } catch (const Error& e) {
+      // Other files share /dev/shm and are skipped; a file with a writer's
+      // lock file beside it is a Larder segment, and one this user may not
+      // read is listed as such, not left out.
+      struct stat lock;
+      if (e.code() != ErrorCode::kPermissionDenied || ::stat((segment_path(g.dir, n) + ".lock").c_str(), &lock) != 0)
+        continue;
+      unreadable = true;
+      if (g.json) {
+        json += std::string(json.size() > 1 ? "," : "") + "{\"name\":" + json_string(n) +
+                ",\"state\":\"unreadable\",\"error\":\"permission_denied\",\"message\":" + json_string(e.what()) + "}";
+      } else {
+        std::printf("%-32s %12s %6s %-9s %s\n", n.c_str(), "-", "-", "unreadable", "permission denied");
+        std::fprintf(stderr, "larderctl: %s\n", e.what());
+      }
     }
   }
   if (g.json) std::printf("%s]\n", json.c_str());
-  return kExitOk;
+  return unreadable ? kExitOpen : kExitOk;
 }
 
 int cmd_info(const Globals& g, const std::string& name) {
@@ -423,27 +437,33 @@ int cmd_schema(const Globals& g, const std::string& name) {
       if (f.type == FieldType::kString) std::printf(", max_len: %u", f.count);
       std::printf("}\n");
     }
-    // Durations in milliseconds and only the settings that were given, so
-    // that the config reproduces the fingerprint. Field transforms are ingest
-    // settings and not recorded in the segment.
+    // Durations as the parser reads them (1h, 10m, 7d) and only the settings
+    // that were given, so that the config reproduces the fingerprint. Field
+    // transforms are ingest settings and not recorded in the segment.
     if (!s.aggregates.empty()) std::printf("    aggregates:\n");
     for (const AggregateSpec& a : s.aggregates) {
       std::printf("      - {name: %s, ", a.name.c_str());
       if (!a.source.empty()) std::printf("source: %s, ", a.source.c_str());
-      std::printf("fn: %s, window: %" PRId64, aggregate_fn_name(a.fn), a.window_ms);
-      if (a.resolution_ms != 0) std::printf(", resolution: %" PRId64, a.resolution_ms);
+      std::printf("fn: %s, window: %s", aggregate_fn_name(a.fn), larder::sidecar::format_duration(a.window_ms).c_str());
+      if (a.resolution_ms != 0)
+        std::printf(", resolution: %s", larder::sidecar::format_duration(a.resolution_ms).c_str());
       if (a.end == WindowEnd::kLatestEvent) std::printf(", end: latest_event");
       std::printf("}\n");
     }
-    if (s.allowed_lateness_ms != 0) std::printf("    allowed_lateness: %" PRId64 "\n", s.allowed_lateness_ms);
+    if (s.allowed_lateness_ms != 0)
+      std::printf("    allowed_lateness: %s\n", larder::sidecar::format_duration(s.allowed_lateness_ms).c_str());
     if (s.dedup_capacity != 0 || s.dedup_horizon_ms != 0) {
       std::printf("    dedup: {");
-      if (s.dedup_horizon_ms != 0)
-        std::printf("horizon: %" PRId64 "%s", s.dedup_horizon_ms, s.dedup_capacity ? ", " : "");
+      if (s.dedup_horizon_ms != 0) {
+        std::printf("horizon: %s%s", larder::sidecar::format_duration(s.dedup_horizon_ms).c_str(),
+                    s.dedup_capacity ? ", " : "");
+      }
       if (s.dedup_capacity != 0) std::printf("capacity: %" PRIu64, s.dedup_capacity);
       std::printf("}\n");
     }
   }
+  // The broker settings are not in the segment; the sidecar needs them.
+  std::printf("# rabbitmq: {url: ..., password_env: ..., queue: {name: ...}} is not stored in the segment: add it\n");
   return kExitOk;
 }
 
@@ -747,37 +767,6 @@ std::string mib(uint64_t bytes) {
   return b;
 }
 
-// Loads a sidecar config the way larder-sidecar does (same parser, same
-// messages), except that the broker password need not be available: sizing
-// happens on an operator's machine or in CI, where the secret is not.
-larder::sidecar::Config load_config_for_sizing(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw larder::sidecar::ConfigError(path + ": cannot open the config file");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  YAML::Node root;
-  try {
-    root = YAML::Load(ss.str());
-  } catch (const YAML::Exception&) {
-    // Let the sidecar's parser word the syntax error.
-    return larder::sidecar::parse_config(ss.str(), path);
-  }
-  static constexpr const char* kPlaceholderVar = "LARDERCTL_SIZE_PASSWORD_PLACEHOLDER";
-  if (root.IsMap() && root["rabbitmq"].IsMap()) {
-    YAML::Node r = root["rabbitmq"];
-    const bool env = r["password_env"].IsDefined(), file = r["password_file"].IsDefined();
-    if (env != file) {  // exactly one: replace it by a variable we set (both: let the parser refuse)
-      r.remove("password_env");
-      r.remove("password_file");
-      r["password_env"] = kPlaceholderVar;
-      ::setenv(kPlaceholderVar, "unused", 1);
-    }
-  }
-  YAML::Emitter out;
-  out << root;
-  return larder::sidecar::parse_config(out.c_str(), path);
-}
-
 struct DirCheck {
   bool exists = false;
   bool memory_backed = false;
@@ -821,42 +810,72 @@ DirCheck check_dir(const std::string& dir, const std::string& segment, uint64_t 
   return c;
 }
 
+std::string aggregates_json(const larder::sidecar::TableSize& t) {
+  std::string out = "[";
+  for (const larder::sidecar::AggregateCost& a : t.aggregates) {
+    std::string shares = "[";
+    for (const std::string& s : a.shares_with) shares += (shares.size() > 1 ? "," : "") + json_string(s);
+    out += std::string(out.size() > 1 ? "," : "") + "{\"name\":" + json_string(a.name) + ",\"fn\":\"" + a.fn +
+           "\",\"source\":" + json_string(a.source) + ",\"window_ms\":" + std::to_string(a.window_ms) +
+           ",\"resolution_ms\":" + std::to_string(a.resolution_ms) + ",\"bytes\":" + std::to_string(a.bytes) +
+           ",\"shares_with\":" + shares + "]}";
+  }
+  out += "],\"sharing_hints\":[";
+  bool first = true;
+  for (const larder::sidecar::SharingHint& h : t.sharing) {
+    out += std::string(first ? "" : ",") + "{\"aggregate\":" + json_string(h.aggregate) +
+           ",\"change\":" + json_string(h.change) + ",\"note\":" + json_string(h.note) +
+           ",\"saves_bytes\":" + std::to_string(h.saves_bytes) + "}";
+    first = false;
+  }
+  return out + "]";
+}
+
 int cmd_size(const Globals& g, const std::string& config_path, bool check) {
   larder::sidecar::Config cfg;
   try {
-    cfg = load_config_for_sizing(config_path);
+    // Sizing happens on an operator's machine or in CI, where the broker
+    // password is not: a secret that cannot be read is only a warning.
+    cfg = larder::sidecar::load_config_file(config_path, larder::sidecar::ConfigLoad{.require_secrets = false});
   } catch (const larder::sidecar::ConfigError& e) {
     std::fprintf(stderr, "larderctl: invalid config: %s\n", e.what());
     return kExitUsage;
   }
-  const Schema schema = cfg.schema();
-  const LayoutPlan plan = plan_layout(schema);
+  // The same report as larder-sidecar --check-config: the writer's planner.
+  const larder::sidecar::SizeReport report = larder::sidecar::size_report(cfg);
+  const uint64_t total = report.total_bytes;
   uint64_t tables_bytes = 0;
-  for (const TablePlan& tp : plan.tables) {
-    tables_bytes += tp.slots_bytes + tp.state_bytes + tp.dedup_buckets * kDedupBucketBytes;
-  }
-  const uint64_t other_bytes = plan.segment_bytes - tables_bytes;
-  const uint64_t headroom = std::max(plan.segment_bytes * kHeadroomPercent / 100, kMiB);
-  const uint64_t recommended = round_up_to(plan.segment_bytes + kWriterFreeMargin + headroom, kMiB);
+  for (const larder::sidecar::TableSize& t : report.tables) tables_bytes += t.bytes();
+  const uint64_t other_bytes = total - tables_bytes;
+  const uint64_t headroom = std::max(total * kHeadroomPercent / 100, kMiB);
+  const uint64_t recommended = round_up_to(total + kWriterFreeMargin + headroom, kMiB);
   const std::string& dir = cfg.segment.dir;
-  const DirCheck dc = check_dir(dir, cfg.segment.name, plan.segment_bytes);
+  const DirCheck dc = check_dir(dir, cfg.segment.name, total);
   char mode[8];
   std::snprintf(mode, sizeof mode, "%04o", cfg.segment.mode);
 
   if (g.json) {
     std::string tables = "[";
-    for (size_t t = 0; t < plan.tables.size(); ++t) {
-      const TableSpec& s = schema.tables[t];
-      const TablePlan& tp = plan.tables[t];
-      tables += std::string(t ? "," : "") + "{\"name\":" + json_string(s.name) +
-                ",\"capacity\":" + std::to_string(s.capacity) + ",\"max_load_factor\":" + number(s.max_load_factor) +
-                ",\"slots\":" + std::to_string(tp.slot_count) + ",\"slot_bytes\":" + std::to_string(tp.slot_bytes) +
-                ",\"row_bytes\":" + std::to_string(tp.row_bytes) + ",\"bytes\":" + std::to_string(tp.slots_bytes) +
-                ",\"aggregate_state_bytes\":" + std::to_string(tp.state_bytes) +
-                ",\"aggregate_state_bytes_per_slot\":" + std::to_string(tp.aggregates.stride_words * 8) +
-                ",\"dedup_bytes\":" + std::to_string(tp.dedup_buckets * kDedupBucketBytes) + "}";
+    for (size_t t = 0; t < report.tables.size(); ++t) {
+      const larder::sidecar::TableSize& ts = report.tables[t];
+      const TableSpec& s = cfg.tables[t].spec;
+      tables += std::string(t ? "," : "") + "{\"name\":" + json_string(ts.name) +
+                ",\"capacity\":" + std::to_string(ts.capacity) + ",\"max_load_factor\":" + number(s.max_load_factor) +
+                ",\"slots\":" + std::to_string(ts.slot_count) + ",\"slot_bytes\":" + std::to_string(ts.slot_bytes) +
+                ",\"bytes\":" + std::to_string(ts.slots_bytes) +
+                ",\"aggregate_state_bytes\":" + std::to_string(ts.state_bytes) +
+                ",\"aggregate_state_bytes_per_slot\":" + std::to_string(ts.state_bytes_per_slot) +
+                ",\"dedup_bytes\":" + std::to_string(ts.dedup_bytes) +
+                ",\"dedup_ids\":" + std::to_string(ts.dedup_ids) +
+                ",\"dedup_horizon_ms\":" + std::to_string(ts.dedup_horizon_ms) +
+                ",\"expected_events_per_s\":" + number(ts.expected_events_per_s) +
+                ",\"aggregates\":" + aggregates_json(ts) + "}";
     }
     tables += "]";
+    std::string warnings = "[";
+    for (const std::string& w : cfg.warnings) warnings += (warnings.size() > 1 ? "," : "") + json_string(w);
+    for (const std::string& w : report.warnings) warnings += (warnings.size() > 1 ? "," : "") + json_string(w);
+    warnings += "]";
     std::string dir_json = "{\"exists\":" + std::string(dc.exists ? "true" : "false");
     if (dc.exists) {
       dir_json +=
@@ -868,32 +887,19 @@ int cmd_size(const Globals& g, const std::string& config_path, bool check) {
     dir_json += ",\"problem\":" + (dc.problem.empty() ? std::string("null") : json_string(dc.problem)) + "}";
     std::printf(
         "{\"config\":%s,\"segment\":%s,\"dir\":%s,\"mode\":\"%s\",\"schema_fingerprint\":\"%s\","
-        "\"tables\":%s,\"other_bytes\":%" PRIu64 ",\"total_bytes\":%" PRIu64 ",\"writer_free_margin_bytes\":%" PRIu64
-        ",\"headroom_bytes\":%" PRIu64 ",\"recommended_tmpfs_bytes\":%" PRIu64 ",\"recommended_tmpfs_mib\":%" PRIu64
-        ",\"dir_check\":%s}\n",
+        "\"tables\":%s,\"header_bytes\":%" PRIu64 ",\"undo_bytes\":%" PRIu64 ",\"journal_bytes\":%" PRIu64
+        ",\"source_bytes\":%" PRIu64 ",\"alignment_bytes\":%" PRIu64 ",\"other_bytes\":%" PRIu64
+        ",\"total_bytes\":%" PRIu64 ",\"writer_free_margin_bytes\":%" PRIu64 ",\"headroom_bytes\":%" PRIu64
+        ",\"recommended_tmpfs_bytes\":%" PRIu64 ",\"recommended_tmpfs_mib\":%" PRIu64
+        ",\"warnings\":%s,\"dir_check\":%s}\n",
         json_string(config_path).c_str(), json_string(cfg.segment.name).c_str(), json_string(dir).c_str(), mode,
-        hex64(schema.fingerprint()).c_str(), tables.c_str(), other_bytes, plan.segment_bytes, kWriterFreeMargin,
-        headroom, recommended, recommended / kMiB, dir_json.c_str());
+        hex64(report.fingerprint).c_str(), tables.c_str(), report.header_bytes, report.undo_bytes, report.journal_bytes,
+        report.source_bytes, report.alignment_bytes, other_bytes, total, kWriterFreeMargin, headroom, recommended,
+        recommended / kMiB, warnings.c_str(), dir_json.c_str());
   } else {
-    std::printf("segment %s in %s (mode %s), schema %s\n", cfg.segment.name.c_str(), dir.c_str(), mode,
-                hex64(schema.fingerprint()).c_str());
-    std::printf("  %-24s %12s %10s %8s %16s\n", "TABLE", "CAPACITY", "SLOTS", "SLOT B", "BYTES");
-    for (size_t t = 0; t < plan.tables.size(); ++t) {
-      const TablePlan& tp = plan.tables[t];
-      std::printf("  %-24s %12" PRIu64 " %10" PRIu64 " %8u %16" PRIu64 "  %s\n", schema.tables[t].name.c_str(),
-                  schema.tables[t].capacity, tp.slot_count, tp.slot_bytes, tp.slots_bytes, mib(tp.slots_bytes).c_str());
-      if (tp.state_bytes > 0) {
-        const uint64_t dedup = tp.dedup_buckets * kDedupBucketBytes;
-        std::printf("  %-24s %12s %10" PRIu64 " %8u %16" PRIu64 "  %s\n", "  aggregate state", "", tp.slot_count,
-                    tp.aggregates.stride_words * 8, tp.state_bytes, mib(tp.state_bytes).c_str());
-        std::printf("  %-24s %12" PRIu64 " %10s %8zu %16" PRIu64 "  %s\n", "  dedup ids", tp.dedup_buckets * kDedupWays,
-                    "", size_t{16}, dedup, mib(dedup).c_str());
-      }
-    }
-    std::printf("  %-57s %16" PRIu64 "  %s\n", "header, descriptors, undo area, journal, alignment", other_bytes,
-                mib(other_bytes).c_str());
-    std::printf("  %-57s %16" PRIu64 "  %s\n", "total (the segment file, allocated at start)", plan.segment_bytes,
-                mib(plan.segment_bytes).c_str());
+    for (const std::string& w : cfg.warnings) std::fprintf(stderr, "larderctl: warning: %s\n", w.c_str());
+    std::printf("%s", larder::sidecar::format_size_report(report).c_str());
+    std::printf("segment.dir %s, mode %s\n", dir.c_str(), mode);
     std::printf("recommended tmpfs size: %" PRIu64 " bytes = %" PRIu64 " MiB (total + %" PRIu64
                 " MiB the sidecar keeps free + %" PRIu64 "%% headroom, at least 1 MiB)\n",
                 recommended, recommended / kMiB, kWriterFreeMargin / kMiB, kHeadroomPercent);
