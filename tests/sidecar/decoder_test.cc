@@ -681,7 +681,17 @@ TEST_F(AggregateDecoderTest, Rejects) {
   // Computed fields and aggregates are not members a message sets.
   expect_reject(msg(R"("amount_log":1)"), RejectReason::kUnknownField,
                 "field \"amount_log\" of table \"a\" is computed from \"amount\"");
-  expect_reject(msg(R"("spend":1)"), RejectReason::kUnknownField, "has no field \"spend\"");
+  // An aggregate's name: the detail says the sidecar computes it, and from what.
+  expect_reject(msg(R"("spend":1)"), RejectReason::kUnknownField,
+                "field \"spend\" of table \"a\" is an aggregate the sidecar computes (sum of \"amount\" over 1h: "
+                "send \"amount\" with each event)");
+  expect_reject(msg(R"("clicks":1)"), RejectReason::kUnknownField,
+                "field \"clicks\" of table \"a\" is an aggregate the sidecar computes (count of the key's events "
+                "over 1h: send the events)");
+  expect_reject(msg(R"("spnd":1)"), RejectReason::kUnknownField, "table \"a\" has no field \"spnd\"");
+  // An unknown table: the detail lists the configured ones.
+  expect_reject(R"({"table":"c","key":"k","event_time":1,"fields":{}})", RejectReason::kUnknownTable,
+                "no table \"c\"; the tables are a, b");
   // Transforms that refuse their input: the whole message is rejected.
   auto b = [](const std::string& fields) {
     return R"({"table":"b","key":"k","event_time":1,"fields":{)" + fields + "}}";
@@ -695,6 +705,30 @@ TEST_F(AggregateDecoderTest, Rejects) {
   expect_reject("[" + b(R"("r":1)") + "," + b(R"("r":-3)") + "]", RejectReason::kBadValue, "update 1");
   ASSERT_TRUE(decode(b(R"("r":0,"w":1,"v":0)")).ok);
   EXPECT_EQ(batch_.update(0).sources_count, 0u);
+}
+
+// Many tables with long names: the unknown-table detail names as many as fit
+// in a bounded length, then how many more there are.
+TEST(DecoderUnknownTable, ListOfTablesIsBounded) {
+  layout::Schema schema;
+  for (int i = 0; i < 40; ++i) {
+    layout::TableSpec t;
+    t.name = fmt::format("table_with_a_long_name_{:02}", i);
+    t.capacity = 4;
+    t.fields = {{"x", FieldType::kInt64, 1}};
+    schema.tables.push_back(t);
+  }
+  Decoder decoder(schema, std::vector<TableDecodeOptions>(schema.tables.size()));
+  DecodedBatch batch;
+  const DecodeResult r = decoder.decode(R"({"table":"nope","key":"k","event_time":1,"fields":{}})", batch);
+  ASSERT_FALSE(r.ok);
+  EXPECT_EQ(r.reason, RejectReason::kUnknownTable);
+  EXPECT_NE(r.detail.find("no table \"nope\"; the tables are table_with_a_long_name_00, table_with_a_long_name_01"),
+            std::string::npos)
+      << r.detail;
+  EXPECT_NE(r.detail.find(" more)"), std::string::npos) << r.detail;
+  EXPECT_EQ(r.detail.find("table_with_a_long_name_39"), std::string::npos) << r.detail;
+  EXPECT_LT(r.detail.size(), 300u) << r.detail;
 }
 
 TEST_F(AggregateDecoderTest, SteadyStateNeverAllocates) {

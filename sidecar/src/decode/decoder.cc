@@ -17,6 +17,7 @@
 #include <stdexcept>
 #include <unordered_map>
 
+#include "config/config.h"  // format_duration
 #include "decode/event_time.h"
 #include "larder/layout/clock.h"
 
@@ -165,8 +166,9 @@ struct Decoder::Impl {
     std::vector<TransformChain> chains;  // per field; FieldTarget::chain points here
     std::vector<InputInfo> inputs;
     StringMap<uint32_t> input_by_name;
-    std::vector<std::pair<std::string, std::string>> computed;  // field -> its input, when they differ (details)
-    std::vector<uint64_t> seen;                                 // per input: the update serial that last set it
+    std::vector<std::pair<std::string, std::string>> computed;    // field -> its input, when they differ (details)
+    std::vector<std::pair<std::string, std::string>> aggregates;  // name -> what folds it (details)
+    std::vector<uint64_t> seen;                                   // per input: the update serial that last set it
 
     // Small tables: a scan of a few short names beats hashing the name.
     const InputInfo* find_input(std::string_view wanted) const {
@@ -183,6 +185,7 @@ struct Decoder::Impl {
 
   StringMap<uint32_t> table_by_name;
   std::vector<TableInfo> tables;
+  std::string table_list;  // "the tables are a, b, c" for the unknown-table detail, bounded
   od::parser parser;
   simdjson::dom::parser validator;  // full validation when values were skipped unread
   std::vector<char> padded;
@@ -443,6 +446,14 @@ struct Decoder::Impl {
                            clip(name), table.name, input, input));
       }
     }
+    for (const auto& [aggregate, what] : table.aggregates) {
+      if (aggregate == name) {
+        reject(RejectReason::kUnknownField,
+               fmt::format("{}: field \"{}\" of table \"{}\" is an aggregate the sidecar computes ({}); messages "
+                           "carry events, not aggregates",
+                           at, clip(name), table.name, what));
+      }
+    }
     reject(RejectReason::kUnknownField,
            fmt::format("{}: table \"{}\" has no field \"{}\"", at, table.name, clip(name)));
   }
@@ -536,7 +547,7 @@ struct Decoder::Impl {
       const std::string_view t = read_string_member(v, name, at);
       auto it = table_by_name.find(t);
       if (it == table_by_name.end())
-        reject(RejectReason::kUnknownTable, fmt::format("{}: no table \"{}\"", at, clip(t)));
+        reject(RejectReason::kUnknownTable, fmt::format("{}: no table \"{}\"; {}", at, clip(t), table_list));
       e.table = &tables[it->second];
     } else if (name == "key") {
       mark_once(e.have_key, name, at);
@@ -835,8 +846,28 @@ Decoder::Decoder(const layout::Schema& schema, std::vector<TableDecodeOptions> o
         }
       }
     }
+    for (const layout::AggregateSpec& a : spec.aggregates) {
+      const std::string over = " over " + format_duration(a.window_ms);
+      info.aggregates.emplace_back(
+          a.name, a.source.empty() ? "count of the key's events" + over + ": send the events"
+                                   : fmt::format("{} of \"{}\"{}: send \"{}\" with each event",
+                                                 layout::aggregate_fn_name(a.fn), a.source, over, a.source));
+    }
     info.seen.assign(info.inputs.size(), 0);
     impl_->table_by_name.emplace(spec.name, static_cast<uint32_t>(t));
+  }
+  // A detail is bounded (a reject reason travels in a header): at most
+  // kTableListBytes of names, then how many more there are.
+  constexpr size_t kTableListBytes = 200;
+  std::string& list = impl_->table_list;
+  list = "the tables are ";
+  for (size_t t = 0; t < schema.tables.size(); ++t) {
+    const std::string& name = schema.tables[t].name;
+    if (list.size() + name.size() > kTableListBytes) {
+      list += fmt::format("... ({} more)", schema.tables.size() - t);
+      break;
+    }
+    list += (t ? ", " : "") + name;
   }
 }
 
