@@ -13,10 +13,11 @@
 See docs/python.md.
 """
 
-from .client import Batch, Field, FieldType, Row, Segment, Status, SyncState, Table
-from .errors import (CorruptError, InvalidArgumentError, LarderError, LarderSystemError, NoSpaceError,
-                     NotFoundError, NotReadyError, PermissionDeniedError, SchemaMismatchError,
-                     VersionMismatchError, WriterLockedError)
+from .client import (Batch, ConnectionState, Field, FieldType, Row, Segment, SegmentState, Status, SyncState,
+                     Table)
+from .errors import (CorruptError, FieldNotFoundError, InvalidArgumentError, LarderError, LarderSystemError,
+                     NoSpaceError, NotFoundError, NotReadyError, NoValueError, PermissionDeniedError,
+                     SchemaMismatchError, VersionMismatchError, WriterLockedError)
 from . import _native
 
 __version__ = "0.1.0"
@@ -37,7 +38,8 @@ def library_path():
     return _native.path
 
 
-__all__ = ["open", "now_unix_ms", "library_path", "Segment", "SyncState", "Table", "Row", "Batch", "Field",
-           "FieldType", "Status", "LarderError", "InvalidArgumentError", "NotFoundError", "PermissionDeniedError",
+__all__ = ["open", "now_unix_ms", "library_path", "Segment", "SyncState", "SegmentState", "ConnectionState", "Table",
+           "Row", "Batch", "Field", "FieldType", "Status", "LarderError", "InvalidArgumentError", "NotFoundError",
+           "FieldNotFoundError", "NoValueError", "PermissionDeniedError",
            "VersionMismatchError", "SchemaMismatchError", "NotReadyError", "CorruptError", "WriterLockedError",
            "NoSpaceError", "LarderSystemError"]

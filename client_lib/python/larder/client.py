@@ -8,16 +8,31 @@ while they run. Do not close a table while another thread reads it.
 
 import ctypes
 import enum
+import os
 import struct
 import time
 
 import numpy as np
 
 from . import _native as _n
-from .errors import InvalidArgumentError, LarderError, NotFoundError, from_code
+from .errors import (FieldNotFoundError, InvalidArgumentError, LarderError, NoValueError, NotFoundError,
+                     from_code)
 
 
-class Status(enum.IntEnum):
+class _NamedEnum(enum.IntEnum):
+    """An IntEnum that prints as its name: ``str(Status.STALE)`` is
+    ``"STALE"`` on every Python 3 (3.11 made IntEnum print the number), and
+    so is ``f"{status}"``; ``int()`` and comparisons with numbers still work."""
+
+    def __str__(self):
+        return self.name
+
+    def __format__(self, spec):
+        # A numeric format ("d", "x", ...) formats the number, anything else the name.
+        return format(int(self), spec) if spec and spec[-1] in "bcdoxXneEfFgG%" else format(self.name, spec)
+
+
+class Status(_NamedEnum):
     """Read status of one key (the C ABI's LARDER_OK, ...)."""
     OK = 0           # found; values filled
     NOT_FOUND = 1    # never written, or deleted
@@ -30,7 +45,7 @@ class Status(enum.IntEnum):
 _STATUSES = tuple(Status)
 
 
-class SyncState(enum.IntEnum):
+class SyncState(_NamedEnum):
     """How complete a segment is, as its writer knows it (the C ABI's LARDER_SYNC_*)."""
     UNKNOWN = 0      # no source reports positions (a queue that is not a stream, a plain writer)
     CATCHING_UP = 1  # restoring a snapshot or replaying the log towards a target
@@ -38,13 +53,29 @@ class SyncState(enum.IntEnum):
     INCOMPLETE = 3   # the log no longer holds what follows the stored position
 
 
-class FieldType(enum.IntEnum):
+class FieldType(_NamedEnum):
     INT64 = 1
     FLOAT64 = 2
     FLOAT32 = 3
     BOOL = 4
     VECTOR = 5   # float32 vector
     STRING = 6
+
+
+class SegmentState(_NamedEnum):
+    """``Segment.info()["state"]``: the segment file's life (the C ABI's larder_segment_info.state)."""
+    CREATING = 0  # being built under a temporary name (readers never see it by name)
+    READY = 1     # in use
+    RETIRED = 2   # replaced by a newer segment of the same name: reopen to read the new one
+
+
+class ConnectionState(_NamedEnum):
+    """``Segment.info()["connection"]``: the sidecar's broker connection, as its writer last stored it."""
+    UNKNOWN = 0
+    CONNECTING = 1
+    CONNECTED = 2
+    DISCONNECTED = 3
+    STOPPED = 4
 
 
 _SCALAR_TYPES = (FieldType.INT64, FieldType.FLOAT64, FieldType.FLOAT32, FieldType.BOOL)
@@ -159,18 +190,23 @@ class Row:
         return _now_ms() - _I64(self._buf, 0)[0] if self.found else None
 
     def valid(self, name):
-        """True when the row holds a value for field ``name``. KeyError for an unknown field."""
-        f = self._table._by_name[name]
+        """True when the row holds a value for field ``name``. FieldNotFoundError
+        (a KeyError) naming the table's fields for an unknown field."""
+        f = self._table._by_name.get(name)
+        if f is None:
+            raise self._table._no_field(name)
         if not self.found:
             return False
         word = _U64(self._buf, self._table._validity_offset + 8 * (f.index >> 6))[0]
         return (word >> (f.index & 63)) & 1 == 1
 
     def __getitem__(self, name):
-        f = self._table._by_name[name]  # KeyError: no such field
+        f = self._table._by_name.get(name)
+        if f is None:
+            raise self._table._no_field(name)
         if not self.valid(name):
-            raise KeyError("%s: field %r has no value for key %r (status %s)"
-                           % (self._table.name, name, self.key, self.status.name))
+            raise NoValueError("table %r: field %r has no value for key %r (status %s); row.get(%r) returns None "
+                               "instead" % (self._table.name, name, self.key, self.status.name, name))
         return f._decode(self._buf)
 
     def get(self, name, default=None):
@@ -214,22 +250,25 @@ class Batch:
                    or the field never written.
     columns        names of the columns of ``values``.
     vectors        {name: float32 (n, dims)} for each vector field.
+    strings        {name: object (n,)} for each string field: str, None
+                   where the key was not found or the field never written.
     status         int32 (n,): Status codes.
     event_time_ms  int64 (n,): 0 where not found.
-    ``batch[name]`` is a column of ``values`` or a vector block.
+    ``batch[name]`` is a column of ``values``, a vector block or a string array.
 
     The arrays are views of one buffer the batch owns (made on first
     access); they stay valid as long as any of them is referenced.
     """
 
-    __slots__ = ("keys", "_plan", "_raw", "_n", "_values", "_vectors", "_status", "_times")
+    __slots__ = ("keys", "_plan", "_raw", "_n", "_values", "_vectors", "_status", "_times", "strings")
 
-    def __init__(self, keys, plan, raw, n):
+    def __init__(self, keys, plan, raw, n, strings=None):
         self.keys = keys
         self._plan = plan
         self._raw = raw
         self._n = n
         self._values = self._vectors = self._status = self._times = None
+        self.strings = strings if strings is not None else {}
 
     # Layout of _raw: values (8 n ncols), event times (8 n), vectors
     # (4 n dims), statuses (4 n); see Table.get_many.
@@ -279,7 +318,14 @@ class Batch:
         j = self._plan.column_index.get(name)
         if j is not None:
             return self.values[:, j]
-        return self.vectors[name]
+        v = self.vectors.get(name)
+        if v is None:
+            v = self.strings.get(name)
+        if v is None:
+            have = list(self.columns) + list(self.vectors) + list(self.strings)
+            raise FieldNotFoundError("this batch has no field %r; it holds: %s (get_many(keys, fields=[...]) "
+                                     "chooses them)" % (name, ", ".join(have) or "nothing"))
+        return v
 
     @property
     def found(self):
@@ -304,6 +350,27 @@ def _error(code, err):
     return from_code(code, err.value.decode("utf-8", "replace"))
 
 
+def _enum_or_int(cls, value):
+    try:
+        return cls(value)
+    except ValueError:  # a newer writer's value: keep the number
+        return value
+
+
+def _no_segment_message(name, directory):
+    """NotFoundError's text for open(): where it looked, what is there, how to look elsewhere."""
+    try:
+        there = sorted(n[:-5] for n in os.listdir(directory) if n.endswith(".lock")
+                       and os.path.exists(os.path.join(directory, n[:-5])))
+    except OSError as e:
+        return ("no segment %r: cannot list the directory %r (%s). Pass the directory the sidecar writes to "
+                "(its segment.dir): larder.open(%r, dir=\"/path/to/dir\")" % (name, directory, e.strerror, name))
+    shown = ", ".join(there[:10]) + (", and %d more" % (len(there) - 10) if len(there) > 10 else "")
+    found = ("segments there: %s" % shown) if there else "no Larder segment is there"
+    return ("no segment %r in %r (%s). Is the sidecar running with segment.name %r? If its segment.dir is "
+            "another directory, pass it: larder.open(%r, dir=\"/path/to/dir\")" % (name, directory, found, name, name))
+
+
 class Segment:
     """A segment mapped read-only. ``larder.open(name, dir)`` makes one.
 
@@ -313,11 +380,15 @@ class Segment:
     """
 
     def __init__(self, name, dir=None):
+        if not isinstance(name, (str, bytes)):
+            raise TypeError("larder.open(name, dir=None): name is a str, not %s" % type(name).__name__)
         self.name = name
         self.dir = dir or "/dev/shm"
         handle = ctypes.c_void_p()
-        err = ctypes.create_string_buffer(512)
+        err = ctypes.create_string_buffer(4096)
         code = _n.larder_open(_bytes(name), _bytes(self.dir), ctypes.byref(handle), err, len(err))
+        if code == NotFoundError.code:
+            raise NotFoundError(_no_segment_message(name, self.dir), code)
         if code != 0:
             raise _error(code, err)
         self._handle = handle
@@ -334,7 +405,10 @@ class Segment:
     def info(self):
         """Segment state, writer pid, heartbeat age, connection, counters (a dict)."""
         s = _n.larder_segment_stat(self._live())
-        return {f: getattr(s, f) for f, _ in s._fields_ if f != "reserved"}
+        info = {f: getattr(s, f) for f, _ in s._fields_ if f != "reserved"}
+        info["state"] = _enum_or_int(SegmentState, info["state"])
+        info["connection"] = _enum_or_int(ConnectionState, info["connection"])
+        return info
 
     def writer_alive(self, max_heartbeat_age_ms=1000):
         """True when a writer is attached and its heartbeat is younger than the bound."""
@@ -418,9 +492,15 @@ class Table:
     def __init__(self, segment, name):
         self.segment = segment
         self.name = name
+        if not isinstance(name, str):
+            raise TypeError("segment.table(name): name is a str, not %s" % type(name).__name__)
         handle = ctypes.c_void_p()
-        err = ctypes.create_string_buffer(512)
+        err = ctypes.create_string_buffer(4096)
         code = _n.larder_table_open(segment._live(), _bytes(name), ctypes.byref(handle), err, len(err))
+        if code == NotFoundError.code:
+            # The library's text lists the tables; say how to ask for one.
+            raise NotFoundError("%s. Use segment.table(\"<one of them>\")" % err.value.decode("utf-8", "replace"),
+                                code)
         if code != 0:
             raise _error(code, err)
         self._handle = handle
@@ -438,12 +518,20 @@ class Table:
         self._get_into = _n.larder_get_into_raw  # see _INT_LIMIT
 
     def field(self, name):
-        """The Field ``name``; NotFoundError naming the fields there are."""
+        """The Field ``name``; FieldNotFoundError (a NotFoundError and a
+        KeyError) naming the fields there are."""
         f = self._by_name.get(name)
         if f is None:
-            raise NotFoundError("table %r has no field %r; it has: %s"
-                                % (self.name, name, ", ".join(self._by_name)))
+            raise self._no_field(name)
         return f
+
+    def _no_field(self, name):
+        return FieldNotFoundError("table %r has no field %r; it has: %s" % (self.name, name, ", ".join(self._by_name)))
+
+    def _key_error(self, key):
+        return TypeError("table %r: a key is str or bytes, not %s (%r). Keys are the strings producers sent; for a "
+                         "number, pass its text as the producer wrote it, e.g. str(%r)"
+                         % (self.name, type(key).__name__, key, key))
 
     @property
     def field_names(self):
@@ -456,6 +544,10 @@ class Table:
         Lock-free, never blocks on the writer; holds the GIL (well under a
         microsecond in the library)."""
         k = key.encode("utf-8") if key.__class__ is str else key
+        if k.__class__ is not bytes:
+            if not isinstance(k, (bytes, str)):
+                raise self._key_error(key)
+            k = k.encode("utf-8") if isinstance(k, str) else bytes(k)  # subclasses
         buf = self._row_type()
         if not 0 <= max_age_ms < _INT_LIMIT:
             max_age_ms = ctypes.c_int64(max_age_ms)
@@ -470,10 +562,12 @@ class Table:
 
         keys: a list/tuple of str or bytes, or a NumPy array of dtype 'S'
         (fixed width, NUL padded: the cheapest form) or 'U'. fields: names of
-        scalar and vector fields (default: all but strings; strings are read
-        with get). max_age_ms: as for get. missing: the value of cells with no
-        value (NaN by default; vectors use it too). No per-key Python objects
-        are made; the GIL is released while the library reads."""
+        fields (default: every field). max_age_ms: as for get. missing: the
+        value of cells with no value (NaN by default; vectors use it too).
+        Without string fields no per-key Python objects are made and the GIL
+        is released while the library reads; string fields come back in
+        ``batch.strings`` (object arrays) from one consistent read of each
+        key's row, a per-key loop (name the fields to leave them out)."""
         plan = self._plans.get(fields if fields is None or fields.__class__ is tuple else tuple(fields))
         if plan is None:
             plan = self._plan(fields)
@@ -482,7 +576,9 @@ class Table:
         if self._handle is None:
             raise InvalidArgumentError("table %r is closed" % self.name)
         n = len(keys)
-        key_buf, offsets, width = _pack_keys(keys, n)
+        if plan.strings:
+            return self._get_rows(keys, n, plan, max_age_ms, missing)
+        key_buf, offsets, width = _pack_keys(keys, n, self)
         # One allocation for every output: float64 values, int64 event
         # times, float32 vectors, int32 statuses, in that order (aligned).
         raw = np.empty(max(n * (8 * plan.ncols + 12 + 4 * plan.dims), 8), dtype=np.uint8)
@@ -495,7 +591,7 @@ class Table:
         code = self._gather(key_ptr, key_len, offsets, width, n, plan, base, missing, max_age_ms)
         if code != 0 and offsets is None and width == 0:
             # A key holds a NUL byte: pass explicit offsets instead.
-            key_buf, offsets = _pack_offsets(keys, n)
+            key_buf, offsets = _pack_offsets(keys, n, self)
             code = self._gather(key_buf, len(key_buf), offsets, 0, n, plan, base, missing, max_age_ms)
         if code != 0:
             raise from_code(code, "larder_gather refused its arguments (table %r)" % self.name)
@@ -509,20 +605,70 @@ class Table:
                                 plan.vector_ptr, plan.nvector, at_vectors if plan.nvector else None, missing,
                                 at_vectors + 4 * n * plan.dims, base + 8 * n * ncols, max_age_ms)
 
+    def _get_rows(self, keys, n, plan, max_age_ms, missing):
+        """get_many with string fields: each key's row read once (a
+        consistent copy, as get() reads it), every column taken from it."""
+        if isinstance(keys, np.ndarray):
+            if keys.dtype.kind not in "SU":
+                raise self._keys_dtype_error(keys)
+            keys_list = [k.encode("utf-8") if isinstance(k, str) else bytes(k) for k in keys.reshape(-1).tolist()]
+        else:
+            keys_list = [_key_bytes(k, self) for k in keys]
+        stride = (self.row_bytes + 7) & ~7  # rows are 8-byte aligned
+        rows = np.zeros((max(n, 1), stride), dtype=np.uint8)
+        base = _address(_char_view(rows))
+        status = np.empty(n, dtype=np.int32)
+        get_into, handle = _n.larder_get_into, self._handle
+        for i, k in enumerate(keys_list):
+            status[i] = get_into(handle, k, len(k), base + i * stride, max_age_ms, None)
+        rows = rows[:n]
+        found = (status == 0) | (status == 2)
+        vo = self._validity_offset
+
+        def valid(f):
+            word = rows[:, vo + 8 * (f.index >> 6):vo + 8 * (f.index >> 6) + 8].view("<u8")[:, 0]
+            return found & (((word >> np.uint64(f.index & 63)) & np.uint64(1)) == 1)
+
+        raw = np.empty(max(n * (8 * plan.ncols + 12 + 4 * plan.dims), 8), dtype=np.uint8)
+        batch = Batch(keys, plan, raw, n)
+        for j, f in enumerate(plan.scalar_fields):
+            if f.type == FieldType.BOOL:
+                v = (rows[:, f.offset] != 0).astype(np.float64)
+            else:
+                dt = {FieldType.INT64: "<i8", FieldType.FLOAT64: "<f8", FieldType.FLOAT32: "<f4"}[f.type]
+                width = np.dtype(dt).itemsize
+                v = rows[:, f.offset:f.offset + width].view(dt)[:, 0].astype(np.float64)
+            batch.values[:, j] = np.where(valid(f), v, missing)
+        batch.event_time_ms[:] = np.where(found, rows[:, 0:8].view("<i8")[:, 0], 0)
+        for f, (name, lo, hi) in zip(plan.vector_fields, plan.vectors):
+            v = rows[:, f.offset:f.offset + 4 * f.count].view("<f4")
+            batch.vectors[name][:] = np.where(valid(f)[:, None], v, missing)
+        batch.status[:] = status
+        for f in plan.strings:
+            ok = valid(f)
+            out = np.empty(n, dtype=object)
+            for i in range(n):
+                if ok[i]:
+                    length = min(int(rows[i, f.offset:f.offset + 4].view("<u4")[0]), f.count)
+                    out[i] = rows[i, f.offset + 4:f.offset + 4 + length].tobytes().decode("utf-8", "replace")
+            batch.strings[f.name] = out
+        return batch
+
+    def _keys_dtype_error(self, keys):
+        return TypeError("table %r: a keys array has dtype 'S' (bytes) or 'U' (str), not %s; for numbers, pass "
+                         "their text as the producers wrote it, e.g. keys.astype(str)" % (self.name, keys.dtype))
+
     def _plan(self, fields):
         key = None if fields is None else tuple(fields)
         if fields is None:
-            chosen = [f for f in self.fields if f.type != FieldType.STRING]
+            chosen = list(self.fields)
         else:
             if isinstance(fields, str):
-                raise InvalidArgumentError("fields is a list of names, not a string")
+                raise InvalidArgumentError("fields is a list of names, not a string: fields=[%r]" % fields)
             chosen = [self.field(name) for name in fields]
-        for f in chosen:
-            if f.type == FieldType.STRING:
-                raise InvalidArgumentError("field %r of table %r is a string: read strings with get()"
-                                           % (f.name, self.name))
         plan = _Plan([f for f in chosen if f.type in _SCALAR_TYPES],
-                     [f for f in chosen if f.type == FieldType.VECTOR])
+                     [f for f in chosen if f.type == FieldType.VECTOR],
+                     [f for f in chosen if f.type == FieldType.STRING])
         if len(self._plans) < 64:
             self._plans[key] = plan
         return plan
@@ -546,7 +692,10 @@ class Table:
 class _Plan:
     """What get_many reads for one list of fields, resolved once."""
 
-    def __init__(self, scalars, vectors):
+    def __init__(self, scalars, vectors, strings=()):
+        self.scalar_fields = tuple(scalars)
+        self.vector_fields = tuple(vectors)
+        self.strings = tuple(strings)
         self.columns = tuple(f.name for f in scalars)
         self.column_index = {c: j for j, c in enumerate(self.columns)}
         self.ncols = len(scalars)
@@ -565,14 +714,22 @@ class _Plan:
         self.dims = lo
 
 
-def _pack_keys(keys, n):
+def _key_bytes(key, table):
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, bytes):
+        return bytes(key)
+    raise table._key_error(key)
+
+
+def _pack_keys(keys, n, table):
     """(buffer, offsets array or None, fixed width) for larder_gather; the
     caller keeps both alive for the call."""
     if keys.__class__ is np.ndarray:
         if keys.dtype.kind == "U":
             keys = np.char.encode(keys, "utf-8")
         if keys.dtype.kind != "S":
-            raise InvalidArgumentError("keys array must have dtype 'S' or 'U', not %s" % keys.dtype)
+            raise table._keys_dtype_error(keys)
         keys = np.ascontiguousarray(keys.reshape(-1))
         if keys.dtype.itemsize == 0:
             keys = keys.astype("S1")
@@ -588,12 +745,12 @@ def _pack_keys(keys, n):
         return b"\0".join(keys) + b"\0", None, 0
     except TypeError:
         pass  # a mix of str and bytes
-    buf, offsets = _pack_offsets(keys, n)
+    buf, offsets = _pack_offsets(keys, n, table)
     return buf, offsets, 0
 
 
-def _pack_offsets(keys, n):
-    encoded = [k.encode("utf-8") if isinstance(k, str) else bytes(k) for k in keys]
+def _pack_offsets(keys, n, table):
+    encoded = [_key_bytes(k, table) for k in keys]
     offsets = np.zeros(n + 1, dtype=np.uint64)
     np.cumsum([len(k) for k in encoded], out=offsets[1:])
     return b"".join(encoded), offsets

@@ -24,6 +24,22 @@ class NotFoundError(LarderError, LookupError):
     code = 2
 
 
+class FieldNotFoundError(NotFoundError, KeyError):
+    """No such field: the message lists the table's fields. Also a KeyError,
+    so ``row["name"]`` raises what a mapping raises."""
+
+    def __str__(self):  # KeyError's would print the message quoted
+        return self.message
+
+
+class NoValueError(KeyError):
+    """``row["name"]`` of a field that has no value for this key (never
+    written, or the key was not found): ``row.get("name")`` gives None."""
+
+    def __str__(self):
+        return self.args[0] if self.args else ""
+
+
 class PermissionDeniedError(LarderError, PermissionError):
     """The segment file's mode or group does not let this process read it."""
     code = 3
