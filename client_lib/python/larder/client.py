@@ -403,7 +403,8 @@ class Segment:
         return t
 
     def info(self):
-        """Segment state, writer pid, heartbeat age, connection, counters (a dict)."""
+        """Segment state (SegmentState), writer pid, heartbeat age, connection
+        (ConnectionState), counters (a dict)."""
         s = _n.larder_segment_stat(self._live())
         info = {f: getattr(s, f) for f, _ in s._fields_ if f != "reserved"}
         info["state"] = _enum_or_int(SegmentState, info["state"])
