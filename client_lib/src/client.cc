@@ -87,6 +87,13 @@ Segment Segment::open(std::string_view name, const ClientOptions& options) {
   return s;
 }
 
+uint32_t Segment::table_count() const noexcept { return mapping_ ? mapping_->header->table_count : 0; }
+
+std::string_view Segment::table_name(uint32_t index) const noexcept {
+  if (index >= table_count()) return {};
+  return fixed_name(table_descriptor(mapping_->file->data(), index).name);
+}
+
 std::vector<std::string> Segment::table_names() const {
   std::vector<std::string> names;
   if (!mapping_) return names;
