@@ -144,10 +144,16 @@ larder_segment_table_name = _declare(lib, "larder_segment_table_name", c_int, se
                                      POINTER(c_size_t))
 larder_table_stats = _declare(lib, "larder_table_stats", c_int, c_void_p, POINTER(TableStats))
 larder_field_lookup = _declare(lib, "larder_field_lookup", c_int, c_void_p, c_char_p, POINTER(c_uint32))
-# Row accessors: each well under a microsecond, so they keep the GIL.
-larder_row_event_time_ms = _declare(fast, "larder_row_event_time_ms", c_int64, c_void_p, c_void_p)
-larder_row_apply_unix_ns = _declare(fast, "larder_row_apply_unix_ns", c_int64, c_void_p, c_void_p)
-larder_row_key = _declare(fast, "larder_row_key", c_int, c_void_p, c_void_p, c_char_p, c_size_t, POINTER(c_size_t))
+# Row accessors: a few nanoseconds in the library, so they keep the GIL, and
+# are called without argtypes (as larder_get_into_raw below): callers pass
+# the table as a c_void_p, the row as its ctypes array, buffers as ctypes
+# objects and small ints, which ctypes passes without conversion objects.
+larder_row_event_time_ms = fast["larder_row_event_time_ms"]
+larder_row_event_time_ms.restype = c_int64
+larder_row_apply_unix_ns = fast["larder_row_apply_unix_ns"]
+larder_row_apply_unix_ns.restype = c_int64
+larder_row_key = fast["larder_row_key"]
+larder_row_key.restype = c_int
 larder_close = _declare(lib, "larder_close", None, seg_p)
 larder_segment_stat = _declare(lib, "larder_segment_stat", SegmentInfo, seg_p)
 larder_writer_alive = _declare(lib, "larder_writer_alive", c_int, seg_p, c_int64)

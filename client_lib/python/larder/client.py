@@ -113,7 +113,8 @@ def _decoder(ftype, count, offset):
 _address = ctypes.addressof
 _char_view = ctypes.c_char.from_buffer
 
-_I64 = struct.Struct("<q").unpack_from
+_row_event_time = _n.larder_row_event_time_ms
+_row_apply_time = _n.larder_row_apply_unix_ns
 _U64 = struct.Struct("<Q").unpack_from
 _U32 = struct.Struct("<I").unpack_from
 
@@ -160,20 +161,25 @@ class Row:
     def __bool__(self):
         return self.status == 0 or self.status == 2
 
+    # The times and the key come from the library's row accessors, which own
+    # the row layout; the status test is inlined (found), these are per-row.
     @property
     def event_time_ms(self):
         """Event time the producer stamped on the newest update (None when not found)."""
-        return _n.larder_row_event_time_ms(self._handle.ptr, self._buf) if self.found else None
+        s = self.status
+        return _row_event_time(self._handle.ptr, self._buf) if s == 0 or s == 2 else None
 
     @property
     def apply_unix_ns(self):
         """When the writer applied it (None when not found)."""
-        return _n.larder_row_apply_unix_ns(self._handle.ptr, self._buf) if self.found else None
+        s = self.status
+        return _row_apply_time(self._handle.ptr, self._buf) if s == 0 or s == 2 else None
 
     @property
     def age_ms(self):
         """Age of the data: now - event time, in ms (None when not found)."""
-        return _now_ms() - _n.larder_row_event_time_ms(self._handle.ptr, self._buf) if self.found else None
+        s = self.status
+        return _now_ms() - _row_event_time(self._handle.ptr, self._buf) if s == 0 or s == 2 else None
 
     @property
     def stored_key(self):
@@ -181,12 +187,12 @@ class Row:
         when the stored length is outside the table's schema."""
         if not self.found:
             return None
-        buf = ctypes.create_string_buffer(256)
+        buf = ctypes.create_string_buffer(64)
         n = ctypes.c_size_t()
-        code = _n.larder_row_key(self._handle.ptr, self._buf, buf, len(buf), ctypes.byref(n))
+        code = _n.larder_row_key(self._handle.ptr, self._buf, buf, 64, ctypes.byref(n))
         if code == _E_NO_SPACE:
             buf = ctypes.create_string_buffer(n.value)
-            code = _n.larder_row_key(self._handle.ptr, self._buf, buf, len(buf), ctypes.byref(n))
+            code = _n.larder_row_key(self._handle.ptr, self._buf, buf, n.value, ctypes.byref(n))
         if code != 0:
             raise from_code(code, "table %r: the row's stored key length is outside the schema" % self._table.name)
         return buf.raw[:n.value]
