@@ -38,6 +38,15 @@
 extern "C" {
 #endif
 
+/* Marks functions kept for ABI 1.0 callers that have a replacement: the
+ * compiler warns where they are called. Define LARDER_ALLOW_DEPRECATED
+ * before including this header to silence it. */
+#if defined(__GNUC__) && !defined(LARDER_ALLOW_DEPRECATED)
+#define LARDER_DEPRECATED(replacement) __attribute__((deprecated("use " replacement)))
+#else
+#define LARDER_DEPRECATED(replacement)
+#endif
+
 /* The ABI this header declares: major 1 (compatible additions only), minor
  * counts the additions. larder_version() returns the library's. */
 #define LARDER_ABI_VERSION_MAJOR 1
@@ -243,7 +252,7 @@ int larder_field_lookup(const larder_table* table, const char* name, uint32_t* i
 /* Deprecated since 1.1 (kept for ABI 1.0 callers): the index as int32_t,
  * -1 when the table has no such field or an argument is NULL. Use
  * larder_field_lookup. */
-int32_t larder_field_index(const larder_table* table, const char* name);
+int32_t larder_field_index(const larder_table* table, const char* name) LARDER_DEPRECATED("larder_field_lookup");
 
 /* Counters and freshness of one table (C++ larder::TableStats). Set size =
  * sizeof(larder_table_stats_t) before the call. The writer updates them with
@@ -396,7 +405,7 @@ int larder_gather(const larder_table* table, const char* key_bytes, size_t key_l
  * larder_row_event_time_ms, larder_row_apply_unix_ns and larder_row_key,
  * which check the stored key length. */
 uint32_t larder_row_validity_offset(const larder_table* table);
-uint32_t larder_row_key_offset(const larder_table* table);
+uint32_t larder_row_key_offset(const larder_table* table) LARDER_DEPRECATED("larder_row_key");
 uint32_t larder_row_field_offset(const larder_table* table, uint32_t field);
 
 /* larder_get with the result through a pointer and the status returned, for
