@@ -553,12 +553,14 @@ static void check_live_writer(void) {
   REQUIRE(larder_table_stats(rows, &before) == LARDER_E_OK);
   CHECK(before.live_keys == 50);
 
-  /* Read until the rows moved well past their first versions (counters
-   * 1..50); a writer that stopped makes this loop end on the hang guard. */
+  /* Read until rows written well after the stats above were seen (the
+   * counter is the event time, and the stats hold the newest event time so
+   * far: 50 more are 50 more upserts); a writer that stopped makes this
+   * loop end on the hang guard. */
   const time_t guard = time(NULL) + 120;
   int64_t highest = 0;
   long consistent = 0, torn = 0;
-  while (highest <= 500 || consistent < 2000) {
+  while (highest <= before.max_event_time_ms + 50 || consistent < 2000) {
     REQUIRE(time(NULL) < guard);
     for (int k = 0; k < 50; ++k) {
       char key[16];

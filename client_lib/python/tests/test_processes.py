@@ -27,6 +27,18 @@ WORKERS = 3
 TASKS = 6
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _reap_resource_tracker():
+    """Spawn-started pools start multiprocessing's resource tracker, a child
+    of this process that would outlive it (orphaned until init reaps it):
+    stop and reap it once this module's tests are done."""
+    yield
+    from multiprocessing import resource_tracker
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)  # Python >= 3.8
+    if stop is not None:
+        stop()
+
+
 @pytest.fixture
 def churn(seg_dir):
     """A live writer rewriting keys key:0..ROWS-1 of segment "churn" until
