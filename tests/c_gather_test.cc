@@ -206,10 +206,11 @@ TEST_F(CGatherTest, RowOffsetsMatchTheAccessors) {
   uint64_t validity;
   std::memcpy(&validity, bytes + larder_row_validity_offset(table_), 8);
   for (uint32_t f = 0; f < 6; ++f) EXPECT_EQ((validity >> f) & 1u, larder_row_valid(table_, row_.data(), f) ? 1u : 0u);
-  EXPECT_EQ(std::string(reinterpret_cast<const char*>(bytes + larder_row_key_offset(table_)), 6), "user:4");
-  int64_t event_time;
-  std::memcpy(&event_time, bytes, 8);
-  EXPECT_EQ(event_time, 42);
+  char key[16];
+  size_t key_len = 0;
+  ASSERT_EQ(larder_row_key(table_, row_.data(), key, sizeof key, &key_len), LARDER_E_OK);
+  EXPECT_EQ(std::string(key, key_len), "user:4");
+  EXPECT_EQ(larder_row_event_time_ms(table_, row_.data()), 42);
   EXPECT_EQ(larder_row_field_offset(table_, 6), UINT32_MAX);
 
   larder_read_result r{};
@@ -245,9 +246,10 @@ TEST(CAggregates, GathersReadRollingValuesAndTheirDecay) {
   larder_table* table = nullptr;
   ASSERT_EQ(larder_open(seg.name().c_str(), seg.dir().c_str(), &segment, err, sizeof err), LARDER_E_OK) << err;
   ASSERT_EQ(larder_table_open(segment, "users", &table, err, sizeof err), LARDER_E_OK) << err;
-  const uint32_t fields[] = {static_cast<uint32_t>(larder_field_index(table, "spend_1m")),
-                             static_cast<uint32_t>(larder_field_index(table, "basket_mean_1m")),
-                             static_cast<uint32_t>(larder_field_index(table, "events_1m"))};
+  uint32_t fields[3];
+  ASSERT_EQ(larder_field_lookup(table, "spend_1m", &fields[0]), LARDER_E_OK);
+  ASSERT_EQ(larder_field_lookup(table, "basket_mean_1m", &fields[1]), LARDER_E_OK);
+  ASSERT_EQ(larder_field_lookup(table, "events_1m", &fields[2]), LARDER_E_OK);
   ASSERT_EQ(fields[0], 1u);
   ASSERT_EQ(larder_table_field(table, fields[2]).type, LARDER_INT64);
   std::vector<std::string> keys;

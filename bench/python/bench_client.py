@@ -11,7 +11,8 @@ writer (larder-test-writer), then alternates rounds of
     C ABI's one-pass larder_gather that the Python client calls;
   - Python: Table.get on random keys, Table.get_many of --batch keys given as
     a list of str and as a NumPy 'S' array, every non-string field
-    (3 scalars into float64, the embedding into float32).
+    (3 scalars into float64, the embedding into float32), and a row's
+    event time through the C ABI's row accessor and at its byte offset.
 Each round draws 4096 random keys from all rows (batches are 16 windows of
 256 of them). Both sides time blocks of calls (4096 gets, 16 batches) and
 report the fastest block of any round (the least disturbed by other load on
@@ -26,6 +27,7 @@ import os
 import random
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -74,6 +76,13 @@ def python_round(table, pool, batch, iters):
     calls = max(1, iters // batch)
     out["py_many_list"] = time_blocks(calls, 16, lambda b: get_many(windows[b % len(windows)]))
     out["py_many_S"] = time_blocks(calls, 16, lambda b: get_many(arrays[b % len(arrays)]))
+    # A row's event time: through larder_row_event_time_ms (what Row does),
+    # and read at byte offset 0 as ABI 1.0 bindings did.
+    rows = [get(k) for k in pool[:256]]
+    unpack = struct.Struct("<q").unpack_from
+    out["py_row_time"] = time_blocks(iters, 4096, lambda i: rows[i & 255].event_time_ms)
+    out["py_row_time_offset"] = time_blocks(
+        iters, 4096, lambda i: unpack(rows[i & 255]._buf, 0)[0] if rows[i & 255].found else None)
     return out
 
 
@@ -103,7 +112,8 @@ def main():
                        check=True, capture_output=True)
         seg = larder.open("bench", seg_dir)
         users = seg.table("users")
-        results = {k: [] for k in ("cpp_get", "cpp_many", "cpp_gather", "py_get", "py_many_list", "py_many_S")}
+        results = {k: [] for k in ("cpp_get", "cpp_many", "cpp_gather", "py_get", "py_many_list", "py_many_S",
+                                    "py_row_time", "py_row_time_offset")}
         for r in range(args.rounds):
             # Each side draws its own 4096 keys, uniformly from the same rows.
             rng = random.Random(args.seed + r)
@@ -135,6 +145,8 @@ def main():
     line("Py    Table.get", "py_get", 1)
     line("Py    Table.get_many (%d str keys)" % b, "py_many_list", b)
     line("Py    Table.get_many (%d keys, 'S' array)" % b, "py_many_S", b)
+    line("Py    Row.event_time_ms (row accessor)", "py_row_time", 1)
+    line("Py    event time at byte offset 0 (ABI 1.0)", "py_row_time_offset", 1)
     ratio_list = best["py_many_list"] / best["cpp_many"]
     ratio_s = best["py_many_S"] / best["cpp_many"]
     print()

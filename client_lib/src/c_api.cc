@@ -2,6 +2,8 @@
 // catch and return codes; the read functions are noexcept already.
 #include <algorithm>
 #include <bit>
+#include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -37,6 +39,11 @@ static_assert(LARDER_SYNC_READY == static_cast<int>(larder::SyncState::kReady));
 static_assert(LARDER_SYNC_INCOMPLETE == static_cast<int>(larder::SyncState::kIncomplete));
 static_assert(sizeof(larder_position_t) == 32);
 static_assert(sizeof(larder_sync_info_t) == 144);
+// The 1.1 structs as bindings declare them; within major version 1 they only
+// grow at the end.
+static_assert(sizeof(larder_open_options) == 32 && offsetof(larder_open_options, abi_version) == 24);
+static_assert(sizeof(larder_segment_stats_t) == 112 && offsetof(larder_segment_stats_t, table_count) == 108);
+static_assert(sizeof(larder_table_stats_t) == 136 && offsetof(larder_table_stats_t, aggregate_clock_ms) == 128);
 static_assert(LARDER_NOT_FOUND == static_cast<int>(larder::Status::kNotFound));
 static_assert(LARDER_STALE == static_cast<int>(larder::Status::kStale));
 static_assert(LARDER_BUSY == static_cast<int>(larder::Status::kBusy));
@@ -85,6 +92,64 @@ int guarded(F&& f, char* err, size_t errlen) {
 
 const larder::Field& field_at(const larder_table* t, uint32_t field) { return t->table.fields()[field]; }
 
+// The field `field` of the table when it exists and has type `type`, so a
+// typed accessor never reads more bytes than the field has; nullptr (the
+// caller answers "no value") for a NULL table or row, an index out of range
+// or another type.
+const larder::Field* typed_field(const larder_table* t, const void* row, uint32_t field, larder::FieldType type) {
+  if (t == nullptr || row == nullptr || field >= t->table.fields().size()) return nullptr;
+  const larder::Field& f = field_at(t, field);
+  return f.type == type ? &f : nullptr;
+}
+
+// Options as this library knows them: the caller's first `size` bytes over
+// zeros (its compiled struct may be older and shorter, every zero is a
+// default), after checking that a newer, longer struct sets nothing this
+// library would ignore. Returns nullptr when accepted, else why not.
+constexpr uint32_t kMaxOptionsSize = 4096;
+
+const char* read_options(const larder_open_options* in, larder_open_options& out) {
+  out = larder_open_options{};
+  out.size = sizeof out;
+  if (in == nullptr) return nullptr;
+  const uint32_t size = in->size;
+  // A size that ends inside a field would leave that field half-copied.
+  static constexpr uint32_t kFieldEnds[] = {
+      offsetof(larder_open_options, max_retries) + sizeof(uint32_t),
+      offsetof(larder_open_options, dir) + sizeof(const char*),
+      offsetof(larder_open_options, expected_schema_fingerprint) + sizeof(uint64_t),
+      offsetof(larder_open_options, abi_version) + sizeof(uint32_t),
+      offsetof(larder_open_options, reserved) + sizeof(uint32_t),
+  };
+  if (size < kFieldEnds[0]) return "larder_open_options.size is smaller than its first two fields: set it to sizeof";
+  if (size > kMaxOptionsSize) return "larder_open_options.size is implausibly large: set it to sizeof";
+  if (size < sizeof out && std::find(std::begin(kFieldEnds), std::end(kFieldEnds), size) == std::end(kFieldEnds)) {
+    return "larder_open_options.size ends inside a field: set it to sizeof";
+  }
+  const auto* bytes = reinterpret_cast<const unsigned char*>(in);
+  for (uint32_t i = sizeof out; i < size; ++i) {
+    if (bytes[i] != 0) {
+      return "larder_open_options sets a field this library does not know (built against a newer larder.h): "
+             "upgrade liblarder";
+    }
+  }
+  std::memcpy(&out, in, std::min<size_t>(size, sizeof out));
+  if (out.reserved != 0) return "larder_open_options.reserved must be 0";
+  return nullptr;
+}
+
+// Copies the first out->size bytes of a filled stats struct to the caller
+// (fields an older caller does not know are not written).
+template <class Stats>
+int copy_stats(const Stats& filled, Stats* out) {
+  if (out == nullptr || out->size < 8) return LARDER_E_INVALID_ARGUMENT;
+  const uint32_t n = std::min<uint32_t>(out->size, sizeof(Stats));
+  Stats copy = filled;
+  copy.size = n;
+  std::memcpy(static_cast<void*>(out), &copy, n);
+  return LARDER_E_OK;
+}
+
 larder::RowView view(const larder_table* t, const void* row) {
   return t->table.view(static_cast<const uint64_t*>(row));
 }
@@ -97,16 +162,49 @@ larder_read_result to_c(const larder::ReadResult& r) {
 
 extern "C" {
 
+uint32_t larder_version(void) { return LARDER_ABI_VERSION; }
+
+const char* larder_version_string(void) {
+#define LARDER_STR2(x) #x
+#define LARDER_STR(x) LARDER_STR2(x)
+  return LARDER_STR(LARDER_ABI_VERSION_MAJOR) "." LARDER_STR(LARDER_ABI_VERSION_MINOR);
+#undef LARDER_STR
+#undef LARDER_STR2
+}
+
 int larder_open(const char* name, const char* dir, larder_segment** out, char* err, size_t errlen) {
+  larder_open_options options{};
+  options.size = sizeof options;
+  options.dir = dir;
+  return larder_open_ex(name, &options, out, err, errlen);
+}
+
+int larder_open_ex(const char* name, const larder_open_options* options, larder_segment** out, char* err,
+                   size_t errlen) {
+  if (out != nullptr) *out = nullptr;
   if (out == nullptr || name == nullptr)
     return fail(LARDER_E_INVALID_ARGUMENT, "name and out are required", err, errlen);
-  *out = nullptr;
+  larder_open_options o;
+  if (const char* why = read_options(options, o)) return fail(LARDER_E_INVALID_ARGUMENT, why, err, errlen);
+  if (o.abi_version != 0) {
+    const uint32_t major = o.abi_version >> 16, minor = o.abi_version & 0xffff;
+    if (major != LARDER_ABI_VERSION_MAJOR || minor > LARDER_ABI_VERSION_MINOR) {
+      char buf[160];
+      std::snprintf(
+          buf, sizeof buf, "the caller needs larder C ABI %u.%u, this liblarder implements %d.%d: %s", major, minor,
+          LARDER_ABI_VERSION_MAJOR, LARDER_ABI_VERSION_MINOR,
+          major != LARDER_ABI_VERSION_MAJOR ? "use a liblarder of the same major version" : "upgrade liblarder");
+      return fail(LARDER_E_VERSION_MISMATCH, buf, err, errlen);
+    }
+  }
   return guarded(
       [&] {
-        larder::ClientOptions options;
-        if (dir != nullptr && dir[0] != '\0') options.dir = dir;
+        larder::ClientOptions client;
+        if (o.dir != nullptr && o.dir[0] != '\0') client.dir = o.dir;
+        if (o.max_retries != 0) client.max_retries = o.max_retries;
+        client.expected_schema_fingerprint = o.expected_schema_fingerprint;
         auto seg = std::make_unique<larder_segment>();
-        seg->segment = larder::Segment::open(name, options);
+        seg->segment = larder::Segment::open(name, client);
         *out = seg.release();
       },
       err, errlen);
@@ -115,6 +213,7 @@ int larder_open(const char* name, const char* dir, larder_segment** out, char* e
 void larder_close(larder_segment* segment) { delete segment; }
 
 larder_segment_info larder_segment_stat(const larder_segment* segment) {
+  if (segment == nullptr) return larder_segment_info{};
   const larder::SegmentInfo i = segment->segment.info();
   larder_segment_info c{};
   c.state = static_cast<uint32_t>(i.state);
@@ -130,7 +229,42 @@ larder_segment_info larder_segment_stat(const larder_segment* segment) {
 }
 
 int larder_writer_alive(const larder_segment* segment, int64_t max_heartbeat_age_ms) {
+  if (segment == nullptr) return 0;
   return segment->segment.writer_alive(max_heartbeat_age_ms) ? 1 : 0;
+}
+
+int larder_segment_stats(const larder_segment* segment, larder_segment_stats_t* out) {
+  if (segment == nullptr) return LARDER_E_INVALID_ARGUMENT;
+  const larder::SegmentInfo i = segment->segment.info();
+  larder_segment_stats_t c{};
+  c.state = static_cast<uint32_t>(i.state);
+  c.connection = static_cast<uint32_t>(i.connection);
+  c.layout_version = i.layout_version;
+  c.schema_fingerprint = i.schema_fingerprint;
+  c.segment_bytes = i.segment_bytes;
+  c.generation = i.generation;
+  c.writer_pid = i.writer_pid;
+  c.heartbeat_age_ms = i.heartbeat_age_ms;
+  c.writer_sessions = i.writer_sessions;
+  c.repaired_slots = i.repaired_slots;
+  c.updates_applied = i.updates_applied;
+  c.messages_rejected = i.messages_rejected;
+  c.last_apply_unix_ns = i.last_apply_unix_ns;
+  c.created_unix_ns = i.created_unix_ns;
+  c.sync_state = static_cast<int32_t>(segment->segment.state());
+  c.table_count = segment->segment.table_count();
+  return copy_stats(c, out);
+}
+
+int larder_segment_table_name(const larder_segment* segment, uint32_t index, char* buf, size_t buflen, size_t* len) {
+  if (segment == nullptr || (buf == nullptr && buflen > 0)) return LARDER_E_INVALID_ARGUMENT;
+  const std::string_view name = segment->segment.table_name(index);
+  if (name.empty()) return LARDER_E_NOT_FOUND;  // names are validated non-empty at open
+  if (len != nullptr) *len = name.size();
+  if (buflen <= name.size()) return LARDER_E_NO_SPACE;
+  std::memcpy(buf, name.data(), name.size());
+  buf[name.size()] = '\0';
+  return LARDER_E_OK;
 }
 
 larder_sync_state_t larder_segment_state(const larder_segment* segment) {
@@ -199,34 +333,77 @@ int larder_table_open(const larder_segment* segment, const char* name, larder_ta
 
 void larder_table_close(larder_table* table) { delete table; }
 
-size_t larder_table_row_bytes(const larder_table* table) { return table->table.row_words() * 8; }
+size_t larder_table_row_bytes(const larder_table* table) { return table == nullptr ? 0 : table->table.row_words() * 8; }
 
 uint32_t larder_table_field_count(const larder_table* table) {
-  return static_cast<uint32_t>(table->table.fields().size());
+  return table == nullptr ? 0 : static_cast<uint32_t>(table->table.fields().size());
 }
 
 larder_field_info larder_table_field(const larder_table* table, uint32_t index) {
-  if (index >= table->table.fields().size()) return larder_field_info{nullptr, 0, 0};
+  if (table == nullptr || index >= table->table.fields().size()) return larder_field_info{nullptr, 0, 0};
   const larder::Field& f = field_at(table, index);
   return larder_field_info{f.name.data(), static_cast<int32_t>(f.type), f.count};
 }
 
-int32_t larder_field_index(const larder_table* table, const char* name) {
+int larder_field_lookup(const larder_table* table, const char* name, uint32_t* index) {
+  if (index != nullptr) *index = LARDER_NO_FIELD;
+  if (table == nullptr || name == nullptr || index == nullptr) return LARDER_E_INVALID_ARGUMENT;
   const auto& fields = table->table.fields();
   for (size_t i = 0; i < fields.size(); ++i) {
-    if (fields[i].name == name) return static_cast<int32_t>(i);
+    if (fields[i].name == name) {
+      *index = static_cast<uint32_t>(i);
+      return LARDER_E_OK;
+    }
   }
-  return -1;
+  return LARDER_E_NOT_FOUND;
+}
+
+int32_t larder_field_index(const larder_table* table, const char* name) {
+  uint32_t index;
+  // Field counts are far below INT32_MAX (the layout caps them), so the cast is exact.
+  return larder_field_lookup(table, name, &index) == LARDER_E_OK ? static_cast<int32_t>(index) : -1;
+}
+
+int larder_table_stats(const larder_table* table, larder_table_stats_t* out) {
+  if (table == nullptr) return LARDER_E_INVALID_ARGUMENT;
+  const larder::TableStats s = table->table.stats();
+  larder_table_stats_t c{};
+  c.aggregates = s.aggregates;
+  c.capacity = s.capacity;
+  c.slot_count = s.slot_count;
+  c.live_keys = s.live_keys;
+  c.tombstones = s.tombstones;
+  c.upserts = s.upserts;
+  c.deletes = s.deletes;
+  c.stale_ignored = s.stale_ignored;
+  c.full_rejected = s.full_rejected;
+  c.last_apply_unix_ns = s.last_apply_unix_ns;
+  c.max_event_time_ms = s.max_event_time_ms;
+  c.aggregate_events = s.aggregate_events;
+  c.late_dropped = s.late_dropped;
+  c.duplicates = s.duplicates;
+  c.dedup_evictions = s.dedup_evictions;
+  c.refreshes = s.refreshes;
+  c.aggregate_clock_ms = s.aggregate_clock_ms;
+  return copy_stats(c, out);
 }
 
 larder_read_result larder_get(const larder_table* table, const void* key, size_t key_len, void* row,
                               int64_t max_age_ms) {
+  if (table == nullptr || row == nullptr || (key == nullptr && key_len > 0)) {
+    return larder_read_result{LARDER_INVALID_KEY, 0, 0, 0};
+  }
   return to_c(table->table.get(std::string_view(static_cast<const char*>(key), key_len), static_cast<uint64_t*>(row),
                                larder::ReadOptions{max_age_ms}));
 }
 
 void larder_get_many(const larder_table* table, const void* const* keys, const size_t* key_lens, size_t n, void* rows,
                      larder_read_result* results, int64_t max_age_ms) {
+  if (results == nullptr) return;
+  if (table == nullptr || keys == nullptr || key_lens == nullptr || rows == nullptr) {
+    std::fill(results, results + n, larder_read_result{LARDER_INVALID_KEY, 0, 0, 0});
+    return;
+  }
   const size_t row_words = table->table.row_words();
   auto* out = static_cast<uint64_t*>(rows);
   constexpr size_t kChunk = 64;
@@ -243,34 +420,69 @@ void larder_get_many(const larder_table* table, const void* const* keys, const s
 }
 
 int larder_row_valid(const larder_table* table, const void* row, uint32_t field) {
-  if (field >= table->table.fields().size()) return 0;
+  if (table == nullptr || row == nullptr || field >= table->table.fields().size()) return 0;
   return view(table, row).valid(field_at(table, field)) ? 1 : 0;
 }
 
 int64_t larder_row_int64(const larder_table* table, const void* row, uint32_t field) {
-  return view(table, row).i64(field_at(table, field));
+  const larder::Field* f = typed_field(table, row, field, larder::FieldType::kInt64);
+  return f == nullptr ? 0 : view(table, row).i64(*f);
 }
 double larder_row_float64(const larder_table* table, const void* row, uint32_t field) {
-  return view(table, row).f64(field_at(table, field));
+  const larder::Field* f = typed_field(table, row, field, larder::FieldType::kFloat64);
+  return f == nullptr ? 0.0 : view(table, row).f64(*f);
 }
 float larder_row_float32(const larder_table* table, const void* row, uint32_t field) {
-  return view(table, row).f32(field_at(table, field));
+  const larder::Field* f = typed_field(table, row, field, larder::FieldType::kFloat32);
+  return f == nullptr ? 0.0f : view(table, row).f32(*f);
 }
 int larder_row_bool(const larder_table* table, const void* row, uint32_t field) {
-  return view(table, row).boolean(field_at(table, field)) ? 1 : 0;
+  const larder::Field* f = typed_field(table, row, field, larder::FieldType::kBool);
+  return f != nullptr && view(table, row).boolean(*f) ? 1 : 0;
 }
 double larder_row_as_double(const larder_table* table, const void* row, uint32_t field) {
+  if (table == nullptr || row == nullptr || field >= table->table.fields().size()) return std::nan("");
   return view(table, row).as_f64(field_at(table, field));
 }
 const float* larder_row_vector(const larder_table* table, const void* row, uint32_t field, uint32_t* dims) {
-  const auto v = view(table, row).vector(field_at(table, field));
+  if (dims != nullptr) *dims = 0;
+  const larder::Field* f = typed_field(table, row, field, larder::FieldType::kFloat32Vector);
+  if (f == nullptr) return nullptr;
+  const auto v = view(table, row).vector(*f);
   if (dims != nullptr) *dims = static_cast<uint32_t>(v.size());
   return v.data();
 }
 const char* larder_row_string(const larder_table* table, const void* row, uint32_t field, uint32_t* len) {
-  const auto s = view(table, row).string(field_at(table, field));
+  if (len != nullptr) *len = 0;
+  const larder::Field* f = typed_field(table, row, field, larder::FieldType::kString);
+  if (f == nullptr) return nullptr;
+  // RowView clamps the stored length to the field's max_len: never past the field.
+  const auto s = view(table, row).string(*f);
   if (len != nullptr) *len = static_cast<uint32_t>(s.size());
   return s.data();
+}
+
+int64_t larder_row_event_time_ms(const larder_table* table, const void* row) {
+  return table == nullptr || row == nullptr ? 0 : view(table, row).event_time_ms();
+}
+
+int64_t larder_row_apply_unix_ns(const larder_table* table, const void* row) {
+  return table == nullptr || row == nullptr ? 0 : view(table, row).apply_unix_ns();
+}
+
+int larder_row_key(const larder_table* table, const void* row, char* buf, size_t buflen, size_t* key_len) {
+  if (table == nullptr || row == nullptr || (buf == nullptr && buflen > 0)) return LARDER_E_INVALID_ARGUMENT;
+  // The stored length, not RowView::key()'s clamped one: a length the schema
+  // does not allow means the buffer is not a row a read returned.
+  const uint64_t stored =
+      static_cast<const uint64_t*>(row)[larder::layout::kSlotKeyLenWord - larder::layout::kSlotEventTimeWord] &
+      0xffffffffu;
+  if (stored == 0 || stored > table->table.key_max_len()) return LARDER_E_CORRUPT;
+  const std::string_view key = view(table, row).key();
+  if (key_len != nullptr) *key_len = key.size();
+  if (buflen < key.size()) return LARDER_E_NO_SPACE;
+  std::memcpy(buf, key.data(), key.size());
+  return LARDER_E_OK;
 }
 
 const char* larder_status_name(int32_t status) {
@@ -581,12 +793,14 @@ int larder_gather(const larder_table* table, const char* key_bytes, size_t key_l
   return keys.ok(n) ? LARDER_E_OK : LARDER_E_INVALID_ARGUMENT;
 }
 
-uint32_t larder_row_validity_offset(const larder_table*) {
+uint32_t larder_row_validity_offset(const larder_table* table) {
+  if (table == nullptr) return UINT32_MAX;
   // The row buffer is the slot from its event-time word on (format.h).
   return static_cast<uint32_t>(8 * (larder::layout::kSlotHeaderWords - larder::layout::kSlotEventTimeWord));
 }
 
 uint32_t larder_row_key_offset(const larder_table* table) {
+  if (table == nullptr) return UINT32_MAX;
   // Measured through RowView, which owns the row geometry.
   try {
     const std::vector<uint64_t> probe(table->table.row_words(), 0);
@@ -598,7 +812,7 @@ uint32_t larder_row_key_offset(const larder_table* table) {
 }
 
 uint32_t larder_row_field_offset(const larder_table* table, uint32_t field) {
-  if (field >= table->table.fields().size()) return UINT32_MAX;
+  if (table == nullptr || field >= table->table.fields().size()) return UINT32_MAX;
   try {
     return row_field_offsets(table)[field];
   } catch (const std::bad_alloc&) {

@@ -22,6 +22,9 @@ using namespace layout;  // NOLINT: the client implements the layout's read side
 struct Mapping {
   std::unique_ptr<MappedFile> file;
   const SegmentHeader* header = nullptr;
+  // The table count validate_segment checked the directory against, kept so
+  // that a header changed after open cannot send a reader past the directory.
+  uint32_t table_count = 0;
 };
 
 const char* status_name(Status s) noexcept {
@@ -70,6 +73,7 @@ Segment Segment::open(std::string_view name, const ClientOptions& options) {
   mapping->file = MappedFile::open_read_only(segment_path(options.dir, name), name);
   validate_segment(mapping->file->data(), mapping->file->size(), name);
   mapping->header = &mapping->file->header();
+  mapping->table_count = mapping->header->table_count;
   if (options.expected_schema_fingerprint != 0 &&
       mapping->header->schema_fingerprint != options.expected_schema_fingerprint) {
     char buf[200];
@@ -87,10 +91,17 @@ Segment Segment::open(std::string_view name, const ClientOptions& options) {
   return s;
 }
 
+uint32_t Segment::table_count() const noexcept { return mapping_ ? mapping_->table_count : 0; }
+
+std::string_view Segment::table_name(uint32_t index) const noexcept {
+  if (index >= table_count()) return {};
+  return fixed_name(table_descriptor(mapping_->file->data(), index).name);
+}
+
 std::vector<std::string> Segment::table_names() const {
   std::vector<std::string> names;
   if (!mapping_) return names;
-  for (uint32_t t = 0; t < mapping_->header->table_count; ++t) {
+  for (uint32_t t = 0; t < mapping_->table_count; ++t) {
     names.emplace_back(fixed_name(table_descriptor(mapping_->file->data(), t).name));
   }
   return names;
@@ -99,7 +110,7 @@ std::vector<std::string> Segment::table_names() const {
 Table Segment::table(std::string_view name) const {
   if (!mapping_) throw Error(ErrorCode::kInvalidArgument, "Segment::table on a segment that is not open");
   const void* base = mapping_->file->data();
-  for (uint32_t t = 0; t < mapping_->header->table_count; ++t) {
+  for (uint32_t t = 0; t < mapping_->table_count; ++t) {
     const TableDescriptor& d = table_descriptor(base, t);
     if (fixed_name(d.name) != name) continue;
     Table tab;

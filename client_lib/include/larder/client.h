@@ -313,6 +313,10 @@ class Segment {
   Segment() = default;
   const std::string& name() const noexcept { return name_; }
   std::vector<std::string> table_names() const;
+  // The same without allocating: table_name(i) for i < table_count(), empty
+  // beyond (names are validated non-empty at open).
+  uint32_t table_count() const noexcept;
+  std::string_view table_name(uint32_t index) const noexcept;
   // Throws Error(kNotFound) naming the tables the segment has.
   Table table(std::string_view name) const;
 

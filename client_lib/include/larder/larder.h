@@ -1,21 +1,32 @@
-/* Larder client, C ABI: read features from a shared-memory segment.
+/* Larder client, C ABI 1.x: read features from a shared-memory segment.
  *
  * The same reads as larder/client.h for C and for FFI (Python ctypes, Rust,
- * Go). Handles are opaque; row buffers are caller-owned and sized by
- * larder_table_row_bytes(). Every larder_get* function is lock-free, never
- * allocates and never blocks on the writer; the open/close functions may
- * allocate and return an error code with a message.
+ * Go, Java). Handles are opaque; row buffers are caller-owned and sized by
+ * larder_table_row_bytes(). Every larder_get* and larder_row_* function is
+ * lock-free, never allocates and never blocks on the writer; the open/close
+ * functions may allocate and return an error code with a message. Every
+ * function accepts NULL handles and out-of-range field indexes and answers
+ * them with its documented "nothing" (an error code, 0, NaN or NULL) instead
+ * of crashing. docs/client.md lists each function's returns and errors.
  *
  *   char err[256];
  *   larder_segment* seg;
  *   if (larder_open("features", NULL, &seg, err, sizeof err) != LARDER_E_OK) die(err);
  *   larder_table* users;
  *   larder_table_open(seg, "users", &users, err, sizeof err);
- *   int32_t spend = larder_field_index(users, "spend_1h");
+ *   uint32_t spend;
+ *   if (larder_field_lookup(users, "spend_1h", &spend) != LARDER_E_OK) die("no field");
  *   void* row = aligned_alloc(8, larder_table_row_bytes(users));
  *   larder_read_result r = larder_get(users, "user:42", 7, row, 5000);
  *   if (r.status == LARDER_OK && larder_row_valid(users, row, spend))
- *     printf("%f\n", larder_row_f64(users, row, spend));
+ *     printf("%f\n", larder_row_float64(users, row, spend));
+ *
+ * Compatibility: within ABI major version 1 functions and struct layouts are
+ * only ever added, never changed. Structs that may grow (options, stats)
+ * start with a uint32_t size the caller sets to sizeof as it compiled it.
+ * liblarder.so versions its symbols: LARDER_1.0 is the first ABI,
+ * LARDER_1.1 adds larder_open_ex, the stats, the row accessors for times and
+ * key, larder_field_lookup and the version functions.
  */
 #ifndef LARDER_LARDER_H_
 #define LARDER_LARDER_H_
@@ -26,6 +37,28 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Marks functions kept for ABI 1.0 callers that have a replacement: the
+ * compiler warns where they are called. Define LARDER_ALLOW_DEPRECATED
+ * before including this header to silence it. */
+#if defined(__GNUC__) && !defined(LARDER_ALLOW_DEPRECATED)
+#define LARDER_DEPRECATED(replacement) __attribute__((deprecated("use " replacement)))
+#else
+#define LARDER_DEPRECATED(replacement)
+#endif
+
+/* The ABI this header declares: major 1 (compatible additions only), minor
+ * counts the additions. larder_version() returns the library's. */
+#define LARDER_ABI_VERSION_MAJOR 1
+#define LARDER_ABI_VERSION_MINOR 1
+#define LARDER_ABI_VERSION ((LARDER_ABI_VERSION_MAJOR << 16) | LARDER_ABI_VERSION_MINOR)
+
+/* The LARDER_ABI_VERSION the loaded library implements: (major << 16) | minor.
+ * A program built against this header runs with any library of the same
+ * major and a minor at least LARDER_ABI_VERSION_MINOR. */
+uint32_t larder_version(void);
+/* The same as "MAJOR.MINOR" ("1.1"). Static string. */
+const char* larder_version_string(void);
 
 /* Read statuses (larder::Status). LARDER_CORRUPT: the key's slot was read
  * consistently but holds a length outside the table's schema (a string longer
@@ -94,14 +127,67 @@ typedef struct larder_segment_info {
   int64_t last_apply_unix_ns;
 } larder_segment_info;
 
-/* Opens a segment read-only. dir NULL means /dev/shm. On failure returns a
- * LARDER_E_* code, writes a message naming the problem and the fix into err
- * (if errlen > 0) and sets *out to NULL. */
+/* Options of larder_open_ex. Zero-initialise, set size = sizeof(larder_open_options),
+ * then the fields wanted; every zero field takes its default. Later minor
+ * versions append fields (a zero tail keeps their defaults), so a program
+ * built against an older header keeps working with a newer library. */
+typedef struct larder_open_options {
+  uint32_t size;                        /* sizeof(larder_open_options) as the caller compiled it */
+  uint32_t max_retries;                 /* seqlock retries on one slot before LARDER_BUSY; 0: 256 */
+  const char* dir;                      /* directory of the segment; NULL or "": /dev/shm */
+  uint64_t expected_schema_fingerprint; /* 0: any; else refuse another schema (LARDER_E_SCHEMA_MISMATCH) */
+  uint32_t abi_version;                 /* 0: no check; else the LARDER_ABI_VERSION the caller needs */
+  uint32_t reserved;                    /* must be 0 */
+} larder_open_options;
+
+/* Opens a segment read-only: larder_open_ex with options {size, 0, dir}. */
 int larder_open(const char* name, const char* dir, larder_segment** out, char* err, size_t errlen);
+/* Opens the segment `name` read-only; options NULL means every default. On
+ * failure returns a LARDER_E_* code, writes a message naming the problem
+ * and the fix into err (when err != NULL and errlen > 0) and sets *out to
+ * NULL (when out != NULL). */
+int larder_open_ex(const char* name, const larder_open_options* options, larder_segment** out, char* err,
+                   size_t errlen);
+/* NULL is a no-op. Close the segment's tables first. */
 void larder_close(larder_segment* segment);
+/* The header's counters (zeroed for NULL). larder_segment_stats has more. */
 larder_segment_info larder_segment_stat(const larder_segment* segment);
 /* 1 when a writer is attached and its heartbeat is younger than the bound. */
 int larder_writer_alive(const larder_segment* segment, int64_t max_heartbeat_age_ms);
+
+/* Everything the segment header says about the segment and its writer (C++
+ * larder::SegmentInfo). Set size = sizeof(larder_segment_stats_t) before the call. */
+typedef struct larder_segment_stats_t {
+  uint32_t size;           /* in: sizeof as the caller compiled it; out: bytes filled */
+  uint32_t state;          /* 0 creating, 1 ready, 2 retired (open the name again) */
+  uint32_t connection;     /* 0 unknown, 1 connecting, 2 connected, 3 disconnected, 4 stopped */
+  uint32_t layout_version; /* the segment format's version */
+  uint64_t schema_fingerprint;
+  uint64_t segment_bytes;
+  uint64_t generation;
+  uint64_t writer_pid;      /* 0: no writer attached */
+  int64_t heartbeat_age_ms; /* -1: never */
+  uint64_t writer_sessions; /* writers that attached since creation */
+  uint64_t repaired_slots;  /* slots restored from the undo copy after a writer died */
+  uint64_t updates_applied;
+  uint64_t messages_rejected;
+  int64_t last_apply_unix_ns; /* 0: never */
+  int64_t created_unix_ns;
+  int32_t sync_state;   /* larder_sync_state_t, as larder_segment_state() */
+  uint32_t table_count; /* tables 0..count-1 (larder_segment_table_name) */
+} larder_segment_stats_t;
+
+/* Fills the first out->size bytes of *out (fields that do not fit are left
+ * alone) and sets out->size to the bytes filled. LARDER_E_OK, or
+ * LARDER_E_INVALID_ARGUMENT for a NULL argument or out->size < 8. */
+int larder_segment_stats(const larder_segment* segment, larder_segment_stats_t* out);
+/* The name of table `index` (0 .. table_count - 1) into buf, NUL-terminated,
+ * and its length (without the NUL) into *len when len != NULL. LARDER_E_OK;
+ * LARDER_E_NOT_FOUND for an index out of range; LARDER_E_NO_SPACE when buf
+ * is shorter than the name plus its NUL (*len still receives the length,
+ * buf is left alone); LARDER_E_INVALID_ARGUMENT for a NULL segment, or a
+ * NULL buf with buflen > 0. */
+int larder_segment_table_name(const larder_segment* segment, uint32_t index, char* buf, size_t buflen, size_t* len);
 
 /* How complete the segment is, as its writer knows it (larder::layout::SyncState). */
 typedef enum {
@@ -133,7 +219,7 @@ typedef struct larder_sync_info_t {
   char source_id[128];      /* NUL terminated; "" when none */
 } larder_sync_info_t;
 
-/* Lock-free, never allocates. */
+/* Lock-free, never allocates. LARDER_SYNC_UNKNOWN for NULL. */
 larder_sync_state_t larder_segment_state(const larder_segment* segment);
 /* Fills *out (zeroed for a NULL segment). */
 void larder_segment_sync_info(const larder_segment* segment, larder_sync_info_t* out);
@@ -142,23 +228,81 @@ void larder_segment_sync_info(const larder_segment* segment, larder_sync_info_t*
  * including a partition beyond the segment's range. */
 int larder_segment_position(const larder_segment* segment, uint32_t partition, larder_position_t* out);
 
+/* Opens the table `name`; LARDER_E_NOT_FOUND names the tables there are.
+ * The table keeps the segment's mapping alive: close it before or after the
+ * segment. */
 int larder_table_open(const larder_segment* segment, const char* name, larder_table** out, char* err, size_t errlen);
+/* NULL is a no-op. */
 void larder_table_close(larder_table* table);
+/* Bytes of one row buffer (a multiple of 8); 0 for NULL. */
 size_t larder_table_row_bytes(const larder_table* table);
 uint32_t larder_table_field_count(const larder_table* table);
+/* {NULL, 0, 0} for an index out of range. */
 larder_field_info larder_table_field(const larder_table* table, uint32_t index);
-/* -1 when the table has no such field. */
-int32_t larder_field_index(const larder_table* table, const char* name);
+
+/* The field index no field has: larder_field_lookup stores it on failure,
+ * and every accessor given it answers "no value". */
+#define LARDER_NO_FIELD UINT32_MAX
+
+/* The index of field `name` into *index: LARDER_E_OK; LARDER_E_NOT_FOUND
+ * (and *index = LARDER_NO_FIELD) when the table has no such field;
+ * LARDER_E_INVALID_ARGUMENT for a NULL argument (*index = LARDER_NO_FIELD
+ * when index != NULL). Field indexes are uint32_t everywhere. */
+int larder_field_lookup(const larder_table* table, const char* name, uint32_t* index);
+/* Deprecated since 1.1 (kept for ABI 1.0 callers): the index as int32_t,
+ * -1 when the table has no such field or an argument is NULL. Use
+ * larder_field_lookup. */
+int32_t larder_field_index(const larder_table* table, const char* name) LARDER_DEPRECATED("larder_field_lookup");
+
+/* Counters and freshness of one table (C++ larder::TableStats). Set size =
+ * sizeof(larder_table_stats_t) before the call. The writer updates them with
+ * relaxed stores: each is a recent value, not one snapshot of all. */
+typedef struct larder_table_stats_t {
+  uint32_t size;       /* in: sizeof as the caller compiled it; out: bytes filled */
+  uint32_t aggregates; /* aggregate fields (docs/aggregates.md) */
+  uint64_t capacity;   /* live keys the table accepts */
+  uint64_t slot_count; /* slots of the hash table */
+  uint64_t live_keys;
+  uint64_t tombstones; /* deleted keys still remembered */
+  uint64_t upserts;
+  uint64_t deletes;
+  uint64_t stale_ignored;     /* updates older than the row (last write wins) */
+  uint64_t full_rejected;     /* new keys refused: the table was full */
+  int64_t last_apply_unix_ns; /* when the writer last changed the table; 0: never */
+  int64_t max_event_time_ms;  /* newest event time applied; 0: none */
+  uint64_t aggregate_events;  /* events folded into aggregates */
+  uint64_t late_dropped;      /* aggregate inputs older than the allowed lateness */
+  uint64_t duplicates;        /* events ignored because their id was seen */
+  uint64_t dedup_evictions;   /* ids forgotten inside their horizon */
+  uint64_t refreshes;         /* keys rewritten because a bucket left a window */
+  int64_t aggregate_clock_ms; /* the aggregates' clock */
+} larder_table_stats_t;
+
+/* Fills the first out->size bytes of *out (as larder_segment_stats) and sets
+ * out->size to the bytes filled. LARDER_E_OK, or LARDER_E_INVALID_ARGUMENT
+ * for a NULL argument or out->size < 8. Lock-free, never allocates. */
+int larder_table_stats(const larder_table* table, larder_table_stats_t* out);
 
 /* Copies the row of key into row (larder_table_row_bytes bytes, 8-byte
- * aligned). max_age_ms > 0 turns rows older than that into LARDER_STALE. */
+ * aligned). max_age_ms > 0 turns rows older than that into LARDER_STALE.
+ * Returns LARDER_OK, LARDER_NOT_FOUND, LARDER_STALE (row filled), LARDER_BUSY,
+ * LARDER_INVALID_KEY (empty or longer than the table's key_max_len; also a
+ * NULL table or row, or a NULL key with key_len > 0: nothing is read) or
+ * LARDER_CORRUPT (the slot holds a length outside the schema; do not use the
+ * row). */
 larder_read_result larder_get(const larder_table* table, const void* key, size_t key_len, void* row,
                               int64_t max_age_ms);
-/* n lookups with prefetching; rows is n consecutive row buffers. */
+/* n lookups with prefetching; rows is n consecutive row buffers, results n
+ * results (each as larder_get). A NULL table, keys, key_lens or rows with
+ * n > 0 reads nothing and sets every result to LARDER_INVALID_KEY (nothing
+ * at all when results is NULL). */
 void larder_get_many(const larder_table* table, const void* const* keys, const size_t* key_lens, size_t n, void* rows,
                      larder_read_result* results, int64_t max_age_ms);
 
-/* Accessors on a row buffer filled by larder_get. */
+/* Accessors on a row buffer filled by larder_get (status LARDER_OK or
+ * LARDER_STALE). They read the caller's copy, never shared memory. A NULL
+ * table or row, a field index out of range (LARDER_NO_FIELD) or a field of
+ * another type reads as "no value": 0, 0.0, NaN (as_double) or NULL. */
 int larder_row_valid(const larder_table* table, const void* row, uint32_t field);
 int64_t larder_row_int64(const larder_table* table, const void* row, uint32_t field);
 double larder_row_float64(const larder_table* table, const void* row, uint32_t field);
@@ -166,9 +310,24 @@ float larder_row_float32(const larder_table* table, const void* row, uint32_t fi
 int larder_row_bool(const larder_table* table, const void* row, uint32_t field);
 /* Any scalar as double; NaN for vectors and strings. */
 double larder_row_as_double(const larder_table* table, const void* row, uint32_t field);
-/* Points into the row buffer; *dims or *len receive the size. */
+/* Points into the row buffer; *dims or *len receive the size (0 with NULL). */
 const float* larder_row_vector(const larder_table* table, const void* row, uint32_t field, uint32_t* dims);
 const char* larder_row_string(const larder_table* table, const void* row, uint32_t field, uint32_t* len);
+
+/* The row's event time (the newest event applied to it) and when the writer
+ * applied it; 0 for a NULL table or row. The same values as the
+ * larder_read_result of the read that filled the buffer. */
+int64_t larder_row_event_time_ms(const larder_table* table, const void* row);
+int64_t larder_row_apply_unix_ns(const larder_table* table, const void* row);
+/* The row's key: its length into *key_len (when key_len != NULL) and its
+ * bytes into buf (not NUL-terminated). LARDER_E_OK; LARDER_E_NO_SPACE when
+ * buflen is less than the key's length (*key_len receives it, buf is left
+ * alone: call again with a larger buffer; the key never exceeds the table's
+ * key_max_len); LARDER_E_CORRUPT when the buffer's stored key length is 0 or
+ * above the table's key_max_len (not a row a read returned);
+ * LARDER_E_INVALID_ARGUMENT for a NULL table or row, or a NULL buf with
+ * buflen > 0. */
+int larder_row_key(const larder_table* table, const void* row, char* buf, size_t buflen, size_t* key_len);
 
 /* The name of a read status: "ok", "not_found", "stale", "busy",
  * "invalid_key", "corrupt" (the LARDER_* constant without its prefix, in lower case);
@@ -234,14 +393,19 @@ int larder_gather(const larder_table* table, const char* key_bytes, size_t key_l
 
 /* Where things sit in a row buffer filled by larder_get, so that a binding
  * can decode a whole row with one unpack instead of one call per field. Byte
- * offsets from the start of the buffer; fixed for an open table. The buffer
- * starts with event_time_ms (int64, offset 0), apply_unix_ns (offset 8) and
- * the key length (uint32, offset 16), then the validity bitmap: bit f % 64
+ * offsets from the start of the buffer; fixed for an open table. Bit f % 64
  * of the little-endian uint64 at larder_row_validity_offset() + 8 * (f / 64)
- * is field f's validity. UINT32_MAX for a field out of range, or when out
- * of memory (these functions allocate; call them at start-up). */
+ * is field f's validity; a field's value starts at larder_row_field_offset()
+ * (a string: uint32 length, then its bytes). UINT32_MAX for a NULL table, a
+ * field out of range, or when out of memory (these functions allocate; call
+ * them at start-up).
+ *
+ * Deprecated since 1.1: larder_row_key_offset and reading the event time,
+ * apply time or key length at fixed offsets (0, 8, 16). Use
+ * larder_row_event_time_ms, larder_row_apply_unix_ns and larder_row_key,
+ * which check the stored key length. */
 uint32_t larder_row_validity_offset(const larder_table* table);
-uint32_t larder_row_key_offset(const larder_table* table);
+uint32_t larder_row_key_offset(const larder_table* table) LARDER_DEPRECATED("larder_row_key");
 uint32_t larder_row_field_offset(const larder_table* table, uint32_t field);
 
 /* larder_get with the result through a pointer and the status returned, for

@@ -23,9 +23,18 @@ from . import _native
 __version__ = "0.1.0"
 
 
-def open(name, dir=None):  # noqa: A001 - mirrors larder_open
-    """Maps the segment ``name`` in ``dir`` (default /dev/shm) read-only."""
-    return Segment(name, dir)
+def open(name, dir=None, max_retries=0, expected_schema_fingerprint=0):  # noqa: A001 - mirrors larder_open
+    """Maps the segment ``name`` in ``dir`` (default /dev/shm) read-only.
+    max_retries: seqlock retries on one slot before a read returns BUSY (0:
+    the library's default, 256). expected_schema_fingerprint: when non-zero,
+    SchemaMismatchError unless the segment has that schema."""
+    return Segment(name, dir, max_retries, expected_schema_fingerprint)
+
+
+def abi_version():
+    """The C ABI version of the loaded liblarder, (major, minor)."""
+    v = _native.larder_version()
+    return (v >> 16, v & 0xFFFF)
 
 
 def now_unix_ms():
@@ -38,8 +47,8 @@ def library_path():
     return _native.path
 
 
-__all__ = ["open", "now_unix_ms", "library_path", "Segment", "SyncState", "SegmentState", "ConnectionState", "Table",
-           "Row", "Batch", "Field", "FieldType", "Status", "LarderError", "InvalidArgumentError", "NotFoundError",
-           "FieldNotFoundError", "NoValueError", "PermissionDeniedError",
+__all__ = ["open", "abi_version", "now_unix_ms", "library_path", "Segment", "SyncState", "SegmentState",
+           "ConnectionState", "Table", "Row", "Batch", "Field", "FieldType", "Status", "LarderError",
+           "InvalidArgumentError", "NotFoundError", "FieldNotFoundError", "NoValueError", "PermissionDeniedError",
            "VersionMismatchError", "SchemaMismatchError", "NotReadyError", "CorruptError", "WriterLockedError",
            "NoSpaceError", "LarderSystemError"]

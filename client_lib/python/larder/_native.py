@@ -45,6 +45,38 @@ class Position(ctypes.Structure):
                 ("target", ctypes.c_uint64), ("first_retained", ctypes.c_uint64)]
 
 
+class OpenOptions(ctypes.Structure):
+    _fields_ = [("size", c_uint32), ("max_retries", c_uint32), ("dir", c_char_p),
+                ("expected_schema_fingerprint", ctypes.c_uint64), ("abi_version", c_uint32),
+                ("reserved", c_uint32)]
+
+
+class SegmentStats(ctypes.Structure):
+    _fields_ = [("size", c_uint32), ("state", c_uint32), ("connection", c_uint32), ("layout_version", c_uint32),
+                ("schema_fingerprint", ctypes.c_uint64), ("segment_bytes", ctypes.c_uint64),
+                ("generation", ctypes.c_uint64), ("writer_pid", ctypes.c_uint64), ("heartbeat_age_ms", c_int64),
+                ("writer_sessions", ctypes.c_uint64), ("repaired_slots", ctypes.c_uint64),
+                ("updates_applied", ctypes.c_uint64), ("messages_rejected", ctypes.c_uint64),
+                ("last_apply_unix_ns", c_int64), ("created_unix_ns", c_int64), ("sync_state", c_int32),
+                ("table_count", c_uint32)]
+
+
+class TableStats(ctypes.Structure):
+    _fields_ = [("size", c_uint32), ("aggregates", c_uint32), ("capacity", ctypes.c_uint64),
+                ("slot_count", ctypes.c_uint64), ("live_keys", ctypes.c_uint64), ("tombstones", ctypes.c_uint64),
+                ("upserts", ctypes.c_uint64), ("deletes", ctypes.c_uint64), ("stale_ignored", ctypes.c_uint64),
+                ("full_rejected", ctypes.c_uint64), ("last_apply_unix_ns", c_int64),
+                ("max_event_time_ms", c_int64), ("aggregate_events", ctypes.c_uint64),
+                ("late_dropped", ctypes.c_uint64), ("duplicates", ctypes.c_uint64),
+                ("dedup_evictions", ctypes.c_uint64), ("refreshes", ctypes.c_uint64),
+                ("aggregate_clock_ms", c_int64)]
+
+
+# The C ABI this package is written against (larder.h LARDER_ABI_VERSION):
+# larder_open_ex refuses a library older than that.
+ABI_VERSION = (1 << 16) | 1
+NO_FIELD = 0xFFFFFFFF
+
 POSITION_HAS_NEXT = 1
 POSITION_HAS_TARGET = 2
 POSITION_HAS_FIRST_RETAINED = 4
@@ -89,6 +121,9 @@ path = _load()
 # microsecond and releasing and retaking the GIL would cost more than the read.
 lib = ctypes.CDLL(path)
 fast = ctypes.PyDLL(path)
+if not hasattr(lib, "larder_open_ex"):
+    raise OSError("%s implements larder C ABI 1.0; this package needs 1.1 (larder_open_ex): rebuild or "
+                  "upgrade liblarder" % path)
 
 
 def _declare(handle, name, restype, *argtypes):
@@ -101,7 +136,24 @@ def _declare(handle, name, restype, *argtypes):
 seg_p = c_void_p
 tab_p = c_void_p
 
-larder_open = _declare(lib, "larder_open", c_int, c_char_p, c_char_p, POINTER(c_void_p), c_char_p, c_size_t)
+larder_version = _declare(lib, "larder_version", c_uint32)
+larder_open_ex = _declare(lib, "larder_open_ex", c_int, c_char_p, POINTER(OpenOptions), POINTER(c_void_p),
+                          c_char_p, c_size_t)
+larder_segment_stats = _declare(lib, "larder_segment_stats", c_int, seg_p, POINTER(SegmentStats))
+larder_segment_table_name = _declare(lib, "larder_segment_table_name", c_int, seg_p, c_uint32, c_char_p, c_size_t,
+                                     POINTER(c_size_t))
+larder_table_stats = _declare(lib, "larder_table_stats", c_int, c_void_p, POINTER(TableStats))
+larder_field_lookup = _declare(lib, "larder_field_lookup", c_int, c_void_p, c_char_p, POINTER(c_uint32))
+# Row accessors: a few nanoseconds in the library, so they keep the GIL, and
+# are called without argtypes (as larder_get_into_raw below): callers pass
+# the table as a c_void_p, the row as its ctypes array, buffers as ctypes
+# objects and small ints, which ctypes passes without conversion objects.
+larder_row_event_time_ms = fast["larder_row_event_time_ms"]
+larder_row_event_time_ms.restype = c_int64
+larder_row_apply_unix_ns = fast["larder_row_apply_unix_ns"]
+larder_row_apply_unix_ns.restype = c_int64
+larder_row_key = fast["larder_row_key"]
+larder_row_key.restype = c_int
 larder_close = _declare(lib, "larder_close", None, seg_p)
 larder_segment_stat = _declare(lib, "larder_segment_stat", SegmentInfo, seg_p)
 larder_writer_alive = _declare(lib, "larder_writer_alive", c_int, seg_p, c_int64)
@@ -115,7 +167,6 @@ larder_table_row_bytes = _declare(lib, "larder_table_row_bytes", c_size_t, tab_p
 larder_table_field_count = _declare(lib, "larder_table_field_count", c_uint32, tab_p)
 larder_table_field = _declare(lib, "larder_table_field", FieldInfo, tab_p, c_uint32)
 larder_row_validity_offset = _declare(lib, "larder_row_validity_offset", c_uint32, tab_p)
-larder_row_key_offset = _declare(lib, "larder_row_key_offset", c_uint32, tab_p)
 larder_row_field_offset = _declare(lib, "larder_row_field_offset", c_uint32, tab_p, c_uint32)
 larder_status_name = _declare(lib, "larder_status_name", c_char_p, c_int32)
 larder_error_name = _declare(lib, "larder_error_name", c_char_p, c_int)

@@ -3,20 +3,32 @@
 Threading: a Segment and its Tables may be shared by every thread of a
 process; each read returns new objects (a Row owns its buffer, a Batch its
 arrays), so nothing is shared between calls. Batch reads release the GIL
-while they run. Do not close a table while another thread reads it.
+while they run. A read that runs while another thread closes the table
+finishes first: the library's table handle is released when the last
+Table or Row that holds it goes.
+
+Processes: objects made before fork() keep working in the child (the
+mapping is inherited read-only; every handle is process-local memory). A
+Segment, Table, Row or Batch sent to another process (a spawn-started
+worker, a ProcessPoolExecutor argument or result) is pickled by name: the
+receiver maps the segment again with the same options.
 """
 
 import ctypes
 import enum
 import os
 import struct
+import threading
 import time
+import weakref
 
 import numpy as np
 
 from . import _native as _n
 from .errors import (FieldNotFoundError, InvalidArgumentError, LarderError, NoValueError, NotFoundError,
                      from_code)
+
+_E_NO_SPACE = 9  # LARDER_E_NO_SPACE
 
 
 class _NamedEnum(enum.IntEnum):
@@ -131,7 +143,8 @@ def _decoder(ftype, count, offset):
 _address = ctypes.addressof
 _char_view = ctypes.c_char.from_buffer
 
-_I64 = struct.Struct("<q").unpack_from
+_row_event_time = _n.larder_row_event_time_ms
+_row_apply_time = _n.larder_row_apply_unix_ns
 _U64 = struct.Struct("<Q").unpack_from
 _U32 = struct.Struct("<I").unpack_from
 
@@ -154,13 +167,17 @@ class Row:
     row's own copy, not of shared memory).
     """
 
-    __slots__ = ("_table", "_buf", "key", "status")
+    __slots__ = ("_table", "_handle", "_buf", "key", "status")
 
-    def __init__(self, table, key, buf, status):
+    def __init__(self, table, key, buf, status, handle):
         self._table = table
+        self._handle = handle  # the _Handle the row was read through; keeps it open
         self.key = key
         self._buf = buf
         self.status = _STATUSES[status]
+
+    def __reduce__(self):
+        return _row_from_bytes, (self._table, self.key, bytes(self._buf), int(self.status))
 
     @property
     def found(self):
@@ -174,20 +191,41 @@ class Row:
     def __bool__(self):
         return self.status == 0 or self.status == 2
 
+    # The times and the key come from the library's row accessors, which own
+    # the row layout; the status test is inlined (found), these are per-row.
     @property
     def event_time_ms(self):
         """Event time the producer stamped on the newest update (None when not found)."""
-        return _I64(self._buf, 0)[0] if self.found else None
+        s = self.status
+        return _row_event_time(self._handle.ptr, self._buf) if s == 0 or s == 2 else None
 
     @property
     def apply_unix_ns(self):
         """When the writer applied it (None when not found)."""
-        return _I64(self._buf, 8)[0] if self.found else None
+        s = self.status
+        return _row_apply_time(self._handle.ptr, self._buf) if s == 0 or s == 2 else None
 
     @property
     def age_ms(self):
         """Age of the data: now - event time, in ms (None when not found)."""
-        return _now_ms() - _I64(self._buf, 0)[0] if self.found else None
+        s = self.status
+        return _now_ms() - _row_event_time(self._handle.ptr, self._buf) if s == 0 or s == 2 else None
+
+    @property
+    def stored_key(self):
+        """The key as the row stores it (bytes; None when not found). CorruptError
+        when the stored length is outside the table's schema."""
+        if not self.found:
+            return None
+        buf = ctypes.create_string_buffer(64)
+        n = ctypes.c_size_t()
+        code = _n.larder_row_key(self._handle.ptr, self._buf, buf, 64, ctypes.byref(n))
+        if code == _E_NO_SPACE:
+            buf = ctypes.create_string_buffer(n.value)
+            code = _n.larder_row_key(self._handle.ptr, self._buf, buf, n.value, ctypes.byref(n))
+        if code != 0:
+            raise from_code(code, "table %r: the row's stored key length is outside the schema" % self._table.name)
+        return buf.raw[:n.value]
 
     def valid(self, name):
         """True when the row holds a value for field ``name``. FieldNotFoundError
@@ -311,6 +349,9 @@ class Batch:
             self._vectors = v
         return v
 
+    def __reduce__(self):
+        return Batch, (self.keys, _PlanShape(self._plan), self._raw, self._n)
+
     def __len__(self):
         return self._n
 
@@ -379,20 +420,31 @@ class Segment:
     SchemaMismatchError, NotReadyError, CorruptError, InvalidArgumentError.
     """
 
-    def __init__(self, name, dir=None):
+    def __init__(self, name, dir=None, max_retries=0, expected_schema_fingerprint=0):
         if not isinstance(name, (str, bytes)):
             raise TypeError("larder.open(name, dir=None): name is a str, not %s" % type(name).__name__)
         self.name = name
         self.dir = dir or "/dev/shm"
+        self._options = (max_retries, expected_schema_fingerprint)
+        opts = _n.OpenOptions()
+        opts.size = ctypes.sizeof(opts)
+        opts.dir = _bytes(self.dir)
+        opts.max_retries = max_retries
+        opts.expected_schema_fingerprint = expected_schema_fingerprint
+        opts.abi_version = _n.ABI_VERSION
         handle = ctypes.c_void_p()
         err = ctypes.create_string_buffer(4096)
-        code = _n.larder_open(_bytes(name), _bytes(self.dir), ctypes.byref(handle), err, len(err))
+        code = _n.larder_open_ex(_bytes(name), ctypes.byref(opts), ctypes.byref(handle), err, len(err))
         if code == NotFoundError.code:
             raise NotFoundError(_no_segment_message(name, self.dir), code)
         if code != 0:
             raise _error(code, err)
         self._handle = handle
         self._tables = {}
+
+    def __reduce__(self):
+        # A handle is an address in this process: another one maps the segment again.
+        return _reopen_segment, (self.name, self.dir) + self._options
 
     def table(self, name):
         """The table ``name`` (cached). NotFoundError names the tables there are."""
@@ -403,13 +455,35 @@ class Segment:
         return t
 
     def info(self):
-        """Segment state (SegmentState), writer pid, heartbeat age, connection
-        (ConnectionState), counters (a dict)."""
-        s = _n.larder_segment_stat(self._live())
-        info = {f: getattr(s, f) for f, _ in s._fields_ if f != "reserved"}
+        """Everything the segment header says (a dict): state (a SegmentState),
+        connection (a ConnectionState), layout_version, schema_fingerprint,
+        segment_bytes, generation, writer_pid, heartbeat_age_ms,
+        writer_sessions, repaired_slots, updates_applied, messages_rejected,
+        last_apply_unix_ns, created_unix_ns, sync_state (a SyncState),
+        table_count."""
+        s = _n.SegmentStats()
+        s.size = ctypes.sizeof(s)
+        code = _n.larder_segment_stats(self._live(), ctypes.byref(s))
+        if code != 0:
+            raise from_code(code, "larder_segment_stats failed")
+        info = {f: getattr(s, f) for f, _ in s._fields_ if f != "size"}
         info["state"] = _enum_or_int(SegmentState, info["state"])
         info["connection"] = _enum_or_int(ConnectionState, info["connection"])
+        info["sync_state"] = _enum_or_int(SyncState, info["sync_state"])
         return info
+
+    @property
+    def table_names(self):
+        """The segment's tables, in schema order."""
+        handle = self._live()
+        names = []
+        buf = ctypes.create_string_buffer(256)
+        n = ctypes.c_size_t()
+        i = 0
+        while _n.larder_segment_table_name(handle, i, buf, len(buf), ctypes.byref(n)) == 0:
+            names.append(buf.value.decode("utf-8", "replace"))
+            i += 1
+        return names
 
     def writer_alive(self, max_heartbeat_age_ms=1000):
         """True when a writer is attached and its heartbeat is younger than the bound."""
@@ -504,6 +578,7 @@ class Table:
                                 code)
         if code != 0:
             raise _error(code, err)
+        self._h = _Handle(handle)
         self._handle = handle
         self.row_bytes = _n.larder_table_row_bytes(handle)
         self._row_type = ctypes.c_char * self.row_bytes
@@ -552,11 +627,32 @@ class Table:
         buf = self._row_type()
         if not 0 <= max_age_ms < _INT_LIMIT:
             max_age_ms = ctypes.c_int64(max_age_ms)
-        handle = self._handle
-        if handle is None:
+        h = self._h  # held for the call: a close() meanwhile cannot free it
+        if h is None:
             raise InvalidArgumentError("table %r is closed" % self.name)
-        status = self._get_into(handle, k, len(k), buf, max_age_ms, None)
-        return Row(self, key, buf, status)
+        status = self._get_into(h.ptr, k, len(k), buf, max_age_ms, None)
+        return Row(self, key, buf, status, h)
+
+    def stats(self):
+        """Counters and freshness (a dict): capacity, slot_count, live_keys,
+        tombstones, upserts, deletes, stale_ignored, full_rejected,
+        last_apply_unix_ns, max_event_time_ms and the aggregate counters."""
+        h = self._live()
+        s = _n.TableStats()
+        s.size = ctypes.sizeof(s)
+        code = _n.larder_table_stats(h.ptr, ctypes.byref(s))
+        if code != 0:
+            raise from_code(code, "larder_table_stats failed")
+        return {f: getattr(s, f) for f, _ in s._fields_ if f != "size"}
+
+    def __reduce__(self):
+        return _table_of, (self.segment, self.name)
+
+    def _live(self):
+        h = self._h
+        if h is None:
+            raise InvalidArgumentError("table %r is closed" % self.name)
+        return h
 
     def get_many(self, keys, fields=None, max_age_ms=0, missing=float("nan")):
         """Reads a batch of keys into NumPy arrays in one pass (see Batch).
@@ -574,11 +670,10 @@ class Table:
             plan = self._plan(fields)
         if keys.__class__ is str or keys.__class__ is bytes:
             raise InvalidArgumentError("keys is a list of keys, not one key: use get(), or [key]")
-        if self._handle is None:
-            raise InvalidArgumentError("table %r is closed" % self.name)
+        h = self._live()
         n = len(keys)
         if plan.strings:
-            return self._get_rows(keys, n, plan, max_age_ms, missing)
+            return self._get_rows(h, keys, n, plan, max_age_ms, missing)
         key_buf, offsets, width = _pack_keys(keys, n, self)
         # One allocation for every output: float64 values, int64 event
         # times, float32 vectors, int32 statuses, in that order (aligned).
@@ -589,24 +684,24 @@ class Table:
             key_ptr = _address(_char_view(key_buf)) if key_buf.flags.writeable and key_len else key_buf.ctypes.data
         else:
             key_ptr, key_len = key_buf, len(key_buf)
-        code = self._gather(key_ptr, key_len, offsets, width, n, plan, base, missing, max_age_ms)
+        code = self._gather(h, key_ptr, key_len, offsets, width, n, plan, base, missing, max_age_ms)
         if code != 0 and offsets is None and width == 0:
             # A key holds a NUL byte: pass explicit offsets instead.
             key_buf, offsets = _pack_offsets(keys, n, self)
-            code = self._gather(key_buf, len(key_buf), offsets, 0, n, plan, base, missing, max_age_ms)
+            code = self._gather(h, key_buf, len(key_buf), offsets, 0, n, plan, base, missing, max_age_ms)
         if code != 0:
             raise from_code(code, "larder_gather refused its arguments (table %r)" % self.name)
         return Batch(keys, plan, raw, n)
 
-    def _gather(self, key_ptr, key_len, offsets, width, n, plan, base, missing, max_age_ms):
+    def _gather(self, h, key_ptr, key_len, offsets, width, n, plan, base, missing, max_age_ms):
         ncols = plan.ncols
         at_vectors = base + 8 * n * ncols + 8 * n
-        return _n.larder_gather(self._handle, key_ptr, key_len, None if offsets is None else offsets.ctypes.data,
+        return _n.larder_gather(h.ptr, key_ptr, key_len, None if offsets is None else offsets.ctypes.data,
                                 width, n, plan.scalar_ptr, ncols, base, missing,
                                 plan.vector_ptr, plan.nvector, at_vectors if plan.nvector else None, missing,
                                 at_vectors + 4 * n * plan.dims, base + 8 * n * ncols, max_age_ms)
 
-    def _get_rows(self, keys, n, plan, max_age_ms, missing):
+    def _get_rows(self, h, keys, n, plan, max_age_ms, missing):
         """get_many with string fields: each key's row read once (a
         consistent copy, as get() reads it), every column taken from it."""
         if isinstance(keys, np.ndarray):
@@ -619,7 +714,7 @@ class Table:
         rows = np.zeros((max(n, 1), stride), dtype=np.uint8)
         base = _address(_char_view(rows))
         status = np.empty(n, dtype=np.int32)
-        get_into, handle = _n.larder_get_into, self._handle
+        get_into, handle = _n.larder_get_into, h.ptr
         for i, k in enumerate(keys_list):
             status[i] = get_into(handle, k, len(k), base + i * stride, max_age_ms, None)
         rows = rows[:n]
@@ -675,19 +770,76 @@ class Table:
         return plan
 
     def close(self):
-        """Idempotent. Rows and batches already returned stay readable."""
-        if self._handle is not None:
-            _n.larder_table_close(self._handle)
-            self._handle = None
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
+        """Idempotent. Rows and batches already returned stay readable (a Row
+        keeps the library's table handle, and with it the mapping, until it
+        goes)."""
+        self._h = None
+        self._handle = None
 
     def __repr__(self):
         return "Table(%r, fields=%r)" % (self.name, list(self.fields))
+
+
+class _Handle:
+    """Owns one larder_table*: closed when the last Table or Row holding it goes."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+    def __del__(self, _close=_n.larder_table_close):
+        if self.ptr is not None:
+            _close(self.ptr)
+            self.ptr = None
+
+
+# Segments unpickled in this process, by name, dir and options: the results
+# of many worker calls share one mapping instead of one each.
+_reopened = weakref.WeakValueDictionary()
+_reopened_lock = threading.Lock()
+
+
+def _after_fork_in_child():
+    # A thread of the parent may have held the lock at fork(): it never
+    # releases it in the child.
+    global _reopened_lock
+    _reopened_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _reopen_segment(name, dir, max_retries, expected_schema_fingerprint):
+    key = (name, dir, max_retries, expected_schema_fingerprint)
+    with _reopened_lock:
+        seg = _reopened.get(key)
+        if seg is None or seg._handle is None:
+            seg = Segment(name, dir, max_retries, expected_schema_fingerprint)
+            _reopened[key] = seg
+        return seg
+
+
+def _table_of(segment, name):
+    return segment.table(name)
+
+
+def _row_from_bytes(table, key, raw, status):
+    buf = table._row_type.from_buffer_copy(raw)
+    return Row(table, key, buf, status, table._live())
+
+
+class _PlanShape:
+    """The parts of a _Plan a Batch reads, without the index arrays and
+    their addresses (which mean nothing in another process)."""
+
+    def __init__(self, plan):
+        self.columns = plan.columns
+        self.column_index = plan.column_index
+        self.ncols = plan.ncols
+        self.nvector = plan.nvector
+        self.vectors = plan.vectors
+        self.dims = plan.dims
 
 
 class _Plan:

@@ -289,3 +289,33 @@ def test_library_search_order(monkeypatch):
     assert paths[0] == "/nonexistent/liblarder.so" and names[0] == "liblarder.so"
     assert paths[1].endswith(os.path.join("larder", "liblarder.so"))
     assert os.path.exists(larder.library_path())
+
+
+def test_open_options_and_stats(demo):
+    seg = larder.open("demo", demo)
+    info = seg.info()
+    assert info["state"] == 1 and info["table_count"] == 2 and info["writer_pid"] == 0
+    assert info["segment_bytes"] > 0 and info["writer_sessions"] >= 1 and info["created_unix_ns"] > 0
+    assert info["sync_state"] == larder.SyncState.UNKNOWN
+    assert seg.table_names == ["users", "items"]
+    fp = info["schema_fingerprint"]
+    assert larder.open("demo", demo, expected_schema_fingerprint=fp).table("users").get("u000001").ok
+    with pytest.raises(larder.SchemaMismatchError, match="%016x" % (fp ^ 1)):
+        larder.open("demo", demo, expected_schema_fingerprint=fp ^ 1)
+    assert larder.open("demo", demo, max_retries=1).table("users").get("u000002").ok
+    assert larder.abi_version() == (1, 1)
+
+    users = seg.table("users")
+    st = users.stats()
+    assert st["capacity"] == 20000 and st["live_keys"] == 500 and st["tombstones"] == 0
+    assert st["slot_count"] >= st["capacity"] and st["upserts"] >= 500
+    now = larder.now_unix_ms()
+    assert 0 < st["max_event_time_ms"] <= now and 0 < st["last_apply_unix_ns"] // 1_000_000 <= now
+    row = users.get("u000042")
+    assert row.stored_key == b"u000042" and row.event_time_ms > 0 and row.apply_unix_ns > 0
+    assert users.get("u999999").stored_key is None
+    seg.close()
+    with pytest.raises(larder.InvalidArgumentError, match="closed"):
+        users.stats()
+    # A row read before close keeps its table handle: its values and times stay readable.
+    assert row.stored_key == b"u000042" and row["clicks_1h"] == user(42)["clicks_1h"]
