@@ -32,6 +32,7 @@
 #include "support/aggregate_reference.h"
 #include "support/process.h"
 #include "support/progress.h"
+#include "support/recount.h"
 #include "support/test_segment.h"
 
 namespace larder::aggregate_test {
@@ -1203,6 +1204,8 @@ TEST(AggregateCrash, KilledWriterRepairsAndReplaysExactlyOnce) {
 
     h.open_writer();  // repairs
     repaired += h.writer().repaired_slots();
+    ASSERT_LE(h.writer().attach_report().slots_visited, 1u) << "iteration " << it;
+    ASSERT_TRUE(larder::testing::counters_match_recount(h.writer().path(), h.segment().name())) << "iteration " << it;
     h.set_label("crash it=" + std::to_string(it) + " step=" + std::to_string(next));
     if (next < end) {
       // Repaired: every key (plain fields and aggregates together) is as
