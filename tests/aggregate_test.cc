@@ -32,6 +32,7 @@
 #include "support/aggregate_reference.h"
 #include "support/process.h"
 #include "support/progress.h"
+#include "support/recount.h"
 #include "support/test_segment.h"
 
 namespace larder::aggregate_test {
@@ -1011,6 +1012,40 @@ TEST(AggregateDecay, BudgetedRefreshCatchesUp) {
 // ---------------------------------------------------------------------------
 // 3. Restart: close and reopen warm.
 
+// A reopened writer does not read the keys' due times when it opens (open
+// visits no slot); refresh() gathers them a slice per call (4 slots per key
+// of its budget) and refresh_due() stays true until it has. With a budget of
+// 7 and a reopen before every step, every key still decays with the
+// reference.
+TEST(AggregateRestart, ReopenedWriterGathersDueTimesAsItRefreshes) {
+  std::vector<std::string> keys;
+  for (int i = 0; i < 40; ++i) keys.push_back("key:" + std::to_string(i));
+  Harness h(decay_table(), "decay-reopen", 0, keys);
+  for (int i = 0; i < 40; ++i) {
+    for (int j = 0; j < 3; ++j) {
+      const int64_t te = kBaseMs + 37 * i + 400 * j;
+      h.run(event(keys[i], te, kBaseMs + 1500, {{0, static_cast<double>(i + j)}}, "r" + std::to_string(i * 3 + j)));
+    }
+  }
+  ASSERT_EQ(h.check(), 0);
+  uint64_t rewritten = 0;
+  for (int64_t t : {kBaseMs + 2000, kBaseMs + 4000, kBaseMs + 4999, kBaseMs + 10'000, kBaseMs + 11'000}) {
+    h.close_writer();
+    h.open_writer();
+    ASSERT_EQ(h.writer().attach_report().slots_visited, 0u);
+    ASSERT_TRUE(h.writer().refresh_due()) << "the due times are not gathered yet";
+    h.ref().refresh(ns(t));
+    int calls = 0;
+    while (h.writer().refresh_due()) {
+      rewritten += h.writer().refresh(ns(t), 7);
+      ASSERT_LT(++calls, 100) << "refresh(budget 7) never finishes";
+    }
+    ASSERT_GT(calls, 1) << "a budget of 7 covers 28 slots per call: the gathering takes several";
+    ASSERT_EQ(h.check(false), 0) << "at base+" << t - kBaseMs;
+  }
+  EXPECT_GT(rewritten, 40u);
+}
+
 TEST(AggregateRestart, WarmReopenContinuesAggregatesAndDedup) {
   const uint64_t seed = seed_for("AggregateRestart");
   std::vector<std::string> keys = stream_keys();
@@ -1203,6 +1238,8 @@ TEST(AggregateCrash, KilledWriterRepairsAndReplaysExactlyOnce) {
 
     h.open_writer();  // repairs
     repaired += h.writer().repaired_slots();
+    ASSERT_LE(h.writer().attach_report().slots_visited, 1u) << "iteration " << it;
+    ASSERT_TRUE(larder::testing::counters_match_recount(h.writer().path(), h.segment().name())) << "iteration " << it;
     h.set_label("crash it=" + std::to_string(it) + " step=" + std::to_string(next));
     if (next < end) {
       // Repaired: every key (plain fields and aggregates together) is as

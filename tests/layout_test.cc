@@ -60,7 +60,7 @@ TEST(Layout, SegmentHeaderOffsets) {
   EXPECT_EQ(offsetof(SegmentHeader, journal_offset), 224u);
   EXPECT_EQ(offsetof(SegmentHeader, journal_capacity), 232u);
   EXPECT_EQ(offsetof(SegmentHeader, source_offset), 240u);
-  EXPECT_EQ(offsetof(SegmentHeader, reserved), 248u);
+  EXPECT_EQ(offsetof(SegmentHeader, counters_session), 248u);
 }
 
 TEST(Layout, SourceBlockOffsets) {
@@ -103,6 +103,12 @@ TEST(Layout, DescriptorOffsets) {
   EXPECT_EQ(offsetof(TableDescriptor, dedup_horizon_ms), 256u);
   EXPECT_EQ(offsetof(TableDescriptor, dedup_capacity), 264u);
   EXPECT_EQ(offsetof(TableDescriptor, aggregate_counters), 272u);
+  // The count record took three of the reserved words: same size, same
+  // offsets, so segments of either build open in the other.
+  EXPECT_EQ(offsetof(TableDescriptor, count_armed), 336u);
+  EXPECT_EQ(offsetof(TableDescriptor, count_live), 344u);
+  EXPECT_EQ(offsetof(TableDescriptor, count_tombstones), 352u);
+  EXPECT_EQ(offsetof(TableDescriptor, reserved1), 360u);
   EXPECT_EQ(sizeof(AggregateDescriptor), 128u);
   EXPECT_EQ(offsetof(AggregateDescriptor, fn), 64u);
   EXPECT_EQ(offsetof(AggregateDescriptor, end), 68u);

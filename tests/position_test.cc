@@ -27,6 +27,7 @@
 #include "support/aggregate_reference.h"
 #include "support/process.h"
 #include "support/progress.h"
+#include "support/recount.h"
 #include "support/test_segment.h"
 
 namespace larder {
@@ -227,6 +228,7 @@ const char* point_name(CrashPoint p) {
     case CrashPoint::kSeqEven: return "seq_even";
     case CrashPoint::kJournal: return "journal";
     case CrashPoint::kPosition: return "position";
+    case CrashPoint::kCounts: return "counts";
   }
   return "?";
 }
@@ -245,9 +247,9 @@ TEST(Positions, KilledAtEveryKindOfCrashPointTheStoredPositionDescribesTheTable)
 
   ScratchSegment seg;
   testing::Children kids;
-  static constexpr CrashPoint kKinds[] = {CrashPoint::kPosition, CrashPoint::kJournal,        CrashPoint::kMidPayload,
-                                          CrashPoint::kSeqEven,  CrashPoint::kPayloadWritten, CrashPoint::kSeqOdd,
-                                          CrashPoint::kUndoArmed};
+  static constexpr CrashPoint kKinds[] = {CrashPoint::kPosition,  CrashPoint::kJournal,        CrashPoint::kMidPayload,
+                                          CrashPoint::kSeqEven,   CrashPoint::kPayloadWritten, CrashPoint::kSeqOdd,
+                                          CrashPoint::kUndoArmed, CrashPoint::kCounts};
   size_t last_covered = 0;
   int positions_moved = 0;
   for (int it = 0; it < iterations; ++it) {
@@ -272,6 +274,9 @@ TEST(Positions, KilledAtEveryKindOfCrashPointTheStoredPositionDescribesTheTable)
     {
       auto w = Writer::open(seg.name(), schema, seg.writer_options());
       p = w->position(0);
+      ASSERT_LE(w->attach_report().slots_visited, 1u) << "iteration " << it;
+      ASSERT_TRUE(testing::counters_match_recount(w->path(), seg.name()))
+          << "iteration " << it << ", killed at " << point_name(g_kill_point);
     }
     if (p) {
       ASSERT_GE(p->next_offset, kFirstOffset);

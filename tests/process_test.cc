@@ -31,6 +31,7 @@
 #include "larder/layout/segment_file.h"
 #include "support/derived_rows.h"
 #include "support/progress.h"
+#include "support/recount.h"
 #include "support/test_segment.h"
 
 namespace larder {
@@ -225,6 +226,11 @@ int crash_countdown = 0;  // set before fork, counted down in the writer child
 void crash_after_countdown(CrashPoint) {
   if (--crash_countdown == 0) ::raise(SIGKILL);
 }
+// Kills the writer at the Nth count record crash point: between the record
+// being armed and the counters it guards being stored.
+void crash_at_counts(CrashPoint point) {
+  if (point == CrashPoint::kCounts && --crash_countdown == 0) ::raise(SIGKILL);
+}
 // Kills the writer the first time it reaches kPayloadWritten: seq is odd
 // there, so the next writer certainly has a slot to repair.
 void crash_with_seq_odd(CrashPoint point) {
@@ -233,12 +239,19 @@ void crash_with_seq_odd(CrashPoint point) {
 
 // SIGKILL the writer at random points, many times. Readers must never hang or
 // read a torn row; each restarted writer repairs; nothing the writer
-// acknowledged (upsert returned) is lost; after replaying what was in flight
-// the table equals the model.
+// acknowledged (upsert returned) is lost; the counters equal a full recount
+// after every restart (the writer does not recount: it repairs what was in
+// flight); after replaying what was in flight the table equals the model.
+// Besides the keys the readers check, the writer inserts, deletes and
+// reclaims churn keys, so that kills land in writes that change the counters.
 TEST(Processes, CrashInjection) {
   testing::Children kids;
   ScratchSegment seg;
   constexpr uint64_t kKeys = 128;
+  constexpr uint64_t kChurnKeys = 64;
+  WriterOptions opts;
+  opts.tombstone_retention_ms = 0;  // maintain() reclaims tombstones at once
+  auto open_writer = [&] { return open_derived(seg, kKeys + kChurnKeys, opts); };
   const uint64_t seed = testing::test_seed("CrashInjection");
   const int iterations = testing::crash_iterations(25);
   ASSERT_GE(iterations, 2)
@@ -246,12 +259,13 @@ TEST(Processes, CrashInjection) {
       << " refused: at least 10 (fewer with LARDER_CRASH_ITERATIONS_REDUCED=1), never fewer than 2";
   std::mt19937_64 rng(seed);
 
-  auto* attempted = shared_array<std::atomic<int64_t>>(kKeys);  // written before upsert
-  auto* acked = shared_array<std::atomic<int64_t>>(kKeys);      // written after upsert returned
+  auto* attempted = shared_array<std::atomic<int64_t>>(kKeys);   // written before upsert
+  auto* acked = shared_array<std::atomic<int64_t>>(kKeys);       // written after upsert returned
+  auto* last_attempted = shared_array<std::atomic<int64_t>>(1);  // the newest event time of any call
   auto* stop = shared_array<std::atomic<bool>>(1);
   auto* report = shared_array<ReaderReport>(1);
   {
-    auto w = open_derived(seg, kKeys);
+    auto w = open_writer();
     for (uint64_t k = 0; k < kKeys; ++k) {
       ASSERT_EQ(testing::write_derived(*w, k, 1), ApplyResult::kApplied);
       attempted[k] = acked[k] = 1;
@@ -262,22 +276,42 @@ TEST(Processes, CrashInjection) {
     readers.push_back(kids.add(
         testing::spawn([&, r] { return reader_process(seg.name(), seg.dir(), kKeys, true, stop, report, seed + r); })));
   }
-  uint64_t repaired_total = 0;
+  uint64_t repaired_total = 0, counts_redone = 0, at_counts_kills = 0;
   for (int it = 0; it < iterations; ++it) {
     const int64_t base = (it + 1) * 100'000'000LL;
     // Odd iterations kill from inside an update at a random crash point
-    // (whitebox; the first one with seq odd, certainly); even ones at a
-    // random time once the writer has acknowledged an update (blackbox).
+    // (whitebox; the first one with seq odd, certainly; every other one
+    // inside a count record); even ones at a random time once the writer
+    // has acknowledged an update (blackbox).
     const bool whitebox = it % 2 == 1;
-    crash_countdown = 1 + static_cast<int>(rng() % 5000);
+    const bool at_counts = it % 4 == 3;
+    // A write that changes the counters passes four kCounts points: one
+    // before its record is armed, three while it is: the countdown lands on
+    // one of those three, so the restart must finish the record.
+    crash_countdown = at_counts ? 4 * static_cast<int>(rng() % 50) + 2 + static_cast<int>(rng() % 3)
+                                : 1 + static_cast<int>(rng() % 5000);
+    at_counts_kills += at_counts ? 1 : 0;
     const pid_t writer = kids.add(testing::spawn([&] {
-      auto w = open_derived(seg, kKeys);
-      if (whitebox) set_crash_hook(it == 1 ? &crash_with_seq_odd : &crash_after_countdown);
+      auto w = open_writer();
+      if (whitebox) {
+        set_crash_hook(it == 1 ? &crash_with_seq_odd : at_counts ? &crash_at_counts : &crash_after_countdown);
+      }
       for (int64_t c = base;; ++c) {
         const uint64_t k = static_cast<uint64_t>(c) % kKeys;
+        last_attempted->store(c);
         attempted[k].store(c);
         if (testing::write_derived(*w, k, c) != ApplyResult::kApplied) return 3;
         acked[k].store(c);
+        // A churn key: inserted on even calls, deleted on odd ones, its
+        // tombstone reclaimed by maintain().
+        const uint64_t churn = kKeys + (static_cast<uint64_t>(c) / 2 * 7) % kChurnKeys;
+        last_attempted->store(c);
+        if (c % 2 == 0) {
+          testing::write_derived(*w, churn, c);
+        } else {
+          w->remove(0, testing::derived_key(churn), c);
+        }
+        if (c % 16 == 0) w->maintain(kKeys + kChurnKeys);
       }
     }));
     if (!whitebox) {
@@ -295,9 +329,22 @@ TEST(Processes, CrashInjection) {
     }
     ASSERT_EQ(kids.wait(writer), 128 + SIGKILL);
 
-    // Restart: the new writer repairs what the dead one left half-written.
-    auto w = open_derived(seg, kKeys);
+    // Restart: the new writer repairs what the dead one left half-written,
+    // visiting no slot but the one the undo record guards.
+    auto w = open_writer();
     repaired_total += w->repaired_slots();
+    counts_redone += w->attach_report().counts_redone ? 1 : 0;
+    ASSERT_LE(w->attach_report().slots_visited, 1u) << "iteration " << it;
+    ASSERT_FALSE(w->attach_report().full_scan) << "iteration " << it;
+    ASSERT_TRUE(testing::counters_match_recount(w->path(), seg.name())) << "iteration " << it;
+    {
+      const WriterStats st = w->stats(0);
+      auto m = layout::MappedFile::open_read_only(w->path(), seg.name());
+      const auto newest = static_cast<int64_t>(
+          layout::table_descriptor(m->data(), 0).counters.max_event_time_ms.load(std::memory_order_relaxed));
+      ASSERT_LE(newest, last_attempted->load()) << "iteration " << it;
+      ASSERT_GE(st.live_keys, kKeys) << "iteration " << it;
+    }
     Segment s = Segment::open(seg.name(), ClientOptions{seg.dir()});
     Table t = s.table("rows");
     const auto f = testing::DerivedFields::of(t);
@@ -313,8 +360,9 @@ TEST(Processes, CrashInjection) {
   // Replay what may have been in flight (as the broker redelivers unacked
   // messages): then the table equals the model exactly.
   {
-    auto w = open_derived(seg, kKeys);
+    auto w = open_writer();
     for (uint64_t k = 0; k < kKeys; ++k) ASSERT_EQ(testing::write_derived(*w, k, attempted[k]), ApplyResult::kApplied);
+    EXPECT_TRUE(testing::counters_match_recount(w->path(), seg.name()));
     Segment s = Segment::open(seg.name(), ClientOptions{seg.dir()});
     Table t = s.table("rows");
     Row row = t.make_row();
@@ -331,16 +379,114 @@ TEST(Processes, CrashInjection) {
       << "the readers returned no verified row (kBusy is not one)";
   stop->store(true);
   for (pid_t r : readers) EXPECT_EQ(kids.wait(r), 0);
-  std::printf("crash injection: %d kills, %llu slots repaired, %llu reads, %llu busy, max get %.3f ms\n", iterations,
-              static_cast<unsigned long long>(repaired_total), static_cast<unsigned long long>(report->reads.load()),
-              static_cast<unsigned long long>(report->busy.load()), report->max_get_ns.load() / 1e6);
+  std::printf(
+      "crash injection: %d kills, %llu slots repaired, %llu count records redone, %llu reads, %llu busy, "
+      "max get %.3f ms\n",
+      iterations, static_cast<unsigned long long>(repaired_total), static_cast<unsigned long long>(counts_redone),
+      static_cast<unsigned long long>(report->reads.load()), static_cast<unsigned long long>(report->busy.load()),
+      report->max_get_ns.load() / 1e6);
   EXPECT_EQ(report->torn.load(), 0u);
   EXPECT_EQ(report->missing.load(), 0u);
   // Iteration 1 killed the writer with seq odd: the restart repaired it.
   EXPECT_GT(repaired_total, 0u);
+  // Each kill inside a count record left one for the restart to finish.
+  EXPECT_GE(counts_redone, at_counts_kills);
   // A get never waits on a dead writer: the readers returned when told to
   // stop (kids.wait above), and Processes.ReaderGivesUpWithBusyOnASlotLeftMidWrite
   // shows the bound (max_retries).
+}
+
+CrashPoint kill_kind = CrashPoint::kUndoArmed;  // set before fork
+void kill_at_first_of_kind(CrashPoint point) {
+  if (point == kill_kind) ::raise(SIGKILL);
+}
+
+// Opening a segment after a kill reads what was in flight, not the table:
+// the slots it visits (AttachReport::slots_visited, which counts every slot
+// open reads) are at most the one the undo record guards, the same for a
+// table of 1,000 keys and one of 100,000, whatever crash point the previous
+// writer died at; the counters still equal a full recount. A clean reopen
+// visits none. full_check, and a segment whose counters_session says a
+// writer without the count record wrote it last, visit every slot.
+TEST(Processes, OpenAfterAKillVisitsOnlyWhatWasInFlight) {
+  testing::Children kids;
+  static constexpr CrashPoint kKinds[] = {CrashPoint::kCounts,     CrashPoint::kUndoArmed,      CrashPoint::kSeqOdd,
+                                          CrashPoint::kMidPayload, CrashPoint::kPayloadWritten, CrashPoint::kSeqEven};
+  std::vector<std::vector<uint64_t>> visited;
+  for (const uint64_t capacity : {uint64_t{1'000}, uint64_t{100'000}}) {
+    ScratchSegment seg;
+    const uint64_t keys = capacity / 2;
+    uint64_t slot_count = 0;
+    int64_t c = 1;
+    {
+      auto w = open_derived(seg, capacity);
+      for (uint64_t k = 0; k < keys; ++k) ASSERT_EQ(testing::write_derived(*w, k, c++), ApplyResult::kApplied);
+      for (uint64_t k = 0; k < keys; k += 10)
+        ASSERT_EQ(w->remove(0, testing::derived_key(k), c++), ApplyResult::kApplied);
+      slot_count = w->stats(0).slot_count;
+    }
+    {
+      auto w = open_derived(seg, capacity);
+      EXPECT_EQ(w->attach_report().slots_visited, 0u) << "a clean reopen";
+      EXPECT_FALSE(w->attach_report().full_scan);
+    }
+    visited.emplace_back();
+    for (const CrashPoint kind : kKinds) {
+      kill_kind = kind;
+      // Inserts a new key, deletes it, and updates an old one: every write
+      // passes the crash points of its kind.
+      const pid_t writer = kids.add(testing::spawn([&] {
+        auto w = open_derived(seg, capacity);
+        set_crash_hook(&kill_at_first_of_kind);
+        testing::write_derived(*w, keys + 1, c);
+        w->remove(0, testing::derived_key(keys + 1), c + 1);
+        testing::write_derived(*w, 1, c + 2);
+        return 0;
+      }));
+      ASSERT_EQ(kids.wait(writer), 128 + SIGKILL) << "not killed at crash point " << static_cast<int>(kind);
+      c += 3;
+      auto w = open_derived(seg, capacity);
+      const AttachReport& r = w->attach_report();
+      EXPECT_LE(r.slots_visited, 1u) << "capacity " << capacity << ", crash point " << static_cast<int>(kind);
+      EXPECT_FALSE(r.full_scan);
+      EXPECT_TRUE(testing::counters_match_recount(w->path(), seg.name()))
+          << "capacity " << capacity << ", crash point " << static_cast<int>(kind);
+      visited.back().push_back(r.slots_visited);
+    }
+    {
+      WriterOptions full;
+      full.full_check = true;
+      auto w = open_derived(seg, capacity, full);
+      EXPECT_TRUE(w->attach_report().full_scan);
+      EXPECT_EQ(w->attach_report().slots_visited, slot_count);
+    }
+    // A segment last opened by a writer that kept no count record: it
+    // attached (writer_sessions moved on) without stamping counters_session,
+    // and may have died with the counters one write off.
+    {
+      auto m = layout::MappedFile::open_read_write(layout::segment_path(seg.dir(), seg.name()), seg.name());
+      auto* h = static_cast<layout::SegmentHeader*>(m->mutable_data());
+      h->writer_sessions.fetch_add(1);
+      auto& counters = const_cast<layout::TableDescriptor&>(layout::table_descriptor(m->data(), 0)).counters;
+      counters.live_keys.fetch_add(1);
+    }
+    {
+      auto w = open_derived(seg, capacity);
+      EXPECT_TRUE(w->attach_report().full_scan);
+      EXPECT_EQ(w->attach_report().slots_visited, slot_count);
+      EXPECT_TRUE(testing::counters_match_recount(w->path(), seg.name()));
+    }
+    {
+      auto w = open_derived(seg, capacity);
+      EXPECT_FALSE(w->attach_report().full_scan) << "the scan stamped the counters exact";
+      EXPECT_EQ(w->attach_report().slots_visited, 0u);
+    }
+  }
+  // The same in-flight work at both sizes: the cost does not follow capacity.
+  ASSERT_EQ(visited.size(), 2u);
+  EXPECT_EQ(visited[0], visited[1]);
+  // A kill with seq odd or after seq even leaves the guarded slot to look at.
+  EXPECT_EQ(visited[0][2], 1u);
 }
 
 // A writer stopped between seq odd and seq even, at the crash point it

@@ -17,6 +17,7 @@
 #include "larder/client.h"
 #include "larder/layout/segment_file.h"
 #include "larder/writer/writer.h"
+#include "support/recount.h"
 #include "support/test_segment.h"
 
 namespace larder {
@@ -147,6 +148,8 @@ TEST(Images, RoundTripEqualsTheOriginalAndCarriesOn) {
   auto wb = Writer::restore(b.name(), schema, image, b.writer_options());
   EXPECT_TRUE(wb->created());
   EXPECT_EQ(wb->repaired_slots(), 0u);
+  EXPECT_EQ(wb->attach_report().slots_visited, 0u) << "restore counted the image; the attach trusts that";
+  EXPECT_TRUE(testing::counters_match_recount(wb->path(), b.name()));
   const std::string want = dump(a.name(), a.dir());
   EXPECT_EQ(dump(b.name(), b.dir()), want);
   EXPECT_EQ(wb->source_id(), "amqp / stream features");
@@ -273,6 +276,10 @@ TEST(Images, RestoreRefusesDamagedImagesAndLeavesTheSegmentUntouched) {
       {"armed undo", ErrorCode::kCorrupt, "undo record is armed", [](auto& im) { header_of(im).undo_armed.store(1); }},
       {"armed journal", ErrorCode::kCorrupt, "journal is armed",
        [](auto& im) { header_of(im).journal_armed.store(1); }},
+      {"armed count record", ErrorCode::kCorrupt, "table 1 count record is armed",
+       [](auto& im) {
+         const_cast<layout::TableDescriptor&>(layout::table_descriptor(im.data(), 1)).count_armed.store(1);
+       }},
       {"pending position", ErrorCode::kCorrupt, "position is pending",
        [](auto& im) {
          const_cast<layout::SourceBlock&>(layout::source_block(im.data())).pending_state.store(layout::kPendingArmed);

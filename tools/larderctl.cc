@@ -614,7 +614,8 @@ int cmd_verify(const Globals& g, const std::string& name) {
         const bool repairable = undo_armed && h.undo_table.load() == t && h.undo_slot.load() == i;
         problems.push_back(where + ": sequence stays odd (" +
                            (repairable ? "a writer died mid-update; the next writer restores it from the undo copy)"
-                                       : "not covered by the undo record; the next writer turns it into a tombstone)"));
+                                       : "not covered by the undo record: damage; a writer opened with "
+                                         "segment.full_check turns it into a tombstone)"));
         continue;
       }
       const uint64_t meta = words[0];
@@ -662,13 +663,19 @@ int cmd_verify(const Globals& g, const std::string& name) {
       ++checked;
     }
     const uint64_t c_live = d.counters.live_keys.load(), c_tomb = d.counters.tombstones.load();
+    // A writer killed between a slot write and its counter stores leaves the
+    // count record armed; the next writer finishes it (no recount needed).
+    const std::string pending = d.count_armed.load() != 0
+                                    ? " (the count record is armed: a writer died mid-write; the next writer "
+                                      "finishes the counters)"
+                                    : "";
     if (c_live != live) {
       problems.push_back(tname + ": counters say " + std::to_string(c_live) + " live keys, the slots hold " +
-                         std::to_string(live));
+                         std::to_string(live) + pending);
     }
     if (c_tomb != tomb) {
       problems.push_back(tname + ": counters say " + std::to_string(c_tomb) + " tombstones, the slots hold " +
-                         std::to_string(tomb));
+                         std::to_string(tomb) + pending);
     }
     if (live > d.capacity) problems.push_back(tname + ": more live keys than the capacity");
   }

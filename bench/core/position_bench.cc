@@ -7,6 +7,10 @@
 //                              stage_position (the sidecar's pattern on a
 //                              stream): the pending record's stores ride with
 //                              the update.
+//   churn/<keys>               Writer::remove of a random present key, then
+//                              its upsert back: every call changes the slot's
+//                              state and so writes the count record (items:
+//                              the calls).
 //   set_position               Writer::set_position alone (a message with no
 //                              updates).
 //   copy_image/<keys>          Writer::copy_image of the whole segment into a
@@ -125,6 +129,30 @@ void BM_UpsertPlain(benchmark::State& state) { run_upserts(state, false); }
 void BM_UpsertStaged(benchmark::State& state) { run_upserts(state, true); }
 BENCHMARK(BM_UpsertPlain)->Name("upsert/plain")->Arg(10'000)->Arg(1'000'000);
 BENCHMARK(BM_UpsertStaged)->Name("upsert/staged")->Arg(10'000)->Arg(1'000'000);
+
+// A delete of a random present key, then its upsert back (a revive): every
+// call changes a slot's state (live, tombstone), so each one keeps the
+// counters through the table's count record. Event times start above every
+// upsert above (which run first), and every key is present again after it.
+void BM_Churn(benchmark::State& state) {
+  Filled& f = filled(static_cast<uint64_t>(state.range(0)));
+  std::mt19937_64 rng(7);
+  std::vector<uint32_t> order(1 << 16);
+  for (uint32_t& i : order) i = static_cast<uint32_t>(rng() % f.keys.size());
+  static int64_t t = int64_t{1} << 40;
+  size_t i = 0;
+  for (auto _ : state) {
+    const std::string& key = f.keys[order[i++ & 0xffff]];
+    ++t;
+    benchmark::DoNotOptimize(f.writer->remove(0, key, t, t * 1'000'000));
+    ++t;
+    const FieldValue v[] = {FieldValue::int64(0, t), FieldValue::int64(1, t + 1), FieldValue::float64(2, 0.5),
+                            FieldValue::float64(3, 1.5)};
+    benchmark::DoNotOptimize(f.writer->upsert(0, key, t, v, t * 1'000'000));
+  }
+  state.SetItemsProcessed(2 * state.iterations());
+}
+BENCHMARK(BM_Churn)->Name("churn")->Arg(10'000)->Arg(1'000'000);
 
 void BM_SetPosition(benchmark::State& state) {
   Filled& f = filled(10'000);

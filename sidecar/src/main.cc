@@ -217,8 +217,10 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", e.what());
     return e.exit_code();
   }
-  spdlog::info("segment {}: {} ({} slots repaired)", writer->path(), writer->created() ? "created" : "reopened warm",
-               writer->repaired_slots());
+  const larder::AttachReport& attached = writer->attach_report();
+  spdlog::info("segment {}: {} ({} slots repaired, {} slots visited{})", writer->path(),
+               writer->created() ? "created" : "reopened warm", writer->repaired_slots(), attached.slots_visited,
+               attached.full_scan ? ", counters recounted by a full scan" : "");
 
   larder::sidecar::Pipeline pipeline;
   // Both threads count as alive from the start (their loops refresh these).

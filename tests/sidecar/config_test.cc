@@ -70,6 +70,7 @@ TEST_F(ConfigTest, ValidConfigAndDefaults) {
   EXPECT_EQ(c.segment.name, "features");
   EXPECT_EQ(c.segment.dir, "/dev/shm");
   EXPECT_EQ(c.segment.mode, 0640u);
+  EXPECT_FALSE(c.segment.full_check);
   ASSERT_EQ(c.tables.size(), 2u);
   EXPECT_EQ(c.tables[0].spec.key_max_len, 64u);
   EXPECT_EQ(c.tables[0].spec.max_load_factor, 0.75);
@@ -135,6 +136,9 @@ TEST_F(ConfigTest, ErrorsNameTheKey) {
   expect_error(replace(v, "  name: features\n", "  name: features\n  mode: \"0999\"\n"), "segment.mode");
   expect_error(replace(v, "  name: features\n", "  name: features\n  mode: \"0440\"\n"), "segment.mode");
   expect_error(replace(v, "  name: features\n", "  name: features\n  dir: relative\n"), "segment.dir");
+  expect_error(replace(v, "  name: features\n", "  name: features\n  full_check: sometimes\n"), "segment.full_check");
+  EXPECT_TRUE(
+      parse_config(replace(v, "  name: features\n", "  name: features\n  full_check: true\n")).segment.full_check);
   expect_error(replace(v, "  name: features\n", "  nam: features\n"), "segment.nam");
   expect_error(replace(v, "amqp://larder@broker.local:5673/prod", "amqp://larder:pw@broker.local/"), "rabbitmq.url",
                "password");

@@ -12,12 +12,16 @@ namespace larder {
 
 using namespace layout;  // NOLINT: the writer works on the layout's words
 using writer::bump;
-using writer::dec;
 
 namespace {
 
 // The most time one maintain() call spends refreshing aggregates.
 constexpr int64_t kMaintainRefreshNs = 5'000'000;
+
+// Slots of the due scan after attach per key of a refresh() budget: the
+// sidecar's refresh(0, 2048) between bulks then reads 8,192 slots' meta and
+// due words, a slice of the same order as the refreshes it may do.
+constexpr uint64_t kDueScanSlotsPerKey = 4;
 
 }  // namespace
 
@@ -49,7 +53,32 @@ bool Writer::Impl::refresh_slot(uint32_t table, uint64_t slot) {
   return true;
 }
 
+// Puts the due times of the next `slot_budget` slots not scanned since attach
+// into the heap. A key an update rescheduled meanwhile may be queued twice;
+// refresh() drops the entry that no longer matches its due word.
+void Writer::Impl::scan_due(uint64_t slot_budget) {
+  due_scan_pending = false;
+  for (uint32_t t = 0; t < tables.size(); ++t) {
+    TableState& ts = tables[t];
+    const uint64_t end = ts.due_scan + std::min(slot_budget, ts.geo.slot_count - ts.due_scan);
+    for (uint64_t i = ts.due_scan; i < end; ++i) {
+      if (meta_state(sync::load_relaxed(ts.slot(i)[kSlotMetaWord])) != SlotState::kLive) continue;
+      const uint64_t word = sync::load_relaxed(writer::due_word(ts.agg.block(i)));
+      if (word != 0) due.push(Due{static_cast<int64_t>(word - 1), t, i});
+    }
+    slot_budget -= end - ts.due_scan;
+    ts.due_scan = end;
+    due_scan_pending |= end < ts.geo.slot_count;
+  }
+}
+
 uint64_t Writer::Impl::refresh(int64_t now_unix_ns, uint64_t key_budget) {
+  // Until the heap holds every key again, each call scans kDueScanSlotsPerKey
+  // slots per key of its budget: bounded work per call, the whole table
+  // for an unbounded one.
+  if (due_scan_pending) {
+    scan_due(key_budget > ~uint64_t{0} / kDueScanSlotsPerKey ? ~uint64_t{0} : key_budget * kDueScanSlotsPerKey);
+  }
   advance_clock(now_unix_ns != 0 ? now_unix_ns : layout::now_unix_ns());
   uint64_t done = 0;
   while (!due.empty() && done < key_budget && due.top().due_ms <= clock_ms) {
@@ -71,6 +100,7 @@ uint64_t Writer::refresh(int64_t now_unix_ns, uint64_t key_budget) { return impl
 
 bool Writer::refresh_due() const {
   const Impl& w = *impl_;
+  if (w.due_scan_pending) return true;
   return !w.due.empty() && w.due.top().due_ms <= std::max(w.clock_ms, layout::now_unix_ns() / 1'000'000);
 }
 
@@ -107,8 +137,7 @@ uint64_t Writer::Impl::purge(uint32_t table, uint64_t steps) {
     RowChange change;
     change.set_meta = true;
     change.meta = 0;
-    write_row(table, i, change);
-    dec(ts.desc->counters.tombstones);
+    write_row(table, i, change);  // counts the tombstone out
     ++reclaimed;
   }
   return reclaimed;

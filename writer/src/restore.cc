@@ -14,7 +14,7 @@
 //     (the name remove_leftovers() cleans up after a crash), with the key
 //     counts check_image took (the image's own counters are not trusted),
 //     marked kReady, and renamed over the name. The writer attaches without
-//     a repair scan: check_image has seen every slot at rest.
+//     repair: check_image has seen every slot at rest and nothing armed.
 //  4. Only then is the old segment, if any, marked kRetired (its readers
 //     reopen the name, as with recreate_on_schema_change).
 //
@@ -142,6 +142,11 @@ std::vector<TableCount> check_image(const void* base, size_t size, const Schema&
   // Nothing half-done: an image is taken between updates.
   if (sync::load_relaxed(h.undo_armed) != 0) corrupt("the undo record is armed (a slot write in progress)");
   if (sync::load_relaxed(h.journal_armed) != 0) corrupt("the aggregate journal is armed (a change in progress)");
+  for (uint32_t t = 0; t < h.table_count; ++t) {
+    if (sync::load_relaxed(table_descriptor(base, t).count_armed) != 0) {
+      corrupt("table " + std::to_string(t) + " count record is armed (a slot write in progress)");
+    }
+  }
   const SourceBlock& src = source_block(base);
   if (sync::load_relaxed(src.pending_state) != kPendingIdle) {
     corrupt("a source position is pending (state " + std::to_string(sync::load_relaxed(src.pending_state)) + ")");
@@ -292,6 +297,8 @@ void Writer::Impl::restore_image(std::span<const unsigned char> image) {
     sync::store_relaxed(c.max_event_time_ms, static_cast<uint64_t>(counts[t].max_event_ms));
   }
   sync::store_relaxed(nh->repaired_slots, uint64_t{0});
+  // The counters were just counted: the attach that follows trusts them.
+  sync::store_relaxed(nh->counters_session, sync::load_relaxed(nh->writer_sessions));
   const std::string path = segment_path(dir, name);
   std::unique_ptr<MappedFile> old;
   try {

@@ -19,7 +19,14 @@
 //     marked done right after W2: its state words were all stored before the
 //     slot write began, so the change is complete and a restart keeps it.
 //     The same point marks a staged source position done (pending_state 2).
-//  6. undo_armed = 0 (release): the copy is no longer needed.
+//  6. Counters. A write that changes the slot's state (empty, live,
+//     tombstone) changes live_keys and tombstones. Their values after the
+//     write are stored in the table's count record, armed (release) before
+//     step 1; the counters themselves are stored after step 5 and the record
+//     disarmed before step 7. repair() redoes an armed record whose guarded
+//     slot write finished and drops it otherwise, so the counters always
+//     match the slots without a recount (repair.cc).
+//  7. undo_armed = 0 (release): the copy is no longer needed.
 //
 // Threading: the writer thread only. The routine never reads what readers
 // write (readers never write), so it needs no read-side synchronisation.
@@ -128,6 +135,23 @@ namespace larder {
     }
   }
 
+  // 0. The count record, when the slot changes state: the counters this
+  // write leaves, armed before the undo copy (step 6 says why).
+  const layout::SlotState from = layout::meta_state(sync::load_relaxed(s[layout::kSlotMetaWord]));
+  const layout::SlotState to = change.set_meta ? layout::meta_state(change.meta) : from;
+  const bool counts = from != to;
+  layout::TableDescriptor& d = *ts.desc;
+  uint64_t live_after = 0, tombstones_after = 0;
+  if (counts) {
+    using layout::SlotState;
+    live_after = sync::load_relaxed(d.counters.live_keys) + (to == SlotState::kLive) - (from == SlotState::kLive);
+    tombstones_after =
+        sync::load_relaxed(d.counters.tombstones) + (to == SlotState::kTombstone) - (from == SlotState::kTombstone);
+    crash_point(CrashPoint::kCounts);
+    sync::store_relaxed(d.count_live, live_after);
+    sync::store_relaxed(d.count_tombstones, tombstones_after);
+    sync::store_release(d.count_armed, uint64_t{1});  // after its values, before the undo copy is armed
+  }
   // 1. The undo copy, armed before seq turns odd.
   for (uint32_t k = 0; k < geo.slot_words; ++k) sync::store_relaxed(undo[k], sync::load_relaxed(s[k]));
   sync::store_relaxed(header->undo_table, uint64_t{table});
@@ -171,7 +195,16 @@ namespace larder {
   if (pending_armed) [[unlikely]]
     mark_pending_done();
   crash_point(CrashPoint::kSeqEven);
-  // 6. The undo copy is no longer needed.
+  // 6. The counters, then the record is disarmed, before the undo copy is.
+  if (counts) {
+    crash_point(CrashPoint::kCounts);
+    sync::store_relaxed(d.counters.live_keys, live_after);
+    crash_point(CrashPoint::kCounts);
+    sync::store_relaxed(d.counters.tombstones, tombstones_after);
+    crash_point(CrashPoint::kCounts);
+    sync::store_release(d.count_armed, uint64_t{0});
+  }
+  // 7. The undo copy is no longer needed.
   sync::store_release(header->undo_armed, uint64_t{0});
 }
 

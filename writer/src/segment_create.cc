@@ -286,17 +286,23 @@ void Writer::Impl::attach(bool repair_first) {
   scratch.assign(max_row_words, 0);
 
   if (repair_first) repair();
-  for (uint32_t t = 0; t < tables.size(); ++t) {
-    TableState& ts = tables[t];
-    if (!ts.agg.enabled()) continue;
-    clock_ms = std::max(clock_ms, static_cast<int64_t>(sync::load_relaxed(ts.desc->aggregate_counters.clock_ms)));
-    for (uint64_t i = 0; i < ts.geo.slot_count; ++i) {
-      if (meta_state(sync::load_relaxed(ts.slot(i)[kSlotMetaWord])) != SlotState::kLive) continue;
-      const uint64_t word = sync::load_relaxed(writer::due_word(ts.agg.block(i)));
-      if (word != 0) due.push(Due{static_cast<int64_t>(word - 1), t, i});
+  // The due heap lives in this process; the due times in the segment. The
+  // heap is rebuilt by scan_due, a slice per refresh(), not here: open costs
+  // what was in flight, not the table size.
+  due_scan_pending = false;
+  for (TableState& ts : tables) {
+    if (!ts.agg.enabled()) {
+      ts.due_scan = ts.geo.slot_count;
+      continue;
     }
+    clock_ms = std::max(clock_ms, static_cast<int64_t>(sync::load_relaxed(ts.desc->aggregate_counters.clock_ms)));
+    ts.due_scan = 0;
+    due_scan_pending = true;
   }
+  // The counters are exact now (repair, create or restore made them so):
+  // this session keeps them exact through the count records.
   bump(header->writer_sessions);
+  sync::store_relaxed(header->counters_session, sync::load_relaxed(header->writer_sessions));
   sync::store_relaxed(header->writer_start_unix_ns, static_cast<uint64_t>(now_unix_ns()));
   sync::store_relaxed(header->heartbeat_mono_ns, static_cast<uint64_t>(now_mono_ns()));
   sync::store_relaxed(header->connection_state, static_cast<uint32_t>(ConnectionState::kUnknown));

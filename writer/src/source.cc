@@ -101,18 +101,12 @@ void Writer::Impl::finish_position() {
 }
 
 // repair.cc calls this first, while the undo record still describes the
-// slot write the pending record may guard.
-void Writer::Impl::repair_position() {
+// slot write the pending record may guard; `finished`: that write finished
+// (guarded_write_finished).
+void Writer::Impl::repair_position(bool finished) {
   const uint64_t state = sync::load_acquire(source->pending_state);
   if (state == kPendingIdle) return;
-  bool keep = state == kPendingDone;
-  if (state == kPendingArmed && sync::load_acquire(header->undo_armed) != 0) {
-    const uint64_t t = sync::load_relaxed(header->undo_table);
-    const uint64_t i = sync::load_relaxed(header->undo_slot);
-    if (t < tables.size() && i < tables[t].geo.slot_count) {
-      keep = sync::load_relaxed(tables[t].slot(i)[kSlotSeqWord]) == sync::load_relaxed(undo[kSlotSeqWord]) + 2;
-    }
-  }
+  const bool keep = state == kPendingDone || (state == kPendingArmed && finished);
   if (keep) {
     commit_pending();
   } else {

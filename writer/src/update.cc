@@ -19,7 +19,6 @@ namespace larder {
 
 using namespace layout;  // NOLINT: the writer works on the layout's words
 using writer::bump;
-using writer::dec;
 using writer::kNone;
 
 bool Writer::Impl::values_valid(const TableState& ts, std::span<const FieldValue> values) const {
@@ -33,15 +32,10 @@ bool Writer::Impl::values_valid(const TableState& ts, std::span<const FieldValue
   return true;
 }
 
-// Counts an applied upsert; `prior_meta` is the slot's meta before it.
-void Writer::Impl::count_upsert(TableState& ts, bool fresh_row, uint64_t prior_meta, int64_t event_time_ms,
-                                int64_t now_ns) {
-  TableCounters& c = ts.desc->counters;
-  if (fresh_row) {
-    bump(c.live_keys);
-    if (meta_state(prior_meta) == SlotState::kTombstone) dec(c.tombstones);
-  }
-  bump(c.upserts);
+// Counts an applied upsert. live_keys and tombstones follow the slot's
+// state in write_row (row_write.h).
+void Writer::Impl::count_upsert(TableState& ts, int64_t event_time_ms, int64_t now_ns) {
+  bump(ts.desc->counters.upserts);
   count_apply(ts, event_time_ms, now_ns);
 }
 
@@ -80,7 +74,6 @@ ApplyResult Writer::Impl::upsert_plain(uint32_t table, std::string_view key, int
   at = slot_for_upsert(table, p, fresh_row, hash, now);
   if (at == kNone) return ApplyResult::kTableFull;
 
-  const uint64_t prior_meta = sync::load_relaxed(ts.slot(at)[kSlotMetaWord]);
   RowChange change;
   change.values = values;
   change.set_times = true;
@@ -90,7 +83,7 @@ ApplyResult Writer::Impl::upsert_plain(uint32_t table, std::string_view key, int
   arm_if_staged();
   write_row(table, at, change);
 
-  count_upsert(ts, fresh_row, prior_meta, event_time_ms, now);
+  count_upsert(ts, event_time_ms, now);
   return ApplyResult::kApplied;
 }
 
@@ -177,7 +170,6 @@ ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key,
   schedule(table, at, block);
 
   // The row: the event's fields if they are fresh, then every output.
-  const uint64_t prior_meta = sync::load_relaxed(ts.slot(at)[kSlotMetaWord]);
   RowChange change;
   if (fields_fresh) change.values = values;
   change.outputs_of = block;
@@ -189,7 +181,7 @@ ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key,
   journal.commit();
 
   if (!fields_fresh) bump(c.stale_ignored);
-  count_upsert(ts, fresh_row, prior_meta, event_time_ms, now);
+  count_upsert(ts, event_time_ms, now);
   return ApplyResult::kApplied;
 }
 
@@ -219,23 +211,16 @@ ApplyResult Writer::Impl::remove(uint32_t table, std::string_view key, int64_t e
       bump(c.stale_ignored);
       return ApplyResult::kStale;
     }
-    const bool was_live = meta_state(sync::load_relaxed(s[kSlotMetaWord])) == SlotState::kLive;
     arm_if_staged();
     write_row(table, p.found, change);
-    if (was_live) {
-      dec(c.live_keys);
-      bump(c.tombstones);
-    }
   } else {
     // Remember the delete so that an older upsert arriving later stays
     // deleted; without room for the record the delete is still a no-op.
     const uint64_t at = choose_slot(ts, p, true);
     if (at != kNone) {
-      const bool was_empty = sync::load_relaxed(ts.slot(at)[kSlotMetaWord]) == 0;
       change.take_key(packed, change.meta);
       arm_if_staged();
       write_row(table, at, change);
-      if (was_empty) bump(c.tombstones);
     }
   }
   bump(c.deletes);
@@ -264,13 +249,8 @@ ApplyResult Writer::Impl::unpin(uint32_t table, std::string_view key, int64_t ev
   change.apply_unix_ns = now;
   change.set_meta = true;
   change.meta = make_meta(hash, SlotState::kTombstone);
-  const bool was_live = meta_state(sync::load_relaxed(ts.slot(p.found)[kSlotMetaWord])) == SlotState::kLive;
   arm_if_staged();
   write_row(table, p.found, change);
-  if (was_live) {
-    dec(c.live_keys);
-    bump(c.tombstones);
-  }
   bump(c.deletes);
   count_apply(ts, event_time_ms, now);
   return ApplyResult::kApplied;

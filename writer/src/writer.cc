@@ -206,6 +206,7 @@ void Writer::add_messages_rejected(uint64_t n) { writer::bump(impl_->header->mes
 
 bool Writer::created() const { return impl_->created; }
 uint64_t Writer::repaired_slots() const { return impl_->repaired; }
+const AttachReport& Writer::attach_report() const { return impl_->report; }
 std::string Writer::path() const { return segment_path(impl_->dir, impl_->name); }
 const void* Writer::data() const { return impl_->map->data(); }
 

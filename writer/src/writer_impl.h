@@ -48,7 +48,6 @@ inline constexpr uint64_t kNone = ~uint64_t{0};
 inline void bump(layout::Word& w, uint64_t by = 1) {
   layout::sync::store_relaxed(w, layout::sync::load_relaxed(w) + by);
 }
-inline void dec(layout::Word& w) { layout::sync::store_relaxed(w, layout::sync::load_relaxed(w) - 1); }
 
 [[noreturn]] inline void throw_errno(ErrorCode code, const std::string& what) {
   throw Error(code, what + ": " + std::strerror(errno));
@@ -81,6 +80,7 @@ struct Writer::Impl {
     std::vector<layout::FieldDescriptor> fields;  // local copy
     uint64_t max_used = 0;                        // live + tombstones before empties are kept back
     uint64_t purge_cursor = 0;
+    uint64_t due_scan = 0;         // slots below this have their due times in the heap (scan_due)
     uint32_t declared_fields = 0;  // fields an update may write; aggregate outputs follow
     writer::AggregateTable agg;
     layout::Word* slot(uint64_t i) const { return slots + i * geo.slot_words; }
@@ -141,6 +141,7 @@ struct Writer::Impl {
   layout::PackedKey packed;       // the key of the update in progress
   bool created = false;
   uint64_t repaired = 0;
+  AttachReport report;
 
   // Source positions (source.cc). `staged`: stage_position() was called and
   // the next update stores `staged_position` with its effect. `pending_armed`:
@@ -156,6 +157,7 @@ struct Writer::Impl {
   writer::Journal journal;
   int64_t clock_ms = 0;
   std::priority_queue<Due, std::vector<Due>, std::greater<Due>> due;
+  bool due_scan_pending = false;
 
   ~Impl();
 
@@ -171,7 +173,13 @@ struct Writer::Impl {
   void attach(bool repair_first = true);
   // repair.cc
   void repair();
-  void repair_position();
+  bool guarded_write_finished();
+  void repair_counts(bool trusted, bool finished);
+  void full_scan();
+  void repair_position(bool finished);  // source.cc
+  // Rebuilds the due heap from the segment after attach, `slot_budget` slots
+  // at a time (maintenance.cc). due_scan_pending: some table is not scanned yet.
+  void scan_due(uint64_t slot_budget);
   // restore.cc
   void restore_image(std::span<const unsigned char> image);
 
@@ -207,7 +215,7 @@ struct Writer::Impl {
   ApplyResult remove(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t apply_unix_ns);
   ApplyResult unpin(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t pinned_after_ms,
                     int64_t apply_unix_ns);
-  void count_upsert(TableState& ts, bool fresh_row, uint64_t prior_meta, int64_t event_time_ms, int64_t now_ns);
+  void count_upsert(TableState& ts, int64_t event_time_ms, int64_t now_ns);
   void count_apply(TableState& ts, int64_t event_time_ms, int64_t now_ns);
 
   // maintenance.cc

@@ -61,8 +61,8 @@ void require_readable(const std::string& file, const std::string& key) {
 }
 
 SegmentConfig parse_segment(const YAML::Node& node) {
-  if (!node.IsDefined()) fail("segment", "required (name, dir, mode)");
-  MapNode m(node, "segment", {"name", "dir", "mode"});
+  if (!node.IsDefined()) fail("segment", "required (name, dir, mode, full_check)");
+  MapNode m(node, "segment", {"name", "dir", "mode", "full_check"});
   SegmentConfig s;
   s.name = m.str("name");
   if (!layout::valid_identifier(s.name)) {
@@ -82,6 +82,7 @@ SegmentConfig parse_segment(const YAML::Node& node) {
     fail(m.child("mode"), fmt::format("expected an octal file mode such as \"0640\", got \"{}\"", mode));
   if ((v & 0600) != 0600) fail(m.child("mode"), "the owner (the sidecar) needs read and write: use 06x0");
   s.mode = v;
+  s.full_check = m.boolean("full_check", false);
   return s;
 }
 

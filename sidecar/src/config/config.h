@@ -27,6 +27,8 @@ struct SegmentConfig {
   std::string name;
   std::string dir = "/dev/shm";
   uint32_t mode = 0640;
+  // WriterOptions::full_check: visit every slot when reopening the segment.
+  bool full_check = false;
 };
 
 struct TableConfig {

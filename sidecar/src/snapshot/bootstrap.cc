@@ -24,6 +24,7 @@ WriterOptions writer_options(const Config& config) {
   WriterOptions options;
   options.dir = config.segment.dir;
   options.mode = config.segment.mode;
+  options.full_check = config.segment.full_check;
   return options;
 }
 

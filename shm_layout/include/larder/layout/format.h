@@ -193,7 +193,14 @@ struct TableDescriptor {
   int64_t dedup_horizon_ms;              // 256  as configured (0: default)
   uint64_t dedup_capacity;               // 264  as configured (0: default)
   AggregateCounters aggregate_counters;  // 272
-  uint64_t reserved1[6];                 // 336
+  // The count record (writer only): the live_keys and tombstones a slot write
+  // in progress leaves, armed before its undo copy is, so that a writer
+  // killed between the slot's W2 and the counter stores is finished by the
+  // next one without a recount (writer/src/row_write.h).
+  Word count_armed;       // 336  1 while the two words below await a slot write
+  Word count_live;        // 344  live_keys after the slot write
+  Word count_tombstones;  // 352  tombstones after the slot write
+  uint64_t reserved1[3];  // 360
 };
 
 // The dedup set: buckets of kDedupWays entries {id hash, event time + 1}.
@@ -340,7 +347,11 @@ struct SegmentHeader {
   uint64_t journal_offset;                 // 224  JournalEntry[journal_capacity]
   uint64_t journal_capacity;               // 232
   uint64_t source_offset;                  // 240  SourceBlock, from segment start
-  uint64_t reserved;                       // 248
+  // The writer session whose counters are exact: equal to writer_sessions
+  // while writers that keep the counters through the count record (every
+  // TableDescriptor) have attached. A writer that finds it different (a
+  // segment last written by a build without the record) recounts by a scan.
+  Word counters_session;  // 248
 };
 
 // ---------------------------------------------------------------------------
@@ -426,6 +437,8 @@ static_assert(offsetof(SegmentHeader, updates_applied) == 200);
 static_assert(offsetof(SegmentHeader, source_offset) == 240);
 static_assert(offsetof(TableDescriptor, slots_offset) == 112);
 static_assert(offsetof(TableDescriptor, counters) == 144);
+static_assert(offsetof(TableDescriptor, count_armed) == 336);
+static_assert(offsetof(SegmentHeader, counters_session) == 248);
 static_assert(offsetof(FieldDescriptor, index) == 80);
 static_assert(std::atomic<uint32_t>::is_always_lock_free);
 

@@ -45,6 +45,32 @@ struct WriterOptions {
   // refused: on a disk file system every update would be written back to
   // disk. Set to allow one anyway (e.g. a test on a developer machine).
   bool allow_non_tmpfs = false;
+  // Opening a segment reads only what a killed writer left in flight (one
+  // slot at most, the journal, the count and position records): the counters
+  // are kept exact with every write. Set to also visit every slot: recount
+  // live keys and tombstones and hide a slot whose seq is odd without an undo
+  // record (damage, which no writer leaves) behind a tombstone. Costs a pass
+  // over the slot arrays (docs/performance.md, "Writer restart"). A segment
+  // last written by a build that kept no count record is checked this way
+  // once, whatever this says (AttachReport::full_scan).
+  bool full_check = false;
+};
+
+// What opening a writer did to the segment it found (Writer::attach_report).
+struct AttachReport {
+  // Slots whose words the open read: the one an interrupted write left (0 or
+  // 1), plus every slot of every table when it scanned (full_scan).
+  uint64_t slots_visited = 0;
+  // Slots restored from the undo copy, and (full scan) slots found odd
+  // without one and hidden behind a tombstone.
+  uint64_t repaired_slots = 0;
+  // Aggregate state words restored from the journal (a change undone).
+  uint64_t journal_entries_undone = 0;
+  // A killed writer's counter stores were finished from its count record.
+  bool counts_redone = false;
+  // The counters were recounted by a pass over every slot: full_check was
+  // set, or the segment's counters_session did not match (see format.h).
+  bool full_scan = false;
 };
 
 // One typed value for one field of a row, by field index.
@@ -110,6 +136,7 @@ enum class CrashPoint : int {
   kSeqEven = 5,         // seq even again, undo still armed
   kJournal = 6,         // before each aggregate state or dedup word store
   kPosition = 7,        // before each source position store (pending record, partition words)
+  kCounts = 8,          // before the count record is armed and before each counter store it guards
 };
 // When set, called at every CrashPoint of every slot update (crash tests
 // raise SIGKILL from it). Process-wide; not for production use.
@@ -169,8 +196,13 @@ class Writer {
   // rewrites the aggregates of every key whose windows lost a bucket since
   // they were last written, at most `key_budget` keys. Returns the keys
   // rewritten. maintain() calls it; tests call it with their own clock.
+  // After open, the writer learns the keys' due times from the segment a
+  // slice per call (4 slots per key of `key_budget`; all of them for an
+  // unbounded budget), so open does not scan: until the slice reaches a key,
+  // its refresh waits (docs/operations.md, "Restarts").
   uint64_t refresh(int64_t now_unix_ns = 0, uint64_t key_budget = ~uint64_t{0});
-  // True when some key's aggregates are due for refresh by the wall clock.
+  // True when some key's aggregates are due for refresh by the wall clock, or
+  // the due times are still being gathered after open.
   bool refresh_due() const;
   // Deletes `key` (leaves a tombstone with the delete's event time, also when
   // the key was absent, so an older upsert arriving later stays deleted).
@@ -242,6 +274,9 @@ class Writer {
 
   bool created() const;             // this open created the segment
   uint64_t repaired_slots() const;  // slots restored by this open
+  // What this open found and did; all zero for a segment it created or
+  // restored.
+  const AttachReport& attach_report() const;
   std::string path() const;
   WriterStats stats(uint32_t table) const;
   // The writer's own mapping, for readers in the same process (the
