@@ -103,6 +103,7 @@ TEST(Layout, DescriptorOffsets) {
   EXPECT_EQ(offsetof(TableDescriptor, dedup_horizon_ms), 256u);
   EXPECT_EQ(offsetof(TableDescriptor, dedup_capacity), 264u);
   EXPECT_EQ(offsetof(TableDescriptor, aggregate_counters), 272u);
+  EXPECT_EQ(offsetof(AggregateCounters, outside_window), 48u) << "was reserved[0]: no layout change";
   EXPECT_EQ(sizeof(AggregateDescriptor), 128u);
   EXPECT_EQ(offsetof(AggregateDescriptor, fn), 64u);
   EXPECT_EQ(offsetof(AggregateDescriptor, end), 68u);
