@@ -314,6 +314,7 @@ int cmd_info(const Globals& g, const std::string& name) {
       tables_json += ",\"aggregates\":{\"count\":" + std::to_string(st.aggregates) +
                      ",\"events\":" + std::to_string(st.aggregate_events) +
                      ",\"late_dropped\":" + std::to_string(st.late_dropped) +
+                     ",\"outside_window\":" + std::to_string(st.outside_window) +
                      ",\"duplicates\":" + std::to_string(st.duplicates) +
                      ",\"dedup_evictions\":" + std::to_string(st.dedup_evictions) +
                      ",\"refreshes\":" + std::to_string(st.refreshes) +
@@ -336,10 +337,10 @@ int cmd_info(const Globals& g, const std::string& name) {
     text += line;
     if (st.aggregates > 0) {
       std::snprintf(line, sizeof line,
-                    "    %u aggregates: %" PRIu64 " events, %" PRIu64 " late dropped, %" PRIu64 " duplicates, %" PRIu64
-                    " dedup evictions, %" PRIu64 " refreshes\n",
-                    st.aggregates, st.aggregate_events, st.late_dropped, st.duplicates, st.dedup_evictions,
-                    st.refreshes);
+                    "    %u aggregates: %" PRIu64 " events, %" PRIu64 " late dropped, %" PRIu64
+                    " outside the window, %" PRIu64 " duplicates, %" PRIu64 " dedup evictions, %" PRIu64 " refreshes\n",
+                    st.aggregates, st.aggregate_events, st.late_dropped, st.outside_window, st.duplicates,
+                    st.dedup_evictions, st.refreshes);
       text += line;
     }
   }

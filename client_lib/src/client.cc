@@ -349,6 +349,7 @@ TableStats Table::stats() const noexcept {
   s.aggregates = desc_->aggregate_count;
   s.aggregate_events = sync::load_relaxed(a.events);
   s.late_dropped = sync::load_relaxed(a.late_dropped);
+  s.outside_window = sync::load_relaxed(a.outside_window);
   s.duplicates = sync::load_relaxed(a.duplicates);
   s.dedup_evictions = sync::load_relaxed(a.dedup_evictions);
   s.refreshes = sync::load_relaxed(a.refreshes);

@@ -486,7 +486,8 @@ TEST_F(SidecarFailureTest, TableFullDeadLettersTheMessageAndAppliesItsOtherUpdat
   EXPECT_TRUE(wait_dead_letters(&dead));
   ASSERT_EQ(dead.size(), 1u);
   EXPECT_EQ(dead[0].body, batch);
-  EXPECT_TRUE(dead[0].has_x_death);
+  EXPECT_EQ(dead[0].headers["x-larder-reason"], "table_full");
+  EXPECT_EQ(dead[0].headers["x-larder-key"], "new") << "the refused update's key, not the message's first";
   EXPECT_EQ(read_n("k0"), 10) << "the message's other updates are applied";
   EXPECT_EQ(read_n("k1"), 11) << "the message's other updates are applied";
   EXPECT_EQ(read_n("new"), std::nullopt);
@@ -526,6 +527,198 @@ TEST_F(SidecarFailureTest, TransformRefusingItsInputDeadLettersBadValue) {
   EXPECT_EQ(m.error, "");
   EXPECT_EQ(m.at(rejected("bad_value")), 1);
   EXPECT_GE(sidecar.log_count("reason=bad_value"), 1u) << sidecar.log();
+}
+
+// Every kind of refusal, from the envelope to the writer, reaches the
+// dead-letter queue as the sidecar's copy: the original's body and
+// properties, plus x-larder-reason, -detail, -update-id and -key, so a dead
+// letter can be matched to its log line. The original is acked (the queue is
+// empty, nothing redelivered) once the broker confirmed the copy.
+TEST_F(SidecarFailureTest, DeadLettersCarryTheReasonDetailUpdateIdAndKey) {
+  if (!setup()) return;
+  Settings s;
+  s.tables = R"(tables:
+  - name: users
+    key_max_len: 8
+    capacity: 2
+    event_time: {max_future_skew: 5m, min_event_time: 0}
+    fields:
+      - {name: n, type: int64}
+)";
+  SidecarChild& sidecar = start(s);
+  ASSERT_TRUE(wait_consumers(1));
+  const int64_t t = layout::now_unix_ns() / 1'000'000;
+  auto update = [&](const std::string& key, const std::string& id, int64_t time, const std::string& fields) {
+    return fmt::format(R"({{"table":"users","key":"{}","id":"{}","event_time":{},"fields":{{{}}}}})", key, id, time,
+                       fields);
+  };
+  struct Case {
+    std::string body;
+    std::string reason;
+    std::string update_id;  // "" : the header must be absent
+    std::string key;
+  };
+  const std::vector<Case> cases = {
+      {"{not json", "bad_json", "", ""},
+      {R"({"table":"users","key":"k2","id":"m2","fields":{"n":1}})", "missing_member", "m2", "k2"},
+      {R"({"table":"nope","key":"k3","id":"m3","event_time":1,"fields":{"n":1}})", "unknown_table", "", ""},
+      {update("k1", "m1", t, R"("nope":1)"), "unknown_field", "m1", "k1"},
+      {update("k4", "m4", t, R"("n":"x")"), "wrong_type", "m4", "k4"},
+      {update("longer-than-8", "m5", t, R"("n":1)"), "key_too_long", "m5", "longer-than-8"},
+      {update("k6", "m6", t + 3'600'000, R"("n":1)"), "event_time_in_future", "m6", "k6"},
+      // The id after the problem: not read, so not named.
+      {R"({"table":"users","key":"k7","event_time":1,"fields":{"nope":1},"id":"unread"})", "unknown_field", "", "k7"},
+      // A batch: the refused update is the second one.
+      {"[" + update("k8", "m8a", t, R"("n":1)") + "," + update("k9", "m8b", t, R"("n":true)") + "]", "wrong_type",
+       "m8b", "k9"},
+  };
+  for (const Case& c : cases) publish({c.body});
+  // The writer's refusal: a third key in a table of capacity 2.
+  publish({update("a", "fill-a", t, R"("n":1)"), update("b", "fill-b", t, R"("n":2)")});
+  ASSERT_TRUE(wait_n("b", 2));
+  const std::string full = update("c", "m-full", t, R"("n":3)");
+  client_->publish_with_properties(name_, "users.1", full, "amqp-id-9", "producer-7");
+
+  std::vector<AmqpClient::Got> dead;
+  EXPECT_TRUE(wait_until(
+      [&] {
+        for (auto& g : client_->drain(name_ + ".dlq")) dead.push_back(std::move(g));
+        return dead.size() >= cases.size() + 1;
+      },
+      kGuard));
+  ASSERT_EQ(dead.size(), cases.size() + 1);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    AmqpClient::Got& d = dead[i];
+    EXPECT_EQ(d.body, c.body);
+    EXPECT_EQ(d.headers["x-larder-reason"], c.reason) << c.body;
+    EXPECT_FALSE(d.headers["x-larder-detail"].empty()) << c.body;
+    EXPECT_EQ(d.headers.count("x-larder-update-id"), c.update_id.empty() ? 0u : 1u) << c.body;
+    if (!c.update_id.empty()) {
+      EXPECT_EQ(d.headers["x-larder-update-id"], c.update_id) << c.body;
+    }
+    EXPECT_EQ(d.headers.count("x-larder-key"), c.key.empty() ? 0u : 1u) << c.body;
+    if (!c.key.empty()) {
+      EXPECT_EQ(d.headers["x-larder-key"], c.key) << c.body;
+    }
+    EXPECT_FALSE(d.has_x_death) << "the sidecar's copy, not the broker's dead letter";
+    // The log line names the same id and key.
+    if (!c.update_id.empty()) {
+      EXPECT_GE(sidecar.log_count(fmt::format(R"(reason={} tag=)", c.reason)), 1u);
+      EXPECT_EQ(sidecar.log_count(fmt::format(R"( id="{}" key="{}" )", c.update_id, c.key)), 1u) << c.body;
+    }
+  }
+  AmqpClient::Got& f = dead.back();
+  EXPECT_EQ(f.body, full);
+  EXPECT_EQ(f.headers["x-larder-reason"], "table_full");
+  EXPECT_EQ(f.headers["x-larder-update-id"], "m-full");
+  EXPECT_EQ(f.headers["x-larder-key"], "c");
+  EXPECT_EQ(f.message_id, "amqp-id-9") << "the original's properties are kept";
+  EXPECT_EQ(f.headers["x-producer"], "producer-7") << "and its headers";
+  EXPECT_EQ(sidecar.log_count(R"(reason=table_full tag=)"), 1u) << sidecar.log();
+  EXPECT_EQ(sidecar.log_count(R"( id="m-full" key="c" message_id="amqp-id-9" )"), 1u) << sidecar.log();
+
+  // Every original acked: nothing left in the queue or unacked, nothing
+  // dead-lettered by the broker on top of the copies.
+  const double refused = static_cast<double>(cases.size() + 1);
+  ParsedMetrics m;
+  EXPECT_TRUE(wait_until(
+      [&] {
+        m = scrape(sidecar);
+        return m.at("larder_messages_acked_total") == refused + 2;
+      },
+      kGuard))
+      << "acked " << m.at("larder_messages_acked_total");
+  EXPECT_EQ(m.at("larder_dead_letters_published_total"), refused);
+  EXPECT_EQ(m.at("larder_messages_received_total"), refused + 2);
+  sidecar.signal(SIGTERM);
+  EXPECT_EQ(sidecar.wait_exit(kGuard), 0);
+  const auto q = client_->inspect(name_);
+  ASSERT_TRUE(q);
+  EXPECT_EQ(q->first, 0u) << "no original is redelivered";
+  EXPECT_TRUE(client_->drain(name_ + ".dlq").empty()) << "one dead letter per refused message";
+  EXPECT_EQ(sidecar.log_count(fmt::format("messages_acked={} ack_frames=", cases.size() + 3)), 1u) << sidecar.log();
+}
+
+// A table with aggregates fed a mixed stream: events in the window, events
+// delivered twice, events older than the allowed lateness, and events inside
+// the lateness whose bucket has left every window. Each lands in exactly one
+// counter, and the counters add up to the events received.
+TEST_F(SidecarFailureTest, EveryAggregateEventOfAMixedStreamIsCountedOnce) {
+  if (!setup()) return;
+  Settings s;
+  // One 30-day window of two 15-day buckets: lateness is 30 days, and an
+  // event in the bucket before last is inside it but outside the window.
+  s.tables = R"(tables:
+  - name: events
+    key_max_len: 16
+    capacity: 100
+    fields:
+      - {name: n, type: int64}
+    aggregates:
+      - {name: count_30d, fn: count, window: 30d, resolution: 15d}
+      - {name: spend_30d, source: amount, fn: sum, window: 30d, resolution: 15d}
+)";
+  SidecarChild& sidecar = start(s);
+  ASSERT_TRUE(wait_consumers(1));
+  constexpr int64_t kBucketMs = 15LL * 24 * 3600 * 1000;
+  const int64_t now = layout::now_unix_ns() / 1'000'000;
+  const int64_t bucket = now / kBucketMs;
+  // The last ms of the bucket before last: out of the window while the clock
+  // stays in `bucket`, and always within the 30-day lateness of it.
+  const int64_t outside_at = (bucket - 1) * kBucketMs - 1;
+  auto event = [](const std::string& id, int64_t time, int amount) {
+    return fmt::format(R"({{"table":"events","key":"k{}","id":"{}","event_time":{},"fields":{{"amount":{}}}}})",
+                       amount % 5, id, time, amount);
+  };
+  std::vector<std::string> in_window, late, outside;
+  for (int i = 0; i < 40; ++i) in_window.push_back(event(fmt::format("w{}", i), now - 60'000 - i, i));
+  for (int i = 0; i < 7; ++i) late.push_back(event(fmt::format("l{}", i), now - 31LL * 24 * 3600 * 1000 - i, i));
+  for (int i = 0; i < 5; ++i) outside.push_back(event(fmt::format("o{}", i), outside_at - i, i));
+  // Interleaved in batches of up to three events, then the first ten again.
+  std::vector<std::string> all;
+  for (size_t i = 0; i < in_window.size(); ++i) {
+    all.push_back(in_window[i]);
+    if (i < late.size()) all.push_back(late[i]);
+    if (i < outside.size()) all.push_back(outside[i]);
+  }
+  std::vector<std::string> bodies;
+  for (size_t i = 0; i < all.size(); i += 3) {
+    std::string b = "[";
+    for (size_t j = i; j < std::min(all.size(), i + 3); ++j) b += (j > i ? "," : "") + all[j];
+    bodies.push_back(b + "]");
+  }
+  for (size_t i = 0; i < 10; ++i) bodies.push_back(in_window[i]);
+  publish(bodies);
+  const uint64_t received = all.size() + 10;
+
+  TableStats st;
+  auto accounted = [&] {
+    st = Segment::open(name_).table("events").stats();
+    return st.aggregate_events + st.late_dropped + st.outside_window + st.duplicates;
+  };
+  EXPECT_TRUE(wait_until([&] { return accounted() >= received && ready() == 0u; }, kGuard));
+  EXPECT_EQ(accounted(), received) << "events " << st.aggregate_events << ", late " << st.late_dropped << ", outside "
+                                   << st.outside_window << ", duplicates " << st.duplicates;
+  EXPECT_EQ(st.duplicates, 10u);
+  if (layout::now_unix_ns() / 1'000'000 / kBucketMs == bucket) {  // the clock stayed in one bucket
+    EXPECT_EQ(st.aggregate_events, in_window.size());
+    EXPECT_EQ(st.late_dropped, late.size());
+    EXPECT_EQ(st.outside_window, outside.size());
+  }
+  const ParsedMetrics m = scrape(sidecar);
+  EXPECT_EQ(m.error, "");
+  EXPECT_EQ(m.at("larder_table_outside_window_total{table=\"events\"}"), static_cast<double>(st.outside_window));
+  EXPECT_EQ(m.at("larder_table_aggregate_events_total{table=\"events\"}"), static_cast<double>(st.aggregate_events));
+  const std::string info = larderctl("info " + name_).second;
+  EXPECT_NE(info.find(fmt::format("{} events, {} late dropped, {} outside the window, {} duplicates",
+                                  st.aggregate_events, st.late_dropped, st.outside_window, st.duplicates)),
+            std::string::npos)
+      << info;
+  EXPECT_NE(larderctl("--json info " + name_).second.find(fmt::format("\"outside_window\":{}", st.outside_window)),
+            std::string::npos);
+  sidecar.signal(SIGTERM);
+  EXPECT_EQ(sidecar.wait_exit(kGuard), 0);
 }
 
 // ---- event-time bounds -------------------------------------------------------

@@ -130,6 +130,18 @@ amqp_channel_t AmqpClient::fresh_channel() {
 
 void AmqpClient::publish(const std::string& exchange, const std::string& routing_key,
                          const std::vector<std::string>& bodies, size_t window) {
+  publish_each(exchange, routing_key, bodies, window, "", "");
+}
+
+void AmqpClient::publish_with_properties(const std::string& exchange, const std::string& routing_key,
+                                         const std::string& body, const std::string& message_id,
+                                         const std::string& producer) {
+  publish_each(exchange, routing_key, {body}, 1, message_id, producer);
+}
+
+void AmqpClient::publish_each(const std::string& exchange, const std::string& routing_key,
+                              const std::vector<std::string>& bodies, size_t window, const std::string& message_id,
+                              const std::string& producer) {
   std::set<uint64_t> unconfirmed;
   auto wait_confirms = [&](size_t allowed) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
@@ -161,6 +173,18 @@ void AmqpClient::publish(const std::string& exchange, const std::string& routing
   props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
   props.content_type = amqp_cstring_bytes("application/json");
   props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+  amqp_table_entry_t header;
+  if (!message_id.empty()) {
+    props._flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
+    props.message_id = bytes_of(message_id);
+  }
+  if (!producer.empty()) {
+    header.key = amqp_cstring_bytes("x-producer");
+    header.value.kind = AMQP_FIELD_KIND_UTF8;
+    header.value.value.bytes = bytes_of(producer);
+    props._flags |= AMQP_BASIC_HEADERS_FLAG;
+    props.headers = amqp_table_t{1, &header};
+  }
   for (const std::string& body : bodies) {
     const int status =
         amqp_basic_publish(conn_, 1, bytes_of(exchange), bytes_of(routing_key), 0, 0, &props, bytes_of(body));
@@ -181,10 +205,18 @@ std::optional<AmqpClient::Got> AmqpClient::get(const std::string& queue) {
   if (read.reply_type != AMQP_RESPONSE_NORMAL) throw std::runtime_error("read message: " + reply_text(read));
   Got got;
   got.body.assign(static_cast<const char*>(message.body.bytes), message.body.len);
+  if (message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
+    got.message_id.assign(static_cast<const char*>(message.properties.message_id.bytes),
+                          message.properties.message_id.len);
+  }
   if (message.properties._flags & AMQP_BASIC_HEADERS_FLAG) {
     for (int i = 0; i < message.properties.headers.num_entries; ++i) {
-      const amqp_bytes_t k = message.properties.headers.entries[i].key;
-      if (std::string(static_cast<const char*>(k.bytes), k.len) == "x-death") got.has_x_death = true;
+      const amqp_table_entry_t& e = message.properties.headers.entries[i];
+      const std::string key(static_cast<const char*>(e.key.bytes), e.key.len);
+      if (key == "x-death") got.has_x_death = true;
+      if (e.value.kind == AMQP_FIELD_KIND_UTF8 || e.value.kind == AMQP_FIELD_KIND_BYTES) {
+        got.headers[key].assign(static_cast<const char*>(e.value.value.bytes.bytes), e.value.value.bytes.len);
+      }
     }
   }
   amqp_destroy_message(&message);

@@ -52,10 +52,16 @@ class AmqpClient {
   void publish(const std::string& exchange, const std::string& routing_key, const std::string& body) {
     publish(exchange, routing_key, std::vector<std::string>{body});
   }
+  // One message with a message_id and an application header
+  // (x-producer: `producer`), confirmed like publish().
+  void publish_with_properties(const std::string& exchange, const std::string& routing_key, const std::string& body,
+                               const std::string& message_id, const std::string& producer);
 
   struct Got {
     std::string body;
     bool has_x_death = false;
+    std::string message_id;                      // the AMQP message_id property, "" when unset
+    std::map<std::string, std::string> headers;  // the string-valued headers
   };
   // basic.get with auto-ack; nullopt when the queue is empty.
   std::optional<Got> get(const std::string& queue);
@@ -68,6 +74,8 @@ class AmqpClient {
   void delete_exchange(const std::string& exchange);
 
  private:
+  void publish_each(const std::string& exchange, const std::string& routing_key, const std::vector<std::string>& bodies,
+                    size_t window, const std::string& message_id, const std::string& producer);
   amqp_channel_t fresh_channel();
   void check(const char* what);
 

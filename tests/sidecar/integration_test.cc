@@ -245,7 +245,8 @@ TEST_F(SidecarIntegrationTest, MalformedMessagesAreDeadLetteredWhileGoodOnesAppl
   std::multiset<std::string> want(malformed.begin(), malformed.end()), got;
   for (const auto& d : dead) {
     got.insert(d.body);
-    EXPECT_TRUE(d.has_x_death) << d.body;
+    EXPECT_TRUE(d.headers.count("x-larder-reason")) << d.body << ": published by the sidecar, with its reason";
+    EXPECT_FALSE(d.has_x_death) << d.body << ": the sidecar's copy, not a broker dead letter";
   }
   EXPECT_EQ(got, want);
   EXPECT_TRUE(wait_until([&] { return info().messages_rejected == malformed.size(); }, 60s))

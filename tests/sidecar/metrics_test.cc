@@ -125,11 +125,12 @@ TEST(RenderMetrics, EveryFamilyIsWellFormedAndValuesAreRight) {
   m.messages_rejected[static_cast<size_t>(RejectReason::kTableFull)].add(1);
   m.messages_acked.add(7);
   m.updates_applied.add(12);
-  m.updates_stale.add(5);
   m.updates_duplicate.add(3);
   m.updates_late.add(4);
   m.connects.add(2);
-  m.reconnects.add(1);
+  m.connections_lost.add(1);
+  m.connect_attempts.add(6);
+  m.dead_letters_published.add(3);
   m.work_enqueued.add(8);
   m.work_done.add(7);
   m.writer_heartbeat_mono_ns.set(now_mono - 5 * kMs);
@@ -146,12 +147,15 @@ TEST(RenderMetrics, EveryFamilyIsWellFormedAndValuesAreRight) {
   EXPECT_EQ(p.at("larder_messages_applied_total"), 7);
   EXPECT_EQ(p.at("larder_messages_acked_total"), 7);
   EXPECT_EQ(p.at("larder_updates_applied_total"), 12);
-  EXPECT_EQ(p.at("larder_updates_stale_total"), 5);
   EXPECT_EQ(p.at("larder_updates_duplicate_total"), 3);
   EXPECT_EQ(p.at("larder_updates_late_total"), 4);
   EXPECT_EQ(p.at("larder_messages_in_flight"), 1);
   EXPECT_EQ(p.at("larder_connects_total"), 2);
-  EXPECT_EQ(p.at("larder_reconnects_total"), 1);
+  EXPECT_EQ(p.at("larder_connections_lost_total"), 1);
+  EXPECT_EQ(p.at("larder_connect_attempts_total"), 6);
+  EXPECT_EQ(p.at("larder_dead_letters_published_total"), 3);
+  EXPECT_FALSE(p.has("larder_reconnects_total")) << "replaced by connections_lost and connect_attempts";
+  EXPECT_FALSE(p.has("larder_updates_stale_total")) << "larder_table_stale_ignored_total is the one stale count";
   // Every reason is present (zeros too), so rate() and sum() work from the start.
   for (RejectReason r : all_reject_reasons()) {
     const std::string key = fmt::format("larder_messages_rejected_total{{reason=\"{}\"}}", reject_reason_name(r));

@@ -165,6 +165,8 @@ ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key,
     bump(ac.late_dropped);
   } else if (writer::fold(ts.agg, block, clock, event_time_ms, sources, journal)) {
     bump(ac.events);
+  } else if (aggregate_input) {
+    bump(ac.outside_window);  // within the lateness, but its bucket left every window
   }
   if (scoped != 0 && writer::dedup_insert(ts.agg, scoped, event_time_ms, clock, journal)) bump(ac.dedup_evictions);
   schedule(table, at, block);

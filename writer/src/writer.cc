@@ -221,6 +221,7 @@ WriterStats Writer::stats(uint32_t table) const {
   const AggregateCounters& ac = ts.desc->aggregate_counters;
   st.aggregate_events = sync::load_relaxed(ac.events);
   st.late_dropped = sync::load_relaxed(ac.late_dropped);
+  st.outside_window = sync::load_relaxed(ac.outside_window);
   st.duplicates = sync::load_relaxed(ac.duplicates);
   st.dedup_evictions = sync::load_relaxed(ac.dedup_evictions);
   st.refreshes = sync::load_relaxed(ac.refreshes);

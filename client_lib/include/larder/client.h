@@ -192,6 +192,7 @@ struct TableStats {
   uint32_t aggregates = 0;
   uint64_t aggregate_events = 0;  // events folded into aggregates
   uint64_t late_dropped = 0;      // aggregate inputs older than the allowed lateness
+  uint64_t outside_window = 0;    // inputs within the lateness whose bucket had left every window
   uint64_t duplicates = 0;        // events ignored because their id was seen
   uint64_t dedup_evictions = 0;   // ids forgotten inside their horizon (dedup set too small)
   uint64_t refreshes = 0;         // keys rewritten because a bucket left a window

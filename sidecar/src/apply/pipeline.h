@@ -19,7 +19,9 @@
 // they are statistics, not synchronisation; the queues synchronise the items.
 //
 // Metrics: each member of `metrics` has one writer thread (consumer or
-// writer, see metrics.h); the HTTP thread reads them and connection_state.
+// writer, see metrics.h); the HTTP thread reads them and connection_state,
+// and the consumer's stats log line reads them too, so the log and /metrics
+// give the same numbers under the same names.
 #pragma once
 
 #include <concurrentqueue/blockingconcurrentqueue.h>
@@ -71,6 +73,7 @@ struct Completion {
   uint64_t delivery_tag = 0;
   Outcome outcome = Outcome::kApplied;
   RejectReason reason = RejectReason::kInternal;  // when kRejected
+  uint32_t refused_update = 0;                    // when kRejected: the first refused update of `batch`
   DecodedBatch batch;
 };
 
@@ -92,13 +95,6 @@ struct Pipeline {
   std::atomic<uint64_t> stream_tail{kNoOffset};  // the last offset when the consumer attached; kNoOffset: empty
   std::atomic<uint64_t> stream_probes{0};        // attaches whose stream_tail is published
   std::atomic<bool> stream_at_tail{false};
-
-  // Statistics for logs (writer thread writes, anyone reads).
-  std::atomic<uint64_t> messages_applied{0};
-  std::atomic<uint64_t> updates_applied{0};
-  std::atomic<uint64_t> updates_stale{0};
-  std::atomic<uint64_t> updates_duplicate{0};  // ids seen before: ignored, acked
-  std::atomic<uint64_t> updates_late{0};       // too late for the aggregates and older than the row: acked
 
   SidecarMetrics metrics;
 

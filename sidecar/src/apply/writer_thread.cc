@@ -12,7 +12,8 @@
 namespace larder::sidecar {
 
 Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* reason, uint64_t* stale, uint64_t* applied,
-                    const LagRecorder* lag, uint64_t* duplicates, uint64_t* late, const StreamPlace* place) {
+                    const LagRecorder* lag, uint64_t* duplicates, uint64_t* late, const StreamPlace* place,
+                    uint32_t* refused_update) {
   Outcome outcome = Outcome::kApplied;
   const size_t n = batch.size();
   if (place != nullptr && place->skip_updates >= n) {
@@ -40,7 +41,9 @@ Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* rea
         if (applied != nullptr) ++*applied;
         if (lag != nullptr) lag->histogram->observe_ns((lag->now_unix_ms - u.event_time_ms) * 1'000'000);
         break;
-      case ApplyResult::kStale: ++*stale; break;
+      case ApplyResult::kStale:
+        if (stale != nullptr) ++*stale;
+        break;
       case ApplyResult::kDuplicate:
         if (duplicates != nullptr) ++*duplicates;
         break;
@@ -48,11 +51,11 @@ Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* rea
         if (late != nullptr) ++*late;
         break;
       case ApplyResult::kTableFull:
-        if (outcome == Outcome::kApplied) *reason = RejectReason::kTableFull;
-        outcome = Outcome::kRejected;
-        break;
       case ApplyResult::kInvalid:
-        if (outcome == Outcome::kApplied) *reason = RejectReason::kInternal;
+        if (outcome == Outcome::kApplied) {
+          *reason = r == ApplyResult::kTableFull ? RejectReason::kTableFull : RejectReason::kInternal;
+          if (refused_update != nullptr) *refused_update = static_cast<uint32_t>(i);
+        }
         outcome = Outcome::kRejected;
         break;
     }
@@ -70,10 +73,11 @@ int64_t newest_event_ms(const DecodedBatch& batch) noexcept {
 }
 
 // Applies one WorkItem; a stream message's position goes with it.
-Outcome apply_item(Writer& writer, const WorkItem& item, StreamSync* sync, RejectReason* reason, uint64_t* stale,
-                   uint64_t* applied, const LagRecorder* lag, uint64_t* duplicates, uint64_t* late) {
+Outcome apply_item(Writer& writer, const WorkItem& item, StreamSync* sync, RejectReason* reason,
+                   uint32_t* refused_update, uint64_t* applied, const LagRecorder* lag, uint64_t* duplicates,
+                   uint64_t* late) {
   if (item.offset == kNoOffset) {
-    return apply_batch(writer, item.batch, reason, stale, applied, lag, duplicates, late);
+    return apply_batch(writer, item.batch, reason, nullptr, applied, lag, duplicates, late, nullptr, refused_update);
   }
   if (sync != nullptr && item.gap_from != kNoOffset) sync->gap(item.gap_from, item.offset);
   Outcome outcome = Outcome::kSkipped;
@@ -81,7 +85,7 @@ Outcome apply_item(Writer& writer, const WorkItem& item, StreamSync* sync, Rejec
     writer.set_position(SourcePosition{0, item.offset + 1, 0});
   } else {
     const StreamPlace place{item.offset, item.skip_updates};
-    outcome = apply_batch(writer, item.batch, reason, stale, applied, lag, duplicates, late, &place);
+    outcome = apply_batch(writer, item.batch, reason, nullptr, applied, lag, duplicates, late, &place, refused_update);
   }
   if (sync != nullptr) sync->applied(item.offset, item.position_only ? 0 : newest_event_ms(item.batch));
   return outcome;
@@ -104,7 +108,7 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
     // The sync state first: a new target reaches the segment before this
     // bulk's updates, and READY is decided on what the last bulk applied.
     if (sync != nullptr) sync->poll(layout::now_unix_ns() / 1'000'000);
-    uint64_t updates = 0, stale = 0, applied_updates = 0, applied_messages = 0, duplicates = 0, late = 0;
+    uint64_t applied_updates = 0, applied_messages = 0, duplicates = 0, late = 0;
     // One wall-clock read per bulk: the bulk applies within microseconds,
     // well under the millisecond resolution of event times.
     const LagRecorder lag{&metrics.visible_lag_seconds, n > 0 ? layout::now_unix_ns() / 1'000'000 : 0};
@@ -114,12 +118,12 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
       Completion c;
       c.epoch = item.epoch;
       c.delivery_tag = item.delivery_tag;
-      c.outcome = apply_item(writer, item, sync, &c.reason, &stale, &applied_updates, &lag, &duplicates, &late);
+      c.outcome =
+          apply_item(writer, item, sync, &c.reason, &c.refused_update, &applied_updates, &lag, &duplicates, &late);
       const int64_t t1 = layout::now_mono_ns();
       metrics.apply_seconds.observe_ns(t1 - t0);
       t0 = t1;
       if (c.outcome == Outcome::kApplied) ++applied_messages;
-      updates += item.batch.size();
       if (c.outcome == Outcome::kRejected && c.reason == RejectReason::kTableFull && table_full_logged++ % 1000 == 0) {
         spdlog::error(
             "writer: a table is full; new keys are refused and their messages dead-lettered "
@@ -130,15 +134,8 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
       pipeline.done.enqueue(ptok, std::move(c));
     }
     if (n > 0) {
-      // relaxed: statistics for logs; the queues order the items themselves.
-      pipeline.messages_applied.fetch_add(n, std::memory_order_relaxed);
-      pipeline.updates_applied.fetch_add(updates, std::memory_order_relaxed);
-      pipeline.updates_stale.fetch_add(stale, std::memory_order_relaxed);
-      pipeline.updates_duplicate.fetch_add(duplicates, std::memory_order_relaxed);
-      pipeline.updates_late.fetch_add(late, std::memory_order_relaxed);
       metrics.messages_applied.add(applied_messages);
       metrics.updates_applied.add(applied_updates);
-      metrics.updates_stale.add(stale);
       metrics.updates_duplicate.add(duplicates);
       metrics.updates_late.add(late);
       // Write point of the writer's progress (see SidecarMetrics): the

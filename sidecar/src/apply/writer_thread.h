@@ -43,10 +43,13 @@ struct LagRecorder {
 // (the other updates still apply: they are idempotent under last-write-wins,
 // and aggregate inputs are deduplicated by event id, so a later replay from
 // the dead-letter queue is harmless). Counts applied updates in `*applied`,
-// stale ones in `*stale`, redelivered events the writer recognised by id in
+// stale ones in `*stale` (when given; the sidecar exports the segment's own
+// per-table count instead, which also sees aggregate events whose fields are
+// older than the row), redelivered events the writer recognised by id in
 // `*duplicates` and events too late for their aggregates (and older than the
 // row) in `*late`; those three are not rejections: the message is acked.
-// Observes each applied update's lag into `lag` when given. With `place`
+// Observes each applied update's lag into `lag` when given. Stores the index
+// of the first refused update in `*refused_update` when given. With `place`
 // (a stream message), skips its first place->skip_updates updates and stages
 // before update i of n the position {0, offset, i + 1} (the message is not
 // wholly applied yet) or, for the last, {0, offset + 1, 0}; a message with no
@@ -54,6 +57,6 @@ struct LagRecorder {
 // allocates.
 Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* reason, uint64_t* stale,
                     uint64_t* applied = nullptr, const LagRecorder* lag = nullptr, uint64_t* duplicates = nullptr,
-                    uint64_t* late = nullptr, const StreamPlace* place = nullptr);
+                    uint64_t* late = nullptr, const StreamPlace* place = nullptr, uint32_t* refused_update = nullptr);
 
 }  // namespace larder::sidecar

@@ -4,9 +4,11 @@
 //
 // Invariant: take_ack() returns a tag T only when every delivery with a tag
 // <= T has been settled (applied, or already rejected on the wire), and T
-// itself was applied. A multiple=true ack of T therefore covers only applied
-// deliveries: rejected ones were settled with basic.reject first and are no
-// longer outstanding at the broker, and no ack names a rejected tag.
+// itself was applied. A multiple=true ack of T therefore covers only
+// deliveries settled as applied: rejected ones were settled with basic.reject
+// first and are no longer outstanding at the broker, and no ack names a
+// rejected tag. ("Applied" includes a refused message whose dead-letter copy
+// the broker has confirmed: acking it is what the consumer wants.)
 //
 // Threading: consumer thread only (it owns the channel).
 #pragma once

@@ -25,6 +25,10 @@ constexpr amqp_channel_t kChannel = 1;
 // deliveries of one are never taken for the other's.
 constexpr amqp_channel_t kTailProbeChannel = 2;
 constexpr amqp_channel_t kFirstProbeChannel = 3;
+// Dead-letter copies, published in confirm mode (publish_dead_letter). A
+// channel of its own: confirm mode numbers every publish on its channel, and
+// the consumer's channel must stay free of it.
+constexpr amqp_channel_t kDeadLetterChannel = 4;
 // The tail probe: after the first delivery, the last chunk's messages are
 // taken as complete after this quiet spell (the broker sends a chunk in one
 // go), or after kProbeMaxMs in all (a busy stream; the target is then a
@@ -364,6 +368,14 @@ void AmqpSession::declare_topology(StreamAttach* stream) {
     }
   }
 
+  if (dead_letters) {
+    amqp_channel_open(conn_, kDeadLetterChannel);
+    check_rpc(SessionFailure::kTopology, "channel.open (dead letters)");
+    amqp_confirm_select(conn_, kDeadLetterChannel);
+    check_rpc(SessionFailure::kTopology, "confirm.select (dead letters)");
+    dead_letter_channel_open_ = true;
+  }
+
   amqp_basic_qos(conn_, kChannel, 0, static_cast<uint16_t>(config_.prefetch), 0);
   check_rpc(SessionFailure::kTopology, "basic.qos");
 
@@ -416,7 +428,17 @@ ConsumeEvent AmqpSession::handle_other_frame() {
   }
   switch (frame.payload.method.id) {
     case AMQP_BASIC_ACK_METHOD:
-    case AMQP_BASIC_NACK_METHOD: return ConsumeEvent::kHandled;  // publisher confirms: we do not publish
+      if (frame.channel == kDeadLetterChannel) {
+        const auto* m = static_cast<const amqp_basic_ack_t*>(frame.payload.method.decoded);
+        confirms_.push_back(PublishConfirm{m->delivery_tag, m->multiple != 0, true});
+      }
+      return ConsumeEvent::kHandled;
+    case AMQP_BASIC_NACK_METHOD:
+      if (frame.channel == kDeadLetterChannel) {
+        const auto* m = static_cast<const amqp_basic_nack_t*>(frame.payload.method.decoded);
+        confirms_.push_back(PublishConfirm{m->delivery_tag, m->multiple != 0, false});
+      }
+      return ConsumeEvent::kHandled;
     case AMQP_BASIC_RETURN_METHOD: {
       amqp_message_t message;
       const amqp_rpc_reply_t r = amqp_read_message(conn_, frame.channel, &message, 0);
@@ -467,6 +489,41 @@ void AmqpSession::ack_up_to(uint64_t tag) {
 void AmqpSession::reject(uint64_t tag) {
   check_owner();
   check_status(amqp_basic_reject(conn_, kChannel, tag, /*requeue=*/0), fmt::format("basic.reject {}", tag));
+}
+
+uint64_t AmqpSession::publish_dead_letter(const amqp_envelope_t& original, const DeadLetterNote& note) {
+  check_owner();
+  assert(dead_letter_channel_open_);
+  // The original's headers, without x-larder-* ones (a message replayed from
+  // the dead-letter queue carries them), then this refusal's.
+  headers_.clear();
+  const amqp_basic_properties_t& op = original.message.properties;
+  if (op._flags & AMQP_BASIC_HEADERS_FLAG) {
+    for (int i = 0; i < op.headers.num_entries; ++i) {
+      const amqp_table_entry_t& e = op.headers.entries[i];
+      const std::string_view k(static_cast<const char*>(e.key.bytes), e.key.len);
+      if (!k.starts_with("x-larder-")) headers_.push_back(e);
+    }
+  }
+  auto text = [](const char* key, std::string_view value) {
+    amqp_table_entry_t e;
+    e.key = amqp_cstring_bytes(key);
+    e.value.kind = AMQP_FIELD_KIND_UTF8;
+    e.value.value.bytes = amqp_bytes_t{value.size(), const_cast<char*>(value.data())};
+    return e;
+  };
+  headers_.push_back(text("x-larder-reason", note.reason));
+  headers_.push_back(text("x-larder-detail", note.detail));
+  if (!note.update_id.empty()) headers_.push_back(text("x-larder-update-id", note.update_id));
+  if (!note.key.empty()) headers_.push_back(text("x-larder-key", note.key));
+  amqp_basic_properties_t props = op;  // shallow: the envelope outlives the publish call
+  props._flags |= AMQP_BASIC_HEADERS_FLAG;
+  props.headers = amqp_table_t{static_cast<int>(headers_.size()), headers_.data()};
+  const int status =
+      amqp_basic_publish(conn_, kDeadLetterChannel, bytes_of(config_.dead_letter.exchange), original.routing_key,
+                         /*mandatory=*/0, /*immediate=*/0, &props, original.message.body);
+  check_status(status, fmt::format("basic.publish to dead-letter exchange \"{}\"", config_.dead_letter.exchange));
+  return ++published_;
 }
 
 void AmqpSession::cancel() {

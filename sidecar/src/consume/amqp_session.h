@@ -14,7 +14,9 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <vector>
 
 #include "config/config.h"
 
@@ -66,6 +68,23 @@ struct StreamAttach {
 // or not a non-negative integer.
 bool stream_offset_of(const amqp_envelope_t& envelope, uint64_t* offset);
 
+// The broker's answer to one dead-letter copy (publisher confirms on the
+// dead-letter channel): `seq` is the publish's sequence number on that
+// channel (1, 2, ...); `multiple` answers every publish up to it.
+struct PublishConfirm {
+  uint64_t seq = 0;
+  bool multiple = false;
+  bool ack = false;  // false: basic.nack, the broker did not take the copy
+};
+
+// Why and where a message was refused, for the headers of its dead letter.
+struct DeadLetterNote {
+  const char* reason = "";     // reject_reason_name()
+  std::string_view detail;     // the decoder's or writer's one-line detail
+  std::string_view update_id;  // the refused update's own "id"; "" when unknown (header left out)
+  std::string_view key;        // the refused update's "key"; "" when unknown (header left out)
+};
+
 class AmqpSession {
  public:
   // Connects, logs in with consumer_cancel_notify and connection.blocked
@@ -93,6 +112,20 @@ class AmqpSession {
   void ack_up_to(uint64_t tag);
   // basic.reject requeue=false: the broker dead-letters the message.
   void reject(uint64_t tag);
+
+  // True when the dead-letter channel is open in confirm mode (every queue
+  // type but streams, which have no dead-lettering).
+  bool publishes_dead_letters() const noexcept { return dead_letter_channel_open_; }
+  // Publishes a copy of `original` (same body and properties, its headers
+  // plus x-larder-reason, x-larder-detail, x-larder-update-id and
+  // x-larder-key) to the dead-letter exchange with the original's routing
+  // key, on the dead-letter channel. Returns the publish's sequence number;
+  // the broker's confirm arrives later through take_confirms(). Throws
+  // SessionError.
+  uint64_t publish_dead_letter(const amqp_envelope_t& original, const DeadLetterNote& note);
+  // The confirms read since the last call (next() reads them), oldest first.
+  // The caller clears the vector once it has handled them.
+  std::vector<PublishConfirm>& confirms() noexcept { return confirms_; }
 
   // basic.cancel: the broker stops delivering; deliveries already sent still
   // arrive through next(). Throws SessionError.
@@ -125,6 +158,10 @@ class AmqpSession {
   std::thread::id owner_;
   bool channel_open_ = false;
   bool cancel_sent_ = false;
+  bool dead_letter_channel_open_ = false;
+  uint64_t published_ = 0;  // publishes on the dead-letter channel (its confirm sequence)
+  std::vector<PublishConfirm> confirms_;
+  std::vector<amqp_table_entry_t> headers_;  // publish_dead_letter's scratch
 };
 
 }  // namespace larder::sidecar

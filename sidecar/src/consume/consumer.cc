@@ -23,6 +23,13 @@ constexpr int kIdleWaitMs = 200;
 constexpr int kBusyWaitMs = 1;
 constexpr auto kStatsInterval = std::chrono::seconds(60);
 
+// The AMQP message_id of a delivery (its first kMaxLoggedIdBytes), or "".
+std::string_view message_id_of(const amqp_envelope_t& envelope) {
+  const amqp_basic_properties_t& p = envelope.message.properties;
+  if (!(p._flags & AMQP_BASIC_MESSAGE_ID_FLAG)) return {};
+  return {static_cast<const char*>(p.message_id.bytes), std::min<size_t>(p.message_id.len, kMaxLoggedIdBytes)};
+}
+
 }  // namespace
 
 Consumer::Consumer(const Config& config, Pipeline& pipeline, const std::atomic<int>& stop_requests)
@@ -79,18 +86,21 @@ int Consumer::run() {
   while (stop_requests_.load() == 0) {
     ++epoch_;
     tracker_.reset();
+    blocked_ = false;
     outstanding_work_ = 0;
     unsent_ack_tag_ = 0;
     unsent_ack_count_ = 0;
     set_state(layout::ConnectionState::kConnecting);
     pipeline_.metrics.consumer_heartbeat_mono_ns.set(layout::now_mono_ns());
     std::unique_ptr<AmqpSession> session;
+    bool established = false;  // a failure after this loses a connection; before, it fails an attempt
     try {
       const std::string tag = fmt::format("larder-sidecar.{}.{}", ::getpid(), epoch_);
       StreamAttach attach;
       attach.from = next_offset_;
       // relaxed: a hint (see pipeline.h); a new connection is not at the tail yet.
       pipeline_.stream_at_tail.store(false, std::memory_order_relaxed);
+      pipeline_.metrics.connect_attempts.add();
       session = AmqpSession::connect(rc, tag, stream_ ? &attach : nullptr);
       if (stream_) {
         requested_ = next_offset_;
@@ -119,6 +129,7 @@ int Consumer::run() {
       }
       ++stats_.connections;
       pipeline_.metrics.connects.add();
+      established = true;
       set_state(layout::ConnectionState::kConnected);
       spdlog::info("consumer: connected to {} (epoch {}), consuming \"{}\"", rc.url.to_string(), epoch_, rc.queue.name);
       backoff_.reset();
@@ -127,9 +138,9 @@ int Consumer::run() {
       // A requested stop, drained: close the handshake politely.
       session->close();
       session.reset();
+      release_all();
       set_state(layout::ConnectionState::kStopped);
-      spdlog::info("consumer: stopped cleanly ({} deliveries, {} acks, {} rejects)", stats_.deliveries,
-                   stats_.acks_sent, stats_.rejects_sent);
+      spdlog::info("consumer: stopped cleanly ({})", stats_line());
       return 0;
     } catch (const SessionError& e) {
       if (session != nullptr && e.failure() == SessionFailure::kConsumerCancelled) {
@@ -139,8 +150,9 @@ int Consumer::run() {
         }
       }
       session.reset();  // rabbitmq-c state is dead after a failure: destroy, never reuse
+      release_all();    // the broker redelivers them, dead letters not yet confirmed included
       set_state(layout::ConnectionState::kDisconnected);
-      pipeline_.metrics.reconnects.add();
+      if (established) pipeline_.metrics.connections_lost.add();
       if (outstanding_work_ > 0) {
         spdlog::info(
             "consumer: {} applied-or-in-flight messages of epoch {} will not be acked; the broker redelivers them",
@@ -209,34 +221,45 @@ void Consumer::serve(AmqpSession& session) {
     if (event != ConsumeEvent::kDelivery) pipeline_.metrics.consumer_heartbeat_mono_ns.set(layout::now_mono_ns());
     switch (event) {
       case ConsumeEvent::kDelivery:
-        handle_delivery(session, envelope);
-        amqp_destroy_envelope(&envelope);
+        if (!handle_delivery(session, envelope)) amqp_destroy_envelope(&envelope);
         break;
       case ConsumeEvent::kBlocked:
+        blocked_ = true;
         spdlog::warn("consumer: the broker blocked the connection (memory or disk alarm); consuming continues");
         break;
-      case ConsumeEvent::kUnblocked: spdlog::info("consumer: the broker unblocked the connection"); break;
+      case ConsumeEvent::kUnblocked:
+        blocked_ = false;
+        spdlog::info("consumer: the broker unblocked the connection");
+        break;
       case ConsumeEvent::kTimeout:
       case ConsumeEvent::kHandled: break;
     }
   }
 }
 
-void Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) {
+bool Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) {
   ++stats_.deliveries;
   SidecarMetrics& metrics = pipeline_.metrics;
   metrics.messages_received.add();
   if (envelope.redelivered) metrics.messages_redelivered.add();
   const uint64_t tag = envelope.delivery_tag;
   tracker_.delivered(tag);
+  bool kept = false;
+  // Kept until settled (see held_): rabbitmq-c's envelope owns its memory.
+  // Tags of one channel are consecutive; were one not, that delivery would
+  // be rejected rather than published if refused (held() finds nothing).
+  if (session.publishes_dead_letters() && (held_.empty() || tag == held_.back().tag + 1)) {
+    held_.push_back(Held{tag, true, envelope});
+    kept = true;
+  }
   uint64_t offset = kNoOffset;
   uint64_t gap_from = kNoOffset;
   uint32_t skip = 0;
   if (stream_) {
     if (!stream_offset_of(envelope, &offset)) {
       dead_letter(session, tag, RejectReason::kNoStreamOffset, "a stream delivery without an x-stream-offset header",
-                  "");
-      return;
+                  "", "");
+      return kept;
     }
     if (first_of_epoch_) {
       first_of_epoch_ = false;
@@ -247,7 +270,7 @@ void Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) 
       // already. Ack, apply nothing.
       tracker_.settle(tag, true);
       ++unsent_ack_count_;
-      return;
+      return kept;
     }
     if (offset == skip_offset_) {
       skip = skip_updates_;
@@ -263,23 +286,19 @@ void Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) 
   metrics.decode_seconds.observe_ns(decode_end - decode_start);
   metrics.consumer_heartbeat_mono_ns.set(decode_end);
   if (!result.ok) {
-    std::string id;
-    if (envelope.message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
-      id.assign(static_cast<const char*>(envelope.message.properties.message_id.bytes),
-                std::min<size_t>(envelope.message.properties.message_id.len, 128));
-    }
     if (offset != kNoOffset) {
       // A stream: the writer stores the position past it, then it is acked.
-      note_reject(tag, result.reason, result.detail, id);
+      note_reject(tag, result.reason, result.detail, result.update_id, result.key, message_id_of(envelope));
       batch.clear();
       hand_over(WorkItem{epoch_, tag, offset, 0, true, gap_from, std::move(batch)}, decode_end);
-      return;
+      return kept;
     }
     spare_batches_.push_back(std::move(batch));
-    dead_letter(session, tag, result.reason, result.detail, id);
-    return;
+    dead_letter(session, tag, result.reason, result.detail, result.update_id, result.key);
+    return kept;
   }
   hand_over(WorkItem{epoch_, tag, offset, skip, false, gap_from, std::move(batch)}, decode_end);
+  return kept;
 }
 
 void Consumer::hand_over(WorkItem&& item, int64_t now_mono_ns) {
@@ -294,31 +313,96 @@ void Consumer::hand_over(WorkItem&& item, int64_t now_mono_ns) {
   ++outstanding_work_;
 }
 
-void Consumer::dead_letter(AmqpSession& session, uint64_t tag, RejectReason reason, const std::string& detail,
-                           const std::string& id) {
-  note_reject(tag, reason, detail, id);
+void Consumer::dead_letter(AmqpSession& session, uint64_t tag, RejectReason reason, std::string_view detail,
+                           std::string_view update_id, std::string_view key) {
+  amqp_envelope_t* original = held(tag);
+  note_reject(tag, reason, detail, update_id, key, original != nullptr ? message_id_of(*original) : std::string_view());
   if (config_.rabbitmq.queue.type == QueueType::kStream) {
     // Streams have no dead-lettering and ignore rejects; the ack (a credit)
     // is what lets consumption go on. The reject is counted and logged.
     tracker_.settle(tag, true);
     return;
   }
+  // A blocked connection stops being read at the broker's end as soon as it
+  // publishes, acks included: reject instead until it is unblocked.
+  if (original != nullptr && session.publishes_dead_letters() && !blocked_) {
+    // The tag stays in flight until the broker confirms the copy
+    // (settle_dead_letters), so no multiple-ack covers it before.
+    const uint64_t seq =
+        session.publish_dead_letter(*original, DeadLetterNote{reject_reason_name(reason), detail, update_id, key});
+    pending_dead_letters_.push_back(PendingDeadLetter{seq, tag});
+    return;
+  }
   // The reject goes out now, before any multiple-ack whose range covers this
   // tag can be sent (take_ack() only reaches past this tag afterwards).
   session.reject(tag);
-  ++stats_.rejects_sent;
+  ++stats_.reject_frames;
   tracker_.settle(tag, false);
+  release(tag);
 }
 
-void Consumer::note_reject(uint64_t tag, RejectReason reason, const std::string& detail, const std::string& id) {
+void Consumer::settle_dead_letters(AmqpSession& session) {
+  std::vector<PublishConfirm>& confirms = session.confirms();
+  for (const PublishConfirm& c : confirms) {
+    for (auto it = pending_dead_letters_.begin(); it != pending_dead_letters_.end();) {
+      if (c.multiple ? it->seq > c.seq : it->seq != c.seq) {
+        ++it;
+        continue;
+      }
+      const uint64_t tag = it->tag;
+      it = pending_dead_letters_.erase(it);
+      if (c.ack) {
+        // The copy is on the dead-letter exchange: the original goes with
+        // the next multiple-ack.
+        tracker_.settle(tag, true);
+        ++unsent_ack_count_;
+        pipeline_.metrics.dead_letters_published.add();
+      } else {
+        spdlog::warn("consumer: the broker refused the dead letter of tag {}; rejecting the original instead", tag);
+        session.reject(tag);
+        ++stats_.reject_frames;
+        tracker_.settle(tag, false);
+      }
+      release(tag);
+    }
+  }
+  confirms.clear();
+}
+
+amqp_envelope_t* Consumer::held(uint64_t tag) {
+  if (held_.empty() || tag < held_.front().tag) return nullptr;
+  const uint64_t i = tag - held_.front().tag;
+  if (i >= held_.size() || held_[i].tag != tag || !held_[i].live) return nullptr;
+  return &held_[i].envelope;
+}
+
+void Consumer::release(uint64_t tag) {
+  if (amqp_envelope_t* e = held(tag)) {
+    amqp_destroy_envelope(e);
+    held_[tag - held_.front().tag].live = false;
+  }
+  while (!held_.empty() && !held_.front().live) held_.pop_front();
+}
+
+void Consumer::release_all() {
+  for (Held& h : held_) {
+    if (h.live) amqp_destroy_envelope(&h.envelope);
+  }
+  held_.clear();
+  pending_dead_letters_.clear();
+}
+
+void Consumer::note_reject(uint64_t tag, RejectReason reason, std::string_view detail, std::string_view update_id,
+                           std::string_view key, std::string_view message_id) {
   const size_t r = static_cast<size_t>(reason);
   ++stats_.rejected_by_reason[r];
   pipeline_.metrics.messages_rejected[r].add();
   pipeline_.pending_rejects.fetch_add(1, std::memory_order_relaxed);  // relaxed: a count, see pipeline.h
   uint64_t suppressed = 0;
   if (reject_log_.allow(r, &suppressed)) {
-    spdlog::warn("reject: reason={} tag={} id=\"{}\" detail=\"{}\" suppressed_since_last={}",
-                 reject_reason_name(reason), tag, id, detail, suppressed);
+    spdlog::warn(
+        "reject: reason={} tag={} id=\"{}\" key=\"{}\" message_id=\"{}\" detail=\"{}\" suppressed_since_last={}",
+        reject_reason_name(reason), tag, update_id, key, message_id, detail, suppressed);
   }
 }
 
@@ -328,54 +412,73 @@ void Consumer::process_completions(AmqpSession* session, bool flush_acks) {
     if (n == 0) break;
     for (size_t i = 0; i < n; ++i) {
       Completion& c = completions_[i];
-      const std::string id = c.outcome == Outcome::kRejected ? c.batch.first_id() : std::string();
-      if (spare_batches_.size() < config_.rabbitmq.prefetch + 16u) spare_batches_.push_back(std::move(c.batch));
       if (c.epoch != epoch_ || session == nullptr) {
         ++stats_.stale_completions_dropped;  // its channel is gone; the broker redelivers it
-        continue;
-      }
-      --outstanding_work_;
-      if (c.outcome == Outcome::kApplied || c.outcome == Outcome::kSkipped) {
-        tracker_.settle(c.delivery_tag, true);
-        ++unsent_ack_count_;
       } else {
-        dead_letter(*session, c.delivery_tag, c.reason,
-                    c.reason == RejectReason::kTableFull ? "a table is full (raise its capacity)"
-                                                         : "the writer refused an update",
-                    id);
+        --outstanding_work_;
+        if (c.outcome == Outcome::kApplied || c.outcome == Outcome::kSkipped) {
+          tracker_.settle(c.delivery_tag, true);
+          ++unsent_ack_count_;
+          release(c.delivery_tag);
+        } else {
+          std::string_view update_id, key;
+          if (c.refused_update < c.batch.size()) {
+            const DecodedUpdate& u = c.batch.update(c.refused_update);
+            update_id = c.batch.id(u);
+            key = c.batch.key(u).substr(0, kMaxLoggedIdBytes);
+          }
+          const std::string detail =
+              c.reason == RejectReason::kTableFull
+                  ? fmt::format("update {}: a table is full (raise its capacity)", c.refused_update)
+                  : fmt::format("update {}: the writer refused it", c.refused_update);
+          dead_letter(*session, c.delivery_tag, c.reason, detail, update_id, key);
+        }
       }
+      if (spare_batches_.size() < config_.rabbitmq.prefetch + 16u) spare_batches_.push_back(std::move(c.batch));
     }
     if (n < completions_.size()) break;
   }
   if (session == nullptr) return;
+  if (!session->confirms().empty()) settle_dead_letters(*session);
   if (const uint64_t tag = tracker_.take_ack()) unsent_ack_tag_ = tag;
   // A multiple-ack of unsent_ack_tag_ covers only applied deliveries (see
   // AckTracker); holding it back a little is safe: rejects of higher tags
   // have gone out already, and a later ack covers these too.
   if (unsent_ack_tag_ != 0 && (flush_acks || unsent_ack_count_ >= ack_batch_)) {
     session->ack_up_to(unsent_ack_tag_);
-    ++stats_.acks_sent;
+    ++stats_.ack_frames;
     pipeline_.metrics.messages_acked.add(unsent_ack_count_);
     unsent_ack_tag_ = 0;
     unsent_ack_count_ = 0;
   }
 }
 
+std::string Consumer::stats_line() const {
+  // The metrics' own numbers under their names (larder_<name>_total), so a
+  // log line and a scrape never disagree; ack_frames and reject_frames count
+  // frames on the wire (one basic.ack may cover many messages).
+  const SidecarMetrics& m = pipeline_.metrics;
+  uint64_t rejected = 0;
+  std::string by_reason;
+  for (RejectReason r : all_reject_reasons()) {
+    const uint64_t n = m.messages_rejected[static_cast<size_t>(r)].value();
+    rejected += n;
+    if (n > 0) by_reason += fmt::format(" {}={}", reject_reason_name(r), n);
+  }
+  return fmt::format(
+      "messages_received={} messages_applied={} updates_applied={} updates_duplicate={} updates_late={} "
+      "messages_acked={} ack_frames={} messages_rejected={}{} dead_letters_published={} reject_frames={} "
+      "connections_lost={}",
+      m.messages_received.value(), m.messages_applied.value(), m.updates_applied.value(), m.updates_duplicate.value(),
+      m.updates_late.value(), m.messages_acked.value(), stats_.ack_frames, rejected, by_reason,
+      m.dead_letters_published.value(), stats_.reject_frames, m.connections_lost.value());
+}
+
 void Consumer::log_stats_if_due(bool force) {
   const auto now = std::chrono::steady_clock::now();
   if (!force && now - last_stats_log_ < kStatsInterval) return;
   last_stats_log_ = now;
-  std::string rejects;
-  for (RejectReason r : all_reject_reasons()) {
-    const uint64_t n = stats_.rejected_by_reason[static_cast<size_t>(r)];
-    if (n > 0) rejects += fmt::format(" {}={}", reject_reason_name(r), n);
-  }
-  spdlog::info(
-      "stats: deliveries={} messages_applied={} updates_applied={} updates_stale={} updates_duplicate={} "
-      "updates_late={} acks={} rejects={}{}",
-      stats_.deliveries, pipeline_.messages_applied.load(), pipeline_.updates_applied.load(),
-      pipeline_.updates_stale.load(), pipeline_.updates_duplicate.load(), pipeline_.updates_late.load(),
-      stats_.acks_sent, stats_.rejects_sent, rejects);
+  spdlog::info("stats: {}", stats_line());
 }
 
 }  // namespace larder::sidecar

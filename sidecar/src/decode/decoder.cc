@@ -191,6 +191,11 @@ struct Decoder::Impl {
   std::vector<char> padded;
   bool skipped_unread = false;
   uint64_t update_serial = 0;
+  // The `id` and `key` of the update being decoded, copied as they are read
+  // (the parser's strings may be reused by a second walk), for a refusal's
+  // DecodeResult. Capacity is kept across messages.
+  std::string current_id;
+  std::string current_key;
   // The clock for event-time bounds: kClockUnread until the first update of
   // a message that needs it reads CLOCK_REALTIME (or a test's value).
   static constexpr int64_t kClockUnread = -1;
@@ -510,6 +515,8 @@ struct Decoder::Impl {
     int64_t event_time_ms = 0;
     UpdateOp op = UpdateOp::kUpsert;
     uint64_t event_id = 0;
+    uint32_t id_offset = 0;  // into the batch's bytes
+    uint32_t id_length = 0;
   };
 
   // Rejects a member that appears twice in one update.
@@ -552,6 +559,7 @@ struct Decoder::Impl {
     } else if (name == "key") {
       mark_once(e.have_key, name, at);
       e.key = read_string_member(v, name, at);
+      current_key.assign(e.key.substr(0, kMaxLoggedIdBytes));
     } else if (name == "event_time") {
       mark_once(e.have_time, name, at);
       e.event_time_ms = read_event_time(v, at);
@@ -561,7 +569,12 @@ struct Decoder::Impl {
     } else if (name == "id") {
       mark_once(e.have_id, name, at);
       const std::string_view id = read_string_member(v, name, at);
-      if (out.first_id_.empty()) out.first_id_.assign(id.substr(0, 128));
+      const std::string_view kept = id.substr(0, kMaxLoggedIdBytes);
+      if (out.first_id_.empty()) out.first_id_.assign(kept);
+      current_id.assign(kept);
+      e.id_offset = static_cast<uint32_t>(out.bytes_.size());
+      e.id_length = static_cast<uint32_t>(kept.size());
+      out.bytes_.insert(out.bytes_.end(), kept.begin(), kept.end());
       // Hashed now: `id` points into the parser's string buffer, which a
       // second walk of the object may reuse. "" is no id: a producer that
       // fills it with an empty default must not have every event after
@@ -610,6 +623,8 @@ struct Decoder::Impl {
   void decode_update(od::object& obj, size_t index, bool batch, DecodedBatch& out) {
     const Where at{index, batch};
     ++update_serial;
+    current_id.clear();
+    current_key.clear();
     Envelope e;
     const size_t values_begin = out.values_.size();
     const size_t sources_begin = out.sources_.size();
@@ -645,6 +660,8 @@ struct Decoder::Impl {
     u.sources_begin = static_cast<uint32_t>(sources_begin);
     u.sources_count = static_cast<uint32_t>(out.sources_.size() - sources_begin);
     u.event_id = e.event_id;
+    u.id_offset = e.id_offset;
+    u.id_length = e.id_length;
     // Last, so that every other problem of the update is reported first.
     check_event_time(*e.table, e.event_time_ms, at);
     if (e.op == UpdateOp::kUnpin) {
@@ -878,15 +895,18 @@ DecodeResult Decoder::decode(std::string_view body, DecodedBatch& out) { return 
 DecodeResult Decoder::decode(std::string_view body, DecodedBatch& out, int64_t now_unix_ms) {
   out.clear();
   impl_->now_ms = now_unix_ms;
+  impl_->current_id.clear();
+  impl_->current_key.clear();
   try {
     impl_->decode(body, out);
     return DecodeResult::success();
   } catch (Reject& r) {
     out.clear();
-    return DecodeResult{false, r.reason, std::move(r.detail)};
+    return DecodeResult{false, r.reason, std::move(r.detail), impl_->current_id, impl_->current_key};
   } catch (const std::exception& e) {  // allocation failure or a simdjson surprise
     out.clear();
-    return DecodeResult{false, RejectReason::kBadJson, std::string("decoder error: ") + e.what()};
+    return DecodeResult{false, RejectReason::kBadJson, std::string("decoder error: ") + e.what(), impl_->current_id,
+                        impl_->current_key};
   }
 }
 

@@ -38,6 +38,9 @@ namespace larder::sidecar {
 // otherwise it is ignored like a stale delete.
 enum class UpdateOp : uint8_t { kUpsert = 0, kDelete = 1, kUnpin = 2 };
 
+// How much of an update's `id` and `key` logs and dead-letter headers carry.
+inline constexpr size_t kMaxLoggedIdBytes = 128;
+
 struct DecodedUpdate {
   uint32_t table = 0;
   UpdateOp op = UpdateOp::kUpsert;
@@ -48,7 +51,9 @@ struct DecodedUpdate {
   uint32_t values_count = 0;
   uint32_t sources_begin = 0;  // into DecodedBatch::sources: aggregate inputs (upserts only)
   uint32_t sources_count = 0;
-  uint64_t event_id = 0;        // larder::event_id_hash of the update's `id`; 0 when absent or ""
+  uint64_t event_id = 0;   // larder::event_id_hash of the update's `id`; 0 when absent or ""
+  uint32_t id_offset = 0;  // the update's `id` (first kMaxLoggedIdBytes), into DecodedBatch::bytes
+  uint32_t id_length = 0;
   int64_t pinned_after_ms = 0;  // kUnpin only: the decoder's clock plus the table's max_future_skew
 };
 
@@ -78,6 +83,9 @@ class DecodedBatch {
   std::span<const SourceValue> sources(const DecodedUpdate& u) const noexcept {
     return {sources_.data() + u.sources_begin, u.sources_count};
   }
+  // The update's own `id` (its first kMaxLoggedIdBytes; "" when absent), for
+  // logs and dead letters.
+  std::string_view id(const DecodedUpdate& u) const noexcept { return {bytes_.data() + u.id_offset, u.id_length}; }
   // The message's first `id`, if any (for logs).
   const std::string& first_id() const noexcept { return first_id_; }
 
@@ -95,6 +103,10 @@ struct DecodeResult {
   bool ok = true;
   RejectReason reason = RejectReason::kBadJson;  // meaningful when !ok
   std::string detail;                            // e.g. `update 3: field "ctr": expected a number`
+  // When !ok: the refused update's `id` and `key` as far as the decoder read
+  // them before the problem (first kMaxLoggedIdBytes each; "" when not read).
+  std::string update_id;
+  std::string key;
 
   static DecodeResult success() { return {}; }
 };

@@ -158,11 +158,14 @@ void render_message_metrics(PrometheusText& p, const SidecarMetrics& m) {
     p.sample("larder_messages_rejected_total", fmt::format("reason=\"{}\"", reject_reason_name(r)),
              m.messages_rejected[static_cast<size_t>(r)].value());
   }
-  counter(p, "larder_messages_acked_total", "Applied messages acknowledged to the broker.", m.messages_acked.value());
+  counter(p, "larder_messages_acked_total",
+          "Messages acknowledged to the broker: applied ones, and refused ones once their dead letter was confirmed.",
+          m.messages_acked.value());
+  counter(p, "larder_dead_letters_published_total",
+          "Copies of refused messages, with x-larder-* headers, that the broker confirmed on the dead-letter exchange.",
+          m.dead_letters_published.value());
   counter(p, "larder_updates_applied_total", "Single upserts and deletes applied to the segment.",
           m.updates_applied.value());
-  counter(p, "larder_updates_stale_total", "Updates ignored because the row already had a newer event time.",
-          m.updates_stale.value());
   counter(p, "larder_updates_duplicate_total",
           "Updates ignored because their event id was applied before (tables with aggregates; acked, not rejected).",
           m.updates_duplicate.value());
@@ -177,11 +180,16 @@ void render_message_metrics(PrometheusText& p, const SidecarMetrics& m) {
   p.sample("larder_messages_in_flight", "", enqueued >= done ? enqueued - done : uint64_t{0});
 }
 
-// The broker connection: connects, reconnects and the current state.
+// The broker connection: attempts, connections made and lost, and the
+// current state. A broker restart is one lost connection however many
+// attempts the reconnect takes.
 void render_connection_metrics(PrometheusText& p, const SidecarMetrics& m, uint32_t connection_state) {
+  counter(p, "larder_connect_attempts_total", "Attempts to connect to the broker, failed ones included.",
+          m.connect_attempts.value());
   counter(p, "larder_connects_total", "Broker connections established.", m.connects.value());
-  counter(p, "larder_reconnects_total", "Broker connections lost; each starts a reconnect with backoff.",
-          m.reconnects.value());
+  counter(p, "larder_connections_lost_total",
+          "Established broker connections that failed; each starts a reconnect with backoff.",
+          m.connections_lost.value());
   p.family("larder_connection_state", "gauge", "Broker connection state: 1 for the current state, else 0.");
   for (uint32_t s = 1; s <= static_cast<uint32_t>(layout::ConnectionState::kStopped); ++s) {
     p.sample("larder_connection_state", fmt::format("state=\"{}\"", connection_state_name(s)),
@@ -269,6 +277,11 @@ constexpr TableMetric kTableMetrics[] = {
      "Aggregate inputs dropped as older than the allowed lateness (segment lifetime).",
      [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t) {
        if (s.aggregates > 0) p.sample(name, labels, s.late_dropped);
+     }},
+    {"larder_table_outside_window_total", "counter",
+     "Aggregate inputs within the allowed lateness whose bucket had already left every window (segment lifetime).",
+     [](PrometheusText& p, const char* name, const std::string& labels, const TableStats& s, int64_t) {
+       if (s.aggregates > 0) p.sample(name, labels, s.outside_window);
      }},
     {"larder_table_duplicates_total", "counter",
      "Events ignored because their id was applied before (segment lifetime).",

@@ -119,10 +119,12 @@ struct SidecarMetrics {
   // Consumer thread.
   Counter messages_received;                                  // deliveries, including redeliveries
   Counter messages_redelivered;                               // deliveries with the redelivered flag
-  Counter messages_acked;                                     // applied messages covered by a sent basic.ack
+  Counter messages_acked;                                     // messages covered by a sent basic.ack
   std::array<Counter, kRejectReasonCount> messages_rejected;  // dead-lettered, by reason
+  Counter connect_attempts;                                   // AmqpSession::connect calls, failed ones too
   Counter connects;                                           // connections established
-  Counter reconnects;                                         // connections lost (each starts a reconnect)
+  Counter connections_lost;                                   // established connections that failed
+  Counter dead_letters_published;                             // copies with x-larder-* headers, confirmed
   Histogram decode_seconds;                                   // Decoder::decode per message
   // Progress of the hand-over to the writer (readiness; see not_ready_reason).
   // Write point: backlog_start_mono_ns, then work_enqueued.add_release();
@@ -135,7 +137,6 @@ struct SidecarMetrics {
   // Writer thread.
   Counter messages_applied;   // every update of the message reached shared memory
   Counter updates_applied;    // single upserts and deletes applied (stale ones excluded)
-  Counter updates_stale;      // older than the row: ignored
   Counter updates_duplicate;  // an event id applied before (tables with aggregates): ignored, acked
   Counter updates_late;       // aggregate inputs older than the allowed lateness, fields older than the row
   // Write point: last_done_mono_ns, then work_done.add_release(); pairs with

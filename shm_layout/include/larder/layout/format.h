@@ -135,9 +135,15 @@ struct AggregateCounters {
   Word dedup_evictions;  // ids forgotten before their horizon (set too small)
   Word refreshes;        // keys whose windows were brought up to the clock
   Word clock_ms;         // the writer's aggregate clock
-  Word reserved[2];
+  // Inputs within the allowed lateness whose bucket had already left every
+  // window (the lateness check is by time, the windows by whole buckets).
+  // Was reserved (always 0) in earlier builds: the layout and ABI signature
+  // are unchanged, and a segment such a build wrote shows 0.
+  Word outside_window;
+  Word reserved[1];
 };
 static_assert(sizeof(AggregateCounters) == 64);
+static_assert(offsetof(AggregateCounters, outside_window) == 48);
 
 // FieldDescriptor::flags
 inline constexpr uint32_t kFieldAggregate = 1;  // written by the writer from an aggregate

@@ -122,6 +122,7 @@ struct WriterStats {
   uint64_t capacity = 0;
   uint64_t aggregate_events = 0;
   uint64_t late_dropped = 0;
+  uint64_t outside_window = 0;
   uint64_t duplicates = 0;
   uint64_t dedup_evictions = 0;
   uint64_t refreshes = 0;
