@@ -2,9 +2,10 @@
  *
  * The same reads as larder/client.h for C and for FFI (Python ctypes, Rust,
  * Go, Java). Handles are opaque; row buffers are caller-owned and sized by
- * larder_table_row_bytes(). Every larder_get* and larder_row_* function is
- * lock-free, never allocates and never blocks on the writer; the open/close
- * functions may allocate and return an error code with a message. Every
+ * larder_table_row_bytes(). Every larder_get*, larder_gather* and larder_row_*
+ * function (except the three larder_row_*_offset functions) is lock-free,
+ * never allocates and never blocks on the writer; the open/close functions
+ * may allocate and return an error code with a message. Every
  * function accepts NULL handles and out-of-range field indexes and answers
  * them with its documented "nothing" (an error code, 0, NaN or NULL) instead
  * of crashing. docs/client.md lists each function's returns and errors.
@@ -73,7 +74,8 @@ enum {
   LARDER_CORRUPT = 5
 };
 
-/* Error codes of the open functions (larder::ErrorCode); 0 is success. */
+/* Error codes (larder::ErrorCode) of the functions that open, describe or
+ * copy out (everything that does not return a read status); 0 is success. */
 enum {
   LARDER_E_OK = 0,
   LARDER_E_INVALID_ARGUMENT = 1,
