@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -84,6 +85,12 @@ int guarded(F&& f, char* err, size_t errlen) {
 }
 
 const larder::Field& field_at(const larder_table* t, uint32_t field) { return t->table.fields()[field]; }
+
+// The field `field` when the table has it and it is of type `type`, else null.
+const larder::Field* typed_field(const larder_table* t, uint32_t field, larder::FieldType type) {
+  const auto& fields = t->table.fields();
+  return field < fields.size() && fields[field].type == type ? &fields[field] : nullptr;
+}
 
 larder::RowView view(const larder_table* t, const void* row) {
   return t->table.view(static_cast<const uint64_t*>(row));
@@ -247,30 +254,40 @@ int larder_row_valid(const larder_table* table, const void* row, uint32_t field)
   return view(table, row).valid(field_at(table, field)) ? 1 : 0;
 }
 
+// Each accessor reads exactly the bytes of a field of its own type: the index
+// comes from the caller, and a wrong one must not read another field's bytes
+// or past the row buffer (larder.h says what each returns instead).
 int64_t larder_row_int64(const larder_table* table, const void* row, uint32_t field) {
-  return view(table, row).i64(field_at(table, field));
+  const larder::Field* f = typed_field(table, field, larder::FieldType::kInt64);
+  return f != nullptr ? view(table, row).i64(*f) : 0;
 }
 double larder_row_float64(const larder_table* table, const void* row, uint32_t field) {
-  return view(table, row).f64(field_at(table, field));
+  const larder::Field* f = typed_field(table, field, larder::FieldType::kFloat64);
+  return f != nullptr ? view(table, row).f64(*f) : std::numeric_limits<double>::quiet_NaN();
 }
 float larder_row_float32(const larder_table* table, const void* row, uint32_t field) {
-  return view(table, row).f32(field_at(table, field));
+  const larder::Field* f = typed_field(table, field, larder::FieldType::kFloat32);
+  return f != nullptr ? view(table, row).f32(*f) : std::numeric_limits<float>::quiet_NaN();
 }
 int larder_row_bool(const larder_table* table, const void* row, uint32_t field) {
-  return view(table, row).boolean(field_at(table, field)) ? 1 : 0;
+  const larder::Field* f = typed_field(table, field, larder::FieldType::kBool);
+  return f != nullptr && view(table, row).boolean(*f) ? 1 : 0;
 }
 double larder_row_as_double(const larder_table* table, const void* row, uint32_t field) {
+  if (field >= table->table.fields().size()) return std::numeric_limits<double>::quiet_NaN();
   return view(table, row).as_f64(field_at(table, field));
 }
 const float* larder_row_vector(const larder_table* table, const void* row, uint32_t field, uint32_t* dims) {
-  const auto v = view(table, row).vector(field_at(table, field));
+  const larder::Field* f = typed_field(table, field, larder::FieldType::kFloat32Vector);
+  const auto v = f != nullptr ? view(table, row).vector(*f) : std::span<const float>();
   if (dims != nullptr) *dims = static_cast<uint32_t>(v.size());
-  return v.data();
+  return f != nullptr ? v.data() : nullptr;
 }
 const char* larder_row_string(const larder_table* table, const void* row, uint32_t field, uint32_t* len) {
-  const auto s = view(table, row).string(field_at(table, field));
+  const larder::Field* f = typed_field(table, field, larder::FieldType::kString);
+  const auto s = f != nullptr ? view(table, row).string(*f) : std::string_view();
   if (len != nullptr) *len = static_cast<uint32_t>(s.size());
-  return s.data();
+  return f != nullptr ? s.data() : nullptr;
 }
 
 const char* larder_status_name(int32_t status) {

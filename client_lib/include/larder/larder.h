@@ -158,7 +158,10 @@ larder_read_result larder_get(const larder_table* table, const void* key, size_t
 void larder_get_many(const larder_table* table, const void* const* keys, const size_t* key_lens, size_t n, void* rows,
                      larder_read_result* results, int64_t max_age_ms);
 
-/* Accessors on a row buffer filled by larder_get. */
+/* Accessors on a row buffer filled by larder_get. Each reads a field of its
+ * own type: for an index out of range, or a field of another type, it reads
+ * nothing and returns 0 (larder_row_valid, _int64, _bool), NaN (_float64,
+ * _float32, _as_double) or NULL with *dims / *len set to 0 (_vector, _string). */
 int larder_row_valid(const larder_table* table, const void* row, uint32_t field);
 int64_t larder_row_int64(const larder_table* table, const void* row, uint32_t field);
 double larder_row_float64(const larder_table* table, const void* row, uint32_t field);
