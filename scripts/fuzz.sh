@@ -5,7 +5,7 @@
 #
 #   bash scripts/fuzz.sh [--runs N] [--jobs N] [--build-dir D] [--build-only]
 #
-#   --runs N       executions (default 200000)
+#   --runs N       executions (default 60000)
 #   --build-only   build the target, run nothing
 #   --jobs N       build parallelism (default 2)
 #   --build-dir D  default build-fuzz/
@@ -19,7 +19,7 @@ set -euo pipefail
 {
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-runs=200000
+runs=60000
 jobs=2
 build_dir=build-fuzz
 build_only=0
@@ -41,6 +41,8 @@ seed=${LARDER_FUZZ_SEED:-1}
 launcher=()
 if command -v ccache >/dev/null; then
   launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  # Hits across checkouts and build directories: paths relative to the root.
+  export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD}
 fi
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
   -DLARDER_FUZZ=ON -DLARDER_SANITIZE=address,undefined -DLARDER_BUILD_TESTS=OFF -DLARDER_BUILD_BENCH=OFF \

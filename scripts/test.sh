@@ -15,7 +15,7 @@
 #   --build-dir D   build in D instead of build/ (or build-asan/, build-tsan/)
 #   --skip-deps     do not run scripts/install-deps.sh
 #   --fuzz-runs N   executions of the bounded read-side fuzz run (default
-#                   200000; 0 skips it). It runs after the tests, except with
+#                   60000; 0 skips it). It runs after the tests, except with
 #                   -R or --sanitize (scripts/fuzz.sh: clang, ASan+UBSan,
 #                   build-fuzz/; LARDER_FUZZ_SEED sets its seed, default 1)
 #
@@ -42,7 +42,7 @@ jobs=2
 filter=()
 skip_deps=0
 build_dir_opt=""
-fuzz_runs=200000
+fuzz_runs=60000
 while (($#)); do
   case $1 in
     --unit-only) unit_only=1 ;;
