@@ -55,6 +55,8 @@ trap 'rm -rf "$work"' EXIT
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 echo "fuzz.sh: $runs runs, seed $seed (LARDER_FUZZ_SEED)"
+# -print_funcs=0: naming each newly covered function starts llvm-symbolizer,
+# which would outlive the run.
 "$build_dir/fuzz/larder_fuzz_read_segment" "$work" fuzz/corpus/read_segment fuzz/regressions/read_segment \
-  -runs="$runs" -seed="$seed" -print_final_stats=1
+  -runs="$runs" -seed="$seed" -print_final_stats=1 -print_funcs=0
 }
