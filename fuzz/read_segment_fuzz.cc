@@ -64,7 +64,8 @@ void consume_bytes(const void* p, size_t n) {
   consume(h);
 }
 
-// A private directory for the segment file, removed at exit.
+// A private directory for one input's segment file, removed with it (per
+// input: libFuzzer may end the process without running static destructors).
 class ScratchDir {
  public:
   ScratchDir() {
@@ -82,11 +83,8 @@ class ScratchDir {
   }
   const std::string& dir() const { return dir_; }
   void write(const uint8_t* data, size_t size) const {
-    // Resized, not truncated: most inputs keep their seed's size, and
-    // rewriting tmpfs pages in place costs less than freeing them.
-    const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-    check(fd >= 0, "open the segment file");
-    check(::ftruncate(fd, static_cast<off_t>(size)) == 0, "size the segment file");
+    const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    check(fd >= 0, "create the segment file");
     size_t done = 0;
     while (done < size) {
       const ssize_t n = ::pwrite(fd, data + done, size - done, static_cast<off_t>(done));
@@ -99,11 +97,6 @@ class ScratchDir {
  private:
   std::string dir_, path_;
 };
-
-const ScratchDir& scratch() {
-  static const ScratchDir dir;
-  return dir;
-}
 
 // Every accessor of a row the client returned as found.
 void read_row(const Table& t, const RowView& row, std::string_view key) {
@@ -269,7 +262,7 @@ void exercise_c_abi(const std::string& dir, const std::vector<std::string>& tabl
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const ScratchDir& dir = scratch();
+  const ScratchDir dir;
   dir.write(data, size);
   std::vector<std::string> tables;
   try {
