@@ -14,6 +14,10 @@
 #   --jobs N        build and test parallelism (default 2)
 #   --build-dir D   build in D instead of build/ (or build-asan/, build-tsan/)
 #   --skip-deps     do not run scripts/install-deps.sh
+#   --fuzz-runs N   executions of the bounded read-side fuzz run (default
+#                   60000; 0 skips it). It runs after the tests, except with
+#                   -R or --sanitize (scripts/fuzz.sh: clang, ASan+UBSan,
+#                   build-fuzz/; LARDER_FUZZ_SEED sets its seed, default 1)
 #
 # No silent skip: a test that cannot run here fails, unless the environment
 # is declared lacking with LARDER_TEST_ALLOW_SKIP=1 (CI never sets it). The
@@ -38,6 +42,7 @@ jobs=2
 filter=()
 skip_deps=0
 build_dir_opt=""
+fuzz_runs=60000
 while (($#)); do
   case $1 in
     --unit-only) unit_only=1 ;;
@@ -47,6 +52,7 @@ while (($#)); do
     -R) filter=(-R "${2:?-R needs a regex}"); shift ;;
     --build-dir) build_dir_opt=${2:?--build-dir needs a directory}; shift ;;
     --skip-deps) skip_deps=1 ;;
+    --fuzz-runs) fuzz_runs=${2:?--fuzz-runs needs a number}; shift ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -167,6 +173,13 @@ if [[ -z $sanitize && -d client_lib/python/tests ]]; then
   LARDER_BUILD_DIR="$(cd "$build_dir" && pwd)" PYTHONPATH="$ROOT/client_lib/python${PYTHONPATH:+:$PYTHONPATH}" \
     run_grouped /usr/bin/python3 -m pytest -q -rs --junitxml="$report_dir/pytest.xml" client_lib/python/tests ||
     status=1
+fi
+
+# The bounded fuzz run: a fixed number of executions from a fixed seed, so a
+# failure reproduces (scripts/fuzz.sh prints both).
+if [[ -z $sanitize && ${#filter[@]} -eq 0 && $fuzz_runs != 0 ]]; then
+  step "bounded fuzz run (scripts/fuzz.sh --runs $fuzz_runs)"
+  run_grouped bash scripts/fuzz.sh --runs "$fuzz_runs" --jobs "$jobs" || status=1
 fi
 
 # Skipped tests: ctest lists them under "The following tests did not run"

@@ -416,8 +416,8 @@ static void check_rows(const larder_table* users, const user_fields* f, int64_t 
 
   /* Wrong types, out-of-range indexes and NULLs read as "no value". */
   CHECK(larder_row_int64(users, row, f->spend) == 0);
-  CHECK(larder_row_float64(users, row, f->clicks) == 0.0);
-  CHECK(larder_row_float32(users, row, f->clicks) == 0.0f);
+  CHECK(isnan(larder_row_float64(users, row, f->clicks)));
+  CHECK(isnan(larder_row_float32(users, row, f->clicks)));
   CHECK(larder_row_bool(users, row, f->clicks) == 0);
   uint32_t dims = 99, slen = 99;
   CHECK(larder_row_vector(users, row, f->country, &dims) == NULL && dims == 0);

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -200,6 +201,100 @@ TEST_F(CorruptionTest, TruncatedFileIsRefusedAtOpen) {
 
   ASSERT_EQ(::truncate(path_.c_str(), 100), 0);  // shorter than the header
   expect_refused("too small to be a Larder segment");
+}
+
+// Classes the read-side fuzzer found (fuzz/read_segment_fuzz.cc; each has
+// its input in fuzz/regressions/read_segment).
+
+// The C ABI takes a field index from the caller: an index out of range, or
+// one whose field has another type than the accessor reads, must read
+// nothing (larder.h says what each returns), never another field's bytes or
+// past the row buffer (a vector of 8 floats read at the string's offset
+// would end 16 bytes past it).
+TEST_F(CorruptionTest, CAbiAccessorsWithTheWrongFieldReadNothing) {
+  larder_segment* cs = nullptr;
+  larder_table* ct = nullptr;
+  ASSERT_EQ(larder_open(seg_.name().c_str(), seg_.dir().c_str(), &cs, nullptr, 0), LARDER_E_OK);
+  ASSERT_EQ(larder_table_open(cs, "users", &ct, nullptr, 0), LARDER_E_OK);
+  std::vector<uint64_t> row(larder_table_row_bytes(ct) / 8);
+  ASSERT_EQ(larder_get(ct, "u1", 2, row.data(), 0).status, LARDER_OK);
+  const uint32_t clicks = 0, premium = 3, embedding = 4, country = 5, past_end = 6;
+  EXPECT_EQ(larder_row_int64(ct, row.data(), clicks), 7);
+  uint32_t n = 99;
+  EXPECT_EQ(larder_row_vector(ct, row.data(), country, &n), nullptr);
+  EXPECT_EQ(n, 0u);
+  n = 99;
+  EXPECT_EQ(larder_row_string(ct, row.data(), embedding, &n), nullptr);
+  EXPECT_EQ(n, 0u);
+  EXPECT_EQ(larder_row_int64(ct, row.data(), premium), 0);
+  EXPECT_TRUE(std::isnan(larder_row_float64(ct, row.data(), clicks)));
+  EXPECT_TRUE(std::isnan(larder_row_float32(ct, row.data(), country)));
+  EXPECT_EQ(larder_row_bool(ct, row.data(), clicks), 0);
+  for (const uint32_t f : {past_end, 1000u, UINT32_MAX}) {
+    EXPECT_EQ(larder_row_valid(ct, row.data(), f), 0);
+    EXPECT_EQ(larder_row_int64(ct, row.data(), f), 0);
+    EXPECT_TRUE(std::isnan(larder_row_float64(ct, row.data(), f)));
+    EXPECT_TRUE(std::isnan(larder_row_float32(ct, row.data(), f)));
+    EXPECT_EQ(larder_row_bool(ct, row.data(), f), 0);
+    EXPECT_TRUE(std::isnan(larder_row_as_double(ct, row.data(), f)));
+    EXPECT_EQ(larder_row_vector(ct, row.data(), f, &n), nullptr);
+    EXPECT_EQ(larder_row_string(ct, row.data(), f, &n), nullptr);
+  }
+  // The right types still read.
+  EXPECT_EQ(larder_row_vector(ct, row.data(), embedding, &n), larder_row_vector(ct, row.data(), embedding, nullptr));
+  EXPECT_EQ(n, 8u);
+  ASSERT_NE(larder_row_string(ct, row.data(), country, &n), nullptr);
+  EXPECT_EQ(std::string(larder_row_string(ct, row.data(), country, &n), n), "se");
+  larder_table_close(ct);
+  larder_close(cs);
+}
+
+// An event time from a corrupt slot (or a producer's clock gone wrong) far
+// in the past: now - event time overflows int64. The row is stale, the age
+// saturates, and nothing overflows.
+TEST_F(CorruptionTest, EventTimeFarInThePastIsStaleWithoutOverflow) {
+  edit([](SegmentHeader&, char* base, TableDescriptor& d) {
+    slot_of(base, d, "u1")[layout::kSlotEventTimeWord] = uint64_t{1} << 63;  // INT64_MIN
+    slot_of(base, d, "u2")[layout::kSlotEventTimeWord] = ~uint64_t{0} >> 1;  // INT64_MAX: the future
+  });
+  const Segment s = open();
+  const Table users = s.table("users");
+  Row row = users.make_row();
+  ReadResult r = users.get("u1", row, ReadOptions{1000});
+  EXPECT_EQ(r.status, Status::kStale);
+  EXPECT_EQ(r.event_time_ms, INT64_MIN);
+  EXPECT_EQ(r.age_ms(), INT64_MAX);
+  r = users.get("u2", row, ReadOptions{1000});
+  EXPECT_EQ(r.status, Status::kOk);  // not older than max_age: from the future
+  EXPECT_EQ(r.age_ms(-2), INT64_MIN);
+
+  const std::string_view keys[] = {"u1", "u2"};
+  RowBatch batch = users.make_batch(2);
+  ReadResult results[2];
+  users.get_many(keys, batch, results, ReadOptions{1000});
+  EXPECT_EQ(results[0].status, Status::kStale);
+  EXPECT_EQ(results[1].status, Status::kOk);
+}
+
+// A heartbeat word from the future (corrupt, or another clock): the age
+// saturates instead of overflowing.
+TEST_F(CorruptionTest, HeartbeatFarFromNowDoesNotOverflowTheAge) {
+  edit([](SegmentHeader& h, char*, TableDescriptor&) { h.heartbeat_mono_ns.store(uint64_t{1} << 63); });
+  const Segment s = open();
+  EXPECT_EQ(s.info().heartbeat_age_ms, INT64_MAX / 1'000'000);
+  EXPECT_FALSE(s.writer_alive());
+}
+
+// A vector field whose offset is not a multiple of its alignment (8: the
+// writer places vectors on whole words) would hand out a misaligned float*:
+// refused at open.
+TEST_F(CorruptionTest, MisalignedVectorFieldIsRefusedAtOpen) {
+  edit([](SegmentHeader&, char* base, TableDescriptor& d) {
+    auto* fd = reinterpret_cast<layout::FieldDescriptor*>(base + d.fields_offset) + 4;  // embedding
+    ASSERT_EQ(fd->type, static_cast<uint32_t>(layout::FieldType::kFloat32Vector));
+    fd->offset += 2;  // still inside the row
+  });
+  expect_refused("field 4 is misaligned");
 }
 
 }  // namespace

@@ -15,12 +15,14 @@
 //   larderctl snapshot-info FILE        verify a snapshot file and describe it
 //   larderctl fetch-snapshot URL FILE   GET a peer's snapshot, verify, rename
 //
-// Exit codes: 0 success; 1 verify found problems, get found no row for a
-// key, size --check-dir found the directory unfit, or a snapshot command
-// refused (a live writer, an invalid snapshot file or answer, a non-200
-// answer); 2 bad usage or a bad config; 3 the segment or file cannot be
-// opened (missing, permission, version, corrupt header), or the peer cannot
-// be reached.
+// Exit codes: 0 success (verify: clean); 1 verify found the segment
+// corrupt, get found no row for a key, size --check-dir found the directory
+// unfit, or a snapshot command refused (a live writer, an invalid snapshot
+// file or answer, a non-200 answer); 2 bad usage or a bad config; 3 the
+// segment or file cannot be opened (missing, permission, version, corrupt
+// header), or the peer cannot be reached; 4 verify found only what attaching
+// a writer repairs; 5 verify could not finish: a live writer kept slots
+// mid-update through every re-read.
 #include <dirent.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -47,6 +49,7 @@
 #include "larder/layout/clock.h"
 #include "larder/layout/segment_file.h"
 #include "larder/layout/table_view.h"
+#include "segment_verify.h"
 #include "snapshot_commands.h"
 
 namespace {
@@ -58,6 +61,8 @@ constexpr int kExitOk = 0;
 constexpr int kExitProblems = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitOpen = 3;
+constexpr int kExitRepairable = 4;  // verify: what attaching a writer repairs, nothing else
+constexpr int kExitInFlight = 5;    // verify: a live writer kept slots mid-update; incomplete
 
 struct Globals {
   std::string dir = "/dev/shm";
@@ -128,7 +133,7 @@ void describe_sync(const SyncInfo& info, int64_t now_ns, std::string* json, std:
     parts_text += "\n";
   }
   parts_json += "]";
-  const int64_t age_ms = info.changed_unix_ns == 0 ? -1 : (now_ns - info.changed_unix_ns) / 1'000'000;
+  const int64_t age_ms = info.changed_unix_ns == 0 ? -1 : saturating_sub(now_ns, info.changed_unix_ns) / 1'000'000;
   *json = "{\"state\":\"" + std::string(sync_name(info.state)) + "\",\"source_id\":" + json_string(info.source_id) +
           ",\"changed_age_ms\":" + std::to_string(age_ms) + ",\"partitions\":" + parts_json + "}";
   *text = "  sync " + std::string(sync_name(info.state)) +
@@ -279,7 +284,9 @@ int cmd_info(const Globals& g, const std::string& name) {
   const SegmentInfo i = o.segment.info();
   const SegmentHeader& h = o.raw->header();
   const int64_t now_ns = g.now_ms() * 1'000'000;
-  auto age_ms = [&](int64_t unix_ns) { return unix_ns == 0 ? int64_t{-1} : (now_ns - unix_ns) / 1'000'000; };
+  auto age_ms = [&](int64_t unix_ns) {
+    return unix_ns == 0 ? int64_t{-1} : saturating_sub(now_ns, unix_ns) / 1'000'000;
+  };
   std::string tables_json = "[";
   std::string text;
   for (uint32_t t = 0; t < h.table_count; ++t) {
@@ -472,7 +479,7 @@ std::string row_json(const Table& t, std::string_view key, const RowView& row, c
   std::string out = "{\"key\":" + json_string(key) + ",\"status\":\"" + status + "\"";
   if (row.event_time_ms() != 0 || std::string_view(status) == "ok" || std::string_view(status) == "stale") {
     out += ",\"event_time_ms\":" + std::to_string(row.event_time_ms()) +
-           ",\"age_ms\":" + std::to_string(now_ms - row.event_time_ms()) +
+           ",\"age_ms\":" + std::to_string(saturating_sub(now_ms, row.event_time_ms())) +
            ",\"apply_unix_ns\":" + std::to_string(row.apply_unix_ns()) + ",\"fields\":{";
     bool first = true;
     for (const Field& f : t.fields()) {
@@ -507,7 +514,8 @@ int cmd_get(const Globals& g, const std::string& name, const std::string& table_
       continue;
     }
     std::printf("%s: %s, event time %" PRId64 " (age %" PRId64 " ms), applied %" PRId64 " ms ago\n", key.c_str(),
-                status_name(r.status), r.event_time_ms, r.age_ms(now), (now * 1'000'000 - r.apply_unix_ns) / 1'000'000);
+                status_name(r.status), r.event_time_ms, r.age_ms(now),
+                saturating_sub(now * 1'000'000, r.apply_unix_ns) / 1'000'000);
     for (const Field& f : t.fields()) {
       std::printf("  %-24.*s %-8s %s\n", static_cast<int>(f.name.size()), f.name.data(), field_type_name(f.type),
                   value_text(row, f).c_str());
@@ -577,121 +585,70 @@ int cmd_dump(const Globals& g, const std::string& name, const std::string& table
   return kExitOk;
 }
 
-// verify: every check that can be made without the writer's cooperation.
+// verify: every check that can be made without the writer's cooperation
+// (segment_verify.h), reported with one of four outcomes.
 int cmd_verify(const Globals& g, const std::string& name) {
   std::unique_ptr<MappedFile> m;
-  std::vector<std::string> problems;
   try {
     validate_segment_name(name);
     m = MappedFile::open_read_only(segment_path(g.dir, name), name);
     validate_segment(m->data(), m->size(), name);
   } catch (const Error& e) {
     if (g.json) {
-      std::printf("{\"segment\":%s,\"ok\":false,\"problems\":[%s]}\n", json_string(name).c_str(),
-                  json_string(e.what()).c_str());
+      std::printf("{\"segment\":%s,\"ok\":false,\"outcome\":\"corrupt\",\"problems\":[%s]}\n",
+                  json_string(name).c_str(), json_string(e.what()).c_str());
     } else {
       std::printf("%s: %s\n", name.c_str(), e.what());
     }
     return e.code() == ErrorCode::kCorrupt || e.code() == ErrorCode::kVersionMismatch ? kExitProblems : kExitOpen;
   }
-  const void* base = m->data();
-  const SegmentHeader& h = m->header();
-  uint64_t checked = 0;
-  if (schema_of(base).fingerprint() != h.schema_fingerprint) {
-    problems.push_back("the schema fingerprint does not match the table and field descriptors");
-  }
-  const bool undo_armed = h.undo_armed.load() != 0;
-  for (uint32_t t = 0; t < h.table_count; ++t) {
-    const TableDescriptor& d = table_descriptor(base, t);
-    const std::string tname(fixed_name(d.name));
-    const TableGeometry geo = table_geometry(base, d);
-    std::vector<uint64_t> words(geo.slot_words);
-    std::set<std::string> keys;
-    uint64_t live = 0, tomb = 0;
-    for (uint64_t i = 0; i < geo.slot_count; ++i) {
-      const Word* s = geo.slot(i);
-      const std::string where = tname + " slot " + std::to_string(i);
-      if (read_whole_slot(geo, s, words.data(), 4096) != SlotRead::kMatch) {
-        const bool repairable = undo_armed && h.undo_table.load() == t && h.undo_slot.load() == i;
-        problems.push_back(where + ": sequence stays odd (" +
-                           (repairable ? "a writer died mid-update; the next writer restores it from the undo copy)"
-                                       : "not covered by the undo record: damage; a writer opened with "
-                                         "segment.full_check turns it into a tombstone)"));
-        continue;
-      }
-      const uint64_t meta = words[0];
-      if (meta == 0) continue;
-      const RowView row(words.data() + 1, geo.validity_words, geo.key_words);
-      const uint64_t key_len = words[kSlotKeyLenWord - 1] & 0xffffffffu;
-      if (key_len == 0 || key_len > d.key_max_len) {
-        problems.push_back(where + ": key length " + std::to_string(key_len) + " is outside 1.." +
-                           std::to_string(d.key_max_len));
-        continue;
-      }
-      for (uint32_t f = 0; f < d.field_count; ++f) {
-        const FieldDescriptor& fd = field_descriptor(base, d, f);
-        if (fd.type != static_cast<uint32_t>(FieldType::kString)) continue;
-        // words[w - kSlotMetaWord] holds slot word w.
-        uint32_t len;
-        std::memcpy(
-            &len,
-            reinterpret_cast<const unsigned char*>(words.data() + geo.row_word_offset() - kSlotMetaWord) + fd.offset,
-            sizeof len);
-        if (len > fd.count) {
-          problems.push_back(where + ": field " + std::string(fixed_name(fd.name)) + " has string length " +
-                             std::to_string(len) + ", above its max_len " + std::to_string(fd.count));
-        }
-      }
-      const std::string key(row.key());
-      if (((hash_key(key, geo.hash_seed) ^ meta) & ~kMetaStateMask) != 0) {
-        problems.push_back(where + ": stored hash does not match key " + json_string(key));
-      }
-      if (meta_state(meta) == SlotState::kTombstone) {
-        ++tomb;
-      } else if (meta_state(meta) == SlotState::kLive) {
-        ++live;
-        if (!keys.insert(key).second) problems.push_back(where + ": key " + json_string(key) + " is live twice");
-        // The key must be reachable from its home without crossing an empty slot.
-        PackedKey packed;
-        packed.assign(key);
-        std::vector<uint64_t> out(geo.copy_words());
-        if (find(geo, packed, hash_key(key, geo.hash_seed), out.data(), 4096) == FindResult::kAbsent) {
-          problems.push_back(where + ": key " + json_string(key) + " is not reachable from its home slot");
-        }
-      } else {
-        problems.push_back(where + ": unknown state " + std::to_string(meta & kMetaStateMask));
-      }
-      ++checked;
-    }
-    const uint64_t c_live = d.counters.live_keys.load(), c_tomb = d.counters.tombstones.load();
-    // A writer killed between a slot write and its counter stores leaves the
-    // count record armed; the next writer finishes it (no recount needed).
-    const std::string pending = d.count_armed.load() != 0
-                                    ? " (the count record is armed: a writer died mid-write; the next writer "
-                                      "finishes the counters)"
-                                    : "";
-    if (c_live != live) {
-      problems.push_back(tname + ": counters say " + std::to_string(c_live) + " live keys, the slots hold " +
-                         std::to_string(live) + pending);
-    }
-    if (c_tomb != tomb) {
-      problems.push_back(tname + ": counters say " + std::to_string(c_tomb) + " tombstones, the slots hold " +
-                         std::to_string(tomb) + pending);
-    }
-    if (live > d.capacity) problems.push_back(tname + ": more live keys than the capacity");
-  }
+  const verify::Report r = verify::verify_segment(m->data());
+  const std::string writer = r.writer_pid == 0 ? std::string("no writer attached")
+                             : r.writer_live   ? "writer pid " + std::to_string(r.writer_pid) + " live"
+                                               : "writer pid " + std::to_string(r.writer_pid) + " gone";
   if (g.json) {
-    std::string list;
-    for (const std::string& p : problems) list += (list.empty() ? "" : ",") + json_string(p);
-    std::printf("{\"segment\":%s,\"ok\":%s,\"slots_checked\":%" PRIu64 ",\"problems\":[%s]}\n",
-                json_string(name).c_str(), problems.empty() ? "true" : "false", checked, list.c_str());
-  } else if (problems.empty()) {
-    std::printf("%s: ok (%" PRIu64 " occupied slots checked)\n", name.c_str(), checked);
+    auto list = [](const std::vector<std::string>& v) {
+      std::string out;
+      for (const std::string& p : v) out += (out.empty() ? "" : ",") + json_string(p);
+      return "[" + out + "]";
+    };
+    std::printf("{\"segment\":%s,\"ok\":%s,\"outcome\":\"%s\",\"writer\":{\"pid\":%" PRIu64
+                ",\"live\":%s},\"slots_checked\":%" PRIu64 ",\"repairable_slots\":%" PRIu64
+                ",\"problems\":%s,\"repairs\":%s,\"in_flight\":%s}\n",
+                json_string(name).c_str(), r.outcome == verify::Outcome::kClean ? "true" : "false",
+                verify::outcome_name(r.outcome), r.writer_pid, r.writer_live ? "true" : "false", r.slots_checked,
+                r.repairable_slots, list(r.problems).c_str(), list(r.repairs).c_str(), list(r.in_flight).c_str());
   } else {
-    std::printf("%s: %zu problem(s)\n", name.c_str(), problems.size());
-    for (const std::string& p : problems) std::printf("  %s\n", p.c_str());
+    switch (r.outcome) {
+      case verify::Outcome::kClean:
+        std::printf("%s: ok (%" PRIu64 " occupied slots checked)\n  %s\n", name.c_str(), r.slots_checked,
+                    writer.c_str());
+        break;
+      case verify::Outcome::kRepairable:
+        std::printf("%s: repairable (%s): attaching a writer repairs %" PRIu64
+                    " slot(s) and the records below; readers meanwhile get busy for those slots\n",
+                    name.c_str(), writer.c_str(), r.repairable_slots);
+        for (const std::string& p : r.repairs) std::printf("  %s\n", p.c_str());
+        break;
+      case verify::Outcome::kCorrupt:
+        std::printf("%s: %zu problem(s)\n", name.c_str(), r.problems.size());
+        for (const std::string& p : r.problems) std::printf("  %s\n", p.c_str());
+        for (const std::string& p : r.repairs) std::printf("  (repairable) %s\n", p.c_str());
+        break;
+      case verify::Outcome::kInFlight:
+        std::printf("%s: incomplete: %s kept %zu slot(s) mid-update through every re-read; run verify again\n",
+                    name.c_str(), writer.c_str(), r.in_flight.size());
+        for (const std::string& p : r.in_flight) std::printf("  %s\n", p.c_str());
+        break;
+    }
   }
-  return problems.empty() ? kExitOk : kExitProblems;
+  switch (r.outcome) {
+    case verify::Outcome::kClean: return kExitOk;
+    case verify::Outcome::kRepairable: return kExitRepairable;
+    case verify::Outcome::kInFlight: return kExitInFlight;
+    case verify::Outcome::kCorrupt: break;
+  }
+  return kExitProblems;
 }
 
 int cmd_watch(const Globals& g, const std::string& name, double interval_s, int count) {
@@ -721,11 +678,13 @@ int cmd_watch(const Globals& g, const std::string& name, double interval_s, int 
       for (size_t i = 0; i < tables.size(); ++i) {
         const TableStats s = tables[i].stats();
         const uint64_t ops = s.upserts + s.deletes;
-        t_json += std::string(i ? "," : "") + "{\"name\":" + json_string(tables[i].name()) +
-                  ",\"updates_per_s\":" + number(static_cast<double>(ops - last[i]) / dt) +
-                  ",\"live_keys\":" + std::to_string(s.live_keys) + ",\"capacity\":" + std::to_string(s.capacity) +
-                  ",\"freshness_ms\":" +
-                  std::to_string(s.last_apply_unix_ns == 0 ? -1 : (now_ns - s.last_apply_unix_ns) / 1'000'000) + "}";
+        t_json +=
+            std::string(i ? "," : "") + "{\"name\":" + json_string(tables[i].name()) +
+            ",\"updates_per_s\":" + number(static_cast<double>(ops - last[i]) / dt) +
+            ",\"live_keys\":" + std::to_string(s.live_keys) + ",\"capacity\":" + std::to_string(s.capacity) +
+            ",\"freshness_ms\":" +
+            std::to_string(s.last_apply_unix_ns == 0 ? -1 : saturating_sub(now_ns, s.last_apply_unix_ns) / 1'000'000) +
+            "}";
         last[i] = ops;
       }
       std::printf("{\"segment\":%s,\"writer_alive\":%s,\"heartbeat_age_ms\":%" PRId64
@@ -744,7 +703,9 @@ int cmd_watch(const Globals& g, const std::string& name, double interval_s, int 
         const TableStats s = tables[i].stats();
         const uint64_t ops = s.upserts + s.deletes;
         const std::string fresh =
-            s.last_apply_unix_ns == 0 ? "never" : std::to_string((now_ns - s.last_apply_unix_ns) / 1'000'000) + " ms";
+            s.last_apply_unix_ns == 0
+                ? "never"
+                : std::to_string(saturating_sub(now_ns, s.last_apply_unix_ns) / 1'000'000) + " ms";
         std::printf("  %-20s %12.0f %12" PRIu64 " %12" PRIu64 " %7.1f%% %12s\n", tables[i].name().c_str(),
                     static_cast<double>(ops - last[i]) / dt, s.live_keys, s.capacity,
                     100.0 * static_cast<double>(s.live_keys) / static_cast<double>(s.capacity), fresh.c_str());
@@ -933,9 +894,10 @@ int cmd_size(const Globals& g, const std::string& config_path, bool check) {
 int main(int argc, char** argv) {
   CLI::App app{
       "larderctl: inspect Larder shared-memory segments (read-only).\n"
-      "Exit codes: 0 ok; 1 verify found problems, get found no row, size --check-dir found the\n"
+      "Exit codes: 0 ok; 1 verify found corruption, get found no row, size --check-dir found the\n"
       "directory unfit, or a snapshot command refused (live writer, invalid snapshot, non-200 answer);\n"
-      "2 usage or a bad config; 3 cannot open the segment or file, or cannot reach the peer."};
+      "2 usage or a bad config; 3 cannot open the segment or file, or cannot reach the peer;\n"
+      "4 verify: repairable (a writer attaching repairs it); 5 verify: a live writer kept slots mid-update."};
   app.require_subcommand(1);
   Globals g;
   app.add_option("--dir", g.dir, "directory of the segments")->capture_default_str();
@@ -968,7 +930,10 @@ int main(int argc, char** argv) {
   watch->add_option("segment", segment, "segment name")->required();
   watch->add_option("--interval", interval, "seconds between refreshes")->capture_default_str();
   watch->add_option("--count", count, "stop after this many refreshes (0: until interrupted)");
-  auto* verify = app.add_subcommand("verify", "integrity check; exit 0 when clean, 1 with a report otherwise");
+  auto* verify = app.add_subcommand(
+      "verify",
+      "integrity check; exit 0 clean, 1 corrupt, 4 repairable by attaching a writer, 5 incomplete (a live "
+      "writer kept slots mid-update)");
   verify->add_option("segment", segment, "segment name")->required();
   std::string config_path;
   bool check_dir = false;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -424,24 +425,29 @@ int larder_row_valid(const larder_table* table, const void* row, uint32_t field)
   return view(table, row).valid(field_at(table, field)) ? 1 : 0;
 }
 
+// Each accessor reads exactly the bytes of a field of its own type: the index
+// comes from the caller, and a wrong one must not read another field's bytes
+// or past the row buffer (larder.h says what each returns instead).
 int64_t larder_row_int64(const larder_table* table, const void* row, uint32_t field) {
   const larder::Field* f = typed_field(table, row, field, larder::FieldType::kInt64);
   return f == nullptr ? 0 : view(table, row).i64(*f);
 }
 double larder_row_float64(const larder_table* table, const void* row, uint32_t field) {
   const larder::Field* f = typed_field(table, row, field, larder::FieldType::kFloat64);
-  return f == nullptr ? 0.0 : view(table, row).f64(*f);
+  return f != nullptr ? view(table, row).f64(*f) : std::numeric_limits<double>::quiet_NaN();
 }
 float larder_row_float32(const larder_table* table, const void* row, uint32_t field) {
   const larder::Field* f = typed_field(table, row, field, larder::FieldType::kFloat32);
-  return f == nullptr ? 0.0f : view(table, row).f32(*f);
+  return f != nullptr ? view(table, row).f32(*f) : std::numeric_limits<float>::quiet_NaN();
 }
 int larder_row_bool(const larder_table* table, const void* row, uint32_t field) {
   const larder::Field* f = typed_field(table, row, field, larder::FieldType::kBool);
   return f != nullptr && view(table, row).boolean(*f) ? 1 : 0;
 }
 double larder_row_as_double(const larder_table* table, const void* row, uint32_t field) {
-  if (table == nullptr || row == nullptr || field >= table->table.fields().size()) return std::nan("");
+  if (table == nullptr || row == nullptr || field >= table->table.fields().size()) {
+    return std::numeric_limits<double>::quiet_NaN();
+  }
   return view(table, row).as_f64(field_at(table, field));
 }
 const float* larder_row_vector(const larder_table* table, const void* row, uint32_t field, uint32_t* dims) {

@@ -153,7 +153,7 @@ SegmentInfo Segment::info() const noexcept {
   i.generation = h.generation;
   i.writer_pid = sync::load_acquire(h.writer_pid);
   const uint64_t hb = sync::load_relaxed(h.heartbeat_mono_ns);
-  i.heartbeat_age_ms = hb == 0 ? -1 : (now_mono_ns() - static_cast<int64_t>(hb)) / 1'000'000;
+  i.heartbeat_age_ms = hb == 0 ? -1 : saturating_sub(now_mono_ns(), static_cast<int64_t>(hb)) / 1'000'000;
   i.writer_sessions = sync::load_relaxed(h.writer_sessions);
   i.repaired_slots = sync::load_relaxed(h.repaired_slots);
   i.updates_applied = sync::load_relaxed(h.updates_applied);
@@ -276,7 +276,7 @@ ReadResult Table::lookup(std::string_view key, uint64_t hash, uint64_t* out, int
   }
   r.event_time_ms = static_cast<int64_t>(out[0]);
   r.apply_unix_ns = static_cast<int64_t>(out[1]);
-  r.status = (options.max_age_ms > 0 && now_ms - r.event_time_ms > options.max_age_ms) ? Status::kStale : Status::kOk;
+  r.status = (options.max_age_ms > 0 && r.age_ms(now_ms) > options.max_age_ms) ? Status::kStale : Status::kOk;
   return r;
 }
 

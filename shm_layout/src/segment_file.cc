@@ -317,6 +317,10 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
           fd.bytes != field_bytes(type, fd.count)) {
         corrupt(tw + "field " + std::to_string(f) + " has an inconsistent size");
       }
+      // Readers hand out typed pointers into the row (a float* for a
+      // vector): an offset the writer would never choose is refused here,
+      // once, instead of checked on every read.
+      if (fd.offset % field_align(type) != 0) corrupt(tw + "field " + std::to_string(f) + " is misaligned");
     }
     if (t.aggregate_count > kMaxAggregates || t.aggregate_count > t.field_count) {
       corrupt(tw + "bad aggregate count " + std::to_string(t.aggregate_count));

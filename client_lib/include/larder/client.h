@@ -70,6 +70,14 @@ struct ReadOptions {
 // Wall clock in milliseconds, the clock event times are compared against.
 int64_t now_unix_ms() noexcept;
 
+// a - b, clamped to the int64 range: times read from a segment are
+// untrusted, and their difference with the clock must not overflow.
+constexpr int64_t saturating_sub(int64_t a, int64_t b) noexcept {
+  int64_t d;
+  if (__builtin_sub_overflow(a, b, &d)) return b < 0 ? INT64_MAX : INT64_MIN;
+  return d;
+}
+
 struct ReadResult {
   Status status = Status::kNotFound;
   int64_t event_time_ms = 0;  // newest event applied to the row (kOk, kStale)
@@ -77,8 +85,8 @@ struct ReadResult {
 
   bool ok() const noexcept { return status == Status::kOk; }
   bool found() const noexcept { return status == Status::kOk || status == Status::kStale; }
-  // Age of the data: now - event time.
-  int64_t age_ms(int64_t now_ms) const noexcept { return now_ms - event_time_ms; }
+  // Age of the data: now - event time (clamped to the int64 range).
+  int64_t age_ms(int64_t now_ms) const noexcept { return saturating_sub(now_ms, event_time_ms); }
   int64_t age_ms() const noexcept { return age_ms(now_unix_ms()); }
 };
 

@@ -302,9 +302,11 @@ void larder_get_many(const larder_table* table, const void* const* keys, const s
                      larder_read_result* results, int64_t max_age_ms);
 
 /* Accessors on a row buffer filled by larder_get (status LARDER_OK or
- * LARDER_STALE). They read the caller's copy, never shared memory. A NULL
- * table or row, a field index out of range (LARDER_NO_FIELD) or a field of
- * another type reads as "no value": 0, 0.0, NaN (as_double) or NULL. */
+ * LARDER_STALE). They read the caller's copy, never shared memory. Each reads
+ * a field of its own type: for a NULL table or row, an index out of range
+ * (LARDER_NO_FIELD), or a field of another type, it reads nothing and returns
+ * 0 (larder_row_valid, _int64, _bool), NaN (_float64, _float32, _as_double)
+ * or NULL with *dims / *len set to 0 (_vector, _string). */
 int larder_row_valid(const larder_table* table, const void* row, uint32_t field);
 int64_t larder_row_int64(const larder_table* table, const void* row, uint32_t field);
 double larder_row_float64(const larder_table* table, const void* row, uint32_t field);
