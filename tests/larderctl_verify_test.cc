@@ -213,8 +213,7 @@ TEST_F(LarderctlVerify, CounterMismatchIsRepairableOnlyAfterAWriterDied) {
   });
   r = verify();
   EXPECT_EQ(r.code, kRepairable) << r.out;
-  EXPECT_NE(r.out.find("its count record armed; attaching a writer finishes the counters"), std::string::npos)
-      << r.out;
+  EXPECT_NE(r.out.find("its count record armed; attaching a writer finishes the counters"), std::string::npos) << r.out;
   { auto w = open_writer(); }
   EXPECT_EQ(verify().code, kClean);
 }

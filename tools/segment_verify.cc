@@ -323,11 +323,13 @@ class Checker {
     }
     // Slots read mid-update. Without a writer they stay odd: the undo record
     // covers at most one of them; with one, read them again.
+    uint64_t restorable = 0;
     for (const uint64_t i : busy) {
       const std::string where = tname + " slot " + std::to_string(i);
       if (!r_.writer_live) {
         if (undo_valid_ && undo_table_ == t && undo_slot_ == i) {
           ++r_.repairable_slots;
+          ++restorable;  // its state is the undo copy's or the write's: uncounted
           r_.repairs.push_back(where +
                                ": sequence odd (a writer died mid-update); attaching a writer restores it "
                                "from the undo copy");
@@ -352,13 +354,14 @@ class Checker {
       account(i, *seq);
     }
     const TableCounts after = counters_of(d);
+    // A slot the undo record restores is counted neither way: one of slack.
     // Live writer: the scan is not a snapshot. Each update, delete or
     // reclaim during it moves a slot and a counter, so a count may be off by
     // the counters' movement; slots never read consistently add theirs.
-    uint64_t slack = 0;
+    uint64_t slack = restorable;
     if (r_.writer_live) {
-      slack = (after.upserts - before.upserts) + (after.deletes - before.deletes) + distance(after.live, before.live) +
-              distance(after.tombstones, before.tombstones) + in_flight;
+      slack += (after.upserts - before.upserts) + (after.deletes - before.deletes) + distance(after.live, before.live) +
+               distance(after.tombstones, before.tombstones) + in_flight;
     }
     auto compare = [&](const char* what, uint64_t counted, uint64_t c0, uint64_t c1) {
       const uint64_t lo = std::min(c0, c1), hi = std::max(c0, c1);
@@ -366,11 +369,13 @@ class Checker {
       const std::string line =
           tname + ": counters say " + std::to_string(c1) + " " + what + ", the slots hold " + std::to_string(counted);
       if (writer_died_ && sync::load_relaxed(d.count_armed) != 0) {
-        r_.repairs.push_back(line + " (a writer died mid-write with its count record armed; attaching a writer "
-                                    "finishes the counters)");
+        r_.repairs.push_back(line +
+                             " (a writer died mid-write with its count record armed; attaching a writer "
+                             "finishes the counters)");
       } else if (!counters_exact_) {
-        r_.repairs.push_back(line + " (last written by a build that kept no count record; attaching a writer "
-                                    "recounts them)");
+        r_.repairs.push_back(line +
+                             " (last written by a build that kept no count record; attaching a writer "
+                             "recounts them)");
       } else {
         r_.problems.push_back(line + " (a writer opened with segment.full_check recounts them)");
       }
