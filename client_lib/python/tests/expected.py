@@ -3,6 +3,8 @@ keep the two in step."""
 
 import numpy as np
 
+import larder
+
 SEED = 3
 COUNTRIES = ["SE", "US", "DE", "FR", "JP"]
 
@@ -52,3 +54,23 @@ def derived_embedding(c):
 
 def derived_tag(c):
     return "v%d" % (c % 100000000)
+
+
+def check_derived_batch(batch, ks):
+    """Checks a get_many batch of keys ks (fields clicks, spend, ctr,
+    premium, embedding) of table "rows": returns (consistent rows, torn rows,
+    busy reads, highest counter seen)."""
+    checked = torn = busy = highest = 0
+    for i, k in enumerate(ks):
+        if batch.status[i] == larder.Status.BUSY:
+            busy += 1
+            continue
+        c, spend, ctr, premium = batch.values[i]
+        c = int(c)
+        ok = (batch.status[i] == larder.Status.OK
+              and derived_ok_scalars(k, c, int(batch.event_time_ms[i]), spend, ctr, premium)
+              and np.array_equal(batch["embedding"][i], derived_embedding(c)))
+        torn += not ok
+        checked += ok
+        highest = max(highest, c)
+    return checked, torn, busy, highest

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 import larder
-from expected import derived_embedding, derived_ok_scalars, derived_tag
+from expected import check_derived_batch, derived_embedding, derived_ok_scalars, derived_tag
 
 ROWS = 64
 FIELDS = ["clicks", "spend", "ctr", "premium", "embedding"]
@@ -58,18 +58,8 @@ def read_until(table, beyond, seed):
             break  # the parent fails on highest <= beyond
         ks = [rng.randrange(ROWS) for _ in range(32)]
         b = t.get_many(["key:%d" % k for k in ks], fields=FIELDS)
-        for i, k in enumerate(ks):
-            if b.status[i] == larder.Status.BUSY:
-                busy += 1
-                continue
-            c, spend, ctr, premium = b.values[i]
-            c = int(c)
-            ok = (b.status[i] == larder.Status.OK
-                  and derived_ok_scalars(k, c, int(b.event_time_ms[i]), spend, ctr, premium)
-                  and np.array_equal(b["embedding"][i], derived_embedding(c)))
-            torn += not ok
-            checked += ok
-            highest = max(highest, c)
+        n_checked, n_torn, n_busy, top = check_derived_batch(b, ks)
+        checked, torn, busy, highest = checked + n_checked, torn + n_torn, busy + n_busy, max(highest, top)
         ok, c = check_row(t, rng.randrange(ROWS))
         if c is None and ok:
             busy += 1

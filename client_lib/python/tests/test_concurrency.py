@@ -17,7 +17,7 @@ import numpy as np
 
 import larder
 from conftest import WRITER
-from expected import derived_embedding, derived_ok_scalars, derived_tag
+from expected import check_derived_batch, derived_embedding, derived_ok_scalars, derived_tag
 
 ROWS = 200
 READERS = 3
@@ -38,18 +38,8 @@ def _reader(seg_dir, seed, stop, checked_out, highest_out, out):
     while not stop.is_set():
         ks = [rng.randrange(ROWS) for _ in range(64)]
         b = rows.get_many(["key:%d" % k for k in ks], fields=fields)
-        for i, k in enumerate(ks):
-            if b.status[i] == larder.Status.BUSY:
-                busy += 1
-                continue
-            c, spend, ctr, premium = b.values[i]
-            c = int(c)
-            ok = (b.status[i] == larder.Status.OK
-                  and derived_ok_scalars(k, c, int(b.event_time_ms[i]), spend, ctr, premium)
-                  and np.array_equal(b["embedding"][i], derived_embedding(c)))
-            torn += not ok
-            checked += ok
-            highest = max(highest, c)
+        n_checked, n_torn, n_busy, top = check_derived_batch(b, ks)
+        checked, torn, busy, highest = checked + n_checked, torn + n_torn, busy + n_busy, max(highest, top)
         k = rng.randrange(ROWS)
         row = rows.get("key:%d" % k)
         if row.status == larder.Status.BUSY:
