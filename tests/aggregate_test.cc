@@ -1,6 +1,7 @@
 // Windowed aggregates (docs/aggregates.md) against a brute-force reference
 // (support/aggregate_reference.h): seeded random streams, decay under
-// refresh, warm restarts, crash injection, and the schema checks.
+// refresh, warm restarts, crash injection, distinct_count, and the schema
+// checks.
 //
 // Every test drives the writer's clock itself (apply_unix_ns, refresh(now));
 // nothing sleeps. Randomized tests print their seed: replay one with
@@ -126,6 +127,9 @@ TableSpec wide_table() {
       agg("latency_last_3s", "latency", AggregateFn::kLast, 3000, 250),
       agg("latency_var_3s", "latency", AggregateFn::kVariance, 3000, 250),
       agg("latency_count_5s_latest", "latency", AggregateFn::kCount, 5000, 250, latest),
+      agg("latency_distinct_3s", "latency", AggregateFn::kDistinctCount, 3000, 250),  // many values: the sketch
+      agg("item_distinct_10s", "item", AggregateFn::kDistinctCount, 10'000, 1000),
+      agg("item_distinct_4s_latest", "item", AggregateFn::kDistinctCount, 4000, 1000, latest),
       agg("latency_sum_3s", "latency", AggregateFn::kSum, 3000),    // default resolution: 50 ms
       agg("latency_mean_1s", "latency", AggregateFn::kMean, 1000),  // default resolution: 10 ms
   };
@@ -416,6 +420,7 @@ class StreamGenerator {
       : ref_(ref), keys_(std::move(keys)), rng_(seed), options_(options) {
     amount_ = ref_.source_index("amount");
     latency_ = ref_.source_index("latency");
+    item_ = ref_.source_index("item");
   }
 
   Step next() {
@@ -563,6 +568,8 @@ class StreamGenerator {
       if (unit() < 0.8) e.fields.push_back({0, 0, v});
     }
     if (latency) e.sources.push_back({static_cast<uint32_t>(latency_), value(0, 500, recent_latencies_)});
+    // Items: at most 30 values per key, so their distinct_counts stay exact.
+    if (item_ >= 0 && unit() < 0.6) e.sources.push_back({static_cast<uint32_t>(item_), static_cast<double>(range(0, 29))});
     if (unit() < 0.5) e.fields.push_back({1, static_cast<int64_t>(n_), 0});
     e.id = pick_id(e.key);
     return s;
@@ -640,7 +647,7 @@ class StreamGenerator {
   std::vector<std::string> keys_;
   std::mt19937_64 rng_;
   GeneratorOptions options_;
-  int amount_ = -1, latency_ = -1;
+  int amount_ = -1, latency_ = -1, item_ = -1;
   uint64_t n_ = 0;
   std::map<std::string, uint64_t> epoch_;
   std::map<std::string, int64_t> floor_;
@@ -1290,7 +1297,308 @@ TEST(AggregateCrash, KilledWriterRepairsAndReplaysExactlyOnce) {
 }
 
 // ---------------------------------------------------------------------------
-// 5. Schema checks and the API around it.
+// 5. distinct_count: exact sets, the sketch beyond them, decay, lateness,
+// restarts and kills.
+
+TableSpec distinct_table() {
+  TableSpec t;
+  t.name = "cards";
+  t.capacity = 64;
+  t.fields = {{"country", FieldType::kString, 8}};
+  t.aggregates = {
+      agg("countries_60s", "country", AggregateFn::kDistinctCount, 60'000, 1000),
+      agg("countries_10s", "country", AggregateFn::kDistinctCount, 10'000, 1000),
+      agg("countries_10s_latest", "country", AggregateFn::kDistinctCount, 10'000, 1000, WindowEnd::kLatestEvent),
+      agg("countries_count_60s", "country", AggregateFn::kCount, 60'000, 1000),
+      agg("devices_60s", "device", AggregateFn::kDistinctCount, 60'000, 1000),
+  };
+  return t;
+}
+
+// Events whose source values are strings: the writer gets their distinct
+// hashes, the model one number per string.
+class StringEvents {
+ public:
+  explicit StringEvents(Harness& h) : h_(h) {}
+  Outcome apply(const std::string& key, int64_t te, int64_t at_ms,
+                const std::vector<std::pair<std::string, std::string>>& values, const std::string& id = "") {
+    Step s = event(key, te, at_ms, {}, id);
+    std::vector<SourceValue> sources;
+    for (const auto& [source, text] : values) {
+      const int i = h_.ref().source_index(source);
+      const auto [it, added] = numbers_.emplace(text, static_cast<double>(numbers_.size()));
+      s.event.sources.push_back({static_cast<uint32_t>(i), it->second});
+      sources.push_back({h_.source_map()[static_cast<size_t>(i)], 0.0, distinct_hash_string(text)});
+    }
+    const ApplyResult got = h_.writer().apply(0, key, te, {}, sources, s.event.id, s.event.apply_ns);
+    const Outcome want = model_step(h_.ref(), s);
+    EXPECT_TRUE(compatible(want, got)) << key << " te=base" << te - kBaseMs << ": writer " << apply_result_name(got)
+                                       << ", model " << Ref::outcome_name(want);
+    return want;
+  }
+
+ private:
+  Harness& h_;
+  std::map<std::string, double> numbers_;
+};
+
+TEST(DistinctCount, ExactForSmallSetsAndDecaysByTheBucket) {
+  Harness h(distinct_table(), "distinct-exact", 0, {"card:1", "card:2"});
+  StringEvents ev(h);
+  const int64_t b = kBaseMs;
+  // 32 countries (K) on card:1 over 40 s, each seen three times, out of
+  // order; card:2 sees two countries and a device.
+  for (int round = 0; round < 3; ++round) {
+    for (int c = 0; c < 32; ++c) {
+      const int64_t te = b + c * 1250 + round * 17 - (c % 5) * 900;
+      ev.apply("card:1", te, b + 40'000 + round, {{"country", "C" + std::to_string(c)}});
+      ASSERT_EQ(h.check(), 0);
+    }
+  }
+  ev.apply("card:2", b + 39'000, b + 40'000, {{"country", "US"}, {"device", "phone-7"}});
+  ev.apply("card:2", b + 39'500, b + 40'000, {{"country", "DE"}});
+  ev.apply("card:2", b + 39'900, b + 40'000, {{"country", "US"}});
+  ASSERT_EQ(h.check(), 0);
+  EXPECT_EQ(h.i64("card:1", "countries_60s"), 32);
+  EXPECT_EQ(h.i64("card:1", "countries_count_60s"), 96);
+  EXPECT_EQ(h.i64("card:2", "countries_60s"), 2);
+  EXPECT_EQ(h.i64("card:2", "devices_60s"), 1);
+  EXPECT_EQ(h.i64("card:1", "devices_60s"), 0);
+  // Every bucket edge and one ms either side until the windows are empty:
+  // exact at every read, with only the refreshes the writer schedules itself.
+  for (int64_t t = b + 40'000; t <= b + 110'000; t += 500) {
+    for (int64_t d : {-1, 0, 1}) {
+      h.run(refresh_at(t + d));
+      ASSERT_EQ(h.check(false), 0) << "at base+" << t + d - b;
+    }
+  }
+  EXPECT_EQ(h.i64("card:1", "countries_60s"), 0);
+  EXPECT_EQ(h.i64("card:1", "countries_10s_latest"), h.ref().read("card:1").fields[3].i64);
+  EXPECT_GT(h.i64("card:1", "countries_10s_latest"), 0);  // latest_event windows do not decay
+}
+
+TEST(DistinctCount, LateEventsAndRedeliveriesCountOnce) {
+  Harness h(distinct_table(), "distinct-late", 0, {"k"});
+  StringEvents ev(h);
+  const int64_t b = kBaseMs + 100'000;
+  ev.apply("k", b, b, {{"country", "US"}}, "e1");
+  ev.apply("k", b - 5000, b, {{"country", "US"}}, "e2");   // late, a value already counted
+  ev.apply("k", b - 8000, b, {{"country", "FR"}}, "e3");   // late, new: in both windows
+  ev.apply("k", b - 30'000, b, {{"country", "DE"}}, "e4");  // late, new: outside the 10 s windows
+  EXPECT_EQ(h.check(), 0);
+  EXPECT_EQ(h.i64("k", "countries_60s"), 3);
+  EXPECT_EQ(h.i64("k", "countries_10s"), 2);
+  EXPECT_EQ(h.i64("k", "countries_10s_latest"), 2);
+  // A redelivery is a duplicate; an event older than the lateness (60 s) is dropped.
+  EXPECT_EQ(ev.apply("k", b - 8000, b + 10, {{"country", "FR"}}, "e3"), Outcome::kDuplicate);
+  EXPECT_EQ(ev.apply("k", b - 60'000, b + 10, {{"country", "IT"}}, "e5"), Outcome::kLate);
+  EXPECT_EQ(h.check(), 0);
+  EXPECT_EQ(h.i64("k", "countries_60s"), 3);
+  // FR (bucket b/1000 - 8) leaves the 10 s window first, then US.
+  h.run(refresh_at(b + 2000));
+  EXPECT_EQ(h.check(false), 0);
+  EXPECT_EQ(h.i64("k", "countries_10s"), 1);
+  EXPECT_EQ(h.i64("k", "countries_10s_latest"), 2);  // ends at the newest event: no decay
+  h.run(refresh_at(b + 10'000));
+  EXPECT_EQ(h.check(false), 0);
+  EXPECT_EQ(h.i64("k", "countries_10s"), 0);
+  EXPECT_EQ(h.i64("k", "countries_60s"), 3);
+}
+
+// The sketch: 1.04 / sqrt(128) = 9.2% relative standard error. Every
+// estimate must be within 3 standard errors, and their mean absolute error
+// within 1.5.
+TEST(DistinctCount, LargeSetsEstimateWithinTheDocumentedError) {
+  constexpr double kSigma = 1.04 / 11.313708498984761;  // sqrt(128)
+  TableSpec t;
+  t.name = "large";
+  t.capacity = 16;
+  t.aggregates = {agg("d_60s", "v", AggregateFn::kDistinctCount, 60'000, 1000)};
+  double sum_abs = 0;
+  int runs = 0;
+  for (uint64_t seed : {11u, 12u, 13u}) {
+    for (int n : {10'000, 30'000, 100'000}) {
+      ScratchSegment seg;
+      auto w = Writer::open(seg.name(), testing::one_table_schema(t), seg.writer_options());
+      auto segment = Segment::open(seg.name(), ClientOptions{seg.dir()});
+      Table table = segment.table("large");
+      Row row = table.make_row();
+      const Field d = table.field("d_60s", FieldType::kInt64);
+      auto read = [&](int64_t now_ms) {
+        w->refresh(ns(now_ms));
+        EXPECT_EQ(table.get("k", row).status, Status::kOk);
+        return row.i64(d);
+      };
+      std::mt19937_64 rng(seed * 1'000'003 + static_cast<uint64_t>(n));
+      // The first half of the values in [0, 32 s), the second in [32 s, 60 s)
+      // (32: a sketch slice edge, 60 / 8 buckets rounded up); every value twice.
+      const int64_t b = kBaseMs;
+      for (int i = 0; i < n; ++i) {
+        const int64_t v = static_cast<int64_t>(rng());
+        const bool first = i < n / 2;
+        const int64_t span = first ? 32'000 : 28'000;
+        const int64_t te = b + (first ? 0 : 32'000) + static_cast<int64_t>(rng() % static_cast<uint64_t>(span));
+        const SourceValue sv[] = {{0, 0.0, distinct_hash_int64(v)}};
+        // Applied at 59.999 s: none is late (lateness 60 s), all in bucket 0..59.
+        ASSERT_EQ(w->apply(0, "k", te, {}, sv, 0, ns(b + 59'999)), ApplyResult::kApplied);
+        ASSERT_EQ(w->apply(0, "k", te, {}, sv, 0, ns(b + 59'999)), ApplyResult::kApplied);
+      }
+      const auto check = [&](int64_t got, int want, const char* what) {
+        const double err = (static_cast<double>(got) - want) / want;
+        std::printf("distinct seed %llu n %d %s: %lld (want %d, error %+.3f)\n", static_cast<unsigned long long>(seed),
+                    n, what, static_cast<long long>(got), want, err);
+        EXPECT_LE(std::fabs(err), 3 * kSigma) << "seed " << seed << " n " << n << " " << what;
+        sum_abs += std::fabs(err);
+        ++runs;
+      };
+      check(read(b + 60'000), n, "whole window");
+      // At 91 s the window is buckets (31, 91]: the first half left.
+      check(read(b + 91'000), n - n / 2, "second half");
+      EXPECT_EQ(read(b + 120'000), 0) << "every bucket left";
+      // The values let go have left the window: exact again.
+      for (int i = 0; i < 5; ++i) {
+        const SourceValue sv[] = {{0, 0.0, distinct_hash_int64(i)}};
+        ASSERT_EQ(w->apply(0, "k", b + 120'000, {}, sv, 0, ns(b + 120'000)), ApplyResult::kApplied);
+      }
+      EXPECT_EQ(read(b + 120'000), 5);
+    }
+  }
+  std::printf("distinct: mean absolute relative error %.4f over %d estimates (sigma %.4f)\n", sum_abs / runs, runs,
+              kSigma);
+  EXPECT_LE(sum_abs / runs, 1.5 * kSigma);
+}
+
+// Reopened, the writer continues from the exact set and the sketches in the
+// segment.
+TEST(DistinctCount, ReopenedWriterContinues) {
+  Harness h(distinct_table(), "distinct-reopen", 0, {"small", "large"});
+  StringEvents ev(h);
+  const int64_t b = kBaseMs;
+  for (int i = 0; i < 20; ++i) ev.apply("small", b + i * 1000, b + 20'000, {{"country", "c" + std::to_string(i % 7)}});
+  for (int i = 0; i < 2000; ++i) ev.apply("large", b + i * 10, b + 20'000, {{"device", "d" + std::to_string(i)}});
+  ASSERT_EQ(h.check(), 0);
+  const int64_t small = h.i64("small", "countries_60s"), large = h.i64("large", "devices_60s");
+  EXPECT_EQ(small, 7);
+  h.close_writer();
+  h.open_writer();
+  EXPECT_EQ(h.i64("small", "countries_60s"), small);
+  EXPECT_EQ(h.i64("large", "devices_60s"), large);
+  // The same values again count nothing new; refreshes still decay them.
+  for (int i = 0; i < 2000; ++i) ev.apply("large", b + 20'000, b + 20'000, {{"device", "d" + std::to_string(i)}});
+  ev.apply("small", b + 20'000, b + 20'000, {{"country", "c3"}});
+  ASSERT_EQ(h.check(), 0);
+  EXPECT_EQ(h.i64("small", "countries_60s"), 7);
+  EXPECT_EQ(h.i64("large", "devices_60s"), large);
+  h.run(refresh_at(b + 79'000));  // the window is buckets (19, 79]: only the last c3
+  ASSERT_EQ(h.check(false), 0);
+  EXPECT_EQ(h.i64("small", "countries_60s"), 1);
+}
+
+// A writer killed at every crash point of an event that lets a value go
+// from a full exact set and starts a new sketch slice: after repair the key
+// is as before the event or as after it, its redelivery counts once, and the
+// state then behaves as a writer's that was never killed.
+TEST(AggregateCrash, DistinctChangeIsAllOrNothing) {
+  const TableSpec spec = distinct_table();
+  const int64_t b = kBaseMs;
+  auto setup = [&](Writer& w) {
+    for (int i = 0; i < 40; ++i) {
+      const SourceValue sv[] = {{0, 0.0, distinct_hash_string("c" + std::to_string(i))}};
+      w.apply(0, "k", b + i * 500, {}, sv, event_id_hash("s" + std::to_string(i)), ns(b + 20'000));
+    }
+  };
+  const SourceValue hit[] = {{0, 0.0, distinct_hash_string("new")}};
+  const uint64_t hit_id = event_id_hash("hit");
+  auto hit_event = [&](Writer& w) { return w.apply(0, "k", b + 49'000, {}, hit, hit_id, ns(b + 50'000)); };
+  // What comes after: refreshes across the windows and more values.
+  auto follow = [&](Writer& w, Table& table, Row& row, std::vector<int64_t>* out) {
+    const std::vector<Field> fields = {table.field("countries_60s", FieldType::kInt64),
+                                       table.field("countries_10s", FieldType::kInt64),
+                                       table.field("countries_10s_latest", FieldType::kInt64)};
+    auto read = [&] {
+      EXPECT_EQ(table.get("k", row).status, Status::kOk);
+      for (const Field& f : fields) out->push_back(row.i64(f));
+    };
+    read();
+    for (int i = 0; i < 6; ++i) {
+      const SourceValue sv[] = {{0, 0.0, distinct_hash_string("f" + std::to_string(i % 4))}};
+      w.apply(0, "k", b + 50'000 + i * 4000, {}, sv, event_id_hash("f" + std::to_string(i)), ns(b + 50'000 + i * 4000));
+      read();
+    }
+    for (int64_t t = b + 70'000; t <= b + 130'000; t += 5000) {
+      w.refresh(ns(t));
+      read();
+    }
+  };
+  // The model run: never killed.
+  std::vector<int64_t> want_before, want_after, want_follow;
+  uint64_t points = 0;
+  {
+    ScratchSegment seg;
+    auto w = Writer::open(seg.name(), testing::one_table_schema(spec), seg.writer_options());
+    setup(*w);
+    auto segment = Segment::open(seg.name(), ClientOptions{seg.dir()});
+    Table table = segment.table("cards");
+    Row row = table.make_row();
+    const Field f60 = table.field("countries_60s", FieldType::kInt64);
+    ASSERT_EQ(table.get("k", row).status, Status::kOk);
+    want_before.push_back(row.i64(f60));
+    g_points_all = g_points_journal = 0;
+    set_crash_hook(&count_points);
+    ASSERT_EQ(hit_event(*w), ApplyResult::kApplied);
+    set_crash_hook(nullptr);
+    points = g_points_all;
+    ASSERT_EQ(table.get("k", row).status, Status::kOk);
+    want_after.push_back(row.i64(f60));
+    follow(*w, table, row, &want_follow);
+  }
+  std::printf("distinct crash: %llu crash points in the event, 60 s count %lld before, %lld after\n",
+              static_cast<unsigned long long>(points), static_cast<long long>(want_before[0]),
+              static_cast<long long>(want_after[0]));
+  ASSERT_GT(points, 20u) << "the event should let a value go and reset a slice";
+  int rolled_back = 0, kept = 0;
+  for (uint64_t p = 1; p <= points; ++p) {
+    ScratchSegment seg;
+    const layout::Schema schema = testing::one_table_schema(spec);
+    {
+      auto w = Writer::open(seg.name(), schema, seg.writer_options());
+      setup(*w);
+    }
+    testing::Children kids;
+    const pid_t child = kids.add(testing::spawn([&] {
+      auto w = Writer::open(seg.name(), schema, seg.writer_options());
+      g_journal_only = false;
+      g_countdown = static_cast<int64_t>(p);
+      set_crash_hook(&crash_at_countdown);
+      hit_event(*w);
+      return 0;
+    }));
+    ASSERT_EQ(kids.wait(child), 128 + SIGKILL) << "crash point " << p;
+    auto w = Writer::open(seg.name(), schema, seg.writer_options());
+    auto segment = Segment::open(seg.name(), ClientOptions{seg.dir()});
+    Table table = segment.table("cards");
+    Row row = table.make_row();
+    ASSERT_EQ(table.get("k", row).status, Status::kOk);
+    const int64_t got = row.i64(table.field("countries_60s", FieldType::kInt64));
+    ASSERT_TRUE(got == want_before[0] || got == want_after[0]) << "crash point " << p << ": " << got;
+    const ApplyResult again = hit_event(*w);  // the redelivery
+    if (again == ApplyResult::kDuplicate) {
+      ++kept;
+    } else {
+      ASSERT_EQ(again, ApplyResult::kApplied) << "crash point " << p;
+      ++rolled_back;
+    }
+    std::vector<int64_t> got_follow;
+    follow(*w, table, row, &got_follow);
+    ASSERT_EQ(got_follow, want_follow) << "crash point " << p;
+  }
+  std::printf("distinct crash: %d kills rolled back, %d kept\n", rolled_back, kept);
+  EXPECT_GT(rolled_back, 0);
+  EXPECT_GT(kept, 0);
+}
+
+// ---------------------------------------------------------------------------
+// 6. Schema checks and the API around it.
 
 TableSpec one_field_table() {
   TableSpec t;
@@ -1348,6 +1656,19 @@ TEST(AggregateSchema, ValidateRefusesBadWindows) {
   expect_valid(with(agg("s", "x", AggregateFn::kSum, 4'096'000, 1000)), "exactly 4096 buckets");
   expect_valid(with(agg("c", "", AggregateFn::kCount, 1000)), "count without a source, 1 s");
   expect_valid(with(agg("s", "x", AggregateFn::kMean, 30LL * 86'400'000)), "30 d, default resolution");
+  expect_invalid(with(agg("d", "x", AggregateFn::kDistinctCount, 10'000)), "distinct_count of a float64 field");
+  expect_invalid(with(agg("d", "", AggregateFn::kDistinctCount, 10'000)), "distinct_count without a source");
+  expect_valid(with(agg("d", "member", AggregateFn::kDistinctCount, 10'000)), "distinct_count of an event member");
+  {
+    TableSpec t = one_field_table();
+    t.fields.push_back({"country", FieldType::kString, 2});
+    t.fields.push_back({"n", FieldType::kInt64, 1});
+    t.fields.push_back({"b", FieldType::kBool, 1});
+    for (const char* f : {"country", "n", "b"}) t.aggregates.push_back(agg(std::string("d_") + f, f, AggregateFn::kDistinctCount, 10'000));
+    expect_valid(t, "distinct_count of string, int64 and bool fields");
+    t.aggregates.push_back(agg("s", "country", AggregateFn::kSum, 10'000));
+    expect_invalid(t, "sum of a string field");
+  }
 }
 
 // resolution_ms 0 picks the default; a negative width is not a bucket width.
@@ -1373,7 +1694,8 @@ TEST(AggregateSchema, DefaultsSourcesAndOutputFields) {
   for (size_t i = 0; i < t.aggregates.size(); ++i) {
     const layout::FieldSpec& f = all[t.fields.size() + i];
     EXPECT_EQ(f.name, t.aggregates[i].name);
-    EXPECT_EQ(f.type, t.aggregates[i].fn == AggregateFn::kCount ? FieldType::kInt64 : FieldType::kFloat64) << f.name;
+    const bool integer = t.aggregates[i].fn == AggregateFn::kCount || t.aggregates[i].fn == AggregateFn::kDistinctCount;
+    EXPECT_EQ(f.type, integer ? FieldType::kInt64 : FieldType::kFloat64) << f.name;
   }
   EXPECT_EQ(t.resolution_of(t.aggregates.back()), 10);  // latency_mean_1s
   EXPECT_EQ(t.lateness_ms(), 10'000);
@@ -1387,7 +1709,9 @@ TEST(AggregateSchema, DefaultsSourcesAndOutputFields) {
                                                                             {"avg", AggregateFn::kMean},
                                                                             {"var", AggregateFn::kVariance},
                                                                             {"std", AggregateFn::kStddev},
-                                                                            {"last", AggregateFn::kLast}}) {
+                                                                            {"last", AggregateFn::kLast},
+                                                                            {"distinct_count", AggregateFn::kDistinctCount},
+                                                                            {"distinct", AggregateFn::kDistinctCount}}) {
     EXPECT_TRUE(layout::parse_aggregate_fn(text, &fn)) << text;
     EXPECT_EQ(fn, want) << text;
   }

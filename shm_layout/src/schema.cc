@@ -52,13 +52,13 @@ const char* aggregate_fn_name(AggregateFn fn) {
     case AggregateFn::kLast: return "last";
     case AggregateFn::kVariance: return "variance";
     case AggregateFn::kStddev: return "stddev";
+    case AggregateFn::kDistinctCount: return "distinct_count";
   }
   return "unknown";
 }
 
 bool parse_aggregate_fn(std::string_view text, AggregateFn* out) {
-  for (AggregateFn fn : {AggregateFn::kCount, AggregateFn::kSum, AggregateFn::kMean, AggregateFn::kMin,
-                         AggregateFn::kMax, AggregateFn::kLast, AggregateFn::kVariance, AggregateFn::kStddev}) {
+  for (AggregateFn fn : kAllAggregateFns) {
     if (text == aggregate_fn_name(fn)) {
       *out = fn;
       return true;
@@ -70,6 +70,8 @@ bool parse_aggregate_fn(std::string_view text, AggregateFn* out) {
     *out = AggregateFn::kVariance;
   else if (text == "std")
     *out = AggregateFn::kStddev;
+  else if (text == "distinct")
+    *out = AggregateFn::kDistinctCount;
   else
     return false;
   return true;
@@ -87,12 +89,18 @@ namespace {
 bool numeric_source_type(FieldType t) {
   return t == FieldType::kInt64 || t == FieldType::kFloat64 || t == FieldType::kFloat32 || t == FieldType::kBool;
 }
+// distinct_count compares values for equality: floats are refused (rounding
+// makes equal readings differ; bucketize them into an int64 first).
+bool distinct_source_type(FieldType t) {
+  return t == FieldType::kInt64 || t == FieldType::kBool || t == FieldType::kString;
+}
 }  // namespace
 
 std::vector<FieldSpec> TableSpec::all_fields() const {
   std::vector<FieldSpec> all = fields;
   for (const AggregateSpec& a : aggregates) {
-    all.push_back(FieldSpec{a.name, a.fn == AggregateFn::kCount ? FieldType::kInt64 : FieldType::kFloat64, 1});
+    const bool integer = a.fn == AggregateFn::kCount || a.fn == AggregateFn::kDistinctCount;
+    all.push_back(FieldSpec{a.name, integer ? FieldType::kInt64 : FieldType::kFloat64, 1});
   }
   return all;
 }
@@ -161,13 +169,20 @@ void validate_aggregates(const TableSpec& t, const std::string& where, std::set<
     const std::string aw = where + " aggregate \"" + a.name + "\"";
     if (!valid_identifier(a.name)) invalid(aw + ": invalid name (1..63 of [A-Za-z0-9_.-])");
     if (!names->insert(a.name).second) invalid(aw + ": the name is already a field or another aggregate");
-    if (static_cast<uint32_t>(a.fn) < 1 || static_cast<uint32_t>(a.fn) > 8) invalid(aw + ": unknown function");
+    if (static_cast<uint32_t>(a.fn) < 1 || a.fn > AggregateFn::kDistinctCount) invalid(aw + ": unknown function");
     if (a.source.empty()) {
       if (a.fn != AggregateFn::kCount) invalid(aw + ": " + aggregate_fn_name(a.fn) + " needs a source");
     } else {
       if (!valid_identifier(a.source)) invalid(aw + ": invalid source name \"" + a.source + "\"");
       for (const FieldSpec& f : t.fields) {
-        if (f.name == a.source && !numeric_source_type(f.type)) {
+        if (f.name != a.source) continue;
+        if (a.fn == AggregateFn::kDistinctCount || (a.fn == AggregateFn::kCount && f.type == FieldType::kString)) {
+          // A count of a string source counts the events that carry it.
+          if (!distinct_source_type(f.type)) {
+            invalid(aw + ": source \"" + a.source + "\" is a " + field_type_name(f.type) +
+                    " field; distinct_count needs a string, int64 or bool (bucketize a float into an int64)");
+          }
+        } else if (!numeric_source_type(f.type)) {
           invalid(aw + ": source \"" + a.source + "\" is a " + field_type_name(f.type) +
                   " field; aggregates need a number (int64, float64, float32 or bool)");
         }
@@ -385,6 +400,7 @@ AggregatePlan plan_aggregates(const TableSpec& table) {
     group.min |= (stats & kBucketMin) != 0;
     group.max |= (stats & kBucketMax) != 0;
     group.last |= a.fn == AggregateFn::kLast;
+    group.distinct |= a.fn == AggregateFn::kDistinctCount;
     AggregatePlan::Output out;
     out.field = static_cast<uint32_t>(table.fields.size() + p.outputs.size());
     out.group = g;
@@ -414,6 +430,15 @@ AggregatePlan plan_aggregates(const TableSpec& table) {
     at += static_cast<uint32_t>(g.ring_buckets) * g.bucket_words;
     journal += 2 * kAggregateGroupHeaderWords + 3 * kAggregateWindowWords * static_cast<uint32_t>(g.windows.size()) +
                2 * g.bucket_words;
+  }
+  // The distinct areas, coldest: an event stores the dropped word, one entry,
+  // and one slice's tag and a register, after resetting that slice.
+  for (AggregatePlan::Group& g : p.groups) {
+    if (!g.distinct) continue;
+    g.distinct_offset = at;
+    g.slice_buckets = distinct_slice_buckets(g.ring_buckets);
+    at += kDistinctAreaWords;
+    journal += 1 + kDistinctEntryWords + 2 * kDistinctSliceWords;
   }
   p.stride_words = at;
   p.journal_words = journal;

@@ -32,7 +32,12 @@
 // writer keeps sums of squares about the key's first value, |first| <= M);
 // stddev: got^2 against want^2 with the variance tolerance. Empty windows are
 // exact: count and sum read 0 (valid), the others NaN with the validity bit
-// clear.
+// clear. distinct_count is exact while the key has folded at most K = 32
+// distinct values into the group since it was last deleted (so the exact set
+// never let one go); beyond that it may be the sketch's estimate, over the
+// window extended back to the start of the sketch slice (ring / 8 buckets,
+// rounded up) that holds its first bucket: accepted within 4 standard errors
+// (4 x 1.04 / sqrt(128)) below the exact count and above the extended one.
 #pragma once
 
 #include <algorithm>
@@ -68,6 +73,7 @@ inline int64_t reference_default_resolution(int64_t window_ms) {
 class AggregateReference {
  public:
   static constexpr int64_t kNone = std::numeric_limits<int64_t>::min();
+  static constexpr int64_t kDistinctExact = 32;  // K, docs/aggregates.md
 
   enum class Outcome {
     kApplied,            // fields/row time written (and sources folded unless late)
@@ -117,8 +123,9 @@ class AggregateReference {
     int64_t i64 = 0;
     double f64 = 0;
     // Comparison mode for aggregates.
-    enum class Mode { kExact, kSum, kMean, kVariance, kStddev } mode = Mode::kExact;
+    enum class Mode { kExact, kSum, kMean, kVariance, kStddev, kDistinct } mode = Mode::kExact;
     double tolerance = 0;  // absolute
+    int64_t distinct_lo = 0, distinct_hi = 0;  // kDistinct: the accepted range
   };
   struct Row {
     bool found = false;
@@ -291,6 +298,9 @@ class AggregateReference {
   // Statistics of one window of one group for a key, at the current clock.
   struct Stats {
     int64_t count = 0;
+    int64_t distinct = 0;           // distinct values in the window
+    int64_t distinct_extended = 0;  // ... in the window extended to its first sketch slice
+    int64_t distinct_ever = 0;      // ... folded into the group since the delete
     long double sum = 0, sum_abs = 0;
     double min = 0, max = 0, last = 0, mean = 0, variance = 0;
     double scale = 0;  // M: the largest |x| folded into the group since the delete
@@ -307,13 +317,19 @@ class AggregateReference {
       hi = k.high[a.group];
     }
     const int64_t lo = hi - a.n;
+    const int64_t slice = (gr.ring + 7) / 8;
+    const int64_t extended_first = floor_div(lo + 1, slice) * slice;
+    std::set<double> in_window, in_extended, ever;
     int64_t last_te = kNone;
     uint64_t last_seq = 0;
     for (const Folded& f : k.events) {
       if (f.k[a.group] == kNone) continue;
       const double x = f.v[a.group];
       s.scale = std::max(s.scale, std::fabs(x));
+      ever.insert(x);
+      if (f.k[a.group] >= extended_first && f.k[a.group] <= hi) in_extended.insert(x);
       if (f.k[a.group] <= lo || f.k[a.group] > hi) continue;
+      in_window.insert(x);
       if (s.count == 0) {
         s.min = s.max = x;
       } else {
@@ -329,6 +345,9 @@ class AggregateReference {
         s.last = x;
       }
     }
+    s.distinct = static_cast<int64_t>(in_window.size());
+    s.distinct_extended = static_cast<int64_t>(in_extended.size());
+    s.distinct_ever = static_cast<int64_t>(ever.size());
     if (s.count > 0) {
       const long double mean = s.sum / s.count;
       long double ss = 0;
@@ -401,6 +420,17 @@ class AggregateReference {
         }
         break;
       }
+      case AggregateFn::kDistinctCount:
+        v.is_int = true;
+        v.valid = true;
+        v.i64 = s.distinct;
+        if (s.distinct_ever > kDistinctExact) {
+          const double band = 4 * 1.04 / std::sqrt(128.0);
+          v.mode = Mode::kDistinct;
+          v.distinct_lo = static_cast<int64_t>(std::floor(static_cast<double>(s.distinct) * (1 - band)));
+          v.distinct_hi = static_cast<int64_t>(std::ceil(static_cast<double>(s.distinct_extended) * (1 + band)));
+        }
+        break;
     }
     return v;
   }
@@ -422,6 +452,14 @@ class AggregateReference {
   // Whether a value read from a row matches `want`; `why` says how not.
   static bool matches(const Value& want, bool got_valid, int64_t got_i64, double got_f64, std::string* why) {
     char buf[256];
+    if (want.is_int && want.mode == Value::Mode::kDistinct) {
+      if (got_valid && got_i64 >= want.distinct_lo && got_i64 <= want.distinct_hi) return true;
+      std::snprintf(buf, sizeof buf, "got %lld (valid %d), want %lld, within [%lld, %lld]",
+                    static_cast<long long>(got_i64), got_valid, static_cast<long long>(want.i64),
+                    static_cast<long long>(want.distinct_lo), static_cast<long long>(want.distinct_hi));
+      *why = buf;
+      return false;
+    }
     if (want.is_int) {
       if (got_valid == want.valid && (!want.valid || got_i64 == want.i64)) return true;
       std::snprintf(buf, sizeof buf, "got %lld (valid %d), want %lld (valid %d)", static_cast<long long>(got_i64),
@@ -440,6 +478,7 @@ class AggregateReference {
         case Value::Mode::kStddev:
           ok = got_f64 >= 0 && std::fabs(got_f64 * got_f64 - want.f64 * want.f64) <= want.tolerance;
           break;
+        case Value::Mode::kDistinct: break;  // integers, above
       }
     } else if (ok && !want.valid) {
       // Empty windows: NaN for float aggregates, and 0 for a never-written plain field.

@@ -16,6 +16,18 @@
 // origin ever cancels (1e9 + {0..4} reads variance 2). A removal that would
 // cancel most of the window's M2 (an outlier leaving) recomputes it from the
 // remaining buckets instead.
+//
+// distinct_count (a group's distinct area, format.h) keeps up to K values
+// exactly, each with the newest bucket it was seen in: a window counts the
+// values seen inside it, so it decays by the bucket like the other functions.
+// Every value also goes into a HyperLogLog sketch of its time slice (1/8 of
+// the ring). When the exact set is full of values still inside some window,
+// the value seen longest ago is let go and its bucket recorded (the dropped
+// word); a window that still covers that bucket may be missing values, and
+// reads the merged sketches of the slices whose newest bucket it covers
+// instead (at least the exact values it holds). The refreshes that move the
+// windows happen when a non-empty bucket leaves them, and every bucket these
+// rules compare (a value's, the dropped one, a slice's newest) holds an event.
 #include "aggregate.h"
 
 #include <algorithm>
@@ -194,7 +206,129 @@ bool move_window(const AggregatePlan::Group& g, const AggregatePlan::Window& win
 
 int64_t group_head(const Word* gh) { return load_i64(gh[kGroupHeadWord]) - 1; }  // -1: no event yet
 
+// Where window `w` of group `g` ends: the clock's bucket, or the newest event's.
+int64_t window_end(const AggregatePlan::Group& g, const AggregatePlan::Window& w, const Word* block, int64_t h) {
+  return w.end == WindowEnd::kNow ? h : group_head(block + g.offset);
+}
+
+Word* distinct_entries(const AggregatePlan::Group& g, Word* block) {
+  return block + g.distinct_offset + kDistinctHeaderWords;
+}
+Word* distinct_slice(const AggregatePlan::Group& g, Word* block, int64_t slice) {
+  return block + g.distinct_offset + kDistinctHeaderWords + kDistinctExactEntries * kDistinctEntryWords +
+         ring_pos(slice, kDistinctSlices) * kDistinctSliceWords;
+}
+
+// Folds value `dh` seen in bucket k into the distinct area. `h` is the
+// clock's bucket; the group's head already includes k.
+void fold_distinct(const AggregatePlan::Group& g, Word* block, int64_t h, int64_t k, uint64_t dh, Journal& j) {
+  // An entry seen before every window's first bucket counts nowhere, now or
+  // later (window ends only move forward): its place is free.
+  int64_t first_needed = std::numeric_limits<int64_t>::max();
+  for (const AggregatePlan::Window& w : g.windows) {
+    first_needed = std::min(first_needed, window_end(g, w, block, h) - w.buckets + 1);
+  }
+  Word* entries = distinct_entries(g, block);
+  Word* free = nullptr;
+  Word* oldest = nullptr;
+  int64_t oldest_seen = std::numeric_limits<int64_t>::max();
+  for (uint32_t i = 0; i < kDistinctExactEntries; ++i) {
+    Word* e = entries + i * kDistinctEntryWords;
+    const uint64_t hash = load(e[kDistinctEntryHashWord]);
+    const int64_t seen = load_i64(e[kDistinctEntrySeenWord]) - 1;
+    if (hash == dh) {
+      if (k > seen) j.set(e[kDistinctEntrySeenWord], static_cast<uint64_t>(k + 1));
+      free = oldest = nullptr;
+      oldest_seen = std::numeric_limits<int64_t>::min();
+      break;
+    }
+    if (hash == 0 || seen < first_needed) {
+      if (free == nullptr) free = e;
+    } else if (seen < oldest_seen) {
+      oldest_seen = seen;
+      oldest = e;
+    }
+  }
+  if (free != nullptr) {
+    j.set(free[kDistinctEntryHashWord], dh);
+    j.set(free[kDistinctEntrySeenWord], static_cast<uint64_t>(k + 1));
+  } else if (oldest_seen != std::numeric_limits<int64_t>::min()) {
+    // Full: keep the value seen more recently, and remember the other's bucket.
+    int64_t dropped = k;
+    if (oldest != nullptr && oldest_seen < k) {
+      dropped = oldest_seen;
+      j.set(oldest[kDistinctEntryHashWord], dh);
+      j.set(oldest[kDistinctEntrySeenWord], static_cast<uint64_t>(k + 1));
+    }
+    Word& dw = block[g.distinct_offset + kDistinctDroppedWord];
+    if (static_cast<int64_t>(load(dw)) < dropped + 1) j.set(dw, static_cast<uint64_t>(dropped + 1));
+  }
+
+  const int64_t s = floor_div(k, g.slice_buckets);
+  Word* sl = distinct_slice(g, block, s);
+  const int64_t tag = load_i64(sl[kDistinctSliceTagWord]);
+  const int64_t held = tag == 0 ? std::numeric_limits<int64_t>::min() : floor_div(tag - 1, g.slice_buckets);
+  if (held > s) return;  // a newer lap: cannot happen for a bucket the ring holds
+  if (held < s) {        // empty, or an older lap of the slice ring
+    j.set(sl[kDistinctSliceTagWord], static_cast<uint64_t>(k + 1));
+    for (uint32_t i = 1; i < kDistinctSliceWords; ++i) j.set(sl[i], 0);
+  } else if (k + 1 > tag) {
+    j.set(sl[kDistinctSliceTagWord], static_cast<uint64_t>(k + 1));
+  }
+  const uint32_t reg = static_cast<uint32_t>(dh >> (64 - kDistinctRegisterBits));
+  // The rank of the first 1 bit after the index bits (1-based); the sentinel
+  // bounds it at 64 - kDistinctRegisterBits + 1.
+  const uint64_t rest = (dh << kDistinctRegisterBits) | (uint64_t{1} << (kDistinctRegisterBits - 1));
+  const uint64_t rank = static_cast<uint64_t>(std::countl_zero(rest)) + 1;
+  Word& rw = sl[1 + reg / 8];
+  const uint64_t word = load(rw);
+  const unsigned shift = 8 * (reg % 8);
+  if (((word >> shift) & 0xff) < rank) j.set(rw, (word & ~(uint64_t{0xff} << shift)) | (rank << shift));
+}
+
+// distinct_count of window `win` ending at bucket `end`.
+int64_t distinct_output(const AggregatePlan::Group& g, const AggregatePlan::Window& win, const Word* block,
+                        int64_t end) {
+  Word* b = const_cast<Word*>(block);  // read only; the helpers serve fold too
+  const int64_t lo = end - win.buckets;  // the window is (lo, end]
+  int64_t exact = 0;
+  const Word* entries = distinct_entries(g, b);
+  for (uint32_t i = 0; i < kDistinctExactEntries; ++i) {
+    const Word* e = entries + i * kDistinctEntryWords;
+    const int64_t seen = load_i64(e[kDistinctEntrySeenWord]) - 1;
+    exact += load(e[kDistinctEntryHashWord]) != 0 && seen > lo && seen <= end;
+  }
+  const int64_t dropped = load_i64(b[g.distinct_offset + kDistinctDroppedWord]) - 1;
+  if (dropped <= lo) return exact;  // nothing let go inside the window: the set is exact
+  uint8_t merged[kDistinctRegisters] = {};
+  for (uint32_t p = 0; p < kDistinctSlices; ++p) {
+    const Word* sl = b + g.distinct_offset + kDistinctHeaderWords + kDistinctExactEntries * kDistinctEntryWords +
+                     p * kDistinctSliceWords;
+    const int64_t newest = load_i64(sl[kDistinctSliceTagWord]) - 1;
+    if (newest <= lo || newest > end) continue;
+    for (uint32_t r = 0; r < kDistinctRegisters; ++r) {
+      const uint8_t v = static_cast<uint8_t>(load(sl[1 + r / 8]) >> (8 * (r % 8)));
+      merged[r] = std::max(merged[r], v);
+    }
+  }
+  return std::max(exact, static_cast<int64_t>(std::llround(hll_estimate(merged))));
+}
+
 }  // namespace
+
+double hll_estimate(const uint8_t* registers) {
+  constexpr double m = kDistinctRegisters;
+  double z = 0;
+  uint32_t zeros = 0;
+  for (uint32_t r = 0; r < kDistinctRegisters; ++r) {
+    z += std::ldexp(1.0, -static_cast<int>(registers[r]));
+    zeros += registers[r] == 0;
+  }
+  const double alpha = 0.7213 / (1 + 1.079 / m);
+  const double e = alpha * m * m / z;
+  if (e <= 2.5 * m && zeros > 0) return m * std::log(m / zeros);
+  return e;
+}
 
 // ---------------------------------------------------------------------------
 // Journal
@@ -290,11 +424,13 @@ bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_
   for (size_t gi = 0; gi < t.plan.groups.size(); ++gi) {
     const AggregatePlan::Group& g = t.plan.groups[gi];
     double v = 0;
+    uint64_t dh = 0;
     if (const int src = t.group_source[gi]; src >= 0) {
       bool found = false;
       for (const SourceValue& s : sources) {
         if (s.source == static_cast<uint32_t>(src)) {
           v = s.value;
+          dh = s.distinct;
           found = true;
         }
       }
@@ -359,11 +495,12 @@ bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_
       if (g.max) w.max = std::max(w.max, v);
       w.write(words, j);
     }
+    if (g.distinct) fold_distinct(g, block, h, k, dh != 0 ? dh : distinct_hash_number(v), j);
   }
   return folded;
 }
 
-OutputValue output(const AggregateTable& t, const Word* block, size_t o) {
+OutputValue output(const AggregateTable& t, const Word* block, size_t o, int64_t clock_ms) {
   const AggregatePlan::Output& out = t.plan.outputs[o];
   const AggregatePlan::Group& g = t.plan.groups[out.group];
   const WindowState w = WindowState::read(block + g.windows[out.window].offset);
@@ -379,6 +516,13 @@ OutputValue output(const AggregateTable& t, const Word* block, size_t o) {
       r.f64 = w.count > 0 ? w.sum : 0.0;
       r.valid = true;
       return r;
+    case AggregateFn::kDistinctCount: {
+      const AggregatePlan::Window& win = g.windows[out.window];
+      r.i64 = w.count > 0 ? distinct_output(g, win, block, window_end(g, win, block, floor_div(clock_ms, g.resolution_ms)))
+                          : 0;
+      r.valid = true;
+      return r;
+    }
     default: break;
   }
   if (w.count == 0) {

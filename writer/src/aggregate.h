@@ -100,7 +100,13 @@ struct OutputValue {
   int64_t i64 = 0;
   bool valid = false;
 };
-OutputValue output(const AggregateTable& t, const Word* block, size_t o);
+// `clock_ms` places the `end: now` windows of distinct_count, which the
+// block's window words do not describe alone.
+OutputValue output(const AggregateTable& t, const Word* block, size_t o, int64_t clock_ms);
+
+// The distinct_count of `registers` (kDistinctRegisters one-byte HyperLogLog
+// registers): Flajolet et al.'s estimate, linear counting below 2.5 m.
+double hll_estimate(const uint8_t* registers);
 
 // When the block's next bucket leaves an `end: now` window (ms), 0 if never.
 int64_t next_due_ms(const AggregateTable& t, const Word* block);

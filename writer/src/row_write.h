@@ -124,7 +124,7 @@ namespace larder {
     if (change.outputs_of != nullptr) {
       for (size_t o = 0; o < ts.agg.plan.outputs.size(); ++o) {
         const uint32_t f = ts.agg.plan.outputs[o].field;
-        const writer::OutputValue v = writer::output(ts.agg, change.outputs_of, o);
+        const writer::OutputValue v = writer::output(ts.agg, change.outputs_of, o, clock_ms);
         const layout::FieldDescriptor& fd = ts.fields[f];
         writer::encode_field(row, fd,
                              static_cast<layout::FieldType>(fd.type) == layout::FieldType::kInt64

@@ -12,6 +12,9 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include <bit>
+#include <cmath>
+
 #include "writer_impl.h"
 
 namespace larder {
@@ -32,6 +35,30 @@ const char* apply_result_name(ApplyResult r) {
 
 uint64_t event_id_hash(std::string_view id) noexcept {
   const uint64_t h = XXH3_64bits(id.data(), id.size());
+  return h == 0 ? 1 : h;
+}
+
+uint64_t distinct_hash_string(std::string_view s) noexcept {
+  const uint64_t h = XXH3_64bits_withSeed(s.data(), s.size(), 1);
+  return h == 0 ? 1 : h;
+}
+
+uint64_t distinct_hash_int64(int64_t v) noexcept {
+  unsigned char bytes[8];
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<unsigned char>(static_cast<uint64_t>(v) >> (8 * i));
+  const uint64_t h = XXH3_64bits_withSeed(bytes, sizeof bytes, 2);
+  return h == 0 ? 1 : h;
+}
+
+uint64_t distinct_hash_number(double v) noexcept {
+  // [-2^63, 2^63): the doubles that convert to int64 exactly when integral.
+  if (v >= -9223372036854775808.0 && v < 9223372036854775808.0 && std::trunc(v) == v) {
+    return distinct_hash_int64(static_cast<int64_t>(v));
+  }
+  const uint64_t bits = std::bit_cast<uint64_t>(v);
+  unsigned char bytes[8];
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<unsigned char>(bits >> (8 * i));
+  const uint64_t h = XXH3_64bits_withSeed(bytes, sizeof bytes, 3);
   return h == 0 ? 1 : h;
 }
 

@@ -135,8 +135,9 @@ int64_t suggest_resolution(int64_t window_ms) {
 }
 
 // The JSON value an event member must hold for one of the targets that read
-// it. All targets of one member must agree (a bool may also feed a source).
-enum class InputKind : uint8_t { kNumber, kString, kBool, kArray, kNumberOrBool };
+// it. All targets of one member must agree (a bool may also feed a source,
+// and a distinct_count takes whatever scalar the member holds).
+enum class InputKind : uint8_t { kNumber, kString, kBool, kArray, kNumberOrBool, kScalar };
 
 const char* input_kind_text(InputKind k) {
   switch (k) {
@@ -145,12 +146,15 @@ const char* input_kind_text(InputKind k) {
     case InputKind::kBool: return "true/false";
     case InputKind::kArray: return "an array of numbers";
     case InputKind::kNumberOrBool: return "a number (or true/false)";
+    case InputKind::kScalar: return "a string, an integer or true/false";
   }
   return "?";
 }
 
 bool compatible(InputKind a, InputKind b) {
   if (a == b) return true;
+  if (a == InputKind::kScalar) std::swap(a, b);
+  if (b == InputKind::kScalar) return a != InputKind::kArray;
   if (a == InputKind::kNumberOrBool) std::swap(a, b);
   return b == InputKind::kNumberOrBool && (a == InputKind::kNumber || a == InputKind::kBool);
 }
@@ -175,7 +179,8 @@ void use_input(std::map<std::string, std::vector<InputUse>>& uses, const std::st
   list.push_back(InputUse{kind, who});
 }
 
-const char* const kAggregateFns = "count, sum, mean (avg), min, max, last, variance (var), stddev (std)";
+const char* const kAggregateFns =
+    "count, sum, mean (avg), min, max, last, variance (var), stddev (std), distinct_count (distinct)";
 
 // What parse_table learns about a table's names while it reads them, so that
 // later parts can refer back to earlier ones in their errors.
@@ -290,14 +295,28 @@ void parse_aggregate_source(const MapNode& a, const std::string& apath, layout::
     if (const auto f = names.field_index.find(spec.source); f != names.field_index.end()) {
       // The aggregate folds that field's value (after its transform).
       const layout::FieldType type = t.spec.fields[f->second].type;
-      if (type == layout::FieldType::kString || type == layout::FieldType::kFloat32Vector) {
+      if (spec.fn == layout::AggregateFn::kCount && type == layout::FieldType::kString) {
+        // Counts the events that carry it.
+      } else if (spec.fn == layout::AggregateFn::kDistinctCount) {
+        if (type == layout::FieldType::kFloat64 || type == layout::FieldType::kFloat32 ||
+            type == layout::FieldType::kFloat32Vector) {
+          fail(a.child("source"),
+               fmt::format("\"{}\" is a {} field; distinct_count compares values for equality: name a string, int64 "
+                           "or bool field (bucketize a float into an int64 field first)",
+                           spec.source, layout::field_type_name(type)));
+        }
+      } else if (type == layout::FieldType::kString || type == layout::FieldType::kFloat32Vector) {
         fail(a.child("source"),
              fmt::format("\"{}\" is a {} field; an aggregate folds numbers: name an int64, float64, float32 or "
-                         "bool field, or an event member that holds numbers",
+                         "bool field, or an event member that holds numbers (count and distinct_count also take "
+                         "a string)",
                          spec.source, layout::field_type_name(type)));
       }
     } else {
-      use_input(names.uses, spec.source, InputKind::kNumberOrBool,
+      // A count reads the member as a number unless a distinct_count of it
+      // makes it any scalar (the decoder decides from all its readers).
+      use_input(names.uses, spec.source,
+                spec.fn == layout::AggregateFn::kDistinctCount ? InputKind::kScalar : InputKind::kNumberOrBool,
                 fmt::format("aggregate \"{}\" ({})", spec.name, apath.substr(names.path.size() + 1)),
                 a.child("source"));
     }

@@ -138,7 +138,8 @@ void DecodedBatch::clear() noexcept {
 
 struct Decoder::Impl {
   // What an input member must hold, from the targets that read it.
-  enum class InputKind : uint8_t { kNumber, kNumberOrBool, kBool, kString, kArray };
+  // kScalar: only distinct_counts read it: a string, an integer or a bool.
+  enum class InputKind : uint8_t { kNumber, kNumberOrBool, kBool, kString, kArray, kScalar };
 
   // A declared field computed from an input member.
   struct FieldTarget {
@@ -147,6 +148,7 @@ struct Decoder::Impl {
     uint32_t count = 0;
     const TransformChain* chain = nullptr;  // null: stored as is
     int32_t source = -1;                    // the aggregate source fed with this field's value, or -1
+    bool source_distinct = false;           // a distinct_count reads that source: pass its exact hash
   };
   // One member of `fields` and everything computed from it.
   struct InputInfo {
@@ -155,6 +157,7 @@ struct Decoder::Impl {
     InputKind kind = InputKind::kNumberOrBool;
     std::vector<FieldTarget> fields;  // in field order
     int32_t raw_source = -1;          // the aggregate source that folds this member's raw value, or -1
+    bool raw_distinct = false;        // a distinct_count reads raw_source
   };
   struct TableInfo {
     uint32_t index = 0;
@@ -274,14 +277,53 @@ struct Decoder::Impl {
     return name == member ? std::string() : fmt::format(" (for field \"{}\")", name);
   }
 
-  static void add_source(DecodedBatch& out, int32_t source, double value) {
-    if (source >= 0) out.sources_.push_back(SourceValue{static_cast<uint32_t>(source), value});
+  static void add_source(DecodedBatch& out, int32_t source, double value, uint64_t distinct = 0) {
+    if (source >= 0) out.sources_.push_back(SourceValue{static_cast<uint32_t>(source), value, distinct});
+  }
+
+  // A number a distinct_count reads: an integer by its exact int64 (a double
+  // holds integers exactly only up to 2^53), other numbers by their double.
+  uint64_t number_distinct(od::value& v, const Where& what, bool integers_only) {
+    if (!has_fraction_or_exponent(v.raw_json_token())) return distinct_hash_int64(read_int64(v, what));
+    if (integers_only) {
+      reject(RejectReason::kWrongType, what + ": expected a string, an integer or true/false (distinct_count)");
+    }
+    return distinct_hash_number(read_double(v, what));
+  }
+
+  // A member only distinct_counts read: any scalar.
+  void decode_scalar_input(od::value& v, od::json_type t, const InputInfo& in, const Where& what,
+                           DecodedBatch& out) {
+    switch (t) {
+      case od::json_type::string: {
+        std::string_view s;
+        if (v.get_string().get(s) != simdjson::SUCCESS) reject(RejectReason::kBadJson, what + ": malformed string");
+        add_source(out, in.raw_source, 0.0, distinct_hash_string(s));
+        return;
+      }
+      case od::json_type::number: {
+        if (!json_number_syntax(v.raw_json_token())) reject(RejectReason::kBadJson, what + ": malformed number");
+        add_source(out, in.raw_source, 0.0, number_distinct(v, what, true));
+        return;
+      }
+      case od::json_type::boolean: {
+        bool b;
+        if (v.get_bool().get(b) != simdjson::SUCCESS) reject(RejectReason::kBadJson, what + ": malformed boolean");
+        add_source(out, in.raw_source, b ? 1.0 : 0.0);
+        return;
+      }
+      default:
+        reject(RejectReason::kWrongType,
+               fmt::format("{}: expected a string, an integer or true/false, got {}", what, json_type_name(t)));
+    }
   }
 
   // Stores a transform's result in `target`'s type; returns the stored value
-  // as the double an aggregate source sees.
+  // as the double an aggregate source sees, and in `distinct` (when the
+  // target feeds a distinct_count) its exact hash, or 0 to derive it.
   double store_transformed(const TransformResult& r, const FieldTarget& target, const TableInfo& table,
-                           const Where& what, DecodedBatch& out) {
+                           const Where& what, DecodedBatch& out, uint64_t* distinct) {
+    *distinct = 0;
     FieldValue fv;
     fv.field = target.index;
     fv.type = target.type;
@@ -290,6 +332,7 @@ struct Decoder::Impl {
       case FieldType::kInt64:  // Config allows only int64 output here
         fv.i64 = r.i64;
         seen_by_source = static_cast<double>(r.i64);
+        if (target.source_distinct) *distinct = distinct_hash_int64(r.i64);
         break;
       case FieldType::kFloat64: fv.f64 = r.f64; break;
       case FieldType::kFloat32:
@@ -329,11 +372,12 @@ struct Decoder::Impl {
     }
     for (const FieldTarget& target : in.fields) {
       double seen_by_source = 0;
+      uint64_t distinct = 0;
       if (target.chain != nullptr) {
         TransformResult r;
         TransformFailure why;
         if (!target.chain->apply(read_double(v, what), &r, &why)) reject_transform(why, target, table, what);
-        seen_by_source = store_transformed(r, target, table, what, out);
+        seen_by_source = store_transformed(r, target, table, what, out, &distinct);
       } else {
         FieldValue fv;
         fv.field = target.index;
@@ -342,6 +386,7 @@ struct Decoder::Impl {
           case FieldType::kInt64:
             fv.i64 = read_int64(v, what);
             seen_by_source = static_cast<double>(fv.i64);
+            if (target.source_distinct) distinct = distinct_hash_int64(fv.i64);
             break;
           case FieldType::kFloat64: seen_by_source = fv.f64 = read_double(v, what); break;
           case FieldType::kFloat32: seen_by_source = fv.f64 = read_float32(v, what); break;
@@ -349,9 +394,11 @@ struct Decoder::Impl {
         }
         out.values_.push_back(fv);
       }
-      add_source(out, target.source, seen_by_source);
+      add_source(out, target.source, seen_by_source, distinct);
     }
-    if (in.raw_source >= 0) add_source(out, in.raw_source, read_double(v, what));
+    if (in.raw_source >= 0) {
+      add_source(out, in.raw_source, read_double(v, what), in.raw_distinct ? number_distinct(v, what, false) : 0);
+    }
   }
 
   // A member read as a string by string fields and vocabulary transforms.
@@ -378,13 +425,17 @@ struct Decoder::Impl {
         fv.i64 = stored_at;  // fixed up to a pointer in finish()
         fv.length = static_cast<uint32_t>(s.size());
         out.values_.push_back(fv);
+        if (target.source >= 0) add_source(out, target.source, 0.0, distinct_hash_string(s));  // distinct_count only
       } else {
         TransformResult r;
         TransformFailure why;
         if (!target.chain->apply(s, &r, &why)) reject_transform(why, target, table, what);
-        add_source(out, target.source, store_transformed(r, target, table, what, out));
+        uint64_t distinct = 0;
+        const double seen_by_source = store_transformed(r, target, table, what, out, &distinct);
+        add_source(out, target.source, seen_by_source, distinct);
       }
     }
+    if (in.raw_source >= 0) add_source(out, in.raw_source, 0.0, distinct_hash_string(s));  // distinct_count only
   }
 
   void decode_bool_input(od::value& v, od::json_type t, const InputInfo& in, const Where& what, DecodedBatch& out) {
@@ -501,6 +552,7 @@ struct Decoder::Impl {
         case InputKind::kString: decode_string_input(v, t, in, table, what, out); break;
         case InputKind::kBool: decode_bool_input(v, t, in, what, out); break;
         case InputKind::kArray: decode_vector_input(v, t, in, table, what, out); break;
+        case InputKind::kScalar: decode_scalar_input(v, t, in, what, out); break;
       }
     }
   }
@@ -784,6 +836,14 @@ Decoder::Decoder(const layout::Schema& schema, std::vector<TableDecodeOptions> o
   // earlier readers need; false when they cannot agree.
   auto merge = [](Impl::InputInfo& in, InputKind k) {
     const bool fresh = in.fields.empty() && in.raw_source < 0;
+    if (k == InputKind::kScalar) {  // the other readers decide what the member holds
+      if (fresh) in.kind = k;
+      return in.kind != InputKind::kArray;
+    }
+    if (in.kind == InputKind::kScalar && !fresh) {
+      in.kind = k;
+      return k != InputKind::kArray;
+    }
     if (fresh || in.kind == k ||
         (in.kind == InputKind::kNumberOrBool && (k == InputKind::kNumber || k == InputKind::kBool))) {
       in.kind = k;
@@ -851,15 +911,29 @@ Decoder::Decoder(const layout::Schema& schema, std::vector<TableDecodeOptions> o
             if (info.field_names[target.index] == source) field_target = &target;
           }
         }
+        // Only distinct_count and count take a string; a member read by
+        // nothing else may hold any scalar.
+        bool distinct = false, any_scalar = true;
+        for (const layout::AggregateSpec& a : spec.aggregates) {
+          if (a.source != source) continue;
+          distinct |= a.fn == layout::AggregateFn::kDistinctCount;
+          any_scalar &= a.fn == layout::AggregateFn::kDistinctCount || a.fn == layout::AggregateFn::kCount;
+        }
+        const bool only_distinct = distinct && any_scalar;
         if (field_target != nullptr) {  // the field's value, after its transform
-          if (field_target->type == FieldType::kString || field_target->type == FieldType::kFloat32Vector) {
+          const bool string_field = field_target->type == FieldType::kString;
+          if ((string_field && !any_scalar) || field_target->type == FieldType::kFloat32Vector) {
             bad(fmt::format("aggregate source \"{}\" is not a numeric field", source));
           }
           field_target->source = static_cast<int32_t>(k);
+          field_target->source_distinct = distinct;
         } else {  // a member the row does not store: its raw value
           Impl::InputInfo& in = input_for(source);
-          if (!merge(in, InputKind::kNumberOrBool)) bad(fmt::format("member \"{}\" is read as two JSON types", source));
+          if (!merge(in, only_distinct ? InputKind::kScalar : InputKind::kNumberOrBool)) {
+            bad(fmt::format("member \"{}\" is read as two JSON types", source));
+          }
           in.raw_source = static_cast<int32_t>(k);
+          in.raw_distinct = distinct;
         }
       }
     }

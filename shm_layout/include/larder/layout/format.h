@@ -1,4 +1,4 @@
-// The Larder segment format, layout version 3.
+// The Larder segment format, layout version 4.
 //
 // One definition of the bytes that the writer (sidecar), the client library
 // and larderctl all compile against. docs/segment-format.md describes the same
@@ -60,7 +60,7 @@ namespace larder::layout {
 
 // "LARDSEG1" read as a little-endian 64-bit integer.
 inline constexpr uint64_t kMagic = 0x314745534452414CULL;
-inline constexpr uint32_t kLayoutVersion = 3;
+inline constexpr uint32_t kLayoutVersion = 4;
 inline constexpr uint32_t kEndianTag = 0x01020304U;
 
 inline constexpr size_t kNameBytes = 64;  // table and field names, NUL padded
@@ -222,8 +222,8 @@ inline constexpr size_t kDedupBucketBytes = kDedupWays * kDedupEntryWords * 8;
 // writer to attach, possibly another build, resumes from them. So their map
 // is part of the format and of abi_signature().
 
-// AggregateDescriptor::fn. The output field is int64 for kCount, float64 for
-// the others.
+// AggregateDescriptor::fn. The output field is int64 for kCount and
+// kDistinctCount, float64 for the others.
 enum class AggregateFn : uint32_t {
   kCount = 1,
   kSum = 2,
@@ -233,10 +233,11 @@ enum class AggregateFn : uint32_t {
   kLast = 6,      // the value of the newest event in the window
   kVariance = 7,  // population variance (divides by the count)
   kStddev = 8,
+  kDistinctCount = 9,  // distinct values: exact up to kDistinctExactEntries, then a sketch
 };
 inline constexpr AggregateFn kAllAggregateFns[] = {
-    AggregateFn::kCount, AggregateFn::kSum,  AggregateFn::kMean,     AggregateFn::kMin,
-    AggregateFn::kMax,   AggregateFn::kLast, AggregateFn::kVariance, AggregateFn::kStddev,
+    AggregateFn::kCount,    AggregateFn::kSum,    AggregateFn::kMean,          AggregateFn::kMin, AggregateFn::kMax,
+    AggregateFn::kLast,     AggregateFn::kVariance, AggregateFn::kStddev, AggregateFn::kDistinctCount,
 };
 
 // AggregateDescriptor::end: where a window ends when it is read.
@@ -254,6 +255,7 @@ enum class WindowEnd : uint32_t {
 //   for each group: group header   kAggregateGroupHeaderWords
 //     for each distinct window     kAggregateWindowWords     (the "hot" words)
 //   for each group: ring of buckets, aggregate_bucket_words(group stats) each
+//   for each group with a distinct_count: its distinct area  kDistinctAreaWords
 //
 // Times are stored + 1 so that 0 means "none"; statistics are float64 bits.
 
@@ -286,9 +288,34 @@ inline constexpr uint32_t kBucketM2 = 1U << 1;
 inline constexpr uint32_t kBucketMin = 1U << 2;
 inline constexpr uint32_t kBucketMax = 1U << 3;
 
+// Distinct area (a group with a kDistinctCount): a header, an exact set of
+// up to K values, each with the newest bucket it was seen in, then a ring of
+// HyperLogLog sketches, one per slice of distinct_slice_buckets() buckets
+// (slice s at position s mod kDistinctSlices). Values are 64-bit hashes
+// (writer.h, distinct_hash()), never 0. The hash functions are part of the
+// format: a writer hashing differently would count a value twice.
+inline constexpr uint32_t kDistinctDroppedWord = 0;   // newest bucket + 1 of a value the exact set let go (0: none)
+inline constexpr uint32_t kDistinctHeaderWords = 2;   // word 1 reserved
+inline constexpr uint32_t kDistinctExactEntries = 32;  // K: values kept exactly
+inline constexpr uint32_t kDistinctEntryHashWord = 0;  // the value's hash (0: unused)
+inline constexpr uint32_t kDistinctEntrySeenWord = 1;  // the newest bucket it was seen in + 1
+inline constexpr uint32_t kDistinctEntryWords = 2;
+inline constexpr uint32_t kDistinctRegisterBits = 7;  // HyperLogLog: m = 2^7 = 128 one-byte registers
+inline constexpr uint32_t kDistinctRegisters = 1U << kDistinctRegisterBits;
+inline constexpr uint32_t kDistinctSliceTagWord = 0;  // newest bucket folded into the slice + 1 (0: empty)
+inline constexpr uint32_t kDistinctSliceWords = 1 + kDistinctRegisters / 8;  // tag, then 8 registers a word
+inline constexpr uint32_t kDistinctSlicesPerRing = 8;  // slices spanning the group's ring
+inline constexpr uint32_t kDistinctSlices = kDistinctSlicesPerRing + 1;  // + 1: a window straddles one more
+inline constexpr uint32_t kDistinctAreaWords =
+    kDistinctHeaderWords + kDistinctExactEntries * kDistinctEntryWords + kDistinctSlices * kDistinctSliceWords;
+// Buckets per sketch slice of a group whose ring holds `ring_buckets`.
+constexpr int64_t distinct_slice_buckets(int64_t ring_buckets) {
+  return (ring_buckets + kDistinctSlicesPerRing - 1) / kDistinctSlicesPerRing;
+}
+
 // The statistics a group's buckets keep for function fn (a group keeps the
-// union over its aggregates). kCount needs only the count word and kLast the
-// group header.
+// union over its aggregates). kCount needs only the count word, kLast the
+// group header and kDistinctCount its distinct area.
 constexpr uint32_t aggregate_bucket_stats(AggregateFn fn) {
   switch (fn) {
     case AggregateFn::kSum:
@@ -298,7 +325,8 @@ constexpr uint32_t aggregate_bucket_stats(AggregateFn fn) {
     case AggregateFn::kMin: return kBucketMin;
     case AggregateFn::kMax: return kBucketMax;
     case AggregateFn::kCount:
-    case AggregateFn::kLast: return 0;
+    case AggregateFn::kLast:
+    case AggregateFn::kDistinctCount: return 0;
   }
   return 0;
 }
@@ -499,6 +527,19 @@ constexpr uint64_t abi_signature() {
       aggregate_bucket_word(kBucketSum | kBucketM2 | kBucketMin | kBucketMax, kBucketMax),
       static_cast<uint64_t>(WindowEnd::kNow),
       static_cast<uint64_t>(WindowEnd::kLatestEvent),
+      // The distinct area.
+      kDistinctDroppedWord,
+      kDistinctHeaderWords,
+      kDistinctExactEntries,
+      kDistinctEntryHashWord,
+      kDistinctEntrySeenWord,
+      kDistinctEntryWords,
+      kDistinctRegisterBits,
+      kDistinctSliceTagWord,
+      kDistinctSliceWords,
+      kDistinctSlicesPerRing,
+      kDistinctSlices,
+      kDistinctAreaWords,
       // The source block.
       offsetof(SegmentHeader, source_offset),
       sizeof(SourceBlock),

@@ -96,10 +96,23 @@ struct FieldValue {
 
 // One input of a table's aggregates: `value` for the source at index
 // `source` (Writer::source_index, the order of AggregatePlan::sources).
+// `distinct` is the value as distinct_count sees it (a distinct_hash_*
+// below); 0 derives it from `value`, which is exact for integers up to 2^53.
+// A string source passes value 0 and distinct_hash_string().
 struct SourceValue {
   uint32_t source = 0;
   double value = 0;
+  uint64_t distinct = 0;
 };
+
+// The 64-bit values distinct_count keeps (never 0). They are stored in the
+// segment, so they are part of the format (docs/segment-format.md): XXH3-64
+// of the string's bytes (seed 1), of the int64's 8 little-endian bytes (seed
+// 2; bool is 0 or 1), of a non-integral double's bits (seed 3).
+uint64_t distinct_hash_string(std::string_view s) noexcept;
+uint64_t distinct_hash_int64(int64_t v) noexcept;
+// An integral value (and -0) hashes as that int64; others by their bits.
+uint64_t distinct_hash_number(double v) noexcept;
 
 // The 64-bit id apply() takes for an event id string. Never 0.
 uint64_t event_id_hash(std::string_view id) noexcept;
