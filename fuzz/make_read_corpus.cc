@@ -84,7 +84,8 @@ layout::TableSpec events_table() {
                   agg("hi", "x", AggregateFn::kMax, WindowEnd::kNow),
                   agg("last", "x", AggregateFn::kLast, WindowEnd::kNow),
                   agg("var", "y", AggregateFn::kVariance, WindowEnd::kNow),
-                  agg("sd", "y", AggregateFn::kStddev, WindowEnd::kLatestEvent)};
+                  agg("sd", "y", AggregateFn::kStddev, WindowEnd::kLatestEvent),
+                  agg("kinds", "y", AggregateFn::kDistinctCount, WindowEnd::kNow)};
   t.dedup_capacity = 8;
   t.dedup_horizon_ms = 60'000;
   return t;

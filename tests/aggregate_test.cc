@@ -569,7 +569,8 @@ class StreamGenerator {
     }
     if (latency) e.sources.push_back({static_cast<uint32_t>(latency_), value(0, 500, recent_latencies_)});
     // Items: at most 30 values per key, so their distinct_counts stay exact.
-    if (item_ >= 0 && unit() < 0.6) e.sources.push_back({static_cast<uint32_t>(item_), static_cast<double>(range(0, 29))});
+    if (item_ >= 0 && unit() < 0.6)
+      e.sources.push_back({static_cast<uint32_t>(item_), static_cast<double>(range(0, 29))});
     if (unit() < 0.5) e.fields.push_back({1, static_cast<int64_t>(n_), 0});
     e.id = pick_id(e.key);
     return s;
@@ -1382,8 +1383,8 @@ TEST(DistinctCount, LateEventsAndRedeliveriesCountOnce) {
   StringEvents ev(h);
   const int64_t b = kBaseMs + 100'000;
   ev.apply("k", b, b, {{"country", "US"}}, "e1");
-  ev.apply("k", b - 5000, b, {{"country", "US"}}, "e2");   // late, a value already counted
-  ev.apply("k", b - 8000, b, {{"country", "FR"}}, "e3");   // late, new: in both windows
+  ev.apply("k", b - 5000, b, {{"country", "US"}}, "e2");    // late, a value already counted
+  ev.apply("k", b - 8000, b, {{"country", "FR"}}, "e3");    // late, new: in both windows
   ev.apply("k", b - 30'000, b, {{"country", "DE"}}, "e4");  // late, new: outside the 10 s windows
   EXPECT_EQ(h.check(), 0);
   EXPECT_EQ(h.i64("k", "countries_60s"), 3);
@@ -1664,7 +1665,8 @@ TEST(AggregateSchema, ValidateRefusesBadWindows) {
     t.fields.push_back({"country", FieldType::kString, 2});
     t.fields.push_back({"n", FieldType::kInt64, 1});
     t.fields.push_back({"b", FieldType::kBool, 1});
-    for (const char* f : {"country", "n", "b"}) t.aggregates.push_back(agg(std::string("d_") + f, f, AggregateFn::kDistinctCount, 10'000));
+    for (const char* f : {"country", "n", "b"})
+      t.aggregates.push_back(agg(std::string("d_") + f, f, AggregateFn::kDistinctCount, 10'000));
     expect_valid(t, "distinct_count of string, int64 and bool fields");
     t.aggregates.push_back(agg("s", "country", AggregateFn::kSum, 10'000));
     expect_invalid(t, "sum of a string field");
@@ -1705,13 +1707,14 @@ TEST(AggregateSchema, DefaultsSourcesAndOutputFields) {
   EXPECT_EQ(one_field_table().dedup_ids(), 0u);
 
   AggregateFn fn{};
-  for (auto [text, want] : std::vector<std::pair<const char*, AggregateFn>>{{"count", AggregateFn::kCount},
-                                                                            {"avg", AggregateFn::kMean},
-                                                                            {"var", AggregateFn::kVariance},
-                                                                            {"std", AggregateFn::kStddev},
-                                                                            {"last", AggregateFn::kLast},
-                                                                            {"distinct_count", AggregateFn::kDistinctCount},
-                                                                            {"distinct", AggregateFn::kDistinctCount}}) {
+  for (auto [text, want] :
+       std::vector<std::pair<const char*, AggregateFn>>{{"count", AggregateFn::kCount},
+                                                        {"avg", AggregateFn::kMean},
+                                                        {"var", AggregateFn::kVariance},
+                                                        {"std", AggregateFn::kStddev},
+                                                        {"last", AggregateFn::kLast},
+                                                        {"distinct_count", AggregateFn::kDistinctCount},
+                                                        {"distinct", AggregateFn::kDistinctCount}}) {
     EXPECT_TRUE(layout::parse_aggregate_fn(text, &fn)) << text;
     EXPECT_EQ(fn, want) << text;
   }

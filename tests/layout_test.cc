@@ -17,14 +17,14 @@ namespace larder::layout {
 namespace {
 
 TEST(Layout, VersionMagicAndAbiSignatureArePinned) {
-  EXPECT_EQ(kLayoutVersion, 3u);
+  EXPECT_EQ(kLayoutVersion, 4u);
   char bytes[8];
   std::memcpy(bytes, &kMagic, 8);
   EXPECT_EQ(std::string(bytes, 8), "LARDSEG1");
   EXPECT_EQ(kEndianTag, 0x01020304u);
   // Changing any shared struct or the aggregate word map (pinned below)
   // changes this value: bump kLayoutVersion with it.
-  EXPECT_EQ(abi_signature(), 16311321170221552284ull);
+  EXPECT_EQ(abi_signature(), 14817901793977588537ull);
 }
 
 TEST(Layout, SegmentHeaderOffsets) {
@@ -304,6 +304,7 @@ TEST(Layout, AggregateWordMapIsPinned) {
       {AggregateFn::kLast, 6, 0, 2},  // the group header's last value
       {AggregateFn::kVariance, 7, kBucketSum | kBucketM2, 4},
       {AggregateFn::kStddev, 8, kBucketSum | kBucketM2, 4},
+      {AggregateFn::kDistinctCount, 9, 0, 2},  // the group's distinct area
   };
   ASSERT_EQ(std::size(kAllAggregateFns), std::size(expected));
   for (size_t i = 0; i < std::size(expected); ++i) {
@@ -316,6 +317,25 @@ TEST(Layout, AggregateWordMapIsPinned) {
   }
   EXPECT_EQ(static_cast<uint32_t>(WindowEnd::kNow), 0u);
   EXPECT_EQ(static_cast<uint32_t>(WindowEnd::kLatestEvent), 1u);
+
+  // The distinct area: header, K exact entries, then the slices' sketches.
+  EXPECT_EQ(kDistinctDroppedWord, 0u);
+  EXPECT_EQ(kDistinctHeaderWords, 2u);
+  EXPECT_EQ(kDistinctExactEntries, 32u);
+  EXPECT_EQ(kDistinctEntryHashWord, 0u);
+  EXPECT_EQ(kDistinctEntrySeenWord, 1u);
+  EXPECT_EQ(kDistinctEntryWords, 2u);
+  EXPECT_EQ(kDistinctRegisterBits, 7u);
+  EXPECT_EQ(kDistinctRegisters, 128u);
+  EXPECT_EQ(kDistinctSliceTagWord, 0u);
+  EXPECT_EQ(kDistinctSliceWords, 17u);
+  EXPECT_EQ(kDistinctSlicesPerRing, 8u);
+  EXPECT_EQ(kDistinctSlices, 9u);
+  EXPECT_EQ(kDistinctAreaWords, 219u);
+  EXPECT_EQ(distinct_slice_buckets(60), 8);
+  EXPECT_EQ(distinct_slice_buckets(64), 8);
+  EXPECT_EQ(distinct_slice_buckets(4096), 512);
+  EXPECT_EQ(distinct_slice_buckets(5), 1);
 
   EXPECT_EQ(kDedupWays, 8u);
   EXPECT_EQ(kDedupEntryWords, 2u);

@@ -332,7 +332,8 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
       }
       for (uint32_t a = 0; a < t.aggregate_count; ++a) {
         const AggregateDescriptor& ad = aggregate_descriptor(base, t, a);
-        if (ad.field >= t.field_count || ad.source[kNameBytes - 1] != '\0' || ad.fn < 1 || ad.fn > static_cast<uint32_t>(AggregateFn::kDistinctCount) || ad.end > 1) {
+        if (ad.field >= t.field_count || ad.source[kNameBytes - 1] != '\0' || ad.fn < 1 ||
+            ad.fn > static_cast<uint32_t>(AggregateFn::kDistinctCount) || ad.end > 1) {
           corrupt(tw + "aggregate " + std::to_string(a) + " is malformed");
         }
       }

@@ -124,7 +124,7 @@ class AggregateReference {
     double f64 = 0;
     // Comparison mode for aggregates.
     enum class Mode { kExact, kSum, kMean, kVariance, kStddev, kDistinct } mode = Mode::kExact;
-    double tolerance = 0;  // absolute
+    double tolerance = 0;                      // absolute
     int64_t distinct_lo = 0, distinct_hi = 0;  // kDistinct: the accepted range
   };
   struct Row {

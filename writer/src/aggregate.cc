@@ -51,6 +51,8 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 inline uint64_t load(const Word& w) { return sync::load_relaxed(w); }
 inline double load_f64(const Word& w) { return std::bit_cast<double>(sync::load_relaxed(w)); }
 inline int64_t load_i64(const Word& w) { return static_cast<int64_t>(sync::load_relaxed(w)); }
+// A "+ 1" word (0: none reads -1), unsigned so that no stored value overflows.
+inline int64_t load_less1(const Word& w) { return static_cast<int64_t>(sync::load_relaxed(w) - 1); }
 
 inline int64_t floor_div(int64_t a, int64_t b) {
   const int64_t q = a / b;
@@ -235,7 +237,7 @@ void fold_distinct(const AggregatePlan::Group& g, Word* block, int64_t h, int64_
   for (uint32_t i = 0; i < kDistinctExactEntries; ++i) {
     Word* e = entries + i * kDistinctEntryWords;
     const uint64_t hash = load(e[kDistinctEntryHashWord]);
-    const int64_t seen = load_i64(e[kDistinctEntrySeenWord]) - 1;
+    const int64_t seen = load_less1(e[kDistinctEntrySeenWord]);
     if (hash == dh) {
       if (k > seen) j.set(e[kDistinctEntrySeenWord], static_cast<uint64_t>(k + 1));
       free = oldest = nullptr;
@@ -261,18 +263,19 @@ void fold_distinct(const AggregatePlan::Group& g, Word* block, int64_t h, int64_
       j.set(oldest[kDistinctEntrySeenWord], static_cast<uint64_t>(k + 1));
     }
     Word& dw = block[g.distinct_offset + kDistinctDroppedWord];
-    if (static_cast<int64_t>(load(dw)) < dropped + 1) j.set(dw, static_cast<uint64_t>(dropped + 1));
+    if (load(dw) == 0 || load_less1(dw) < dropped) j.set(dw, static_cast<uint64_t>(dropped + 1));
   }
 
   const int64_t s = floor_div(k, g.slice_buckets);
   Word* sl = distinct_slice(g, block, s);
-  const int64_t tag = load_i64(sl[kDistinctSliceTagWord]);
-  const int64_t held = tag == 0 ? std::numeric_limits<int64_t>::min() : floor_div(tag - 1, g.slice_buckets);
+  const bool empty = load(sl[kDistinctSliceTagWord]) == 0;
+  const int64_t newest = load_less1(sl[kDistinctSliceTagWord]);
+  const int64_t held = empty ? std::numeric_limits<int64_t>::min() : floor_div(newest, g.slice_buckets);
   if (held > s) return;  // a newer lap: cannot happen for a bucket the ring holds
   if (held < s) {        // empty, or an older lap of the slice ring
     j.set(sl[kDistinctSliceTagWord], static_cast<uint64_t>(k + 1));
     for (uint32_t i = 1; i < kDistinctSliceWords; ++i) j.set(sl[i], 0);
-  } else if (k + 1 > tag) {
+  } else if (k > newest) {
     j.set(sl[kDistinctSliceTagWord], static_cast<uint64_t>(k + 1));
   }
   const uint32_t reg = static_cast<uint32_t>(dh >> (64 - kDistinctRegisterBits));
@@ -289,22 +292,22 @@ void fold_distinct(const AggregatePlan::Group& g, Word* block, int64_t h, int64_
 // distinct_count of window `win` ending at bucket `end`.
 int64_t distinct_output(const AggregatePlan::Group& g, const AggregatePlan::Window& win, const Word* block,
                         int64_t end) {
-  Word* b = const_cast<Word*>(block);  // read only; the helpers serve fold too
+  Word* b = const_cast<Word*>(block);    // read only; the helpers serve fold too
   const int64_t lo = end - win.buckets;  // the window is (lo, end]
   int64_t exact = 0;
   const Word* entries = distinct_entries(g, b);
   for (uint32_t i = 0; i < kDistinctExactEntries; ++i) {
     const Word* e = entries + i * kDistinctEntryWords;
-    const int64_t seen = load_i64(e[kDistinctEntrySeenWord]) - 1;
+    const int64_t seen = load_less1(e[kDistinctEntrySeenWord]);
     exact += load(e[kDistinctEntryHashWord]) != 0 && seen > lo && seen <= end;
   }
-  const int64_t dropped = load_i64(b[g.distinct_offset + kDistinctDroppedWord]) - 1;
-  if (dropped <= lo) return exact;  // nothing let go inside the window: the set is exact
+  const Word& dw = b[g.distinct_offset + kDistinctDroppedWord];
+  if (load(dw) == 0 || load_less1(dw) <= lo) return exact;  // nothing let go inside the window: exact
   uint8_t merged[kDistinctRegisters] = {};
   for (uint32_t p = 0; p < kDistinctSlices; ++p) {
     const Word* sl = b + g.distinct_offset + kDistinctHeaderWords + kDistinctExactEntries * kDistinctEntryWords +
                      p * kDistinctSliceWords;
-    const int64_t newest = load_i64(sl[kDistinctSliceTagWord]) - 1;
+    const int64_t newest = load_less1(sl[kDistinctSliceTagWord]);
     if (newest <= lo || newest > end) continue;
     for (uint32_t r = 0; r < kDistinctRegisters; ++r) {
       const uint8_t v = static_cast<uint8_t>(load(sl[1 + r / 8]) >> (8 * (r % 8)));
@@ -518,8 +521,9 @@ OutputValue output(const AggregateTable& t, const Word* block, size_t o, int64_t
       return r;
     case AggregateFn::kDistinctCount: {
       const AggregatePlan::Window& win = g.windows[out.window];
-      r.i64 = w.count > 0 ? distinct_output(g, win, block, window_end(g, win, block, floor_div(clock_ms, g.resolution_ms)))
-                          : 0;
+      r.i64 = w.count > 0
+                  ? distinct_output(g, win, block, window_end(g, win, block, floor_div(clock_ms, g.resolution_ms)))
+                  : 0;
       r.valid = true;
       return r;
     }

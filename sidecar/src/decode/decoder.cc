@@ -292,8 +292,7 @@ struct Decoder::Impl {
   }
 
   // A member only distinct_counts read: any scalar.
-  void decode_scalar_input(od::value& v, od::json_type t, const InputInfo& in, const Where& what,
-                           DecodedBatch& out) {
+  void decode_scalar_input(od::value& v, od::json_type t, const InputInfo& in, const Where& what, DecodedBatch& out) {
     switch (t) {
       case od::json_type::string: {
         std::string_view s;

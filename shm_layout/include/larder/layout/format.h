@@ -236,8 +236,8 @@ enum class AggregateFn : uint32_t {
   kDistinctCount = 9,  // distinct values: exact up to kDistinctExactEntries, then a sketch
 };
 inline constexpr AggregateFn kAllAggregateFns[] = {
-    AggregateFn::kCount,    AggregateFn::kSum,    AggregateFn::kMean,          AggregateFn::kMin, AggregateFn::kMax,
-    AggregateFn::kLast,     AggregateFn::kVariance, AggregateFn::kStddev, AggregateFn::kDistinctCount,
+    AggregateFn::kCount, AggregateFn::kSum,      AggregateFn::kMean,   AggregateFn::kMin,           AggregateFn::kMax,
+    AggregateFn::kLast,  AggregateFn::kVariance, AggregateFn::kStddev, AggregateFn::kDistinctCount,
 };
 
 // AggregateDescriptor::end: where a window ends when it is read.
@@ -294,8 +294,8 @@ inline constexpr uint32_t kBucketMax = 1U << 3;
 // (slice s at position s mod kDistinctSlices). Values are 64-bit hashes
 // (writer.h, distinct_hash()), never 0. The hash functions are part of the
 // format: a writer hashing differently would count a value twice.
-inline constexpr uint32_t kDistinctDroppedWord = 0;   // newest bucket + 1 of a value the exact set let go (0: none)
-inline constexpr uint32_t kDistinctHeaderWords = 2;   // word 1 reserved
+inline constexpr uint32_t kDistinctDroppedWord = 0;    // newest bucket + 1 of a value the exact set let go (0: none)
+inline constexpr uint32_t kDistinctHeaderWords = 2;    // word 1 reserved
 inline constexpr uint32_t kDistinctExactEntries = 32;  // K: values kept exactly
 inline constexpr uint32_t kDistinctEntryHashWord = 0;  // the value's hash (0: unused)
 inline constexpr uint32_t kDistinctEntrySeenWord = 1;  // the newest bucket it was seen in + 1
@@ -304,8 +304,8 @@ inline constexpr uint32_t kDistinctRegisterBits = 7;  // HyperLogLog: m = 2^7 = 
 inline constexpr uint32_t kDistinctRegisters = 1U << kDistinctRegisterBits;
 inline constexpr uint32_t kDistinctSliceTagWord = 0;  // newest bucket folded into the slice + 1 (0: empty)
 inline constexpr uint32_t kDistinctSliceWords = 1 + kDistinctRegisters / 8;  // tag, then 8 registers a word
-inline constexpr uint32_t kDistinctSlicesPerRing = 8;  // slices spanning the group's ring
-inline constexpr uint32_t kDistinctSlices = kDistinctSlicesPerRing + 1;  // + 1: a window straddles one more
+inline constexpr uint32_t kDistinctSlicesPerRing = 8;                        // slices spanning the group's ring
+inline constexpr uint32_t kDistinctSlices = kDistinctSlicesPerRing + 1;      // + 1: a window straddles one more
 inline constexpr uint32_t kDistinctAreaWords =
     kDistinctHeaderWords + kDistinctExactEntries * kDistinctEntryWords + kDistinctSlices * kDistinctSliceWords;
 // Buckets per sketch slice of a group whose ring holds `ring_buckets`.

@@ -112,10 +112,10 @@ struct AggregatePlan {
     int64_t resolution_ms = 0;
     int64_t ring_buckets = 0;  // the longest window of the group / resolution
     bool sum = false, sumsq = false, min = false, max = false, last = false;  // sumsq: M2 is kept
-    bool distinct = false;      // some distinct_count: the group has a distinct area
-    uint32_t bucket_words = 0;  // tag, count, then one word per statistic of stats()
-    uint32_t offset = 0;        // words into the slot's state block: group header
-    uint32_t ring_offset = 0;   // words: first bucket
+    bool distinct = false;         // some distinct_count: the group has a distinct area
+    uint32_t bucket_words = 0;     // tag, count, then one word per statistic of stats()
+    uint32_t offset = 0;           // words into the slot's state block: group header
+    uint32_t ring_offset = 0;      // words: first bucket
     uint32_t distinct_offset = 0;  // words: the distinct area (format.h), when `distinct`
     int64_t slice_buckets = 0;     // buckets per sketch slice, when `distinct`
     std::vector<Window> windows;
