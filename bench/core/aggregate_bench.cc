@@ -36,6 +36,14 @@
 //                           read (the sum of the one event the key received).
 //   refresh/<keys>/24h_1min the refresh benchmark on the 24 h at 1-minute table.
 //   event_id_hash/36B       event_id_hash of a 36-byte id (a UUID's length).
+//   distinct/<keys>/...     Writer::apply of one event with the source `item`
+//                           (an int64, as distinct_hash_int64) to a table with
+//                           one aggregate over 1 h (60 buckets): count_* a
+//                           count of `item`, distinct8_* a distinct_count of
+//                           it with 8 values per key (the exact set),
+//                           distinct_new_* a distinct_count where every value
+//                           is new (a full exact set lets one go each event,
+//                           and the sketch takes it). Random keys or hot1K.
 //
 // The run prints the aggregate state per slot and the segment size of the
 // configurations to stderr first, then a summary with the medians and ratios.
@@ -232,6 +240,19 @@ layout::Schema read_plain_schema(uint64_t keys) {
   return {{t}};
 }
 
+// count or distinct_count of `item` over 1 h (default resolution: 1 min,
+// 60 buckets), no plain fields.
+layout::Schema item_schema(uint64_t keys, layout::AggregateFn fn) {
+  layout::TableSpec t = base_table("events", keys);
+  layout::AggregateSpec a;
+  a.name = std::string("item_") + layout::aggregate_fn_name(fn) + "_1h";
+  a.source = "item";
+  a.fn = fn;
+  a.window_ms = kHour;
+  t.aggregates.push_back(a);
+  return {{t}};
+}
+
 // ---------------------------------------------------------------------------
 // memory per entity
 
@@ -267,6 +288,21 @@ void print_memory(const Options& o) {
       {"24h@1min: count,sum,stddev",
        [](uint64_t k) {
          return day_by_minute_table(k, "amount", {F::kCount, F::kSum, F::kStddev});
+       }},
+      {"count(item) x 1h", [](uint64_t k) { return item_schema(k, F::kCount).tables[0]; }},
+      {"distinct_count(item) x 1h", [](uint64_t k) { return item_schema(k, F::kDistinctCount).tables[0]; }},
+      {"distinct_count(item) x 5m,1h,24h",
+       [](uint64_t k) {
+         layout::TableSpec t = base_table("events", k);
+         for (const WindowName& w : kWindows) {
+           layout::AggregateSpec a;
+           a.name = std::string("item_distinct_") + w.name;
+           a.source = "item";
+           a.fn = F::kDistinctCount;
+           a.window_ms = w.ms;
+           t.aggregates.push_back(a);
+         }
+         return t;
        }},
   };
   std::vector<uint64_t> caps = o.sizes;
@@ -495,6 +531,31 @@ void upsert_loop(benchmark::State& state, Store& st, uint64_t key_range) {
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()));
   if (not_applied != 0) state.SkipWithError("some upserts were not applied");
+}
+
+// One event per iteration with the source `item` to a random key of
+// [0, key_range): one of `values` values per key, or a new value every
+// event when `values` is 0.
+void item_loop(benchmark::State& state, Store& st, uint64_t key_range, uint64_t values) {
+  Writer& w = *st.w;
+  Rng rng(++g_seed);
+  KeyBuf key;
+  SourceValue sv{st.source, 0};
+  uint64_t not_applied = 0;
+  for (auto _ : state) {
+    const uint64_t i = rng.below(key_range);
+    format_key(i, key);
+    const uint64_t n = ++st.events;
+    st.tick();
+    sv.distinct = distinct_hash_int64(static_cast<int64_t>(values == 0 ? n : rng.below(values)));
+    not_applied += w.apply(0, key.view(), st.event_ms(), {}, {&sv, 1}, 0, st.sim_ns) != ApplyResult::kApplied;
+    if (st.sim_ns >= st.next_refresh_ns) {
+      w.refresh(st.sim_ns);
+      st.next_refresh_ns += kRefreshPeriodNs;
+    }
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()));
+  if (not_applied != 0) state.SkipWithError("some events were not applied");
 }
 
 // ---------------------------------------------------------------------------
@@ -742,6 +803,47 @@ void run_reads(const Options& o, RecordingReporter& rep, uint64_t keys) {
   drop_store(agg);
 }
 
+void run_distinct(const Options& o, RecordingReporter& rep, uint64_t keys) {
+  Phase phase(o.filter, o.repetitions, rep);
+  const std::string p = "distinct/" + count_label(keys) + "/";
+  const bool want_count = phase.wanted_any({p + "count_random", p + "count_hot1K"});
+  const bool want_distinct = phase.wanted_any(
+      {p + "distinct8_random", p + "distinct8_hot1K", p + "distinct_new_random", p + "distinct_new_hot1K"});
+  if (!want_count && !want_distinct) return;
+  auto load = [&](const char* tag, layout::AggregateFn fn) {
+    auto st = create_store(o, std::string(tag) + "-" + count_label(keys), item_schema(keys, fn), keys);
+    st->source = static_cast<uint32_t>(st->w->source_index(0, "item"));
+    KeyBuf key;
+    for (uint64_t i = 0; i < keys; ++i) {
+      format_key(i, key);
+      const SourceValue sv{st->source, 0, distinct_hash_int64(0)};
+      st->tick();
+      check_applied(st->w->apply(0, key.view(), st->event_ms(), {}, {&sv, 1}, 0, st->sim_ns), "loading", i);
+    }
+    std::printf("# %s %s: segment %.1f MB, %u B of aggregate state per slot\n", tag, count_label(keys).c_str(),
+                static_cast<double>(layout::plan_layout(st->schema).segment_bytes) / 1e6,
+                layout::plan_aggregates(st->schema.tables[0]).stride_words * 8);
+    return st;
+  };
+  std::unique_ptr<Store> count, distinct;
+  if (want_count) count = load("count", layout::AggregateFn::kCount);
+  if (want_distinct) distinct = load("distinct", layout::AggregateFn::kDistinctCount);
+  const uint64_t hot = std::min(keys, kHotKeys);
+  if (count) {
+    phase.add(p + "count_random", [&](benchmark::State& s) { item_loop(s, *count, keys, 8); });
+    phase.add(p + "count_hot1K", [&](benchmark::State& s) { item_loop(s, *count, hot, 8); });
+  }
+  if (distinct) {
+    phase.add(p + "distinct8_random", [&](benchmark::State& s) { item_loop(s, *distinct, keys, 8); });
+    phase.add(p + "distinct8_hot1K", [&](benchmark::State& s) { item_loop(s, *distinct, hot, 8); });
+    phase.add(p + "distinct_new_random", [&](benchmark::State& s) { item_loop(s, *distinct, keys, 0); });
+    phase.add(p + "distinct_new_hot1K", [&](benchmark::State& s) { item_loop(s, *distinct, hot, 0); });
+  }
+  phase.run();
+  drop_store(count);
+  drop_store(distinct);
+}
+
 void run_misc(const Options& o, RecordingReporter& rep) {
   Phase phase(o.filter, o.repetitions, rep);
   phase.add("event_id_hash/36B", [](benchmark::State& s) {
@@ -844,6 +946,23 @@ void print_summary(const Options& o, const std::map<std::string, Result>& r) {
     }
   }
   if (const Result* x = find("event_id_hash/36B")) std::printf("\nevent_id_hash of a 36-byte id: %.1f ns\n", ns(x));
+  for (uint64_t keys : o.sizes) {
+    const std::string p = "distinct/" + count_label(keys) + "/";
+    const Result* cr = find(p + "count_random");
+    const Result* ch = find(p + "count_hot1K");
+    if (cr == nullptr && find(p + "distinct8_random") == nullptr) continue;
+    std::printf("\ncount vs distinct_count of one source over 1 h, %s keys   ns/event   / count\n",
+                count_label(keys).c_str());
+    auto row = [&](const char* what, const Result* x, const Result* base) {
+      if (x != nullptr) std::printf("  %-44s %8.1f %8.2f\n", what, ns(x), ns(x) / ns(base));
+    };
+    row("count, random keys", cr, cr);
+    row("distinct_count, 8 values per key, random keys", find(p + "distinct8_random"), cr);
+    row("distinct_count, every value new, random keys", find(p + "distinct_new_random"), cr);
+    row("count, 1K hot keys", ch, ch);
+    row("distinct_count, 8 values per key, 1K hot keys", find(p + "distinct8_hot1K"), ch);
+    row("distinct_count, every value new, 1K hot keys", find(p + "distinct_new_hot1K"), ch);
+  }
 }
 
 }  // namespace
@@ -861,6 +980,7 @@ int main(int argc, char** argv) {
     print_memory(o);
     run_misc(o, reporter);
     for (uint64_t keys : o.sizes) run_writer(o, reporter, keys);
+    for (uint64_t keys : o.sizes) run_distinct(o, reporter, keys);
     for (uint64_t keys : o.read_sizes) run_reads(o, reporter, keys);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "larder_bench_aggregates: %s\n", e.what());

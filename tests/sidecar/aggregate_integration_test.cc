@@ -10,6 +10,7 @@
 #include <cmath>
 #include <map>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "harness.h"
@@ -237,6 +238,142 @@ TEST_F(AggregateIntegrationTest, SidecarKilledMidStreamKeepsAggregatesExact) {
   EXPECT_GT(folded_while_held, 0u);
   EXPECT_GE(after.duplicates, folded_while_held) << "every folded event the broker redelivered is a duplicate";
   EXPECT_EQ(sidecar_->stop(), 0);
+}
+
+// distinct_count end to end: string and integer members the row does not
+// store, a declared string field, and an int64 field through a transform.
+class DistinctIntegrationTest : public SidecarTestBase {
+ protected:
+  bool setup() { return load_broker("distinct_", false, false); }
+
+  std::string config() const {
+    return fmt::format(R"(segment: {{name: {name}}}
+tables:
+  - name: cards
+    key_max_len: 32
+    capacity: 200
+    fields:
+      - {{name: device, type: string, max_len: 16}}
+      - {{name: amount_band, type: int64, from: amount, transform: [{{bucketize: {{boundaries: [10, 100]}}}}]}}
+    aggregates:
+      - {{name: countries_7d, source: country, fn: distinct_count, window: 7d}}
+      - {{name: merchants_7d, source: merchant, fn: distinct_count, window: 7d}}
+      - {{name: devices_7d, source: device, fn: distinct_count, window: 7d}}
+      - {{name: bands_7d, source: amount_band, fn: distinct_count, window: 7d}}
+      - {{name: events_7d, source: country, fn: count, window: 7d}}
+rabbitmq:
+  url: {url}
+  password_env: LARDER_IT_PASSWORD
+  queue: {{name: {name}, type: quorum}}
+  bindings: [{{exchange: {name}, routing_keys: ["cards.#"]}}]
+  prefetch: 100
+  heartbeat_s: 5
+  reconnect: {{base_s: 0.2, cap_s: 2}}
+  drain_timeout_s: 5
+logging: {{level: info}}
+metrics: {{listen: "127.0.0.1:0"}}
+)",
+                       fmt::arg("name", name_), fmt::arg("url", env_.amqp_url));
+  }
+};
+
+// Per key, an exact count of what was sent. Up to 32 distinct values the
+// fields must be exact; beyond, within 3 standard errors of the sketch
+// (3 x 1.04 / sqrt(128), docs/aggregates.md).
+TEST_F(DistinctIntegrationTest, CountsMatchAnExactCountWithinTheDocumentedError) {
+  if (!setup()) return;
+  auto sidecar = std::make_unique<SidecarProcess>(config(), name_, env_);
+  sidecar->start();
+  ASSERT_TRUE(wait_until(
+      [&] {
+        const auto q = client_->inspect(name_);
+        return q && q->second >= 1;
+      },
+      60s))
+      << "the sidecar did not start consuming\n"
+      << sidecar->log_tail();
+
+  struct Sent {
+    std::set<std::string> countries, devices;
+    std::set<int64_t> merchants, bands;
+    int64_t events = 0;
+  };
+  std::map<std::string, Sent> sent;
+  std::mt19937 rng(41);
+  const int64_t base = now_unix_ms() - 10 * 60 * 1000;
+  std::vector<std::string> bodies;
+  int serial = 0;
+  // card:0..29 see 1..60 countries (exact up to 32, the sketch beyond);
+  // card:big sees 5000 merchants.
+  for (int m = 0; m < 600; ++m) {
+    std::string body = "[";
+    for (int i = 0; i < 10; ++i, ++serial) {
+      const bool big = m >= 300;
+      const int card = std::uniform_int_distribution<int>(0, 29)(rng);
+      const std::string key = big ? "card:big" : fmt::format("card:{}", card);
+      const std::string country = fmt::format("C{}", std::uniform_int_distribution<int>(0, 2 * card + 1)(rng));
+      const int64_t merchant = big ? serial % 5000 : std::uniform_int_distribution<int64_t>(0, 3)(rng);
+      const std::string device = fmt::format("d{}", std::uniform_int_distribution<int>(0, 2)(rng));
+      const double amount = std::uniform_int_distribution<int>(1, 20000)(rng) / 100.0;
+      const int64_t t = base + std::uniform_int_distribution<int64_t>(0, 9 * 60 * 1000)(rng);
+      Sent& s = sent[key];
+      s.countries.insert(country);
+      s.merchants.insert(merchant * 1'000'000'007LL);
+      s.devices.insert(device);
+      s.bands.insert(amount < 10 ? 0 : amount < 100 ? 1 : 2);
+      ++s.events;
+      body += fmt::format(
+          R"({}{{"table":"cards","key":"{}","event_time":{},"id":"e{}","fields":{{"country":"{}","merchant":{},"device":"{}","amount":{}}}}})",
+          i ? "," : "", key, t, serial, country, merchant * 1'000'000'007LL, device, amount);
+    }
+    bodies.push_back(body + "]");
+  }
+  client_->publish(name_, "cards.1", bodies);
+  client_->publish(name_, "cards.1", bodies);  // redelivered: every event is a duplicate
+
+  const double bound = 3 * 1.04 / std::sqrt(128.0);
+  auto within = [&](int64_t got, size_t want) {
+    if (want <= 32) return got == static_cast<int64_t>(want);
+    return std::fabs(static_cast<double>(got) - static_cast<double>(want)) <= bound * static_cast<double>(want);
+  };
+  std::string diff;
+  int sketched = 0;
+  const bool ok = wait_until(
+      [&] {
+        const auto q = client_->inspect(name_);
+        if (!q || q->first != 0) return false;
+        Segment seg = Segment::open(name_);
+        Table cards = seg.table("cards");
+        if (cards.stats().duplicates != static_cast<uint64_t>(serial)) return false;
+        const Field countries = cards.field("countries_7d", FieldType::kInt64);
+        const Field merchants = cards.field("merchants_7d", FieldType::kInt64);
+        const Field devices = cards.field("devices_7d", FieldType::kInt64);
+        const Field bands = cards.field("bands_7d", FieldType::kInt64);
+        const Field events = cards.field("events_7d", FieldType::kInt64);
+        Row row = cards.make_row();
+        diff.clear();
+        sketched = 0;
+        for (const auto& [key, s] : sent) {
+          if (!cards.get(key, row).ok()) {
+            diff += key + ": not found\n";
+            continue;
+          }
+          sketched += s.countries.size() > 32 || s.merchants.size() > 32;
+          if (!within(row.i64(countries), s.countries.size()) || !within(row.i64(merchants), s.merchants.size()) ||
+              !within(row.i64(devices), s.devices.size()) || !within(row.i64(bands), s.bands.size()) ||
+              row.i64(events) != s.events) {
+            diff +=
+                fmt::format("{}: countries {} merchants {} devices {} bands {} events {}, sent {} {} {} {} {}\n", key,
+                            row.i64(countries), row.i64(merchants), row.i64(devices), row.i64(bands), row.i64(events),
+                            s.countries.size(), s.merchants.size(), s.devices.size(), s.bands.size(), s.events);
+          }
+        }
+        return diff.empty();
+      },
+      60s);
+  EXPECT_TRUE(ok) << diff << sidecar->log_tail();
+  EXPECT_GT(sketched, 0) << "some key must go past the exact set";
+  EXPECT_EQ(sidecar->stop(), 0);
 }
 
 }  // namespace

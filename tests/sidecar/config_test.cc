@@ -337,7 +337,8 @@ TEST_F(ConfigTest, AggregateErrorsNameTheKey) {
   const std::string v = kAggregates;
   const std::string clicks = "{name: clicks_1h, fn: count, window: 1h}";
   expect_error(replace(v, clicks, "{name: clicks_1h, fn: median, window: 1h}"), "tables[0].aggregates[0].fn",
-               "unknown fn \"median\" (expected count, sum, mean (avg), min, max, last, variance (var), stddev (std))");
+               "unknown fn \"median\" (expected count, sum, mean (avg), min, max, last, variance (var), stddev (std), "
+               "distinct_count (distinct))");
   expect_error(replace(v, clicks, "{name: clicks_1h, window: 1h}"), "tables[0].aggregates[0].fn", "required");
   expect_error(replace(v, clicks, "{name: clicks_1h, fn: count}"), "tables[0].aggregates[0].window", "required");
   expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 500ms}"), "tables[0].aggregates[0].window",
@@ -367,6 +368,30 @@ TEST_F(ConfigTest, AggregateErrorsNameTheKey) {
                "required for sum");
   expect_error(replace(v, clicks, "{name: clicks_1h, source: country, fn: sum, window: 1h}"),
                "tables[0].aggregates[0].source", "\"country\" is a string field; an aggregate folds numbers");
+  expect_error(replace(v, clicks, "{name: clicks_1h, source: amount_log, fn: distinct_count, window: 1h}"),
+               "tables[0].aggregates[0].source", "\"amount_log\" is a float64 field; distinct_count compares values");
+  expect_error(replace(v, clicks, "{name: clicks_1h, source: score, fn: distinct, window: 1h}"),
+               "tables[0].aggregates[0].source", "\"score\" is a float32 field; distinct_count compares values");
+  expect_error(replace(v, clicks, "{name: clicks_1h, source: emb, fn: distinct_count, window: 1h}"),
+               "tables[0].aggregates[0].source", "\"emb\" is a vector field");
+  // distinct_count of a string, int64 or bool field, or of any member; count of a string field.
+  for (const char* ok : {"{name: clicks_1h, source: country, fn: distinct_count, window: 1h}",
+                         "{name: clicks_1h, source: country_idx, fn: distinct, window: 1h}",
+                         "{name: clicks_1h, source: premium, fn: distinct_count, window: 1h}",
+                         "{name: clicks_1h, source: device, fn: distinct_count, window: 1h}",
+                         "{name: clicks_1h, source: amount, fn: distinct_count, window: 1h}",
+                         "{name: clicks_1h, source: country, fn: count, window: 1h}"}) {
+    EXPECT_NO_THROW(parse_config(replace(v, clicks, ok))) << ok;
+  }
+  {
+    const Config c = parse_config(replace(v, clicks, "{name: clicks_1h, source: country, fn: distinct, window: 1h}"));
+    EXPECT_EQ(c.tables[0].spec.aggregates[0].fn, layout::AggregateFn::kDistinctCount);
+    EXPECT_EQ(c.tables[0].spec.all_fields()[6].type, layout::FieldType::kInt64);
+  }
+  // A member read as an array by a field cannot feed a distinct_count.
+  expect_error(replace(replace(v, clicks, "{name: clicks_1h, source: vec, fn: distinct_count, window: 1h}"),
+                       "{name: emb, type: vector, dims: 4}", "{name: emb, type: vector, dims: 4, from: vec}"),
+               "tables[0].aggregates[0].source", "input \"vec\" is read as");
   expect_error(replace(v, clicks, "{name: clicks_1h, source: emb, fn: max, window: 1h}"),
                "tables[0].aggregates[0].source", "\"emb\" is a vector field");
   expect_error(replace(v, clicks, "{name: clicks_1h, source: spend_24h, fn: max, window: 1h}"),

@@ -742,6 +742,82 @@ TEST_F(AggregateDecoderTest, SteadyStateNeverAllocates) {
   EXPECT_EQ(test::allocations(), before);
 }
 
+// distinct_count sources: a declared string field (its bytes), an int64
+// field (exactly, beyond 2^53), an int64 field through a transform (its
+// index), a member only distinct_counts read (any scalar) and a member that
+// a sum reads too (numbers only).
+TEST(DistinctDecoderTest, SourcesCarryTheValuesHash) {
+  layout::Schema s;
+  layout::TableSpec t;
+  t.name = "d";
+  t.capacity = 16;
+  t.fields = {{"country", FieldType::kString, 4}, {"n", FieldType::kInt64, 1}, {"band", FieldType::kInt64, 1}};
+  auto agg = [](const char* name, const char* source, layout::AggregateFn fn) {
+    layout::AggregateSpec spec;
+    spec.name = name;
+    spec.source = source;
+    spec.fn = fn;
+    spec.window_ms = 3'600'000;
+    return spec;
+  };
+  using layout::AggregateFn;
+  t.aggregates = {agg("countries", "country", AggregateFn::kDistinctCount),
+                  agg("country_events", "country", AggregateFn::kCount),
+                  agg("ns", "n", AggregateFn::kDistinctCount),
+                  agg("bands", "band", AggregateFn::kDistinctCount),
+                  agg("devices", "device", AggregateFn::kDistinctCount),
+                  agg("merchants", "merchant", AggregateFn::kDistinctCount),
+                  agg("spend", "merchant", AggregateFn::kSum)};
+  s.tables.push_back(t);
+  std::vector<TableDecodeOptions> o(1);
+  o[0].fields.resize(3);
+  o[0].fields[2] = {"amount", steps("[{bucketize: {boundaries: [10, 100]}}]")};
+  Decoder decoder(s, o);
+  const std::vector<std::string> names = layout::plan_aggregates(t).sources;
+  DecodedBatch batch;
+  auto sources = [&](const std::string& fields) {
+    const DecodeResult r =
+        decoder.decode(R"({"table":"d","key":"k","event_time":1000,"fields":{)" + fields + "}}", batch);
+    EXPECT_TRUE(r.ok) << fields << ": " << r.detail;
+    std::map<std::string, SourceValue> out;
+    if (!r.ok) return out;
+    for (const SourceValue& sv : batch.sources(batch.update(0))) out[names.at(sv.source)] = sv;
+    return out;
+  };
+  auto hash = [](const SourceValue& sv) { return sv.distinct != 0 ? sv.distinct : distinct_hash_number(sv.value); };
+
+  auto a = sources(R"("country":"DE","n":9007199254740993,"amount":50,"device":"phone-1","merchant":12)");
+  EXPECT_EQ(hash(a.at("country")), distinct_hash_string("DE"));
+  EXPECT_EQ(hash(a.at("n")), distinct_hash_int64(9007199254740993));  // 2^53 + 1: not a double
+  EXPECT_NE(hash(a.at("n")), distinct_hash_int64(9007199254740992));
+  EXPECT_EQ(hash(a.at("band")), distinct_hash_int64(1));
+  EXPECT_EQ(hash(a.at("device")), distinct_hash_string("phone-1"));
+  EXPECT_EQ(hash(a.at("merchant")), distinct_hash_int64(12));
+  EXPECT_EQ(a.at("merchant").value, 12.0);  // the sum still sees the number
+
+  // A member only distinct_counts read holds any scalar: "7" and 7 differ, true is 1.
+  auto b = sources(R"("device":7)");
+  EXPECT_EQ(hash(b.at("device")), distinct_hash_int64(7));
+  EXPECT_NE(hash(b.at("device")), distinct_hash_string("7"));
+  EXPECT_EQ(hash(sources(R"("device":true)").at("device")), distinct_hash_int64(1));
+  EXPECT_EQ(hash(sources(R"("device":"7")").at("device")), distinct_hash_string("7"));
+  // A member a sum reads too: a fraction is a value of its own.
+  EXPECT_EQ(hash(sources(R"("merchant":2.5)").at("merchant")), distinct_hash_number(2.5));
+
+  auto reject = [&](const std::string& fields, RejectReason why) {
+    const DecodeResult r =
+        decoder.decode(R"({"table":"d","key":"k","event_time":1000,"fields":{)" + fields + "}}", batch);
+    EXPECT_FALSE(r.ok) << fields;
+    EXPECT_EQ(reject_reason_name(r.reason), std::string(reject_reason_name(why))) << fields << ": " << r.detail;
+  };
+  reject(R"("device":1.5)", RejectReason::kWrongType);
+  reject(R"("device":[1])", RejectReason::kWrongType);
+  reject(R"("device":null)", RejectReason::kWrongType);
+  reject(R"("device":1e400)", RejectReason::kWrongType);
+  reject(R"("device":99999999999999999999)", RejectReason::kOutOfRange);
+  reject(R"("merchant":"m1")", RejectReason::kWrongType);
+}
+
 // Options that contradict the schema are refused at construction (Config
 // reports them first, with key paths).
 TEST(DecoderOptions, ContradictionsThrow) {
