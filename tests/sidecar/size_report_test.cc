@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <string>
 
@@ -21,8 +22,9 @@
 namespace larder::sidecar {
 namespace {
 
-// Five aggregates over card transactions: two counts of every event next to
-// sums and a max over `amount`, as a fraud model's first config had them.
+// Six aggregates over card transactions: two counts of every event next to
+// sums and a max over `amount`, as a fraud model's first config had them, and
+// the distinct countries of a day (its exact set and sketches).
 std::string cards_config(const testing::ScratchSegment& seg, const std::string& dedup = "") {
   return "segment: {name: " + seg.name() + ", dir: " + seg.dir() +
          "}\n"
@@ -35,7 +37,8 @@ std::string cards_config(const testing::ScratchSegment& seg, const std::string& 
          "      - {name: n_7d, fn: count, window: 7d}\n"
          "      - {name: amount_1h, source: amount, fn: sum, window: 1h}\n"
          "      - {name: amount_7d, source: amount, fn: sum, window: 7d}\n"
-         "      - {name: amount_max_1h, source: amount, fn: max, window: 1h}\n" +
+         "      - {name: amount_max_1h, source: amount, fn: max, window: 1h}\n"
+         "      - {name: countries_24h, source: country, fn: distinct_count, window: 24h}\n" +
          dedup +
          "  - name: merchants\n"
          "    capacity: 100\n"
@@ -68,7 +71,7 @@ TEST(SizeReport, EachAggregateCostsWhatRemovingItSaves) {
   const SizeReport r = size_report(config);
   ASSERT_EQ(r.tables.size(), 2u);
   const TableSize& cards = r.tables[0];
-  ASSERT_EQ(cards.aggregates.size(), 5u);
+  ASSERT_EQ(cards.aggregates.size(), 6u);
   for (size_t a = 0; a < cards.aggregates.size(); ++a) {
     layout::Schema without = config.schema();
     without.tables[0].aggregates.erase(without.tables[0].aggregates.begin() + static_cast<std::ptrdiff_t>(a));
@@ -95,6 +98,17 @@ TEST(SizeReport, EachAggregateCostsWhatRemovingItSaves) {
   EXPECT_NE(text.find("hint: aggregate n_7d with `source: amount` would share a bucket ring"), std::string::npos)
       << text;
   EXPECT_NE(text.find("amount_1h"), std::string::npos) << text;
+  // The distinct_count alone in its group: its ring, its windows and its
+  // 1,752-byte distinct area per slot.
+  const layout::AggregatePlan plan = layout::plan_aggregates(config.schema().tables[0]);
+  const uint64_t slots = layout::plan_layout(config.schema()).tables[0].slot_count;
+  EXPECT_GE(cards.aggregates[5].bytes, slots * layout::kDistinctAreaWords * 8) << text;
+  EXPECT_LT(cards.aggregates[5].bytes,
+            slots * (layout::kDistinctAreaWords + layout::kAggregateGroupHeaderWords + layout::kAggregateWindowWords +
+                     2 * 60 + 8) *
+                8)
+      << text;
+  EXPECT_TRUE(std::any_of(plan.groups.begin(), plan.groups.end(), [](const auto& g) { return g.distinct; }));
 }
 
 TEST(SizeReport, WarnsWhenTheDedupSetIsSmallerThanTheRateImplies) {
