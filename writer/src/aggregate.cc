@@ -31,6 +31,7 @@
 #include "aggregate.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -321,16 +322,23 @@ int64_t distinct_output(const AggregatePlan::Group& g, const AggregatePlan::Wind
 
 double hll_estimate(const uint8_t* registers) {
   constexpr double m = kDistinctRegisters;
+  // 2^-rank for every rank a register can hold (at most 64 - 7 + 1).
+  static constexpr auto kInverse = [] {
+    std::array<double, 256> t{};
+    double v = 1;
+    for (size_t i = 0; i < t.size(); ++i, v = i < 65 ? v / 2 : v) t[i] = v;  // no rank above 64 (damage) reads 0
+    return t;
+  }();
   double z = 0;
   uint32_t zeros = 0;
   for (uint32_t r = 0; r < kDistinctRegisters; ++r) {
-    z += std::ldexp(1.0, -static_cast<int>(registers[r]));
+    z += kInverse[registers[r]];
     zeros += registers[r] == 0;
   }
   const double alpha = 0.7213 / (1 + 1.079 / m);
   const double e = alpha * m * m / z;
   if (e <= 2.5 * m && zeros > 0) return m * std::log(m / zeros);
-  return e;
+  return std::min(e, 0x1p62);  // only damaged registers come near: stays an int64
 }
 
 // ---------------------------------------------------------------------------
