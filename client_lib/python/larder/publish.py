@@ -428,7 +428,13 @@ def _encode(values, ftype, count, nan_ok):
                 big = ok & (np.abs(np.where(ok, f, 0)) > _FLOAT32_MAX)
                 out.errors.extend((i, "out of range for float32: %r" % float(f[i])) for i in np.flatnonzero(big))
                 ok &= ~big
-            texts = _number_texts(values if kind in "iu" else np.where(ok, f, 0.0))
+            if kind in "iu":
+                texts = _number_texts(values)
+            elif ftype == "float32":
+                with np.errstate(over="ignore"):
+                    texts = np.where(ok, f, 0.0).astype(np.float32).astype(str).tolist()
+            else:
+                texts = _number_texts(np.where(ok, f, 0.0))
         if ok.all():
             out.texts = texts
         else:
@@ -452,10 +458,37 @@ def _encode(values, ftype, count, nan_ok):
             bad = ~np.isfinite(f).all(axis=1) | (np.abs(f) > _FLOAT32_MAX).any(axis=1)
         out.errors.extend((i, "a vector element not finite or outside the float32 range") for i in np.flatnonzero(bad))
         if n:
-            inner = json.dumps(np.where(bad[:, None], 0.0, f).tolist(), separators=(",", ":"))[2:-2].split("],[")
-            out.texts = ["[" + s + "]" if not b else None for s, b in zip(inner, bad.tolist())]
+            # The sidecar stores float32: numpy's shortest float32 text is
+            # exact for it and about half as long as a double's repr.
+            with np.errstate(over="ignore", invalid="ignore"):
+                cells = np.where(bad[:, None], 0.0, f).astype(np.float32).astype(str).tolist()
+            out.texts = ["[" + ",".join(r) + "]" if not b else None for r, b in zip(cells, bad.tolist())]
         return out
 
+    if ftype == "vector" and kind == "O" and values.ndim == 1 and n:
+        # A DataFrame column of arrays: one 2-D array when every row has one.
+        rows = values.tolist()
+        try:
+            same = all(len(r) == count for r in rows) and all(isinstance(r, (list, tuple, np.ndarray)) for r in rows)
+        except TypeError:
+            same = False
+        if same:
+            try:
+                block = np.array(rows, dtype=np.float64)
+            except (TypeError, ValueError):
+                block = None
+            if block is not None and block.shape == (n, count):
+                return _encode(block, ftype, count, nan_ok)
+    if ftype == "string" and kind in "OU" and values.ndim == 1:
+        strings = values.tolist()
+        if all(type(v) is str for v in strings):
+            lengths = np.fromiter(map(len, map(str.encode, strings)), dtype=np.int64, count=n)
+            long = np.flatnonzero(lengths > count)
+            out.errors.extend((i, "a string of %d bytes, max_len is %d" % (lengths[i], count)) for i in long)
+            out.texts = list(map(_quote, strings))
+            for i in long:
+                out.texts[i] = None
+            return out
     if kind in "US":
         values = values.astype(object)
     elif kind != "O":

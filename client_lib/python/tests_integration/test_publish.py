@@ -3,6 +3,7 @@ published ends up in the table, what the sidecar would refuse is refused
 before anything is sent, and what no queue takes is reported."""
 
 import datetime
+import json
 import os
 import subprocess
 
@@ -250,3 +251,108 @@ def test_an_unroutable_publish_is_reported(sidecar_factory, broker):
     assert not r.ok
     assert r.messages == 3 and r.returned_messages == 3 and r.returned_rows == 2500 and r.published_rows == 0, r
     assert "returned=3 (2500 rows)" in str(r)
+
+
+def larderctl(*args, env=None):
+    if not os.path.exists(LARDERCTL):
+        pytest.fail("%s is missing: cmake --build build --target larderctl" % LARDERCTL)
+    return subprocess.run([LARDERCTL, *map(str, args)], capture_output=True, text=True, timeout=120,
+                          env=env or os.environ)
+
+
+def test_larderctl_publishes_a_csv_and_a_jsonl_file(sidecar_factory, tmp_path):
+    sc = sidecar_factory(TABLE_YAML)
+    seg = sc.start()
+    cards = seg.table("cards")
+    df = frame(3000, seed=5)
+    csv_df = df.iloc[:2000].copy()
+    csv_df["v"] = [json.dumps([float(x) for x in v]) for v in csv_df["v"]]
+    csv_df["flag"] = csv_df["flag"].map({True: "true", False: "false"})
+    # Floats as Python writes them (shortest round trip), so they read back equal.
+    csv_df["x"] = [repr(float(x)) for x in csv_df["x"]]
+    csv_df["f"] = [repr(float(x)) for x in csv_df["f"]]
+    csv_df.loc[csv_df["s"] == "", "s"] = "q"  # an empty CSV cell means "no value"
+    csv_path = tmp_path / "cards.csv"
+    csv_df.to_csv(csv_path, index=False)
+    jsonl_path = tmp_path / "cards.jsonl"
+    with open(jsonl_path, "w") as f:
+        for r in df.iloc[2000:].itertuples():
+            f.write(json.dumps({"card": r.card, "ts": int(r.ts), "n": int(r.n), "x": float(r.x), "f": float(r.f),
+                                "flag": bool(r.flag), "s": r.s, "v": [float(v) for v in r.v]},
+                               ensure_ascii=False) + "\n")
+    r = larderctl("publish", csv_path, "--config", sc.config, "--table", "cards", "--key", "card",
+                  "--event-time", "ts", "--exchange", sc.exchange, "--max-updates", "300")
+    assert r.returncode == 0, r.stderr
+    assert "2000 rows in 7 messages" in r.stdout and "7 confirmed (2000 rows), 0 returned" in r.stdout, r.stdout
+    r = larderctl("--json", "publish", jsonl_path, "--config", sc.config, "--table", "cards", "--key", "card",
+                  "--event-time", "ts", "--exchange", sc.exchange, "--max-message-bytes", "20000")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["rows"] == 1000 and out["confirmed_rows"] == 1000 and out["returned"] == 0 and out["messages"] > 5
+    assert out["bytes"] <= out["messages"] * 20000
+    wait_upserts(cards, 3000, "3000 rows")
+    assert seg.info()["messages_rejected"] == 0
+    expected = df.copy()
+    expected.loc[expected.index[:2000][csv_df["s"].to_numpy() == "q"], "s"] = "q"
+    check_rows(cards, expected)
+
+
+def test_larderctl_lists_every_bad_row_and_sends_nothing(sidecar_factory, tmp_path):
+    sc = sidecar_factory(TABLE_YAML)
+    seg = sc.start()
+    t = now_ms() - 1000
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_text(
+        "card,ts,n,x,s,v,flag,spend_1h\n"
+        "ok1,%d,1,1.5,ab,\"[1,2,3,4]\",true,\n"         # line 2: good
+        "k2,%d,1.5,,,,,\n"                               # 3: not an integer
+        "k3,%d,,nan,,,,\n"                               # 4: NaN
+        "k4,%d,,,toolong,,,\n"                           # 5: max_len
+        "k5,%d,,,,\"[1,2]\",,\n"                         # 6: dims
+        "k6,%d,,,,,yes,\n"                               # 7: not a bool
+        "%s,%d,1,,,,,\n"                                 # 8: key too long
+        ",%d,1,,,,,\n"                                   # 9: no key
+        "k9,,1,,,,,\n"                                   # 10: no event time
+        "k10,%d,1,,,,,\n"                                # 11: seconds, not ms
+        "k11,%d,,,,,,5\n"                                # 12: an aggregate
+        "k12,%d,1,2,3\n"                                 # 13: too few cells
+        % (t, t, t, t, t, t, "k" * 17, t, t, t // 1000, t, t))
+    r = larderctl("publish", csv_path, "--config", sc.config, "--table", "cards", "--key", "card",
+                  "--event-time", "ts", "--exchange", sc.exchange)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    lines = [l for l in r.stderr.splitlines() if l.startswith(str(csv_path))]
+    got = {int(l.split(":")[1]): l for l in lines}
+    assert sorted(got) == list(range(3, 14)), r.stderr
+    for line, want in [(3, 'column "n": wrong_type'), (4, 'column "x": non_finite'),
+                       (5, 'column "s": string_too_long'), (6, 'column "v": vector_length'),
+                       (7, 'column "flag": wrong_type'), (8, 'column "card": key_too_long'),
+                       (9, 'column "card": missing_member'), (10, 'column "ts": missing_member'),
+                       (11, 'column "ts": event_time_too_old'), (12, 'column "spend_1h": unknown_field'),
+                       (13, "bad_row: 5 cells, the header has 8")]:
+        assert want in got[line], (line, got[line])
+    assert "is an aggregate the sidecar computes" in got[12]
+    assert "11 bad row(s) of 12, nothing sent" in r.stderr
+
+    # --skip-bad sends the good row; it is the first the sidecar applies.
+    r = larderctl("publish", csv_path, "--config", sc.config, "--table", "cards", "--key", "card",
+                  "--event-time", "ts", "--exchange", sc.exchange, "--skip-bad")
+    assert r.returncode == 0 and "1 confirmed (1 rows)" in r.stdout and "11 bad rows skipped" in r.stdout, r
+    cards = seg.table("cards")
+    wait_upserts(cards, 1, "the good row")
+    assert cards.stats()["live_keys"] == 1 and cards.get("ok1")["n"] == 1
+    assert list(cards.get("ok1")["v"]) == [1, 2, 3, 4]
+
+
+def test_larderctl_reports_an_unroutable_publish(sidecar_factory, tmp_path):
+    sc = sidecar_factory(TABLE_YAML)
+    sc.start()
+    t = now_ms() - 1000
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"card": "c%d" % i, "ts": t, "n": i}) + "\n" for i in range(10)))
+    # amq.topic exists on every broker and nothing binds it here.
+    r = larderctl("publish", path, "--config", sc.config, "--table", "cards", "--key", "card", "--event-time", "ts",
+                  "--exchange", "amq.topic", "--routing-key", sc.name + ".nobody", "--max-updates", "4")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "10 rows in 3 messages" in r.stdout and "0 confirmed (0 rows), 3 returned unroutable (10 rows)" \
+        in r.stdout, r.stdout
+    assert "no queue is bound to exchange \"amq.topic\"" in r.stderr
