@@ -330,7 +330,15 @@ def test_larderctl_lists_every_bad_row_and_sends_nothing(sidecar_factory, tmp_pa
                        (11, 'column "ts": event_time_too_old'), (12, 'column "spend_1h": unknown_field'),
                        (13, "bad_row: 5 cells, the header has 8")]:
         assert want in got[line], (line, got[line])
-    assert "is an aggregate the sidecar computes" in got[12]
+    assert 'table "cards" has no field "spend_1h"' in got[12]
+    ev_path = tmp_path / "events.csv"
+    ev_path.write_text("card,ts,amount,spend_1h\ne1,%d,5,7\n" % t)
+    ev = larderctl("publish", ev_path, "--config", sc.config, "--table", "events", "--key", "card",
+                   "--event-time", "ts", "--exchange", sc.exchange)
+    assert ev.returncode == 1, (ev.stdout, ev.stderr)
+    assert ('events.csv:2: column "spend_1h": unknown_field: field "spend_1h" of table "events" is an aggregate '
+            'the sidecar computes') in ev.stderr, ev.stderr
+    assert "1 bad row(s) of 1, nothing sent" in ev.stderr
     assert "11 bad row(s) of 12, nothing sent" in r.stderr
 
     # --skip-bad sends the good row; it is the first the sidecar applies.
