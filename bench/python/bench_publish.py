@@ -3,10 +3,11 @@
 same run, on the same broker.
 
     set -a; . /tmp/<broker dir>/broker.env; set +a     # scripts/broker.sh start
-    /usr/bin/python3 bench/python/bench_publish.py [--rows 200000] [--rounds 3]
+    /usr/bin/python3 bench/python/bench_publish.py [--rows 200000] [--rounds 3] [--dims 16]
 
 The rows: a DataFrame of --rows cards with an int64, a float64, a float32, a
-bool, a string and a 16-dim vector field, the shape of a nightly feature job.
+bool, a string and a --dims vector field (0: none), the shape of a nightly
+feature job.
 Each round times
   - build:   larder.publish's validation and message building alone
              (larder.publish.build_messages: every column checked, JSON
@@ -55,7 +56,7 @@ tables:
       - {name: f, type: float32}
       - {name: flag, type: bool}
       - {name: s, type: string, max_len: 8}
-      - {name: v, type: vector, dims: 16}
+      - {name: v, type: vector, dims: %d}
 rabbitmq:
   url: %s
   password_env: LARDER_BENCH_PASSWORD
@@ -64,7 +65,7 @@ rabbitmq:
 """
 
 
-def frame(n):
+def frame(n, dims):
     rng = np.random.default_rng(1)
     return pd.DataFrame({
         "card": ["c%07d" % i for i in range(n)],
@@ -74,14 +75,15 @@ def frame(n):
         "f": rng.normal(size=n).astype(np.float32),
         "flag": rng.random(n) < 0.5,
         "s": np.array(["US", "DE", "FR", "GB"], dtype=object)[rng.integers(0, 4, n)],
-        "v": list(rng.normal(size=(n, 16)).astype(np.float32)),
-    })
+        "v": list(rng.normal(size=(n, max(dims, 1))).astype(np.float32)),
+    }).drop(columns=[] if dims else ["v"])
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dims", type=int, default=16, help="the vector field's dims; 0: no vector field")
     args = ap.parse_args()
     url = os.environ.get("LARDER_TEST_AMQP_URL") or os.environ.get("LARDER_AMQP_URL")
     password = os.environ.get("LARDER_TEST_AMQP_PASSWORD") or os.environ.get("LARDER_AMQP_PASSWORD", "guest")
@@ -92,7 +94,7 @@ def main():
     cfg_dir = tempfile.mkdtemp(prefix="larder-bench-publish-")
     config = os.path.join(cfg_dir, "bench.yaml")
     with open(config, "w") as f:
-        f.write(CONFIG % (url, name, name))
+        f.write(CONFIG % (max(args.dims, 1), url, name, name))
 
     u = _parse_url(url)
     params = pika.ConnectionParameters(host=u["host"], port=u["port"], virtual_host=u["vhost"],
@@ -103,7 +105,7 @@ def main():
     ch.queue_declare(name, durable=False, arguments={"x-queue-type": "classic"})
     ch.queue_bind(name, name, "#")
 
-    df = frame(args.rows)
+    df = frame(args.rows, args.dims)
     schema = TableSchema.from_config(config, "cards")
     results = {"build": [], "publish": [], "pika": [], "by hand": []}
     try:
@@ -132,11 +134,13 @@ def main():
 
             t0 = time.perf_counter()
             cols = [df[c].tolist() for c in ("card", "ts", "n", "x", "f", "flag", "s")]
-            vecs = df["v"].tolist()
+            vecs = df["v"].tolist() if args.dims else None
             batch = []
             for i, (k, ts, n, x, f, flag, s) in enumerate(zip(*cols)):
-                batch.append({"table": "cards", "key": k, "event_time": ts, "fields": {
-                    "n": n, "x": x, "f": f, "flag": flag, "s": s, "v": vecs[i].tolist()}})
+                fields = {"n": n, "x": x, "f": f, "flag": flag, "s": s}
+                if vecs is not None:
+                    fields["v"] = vecs[i].tolist()
+                batch.append({"table": "cards", "key": k, "event_time": ts, "fields": fields})
                 if len(batch) == 1000:
                     pc.basic_publish(name, "cards", json.dumps(batch), props, mandatory=True)
                     batch = []
@@ -154,10 +158,11 @@ def main():
         ch.exchange_delete(name)
         admin.close()
     med = {k: statistics.median(v) for k, v in results.items()}
-    print("median of %d rounds, %d rows of 6 fields (16-dim vector): build %.0f rows/s, larder.publish %.0f "
+    print("median of %d rounds, %d rows, %s: build %.0f rows/s, larder.publish %.0f "
           "rows/s, bare pika (same messages) %.0f rows/s, by hand %.0f rows/s; larder.publish / pika = %.3f, "
           "larder.publish / by hand = %.2f"
-          % (args.rounds, args.rows, med["build"], med["publish"], med["pika"], med["by hand"],
+          % (args.rounds, args.rows, "5 scalar fields and a %d-dim vector" % args.dims if args.dims else
+             "5 scalar fields", med["build"], med["publish"], med["pika"], med["by hand"],
              med["publish"] / med["pika"], med["publish"] / med["by hand"]))
 
 
