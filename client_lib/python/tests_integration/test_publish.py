@@ -364,3 +364,29 @@ def test_larderctl_reports_an_unroutable_publish(sidecar_factory, tmp_path):
     assert "10 rows in 3 messages" in r.stdout and "0 confirmed (0 rows), 3 returned unroutable (10 rows)" \
         in r.stdout, r.stdout
     assert "no queue is bound to exchange \"amq.topic\"" in r.stderr
+
+
+def test_larderctl_with_the_schema_of_a_live_segment(sidecar_factory, tmp_path):
+    sc = sidecar_factory(TABLE_YAML)
+    seg = sc.start()
+    t = now_ms() - 1000
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"card": "a1", "ts": t, "n": 3, "s": "hé"}) + "\n" +
+                    json.dumps({"card": "a2", "ts": t, "n": 4, "v": [1, 2, 3, 4]}) + "\n")
+    args = ["--dir", sc.dir, "publish", path, "--segment", sc.name, "--table", "cards", "--key", "card",
+            "--event-time", "ts", "--exchange", sc.exchange, "--url", os.environ["LARDER_TEST_AMQP_URL"],
+            "--password-env", "LARDER_IT_PASSWORD"]
+    r = larderctl(*args, "--dry-run")
+    assert r.returncode == 0 and "2 rows valid, 0 bad, in 1 messages (not sent: --dry-run)" in r.stdout, r
+    r = larderctl(*args)
+    assert r.returncode == 0 and "1 confirmed (2 rows)" in r.stdout, (r.stdout, r.stderr)
+    cards = seg.table("cards")
+    wait_upserts(cards, 2, "two rows")
+    assert cards.get("a1")["s"] == "hé" and list(cards.get("a2")["v"]) == [1, 2, 3, 4]
+    # The segment's key_max_len and types, without a config.
+    path.write_text(json.dumps({"card": "k" * 17, "ts": t, "n": 1}) + "\n" +
+                    json.dumps({"card": "k", "ts": t, "n": "x"}) + "\n")
+    r = larderctl(*args)
+    assert r.returncode == 1, r
+    assert ':1: column "card": key_too_long' in r.stderr and ':2: column "n": wrong_type' in r.stderr, r.stderr
+    assert "2 bad row(s) of 2, nothing sent" in r.stderr, r.stderr
