@@ -14,10 +14,12 @@
 //   larderctl snapshot SEGMENT FILE     a segment with no writer -> snapshot file
 //   larderctl snapshot-info FILE        verify a snapshot file and describe it
 //   larderctl fetch-snapshot URL FILE   GET a peer's snapshot, verify, rename
+//   larderctl publish FILE ...          CSV / JSON Lines rows, validated, to RabbitMQ (publish_command.cc)
 //
 // Exit codes: 0 success (verify: clean); 1 verify found the segment
 // corrupt, get found no row for a key, size --check-dir found the directory
-// unfit, or a snapshot command refused (a live writer, an invalid snapshot
+// unfit, publish found bad rows or had messages returned or refused, or a
+// snapshot command refused (a live writer, an invalid snapshot
 // file or answer, a non-200 answer); 2 bad usage or a bad config; 3 the
 // segment or file cannot be opened (missing, permission, version, corrupt
 // header), or the peer cannot be reached; 4 verify found only what attaching
@@ -49,6 +51,7 @@
 #include "larder/layout/clock.h"
 #include "larder/layout/segment_file.h"
 #include "larder/layout/table_view.h"
+#include "publish_command.h"
 #include "segment_verify.h"
 #include "snapshot_commands.h"
 
@@ -972,6 +975,40 @@ int main(int argc, char** argv) {
   fetch->add_option("--timeout", timeout_s, "seconds to wait for the connection and for each read")
       ->capture_default_str();
   fetch->fallthrough();
+  ctl::PublishOptions po;
+  auto* pub = app.add_subcommand(
+      "publish",
+      "validate the rows of a CSV or JSON Lines file against a table's schema (the sidecar's own checks) and "
+      "publish them to RabbitMQ in batches with publisher confirms; bad rows are listed and nothing is sent");
+  pub->add_option("file", po.file, "a .csv file (a header line names the columns) or .jsonl (one object a line)")
+      ->required();
+  pub->add_option("--format", po.format, "csv or jsonl (default: by the file's extension)")
+      ->check(CLI::IsMember({"csv", "jsonl"}));
+  pub->add_option("--config", po.config_path, "the sidecar's config: schema, transforms, broker URL, TLS, password");
+  pub->add_option("--segment", po.segment, "or validate against this live segment's schema (in --dir)");
+  pub->add_option("--table", po.table, "the table")->required();
+  pub->add_option("--key", po.key_column, "the key column")->required();
+  pub->add_option("--event-time", po.event_time_column, "the event-time column (ms since the epoch or RFC 3339)");
+  pub->add_option("--event-time-ms", po.event_time_ms, "or one event time for every row (ms since the epoch)");
+  pub->add_option("--id", po.id_column, "a column of event ids (deduplication on tables with aggregates)");
+  pub->add_option("--delete-column", po.delete_column, "rows where this column is true are deletes");
+  pub->add_flag("--delete", po.delete_all, "every row deletes its key");
+  pub->add_flag("--skip-bad", po.skip_bad, "send the valid rows and list the bad ones (default: send nothing)");
+  pub->add_flag("--dry-run", po.dry_run, "validate and batch, do not connect");
+  pub->add_option("--exchange", po.exchange, "default: the exchange of the config's first binding");
+  pub->add_option("--routing-key", po.routing_key, "default: the table's name");
+  pub->add_option("--url", po.url, "amqp://user@host:port/vhost or amqps://... (overrides the config's)");
+  pub->add_option("--password-env", po.password_env, "variable holding the password (without --config)")
+      ->capture_default_str();
+  pub->add_option("--password-file", po.password_file, "a file holding the password");
+  pub->add_option("--ca-file", po.ca_file, "amqps: the CA of the broker's certificate");
+  pub->add_option("--cert-file", po.cert_file, "amqps: client certificate");
+  pub->add_option("--key-file", po.key_file, "amqps: client key");
+  pub->add_flag("--no-verify-peer", po.no_verify_peer, "amqps: do not check the broker's certificate");
+  pub->add_option("--max-message-bytes", po.max_message_bytes, "bytes of one message (one larger update goes alone)")
+      ->capture_default_str();
+  pub->add_option("--max-updates", po.max_updates, "updates in one message")->capture_default_str();
+  pub->fallthrough();
 
   try {
     app.parse(argc, argv);
@@ -991,6 +1028,13 @@ int main(int argc, char** argv) {
     if (app.got_subcommand(snap)) return ctl::cmd_snapshot(g.dir, g.json, segment, snapshot_file, level);
     if (app.got_subcommand(snap_info)) return ctl::cmd_snapshot_info(g.json, snapshot_file);
     if (app.got_subcommand(fetch)) return ctl::cmd_fetch_snapshot(g.json, url, snapshot_file, token_file, timeout_s);
+    if (app.got_subcommand(pub)) {
+      po.json = g.json;
+      if (po.segment.empty()) return ctl::cmd_publish(po, nullptr);
+      Opened o = open_segment(g, po.segment);
+      const Schema schema = schema_of(o.raw->data());
+      return ctl::cmd_publish(po, &schema);
+    }
   } catch (const Error& e) {
     std::fprintf(stderr, "larderctl: %s\n", e.what());
     return e.code() == ErrorCode::kNotFound && std::string(e.what()).find("has no") != std::string::npos ? kExitUsage

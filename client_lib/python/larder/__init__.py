@@ -10,6 +10,9 @@
     X = batch.values            # float64 (n, 2), NaN where missing
     E = batch["embedding"]      # float32 (n, 16)
 
+Producers (batch jobs) publish rows with larder.publish(df, table=..., key=...,
+event_time=..., config="sidecar.yaml"): validated, batched, confirmed.
+
 See docs/python.md.
 """
 
@@ -18,6 +21,7 @@ from .client import (Batch, ConnectionState, Field, FieldType, Row, Segment, Seg
 from .errors import (CorruptError, FieldNotFoundError, InvalidArgumentError, LarderError, LarderSystemError,
                      NoSpaceError, NotFoundError, NotReadyError, NoValueError, PermissionDeniedError,
                      SchemaMismatchError, VersionMismatchError, WriterLockedError)
+from .publish import PublishReport, PublishValidationError, RowError, TableSchema, publish
 from . import _native
 
 __version__ = "0.1.0"
@@ -51,4 +55,5 @@ __all__ = ["open", "abi_version", "now_unix_ms", "library_path", "Segment", "Syn
            "ConnectionState", "Table", "Row", "Batch", "Field", "FieldType", "Status", "LarderError",
            "InvalidArgumentError", "NotFoundError", "FieldNotFoundError", "NoValueError", "PermissionDeniedError",
            "VersionMismatchError", "SchemaMismatchError", "NotReadyError", "CorruptError", "WriterLockedError",
-           "NoSpaceError", "LarderSystemError"]
+           "NoSpaceError", "LarderSystemError", "publish", "PublishReport", "PublishValidationError", "RowError",
+           "TableSchema"]

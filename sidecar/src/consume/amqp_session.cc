@@ -253,41 +253,37 @@ void AmqpSession::check_status(int status, const std::string& what) {
   }
 }
 
-void AmqpSession::open() {
-  check_owner();
-  conn_ = amqp_new_connection();
-  if (conn_ == nullptr) throw SessionError(SessionFailure::kConnect, "amqp_new_connection failed (out of memory)");
-
+void open_amqp_socket(amqp_connection_state_t conn, const RabbitConfig& config) {
   amqp_socket_t* socket = nullptr;
-  if (config_.url.tls) {
-    socket = amqp_ssl_socket_new(conn_);
+  if (config.url.tls) {
+    socket = amqp_ssl_socket_new(conn);
     if (socket == nullptr) throw SessionError(SessionFailure::kConnect, "cannot create a TLS socket");
-    amqp_ssl_socket_set_verify_peer(socket, config_.tls.verify_peer ? 1 : 0);
-    amqp_ssl_socket_set_verify_hostname(socket, config_.tls.verify_hostname ? 1 : 0);
-    if (!config_.tls.ca_file.empty() &&
-        amqp_ssl_socket_set_cacert(socket, config_.tls.ca_file.c_str()) != AMQP_STATUS_OK) {
+    amqp_ssl_socket_set_verify_peer(socket, config.tls.verify_peer ? 1 : 0);
+    amqp_ssl_socket_set_verify_hostname(socket, config.tls.verify_hostname ? 1 : 0);
+    if (!config.tls.ca_file.empty() &&
+        amqp_ssl_socket_set_cacert(socket, config.tls.ca_file.c_str()) != AMQP_STATUS_OK) {
       throw SessionError(SessionFailure::kConnect,
-                         fmt::format("rabbitmq.tls.ca_file: cannot load \"{}\"", config_.tls.ca_file));
+                         fmt::format("rabbitmq.tls.ca_file: cannot load \"{}\"", config.tls.ca_file));
     }
-    if (!config_.tls.cert_file.empty() && amqp_ssl_socket_set_key(socket, config_.tls.cert_file.c_str(),
-                                                                  config_.tls.key_file.c_str()) != AMQP_STATUS_OK) {
+    if (!config.tls.cert_file.empty() &&
+        amqp_ssl_socket_set_key(socket, config.tls.cert_file.c_str(), config.tls.key_file.c_str()) != AMQP_STATUS_OK) {
       throw SessionError(SessionFailure::kConnect,
                          fmt::format("rabbitmq.tls: cannot load cert_file \"{}\" / key_file \"{}\"",
-                                     config_.tls.cert_file, config_.tls.key_file));
+                                     config.tls.cert_file, config.tls.key_file));
     }
   } else {
-    socket = amqp_tcp_socket_new(conn_);
+    socket = amqp_tcp_socket_new(conn);
     if (socket == nullptr) throw SessionError(SessionFailure::kConnect, "cannot create a TCP socket");
   }
 
-  timeval connect_timeout = to_timeval(config_.rpc_timeout_s);
-  const int status = amqp_socket_open_noblock(socket, config_.url.host.c_str(), config_.url.port, &connect_timeout);
+  timeval connect_timeout = to_timeval(config.rpc_timeout_s);
+  const int status = amqp_socket_open_noblock(socket, config.url.host.c_str(), config.url.port, &connect_timeout);
   if (status != AMQP_STATUS_OK) {
-    throw SessionError(SessionFailure::kConnect, fmt::format("connect to {}:{}: {}", config_.url.host, config_.url.port,
+    throw SessionError(SessionFailure::kConnect, fmt::format("connect to {}:{}: {}", config.url.host, config.url.port,
                                                              amqp_error_string2(status)));
   }
   // TCP keepalive: a fallback for rabbitmq-c's partial heartbeat support.
-  const int fd = amqp_get_sockfd(conn_);
+  const int fd = amqp_get_sockfd(conn);
   const int on = 1;
   ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
   const int idle = 30, interval = 10, count = 3;
@@ -295,9 +291,17 @@ void AmqpSession::open() {
   ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
   ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
 
-  timeval rpc_timeout = to_timeval(config_.rpc_timeout_s);
-  amqp_set_handshake_timeout(conn_, &rpc_timeout);
-  amqp_set_rpc_timeout(conn_, &rpc_timeout);
+  timeval rpc_timeout = to_timeval(config.rpc_timeout_s);
+  amqp_set_handshake_timeout(conn, &rpc_timeout);
+  amqp_set_rpc_timeout(conn, &rpc_timeout);
+}
+
+void AmqpSession::open() {
+  check_owner();
+  conn_ = amqp_new_connection();
+  if (conn_ == nullptr) throw SessionError(SessionFailure::kConnect, "amqp_new_connection failed (out of memory)");
+
+  open_amqp_socket(conn_, config_);
 
   // Advertise consumer_cancel_notify so a deleted queue cancels our consumer
   // (instead of silently starving it), and connection.blocked. rabbitmq-c

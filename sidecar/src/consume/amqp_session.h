@@ -85,6 +85,13 @@ struct DeadLetterNote {
   std::string_view key;        // the refused update's "key"; "" when unknown (header left out)
 };
 
+// Gives `conn` its socket (TLS when config.url is amqps://, with
+// config.tls), connects within config.rpc_timeout_s, turns on TCP keepalive
+// and sets the handshake and RPC timeouts: everything before the login. The
+// daemon's session and `larderctl publish` connect through it. Throws
+// SessionError(kConnect).
+void open_amqp_socket(amqp_connection_state_t conn, const RabbitConfig& config);
+
 class AmqpSession {
  public:
   // Connects, logs in with consumer_cancel_notify and connection.blocked
