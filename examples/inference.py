@@ -3,13 +3,17 @@
 
     python3 examples/inference.py [--segment larder-demo] [--dir /dev/shm]
                                   [--users 5] [--items 8] [--max-age-ms MS]
+                                  [--max-computed-age-ms MS]
 
 What a Python model server does per request: read the features of a batch of
 users and of the candidate items straight from the shared-memory segment into
 NumPy arrays (one get_many per table: no network, no per-key objects), fill
 in what is missing, and score every (user, item) pair with a small logistic
 regression written in NumPy. It prints the predictions and how old the
-features were. Run it against the demo (scripts/demo.sh starts the sidecar
+features were. Features producers send are bounded by their event age
+(--max-age-ms); the windowed aggregates the sidecar computes (spend_1h, ...)
+by their computed age (--max-computed-age-ms), which stays small for a user
+with no recent event while the sidecar runs (docs/python.md, "Two ages"). Run it against the demo (scripts/demo.sh starts the sidecar
 and the producers that fill "larder-demo").
 
 Needs liblarder.so: `cmake --build build --target larder_client_shared`, then
@@ -32,6 +36,8 @@ except ImportError:  # run from a checkout without installing the package
 
 USER_FIELDS = ["clicks_1h", "spend_usd", "is_premium", "embedding"]
 ITEM_FIELDS = ["price", "ctr"]
+# Windowed aggregates of examples/demo.yaml, shown beside the scores.
+ROLLING_FIELDS = ["clicks_10s", "spend_1h", "basket_mean_1h"]
 
 # The "model": p(click) = sigmoid(X @ W + B) over these features of a pair.
 FEATURES = ["item ctr", "log1p(item price)", "user clicks_1h / 10", "user is_premium", "log1p(user spend)",
@@ -54,7 +60,11 @@ def main():
     p.add_argument("--dir", default="/dev/shm")
     p.add_argument("--users", type=int, default=5, help="users per request (u000000 ...)")
     p.add_argument("--items", type=int, default=8, help="candidate items per request (i00000 ...)")
-    p.add_argument("--max-age-ms", type=int, default=0, help="older rows count as stale (0: no limit)")
+    p.add_argument("--max-age-ms", type=int, default=0,
+                   help="rows whose last event is older count as stale (0: no limit)")
+    p.add_argument("--max-computed-age-ms", type=int, default=5000,
+                   help="windowed aggregates computed longer ago count as stale (0: no limit); the sidecar "
+                        "refreshes them every 50 ms, so only a stopped or stuck sidecar passes 5 s")
     args = p.parse_args()
 
     # Start-up: map the segment read-only and resolve the tables once.
@@ -76,6 +86,11 @@ def main():
     t0 = time.perf_counter()
     u = users.get_many(user_keys, fields=USER_FIELDS, max_age_ms=args.max_age_ms)
     it = items.get_many(item_keys, fields=ITEM_FIELDS, max_age_ms=args.max_age_ms)
+    # The aggregates by their computed age: a user who clicked an hour ago
+    # has an old event but a current spend_1h.
+    rolling_fields = [f for f in ROLLING_FIELDS if f in users.field_names]
+    rolling = (users.get_many(user_keys, fields=rolling_fields, max_age_ms=args.max_computed_age_ms,
+                              age_of="computed") if rolling_fields else None)
     read_us = (time.perf_counter() - t0) * 1e6
 
     # Features: one row per (user, item) pair; NaN marks "no value".
@@ -111,6 +126,10 @@ def main():
                   % (key, status, age_text(user_ages[i]), row.get("clicks_1h"),
                      "%.2f" % row["spend_usd"] if row.valid("spend_usd") else None, row.get("is_premium"),
                      row.get("country")))
+            if rolling is not None:
+                print("    rolling [%s, computed %s ago]: %s"
+                      % (larder.Status(rolling.status[i]).name, age_text(rolling.computed_age_ms(now)[i]),
+                         " ".join("%s=%g" % (f, rolling[f][i]) for f in rolling_fields)))
         # Only items that exist can be recommended: a deleted or unknown item
         # (NOT_FOUND) is scored with defaults but never ranked.
         ranked = np.where(it.found, scores[i], -np.inf)

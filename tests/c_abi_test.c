@@ -312,8 +312,9 @@ static void check_table_stats(const larder_table* users, int64_t written_after_m
   CHECK(s.deletes == 0 && s.full_rejected == 0 && s.stale_ignored == 0);
   CHECK(s.aggregates == 0 && s.aggregate_events == 0 && s.late_dropped == 0 && s.duplicates == 0);
   CHECK(s.dedup_evictions == 0 && s.refreshes == 0);
-  (void)s.upserts;            /* counted since the writer attached */
-  (void)s.aggregate_clock_ms; /* no aggregates: not meaningful */
+  (void)s.upserts;                    /* counted since the writer attached */
+  (void)s.aggregate_clock_ms;         /* no aggregates: not meaningful */
+  CHECK(s.refreshed_through_ms == 0); /* no aggregates: nothing to refresh */
   /* Freshness: the newest event is "now" at write time (key 10's age step is 0). */
   CHECK(s.max_event_time_ms >= written_after_ms && s.max_event_time_ms <= written_before_ms);
   CHECK(s.last_apply_unix_ns / 1000000 >= written_after_ms - 1);
@@ -451,6 +452,50 @@ static void check_rows(const larder_table* users, const user_fields* f, int64_t 
   CHECK(larder_get_into(users, "u000010", 7, row, 0, NULL) == LARDER_OK);
   CHECK(larder_get_into(users, "nope", 4, row, 0, NULL) == LARDER_NOT_FOUND);
 
+  /* Two ages (1.2). Without aggregates a row is computed when it is applied:
+   * key 9's event is 9 minutes older than its apply. A bound 4.5 minutes
+   * above its computed age now separates the two for the next 4.5 minutes. */
+  larder_read_options ro;
+  memset(&ro, 0, sizeof ro);
+  ro.size = sizeof ro;
+  int64_t computed_at = -1;
+  larder_read_result ex;
+  CHECK(larder_get_ex(users, "u000009", 7, row, &ro, &ex, &computed_at) == LARDER_OK);
+  CHECK(computed_at == ex.apply_unix_ns / 1000000);
+  CHECK(computed_at - ex.event_time_ms >= 9 * 60000 - 1000);
+  ro.max_age_ms = larder_now_unix_ms() - computed_at + 270000;
+  ro.age_of = LARDER_AGE_OF_COMPUTED;
+  CHECK(larder_get_ex(users, "u000009", 7, row, &ro, NULL, &computed_at) == LARDER_OK);
+  ro.age_of = LARDER_AGE_OF_EVENT;
+  CHECK(larder_get_ex(users, "u000009", 7, row, &ro, NULL, NULL) == LARDER_STALE);
+  CHECK(larder_row_int64(users, row, f->clicks) == (9 * 7 + kSeed) % 1000);             /* still filled */
+  CHECK(larder_get_ex(users, "u000009", 7, row, NULL, &ex, &computed_at) == LARDER_OK); /* NULL: no bound */
+  CHECK(larder_get_ex(users, "nope", 4, row, &ro, &ex, &computed_at) == LARDER_NOT_FOUND && computed_at == 0);
+  /* Options it cannot honour, and the arguments larder_get refuses. */
+  ro.age_of = 7;
+  CHECK(larder_get_ex(users, "u000009", 7, row, &ro, &ex, &computed_at) == LARDER_INVALID_KEY);
+  CHECK(ex.status == LARDER_INVALID_KEY && ex.event_time_ms == 0 && computed_at == 0);
+  ro.age_of = LARDER_AGE_OF_COMPUTED;
+  ro.size = 4; /* below the first two fields */
+  CHECK(larder_get_ex(users, "u000009", 7, row, &ro, NULL, NULL) == LARDER_INVALID_KEY);
+  ro.size = 12; /* inside max_age_ms */
+  CHECK(larder_get_ex(users, "u000009", 7, row, &ro, NULL, NULL) == LARDER_INVALID_KEY);
+  ro.size = 8; /* an older, shorter struct: max_age_ms takes its default, no bound */
+  CHECK(larder_get_ex(users, "u000009", 7, row, &ro, NULL, NULL) == LARDER_OK);
+  struct {
+    larder_read_options known;
+    uint64_t newer_field;
+  } newer;
+  memset(&newer, 0, sizeof newer);
+  newer.known.size = sizeof newer;
+  CHECK(larder_get_ex(users, "u000009", 7, row, &newer.known, NULL, NULL) == LARDER_OK); /* a zero tail */
+  newer.newer_field = 1;
+  CHECK(larder_get_ex(users, "u000009", 7, row, &newer.known, NULL, NULL) == LARDER_INVALID_KEY);
+  ro.size = sizeof ro;
+  CHECK(larder_get_ex(NULL, "u000009", 7, row, &ro, NULL, NULL) == LARDER_INVALID_KEY);
+  CHECK(larder_get_ex(users, "u000009", 7, NULL, &ro, NULL, NULL) == LARDER_INVALID_KEY);
+  CHECK(larder_get_ex(users, NULL, 7, row, &ro, NULL, NULL) == LARDER_INVALID_KEY);
+
   /* get_many: the same rows as single gets. */
   enum { kMany = 5 };
   const char* keys[kMany] = {"u000001", "u000002", "nope", "u000500", "u000013"};
@@ -472,6 +517,23 @@ static void check_rows(const larder_table* users, const user_fields* f, int64_t 
   larder_get_many(users, NULL, lens, kMany, rows, results, 0);
   for (int i = 0; i < kMany; ++i) CHECK(results[i].status == LARDER_INVALID_KEY);
   larder_get_many(users, (const void* const*)keys, lens, kMany, rows, NULL, 0); /* nowhere to report: no-op */
+  int64_t computed_many[kMany];
+  ro.age_of = LARDER_AGE_OF_COMPUTED;
+  ro.max_age_ms = 0;
+  larder_get_many_ex(users, (const void* const*)keys, lens, kMany, rows, results, &ro, computed_many);
+  for (int i = 0; i < kMany; ++i) {
+    int64_t one_at = -1;
+    CHECK(larder_get_ex(users, keys[i], lens[i], row, &ro, NULL, &one_at) == results[i].status);
+    CHECK(computed_many[i] == one_at);
+    CHECK(results[i].status != LARDER_OK || computed_many[i] == results[i].apply_unix_ns / 1000000);
+  }
+  ro.age_of = 9;
+  larder_get_many_ex(users, (const void* const*)keys, lens, kMany, rows, results, &ro, computed_many);
+  for (int i = 0; i < kMany; ++i) CHECK(results[i].status == LARDER_INVALID_KEY && computed_many[i] == 0);
+  ro.age_of = LARDER_AGE_OF_EVENT;
+  larder_get_many_ex(users, (const void* const*)keys, lens, kMany, rows, results, NULL, NULL); /* no bound */
+  CHECK(results[0].status == LARDER_OK && results[2].status == LARDER_NOT_FOUND);
+  larder_get_many_ex(users, (const void* const*)keys, lens, kMany, rows, NULL, &ro, NULL); /* no-op */
 
   /* The gathers, keys NUL-terminated, against the accessors. */
   const char packed[] = "u000001\0u000002\0nope\0u000500\0u000013";
@@ -497,6 +559,26 @@ static void check_rows(const larder_table* users, const user_fields* f, int64_t 
   CHECK(memcmp(values, values2, sizeof values) == 0);
   CHECK(memcmp(vectors, vectors2, sizeof vectors) == 0);
   CHECK(times[0] == larder_get(users, "u000001", 7, row, 0).event_time_ms);
+  /* larder_gather_ex: the same values, and the computed-at instants of larder_get_ex. */
+  int64_t computed_gathered[kMany];
+  larder_read_options go;
+  memset(&go, 0, sizeof go);
+  go.size = sizeof go;
+  go.age_of = LARDER_AGE_OF_COMPUTED;
+  CHECK(larder_gather_ex(users, packed, sizeof packed, NULL, 0, kMany, scalars, 2, values2, -1.0, &f->embedding, 1,
+                         vectors2, -2.0f, status, times, &go, computed_gathered) == LARDER_E_OK);
+  CHECK(memcmp(values, values2, sizeof values) == 0);
+  for (int i = 0; i < kMany; ++i) {
+    int64_t one_at = -1;
+    CHECK(larder_get_ex(users, keys[i], lens[i], row, &go, NULL, &one_at) == status[i]);
+    CHECK(computed_gathered[i] == one_at);
+  }
+  CHECK(computed_gathered[2] == 0 && status[2] == LARDER_NOT_FOUND);
+  go.age_of = -1;
+  CHECK(larder_gather_ex(users, packed, sizeof packed, NULL, 0, kMany, scalars, 2, values2, -1.0, NULL, 0, NULL, 0.0f,
+                         status, times, &go, NULL) == LARDER_E_INVALID_ARGUMENT);
+  CHECK(larder_gather_ex(users, packed, sizeof packed, NULL, 0, kMany, scalars, 2, values2, -1.0, NULL, 0, NULL, 0.0f,
+                         status, times, NULL, NULL) == LARDER_E_OK); /* NULL options: no bound */
   CHECK(larder_gather(NULL, packed, sizeof packed, NULL, 0, kMany, scalars, 2, values2, -1.0, NULL, 0, NULL, 0.0f,
                       status, times, 0) == LARDER_E_INVALID_ARGUMENT);
   CHECK(larder_gather_f64(users, packed, sizeof packed - 1, NULL, 0, kMany, scalars, 2, values, status, times, 0,

@@ -110,6 +110,7 @@ TEST(Layout, DescriptorOffsets) {
   EXPECT_EQ(offsetof(TableDescriptor, count_tombstones), 352u);
   EXPECT_EQ(offsetof(TableDescriptor, reserved1), 360u);
   EXPECT_EQ(offsetof(AggregateCounters, outside_window), 48u) << "was reserved[0]: no layout change";
+  EXPECT_EQ(offsetof(AggregateCounters, refreshed_through_ms), 56u) << "was reserved[1]: no layout change";
   EXPECT_EQ(sizeof(AggregateDescriptor), 128u);
   EXPECT_EQ(offsetof(AggregateDescriptor, fn), 64u);
   EXPECT_EQ(offsetof(AggregateDescriptor, end), 68u);

@@ -34,6 +34,10 @@
 //                           tables with the same keys and the same 64-byte row.
 //                           Dependent gets: each key comes from the value just
 //                           read (the sum of the one event the key received).
+//   read/<keys>/agg24h_1min/get_{dependent,many64}_{event,computed}_bound
+//                           the same reads of the 24 h table with a max_age_ms
+//                           bound on the event age, then on the computed age
+//                           (docs/client.md, "Two ages").
 //   refresh/<keys>/24h_1min the refresh benchmark on the 24 h at 1-minute table.
 //   event_id_hash/36B       event_id_hash of a 36-byte id (a UUID's length).
 //   distinct/<keys>/...     Writer::apply of one event with the source `item`
@@ -636,6 +640,9 @@ void batch_loop(benchmark::State& state, uint64_t keys, ReadBatch read_batch) {
   if (misses != 0) state.SkipWithError("some keys of a batch were not found");
 }
 
+// A bound no row of a bench store reaches (their clocks are simulated).
+constexpr int64_t kNoAgeLimitMs = int64_t{1} << 62;
+
 uint64_t next_of(double v) { return v >= 0 && v < 4294967296.0 ? static_cast<uint64_t>(v) : UINT64_MAX; }
 
 struct ReadSet {
@@ -654,18 +661,18 @@ ReadSet open_reader(const Options& o, const Store& st, const char* field) {
   return r;
 }
 
-void read_dependent(benchmark::State& state, const ReadSet& r, uint64_t keys) {
+void read_dependent(benchmark::State& state, const ReadSet& r, uint64_t keys, const ReadOptions& options = {}) {
   Row row = r.table.make_row();
   dependent_loop(state, keys, ++g_seed, [&](std::string_view key) -> uint64_t {
-    return r.table.get(key, row).ok() && row.valid(r.field) ? next_of(row.f64(r.field)) : UINT64_MAX;
+    return r.table.get(key, row, options).ok() && row.valid(r.field) ? next_of(row.f64(r.field)) : UINT64_MAX;
   });
 }
 
-void read_many(benchmark::State& state, const ReadSet& r, uint64_t keys) {
+void read_many(benchmark::State& state, const ReadSet& r, uint64_t keys, const ReadOptions& options = {}) {
   RowBatch batch = r.table.make_batch(kBatch);
   ReadResult results[kBatch];
   batch_loop(state, keys, [&](std::span<std::string_view> ks, double* acc) -> uint64_t {
-    r.table.get_many(ks, batch, results);
+    r.table.get_many(ks, batch, results, options);
     uint64_t missing = 0;
     for (size_t i = 0; i < kBatch; ++i) {
       missing += !results[i].ok();
@@ -744,7 +751,10 @@ void run_reads(const Options& o, RecordingReporter& rep, uint64_t keys) {
   const std::string p = "read/" + count_label(keys) + "/";
   const std::string rp = "refresh/" + count_label(keys) + "/24h_1min";
   const bool want_plain = phase.wanted_any({p + "plain/get_dependent", p + "plain/get_many64"});
-  const bool want_agg = phase.wanted_any({p + "agg24h_1min/get_dependent", p + "agg24h_1min/get_many64", rp});
+  const bool want_agg =
+      phase.wanted_any({p + "agg24h_1min/get_dependent", p + "agg24h_1min/get_many64", rp,
+                        p + "agg24h_1min/get_dependent_event_bound", p + "agg24h_1min/get_dependent_computed_bound",
+                        p + "agg24h_1min/get_many64_event_bound", p + "agg24h_1min/get_many64_computed_bound"});
   if (!want_plain && !want_agg) return;
   const std::vector<uint32_t> chain = make_chain(keys, 42);
   std::unique_ptr<Store> plain, agg;
@@ -793,6 +803,21 @@ void run_reads(const Options& o, RecordingReporter& rep, uint64_t keys) {
     if (ragg) phase.add(p + "agg24h_1min/get_dependent", [&](benchmark::State& s) { read_dependent(s, *ragg, keys); });
     if (rplain) phase.add(p + "plain/get_many64", [&](benchmark::State& s) { read_many(s, *rplain, keys); });
     if (ragg) phase.add(p + "agg24h_1min/get_many64", [&](benchmark::State& s) { read_many(s, *ragg, keys); });
+    // The two ages (docs/client.md, "Two ages"): the same reads with a bound
+    // on each. The store's clock is simulated, so the bound is one no row
+    // exceeds: every read takes the clock and compares, none turns stale.
+    const ReadOptions by_event{.max_age_ms = kNoAgeLimitMs, .age_of = AgeOf::kEvent};
+    const ReadOptions by_computed{.max_age_ms = kNoAgeLimitMs, .age_of = AgeOf::kComputed};
+    if (ragg) {
+      phase.add(p + "agg24h_1min/get_dependent_event_bound",
+                [&](benchmark::State& s) { read_dependent(s, *ragg, keys, by_event); });
+      phase.add(p + "agg24h_1min/get_dependent_computed_bound",
+                [&](benchmark::State& s) { read_dependent(s, *ragg, keys, by_computed); });
+      phase.add(p + "agg24h_1min/get_many64_event_bound",
+                [&](benchmark::State& s) { read_many(s, *ragg, keys, by_event); });
+      phase.add(p + "agg24h_1min/get_many64_computed_bound",
+                [&](benchmark::State& s) { read_many(s, *ragg, keys, by_computed); });
+    }
     phase.run();
   }
   drop_store(plain);
@@ -939,6 +964,21 @@ void print_summary(const Options& o, const std::map<std::string, Result>& r) {
     std::printf("  %-36s %8.2f   target <= 2   %s\n", "agg / plain, dependent get (p50)", r1, verdict(r1, r1 <= 2));
     std::printf("  %-36s %8.2f   target <= 2   %s\n", "agg / plain, dependent get (mean)", r1m, verdict(r1m, r1m <= 2));
     std::printf("  %-36s %8.2f   target <= 2   %s\n", "agg / plain, get_many64 per key", r2, verdict(r2, r2 <= 2));
+    const Result* ed = find(p + "agg24h_1min/get_dependent_event_bound");
+    const Result* cd = find(p + "agg24h_1min/get_dependent_computed_bound");
+    const Result* em = find(p + "agg24h_1min/get_many64_event_bound");
+    const Result* cm = find(p + "agg24h_1min/get_many64_computed_bound");
+    row("24h@1min, get dep., event bound", ed, 1);
+    row("24h@1min, get dep., computed bound", cd, 1);
+    row("24h@1min, get_many64 event bound", em, kBatch);
+    row("24h@1min, get_many64 computed bound", cm, kBatch);
+    if (ed != nullptr && cd != nullptr) {
+      std::printf("  %-36s %8.2f (mean %.2f)\n", "computed / event bound, get (p50)",
+                  counter(cd, "p50_ns") / counter(ed, "p50_ns"), ns(cd) / ns(ed));
+    }
+    if (em != nullptr && cm != nullptr) {
+      std::printf("  %-36s %8.2f\n", "computed / event bound, get_many64", ns(cm) / ns(em));
+    }
     if (const Result* x = find("refresh/" + count_label(keys) + "/24h_1min")) {
       std::printf("  refresh, 24h@1min sum: %.1f ns per key (%.3f M refreshes/s, %.0f keys per call)\n",
                   1e9 / counter(x, "items_per_second"), counter(x, "items_per_second") / 1e6,

@@ -44,7 +44,9 @@ static_assert(sizeof(larder_sync_info_t) == 144);
 // grow at the end.
 static_assert(sizeof(larder_open_options) == 32 && offsetof(larder_open_options, abi_version) == 24);
 static_assert(sizeof(larder_segment_stats_t) == 112 && offsetof(larder_segment_stats_t, table_count) == 108);
-static_assert(sizeof(larder_table_stats_t) == 136 && offsetof(larder_table_stats_t, aggregate_clock_ms) == 128);
+static_assert(sizeof(larder_table_stats_t) == 144 && offsetof(larder_table_stats_t, aggregate_clock_ms) == 128 &&
+              offsetof(larder_table_stats_t, refreshed_through_ms) == 136);
+static_assert(sizeof(larder_read_options) == 16 && offsetof(larder_read_options, max_age_ms) == 8);
 static_assert(LARDER_NOT_FOUND == static_cast<int>(larder::Status::kNotFound));
 static_assert(LARDER_STALE == static_cast<int>(larder::Status::kStale));
 static_assert(LARDER_BUSY == static_cast<int>(larder::Status::kBusy));
@@ -139,6 +141,34 @@ const char* read_options(const larder_open_options* in, larder_open_options& out
   return nullptr;
 }
 
+// larder_read_options as larder::ReadOptions, by the rules of read_options above
+// (a caller's shorter struct leaves defaults, a longer one must be zero
+// beyond what this library knows). False when they cannot be honoured.
+bool get_options(const larder_read_options* in, larder::ReadOptions& out) {
+  out = larder::ReadOptions{};
+  if (in == nullptr) return true;
+  const uint32_t size = in->size;
+  static constexpr uint32_t kFieldEnds[] = {
+      offsetof(larder_read_options, age_of) + sizeof(int32_t),
+      offsetof(larder_read_options, max_age_ms) + sizeof(int64_t),
+  };
+  if (size < kFieldEnds[0] || size > kMaxOptionsSize) return false;
+  if (size < sizeof(larder_read_options) &&
+      std::find(std::begin(kFieldEnds), std::end(kFieldEnds), size) == std::end(kFieldEnds)) {
+    return false;
+  }
+  const auto* bytes = reinterpret_cast<const unsigned char*>(in);
+  for (uint32_t i = sizeof(larder_read_options); i < size; ++i) {
+    if (bytes[i] != 0) return false;
+  }
+  larder_read_options c{};
+  std::memcpy(&c, in, std::min<size_t>(size, sizeof c));
+  if (c.age_of != LARDER_AGE_OF_EVENT && c.age_of != LARDER_AGE_OF_COMPUTED) return false;
+  out.max_age_ms = c.max_age_ms;
+  out.age_of = c.age_of == LARDER_AGE_OF_COMPUTED ? larder::AgeOf::kComputed : larder::AgeOf::kEvent;
+  return true;
+}
+
 // Copies the first out->size bytes of a filled stats struct to the caller
 // (fields an older caller does not know are not written).
 template <class Stats>
@@ -157,6 +187,27 @@ larder::RowView view(const larder_table* t, const void* row) {
 
 larder_read_result to_c(const larder::ReadResult& r) {
   return larder_read_result{static_cast<int32_t>(r.status), 0, r.event_time_ms, r.apply_unix_ns};
+}
+
+// larder_get_many and larder_get_many_ex: Table::get_many on chunks of views of the caller's keys.
+void get_many_chunked(const larder_table* table, const void* const* keys, const size_t* key_lens, size_t n,
+                      uint64_t* out, larder_read_result* results, const larder::ReadOptions& options,
+                      int64_t* computed_at_ms) {
+  const size_t row_words = table->table.row_words();
+  constexpr size_t kChunk = 64;
+  std::string_view views[kChunk];
+  larder::ReadResult rs[kChunk];
+  for (size_t base = 0; base < n; base += kChunk) {
+    const size_t m = std::min(kChunk, n - base);
+    for (size_t i = 0; i < m; ++i)
+      views[i] = std::string_view(static_cast<const char*>(keys[base + i]), key_lens[base + i]);
+    table->table.get_many(std::span<const std::string_view>(views, m), out + base * row_words,
+                          std::span<larder::ReadResult>(rs, m), options);
+    for (size_t i = 0; i < m; ++i) results[base + i] = to_c(rs[i]);
+    if (computed_at_ms != nullptr) {
+      for (size_t i = 0; i < m; ++i) computed_at_ms[base + i] = rs[i].found() ? rs[i].computed_at_ms : 0;
+    }
+  }
 }
 
 }  // namespace
@@ -386,6 +437,7 @@ int larder_table_stats(const larder_table* table, larder_table_stats_t* out) {
   c.dedup_evictions = s.dedup_evictions;
   c.refreshes = s.refreshes;
   c.aggregate_clock_ms = s.aggregate_clock_ms;
+  c.refreshed_through_ms = s.refreshed_through_ms;
   return copy_stats(c, out);
 }
 
@@ -398,6 +450,32 @@ larder_read_result larder_get(const larder_table* table, const void* key, size_t
                                larder::ReadOptions{max_age_ms}));
 }
 
+int32_t larder_get_ex(const larder_table* table, const void* key, size_t key_len, void* row,
+                      const larder_read_options* options, larder_read_result* result, int64_t* computed_at_ms) {
+  larder::ReadOptions o;
+  larder::ReadResult r;
+  r.status = larder::Status::kInvalidKey;
+  if (table != nullptr && row != nullptr && (key != nullptr || key_len == 0) && get_options(options, o)) {
+    r = table->table.get(std::string_view(static_cast<const char*>(key), key_len), static_cast<uint64_t*>(row), o);
+  }
+  if (result != nullptr) *result = to_c(r);
+  if (computed_at_ms != nullptr) *computed_at_ms = r.found() ? r.computed_at_ms : 0;
+  return static_cast<int32_t>(r.status);
+}
+
+void larder_get_many_ex(const larder_table* table, const void* const* keys, const size_t* key_lens, size_t n,
+                        void* rows, larder_read_result* results, const larder_read_options* options,
+                        int64_t* computed_at_ms) {
+  larder::ReadOptions o;
+  if (results == nullptr) return;
+  if (table == nullptr || keys == nullptr || key_lens == nullptr || rows == nullptr || !get_options(options, o)) {
+    std::fill(results, results + n, larder_read_result{LARDER_INVALID_KEY, 0, 0, 0});
+    if (computed_at_ms != nullptr) std::fill(computed_at_ms, computed_at_ms + n, int64_t{0});
+    return;
+  }
+  get_many_chunked(table, keys, key_lens, n, static_cast<uint64_t*>(rows), results, o, computed_at_ms);
+}
+
 void larder_get_many(const larder_table* table, const void* const* keys, const size_t* key_lens, size_t n, void* rows,
                      larder_read_result* results, int64_t max_age_ms) {
   if (results == nullptr) return;
@@ -405,19 +483,8 @@ void larder_get_many(const larder_table* table, const void* const* keys, const s
     std::fill(results, results + n, larder_read_result{LARDER_INVALID_KEY, 0, 0, 0});
     return;
   }
-  const size_t row_words = table->table.row_words();
-  auto* out = static_cast<uint64_t*>(rows);
-  constexpr size_t kChunk = 64;
-  std::string_view views[kChunk];
-  larder::ReadResult rs[kChunk];
-  for (size_t base = 0; base < n; base += kChunk) {
-    const size_t m = std::min(kChunk, n - base);
-    for (size_t i = 0; i < m; ++i)
-      views[i] = std::string_view(static_cast<const char*>(keys[base + i]), key_lens[base + i]);
-    table->table.get_many(std::span<const std::string_view>(views, m), out + base * row_words,
-                          std::span<larder::ReadResult>(rs, m), larder::ReadOptions{max_age_ms});
-    for (size_t i = 0; i < m; ++i) results[base + i] = to_c(rs[i]);
-  }
+  get_many_chunked(table, keys, key_lens, n, static_cast<uint64_t*>(rows), results, larder::ReadOptions{max_age_ms},
+                   nullptr);
 }
 
 int larder_row_valid(const larder_table* table, const void* row, uint32_t field) {
@@ -617,7 +684,7 @@ class KeyCursor {
 // there is none to take values from (anything but kOk and kStale).
 template <class Fill>
 void gather_rows(const larder::Table& table, KeyCursor& keys, size_t n, int32_t* status, int64_t* event_time_ms,
-                 int64_t max_age_ms, Fill&& fill) noexcept {
+                 int64_t* computed_at_ms, const larder::ReadOptions& options, Fill&& fill) noexcept {
   const size_t row_words = table.row_words();
   alignas(64) uint64_t stack_rows[kGatherStackWords];
   uint64_t* rows = stack_rows;
@@ -637,7 +704,6 @@ void gather_rows(const larder::Table& table, KeyCursor& keys, size_t n, int32_t*
   }
   std::string_view views[kGatherChunk];
   larder::ReadResult results[kGatherChunk];
-  const larder::ReadOptions options{max_age_ms};
   for (size_t base = 0; base < n; base += chunk) {
     const size_t m = std::min(chunk, n - base);
     for (size_t i = 0; i < m; ++i) views[i] = keys.key(base + i);
@@ -647,6 +713,7 @@ void gather_rows(const larder::Table& table, KeyCursor& keys, size_t n, int32_t*
       const larder::ReadResult& r = results[i];
       if (status != nullptr) status[base + i] = static_cast<int32_t>(r.status);
       if (event_time_ms != nullptr) event_time_ms[base + i] = r.found() ? r.event_time_ms : 0;
+      if (computed_at_ms != nullptr) computed_at_ms[base + i] = r.found() ? r.computed_at_ms : 0;
       fill(base + i, r.found() ? rows + i * row_words : nullptr);
     }
   }
@@ -728,28 +795,12 @@ bool is_vector_field(const larder::Table& table, uint32_t field) {
   return field < table.fields().size() && table.fields()[field].type == larder::FieldType::kFloat32Vector;
 }
 
-}  // namespace
-
-extern "C" {
-
-int larder_gather_f64(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
-                      size_t key_width, size_t n, const uint32_t* fields, size_t nfields, double* out, int32_t* status,
-                      int64_t* event_time_ms, int64_t max_age_ms, double missing_value) {
-  return larder_gather(table, key_bytes, key_len, key_offsets, key_width, n, fields, nfields, out, missing_value,
-                       nullptr, 0, nullptr, 0.0f, status, event_time_ms, max_age_ms);
-}
-
-int larder_gather_vector(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
-                         size_t key_width, size_t n, uint32_t field, float* out, int32_t* status,
-                         int64_t* event_time_ms, int64_t max_age_ms, float missing_value) {
-  return larder_gather(table, key_bytes, key_len, key_offsets, key_width, n, nullptr, 0, nullptr, 0.0, &field, 1, out,
-                       missing_value, status, event_time_ms, max_age_ms);
-}
-
-int larder_gather(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
-                  size_t key_width, size_t n, const uint32_t* scalar_fields, size_t nscalar, double* scalar_out,
-                  double missing_scalar, const uint32_t* vector_fields, size_t nvector, float* vector_out,
-                  float missing_vector, int32_t* status, int64_t* event_time_ms, int64_t max_age_ms) {
+// larder_gather and larder_gather_ex.
+int gather(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
+           size_t key_width, size_t n, const uint32_t* scalar_fields, size_t nscalar, double* scalar_out,
+           double missing_scalar, const uint32_t* vector_fields, size_t nvector, float* vector_out,
+           float missing_vector, int32_t* status, int64_t* event_time_ms, int64_t* computed_at_ms,
+           const larder::ReadOptions& options) {
   if (table == nullptr) return LARDER_E_INVALID_ARGUMENT;
   if (nscalar > 0 && (scalar_fields == nullptr || scalar_out == nullptr)) return LARDER_E_INVALID_ARGUMENT;
   if (nvector > 0 && (vector_fields == nullptr || vector_out == nullptr)) return LARDER_E_INVALID_ARGUMENT;
@@ -775,7 +826,7 @@ int larder_gather(const larder_table* table, const char* key_bytes, size_t key_l
   } catch (const std::bad_alloc&) {
     return LARDER_E_SYSTEM;  // the one-time offsets table
   }
-  gather_rows(t, keys, n, status, event_time_ms, max_age_ms, [&](size_t i, const uint64_t* row) {
+  gather_rows(t, keys, n, status, event_time_ms, computed_at_ms, options, [&](size_t i, const uint64_t* row) {
     double* values = scalar_out + i * nscalar;
     if (row == nullptr) {
       std::fill(values, values + nscalar, missing_scalar);
@@ -797,6 +848,45 @@ int larder_gather(const larder_table* table, const char* key_bytes, size_t key_l
     }
   });
   return keys.ok(n) ? LARDER_E_OK : LARDER_E_INVALID_ARGUMENT;
+}
+
+}  // namespace
+
+extern "C" {
+
+int larder_gather_f64(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
+                      size_t key_width, size_t n, const uint32_t* fields, size_t nfields, double* out, int32_t* status,
+                      int64_t* event_time_ms, int64_t max_age_ms, double missing_value) {
+  return larder_gather(table, key_bytes, key_len, key_offsets, key_width, n, fields, nfields, out, missing_value,
+                       nullptr, 0, nullptr, 0.0f, status, event_time_ms, max_age_ms);
+}
+
+int larder_gather_vector(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
+                         size_t key_width, size_t n, uint32_t field, float* out, int32_t* status,
+                         int64_t* event_time_ms, int64_t max_age_ms, float missing_value) {
+  return larder_gather(table, key_bytes, key_len, key_offsets, key_width, n, nullptr, 0, nullptr, 0.0, &field, 1, out,
+                       missing_value, status, event_time_ms, max_age_ms);
+}
+
+int larder_gather(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
+                  size_t key_width, size_t n, const uint32_t* scalar_fields, size_t nscalar, double* scalar_out,
+                  double missing_scalar, const uint32_t* vector_fields, size_t nvector, float* vector_out,
+                  float missing_vector, int32_t* status, int64_t* event_time_ms, int64_t max_age_ms) {
+  return gather(table, key_bytes, key_len, key_offsets, key_width, n, scalar_fields, nscalar, scalar_out,
+                missing_scalar, vector_fields, nvector, vector_out, missing_vector, status, event_time_ms, nullptr,
+                larder::ReadOptions{max_age_ms});
+}
+
+int larder_gather_ex(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
+                     size_t key_width, size_t n, const uint32_t* scalar_fields, size_t nscalar, double* scalar_out,
+                     double missing_scalar, const uint32_t* vector_fields, size_t nvector, float* vector_out,
+                     float missing_vector, int32_t* status, int64_t* event_time_ms, const larder_read_options* options,
+                     int64_t* computed_at_ms) {
+  larder::ReadOptions o;
+  if (!get_options(options, o)) return LARDER_E_INVALID_ARGUMENT;
+  return gather(table, key_bytes, key_len, key_offsets, key_width, n, scalar_fields, nscalar, scalar_out,
+                missing_scalar, vector_fields, nvector, vector_out, missing_vector, status, event_time_ms,
+                computed_at_ms, o);
 }
 
 uint32_t larder_row_validity_offset(const larder_table* table) {

@@ -119,6 +119,7 @@ Table Segment::table(std::string_view name) const {
     tab.geo_ = table_geometry(base, d);
     tab.name_ = std::string(name);
     tab.max_retries_ = options_.max_retries;
+    if (d.aggregate_count > 0) tab.refreshed_word_ = &d.aggregate_counters.refreshed_through_ms;
     tab.field_names_.reserve(d.field_count);
     for (uint32_t f = 0; f < d.field_count; ++f)
       tab.field_names_.emplace_back(fixed_name(field_descriptor(base, d, f).name));
@@ -247,7 +248,15 @@ RowBatch Table::make_batch(size_t capacity) const {
   return RowBatch(capacity, row_words(), geo_.validity_words, geo_.key_words);
 }
 
-ReadResult Table::lookup(std::string_view key, uint64_t hash, uint64_t* out, int64_t now_ms,
+int64_t Table::refreshed_through_ms() const noexcept {
+  if (refreshed_word_ == nullptr) return 0;
+  // Pairs with the writer's release store after the refreshes it covers
+  // (maintenance.cc, Writer::Impl::refresh): a row copied after this load
+  // holds every refresh up to the value loaded.
+  return static_cast<int64_t>(sync::load_acquire(*refreshed_word_));
+}
+
+ReadResult Table::lookup(std::string_view key, uint64_t hash, uint64_t* out, int64_t now_ms, int64_t refreshed_ms,
                          const ReadOptions& options) const noexcept {
   ReadResult r;
   if (key.empty() || key.size() > geo_.key_max_len) {
@@ -276,7 +285,13 @@ ReadResult Table::lookup(std::string_view key, uint64_t hash, uint64_t* out, int
   }
   r.event_time_ms = static_cast<int64_t>(out[0]);
   r.apply_unix_ns = static_cast<int64_t>(out[1]);
-  r.status = (options.max_age_ms > 0 && r.age_ms(now_ms) > options.max_age_ms) ? Status::kStale : Status::kOk;
+  // The apply time brought the row's windows up to the clock too (an update
+  // advances them before it folds), so the row is current as of the later of
+  // the two. Floor division: an untrusted negative time stays below its ms.
+  const int64_t applied_ms = r.apply_unix_ns / 1'000'000 - (r.apply_unix_ns % 1'000'000 < 0 ? 1 : 0);
+  r.computed_at_ms = std::max(applied_ms, refreshed_ms);
+  r.status =
+      (options.max_age_ms > 0 && r.age_ms(options.age_of, now_ms) > options.max_age_ms) ? Status::kStale : Status::kOk;
   return r;
 }
 
@@ -288,7 +303,7 @@ ReadResult Table::get(std::string_view key, uint64_t* row, const ReadOptions& op
   const uint64_t hash = hash_key(key, geo_.hash_seed);
   prefetch_home(geo_, hash);  // a wide slot's lines are fetched in parallel
   const int64_t now_ms = options.max_age_ms > 0 ? now_unix_ms() : 0;
-  return lookup(key, hash, row, now_ms, options);
+  return lookup(key, hash, row, now_ms, refreshed_through_ms(), options);
 }
 
 void Table::get_many(std::span<const std::string_view> keys, RowBatch& out, std::span<ReadResult> results,
@@ -302,6 +317,9 @@ void Table::get_many(std::span<const std::string_view> keys, uint64_t* rows, std
   const size_t n = std::min(keys.size(), results.size());
   const size_t stride = row_words();
   const int64_t now_ms = options.max_age_ms > 0 ? now_unix_ms() : 0;
+  // Once for the batch, before its first row is copied: a lower bound for
+  // every row of it.
+  const int64_t refreshed_ms = refreshed_through_ms();
   // Hash and prefetch a window ahead of the lookups so that the slots' cache
   // misses overlap instead of queueing one after another.
   constexpr size_t kWindow = 16;
@@ -316,7 +334,7 @@ void Table::get_many(std::span<const std::string_view> keys, uint64_t* rows, std
       hashes[i % kWindow] = hash_key(keys[i + kWindow], geo_.hash_seed);
       prefetch_home(geo_, hashes[i % kWindow]);
     }
-    results[i] = lookup(keys[i], h, rows + i * stride, now_ms, options);
+    results[i] = lookup(keys[i], h, rows + i * stride, now_ms, refreshed_ms, options);
   }
 }
 
@@ -354,6 +372,7 @@ TableStats Table::stats() const noexcept {
   s.dedup_evictions = sync::load_relaxed(a.dedup_evictions);
   s.refreshes = sync::load_relaxed(a.refreshes);
   s.aggregate_clock_ms = static_cast<int64_t>(sync::load_relaxed(a.clock_ms));
+  s.refreshed_through_ms = static_cast<int64_t>(sync::load_relaxed(a.refreshed_through_ms));
   return s;
 }
 

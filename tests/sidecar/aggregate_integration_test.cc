@@ -374,6 +374,66 @@ TEST_F(DistinctIntegrationTest, CountsMatchAnExactCountWithinTheDocumentedError)
   EXPECT_TRUE(ok) << diff << sidecar->log_tail();
   EXPECT_GT(sketched, 0) << "some key must go past the exact set";
   EXPECT_EQ(sidecar->stop(), 0);
+// The two ages end to end: a key whose only event is ten minutes old reads
+// STALE by its event age under a one-minute bound, and OK by its computed
+// age while the sidecar keeps refreshing its windows; once the sidecar has
+// stopped, the computed-at instant stands still and a computed bound fails as
+// soon as the wall clock has passed it. Nothing here waits a duration: each
+// step waits for what it needs to observe.
+TEST_F(AggregateIntegrationTest, QuietKeyIsCurrentByComputationUntilTheSidecarStops) {
+  if (!setup()) return;
+  start_sidecar();
+  std::map<std::string, Expected> expected;
+  const int64_t event_ms = now_unix_ms() - 10 * 60 * 1000;
+  Expected& e = expected["quiet"];
+  e.count = 1;
+  e.sum = e.max = 12.5;
+  e.amount_bucket = 1;
+  e.last_time = event_ms;
+  client_->publish(name_, "users.1",
+                   fmt::format(R"({{"table":"users","key":"quiet","event_time":{},"fields":{{"amount":12.5}},)"
+                               R"("id":"quiet-1"}})",
+                               event_ms));
+  expect_converges(expected);
+
+  Segment seg = Segment::open(name_);
+  Table users = seg.table("users");
+  Row row = users.make_row();
+  const Field count = users.field("events_7d", FieldType::kInt64);
+  constexpr int64_t kMinute = 60'000;
+  const ReadResult by_event = users.get("quiet", row, {.max_age_ms = kMinute});
+  EXPECT_EQ(by_event.status, Status::kStale) << "the key's only event is ten minutes old";
+  EXPECT_EQ(by_event.event_time_ms, event_ms);
+  // The sidecar refreshes every 50 ms: a read within the bound comes.
+  ReadResult by_computed;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        by_computed = users.get("quiet", row, {.max_age_ms = 200, .age_of = AgeOf::kComputed});
+        return by_computed.ok();
+      },
+      60s))
+      << "computed age " << by_computed.computed_age_ms() << " ms, refreshed through "
+      << users.stats().refreshed_through_ms << "\n"
+      << sidecar_->log_tail();
+  EXPECT_EQ(row.i64(count), 1);
+  EXPECT_EQ(by_computed.event_time_ms, event_ms);
+  EXPECT_GE(by_computed.computed_at_ms, event_ms + 10 * kMinute);
+  // And it keeps moving while the sidecar runs.
+  EXPECT_TRUE(wait_until(
+      [&] { return users.get("quiet", row, {.age_of = AgeOf::kComputed}).computed_at_ms > by_computed.computed_at_ms; },
+      60s));
+
+  ASSERT_EQ(sidecar_->stop(), 0);
+  ASSERT_FALSE(seg.writer_alive());
+  const ReadResult last = users.get("quiet", row, {.age_of = AgeOf::kComputed});
+  ASSERT_EQ(last.status, Status::kOk);
+  constexpr int64_t kBound = 100;
+  ASSERT_TRUE(wait_until([&] { return now_unix_ms() - last.computed_at_ms > kBound; }, 60s));
+  const ReadResult after = users.get("quiet", row, {.max_age_ms = kBound, .age_of = AgeOf::kComputed});
+  EXPECT_EQ(after.status, Status::kStale) << "a stopped sidecar must not pass a computed bound";
+  EXPECT_EQ(after.computed_at_ms, last.computed_at_ms) << "the instant stopped with the sidecar";
+  EXPECT_EQ(users.stats().refreshed_through_ms, last.computed_at_ms);
+  EXPECT_EQ(row.i64(count), 1) << "a stale row is still filled";
 }
 
 }  // namespace

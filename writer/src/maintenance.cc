@@ -90,8 +90,24 @@ uint64_t Writer::Impl::refresh(int64_t now_unix_ns, uint64_t key_budget) {
     if (sync::load_relaxed(writer::due_word(ts.agg.block(d.slot))) != static_cast<uint64_t>(d.due_ms) + 1) continue;
     if (refresh_slot(d.table, d.slot)) ++done;
   }
+  // Every key owed a refresh at or before `through` has had it: the clock,
+  // or just before the earliest refresh the budget left owed (an entry the
+  // key moved past makes it earlier than need be, never later). While the due
+  // times are still being gathered after open, a key not gathered yet may be
+  // owed one from before the restart, so the instant stays where the last
+  // writer left it.
+  int64_t through = clock_ms;
+  if (!due.empty() && due.top().due_ms <= clock_ms) through = due.top().due_ms - 1;
   for (TableState& ts : tables) {
-    if (ts.agg.enabled()) sync::store_relaxed(ts.desc->aggregate_counters.clock_ms, static_cast<uint64_t>(clock_ms));
+    if (!ts.agg.enabled()) continue;
+    AggregateCounters& ac = ts.desc->aggregate_counters;
+    sync::store_relaxed(ac.clock_ms, static_cast<uint64_t>(clock_ms));
+    if (!due_scan_pending && through > static_cast<int64_t>(sync::load_relaxed(ac.refreshed_through_ms))) {
+      // After the rows this call rewrote (each published by its slot's W2):
+      // pairs with the reader's acquire load before it copies a row
+      // (client.cc, Table::get), so the copy is at least this current.
+      sync::store_release(ac.refreshed_through_ms, static_cast<uint64_t>(through));
+    }
   }
   return done;
 }

@@ -6,8 +6,8 @@
 //   larder::Table users = seg.table("users");
 //   larder::Field spend = users.field("spend_1h", larder::FieldType::kFloat64);
 //   larder::Row row = users.make_row();                      // allocate once
-//   larder::ReadResult r = users.get("user:42", row, {.max_age_ms = 5000});
-//   if (r.ok() && row.valid(spend)) use(row.f64(spend), r.age_ms());
+//   larder::ReadResult r = users.get("user:42", row, {.max_age_ms = 5000, .age_of = larder::AgeOf::kComputed});
+//   if (r.ok() && row.valid(spend)) use(row.f64(spend), r.computed_age_ms());
 //
 // Threading: Segment, Table and Field are immutable after open and safe to
 // share between threads. A Row or RowBatch is a caller-owned buffer: one per
@@ -62,9 +62,20 @@ struct ClientOptions {
   uint64_t expected_schema_fingerprint = 0;
 };
 
+// The instant a read's age counts from (docs/client.md, "Two ages").
+enum class AgeOf : uint8_t {
+  kEvent = 0,     // the newest event applied to the row: ReadResult::event_time_ms
+  kComputed = 1,  // when the writer last brought the row's values up to date: ReadResult::computed_at_ms
+};
+
 struct ReadOptions {
-  // When > 0, a row whose event time is older than this returns kStale.
+  // When > 0, a row older than this (by age_of) returns kStale.
   int64_t max_age_ms = 0;
+  // kEvent bounds how long ago the key last had an event: a quiet key goes
+  // stale. kComputed bounds how current the values are: windowed aggregates
+  // the writer keeps decaying stay fresh while the writer runs, and go stale
+  // once it stops.
+  AgeOf age_of = AgeOf::kEvent;
 };
 
 // Wall clock in milliseconds, the clock event times are compared against.
@@ -82,12 +93,24 @@ struct ReadResult {
   Status status = Status::kNotFound;
   int64_t event_time_ms = 0;  // newest event applied to the row (kOk, kStale)
   int64_t apply_unix_ns = 0;  // when the writer applied it
+  // When the row's values were last brought up to date (kOk, kStale): for a
+  // table with aggregates, the later of the apply time and the instant as of
+  // which the writer had refreshed every key's windows; for a table without,
+  // the apply time (docs/client.md, "Two ages").
+  int64_t computed_at_ms = 0;
 
   bool ok() const noexcept { return status == Status::kOk; }
   bool found() const noexcept { return status == Status::kOk || status == Status::kStale; }
   // Age of the data: now - event time (clamped to the int64 range).
   int64_t age_ms(int64_t now_ms) const noexcept { return saturating_sub(now_ms, event_time_ms); }
   int64_t age_ms() const noexcept { return age_ms(now_unix_ms()); }
+  // Age of the computation: now - computed_at_ms (clamped likewise).
+  int64_t computed_age_ms(int64_t now_ms) const noexcept { return saturating_sub(now_ms, computed_at_ms); }
+  int64_t computed_age_ms() const noexcept { return computed_age_ms(now_unix_ms()); }
+  // The age ReadOptions::age_of names.
+  int64_t age_ms(AgeOf of, int64_t now_ms) const noexcept {
+    return of == AgeOf::kComputed ? computed_age_ms(now_ms) : age_ms(now_ms);
+  }
 };
 
 // A resolved field: resolve once by name, then use on every read.
@@ -205,6 +228,9 @@ struct TableStats {
   uint64_t dedup_evictions = 0;   // ids forgotten inside their horizon (dedup set too small)
   uint64_t refreshes = 0;         // keys rewritten because a bucket left a window
   int64_t aggregate_clock_ms = 0;
+  // Every key's aggregates are exact as of this aggregate clock instant; it
+  // stops when the writer does (0: not yet known, or an older writer).
+  int64_t refreshed_through_ms = 0;
 };
 
 struct SegmentInfo {
@@ -292,8 +318,11 @@ class Table {
 
  private:
   friend class Segment;
-  ReadResult lookup(std::string_view key, uint64_t hash, uint64_t* out, int64_t now_ms,
+  ReadResult lookup(std::string_view key, uint64_t hash, uint64_t* out, int64_t now_ms, int64_t refreshed_ms,
                     const ReadOptions& options) const noexcept;
+  // The table's refreshed-through instant, loaded before the rows it is
+  // applied to; 0 for a table without aggregates.
+  int64_t refreshed_through_ms() const noexcept;
 
   std::shared_ptr<const Mapping> mapping_;
   const layout::TableDescriptor* desc_ = nullptr;
@@ -309,6 +338,9 @@ class Table {
   };
   std::vector<StringBound> string_bounds_;
   uint32_t max_retries_ = 0;
+  // AggregateCounters::refreshed_through_ms; null for a table without
+  // aggregates, whose rows change only when applied.
+  const layout::Word* refreshed_word_ = nullptr;
 };
 
 class Segment {

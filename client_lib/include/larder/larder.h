@@ -27,7 +27,10 @@
  * start with a uint32_t size the caller sets to sizeof as it compiled it.
  * liblarder.so versions its symbols: LARDER_1.0 is the first ABI,
  * LARDER_1.1 adds larder_open_ex, the stats, the row accessors for times and
- * key, larder_field_lookup and the version functions.
+ * key, larder_field_lookup and the version functions; LARDER_1.2 adds
+ * larder_get_ex, larder_get_many_ex and larder_gather_ex (a bound on either
+ * age) and
+ * refreshed_through_ms at the end of larder_table_stats_t.
  */
 #ifndef LARDER_LARDER_H_
 #define LARDER_LARDER_H_
@@ -51,14 +54,14 @@ extern "C" {
 /* The ABI this header declares: major 1 (compatible additions only), minor
  * counts the additions. larder_version() returns the library's. */
 #define LARDER_ABI_VERSION_MAJOR 1
-#define LARDER_ABI_VERSION_MINOR 1
+#define LARDER_ABI_VERSION_MINOR 2
 #define LARDER_ABI_VERSION ((LARDER_ABI_VERSION_MAJOR << 16) | LARDER_ABI_VERSION_MINOR)
 
 /* The LARDER_ABI_VERSION the loaded library implements: (major << 16) | minor.
  * A program built against this header runs with any library of the same
  * major and a minor at least LARDER_ABI_VERSION_MINOR. */
 uint32_t larder_version(void);
-/* The same as "MAJOR.MINOR" ("1.1"). Static string. */
+/* The same as "MAJOR.MINOR" ("1.2"). Static string. */
 const char* larder_version_string(void);
 
 /* Read statuses (larder::Status). LARDER_CORRUPT: the key's slot was read
@@ -278,6 +281,9 @@ typedef struct larder_table_stats_t {
   uint64_t dedup_evictions;   /* ids forgotten inside their horizon */
   uint64_t refreshes;         /* keys rewritten because a bucket left a window */
   int64_t aggregate_clock_ms; /* the aggregates' clock */
+  /* 1.2: every key's aggregates are exact as of this aggregate clock instant;
+   * it stops when the writer does (0: not known yet, or an older writer) */
+  int64_t refreshed_through_ms;
 } larder_table_stats_t;
 
 /* Fills the first out->size bytes of *out (as larder_segment_stats) and sets
@@ -417,6 +423,56 @@ uint32_t larder_row_field_offset(const larder_table* table, uint32_t field);
  * be NULL. */
 int32_t larder_get_into(const larder_table* table, const void* key, size_t key_len, void* row, int64_t max_age_ms,
                         larder_read_result* result);
+
+/* ---- Two ages (ABI 1.2) ---------------------------------------------------
+ *
+ * A row has two ages (docs/client.md, "Two ages"): since its newest event
+ * (event_time_ms) and since the writer last brought its values up to date
+ * (computed_at_ms). For a table with aggregates that is the later of the
+ * apply time and the instant as of which the writer had refreshed every
+ * key's windows, so a key with no recent event whose windowed features are
+ * current is young by it; it stops moving when the writer stops. For a
+ * table without aggregates it is the apply time. larder_get bounds the event
+ * age; these functions bound either. */
+enum { LARDER_AGE_OF_EVENT = 0, LARDER_AGE_OF_COMPUTED = 1 };
+
+/* Options of larder_get_ex, larder_get_many_ex and larder_gather_ex. Zero-initialise, set
+ * size = sizeof(larder_read_options), then the fields wanted (as
+ * larder_open_options: later minor versions append fields, zero keeps
+ * their default). */
+typedef struct larder_read_options {
+  uint32_t size;      /* sizeof(larder_read_options) as the caller compiled it */
+  int32_t age_of;     /* LARDER_AGE_OF_EVENT (0: larder_get's) or LARDER_AGE_OF_COMPUTED */
+  int64_t max_age_ms; /* > 0: a row older than this, by age_of, reads LARDER_STALE (row filled) */
+} larder_read_options;
+
+/* larder_get_into with options (NULL: no bound) that also stores the row's
+ * computed-at instant (ms, the clock of event times) into *computed_at_ms
+ * when computed_at_ms != NULL (0 unless LARDER_OK or LARDER_STALE). result
+ * may be NULL. Returns the status, as larder_get; LARDER_INVALID_KEY, and
+ * nothing read, also for options the library cannot honour: size below 8,
+ * above 4096 or ending inside a field, an age_of other than the two, or
+ * non-zero bytes beyond the struct this library knows. Lock-free, never
+ * allocates, never blocks on the writer. */
+int32_t larder_get_ex(const larder_table* table, const void* key, size_t key_len, void* row,
+                      const larder_read_options* options, larder_read_result* result, int64_t* computed_at_ms);
+/* larder_get_many with options; computed_at_ms, when not NULL, receives n
+ * values (as larder_get_ex). Options it cannot honour set every result to
+ * LARDER_INVALID_KEY (and every computed_at_ms to 0). */
+void larder_get_many_ex(const larder_table* table, const void* const* keys, const size_t* key_lens, size_t n,
+                        void* rows, larder_read_result* results, const larder_read_options* options,
+                        int64_t* computed_at_ms);
+
+/* larder_gather with read options (1.2; NULL: no bound, as max_age_ms 0) in
+ * place of max_age_ms, and computed_at_ms (may be NULL) receiving each key's
+ * computed-at instant as larder_get_ex gives it (0 unless LARDER_OK or
+ * LARDER_STALE). Options larder_get_ex would refuse return
+ * LARDER_E_INVALID_ARGUMENT before anything is read or written. */
+int larder_gather_ex(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
+                     size_t key_width, size_t n, const uint32_t* scalar_fields, size_t nscalar, double* scalar_out,
+                     double missing_scalar, const uint32_t* vector_fields, size_t nvector, float* vector_out,
+                     float missing_vector, int32_t* status, int64_t* event_time_ms, const larder_read_options* options,
+                     int64_t* computed_at_ms);
 
 #ifdef __cplusplus
 }

@@ -69,12 +69,20 @@ class TableStats(ctypes.Structure):
                 ("max_event_time_ms", c_int64), ("aggregate_events", ctypes.c_uint64),
                 ("late_dropped", ctypes.c_uint64), ("duplicates", ctypes.c_uint64),
                 ("dedup_evictions", ctypes.c_uint64), ("refreshes", ctypes.c_uint64),
-                ("aggregate_clock_ms", c_int64)]
+                ("aggregate_clock_ms", c_int64), ("refreshed_through_ms", c_int64)]
+
+
+class ReadOptions(ctypes.Structure):
+    _fields_ = [("size", c_uint32), ("age_of", c_int32), ("max_age_ms", c_int64)]
+
+
+AGE_OF_EVENT = 0
+AGE_OF_COMPUTED = 1
 
 
 # The C ABI this package is written against (larder.h LARDER_ABI_VERSION):
 # larder_open_ex refuses a library older than that.
-ABI_VERSION = (1 << 16) | 1
+ABI_VERSION = (1 << 16) | 2
 NO_FIELD = 0xFFFFFFFF
 
 POSITION_HAS_NEXT = 1
@@ -121,8 +129,8 @@ path = _load()
 # microsecond and releasing and retaking the GIL would cost more than the read.
 lib = ctypes.CDLL(path)
 fast = ctypes.PyDLL(path)
-if not hasattr(lib, "larder_open_ex"):
-    raise OSError("%s implements larder C ABI 1.0; this package needs 1.1 (larder_open_ex): rebuild or "
+if not hasattr(lib, "larder_get_ex"):
+    raise OSError("%s implements a larder C ABI before 1.2; this package needs 1.2 (larder_get_ex): rebuild or "
                   "upgrade liblarder" % path)
 
 
@@ -184,9 +192,20 @@ larder_get_into = _declare(fast, "larder_get_into", c_int32, tab_p, c_char_p, c_
 # function object; attribute access would return the declared one.)
 larder_get_into_raw = fast["larder_get_into"]
 larder_get_into_raw.restype = c_int32
+# int32 larder_get_ex(table, key, key_len, row, options*, result*, computed_at_ms*)
+larder_get_ex = _declare(fast, "larder_get_ex", c_int32, tab_p, c_char_p, c_size_t, c_void_p, c_void_p, c_void_p,
+                         c_void_p)
+# The same without argtypes, for Table.get (as larder_get_into_raw): the
+# options as a ctypes pointer object, computed_at_ms as a byref into the row
+# buffer's tail.
+larder_get_ex_raw = fast["larder_get_ex"]
+larder_get_ex_raw.restype = c_int32
 
 # Pointer arguments of the gathers are passed as integers (NumPy's
 # ndarray.ctypes.data): cheaper than building ctypes pointer objects.
 larder_gather = _declare(lib, "larder_gather", c_int, tab_p, c_void_p, c_size_t, c_void_p, c_size_t, c_size_t,
                          c_void_p, c_size_t, c_void_p, c_double, c_void_p, c_size_t, c_void_p, c_float,
                          c_void_p, c_void_p, c_int64)
+larder_gather_ex = _declare(lib, "larder_gather_ex", c_int, tab_p, c_void_p, c_size_t, c_void_p, c_size_t, c_size_t,
+                            c_void_p, c_size_t, c_void_p, c_double, c_void_p, c_size_t, c_void_p, c_float,
+                            c_void_p, c_void_p, c_void_p, c_void_p)

@@ -146,6 +146,7 @@ _char_view = ctypes.c_char.from_buffer
 _row_event_time = _n.larder_row_event_time_ms
 _row_apply_time = _n.larder_row_apply_unix_ns
 _U64 = struct.Struct("<Q").unpack_from
+_I64 = struct.Struct("=q").unpack_from
 _U32 = struct.Struct("<I").unpack_from
 
 
@@ -210,6 +211,21 @@ class Row:
         """Age of the data: now - event time, in ms (None when not found)."""
         s = self.status
         return _now_ms() - _row_event_time(self._handle.ptr, self._buf) if s == 0 or s == 2 else None
+
+    @property
+    def computed_at_ms(self):
+        """When the writer last brought the row's values up to date (None when
+        not found): for a table with aggregates, the later of its apply time
+        and the instant the writer had refreshed every key's windows as of;
+        else the apply time. docs/python.md, "Two ages"."""
+        s = self.status
+        return _I64(self._buf, self._table.row_bytes)[0] if s == 0 or s == 2 else None
+
+    @property
+    def computed_age_ms(self):
+        """Age of the computation: now - computed_at_ms (None when not found)."""
+        s = self.status
+        return _now_ms() - _I64(self._buf, self._table.row_bytes)[0] if s == 0 or s == 2 else None
 
     @property
     def stored_key(self):
@@ -292,24 +308,26 @@ class Batch:
                    where the key was not found or the field never written.
     status         int32 (n,): Status codes.
     event_time_ms  int64 (n,): 0 where not found.
+    computed_at_ms int64 (n,): when each row's values were last brought up
+                   to date (see Row.computed_at_ms); 0 where not found.
     ``batch[name]`` is a column of ``values``, a vector block or a string array.
 
     The arrays are views of one buffer the batch owns (made on first
     access); they stay valid as long as any of them is referenced.
     """
 
-    __slots__ = ("keys", "_plan", "_raw", "_n", "_values", "_vectors", "_status", "_times", "strings")
+    __slots__ = ("keys", "_plan", "_raw", "_n", "_values", "_vectors", "_status", "_times", "_computed", "strings")
 
     def __init__(self, keys, plan, raw, n, strings=None):
         self.keys = keys
         self._plan = plan
         self._raw = raw
         self._n = n
-        self._values = self._vectors = self._status = self._times = None
+        self._values = self._vectors = self._status = self._times = self._computed = None
         self.strings = strings if strings is not None else {}
 
-    # Layout of _raw: values (8 n ncols), event times (8 n), vectors
-    # (4 n dims), statuses (4 n); see Table.get_many.
+    # Layout of _raw: values (8 n ncols), event times (8 n), computed-at
+    # instants (8 n), vectors (4 n dims), statuses (4 n); see Table.get_many.
     @property
     def columns(self):
         return self._plan.columns
@@ -329,11 +347,19 @@ class Batch:
         return v
 
     @property
+    def computed_at_ms(self):
+        v = self._computed
+        if v is None:
+            n = self._n
+            v = self._computed = np.ndarray((n,), np.int64, self._raw, 8 * n * self._plan.ncols + 8 * n)
+        return v
+
+    @property
     def status(self):
         v = self._status
         if v is None:
             plan, n = self._plan, self._n
-            v = self._status = np.ndarray((n,), np.int32, self._raw, 8 * n * plan.ncols + 8 * n + 4 * n * plan.dims)
+            v = self._status = np.ndarray((n,), np.int32, self._raw, 8 * n * plan.ncols + 16 * n + 4 * n * plan.dims)
         return v
 
     @property
@@ -343,7 +369,7 @@ class Batch:
             plan, n = self._plan, self._n
             v = {}
             if plan.vectors:
-                block = np.ndarray((n, plan.dims), np.float32, self._raw, 8 * n * plan.ncols + 8 * n)
+                block = np.ndarray((n, plan.dims), np.float32, self._raw, 8 * n * plan.ncols + 16 * n)
                 for name, lo, hi in plan.vectors:
                     v[name] = block if hi - lo == plan.dims else block[:, lo:hi]
             self._vectors = v
@@ -382,6 +408,11 @@ class Batch:
         """int64 (n,): now - event time; -1 where not found."""
         now = _now_ms() if now_ms is None else now_ms
         return np.where(self.found, now - self.event_time_ms, -1)
+
+    def computed_age_ms(self, now_ms=None):
+        """int64 (n,): now - computed_at_ms; -1 where not found."""
+        now = _now_ms() if now_ms is None else now_ms
+        return np.where(self.found, now - self.computed_at_ms, -1)
 
     def __repr__(self):
         return "Batch(%d keys, columns=%r, vectors=%r)" % (self._n, self.columns, list(self.vectors))
@@ -555,10 +586,12 @@ def _bytes(s):
     return s.encode("utf-8") if isinstance(s, str) else bytes(s)
 
 
-# Table.get calls larder_get_into without argtypes (_native.py says why):
-# ints in [0, 2**31) go as they are, larger max_age_ms values as c_int64.
-# Keys are far shorter than 2**31 bytes.
-_INT_LIMIT = 1 << 31
+# Table.get calls larder_get_ex without argtypes (_native.py says why): the
+# key's length is an int far below 2**31, the bound travels in a cached
+# ReadOptions struct, and the computed-at instant lands in the row buffer's
+# tail.
+_byref = ctypes.byref
+_AGE_OF = {"event": _n.AGE_OF_EVENT, "computed": _n.AGE_OF_COMPUTED}
 
 
 class Table:
@@ -581,7 +614,9 @@ class Table:
         self._h = _Handle(handle)
         self._handle = handle
         self.row_bytes = _n.larder_table_row_bytes(handle)
-        self._row_type = ctypes.c_char * self.row_bytes
+        # The row, then 8 bytes for its computed-at instant (larder_get_ex).
+        self._row_type = ctypes.c_char * (self.row_bytes + 8)
+        self._read_options = {}  # (max_age_ms, age_of) -> (ReadOptions, pointer, address)
         self._validity_offset = _n.larder_row_validity_offset(handle)
         fields = []
         for i in range(_n.larder_table_field_count(handle)):
@@ -591,7 +626,7 @@ class Table:
         self.fields = tuple(fields)
         self._by_name = {f.name: f for f in fields}
         self._plans = {}  # fields (a tuple, or None for the default) -> _Plan
-        self._get_into = _n.larder_get_into_raw  # see _INT_LIMIT
+        self._get_ex = _n.larder_get_ex_raw  # without argtypes: see _byref
 
     def field(self, name):
         """The Field ``name``; FieldNotFoundError (a NotFoundError and a
@@ -613,24 +648,41 @@ class Table:
     def field_names(self):
         return [f.name for f in self.fields]
 
-    def get(self, key, max_age_ms=0):
+    def _options(self, max_age_ms, age_of):
+        """The cached (ReadOptions, pointer, address) of one bound."""
+        o = self._read_options.get((max_age_ms, age_of))
+        if o is not None:
+            return o
+        code = _AGE_OF.get(age_of)
+        if code is None:
+            raise InvalidArgumentError("age_of is 'event' or 'computed', not %r" % (age_of,))
+        opts = _n.ReadOptions(ctypes.sizeof(_n.ReadOptions), code, max_age_ms)
+        o = (opts, ctypes.pointer(opts), ctypes.addressof(opts))
+        if len(self._read_options) >= 64:  # bounds vary by caller: keep a few
+            self._read_options.clear()
+        self._read_options[(max_age_ms, age_of)] = o
+        return o
+
+    def get(self, key, max_age_ms=0, age_of="event"):
         """Reads one key (str or bytes) into a new Row. Never raises for a
         missing key: check ``row.status`` / ``row.found``. max_age_ms > 0
-        turns rows older than that into Status.STALE (still filled).
-        Lock-free, never blocks on the writer; holds the GIL (well under a
-        microsecond in the library)."""
+        turns rows older than that into Status.STALE (still filled), by the
+        age ``age_of`` names: "event" (since the key's newest event) or
+        "computed" (since the writer last brought its values up to date: keeps
+        windowed aggregates of quiet keys fresh while the writer runs; see
+        docs/python.md, "Two ages"). Lock-free, never blocks on the writer;
+        holds the GIL (well under a microsecond in the library)."""
         k = key.encode("utf-8") if key.__class__ is str else key
         if k.__class__ is not bytes:
             if not isinstance(k, (bytes, str)):
                 raise self._key_error(key)
             k = k.encode("utf-8") if isinstance(k, str) else bytes(k)  # subclasses
         buf = self._row_type()
-        if not 0 <= max_age_ms < _INT_LIMIT:
-            max_age_ms = ctypes.c_int64(max_age_ms)
+        o = self._read_options.get((max_age_ms, age_of)) or self._options(max_age_ms, age_of)
         h = self._h  # held for the call: a close() meanwhile cannot free it
         if h is None:
             raise InvalidArgumentError("table %r is closed" % self.name)
-        status = self._get_into(h.ptr, k, len(k), buf, max_age_ms, None)
+        status = self._get_ex(h.ptr, k, len(k), buf, o[1], None, _byref(buf, self.row_bytes))
         return Row(self, key, buf, status, h)
 
     def stats(self):
@@ -654,12 +706,12 @@ class Table:
             raise InvalidArgumentError("table %r is closed" % self.name)
         return h
 
-    def get_many(self, keys, fields=None, max_age_ms=0, missing=float("nan")):
+    def get_many(self, keys, fields=None, max_age_ms=0, missing=float("nan"), age_of="event"):
         """Reads a batch of keys into NumPy arrays in one pass (see Batch).
 
         keys: a list/tuple of str or bytes, or a NumPy array of dtype 'S'
         (fixed width, NUL padded: the cheapest form) or 'U'. fields: names of
-        fields (default: every field). max_age_ms: as for get. missing: the
+        fields (default: every field). max_age_ms, age_of: as for get. missing: the
         value of cells with no value (NaN by default; vectors use it too).
         Without string fields no per-key Python objects are made and the GIL
         is released while the library reads; string fields come back in
@@ -672,36 +724,39 @@ class Table:
             raise InvalidArgumentError("keys is a list of keys, not one key: use get(), or [key]")
         h = self._live()
         n = len(keys)
+        opts = self._read_options.get((max_age_ms, age_of)) or self._options(max_age_ms, age_of)
         if plan.strings:
-            return self._get_rows(h, keys, n, plan, max_age_ms, missing)
+            return self._get_rows(h, keys, n, plan, opts, missing)
         key_buf, offsets, width = _pack_keys(keys, n, self)
         # One allocation for every output: float64 values, int64 event
-        # times, float32 vectors, int32 statuses, in that order (aligned).
-        raw = np.empty(max(n * (8 * plan.ncols + 12 + 4 * plan.dims), 8), dtype=np.uint8)
+        # times, int64 computed-at instants, float32 vectors, int32
+        # statuses, in that order (aligned).
+        raw = np.empty(max(n * (8 * plan.ncols + 20 + 4 * plan.dims), 8), dtype=np.uint8)
         base = _address(_char_view(raw))  # 3x cheaper than raw.ctypes.data
         if key_buf.__class__ is np.ndarray:
             key_len = key_buf.nbytes
             key_ptr = _address(_char_view(key_buf)) if key_buf.flags.writeable and key_len else key_buf.ctypes.data
         else:
             key_ptr, key_len = key_buf, len(key_buf)
-        code = self._gather(h, key_ptr, key_len, offsets, width, n, plan, base, missing, max_age_ms)
+        code = self._gather(h, key_ptr, key_len, offsets, width, n, plan, base, missing, opts)
         if code != 0 and offsets is None and width == 0:
             # A key holds a NUL byte: pass explicit offsets instead.
             key_buf, offsets = _pack_offsets(keys, n, self)
-            code = self._gather(h, key_buf, len(key_buf), offsets, 0, n, plan, base, missing, max_age_ms)
+            code = self._gather(h, key_buf, len(key_buf), offsets, 0, n, plan, base, missing, opts)
         if code != 0:
             raise from_code(code, "larder_gather refused its arguments (table %r)" % self.name)
         return Batch(keys, plan, raw, n)
 
-    def _gather(self, h, key_ptr, key_len, offsets, width, n, plan, base, missing, max_age_ms):
+    def _gather(self, h, key_ptr, key_len, offsets, width, n, plan, base, missing, opts):
         ncols = plan.ncols
-        at_vectors = base + 8 * n * ncols + 8 * n
-        return _n.larder_gather(h.ptr, key_ptr, key_len, None if offsets is None else offsets.ctypes.data,
-                                width, n, plan.scalar_ptr, ncols, base, missing,
-                                plan.vector_ptr, plan.nvector, at_vectors if plan.nvector else None, missing,
-                                at_vectors + 4 * n * plan.dims, base + 8 * n * ncols, max_age_ms)
+        at_vectors = base + 8 * n * ncols + 16 * n
+        return _n.larder_gather_ex(h.ptr, key_ptr, key_len, None if offsets is None else offsets.ctypes.data,
+                                   width, n, plan.scalar_ptr, ncols, base, missing,
+                                   plan.vector_ptr, plan.nvector, at_vectors if plan.nvector else None, missing,
+                                   at_vectors + 4 * n * plan.dims, base + 8 * n * ncols, opts[2],
+                                   base + 8 * n * ncols + 8 * n)
 
-    def _get_rows(self, h, keys, n, plan, max_age_ms, missing):
+    def _get_rows(self, h, keys, n, plan, opts, missing):
         """get_many with string fields: each key's row read once (a
         consistent copy, as get() reads it), every column taken from it."""
         if isinstance(keys, np.ndarray):
@@ -714,9 +769,11 @@ class Table:
         rows = np.zeros((max(n, 1), stride), dtype=np.uint8)
         base = _address(_char_view(rows))
         status = np.empty(n, dtype=np.int32)
-        get_into, handle = _n.larder_get_into, h.ptr
+        computed = np.zeros(max(n, 1), dtype=np.int64)
+        at_computed = _address(_char_view(computed))
+        get_ex, handle, options = _n.larder_get_ex, h.ptr, opts[2]
         for i, k in enumerate(keys_list):
-            status[i] = get_into(handle, k, len(k), base + i * stride, max_age_ms, None)
+            status[i] = get_ex(handle, k, len(k), base + i * stride, options, None, at_computed + 8 * i)
         rows = rows[:n]
         found = (status == 0) | (status == 2)
         vo = self._validity_offset
@@ -725,7 +782,7 @@ class Table:
             word = rows[:, vo + 8 * (f.index >> 6):vo + 8 * (f.index >> 6) + 8].view("<u8")[:, 0]
             return found & (((word >> np.uint64(f.index & 63)) & np.uint64(1)) == 1)
 
-        raw = np.empty(max(n * (8 * plan.ncols + 12 + 4 * plan.dims), 8), dtype=np.uint8)
+        raw = np.empty(max(n * (8 * plan.ncols + 20 + 4 * plan.dims), 8), dtype=np.uint8)
         batch = Batch(keys, plan, raw, n)
         for j, f in enumerate(plan.scalar_fields):
             if f.type == FieldType.BOOL:
@@ -736,6 +793,7 @@ class Table:
                 v = rows[:, f.offset:f.offset + width].view(dt)[:, 0].astype(np.float64)
             batch.values[:, j] = np.where(valid(f), v, missing)
         batch.event_time_ms[:] = np.where(found, rows[:, 0:8].view("<i8")[:, 0], 0)
+        batch.computed_at_ms[:] = computed[:n]
         for f, (name, lo, hi) in zip(plan.vector_fields, plan.vectors):
             v = rows[:, f.offset:f.offset + 4 * f.count].view("<f4")
             batch.vectors[name][:] = np.where(valid(f)[:, None], v, missing)

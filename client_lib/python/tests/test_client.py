@@ -303,7 +303,7 @@ def test_open_options_and_stats(demo):
     with pytest.raises(larder.SchemaMismatchError, match="%016x" % (fp ^ 1)):
         larder.open("demo", demo, expected_schema_fingerprint=fp ^ 1)
     assert larder.open("demo", demo, max_retries=1).table("users").get("u000002").ok
-    assert larder.abi_version() == (1, 1)
+    assert larder.abi_version() == (1, 2)
 
     users = seg.table("users")
     st = users.stats()

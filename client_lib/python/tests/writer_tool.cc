@@ -1,8 +1,9 @@
 // larder-test-writer: writes segments for the Python client's tests and
 // benchmark with the C++ writer, and times the C++ client for comparison.
 //
-//   larder-test-writer write --segment NAME --dir DIR [--schema demo|rows]
+//   larder-test-writer write --segment NAME --dir DIR [--schema demo|rows|cards]
 //                            [--rows N] [--seed S] [--age-step-ms MS]
+//                            [--stopped-ms MS]
 //   larder-test-writer churn --segment NAME --dir DIR --rows N --seconds S
 //   larder-test-writer sync --segment NAME --dir DIR [--seed STATE]
 //   larder-test-writer bench --segment NAME --dir DIR [--table users]
@@ -12,6 +13,11 @@
 // and items i00001.. get values that client_lib/python/tests/expected.py
 // recomputes from (k, seed); some fields are left unwritten on purpose. Event
 // time of key k is now - (k % 10) * age_step_ms.
+// write, schema "cards": table "cards" with a plain credit_limit, a string
+// network and an aggregate txn_24h (count over 24 h). card:1's one
+// transaction is two hours before the writer's last refresh, card:2's at it;
+// that refresh is --stopped-ms (default 0) before now, as if the writer had
+// stopped then.
 // write, schema "rows" / churn: table "rows" of tests/support/derived_rows.h,
 // every field derived from one counter so a torn row is detectable. churn
 // fills keys key:0..N-1, prints "ready" and rewrites them round-robin with an
@@ -57,6 +63,7 @@ struct Args {
   uint64_t rows = 1000;
   int64_t seed = 1;
   int64_t age_step_ms = 60'000;
+  int64_t stopped_ms = 0;
   double seconds = 1.0;
   size_t batch = 256;
   uint64_t iters = 20000;
@@ -65,8 +72,9 @@ struct Args {
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr,
                "larder-test-writer: %s\n"
-               "usage: larder-test-writer write|churn|bench --segment NAME [--dir DIR] [--schema demo|rows]\n"
-               "       [--rows N] [--seed S] [--age-step-ms MS] [--seconds S] [--table T] [--batch B] [--iters I]\n",
+               "usage: larder-test-writer write|churn|bench --segment NAME [--dir DIR] [--schema demo|rows|cards]\n"
+               "       [--rows N] [--seed S] [--age-step-ms MS] [--stopped-ms MS] [--seconds S] [--table T]\n"
+               "       [--batch B] [--iters I]\n",
                why);
   std::exit(2);
 }
@@ -93,6 +101,8 @@ Args parse(int argc, char** argv) {
       a.seed = std::strtoll(v, nullptr, 10);
     else if (flag == "--age-step-ms")
       a.age_step_ms = std::strtoll(v, nullptr, 10);
+    else if (flag == "--stopped-ms")
+      a.stopped_ms = std::strtoll(v, nullptr, 10);
     else if (flag == "--seconds")
       a.seconds = std::strtod(v, nullptr);
     else if (flag == "--batch")
@@ -166,6 +176,32 @@ void write_demo(larder::Writer& w, const Args& a) {
   }
 }
 
+larder::layout::Schema cards_schema() {
+  larder::layout::TableSpec cards;
+  cards.name = "cards";
+  cards.key_max_len = 16;
+  cards.capacity = 16;
+  cards.fields = {{"credit_limit", FieldType::kFloat64, 1}, {"network", FieldType::kString, 8}};
+  cards.aggregates = {{"txn_24h", "", larder::layout::AggregateFn::kCount, 86'400'000, 60'000}};
+  larder::layout::Schema s;
+  s.tables = {cards};
+  return s;
+}
+
+// The writer's clock is the tool's: apply_unix_ns and refresh(now) (the
+// sidecar's writer thread passes 0, the wall clock).
+void write_cards(larder::Writer& w, const Args& a) {
+  const int64_t ms = 1'000'000;
+  const int64_t last_refresh = larder::now_unix_ms() - a.stopped_ms;
+  const int64_t quiet = last_refresh - 2 * 3'600'000;
+  const FieldValue v[] = {FieldValue::float64(0, 5000), FieldValue::string(1, "visa")};
+  if (w.apply(0, "card:1", quiet, v, {}, 0, quiet * ms) != larder::ApplyResult::kApplied) usage("card:1 refused");
+  if (w.apply(0, "card:2", last_refresh, v, {}, 0, last_refresh * ms) != larder::ApplyResult::kApplied) {
+    usage("card:2 refused");
+  }
+  w.refresh(last_refresh * ms);
+}
+
 larder::WriterOptions writer_options(const Args& a) {
   larder::WriterOptions o;
   o.dir = a.dir;
@@ -186,8 +222,11 @@ int write(const Args& a) {
   } else if (a.schema == "rows") {
     auto w = larder::Writer::open(a.segment, rows_schema(a.rows), writer_options(a));
     for (uint64_t k = 0; k < a.rows; ++k) larder::testing::write_derived(*w, k, 1);
+  } else if (a.schema == "cards") {
+    auto w = larder::Writer::open(a.segment, cards_schema(), writer_options(a));
+    write_cards(*w, a);
   } else {
-    usage("--schema is demo or rows");
+    usage("--schema is demo, rows or cards");
   }
   std::printf("ready\n");
   return 0;

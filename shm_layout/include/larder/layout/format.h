@@ -140,10 +140,17 @@ struct AggregateCounters {
   // Was reserved (always 0) in earlier builds: the layout and ABI signature
   // are unchanged, and a segment such a build wrote shows 0.
   Word outside_window;
-  Word reserved[1];
+  // The aggregate clock instant as of which every live key's aggregate
+  // fields are exact: every key due for a refresh at or before it has been
+  // rewritten (docs/client.md, "Two ages"). It stops when the writer does.
+  // Stored with release after the refreshed rows, so a reader that loads it
+  // with acquire before copying a row gets a copy at least that current.
+  // Was reserved (always 0) in earlier builds, like outside_window.
+  Word refreshed_through_ms;
 };
 static_assert(sizeof(AggregateCounters) == 64);
 static_assert(offsetof(AggregateCounters, outside_window) == 48);
+static_assert(offsetof(AggregateCounters, refreshed_through_ms) == 56);
 
 // FieldDescriptor::flags
 inline constexpr uint32_t kFieldAggregate = 1;  // written by the writer from an aggregate
