@@ -374,6 +374,8 @@ TEST_F(DistinctIntegrationTest, CountsMatchAnExactCountWithinTheDocumentedError)
   EXPECT_TRUE(ok) << diff << sidecar->log_tail();
   EXPECT_GT(sketched, 0) << "some key must go past the exact set";
   EXPECT_EQ(sidecar->stop(), 0);
+}
+
 // The two ages end to end: a key whose only event is ten minutes old reads
 // STALE by its event age under a one-minute bound, and OK by its computed
 // age while the sidecar keeps refreshing its windows; once the sidecar has
