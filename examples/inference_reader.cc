@@ -190,7 +190,10 @@ int main(int argc, char** argv) {
                   user_row.valid(premium) ? (user_row.boolean(premium) ? "yes" : "no") : "?",
                   static_cast<int>(user_row.string(country).size()), user_row.string(country).data(), std::sqrt(norm));
       if (const std::string rolling = rolling_text(users, user_row); !rolling.empty()) {
-        std::printf("    rolling:%s\n", rolling.c_str());
+        // Windowed aggregates: current as of the computed-at instant, which
+        // a running sidecar keeps near now even for a user with no recent
+        // event; bound it with {.age_of = larder::AgeOf::kComputed}.
+        std::printf("    rolling (computed %s ago):%s\n", age_text(ur.computed_age_ms(now)).c_str(), rolling.c_str());
       }
       // The model: p(click) = sigmoid(w . x + b) over user and item features.
       for (int i = 0; i < opt.items; ++i) {
