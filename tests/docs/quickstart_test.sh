@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs docs/quickstart.md as written: every fenced block marked
-# `<!-- quickstart: run -->` in order, in one bash session in a scratch
+# `<!-- quickstart: run -->` in order, in one bash process in a scratch
 # directory. A `python` block is a file the reader saves (its first line
 # names it: `# score.py`); an `sh` block is commands the reader types. The
 # guide reads its paths and the broker from the variables of its first

@@ -5,6 +5,7 @@ before anything is sent, and what no queue takes is reported."""
 import datetime
 import json
 import os
+import ssl
 import subprocess
 
 import numpy as np
@@ -390,3 +391,34 @@ def test_larderctl_with_the_schema_of_a_live_segment(sidecar_factory, tmp_path):
     assert r.returncode == 1, r
     assert ':1: column "card": key_too_long' in r.stderr and ':2: column "n": wrong_type' in r.stderr, r.stderr
     assert "2 bad row(s) of 2, nothing sent" in r.stderr, r.stderr
+
+
+def test_tls_publish_from_python_and_larderctl(sidecar_factory, tmp_path):
+    url, ca = os.environ.get("LARDER_TEST_AMQPS_URL"), os.environ.get("LARDER_TEST_CA_FILE")
+    if not url or not ca:
+        pytest.fail("LARDER_TEST_AMQPS_URL / LARDER_TEST_CA_FILE are not set (scripts/broker.sh writes them)")
+    sc = sidecar_factory(TABLE_YAML)
+    seg = sc.start()
+    t = now_ms() - 1000
+    r = larder.publish({"card": ["t1"], "n": [1]}, "cards", "card", t, config=sc.config, exchange=sc.exchange,
+                       url=url, tls={"ca_file": ca})
+    assert r.ok and r.published_rows == 1, r
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"card": "t2", "ts": t, "n": 2}) + "\n")
+    out = larderctl("publish", path, "--config", sc.config, "--table", "cards", "--key", "card", "--event-time", "ts",
+                    "--exchange", sc.exchange, "--url", url, "--ca-file", ca)
+    assert out.returncode == 0 and "1 confirmed (1 rows)" in out.stdout, (out.stdout, out.stderr)
+    cards = seg.table("cards")
+    wait_upserts(cards, 2, "two rows over TLS")
+    assert cards.get("t1")["n"] == 1 and cards.get("t2")["n"] == 2
+    # A CA that did not sign the broker's certificate is refused.
+    other = tmp_path / "other-ca.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "k.pem"),
+                    "-out", str(other), "-subj", "/CN=another CA", "-days", "1"], check=True, capture_output=True)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        larder.publish({"card": ["t3"], "n": [3]}, "cards", "card", t, config=sc.config, exchange=sc.exchange,
+                       url=url, tls={"ca_file": str(other)})
+    out = larderctl("publish", path, "--config", sc.config, "--table", "cards", "--key", "card", "--event-time", "ts",
+                    "--exchange", sc.exchange, "--url", url, "--ca-file", other)
+    assert out.returncode == 3, (out.stdout, out.stderr)
+    assert cards.get("t3").status == larder.Status.NOT_FOUND
