@@ -103,10 +103,10 @@ TEST(SizeReport, EachAggregateCostsWhatRemovingItSaves) {
   const layout::AggregatePlan plan = layout::plan_aggregates(config.schema().tables[0]);
   const uint64_t slots = layout::plan_layout(config.schema()).tables[0].slot_count;
   EXPECT_GE(cards.aggregates[5].bytes, slots * layout::kDistinctAreaWords * 8) << text;
-  EXPECT_LT(cards.aggregates[5].bytes,
-            slots * (layout::kDistinctAreaWords + layout::kAggregateGroupHeaderWords + layout::kAggregateWindowWords +
-                     2 * 60 + 8) *
-                8)
+  EXPECT_LT(cards.aggregates[5].bytes, slots *
+                                           (layout::kDistinctAreaWords + layout::kAggregateGroupHeaderWords +
+                                            layout::kAggregateWindowWords + 2 * 60 + 8) *
+                                           8)
       << text;
   EXPECT_TRUE(std::any_of(plan.groups.begin(), plan.groups.end(), [](const auto& g) { return g.distinct; }));
 }
