@@ -17,14 +17,14 @@ namespace larder::layout {
 namespace {
 
 TEST(Layout, VersionMagicAndAbiSignatureArePinned) {
-  EXPECT_EQ(kLayoutVersion, 3u);
+  EXPECT_EQ(kLayoutVersion, 4u);
   char bytes[8];
   std::memcpy(bytes, &kMagic, 8);
   EXPECT_EQ(std::string(bytes, 8), "LARDSEG1");
   EXPECT_EQ(kEndianTag, 0x01020304u);
   // Changing any shared struct or the aggregate word map (pinned below)
   // changes this value: bump kLayoutVersion with it.
-  EXPECT_EQ(abi_signature(), 16311321170221552284ull);
+  EXPECT_EQ(abi_signature(), 6009990736365253571ull);
 }
 
 TEST(Layout, SegmentHeaderOffsets) {
@@ -108,7 +108,14 @@ TEST(Layout, DescriptorOffsets) {
   EXPECT_EQ(offsetof(TableDescriptor, count_armed), 336u);
   EXPECT_EQ(offsetof(TableDescriptor, count_live), 344u);
   EXPECT_EQ(offsetof(TableDescriptor, count_tombstones), 352u);
-  EXPECT_EQ(offsetof(TableDescriptor, reserved1), 360u);
+  // Version 4: field groups took the rest of them.
+  EXPECT_EQ(offsetof(TableDescriptor, group_count), 360u);
+  EXPECT_EQ(offsetof(TableDescriptor, groups_offset), 368u);
+  EXPECT_EQ(offsetof(TableDescriptor, reserved1), 376u);
+  EXPECT_EQ(offsetof(FieldDescriptor, group), 88u);
+  EXPECT_EQ(sizeof(GroupDescriptor), 64u);
+  EXPECT_EQ(kMaxFieldGroups, 8u);
+  EXPECT_EQ(kNoGroupTime, INT64_MIN);
   EXPECT_EQ(offsetof(AggregateCounters, outside_window), 48u) << "was reserved[0]: no layout change";
   EXPECT_EQ(sizeof(AggregateDescriptor), 128u);
   EXPECT_EQ(offsetof(AggregateDescriptor, fn), 64u);

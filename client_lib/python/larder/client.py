@@ -25,7 +25,7 @@ import weakref
 import numpy as np
 
 from . import _native as _n
-from .errors import (FieldNotFoundError, InvalidArgumentError, LarderError, NoValueError, NotFoundError,
+from .errors import (FieldNotFoundError, GroupNotFoundError, InvalidArgumentError, LarderError, NoValueError, NotFoundError,
                      from_code)
 
 _E_NO_SPACE = 9  # LARDER_E_NO_SPACE
@@ -144,6 +144,7 @@ _address = ctypes.addressof
 _char_view = ctypes.c_char.from_buffer
 
 _row_event_time = _n.larder_row_event_time_ms
+_NO_GROUP_TIME = -(1 << 63)  # LARDER_NO_GROUP_TIME: a group no update or delete has reached
 _row_apply_time = _n.larder_row_apply_unix_ns
 _U64 = struct.Struct("<Q").unpack_from
 _U32 = struct.Struct("<I").unpack_from
@@ -210,6 +211,22 @@ class Row:
         """Age of the data: now - event time, in ms (None when not found)."""
         s = self.status
         return _now_ms() - _row_event_time(self._handle.ptr, self._buf) if s == 0 or s == 2 else None
+
+    def group_event_time_ms(self, group):
+        """The newest event time applied to field group ``group`` (its fields'
+        updates, or a delete that cleared them); None when the row was not
+        found or the group was never written. GroupNotFoundError naming the
+        table's groups for an unknown group."""
+        g = self._table._group(group)
+        if not (self.status == 0 or self.status == 2):
+            return None
+        t = _n.larder_row_group_event_time_ms(self._handle.ptr, self._buf, g)
+        return None if t == _NO_GROUP_TIME else t
+
+    def group_age_ms(self, group):
+        """now - the group's event time, in ms; None as group_event_time_ms."""
+        t = self.group_event_time_ms(group)
+        return None if t is None else _now_ms() - t
 
     @property
     def stored_key(self):
@@ -298,15 +315,18 @@ class Batch:
     access); they stay valid as long as any of them is referenced.
     """
 
-    __slots__ = ("keys", "_plan", "_raw", "_n", "_values", "_vectors", "_status", "_times", "strings")
+    __slots__ = ("keys", "_plan", "_raw", "_n", "_values", "_vectors", "_status", "_times", "strings", "_groups",
+                 "_group_times")
 
-    def __init__(self, keys, plan, raw, n, strings=None):
+    def __init__(self, keys, plan, raw, n, strings=None, groups=(), group_times=None):
         self.keys = keys
         self._plan = plan
         self._raw = raw
         self._n = n
         self._values = self._vectors = self._status = self._times = None
         self.strings = strings if strings is not None else {}
+        self._groups = groups  # the table's field group names
+        self._group_times = group_times  # int64 (n, len(groups)), LARDER_NO_GROUP_TIME where none
 
     # Layout of _raw: values (8 n ncols), event times (8 n), vectors
     # (4 n dims), statuses (4 n); see Table.get_many.
@@ -350,7 +370,32 @@ class Batch:
         return v
 
     def __reduce__(self):
-        return Batch, (self.keys, _PlanShape(self._plan), self._raw, self._n)
+        return Batch, (self.keys, _PlanShape(self._plan), self._raw, self._n, None, self._groups, self._group_times)
+
+    @property
+    def groups(self):
+        """The table's field group names (empty for a table without groups)."""
+        return self._groups
+
+    def group_event_time_ms(self, group):
+        """int64 (n,): field group ``group``'s event time per key; 0 where the
+        key was not found or the group never written (as event_time_ms)."""
+        t = self._group_times[:, self._group_column(group)]
+        return np.where(self.found & (t != _NO_GROUP_TIME), t, 0)
+
+    def group_age_ms(self, group, now_ms=None):
+        """int64 (n,): now - the group's event time; -1 where the key was not
+        found or the group never written."""
+        now = _now_ms() if now_ms is None else now_ms
+        t = self._group_times[:, self._group_column(group)]
+        return np.where(self.found & (t != _NO_GROUP_TIME), now - t, -1)
+
+    def _group_column(self, group):
+        try:
+            return self._groups.index(group)
+        except ValueError:
+            raise GroupNotFoundError("this batch's table has no field group %r; it has: %s"
+                                     % (group, ", ".join(self._groups) or "none")) from None
 
     def __len__(self):
         return self._n
@@ -592,6 +637,9 @@ class Table:
         self._by_name = {f.name: f for f in fields}
         self._plans = {}  # fields (a tuple, or None for the default) -> _Plan
         self._get_into = _n.larder_get_into_raw  # see _INT_LIMIT
+        ngroups = _n.larder_table_group_count(handle) if _n.larder_get_groups is not None else 0
+        self.groups = tuple(_n.larder_table_group_name(handle, g).decode("utf-8") for g in range(ngroups))
+        self._group_index = {name: g for g, name in enumerate(self.groups)}
 
     def field(self, name):
         """The Field ``name``; FieldNotFoundError (a NotFoundError and a
@@ -603,6 +651,27 @@ class Table:
 
     def _no_field(self, name):
         return FieldNotFoundError("table %r has no field %r; it has: %s" % (self.name, name, ", ".join(self._by_name)))
+
+    def _group(self, name):
+        g = self._group_index.get(name)
+        if g is None:
+            raise GroupNotFoundError("table %r has no field group %r; it has: %s"
+                                     % (self.name, name, ", ".join(self.groups) or "none"))
+        return g
+
+    def group_fields(self, group):
+        """The names of the fields of field group ``group``."""
+        g = self._group(group)
+        h = self._live()
+        return [f.name for f in self.fields if _n.larder_field_group(h.ptr, f.index) == g]
+
+    def _group_bounds(self, bounds):
+        """{group: max_age_ms} as a C array of larder_group_max_age, and its length."""
+        arr = (_n.GroupMaxAge * max(len(bounds), 1))()
+        for i, (name, ms) in enumerate(bounds.items()):
+            arr[i].group = self._group(name)
+            arr[i].max_age_ms = int(ms)
+        return arr, len(bounds)
 
     def _key_error(self, key):
         return TypeError("table %r: a key is str or bytes, not %s (%r). Keys are the strings producers sent; for a "
@@ -616,7 +685,9 @@ class Table:
     def get(self, key, max_age_ms=0):
         """Reads one key (str or bytes) into a new Row. Never raises for a
         missing key: check ``row.status`` / ``row.found``. max_age_ms > 0
-        turns rows older than that into Status.STALE (still filled).
+        turns rows older than that into Status.STALE (still filled); a dict
+        {group: ms} bounds field groups instead, each on its own (a group
+        never written counts as too old), e.g. ``{"activity": 60_000}``.
         Lock-free, never blocks on the writer; holds the GIL (well under a
         microsecond in the library)."""
         k = key.encode("utf-8") if key.__class__ is str else key
@@ -625,12 +696,20 @@ class Table:
                 raise self._key_error(key)
             k = k.encode("utf-8") if isinstance(k, str) else bytes(k)  # subclasses
         buf = self._row_type()
+        if max_age_ms.__class__ is dict:
+            return self._get_groups(key, k, buf, max_age_ms)
         if not 0 <= max_age_ms < _INT_LIMIT:
             max_age_ms = ctypes.c_int64(max_age_ms)
         h = self._h  # held for the call: a close() meanwhile cannot free it
         if h is None:
             raise InvalidArgumentError("table %r is closed" % self.name)
         status = self._get_into(h.ptr, k, len(k), buf, max_age_ms, None)
+        return Row(self, key, buf, status, h)
+
+    def _get_groups(self, key, k, buf, bounds):
+        arr, n = self._group_bounds(bounds)
+        h = self._live()
+        status = _n.larder_get_groups(h.ptr, k, len(k), buf, 0, arr, n, None)
         return Row(self, key, buf, status, h)
 
     def stats(self):
@@ -664,7 +743,10 @@ class Table:
         Without string fields no per-key Python objects are made and the GIL
         is released while the library reads; string fields come back in
         ``batch.strings`` (object arrays) from one consistent read of each
-        key's row, a per-key loop (name the fields to leave them out)."""
+        key's row, a per-key loop (name the fields to leave them out).
+        A table with field groups also returns each group's event time per
+        key (``batch.group_event_time_ms(name)``), and max_age_ms may be a
+        dict {group: ms} as for get."""
         plan = self._plans.get(fields if fields is None or fields.__class__ is tuple else tuple(fields))
         if plan is None:
             plan = self._plan(fields)
@@ -674,6 +756,14 @@ class Table:
         n = len(keys)
         if plan.strings:
             return self._get_rows(h, keys, n, plan, max_age_ms, missing)
+        bounds, nbounds, group_times = None, 0, None
+        if self.groups:
+            group_times = np.empty((n, len(self.groups)), dtype=np.int64)
+            if max_age_ms.__class__ is dict:
+                bounds, nbounds = self._group_bounds(max_age_ms)
+                max_age_ms = 0
+        elif max_age_ms.__class__ is dict:
+            raise GroupNotFoundError("table %r has no field groups; max_age_ms is a number of ms" % self.name)
         key_buf, offsets, width = _pack_keys(keys, n, self)
         # One allocation for every output: float64 values, int64 event
         # times, float32 vectors, int32 statuses, in that order (aligned).
@@ -684,22 +774,31 @@ class Table:
             key_ptr = _address(_char_view(key_buf)) if key_buf.flags.writeable and key_len else key_buf.ctypes.data
         else:
             key_ptr, key_len = key_buf, len(key_buf)
-        code = self._gather(h, key_ptr, key_len, offsets, width, n, plan, base, missing, max_age_ms)
+        groups = (bounds, nbounds, group_times)
+        code = self._gather(h, key_ptr, key_len, offsets, width, n, plan, base, missing, max_age_ms, groups)
         if code != 0 and offsets is None and width == 0:
             # A key holds a NUL byte: pass explicit offsets instead.
             key_buf, offsets = _pack_offsets(keys, n, self)
-            code = self._gather(h, key_buf, len(key_buf), offsets, 0, n, plan, base, missing, max_age_ms)
+            code = self._gather(h, key_buf, len(key_buf), offsets, 0, n, plan, base, missing, max_age_ms, groups)
         if code != 0:
             raise from_code(code, "larder_gather refused its arguments (table %r)" % self.name)
-        return Batch(keys, plan, raw, n)
+        return Batch(keys, plan, raw, n, None, self.groups, group_times)
 
-    def _gather(self, h, key_ptr, key_len, offsets, width, n, plan, base, missing, max_age_ms):
+    def _gather(self, h, key_ptr, key_len, offsets, width, n, plan, base, missing, max_age_ms, groups):
         ncols = plan.ncols
         at_vectors = base + 8 * n * ncols + 8 * n
-        return _n.larder_gather(h.ptr, key_ptr, key_len, None if offsets is None else offsets.ctypes.data,
-                                width, n, plan.scalar_ptr, ncols, base, missing,
-                                plan.vector_ptr, plan.nvector, at_vectors if plan.nvector else None, missing,
-                                at_vectors + 4 * n * plan.dims, base + 8 * n * ncols, max_age_ms)
+        bounds, nbounds, group_times = groups
+        if group_times is None:
+            return _n.larder_gather(h.ptr, key_ptr, key_len, None if offsets is None else offsets.ctypes.data,
+                                    width, n, plan.scalar_ptr, ncols, base, missing,
+                                    plan.vector_ptr, plan.nvector, at_vectors if plan.nvector else None, missing,
+                                    at_vectors + 4 * n * plan.dims, base + 8 * n * ncols, max_age_ms)
+        return _n.larder_gather_groups(h.ptr, key_ptr, key_len, None if offsets is None else offsets.ctypes.data,
+                                       width, n, plan.scalar_ptr, ncols, base, missing,
+                                       plan.vector_ptr, plan.nvector, at_vectors if plan.nvector else None, missing,
+                                       at_vectors + 4 * n * plan.dims, base + 8 * n * ncols, max_age_ms,
+                                       None if bounds is None else ctypes.addressof(bounds), nbounds,
+                                       group_times.ctypes.data if n else None)
 
     def _get_rows(self, h, keys, n, plan, max_age_ms, missing):
         """get_many with string fields: each key's row read once (a
@@ -715,8 +814,13 @@ class Table:
         base = _address(_char_view(rows))
         status = np.empty(n, dtype=np.int32)
         get_into, handle = _n.larder_get_into, h.ptr
-        for i, k in enumerate(keys_list):
-            status[i] = get_into(handle, k, len(k), base + i * stride, max_age_ms, None)
+        if max_age_ms.__class__ is dict:
+            arr, nb = self._group_bounds(max_age_ms)
+            for i, k in enumerate(keys_list):
+                status[i] = _n.larder_get_groups(handle, k, len(k), base + i * stride, 0, arr, nb, None)
+        else:
+            for i, k in enumerate(keys_list):
+                status[i] = get_into(handle, k, len(k), base + i * stride, max_age_ms, None)
         rows = rows[:n]
         found = (status == 0) | (status == 2)
         vo = self._validity_offset
@@ -726,7 +830,14 @@ class Table:
             return found & (((word >> np.uint64(f.index & 63)) & np.uint64(1)) == 1)
 
         raw = np.empty(max(n * (8 * plan.ncols + 12 + 4 * plan.dims), 8), dtype=np.uint8)
-        batch = Batch(keys, plan, raw, n)
+        group_times = None
+        if self.groups:
+            group_times = np.full((n, len(self.groups)), _NO_GROUP_TIME, dtype=np.int64)
+            for i in range(n):
+                if found[i]:
+                    for g in range(len(self.groups)):
+                        group_times[i, g] = _n.larder_row_group_event_time_ms(handle, base + i * stride, g)
+        batch = Batch(keys, plan, raw, n, None, self.groups, group_times)
         for j, f in enumerate(plan.scalar_fields):
             if f.type == FieldType.BOOL:
                 v = (rows[:, f.offset] != 0).astype(np.float64)

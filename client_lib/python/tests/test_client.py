@@ -236,7 +236,7 @@ def test_permission_denied_is_a_permission_error(demo):
 def test_segment_info(demo):
     with larder.open("demo", demo) as seg:
         info = seg.info()
-        assert info["layout_version"] == 3 and info["state"] == 1 and info["state"] is larder.SegmentState.READY
+        assert info["layout_version"] == 4 and info["state"] == 1 and info["state"] is larder.SegmentState.READY
         assert info["writer_pid"] == 0  # the writer tool has exited
         assert not seg.writer_alive()
     with pytest.raises(larder.InvalidArgumentError, match="closed"):
@@ -303,7 +303,7 @@ def test_open_options_and_stats(demo):
     with pytest.raises(larder.SchemaMismatchError, match="%016x" % (fp ^ 1)):
         larder.open("demo", demo, expected_schema_fingerprint=fp ^ 1)
     assert larder.open("demo", demo, max_retries=1).table("users").get("u000002").ok
-    assert larder.abi_version() == (1, 1)
+    assert larder.abi_version() == (1, 2)
 
     users = seg.table("users")
     st = users.stats()
