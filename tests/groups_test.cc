@@ -333,6 +333,14 @@ TEST(GroupsSchema, TableWithoutGroupsKeepsItsLayout) {
   EXPECT_EQ(grouped.tables[0].group_count, 3u);
   EXPECT_EQ(grouped.tables[0].slot_bytes, layout::round_up(8 * (5 + 1 + 4 + 3) + 32, 64));
   EXPECT_NE(layout::Schema{{t}}.fingerprint(), layout::Schema{{fraud_table()}}.fingerprint());
+  // Naming "default" is naming no group.
+  layout::TableSpec named = t;
+  for (FieldSpec& f : named.fields) f.group = "default";
+  EXPECT_TRUE(named.group_names().empty());
+  EXPECT_EQ(layout::Schema{{named}}.fingerprint(), layout::Schema{{t}}.fingerprint());
+  layout::TableSpec mixed = fraud_table();
+  mixed.fields[3].group = "default";
+  EXPECT_EQ(layout::Schema{{mixed}}.fingerprint(), layout::Schema{{fraud_table()}}.fingerprint());
 }
 
 TEST(GroupsSchema, AtMostEightGroups) {

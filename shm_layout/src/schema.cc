@@ -100,8 +100,10 @@ std::vector<FieldSpec> TableSpec::all_fields() const {
 std::vector<std::string> TableSpec::group_names() const {
   std::vector<std::string> names;
   const std::vector<FieldSpec> all = all_fields();
+  // Naming kDefaultGroup is naming no group: a table whose fields name only
+  // it has no groups, and its fingerprint is the same either way.
   bool any = false;
-  for (const FieldSpec& f : all) any = any || !f.group.empty();
+  for (const FieldSpec& f : all) any = any || (!f.group.empty() && f.group != kDefaultGroup);
   if (!any) return names;
   for (const FieldSpec& f : all) {
     const std::string g = f.group.empty() ? kDefaultGroup : f.group;
@@ -310,12 +312,13 @@ uint64_t Schema::fingerprint() const {
              " load " + std::to_string(static_cast<uint64_t>(std::llround(t.max_load_factor * 1e6))) + "\n";
     for (const FieldSpec& f : t.fields) {
       canon += " field " + f.name + " " + field_type_name(f.type) + " " + std::to_string(f.count) +
-               (f.group.empty() ? "" : " group " + f.group) + "\n";
+               (f.group.empty() || f.group == kDefaultGroup ? "" : " group " + f.group) + "\n";
     }
     for (const AggregateSpec& a : t.aggregates) {
       canon += " aggregate " + a.name + " " + a.source + " " + aggregate_fn_name(a.fn) + " " +
                std::to_string(a.window_ms) + " " + std::to_string(t.resolution_of(a)) + " " +
-               std::to_string(static_cast<uint32_t>(a.end)) + (a.group.empty() ? "" : " group " + a.group) + "\n";
+               std::to_string(static_cast<uint32_t>(a.end)) +
+               (a.group.empty() || a.group == kDefaultGroup ? "" : " group " + a.group) + "\n";
     }
     if (!t.aggregates.empty()) {
       canon += " lateness " + std::to_string(t.allowed_lateness_ms) + " dedup " + std::to_string(t.dedup_capacity) +
