@@ -1,6 +1,6 @@
 // Writes the seed corpus of the read-side fuzzer (read_segment_fuzz.cc):
 // small real segments made with the writer, one file each, covering every
-// field type, aggregates and the dedup set, tombstones, strings, vectors,
+// field type, aggregates and the dedup set, field groups, tombstones, strings, vectors,
 // several tables, stream positions and the sync state, and the records a
 // killed writer leaves (an odd slot under the undo record, an armed
 // aggregate journal, a pending position).
@@ -89,6 +89,42 @@ layout::TableSpec events_table() {
   t.dedup_capacity = 8;
   t.dedup_horizon_ms = 60'000;
   return t;
+}
+
+// Field groups: a profile and an activity group, the default group, and an
+// aggregate in the activity group.
+layout::TableSpec cards_table() {
+  layout::TableSpec t;
+  t.name = "cards";
+  t.key_max_len = 8;
+  t.capacity = 3;
+  t.fields = {{"limit", FieldType::kFloat64, 1, "profile"},
+              {"amount", FieldType::kFloat64, 1, "activity"},
+              {"country", FieldType::kString, 2, ""}};
+  layout::AggregateSpec n;
+  n.name = "n";
+  n.source = "amount";
+  n.fn = AggregateFn::kCount;
+  n.window_ms = 60'000;
+  n.resolution_ms = 10'000;
+  n.end = layout::WindowEnd::kLatestEvent;
+  n.group = "activity";
+  t.aggregates = {n};
+  t.dedup_capacity = 8;
+  t.dedup_horizon_ms = 60'000;
+  return t;
+}
+
+void fill_cards(Writer& w, uint32_t table) {
+  const int amount = w.source_index(table, "amount");
+  const FieldValue act[] = {FieldValue::float64(1, 12.5)};
+  const SourceValue in[] = {{static_cast<uint32_t>(amount), 12.5}};
+  w.apply(table, "c1", kT0 + 5000, act, in, 0, (kT0 + 5000) * 1'000'000);
+  const FieldValue prof[] = {FieldValue::float64(0, 3000.0), FieldValue::string(2, "fr")};
+  w.apply(table, "c1", kT0, prof, {}, 0, (kT0 + 5000) * 1'000'000);  // older, another group: applies
+  w.apply(table, "c2", kT0 + 1, prof, {}, 0, (kT0 + 5000) * 1'000'000);
+  w.apply(table, "c2", kT0 + 2, act, in, 0, (kT0 + 5000) * 1'000'000);
+  w.remove(table, "c2", kT0 + 1, (kT0 + 5000) * 1'000'000);  // clears profile and default, keeps activity
 }
 
 void fill_users(Writer& w, uint32_t table) {
@@ -219,6 +255,10 @@ int main(int argc, char** argv) {
   layout::Schema events;
   events.tables = {events_table()};
   save(out, "seed-aggregates", build(name, events, [](Writer& w) { fill_events(w, 0); }));
+
+  layout::Schema cards;
+  cards.tables = {cards_table()};
+  save(out, "seed-groups", build(name, cards, [](Writer& w) { fill_cards(w, 0); }));
 
   layout::Schema several;
   several.tables = {users_table(), items_table(), events_table()};

@@ -696,6 +696,113 @@ static void check_live_writer(void) {
   larder_close(seg);
 }
 
+/* Field groups (1.2): a table without them, then the "cards" table of the writer tool's "groups" schema,
+ * whose group times are set relative to `at`. */
+static void check_groups(larder_table* users) {
+  uint32_t g = 7;
+  CHECK(larder_table_group_count(users) == 0);
+  CHECK(larder_table_group_name(users, 0) == NULL);
+  CHECK(larder_group_lookup(users, "profile", &g) == LARDER_E_NOT_FOUND && g == LARDER_NO_GROUP);
+  CHECK(larder_field_group(users, 0) == LARDER_NO_GROUP);
+  CHECK(larder_table_group_count(NULL) == 0);
+
+  const int64_t at = larder_now_unix_ms();
+  char at_text[32];
+  snprintf(at_text, sizeof at_text, "%lld", (long long)at);
+  char* const argv[] = {
+      (char*)writer_tool, "write", "--segment", "larder-c-abi-cards", "--dir", dir, "--schema", "groups",
+      "--at-ms",          at_text, NULL};
+  REQUIRE(run_writer(argv));
+  char err[256];
+  larder_segment* seg = NULL;
+  REQUIRE(larder_open("larder-c-abi-cards", dir, &seg, err, sizeof err) == LARDER_E_OK);
+  larder_table* cards = NULL;
+  REQUIRE(larder_table_open(seg, "cards", &cards, err, sizeof err) == LARDER_E_OK);
+  CHECK(larder_table_group_count(cards) == 3);
+  CHECK(strcmp(larder_table_group_name(cards, 0), "profile") == 0);
+  CHECK(strcmp(larder_table_group_name(cards, 1), "activity") == 0);
+  CHECK(strcmp(larder_table_group_name(cards, 2), "default") == 0);
+  CHECK(larder_table_group_name(cards, 3) == NULL);
+  uint32_t profile = 9, activity = 9;
+  CHECK(larder_group_lookup(cards, "profile", &profile) == LARDER_E_OK && profile == 0);
+  CHECK(larder_group_lookup(cards, "activity", &activity) == LARDER_E_OK && activity == 1);
+  CHECK(larder_group_lookup(cards, NULL, &g) == LARDER_E_INVALID_ARGUMENT);
+  uint32_t limit_field = 0, amount_field = 0;
+  REQUIRE(larder_field_lookup(cards, "credit_limit", &limit_field) == LARDER_E_OK);
+  REQUIRE(larder_field_lookup(cards, "last_amount", &amount_field) == LARDER_E_OK);
+  CHECK(larder_field_group(cards, limit_field) == profile);
+  CHECK(larder_field_group(cards, amount_field) == activity);
+  CHECK(larder_field_group(cards, 99) == LARDER_NO_GROUP);
+
+  uint64_t* row = aligned_alloc(8, (larder_table_row_bytes(cards) + 7) / 8 * 8);
+  REQUIRE(row != NULL);
+  const int64_t day = 24LL * 3600 * 1000;
+  /* card:1: the older profile update applied although activity was newer. */
+  larder_read_result r;
+  CHECK(larder_get_groups(cards, "card:1", 6, row, NULL, NULL, 0, &r, NULL) == LARDER_OK && r.event_time_ms == at - 1000);
+  CHECK(larder_row_float64(cards, row, limit_field) == 3000.0);
+  CHECK(larder_row_group_event_time_ms(cards, row, profile) == at - 3 * day);
+  CHECK(larder_row_group_event_time_ms(cards, row, activity) == at - 1000);
+  CHECK(larder_row_group_event_time_ms(cards, row, 2) == LARDER_NO_GROUP_TIME);
+  CHECK(larder_row_group_event_time_ms(cards, row, 3) == LARDER_NO_GROUP_TIME);
+  CHECK(larder_row_group_event_time_ms(NULL, row, 0) == LARDER_NO_GROUP_TIME);
+  /* Per-group bounds: profile is three days old, activity a second. */
+  const larder_group_max_age fresh_activity[] = {{activity, 0, 60000}};
+  CHECK(larder_get_groups(cards, "card:1", 6, row, NULL, fresh_activity, 1, NULL, NULL) == LARDER_OK);
+  const larder_group_max_age fresh_profile[] = {{profile, 0, 60000}};
+  CHECK(larder_get_groups(cards, "card:1", 6, row, NULL, fresh_profile, 1, &r, NULL) == LARDER_STALE);
+  CHECK(larder_row_float64(cards, row, limit_field) == 3000.0); /* filled */
+  const larder_group_max_age bad[] = {{5, 0, 1}};
+  CHECK(larder_get_groups(cards, "card:1", 6, row, NULL, bad, 1, &r, NULL) == LARDER_INVALID_KEY);
+  CHECK(larder_get_groups(cards, "card:1", 6, row, NULL, NULL, 1, NULL, NULL) == LARDER_INVALID_KEY);
+  /* card:3: the delete cleared profile and kept the newer activity. */
+  CHECK(larder_get_groups(cards, "card:3", 6, row, NULL, NULL, 0, &r, NULL) == LARDER_OK);
+  CHECK(!larder_row_valid(cards, row, limit_field) && larder_row_valid(cards, row, amount_field));
+  CHECK(larder_row_group_event_time_ms(cards, row, profile) == at - 3000);
+  CHECK(larder_get_groups(cards, "card:4", 6, row, NULL, NULL, 0, NULL, NULL) == LARDER_NOT_FOUND);
+  /* Read options and group bounds together: the row's own bound by its
+   * computed age (a table without aggregates computes at apply: just now),
+   * and the computed-at instant returned. */
+  larder_read_options computed;
+  memset(&computed, 0, sizeof computed);
+  computed.size = sizeof computed;
+  computed.age_of = LARDER_AGE_OF_COMPUTED;
+  computed.max_age_ms = 3600000;
+  int64_t computed_at = 0;
+  CHECK(larder_get_groups(cards, "card:1", 6, row, &computed, fresh_activity, 1, &r, &computed_at) == LARDER_OK);
+  CHECK(computed_at == r.apply_unix_ns / 1000000);
+  CHECK(larder_get_groups(cards, "card:1", 6, row, &computed, fresh_profile, 1, NULL, &computed_at) == LARDER_STALE);
+  computed.age_of = 7;
+  CHECK(larder_get_groups(cards, "card:1", 6, row, &computed, NULL, 0, NULL, &computed_at) == LARDER_INVALID_KEY);
+  CHECK(computed_at == 0);
+
+  /* A batch: values, statuses and each key's group times from one read. */
+  const char keys[] = "card:1\0card:2\0card:4\0";
+  double values[3];
+  int32_t status[3];
+  int64_t times[3 * 3];
+  CHECK(larder_gather_groups(cards, keys, sizeof keys - 1, NULL, 0, 3, &limit_field, 1, values, -1.0, NULL, 0, NULL,
+                             0.0f, status, NULL, NULL, fresh_profile, 1, NULL, times) == LARDER_E_OK);
+  CHECK(status[0] == LARDER_STALE && status[1] == LARDER_OK && status[2] == LARDER_NOT_FOUND);
+  CHECK(values[0] == 3000.0 && values[1] == 500.0 && values[2] == -1.0);
+  CHECK(times[0 * 3 + 0] == at - 3 * day && times[0 * 3 + 1] == at - 1000);
+  CHECK(times[1 * 3 + 0] == at - 1000 && times[1 * 3 + 1] == at - 3 * day);
+  CHECK(times[2 * 3 + 0] == LARDER_NO_GROUP_TIME);
+  CHECK(larder_gather_groups(cards, keys, sizeof keys - 1, NULL, 0, 3, &limit_field, 1, values, -1.0, NULL, 0, NULL,
+                             0.0f, status, NULL, NULL, bad, 1, NULL, times) == LARDER_E_INVALID_ARGUMENT);
+  CHECK(larder_gather_groups(cards, keys, sizeof keys - 1, NULL, 0, 3, &limit_field, 1, values, -1.0, NULL, 0, NULL,
+                             0.0f, status, NULL, &computed, NULL, 0, NULL, times) == LARDER_E_INVALID_ARGUMENT);
+  computed.age_of = LARDER_AGE_OF_COMPUTED;
+  int64_t computed_many[3];
+  CHECK(larder_gather_groups(cards, keys, sizeof keys - 1, NULL, 0, 3, &limit_field, 1, values, -1.0, NULL, 0, NULL,
+                             0.0f, status, NULL, &computed, NULL, 0, computed_many, NULL) == LARDER_E_OK);
+  CHECK(status[0] == LARDER_OK && status[1] == LARDER_OK && status[2] == LARDER_NOT_FOUND);
+  CHECK(computed_many[0] > 0 && computed_many[1] > 0 && computed_many[2] == 0);
+  free(row);
+  larder_table_close(cards);
+  larder_close(seg);
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: %s PATH-TO-larder-test-writer\n", argv[0]);
@@ -734,6 +841,7 @@ int main(int argc, char** argv) {
   check_fields(users, &f);
   check_table_stats(users, written_after_ms, written_before_ms);
   check_rows(users, &f, written_before_ms);
+  check_groups(users);
   larder_table_close(users);
   larder_table_close(NULL);
   larder_close(seg);

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "config/config.h"  // the sidecar's parser, for `schema` round trips
+#include "larder/layout/clock.h"
 #include "larder/layout/segment_file.h"
 #include "larder/writer/writer.h"
 #include "support/progress.h"
@@ -439,6 +440,84 @@ TEST(LarderctlAggregates, SchemaRoundTripsAndSizeCountsTheState) {
   EXPECT_NE(r.out.find("\"total_bytes\":" + std::to_string(st.st_size)), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"dedup_bytes\":65536"), std::string::npos) << "4096 ids of 16 bytes: " << r.out;
   std::remove(config.c_str());
+}
+
+// A segment with field groups: `schema` round trips the groups, `size`
+// counts their words, and get, dump and info show each group.
+TEST(LarderctlGroups, SchemaRoundTripsAndReadsShowGroups) {
+  testing::ScratchSegment seg;
+  layout::TableSpec t;
+  t.name = "cards";
+  t.capacity = 100;
+  t.fields = {{"credit_limit", FieldType::kFloat64, 1, "profile"},
+              {"last_amount", FieldType::kFloat64, 1, "activity"},
+              {"country", FieldType::kString, 4, ""}};
+  layout::AggregateSpec n;
+  n.name = "tx_1h";
+  n.source = "last_amount";
+  n.fn = layout::AggregateFn::kCount;
+  n.window_ms = 3'600'000;
+  n.group = "activity";
+  t.aggregates = {n};
+  layout::Schema schema;
+  schema.tables = {t};
+  auto writer = Writer::open(seg.name(), schema, seg.writer_options());
+  const int64_t now = layout::now_unix_ns() / 1'000'000;
+  const FieldValue limit[] = {FieldValue::float64(0, 3000.0)};
+  ASSERT_EQ(writer->apply(0, "card:1", now - 86'400'000, limit, {}, 0), ApplyResult::kApplied);
+  const FieldValue amount[] = {FieldValue::float64(1, 12.5)};
+  const SourceValue in[] = {{0, 12.5}};
+  ASSERT_EQ(writer->apply(0, "card:1", now - 1000, amount, in, 0), ApplyResult::kApplied);
+
+  const CtlRun yaml = larderctl("--dir " + seg.dir() + " schema " + seg.name());
+  ASSERT_EQ(yaml.code, 0) << yaml.out;
+  EXPECT_NE(yaml.out.find("{name: credit_limit, type: float64, group: profile}"), std::string::npos) << yaml.out;
+  EXPECT_NE(yaml.out.find("{name: country, type: string, max_len: 4}"), std::string::npos) << yaml.out;
+  EXPECT_NE(yaml.out.find("window: 1h, group: activity}"), std::string::npos) << yaml.out;
+  const std::string rabbitmq =
+      "rabbitmq:\n  url: amqp://guest@127.0.0.1:5672/\n"
+      "  password_env: LARDERCTL_TEST_UNSET_PASSWORD_VARIABLE\n  queue: {name: q}\n";
+  const sidecar::Config parsed =
+      sidecar::parse_config(yaml.out + rabbitmq, "schema output", sidecar::ConfigLoad{.require_secrets = false});
+  EXPECT_EQ(parsed.schema().fingerprint(), schema.fingerprint()) << yaml.out;
+  const CtlRun json = larderctl("--dir " + seg.dir() + " --json schema " + seg.name());
+  EXPECT_NE(json.out.find("\"name\":\"credit_limit\",\"type\":\"float64\",\"group\":\"profile\""), std::string::npos)
+      << json.out;
+  const std::string config = "/tmp/" + seg.name() + ".yaml";
+  std::ofstream(config) << yaml.out << rabbitmq;
+  const CtlRun size = larderctl("size --config " + config + " --json");
+  std::remove(config.c_str());
+  struct stat st;
+  ASSERT_EQ(::stat(layout::segment_path(seg.dir(), seg.name()).c_str(), &st), 0);
+  EXPECT_NE(size.out.find("\"total_bytes\":" + std::to_string(st.st_size)), std::string::npos) << size.out;
+
+  const std::string at = "--dir " + seg.dir() + " --at-ms " + std::to_string(now) + " ";
+  const CtlRun get = larderctl(at + "get " + seg.name() + " cards card:1");
+  ASSERT_EQ(get.code, 0) << get.out;
+  EXPECT_NE(get.out.find("group profile: event time " + std::to_string(now - 86'400'000) + " (age 86400000 ms)"),
+            std::string::npos)
+      << get.out;
+  EXPECT_NE(get.out.find("group default: never written"), std::string::npos) << get.out;
+  const CtlRun get_json = larderctl(at + "--json get " + seg.name() + " cards card:1");
+  EXPECT_NE(get_json.out.find("\"groups\":{\"profile\":{\"event_time_ms\":" + std::to_string(now - 86'400'000) +
+                              ",\"age_ms\":86400000},\"activity\":{\"event_time_ms\":" + std::to_string(now - 1000) +
+                              ",\"age_ms\":1000},\"default\":{\"event_time_ms\":null,\"age_ms\":null}}"),
+            std::string::npos)
+      << get_json.out;
+  const CtlRun dump = larderctl(at + "dump " + seg.name() + " cards --format csv");
+  EXPECT_NE(dump.out.find("key,event_time_ms,apply_unix_ns,profile.event_time_ms,activity.event_time_ms,"
+                          "default.event_time_ms,credit_limit"),
+            std::string::npos)
+      << dump.out;
+  EXPECT_NE(dump.out.find(std::to_string(now - 86'400'000) + "," + std::to_string(now - 1000) + ",,"),
+            std::string::npos)
+      << dump.out;
+  const CtlRun info = larderctl(at + "info " + seg.name());
+  EXPECT_NE(info.out.find("field groups: profile (1 field), activity (2 fields), default (1 field)"), std::string::npos)
+      << info.out;
+  const CtlRun info_json = larderctl(at + "--json info " + seg.name());
+  EXPECT_NE(info_json.out.find("\"groups\":[{\"name\":\"profile\",\"fields\":[\"credit_limit\"]}"), std::string::npos)
+      << info_json.out;
 }
 
 // `size` breaks the bytes down by aggregate and dedup set, from the same

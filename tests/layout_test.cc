@@ -108,7 +108,14 @@ TEST(Layout, DescriptorOffsets) {
   EXPECT_EQ(offsetof(TableDescriptor, count_armed), 336u);
   EXPECT_EQ(offsetof(TableDescriptor, count_live), 344u);
   EXPECT_EQ(offsetof(TableDescriptor, count_tombstones), 352u);
-  EXPECT_EQ(offsetof(TableDescriptor, reserved1), 360u);
+  // Version 4: field groups took the rest of them.
+  EXPECT_EQ(offsetof(TableDescriptor, group_count), 360u);
+  EXPECT_EQ(offsetof(TableDescriptor, groups_offset), 368u);
+  EXPECT_EQ(offsetof(TableDescriptor, reserved1), 376u);
+  EXPECT_EQ(offsetof(FieldDescriptor, group), 88u);
+  EXPECT_EQ(sizeof(GroupDescriptor), 64u);
+  EXPECT_EQ(kMaxFieldGroups, 8u);
+  EXPECT_EQ(kNoGroupTime, INT64_MIN);
   EXPECT_EQ(offsetof(AggregateCounters, outside_window), 48u) << "was reserved[0]: no layout change";
   EXPECT_EQ(offsetof(AggregateCounters, refreshed_through_ms), 56u) << "was reserved[1]: no layout change";
   EXPECT_EQ(sizeof(AggregateDescriptor), 128u);

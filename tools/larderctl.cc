@@ -282,6 +282,23 @@ int cmd_ls(const Globals& g) {
   return unreadable ? kExitOpen : kExitOk;
 }
 
+// A table's field groups as a JSON member, "" for a table without.
+std::string groups_json(const Table& t) {
+  if (t.groups().empty()) return "";
+  std::string out = ",\"groups\":[";
+  for (const Group& grp : t.groups()) {
+    out += std::string(grp.index ? "," : "") + "{\"name\":" + json_string(grp.name) + ",\"fields\":[";
+    bool first = true;
+    for (const Field& f : t.fields()) {
+      if (f.group != grp.index) continue;
+      out += std::string(first ? "" : ",") + json_string(f.name);
+      first = false;
+    }
+    out += "]}";
+  }
+  return out + "]";
+}
+
 int cmd_info(const Globals& g, const std::string& name) {
   Opened o = open_segment(g, name);
   const SegmentInfo i = o.segment.info();
@@ -317,7 +334,7 @@ int cmd_info(const Globals& g, const std::string& name) {
                    ",\"stale_ignored\":" + std::to_string(st.stale_ignored) +
                    ",\"full_rejected\":" + std::to_string(st.full_rejected) +
                    ",\"last_update_age_ms\":" + std::to_string(age_ms(st.last_apply_unix_ns)) +
-                   ",\"max_event_time_ms\":" + std::to_string(st.max_event_time_ms) +
+                   ",\"max_event_time_ms\":" + std::to_string(st.max_event_time_ms) + groups_json(table) +
                    ",\"probe_length\":{\"p50\":" + std::to_string(p50) + ",\"p99\":" + std::to_string(p99) +
                    ",\"max\":" + std::to_string(scan.max_probe) + ",\"histogram\":" + probes_json + "}";
     if (st.aggregates > 0) {
@@ -345,6 +362,16 @@ int cmd_info(const Globals& g, const std::string& name) {
         st.last_apply_unix_ns == 0 ? "never" : (std::to_string(age_ms(st.last_apply_unix_ns)) + " ms ago").c_str(), p50,
         p99, scan.max_probe);
     text += line;
+    if (!table.groups().empty()) {
+      text += "    field groups:";
+      for (const Group& grp : table.groups()) {
+        text += std::string(grp.index ? ", " : " ") + std::string(grp.name) + " (";
+        uint32_t n = 0;
+        for (const Field& f : table.fields()) n += f.group == grp.index;
+        text += std::to_string(n) + (n == 1 ? " field)" : " fields)");
+      }
+      text += "\n";
+    }
     if (st.aggregates > 0) {
       std::snprintf(line, sizeof line,
                     "    %u aggregates: %" PRIu64 " events, %" PRIu64 " late dropped, %" PRIu64
@@ -414,6 +441,7 @@ int cmd_schema(const Globals& g, const std::string& name) {
                field_type_name(fs.type) + "\"";
         if (fs.type == FieldType::kFloat32Vector) out += ",\"dims\":" + std::to_string(fs.count);
         if (fs.type == FieldType::kString) out += ",\"max_len\":" + std::to_string(fs.count);
+        if (!fs.group.empty()) out += ",\"group\":" + json_string(fs.group);
         out += "}";
       }
       out += "]";
@@ -425,7 +453,8 @@ int cmd_schema(const Globals& g, const std::string& name) {
                  ",\"source\":" + json_string(as.source) + ",\"fn\":\"" + aggregate_fn_name(as.fn) +
                  "\",\"window_ms\":" + std::to_string(as.window_ms) +
                  ",\"resolution_ms\":" + std::to_string(s.resolution_of(as)) + ",\"end\":\"" +
-                 (as.end == WindowEnd::kNow ? "now" : "latest_event") + "\"}";
+                 (as.end == WindowEnd::kNow ? "now" : "latest_event") + "\"" +
+                 (as.group.empty() ? "" : ",\"group\":" + json_string(as.group)) + "}";
         }
         out += "],\"allowed_lateness_ms\":" + std::to_string(s.lateness_ms()) +
                ",\"dedup\":{\"horizon_ms\":" + std::to_string(s.dedup_horizon()) +
@@ -446,6 +475,7 @@ int cmd_schema(const Globals& g, const std::string& name) {
       std::printf("      - {name: %s, type: %s", f.name.c_str(), field_type_name(f.type));
       if (f.type == FieldType::kFloat32Vector) std::printf(", dims: %u", f.count);
       if (f.type == FieldType::kString) std::printf(", max_len: %u", f.count);
+      if (!f.group.empty()) std::printf(", group: %s", f.group.c_str());
       std::printf("}\n");
     }
     // Durations as the parser reads them (1h, 10m, 7d) and only the settings
@@ -459,6 +489,7 @@ int cmd_schema(const Globals& g, const std::string& name) {
       if (a.resolution_ms != 0)
         std::printf(", resolution: %s", larder::sidecar::format_duration(a.resolution_ms).c_str());
       if (a.end == WindowEnd::kLatestEvent) std::printf(", end: latest_event");
+      if (!a.group.empty()) std::printf(", group: %s", a.group.c_str());
       std::printf("}\n");
     }
     if (s.allowed_lateness_ms != 0)
@@ -478,12 +509,28 @@ int cmd_schema(const Globals& g, const std::string& name) {
   return kExitOk;
 }
 
+// A group's event time and age as JSON members; null for a group never written.
+std::string group_time_json(const RowView& row, const Group& grp, int64_t now_ms) {
+  const int64_t t = row.group_event_time_ms(grp);
+  if (t == layout::kNoGroupTime) return "\"event_time_ms\":null,\"age_ms\":null";
+  return "\"event_time_ms\":" + std::to_string(t) + ",\"age_ms\":" + std::to_string(row.group_age_ms(grp, now_ms));
+}
+
 std::string row_json(const Table& t, std::string_view key, const RowView& row, const char* status, int64_t now_ms) {
   std::string out = "{\"key\":" + json_string(key) + ",\"status\":\"" + status + "\"";
   if (row.event_time_ms() != 0 || std::string_view(status) == "ok" || std::string_view(status) == "stale") {
     out += ",\"event_time_ms\":" + std::to_string(row.event_time_ms()) +
            ",\"age_ms\":" + std::to_string(saturating_sub(now_ms, row.event_time_ms())) +
-           ",\"apply_unix_ns\":" + std::to_string(row.apply_unix_ns()) + ",\"fields\":{";
+           ",\"apply_unix_ns\":" + std::to_string(row.apply_unix_ns());
+    if (!t.groups().empty()) {
+      out += ",\"groups\":{";
+      for (const Group& grp : t.groups()) {
+        out +=
+            std::string(grp.index ? "," : "") + json_string(grp.name) + ":{" + group_time_json(row, grp, now_ms) + "}";
+      }
+      out += "}";
+    }
+    out += ",\"fields\":{";
     bool first = true;
     for (const Field& f : t.fields()) {
       out += std::string(first ? "" : ",") + json_string(f.name) + ":" + value_json(row, f);
@@ -519,6 +566,15 @@ int cmd_get(const Globals& g, const std::string& name, const std::string& table_
     std::printf("%s: %s, event time %" PRId64 " (age %" PRId64 " ms), applied %" PRId64 " ms ago\n", key.c_str(),
                 status_name(r.status), r.event_time_ms, r.age_ms(now),
                 saturating_sub(now * 1'000'000, r.apply_unix_ns) / 1'000'000);
+    for (const Group& grp : t.groups()) {
+      const int64_t gt = row.group_event_time_ms(grp);
+      if (gt == layout::kNoGroupTime) {
+        std::printf("  group %.*s: never written\n", static_cast<int>(grp.name.size()), grp.name.data());
+      } else {
+        std::printf("  group %.*s: event time %" PRId64 " (age %" PRId64 " ms)\n", static_cast<int>(grp.name.size()),
+                    grp.name.data(), gt, row.group_age_ms(grp, now));
+      }
+    }
     for (const Field& f : t.fields()) {
       std::printf("  %-24.*s %-8s %s\n", static_cast<int>(f.name.size()), f.name.data(), field_type_name(f.type),
                   value_text(row, f).c_str());
@@ -543,6 +599,7 @@ int cmd_dump(const Globals& g, const std::string& name, const std::string& table
   const bool csv = format == "csv";
   if (csv) {
     std::printf("key,event_time_ms,apply_unix_ns");
+    for (const Group& grp : t.groups()) std::printf(",%s", csv_cell(std::string(grp.name) + ".event_time_ms").c_str());
     for (const Field& f : t.fields()) std::printf(",%s", csv_cell(std::string(f.name)).c_str());
     std::printf("\n");
   }
@@ -565,6 +622,10 @@ int cmd_dump(const Globals& g, const std::string& name, const std::string& table
     if (csv) {
       std::string line = csv_cell(std::string(row.key())) + "," + std::to_string(row.event_time_ms()) + "," +
                          std::to_string(row.apply_unix_ns());
+      for (const Group& grp : t.groups()) {
+        const int64_t gt = row.group_event_time_ms(grp);
+        line += "," + (gt == layout::kNoGroupTime ? std::string() : std::to_string(gt));
+      }
       for (const Field& f : t.fields()) {
         std::string cell;
         if (row.valid(f)) cell = f.type == FieldType::kString ? std::string(row.string(f)) : value_json(row, f);

@@ -247,6 +247,15 @@ class Checker {
                ", above its max_len " + std::to_string(fd.count);
       }
     }
+    // Field groups: the row's event time is the newest of its groups'.
+    const auto row_time = static_cast<int64_t>(words[kSlotEventTimeWord - kSlotMetaWord]);
+    for (uint32_t grp = 0; grp < g.group_count; ++grp) {
+      const auto t = static_cast<int64_t>(words[g.group_word_offset() + grp - kSlotMetaWord]);
+      if (t > row_time) {
+        return where + ": group " + std::string(fixed_name(group_descriptor(base_, d, grp).name)) + " event time " +
+               std::to_string(t) + " is newer than the row's " + std::to_string(row_time);
+      }
+    }
     const std::string_view key(reinterpret_cast<const char*>(words + g.key_word_offset() - kSlotMetaWord), key_len);
     if (((hash_key(key, g.hash_seed) ^ meta) & ~kMetaStateMask) != 0) {
       return where + ": stored hash does not match key " + quoted(key);

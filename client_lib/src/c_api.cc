@@ -48,6 +48,9 @@ static_assert(sizeof(larder_table_stats_t) == 144 && offsetof(larder_table_stats
               offsetof(larder_table_stats_t, refreshed_through_ms) == 136);
 static_assert(sizeof(larder_read_options) == 16 && offsetof(larder_read_options, max_age_ms) == 8);
 static_assert(LARDER_NOT_FOUND == static_cast<int>(larder::Status::kNotFound));
+static_assert(LARDER_MAX_GROUPS == larder::layout::kMaxFieldGroups);
+static_assert(LARDER_NO_GROUP_TIME == larder::layout::kNoGroupTime);
+static_assert(sizeof(larder_group_max_age) == 16 && offsetof(larder_group_max_age, max_age_ms) == 8);
 static_assert(LARDER_STALE == static_cast<int>(larder::Status::kStale));
 static_assert(LARDER_BUSY == static_cast<int>(larder::Status::kBusy));
 static_assert(LARDER_INVALID_KEY == static_cast<int>(larder::Status::kInvalidKey));
@@ -208,6 +211,18 @@ void get_many_chunked(const larder_table* table, const void* const* keys, const 
       for (size_t i = 0; i < m; ++i) computed_at_ms[base + i] = rs[i].found() ? rs[i].computed_at_ms : 0;
     }
   }
+}
+
+// The C bounds as C++ ones: their count, or -1 when one names a group the
+// table does not have or more bounds than groups are given.
+int group_bounds(const larder_table* t, const larder_group_max_age* in, size_t n, larder::GroupMaxAge* out) {
+  const size_t groups = t->table.groups().size();
+  if (n > groups) return -1;
+  for (size_t i = 0; i < n; ++i) {
+    if (in[i].group >= groups) return -1;
+    out[i] = larder::GroupMaxAge{in[i].group, in[i].max_age_ms};
+  }
+  return static_cast<int>(n);
 }
 
 }  // namespace
@@ -535,6 +550,57 @@ const char* larder_row_string(const larder_table* table, const void* row, uint32
   return s.data();
 }
 
+uint32_t larder_table_group_count(const larder_table* table) {
+  return table == nullptr ? 0 : static_cast<uint32_t>(table->table.groups().size());
+}
+
+const char* larder_table_group_name(const larder_table* table, uint32_t group) {
+  if (table == nullptr || group >= table->table.groups().size()) return nullptr;
+  return table->table.groups()[group].name.data();  // NUL-terminated in the mapping
+}
+
+int larder_group_lookup(const larder_table* table, const char* name, uint32_t* index) {
+  if (index != nullptr) *index = LARDER_NO_GROUP;
+  if (table == nullptr || name == nullptr || index == nullptr) return LARDER_E_INVALID_ARGUMENT;
+  for (const larder::Group& g : table->table.groups()) {
+    if (g.name == name) {
+      *index = g.index;
+      return LARDER_E_OK;
+    }
+  }
+  return LARDER_E_NOT_FOUND;
+}
+
+uint32_t larder_field_group(const larder_table* table, uint32_t field) {
+  if (table == nullptr || field >= table->table.fields().size() || table->table.groups().empty())
+    return LARDER_NO_GROUP;
+  return table->table.fields()[field].group;
+}
+
+int64_t larder_row_group_event_time_ms(const larder_table* table, const void* row, uint32_t group) {
+  if (table == nullptr || row == nullptr || group >= table->table.groups().size()) return LARDER_NO_GROUP_TIME;
+  return view(table, row).group_event_time_ms(table->table.groups()[group]);
+}
+
+int32_t larder_get_groups(const larder_table* table, const void* key, size_t key_len, void* row,
+                          const larder_read_options* options, const larder_group_max_age* group_max_age,
+                          size_t ngroup_max_age, larder_read_result* result, int64_t* computed_at_ms) {
+  larder::ReadOptions o;
+  larder::ReadResult r;
+  r.status = larder::Status::kInvalidKey;
+  larder::GroupMaxAge bounds[LARDER_MAX_GROUPS];
+  const int made = table == nullptr || (group_max_age == nullptr && ngroup_max_age > 0)
+                       ? -1
+                       : group_bounds(table, group_max_age, ngroup_max_age, bounds);
+  if (made >= 0 && row != nullptr && (key != nullptr || key_len == 0) && get_options(options, o)) {
+    o.group_max_age = std::span<const larder::GroupMaxAge>(bounds, static_cast<size_t>(made));
+    r = table->table.get(std::string_view(static_cast<const char*>(key), key_len), static_cast<uint64_t*>(row), o);
+  }
+  if (result != nullptr) *result = to_c(r);
+  if (computed_at_ms != nullptr) *computed_at_ms = r.found() ? r.computed_at_ms : 0;
+  return static_cast<int32_t>(r.status);
+}
+
 int64_t larder_row_event_time_ms(const larder_table* table, const void* row) {
   return table == nullptr || row == nullptr ? 0 : view(table, row).event_time_ms();
 }
@@ -682,9 +748,12 @@ class KeyCursor {
 
 // Reads n keys; calls fill(i, row) with the row of key i, or nullptr when
 // there is none to take values from (anything but kOk and kStale).
+// group_times (nullable): n x group_count, each row's group event times
+// (LARDER_NO_GROUP_TIME where there is no row).
 template <class Fill>
 void gather_rows(const larder::Table& table, KeyCursor& keys, size_t n, int32_t* status, int64_t* event_time_ms,
-                 int64_t* computed_at_ms, const larder::ReadOptions& options, Fill&& fill) noexcept {
+                 int64_t* computed_at_ms, int64_t* group_times, const larder::ReadOptions& options,
+                 Fill&& fill) noexcept {
   const size_t row_words = table.row_words();
   alignas(64) uint64_t stack_rows[kGatherStackWords];
   uint64_t* rows = stack_rows;
@@ -704,6 +773,7 @@ void gather_rows(const larder::Table& table, KeyCursor& keys, size_t n, int32_t*
   }
   std::string_view views[kGatherChunk];
   larder::ReadResult results[kGatherChunk];
+  const std::vector<larder::Group>& groups = table.groups();
   for (size_t base = 0; base < n; base += chunk) {
     const size_t m = std::min(chunk, n - base);
     for (size_t i = 0; i < m; ++i) views[i] = keys.key(base + i);
@@ -714,6 +784,13 @@ void gather_rows(const larder::Table& table, KeyCursor& keys, size_t n, int32_t*
       if (status != nullptr) status[base + i] = static_cast<int32_t>(r.status);
       if (event_time_ms != nullptr) event_time_ms[base + i] = r.found() ? r.event_time_ms : 0;
       if (computed_at_ms != nullptr) computed_at_ms[base + i] = r.found() ? r.computed_at_ms : 0;
+      if (group_times != nullptr) {
+        const larder::RowView row = table.view(rows + i * row_words);
+        for (const larder::Group& g : groups) {
+          group_times[(base + i) * groups.size() + g.index] =
+              r.found() ? row.group_event_time_ms(g) : larder::layout::kNoGroupTime;
+        }
+      }
       fill(base + i, r.found() ? rows + i * row_words : nullptr);
     }
   }
@@ -795,12 +872,12 @@ bool is_vector_field(const larder::Table& table, uint32_t field) {
   return field < table.fields().size() && table.fields()[field].type == larder::FieldType::kFloat32Vector;
 }
 
-// larder_gather and larder_gather_ex.
+// larder_gather, larder_gather_ex and larder_gather_groups.
 int gather(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
            size_t key_width, size_t n, const uint32_t* scalar_fields, size_t nscalar, double* scalar_out,
            double missing_scalar, const uint32_t* vector_fields, size_t nvector, float* vector_out,
            float missing_vector, int32_t* status, int64_t* event_time_ms, int64_t* computed_at_ms,
-           const larder::ReadOptions& options) {
+           int64_t* group_times, const larder::ReadOptions& options) {
   if (table == nullptr) return LARDER_E_INVALID_ARGUMENT;
   if (nscalar > 0 && (scalar_fields == nullptr || scalar_out == nullptr)) return LARDER_E_INVALID_ARGUMENT;
   if (nvector > 0 && (vector_fields == nullptr || vector_out == nullptr)) return LARDER_E_INVALID_ARGUMENT;
@@ -826,7 +903,8 @@ int gather(const larder_table* table, const char* key_bytes, size_t key_len, con
   } catch (const std::bad_alloc&) {
     return LARDER_E_SYSTEM;  // the one-time offsets table
   }
-  gather_rows(t, keys, n, status, event_time_ms, computed_at_ms, options, [&](size_t i, const uint64_t* row) {
+  gather_rows(t, keys, n, status, event_time_ms, computed_at_ms, group_times, options,
+              [&](size_t i, const uint64_t* row) {
     double* values = scalar_out + i * nscalar;
     if (row == nullptr) {
       std::fill(values, values + nscalar, missing_scalar);
@@ -874,7 +952,7 @@ int larder_gather(const larder_table* table, const char* key_bytes, size_t key_l
                   float missing_vector, int32_t* status, int64_t* event_time_ms, int64_t max_age_ms) {
   return gather(table, key_bytes, key_len, key_offsets, key_width, n, scalar_fields, nscalar, scalar_out,
                 missing_scalar, vector_fields, nvector, vector_out, missing_vector, status, event_time_ms, nullptr,
-                larder::ReadOptions{max_age_ms});
+                nullptr, larder::ReadOptions{max_age_ms});
 }
 
 int larder_gather_ex(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
@@ -886,7 +964,26 @@ int larder_gather_ex(const larder_table* table, const char* key_bytes, size_t ke
   if (!get_options(options, o)) return LARDER_E_INVALID_ARGUMENT;
   return gather(table, key_bytes, key_len, key_offsets, key_width, n, scalar_fields, nscalar, scalar_out,
                 missing_scalar, vector_fields, nvector, vector_out, missing_vector, status, event_time_ms,
-                computed_at_ms, o);
+                computed_at_ms, nullptr, o);
+}
+
+int larder_gather_groups(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
+                         size_t key_width, size_t n, const uint32_t* scalar_fields, size_t nscalar, double* scalar_out,
+                         double missing_scalar, const uint32_t* vector_fields, size_t nvector, float* vector_out,
+                         float missing_vector, int32_t* status, int64_t* event_time_ms,
+                         const larder_read_options* options, const larder_group_max_age* group_max_age,
+                         size_t ngroup_max_age, int64_t* computed_at_ms, int64_t* group_event_time_ms) {
+  if (table == nullptr) return LARDER_E_INVALID_ARGUMENT;
+  if (ngroup_max_age > 0 && group_max_age == nullptr) return LARDER_E_INVALID_ARGUMENT;
+  larder::ReadOptions o;
+  if (!get_options(options, o)) return LARDER_E_INVALID_ARGUMENT;
+  larder::GroupMaxAge bounds[LARDER_MAX_GROUPS];
+  const int made = group_bounds(table, group_max_age, ngroup_max_age, bounds);
+  if (made < 0) return LARDER_E_INVALID_ARGUMENT;
+  o.group_max_age = std::span<const larder::GroupMaxAge>(bounds, static_cast<size_t>(made));
+  return gather(table, key_bytes, key_len, key_offsets, key_width, n, scalar_fields, nscalar, scalar_out,
+                missing_scalar, vector_fields, nvector, vector_out, missing_vector, status, event_time_ms,
+                computed_at_ms, group_event_time_ms, o);
 }
 
 uint32_t larder_row_validity_offset(const larder_table* table) {

@@ -124,10 +124,16 @@ Table Segment::table(std::string_view name) const {
     for (uint32_t f = 0; f < d.field_count; ++f)
       tab.field_names_.emplace_back(fixed_name(field_descriptor(base, d, f).name));
     const uint32_t payload_bytes = 8 * (tab.geo_.row_word_offset() - kSlotEventTimeWord);
+    // Group names view the mapping (validated NUL-terminated), which the
+    // table keeps alive: they stay valid in copies of the table.
+    for (uint32_t g = 0; g < tab.geo_.group_count; ++g) {
+      tab.groups_.push_back(Group{g, fixed_name(group_descriptor(base, d, g).name),
+                                  static_cast<uint32_t>(tab.geo_.group_word_offset() - kSlotEventTimeWord + g)});
+    }
     for (uint32_t f = 0; f < d.field_count; ++f) {
       const FieldDescriptor& fd = field_descriptor(base, d, f);
       tab.fields_.push_back(Field{fd.index, static_cast<FieldType>(fd.type), fd.count, fd.offset, tab.field_names_[f],
-                                  (fd.flags & kFieldAggregate) != 0});
+                                  (fd.flags & kFieldAggregate) != 0, fd.group});
       if (fd.type == static_cast<uint32_t>(FieldType::kString)) {
         tab.string_bounds_.push_back(Table::StringBound{payload_bytes + fd.offset, fd.count});
       }
@@ -242,6 +248,16 @@ Field Table::field(std::string_view name, FieldType expected) const {
   return f;
 }
 
+Group Table::group(std::string_view name) const {
+  for (const Group& g : groups_) {
+    if (g.name == name) return g;
+  }
+  std::string have;
+  for (const Group& g : groups_) have += (have.empty() ? "" : ", ") + std::string(g.name);
+  throw Error(ErrorCode::kNotFound, "table \"" + name_ + "\" has no field group \"" + std::string(name) + "\" (" +
+                                        (have.empty() ? std::string("it declares none") : "groups: " + have) + ")");
+}
+
 Row Table::make_row() const { return Row(row_words(), geo_.validity_words, geo_.key_words); }
 
 RowBatch Table::make_batch(size_t capacity) const {
@@ -292,6 +308,15 @@ ReadResult Table::lookup(std::string_view key, uint64_t hash, uint64_t* out, int
   r.computed_at_ms = std::max(applied_ms, refreshed_ms);
   r.status =
       (options.max_age_ms > 0 && r.age_ms(options.age_of, now_ms) > options.max_age_ms) ? Status::kStale : Status::kOk;
+  if (!options.group_max_age.empty()) [[unlikely]] {
+    const uint32_t at = g.group_word_offset() - kSlotEventTimeWord;
+    for (const GroupMaxAge& b : options.group_max_age) {
+      if (b.group < g.group_count && b.max_age_ms > 0 &&
+          saturating_sub(now_ms, static_cast<int64_t>(out[at + b.group])) > b.max_age_ms) {
+        r.status = Status::kStale;
+      }
+    }
+  }
   return r;
 }
 
@@ -302,7 +327,7 @@ ReadResult Table::get(std::string_view key, Row& out, const ReadOptions& options
 ReadResult Table::get(std::string_view key, uint64_t* row, const ReadOptions& options) const noexcept {
   const uint64_t hash = hash_key(key, geo_.hash_seed);
   prefetch_home(geo_, hash);  // a wide slot's lines are fetched in parallel
-  const int64_t now_ms = options.max_age_ms > 0 ? now_unix_ms() : 0;
+  const int64_t now_ms = options.max_age_ms > 0 || !options.group_max_age.empty() ? now_unix_ms() : 0;
   return lookup(key, hash, row, now_ms, refreshed_through_ms(), options);
 }
 
@@ -316,7 +341,7 @@ void Table::get_many(std::span<const std::string_view> keys, uint64_t* rows, std
                      const ReadOptions& options) const noexcept {
   const size_t n = std::min(keys.size(), results.size());
   const size_t stride = row_words();
-  const int64_t now_ms = options.max_age_ms > 0 ? now_unix_ms() : 0;
+  const int64_t now_ms = options.max_age_ms > 0 || !options.group_max_age.empty() ? now_unix_ms() : 0;
   // Once for the batch, before its first row is copied: a lower bound for
   // every row of it.
   const int64_t refreshed_ms = refreshed_through_ms();

@@ -100,9 +100,36 @@ std::vector<FieldSpec> TableSpec::all_fields() const {
   std::vector<FieldSpec> all = fields;
   for (const AggregateSpec& a : aggregates) {
     const bool integer = a.fn == AggregateFn::kCount || a.fn == AggregateFn::kDistinctCount;
-    all.push_back(FieldSpec{a.name, integer ? FieldType::kInt64 : FieldType::kFloat64, 1});
+    all.push_back(FieldSpec{a.name, integer ? FieldType::kInt64 : FieldType::kFloat64, 1, a.group});
   }
   return all;
+}
+
+std::vector<std::string> TableSpec::group_names() const {
+  std::vector<std::string> names;
+  const std::vector<FieldSpec> all = all_fields();
+  // Naming kDefaultGroup is naming no group: a table whose fields name only
+  // it has no groups, and its fingerprint is the same either way.
+  bool any = false;
+  for (const FieldSpec& f : all) any = any || (!f.group.empty() && f.group != kDefaultGroup);
+  if (!any) return names;
+  for (const FieldSpec& f : all) {
+    const std::string g = f.group.empty() ? kDefaultGroup : f.group;
+    if (std::find(names.begin(), names.end(), g) == names.end()) names.push_back(g);
+  }
+  return names;
+}
+
+std::vector<uint32_t> TableSpec::field_groups() const {
+  const std::vector<std::string> names = group_names();
+  const std::vector<FieldSpec> all = all_fields();
+  std::vector<uint32_t> out(all.size(), 0);
+  if (names.empty()) return out;
+  for (size_t f = 0; f < all.size(); ++f) {
+    const std::string g = all[f].group.empty() ? kDefaultGroup : all[f].group;
+    out[f] = static_cast<uint32_t>(std::find(names.begin(), names.end(), g) - names.begin());
+  }
+  return out;
 }
 
 int64_t TableSpec::resolution_of(const AggregateSpec& a) const {
@@ -280,6 +307,16 @@ void Schema::validate() const {
       }
     }
     validate_aggregates(t, where, &field_names);
+    for (const FieldSpec& f : t.all_fields()) {
+      if (!f.group.empty() && !valid_identifier(f.group)) {
+        invalid(where + " field \"" + f.name + "\": invalid group name \"" + f.group + "\" (1..63 of [A-Za-z0-9_.-])");
+      }
+    }
+    const size_t groups = t.group_names().size();
+    if (groups > kMaxFieldGroups) {
+      invalid(where + ": " + std::to_string(groups) + " field groups (counting \"" + kDefaultGroup +
+              "\" for fields that name none), at most " + std::to_string(kMaxFieldGroups));
+    }
   }
 }
 
@@ -289,12 +326,14 @@ uint64_t Schema::fingerprint() const {
     canon += "table " + t.name + " key " + std::to_string(t.key_max_len) + " capacity " + std::to_string(t.capacity) +
              " load " + std::to_string(static_cast<uint64_t>(std::llround(t.max_load_factor * 1e6))) + "\n";
     for (const FieldSpec& f : t.fields) {
-      canon += " field " + f.name + " " + field_type_name(f.type) + " " + std::to_string(f.count) + "\n";
+      canon += " field " + f.name + " " + field_type_name(f.type) + " " + std::to_string(f.count) +
+               (f.group.empty() || f.group == kDefaultGroup ? "" : " group " + f.group) + "\n";
     }
     for (const AggregateSpec& a : t.aggregates) {
       canon += " aggregate " + a.name + " " + a.source + " " + aggregate_fn_name(a.fn) + " " +
                std::to_string(a.window_ms) + " " + std::to_string(t.resolution_of(a)) + " " +
-               std::to_string(static_cast<uint32_t>(a.end)) + "\n";
+               std::to_string(static_cast<uint32_t>(a.end)) +
+               (a.group.empty() || a.group == kDefaultGroup ? "" : " group " + a.group) + "\n";
     }
     if (!t.aggregates.empty()) {
       canon += " lateness " + std::to_string(t.allowed_lateness_ms) + " dedup " + std::to_string(t.dedup_capacity) +
@@ -317,6 +356,10 @@ LayoutPlan plan_layout(const Schema& schema) {
     at = tp.fields_offset + kFieldDescriptorBytes * fields.size();
     tp.aggregates_offset = t.aggregates.empty() ? 0 : at;
     at += kAggregateDescriptorBytes * t.aggregates.size();
+    tp.group_count = static_cast<uint32_t>(t.group_names().size());
+    tp.groups_offset = tp.group_count == 0 ? 0 : at;
+    at += kGroupDescriptorBytes * tp.group_count;
+    tp.field_groups = t.field_groups();
     tp.aggregates = plan_aggregates(t);
     journal_words = std::max<uint64_t>(journal_words, tp.aggregates.journal_words);
     tp.dedup_buckets = (t.dedup_ids() + kDedupWays - 1) / kDedupWays;
@@ -332,8 +375,8 @@ LayoutPlan plan_layout(const Schema& schema) {
     tp.row_bytes = static_cast<uint32_t>(round_up(row, 8));
     tp.validity_words = static_cast<uint32_t>((fields.size() + 63) / 64);
     tp.key_words = static_cast<uint32_t>((t.key_max_len + 7) / 8);
-    tp.slot_bytes = static_cast<uint32_t>(
-        round_up(8 * (kSlotHeaderWords + tp.validity_words + tp.key_words) + tp.row_bytes, kSlotAlign));
+    tp.slot_bytes = static_cast<uint32_t>(round_up(
+        8 * (kSlotHeaderWords + tp.validity_words + tp.key_words + tp.group_count) + tp.row_bytes, kSlotAlign));
     // Enough slots that `capacity` live keys stay under the load factor.
     tp.slot_count = static_cast<uint64_t>(std::ceil(static_cast<double>(t.capacity) / t.max_load_factor));
     if (tp.slot_count < t.capacity + 1) tp.slot_count = t.capacity + 1;

@@ -170,6 +170,11 @@ const FieldDescriptor& field_descriptor(const void* base, const TableDescriptor&
                                                    field * sizeof(FieldDescriptor));
 }
 
+const GroupDescriptor& group_descriptor(const void* base, const TableDescriptor& t, uint32_t group) noexcept {
+  return *reinterpret_cast<const GroupDescriptor*>(static_cast<const char*>(base) + t.groups_offset +
+                                                   group * sizeof(GroupDescriptor));
+}
+
 TableGeometry table_geometry(const void* base, const TableDescriptor& t) noexcept {
   TableGeometry g;
   g.slots = reinterpret_cast<const Word*>(static_cast<const char*>(base) + t.slots_offset);
@@ -179,6 +184,7 @@ TableGeometry table_geometry(const void* base, const TableDescriptor& t) noexcep
   g.key_words = t.key_words;
   g.row_words = t.row_bytes / 8;
   g.key_max_len = t.key_max_len;
+  g.group_count = t.group_count;
   g.hash_seed = t.hash_seed;
   return g;
 }
@@ -187,6 +193,16 @@ const SourceBlock& source_block(const void* base) noexcept {
   const auto& h = *static_cast<const SegmentHeader*>(base);
   return *reinterpret_cast<const SourceBlock*>(static_cast<const char*>(base) + h.source_offset);
 }
+
+namespace {
+// The group a field names in the schema: "" for a field of the default group,
+// which is how a schema declares it.
+std::string group_name_of(const void* base, const TableDescriptor& d, const FieldDescriptor& fd) {
+  if (d.group_count == 0) return "";
+  const std::string_view g = fixed_name(group_descriptor(base, d, fd.group).name);
+  return g == kDefaultGroup ? "" : std::string(g);
+}
+}  // namespace
 
 Schema schema_of(const void* base) {
   const auto& h = *static_cast<const SegmentHeader*>(base);
@@ -201,7 +217,8 @@ Schema schema_of(const void* base) {
     for (uint32_t f = 0; f < d.field_count; ++f) {
       const FieldDescriptor& fd = field_descriptor(base, d, f);
       if (fd.flags & kFieldAggregate) continue;  // rebuilt from the aggregate descriptors below
-      spec.fields.push_back(FieldSpec{std::string(fixed_name(fd.name)), static_cast<FieldType>(fd.type), fd.count});
+      spec.fields.push_back(FieldSpec{std::string(fixed_name(fd.name)), static_cast<FieldType>(fd.type), fd.count,
+                                      group_name_of(base, d, fd)});
     }
     for (uint32_t a = 0; a < d.aggregate_count; ++a) {
       const AggregateDescriptor& ad = aggregate_descriptor(base, d, a);
@@ -212,6 +229,7 @@ Schema schema_of(const void* base) {
       as.end = static_cast<WindowEnd>(ad.end);
       as.window_ms = ad.window_ms;
       as.resolution_ms = ad.resolution_ms;
+      as.group = group_name_of(base, d, field_descriptor(base, d, ad.field));
       spec.aggregates.push_back(std::move(as));
     }
     spec.allowed_lateness_ms = d.allowed_lateness_ms;
@@ -285,9 +303,25 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
       corrupt(tw + "bad key size (key_max_len " + std::to_string(t.key_max_len) + ", " + std::to_string(t.key_words) +
               " key words, at most " + std::to_string(kMaxKeyLength) + ")");
     }
+    if (t.group_count > kMaxFieldGroups) {
+      corrupt(tw + "bad group count " + std::to_string(t.group_count) + " (0.." + std::to_string(kMaxFieldGroups) +
+              ")");
+    }
     if (t.slot_bytes % kSlotAlign != 0 || t.row_bytes % 8 != 0 ||
-        uint64_t{8} * (kSlotHeaderWords + t.validity_words + t.key_words) + t.row_bytes > t.slot_bytes) {
+        uint64_t{8} * (kSlotHeaderWords + t.validity_words + t.key_words + t.group_count) + t.row_bytes >
+            t.slot_bytes) {
       corrupt(tw + "bad slot size");
+    }
+    if (t.group_count > 0) {
+      if (t.groups_offset % 8 != 0 || t.groups_offset < dir_end || t.groups_offset > size ||
+          uint64_t{t.group_count} * sizeof(GroupDescriptor) > size - t.groups_offset) {
+        corrupt(tw + "group descriptors outside the file (offset " + std::to_string(t.groups_offset) + ")");
+      }
+      for (uint32_t g = 0; g < t.group_count; ++g) {
+        const GroupDescriptor& gd = group_descriptor(base, t, g);
+        if (gd.name[kNameBytes - 1] != '\0' || gd.name[0] == '\0')
+          corrupt(tw + "group " + std::to_string(g) + " bad name");
+      }
     }
     if (t.slot_count == 0 || t.slot_count <= t.capacity) {
       corrupt(tw + "bad slot count " + std::to_string(t.slot_count) + " for capacity " + std::to_string(t.capacity));
@@ -321,6 +355,10 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
       // vector): an offset the writer would never choose is refused here,
       // once, instead of checked on every read.
       if (fd.offset % field_align(type) != 0) corrupt(tw + "field " + std::to_string(f) + " is misaligned");
+      if (t.group_count == 0 ? fd.group != 0 : fd.group >= t.group_count) {
+        corrupt(tw + "field " + std::to_string(f) + " is in group " + std::to_string(fd.group) + " of " +
+                std::to_string(t.group_count));
+      }
     }
     if (t.aggregate_count > kMaxAggregates || t.aggregate_count > t.field_count) {
       corrupt(tw + "bad aggregate count " + std::to_string(t.aggregate_count));

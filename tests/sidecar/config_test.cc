@@ -289,6 +289,26 @@ TEST_F(ConfigTest, TransformsAndAggregates) {
   EXPECT_EQ(a[5].resolution_ms, 1000);
 }
 
+TEST_F(ConfigTest, FieldGroups) {
+  const std::string yaml =
+      replace(replace(kValid, "{name: age, type: int64}", "{name: age, type: int64, group: profile}"),
+              "{name: emb, type: vector, dims: 8}", "{name: emb, type: vector, dims: 8, group: activity}");
+  const Config c = parse_config(yaml);
+  const layout::Schema s = c.schema();
+  EXPECT_EQ(s.tables[0].fields[0].group, "profile");
+  EXPECT_EQ(s.tables[0].fields[1].group, "activity");
+  EXPECT_EQ(s.tables[0].fields[2].group, "");
+  EXPECT_EQ(s.tables[0].group_names(), (std::vector<std::string>{"profile", "activity", "default"}));
+  EXPECT_TRUE(s.tables[1].group_names().empty());
+  EXPECT_NE(s.fingerprint(), parse_config(kValid).schema().fingerprint()) << "groups are schema";
+  expect_error(replace(kValid, "{name: age, type: int64}", "{name: age, type: int64, group: \"a b\"}"),
+               "tables[0].fields[0].group", "not a valid group name");
+  std::string nine;
+  for (int g = 0; g < 9; ++g)
+    nine += "      - {name: f" + std::to_string(g) + ", type: int64, group: g" + std::to_string(g) + "}\n";
+  expect_error(replace(kValid, "      - {name: age, type: int64}\n", nine), "tables[0].fields", "at most 8");
+}
+
 TEST_F(ConfigTest, TransformErrorsNameTheKey) {
   const std::string v = kAggregates;
   expect_error(replace(v, "max: 10000}}, log1p]", "max: 10000}}, {standardize: {mean: 0, std: 0}}]"),

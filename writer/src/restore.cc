@@ -123,9 +123,19 @@ std::vector<TableCount> check_image(const void* base, size_t size, const Schema&
     differs(tw + "dedup horizon", static_cast<uint64_t>(d.dedup_horizon_ms),
             static_cast<uint64_t>(want->dedup_horizon_ms));
     differs(tw + "dedup capacity", d.dedup_capacity, want->dedup_capacity);
+    differs(tw + "group count", d.group_count, want->group_count);
+    differs(tw + "groups offset", d.groups_offset, want->groups_offset);
+    const std::vector<std::string> groups = spec.group_names();
+    for (size_t g = 0; g < groups.size(); ++g) {
+      GroupDescriptor gd{};
+      writer::fill_group_descriptor(&gd, groups[g]);
+      if (std::memcmp(&gd, &group_descriptor(base, d, static_cast<uint32_t>(g)), sizeof gd) != 0) {
+        corrupt(tw + "group " + std::to_string(g) + " descriptor differs from the schema's plan");
+      }
+    }
     for (size_t f = 0; f < fields.size(); ++f) {
       FieldDescriptor fd{};
-      writer::fill_field_descriptor(&fd, fields[f], tp.fields[f], f, f >= spec.fields.size());
+      writer::fill_field_descriptor(&fd, fields[f], tp.fields[f], f, f >= spec.fields.size(), tp.field_groups[f]);
       if (std::memcmp(&fd, &field_descriptor(base, d, static_cast<uint32_t>(f)), sizeof fd) != 0) {
         corrupt(tw + "field " + std::to_string(f) + " descriptor differs from the schema's plan");
       }
@@ -205,6 +215,16 @@ std::vector<TableCount> check_image(const void* base, size_t size, const Schema&
         if (len > sf.max_len) {
           corrupt(tw + std::to_string(i) + ": string field " + std::to_string(sf.index) + " length " +
                   std::to_string(len) + " above its max_len " + std::to_string(sf.max_len));
+        }
+      }
+      // The row's event time is the newest of its groups' (a group time
+      // above it would make the row look younger than a group it holds).
+      const auto row_time = static_cast<int64_t>(sync::load_relaxed(s[kSlotEventTimeWord]));
+      for (uint32_t g = 0; g < geo.group_count; ++g) {
+        const auto gt = static_cast<int64_t>(sync::load_relaxed(s[geo.group_word_offset() + g]));
+        if (gt > row_time) {
+          corrupt(tw + std::to_string(i) + ": group " + std::to_string(g) + " event time " + std::to_string(gt) +
+                  " is newer than the row's " + std::to_string(row_time));
         }
       }
     }

@@ -11,8 +11,9 @@
 //  2. Seqlock, odd. seq = s + 1, then the W1 fence: pairs with the readers'
 //     R2 (sync.h), so a reader that saw any payload store of this change sees
 //     seq move and retries.
-//  3. Payload. Every word (key, validity, row words, times, meta) is an
-//     8-byte atomic stored relaxed, each after a kMidPayload crash point.
+//  3. Payload. Every word (key, validity, row words, times, group times,
+//     meta) is an 8-byte atomic stored relaxed, each after a kMidPayload
+//     crash point.
 //  4. Seqlock, even. seq = s + 2 with release (W2): pairs with the readers'
 //     R1, so a reader that sees s + 2 sees every payload word of the change.
 //  5. Journal. If an aggregate change is in progress (Journal::begin), it is
@@ -90,7 +91,7 @@ namespace larder {
   const uint32_t validity_at = layout::kSlotHeaderWords;
   const uint32_t row_at = geo.row_word_offset();
   const bool fresh = change.new_key != nullptr;
-  const bool writes_row = fresh || !change.values.empty() || change.outputs_of != nullptr;
+  const bool writes_row = fresh || !change.values.empty() || change.outputs_of != nullptr || change.clear_groups != 0;
 
   // The row image: the words [lo, hi) that change, built in scratch over the
   // slot's current words (or zeros for a new key), and the validity words.
@@ -115,6 +116,13 @@ namespace larder {
       }
       for (uint32_t k = lo; k < hi; ++k) scratch[k] = sync::load_relaxed(s[row_at + k]);
       for (uint32_t k = 0; k < geo.validity_words; ++k) validity[k] = sync::load_relaxed(s[validity_at + k]);
+      for (uint32_t g = 0; g < geo.group_count; ++g) {
+        if ((change.clear_groups >> g) & 1u) {
+          for (uint32_t k = 0; k < geo.validity_words; ++k) {
+            validity[k] &= ~ts.group_validity[size_t{g} * geo.validity_words + k];
+          }
+        }
+      }
     }
     auto* row = reinterpret_cast<unsigned char*>(scratch.data());
     for (const FieldValue& v : change.values) {
@@ -181,6 +189,11 @@ namespace larder {
   if (change.set_times) {
     set(layout::kSlotEventTimeWord, static_cast<uint64_t>(change.event_time_ms));
     set(layout::kSlotApplyTimeWord, static_cast<uint64_t>(change.apply_unix_ns));
+  }
+  if (change.group_times != nullptr) {
+    for (uint32_t g = 0; g < geo.group_count; ++g) {
+      set(geo.group_word_offset() + g, static_cast<uint64_t>(change.group_times[g]));
+    }
   }
   if (change.set_meta) set(layout::kSlotMetaWord, change.meta);
   crash_point(CrashPoint::kPayloadWritten);

@@ -113,12 +113,14 @@ void writer::fill_table_descriptor(TableDescriptor* d, const TableSpec& spec, co
   d->allowed_lateness_ms = spec.allowed_lateness_ms;
   d->dedup_horizon_ms = spec.dedup_horizon_ms;
   d->dedup_capacity = spec.dedup_capacity;
+  d->group_count = tp.group_count;
+  d->groups_offset = tp.groups_offset;
 }
 
 // Field number `index` of its table, placed as `fp`; `aggregate` marks the
 // fields that hold an aggregate's value.
 void writer::fill_field_descriptor(FieldDescriptor* out, const FieldSpec& fs, const FieldPlan& fp, size_t index,
-                                   bool aggregate) {
+                                   bool aggregate, uint32_t group) {
   copy_name(out->name, fs.name);
   out->type = static_cast<uint32_t>(fs.type);
   out->count = (fs.type == FieldType::kFloat32Vector || fs.type == FieldType::kString) ? fs.count : 1;
@@ -126,7 +128,10 @@ void writer::fill_field_descriptor(FieldDescriptor* out, const FieldSpec& fs, co
   out->bytes = fp.bytes;
   out->index = static_cast<uint32_t>(index);
   out->flags = aggregate ? kFieldAggregate : 0;
+  out->group = group;
 }
+
+void writer::fill_group_descriptor(GroupDescriptor* out, const std::string& name) { copy_name(out->name, name); }
 
 // Aggregate `as`, whose value is the table's field number `field`.
 void writer::fill_aggregate_descriptor(AggregateDescriptor* out, const AggregateSpec& as, size_t field) {
@@ -209,7 +214,11 @@ void Writer::Impl::create(bool replace_existing) {
     for (size_t f = 0; f < fields.size(); ++f) {
       // Declared fields first, then one per aggregate.
       writer::fill_field_descriptor(descriptor_at<FieldDescriptor>(base, tp.fields_offset, f), fields[f], tp.fields[f],
-                                    f, f >= spec.fields.size());
+                                    f, f >= spec.fields.size(), tp.field_groups[f]);
+    }
+    const std::vector<std::string> groups = spec.group_names();
+    for (size_t g = 0; g < groups.size(); ++g) {
+      writer::fill_group_descriptor(descriptor_at<GroupDescriptor>(base, tp.groups_offset, g), groups[g]);
     }
     for (size_t a = 0; a < spec.aggregates.size(); ++a) {
       writer::fill_aggregate_descriptor(descriptor_at<AggregateDescriptor>(base, tp.aggregates_offset, a),
@@ -276,6 +285,27 @@ void Writer::Impl::attach(bool repair_first) {
         ts.agg.counts_every_event |= g.source.empty();
       }
     }
+    if (ts.geo.group_count > 0) {
+      const uint32_t groups = ts.geo.group_count;
+      ts.all_groups = (uint32_t{1} << groups) - 1;
+      ts.group_validity.assign(size_t{groups} * ts.geo.validity_words, 0);
+      for (const FieldDescriptor& fd : ts.fields) {
+        ts.group_validity[size_t{fd.group} * ts.geo.validity_words + fd.index / 64] |= uint64_t{1} << (fd.index % 64);
+      }
+      ts.source_groups.assign(ts.agg.plan.sources.size(), 0);
+      for (size_t a = 0; a < ts.agg.plan.outputs.size(); ++a) {
+        const AggregatePlan::Output& o = ts.agg.plan.outputs[a];
+        const uint32_t bit = uint32_t{1} << ts.fields[o.field].group;
+        ts.aggregate_groups |= bit;
+        const std::string& src = spec.aggregates[a].source;
+        if (src.empty()) {
+          ts.every_event_groups |= bit;
+        } else {
+          const auto it = std::find(ts.agg.plan.sources.begin(), ts.agg.plan.sources.end(), src);
+          ts.source_groups[static_cast<size_t>(it - ts.agg.plan.sources.begin())] |= bit;
+        }
+      }
+    }
     tables.push_back(std::move(ts));
   }
   source = reinterpret_cast<SourceBlock*>(base + header->source_offset);
@@ -284,6 +314,7 @@ void Writer::Impl::attach(bool repair_first) {
   uint32_t max_row_words = 0;
   for (const TableState& ts : tables) max_row_words = std::max(max_row_words, ts.geo.row_words);
   scratch.assign(max_row_words, 0);
+  group_values.reserve(kMaxFields);
 
   if (repair_first) repair();
   // The due heap lives in this process; the due times in the segment. The

@@ -7,8 +7,12 @@
 //
 // Last write wins by event time (writer.h). Deletes leave a tombstone with
 // the delete's event time, so an older upsert that arrives later is stale.
+// In a table with field groups it wins per group: each group has its own
+// time word, and the row's event time is the newest of them
+// (docs/segment-format.md#field-groups).
 //
 // Threading: the writer thread only.
+#include <algorithm>
 #include <cmath>
 
 #include "larder/layout/clock.h"
@@ -88,6 +92,80 @@ ApplyResult Writer::Impl::upsert_plain(uint32_t table, std::string_view key, int
 }
 
 // ---------------------------------------------------------------------------
+// Tables with field groups
+
+uint32_t Writer::Impl::take_groups(const TableState& ts, std::span<const FieldValue> values, const int64_t* times,
+                                   int64_t event_time_ms, uint32_t* touched) {
+  // An update without fields says "the row is current at t" for every group.
+  uint32_t t = values.empty() ? ts.all_groups : 0;
+  for (const FieldValue& v : values) t |= uint32_t{1} << ts.fields[v.field].group;
+  uint32_t take = 0;
+  for (uint32_t g = 0; g < ts.geo.group_count; ++g) {
+    if (((t >> g) & 1u) && event_time_ms >= times[g]) take |= uint32_t{1} << g;  // ties: the later call wins
+  }
+  group_values.clear();
+  for (const FieldValue& v : values) {
+    if ((take >> ts.fields[v.field].group) & 1u) group_values.push_back(v);
+  }
+  *touched = t;
+  return take;
+}
+
+namespace {
+int64_t newest_group_time(const int64_t* times, uint32_t groups) {
+  int64_t newest = kNoGroupTime;
+  for (uint32_t g = 0; g < groups; ++g) newest = std::max(newest, times[g]);
+  return newest;
+}
+}  // namespace
+
+ApplyResult Writer::Impl::upsert_grouped(uint32_t table, std::string_view key, int64_t event_time_ms,
+                                         std::span<const FieldValue> values, int64_t apply_unix_ns) {
+  TableState& ts = tables[table];
+  if (key.empty() || key.size() > ts.geo.key_max_len || !values_valid(ts, values)) return ApplyResult::kInvalid;
+  const int64_t now = apply_unix_ns != 0 ? apply_unix_ns : now_unix_ns();
+  const uint64_t hash = hash_key(key, ts.geo.hash_seed);
+  packed.assign(key);
+  const Probe p = probe(ts, hash, now);
+  TableCounters& c = ts.desc->counters;
+
+  // A new key starts with no group written; the key's own tombstone keeps
+  // the times of the delete that made it, so older updates stay deleted.
+  int64_t times[kMaxFieldGroups];
+  std::fill(times, times + kMaxFieldGroups, kNoGroupTime);
+  bool fresh_row = true;
+  if (p.found != kNone) {
+    ts.load_group_times(p.found, times);
+    fresh_row = meta_state(sync::load_relaxed(ts.slot(p.found)[kSlotMetaWord])) != SlotState::kLive;
+  }
+  uint32_t touched = 0;
+  const uint32_t take = take_groups(ts, values, times, event_time_ms, &touched);
+  if (take == 0) {
+    bump(c.stale_ignored);
+    return ApplyResult::kStale;
+  }
+  const uint64_t at = slot_for_upsert(table, p, fresh_row, hash, now);
+  if (at == kNone) return ApplyResult::kTableFull;
+  for (uint32_t g = 0; g < ts.geo.group_count; ++g) {
+    if ((take >> g) & 1u) times[g] = event_time_ms;
+  }
+
+  RowChange change;
+  change.values = group_values;
+  change.set_times = true;
+  change.event_time_ms = newest_group_time(times, ts.geo.group_count);
+  change.apply_unix_ns = now;
+  change.group_times = times;
+  if (fresh_row) change.take_key(packed, make_meta(hash, SlotState::kLive));
+  arm_if_staged();
+  write_row(table, at, change);
+
+  if (take != touched) bump(c.stale_ignored);  // applied in part: some group was newer
+  count_upsert(ts, event_time_ms, now);
+  return ApplyResult::kApplied;
+}
+
+// ---------------------------------------------------------------------------
 // Tables with aggregates
 //
 // The aggregate state changes (advance, fold, dedup) go through the journal
@@ -127,6 +205,9 @@ ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key,
   uint64_t at = p.found;
   bool live = false;
   int64_t row_time = 0;
+  const uint32_t groups = ts.geo.group_count;
+  int64_t times[kMaxFieldGroups];
+  std::fill(times, times + kMaxFieldGroups, kNoGroupTime);
   if (at != kNone) {
     const Word* s = ts.slot(at);
     row_time = static_cast<int64_t>(sync::load_relaxed(s[kSlotEventTimeWord]));
@@ -135,10 +216,20 @@ ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key,
       bump(c.stale_ignored);
       return ApplyResult::kStale;
     }
+    if (groups > 0) ts.load_group_times(at, times);
   }
-  // Fields follow last write wins; aggregates take any event within the
-  // allowed lateness.
-  const bool fields_fresh = !live || event_time_ms >= row_time;
+  // Fields follow last write wins (per group with field groups); aggregates
+  // take any event within the allowed lateness.
+  bool fields_fresh = !live || event_time_ms >= row_time;
+  bool fields_partial = false;  // some of the event's fields were older than their group
+  uint32_t take = 0;
+  if (groups > 0 && !values.empty()) {
+    uint32_t touched = 0;
+    take = take_groups(ts, values, times, event_time_ms, &touched);
+    values = group_values;
+    fields_fresh = take != 0;
+    fields_partial = fields_fresh && take != touched;
+  }
   // Only an event that carries aggregate input can be late: a count without
   // a source counts every event.
   const bool aggregate_input = !sources.empty() || ts.agg.counts_every_event;
@@ -178,11 +269,25 @@ ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key,
   change.set_times = true;
   change.event_time_ms = fresh_row ? event_time_ms : std::max(row_time, event_time_ms);
   change.apply_unix_ns = now;
+  if (groups > 0) {
+    // The groups whose fields it wrote, and those whose aggregates it fed,
+    // are now at least as new as the event.
+    uint32_t fed = 0;
+    if (!late) {
+      fed = ts.every_event_groups;
+      for (const SourceValue& sv : sources) fed |= ts.source_groups[sv.source];
+    }
+    if (values.empty() && fields_fresh && !aggregate_input) fed = ts.all_groups;  // "current at t", as a plain table
+    for (uint32_t g = 0; g < groups; ++g) {
+      if (((take | fed) >> g) & 1u) times[g] = std::max(times[g], event_time_ms);
+    }
+    change.group_times = times;
+  }
   if (fresh_row) change.take_key(packed, make_meta(hash, SlotState::kLive));
   write_row(table, at, change);
   journal.commit();
 
-  if (!fields_fresh) bump(c.stale_ignored);
+  if (!fields_fresh || fields_partial) bump(c.stale_ignored);
   count_upsert(ts, event_time_ms, now);
   return ApplyResult::kApplied;
 }
@@ -206,7 +311,38 @@ ApplyResult Writer::Impl::remove(uint32_t table, std::string_view key, int64_t e
   change.apply_unix_ns = now;
   change.set_meta = true;
   change.meta = make_meta(hash, SlotState::kTombstone);
-  if (p.found != kNone) {
+  const uint32_t groups = ts.geo.group_count;
+  int64_t times[kMaxFieldGroups];
+  std::fill(times, times + kMaxFieldGroups, event_time_ms);
+  if (groups > 0) change.group_times = times;
+  if (p.found != kNone && groups > 0) {
+    // Per group: a group no newer than the delete is cleared and takes its
+    // time; a newer one survives, and the row stays live for it. Groups
+    // that hold aggregates are cleared only with the whole row: their
+    // values come from windows of events, which a delete does not reach
+    // (the windows restart when the key is written again).
+    ts.load_group_times(p.found, times);
+    uint32_t clear = 0;
+    for (uint32_t g = 0; g < groups; ++g) {
+      if (times[g] <= event_time_ms) clear |= uint32_t{1} << g;
+    }
+    if (clear != ts.all_groups) clear &= ~ts.aggregate_groups;
+    if (clear == 0) {
+      bump(c.stale_ignored);
+      return ApplyResult::kStale;
+    }
+    for (uint32_t g = 0; g < groups; ++g) {
+      if ((clear >> g) & 1u) times[g] = event_time_ms;
+    }
+    if (clear != ts.all_groups) {
+      change.set_meta = false;
+      change.clear_groups = clear;
+      change.event_time_ms = newest_group_time(times, groups);
+      bump(c.stale_ignored);  // applied in part: some group was newer
+    }
+    arm_if_staged();
+    write_row(table, p.found, change);
+  } else if (p.found != kNone) {
     // The row stays as it was, hidden behind the tombstone's meta.
     const Word* s = ts.slot(p.found);
     if (event_time_ms < static_cast<int64_t>(sync::load_relaxed(s[kSlotEventTimeWord]))) {
@@ -251,6 +387,9 @@ ApplyResult Writer::Impl::unpin(uint32_t table, std::string_view key, int64_t ev
   change.apply_unix_ns = now;
   change.set_meta = true;
   change.meta = make_meta(hash, SlotState::kTombstone);
+  int64_t times[kMaxFieldGroups];
+  std::fill(times, times + kMaxFieldGroups, event_time_ms);
+  if (ts.geo.group_count > 0) change.group_times = times;
   arm_if_staged();
   write_row(table, p.found, change);
   bump(c.deletes);

@@ -195,6 +195,8 @@ ApplyResult Writer::apply(uint32_t table, std::string_view key, int64_t event_ti
     r = w.apply_aggregated(table, key, event_time_ms, values, sources, event_id, apply_unix_ns);
   } else if (!sources.empty()) {
     r = ApplyResult::kInvalid;
+  } else if (w.tables[table].geo.group_count > 0) {
+    r = w.upsert_grouped(table, key, event_time_ms, values, apply_unix_ns);
   } else {
     r = w.upsert_plain(table, key, event_time_ms, values, apply_unix_ns);
   }

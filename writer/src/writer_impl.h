@@ -59,7 +59,8 @@ inline void bump(layout::Word& w, uint64_t by = 1) {
 void fill_table_descriptor(layout::TableDescriptor* d, const layout::TableSpec& spec, const layout::TablePlan& tp,
                            size_t field_count, uint64_t hash_seed);
 void fill_field_descriptor(layout::FieldDescriptor* out, const layout::FieldSpec& fs, const layout::FieldPlan& fp,
-                           size_t index, bool aggregate);
+                           size_t index, bool aggregate, uint32_t group);
+void fill_group_descriptor(layout::GroupDescriptor* out, const std::string& name);
 void fill_aggregate_descriptor(layout::AggregateDescriptor* out, const layout::AggregateSpec& as, size_t field);
 
 // The lock file that holds a segment's single writer. validate_segment_name
@@ -83,7 +84,23 @@ struct Writer::Impl {
     uint64_t due_scan = 0;         // slots below this have their due times in the heap (scan_due)
     uint32_t declared_fields = 0;  // fields an update may write; aggregate outputs follow
     writer::AggregateTable agg;
+    // Field groups (geo.group_count > 0): a bit per group; each group's
+    // validity bits (group_count x validity_words); the groups that hold
+    // aggregates, those an event of every kind reaches (count without a
+    // source) and those each aggregate source reaches.
+    uint32_t all_groups = 0;
+    std::vector<uint64_t> group_validity;
+    uint32_t aggregate_groups = 0;
+    uint32_t every_event_groups = 0;
+    std::vector<uint32_t> source_groups;
     layout::Word* slot(uint64_t i) const { return slots + i * geo.slot_words; }
+    // The group times of slot i, into times[0, group_count).
+    void load_group_times(uint64_t i, int64_t* times) const {
+      const layout::Word* s = slot(i);
+      for (uint32_t g = 0; g < geo.group_count; ++g) {
+        times[g] = static_cast<int64_t>(layout::sync::load_relaxed(s[geo.group_word_offset() + g]));
+      }
+    }
   };
 
   // A probe for one key along its chain (table.h).
@@ -111,6 +128,10 @@ struct Writer::Impl {
     // The meta word (hash and state; 0 empties the slot).
     bool set_meta = false;
     uint64_t meta = 0;
+    // Field groups: every group's time word (group_count values), and the
+    // groups whose fields become invalid (a delete that clears them).
+    const int64_t* group_times = nullptr;
+    uint32_t clear_groups = 0;
 
     // The slot takes `key`, with `meta`.
     void take_key(const layout::PackedKey& key, uint64_t new_meta) {
@@ -137,8 +158,9 @@ struct Writer::Impl {
   layout::SegmentHeader* header = nullptr;
   layout::Word* undo = nullptr;
   std::vector<TableState> tables;
-  std::vector<uint64_t> scratch;  // the row image being built (row_write.h)
-  layout::PackedKey packed;       // the key of the update in progress
+  std::vector<uint64_t> scratch;         // the row image being built (row_write.h)
+  layout::PackedKey packed;              // the key of the update in progress
+  std::vector<FieldValue> group_values;  // the values of an update its groups take (update.cc)
   bool created = false;
   uint64_t repaired = 0;
   AttachReport report;
@@ -212,6 +234,12 @@ struct Writer::Impl {
   ApplyResult apply_aggregated(uint32_t table, std::string_view key, int64_t event_time_ms,
                                std::span<const FieldValue> values, std::span<const SourceValue> sources,
                                uint64_t event_id, int64_t apply_unix_ns);
+  ApplyResult upsert_grouped(uint32_t table, std::string_view key, int64_t event_time_ms,
+                             std::span<const FieldValue> values, int64_t apply_unix_ns);
+  // The groups an update at event_time_ms takes, of those it touches (times:
+  // the slot's group times), and the values of those groups into group_values.
+  uint32_t take_groups(const TableState& ts, std::span<const FieldValue> values, const int64_t* times,
+                       int64_t event_time_ms, uint32_t* touched);
   ApplyResult remove(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t apply_unix_ns);
   ApplyResult unpin(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t pinned_after_ms,
                     int64_t apply_unix_ns);

@@ -68,6 +68,12 @@ enum class AgeOf : uint8_t {
   kComputed = 1,  // when the writer last brought the row's values up to date: ReadResult::computed_at_ms
 };
 
+// A bound on the age of one field group of a row (ReadOptions::group_max_age).
+struct GroupMaxAge {
+  uint32_t group = 0;  // Group::index (Table::group); a bound on a group the table lacks is ignored
+  int64_t max_age_ms = 0;
+};
+
 struct ReadOptions {
   // When > 0, a row older than this (by age_of) returns kStale.
   int64_t max_age_ms = 0;
@@ -76,6 +82,10 @@ struct ReadOptions {
   // the writer keeps decaying stay fresh while the writer runs, and go stale
   // once it stops.
   AgeOf age_of = AgeOf::kEvent;
+  // Tables with field groups: a row any of whose listed groups is older than
+  // its bound returns kStale (a group never written counts as infinitely
+  // old). The row's own max_age_ms above applies to its newest group.
+  std::span<const GroupMaxAge> group_max_age = {};
 };
 
 // Wall clock in milliseconds, the clock event times are compared against.
@@ -121,6 +131,15 @@ struct Field {
   uint32_t offset = 0;  // inside the row payload
   std::string_view name;
   bool aggregate = false;  // written by the writer from a windowed aggregate
+  uint32_t group = 0;      // its field group's index (0 when the table has none)
+};
+
+// A field group of a table (docs/client.md#field-groups): fields with their
+// own event time, last write wins and age. Resolve once with Table::group.
+struct Group {
+  uint32_t index = 0;
+  std::string_view name;  // NUL-terminated; valid while a Table of the segment is open
+  uint32_t word = 0;      // where its event time sits in a row buffer
 };
 
 class Table;
@@ -160,6 +179,16 @@ class RowView {
   }
   // Any scalar as double (bool: 0 or 1; vectors and strings: NaN).
   double as_f64(const Field& f) const noexcept;
+
+  // The newest event time applied to a field group of the row (an update of
+  // its fields, or a delete that cleared them); layout::kNoGroupTime
+  // (INT64_MIN) when none was. Requires a Group of this row's table.
+  int64_t group_event_time_ms(const Group& g) const noexcept { return static_cast<int64_t>(words_[g.word]); }
+  // now - the group's event time, clamped: INT64_MAX for a group never written.
+  int64_t group_age_ms(const Group& g, int64_t now_ms) const noexcept {
+    return saturating_sub(now_ms, group_event_time_ms(g));
+  }
+  int64_t group_age_ms(const Group& g) const noexcept { return group_age_ms(g, now_unix_ms()); }
 
  private:
   const unsigned char* payload() const noexcept {
@@ -279,6 +308,10 @@ class Table {
   Field field(std::string_view name) const;
   // As above, and Error(kSchemaMismatch) when the field has another type.
   Field field(std::string_view name, FieldType expected) const;
+  // The field groups, in the segment's order; empty for a table without.
+  const std::vector<Group>& groups() const noexcept { return groups_; }
+  // Throws Error(kNotFound) naming the table and the groups it has.
+  Group group(std::string_view name) const;
 
   Row make_row() const;
   RowBatch make_batch(size_t capacity) const;
@@ -330,6 +363,7 @@ class Table {
   std::string name_;
   std::vector<Field> fields_;
   std::vector<std::string> field_names_;
+  std::vector<Group> groups_;
   // Byte offsets (from the row buffer's start) and max lengths of the string
   // fields, the per-row lengths check_row compares; empty for most tables.
   struct StringBound {

@@ -473,6 +473,62 @@ int larder_gather_ex(const larder_table* table, const char* key_bytes, size_t ke
                      double missing_scalar, const uint32_t* vector_fields, size_t nvector, float* vector_out,
                      float missing_vector, int32_t* status, int64_t* event_time_ms, const larder_read_options* options,
                      int64_t* computed_at_ms);
+/* ---- Field groups (1.2) ---------------------------------------------------
+ *
+ * Fields of a table can belong to named groups, each with its own event time,
+ * last write wins and age (docs/client.md#field-groups). A table without
+ * groups has group count 0. */
+
+#define LARDER_MAX_GROUPS 8
+/* The group index no group has (larder_group_lookup on failure,
+ * larder_field_group for a table without groups). */
+#define LARDER_NO_GROUP UINT32_MAX
+/* The event time of a group that no update or delete has reached (INT64_MIN):
+ * older than any time, so its age is "infinitely old". */
+#define LARDER_NO_GROUP_TIME INT64_MIN
+
+/* A bound on one group's age: a read whose row has group `group` older than
+ * max_age_ms (> 0) returns LARDER_STALE (row filled). */
+typedef struct larder_group_max_age {
+  uint32_t group;
+  uint32_t reserved; /* 0 */
+  int64_t max_age_ms;
+} larder_group_max_age;
+
+/* Groups of the table: 0..count-1, in the segment's order. */
+uint32_t larder_table_group_count(const larder_table* table);
+/* The name of a group, NUL-terminated, valid while the table is open; NULL
+ * for a NULL table or a group out of range. */
+const char* larder_table_group_name(const larder_table* table, uint32_t group);
+/* The index of group `name` into *index: LARDER_E_OK; LARDER_E_NOT_FOUND (and
+ * *index = LARDER_NO_GROUP); LARDER_E_INVALID_ARGUMENT for a NULL argument. */
+int larder_group_lookup(const larder_table* table, const char* name, uint32_t* index);
+/* The group of a field; LARDER_NO_GROUP for a NULL table, a field out of
+ * range or a table without groups. */
+uint32_t larder_field_group(const larder_table* table, uint32_t field);
+/* A group's event time in a row buffer filled by a read; LARDER_NO_GROUP_TIME
+ * for a group never written, a NULL table or row, or a group out of range. */
+int64_t larder_row_group_event_time_ms(const larder_table* table, const void* row, uint32_t group);
+/* larder_get_ex (options and computed_at_ms as there, both may be NULL) with a
+ * bound on each of ngroup_max_age groups, by their event times (the row's
+ * own bound, options->max_age_ms, applies as in larder_get_ex).
+ * LARDER_INVALID_KEY, reading nothing, also when a bound names a group the
+ * table does not have, or more bounds than groups are given, or
+ * group_max_age is NULL with ngroup_max_age > 0. */
+int32_t larder_get_groups(const larder_table* table, const void* key, size_t key_len, void* row,
+                          const larder_read_options* options, const larder_group_max_age* group_max_age,
+                          size_t ngroup_max_age, larder_read_result* result, int64_t* computed_at_ms);
+/* larder_gather_ex (options and computed_at_ms as there) with group bounds
+ * (as larder_get_groups) and, when group_event_time_ms != NULL, every row's
+ * group event times into it, row-major n x larder_table_group_count
+ * (LARDER_NO_GROUP_TIME for keys with no row). LARDER_E_INVALID_ARGUMENT also
+ * for options or bounds larder_get_groups refuses, before anything is read. */
+int larder_gather_groups(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
+                         size_t key_width, size_t n, const uint32_t* scalar_fields, size_t nscalar, double* scalar_out,
+                         double missing_scalar, const uint32_t* vector_fields, size_t nvector, float* vector_out,
+                         float missing_vector, int32_t* status, int64_t* event_time_ms,
+                         const larder_read_options* options, const larder_group_max_age* group_max_age,
+                         size_t ngroup_max_age, int64_t* computed_at_ms, int64_t* group_event_time_ms);
 
 #ifdef __cplusplus
 }

@@ -18,7 +18,7 @@ See docs/python.md.
 
 from .client import (Batch, ConnectionState, Field, FieldType, Row, Segment, SegmentState, Status, SyncState,
                      Table)
-from .errors import (CorruptError, FieldNotFoundError, InvalidArgumentError, LarderError, LarderSystemError,
+from .errors import (CorruptError, FieldNotFoundError, GroupNotFoundError, InvalidArgumentError, LarderError, LarderSystemError,
                      NoSpaceError, NotFoundError, NotReadyError, NoValueError, PermissionDeniedError,
                      SchemaMismatchError, VersionMismatchError, WriterLockedError)
 from .publish import PublishReport, PublishValidationError, RowError, TableSchema, publish
@@ -53,7 +53,7 @@ def library_path():
 
 __all__ = ["open", "abi_version", "now_unix_ms", "library_path", "Segment", "SyncState", "SegmentState",
            "ConnectionState", "Table", "Row", "Batch", "Field", "FieldType", "Status", "LarderError",
-           "InvalidArgumentError", "NotFoundError", "FieldNotFoundError", "NoValueError", "PermissionDeniedError",
+           "InvalidArgumentError", "NotFoundError", "FieldNotFoundError", "GroupNotFoundError", "NoValueError", "PermissionDeniedError",
            "VersionMismatchError", "SchemaMismatchError", "NotReadyError", "CorruptError", "WriterLockedError",
            "NoSpaceError", "LarderSystemError", "publish", "PublishReport", "PublishValidationError", "RowError",
            "TableSchema"]

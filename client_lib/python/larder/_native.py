@@ -209,3 +209,22 @@ larder_gather = _declare(lib, "larder_gather", c_int, tab_p, c_void_p, c_size_t,
 larder_gather_ex = _declare(lib, "larder_gather_ex", c_int, tab_p, c_void_p, c_size_t, c_void_p, c_size_t, c_size_t,
                             c_void_p, c_size_t, c_void_p, c_double, c_void_p, c_size_t, c_void_p, c_float,
                             c_void_p, c_void_p, c_void_p, c_void_p)
+
+# Field groups (C ABI 1.2).
+class GroupMaxAge(ctypes.Structure):
+    _fields_ = [("group", c_uint32), ("reserved", c_uint32), ("max_age_ms", c_int64)]
+
+
+larder_table_group_count = _declare(lib, "larder_table_group_count", c_uint32, tab_p)
+larder_table_group_name = _declare(lib, "larder_table_group_name", c_char_p, tab_p, c_uint32)
+larder_field_group = _declare(lib, "larder_field_group", c_uint32, tab_p, c_uint32)
+larder_row_group_event_time_ms = fast["larder_row_group_event_time_ms"]
+larder_row_group_event_time_ms.restype = c_int64
+larder_row_group_event_time_ms.argtypes = [tab_p, c_void_p, c_uint32]
+# int32 larder_get_groups(table, key, key_len, row, options*, bounds*, nbounds, result*, computed_at_ms*)
+larder_get_groups = _declare(fast, "larder_get_groups", c_int32, tab_p, c_char_p, c_size_t, c_void_p, c_void_p,
+                             c_void_p, c_size_t, c_void_p, c_void_p)
+larder_gather_groups = _declare(lib, "larder_gather_groups", c_int, tab_p, c_void_p, c_size_t, c_void_p,
+                                c_size_t, c_size_t, c_void_p, c_size_t, c_void_p, c_double, c_void_p, c_size_t,
+                                c_void_p, c_float, c_void_p, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p,
+                                c_void_p)

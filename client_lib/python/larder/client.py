@@ -25,7 +25,7 @@ import weakref
 import numpy as np
 
 from . import _native as _n
-from .errors import (FieldNotFoundError, InvalidArgumentError, LarderError, NoValueError, NotFoundError,
+from .errors import (FieldNotFoundError, GroupNotFoundError, InvalidArgumentError, LarderError, NoValueError, NotFoundError,
                      from_code)
 
 _E_NO_SPACE = 9  # LARDER_E_NO_SPACE
@@ -144,6 +144,7 @@ _address = ctypes.addressof
 _char_view = ctypes.c_char.from_buffer
 
 _row_event_time = _n.larder_row_event_time_ms
+_NO_GROUP_TIME = -(1 << 63)  # LARDER_NO_GROUP_TIME: a group no update or delete has reached
 _row_apply_time = _n.larder_row_apply_unix_ns
 _U64 = struct.Struct("<Q").unpack_from
 _I64 = struct.Struct("=q").unpack_from
@@ -211,6 +212,22 @@ class Row:
         """Age of the data: now - event time, in ms (None when not found)."""
         s = self.status
         return _now_ms() - _row_event_time(self._handle.ptr, self._buf) if s == 0 or s == 2 else None
+
+    def group_event_time_ms(self, group):
+        """The newest event time applied to field group ``group`` (its fields'
+        updates, or a delete that cleared them); None when the row was not
+        found or the group was never written. GroupNotFoundError naming the
+        table's groups for an unknown group."""
+        g = self._table._group(group)
+        if not (self.status == 0 or self.status == 2):
+            return None
+        t = _n.larder_row_group_event_time_ms(self._handle.ptr, self._buf, g)
+        return None if t == _NO_GROUP_TIME else t
+
+    def group_age_ms(self, group):
+        """now - the group's event time, in ms; None as group_event_time_ms."""
+        t = self.group_event_time_ms(group)
+        return None if t is None else _now_ms() - t
 
     @property
     def computed_at_ms(self):
@@ -316,15 +333,18 @@ class Batch:
     access); they stay valid as long as any of them is referenced.
     """
 
-    __slots__ = ("keys", "_plan", "_raw", "_n", "_values", "_vectors", "_status", "_times", "_computed", "strings")
+    __slots__ = ("keys", "_plan", "_raw", "_n", "_values", "_vectors", "_status", "_times", "_computed", "strings",
+                 "_groups", "_group_times")
 
-    def __init__(self, keys, plan, raw, n, strings=None):
+    def __init__(self, keys, plan, raw, n, strings=None, groups=(), group_times=None):
         self.keys = keys
         self._plan = plan
         self._raw = raw
         self._n = n
         self._values = self._vectors = self._status = self._times = self._computed = None
         self.strings = strings if strings is not None else {}
+        self._groups = groups  # the table's field group names
+        self._group_times = group_times  # int64 (n, len(groups)), LARDER_NO_GROUP_TIME where none
 
     # Layout of _raw: values (8 n ncols), event times (8 n), computed-at
     # instants (8 n), vectors (4 n dims), statuses (4 n); see Table.get_many.
@@ -376,7 +396,32 @@ class Batch:
         return v
 
     def __reduce__(self):
-        return Batch, (self.keys, _PlanShape(self._plan), self._raw, self._n)
+        return Batch, (self.keys, _PlanShape(self._plan), self._raw, self._n, None, self._groups, self._group_times)
+
+    @property
+    def groups(self):
+        """The table's field group names (empty for a table without groups)."""
+        return self._groups
+
+    def group_event_time_ms(self, group):
+        """int64 (n,): field group ``group``'s event time per key; 0 where the
+        key was not found or the group never written (as event_time_ms)."""
+        t = self._group_times[:, self._group_column(group)]
+        return np.where(self.found & (t != _NO_GROUP_TIME), t, 0)
+
+    def group_age_ms(self, group, now_ms=None):
+        """int64 (n,): now - the group's event time; -1 where the key was not
+        found or the group never written."""
+        now = _now_ms() if now_ms is None else now_ms
+        t = self._group_times[:, self._group_column(group)]
+        return np.where(self.found & (t != _NO_GROUP_TIME), now - t, -1)
+
+    def _group_column(self, group):
+        try:
+            return self._groups.index(group)
+        except ValueError:
+            raise GroupNotFoundError("this batch's table has no field group %r; it has: %s"
+                                     % (group, ", ".join(self._groups) or "none")) from None
 
     def __len__(self):
         return self._n
@@ -627,6 +672,9 @@ class Table:
         self._by_name = {f.name: f for f in fields}
         self._plans = {}  # fields (a tuple, or None for the default) -> _Plan
         self._get_ex = _n.larder_get_ex_raw  # without argtypes: see _byref
+        ngroups = _n.larder_table_group_count(handle)
+        self.groups = tuple(_n.larder_table_group_name(handle, g).decode("utf-8") for g in range(ngroups))
+        self._group_index = {name: g for g, name in enumerate(self.groups)}
 
     def field(self, name):
         """The Field ``name``; FieldNotFoundError (a NotFoundError and a
@@ -638,6 +686,27 @@ class Table:
 
     def _no_field(self, name):
         return FieldNotFoundError("table %r has no field %r; it has: %s" % (self.name, name, ", ".join(self._by_name)))
+
+    def _group(self, name):
+        g = self._group_index.get(name)
+        if g is None:
+            raise GroupNotFoundError("table %r has no field group %r; it has: %s"
+                                     % (self.name, name, ", ".join(self.groups) or "none"))
+        return g
+
+    def group_fields(self, group):
+        """The names of the fields of field group ``group``."""
+        g = self._group(group)
+        h = self._live()
+        return [f.name for f in self.fields if _n.larder_field_group(h.ptr, f.index) == g]
+
+    def _group_bounds(self, bounds):
+        """{group: max_age_ms} as a C array of larder_group_max_age, and its length."""
+        arr = (_n.GroupMaxAge * max(len(bounds), 1))()
+        for i, (name, ms) in enumerate(bounds.items()):
+            arr[i].group = self._group(name)
+            arr[i].max_age_ms = int(ms)
+        return arr, len(bounds)
 
     def _key_error(self, key):
         return TypeError("table %r: a key is str or bytes, not %s (%r). Keys are the strings producers sent; for a "
@@ -670,19 +739,30 @@ class Table:
         age ``age_of`` names: "event" (since the key's newest event) or
         "computed" (since the writer last brought its values up to date: keeps
         windowed aggregates of quiet keys fresh while the writer runs; see
-        docs/python.md, "Two ages"). Lock-free, never blocks on the writer;
-        holds the GIL (well under a microsecond in the library)."""
+        docs/python.md, "Two ages"). A dict {group: ms} bounds field groups
+        instead, each by its own event time (a group never written counts as
+        too old), e.g. ``{"activity": 60_000}``. Lock-free, never blocks on
+        the writer; holds the GIL (well under a microsecond in the library)."""
         k = key.encode("utf-8") if key.__class__ is str else key
         if k.__class__ is not bytes:
             if not isinstance(k, (bytes, str)):
                 raise self._key_error(key)
             k = k.encode("utf-8") if isinstance(k, str) else bytes(k)  # subclasses
         buf = self._row_type()
+        if max_age_ms.__class__ is dict:
+            return self._get_groups(key, k, buf, max_age_ms, age_of)
         o = self._read_options.get((max_age_ms, age_of)) or self._options(max_age_ms, age_of)
         h = self._h  # held for the call: a close() meanwhile cannot free it
         if h is None:
             raise InvalidArgumentError("table %r is closed" % self.name)
         status = self._get_ex(h.ptr, k, len(k), buf, o[1], None, _byref(buf, self.row_bytes))
+        return Row(self, key, buf, status, h)
+
+    def _get_groups(self, key, k, buf, bounds, age_of):
+        arr, n = self._group_bounds(bounds)
+        o = self._read_options.get((0, age_of)) or self._options(0, age_of)
+        h = self._live()
+        status = _n.larder_get_groups(h.ptr, k, len(k), buf, o[2], arr, n, None, ctypes.addressof(buf) + self.row_bytes)
         return Row(self, key, buf, status, h)
 
     def stats(self):
@@ -716,7 +796,10 @@ class Table:
         Without string fields no per-key Python objects are made and the GIL
         is released while the library reads; string fields come back in
         ``batch.strings`` (object arrays) from one consistent read of each
-        key's row, a per-key loop (name the fields to leave them out)."""
+        key's row, a per-key loop (name the fields to leave them out).
+        A table with field groups also returns each group's event time per
+        key (``batch.group_event_time_ms(name)``), and max_age_ms may be a
+        dict {group: ms} as for get."""
         plan = self._plans.get(fields if fields is None or fields.__class__ is tuple else tuple(fields))
         if plan is None:
             plan = self._plan(fields)
@@ -724,9 +807,14 @@ class Table:
             raise InvalidArgumentError("keys is a list of keys, not one key: use get(), or [key]")
         h = self._live()
         n = len(keys)
+        bounds, nbounds = None, 0
+        if max_age_ms.__class__ is dict:
+            bounds, nbounds = self._group_bounds(max_age_ms)
+            max_age_ms = 0
         opts = self._read_options.get((max_age_ms, age_of)) or self._options(max_age_ms, age_of)
         if plan.strings:
-            return self._get_rows(h, keys, n, plan, opts, missing)
+            return self._get_rows(h, keys, n, plan, opts, missing, bounds, nbounds)
+        group_times = np.empty((n, len(self.groups)), dtype=np.int64) if self.groups else None
         key_buf, offsets, width = _pack_keys(keys, n, self)
         # One allocation for every output: float64 values, int64 event
         # times, int64 computed-at instants, float32 vectors, int32
@@ -738,25 +826,34 @@ class Table:
             key_ptr = _address(_char_view(key_buf)) if key_buf.flags.writeable and key_len else key_buf.ctypes.data
         else:
             key_ptr, key_len = key_buf, len(key_buf)
-        code = self._gather(h, key_ptr, key_len, offsets, width, n, plan, base, missing, opts)
+        groups = (bounds, nbounds, group_times)
+        code = self._gather(h, key_ptr, key_len, offsets, width, n, plan, base, missing, opts, groups)
         if code != 0 and offsets is None and width == 0:
             # A key holds a NUL byte: pass explicit offsets instead.
             key_buf, offsets = _pack_offsets(keys, n, self)
-            code = self._gather(h, key_buf, len(key_buf), offsets, 0, n, plan, base, missing, opts)
+            code = self._gather(h, key_buf, len(key_buf), offsets, 0, n, plan, base, missing, opts, groups)
         if code != 0:
             raise from_code(code, "larder_gather refused its arguments (table %r)" % self.name)
-        return Batch(keys, plan, raw, n)
+        return Batch(keys, plan, raw, n, None, self.groups, group_times)
 
-    def _gather(self, h, key_ptr, key_len, offsets, width, n, plan, base, missing, opts):
+    def _gather(self, h, key_ptr, key_len, offsets, width, n, plan, base, missing, opts, groups):
         ncols = plan.ncols
         at_vectors = base + 8 * n * ncols + 16 * n
-        return _n.larder_gather_ex(h.ptr, key_ptr, key_len, None if offsets is None else offsets.ctypes.data,
-                                   width, n, plan.scalar_ptr, ncols, base, missing,
-                                   plan.vector_ptr, plan.nvector, at_vectors if plan.nvector else None, missing,
-                                   at_vectors + 4 * n * plan.dims, base + 8 * n * ncols, opts[2],
-                                   base + 8 * n * ncols + 8 * n)
+        bounds, nbounds, group_times = groups
+        if group_times is None:
+            return _n.larder_gather_ex(h.ptr, key_ptr, key_len, None if offsets is None else offsets.ctypes.data,
+                                       width, n, plan.scalar_ptr, ncols, base, missing,
+                                       plan.vector_ptr, plan.nvector, at_vectors if plan.nvector else None, missing,
+                                       at_vectors + 4 * n * plan.dims, base + 8 * n * ncols, opts[2],
+                                       base + 8 * n * ncols + 8 * n)
+        return _n.larder_gather_groups(h.ptr, key_ptr, key_len, None if offsets is None else offsets.ctypes.data,
+                                       width, n, plan.scalar_ptr, ncols, base, missing,
+                                       plan.vector_ptr, plan.nvector, at_vectors if plan.nvector else None, missing,
+                                       at_vectors + 4 * n * plan.dims, base + 8 * n * ncols, opts[2],
+                                       None if bounds is None else ctypes.addressof(bounds), nbounds,
+                                       base + 8 * n * ncols + 8 * n, group_times.ctypes.data if n else None)
 
-    def _get_rows(self, h, keys, n, plan, opts, missing):
+    def _get_rows(self, h, keys, n, plan, opts, missing, bounds=None, nbounds=0):
         """get_many with string fields: each key's row read once (a
         consistent copy, as get() reads it), every column taken from it."""
         if isinstance(keys, np.ndarray):
@@ -771,9 +868,16 @@ class Table:
         status = np.empty(n, dtype=np.int32)
         computed = np.zeros(max(n, 1), dtype=np.int64)
         at_computed = _address(_char_view(computed))
-        get_ex, handle, options = _n.larder_get_ex, h.ptr, opts[2]
-        for i, k in enumerate(keys_list):
-            status[i] = get_ex(handle, k, len(k), base + i * stride, options, None, at_computed + 8 * i)
+        handle, options = h.ptr, opts[2]
+        if self.groups:
+            get_groups = _n.larder_get_groups
+            for i, k in enumerate(keys_list):
+                status[i] = get_groups(handle, k, len(k), base + i * stride, options, bounds, nbounds, None,
+                                       at_computed + 8 * i)
+        else:
+            get_ex = _n.larder_get_ex
+            for i, k in enumerate(keys_list):
+                status[i] = get_ex(handle, k, len(k), base + i * stride, options, None, at_computed + 8 * i)
         rows = rows[:n]
         found = (status == 0) | (status == 2)
         vo = self._validity_offset
@@ -783,7 +887,14 @@ class Table:
             return found & (((word >> np.uint64(f.index & 63)) & np.uint64(1)) == 1)
 
         raw = np.empty(max(n * (8 * plan.ncols + 20 + 4 * plan.dims), 8), dtype=np.uint8)
-        batch = Batch(keys, plan, raw, n)
+        group_times = None
+        if self.groups:
+            group_times = np.full((n, len(self.groups)), _NO_GROUP_TIME, dtype=np.int64)
+            for i in range(n):
+                if found[i]:
+                    for g in range(len(self.groups)):
+                        group_times[i, g] = _n.larder_row_group_event_time_ms(handle, base + i * stride, g)
+        batch = Batch(keys, plan, raw, n, None, self.groups, group_times)
         for j, f in enumerate(plan.scalar_fields):
             if f.type == FieldType.BOOL:
                 v = (rows[:, f.offset] != 0).astype(np.float64)

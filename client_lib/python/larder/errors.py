@@ -32,6 +32,13 @@ class FieldNotFoundError(NotFoundError, KeyError):
         return self.message
 
 
+class GroupNotFoundError(NotFoundError, KeyError):
+    """No such field group: the message lists the table's groups."""
+
+    def __str__(self):
+        return self.message
+
+
 class NoValueError(KeyError):
     """``row["name"]`` of a field that has no value for this key (never
     written, or the key was not found): ``row.get("name")`` gives None."""

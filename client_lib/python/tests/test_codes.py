@@ -53,7 +53,7 @@ def test_every_exception_class_has_a_code():
     classes = {obj for obj in vars(errors).values()
                if isinstance(obj, type) and issubclass(obj, errors.LarderError) and obj is not errors.LarderError}
     # A refinement (a more precise class for one case) carries its base's code.
-    refinements = {errors.FieldNotFoundError}
+    refinements = {errors.FieldNotFoundError, errors.GroupNotFoundError}
     assert classes - refinements == set(errors._BY_CODE.values())
     for cls in refinements:
         assert issubclass(cls, errors._BY_CODE[cls.code])

@@ -1,7 +1,7 @@
 // larder-test-writer: writes segments for the Python client's tests and
 // benchmark with the C++ writer, and times the C++ client for comparison.
 //
-//   larder-test-writer write --segment NAME --dir DIR [--schema demo|rows|cards]
+//   larder-test-writer write --segment NAME --dir DIR [--schema demo|rows|cards|groups]
 //                            [--rows N] [--seed S] [--age-step-ms MS]
 //                            [--stopped-ms MS]
 //   larder-test-writer churn --segment NAME --dir DIR --rows N --seconds S
@@ -23,6 +23,11 @@
 // fills keys key:0..N-1, prints "ready" and rewrites them round-robin with an
 // ever-increasing counter for S seconds (or until SIGTERM), then prints
 // "done WRITES".
+// write, schema "groups": table "cards" with field groups (profile:
+// credit_limit; activity: last_amount, tx_count; default: country), rows whose
+// group times are --at-ms (default now) minus the offsets in write_grouped_cards():
+// older updates of one group applied after newer ones of the other, and a
+// delete between two groups' times.
 // sync: on a "demo" segment, stores the source id "amqp / stream
 // features.stream", sync state --seed (a SyncState number, default 1:
 // catching up), partition 0 at offset 1234 with 2 updates applied and target
@@ -67,12 +72,13 @@ struct Args {
   double seconds = 1.0;
   size_t batch = 256;
   uint64_t iters = 20000;
+  int64_t at_ms = 0;
 };
 
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr,
                "larder-test-writer: %s\n"
-               "usage: larder-test-writer write|churn|bench --segment NAME [--dir DIR] [--schema demo|rows|cards]\n"
+               "usage: larder-test-writer write|churn|bench --segment NAME [--dir DIR] [--schema demo|rows|cards|groups]\n"
                "       [--rows N] [--seed S] [--age-step-ms MS] [--stopped-ms MS] [--seconds S] [--table T]\n"
                "       [--batch B] [--iters I]\n",
                why);
@@ -109,6 +115,8 @@ Args parse(int argc, char** argv) {
       a.batch = std::strtoull(v, nullptr, 10);
     else if (flag == "--iters")
       a.iters = std::strtoull(v, nullptr, 10);
+    else if (flag == "--at-ms")
+      a.at_ms = std::strtoll(v, nullptr, 10);
     else
       usage("unknown flag");
   }
@@ -215,6 +223,47 @@ larder::layout::Schema rows_schema(uint64_t rows) {
   return s;
 }
 
+larder::layout::Schema grouped_cards_schema() {
+  using larder::layout::FieldSpec;
+  using larder::layout::FieldType;
+  larder::layout::TableSpec t;
+  t.name = "cards";
+  t.key_max_len = 32;
+  t.capacity = 64;
+  t.fields = {FieldSpec{"credit_limit", FieldType::kFloat64, 1, "profile"},
+              FieldSpec{"last_amount", FieldType::kFloat64, 1, "activity"},
+              FieldSpec{"tx_count", FieldType::kInt64, 1, "activity"}, FieldSpec{"country", FieldType::kString, 4, ""}};
+  larder::layout::Schema s;
+  s.tables.push_back(std::move(t));
+  return s;
+}
+
+// The "groups" rows, times relative to `at` (ms):
+//   card:1  activity at -1 s (12.5, 3), then profile at -3 d (3000): applies
+//   card:2  profile at -1 s (500), then activity at -3 d (1.0, 1): applies
+//   card:3  profile at -5 s (800), activity at -2 s (7.0, 2), then a delete
+//           at -3 s: profile cleared (its time -3 s), activity kept
+//   card:4  profile at -9 s, then a delete at -1 s: a tombstone
+void write_grouped_cards(larder::Writer& w, int64_t at) {
+  using larder::FieldValue;
+  constexpr int64_t kDay = 24 * 3600 * 1000;
+  const FieldValue act1[] = {FieldValue::float64(1, 12.5), FieldValue::int64(2, 3)};
+  w.upsert(0, "card:1", at - 1000, act1);
+  const FieldValue prof1[] = {FieldValue::float64(0, 3000.0)};
+  w.upsert(0, "card:1", at - 3 * kDay, prof1);
+  const FieldValue prof2[] = {FieldValue::float64(0, 500.0)};
+  w.upsert(0, "card:2", at - 1000, prof2);
+  const FieldValue act2[] = {FieldValue::float64(1, 1.0), FieldValue::int64(2, 1)};
+  w.upsert(0, "card:2", at - 3 * kDay, act2);
+  const FieldValue prof3[] = {FieldValue::float64(0, 800.0)};
+  w.upsert(0, "card:3", at - 5000, prof3);
+  const FieldValue act3[] = {FieldValue::float64(1, 7.0), FieldValue::int64(2, 2)};
+  w.upsert(0, "card:3", at - 2000, act3);
+  w.remove(0, "card:3", at - 3000);
+  w.upsert(0, "card:4", at - 9000, prof3);
+  w.remove(0, "card:4", at - 1000);
+}
+
 int write(const Args& a) {
   if (a.schema == "demo") {
     auto w = larder::Writer::open(a.segment, demo_schema(), writer_options(a));
@@ -225,8 +274,11 @@ int write(const Args& a) {
   } else if (a.schema == "cards") {
     auto w = larder::Writer::open(a.segment, cards_schema(), writer_options(a));
     write_cards(*w, a);
+  } else if (a.schema == "groups") {
+    auto w = larder::Writer::open(a.segment, grouped_cards_schema(), writer_options(a));
+    write_grouped_cards(*w, a.at_ms != 0 ? a.at_ms : larder::now_unix_ms());
   } else {
-    usage("--schema is demo, rows or cards");
+    usage("--schema is demo, rows, cards or groups");
   }
   std::printf("ready\n");
   return 0;

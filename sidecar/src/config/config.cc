@@ -207,8 +207,19 @@ InputKind field_input_kind(layout::FieldType type) {
 }
 
 // One `fields` entry: appends it to t.spec.fields and t.ingest.
+// A field's or aggregate's `group` (docs/sidecar.md#field-groups); "" when
+// it names none.
+std::string parse_group(const MapNode& m) {
+  if (!m.has("group")) return "";
+  std::string group = m.str("group");
+  if (!layout::valid_identifier(group)) {
+    fail(m.child("group"), fmt::format("\"{}\" is not a valid group name ([A-Za-z0-9_.-], 1..63 bytes)", group));
+  }
+  return group;
+}
+
 void parse_field(const YAML::Node& fnode, const std::string& fpath, TableConfig& t, TableNames& names) {
-  MapNode f(fnode, fpath, {"name", "type", "dims", "max_len", "from", "transform"});
+  MapNode f(fnode, fpath, {"name", "type", "dims", "max_len", "from", "transform", "group"});
   layout::FieldSpec spec;
   spec.name = f.str("name");
   if (!layout::valid_identifier(spec.name)) {
@@ -232,6 +243,7 @@ void parse_field(const YAML::Node& fnode, const std::string& fpath, TableConfig&
   } else if (f.has("max_len")) {
     fail(f.child("max_len"), "only string fields have max_len");
   }
+  spec.group = parse_group(f);
 
   FieldIngest ingest;
   if (f.has("from")) {
@@ -369,7 +381,7 @@ void parse_aggregate_window(const MapNode& a, layout::AggregateSpec& spec) {
 
 // One `aggregates` entry: appends it to t.spec.aggregates.
 void parse_aggregate(const YAML::Node& anode, const std::string& apath, TableConfig& t, TableNames& names) {
-  MapNode a(anode, apath, {"name", "source", "fn", "window", "resolution", "end"});
+  MapNode a(anode, apath, {"name", "source", "fn", "window", "resolution", "end", "group"});
   layout::AggregateSpec spec;
   spec.name = a.str("name");
   if (!layout::valid_identifier(spec.name)) {
@@ -399,6 +411,7 @@ void parse_aggregate(const YAML::Node& anode, const std::string& apath, TableCon
   } else {
     fail(a.child("end"), fmt::format("unknown end \"{}\" (expected now or latest_event)", end));
   }
+  spec.group = parse_group(a);
   t.spec.aggregates.push_back(std::move(spec));
 }
 
@@ -566,6 +579,12 @@ TableConfig parse_table(const YAML::Node& node, const std::string& path, const E
   each_item(m.node("aggregates"), m.child("aggregates"), false,
             [&](const YAML::Node& anode, const std::string& apath) { parse_aggregate(anode, apath, t, names); });
   check_aggregate_references(m, t, names);
+  if (const std::vector<std::string> groups = t.spec.group_names(); groups.size() > layout::kMaxFieldGroups) {
+    std::string list;
+    for (const std::string& g : groups) list += (list.empty() ? "" : ", ") + g;
+    fail(m.child("fields"), fmt::format("{} field groups ({}; fields without a group are in \"{}\"), at most {}",
+                                        groups.size(), list, layout::kDefaultGroup, layout::kMaxFieldGroups));
+  }
   parse_lateness_and_dedup(m, t);
   return t;
 }

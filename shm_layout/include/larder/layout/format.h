@@ -28,6 +28,8 @@
 //   words 5..     validity       one bit per field: set once the field is written
 //   then          key            key_words words, zero padded
 //   then          row            row_bytes of typed fields at FieldDescriptor::offset
+//   then          group times    group_count words (tables that declare field
+//                                groups only): each group's event time
 //
 // Invariants (see docs/design.md for the arguments):
 //  * Exactly one writer per segment; it holds an exclusive flock on
@@ -72,6 +74,12 @@ inline constexpr size_t kMaxStringLength = 65535;
 inline constexpr size_t kMaxVectorDims = 16384;
 inline constexpr size_t kSlotAlign = 64;
 inline constexpr size_t kSlotArrayAlign = 4096;
+// Field groups: named sets of fields of one table, each with its own event
+// time, last-write-wins and age (docs/segment-format.md#field-groups).
+inline constexpr size_t kMaxFieldGroups = 8;
+// A group time word that no update or delete has set yet: older than any
+// event time, so its age is "infinitely old".
+inline constexpr int64_t kNoGroupTime = INT64_MIN;
 
 enum class SegmentState : uint32_t {
   kCreating = 0,  // being built; readers must not attach
@@ -163,7 +171,14 @@ struct FieldDescriptor {
   uint32_t bytes;         // 76  bytes the field occupies in the row
   uint32_t index;         // 80  bit in the validity bitmap
   uint32_t flags;         // 84  kFieldAggregate
-  uint64_t reserved;      // 88
+  uint32_t group;         // 88  field group (0 when the table has none)
+  uint32_t reserved;      // 92
+};
+
+// One field group of a table: its name. Group g's event time is slot word
+// row_word_offset + row_words + g.
+struct GroupDescriptor {
+  char name[kNameBytes];  //  0
 };
 
 // One aggregate of a table; its output is field `field` (flags kFieldAggregate).
@@ -210,10 +225,13 @@ struct TableDescriptor {
   // in progress leaves, armed before its undo copy is, so that a writer
   // killed between the slot's W2 and the counter stores is finished by the
   // next one without a recount (writer/src/row_write.h).
-  Word count_armed;       // 336  1 while the two words below await a slot write
-  Word count_live;        // 344  live_keys after the slot write
-  Word count_tombstones;  // 352  tombstones after the slot write
-  uint64_t reserved1[3];  // 360
+  Word count_armed;        // 336  1 while the two words below await a slot write
+  Word count_live;         // 344  live_keys after the slot write
+  Word count_tombstones;   // 352  tombstones after the slot write
+  uint32_t group_count;    // 360  field groups (0: none; the slot has no group time words)
+  uint32_t reserved2;      // 364
+  uint64_t groups_offset;  // 368  GroupDescriptor[group_count]
+  uint64_t reserved1;      // 376
 };
 
 // The dedup set: buckets of kDedupWays entries {id hash, event time + 1}.
@@ -449,6 +467,7 @@ inline constexpr size_t kSegmentHeaderBytes = 256;
 inline constexpr size_t kTableDescriptorBytes = 384;
 inline constexpr size_t kFieldDescriptorBytes = 96;
 inline constexpr size_t kAggregateDescriptorBytes = 128;
+inline constexpr size_t kGroupDescriptorBytes = 64;
 
 // Slot header words, in order; then validity, key and row words.
 inline constexpr size_t kSlotSeqWord = 0;
@@ -467,6 +486,10 @@ static_assert(sizeof(TableDescriptor) == kTableDescriptorBytes);
 static_assert(sizeof(FieldDescriptor) == kFieldDescriptorBytes);
 static_assert(sizeof(AggregateDescriptor) == kAggregateDescriptorBytes);
 static_assert(std::is_trivially_copyable_v<AggregateDescriptor>);
+static_assert(sizeof(GroupDescriptor) == kGroupDescriptorBytes);
+static_assert(offsetof(TableDescriptor, group_count) == 360);
+static_assert(offsetof(TableDescriptor, groups_offset) == 368);
+static_assert(offsetof(FieldDescriptor, group) == 88);
 static_assert(sizeof(JournalEntry) == 16);
 static_assert(offsetof(SegmentHeader, journal_armed) == 208);
 static_assert(offsetof(TableDescriptor, aggregate_count) == 208);
@@ -551,6 +574,13 @@ constexpr uint64_t abi_signature() {
       offsetof(SegmentHeader, source_offset),
       sizeof(SourceBlock),
       kMaxSourcePartitions,
+      // Field groups.
+      sizeof(GroupDescriptor),
+      offsetof(TableDescriptor, group_count),
+      offsetof(TableDescriptor, groups_offset),
+      offsetof(FieldDescriptor, group),
+      kMaxFieldGroups,
+      static_cast<uint64_t>(kNoGroupTime),
   };
   uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a over the facts' bytes
   auto mix = [&h](uint64_t f) {

@@ -19,7 +19,13 @@ struct FieldSpec {
   std::string name;
   FieldType type = FieldType::kFloat64;
   uint32_t count = 1;  // dimensions for kFloat32Vector, max bytes for kString
+  // The field group (docs/segment-format.md#field-groups); "" is the group
+  // named kDefaultGroup once any field of the table names a group.
+  std::string group;
 };
+
+// The group of the fields that name none, in a table where others do.
+inline constexpr const char* kDefaultGroup = "default";
 
 // Windowed aggregates (docs/aggregates.md). An aggregate folds the values
 // that events carry for its `source` into time buckets of `resolution_ms` and
@@ -43,6 +49,7 @@ struct AggregateSpec {
   int64_t window_ms = 0;
   int64_t resolution_ms = 0;  // bucket width; 0 picks default_resolution_ms(window_ms)
   WindowEnd end = WindowEnd::kNow;
+  std::string group;  // the output field's group, as FieldSpec::group
 };
 
 // The default bucket width: window / n for the smallest n >= 60 that divides
@@ -70,6 +77,12 @@ struct TableSpec {
 
   // The row's fields: `fields`, then one per aggregate, in order.
   std::vector<FieldSpec> all_fields() const;
+  // The field groups in order of first use over all_fields() (a field that
+  // names none is in kDefaultGroup); empty when no field or aggregate names
+  // a group, and then the table keeps the ungrouped layout.
+  std::vector<std::string> group_names() const;
+  // The group index of each of all_fields() (all 0 without groups).
+  std::vector<uint32_t> field_groups() const;
   // resolution_ms / allowed_lateness_ms / dedup_* with defaults applied.
   int64_t resolution_of(const AggregateSpec& a) const;
   int64_t lateness_ms() const;
@@ -156,6 +169,9 @@ struct TablePlan {
   uint64_t dedup_offset = 0;  // dedup set: dedup_buckets * kDedupBucketBytes
   uint64_t dedup_buckets = 0;
   AggregatePlan aggregates;
+  uint32_t group_count = 0;            // field groups; 0: none (no group time words)
+  uint64_t groups_offset = 0;          // GroupDescriptor[group_count]
+  std::vector<uint32_t> field_groups;  // per field of all_fields()
 };
 
 struct LayoutPlan {

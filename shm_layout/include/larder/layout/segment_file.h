@@ -77,6 +77,7 @@ void validate_segment(const void* base, size_t size, std::string_view name);
 const TableDescriptor& table_descriptor(const void* base, uint32_t table) noexcept;
 const FieldDescriptor& field_descriptor(const void* base, const TableDescriptor& t, uint32_t field) noexcept;
 const AggregateDescriptor& aggregate_descriptor(const void* base, const TableDescriptor& t, uint32_t a) noexcept;
+const GroupDescriptor& group_descriptor(const void* base, const TableDescriptor& t, uint32_t group) noexcept;
 TableGeometry table_geometry(const void* base, const TableDescriptor& t) noexcept;
 const SourceBlock& source_block(const void* base) noexcept;
 

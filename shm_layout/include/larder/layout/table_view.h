@@ -48,6 +48,7 @@ struct TableGeometry {
   uint32_t key_words = 0;
   uint32_t row_words = 0;
   uint32_t key_max_len = 0;
+  uint32_t group_count = 0;  // field groups: their time words follow the row
   uint64_t hash_seed = 0;
 
   const Word* slot(uint64_t i) const noexcept { return slots + i * slot_words; }
@@ -59,6 +60,7 @@ struct TableGeometry {
   }
   uint32_t key_word_offset() const noexcept { return kSlotHeaderWords + validity_words; }
   uint32_t row_word_offset() const noexcept { return key_word_offset() + key_words; }
+  uint32_t group_word_offset() const noexcept { return row_word_offset() + row_words; }
   // Words a reader copies out of a slot: everything from the event time on.
   uint32_t copy_words() const noexcept { return slot_words - kSlotEventTimeWord; }
 };
