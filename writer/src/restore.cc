@@ -345,6 +345,7 @@ void Writer::Impl::restore_image(std::span<const unsigned char> image) {
   }
   map = std::move(fresh);
   created = true;
+  restored = true;
 }
 
 }  // namespace larder

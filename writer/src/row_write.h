@@ -27,6 +27,8 @@
 //     disarmed before step 7. repair() redoes an armed record whose guarded
 //     slot write finished and drops it otherwise, so the counters always
 //     match the slots without a recount (repair.cc).
+//  6b. max_event_time_ms is raised to the row's event time, still under the
+//     undo record (repair() raises it from a finished write it guards).
 //  7. undo_armed = 0 (release): the copy is no longer needed.
 //
 // Threading: the writer thread only. The routine never reads what readers
@@ -216,6 +218,15 @@ namespace larder {
     sync::store_relaxed(d.counters.tombstones, tombstones_after);
     crash_point(CrashPoint::kCounts);
     sync::store_release(d.count_armed, uint64_t{0});
+  }
+  // 6b. The table's newest event time, while the undo record still guards
+  // the write: a writer killed before this store leaves a finished write
+  // that repair() recognises and raises the counter from (repair_counts).
+  // Raised after the undo copy is disarmed, a kill in between would leave a
+  // row newer than max_event_time_ms.
+  if (change.set_times &&
+      change.event_time_ms > static_cast<int64_t>(sync::load_relaxed(d.counters.max_event_time_ms))) {
+    sync::store_relaxed(d.counters.max_event_time_ms, static_cast<uint64_t>(change.event_time_ms));
   }
   // 7. The undo copy is no longer needed.
   sync::store_release(header->undo_armed, uint64_t{0});

@@ -234,6 +234,7 @@ void Writer::set_connection_state(ConnectionState state) {
 void Writer::add_messages_rejected(uint64_t n) { writer::bump(impl_->header->messages_rejected, n); }
 
 bool Writer::created() const { return impl_->created; }
+bool Writer::restored() const { return impl_->restored; }
 uint64_t Writer::repaired_slots() const { return impl_->repaired; }
 const AttachReport& Writer::attach_report() const { return impl_->report; }
 std::string Writer::path() const { return segment_path(impl_->dir, impl_->name); }

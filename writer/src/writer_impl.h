@@ -162,6 +162,7 @@ struct Writer::Impl {
   layout::PackedKey packed;              // the key of the update in progress
   std::vector<FieldValue> group_values;  // the values of an update its groups take (update.cc)
   bool created = false;
+  bool restored = false;  // created from a snapshot image (Writer::restore)
   uint64_t repaired = 0;
   AttachReport report;
 

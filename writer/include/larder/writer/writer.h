@@ -287,6 +287,7 @@ class Writer {
                                          std::span<const unsigned char> image, const WriterOptions& options = {});
 
   bool created() const;             // this open created the segment
+  bool restored() const;            // ... from a snapshot image (restore())
   uint64_t repaired_slots() const;  // slots restored by this open
   // What this open found and did; all zero for a segment it created or
   // restored.
