@@ -41,6 +41,52 @@ class PrototypeReader {
     return layout::find(geo_, packed, h, row, 256) == layout::FindResult::kFound;
   }
 
+  // Variants of get_many's prefetch schedule (proto_get_many64_*), for
+  // batches of at most kMaxBatch keys:
+  //   window      keys whose home slots are in flight ahead of the lookup;
+  //   hash_first  hash every key of the batch before the first lookup, so
+  //               the lookup loop carries no hashing;
+  //   touch_ahead also prefetch the first line of the home slot `window`
+  //               keys before the whole slot, so the page walk (4 KiB
+  //               pages, nested paging) is done when the slot's lines are
+  //               asked for.
+  static constexpr size_t kMaxBatch = 64;
+  struct Schedule {
+    size_t window = 16;
+    bool hash_first = false;
+    bool touch_ahead = false;
+  };
+  size_t get_many_scheduled(std::span<const std::string_view> keys, uint64_t* rows, const Schedule& sc) const {
+    const size_t n = std::min(keys.size(), kMaxBatch);
+    uint64_t hashes[kMaxBatch];
+    const size_t w = sc.window;
+    const size_t first = sc.hash_first ? n : std::min(n, sc.touch_ahead ? 2 * w : w);
+    for (size_t i = 0; i < first; ++i) hashes[i] = layout::hash_key(keys[i], geo_.hash_seed);
+    for (size_t i = 0; i < std::min(n, w); ++i) prefetch_slot(hashes[i]);
+    if (sc.touch_ahead) {
+      for (size_t i = w; i < std::min(n, 2 * w); ++i) touch_slot(hashes[i]);
+    }
+    size_t hashed = first;
+    size_t missing = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const size_t next = i + (sc.touch_ahead ? 2 * w : w);
+      if (next < n && next >= hashed) {
+        hashes[next] = layout::hash_key(keys[next], geo_.hash_seed);
+        hashed = next + 1;
+      }
+      if (sc.touch_ahead && next < n) touch_slot(hashes[next]);
+      if (i + w < n) prefetch_slot(hashes[i + w]);
+      if (keys[i].empty() || keys[i].size() > geo_.key_max_len || keys[i].size() > layout::kMaxKeyLength) {
+        ++missing;
+        continue;
+      }
+      layout::PackedKey packed;
+      packed.assign(keys[i]);
+      missing += layout::find(geo_, packed, hashes[i], rows + i * row_words(), 256) != layout::FindResult::kFound;
+    }
+    return missing + (keys.size() - n);
+  }
+
   // Returns the number of keys not found. rows: keys.size() * row_words().
   size_t get_many(std::span<const std::string_view> keys, uint64_t* rows) const {
     constexpr size_t kWindow = 16;
@@ -74,6 +120,8 @@ class PrototypeReader {
     const size_t bytes = size_t{geo_.slot_words} * 8;
     for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(s + off, 0, 1);
   }
+
+  void touch_slot(uint64_t hash) const { __builtin_prefetch(geo_.slot(geo_.home(hash)), 0, 1); }
 
   std::unique_ptr<layout::MappedFile> file_;
   layout::TableGeometry geo_;

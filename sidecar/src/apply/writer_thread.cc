@@ -140,8 +140,10 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
     // well under the millisecond resolution of event times.
     const LagRecorder lag{&metrics.visible_lag_seconds, n > 0 ? layout::now_unix_ns() / 1'000'000 : 0};
     int64_t t0 = n > 0 ? layout::now_mono_ns() : 0;
+    const int64_t dequeued = t0;
     for (size_t i = 0; i < n; ++i) {
       WorkItem& item = items[i];
+      metrics.stage_handover_seconds.observe_ns(dequeued - item.enqueued_mono_ns);
       Completion c;
       c.epoch = item.epoch;
       c.delivery_tag = item.delivery_tag;
@@ -149,6 +151,8 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
           apply_item(writer, item, sync, &c.reason, &c.refused_update, &applied_updates, &lag, &duplicates, &late);
       const int64_t t1 = layout::now_mono_ns();
       metrics.apply_seconds.observe_ns(t1 - t0);
+      metrics.stage_apply_seconds.observe_ns(t1 - dequeued);
+      c.applied_mono_ns = t1;
       t0 = t1;
       if (c.outcome == Outcome::kApplied) ++applied_messages;
       if (c.outcome == Outcome::kRejected && c.reason == RejectReason::kTableFull && table_full_logged++ % 1000 == 0) {
