@@ -244,7 +244,10 @@ void crash_with_seq_odd(CrashPoint point) {
 // flight); after replaying what was in flight the table equals the model.
 // Besides the keys the readers check, the writer inserts, deletes and
 // reclaims churn keys, so that kills land in writes that change the counters.
-TEST(Processes, CrashInjection) {
+// `batched`: the writer upserts the checked keys kBatch at a time through
+// Writer::upsert_many (each update acknowledged when the batch returns), so
+// kills land while the next keys' slots are being prefetched.
+void crash_injection(bool batched) {
   testing::Children kids;
   ScratchSegment seg;
   constexpr uint64_t kKeys = 128;
@@ -252,7 +255,7 @@ TEST(Processes, CrashInjection) {
   WriterOptions opts;
   opts.tombstone_retention_ms = 0;  // maintain() reclaims tombstones at once
   auto open_writer = [&] { return open_derived(seg, kKeys + kChurnKeys, opts); };
-  const uint64_t seed = testing::test_seed("CrashInjection");
+  const uint64_t seed = testing::test_seed(batched ? "CrashInjectionUpsertMany" : "CrashInjection");
   const int iterations = testing::crash_iterations(25);
   ASSERT_GE(iterations, 2)
       << "LARDER_CRASH_ITERATIONS=" << -iterations
@@ -296,16 +299,34 @@ TEST(Processes, CrashInjection) {
       if (whitebox) {
         set_crash_hook(it == 1 ? &crash_with_seq_odd : at_counts ? &crash_at_counts : &crash_after_countdown);
       }
+      constexpr int kBatch = 8;
+      testing::DerivedUpsert batch[kBatch];
+      Upsert upserts[kBatch];
+      ApplyResult results[kBatch];
       for (int64_t c = base;; ++c) {
         const uint64_t k = static_cast<uint64_t>(c) % kKeys;
-        last_attempted->store(c);
-        attempted[k].store(c);
-        if (testing::write_derived(*w, k, c) != ApplyResult::kApplied) return 3;
-        acked[k].store(c);
+        if (!batched) {
+          last_attempted->store(c);
+          attempted[k].store(c);
+          if (testing::write_derived(*w, k, c) != ApplyResult::kApplied) return 3;
+          acked[k].store(c);
+        } else if (c % kBatch == 0) {
+          // Keys k .. k+7 (kKeys is a multiple of kBatch) at versions c .. c+7.
+          last_attempted->store(c + kBatch - 1);
+          for (int b = 0; b < kBatch; ++b) {
+            attempted[k + b].store(c + b);
+            upserts[b] = batch[b].set(k + b, c + b);
+          }
+          w->upsert_many(upserts, results);
+          for (int b = 0; b < kBatch; ++b) {
+            if (results[b] != ApplyResult::kApplied) return 3;
+            acked[k + b].store(c + b);
+          }
+        }
         // A churn key: inserted on even calls, deleted on odd ones, its
         // tombstone reclaimed by maintain().
         const uint64_t churn = kKeys + (static_cast<uint64_t>(c) / 2 * 7) % kChurnKeys;
-        last_attempted->store(c);
+        if (last_attempted->load() < c) last_attempted->store(c);  // a batch may have stored a later one
         if (c % 2 == 0) {
           testing::write_derived(*w, churn, c);
         } else {
@@ -490,6 +511,8 @@ TEST(Processes, CrashInjectionGroupedTable) {
               static_cast<unsigned long long>(repaired_total));
   EXPECT_GT(repaired_total, 0u);  // iteration 1 killed with seq odd
 }
+TEST(Processes, CrashInjection) { crash_injection(false); }
+TEST(Processes, CrashInjectionUpsertMany) { crash_injection(true); }
 
 CrashPoint kill_kind = CrashPoint::kUndoArmed;  // set before fork
 void kill_at_first_of_kind(CrashPoint point) {

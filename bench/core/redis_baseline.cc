@@ -1,5 +1,6 @@
 #include "redis_baseline.h"
 
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -105,6 +106,18 @@ bool RedisBaseline::get(std::string_view key, void* out, size_t bytes) {
   return found;
 }
 
+bool RedisBaseline::pin_server(int cpu) {
+  if (server_ <= 0) return false;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (cpu < 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c) CPU_SET(c, &set);
+  } else {
+    CPU_SET(cpu, &set);
+  }
+  return ::sched_setaffinity(server_, sizeof set, &set) == 0 || cpu < 0;
+}
+
 #else
 
 RedisBaseline::RedisBaseline() { skip_reason_ = "built without hiredis (apt-get install libhiredis-dev)"; }
@@ -113,6 +126,7 @@ void RedisBaseline::set(std::string_view, const void*, size_t) {}
 void RedisBaseline::flush() {}
 void RedisBaseline::drain(size_t) {}
 bool RedisBaseline::get(std::string_view, void*, size_t) { return false; }
+bool RedisBaseline::pin_server(int) { return false; }
 
 #endif
 

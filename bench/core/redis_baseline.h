@@ -30,6 +30,9 @@ class RedisBaseline {
   void flush();
   // GET; copies up to `bytes` of the value into out. False when absent.
   bool get(std::string_view key, void* out, size_t bytes);
+  // Pins redis-server to one CPU (sched_setaffinity), or lets it run on any
+  // (cpu < 0). False when the kernel refuses.
+  bool pin_server(int cpu);
 
  private:
   void drain(size_t replies);

@@ -9,14 +9,22 @@
 //              first delivery (a) or first applied update (b, c) to the last.
 //  latency     a paced publisher at --rate msg/s; (a) a bare consumer records
 //              publish-to-consume time, (b) a reader polling the segment
-//              records publish-to-visible time. p50 / p99 / max.
+//              records publish-to-visible time. p50 / p99 / max. Where the
+//              sidecar's time goes: publish to the writer's apply time (the
+//              row's apply_unix_ns) and from there to the reader seeing it,
+//              per message, and the sidecar's own stages from its /metrics
+//              (larder_pipeline_stage_seconds: receive, handover, apply,
+//              pickup). The sidecar's CPU use while idle (/proc/PID/stat).
 //
 // Threads: the main thread publishes and drives the runs; a bare consumer
 // and a segment reader each get a thread with their own connection/mapping.
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
+#include <arpa/inet.h>
 #include <fmt/format.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,10 +32,13 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -52,6 +63,8 @@ struct Options {
   std::vector<std::string> queue_types = {"classic", "quorum"};
   std::string sidecar = LARDER_SIDECAR_BINARY;
   uint32_t prefetch = 200;
+  uint16_t metrics_port = static_cast<uint16_t>(20000 + ::getpid() % 20000);
+  double idle_seconds = 2;
 };
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
@@ -217,10 +230,12 @@ rabbitmq:
   queue: {{name: {name}, type: {type}}}
   prefetch: {prefetch}
 logging: {{level: warn}}
+metrics: {{listen: "127.0.0.1:{port}"}}
 )",
                                           fmt::arg("name", name), fmt::arg("url", o.url),
                                           fmt::arg("env", o.password_env), fmt::arg("type", type),
-                                          fmt::arg("prefetch", o.prefetch));
+                                          fmt::arg("prefetch", o.prefetch), fmt::arg("port", o.metrics_port));
+    port_ = o.metrics_port;
     ::setenv(o.password_env.c_str(), o.password.c_str(), 1);
     pid_ = ::fork();
     if (pid_ == 0) {
@@ -248,6 +263,42 @@ logging: {{level: warn}}
   }
   const larder::Segment& segment() const { return segment_; }
 
+  // CPU seconds (user + system) the sidecar process has used so far.
+  double cpu_seconds() const {
+    std::ifstream f(fmt::format("/proc/{}/stat", pid_));
+    std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    const size_t close = stat.rfind(')');
+    if (close == std::string::npos) return 0;
+    std::istringstream rest(stat.substr(close + 2));
+    std::string field;
+    double utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && rest >> field; ++i) {  // fields 14 and 15: utime, stime (clock ticks)
+      if (i == 14) utime = std::stod(field);
+      if (i == 15) stime = std::stod(field);
+    }
+    return (utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  }
+
+  // GET /metrics from the sidecar's listener; "" when it does not answer.
+  std::string scrape() const {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return {};
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port_);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    std::string out;
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+      const std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+      if (::send(fd, req.data(), req.size(), 0) == static_cast<ssize_t>(req.size())) {
+        char buf[65536];
+        for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) out.append(buf, static_cast<size_t>(n));
+      }
+    }
+    ::close(fd);
+    return out;
+  }
+
   // Seconds from the first applied update until `updates` are applied.
   double time_until_applied(uint64_t updates) {
     while (segment_.info().updates_applied == 0) std::this_thread::sleep_for(100us);
@@ -260,6 +311,7 @@ logging: {{level: warn}}
   std::string name_;
   std::string config_;
   pid_t pid_ = -1;
+  uint16_t port_ = 0;
   larder::Segment segment_;
 };
 
@@ -279,16 +331,63 @@ Percentiles percentiles(std::vector<double> v) {
   return p;
 }
 
+// p50 and p99 of one labelled series of a Prometheus histogram in `text`,
+// interpolated linearly inside the bucket (as histogram_quantile does), in µs.
+struct StageQuantiles {
+  double p50_us = NAN, p99_us = NAN;
+  uint64_t count = 0;
+};
+StageQuantiles histogram_quantiles(const std::string& text, const std::string& family, const std::string& labels) {
+  std::vector<std::pair<double, uint64_t>> buckets;  // upper bound (s), cumulative count
+  std::istringstream in(text);
+  const std::string prefix = family + "_bucket{" + labels + ",le=\"";
+  for (std::string line; std::getline(in, line);) {
+    if (line.compare(0, prefix.size(), prefix) != 0) continue;
+    const size_t end = line.find('"', prefix.size());
+    const std::string le = line.substr(prefix.size(), end - prefix.size());
+    const double bound = le == "+Inf" ? INFINITY : std::stod(le);
+    buckets.emplace_back(bound, std::stoull(line.substr(line.rfind(' ') + 1)));
+  }
+  StageQuantiles q;
+  if (buckets.empty() || buckets.back().second == 0) return q;
+  q.count = buckets.back().second;
+  auto at = [&](double quantile) {
+    const double rank = quantile * static_cast<double>(q.count);
+    double lower = 0;
+    uint64_t below = 0;
+    for (const auto& [bound, cumulative] : buckets) {
+      if (static_cast<double>(cumulative) >= rank) {
+        if (std::isinf(bound)) return lower * 1e6;  // beyond the last bound: report it
+        const double in_bucket = static_cast<double>(cumulative - below);
+        return (lower + (bound - lower) * (rank - static_cast<double>(below)) / std::max(1.0, in_bucket)) * 1e6;
+      }
+      lower = bound;
+      below = cumulative;
+    }
+    return lower * 1e6;
+  };
+  q.p50_us = at(0.5);
+  q.p99_us = at(0.99);
+  return q;
+}
+
 // Paced publisher: `count` messages at o.rate; body(i) builds message i and
 // stamps[i] gets its publish time (ns since `epoch`) just before it is sent.
 void paced_publish(const Options& o, const std::string& queue, uint64_t count, Clock::time_point epoch,
-                   std::vector<std::atomic<int64_t>>& stamps, const std::function<std::string(uint64_t)>& body) {
+                   std::vector<std::atomic<int64_t>>& stamps, const std::function<std::string(uint64_t)>& body,
+                   std::vector<std::atomic<int64_t>>* unix_stamps = nullptr) {
   Conn c(o);
   const auto interval = std::chrono::nanoseconds(static_cast<int64_t>(1e9 / o.rate));
   const auto start = Clock::now();
   for (uint64_t i = 0; i < count; ++i) {
     std::this_thread::sleep_until(start + i * interval);
     const std::string b = body(i);
+    if (unix_stamps != nullptr) {
+      (*unix_stamps)[i].store(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+              .count(),
+          std::memory_order_release);
+    }
     stamps[i].store(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - epoch).count(),
                     std::memory_order_release);  // process memory, not a segment: consumers acquire it
     c.publish_fast(queue, b);
@@ -380,12 +479,14 @@ void run_queue_type(const Options& o, const std::string& type) {
     bare_lat = percentiles(std::move(samples));
   }
 
-  Percentiles side_lat;
+  Percentiles side_lat, to_apply, apply_to_seen;
+  std::map<std::string, StageQuantiles> stages;
+  double idle_cpu = NAN;
   {
     const std::string q = base + "-lat";
     admin.declare_sidecar_queue(q, type);
-    std::vector<std::atomic<int64_t>> stamps(count);
-    std::vector<double> samples;
+    std::vector<std::atomic<int64_t>> stamps(count), unix_stamps(count);
+    std::vector<double> samples, apply_samples, seen_samples;
     {
       Sidecar s(o, q, type);
       std::atomic<bool> done{false};
@@ -398,7 +499,13 @@ void run_queue_type(const Options& o, const std::string& type) {
           if (t.get("lat", row).ok()) {
             const int64_t seen = row.i64(n);
             if (seen != last) {
+              const int64_t seen_unix = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                            std::chrono::system_clock::now().time_since_epoch())
+                                            .count();
               samples.push_back((now_ns() - stamps[seen].load(std::memory_order_acquire)) / 1e3);  // see paced_publish
+              const int64_t applied_unix = row.apply_unix_ns();
+              apply_samples.push_back((applied_unix - unix_stamps[seen].load(std::memory_order_acquire)) / 1e3);
+              seen_samples.push_back((seen_unix - applied_unix) / 1e3);
               last = seen;
             }
           }
@@ -408,15 +515,31 @@ void run_queue_type(const Options& o, const std::string& type) {
         }
       });
       std::this_thread::sleep_for(300ms);  // let the sidecar subscribe
-      paced_publish(o, q, count, epoch, stamps, [](uint64_t i) {
-        return update("lat", 1'700'000'000'000 + static_cast<int64_t>(i), static_cast<int64_t>(i));
-      });
+      // Idle: subscribed, nothing to consume. The CPU the sidecar burns
+      // waiting (a spinning thread would show here).
+      const double cpu0 = s.cpu_seconds();
+      const auto idle0 = Clock::now();
+      std::this_thread::sleep_for(std::chrono::duration<double>(o.idle_seconds));
+      idle_cpu = (s.cpu_seconds() - cpu0) / seconds_since(idle0);
+      paced_publish(
+          o, q, count, epoch, stamps,
+          [](uint64_t i) {
+            return update("lat", 1'700'000'000'000 + static_cast<int64_t>(i), static_cast<int64_t>(i));
+          },
+          &unix_stamps);
       std::this_thread::sleep_for(500ms);
       done = true;
       reader.join();
+      const std::string metrics = s.scrape();
+      for (const char* stage : {"receive", "handover", "apply", "pickup"}) {
+        stages[stage] =
+            histogram_quantiles(metrics, "larder_pipeline_stage_seconds", fmt::format("stage=\"{}\"", stage));
+      }
     }  // stops the sidecar before its queue goes away
     admin.delete_queues(q);
     side_lat = percentiles(std::move(samples));
+    to_apply = percentiles(std::move(apply_samples));
+    apply_to_seen = percentiles(std::move(seen_samples));
   }
   std::printf("\n| latency at %.0f msg/s | samples | p50 µs | p99 µs | max µs |\n|---|---|---|---|---|\n", o.rate);
   std::printf("| bare publish-to-consume | %zu | %.0f | %.0f | %.0f |\n", bare_lat.samples, bare_lat.p50_us,
@@ -424,6 +547,20 @@ void run_queue_type(const Options& o, const std::string& type) {
   std::printf("| sidecar publish-to-visible | %zu | %.0f | %.0f | %.0f |\n", side_lat.samples, side_lat.p50_us,
               side_lat.p99_us, side_lat.max_us);
   std::printf("\np99 ratio (sidecar / bare): %.2f\n", side_lat.p99_us / std::max(1.0, bare_lat.p99_us));
+  std::printf(
+      "\nWhere publish-to-visible goes (per message; stages from the sidecar's larder_pipeline_stage_seconds,\n"
+      "interpolated inside its buckets):\n\n| part | samples | p50 µs | p99 µs |\n|---|---|---|---|\n");
+  std::printf("| publish -> writer's apply time (row apply_unix_ns) | %zu | %.0f | %.0f |\n", to_apply.samples,
+              to_apply.p50_us, to_apply.p99_us);
+  std::printf("| apply time -> reader saw it (20 µs polls) | %zu | %.0f | %.0f |\n", apply_to_seen.samples,
+              apply_to_seen.p50_us, apply_to_seen.p99_us);
+  for (const char* stage : {"receive", "handover", "apply", "pickup"}) {
+    const StageQuantiles& st = stages[stage];
+    std::printf("| sidecar stage %s | %llu | %.1f | %.1f |\n", stage, static_cast<unsigned long long>(st.count),
+                st.p50_us, st.p99_us);
+  }
+  std::printf("\nsidecar CPU while idle (subscribed, no messages, %.1f s): %.2f%% of one CPU\n", o.idle_seconds,
+              idle_cpu * 100);
   std::fflush(stdout);
 }
 
@@ -444,6 +581,9 @@ int main(int argc, char** argv) {
   app.add_option("--queue-types", o.queue_types, "queue types to run")->capture_default_str();
   app.add_option("--prefetch", o.prefetch, "prefetch of both consumers")->capture_default_str();
   app.add_option("--sidecar", o.sidecar, "larder-sidecar binary")->capture_default_str();
+  app.add_option("--metrics-port", o.metrics_port, "the sidecars' /metrics port (loopback)")->capture_default_str();
+  app.add_option("--idle-seconds", o.idle_seconds, "latency run: idle time over which the sidecar's CPU is measured")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   auto env = [](const char* name) {

@@ -42,6 +42,36 @@ inline ApplyResult write_derived(Writer& w, uint64_t k, int64_t c) {
   return w.upsert(0, derived_key(k), c, values);
 }
 
+// Version c of key k as one upsert of a batch (Writer::upsert_many): the
+// same values as write_derived, kept here so that the Upsert's spans stay
+// valid. Not copyable: the spans point into it.
+struct DerivedUpsert {
+  float emb[kDerivedDims];
+  std::string key, tag;
+  FieldValue values[6];
+
+  DerivedUpsert() = default;
+  DerivedUpsert(const DerivedUpsert&) = delete;
+  DerivedUpsert& operator=(const DerivedUpsert&) = delete;
+
+  Upsert set(uint64_t k, int64_t c) {
+    for (uint32_t i = 0; i < kDerivedDims; ++i) emb[i] = static_cast<float>((c + i) % 65536);
+    key = derived_key(k);
+    tag = "v" + std::to_string(c % 100000000);
+    values[0] = FieldValue::int64(0, c);
+    values[1] = FieldValue::float64(1, static_cast<double>(c) * 0.5 + static_cast<double>(k));
+    values[2] = FieldValue::float32(2, static_cast<float>(c % 4096));
+    values[3] = FieldValue::boolean(3, (c & 1) != 0);
+    values[4] = FieldValue::vector(4, emb);
+    values[5] = FieldValue::string(5, tag);
+    Upsert u;
+    u.key = key;
+    u.event_time_ms = c;
+    u.values = values;
+    return u;
+  }
+};
+
 // Resolved fields of the "rows" table for verify_derived().
 struct DerivedFields {
   Field clicks, spend, ctr, premium, embedding, tag;

@@ -14,6 +14,7 @@
 //   table.h            probing a table, choosing a slot for a new key
 //   row_write.h        the one routine that writes a row into a slot
 //   update.cc          upsert, aggregated apply, delete
+//   upsert_many.cc     a batch of upserts with the next keys' slots prefetched
 //   aggregate.h/.cc    the aggregate engine and its journal
 //   maintenance.cc     refresh of aggregates, tombstone reclaim, heartbeat
 //   source.cc          source positions (the pending record), source id, sync state
@@ -245,6 +246,10 @@ struct Writer::Impl {
   ApplyResult unpin(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t pinned_after_ms,
                     int64_t apply_unix_ns);
   void count_upsert(TableState& ts, int64_t event_time_ms, int64_t now_ns);
+  // upsert_many.cc: prefetches for writing what an upsert of `u` will touch
+  // first (its home slot, its aggregate state), and the undo area.
+  void prefetch_upsert(const Upsert& u) const;
+  void prefetch_undo() const;
   void count_apply(TableState& ts, int64_t event_time_ms, int64_t now_ns);
 
   // maintenance.cc

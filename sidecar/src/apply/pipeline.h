@@ -58,6 +58,10 @@ struct WorkItem {
   // removed them). kNoOffset: no gap.
   uint64_t gap_from = kNoOffset;
   DecodedBatch batch;
+  // CLOCK_MONOTONIC: the delivery came off the connection; it was handed to
+  // the writer (SidecarMetrics' pipeline stages).
+  int64_t received_mono_ns = 0;
+  int64_t enqueued_mono_ns = 0;
 };
 
 enum class Outcome : uint8_t {
@@ -75,6 +79,7 @@ struct Completion {
   RejectReason reason = RejectReason::kInternal;  // when kRejected
   uint32_t refused_update = 0;                    // when kRejected: the first refused update of `batch`
   DecodedBatch batch;
+  int64_t applied_mono_ns = 0;  // CLOCK_MONOTONIC: the writer finished it
 };
 
 struct Pipeline {

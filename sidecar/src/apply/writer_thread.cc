@@ -21,25 +21,17 @@ Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* rea
     writer.set_position(SourcePosition{0, place->offset + 1, 0});
     return outcome;
   }
-  for (size_t i = place != nullptr ? place->skip_updates : 0; i < n; ++i) {
-    const DecodedUpdate& u = batch.update(i);
-    if (place != nullptr) {
-      const bool last = i + 1 == n;
-      writer.stage_position(
-          SourcePosition{0, last ? place->offset + 1 : place->offset, last ? 0u : static_cast<uint32_t>(i + 1)});
-    }
-    ApplyResult r = ApplyResult::kInvalid;
-    switch (u.op) {
-      case UpdateOp::kUpsert:
-        r = writer.apply(u.table, batch.key(u), u.event_time_ms, batch.values(u), batch.sources(u), u.event_id);
-        break;
-      case UpdateOp::kDelete: r = writer.remove(u.table, batch.key(u), u.event_time_ms); break;
-      case UpdateOp::kUnpin: r = writer.unpin(u.table, batch.key(u), u.event_time_ms, u.pinned_after_ms); break;
-    }
+  // The position stored with update i: the message is wholly applied after
+  // its last update only.
+  auto position_after = [&](size_t i) {
+    const bool last = i + 1 == n;
+    return SourcePosition{0, last ? place->offset + 1 : place->offset, last ? 0u : static_cast<uint32_t>(i + 1)};
+  };
+  auto tally = [&](size_t i, ApplyResult r) {
     switch (r) {
       case ApplyResult::kApplied:
         if (applied != nullptr) ++*applied;
-        if (lag != nullptr) lag->histogram->observe_ns((lag->now_unix_ms - u.event_time_ms) * 1'000'000);
+        if (lag != nullptr) lag->histogram->observe_ns((lag->now_unix_ms - batch.update(i).event_time_ms) * 1'000'000);
         break;
       case ApplyResult::kStale:
         if (stale != nullptr) ++*stale;
@@ -59,6 +51,41 @@ Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* rea
         outcome = Outcome::kRejected;
         break;
     }
+  };
+  // Runs of upserts go through Writer::upsert_many, up to kRun at a time, so
+  // the writer prefetches the next keys' slots while it applies each one
+  // (docs/performance.md, "Batched upserts"); deletes and unpins one by one.
+  constexpr size_t kRun = 64;
+  std::array<Upsert, kRun> run;
+  std::array<SourcePosition, kRun> positions;
+  std::array<ApplyResult, kRun> results;
+  size_t i = place != nullptr ? place->skip_updates : 0;
+  while (i < n) {
+    const DecodedUpdate& u = batch.update(i);
+    if (u.op == UpdateOp::kUpsert) {
+      size_t m = 0;
+      for (; m < kRun && i + m < n && batch.update(i + m).op == UpdateOp::kUpsert; ++m) {
+        const DecodedUpdate& x = batch.update(i + m);
+        run[m] = Upsert{x.table, batch.key(x), x.event_time_ms, batch.values(x), batch.sources(x), x.event_id, nullptr};
+        if (place != nullptr) {
+          positions[m] = position_after(i + m);
+          run[m].position = &positions[m];
+        }
+      }
+      writer.upsert_many(std::span(run.data(), m), std::span(results.data(), m));
+      for (size_t k = 0; k < m; ++k) tally(i + k, results[k]);
+      i += m;
+      continue;
+    }
+    if (place != nullptr) writer.stage_position(position_after(i));
+    ApplyResult r = ApplyResult::kInvalid;
+    switch (u.op) {
+      case UpdateOp::kUpsert: break;  // above
+      case UpdateOp::kDelete: r = writer.remove(u.table, batch.key(u), u.event_time_ms); break;
+      case UpdateOp::kUnpin: r = writer.unpin(u.table, batch.key(u), u.event_time_ms, u.pinned_after_ms); break;
+    }
+    tally(i, r);
+    ++i;
   }
   return outcome;
 }
@@ -113,8 +140,10 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
     // well under the millisecond resolution of event times.
     const LagRecorder lag{&metrics.visible_lag_seconds, n > 0 ? layout::now_unix_ns() / 1'000'000 : 0};
     int64_t t0 = n > 0 ? layout::now_mono_ns() : 0;
+    const int64_t dequeued = t0;
     for (size_t i = 0; i < n; ++i) {
       WorkItem& item = items[i];
+      metrics.stage_handover_seconds.observe_ns(dequeued - item.enqueued_mono_ns);
       Completion c;
       c.epoch = item.epoch;
       c.delivery_tag = item.delivery_tag;
@@ -122,6 +151,8 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
           apply_item(writer, item, sync, &c.reason, &c.refused_update, &applied_updates, &lag, &duplicates, &late);
       const int64_t t1 = layout::now_mono_ns();
       metrics.apply_seconds.observe_ns(t1 - t0);
+      metrics.stage_apply_seconds.observe_ns(t1 - dequeued);
+      c.applied_mono_ns = t1;
       t0 = t1;
       if (c.outcome == Outcome::kApplied) ++applied_messages;
       if (c.outcome == Outcome::kRejected && c.reason == RejectReason::kTableFull && table_full_logged++ % 1000 == 0) {

@@ -37,8 +37,9 @@ struct LagRecorder {
   int64_t now_unix_ms = 0;
 };
 
-// Applies one message's updates: upserts through Writer::apply (fields,
-// aggregate sources and the event id), deletes through Writer::remove.
+// Applies one message's updates: runs of upserts through
+// Writer::upsert_many (fields, aggregate sources and the event id; the same
+// effect as one Writer::apply each), deletes through Writer::remove.
 // Returns kApplied, or kRejected with the reason of the first refused update
 // (the other updates still apply: they are idempotent under last-write-wins,
 // and aggregate inputs are deduplicated by event id, so a later replay from

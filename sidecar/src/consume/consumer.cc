@@ -238,6 +238,7 @@ void Consumer::serve(AmqpSession& session) {
 }
 
 bool Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) {
+  const int64_t received = layout::now_mono_ns();
   ++stats_.deliveries;
   SidecarMetrics& metrics = pipeline_.metrics;
   metrics.messages_received.add();
@@ -290,14 +291,14 @@ bool Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) 
       // A stream: the writer stores the position past it, then it is acked.
       note_reject(tag, result.reason, result.detail, result.update_id, result.key, message_id_of(envelope));
       batch.clear();
-      hand_over(WorkItem{epoch_, tag, offset, 0, true, gap_from, std::move(batch)}, decode_end);
+      hand_over(WorkItem{epoch_, tag, offset, 0, true, gap_from, std::move(batch), received}, decode_end);
       return kept;
     }
     spare_batches_.push_back(std::move(batch));
     dead_letter(session, tag, result.reason, result.detail, result.update_id, result.key);
     return kept;
   }
-  hand_over(WorkItem{epoch_, tag, offset, skip, false, gap_from, std::move(batch)}, decode_end);
+  hand_over(WorkItem{epoch_, tag, offset, skip, false, gap_from, std::move(batch), received}, decode_end);
   return kept;
 }
 
@@ -308,6 +309,8 @@ void Consumer::hand_over(WorkItem&& item, int64_t now_mono_ns) {
   if (metrics.work_enqueued.value() == metrics.work_done.value_acquire()) {
     metrics.backlog_start_mono_ns.set(now_mono_ns);
   }
+  item.enqueued_mono_ns = layout::now_mono_ns();
+  metrics.stage_receive_seconds.observe_ns(item.enqueued_mono_ns - item.received_mono_ns);
   pipeline_.work.enqueue(work_token_, std::move(item));
   metrics.work_enqueued.add_release();
   ++outstanding_work_;
@@ -410,8 +413,10 @@ void Consumer::process_completions(AmqpSession* session, bool flush_acks) {
   for (;;) {
     const size_t n = pipeline_.done.try_dequeue_bulk(completions_.begin(), completions_.size());
     if (n == 0) break;
+    const int64_t picked_up = layout::now_mono_ns();
     for (size_t i = 0; i < n; ++i) {
       Completion& c = completions_[i];
+      pipeline_.metrics.stage_pickup_seconds.observe_ns(picked_up - c.applied_mono_ns);
       if (c.epoch != epoch_ || session == nullptr) {
         ++stats_.stale_completions_dropped;  // its channel is gone; the broker redelivers it
       } else {

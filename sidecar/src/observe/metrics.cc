@@ -17,6 +17,10 @@ namespace {
 // event time to visibility spans network, broker queueing and producer clocks.
 constexpr std::initializer_list<double> kWorkBucketsS = {1e-6,   2.5e-6, 5e-6, 1e-5,   2.5e-5, 5e-5, 1e-4,
                                                          2.5e-4, 5e-4,   1e-3, 2.5e-3, 1e-2,   1e-1};
+// Pipeline stages: microseconds on an idle host, milliseconds when the
+// threads wait for a CPU.
+constexpr std::initializer_list<double> kStageBucketsS = {2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4,
+                                                          1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1,  1};
 constexpr std::initializer_list<double> kLagBucketsS = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                                         1,     2.5,    5,     10,   30,    60,   300, 900,  3600};
 
@@ -55,7 +59,13 @@ Histogram::Snapshot Histogram::snapshot() const {
 }
 
 SidecarMetrics::SidecarMetrics()
-    : decode_seconds(kWorkBucketsS), apply_seconds(kWorkBucketsS), visible_lag_seconds(kLagBucketsS) {}
+    : decode_seconds(kWorkBucketsS),
+      stage_receive_seconds(kStageBucketsS),
+      stage_pickup_seconds(kStageBucketsS),
+      apply_seconds(kWorkBucketsS),
+      stage_handover_seconds(kStageBucketsS),
+      stage_apply_seconds(kStageBucketsS),
+      visible_lag_seconds(kLagBucketsS) {}
 
 std::string escape_label_value(std::string_view v) {
   std::string out;
@@ -125,6 +135,24 @@ void PrometheusText::histogram(std::string_view name, std::string_view help, con
   line(bucket, "le=\"+Inf\"", fmt::format("{}", cumulative));
   line(fmt::format("{}_sum", name), "", format_sample_value(h.sum_s));
   line(fmt::format("{}_count", name), "", fmt::format("{}", cumulative));
+}
+
+void PrometheusText::histograms(std::string_view name, std::string_view help,
+                                const std::vector<LabelledHistogram>& series) {
+  family(name, "histogram", help);
+  const std::string bucket = fmt::format("{}_bucket", name);
+  for (const LabelledHistogram& s : series) {
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < s.h.upper_bounds_s.size(); ++i) {
+      cumulative += s.h.counts[i];
+      line(bucket, fmt::format("{},le=\"{}\"", s.labels, format_sample_value(s.h.upper_bounds_s[i])),
+           fmt::format("{}", cumulative));
+    }
+    cumulative += s.h.counts.back();
+    line(bucket, fmt::format("{},le=\"+Inf\"", s.labels), fmt::format("{}", cumulative));
+    line(fmt::format("{}_sum", name), s.labels, format_sample_value(s.h.sum_s));
+    line(fmt::format("{}_count", name), s.labels, fmt::format("{}", cumulative));
+  }
 }
 
 const char* connection_state_name(uint32_t state) noexcept {
@@ -203,6 +231,12 @@ void render_timing_metrics(PrometheusText& p, const SidecarMetrics& m, int64_t n
               m.decode_seconds.snapshot());
   p.histogram("larder_apply_duration_seconds", "Time to apply one message to shared memory (writer thread).",
               m.apply_seconds.snapshot());
+  p.histograms("larder_pipeline_stage_seconds",
+               "Time each message spends in each stage inside the sidecar, from its delivery to its ack.",
+               {{"stage=\"receive\"", m.stage_receive_seconds.snapshot()},
+                {"stage=\"handover\"", m.stage_handover_seconds.snapshot()},
+                {"stage=\"apply\"", m.stage_apply_seconds.snapshot()},
+                {"stage=\"pickup\"", m.stage_pickup_seconds.snapshot()}});
   p.histogram("larder_event_to_visible_seconds",
               "Apply time minus event_time of each applied update (includes producer clock skew).",
               m.visible_lag_seconds.snapshot());

@@ -126,6 +126,9 @@ struct SidecarMetrics {
   Counter connections_lost;                                   // established connections that failed
   Counter dead_letters_published;                             // copies with x-larder-* headers, confirmed
   Histogram decode_seconds;                                   // Decoder::decode per message
+  // Where publish-to-visible time goes inside the sidecar, per message (CLOCK_MONOTONIC):
+  Histogram stage_receive_seconds;  // delivery returned by the broker connection -> handed to the writer
+  Histogram stage_pickup_seconds;   // writer's completion -> the consumer took it (acks follow)
   // Progress of the hand-over to the writer (readiness; see not_ready_reason).
   // Write point: backlog_start_mono_ns, then work_enqueued.add_release();
   // pairs with the value_acquire() in not_ready_reason, so a probe that sees
@@ -141,12 +144,14 @@ struct SidecarMetrics {
   Counter updates_late;       // aggregate inputs older than the allowed lateness, fields older than the row
   // Write point: last_done_mono_ns, then work_done.add_release(); pairs with
   // the value_acquire() in not_ready_reason.
-  Counter work_done;               // messages the writer finished (applied or refused)
-  Gauge last_done_mono_ns;         // when work_done last grew
-  Gauge writer_heartbeat_mono_ns;  // refreshed every writer-loop iteration (<= 20 ms apart)
-  Histogram apply_seconds;         // apply_batch per message
-  Histogram visible_lag_seconds;   // apply time - event_time, per applied update
-  Gauge source_lag_ms{-1};         // stream queues: the lag StreamSync last computed; -1 unknown or not a stream
+  Counter work_done;                 // messages the writer finished (applied or refused)
+  Gauge last_done_mono_ns;           // when work_done last grew
+  Gauge writer_heartbeat_mono_ns;    // refreshed every writer-loop iteration (<= 20 ms apart)
+  Histogram apply_seconds;           // apply_batch per message
+  Histogram stage_handover_seconds;  // handed to the writer -> dequeued by the writer thread (its wake-up)
+  Histogram stage_apply_seconds;     // dequeued -> applied (visible), behind the bulk's earlier messages
+  Histogram visible_lag_seconds;     // apply time - event_time, per applied update
+  Gauge source_lag_ms{-1};           // stream queues: the lag StreamSync last computed; -1 unknown or not a stream
 
   // Snapshot thread (snapshot/snapshot_thread.h): the last periodic snapshot
   // written to snapshot.dir. Write point: the gauges, then
@@ -183,6 +188,12 @@ class PrometheusText {
   void sample(std::string_view name, std::string_view labels, double value);
   // A whole histogram family: _bucket (cumulative, le="+Inf" last), _sum, _count.
   void histogram(std::string_view name, std::string_view help, const Histogram::Snapshot& h);
+  // One family of several histograms, one per label set (e.g. `stage="apply"`).
+  struct LabelledHistogram {
+    std::string_view labels;
+    Histogram::Snapshot h;
+  };
+  void histograms(std::string_view name, std::string_view help, const std::vector<LabelledHistogram>& series);
 
   const std::string& text() const noexcept { return out_; }
 

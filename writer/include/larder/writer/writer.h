@@ -165,6 +165,19 @@ struct SourcePosition {
   uint32_t skip_updates = 0;  // updates of message next_offset already applied
 };
 
+// One upsert of a batch (Writer::upsert_many): the arguments of apply().
+struct Upsert {
+  uint32_t table = 0;
+  std::string_view key;
+  int64_t event_time_ms = 0;
+  std::span<const FieldValue> values;
+  std::span<const SourceValue> sources;  // tables with aggregates only
+  uint64_t event_id = 0;
+  // When set, stored with this upsert's effect, as stage_position() before
+  // apply() would.
+  const SourcePosition* position = nullptr;
+};
+
 class Writer {
  public:
   // Opens the segment `name` in options.dir for writing, creating it if it
@@ -205,6 +218,19 @@ class Writer {
   // CLOCK_REALTIME), so tests can drive time. See docs/aggregates.md.
   ApplyResult apply(uint32_t table, std::string_view key, int64_t event_time_ms, std::span<const FieldValue> values,
                     std::span<const SourceValue> sources, uint64_t event_id = 0, int64_t apply_unix_ns = 0);
+
+  // Applies updates[i] as apply() would, in order, and stores its result in
+  // results[i]: the same rows, counters, last-write-wins decisions and crash
+  // safety as one apply() per update. Faster for keys spread over a large
+  // table: before applying an update it hashes the key kUpsertAhead updates
+  // later and prefetches that key's home slot (and its aggregate state) for
+  // writing, so the cache misses of the next updates overlap this one's
+  // work. apply_unix_ns = 0 reads CLOCK_REALTIME once for the whole batch.
+  // Throws Error(kInvalidArgument) when results is shorter than updates, or
+  // as stage_position() for an update's position (the updates before it are
+  // applied).
+  static constexpr size_t kUpsertAhead = 16;
+  void upsert_many(std::span<const Upsert> updates, std::span<ApplyResult> results, int64_t apply_unix_ns = 0);
 
   // Moves the aggregate clock to `now_unix_ns` (0: CLOCK_REALTIME) and
   // rewrites the aggregates of every key whose windows lost a bucket since
