@@ -876,8 +876,8 @@ bool is_vector_field(const larder::Table& table, uint32_t field) {
 int gather(const larder_table* table, const char* key_bytes, size_t key_len, const uint64_t* key_offsets,
            size_t key_width, size_t n, const uint32_t* scalar_fields, size_t nscalar, double* scalar_out,
            double missing_scalar, const uint32_t* vector_fields, size_t nvector, float* vector_out,
-           float missing_vector, int32_t* status, int64_t* event_time_ms, int64_t* computed_at_ms,
-           int64_t* group_times, const larder::ReadOptions& options) {
+           float missing_vector, int32_t* status, int64_t* event_time_ms, int64_t* computed_at_ms, int64_t* group_times,
+           const larder::ReadOptions& options) {
   if (table == nullptr) return LARDER_E_INVALID_ARGUMENT;
   if (nscalar > 0 && (scalar_fields == nullptr || scalar_out == nullptr)) return LARDER_E_INVALID_ARGUMENT;
   if (nvector > 0 && (vector_fields == nullptr || vector_out == nullptr)) return LARDER_E_INVALID_ARGUMENT;
@@ -903,8 +903,7 @@ int gather(const larder_table* table, const char* key_bytes, size_t key_len, con
   } catch (const std::bad_alloc&) {
     return LARDER_E_SYSTEM;  // the one-time offsets table
   }
-  gather_rows(t, keys, n, status, event_time_ms, computed_at_ms, group_times, options,
-              [&](size_t i, const uint64_t* row) {
+  auto fill = [&](size_t i, const uint64_t* row) {
     double* values = scalar_out + i * nscalar;
     if (row == nullptr) {
       std::fill(values, values + nscalar, missing_scalar);
@@ -924,7 +923,8 @@ int gather(const larder_table* table, const char* key_bytes, size_t key_len, con
       vector_value(c, row, out, missing_vector);
       out += c.count;
     }
-  });
+  };
+  gather_rows(t, keys, n, status, event_time_ms, computed_at_ms, group_times, options, fill);
   return keys.ok(n) ? LARDER_E_OK : LARDER_E_INVALID_ARGUMENT;
 }
 

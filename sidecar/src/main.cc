@@ -219,7 +219,10 @@ int main(int argc, char** argv) {
   }
   const larder::AttachReport& attached = writer->attach_report();
   spdlog::info("segment {}: {} ({} slots repaired, {} slots visited{})", writer->path(),
-               writer->restored() ? "restored" : writer->created() ? "created" : "reopened warm", writer->repaired_slots(), attached.slots_visited,
+               writer->restored()  ? "restored"
+               : writer->created() ? "created"
+                                   : "reopened warm",
+               writer->repaired_slots(), attached.slots_visited,
                attached.full_scan ? ", counters recounted by a full scan" : "");
 
   larder::sidecar::Pipeline pipeline;

@@ -76,12 +76,13 @@ struct Args {
 };
 
 [[noreturn]] void usage(const char* why) {
-  std::fprintf(stderr,
-               "larder-test-writer: %s\n"
-               "usage: larder-test-writer write|churn|bench --segment NAME [--dir DIR] [--schema demo|rows|cards|groups]\n"
-               "       [--rows N] [--seed S] [--age-step-ms MS] [--stopped-ms MS] [--seconds S] [--table T]\n"
-               "       [--batch B] [--iters I]\n",
-               why);
+  std::fprintf(
+      stderr,
+      "larder-test-writer: %s\n"
+      "usage: larder-test-writer write|churn|bench --segment NAME [--dir DIR] [--schema demo|rows|cards|groups]\n"
+      "       [--rows N] [--seed S] [--age-step-ms MS] [--stopped-ms MS] [--seconds S] [--table T]\n"
+      "       [--batch B] [--iters I]\n",
+      why);
   std::exit(2);
 }
 
