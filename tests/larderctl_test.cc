@@ -440,6 +440,23 @@ TEST(LarderctlAggregates, SchemaRoundTripsAndSizeCountsTheState) {
   EXPECT_NE(r.out.find("\"total_bytes\":" + std::to_string(st.st_size)), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"dedup_bytes\":65536"), std::string::npos) << "4096 ids of 16 bytes: " << r.out;
   std::remove(config.c_str());
+
+  // info shows the aggregate clock and the instant the windows are computed
+  // through, which a full refresh moves to the clock.
+  const int64_t event_ms = 1'700'000'000'000;
+  const SourceValue amount{0, 12.5};  // source 0: "amount"
+  ASSERT_EQ(writer->apply(0, "u1", event_ms, {}, std::span<const SourceValue>(&amount, 1), 0, event_ms * 1'000'000),
+            ApplyResult::kApplied);
+  writer->refresh((event_ms + 90'000) * 1'000'000);
+  const std::string at = "--dir " + seg.dir() + " --at-ms " + std::to_string(event_ms + 90'000) + " ";
+  const CtlRun info = larderctl(at + "--json info " + seg.name());
+  ASSERT_EQ(info.code, 0) << info.out;
+  EXPECT_NE(info.out.find("\"clock_ms\":1700000090000,\"refreshed_through_ms\":1700000090000}"), std::string::npos)
+      << info.out;
+  const CtlRun text = larderctl(at + "info " + seg.name());
+  EXPECT_NE(text.out.find("    aggregate clock 1700000090000 ms, windows computed through 1700000090000 ms\n"),
+            std::string::npos)
+      << text.out;
 }
 
 // A segment with field groups: `schema` round trips the groups, `size`

@@ -345,7 +345,8 @@ int cmd_info(const Globals& g, const std::string& name) {
                      ",\"duplicates\":" + std::to_string(st.duplicates) +
                      ",\"dedup_evictions\":" + std::to_string(st.dedup_evictions) +
                      ",\"refreshes\":" + std::to_string(st.refreshes) +
-                     ",\"clock_ms\":" + std::to_string(st.aggregate_clock_ms) + "}";
+                     ",\"clock_ms\":" + std::to_string(st.aggregate_clock_ms) +
+                     ",\"refreshed_through_ms\":" + std::to_string(st.refreshed_through_ms) + "}";
     }
     tables_json += "}";
     char line[512];
@@ -375,9 +376,11 @@ int cmd_info(const Globals& g, const std::string& name) {
     if (st.aggregates > 0) {
       std::snprintf(line, sizeof line,
                     "    %u aggregates: %" PRIu64 " events, %" PRIu64 " late dropped, %" PRIu64
-                    " outside the window, %" PRIu64 " duplicates, %" PRIu64 " dedup evictions, %" PRIu64 " refreshes\n",
+                    " outside the window, %" PRIu64 " duplicates, %" PRIu64 " dedup evictions, %" PRIu64
+                    " refreshes\n"
+                    "    aggregate clock %" PRId64 " ms, windows computed through %" PRId64 " ms\n",
                     st.aggregates, st.aggregate_events, st.late_dropped, st.outside_window, st.duplicates,
-                    st.dedup_evictions, st.refreshes);
+                    st.dedup_evictions, st.refreshes, st.aggregate_clock_ms, st.refreshed_through_ms);
       text += line;
     }
   }
