@@ -27,8 +27,8 @@
 #include "apply/writer_thread.h"
 #include "config/config.h"
 #include "config/size_report.h"
-#include "decode/message_decoder.h"
 #include "consume/consumer.h"
+#include "decode/message_decoder.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
 #include "observe/logging.h"
@@ -194,9 +194,9 @@ int main(int argc, char** argv) {
   // starts (the consumer builds its own decoder the same way).
   std::string format_description;
   try {
-    format_description = larder::sidecar::make_message_decoder(config.schema(), config.decode_options(),
-                                                               config.rabbitmq.format)
-                             ->describe();
+    format_description =
+        larder::sidecar::make_message_decoder(config.schema(), config.decode_options(), config.rabbitmq.format)
+            ->describe();
   } catch (const larder::sidecar::ConfigError& e) {
     std::fprintf(stderr, "larder-sidecar: invalid config: %s\n", e.what());
     return 2;

@@ -54,20 +54,23 @@ FormatConfig parse_format(const YAML::Node& node, const std::string& path) {
   }
   const char* file_key = f.type == MessageFormat::kProtobuf ? "proto" : "schema";
   f.schema_file = m.str(file_key);
-  if (::access(f.schema_file.c_str(), R_OK) != 0) fail(m.child(file_key), fmt::format("cannot read \"{}\"", f.schema_file));
+  if (::access(f.schema_file.c_str(), R_OK) != 0)
+    fail(m.child(file_key), fmt::format("cannot read \"{}\"", f.schema_file));
   if (f.type == MessageFormat::kProtobuf) {
     f.message = m.str("message");
-    each_item(m.node("import_paths"), m.child("import_paths"), false, [&](const YAML::Node& p, const std::string& ppath) {
-      if (!p.IsScalar() || p.Scalar().empty()) fail(ppath, "expected a directory");
-      f.import_paths.push_back(p.Scalar());
-    });
+    each_item(m.node("import_paths"), m.child("import_paths"), false,
+              [&](const YAML::Node& p, const std::string& ppath) {
+                if (!p.IsScalar() || p.Scalar().empty()) fail(ppath, "expected a directory");
+                f.import_paths.push_back(p.Scalar());
+              });
   }
   f.table = m.str("table", "");
   {
     MapNode mm(m.node("members"), m.child("members"), {"table", "key", "event_time", "op", "id", "fields"});
     EnvelopeMembers& e = f.members;
-    for (auto [key, slot] : {std::pair{"table", &e.table}, std::pair{"key", &e.key}, std::pair{"event_time", &e.event_time},
-                             std::pair{"op", &e.op}, std::pair{"id", &e.id}, std::pair{"fields", &e.fields}}) {
+    for (auto [key, slot] :
+         {std::pair{"table", &e.table}, std::pair{"key", &e.key}, std::pair{"event_time", &e.event_time},
+          std::pair{"op", &e.op}, std::pair{"id", &e.id}, std::pair{"fields", &e.fields}}) {
       *slot = mm.str(key, *slot);
       if (slot->empty()) fail(mm.child(key), "must not be empty");
     }

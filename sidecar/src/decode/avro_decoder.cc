@@ -22,16 +22,31 @@
 namespace larder::sidecar {
 namespace {
 
-enum class Kind : uint8_t { kNull, kBool, kInt, kLong, kFloat, kDouble, kBytes, kString, kRecord, kEnum, kArray, kMap, kUnion, kFixed };
+enum class Kind : uint8_t {
+  kNull,
+  kBool,
+  kInt,
+  kLong,
+  kFloat,
+  kDouble,
+  kBytes,
+  kString,
+  kRecord,
+  kEnum,
+  kArray,
+  kMap,
+  kUnion,
+  kFixed
+};
 
 struct Node {
   Kind kind = Kind::kNull;
-  std::string name;                                   // named types
+  std::string name;                                     // named types
   std::vector<std::pair<std::string, int32_t>> fields;  // record: name, node
-  std::vector<int32_t> branches;                       // union
-  int32_t items = -1;                                  // array items, map values
-  int64_t size = 0;                                    // fixed size, enum symbol count
-  bool may_be_empty = true;                            // encodes in 0 bytes (bounds block counts)
+  std::vector<int32_t> branches;                        // union
+  int32_t items = -1;                                   // array items, map values
+  int64_t size = 0;                                     // fixed size, enum symbol count
+  bool may_be_empty = true;                             // encodes in 0 bytes (bounds block counts)
 };
 
 const char* kind_name(Kind k) {
@@ -81,7 +96,8 @@ class Tree {
         n.name = avro_schema_name(s);
         for (size_t i = 0; i < avro_schema_record_size(s); ++i) {
           const int idx = static_cast<int>(i);
-          n.fields.emplace_back(avro_schema_record_field_name(s, idx), add(avro_schema_record_field_get_by_index(s, idx)));
+          n.fields.emplace_back(avro_schema_record_field_name(s, idx),
+                                add(avro_schema_record_field_get_by_index(s, idx)));
         }
         break;
       case AVRO_ENUM:
@@ -94,8 +110,14 @@ class Tree {
         n.name = avro_schema_name(s);
         n.size = avro_schema_fixed_size(s);
         break;
-      case AVRO_ARRAY: n.kind = Kind::kArray; n.items = add(avro_schema_array_items(s)); break;
-      case AVRO_MAP: n.kind = Kind::kMap; n.items = add(avro_schema_map_values(s)); break;
+      case AVRO_ARRAY:
+        n.kind = Kind::kArray;
+        n.items = add(avro_schema_array_items(s));
+        break;
+      case AVRO_MAP:
+        n.kind = Kind::kMap;
+        n.items = add(avro_schema_map_values(s));
+        break;
       case AVRO_UNION:
         n.kind = Kind::kUnion;
         for (size_t i = 0; i < avro_schema_union_size(s); ++i) {
@@ -104,8 +126,8 @@ class Tree {
         break;
       default: throw ConfigError("unsupported Avro type");
     }
-    n.may_be_empty = n.kind == Kind::kNull || (n.kind == Kind::kFixed && n.size == 0) ||
-                     (n.kind == Kind::kRecord && all_empty(n));
+    n.may_be_empty =
+        n.kind == Kind::kNull || (n.kind == Kind::kFixed && n.size == 0) || (n.kind == Kind::kRecord && all_empty(n));
     nodes[static_cast<size_t>(id)] = std::move(n);
     return id;
   }
@@ -137,7 +159,7 @@ class Tree {
 // A member as it is read: its node, or the non-null branch of a
 // [null, T] union (`optional`: the null branch means absent).
 struct Member {
-  int32_t node = -1;   // T
+  int32_t node = -1;         // T
   int32_t null_branch = -1;  // the index of the null branch, or -1: not optional
   int32_t union_node = -1;   // the union, when optional
 };
@@ -165,8 +187,8 @@ class AvroDecoder final : public MessageDecoder {
 
   DecodeResult decode(std::string_view body, DecodedBatch& out, int64_t now_unix_ms) override {
     body_ = body;
-    return builder_.run(out, now_unix_ms, RejectReason::kBadAvro,
-                        [](void* self) { static_cast<AvroDecoder*>(self)->walk(); }, this);
+    return builder_.run(
+        out, now_unix_ms, RejectReason::kBadAvro, [](void* self) { static_cast<AvroDecoder*>(self)->walk(); }, this);
   }
 
   std::string describe() const override { return description_; }
@@ -216,8 +238,8 @@ class AvroDecoder final : public MessageDecoder {
     const std::string text = ss.str();
     avro_schema_t schema = nullptr;
     if (avro_schema_from_json_length(text.data(), text.size(), &schema) != 0) {
-      throw ConfigError(fmt::format("{}.schema: \"{}\" is not an Avro schema: {}", format.path, format.schema_file,
-                                    avro_strerror()));
+      throw ConfigError(
+          fmt::format("{}.schema: \"{}\" is not an Avro schema: {}", format.path, format.schema_file, avro_strerror()));
     }
     try {
       root_ = tree_.add(schema);
@@ -229,17 +251,19 @@ class AvroDecoder final : public MessageDecoder {
     int32_t update = root_;
     const Node& top = node(root_);
     if (top.kind != Kind::kRecord) {
-      throw ConfigError(fmt::format("{}.schema: the top-level type is {}, expected a record (an update, or a batch "
-                                    "record with one array of updates)",
-                                    format.path, tree_.type_name(root_)));
+      throw ConfigError(
+          fmt::format("{}.schema: the top-level type is {}, expected a record (an update, or a batch "
+                      "record with one array of updates)",
+                      format.path, tree_.type_name(root_)));
     }
     if (top.fields.size() == 1 && node(top.fields[0].second).kind == Kind::kArray &&
         node(node(top.fields[0].second).items).kind == Kind::kRecord && top.fields[0].first != format.members.key) {
       batch_ = true;
       update = node(top.fields[0].second).items;
     }
-    description_ = fmt::format("avro {}{}{}", top.name, batch_ ? fmt::format(" (a batch of {})", node(update).name) : "",
-                               confluent_id_ ? fmt::format(", Confluent schema id {}", *confluent_id_) : "");
+    description_ =
+        fmt::format("avro {}{}{}", top.name, batch_ ? fmt::format(" (a batch of {})", node(update).name) : "",
+                    confluent_id_ ? fmt::format(", Confluent schema id {}", *confluent_id_) : "");
     map_envelope(update, format);
   }
 
@@ -294,7 +318,8 @@ class AvroDecoder final : public MessageDecoder {
                                     m.table, format.path));
     }
     for (const std::string* name : {&m.key, &m.event_time, &m.fields}) {
-      if (find(*name) < 0) throw ConfigError(fmt::format("{} has no member \"{}\" (members: can rename it)", where, *name));
+      if (find(*name) < 0)
+        throw ConfigError(fmt::format("{} has no member \"{}\" (members: can rename it)", where, *name));
     }
     map_fields(member_of(find(m.fields)).node, format);
   }
@@ -442,7 +467,8 @@ class AvroDecoder final : public MessageDecoder {
   }
 
   void walk() {
-    Cursor c{reinterpret_cast<const uint8_t*>(body_.data()), reinterpret_cast<const uint8_t*>(body_.data()) + body_.size()};
+    Cursor c{reinterpret_cast<const uint8_t*>(body_.data()),
+             reinterpret_cast<const uint8_t*>(body_.data()) + body_.size()};
     if (confluent_id_) {
       if (c.left() < kConfluentHeaderBytes || c.p[0] != 0) {
         builder_.reject(RejectReason::kBadAvro, "no Confluent wire-format header (magic byte 0 and a schema id)");
@@ -531,7 +557,8 @@ class AvroDecoder final : public MessageDecoder {
           const bool is_float = node(n.items).kind == Kind::kFloat;
           builder_.vector_begin(in);
           while (const int64_t count = block(c, false)) {
-            for (int64_t i = 0; i < count; ++i) builder_.vector_push(is_float ? read_fixed<float>(c) : read_fixed<double>(c));
+            for (int64_t i = 0; i < count; ++i)
+              builder_.vector_push(is_float ? read_fixed<float>(c) : read_fixed<double>(c));
           }
           builder_.vector_end();
           break;

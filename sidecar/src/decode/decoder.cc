@@ -6,7 +6,6 @@
 // problem. Rejections travel as an internal exception (Reject) that never
 // leaves decode(): the happy path pays nothing for it.
 #include "decode/decoder.h"
-#include "decode/update_builder.h"
 
 #include <fmt/format.h>
 #include <simdjson.h>
@@ -20,6 +19,7 @@
 
 #include "config/config.h"  // format_duration
 #include "decode/event_time.h"
+#include "decode/update_builder.h"
 #include "larder/layout/clock.h"
 
 namespace larder::sidecar {
@@ -968,7 +968,6 @@ void build_tables(Decoder::Impl& impl, const layout::Schema& schema, const std::
   }
 }
 
-
 }  // namespace
 
 Decoder::Decoder(const layout::Schema& schema, std::vector<TableDecodeOptions> options)
@@ -997,7 +996,6 @@ DecodeResult Decoder::decode(std::string_view body, DecodedBatch& out, int64_t n
                         impl_->current_key};
   }
 }
-
 
 // ---------------------------------------------------------------------------
 // UpdateBuilder (update_builder.h): the rules above, for typed values.
@@ -1086,8 +1084,8 @@ std::optional<std::string> UpdateBuilder::why_not_an_input(uint32_t table, std::
   return std::nullopt;
 }
 
-DecodeResult UpdateBuilder::run(DecodedBatch& out, int64_t now_unix_ms, RejectReason malformed,
-                                void (*walk)(void* ctx), void* ctx) {
+DecodeResult UpdateBuilder::run(DecodedBatch& out, int64_t now_unix_ms, RejectReason malformed, void (*walk)(void* ctx),
+                                void* ctx) {
   out.clear();
   impl_->now_ms = now_unix_ms < 0 ? Decoder::Impl::kClockUnread : now_unix_ms;
   impl_->current_id.clear();
@@ -1157,8 +1155,9 @@ void UpdateBuilder::set_event_time_ms(int64_t ms) {
   State& s = *state_;
   Decoder::Impl::mark_once(s.e.have_time, "event_time", s.at);
   if (ms < 0 || ms > kMaxEventTimeMs) {
-    ::larder::sidecar::reject(RejectReason::kBadEventTime, fmt::format("{}: event_time {} is not a count of ms in [0, {}]",
-                                                                      s.at, ms, kMaxEventTimeMs));
+    ::larder::sidecar::reject(
+        RejectReason::kBadEventTime,
+        fmt::format("{}: event_time {} is not a count of ms in [0, {}]", s.at, ms, kMaxEventTimeMs));
   }
   s.e.event_time_ms = ms;
 }
@@ -1231,8 +1230,8 @@ const Impl::InputInfo& take_input(Impl& impl, const Impl::TableInfo* table, uint
 
 // A number for the fields, transforms and sources that read `in`: an
 // integer (`is_int`, exactly `i`) or a floating-point `d`.
-void typed_number(Impl& impl, const Impl::InputInfo& in, const Impl::TableInfo& table, const Where& what,
-                  bool is_int, int64_t i, double d, DecodedBatch& out) {
+void typed_number(Impl& impl, const Impl::InputInfo& in, const Impl::TableInfo& table, const Where& what, bool is_int,
+                  int64_t i, double d, DecodedBatch& out) {
   for (const Impl::FieldTarget& target : in.fields) {
     double seen_by_source = 0;
     uint64_t distinct = 0;
@@ -1378,9 +1377,8 @@ void UpdateBuilder::vector_push(double v) {
   const Impl::FieldTarget& first = s.vector->fields.front();
   Where what = s.vector_where;
   if (s.vector_count == first.count) {
-    ::larder::sidecar::reject(RejectReason::kVectorLength,
-                              fmt::format("{}: more than {} elements{}", what, first.count,
-                                          Impl::for_field(*s.e.table, first, what.field)));
+    ::larder::sidecar::reject(RejectReason::kVectorLength, fmt::format("{}: more than {} elements{}", what, first.count,
+                                                                       Impl::for_field(*s.e.table, first, what.field)));
   }
   what.element = s.vector_count;
   if (!std::isfinite(v)) ::larder::sidecar::reject(RejectReason::kNonFinite, what + ": not a finite number");

@@ -29,8 +29,7 @@ std::vector<uint32_t> candidate_tables(const UpdateBuilder& builder, const Forma
 // when a table reads an input the message lacks, when a member is no input
 // of any candidate table (unless they all allow unknown fields), or when a
 // member's type cannot feed its input.
-std::vector<std::vector<int32_t>> map_fields_members(const UpdateBuilder& builder,
-                                                     const std::vector<uint32_t>& tables,
+std::vector<std::vector<int32_t>> map_fields_members(const UpdateBuilder& builder, const std::vector<uint32_t>& tables,
                                                      const std::vector<FieldsMember>& members,
                                                      const std::string& message_name, const FormatConfig& format);
 

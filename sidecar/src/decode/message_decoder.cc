@@ -75,8 +75,7 @@ std::vector<uint32_t> candidate_tables(const UpdateBuilder& builder, const Forma
   return out;
 }
 
-std::vector<std::vector<int32_t>> map_fields_members(const UpdateBuilder& builder,
-                                                     const std::vector<uint32_t>& tables,
+std::vector<std::vector<int32_t>> map_fields_members(const UpdateBuilder& builder, const std::vector<uint32_t>& tables,
                                                      const std::vector<FieldsMember>& members,
                                                      const std::string& message_name, const FormatConfig& format) {
   std::vector<std::vector<int32_t>> out(members.size(), std::vector<int32_t>(builder.table_count(), -1));
@@ -112,11 +111,10 @@ std::vector<std::vector<int32_t>> map_fields_members(const UpdateBuilder& builde
           why = fmt::format(": in table \"{}\", {}", builder.table_name(t), *reason);
         }
       }
-      throw ConfigError(fmt::format("{}: member \"{}\" of {} is no field or input of {}{}", format.path,
-                                    members[m].name, message_name,
-                                    tables.size() == 1 ? fmt::format("table \"{}\"", builder.table_name(tables[0]))
-                                                       : std::string("any table"),
-                                    why));
+      throw ConfigError(fmt::format(
+          "{}: member \"{}\" of {} is no field or input of {}{}", format.path, members[m].name, message_name,
+          tables.size() == 1 ? fmt::format("table \"{}\"", builder.table_name(tables[0])) : std::string("any table"),
+          why));
     }
   }
   return out;

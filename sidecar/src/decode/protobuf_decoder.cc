@@ -23,7 +23,14 @@ namespace {
 
 namespace pb = google::protobuf;
 
-enum WireType : uint32_t { kVarint = 0, kFixed64 = 1, kLengthDelimited = 2, kStartGroup = 3, kEndGroup = 4, kFixed32 = 5 };
+enum WireType : uint32_t {
+  kVarint = 0,
+  kFixed64 = 1,
+  kLengthDelimited = 2,
+  kStartGroup = 3,
+  kEndGroup = 4,
+  kFixed32 = 5
+};
 
 // How one member's value is read from the wire.
 enum class Read : uint8_t {
@@ -170,8 +177,9 @@ class ProtobufDecoder final : public MessageDecoder {
 
   DecodeResult decode(std::string_view body, DecodedBatch& out, int64_t now_unix_ms) override {
     body_ = body;
-    return builder_.run(out, now_unix_ms, RejectReason::kBadProtobuf,
-                        [](void* self) { static_cast<ProtobufDecoder*>(self)->walk(); }, this);
+    return builder_.run(
+        out, now_unix_ms, RejectReason::kBadProtobuf, [](void* self) { static_cast<ProtobufDecoder*>(self)->walk(); },
+        this);
   }
 
   std::string describe() const override { return description_; }
@@ -208,7 +216,8 @@ class ProtobufDecoder final : public MessageDecoder {
     // its own, wraps a batch of updates.
     const pb::Descriptor* update = top;
     if (top->field_count() == 1 && top->field(0)->is_repeated() &&
-        top->field(0)->type() == pb::FieldDescriptor::TYPE_MESSAGE && top->FindFieldByName(format.members.key) == nullptr) {
+        top->field(0)->type() == pb::FieldDescriptor::TYPE_MESSAGE &&
+        top->FindFieldByName(format.members.key) == nullptr) {
       batch_number_ = static_cast<uint32_t>(top->field(0)->number());
       update = top->field(0)->message_type();
     }
@@ -225,7 +234,8 @@ class ProtobufDecoder final : public MessageDecoder {
       if (f == nullptr && required) {
         throw ConfigError(fmt::format("{} has no member \"{}\" (members: can rename it)", where, name));
       }
-      if (f != nullptr && f->is_repeated()) throw ConfigError(fmt::format("{}: \"{}\" must not be repeated", where, name));
+      if (f != nullptr && f->is_repeated())
+        throw ConfigError(fmt::format("{}: \"{}\" must not be repeated", where, name));
       return f;
     };
     auto add = [&](const pb::FieldDescriptor* f, Envelope what, const char* json_name, bool ok_type) {
@@ -255,9 +265,9 @@ class ProtobufDecoder final : public MessageDecoder {
     const T* time = member(m.event_time, true);
     Read tr;
     add(time, Envelope::kEventTime, "event_time",
-        read_of(time, &tr) && (tr == Read::kString || (integer_read(tr) && tr != Read::kInt32 && tr != Read::kUInt32 &&
-                                                       tr != Read::kSInt32 && tr != Read::kFixed32 &&
-                                                       tr != Read::kSFixed32)));
+        read_of(time, &tr) &&
+            (tr == Read::kString || (integer_read(tr) && tr != Read::kInt32 && tr != Read::kUInt32 &&
+                                     tr != Read::kSInt32 && tr != Read::kFixed32 && tr != Read::kSFixed32)));
     if (const T* op = member(m.op, false)) add(op, Envelope::kOp, "op", is_string(op));
     if (const T* id = member(m.id, false)) add(id, Envelope::kId, "id", is_string(id));
     const T* fields = member(m.fields, true);
@@ -272,10 +282,10 @@ class ProtobufDecoder final : public MessageDecoder {
       // Without presence a zero is not sent, and the row would keep its old
       // value: every scalar member must be `optional` (proto3) or proto2.
       if (!f->is_repeated() && !f->has_presence()) {
-        throw ConfigError(fmt::format("{}: member \"{}\" of {} has no presence, so a zero or \"\" would never be sent: "
-                                      "declare it `optional {} {} = {};`",
-                                      format.path, f->name(), fields->full_name(), f->type_name(), f->name(),
-                                      f->number()));
+        throw ConfigError(
+            fmt::format("{}: member \"{}\" of {} has no presence, so a zero or \"\" would never be sent: "
+                        "declare it `optional {} {} = {};`",
+                        format.path, f->name(), fields->full_name(), f->type_name(), f->name(), f->number()));
       }
       members.push_back(FieldsMember{f->name(), wire_value_of(f), type_name_of(f)});
     }
@@ -348,6 +358,9 @@ class ProtobufDecoder final : public MessageDecoder {
   }
 
   void expect_wire(uint32_t wire, Read r, std::string_view name) {
+    if (wire != kVarint && wire != kFixed64 && wire != kLengthDelimited && wire != kFixed32) {
+      malformed(fmt::format("member \"{}\": wire type {} (groups are not supported)", name, wire));
+    }
     if (wire != wire_type_of(r)) {
       builder_.reject(RejectReason::kWrongType,
                       fmt::format("{}: member \"{}\" has wire type {}, the .proto says {} (does the producer use "
@@ -390,7 +403,8 @@ class ProtobufDecoder final : public MessageDecoder {
   }
 
   void walk() {
-    Cursor c{reinterpret_cast<const uint8_t*>(body_.data()), reinterpret_cast<const uint8_t*>(body_.data()) + body_.size()};
+    Cursor c{reinterpret_cast<const uint8_t*>(body_.data()),
+             reinterpret_cast<const uint8_t*>(body_.data()) + body_.size()};
     if (batch_number_ == 0) {
       update(c, 0, false);
       return;
@@ -456,7 +470,8 @@ class ProtobufDecoder final : public MessageDecoder {
   }
 
   void decode_fields(std::string_view body) {
-    Cursor c{reinterpret_cast<const uint8_t*>(body.data()), reinterpret_cast<const uint8_t*>(body.data()) + body.size()};
+    Cursor c{reinterpret_cast<const uint8_t*>(body.data()),
+             reinterpret_cast<const uint8_t*>(body.data()) + body.size()};
     const uint32_t table = builder_.current_table();
     uint32_t number, wire;
     while (tag(c, &number, &wire)) {
@@ -487,7 +502,8 @@ class ProtobufDecoder final : public MessageDecoder {
         case Read::kPackedDouble: {
           const std::string_view packed = bytes(c);
           const size_t width = f.read == Read::kPackedFloat ? 4 : 8;
-          if (packed.size() % width != 0) malformed(fmt::format("member \"{}\": packed length {}", f.name, packed.size()));
+          if (packed.size() % width != 0)
+            malformed(fmt::format("member \"{}\": packed length {}", f.name, packed.size()));
           builder_.vector_begin(in);
           for (size_t k = 0; k < packed.size(); k += width) {
             if (width == 4) {

@@ -60,20 +60,19 @@ class UpdateBuilder {
   // Any rejection (thrown by a setter or reject()) ends it; `out` is then
   // empty. now_unix_ms < 0: read CLOCK_REALTIME when a bound needs it.
   // `malformed` is the reason for an unexpected failure inside `walk`.
-  DecodeResult run(DecodedBatch& out, int64_t now_unix_ms, RejectReason malformed, void (*walk)(void* ctx),
-                   void* ctx);
+  DecodeResult run(DecodedBatch& out, int64_t now_unix_ms, RejectReason malformed, void (*walk)(void* ctx), void* ctx);
   [[noreturn]] void reject(RejectReason reason, std::string detail);
   // "update 3" (or "update" for a single one), for details.
   std::string where() const;
 
   // --- Per update, in any order between begin_update() and end_update().
   void begin_update(size_t index, bool batch);
-  void set_table(uint32_t table);             // a table from the config
+  void set_table(uint32_t table);              // a table from the config
   void set_table_name(std::string_view name);  // unknown_table when no such table
   bool has_table() const noexcept;
   uint32_t current_table() const noexcept;  // after has_table()
   void set_key(std::string_view key);
-  void set_event_time_ms(int64_t ms);           // bad_event_time outside [0, 9999-12-31]
+  void set_event_time_ms(int64_t ms);            // bad_event_time outside [0, 9999-12-31]
   void set_event_time_text(std::string_view s);  // RFC 3339
   void set_op(std::string_view op);              // upsert, delete or unpin
   void set_id(std::string_view id);
