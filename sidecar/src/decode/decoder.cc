@@ -1389,6 +1389,28 @@ void UpdateBuilder::vector_push(double v) {
   ++s.vector_count;
 }
 
+void UpdateBuilder::vector_push_floats(const char* le, size_t n) {
+  State& s = *state_;
+  const Impl::FieldTarget& first = s.vector->fields.front();
+  if (n > first.count - s.vector_count) {
+    ::larder::sidecar::reject(RejectReason::kVectorLength,
+                              fmt::format("{}: more than {} elements{}", s.vector_where, first.count,
+                                          Impl::for_field(*s.e.table, first, s.vector_where.field)));
+  }
+  std::vector<float>& floats = s.out->floats_;
+  const size_t at = floats.size();
+  floats.resize(at + n);
+  std::memcpy(floats.data() + at, le, n * sizeof(float));  // little-endian on every target Larder builds for
+  for (size_t k = 0; k < n; ++k) {
+    if (!std::isfinite(floats[at + k])) [[unlikely]] {
+      Where what = s.vector_where;
+      what.element = s.vector_count + static_cast<int64_t>(k);
+      ::larder::sidecar::reject(RejectReason::kNonFinite, what + ": not a finite number");
+    }
+  }
+  s.vector_count += static_cast<uint32_t>(n);
+}
+
 void UpdateBuilder::vector_end() {
   State& s = *state_;
   for (const Impl::FieldTarget& target : s.vector->fields) {

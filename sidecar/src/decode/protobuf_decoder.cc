@@ -309,6 +309,12 @@ class ProtobufDecoder final : public MessageDecoder {
   }
 
   uint64_t varint(Cursor& c) {
+    if (c.p != c.end && *c.p < 0x80) [[likely]]
+      return *c.p++;  // most tags and small values are one byte
+    return varint_slow(c);
+  }
+
+  [[gnu::noinline]] uint64_t varint_slow(Cursor& c) {
     uint64_t v = 0;
     for (int shift = 0; shift < 64; shift += 7) {
       if (c.p == c.end) malformed("truncated varint");
@@ -358,15 +364,18 @@ class ProtobufDecoder final : public MessageDecoder {
   }
 
   void expect_wire(uint32_t wire, Read r, std::string_view name) {
+    if (wire != wire_type_of(r)) [[unlikely]]
+      bad_wire(wire, r, name);
+  }
+
+  [[noreturn, gnu::cold, gnu::noinline]] void bad_wire(uint32_t wire, Read r, std::string_view name) {
     if (wire != kVarint && wire != kFixed64 && wire != kLengthDelimited && wire != kFixed32) {
       malformed(fmt::format("member \"{}\": wire type {} (groups are not supported)", name, wire));
     }
-    if (wire != wire_type_of(r)) {
-      builder_.reject(RejectReason::kWrongType,
-                      fmt::format("{}: member \"{}\" has wire type {}, the .proto says {} (does the producer use "
-                                  "another .proto?)",
-                                  builder_.where(), name, wire, static_cast<uint32_t>(wire_type_of(r))));
-    }
+    builder_.reject(RejectReason::kWrongType,
+                    fmt::format("{}: member \"{}\" has wire type {}, the .proto says {} (does the producer use "
+                                "another .proto?)",
+                                builder_.where(), name, wire, static_cast<uint32_t>(wire_type_of(r))));
   }
 
   // An integer of any integer Read; false when it does not fit int64.
@@ -505,12 +514,10 @@ class ProtobufDecoder final : public MessageDecoder {
           if (packed.size() % width != 0)
             malformed(fmt::format("member \"{}\": packed length {}", f.name, packed.size()));
           builder_.vector_begin(in);
-          for (size_t k = 0; k < packed.size(); k += width) {
-            if (width == 4) {
-              float x;
-              std::memcpy(&x, packed.data() + k, 4);
-              builder_.vector_push(x);
-            } else {
+          if (width == 4) {
+            builder_.vector_push_floats(packed.data(), packed.size() / 4);
+          } else {
+            for (size_t k = 0; k < packed.size(); k += 8) {
               double x;
               std::memcpy(&x, packed.data() + k, 8);
               builder_.vector_push(x);

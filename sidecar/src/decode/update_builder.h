@@ -86,6 +86,8 @@ class UpdateBuilder {
   void input_string(uint32_t input, std::string_view v);
   void vector_begin(uint32_t input);
   void vector_push(double v);
+  // `n` little-endian float32s at `le` (packed on the wire), in one go.
+  void vector_push_floats(const char* le, size_t n);
   void vector_end();
   // A member the table does not have: ignored with allow_unknown_fields,
   // else unknown_field (with the JSON decoder's detail).
