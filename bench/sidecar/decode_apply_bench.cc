@@ -5,6 +5,9 @@
 // Single-threaded.
 #include <benchmark/benchmark.h>
 #include <fmt/format.h>
+#include <google/protobuf/compiler/importer.h>
+#include <google/protobuf/dynamic_message.h>
+#include <google/protobuf/text_format.h>
 #include <unistd.h>
 
 #include <string>
@@ -12,9 +15,11 @@
 
 #include "apply/writer_thread.h"
 #include "decode/decoder.h"
+#include "decode/message_decoder.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
 #include "observe/metrics.h"
+#include "sidecar/format_test_schema.h"
 
 namespace {
 
@@ -156,6 +161,158 @@ void BM_HistogramObserve(benchmark::State& state) {
   benchmark::DoNotOptimize(metrics.visible_lag_seconds.snapshot().sum_s);
 }
 BENCHMARK(BM_HistogramObserve);
+
+// Decode + apply of the same logical updates in each message format (JSON v1,
+// Protocol Buffers, Avro), with the schema files of the format tests
+// (tests/sidecar/formats/): per update, six fields of every type (int64,
+// float64, float32, bool, string, a 3-float vector). Arg 0: the format
+// (0 JSON, 1 Protobuf, 2 Avro); arg 1: updates per message.
+namespace formats {
+
+namespace ft = larder::sidecar::format_test;
+const std::string kDir = std::string(LARDER_SOURCE_DIR) + "/tests/sidecar/formats";
+
+larder::layout::Schema schema() {
+  larder::layout::Schema s = ft::schema();
+  s.tables[0].capacity = 200000;
+  return s;
+}
+
+struct Update {
+  int64_t i;
+  std::string key() const { return fmt::format("u{}", i % 100000); }
+  int64_t time() const { return 1'700'000'000'000 + i; }
+  double ctr() const { return static_cast<double>(i) * 0.5; }
+  float score() const { return static_cast<float>(i % 1000) * 0.25f; }
+  float e0() const { return static_cast<float>(i % 100); }
+};
+
+std::string json(const std::vector<Update>& us) {
+  std::string b = us.size() > 1 ? "[" : "";
+  for (size_t j = 0; j < us.size(); ++j) {
+    const Update& u = us[j];
+    b += fmt::format(R"({}{{"table":"users","key":"{}","event_time":{},"fields":{{"clicks":{},"ctr":{},"score":{},)"
+                     R"("premium":{},"country":"DE","embedding":[{},0.5,-1]}}}})",
+                     j ? "," : "", u.key(), u.time(), u.i, u.ctr(), u.score(), u.i % 2 ? "true" : "false", u.e0());
+  }
+  return us.size() > 1 ? b + "]" : b;
+}
+
+class Proto {
+ public:
+  Proto() {
+    tree_.MapPath("", kDir);
+    importer_ = std::make_unique<google::protobuf::compiler::Importer>(&tree_, nullptr);
+    importer_->Import("features.proto");
+  }
+  std::string encode(const std::vector<Update>& us) {
+    std::string text;
+    for (const Update& u : us) {
+      text += fmt::format(
+          R"({}{{ table: "users" key: "{}" event_time: {} fields {{ clicks: {} ctr: {} score: {} premium: {} )"
+          R"(country: "DE" embedding: [{}, 0.5, -1] }} }})",
+          us.size() > 1 ? "updates " : "", u.key(), u.time(), u.i, u.ctr(), u.score(), u.i % 2 ? "true" : "false",
+          u.e0());
+    }
+    if (us.size() == 1) text = text.substr(1, text.size() - 2);  // one Update: its members only
+    const auto* d =
+        importer_->pool()->FindMessageTypeByName(us.size() > 1 ? "larder.test.Batch" : "larder.test.Update");
+    std::unique_ptr<google::protobuf::Message> m(factory_.GetPrototype(d)->New());
+    google::protobuf::TextFormat::ParseFromString(text, m.get());
+    return m->SerializeAsString();
+  }
+
+ private:
+  google::protobuf::compiler::DiskSourceTree tree_;
+  std::unique_ptr<google::protobuf::compiler::Importer> importer_;
+  google::protobuf::DynamicMessageFactory factory_;
+};
+
+std::string avro(const std::vector<Update>& us) {
+  ft::AvroWriter w;
+  if (us.size() > 1) w.lng(static_cast<int64_t>(us.size()));
+  for (const Update& u : us) {
+    const double ctr = u.ctr();
+    const float score = u.score();
+    const bool premium = u.i % 2;
+    ft::AvroUpdate a;
+    a.key = u.key();
+    a.event_time = u.time();
+    a.clicks = &u.i;
+    a.ctr = &ctr;
+    a.score = &score;
+    a.premium = &premium;
+    a.country = "DE";
+    a.embedding = {u.e0(), 0.5f, -1};
+    a.write(w);
+  }
+  if (us.size() > 1) w.lng(0);
+  return w.out;
+}
+
+void BM_DecodeApplyFormat(benchmark::State& state) {
+  const int format = static_cast<int>(state.range(0));
+  const int updates = static_cast<int>(state.range(1));
+  larder::sidecar::FormatConfig config;
+  if (format == 1) config = ft::protobuf(kDir, updates > 1 ? "larder.test.Batch" : "larder.test.Update");
+  if (format == 2) config = ft::avro(kDir, updates > 1 ? "batch.avsc" : "update.avsc");
+  auto decoder = larder::sidecar::make_message_decoder(schema(), ft::options(), config);
+  Proto proto;
+  std::vector<std::string> bodies(1000);
+  for (size_t m = 0; m < bodies.size(); ++m) {
+    std::vector<Update> us;
+    for (int j = 0; j < updates; ++j) us.push_back(Update{static_cast<int64_t>(m) * updates + j});
+    bodies[m] = format == 0 ? json(us) : format == 1 ? proto.encode(us) : avro(us);
+  }
+  const std::string name = fmt::format("larder-bench-formats-{}", ::getpid());
+  larder::Writer::remove_segment(name);
+  auto writer = larder::Writer::open(name, schema());
+  larder::sidecar::DecodedBatch batch;
+  size_t m = 0, bytes = 0;
+  uint64_t stale = 0;
+  larder::sidecar::RejectReason reason;
+  for (auto _ : state) {
+    const larder::sidecar::DecodeResult r = decoder->decode(bodies[m], batch);
+    if (!r.ok) {
+      state.SkipWithError(r.detail.c_str());
+      break;
+    }
+    benchmark::DoNotOptimize(larder::sidecar::apply_batch(*writer, batch, &reason, &stale));
+    bytes += bodies[m].size();
+    m = (m + 1) % bodies.size();
+  }
+  state.SetItemsProcessed(state.iterations() * updates);
+  state.SetBytesProcessed(static_cast<int64_t>(bytes));
+  state.SetLabel(format == 0 ? "json" : format == 1 ? "protobuf" : "avro");
+  writer.reset();
+  larder::Writer::remove_segment(name);
+}
+BENCHMARK(BM_DecodeApplyFormat)->ArgsProduct({{0, 1, 2}, {1, 100}});
+
+// Decode alone, same messages: what the format itself costs.
+void BM_DecodeFormat(benchmark::State& state) {
+  const int format = static_cast<int>(state.range(0));
+  const int updates = static_cast<int>(state.range(1));
+  larder::sidecar::FormatConfig config;
+  if (format == 1) config = ft::protobuf(kDir, updates > 1 ? "larder.test.Batch" : "larder.test.Update");
+  if (format == 2) config = ft::avro(kDir, updates > 1 ? "batch.avsc" : "update.avsc");
+  auto decoder = larder::sidecar::make_message_decoder(schema(), ft::options(), config);
+  Proto proto;
+  std::vector<Update> us;
+  for (int j = 0; j < updates; ++j) us.push_back(Update{j});
+  const std::string body = format == 0 ? json(us) : format == 1 ? proto.encode(us) : avro(us);
+  larder::sidecar::DecodedBatch batch;
+  for (auto _ : state) {
+    auto r = decoder->decode(body, batch);
+    benchmark::DoNotOptimize(r.ok);
+  }
+  state.SetItemsProcessed(state.iterations() * updates);
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(body.size()));
+  state.SetLabel(format == 0 ? "json" : format == 1 ? "protobuf" : "avro");
+}
+BENCHMARK(BM_DecodeFormat)->ArgsProduct({{0, 1, 2}, {1, 100}});
+
+}  // namespace formats
 
 }  // namespace
 

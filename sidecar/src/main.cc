@@ -28,6 +28,7 @@
 #include "config/config.h"
 #include "config/size_report.h"
 #include "consume/consumer.h"
+#include "decode/message_decoder.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
 #include "observe/logging.h"
@@ -189,6 +190,17 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "larder-sidecar: invalid config: %s\n", e.what());
     return 2;
   }
+  // The message format's schema file against the tables, before anything
+  // starts (the consumer builds its own decoder the same way).
+  std::string format_description;
+  try {
+    format_description =
+        larder::sidecar::make_message_decoder(config.schema(), config.decode_options(), config.rabbitmq.format)
+            ->describe();
+  } catch (const larder::sidecar::ConfigError& e) {
+    std::fprintf(stderr, "larder-sidecar: invalid config: %s\n", e.what());
+    return 2;
+  }
   if (!log_level.empty()) {
     if (!larder::sidecar::valid_log_level(log_level)) {
       std::fprintf(stderr, "larder-sidecar: --log-level: unknown level \"%s\"\n", log_level.c_str());
@@ -201,6 +213,9 @@ int main(int argc, char** argv) {
     // will cost, before it exists. Its warnings are part of the report.
     const larder::sidecar::SizeReport sizes = larder::sidecar::size_report(config);
     for (const std::string& w : config.warnings) std::fprintf(stderr, "larder-sidecar: warning: %s\n", w.c_str());
+    if (config.rabbitmq.format.type != larder::sidecar::MessageFormat::kJson) {
+      std::printf("format: %s\n", format_description.c_str());
+    }
     std::printf("config ok: segment \"%s\", %zu tables, queue \"%s\"\n%s", config.segment.name.c_str(),
                 config.tables.size(), config.rabbitmq.queue.name.c_str(),
                 larder::sidecar::format_size_report(sizes).c_str());

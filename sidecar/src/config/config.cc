@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "config/config_yaml.h"
+#include "config/format.h"
 #include "config/http_url.h"
 #include "larder/layout/error.h"
 
@@ -633,8 +634,9 @@ RabbitConfig parse_rabbitmq(const YAML::Node& node, const std::string& segment_n
   if (!node.IsDefined()) fail("rabbitmq", "required (url, password_env or password_file, queue, ...)");
   MapNode m(node, "rabbitmq",
             {"url", "password_env", "password_file", "queue", "bindings", "prefetch", "heartbeat_s", "tls",
-             "dead_letter", "reconnect", "rpc_timeout_s", "drain_timeout_s", "connection_name"});
+             "dead_letter", "reconnect", "rpc_timeout_s", "drain_timeout_s", "connection_name", "format"});
   RabbitConfig r;
+  r.format = parse_format(m.node("format"), m.child("format"));
   std::string error;
   const std::string url = m.str("url");
   if (!parse_amqp_url(url, &r.url, &error)) fail(m.child("url"), error);

@@ -18,6 +18,7 @@
 
 #include "config/amqp_url.h"
 #include "config/config_error.h"
+#include "config/format.h"
 #include "config/ingest.h"
 #include "larder/layout/schema.h"
 
@@ -100,6 +101,7 @@ struct RabbitConfig {
   double rpc_timeout_s = 10.0;
   double drain_timeout_s = 10.0;
   std::string connection_name;  // default "larder-sidecar <segment>"
+  FormatConfig format;          // the message format of the queue's bodies (default JSON v1)
 };
 
 struct LoggingConfig {

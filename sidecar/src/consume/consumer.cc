@@ -36,7 +36,7 @@ Consumer::Consumer(const Config& config, Pipeline& pipeline, const std::atomic<i
     : config_(config),
       pipeline_(pipeline),
       stop_requests_(stop_requests),
-      decoder_(config.schema(), config.decode_options()),
+      decoder_(make_message_decoder(config.schema(), config.decode_options(), config.rabbitmq.format)),
       backoff_(config.rabbitmq.reconnect.base_s, config.rabbitmq.reconnect.cap_s),
       reject_log_(kRejectReasonCount, 10, std::chrono::milliseconds(1000)),
       work_token_(pipeline.work),
@@ -282,7 +282,7 @@ bool Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) 
   const std::string_view body(static_cast<const char*>(envelope.message.body.bytes), envelope.message.body.len);
   DecodedBatch batch = take_spare_batch();
   const int64_t decode_start = layout::now_mono_ns();
-  DecodeResult result = decoder_.decode(body, batch);
+  DecodeResult result = decoder_->decode(body, batch);
   const int64_t decode_end = layout::now_mono_ns();
   metrics.decode_seconds.observe_ns(decode_end - decode_start);
   metrics.consumer_heartbeat_mono_ns.set(decode_end);

@@ -43,6 +43,7 @@
 #include "consume/amqp_session.h"
 #include "consume/backoff.h"
 #include "decode/decoder.h"
+#include "decode/message_decoder.h"
 #include "observe/logging.h"
 
 namespace larder::sidecar {
@@ -109,7 +110,7 @@ class Consumer {
   const Config& config_;
   Pipeline& pipeline_;
   const std::atomic<int>& stop_requests_;
-  Decoder decoder_;
+  std::unique_ptr<MessageDecoder> decoder_;  // the queue's format (rabbitmq.format)
   AckTracker tracker_;
   Backoff backoff_;
   RateLimiter reject_log_;

@@ -19,6 +19,7 @@
 
 #include "config/config.h"  // format_duration
 #include "decode/event_time.h"
+#include "decode/update_builder.h"
 #include "larder/layout/clock.h"
 
 namespace larder::sidecar {
@@ -276,6 +277,8 @@ struct Decoder::Impl {
     const std::string& name = table.field_names[target.index];
     return name == member ? std::string() : fmt::format(" (for field \"{}\")", name);
   }
+
+  static void push_value(DecodedBatch& out, const FieldValue& fv) { out.values_.push_back(fv); }
 
   static void add_source(DecodedBatch& out, int32_t source, double value, uint64_t distinct = 0) {
     if (source >= 0) out.sources_.push_back(SourceValue{static_cast<uint32_t>(source), value, distinct});
@@ -828,8 +831,12 @@ struct Decoder::Impl {
   }
 };
 
-Decoder::Decoder(const layout::Schema& schema, std::vector<TableDecodeOptions> options)
-    : impl_(std::make_unique<Impl>()) {
+namespace {
+
+// Resolves the schema and the ingest options into `impl`'s per-table maps
+// (shared by the JSON decoder and the UpdateBuilder of the binary formats).
+void build_tables(Decoder::Impl& impl, const layout::Schema& schema, const std::vector<TableDecodeOptions>& options) {
+  using Impl = Decoder::Impl;
   using InputKind = Impl::InputKind;
   // The JSON value one more reader of an input needs, merged into what the
   // earlier readers need; false when they cannot agree.
@@ -850,11 +857,11 @@ Decoder::Decoder(const layout::Schema& schema, std::vector<TableDecodeOptions> o
     }
     return k == InputKind::kNumberOrBool && (in.kind == InputKind::kNumber || in.kind == InputKind::kBool);
   };
-  impl_->tables.resize(schema.tables.size());
+  impl.tables.resize(schema.tables.size());
   for (size_t t = 0; t < schema.tables.size(); ++t) {
     const layout::TableSpec& spec = schema.tables[t];
     const TableDecodeOptions* opt = t < options.size() ? &options[t] : nullptr;
-    Impl::TableInfo& info = impl_->tables[t];
+    Impl::TableInfo& info = impl.tables[t];
     info.index = static_cast<uint32_t>(t);
     info.name = spec.name;
     info.key_max_len = spec.key_max_len;
@@ -944,12 +951,12 @@ Decoder::Decoder(const layout::Schema& schema, std::vector<TableDecodeOptions> o
                                                  layout::aggregate_fn_name(a.fn), a.source, over, a.source));
     }
     info.seen.assign(info.inputs.size(), 0);
-    impl_->table_by_name.emplace(spec.name, static_cast<uint32_t>(t));
+    impl.table_by_name.emplace(spec.name, static_cast<uint32_t>(t));
   }
   // A detail is bounded (a reject reason travels in a header): at most
   // kTableListBytes of names, then how many more there are.
   constexpr size_t kTableListBytes = 200;
-  std::string& list = impl_->table_list;
+  std::string& list = impl.table_list;
   list = "the tables are ";
   for (size_t t = 0; t < schema.tables.size(); ++t) {
     const std::string& name = schema.tables[t].name;
@@ -959,6 +966,13 @@ Decoder::Decoder(const layout::Schema& schema, std::vector<TableDecodeOptions> o
     }
     list += (t ? ", " : "") + name;
   }
+}
+
+}  // namespace
+
+Decoder::Decoder(const layout::Schema& schema, std::vector<TableDecodeOptions> options)
+    : impl_(std::make_unique<Impl>()) {
+  build_tables(*impl_, schema, options);
 }
 
 Decoder::~Decoder() = default;
@@ -981,6 +995,479 @@ DecodeResult Decoder::decode(std::string_view body, DecodedBatch& out, int64_t n
     return DecodeResult{false, RejectReason::kBadJson, std::string("decoder error: ") + e.what(), impl_->current_id,
                         impl_->current_key};
   }
+}
+
+// ---------------------------------------------------------------------------
+// UpdateBuilder (update_builder.h): the rules above, for typed values.
+
+const char* input_type_name(InputType type) noexcept {
+  switch (type) {
+    case InputType::kInteger: return "an integer";
+    case InputType::kNumber: return "a number";
+    case InputType::kNumberOrBool: return "a number or a bool";
+    case InputType::kBool: return "a bool";
+    case InputType::kString: return "a string";
+    case InputType::kVector: return "a list of numbers";
+    case InputType::kScalar: return "a string, an integer or a bool";
+  }
+  return "an unknown type";
+}
+
+struct UpdateBuilder::State {
+  using Impl = Decoder::Impl;
+  DecodedBatch* out = nullptr;
+  Impl::Envelope e;
+  Where at;
+  size_t values_begin = 0;
+  size_t sources_begin = 0;
+  // The vector being read (vector_begin .. vector_end).
+  const Impl::InputInfo* vector = nullptr;
+  Where vector_where;
+  size_t vector_begin = 0;
+  uint32_t vector_count = 0;
+};
+
+namespace {
+
+InputType input_type_of(const Decoder::Impl::InputInfo& in) {
+  using Kind = Decoder::Impl::InputKind;
+  switch (in.kind) {
+    case Kind::kNumber:
+      for (const auto& target : in.fields) {
+        if (target.type == FieldType::kInt64 && target.chain == nullptr) return InputType::kInteger;
+      }
+      return InputType::kNumber;
+    case Kind::kNumberOrBool: return InputType::kNumberOrBool;
+    case Kind::kBool: return InputType::kBool;
+    case Kind::kString: return InputType::kString;
+    case Kind::kArray: return InputType::kVector;
+    case Kind::kScalar: return InputType::kScalar;
+  }
+  return InputType::kNumber;
+}
+
+}  // namespace
+
+UpdateBuilder::UpdateBuilder(const layout::Schema& schema, const std::vector<TableDecodeOptions>& options)
+    : impl_(std::make_unique<Decoder::Impl>()), state_(std::make_unique<State>()) {
+  build_tables(*impl_, schema, options);
+}
+
+UpdateBuilder::~UpdateBuilder() = default;
+
+size_t UpdateBuilder::table_count() const noexcept { return impl_->tables.size(); }
+
+const std::string& UpdateBuilder::table_name(uint32_t table) const { return impl_->tables.at(table).name; }
+
+std::optional<uint32_t> UpdateBuilder::find_table(std::string_view name) const {
+  auto it = impl_->table_by_name.find(name);
+  if (it == impl_->table_by_name.end()) return std::nullopt;
+  return it->second;
+}
+
+bool UpdateBuilder::allow_unknown_fields(uint32_t table) const { return impl_->tables.at(table).allow_unknown_fields; }
+
+std::vector<UpdateBuilder::Input> UpdateBuilder::inputs(uint32_t table) const {
+  std::vector<Input> out;
+  for (const auto& in : impl_->tables.at(table).inputs) out.push_back(Input{in.name, input_type_of(in)});
+  return out;
+}
+
+std::optional<std::string> UpdateBuilder::why_not_an_input(uint32_t table, std::string_view name) const {
+  const auto& info = impl_->tables.at(table);
+  for (const auto& [field, input] : info.computed) {
+    if (field == name) return fmt::format("field \"{}\" is computed from \"{}\"", field, input);
+  }
+  for (const auto& [aggregate, what] : info.aggregates) {
+    if (aggregate == name) return fmt::format("\"{}\" is an aggregate the sidecar computes ({})", aggregate, what);
+  }
+  return std::nullopt;
+}
+
+DecodeResult UpdateBuilder::run(DecodedBatch& out, int64_t now_unix_ms, RejectReason malformed, void (*walk)(void* ctx),
+                                void* ctx) {
+  out.clear();
+  impl_->now_ms = now_unix_ms < 0 ? Decoder::Impl::kClockUnread : now_unix_ms;
+  impl_->current_id.clear();
+  impl_->current_key.clear();
+  state_->out = &out;
+  state_->vector = nullptr;
+  try {
+    walk(ctx);
+    Decoder::Impl::finish(out);
+    return DecodeResult::success();
+  } catch (Reject& r) {
+    out.clear();
+    return DecodeResult{false, r.reason, std::move(r.detail), impl_->current_id, impl_->current_key};
+  } catch (const std::exception& e) {  // allocation failure
+    out.clear();
+    return DecodeResult{false, malformed, std::string("decoder error: ") + e.what(), impl_->current_id,
+                        impl_->current_key};
+  }
+}
+
+void UpdateBuilder::reject(RejectReason reason, std::string detail) {
+  ::larder::sidecar::reject(reason, std::move(detail));
+}
+
+std::string UpdateBuilder::where() const { return state_->at.str(); }
+
+void UpdateBuilder::begin_update(size_t index, bool batch) {
+  State& s = *state_;
+  ++impl_->update_serial;
+  impl_->current_id.clear();
+  impl_->current_key.clear();
+  s.e = State::Impl::Envelope{};
+  s.at = Where{index, batch};
+  s.values_begin = s.out->values_.size();
+  s.sources_begin = s.out->sources_.size();
+  s.vector = nullptr;
+}
+
+void UpdateBuilder::set_table(uint32_t table) {
+  state_->e.have_table = true;
+  state_->e.table = &impl_->tables.at(table);
+}
+
+void UpdateBuilder::set_table_name(std::string_view name) {
+  State& s = *state_;
+  Decoder::Impl::mark_once(s.e.have_table, "table", s.at);
+  auto it = impl_->table_by_name.find(name);
+  if (it == impl_->table_by_name.end()) {
+    ::larder::sidecar::reject(RejectReason::kUnknownTable,
+                              fmt::format("{}: no table \"{}\"; {}", s.at, clip(name), impl_->table_list));
+  }
+  s.e.table = &impl_->tables[it->second];
+}
+
+bool UpdateBuilder::has_table() const noexcept { return state_->e.table != nullptr; }
+
+uint32_t UpdateBuilder::current_table() const noexcept { return state_->e.table->index; }
+
+void UpdateBuilder::set_key(std::string_view key) {
+  State& s = *state_;
+  Decoder::Impl::mark_once(s.e.have_key, "key", s.at);
+  s.e.key = key;  // the body outlives the update
+  impl_->current_key.assign(key.substr(0, kMaxLoggedIdBytes));
+}
+
+void UpdateBuilder::set_event_time_ms(int64_t ms) {
+  State& s = *state_;
+  Decoder::Impl::mark_once(s.e.have_time, "event_time", s.at);
+  if (ms < 0 || ms > kMaxEventTimeMs) {
+    ::larder::sidecar::reject(
+        RejectReason::kBadEventTime,
+        fmt::format("{}: event_time {} is not a count of ms in [0, {}]", s.at, ms, kMaxEventTimeMs));
+  }
+  s.e.event_time_ms = ms;
+}
+
+void UpdateBuilder::set_event_time_text(std::string_view text) {
+  State& s = *state_;
+  Decoder::Impl::mark_once(s.e.have_time, "event_time", s.at);
+  if (!parse_rfc3339_ms(text, &s.e.event_time_ms)) {
+    ::larder::sidecar::reject(
+        RejectReason::kBadEventTime,
+        fmt::format("{}: event_time \"{}\" is not an RFC 3339 timestamp with an offset", s.at, clip(text)));
+  }
+}
+
+void UpdateBuilder::set_op(std::string_view op) {
+  State& s = *state_;
+  Decoder::Impl::mark_once(s.e.have_op, "op", s.at);
+  if (op == "upsert") {
+    s.e.op = UpdateOp::kUpsert;
+  } else if (op == "delete") {
+    s.e.op = UpdateOp::kDelete;
+  } else if (op == "unpin") {
+    s.e.op = UpdateOp::kUnpin;
+  } else {
+    ::larder::sidecar::reject(
+        RejectReason::kBadOp,
+        fmt::format("{}: op \"{}\" (expected \"upsert\", \"delete\" or \"unpin\")", s.at, clip(op)));
+  }
+}
+
+void UpdateBuilder::set_id(std::string_view id) {
+  State& s = *state_;
+  Decoder::Impl::mark_once(s.e.have_id, "id", s.at);
+  DecodedBatch& out = *s.out;
+  const std::string_view kept = id.substr(0, kMaxLoggedIdBytes);
+  if (out.first_id_.empty()) out.first_id_.assign(kept);
+  impl_->current_id.assign(kept);
+  s.e.id_offset = static_cast<uint32_t>(out.bytes_.size());
+  s.e.id_length = static_cast<uint32_t>(kept.size());
+  out.bytes_.insert(out.bytes_.end(), kept.begin(), kept.end());
+  s.e.event_id = id.empty() ? 0 : event_id_hash(id);  // "" is no id (see the JSON decoder)
+}
+
+void UpdateBuilder::set_fields_present() { Decoder::Impl::mark_once(state_->e.have_fields, "fields", state_->at); }
+
+bool UpdateBuilder::is_upsert() const noexcept { return state_->e.op == UpdateOp::kUpsert; }
+
+namespace {
+
+using Impl = Decoder::Impl;
+
+// The input `index` of the update's table, marked as seen.
+const Impl::InputInfo& take_input(Impl& impl, const Impl::TableInfo* table, uint32_t index, const Where& at) {
+  if (table == nullptr || index >= table->inputs.size()) {
+    reject(RejectReason::kInternal, at + ": a value for no input of the table");
+  }
+  const Impl::InputInfo& in = table->inputs[index];
+  auto& seen = const_cast<Impl::TableInfo*>(table)->seen;
+  if (seen[in.index] == impl.update_serial) {
+    reject(RejectReason::kDuplicateMember, fmt::format("{}: field \"{}\" appears twice", at, in.name));
+  }
+  seen[in.index] = impl.update_serial;
+  return in;
+}
+
+[[noreturn]] void reject_type(const Impl::InputInfo& in, const Where& what, const char* got) {
+  reject(RejectReason::kWrongType,
+         fmt::format("{}: expected {}, got {}", what, input_type_name(input_type_of(in)), got));
+}
+
+// A number for the fields, transforms and sources that read `in`: an
+// integer (`is_int`, exactly `i`) or a floating-point `d`.
+void typed_number(Impl& impl, const Impl::InputInfo& in, const Impl::TableInfo& table, const Where& what, bool is_int,
+                  int64_t i, double d, DecodedBatch& out) {
+  for (const Impl::FieldTarget& target : in.fields) {
+    double seen_by_source = 0;
+    uint64_t distinct = 0;
+    if (target.chain != nullptr) {
+      TransformResult r;
+      TransformFailure why;
+      if (!target.chain->apply(d, &r, &why)) impl.reject_transform(why, target, table, what);
+      seen_by_source = impl.store_transformed(r, target, table, what, out, &distinct);
+    } else {
+      FieldValue fv;
+      fv.field = target.index;
+      fv.type = target.type;
+      switch (target.type) {
+        case FieldType::kInt64:
+          if (!is_int) reject_type(in, what, "a floating-point number");
+          fv.i64 = i;
+          seen_by_source = static_cast<double>(i);
+          if (target.source_distinct) distinct = distinct_hash_int64(i);
+          break;
+        case FieldType::kFloat64: seen_by_source = fv.f64 = d; break;
+        case FieldType::kFloat32:
+          if (d > static_cast<double>(FLT_MAX) || d < -static_cast<double>(FLT_MAX)) {
+            reject(RejectReason::kOutOfRange, fmt::format("{}: {} is outside the float32 range", what, d));
+          }
+          seen_by_source = fv.f64 = static_cast<float>(d);
+          break;
+        default: break;  // not a number input
+      }
+      Impl::push_value(out, fv);
+    }
+    Impl::add_source(out, target.source, seen_by_source, distinct);
+  }
+  if (in.raw_source >= 0) {
+    Impl::add_source(out, in.raw_source, d,
+                     in.raw_distinct ? (is_int ? distinct_hash_int64(i) : distinct_hash_number(d)) : 0);
+  }
+}
+
+}  // namespace
+
+void UpdateBuilder::input_integer(uint32_t input, int64_t v) {
+  State& s = *state_;
+  const Impl::InputInfo& in = take_input(*impl_, s.e.table, input, s.at);
+  const Where what{s.at.index, s.at.batch, in.name};
+  switch (in.kind) {
+    case Impl::InputKind::kNumber:
+    case Impl::InputKind::kNumberOrBool:
+      typed_number(*impl_, in, *s.e.table, what, true, v, static_cast<double>(v), *s.out);
+      return;
+    case Impl::InputKind::kScalar: Impl::add_source(*s.out, in.raw_source, 0.0, distinct_hash_int64(v)); return;
+    default: reject_type(in, what, "an integer");
+  }
+}
+
+void UpdateBuilder::input_double(uint32_t input, double v) {
+  State& s = *state_;
+  const Impl::InputInfo& in = take_input(*impl_, s.e.table, input, s.at);
+  const Where what{s.at.index, s.at.batch, in.name};
+  if (in.kind != Impl::InputKind::kNumber && in.kind != Impl::InputKind::kNumberOrBool) {
+    reject_type(in, what, "a floating-point number");
+  }
+  if (!std::isfinite(v)) ::larder::sidecar::reject(RejectReason::kNonFinite, what + ": not a finite number");
+  typed_number(*impl_, in, *s.e.table, what, false, 0, v, *s.out);
+}
+
+void UpdateBuilder::input_bool(uint32_t input, bool v) {
+  State& s = *state_;
+  const Impl::InputInfo& in = take_input(*impl_, s.e.table, input, s.at);
+  const Where what{s.at.index, s.at.batch, in.name};
+  DecodedBatch& out = *s.out;
+  switch (in.kind) {
+    case Impl::InputKind::kBool:
+      for (const Impl::FieldTarget& target : in.fields) {
+        FieldValue fv;
+        fv.field = target.index;
+        fv.type = target.type;
+        fv.i64 = v ? 1 : 0;
+        out.values_.push_back(fv);
+        Impl::add_source(out, target.source, v ? 1.0 : 0.0);
+      }
+      Impl::add_source(out, in.raw_source, v ? 1.0 : 0.0);
+      return;
+    case Impl::InputKind::kNumberOrBool:
+    case Impl::InputKind::kScalar: Impl::add_source(out, in.raw_source, v ? 1.0 : 0.0); return;
+    default: reject_type(in, what, "a bool");
+  }
+}
+
+void UpdateBuilder::input_string(uint32_t input, std::string_view v) {
+  State& s = *state_;
+  const Impl::InputInfo& in = take_input(*impl_, s.e.table, input, s.at);
+  const Where what{s.at.index, s.at.batch, in.name};
+  const Impl::TableInfo& table = *s.e.table;
+  DecodedBatch& out = *s.out;
+  if (in.kind == Impl::InputKind::kScalar) {
+    Impl::add_source(out, in.raw_source, 0.0, distinct_hash_string(v));
+    return;
+  }
+  if (in.kind != Impl::InputKind::kString) reject_type(in, what, "a string");
+  int64_t stored_at = -1;  // string fields sharing the member share its bytes
+  for (const Impl::FieldTarget& target : in.fields) {
+    if (target.type == FieldType::kString) {
+      if (v.size() > target.count) {
+        ::larder::sidecar::reject(RejectReason::kStringTooLong,
+                                  fmt::format("{}: {} bytes, max_len is {}{}", what, v.size(), target.count,
+                                              Impl::for_field(table, target, what.field)));
+      }
+      if (stored_at < 0) {
+        stored_at = static_cast<int64_t>(out.bytes_.size());
+        out.bytes_.insert(out.bytes_.end(), v.begin(), v.end());
+      }
+      FieldValue fv;
+      fv.field = target.index;
+      fv.type = target.type;
+      fv.i64 = stored_at;  // fixed up to a pointer in finish()
+      fv.length = static_cast<uint32_t>(v.size());
+      out.values_.push_back(fv);
+      if (target.source >= 0) Impl::add_source(out, target.source, 0.0, distinct_hash_string(v));
+    } else {
+      TransformResult r;
+      TransformFailure why;
+      if (!target.chain->apply(v, &r, &why)) impl_->reject_transform(why, target, table, what);
+      uint64_t distinct = 0;
+      const double seen_by_source = impl_->store_transformed(r, target, table, what, out, &distinct);
+      Impl::add_source(out, target.source, seen_by_source, distinct);
+    }
+  }
+  if (in.raw_source >= 0) Impl::add_source(out, in.raw_source, 0.0, distinct_hash_string(v));
+}
+
+void UpdateBuilder::vector_begin(uint32_t input) {
+  State& s = *state_;
+  const Impl::InputInfo& in = take_input(*impl_, s.e.table, input, s.at);
+  s.vector_where = Where{s.at.index, s.at.batch, in.name};
+  if (in.kind != Impl::InputKind::kArray) reject_type(in, s.vector_where, "a list");
+  s.vector = &in;
+  s.vector_begin = s.out->floats_.size();
+  s.vector_count = 0;
+}
+
+void UpdateBuilder::vector_push(double v) {
+  State& s = *state_;
+  const Impl::FieldTarget& first = s.vector->fields.front();
+  Where what = s.vector_where;
+  if (s.vector_count == first.count) {
+    ::larder::sidecar::reject(RejectReason::kVectorLength, fmt::format("{}: more than {} elements{}", what, first.count,
+                                                                       Impl::for_field(*s.e.table, first, what.field)));
+  }
+  what.element = s.vector_count;
+  if (!std::isfinite(v)) ::larder::sidecar::reject(RejectReason::kNonFinite, what + ": not a finite number");
+  if (v > static_cast<double>(FLT_MAX) || v < -static_cast<double>(FLT_MAX)) {
+    ::larder::sidecar::reject(RejectReason::kOutOfRange, fmt::format("{}: {} is outside the float32 range", what, v));
+  }
+  s.out->floats_.push_back(static_cast<float>(v));
+  ++s.vector_count;
+}
+
+void UpdateBuilder::vector_push_floats(const char* le, size_t n) {
+  State& s = *state_;
+  const Impl::FieldTarget& first = s.vector->fields.front();
+  if (n > first.count - s.vector_count) {
+    ::larder::sidecar::reject(RejectReason::kVectorLength,
+                              fmt::format("{}: more than {} elements{}", s.vector_where, first.count,
+                                          Impl::for_field(*s.e.table, first, s.vector_where.field)));
+  }
+  std::vector<float>& floats = s.out->floats_;
+  const size_t at = floats.size();
+  floats.resize(at + n);
+  std::memcpy(floats.data() + at, le, n * sizeof(float));  // little-endian on every target Larder builds for
+  for (size_t k = 0; k < n; ++k) {
+    if (!std::isfinite(floats[at + k])) [[unlikely]] {
+      Where what = s.vector_where;
+      what.element = s.vector_count + static_cast<int64_t>(k);
+      ::larder::sidecar::reject(RejectReason::kNonFinite, what + ": not a finite number");
+    }
+  }
+  s.vector_count += static_cast<uint32_t>(n);
+}
+
+void UpdateBuilder::vector_end() {
+  State& s = *state_;
+  for (const Impl::FieldTarget& target : s.vector->fields) {
+    if (s.vector_count != target.count) {
+      ::larder::sidecar::reject(RejectReason::kVectorLength,
+                                fmt::format("{}: {} elements, dims is {}{}", s.vector_where, s.vector_count,
+                                            target.count, Impl::for_field(*s.e.table, target, s.vector_where.field)));
+    }
+    FieldValue fv;
+    fv.field = target.index;
+    fv.type = target.type;
+    fv.i64 = static_cast<int64_t>(s.vector_begin);  // fixed up to a pointer in finish()
+    fv.length = s.vector_count;
+    s.out->values_.push_back(fv);
+  }
+  s.vector = nullptr;
+}
+
+void UpdateBuilder::unknown_input(std::string_view name) {
+  State& s = *state_;
+  if (s.e.table == nullptr) ::larder::sidecar::reject(RejectReason::kInternal, s.at + ": fields before the table");
+  if (s.e.table->allow_unknown_fields) return;
+  impl_->reject_unknown(*s.e.table, name, s.at);
+}
+
+void UpdateBuilder::end_update() {
+  State& s = *state_;
+  Decoder::Impl::check_envelope(s.e, s.at);
+  DecodedBatch& out = *s.out;
+  DecodedUpdate u;
+  u.key_offset = static_cast<uint32_t>(out.bytes_.size());
+  u.key_length = static_cast<uint32_t>(s.e.key.size());
+  out.bytes_.insert(out.bytes_.end(), s.e.key.begin(), s.e.key.end());
+  if (s.e.op != UpdateOp::kUpsert) {  // a delete or unpin ignores fields
+    out.values_.resize(s.values_begin);
+    out.sources_.resize(s.sources_begin);
+  }
+  u.table = s.e.table->index;
+  u.op = s.e.op;
+  u.event_time_ms = s.e.event_time_ms;
+  u.values_begin = static_cast<uint32_t>(s.values_begin);
+  u.values_count = static_cast<uint32_t>(out.values_.size() - s.values_begin);
+  u.sources_begin = static_cast<uint32_t>(s.sources_begin);
+  u.sources_count = static_cast<uint32_t>(out.sources_.size() - s.sources_begin);
+  u.event_id = s.e.event_id;
+  u.id_offset = s.e.id_offset;
+  u.id_length = s.e.id_length;
+  impl_->check_event_time(*s.e.table, s.e.event_time_ms, s.at);
+  if (s.e.op == UpdateOp::kUnpin) {
+    if (s.e.table->bounds.max_future_skew_ms == EventTimeBounds::kOff) {
+      ::larder::sidecar::reject(
+          RejectReason::kBadOp,
+          fmt::format("{}: op \"unpin\" needs max_future_skew on table \"{}\" (it is off)", s.at, s.e.table->name));
+    }
+    u.pinned_after_ms = impl_->clock_ms() + s.e.table->bounds.max_future_skew_ms;
+  }
+  out.updates_.push_back(u);
 }
 
 }  // namespace larder::sidecar

@@ -91,6 +91,7 @@ class DecodedBatch {
 
  private:
   friend class Decoder;
+  friend class UpdateBuilder;
   std::vector<DecodedUpdate> updates_;
   std::vector<FieldValue> values_;
   std::vector<SourceValue> sources_;

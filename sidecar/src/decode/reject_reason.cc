@@ -27,6 +27,9 @@ const char* reject_reason_name(RejectReason reason) noexcept {
     case RejectReason::kEventTimeTooOld: return "event_time_too_old";
     case RejectReason::kTableFull: return "table_full";
     case RejectReason::kNoStreamOffset: return "no_stream_offset";
+    case RejectReason::kBadProtobuf: return "bad_protobuf";
+    case RejectReason::kBadAvro: return "bad_avro";
+    case RejectReason::kUnknownSchemaId: return "unknown_schema_id";
     case RejectReason::kInternal: return "internal";
   }
   return "unknown_reason";

@@ -33,6 +33,9 @@ enum class RejectReason : uint8_t {
   kEventTimeTooOld,    // event_time before the table's min_event_time (e.g. seconds sent as milliseconds)
   kTableFull,          // the writer refused a new key: the table holds `capacity` keys
   kNoStreamOffset,     // a delivery from a stream queue without its x-stream-offset header
+  kBadProtobuf,        // not a well-formed Protobuf message (truncated, a bad tag or length, trailing bytes)
+  kBadAvro,            // not a well-formed Avro datum of the schema (truncated, a bad length or union branch)
+  kUnknownSchemaId,    // a Confluent wire-format header with another schema id than the configured one
   kInternal,           // the writer refused an update the decoder accepted (a bug)
 };
 
