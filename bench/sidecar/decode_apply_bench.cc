@@ -110,8 +110,9 @@ BENCHMARK(BM_Apply)->Arg(1)->Arg(100);
 // Decode + apply per update of the fields an exported scikit-learn pipeline
 // gives (larder.sklearn, the shape of examples/sklearn_pipeline.py: impute
 // and standardize, bins one-hot, categories one-hot, standardize), against
-// the same members stored without transforms. Arg 0: plain, 1: transformed.
-// 100 updates a message, 100,000 keys.
+// the same members stored without transforms. First arg 0: plain, 1:
+// transformed; second arg 1: decode and apply, 0: decode only. 100 updates a
+// message, 100,000 keys.
 larder::layout::Schema pipeline_schema(bool transformed) {
   larder::layout::Schema s;
   larder::layout::TableSpec t;
@@ -165,6 +166,7 @@ std::string pipeline_message(int updates, int64_t first) {
 
 void BM_DecodeApplyPipeline(benchmark::State& state) {
   const bool transformed = state.range(0) != 0;
+  const bool apply = state.range(1) != 0;
   constexpr int kUpdates = 100;
   const std::string name = fmt::format("larder-bench-pipeline-{}", ::getpid());
   larder::Writer::remove_segment(name);
@@ -192,15 +194,16 @@ void BM_DecodeApplyPipeline(benchmark::State& state) {
       state.SkipWithError(r.detail.c_str());
       break;
     }
-    benchmark::DoNotOptimize(larder::sidecar::apply_batch(*writer, batch, &reason, &stale));
+    if (apply) benchmark::DoNotOptimize(larder::sidecar::apply_batch(*writer, batch, &reason, &stale));
     m = (m + 1) % bodies.size();
   }
   state.SetItemsProcessed(state.iterations() * kUpdates);
-  state.SetLabel(transformed ? "exported pipeline" : "same members, no transforms");
+  state.SetLabel(std::string(transformed ? "exported pipeline" : "same members, no transforms") +
+                 (apply ? "" : ", decode only"));
   writer.reset();
   larder::Writer::remove_segment(name);
 }
-BENCHMARK(BM_DecodeApplyPipeline)->Arg(0)->Arg(1);
+BENCHMARK(BM_DecodeApplyPipeline)->Args({0, 1})->Args({1, 1})->Args({0, 0})->Args({1, 0});
 
 // BM_Apply plus what the writer thread records per message for /metrics: a
 // clock read per message (the wall clock once per bulk of up to 64), the
