@@ -19,7 +19,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev libhiredis-dev liblmdb-dev
   redis-server rabbitmq-server amqp-tools openssl procps util-linux tmux
   # python client and examples
-  python3 python3-numpy python3-pika python3-pytest python3-pandas python3-yaml python3-protobuf
+  python3 python3-numpy python3-pika python3-pytest python3-pandas python3-yaml python3-protobuf python3-sklearn
 )
 
 missing=()

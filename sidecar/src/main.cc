@@ -75,7 +75,14 @@ CONFIG FILE (YAML; annotated example: examples/sidecar.example.yaml; reference: 
           transform list of steps: log1p | {clip: {min, max}} |
                     {standardize: {mean, std}} | {minmax: {min, max}} |
                     {bucketize: {boundaries: [..]}} |
-                    {vocabulary: {values: [..], unknown_index}} (first step only)
+                    {vocabulary: {values: [..], unknown_index}} (first step only) |
+                    {impute: {value, missing}} (first; null -> value) |
+                    {affine: {scale, offset}} (x * scale + offset) |
+                    {ordinal: {categories: [..], unknown_value, missing_value}} |
+                    {one_hot: {categories: [..], handle_unknown, drop, index}}
+                    (last; a vector field, or bool with index) |
+                    {project: {components: [[..]], mean, divide}} (alone; an
+                    array member -> a vector field); see docs/sidecar.md
       aggregates:   list of windowed aggregates (docs/aggregates.md), at most 64
         - name      output field name (required)
           source    field or member it folds (required but for count)

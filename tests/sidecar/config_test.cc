@@ -309,6 +309,40 @@ TEST_F(ConfigTest, FieldGroups) {
   expect_error(replace(kValid, "      - {name: age, type: int64}\n", nine), "tables[0].fields", "at most 8");
 }
 
+// The steps an exported scikit-learn transformer uses: outputs into vector
+// and bool fields, a projection's input length, and their errors.
+TEST_F(ConfigTest, FittedTransformerSteps) {
+  const std::string v = kAggregates;
+  const std::string extra =
+      "      - {name: score, type: float32}\n"
+      "      - {name: country_oh, type: vector, dims: 3, from: country,\n"
+      "         transform: [{one_hot: {categories: [US, DE, FR], handle_unknown: ignore}}]}\n"
+      "      - {name: country_us, type: bool, from: country,\n"
+      "         transform: [{one_hot: {categories: [US, DE, FR], handle_unknown: ignore, index: 0}}]}\n"
+      "      - {name: emb_pca, type: vector, dims: 2, from: emb,\n"
+      "         transform: [{project: {components: [[1, 0, 0, 0], [0, 1, 0, 0]]}}]}\n"
+      "      - {name: amount_imp, type: float64, from: amount,\n"
+      "         transform: [{impute: {value: 3}}, {affine: {scale: 2, offset: 1}}]}\n";
+  const Config c = parse_config(replace(v, "      - {name: score, type: float32}\n", extra));
+  const TableConfig& t = c.tables[0];
+  EXPECT_EQ(t.ingest[4].transform.output_dims(), 3u);
+  EXPECT_EQ(t.ingest[5].transform.output(), TransformOutput::kBool);
+  EXPECT_EQ(t.ingest[6].transform.input_dims(), 4u);
+  EXPECT_TRUE(t.ingest[7].transform.takes_null());
+
+  expect_error(replace(v, "      - {name: score, type: float32}\n",
+                       replace(extra, "{name: country_oh, type: vector, dims: 3,",
+                               "{name: country_oh, type: vector, "
+                               "dims: 2,")),
+               "tables[0].fields[4].dims", "gives 3 numbers, but dims is 2");
+  expect_error(replace(v, "      - {name: score, type: float32}\n",
+                       replace(extra, "{name: country_us, type: bool,", "{name: country_us, type: float64,")),
+               "tables[0].fields[5].transform", "gives a bool");
+  expect_error(replace(v, "      - {name: score, type: float32}\n",
+                       replace(extra, "[[1, 0, 0, 0], [0, 1, 0, 0]]", "[[1, 0, 0], [0, 1, 0]]")),
+               "tables[0].fields[8].name", "array of 4 numbers");
+}
+
 TEST_F(ConfigTest, TransformErrorsNameTheKey) {
   const std::string v = kAggregates;
   expect_error(replace(v, "max: 10000}}, log1p]", "max: 10000}}, {standardize: {mean: 0, std: 0}}]"),

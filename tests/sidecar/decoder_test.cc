@@ -842,6 +842,92 @@ TEST(DecoderOptions, ContradictionsThrow) {
   EXPECT_NO_THROW(Decoder(s, o));  // a vocabulary reads it as a string too
 }
 
+// Fitted-transformer steps: a null member imputed, one string member into a
+// one-hot vector and a bool per category, an embedding projected, and the
+// raw embedding stored beside its projection.
+TEST(DecoderFittedTransforms, NullsCategoriesAndProjections) {
+  layout::Schema s;
+  layout::TableSpec t;
+  t.name = "t";
+  t.key_max_len = 8;
+  t.capacity = 16;
+  t.fields = {{"amount", FieldType::kFloat64, 1},    {"country_oh", FieldType::kFloat32Vector, 3},
+              {"country_us", FieldType::kBool, 1},   {"emb_pca", FieldType::kFloat32Vector, 2},
+              {"emb", FieldType::kFloat32Vector, 3}, {"country_ix", FieldType::kFloat64, 1}};
+  s.tables.push_back(t);
+  std::vector<TableDecodeOptions> o(1);
+  o[0].fields.resize(6);
+  o[0].fields[0].transform = steps("[{impute: {value: 10}}, {standardize: {mean: 5, std: 2}}]");
+  o[0].fields[1] = {"country", steps("[{one_hot: {categories: [DE, US, ~], handle_unknown: ignore}}]")};
+  o[0].fields[2] = {"country", steps("[{one_hot: {categories: [DE, US, ~], handle_unknown: ignore, index: 1}}]")};
+  o[0].fields[3] = {"emb", steps("[{project: {components: [[1, 0, 0], [0, 0.5, 0.5]], mean: [1, 1, 1]}}]")};
+  o[0].fields[5] = {"country", steps("[{ordinal: {categories: [DE, US, ~], unknown_value: -1}}]")};
+  Decoder d(s, o);
+  DecodedBatch b;
+  auto one = [&](const std::string& fields) {
+    const DecodeResult r = d.decode(R"({"table":"t","key":"k","event_time":1000,"fields":{)" + fields + "}}", b);
+    EXPECT_TRUE(r.ok) << fields << ": " << r.detail;
+    std::map<uint32_t, FieldValue> by_field;
+    if (r.ok) {
+      for (const FieldValue& fv : b.values(b.update(0))) by_field[fv.field] = fv;
+    }
+    return by_field;
+  };
+  auto floats = [](const FieldValue& fv) {
+    const auto* f = static_cast<const float*>(fv.data);
+    return std::vector<float>(f, f + fv.length);
+  };
+
+  auto v = one(R"("amount":null,"country":"US","emb":[3,5,7])");
+  EXPECT_EQ(v[0].f64, (10.0 - 5) / 2);
+  EXPECT_EQ(floats(v[1]), (std::vector<float>{0, 1, 0}));
+  EXPECT_EQ(v[2].i64, 1);
+  EXPECT_EQ(floats(v[3]), (std::vector<float>{2, 5}));  // (3-1)*1; (5-1)*0.5 + (7-1)*0.5
+  EXPECT_EQ(floats(v[4]), (std::vector<float>{3, 5, 7}));
+  EXPECT_EQ(v[5].f64, 1.0);
+
+  v = one(R"("amount":7,"country":null)");
+  EXPECT_EQ(v[0].f64, 1.0);
+  EXPECT_EQ(floats(v[1]), (std::vector<float>{0, 0, 1}));
+  EXPECT_EQ(v[2].i64, 0);
+  EXPECT_EQ(v[5].f64, 2.0);
+  v = one(R"("country":"FR")");  // unknown, ignored
+  EXPECT_EQ(floats(v[1]), (std::vector<float>{0, 0, 0}));
+  EXPECT_EQ(v[5].f64, -1.0);
+
+  // A member some reader takes no null for keeps refusing it; a vector of
+  // the wrong length is refused for every reader.
+  EXPECT_EQ(d.decode(R"({"table":"t","key":"k","event_time":1000,"fields":{"emb":null}})", b).reason,
+            RejectReason::kWrongType);
+  EXPECT_EQ(d.decode(R"({"table":"t","key":"k","event_time":1000,"fields":{"emb":[1,2]}})", b).reason,
+            RejectReason::kVectorLength);
+  EXPECT_EQ(d.decode(R"({"table":"t","key":"k","event_time":1000,"fields":{"country":3}})", b).reason,
+            RejectReason::kWrongType);
+
+  // handle_unknown: error refuses the message (bad_value), as sklearn raises.
+  o[0].fields[1] = {"country", steps("[{one_hot: {categories: [DE, US, ~]}}]")};
+  Decoder strict(s, o);
+  const DecodeResult r = strict.decode(R"({"table":"t","key":"k","event_time":1000,"fields":{"country":"FR"}})", b);
+  EXPECT_EQ(r.reason, RejectReason::kBadValue);
+  EXPECT_NE(r.detail.find("not one of its categories"), std::string::npos) << r.detail;
+}
+
+TEST(DecoderFittedTransforms, OutputsMustFitTheFieldType) {
+  layout::Schema s;
+  layout::TableSpec t;
+  t.name = "t";
+  t.fields = {{"v", FieldType::kFloat32Vector, 2}, {"b", FieldType::kBool, 1}};
+  s.tables.push_back(t);
+  std::vector<TableDecodeOptions> o(1);
+  o[0].fields.resize(2);
+  o[0].fields[0].transform = steps("[{one_hot: {categories: [a, b, c]}}]");  // 3 elements into dims 2
+  EXPECT_THROW(Decoder(s, o), std::invalid_argument);
+  o[0].fields[0].transform = steps("[{one_hot: {categories: [a, b]}}]");
+  EXPECT_NO_THROW(Decoder(s, o));
+  o[0].fields[1].transform = steps("[log1p]");  // a number into a bool
+  EXPECT_THROW(Decoder(s, o), std::invalid_argument);
+}
+
 // Writer::apply through apply_batch: a redelivered event (same id) and an
 // event too late for its aggregates are counted, not rejected.
 TEST(ApplyBatchTest, DuplicatesAndLateEventsAreCountedNotRejected) {

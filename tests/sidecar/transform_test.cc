@@ -269,5 +269,174 @@ TEST(Transform, ParameterErrors) {
   expect_error("[{vocabulary: {values: [US], default: 3}}]", "t[0].vocabulary.default", "unknown key");
 }
 
+TEST(Transform, ImputeReplacesNullAndTheMissingMarker) {
+  const TransformChain c = chain("[{impute: {value: 2.5}}, {standardize: {mean: 1, std: 2}}]");
+  EXPECT_TRUE(c.takes_null());
+  EXPECT_EQ(c.input(), TransformInput::kNumber);
+  EXPECT_EQ(apply(c, 3), 1.0);
+  TransformResult r;
+  TransformFailure why;
+  ASSERT_TRUE(c.apply_null(&r, &why)) << why.str();
+  EXPECT_EQ(r.f64, (2.5 - 1) / 2);
+  const TransformChain marker = chain("[{impute: {value: 7, missing: -1}}]");
+  EXPECT_EQ(apply(marker, -1), 7.0);
+  EXPECT_EQ(apply(marker, -2), -2.0);
+  // A chain without an impute or a category step takes no null.
+  EXPECT_FALSE(chain("[log1p]").takes_null());
+  EXPECT_FALSE(chain("[log1p]").apply_null(&r, &why));
+  // A string impute in front of string categories.
+  const TransformChain s = chain("[{impute: {value: DE, missing: \"?\"}}, {ordinal: {categories: [DE, US]}}]");
+  EXPECT_TRUE(s.string_input());
+  ASSERT_TRUE(s.apply_null(&r, &why)) << why.str();
+  EXPECT_EQ(r.i64, 0);
+  EXPECT_EQ(lookup(s, "?"), 0);
+  EXPECT_EQ(lookup(s, "US"), 1);
+}
+
+TEST(Transform, AffineMultipliesThenAdds) {
+  const TransformChain c = chain("[{affine: {scale: 0.1, offset: -0.3}}]");
+  for (double x : {0.0, 1.0, 3.0, -7.25, 1e12}) EXPECT_EQ(apply(c, x), x * 0.1 + -0.3);
+  refused(chain("[{affine: {scale: 1e300, offset: 0}}]"), 1e300);  // non-finite
+}
+
+TEST(Transform, OrdinalOfStringsAndNumbers) {
+  const TransformChain s = chain("[{ordinal: {categories: [b, a, \"3\"], unknown_value: -1}}]");
+  EXPECT_EQ(s.output(), TransformOutput::kInt64);
+  EXPECT_EQ(lookup(s, "b"), 0);
+  EXPECT_EQ(lookup(s, "a"), 1);
+  EXPECT_EQ(lookup(s, "3"), 2);  // quoted: a string category
+  EXPECT_EQ(lookup(s, "zz"), -1);
+  TransformResult r;
+  TransformFailure why;
+  ASSERT_TRUE(s.apply_null(&r, &why));  // null not among the categories: unknown
+  EXPECT_EQ(r.i64, -1);
+
+  const TransformChain refusing = chain("[{ordinal: {categories: [b, a]}}]");
+  EXPECT_FALSE(refusing.apply("c", &r, &why));
+  EXPECT_EQ(why.str(), "transform[0] (ordinal) got a value that is not one of its categories");
+  EXPECT_FALSE(refusing.apply_null(&r, &why));
+
+  const TransformChain n = chain("[{ordinal: {categories: [1.5, 3, ~], unknown_value: 9, missing_value: -2}}]");
+  EXPECT_EQ(n.input(), TransformInput::kNumber);
+  EXPECT_EQ(apply_int(n, 1.5), 0);
+  EXPECT_EQ(apply_int(n, 3), 1);
+  EXPECT_EQ(apply_int(n, 4), 9);
+  ASSERT_TRUE(n.apply_null(&r, &why));
+  EXPECT_EQ(r.i64, -2);
+  // Without missing_value, null is its own category's position.
+  const TransformChain p = chain("[{ordinal: {categories: [1, ~]}}]");
+  ASSERT_TRUE(p.apply_null(&r, &why));
+  EXPECT_EQ(r.i64, 1);
+  // A long list is looked up in a map; the positions are the same.
+  std::string many = "[{ordinal: {categories: [";
+  for (int i = 0; i < 40; ++i) many += (i ? ", c" : "c") + std::to_string(i);
+  const TransformChain m = chain(many + "], unknown_value: -1}}]");
+  EXPECT_EQ(lookup(m, "c0"), 0);
+  EXPECT_EQ(lookup(m, "c39"), 39);
+  EXPECT_EQ(lookup(m, "c40"), -1);
+  // Later steps take the position.
+  EXPECT_EQ(apply(chain("[{ordinal: {categories: [5, 6]}}, {standardize: {mean: 0.5, std: 0.5}}]"), 6), 1.0);
+}
+
+std::vector<double> one_hot(const TransformChain& c, std::string_view s) {
+  std::vector<double> v(c.output_dims(), -1);
+  TransformResult r;
+  r.vector = v.data();
+  TransformFailure why;
+  EXPECT_TRUE(c.apply(s, &r, &why)) << s << ": " << why.str();
+  return v;
+}
+
+TEST(Transform, OneHotVectorAndBool) {
+  const TransformChain c = chain("[{one_hot: {categories: [a, b, c], handle_unknown: ignore}}]");
+  EXPECT_EQ(c.output(), TransformOutput::kVector);
+  ASSERT_EQ(c.output_dims(), 3u);
+  EXPECT_EQ(one_hot(c, "a"), (std::vector<double>{1, 0, 0}));
+  EXPECT_EQ(one_hot(c, "c"), (std::vector<double>{0, 0, 1}));
+  EXPECT_EQ(one_hot(c, "zz"), (std::vector<double>{0, 0, 0}));
+
+  const TransformChain dropped = chain("[{one_hot: {categories: [a, b, c], drop: 1}}]");
+  ASSERT_EQ(dropped.output_dims(), 2u);
+  EXPECT_EQ(one_hot(dropped, "a"), (std::vector<double>{1, 0}));
+  EXPECT_EQ(one_hot(dropped, "b"), (std::vector<double>{0, 0}));
+  EXPECT_EQ(one_hot(dropped, "c"), (std::vector<double>{0, 1}));
+  std::vector<double> v(2);
+  TransformResult r;
+  r.vector = v.data();
+  TransformFailure why;
+  EXPECT_FALSE(dropped.apply("d", &r, &why));  // handle_unknown defaults to error, as in sklearn
+
+  const TransformChain pick = chain("[{one_hot: {categories: [a, ~, c], index: 1}}]");
+  EXPECT_EQ(pick.output(), TransformOutput::kBool);
+  ASSERT_TRUE(pick.apply_null(&r, &why));
+  EXPECT_EQ(r.i64, 1);
+  ASSERT_TRUE(pick.apply("a", &r, &why));
+  EXPECT_EQ(r.i64, 0);
+
+  // After a bucketize (KBinsDiscretizer's one-hot): numeric categories.
+  const TransformChain bins = chain("[{bucketize: {boundaries: [0, 10]}}, {one_hot: {categories: [0, 1, 2]}}]");
+  EXPECT_EQ(bins.input(), TransformInput::kNumber);
+  std::vector<double> b(3);
+  r.vector = b.data();
+  ASSERT_TRUE(bins.apply(10.0, &r, &why));  // an edge belongs to the bin on its right
+  EXPECT_EQ(b, (std::vector<double>{0, 0, 1}));
+}
+
+TEST(Transform, ProjectSubtractsTheMeanThenMultiplies) {
+  const TransformChain c =
+      chain("[{project: {components: [[0.6, 0.8], [-0.8, 0.6]], mean: [1, 2], divide: [2, 0.5]}}]");
+  EXPECT_EQ(c.input(), TransformInput::kVector);
+  EXPECT_EQ(c.input_dims(), 2u);
+  ASSERT_EQ(c.output_dims(), 2u);
+  const double x[2] = {4, -1};
+  double y[2];
+  TransformResult r;
+  r.vector = y;
+  TransformFailure why;
+  ASSERT_TRUE(c.apply(x, 2, &r, &why)) << why.str();
+  EXPECT_EQ(y[0], ((4 - 1) * 0.6 + (-1 - 2) * 0.8) / 2);
+  EXPECT_EQ(y[1], ((4 - 1) * -0.8 + (-1 - 2) * 0.6) / 0.5);
+  EXPECT_FALSE(c.apply(x, 1, &r, &why));  // wrong length
+  EXPECT_FALSE(c.apply(3.0, &r, &why));   // a number
+}
+
+TEST(Transform, NewStepsNeverAllocate) {
+  const TransformChain s = chain("[{impute: {value: a}}, {one_hot: {categories: [a, b, c, d, e, f, g, h, i, j]}}]");
+  const TransformChain p = chain("[{project: {components: [[1, 2], [3, 4]], mean: [0.5, 0.5]}}]");
+  double out[10];
+  const double x[2] = {1, 2};
+  TransformResult r;
+  r.vector = out;
+  TransformFailure why;
+  const uint64_t before = test::allocations();
+  for (int i = 0; i < 100; ++i) {
+    EXPECT_TRUE(s.apply("j", &r, &why));
+    EXPECT_TRUE(s.apply_null(&r, &why));
+    EXPECT_TRUE(p.apply(x, 2, &r, &why));
+  }
+  EXPECT_EQ(test::allocations(), before);
+}
+
+TEST(Transform, NewStepParameterErrors) {
+  expect_error("[log1p, {impute: {value: 1}}]", "t[1].impute", "must be the first step");
+  expect_error("[{impute: {}}]", "t[0].impute.value", "required");
+  expect_error("[{impute: {value: x}}, log1p]", "t[0].impute.value", "expected a finite number");
+  expect_error("[{affine: {scale: 1}}]", "t[0].affine.offset", "required");
+  expect_error("[{ordinal: {categories: [a, 1]}}]", "t[0].ordinal.categories[1]", "all strings or all numbers");
+  expect_error("[{ordinal: {categories: [a, a]}}]", "t[0].ordinal.categories[1]", "duplicate category");
+  expect_error("[{ordinal: {categories: [1, 1.0]}}]", "t[0].ordinal.categories[1]", "duplicate category");
+  expect_error("[{ordinal: {categories: [~, ~]}}]", "t[0].ordinal.categories[1]", "a second null");
+  expect_error("[{ordinal: {categories: [a], missing_value: 1}}]", "t[0].ordinal.missing_value", "needs a null");
+  expect_error("[log1p, {ordinal: {categories: [a]}}]", "t[1].ordinal", "must be the first step");
+  expect_error("[{one_hot: {categories: [a], handle_unknown: maybe}}]", "t[0].one_hot.handle_unknown", "error or");
+  expect_error("[{one_hot: {categories: [a, b], drop: 2}}]", "t[0].one_hot.drop", "");
+  expect_error("[{one_hot: {categories: [a, b], drop: 1, index: 1}}]", "t[0].one_hot.index", "dropped");
+  expect_error("[{one_hot: {categories: [a, b]}}, log1p]", "t[1]", "last step");
+  expect_error("[{project: {components: [[1, 2], [3]]}}]", "t[0].project.components[1]", "the first row has 2");
+  expect_error("[{project: {components: [[1, 2]], mean: [1]}}]", "t[0].project.mean", "2 columns");
+  expect_error("[{project: {components: [[1, 2]], divide: [0]}}]", "t[0].project.divide[0]", "must be > 0");
+  expect_error("[{project: {components: [[1]]}}, log1p]", "t[1]", "only step");
+}
+
 }  // namespace
 }  // namespace larder::sidecar

@@ -131,13 +131,44 @@ class PublishReport:
 
 class _Column:
     """What a column name means for a table. kind: "field" (stored as is),
-    "input" (read by a transform or an aggregate: a number, or a string for
-    a vocabulary), or "refused" (reason says why a message may not send it)."""
+    "input" (read by a transform or an aggregate: a number, a string for a
+    vocabulary or string categories, a vector for a projection), or
+    "refused" (reason says why a message may not send it). nullable: every
+    reader is a transform that takes a missing value, so NaN/None is sent as
+    JSON null."""
 
-    __slots__ = ("name", "kind", "type", "count", "reason")
+    __slots__ = ("name", "kind", "type", "count", "reason", "nullable")
 
-    def __init__(self, name, kind, ftype, count=0, reason=""):
+    def __init__(self, name, kind, ftype, count=0, reason="", nullable=False):
         self.name, self.kind, self.type, self.count, self.reason = name, kind, ftype, count, reason
+        self.nullable = nullable
+
+
+def _step_name(step):
+    return step if isinstance(step, str) else next(iter(step), "") if isinstance(step, dict) else ""
+
+
+def _string_categories(params):
+    return any(isinstance(c, str) for c in (params or {}).get("categories") or [])
+
+
+def _chain_input(steps):
+    """(JSON type the chain reads: "number", "string" or "vector", its vector
+    length, whether it takes null) of a `transform:` list (transform.h)."""
+    names = [_step_name(s) for s in steps]
+    first = 1 if names and names[0] == "impute" else 0
+    kind, count = "number", 0
+    if names and names[0] == "project":
+        p = steps[0]["project"] or {}
+        kind, count = "vector", len(p.get("mean") or (p.get("components") or [[]])[0])
+    elif first < len(names):
+        s = steps[first]
+        if names[first] == "vocabulary" or (names[first] in ("ordinal", "one_hot")
+                                            and _string_categories(s.get(names[first]) if isinstance(s, dict)
+                                                                   else None)):
+            kind = "string"
+    nullable = bool(names) and names[0] in ("impute", "ordinal", "one_hot")
+    return kind, count, nullable
 
 
 class TableSchema:
@@ -239,22 +270,30 @@ def _config_schema(cfg, table, path):
     min_ms, skew_ms = _bounds(cfg.get("event_time"), _MIN_EVENT_TIME_MS, _FUTURE_SKEW_MS, "event_time")
     min_ms, skew_ms = _bounds(spec.get("event_time"), min_ms, skew_ms, "tables[%s].event_time" % table)
     cols = {}
-    inputs = {}  # input name -> "number" or "string"
+    inputs = {}  # input name -> "number", "string", "vector" or "source"
+    input_dims = {}  # vector inputs: their length
+    nullable = {}  # input name -> every reader takes null
     declared = {f["name"]: f for f in spec.get("fields") or []}
     for f in spec.get("fields") or []:
         steps = f.get("transform") or []
-        vocab = any(isinstance(s, dict) and "vocabulary" in s for s in steps)
         source = f.get("from", f["name"])
         count = f.get("dims", 0) if f["type"] == "vector" else f.get("max_len", 0) if f["type"] == "string" else 0
         if source != f["name"]:
             cols[f["name"]] = _Column(f["name"], "refused", "", 0,
                                       "computed by the sidecar from the input %r: send %r instead" % (source, source))
         if steps:
-            inputs[source] = "string" if vocab else "number"
+            kind, dims, takes_null = _chain_input(steps)
+            inputs[source] = kind
+            if kind == "vector":
+                input_dims[source] = dims
+            nullable[source] = takes_null and nullable.get(source, True)
         elif source == f["name"]:
             cols[f["name"]] = _Column(f["name"], "field", f["type"], count)
+            nullable[source] = False
         else:
-            inputs[source] = f["type"] if f["type"] != "vector" else "number"
+            inputs[source] = f["type"] if f["type"] != "vector" else "vector"
+            input_dims[source] = count
+            nullable[source] = False
     for a in spec.get("aggregates") or []:
         src = a.get("source")
         how = "%s of %r over %s" % (a.get("fn"), src, a.get("window")) if src else "%s over %s" % (a.get("fn"),
@@ -264,9 +303,14 @@ def _config_schema(cfg, table, path):
                                       how, ": send %r with each event" % src if src else ""))
         if src and src not in declared and src not in inputs:
             inputs[src] = "source"
+        if src and src not in declared:
+            nullable[src] = False  # an aggregate folds the raw value: null is none
     for name, kind in inputs.items():
-        if name not in cols:
-            cols[name] = _Column(name, "input", kind)
+        if name in cols:
+            cols[name].nullable = False
+        else:
+            count = input_dims.get(name, 0) if kind == "vector" else 1 << 30 if kind == "string" else 0
+            cols[name] = _Column(name, "input", kind, count, nullable=nullable.get(name, False))
     return TableSchema(table, int(spec.get("key_max_len", 64)), list(cols.values()),
                        bool(spec.get("allow_unknown_fields", False)), min_ms, skew_ms, source=path)
 
@@ -341,6 +385,16 @@ def _absent(v):
     if isinstance(v, np.floating):
         return bool(np.isnan(v))
     return type(v).__name__ in ("NaTType", "NAType")
+
+
+def _null_rows(values):
+    """The rows of a column that hold NaN or None (not those of a list of
+    dicts that does not name the column)."""
+    if values.dtype.kind == "f" and values.ndim == 1:
+        return np.isnan(values)
+    if values.dtype.kind != "O":
+        return np.zeros(len(values), dtype=bool)
+    return np.fromiter((v is not _MISSING and _absent(v) for v in values.tolist()), dtype=bool, count=len(values))
 
 
 def _present(values):
@@ -758,8 +812,11 @@ def build_messages(data, table, key, event_time, schema, id=None, delete=None, n
             if c.kind == "refused":
                 add(name, ((i, c.reason) for i in np.flatnonzero(upserting & _present(values))))
                 continue
-            enc = _encode(values, c.type, c.count, nan == "omit")
+            enc = _encode(values, c.type, c.count, nan == "omit" or c.nullable)
             add(name, ((i, r) for i, r in enc.errors if upserting[i]))
+            if c.nullable:  # a missing value is the transform's to handle: send null
+                nulls = _null_rows(values)
+                enc.texts = ["null" if null else t for t, null in zip(enc.texts, nulls.tolist())]
             field_texts.append((_quote(name) + ":", enc.texts))
 
     bad = np.zeros(n, dtype=bool)

@@ -162,22 +162,28 @@ bool compatible(InputKind a, InputKind b) {
 
 struct InputUse {
   InputKind kind;
-  std::string who;  // e.g. `field "country" (fields[0])`
+  std::string who;    // e.g. `field "country" (fields[0])`
+  uint32_t dims = 0;  // kArray: the number of elements it reads
 };
 
 // Records that `who` reads member `input` as `kind`; fails at `path` when an
 // earlier reader of the same member expects another JSON type.
 void use_input(std::map<std::string, std::vector<InputUse>>& uses, const std::string& input, InputKind kind,
-               const std::string& who, const std::string& path) {
+               const std::string& who, const std::string& path, uint32_t dims = 0) {
   std::vector<InputUse>& list = uses[input];
   for (const InputUse& u : list) {
+    if (kind == InputKind::kArray && u.kind == kind && dims != u.dims) {
+      fail(path, fmt::format("input \"{}\" is read as an array of {} numbers by {} but of {} by {}; a member holds "
+                             "one array: make them agree",
+                             input, dims, who, u.dims, u.who));
+    }
     if (!compatible(u.kind, kind)) {
       fail(path, fmt::format("input \"{}\" is read as {} by {} but as {} by {}; a member holds one JSON type: "
                              "make them agree, or have producers send the other value under its own member name",
                              input, input_kind_text(kind), who, input_kind_text(u.kind), u.who));
     }
   }
-  list.push_back(InputUse{kind, who});
+  list.push_back(InputUse{kind, who, dims});
 }
 
 const char* const kAggregateFns =
@@ -257,26 +263,59 @@ void parse_field(const YAML::Node& fnode, const std::string& fpath, TableConfig&
   }
   ingest.transform = TransformChain::parse(f.node("transform"), f.child("transform"));
   InputKind kind = field_input_kind(spec.type);
+  uint32_t input_dims = spec.type == layout::FieldType::kFloat32Vector ? spec.count : 0;
   if (!ingest.transform.empty()) {
-    if (kind != InputKind::kNumber) {
-      fail(f.child("transform"),
-           fmt::format("{} fields take no transform: a transform gives a number, stored in an int64, float64 or "
-                       "float32 field (a vocabulary reads a string input: declare the field int64 with from: the "
-                       "string member)",
-                       type));
+    const TransformChain& chain = ingest.transform;
+    const char* last = transform_kind_name(chain.steps().back().kind);
+    switch (chain.output()) {
+      case TransformOutput::kVector:
+        if (spec.type != layout::FieldType::kFloat32Vector) {
+          fail(f.child("transform"), fmt::format("the chain ends in {}, which gives a vector of {} numbers, but field "
+                                                 "\"{}\" is {}: declare it vector with dims: {}",
+                                                 last, chain.output_dims(), spec.name, type, chain.output_dims()));
+        }
+        if (chain.output_dims() != spec.count) {
+          fail(f.child("dims"), fmt::format("the chain ends in {}, which gives {} numbers, but dims is {}", last,
+                                            chain.output_dims(), spec.count));
+        }
+        break;
+      case TransformOutput::kBool:
+        if (spec.type != layout::FieldType::kBool) {
+          fail(f.child("transform"), fmt::format("the chain ends in one_hot with index, which gives a bool, but "
+                                                 "field \"{}\" is {}: declare it bool",
+                                                 spec.name, type));
+        }
+        break;
+      case TransformOutput::kInt64:
+      case TransformOutput::kFloat64:
+        if (kind != InputKind::kNumber) {
+          fail(f.child("transform"),
+               fmt::format("{} fields take no transform that ends in {}: it gives a number, stored in an int64, "
+                           "float64 or float32 field (a vocabulary reads a string input: declare the field int64 "
+                           "with from: the string member)",
+                           type, last));
+        }
+        if (spec.type == layout::FieldType::kInt64 && chain.output() == TransformOutput::kFloat64) {
+          fail(f.child("transform"),
+               fmt::format("the chain ends in {}, which gives a float64, but field \"{}\" is int64: declare the "
+                           "field float64 (or float32), or end the chain with bucketize",
+                           last, spec.name));
+        }
+        break;
     }
-    if (spec.type == layout::FieldType::kInt64 && ingest.transform.output() == TransformOutput::kFloat64) {
-      fail(f.child("transform"),
-           fmt::format("the chain ends in {}, which gives a float64, but field \"{}\" is int64: declare the field "
-                       "float64 (or float32), or end the chain with bucketize",
-                       transform_kind_name(ingest.transform.steps().back().kind), spec.name));
+    switch (chain.input()) {
+      case TransformInput::kNumber: kind = InputKind::kNumber; break;
+      case TransformInput::kString: kind = InputKind::kString; break;
+      case TransformInput::kVector:
+        kind = InputKind::kArray;
+        input_dims = static_cast<uint32_t>(chain.input_dims());
+        break;
     }
-    kind = ingest.transform.string_input() ? InputKind::kString : InputKind::kNumber;
   }
   const std::string input = ingest.from.empty() ? spec.name : ingest.from;
   names.from_paths.push_back(f.child(f.has("from") ? "from" : "name"));
   use_input(names.uses, input, kind, fmt::format("field \"{}\" ({})", spec.name, fpath.substr(names.path.size() + 1)),
-            names.from_paths.back());
+            names.from_paths.back(), input_dims);
   t.spec.fields.push_back(std::move(spec));
   t.ingest.push_back(std::move(ingest));
 }

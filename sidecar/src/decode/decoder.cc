@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstring>
@@ -159,6 +160,8 @@ struct Decoder::Impl {
     std::vector<FieldTarget> fields;  // in field order
     int32_t raw_source = -1;          // the aggregate source that folds this member's raw value, or -1
     bool raw_distinct = false;        // a distinct_count reads raw_source
+    uint32_t array_len = 0;           // kArray: the number of elements every reader takes
+    bool takes_null = false;          // every reader is a chain that takes null (a missing value)
   };
   struct TableInfo {
     uint32_t index = 0;
@@ -191,6 +194,10 @@ struct Decoder::Impl {
   std::vector<TableInfo> tables;
   std::string table_list;  // "the tables are a, b, c" for the unknown-table detail, bounded
   od::parser parser;
+  // Scratch for vector transforms: a vector input read as doubles, and a
+  // chain's vector output. Sized at construction to the largest of each.
+  std::vector<double> vector_in;
+  std::vector<double> vector_out;
   simdjson::dom::parser validator;  // full validation when values were skipped unread
   std::vector<char> padded;
   bool skipped_unread = false;
@@ -345,7 +352,26 @@ struct Decoder::Impl {
         fv.f64 = static_cast<float>(r.f64);
         seen_by_source = fv.f64;
         break;
-      default: break;  // the constructor refuses transforms on other types
+      case FieldType::kBool:  // one_hot with index
+        fv.i64 = r.i64 != 0 ? 1 : 0;
+        seen_by_source = static_cast<double>(fv.i64);
+        break;
+      case FieldType::kFloat32Vector: {  // one_hot, project: r.vector is vector_out
+        const size_t begin = out.floats_.size();
+        for (uint32_t k = 0; k < target.count; ++k) {
+          const double x = r.vector[k];
+          if (x > static_cast<double>(FLT_MAX) || x < -static_cast<double>(FLT_MAX)) {
+            reject(RejectReason::kOutOfRange,
+                   fmt::format("{}: element {} is {} after transform, outside the float32 range{}", what, k, x,
+                               for_field(table, target, what.field)));
+          }
+          out.floats_.push_back(static_cast<float>(x));
+        }
+        fv.i64 = static_cast<int64_t>(begin);  // fixed up to a pointer in finish()
+        fv.length = target.count;
+        break;
+      }
+      default: break;  // the constructor refuses transforms on strings
     }
     out.values_.push_back(fv);
     return seen_by_source;
@@ -377,6 +403,7 @@ struct Decoder::Impl {
       uint64_t distinct = 0;
       if (target.chain != nullptr) {
         TransformResult r;
+        r.vector = vector_out.data();
         TransformFailure why;
         if (!target.chain->apply(read_double(v, what), &r, &why)) reject_transform(why, target, table, what);
         seen_by_source = store_transformed(r, target, table, what, out, &distinct);
@@ -430,6 +457,7 @@ struct Decoder::Impl {
         if (target.source >= 0) add_source(out, target.source, 0.0, distinct_hash_string(s));  // distinct_count only
       } else {
         TransformResult r;
+        r.vector = vector_out.data();
         TransformFailure why;
         if (!target.chain->apply(s, &r, &why)) reject_transform(why, target, table, what);
         uint64_t distinct = 0;
@@ -456,36 +484,70 @@ struct Decoder::Impl {
     add_source(out, in.raw_source, b ? 1.0 : 0.0);
   }
 
+  // A JSON null where every reader is a chain that takes one (it starts
+  // with an impute or a category step): a missing value.
+  void decode_null_input(const InputInfo& in, const TableInfo& table, const Where& what, DecodedBatch& out) {
+    for (const FieldTarget& target : in.fields) {
+      TransformResult r;
+      r.vector = vector_out.data();
+      TransformFailure why;
+      if (!target.chain->apply_null(&r, &why)) reject_transform(why, target, table, what);
+      uint64_t distinct = 0;
+      const double seen_by_source = store_transformed(r, target, table, what, out, &distinct);
+      add_source(out, target.source, seen_by_source, distinct);
+    }
+  }
+
   void decode_vector_input(od::value& v, od::json_type t, const InputInfo& in, const TableInfo& table,
                            const Where& what, DecodedBatch& out) {
     const FieldTarget& first = in.fields.front();
+    const uint32_t len = in.array_len;
     if (t != od::json_type::array)
       reject(RejectReason::kWrongType,
-             fmt::format("{}: expected an array of {} numbers, got {}", what, first.count, json_type_name(t)));
+             fmt::format("{}: expected an array of {} numbers, got {}", what, len, json_type_name(t)));
     od::array arr;
     if (v.get_array().get(arr) != simdjson::SUCCESS) reject(RejectReason::kBadJson, what + ": malformed array");
+    // Plain vector fields store the elements as float32; a projection reads
+    // them as doubles, as the offline transform did.
+    bool plain = false, projected = false;
+    for (const FieldTarget& target : in.fields) (target.chain != nullptr ? projected : plain) = true;
     const size_t begin = out.floats_.size();
     uint32_t n = 0;
     for (auto element : arr) {
       od::value ev;
       if (std::move(element).get(ev) != simdjson::SUCCESS) reject(RejectReason::kBadJson, what + ": malformed array");
-      if (n == first.count) {
+      if (n == len) {
         reject(RejectReason::kVectorLength,
-               fmt::format("{}: more than {} elements{}", what, first.count, for_field(table, first, what.field)));
+               fmt::format("{}: more than {} elements{}", what, len, for_field(table, first, what.field)));
       }
       Where ewhat = what;
       ewhat.element = n;
       const od::json_type et = type_of(ev, ewhat);
       if (et != od::json_type::number)
         reject(RejectReason::kWrongType, fmt::format("{}: expected a number, got {}", ewhat, json_type_name(et)));
-      out.floats_.push_back(read_float32(ev, ewhat));
+      if (plain) {
+        out.floats_.push_back(read_float32(ev, ewhat));
+        if (projected) vector_in[n] = out.floats_.back();
+      } else {
+        vector_in[n] = read_double(ev, ewhat);
+      }
       ++n;
+    }
+    if (n != len) {
+      reject(RejectReason::kVectorLength, fmt::format("{}: {} elements, {} is {}{}", what, n,
+                                                      first.chain != nullptr ? "the projection takes" : "dims", len,
+                                                      for_field(table, first, what.field)));
     }
     // Vector fields sharing the member share its floats.
     for (const FieldTarget& target : in.fields) {
-      if (n != target.count) {
-        reject(RejectReason::kVectorLength, fmt::format("{}: {} elements, dims is {}{}", what, n, target.count,
-                                                        for_field(table, target, what.field)));
+      if (target.chain != nullptr) {
+        TransformResult r;
+        r.vector = vector_out.data();
+        TransformFailure why;
+        if (!target.chain->apply(vector_in.data(), n, &r, &why)) reject_transform(why, target, table, what);
+        uint64_t distinct = 0;
+        store_transformed(r, target, table, what, out, &distinct);
+        continue;
       }
       FieldValue fv;
       fv.field = target.index;
@@ -548,6 +610,10 @@ struct Decoder::Impl {
       const Where what{at.index, at.batch, name};
       od::value& v = f.value();
       const od::json_type t = type_of(v, what);
+      if (t == od::json_type::null && in.takes_null) {
+        decode_null_input(in, table, what, out);
+        continue;
+      }
       switch (in.kind) {
         case InputKind::kNumber:
         case InputKind::kNumberOrBool: decode_number_input(v, t, in, table, what, out); break;
@@ -891,18 +957,38 @@ void build_tables(Decoder::Impl& impl, const layout::Schema& schema, const std::
                        : field.type == FieldType::kFloat32Vector ? InputKind::kArray
                        : field.type == FieldType::kBool          ? InputKind::kBool
                                                                  : InputKind::kNumber;
+      uint32_t array_len = field.type == FieldType::kFloat32Vector ? field.count : 0;
+      bool takes_null = false;
       if (ingest != nullptr && !ingest->transform.empty()) {
-        if (kind != InputKind::kNumber)
-          bad(fmt::format("field \"{}\": only numeric fields take a transform", field.name));
-        if (field.type == FieldType::kInt64 && ingest->transform.output() == TransformOutput::kFloat64) {
-          bad(fmt::format("field \"{}\" is int64 but its transform gives a float64", field.name));
-        }
-        info.chains[f] = ingest->transform;
+        const TransformChain& chain = ingest->transform;
+        const TransformOutput output = chain.output();
+        const bool fits = output == TransformOutput::kVector
+                              ? field.type == FieldType::kFloat32Vector && chain.output_dims() == field.count
+                          : output == TransformOutput::kBool ? field.type == FieldType::kBool
+                          : output == TransformOutput::kInt64
+                              ? kind == InputKind::kNumber
+                              : kind == InputKind::kNumber && field.type != FieldType::kInt64;
+        if (!fits) bad(fmt::format("field \"{}\": its transform's output does not fit its type", field.name));
+        info.chains[f] = chain;
         target.chain = &info.chains[f];
-        kind = target.chain->string_input() ? InputKind::kString : InputKind::kNumber;
+        kind = chain.input() == TransformInput::kString   ? InputKind::kString
+               : chain.input() == TransformInput::kVector ? InputKind::kArray
+                                                          : InputKind::kNumber;
+        array_len = static_cast<uint32_t>(chain.input_dims());
+        takes_null = chain.takes_null();
+        impl_->vector_out.resize(std::max(impl_->vector_out.size(), chain.output_dims()));
+        impl_->vector_in.resize(std::max(impl_->vector_in.size(), chain.input_dims()));
       }
       Impl::InputInfo& in = input_for(input);
+      const bool fresh = in.fields.empty() && in.raw_source < 0;
       if (!merge(in, kind)) bad(fmt::format("member \"{}\" is read as two JSON types", input));
+      if (kind == InputKind::kArray) {
+        if (!fresh && in.array_len != array_len) {
+          bad(fmt::format("member \"{}\" is read as arrays of {} and of {} numbers", input, in.array_len, array_len));
+        }
+        in.array_len = array_len;
+      }
+      in.takes_null = takes_null && (fresh || in.takes_null);
       in.fields.push_back(target);
       if (input != field.name) info.computed.emplace_back(field.name, input);
     }
@@ -940,6 +1026,7 @@ void build_tables(Decoder::Impl& impl, const layout::Schema& schema, const std::
           }
           in.raw_source = static_cast<int32_t>(k);
           in.raw_distinct = distinct;
+          in.takes_null = false;  // the raw value is folded as it is: null is no value
         }
       }
     }
