@@ -15,9 +15,11 @@
 #   --build-dir D   build in D instead of build/ (or build-asan/, build-tsan/)
 #   --skip-deps     do not run scripts/install-deps.sh
 #   --fuzz-runs N   executions of the bounded read-side fuzz run (default
-#                   60000; 0 skips it). It runs after the tests, except with
-#                   -R or --sanitize (scripts/fuzz.sh: clang, ASan+UBSan,
-#                   build-fuzz/; LARDER_FUZZ_SEED sets its seed, default 1)
+#                   60000; 0 skips the fuzz run), followed by 20000 of each
+#                   decoder target (JSON, Protobuf, Avro). It runs after the
+#                   tests, except with -R or --sanitize (scripts/fuzz.sh:
+#                   clang, ASan+UBSan, build-fuzz/; LARDER_FUZZ_SEED sets its
+#                   seed, default 1)
 #
 # No silent skip: a test that cannot run here fails, unless the environment
 # is declared lacking with LARDER_TEST_ALLOW_SKIP=1 (CI never sets it). The

@@ -117,6 +117,18 @@ CONFIG FILE (YAML; annotated example: examples/sidecar.example.yaml; reference: 
     rpc_timeout_s   connect/login/declare timeout (default 10)
     drain_timeout_s on SIGTERM, how long to finish in-flight messages (default 10)
     connection_name shown in the management UI (default "larder-sidecar <segment>")
+    format:         the bodies' format (docs/message-format.md; default JSON v1)
+      type          json (default) | protobuf | avro
+      proto         protobuf: the .proto file, parsed at start (no generated code)
+      import_paths  protobuf: more directories for its imports
+      message       protobuf: full name of the body's type, an update or a batch
+                    wrapper (one repeated update member), e.g. shop.UserBatch
+      schema        avro: the .avsc file (a record: an update or a batch)
+      confluent:    avro: {schema_id}: bodies start with the Confluent 5-byte
+                    header; another schema id is rejected (unknown_schema_id)
+      table         the table of every update when the type has no table member
+      members:      {table, key, event_time, op, id, fields}: member names
+                    (default: the JSON names)
   logging:
     level           trace | debug | info (default) | warn | error | critical | off
     json            one JSON object per log line (default false)

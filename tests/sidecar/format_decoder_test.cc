@@ -22,6 +22,7 @@
 #include "config/config_error.h"
 #include "decode/message_decoder.h"
 #include "format_test_schema.h"
+#include "support/run_command.h"
 
 namespace larder::sidecar {
 namespace {
@@ -519,6 +520,38 @@ rabbitmq:
   EXPECT_NE(error("{type: avro, schema: " + kDir + "/update.avsc, message: a.B}").find("only for type: protobuf"),
             std::string::npos);
   EXPECT_NE(error("{type: json, members: {key: k}}").find("only for type: protobuf or avro"), std::string::npos);
+}
+
+// `larder-sidecar --check-config` checks the schema file against the tables
+// too: a field missing from the .proto stops it with exit code 2, and a good
+// one prints the format.
+TEST(FormatConfigTest, CheckConfigChecksTheSchemaFile) {
+  auto yaml = [](const std::string& proto) {
+    return "segment: {name: fmtcheck}\n"
+           "tables: [{name: items, capacity: 16, fields: [{name: price, type: float64}, {name: stock, type: int64}]}]\n"
+           "rabbitmq:\n  url: amqp://guest@127.0.0.1:5672/\n  password_env: LARDER_FORMAT_TEST_UNSET\n"
+           "  queue: {name: q}\n"
+           "  format: {type: protobuf, proto: " +
+           proto + ", message: s.Item, table: items}\n";
+  };
+  const std::string missing = tmp_file("check_missing.proto", R"(syntax = "proto3"; package s;
+message F { optional double price = 1; }
+message Item { string key = 1; int64 event_time = 2; F fields = 3; })");
+  const std::string path = tmp_file("check.yaml", yaml(missing));
+  const std::string cmd = std::string(LARDER_SIDECAR_BINARY) + " --check-config -c " + path;
+  testing::CommandRun run = testing::run_command(cmd);
+  EXPECT_EQ(run.code, 2) << run.out;
+  EXPECT_NE(run.out.find("invalid config: rabbitmq.format: table \"items\" reads \"stock\", but s.F has no member "
+                         "\"stock\""),
+            std::string::npos)
+      << run.out;
+  const std::string good = tmp_file("check_good.proto", R"(syntax = "proto3"; package s;
+message F { optional double price = 1; optional int64 stock = 2; }
+message Item { string key = 1; int64 event_time = 2; F fields = 3; })");
+  std::ofstream(path) << yaml(good);
+  run = testing::run_command(cmd);
+  EXPECT_EQ(run.code, 0) << run.out;
+  EXPECT_NE(run.out.find("format: protobuf s.Item\n"), std::string::npos) << run.out;
 }
 
 }  // namespace

@@ -80,8 +80,8 @@ void Consumer::resume_stream_at(uint64_t next_offset, uint32_t skip_updates) {
 
 int Consumer::run() {
   const RabbitConfig& rc = config_.rabbitmq;
-  spdlog::info("consumer: queue \"{}\" ({}), broker {}, prefetch {}, heartbeat {} s", rc.queue.name,
-               queue_type_name(rc.queue.type), rc.url.to_string(), rc.prefetch, rc.heartbeat_s);
+  spdlog::info("consumer: queue \"{}\" ({}), broker {}, prefetch {}, heartbeat {} s, format {}", rc.queue.name,
+               queue_type_name(rc.queue.type), rc.url.to_string(), rc.prefetch, rc.heartbeat_s, decoder_->describe());
   bool immediate_retry = false;
   while (stop_requests_.load() == 0) {
     ++epoch_;

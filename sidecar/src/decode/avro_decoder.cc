@@ -277,7 +277,9 @@ class AvroDecoder final : public MessageDecoder {
       }
       return -1;
     };
-    for (const auto& [fname, child] : rec.fields) {
+    for (const auto& field : rec.fields) {
+      const std::string& fname = field.first;  // named, not bound: lambdas capture them below
+      const int32_t child = field.second;
       EnvelopeSlot slot{Envelope::kIgnored, member_of(child), ""};
       const Kind k = node(slot.member.node).kind;
       auto need = [&](bool ok, const char* json_name, bool optional_ok) {

@@ -1,0 +1,5 @@
+
+
+usersu3"unpin
+
+usersu4"merge2
