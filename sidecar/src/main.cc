@@ -71,7 +71,8 @@ CONFIG FILE (YAML; annotated example: examples/sidecar.example.yaml; reference: 
           type      int64 | float64 | float32 | bool | vector | string
           dims      vector dimensions (vector only, required)
           max_len   longest value in bytes (string only, required)
-          from      message member the field is computed from (default: its name)
+          from      message member the field is computed from (default: its name);
+                    a list [a, b, ..] makes the array of a project step
           transform list of steps: log1p | {clip: {min, max}} |
                     {standardize: {mean, std}} | {minmax: {min, max}} |
                     {bucketize: {boundaries: [..]}} |

@@ -343,6 +343,25 @@ TEST_F(ConfigTest, FittedTransformerSteps) {
                "tables[0].fields[8].name", "array of 4 numbers");
 }
 
+// `from: [a, b]`: a projection gathered from several members.
+TEST_F(ConfigTest, ProjectionFromSeveralMembers) {
+  const std::string v = kAggregates;
+  const std::string pca =
+      "      - {name: score, type: float32}\n"
+      "      - {name: pca, type: vector, dims: 1, from: [x1, x2],\n"
+      "         transform: [{project: {components: [[0.6, 0.8]], mean: [1, 2]}}]}\n";
+  const Config c = parse_config(replace(v, "      - {name: score, type: float32}\n", pca));
+  EXPECT_EQ(c.tables[0].ingest[4].from_members, (std::vector<std::string>{"x1", "x2"}));
+  EXPECT_TRUE(c.tables[0].ingest[4].from.empty());
+  expect_error(replace(v, "      - {name: score, type: float32}\n", replace(pca, "[x1, x2]", "[x1, x2, x3]")),
+               "tables[0].fields[4].from", "a list of 3 members makes an array for a project step of 2 columns");
+  expect_error(replace(v, "      - {name: score, type: float32}\n", replace(pca, "[x1, x2]", "[x1, x1]")),
+               "tables[0].fields[4].from[1]", "twice");
+  // A member is read as a number by the projection: not also as a string.
+  expect_error(replace(v, "      - {name: score, type: float32}\n", replace(pca, "[x1, x2]", "[x1, country]")),
+               "tables[0].fields[4].from[1]", "input \"country\" is read as a number");
+}
+
 TEST_F(ConfigTest, TransformErrorsNameTheKey) {
   const std::string v = kAggregates;
   expect_error(replace(v, "max: 10000}}, log1p]", "max: 10000}}, {standardize: {mean: 0, std: 0}}]"),

@@ -912,6 +912,54 @@ TEST(DecoderFittedTransforms, NullsCategoriesAndProjections) {
   EXPECT_NE(r.detail.find("not one of its categories"), std::string::npos) << r.detail;
 }
 
+// `from: [a, b, c]`: the members' values make the array the projection
+// reads; an update carries all of them or none.
+TEST(DecoderFittedTransforms, ProjectionFromSeveralMembers) {
+  layout::Schema s;
+  layout::TableSpec t;
+  t.name = "t";
+  t.key_max_len = 8;
+  t.capacity = 16;
+  t.fields = {{"pca", FieldType::kFloat32Vector, 2}, {"a", FieldType::kFloat64, 1}, {"z", FieldType::kFloat64, 1}};
+  s.tables.push_back(t);
+  std::vector<TableDecodeOptions> o(1);
+  o[0].fields.resize(3);
+  o[0].fields[0].from_members = {"a", "b", "c"};
+  o[0].fields[0].transform = steps("[{project: {components: [[1, 0, 0], [0, 0.5, 0.5]], mean: [1, 1, 1]}}]");
+  Decoder d(s, o);
+  DecodedBatch b;
+  auto decode = [&](const std::string& fields) {
+    return d.decode(R"({"table":"t","key":"k","event_time":1000,"fields":{)" + fields + "}}", b);
+  };
+  DecodeResult r = decode(R"("c":7,"a":3,"b":5)");
+  ASSERT_TRUE(r.ok) << r.detail;
+  ASSERT_EQ(b.values(b.update(0)).size(), 2u);  // "a" is stored as itself too
+  const FieldValue* pca = nullptr;
+  for (const FieldValue& fv : b.values(b.update(0))) {
+    if (fv.field == 0) pca = &fv;
+  }
+  ASSERT_NE(pca, nullptr);
+  const auto* f = static_cast<const float*>(pca->data);
+  EXPECT_EQ(std::vector<float>(f, f + pca->length), (std::vector<float>{2, 5}));
+  ASSERT_TRUE(decode(R"("z":3)").ok);  // none of the members: "pca" is not written
+  ASSERT_EQ(b.values(b.update(0)).size(), 1u);
+  EXPECT_EQ(b.values(b.update(0))[0].field, 2u);
+  EXPECT_EQ(decode(R"("a":3)").reason, RejectReason::kBadValue);  // some but not all
+  r = decode(R"("a":3,"b":1)");
+  EXPECT_EQ(r.reason, RejectReason::kBadValue);
+  EXPECT_NE(r.detail.find("projected from a, b, c: an update sets all of them or none (2 of 3 here)"),
+            std::string::npos)
+      << r.detail;
+  EXPECT_EQ(decode(R"("a":3,"b":1,"c":null)").reason, RejectReason::kWrongType);
+  // In a batch, each update gathers its own values.
+  r = d.decode(R"([{"table":"t","key":"k","event_time":1,"fields":{"a":1,"b":1,"c":1}},
+                   {"table":"t","key":"k","event_time":2,"fields":{"b":3}}])",
+               b);
+  EXPECT_EQ(r.reason, RejectReason::kBadValue);
+  EXPECT_NE(r.detail.find("update 1:"), std::string::npos) << r.detail;
+  EXPECT_EQ(decode(R"("pca":[1,2])").reason, RejectReason::kUnknownField);
+}
+
 TEST(DecoderFittedTransforms, OutputsMustFitTheFieldType) {
   layout::Schema s;
   layout::TableSpec t;

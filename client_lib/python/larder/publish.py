@@ -278,6 +278,13 @@ def _config_schema(cfg, table, path):
         steps = f.get("transform") or []
         source = f.get("from", f["name"])
         count = f.get("dims", 0) if f["type"] == "vector" else f.get("max_len", 0) if f["type"] == "string" else 0
+        if isinstance(source, list):  # a projection gathered from several members, each a number
+            cols[f["name"]] = _Column(f["name"], "refused", "", 0,
+                                      "computed by the sidecar from the inputs %s: send them instead" % source)
+            for member in source:
+                inputs[member] = "number"
+                nullable[member] = False
+            continue
         if source != f["name"]:
             cols[f["name"]] = _Column(f["name"], "refused", "", 0,
                                       "computed by the sidecar from the input %r: send %r instead" % (source, source))

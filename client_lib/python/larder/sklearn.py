@@ -65,7 +65,10 @@ class Plan:
     def inputs(self):
         """The event members the fields read, in first-use order: the
         columns a producer sends (e.g. larder.publish(df[plan.inputs + [key]]))."""
-        return list(dict.fromkeys(f.source for f in self.fields))
+        members = []
+        for f in self.fields:
+            members.extend(f.source if isinstance(f.source, list) else [f.source])
+        return list(dict.fromkeys(members))
 
     def to_yaml(self, table=None, capacity=100000, key_max_len=64):
         """The `fields:` list (a fragment to paste under a table), or with
@@ -127,7 +130,7 @@ def export(model, columns=None, table=None, one_hot="vector", float32=False, cap
 
 
 def _is_vector_model(model, columns):
-    return type(model).__name__ == "PCA" and len(columns) == 1
+    return type(model).__name__ == "PCA" and len(columns) == 1  # one array member of n_features_in_
 
 
 def _sanitize(name):
@@ -169,7 +172,9 @@ def _field_yaml(f):
     parts = ["name: %s" % f.name, "type: %s" % f.type]
     if f.type == "vector":
         parts.append("dims: %d" % f.dims)
-    if f.source != f.name:
+    if isinstance(f.source, list):
+        parts.append("from: [%s]" % ", ".join(map(_yaml_scalar, f.source)))
+    elif f.source != f.name:
         parts.append("from: %s" % _yaml_scalar(f.source))
     if f.steps:
         parts.append("transform: [%s]" % ", ".join(s if isinstance(s, str) else _yaml(s) for s in f.steps))
@@ -274,18 +279,21 @@ class _Context:
         return fields
 
     def pca(self, est, columns, prefix):
-        if len(columns) != 1:
-            raise ExportError("PCA over %d columns: the sidecar projects one vector member (an embedding); publish "
-                              "the columns as one array member and fit the PCA on it" % len(columns))
         if getattr(est, "n_features_in_", 0) < 1:
             raise ExportError("PCA is not fitted")
+        if len(columns) > 1 and len(columns) != est.n_features_in_:
+            raise ExportError("PCA takes %d columns, %d given" % (est.n_features_in_, len(columns)))
         spec = {"components": [[float(x) for x in row] for row in est.components_]}
         if est.mean_ is not None:
             spec["mean"] = [float(x) for x in est.mean_]
         if est.whiten:
             spec["divide"] = [math.sqrt(float(v)) for v in est.explained_variance_]
-        name = _sanitize(prefix + columns[0] + "_pca")
-        return Field(name, "vector", columns[0], [{"project": spec}], dims=len(est.components_))
+        if len(columns) == 1:  # an embedding: one array member
+            return Field(_sanitize(prefix + columns[0] + "_pca"), "vector", columns[0], [{"project": spec}],
+                         dims=len(est.components_))
+        # Scalar columns: the sidecar gathers the members into the array.
+        return Field(_sanitize(prefix + "pca"), "vector", list(columns), [{"project": spec}],
+                     dims=len(est.components_))
 
     # One per-column step applied to every column of `cols`.
     def step(self, step_name, est, cols):

@@ -107,8 +107,11 @@ def test_the_sidecar_accepts_the_exported_config(tmp_path):
     ]).fit(df)
     rng = np.random.default_rng(2)
     emb = PCA(2, whiten=True).fit(rng.normal(size=(50, 5)))
+    cols = PCA(2).fit(df[["age", "items"]])
+    assert lsk.plan(cols).fields[0].source == ["age", "items"]
     yaml_text = (lsk.plan(ct).to_yaml(table="t") +
-                 lsk.plan(emb, columns=["emb"]).to_yaml(table="e"))
+                 lsk.plan(emb, columns=["emb"]).to_yaml(table="e") + lsk.plan(cols).to_yaml(table="p"))
+    assert "name: pca, type: vector, dims: 2, from: [\"age\", \"items\"]" in yaml_text
     assert "name: num__amount" in yaml_text and "name: emb_pca, type: vector, dims: 2" in yaml_text
     config = tmp_path / "c.yaml"
     config.write_text("segment: {name: sk-check, dir: %s}\ntables:\n%srabbitmq:\n  url: amqp://guest@127.0.0.1:1/\n"

@@ -131,6 +131,26 @@ def test_pca_of_an_embedding(sidecar_factory):
         np.testing.assert_allclose(served, expected, rtol=0, atol=scale * 2.0 ** -22)
 
 
+def test_pca_of_scalar_columns_inside_a_column_transformer(sidecar_factory):
+    # The sidecar gathers the members into the array the projection reads.
+    train = events(4000, seed=7)
+    cols = ["age", "balance_filled", "score"]
+    train["balance_filled"] = train["balance"].fillna(0)
+    ct = ColumnTransformer([("pca", PCA(n_components=2), cols),
+                            ("score", StandardScaler(), ["score"])], sparse_threshold=0).fit(train)
+    plan = lsk.plan(ct)
+    assert [(f.name, f.type, f.dims, f.source) for f in plan.fields][0] == ("pca__pca", "vector", 2, cols)
+    serving = events(1500, seed=8)
+    serving["balance_filled"] = serving["balance"].fillna(0)
+    table, keys = serve(sidecar_factory, plan, serving)
+    # The scalar members arrive as doubles; the vector stores float32.
+    expected = ct.transform(serving)
+    served = plan.features(table, keys)
+    pca_part = expected[:, :2].astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(served[:, :2], pca_part, rtol=0, atol=np.abs(pca_part).max() * 2.0 ** -22)
+    np.testing.assert_allclose(served[:, 2:], expected[:, 2:], rtol=1e-9, atol=0)
+
+
 def test_what_cannot_be_exported_is_refused_naming_the_step():
     X = events(200, seed=6)
     from sklearn.preprocessing import PolynomialFeatures
@@ -140,5 +160,5 @@ def test_what_cannot_be_exported_is_refused_naming_the_step():
     enc = OrdinalEncoder().fit(X[["country"]])  # NaN category, encoded_missing_value=NaN
     with pytest.raises(lsk.ExportError, match="encoded_missing_value"):
         lsk.export(enc)
-    with pytest.raises(lsk.ExportError, match="PCA over 2 columns"):
-        lsk.export(PCA(1).fit(X[["age", "score"]]))
+    with pytest.raises(lsk.ExportError, match=r"step 'pca' \(PCA\): only a PCA on its own input"):
+        lsk.export(make_pipeline(StandardScaler(), PCA(1)).fit(X[["age", "score"]]))

@@ -253,7 +253,20 @@ void parse_field(const YAML::Node& fnode, const std::string& fpath, TableConfig&
   spec.group = parse_group(f);
 
   FieldIngest ingest;
-  if (f.has("from")) {
+  if (f.has("from") && f.node("from").IsSequence()) {
+    each_item(f.node("from"), f.child("from"), true, [&](const YAML::Node& m, const std::string& mpath) {
+      const std::string member = m.IsScalar() ? m.Scalar() : std::string();
+      if (!layout::valid_identifier(member)) {
+        fail(mpath, fmt::format("\"{}\" is not a valid member name ([A-Za-z0-9_.-], 1..63 bytes)", member));
+      }
+      const auto dup = std::find(ingest.from_members.begin(), ingest.from_members.end(), member);
+      if (dup != ingest.from_members.end()) {
+        fail(mpath, fmt::format("\"{}\" twice (also from[{}])", member, dup - ingest.from_members.begin()));
+      }
+      ingest.from_members.push_back(member);
+    });
+    if (ingest.from_members.empty()) fail(f.child("from"), "needs at least one member");
+  } else if (f.has("from")) {
     ingest.from = f.str("from");
     if (!layout::valid_identifier(ingest.from)) {
       fail(f.child("from"),
@@ -312,6 +325,24 @@ void parse_field(const YAML::Node& fnode, const std::string& fpath, TableConfig&
         break;
     }
   }
+  if (!ingest.from_members.empty()) {
+    // Several members make the array a projection reads.
+    const TransformChain& chain = ingest.transform;
+    if (chain.input() != TransformInput::kVector || chain.input_dims() != ingest.from_members.size()) {
+      fail(f.child("from"), fmt::format("a list of {} members makes an array for a project step of {} columns; "
+                                        "the field needs transform: [{{project: ...}}] with {} columns",
+                                        ingest.from_members.size(), chain.input_dims(), ingest.from_members.size()));
+    }
+    names.from_paths.push_back(f.child("from"));
+    for (size_t k = 0; k < ingest.from_members.size(); ++k) {
+      use_input(names.uses, ingest.from_members[k], InputKind::kNumber,
+                fmt::format("field \"{}\" ({})", spec.name, fpath.substr(names.path.size() + 1)),
+                fmt::format("{}[{}]", f.child("from"), k));
+    }
+    t.spec.fields.push_back(std::move(spec));
+    t.ingest.push_back(std::move(ingest));
+    return;
+  }
   const std::string input = ingest.from.empty() ? spec.name : ingest.from;
   names.from_paths.push_back(f.child(f.has("from") ? "from" : "name"));
   use_input(names.uses, input, kind, fmt::format("field \"{}\" ({})", spec.name, fpath.substr(names.path.size() + 1)),
@@ -325,13 +356,23 @@ void parse_field(const YAML::Node& fnode, const std::string& fpath, TableConfig&
 // result, which is never what was meant.
 void check_from_is_not_computed(const TableConfig& t, const TableNames& names) {
   for (size_t i = 0; i < t.ingest.size(); ++i) {
-    const std::string& from = t.ingest[i].from;
-    const auto it = names.field_index.find(from);
-    if (from.empty() || it == names.field_index.end() || t.ingest[it->second].from.empty()) continue;
-    fail(names.from_paths[i],
-         fmt::format("\"{}\" is a field computed from \"{}\"; from names an event member, not another "
-                     "field's result: use from: {} (and repeat that field's steps)",
-                     from, t.ingest[it->second].from, t.ingest[it->second].from));
+    std::vector<std::string> members = t.ingest[i].from_members;
+    if (!t.ingest[i].from.empty()) members.push_back(t.ingest[i].from);
+    for (const std::string& from : members) {
+      const auto it = names.field_index.find(from);
+      if (it == names.field_index.end()) continue;
+      const FieldIngest& other = t.ingest[it->second];
+      if (!other.from_members.empty()) {
+        fail(names.from_paths[i], fmt::format("\"{}\" is a field projected from several members; from names an "
+                                              "event member, not another field's result",
+                                              from));
+      }
+      if (other.from.empty()) continue;
+      fail(names.from_paths[i],
+           fmt::format("\"{}\" is a field computed from \"{}\"; from names an event member, not another "
+                       "field's result: use from: {} (and repeat that field's steps)",
+                       from, other.from, other.from));
+    }
   }
 }
 
@@ -467,10 +508,13 @@ void check_aggregate_references(const MapNode& m, const TableConfig& t, const Ta
     }
   }
   for (size_t i = 0; i < t.ingest.size(); ++i) {
-    const std::string& from = t.ingest[i].from;
-    if (const auto d = names.aggregate_index.find(from); !from.empty() && d != names.aggregate_index.end()) {
-      fail(names.from_paths[i],
-           fmt::format("\"{}\" is an aggregate (aggregates[{}]); from names an event member", from, d->second));
+    std::vector<std::string> members = t.ingest[i].from_members;
+    members.push_back(t.ingest[i].from);
+    for (const std::string& from : members) {
+      if (const auto d = names.aggregate_index.find(from); !from.empty() && d != names.aggregate_index.end()) {
+        fail(names.from_paths[i],
+             fmt::format("\"{}\" is an aggregate (aggregates[{}]); from names an event member", from, d->second));
+      }
     }
   }
   if (t.spec.aggregates.size() > layout::kMaxAggregates) {

@@ -23,6 +23,10 @@ struct FieldIngest {
   // Its output converts to the field's type (int64 output into a float
   // field; Config rejects float64 output into an int64 field).
   TransformChain transform;
+  // A list `from: [a, b, c]`: the members, in order, that make the array a
+  // `project` step reads (from is then ""). The field is written when an
+  // update carries all of them; some but not all rejects the message.
+  std::vector<std::string> from_members;
 };
 
 // Event-time bounds (docs/sidecar.md, `event_time`): the decoder rejects an

@@ -162,6 +162,19 @@ struct Decoder::Impl {
     bool raw_distinct = false;        // a distinct_count reads raw_source
     uint32_t array_len = 0;           // kArray: the number of elements every reader takes
     bool takes_null = false;          // every reader is a chain that takes null (a missing value)
+    // Projections from several members this member is one element of:
+    // (TableInfo::gathers index, element).
+    std::vector<std::pair<uint32_t, uint32_t>> gathers;
+  };
+  // A field projected from several members (`from: [a, b, c]`): their
+  // values are collected while the update's fields are decoded, and the
+  // projection runs once all are in.
+  struct Gather {
+    FieldTarget target;
+    std::vector<double> values;  // per member, this update's value
+    uint64_t serial = 0;         // the update that last set a value
+    uint32_t count = 0;          // values set by that update
+    std::string members;         // "a, b, c" (details)
   };
   struct TableInfo {
     uint32_t index = 0;
@@ -172,6 +185,7 @@ struct Decoder::Impl {
     std::vector<std::string> field_names;
     std::vector<TransformChain> chains;  // per field; FieldTarget::chain points here
     std::vector<InputInfo> inputs;
+    std::vector<Gather> gathers;
     StringMap<uint32_t> input_by_name;
     std::vector<std::pair<std::string, std::string>> computed;    // field -> its input, when they differ (details)
     std::vector<std::pair<std::string, std::string>> aggregates;  // name -> what folds it (details)
@@ -393,7 +407,8 @@ struct Decoder::Impl {
     }
     if (t != od::json_type::number) {
       const FieldType first = in.fields.empty() ? FieldType::kFloat64 : in.fields.front().type;
-      const char* expected = in.fields.empty()                                        ? "a number (or true/false)"
+      const char* expected = in.fields.empty() && in.raw_source < 0                   ? "a number"
+                             : in.fields.empty()                                      ? "a number (or true/false)"
                              : first == FieldType::kInt64 && !in.fields.front().chain ? "an integer"
                                                                                       : "a number";
       reject(RejectReason::kWrongType, fmt::format("{}: expected {}, got {}", what, expected, json_type_name(t)));
@@ -427,6 +442,38 @@ struct Decoder::Impl {
     }
     if (in.raw_source >= 0) {
       add_source(out, in.raw_source, read_double(v, what), in.raw_distinct ? number_distinct(v, what, false) : 0);
+    }
+    for (const auto& [index, element] : in.gathers) {
+      Gather& g = const_cast<TableInfo&>(table).gathers[index];
+      if (g.serial != update_serial) {
+        g.serial = update_serial;
+        g.count = 0;
+      }
+      g.values[element] = read_double(v, what);
+      ++g.count;  // a member appears once per update (kDuplicateMember)
+    }
+  }
+
+  // The projections from several members, once the update's fields are
+  // decoded: all members present, or none.
+  void finish_gathers(const TableInfo& table, const Where& at, DecodedBatch& out) {
+    for (const Gather& g : table.gathers) {
+      if (g.serial != update_serial) continue;
+      if (g.count != g.values.size()) {
+        reject(RejectReason::kBadValue,
+               fmt::format("{}: field \"{}\" is projected from {}: an update sets all of them or none ({} of {} "
+                           "here)",
+                           at, table.field_names[g.target.index], g.members, g.count, g.values.size()));
+      }
+      TransformResult r;
+      r.vector = vector_out.data();
+      TransformFailure why;
+      const Where what{at.index, at.batch, table.field_names[g.target.index]};
+      if (!g.target.chain->apply(g.values.data(), g.values.size(), &r, &why)) {
+        reject_transform(why, g.target, table, what);
+      }
+      uint64_t distinct = 0;
+      store_transformed(r, g.target, table, what, out, &distinct);
     }
   }
 
@@ -623,6 +670,7 @@ struct Decoder::Impl {
         case InputKind::kScalar: decode_scalar_input(v, t, in, what, out); break;
       }
     }
+    if (!table.gathers.empty()) finish_gathers(table, at, out);
   }
 
   // The envelope members of one update as the walk over its object finds
@@ -907,7 +955,7 @@ void build_tables(Decoder::Impl& impl, const layout::Schema& schema, const std::
   // The JSON value one more reader of an input needs, merged into what the
   // earlier readers need; false when they cannot agree.
   auto merge = [](Impl::InputInfo& in, InputKind k) {
-    const bool fresh = in.fields.empty() && in.raw_source < 0;
+    const bool fresh = in.fields.empty() && in.raw_source < 0 && in.gathers.empty();
     if (k == InputKind::kScalar) {  // the other readers decide what the member holds
       if (fresh) in.kind = k;
       return in.kind != InputKind::kArray;
@@ -953,6 +1001,33 @@ void build_tables(Decoder::Impl& impl, const layout::Schema& schema, const std::
       const FieldIngest* ingest = opt != nullptr && f < opt->fields.size() ? &opt->fields[f] : nullptr;
       const std::string& input = ingest != nullptr && !ingest->from.empty() ? ingest->from : field.name;
       Impl::FieldTarget target{static_cast<uint32_t>(f), field.type, field.count, nullptr, -1};
+      if (ingest != nullptr && !ingest->from_members.empty()) {
+        const TransformChain& chain = ingest->transform;
+        const std::vector<std::string>& members = ingest->from_members;
+        if (chain.input() != TransformInput::kVector || chain.input_dims() != members.size() ||
+            field.type != FieldType::kFloat32Vector || chain.output_dims() != field.count) {
+          bad(
+              fmt::format("field \"{}\": a list of members needs a project step of as many columns, into a vector "
+                          "field of its rows",
+                          field.name));
+        }
+        info.chains[f] = chain;
+        target.chain = &info.chains[f];
+        Impl::Gather g;
+        g.target = target;
+        g.values.assign(members.size(), 0);
+        for (size_t k = 0; k < members.size(); ++k) {
+          Impl::InputInfo& in = input_for(members[k]);
+          if (!merge(in, InputKind::kNumber)) bad(fmt::format("member \"{}\" is read as two JSON types", members[k]));
+          in.gathers.emplace_back(static_cast<uint32_t>(info.gathers.size()), static_cast<uint32_t>(k));
+          in.takes_null = false;
+          g.members += (k ? ", " : "") + members[k];
+        }
+        info.computed.emplace_back(field.name, g.members);
+        info.gathers.push_back(std::move(g));
+        impl_->vector_out.resize(std::max(impl_->vector_out.size(), chain.output_dims()));
+        continue;
+      }
       InputKind kind = field.type == FieldType::kString          ? InputKind::kString
                        : field.type == FieldType::kFloat32Vector ? InputKind::kArray
                        : field.type == FieldType::kBool          ? InputKind::kBool
@@ -980,7 +1055,7 @@ void build_tables(Decoder::Impl& impl, const layout::Schema& schema, const std::
         impl_->vector_in.resize(std::max(impl_->vector_in.size(), chain.input_dims()));
       }
       Impl::InputInfo& in = input_for(input);
-      const bool fresh = in.fields.empty() && in.raw_source < 0;
+      const bool fresh = in.fields.empty() && in.raw_source < 0 && in.gathers.empty();
       if (!merge(in, kind)) bad(fmt::format("member \"{}\" is read as two JSON types", input));
       if (kind == InputKind::kArray) {
         if (!fresh && in.array_len != array_len) {
