@@ -86,6 +86,20 @@ layout::TableSpec events_table() {
                   agg("var", "y", AggregateFn::kVariance, WindowEnd::kNow),
                   agg("sd", "y", AggregateFn::kStddev, WindowEnd::kLatestEvent),
                   agg("kinds", "y", AggregateFn::kDistinctCount, WindowEnd::kNow)};
+  t.aggregates[6].ddof = 1;
+  // A count window and a sequence: descriptor words past the time window's,
+  // and a vector the writer computes.
+  layout::AggregateSpec mean5 = agg("mean5", "x", AggregateFn::kMean, WindowEnd::kNow);
+  mean5.window_ms = mean5.resolution_ms = 0;
+  mean5.window_events = 5;
+  mean5.min_periods = 2;
+  layout::AggregateSpec seq = mean5;
+  seq.name = "seq";
+  seq.fn = AggregateFn::kLastN;
+  seq.window_events = 4;
+  seq.min_periods = 0;
+  t.aggregates.push_back(mean5);
+  t.aggregates.push_back(seq);
   t.dedup_capacity = 8;
   t.dedup_horizon_ms = 60'000;
   return t;

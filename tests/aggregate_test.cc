@@ -166,6 +166,52 @@ TableSpec tight_table() {
   return t;
 }
 
+AggregateSpec events_agg(std::string name, std::string source, AggregateFn fn, uint32_t n, uint32_t min_periods = 0,
+                         uint32_t ddof = 0) {
+  AggregateSpec a;
+  a.name = std::move(name);
+  a.source = std::move(source);
+  a.fn = fn;
+  a.window_events = n;
+  a.min_periods = min_periods;
+  a.ddof = ddof;
+  return a;
+}
+
+// Count windows and sequences of every fn, beside time windows of the same
+// sources (the generators place events by the time groups): one store per
+// source, windows smaller than the store, min_periods and ddof, a count of
+// every event, a sample variance of a time window.
+TableSpec events_table() {
+  TableSpec t;
+  t.name = "clicks";
+  t.key_max_len = 32;
+  t.capacity = 64;
+  t.fields = {{"amount", FieldType::kFloat64, 1}, {"tag", FieldType::kInt64, 1}};
+  t.aggregates = {
+      agg("amount_sum_10s", "amount", AggregateFn::kSum, 10'000, 1000),
+      agg("amount_var1_10s", "amount", AggregateFn::kVariance, 10'000, 1000),
+      agg("latency_std1_4s", "latency", AggregateFn::kStddev, 4000, 500),
+      events_agg("amount_sum_5e", "amount", AggregateFn::kSum, 5),
+      events_agg("amount_mean_5e_min2", "amount", AggregateFn::kMean, 5, 2),
+      events_agg("amount_var_8e_ddof1", "amount", AggregateFn::kVariance, 8, 1, 1),
+      events_agg("amount_std_3e", "amount", AggregateFn::kStddev, 3),
+      events_agg("amount_std_6e_ddof1", "amount", AggregateFn::kStddev, 6, 2, 1),
+      events_agg("amount_min_4e", "amount", AggregateFn::kMin, 4, 1),
+      events_agg("amount_max_4e", "amount", AggregateFn::kMax, 4, 1),
+      events_agg("amount_first_6e", "amount", AggregateFn::kFirst, 6, 1),
+      events_agg("amount_last_6e", "amount", AggregateFn::kLast, 6, 1),
+      events_agg("amount_count_7e", "amount", AggregateFn::kCount, 7, 1),
+      events_agg("amount_seq_4", "amount", AggregateFn::kLastN, 4, 2),
+      events_agg("events_count_3e", "", AggregateFn::kCount, 3),
+      events_agg("latency_seq_12", "latency", AggregateFn::kLastN, 12),
+      events_agg("latency_mean_10e", "latency", AggregateFn::kMean, 10, 1),
+  };
+  t.aggregates[1].ddof = 1;
+  t.aggregates[2].ddof = 1;
+  return t;
+}
+
 // ---------------------------------------------------------------------------
 // Steps: what a stream does, applied identically to the writer and the model.
 
@@ -328,6 +374,13 @@ class Harness {
       ++comparisons_;
       const bool is_int = fields_[f].type == FieldType::kInt64;
       std::string why;
+      if (fields_[f].type == FieldType::kFloat32Vector) {  // last_n
+        const std::span<const float> got = row_.vector(fields_[f]);
+        if (!Ref::matches_vector(want.fields[f], row_.valid(fields_[f]), got.data(), got.size(), &why)) {
+          return ref_.field_name(f) + ": " + why;
+        }
+        continue;
+      }
       if (!Ref::matches(want.fields[f], row_.valid(fields_[f]), is_int ? row_.i64(fields_[f]) : 0,
                         is_int ? 0 : row_.f64(fields_[f]), &why)) {
         return ref_.field_name(f) + ": " + why;
@@ -717,6 +770,13 @@ TEST(AggregateProperty, RandomStreamsMatchTheReference) {
   run_property(crowded, "crowded", seed + 2, 10'000, many);
 }
 
+// Count windows and sequences: late events inserted in order, events older
+// than a full store dropped, deletes, ties, redeliveries.
+TEST(AggregateProperty, CountWindowsAndSequencesMatchTheReference) {
+  const uint64_t seed = seed_for("AggregatePropertyEvents");
+  run_property(events_table(), "events", seed, 40'000);
+}
+
 // ---------------------------------------------------------------------------
 // Hand-computed cases: the same model, and explicit numbers.
 
@@ -928,6 +988,83 @@ TEST(AggregateSemantics, VarianceFarFromTheFirstValue) {
 // ---------------------------------------------------------------------------
 // 2. Decay: no new events, only the clock.
 
+// Count windows by hand: the numbers pandas gives for
+// pd.Series([1, 2, 3, 4, 5]).rolling(3) and what a late, a too old and a
+// deleted event do to them.
+TEST(CountWindows, HandComputedValuesLateEventsAndDeletes) {
+  TableSpec t;
+  t.name = "roll";
+  t.capacity = 16;
+  t.fields = {{"note", FieldType::kInt64, 1}};
+  t.aggregates = {
+      events_agg("sum3", "x", AggregateFn::kSum, 3),
+      events_agg("mean3", "x", AggregateFn::kMean, 3),
+      events_agg("var3", "x", AggregateFn::kVariance, 3, 0, 1),
+      events_agg("var3_pop", "x", AggregateFn::kVariance, 3),
+      events_agg("std3", "x", AggregateFn::kStddev, 3, 0, 1),
+      events_agg("min3", "x", AggregateFn::kMin, 3),
+      events_agg("max3", "x", AggregateFn::kMax, 3),
+      events_agg("first3", "x", AggregateFn::kFirst, 3),
+      events_agg("last3", "x", AggregateFn::kLast, 3),
+      events_agg("count3", "x", AggregateFn::kCount, 3, 1),
+      events_agg("seq4", "x", AggregateFn::kLastN, 4),
+  };
+  Harness h(t, "count-windows", 0, {"k"});
+  const int64_t b = kBaseMs;
+  for (int i = 1; i <= 2; ++i) h.run(event("k", b + i * 1000, b + 10'000, {{0, static_cast<double>(i)}}));
+  bool valid = true;
+  h.f64("k", "sum3", &valid);
+  EXPECT_FALSE(valid) << "2 events, min_periods 3: NaN in pandas";
+  EXPECT_EQ(h.i64("k", "count3"), 2);  // min_periods 1
+  for (int i = 3; i <= 5; ++i) h.run(event("k", b + i * 1000, b + 10'000, {{0, static_cast<double>(i)}}));
+  EXPECT_EQ(h.f64("k", "sum3"), 12.0);
+  EXPECT_EQ(h.f64("k", "mean3"), 4.0);
+  EXPECT_EQ(h.f64("k", "var3"), 1.0);
+  EXPECT_NEAR(h.f64("k", "var3_pop"), 2.0 / 3.0, 1e-15);
+  EXPECT_EQ(h.f64("k", "std3"), 1.0);
+  EXPECT_EQ(h.f64("k", "min3"), 3.0);
+  EXPECT_EQ(h.f64("k", "max3"), 5.0);
+  EXPECT_EQ(h.f64("k", "first3"), 3.0);
+  EXPECT_EQ(h.f64("k", "last3"), 5.0);
+  EXPECT_EQ(h.i64("k", "count3"), 3);
+  EXPECT_EQ(h.check(), 0);  // seq4 = [5, 4, 3, 2]
+  // Late, between 3 and 4: the window is now 10, 4, 5.
+  h.run(event("k", b + 3500, b + 10'000, {{0, 10.0}}));
+  EXPECT_EQ(h.f64("k", "sum3"), 19.0);
+  EXPECT_EQ(h.f64("k", "first3"), 10.0);
+  EXPECT_EQ(h.f64("k", "last3"), 5.0);
+  // Older than the store's 4 newest (3, 10, 4, 5): in no window; counted late.
+  const uint64_t late = h.writer().stats(0).late_dropped;
+  h.run(event("k", b + 2500, b + 10'000, {{0, 100.0}}));
+  EXPECT_EQ(h.writer().stats(0).late_dropped, late + 1);
+  EXPECT_EQ(h.f64("k", "max3"), 10.0);
+  EXPECT_EQ(h.check(), 0);
+  // A delete forgets the events; one new event is below min_periods.
+  h.run(remove_at("k", b + 6000, b + 10'000));
+  h.run(event("k", b + 7000, b + 10'000, {{0, 7.0}}));
+  h.f64("k", "mean3", &valid);
+  EXPECT_FALSE(valid);
+  EXPECT_EQ(h.i64("k", "count3"), 1);
+  EXPECT_EQ(h.check(), 0);  // seq4 = [7, NaN, NaN, NaN]
+}
+
+// ddof 1 on a time window: one value has no sample variance.
+TEST(CountWindows, SampleVarianceOfATimeWindow) {
+  TableSpec t = small_table();
+  t.aggregates.push_back(agg("x_var1_10s", "x", AggregateFn::kVariance, 10'000, 1000));
+  t.aggregates.back().ddof = 1;
+  Harness h(t, "ddof", 0, {"k"});
+  const int64_t b = kBaseMs;
+  h.run(event("k", b, b, {{0, 1.0}}));
+  bool valid = true;
+  h.f64("k", "x_var1_10s", &valid);
+  EXPECT_FALSE(valid);
+  h.run(event("k", b + 1000, b + 1000, {{0, 3.0}}));
+  EXPECT_EQ(h.f64("k", "x_var1_10s", &valid), 2.0);
+  EXPECT_TRUE(valid);
+  EXPECT_EQ(h.check(), 0);
+}
+
 TableSpec decay_table() {
   TableSpec t;
   t.name = "decay";
@@ -1054,11 +1191,11 @@ TEST(AggregateRestart, ReopenedWriterGathersDueTimesAsItRefreshes) {
   EXPECT_GT(rewritten, 40u);
 }
 
-TEST(AggregateRestart, WarmReopenContinuesAggregatesAndDedup) {
-  const uint64_t seed = seed_for("AggregateRestart");
+void warm_reopen(const TableSpec& spec, const char* label) {
+  const uint64_t seed = seed_for(label);
   std::vector<std::string> keys = stream_keys();
   keys.push_back("probe");
-  Harness h(wide_table(), "restart", seed, keys);
+  Harness h(spec, label, seed, keys);
   StreamGenerator gen(h.ref(), stream_keys(), seed);
   auto run_steps = [&](int n) {
     for (int i = 0; i < n && h.mismatches() == 0; ++i) {
@@ -1102,6 +1239,12 @@ TEST(AggregateRestart, WarmReopenContinuesAggregatesAndDedup) {
               static_cast<unsigned long long>(h.comparisons()), static_cast<unsigned long long>(h.mismatches()));
   print_outcomes(h);
   EXPECT_EQ(h.mismatches(), 0u) << "replay with --seed=" << seed;
+}
+
+TEST(AggregateRestart, WarmReopenContinuesAggregatesAndDedup) { warm_reopen(wide_table(), "AggregateRestart"); }
+
+TEST(AggregateRestart, WarmReopenContinuesCountWindowsAndSequences) {
+  warm_reopen(events_table(), "AggregateRestartEvents");
 }
 
 // ---------------------------------------------------------------------------
@@ -1170,14 +1313,13 @@ TEST(AggregateCrash, KillAtSeqEvenIsAllOrNothing) {
   EXPECT_EQ(h.check(), 0);
 }
 
-TEST(AggregateCrash, KilledWriterRepairsAndReplaysExactlyOnce) {
-  const uint64_t seed = seed_for("AggregateCrash");
+void killed_writer_replays_exactly_once(const TableSpec& spec, const char* label) {
+  const uint64_t seed = seed_for(label);
   const int iterations = larder::testing::crash_iterations(20);
   ASSERT_GE(iterations, 2)
       << "LARDER_CRASH_ITERATIONS=" << -iterations
       << " refused: at least 10 (fewer with LARDER_CRASH_ITERATIONS_REDUCED=1), never fewer than 2";
   std::mt19937_64 rng(seed);
-  const TableSpec spec = wide_table();
 
   // The stream, drawn against its own model; every event carries an id.
   std::vector<Step> steps;
@@ -1295,6 +1437,16 @@ TEST(AggregateCrash, KilledWriterRepairsAndReplaysExactlyOnce) {
   if (iterations >= 10 && h.mismatches() == 0) {
     EXPECT_GT(kills, iterations / 2);
   }
+}
+
+TEST(AggregateCrash, KilledWriterRepairsAndReplaysExactlyOnce) {
+  killed_writer_replays_exactly_once(wide_table(), "AggregateCrash");
+}
+
+// The event stores of count windows and sequences: a kill inside a late
+// event's insertion (entries moving up) is undone like any aggregate change.
+TEST(AggregateCrash, CountWindowsAndSequencesRepairAndReplayExactlyOnce) {
+  killed_writer_replays_exactly_once(events_table(), "AggregateCrashEvents");
 }
 
 // ---------------------------------------------------------------------------
@@ -1623,6 +1775,37 @@ void expect_invalid(const TableSpec& t, const std::string& what) {
 void expect_valid(const TableSpec& t, const std::string& what) {
   const layout::Schema s = testing::one_table_schema(t);
   EXPECT_NO_THROW(s.validate()) << what;
+}
+
+TEST(AggregateSchema, ValidateRefusesBadCountWindows) {
+  auto with = [](AggregateSpec a) {
+    TableSpec t = one_field_table();
+    t.aggregates.push_back(std::move(a));
+    return t;
+  };
+  expect_valid(with(events_agg("w", "x", AggregateFn::kMean, 10)), "mean over 10 events");
+  expect_valid(with(events_agg("w", "x", AggregateFn::kLastN, 1024)), "last_n of 1024");
+  expect_valid(with(events_agg("w", "", AggregateFn::kCount, 5, 5)), "count of every event");
+  expect_invalid(with(events_agg("w", "x", AggregateFn::kMean, 1025)), "1025 events");
+  expect_invalid(with(events_agg("w", "x", AggregateFn::kLastN, 0)), "last_n without n");
+  expect_invalid(with(events_agg("w", "x", AggregateFn::kMean, 10, 11)), "min_periods above N");
+  expect_invalid(with(events_agg("w", "x", AggregateFn::kMean, 10, 0, 1)), "ddof on a mean");
+  expect_invalid(with(events_agg("w", "x", AggregateFn::kVariance, 10, 0, 2)), "ddof 2");
+  expect_invalid(with(events_agg("w", "x", AggregateFn::kDistinctCount, 10)), "distinct_count of 10 events");
+  expect_invalid(with(events_agg("w", "", AggregateFn::kLastN, 10)), "last_n without a source");
+  AggregateSpec timed = events_agg("w", "x", AggregateFn::kSum, 10);
+  timed.window_ms = 60'000;
+  expect_invalid(with(timed), "a count window with a time window");
+  AggregateSpec first = agg("w", "x", AggregateFn::kFirst, 60'000);
+  expect_invalid(with(first), "first over a time window");
+  AggregateSpec min_periods = agg("w", "x", AggregateFn::kSum, 60'000);
+  min_periods.min_periods = 2;
+  expect_invalid(with(min_periods), "min_periods on a time window");
+  // Only count windows: the lateness defaults to an hour and may reach 30 days.
+  TableSpec only = with(events_agg("w", "x", AggregateFn::kSum, 10));
+  EXPECT_EQ(only.lateness_ms(), 3'600'000);
+  only.allowed_lateness_ms = 30LL * 86'400'000;
+  expect_valid(only, "30 days of lateness with a count window");
 }
 
 TEST(AggregateSchema, ValidateRefusesBadWindows) {

@@ -17,14 +17,14 @@ namespace larder::layout {
 namespace {
 
 TEST(Layout, VersionMagicAndAbiSignatureArePinned) {
-  EXPECT_EQ(kLayoutVersion, 4u);
+  EXPECT_EQ(kLayoutVersion, 5u);
   char bytes[8];
   std::memcpy(bytes, &kMagic, 8);
   EXPECT_EQ(std::string(bytes, 8), "LARDSEG1");
   EXPECT_EQ(kEndianTag, 0x01020304u);
   // Changing any shared struct or the aggregate word map (pinned below)
   // changes this value: bump kLayoutVersion with it.
-  EXPECT_EQ(abi_signature(), 5042602032931285361ull);
+  EXPECT_EQ(abi_signature(), 14400716574452146093ull);
 }
 
 TEST(Layout, SegmentHeaderOffsets) {
@@ -124,6 +124,10 @@ TEST(Layout, DescriptorOffsets) {
   EXPECT_EQ(offsetof(AggregateDescriptor, window_ms), 72u);
   EXPECT_EQ(offsetof(AggregateDescriptor, resolution_ms), 80u);
   EXPECT_EQ(offsetof(AggregateDescriptor, field), 88u);
+  // Version 5: count windows and sequences took reserved words.
+  EXPECT_EQ(offsetof(AggregateDescriptor, window_events), 92u);
+  EXPECT_EQ(offsetof(AggregateDescriptor, min_periods), 96u);
+  EXPECT_EQ(offsetof(AggregateDescriptor, ddof), 100u);
   EXPECT_EQ(sizeof(JournalEntry), 16u);
   EXPECT_EQ(offsetof(TableDescriptor, name), 0u);
   EXPECT_EQ(offsetof(TableDescriptor, field_count), 64u);
@@ -313,6 +317,8 @@ TEST(Layout, AggregateWordMapIsPinned) {
       {AggregateFn::kVariance, 7, kBucketSum | kBucketM2, 4},
       {AggregateFn::kStddev, 8, kBucketSum | kBucketM2, 4},
       {AggregateFn::kDistinctCount, 9, 0, 2},  // the group's distinct area
+      {AggregateFn::kLastN, 10, 0, 2},         // an event store, no buckets
+      {AggregateFn::kFirst, 11, 0, 2},         // an event store, no buckets
   };
   ASSERT_EQ(std::size(kAllAggregateFns), std::size(expected));
   for (size_t i = 0; i < std::size(expected); ++i) {
@@ -345,6 +351,15 @@ TEST(Layout, AggregateWordMapIsPinned) {
   EXPECT_EQ(distinct_slice_buckets(4096), 512);
   EXPECT_EQ(distinct_slice_buckets(5), 1);
 
+  // The event store of count windows and sequences.
+  EXPECT_EQ(kEventStoreCountWord, 0u);
+  EXPECT_EQ(kEventStoreHeadWord, 1u);
+  EXPECT_EQ(kEventStoreHeaderWords, 2u);
+  EXPECT_EQ(kEventEntryTimeWord, 0u);
+  EXPECT_EQ(kEventEntryValueWord, 1u);
+  EXPECT_EQ(kEventEntryWords, 2u);
+  EXPECT_EQ(kMaxWindowEvents, 1024u);
+
   EXPECT_EQ(kDedupWays, 8u);
   EXPECT_EQ(kDedupEntryWords, 2u);
   EXPECT_EQ(kDedupIdWord, 0u);
@@ -368,6 +383,19 @@ TEST(Layout, FingerprintCoversEverySchemaDetail) {
   b = a;
   b.tables[0].fields[0].name = "y";
   EXPECT_NE(a.fingerprint(), b.fingerprint());
+  // Count windows: N, min_periods and ddof each change it.
+  AggregateSpec w;
+  w.name = "w";
+  w.source = "x";
+  w.fn = AggregateFn::kVariance;
+  w.window_events = 10;
+  a.tables[0].aggregates = {w};
+  for (auto change : {+[](AggregateSpec& s) { s.window_events = 11; }, +[](AggregateSpec& s) { s.min_periods = 3; },
+                      +[](AggregateSpec& s) { s.ddof = 1; }}) {
+    b = a;
+    change(b.tables[0].aggregates[0]);
+    EXPECT_NE(a.fingerprint(), b.fingerprint());
+  }
 }
 
 TEST(Schema, ValidationNamesTheProblem) {

@@ -457,6 +457,10 @@ int cmd_schema(const Globals& g, const std::string& name) {
                  "\",\"window_ms\":" + std::to_string(as.window_ms) +
                  ",\"resolution_ms\":" + std::to_string(s.resolution_of(as)) + ",\"end\":\"" +
                  (as.end == WindowEnd::kNow ? "now" : "latest_event") + "\"" +
+                 (as.window_events != 0 ? ",\"window_events\":" + std::to_string(as.window_events) +
+                                              ",\"min_periods\":" + std::to_string(as.min_periods_or_default())
+                                        : "") +
+                 (as.ddof != 0 ? ",\"ddof\":" + std::to_string(as.ddof) : "") +
                  (as.group.empty() ? "" : ",\"group\":" + json_string(as.group)) + "}";
         }
         out += "],\"allowed_lateness_ms\":" + std::to_string(s.lateness_ms()) +
@@ -488,7 +492,16 @@ int cmd_schema(const Globals& g, const std::string& name) {
     for (const AggregateSpec& a : s.aggregates) {
       std::printf("      - {name: %s, ", a.name.c_str());
       if (!a.source.empty()) std::printf("source: %s, ", a.source.c_str());
-      std::printf("fn: %s, window: %s", aggregate_fn_name(a.fn), larder::sidecar::format_duration(a.window_ms).c_str());
+      if (a.fn == AggregateFn::kLastN) {
+        std::printf("fn: last_n, n: %u", a.window_events);
+      } else if (a.window_events != 0) {
+        std::printf("fn: %s, window: %u events", aggregate_fn_name(a.fn), a.window_events);
+      } else {
+        std::printf("fn: %s, window: %s", aggregate_fn_name(a.fn),
+                    larder::sidecar::format_duration(a.window_ms).c_str());
+      }
+      if (a.min_periods != 0) std::printf(", min_periods: %u", a.min_periods);
+      if (a.ddof != 0) std::printf(", ddof: %u", a.ddof);
       if (a.resolution_ms != 0)
         std::printf(", resolution: %s", larder::sidecar::format_duration(a.resolution_ms).c_str());
       if (a.end == WindowEnd::kLatestEvent) std::printf(", end: latest_event");

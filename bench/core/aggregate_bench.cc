@@ -39,6 +39,13 @@
 //                           bound on the event age, then on the computed age
 //                           (docs/client.md, "Two ages").
 //   refresh/<keys>/24h_1min the refresh benchmark on the 24 h at 1-minute table.
+//   read/<keys>/events/...  Table::get (chained) and get_many(64) of a count
+//                           window (mean of `x` over 10 events, float64,
+//                           beside f1..f7) against f0 of a plain table with
+//                           the same 64-byte row; and of a last_n sequence
+//                           (20 float32, newest first) against a plain
+//                           20-dimension vector field. Each key got 12
+//                           events; the reads sum or hash the value read.
 //   event_id_hash/36B       event_id_hash of a 36-byte id (a UUID's length).
 //   distinct/<keys>/...     Writer::apply of one event with the source `item`
 //                           (an int64, as distinct_hash_int64) to a table with
@@ -746,6 +753,105 @@ void run_writer(const Options& o, RecordingReporter& rep, uint64_t keys) {
   drop_store(agg);
 }
 
+// Count windows and sequences against plain fields of the same size.
+layout::Schema events_read_schema(uint64_t keys, bool aggregate) {
+  layout::TableSpec t = base_table("events", keys);
+  if (!aggregate) {
+    add_float_fields(t, 0, 8);
+    t.fields.push_back({"seq", layout::FieldType::kFloat32Vector, 20});
+    return {{t}};
+  }
+  add_float_fields(t, 1, 8);
+  layout::AggregateSpec mean;
+  mean.name = "x_mean_10e";
+  mean.source = "x";
+  mean.fn = layout::AggregateFn::kMean;
+  mean.window_events = 10;
+  layout::AggregateSpec seq = mean;
+  seq.name = "x_last_20";
+  seq.fn = layout::AggregateFn::kLastN;
+  seq.window_events = 20;
+  t.aggregates = {mean, seq};
+  return {{t}};
+}
+
+void read_vector_chained(benchmark::State& state, const Table& table, const Field& field, uint64_t keys) {
+  Row row = table.make_row();
+  uint64_t x = 0x243f6a8885a308d3ull;
+  dependent_loop(state, keys, ++g_seed, [&](std::string_view key) -> uint64_t {
+    if (!table.get(key, row).ok()) return UINT64_MAX;
+    float sum = 0;
+    for (float v : row.vector(field)) sum += v;  // every value read
+    x = (x ^ std::bit_cast<uint32_t>(sum)) * 0x9E3779B97F4A7C15ull + 0x632be59bd9b4e019ull;
+    x ^= x >> 29;
+    __extension__ using u128 = unsigned __int128;
+    return static_cast<uint64_t>((static_cast<u128>(x) * keys) >> 64);
+  });
+}
+
+void read_vector_many(benchmark::State& state, const Table& table, const Field& field, uint64_t keys) {
+  RowBatch batch = table.make_batch(kBatch);
+  ReadResult results[kBatch];
+  batch_loop(state, keys, [&](std::span<std::string_view> ks, double* acc) -> uint64_t {
+    table.get_many(ks, batch, results);
+    uint64_t missing = 0;
+    for (size_t i = 0; i < kBatch; ++i) {
+      missing += !results[i].ok();
+      for (float v : batch.row(i).vector(field)) *acc += v;
+    }
+    return missing;
+  });
+}
+
+void run_event_reads(const Options& o, RecordingReporter& rep, uint64_t keys) {
+  Phase phase(o.filter, o.repetitions, rep);
+  const std::string p = "read/" + count_label(keys) + "/events/";
+  if (!phase.wanted_any({p + "plain_f0/get_chained", p + "count_window_mean10/get_chained", p + "plain_f0/get_many64",
+                         p + "count_window_mean10/get_many64", p + "plain_vector20/get_chained",
+                         p + "last_n20/get_chained", p + "plain_vector20/get_many64", p + "last_n20/get_many64"})) {
+    return;
+  }
+  constexpr int kEventsPerKey = 12;
+  std::unique_ptr<Store> plain =
+      create_store(o, "ev-plain-" + count_label(keys), events_read_schema(keys, false), keys);
+  std::unique_ptr<Store> agg = create_store(o, "ev-agg-" + count_label(keys), events_read_schema(keys, true), keys);
+  agg->source = static_cast<uint32_t>(agg->w->source_index(0, "x"));
+  KeyBuf key;
+  std::vector<float> vec(20);
+  FieldValue values[9], agg_values[7];  // f0..f7 and seq; f1..f7 (fields 0..6 of the aggregate table)
+  for (uint64_t i = 0; i < keys; ++i) {
+    format_key(i, key);
+    for (uint32_t f = 0; f < 8; ++f) values[f] = FieldValue::float64(f, static_cast<double>(i + f));
+    for (uint32_t f = 1; f < 8; ++f) agg_values[f - 1] = FieldValue::float64(f - 1, static_cast<double>(i + f));
+    for (size_t d = 0; d < vec.size(); ++d) vec[d] = static_cast<float>(i + d);
+    values[8] = FieldValue::vector(8, vec);
+    plain->tick();
+    check_applied(plain->w->upsert(0, key.view(), plain->event_ms(), values, plain->sim_ns), "loading", i);
+    for (int e = 0; e < kEventsPerKey; ++e) {
+      const SourceValue sv{agg->source, static_cast<double>(i + e)};
+      agg->tick();
+      check_applied(agg->w->apply(0, key.view(), agg->event_ms(), agg_values, {&sv, 1}, 0, agg->sim_ns), "loading", i);
+    }
+  }
+  const ReadSet rp = open_reader(o, *plain, "f0"), ra = open_reader(o, *agg, "x_mean_10e");
+  const Table& tp = rp.table;
+  const Table& ta = ra.table;
+  const Field vp = tp.field("seq", FieldType::kFloat32Vector), va = ta.field("x_last_20", FieldType::kFloat32Vector);
+  std::printf("# read %s: count-window and plain tables loaded, %d events per key\n", count_label(keys).c_str(),
+              kEventsPerKey);
+  phase.add(p + "plain_f0/get_chained", [&](benchmark::State& s) { read_chained(s, rp, keys); });
+  phase.add(p + "count_window_mean10/get_chained", [&](benchmark::State& s) { read_chained(s, ra, keys); });
+  phase.add(p + "plain_f0/get_many64", [&](benchmark::State& s) { read_many(s, rp, keys); });
+  phase.add(p + "count_window_mean10/get_many64", [&](benchmark::State& s) { read_many(s, ra, keys); });
+  phase.add(p + "plain_vector20/get_chained", [&](benchmark::State& s) { read_vector_chained(s, tp, vp, keys); });
+  phase.add(p + "last_n20/get_chained", [&](benchmark::State& s) { read_vector_chained(s, ta, va, keys); });
+  phase.add(p + "plain_vector20/get_many64", [&](benchmark::State& s) { read_vector_many(s, tp, vp, keys); });
+  phase.add(p + "last_n20/get_many64", [&](benchmark::State& s) { read_vector_many(s, ta, va, keys); });
+  phase.run();
+  drop_store(plain);
+  drop_store(agg);
+}
+
 void run_reads(const Options& o, RecordingReporter& rep, uint64_t keys) {
   Phase phase(o.filter, o.repetitions, rep);
   const std::string p = "read/" + count_label(keys) + "/";
@@ -985,6 +1091,26 @@ void print_summary(const Options& o, const std::map<std::string, Result>& r) {
                   counter(x, "keys_per_call"));
     }
   }
+  for (uint64_t keys : o.read_sizes) {
+    const std::string p = "read/" + count_label(keys) + "/events/";
+    if (find(p + "plain_f0/get_chained") == nullptr) continue;
+    std::printf("\ncount windows and last_n vs plain fields, %s keys    ns/key   p50 ns   ratio\n",
+                count_label(keys).c_str());
+    auto pair = [&](const char* what, const char* plain_name, const char* agg_name, double div) {
+      const Result* a = find(p + agg_name);
+      const Result* b = find(p + plain_name);
+      if (a == nullptr || b == nullptr) return;
+      const double ratio = ns(a) / ns(b);
+      std::printf("  %s\n", what);
+      std::printf("    %-42s %8.1f %8.1f\n", plain_name, ns(b) / div, counter(b, "p50_ns"));
+      std::printf("    %-42s %8.1f %8.1f %7.2f   target <= 1.3   %s\n", agg_name, ns(a) / div, counter(a, "p50_ns"),
+                  ratio, verdict(ratio, ratio <= 1.3));
+    };
+    pair("count window mean(10), get chained", "plain_f0/get_chained", "count_window_mean10/get_chained", 1);
+    pair("count window mean(10), get_many64", "plain_f0/get_many64", "count_window_mean10/get_many64", kBatch);
+    pair("last_n 20, get chained", "plain_vector20/get_chained", "last_n20/get_chained", 1);
+    pair("last_n 20, get_many64", "plain_vector20/get_many64", "last_n20/get_many64", kBatch);
+  }
   if (const Result* x = find("event_id_hash/36B")) std::printf("\nevent_id_hash of a 36-byte id: %.1f ns\n", ns(x));
   for (uint64_t keys : o.sizes) {
     const std::string p = "distinct/" + count_label(keys) + "/";
@@ -1022,6 +1148,7 @@ int main(int argc, char** argv) {
     for (uint64_t keys : o.sizes) run_writer(o, reporter, keys);
     for (uint64_t keys : o.sizes) run_distinct(o, reporter, keys);
     for (uint64_t keys : o.read_sizes) run_reads(o, reporter, keys);
+    for (uint64_t keys : o.read_sizes) run_event_reads(o, reporter, keys);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "larder_bench_aggregates: %s\n", e.what());
     rc = 1;

@@ -53,6 +53,8 @@ const char* aggregate_fn_name(AggregateFn fn) {
     case AggregateFn::kVariance: return "variance";
     case AggregateFn::kStddev: return "stddev";
     case AggregateFn::kDistinctCount: return "distinct_count";
+    case AggregateFn::kLastN: return "last_n";
+    case AggregateFn::kFirst: return "first";
   }
   return "unknown";
 }
@@ -99,6 +101,10 @@ bool distinct_source_type(FieldType t) {
 std::vector<FieldSpec> TableSpec::all_fields() const {
   std::vector<FieldSpec> all = fields;
   for (const AggregateSpec& a : aggregates) {
+    if (a.fn == AggregateFn::kLastN) {  // newest first, NaN past the key's events
+      all.push_back(FieldSpec{a.name, FieldType::kFloat32Vector, a.window_events, a.group});
+      continue;
+    }
     const bool integer = a.fn == AggregateFn::kCount || a.fn == AggregateFn::kDistinctCount;
     all.push_back(FieldSpec{a.name, integer ? FieldType::kInt64 : FieldType::kFloat64, 1, a.group});
   }
@@ -140,7 +146,19 @@ int64_t TableSpec::lateness_ms() const {
   if (allowed_lateness_ms > 0) return allowed_lateness_ms;
   int64_t longest = 0;
   for (const AggregateSpec& a : aggregates) longest = std::max(longest, a.window_ms);
-  return longest;
+  // Count windows and sequences have no time span: without a time window
+  // the lateness defaults to an hour.
+  return longest > 0 ? longest : kDefaultEventLatenessMs;
+}
+
+int64_t TableSpec::max_lateness_ms() const {
+  int64_t longest = 0;
+  bool events = false;
+  for (const AggregateSpec& a : aggregates) {
+    longest = std::max(longest, a.window_ms);
+    events = events || a.counts_events();
+  }
+  return events ? kMaxWindowMs : longest;
 }
 
 uint64_t TableSpec::dedup_ids() const {
@@ -186,6 +204,24 @@ uint32_t field_align(FieldType type) {
 
 namespace {
 
+// A count window or a sequence: N events, no time span, no bucket settings.
+void validate_event_aggregate(const AggregateSpec& a, const std::string& aw) {
+  if (a.window_events < 1 || a.window_events > kMaxWindowEvents) {
+    invalid(aw + ": " + std::string(a.fn == AggregateFn::kLastN ? "n " : "window ") + std::to_string(a.window_events) +
+            (a.fn == AggregateFn::kLastN ? "" : " events") + " is outside 1.." + std::to_string(kMaxWindowEvents) +
+            (a.fn == AggregateFn::kFirst ? " (first needs a count window)" : ""));
+  }
+  if (a.fn == AggregateFn::kDistinctCount) invalid(aw + ": distinct_count takes a time window, not a count window");
+  if (a.window_ms != 0 || a.resolution_ms != 0) {
+    invalid(aw + ": a count window or sequence has no time window or resolution");
+  }
+  if (a.end != WindowEnd::kNow) invalid(aw + ": a count window or sequence has no end (it ends at the newest event)");
+  if (a.min_periods > a.window_events) {
+    invalid(aw + ": min_periods " + std::to_string(a.min_periods) + " is above the window's " +
+            std::to_string(a.window_events) + " events");
+  }
+}
+
 void validate_aggregates(const TableSpec& t, const std::string& where, std::set<std::string>* names) {
   if (t.aggregates.size() > kMaxAggregates) {
     invalid(where + ": " + std::to_string(t.aggregates.size()) + " aggregates, at most " +
@@ -196,7 +232,7 @@ void validate_aggregates(const TableSpec& t, const std::string& where, std::set<
     const std::string aw = where + " aggregate \"" + a.name + "\"";
     if (!valid_identifier(a.name)) invalid(aw + ": invalid name (1..63 of [A-Za-z0-9_.-])");
     if (!names->insert(a.name).second) invalid(aw + ": the name is already a field or another aggregate");
-    if (static_cast<uint32_t>(a.fn) < 1 || a.fn > AggregateFn::kDistinctCount) invalid(aw + ": unknown function");
+    if (static_cast<uint32_t>(a.fn) < 1 || a.fn > AggregateFn::kFirst) invalid(aw + ": unknown function");
     if (a.source.empty()) {
       if (a.fn != AggregateFn::kCount) invalid(aw + ": " + aggregate_fn_name(a.fn) + " needs a source");
     } else {
@@ -215,6 +251,15 @@ void validate_aggregates(const TableSpec& t, const std::string& where, std::set<
         }
       }
     }
+    if (a.ddof > 1) invalid(aw + ": ddof " + std::to_string(a.ddof) + " is not 0 or 1");
+    if (a.ddof != 0 && a.fn != AggregateFn::kVariance && a.fn != AggregateFn::kStddev) {
+      invalid(aw + ": ddof applies to variance and stddev only");
+    }
+    if (a.counts_events() || a.fn == AggregateFn::kLastN || a.fn == AggregateFn::kFirst) {
+      validate_event_aggregate(a, aw);
+      continue;
+    }
+    if (a.min_periods != 0) invalid(aw + ": min_periods applies to count windows and last_n only");
     if (a.end != WindowEnd::kNow && a.end != WindowEnd::kLatestEvent) invalid(aw + ": unknown window end");
     if (a.window_ms < kMinWindowMs || a.window_ms > kMaxWindowMs) {
       invalid(aw + ": window " + std::to_string(a.window_ms) + " ms is outside 1 s .. 30 days");
@@ -241,9 +286,10 @@ void validate_aggregates(const TableSpec& t, const std::string& where, std::set<
     }
     return;
   }
-  if (t.allowed_lateness_ms < 0 || t.allowed_lateness_ms > longest) {
-    invalid(where + ": allowed_lateness " + std::to_string(t.allowed_lateness_ms) +
-            " ms must be between 0 and the longest window, " + std::to_string(longest) + " ms");
+  if (t.allowed_lateness_ms < 0 || t.allowed_lateness_ms > t.max_lateness_ms()) {
+    invalid(where + ": allowed_lateness " + std::to_string(t.allowed_lateness_ms) + " ms must be between 0 and " +
+            (longest == t.max_lateness_ms() ? "the longest window, " : "30 days with count windows, ") +
+            std::to_string(t.max_lateness_ms()) + " ms");
   }
   if (t.dedup_horizon_ms < 0 || (t.dedup_horizon_ms > 0 && t.dedup_horizon_ms < t.lateness_ms())) {
     invalid(where + ": dedup horizon " + std::to_string(t.dedup_horizon_ms) +
@@ -333,7 +379,11 @@ uint64_t Schema::fingerprint() const {
       canon += " aggregate " + a.name + " " + a.source + " " + aggregate_fn_name(a.fn) + " " +
                std::to_string(a.window_ms) + " " + std::to_string(t.resolution_of(a)) + " " +
                std::to_string(static_cast<uint32_t>(a.end)) +
-               (a.group.empty() || a.group == kDefaultGroup ? "" : " group " + a.group) + "\n";
+               (a.group.empty() || a.group == kDefaultGroup ? "" : " group " + a.group) +
+               (a.counts_events()
+                    ? " events " + std::to_string(a.window_events) + " min_periods " + std::to_string(a.min_periods)
+                    : "") +
+               (a.ddof != 0 ? " ddof " + std::to_string(a.ddof) : "") + "\n";
     }
     if (!t.aggregates.empty()) {
       canon += " lateness " + std::to_string(t.allowed_lateness_ms) + " dedup " + std::to_string(t.dedup_capacity) +
@@ -417,6 +467,10 @@ AggregatePlan plan_aggregates(const TableSpec& table) {
     if (!a.source.empty() && std::find(p.sources.begin(), p.sources.end(), a.source) == p.sources.end()) {
       p.sources.push_back(a.source);
     }
+    if (a.counts_events()) {  // count windows and sequences: aggregate_events_plan.cc
+      plan_event_output(table, a, p);
+      continue;
+    }
     uint32_t g = 0;
     while (g < p.groups.size() && !(p.groups[g].source == a.source && p.groups[g].resolution_ms == r)) ++g;
     if (g == p.groups.size()) {
@@ -449,6 +503,7 @@ AggregatePlan plan_aggregates(const TableSpec& table) {
     out.group = g;
     out.window = w;
     out.fn = a.fn;
+    out.ddof = a.ddof;
     p.outputs.push_back(out);
   }
   // Words one change may store: the slot header and a dedup entry, and per
@@ -483,6 +538,7 @@ AggregatePlan plan_aggregates(const TableSpec& table) {
     at += kDistinctAreaWords;
     journal += 1 + kDistinctEntryWords + 2 * kDistinctSliceWords;
   }
+  place_event_stores(p, &at, &journal);  // aggregate_events_plan.cc
   p.stride_words = at;
   p.journal_words = journal;
   return p;

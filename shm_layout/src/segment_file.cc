@@ -229,6 +229,9 @@ Schema schema_of(const void* base) {
       as.end = static_cast<WindowEnd>(ad.end);
       as.window_ms = ad.window_ms;
       as.resolution_ms = ad.resolution_ms;
+      as.window_events = ad.window_events;
+      as.min_periods = ad.min_periods;
+      as.ddof = ad.ddof;
       as.group = group_name_of(base, d, field_descriptor(base, d, ad.field));
       spec.aggregates.push_back(std::move(as));
     }
@@ -371,7 +374,8 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
       for (uint32_t a = 0; a < t.aggregate_count; ++a) {
         const AggregateDescriptor& ad = aggregate_descriptor(base, t, a);
         if (ad.field >= t.field_count || ad.source[kNameBytes - 1] != '\0' || ad.fn < 1 ||
-            ad.fn > static_cast<uint32_t>(AggregateFn::kDistinctCount) || ad.end > 1) {
+            ad.fn > static_cast<uint32_t>(AggregateFn::kFirst) || ad.end > 1 || ad.window_events > kMaxWindowEvents ||
+            ad.min_periods > ad.window_events || ad.ddof > 1) {
           corrupt(tw + "aggregate " + std::to_string(a) + " is malformed");
         }
       }

@@ -87,11 +87,19 @@ CONFIG FILE (YAML; annotated example: examples/sidecar.example.yaml; reference: 
       aggregates:   list of windowed aggregates (docs/aggregates.md), at most 64
         - name      output field name (required)
           source    field or member it folds (required but for count)
-          fn        count | sum | mean | min | max | last | variance | stddev
-          window    1s..30d, e.g. 90s, 5m, 1h, 7d or milliseconds (required)
+          fn        count | sum | mean | min | max | last | variance | stddev |
+                    distinct_count | first (count windows) | last_n
+          window    1s..30d, e.g. 90s, 5m, 1h, 7d or milliseconds; or
+                    N events (1..1024): the key's N newest events, as pandas
+                    rolling(N) (required but for last_n)
           resolution  bucket width (default about window/60; <= 4096 buckets)
           end       now (default) | latest_event
-      allowed_lateness  older events count in no aggregate (default: longest window)
+          min_periods  count windows, last_n: fewer events read not valid
+                    (default N; 1 for last_n)
+          ddof      variance, stddev: 0 population (default) | 1 sample (pandas)
+          n         last_n: values kept, a float32 vector newest first (1..1024)
+      allowed_lateness  older events count in no aggregate (default: longest window;
+                    1h with only count windows)
       dedup:        {horizon (default: allowed_lateness), capacity (default:
                     max(capacity, 65536)), expected_rate (events the table folds,
                     e.g. 50/s or 3000/h; a sizing hint: --check-config warns when

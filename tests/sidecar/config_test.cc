@@ -411,7 +411,7 @@ TEST_F(ConfigTest, AggregateErrorsNameTheKey) {
   const std::string clicks = "{name: clicks_1h, fn: count, window: 1h}";
   expect_error(replace(v, clicks, "{name: clicks_1h, fn: median, window: 1h}"), "tables[0].aggregates[0].fn",
                "unknown fn \"median\" (expected count, sum, mean (avg), min, max, last, variance (var), stddev (std), "
-               "distinct_count (distinct))");
+               "distinct_count (distinct), last_n, first)");
   expect_error(replace(v, clicks, "{name: clicks_1h, window: 1h}"), "tables[0].aggregates[0].fn", "required");
   expect_error(replace(v, clicks, "{name: clicks_1h, fn: count}"), "tables[0].aggregates[0].window", "required");
   expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 500ms}"), "tables[0].aggregates[0].window",
@@ -510,6 +510,78 @@ TEST_F(ConfigTest, AggregateErrorsNameTheKey) {
   for (int i = 0; i < 65; ++i) many += "      - {name: n" + std::to_string(i) + ", fn: count, window: 1h}\n";
   expect_error(replace(v, "      - " + clicks + "\n", many), "tables[0].aggregates",
                "70 aggregates; a table has at most 64");
+}
+
+// Count windows (`window: N events`), last_n sequences, min_periods and ddof.
+TEST_F(ConfigTest, CountWindowsSequencesAndDdof) {
+  const std::string v = kAggregates;
+  const std::string clicks = "{name: clicks_1h, fn: count, window: 1h}";
+  {
+    const Config c =
+        parse_config(replace(v, clicks,
+                             "{name: clicks_1h, source: amount, fn: var, window: 10 events, min_periods: 3, ddof: 1}\n"
+                             "      - {name: recent, source: country_idx, fn: last_n, n: 20}\n"
+                             "      - {name: first_5, source: amount, fn: first, window: 5events}\n"
+                             "      - {name: std_1h, source: amount, fn: stddev, window: 1h, ddof: 1}"));
+    const layout::TableSpec& t = c.tables[0].spec;
+    const layout::AggregateSpec& w = t.aggregates[0];
+    EXPECT_EQ(w.fn, layout::AggregateFn::kVariance);
+    EXPECT_EQ(w.window_events, 10u);
+    EXPECT_EQ(w.window_ms, 0);
+    EXPECT_EQ(w.min_periods, 3u);
+    EXPECT_EQ(w.ddof, 1u);
+    EXPECT_EQ(t.aggregates[1].fn, layout::AggregateFn::kLastN);
+    EXPECT_EQ(t.aggregates[1].window_events, 20u);
+    EXPECT_EQ(t.aggregates[1].min_periods_or_default(), 1u);
+    EXPECT_EQ(t.aggregates[2].fn, layout::AggregateFn::kFirst);
+    EXPECT_EQ(t.aggregates[2].window_events, 5u);
+    EXPECT_EQ(t.aggregates[2].min_periods_or_default(), 5u);  // pandas' default: the window
+    EXPECT_EQ(t.aggregates[3].window_ms, 3'600'000);
+    EXPECT_EQ(t.aggregates[3].ddof, 1u);
+    const std::vector<layout::FieldSpec> all = t.all_fields();
+    const layout::FieldSpec& seq = all[t.fields.size() + 1];
+    EXPECT_EQ(seq.type, layout::FieldType::kFloat32Vector);
+    EXPECT_EQ(seq.count, 20u);
+    EXPECT_NO_THROW(layout::Schema{{t}}.validate());
+  }
+  // var and std keep meaning the population form (ddof 0) unless told.
+  EXPECT_EQ(parse_config(v).tables[0].spec.aggregates[3].ddof, 0u);
+  const std::string at = "tables[0].aggregates[0].";
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 0 events}"), at + "window",
+               "0 events is outside 1..1024 events");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 1025 events}"), at + "window",
+               "1025 events is outside 1..1024 events");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 10 evnts}"), at + "window",
+               "expected a duration");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 10 events, min_periods: 11}"),
+               at + "min_periods", "expected an integer in [1, 10]");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 10 events, resolution: 1s}"), at + "resolution",
+               "a count window has no buckets");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 10 events, end: latest_event}"), at + "end",
+               "always ends at the key's newest event");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 1h, min_periods: 2}"), at + "min_periods",
+               "only count windows");
+  expect_error(replace(v, clicks, "{name: clicks_1h, fn: count, window: 1h, ddof: 1}"), at + "ddof",
+               "only variance and stddev");
+  expect_error(replace(v, clicks, "{name: clicks_1h, source: amount, fn: var, window: 1h, ddof: 2}"), at + "ddof",
+               "expected an integer in [0, 1]");
+  expect_error(replace(v, clicks, "{name: clicks_1h, source: amount, fn: first, window: 1h}"), at + "window",
+               "first needs a count window");
+  expect_error(replace(v, clicks, "{name: clicks_1h, source: amount, fn: last_n}"), at + "n", "required");
+  expect_error(replace(v, clicks, "{name: clicks_1h, source: amount, fn: last_n, n: 2000}"), at + "n",
+               "expected an integer in [1, 1024]");
+  expect_error(replace(v, clicks, "{name: clicks_1h, source: amount, fn: last_n, n: 5, window: 1h}"), at + "window",
+               "takes n");
+  expect_error(replace(v, clicks, "{name: clicks_1h, source: country, fn: distinct_count, window: 10 events}"),
+               at + "window", "distinct_count takes a time window");
+  expect_error(replace(v, clicks, "{name: clicks_1h, source: emb, fn: last_n, n: 4}"), at + "source",
+               "\"emb\" is a vector field");
+  // With only count windows the lateness may reach 30 days.
+  EXPECT_NO_THROW(parse_config(
+      replace(replace(replace(v, "horizon: 2h", "horizon: 20d"), "allowed_lateness: 1h", "allowed_lateness: 20d"),
+              "fn: sum, window: 24h}", "fn: sum, window: 24 events}")));
+  expect_error(replace(v, "allowed_lateness: 1h", "allowed_lateness: 20d"), "tables[0].allowed_lateness",
+               "longer than the longest window");
 }
 
 TEST_F(ConfigTest, EventTimeBounds) {

@@ -24,6 +24,16 @@
 //    tombstone are ignored entirely.
 //  * Dedup: an event whose (key, id) was applied before is a duplicate.
 //
+// Count windows and sequences (AggregateSpec::window_events): every event
+// folded for the key that carries the aggregate's source (any event for a
+// count without one), ordered by (min(te, C at apply), apply order); a count
+// window of N reads the last N of them, last_n the last n, newest first and
+// NaN past the key's events. Not valid below min_periods (default N, or 1 for
+// last_n), variance and stddev not below ddof + 1. The writer keeps only the
+// newest `capacity` per source (the largest N); an event older than all of a
+// full store's is folded nowhere, which changes no window of N <= capacity.
+// Without a time window the default lateness is an hour.
+//
 // Tolerances (matches()): count, min, max and last are exact; sum and mean
 // within 1e-9 * (sum of |x| in the window + M) (+ 1e-12), M the largest |x|
 // the key folded into the group since it was last deleted (the writer may
@@ -114,11 +124,22 @@ class AggregateReference {
     size_t group = 0;
     int64_t n = 0;  // buckets
     layout::WindowEnd end = layout::WindowEnd::kNow;
+    uint32_t events = 0;  // a count window of N events or last_n's n; group is then a store
+    uint32_t min_periods = 0;
+    uint32_t ddof = 0;
+  };
+  // The events of one source that count windows and sequences read.
+  struct Store {
+    std::string source;
+    int source_index = -1;
+    uint32_t capacity = 0;
   };
 
   // One expected field value.
   struct Value {
     bool is_int = false;
+    bool is_vector = false;  // last_n: `vector`, NaN past the key's events
+    std::vector<float> vector;
     bool valid = false;
     int64_t i64 = 0;
     double f64 = 0;
@@ -135,21 +156,31 @@ class AggregateReference {
   explicit AggregateReference(const layout::TableSpec& spec) : spec_(spec) {
     int64_t longest = 0;
     for (const layout::AggregateSpec& a : spec.aggregates) {
-      const int64_t r = a.resolution_ms != 0 ? a.resolution_ms : reference_default_resolution(a.window_ms);
-      longest = std::max(longest, a.window_ms);
       int source_index = -1;
       if (!a.source.empty()) {
         auto it = std::find(sources_.begin(), sources_.end(), a.source);
         source_index = static_cast<int>(it - sources_.begin());
         if (it == sources_.end()) sources_.push_back(a.source);
       }
+      if (a.window_events != 0) {
+        size_t st = 0;
+        while (st < stores_.size() && stores_[st].source != a.source) ++st;
+        if (st == stores_.size()) stores_.push_back({a.source, source_index, 0});
+        stores_[st].capacity = std::max(stores_[st].capacity, a.window_events);
+        const uint32_t min_periods =
+            a.min_periods != 0 ? a.min_periods : (a.fn == layout::AggregateFn::kLastN ? 1 : a.window_events);
+        aggregates_.push_back({a.name, a.fn, st, 0, layout::WindowEnd::kNow, a.window_events, min_periods, a.ddof});
+        continue;
+      }
+      const int64_t r = a.resolution_ms != 0 ? a.resolution_ms : reference_default_resolution(a.window_ms);
+      longest = std::max(longest, a.window_ms);
       size_t g = 0;
       while (g < groups_.size() && !(groups_[g].source == a.source && groups_[g].r == r)) ++g;
       if (g == groups_.size()) groups_.push_back({a.source, source_index, r, 0});
       groups_[g].ring = std::max(groups_[g].ring, a.window_ms / r);
-      aggregates_.push_back({a.name, a.fn, g, a.window_ms / r, a.end});
+      aggregates_.push_back({a.name, a.fn, g, a.window_ms / r, a.end, 0, 0, a.ddof});
     }
-    lateness_ = spec.allowed_lateness_ms != 0 ? spec.allowed_lateness_ms : longest;
+    lateness_ = spec.allowed_lateness_ms != 0 ? spec.allowed_lateness_ms : longest > 0 ? longest : 3'600'000;
   }
 
   const layout::TableSpec& spec() const { return spec_; }
@@ -162,8 +193,10 @@ class AggregateReference {
   uint64_t late_events() const { return late_events_; }
   // Whether the last apply() folded the event into at least one group.
   bool last_folded() const { return last_folded_; }
+  const std::vector<Store>& stores() const { return stores_; }
   bool has_sourceless_group() const {
-    return std::any_of(groups_.begin(), groups_.end(), [](const Group& g) { return g.source.empty(); });
+    return std::any_of(groups_.begin(), groups_.end(), [](const Group& g) { return g.source.empty(); }) ||
+           std::any_of(stores_.begin(), stores_.end(), [](const Store& st) { return st.source.empty(); });
   }
   int source_index(const std::string& name) const {
     auto it = std::find(sources_.begin(), sources_.end(), name);
@@ -230,6 +263,9 @@ class AggregateReference {
       f.seq = ++seq_;
       f.k.assign(groups_.size(), kNone);
       f.v.assign(groups_.size(), 0.0);
+      f.in_store.assign(stores_.size(), 0);
+      f.sv.assign(stores_.size(), 0.0);
+      bool in_time = false;
       for (size_t g = 0; g < groups_.size(); ++g) {
         const Group& gr = groups_[g];
         double v = 1;
@@ -244,11 +280,28 @@ class AggregateReference {
         if (kb <= h - gr.ring) continue;
         f.k[g] = kb;
         f.v[g] = v;
+        folded = in_time = true;
+      }
+      for (size_t st = 0; st < stores_.size(); ++st) {
+        double v = 0;
+        if (stores_[st].source_index >= 0) {
+          auto it = std::find_if(e.sources.begin(), e.sources.end(), [&](const SourceInput& in) {
+            return static_cast<int>(in.source) == stores_[st].source_index;
+          });
+          if (it == e.sources.end()) continue;
+          v = it->value;
+        }
+        // Older than every one of the `capacity` newest events: kept nowhere.
+        const std::vector<const Folded*> held = store_events(k, st);
+        const size_t cap = stores_[st].capacity;
+        if (held.size() >= cap && f.order_te < held[held.size() - cap]->order_te) continue;
+        f.in_store[st] = 1;
+        f.sv[st] = v;
         folded = true;
       }
       if (folded) {
         if (k.high.empty()) k.high.assign(groups_.size(), kNone);
-        for (size_t g = 0; g < groups_.size(); ++g) {
+        for (size_t g = 0; g < groups_.size() && in_time; ++g) {
           if (f.k[g] != kNone) k.high[g] = std::max(k.high[g], f.k[g]);
         }
         k.events.push_back(std::move(f));
@@ -357,12 +410,85 @@ class AggregateReference {
         ss += d * d;
       }
       s.mean = static_cast<double>(mean);
-      s.variance = static_cast<double>(ss / s.count);
+      s.variance = s.count > a.ddof ? static_cast<double>(ss / (s.count - a.ddof)) : 0;
     }
     return s;
   }
 
+  // A count window or sequence, computed from the key's events.
+  Value event_value(const std::string& key, const Aggregate& a) const {
+    using layout::AggregateFn;
+    using Mode = Value::Mode;
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    std::vector<double> x;  // the window, oldest first
+    auto it = keys_.find(key);
+    if (it != keys_.end() && it->second.state == KeyState::kLive) {
+      const std::vector<const Folded*> held = store_events(it->second, a.group);
+      const size_t k = std::min<size_t>(a.events, held.size());
+      for (size_t i = held.size() - k; i < held.size(); ++i) x.push_back(held[i]->sv[a.group]);
+    }
+    Value v;
+    const size_t n = x.size();
+    const bool enough = n > 0 && n >= a.min_periods;
+    if (a.fn == AggregateFn::kLastN) {
+      v.is_vector = true;
+      v.valid = enough;
+      for (size_t i = 0; i < a.events; ++i) {
+        v.vector.push_back(i < n ? static_cast<float>(x[n - 1 - i]) : std::numeric_limits<float>::quiet_NaN());
+      }
+      return v;
+    }
+    v.is_int = a.fn == AggregateFn::kCount;
+    v.f64 = nan;
+    if (!enough) return v;
+    long double sum = 0, sum_abs = 0;
+    double scale = 0, mn = x[0], mx = x[0];
+    for (double xi : x) {
+      sum += xi;
+      sum_abs += std::fabs(xi);
+      scale = std::max(scale, std::fabs(xi));
+      mn = std::min(mn, xi);
+      mx = std::max(mx, xi);
+    }
+    const long double mean = sum / n;
+    long double ss = 0;
+    for (double xi : x) ss += (xi - mean) * (xi - mean);
+    v.valid = true;
+    switch (a.fn) {
+      case AggregateFn::kCount: v.i64 = static_cast<int64_t>(n); break;
+      case AggregateFn::kSum:
+        v.f64 = static_cast<double>(sum);
+        v.mode = Mode::kSum;
+        v.tolerance = 1e-9 * static_cast<double>(sum_abs) + 1e-12;
+        break;
+      case AggregateFn::kMean:
+        v.f64 = static_cast<double>(mean);
+        v.mode = Mode::kMean;
+        v.tolerance = 1e-9 * static_cast<double>(sum_abs) / n + 1e-12;
+        break;
+      case AggregateFn::kMin: v.f64 = mn; break;
+      case AggregateFn::kMax: v.f64 = mx; break;
+      case AggregateFn::kLast: v.f64 = x[n - 1]; break;
+      case AggregateFn::kFirst: v.f64 = x[0]; break;
+      case AggregateFn::kVariance:
+      case AggregateFn::kStddev: {
+        if (n <= a.ddof) {
+          v.valid = false;
+          break;
+        }
+        const double var = static_cast<double>(ss / (n - a.ddof));
+        v.tolerance = 1e-9 * (static_cast<double>(mean * mean) + var + scale * scale) + 1e-12;
+        v.mode = a.fn == AggregateFn::kVariance ? Mode::kVariance : Mode::kStddev;
+        v.f64 = a.fn == AggregateFn::kVariance ? var : std::sqrt(var);
+        break;
+      }
+      default: v.valid = false; break;
+    }
+    return v;
+  }
+
   Value aggregate_value(const std::string& key, const Aggregate& a) const {
+    if (a.events != 0) return event_value(key, a);
     const Stats s = stats(key, a);
     Value v;
     const double nan = std::numeric_limits<double>::quiet_NaN();
@@ -405,8 +531,8 @@ class AggregateReference {
         break;
       case AggregateFn::kVariance:
       case AggregateFn::kStddev: {
-        v.valid = s.count > 0;
-        if (s.count == 0) {
+        v.valid = s.count > a.ddof;
+        if (!v.valid) {
           v.f64 = nan;
           break;
         }
@@ -431,6 +557,7 @@ class AggregateReference {
           v.distinct_hi = static_cast<int64_t>(std::ceil(static_cast<double>(s.distinct_extended) * (1 + band)));
         }
         break;
+      default: break;  // kLastN and kFirst: count windows only
     }
     return v;
   }
@@ -447,6 +574,22 @@ class AggregateReference {
     }
     for (const Aggregate& a : aggregates_) row.fields.push_back(aggregate_value(key, a));
     return row;
+  }
+
+  // Whether a sequence read from a row matches `want` (float32 values and
+  // NaN padding exactly).
+  static bool matches_vector(const Value& want, bool got_valid, const float* got, size_t n, std::string* why) {
+    bool ok = got_valid == want.valid && n == want.vector.size();
+    for (size_t i = 0; ok && i < n; ++i) {
+      ok = std::isnan(want.vector[i]) ? std::isnan(got[i]) : got[i] == want.vector[i];
+    }
+    if (ok) return true;
+    std::string g = "[", w = "[";
+    for (size_t i = 0; i < n; ++i) g += std::to_string(got[i]) + " ";
+    for (float f : want.vector) w += std::to_string(f) + " ";
+    *why = "got " + g + "] (valid " + std::to_string(got_valid) + "), want " + w + "] (valid " +
+           std::to_string(want.valid) + ")";
+    return false;
   }
 
   // Whether a value read from a row matches `want`; `why` says how not.
@@ -543,10 +686,12 @@ class AggregateReference {
  private:
   struct Folded {
     int64_t te = 0;
-    int64_t order_te = 0;    // orders `last`: min(te, C at apply)
-    uint64_t seq = 0;        // apply order: breaks ties of `last`
-    std::vector<int64_t> k;  // bucket per group, kNone: not folded there
-    std::vector<double> v;   // value per group
+    int64_t order_te = 0;        // orders `last`: min(te, C at apply)
+    uint64_t seq = 0;            // apply order: breaks ties of `last`
+    std::vector<int64_t> k;      // bucket per group, kNone: not folded there
+    std::vector<double> v;       // value per group
+    std::vector<char> in_store;  // per store: kept by it
+    std::vector<double> sv;      // value per store
   };
   struct Key {
     KeyState state = KeyState::kAbsent;
@@ -557,10 +702,23 @@ class AggregateReference {
     std::vector<Value> fields;
   };
 
+  // The events of store `st` for a key, oldest first by (order_te, seq).
+  std::vector<const Folded*> store_events(const Key& k, size_t st) const {
+    std::vector<const Folded*> out;
+    for (const Folded& f : k.events) {
+      if (f.in_store[st]) out.push_back(&f);
+    }
+    std::sort(out.begin(), out.end(), [](const Folded* a, const Folded* b) {
+      return a->order_te != b->order_te ? a->order_te < b->order_te : a->seq < b->seq;
+    });
+    return out;
+  }
+
   layout::TableSpec spec_;
   std::vector<std::string> sources_;
   std::vector<Group> groups_;
   std::vector<Aggregate> aggregates_;
+  std::vector<Store> stores_;
   int64_t lateness_ = 0;
   int64_t clock_ = 0;
   uint64_t seq_ = 0;

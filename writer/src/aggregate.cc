@@ -37,6 +37,7 @@
 #include <cstring>
 #include <limits>
 
+#include "aggregate_events.h"
 #include "crash_hook.h"
 #include "larder/layout/sync.h"
 
@@ -513,11 +514,12 @@ bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_
 
 OutputValue output(const AggregateTable& t, const Word* block, size_t o, int64_t clock_ms) {
   const AggregatePlan::Output& out = t.plan.outputs[o];
+  if (out.events != 0) return event_output(t, block, out);  // a count window (aggregate_events.cc)
   const AggregatePlan::Group& g = t.plan.groups[out.group];
   const WindowState w = WindowState::read(block + g.windows[out.window].offset);
   OutputValue r;
   const double n = static_cast<double>(w.count);
-  auto variance = [&] { return std::max(0.0, w.m2 / n); };
+  auto variance = [&] { return std::max(0.0, w.m2 / (n - out.ddof)); };
   switch (out.fn) {
     case AggregateFn::kCount:
       r.i64 = static_cast<int64_t>(w.count);
@@ -537,7 +539,8 @@ OutputValue output(const AggregateTable& t, const Word* block, size_t o, int64_t
     }
     default: break;
   }
-  if (w.count == 0) {
+  // Empty, or one value with ddof 1 (no sample variance, as in pandas).
+  if (w.count == 0 || ((out.fn == AggregateFn::kVariance || out.fn == AggregateFn::kStddev) && w.count <= out.ddof)) {
     r.f64 = kNaN;
     return r;
   }

@@ -71,7 +71,10 @@ struct AggregateTable {
   int64_t horizon_ms = 0;
   // plan.sources index of each group's source, -1 for a count of events.
   std::vector<int> group_source;
-  bool counts_every_event = false;  // some group has no source
+  // plan.sources index of each event store's source, -1 for a count of
+  // events (aggregate_events.h).
+  std::vector<int> store_source;
+  bool counts_every_event = false;  // some group or event store has no source
 
   bool enabled() const { return plan.stride_words != 0; }
   Word* block(uint64_t slot) const { return state + slot * plan.stride_words; }

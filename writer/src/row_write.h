@@ -38,6 +38,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "aggregate_events.h"
 #include "crash_hook.h"
 #include "writer_impl.h"
 
@@ -134,8 +135,15 @@ namespace larder {
     if (change.outputs_of != nullptr) {
       for (size_t o = 0; o < ts.agg.plan.outputs.size(); ++o) {
         const uint32_t f = ts.agg.plan.outputs[o].field;
-        const writer::OutputValue v = writer::output(ts.agg, change.outputs_of, o, clock_ms);
         const layout::FieldDescriptor& fd = ts.fields[f];
+        if (ts.agg.plan.outputs[o].fn == layout::AggregateFn::kLastN) {  // a sequence (aggregate_events.h)
+          float seq[layout::kMaxWindowEvents];
+          const bool valid = writer::sequence_output(ts.agg, change.outputs_of, ts.agg.plan.outputs[o], seq);
+          writer::encode_field(row, fd, FieldValue::vector(f, std::span<const float>(seq, fd.count)));
+          writer::set_valid(validity, f, valid);
+          continue;
+        }
+        const writer::OutputValue v = writer::output(ts.agg, change.outputs_of, o, clock_ms);
         writer::encode_field(row, fd,
                              static_cast<layout::FieldType>(fd.type) == layout::FieldType::kInt64
                                  ? FieldValue::int64(f, v.i64)

@@ -141,6 +141,9 @@ void writer::fill_aggregate_descriptor(AggregateDescriptor* out, const Aggregate
   out->window_ms = as.window_ms;
   out->resolution_ms = as.resolution_ms;
   out->field = static_cast<uint32_t>(field);
+  out->window_events = as.window_events;
+  out->min_periods = as.min_periods;
+  out->ddof = as.ddof;
 }
 
 void Writer::Impl::create(bool replace_existing) {
@@ -283,6 +286,11 @@ void Writer::Impl::attach(bool repair_first) {
         const auto it = std::find(ts.agg.plan.sources.begin(), ts.agg.plan.sources.end(), g.source);
         ts.agg.group_source.push_back(g.source.empty() ? -1 : static_cast<int>(it - ts.agg.plan.sources.begin()));
         ts.agg.counts_every_event |= g.source.empty();
+      }
+      for (const AggregatePlan::EventStore& es : ts.agg.plan.event_stores) {
+        const auto it = std::find(ts.agg.plan.sources.begin(), ts.agg.plan.sources.end(), es.source);
+        ts.agg.store_source.push_back(es.source.empty() ? -1 : static_cast<int>(it - ts.agg.plan.sources.begin()));
+        ts.agg.counts_every_event |= es.source.empty();
       }
     }
     if (ts.geo.group_count > 0) {

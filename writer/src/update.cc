@@ -254,10 +254,17 @@ ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key,
   if (!fresh_row) writer::advance(ts.agg, block, clock, journal);
   if (late) {
     bump(ac.late_dropped);
-  } else if (writer::fold(ts.agg, block, clock, event_time_ms, sources, journal)) {
-    bump(ac.events);
-  } else if (aggregate_input) {
-    bump(ac.outside_window);  // within the lateness, but its bucket left every window
+  } else {
+    const bool folded = writer::fold(ts.agg, block, clock, event_time_ms, sources, journal);
+    // Count windows and sequences (aggregate_events.h).
+    const writer::EventFold in_stores = writer::fold_events(ts.agg, block, clock, event_time_ms, sources, journal);
+    if (folded || in_stores == writer::EventFold::kFolded) {
+      bump(ac.events);
+    } else if (in_stores == writer::EventFold::kTooOld) {
+      bump(ac.late_dropped);  // older than the N newest events its count windows cover
+    } else if (aggregate_input) {
+      bump(ac.outside_window);  // within the lateness, but its bucket left every window
+    }
   }
   if (scoped != 0 && writer::dedup_insert(ts.agg, scoped, event_time_ms, clock, journal)) bump(ac.dedup_evictions);
   schedule(table, at, block);

@@ -303,8 +303,8 @@ def _config_schema(cfg, table, path):
             nullable[source] = False
     for a in spec.get("aggregates") or []:
         src = a.get("source")
-        how = "%s of %r over %s" % (a.get("fn"), src, a.get("window")) if src else "%s over %s" % (a.get("fn"),
-                                                                                                  a.get("window"))
+        window = a.get("window", "the last %s values" % a.get("n"))  # last_n takes n, not a window
+        how = "%s of %r over %s" % (a.get("fn"), src, window) if src else "%s over %s" % (a.get("fn"), window)
         cols[a["name"]] = _Column(a["name"], "refused", "", 0,
                                   "an aggregate the sidecar computes (%s)%s" % (
                                       how, ": send %r with each event" % src if src else ""))

@@ -187,7 +187,8 @@ void use_input(std::map<std::string, std::vector<InputUse>>& uses, const std::st
 }
 
 const char* const kAggregateFns =
-    "count, sum, mean (avg), min, max, last, variance (var), stddev (std), distinct_count (distinct)";
+    "count, sum, mean (avg), min, max, last, variance (var), stddev (std), distinct_count (distinct), last_n, "
+    "first";
 
 // What parse_table learns about a table's names while it reads them, so that
 // later parts can refer back to earlier ones in their errors.
@@ -460,9 +461,40 @@ void parse_aggregate_window(const MapNode& a, layout::AggregateSpec& spec) {
   }
 }
 
+// Count windows (`window: 10 events`) and sequences (`fn: last_n, n: 20`):
+// fills window_events and min_periods; false for a time window.
+bool parse_event_window(const MapNode& a, layout::AggregateSpec& spec) {
+  const uint64_t max = layout::kMaxWindowEvents;
+  if (spec.fn == layout::AggregateFn::kLastN) {
+    if (a.has("window")) fail(a.child("window"), "last_n takes n (the values it keeps), not a window");
+    spec.window_events = static_cast<uint32_t>(a.integer("n", std::nullopt, 1, max));
+  } else {
+    if (!a.has("window")) return false;
+    const std::string w = a.scalar("window");
+    const size_t unit = w.find_first_not_of("0123456789");
+    if (unit == std::string::npos || w.find_first_not_of(' ', unit) == std::string::npos ||
+        w.substr(w.find_first_not_of(' ', unit)) != "events") {
+      return false;
+    }
+    if (spec.fn == layout::AggregateFn::kDistinctCount) {
+      fail(a.child("window"), "distinct_count takes a time window (e.g. 1h), not a count of events");
+    }
+    if (a.has("resolution")) fail(a.child("resolution"), "a count window has no buckets");
+    const std::string digits = w.substr(0, unit);
+    const uint64_t n = digits.empty() || digits.size() > 6 ? 0 : std::stoull(digits);
+    if (n < 1 || n > max) {
+      fail(a.child("window"), fmt::format("{} events is outside 1..{} events", digits.empty() ? "0" : digits, max));
+    }
+    spec.window_events = static_cast<uint32_t>(n);
+  }
+  if (a.has("end")) fail(a.child("end"), "a count window or last_n always ends at the key's newest event");
+  spec.min_periods = static_cast<uint32_t>(a.integer("min_periods", 0, 1, spec.window_events));
+  return true;
+}
+
 // One `aggregates` entry: appends it to t.spec.aggregates.
 void parse_aggregate(const YAML::Node& anode, const std::string& apath, TableConfig& t, TableNames& names) {
-  MapNode a(anode, apath, {"name", "source", "fn", "window", "resolution", "end", "group"});
+  MapNode a(anode, apath, {"name", "source", "fn", "window", "resolution", "end", "group", "min_periods", "ddof", "n"});
   layout::AggregateSpec spec;
   spec.name = a.str("name");
   if (!layout::valid_identifier(spec.name)) {
@@ -483,6 +515,21 @@ void parse_aggregate(const YAML::Node& anode, const std::string& apath, TableCon
     fail(a.child("fn"), fmt::format("unknown fn \"{}\" (expected {})", fn, kAggregateFns));
   }
   parse_aggregate_source(a, apath, spec, t, names);
+  if (spec.fn == layout::AggregateFn::kVariance || spec.fn == layout::AggregateFn::kStddev) {
+    spec.ddof = static_cast<uint32_t>(a.integer("ddof", 0, 0, 1));
+  } else if (a.has("ddof")) {
+    fail(a.child("ddof"), "only variance and stddev take it");
+  }
+  if (parse_event_window(a, spec)) {  // a count window or a sequence
+    spec.group = parse_group(a);
+    t.spec.aggregates.push_back(std::move(spec));
+    return;
+  }
+  if (a.has("min_periods")) fail(a.child("min_periods"), "only count windows (window: N events) and last_n take it");
+  if (a.has("n")) fail(a.child("n"), "only last_n takes it");
+  if (spec.fn == layout::AggregateFn::kFirst) {
+    fail(a.child("window"), "first needs a count window (e.g. window: 10 events)");
+  }
   parse_aggregate_window(a, spec);
   const std::string end = a.str("end", "now");
   if (end == "now") {
@@ -555,15 +602,16 @@ double parse_rate(const std::string& text, const std::string& key) {
 // `allowed_lateness` and `dedup`: only for tables with aggregates; lateness
 // within the longest window, the dedup horizon at least the lateness.
 void parse_lateness_and_dedup(const MapNode& m, TableConfig& t) {
-  int64_t longest = 0;
-  for (const layout::AggregateSpec& a : t.spec.aggregates) longest = std::max(longest, a.window_ms);
+  // The default lateness, and the bound of a given one (30 days with count
+  // windows, which have no time span of their own).
+  const int64_t longest = t.spec.aggregates.empty() ? 0 : t.spec.lateness_ms();
   if (const std::optional<int64_t> lateness = duration_ms(m, "allowed_lateness")) {
     if (t.spec.aggregates.empty()) fail(m.child("allowed_lateness"), "only tables with aggregates take it");
     if (*lateness <= 0) fail(m.child("allowed_lateness"), "must be > 0 (leave it out for the longest window)");
-    if (*lateness > longest) {
+    if (*lateness > t.spec.max_lateness_ms()) {
       fail(m.child("allowed_lateness"),
            fmt::format("{} is longer than the longest window ({}): an event that old counts in no window",
-                       format_duration(*lateness), format_duration(longest)));
+                       format_duration(*lateness), format_duration(t.spec.max_lateness_ms())));
     }
     t.spec.allowed_lateness_ms = *lateness;
   }

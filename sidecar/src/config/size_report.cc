@@ -43,6 +43,7 @@ std::vector<AggregateCost> aggregate_costs(const Schema& schema, size_t t, uint6
     c.source = as.source;
     c.window_ms = as.window_ms;
     c.resolution_ms = spec.resolution_of(as);
+    c.window_events = as.window_events;
     Schema without = schema;
     TableSpec& w = without.tables[t];
     w.aggregates.erase(w.aggregates.begin() + static_cast<std::ptrdiff_t>(a));
@@ -57,7 +58,11 @@ std::vector<AggregateCost> aggregate_costs(const Schema& schema, size_t t, uint6
     }
     c.bytes = without.tables.empty() ? total : saving(total, planned_bytes(without));
     for (size_t b = 0; b < spec.aggregates.size(); ++b) {
-      if (b != a && plan.outputs[b].group == plan.outputs[a].group) c.shares_with.push_back(spec.aggregates[b].name);
+      // Time windows share bucket rings, count windows and sequences event stores.
+      if (b != a && plan.outputs[b].group == plan.outputs[a].group &&
+          (plan.outputs[b].events == 0) == (plan.outputs[a].events == 0)) {
+        c.shares_with.push_back(spec.aggregates[b].name);
+      }
     }
     out.push_back(std::move(c));
   }
@@ -177,11 +182,14 @@ std::string format_size_report(const SizeReport& r) {
     out += line("    aggregate state", t.state_bytes,
                 fmt::format("{}: {} slots x {} B", mib(t.state_bytes), t.slot_count, t.state_bytes_per_slot));
     for (const AggregateCost& a : t.aggregates) {
-      std::string what = a.fn + (a.source.empty() ? std::string(" of events") : " of " + a.source) + " over " +
-                         format_duration(a.window_ms) + " by " + format_duration(a.resolution_ms);
+      std::string what =
+          a.fn + (a.source.empty() ? std::string(" of events") : " of " + a.source) + " over " +
+          (a.window_events != 0 ? std::to_string(a.window_events) + " events"
+                                : format_duration(a.window_ms) + " by " + format_duration(a.resolution_ms));
       std::string shared;
       for (const std::string& s : a.shares_with) shared += (shared.empty() ? "" : ", ") + s;
-      if (!shared.empty()) what += "; shares its buckets with " + shared;
+      if (!shared.empty())
+        what += (a.window_events != 0 ? "; shares its events with " : "; shares its buckets with ") + shared;
       out += line("      " + a.name, a.bytes, what);
     }
     const double covers = static_cast<double>(t.dedup_ids) * 1000.0 / static_cast<double>(t.dedup_horizon_ms);

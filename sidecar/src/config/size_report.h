@@ -26,6 +26,7 @@ struct AggregateCost {
   std::string source;  // "" for a count of every event
   int64_t window_ms = 0;
   int64_t resolution_ms = 0;
+  uint32_t window_events = 0;            // a count window of N events, or last_n's n (window_ms is then 0)
   uint64_t bytes = 0;                    // the segment without this aggregate is this much smaller
   std::vector<std::string> shares_with;  // aggregates whose bucket ring it shares (same source and resolution)
 };

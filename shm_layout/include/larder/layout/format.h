@@ -62,7 +62,7 @@ namespace larder::layout {
 
 // "LARDSEG1" read as a little-endian 64-bit integer.
 inline constexpr uint64_t kMagic = 0x314745534452414CULL;
-inline constexpr uint32_t kLayoutVersion = 4;
+inline constexpr uint32_t kLayoutVersion = 5;
 inline constexpr uint32_t kEndianTag = 0x01020304U;
 
 inline constexpr size_t kNameBytes = 64;  // table and field names, NUL padded
@@ -189,8 +189,10 @@ struct AggregateDescriptor {
   int64_t window_ms;        //  72
   int64_t resolution_ms;    //  80
   uint32_t field;           //  88
-  uint32_t reserved0;       //  92
-  uint64_t reserved[4];     //  96
+  uint32_t window_events;   //  92  a count window of the N newest events, or last_n's n (0: a time window)
+  uint32_t min_periods;     //  96  count windows and last_n: fewer events read not valid
+  uint32_t ddof;            // 100  variance and stddev: divide by count - ddof
+  uint64_t reserved[3];     // 104
 };
 
 struct TableDescriptor {
@@ -259,10 +261,13 @@ enum class AggregateFn : uint32_t {
   kVariance = 7,  // population variance (divides by the count)
   kStddev = 8,
   kDistinctCount = 9,  // distinct values: exact up to kDistinctExactEntries, then a sketch
+  kLastN = 10,         // the n newest values, newest first, as a vector (an event store only)
+  kFirst = 11,         // the value of the oldest event in a count window (an event store only)
 };
 inline constexpr AggregateFn kAllAggregateFns[] = {
-    AggregateFn::kCount, AggregateFn::kSum,      AggregateFn::kMean,   AggregateFn::kMin,           AggregateFn::kMax,
-    AggregateFn::kLast,  AggregateFn::kVariance, AggregateFn::kStddev, AggregateFn::kDistinctCount,
+    AggregateFn::kCount,         AggregateFn::kSum,   AggregateFn::kMean,     AggregateFn::kMin,
+    AggregateFn::kMax,           AggregateFn::kLast,  AggregateFn::kVariance, AggregateFn::kStddev,
+    AggregateFn::kDistinctCount, AggregateFn::kLastN, AggregateFn::kFirst,
 };
 
 // AggregateDescriptor::end: where a window ends when it is read.
@@ -281,6 +286,12 @@ enum class WindowEnd : uint32_t {
 //     for each distinct window     kAggregateWindowWords     (the "hot" words)
 //   for each group: ring of buckets, aggregate_bucket_words(group stats) each
 //   for each group with a distinct_count: its distinct area  kDistinctAreaWords
+//   for each event store: its header and entries             kEventStoreHeaderWords
+//                                                            + capacity * kEventEntryWords
+//
+// An event store keeps, per source of the count windows and last_n
+// sequences (AggregateSpec::window_events), the newest events of the key in
+// event-time order; see below.
 //
 // Times are stored + 1 so that 0 means "none"; statistics are float64 bits.
 
@@ -333,6 +344,18 @@ inline constexpr uint32_t kDistinctSlicesPerRing = 8;                        // 
 inline constexpr uint32_t kDistinctSlices = kDistinctSlicesPerRing + 1;      // + 1: a window straddles one more
 inline constexpr uint32_t kDistinctAreaWords =
     kDistinctHeaderWords + kDistinctExactEntries * kDistinctEntryWords + kDistinctSlices * kDistinctSliceWords;
+// Event store: the `capacity` newest events of one source (the largest N of
+// its count windows and sequences), oldest first, in a ring: entry i (0 the
+// oldest) is at position (head + i) mod capacity. An event with an equal
+// time sorts after those applied before it.
+inline constexpr uint32_t kEventStoreCountWord = 0;  // entries held, <= capacity
+inline constexpr uint32_t kEventStoreHeadWord = 1;   // ring position of the oldest entry
+inline constexpr uint32_t kEventStoreHeaderWords = 2;
+inline constexpr uint32_t kEventEntryTimeWord = 0;   // event time + 1
+inline constexpr uint32_t kEventEntryValueWord = 1;  // float64 bits
+inline constexpr uint32_t kEventEntryWords = 2;
+inline constexpr uint32_t kMaxWindowEvents = 1024;  // N of a count window, n of last_n
+
 // Buckets per sketch slice of a group whose ring holds `ring_buckets`.
 constexpr int64_t distinct_slice_buckets(int64_t ring_buckets) {
   return (ring_buckets + kDistinctSlicesPerRing - 1) / kDistinctSlicesPerRing;
@@ -351,7 +374,9 @@ constexpr uint32_t aggregate_bucket_stats(AggregateFn fn) {
     case AggregateFn::kMax: return kBucketMax;
     case AggregateFn::kCount:
     case AggregateFn::kLast:
-    case AggregateFn::kDistinctCount: return 0;
+    case AggregateFn::kDistinctCount:
+    case AggregateFn::kLastN:
+    case AggregateFn::kFirst: return 0;
   }
   return 0;
 }
@@ -570,6 +595,17 @@ constexpr uint64_t abi_signature() {
       kDistinctSlicesPerRing,
       kDistinctSlices,
       kDistinctAreaWords,
+      // The event store.
+      kEventStoreCountWord,
+      kEventStoreHeadWord,
+      kEventStoreHeaderWords,
+      kEventEntryTimeWord,
+      kEventEntryValueWord,
+      kEventEntryWords,
+      kMaxWindowEvents,
+      offsetof(AggregateDescriptor, window_events),
+      offsetof(AggregateDescriptor, min_periods),
+      offsetof(AggregateDescriptor, ddof),
       // The source block.
       offsetof(SegmentHeader, source_offset),
       sizeof(SourceBlock),

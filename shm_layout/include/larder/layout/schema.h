@@ -33,14 +33,17 @@ inline constexpr const char* kDefaultGroup = "default";
 // AggregateFn and WindowEnd are stored in AggregateDescriptor (format.h).
 const char* aggregate_fn_name(AggregateFn fn);
 // Accepts the names ("count", "sum", "mean", "min", "max", "last",
-// "variance", "stddev", "distinct_count") and the short forms "avg", "var",
-// "std" and "distinct".
+// "variance", "stddev", "distinct_count", "last_n", "first") and the short
+// forms "avg", "var", "std" and "distinct".
 bool parse_aggregate_fn(std::string_view text, AggregateFn* out);
 
 inline constexpr int64_t kMinWindowMs = 1000;                     // 1 s
 inline constexpr int64_t kMaxWindowMs = 30LL * 24 * 3600 * 1000;  // 30 days
 inline constexpr int64_t kMaxBucketsPerWindow = 4096;
 inline constexpr size_t kMaxAggregates = 64;  // per table
+// The allowed lateness of a table whose aggregates are all count windows or
+// sequences, when it gives none.
+inline constexpr int64_t kDefaultEventLatenessMs = 3600 * 1000;
 
 struct AggregateSpec {
   std::string name;    // the output field
@@ -50,6 +53,22 @@ struct AggregateSpec {
   int64_t resolution_ms = 0;  // bucket width; 0 picks default_resolution_ms(window_ms)
   WindowEnd end = WindowEnd::kNow;
   std::string group;  // the output field's group, as FieldSpec::group
+  // Count windows and sequences (docs/aggregates.md#count-windows): a
+  // window of the key's `window_events` newest events by event time instead
+  // of a time window (window_ms and resolution_ms stay 0), or the n of
+  // kLastN. 1..kMaxWindowEvents.
+  uint32_t window_events = 0;
+  // Fewer events in the window read not valid, as pandas' min_periods.
+  // 0: the default, window_events for a count window and 1 for kLastN.
+  uint32_t min_periods = 0;
+  // variance and stddev divide the sum of squared deviations by count - ddof
+  // (0: population, the default; 1: sample, as pandas' var and std).
+  uint32_t ddof = 0;
+
+  bool counts_events() const { return window_events != 0; }
+  uint32_t min_periods_or_default() const {
+    return min_periods != 0 ? min_periods : (fn == AggregateFn::kLastN ? 1 : window_events);
+  }
 };
 
 // The default bucket width: window / n for the smallest n >= 60 that divides
@@ -86,6 +105,9 @@ struct TableSpec {
   // resolution_ms / allowed_lateness_ms / dedup_* with defaults applied.
   int64_t resolution_of(const AggregateSpec& a) const;
   int64_t lateness_ms() const;
+  // The largest allowed_lateness accepted: the longest window, or 30 days
+  // when a count window or sequence is in the table.
+  int64_t max_lateness_ms() const;
   uint64_t dedup_ids() const;  // 0 when the table has no aggregates
   int64_t dedup_horizon() const;
 };
@@ -139,19 +161,36 @@ struct AggregatePlan {
     }
   };
   struct Output {
-    uint32_t field = 0;  // index into all_fields()
-    uint32_t group = 0;
+    uint32_t field = 0;   // index into all_fields()
+    uint32_t group = 0;   // into groups, or into event_stores for a count window or sequence
     uint32_t window = 0;  // index into the group's windows
     AggregateFn fn = AggregateFn::kSum;
+    uint32_t events = 0;       // the N of a count window or the n of last_n; 0: a time window
+    uint32_t min_periods = 0;  // with `events`: fewer events read not valid
+    uint32_t ddof = 0;         // variance and stddev
+  };
+  // The newest events of one source, for its count windows and sequences
+  // (format.h, "Event store").
+  struct EventStore {
+    std::string source;     // "" for a count of every event
+    uint32_t capacity = 0;  // the largest N or n over its aggregates
+    uint32_t offset = 0;    // words into the slot's state block
   };
   std::vector<std::string> sources;  // distinct non-empty sources, in order of first use
   std::vector<Group> groups;
+  std::vector<EventStore> event_stores;
   std::vector<Output> outputs;
   uint32_t hot_words = 0;      // slot header, then every group's header and windows
   uint32_t stride_words = 0;   // 0 when the table has no aggregates
   uint32_t journal_words = 0;  // most state words one event or refresh can change
 };
 AggregatePlan plan_aggregates(const TableSpec& table);
+// The hooks of plan_aggregates for count windows and sequences
+// (aggregate_events_plan.cc): adds a's output and its source's event store;
+// then, once every time group is placed, places the stores at *at, adding
+// the words one event may change to *journal.
+void plan_event_output(const TableSpec& table, const AggregateSpec& a, AggregatePlan& p);
+void place_event_stores(AggregatePlan& p, uint32_t* at, uint32_t* journal);
 
 struct TablePlan {
   uint64_t slot_count = 0;
