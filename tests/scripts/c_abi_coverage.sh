@@ -16,6 +16,13 @@ mapfile -t declared < <(grep -E '^[A-Za-z_][A-Za-z0-9_ *]*[ *]larder_[a-z0-9_]+\
   sed -E 's/^[^(]*[ *](larder_[a-z0-9_]+)\(.*/\1/' | sort -u)
 mapfile -t exported < <(grep -oE '^[[:space:]]+larder_[a-z0-9_]+;' "$map" | tr -d ' \t;' | sort -u)
 
+# Membership through arrays, not `printf | grep -q`: grep -q exits at its
+# first match, printf then dies of SIGPIPE, and pipefail turns a found name
+# into a missing one whenever the scheduler lets grep finish first.
+declare -A is_declared=() is_exported=()
+for f in "${declared[@]}"; do is_declared[$f]=1; done
+for f in "${exported[@]}"; do is_exported[$f]=1; done
+
 status=0
 if ((${#declared[@]} < 40)); then
   echo "found only ${#declared[@]} declarations in $header: the pattern no longer matches" >&2
@@ -23,11 +30,11 @@ if ((${#declared[@]} < 40)); then
 fi
 for f in "${declared[@]}"; do
   grep -qE "(^|[^a-z0-9_])$f\(" "$test" || { echo "$f: declared in larder.h, never called in $test" >&2; status=1; }
-  printf '%s\n' "${exported[@]}" | grep -qx "$f" || { echo "$f: declared in larder.h, not in $map" >&2; status=1; }
+  [[ -n ${is_exported[$f]:-} ]] || { echo "$f: declared in larder.h, not in $map" >&2; status=1; }
   grep -q "$f" "$doc" || { echo "$f: declared in larder.h, not documented in $doc" >&2; status=1; }
 done
 for f in "${exported[@]}"; do
-  printf '%s\n' "${declared[@]}" | grep -qx "$f" || { echo "$f: exported by $map, not declared in larder.h" >&2; status=1; }
+  [[ -n ${is_declared[$f]:-} ]] || { echo "$f: exported by $map, not declared in larder.h" >&2; status=1; }
 done
 
 major=$(sed -nE 's/^#define LARDER_ABI_VERSION_MAJOR ([0-9]+)$/\1/p' "$header")
