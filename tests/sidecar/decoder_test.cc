@@ -345,7 +345,10 @@ TEST_F(DecoderTest, EveryDecoderRejectReason) {
 
   for (RejectReason r : all_reject_reasons()) {
     // writer-side, or the consumer's (a stream delivery without its offset)
-    if (r == RejectReason::kTableFull || r == RejectReason::kInternal || r == RejectReason::kNoStreamOffset) continue;
+    if (r == RejectReason::kTableFull || r == RejectReason::kArenaFull || r == RejectReason::kInternal ||
+        r == RejectReason::kNoStreamOffset) {
+      continue;
+    }
     EXPECT_TRUE(seen_.count(r)) << "no test for " << reject_reason_name(r);
   }
 }

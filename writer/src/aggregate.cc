@@ -10,7 +10,10 @@
 // a dense one compute the same floating-point sums. A bucket is dead, free
 // for another, once it is older than every window of its group can reach
 // (first_needed): window ends only move forward, and every window has been
-// moved to the current ends before fold() chooses a bucket. Each
+// moved to the current ends before fold() chooses a bucket. The unused
+// inline buckets (tag 0) of a sparse ring are always the last ones: a
+// bucket is reused in place and a new one takes the first unused place, so
+// a walk stops at the first tag 0 (a quiet key reads one cache line). Each
 // distinct window of the group keeps running totals of the buckets it covers
 // and `start`, the oldest bucket that may still hold some of them. Moving a
 // window forward subtracts the buckets that left it; min and max are
@@ -164,8 +167,9 @@ void for_each_held(const AggregateTable& t, const AggregatePlan::Group& g, Word*
   uint32_t n = 0;
   for (uint32_t i = 0; i < g.inline_buckets; ++i) {
     Word* b = inline_bucket(g, block, i);
+    if (load(b[kBucketTagWord]) == 0) break;
     const int64_t k = load_less1(b[kBucketTagWord]);
-    if (load(b[kBucketTagWord]) == 0 || load(b[kBucketCountWord]) == 0 || k < lo || k > hi) continue;
+    if (load(b[kBucketCountWord]) == 0 || k < lo || k > hi) continue;
     uint32_t at = n++;
     for (; at > 0 && held[at - 1].k > k; --at) held[at] = held[at - 1];
     held[at] = Held{k, b};
@@ -184,8 +188,9 @@ int64_t first_held(const AggregateTable& t, const AggregatePlan::Group& g, Word*
   }
   for (uint32_t i = 0; i < g.inline_buckets; ++i) {
     const Word* b = inline_bucket(g, block, i);
+    if (load(b[kBucketTagWord]) == 0) break;
     const int64_t k = load_less1(b[kBucketTagWord]);
-    if (load(b[kBucketTagWord]) != 0 && load(b[kBucketCountWord]) != 0 && k >= lo && k < first) first = k;
+    if (load(b[kBucketCountWord]) != 0 && k >= lo && k < first) first = k;
   }
   return first;
 }
@@ -340,7 +345,8 @@ bool promote(const AggregateTable& t, const AggregatePlan::Group& g, Word* block
   uint32_t n = 0;
   for (uint32_t i = 0; i < g.inline_buckets; ++i) {
     const Word* b = inline_bucket(g, block, i);
-    if (load(b[kBucketTagWord]) == 0 || load(b[kBucketCountWord]) == 0) continue;
+    if (load(b[kBucketTagWord]) == 0) break;
+    if (load(b[kBucketCountWord]) == 0) continue;
     kept[n].k = load_less1(b[kBucketTagWord]);
     for (uint32_t w = 0; w < g.bucket_words; ++w) kept[n].w[w] = load(b[w]);
     ++n;
@@ -404,10 +410,9 @@ Word* sparse_bucket(const AggregatePlan::Group& g, Word* block, int64_t k, int64
   for (uint32_t i = 0; i < g.inline_buckets; ++i) {
     Word* b = inline_bucket(g, block, i);
     const uint64_t tag = load(b[kBucketTagWord]);
+    if (tag == 0) return free != nullptr ? free : b;  // the unused ones follow: k is not held
     if (tag == static_cast<uint64_t>(k + 1)) return b;
-    if (free == nullptr && (tag == 0 || load(b[kBucketCountWord]) == 0 || static_cast<int64_t>(tag - 1) < first)) {
-      free = b;
-    }
+    if (free == nullptr && (load(b[kBucketCountWord]) == 0 || static_cast<int64_t>(tag - 1) < first)) free = b;
   }
   return free;
 }
@@ -604,10 +609,12 @@ void prefetch_event(const AggregateTable& t, const Word* block, int64_t clock_ms
       __builtin_prefetch(block + g.ring_offset + ring_pos(k, g.ring_buckets) * g.bucket_words, 1, 3);
       continue;
     }
-    // Sparse (the usual case for a long ring): the fold reads every inline
-    // tag. A dense ring's bucket would need the chunk word, not loaded yet.
+    // Sparse (the usual case for a long ring): the fold reads the inline
+    // tags up to the first unused one, for a quiet key the first line or
+    // two. A dense ring's bucket would need the chunk word, not loaded yet.
     const char* first = reinterpret_cast<const char*>(block + g.ring_offset);
-    for (uint32_t at = 0; at < g.inline_buckets * g.bucket_words * 8; at += 64) __builtin_prefetch(first + at, 1, 3);
+    __builtin_prefetch(first, 1, 3);
+    __builtin_prefetch(first + 64, 1, 3);
   }
 }
 
