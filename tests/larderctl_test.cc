@@ -187,7 +187,7 @@ TEST_F(LarderctlTest, InfoAndLs) {
   const KeepWriting heartbeat(*writer_, false);
   r = larderctl(common() + "--json info " + seg_.name());
   EXPECT_EQ(r.code, 0) << r.out;
-  for (const char* want : {"\"layout_version\":4", "\"state\":\"ready\"",
+  for (const char* want : {"\"layout_version\":5", "\"state\":\"ready\"",
                            "\"sync\":{\"state\":\"catching_up\",\"source_id\":\"amqp / stream features.stream\"",
                            "\"partitions\":[{\"partition\":0,\"next_offset\":4242,\"skip_updates\":1,\"target\":5000,"
                            "\"first_retained\":null},{\"partition\":2,\"next_offset\":null,\"skip_updates\":0,"

@@ -236,7 +236,7 @@ def test_permission_denied_is_a_permission_error(demo):
 def test_segment_info(demo):
     with larder.open("demo", demo) as seg:
         info = seg.info()
-        assert info["layout_version"] == 4 and info["state"] == 1 and info["state"] is larder.SegmentState.READY
+        assert info["layout_version"] == 5 and info["state"] == 1 and info["state"] is larder.SegmentState.READY
         assert info["writer_pid"] == 0  # the writer tool has exited
         assert not seg.writer_alive()
     with pytest.raises(larder.InvalidArgumentError, match="closed"):
