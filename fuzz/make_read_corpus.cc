@@ -270,6 +270,38 @@ int main(int argc, char** argv) {
   events.tables = {events_table()};
   save(out, "seed-aggregates", build(name, events, [](Writer& w) { fill_events(w, 0); }));
 
+  // Long rings (30 buckets) and an arena of 2 chunks: one key promoted to a
+  // dense ring in a chunk, one sparse, one chunk freed by a delete.
+  layout::Schema arena;
+  {
+    layout::TableSpec t;
+    t.name = "arena";
+    t.key_max_len = 16;
+    t.capacity = 4;
+    t.fields = {{"tag", FieldType::kInt64, 1}};
+    layout::AggregateSpec a;
+    a.name = "sum";
+    a.source = "x";
+    a.fn = AggregateFn::kSum;
+    a.window_ms = 60'000;
+    a.resolution_ms = 2'000;
+    t.aggregates = {a};
+    t.arena_chunks = 2;
+    t.dedup_capacity = 8;
+    arena.tables = {t};
+  }
+  save(out, "seed-arena", build(name, arena, [](Writer& w) {
+         const uint32_t x = static_cast<uint32_t>(w.source_index(0, "x"));
+         for (int e = 0; e < 12; ++e) {
+           const SourceValue v[] = {{x, 1.0 * e}};
+           const int64_t t = kT0 + 2000 * e;
+           w.apply(0, "busy", t, {}, v, 0, t * 1'000'000);
+           w.apply(0, "gone", t, {}, v, 0, t * 1'000'000);
+           if (e % 4 == 0) w.apply(0, "quiet", t, {}, v, 0, t * 1'000'000);
+         }
+         w.remove(0, "gone", kT0 + 30'000, (kT0 + 30'000) * 1'000'000);
+       }));
+
   layout::Schema cards;
   cards.tables = {cards_table()};
   save(out, "seed-groups", build(name, cards, [](Writer& w) { fill_cards(w, 0); }));

@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -331,9 +332,30 @@ class Harness {
   void set_label(std::string label) { label_ = std::move(label); }
 
   // Applies the step to both; checks the writer's result against the model's.
+  // An event the writer refuses for want of an arena chunk is applied to
+  // neither (the model only takes its clock), and only with no chunk free.
   Outcome run(const Step& s) {
     ++steps_;
     const ApplyResult got = write_step(*writer_, spec_, source_map_, s);
+    if (got == ApplyResult::kArenaFull) {
+      ref_.advance(s.event.apply_ns);
+      ++outcomes_["arena_full"];
+      remember(describe(s) + " -> arena_full");
+      // It needs at most one chunk per long ring it feeds.
+      uint64_t could_need = 0;
+      for (const layout::AggregatePlan::Group& g : layout::plan_aggregates(spec_).groups) {
+        bool fed = g.source.empty();
+        for (const Ref::SourceInput& in : s.event.sources) fed |= ref_.sources()[in.source] == g.source;
+        could_need += g.sparse() && fed;
+      }
+      const WriterStats st = writer_->stats(0);
+      if (st.arena_chunks - st.arena_used >= could_need) {
+        fail("step " + std::to_string(steps_) + " (" + describe(s) + ") refused for want of an arena chunk, but " +
+             std::to_string(st.arena_chunks - st.arena_used) + " of " + std::to_string(st.arena_chunks) +
+             " are free and it feeds " + std::to_string(could_need) + " long rings\n" + history());
+      }
+      return Outcome::kStale;  // nothing applied
+    }
     const Outcome want = model_step(ref_, s);
     ++outcomes_[std::string(Ref::outcome_name(want)) + "->" + apply_result_name(got)];
     remember(describe(s) + " -> " + apply_result_name(got) + " (model " + Ref::outcome_name(want) + ", clock base" +
@@ -746,15 +768,33 @@ void run_property(const TableSpec& spec, const char* label, uint64_t seed, int s
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf(
       "%s: %llu steps, %llu checks, %llu field comparisons, %llu mismatches (largest error %.2g of the tolerance), "
-      "%.2f s; writer: %llu events, %llu late, %llu duplicates, %llu refreshes\n",
+      "%.2f s; writer: %llu events, %llu late, %llu duplicates, %llu refreshes; arena: %llu chunks, peak %llu "
+      "held, %llu held at the end, %llu refused\n",
       label, static_cast<unsigned long long>(h.steps()), static_cast<unsigned long long>(checks),
       static_cast<unsigned long long>(h.comparisons()), static_cast<unsigned long long>(h.mismatches()),
       h.max_error_ratio(), secs, static_cast<unsigned long long>(st.aggregate_events),
       static_cast<unsigned long long>(st.late_dropped), static_cast<unsigned long long>(st.duplicates),
-      static_cast<unsigned long long>(st.refreshes));
+      static_cast<unsigned long long>(st.refreshes), static_cast<unsigned long long>(st.arena_chunks),
+      static_cast<unsigned long long>(st.arena_peak_used), static_cast<unsigned long long>(st.arena_used),
+      static_cast<unsigned long long>(st.arena_refused));
   print_outcomes(h);
   EXPECT_EQ(h.mismatches(), 0u) << label << ": replay with --seed=" << seed;
   EXPECT_GT(h.comparisons(), 10'000u);
+  // The streams keep more than kInlineBuckets buckets of some keys' long
+  // rings: rings were promoted (and, with every key deleted in the end,
+  // every chunk came back).
+  if (st.arena_chunks > 0) {
+    EXPECT_GT(st.arena_peak_used, 0u) << label;
+  }
+  for (const std::string& key : keys) {
+    Step del;
+    del.kind = Step::Kind::kRemove;
+    del.event.key = key;
+    del.event.te = h.ref().clock_ms() + 3'600'000;  // newer than any row
+    del.event.apply_ns = ns(h.ref().clock_ms());
+    h.run(del);
+  }
+  EXPECT_EQ(h.writer().stats(0).arena_used, 0u) << label << ": chunks held after every key was deleted";
 }
 
 // Each stream's own seed is derived from the test's (printed) seed.
@@ -775,6 +815,19 @@ TEST(AggregateProperty, RandomStreamsMatchTheReference) {
 TEST(AggregateProperty, CountWindowsAndSequencesMatchTheReference) {
   const uint64_t seed = seed_for("AggregatePropertyEvents");
   run_property(events_table(), "events", seed, 40'000);
+}
+
+// An arena of 2 chunks for 5 keys and 4 long rings: keys are promoted and
+// demoted all the time, events are refused when no chunk is free (the
+// model skips exactly those), and every accepted event stays exact.
+TEST(AggregateProperty, SmallArenaPromotesDemotesAndRefusesExactly) {
+  const uint64_t seed = seed_for("AggregateArena");
+  TableSpec wide = wide_table();
+  wide.arena_chunks = 2;
+  run_property(wide, "wide-arena2", seed, 20'000);
+  TableSpec tight = tight_table();
+  tight.arena_chunks = 1;
+  run_property(tight, "tight-arena1", seed + 1, 20'000);
 }
 
 // ---------------------------------------------------------------------------
@@ -1748,6 +1801,225 @@ TEST(AggregateCrash, DistinctChangeIsAllOrNothing) {
   std::printf("distinct crash: %d kills rolled back, %d kept\n", rolled_back, kept);
   EXPECT_GT(rolled_back, 0);
   EXPECT_GT(kept, 0);
+}
+
+// ---------------------------------------------------------------------------
+// 5b. Buckets in proportion to activity: sparse rings, the arena.
+
+// A 20 s window at 1 s (a ring of 20, longer than kInlineBuckets) and an
+// arena of one chunk.
+TableSpec arena_table(uint64_t chunks) {
+  TableSpec t;
+  t.name = "arena";
+  t.capacity = 16;
+  t.fields = {{"note", FieldType::kInt64, 1}};
+  t.aggregates = {
+      agg("x_count_20s", "x", AggregateFn::kCount, 20'000, 1000),
+      agg("x_sum_20s", "x", AggregateFn::kSum, 20'000, 1000),
+      agg("x_max_20s", "x", AggregateFn::kMax, 20'000, 1000),
+      agg("x_std_20s", "x", AggregateFn::kStddev, 20'000, 1000),
+  };
+  t.arena_chunks = chunks;
+  return t;
+}
+
+TEST(AggregateArena, PromotesDemotesRefusesAndFreesExactly) {
+  Harness h(arena_table(1), "arena", 0, {"a", "b"});
+  const int64_t b = kBaseMs;
+  auto stats = [&] { return h.writer().stats(0); };
+  // Key a: 8 buckets fit inline; the 9th takes the only chunk.
+  for (int i = 0; i < 8; ++i) h.run(event("a", b + i * 1000, b + i * 1000, {{0, 1.0 + i}}));
+  EXPECT_EQ(stats().arena_used, 0u) << "8 buckets are inline";
+  h.run(event("a", b + 8000, b + 8000, {{0, 9}}));
+  EXPECT_EQ(stats().arena_used, 1u) << "the 9th bucket promotes the ring";
+  EXPECT_EQ(h.i64("a", "x_count_20s"), 9);
+  // Key b: 8 buckets inline, then a 9th bucket needs a chunk: refused.
+  for (int i = 0; i < 8; ++i) h.run(event("b", b + 10'000 + i * 1000, b + 10'000 + i * 1000, {{0, 100.0 + i}}));
+  Step ninth = event("b", b + 18'000, b + 18'000, {{0, 108}});
+  EXPECT_EQ(write_step(h.writer(), h.spec(), h.source_map(), ninth), ApplyResult::kArenaFull);
+  h.ref().advance(ninth.event.apply_ns);
+  EXPECT_EQ(stats().arena_refused, 1u);
+  EXPECT_EQ(h.i64("b", "x_count_20s"), 8) << "a refused event changes nothing";
+  // Another event in a bucket b already holds needs no chunk.
+  h.run(event("b", b + 17'500, b + 18'000, {{0, 50}}));
+  EXPECT_EQ(h.i64("b", "x_count_20s"), 9);
+  EXPECT_EQ(h.check(), 0);
+  // At b + 24 s key a's window (b + 4 s, b + 24 s] holds 4 events: its
+  // refresh demotes the ring, and the chunk is free again.
+  h.run(refresh_at(b + 24'000));
+  EXPECT_EQ(h.check(), 0);
+  EXPECT_EQ(stats().arena_used, 0u) << "a's ring holds 4 events: demoted";
+  EXPECT_EQ(h.i64("a", "x_count_20s"), 4);
+  // Now b's new bucket takes the chunk.
+  h.run(event("b", b + 24'000, b + 24'000, {{0, 108}}));
+  EXPECT_EQ(stats().arena_used, 1u);
+  EXPECT_EQ(h.i64("b", "x_count_20s"), 10);
+  EXPECT_EQ(h.check(), 0);
+  // A promoted key deleted gives its chunk back; the revived key starts sparse.
+  Step del;
+  del.kind = Step::Kind::kRemove;
+  del.event.key = "b";
+  del.event.te = b + 24'500;
+  del.event.apply_ns = ns(b + 24'500);
+  h.run(del);
+  EXPECT_EQ(stats().arena_used, 0u) << "the delete frees b's chunk";
+  h.run(event("b", b + 25'000, b + 25'000, {{0, 7}}));
+  EXPECT_EQ(h.i64("b", "x_count_20s"), 1);
+  // Both keys decay to empty; every window is exact on the way.
+  for (int64_t t = b + 26'000; t <= b + 50'000; t += 1000) {
+    h.run(refresh_at(t));
+    EXPECT_EQ(h.check(), 0) << "at b + " << (t - b) << " ms";
+  }
+  EXPECT_EQ(stats().arena_peak_used, 1u);
+  EXPECT_EQ(h.mismatches(), 0u);
+}
+
+// A ring that never fits inline (an event every second of a 20 s window)
+// keeps its chunk, and reads exactly as a dense ring: the reference.
+TEST(AggregateArena, BusyKeyKeepsItsChunkAndStaysExact) {
+  Harness h(arena_table(1), "busy", 0, {"k"});
+  const int64_t b = kBaseMs;
+  for (int i = 0; i < 120; ++i) {
+    h.run(event("k", b + i * 1000 + 3, b + i * 1000 + 3, {{0, std::sin(i) * 1e3}}));
+    if (i % 7 == 0) {
+      ASSERT_EQ(h.check(), 0) << "event " << i;
+    }
+  }
+  EXPECT_EQ(h.writer().stats(0).arena_used, 1u);
+  EXPECT_EQ(h.i64("k", "x_count_20s"), 20);
+  EXPECT_EQ(h.check(), 0);
+}
+
+// SIGKILL at every crash point of an event that promotes a ring (takes a
+// chunk, moves the inline buckets to their ring positions) and of a refresh
+// that demotes it (copies the live buckets inline, frees the chunk): after
+// repair the key and the arena are as before or as after, and what follows
+// matches an uninterrupted run.
+TEST(AggregateCrash, PromotionAndDemotionAreAllOrNothing) {
+  const TableSpec spec = arena_table(2);
+  const int64_t b = kBaseMs;
+  const layout::Schema schema = testing::one_table_schema(spec);
+  // Key k: 8 buckets inline; then `promote`, the 9th bucket.
+  auto setup = [&](Writer& w) {
+    for (int i = 0; i < 8; ++i) {
+      const SourceValue sv[] = {{0, 1.0 + i}};
+      ASSERT_EQ(w.apply(0, "k", b + i * 1000, {}, sv, event_id_hash("e" + std::to_string(i)), ns(b + i * 1000)),
+                ApplyResult::kApplied);
+    }
+  };
+  auto promote = [&](Writer& w) {
+    const SourceValue sv[] = {{0, 9.0}};
+    return w.apply(0, "k", b + 8000, {}, sv, event_id_hash("e8"), ns(b + 8000));
+  };
+  // Past b + 24 s the window holds 4 events: this refresh demotes.
+  auto demote = [&](Writer& w) { w.refresh(ns(b + 24'000)); };
+  struct Seen {
+    std::vector<uint64_t> values;  // count, then the bits of sum, max, std of k (NaN equals NaN)
+    uint64_t arena_used = 0;
+    bool operator==(const Seen&) const = default;
+  };
+  auto seen = [&](Writer& w, const ScratchSegment& seg) {
+    auto segment = Segment::open(seg.name(), ClientOptions{seg.dir()});
+    Table table = segment.table("arena");
+    Row row = table.make_row();
+    Seen s;
+    EXPECT_EQ(table.get("k", row).status, Status::kOk);
+    s.values.push_back(static_cast<uint64_t>(row.i64(table.field("x_count_20s", FieldType::kInt64))));
+    for (const char* f : {"x_sum_20s", "x_max_20s", "x_std_20s"}) {
+      s.values.push_back(std::bit_cast<uint64_t>(row.f64(table.field(f, FieldType::kFloat64))));
+    }
+    s.arena_used = w.stats(0).arena_used;
+    return s;
+  };
+  // What follows either interruption: more events (one promotes again) and
+  // refreshes down to empty.
+  auto follow = [&](Writer& w, const ScratchSegment& seg, std::vector<Seen>* out) {
+    for (int i = 0; i < 10; ++i) {
+      const int64_t t = b + 25'000 + i * 1000;
+      const SourceValue sv[] = {{0, 20.0 + i}};
+      w.apply(0, "k", t, {}, sv, event_id_hash("f" + std::to_string(i)), ns(t));
+      out->push_back(seen(w, seg));
+    }
+    for (int64_t t = b + 36'000; t <= b + 60'000; t += 2000) {
+      w.refresh(ns(t));
+      out->push_back(seen(w, seg));
+    }
+  };
+
+  for (const bool demotion : {false, true}) {
+    const char* what = demotion ? "demotion" : "promotion";
+    // The uninterrupted run.
+    Seen want_before, want_after;
+    std::vector<Seen> want_follow;
+    uint64_t points = 0;
+    {
+      ScratchSegment seg;
+      auto w = Writer::open(seg.name(), schema, seg.writer_options());
+      setup(*w);
+      if (demotion) {
+        ASSERT_EQ(promote(*w), ApplyResult::kApplied);
+      }
+      want_before = seen(*w, seg);
+      g_points_all = g_points_journal = 0;
+      set_crash_hook(&count_points);
+      if (demotion) {
+        demote(*w);
+      } else {
+        ASSERT_EQ(promote(*w), ApplyResult::kApplied);
+      }
+      set_crash_hook(nullptr);
+      points = g_points_all;
+      want_after = seen(*w, seg);
+      follow(*w, seg, &want_follow);
+    }
+    ASSERT_EQ(want_before.arena_used, demotion ? 1u : 0u) << what;
+    ASSERT_EQ(want_after.arena_used, demotion ? 0u : 1u) << what;
+    std::printf("arena crash, %s: %llu crash points\n", what, static_cast<unsigned long long>(points));
+    ASSERT_GT(points, 30u) << what << ": the change should journal the inline buckets and the arena";
+    int as_before = 0, as_after = 0;
+    for (uint64_t p = 1; p <= points; ++p) {
+      ScratchSegment seg;
+      {
+        auto w = Writer::open(seg.name(), schema, seg.writer_options());
+        setup(*w);
+        if (demotion) {
+          ASSERT_EQ(promote(*w), ApplyResult::kApplied);
+        }
+      }
+      testing::Children kids;
+      const pid_t child = kids.add(testing::spawn([&] {
+        auto w = Writer::open(seg.name(), schema, seg.writer_options());
+        g_journal_only = false;
+        g_countdown = static_cast<int64_t>(p);
+        set_crash_hook(&crash_at_countdown);
+        if (demotion) {
+          demote(*w);
+        } else {
+          promote(*w);
+        }
+        return 0;
+      }));
+      ASSERT_EQ(kids.wait(child), 128 + SIGKILL) << what << " crash point " << p;
+      auto w = Writer::open(seg.name(), schema, seg.writer_options());  // repairs
+      const Seen got = seen(*w, seg);
+      ASSERT_TRUE(got == want_before || got == want_after)
+          << what << " crash point " << p << ": arena used " << got.arena_used << ", count " << got.values[0];
+      (got == want_before ? as_before : as_after)++;
+      // Redelivered (or refreshed again), then the same future.
+      if (demotion) {
+        demote(*w);
+      } else {
+        const ApplyResult again = promote(*w);
+        ASSERT_EQ(again, got == want_before ? ApplyResult::kApplied : ApplyResult::kDuplicate) << what << " " << p;
+      }
+      ASSERT_EQ(seen(*w, seg), want_after) << what << " crash point " << p;
+      std::vector<Seen> got_follow;
+      follow(*w, seg, &got_follow);
+      ASSERT_EQ(got_follow, want_follow) << what << " crash point " << p;
+    }
+    std::printf("arena crash, %s: %d repaired to before, %d to after\n", what, as_before, as_after);
+    EXPECT_GT(as_before, 0) << what;
+  }
 }
 
 // ---------------------------------------------------------------------------

@@ -218,6 +218,42 @@ TEST_F(LarderctlVerify, CounterMismatchIsRepairableOnlyAfterAWriterDied) {
   EXPECT_EQ(verify().code, kClean);
 }
 
+// The aggregate arena: a key with more than 8 non-empty buckets of its 60 s
+// ring holds a chunk, which verify accounts for; a second group naming the
+// same chunk, or a chunk beyond the arena, is corruption.
+TEST_F(LarderctlVerify, ArenaChunkHeldTwiceOrOutsideIsCorrupt) {
+  {
+    auto w = open_writer();
+    for (int i = 0; i < 10; ++i) ASSERT_EQ(event(*w, "busy", 1.0, 2 + 1000 * i), ApplyResult::kApplied);
+    ASSERT_EQ(w->stats(1).arena_used, 2u);  // the count's ring and the sum's
+  }
+  EXPECT_EQ(verify().code, kClean) << verify().out;
+  const layout::AggregatePlan plan = layout::plan_aggregates(schema().tables[1]);
+  ASSERT_TRUE(plan.groups[0].sparse());
+  const uint32_t at = plan.groups[0].offset + layout::kGroupChunkWord;
+  auto damage = [&](uint64_t chunk_word) {
+    auto m = layout::MappedFile::open_read_write(layout::segment_path(seg_.dir(), seg_.name()), seg_.name());
+    const auto& d = layout::table_descriptor(m->data(), 1);
+    auto* blocks = reinterpret_cast<layout::Word*>(static_cast<char*>(m->mutable_data()) + d.state_offset);
+    uint64_t held = 0, spare = d.slot_count;
+    for (uint64_t slot = 0; slot < d.slot_count; ++slot) {
+      layout::Word* block = blocks + slot * d.state_stride_words;
+      if (block[at].load() != 0) held = block[at].load();
+      if (block[at].load() == 0 && spare == d.slot_count) spare = slot;
+    }
+    ASSERT_NE(held, 0u);
+    blocks[spare * d.state_stride_words + at].store(chunk_word == 0 ? held : chunk_word);
+  };
+  damage(0);  // the busy key's chunk, named by a second block too
+  CtlRun r = verify();
+  EXPECT_EQ(r.code, kCorrupt) << r.out;
+  EXPECT_NE(r.out.find("held by another too"), std::string::npos) << r.out;
+  damage(1000);  // beyond the arena's 16 chunks
+  r = verify();
+  EXPECT_EQ(r.code, kCorrupt) << r.out;
+  EXPECT_NE(r.out.find("beyond the arena"), std::string::npos) << r.out;
+}
+
 // An odd slot the undo record does not cover cannot be restored: corrupt.
 TEST_F(LarderctlVerify, OddSlotWithoutUndoRecordIsCorrupt) {
   kill_writer_at(CrashPoint::kMidPayload, 2, [](Writer& w) {

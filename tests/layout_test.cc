@@ -24,7 +24,7 @@ TEST(Layout, VersionMagicAndAbiSignatureArePinned) {
   EXPECT_EQ(kEndianTag, 0x01020304u);
   // Changing any shared struct or the aggregate word map (pinned below)
   // changes this value: bump kLayoutVersion with it.
-  EXPECT_EQ(abi_signature(), 14400716574452146093ull);
+  EXPECT_EQ(abi_signature(), 4559001193384541799ull);
 }
 
 TEST(Layout, SegmentHeaderOffsets) {
@@ -111,7 +111,10 @@ TEST(Layout, DescriptorOffsets) {
   // Version 4: field groups took the rest of them.
   EXPECT_EQ(offsetof(TableDescriptor, group_count), 360u);
   EXPECT_EQ(offsetof(TableDescriptor, groups_offset), 368u);
-  EXPECT_EQ(offsetof(TableDescriptor, reserved1), 376u);
+  // Version 5: the aggregate arena took the last reserved words.
+  EXPECT_EQ(offsetof(TableDescriptor, arena_chunk_words), 140u);
+  EXPECT_EQ(offsetof(TableDescriptor, arena_chunks), 364u);
+  EXPECT_EQ(offsetof(TableDescriptor, arena_offset), 376u);
   EXPECT_EQ(offsetof(FieldDescriptor, group), 88u);
   EXPECT_EQ(sizeof(GroupDescriptor), 64u);
   EXPECT_EQ(kMaxFieldGroups, 8u);
@@ -250,11 +253,33 @@ TEST(Layout, PlanOfAggregatesIsPinned) {
   EXPECT_EQ(g2.resolution_ms, 1'440'000);
   EXPECT_EQ(g2.bucket_words, 3u);
   EXPECT_EQ(g2.offset, 28u);
-  EXPECT_EQ(p.hot_words, 38u);  // headers and windows together, then the rings
+  EXPECT_EQ(p.hot_words, 38u);  // headers and windows together, then the inline buckets
+  // Every ring (60 buckets) is longer than kInlineBuckets: 8 inline buckets
+  // each, the other 52 in an arena chunk while a key needs them.
+  EXPECT_EQ(g0.inline_buckets, 8u);
+  EXPECT_TRUE(g0.sparse() && g1.sparse() && g2.sparse());
   EXPECT_EQ(g0.ring_offset, 38u);
-  EXPECT_EQ(g1.ring_offset, 38u + 60 * 4);
-  EXPECT_EQ(g2.ring_offset, 38u + 60 * 4 + 60 * 2);
-  EXPECT_EQ(p.stride_words, 2u + (4 + 12 + 240) + (4 + 6 + 120) + (4 + 6 + 180));
+  EXPECT_EQ(g1.ring_offset, 38u + 8 * 4);
+  EXPECT_EQ(g2.ring_offset, 38u + 8 * 4 + 8 * 2);
+  EXPECT_EQ(p.stride_words, 2u + (4 + 12 + 32) + (4 + 6 + 16) + (4 + 6 + 24));
+  EXPECT_EQ(g0.chunk_words(), 52u * 4);
+  EXPECT_EQ(g1.chunk_words(), 52u * 2);
+  EXPECT_EQ(p.chunk_words, 52u * 4);  // one chunk size per table: the largest group's
+  EXPECT_EQ(p.sparse_groups, 3u);
+  // A ring of at most kInlineBuckets stays inline and dense, no chunk.
+  TableSpec small = t;
+  small.aggregates = {{"spend_8s", "amount", AggregateFn::kSum, 8'000, 1'000, WindowEnd::kNow}};
+  const AggregatePlan ps = plan_aggregates(small);
+  EXPECT_FALSE(ps.groups[0].sparse());
+  EXPECT_EQ(ps.chunk_words, 0u);
+  EXPECT_EQ(small.arena_chunk_count(), 0u);
+  // Default arena: 1% of capacity per sparse group, at least 16 chunks.
+  t.capacity = 100'000;
+  EXPECT_EQ(t.arena_chunk_count(), 3'000u);
+  t.capacity = 100;
+  EXPECT_EQ(t.arena_chunk_count(), 16u);
+  t.arena_chunks = 5;
+  EXPECT_EQ(t.arena_chunk_count(), 5u);
   ASSERT_EQ(p.outputs.size(), 5u);
   EXPECT_EQ(p.outputs[2].field, 3u);
   EXPECT_EQ(p.outputs[2].window, 0u);
@@ -274,7 +299,17 @@ TEST(Layout, AggregateWordMapIsPinned) {
   EXPECT_EQ(kGroupHeadWord, 0u);
   EXPECT_EQ(kGroupLastTimeWord, 1u);
   EXPECT_EQ(kGroupLastValueWord, 2u);
+  EXPECT_EQ(kGroupChunkWord, 3u);
   EXPECT_EQ(kAggregateGroupHeaderWords, 4u);
+  EXPECT_EQ(kInlineBuckets, 8u);
+
+  EXPECT_EQ(kArenaFreeHeadWord, 0u);
+  EXPECT_EQ(kArenaUsedWord, 1u);
+  EXPECT_EQ(kArenaFreshWord, 2u);
+  EXPECT_EQ(kArenaPeakUsedWord, 3u);
+  EXPECT_EQ(kArenaRefusedWord, 4u);
+  EXPECT_EQ(kArenaHeaderWords, 8u);
+  EXPECT_EQ(kArenaChunkNextWord, 0u);
 
   EXPECT_EQ(kWindowStartWord, 0u);
   EXPECT_EQ(kWindowCountWord, 1u);

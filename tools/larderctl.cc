@@ -917,6 +917,9 @@ int cmd_size(const Globals& g, const std::string& config_path, bool check) {
                 ",\"dedup_bytes\":" + std::to_string(ts.dedup_bytes) +
                 ",\"dedup_ids\":" + std::to_string(ts.dedup_ids) +
                 ",\"dedup_horizon_ms\":" + std::to_string(ts.dedup_horizon_ms) +
+                ",\"arena_chunks\":" + std::to_string(ts.arena_chunks) +
+                ",\"arena_chunk_bytes\":" + std::to_string(ts.arena_chunk_bytes) +
+                ",\"arena_bytes\":" + std::to_string(ts.arena_bytes) +
                 ",\"expected_events_per_s\":" + number(ts.expected_events_per_s) +
                 ",\"aggregates\":" + aggregates_json(ts) + "}";
     }

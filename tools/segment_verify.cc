@@ -104,6 +104,11 @@ class Checker {
     check_schema();
     if (!r_.writer_live) check_records();
     for (uint32_t t = 0; t < h_.table_count; ++t) check_table(t);
+    // The arena moves under a live writer, and an armed journal is about to
+    // move it back: judge it only at rest.
+    if (!r_.writer_live && sync::load_acquire(h_.journal_armed) == 0) {
+      for (uint32_t t = 0; t < h_.table_count; ++t) check_arena(t);
+    }
     if (!r_.problems.empty()) {
       r_.outcome = Outcome::kCorrupt;
     } else if (!r_.in_flight.empty()) {
@@ -392,6 +397,82 @@ class Checker {
     compare("live keys", live, before.live, after.live);
     compare("tombstones", tomb, before.tombstones, after.tombstones);
     if (live > d.capacity + slack) r_.problems.push_back(tname + ": more live keys than the capacity");
+  }
+
+  // Every arena chunk is exactly one of: never taken, on the free list, or
+  // held by one group of one slot's state block; the used count agrees.
+  void check_arena(uint32_t t) {
+    const TableDescriptor& d = table_descriptor(base_, t);
+    if (d.arena_chunks == 0) return;
+    const std::string tname(fixed_name(d.name));
+    AggregatePlan plan;
+    try {
+      plan = plan_aggregates(schema_of(base_).tables.at(t));
+    } catch (const std::bad_alloc&) {
+      throw;
+    } catch (const std::exception&) {
+      return;  // check_schema reported it
+    }
+    if (plan.stride_words != d.state_stride_words || plan.chunk_words != d.arena_chunk_words) {
+      r_.problems.push_back(tname + ": the aggregate state or arena size differs from the schema's plan");
+      return;
+    }
+    const auto* base = static_cast<const char*>(base_);
+    const auto* arena = reinterpret_cast<const Word*>(base + d.arena_offset);
+    const uint64_t chunks = d.arena_chunks;
+    const uint64_t fresh = sync::load_relaxed(arena[kArenaFreshWord]);
+    const uint64_t used = sync::load_relaxed(arena[kArenaUsedWord]);
+    if (fresh > chunks) {
+      r_.problems.push_back(tname + ": arena: " + std::to_string(fresh) + " chunks taken of " + std::to_string(chunks));
+      return;
+    }
+    enum : uint8_t { kUntaken, kTaken, kFree, kHeld };  // kTaken: free or held, not known yet
+    std::vector<uint8_t> state(chunks, kUntaken);
+    for (uint64_t c = 0; c < fresh; ++c) state[c] = kTaken;
+    uint64_t free_count = 0;
+    for (uint64_t link = sync::load_relaxed(arena[kArenaFreeHeadWord]); link != 0;) {
+      if (link > fresh || state[link - 1] != kTaken) {
+        r_.problems.push_back(tname + ": arena: the free list names chunk " + std::to_string(link - 1) +
+                              (link > fresh ? ", never taken" : " twice"));
+        return;
+      }
+      state[link - 1] = kFree;
+      ++free_count;
+      const Word* chunk = arena + kArenaHeaderWords + (link - 1) * d.arena_chunk_words;
+      link = sync::load_relaxed(chunk[kArenaChunkNextWord]);
+    }
+    const auto* blocks = reinterpret_cast<const Word*>(base + d.state_offset);
+    uint64_t held = 0;
+    for (uint64_t slot = 0; slot < d.slot_count; ++slot) {
+      const Word* block = blocks + slot * d.state_stride_words;
+      for (const AggregatePlan::Group& grp : plan.groups) {
+        if (!grp.sparse()) continue;
+        const uint64_t c = sync::load_relaxed(block[grp.offset + kGroupChunkWord]);
+        if (c == 0) continue;
+        const std::string where = tname + " slot " + std::to_string(slot) + ": aggregate group " + grp.source;
+        if (c > fresh || state[c - 1] == kFree) {
+          r_.problems.push_back(where + " holds arena chunk " + std::to_string(c - 1) +
+                                (c > chunks  ? ", beyond the arena"
+                                 : c > fresh ? ", never taken"
+                                             : ", which is free"));
+          continue;
+        }
+        if (state[c - 1] == kHeld) {
+          r_.problems.push_back(where + " holds arena chunk " + std::to_string(c - 1) + ", held by another too");
+          continue;
+        }
+        state[c - 1] = kHeld;
+        ++held;
+      }
+    }
+    if (held + free_count != fresh) {
+      r_.problems.push_back(tname + ": arena: " + std::to_string(fresh - held - free_count) +
+                            " chunks neither free nor held (lost)");
+    }
+    if (used != held) {
+      r_.problems.push_back(tname + ": arena: the header counts " + std::to_string(used) + " chunks in use, " +
+                            std::to_string(held) + " are held");
+    }
   }
 
   const void* base_;

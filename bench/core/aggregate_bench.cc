@@ -11,12 +11,15 @@
 //                           second of event time; `_ids` gives every event an
 //                           id (dedup on). Keys: random over all keys, or the
 //                           first 1,024 (hot1K).
-//   writer/<keys>/proto_agg_random_prefetch16
-//                           a candidate change, built here from the public
-//                           layout headers: agg_random with the home slot and
-//                           the state lines of the event 16 positions ahead
-//                           prefetched for writing (a stand-in for a batched
-//                           apply).
+//   writer/<keys>/agg_{random,hot1K}_many64
+//                           the same events 64 at a time through
+//                           Writer::upsert_many, which prefetches the slots and
+//                           state blocks of the events ahead while it applies
+//                           one; time per event = time / 64.
+//   (stderr, before the runs) memory per entity, and in proportion to
+//                           activity: a quiet key (5 events a day) and a busy
+//                           one (an event a second) fed through a writer,
+//                           against the dense layout of version 4.
 //   writer/<keys>/plain_*   the baseline: Writer::upsert of the same 13 float64
 //                           fields (4 + 9 in place of the outputs) into a
 //                           table without aggregates, same keys, same row size.
@@ -400,6 +403,117 @@ void drop_store(std::unique_ptr<Store>& st) {
   st.reset();
 }
 
+// ---------------------------------------------------------------------------
+// memory in proportion to activity
+
+// Bytes per slot of the state block as layout v4 kept it: every ring dense
+// in the block (the hot words and distinct areas are unchanged).
+uint64_t dense_stride_bytes(const layout::AggregatePlan& p) {
+  uint64_t words = p.stride_words;
+  for (const layout::AggregatePlan::Group& g : p.groups) {
+    words += static_cast<uint64_t>(g.ring_buckets - g.inline_buckets) * g.bucket_words;
+  }
+  return words * 8;
+}
+
+// Memory per entity for a quiet key (5 events a day) and a busy one (an
+// event every second), measured: a writer is fed 24 h of event time, `quiet`
+// keys at 5 events at random times each and `busy` keys at one event per
+// second each, and the chunks the busy keys hold are read from the arena.
+// Printed next to the dense layout (v4) of the same table.
+void print_activity_memory(const Options& o) {
+  struct Config {
+    const char* name;
+    layout::TableSpec (*table)(uint64_t);
+  };
+  const Config configs[] = {
+      {"(a) sum,mean,max x 5m,1h,24h", [](uint64_t k) { return typical_schema(k).tables[0]; }},
+      {"(b) 24h@1min: sum", [](uint64_t k) { return read_agg_schema(k).tables[0]; }},
+  };
+  constexpr uint64_t kQuiet = 2000, kBusy = 4;
+  std::fprintf(stderr,
+               "# Memory per entity in proportion to activity (16-byte keys, load factor 0.75, dedup 16 B/id):\n"
+               "# %llu quiet keys (5 events at random times in 24 h) and %llu busy keys (1 event/s for 24 h),\n"
+               "# one writer, events in time order; chunks held read from the arena after the last event.\n"
+               "# %-30s %8s %9s %9s %10s %8s %12s %12s %12s %12s\n",
+               static_cast<unsigned long long>(kQuiet), static_cast<unsigned long long>(kBusy), "config", "slot B",
+               "v4 state", "v5 state", "chunk B", "busy ch", "v4 B/entity", "quiet B/ent", "busy B/ent", "quiet ratio");
+  for (const Config& c : configs) {
+    layout::TableSpec spec = c.table(kQuiet + kBusy);
+    spec.arena_chunks = (kQuiet + kBusy) * 3;  // never refuses here: what the keys hold, not the default
+    layout::Schema schema{{spec}};
+    schema.validate();
+    const layout::LayoutPlan plan = layout::plan_layout(schema);
+    const layout::TablePlan& tp = plan.tables[0];
+    const layout::AggregatePlan& ap = tp.aggregates;
+    // The stream: every event in time order over 24 h.
+    struct Ev {
+      int64_t t;
+      uint32_t key;
+    };
+    std::vector<Ev> evs;
+    Rng rng(++g_seed);
+    const int64_t t0 = now_unix_ms() / kDay * kDay - 2 * kDay;
+    for (uint32_t k = 0; k < kQuiet; ++k) {
+      for (int e = 0; e < 5; ++e) evs.push_back({t0 + static_cast<int64_t>(rng.below(kDay)), k});
+    }
+    for (uint32_t k = kQuiet; k < kQuiet + kBusy; ++k) {
+      for (int64_t t = t0 + static_cast<int64_t>(k); t < t0 + kDay; t += kSecond) evs.push_back({t, k});
+    }
+    std::sort(evs.begin(), evs.end(), [](const Ev& a, const Ev& b) { return a.t < b.t; });
+    const std::string name = "larder-aggbench-" + std::to_string(::getpid()) + "-activity";
+    WriterOptions wo;
+    wo.dir = o.dir;
+    Writer::remove_segment(name, o.dir);
+    g_segments.push_back(name);
+    uint64_t busy_chunks = 0, quiet_chunks = 0, refused = 0;
+    {
+      auto w = Writer::open(name, schema, wo);
+      const uint32_t src = static_cast<uint32_t>(w->source_index(0, spec.aggregates[0].source));
+      KeyBuf key;
+      for (const Ev& e : evs) {
+        format_key(e.key, key);
+        const SourceValue sv{src, 1.0};
+        refused += w->apply(0, key.view(), e.t, {}, {&sv, 1}, 0, e.t * kNsPerMs) == ApplyResult::kArenaFull;
+      }
+      w->refresh((t0 + kDay) * kNsPerMs);
+      // What the busy keys hold: delete them and count what comes back.
+      const uint64_t held = w->stats(0).arena_used;
+      for (uint32_t k = kQuiet; k < kQuiet + kBusy; ++k) {
+        format_key(k, key);
+        w->remove(0, key.view(), t0 + kDay, (t0 + kDay) * kNsPerMs);
+      }
+      busy_chunks = held - w->stats(0).arena_used;
+      quiet_chunks = w->stats(0).arena_used;
+    }
+    Writer::remove_segment(name, o.dir);
+    g_segments.pop_back();
+    if (refused != 0) throw std::runtime_error("activity memory: events refused for want of an arena chunk");
+    const double slots_per_key = static_cast<double>(tp.slot_count) / static_cast<double>(spec.capacity);
+    const double base = slots_per_key * (tp.slot_bytes + ap.stride_words * 8.0) + 16;  // per key, no chunk
+    const double v4 = slots_per_key * static_cast<double>(tp.slot_bytes + dense_stride_bytes(ap)) + 16;
+    const double chunk = ap.chunk_words * 8.0;
+    const double quiet = base + chunk * static_cast<double>(quiet_chunks) / kQuiet;
+    const double busy = base + chunk * static_cast<double>(busy_chunks) / kBusy;
+    std::fprintf(stderr, "# %-30s %8u %9llu %9u %10.0f %8.2f %12.0f %12.0f %12.0f %12.3f\n", c.name, tp.slot_bytes,
+                 static_cast<unsigned long long>(dense_stride_bytes(ap)), ap.stride_words * 8, chunk,
+                 static_cast<double>(busy_chunks) / kBusy, v4, quiet, busy, quiet / v4);
+    std::fprintf(stderr,
+                 "#   busy / v4 %.3f; quiet keys hold %llu chunks; with the default arena (%llu chunks at 1M keys) a "
+                 "quiet key costs %.0f B (segment / capacity)\n",
+                 busy / v4, static_cast<unsigned long long>(quiet_chunks), static_cast<unsigned long long>([&] {
+                   layout::TableSpec big = c.table(1'000'000);
+                   return big.arena_chunk_count();
+                 }()),
+                 [&] {
+                   layout::TableSpec big = c.table(1'000'000);
+                   layout::Schema bs{{big}};
+                   return static_cast<double>(layout::plan_layout(bs).segment_bytes) / 1e6;
+                 }());
+  }
+  std::fflush(stderr);
+}
+
 void check_applied(ApplyResult r, const char* what, uint64_t i) {
   if (r != ApplyResult::kApplied) {
     throw std::runtime_error(std::string(what) + ": key " + key_string(i) + ": " + apply_result_name(r));
@@ -446,64 +560,17 @@ std::unique_ptr<Store> load_plain(const Options& o, uint64_t keys) {
 // ---------------------------------------------------------------------------
 // writer loops
 
-// Prototype of a batched apply: the writer's own mapping, read through the
-// public layout headers, to prefetch (for writing) what an event for a key
-// will touch: the home slot, the slot header of its state block, every
-// group's header and windows, and the bucket the event time falls in.
-class AheadPrefetcher {
- public:
-  explicit AheadPrefetcher(const Writer& w) : plan_(layout::plan_aggregates(w.schema().tables[0])) {
-    const auto& d = layout::table_descriptor(w.data(), 0);
-    geo_ = layout::table_geometry(w.data(), d);
-    state_ = reinterpret_cast<const char*>(w.data()) + d.state_offset;
-    stride_bytes_ = uint64_t{d.state_stride_words} * 8;
-  }
-  [[gnu::noinline]] void prefetch(uint64_t index, int64_t event_ms) const {
-    KeyBuf k;
-    format_key(index, k);
-    const uint64_t home = geo_.home(layout::hash_key(k.view(), geo_.hash_seed));
-    const char* s = reinterpret_cast<const char*>(geo_.slot(home));
-    for (size_t off = 0; off < size_t{geo_.slot_words} * 8; off += 64) __builtin_prefetch(s + off, 1, 3);
-    const char* b = state_ + home * stride_bytes_;
-    __builtin_prefetch(b, 1, 3);
-    for (const layout::AggregatePlan::Group& g : plan_.groups) {
-      const size_t hot = (layout::kAggregateGroupHeaderWords + layout::kAggregateWindowWords * g.windows.size()) * 8;
-      for (size_t off = 0; off < hot; off += 64) __builtin_prefetch(b + g.offset * 8 + off, 1, 3);
-      const int64_t bucket = event_ms / g.resolution_ms;  // event times are positive here
-      __builtin_prefetch(b + (g.ring_offset + (bucket % g.ring_buckets) * g.bucket_words) * 8, 1, 3);
-    }
-  }
-
- private:
-  layout::AggregatePlan plan_;
-  layout::TableGeometry geo_;
-  const char* state_ = nullptr;
-  uint64_t stride_bytes_ = 0;
-};
-
 // One event per iteration: the 4 plain fields and the source, to a random
 // key of [0, key_range), event time one step after the previous event.
-void event_loop(benchmark::State& state, Store& st, uint64_t key_range, bool ids, bool prefetch_ahead = false) {
-  constexpr size_t kAhead = 16;
+void event_loop(benchmark::State& state, Store& st, uint64_t key_range, bool ids) {
   Writer& w = *st.w;
   Rng rng(++g_seed);
   KeyBuf key;
   FieldValue values[kPlainFields];
   SourceValue sv{st.source, 0};
   uint64_t not_applied = 0;
-  std::unique_ptr<AheadPrefetcher> pf;
-  if (prefetch_ahead) pf = std::make_unique<AheadPrefetcher>(w);
-  uint64_t ring[kAhead];
-  for (size_t j = 0; j < kAhead; ++j) {
-    ring[j] = rng.below(key_range);
-    if (pf) pf->prefetch(ring[j], (st.sim_ns + static_cast<int64_t>(j + 1) * st.step_ns) / kNsPerMs);
-  }
-  uint64_t at = 0;
   for (auto _ : state) {
-    const uint64_t i = ring[at];
-    ring[at] = rng.below(key_range);
-    if (pf) pf->prefetch(ring[at], (st.sim_ns + static_cast<int64_t>(kAhead + 1) * st.step_ns) / kNsPerMs);
-    at = (at + 1) % kAhead;
+    const uint64_t i = rng.below(key_range);
     format_key(i, key);
     const uint64_t n = ++st.events;
     st.tick();
@@ -521,6 +588,42 @@ void event_loop(benchmark::State& state, Store& st, uint64_t key_range, bool ids
   const WriterStats ws = w.stats(0);
   state.counters["dedup_evictions"] = static_cast<double>(ws.dedup_evictions);
   state.counters["refreshes"] = static_cast<double>(ws.refreshes);
+  if (not_applied != 0) state.SkipWithError("some events were not applied");
+}
+
+// The batched apply: Writer::upsert_many of kBatch events per iteration
+// (the sidecar's writer thread hands it runs of up to 64), the same events
+// as event_loop. Time per event = time / kBatch.
+void batch_loop(benchmark::State& state, Store& st, uint64_t key_range) {
+  Writer& w = *st.w;
+  Rng rng(++g_seed);
+  KeyBuf keys[kBatch];
+  FieldValue values[kBatch][kPlainFields];
+  SourceValue sv[kBatch];
+  Upsert batch[kBatch];
+  ApplyResult results[kBatch];
+  uint64_t not_applied = 0;
+  for (auto _ : state) {
+    for (size_t j = 0; j < kBatch; ++j) {
+      format_key(rng.below(key_range), keys[j]);
+      const uint64_t n = ++st.events;
+      st.tick();
+      const double amount = 1.0 + static_cast<double>(n % 1000) * 0.25;
+      for (uint32_t f = 0; f < kPlainFields; ++f) values[j][f] = FieldValue::float64(f, amount + f);
+      sv[j] = SourceValue{st.source, amount};
+      batch[j].key = keys[j].view();
+      batch[j].event_time_ms = st.event_ms();
+      batch[j].values = values[j];
+      batch[j].sources = {&sv[j], 1};
+    }
+    w.upsert_many(batch, results, st.sim_ns);
+    for (ApplyResult r : results) not_applied += r != ApplyResult::kApplied;
+    if (st.sim_ns >= st.next_refresh_ns) {
+      w.refresh(st.sim_ns);
+      st.next_refresh_ns += kRefreshPeriodNs;
+    }
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * kBatch));
   if (not_applied != 0) state.SkipWithError("some events were not applied");
 }
 
@@ -714,8 +817,9 @@ void run_writer(const Options& o, RecordingReporter& rep, uint64_t keys) {
   const std::string q0 = "read/" + count_label(keys) + "/typical/";
   const bool want_reads = phase.wanted_any({q0 + "plain_f12/get_chained", q0 + "agg_sum_24h/get_chained",
                                             q0 + "plain_f12/get_many64", q0 + "agg_sum_24h/get_many64"});
-  const bool want_agg = want_reads || phase.wanted_any({p + "agg_random", p + "agg_random_ids", p + "agg_hot1K",
-                                                        p + "agg_hot1K_ids", p + "proto_agg_random_prefetch16", rp});
+  const bool want_agg =
+      want_reads || phase.wanted_any({p + "agg_random", p + "agg_random_ids", p + "agg_hot1K", p + "agg_hot1K_ids",
+                                      p + "agg_random_many64", p + "agg_hot1K_many64", rp});
   const bool want_plain = want_reads || phase.wanted_any({p + "plain_random", p + "plain_hot1K"});
   if (!want_agg && !want_plain) return;
   std::unique_ptr<Store> agg, plain;
@@ -731,7 +835,8 @@ void run_writer(const Options& o, RecordingReporter& rep, uint64_t keys) {
     phase.add(p + "agg_random_ids", [&](benchmark::State& s) { event_loop(s, *agg, keys, true); });
     phase.add(p + "agg_hot1K", [&](benchmark::State& s) { event_loop(s, *agg, hot, false); });
     phase.add(p + "agg_hot1K_ids", [&](benchmark::State& s) { event_loop(s, *agg, hot, true); });
-    phase.add(p + "proto_agg_random_prefetch16", [&](benchmark::State& s) { event_loop(s, *agg, keys, false, true); });
+    phase.add(p + "agg_random_many64", [&](benchmark::State& s) { batch_loop(s, *agg, keys); });
+    phase.add(p + "agg_hot1K_many64", [&](benchmark::State& s) { batch_loop(s, *agg, hot); });
   }
   phase.run();
   // Reads of an aggregate output and of a plain field of the same slot size,
@@ -1014,10 +1119,10 @@ void print_summary(const Options& o, const std::map<std::string, Result>& r) {
                 count_label(keys).c_str());
     const Result* pr = find(p + "plain_random");
     const Result* ph = find(p + "plain_hot1K");
-    auto row = [&](const char* what, const Result* x, const Result* base) {
+    auto row = [&](const char* what, const Result* x, const Result* base, double per = 1) {
       if (x == nullptr) return;
-      const double rate = 1e3 / ns(x);
-      std::printf("  %-34s %8.1f %12.3f %16.2f   %s\n", what, ns(x), rate, ns(base) / ns(x),
+      const double rate = 1e3 / (ns(x) / per);
+      std::printf("  %-34s %8.1f %12.3f %16.2f   %s\n", what, ns(x) / per, rate, ns(base) / (ns(x) / per),
                   base == x ? "" : verdict(rate, rate >= 2.0));
     };
     row("plain upsert, random keys", pr, pr);
@@ -1026,7 +1131,18 @@ void print_summary(const Options& o, const std::map<std::string, Result>& r) {
     row("agg event, random keys, ids", find(p + "agg_random_ids"), pr);
     row("agg event, 1K hot keys", find(p + "agg_hot1K"), ph);
     row("agg event, 1K hot keys, ids", find(p + "agg_hot1K_ids"), ph);
-    row("proto: agg random, prefetch 16", find(p + "proto_agg_random_prefetch16"), pr);
+    const Result* bm = find(p + "agg_random_many64");
+    const Result* bh = find(p + "agg_hot1K_many64");
+    row("agg upsert_many(64), random keys", bm, pr, kBatch);
+    row("agg upsert_many(64), 1K hot keys", bh, ph, kBatch);
+    if (bm != nullptr && bh != nullptr) {
+      const double r = ns(bh) / ns(bm);
+      std::printf("  %-34s %8.2f   target >= 0.7   %s\n", "batched random / batched hot rate", r, verdict(r, r >= 0.7));
+    }
+    if (bm != nullptr && find(p + "agg_random") != nullptr) {
+      std::printf("  %-34s %8.2f\n", "batched / single, random keys rate",
+                  ns(find(p + "agg_random")) / (ns(bm) / kBatch));
+    }
     {
       const std::string q = "read/" + count_label(keys) + "/typical/";
       const Result* pc = find(q + "plain_f12/get_chained");
@@ -1144,6 +1260,7 @@ int main(int argc, char** argv) {
   RecordingReporter reporter;
   try {
     print_memory(o);
+    print_activity_memory(o);
     run_misc(o, reporter);
     for (uint64_t keys : o.sizes) run_writer(o, reporter, keys);
     for (uint64_t keys : o.sizes) run_distinct(o, reporter, keys);

@@ -168,6 +168,14 @@ uint64_t TableSpec::dedup_ids() const {
 
 int64_t TableSpec::dedup_horizon() const { return dedup_horizon_ms > 0 ? dedup_horizon_ms : lateness_ms(); }
 
+uint64_t TableSpec::arena_chunk_count() const {
+  const uint32_t sparse = plan_aggregates(*this).sparse_groups;
+  if (sparse == 0) return 0;
+  if (arena_chunks > 0) return arena_chunks;
+  // A quiet key never needs a chunk; sized for 1 busy key in 100 per group.
+  return std::min(kMaxArenaChunks, std::max<uint64_t>(16, (capacity * sparse + 99) / 100));
+}
+
 bool valid_identifier(std::string_view name) {
   if (name.empty() || name.size() > kMaxNameLength || name[0] == '.' || name[0] == '-') return false;
   for (char c : name) {
@@ -281,8 +289,8 @@ void validate_aggregates(const TableSpec& t, const std::string& where, std::set<
     longest = std::max(longest, a.window_ms);
   }
   if (t.aggregates.empty()) {
-    if (t.allowed_lateness_ms != 0 || t.dedup_capacity != 0 || t.dedup_horizon_ms != 0) {
-      invalid(where + ": allowed_lateness and dedup apply to aggregates, and the table has none");
+    if (t.allowed_lateness_ms != 0 || t.dedup_capacity != 0 || t.dedup_horizon_ms != 0 || t.arena_chunks != 0) {
+      invalid(where + ": allowed_lateness, dedup and arena_chunks apply to aggregates, and the table has none");
     }
     return;
   }
@@ -297,6 +305,10 @@ void validate_aggregates(const TableSpec& t, const std::string& where, std::set<
             " ms: an event could be old enough to be forgotten and still count");
   }
   if (t.dedup_capacity > (uint64_t{1} << 32)) invalid(where + ": dedup capacity is above 2^32 ids");
+  if (t.arena_chunks > kMaxArenaChunks) {
+    invalid(where + ": arena_chunks " + std::to_string(t.arena_chunks) + " is above " +
+            std::to_string(kMaxArenaChunks));
+  }
 }
 
 }  // namespace
@@ -387,7 +399,7 @@ uint64_t Schema::fingerprint() const {
     }
     if (!t.aggregates.empty()) {
       canon += " lateness " + std::to_string(t.allowed_lateness_ms) + " dedup " + std::to_string(t.dedup_capacity) +
-               " " + std::to_string(t.dedup_horizon_ms) + "\n";
+               " " + std::to_string(t.dedup_horizon_ms) + " arena " + std::to_string(t.arena_chunk_count()) + "\n";
     }
   }
   return XXH3_64bits(canon.data(), canon.size());
@@ -413,6 +425,7 @@ LayoutPlan plan_layout(const Schema& schema) {
     tp.aggregates = plan_aggregates(t);
     journal_words = std::max<uint64_t>(journal_words, tp.aggregates.journal_words);
     tp.dedup_buckets = (t.dedup_ids() + kDedupWays - 1) / kDedupWays;
+    tp.arena_chunks = tp.aggregates.chunk_words > 0 ? t.arena_chunk_count() : 0;
     uint32_t row = 0;
     for (const FieldSpec& f : fields) {
       const uint32_t count = (f.type == FieldType::kFloat32Vector || f.type == FieldType::kString) ? f.count : 1;
@@ -452,6 +465,11 @@ LayoutPlan plan_layout(const Schema& schema) {
       at = tp.state_offset + tp.state_bytes;
       tp.dedup_offset = round_up(at, kSlotAlign);
       at = tp.dedup_offset + tp.dedup_buckets * kDedupBucketBytes;
+      if (tp.aggregates.chunk_words > 0) {
+        tp.arena_offset = round_up(at, kSlotAlign);
+        tp.arena_bytes = 8 * (kArenaHeaderWords + tp.arena_chunks * tp.aggregates.chunk_words);
+        at = tp.arena_offset + tp.arena_bytes;
+      }
     }
   }
   plan.segment_bytes = round_up(at, kSlotArrayAlign);
@@ -524,10 +542,19 @@ AggregatePlan plan_aggregates(const TableSpec& table) {
   }
   p.hot_words = at;
   for (AggregatePlan::Group& g : p.groups) {
+    g.inline_buckets = static_cast<uint32_t>(std::min<int64_t>(g.ring_buckets, kInlineBuckets));
     g.ring_offset = at;
-    at += static_cast<uint32_t>(g.ring_buckets) * g.bucket_words;
+    at += g.inline_buckets * g.bucket_words;
     journal += 2 * kAggregateGroupHeaderWords + 3 * kAggregateWindowWords * static_cast<uint32_t>(g.windows.size()) +
                2 * g.bucket_words;
+    if (g.sparse()) {
+      // A demotion (on the clock) and a promotion (on the event) in one
+      // change: each rewrites every inline bucket, and moves the chunk
+      // word, a free chunk's link and the arena's head, count and peak.
+      journal += 2 * (g.inline_buckets * g.bucket_words + 5);
+      p.chunk_words = std::max(p.chunk_words, g.chunk_words());
+      ++p.sparse_groups;
+    }
   }
   // The distinct areas, coldest: an event stores the dropped word, one entry,
   // and one slice's tag and a register, after resetting that slice.

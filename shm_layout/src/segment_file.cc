@@ -238,6 +238,7 @@ Schema schema_of(const void* base) {
     spec.allowed_lateness_ms = d.allowed_lateness_ms;
     spec.dedup_capacity = d.dedup_capacity;
     spec.dedup_horizon_ms = d.dedup_horizon_ms;
+    spec.arena_chunks = d.arena_chunks;  // as resolved: the same plan, fingerprint and default
     schema.tables.push_back(std::move(spec));
   }
   return schema;
@@ -385,6 +386,18 @@ void validate_segment(const void* base, size_t size, std::string_view name) {
           t.dedup_offset > size || t.dedup_buckets > (size - t.dedup_offset) / kDedupBucketBytes) {
         corrupt(tw + "aggregate state outside the file");
       }
+      // The arena: chunk indexes read from the state are checked against
+      // arena_chunks where they are used (the writer, larderctl verify).
+      if (t.arena_chunk_words != 0 || t.arena_chunks != 0) {
+        if (t.arena_chunk_words == 0 || t.arena_offset % 8 != 0 || t.arena_offset < dir_end || t.arena_offset > size ||
+            kArenaHeaderWords > (size - t.arena_offset) / 8 ||
+            t.arena_chunks > ((size - t.arena_offset) / 8 - kArenaHeaderWords) / t.arena_chunk_words) {
+          corrupt(tw + "aggregate arena outside the file (offset " + std::to_string(t.arena_offset) + ", " +
+                  std::to_string(t.arena_chunks) + " chunks of " + std::to_string(t.arena_chunk_words) + " words)");
+        }
+      }
+    } else if (t.arena_chunk_words != 0 || t.arena_chunks != 0 || t.arena_offset != 0) {
+      corrupt(tw + "an aggregate arena without aggregates");
     }
   }
 }

@@ -118,16 +118,24 @@ TEST(SizeReport, WarnsWhenTheDedupSetIsSmallerThanTheRateImplies) {
                                ConfigLoad{.require_secrets = false});
   EXPECT_DOUBLE_EQ(config.tables[0].expected_events_per_s, 1.0);
   SizeReport r = size_report(config);
-  ASSERT_EQ(r.warnings.size(), 1u) << format_size_report(r);
-  EXPECT_NE(r.warnings[0].find("table \"cards\": the dedup set holds 65536 ids, but 1 events/s over its horizon of "
-                               "7d are 604800 ids"),
+  auto dedup_warnings = [](const SizeReport& report) {
+    std::vector<std::string> out;
+    for (const std::string& w : report.warnings) {
+      if (w.find("dedup set") != std::string::npos) out.push_back(w);
+    }
+    return out;
+  };
+  const std::vector<std::string> dw = dedup_warnings(r);
+  ASSERT_EQ(dw.size(), 1u) << format_size_report(r);
+  EXPECT_NE(dw[0].find("table \"cards\": the dedup set holds 65536 ids, but 1 events/s over its horizon of "
+                       "7d are 604800 ids"),
             std::string::npos)
-      << r.warnings[0];
-  EXPECT_NE(r.warnings[0].find("Raise dedup.capacity to 604800"), std::string::npos) << r.warnings[0];
+      << dw[0];
+  EXPECT_NE(dw[0].find("Raise dedup.capacity to 604800"), std::string::npos) << dw[0];
 
   config = parse_config(cards_config(seg, "    dedup: {expected_rate: 3000/h, capacity: 604800}\n"), "cards.yaml",
                         ConfigLoad{.require_secrets = false});
-  EXPECT_TRUE(size_report(config).warnings.empty()) << "3000/h over 7 days is 504000 ids: they fit";
+  EXPECT_TRUE(dedup_warnings(size_report(config)).empty()) << "3000/h over 7 days is 504000 ids: they fit";
   EXPECT_NE(format_size_report(size_report(config)).find("(expected_rate: 3000 events/h)"), std::string::npos);
 
   try {
@@ -138,6 +146,33 @@ TEST(SizeReport, WarnsWhenTheDedupSetIsSmallerThanTheRateImplies) {
               std::string::npos)
         << e.what();
   }
+}
+
+// Five long rings (two counts, the sums and the distinct_count, 60 buckets
+// each): the default arena (1% of 2000 keys per ring: 100 chunks) is
+// reported and warned about;
+// a stated arena_chunks is reported, not warned about.
+TEST(SizeReport, ReportsTheArenaAndWarnsWhileItIsAtItsDefault) {
+  testing::ScratchSegment seg;
+  Config config = parse_config(cards_config(seg), "cards.yaml", ConfigLoad{.require_secrets = false});
+  SizeReport r = size_report(config);
+  const TableSize& cards = r.tables[0];
+  EXPECT_EQ(cards.long_rings, 5u);
+  EXPECT_EQ(cards.arena_chunks, 100u);
+  EXPECT_EQ(cards.arena_bytes, layout::plan_layout(config.schema()).tables[0].arena_bytes);
+  EXPECT_GT(cards.arena_bytes, cards.arena_chunks * cards.arena_chunk_bytes - 1);
+  ASSERT_EQ(r.warnings.size(), 1u) << format_size_report(r);
+  EXPECT_NE(r.warnings[0].find("table \"cards\": the aggregate arena has its default 100 chunks"), std::string::npos)
+      << r.warnings[0];
+  EXPECT_NE(r.warnings[0].find("at most 20 keys at once"), std::string::npos) << r.warnings[0];
+  EXPECT_NE(format_size_report(r).find("aggregate arena"), std::string::npos) << format_size_report(r);
+  EXPECT_EQ(r.total_bytes, layout::plan_layout(config.schema()).segment_bytes);
+
+  config =
+      parse_config(cards_config(seg, "    arena_chunks: 8000\n"), "cards.yaml", ConfigLoad{.require_secrets = false});
+  r = size_report(config);
+  EXPECT_EQ(r.tables[0].arena_chunks, 8000u);
+  EXPECT_TRUE(r.warnings.empty()) << r.warnings[0];
 }
 
 TEST(SizeReport, SecretsAreOptionalOnlyWhenAskedFor) {

@@ -3,7 +3,17 @@
 //
 // A group (one source at one resolution) keeps a ring of buckets indexed by
 // bucket number modulo the ring length; each bucket is tagged with its number
-// + 1, so an entry left by an older lap of the ring reads as empty. Each
+// + 1, so an entry left by an older lap of the ring reads as empty. A ring
+// longer than kInlineBuckets is sparse until a key needs more buckets than
+// that (format.h): the inline buckets are then a set searched by tag, and
+// every walk over buckets visits them in bucket order, so a sparse ring and
+// a dense one compute the same floating-point sums. A bucket is dead, free
+// for another, once it is older than every window of its group can reach
+// (first_needed): window ends only move forward, and every window has been
+// moved to the current ends before fold() chooses a bucket. The unused
+// inline buckets (tag 0) of a sparse ring are always the last ones: a
+// bucket is reused in place and a new one takes the first unused place, so
+// a walk stops at the first tag 0 (a quiet key reads one cache line). Each
 // distinct window of the group keeps running totals of the buckets it covers
 // and `start`, the oldest bucket that may still hold some of them. Moving a
 // window forward subtracts the buckets that left it; min and max are
@@ -112,12 +122,79 @@ struct BucketView {
   double max() const { return g.max ? load_f64(b[at_max()]) : -kInf; }
 };
 
-BucketView bucket_at(const AggregatePlan::Group& g, Word* block, int64_t bucket) {
-  return BucketView{g, block + g.ring_offset + ring_pos(bucket, g.ring_buckets) * g.bucket_words};
+// The arena chunk holding group g's dense ring, index + 1; 0 when the ring
+// is sparse, or when the word names no chunk of the arena (damage: the
+// group then reads as sparse rather than touch memory outside the arena).
+uint64_t chunk_of(const AggregateTable& t, const AggregatePlan::Group& g, const Word* block) {
+  if (!g.sparse()) return 0;
+  const uint64_t c = load(block[g.offset + kGroupChunkWord]);
+  return c <= t.chunk_count ? c : 0;
+}
+bool is_dense(const AggregateTable& t, const AggregatePlan::Group& g, const Word* block) {
+  return !g.sparse() || chunk_of(t, g, block) != 0;
+}
+Word* inline_bucket(const AggregatePlan::Group& g, Word* block, uint32_t i) {
+  return block + g.ring_offset + i * g.bucket_words;
+}
+
+// Bucket `bucket`'s place in a dense ring: positions [0, ring - inline) in
+// the chunk, the rest in the inline buckets.
+Word* dense_bucket(const AggregateTable& t, const AggregatePlan::Group& g, Word* block, int64_t bucket) {
+  const int64_t p = ring_pos(bucket, g.ring_buckets);
+  const int64_t split = g.ring_buckets - g.inline_buckets;
+  if (p >= split) return inline_bucket(g, block, static_cast<uint32_t>(p - split));
+  return t.chunk(chunk_of(t, g, block) - 1) + p * g.bucket_words;
 }
 
 // The bucket that `bucket` names, if the ring still holds it with data.
 bool holds(const BucketView& v, int64_t bucket) { return v.tag() == bucket + 1 && v.count() > 0; }
+
+// Calls f(k, view) for every bucket k in [lo, hi] that holds data, in
+// increasing k.
+template <class F>
+void for_each_held(const AggregateTable& t, const AggregatePlan::Group& g, Word* block, int64_t lo, int64_t hi, F&& f) {
+  if (is_dense(t, g, block)) {
+    for (int64_t k = lo; k <= hi; ++k) {
+      const BucketView v{g, dense_bucket(t, g, block, k)};
+      if (holds(v, k)) f(k, v);
+    }
+    return;
+  }
+  struct Held {
+    int64_t k;
+    Word* b;
+  };
+  Held held[kInlineBuckets];
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < g.inline_buckets; ++i) {
+    Word* b = inline_bucket(g, block, i);
+    if (load(b[kBucketTagWord]) == 0) break;
+    const int64_t k = load_less1(b[kBucketTagWord]);
+    if (load(b[kBucketCountWord]) == 0 || k < lo || k > hi) continue;
+    uint32_t at = n++;
+    for (; at > 0 && held[at - 1].k > k; --at) held[at] = held[at - 1];
+    held[at] = Held{k, b};
+  }
+  for (uint32_t i = 0; i < n; ++i) f(held[i].k, BucketView{g, held[i].b});
+}
+
+// The first bucket in [lo, end) that holds data, else end.
+int64_t first_held(const AggregateTable& t, const AggregatePlan::Group& g, Word* block, int64_t lo, int64_t end) {
+  int64_t first = end;
+  if (is_dense(t, g, block)) {
+    for (int64_t k = lo; k < end; ++k) {
+      if (holds(BucketView{g, dense_bucket(t, g, block, k)}, k)) return k;
+    }
+    return end;
+  }
+  for (uint32_t i = 0; i < g.inline_buckets; ++i) {
+    const Word* b = inline_bucket(g, block, i);
+    if (load(b[kBucketTagWord]) == 0) break;
+    const int64_t k = load_less1(b[kBucketTagWord]);
+    if (load(b[kBucketCountWord]) != 0 && k >= lo && k < first) first = k;
+  }
+  return first;
+}
 
 // Welford: adds one value to a set of n values with sum `sum` and M2 `m2`.
 inline void add_value(uint64_t n, double sum, double m2, double v, double* new_sum, double* new_m2) {
@@ -139,14 +216,13 @@ inline double merged_m2(double na, double sa, double m2a, double nb, double sb, 
 
 // Recomputes a window's statistics from its buckets [lo, hi]: min and max
 // always, count, sum and M2 when `moments`.
-void rescan(const AggregatePlan::Group& g, Word* block, int64_t lo, int64_t hi, bool moments, WindowState& w) {
+void rescan(const AggregateTable& t, const AggregatePlan::Group& g, Word* block, int64_t lo, int64_t hi, bool moments,
+            WindowState& w) {
   w.min = kInf;
   w.max = -kInf;
   uint64_t n = 0;
   double sum = 0, m2 = 0;
-  for (int64_t k = lo; k <= hi; ++k) {
-    const BucketView v = bucket_at(g, block, k);
-    if (!holds(v, k)) continue;
+  for_each_held(t, g, block, lo, hi, [&](int64_t, const BucketView& v) {
     w.min = std::min(w.min, v.min());
     w.max = std::max(w.max, v.max());
     if (moments) {
@@ -154,7 +230,7 @@ void rescan(const AggregatePlan::Group& g, Word* block, int64_t lo, int64_t hi, 
       n += v.count();
       sum += v.sum();
     }
-  }
+  });
   if (moments) {
     w.count = n;
     w.sum = sum;
@@ -164,8 +240,8 @@ void rescan(const AggregatePlan::Group& g, Word* block, int64_t lo, int64_t hi, 
 
 // Moves window `w` (n buckets) so that it ends at bucket `end`: subtracts the
 // buckets that left it. Returns true when the window's state changed.
-bool move_window(const AggregatePlan::Group& g, const AggregatePlan::Window& win, Word* block, int64_t end,
-                 Journal& j) {
+bool move_window(const AggregateTable& t, const AggregatePlan::Group& g, const AggregatePlan::Window& win, Word* block,
+                 int64_t end, Journal& j) {
   Word* words = block + win.offset;
   WindowState w = WindowState::read(words);
   const int64_t lo = end - win.buckets + 1;
@@ -174,9 +250,7 @@ bool move_window(const AggregatePlan::Group& g, const AggregatePlan::Window& win
   // Every bucket the window holds lies in [start, end_before], and
   // end_before - start < n, so this loop is bounded by the window length.
   const int64_t stop = std::min(lo, w.start + win.buckets);
-  for (int64_t k = w.start; k < stop; ++k) {
-    const BucketView v = bucket_at(g, block, k);
-    if (!holds(v, k)) continue;
+  for_each_held(t, g, block, w.start, stop - 1, [&](int64_t, const BucketView& v) {
     const uint64_t nb = std::min(w.count, v.count());
     const uint64_t na = w.count - nb;
     if (g.sumsq && na > 0 && !moments_dirty) {
@@ -195,14 +269,13 @@ bool move_window(const AggregatePlan::Group& g, const AggregatePlan::Window& win
     w.sum -= v.sum();
     min_dirty |= g.min && v.min() <= w.min;
     max_dirty |= g.max && v.max() >= w.max;
-  }
+  });
   if (w.count == 0) {
     // Exact zeros: no rounding residue survives an empty window.
     w.clear(lo);
   } else {
-    w.start = lo;
-    while (w.start < end && !holds(bucket_at(g, block, w.start), w.start)) ++w.start;
-    if (min_dirty || max_dirty || moments_dirty) rescan(g, block, w.start, end, moments_dirty, w);
+    w.start = first_held(t, g, block, lo, end);
+    if (min_dirty || max_dirty || moments_dirty) rescan(t, g, block, w.start, end, moments_dirty, w);
   }
   w.write(words, j);
   return true;
@@ -213,6 +286,136 @@ int64_t group_head(const Word* gh) { return load_i64(gh[kGroupHeadWord]) - 1; } 
 // Where window `w` of group `g` ends: the clock's bucket, or the newest event's.
 int64_t window_end(const AggregatePlan::Group& g, const AggregatePlan::Window& w, const Word* block, int64_t h) {
   return w.end == WindowEnd::kNow ? h : group_head(block + g.offset);
+}
+
+// The oldest bucket any window of the group can still reach, with the
+// clock at bucket h and the group's head as stored: older ones are dead.
+int64_t first_needed(const AggregatePlan::Group& g, const Word* block, int64_t h) {
+  int64_t first = std::numeric_limits<int64_t>::max();
+  for (const AggregatePlan::Window& w : g.windows) first = std::min(first, window_end(g, w, block, h) - w.buckets + 1);
+  return first;
+}
+
+// The arena. Chunk words are journaled except the contents of a chunk this
+// change took: a rollback puts the chunk back, so they are never read. Its
+// link word is journaled, since the free list reads it.
+
+constexpr uint64_t kNoChunk = ~uint64_t{0};
+
+uint64_t take_chunk(const AggregateTable& t, Journal& j) {
+  Word* a = t.arena;
+  uint64_t c = kNoChunk;
+  const uint64_t head = load(a[kArenaFreeHeadWord]);
+  if (head != 0 && head <= t.chunk_count) {
+    c = head - 1;
+    const uint64_t next = load(t.chunk(c)[kArenaChunkNextWord]);
+    j.set(a[kArenaFreeHeadWord], next <= t.chunk_count ? next : 0);  // a damaged link ends the list
+  } else if (const uint64_t fresh = load(a[kArenaFreshWord]); fresh < t.chunk_count) {
+    c = fresh;
+    j.set(a[kArenaFreshWord], fresh + 1);
+  } else {
+    return kNoChunk;
+  }
+  const uint64_t used = load(a[kArenaUsedWord]) + 1;
+  j.set(a[kArenaUsedWord], used);
+  if (used > load(a[kArenaPeakUsedWord])) j.set(a[kArenaPeakUsedWord], used);
+  j.set(t.chunk(c)[kArenaChunkNextWord], 0);
+  return c;
+}
+
+void free_chunk(const AggregateTable& t, uint64_t c, Journal& j) {
+  Word* a = t.arena;
+  j.set(t.chunk(c)[kArenaChunkNextWord], load(a[kArenaFreeHeadWord]));
+  j.set(a[kArenaFreeHeadWord], c + 1);
+  const uint64_t used = load(a[kArenaUsedWord]);
+  j.set(a[kArenaUsedWord], used > 0 ? used - 1 : 0);
+}
+
+// A bucket's words, copied out while the place it came from is rewritten.
+struct BucketCopy {
+  int64_t k = 0;
+  uint64_t w[kBucketFixedWords + 4] = {};
+};
+
+// Sparse to dense: every inline bucket is in some window (fold found none
+// free), so they span less than the ring and land on distinct positions.
+bool promote(const AggregateTable& t, const AggregatePlan::Group& g, Word* block, Journal& j) {
+  const uint64_t c = take_chunk(t, j);
+  if (c == kNoChunk) return false;
+  BucketCopy kept[kInlineBuckets];
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < g.inline_buckets; ++i) {
+    const Word* b = inline_bucket(g, block, i);
+    if (load(b[kBucketTagWord]) == 0) break;
+    if (load(b[kBucketCountWord]) == 0) continue;
+    kept[n].k = load_less1(b[kBucketTagWord]);
+    for (uint32_t w = 0; w < g.bucket_words; ++w) kept[n].w[w] = load(b[w]);
+    ++n;
+  }
+  Word* chunk = t.chunk(c);
+  for (uint32_t w = 1; w < g.chunk_words(); ++w) sync::store_relaxed(chunk[w], uint64_t{0});
+  j.set(block[g.offset + kGroupChunkWord], c + 1);
+  for (uint32_t i = 0; i < g.inline_buckets; ++i) j.set(inline_bucket(g, block, i)[kBucketTagWord], 0);
+  for (uint32_t e = 0; e < n; ++e) {
+    Word* b = dense_bucket(t, g, block, kept[e].k);
+    const bool in_chunk = b < block || b >= block + t.plan.stride_words;
+    for (uint32_t w = 0; w < g.bucket_words; ++w) {
+      if (in_chunk) {
+        sync::store_relaxed(b[w], kept[e].w[w]);
+      } else {
+        j.set(b[w], kept[e].w[w]);
+      }
+    }
+  }
+  return true;
+}
+
+// Dense to sparse, once the windows hold at most kInlineBuckets / 2 events
+// (so at most that many buckets: each bucket a window can still reach lies
+// in some window). The margin keeps a key near K buckets from taking and
+// freeing a chunk on every event.
+void maybe_demote(const AggregateTable& t, const AggregatePlan::Group& g, Word* block, int64_t h, Journal& j) {
+  const uint64_t c = chunk_of(t, g, block);
+  if (c == 0) return;
+  uint64_t events = 0;
+  for (const AggregatePlan::Window& w : g.windows) events += load(block[w.offset + kWindowCountWord]);
+  if (events > kInlineBuckets / 2) return;
+  BucketCopy kept[kInlineBuckets];
+  uint32_t n = 0;
+  const int64_t head = group_head(block + g.offset);
+  if (head >= 0) {
+    for_each_held(t, g, block, first_needed(g, block, h), head, [&](int64_t k, const BucketView& v) {
+      if (n == kInlineBuckets) return;  // cannot happen: fewer buckets than events
+      kept[n].k = k;
+      for (uint32_t w = 0; w < g.bucket_words; ++w) kept[n].w[w] = load(v.b[w]);
+      ++n;
+    });
+  }
+  j.set(block[g.offset + kGroupChunkWord], 0);
+  for (uint32_t i = 0; i < g.inline_buckets; ++i) {
+    Word* b = inline_bucket(g, block, i);
+    if (i < n) {
+      for (uint32_t w = 0; w < g.bucket_words; ++w) j.set(b[w], kept[i].w[w]);
+    } else {
+      j.set(b[kBucketTagWord], 0);
+      j.set(b[kBucketCountWord], 0);
+    }
+  }
+  free_chunk(t, c - 1, j);
+}
+
+// A sparse group's inline bucket for bucket k: the one tagged k, else a
+// dead or unused one; nullptr when every one is still needed.
+Word* sparse_bucket(const AggregatePlan::Group& g, Word* block, int64_t k, int64_t first) {
+  Word* free = nullptr;
+  for (uint32_t i = 0; i < g.inline_buckets; ++i) {
+    Word* b = inline_bucket(g, block, i);
+    const uint64_t tag = load(b[kBucketTagWord]);
+    if (tag == 0) return free != nullptr ? free : b;  // the unused ones follow: k is not held
+    if (tag == static_cast<uint64_t>(k + 1)) return b;
+    if (free == nullptr && (load(b[kBucketCountWord]) == 0 || static_cast<int64_t>(tag - 1) < first)) free = b;
+  }
+  return free;
 }
 
 Word* distinct_entries(const AggregatePlan::Group& g, Word* block) {
@@ -402,8 +605,17 @@ void prefetch_event(const AggregateTable& t, const Word* block, int64_t clock_ms
   for (uint32_t at = 0; at < hot_bytes; at += 64) __builtin_prefetch(hot + at, 1, 3);
   const int64_t te = std::min(event_time_ms, clock_ms);
   for (const AggregatePlan::Group& g : t.plan.groups) {
-    const int64_t k = floor_div(te, g.resolution_ms);
-    __builtin_prefetch(block + g.ring_offset + ring_pos(k, g.ring_buckets) * g.bucket_words, 1, 3);
+    if (!g.sparse()) {
+      const int64_t k = floor_div(te, g.resolution_ms);
+      __builtin_prefetch(block + g.ring_offset + ring_pos(k, g.ring_buckets) * g.bucket_words, 1, 3);
+      continue;
+    }
+    // Sparse (the usual case for a long ring): the fold reads the inline
+    // tags up to the first unused one, for a quiet key the first line or
+    // two. A dense ring's bucket would need the chunk word, not loaded yet.
+    const char* first = reinterpret_cast<const char*>(block + g.ring_offset);
+    __builtin_prefetch(first, 1, 3);
+    __builtin_prefetch(first + 64, 1, 3);
   }
 }
 
@@ -422,10 +634,58 @@ bool advance(const AggregateTable& t, Word* block, int64_t clock_ms, Journal& j)
   for (const AggregatePlan::Group& g : t.plan.groups) {
     const int64_t h = floor_div(clock_ms, g.resolution_ms);
     for (const AggregatePlan::Window& w : g.windows) {
-      if (w.end == WindowEnd::kNow) changed |= move_window(g, w, block, h, j);
+      if (w.end == WindowEnd::kNow) changed |= move_window(t, g, w, block, h, j);
     }
+    maybe_demote(t, g, block, h, j);
   }
   return changed;
+}
+
+void release_chunks(const AggregateTable& t, Word* block, Journal& j) {
+  for (const AggregatePlan::Group& g : t.plan.groups) {
+    if (const uint64_t c = chunk_of(t, g, block); c != 0) {
+      j.set(block[g.offset + kGroupChunkWord], 0);
+      free_chunk(t, c - 1, j);
+    }
+  }
+}
+
+uint32_t chunks_needed(const AggregateTable& t, const Word* block, int64_t clock_ms, int64_t event_time_ms,
+                       std::span<const SourceValue> sources) {
+  if (t.plan.chunk_words == 0) return 0;
+  Word* b = const_cast<Word*>(block);  // read only; the helpers serve fold too
+  const int64_t te = std::min(event_time_ms, clock_ms);
+  uint32_t needed = 0;
+  for (size_t gi = 0; gi < t.plan.groups.size(); ++gi) {
+    const AggregatePlan::Group& g = t.plan.groups[gi];
+    if (is_dense(t, g, block)) continue;
+    if (const int src = t.group_source[gi]; src >= 0) {
+      bool found = false;
+      for (const SourceValue& sv : sources) found |= sv.source == static_cast<uint32_t>(src);
+      if (!found) continue;
+    }
+    const int64_t h = floor_div(clock_ms, g.resolution_ms);
+    const int64_t k = floor_div(te, g.resolution_ms);
+    if (k <= h - g.ring_buckets) continue;
+    // As fold() will see it: the head moved to k first.
+    int64_t first = std::numeric_limits<int64_t>::max();
+    const int64_t head = std::max(group_head(block + g.offset), k);
+    for (const AggregatePlan::Window& w : g.windows) {
+      first = std::min(first, (w.end == WindowEnd::kNow ? h : head) - w.buckets + 1);
+    }
+    needed += sparse_bucket(g, b, k, first) == nullptr;
+  }
+  return needed;
+}
+
+uint64_t chunks_free(const AggregateTable& t) {
+  if (t.arena == nullptr) return 0;
+  const uint64_t used = load(t.arena[kArenaUsedWord]);
+  return used < t.chunk_count ? t.chunk_count - used : 0;
+}
+
+void count_arena_refusal(const AggregateTable& t) {
+  if (t.arena != nullptr) sync::store_relaxed(t.arena[kArenaRefusedWord], load(t.arena[kArenaRefusedWord]) + 1);
 }
 
 bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_time_ms,
@@ -459,7 +719,7 @@ bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_
       head = k;
       j.set(gh[kGroupHeadWord], static_cast<uint64_t>(head + 1));
       for (const AggregatePlan::Window& w : g.windows) {
-        if (w.end == WindowEnd::kLatestEvent) move_window(g, w, block, head, j);
+        if (w.end == WindowEnd::kLatestEvent) move_window(t, g, w, block, head, j);
       }
     }
     if (const int64_t latest = load_i64(gh[kGroupLastTimeWord]) - 1; te >= latest) {
@@ -467,7 +727,16 @@ bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_
       j.set_f64(gh[kGroupLastValueWord], v);
     }
 
-    BucketView b = bucket_at(g, block, k);
+    Word* at = nullptr;
+    if (is_dense(t, g, block)) {
+      at = dense_bucket(t, g, block, k);
+    } else if (at = sparse_bucket(g, block, k, first_needed(g, block, h)); at == nullptr) {
+      // chunks_needed() said a chunk is free; only a damaged free list
+      // disagrees, and then the event cannot count in this group.
+      if (!promote(t, g, block, j)) continue;
+      at = dense_bucket(t, g, block, k);
+    }
+    BucketView b{g, at};
     if (b.tag() != k + 1) {
       j.set(b.b[kBucketTagWord], static_cast<uint64_t>(k + 1));
       j.set(b.b[kBucketCountWord], 0);

@@ -25,6 +25,7 @@ namespace larder::writer {
 
 using layout::AggregatePlan;
 using layout::JournalEntry;
+using layout::kArenaHeaderWords;
 using layout::kStateDueWord;
 using layout::SegmentHeader;
 using layout::Word;
@@ -76,8 +77,13 @@ struct AggregateTable {
   std::vector<int> store_source;
   bool counts_every_event = false;  // some group or event store has no source
 
+  // The arena of dense rings (format.h): header, then chunk_count chunks.
+  Word* arena = nullptr;
+  uint64_t chunk_count = 0;
+
   bool enabled() const { return plan.stride_words != 0; }
   Word* block(uint64_t slot) const { return state + slot * plan.stride_words; }
+  Word* chunk(uint64_t index) const { return arena + kArenaHeaderWords + index * plan.chunk_words; }
 };
 
 // Prefetches for writing the cache lines an event at `event_time_ms` touches
@@ -85,15 +91,33 @@ struct AggregateTable {
 // before the probe, so that these misses overlap the slot's.
 void prefetch_event(const AggregateTable& t, const Word* block, int64_t clock_ms, int64_t event_time_ms);
 
-// Zeroes a block for a key that is about to be inserted.
+// Zeroes a block for a key that is about to be inserted. Call
+// release_chunks() on it first: the block may hold chunks of an earlier key.
 void reset_block(const AggregateTable& t, Word* block);
 
-// Drops from every `end: now` window the buckets that left it by clock_ms.
-// Returns true when some window changed.
+// Returns the block's arena chunks to the free list (a key deleted or
+// replaced): the block's groups read as empty and sparse afterwards.
+void release_chunks(const AggregateTable& t, Word* block, Journal& j);
+
+// The arena chunks fold() would take for this event (groups whose inline
+// buckets are all still in some window), and the chunks free now. An
+// update is refused when the first exceeds the second: no window may lose
+// an event. Read only.
+uint32_t chunks_needed(const AggregateTable& t, const Word* block, int64_t clock_ms, int64_t event_time_ms,
+                       std::span<const SourceValue> sources);
+uint64_t chunks_free(const AggregateTable& t);
+// Counts an update refused for want of a chunk (kArenaRefusedWord).
+void count_arena_refusal(const AggregateTable& t);
+
+// Drops from every `end: now` window the buckets that left it by clock_ms,
+// and demotes a dense ring whose windows hold at most kInlineBuckets / 2
+// events. Returns true when some window changed.
 bool advance(const AggregateTable& t, Word* block, int64_t clock_ms, Journal& j);
 
-// Folds one event into every group whose ring still holds its bucket.
-// Returns false when no group took it (too late for all of them).
+// Folds one event into every group whose ring still holds its bucket,
+// promoting a sparse group to a dense ring when it needs one more bucket
+// (call chunks_needed() first). Returns false when no group took it (too
+// late for all of them).
 bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_time_ms,
           std::span<const SourceValue> sources, Journal& j);
 

@@ -118,6 +118,9 @@ std::vector<TableCount> check_image(const void* base, size_t size, const Schema&
     differs(tw + "state offset", d.state_offset, want->state_offset);
     differs(tw + "dedup offset", d.dedup_offset, want->dedup_offset);
     differs(tw + "dedup buckets", d.dedup_buckets, want->dedup_buckets);
+    differs(tw + "arena chunk words", d.arena_chunk_words, want->arena_chunk_words);
+    differs(tw + "arena chunks", d.arena_chunks, want->arena_chunks);
+    differs(tw + "arena offset", d.arena_offset, want->arena_offset);
     differs(tw + "allowed lateness", static_cast<uint64_t>(d.allowed_lateness_ms),
             static_cast<uint64_t>(want->allowed_lateness_ms));
     differs(tw + "dedup horizon", static_cast<uint64_t>(d.dedup_horizon_ms),

@@ -115,6 +115,9 @@ void writer::fill_table_descriptor(TableDescriptor* d, const TableSpec& spec, co
   d->dedup_capacity = spec.dedup_capacity;
   d->group_count = tp.group_count;
   d->groups_offset = tp.groups_offset;
+  d->arena_chunk_words = tp.aggregates.chunk_words;
+  d->arena_chunks = static_cast<uint32_t>(tp.arena_chunks);
+  d->arena_offset = tp.arena_offset;
 }
 
 // Field number `index` of its table, placed as `fp`; `aggregate` marks the
@@ -272,7 +275,9 @@ void Writer::Impl::attach(bool repair_first) {
     const TableSpec& spec = schema.tables[t];
     ts.declared_fields = static_cast<uint32_t>(spec.fields.size());
     ts.agg.plan = plan_aggregates(spec);
-    if (ts.agg.plan.stride_words != ts.desc->state_stride_words) {
+    if (ts.agg.plan.stride_words != ts.desc->state_stride_words ||
+        ts.agg.plan.chunk_words != ts.desc->arena_chunk_words ||
+        (ts.agg.plan.chunk_words > 0 && spec.arena_chunk_count() != ts.desc->arena_chunks)) {
       throw Error(ErrorCode::kCorrupt, "segment \"" + name + "\" table \"" + spec.name +
                                            "\": aggregate state size differs from the schema's plan");
     }
@@ -280,6 +285,10 @@ void Writer::Impl::attach(bool repair_first) {
       ts.agg.state = reinterpret_cast<Word*>(base + ts.desc->state_offset);
       ts.agg.dedup = reinterpret_cast<Word*>(base + ts.desc->dedup_offset);
       ts.agg.dedup_buckets = ts.desc->dedup_buckets;
+      if (ts.agg.plan.chunk_words > 0) {
+        ts.agg.arena = reinterpret_cast<Word*>(base + ts.desc->arena_offset);
+        ts.agg.chunk_count = ts.desc->arena_chunks;
+      }
       ts.agg.lateness_ms = spec.lateness_ms();
       ts.agg.horizon_ms = spec.dedup_horizon();
       for (const AggregatePlan::Group& g : ts.agg.plan.groups) {

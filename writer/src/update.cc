@@ -243,14 +243,29 @@ ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key,
     return ApplyResult::kLate;
   }
   const bool fresh_row = !live;
+  // A key whose windows need one more bucket than its inline ones hold
+  // takes an arena chunk; without one the update is refused before any
+  // change, rather than counted inexactly. A new key never needs one.
+  if (!fresh_row && !late &&
+      writer::chunks_needed(ts.agg, ts.agg.block(at), clock, event_time_ms, sources) > writer::chunks_free(ts.agg))
+      [[unlikely]] {
+    writer::count_arena_refusal(ts.agg);
+    return ApplyResult::kArenaFull;
+  }
   at = slot_for_upsert(table, p, fresh_row, hash, now);
   if (at == kNone) return ApplyResult::kTableFull;
 
   // The aggregate state, journalled.
   Word* block = ts.agg.block(at);
-  arm_if_staged();                                    // before the first state word changes
-  if (fresh_row) writer::reset_block(ts.agg, block);  // not live yet: no journal needed
+  arm_if_staged();  // before the first state word changes
   journal.begin();
+  if (fresh_row) {
+    // The slot may hold a deleted key's state: its chunks go back first
+    // (journalled); the rest is zeroed without a journal, since the slot is
+    // not live until write_row.
+    writer::release_chunks(ts.agg, block, journal);
+    writer::reset_block(ts.agg, block);
+  }
   if (!fresh_row) writer::advance(ts.agg, block, clock, journal);
   if (late) {
     bump(ac.late_dropped);
@@ -302,6 +317,21 @@ ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key,
 // ---------------------------------------------------------------------------
 // Deletes
 
+// write_row for a delete or unpin. A change that turns the row into a
+// tombstone forgets its aggregates: their arena chunks go back to the free
+// list in the same crash-safe change (the journal is marked done by the
+// slot write, as for an event).
+void Writer::Impl::write_tombstone(uint32_t table, uint64_t slot, const RowChange& change) {
+  TableState& ts = tables[table];
+  const bool release = change.set_meta && ts.agg.chunk_count > 0;
+  if (release) {
+    journal.begin();
+    writer::release_chunks(ts.agg, ts.agg.block(slot), journal);
+  }
+  write_row(table, slot, change);
+  if (release) journal.commit();
+}
+
 ApplyResult Writer::Impl::remove(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t apply_unix_ns) {
   TableState& ts = tables[table];
   if (key.empty() || key.size() > ts.geo.key_max_len) return ApplyResult::kInvalid;
@@ -348,7 +378,7 @@ ApplyResult Writer::Impl::remove(uint32_t table, std::string_view key, int64_t e
       bump(c.stale_ignored);  // applied in part: some group was newer
     }
     arm_if_staged();
-    write_row(table, p.found, change);
+    write_tombstone(table, p.found, change);
   } else if (p.found != kNone) {
     // The row stays as it was, hidden behind the tombstone's meta.
     const Word* s = ts.slot(p.found);
@@ -357,7 +387,7 @@ ApplyResult Writer::Impl::remove(uint32_t table, std::string_view key, int64_t e
       return ApplyResult::kStale;
     }
     arm_if_staged();
-    write_row(table, p.found, change);
+    write_tombstone(table, p.found, change);
   } else {
     // Remember the delete so that an older upsert arriving later stays
     // deleted; without room for the record the delete is still a no-op.
@@ -398,7 +428,7 @@ ApplyResult Writer::Impl::unpin(uint32_t table, std::string_view key, int64_t ev
   std::fill(times, times + kMaxFieldGroups, event_time_ms);
   if (ts.geo.group_count > 0) change.group_times = times;
   arm_if_staged();
-  write_row(table, p.found, change);
+  write_tombstone(table, p.found, change);
   bump(c.deletes);
   count_apply(ts, event_time_ms, now);
   return ApplyResult::kApplied;

@@ -29,6 +29,7 @@ const char* apply_result_name(ApplyResult r) {
     case ApplyResult::kInvalid: return "invalid";
     case ApplyResult::kDuplicate: return "duplicate";
     case ApplyResult::kLate: return "late";
+    case ApplyResult::kArenaFull: return "arena_full";
   }
   return "unknown";
 }
@@ -255,6 +256,12 @@ WriterStats Writer::stats(uint32_t table) const {
   st.duplicates = sync::load_relaxed(ac.duplicates);
   st.dedup_evictions = sync::load_relaxed(ac.dedup_evictions);
   st.refreshes = sync::load_relaxed(ac.refreshes);
+  if (ts.agg.arena != nullptr) {
+    st.arena_chunks = ts.agg.chunk_count;
+    st.arena_used = sync::load_relaxed(ts.agg.arena[kArenaUsedWord]);
+    st.arena_peak_used = sync::load_relaxed(ts.agg.arena[kArenaPeakUsedWord]);
+    st.arena_refused = sync::load_relaxed(ts.agg.arena[kArenaRefusedWord]);
+  }
   return st;
 }
 

@@ -228,6 +228,7 @@ struct Writer::Impl {
 
   // row_write.h (inline: the update path)
   inline void write_row(uint32_t table, uint64_t slot, const RowChange& change);
+  void write_tombstone(uint32_t table, uint64_t slot, const RowChange& change);
 
   // update.cc
   bool values_valid(const TableState& ts, std::span<const FieldValue> values) const;

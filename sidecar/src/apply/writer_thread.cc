@@ -43,9 +43,12 @@ Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* rea
         if (late != nullptr) ++*late;
         break;
       case ApplyResult::kTableFull:
+      case ApplyResult::kArenaFull:
       case ApplyResult::kInvalid:
         if (outcome == Outcome::kApplied) {
-          *reason = r == ApplyResult::kTableFull ? RejectReason::kTableFull : RejectReason::kInternal;
+          *reason = r == ApplyResult::kTableFull   ? RejectReason::kTableFull
+                    : r == ApplyResult::kArenaFull ? RejectReason::kArenaFull
+                                                   : RejectReason::kInternal;
           if (refused_update != nullptr) *refused_update = static_cast<uint32_t>(i);
         }
         outcome = Outcome::kRejected;
@@ -127,6 +130,7 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
   uint32_t reported_state = ~0u;
   int64_t last_maintain_ns = 0;
   uint64_t table_full_logged = 0;
+  uint64_t arena_full_logged = 0;
   SidecarMetrics& metrics = pipeline.metrics;
 
   for (;;) {
@@ -160,6 +164,12 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
             "writer: a table is full; new keys are refused and their messages dead-lettered "
             "(raise the table's capacity; {} such messages so far)",
             table_full_logged);
+      }
+      if (c.outcome == Outcome::kRejected && c.reason == RejectReason::kArenaFull && arena_full_logged++ % 1000 == 0) {
+        spdlog::error(
+            "writer: a table's aggregate arena is full; events of keys that need one more bucket are refused and "
+            "their messages dead-lettered (raise the table's arena_chunks; {} such messages so far)",
+            arena_full_logged);
       }
       c.batch = std::move(item.batch);
       pipeline.done.enqueue(ptok, std::move(c));

@@ -599,8 +599,9 @@ double parse_rate(const std::string& text, const std::string& key) {
   return n / per;
 }
 
-// `allowed_lateness` and `dedup`: only for tables with aggregates; lateness
-// within the longest window, the dedup horizon at least the lateness.
+// `allowed_lateness`, `dedup` and `arena_chunks`: only for tables with
+// aggregates; lateness within the longest window, the dedup horizon at least
+// the lateness.
 void parse_lateness_and_dedup(const MapNode& m, TableConfig& t) {
   // The default lateness, and the bound of a given one (30 days with count
   // windows, which have no time span of their own).
@@ -634,6 +635,10 @@ void parse_lateness_and_dedup(const MapNode& m, TableConfig& t) {
     t.spec.dedup_capacity = d.integer("capacity", 0, 1, uint64_t{1} << 32);
     if (d.has("expected_rate"))
       t.expected_events_per_s = parse_rate(d.scalar("expected_rate"), d.child("expected_rate"));
+  }
+  if (m.has("arena_chunks")) {
+    if (t.spec.aggregates.empty()) fail(m.child("arena_chunks"), "only tables with aggregates take it");
+    t.spec.arena_chunks = m.integer("arena_chunks", 0, 1, layout::kMaxArenaChunks);
   }
 }
 
@@ -687,7 +692,7 @@ EventTimeBounds parse_event_time_bounds(const YAML::Node& node, const std::strin
 TableConfig parse_table(const YAML::Node& node, const std::string& path, const EventTimeBounds& global_bounds) {
   MapNode m(node, path,
             {"name", "key_max_len", "capacity", "max_load_factor", "allow_unknown_fields", "fields", "aggregates",
-             "allowed_lateness", "dedup", "event_time"});
+             "allowed_lateness", "dedup", "arena_chunks", "event_time"});
   TableConfig t;
   t.spec.name = m.str("name");
   if (!layout::valid_identifier(t.spec.name)) {

@@ -52,6 +52,7 @@ std::vector<AggregateCost> aggregate_costs(const Schema& schema, size_t t, uint6
       w.allowed_lateness_ms = 0;
       w.dedup_capacity = 0;
       w.dedup_horizon_ms = 0;
+      w.arena_chunks = 0;
     }
     if (w.aggregates.empty() && w.fields.empty()) {
       without.tables.erase(without.tables.begin() + static_cast<std::ptrdiff_t>(t));
@@ -150,6 +151,11 @@ SizeReport size_report(const Config& config) {
     ts.dedup_bytes = tp.dedup_buckets * layout::kDedupBucketBytes;
     ts.dedup_horizon_ms = spec.dedup_horizon();
     ts.expected_events_per_s = t < config.tables.size() ? config.tables[t].expected_events_per_s : 0;
+    ts.arena_chunks = tp.arena_chunks;
+    ts.arena_chunk_bytes = uint64_t{tp.aggregates.chunk_words} * 8;
+    ts.arena_bytes = tp.arena_bytes;
+    ts.long_rings = tp.aggregates.sparse_groups;
+    ts.arena_default = spec.arena_chunks == 0;
     ts.aggregates = aggregate_costs(schema, t, plan.segment_bytes);
     ts.sharing = sharing_hints(schema, t, plan.segment_bytes);
     counted += ts.bytes();
@@ -163,6 +169,18 @@ SizeReport size_report(const Config& config) {
             spec.name, ts.dedup_ids, rate_text(ts.expected_events_per_s), format_duration(ts.dedup_horizon_ms), needed,
             needed, mib(static_cast<uint64_t>(needed - static_cast<double>(ts.dedup_ids)) * 16)));
       }
+    }
+    if (ts.arena_chunks > 0 && ts.arena_default) {
+      const uint64_t all = spec.capacity * ts.long_rings;
+      r.warnings.push_back(fmt::format(
+          "table \"{}\": the aggregate arena has its default {} chunks ({}): at most {} keys at once can hold more "
+          "than {} live buckets of each of the {} long bucket rings (a window longer than {} buckets, e.g. 24h by "
+          "1m with an event in more than {} of its minutes); an event of a further key that needs one is refused "
+          "(aggregate_arena_full). Set arena_chunks to the keys you expect to be that active times {} (at most "
+          "{}, {}, never refuses)",
+          spec.name, ts.arena_chunks, mib(ts.arena_bytes), ts.arena_chunks / ts.long_rings, layout::kInlineBuckets,
+          ts.long_rings, layout::kInlineBuckets, layout::kInlineBuckets, ts.long_rings, all,
+          mib(all * ts.arena_chunk_bytes)));
     }
     r.tables.push_back(std::move(ts));
   }
@@ -191,6 +209,11 @@ std::string format_size_report(const SizeReport& r) {
       if (!shared.empty())
         what += (a.window_events != 0 ? "; shares its events with " : "; shares its buckets with ") + shared;
       out += line("      " + a.name, a.bytes, what);
+    }
+    if (t.arena_chunks > 0) {
+      out += line("    aggregate arena", t.arena_bytes,
+                  fmt::format("{} chunks of {} B: dense rings for {} keys at once ({} long rings each)", t.arena_chunks,
+                              t.arena_chunk_bytes, t.arena_chunks / t.long_rings, t.long_rings));
     }
     const double covers = static_cast<double>(t.dedup_ids) * 1000.0 / static_cast<double>(t.dedup_horizon_ms);
     out +=

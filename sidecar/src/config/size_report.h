@@ -51,9 +51,14 @@ struct TableSize {
   uint64_t dedup_bytes = 0;
   int64_t dedup_horizon_ms = 0;
   double expected_events_per_s = 0;  // dedup.expected_rate; 0: not stated
+  uint64_t arena_chunks = 0;         // the aggregate arena (0: no ring longer than the inline buckets)
+  uint64_t arena_chunk_bytes = 0;    // one key's dense ring of one long ring
+  uint64_t arena_bytes = 0;
+  uint32_t long_rings = 0;     // groups whose ring may need a chunk
+  bool arena_default = false;  // arena_chunks not set in the config
   std::vector<AggregateCost> aggregates;
   std::vector<SharingHint> sharing;
-  uint64_t bytes() const { return slots_bytes + state_bytes + dedup_bytes; }
+  uint64_t bytes() const { return slots_bytes + state_bytes + dedup_bytes + arena_bytes; }
 };
 
 struct SizeReport {
@@ -66,7 +71,7 @@ struct SizeReport {
   uint64_t source_bytes = 0;          // stream positions
   uint64_t alignment_bytes = 0;       // padding between the parts
   uint64_t total_bytes = 0;           // the segment file
-  std::vector<std::string> warnings;  // dedup sets too small for their stated rate
+  std::vector<std::string> warnings;  // dedup sets too small for their stated rate, default arenas
 };
 
 SizeReport size_report(const Config& config);

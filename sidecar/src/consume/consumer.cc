@@ -435,6 +435,8 @@ void Consumer::process_completions(AmqpSession* session, bool flush_acks) {
           const std::string detail =
               c.reason == RejectReason::kTableFull
                   ? fmt::format("update {}: a table is full (raise its capacity)", c.refused_update)
+              : c.reason == RejectReason::kArenaFull
+                  ? fmt::format("update {}: the table's aggregate arena is full (raise arena_chunks)", c.refused_update)
                   : fmt::format("update {}: the writer refused it", c.refused_update);
           dead_letter(*session, c.delivery_tag, c.reason, detail, update_id, key);
         }

@@ -26,6 +26,7 @@ const char* reject_reason_name(RejectReason reason) noexcept {
     case RejectReason::kEventTimeInFuture: return "event_time_in_future";
     case RejectReason::kEventTimeTooOld: return "event_time_too_old";
     case RejectReason::kTableFull: return "table_full";
+    case RejectReason::kArenaFull: return "aggregate_arena_full";
     case RejectReason::kNoStreamOffset: return "no_stream_offset";
     case RejectReason::kBadProtobuf: return "bad_protobuf";
     case RejectReason::kBadAvro: return "bad_avro";

@@ -32,6 +32,7 @@ enum class RejectReason : uint8_t {
   kEventTimeInFuture,  // event_time further ahead of the writer's clock than the table's max_future_skew
   kEventTimeTooOld,    // event_time before the table's min_event_time (e.g. seconds sent as milliseconds)
   kTableFull,          // the writer refused a new key: the table holds `capacity` keys
+  kArenaFull,          // the writer refused an event: its key needs an aggregate arena chunk and none is free
   kNoStreamOffset,     // a delivery from a stream queue without its x-stream-offset header
   kBadProtobuf,        // not a well-formed Protobuf message (truncated, a bad tag or length, trailing bytes)
   kBadAvro,            // not a well-formed Avro datum of the schema (truncated, a bad length or union branch)

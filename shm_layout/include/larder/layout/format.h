@@ -1,4 +1,4 @@
-// The Larder segment format, layout version 4.
+// The Larder segment format, layout version 5.
 //
 // One definition of the bytes that the writer (sidecar), the client library
 // and larderctl all compile against. docs/segment-format.md describes the same
@@ -211,7 +211,7 @@ struct TableDescriptor {
   uint32_t max_load_permille;            // 128  capacity / slot_count, rounded up
   uint32_t flags;                        // 132  reserved, 0
   uint32_t max_load_ppm;                 // 136  the schema's max_load_factor × 10^6
-  uint32_t reserved0;                    // 140
+  uint32_t arena_chunk_words;            // 140  words per aggregate arena chunk (0: no arena)
   TableCounters counters;                // 144
   uint32_t aggregate_count;              // 208
   uint32_t state_stride_words;           // 212  aggregate state words per slot
@@ -231,9 +231,9 @@ struct TableDescriptor {
   Word count_live;         // 344  live_keys after the slot write
   Word count_tombstones;   // 352  tombstones after the slot write
   uint32_t group_count;    // 360  field groups (0: none; the slot has no group time words)
-  uint32_t reserved2;      // 364
+  uint32_t arena_chunks;   // 364  chunks of the aggregate arena
   uint64_t groups_offset;  // 368  GroupDescriptor[group_count]
-  uint64_t reserved1;      // 376
+  uint64_t arena_offset;   // 376  the arena: kArenaHeaderWords, then arena_chunks chunks
 };
 
 // The dedup set: buckets of kDedupWays entries {id hash, event time + 1}.
@@ -284,7 +284,8 @@ enum class WindowEnd : uint32_t {
 //   slot header                    kAggregateSlotHeaderWords
 //   for each group: group header   kAggregateGroupHeaderWords
 //     for each distinct window     kAggregateWindowWords     (the "hot" words)
-//   for each group: ring of buckets, aggregate_bucket_words(group stats) each
+//   for each group: inline buckets, min(ring, kInlineBuckets) buckets of
+//                  aggregate_bucket_words(group stats) each
 //   for each group with a distinct_count: its distinct area  kDistinctAreaWords
 //   for each event store: its header and entries             kEventStoreHeaderWords
 //                                                            + capacity * kEventEntryWords
@@ -293,6 +294,22 @@ enum class WindowEnd : uint32_t {
 // sequences (AggregateSpec::window_events), the newest events of the key in
 // event-time order; see below.
 //
+// Buckets in proportion to activity. A group whose ring (longest window /
+// resolution) is at most kInlineBuckets keeps the whole ring inline: bucket k
+// at position k mod ring. A longer ring starts *sparse*: the inline buckets
+// are a set, each tagged with its bucket index, so a key with a few events
+// keeps only those. When an event needs a bucket and every inline one still
+// lies in some window, the group is *promoted*: it takes a chunk from the
+// table's arena (kGroupChunkWord) and keeps the dense ring, positions
+// [0, ring - inline) in the chunk and the last `inline` positions in the
+// inline buckets. It is demoted (the chunk freed) once its windows hold at
+// most kInlineBuckets / 2 events.
+//
+//   arena_offset: header   kArenaHeaderWords
+//                 chunk 0 .. arena_chunks - 1, arena_chunk_words each
+//
+// A free chunk's word 0 links the next free chunk (index + 1, 0: none).
+//
 // Times are stored + 1 so that 0 means "none"; statistics are float64 bits.
 
 // Slot header.
@@ -300,10 +317,24 @@ inline constexpr uint32_t kStateDueWord = 0;              // when a window next 
 inline constexpr uint32_t kAggregateSlotHeaderWords = 2;  // word 1 reserved
 
 // Group header.
-inline constexpr uint32_t kGroupHeadWord = 0;              // newest bucket index + 1 (0: no event yet)
-inline constexpr uint32_t kGroupLastTimeWord = 1;          // newest event time + 1
-inline constexpr uint32_t kGroupLastValueWord = 2;         // that event's value (kLast reads it)
-inline constexpr uint32_t kAggregateGroupHeaderWords = 4;  // word 3 reserved
+inline constexpr uint32_t kGroupHeadWord = 0;       // newest bucket index + 1 (0: no event yet)
+inline constexpr uint32_t kGroupLastTimeWord = 1;   // newest event time + 1
+inline constexpr uint32_t kGroupLastValueWord = 2;  // that event's value (kLast reads it)
+inline constexpr uint32_t kGroupChunkWord = 3;      // dense ring's arena chunk index + 1 (0: sparse)
+inline constexpr uint32_t kAggregateGroupHeaderWords = 4;
+
+// Inline buckets per group (K): a longer ring is sparse until it needs more.
+inline constexpr uint32_t kInlineBuckets = 8;
+
+// Arena header. Chunks [fresh, arena_chunks) were never taken; a freed
+// chunk goes on the free list, which is taken from first.
+inline constexpr uint32_t kArenaFreeHeadWord = 0;   // first chunk of the free list, index + 1 (0: empty)
+inline constexpr uint32_t kArenaUsedWord = 1;       // chunks held by some group
+inline constexpr uint32_t kArenaFreshWord = 2;      // the first chunk never taken
+inline constexpr uint32_t kArenaPeakUsedWord = 3;   // most chunks held at once
+inline constexpr uint32_t kArenaRefusedWord = 4;    // updates refused for want of a chunk (a counter)
+inline constexpr uint32_t kArenaHeaderWords = 8;    // words 5..7 reserved
+inline constexpr uint32_t kArenaChunkNextWord = 0;  // a chunk on the free list: the next one's index + 1
 
 // Window: running totals of the buckets it covers.
 inline constexpr uint32_t kWindowStartWord = 0;  // oldest bucket index that may hold events
@@ -565,7 +596,19 @@ constexpr uint64_t abi_signature() {
       kGroupHeadWord,
       kGroupLastTimeWord,
       kGroupLastValueWord,
+      kGroupChunkWord,
       kAggregateGroupHeaderWords,
+      kInlineBuckets,
+      kArenaFreeHeadWord,
+      kArenaUsedWord,
+      kArenaFreshWord,
+      kArenaPeakUsedWord,
+      kArenaRefusedWord,
+      kArenaHeaderWords,
+      kArenaChunkNextWord,
+      offsetof(TableDescriptor, arena_chunk_words),
+      offsetof(TableDescriptor, arena_chunks),
+      offsetof(TableDescriptor, arena_offset),
       kWindowStartWord,
       kWindowCountWord,
       kWindowSumWord,

@@ -93,6 +93,10 @@ struct TableSpec {
   // least the allowed lateness, so an event too old to be checked is also too
   // old to be aggregated.
   int64_t dedup_horizon_ms = 0;
+  // Chunks of the aggregate arena: how many (key, group) pairs may hold a
+  // dense ring at once (format.h, "Buckets in proportion to activity").
+  // 0: the default, arena_chunks_default().
+  uint64_t arena_chunks = 0;
 
   // The row's fields: `fields`, then one per aggregate, in order.
   std::vector<FieldSpec> all_fields() const;
@@ -110,7 +114,13 @@ struct TableSpec {
   int64_t max_lateness_ms() const;
   uint64_t dedup_ids() const;  // 0 when the table has no aggregates
   int64_t dedup_horizon() const;
+  // arena_chunks with the default applied: 0 when no group's ring is longer
+  // than kInlineBuckets, else max(16, 1% of capacity per such group).
+  uint64_t arena_chunk_count() const;
 };
+
+// Most arena chunks a table may declare (TableDescriptor::arena_chunks is 32-bit).
+inline constexpr uint64_t kMaxArenaChunks = 0xffffffffULL;
 
 struct Schema {
   std::vector<TableSpec> tables;
@@ -151,10 +161,17 @@ struct AggregatePlan {
     uint32_t bucket_words = 0;     // tag, count, then one word per statistic of stats()
     uint32_t offset = 0;           // words into the slot's state block: group header
     uint32_t ring_offset = 0;      // words: first bucket
+    uint32_t inline_buckets = 0;   // min(ring, kInlineBuckets): the ring is sparse when it is longer
     uint32_t distinct_offset = 0;  // words: the distinct area (format.h), when `distinct`
     int64_t slice_buckets = 0;     // buckets per sketch slice, when `distinct`
     std::vector<Window> windows;
 
+    // Whether the ring may be sparse and then need an arena chunk.
+    bool sparse() const { return ring_buckets > inline_buckets; }
+    // Words of the dense ring kept in an arena chunk.
+    uint32_t chunk_words() const {
+      return sparse() ? static_cast<uint32_t>(ring_buckets - inline_buckets) * bucket_words : 0;
+    }
     // The kBucket* statistics the group's buckets keep (format.h).
     uint32_t stats() const {
       return (sum ? kBucketSum : 0) | (sumsq ? kBucketM2 : 0) | (min ? kBucketMin : 0) | (max ? kBucketMax : 0);
@@ -183,6 +200,8 @@ struct AggregatePlan {
   uint32_t hot_words = 0;      // slot header, then every group's header and windows
   uint32_t stride_words = 0;   // 0 when the table has no aggregates
   uint32_t journal_words = 0;  // most state words one event or refresh can change
+  uint32_t chunk_words = 0;    // arena chunk: the largest chunk_words() of a group (0: no group is sparse)
+  uint32_t sparse_groups = 0;  // groups that may need a chunk
 };
 AggregatePlan plan_aggregates(const TableSpec& table);
 // The hooks of plan_aggregates for count windows and sequences
@@ -207,6 +226,9 @@ struct TablePlan {
   uint64_t state_bytes = 0;
   uint64_t dedup_offset = 0;  // dedup set: dedup_buckets * kDedupBucketBytes
   uint64_t dedup_buckets = 0;
+  uint64_t arena_offset = 0;  // aggregate arena: header, then arena_chunks * chunk_words words
+  uint64_t arena_chunks = 0;
+  uint64_t arena_bytes = 0;
   AggregatePlan aggregates;
   uint32_t group_count = 0;            // field groups; 0: none (no group time words)
   uint64_t groups_offset = 0;          // GroupDescriptor[group_count]

@@ -125,6 +125,8 @@ enum class ApplyResult : uint8_t {
   kDuplicate = 4,  // the event's id was applied before (within the dedup horizon): ignored and counted
   kLate = 5,       // nothing applied: the aggregate inputs were older than the allowed lateness
                    // (counted as late_dropped) and the fields, if any, older than the row
+  kArenaFull = 6,  // nothing applied: the key's windows need an arena chunk (more live buckets
+                   // than its inline ones) and the table's aggregate arena has none free
 };
 const char* apply_result_name(ApplyResult r);
 
@@ -139,6 +141,12 @@ struct WriterStats {
   uint64_t duplicates = 0;
   uint64_t dedup_evictions = 0;
   uint64_t refreshes = 0;
+  // The aggregate arena (docs/aggregates.md, "Memory"): chunks, held now,
+  // most held at once, updates refused for want of one (kArenaFull).
+  uint64_t arena_chunks = 0;
+  uint64_t arena_used = 0;
+  uint64_t arena_peak_used = 0;
+  uint64_t arena_refused = 0;
 };
 
 // Points inside a slot update, in order, for crash tests.
