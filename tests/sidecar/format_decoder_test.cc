@@ -87,6 +87,7 @@ std::string dump(const DecodedBatch& b) {
         default: out += fmt::format(" {}={}", v.field, v.f64);
       }
     }
+    for (const SourceValue& sv : b.sources(u)) out += fmt::format(" src{}={}/{}", sv.source, sv.value, sv.distinct);
     out += "\n";
   }
   return out;
@@ -419,6 +420,99 @@ message Event { string item_id = 1; uint64 ts = 2; Price data = 3; string unused
   // Hand-encoded: item_id "i1", ts 7, data { price: 2.0 }, unused "x".
   std::string body("\x0a\x02i1\x10\x07\x1a\x09\x09\x00\x00\x00\x00\x00\x00\x00\x40\x22\x01x", 20);
   EXPECT_EQ(decoded(*d, body), "t1 op0 i1 @7 id= event_id=0: 0=2\n");
+}
+
+// Aggregate sources and distinct_count hashes come out as from JSON: a
+// source folding a field's value, raw members only aggregates read, an
+// int64 above 2^53 hashed exactly, a member both a sum and a distinct_count
+// read.
+TEST(FormatAggregateTest, SourcesAsJson) {
+  layout::Schema s;
+  layout::TableSpec t;
+  t.name = "d";
+  t.capacity = 16;
+  t.fields = {{"country", FieldType::kString, 4}, {"n", FieldType::kInt64, 1}, {"band", FieldType::kInt64, 1}};
+  auto agg = [](const char* name, const char* source, layout::AggregateFn fn) {
+    layout::AggregateSpec spec;
+    spec.name = name;
+    spec.source = source;
+    spec.fn = fn;
+    spec.window_ms = 3'600'000;
+    return spec;
+  };
+  using layout::AggregateFn;
+  t.aggregates = {agg("countries", "country", AggregateFn::kDistinctCount),
+                  agg("ns", "n", AggregateFn::kDistinctCount),
+                  agg("bands", "band", AggregateFn::kDistinctCount),
+                  agg("devices", "device", AggregateFn::kDistinctCount),
+                  agg("merchants", "merchant", AggregateFn::kDistinctCount),
+                  agg("spend", "merchant", AggregateFn::kSum),
+                  agg("events", "", AggregateFn::kCount)};
+  s.tables.push_back(t);
+  std::vector<TableDecodeOptions> o(1);
+  o[0].fields.resize(3);
+  o[0].fields[2] = {"amount", TransformChain::parse_yaml("[{bucketize: {boundaries: [10, 100]}}]")};
+  FormatConfig pf;
+  pf.type = MessageFormat::kProtobuf;
+  pf.path = "rabbitmq.format";
+  pf.message = "a.U";
+  pf.table = "d";
+  pf.schema_file = tmp_file("agg.proto", R"(syntax = "proto3"; package a;
+message F { optional string country = 1; optional int64 n = 2; optional double amount = 3; optional string device = 4;
+            optional sint64 merchant = 5; }
+message U { string key = 1; int64 event_time = 2; F fields = 3; })");
+  FormatConfig af;
+  af.type = MessageFormat::kAvro;
+  af.path = "rabbitmq.format";
+  af.table = "d";
+  af.schema_file = tmp_file("agg.avsc", R"({"type":"record","name":"U","fields":[{"name":"key","type":"string"},
+    {"name":"event_time","type":"long"},{"name":"fields","type":{"type":"record","name":"F","fields":[
+    {"name":"country","type":["null","string"]},{"name":"n","type":["null","long"]},
+    {"name":"amount","type":["null","double"]},{"name":"device","type":["null","string"]},
+    {"name":"merchant","type":["null","long"]}]}}]})");
+  auto json = make_message_decoder(s, o, FormatConfig{});
+  auto proto = make_message_decoder(s, o, pf);
+  auto avro = make_message_decoder(s, o, af);
+  DecodedBatch batch;
+  auto run = [&](MessageDecoder& d, const std::string& body) {
+    const DecodeResult r = d.decode(body, batch, 5000);
+    EXPECT_TRUE(r.ok) << r.detail;
+    return dump(batch);
+  };
+  const std::string want =
+      run(*json, R"({"table":"d","key":"k","event_time":1000,"fields":{"country":"DE","n":9007199254740993,)"
+                 R"("amount":50,"device":"phone-1","merchant":12}})");
+  // key "k", event_time 1000, fields {country "DE", n 2^53+1, amount 50.0, device "phone-1", merchant 12 (zigzag 24)}
+  std::string fields(
+      "\x0a\x02"
+      "DE"
+      "\x10\x81\x80\x80\x80\x80\x80\x80\x10"
+      "\x19",
+      14);
+  const double fifty = 50;
+  fields.append(reinterpret_cast<const char*>(&fifty), 8);
+  fields += std::string(
+      "\x22\x07"
+      "phone-1"
+      "\x28\x18",
+      11);
+  const std::string body = std::string("\x0a\x01k\x10\xe8\x07\x1a", 7) + static_cast<char>(fields.size()) + fields;
+  EXPECT_EQ(run(*proto, body), want);
+  ft::AvroWriter w;
+  w.str("k")
+      .lng(1000)
+      .some()
+      .str("DE")
+      .some()
+      .lng(9007199254740993)
+      .some()
+      .dbl(50)
+      .some()
+      .str("phone-1")
+      .some()
+      .lng(12);
+  EXPECT_EQ(run(*avro, w.out), want);
+  EXPECT_NE(want.find("/" + std::to_string(distinct_hash_int64(9007199254740993))), std::string::npos) << want;
 }
 
 // Each configuration error names the key path and what to change.
