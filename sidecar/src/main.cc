@@ -27,7 +27,7 @@
 #include "apply/writer_thread.h"
 #include "config/config.h"
 #include "config/size_report.h"
-#include "consume/consumer.h"
+#include "consume/sources.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
 #include "observe/logging.h"
@@ -201,9 +201,15 @@ int main(int argc, char** argv) {
     // will cost, before it exists. Its warnings are part of the report.
     const larder::sidecar::SizeReport sizes = larder::sidecar::size_report(config);
     for (const std::string& w : config.warnings) std::fprintf(stderr, "larder-sidecar: warning: %s\n", w.c_str());
-    std::printf("config ok: segment \"%s\", %zu tables, queue \"%s\"\n%s", config.segment.name.c_str(),
-                config.tables.size(), config.rabbitmq.queue.name.c_str(),
-                larder::sidecar::format_size_report(sizes).c_str());
+    std::string sources_text;
+    if (config.rabbitmq_enabled) sources_text = "queue \"" + config.rabbitmq.queue.name + "\"";
+    if (config.kafka_enabled) {
+      std::string topics;
+      for (const std::string& t : config.kafka.topics) topics += (topics.empty() ? "" : ",") + t;
+      sources_text += (sources_text.empty() ? "" : ", ") + std::string("kafka topics ") + topics;
+    }
+    std::printf("config ok: segment \"%s\", %zu tables, %s\n%s", config.segment.name.c_str(), config.tables.size(),
+                sources_text.c_str(), larder::sidecar::format_size_report(sizes).c_str());
     return 0;
   }
   larder::sidecar::setup_logging(config.logging.level, config.logging.json);
@@ -226,6 +232,8 @@ int main(int argc, char** argv) {
                attached.full_scan ? ", counters recounted by a full scan" : "");
 
   larder::sidecar::Pipeline pipeline;
+  // The sources and their lanes, before the HTTP thread reads the lanes.
+  larder::sidecar::Sources sources = larder::sidecar::make_sources(config, pipeline, g_stop_requests);
   // Both threads count as alive from the start (their loops refresh these).
   pipeline.metrics.writer_heartbeat_mono_ns.set(larder::layout::now_mono_ns());
   pipeline.metrics.consumer_heartbeat_mono_ns.set(larder::layout::now_mono_ns());
@@ -254,13 +262,12 @@ int main(int argc, char** argv) {
     spdlog::info("metrics: listener off (metrics.listen is empty or metrics.enabled is false)");
   }
 
-  // Stream queues: the source id, the stored position and the sync state,
-  // before the writer thread owns the Writer.
-  std::optional<larder::SourcePosition> resume;
-  std::unique_ptr<larder::sidecar::StreamSync> stream_sync =
-      larder::sidecar::start_stream_source(*writer, pipeline, config, &resume);
+  // The stored positions, the source id and the sync state, before the
+  // writer thread owns the Writer.
+  larder::sidecar::start_sources(*writer, pipeline, config, sources);
 
-  std::thread writer_thread([&] { larder::sidecar::run_writer_thread(*writer, pipeline, stream_sync.get()); });
+  std::thread writer_thread(
+      [&] { larder::sidecar::run_writer_thread(*writer, pipeline, sources.stream_sync.get()); });
   std::unique_ptr<larder::sidecar::SnapshotThread> snapshot_thread;
   if (!config.snapshot.dir.empty()) {
     snapshot_thread = std::make_unique<larder::sidecar::SnapshotThread>(config, pipeline.images, pipeline.metrics);
@@ -269,15 +276,26 @@ int main(int argc, char** argv) {
                  config.snapshot.keep);
   }
 
+  // One thread per source; the first on this (the main) thread. A source
+  // that fails for good (exit code != 0) stops the others.
   int code = 0;
   {
-    larder::sidecar::Consumer consumer(config, pipeline, g_stop_requests);
-    if (resume) consumer.resume_stream_at(resume->next_offset, resume->skip_updates);
-    code = consumer.run();
+    std::vector<int> codes(sources.sources.size(), 0);
+    std::vector<std::thread> source_threads;
+    for (size_t i = 1; i < sources.sources.size(); ++i) {
+      source_threads.emplace_back([&, i] {
+        codes[i] = sources.sources[i]->run();
+        if (codes[i] != 0) g_stop_requests.fetch_add(1);
+      });
+    }
+    codes[0] = sources.sources[0]->run();
+    if (codes[0] != 0) g_stop_requests.fetch_add(1);
+    for (std::thread& t : source_threads) t.join();
+    for (int c : codes) code = code != 0 ? code : c;
   }
   if (snapshot_thread) snapshot_thread->stop();  // finishes a snapshot in progress
   // release: pairs with the writer thread's acquire load; every item the
-  // consumer enqueued is visible to it before it sees the stop.
+  // sources enqueued is visible to it before it sees the stop.
   pipeline.writer_stop.store(true, std::memory_order_release);
   writer_thread.join();
   if (metrics_server) metrics_server->stop();
