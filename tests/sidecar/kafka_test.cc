@@ -246,7 +246,11 @@ TEST_F(KafkaSourceTest, SigkillMidStreamLosesNothing) {
 TEST_F(KafkaSourceTest, RebalanceMovesPartitionsWithoutLoss) {
   const std::string topic = name_ + "-t";
   MockCluster cluster({topic + ":4"});
-  const std::string extra = fmt::format("  assignment: group\n  group_id: {}-g", name_);
+  // The mock cluster's coordinator waits up to a member's session timeout
+  // for the group to rejoin: keep it short so that each rebalance is quick.
+  const std::string extra = fmt::format(
+      "  assignment: group\n  group_id: {}-g\n  properties: {{session.timeout.ms: 6000, heartbeat.interval.ms: 500}}",
+      name_);
   Oracle oracle;
   constexpr int kKeys = 200;
   SidecarProcess& a = sidecar(name_ + "a", cluster.bootstrap(), topic, extra);
@@ -360,7 +364,7 @@ TEST_F(KafkaSourceTest, PythonExampleProducerFeedsTheSidecar) {
     for (const Message& m : messages) std::fprintf(f, "%s\n", m.body.c_str());
     std::fclose(f);
   }
-  const std::string cmd = fmt::format("python3 {}/examples/kafka_producer.py --bootstrap {} --topic {} --stdin < {}",
+  const std::string cmd = fmt::format("/usr/bin/python3 {}/examples/kafka_producer.py --bootstrap {} --topic {} --stdin < {}",
                                       LARDER_SOURCE_DIR, cluster.bootstrap(), topic, input);
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 600; }, 60s))
