@@ -115,7 +115,7 @@ Outcome apply_item(Writer& writer, const WorkItem& item, StreamSync* sync, Rejec
   if (item.position_only) {
     writer.set_position(SourcePosition{item.partition, item.offset + 1, 0});
   } else {
-    const StreamPlace place{item.offset, item.partition, item.skip_updates};
+    const StreamPlace place{item.offset, item.skip_updates, item.partition};
     outcome = apply_batch(writer, item.batch, reason, nullptr, applied, lag, duplicates, late, &place, refused_update);
   }
   if (streamed) sync->applied(item.offset, item.position_only ? 0 : newest_event_ms(item.batch));

@@ -29,8 +29,8 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync = nu
 // position covers exactly the updates in the table.
 struct StreamPlace {
   uint64_t offset = 0;        // the message's offset
-  uint32_t partition = 0;     // the SourceBlock partition of its position
   uint32_t skip_updates = 0;  // its first updates, applied before a restart: not applied again
+  uint32_t partition = 0;     // the SourceBlock partition of its position
 };
 
 // Where apply_batch records the event-to-visible lag of each applied update:
