@@ -1,10 +1,14 @@
-// larder-sidecar: consumes feature updates from RabbitMQ and applies them to
-// a shared-memory segment that inference processes read (docs/sidecar.md).
+// larder-sidecar: consumes feature updates from RabbitMQ and/or Kafka and
+// applies them to a shared-memory segment that inference processes read
+// (docs/sidecar.md).
 //
 // Threads:
-//  * main thread = the consumer thread: parses the config, opens the segment,
-//    starts the writer thread, then runs the Consumer (it owns the broker
-//    connection) until SIGTERM/SIGINT, and joins the writer.
+//  * main thread = the first source's thread: parses the config, opens the
+//    segment, starts the writer thread and the other sources' threads, then
+//    runs the first source (RabbitMQ's Consumer owns the broker connection)
+//    until SIGTERM/SIGINT, and joins the others and the writer.
+//  * a thread for each further source (consume/source.h; the Kafka source
+//    beside a RabbitMQ one).
 //  * writer thread: run_writer_thread(), the only user of larder::Writer.
 //  * HTTP thread and its workers (metrics_server.h): /metrics, /healthz,
 //    /readyz; they only read atomics and the segment (read-only mapping);
@@ -87,7 +91,7 @@ CONFIG FILE (YAML; annotated example: examples/sidecar.example.yaml; reference: 
                     max(capacity, 65536)), expected_rate (events the table folds,
                     e.g. 50/s or 3000/h; a sizing hint: --check-config warns when
                     capacity < rate x horizon)}: event ids remembered to drop redeliveries
-  rabbitmq:
+  rabbitmq:         a RabbitMQ source (required unless kafka is set)
     url             amqp://user@host:port/vhost or amqps://... (no password in it)
     password_env    name of an environment variable holding the password, or
     password_file   a file holding the password (never on the command line)
@@ -109,6 +113,26 @@ CONFIG FILE (YAML; annotated example: examples/sidecar.example.yaml; reference: 
     rpc_timeout_s   connect/login/declare timeout (default 10)
     drain_timeout_s on SIGTERM, how long to finish in-flight messages (default 10)
     connection_name shown in the management UI (default "larder-sidecar <segment>")
+  kafka:            a Kafka source, instead of or beside rabbitmq (docs/sidecar.md, "Kafka")
+    bootstrap_servers  host:port[,host:port] (required)
+    topics          list of topic names (required; no regex: each topic has its
+                    own stored positions)
+    assignment      all (default: every partition, assigned by the sidecar) |
+                    group (the consumer group shares the partitions)
+    group_id        consumer group for commits (default larder-<hostname>-<segment>)
+    start           stored (default: the segment's positions, else earliest) |
+                    earliest (replay, stored positions ignored) | latest (the
+                    segment's positions, else the end)
+    partitions_per_topic  stored positions per topic, partitions 0..n-1 (default 16;
+                    topics x this <= 64, minus 1 with a rabbitmq stream)
+    max_in_flight   messages handed to the writer, not yet applied (default 1000)
+    commit_interval applied offsets committed at most this often (default 1s)
+    drain_timeout_s on stop and revoke, wait for in-flight messages (default 10)
+    client_id       default "larder-sidecar <segment>"
+    properties      librdkafka settings passed as they are (security.protocol,
+                    ssl.*, sasl.mechanism, sasl.username, ...); not the ones
+                    above, not sasl.password
+    sasl_password_env / sasl_password_file  the SASL password (never in the file)
   logging:
     level           trace | debug | info (default) | warn | error | critical | off
     json            one JSON object per log line (default false)
@@ -155,7 +179,7 @@ EXIT CODES
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"larder-sidecar: apply feature updates from RabbitMQ to a Larder shared-memory segment"};
+  CLI::App app{"larder-sidecar: apply feature updates from RabbitMQ and/or Kafka to a Larder shared-memory segment"};
   std::string config_path;
   std::string log_level;
   bool check_only = false;
