@@ -238,8 +238,7 @@ int main(int argc, char** argv) {
     std::printf("| round | bare msg/s | sidecar msg/s | sidecar updates/s | ratio |\n|---|---:|---:|---:|---:|\n");
     for (uint32_t r = 0; r < o.rounds; ++r) {
       const double bare = o.messages / bare_consume(o, m, topic);
-      const double side =
-          o.messages / sidecar_consume(o, m, topic, fmt::format("larder-bench-kafka-{}", ::getpid()));
+      const double side = o.messages / sidecar_consume(o, m, topic, fmt::format("larder-bench-kafka-{}", ::getpid()));
       std::printf("| %u | %.0f | %.0f | %.0f | %.2f |\n", r + 1, bare, side, side * o.updates, side / bare);
       std::fflush(stdout);
     }

@@ -290,8 +290,7 @@ int main(int argc, char** argv) {
   // writer thread owns the Writer.
   larder::sidecar::start_sources(*writer, pipeline, config, sources);
 
-  std::thread writer_thread(
-      [&] { larder::sidecar::run_writer_thread(*writer, pipeline, sources.stream_sync.get()); });
+  std::thread writer_thread([&] { larder::sidecar::run_writer_thread(*writer, pipeline, sources.stream_sync.get()); });
   std::unique_ptr<larder::sidecar::SnapshotThread> snapshot_thread;
   if (!config.snapshot.dir.empty()) {
     snapshot_thread = std::make_unique<larder::sidecar::SnapshotThread>(config, pipeline.images, pipeline.metrics);

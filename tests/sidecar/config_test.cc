@@ -605,8 +605,7 @@ TEST(KafkaConfigTest, ErrorsNameTheKey) {
   expect_error(base + "  properties: {enable.auto.commit: 'true'}\n", "kafka.properties.enable.auto.commit",
                "set by Larder");
   expect_error(base + "  partitions_per_topic: 40\n", "kafka.partitions_per_topic", "the segment holds 64");
-  expect_error(base + "  sasl_password_env: LARDER_TEST_UNSET_VARIABLE_XYZ\n", "kafka.sasl_password_env",
-               "is not set");
+  expect_error(base + "  sasl_password_env: LARDER_TEST_UNSET_VARIABLE_XYZ\n", "kafka.sasl_password_env", "is not set");
   std::string regex = base;
   regex.replace(regex.find("[events, prices]"), 16, "[\"^events\\\\..*\"]");
   expect_error(regex, "kafka.topics[0]", "regex");

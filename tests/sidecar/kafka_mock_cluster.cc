@@ -82,7 +82,8 @@ int main(int argc, char** argv) {
         known = false;
       } else {
         for (int k = 0; k < count; ++k) {
-          rd_kafka_mock_push_request_errors(cluster, static_cast<int16_t>(api), 1, static_cast<rd_kafka_resp_err_t>(code));
+          rd_kafka_mock_push_request_errors(cluster, static_cast<int16_t>(api), 1,
+                                            static_cast<rd_kafka_resp_err_t>(code));
         }
       }
     } else if (verb == "topic") {

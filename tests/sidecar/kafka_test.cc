@@ -220,8 +220,8 @@ TEST_F(KafkaSourceTest, SigkillMidStreamLosesNothing) {
 
   ASSERT_EQ(produce(cluster.bootstrap(), topic, stream(kTotal / 2, kTotal, kKeys, oracle)), 0);
   s.start();
-  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == kTotal; }, 60s)) << "applied "
-                                                                                   << applied_messages(name_);
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == kTotal; }, 60s))
+      << "applied " << applied_messages(name_);
   EXPECT_EQ(compare_segment(name_, oracle), "");
   EXPECT_GE(s.log_count("resuming at stored offset"), 1u);
   // Caught up: READY, and /readyz agrees.
@@ -309,8 +309,8 @@ TEST_F(KafkaSourceTest, BrokerErrorsAndABrokerDownAreRecovered) {
 
   ASSERT_EQ(cluster.command("down 1"), "ok");
   ASSERT_TRUE(wait_until([&] { return s.log_count("kafka: all brokers are down") >= 1; }, 60s)) << s.log_tail();
-  ASSERT_TRUE(wait_until(
-      [&] { return Segment::open(name_).info().connection == ConnectionState::kDisconnected; }, 30s));
+  ASSERT_TRUE(
+      wait_until([&] { return Segment::open(name_).info().connection == ConnectionState::kDisconnected; }, 30s));
   ASSERT_EQ(cluster.command("up 1"), "ok");
   ASSERT_EQ(produce(cluster.bootstrap(), topic, stream(1000, 1500, 100, oracle)), 0);
   ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 1500; }, 60s))
@@ -364,11 +364,11 @@ TEST_F(KafkaSourceTest, PythonExampleProducerFeedsTheSidecar) {
     for (const Message& m : messages) std::fprintf(f, "%s\n", m.body.c_str());
     std::fclose(f);
   }
-  const std::string cmd = fmt::format("/usr/bin/python3 {}/examples/kafka_producer.py --bootstrap {} --topic {} --stdin < {}",
-                                      LARDER_SOURCE_DIR, cluster.bootstrap(), topic, input);
+  const std::string cmd =
+      fmt::format("/usr/bin/python3 {}/examples/kafka_producer.py --bootstrap {} --topic {} --stdin < {}",
+                  LARDER_SOURCE_DIR, cluster.bootstrap(), topic, input);
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 600; }, 60s))
-      << "applied " << applied_messages(name_);
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 600; }, 60s)) << "applied " << applied_messages(name_);
   EXPECT_EQ(compare_segment(name_, oracle), "");
   EXPECT_EQ(s.stop(), 0);
   std::remove(input.c_str());

@@ -86,7 +86,7 @@ enum class Outcome : uint8_t {
 // The writer's answer for one WorkItem. It hands the batch back so the
 // consumer reuses its buffers.
 struct Completion {
-  uint32_t partition = 0;  // the WorkItem's
+  uint32_t partition = 0;       // the WorkItem's
   uint64_t offset = kNoOffset;  // the WorkItem's
   uint64_t epoch = 0;
   uint64_t delivery_tag = 0;

@@ -741,7 +741,7 @@ RabbitConfig parse_rabbitmq(const YAML::Node& node, const std::string& segment_n
 // librdkafka settings that Larder owns: set elsewhere in the kafka block or
 // needed for its guarantees (offsets committed only after the apply).
 bool kafka_owned_property(const std::string& key) {
-  static const char* const kOwned[] = {"bootstrap.servers",  "group.id",        "enable.auto.commit",
+  static const char* const kOwned[] = {"bootstrap.servers",        "group.id",          "enable.auto.commit",
                                        "enable.auto.offset.store", "auto.offset.reset", "client.id",
                                        "enable.partition.eof"};
   for (const char* k : kOwned) {
@@ -751,10 +751,10 @@ bool kafka_owned_property(const std::string& key) {
 }
 
 KafkaConfig parse_kafka(const YAML::Node& node, const std::string& segment_name, const Secrets& secrets) {
-  MapNode m(node, "kafka",
-            {"bootstrap_servers", "assignment", "topics", "group_id", "start", "partitions_per_topic", "max_in_flight",
-             "commit_interval", "drain_timeout_s", "client_id", "properties", "sasl_password_env",
-             "sasl_password_file"});
+  MapNode m(
+      node, "kafka",
+      {"bootstrap_servers", "assignment", "topics", "group_id", "start", "partitions_per_topic", "max_in_flight",
+       "commit_interval", "drain_timeout_s", "client_id", "properties", "sasl_password_env", "sasl_password_file"});
   KafkaConfig k;
   k.bootstrap_servers = m.str("bootstrap_servers");
   if (k.bootstrap_servers.empty()) fail(m.child("bootstrap_servers"), "must not be empty (host:port[,host:port])");
@@ -762,8 +762,9 @@ KafkaConfig parse_kafka(const YAML::Node& node, const std::string& segment_name,
   each_item(m.node("topics"), m.child("topics"), true, [&](const YAML::Node& t, const std::string& tpath) {
     if (!t.IsScalar() || t.Scalar().empty()) fail(tpath, "expected a topic name");
     if (t.Scalar().front() == '^') {
-      fail(tpath, "a regex subscription is not supported: list the topics (each needs its own range of stored "
-                  "positions, fixed across restarts)");
+      fail(tpath,
+           "a regex subscription is not supported: list the topics (each needs its own range of stored "
+           "positions, fixed across restarts)");
     }
     if (!seen.insert(t.Scalar()).second) fail(tpath, fmt::format("duplicate topic \"{}\"", t.Scalar()));
     k.topics.push_back(t.Scalar());
@@ -791,7 +792,8 @@ KafkaConfig parse_kafka(const YAML::Node& node, const std::string& segment_name,
   } else {
     fail(m.child("start"), fmt::format("unknown start \"{}\" (expected stored, earliest or latest)", start));
   }
-  k.partitions_per_topic = static_cast<uint32_t>(m.integer("partitions_per_topic", 16, 1, layout::kMaxSourcePartitions));
+  k.partitions_per_topic =
+      static_cast<uint32_t>(m.integer("partitions_per_topic", 16, 1, layout::kMaxSourcePartitions));
   k.max_in_flight = static_cast<uint32_t>(m.integer("max_in_flight", 1000, 1, 1'000'000));
   if (const std::optional<int64_t> ms = duration_ms(m, "commit_interval")) k.commit_interval_ms = *ms;
   k.drain_timeout_s = m.number("drain_timeout_s", 10.0, 0.0, 600.0);
@@ -807,8 +809,9 @@ KafkaConfig parse_kafka(const YAML::Node& node, const std::string& segment_name,
         fail(path, "set by Larder (use the kafka block's own keys; offsets are committed only after the apply)");
       }
       if (key == "sasl.password" || key == "ssl.key.password" || key == "ssl.keystore.password") {
-        fail(path, "no secrets in the config file: use kafka.sasl_password_env or kafka.sasl_password_file for "
-                   "sasl.password, and a key file without a passphrase for TLS");
+        fail(path,
+             "no secrets in the config file: use kafka.sasl_password_env or kafka.sasl_password_file for "
+             "sasl.password, and a key file without a passphrase for TLS");
       }
       k.properties.emplace_back(key, kv.second.Scalar());
     }
@@ -823,8 +826,8 @@ KafkaConfig parse_kafka(const YAML::Node& node, const std::string& segment_name,
       fail(m.child("sasl_password_env"), fmt::format("environment variable {} is not set", var));
     }
     if (value == nullptr) {
-      secrets.warnings->push_back(fmt::format(
-          "{}: environment variable {} is not set (the sidecar needs it to start)", m.child("sasl_password_env"), var));
+      secrets.warnings->push_back(fmt::format("{}: environment variable {} is not set (the sidecar needs it to start)",
+                                              m.child("sasl_password_env"), var));
     }
     k.sasl_password = value != nullptr ? value : "";
     k.sasl_password_source = "env " + var;
@@ -946,10 +949,9 @@ ReadinessConfig parse_readiness(const YAML::Node& node) {
 
 Config parse_root(const YAML::Node& root, const ConfigLoad& load) {
   if (!present(root)) fail("config", "empty file");
-  MapNode m(
-      root, "",
-      {"segment", "event_time", "tables", "rabbitmq", "kafka", "logging", "metrics", "readiness", "snapshot",
-       "bootstrap"});
+  MapNode m(root, "",
+            {"segment", "event_time", "tables", "rabbitmq", "kafka", "logging", "metrics", "readiness", "snapshot",
+             "bootstrap"});
   Config c;
   const Secrets secrets{load.require_secrets, &c.warnings};
   c.segment = parse_segment(m.node("segment"));

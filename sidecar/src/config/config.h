@@ -117,7 +117,7 @@ enum class KafkaAssignment : uint8_t {
 };
 
 struct KafkaConfig {
-  std::string bootstrap_servers;    // host:port[,host:port...]
+  std::string bootstrap_servers;  // host:port[,host:port...]
   KafkaAssignment assignment = KafkaAssignment::kAll;
   std::vector<std::string> topics;  // the topics consumed, in order: topic i uses position slots i * ppt ..
   std::string group_id;             // default "larder-<hostname>-<segment>": commits per host and segment

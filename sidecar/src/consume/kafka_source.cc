@@ -49,8 +49,8 @@ KafkaSource::KafkaSource(const Config& config, Pipeline& pipeline, SourceLane& l
       slot_count_(size_t{config.kafka.partitions_per_topic} * config.kafka.topics.size()) {
   slots_ = std::make_unique<Slot[]>(slot_count_);
   completions_.resize(64);
-  status_ = fmt::format("kafka: waiting for the group's partition assignment (bootstrap servers {})",
-                        kc_.bootstrap_servers);
+  status_ =
+      fmt::format("kafka: waiting for the group's partition assignment (bootstrap servers {})", kc_.bootstrap_servers);
   set_sync(layout::SyncState::kCatchingUp);
 }
 
@@ -90,8 +90,9 @@ void KafkaSource::resume(std::span<const std::optional<SourcePosition>> stored) 
                  kc_.topics[i / kc_.partitions_per_topic], i % kc_.partitions_per_topic, stored[i]->next_offset,
                  stored[i]->skip_updates);
   }
-  if (resumed == 0) spdlog::info("kafka: no stored position; partitions start at their {} offset",
-                                 kc_.start == KafkaStart::kLatest ? "latest" : "earliest");
+  if (resumed == 0)
+    spdlog::info("kafka: no stored position; partitions start at their {} offset",
+                 kc_.start == KafkaStart::kLatest ? "latest" : "earliest");
 }
 
 void KafkaSource::set_state(layout::ConnectionState s) {
@@ -175,10 +176,9 @@ int KafkaSource::run() {
   }
   std::string topic_list;
   for (const std::string& t : kc_.topics) topic_list += (topic_list.empty() ? "" : ", ") + t;
-  spdlog::info("kafka: consuming {} from {}, {}, group \"{}\" (start {}, {} stored positions per topic)",
-               topic_list, kc_.bootstrap_servers,
-               group ? "partitions shared by the group" : "every partition (assignment all)", kc_.group_id,
-               kafka_start_name(kc_.start), kc_.partitions_per_topic);
+  spdlog::info("kafka: consuming {} from {}, {}, group \"{}\" (start {}, {} stored positions per topic)", topic_list,
+               kc_.bootstrap_servers, group ? "partitions shared by the group" : "every partition (assignment all)",
+               kc_.group_id, kafka_start_name(kc_.start), kc_.partitions_per_topic);
   last_commit_ = last_watermarks_ = std::chrono::steady_clock::now();
   auto next_metadata = std::chrono::steady_clock::now();
 
@@ -243,6 +243,20 @@ void KafkaSource::handle_message(rd_kafka_message_t* m) {
   const uint64_t offset = static_cast<uint64_t>(m->offset);
   if (s->expect_first) {
     s->expect_first = false;
+    if (s->known && offset < s->next_) {
+      int64_t low = -1, high = -1;
+      if (rd_kafka_query_watermark_offsets(rk_, rd_kafka_topic_name(m->rkt), m->partition, &low, &high, 5000) ==
+              RD_KAFKA_RESP_ERR_NO_ERROR &&
+          high < static_cast<int64_t>(s->next_)) {
+        // The partition ends before the stored position: the topic was
+        // deleted and re-created.
+        spdlog::error(
+            "kafka: {}[{}] ends at offset {}, before the stored position {}: the topic was deleted and re-created, "
+            "and its messages before offset {} will be taken as applied. Stop the sidecar, delete the segment and "
+            "start again to replay it",
+            rd_kafka_topic_name(m->rkt), m->partition, high, s->next_, s->next_);
+      }
+    }
     if (s->known && offset > s->next_) {
       // Offsets are not dense (compaction, transaction markers): only a
       // low watermark past the stored position means the log lost updates.
@@ -352,8 +366,8 @@ void KafkaSource::process_completions() {
     if (!s.assigned) continue;
     ++assigned;
     if (s.target < 0) return;
-    const bool reached = s.target == 0 || (s.known && s.applied_next >= static_cast<uint64_t>(s.target)) ||
-                         (!s.known && s.from_end);
+    const bool reached =
+        s.target == 0 || (s.known && s.applied_next >= static_cast<uint64_t>(s.target)) || (!s.known && s.from_end);
     if (!reached) return;
   }
   set_sync(layout::SyncState::kReady);
@@ -385,8 +399,8 @@ void KafkaSource::refresh_watermarks() {
     for (size_t i = 0; i < slot_count_ && reached; ++i) {
       const Slot& s = slots_[i];
       if (!s.assigned) continue;
-      reached = s.target == 0 || (s.known && s.applied_next >= static_cast<uint64_t>(s.target)) ||
-                (!s.known && s.from_end);
+      reached =
+          s.target == 0 || (s.known && s.applied_next >= static_cast<uint64_t>(s.target)) || (!s.known && s.from_end);
     }
     if (reached) {
       set_sync(layout::SyncState::kReady);
@@ -421,8 +435,8 @@ void KafkaSource::commit(bool sync) {
 }
 
 bool KafkaSource::drain() {
-  const auto deadline = std::chrono::steady_clock::now() +
-                        std::chrono::milliseconds(static_cast<int64_t>(kc_.drain_timeout_s * 1000));
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(kc_.drain_timeout_s * 1000));
   process_completions();
   while (outstanding_ > 0) {
     if (std::chrono::steady_clock::now() > deadline) {
@@ -443,9 +457,8 @@ void KafkaSource::on_rebalance(int err, rd_kafka_topic_partition_list_t* partiti
     assign_partitions(partitions, false);
     return;
   }
-  revoke_all(err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS
-                 ? "rebalance"
-                 : rd_kafka_err2str(static_cast<rd_kafka_resp_err_t>(err)));
+  revoke_all(err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS ? "rebalance"
+                                                         : rd_kafka_err2str(static_cast<rd_kafka_resp_err_t>(err)));
   rd_kafka_assign(rk_, nullptr);
 }
 
@@ -603,10 +616,10 @@ void KafkaSource::render_metrics(std::string& out) const {
     const int64_t high = s.high_watermark.load(std::memory_order_relaxed);
     const int64_t applied = s.applied.load(std::memory_order_relaxed);
     if (!live && applied < 0) continue;
-    rows.push_back(Row{fmt::format("topic=\"{}\",partition=\"{}\"",
-                                   escape_label_value(kc_.topics[i / kc_.partitions_per_topic]),
-                                   i % kc_.partitions_per_topic),
-                       high, applied, live});
+    rows.push_back(
+        Row{fmt::format("topic=\"{}\",partition=\"{}\"", escape_label_value(kc_.topics[i / kc_.partitions_per_topic]),
+                        i % kc_.partitions_per_topic),
+            high, applied, live});
   }
   p.family("larder_kafka_partition_assigned", "gauge", "1 when the group assigned this partition to this sidecar.");
   for (const Row& r : rows) p.sample("larder_kafka_partition_assigned", r.labels, int64_t{r.live ? 1 : 0});
@@ -619,7 +632,9 @@ void KafkaSource::render_metrics(std::string& out) const {
   p.family("larder_kafka_partition_lag_messages", "gauge",
            "Messages in the partition not yet applied: high watermark - applied offset (assigned partitions).");
   for (const Row& r : rows) {
-    if (r.live && r.high >= 0) p.sample("larder_kafka_partition_lag_messages", r.labels, std::max<int64_t>(0, r.high - std::max<int64_t>(0, r.applied)));
+    if (r.live && r.high >= 0)
+      p.sample("larder_kafka_partition_lag_messages", r.labels,
+               std::max<int64_t>(0, r.high - std::max<int64_t>(0, r.applied)));
   }
   p.family("larder_kafka_commits_total", "counter", "Offset commits sent (applied offsets only).");
   p.sample("larder_kafka_commits_total", "", commits_.load(std::memory_order_relaxed));

@@ -81,15 +81,15 @@ class KafkaSource final : public Source {
   struct Slot {
     // Source thread only.
     bool assigned = false;
-    bool known = false;              // next_ is known: from the segment (resume) or a delivery
-    bool from_end = false;           // assigned without a position, kafka.start latest
-    uint64_t next_ = 0;              // the first offset not yet handed to the writer
-    uint64_t applied_next = 0;       // the first offset not yet applied (valid when stored)
-    uint64_t committed_next = 0;     // last committed
-    uint64_t skip_offset = ~0ull;    // the resumed message whose first skip_updates are applied
+    bool known = false;            // next_ is known: from the segment (resume) or a delivery
+    bool from_end = false;         // assigned without a position, kafka.start latest
+    uint64_t next_ = 0;            // the first offset not yet handed to the writer
+    uint64_t applied_next = 0;     // the first offset not yet applied (valid when stored)
+    uint64_t committed_next = 0;   // last committed
+    uint64_t skip_offset = ~0ull;  // the resumed message whose first skip_updates are applied
     uint32_t skip_updates = 0;
-    bool expect_first = false;       // no message yet since its seek to a stored offset
-    int64_t target = -1;             // the high watermark first seen after the assignment; -1 unknown
+    bool expect_first = false;  // no message yet since its seek to a stored offset
+    int64_t target = -1;        // the high watermark first seen after the assignment; -1 unknown
     bool caught_up = false;
     // Read by HTTP threads (relaxed: statistics).
     std::atomic<int64_t> high_watermark{-1};

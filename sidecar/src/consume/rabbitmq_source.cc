@@ -9,9 +9,7 @@ RabbitSource::RabbitSource(const Config& config, Pipeline& pipeline, SourceLane&
                            const std::atomic<int>& stop_requests)
     : config_(config), consumer_(config, pipeline, lane, stop_requests) {}
 
-uint32_t RabbitSource::partitions_needed() const {
-  return config_.rabbitmq.queue.type == QueueType::kStream ? 1 : 0;
-}
+uint32_t RabbitSource::partitions_needed() const { return config_.rabbitmq.queue.type == QueueType::kStream ? 1 : 0; }
 
 std::string RabbitSource::position_id() const {
   return partitions_needed() > 0 ? stream_source_id(config_) : std::string();

@@ -65,8 +65,8 @@ void start_sources(Writer& writer, Pipeline& pipeline, const Config& config, Sou
   // StreamSync (apply/stream_sync.h).
   std::optional<SourcePosition> stream_resume;
   if (config.rabbitmq_enabled) {
-    s.stream_sync = start_stream_source(writer, pipeline, config, &stream_resume, /*id_set=*/true,
-                                        &pipeline.lanes[0]->sync_state);
+    s.stream_sync =
+        start_stream_source(writer, pipeline, config, &stream_resume, /*id_set=*/true, &pipeline.lanes[0]->sync_state);
   }
   for (size_t i = 0; i < s.sources.size(); ++i) {
     const SourceLane& lane = *pipeline.lanes[i];
