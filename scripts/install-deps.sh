@@ -11,7 +11,7 @@ packages=(
   # snapshot files
   libzstd-dev
   # sidecar
-  librabbitmq-dev libconcurrentqueue-dev libsimdjson-dev libyaml-cpp-dev
+  librabbitmq-dev librdkafka-dev libconcurrentqueue-dev libsimdjson-dev libyaml-cpp-dev
   libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev
   # message formats: Protocol Buffers (.proto parsed at start) and Avro
   libprotobuf-dev libprotoc-dev protobuf-compiler libavro-dev
@@ -19,7 +19,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev libhiredis-dev liblmdb-dev
   redis-server rabbitmq-server amqp-tools openssl procps util-linux tmux
   # python client and examples
-  python3 python3-numpy python3-pika python3-pytest python3-pandas python3-yaml python3-protobuf python3-sklearn
+  python3 python3-numpy python3-pika python3-confluent-kafka python3-pytest python3-pandas python3-yaml
+  python3-protobuf python3-sklearn
 )
 
 missing=()

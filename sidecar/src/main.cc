@@ -1,10 +1,14 @@
-// larder-sidecar: consumes feature updates from RabbitMQ and applies them to
-// a shared-memory segment that inference processes read (docs/sidecar.md).
+// larder-sidecar: consumes feature updates from RabbitMQ and/or Kafka and
+// applies them to a shared-memory segment that inference processes read
+// (docs/sidecar.md).
 //
 // Threads:
-//  * main thread = the consumer thread: parses the config, opens the segment,
-//    starts the writer thread, then runs the Consumer (it owns the broker
-//    connection) until SIGTERM/SIGINT, and joins the writer.
+//  * main thread = the first source's thread: parses the config, opens the
+//    segment, starts the writer thread and the other sources' threads, then
+//    runs the first source (RabbitMQ's Consumer owns the broker connection)
+//    until SIGTERM/SIGINT, and joins the others and the writer.
+//  * a thread for each further source (consume/source.h; the Kafka source
+//    beside a RabbitMQ one).
 //  * writer thread: run_writer_thread(), the only user of larder::Writer.
 //  * HTTP thread and its workers (metrics_server.h): /metrics, /healthz,
 //    /readyz; they only read atomics and the segment (read-only mapping);
@@ -27,7 +31,7 @@
 #include "apply/writer_thread.h"
 #include "config/config.h"
 #include "config/size_report.h"
-#include "consume/consumer.h"
+#include "consume/sources.h"
 #include "decode/message_decoder.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
@@ -104,7 +108,7 @@ CONFIG FILE (YAML; annotated example: examples/sidecar.example.yaml; reference: 
                     max(capacity, 65536)), expected_rate (events the table folds,
                     e.g. 50/s or 3000/h; a sizing hint: --check-config warns when
                     capacity < rate x horizon)}: event ids remembered to drop redeliveries
-  rabbitmq:
+  rabbitmq:         a RabbitMQ source (required unless kafka is set)
     url             amqp://user@host:port/vhost or amqps://... (no password in it)
     password_env    name of an environment variable holding the password, or
     password_file   a file holding the password (never on the command line)
@@ -138,6 +142,27 @@ CONFIG FILE (YAML; annotated example: examples/sidecar.example.yaml; reference: 
       table         the table of every update when the type has no table member
       members:      {table, key, event_time, op, id, fields}: member names
                     (default: the JSON names)
+  kafka:            a Kafka source, instead of or beside rabbitmq (docs/sidecar.md, "Kafka")
+    bootstrap_servers  host:port[,host:port] (required)
+    topics          list of topic names (required; no regex: each topic has its
+                    own stored positions)
+    assignment      all (default: every partition, assigned by the sidecar) |
+                    group (the consumer group shares the partitions)
+    group_id        consumer group for commits (default larder-<hostname>-<segment>)
+    start           stored (default: the segment's positions, else earliest) |
+                    earliest (replay, stored positions ignored) | latest (the
+                    segment's positions, else the end)
+    partitions_per_topic  stored positions per topic, partitions 0..n-1 (default 16;
+                    topics x this <= 64, minus 1 with a rabbitmq stream)
+    max_in_flight   messages handed to the writer, not yet applied (default 1000)
+    commit_interval applied offsets committed at most this often (default 1s)
+    drain_timeout_s on stop and revoke, wait for in-flight messages (default 10)
+    client_id       default "larder-sidecar <segment>"
+    properties      librdkafka settings passed as they are (security.protocol,
+                    ssl.*, sasl.mechanism, sasl.username, ...); not the ones
+                    above, not sasl.password
+    sasl_password_env / sasl_password_file  the SASL password (never in the file)
+    format          the records' format, as rabbitmq.format (default JSON v1)
   logging:
     level           trace | debug | info (default) | warn | error | critical | off
     json            one JSON object per log line (default false)
@@ -184,7 +209,7 @@ EXIT CODES
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"larder-sidecar: apply feature updates from RabbitMQ to a Larder shared-memory segment"};
+  CLI::App app{"larder-sidecar: apply feature updates from RabbitMQ and/or Kafka to a Larder shared-memory segment"};
   std::string config_path;
   std::string log_level;
   bool check_only = false;
@@ -218,13 +243,18 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "larder-sidecar: invalid config: %s\n", e.what());
     return 2;
   }
-  // The message format's schema file against the tables, before anything
-  // starts (the consumer builds its own decoder the same way).
+  // Each source's message format (its schema file against the tables),
+  // before anything starts; the sources build their decoders the same way.
   std::string format_description;
   try {
-    format_description =
-        larder::sidecar::make_message_decoder(config.schema(), config.decode_options(), config.rabbitmq.format)
-            ->describe();
+    const auto describe = [&](const char* source, const larder::sidecar::FormatConfig& format) {
+      if (format.type == larder::sidecar::MessageFormat::kJson) return;
+      const std::string d =
+          larder::sidecar::make_message_decoder(config.schema(), config.decode_options(), format)->describe();
+      format_description += std::string("format (") + source + "): " + d + "\n";
+    };
+    if (config.rabbitmq_enabled) describe("rabbitmq", config.rabbitmq.format);
+    if (config.kafka_enabled) describe("kafka", config.kafka.format);
   } catch (const larder::sidecar::ConfigError& e) {
     std::fprintf(stderr, "larder-sidecar: invalid config: %s\n", e.what());
     return 2;
@@ -241,12 +271,16 @@ int main(int argc, char** argv) {
     // will cost, before it exists. Its warnings are part of the report.
     const larder::sidecar::SizeReport sizes = larder::sidecar::size_report(config);
     for (const std::string& w : config.warnings) std::fprintf(stderr, "larder-sidecar: warning: %s\n", w.c_str());
-    if (config.rabbitmq.format.type != larder::sidecar::MessageFormat::kJson) {
-      std::printf("format: %s\n", format_description.c_str());
+    std::fputs(format_description.c_str(), stdout);
+    std::string sources_text;
+    if (config.rabbitmq_enabled) sources_text = "queue \"" + config.rabbitmq.queue.name + "\"";
+    if (config.kafka_enabled) {
+      std::string topics;
+      for (const std::string& t : config.kafka.topics) topics += (topics.empty() ? "" : ",") + t;
+      sources_text += (sources_text.empty() ? "" : ", ") + std::string("kafka topics ") + topics;
     }
-    std::printf("config ok: segment \"%s\", %zu tables, queue \"%s\"\n%s", config.segment.name.c_str(),
-                config.tables.size(), config.rabbitmq.queue.name.c_str(),
-                larder::sidecar::format_size_report(sizes).c_str());
+    std::printf("config ok: segment \"%s\", %zu tables, %s\n%s", config.segment.name.c_str(), config.tables.size(),
+                sources_text.c_str(), larder::sidecar::format_size_report(sizes).c_str());
     return 0;
   }
   larder::sidecar::setup_logging(config.logging.level, config.logging.json);
@@ -269,6 +303,8 @@ int main(int argc, char** argv) {
                attached.full_scan ? ", counters recounted by a full scan" : "");
 
   larder::sidecar::Pipeline pipeline;
+  // The sources and their lanes, before the HTTP thread reads the lanes.
+  larder::sidecar::Sources sources = larder::sidecar::make_sources(config, pipeline, g_stop_requests);
   // Both threads count as alive from the start (their loops refresh these).
   pipeline.metrics.writer_heartbeat_mono_ns.set(larder::layout::now_mono_ns());
   pipeline.metrics.consumer_heartbeat_mono_ns.set(larder::layout::now_mono_ns());
@@ -297,13 +333,11 @@ int main(int argc, char** argv) {
     spdlog::info("metrics: listener off (metrics.listen is empty or metrics.enabled is false)");
   }
 
-  // Stream queues: the source id, the stored position and the sync state,
-  // before the writer thread owns the Writer.
-  std::optional<larder::SourcePosition> resume;
-  std::unique_ptr<larder::sidecar::StreamSync> stream_sync =
-      larder::sidecar::start_stream_source(*writer, pipeline, config, &resume);
+  // The stored positions, the source id and the sync state, before the
+  // writer thread owns the Writer.
+  larder::sidecar::start_sources(*writer, pipeline, config, sources);
 
-  std::thread writer_thread([&] { larder::sidecar::run_writer_thread(*writer, pipeline, stream_sync.get()); });
+  std::thread writer_thread([&] { larder::sidecar::run_writer_thread(*writer, pipeline, sources.stream_sync.get()); });
   std::unique_ptr<larder::sidecar::SnapshotThread> snapshot_thread;
   if (!config.snapshot.dir.empty()) {
     snapshot_thread = std::make_unique<larder::sidecar::SnapshotThread>(config, pipeline.images, pipeline.metrics);
@@ -312,15 +346,26 @@ int main(int argc, char** argv) {
                  config.snapshot.keep);
   }
 
+  // One thread per source; the first on this (the main) thread. A source
+  // that fails for good (exit code != 0) stops the others.
   int code = 0;
   {
-    larder::sidecar::Consumer consumer(config, pipeline, g_stop_requests);
-    if (resume) consumer.resume_stream_at(resume->next_offset, resume->skip_updates);
-    code = consumer.run();
+    std::vector<int> codes(sources.sources.size(), 0);
+    std::vector<std::thread> source_threads;
+    for (size_t i = 1; i < sources.sources.size(); ++i) {
+      source_threads.emplace_back([&, i] {
+        codes[i] = sources.sources[i]->run();
+        if (codes[i] != 0) g_stop_requests.fetch_add(1);
+      });
+    }
+    codes[0] = sources.sources[0]->run();
+    if (codes[0] != 0) g_stop_requests.fetch_add(1);
+    for (std::thread& t : source_threads) t.join();
+    for (int c : codes) code = code != 0 ? code : c;
   }
   if (snapshot_thread) snapshot_thread->stop();  // finishes a snapshot in progress
   // release: pairs with the writer thread's acquire load; every item the
-  // consumer enqueued is visible to it before it sees the stop.
+  // sources enqueued is visible to it before it sees the stop.
   pipeline.writer_stop.store(true, std::memory_order_release);
   writer_thread.join();
   if (metrics_server) metrics_server->stop();

@@ -662,3 +662,91 @@ TEST_F(ConfigTest, YamlSyntaxErrorNamesTheLine) {
 
 }  // namespace
 }  // namespace larder::sidecar
+
+namespace larder::sidecar {
+namespace {
+
+const char* kKafkaOnly = R"(
+segment:
+  name: features
+tables:
+  - name: users
+    capacity: 1000
+    fields:
+      - {name: age, type: int64}
+kafka:
+  bootstrap_servers: "k1:9092,k2:9092"
+  topics: [events, prices]
+)";
+
+TEST(KafkaConfigTest, AKafkaBlockAloneIsASourceWithDefaults) {
+  const Config c = parse_config(kKafkaOnly);
+  EXPECT_FALSE(c.rabbitmq_enabled);
+  ASSERT_TRUE(c.kafka_enabled);
+  EXPECT_EQ(c.kafka.bootstrap_servers, "k1:9092,k2:9092");
+  EXPECT_EQ(c.kafka.topics, (std::vector<std::string>{"events", "prices"}));
+  EXPECT_EQ(c.kafka.start, KafkaStart::kStored);
+  EXPECT_EQ(c.kafka.partitions_per_topic, 16u);
+  // Per host and segment: every host reads every partition.
+  EXPECT_EQ(c.kafka.group_id.rfind("larder-", 0), 0u);
+  EXPECT_NE(c.kafka.group_id.find("-features"), std::string::npos) << c.kafka.group_id;
+}
+
+TEST(KafkaConfigTest, BothSourcesAndPassThroughSettings) {
+  ::setenv("LARDER_TEST_KAFKA_PASSWORD", "pw", 1);
+  const std::string avsc = "/tmp/larder_kafka_config_test.avsc";  // read at start, not parsed here
+  std::ofstream(avsc) << R"({"type": "record", "name": "U", "fields": []})";
+  std::string yaml = std::string(kKafkaOnly) + R"(  start: latest
+  group_id: g1
+  format: {type: avro, schema: /tmp/larder_kafka_config_test.avsc, confluent: {schema_id: 7}}
+  properties: {security.protocol: SASL_SSL, sasl.mechanism: SCRAM-SHA-512, sasl.username: larder}
+  sasl_password_env: LARDER_TEST_KAFKA_PASSWORD
+rabbitmq:
+  url: amqp://larder@broker.local:5673/prod
+  password_env: LARDER_TEST_KAFKA_PASSWORD
+  queue: {name: q, type: stream}
+)";
+  const Config c = parse_config(yaml);
+  EXPECT_TRUE(c.rabbitmq_enabled);
+  EXPECT_TRUE(c.kafka_enabled);
+  EXPECT_EQ(c.kafka.start, KafkaStart::kLatest);
+  EXPECT_EQ(c.kafka.group_id, "g1");
+  ASSERT_EQ(c.kafka.properties.size(), 3u);
+  EXPECT_EQ(c.kafka.properties[0], (std::pair<std::string, std::string>{"security.protocol", "SASL_SSL"}));
+  EXPECT_EQ(c.kafka.sasl_password, "pw");
+  // Each source has its own format: the Kafka records are Avro, the queue's bodies JSON.
+  EXPECT_EQ(c.kafka.format.type, MessageFormat::kAvro);
+  EXPECT_EQ(c.kafka.format.confluent_schema_id, std::optional<uint32_t>(7));
+  EXPECT_EQ(c.rabbitmq.format.type, MessageFormat::kJson);
+  std::remove(avsc.c_str());
+}
+
+TEST(KafkaConfigTest, ErrorsNameTheKey) {
+  auto expect_error = [](const std::string& yaml, const std::string& path, const std::string& fragment) {
+    try {
+      parse_config(yaml);
+      ADD_FAILURE() << "accepted:\n" << yaml;
+    } catch (const ConfigError& e) {
+      const std::string msg = e.what();
+      EXPECT_EQ(msg.rfind(path + ": ", 0), 0u) << msg;
+      EXPECT_NE(msg.find(fragment), std::string::npos) << msg;
+    }
+  };
+  const std::string base = kKafkaOnly;
+  expect_error(base + "  start: newest\n", "kafka.start", "expected stored, earliest or latest");
+  expect_error(base + "  format: {type: xml}\n", "kafka.format.type", "unknown format \"xml\"");
+  expect_error(base + "  properties: {sasl.password: x}\n", "kafka.properties.sasl.password", "no secrets");
+  expect_error(base + "  properties: {enable.auto.commit: 'true'}\n", "kafka.properties.enable.auto.commit",
+               "set by Larder");
+  expect_error(base + "  partitions_per_topic: 40\n", "kafka.partitions_per_topic", "the segment holds 64");
+  expect_error(base + "  sasl_password_env: LARDER_TEST_UNSET_VARIABLE_XYZ\n", "kafka.sasl_password_env", "is not set");
+  std::string regex = base;
+  regex.replace(regex.find("[events, prices]"), 16, "[\"^events\\\\..*\"]");
+  expect_error(regex, "kafka.topics[0]", "regex");
+  std::string empty = base;
+  empty.replace(empty.find("[events, prices]"), 16, "[]");
+  expect_error(empty, "kafka.topics", "at least one topic");
+}
+
+}  // namespace
+}  // namespace larder::sidecar

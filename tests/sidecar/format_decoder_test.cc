@@ -645,7 +645,7 @@ message Item { string key = 1; int64 event_time = 2; F fields = 3; })");
   std::ofstream(path) << yaml(good);
   run = testing::run_command(cmd);
   EXPECT_EQ(run.code, 0) << run.out;
-  EXPECT_NE(run.out.find("format: protobuf s.Item\n"), std::string::npos) << run.out;
+  EXPECT_NE(run.out.find("format (rabbitmq): protobuf s.Item\n"), std::string::npos) << run.out;
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 
 #include "apply/pipeline.h"
 #include "config/config.h"
+#include "consume/kafka_source.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
 #include "observe/metrics_server.h"
@@ -423,12 +424,22 @@ TEST(RenderMetrics, SourceMetricsAndReadinessFollowTheSyncState) {
   EXPECT_EQ(not_ready_reason(m, connected, seg, policy, mono), "");
 }
 
-// The families /metrics serves (a fully populated page).
+// The families /metrics serves (a fully populated page), with a Kafka
+// source's own families after them (MetricsServer appends each source's).
 std::set<std::string> rendered_families() {
   SidecarMetrics m;
   const int64_t now = layout::now_unix_ns();
-  const test::ParsedMetrics p =
-      test::parse_prometheus(render_metrics(m, 2, fake_segment(now), now, layout::now_mono_ns()));
+  std::string text = render_metrics(m, 2, fake_segment(now), now, layout::now_mono_ns());
+  const Config config = parse_config(R"(segment: {name: metrics-docs}
+tables: [{name: t, capacity: 10, fields: [{name: a, type: int64}]}]
+kafka: {bootstrap_servers: "127.0.0.1:1", topics: [events]}
+)");
+  Pipeline pipeline;
+  SourceLane lane(0, 0, config.kafka.partitions_per_topic);
+  const std::atomic<int> stop{0};
+  KafkaSource kafka(config, pipeline, lane, stop);  // not run: no connection
+  kafka.render_metrics(text);
+  const test::ParsedMetrics p = test::parse_prometheus(text);
   std::set<std::string> out;
   for (const auto& [name, type] : p.types) out.insert(name);
   return out;

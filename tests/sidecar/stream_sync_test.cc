@@ -174,3 +174,46 @@ rabbitmq: {url: "amqp://guest@127.0.0.1/", password_env: LARDER_UNIT_STREAMSYNC_
 
 }  // namespace
 }  // namespace larder::sidecar
+
+namespace larder::sidecar {
+namespace {
+
+// Several sources: a message's position goes to its own SourceBlock
+// partition, and the segment's states are the least ready / worst of the
+// lanes'.
+TEST_F(StreamSyncTest, LanesKeepTheirOwnPartitionsAndCombineTheirStates) {
+  Decoder decoder(one_table(), {});
+  DecodedBatch batch;
+  ASSERT_TRUE(decoder.decode(R"({"table":"t","key":"a","event_time":5,"fields":{"i":1}})", batch).ok);
+  RejectReason reason = RejectReason::kInternal;
+  const StreamPlace place{41, 0, 5};
+  EXPECT_EQ(apply_batch(*writer_, batch, &reason, nullptr, nullptr, nullptr, nullptr, nullptr, &place),
+            Outcome::kApplied);
+  ASSERT_TRUE(writer_->position(5));
+  EXPECT_EQ(writer_->position(5)->next_offset, 42u);
+  EXPECT_FALSE(position()) << "partition 0 belongs to another source";
+
+  pipeline_.lanes.push_back(std::make_unique<SourceLane>(0, 0, 1));
+  pipeline_.lanes.push_back(std::make_unique<SourceLane>(1, 1, 8));
+  auto set = [&](size_t lane, layout::SyncState s, layout::ConnectionState c) {
+    pipeline_.lanes[lane]->sync_state.store(static_cast<uint32_t>(s));
+    pipeline_.lanes[lane]->connection_state.store(static_cast<uint32_t>(c));
+  };
+  set(0, layout::SyncState::kReady, layout::ConnectionState::kConnected);
+  set(1, layout::SyncState::kUnknown, layout::ConnectionState::kConnected);
+  EXPECT_EQ(combined_sync_state(pipeline_), layout::SyncState::kReady);
+  EXPECT_EQ(combined_connection_state(pipeline_), layout::ConnectionState::kConnected);
+  set(1, layout::SyncState::kCatchingUp, layout::ConnectionState::kConnecting);
+  EXPECT_EQ(combined_sync_state(pipeline_), layout::SyncState::kCatchingUp);
+  EXPECT_EQ(combined_connection_state(pipeline_), layout::ConnectionState::kConnecting);
+  set(0, layout::SyncState::kIncomplete, layout::ConnectionState::kDisconnected);
+  EXPECT_EQ(combined_sync_state(pipeline_), layout::SyncState::kIncomplete);
+  EXPECT_EQ(combined_connection_state(pipeline_), layout::ConnectionState::kDisconnected);
+  set(0, layout::SyncState::kUnknown, layout::ConnectionState::kStopped);
+  set(1, layout::SyncState::kUnknown, layout::ConnectionState::kStopped);
+  EXPECT_EQ(combined_sync_state(pipeline_), layout::SyncState::kUnknown);
+  EXPECT_EQ(combined_connection_state(pipeline_), layout::ConnectionState::kStopped);
+}
+
+}  // namespace
+}  // namespace larder::sidecar

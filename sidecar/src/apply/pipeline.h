@@ -1,27 +1,33 @@
-// What the consumer thread and the writer thread share.
+// What the source threads and the writer thread share.
 //
-//   consumer thread                          writer thread
-//   ---------------                          -------------
-//   amqp_consume_message -> decode
+//   source thread (one per source)           writer thread
+//   ------------------------------           -------------
+//   receive (AMQP, Kafka) -> decode
 //   WorkItem ------ work (BlockingConcurrentQueue) ------> Writer::upsert/remove
-//   basic.ack / basic.reject <--- done (ConcurrentQueue) --- Completion
+//   ack / commit / refuse <-- lane.done (ConcurrentQueue) -- Completion
 //
-// Both queues have one producer thread each, so moodycamel keeps their FIFO
-// order (it orders per producer): completions come back in delivery order,
-// and two updates with the same event time apply in delivery order.
-// The number of WorkItems in flight is bounded by the channel's prefetch
-// (basic.qos), which is the only backpressure: the consumer never blocks on
-// the queue.
+// Each source has a SourceLane: its index (WorkItem::source routes the
+// Completion back to lane.done), its range of SourceBlock partitions and
+// the states it reports. moodycamel keeps FIFO order per producer: each
+// source's completions come back in its delivery order, and two updates of
+// one source with the same event time apply in delivery order (between
+// sources there is no order; last-write-wins by event time decides).
+// The number of WorkItems in flight is bounded by each source's window
+// (AMQP prefetch, kafka.max_in_flight), the only backpressure: a source
+// never blocks on the queue.
 //
-// Atomics: connection_state and pending_rejects are written by the consumer
-// thread and read by the writer thread, which forwards them to the segment
-// (the Writer is used by the writer thread only). Relaxed order suffices:
-// they are statistics, not synchronisation; the queues synchronise the items.
+// Atomics: each lane's connection_state and sync_state are written by its
+// source thread (sync_state of a RabbitMQ stream by StreamSync, on the
+// writer thread) and read by the writer thread, which combines them and
+// forwards them to the segment (the Writer is used by the writer thread
+// only) and to connection_state here. pending_rejects is added to by every
+// source (fetch_add). Relaxed order suffices: they are statistics, not
+// synchronisation; the queues synchronise the items.
 //
-// Metrics: each member of `metrics` has one writer thread (consumer or
-// writer, see metrics.h); the HTTP thread reads them and connection_state,
-// and the consumer's stats log line reads them too, so the log and /metrics
-// give the same numbers under the same names.
+// Metrics: counters and histograms of `metrics` take several writer threads
+// (metrics.h); the HTTP thread reads them and connection_state, and the
+// consumer's stats log line reads them too, so the log and /metrics give
+// the same numbers under the same names.
 #pragma once
 
 #include <concurrentqueue/blockingconcurrentqueue.h>
@@ -29,6 +35,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "decode/decoder.h"
 #include "larder/layout/format.h"
@@ -42,6 +51,10 @@ inline constexpr uint64_t kNoOffset = ~uint64_t{0};
 
 // One decoded message on its way to the writer.
 struct WorkItem {
+  uint32_t source = 0;  // its lane (SourceLane::index): where the Completion goes
+  // The SourceBlock partition its position is stored in (absolute: the
+  // lane's partition_base plus the source's own partition number).
+  uint32_t partition = 0;
   uint64_t epoch = 0;  // the connection it came from
   uint64_t delivery_tag = 0;
   // Stream queues: the message's offset in the stream (its x-stream-offset
@@ -73,6 +86,8 @@ enum class Outcome : uint8_t {
 // The writer's answer for one WorkItem. It hands the batch back so the
 // consumer reuses its buffers.
 struct Completion {
+  uint32_t partition = 0;       // the WorkItem's
+  uint64_t offset = kNoOffset;  // the WorkItem's
   uint64_t epoch = 0;
   uint64_t delivery_tag = 0;
   Outcome outcome = Outcome::kApplied;
@@ -82,13 +97,47 @@ struct Completion {
   int64_t applied_mono_ns = 0;  // CLOCK_MONOTONIC: the writer finished it
 };
 
+// What a source reports beside its lane's states: the HTTP thread asks it
+// for /readyz and /metrics. Both are called on HTTP threads while the
+// source runs: implementations read atomics or take their own lock.
+class SourceHealth {
+ public:
+  virtual ~SourceHealth() = default;
+  // "" when the source is ready, else a one-line reason.
+  virtual std::string not_ready_reason() const = 0;
+  // Appends the source's own Prometheus families (e.g. per-partition lag).
+  virtual void render_metrics(std::string& out) const = 0;
+};
+
+// One source's channel to the writer thread (see the top of this file).
+struct SourceLane {
+  SourceLane(uint32_t lane_index, uint32_t base, uint32_t count)
+      : index(lane_index), partition_base(base), partition_count(count) {}
+
+  const uint32_t index;
+  // The SourceBlock partitions partition_base .. partition_base +
+  // partition_count - 1 hold this source's positions (count 0: none).
+  const uint32_t partition_base;
+  const uint32_t partition_count;
+  moodycamel::ConcurrentQueue<Completion> done;
+  std::atomic<uint32_t> connection_state{static_cast<uint32_t>(layout::ConnectionState::kConnecting)};
+  // A source that stores positions: its layout::SyncState (kUnknown: it
+  // stores none, or has not said). The segment's is the least ready of all.
+  std::atomic<uint32_t> sync_state{static_cast<uint32_t>(layout::SyncState::kUnknown)};
+  const SourceHealth* health = nullptr;  // set before the HTTP thread starts; may stay null
+};
+
 struct Pipeline {
   moodycamel::BlockingConcurrentQueue<WorkItem> work;
-  moodycamel::ConcurrentQueue<Completion> done;
+  // One per source, indexed by WorkItem::source; built before any thread
+  // starts and fixed afterwards.
+  std::vector<std::unique_ptr<SourceLane>> lanes;
 
+  // The lanes' connection states combined (the worst), written by the
+  // writer thread; what the segment header and /metrics show.
   std::atomic<uint32_t> connection_state{static_cast<uint32_t>(layout::ConnectionState::kConnecting)};
-  std::atomic<uint64_t> pending_rejects{0};  // consumer adds, writer moves into the segment
-  std::atomic<bool> writer_stop{false};      // set by main once the consumer has finished
+  std::atomic<uint64_t> pending_rejects{0};  // sources add, writer moves into the segment
+  std::atomic<bool> writer_stop{false};      // set by main once every source has finished
 
   // Stream queues: what the consumer learned of the stream, for the writer
   // thread's sync state (apply/stream_sync.h). The consumer writes

@@ -26,11 +26,14 @@ const char* state_name(layout::SyncState s) noexcept {
 
 }  // namespace
 
-StreamSync::StreamSync(Writer& writer, Pipeline& pipeline, int64_t max_lag_ms, bool incomplete)
-    : writer_(writer), pipeline_(pipeline), max_lag_ms_(max_lag_ms) {
+StreamSync::StreamSync(Writer& writer, Pipeline& pipeline, int64_t max_lag_ms, bool incomplete,
+                       std::atomic<uint32_t>* report)
+    : writer_(writer), pipeline_(pipeline), report_(report), max_lag_ms_(max_lag_ms) {
   if (const std::optional<SourcePosition> p = writer_.position(0)) next_offset_ = p->next_offset;
   if (incomplete) {
     state_ = layout::SyncState::kIncomplete;
+    // relaxed: a status report (see pipeline.h).
+    if (report_ != nullptr) report_->store(static_cast<uint32_t>(state_), std::memory_order_relaxed);
     spdlog::error(
         "sync: the segment is INCOMPLETE (a retention gap found earlier): it stays so until it is restored from a "
         "newer snapshot or bootstrapped from a peer (docs/operations.md, \"Retention gap\")");
@@ -42,7 +45,11 @@ StreamSync::StreamSync(Writer& writer, Pipeline& pipeline, int64_t max_lag_ms, b
 }
 
 void StreamSync::set_state(layout::SyncState state) {
-  writer_.set_sync_state(state);
+  if (report_ != nullptr) {
+    report_->store(static_cast<uint32_t>(state), std::memory_order_relaxed);  // relaxed: see pipeline.h
+  } else {
+    writer_.set_sync_state(state);
+  }
   state_ = state;
 }
 
@@ -102,8 +109,11 @@ void StreamSync::poll(int64_t now_unix_ms) {
 }
 
 std::string stream_source_id(const Config& config) {
-  std::string id =
-      fmt::format("rabbitmq stream vhost={} queue={}", config.rabbitmq.url.vhost, config.rabbitmq.queue.name);
+  return fit_source_id(
+      fmt::format("rabbitmq stream vhost={} queue={}", config.rabbitmq.url.vhost, config.rabbitmq.queue.name));
+}
+
+std::string fit_source_id(std::string id) {
   constexpr size_t kMax = layout::kSourceIdWords * 8 - 1;
   if (id.size() > kMax) {
     uint64_t h = 14695981039346656037ull;  // FNV-1a 64 of the whole id
@@ -117,16 +127,17 @@ std::string stream_source_id(const Config& config) {
 }
 
 std::unique_ptr<StreamSync> start_stream_source(Writer& writer, Pipeline& pipeline, const Config& config,
-                                                std::optional<SourcePosition>* resume) {
+                                                std::optional<SourcePosition>* resume, bool id_set,
+                                                std::atomic<uint32_t>* report) {
   resume->reset();
-  if (config.rabbitmq.queue.type != QueueType::kStream) {
-    writer.set_sync_state(layout::SyncState::kUnknown);
+  if (!config.rabbitmq_enabled || config.rabbitmq.queue.type != QueueType::kStream) {
+    if (report == nullptr) writer.set_sync_state(layout::SyncState::kUnknown);
     return nullptr;
   }
-  const std::string id = stream_source_id(config);
+  const std::string id = id_set ? writer.source_id() : stream_source_id(config);
   const std::string stored_id = writer.source_id();
   bool incomplete = false;
-  if (!writer.set_source_id(id)) {
+  if (!id_set && !writer.set_source_id(id)) {
     spdlog::error(
         "source: the segment's stored stream positions were for another source (\"{}\"), not \"{}\": they are "
         "cleared, and the table's contents do not come from this stream. Consuming from rabbitmq.queue.stream_offset "
@@ -149,7 +160,7 @@ std::unique_ptr<StreamSync> start_stream_source(Writer& writer, Pipeline& pipeli
     spdlog::info("source: \"{}\": no stored position; starting at rabbitmq.queue.stream_offset \"{}\"", id,
                  config.rabbitmq.queue.stream_offset);
   }
-  return std::make_unique<StreamSync>(writer, pipeline, config.readiness.max_lag_ms, incomplete);
+  return std::make_unique<StreamSync>(writer, pipeline, config.readiness.max_lag_ms, incomplete, report);
 }
 
 }  // namespace larder::sidecar

@@ -37,7 +37,11 @@ class StreamSync {
  public:
   // Sets CATCHING_UP (no target yet), or keeps INCOMPLETE when the segment
   // says so already (`incomplete`: its stored state for the same source).
-  StreamSync(Writer& writer, Pipeline& pipeline, int64_t max_lag_ms, bool incomplete);
+  // `report`: the lane's sync_state, which the writer thread combines with
+  // the other sources' into the segment's; nullptr: set the segment's
+  // directly.
+  StreamSync(Writer& writer, Pipeline& pipeline, int64_t max_lag_ms, bool incomplete,
+             std::atomic<uint32_t>* report = nullptr);
 
   // The writer applied (or skipped) the message at `offset`; its newest event
   // time, or 0 when it had no updates. Never allocates.
@@ -58,6 +62,7 @@ class StreamSync {
 
   Writer& writer_;
   Pipeline& pipeline_;
+  std::atomic<uint32_t>* report_;
   const int64_t max_lag_ms_;
   layout::SyncState state_ = layout::SyncState::kCatchingUp;
   uint64_t probes_seen_ = 0;
@@ -74,12 +79,19 @@ class StreamSync {
 // a hash of the whole appended.
 std::string stream_source_id(const Config& config);
 
+// Cuts an id longer than the SourceBlock holds (127 bytes), with a hash of
+// the whole appended, and replaces NUL bytes.
+std::string fit_source_id(std::string id);
+
 // Main thread, before the writer thread starts. A stream queue: sets the
 // source id (a segment whose positions were for another source has them
 // cleared, and says so loudly), puts the stored position in *resume (if any)
 // and returns the StreamSync (CATCHING_UP, or INCOMPLETE kept). Other queues:
-// sets SyncState::kUnknown and returns nullptr.
+// sets SyncState::kUnknown and returns nullptr. `id_set`: the caller set the
+// source id already (several sources share it; see consume/sources.h).
+// `report`: as StreamSync's.
 std::unique_ptr<StreamSync> start_stream_source(Writer& writer, Pipeline& pipeline, const Config& config,
-                                                std::optional<SourcePosition>* resume);
+                                                std::optional<SourcePosition>* resume, bool id_set = false,
+                                                std::atomic<uint32_t>* report = nullptr);
 
 }  // namespace larder::sidecar

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <vector>
 
 #include "larder/layout/clock.h"
 
@@ -18,14 +19,15 @@ Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* rea
   const size_t n = batch.size();
   if (place != nullptr && place->skip_updates >= n) {
     // Nothing left to apply (no updates, or all applied before a restart).
-    writer.set_position(SourcePosition{0, place->offset + 1, 0});
+    writer.set_position(SourcePosition{place->partition, place->offset + 1, 0});
     return outcome;
   }
   // The position stored with update i: the message is wholly applied after
   // its last update only.
   auto position_after = [&](size_t i) {
     const bool last = i + 1 == n;
-    return SourcePosition{0, last ? place->offset + 1 : place->offset, last ? 0u : static_cast<uint32_t>(i + 1)};
+    return SourcePosition{place->partition, last ? place->offset + 1 : place->offset,
+                          last ? 0u : static_cast<uint32_t>(i + 1)};
   };
   auto tally = [&](size_t i, ApplyResult r) {
     switch (r) {
@@ -109,25 +111,65 @@ Outcome apply_item(Writer& writer, const WorkItem& item, StreamSync* sync, Rejec
   if (item.offset == kNoOffset) {
     return apply_batch(writer, item.batch, reason, nullptr, applied, lag, duplicates, late, nullptr, refused_update);
   }
-  if (sync != nullptr && item.gap_from != kNoOffset) sync->gap(item.gap_from, item.offset);
+  // The stream sync follows the RabbitMQ stream only (partition 0 of lane 0).
+  const bool streamed = sync != nullptr && item.source == 0;
+  if (streamed && item.gap_from != kNoOffset) sync->gap(item.gap_from, item.offset);
   Outcome outcome = Outcome::kSkipped;
   if (item.position_only) {
-    writer.set_position(SourcePosition{0, item.offset + 1, 0});
+    writer.set_position(SourcePosition{item.partition, item.offset + 1, 0});
   } else {
-    const StreamPlace place{item.offset, item.skip_updates};
+    const StreamPlace place{item.offset, item.skip_updates, item.partition};
     outcome = apply_batch(writer, item.batch, reason, nullptr, applied, lag, duplicates, late, &place, refused_update);
   }
-  if (sync != nullptr) sync->applied(item.offset, item.position_only ? 0 : newest_event_ms(item.batch));
+  if (streamed) sync->applied(item.offset, item.position_only ? 0 : newest_event_ms(item.batch));
   return outcome;
 }
 
 }  // namespace
 
+layout::SyncState combined_sync_state(const Pipeline& pipeline) noexcept {
+  // Ordered from least to most ready; the segment shows the least ready.
+  bool any_incomplete = false, any_catching_up = false, any_ready = false;
+  for (const auto& lane : pipeline.lanes) {
+    // relaxed: a status report (see pipeline.h).
+    switch (static_cast<layout::SyncState>(lane->sync_state.load(std::memory_order_relaxed))) {
+      case layout::SyncState::kIncomplete: any_incomplete = true; break;
+      case layout::SyncState::kCatchingUp: any_catching_up = true; break;
+      case layout::SyncState::kReady: any_ready = true; break;
+      case layout::SyncState::kUnknown: break;
+    }
+  }
+  if (any_incomplete) return layout::SyncState::kIncomplete;
+  if (any_catching_up) return layout::SyncState::kCatchingUp;
+  return any_ready ? layout::SyncState::kReady : layout::SyncState::kUnknown;
+}
+
+layout::ConnectionState combined_connection_state(const Pipeline& pipeline) noexcept {
+  bool any_disconnected = false, any_connecting = false, any_connected = false;
+  for (const auto& lane : pipeline.lanes) {
+    // relaxed: a status report (see pipeline.h).
+    switch (static_cast<layout::ConnectionState>(lane->connection_state.load(std::memory_order_relaxed))) {
+      case layout::ConnectionState::kDisconnected: any_disconnected = true; break;
+      case layout::ConnectionState::kConnecting: any_connecting = true; break;
+      case layout::ConnectionState::kConnected: any_connected = true; break;
+      default: break;
+    }
+  }
+  if (any_disconnected) return layout::ConnectionState::kDisconnected;
+  if (any_connecting) return layout::ConnectionState::kConnecting;
+  return any_connected ? layout::ConnectionState::kConnected : layout::ConnectionState::kStopped;
+}
+
 void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
   moodycamel::ConsumerToken ctok(pipeline.work);
-  moodycamel::ProducerToken ptok(pipeline.done);
+  // One producer token per lane's done queue: this thread is its only producer.
+  std::vector<moodycamel::ProducerToken> ptoks;
+  ptoks.reserve(pipeline.lanes.size());
+  for (auto& lane : pipeline.lanes) ptoks.emplace_back(lane->done);
   std::array<WorkItem, 64> items;
   uint32_t reported_state = ~0u;
+  layout::SyncState reported_sync = layout::SyncState::kUnknown;
+  bool sync_reported = false;
   int64_t last_maintain_ns = 0;
   uint64_t table_full_logged = 0;
   uint64_t arena_full_logged = 0;
@@ -149,6 +191,8 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
       WorkItem& item = items[i];
       metrics.stage_handover_seconds.observe_ns(dequeued - item.enqueued_mono_ns);
       Completion c;
+      c.partition = item.partition;
+      c.offset = item.offset;
       c.epoch = item.epoch;
       c.delivery_tag = item.delivery_tag;
       c.outcome =
@@ -172,7 +216,8 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
             arena_full_logged);
       }
       c.batch = std::move(item.batch);
-      pipeline.done.enqueue(ptok, std::move(c));
+      const uint32_t lane = item.source < ptoks.size() ? item.source : 0;
+      pipeline.lanes[lane]->done.enqueue(ptoks[lane], std::move(c));
     }
     if (n > 0) {
       metrics.messages_applied.add(applied_messages);
@@ -185,11 +230,18 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
       metrics.work_done.add_release(n);
     }
 
-    // relaxed: a status report forwarded to the segment (see pipeline.h).
-    const uint32_t state = pipeline.connection_state.load(std::memory_order_relaxed);
+    // relaxed: status reports forwarded to the segment (see pipeline.h).
+    const uint32_t state = static_cast<uint32_t>(combined_connection_state(pipeline));
+    pipeline.connection_state.store(state, std::memory_order_relaxed);
     if (state != reported_state) {
       writer.set_connection_state(static_cast<layout::ConnectionState>(state));
       reported_state = state;
+    }
+    const layout::SyncState sync_state = combined_sync_state(pipeline);
+    if (!sync_reported || sync_state != reported_sync) {
+      writer.set_sync_state(sync_state);
+      reported_sync = sync_state;
+      sync_reported = true;
     }
     // relaxed: a count; exchange moves each reject into the segment once.
     if (const uint64_t rejects = pipeline.pending_rejects.exchange(0, std::memory_order_relaxed)) {

@@ -17,9 +17,11 @@ namespace larder::sidecar {
 inline constexpr std::chrono::milliseconds kMaintainInterval{50};
 
 // Runs until pipeline.writer_stop is set and the work queue is empty, then
-// records ConnectionState::kStopped. `sync`: the sync state of a stream
-// source (nullptr for other queues), polled every round. Runs on the writer
-// thread.
+// records ConnectionState::kStopped. Sends each Completion to the lane of
+// its WorkItem (pipeline.lanes, at least one), and forwards the lanes'
+// combined connection and sync states to the segment every round. `sync`:
+// the sync state of a RabbitMQ stream source (nullptr otherwise), polled
+// every round. Runs on the writer thread.
 void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync = nullptr);
 
 // Where a stream message sits: apply_batch stores the position after each
@@ -28,6 +30,7 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync = nu
 struct StreamPlace {
   uint64_t offset = 0;        // the message's offset
   uint32_t skip_updates = 0;  // its first updates, applied before a restart: not applied again
+  uint32_t partition = 0;     // the SourceBlock partition of its position
 };
 
 // Where apply_batch records the event-to-visible lag of each applied update:
@@ -52,10 +55,16 @@ struct LagRecorder {
 // Observes each applied update's lag into `lag` when given. Stores the index
 // of the first refused update in `*refused_update` when given. With `place`
 // (a stream message), skips its first place->skip_updates updates and stages
-// before update i of n the position {0, offset, i + 1} (the message is not
-// wholly applied yet) or, for the last, {0, offset + 1, 0}; a message with no
-// update left stores {0, offset + 1, 0} directly. Writer thread. Never
+// before update i of n the position {partition, offset, i + 1} (the message
+// is not wholly applied yet) or, for the last, {partition, offset + 1, 0}; a
+// message with no update left stores {partition, offset + 1, 0} directly. Writer thread. Never
 // allocates.
+// The least ready of the lanes' states, and the worst of their connection
+// states (any disconnected, else any connecting, else connected when any
+// is, else stopped). Writer thread (reads relaxed atomics).
+layout::SyncState combined_sync_state(const Pipeline& pipeline) noexcept;
+layout::ConnectionState combined_connection_state(const Pipeline& pipeline) noexcept;
+
 Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* reason, uint64_t* stale,
                     uint64_t* applied = nullptr, const LagRecorder* lag = nullptr, uint64_t* duplicates = nullptr,
                     uint64_t* late = nullptr, const StreamPlace* place = nullptr, uint32_t* refused_update = nullptr);

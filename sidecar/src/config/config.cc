@@ -22,6 +22,7 @@
 #include "config/format.h"
 #include "config/http_url.h"
 #include "larder/layout/error.h"
+#include "larder/layout/format.h"
 
 namespace larder::sidecar {
 namespace {
@@ -875,6 +876,111 @@ RabbitConfig parse_rabbitmq(const YAML::Node& node, const std::string& segment_n
   return r;
 }
 
+// librdkafka settings that Larder owns: set elsewhere in the kafka block or
+// needed for its guarantees (offsets committed only after the apply).
+bool kafka_owned_property(const std::string& key) {
+  static const char* const kOwned[] = {"bootstrap.servers",        "group.id",          "enable.auto.commit",
+                                       "enable.auto.offset.store", "auto.offset.reset", "client.id",
+                                       "enable.partition.eof"};
+  for (const char* k : kOwned) {
+    if (key == k) return true;
+  }
+  return false;
+}
+
+KafkaConfig parse_kafka(const YAML::Node& node, const std::string& segment_name, const Secrets& secrets) {
+  MapNode m(
+      node, "kafka",
+      {"bootstrap_servers", "assignment", "topics", "group_id", "start", "partitions_per_topic", "max_in_flight",
+       "commit_interval", "drain_timeout_s", "client_id", "properties", "sasl_password_env", "sasl_password_file",
+       "format"});
+  KafkaConfig k;
+  k.format = parse_format(m.node("format"), m.child("format"));
+  k.bootstrap_servers = m.str("bootstrap_servers");
+  if (k.bootstrap_servers.empty()) fail(m.child("bootstrap_servers"), "must not be empty (host:port[,host:port])");
+  std::set<std::string> seen;
+  each_item(m.node("topics"), m.child("topics"), true, [&](const YAML::Node& t, const std::string& tpath) {
+    if (!t.IsScalar() || t.Scalar().empty()) fail(tpath, "expected a topic name");
+    if (t.Scalar().front() == '^') {
+      fail(tpath,
+           "a regex subscription is not supported: list the topics (each needs its own range of stored "
+           "positions, fixed across restarts)");
+    }
+    if (!seen.insert(t.Scalar()).second) fail(tpath, fmt::format("duplicate topic \"{}\"", t.Scalar()));
+    k.topics.push_back(t.Scalar());
+  });
+  if (k.topics.empty()) fail(m.child("topics"), "at least one topic is required");
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "%s", "localhost");
+  k.group_id = m.str("group_id", fmt::format("larder-{}-{}", host, segment_name));
+  if (k.group_id.empty()) fail(m.child("group_id"), "must not be empty");
+  const std::string assignment = m.str("assignment", "all");
+  if (assignment == "all") {
+    k.assignment = KafkaAssignment::kAll;
+  } else if (assignment == "group") {
+    k.assignment = KafkaAssignment::kGroup;
+  } else {
+    fail(m.child("assignment"), fmt::format("unknown assignment \"{}\" (expected all or group)", assignment));
+  }
+  const std::string start = m.str("start", "stored");
+  if (start == "stored") {
+    k.start = KafkaStart::kStored;
+  } else if (start == "earliest") {
+    k.start = KafkaStart::kEarliest;
+  } else if (start == "latest") {
+    k.start = KafkaStart::kLatest;
+  } else {
+    fail(m.child("start"), fmt::format("unknown start \"{}\" (expected stored, earliest or latest)", start));
+  }
+  k.partitions_per_topic =
+      static_cast<uint32_t>(m.integer("partitions_per_topic", 16, 1, layout::kMaxSourcePartitions));
+  k.max_in_flight = static_cast<uint32_t>(m.integer("max_in_flight", 1000, 1, 1'000'000));
+  if (const std::optional<int64_t> ms = duration_ms(m, "commit_interval")) k.commit_interval_ms = *ms;
+  k.drain_timeout_s = m.number("drain_timeout_s", 10.0, 0.0, 600.0);
+  k.client_id = m.str("client_id", "larder-sidecar " + segment_name);
+  if (m.has("properties")) {
+    const YAML::Node props = m.node("properties");
+    if (!props.IsMap()) fail(m.child("properties"), "expected a mapping of librdkafka settings (name: value)");
+    for (const auto& kv : props) {
+      const std::string key = kv.first.as<std::string>();
+      const std::string path = m.child("properties") + "." + key;
+      if (!kv.second.IsScalar()) fail(path, "expected a single value");
+      if (kafka_owned_property(key)) {
+        fail(path, "set by Larder (use the kafka block's own keys; offsets are committed only after the apply)");
+      }
+      if (key == "sasl.password" || key == "ssl.key.password" || key == "ssl.keystore.password") {
+        fail(path,
+             "no secrets in the config file: use kafka.sasl_password_env or kafka.sasl_password_file for "
+             "sasl.password, and a key file without a passphrase for TLS");
+      }
+      k.properties.emplace_back(key, kv.second.Scalar());
+    }
+  }
+  if (m.has("sasl_password_env") && m.has("sasl_password_file")) {
+    fail("kafka", "set sasl_password_env or sasl_password_file, not both");
+  }
+  if (m.has("sasl_password_env")) {
+    const std::string var = m.scalar("sasl_password_env");
+    const char* value = std::getenv(var.c_str());
+    if (value == nullptr && secrets.required) {
+      fail(m.child("sasl_password_env"), fmt::format("environment variable {} is not set", var));
+    }
+    if (value == nullptr) {
+      secrets.warnings->push_back(fmt::format("{}: environment variable {} is not set (the sidecar needs it to start)",
+                                              m.child("sasl_password_env"), var));
+    }
+    k.sasl_password = value != nullptr ? value : "";
+    k.sasl_password_source = "env " + var;
+  } else if (m.has("sasl_password_file")) {
+    const std::string file = m.scalar("sasl_password_file");
+    if (secrets.available(file, m.child("sasl_password_file"))) {
+      k.sasl_password = read_file_trimmed(file, m.child("sasl_password_file"));
+    }
+    k.sasl_password_source = "file " + file;
+  }
+  return k;
+}
+
 MetricsConfig parse_metrics(const YAML::Node& node) {
   MapNode m(node, "metrics", {"enabled", "listen", "ready_max_lag_s"});
   MetricsConfig c;
@@ -983,9 +1089,9 @@ ReadinessConfig parse_readiness(const YAML::Node& node) {
 
 Config parse_root(const YAML::Node& root, const ConfigLoad& load) {
   if (!present(root)) fail("config", "empty file");
-  MapNode m(
-      root, "",
-      {"segment", "event_time", "tables", "rabbitmq", "logging", "metrics", "readiness", "snapshot", "bootstrap"});
+  MapNode m(root, "",
+            {"segment", "event_time", "tables", "rabbitmq", "kafka", "logging", "metrics", "readiness", "snapshot",
+             "bootstrap"});
   Config c;
   const Secrets secrets{load.require_secrets, &c.warnings};
   c.segment = parse_segment(m.node("segment"));
@@ -998,7 +1104,21 @@ Config parse_root(const YAML::Node& root, const ConfigLoad& load) {
   });
   if (c.tables.empty()) fail("tables", "at least one table is required");
   if (c.tables.size() > layout::kMaxTables) fail("tables", fmt::format("at most {} tables", layout::kMaxTables));
-  c.rabbitmq = parse_rabbitmq(m.node("rabbitmq"), c.segment.name, secrets);
+  c.kafka_enabled = m.has("kafka");
+  c.rabbitmq_enabled = m.has("rabbitmq") || !c.kafka_enabled;
+  if (c.rabbitmq_enabled) c.rabbitmq = parse_rabbitmq(m.node("rabbitmq"), c.segment.name, secrets);
+  if (c.kafka_enabled) {
+    c.kafka = parse_kafka(m.node("kafka"), c.segment.name, secrets);
+    // A RabbitMQ stream stores its position in partition 0; Kafka's slots follow.
+    const uint64_t base = c.rabbitmq_enabled && c.rabbitmq.queue.type == QueueType::kStream ? 1 : 0;
+    const uint64_t slots = uint64_t{c.kafka.partitions_per_topic} * c.kafka.topics.size();
+    if (base + slots > layout::kMaxSourcePartitions) {
+      fail("kafka.partitions_per_topic",
+           fmt::format("{} topics x {} partitions{} need {} stored positions; the segment holds {}",
+                       c.kafka.topics.size(), c.kafka.partitions_per_topic,
+                       base > 0 ? " + 1 for the RabbitMQ stream" : "", base + slots, layout::kMaxSourcePartitions));
+    }
+  }
   {
     MapNode l(m.node("logging"), "logging", {"level", "json"});
     c.logging.level = l.str("level", "info");
@@ -1023,6 +1143,15 @@ Config parse_root(const YAML::Node& root, const ConfigLoad& load) {
 }
 
 }  // namespace
+
+const char* kafka_start_name(KafkaStart start) noexcept {
+  switch (start) {
+    case KafkaStart::kStored: return "stored";
+    case KafkaStart::kEarliest: return "earliest";
+    case KafkaStart::kLatest: return "latest";
+  }
+  return "?";
+}
 
 const char* queue_type_name(QueueType type) noexcept {
   switch (type) {

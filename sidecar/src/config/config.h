@@ -104,6 +104,39 @@ struct RabbitConfig {
   FormatConfig format;          // the message format of the queue's bodies (default JSON v1)
 };
 
+// A Kafka source (docs/sidecar.md, "Kafka"), consumed with librdkafka.
+enum class KafkaStart : uint8_t {
+  kStored = 0,    // the segment's position; a partition without one from its earliest offset
+  kEarliest = 1,  // every partition from its earliest offset, stored positions ignored (a replay)
+  kLatest = 2,    // the segment's position; a partition without one from its end (older events are missed)
+};
+const char* kafka_start_name(KafkaStart start) noexcept;
+
+// How a Kafka source gets its partitions.
+enum class KafkaAssignment : uint8_t {
+  kAll = 0,    // every partition of the topics, assigned by the sidecar itself (no group rebalances)
+  kGroup = 1,  // the consumer group shares them among its members (subscribe; rebalances)
+};
+
+struct KafkaConfig {
+  std::string bootstrap_servers;  // host:port[,host:port...]
+  KafkaAssignment assignment = KafkaAssignment::kAll;
+  std::vector<std::string> topics;  // the topics consumed, in order: topic i uses position slots i * ppt ..
+  std::string group_id;             // default "larder-<hostname>-<segment>": commits per host and segment
+  KafkaStart start = KafkaStart::kStored;
+  uint32_t partitions_per_topic = 16;  // SourceBlock partitions each topic reserves (its partitions 0..n-1)
+  uint32_t max_in_flight = 1000;       // messages handed to the writer and not yet applied
+  int64_t commit_interval_ms = 1000;   // applied offsets are committed at most this often (and on revoke, stop)
+  double drain_timeout_s = 10.0;       // on stop and revoke: how long to wait for in-flight messages
+  std::string client_id;               // default "larder-sidecar <segment>"
+  // Passed to librdkafka as they are (security.protocol, ssl.*, sasl.*, ...),
+  // in file order, after Larder's own settings.
+  std::vector<std::pair<std::string, std::string>> properties;
+  std::string sasl_password;         // from sasl_password_env / sasl_password_file; "" none
+  std::string sasl_password_source;  // for logs
+  FormatConfig format;               // the message format of the records' values (default JSON v1)
+};
+
 struct LoggingConfig {
   std::string level = "info";
   bool json = false;
@@ -158,7 +191,12 @@ struct Config {
   // The top-level `event_time` section; each TableConfig holds its own result.
   EventTimeBounds event_time{kDefaultMaxFutureSkewMs, kDefaultMinEventTimeMs};
   std::vector<TableConfig> tables;
+  // The sources: a `rabbitmq:` block, a `kafka:` block, or both (each runs
+  // on its own thread into the one segment). At least one.
+  bool rabbitmq_enabled = true;
   RabbitConfig rabbitmq;
+  bool kafka_enabled = false;
+  KafkaConfig kafka;
   LoggingConfig logging;
   MetricsConfig metrics;
   SnapshotConfig snapshot;

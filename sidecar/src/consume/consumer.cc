@@ -32,9 +32,10 @@ std::string_view message_id_of(const amqp_envelope_t& envelope) {
 
 }  // namespace
 
-Consumer::Consumer(const Config& config, Pipeline& pipeline, const std::atomic<int>& stop_requests)
+Consumer::Consumer(const Config& config, Pipeline& pipeline, SourceLane& lane, const std::atomic<int>& stop_requests)
     : config_(config),
       pipeline_(pipeline),
+      lane_(lane),
       stop_requests_(stop_requests),
       decoder_(make_message_decoder(config.schema(), config.decode_options(), config.rabbitmq.format)),
       backoff_(config.rabbitmq.reconnect.base_s, config.rabbitmq.reconnect.cap_s),
@@ -51,7 +52,7 @@ Consumer::Consumer(const Config& config, Pipeline& pipeline, const std::atomic<i
 
 void Consumer::set_state(layout::ConnectionState state) {
   // relaxed: a status report; it orders nothing else (see pipeline.h).
-  pipeline_.connection_state.store(static_cast<uint32_t>(state), std::memory_order_relaxed);
+  lane_.connection_state.store(static_cast<uint32_t>(state), std::memory_order_relaxed);
 }
 
 DecodedBatch Consumer::take_spare_batch() {
@@ -291,14 +292,14 @@ bool Consumer::handle_delivery(AmqpSession& session, amqp_envelope_t& envelope) 
       // A stream: the writer stores the position past it, then it is acked.
       note_reject(tag, result.reason, result.detail, result.update_id, result.key, message_id_of(envelope));
       batch.clear();
-      hand_over(WorkItem{epoch_, tag, offset, 0, true, gap_from, std::move(batch), received}, decode_end);
+      hand_over(WorkItem{0, 0, epoch_, tag, offset, 0, true, gap_from, std::move(batch), received}, decode_end);
       return kept;
     }
     spare_batches_.push_back(std::move(batch));
     dead_letter(session, tag, result.reason, result.detail, result.update_id, result.key);
     return kept;
   }
-  hand_over(WorkItem{epoch_, tag, offset, skip, false, gap_from, std::move(batch), received}, decode_end);
+  hand_over(WorkItem{0, 0, epoch_, tag, offset, skip, false, gap_from, std::move(batch), received}, decode_end);
   return kept;
 }
 
@@ -309,6 +310,8 @@ void Consumer::hand_over(WorkItem&& item, int64_t now_mono_ns) {
   if (metrics.work_enqueued.value() == metrics.work_done.value_acquire()) {
     metrics.backlog_start_mono_ns.set(now_mono_ns);
   }
+  item.source = lane_.index;
+  item.partition = lane_.partition_base;  // a stream has one partition
   item.enqueued_mono_ns = layout::now_mono_ns();
   metrics.stage_receive_seconds.observe_ns(item.enqueued_mono_ns - item.received_mono_ns);
   pipeline_.work.enqueue(work_token_, std::move(item));
@@ -411,7 +414,7 @@ void Consumer::note_reject(uint64_t tag, RejectReason reason, std::string_view d
 
 void Consumer::process_completions(AmqpSession* session, bool flush_acks) {
   for (;;) {
-    const size_t n = pipeline_.done.try_dequeue_bulk(completions_.begin(), completions_.size());
+    const size_t n = lane_.done.try_dequeue_bulk(completions_.begin(), completions_.size());
     if (n == 0) break;
     const int64_t picked_up = layout::now_mono_ns();
     for (size_t i = 0; i < n; ++i) {

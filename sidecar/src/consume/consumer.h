@@ -26,8 +26,9 @@
 //    items, and flags a retention gap when the first delivery comes from
 //    after the offset it asked for.
 //
-// Threading: run() runs on the consumer thread (the process's main thread);
-// nothing here is shared except the Pipeline and the stop flag.
+// Threading: run() runs on the consumer thread (the RabbitMQ source's
+// thread, consume/rabbitmq_source.h); nothing here is shared except the
+// Pipeline, its lane and the stop flag.
 #pragma once
 
 #include <atomic>
@@ -61,7 +62,8 @@ class Consumer {
  public:
   // `stop_requests` counts SIGTERM/SIGINT: 1 starts a graceful drain, 2 or
   // more abandons the drain (unacked messages are redelivered later).
-  Consumer(const Config& config, Pipeline& pipeline, const std::atomic<int>& stop_requests);
+  // `lane`: this source's lane in `pipeline` (its completions, its states).
+  Consumer(const Config& config, Pipeline& pipeline, SourceLane& lane, const std::atomic<int>& stop_requests);
   ~Consumer() { release_all(); }
   Consumer(const Consumer&) = delete;
   Consumer& operator=(const Consumer&) = delete;
@@ -109,6 +111,7 @@ class Consumer {
 
   const Config& config_;
   Pipeline& pipeline_;
+  SourceLane& lane_;
   const std::atomic<int>& stop_requests_;
   std::unique_ptr<MessageDecoder> decoder_;  // the queue's format (rabbitmq.format)
   AckTracker tracker_;

@@ -3,12 +3,13 @@
 // 0.0.4) that the HTTP thread serves on /metrics (docs/operations.md lists
 // every metric).
 //
-// Cost on the hot paths: every Counter and Histogram has exactly one writer
-// thread, so an update is a relaxed load and a relaxed store of a lock-free
-// atomic (no read-modify-write, no lock, no allocation). Any thread may read
-// them; a reader sees each value whole but not a consistent snapshot across
-// values (a histogram's _sum may lag its buckets by an observation). That is
-// what Prometheus expects of a scrape.
+// Cost on the hot paths: an update is one relaxed read-modify-write of a
+// lock-free atomic (no lock, no allocation). Several source threads (a
+// RabbitMQ and a Kafka source) update the same "consumer" counters, so an
+// update must not be a load and a store. Any thread may read them; a reader
+// sees each value whole but not a consistent snapshot across values (a
+// histogram's _sum may lag its buckets by an observation). That is what
+// Prometheus expects of a scrape.
 //
 // Threads: SidecarMetrics lives in the Pipeline. Each member names the thread
 // that writes it; the HTTP thread only reads. render_metrics() and
@@ -28,14 +29,13 @@
 
 namespace larder::sidecar {
 
-// A monotonic counter with one writer thread. add() is not safe from two
-// threads at once (updates would be lost); value() is safe from any thread.
+// A monotonic counter. add() and value() are safe from any thread.
 class Counter {
  public:
-  // Writer thread only. Lock-free, never allocates.
+  // Any thread. Lock-free, never allocates.
   void add(uint64_t n = 1) noexcept {
-    // relaxed: a statistic; the only writer reads back its own last store.
-    value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    // relaxed: a statistic; readers want the number, nothing written before it.
+    value_.fetch_add(n, std::memory_order_relaxed);
   }
   // relaxed: a statistic; readers want the number, not the writes before it.
   uint64_t value() const noexcept { return value_.load(std::memory_order_relaxed); }
@@ -43,9 +43,8 @@ class Counter {
   // The same with release/acquire order, for counters that publish other
   // values written before them (the progress counters below).
   void add_release(uint64_t n = 1) noexcept {
-    // load relaxed: the only writer reads its own last store; store release:
-    // pairs with value_acquire(), publishing what was written before it.
-    value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_release);
+    // release: pairs with value_acquire(), publishing what was written before it.
+    value_.fetch_add(n, std::memory_order_release);
   }
   // acquire: pairs with add_release(); what was written before it is visible.
   uint64_t value_acquire() const noexcept { return value_.load(std::memory_order_acquire); }
@@ -71,26 +70,26 @@ class Gauge {
 
 inline constexpr size_t kMaxHistogramBuckets = 20;
 
-// A histogram of durations with fixed upper bounds (seconds, ascending), one
-// writer thread. Bucket i counts observations v with bound[i-1] < v <=
+// A histogram of durations with fixed upper bounds (seconds, ascending); any
+// thread may observe. Bucket i counts observations v with bound[i-1] < v <=
 // bound[i] (Prometheus `le` semantics); the last, implicit bucket is +Inf.
 class Histogram {
  public:
   // Throws std::invalid_argument unless 1..kMaxHistogramBuckets ascending bounds.
   explicit Histogram(std::initializer_list<double> upper_bounds_s);
 
-  // Writer thread only. A negative duration counts as 0. Lock-free, never
+  // Any thread. A negative duration counts as 0. Lock-free, never
   // allocates: a linear scan over at most kMaxHistogramBuckets bounds.
   void observe_ns(int64_t ns) noexcept {
     const uint64_t v = ns < 0 ? 0 : static_cast<uint64_t>(ns);
     size_t i = 0;
     while (i < bucket_count_ && v > bounds_ns_[i]) ++i;
-    // relaxed: statistics with one writer; a scrape may see _sum lag the
-    // buckets by an observation, which Prometheus accepts.
-    counts_[i].store(counts_[i].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    // relaxed: statistics; a scrape may see _sum lag the buckets by an
+    // observation, which Prometheus accepts.
+    counts_[i].fetch_add(1, std::memory_order_relaxed);
     // The sum in double seconds: event-time lags of a backfill (months each)
     // would overflow an integer nanosecond sum.
-    sum_s_.store(sum_s_.load(std::memory_order_relaxed) + static_cast<double>(v) * 1e-9, std::memory_order_relaxed);
+    sum_s_.fetch_add(static_cast<double>(v) * 1e-9, std::memory_order_relaxed);
   }
 
   struct Snapshot {
@@ -116,7 +115,7 @@ class Histogram {
 struct SidecarMetrics {
   SidecarMetrics();
 
-  // Consumer thread.
+  // Source threads (every source adds to these).
   Counter messages_received;                                  // deliveries, including redeliveries
   Counter messages_redelivered;                               // deliveries with the redelivered flag
   Counter messages_acked;                                     // messages covered by a sent basic.ack

@@ -112,7 +112,12 @@ MetricsServer::Reply MetricsServer::metrics() {
   const SegmentSample segment = sample_segment();
   // relaxed: a status report; it orders nothing else (see pipeline.h).
   const uint32_t state = pipeline_.connection_state.load(std::memory_order_relaxed);
-  return {200, render_metrics(pipeline_.metrics, state, segment, layout::now_unix_ns(), layout::now_mono_ns())};
+  std::string text = render_metrics(pipeline_.metrics, state, segment, layout::now_unix_ns(), layout::now_mono_ns());
+  // Each source's own families (e.g. Kafka's per-partition lag).
+  for (const auto& lane : pipeline_.lanes) {
+    if (lane->health != nullptr) lane->health->render_metrics(text);
+  }
+  return {200, std::move(text)};
 }
 
 MetricsServer::Reply MetricsServer::healthz() {
@@ -129,7 +134,13 @@ MetricsServer::Reply MetricsServer::readyz() {
   const uint32_t state = pipeline_.connection_state.load(std::memory_order_relaxed);
   ReadyPolicy policy;
   policy.max_lag_s = config_.metrics.ready_max_lag_s;
-  const std::string reason = not_ready_reason(pipeline_.metrics, state, segment, policy, layout::now_mono_ns());
+  std::string reason;
+  // A source's own reason first: it names the cause (brokers down, a
+  // partition catching up), where the segment's state only says CATCHING_UP.
+  for (const auto& lane : pipeline_.lanes) {
+    if (lane->health != nullptr && reason.empty()) reason = lane->health->not_ready_reason();
+  }
+  if (reason.empty()) reason = not_ready_reason(pipeline_.metrics, state, segment, policy, layout::now_mono_ns());
   return reason.empty() ? Reply{200, "ok\n"} : Reply{503, "not ready: " + reason + "\n"};
 }
 

@@ -1,0 +1,650 @@
+// Kafka as a Source (see kafka_source.h). Everything here runs on the Kafka
+// source's thread, but not_ready_reason() and render_metrics() (HTTP threads).
+#include "consume/kafka_source.h"
+
+#include <fmt/format.h>
+#include <librdkafka/rdkafka.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <thread>
+
+#include "larder/layout/clock.h"
+#include "observe/metrics.h"
+
+namespace larder::sidecar {
+namespace {
+
+// rd_kafka_consumer_poll waits at most this long when nothing is in flight
+// (the stop flag is checked between waits).
+constexpr int kIdleWaitMs = 100;
+// While the writer holds our messages, poll often so completions are
+// processed (and commits and readiness follow) soon after the apply.
+constexpr int kBusyWaitMs = 1;
+constexpr auto kWatermarkInterval = std::chrono::milliseconds(100);
+// Assignment all: how often the topics' metadata is read for new partitions.
+constexpr auto kMetadataInterval = std::chrono::seconds(30);
+
+void rebalance_trampoline(rd_kafka_t*, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* partitions,
+                          void* opaque) {
+  static_cast<KafkaSource*>(opaque)->on_rebalance(err, partitions);
+}
+
+void error_trampoline(rd_kafka_t*, int err, const char* reason, void* opaque) {
+  static_cast<KafkaSource*>(opaque)->on_error(err, reason);
+}
+
+}  // namespace
+
+KafkaSource::KafkaSource(const Config& config, Pipeline& pipeline, SourceLane& lane,
+                         const std::atomic<int>& stop_requests)
+    : config_(config),
+      kc_(config.kafka),
+      pipeline_(pipeline),
+      lane_(lane),
+      stop_requests_(stop_requests),
+      decoder_(make_message_decoder(config.schema(), config.decode_options(), config.kafka.format)),
+      reject_log_(kRejectReasonCount, 10, std::chrono::milliseconds(1000)),
+      work_token_(pipeline.work),
+      slot_count_(size_t{config.kafka.partitions_per_topic} * config.kafka.topics.size()) {
+  slots_ = std::make_unique<Slot[]>(slot_count_);
+  completions_.resize(64);
+  status_ =
+      fmt::format("kafka: waiting for the group's partition assignment (bootstrap servers {})", kc_.bootstrap_servers);
+  set_sync(layout::SyncState::kCatchingUp);
+}
+
+KafkaSource::~KafkaSource() {
+  if (rk_ != nullptr) rd_kafka_destroy(rk_);
+}
+
+uint32_t KafkaSource::partitions_needed() const { return static_cast<uint32_t>(slot_count_); }
+
+std::string KafkaSource::position_id() const {
+  // The topics and their slot layout: the same names with another layout
+  // would put offsets in the wrong slots. Not the servers: one cluster has
+  // many names (DNS, per-host listeners).
+  std::string topics;
+  for (const std::string& t : kc_.topics) topics += (topics.empty() ? "" : ",") + t;
+  return fmt::format("kafka topics={} slots={}", topics, kc_.partitions_per_topic);
+}
+
+void KafkaSource::resume(std::span<const std::optional<SourcePosition>> stored) {
+  if (kc_.start == KafkaStart::kEarliest) {
+    spdlog::info("kafka: start is \"earliest\": the stored positions are ignored, every partition is replayed");
+    return;
+  }
+  size_t resumed = 0;
+  for (size_t i = 0; i < std::min(stored.size(), slot_count_); ++i) {
+    if (!stored[i]) continue;
+    Slot& s = slots_[i];
+    s.known = true;
+    s.next_ = s.applied_next = s.committed_next = stored[i]->next_offset;
+    s.applied.store(static_cast<int64_t>(s.applied_next), std::memory_order_relaxed);
+    if (stored[i]->skip_updates > 0) {
+      s.skip_offset = stored[i]->next_offset;
+      s.skip_updates = stored[i]->skip_updates;
+    }
+    ++resumed;
+    spdlog::info("kafka: {}[{}]: resuming at stored offset {} (skipping {} updates of it already applied)",
+                 kc_.topics[i / kc_.partitions_per_topic], i % kc_.partitions_per_topic, stored[i]->next_offset,
+                 stored[i]->skip_updates);
+  }
+  if (resumed == 0)
+    spdlog::info("kafka: no stored position; partitions start at their {} offset",
+                 kc_.start == KafkaStart::kLatest ? "latest" : "earliest");
+}
+
+void KafkaSource::set_state(layout::ConnectionState s) {
+  // relaxed: a status report (see pipeline.h).
+  lane_.connection_state.store(static_cast<uint32_t>(s), std::memory_order_relaxed);
+}
+
+void KafkaSource::set_sync(layout::SyncState s) {
+  sync_ = s;
+  lane_.sync_state.store(static_cast<uint32_t>(s), std::memory_order_relaxed);  // relaxed: see pipeline.h
+}
+
+void KafkaSource::set_status(std::string status) {
+  std::lock_guard<std::mutex> lock(health_mu_);
+  status_ = std::move(status);
+}
+
+DecodedBatch KafkaSource::take_spare_batch() {
+  if (spare_batches_.empty()) return DecodedBatch();
+  DecodedBatch b = std::move(spare_batches_.back());
+  spare_batches_.pop_back();
+  return b;
+}
+
+KafkaSource::Slot* KafkaSource::slot_of(const char* topic, int32_t partition, uint32_t* index) {
+  if (partition < 0 || static_cast<uint32_t>(partition) >= kc_.partitions_per_topic) return nullptr;
+  for (size_t t = 0; t < kc_.topics.size(); ++t) {
+    if (kc_.topics[t] == topic) {
+      *index = static_cast<uint32_t>(t * kc_.partitions_per_topic + static_cast<uint32_t>(partition));
+      return &slots_[*index];
+    }
+  }
+  return nullptr;
+}
+
+int KafkaSource::run() {
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  std::vector<std::pair<std::string, std::string>> settings = {
+      {"bootstrap.servers", kc_.bootstrap_servers},
+      {"group.id", kc_.group_id},
+      {"client.id", kc_.client_id},
+      // Offsets are committed by commit() only, up to what the writer applied.
+      {"enable.auto.commit", "false"},
+      {"enable.auto.offset.store", "false"},
+      {"auto.offset.reset", kc_.start == KafkaStart::kLatest ? "latest" : "earliest"},
+      {"enable.partition.eof", "false"},
+  };
+  settings.insert(settings.end(), kc_.properties.begin(), kc_.properties.end());
+  if (!kc_.sasl_password.empty()) settings.emplace_back("sasl.password", kc_.sasl_password);
+  for (const auto& [key, value] : settings) {
+    if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
+      spdlog::critical("kafka: setting {}: {}", key, err);
+      rd_kafka_conf_destroy(conf);
+      set_state(layout::ConnectionState::kStopped);
+      return 2;
+    }
+  }
+  rd_kafka_conf_set_opaque(conf, this);
+  rd_kafka_conf_set_rebalance_cb(conf, rebalance_trampoline);
+  rd_kafka_conf_set_error_cb(conf, error_trampoline);
+  rk_ = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+  if (rk_ == nullptr) {  // conf is still ours on failure
+    rd_kafka_conf_destroy(conf);
+    spdlog::critical("kafka: cannot create the consumer: {}", err);
+    set_state(layout::ConnectionState::kStopped);
+    return 2;
+  }
+  rd_kafka_poll_set_consumer(rk_);  // callbacks are served by rd_kafka_consumer_poll below
+  const bool group = kc_.assignment == KafkaAssignment::kGroup;
+  if (group) {
+    rd_kafka_topic_partition_list_t* topics = rd_kafka_topic_partition_list_new(static_cast<int>(kc_.topics.size()));
+    for (const std::string& t : kc_.topics) rd_kafka_topic_partition_list_add(topics, t.c_str(), RD_KAFKA_PARTITION_UA);
+    const rd_kafka_resp_err_t sub = rd_kafka_subscribe(rk_, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (sub != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      spdlog::critical("kafka: cannot subscribe: {}", rd_kafka_err2str(sub));
+      set_state(layout::ConnectionState::kStopped);
+      return 2;
+    }
+  }
+  std::string topic_list;
+  for (const std::string& t : kc_.topics) topic_list += (topic_list.empty() ? "" : ", ") + t;
+  spdlog::info("kafka: consuming {} from {}, {}, group \"{}\" (start {}, {} stored positions per topic)", topic_list,
+               kc_.bootstrap_servers, group ? "partitions shared by the group" : "every partition (assignment all)",
+               kc_.group_id, kafka_start_name(kc_.start), kc_.partitions_per_topic);
+  last_commit_ = last_watermarks_ = std::chrono::steady_clock::now();
+  auto next_metadata = std::chrono::steady_clock::now();
+
+  while (stop_requests_.load() == 0) {
+    process_completions();
+    const auto now = std::chrono::steady_clock::now();
+    if (!group && now >= next_metadata) {
+      // New partitions and topics appear through metadata: soon while
+      // nothing is assigned, then every kMetadataInterval.
+      const bool ok = assign_all();
+      next_metadata = std::chrono::steady_clock::now() +
+                      (ok && assignment_seen_ ? kMetadataInterval : std::chrono::milliseconds(1000));
+    }
+    if (now - last_commit_ >= std::chrono::milliseconds(kc_.commit_interval_ms)) commit(false);
+    if (now - last_watermarks_ >= kWatermarkInterval) refresh_watermarks();
+    pipeline_.metrics.consumer_heartbeat_mono_ns.set(layout::now_mono_ns());
+    if (outstanding_ >= kc_.max_in_flight) {
+      // The window is full: the writer's completions open it again (this
+      // is the source's only backpressure, as the AMQP prefetch).
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+      continue;
+    }
+    rd_kafka_message_t* m = rd_kafka_consumer_poll(rk_, outstanding_ > 0 ? kBusyWaitMs : kIdleWaitMs);
+    if (m == nullptr) continue;
+    handle_message(m);
+    rd_kafka_message_destroy(m);
+  }
+  spdlog::info("kafka: stop requested; waiting for {} in-flight messages", outstanding_);
+  drain();
+  commit(true);
+  // Leaves the group (assignment group): the revoke (on_rebalance) drains
+  // and commits again.
+  if (!group) revoke_all("stop");
+  const rd_kafka_resp_err_t closed = rd_kafka_consumer_close(rk_);
+  if (closed != RD_KAFKA_RESP_ERR_NO_ERROR) spdlog::warn("kafka: closing the consumer: {}", rd_kafka_err2str(closed));
+  rd_kafka_destroy(rk_);
+  rk_ = nullptr;
+  set_state(layout::ConnectionState::kStopped);
+  spdlog::info("kafka: stopped cleanly ({} commits, {} rebalances)", commits_.load(), rebalances_.load());
+  return 0;
+}
+
+void KafkaSource::handle_message(rd_kafka_message_t* m) {
+  if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) return;
+    errors_.fetch_add(1, std::memory_order_relaxed);
+    uint64_t suppressed = 0;
+    if (reject_log_.allow(static_cast<size_t>(RejectReason::kInternal), &suppressed)) {
+      spdlog::warn("kafka: consume error{}: {} (suppressed_since_last={})",
+                   m->rkt != nullptr ? fmt::format(" on {}[{}]", rd_kafka_topic_name(m->rkt), m->partition) : "",
+                   rd_kafka_message_errstr(m), suppressed);
+    }
+    return;
+  }
+  const int64_t received = layout::now_mono_ns();
+  SidecarMetrics& metrics = pipeline_.metrics;
+  metrics.messages_received.add();
+  set_state(layout::ConnectionState::kConnected);
+  uint32_t index = 0;
+  Slot* s = slot_of(rd_kafka_topic_name(m->rkt), m->partition, &index);
+  if (s == nullptr || !s->assigned || m->offset < 0) return;  // not assigned to us (on_rebalance refused it)
+  const uint64_t offset = static_cast<uint64_t>(m->offset);
+  if (s->expect_first) {
+    s->expect_first = false;
+    if (s->known && offset < s->next_) {
+      int64_t low = -1, high = -1;
+      if (rd_kafka_query_watermark_offsets(rk_, rd_kafka_topic_name(m->rkt), m->partition, &low, &high, 5000) ==
+              RD_KAFKA_RESP_ERR_NO_ERROR &&
+          high < static_cast<int64_t>(s->next_)) {
+        // The partition ends before the stored position: the topic was
+        // deleted and re-created.
+        spdlog::error(
+            "kafka: {}[{}] ends at offset {}, before the stored position {}: the topic was deleted and re-created, "
+            "and its messages before offset {} will be taken as applied. Stop the sidecar, delete the segment and "
+            "start again to replay it",
+            rd_kafka_topic_name(m->rkt), m->partition, high, s->next_, s->next_);
+      }
+    }
+    if (s->known && offset > s->next_) {
+      // Offsets are not dense (compaction, transaction markers): only a
+      // low watermark past the stored position means the log lost updates.
+      int64_t low = -1, high = -1;
+      const rd_kafka_resp_err_t e =
+          rd_kafka_query_watermark_offsets(rk_, rd_kafka_topic_name(m->rkt), m->partition, &low, &high, 5000);
+      if (e == RD_KAFKA_RESP_ERR_NO_ERROR && low > static_cast<int64_t>(s->next_)) {
+        spdlog::error(
+            "sync: retention gap: {}[{}] resumes at stored offset {}, but the topic's first retained offset is {}: "
+            "offsets {}..{} are gone and their updates are missing from the table. The segment is INCOMPLETE "
+            "(readers see it, /readyz fails) and keeps applying the topic. Recover by restoring a newer snapshot or "
+            "bootstrapping from a peer (docs/operations.md, \"Retention gap\")",
+            rd_kafka_topic_name(m->rkt), m->partition, s->next_, low, s->next_, low - 1);
+        set_sync(layout::SyncState::kIncomplete);
+        set_status(fmt::format("kafka: INCOMPLETE: retention gap on {}[{}] at offset {}", rd_kafka_topic_name(m->rkt),
+                               m->partition, s->next_));
+      }
+    }
+  }
+  if (s->known && offset < s->next_) return;  // before the resume point: applied already
+  uint32_t skip = 0;
+  if (offset == s->skip_offset) {
+    skip = s->skip_updates;
+    s->skip_offset = ~0ull;
+  }
+  s->known = true;
+  s->next_ = offset + 1;
+
+  const std::string_view body(static_cast<const char*>(m->payload), m->payload != nullptr ? m->len : 0);
+  DecodedBatch batch = take_spare_batch();
+  const int64_t decode_start = layout::now_mono_ns();
+  DecodeResult result = decoder_->decode(body, batch);
+  const int64_t decode_end = layout::now_mono_ns();
+  metrics.decode_seconds.observe_ns(decode_end - decode_start);
+  metrics.consumer_heartbeat_mono_ns.set(decode_end);
+
+  WorkItem item;
+  item.source = lane_.index;
+  item.partition = lane_.partition_base + index;
+  item.offset = offset;
+  item.skip_updates = skip;
+  item.received_mono_ns = received;
+  if (!result.ok) {
+    // No dead-letter topic: skip it (its position is stored past it) and count it.
+    note_reject(result.reason, fmt::format("{}[{}]@{}", rd_kafka_topic_name(m->rkt), m->partition, offset),
+                result.detail);
+    batch.clear();
+    item.position_only = true;
+  }
+  item.batch = std::move(batch);
+  // Write point of the hand-over progress (see SidecarMetrics).
+  if (metrics.work_enqueued.value() == metrics.work_done.value_acquire()) metrics.backlog_start_mono_ns.set(decode_end);
+  item.enqueued_mono_ns = layout::now_mono_ns();
+  metrics.stage_receive_seconds.observe_ns(item.enqueued_mono_ns - item.received_mono_ns);
+  pipeline_.work.enqueue(work_token_, std::move(item));
+  metrics.work_enqueued.add_release();
+  ++outstanding_;
+}
+
+void KafkaSource::note_reject(RejectReason reason, const std::string& where, std::string_view detail) {
+  const size_t r = static_cast<size_t>(reason);
+  pipeline_.metrics.messages_rejected[r].add();
+  pipeline_.pending_rejects.fetch_add(1, std::memory_order_relaxed);  // relaxed: a count, see pipeline.h
+  uint64_t suppressed = 0;
+  if (reject_log_.allow(r, &suppressed)) {
+    spdlog::warn("reject: reason={} kafka={} detail=\"{}\" skipped (no dead-letter topic) suppressed_since_last={}",
+                 reject_reason_name(reason), where, detail, suppressed);
+  }
+}
+
+void KafkaSource::process_completions() {
+  bool progressed = false;
+  for (;;) {
+    const size_t n = lane_.done.try_dequeue_bulk(completions_.begin(), completions_.size());
+    if (n == 0) break;
+    const int64_t picked_up = layout::now_mono_ns();
+    for (size_t i = 0; i < n; ++i) {
+      Completion& c = completions_[i];
+      pipeline_.metrics.stage_pickup_seconds.observe_ns(picked_up - c.applied_mono_ns);
+      --outstanding_;
+      const uint32_t index = c.partition - lane_.partition_base;
+      if (index < slot_count_ && c.offset != kNoOffset) {
+        Slot& s = slots_[index];
+        s.applied_next = std::max(s.applied_next, c.offset + 1);
+        s.applied.store(static_cast<int64_t>(s.applied_next), std::memory_order_relaxed);
+        progressed = true;
+        if (c.outcome == Outcome::kRejected) {
+          const std::string detail =
+              c.reason == RejectReason::kTableFull
+                  ? fmt::format("update {}: a table is full (raise its capacity)", c.refused_update)
+                  : fmt::format("update {}: the writer refused it", c.refused_update);
+          note_reject(c.reason,
+                      fmt::format("{}[{}]@{}", kc_.topics[index / kc_.partitions_per_topic],
+                                  index % kc_.partitions_per_topic, c.offset),
+                      detail);
+        }
+      }
+      if (spare_batches_.size() < 256) spare_batches_.push_back(std::move(c.batch));
+    }
+    if (n < completions_.size()) break;
+  }
+  if (!progressed || sync_ != layout::SyncState::kCatchingUp || !assignment_seen_) return;
+  // READY once every assigned partition reached its target (kafka_source.h).
+  size_t assigned = 0;
+  for (size_t i = 0; i < slot_count_; ++i) {
+    const Slot& s = slots_[i];
+    if (!s.assigned) continue;
+    ++assigned;
+    if (s.target < 0) return;
+    const bool reached =
+        s.target == 0 || (s.known && s.applied_next >= static_cast<uint64_t>(s.target)) || (!s.known && s.from_end);
+    if (!reached) return;
+  }
+  set_sync(layout::SyncState::kReady);
+  set_status("");
+  spdlog::info("sync: READY: kafka: {} assigned partitions applied up to their high watermarks at assignment",
+               assigned);
+}
+
+void KafkaSource::refresh_watermarks() {
+  last_watermarks_ = std::chrono::steady_clock::now();
+  bool all_known = true;
+  for (size_t i = 0; i < slot_count_; ++i) {
+    Slot& s = slots_[i];
+    if (!s.assigned) continue;
+    int64_t low = -1, high = -1;
+    const char* topic = kc_.topics[i / kc_.partitions_per_topic].c_str();
+    const int32_t partition = static_cast<int32_t>(i % kc_.partitions_per_topic);
+    // The cached watermarks of the last fetch reply: no request.
+    if (rd_kafka_get_watermark_offsets(rk_, topic, partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0) {
+      s.high_watermark.store(high, std::memory_order_relaxed);
+      if (s.target < 0) s.target = high;
+    } else {
+      all_known = false;
+    }
+  }
+  // A caught-up partition gets no completion to re-check readiness: check here.
+  if (all_known && sync_ == layout::SyncState::kCatchingUp && assignment_seen_ && outstanding_ == 0) {
+    bool reached = true;
+    for (size_t i = 0; i < slot_count_ && reached; ++i) {
+      const Slot& s = slots_[i];
+      if (!s.assigned) continue;
+      reached =
+          s.target == 0 || (s.known && s.applied_next >= static_cast<uint64_t>(s.target)) || (!s.known && s.from_end);
+    }
+    if (reached) {
+      set_sync(layout::SyncState::kReady);
+      set_status("");
+      spdlog::info("sync: READY: kafka: the assigned partitions are applied up to their high watermarks");
+    }
+  }
+}
+
+void KafkaSource::commit(bool sync) {
+  last_commit_ = std::chrono::steady_clock::now();
+  rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(8);
+  for (size_t i = 0; i < slot_count_; ++i) {
+    Slot& s = slots_[i];
+    if (!s.assigned || !s.known || s.applied_next <= s.committed_next) continue;
+    rd_kafka_topic_partition_t* p = rd_kafka_topic_partition_list_add(
+        list, kc_.topics[i / kc_.partitions_per_topic].c_str(), static_cast<int32_t>(i % kc_.partitions_per_topic));
+    p->offset = static_cast<int64_t>(s.applied_next);
+    s.committed_next = s.applied_next;
+  }
+  if (list->cnt > 0) {
+    const rd_kafka_resp_err_t e = rd_kafka_commit(rk_, list, sync ? 0 : 1);
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      commits_.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      commit_failures_.fetch_add(1, std::memory_order_relaxed);
+      spdlog::warn("kafka: committing the applied offsets failed: {} (the segment's positions are unaffected)",
+                   rd_kafka_err2str(e));
+    }
+  }
+  rd_kafka_topic_partition_list_destroy(list);
+}
+
+bool KafkaSource::drain() {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(kc_.drain_timeout_s * 1000));
+  process_completions();
+  while (outstanding_ > 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      spdlog::warn("kafka: {} messages still in flight after {} s; not waiting longer", outstanding_,
+                   kc_.drain_timeout_s);
+      return false;
+    }
+    // The writer's done queue has no blocking wait; it answers within a bulk.
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    process_completions();
+  }
+  return true;
+}
+
+void KafkaSource::on_rebalance(int err, rd_kafka_topic_partition_list_t* partitions) {
+  rebalances_.fetch_add(1, std::memory_order_relaxed);
+  if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+    assign_partitions(partitions, false);
+    return;
+  }
+  revoke_all(err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS ? "rebalance"
+                                                         : rd_kafka_err2str(static_cast<rd_kafka_resp_err_t>(err)));
+  rd_kafka_assign(rk_, nullptr);
+}
+
+void KafkaSource::assign_partitions(rd_kafka_topic_partition_list_t* partitions, bool incremental) {
+  {
+    assignment_seen_ = true;
+    set_state(layout::ConnectionState::kConnected);
+    rd_kafka_topic_partition_list_t* mine = rd_kafka_topic_partition_list_new(partitions->cnt);
+    std::string listed;
+    for (int k = 0; k < partitions->cnt; ++k) {
+      const rd_kafka_topic_partition_t& tp = partitions->elems[k];
+      uint32_t index = 0;
+      Slot* s = slot_of(tp.topic, tp.partition, &index);
+      if (s == nullptr) {
+        spdlog::error(
+            "kafka: {}[{}] is not consumed: kafka.partitions_per_topic is {}, so it has no stored position. Raise "
+            "partitions_per_topic (the segment's positions are then cleared and the topics replayed)",
+            tp.topic, tp.partition, kc_.partitions_per_topic);
+        set_status(fmt::format("kafka: {}[{}] has no stored position (raise kafka.partitions_per_topic)", tp.topic,
+                               tp.partition));
+        continue;
+      }
+      rd_kafka_topic_partition_t* p = rd_kafka_topic_partition_list_add(mine, tp.topic, tp.partition);
+      s->assigned = true;
+      s->live.store(true, std::memory_order_relaxed);
+      s->target = -1;
+      s->from_end = false;
+      if (s->known) {
+        // The segment's position (everything handed over was applied before
+        // the last revoke): the truth, whatever the group committed.
+        p->offset = static_cast<int64_t>(s->next_);
+        s->expect_first = true;
+      } else {
+        s->from_end = kc_.start == KafkaStart::kLatest;
+        p->offset = s->from_end ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
+      }
+      listed += fmt::format("{}{}[{}]@{}", listed.empty() ? "" : " ", tp.topic, tp.partition,
+                            s->known ? std::to_string(s->next_) : (s->from_end ? "latest" : "earliest"));
+    }
+    if (incremental) {
+      rd_kafka_error_t* e = rd_kafka_incremental_assign(rk_, mine);
+      if (e != nullptr) {
+        spdlog::error("kafka: assign failed: {}", rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+      }
+    } else {
+      const rd_kafka_resp_err_t e = rd_kafka_assign(rk_, mine);
+      if (e != RD_KAFKA_RESP_ERR_NO_ERROR) spdlog::error("kafka: assign failed: {}", rd_kafka_err2str(e));
+    }
+    rd_kafka_topic_partition_list_destroy(mine);
+    size_t total = 0;
+    for (size_t i = 0; i < slot_count_; ++i) total += slots_[i].assigned ? 1 : 0;
+    spdlog::info("kafka: assigned {} partitions: {}", total, listed.empty() ? "none" : listed);
+    if (sync_ == layout::SyncState::kCatchingUp) {
+      set_status(fmt::format("kafka: catching up on {} assigned partitions", total));
+    }
+  }
+}
+
+void KafkaSource::revoke_all(const char* why) {
+  // Everything handed over is applied first, so the segment's positions are
+  // exact when the partitions come back.
+  spdlog::info("kafka: partitions revoked ({}); applying {} in-flight messages first", why, outstanding_);
+  drain();
+  commit(true);
+  for (size_t i = 0; i < slot_count_; ++i) {
+    Slot& s = slots_[i];
+    s.assigned = false;
+    s.expect_first = false;
+    s.live.store(false, std::memory_order_relaxed);
+  }
+}
+
+bool KafkaSource::assign_all() {
+  // Metadata of every topic (one request); the topics' partitions that are
+  // not assigned yet are added to the assignment.
+  const rd_kafka_metadata_t* md = nullptr;
+  const rd_kafka_resp_err_t e = rd_kafka_metadata(rk_, 1, nullptr, &md, 5000);
+  if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    spdlog::warn("kafka: cannot read the topics' metadata from {}: {}; retrying", kc_.bootstrap_servers,
+                 rd_kafka_err2str(e));
+    if (!assignment_seen_) {
+      set_status(fmt::format("kafka: cannot read the topics' metadata from {}: {}", kc_.bootstrap_servers,
+                             rd_kafka_err2str(e)));
+    }
+    return false;
+  }
+  set_state(layout::ConnectionState::kConnected);
+  rd_kafka_topic_partition_list_t* added = rd_kafka_topic_partition_list_new(8);
+  size_t found = 0;
+  for (const std::string& t : kc_.topics) {
+    const rd_kafka_metadata_topic_t* mt = nullptr;
+    for (int i = 0; i < md->topic_cnt; ++i) {
+      if (t == md->topics[i].topic && md->topics[i].err == RD_KAFKA_RESP_ERR_NO_ERROR) mt = &md->topics[i];
+    }
+    if (mt == nullptr) {
+      if (missing_logged_.insert(t).second) spdlog::warn("kafka: topic \"{}\" does not exist (yet); waiting for it", t);
+      continue;
+    }
+    ++found;
+    for (int p = 0; p < mt->partition_cnt; ++p) {
+      uint32_t index = 0;
+      const Slot* s = slot_of(t.c_str(), mt->partitions[p].id, &index);
+      if (s != nullptr && s->assigned) continue;
+      if (s == nullptr && !refused_.insert(fmt::format("{}[{}]", t, mt->partitions[p].id)).second) continue;
+      rd_kafka_topic_partition_list_add(added, t.c_str(), mt->partitions[p].id);
+    }
+  }
+  rd_kafka_metadata_destroy(md);
+  if (added->cnt > 0 || (!assignment_seen_ && found == kc_.topics.size())) assign_partitions(added, true);
+  rd_kafka_topic_partition_list_destroy(added);
+  return true;
+}
+
+void KafkaSource::on_error(int err, const char* reason) {
+  errors_.fetch_add(1, std::memory_order_relaxed);
+  const auto code = static_cast<rd_kafka_resp_err_t>(err);
+  if (code == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+    set_state(layout::ConnectionState::kDisconnected);
+    set_status(fmt::format("kafka: all brokers are down ({}): {}", kc_.bootstrap_servers, reason));
+    spdlog::error("kafka: all brokers are down (bootstrap servers {}): {}; retrying", kc_.bootstrap_servers, reason);
+    return;
+  }
+  char fatal[512];
+  if (rk_ != nullptr && rd_kafka_fatal_error(rk_, fatal, sizeof fatal) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    spdlog::critical("kafka: fatal error: {}", fatal);
+    set_status(fmt::format("kafka: fatal error: {}", fatal));
+    return;
+  }
+  uint64_t suppressed = 0;
+  if (reject_log_.allow(static_cast<size_t>(RejectReason::kInternal), &suppressed)) {
+    spdlog::warn("kafka: {}: {} (suppressed_since_last={})", rd_kafka_err2name(code), reason, suppressed);
+  }
+}
+
+std::string KafkaSource::not_ready_reason() const {
+  // relaxed: a status report (see pipeline.h).
+  if (lane_.sync_state.load(std::memory_order_relaxed) == static_cast<uint32_t>(layout::SyncState::kReady)) return {};
+  std::lock_guard<std::mutex> lock(health_mu_);
+  return status_;
+}
+
+void KafkaSource::render_metrics(std::string& out) const {
+  PrometheusText p;
+  struct Row {
+    std::string labels;
+    int64_t high, applied;
+    bool live;
+  };
+  std::vector<Row> rows;
+  for (size_t i = 0; i < slot_count_; ++i) {
+    const Slot& s = slots_[i];
+    // relaxed: statistics (kafka_source.h).
+    const bool live = s.live.load(std::memory_order_relaxed);
+    const int64_t high = s.high_watermark.load(std::memory_order_relaxed);
+    const int64_t applied = s.applied.load(std::memory_order_relaxed);
+    if (!live && applied < 0) continue;
+    rows.push_back(
+        Row{fmt::format("topic=\"{}\",partition=\"{}\"", escape_label_value(kc_.topics[i / kc_.partitions_per_topic]),
+                        i % kc_.partitions_per_topic),
+            high, applied, live});
+  }
+  p.family("larder_kafka_partition_assigned", "gauge", "1 when the group assigned this partition to this sidecar.");
+  for (const Row& r : rows) p.sample("larder_kafka_partition_assigned", r.labels, int64_t{r.live ? 1 : 0});
+  p.family("larder_kafka_partition_high_watermark", "gauge",
+           "The partition's high watermark (next offset to be produced) from the last fetch; -1 unknown.");
+  for (const Row& r : rows) p.sample("larder_kafka_partition_high_watermark", r.labels, r.high);
+  p.family("larder_kafka_partition_applied_offset", "gauge",
+           "The next offset to apply: everything before it is in the segment; -1 none.");
+  for (const Row& r : rows) p.sample("larder_kafka_partition_applied_offset", r.labels, r.applied);
+  p.family("larder_kafka_partition_lag_messages", "gauge",
+           "Messages in the partition not yet applied: high watermark - applied offset (assigned partitions).");
+  for (const Row& r : rows) {
+    if (r.live && r.high >= 0)
+      p.sample("larder_kafka_partition_lag_messages", r.labels,
+               std::max<int64_t>(0, r.high - std::max<int64_t>(0, r.applied)));
+  }
+  p.family("larder_kafka_commits_total", "counter", "Offset commits sent (applied offsets only).");
+  p.sample("larder_kafka_commits_total", "", commits_.load(std::memory_order_relaxed));
+  p.family("larder_kafka_commit_failures_total", "counter", "Offset commits the group coordinator refused.");
+  p.sample("larder_kafka_commit_failures_total", "", commit_failures_.load(std::memory_order_relaxed));
+  p.family("larder_kafka_rebalances_total", "counter", "Partition assignments and revocations.");
+  p.sample("larder_kafka_rebalances_total", "", rebalances_.load(std::memory_order_relaxed));
+  p.family("larder_kafka_errors_total", "counter", "Errors librdkafka reported (brokers down, consume errors).");
+  p.sample("larder_kafka_errors_total", "", errors_.load(std::memory_order_relaxed));
+  out += p.text();
+}
+
+}  // namespace larder::sidecar

@@ -1,0 +1,378 @@
+// The Kafka source end to end: the real larder-sidecar against librdkafka's
+// mock cluster (larder_kafka_mock_cluster, a process speaking the Kafka
+// protocol over loopback TCP), fed by producer processes (a librdkafka
+// producer forked from this test, and examples/kafka_producer.py). Needs no
+// RabbitMQ (label kafka).
+//
+// Every wait is for an event: the segment's stored positions reaching a
+// count, a log line, a /readyz answer. The final check is the same as the
+// RabbitMQ tests': the table equals a last-write-wins model of what was
+// produced.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <librdkafka/rdkafka.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <regex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "larder/client.h"
+#include "sidecar/harness.h"
+#include "support/process.h"
+
+namespace larder::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+// The mock cluster process: started with its topics, controlled through its
+// stdin (tests/sidecar/kafka_mock_cluster.cc).
+class MockCluster {
+ public:
+  MockCluster(const std::vector<std::string>& topics, int brokers = 1) {
+    int in[2], out[2];
+    if (::pipe(in) != 0 || ::pipe(out) != 0) throw std::runtime_error("pipe");
+    std::vector<std::string> args = {LARDER_KAFKA_MOCK_BINARY, "--brokers", std::to_string(brokers)};
+    for (const std::string& t : topics) {
+      args.push_back("--topic");
+      args.push_back(t);
+    }
+    std::fflush(nullptr);
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(in[0], 0);
+      ::dup2(out[1], 1);
+      ::close(in[1]);
+      ::close(out[0]);
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::close(in[0]);
+    ::close(out[1]);
+    to_ = ::fdopen(in[1], "w");
+    from_ = ::fdopen(out[0], "r");
+    const std::string first = line();
+    if (first.rfind("bootstrap ", 0) != 0) throw std::runtime_error("mock cluster said: " + first);
+    bootstrap_ = first.substr(10);
+  }
+  ~MockCluster() {
+    if (to_ != nullptr) std::fclose(to_);  // end of input: it exits (SIGKILLed after 10 s)
+    if (pid_ > 0) larder::testing::wait_for(pid_, 10s);
+    if (from_ != nullptr) std::fclose(from_);
+  }
+  const std::string& bootstrap() const { return bootstrap_; }
+  // Sends one command; returns its answer ("ok" or "error ...").
+  std::string command(const std::string& c) {
+    std::fprintf(to_, "%s\n", c.c_str());
+    std::fflush(to_);
+    return line();
+  }
+
+ private:
+  std::string line() {
+    char buf[1024];
+    if (std::fgets(buf, sizeof buf, from_) == nullptr) return "(the mock cluster exited)";
+    std::string s(buf);
+    while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+    return s;
+  }
+  pid_t pid_ = -1;
+  FILE* to_ = nullptr;
+  FILE* from_ = nullptr;
+  std::string bootstrap_;
+};
+
+struct Message {
+  std::string key;
+  std::string body;
+};
+
+// Produces `messages` (keyed: a key's updates stay in one partition, in
+// order) from a child process, and returns once every one is acknowledged
+// by the cluster. Returns the child's exit code (0: all delivered).
+int produce(const std::string& bootstrap, const std::string& topic, const std::vector<Message>& messages) {
+  const pid_t pid = larder::testing::spawn([&]() -> int {
+    char err[512];
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err);
+    rd_kafka_conf_set(conf, "enable.idempotence", "true", err, sizeof err);
+    static int failed = 0;
+    rd_kafka_conf_set_dr_msg_cb(conf, [](rd_kafka_t*, const rd_kafka_message_t* m, void*) {
+      if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) ++failed;
+    });
+    rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+    if (rk == nullptr) return 3;
+    for (const Message& m : messages) {
+      for (;;) {
+        const rd_kafka_resp_err_t e =
+            rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_KEY(m.key.data(), m.key.size()),
+                              RD_KAFKA_V_VALUE(const_cast<char*>(m.body.data()), m.body.size()),
+                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+        if (e == RD_KAFKA_RESP_ERR_NO_ERROR) break;
+        if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) return 4;
+        rd_kafka_poll(rk, 100);  // the local queue is full: serve delivery reports
+      }
+    }
+    const rd_kafka_resp_err_t flushed = rd_kafka_flush(rk, 60'000);
+    rd_kafka_destroy(rk);
+    return flushed == RD_KAFKA_RESP_ERR_NO_ERROR && failed == 0 ? 0 : 5;
+  });
+  return larder::testing::wait_for(pid, 90s);
+}
+
+// Messages `from` .. `to` - 1 of the test stream: key i % keys, event time
+// i + 1 (so the last message of a key wins), recorded in the oracle.
+std::vector<Message> stream(int from, int to, int keys, Oracle& oracle) {
+  std::vector<Message> out;
+  for (int i = from; i < to; ++i) {
+    const std::string key = fmt::format("u{}", i % keys);
+    const Features f = Features::from_seed(i);
+    oracle.upsert(key, i + 1, f);
+    out.push_back({key, upsert_json("users", key, i + 1, f)});
+  }
+  return out;
+}
+
+// The sum of the next offsets the segment stores (dense offsets: the number
+// of messages applied), or -1 when it cannot be opened yet.
+int64_t applied_messages(const std::string& segment) {
+  try {
+    const SyncInfo s = Segment::open(segment).sync();
+    int64_t n = 0;
+    for (const SyncInfo::Partition& p : s.partitions) n += p.next_offset ? static_cast<int64_t>(*p.next_offset) : 0;
+    return n;
+  } catch (const Error&) {
+    return -1;
+  }
+}
+
+// The metrics port of the process's latest start (its log keeps earlier ones).
+int metrics_port(const SidecarProcess& p) {
+  static const std::regex listening(R"(metrics: listening on http://127\.0\.0\.1:(\d+))");
+  const std::string log = p.log_tail(1 << 20);
+  int port = 0;
+  for (auto it = std::sregex_iterator(log.begin(), log.end(), listening); it != std::sregex_iterator(); ++it) {
+    port = std::stoi((*it)[1]);
+  }
+  return port;
+}
+
+class KafkaSourceTest : public ::testing::Test {
+ protected:
+  void SetUp() override { name_ = unique_name("kafka"); }
+  void TearDown() override {
+    for (auto& s : sidecars_) {
+      if (HasFailure() && s) std::fprintf(stderr, "--- sidecar log tail:\n%s\n", s->log_tail().c_str());
+      s.reset();
+    }
+    for (const std::string& seg : segments_) ::unlink(("/dev/shm/" + seg).c_str());
+  }
+
+  // A sidecar consuming `topic` into segment `segment`.
+  SidecarProcess& sidecar(const std::string& segment, const std::string& bootstrap, const std::string& topic,
+                          const std::string& extra = "") {
+    segments_.push_back(segment);
+    const std::string yaml = fmt::format(R"(segment: {{name: {}}}
+{}
+kafka:
+  bootstrap_servers: "{}"
+  topics: [{}]
+  partitions_per_topic: 8
+  commit_interval: 100ms
+{}
+metrics: {{listen: "127.0.0.1:0"}}
+)",
+                                         segment, users_table_yaml(), bootstrap, topic, extra);
+    sidecars_.push_back(std::make_unique<SidecarProcess>(yaml, segment, BrokerEnv{}));
+    return *sidecars_.back();
+  }
+
+  std::string name_;
+  std::vector<std::string> segments_;
+  std::vector<std::unique_ptr<SidecarProcess>> sidecars_;
+};
+
+// Half the stream applied, the sidecar SIGKILLed, the rest produced, a
+// restart: it resumes at the segment's positions and the table ends equal
+// to the model. Nothing is lost.
+TEST_F(KafkaSourceTest, SigkillMidStreamLosesNothing) {
+  const std::string topic = name_ + "-t";
+  MockCluster cluster({topic + ":4"});
+  Oracle oracle;
+  constexpr int kTotal = 4000, kKeys = 300;
+  ASSERT_EQ(produce(cluster.bootstrap(), topic, stream(0, kTotal / 2, kKeys, oracle)), 0);
+
+  SidecarProcess& s = sidecar(name_, cluster.bootstrap(), topic);
+  s.start();
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == kTotal / 2; }, 60s))
+      << "applied " << applied_messages(name_);
+  s.kill9();
+
+  ASSERT_EQ(produce(cluster.bootstrap(), topic, stream(kTotal / 2, kTotal, kKeys, oracle)), 0);
+  s.start();
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == kTotal; }, 60s))
+      << "applied " << applied_messages(name_);
+  EXPECT_EQ(compare_segment(name_, oracle), "");
+  EXPECT_GE(s.log_count("resuming at stored offset"), 1u);
+  // Caught up: READY, and /readyz agrees.
+  ASSERT_TRUE(wait_until([&] { return Segment::open(name_).sync().state == layout::SyncState::kReady; }, 30s));
+  httplib::Client http("127.0.0.1", metrics_port(s));
+  auto ready = http.Get("/readyz");
+  ASSERT_TRUE(ready);
+  EXPECT_EQ(ready->status, 200) << ready->body;
+  auto metrics = http.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("larder_kafka_partition_lag_messages{topic=\"" + topic + "\",partition=\"0\"} 0"),
+            std::string::npos)
+      << metrics->body.substr(metrics->body.find("larder_kafka"));
+  EXPECT_EQ(s.stop(), 0);
+}
+
+// Two sidecars (two segments) in one group split the partitions; when one
+// leaves, the other takes its partitions and reads them from the start
+// (its segment has no position for them), and when partitions come back
+// after another rebalance they seek to the segment's positions: the
+// remaining segment ends equal to the whole model.
+TEST_F(KafkaSourceTest, RebalanceMovesPartitionsWithoutLoss) {
+  const std::string topic = name_ + "-t";
+  MockCluster cluster({topic + ":4"});
+  // The mock cluster's coordinator waits up to a member's session timeout
+  // for the group to rejoin: keep it short so that each rebalance is quick.
+  const std::string extra = fmt::format(
+      "  assignment: group\n  group_id: {}-g\n  properties: {{session.timeout.ms: 6000, heartbeat.interval.ms: 500}}",
+      name_);
+  Oracle oracle;
+  constexpr int kKeys = 200;
+  SidecarProcess& a = sidecar(name_ + "a", cluster.bootstrap(), topic, extra);
+  a.start();
+  ASSERT_TRUE(wait_until([&] { return a.log_count("kafka: assigned 4 partitions") >= 1; }, 60s));
+  SidecarProcess& b = sidecar(name_ + "b", cluster.bootstrap(), topic, extra);
+  b.start();
+  // The group rebalances: each gets two of the four partitions.
+  ASSERT_TRUE(wait_until([&] { return a.log_count("kafka: assigned 2 partitions") >= 1; }, 60s)) << a.log_tail();
+  ASSERT_TRUE(wait_until([&] { return b.log_count("kafka: assigned 2 partitions") >= 1; }, 60s)) << b.log_tail();
+
+  ASSERT_EQ(produce(cluster.bootstrap(), topic, stream(0, 2000, kKeys, oracle)), 0);
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_ + "a") + applied_messages(name_ + "b") == 2000; }, 60s));
+  const int64_t a_before = applied_messages(name_ + "a");
+  EXPECT_GT(a_before, 0);
+  EXPECT_LT(a_before, 2000);
+
+  // b leaves: a gets all four, and reads b's two from their start.
+  EXPECT_EQ(b.stop(), 0);
+  ASSERT_TRUE(wait_until([&] { return a.log_count("kafka: assigned 4 partitions") >= 2; }, 60s)) << a.log_tail();
+  ASSERT_EQ(produce(cluster.bootstrap(), topic, stream(2000, 3000, kKeys, oracle)), 0);
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_ + "a") == 3000; }, 60s))
+      << "applied " << applied_messages(name_ + "a");
+  EXPECT_EQ(compare_segment(name_ + "a", oracle), "");
+
+  // b comes back (a gives two partitions away) and leaves again (they come
+  // back to a, which seeks to its own stored positions).
+  b.start();
+  ASSERT_TRUE(wait_until([&] { return a.log_count("kafka: assigned 2 partitions") >= 2; }, 60s)) << a.log_tail();
+  ASSERT_EQ(produce(cluster.bootstrap(), topic, stream(3000, 3500, kKeys, oracle)), 0);
+  EXPECT_EQ(b.stop(), 0);
+  ASSERT_TRUE(wait_until([&] { return a.log_count("kafka: assigned 4 partitions") >= 3; }, 60s)) << a.log_tail();
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_ + "a") == 3500; }, 60s))
+      << "applied " << applied_messages(name_ + "a");
+  EXPECT_EQ(compare_segment(name_ + "a", oracle), "");
+  EXPECT_EQ(a.stop(), 0);
+}
+
+// Injected broker errors (failing fetches and commits) and a broker that
+// goes down and comes back: the sidecar reports it (log, connection state)
+// and ends with everything applied.
+TEST_F(KafkaSourceTest, BrokerErrorsAndABrokerDownAreRecovered) {
+  const std::string topic = name_ + "-t";
+  MockCluster cluster({topic + ":2"});
+  Oracle oracle;
+  SidecarProcess& s = sidecar(name_, cluster.bootstrap(), topic);
+  s.start();
+  ASSERT_TRUE(wait_until([&] { return s.log_count("kafka: assigned 2 partitions") >= 1; }, 60s));
+
+  // Fetch (API key 1) fails with NOT_LEADER_OR_FOLLOWER (6) five times,
+  // OffsetCommit (8) with REQUEST_TIMED_OUT (7) three times.
+  ASSERT_EQ(cluster.command("errors 1 6 5"), "ok");
+  ASSERT_EQ(cluster.command("errors 8 7 3"), "ok");
+  ASSERT_EQ(produce(cluster.bootstrap(), topic, stream(0, 1000, 100, oracle)), 0);
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 1000; }, 60s));
+
+  ASSERT_EQ(cluster.command("down 1"), "ok");
+  ASSERT_TRUE(wait_until([&] { return s.log_count("kafka: all brokers are down") >= 1; }, 60s)) << s.log_tail();
+  ASSERT_TRUE(
+      wait_until([&] { return Segment::open(name_).info().connection == ConnectionState::kDisconnected; }, 30s));
+  ASSERT_EQ(cluster.command("up 1"), "ok");
+  ASSERT_EQ(produce(cluster.bootstrap(), topic, stream(1000, 1500, 100, oracle)), 0);
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 1500; }, 60s))
+      << "applied " << applied_messages(name_);
+  EXPECT_EQ(compare_segment(name_, oracle), "");
+  EXPECT_EQ(s.stop(), 0);
+}
+
+// Bootstrap servers nobody listens on: the sidecar starts (brokers may come
+// later), stays not ready with the reason on /readyz, and logs it.
+TEST_F(KafkaSourceTest, UnreachableBootstrapIsNotReadyWithTheReason) {
+  // A port that was free a moment ago: bind, read it, close.
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  const std::string bootstrap = fmt::format("127.0.0.1:{}", ntohs(addr.sin_port));
+
+  SidecarProcess& s = sidecar(name_, bootstrap, name_ + "-t");
+  s.start();
+  ASSERT_TRUE(wait_until([&] { return s.log_count("kafka: all brokers are down") >= 1; }, 60s)) << s.log_tail();
+  ASSERT_TRUE(wait_until([&] { return metrics_port(s) > 0; }, 30s));
+  httplib::Client http("127.0.0.1", metrics_port(s));
+  auto ready = http.Get("/readyz");
+  ASSERT_TRUE(ready);
+  EXPECT_EQ(ready->status, 503);
+  EXPECT_NE(ready->body.find("kafka: all brokers are down (" + bootstrap + ")"), std::string::npos) << ready->body;
+  EXPECT_TRUE(s.running());
+  EXPECT_EQ(Segment::open(name_).sync().state, layout::SyncState::kCatchingUp);
+  EXPECT_EQ(s.stop(), 0);
+}
+
+// examples/kafka_producer.py as the producer process: it reads Larder
+// messages on stdin and produces them keyed by their key.
+TEST_F(KafkaSourceTest, PythonExampleProducerFeedsTheSidecar) {
+  const std::string topic = name_ + "-t";
+  MockCluster cluster({topic + ":3"});
+  Oracle oracle;
+  const std::vector<Message> messages = stream(0, 600, 50, oracle);
+  SidecarProcess& s = sidecar(name_, cluster.bootstrap(), topic);
+  s.start();
+
+  const std::string input = ::testing::TempDir() + name_ + ".jsonl";
+  {
+    FILE* f = std::fopen(input.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    for (const Message& m : messages) std::fprintf(f, "%s\n", m.body.c_str());
+    std::fclose(f);
+  }
+  const std::string cmd =
+      fmt::format("/usr/bin/python3 {}/examples/kafka_producer.py --bootstrap {} --topic {} --stdin < {}",
+                  LARDER_SOURCE_DIR, cluster.bootstrap(), topic, input);
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 600; }, 60s)) << "applied " << applied_messages(name_);
+  EXPECT_EQ(compare_segment(name_, oracle), "");
+  EXPECT_EQ(s.stop(), 0);
+  std::remove(input.c_str());
+}
+
+}  // namespace
+}  // namespace larder::test
