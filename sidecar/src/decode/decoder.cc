@@ -1025,7 +1025,7 @@ void build_tables(Decoder::Impl& impl, const layout::Schema& schema, const std::
         }
         info.computed.emplace_back(field.name, g.members);
         info.gathers.push_back(std::move(g));
-        impl_->vector_out.resize(std::max(impl_->vector_out.size(), chain.output_dims()));
+        impl.vector_out.resize(std::max(impl.vector_out.size(), chain.output_dims()));
         continue;
       }
       InputKind kind = field.type == FieldType::kString          ? InputKind::kString
@@ -1051,8 +1051,8 @@ void build_tables(Decoder::Impl& impl, const layout::Schema& schema, const std::
                                                           : InputKind::kNumber;
         array_len = static_cast<uint32_t>(chain.input_dims());
         takes_null = chain.takes_null();
-        impl_->vector_out.resize(std::max(impl_->vector_out.size(), chain.output_dims()));
-        impl_->vector_in.resize(std::max(impl_->vector_in.size(), chain.input_dims()));
+        impl.vector_out.resize(std::max(impl.vector_out.size(), chain.output_dims()));
+        impl.vector_in.resize(std::max(impl.vector_in.size(), chain.input_dims()));
       }
       Impl::InputInfo& in = input_for(input);
       const bool fresh = in.fields.empty() && in.raw_source < 0 && in.gathers.empty();
