@@ -284,6 +284,11 @@ int main(int argc, char** argv) {
     return 0;
   }
   larder::sidecar::setup_logging(config.logging.level, config.logging.json);
+  // The sizing warnings --check-config prints (a dedup set too small for its
+  // rate, an aggregate arena left at its default) belong in the log as well:
+  // a config that was never checked still says what may refuse events.
+  for (const std::string& w : config.warnings) spdlog::warn("config: {}", w);
+  for (const std::string& w : larder::sidecar::size_report(config).warnings) spdlog::warn("config: {}", w);
   install_signal_handlers();
   if (!larder::sidecar::install_test_hooks_from_env()) return 2;
 

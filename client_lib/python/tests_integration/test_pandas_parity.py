@@ -24,6 +24,7 @@ TABLE_YAML = """\
   - name: roll
     key_max_len: 16
     capacity: 1000
+    arena_chunks: 1000  # var_1h keeps 60 buckets: every key here is busy enough to hold a chunk
     fields: [{name: note, type: int64}]
     aggregates:
       - {name: sum_n, source: x, fn: sum, window: %(n)d events, min_periods: %(m)d}

@@ -889,11 +889,10 @@ bool kafka_owned_property(const std::string& key) {
 }
 
 KafkaConfig parse_kafka(const YAML::Node& node, const std::string& segment_name, const Secrets& secrets) {
-  MapNode m(
-      node, "kafka",
-      {"bootstrap_servers", "assignment", "topics", "group_id", "start", "partitions_per_topic", "max_in_flight",
-       "commit_interval", "drain_timeout_s", "client_id", "properties", "sasl_password_env", "sasl_password_file",
-       "format"});
+  MapNode m(node, "kafka",
+            {"bootstrap_servers", "assignment", "topics", "group_id", "start", "partitions_per_topic", "max_in_flight",
+             "commit_interval", "drain_timeout_s", "client_id", "properties", "sasl_password_env", "sasl_password_file",
+             "format"});
   KafkaConfig k;
   k.format = parse_format(m.node("format"), m.child("format"));
   k.bootstrap_servers = m.str("bootstrap_servers");
