@@ -1112,8 +1112,8 @@ int main(int argc, char** argv) {
       po.json = g.json;
       if (po.segment.empty()) return ctl::cmd_publish(po, nullptr);
       Opened o = open_segment(g, po.segment);
-      const Schema schema = schema_of(o.raw->data());
-      return ctl::cmd_publish(po, &schema);
+      const Schema segment_schema = schema_of(o.raw->data());
+      return ctl::cmd_publish(po, &segment_schema);
     }
   } catch (const Error& e) {
     std::fprintf(stderr, "larderctl: %s\n", e.what());

@@ -1136,8 +1136,9 @@ void print_summary(const Options& o, const std::map<std::string, Result>& r) {
     row("agg upsert_many(64), random keys", bm, pr, kBatch);
     row("agg upsert_many(64), 1K hot keys", bh, ph, kBatch);
     if (bm != nullptr && bh != nullptr) {
-      const double r = ns(bh) / ns(bm);
-      std::printf("  %-34s %8.2f   target >= 0.7   %s\n", "batched random / batched hot rate", r, verdict(r, r >= 0.7));
+      const double ratio = ns(bh) / ns(bm);
+      std::printf("  %-34s %8.2f   target >= 0.7   %s\n", "batched random / batched hot rate", ratio,
+                  verdict(ratio, ratio >= 0.7));
     }
     if (bm != nullptr && find(p + "agg_random") != nullptr) {
       std::printf("  %-34s %8.2f\n", "batched / single, random keys rate",
