@@ -175,7 +175,10 @@ class KafkaSourceTest : public ::testing::Test {
       if (HasFailure() && s) std::fprintf(stderr, "--- sidecar log tail:\n%s\n", s->log_tail().c_str());
       s.reset();
     }
-    for (const std::string& seg : segments_) ::unlink(("/dev/shm/" + seg).c_str());
+    for (const std::string& seg : segments_) {
+      ::unlink(("/dev/shm/" + seg).c_str());
+      ::unlink(("/dev/shm/" + seg + ".lock").c_str());  // the writer lock file outlives the segment
+    }
   }
 
   // A sidecar consuming `topic` into segment `segment`.
