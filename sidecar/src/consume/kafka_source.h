@@ -44,6 +44,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "config/config.h"
@@ -57,6 +58,10 @@ struct rd_kafka_topic_partition_list_s;
 struct rd_kafka_message_s;
 
 namespace larder::sidecar {
+
+// The librdkafka settings the source gives every consumer before
+// kafka.properties (which may override each of them).
+std::vector<std::pair<std::string, std::string>> kafka_default_properties();
 
 class KafkaSource final : public Source {
  public:
@@ -107,7 +112,13 @@ class KafkaSource final : public Source {
   bool assign_all();
   // Applies everything in flight, commits, and marks every slot unassigned.
   void revoke_all(const char* why);
+  // Takes up to `room` messages from librdkafka's queue (waiting `wait_ms`
+  // for the first only), decodes them and hands them to the writer at once.
+  void poll_batch(size_t room, int wait_ms);
+  // Decodes a message into a WorkItem on pending_ (nothing is handed over yet).
   void handle_message(rd_kafka_message_s* m);
+  // Hands pending_ to the writer thread in one enqueue (one wake-up).
+  void hand_over();
   void process_completions();
   // Commits every slot whose applied offset moved. `sync`: wait for the reply.
   void commit(bool sync);
@@ -133,8 +144,13 @@ class KafkaSource final : public Source {
   std::unique_ptr<Slot[]> slots_;  // topics x partitions_per_topic
   size_t slot_count_ = 0;
   std::vector<Completion> completions_;
+  // Decoded batches back from the writer, reused: as many as can be in
+  // flight, so that a steady stream allocates nothing per message.
   std::vector<DecodedBatch> spare_batches_;
-  uint64_t outstanding_ = 0;  // WorkItems handed over and not yet completed
+  size_t spare_limit_ = 0;
+  std::vector<WorkItem> pending_;  // decoded, not yet handed over (poll_batch)
+  uint64_t pending_received_ = 0;  // messages received since the last hand-over
+  uint64_t outstanding_ = 0;       // WorkItems handed over and not yet completed
   bool assignment_seen_ = false;
   std::set<std::string> missing_logged_;  // topics found missing (logged once)
   std::set<std::string> refused_;         // "topic[p]" beyond partitions_per_topic (logged once)
