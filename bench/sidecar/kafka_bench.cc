@@ -28,9 +28,9 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <filesystem>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <stdexcept>
 #include <string>
@@ -56,6 +56,7 @@ struct Options {
   uint32_t partitions = 4;
   uint32_t rounds = 3;
   std::vector<std::string> properties;  // key=value, for every consumer
+  uint32_t max_in_flight = 0;           // the sidecar's kafka.max_in_flight; 0: its default
   std::string sidecar = LARDER_SIDECAR_BINARY;
   std::string mock = LARDER_KAFKA_MOCK_BINARY;
 };
@@ -204,7 +205,8 @@ std::string sidecar_yaml(const Options& o, const Mock& m, const Topic& topic, co
     const size_t eq = p.find('=');
     properties += fmt::format("    {}: \"{}\"\n", p.substr(0, eq), p.substr(eq + 1));
   }
-  return fmt::format(R"(segment: {{name: {segment}}}
+  return fmt::format(
+      R"(segment: {{name: {segment}}}
 tables:
   - name: t
     key_max_len: 32
@@ -217,11 +219,12 @@ kafka:
   bootstrap_servers: "{bootstrap}"
   topics: [{topic}]
   start: earliest
-{properties}logging: {{level: warn}}
+{window}{properties}logging: {{level: warn}}
 metrics: {{listen: ""}}
 )",
-                     fmt::arg("segment", segment), fmt::arg("bootstrap", m.bootstrap), fmt::arg("topic", topic.name),
-                     fmt::arg("properties", properties.empty() ? "" : "  properties:\n" + properties));
+      fmt::arg("segment", segment), fmt::arg("bootstrap", m.bootstrap), fmt::arg("topic", topic.name),
+      fmt::arg("window", o.max_in_flight > 0 ? fmt::format("  max_in_flight: {}\n", o.max_in_flight) : ""),
+      fmt::arg("properties", properties.empty() ? "" : "  properties:\n" + properties));
 }
 
 // A consumer with every partition of the topic assigned from its start.
@@ -255,7 +258,7 @@ rd_kafka_t* bare_consumer(const Options& o, const Mock& m, const Topic& topic, c
 }
 
 // (a) The bare consumer.
-Run bare_poll(const Options& o, const Mock& m, const Topic& topic) {
+[[gnu::noinline]] Run bare_poll(const Options& o, const Mock& m, const Topic& topic) {
   rd_kafka_t* rk = bare_consumer(o, m, topic, "larder-bench-bare");
   uint64_t got = 0, bytes = 0;
   Clock::time_point first;
@@ -283,7 +286,7 @@ Run bare_poll(const Options& o, const Mock& m, const Topic& topic) {
 // and applying it with its position (apply_batch, as the writer thread
 // does) into a fresh segment of the sidecar's config, in the same loop.
 // Timed from the first message to the last one's apply.
-Run bare_apply(const Options& o, const Mock& m, const Topic& topic, const std::string& segment) {
+[[gnu::noinline]] Run bare_apply(const Options& o, const Mock& m, const Topic& topic, const std::string& segment) {
   larder::Writer::remove_segment(segment);
   const larder::sidecar::Config config = larder::sidecar::parse_config(sidecar_yaml(o, m, topic, segment), "bench");
   std::unique_ptr<larder::Writer> writer = larder::sidecar::open_segment(config, {});
@@ -415,12 +418,12 @@ int main(int argc, char** argv) {
   app.add_option("--partitions", o.partitions, "partitions of each topic")->capture_default_str();
   app.add_option("--rounds", o.rounds, "(a)/(b)/(c) runs per topic, alternating")->capture_default_str();
   app.add_option("--property", o.properties, "key=value for librdkafka, in every consumer (repeatable)");
+  app.add_option("--max-in-flight", o.max_in_flight, "the sidecar's kafka.max_in_flight (0: its default)");
   app.add_option("--sidecar", o.sidecar, "larder-sidecar binary")->capture_default_str();
   app.add_option("--mock", o.mock, "larder_kafka_mock_cluster binary")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if ((o.messages == 0 && o.batch_messages == 0) || o.rounds == 0 || o.partitions == 0 || o.partitions > 16) {
-    std::fprintf(stderr,
-                 "larder-bench-kafka: --messages or --batch-messages > 0, --rounds > 0, --partitions 1..16\n");
+    std::fprintf(stderr, "larder-bench-kafka: --messages or --batch-messages > 0, --rounds > 0, --partitions 1..16\n");
     return 2;
   }
   std::vector<Topic> topics;

@@ -26,6 +26,11 @@ constexpr int kBusyWaitMs = 1;
 // instead of per message. The messages are already fetched, so a batch costs
 // no waiting; small enough that the writer starts on it within ~100 us.
 constexpr size_t kPollBatch = 128;
+// Updates in flight, beside kafka.max_in_flight messages: messages of many
+// updates keep only this many decoded at once, so the batches the writer
+// reads are still in the caches and the spare batches stay few (1,000
+// messages of 100 updates would be ~10 MB of batches).
+constexpr uint64_t kMaxInFlightUpdates = 16'384;
 constexpr auto kWatermarkInterval = std::chrono::milliseconds(100);
 // Assignment all: how often the topics' metadata is read for new partitions.
 constexpr auto kMetadataInterval = std::chrono::seconds(30);
@@ -41,7 +46,21 @@ void error_trampoline(rd_kafka_t*, int err, const char* reason, void* opaque) {
 
 }  // namespace
 
-std::vector<std::pair<std::string, std::string>> kafka_default_properties() { return {}; }
+std::vector<std::pair<std::string, std::string>> kafka_default_properties() {
+  return {
+      // The broker answers a fetch as soon as one message is there: a
+      // feature's freshness first; a backlog fills the fetches anyway.
+      {"fetch.min.bytes", "1"},
+      // A seek or a new assignment waits for the fetch in flight; an empty
+      // one is held this long (librdkafka's 500 ms would delay a resume).
+      {"fetch.wait.max.ms", "100"},
+      // Prefetched per partition: at the source's highest measured rate
+      // (docs/performance.md, "Kafka source") over 100 ms of messages, far
+      // more than a fetch round trip, without librdkafka's 100,000 per
+      // partition (up to 64 MB queued in the sidecar's memory).
+      {"queued.min.messages", "20000"},
+  };
+}
 
 KafkaSource::KafkaSource(const Config& config, Pipeline& pipeline, SourceLane& lane,
                          const std::atomic<int>& stop_requests)
@@ -119,11 +138,10 @@ void KafkaSource::set_status(std::string status) {
   status_ = std::move(status);
 }
 
-DecodedBatch KafkaSource::take_spare_batch() {
-  if (spare_batches_.empty()) return DecodedBatch();
-  DecodedBatch b = std::move(spare_batches_.back());
+void KafkaSource::take_spare_batch(DecodedBatch& into) {
+  if (spare_batches_.empty()) return;
+  into = std::move(spare_batches_.back());
   spare_batches_.pop_back();
-  return b;
 }
 
 KafkaSource::Slot* KafkaSource::slot_of(const char* topic, int32_t partition, uint32_t* index) {
@@ -205,7 +223,7 @@ int KafkaSource::run() {
     if (now - last_commit_ >= std::chrono::milliseconds(kc_.commit_interval_ms)) commit(false);
     if (now - last_watermarks_ >= kWatermarkInterval) refresh_watermarks();
     pipeline_.metrics.consumer_heartbeat_mono_ns.set(layout::now_mono_ns());
-    if (outstanding_ >= kc_.max_in_flight) {
+    if (outstanding_ >= kc_.max_in_flight || outstanding_updates_ >= kMaxInFlightUpdates) {
       // The window is full: the writer's completions open it again (this
       // is the source's only backpressure, as the AMQP prefetch).
       std::this_thread::sleep_for(std::chrono::microseconds(200));
@@ -241,7 +259,7 @@ void KafkaSource::poll_batch(size_t room, int wait_ms) {
   while (m != nullptr) {
     handle_message(m);
     rd_kafka_message_destroy(m);
-    if (++taken >= room) break;
+    if (++taken >= room || outstanding_updates_ + pending_updates_ >= kMaxInFlightUpdates) break;
     m = rd_kafka_consumer_poll(rk_, 0);
   }
   hand_over();
@@ -266,6 +284,8 @@ void KafkaSource::hand_over() {
   pipeline_.work.enqueue_bulk(work_token_, std::make_move_iterator(pending_.begin()), pending_.size());
   metrics.work_enqueued.add_release(pending_.size());
   outstanding_ += pending_.size();
+  outstanding_updates_ += pending_updates_;
+  pending_updates_ = 0;
   pending_.clear();
 }
 
@@ -333,7 +353,7 @@ void KafkaSource::handle_message(rd_kafka_message_t* m) {
 
   const std::string_view body(static_cast<const char*>(m->payload), m->payload != nullptr ? m->len : 0);
   WorkItem& item = pending_.emplace_back();
-  item.batch = take_spare_batch();
+  take_spare_batch(item.batch);
   const int64_t decode_start = layout::now_mono_ns();
   DecodeResult result = decoder_->decode(body, item.batch);
   pipeline_.metrics.decode_seconds.observe_ns(layout::now_mono_ns() - decode_start);
@@ -350,6 +370,7 @@ void KafkaSource::handle_message(rd_kafka_message_t* m) {
     item.batch.clear();
     item.position_only = true;
   }
+  pending_updates_ += item.batch.size();
 }
 
 void KafkaSource::note_reject(RejectReason reason, const std::string& where, std::string_view detail) {
@@ -373,6 +394,7 @@ void KafkaSource::process_completions() {
       Completion& c = completions_[i];
       pipeline_.metrics.stage_pickup_seconds.observe_ns(picked_up - c.applied_mono_ns);
       --outstanding_;
+      outstanding_updates_ -= std::min<uint64_t>(outstanding_updates_, c.batch.size());
       const uint32_t index = c.partition - lane_.partition_base;
       if (index < slot_count_ && c.offset != kNoOffset) {
         Slot& s = slots_[index];

@@ -130,7 +130,8 @@ class KafkaSource final : public Source {
   void set_state(layout::ConnectionState s);
   void set_sync(layout::SyncState s);
   void set_status(std::string status);
-  DecodedBatch take_spare_batch();
+  // Moves a spare batch (its buffers grown by earlier messages) into `into`.
+  void take_spare_batch(DecodedBatch& into);
 
   const Config& config_;
   const KafkaConfig& kc_;
@@ -148,9 +149,11 @@ class KafkaSource final : public Source {
   // flight, so that a steady stream allocates nothing per message.
   std::vector<DecodedBatch> spare_batches_;
   size_t spare_limit_ = 0;
-  std::vector<WorkItem> pending_;  // decoded, not yet handed over (poll_batch)
-  uint64_t pending_received_ = 0;  // messages received since the last hand-over
-  uint64_t outstanding_ = 0;       // WorkItems handed over and not yet completed
+  std::vector<WorkItem> pending_;     // decoded, not yet handed over (poll_batch)
+  uint64_t pending_received_ = 0;     // messages received since the last hand-over
+  uint64_t pending_updates_ = 0;      // their updates
+  uint64_t outstanding_ = 0;          // WorkItems handed over and not yet completed
+  uint64_t outstanding_updates_ = 0;  // their updates
   bool assignment_seen_ = false;
   std::set<std::string> missing_logged_;  // topics found missing (logged once)
   std::set<std::string> refused_;         // "topic[p]" beyond partitions_per_topic (logged once)
