@@ -125,7 +125,7 @@ struct KafkaConfig {
   std::string group_id;             // default "larder-<hostname>-<segment>": commits per host and segment
   KafkaStart start = KafkaStart::kStored;
   uint32_t partitions_per_topic = 16;  // SourceBlock partitions each topic reserves (its partitions 0..n-1)
-  uint32_t max_in_flight = 1000;       // messages handed to the writer and not yet applied
+  uint32_t max_in_flight = 1000;       // messages handed to the writer and not yet applied (and <= 16,384 updates)
   int64_t commit_interval_ms = 1000;   // applied offsets are committed at most this often (and on revoke, stop)
   double drain_timeout_s = 10.0;       // on stop and revoke: how long to wait for in-flight messages
   std::string client_id;               // default "larder-sidecar <segment>"

@@ -24,6 +24,12 @@
 //  * Retention: a partition that resumes at a stored offset the topic no
 //    longer holds (below its low watermark) makes the segment INCOMPLETE.
 //
+// Hand-over: up to kPollBatch fetched messages are polled and decoded, then
+// handed to the writer in one enqueue (one wake-up per batch). At most
+// kafka.max_in_flight messages and kMaxInFlightUpdates updates are handed
+// over and not yet applied; their decoded batches come back with the
+// completions and are reused.
+//
 // Readiness: CATCHING_UP until the group has assigned partitions and each
 // assigned partition has been applied up to the high watermark it had when
 // it was first fetched after the assignment; then READY for the life of the
