@@ -250,8 +250,9 @@ int KafkaSource::run() {
 
 void KafkaSource::poll_batch(size_t room, int wait_ms) {
   // rd_kafka_consumer_poll rather than rd_kafka_consume_batch_queue: the
-  // batch call of librdkafka 2.0 may return messages fetched before a seek
-  // or a revoke (fixed in 2.1), and it costs the same per message.
+  // release notes of librdkafka 2.0 (Debian 12's) list known issues of the
+  // batch calls (outdated messages after a seek or a rebalance), and the
+  // poll costs the same per message once the messages are fetched.
   // Callbacks (a rebalance) run inside a poll; revoke_all hands pending_
   // over first, so what was decoded before it is applied before the revoke.
   rd_kafka_message_t* m = rd_kafka_consumer_poll(rk_, wait_ms);
