@@ -13,6 +13,8 @@ packages=(
   # sidecar
   librabbitmq-dev librdkafka-dev libconcurrentqueue-dev libsimdjson-dev libyaml-cpp-dev
   libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev
+  # database polling source: PostgreSQL client library, and the server its tests start
+  libpq-dev postgresql-15 python3-psycopg2
   # message formats: Protocol Buffers (.proto parsed at start) and Avro
   libprotobuf-dev libprotoc-dev protobuf-compiler libavro-dev
   # tests and benchmarks
