@@ -13,9 +13,11 @@ packages=(
   # sidecar
   librabbitmq-dev librdkafka-dev libconcurrentqueue-dev libsimdjson-dev libyaml-cpp-dev
   libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev
+  # database polling source: PostgreSQL client library, and the server its tests start
+  libpq-dev postgresql-15 python3-psycopg2
   # message formats: Protocol Buffers (.proto parsed at start) and Avro
   libprotobuf-dev libprotoc-dev protobuf-compiler libavro-dev
-  # database source: the MariaDB/MySQL driver, and the server its tests run
+  # database polling source: MariaDB Connector/C, and the server its tests start
   libmariadb-dev mariadb-server
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev libhiredis-dev liblmdb-dev

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs the Debian packages it needs,
-# builds, starts a throwaway RabbitMQ on loopback (scripts/broker.sh) and a
-# throwaway MariaDB (scripts/mariadb.sh), runs every test, and always stops
-# both. The exit status is the result.
+# builds, starts a throwaway RabbitMQ (scripts/broker.sh), PostgreSQL
+# (scripts/postgres.sh) and MariaDB (scripts/mariadb.sh) on loopback, runs
+# every test, and always stops all three. The exit status is the result.
 #
 #   bash scripts/test.sh                 all tests: unit, integration, database
 #   bash scripts/test.sh --unit-only     no servers; ctest -LE 'integration|database'
@@ -31,8 +31,10 @@
 # (LARDER_TEST_AMQP_URL, LARDER_TEST_AMQP_PASSWORD, LARDER_TEST_AMQPS_URL,
 # LARDER_TEST_CA_FILE, LARDER_TEST_CLIENT_CERT, LARDER_TEST_CLIENT_KEY,
 # LARDER_TEST_BROKER_CTL, LARDER_TEST_RABBITMQCTL, ...; see scripts/broker.sh),
-# the database tests find MariaDB through mariadb.env (LARDER_TEST_MARIADB_URL,
-# LARDER_TEST_MARIADB_PASSWORD, LARDER_TEST_MARIADB_CTL; see scripts/mariadb.sh).
+# the database tests find PostgreSQL through postgres.env
+# (LARDER_TEST_POSTGRES_URL, _PASSWORD, _CTL; see scripts/postgres.sh) and
+# MariaDB through mariadb.env (LARDER_TEST_MARIADB_URL, _PASSWORD, _CTL; see
+# scripts/mariadb.sh).
 set -euo pipefail
 # The whole script is one block, read before it runs: editing or updating
 # the file during a run cannot change what this run executes.
@@ -127,6 +129,7 @@ run_grouped() {
 }
 
 broker_dir=""
+postgres_dir=""
 mariadb_dir=""
 report_dir=$(mktemp -d /tmp/larder-test-report.XXXXXX)
 # shellcheck disable=SC2317  # invoked by the EXIT trap
@@ -135,6 +138,11 @@ cleanup() {
   trap - EXIT INT TERM
   end_group
   rm -rf "$report_dir"
+  if [[ -n $postgres_dir ]]; then
+    step "stopping the test PostgreSQL"
+    scripts/postgres.sh stop --dir "$postgres_dir" || rc=1
+    rm -rf "$postgres_dir"
+  fi
   if [[ -n $mariadb_dir ]]; then
     step "stopping the test MariaDB"
     scripts/mariadb.sh stop --dir "$mariadb_dir" || rc=1
@@ -170,6 +178,13 @@ else
   set -a
   # shellcheck disable=SC1091
   . "$broker_dir/broker.env"
+  set +a
+  step "starting a throwaway PostgreSQL"
+  postgres_dir=$(mktemp -d /tmp/larder-test-postgres.XXXXXX)
+  scripts/postgres.sh start --dir "$postgres_dir"
+  set -a
+  # shellcheck disable=SC1091
+  . "$postgres_dir/postgres.env"
   set +a
 
   step "starting a throwaway MariaDB"
