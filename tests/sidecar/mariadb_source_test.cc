@@ -333,8 +333,8 @@ TEST_F(MariadbSourceTest, BadColumnTypeUnknownColumnAndUnreachableServerFailAtSt
   }
 }
 
-// examples/mariadb_source.sql run as written by the mariadb client, and
-// examples/mariadb_source.yaml with only the segment name, the URL and the
+// examples/database/mariadb.sql run as written by the mariadb client, and
+// examples/database/mariadb.yaml with only the segment name, the URL and the
 // password variable changed: the segment ends as the script leaves the table.
 TEST_F(MariadbSourceTest, ExampleScriptAndConfig) {
   auto read = [](const std::string& path) {
@@ -348,11 +348,11 @@ TEST_F(MariadbSourceTest, ExampleScriptAndConfig) {
   ASSERT_TRUE(url) << why;
   db_->exec("DROP TABLE IF EXISTS user_profile");
   const std::string client = fmt::format(
-      "MYSQL_PWD='{}' mariadb --no-defaults --protocol=tcp -h{} -P{} -u{} {} < {}/examples/mariadb_source.sql",
+      "MYSQL_PWD='{}' mariadb --no-defaults --protocol=tcp -h{} -P{} -u{} {} < {}/examples/database/mariadb.sql",
       env_.password, url->host, url->port, url->user, url->database, LARDER_SOURCE_DIR);
   ASSERT_EQ(std::system(client.c_str()), 0) << client;
 
-  std::string yaml = read("examples/mariadb_source.yaml");
+  std::string yaml = read("examples/database/mariadb.yaml");
   auto replace = [&](const std::string& from, const std::string& to) {
     const size_t at = yaml.find(from);
     ASSERT_NE(at, std::string::npos) << from;

@@ -117,8 +117,9 @@ TEST(SqlTextValues, TimestampsAreUtcMicroseconds) {
 }
 
 TEST(SqlTextValues, TimestampsPrintAndParseBack) {
-  for (const int64_t us : {int64_t{0}, int64_t{-1}, int64_t{1709190296789000}, -62135596800LL * 1'000'000,
-                           253402300799LL * 1'000'000 + 999'999}) {
+  const int64_t values[] = {int64_t{0}, int64_t{-1}, int64_t{1709190296789000}, -62135596800LL * 1'000'000,
+                            253402300799LL * 1'000'000 + 999'999};
+  for (const int64_t us : values) {
     const std::optional<std::string> s = format_timestamp(us);
     ASSERT_TRUE(s) << us;
     EXPECT_EQ(parse_timestamp(*s), us) << *s;

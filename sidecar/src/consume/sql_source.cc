@@ -304,11 +304,13 @@ bool SqlSource::poll_all() {
   for (size_t i = 0; i < polled_.size(); ++i) {
     Polled& p = *polled_[i];
     bool caught_up = false;
+    // One clock reading per sweep of a table: the settle bound stays put
+    // while its pages are read (rows newer than it wait for the next sweep).
+    const std::optional<int64_t> now = conn_->server_now_us();
+    if (!now) return false;
+    std::optional<int64_t> before;
+    if (p.cursor_type == sql::ColumnType::kTimestamp) before = *now - db_.settle_ms * 1000;
     while (!caught_up && !stopping()) {
-      const std::optional<int64_t> now = conn_->server_now_us();
-      if (!now) return false;
-      std::optional<int64_t> before;
-      if (p.cursor_type == sql::ColumnType::kTimestamp) before = *now - db_.settle_ms * 1000;
       if (!poll_page(i, before, *now, &caught_up)) return false;
     }
     p.caught_up = caught_up;

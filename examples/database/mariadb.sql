@@ -2,9 +2,9 @@
 -- (docs/sidecar.md, "Database polling"; MariaDB specifics under "MariaDB and
 -- MySQL"). Reference data: a user's plan, credit limit and verification,
 -- written by an application, read into the segment's table `users` by
--- examples/mariadb_source.yaml.
+-- examples/database/mariadb.yaml.
 --
---   mariadb features < examples/mariadb_source.sql
+--   mariadb features < examples/database/mariadb.sql
 --
 -- What the source needs from the table:
 -- * a cursor that moves forward whenever a row changes: updated_at, kept by
