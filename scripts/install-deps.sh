@@ -13,8 +13,12 @@ packages=(
   # sidecar
   librabbitmq-dev librdkafka-dev libconcurrentqueue-dev libsimdjson-dev libyaml-cpp-dev
   libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev
+  # database polling source: PostgreSQL client library, and the server its tests start
+  libpq-dev postgresql-15 python3-psycopg2
   # message formats: Protocol Buffers (.proto parsed at start) and Avro
   libprotobuf-dev libprotoc-dev protobuf-compiler libavro-dev
+  # database polling source: MariaDB Connector/C, and the server its tests start
+  libmariadb-dev mariadb-server
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev libhiredis-dev liblmdb-dev
   redis-server rabbitmq-server amqp-tools openssl procps util-linux tmux
@@ -41,4 +45,8 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommen
 # run their own throwaway nodes, so stop the system one if it came up.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet rabbitmq-server 2>/dev/null; then
   $SUDO systemctl stop rabbitmq-server || true
+fi
+# The same for the MariaDB server: the tests start their own (scripts/mariadb.sh).
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mariadb 2>/dev/null; then
+  $SUDO systemctl stop mariadb || true
 fi

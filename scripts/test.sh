@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs the Debian packages it needs,
-# builds, starts a throwaway RabbitMQ on loopback (scripts/broker.sh), runs
-# every test, and always stops the broker. The exit status is the result.
+# builds, starts a throwaway RabbitMQ (scripts/broker.sh), PostgreSQL
+# (scripts/postgres.sh) and MariaDB (scripts/mariadb.sh) on loopback, runs
+# every test, and always stops all three. The exit status is the result.
 #
-#   bash scripts/test.sh                 all tests: unit and integration
-#   bash scripts/test.sh --unit-only     no broker; ctest -LE integration
+#   bash scripts/test.sh                 all tests: unit, integration, database
+#   bash scripts/test.sh --unit-only     no servers; ctest -LE 'integration|database'
 #   bash scripts/test.sh --sanitize address,undefined    (build-asan/)
 #   bash scripts/test.sh --sanitize thread               (build-tsan/)
 #       a sanitizer build, running the tests that need no broker
@@ -29,7 +30,11 @@
 # Integration tests find the broker through the variables of broker.env
 # (LARDER_TEST_AMQP_URL, LARDER_TEST_AMQP_PASSWORD, LARDER_TEST_AMQPS_URL,
 # LARDER_TEST_CA_FILE, LARDER_TEST_CLIENT_CERT, LARDER_TEST_CLIENT_KEY,
-# LARDER_TEST_BROKER_CTL, LARDER_TEST_RABBITMQCTL, ...; see scripts/broker.sh).
+# LARDER_TEST_BROKER_CTL, LARDER_TEST_RABBITMQCTL, ...; see scripts/broker.sh),
+# the database tests find PostgreSQL through postgres.env
+# (LARDER_TEST_POSTGRES_URL, _PASSWORD, _CTL; see scripts/postgres.sh) and
+# MariaDB through mariadb.env (LARDER_TEST_MARIADB_URL, _PASSWORD, _CTL; see
+# scripts/mariadb.sh).
 set -euo pipefail
 # The whole script is one block, read before it runs: editing or updating
 # the file during a run cannot change what this run executes.
@@ -124,6 +129,8 @@ run_grouped() {
 }
 
 broker_dir=""
+postgres_dir=""
+mariadb_dir=""
 report_dir=$(mktemp -d /tmp/larder-test-report.XXXXXX)
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
@@ -131,6 +138,16 @@ cleanup() {
   trap - EXIT INT TERM
   end_group
   rm -rf "$report_dir"
+  if [[ -n $postgres_dir ]]; then
+    step "stopping the test PostgreSQL"
+    scripts/postgres.sh stop --dir "$postgres_dir" || rc=1
+    rm -rf "$postgres_dir"
+  fi
+  if [[ -n $mariadb_dir ]]; then
+    step "stopping the test MariaDB"
+    scripts/mariadb.sh stop --dir "$mariadb_dir" || rc=1
+    rm -rf "$mariadb_dir"
+  fi
   if [[ -n $broker_dir ]]; then
     step "stopping the test broker"
     scripts/broker.sh stop --dir "$broker_dir" || rc=1
@@ -145,7 +162,7 @@ trap 'exit 143' TERM
 ctest_args=(--test-dir "$build_dir" --output-on-failure --no-tests=error -j "$jobs" -O "$report_dir/ctest.log"
   "${filter[@]}")
 if ((unit_only)); then
-  ctest_args+=(-LE integration)
+  ctest_args+=(-LE 'integration|database')
 else
   step "starting a throwaway RabbitMQ"
   broker_dir=$(mktemp -d /tmp/larder-test-broker.XXXXXX)
@@ -161,6 +178,25 @@ else
   set -a
   # shellcheck disable=SC1091
   . "$broker_dir/broker.env"
+  set +a
+  step "starting a throwaway PostgreSQL"
+  postgres_dir=$(mktemp -d /tmp/larder-test-postgres.XXXXXX)
+  scripts/postgres.sh start --dir "$postgres_dir"
+  set -a
+  # shellcheck disable=SC1091
+  . "$postgres_dir/postgres.env"
+  set +a
+
+  step "starting a throwaway MariaDB"
+  mariadb_dir=$(mktemp -d /tmp/larder-test-mariadb.XXXXXX)
+  mariadb_port=3399
+  if [[ -n $(ss -Hltn "( sport = :$mariadb_port )" 2>/dev/null) ]]; then
+    mariadb_port=$((3400 + RANDOM % 500))
+  fi
+  scripts/mariadb.sh start --dir "$mariadb_dir" --port "$mariadb_port"
+  set -a
+  # shellcheck disable=SC1091
+  . "$mariadb_dir/mariadb.env"
   set +a
 fi
 

@@ -309,7 +309,13 @@ int main(int argc, char** argv) {
 
   larder::sidecar::Pipeline pipeline;
   // The sources and their lanes, before the HTTP thread reads the lanes.
-  larder::sidecar::Sources sources = larder::sidecar::make_sources(config, pipeline, g_stop_requests);
+  larder::sidecar::Sources sources;
+  try {
+    sources = larder::sidecar::make_sources(config, pipeline, g_stop_requests);
+  } catch (const larder::sidecar::StartError& e) {
+    spdlog::critical("{}", e.what());
+    return e.exit_code();
+  }
   // Both threads count as alive from the start (their loops refresh these).
   pipeline.metrics.writer_heartbeat_mono_ns.set(larder::layout::now_mono_ns());
   pipeline.metrics.consumer_heartbeat_mono_ns.set(larder::layout::now_mono_ns());

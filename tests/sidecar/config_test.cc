@@ -750,3 +750,61 @@ TEST(KafkaConfigTest, ErrorsNameTheKey) {
 
 }  // namespace
 }  // namespace larder::sidecar
+
+namespace larder::sidecar {
+namespace {
+
+const char* kDatabases = R"(
+segment: {name: features}
+tables:
+  - name: users
+    capacity: 1000
+    fields:
+      - {name: age, type: int64}
+databases:
+  - driver: postgres
+    url: postgresql://larder@db.local:5432/app
+    password_env: LARDER_TEST_CONFIG_PASSWORD
+    poll_interval: 250ms
+    tables:
+      - table: users
+        query: SELECT id, age, updated_at FROM users;
+        key: id
+        cursor: updated_at
+        tie: id
+        columns: {age: age}
+)";
+
+class DatabaseConfigTest : public ConfigTest {};
+
+TEST_F(DatabaseConfigTest, DatabasesAreSourcesWithTheirDefaults) {
+  const Config c = parse_config(kDatabases);
+  EXPECT_FALSE(c.rabbitmq_enabled);  // the databases are the only source
+  ASSERT_EQ(c.databases.size(), 1u);
+  const DatabaseConfig& d = c.databases[0];
+  EXPECT_EQ(d.driver, SqlDriver::kPostgres);
+  EXPECT_EQ(d.password, "s3cret");
+  EXPECT_EQ(d.poll_interval_ms, 250);
+  EXPECT_EQ(d.settle_ms, 5000);
+  ASSERT_EQ(d.tables.size(), 1u);
+  EXPECT_EQ(d.tables[0].query, "SELECT id, age, updated_at FROM users");  // the ';' is dropped
+  EXPECT_EQ(d.tables[0].page_rows, 1000u);
+  EXPECT_EQ(d.tables[0].tie_column, "id");
+  ASSERT_EQ(d.tables[0].columns.size(), 1u);
+}
+
+TEST_F(DatabaseConfigTest, ErrorsNameTheirKey) {
+  const std::string v = kDatabases;
+  expect_error(replace(v, "driver: postgres", "driver: oracle"), "databases[0].driver", "unknown driver \"oracle\"");
+  expect_error(replace(v, "larder@db.local", "larder:pw@db.local"), "databases[0].url", "no password in the url");
+  expect_error(replace(v, "table: users\n        query", "table: people\n        query"),
+               "databases[0].tables[0].table", "no table \"people\"");
+  expect_error(replace(v, "FROM users;", "FROM users; DROP TABLE users"), "databases[0].tables[0].query", "one SELECT");
+  expect_error(replace(v, "        cursor: updated_at\n", ""), "databases[0].tables[0].cursor", "required");
+  expect_error(replace(v, "poll_interval: 250ms", "poll_interval: soon"), "databases[0].poll_interval");
+  expect_error(replace(v, "columns: {age: age}", "columns: {age: age, years: age}"),
+               "databases[0].tables[0].columns.years", "fed by two columns");
+}
+
+}  // namespace
+}  // namespace larder::sidecar

@@ -980,6 +980,123 @@ KafkaConfig parse_kafka(const YAML::Node& node, const std::string& segment_name,
   return k;
 }
 
+// A password from `<prefix>_env` or `<prefix>_file` (never the file itself).
+void parse_password(const MapNode& m, const char* env_key, const char* file_key, const Secrets& secrets,
+                    std::string* password, std::string* source) {
+  if (m.has(env_key) && m.has(file_key)) fail(m.path(), fmt::format("set {} or {}, not both", env_key, file_key));
+  if (m.has(env_key)) {
+    const std::string var = m.scalar(env_key);
+    const char* value = std::getenv(var.c_str());
+    if (value == nullptr && secrets.required) {
+      fail(m.child(env_key), fmt::format("environment variable {} is not set", var));
+    }
+    if (value == nullptr) {
+      secrets.warnings->push_back(
+          fmt::format("{}: environment variable {} is not set (the sidecar needs it to start)", m.child(env_key), var));
+    }
+    *password = value != nullptr ? value : "";
+    *source = "env " + var;
+  } else if (m.has(file_key)) {
+    const std::string file = m.scalar(file_key);
+    if (secrets.available(file, m.child(file_key))) *password = read_file_trimmed(file, m.child(file_key));
+    *source = "file " + file;
+  }
+}
+
+PolledTableConfig parse_polled_table(const YAML::Node& node, const std::string& path, const Config& c) {
+  MapNode m(node, path, {"table", "query", "key", "cursor", "tie", "event_time", "deleted", "columns", "page_rows"});
+  PolledTableConfig t;
+  t.path = path;
+  t.table = m.str("table");
+  bool known = false;
+  for (const TableConfig& tc : c.tables) known = known || tc.spec.name == t.table;
+  if (!known) fail(m.child("table"), fmt::format("no table \"{}\" in tables", t.table));
+  t.query = m.str("query");
+  {
+    std::string_view q = t.query;
+    while (!q.empty() && (q.back() == ';' || q.back() == ' ' || q.back() == '\n')) q.remove_suffix(1);
+    t.query = std::string(q);
+  }
+  if (t.query.empty()) fail(m.child("query"), "must be a SELECT");
+  if (t.query.find(';') != std::string::npos) fail(m.child("query"), "must be one SELECT (no ';')");
+  t.key_column = m.str("key");
+  t.cursor_column = m.str("cursor");
+  t.tie_column = m.str("tie", "");
+  t.event_time_column = m.str("event_time", "");
+  t.deleted_column = m.str("deleted", "");
+  for (const std::string* col : {&t.key_column, &t.cursor_column}) {
+    if (col->empty()) fail(path, "key and cursor must name columns");
+  }
+  if (m.has("columns")) {
+    const YAML::Node cols = m.node("columns");
+    if (!cols.IsMap()) fail(m.child("columns"), "expected a mapping of column: field");
+    std::set<std::string> inputs;
+    for (const auto& kv : cols) {
+      const std::string column = kv.first.as<std::string>();
+      if (!kv.second.IsScalar() || kv.second.Scalar().empty()) {
+        fail(m.child("columns") + "." + column, "expected the name of a field (or event member) of the table");
+      }
+      if (!inputs.insert(kv.second.Scalar()).second) {
+        fail(m.child("columns") + "." + column, fmt::format("\"{}\" is fed by two columns", kv.second.Scalar()));
+      }
+      t.columns.emplace_back(column, kv.second.Scalar());
+    }
+  }
+  t.page_rows = static_cast<uint32_t>(m.integer("page_rows", 1000, 1, 100000));
+  return t;
+}
+
+DatabaseConfig parse_database(const YAML::Node& node, const std::string& path, const Config& c,
+                              const Secrets& secrets) {
+  MapNode m(node, path,
+            {"driver", "url", "password_env", "password_file", "poll_interval", "settle", "connect_timeout_s",
+             "reconnect", "tables"});
+  DatabaseConfig d;
+  d.path = path;
+  const std::string driver = m.str("driver");
+  if (driver == "postgres" || driver == "postgresql") {
+    d.driver = SqlDriver::kPostgres;
+  } else if (driver == "mariadb" || driver == "mysql") {
+    d.driver = SqlDriver::kMariadb;
+  } else {
+    fail(m.child("driver"), fmt::format("unknown driver \"{}\" (expected postgres or mariadb)", driver));
+  }
+  d.url = m.str("url");
+  const std::string_view scheme = d.driver == SqlDriver::kPostgres ? "postgres" : "m";
+  if (!(d.url.starts_with(scheme) && d.url.find("://") != std::string::npos)) {
+    fail(m.child("url"), d.driver == SqlDriver::kPostgres ? "expected postgresql://user@host:port/db"
+                                                          : "expected mysql://user@host:port/db");
+  }
+  {
+    // user:password@ in the url would be logged and kept in the config file.
+    const size_t at = d.url.find('@'), scheme_end = d.url.find("://") + 3;
+    if (at != std::string::npos && d.url.find(':', scheme_end) < at) {
+      fail(m.child("url"), "no password in the url: use password_env or password_file");
+    }
+    if (d.url.find("password=") != std::string::npos) {
+      fail(m.child("url"), "no password in the url: use password_env or password_file");
+    }
+  }
+  parse_password(m, "password_env", "password_file", secrets, &d.password, &d.password_source);
+  if (const std::optional<int64_t> ms = duration_ms(m, "poll_interval")) {
+    if (*ms <= 0) fail(m.child("poll_interval"), "must be > 0");
+    d.poll_interval_ms = *ms;
+  }
+  if (const std::optional<int64_t> ms = duration_ms(m, "settle")) d.settle_ms = *ms;
+  d.connect_timeout_s = static_cast<int>(m.integer("connect_timeout_s", 5, 1, 600));
+  {
+    MapNode rc(m.node("reconnect"), m.child("reconnect"), {"base_s", "cap_s"});
+    d.reconnect.base_s = rc.number("base_s", 0.5, 0.0, 60.0, true);
+    d.reconnect.cap_s = rc.number("cap_s", 30.0, 0.0, 3600.0, true);
+    if (d.reconnect.cap_s < d.reconnect.base_s) fail(rc.child("cap_s"), "must be >= base_s");
+  }
+  each_item(m.node("tables"), m.child("tables"), true, [&](const YAML::Node& t, const std::string& tpath) {
+    d.tables.push_back(parse_polled_table(t, tpath, c));
+  });
+  if (d.tables.empty()) fail(m.child("tables"), "at least one polled table is required");
+  return d;
+}
+
 MetricsConfig parse_metrics(const YAML::Node& node) {
   MapNode m(node, "metrics", {"enabled", "listen", "ready_max_lag_s"});
   MetricsConfig c;
@@ -1089,8 +1206,8 @@ ReadinessConfig parse_readiness(const YAML::Node& node) {
 Config parse_root(const YAML::Node& root, const ConfigLoad& load) {
   if (!present(root)) fail("config", "empty file");
   MapNode m(root, "",
-            {"segment", "event_time", "tables", "rabbitmq", "kafka", "logging", "metrics", "readiness", "snapshot",
-             "bootstrap"});
+            {"segment", "event_time", "tables", "rabbitmq", "kafka", "databases", "logging", "metrics", "readiness",
+             "snapshot", "bootstrap"});
   Config c;
   const Secrets secrets{load.require_secrets, &c.warnings};
   c.segment = parse_segment(m.node("segment"));
@@ -1104,7 +1221,10 @@ Config parse_root(const YAML::Node& root, const ConfigLoad& load) {
   if (c.tables.empty()) fail("tables", "at least one table is required");
   if (c.tables.size() > layout::kMaxTables) fail("tables", fmt::format("at most {} tables", layout::kMaxTables));
   c.kafka_enabled = m.has("kafka");
-  c.rabbitmq_enabled = m.has("rabbitmq") || !c.kafka_enabled;
+  each_item(m.node("databases"), "databases", false, [&](const YAML::Node& d, const std::string& dpath) {
+    c.databases.push_back(parse_database(d, dpath, c, secrets));
+  });
+  c.rabbitmq_enabled = m.has("rabbitmq") || (!c.kafka_enabled && c.databases.empty());
   if (c.rabbitmq_enabled) c.rabbitmq = parse_rabbitmq(m.node("rabbitmq"), c.segment.name, secrets);
   if (c.kafka_enabled) {
     c.kafka = parse_kafka(m.node("kafka"), c.segment.name, secrets);
@@ -1116,6 +1236,16 @@ Config parse_root(const YAML::Node& root, const ConfigLoad& load) {
            fmt::format("{} topics x {} partitions{} need {} stored positions; the segment holds {}",
                        c.kafka.topics.size(), c.kafka.partitions_per_topic,
                        base > 0 ? " + 1 for the RabbitMQ stream" : "", base + slots, layout::kMaxSourcePartitions));
+    }
+  }
+  {
+    // Each polled table stores its cursor in one partition, after the others.
+    uint64_t used = c.rabbitmq_enabled && c.rabbitmq.queue.type == QueueType::kStream ? 1 : 0;
+    if (c.kafka_enabled) used += uint64_t{c.kafka.partitions_per_topic} * c.kafka.topics.size();
+    for (const DatabaseConfig& d : c.databases) used += d.tables.size();
+    if (used > layout::kMaxSourcePartitions) {
+      fail("databases", fmt::format("the sources need {} stored positions (one per polled table); the segment holds {}",
+                                    used, layout::kMaxSourcePartitions));
     }
   }
   {
@@ -1142,6 +1272,14 @@ Config parse_root(const YAML::Node& root, const ConfigLoad& load) {
 }
 
 }  // namespace
+
+const char* sql_driver_name(SqlDriver driver) noexcept {
+  switch (driver) {
+    case SqlDriver::kPostgres: return "postgres";
+    case SqlDriver::kMariadb: return "mariadb";
+  }
+  return "?";
+}
 
 const char* kafka_start_name(KafkaStart start) noexcept {
   switch (start) {

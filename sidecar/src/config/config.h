@@ -137,6 +137,39 @@ struct KafkaConfig {
   FormatConfig format;               // the message format of the records' values (default JSON v1)
 };
 
+// A database polled for rows (docs/sidecar.md, "Database polling"): one
+// source per `databases:` entry, one stored position per polled table.
+enum class SqlDriver : uint8_t { kPostgres = 0, kMariadb = 1 };
+const char* sql_driver_name(SqlDriver driver) noexcept;
+
+struct PolledTableConfig {
+  std::string path;               // "databases[0].tables[1]", for errors
+  std::string table;              // the Larder table it feeds
+  std::string query;              // a SELECT; polled as a subquery
+  std::string key_column;         // integer or text
+  std::string cursor_column;      // integer or timestamp, increasing with each change
+  std::string tie_column;         // "" or an integer column unique among rows of one cursor value
+  std::string event_time_column;  // "": the cursor when it is a timestamp, else the poll's server time
+  std::string deleted_column;     // "" or a boolean column: true removes the key
+  std::vector<std::pair<std::string, std::string>> columns;  // column -> field input; empty: by name
+  uint32_t page_rows = 1000;                                 // rows per query
+};
+
+struct DatabaseConfig {
+  std::string path;  // "databases[0]"
+  SqlDriver driver = SqlDriver::kPostgres;
+  std::string url;  // postgresql://user@host:port/db, mysql://user@host:port/db
+  std::string password;
+  std::string password_source;  // for logs
+  int64_t poll_interval_ms = 1000;
+  // Rows whose timestamp cursor is newer than the server's clock minus this
+  // are left for a later poll (transactions that commit late).
+  int64_t settle_ms = 5000;
+  int connect_timeout_s = 5;
+  ReconnectConfig reconnect;
+  std::vector<PolledTableConfig> tables;
+};
+
 struct LoggingConfig {
   std::string level = "info";
   bool json = false;
@@ -191,12 +224,13 @@ struct Config {
   // The top-level `event_time` section; each TableConfig holds its own result.
   EventTimeBounds event_time{kDefaultMaxFutureSkewMs, kDefaultMinEventTimeMs};
   std::vector<TableConfig> tables;
-  // The sources: a `rabbitmq:` block, a `kafka:` block, or both (each runs
-  // on its own thread into the one segment). At least one.
+  // The sources: a `rabbitmq:` block, a `kafka:` block, `databases:`, or
+  // several (each runs on its own thread into the one segment). At least one.
   bool rabbitmq_enabled = true;
   RabbitConfig rabbitmq;
   bool kafka_enabled = false;
   KafkaConfig kafka;
+  std::vector<DatabaseConfig> databases;  // `databases:`, each its own source
   LoggingConfig logging;
   MetricsConfig metrics;
   SnapshotConfig snapshot;

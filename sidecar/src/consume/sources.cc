@@ -7,7 +7,9 @@
 #include "apply/writer_thread.h"
 #include "consume/kafka_source.h"
 #include "consume/rabbitmq_source.h"
+#include "consume/sql_source.h"
 #include "larder/client.h"
+#include "snapshot/bootstrap.h"
 
 namespace larder::sidecar {
 
@@ -24,6 +26,27 @@ Sources make_sources(const Config& config, Pipeline& pipeline, const std::atomic
     const uint32_t count = config.kafka.partitions_per_topic * static_cast<uint32_t>(config.kafka.topics.size());
     pipeline.lanes.push_back(std::make_unique<SourceLane>(static_cast<uint32_t>(pipeline.lanes.size()), base, count));
     s.sources.push_back(std::make_unique<KafkaSource>(config, pipeline, *pipeline.lanes.back(), stop_requests));
+    base += count;
+  }
+  for (size_t d = 0; d < config.databases.size(); ++d) {
+    const DatabaseConfig& db = config.databases[d];
+    const uint32_t count = static_cast<uint32_t>(db.tables.size());
+    pipeline.lanes.push_back(std::make_unique<SourceLane>(static_cast<uint32_t>(pipeline.lanes.size()), base, count));
+    sql::ConnectionOptions options{db.url, db.password, db.connect_timeout_s};
+    std::unique_ptr<sql::Connection> connection;
+    if (db.driver == SqlDriver::kPostgres) {
+      connection = sql::make_postgres_connection(std::move(options));
+    } else {
+#ifdef LARDER_HAVE_MARIADB
+      connection = sql::make_mariadb_connection(std::move(options));
+#else
+      throw StartError(2, db.path + ".driver: this larder-sidecar was built without the MariaDB driver");
+#endif
+    }
+    auto source =
+        std::make_unique<SqlSource>(config, d, pipeline, *pipeline.lanes.back(), stop_requests, std::move(connection));
+    source->check();
+    s.sources.push_back(std::move(source));
     base += count;
   }
   for (size_t i = 0; i < s.sources.size(); ++i) pipeline.lanes[i]->health = s.sources[i].get();

@@ -1,7 +1,8 @@
 // The sidecar's sources (consume/source.h) from its config: a RabbitMQ
-// source (`rabbitmq:`), a Kafka source (`kafka:`), or both, each with its own
-// lane and range of stored partitions: a RabbitMQ stream takes partition 0,
-// Kafka the next partitions_per_topic x topics.
+// source (`rabbitmq:`), a Kafka source (`kafka:`), polled databases
+// (`databases:`), or several, each with its own lane and range of stored
+// partitions: a RabbitMQ stream takes partition 0, Kafka the next
+// partitions_per_topic x topics, then each database one per polled table.
 //
 // Threads: the main thread, before the writer and source threads start.
 #pragma once
@@ -24,7 +25,9 @@ struct Sources {
   std::unique_ptr<StreamSync> stream_sync;       // a RabbitMQ stream's (lane 0), else null
 };
 
-// Builds the lanes in `pipeline` and the sources. No connection is made.
+// Builds the lanes in `pipeline` and the sources. Databases are connected
+// and their queries checked against the tables (SqlSource::check); no other
+// connection is made. Throws StartError.
 Sources make_sources(const Config& config, Pipeline& pipeline, const std::atomic<int>& stop_requests);
 
 // The segment's source id for these sources: a RabbitMQ stream alone keeps
