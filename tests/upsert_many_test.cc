@@ -200,13 +200,17 @@ TEST(UpsertMany, EqualsOneApplyPerUpdate) {
   EXPECT_EQ(st.live_keys + st.tombstones <= st.slot_count, true);
 }
 
-TEST(UpsertMany, EqualsOneApplyPerUpdateWithAggregatesAndPositions) {
-  const uint64_t seed = testing::test_seed("UpsertMany.EqualsOneApplyPerUpdateWithAggregatesAndPositions");
+// The aggregate stream above through both paths. `capacity` and
+// `load_factor` decide how far keys sit from their home slot, which the
+// batch's prefetch guesses (upsert_many.cc).
+void aggregates_and_positions(const char* test, uint64_t capacity, double load_factor, uint64_t keys) {
+  const uint64_t seed = testing::test_seed(test);
   std::mt19937_64 rng(seed);
   layout::TableSpec t;
   t.name = "users";
   t.key_max_len = 16;
-  t.capacity = 256;
+  t.capacity = capacity;
+  t.max_load_factor = load_factor;
   t.fields = {{"amount", FieldType::kFloat64, 1}, {"label", FieldType::kInt64, 1}};
   t.allowed_lateness_ms = 5'000;
   layout::AggregateSpec sum;
@@ -226,7 +230,6 @@ TEST(UpsertMany, EqualsOneApplyPerUpdateWithAggregatesAndPositions) {
   auto b = same_seed_twin(*a, sb, schema);
   ASSERT_EQ(a->source_index(0, "amount"), 0);
 
-  constexpr uint64_t kKeys = 50;
   std::vector<Item> stream(2000);
   // Event times near the apply clock of feed_both (1 ms per batch), some
   // older than the allowed lateness.
@@ -234,7 +237,7 @@ TEST(UpsertMany, EqualsOneApplyPerUpdateWithAggregatesAndPositions) {
   uint64_t n = 0;
   for (Item& it : stream) {
     ++n;
-    it.key = "u" + std::to_string(rng() % kKeys);
+    it.key = "u" + std::to_string(rng() % keys);
     it.u.event_time_ms = clock0_ms + static_cast<int64_t>(n / 20) - static_cast<int64_t>(rng() % 7'000);
     it.position = {0, n, static_cast<uint32_t>(n % 3)};
     if (rng() % 100 < 4) {
@@ -254,7 +257,7 @@ TEST(UpsertMany, EqualsOneApplyPerUpdateWithAggregatesAndPositions) {
   Table ta = ga.table("users"), tb = gb.table("users");
   expect_same_stats(ta, tb);
   expect_same_slots(*a, *b);
-  for (uint64_t k = 0; k < kKeys; ++k) expect_same_row(ta, tb, "u" + std::to_string(k));
+  for (uint64_t k = 0; k < keys; ++k) expect_same_row(ta, tb, "u" + std::to_string(k));
   ASSERT_TRUE(a->position(0).has_value());
   EXPECT_EQ(b->position(0)->next_offset, a->position(0)->next_offset);
   EXPECT_EQ(b->position(0)->skip_updates, a->position(0)->skip_updates);
@@ -262,6 +265,16 @@ TEST(UpsertMany, EqualsOneApplyPerUpdateWithAggregatesAndPositions) {
   EXPECT_GT(st.duplicates, 0u);
   EXPECT_GT(st.late_dropped + st.stale_ignored, 0u);
   EXPECT_GT(st.aggregate_events, 0u);
+}
+
+TEST(UpsertMany, EqualsOneApplyPerUpdateWithAggregatesAndPositions) {
+  aggregates_and_positions("UpsertMany.EqualsOneApplyPerUpdateWithAggregatesAndPositions", 256, 0.75, 50);
+}
+
+// A nearly full table: most keys sit past their home slot, chains run
+// through tombstones, and a new key is refused.
+TEST(UpsertMany, EqualsOneApplyPerUpdateWithAggregatesInAFullTable) {
+  aggregates_and_positions("UpsertMany.EqualsOneApplyPerUpdateWithAggregatesInAFullTable", 60, 0.95, 64);
 }
 
 TEST(UpsertMany, EmptyBatchAndShortResults) {

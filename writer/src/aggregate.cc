@@ -599,7 +599,8 @@ uint64_t Journal::rollback(uint64_t segment_words) {
 // ---------------------------------------------------------------------------
 // State
 
-void prefetch_event(const AggregateTable& t, const Word* block, int64_t clock_ms, int64_t event_time_ms) {
+void prefetch_event(const AggregateTable& t, const Word* block, int64_t clock_ms, int64_t event_time_ms,
+                    uint32_t sparse_lines) {
   const char* hot = reinterpret_cast<const char*>(block);
   const uint32_t hot_bytes = std::min<uint32_t>(t.plan.hot_words * 8, 8 * 64);
   for (uint32_t at = 0; at < hot_bytes; at += 64) __builtin_prefetch(hot + at, 1, 3);
@@ -614,8 +615,40 @@ void prefetch_event(const AggregateTable& t, const Word* block, int64_t clock_ms
     // tags up to the first unused one, for a quiet key the first line or
     // two. A dense ring's bucket would need the chunk word, not loaded yet.
     const char* first = reinterpret_cast<const char*>(block + g.ring_offset);
-    __builtin_prefetch(first, 1, 3);
-    __builtin_prefetch(first + 64, 1, 3);
+    for (uint32_t l = 0; l < sparse_lines; ++l) __builtin_prefetch(first + 64 * l, 1, 3);
+  }
+}
+
+void prefetch_buckets(const AggregateTable& t, const Word* block, int64_t clock_ms, int64_t event_time_ms) {
+  const int64_t te = std::min(event_time_ms, clock_ms);
+  Word* b = const_cast<Word*>(block);  // read only; the helpers serve fold too
+  for (const AggregatePlan::Group& g : t.plan.groups) {
+    if (!g.sparse()) continue;  // prefetch_event() fetched its bucket
+    if (chunk_of(t, g, block) != 0) {
+      // Dense: the bucket's place in the chunk, or inline.
+      __builtin_prefetch(dense_bucket(t, g, b, floor_div(te, g.resolution_ms)), 1, 3);
+      continue;
+    }
+    // Sparse: the walk reads tags up to the first unused bucket, and the
+    // fold writes the bucket it stops at. prefetch_event() fetched the line
+    // of the first tag; the lines after it are needed only when that line's
+    // buckets are all in use, and then, for a key this busy, likely all.
+    const auto first_line = reinterpret_cast<uintptr_t>(block + g.ring_offset) & ~uintptr_t{63};
+    const auto ring_end = reinterpret_cast<uintptr_t>(block + g.ring_offset + g.inline_buckets * g.bucket_words);
+    uintptr_t end = 0;  // one past the last byte the fold may touch
+    for (uint32_t i = 0; i < g.inline_buckets; ++i) {
+      const Word* bucket = inline_bucket(g, b, i);
+      const auto at = reinterpret_cast<uintptr_t>(bucket);
+      if (at >= first_line + 64) {
+        end = ring_end;
+        break;
+      }
+      end = at + 8 * g.bucket_words;
+      if (load(bucket[kBucketTagWord]) == 0) break;
+    }
+    for (uintptr_t line = first_line + 64; line < end; line += 64) {
+      __builtin_prefetch(reinterpret_cast<const void*>(line), 1, 3);
+    }
   }
 }
 
@@ -860,6 +893,12 @@ Word* dedup_bucket(const AggregateTable& t, uint64_t id) {
   return t.dedup + b * kDedupWays * kDedupEntryWords;
 }
 }  // namespace
+
+void prefetch_dedup(const AggregateTable& t, uint64_t id) {
+  if (t.dedup_buckets == 0) return;
+  const char* b = reinterpret_cast<const char*>(dedup_bucket(t, id));
+  for (size_t at = 0; at < kDedupBucketBytes; at += 64) __builtin_prefetch(b + at, 1, 3);
+}
 
 bool dedup_contains(const AggregateTable& t, uint64_t id, int64_t clock_ms) {
   if (t.dedup_buckets == 0) return false;

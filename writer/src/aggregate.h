@@ -87,9 +87,21 @@ struct AggregateTable {
 };
 
 // Prefetches for writing the cache lines an event at `event_time_ms` touches
-// in `block`: the headers and windows, and one bucket per group. Issued
-// before the probe, so that these misses overlap the slot's.
-void prefetch_event(const AggregateTable& t, const Word* block, int64_t clock_ms, int64_t event_time_ms);
+// in `block`: the headers and windows, and one bucket per group, or for a
+// sparse ring its first `sparse_lines` lines. Issued before the probe, so
+// that these misses overlap the slot's. Reads nothing of the block.
+void prefetch_event(const AggregateTable& t, const Word* block, int64_t clock_ms, int64_t event_time_ms,
+                    uint32_t sparse_lines = 2);
+
+// The second step of a batch's prefetch, once prefetch_event(..., 1) has
+// brought the block's headers and first ring lines in: reads them to
+// prefetch the lines that depend on the state, a dense ring's bucket (in an
+// arena chunk) and the rest of a busy sparse ring. Reads only; the block may
+// be any slot's (a wrong guess costs a useless prefetch).
+void prefetch_buckets(const AggregateTable& t, const Word* block, int64_t clock_ms, int64_t event_time_ms);
+
+// Prefetches the dedup set's bucket of `id` (scoped_event_id).
+void prefetch_dedup(const AggregateTable& t, uint64_t id);
 
 // Zeroes a block for a key that is about to be inserted. Call
 // release_chunks() on it first: the block may hold chunks of an earlier key.

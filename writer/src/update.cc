@@ -174,7 +174,7 @@ ApplyResult Writer::Impl::upsert_grouped(uint32_t table, std::string_view key, i
 
 ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key, int64_t event_time_ms,
                                            std::span<const FieldValue> values, std::span<const SourceValue> sources,
-                                           uint64_t event_id, int64_t apply_unix_ns) {
+                                           uint64_t event_id, int64_t apply_unix_ns, const uint64_t* key_hash) {
   TableState& ts = tables[table];
   if (key.empty() || key.size() > ts.geo.key_max_len || !values_valid(ts, values)) return ApplyResult::kInvalid;
   for (const FieldValue& v : values) {
@@ -186,10 +186,13 @@ ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key,
   const int64_t now = apply_unix_ns != 0 ? apply_unix_ns : now_unix_ns();
   advance_clock(now);
   const int64_t clock = clock_ms;
-  const uint64_t hash = hash_key(key, ts.geo.hash_seed);
-  // Most keys sit in their home slot: start fetching its row and state now.
-  prefetch_home(ts.geo, hash);
-  writer::prefetch_event(ts.agg, ts.agg.block(ts.geo.home(hash)), clock, event_time_ms);
+  // A batch (upsert_many.cc) hashed the key and prefetched its lines already.
+  const uint64_t hash = key_hash != nullptr ? *key_hash : hash_key(key, ts.geo.hash_seed);
+  if (key_hash == nullptr) {
+    // Most keys sit in their home slot: start fetching its row and state now.
+    prefetch_home(ts.geo, hash);
+    writer::prefetch_event(ts.agg, ts.agg.block(ts.geo.home(hash)), clock, event_time_ms);
+  }
   packed.assign(key);
   const Probe p = probe(ts, hash, now);
   TableCounters& c = ts.desc->counters;
@@ -245,10 +248,12 @@ ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key,
   const bool fresh_row = !live;
   // A key whose windows need one more bucket than its inline ones hold
   // takes an arena chunk; without one the update is refused before any
-  // change, rather than counted inexactly. A new key never needs one.
-  if (!fresh_row && !late &&
-      writer::chunks_needed(ts.agg, ts.agg.block(at), clock, event_time_ms, sources) > writer::chunks_free(ts.agg))
-      [[unlikely]] {
+  // change, rather than counted inexactly. A new key never needs one, and
+  // an event takes at most one chunk per group, so with that many free the
+  // walk over the buckets (a second one, fold walks them too) is not needed.
+  if (const uint64_t free = writer::chunks_free(ts.agg);
+      !fresh_row && !late && free < ts.agg.plan.groups.size() &&
+      writer::chunks_needed(ts.agg, ts.agg.block(at), clock, event_time_ms, sources) > free) [[unlikely]] {
     writer::count_arena_refusal(ts.agg);
     return ApplyResult::kArenaFull;
   }

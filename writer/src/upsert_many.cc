@@ -6,6 +6,23 @@
 // docs/performance.md): with the batch in hand the writer can start fetching
 // the next keys' slots while it applies the current one.
 //
+// For a table with aggregates an update touches about ten lines in two
+// pages (slot, state headers and windows, a bucket per group), and which
+// lines depends on what the earlier lines hold: at the default load factor
+// a key sits on average 1.5 slots past its home, and its state block is its
+// own slot's, not its home's; which bucket lines the fold touches depends on
+// the group headers. So the prefetch runs in three steps, each reading only
+// lines an earlier step fetched:
+//  1. kUpsertAhead updates ahead: hash the key (kept for the apply) and
+//     fetch the meta lines of the first kProbeAhead slots from home.
+//  2. kSlotAhead updates ahead: guess the key's slot from those meta words
+//     (the first slot whose meta matches the hash, or the first empty one)
+//     and fetch all its lines, its state's headers and windows, and each
+//     ring's first line.
+//  3. kBucketsAhead updates ahead: read the headers and first ring lines to
+//     fetch the bucket lines the fold will touch (writer::prefetch_buckets).
+// A wrong guess costs only misses; the apply itself probes as always.
+//
 // Threading: the writer thread only.
 #include "larder/layout/clock.h"
 #include "larder/layout/table_view.h"
@@ -15,20 +32,61 @@ namespace larder {
 
 using namespace layout;  // NOLINT: the writer works on the layout's words
 
-void Writer::Impl::prefetch_upsert(const Upsert& u) const {
+namespace {
+constexpr uint64_t kProbeAhead = 3;
+}  // namespace
+
+void Writer::Impl::prefetch_upsert(const Upsert& u, PrefetchedKey& k) const {
   // What apply() would refuse touches nothing; the hash reads only the key.
+  k.hashed = false;
+  k.slot = writer::kNone;
   if (u.table >= tables.size()) return;
   const TableState& ts = tables[u.table];
   if (u.key.empty() || u.key.size() > ts.geo.key_max_len) return;
-  const uint64_t hash = hash_key(u.key, ts.geo.hash_seed);
-  const auto* s = reinterpret_cast<const char*>(ts.slot(ts.geo.home(hash)));
-  // For writing (the slot is rewritten), every line of the slot up to 1 KiB
-  // as prefetch_home() does for readers.
+  k.hash = hash_key(u.key, ts.geo.hash_seed);
+  k.hashed = true;
+  const uint64_t home = ts.geo.home(k.hash);
+  if (!ts.agg.enabled()) {
+    // A plain row: every line of the home slot up to 1 KiB, for writing, as
+    // prefetch_home() does for readers.
+    const auto* s = reinterpret_cast<const char*>(ts.slot(home));
+    const uint32_t lines = std::min<uint32_t>(ts.geo.slot_words / 8, 16);
+    for (uint32_t l = 0; l < lines; ++l) __builtin_prefetch(s + 64 * l, 1, 3);
+    return;
+  }
+  for (uint64_t p = 0, i = home; p < std::min(kProbeAhead, ts.geo.slot_count); ++p) {
+    __builtin_prefetch(ts.slot(i), 1, 3);
+    if (++i == ts.geo.slot_count) i = 0;
+  }
+}
+
+void Writer::Impl::prefetch_slot(const Upsert& u, int64_t clock, PrefetchedKey& k) const {
+  if (!k.hashed || !tables[u.table].agg.enabled()) return;
+  const TableState& ts = tables[u.table];
+  // The probe's first steps on the meta words step 1 fetched: a matching
+  // hash is the key's slot but for a rare collision, an empty slot ends the
+  // chain (a new key: the slot it will likely take).
+  uint64_t i = ts.geo.home(k.hash);
+  for (uint64_t p = 0; p < std::min(kProbeAhead, ts.geo.slot_count); ++p) {
+    const uint64_t meta = sync::load_relaxed(ts.slot(i)[kSlotMetaWord]);
+    if (meta == 0 || (meta & ~kMetaStateMask) == (k.hash & ~kMetaStateMask)) {
+      k.slot = i;
+      break;
+    }
+    if (++i == ts.geo.slot_count) i = 0;
+  }
+  if (k.slot == writer::kNone) return;
+  const auto* s = reinterpret_cast<const char*>(ts.slot(k.slot));
   const uint32_t lines = std::min<uint32_t>(ts.geo.slot_words / 8, 16);
   for (uint32_t l = 0; l < lines; ++l) __builtin_prefetch(s + 64 * l, 1, 3);
-  if (ts.agg.enabled()) {
-    writer::prefetch_event(ts.agg, ts.agg.block(ts.geo.home(hash)), clock_ms, u.event_time_ms);
-  }
+  writer::prefetch_event(ts.agg, ts.agg.block(k.slot), clock, u.event_time_ms, 1);
+  if (u.event_id != 0) writer::prefetch_dedup(ts.agg, writer::scoped_event_id(u.event_id, k.hash));
+}
+
+void Writer::Impl::prefetch_buckets(const Upsert& u, int64_t clock, const PrefetchedKey& k) const {
+  if (k.slot == writer::kNone) return;
+  const TableState& ts = tables[u.table];
+  writer::prefetch_buckets(ts.agg, ts.agg.block(k.slot), clock, u.event_time_ms);
 }
 
 void Writer::Impl::prefetch_undo() const {
@@ -46,17 +104,36 @@ void Writer::upsert_many(std::span<const Upsert> updates, std::span<ApplyResult>
                                                  " updates but room for " + std::to_string(results.size()) +
                                                  " results");
   }
-  const Impl& w = *impl_;
+  Impl& w = *impl_;
   const int64_t now = apply_unix_ns != 0 ? apply_unix_ns : now_unix_ns();
   const size_t n = updates.size();
   if (n == 0) return;
+  // The prefetches place buckets by the clock the batch's events will see.
+  const int64_t clock = std::max(w.clock_ms, now / 1'000'000);
+  static_assert(kBucketsAhead < kSlotAhead && kSlotAhead < kUpsertAhead && kUpsertAhead < Impl::kPrefetchRing);
+  Impl::PrefetchedKey ahead[Impl::kPrefetchRing];
+  auto at = [&](size_t j) -> Impl::PrefetchedKey& { return ahead[j % Impl::kPrefetchRing]; };
   w.prefetch_undo();
-  for (size_t j = 0; j < std::min(n, kUpsertAhead); ++j) w.prefetch_upsert(updates[j]);
+  // The first updates go through the steps back to back: their lines
+  // arrive late, the rest of the batch's do not.
+  for (size_t j = 0; j < std::min(n, kUpsertAhead); ++j) w.prefetch_upsert(updates[j], at(j));
+  for (size_t j = 0; j < std::min(n, kSlotAhead); ++j) w.prefetch_slot(updates[j], clock, at(j));
+  for (size_t j = 0; j < std::min(n, kBucketsAhead); ++j) w.prefetch_buckets(updates[j], clock, at(j));
   for (size_t i = 0; i < n; ++i) {
-    if (i + kUpsertAhead < n) w.prefetch_upsert(updates[i + kUpsertAhead]);
+    if (i + kUpsertAhead < n) w.prefetch_upsert(updates[i + kUpsertAhead], at(i + kUpsertAhead));
+    if (i + kSlotAhead < n) w.prefetch_slot(updates[i + kSlotAhead], clock, at(i + kSlotAhead));
+    if (i + kBucketsAhead < n) w.prefetch_buckets(updates[i + kBucketsAhead], clock, at(i + kBucketsAhead));
     const Upsert& u = updates[i];
     if (u.position != nullptr) stage_position(*u.position);
-    results[i] = apply(u.table, u.key, u.event_time_ms, u.values, u.sources, u.event_id, now);
+    const Impl::PrefetchedKey& k = at(i);
+    if (k.hashed && w.tables[u.table].agg.enabled()) {
+      // apply() for a table with aggregates, with the hash at hand.
+      results[i] = w.apply_aggregated(u.table, u.key, u.event_time_ms, u.values, u.sources, u.event_id, now, &k.hash);
+      if (w.staged) [[unlikely]]
+        w.finish_position();
+    } else {
+      results[i] = apply(u.table, u.key, u.event_time_ms, u.values, u.sources, u.event_id, now);
+    }
   }
 }
 

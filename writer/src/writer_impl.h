@@ -234,9 +234,11 @@ struct Writer::Impl {
   bool values_valid(const TableState& ts, std::span<const FieldValue> values) const;
   ApplyResult upsert_plain(uint32_t table, std::string_view key, int64_t event_time_ms,
                            std::span<const FieldValue> values, int64_t apply_unix_ns);
+  // `key_hash`: the key's hash_key when the caller has it (a batch), else
+  // nullptr.
   ApplyResult apply_aggregated(uint32_t table, std::string_view key, int64_t event_time_ms,
                                std::span<const FieldValue> values, std::span<const SourceValue> sources,
-                               uint64_t event_id, int64_t apply_unix_ns);
+                               uint64_t event_id, int64_t apply_unix_ns, const uint64_t* key_hash = nullptr);
   ApplyResult upsert_grouped(uint32_t table, std::string_view key, int64_t event_time_ms,
                              std::span<const FieldValue> values, int64_t apply_unix_ns);
   // The groups an update at event_time_ms takes, of those it touches (times:
@@ -247,9 +249,20 @@ struct Writer::Impl {
   ApplyResult unpin(uint32_t table, std::string_view key, int64_t event_time_ms, int64_t pinned_after_ms,
                     int64_t apply_unix_ns);
   void count_upsert(TableState& ts, int64_t event_time_ms, int64_t now_ns);
-  // upsert_many.cc: prefetches for writing what an upsert of `u` will touch
-  // first (its home slot, its aggregate state), and the undo area.
-  void prefetch_upsert(const Upsert& u) const;
+  // upsert_many.cc: the steps of a batch's prefetch for writing. The key's
+  // hash and its home slot's first meta lines (keeping the hash in `k`);
+  // for a table with aggregates, a few updates later, the slot guessed from
+  // those words and its state's headers; later still the bucket lines that
+  // state points to. And the undo area.
+  struct PrefetchedKey {
+    uint64_t hash = 0;
+    uint64_t slot = writer::kNone;  // the guessed slot (tables with aggregates)
+    bool hashed = false;            // false: apply() refuses the key, or the table
+  };
+  static constexpr size_t kPrefetchRing = 32;  // > Writer::kUpsertAhead
+  void prefetch_upsert(const Upsert& u, PrefetchedKey& k) const;
+  void prefetch_slot(const Upsert& u, int64_t clock, PrefetchedKey& k) const;
+  void prefetch_buckets(const Upsert& u, int64_t clock, const PrefetchedKey& k) const;
   void prefetch_undo() const;
   void count_apply(TableState& ts, int64_t event_time_ms, int64_t now_ns);
 
