@@ -252,6 +252,8 @@ int SqlSource::run() {
   auto wait = [&](std::chrono::milliseconds d) {
     const auto until = std::chrono::steady_clock::now() + d;
     while (!stopping() && std::chrono::steady_clock::now() < until) {
+      // Alive while idle between polls (/healthz reads it).
+      pipeline_.metrics.consumer_heartbeat_mono_ns.set(layout::now_mono_ns());
       process_completions();
       std::this_thread::sleep_for(
           std::min<std::chrono::nanoseconds>(kStopCheck, until - std::chrono::steady_clock::now()));
@@ -345,6 +347,7 @@ bool SqlSource::poll_page(size_t index, std::optional<int64_t> before, int64_t n
   wait_window(cur.limit());
   std::unique_ptr<sql::Result> r = conn_->poll(q);
   polls_.fetch_add(1, std::memory_order_relaxed);
+  pipeline_.metrics.consumer_heartbeat_mono_ns.set(layout::now_mono_ns());
   if (r == nullptr) return false;
   const std::span<const sql::ColumnInfo> cols = r->columns();
   bool same = cols.size() == p.column_names.size();
