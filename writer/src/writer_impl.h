@@ -270,6 +270,7 @@ struct Writer::Impl {
   void start_switch(const layout::Schema& next);
   void switch_follow(uint32_t table, std::string_view key);
   bool copy_to_next(uint32_t table, uint64_t slot);
+  void prefetch_copy(uint32_t table, uint64_t slot) const;
   void publish_next();
   void fail_switch(const std::string& why);
   void maybe_grow();
