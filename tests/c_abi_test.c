@@ -21,6 +21,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/select.h>
+#include <sys/time.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -696,6 +698,112 @@ static void check_live_writer(void) {
   larder_close(seg);
 }
 
+/* Reads one row of "rows" (tests/support/derived_rows.h) and says whether it
+ * is one whole version of key k. */
+static int derived_row_ok(larder_table* rows, uint64_t* row, int k, uint32_t clicks, uint32_t spend, uint32_t tag) {
+  char key[16];
+  snprintf(key, sizeof key, "key:%d", k);
+  const larder_read_result r = larder_get(rows, key, strlen(key), row, 0);
+  if (r.status != LARDER_OK) return 0;
+  const int64_t c = larder_row_int64(rows, row, clicks);
+  char expect_tag[16];
+  const int n = snprintf(expect_tag, sizeof expect_tag, "v%lld", (long long)(c % 100000000));
+  uint32_t tag_len = 0;
+  const char* t = larder_row_string(rows, row, tag, &tag_len);
+  return larder_row_event_time_ms(rows, row) == c && r.event_time_ms == c &&
+         larder_row_float64(rows, row, spend) == (double)c * 0.5 + (double)k && t != NULL && tag_len == (uint32_t)n &&
+         memcmp(t, expect_tag, tag_len) == 0;
+}
+
+/* Generation switches: the C++ writer grows the table twice and adds a field
+ * while this process reads through a table handle opened on generation 0,
+ * with no code for it: every read finds its key whole, and after the writer
+ * is done the same handle reads a key only the last generation holds. */
+static void check_generation_switch(void) {
+  int out[2], in[2];
+  REQUIRE(pipe(out) == 0 && pipe(in) == 0);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    dup2(out[1], STDOUT_FILENO);
+    dup2(in[0], STDIN_FILENO);
+    close(out[0]);
+    close(out[1]);
+    close(in[0]);
+    close(in[1]);
+    char* const argv[] = {(char*)writer_tool, "grow", "--segment", "growing", "--dir", dir, "--rows", "200", NULL};
+    execv(writer_tool, argv);
+    _exit(127);
+  }
+  close(out[1]);
+  close(in[0]);
+  char text[128] = "";
+  size_t have = 0;
+  while (strstr(text, "ready\n") == NULL) {
+    const ssize_t n = read(out[0], text + have, sizeof text - 1 - have);
+    REQUIRE(n > 0);
+    have += (size_t)n;
+    text[have] = 0;
+  }
+
+  char err[256];
+  larder_segment* seg = NULL;
+  larder_table* rows = NULL;
+  REQUIRE(larder_open("growing", dir, &seg, err, sizeof err) == LARDER_E_OK);
+  REQUIRE(larder_table_open(seg, "rows", &rows, err, sizeof err) == LARDER_E_OK);
+  uint32_t clicks, spend, tag;
+  REQUIRE(larder_field_lookup(rows, "clicks", &clicks) == LARDER_E_OK);
+  REQUIRE(larder_field_lookup(rows, "spend", &spend) == LARDER_E_OK);
+  REQUIRE(larder_field_lookup(rows, "tag", &tag) == LARDER_E_OK);
+  uint64_t* row = calloc(larder_table_row_bytes(rows) / 8, 8);
+  REQUIRE(row != NULL);
+  larder_segment_stats_t seg_st;
+  memset(&seg_st, 0, sizeof seg_st);
+  seg_st.size = sizeof seg_st;
+  REQUIRE(larder_segment_stats(seg, &seg_st) == LARDER_E_OK);
+  CHECK(seg_st.generation == 0);
+  REQUIRE(write(in[1], "go\n", 3) == 3);
+
+  /* Read until the writer says it is done (its output, not a duration). */
+  long reads = 0, bad = 0;
+  const time_t guard = time(NULL) + 120;
+  while (strstr(text, "done") == NULL) {
+    REQUIRE(time(NULL) < guard);
+    for (int k = 0; k < 200; ++k, ++reads) bad += !derived_row_ok(rows, row, k, clicks, spend, tag);
+    struct timeval zero = {0, 0};
+    fd_set fds;
+    FD_ZERO(&fds);
+    FD_SET(out[0], &fds);
+    if (select(out[0] + 1, &fds, NULL, NULL, &zero) > 0) {
+      const ssize_t n = read(out[0], text + have, sizeof text - 1 - have);
+      REQUIRE(n > 0);
+      have += (size_t)n;
+      text[have] = 0;
+    }
+  }
+  int status = 0;
+  CHECK(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK(strstr(text, "done 3\n") != NULL);
+  CHECK(bad == 0);
+  for (int k = 0; k <= 200; ++k) CHECK(derived_row_ok(rows, row, k, clicks, spend, tag));
+  larder_table_stats_t st;
+  memset(&st, 0, sizeof st);
+  st.size = sizeof st;
+  REQUIRE(larder_table_stats(rows, &st) == LARDER_E_OK);
+  CHECK(st.live_keys == 201);
+  CHECK(st.capacity >= 800);
+  /* The segment handle describes the file it opened: now retired. */
+  REQUIRE(larder_segment_stats(seg, &seg_st) == LARDER_E_OK);
+  CHECK(seg_st.state == 2 && seg_st.writer_pid == 0);
+  printf("generation switch: %ld reads, %ld not whole\n", reads, bad);
+  close(out[0]);
+  close(in[1]);
+  free(row);
+  larder_table_close(rows);
+  larder_close(seg);
+}
+
 /* Field groups (1.2): a table without them, then the "cards" table of the writer tool's "groups" schema,
  * whose group times are set relative to `at`. */
 static void check_groups(larder_table* users) {
@@ -847,6 +955,7 @@ int main(int argc, char** argv) {
   larder_close(seg);
 
   check_live_writer();
+  check_generation_switch();
 
   char* const rm_argv[] = {"rm", "-rf", dir, NULL};
   const pid_t rm = fork();

@@ -229,6 +229,7 @@ const char* point_name(CrashPoint p) {
     case CrashPoint::kJournal: return "journal";
     case CrashPoint::kPosition: return "position";
     case CrashPoint::kCounts: return "counts";
+    case CrashPoint::kSwitch: return "switch";
   }
   return "?";
 }

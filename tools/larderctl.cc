@@ -86,6 +86,22 @@ std::string number(double v) {
   return b;
 }
 
+// Size of the next generation a switch is building beside segment `name`
+// (".<name>.creating.<pid>"), 0 when none is.
+uint64_t next_generation_bytes(const std::string& dir, const std::string& name) {
+  const std::string prefix = "." + name + ".creating.";
+  uint64_t bytes = 0;
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return 0;
+  while (dirent* e = ::readdir(d)) {
+    if (std::strncmp(e->d_name, prefix.c_str(), prefix.size()) != 0) continue;
+    struct stat st;
+    if (::stat((dir + "/" + e->d_name).c_str(), &st) == 0) bytes = static_cast<uint64_t>(st.st_size);
+  }
+  ::closedir(d);
+  return bytes;
+}
+
 const char* state_name(SegmentState s) {
   switch (s) {
     case SegmentState::kCreating: return "creating";
@@ -388,6 +404,9 @@ int cmd_info(const Globals& g, const std::string& name) {
   std::string sync_json, sync_text;
   describe_sync(o.segment.sync(), now_ns, &sync_json, &sync_text);
   const bool alive = o.segment.writer_alive();
+  // A generation switch in progress: the writer builds the next generation
+  // beside this one under a temporary name (docs/design.md, "Generations").
+  const uint64_t next_bytes = next_generation_bytes(g.dir, name);
   if (g.json) {
     std::printf("{\"name\":%s,\"path\":%s,\"bytes\":%" PRIu64
                 ",\"layout_version\":%u,\"abi_signature\":\"%s\","
@@ -395,19 +414,29 @@ int cmd_info(const Globals& g, const std::string& name) {
                 ",\"creator\":%s,"
                 "\"writer\":{\"pid\":%" PRIu64 ",\"alive\":%s,\"heartbeat_age_ms\":%" PRId64 ",\"sessions\":%" PRIu64
                 ",\"repaired_slots\":%" PRIu64 "},\"connection\":\"%s\",\"updates_applied\":%" PRIu64
-                ",\"messages_rejected\":%" PRIu64 ",\"last_update_age_ms\":%" PRId64 ",\"sync\":%s,\"tables\":%s}\n",
+                ",\"messages_rejected\":%" PRIu64 ",\"last_update_age_ms\":%" PRId64
+                ",\"next_generation_bytes\":%" PRIu64 ",\"sync\":%s,\"tables\":%s}\n",
                 json_string(name).c_str(), json_string(segment_path(g.dir, name)).c_str(), i.segment_bytes,
                 i.layout_version, hex64(h.abi_signature).c_str(), hex64(i.schema_fingerprint).c_str(),
                 state_name(i.state), i.generation,
                 json_string(std::string_view(h.creator, strnlen(h.creator, sizeof h.creator))).c_str(), i.writer_pid,
                 alive ? "true" : "false", i.heartbeat_age_ms, i.writer_sessions, i.repaired_slots,
                 connection_name(i.connection), i.updates_applied, i.messages_rejected, age_ms(i.last_apply_unix_ns),
-                sync_json.c_str(), tables_json.c_str());
+                next_bytes, sync_json.c_str(), tables_json.c_str());
   } else {
     std::printf("segment %s (%s)\n", name.c_str(), segment_path(g.dir, name).c_str());
     std::printf("  %" PRIu64 " bytes, layout v%u, ABI %s, schema %s, state %s, generation %" PRIu64 "\n",
                 i.segment_bytes, i.layout_version, hex64(h.abi_signature).c_str(), hex64(i.schema_fingerprint).c_str(),
                 state_name(i.state), i.generation);
+    if (i.state == SegmentState::kRetired) {
+      std::printf("  retired: generation %" PRIu64 " replaced it; readers move there by themselves\n",
+                  i.generation + 1);
+    }
+    if (next_bytes > 0) {
+      std::printf("  generation switch in progress: the writer is filling generation %" PRIu64 " (%" PRIu64
+                  " bytes) beside this one\n",
+                  i.generation + 1, next_bytes);
+    }
     if (i.writer_pid != 0) {
       std::printf("  writer pid %" PRIu64 ", %s, heartbeat %" PRId64 " ms ago, broker %s\n", i.writer_pid,
                   alive ? "alive" : "NOT RESPONDING", i.heartbeat_age_ms, connection_name(i.connection));

@@ -27,6 +27,15 @@
 //   restore/<keys>             Writer::restore of that image over the segment
 //                              name (write to tmpfs, rename, attach and its
 //                              repair scan): bytes/s.
+//   switch/<keys>              Writer::switch_now to a capacity 1,000 keys
+//                              larger (then back): a generation switch of the
+//                              whole segment with no update meanwhile (items:
+//                              rows copied; bytes: the current generation's
+//                              size). Compare its bytes/s with memcpy.
+//   upsert/switching/<keys>    upsert/plain while a generation switch runs:
+//                              every update also copies its row again when the
+//                              copy has passed it. The copy's slices (4,096
+//                              slots per 256 upserts) are not timed.
 //
 // Knobs (environment): LARDER_BENCH_DIR (tmpfs directory, default /dev/shm),
 // LARDER_POS_KEYS (keys of the image benchmarks, default 1000000).
@@ -234,6 +243,55 @@ void BM_Restore(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * image.size()));
 }
 BENCHMARK(BM_Restore)->Name("restore")->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// The schema of `f` with its capacity moved away from the current one and
+// back on alternate calls.
+layout::Schema next_capacity(const Filled& f, uint64_t n) {
+  layout::Schema s = f.writer->schema();
+  s.tables[0].capacity = s.tables[0].capacity == n + 1000 ? n + 2000 : n + 1000;
+  return s;
+}
+
+void BM_Switch(benchmark::State& state) {
+  const uint64_t n = image_keys();
+  Filled& f = filled(n);
+  for (auto _ : state) f.writer->switch_now(next_capacity(f, n));
+  std::vector<unsigned char> image;
+  f.writer->copy_image(&image);
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n));
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * image.size()));
+}
+BENCHMARK(BM_Switch)->Name("switch")->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_UpsertSwitching(benchmark::State& state) {
+  const uint64_t n = static_cast<uint64_t>(state.range(0));
+  Filled& f = filled(n);
+  std::mt19937_64 rng(42);
+  std::vector<uint32_t> order(1 << 16);
+  for (uint32_t& i : order) i = static_cast<uint32_t>(rng() % f.keys.size());
+  int64_t t = 1'000'000;
+  size_t i = 0;
+  uint64_t switches = 0;
+  f.writer->begin_switch(next_capacity(f, n));
+  for (auto _ : state) {
+    ++t;
+    const FieldValue v[] = {FieldValue::int64(0, t), FieldValue::int64(1, t + 1), FieldValue::float64(2, 0.5),
+                            FieldValue::float64(3, 1.5)};
+    benchmark::DoNotOptimize(f.writer->upsert(0, f.keys[order[i++ & 0xffff]], t, v, t * 1'000'000));
+    if ((i & 255) == 0) {
+      state.PauseTiming();
+      if (f.writer->switch_step(4096)) {
+        ++switches;
+        f.writer->begin_switch(next_capacity(f, n));
+      }
+      state.ResumeTiming();
+    }
+  }
+  f.writer->abort_switch();
+  state.SetItemsProcessed(state.iterations());
+  state.counters["switches"] = static_cast<double>(switches);
+}
+BENCHMARK(BM_UpsertSwitching)->Name("upsert/switching")->Arg(10'000)->Arg(1'000'000);
 
 }  // namespace
 }  // namespace larder::bench

@@ -6,8 +6,10 @@
 #include "larder/client.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
+#include <mutex>
 
 #include "larder/layout/clock.h"
 #include "larder/layout/schema.h"
@@ -25,6 +27,51 @@ struct Mapping {
   // The table count validate_segment checked the directory against, kept so
   // that a header changed after open cannot send a reader past the directory.
   uint32_t table_count = 0;
+};
+
+// One generation of a table, as a Table reads it. Immutable once built.
+struct TableGeneration {
+  std::shared_ptr<const Mapping> mapping;
+  const TableDescriptor* desc = nullptr;
+  TableGeometry geo;  // validated at open; never re-read from the segment
+  uint64_t generation = 0;
+  // AggregateCounters::refreshed_through_ms; null for a table without
+  // aggregates, whose rows change only when applied.
+  const Word* refreshed_word = nullptr;
+  // The row copies straight into the Table's layout (the generation it was
+  // opened on, or a later one of the same layout: a larger capacity).
+  bool same_layout = true;
+  // Otherwise, where each field of the Table's layout is in this one's row
+  // (fields by name, groups by name; a field not here reads not valid).
+  struct Move {
+    uint32_t from_offset = 0;  // bytes from the payload's start
+    uint32_t to_offset = 0;
+    uint32_t bytes = 0;
+    uint32_t from_index = 0;  // validity bits
+    uint32_t to_index = 0;
+    uint32_t max_len = 0;  // a string of the Table's layout: its max length (a longer one is cut); else 0
+  };
+  std::vector<Move> moves;
+  std::vector<int> group_from;  // each group of the Table's layout: its index here, -1: absent
+};
+
+// What the copies of one Table share: the generations it has read (every
+// one stays mapped while the Table lives: a lookup on another thread may
+// still be reading a retired one) and the one to read now.
+struct TableFollow {
+  std::string segment;
+  std::string dir;
+  std::string table;
+  // The Table's own layout, the first generation's, that conversions target.
+  std::vector<FieldDescriptor> fields;
+  std::vector<std::string> group_names;
+  TableGeometry geo;
+  // Pairs the release store of a new generation with the readers' acquire
+  // load: the generation's fields, written before, are visible.
+  std::atomic<const TableGeneration*> current{nullptr};
+  std::mutex follow_mu;  // one thread maps the next generation; the others read the current one meanwhile
+  std::vector<std::unique_ptr<TableGeneration>> generations;
+  int64_t next_try_mono_ns = 0;  // a failed follow waits this long before the next try (follow_mu)
 };
 
 const char* status_name(Status s) noexcept {
@@ -114,12 +161,27 @@ Table Segment::table(std::string_view name) const {
     const TableDescriptor& d = table_descriptor(base, t);
     if (fixed_name(d.name) != name) continue;
     Table tab;
-    tab.mapping_ = mapping_;
-    tab.desc_ = &d;
+    auto gen = std::make_unique<TableGeneration>();
+    gen->mapping = mapping_;
+    gen->desc = &d;
+    gen->geo = table_geometry(base, d);
+    gen->generation = mapping_->header->generation;
+    if (d.aggregate_count > 0) gen->refreshed_word = &d.aggregate_counters.refreshed_through_ms;
+    auto follow = std::make_shared<TableFollow>();
+    follow->segment = name_;
+    follow->dir = options_.dir;
+    follow->table = std::string(name);
+    follow->geo = gen->geo;
+    for (uint32_t f = 0; f < d.field_count; ++f) follow->fields.push_back(field_descriptor(base, d, f));
+    for (uint32_t g = 0; g < d.group_count; ++g) {
+      follow->group_names.emplace_back(fixed_name(group_descriptor(base, d, g).name));
+    }
+    follow->current.store(gen.get(), std::memory_order_release);
+    follow->generations.push_back(std::move(gen));
+    tab.follow_ = std::move(follow);
     tab.geo_ = table_geometry(base, d);
     tab.name_ = std::string(name);
     tab.max_retries_ = options_.max_retries;
-    if (d.aggregate_count > 0) tab.refreshed_word_ = &d.aggregate_counters.refreshed_through_ms;
     tab.field_names_.reserve(d.field_count);
     for (uint32_t f = 0; f < d.field_count; ++f)
       tab.field_names_.emplace_back(fixed_name(field_descriptor(base, d, f).name));
@@ -264,16 +326,210 @@ RowBatch Table::make_batch(size_t capacity) const {
   return RowBatch(capacity, row_words(), geo_.validity_words, geo_.key_words);
 }
 
-int64_t Table::refreshed_through_ms() const noexcept {
-  if (refreshed_word_ == nullptr) return 0;
+int64_t Table::refreshed_through_ms(const TableGeneration& g) noexcept {
+  if (g.refreshed_word == nullptr) return 0;
   // Pairs with the writer's release store after the refreshes it covers
   // (maintenance.cc, Writer::Impl::refresh): a row copied after this load
   // holds every refresh up to the value loaded.
-  return static_cast<int64_t>(sync::load_acquire(*refreshed_word_));
+  return static_cast<int64_t>(sync::load_acquire(*g.refreshed_word));
 }
 
-ReadResult Table::lookup(std::string_view key, uint64_t hash, uint64_t* out, int64_t now_ms, int64_t refreshed_ms,
-                         const ReadOptions& options) const noexcept {
+namespace {
+
+// Seqlock read of slot `s` of generation `gen` (read_slot in table_view.h)
+// into a row of the Table's layout `view`: header words and key as they
+// are, each field moved to its place in `view`, fields the generation lacks
+// zero and not valid.
+SlotRead read_slot_converted(const TableGeneration& gen, const TableGeometry& view, const Word* s, const PackedKey& key,
+                             uint64_t hash, uint64_t* out, uint32_t max_retries) noexcept {
+  const TableGeometry& g = gen.geo;
+  const uint32_t key_at = g.key_word_offset();
+  const uint32_t row_at = g.row_word_offset();
+  const uint32_t view_row = view.row_word_offset() - kSlotEventTimeWord;
+  auto* out_row = reinterpret_cast<unsigned char*>(out + view_row);
+  for (uint32_t attempt = 0; attempt < max_retries; ++attempt) {
+    const uint64_t s0 = sync::load_acquire(s[kSlotSeqWord]);  // R1: pairs with W2
+    if (s0 & 1) {
+      sync::cpu_relax();
+      continue;
+    }
+    bool same = meta_matches(sync::load_payload(s[kSlotMetaWord]), hash) &&
+                (sync::load_payload(s[kSlotKeyLenWord]) & 0xffffffffu) == key.length;
+    for (uint32_t w = 0; same && w < key.word_count; ++w) {
+      same = sync::load_payload(s[key_at + w]) == key.words[w];
+    }
+    if (same) {
+      std::memset(out, 0, 8 * view.copy_words());
+      for (size_t w = kSlotEventTimeWord; w <= kSlotKeyLenWord; ++w) {
+        out[w - kSlotEventTimeWord] = sync::load_payload(s[w]);
+      }
+      for (uint32_t w = 0; w < key.word_count; ++w) out[view.key_word_offset() - kSlotEventTimeWord + w] = key.words[w];
+      for (const TableGeneration::Move& m : gen.moves) {
+        if (((sync::load_payload(s[kSlotHeaderWords + m.from_index / 64]) >> (m.from_index % 64)) & 1) == 0) continue;
+        // Word by word, each an atomic load: the field's bytes at their
+        // place in the words that hold them.
+        uint32_t done = 0;
+        while (done < m.bytes) {
+          const uint32_t at = m.from_offset + done;
+          const uint64_t word = sync::load_payload(s[row_at + at / 8]);
+          const uint32_t n = std::min<uint32_t>(8 - at % 8, m.bytes - done);
+          std::memcpy(out_row + m.to_offset + done, reinterpret_cast<const unsigned char*>(&word) + at % 8, n);
+          done += n;
+        }
+        out[kSlotHeaderWords - kSlotEventTimeWord + m.to_index / 64] |= uint64_t{1} << (m.to_index % 64);
+      }
+      for (uint32_t vg = 0; vg < view.group_count; ++vg) {
+        const int og = gen.group_from[vg];
+        out[view.group_word_offset() - kSlotEventTimeWord + vg] =
+            og >= 0 ? sync::load_payload(s[g.group_word_offset() + static_cast<uint32_t>(og)])
+                    : static_cast<uint64_t>(kNoGroupTime);
+      }
+    }
+    sync::reader_fence();  // R2: pairs with W1
+    if (sync::load_relaxed(s[kSlotSeqWord]) == s0) {
+      if (!same) return SlotRead::kMismatch;
+      // A string longer than the Table's layout holds is cut to it.
+      for (const TableGeneration::Move& m : gen.moves) {
+        if (m.max_len == 0) continue;
+        uint32_t len;
+        std::memcpy(&len, out_row + m.to_offset, 4);
+        if (len > m.max_len) {
+          len = m.max_len;
+          std::memcpy(out_row + m.to_offset, &len, 4);
+        }
+      }
+      return SlotRead::kMatch;
+    }
+  }
+  return SlotRead::kBusy;
+}
+
+// find() (table_view.h) with read_slot_converted.
+FindResult find_converted(const TableGeneration& gen, const TableGeometry& view, const PackedKey& key, uint64_t hash,
+                          uint64_t* out, uint32_t max_retries) noexcept {
+  const TableGeometry& g = gen.geo;
+  uint64_t i = g.home(hash);
+  for (uint64_t probed = 0; probed < g.slot_count; ++probed) {
+    const Word* s = g.slot(i);
+    const uint64_t meta = sync::load_relaxed(s[kSlotMetaWord]);
+    if (meta == 0) return FindResult::kAbsent;
+    if (meta_matches(meta, hash)) {
+      switch (read_slot_converted(gen, view, s, key, hash, out, max_retries)) {
+        case SlotRead::kMatch: return FindResult::kFound;
+        case SlotRead::kBusy: return FindResult::kBusy;
+        case SlotRead::kMismatch: break;
+      }
+    }
+    if (++i == g.slot_count) i = 0;
+  }
+  return FindResult::kAbsent;
+}
+
+// Builds the generation of `f`'s table in the segment mapped by `m`, or
+// null when the segment has no such table.
+std::unique_ptr<TableGeneration> table_generation(const TableFollow& f, std::shared_ptr<const Mapping> m) {
+  const void* base = m->file->data();
+  for (uint32_t t = 0; t < m->table_count; ++t) {
+    const TableDescriptor& d = table_descriptor(base, t);
+    if (fixed_name(d.name) != f.table) continue;
+    auto gen = std::make_unique<TableGeneration>();
+    gen->desc = &d;
+    gen->geo = table_geometry(base, d);
+    gen->generation = m->header->generation;
+    if (d.aggregate_count > 0) gen->refreshed_word = &d.aggregate_counters.refreshed_through_ms;
+    // The same layout: every field and group where the Table has it.
+    bool same = d.field_count == f.fields.size() && d.group_count == f.group_names.size() &&
+                gen->geo.slot_words == f.geo.slot_words && gen->geo.validity_words == f.geo.validity_words &&
+                gen->geo.key_words == f.geo.key_words && gen->geo.row_words == f.geo.row_words;
+    for (uint32_t i = 0; same && i < d.field_count; ++i) {
+      same = std::memcmp(&field_descriptor(base, d, i), &f.fields[i], sizeof(FieldDescriptor)) == 0;
+    }
+    for (uint32_t g = 0; same && g < d.group_count; ++g) {
+      same = fixed_name(group_descriptor(base, d, g).name) == f.group_names[g];
+    }
+    gen->same_layout = same;
+    if (!same) {
+      for (const FieldDescriptor& to : f.fields) {
+        for (uint32_t i = 0; i < d.field_count; ++i) {
+          const FieldDescriptor& from = field_descriptor(base, d, i);
+          if (std::strncmp(from.name, to.name, kNameBytes) != 0 || from.type != to.type) continue;
+          if (from.type == static_cast<uint32_t>(FieldType::kFloat32Vector) && from.count != to.count) continue;
+          TableGeneration::Move mv{from.offset, to.offset, std::min(from.bytes, to.bytes), from.index, to.index, 0};
+          if (to.type == static_cast<uint32_t>(FieldType::kString)) mv.max_len = to.count;
+          gen->moves.push_back(mv);
+        }
+      }
+      for (const std::string& name : f.group_names) {
+        int found = -1;
+        for (uint32_t g = 0; g < d.group_count; ++g) {
+          if (fixed_name(group_descriptor(base, d, g).name) == name) found = static_cast<int>(g);
+        }
+        gen->group_from.push_back(found);
+      }
+    }
+    gen->mapping = std::move(m);
+    return gen;
+  }
+  return nullptr;
+}
+
+// A failed follow (the name missing for a moment, no such table) is tried
+// again after this long, so a retired generation costs its readers a
+// mutex try, not a file open, per lookup.
+constexpr int64_t kFollowRetryNs = 10'000'000;
+
+}  // namespace
+
+const TableGeneration* Table::follow() const noexcept {
+  TableFollow& f = *follow_;
+  std::unique_lock<std::mutex> lock(f.follow_mu, std::try_to_lock);
+  const TableGeneration* cur = f.current.load(std::memory_order_acquire);
+  if (!lock.owns_lock()) return cur;  // another thread is mapping the next one
+  if (sync::load_acquire(cur->mapping->header->state) != static_cast<uint32_t>(SegmentState::kRetired)) return cur;
+  const int64_t now = now_mono_ns();
+  if (now < f.next_try_mono_ns) return cur;
+  f.next_try_mono_ns = now + kFollowRetryNs;
+  try {
+    auto m = std::make_shared<Mapping>();
+    m->file = MappedFile::open_read_only(segment_path(f.dir, f.segment), f.segment);
+    validate_segment(m->file->data(), m->file->size(), f.segment);
+    m->header = &m->file->header();
+    m->table_count = m->header->table_count;
+    if (m->header->generation <= cur->generation) return cur;  // the name has not moved on yet
+    std::unique_ptr<TableGeneration> gen = table_generation(f, std::move(m));
+    if (gen == nullptr) return cur;  // dropped from the segment: the retired rows stay readable
+    const TableGeneration* next = gen.get();
+    f.generations.push_back(std::move(gen));
+    // Publishes the generation built above to the acquire loads of current.
+    f.current.store(next, std::memory_order_release);
+    return next;
+  } catch (...) {
+    return cur;
+  }
+}
+
+const TableGeneration& Table::generation_to_read() const noexcept {
+  // A default-constructed Table reads an empty table (every key absent).
+  static const TableGeneration kNone{};
+  if (!follow_) [[unlikely]]
+    return kNone;
+  // Pairs with the release store in follow(), by whichever thread followed.
+  const TableGeneration* g = follow_->current.load(std::memory_order_acquire);
+  // The one extra load a lookup pays for following generations. Relaxed:
+  // it only decides whether to look for the next generation; what the next
+  // one holds is published by its own file's state (validate_segment).
+  if (sync::load_relaxed(g->mapping->header->state) == static_cast<uint32_t>(SegmentState::kRetired)) [[unlikely]] {
+    g = follow();
+  }
+  return *g;
+}
+
+uint64_t Table::slot_count() const noexcept { return generation_to_read().geo.slot_count; }
+
+uint64_t Table::generation() const noexcept { return generation_to_read().generation; }
+
+ReadResult Table::lookup(const TableGeneration& gen, std::string_view key, uint64_t hash, uint64_t* out, int64_t now_ms,
+                         int64_t refreshed_ms, const ReadOptions& options) const noexcept {
   ReadResult r;
   if (key.empty() || key.size() > geo_.key_max_len) {
     r.status = Status::kInvalidKey;
@@ -283,8 +539,10 @@ ReadResult Table::lookup(std::string_view key, uint64_t hash, uint64_t* out, int
   packed.assign(key);
   // A local copy: `out` is a uint64_t* that could alias the member's fields,
   // which would make the compiler reload them on every copied word.
-  const TableGeometry g = geo_;
-  switch (find(g, packed, hash, out, max_retries_)) {
+  const TableGeometry g = gen.geo;
+  const FindResult found = gen.same_layout ? find(g, packed, hash, out, max_retries_)
+                                           : find_converted(gen, geo_, packed, hash, out, max_retries_);
+  switch (found) {
     case FindResult::kAbsent: r.status = Status::kNotFound; return r;
     case FindResult::kBusy: r.status = Status::kBusy; return r;
     case FindResult::kFound: break;
@@ -309,9 +567,9 @@ ReadResult Table::lookup(std::string_view key, uint64_t hash, uint64_t* out, int
   r.status =
       (options.max_age_ms > 0 && r.age_ms(options.age_of, now_ms) > options.max_age_ms) ? Status::kStale : Status::kOk;
   if (!options.group_max_age.empty()) [[unlikely]] {
-    const uint32_t at = g.group_word_offset() - kSlotEventTimeWord;
+    const uint32_t at = geo_.group_word_offset() - kSlotEventTimeWord;
     for (const GroupMaxAge& b : options.group_max_age) {
-      if (b.group < g.group_count && b.max_age_ms > 0 &&
+      if (b.group < geo_.group_count && b.max_age_ms > 0 &&
           saturating_sub(now_ms, static_cast<int64_t>(out[at + b.group])) > b.max_age_ms) {
         r.status = Status::kStale;
       }
@@ -325,10 +583,11 @@ ReadResult Table::get(std::string_view key, Row& out, const ReadOptions& options
 }
 
 ReadResult Table::get(std::string_view key, uint64_t* row, const ReadOptions& options) const noexcept {
-  const uint64_t hash = hash_key(key, geo_.hash_seed);
-  prefetch_home(geo_, hash);  // a wide slot's lines are fetched in parallel
+  const TableGeneration& gen = generation_to_read();
+  const uint64_t hash = hash_key(key, gen.geo.hash_seed);
+  prefetch_home(gen.geo, hash);  // a wide slot's lines are fetched in parallel
   const int64_t now_ms = options.max_age_ms > 0 || !options.group_max_age.empty() ? now_unix_ms() : 0;
-  return lookup(key, hash, row, now_ms, refreshed_through_ms(), options);
+  return lookup(gen, key, hash, row, now_ms, refreshed_through_ms(gen), options);
 }
 
 void Table::get_many(std::span<const std::string_view> keys, RowBatch& out, std::span<ReadResult> results,
@@ -344,22 +603,25 @@ void Table::get_many(std::span<const std::string_view> keys, uint64_t* rows, std
   const int64_t now_ms = options.max_age_ms > 0 || !options.group_max_age.empty() ? now_unix_ms() : 0;
   // Once for the batch, before its first row is copied: a lower bound for
   // every row of it.
-  const int64_t refreshed_ms = refreshed_through_ms();
+  // One generation for the whole batch: its rows come from one file.
+  const TableGeneration& gen = generation_to_read();
+  const TableGeometry& g = gen.geo;
+  const int64_t refreshed_ms = refreshed_through_ms(gen);
   // Hash and prefetch a window ahead of the lookups so that the slots' cache
   // misses overlap instead of queueing one after another.
   constexpr size_t kWindow = 16;
   uint64_t hashes[kWindow];
   for (size_t i = 0; i < n && i < kWindow; ++i) {
-    hashes[i] = hash_key(keys[i], geo_.hash_seed);
-    prefetch_home(geo_, hashes[i]);
+    hashes[i] = hash_key(keys[i], g.hash_seed);
+    prefetch_home(g, hashes[i]);
   }
   for (size_t i = 0; i < n; ++i) {
     const uint64_t h = hashes[i % kWindow];
     if (i + kWindow < n) {
-      hashes[i % kWindow] = hash_key(keys[i + kWindow], geo_.hash_seed);
-      prefetch_home(geo_, hashes[i % kWindow]);
+      hashes[i % kWindow] = hash_key(keys[i + kWindow], g.hash_seed);
+      prefetch_home(g, hashes[i % kWindow]);
     }
-    results[i] = lookup(keys[i], h, rows + i * stride, now_ms, refreshed_ms, options);
+    results[i] = lookup(gen, keys[i], h, rows + i * stride, now_ms, refreshed_ms, options);
   }
 }
 
@@ -376,10 +638,12 @@ Status Table::check_row(const uint64_t* row) const noexcept {
 
 TableStats Table::stats() const noexcept {
   TableStats s;
-  if (desc_ == nullptr) return s;
-  const TableCounters& c = desc_->counters;
-  s.capacity = desc_->capacity;
-  s.slot_count = geo_.slot_count;
+  if (!follow_) return s;
+  const TableGeneration& gen = generation_to_read();
+  const TableDescriptor* d = gen.desc;
+  const TableCounters& c = d->counters;
+  s.capacity = d->capacity;
+  s.slot_count = gen.geo.slot_count;
   s.live_keys = sync::load_relaxed(c.live_keys);
   s.tombstones = sync::load_relaxed(c.tombstones);
   s.upserts = sync::load_relaxed(c.upserts);
@@ -388,8 +652,8 @@ TableStats Table::stats() const noexcept {
   s.full_rejected = sync::load_relaxed(c.full_rejected);
   s.last_apply_unix_ns = static_cast<int64_t>(sync::load_relaxed(c.last_apply_unix_ns));
   s.max_event_time_ms = static_cast<int64_t>(sync::load_relaxed(c.max_event_time_ms));
-  const AggregateCounters& a = desc_->aggregate_counters;
-  s.aggregates = desc_->aggregate_count;
+  const AggregateCounters& a = d->aggregate_counters;
+  s.aggregates = d->aggregate_count;
   s.aggregate_events = sync::load_relaxed(a.events);
   s.late_dropped = sync::load_relaxed(a.late_dropped);
   s.outside_window = sync::load_relaxed(a.outside_window);

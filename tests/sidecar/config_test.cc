@@ -139,6 +139,22 @@ TEST_F(ConfigTest, ErrorsNameTheKey) {
   expect_error(replace(v, "  name: features\n", "  name: features\n  full_check: sometimes\n"), "segment.full_check");
   EXPECT_TRUE(
       parse_config(replace(v, "  name: features\n", "  name: features\n  full_check: true\n")).segment.full_check);
+  // Generation switches: migration and automatic growth, off by default.
+  EXPECT_FALSE(parse_config(v).segment.migrate_on_schema_change);
+  EXPECT_EQ(parse_config(v).segment.grow_at, 0.0);
+  expect_error(replace(v, "  name: features\n", "  name: features\n  on_schema_change: recreate\n"),
+               "segment.on_schema_change", "refuse or migrate");
+  expect_error(replace(v, "  name: features\n", "  name: features\n  grow_at: 1.5\n"), "segment.grow_at");
+  expect_error(replace(v, "  name: features\n", "  name: features\n  grow_factor: 1\n"), "segment.grow_factor");
+  {
+    const Config c = parse_config(replace(
+        v, "  name: features\n",
+        "  name: features\n  on_schema_change: migrate\n  grow_at: 0.8\n  grow_factor: 3\n  max_capacity: 5000000\n"));
+    EXPECT_TRUE(c.segment.migrate_on_schema_change);
+    EXPECT_EQ(c.segment.grow_at, 0.8);
+    EXPECT_EQ(c.segment.grow_factor, 3.0);
+    EXPECT_EQ(c.segment.max_capacity, 5'000'000u);
+  }
   expect_error(replace(v, "  name: features\n", "  nam: features\n"), "segment.nam");
   expect_error(replace(v, "amqp://larder@broker.local:5673/prod", "amqp://larder:pw@broker.local/"), "rabbitmq.url",
                "password");

@@ -175,6 +175,9 @@ uint64_t Writer::maintain(uint64_t slot_budget) {
   while (refresh(0, 512) == 512 && now_mono_ns() < until) {
   }
   Impl& w = *impl_;
+  // Growth and the copy of a switch: a slice per call between updates.
+  w.maybe_grow();
+  if (w.next_gen) switch_step();
   uint64_t reclaimed = 0;
   for (uint32_t t = 0; t < w.tables.size() && slot_budget > 0; ++t) {
     const uint64_t steps = std::min(w.tables[t].geo.slot_count, slot_budget);

@@ -57,14 +57,35 @@ void Writer::Impl::acquire_lock() {
   }
 }
 
-// Temporary files of creators that died before publishing.
+// Temporary files of creators that died before publishing (a segment or
+// the next generation of one, generation.cc), and the link to a generation
+// a switch published over but died before retiring: it is retired now, so
+// that its readers move to the name.
 void Writer::Impl::remove_leftovers() {
   const std::string prefix = "." + name + ".creating.";
+  const std::string retiring = "." + name + ".retiring.";
   DIR* d = ::opendir(dir.c_str());
   if (d == nullptr) return;
   while (dirent* e = ::readdir(d)) {
+    const std::string path = dir + "/" + e->d_name;
     if (std::strncmp(e->d_name, prefix.c_str(), prefix.size()) == 0) {
-      ::unlink((dir + "/" + e->d_name).c_str());
+      ::unlink(path.c_str());
+    } else if (std::strncmp(e->d_name, retiring.c_str(), retiring.size()) == 0) {
+      struct stat old_st, cur_st;
+      const bool replaced = ::stat(path.c_str(), &old_st) == 0 &&
+                            ::stat(segment_path(dir, name).c_str(), &cur_st) == 0 && old_st.st_ino != cur_st.st_ino;
+      if (replaced) {
+        try {
+          auto old = MappedFile::open_read_write(path, name);
+          auto* oh = static_cast<SegmentHeader*>(old->mutable_data());
+          if (oh->magic == kMagic) {
+            sync::store_release(oh->writer_pid, uint64_t{0});
+            sync::store_release(oh->state, static_cast<uint32_t>(SegmentState::kRetired));  // readers follow
+          }
+        } catch (const Error&) {
+        }
+      }
+      ::unlink(path.c_str());
     }
   }
   ::closedir(d);
@@ -149,22 +170,12 @@ void writer::fill_aggregate_descriptor(AggregateDescriptor* out, const Aggregate
   out->ddof = as.ddof;
 }
 
-void Writer::Impl::create(bool replace_existing) {
-  const LayoutPlan plan = plan_layout(schema);
-  const std::string path = segment_path(dir, name);
-
-  struct statvfs vfs;
-  if (::statvfs(dir.c_str(), &vfs) != 0) throw_errno(ErrorCode::kSystem, "statvfs " + dir);
-  const uint64_t avail = uint64_t{vfs.f_bavail} * vfs.f_frsize;
-  if (avail < plan.segment_bytes + kSegmentFreeMargin) {
-    throw Error(ErrorCode::kNoSpace,
-                "segment \"" + name + "\" needs " + std::to_string(plan.segment_bytes) + " bytes but " + dir + " has " +
-                    std::to_string(avail) +
-                    " free: enlarge it (docker --shm-size, Kubernetes emptyDir sizeLimit, mount -o remount,size=) "
-                    "or lower the tables' capacity");
-  }
-
-  const std::string tmp = segment_path(dir, "." + name + ".creating." + std::to_string(::getpid()));
+// Builds an unpublished segment of `of` (planned as `plan`) at `tmp`:
+// every page allocated, header and descriptors written, state still
+// kCreating. seeds[t], when given and not 0, is table t's hash seed (a new
+// generation keeps its keys' hashes). Removes `tmp` on failure.
+std::unique_ptr<MappedFile> Writer::Impl::build_file(const Schema& of, const LayoutPlan& plan, const std::string& tmp,
+                                                     std::span<const uint64_t> seeds) const {
   int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) {
     if (errno == EACCES || errno == EROFS) throw_errno(ErrorCode::kPermissionDenied, "create " + tmp);
@@ -192,29 +203,29 @@ void Writer::Impl::create(bool replace_existing) {
   }
   ::close(fd);
 
-  map = MappedFile::open_read_write(tmp, name);
-  char* base = static_cast<char*>(map->mutable_data());
-  header = reinterpret_cast<SegmentHeader*>(base);
+  auto file = MappedFile::open_read_write(tmp, name);
+  char* base = static_cast<char*>(file->mutable_data());
+  auto* h = reinterpret_cast<SegmentHeader*>(base);
   // The file is zero-filled: state is kCreating until the release store below.
-  header->magic = kMagic;
-  header->layout_version = kLayoutVersion;
-  header->endian_tag = kEndianTag;
-  header->abi_signature = abi_signature();
-  header->schema_fingerprint = schema.fingerprint();
-  header->segment_bytes = plan.segment_bytes;
-  header->table_count = static_cast<uint32_t>(schema.tables.size());
-  header->header_bytes = static_cast<uint32_t>(plan.header_bytes);
-  header->undo_offset = plan.undo_offset;
-  header->undo_bytes = plan.undo_bytes;
-  header->created_unix_ns = static_cast<uint64_t>(now_unix_ns());
-  std::snprintf(header->creator, sizeof header->creator, "larder %s", "0.1.0");
+  h->magic = kMagic;
+  h->layout_version = kLayoutVersion;
+  h->endian_tag = kEndianTag;
+  h->abi_signature = abi_signature();
+  h->schema_fingerprint = of.fingerprint();
+  h->segment_bytes = plan.segment_bytes;
+  h->table_count = static_cast<uint32_t>(of.tables.size());
+  h->header_bytes = static_cast<uint32_t>(plan.header_bytes);
+  h->undo_offset = plan.undo_offset;
+  h->undo_bytes = plan.undo_bytes;
+  h->created_unix_ns = static_cast<uint64_t>(now_unix_ns());
+  std::snprintf(h->creator, sizeof h->creator, "larder %s", "0.1.0");
 
   std::random_device rd;
-  for (size_t t = 0; t < schema.tables.size(); ++t) {
-    const TableSpec& spec = schema.tables[t];
+  for (size_t t = 0; t < of.tables.size(); ++t) {
+    const TableSpec& spec = of.tables[t];
     const TablePlan& tp = plan.tables[t];
     const std::vector<FieldSpec> fields = spec.all_fields();
-    const uint64_t hash_seed = (uint64_t{rd()} << 32) ^ rd();
+    const uint64_t hash_seed = t < seeds.size() && seeds[t] != 0 ? seeds[t] : (uint64_t{rd()} << 32) ^ rd();
     writer::fill_table_descriptor(descriptor_at<TableDescriptor>(base, plan.header_bytes, t), spec, tp, fields.size(),
                                   hash_seed);
     for (size_t f = 0; f < fields.size(); ++f) {
@@ -231,9 +242,31 @@ void Writer::Impl::create(bool replace_existing) {
                                         spec.aggregates[a], spec.fields.size() + a);
     }
   }
-  header->journal_offset = plan.journal_offset;
-  header->journal_capacity = plan.journal_capacity;
-  header->source_offset = plan.source_offset;
+  h->journal_offset = plan.journal_offset;
+  h->journal_capacity = plan.journal_capacity;
+  h->source_offset = plan.source_offset;
+  return file;
+}
+
+void Writer::Impl::create(bool replace_existing) {
+  const LayoutPlan plan = plan_layout(schema);
+  const std::string path = segment_path(dir, name);
+
+  struct statvfs vfs;
+  if (::statvfs(dir.c_str(), &vfs) != 0) throw_errno(ErrorCode::kSystem, "statvfs " + dir);
+  const uint64_t avail = uint64_t{vfs.f_bavail} * vfs.f_frsize;
+  if (avail < plan.segment_bytes + kSegmentFreeMargin) {
+    throw Error(ErrorCode::kNoSpace,
+                "segment \"" + name + "\" needs " + std::to_string(plan.segment_bytes) + " bytes but " + dir + " has " +
+                    std::to_string(avail) +
+                    " free: enlarge it (docker --shm-size, Kubernetes emptyDir sizeLimit, mount -o remount,size=) "
+                    "or lower the tables' capacity");
+  }
+
+  const std::string tmp = segment_path(dir, "." + name + ".creating." + std::to_string(::getpid()));
+  map = build_file(schema, plan, tmp, {});
+  char* base = static_cast<char*>(map->mutable_data());
+  header = reinterpret_cast<SegmentHeader*>(base);
   if (replace_existing) {
     // Readers of the old file see kRetired and reopen the name.
     try {

@@ -107,6 +107,7 @@ std::unique_ptr<Writer::Impl> Writer::Impl::prepare(std::string_view name, const
 std::unique_ptr<Writer> Writer::open(std::string_view name, const Schema& schema, const WriterOptions& options) {
   std::unique_ptr<Impl> impl = Impl::prepare(name, schema, options);
   const std::string path = segment_path(impl->dir, name);
+  std::optional<Schema> migrate_to;
   if (::access(path.c_str(), F_OK) != 0) {
     impl->create(false);
   } else {
@@ -116,14 +117,29 @@ std::unique_ptr<Writer> Writer::open(std::string_view name, const Schema& schema
       validate_segment(impl->map->data(), impl->map->size(), name);
       const uint64_t have = impl->map->header().schema_fingerprint;
       if (have != schema.fingerprint()) {
-        if (!options.recreate_on_schema_change) {
+        // A table grown by a generation switch keeps its capacity: the
+        // configured one is where it started.
+        const Schema current = schema_of(impl->map->data());
+        Schema adopted = schema;
+        for (TableSpec& t : adopted.tables) {
+          for (const TableSpec& c : current.tables) {
+            if (c.name == t.name && c.capacity > t.capacity) t.capacity = c.capacity;
+          }
+        }
+        if (adopted.fingerprint() == have) {
+          impl->schema = current;
+        } else if (options.migrate_on_schema_change) {
+          impl->schema = current;
+          migrate_to = std::move(adopted);
+        } else if (!options.recreate_on_schema_change) {
           throw Error(ErrorCode::kSchemaMismatch,
                       "segment \"" + impl->name + "\" has schema fingerprint " + hex64(have) +
                           ", the configured schema is " + hex64(schema.fingerprint()) +
                           ": restore the old schema, remove the segment, or allow recreation "
                           "(WriterOptions::recreate_on_schema_change)");
+        } else {
+          replace = true;
         }
-        replace = true;
       }
     } catch (const Error& e) {
       // A segment whose creation never finished at this name cannot exist
@@ -138,7 +154,11 @@ std::unique_ptr<Writer> Writer::open(std::string_view name, const Schema& schema
     }
   }
   impl->attach();
-  return std::unique_ptr<Writer>(new Writer(std::move(impl)));
+  std::unique_ptr<Writer> writer(new Writer(std::move(impl)));
+  // A schema change carried over: nothing is applied meanwhile (the writer
+  // is not returned yet), and a refusal leaves the segment as it was.
+  if (migrate_to) writer->switch_now(*migrate_to);
+  return writer;
 }
 
 void Writer::remove_segment(std::string_view name, const std::string& dir) {
@@ -203,6 +223,8 @@ ApplyResult Writer::apply(uint32_t table, std::string_view key, int64_t event_ti
   }
   if (w.staged) [[unlikely]]
     w.finish_position();
+  if (w.next_gen) [[unlikely]]
+    w.switch_follow(table, key);
   return r;
 }
 
@@ -212,6 +234,8 @@ ApplyResult Writer::remove(uint32_t table, std::string_view key, int64_t event_t
       table >= w.tables.size() ? ApplyResult::kInvalid : w.remove(table, key, event_time_ms, apply_unix_ns);
   if (w.staged) [[unlikely]]
     w.finish_position();
+  if (w.next_gen) [[unlikely]]
+    w.switch_follow(table, key);
   return r;
 }
 
@@ -222,6 +246,8 @@ ApplyResult Writer::unpin(uint32_t table, std::string_view key, int64_t event_ti
                                                  : w.unpin(table, key, event_time_ms, pinned_after_ms, apply_unix_ns);
   if (w.staged) [[unlikely]]
     w.finish_position();
+  if (w.next_gen) [[unlikely]]
+    w.switch_follow(table, key);
   return r;
 }
 

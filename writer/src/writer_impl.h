@@ -19,6 +19,7 @@
 //   maintenance.cc     refresh of aggregates, tombstone reclaim, heartbeat
 //   source.cc          source positions (the pending record), source id, sync state
 //   restore.cc         copy_image, and restore: building a segment from an image
+//   generation.cc      the generation switch: growth and schema changes while serving
 #pragma once
 
 #include <algorithm>
@@ -183,6 +184,15 @@ struct Writer::Impl {
   std::priority_queue<Due, std::vector<Due>, std::greater<Due>> due;
   bool due_scan_pending = false;
 
+  // A generation switch in progress (generation.cc), and its record.
+  struct Switch;
+  struct SwitchDeleter {
+    void operator()(Switch* s) const;
+  };
+  std::unique_ptr<Switch, SwitchDeleter> next_gen;
+  SwitchProgress switch_record;
+  int64_t grow_retry_mono_ns = 0;  // automatic growth refused: not tried again before this
+
   ~Impl();
 
   // writer.cc: checks the name, schema and directory, takes the writer lock
@@ -191,6 +201,8 @@ struct Writer::Impl {
                                        const WriterOptions& options);
 
   // segment_create.cc
+  std::unique_ptr<layout::MappedFile> build_file(const layout::Schema& of, const layout::LayoutPlan& plan,
+                                                 const std::string& tmp, std::span<const uint64_t> seeds) const;
   void acquire_lock();
   void remove_leftovers();
   void create(bool replace_existing);
@@ -265,6 +277,16 @@ struct Writer::Impl {
   void prefetch_buckets(const Upsert& u, int64_t clock, const PrefetchedKey& k) const;
   void prefetch_undo() const;
   void count_apply(TableState& ts, int64_t event_time_ms, int64_t now_ns);
+
+  // generation.cc. switch_follow(): after an update of `key` while a switch
+  // is in progress, copies its row again when the copy has passed it.
+  void start_switch(const layout::Schema& next);
+  void switch_follow(uint32_t table, std::string_view key);
+  bool copy_to_next(uint32_t table, uint64_t slot);
+  void prefetch_copy(uint32_t table, uint64_t slot) const;
+  void publish_next();
+  void fail_switch(const std::string& why);
+  void maybe_grow();
 
   // maintenance.cc
   void advance_clock(int64_t now_unix_ns) { clock_ms = std::max(clock_ms, now_unix_ns / 1'000'000); }

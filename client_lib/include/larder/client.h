@@ -9,8 +9,9 @@
 //   larder::ReadResult r = users.get("user:42", row, {.max_age_ms = 5000, .age_of = larder::AgeOf::kComputed});
 //   if (r.ok() && row.valid(spend)) use(row.f64(spend), r.computed_age_ms());
 //
-// Threading: Segment, Table and Field are immutable after open and safe to
-// share between threads. A Row or RowBatch is a caller-owned buffer: one per
+// Threading: Segment, Table and Field are safe to share between threads (a
+// Table moves to a new segment generation on its own, docs/client.md,
+// "Generations"). A Row or RowBatch is a caller-owned buffer: one per
 // thread (or per request).
 //
 // The read path (get, get_many and the Row accessors) never throws, never
@@ -295,7 +296,9 @@ struct SyncInfo {
   int64_t changed_unix_ns = 0;        // when state last changed
 };
 
-struct Mapping;  // the read-only mapping, shared by a Segment and its Tables
+struct Mapping;          // the read-only mapping, shared by a Segment and its Tables
+struct TableFollow;      // a Table's generations (client.cc)
+struct TableGeneration;  // one generation of a table, as a Table reads it
 
 class Table {
  public:
@@ -346,20 +349,29 @@ class Table {
   // validated) copy: a torn copy is retried, never judged.
   Status check_row(const uint64_t* row) const noexcept;
 
-  // For larderctl and tests: raw geometry.
-  uint64_t slot_count() const noexcept { return geo_.slot_count; }
+  // For larderctl and tests: raw geometry of the generation read now.
+  uint64_t slot_count() const noexcept;
+  // The segment generation this table reads now (SegmentInfo::generation):
+  // it moves on when the writer publishes a new one (docs/client.md,
+  // "Generations").
+  uint64_t generation() const noexcept;
 
  private:
   friend class Segment;
-  ReadResult lookup(std::string_view key, uint64_t hash, uint64_t* out, int64_t now_ms, int64_t refreshed_ms,
-                    const ReadOptions& options) const noexcept;
+  ReadResult lookup(const TableGeneration& g, std::string_view key, uint64_t hash, uint64_t* out, int64_t now_ms,
+                    int64_t refreshed_ms, const ReadOptions& options) const noexcept;
+  // The generation to read: the current one, or, when the writer retired it,
+  // the next one (mapped by the first lookup that sees the retirement).
+  const TableGeneration& generation_to_read() const noexcept;
+  const TableGeneration* follow() const noexcept;
   // The table's refreshed-through instant, loaded before the rows it is
   // applied to; 0 for a table without aggregates.
-  int64_t refreshed_through_ms() const noexcept;
+  static int64_t refreshed_through_ms(const TableGeneration& g) noexcept;
 
-  std::shared_ptr<const Mapping> mapping_;
-  const layout::TableDescriptor* desc_ = nullptr;
-  layout::TableGeometry geo_;  // validated at open; never re-read from the segment
+  std::shared_ptr<TableFollow> follow_;
+  // The layout of the rows this table returns: the generation it was opened
+  // on. Fields and groups keep their places in it across generations.
+  layout::TableGeometry geo_;
   std::string name_;
   std::vector<Field> fields_;
   std::vector<std::string> field_names_;
@@ -372,9 +384,6 @@ class Table {
   };
   std::vector<StringBound> string_bounds_;
   uint32_t max_retries_ = 0;
-  // AggregateCounters::refreshed_through_ms; null for a table without
-  // aggregates, whose rows change only when applied.
-  const layout::Word* refreshed_word_ = nullptr;
 };
 
 class Segment {

@@ -164,7 +164,7 @@ int larder_writer_alive(const larder_segment* segment, int64_t max_heartbeat_age
  * larder::SegmentInfo). Set size = sizeof(larder_segment_stats_t) before the call. */
 typedef struct larder_segment_stats_t {
   uint32_t size;           /* in: sizeof as the caller compiled it; out: bytes filled */
-  uint32_t state;          /* 0 creating, 1 ready, 2 retired (open the name again) */
+  uint32_t state;          /* 0 creating, 1 ready, 2 retired (its tables move to the new generation) */
   uint32_t connection;     /* 0 unknown, 1 connecting, 2 connected, 3 disconnected, 4 stopped */
   uint32_t layout_version; /* the segment format's version */
   uint64_t schema_fingerprint;

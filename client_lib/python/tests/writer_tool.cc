@@ -5,6 +5,7 @@
 //                            [--rows N] [--seed S] [--age-step-ms MS]
 //                            [--stopped-ms MS]
 //   larder-test-writer churn --segment NAME --dir DIR --rows N --seconds S
+//   larder-test-writer grow --segment NAME --dir DIR --rows N
 //   larder-test-writer sync --segment NAME --dir DIR [--seed STATE]
 //   larder-test-writer bench --segment NAME --dir DIR [--table users]
 //                            [--rows N] [--batch 256] [--iters I] [--seed S]
@@ -28,6 +29,12 @@
 // group times are --at-ms (default now) minus the offsets in write_grouped_cards():
 // older updates of one group applied after newer ones of the other, and a
 // delete between two groups' times.
+// grow: fills keys key:0..N-1 of table "rows" (as churn), prints "ready",
+// waits for a line on stdin (the reader has mapped generation 0), then
+// switches generations three times while rewriting the keys round-robin
+// with an ever-increasing counter: the capacity x2, x2 again, then a new
+// int64 field "extra" at the end. Then it writes key:N (only the last
+// generation has it), prints "done GENERATION" and exits.
 // sync: on a "demo" segment, stores the source id "amqp / stream
 // features.stream", sync state --seed (a SyncState number, default 1:
 // catching up), partition 0 at offset 1234 with 2 updates applied and target
@@ -320,6 +327,39 @@ int churn(const Args& a) {
   return 0;
 }
 
+int grow(const Args& a) {
+  larder::layout::Schema schema = rows_schema(a.rows);
+  auto w = larder::Writer::open(a.segment, schema, writer_options(a));
+  int64_t counter = 1;
+  for (uint64_t k = 0; k < a.rows; ++k) larder::testing::write_derived(*w, k, counter++);
+  std::printf("ready\n");
+  std::fflush(stdout);
+  char line[16];
+  if (std::fgets(line, sizeof line, stdin) == nullptr) return 3;
+  uint64_t k = 0;
+  for (int step = 0; step < 3; ++step) {
+    if (step < 2) {
+      schema.tables[0].capacity *= 2;
+    } else {
+      schema.tables[0].fields.push_back({"extra", FieldType::kInt64, 1});
+    }
+    w->begin_switch(schema);
+    do {
+      for (int i = 0; i < 64; ++i) {
+        larder::testing::write_derived(*w, k, counter++);
+        k = (k + 1) % a.rows;
+      }
+    } while (!w->switch_step(128));
+    if (!w->switch_progress().last_error.empty()) {
+      std::fprintf(stderr, "%s\n", w->switch_progress().last_error.c_str());
+      return 4;
+    }
+  }
+  larder::testing::write_derived(*w, a.rows, counter++);
+  std::printf("done %llu\n", static_cast<unsigned long long>(w->switch_progress().generation));
+  return 0;
+}
+
 // Runs op(i) for i < total in blocks of `block`; returns {best block's ns
 // per op, mean ns per op}. The best block is the one least disturbed by
 // other load on the host.
@@ -422,6 +462,7 @@ int main(int argc, char** argv) {
   try {
     if (a.command == "write") return write(a);
     if (a.command == "churn") return churn(a);
+    if (a.command == "grow") return grow(a);
     if (a.command == "sync") return sync(a);
     if (a.command == "bench") return bench(a);
     usage("command is write, churn or bench");

@@ -162,6 +162,40 @@ layout::ConnectionState combined_connection_state(const Pipeline& pipeline) noex
   return any_connected ? layout::ConnectionState::kConnected : layout::ConnectionState::kStopped;
 }
 
+namespace {
+
+// What the log last said about generation switches.
+struct SwitchSeen {
+  bool active = false;
+  uint64_t switches = 0;
+  std::string error;
+};
+
+// Logs a switch starting, finishing or refused, and sets its gauges.
+void report_switch(const Writer& writer, SidecarMetrics& metrics, SwitchSeen* seen) {
+  const SwitchProgress p = writer.switch_progress();
+  metrics.generation.set(static_cast<int64_t>(p.generation));
+  metrics.switch_active.set(p.active ? 1 : 0);
+  metrics.switch_copied_slots.set(static_cast<int64_t>(p.slots_copied));
+  metrics.switch_total_slots.set(static_cast<int64_t>(p.slots_total));
+  metrics.switches.set(static_cast<int64_t>(p.switches));
+  metrics.switch_last_ns.set(p.last_duration_ns);
+  if (p.active && !seen->active) {
+    spdlog::info("writer: generation switch started: copying {} slots into generation {}", p.slots_total,
+                 p.generation + 1);
+  }
+  if (p.switches != seen->switches) {
+    spdlog::info("writer: generation {} published in {:.3f} s; readers follow by themselves", p.generation,
+                 static_cast<double>(p.last_duration_ns) / 1e9);
+  }
+  if (!p.last_error.empty() && p.last_error != seen->error) spdlog::error("writer: {}", p.last_error);
+  seen->active = p.active;
+  seen->switches = p.switches;
+  seen->error = p.last_error;
+}
+
+}  // namespace
+
 void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
   moodycamel::ConsumerToken ctok(pipeline.work);
   // One producer token per lane's done queue: this thread is its only producer.
@@ -176,6 +210,7 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
   uint64_t table_full_logged = 0;
   uint64_t arena_full_logged = 0;
   SidecarMetrics& metrics = pipeline.metrics;
+  SwitchSeen switch_seen;
 
   for (;;) {
     const size_t n =
@@ -253,14 +288,18 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
     // of messages, so that a boundary many keys share neither stalls updates
     // nor waits for the next maintain().
     if (writer.refresh_due()) writer.refresh(0, 2048);
+    // A generation switch copies a slice between bulks too, so that it
+    // finishes at the pace of the copy, not of maintain().
+    if (writer.switch_active()) writer.switch_step();
     // A snapshot's copy, when one was asked for: between bulks, so the
     // image holds whole messages only.
     pipeline.images.serve(writer);
     const int64_t now = layout::now_mono_ns();
     metrics.writer_heartbeat_mono_ns.set(now);
     if (now - last_maintain_ns >= std::chrono::nanoseconds(kMaintainInterval).count()) {
-      writer.maintain();  // heartbeat + incremental tombstone reclaim
+      writer.maintain();  // heartbeat + incremental tombstone reclaim, automatic growth
       last_maintain_ns = now;
+      report_switch(writer, metrics, &switch_seen);
     }
     // acquire: pairs with main's release store, after the consumer's last
     // enqueue, so an empty queue seen after it stays empty.

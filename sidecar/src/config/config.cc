@@ -63,8 +63,9 @@ void require_readable(const std::string& file, const std::string& key) {
 }
 
 SegmentConfig parse_segment(const YAML::Node& node) {
-  if (!node.IsDefined()) fail("segment", "required (name, dir, mode, full_check)");
-  MapNode m(node, "segment", {"name", "dir", "mode", "full_check"});
+  if (!node.IsDefined()) fail("segment", "required (name, dir, mode, full_check, on_schema_change, grow_at, ...)");
+  MapNode m(node, "segment",
+            {"name", "dir", "mode", "full_check", "on_schema_change", "grow_at", "grow_factor", "max_capacity"});
   SegmentConfig s;
   s.name = m.str("name");
   if (!layout::valid_identifier(s.name)) {
@@ -85,6 +86,14 @@ SegmentConfig parse_segment(const YAML::Node& node) {
   if ((v & 0600) != 0600) fail(m.child("mode"), "the owner (the sidecar) needs read and write: use 06x0");
   s.mode = v;
   s.full_check = m.boolean("full_check", false);
+  const std::string on_change = m.str("on_schema_change", "refuse");
+  if (on_change != "refuse" && on_change != "migrate") {
+    fail(m.child("on_schema_change"), fmt::format("expected refuse or migrate, got \"{}\"", on_change));
+  }
+  s.migrate_on_schema_change = on_change == "migrate";
+  s.grow_at = m.number("grow_at", 0, 0.0, 1.0);
+  s.grow_factor = m.number("grow_factor", 2, 1.0, 64.0, true);
+  s.max_capacity = m.integer("max_capacity", 0, 0, uint64_t{1} << 36);
   return s;
 }
 

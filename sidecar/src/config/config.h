@@ -30,6 +30,14 @@ struct SegmentConfig {
   uint32_t mode = 0640;
   // WriterOptions::full_check: visit every slot when reopening the segment.
   bool full_check = false;
+  // on_schema_change: migrate (WriterOptions::migrate_on_schema_change):
+  // a segment of another schema is carried into a new generation with the
+  // configured one instead of refused.
+  bool migrate_on_schema_change = false;
+  // Automatic growth (WriterOptions::grow_at, grow_factor, max_capacity).
+  double grow_at = 0;
+  double grow_factor = 2;
+  uint64_t max_capacity = 0;
 };
 
 struct TableConfig {

@@ -62,9 +62,10 @@ class MapNode {
       if (key == "recreate_on_schema_change") {
         // Named by the writer library's WriterOptions, and so looked for here.
         fail(child(key),
-             "not a larder-sidecar setting: the sidecar never replaces a segment of another schema by itself. "
-             "After a schema change, give segment.name a new name (readers move to it), or stop the sidecar, "
-             "delete the segment file and its .lock, and start it to refill from the stream or a re-send "
+             "not a larder-sidecar setting: the sidecar never throws a segment's rows away by itself. After a "
+             "schema change, set segment.on_schema_change: migrate to carry the rows into a new generation with "
+             "the new schema, or give segment.name a new name (readers move to it), or stop the sidecar, delete "
+             "the segment file and its .lock, and start it to refill from the stream or a re-send "
              "(docs/operations.md, \"Schema change\")");
       }
       if (!ok) fail(child(key), "unknown key (expected one of: " + join(allowed) + ")");

@@ -368,6 +368,19 @@ void render_snapshot_metrics(PrometheusText& p, const SidecarMetrics& m) {
   counter(p, "larder_snapshots_total", "Snapshot files written to snapshot.dir.", m.snapshots_written.value());
   counter(p, "larder_snapshot_failures_total", "Periodic snapshots that wrote no file (the log says why).",
           m.snapshot_failures.value());
+  p.family("larder_segment_generation", "gauge", "Generation of the segment the writer serves (0: never switched).");
+  p.sample("larder_segment_generation", "", m.generation.value());
+  p.family("larder_generation_switch_active", "gauge", "1 while a generation switch (growth, schema change) copies.");
+  p.sample("larder_generation_switch_active", "", m.switch_active.value());
+  p.family("larder_generation_switch_progress_ratio", "gauge",
+           "Slots of the current generation the switch in progress has copied, over all (0 when none).");
+  p.sample("larder_generation_switch_progress_ratio", "",
+           m.switch_total_slots.value() > 0
+               ? static_cast<double>(m.switch_copied_slots.value()) / static_cast<double>(m.switch_total_slots.value())
+               : 0.0);
+  counter(p, "larder_generation_switches_total", "Generation switches this sidecar published.", m.switches.value());
+  p.family("larder_generation_switch_seconds", "gauge", "Time the last published switch took, begin to publish.");
+  p.sample("larder_generation_switch_seconds", "", seconds(m.switch_last_ns.value()));
 }
 
 const char* sync_state_label(layout::SyncState s) noexcept {

@@ -161,6 +161,15 @@ struct SidecarMetrics {
   Gauge snapshot_last_unix_ns;  // when the last written snapshot's image was taken (0: none yet)
   Gauge snapshot_last_bytes;    // its file size
   Gauge snapshot_last_ns;       // how long it took: copy, compression and write
+
+  // Writer thread: generation switches (Writer::switch_progress), set after
+  // each bulk. Values of their own, read without ordering.
+  Gauge generation;           // the segment generation being served
+  Gauge switch_active;        // 1 while a switch is copying
+  Gauge switch_copied_slots;  // of the switch in progress
+  Gauge switch_total_slots;
+  Gauge switches;        // switches published since start
+  Gauge switch_last_ns;  // the last published switch, begin to publish
 };
 
 // What the HTTP thread read from the segment for one scrape or probe.

@@ -25,6 +25,10 @@ WriterOptions writer_options(const Config& config) {
   options.dir = config.segment.dir;
   options.mode = config.segment.mode;
   options.full_check = config.segment.full_check;
+  options.migrate_on_schema_change = config.segment.migrate_on_schema_change;
+  options.grow_at = config.segment.grow_at;
+  options.grow_factor = config.segment.grow_factor;
+  options.max_capacity = config.segment.max_capacity;
   return options;
 }
 
@@ -226,9 +230,10 @@ std::string schema_change_message(const Config& config) {
     // Named generically: the refusal itself already read the header.
   }
   return fmt::format(
-      "cannot open segment \"{}\" in {}: it holds another schema ({}; this config's tables give {}). The sidecar does "
-      "not change a segment's "
-      "schema in place, and has no setting that replaces it. What works: (1) give segment.name a new name: the "
+      "cannot open segment \"{}\" in {}: it holds another schema ({}; this config's tables give {}). What works: "
+      "(0) set segment.on_schema_change: migrate: the sidecar carries every row into a new generation of the "
+      "segment with this schema (added fields start not valid, dropped fields go; a changed type or a table with "
+      "aggregates is refused) and readers follow by themselves; (1) give segment.name a new name: the "
       "sidecar creates that segment beside the old one, readers move to the new name, then delete the old one; "
       "(2) stop the sidecar, delete {} and {}.lock, and start it: it creates an empty segment and refills from the "
       "stream (stream_offset) or a re-send by the producers, or restores a snapshot of the new schema "
@@ -284,7 +289,9 @@ std::unique_ptr<Writer> open_segment(const Config& config, const StartOptions& s
   try {
     return Writer::open(config.segment.name, config.schema(), writer_options(config));
   } catch (const Error& e) {
-    if (e.code() == ErrorCode::kSchemaMismatch) throw StartError(kExitCannotOpen, schema_change_message(config));
+    if (e.code() == ErrorCode::kSchemaMismatch && !config.segment.migrate_on_schema_change) {
+      throw StartError(kExitCannotOpen, schema_change_message(config));
+    }
     throw StartError(kExitCannotOpen, fmt::format("cannot open segment \"{}\" in {}: {}", config.segment.name,
                                                   config.segment.dir, error_text(e)));
   }

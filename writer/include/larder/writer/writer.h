@@ -54,6 +54,35 @@ struct WriterOptions {
   // last written by a build that kept no count record is checked this way
   // once, whatever this says (AttachReport::full_scan).
   bool full_check = false;
+  // An existing segment with another schema: build a new generation with the
+  // configured schema, rows carried over (fields matched by name; an added
+  // field starts not valid, a dropped one goes), publish it under the name
+  // and retire the old one, instead of refusing (kSchemaMismatch). Refused
+  // like begin_switch() when the change cannot carry the rows (a field's type
+  // changed, a capacity below the live keys, no room for two generations, a
+  // carried table with aggregates); the segment is then left as it was.
+  bool migrate_on_schema_change = false;
+  // Automatic growth (docs/operations.md, "Growth"): when above 0, maintain()
+  // starts a generation switch that multiplies a table's capacity by
+  // grow_factor (at most max_capacity, 0: no bound) once its live keys reach
+  // grow_at x capacity. A table grown this way keeps its larger capacity
+  // when the writer reopens the segment with the configured, smaller one.
+  double grow_at = 0;
+  double grow_factor = 2;
+  uint64_t max_capacity = 0;
+};
+
+// A generation switch (Writer::begin_switch): the one in progress, and what
+// this writer did before.
+struct SwitchProgress {
+  bool active = false;
+  uint64_t generation = 0;    // the generation of the segment being served
+  uint64_t slots_copied = 0;  // of the switch in progress: slots of the current generation visited
+  uint64_t slots_total = 0;
+  int64_t started_mono_ns = 0;
+  uint64_t switches = 0;         // switches this writer published
+  int64_t last_duration_ns = 0;  // the last published switch, begin to publish
+  std::string last_error;        // why the last switch was refused or abandoned ("": none was)
 };
 
 // What opening a writer did to the segment it found (Writer::attach_report).
@@ -159,6 +188,8 @@ enum class CrashPoint : int {
   kJournal = 6,         // before each aggregate state or dedup word store
   kPosition = 7,        // before each source position store (pending record, partition words)
   kCounts = 8,          // before the count record is armed and before each counter store it guards
+  kSwitch = 9,          // each step of a generation switch: the new file built, each copied chunk, before
+                        // publishing, before and after the rename, after the old generation is retired
 };
 // When set, called at every CrashPoint of every slot update (crash tests
 // raise SIGKILL from it). Process-wide; not for production use.
@@ -324,6 +355,37 @@ class Writer {
   // kVersionMismatch, kWriterLocked, kNoSpace, ...
   static std::unique_ptr<Writer> restore(std::string_view name, const layout::Schema& schema,
                                          std::span<const unsigned char> image, const WriterOptions& options = {});
+
+  // Generation switch (docs/design.md, "Generations"). Starts building the
+  // next generation of the segment with `next`: a new file beside the
+  // current one, filled from it a chunk at a time by switch_step() while
+  // updates keep being applied here (an update of a row already copied is
+  // copied again right after it is applied). The last step publishes the new
+  // file under the segment's name and marks the current one retired; readers
+  // follow on their own (docs/client.md, "Generations"). Tables match by
+  // name, fields by name; an added field starts not valid, a dropped field
+  // goes. Throws, changing nothing: kInvalidArgument (a switch in progress,
+  // nothing to change, a capacity below a table's live keys, a shorter
+  // key_max_len, a carried table with aggregates), kSchemaMismatch (a field
+  // whose type or size changed), kNoSpace (the directory cannot hold both
+  // generations).
+  void begin_switch(const layout::Schema& next);
+  // begin_switch() with table `table`'s capacity set to `capacity`.
+  void grow(uint32_t table, uint64_t capacity);
+  // Copies up to `slot_budget` slots of the current generation into the next
+  // one; publishes and moves this writer to it after the last. Returns true
+  // when no switch is left in progress (published, or abandoned: the next
+  // generation ran out of room for keys added during the copy, see
+  // switch_progress().last_error). Throws Error(kSystem) when publishing
+  // fails; the current generation keeps serving.
+  static constexpr uint64_t kSwitchStepSlots = 16384;
+  bool switch_step(uint64_t slot_budget = kSwitchStepSlots);
+  // begin_switch() and switch_step() until published.
+  void switch_now(const layout::Schema& next);
+  // Discards the next generation being built; the current one keeps serving.
+  void abort_switch();
+  bool switch_active() const;
+  SwitchProgress switch_progress() const;
 
   bool created() const;             // this open created the segment
   bool restored() const;            // ... from a snapshot image (restore())

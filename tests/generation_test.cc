@@ -1,0 +1,542 @@
+// Generation switches: growing a table and changing the schema while the
+// segment serves. Every row, tombstone, counter and position of generation N
+// is in N+1 after the switch, updates applied during the copy included;
+// refused switches change nothing; readers (in this process and in other
+// processes) follow through several switches with no torn row and no false
+// miss; a writer killed at each step of a switch restarts into exactly one
+// serving generation that holds every acknowledged update.
+#include <dirent.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mman.h>
+
+#include <atomic>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "larder/client.h"
+#include "larder/layout/segment_file.h"
+#include "larder/writer/writer.h"
+#include "support/process.h"
+#include "support/test_segment.h"
+
+namespace larder {
+namespace {
+
+using testing::ScratchSegment;
+
+constexpr int64_t kBaseMs = 1'700'000'000'000;
+
+layout::Schema users_schema(uint64_t capacity) {
+  return testing::one_table_schema(testing::every_type_table("users", capacity, 4));
+}
+
+// The schema with `add` as a new int64 field and `drop` removed.
+layout::Schema changed(layout::Schema s, const std::string& add, const std::string& drop) {
+  auto& fields = s.tables[0].fields;
+  if (!drop.empty()) {
+    std::erase_if(fields, [&](const layout::FieldSpec& f) { return f.name == drop; });
+  }
+  if (!add.empty()) fields.push_back({add, layout::FieldType::kInt64, 1});
+  return s;
+}
+
+// One update's values, all derived from `v`, so that a reader can tell a
+// torn row (fields of two updates) from a whole one.
+void write_row(Writer& w, const std::string& key, int64_t v, int64_t event_ms) {
+  const int clicks = w.field_index(0, "clicks");
+  const int spend = w.field_index(0, "spend");
+  const int ctr = w.field_index(0, "ctr");
+  const int emb = w.field_index(0, "embedding");
+  const int country = w.field_index(0, "country");
+  const float e[4] = {static_cast<float>(v), 1, 2, 3};
+  const std::string c = std::to_string(v % 100'000'000);
+  std::vector<FieldValue> values = {FieldValue::int64(static_cast<uint32_t>(clicks), v),
+                                    FieldValue::float64(static_cast<uint32_t>(spend), static_cast<double>(v) * 0.5),
+                                    FieldValue::vector(static_cast<uint32_t>(emb), e),
+                                    FieldValue::string(static_cast<uint32_t>(country), c)};
+  if (ctr >= 0) values.push_back(FieldValue::float32(static_cast<uint32_t>(ctr), static_cast<float>(v)));
+  const int extra = w.field_index(0, "extra");
+  if (extra >= 0) values.push_back(FieldValue::int64(static_cast<uint32_t>(extra), v + 1));
+  ASSERT_EQ(w.upsert(0, key, event_ms, values, event_ms * 1'000'000), ApplyResult::kApplied) << key;
+}
+
+// Empty when the row is one whole update, else what is wrong.
+std::string torn(const Table& t, const RowView& row) {
+  const Field clicks = t.field("clicks");
+  const int64_t v = row.i64(clicks);
+  if (!row.valid(clicks)) return "clicks not valid";
+  if (row.f64(t.field("spend")) != static_cast<double>(v) * 0.5) return "spend of another update";
+  if (row.vector(t.field("embedding"))[0] != static_cast<float>(v)) return "embedding of another update";
+  if (row.string(t.field("country")) != std::to_string(v % 100'000'000)) return "country of another update";
+  for (const Field& f : t.fields()) {
+    if (f.name == "ctr" && row.valid(f) && row.f32(f) != static_cast<float>(v)) return "ctr of another update";
+  }
+  return "";
+}
+
+std::vector<std::string> leftovers(const std::string& dir, const std::string& name) {
+  std::vector<std::string> found;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string f = e.path().filename().string();
+    if (f.rfind("." + name + ".", 0) == 0) found.push_back(f);
+  }
+  return found;
+}
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+TEST(Generation, GrowCarriesEveryRowAndUpdatesDuringTheCopy) {
+  ScratchSegment seg;
+  auto w = Writer::open(seg.name(), users_schema(100), seg.writer_options());
+  std::map<std::string, int64_t> model;  // key -> value, -1 deleted
+  int64_t t = kBaseMs;
+  for (int i = 0; i < 90; ++i) {
+    write_row(*w, "k" + std::to_string(i), i, ++t);
+    model["k" + std::to_string(i)] = i;
+  }
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_EQ(w->remove(0, "k" + std::to_string(i), ++t), ApplyResult::kApplied);
+    model["k" + std::to_string(i)] = -1;
+  }
+  w->set_position({0, 1234, 2});
+  Segment before = Segment::open(seg.name(), ClientOptions{seg.dir()});
+  Table users = before.table("users");
+  ASSERT_EQ(users.generation(), 0u);
+
+  w->grow(0, 400);
+  EXPECT_TRUE(w->switch_active());
+  // Small steps, each followed by updates of keys on both sides of the copy,
+  // new keys and deletes.
+  std::mt19937_64 rng(7);
+  int64_t v = 1000;
+  while (!w->switch_step(16)) {
+    for (int j = 0; j < 5; ++j) {
+      const std::string key = "k" + std::to_string(rng() % 120);
+      if (rng() % 6 == 0) {
+        ASSERT_NE(w->remove(0, key, ++t), ApplyResult::kInvalid);
+        model[key] = -1;
+      } else {
+        write_row(*w, key, ++v, ++t);
+        model[key] = v;
+      }
+    }
+  }
+  EXPECT_FALSE(w->switch_active());
+  const SwitchProgress p = w->switch_progress();
+  EXPECT_EQ(p.generation, 1u);
+  EXPECT_EQ(p.switches, 1u);
+  EXPECT_TRUE(p.last_error.empty()) << p.last_error;
+  EXPECT_EQ(w->stats(0).capacity, 400u);
+  EXPECT_TRUE(leftovers(seg.dir(), seg.name()).empty());
+
+  // The old mapping is retired; the table handle opened on it follows.
+  EXPECT_TRUE(before.retired());
+  Row row = users.make_row();
+  uint64_t live = 0;
+  for (const auto& [key, value] : model) {
+    const ReadResult r = users.get(key, row);
+    if (value < 0) {
+      EXPECT_EQ(r.status, Status::kNotFound) << key;
+      continue;
+    }
+    ++live;
+    ASSERT_EQ(r.status, Status::kOk) << key;
+    EXPECT_EQ(row.i64(users.field("clicks")), value) << key;
+    EXPECT_EQ(torn(users, row), "") << key;
+  }
+  EXPECT_EQ(users.generation(), 1u);
+  EXPECT_EQ(users.stats().capacity, 400u);
+  EXPECT_EQ(users.stats().live_keys, live);
+  EXPECT_EQ(w->stats(0).live_keys, live);
+  // The positions and the writer go on in the new generation.
+  ASSERT_TRUE(w->position(0).has_value());
+  EXPECT_EQ(w->position(0)->next_offset, 1234u);
+  EXPECT_EQ(w->position(0)->skip_updates, 2u);
+  write_row(*w, "after", 5, ++t);
+  EXPECT_EQ(users.get("after", row).status, Status::kOk);
+  Segment now = Segment::open(seg.name(), ClientOptions{seg.dir()});
+  EXPECT_EQ(now.info().generation, 1u);
+  EXPECT_FALSE(now.retired());
+  EXPECT_EQ(now.info().writer_pid, static_cast<uint64_t>(::getpid()));
+  EXPECT_EQ(before.info().writer_pid, 0u);
+}
+
+TEST(Generation, AddedFieldStartsNotValidAndDroppedFieldReadsNotValid) {
+  ScratchSegment seg;
+  const layout::Schema v1 = users_schema(100);
+  auto w = Writer::open(seg.name(), v1, seg.writer_options());
+  for (int i = 0; i < 50; ++i) write_row(*w, "k" + std::to_string(i), i, kBaseMs + i);
+  Table old_handle = Segment::open(seg.name(), ClientOptions{seg.dir()}).table("users");
+  const Field ctr = old_handle.field("ctr");
+  const Field clicks = old_handle.field("clicks");
+
+  const layout::Schema v2 = changed(v1, "extra", "ctr");
+  w->switch_now(v2);
+  EXPECT_EQ(w->switch_progress().generation, 1u);
+  EXPECT_EQ(w->field_index(0, "ctr"), -1);
+  ASSERT_GE(w->field_index(0, "extra"), 0);
+
+  Row row = old_handle.make_row();
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_EQ(old_handle.get("k" + std::to_string(i), row).status, Status::kOk);
+    EXPECT_EQ(row.i64(clicks), i);
+    EXPECT_FALSE(row.valid(ctr)) << "a dropped field reads not valid";
+    EXPECT_EQ(torn(old_handle, row), "");
+  }
+  Table fresh = Segment::open(seg.name(), ClientOptions{seg.dir()}).table("users");
+  const Field extra = fresh.field("extra", FieldType::kInt64);
+  Row frow = fresh.make_row();
+  ASSERT_EQ(fresh.get("k7", frow).status, Status::kOk);
+  EXPECT_FALSE(frow.valid(extra)) << "an added field starts not valid";
+  EXPECT_EQ(frow.i64(fresh.field("clicks")), 7);
+  write_row(*w, "k7", 700, kBaseMs + 1000);
+  ASSERT_EQ(fresh.get("k7", frow).status, Status::kOk);
+  EXPECT_TRUE(frow.valid(extra));
+  EXPECT_EQ(frow.i64(extra), 701);
+  ASSERT_EQ(old_handle.get("k7", row).status, Status::kOk);
+  EXPECT_EQ(row.i64(clicks), 700);
+  EXPECT_EQ(torn(old_handle, row), "");
+}
+
+TEST(Generation, RefusalsChangeNothing) {
+  ScratchSegment seg;
+  const layout::Schema v1 = users_schema(100);
+  auto w = Writer::open(seg.name(), v1, seg.writer_options());
+  for (int i = 0; i < 60; ++i) write_row(*w, "k" + std::to_string(i), i, kBaseMs + i);
+  const std::string path = w->path();
+  const std::string bytes = file_bytes(path);
+
+  layout::Schema retyped = v1;
+  retyped.tables[0].fields[1].type = layout::FieldType::kInt64;  // spend: float64 -> int64
+  try {
+    w->begin_switch(retyped);
+    FAIL() << "a type change was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kSchemaMismatch);
+    EXPECT_NE(std::string(e.what()).find("users.spend"), std::string::npos) << e.what();
+  }
+  try {
+    w->grow(0, 59);
+    FAIL() << "a capacity below the live keys was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("60 live keys"), std::string::npos) << e.what();
+  }
+  try {
+    w->grow(0, uint64_t{1} << 35);  // terabytes: no tmpfs holds two such generations
+    FAIL() << "a switch the directory cannot hold was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kNoSpace);
+    EXPECT_NE(std::string(e.what()).find("beside"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(w->switch_active());
+  EXPECT_FALSE(w->switch_progress().last_error.empty());
+  EXPECT_TRUE(file_bytes(path) == bytes) << "a refused switch changed the segment";
+  EXPECT_TRUE(leftovers(seg.dir(), seg.name()).empty());
+  // And the writer goes on as before.
+  write_row(*w, "k1", 100, kBaseMs + 100);
+  EXPECT_EQ(w->switch_progress().generation, 0u);
+}
+
+TEST(Generation, ReopenAdoptsGrownCapacityAndMigratesASchemaChange) {
+  ScratchSegment seg;
+  const layout::Schema v1 = users_schema(100);
+  {
+    auto w = Writer::open(seg.name(), v1, seg.writer_options());
+    for (int i = 0; i < 70; ++i) write_row(*w, "k" + std::to_string(i), i, kBaseMs + i);
+    w->grow(0, 300);
+    while (!w->switch_step(32)) {
+    }
+  }
+  // The configured capacity is the one the table started with: the grown
+  // table stays grown.
+  {
+    auto w = Writer::open(seg.name(), v1, seg.writer_options());
+    EXPECT_FALSE(w->created());
+    EXPECT_EQ(w->stats(0).capacity, 300u);
+    EXPECT_EQ(w->stats(0).live_keys, 70u);
+  }
+  const layout::Schema v2 = changed(v1, "extra", "premium");
+  try {
+    Writer::open(seg.name(), v2, seg.writer_options());
+    FAIL() << "a schema change was accepted without migrate_on_schema_change";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kSchemaMismatch);
+  }
+  WriterOptions migrate = seg.writer_options();
+  migrate.migrate_on_schema_change = true;
+  auto w = Writer::open(seg.name(), v2, migrate);
+  EXPECT_EQ(w->switch_progress().generation, 2u);
+  EXPECT_EQ(w->stats(0).capacity, 300u);
+  EXPECT_EQ(w->stats(0).live_keys, 70u);
+  Table users = Segment::open(seg.name(), ClientOptions{seg.dir()}).table("users");
+  Row row = users.make_row();
+  for (int i = 0; i < 70; ++i) {
+    ASSERT_EQ(users.get("k" + std::to_string(i), row).status, Status::kOk);
+    EXPECT_EQ(torn(users, row), "");
+  }
+  EXPECT_THROW(users.field("premium"), Error);
+  // A type change on reopen is refused, and the generation serving stays as
+  // it was (its rows, fields and generation; the refused writer's attach is
+  // counted in its header like any other).
+  layout::Schema retyped = v2;
+  retyped.tables[0].fields[0].type = layout::FieldType::kFloat64;
+  w.reset();
+  try {
+    Writer::open(seg.name(), retyped, migrate);
+    FAIL() << "a type change was migrated";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kSchemaMismatch);
+  }
+  EXPECT_TRUE(leftovers(seg.dir(), seg.name()).empty());
+  Segment after = Segment::open(seg.name(), ClientOptions{seg.dir()});
+  EXPECT_EQ(after.info().generation, 2u);
+  EXPECT_FALSE(after.retired());
+  Table again = after.table("users");
+  EXPECT_EQ(again.field("clicks").type, FieldType::kInt64);
+  for (int i = 0; i < 70; ++i) {
+    ASSERT_EQ(again.get("k" + std::to_string(i), row).status, Status::kOk);
+    EXPECT_EQ(again.view(row.data()).i64(again.field("clicks")), i);
+  }
+}
+
+TEST(Generation, AutomaticGrowthAtTheConfiguredLoad) {
+  ScratchSegment seg;
+  WriterOptions o = seg.writer_options();
+  o.grow_at = 0.8;
+  o.grow_factor = 2;
+  o.max_capacity = 300;
+  auto w = Writer::open(seg.name(), users_schema(100), o);
+  for (int i = 0; i < 79; ++i) write_row(*w, "k" + std::to_string(i), i, kBaseMs + i);
+  w->maintain();
+  EXPECT_FALSE(w->switch_active()) << "below grow_at";
+  write_row(*w, "k79", 79, kBaseMs + 79);
+  w->maintain();
+  while (w->switch_active()) w->maintain();
+  EXPECT_EQ(w->stats(0).capacity, 200u);
+  for (int i = 80; i < 160; ++i) write_row(*w, "k" + std::to_string(i), i, kBaseMs + i);
+  while (w->switch_active() || w->stats(0).capacity < 300) w->maintain();
+  EXPECT_EQ(w->stats(0).capacity, 300u) << "bounded by max_capacity";
+  for (int i = 160; i < 300; ++i) write_row(*w, "k" + std::to_string(i), i, kBaseMs + i);
+  w->maintain();
+  EXPECT_FALSE(w->switch_active());
+  EXPECT_EQ(w->stats(0).capacity, 300u);
+  EXPECT_EQ(w->stats(0).live_keys, 300u);
+}
+
+// The writer of the crash test: applies updates of its own sequence and
+// steps the switch, writing the number of each update it acknowledges to a
+// pipe after the call returns.
+std::atomic<int> g_switch_points{0};
+int g_kill_at = 0;
+void kill_at_switch_point(CrashPoint p) {
+  if (p == CrashPoint::kSwitch && ++g_switch_points == g_kill_at) ::raise(SIGKILL);
+}
+
+constexpr int kCrashKeys = 200;
+
+std::string crash_key(int u) { return "key" + std::to_string(u * 7919 % (kCrashKeys + 40)); }
+
+TEST(Generation, WriterKilledAtEachStepOfASwitch) {
+  const layout::Schema v1 = users_schema(kCrashKeys + 100);
+  const layout::Schema target = changed(users_schema(4 * (kCrashKeys + 100)), "extra", "premium");
+  // Count the steps of one switch first: a kill at each one, then one past
+  // the last (the switch completes).
+  int steps = 0;
+  for (int kill_at = 1;; ++kill_at) {
+    ScratchSegment seg;
+    {
+      auto w = Writer::open(seg.name(), v1, seg.writer_options());
+      for (int i = 0; i < kCrashKeys; ++i) write_row(*w, "key" + std::to_string(i), i, kBaseMs + i);
+    }
+    Table reader = Segment::open(seg.name(), ClientOptions{seg.dir()}).table("users");
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    const pid_t child = testing::spawn([&] {
+      ::close(fds[0]);
+      auto w = Writer::open(seg.name(), v1, seg.writer_options());
+      g_kill_at = kill_at;
+      set_crash_hook(kill_at_switch_point);
+      w->begin_switch(target);
+      int u = 0;
+      bool done = false;
+      while (!done) {
+        for (int j = 0; j < 3; ++j, ++u) {
+          write_row(*w, crash_key(u), 100'000 + u, kBaseMs + 10'000 + u);
+          if (::write(fds[1], &u, sizeof u) != sizeof u) return 2;
+        }
+        done = w->switch_step(24);
+      }
+      return 0;
+    });
+    ::close(fds[1]);
+    std::vector<int> acked;
+    int u;
+    while (::read(fds[0], &u, sizeof u) == sizeof u) acked.push_back(u);
+    ::close(fds[0]);
+    const int code = testing::wait_for(child);
+    const bool finished = code == 0;
+    if (!finished) {
+      ASSERT_EQ(code, 128 + SIGKILL) << "kill at step " << kill_at;
+    }
+    steps = kill_at;
+
+    // The restart, configured with the schema the switch was to: exactly one
+    // generation at the name, nothing else left. A switch that did not
+    // publish is done again from the start by the migration.
+    WriterOptions migrate = seg.writer_options();
+    migrate.migrate_on_schema_change = true;
+    auto w = Writer::open(seg.name(), target, migrate);
+    EXPECT_EQ(w->switch_progress().generation, 1u);
+    EXPECT_TRUE(leftovers(seg.dir(), seg.name()).empty()) << "kill at step " << kill_at;
+    Segment serving = Segment::open(seg.name(), ClientOptions{seg.dir()});
+    EXPECT_FALSE(serving.retired());
+    // Every acknowledged update is there (or a later one of the same key).
+    std::map<std::string, int64_t> want;
+    for (int i = 0; i < kCrashKeys; ++i) want["key" + std::to_string(i)] = i;
+    for (int a : acked) want[crash_key(a)] = 100'000 + a;
+    Table now = serving.table("users");
+    Row row = now.make_row();
+    Row rrow = reader.make_row();
+    for (const auto& [key, value] : want) {
+      ASSERT_EQ(now.get(key, row).status, Status::kOk) << key << ", kill at step " << kill_at;
+      EXPECT_GE(row.i64(now.field("clicks")), value) << key << ", kill at step " << kill_at;
+      EXPECT_EQ(torn(now, row), "");
+      // A reader that mapped generation 0 before the switch reads the
+      // serving generation's row, or generation 0's when that still serves.
+      ASSERT_EQ(reader.get(key, rrow).status, Status::kOk) << key;
+      EXPECT_EQ(rrow.i64(reader.field("clicks")), row.i64(now.field("clicks"))) << key;
+    }
+    EXPECT_EQ(w->stats(0).live_keys, now.stats().live_keys);
+    if (finished) break;
+  }
+  // The last run was not killed: every step before it was a kill point.
+  std::printf("writer killed at %d steps of a switch\n", steps - 1);
+  EXPECT_GE(steps - 1, 20) << "kill points spread over the switch";
+}
+
+// Cross-process torture: reader processes read every key continuously
+// (single gets and batches) through two growths and a schema change while
+// this process applies updates; each reader counts torn rows, misses of
+// keys that exist throughout, and errors, and stops when it reads the key
+// "done", which the writer writes last.
+TEST(Generation, ReadersInOtherProcessesFollowEverySwitch) {
+  ScratchSegment seg;
+  constexpr int kKeys = 3000;
+  const layout::Schema v1 = users_schema(4000);
+  auto w = Writer::open(seg.name(), v1, seg.writer_options());
+  for (int i = 0; i < kKeys; ++i) write_row(*w, "k" + std::to_string(i), i, kBaseMs + i);
+
+  auto* counts = static_cast<std::atomic<uint64_t>*>(
+      ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(counts, MAP_FAILED);
+  constexpr int kReaders = 3;
+  // Per reader: [0] reads, [1] torn, [2] false misses, [3] other statuses,
+  // [4] generations seen (the last), [5] started.
+  testing::Children children;
+  std::vector<pid_t> pids;
+  for (int r = 0; r < kReaders; ++r) {
+    pids.push_back(children.add(testing::spawn([&, r] {
+      std::atomic<uint64_t>* c = counts + 8 * r;
+      Table t = Segment::open(seg.name(), ClientOptions{seg.dir()}).table("users");
+      Row row = t.make_row();
+      RowBatch batch = t.make_batch(64);
+      std::vector<std::string> names(64);
+      std::vector<std::string_view> keys(64);
+      std::vector<ReadResult> results(64);
+      c[5] = 1;
+      std::mt19937_64 rng(static_cast<uint64_t>(r));
+      for (uint64_t n = 0;; ++n) {
+        if (n % 64 == 0 && t.get("done", row).status == Status::kOk) break;
+        if (r % 2 == 0) {
+          const std::string key = "k" + std::to_string(rng() % kKeys);
+          const ReadResult res = t.get(key, row);
+          ++c[0];
+          if (res.status == Status::kNotFound) {
+            ++c[2];
+          } else if (res.status != Status::kOk) {
+            ++c[3];
+          } else if (!torn(t, row).empty()) {
+            ++c[1];
+          }
+        } else {
+          for (size_t i = 0; i < 64; ++i) {
+            names[i] = "k" + std::to_string(rng() % kKeys);
+            keys[i] = names[i];
+          }
+          t.get_many(keys, batch, results);
+          for (size_t i = 0; i < 64; ++i) {
+            ++c[0];
+            if (results[i].status == Status::kNotFound) {
+              ++c[2];
+            } else if (results[i].status != Status::kOk) {
+              ++c[3];
+            } else if (!torn(t, batch.row(i)).empty()) {
+              ++c[1];
+            }
+          }
+        }
+      }
+      c[4] = t.generation();
+      return 0;
+    })));
+  }
+  for (int r = 0; r < kReaders; ++r) {
+    while (counts[8 * r + 5].load() == 0) std::this_thread::yield();  // the readers are reading
+  }
+
+  std::vector<int64_t> model(kKeys);
+  for (int i = 0; i < kKeys; ++i) model[static_cast<size_t>(i)] = i;
+  int64_t v = kKeys, t = kBaseMs + kKeys;
+  std::mt19937_64 rng(11);
+  auto apply_some = [&](int n) {
+    for (int j = 0; j < n; ++j) {
+      const size_t k = rng() % kKeys;
+      write_row(*w, "k" + std::to_string(k), ++v, ++t);
+      model[k] = v;
+    }
+  };
+  const layout::Schema plans[] = {users_schema(8000), users_schema(16000),
+                                  changed(users_schema(16000), "extra", "ctr")};
+  for (const layout::Schema& next : plans) {
+    apply_some(2000);
+    w->begin_switch(next);
+    do {
+      apply_some(200);
+    } while (!w->switch_step(512));
+    ASSERT_TRUE(w->switch_progress().last_error.empty()) << w->switch_progress().last_error;
+  }
+  apply_some(2000);
+  write_row(*w, "done", 0, ++t);
+  for (pid_t pid : pids) EXPECT_EQ(children.wait(pid), 0);
+  EXPECT_EQ(w->switch_progress().generation, 3u);
+  for (int r = 0; r < kReaders; ++r) {
+    const std::atomic<uint64_t>* c = counts + 8 * r;
+    EXPECT_GT(c[0].load(), 0u);
+    EXPECT_EQ(c[1].load(), 0u) << "reader " << r << " torn rows";
+    EXPECT_EQ(c[2].load(), 0u) << "reader " << r << " false misses";
+    EXPECT_EQ(c[3].load(), 0u) << "reader " << r << " other statuses";
+    EXPECT_EQ(c[4].load(), 3u) << "reader " << r << " generation";
+  }
+  // Every update is in the final generation.
+  Table users = Segment::open(seg.name(), ClientOptions{seg.dir()}).table("users");
+  Row row = users.make_row();
+  for (int i = 0; i < kKeys; ++i) {
+    ASSERT_EQ(users.get("k" + std::to_string(i), row).status, Status::kOk);
+    EXPECT_EQ(row.i64(users.field("clicks")), model[static_cast<size_t>(i)]);
+  }
+  ::munmap(counts, 4096);
+}
+
+}  // namespace
+}  // namespace larder

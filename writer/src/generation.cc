@@ -1,0 +1,502 @@
+// The generation switch: growing a table or changing the schema while the
+// segment keeps serving (docs/design.md, "Generations").
+//
+// Generation N is the segment under its name; the writer builds N+1 beside
+// it, under ".<name>.creating.<pid>", and fills it from N a chunk of slots at
+// a time (switch_step) between updates. Updates keep going to N alone, with
+// their whole crash-safety protocol; N+1 is nobody's but this thread's until
+// it is published, so its slots are written with plain relaxed stores, no
+// seqlock, no undo copy. An update of a key whose slot the copy has already
+// passed copies that row again right after it is applied (switch_follow), so
+// when the copy reaches the end N+1 holds every row of N as N holds it.
+//
+// Publishing, in order (each step a CrashPoint::kSwitch):
+//  1. N+1's counters, header words and source block are copied from N, its
+//     generation set to N's + 1, and its state stored kReady (release: pairs
+//     with the readers' acquire load in validate_segment).
+//  2. ".<name>.retiring.<pid>" is linked to N, so that N can still be found
+//     if the writer dies before step 4.
+//  3. N+1 is renamed over the name: from here a reader that opens the name
+//     maps N+1, and a restarted writer attaches to it.
+//  4. N's state is stored kRetired (release: readers that still map N see it
+//     and move to the name), and the link is removed.
+// A writer killed before step 3 leaves N serving, untouched but for the
+// updates it applied; the next writer removes the unpublished file
+// (remove_leftovers). Killed between 3 and 4, it leaves N+1 serving and N
+// not yet retired: the next writer finds the link to a file that is no
+// longer the name's, retires it and removes the link. Readers keep N mapped
+// whatever happens to its name, so they never fault on a vanished file.
+//
+// Threading: the writer thread, like every Impl function.
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "crash_hook.h"
+#include "larder/layout/clock.h"
+#include "table.h"
+#include "writer_impl.h"
+
+namespace larder {
+
+using namespace layout;  // NOLINT: the writer works on the layout's words
+
+namespace {
+
+// One field of a row of N+1 and where its value is in a row of N.
+struct FieldCopy {
+  uint32_t from_offset = 0;  // byte offsets inside the row payloads
+  uint32_t to_offset = 0;
+  uint32_t bytes = 0;       // bytes to copy (a string: its length word and N's max length)
+  uint32_t from_index = 0;  // validity bits
+  uint32_t to_index = 0;
+};
+
+// Live keys and tombstones a table holds before it keeps its empty slots
+// back (table.h, choose_slot), as attach() computes it.
+uint64_t max_used_of(uint64_t capacity, uint64_t slot_count) { return capacity + (slot_count - capacity) / 2; }
+
+// Slots of N ahead of the copy whose place in N+1 is prefetched: the copy
+// reads N in order, which the hardware prefetches, and writes N+1 at random,
+// which it does not; with the next rows' slots in flight the misses overlap.
+constexpr uint64_t kCopyAhead = 16;
+
+// Automatic growth refused (no space, say): tried again after this long.
+constexpr int64_t kGrowRetryNs = 10'000'000'000;
+
+}  // namespace
+
+struct Writer::Impl::Switch {
+  Schema next;
+  std::string tmp;
+  std::unique_ptr<MappedFile> file;
+  struct Table {
+    int from = -1;  // the table of N it is filled from; -1: a new table, empty
+    TableDescriptor* desc = nullptr;
+    TableGeometry geo;
+    Word* slots = nullptr;
+    std::vector<FieldCopy> copies;
+    std::vector<int> group_from;  // N's group of each group, -1: new (never written)
+    uint64_t max_used = 0;
+    uint64_t live = 0;
+    uint64_t tombstones = 0;
+  };
+  std::vector<Table> tables;
+  std::vector<int> to_of;          // each table of N: its table in N+1, -1 when dropped
+  std::vector<uint64_t> cursor;    // each table of N: its slots below this are copied
+  uint32_t walking = 0;            // the table of N the copy is in
+  std::vector<uint64_t> from_img;  // a slot of N, then one of N+1, as words
+  std::vector<uint64_t> to_img;
+  uint64_t copied = 0;
+  uint64_t total = 0;
+  int64_t started_mono_ns = 0;
+};
+
+void Writer::Impl::SwitchDeleter::operator()(Switch* s) const {
+  if (s == nullptr) return;
+  if (!s->tmp.empty()) ::unlink(s->tmp.c_str());  // unpublished: never under the name
+  delete s;
+}
+
+void Writer::begin_switch(const Schema& next) { impl_->start_switch(next); }
+
+void Writer::Impl::start_switch(const Schema& next) {
+  Impl& w = *this;
+  const std::string seg = "segment \"" + w.name + "\"";
+  auto refuse = [&](ErrorCode code, const std::string& why) {
+    w.switch_record.last_error = seg + ": generation switch refused: " + why;
+    throw Error(code, w.switch_record.last_error);
+  };
+  if (w.next_gen) refuse(ErrorCode::kInvalidArgument, "a switch is already in progress");
+  next.validate();
+  if (next.fingerprint() == w.schema.fingerprint()) refuse(ErrorCode::kInvalidArgument, "the schema is unchanged");
+
+  std::unique_ptr<Switch, SwitchDeleter> sw(new Switch);
+  sw->next = next;
+  sw->to_of.assign(w.tables.size(), -1);
+  sw->cursor.assign(w.tables.size(), 0);
+  std::vector<uint64_t> seeds(next.tables.size(), 0);
+  for (size_t t = 0; t < next.tables.size(); ++t) {
+    const TableSpec& nt = next.tables[t];
+    Switch::Table st;
+    for (size_t o = 0; o < w.schema.tables.size(); ++o) {
+      if (w.schema.tables[o].name == nt.name) st.from = static_cast<int>(o);
+    }
+    if (st.from >= 0) {
+      const TableSpec& ot = w.schema.tables[static_cast<size_t>(st.from)];
+      const TableState& ts = w.tables[static_cast<size_t>(st.from)];
+      const std::string tw = "table \"" + nt.name + "\"";
+      if (!ot.aggregates.empty() || !nt.aggregates.empty()) {
+        refuse(ErrorCode::kInvalidArgument,
+               tw + " has windowed aggregates, whose state a switch does not carry yet: give the new aggregates "
+                    "their own table, or build a new segment");
+      }
+      if (nt.key_max_len < ot.key_max_len) {
+        refuse(ErrorCode::kInvalidArgument, tw + " key_max_len " + std::to_string(nt.key_max_len) +
+                                                " is below the current " + std::to_string(ot.key_max_len) +
+                                                ": keys already stored could not be carried");
+      }
+      const uint64_t live = sync::load_relaxed(ts.desc->counters.live_keys);
+      if (nt.capacity < live) {
+        refuse(ErrorCode::kInvalidArgument, tw + " capacity " + std::to_string(nt.capacity) + " is below its " +
+                                                std::to_string(live) + " live keys");
+      }
+      for (const FieldSpec& nf : nt.fields) {
+        for (const FieldSpec& of : ot.fields) {
+          if (of.name != nf.name) continue;
+          const bool same_size = of.type == FieldType::kString ? nf.count >= of.count : nf.count == of.count;
+          if (of.type != nf.type ||
+              (of.type == FieldType::kFloat32Vector || of.type == FieldType::kString ? !same_size : false)) {
+            refuse(ErrorCode::kSchemaMismatch,
+                   "field \"" + nt.name + "." + nf.name + "\" is " + field_type_name(of.type) + "(" +
+                       std::to_string(of.count) + ") now and " + field_type_name(nf.type) + "(" +
+                       std::to_string(nf.count) +
+                       ") in the new schema; a switch converts no types (a string may only get longer): add the "
+                       "field under a new name and drop the old one");
+          }
+        }
+      }
+      seeds[t] = ts.desc->hash_seed;
+      sw->to_of[static_cast<size_t>(st.from)] = static_cast<int>(t);
+    }
+    sw->tables.push_back(std::move(st));
+  }
+
+  // Two generations side by side: N stays while N+1 is built and after, for
+  // as long as readers map it.
+  const LayoutPlan plan = plan_layout(next);
+  struct statvfs vfs;
+  if (::statvfs(w.dir.c_str(), &vfs) != 0) {
+    w.switch_record.last_error = seg + ": statvfs " + w.dir + ": " + std::strerror(errno);
+    throw Error(ErrorCode::kSystem, w.switch_record.last_error);
+  }
+  const uint64_t avail = uint64_t{vfs.f_bavail} * vfs.f_frsize;
+  if (avail < plan.segment_bytes + kSegmentFreeMargin) {
+    refuse(ErrorCode::kNoSpace, "the next generation needs " + std::to_string(plan.segment_bytes) +
+                                    " bytes beside the " + std::to_string(w.map->size()) + " of the current one, and " +
+                                    w.dir + " has " + std::to_string(avail) +
+                                    " free: enlarge it (docker --shm-size, Kubernetes emptyDir sizeLimit) or switch "
+                                    "to a smaller capacity");
+  }
+  sw->tmp = segment_path(w.dir, "." + w.name + ".creating." + std::to_string(::getpid()));
+  try {
+    sw->file = w.build_file(next, plan, sw->tmp, seeds);
+  } catch (const Error& e) {
+    sw->tmp.clear();  // build_file removed it
+    w.switch_record.last_error = e.what();
+    throw;
+  }
+  char* base = static_cast<char*>(sw->file->mutable_data());
+  uint32_t max_words = 0;
+  for (size_t t = 0; t < sw->tables.size(); ++t) {
+    Switch::Table& st = sw->tables[t];
+    st.desc = const_cast<TableDescriptor*>(&table_descriptor(base, static_cast<uint32_t>(t)));
+    st.geo = table_geometry(base, *st.desc);
+    st.slots = const_cast<Word*>(st.geo.slots);
+    st.max_used = max_used_of(st.desc->capacity, st.geo.slot_count);
+    max_words = std::max(max_words, st.geo.slot_words);
+    if (st.from < 0) continue;
+    const TableState& ts = w.tables[static_cast<size_t>(st.from)];
+    max_words = std::max(max_words, ts.geo.slot_words);
+    sw->total += ts.geo.slot_count;
+    for (uint32_t f = 0; f < st.desc->field_count; ++f) {
+      const FieldDescriptor& to = field_descriptor(base, *st.desc, f);
+      for (const FieldDescriptor& from : ts.fields) {
+        if (std::strncmp(from.name, to.name, kNameBytes) != 0) continue;
+        sw->tables[t].copies.push_back(FieldCopy{from.offset, to.offset, from.bytes, from.index, to.index});
+      }
+    }
+    for (uint32_t g = 0; g < st.geo.group_count; ++g) {
+      int found = -1;
+      const GroupDescriptor& to = group_descriptor(base, *st.desc, g);
+      const char* map_base = static_cast<const char*>(w.map->data());
+      for (uint32_t og = 0; og < ts.geo.group_count; ++og) {
+        if (std::strncmp(group_descriptor(map_base, *ts.desc, og).name, to.name, kNameBytes) == 0) {
+          found = static_cast<int>(og);
+        }
+      }
+      st.group_from.push_back(found);
+    }
+  }
+  sw->from_img.assign(max_words, 0);
+  sw->to_img.assign(max_words, 0);
+  sw->started_mono_ns = now_mono_ns();
+  w.next_gen = std::move(sw);
+  w.switch_record.last_error.clear();
+  writer::crash_point(CrashPoint::kSwitch);
+}
+
+void Writer::grow(uint32_t table, uint64_t capacity) {
+  if (table >= impl_->schema.tables.size()) {
+    throw Error(ErrorCode::kInvalidArgument, "grow: no table " + std::to_string(table));
+  }
+  Schema next = impl_->schema;
+  next.tables[table].capacity = capacity;
+  begin_switch(next);
+}
+
+bool Writer::switch_step(uint64_t slot_budget) {
+  Impl& w = *impl_;
+  if (!w.next_gen) return true;
+  Impl::Switch& sw = *w.next_gen;
+  while (sw.walking < w.tables.size() && slot_budget > 0) {
+    const uint32_t t = sw.walking;
+    const uint64_t end = sw.to_of[t] < 0 ? 0 : w.tables[t].geo.slot_count;
+    uint64_t& at = sw.cursor[t];
+    const uint64_t before = at;
+    const uint64_t stop = end - at > slot_budget ? at + slot_budget : end;
+    for (; at < stop; ++at) {
+      if (at + kCopyAhead < end) w.prefetch_copy(t, at + kCopyAhead);
+      if (!w.copy_to_next(t, at)) return true;  // abandoned
+    }
+    sw.copied += at - before;
+    slot_budget -= at - before;
+    if (at >= end) {
+      at = end;
+      ++sw.walking;
+    }
+  }
+  writer::crash_point(CrashPoint::kSwitch);
+  if (sw.walking < w.tables.size()) return false;
+  w.publish_next();
+  return true;
+}
+
+void Writer::switch_now(const Schema& next) {
+  begin_switch(next);
+  while (!switch_step(~uint64_t{0})) {
+  }
+  if (!impl_->switch_record.last_error.empty()) throw Error(ErrorCode::kNoSpace, impl_->switch_record.last_error);
+}
+
+void Writer::abort_switch() { impl_->next_gen.reset(); }
+
+bool Writer::switch_active() const { return impl_->next_gen != nullptr; }
+
+SwitchProgress Writer::switch_progress() const {
+  SwitchProgress p = impl_->switch_record;
+  p.generation = impl_->header->generation;
+  if (impl_->next_gen) {
+    p.active = true;
+    p.slots_copied = impl_->next_gen->copied;
+    p.slots_total = impl_->next_gen->total;
+    p.started_mono_ns = impl_->next_gen->started_mono_ns;
+  }
+  return p;
+}
+
+void Writer::Impl::fail_switch(const std::string& why) {
+  switch_record.last_error = "segment \"" + name + "\": generation switch abandoned: " + why;
+  next_gen.reset();
+}
+
+// Prefetches, for writing, the N+1 home slot of the row in slot `slot` of
+// N's table `table`.
+void Writer::Impl::prefetch_copy(uint32_t table, uint64_t slot) const {
+  const Switch& sw = *next_gen;
+  const uint64_t meta = sync::load_relaxed(tables[table].slot(slot)[kSlotMetaWord]);
+  if (meta == 0) return;
+  const Switch::Table& to = sw.tables[static_cast<size_t>(sw.to_of[table])];
+  const auto* d = reinterpret_cast<const char*>(to.slots + to.geo.home(meta) * to.geo.slot_words);
+  const uint32_t lines = std::min<uint32_t>(to.geo.slot_words / 8, 16);
+  for (uint32_t l = 0; l < lines; ++l) __builtin_prefetch(d + 64 * l, 1, 3);
+}
+
+void Writer::Impl::switch_follow(uint32_t table, std::string_view key) {
+  const Switch& sw = *next_gen;
+  if (table >= tables.size() || sw.to_of[table] < 0) return;
+  const TableState& ts = tables[table];
+  if (sw.cursor[table] == 0 || key.empty() || key.size() > ts.geo.key_max_len) return;
+  const uint64_t hash = hash_key(key, ts.geo.hash_seed);
+  packed.assign(key);
+  const Probe p = probe(ts, hash, 0);
+  if (p.found != writer::kNone && p.found < sw.cursor[table]) copy_to_next(table, p.found);
+}
+
+// Copies slot `slot` of table `table` of N into N+1, over the same key's
+// slot there or into a new one. False when the switch had to be abandoned.
+bool Writer::Impl::copy_to_next(uint32_t table, uint64_t slot) {
+  Switch& sw = *next_gen;
+  const TableState& from = tables[table];
+  Switch::Table& to = sw.tables[static_cast<size_t>(sw.to_of[table])];
+  const Word* s = from.slot(slot);
+  const uint64_t meta = sync::load_relaxed(s[kSlotMetaWord]);
+  // An empty slot holds nothing; one that was emptied after it was copied
+  // held an expired tombstone, which N+1 may keep.
+  if (meta == 0) return true;
+  uint64_t* src = sw.from_img.data();
+  for (uint32_t i = 0; i < from.geo.slot_words; ++i) src[i] = sync::load_relaxed(s[i]);
+  const uint32_t key_len = static_cast<uint32_t>(src[kSlotKeyLenWord] & 0xffffffffu);
+  const uint32_t key_words = (key_len + 7) / 8;
+
+  // The key's slot in N+1: the same probe as table.h, by N+1's geometry.
+  uint64_t at = writer::kNone;
+  uint64_t i = to.geo.home(meta);
+  const uint32_t to_key = to.geo.key_word_offset();
+  const uint32_t from_key = from.geo.key_word_offset();
+  for (uint64_t n = 0; n < to.geo.slot_count; ++n) {
+    const Word* d = to.slots + i * to.geo.slot_words;
+    const uint64_t dm = sync::load_relaxed(d[kSlotMetaWord]);
+    if (dm == 0) break;
+    if ((dm & ~kMetaStateMask) == (meta & ~kMetaStateMask) &&
+        (sync::load_relaxed(d[kSlotKeyLenWord]) & 0xffffffffu) == key_len) {
+      bool same = true;
+      for (uint32_t k = 0; same && k < key_words; ++k) same = sync::load_relaxed(d[to_key + k]) == src[from_key + k];
+      if (same) {
+        at = i;
+        break;
+      }
+    }
+    if (++i == to.geo.slot_count) i = 0;
+  }
+  const bool live = meta_state(meta) == SlotState::kLive;
+  SlotState was = SlotState::kEmpty;
+  if (at == writer::kNone) {
+    // A new slot of N+1: the empty one that ended the probe.
+    const uint64_t used = to.live + to.tombstones;
+    if (!live && used >= to.max_used) return true;  // a tombstone N+1 has no room to keep
+    if (live && to.live >= to.desc->capacity) {
+      fail_switch("table \"" + std::string(fixed_name(to.desc->name)) + "\" of the next generation is full (" +
+                  std::to_string(to.desc->capacity) + " keys): keys were added during the switch");
+      return false;
+    }
+    if (used + 1 >= to.geo.slot_count) {
+      fail_switch("table \"" + std::string(fixed_name(to.desc->name)) + "\" of the next generation has no slot left");
+      return false;
+    }
+    at = i;
+  } else {
+    was = meta_state(sync::load_relaxed(to.slots[at * to.geo.slot_words + kSlotMetaWord]));
+  }
+
+  // The row of N+1: header words and key as they are, fields moved to their
+  // new places with their validity, new fields not valid.
+  uint64_t* img = sw.to_img.data();
+  std::fill(img, img + to.geo.slot_words, uint64_t{0});
+  img[kSlotMetaWord] = meta;
+  img[kSlotEventTimeWord] = src[kSlotEventTimeWord];
+  img[kSlotApplyTimeWord] = src[kSlotApplyTimeWord];
+  img[kSlotKeyLenWord] = src[kSlotKeyLenWord];
+  for (uint32_t k = 0; k < key_words; ++k) img[to_key + k] = src[from_key + k];
+  const auto* from_row = reinterpret_cast<const unsigned char*>(src + from.geo.row_word_offset());
+  auto* to_row = reinterpret_cast<unsigned char*>(img + to.geo.row_word_offset());
+  for (const FieldCopy& c : to.copies) {
+    if (((src[kSlotHeaderWords + c.from_index / 64] >> (c.from_index % 64)) & 1) == 0) continue;
+    std::memcpy(to_row + c.to_offset, from_row + c.from_offset, c.bytes);
+    img[kSlotHeaderWords + c.to_index / 64] |= uint64_t{1} << (c.to_index % 64);
+  }
+  for (uint32_t g = 0; g < to.geo.group_count; ++g) {
+    const int og = to.group_from[g];
+    img[to.geo.group_word_offset() + g] =
+        og >= 0 ? src[from.geo.group_word_offset() + static_cast<uint32_t>(og)] : static_cast<uint64_t>(kNoGroupTime);
+  }
+  Word* d = to.slots + at * to.geo.slot_words;
+  for (uint32_t k = kSlotMetaWord; k < to.geo.slot_words; ++k) sync::store_relaxed(d[k], img[k]);
+
+  if (was == SlotState::kLive) --to.live;
+  if (was == SlotState::kTombstone) --to.tombstones;
+  ++(live ? to.live : to.tombstones);
+  return true;
+}
+
+void Writer::Impl::publish_next() {
+  Switch& sw = *next_gen;
+  writer::crash_point(CrashPoint::kSwitch);
+  char* nbase = static_cast<char*>(sw.file->mutable_data());
+  auto* nh = reinterpret_cast<SegmentHeader*>(nbase);
+  for (size_t t = 0; t < sw.tables.size(); ++t) {
+    Switch::Table& st = sw.tables[t];
+    TableCounters& c = st.desc->counters;
+    sync::store_relaxed(c.live_keys, st.live);
+    sync::store_relaxed(c.tombstones, st.tombstones);
+    if (st.from < 0) continue;
+    const TableCounters& oc = tables[static_cast<size_t>(st.from)].desc->counters;
+    for (Word TableCounters::*w :
+         {&TableCounters::upserts, &TableCounters::deletes, &TableCounters::stale_ignored,
+          &TableCounters::full_rejected, &TableCounters::last_apply_unix_ns, &TableCounters::max_event_time_ms}) {
+      sync::store_relaxed(c.*w, sync::load_relaxed(oc.*w));
+    }
+  }
+  for (Word SegmentHeader::*w : {&SegmentHeader::writer_sessions, &SegmentHeader::updates_applied,
+                                 &SegmentHeader::messages_rejected, &SegmentHeader::last_apply_unix_ns}) {
+    sync::store_relaxed(nh->*w, sync::load_relaxed(header->*w));
+  }
+  sync::store_relaxed(nh->connection_state, sync::load_relaxed(header->connection_state));
+  // The counters were kept by the copy: the attach below trusts them.
+  sync::store_relaxed(nh->counters_session, sync::load_relaxed(header->writer_sessions));
+  // Between updates nothing is pending in N's source block: its words are
+  // the positions of exactly what N holds, and now of what N+1 holds.
+  const auto* from_src = reinterpret_cast<const Word*>(source);
+  auto* to_src = reinterpret_cast<Word*>(nbase + nh->source_offset);
+  for (size_t k = 0; k < sizeof(SourceBlock) / sizeof(Word); ++k) {
+    sync::store_relaxed(to_src[k], sync::load_relaxed(from_src[k]));
+  }
+  nh->generation = header->generation + 1;
+  // Publishes every store above to the readers' acquire load of the state
+  // (validate_segment), before the name points at the file.
+  sync::store_release(nh->state, static_cast<uint32_t>(SegmentState::kReady));
+  writer::crash_point(CrashPoint::kSwitch);
+
+  const std::string path = segment_path(dir, name);
+  const std::string retiring = segment_path(dir, "." + name + ".retiring." + std::to_string(::getpid()));
+  ::unlink(retiring.c_str());
+  if (::link(path.c_str(), retiring.c_str()) != 0) {
+    const std::string why = std::string("link ") + retiring + ": " + std::strerror(errno);
+    fail_switch(why);
+    throw Error(ErrorCode::kSystem, switch_record.last_error);
+  }
+  writer::crash_point(CrashPoint::kSwitch);
+  if (::rename(sw.tmp.c_str(), path.c_str()) != 0) {
+    const std::string why = std::string("publish ") + path + ": " + std::strerror(errno);
+    ::unlink(retiring.c_str());
+    fail_switch(why);
+    throw Error(ErrorCode::kSystem, switch_record.last_error);
+  }
+  sw.tmp.clear();  // published: no longer the switch's to remove
+  writer::crash_point(CrashPoint::kSwitch);
+  // N is no one's to write any more: no writer, and retired (release: pairs
+  // with the readers' acquire load of the state, Segment::retired and the
+  // Table's generation check), so its readers move to the name.
+  sync::store_release(header->writer_pid, uint64_t{0});
+  sync::store_release(header->state, static_cast<uint32_t>(SegmentState::kRetired));
+  writer::crash_point(CrashPoint::kSwitch);
+  ::unlink(retiring.c_str());
+
+  switch_record.switches += 1;
+  switch_record.last_duration_ns = now_mono_ns() - sw.started_mono_ns;
+  map = std::move(sw.file);
+  schema = sw.next;
+  next_gen.reset();
+  // Refresh entries name tables and slots of N; attach() schedules the scan
+  // that rebuilds them for every table with aggregates of N+1.
+  due = decltype(due){};
+  attach(false);  // the copy kept the counters exact and left nothing armed
+}
+
+void Writer::Impl::maybe_grow() {
+  if (options.grow_at <= 0 || next_gen) return;
+  const int64_t now = now_mono_ns();
+  if (now < grow_retry_mono_ns) return;
+  for (size_t t = 0; t < tables.size(); ++t) {
+    const TableState& ts = tables[t];
+    const uint64_t capacity = ts.desc->capacity;
+    const uint64_t live = sync::load_relaxed(ts.desc->counters.live_keys);
+    if (static_cast<double>(live) < options.grow_at * static_cast<double>(capacity)) continue;
+    if (options.max_capacity != 0 && capacity >= options.max_capacity) continue;
+    if (!schema.tables[t].aggregates.empty()) continue;  // not carried yet (begin_switch)
+    auto grown = static_cast<uint64_t>(static_cast<double>(capacity) * std::max(options.grow_factor, 1.0));
+    grown = std::max(grown, capacity + 1);
+    if (options.max_capacity != 0) grown = std::min(grown, options.max_capacity);
+    Schema next = schema;
+    next.tables[t].capacity = grown;
+    try {
+      start_switch(next);
+    } catch (const Error&) {
+      // switch_record.last_error says why; the table keeps serving as it is.
+      grow_retry_mono_ns = now + kGrowRetryNs;
+    }
+    return;
+  }
+}
+
+}  // namespace larder
