@@ -334,15 +334,21 @@ TEST_F(KafkaSourceTest, BrokerErrorsAndABrokerDownAreRecovered) {
 // Bootstrap servers nobody listens on: the sidecar starts (brokers may come
 // later), stays not ready with the reason on /readyz, and logs it.
 TEST_F(KafkaSourceTest, UnreachableBootstrapIsNotReadyWithTheReason) {
-  // A port that was free a moment ago: bind, read it, close.
+  // A port bound here and never listened on: connecting to it is refused,
+  // and no other process can take it while the test runs (a port freed
+  // again could be, and would then accept).
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  struct Closer {
+    int socket;
+    ~Closer() { ::close(socket); }
+  } closer{fd};
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
   socklen_t len = sizeof addr;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
   const std::string bootstrap = fmt::format("127.0.0.1:{}", ntohs(addr.sin_port));
 
   SidecarProcess& s = sidecar(name_, bootstrap, name_ + "-t");
