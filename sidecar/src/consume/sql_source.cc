@@ -76,9 +76,7 @@ struct SqlSource::RowCtx {
 
 SqlSource::SqlSource(const Config& config, size_t index, Pipeline& pipeline, SourceLane& lane,
                      const std::atomic<int>& stop_requests, std::unique_ptr<sql::Connection> connection)
-    : config_(config),
-      db_(config.databases[index]),
-      index_(index),
+    : db_(config.databases[index]),
       pipeline_(pipeline),
       lane_(lane),
       stop_requests_(stop_requests),

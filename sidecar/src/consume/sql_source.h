@@ -115,9 +115,7 @@ class SqlSource final : public Source {
   bool stopping() const { return stop_requests_.load(std::memory_order_relaxed) > 0; }
   std::string name() const;
 
-  const Config& config_;
   const DatabaseConfig& db_;
-  const size_t index_;
   Pipeline& pipeline_;
   SourceLane& lane_;
   const std::atomic<int>& stop_requests_;
