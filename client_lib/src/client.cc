@@ -488,6 +488,8 @@ const TableGeneration* Table::follow() const noexcept {
   if (sync::load_acquire(cur->mapping->header->state) != static_cast<uint32_t>(SegmentState::kRetired)) return cur;
   const int64_t now = now_mono_ns();
   if (now < f.next_try_mono_ns) return cur;
+  // Only a failed try waits: a follow that succeeds may be followed at once
+  // by the next switch, and a reader must not stay behind it.
   f.next_try_mono_ns = now + kFollowRetryNs;
   try {
     auto m = std::make_shared<Mapping>();
@@ -500,6 +502,7 @@ const TableGeneration* Table::follow() const noexcept {
     if (gen == nullptr) return cur;  // dropped from the segment: the retired rows stay readable
     const TableGeneration* next = gen.get();
     f.generations.push_back(std::move(gen));
+    f.next_try_mono_ns = 0;
     // Publishes the generation built above to the acquire loads of current.
     f.current.store(next, std::memory_order_release);
     return next;
