@@ -442,7 +442,10 @@ TEST(Generation, ReadersInOtherProcessesFollowEverySwitch) {
   ASSERT_NE(counts, MAP_FAILED);
   constexpr int kReaders = 3;
   // Per reader: [0] reads, [1] torn, [2] false misses, [3] other statuses,
-  // [4] generations seen (the last), [5] started.
+  // [4] generations seen (the last), [5] started, [6] kBusy, [7] the last
+  // other status. kBusy (a writer held the slot through every retry, e.g.
+  // preempted mid-write on a loaded machine) asks for a retry; it is not a
+  // wrong answer, and process_test counts it the same way.
   testing::Children children;
   std::vector<pid_t> pids;
   for (int r = 0; r < kReaders; ++r) {
@@ -464,8 +467,11 @@ TEST(Generation, ReadersInOtherProcessesFollowEverySwitch) {
           ++c[0];
           if (res.status == Status::kNotFound) {
             ++c[2];
+          } else if (res.status == Status::kBusy) {
+            ++c[6];
           } else if (res.status != Status::kOk) {
             ++c[3];
+            c[7] = static_cast<uint64_t>(res.status);
           } else if (!torn(t, row).empty()) {
             ++c[1];
           }
@@ -479,8 +485,11 @@ TEST(Generation, ReadersInOtherProcessesFollowEverySwitch) {
             ++c[0];
             if (results[i].status == Status::kNotFound) {
               ++c[2];
+            } else if (results[i].status == Status::kBusy) {
+              ++c[6];
             } else if (results[i].status != Status::kOk) {
               ++c[3];
+              c[7] = static_cast<uint64_t>(results[i].status);
             } else if (!torn(t, batch.row(i)).empty()) {
               ++c[1];
             }
@@ -522,10 +531,11 @@ TEST(Generation, ReadersInOtherProcessesFollowEverySwitch) {
   EXPECT_EQ(w->switch_progress().generation, 3u);
   for (int r = 0; r < kReaders; ++r) {
     const std::atomic<uint64_t>* c = counts + 8 * r;
-    EXPECT_GT(c[0].load(), 0u);
+    EXPECT_GT(c[0].load(), c[6].load()) << "reader " << r << " read no verified row";
     EXPECT_EQ(c[1].load(), 0u) << "reader " << r << " torn rows";
     EXPECT_EQ(c[2].load(), 0u) << "reader " << r << " false misses";
-    EXPECT_EQ(c[3].load(), 0u) << "reader " << r << " other statuses";
+    EXPECT_EQ(c[3].load(), 0u) << "reader " << r << " other statuses, the last "
+                               << status_name(static_cast<Status>(c[7].load()));
     EXPECT_EQ(c[4].load(), 3u) << "reader " << r << " generation";
   }
   // Every update is in the final generation.
