@@ -126,13 +126,15 @@ void Writer::upsert_many(std::span<const Upsert> updates, std::span<ApplyResult>
     const Upsert& u = updates[i];
     if (u.position != nullptr) stage_position(*u.position);
     const Impl::PrefetchedKey& k = at(i);
+    const int64_t applied_at = u.apply_unix_ns != 0 ? u.apply_unix_ns : now;
     if (k.hashed && w.tables[u.table].agg.enabled()) {
       // apply() for a table with aggregates, with the hash at hand.
-      results[i] = w.apply_aggregated(u.table, u.key, u.event_time_ms, u.values, u.sources, u.event_id, now, &k.hash);
+      results[i] =
+          w.apply_aggregated(u.table, u.key, u.event_time_ms, u.values, u.sources, u.event_id, applied_at, &k.hash);
       if (w.staged) [[unlikely]]
         w.finish_position();
     } else {
-      results[i] = apply(u.table, u.key, u.event_time_ms, u.values, u.sources, u.event_id, now);
+      results[i] = apply(u.table, u.key, u.event_time_ms, u.values, u.sources, u.event_id, applied_at);
     }
   }
 }

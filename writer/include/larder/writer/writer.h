@@ -215,6 +215,9 @@ struct Upsert {
   // When set, stored with this upsert's effect, as stage_position() before
   // apply() would.
   const SourcePosition* position = nullptr;
+  // When non-zero, this update's apply time (and aggregate clock) instead of
+  // the batch's: a replay applies each event at its own arrival instant.
+  int64_t apply_unix_ns = 0;
 };
 
 class Writer {

@@ -1,0 +1,472 @@
+// The C ABI of larder/offline.h over the engine (engine.h). No exception
+// crosses it: every entry point that can fail returns non-zero with a
+// one-line message.
+//
+// What build() does in the corner cases:
+// - a spine table, or an events table, that the config does not have: an
+//   error naming it and the tables there are;
+// - events of another table than the spine's: not read (neither applied nor
+//   counted); a frame answers for one table;
+// - keys outside the engine's partition, in the events or the spine: skipped
+//   (the frame holds only the spine rows of the partition,
+//   larder_offline_frame_spine_index says which);
+// - a spine key with no event: found 0;
+// - an event the decoder refuses: counted (rejected), the first one's reason
+//   kept (larder_offline_frame_first_rejection); as are events the writer
+//   refuses (a table or its aggregate arena full).
+#include "larder/offline.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "larder/layout/table_view.h"
+#include "larder/offline/engine.h"
+
+using larder::offline::Engine;
+using larder::offline::Replay;
+
+struct larder_offline {
+  std::unique_ptr<Engine> engine;
+};
+
+struct larder_offline_frame {
+  struct Column {
+    std::string name;
+    int32_t type = 0;
+    uint32_t dim = 1;
+    std::vector<unsigned char> values;
+    std::vector<int64_t> offsets;  // strings
+    std::vector<uint8_t> valid;
+  };
+  size_t rows = 0;
+  uint64_t rejected = 0;
+  larder::offline::ReplayCounters counters;
+  std::string first_rejection;
+  std::vector<uint8_t> found;
+  std::vector<int64_t> event_time_ms;
+  std::vector<int64_t> computed_at_ms;
+  std::vector<int64_t> spine_index;
+  std::vector<Column> columns;
+};
+
+namespace {
+
+void set_error(char* err, size_t err_len, std::string_view message) {
+  if (err == nullptr || err_len == 0) return;
+  const size_t n = std::min(message.size(), err_len - 1);
+  std::memcpy(err, message.data(), n);
+  err[n] = '\0';
+}
+
+std::string table_list(const Engine& engine) {
+  std::string out;
+  for (const auto& t : engine.schema().tables) out += (out.empty() ? "" : ", ") + t.name;
+  return out;
+}
+
+std::string_view slice(const char* bytes, const int64_t* offsets, size_t i) {
+  return {bytes + offsets[i], static_cast<size_t>(offsets[i + 1] - offsets[i])};
+}
+
+// Offsets must start at 0 or later and never go down.
+void check_offsets(const int64_t* offsets, size_t n, const char* what, const char* table) {
+  if (offsets == nullptr) throw std::invalid_argument(fmt::format("{} of table \"{}\": offsets are NULL", what, table));
+  if (offsets[0] < 0) throw std::invalid_argument(fmt::format("{} of table \"{}\": offsets[0] < 0", what, table));
+  for (size_t i = 0; i < n; ++i) {
+    if (offsets[i + 1] < offsets[i]) {
+      throw std::invalid_argument(fmt::format("{} of table \"{}\": offsets[{}] < offsets[{}]", what, table, i + 1, i));
+    }
+  }
+}
+
+// One event's builder calls (UpdateBuilder, as the Protobuf decoder makes them).
+struct EventWalk {
+  larder::sidecar::UpdateBuilder* builder = nullptr;
+  const larder_offline_events* events = nullptr;
+  uint32_t table = 0;
+  const std::vector<int32_t>* input_of = nullptr;  // per column: the input index, -1 unknown
+  const std::vector<larder::sidecar::InputType>* input_types = nullptr;
+  size_t row = 0;
+};
+
+void walk_event(void* ctx) {
+  using larder::sidecar::InputType;
+  const EventWalk& w = *static_cast<const EventWalk*>(ctx);
+  larder::sidecar::UpdateBuilder& b = *w.builder;
+  const larder_offline_events& e = *w.events;
+  const size_t r = w.row;
+  b.begin_update(0, false);
+  b.set_table(w.table);
+  b.set_key(slice(e.keys, e.key_offsets, r));
+  b.set_event_time_ms(e.event_time_ms[r]);
+  if (e.ids != nullptr) b.set_id(slice(e.ids, e.id_offsets, r));
+  if (e.op != nullptr && e.op[r] != 0) {
+    b.set_op(e.op[r] == 1 ? "delete" : "?");
+    b.end_update();
+    return;
+  }
+  b.set_fields_present();
+  for (size_t c = 0; c < e.column_count; ++c) {
+    const larder_offline_column& col = e.columns[c];
+    if (col.present != nullptr && col.present[r] == 0) continue;
+    const int32_t input = (*w.input_of)[c];
+    if (input < 0) {
+      b.unknown_input(col.name);
+      continue;
+    }
+    const auto in = static_cast<uint32_t>(input);
+    switch (col.type) {
+      case LARDER_OFFLINE_INT64: b.input_integer(in, static_cast<const int64_t*>(col.data)[r]); break;
+      case LARDER_OFFLINE_FLOAT64: {
+        const double v = static_cast<const double*>(col.data)[r];
+        const InputType t = (*w.input_types)[in];
+        // A column of integers with gaps arrives as float64 (pandas): an
+        // integral value is the integer it holds, for the inputs that want one.
+        if ((t == InputType::kInteger || t == InputType::kScalar) && std::isfinite(v) && v == std::trunc(v) &&
+            std::fabs(v) < 9.2e18) {
+          b.input_integer(in, static_cast<int64_t>(v));
+        } else {
+          b.input_double(in, v);
+        }
+        break;
+      }
+      case LARDER_OFFLINE_BOOL: b.input_bool(in, static_cast<const uint8_t*>(col.data)[r] != 0); break;
+      case LARDER_OFFLINE_STRING:
+        b.input_string(in, slice(static_cast<const char*>(col.data), col.offsets, r));
+        break;
+      case LARDER_OFFLINE_FLOAT64_LIST: {
+        const double* v = static_cast<const double*>(col.data) + r * col.dim;
+        b.vector_begin(in);
+        for (uint32_t d = 0; d < col.dim; ++d) b.vector_push(v[d]);
+        b.vector_end();
+        break;
+      }
+      default: break;  // checked before the replay
+    }
+  }
+  b.end_update();
+}
+
+struct EventRef {
+  int64_t arrival_ms;
+  uint32_t set;
+  size_t row;
+};
+
+std::unique_ptr<larder_offline_frame> build(Engine& engine, const larder_offline_events* events, size_t event_sets,
+                                            const larder_offline_spine* spine) {
+  if (spine == nullptr || spine->table == nullptr) throw std::invalid_argument("no spine");
+  const int t = engine.table_index(spine->table);
+  if (t < 0) {
+    throw std::invalid_argument(
+        fmt::format("spine table \"{}\" is not in the config; tables: {}", spine->table, table_list(engine)));
+  }
+  const auto table = static_cast<uint32_t>(t);
+  if (spine->n > 0) {
+    check_offsets(spine->key_offsets, spine->n, "spine keys", spine->table);
+    if (spine->keys == nullptr || spine->at_ms == nullptr) throw std::invalid_argument("spine: keys or at_ms NULL");
+  }
+  if (event_sets > 0 && events == nullptr) throw std::invalid_argument("events: NULL with event_sets > 0");
+
+  // The events of the spine's table in the partition, by arrival (stable),
+  // and how many distinct keys they hold (the scratch table's capacity).
+  std::vector<EventRef> refs;
+  std::vector<uint64_t> key_hashes;
+  for (size_t s = 0; s < event_sets; ++s) {
+    const larder_offline_events& e = events[s];
+    if (e.table == nullptr) throw std::invalid_argument(fmt::format("events[{}]: table is NULL", s));
+    const int et = engine.table_index(e.table);
+    if (et < 0) {
+      throw std::invalid_argument(
+          fmt::format("events table \"{}\" is not in the config; tables: {}", e.table, table_list(engine)));
+    }
+    if (static_cast<uint32_t>(et) != table || e.n == 0) continue;
+    check_offsets(e.key_offsets, e.n, "event keys", e.table);
+    if (e.keys == nullptr || e.event_time_ms == nullptr) {
+      throw std::invalid_argument(fmt::format("events of table \"{}\": keys or event_time_ms NULL", e.table));
+    }
+    if (e.ids != nullptr) check_offsets(e.id_offsets, e.n, "event ids", e.table);
+    for (size_t c = 0; c < e.column_count; ++c) {
+      const larder_offline_column& col = e.columns[c];
+      if (col.name == nullptr || col.data == nullptr) {
+        throw std::invalid_argument(fmt::format("events of table \"{}\": column {} has no name or data", e.table, c));
+      }
+      if (col.type < LARDER_OFFLINE_INT64 || col.type > LARDER_OFFLINE_FLOAT64_LIST) {
+        throw std::invalid_argument(
+            fmt::format("events of table \"{}\": column \"{}\" has type {}", e.table, col.name, col.type));
+      }
+      if (col.type == LARDER_OFFLINE_STRING) check_offsets(col.offsets, e.n, col.name, e.table);
+    }
+    for (size_t r = 0; r < e.n; ++r) {
+      const std::string_view key = slice(e.keys, e.key_offsets, r);
+      if (!engine.in_partition(key)) continue;
+      refs.push_back(EventRef{e.arrival_ms != nullptr ? e.arrival_ms[r] : e.event_time_ms[r],
+                              static_cast<uint32_t>(s), r});
+      key_hashes.push_back(larder::layout::hash_key(key, 0));
+    }
+  }
+  std::stable_sort(refs.begin(), refs.end(),
+                   [](const EventRef& a, const EventRef& b) { return a.arrival_ms < b.arrival_ms; });
+  std::sort(key_hashes.begin(), key_hashes.end());
+  const uint64_t distinct =
+      static_cast<uint64_t>(std::unique(key_hashes.begin(), key_hashes.end()) - key_hashes.begin());
+  std::vector<uint64_t>().swap(key_hashes);
+
+  // The spine rows of the partition: frame order (spine order) and read
+  // order (by instant, stable).
+  auto frame = std::make_unique<larder_offline_frame>();
+  std::vector<std::pair<int64_t, size_t>> reads;  // (at_ms, frame row)
+  for (size_t r = 0; r < spine->n; ++r) {
+    if (!engine.in_partition(slice(spine->keys, spine->key_offsets, r))) continue;
+    reads.emplace_back(spine->at_ms[r], frame->spine_index.size());
+    frame->spine_index.push_back(static_cast<int64_t>(r));
+  }
+  std::stable_sort(reads.begin(), reads.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  const size_t rows = frame->spine_index.size();
+
+  std::vector<uint64_t> min_capacity(engine.schema().tables.size(), 0);
+  min_capacity[table] = distinct;
+  std::unique_ptr<Replay> replay = engine.start(min_capacity);
+  replay->only_table(table);
+
+  // Columns to inputs, once per event set.
+  std::vector<larder::sidecar::InputType> input_types;
+  std::vector<larder::sidecar::UpdateBuilder::Input> inputs = replay->builder().inputs(table);
+  for (const auto& in : inputs) input_types.push_back(in.type);
+  std::vector<std::vector<int32_t>> input_of(event_sets);
+  for (size_t s = 0; s < event_sets; ++s) {
+    for (size_t c = 0; c < events[s].column_count; ++c) {
+      int32_t found = -1;
+      for (size_t i = 0; i < inputs.size(); ++i) {
+        if (inputs[i].name == events[s].columns[c].name) found = static_cast<int32_t>(i);
+      }
+      input_of[s].push_back(found);
+    }
+  }
+
+  // The frame's columns: the table's fields, in schema order.
+  const larder::Table& view = replay->table(table);
+  for (const larder::Field& f : view.fields()) {
+    larder_offline_frame::Column col;
+    col.name = std::string(f.name);
+    col.type = static_cast<int32_t>(f.type);
+    col.dim = f.type == larder::layout::FieldType::kFloat32Vector || f.type == larder::layout::FieldType::kString
+                  ? f.count
+                  : 1;
+    size_t width = 8;
+    switch (f.type) {
+      case larder::layout::FieldType::kInt64:
+      case larder::layout::FieldType::kFloat64: width = 8; break;
+      case larder::layout::FieldType::kFloat32: width = 4; break;
+      case larder::layout::FieldType::kBool: width = 1; break;
+      case larder::layout::FieldType::kFloat32Vector: width = 4 * static_cast<size_t>(f.count); break;
+      case larder::layout::FieldType::kString: width = 0; break;
+    }
+    col.values.assign(rows * width, 0);
+    col.valid.assign(rows, 0);
+    frame->columns.push_back(std::move(col));
+  }
+  frame->rows = rows;
+  frame->found.assign(rows, 0);
+  frame->event_time_ms.assign(rows, 0);
+  frame->computed_at_ms.assign(rows, 0);
+  std::vector<std::string> strings;  // per (row, string column), joined at the end
+  size_t string_columns = 0;
+  std::vector<size_t> string_slot(view.fields().size(), 0);
+  for (size_t f = 0; f < view.fields().size(); ++f) {
+    if (view.fields()[f].type == larder::layout::FieldType::kString) string_slot[f] = string_columns++;
+  }
+  strings.resize(rows * string_columns);
+
+  EventWalk walk;
+  walk.builder = &replay->builder();
+  walk.table = table;
+  walk.input_types = &input_types;
+  size_t next = 0;
+  auto apply_until = [&](int64_t at_ms) {
+    for (; next < refs.size() && refs[next].arrival_ms <= at_ms; ++next) {
+      const EventRef& ref = refs[next];
+      walk.events = &events[ref.set];
+      walk.input_of = &input_of[ref.set];
+      walk.row = ref.row;
+      const larder::sidecar::DecodeResult r =
+          replay->apply_built(ref.arrival_ms, ref.arrival_ms, walk_event, &walk);
+      if (!r.ok && frame->first_rejection.empty()) {
+        frame->first_rejection = fmt::format("table \"{}\" event {}: {}: {}", events[ref.set].table, ref.row,
+                                             larder::sidecar::reject_reason_name(r.reason), r.detail);
+      }
+    }
+  };
+  larder::Row row = view.make_row();
+  for (const auto& [at_ms, fr] : reads) {
+    apply_until(at_ms);
+    const size_t r = static_cast<size_t>(frame->spine_index[fr]);
+    const larder::ReadResult res = replay->read(table, slice(spine->keys, spine->key_offsets, r), at_ms, row);
+    if (!res.found()) continue;
+    frame->found[fr] = 1;
+    frame->event_time_ms[fr] = res.event_time_ms;
+    frame->computed_at_ms[fr] = res.computed_at_ms;
+    for (size_t f = 0; f < view.fields().size(); ++f) {
+      const larder::Field& field = view.fields()[f];
+      if (!row.valid(field)) continue;
+      larder_offline_frame::Column& col = frame->columns[f];
+      col.valid[fr] = 1;
+      unsigned char* at = col.values.data();
+      switch (field.type) {
+        case larder::layout::FieldType::kInt64: {
+          const int64_t v = row.i64(field);
+          std::memcpy(at + fr * 8, &v, 8);
+          break;
+        }
+        case larder::layout::FieldType::kFloat64: {
+          const double v = row.f64(field);
+          std::memcpy(at + fr * 8, &v, 8);
+          break;
+        }
+        case larder::layout::FieldType::kFloat32: {
+          const float v = row.f32(field);
+          std::memcpy(at + fr * 4, &v, 4);
+          break;
+        }
+        case larder::layout::FieldType::kBool: at[fr] = row.boolean(field) ? 1 : 0; break;
+        case larder::layout::FieldType::kFloat32Vector: {
+          const std::span<const float> v = row.vector(field);
+          std::memcpy(at + fr * 4 * field.count, v.data(), std::min<size_t>(v.size(), field.count) * 4);
+          break;
+        }
+        case larder::layout::FieldType::kString:
+          strings[fr * string_columns + string_slot[f]] = std::string(row.string(field));
+          break;
+      }
+    }
+  }
+  replay->flush();
+  for (size_t f = 0; f < view.fields().size(); ++f) {
+    if (view.fields()[f].type != larder::layout::FieldType::kString) continue;
+    larder_offline_frame::Column& col = frame->columns[f];
+    col.offsets.assign(rows + 1, 0);
+    for (size_t r = 0; r < rows; ++r) {
+      const std::string& s = strings[r * string_columns + string_slot[f]];
+      col.values.insert(col.values.end(), s.begin(), s.end());
+      col.offsets[r + 1] = static_cast<int64_t>(col.values.size());
+    }
+  }
+  frame->counters = replay->counters();
+  frame->rejected = frame->counters.rejected + frame->counters.refused;
+  return frame;
+}
+
+const larder_offline_frame::Column* column(const larder_offline_frame* f, uint32_t field) {
+  if (f == nullptr || field >= f->columns.size()) return nullptr;
+  return &f->columns[field];
+}
+
+}  // namespace
+
+extern "C" {
+
+int larder_offline_open(const char* config_path, uint32_t partition, uint32_t partitions, larder_offline** out,
+                        char* err, size_t err_len) {
+  if (out == nullptr) {
+    set_error(err, err_len, "out is NULL");
+    return 1;
+  }
+  *out = nullptr;
+  if (config_path == nullptr) {
+    set_error(err, err_len, "config_path is NULL");
+    return 1;
+  }
+  try {
+    larder::offline::EngineOptions options;
+    options.partition = partition;
+    options.partitions = partitions == 0 ? 1 : partitions;
+    if (partitions == 0 && partition != 0) options.partitions = 0;  // refused below with the numbers
+    auto engine = std::make_unique<larder_offline>();
+    engine->engine = Engine::open(config_path, options);
+    *out = engine.release();
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, err_len, e.what());
+    return 1;
+  }
+}
+
+void larder_offline_close(larder_offline* engine) { delete engine; }
+
+int larder_offline_build(larder_offline* engine, const larder_offline_events* events, size_t event_sets,
+                         const larder_offline_spine* spine, larder_offline_frame** out, char* err, size_t err_len) {
+  if (out == nullptr || engine == nullptr) {
+    set_error(err, err_len, "engine or out is NULL");
+    return 1;
+  }
+  *out = nullptr;
+  try {
+    *out = build(*engine->engine, events, event_sets, spine).release();
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, err_len, e.what());
+    return 1;
+  }
+}
+
+size_t larder_offline_frame_rows(const larder_offline_frame* f) { return f != nullptr ? f->rows : 0; }
+uint64_t larder_offline_frame_rejected(const larder_offline_frame* f) { return f != nullptr ? f->rejected : 0; }
+const uint8_t* larder_offline_frame_found(const larder_offline_frame* f) {
+  return f != nullptr ? f->found.data() : nullptr;
+}
+const int64_t* larder_offline_frame_event_time_ms(const larder_offline_frame* f) {
+  return f != nullptr ? f->event_time_ms.data() : nullptr;
+}
+const int64_t* larder_offline_frame_computed_at_ms(const larder_offline_frame* f) {
+  return f != nullptr ? f->computed_at_ms.data() : nullptr;
+}
+uint32_t larder_offline_frame_field_count(const larder_offline_frame* f) {
+  return f != nullptr ? static_cast<uint32_t>(f->columns.size()) : 0;
+}
+const char* larder_offline_frame_field_name(const larder_offline_frame* f, uint32_t field) {
+  const auto* c = column(f, field);
+  return c != nullptr ? c->name.c_str() : nullptr;
+}
+int32_t larder_offline_frame_field_type(const larder_offline_frame* f, uint32_t field) {
+  const auto* c = column(f, field);
+  return c != nullptr ? c->type : 0;
+}
+uint32_t larder_offline_frame_field_dim(const larder_offline_frame* f, uint32_t field) {
+  const auto* c = column(f, field);
+  return c != nullptr ? c->dim : 0;
+}
+const void* larder_offline_frame_values(const larder_offline_frame* f, uint32_t field) {
+  const auto* c = column(f, field);
+  return c != nullptr ? c->values.data() : nullptr;
+}
+const int64_t* larder_offline_frame_string_offsets(const larder_offline_frame* f, uint32_t field) {
+  const auto* c = column(f, field);
+  return c != nullptr && !c->offsets.empty() ? c->offsets.data() : nullptr;
+}
+const uint8_t* larder_offline_frame_valid(const larder_offline_frame* f, uint32_t field) {
+  const auto* c = column(f, field);
+  return c != nullptr ? c->valid.data() : nullptr;
+}
+void larder_offline_frame_free(larder_offline_frame* f) { delete f; }
+
+const int64_t* larder_offline_frame_spine_index(const larder_offline_frame* f) {
+  return f != nullptr ? f->spine_index.data() : nullptr;
+}
+uint64_t larder_offline_frame_events(const larder_offline_frame* f) { return f != nullptr ? f->counters.events : 0; }
+uint64_t larder_offline_frame_applied(const larder_offline_frame* f) { return f != nullptr ? f->counters.applied : 0; }
+uint64_t larder_offline_frame_stale(const larder_offline_frame* f) { return f != nullptr ? f->counters.stale : 0; }
+uint64_t larder_offline_frame_duplicates(const larder_offline_frame* f) {
+  return f != nullptr ? f->counters.duplicates : 0;
+}
+uint64_t larder_offline_frame_late(const larder_offline_frame* f) { return f != nullptr ? f->counters.late : 0; }
+const char* larder_offline_frame_first_rejection(const larder_offline_frame* f) {
+  return f != nullptr ? f->first_rejection.c_str() : "";
+}
+
+}  // extern "C"

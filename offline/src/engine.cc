@@ -1,0 +1,268 @@
+// The offline engine (engine.h): a replay over a private scratch segment.
+// Threading: the caller's thread.
+#include "larder/offline/engine.h"
+
+#include <fmt/format.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <stdexcept>
+#include <system_error>
+
+#include "decode/event_time.h"
+#include "larder/layout/error.h"
+#include "larder/layout/table_view.h"
+
+namespace larder::offline {
+
+namespace {
+
+// Nanoseconds of the writer's clock fit int64 up to 2262-04-11.
+constexpr int64_t kMaxClockMs = INT64_MAX / 1'000'000;
+
+// The decoder's clock when a message has no arrival time of its own: its
+// arrival is its own newest event time, so no event of it is in the future.
+constexpr int64_t kNoFutureMs = sidecar::kMaxEventTimeMs;
+
+int64_t clock_ns(int64_t ms) {
+  if (ms <= 0 || ms > kMaxClockMs) {
+    throw std::invalid_argument(
+        fmt::format("time {} ms is outside the replay clock's range (1 .. {} ms, 1970 to 2262)", ms, kMaxClockMs));
+  }
+  return ms * 1'000'000;
+}
+
+}  // namespace
+
+uint32_t partition_of(std::string_view key, uint32_t partitions) noexcept {
+  if (partitions <= 1) return 0;
+  const uint64_t h = layout::hash_key(key, 0);
+  __extension__ using u128 = unsigned __int128;  // the high half of a 64 x 32-bit product
+  return static_cast<uint32_t>((static_cast<u128>(h) * partitions) >> 64);
+}
+
+std::unique_ptr<Engine> Engine::open(const std::string& config_path, const EngineOptions& options) {
+  sidecar::ConfigLoad load;
+  load.require_secrets = false;  // sources are not used: their secrets need not be readable
+  try {
+    return std::make_unique<Engine>(sidecar::load_config_file(config_path, load), options);
+  } catch (const sidecar::ConfigError& e) {
+    throw std::runtime_error(e.what());
+  }
+}
+
+Engine::Engine(sidecar::Config config, const EngineOptions& options)
+    : config_(std::move(config)), schema_(config_.schema()), decode_options_(config_.decode_options()),
+      options_(options) {
+  if (options_.partitions == 0 || options_.partition >= options_.partitions) {
+    throw std::invalid_argument(
+        fmt::format("partition {} of {}: need 0 <= partition < partitions", options_.partition, options_.partitions));
+  }
+}
+
+Engine::~Engine() = default;
+
+int Engine::table_index(std::string_view name) const noexcept {
+  for (size_t t = 0; t < schema_.tables.size(); ++t) {
+    if (schema_.tables[t].name == name) return static_cast<int>(t);
+  }
+  return -1;
+}
+
+std::unique_ptr<Replay> Engine::start(std::span<const uint64_t> min_capacity) const {
+  layout::Schema schema = schema_;
+  for (size_t t = 0; t < schema.tables.size() && t < min_capacity.size(); ++t) {
+    layout::TableSpec& spec = schema.tables[t];
+    if (min_capacity[t] <= spec.capacity) continue;
+    // The dedup set's default follows the capacity; keep the configured
+    // one, so duplicates are recognised over the same horizon as online.
+    if (!spec.aggregates.empty() && spec.dedup_capacity == 0) spec.dedup_capacity = spec.dedup_ids();
+    spec.capacity = min_capacity[t];
+  }
+  return std::unique_ptr<Replay>(new Replay(*this, schema));
+}
+
+Replay::Replay(const Engine& engine, const layout::Schema& schema) : engine_(engine) {
+  std::string base = engine.options().scratch_dir;
+  if (base.empty()) {
+    const char* tmp = std::getenv("TMPDIR");
+    base = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
+  }
+  std::string templ = base + "/larder-offline-XXXXXX";
+  if (mkdtemp(templ.data()) == nullptr) {
+    throw std::runtime_error(fmt::format("cannot make a scratch directory under {}: {}", base,
+                                         std::error_code(errno, std::system_category()).message()));
+  }
+  dir_ = templ;
+  name_ = "offline";
+  try {
+    WriterOptions options;
+    options.dir = dir_;
+    options.allow_non_tmpfs = true;
+    options.mode = 0600;
+    writer_ = Writer::open(name_, schema, options);
+    ClientOptions client;
+    client.dir = dir_;
+    segment_ = Segment::open(name_, client);
+    for (const layout::TableSpec& spec : schema.tables) tables_.push_back(segment_.table(spec.name));
+    decoder_ = std::make_unique<sidecar::Decoder>(schema, engine.decode_options());
+    builder_ = std::make_unique<sidecar::UpdateBuilder>(schema, engine.decode_options());
+  } catch (...) {
+    tables_.clear();
+    segment_ = Segment();
+    writer_.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+    throw;
+  }
+  table_enabled_.assign(schema.tables.size(), 1);
+  queue_.resize(kQueue);
+  queue_arrival_.resize(kQueue);
+  run_.reserve(kQueue * 4);
+}
+
+Replay::~Replay() {
+  tables_.clear();
+  segment_ = Segment();
+  writer_.reset();
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);  // ours: made by mkdtemp
+}
+
+void Replay::only_table(uint32_t table) {
+  std::fill(table_enabled_.begin(), table_enabled_.end(), 0);
+  table_enabled_.at(table) = 1;
+}
+
+void Replay::note_arrival(int64_t arrival_ms) {
+  if (arrival_ms < last_arrival_ms_) {
+    throw std::invalid_argument(fmt::format("arrival time {} ms is before the previous event's {} ms: events must "
+                                            "come in non-decreasing arrival order",
+                                            arrival_ms, last_arrival_ms_));
+  }
+  clock_ns(arrival_ms);  // in range
+  last_arrival_ms_ = arrival_ms;
+}
+
+sidecar::DecodedBatch& Replay::next_batch() {
+  if (queued_ == kQueue) flush();
+  return queue_[queued_];
+}
+
+void Replay::commit_batch(int64_t arrival_ms) {
+  queue_arrival_[queued_] = arrival_ms;
+  ++queued_;
+}
+
+sidecar::DecodeResult Replay::apply_json(std::string_view body, int64_t arrival_ms) {
+  sidecar::DecodedBatch& batch = next_batch();
+  sidecar::DecodeResult r = decoder_->decode(body, batch, arrival_ms >= 0 ? arrival_ms : kNoFutureMs);
+  if (!r.ok) {
+    ++counters_.rejected;
+    return r;
+  }
+  if (arrival_ms < 0) {
+    arrival_ms = 0;
+    bool unpin = false;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      arrival_ms = std::max(arrival_ms, batch.update(i).event_time_ms);
+      unpin |= batch.update(i).op == sidecar::UpdateOp::kUnpin;
+    }
+    // An unpin's bound is the decoder's clock plus max_future_skew: decode
+    // it again with the clock at its arrival.
+    if (unpin) r = decoder_->decode(body, batch, arrival_ms);
+  }
+  note_arrival(arrival_ms);
+  commit_batch(arrival_ms);
+  return r;
+}
+
+sidecar::DecodeResult Replay::apply_built(int64_t arrival_ms, int64_t now_ms, void (*walk)(void* ctx), void* ctx) {
+  sidecar::DecodedBatch& batch = next_batch();
+  sidecar::DecodeResult r = builder_->run(batch, now_ms, sidecar::RejectReason::kInternal, walk, ctx);
+  if (!r.ok) {
+    ++counters_.rejected;
+    return r;
+  }
+  note_arrival(arrival_ms);
+  commit_batch(arrival_ms);
+  return r;
+}
+
+void Replay::flush() {
+  auto tally = [&](ApplyResult r) {
+    switch (r) {
+      case ApplyResult::kApplied: ++counters_.applied; break;
+      case ApplyResult::kStale: ++counters_.stale; break;
+      case ApplyResult::kDuplicate: ++counters_.duplicates; break;
+      case ApplyResult::kLate: ++counters_.late; break;
+      case ApplyResult::kTableFull:
+      case ApplyResult::kArenaFull:
+      case ApplyResult::kInvalid: ++counters_.refused; break;
+    }
+  };
+  auto drain = [&] {
+    if (run_.empty()) return;
+    results_.resize(run_.size());
+    // Each update carries its own clock; the batch's is the newest, for the
+    // prefetches' guesses.
+    writer_->upsert_many(run_, results_, run_.back().apply_unix_ns);
+    for (ApplyResult r : results_) tally(r);
+    run_.clear();
+  };
+  for (size_t q = 0; q < queued_; ++q) {
+    const sidecar::DecodedBatch& batch = queue_[q];
+    const int64_t ns = clock_ns(queue_arrival_[q]);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const sidecar::DecodedUpdate& u = batch.update(i);
+      if (!table_enabled_[u.table]) continue;
+      const std::string_view key = batch.key(u);
+      if (!engine_.in_partition(key)) {
+        ++counters_.skipped;
+        continue;
+      }
+      ++counters_.events;
+      if (u.op == sidecar::UpdateOp::kUpsert) {
+        Upsert up;
+        up.table = u.table;
+        up.key = key;
+        up.event_time_ms = u.event_time_ms;
+        up.values = batch.values(u);
+        up.sources = batch.sources(u);
+        up.event_id = u.event_id;
+        up.apply_unix_ns = ns;
+        run_.push_back(up);
+        continue;
+      }
+      drain();  // in order: the upserts before this delete
+      if (u.op == sidecar::UpdateOp::kDelete) {
+        tally(writer_->remove(u.table, key, u.event_time_ms, ns));
+      } else {
+        tally(writer_->unpin(u.table, key, u.event_time_ms, u.pinned_after_ms, ns));
+      }
+    }
+  }
+  drain();
+  queued_ = 0;
+}
+
+ReadResult Replay::read(uint32_t table, std::string_view key, int64_t at_ms, Row& row) {
+  if (at_ms < last_arrival_ms_) {
+    throw std::invalid_argument(fmt::format("a read at {} ms after an event that arrived at {} ms was applied: "
+                                            "reads and events must come in time order",
+                                            at_ms, last_arrival_ms_));
+  }
+  flush();
+  if (at_ms > refreshed_to_ms_) {
+    // Every key whose windows lost a bucket by at_ms is rewritten, as the
+    // sidecar's refresh pass would have by then (it runs every 50 ms; here
+    // at the instant itself).
+    writer_->refresh(clock_ns(at_ms));
+    refreshed_to_ms_ = at_ms;
+  }
+  return tables_.at(table).get(key, row);
+}
+
+}  // namespace larder::offline
