@@ -187,6 +187,7 @@ def _frame(_o, frame, spine, spine_cols, spine_n, pd):
     else:
         out = pd.DataFrame(spine_cols if whole else {k: v[index] for k, v in spine_cols.items()})
     names = []
+    cols = {}
     for f in range(_o.larder_offline_frame_field_count(frame)):
         name = _o.larder_offline_frame_field_name(frame, f).decode()
         if name in out.columns:
@@ -222,15 +223,20 @@ def _frame(_o, frame, spine, spine_cols, spine_n, pd):
             col[~valid] = None
         else:
             raise OfflineError("field %r has type %d, which this package does not know: upgrade it" % (name, ftype))
-        out[name] = col if not isinstance(col, np.ndarray) or col.dtype != object else pd.Series(col, index=out.index)
+        cols[name] = col
     found = _array(_o.larder_offline_frame_found(frame), np.uint8, n).astype(bool)
     for name in (FOUND, EVENT_TIME, COMPUTED_AT):
         if name in out.columns:
             raise InvalidArgumentError("the spine has a column %r, which the frame adds: rename the spine's" % name)
-    out[FOUND] = found
-    out[EVENT_TIME] = pd.arrays.IntegerArray(_array(_o.larder_offline_frame_event_time_ms(frame), np.int64, n), ~found)
-    out[COMPUTED_AT] = pd.arrays.IntegerArray(_array(_o.larder_offline_frame_computed_at_ms(frame), np.int64, n),
-                                              ~found)
+    cols[FOUND] = found
+    cols[EVENT_TIME] = pd.arrays.IntegerArray(_array(_o.larder_offline_frame_event_time_ms(frame), np.int64, n), ~found)
+    cols[COMPUTED_AT] = pd.arrays.IntegerArray(_array(_o.larder_offline_frame_computed_at_ms(frame), np.int64, n),
+                                               ~found)
+    # One concat, not a column at a time (pandas copies a frame it has
+    # fragmented into many blocks).
+    attrs = dict(out.attrs)
+    out = pd.concat([out, pd.DataFrame(cols, index=out.index)], axis=1)
+    out.attrs.update(attrs)
     rejected = int(_o.larder_offline_frame_rejected(frame))
     out.attrs["rejected_events"] = rejected
     out.attrs["fields"] = names
@@ -250,7 +256,7 @@ def _array(address, dtype, count):
     if not address:
         raise OfflineError("the engine returned no buffer for %d values" % count)
     size = np.dtype(dtype).itemsize * count
-    return np.frombuffer(ctypes.string_at(address, size), dtype=dtype).copy()
+    return np.frombuffer((ctypes.c_char * size).from_address(address), dtype=dtype).copy()
 
 
 # ---------------------------------------------------------------------------
@@ -331,8 +337,10 @@ def _str_array(a, what):
 
 def _ptr(a, keep_alive):
     a = np.ascontiguousarray(a)
+    if not len(a):
+        a = np.zeros(1, dtype=a.dtype)  # a valid address for an empty column
     keep_alive.append(a)
-    return a.ctypes.data if len(a) else None
+    return a.ctypes.data
 
 
 def _strings(a, what, keep_alive, keys=False):
