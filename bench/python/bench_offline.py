@@ -50,7 +50,7 @@ tables:
     fields: []
     aggregates:
 %(aggregates)s
-rabbitmq: {url: "amqp://127.0.0.1:1/", queue: {name: q}}
+rabbitmq: {url: "amqp://127.0.0.1:1/", password_env: UNUSED, queue: {name: q}}
 """
 
 

@@ -43,6 +43,8 @@ sys.path.insert(0, os.path.join(REPO, "client_lib", "python"))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 import larder  # noqa: E402
 import larder.offline  # noqa: E402
@@ -90,8 +92,10 @@ config_dir = tempfile.mkdtemp(prefix="larder-offline-example-", dir="/dev/shm" i
 os.chmod(config_dir, 0o755)
 train_config = os.path.join(config_dir, "train.yaml")
 with open(train_config, "w") as f:
-    f.write("segment: {name: offline-train}\ntables:\n%s\nrabbitmq: {url: \"amqp://127.0.0.1:1/\", queue: {name: q}}\n"
-            % TABLES)
+    # build_frame reads the tables; the source section is there because a
+    # sidecar config has one, and is not used.
+    f.write("segment: {name: offline-train}\ntables:\n%s\nrabbitmq: {url: \"amqp://127.0.0.1:1/\", password_env: UNUSED, "
+            "queue: {name: q}}\n" % TABLES)
 day_start = larder.now_unix_ms() - 2 * 24 * 60 * MIN
 history = shop_events(500, day_start, 24 * 60 * MIN, 60_000)
 spine = labels(history, day_start + 60 * MIN, 23 * 60 * MIN, 5_000)
@@ -99,7 +103,7 @@ t = time.perf_counter()
 train = larder.offline.build_frame(train_config, history, spine)
 print("training frame: %d rows x %d features from %d events in %.2f s (%d rows not found)"
       % (len(train), len(FEATURES), len(history), time.perf_counter() - t, (~train["_found"]).sum()))
-model = LogisticRegression(max_iter=1000).fit(matrix(train), train["bought"])
+model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(matrix(train), train["bought"])
 print("train accuracy %.3f (base rate %.3f)" % (model.score(matrix(train), train["bought"]), train["bought"].mean()))
 
 # %% 4. Serving: a broker (the test suite's, or a throwaway one) and a sidecar

@@ -171,6 +171,7 @@ def test_offline_frame_equals_online_reads(sidecar_factory):
                 assert have == want, (key, name, have, want)
             checked += 1
     assert checked > 30 * len(fields) // 2
+    print("%d values of %d keys identical online and offline" % (checked, len(keys)))
 
     # The log exercised what it claims: a deleted key, a window that decayed
     # (offline at t_pub the 2 s window held both events; at the read, none).
