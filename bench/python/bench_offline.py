@@ -47,7 +47,7 @@ tables:
     key_max_len: 16
     capacity: %(capacity)d
     arena_chunks: %(chunks)d
-    fields: []
+    fields: [{name: tier, type: int64}]
     aggregates:
 %(aggregates)s
 rabbitmq: {url: "amqp://127.0.0.1:1/", password_env: UNUSED, queue: {name: q}}
