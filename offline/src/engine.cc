@@ -269,6 +269,15 @@ void Replay::flush() {
     }
   }
   drain();
+  if (queued_ > 0) {
+    // The sidecar refreshes every 50 ms at its clock; so does the replay,
+    // at its clock (the last arrival), every queue's worth of events. It
+    // changes no value a read sees (a read refreshes to its instant first),
+    // but keeps the writer's heap of due keys as short as online: each
+    // event that moves a key's due time queues an entry, and only a refresh
+    // pops them, so without it memory would grow with the number of events.
+    writer_->refresh(clock_ns(queue_arrival_[queued_ - 1]));
+  }
   queued_ = 0;
 }
 
