@@ -306,3 +306,4 @@ def test_clear_errors(config):
         off.build_frame(os.path.join(os.path.dirname(config), "missing.yaml"), ev.drop(columns=["label"]), spine)
     with pytest.raises(off.OfflineError, match="no table"):
         off.build_frame(config, ev.drop(columns=["label"]), spine, table="nope")
+
