@@ -41,7 +41,6 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MIN = 60_000
 
 CONFIG = """\
-segment: {name: bench-offline}
 tables:
   - name: users
     key_max_len: 16
@@ -50,7 +49,6 @@ tables:
     fields: [{name: tier, type: int64}]
     aggregates:
 %(aggregates)s
-rabbitmq: {url: "amqp://127.0.0.1:1/", password_env: UNUSED, queue: {name: q}}
 """
 
 

@@ -87,24 +87,28 @@ def matrix(frame):
     return frame[FEATURES].astype("float64").fillna(0.0).to_numpy()
 
 
-# %% 1-3. Training: a day of history, labels, build_frame, a model
+# %% Scratch space: the configs, the segment (removed at the end)
 config_dir = tempfile.mkdtemp(prefix="larder-offline-example-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
 os.chmod(config_dir, 0o755)
-train_config = os.path.join(config_dir, "train.yaml")
-with open(train_config, "w") as f:
-    # build_frame reads the tables; the source section is there because a
-    # sidecar config has one, and is not used.
-    f.write("segment: {name: offline-train}\ntables:\n%s\nrabbitmq: {url: \"amqp://127.0.0.1:1/\", password_env: UNUSED, "
-            "queue: {name: q}}\n" % TABLES)
-day_start = larder.now_unix_ms() - 2 * 24 * 60 * MIN
-history = shop_events(500, day_start, 24 * 60 * MIN, 60_000)
-spine = labels(history, day_start + 60 * MIN, 23 * 60 * MIN, 5_000)
-t = time.perf_counter()
-train = larder.offline.build_frame(train_config, history, spine)
-print("training frame: %d rows x %d features from %d events in %.2f s (%d rows not found)"
-      % (len(train), len(FEATURES), len(history), time.perf_counter() - t, (~train["_found"]).sum()))
-model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(matrix(train), train["bought"])
-print("train accuracy %.3f (base rate %.3f)" % (model.score(matrix(train), train["bought"]), train["bought"].mean()))
+
+
+# %% 1-3. Training: a day of history, labels, build_frame, a model
+def train():
+    train_config = os.path.join(config_dir, "train.yaml")
+    with open(train_config, "w") as f:
+        f.write("tables:\n%s" % TABLES)  # build_frame reads only the tables of a sidecar config
+    day_start = larder.now_unix_ms() - 2 * 24 * 60 * MIN
+    history = shop_events(500, day_start, 24 * 60 * MIN, 60_000)
+    spine = labels(history, day_start + 60 * MIN, 23 * 60 * MIN, 5_000)
+    t = time.perf_counter()
+    frame = larder.offline.build_frame(train_config, history, spine)
+    print("training frame: %d rows x %d features from %d events in %.2f s (%d rows not found)"
+          % (len(frame), len(FEATURES), len(history), time.perf_counter() - t, (~frame["_found"]).sum()))
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(matrix(frame), frame["bought"])
+    print("train accuracy %.3f (base rate %.3f)" % (model.score(matrix(frame), frame["bought"]),
+                                                    frame["bought"].mean()))
+    return model
+
 
 # %% 4. Serving: a broker (the test suite's, or a throwaway one) and a sidecar
 started_broker = None
@@ -137,6 +141,7 @@ def wait_for(pred, timeout_s, what):
 
 def main():
     global started_broker, sidecar
+    model = train()
     url = os.environ.get("LARDER_TEST_AMQP_URL")
     password = os.environ.get("LARDER_TEST_AMQP_PASSWORD", "guest")
     if not url:
