@@ -307,3 +307,26 @@ def test_clear_errors(config):
     with pytest.raises(off.OfflineError, match="no table"):
         off.build_frame(config, ev.drop(columns=["label"]), spine, table="nope")
 
+
+
+def test_table_columns_and_aware_times(tmp_path):
+    # Two tables: the spine names one, the other's events are left out; event
+    # times and instants may be aware datetimes in any zone.
+    config = tmp_path / "two.yaml"
+    config.write_text("tables:\n"
+                      "  - {name: a, capacity: 100, fields: [{name: v, type: float64}]}\n"
+                      "  - {name: b, capacity: 100, fields: [{name: w, type: int64}]}\n")
+    t = pd.Timestamp(T0, unit="ms", tz="UTC")
+    ev = pd.DataFrame({"table": ["a", "b", "a"], "key": ["k", "k", "k"],
+                       "event_time": [t, t, t + pd.Timedelta(minutes=1)], "v": [1.0, np.nan, 2.0]})
+    spine = pd.DataFrame({"table": ["a", "a"], "key": ["k", "k"],
+                          "timestamp": [(t + pd.Timedelta(seconds=30)).tz_convert("Europe/Berlin"),
+                                        (t + pd.Timedelta(minutes=1)).tz_convert("America/New_York")]})
+    f = off.build_frame(str(config), ev, spine)
+    assert f["v"].tolist() == [1.0, 2.0]
+    assert f["_event_time_ms"].tolist() == [T0, T0 + MINUTE]
+    assert f.attrs["counters"]["events"] == 2  # table b's event is not read
+    with pytest.raises(larder.InvalidArgumentError, match="2 tables"):
+        off.build_frame(str(config), ev, spine.assign(table=["a", "b"]))
+    with pytest.raises(larder.InvalidArgumentError, match="has 2 tables"):
+        off.build_frame(str(config), ev, spine.drop(columns=["table"]))
