@@ -25,6 +25,10 @@ namespace {
 // Nanoseconds of the writer's clock fit int64 up to 2262-04-11.
 constexpr int64_t kMaxClockMs = INT64_MAX / 1'000'000;
 
+// Events between two refreshes at the replay's clock (Replay::flush): the
+// writer's heap of due keys holds at most about this many stale entries.
+constexpr uint64_t kRefreshEvery = 1 << 16;
+
 // The decoder's clock when a message has no arrival time of its own: its
 // arrival is its own newest event time, so no event of it is in the future.
 constexpr int64_t kNoFutureMs = sidecar::kMaxEventTimeMs;
@@ -269,14 +273,18 @@ void Replay::flush() {
     }
   }
   drain();
-  if (queued_ > 0) {
-    // The sidecar refreshes every 50 ms at its clock; so does the replay,
-    // at its clock (the last arrival), every queue's worth of events. It
-    // changes no value a read sees (a read refreshes to its instant first),
-    // but keeps the writer's heap of due keys as short as online: each
-    // event that moves a key's due time queues an entry, and only a refresh
-    // pops them, so without it memory would grow with the number of events.
+  since_refresh_ += queued_;
+  if (queued_ > 0 && since_refresh_ >= kRefreshEvery) {
+    // A refresh at the replay's clock (the last arrival) every
+    // kRefreshEvery events, as the sidecar refreshes every 50 ms at its
+    // clock. It changes no value a read sees (a read refreshes to its
+    // instant first), but bounds the writer's heap of due keys: each event
+    // that moves a key's due time queues an entry, and only a refresh pops
+    // them, so without it memory would grow with the number of events. Not
+    // more often: a key refreshed now may get an event before the next one,
+    // which brings its windows up to date anyway.
     writer_->refresh(clock_ns(queue_arrival_[queued_ - 1]));
+    since_refresh_ = 0;
   }
   queued_ = 0;
 }

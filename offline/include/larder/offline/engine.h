@@ -165,6 +165,8 @@ class Replay {
   std::vector<ApplyResult> results_;
   int64_t last_arrival_ms_ = INT64_MIN;
   int64_t refreshed_to_ms_ = INT64_MIN;
+  // Events applied since the last refresh (flush()).
+  uint64_t since_refresh_ = 0;
   ReplayCounters counters_;
 };
 
