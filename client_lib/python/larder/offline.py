@@ -367,15 +367,12 @@ def _strings(a, what, keep_alive, keys=False):
             miss = _missing(a)
             if keys and miss.any():
                 raise InvalidArgumentError("%s: row %d has no value" % (what, int(np.flatnonzero(miss)[0]))) from None
-            kinds = set(map(type, values))
-            if kinds <= {str, int, type(None), float} and not keys:
-                raise InvalidArgumentError("%s mixes strings with other values" % what) from None
-            if kinds <= {str, int, np.int64}:
-                encoded = [str(v).encode() for v in values]  # keys of ints and strings: rare, per row
-            else:
-                bad = next(i for i, v in enumerate(values) if not isinstance(v, str))
-                raise InvalidArgumentError("%s: row %d holds %s, not a string" % (what, bad,
-                                                                                  type(values[bad]).__name__)) from None
+            bad = next((i for i, v in enumerate(values) if not isinstance(v, (str, int, np.integer))
+                        or isinstance(v, (bool, np.bool_))), None)
+            if bad is not None:
+                raise InvalidArgumentError("%s: row %d holds %s, not a string" % (what, bad, type(values[bad]).__name__)) \
+                    from None
+            encoded = [str(v).encode() for v in values]  # strings mixed with integers: rare, one pass per row
     lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
