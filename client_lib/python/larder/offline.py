@@ -370,8 +370,8 @@ def _strings(a, what, keep_alive, keys=False):
             bad = next((i for i, v in enumerate(values) if not isinstance(v, (str, int, np.integer))
                         or isinstance(v, (bool, np.bool_))), None)
             if bad is not None:
-                raise InvalidArgumentError("%s: row %d holds %s, not a string" % (what, bad, type(values[bad]).__name__)) \
-                    from None
+                raise InvalidArgumentError("%s: row %d holds %s, not a string"
+                                           % (what, bad, type(values[bad]).__name__)) from None
             encoded = [str(v).encode() for v in values]  # strings mixed with integers: rare, one pass per row
     lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
     offsets = np.zeros(n + 1, dtype=np.int64)
