@@ -225,6 +225,8 @@ int main(int argc, char** argv) {
     if (mkdtemp(t.data()) == nullptr) return 2;
     dir = t;
   }
+  // The C ABI makes its scratch segment under $TMPDIR: here too.
+  setenv("TMPDIR", dir.c_str(), 1);
   const std::string config = dir + "/bench.yaml";
   std::ofstream(config) << config_text(keys);
   std::printf("offline_bench: %llu events over %llu keys (24 h), %llu spine rows, 3 aggregates x 3 windows; scratch in %s\n",
