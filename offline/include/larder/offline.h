@@ -96,7 +96,8 @@ void larder_offline_frame_free(larder_offline_frame* f);
 /* Per frame row: the index of its spine row. The frame holds the spine rows of the engine's partition, in
  * spine order; with partition 0 of 1 it holds every row and this is 0, 1, 2, ... */
 const int64_t* larder_offline_frame_spine_index(const larder_offline_frame* f);
-/* Events of the spine's table that the engine read (in the partition), and of those: applied (the row
+/* Events of the spine's table that the engine replayed (in the partition, arriving no later than the
+ * last spine instant: later ones change no answer and are not replayed), and of those: applied (the row
  * changed), stale (older than the row: ignored by last write wins), duplicates (an id seen before),
  * late (too late for the aggregates and older than the row). Rejected events are not among them. */
 uint64_t larder_offline_frame_events(const larder_offline_frame* f);
