@@ -302,5 +302,32 @@ TEST(UpsertMany, EmptyBatchAndShortResults) {
   EXPECT_EQ(w->stats(0).live_keys, 2u);
 }
 
+// Upsert::apply_unix_ns: each update of a batch applied at its own instant
+// (a replay's arrival times); 0 takes the batch's.
+TEST(UpsertMany, AnUpdateMayCarryItsOwnApplyTime) {
+  ScratchSegment s;
+  auto w = Writer::open(s.name(), testing::one_table_schema(testing::every_type_table()), s.writer_options());
+  const FieldValue v[] = {FieldValue::int64(0, 1)};
+  Upsert u[3];
+  const char* keys[] = {"a", "b", "c"};
+  for (int i = 0; i < 3; ++i) {
+    u[i].key = keys[i];
+    u[i].event_time_ms = 1000;
+    u[i].values = v;
+  }
+  u[0].apply_unix_ns = 5'000'000'000;
+  u[1].apply_unix_ns = 6'000'000'000;
+  ApplyResult results[3];
+  w->upsert_many(u, results, 7'000'000'000);
+  const Segment segment = Segment::open(s.name(), ClientOptions{s.dir()});
+  const Table t = segment.table(testing::every_type_table().name);
+  Row row = t.make_row();
+  const int64_t expected[] = {5'000'000'000, 6'000'000'000, 7'000'000'000};
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(results[i], ApplyResult::kApplied);
+    EXPECT_EQ(t.get(keys[i], row).apply_unix_ns, expected[i]) << keys[i];
+  }
+}
+
 }  // namespace
 }  // namespace larder
