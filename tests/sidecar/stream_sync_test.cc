@@ -220,7 +220,9 @@ TEST(PollerPositions, AKillBetweenRowsOfOneItemStoresTheLastAppliedRow) {
           << "crash point " << crash_at << ", " << applied << " rows applied";
       EXPECT_EQ(pos->skip_updates, 0u);
     }
-    if (finished) EXPECT_EQ(applied, next.size());
+    if (finished) {
+      EXPECT_EQ(applied, next.size());
+    }
   }
   EXPECT_TRUE(finished);
   EXPECT_GT(crash_at, 5) << "fewer crash points than rows";
