@@ -323,7 +323,9 @@ bool SqlSource::poll_all() {
       wait_window(0);  // caught up means applied, not only handed over
       set_sync(layout::SyncState::kReady);
       set_status("");
-      spdlog::info("sync: READY: {}: every polled table is caught up and applied", name());
+      spdlog::info("sync: READY: {}: every polled table is caught up and applied (timestamp cursors up to the "
+                   "server's clock minus settle, {} ms)",
+                   name(), db_.settle_ms);
     }
   }
   return true;

@@ -27,7 +27,12 @@
 // thread runs: check() throws StartError with the config path.
 //
 // Readiness: CATCHING_UP until every table's last poll came back short and
-// everything handed over is applied; then READY. A lost connection makes it
+// everything handed over is applied; then READY. For a timestamp cursor
+// "short" is below the sweep's bound, the server's clock minus `settle`:
+// READY does not wait for rows the margin holds back, which arrive within
+// settle + poll_interval as every later change does (waiting for them
+// would delay every start by the margin and promise no more freshness than
+// the source keeps afterwards). A lost connection makes it
 // CATCHING_UP again (with the server's error as the reason) until it is back
 // and caught up; it reconnects with backoff (database.reconnect).
 //
