@@ -14,7 +14,9 @@
 //   sidecar  a fresh larder-sidecar on its own segment polls the table
 //            (page_rows --page) until every row is applied: timed from its
 //            first applied update to the segment holding --rows keys
-//            (Segment::info(), read every 100 µs), and from its exec.
+//            (Segment::info(), read every 100 µs), and from its exec; and
+//            its CPU time over the first span (every thread, /proc/PID/stat)
+//            per row, a figure the machine's load moves less than rates.
 // Prints a Markdown table with the ratio sidecar / bare in rows/s.
 //
 // --driver postgres (default): --url defaults to LARDER_TEST_POSTGRES_URL,
@@ -33,6 +35,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
+#include <sstream>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -191,7 +195,25 @@ class Mariadb final : public Server {
 struct SidecarRun {
   double rate_from_first = 0;  // rows/s from its first applied update
   double rate_from_exec = 0;   // rows/s from its exec (connect, check, segment creation included)
+  double cpu_us_per_row = 0;   // the sidecar's CPU time (every thread) from its first applied update, per row
 };
+
+// CPU seconds (user + system, every thread) of process `pid` so far.
+double cpu_seconds(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/stat", pid));
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Fields after the command (which may hold spaces) start past its ')'.
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream fields(stat.substr(close + 2));
+  std::string f;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && fields >> f; ++i) {
+    if (i == 14) utime = std::stoull(f);
+    if (i == 15) stime = std::stoull(f);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
 
 SidecarRun sidecar_rate(const Options& o, const Server& server, const std::string& table,
                         const std::string& segment) {
@@ -242,9 +264,11 @@ metrics: {{enabled: false}}
   }
   while (seg.info().updates_applied == 0) std::this_thread::sleep_for(100us);
   const auto first = Clock::now();
+  const double cpu_first = cpu_seconds(pid);
   const larder::Table users = seg.table("users");
   while (users.stats().live_keys < o.rows) std::this_thread::sleep_for(100us);
-  SidecarRun run{o.rows / seconds_since(first), o.rows / seconds_since(exec_at)};
+  SidecarRun run{o.rows / seconds_since(first), o.rows / seconds_since(exec_at),
+                 (cpu_seconds(pid) - cpu_first) * 1e6 / o.rows};
   ::kill(pid, SIGTERM);
   int status = 0;
   ::waitpid(pid, &status, 0);
@@ -286,14 +310,16 @@ int main(int argc, char** argv) {
     }
     const std::string table = fmt::format("larder_bench_{}", ::getpid());
     server->create_table(table, o.rows);
-    std::printf("| round | %s rows/s | sidecar rows/s (first apply) | ratio | sidecar rows/s (from exec) |\n",
-                server->bare_name());
-    std::printf("|---:|---:|---:|---:|---:|\n");
+    std::printf(
+        "| round | %s rows/s | sidecar rows/s (first apply) | ratio | sidecar rows/s (from exec) | sidecar CPU µs/row "
+        "|\n",
+        server->bare_name());
+    std::printf("|---:|---:|---:|---:|---:|---:|\n");
     for (uint32_t r = 0; r < o.rounds; ++r) {
       const double bare = server->bare_rate(table, o.rows);
       const SidecarRun s = sidecar_rate(o, *server, table, fmt::format("larder-bench-db-{}-{}", ::getpid(), r));
-      std::printf("| %u | %.0f | %.0f | %.2f | %.0f |\n", r + 1, bare, s.rate_from_first, s.rate_from_first / bare,
-                  s.rate_from_exec);
+      std::printf("| %u | %.0f | %.0f | %.2f | %.0f | %.2f |\n", r + 1, bare, s.rate_from_first,
+                  s.rate_from_first / bare, s.rate_from_exec, s.cpu_us_per_row);
       std::fflush(stdout);
     }
     server->exec("DROP TABLE " + table);
