@@ -248,7 +248,11 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
       metrics.stage_apply_seconds.observe_ns(t1 - dequeued);
       c.applied_mono_ns = t1;
       t0 = t1;
-      if (c.outcome == Outcome::kApplied) ++applied_messages;
+      // A poller's item holds many rows, each a message of its own to the
+      // metrics (as when each had an item of its own): count its rows applied.
+      if (c.outcome == Outcome::kApplied) {
+        applied_messages += item.update_next_offsets.empty() ? 1 : item.update_next_offsets.size();
+      }
       if (c.outcome == Outcome::kRejected && c.reason == RejectReason::kTableFull && table_full_logged++ % 1000 == 0) {
         spdlog::error(
             "writer: a table is full; new keys are refused and their messages dead-lettered "
