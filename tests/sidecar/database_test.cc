@@ -12,11 +12,14 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <cmath>
+#include <limits>
 #include <cstdlib>
 #include <regex>
 #include <string>
 #include <vector>
 
+#include "consume/sql/driver.h"
 #include "larder/client.h"
 #include "larder/writer/writer.h"
 #include "sidecar/harness.h"
@@ -316,6 +319,43 @@ TEST_F(DatabaseSourceTest, SettleMarginSeesATransactionThatCommitsLate) {
   EXPECT_EQ(sidecar_->stop(), 0);
 }
 
+// READY means caught up to the server's clock minus `settle`, not to the
+// clock: a row the margin holds back (here one stamped an hour ahead, so
+// that it is held back for certain, however slow the start) does not keep
+// the source CATCHING_UP, and is read once the bound passes its timestamp
+// (here: once it is stamped back into the past), with no restart.
+TEST_F(DatabaseSourceTest, ReadyDoesNotWaitForRowsInsideTheSettleMargin) {
+  insert(0, 100);
+  db_->query(
+      fmt::format("INSERT INTO {} (k, n, x, f, flag, s, updated_at) "
+                  "VALUES ('ahead', 7, 7, 7, true, 'ahead', clock_timestamp() + interval '1 hour')",
+                  table_));
+  start(config("", 64, "1s"));
+  auto ready = [&] {
+    try {
+      return Segment::open(name_).sync().state == layout::SyncState::kReady;
+    } catch (const Error&) {
+      return false;  // not created yet
+    }
+  };
+  ASSERT_TRUE(wait_until(ready, 60s)) << sidecar_->log_tail();
+  {
+    Segment seg = Segment::open(name_);
+    const Table users = seg.table("users");
+    Row row = users.make_row();
+    EXPECT_EQ(users.stats().live_keys, 100u) << "READY before the rows below the bound were applied";
+    EXPECT_FALSE(users.get("ahead", row).found()) << "a row inside the settle margin was read";
+  }
+  // The log says what READY covered (written just after the state).
+  EXPECT_TRUE(wait_until([&] { return sidecar_->log_count("server's clock minus settle, 1000 ms") >= 1; }, 30s))
+      << sidecar_->log_tail();
+  db_->query(fmt::format("UPDATE {} SET updated_at = clock_timestamp() - interval '2 seconds' WHERE k = 'ahead'",
+                         table_));
+  ASSERT_TRUE(wait_equal());
+  EXPECT_TRUE(ready()) << "READY is kept while it reads on";
+  EXPECT_EQ(sidecar_->stop(), 0);
+}
+
 // Half the rows, applied (the segment shows them), a SIGKILL, the rest and
 // updates written while the sidecar is down, a restart: nothing lost, and
 // the rows read again after the restart are read once, not on every poll.
@@ -390,6 +430,69 @@ TEST_F(DatabaseSourceTest, BadColumnTypeUnknownColumnAndUnreachableServerFailAtS
     EXPECT_EQ(sidecar_->wait_exit(60s), 2);
     EXPECT_GE(sidecar_->log_count(c.expected), 1u) << sidecar_->log_tail();
   }
+}
+
+// The driver's binary cells, type by type, against values the server
+// itself computes: integers of every width (and an unsigned oid), floats
+// with NaN and infinities, booleans, text, "char", bytea (raw bytes),
+// jsonb (its version byte dropped), timestamps with and without zone at
+// the ends of years 1-9999 and before 1970, and NULL; a timestamp at
+// infinity is refused with the column's name.
+TEST(PostgresDriverTest, BinaryCellsOfEveryReadType) {
+  PgEnv env;
+  ASSERT_TRUE(PgEnv::load(&env));
+  auto c = sidecar::sql::make_postgres_connection({.url = env.url, .password = env.password});
+  ASSERT_TRUE(c->connect()) << c->error();
+  const std::string select = R"(SELECT * FROM (VALUES
+  (1, -2::int2, -70000::int4, -5000000000::int8, 4294967295::oid, 1.5::float4, -0.1::float8, true,
+   'héllo'::text, 'v'::varchar(4), 'c'::"char", '\x00ff41'::bytea, '{"a": 1}'::jsonb,
+   '0001-01-01 00:00:00'::timestamp, '1969-12-31 23:59:59.999999+00'::timestamptz),
+  (2, NULL, NULL, NULL, NULL, 'NaN'::float4, '-Infinity'::float8, false, '', NULL, NULL, ''::bytea, NULL,
+   '9999-12-31 23:59:59.999999'::timestamp, '2026-01-02 03:04:05.678901+00'::timestamptz),
+  (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+   'infinity'::timestamp, NULL)
+) AS v(id, i2, i4, i8, o, f4, f8, b, t, vc, ch, by, jb, ts, tz))";
+  sidecar::sql::CursorQuery q;
+  q.select = select;
+  q.cursor_column = "id";
+  q.cursor_type = sidecar::sql::ColumnType::kInt;
+  std::unique_ptr<sidecar::sql::Result> r = c->poll(q);
+  ASSERT_NE(r, nullptr) << c->error();
+  ASSERT_EQ(r->rows(), 3u);
+  std::string error;
+  auto cell = [&](size_t row, size_t col) {
+    sidecar::sql::Cell out;
+    EXPECT_TRUE(r->cell(row, col, &out, &error)) << "row " << row << " column " << col << ": " << error;
+    return out;
+  };
+  EXPECT_EQ(cell(0, 0).i, 1);
+  EXPECT_EQ(cell(0, 1).i, -2);
+  EXPECT_EQ(cell(0, 2).i, -70000);
+  EXPECT_EQ(cell(0, 3).i, -5000000000LL);
+  EXPECT_EQ(cell(0, 4).i, 4294967295LL);
+  EXPECT_EQ(cell(0, 5).f, 1.5);
+  EXPECT_EQ(cell(0, 6).f, -0.1);
+  EXPECT_EQ(cell(0, 7).i, 1);
+  EXPECT_EQ(cell(0, 8).s, "héllo");
+  EXPECT_EQ(cell(0, 9).s, "v");
+  EXPECT_EQ(cell(0, 10).s, "c");
+  EXPECT_EQ(cell(0, 11).s, std::string_view("\0\xff" "A", 3));
+  EXPECT_EQ(cell(0, 12).s, R"({"a": 1})");
+  EXPECT_EQ(cell(0, 13).i, -62135596800LL * 1'000'000);
+  EXPECT_EQ(cell(0, 14).i, -1);
+  EXPECT_TRUE(std::isnan(cell(1, 5).f));
+  EXPECT_EQ(cell(1, 6).f, -std::numeric_limits<double>::infinity());
+  EXPECT_EQ(cell(1, 7).i, 0);
+  EXPECT_EQ(cell(1, 8).s, "");
+  EXPECT_FALSE(cell(1, 8).null);
+  EXPECT_TRUE(cell(1, 9).null);
+  EXPECT_EQ(cell(1, 11).s, "");
+  EXPECT_EQ(cell(1, 13).i, 253402300799999999LL);
+  EXPECT_EQ(cell(1, 14).i, 1767323045678901LL);
+  for (size_t col = 1; col <= 12; ++col) EXPECT_TRUE(cell(2, col).null) << "column " << col;
+  sidecar::sql::Cell inf;
+  EXPECT_FALSE(r->cell(2, 13, &inf, &error));
+  EXPECT_NE(error.find("column \"ts\""), std::string::npos) << error;
 }
 
 }  // namespace

@@ -2,14 +2,19 @@
 // (apply/stream_sync.h), on a real Writer and segment; no broker.
 #include "apply/stream_sync.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <string>
 
 #include "apply/writer_thread.h"
 #include "config/config.h"
 #include "decode/decoder.h"
+#include "decode/update_builder.h"
 #include "larder/client.h"
 #include "larder/writer/writer.h"
 
@@ -24,6 +29,37 @@ layout::Schema one_table() {
   t.fields = {{"i", FieldType::kInt64, 1}};
   schema.tables.push_back(t);
   return schema;
+}
+
+// A table with a string field, for records appended into one batch.
+layout::Schema string_table() {
+  layout::Schema schema;
+  layout::TableSpec t;
+  t.name = "t";
+  t.capacity = 64;
+  t.fields = {{"i", FieldType::kInt64, 1}, {"s", FieldType::kString, 16}};
+  schema.tables.push_back(t);
+  return schema;
+}
+
+// One record for UpdateBuilder::append: key, i, s; a negative i is refused.
+struct Record {
+  UpdateBuilder* b;
+  std::string key;
+  int64_t i;
+  std::string s;
+};
+void walk_record(void* ctx) {
+  const Record& r = *static_cast<const Record*>(ctx);
+  r.b->begin_update(0, false);
+  r.b->set_table(0);
+  r.b->set_key(r.key);
+  r.b->set_event_time_ms(5);
+  r.b->set_fields_present();
+  r.b->input_string(1, r.s);  // a string first: its bytes sit before the refusal
+  if (r.i < 0) r.b->reject(RejectReason::kOutOfRange, "negative");
+  r.b->input_integer(0, r.i);
+  r.b->end_update();
 }
 
 class StreamSyncTest : public ::testing::Test {
@@ -88,6 +124,109 @@ TEST_F(StreamSyncTest, ApplyBatchStoresThePositionAfterEachUpdate) {
             Outcome::kApplied);
   EXPECT_EQ(stale, 1u);
   EXPECT_EQ(position()->next_offset, 10u);
+}
+
+// Records appended one by one: a refused one leaves no trace, the others
+// keep their values (strings resolved by finish()).
+TEST(UpdateBuilderAppend, ARefusedRecordRemovesOnlyItself) {
+  UpdateBuilder builder(string_table(), {});
+  ASSERT_EQ(builder.inputs(0).at(0).name, "i");
+  ASSERT_EQ(builder.inputs(0).at(1).name, "s");
+  DecodedBatch batch;
+  const Record records[] = {{&builder, "a", 1, "first"},
+                            {&builder, "b", -1, "refused-row"},
+                            {&builder, "c", 3, "third"}};
+  std::vector<bool> ok;
+  for (const Record& r : records) {
+    const DecodeResult d = builder.append(batch, 1000, RejectReason::kWrongType, &walk_record, const_cast<Record*>(&r));
+    ok.push_back(d.ok);
+    EXPECT_TRUE(d.ok || d.detail == "negative") << r.key << ": " << d.detail;
+  }
+  EXPECT_EQ(ok, (std::vector<bool>{true, false, true}));
+  UpdateBuilder::finish(batch);
+  ASSERT_EQ(batch.size(), 2u);
+  EXPECT_EQ(batch.key(batch.update(0)), "a");
+  EXPECT_EQ(batch.key(batch.update(1)), "c");
+  auto string_of = [&](size_t u) {
+    for (const FieldValue& v : batch.values(batch.update(u))) {
+      if (v.type == FieldType::kString) return std::string(static_cast<const char*>(v.data), v.length);
+    }
+    return std::string("?");
+  };
+  EXPECT_EQ(string_of(0), "first");
+  EXPECT_EQ(string_of(1), "third");
+}
+
+// A poller's rows in one item: update i stores its own next_offset with
+// its effect. Killed at every crash point of the batch in turn (a child
+// process SIGKILLs itself at the k-th), the reopened segment always holds
+// a prefix of the rows and the position of exactly the last of them.
+TEST(PollerPositions, AKillBetweenRowsOfOneItemStoresTheLastAppliedRow) {
+  const std::string name = "larder-unit-pollpos-" + std::to_string(::getpid());
+  const std::vector<uint64_t> next = {10, 10, 20, 30, 40};  // rows 0 and 1 share a cursor
+  const uint64_t item_offset = 44;                          // a refused row at 44 after the last
+  const char* keys[] = {"a", "b", "c", "d", "e"};
+  Decoder decoder(one_table(), {});
+  std::string body = "[";
+  for (size_t i = 0; i < next.size(); ++i) {
+    body += fmt::format(R"({}{{"table":"t","key":"{}","event_time":5,"fields":{{"i":{}}}}})", i == 0 ? "" : ",",
+                        keys[i], i);
+  }
+  body += "]";
+  static long crash_at = 0;
+  static long points = 0;
+  bool finished = false;
+  for (crash_at = 1; !finished && crash_at < 1000; ++crash_at) {
+    Writer::remove_segment(name);
+    Writer::open(name, one_table()).reset();
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      auto writer = Writer::open(name, one_table());
+      DecodedBatch batch;
+      if (!decoder.decode(body, batch).ok) ::_exit(3);
+      points = 0;
+      set_crash_hook([](CrashPoint) {
+        if (++points == crash_at) ::raise(SIGKILL);
+      });
+      RejectReason reason = RejectReason::kInternal;
+      const StreamPlace place{item_offset, 0, 0, next};
+      const Outcome o = apply_batch(*writer, batch, &reason, nullptr, nullptr, nullptr, nullptr, nullptr, &place);
+      ::_exit(o == Outcome::kApplied ? 0 : 4);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    if (WIFEXITED(status)) {
+      ASSERT_EQ(WEXITSTATUS(status), 0);
+      finished = true;
+    } else {
+      ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    }
+    auto writer = Writer::open(name, one_table());  // repairs what the kill left
+    Segment seg = Segment::open(name);
+    Table t = seg.table("t");
+    Row row = t.make_row();
+    size_t applied = 0;
+    while (applied < next.size() && t.get(keys[applied], row).ok()) ++applied;
+    for (size_t i = applied; i < next.size(); ++i) {
+      EXPECT_FALSE(t.get(keys[i], row).found()) << "crash point " << crash_at << ": not a prefix";
+    }
+    const std::optional<SourcePosition> pos = writer->position(0);
+    if (applied == 0) {
+      EXPECT_FALSE(pos.has_value()) << "crash point " << crash_at;
+    } else {
+      ASSERT_TRUE(pos.has_value()) << "crash point " << crash_at;
+      EXPECT_EQ(pos->next_offset, applied == next.size() ? item_offset + 1 : next[applied - 1])
+          << "crash point " << crash_at << ", " << applied << " rows applied";
+      EXPECT_EQ(pos->skip_updates, 0u);
+    }
+    if (finished) {
+      EXPECT_EQ(applied, next.size());
+    }
+  }
+  EXPECT_TRUE(finished);
+  EXPECT_GT(crash_at, 5) << "fewer crash points than rows";
+  Writer::remove_segment(name);
 }
 
 // CATCHING_UP until the target is applied and the lag is low enough; the

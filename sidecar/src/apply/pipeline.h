@@ -75,6 +75,13 @@ struct WorkItem {
   // the writer (SidecarMetrics' pipeline stages).
   int64_t received_mono_ns = 0;
   int64_t enqueued_mono_ns = 0;
+  // A poller's rows (consume/sql_source.h): several rows in one batch, each
+  // with its own place. When not empty, one entry per update of `batch`:
+  // the next_offset stored with that update's effect (skip_updates 0); the
+  // last update stores `offset` + 1 instead, which also covers rows after
+  // it that gave no update (refused ones). Handed back in the Completion
+  // for reuse, like `batch`.
+  std::vector<uint64_t> update_next_offsets;
 };
 
 enum class Outcome : uint8_t {
@@ -94,6 +101,7 @@ struct Completion {
   RejectReason reason = RejectReason::kInternal;  // when kRejected
   uint32_t refused_update = 0;                    // when kRejected: the first refused update of `batch`
   DecodedBatch batch;
+  std::vector<uint64_t> update_next_offsets;  // the WorkItem's, handed back for reuse
   int64_t applied_mono_ns = 0;  // CLOCK_MONOTONIC: the writer finished it
 };
 

@@ -26,6 +26,9 @@ Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* rea
   // its last update only.
   auto position_after = [&](size_t i) {
     const bool last = i + 1 == n;
+    if (!place->next_offsets.empty()) {
+      return SourcePosition{place->partition, last ? place->offset + 1 : place->next_offsets[i], 0};
+    }
     return SourcePosition{place->partition, last ? place->offset + 1 : place->offset,
                           last ? 0u : static_cast<uint32_t>(i + 1)};
   };
@@ -120,7 +123,13 @@ Outcome apply_item(Writer& writer, const WorkItem& item, StreamSync* sync, Rejec
   if (item.position_only) {
     writer.set_position(SourcePosition{item.partition, item.offset + 1, 0});
   } else {
-    const StreamPlace place{item.offset, item.skip_updates, item.partition};
+    // A poller's rows carry one place per update; anything else does not
+    // match the batch and would store wrong positions: refuse it whole.
+    if (!item.update_next_offsets.empty() && item.update_next_offsets.size() != item.batch.size()) {
+      *reason = RejectReason::kInternal;
+      return Outcome::kRejected;
+    }
+    const StreamPlace place{item.offset, item.skip_updates, item.partition, item.update_next_offsets};
     outcome = apply_batch(writer, item.batch, reason, nullptr, applied, lag, duplicates, late, &place, refused_update);
   }
   if (streamed) sync->applied(item.offset, item.position_only ? 0 : newest_event_ms(item.batch));
@@ -239,7 +248,11 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
       metrics.stage_apply_seconds.observe_ns(t1 - dequeued);
       c.applied_mono_ns = t1;
       t0 = t1;
-      if (c.outcome == Outcome::kApplied) ++applied_messages;
+      // A poller's item holds many rows, each a message of its own to the
+      // metrics (as when each had an item of its own): count its rows applied.
+      if (c.outcome == Outcome::kApplied) {
+        applied_messages += item.update_next_offsets.empty() ? 1 : item.update_next_offsets.size();
+      }
       if (c.outcome == Outcome::kRejected && c.reason == RejectReason::kTableFull && table_full_logged++ % 1000 == 0) {
         spdlog::error(
             "writer: a table is full; new keys are refused and their messages dead-lettered "
@@ -253,6 +266,7 @@ void run_writer_thread(Writer& writer, Pipeline& pipeline, StreamSync* sync) {
             arena_full_logged);
       }
       c.batch = std::move(item.batch);
+      c.update_next_offsets = std::move(item.update_next_offsets);
       const uint32_t lane = item.source < ptoks.size() ? item.source : 0;
       pipeline.lanes[lane]->done.enqueue(ptoks[lane], std::move(c));
     }

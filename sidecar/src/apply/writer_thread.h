@@ -7,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <span>
 
 #include "apply/pipeline.h"
 #include "apply/stream_sync.h"
@@ -31,6 +32,10 @@ struct StreamPlace {
   uint64_t offset = 0;        // the message's offset
   uint32_t skip_updates = 0;  // its first updates, applied before a restart: not applied again
   uint32_t partition = 0;     // the SourceBlock partition of its position
+  // A poller's batch of rows (WorkItem::update_next_offsets): when not
+  // empty, update i of n stores {partition, next_offsets[i], 0} and the
+  // last {partition, offset + 1, 0}; skip_updates is then 0.
+  std::span<const uint64_t> next_offsets;
 };
 
 // Where apply_batch records the event-to-visible lag of each applied update:
@@ -57,7 +62,9 @@ struct LagRecorder {
 // (a stream message), skips its first place->skip_updates updates and stages
 // before update i of n the position {partition, offset, i + 1} (the message
 // is not wholly applied yet) or, for the last, {partition, offset + 1, 0}; a
-// message with no update left stores {partition, offset + 1, 0} directly. Writer thread. Never
+// message with no update left stores {partition, offset + 1, 0} directly;
+// with place->next_offsets, update i stores its own {partition,
+// next_offsets[i], 0} instead (a poller's rows). Writer thread. Never
 // allocates.
 // The least ready of the lanes' states, and the worst of their connection
 // states (any disconnected, else any connecting, else connected when any

@@ -323,7 +323,9 @@ bool SqlSource::poll_all() {
       wait_window(0);  // caught up means applied, not only handed over
       set_sync(layout::SyncState::kReady);
       set_status("");
-      spdlog::info("sync: READY: {}: every polled table is caught up and applied", name());
+      spdlog::info("sync: READY: {}: every polled table is caught up and applied (timestamp cursors up to the "
+                   "server's clock minus settle, {} ms)",
+                   name(), db_.settle_ms);
     }
   }
   return true;
@@ -342,7 +344,7 @@ bool SqlSource::poll_page(size_t index, std::optional<int64_t> before, int64_t n
   q.before_cursor = before;
   q.limit = cur.limit();
   // At most about two pages in flight: the writer's pace is the poller's.
-  wait_window(cur.limit());
+  wait_window((cur.limit() + kRowsPerItem - 1) / kRowsPerItem);
   std::unique_ptr<sql::Result> r = conn_->poll(q);
   polls_.fetch_add(1, std::memory_order_relaxed);
   pipeline_.metrics.consumer_heartbeat_mono_ns.set(layout::now_mono_ns());
@@ -360,7 +362,8 @@ bool SqlSource::poll_page(size_t index, std::optional<int64_t> before, int64_t n
   }
   const int64_t now_ms = now_us / 1000;
   const size_t n = r->rows();
-  for (size_t row = 0; row < n; ++row) hand_over(p, index, *r, row, now_ms);
+  for (size_t row = 0; row < n; ++row) add_row(p, index, *r, row, now_ms);
+  hand_over(p);  // the page's last rows: an item never spans two pages
   *caught_up = cur.end_page(n);
   if (p.cursor_type == sql::ColumnType::kTimestamp) {
     const int64_t last = p.last_cursor.load(std::memory_order_relaxed);
@@ -373,16 +376,14 @@ bool SqlSource::poll_page(size_t index, std::optional<int64_t> before, int64_t n
   return true;
 }
 
-void SqlSource::hand_over(Polled& p, size_t index, const sql::Result& r, size_t row, int64_t now_ms) {
-  const int64_t received = layout::now_mono_ns();
-  SidecarMetrics& metrics = pipeline_.metrics;
-  metrics.messages_received.add();
+void SqlSource::add_row(Polled& p, size_t index, const sql::Result& r, size_t row, int64_t now_ms) {
   std::string error;
   sql::Cell cursor, tie;
   if (!r.cell(row, static_cast<size_t>(p.cursor), &cursor, &error) || cursor.null ||
       (p.tie >= 0 && (!r.cell(row, static_cast<size_t>(p.tie), &tie, &error) || tie.null))) {
     // No place in the cursor order: the query's WHERE never returns it
     // again, so skipping it loses nothing a later poll would bring.
+    pipeline_.metrics.messages_received.add();
     p.skipped.fetch_add(1, std::memory_order_relaxed);
     note_reject(RejectReason::kMissingMember, fmt::format("{} row {}", p.config->table, row),
                 error.empty() ? std::string("the cursor or tie column is NULL") : error);
@@ -391,39 +392,68 @@ void SqlSource::hand_over(Polled& p, size_t index, const sql::Result& r, size_t 
   const std::optional<uint64_t> offset = sql::PollCursor::item_offset(cursor.i);
   p.cursor_state->row(cursor.i, tie.i);
   if (!offset) {
+    pipeline_.metrics.messages_received.add();
     p.skipped.fetch_add(1, std::memory_order_relaxed);
     note_reject(RejectReason::kOutOfRange, fmt::format("{} row {}", p.config->table, row), "cursor is -2^63");
     return;
   }
-  DecodedBatch batch;
-  if (!spare_batches_.empty()) {
-    batch = std::move(spare_batches_.back());
-    spare_batches_.pop_back();
+  if (open_rows_ == 0) {
+    open_.received_mono_ns = layout::now_mono_ns();
+    open_.source = lane_.index;
+    open_.partition = lane_.partition_base + static_cast<uint32_t>(index);
+    open_.batch.clear();
+    open_.update_next_offsets.clear();
   }
   RowCtx ctx{this, &p, &r, row, now_ms};
-  const int64_t decode_start = layout::now_mono_ns();
-  const DecodeResult result = builder_.run(batch, now_ms, RejectReason::kWrongType, &SqlSource::walk_row, &ctx);
-  const int64_t decode_end = layout::now_mono_ns();
-  metrics.decode_seconds.observe_ns(decode_end - decode_start);
-  metrics.consumer_heartbeat_mono_ns.set(decode_end);
-  p.rows.fetch_add(1, std::memory_order_relaxed);
-  p.last_cursor.store(cursor.i, std::memory_order_relaxed);
-
-  WorkItem item;
-  item.source = lane_.index;
-  item.partition = lane_.partition_base + static_cast<uint32_t>(index);
-  item.offset = *offset;
-  item.received_mono_ns = received;
-  if (!result.ok) {
+  const DecodeResult result =
+      builder_.append(open_.batch, now_ms, RejectReason::kWrongType, &SqlSource::walk_row, &ctx);
+  if (result.ok) {
+    // This row's place, stored with its update (sql/cursor.h).
+    open_.update_next_offsets.push_back(*offset + 1);
+  } else {
+    // Refused: no update; the next update's place (or the item's own,
+    // stored after its last) moves past it.
     note_reject(result.reason,
                 fmt::format("{} key={} cursor={}", p.config->table, result.key.empty() ? "?" : result.key, cursor.i),
                 result.detail);
-    batch.clear();
-    item.position_only = true;
   }
-  item.batch = std::move(batch);
+  open_.offset = *offset;
+  open_last_cursor_ = cursor.i;
+  if (++open_rows_ == kRowsPerItem) hand_over(p);
+}
+
+void SqlSource::hand_over(Polled& p) {
+  if (open_rows_ == 0) return;
+  SidecarMetrics& metrics = pipeline_.metrics;
+  UpdateBuilder::finish(open_.batch);
+  const int64_t decoded = layout::now_mono_ns();
+  metrics.messages_received.add(open_rows_);
+  metrics.decode_seconds.observe_ns(decoded - open_.received_mono_ns);
+  metrics.consumer_heartbeat_mono_ns.set(decoded);
+  p.rows.fetch_add(open_rows_, std::memory_order_relaxed);
+  p.last_cursor.store(open_last_cursor_, std::memory_order_relaxed);
+
+  WorkItem item;
+  item.source = open_.source;
+  item.partition = open_.partition;
+  item.offset = open_.offset;
+  item.received_mono_ns = open_.received_mono_ns;
+  // Every row refused: nothing to apply, the position moves past them.
+  item.position_only = open_.batch.empty();
+  item.batch = std::move(open_.batch);
+  item.update_next_offsets = std::move(open_.update_next_offsets);
+  open_rows_ = 0;
+  // The next item's buffers: a batch the writer handed back, if any.
+  if (!spare_batches_.empty()) {
+    open_.batch = std::move(spare_batches_.back());
+    spare_batches_.pop_back();
+  }
+  if (!spare_offsets_.empty()) {
+    open_.update_next_offsets = std::move(spare_offsets_.back());
+    spare_offsets_.pop_back();
+  }
   // Write point of the hand-over progress (see SidecarMetrics).
-  if (metrics.work_enqueued.value() == metrics.work_done.value_acquire()) metrics.backlog_start_mono_ns.set(decode_end);
+  if (metrics.work_enqueued.value() == metrics.work_done.value_acquire()) metrics.backlog_start_mono_ns.set(decoded);
   item.enqueued_mono_ns = layout::now_mono_ns();
   metrics.stage_receive_seconds.observe_ns(item.enqueued_mono_ns - item.received_mono_ns);
   pipeline_.work.enqueue(work_token_, std::move(item));
@@ -502,11 +532,14 @@ void SqlSource::process_completions() {
         const std::string detail = c.reason == RejectReason::kTableFull
                                        ? std::string("a table is full (raise its capacity)")
                                        : std::string("the writer refused it");
-        note_reject(c.reason,
-                    fmt::format("{} cursor={}", polled_[index]->config->table, sql::decode_cursor(c.offset + 1)),
+        // The refused update's own row, when the item says which.
+        const uint64_t next = c.refused_update < c.update_next_offsets.size() ? c.update_next_offsets[c.refused_update]
+                                                                              : c.offset + 1;
+        note_reject(c.reason, fmt::format("{} cursor={}", polled_[index]->config->table, sql::decode_cursor(next)),
                     detail);
       }
-      if (spare_batches_.size() < 1024) spare_batches_.push_back(std::move(c.batch));
+      if (spare_batches_.size() < kSpareItems) spare_batches_.push_back(std::move(c.batch));
+      if (spare_offsets_.size() < kSpareItems) spare_offsets_.push_back(std::move(c.update_next_offsets));
     }
     if (n < completions_.size()) break;
   }

@@ -7,8 +7,11 @@
 // back short; each row becomes one update (an upsert of its mapped columns,
 // or a delete when its `deleted` column is true) built by the same
 // UpdateBuilder as the binary message formats, so the tables' rules, reject
-// reasons and transforms are the same. The cursor, its stored form and why
-// it can repeat a row once but never skip one: consume/sql/cursor.h.
+// reasons and transforms are the same. The rows of a page go to the writer
+// kRowsPerItem to a WorkItem, each update with its own stored position, so
+// the writer applies them through its batched upsert. The cursor, its
+// stored form and why it can repeat a row once but never skip one:
+// consume/sql/cursor.h.
 //
 // Settle margin: a timestamp cursor is only read up to the server's clock
 // minus `settle`. A transaction that began earlier and commits later writes
@@ -24,7 +27,12 @@
 // thread runs: check() throws StartError with the config path.
 //
 // Readiness: CATCHING_UP until every table's last poll came back short and
-// everything handed over is applied; then READY. A lost connection makes it
+// everything handed over is applied; then READY. For a timestamp cursor
+// "short" is below the sweep's bound, the server's clock minus `settle`:
+// READY does not wait for rows the margin holds back, which arrive within
+// settle + poll_interval as every later change does (waiting for them
+// would delay every start by the margin and promise no more freshness than
+// the source keeps afterwards). A lost connection makes it
 // CATCHING_UP again (with the server's error as the reason) until it is back
 // and caught up; it reconnects with backoff (database.reconnect).
 //
@@ -75,6 +83,11 @@ class SqlSource final : public Source {
 
  private:
   static constexpr int64_t kNoCursor = std::numeric_limits<int64_t>::min();
+  // Rows per WorkItem: enough that the writer's batched upsert gets long
+  // runs and the queue, completion and position costs spread over many
+  // rows; a page's rows arrive together, so this delays none of them.
+  static constexpr size_t kRowsPerItem = 256;
+  static constexpr size_t kSpareItems = 64;
   struct Input {
     int column = -1;  // in the query's result
     uint32_t input = 0;
@@ -104,7 +117,10 @@ class SqlSource final : public Source {
   bool poll_all();
   // One page of one table. False on a failure.
   bool poll_page(size_t index, std::optional<int64_t> before, int64_t now_us, bool* caught_up);
-  void hand_over(Polled& p, size_t index, const sql::Result& r, size_t row, int64_t now_ms);
+  // Adds one row of a page to the open item; hands it over when full.
+  void add_row(Polled& p, size_t index, const sql::Result& r, size_t row, int64_t now_ms);
+  // Hands the open item (if any rows) to the writer.
+  void hand_over(Polled& p);
   static void walk_row(void* ctx);
   void process_completions();
   void wait_window(size_t limit);
@@ -125,8 +141,14 @@ class SqlSource final : public Source {
   moodycamel::ProducerToken work_token_;
   std::vector<std::unique_ptr<Polled>> polled_;
   std::vector<Completion> completions_;
+  // The item being filled from a page (add_row) and its row count.
+  WorkItem open_;
+  size_t open_rows_ = 0;
+  int64_t open_last_cursor_ = 0;
+  // Buffers the writer handed back, for the next items.
   std::vector<DecodedBatch> spare_batches_;
-  uint64_t outstanding_ = 0;
+  std::vector<std::vector<uint64_t>> spare_offsets_;
+  uint64_t outstanding_ = 0;  // items handed over, not yet completed
   layout::SyncState sync_ = layout::SyncState::kCatchingUp;
 
   std::atomic<uint64_t> polls_{0};

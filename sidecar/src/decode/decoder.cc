@@ -1268,6 +1268,42 @@ DecodeResult UpdateBuilder::run(DecodedBatch& out, int64_t now_unix_ms, RejectRe
   }
 }
 
+DecodeResult UpdateBuilder::append(DecodedBatch& out, int64_t now_unix_ms, RejectReason malformed,
+                                   void (*walk)(void* ctx), void* ctx) {
+  // What `out` held before: a rejection truncates back to it. Values are
+  // not finished yet (their data offsets still index bytes_ and floats_),
+  // so truncating keeps the earlier records whole.
+  const size_t updates = out.updates_.size(), values = out.values_.size(), sources = out.sources_.size(),
+               bytes = out.bytes_.size(), floats = out.floats_.size();
+  const bool had_id = !out.first_id_.empty();
+  impl_->now_ms = now_unix_ms < 0 ? Decoder::Impl::kClockUnread : now_unix_ms;
+  impl_->current_id.clear();
+  impl_->current_key.clear();
+  state_->out = &out;
+  state_->vector = nullptr;
+  auto undo = [&] {
+    out.updates_.resize(updates);
+    out.values_.resize(values);
+    out.sources_.resize(sources);
+    out.bytes_.resize(bytes);
+    out.floats_.resize(floats);
+    if (!had_id) out.first_id_.clear();
+  };
+  try {
+    walk(ctx);
+    return DecodeResult::success();
+  } catch (Reject& r) {
+    undo();
+    return DecodeResult{false, r.reason, std::move(r.detail), impl_->current_id, impl_->current_key};
+  } catch (const std::exception& e) {  // allocation failure
+    undo();
+    return DecodeResult{false, malformed, std::string("decoder error: ") + e.what(), impl_->current_id,
+                        impl_->current_key};
+  }
+}
+
+void UpdateBuilder::finish(DecodedBatch& out) noexcept { Decoder::Impl::finish(out); }
+
 void UpdateBuilder::reject(RejectReason reason, std::string detail) {
   ::larder::sidecar::reject(reason, std::move(detail));
 }

@@ -61,6 +61,15 @@ class UpdateBuilder {
   // empty. now_unix_ms < 0: read CLOCK_REALTIME when a bound needs it.
   // `malformed` is the reason for an unexpected failure inside `walk`.
   DecodeResult run(DecodedBatch& out, int64_t now_unix_ms, RejectReason malformed, void (*walk)(void* ctx), void* ctx);
+  // --- Several records into one batch (a page of database rows): as run(),
+  // but adds to `out` instead of clearing it, and a rejection removes only
+  // what this call added, so each record is taken or refused on its own.
+  // The string and vector values it adds point nowhere until finish(out),
+  // called once after the last append and before `out` is read or moved
+  // to another thread.
+  DecodeResult append(DecodedBatch& out, int64_t now_unix_ms, RejectReason malformed, void (*walk)(void* ctx),
+                      void* ctx);
+  static void finish(DecodedBatch& out) noexcept;
   [[noreturn]] void reject(RejectReason reason, std::string detail);
   // "update 3" (or "update" for a single one), for details.
   std::string where() const;

@@ -19,8 +19,13 @@
 // writer stores one 96-bit position per update, too little for two 64-bit
 // values. So the stored position can repeat a row once, never skip one.
 //
-// Each row goes to the writer as its own WorkItem with offset encode(C) - 1,
-// so the writer stores next_offset = encode(C) with it (and skip_updates 0).
+// The rows of a page go to the writer up to a few hundred per WorkItem, and
+// each row's update carries its own place (WorkItem::update_next_offsets):
+// the writer stores next_offset = encode(C) (skip_updates 0) with the effect
+// of the update of a row at C, so a kill between two rows of one item
+// leaves the position of the last row applied, as if each row were an item
+// of its own. The item's offset is encode(C) - 1 of its last row, stored
+// after its last update: a refused row at the end moves the position too.
 //
 // Without a tie column, a full page may end inside a group of rows sharing
 // the last cursor value: the next query starts at that value again

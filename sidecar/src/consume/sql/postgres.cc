@@ -1,14 +1,19 @@
-// PostgreSQL behind the driver interface (driver.h), with libpq. Results come
-// in text format and are parsed strictly (text_values.h); the session runs
-// with TimeZone=UTC and DateStyle=ISO so that timestamptz prints as UTC with
-// an offset and timestamp (without zone) prints as is, taken as UTC.
+// PostgreSQL behind the driver interface (driver.h), with libpq. Polled
+// rows come in binary format (each type's send form: big-endian integers
+// and IEEE floats, timestamps as microseconds since 2000-01-01, text as its
+// bytes), read with a strict length check per type: nothing to parse, on
+// either side (the server's text output of floats and timestamps cost as
+// much as the client's parsing of it; docs/performance.md). The session
+// runs with TimeZone=UTC, so timestamp (without zone) is taken as UTC as
+// it is stored, and timestamptz is the instant it is. describe() and the
+// server's clock use text, parsed strictly (text_values.h).
 //
 // Threads: one Connection per source thread (libpq connections are not
 // shared).
 #include <fmt/format.h>
 #include <libpq-fe.h>
 
-#include <deque>
+#include <bit>
 
 #include "consume/sql/driver.h"
 #include "consume/sql/text_values.h"
@@ -48,6 +53,16 @@ constexpr TypeName kTypes[] = {
     {3802, ColumnType::kText, "jsonb"},
 };
 
+// The OIDs whose binary form cell() reads itself (the rest of kTypes it
+// reads as bytes: text, varchar, char(n), name, json, "char", bytea).
+constexpr Oid kBoolOid = 16, kInt8Oid = 20, kInt2Oid = 21, kInt4Oid = 23, kOidOid = 26, kFloat4Oid = 700,
+              kFloat8Oid = 701, kTimestampOid = 1114, kTimestamptzOid = 1184, kJsonbOid = 3802;
+// Binary timestamps count microseconds from 2000-01-01 00:00:00 UTC; the
+// driver's cells from 1970 (driver.h), years 1-9999 as the text parser.
+constexpr int64_t kUnixUsAt2000 = 946'684'800LL * 1'000'000;
+constexpr int64_t kFirstUs2000 = -62'135'596'800LL * 1'000'000 - kUnixUsAt2000;     // 0001-01-01 00:00:00
+constexpr int64_t kLastUs2000 = 253'402'300'799'999'999LL - kUnixUsAt2000;  // 9999-12-31 23:59:59.999999
+
 ColumnInfo column_info(const PGresult* r, int c) {
   ColumnInfo info;
   const char* name = PQfname(r, c);
@@ -71,9 +86,13 @@ std::string trimmed(const char* message) {
 
 class PgResult final : public Result {
  public:
+  // `r` holds rows in binary format (resultFormat 1).
   explicit PgResult(PGresult* r) : r_(r) {
     const int n = PQnfields(r);
-    for (int c = 0; c < n; ++c) columns_.push_back(column_info(r, c));
+    for (int c = 0; c < n; ++c) {
+      columns_.push_back(column_info(r, c));
+      oids_.push_back(PQftype(r, c));
+    }
     rows_ = static_cast<size_t>(std::max(0, PQntuples(r)));
   }
   ~PgResult() override { PQclear(r_); }
@@ -101,65 +120,76 @@ class PgResult final : public Result {
     const std::string_view s(p, static_cast<size_t>(len));
     const ColumnInfo& info = columns_[column];
     auto bad = [&](const char* what) {
-      *error = fmt::format("column \"{}\" ({}): {} \"{}\"", info.name, info.server_type, what,
-                           s.substr(0, std::min<size_t>(s.size(), 40)));
+      *error = fmt::format("column \"{}\" ({}): {} ({} bytes)", info.name, info.server_type, what, s.size());
       return false;
     };
     out->null = false;
-    switch (info.type) {
-      case ColumnType::kInt: {
-        const std::optional<int64_t> v = parse_int(s);
-        if (!v) return bad("not an integer:");
-        out->i = *v;
+    switch (oids_[column]) {
+      case kInt8Oid:
+        if (s.size() != 8) return bad("not an 8-byte bigint");
+        out->i = static_cast<int64_t>(big_endian<uint64_t>(p));
+        return true;
+      case kInt4Oid:
+        if (s.size() != 4) return bad("not a 4-byte integer");
+        out->i = static_cast<int32_t>(big_endian<uint32_t>(p));
+        return true;
+      case kInt2Oid:
+        if (s.size() != 2) return bad("not a 2-byte smallint");
+        out->i = static_cast<int16_t>(big_endian<uint16_t>(p));
+        return true;
+      case kOidOid:
+        if (s.size() != 4) return bad("not a 4-byte oid");
+        out->i = big_endian<uint32_t>(p);  // unsigned
+        return true;
+      case kFloat8Oid:
+        if (s.size() != 8) return bad("not an 8-byte double precision");
+        out->f = std::bit_cast<double>(big_endian<uint64_t>(p));
+        return true;
+      case kFloat4Oid:
+        if (s.size() != 4) return bad("not a 4-byte real");
+        out->f = std::bit_cast<float>(big_endian<uint32_t>(p));
+        return true;
+      case kBoolOid:
+        if (s.size() != 1 || (s[0] != 0 && s[0] != 1)) return bad("not a boolean");
+        out->i = s[0];
+        return true;
+      case kTimestampOid:
+      case kTimestamptzOid: {
+        if (s.size() != 8) return bad("not an 8-byte timestamp");
+        // Microseconds since 2000-01-01 (integer datetimes, the only kind
+        // since PostgreSQL 10); +-infinity are INT64_MAX / INT64_MIN.
+        const int64_t v = static_cast<int64_t>(big_endian<uint64_t>(p));
+        if (v < kFirstUs2000 || v > kLastUs2000) return bad("not a timestamp in years 1-9999 (or infinity)");
+        out->i = v + kUnixUsAt2000;
         return true;
       }
-      case ColumnType::kFloat: {
-        const std::optional<double> v = parse_float(s);
-        if (!v) return bad("not a number:");
-        out->f = *v;
+      case kJsonbOid:
+        // jsonb's send form: a version byte (1), then the text.
+        if (s.empty() || s[0] != 1) return bad("not jsonb version 1");
+        out->s = s.substr(1);
         return true;
-      }
-      case ColumnType::kBool:
-        if (s != "t" && s != "f") return bad("not a boolean:");
-        out->i = s == "t" ? 1 : 0;
-        return true;
-      case ColumnType::kText: out->s = s; return true;
-      case ColumnType::kBytes: {
-        // bytea_output = hex (set by the session): \x then two digits a byte.
-        if (s.size() < 2 || s[0] != '\\' || s[1] != 'x' || s.size() % 2 != 0) return bad("not hex bytea:");
-        std::string& bytes = scratch_.emplace_back();
-        bytes.reserve((s.size() - 2) / 2);
-        for (size_t i = 2; i < s.size(); i += 2) {
-          auto nibble = [](char ch) -> int {
-            if (ch >= '0' && ch <= '9') return ch - '0';
-            if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
-            if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
-            return -1;
-          };
-          const int hi = nibble(s[i]), lo = nibble(s[i + 1]);
-          if (hi < 0 || lo < 0) return bad("not hex bytea:");
-          bytes += static_cast<char>(hi * 16 + lo);
-        }
-        out->s = bytes;
-        return true;
-      }
-      case ColumnType::kTimestamp: {
-        const std::optional<int64_t> v = parse_timestamp(s);
-        if (!v) return bad("not a timestamp in years 1-9999:");
-        out->i = *v;
-        return true;
-      }
-      case ColumnType::kOther: break;
+      default: break;
     }
-    return bad("a type Larder does not read:");
+    switch (info.type) {
+      case ColumnType::kText:  // text, varchar, char(n), name, json, "char": their bytes
+      case ColumnType::kBytes: out->s = s; return true;
+      default: break;
+    }
+    return bad("a type Larder does not read");
   }
 
  private:
+  template <typename T>
+  static T big_endian(const char* p) noexcept {
+    T v = 0;
+    for (size_t i = 0; i < sizeof(T); ++i) v = static_cast<T>((v << 8) | static_cast<unsigned char>(p[i]));
+    return v;
+  }
+
   PGresult* r_;
   std::vector<ColumnInfo> columns_;
+  std::vector<Oid> oids_;
   size_t rows_ = 0;
-  // Decoded bytea cells, alive as long as the result (deque: stable).
-  mutable std::deque<std::string> scratch_;
 };
 
 class PgConnection final : public Connection {
@@ -192,7 +222,8 @@ class PgConnection final : public Connection {
       close();
       return false;
     }
-    // UTC and ISO output: what the strict parsers read.
+    // UTC and ISO output: what the strict parsers of text read (describe,
+    // the clock, the cursor bounds sent as text parameters).
     if (!exec_ok("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET bytea_output = 'hex'; "
                  "SET IntervalStyle = 'iso_8601'")) {
       close();
@@ -273,8 +304,9 @@ class PgConnection final : public Connection {
                     where, *cursor, tie->empty() ? "" : ", ", *tie, q.limit);
     std::vector<const char*> values;
     for (const std::string& p : params) values.push_back(p.c_str());
+    // Parameters in text, rows in binary (PgResult::cell).
     PGresult* r =
-        PQexecParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr, nullptr, 0);
+        PQexecParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr, nullptr, 1);
     if (!ok(r, PGRES_TUPLES_OK, true)) return nullptr;
     return std::make_unique<PgResult>(r);
   }
