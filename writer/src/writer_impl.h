@@ -273,7 +273,7 @@ struct Writer::Impl {
     uint64_t slot = writer::kNone;  // the guessed slot (tables with aggregates)
     bool hashed = false;            // false: apply() refuses the key, or the table
   };
-  static constexpr size_t kPrefetchRing = 64;  // > Writer::kUpsertAhead
+  static constexpr size_t kPrefetchRing = 64;  // >= Writer::kUpsertAhead + kPrefetchGroup
   void prefetch_upsert(const Upsert& u, PrefetchedKey& k) const;
   void prefetch_slot(const Upsert& u, int64_t clock, PrefetchedKey& k) const;
   void prefetch_buckets(const Upsert& u, int64_t clock, const PrefetchedKey& k) const;
