@@ -29,9 +29,10 @@
 // apply is long enough to fill the reorder buffer behind it: one prefetch
 // per apply walks the pages one after another, while a group's prefetches
 // sit close together in the instruction stream and their walks overlap
-// (docs/performance.md, "Grouped prefetch"). The distances keep each step
-// at least a group behind the step whose lines it reads:
-// kUpsertAhead - kSlotAhead >= kPrefetchGroup <= kSlotAhead - kBucketsAhead.
+// (docs/performance.md, "Per-event CPU and grouped prefetch"). The
+// distances keep each step at least a group behind the step whose lines it
+// reads: kUpsertAhead - kSlotAhead and kSlotAhead - kBucketsAhead are both
+// at least kPrefetchGroup.
 //
 // Threading: the writer thread only.
 #include "larder/layout/clock.h"
