@@ -119,7 +119,9 @@ void feed_both(Writer& single, Writer& batched, std::vector<Item>& stream, std::
                 batched.remove(0, d.key, d.u.event_time_ms, apply_ns));
       continue;
     }
-    const size_t want = 1 + rng() % 40;
+    // Up to 100: past the prefetch ring (64 keys), through several groups
+    // of kPrefetchGroup and their partial tails.
+    const size_t want = 1 + rng() % 100;
     batch.clear();
     size_t end = i;
     while (end < stream.size() && !stream[end].is_delete && end - i < want) {

@@ -71,6 +71,24 @@ inline int64_t floor_div(int64_t a, int64_t b) {
   return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
 }
 
+// Which memo of AggregateTable::bucket_memo a time uses.
+enum class TimeOf { kClock = 0, kEvent = 1 };
+
+// floor_div(ms, g.resolution_ms), through the group's memo. `g` is an
+// element of t.plan.groups.
+inline int64_t bucket_of(const AggregateTable& t, const AggregatePlan::Group& g, int64_t ms, TimeOf which) {
+  const size_t at = 2 * static_cast<size_t>(&g - t.plan.groups.data()) + static_cast<size_t>(which);
+  if (at >= t.bucket_memo.size()) [[unlikely]]
+    return floor_div(ms, g.resolution_ms);
+  AggregateTable::BucketMemo& m = t.bucket_memo[at];
+  // ms - lo as unsigned is exact once ms >= lo: no overflow at either end.
+  if (ms >= m.lo && static_cast<uint64_t>(ms) - static_cast<uint64_t>(m.lo) < m.span) return m.k;
+  const int64_t k = floor_div(ms, g.resolution_ms);
+  int64_t lo = 0;
+  if (!__builtin_mul_overflow(k, g.resolution_ms, &lo)) m = {lo, static_cast<uint64_t>(g.resolution_ms), k};
+  return k;
+}
+
 inline int64_t ring_pos(int64_t bucket, int64_t ring) {
   const int64_t m = bucket % ring;
   return m < 0 ? m + ring : m;
@@ -555,23 +573,6 @@ void Journal::begin() {
   armed_ = true;
 }
 
-void Journal::set(Word& w, uint64_t v) {
-  const uint64_t old = sync::load_relaxed(w);
-  if (old == v) return;
-  crash_point(CrashPoint::kJournal);
-  if (count_ >= capacity_) std::abort();  // plan_aggregates bounds every change; a bug otherwise
-  JournalEntry& e = entries_[count_];
-  sync::store_relaxed(e.word, static_cast<uint64_t>(&w - base_));
-  sync::store_relaxed(e.old, old);
-  sync::store_release(header_->journal_count, ++count_);
-  // The entry is in memory before the word changes: a SIGKILL after this
-  // point finds the entry (only the compiler could reorder these stores).
-  sync::signal_fence();
-  sync::store_relaxed(w, v);
-}
-
-void Journal::set_f64(Word& w, double v) { set(w, std::bit_cast<uint64_t>(v)); }
-
 void Journal::mark_done() {
   sync::signal_fence();
   sync::store_release(header_->journal_armed, kDone);
@@ -607,7 +608,7 @@ void prefetch_event(const AggregateTable& t, const Word* block, int64_t clock_ms
   const int64_t te = std::min(event_time_ms, clock_ms);
   for (const AggregatePlan::Group& g : t.plan.groups) {
     if (!g.sparse()) {
-      const int64_t k = floor_div(te, g.resolution_ms);
+      const int64_t k = bucket_of(t, g, te, TimeOf::kEvent);
       __builtin_prefetch(block + g.ring_offset + ring_pos(k, g.ring_buckets) * g.bucket_words, 1, 3);
       continue;
     }
@@ -626,7 +627,7 @@ void prefetch_buckets(const AggregateTable& t, const Word* block, int64_t clock_
     if (!g.sparse()) continue;  // prefetch_event() fetched its bucket
     if (chunk_of(t, g, block) != 0) {
       // Dense: the bucket's place in the chunk, or inline.
-      __builtin_prefetch(dense_bucket(t, g, b, floor_div(te, g.resolution_ms)), 1, 3);
+      __builtin_prefetch(dense_bucket(t, g, b, bucket_of(t, g, te, TimeOf::kEvent)), 1, 3);
       continue;
     }
     // Sparse: the walk reads tags up to the first unused bucket, and the
@@ -665,7 +666,7 @@ void reset_block(const AggregateTable& t, Word* block) {
 bool advance(const AggregateTable& t, Word* block, int64_t clock_ms, Journal& j) {
   bool changed = false;
   for (const AggregatePlan::Group& g : t.plan.groups) {
-    const int64_t h = floor_div(clock_ms, g.resolution_ms);
+    const int64_t h = bucket_of(t, g, clock_ms, TimeOf::kClock);
     for (const AggregatePlan::Window& w : g.windows) {
       if (w.end == WindowEnd::kNow) changed |= move_window(t, g, w, block, h, j);
     }
@@ -697,8 +698,8 @@ uint32_t chunks_needed(const AggregateTable& t, const Word* block, int64_t clock
       for (const SourceValue& sv : sources) found |= sv.source == static_cast<uint32_t>(src);
       if (!found) continue;
     }
-    const int64_t h = floor_div(clock_ms, g.resolution_ms);
-    const int64_t k = floor_div(te, g.resolution_ms);
+    const int64_t h = bucket_of(t, g, clock_ms, TimeOf::kClock);
+    const int64_t k = bucket_of(t, g, te, TimeOf::kEvent);
     if (k <= h - g.ring_buckets) continue;
     // As fold() will see it: the head moved to k first.
     int64_t first = std::numeric_limits<int64_t>::max();
@@ -741,8 +742,8 @@ bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_
       }
       if (!found) continue;
     }
-    const int64_t h = floor_div(clock_ms, g.resolution_ms);
-    const int64_t k = floor_div(te, g.resolution_ms);
+    const int64_t h = bucket_of(t, g, clock_ms, TimeOf::kClock);
+    const int64_t k = bucket_of(t, g, te, TimeOf::kEvent);
     if (k <= h - g.ring_buckets) continue;  // older than every window of the group
     folded = true;
 
@@ -778,13 +779,16 @@ bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_
       if (g.min) j.set_f64(b.b[b.at_min()], kInf);
       if (g.max) j.set_f64(b.b[b.at_max()], -kInf);
     }
-    {
+    // M2 only where the group keeps it: its update costs two divisions.
+    if (g.sumsq) {
       double sum, m2;
       add_value(b.count(), b.sum(), b.m2(), v, &sum, &m2);
-      if (g.sum) j.set_f64(b.b[b.at_sum()], sum);
-      if (g.sumsq) j.set_f64(b.b[b.at_m2()], m2);
-      j.set(b.b[kBucketCountWord], b.count() + 1);
+      j.set_f64(b.b[b.at_sum()], sum);
+      j.set_f64(b.b[b.at_m2()], m2);
+    } else if (g.sum) {
+      j.set_f64(b.b[b.at_sum()], b.sum() + v);
     }
+    j.set(b.b[kBucketCountWord], b.count() + 1);
     if (g.min) j.set_f64(b.b[b.at_min()], std::min(b.min(), v));
     if (g.max) j.set_f64(b.b[b.at_max()], std::max(b.max(), v));
 
@@ -798,11 +802,13 @@ bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_
       } else {
         w.start = std::min(w.start, k);
       }
-      if (g.sum) {
+      if (g.sumsq) {
         double sum, m2;
         add_value(w.count, w.sum, w.m2, v, &sum, &m2);
         w.sum = sum;
-        if (g.sumsq) w.m2 = m2;
+        w.m2 = m2;
+      } else if (g.sum) {
+        w.sum += v;
       }
       ++w.count;
       if (g.min) w.min = std::min(w.min, v);
@@ -834,7 +840,7 @@ OutputValue output(const AggregateTable& t, const Word* block, size_t o, int64_t
     case AggregateFn::kDistinctCount: {
       const AggregatePlan::Window& win = g.windows[out.window];
       r.i64 = w.count > 0
-                  ? distinct_output(g, win, block, window_end(g, win, block, floor_div(clock_ms, g.resolution_ms)))
+                  ? distinct_output(g, win, block, window_end(g, win, block, bucket_of(t, g, clock_ms, TimeOf::kClock)))
                   : 0;
       r.valid = true;
       return r;

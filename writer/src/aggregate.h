@@ -13,10 +13,13 @@
 // block unused.
 #pragma once
 
+#include <bit>
 #include <cstdint>
+#include <cstdlib>
 #include <span>
 #include <vector>
 
+#include "crash_hook.h"
 #include "larder/layout/format.h"
 #include "larder/layout/schema.h"
 #include "larder/writer/writer.h"
@@ -44,8 +47,23 @@ class Journal {
   void begin();
   void mark_done();
   // Records the old value of `w`, then stores `v` (no-op when equal).
-  void set(Word& w, uint64_t v);
-  void set_f64(Word& w, double v);
+  // Inline: a folded event makes a few dozen of these.
+  void set(Word& w, uint64_t v) {
+    const uint64_t old = layout::sync::load_relaxed(w);
+    if (old == v) return;
+    crash_point(CrashPoint::kJournal);
+    if (count_ >= capacity_) [[unlikely]]
+      std::abort();  // plan_aggregates bounds every change; a bug otherwise
+    JournalEntry& e = entries_[count_];
+    layout::sync::store_relaxed(e.word, static_cast<uint64_t>(&w - base_));
+    layout::sync::store_relaxed(e.old, old);
+    layout::sync::store_release(header_->journal_count, ++count_);
+    // The entry is in memory before the word changes: a SIGKILL after this
+    // point finds the entry (only the compiler could reorder these stores).
+    layout::sync::signal_fence();
+    layout::sync::store_relaxed(w, v);
+  }
+  void set_f64(Word& w, double v) { set(w, std::bit_cast<uint64_t>(v)); }
   void commit();
   bool armed() const { return armed_; }
 
@@ -80,6 +98,20 @@ struct AggregateTable {
   // The arena of dense rings (format.h): header, then chunk_count chunks.
   Word* arena = nullptr;
   uint64_t chunk_count = 0;
+
+  // The bucket number of a time in each group, memoised: an event asks for
+  // its own bucket and the clock's in every group several times (prefetch,
+  // advance, fold), and the next events of a batch mostly ask for the same
+  // ones, where a 64-bit division costs tens of cycles. Two per group, the
+  // clock's and the last event's: [lo, lo + span) are bucket k's times
+  // (span 0: none yet). Writer thread only; sized at attach (empty: every
+  // call divides).
+  struct BucketMemo {
+    int64_t lo = 0;
+    uint64_t span = 0;
+    int64_t k = 0;
+  };
+  mutable std::vector<BucketMemo> bucket_memo;
 
   bool enabled() const { return plan.stride_words != 0; }
   Word* block(uint64_t slot) const { return state + slot * plan.stride_words; }

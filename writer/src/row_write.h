@@ -112,10 +112,8 @@ namespace larder {
         hi = std::max(hi, writer::field_end_word(ts.fields[v.field]));
       }
       if (change.outputs_of != nullptr) {
-        for (const layout::AggregatePlan::Output& o : ts.agg.plan.outputs) {
-          lo = std::min(lo, writer::field_first_word(ts.fields[o.field]));
-          hi = std::max(hi, writer::field_end_word(ts.fields[o.field]));
-        }
+        lo = std::min(lo, ts.outputs_lo);
+        hi = std::max(hi, ts.outputs_hi);
       }
       for (uint32_t k = lo; k < hi; ++k) scratch[k] = sync::load_relaxed(s[row_at + k]);
       for (uint32_t k = 0; k < geo.validity_words; ++k) validity[k] = sync::load_relaxed(s[validity_at + k]);
@@ -170,8 +168,13 @@ namespace larder {
     sync::store_relaxed(d.count_tombstones, tombstones_after);
     sync::store_release(d.count_armed, uint64_t{1});  // after its values, before the undo copy is armed
   }
-  // 1. The undo copy, armed before seq turns odd.
-  for (uint32_t k = 0; k < geo.slot_words; ++k) sync::store_relaxed(undo[k], sync::load_relaxed(s[k]));
+  // 1. The undo copy, armed before seq turns odd. (Locals: the compiler
+  // reloads members after every atomic store.)
+  {
+    Word* const u = undo;
+    const uint32_t words = geo.slot_words;
+    for (uint32_t k = 0; k < words; ++k) sync::store_relaxed(u[k], sync::load_relaxed(s[k]));
+  }
   sync::store_relaxed(header->undo_table, uint64_t{table});
   sync::store_relaxed(header->undo_slot, slot);
   sync::store_release(header->undo_armed, uint64_t{1});  // after the copy, before seq turns odd

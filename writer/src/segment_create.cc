@@ -19,7 +19,7 @@
 #include <random>
 
 #include "larder/layout/clock.h"
-#include "writer_impl.h"
+#include "row_write.h"
 
 namespace larder {
 
@@ -321,6 +321,12 @@ void Writer::Impl::attach(bool repair_first) {
       if (ts.agg.plan.chunk_words > 0) {
         ts.agg.arena = reinterpret_cast<Word*>(base + ts.desc->arena_offset);
         ts.agg.chunk_count = ts.desc->arena_chunks;
+      }
+      ts.agg.bucket_memo.assign(2 * ts.agg.plan.groups.size(), {});
+      ts.outputs_lo = ts.geo.row_words;
+      for (const AggregatePlan::Output& o : ts.agg.plan.outputs) {
+        ts.outputs_lo = std::min(ts.outputs_lo, writer::field_first_word(ts.fields[o.field]));
+        ts.outputs_hi = std::max(ts.outputs_hi, writer::field_end_word(ts.fields[o.field]));
       }
       ts.agg.lateness_ms = spec.lateness_ms();
       ts.agg.horizon_ms = spec.dedup_horizon();

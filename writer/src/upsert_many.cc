@@ -23,6 +23,17 @@
 //     fetch the bucket lines the fold will touch (writer::prefetch_buckets).
 // A wrong guess costs only misses; the apply itself probes as always.
 //
+// Each step runs for kPrefetchGroup updates at once, every kPrefetchGroup
+// updates, rather than for one update per update. A prefetch into a page
+// the TLB does not hold waits for its page walk before it retires, and an
+// apply is long enough to fill the reorder buffer behind it: one prefetch
+// per apply walks the pages one after another, while a group's prefetches
+// sit close together in the instruction stream and their walks overlap
+// (docs/performance.md, "Per-event CPU and grouped prefetch"). The
+// distances keep each step at least a group behind the step whose lines it
+// reads: kUpsertAhead - kSlotAhead and kSlotAhead - kBucketsAhead are both
+// at least kPrefetchGroup.
+//
 // Threading: the writer thread only.
 #include "larder/layout/clock.h"
 #include "larder/layout/table_view.h"
@@ -110,19 +121,33 @@ void Writer::upsert_many(std::span<const Upsert> updates, std::span<ApplyResult>
   if (n == 0) return;
   // The prefetches place buckets by the clock the batch's events will see.
   const int64_t clock = std::max(w.clock_ms, now / 1'000'000);
-  static_assert(kBucketsAhead < kSlotAhead && kSlotAhead < kUpsertAhead && kUpsertAhead < Impl::kPrefetchRing);
+  constexpr size_t kGroup = kPrefetchGroup;
+  static_assert(kUpsertAhead - kSlotAhead >= kGroup && kSlotAhead - kBucketsAhead >= kGroup,
+                "a step reads lines the step before it fetched a group earlier");
+  static_assert(kUpsertAhead + kGroup <= Impl::kPrefetchRing, "the ring holds every key from step 1 to its apply");
   Impl::PrefetchedKey ahead[Impl::kPrefetchRing];
   auto at = [&](size_t j) -> Impl::PrefetchedKey& { return ahead[j % Impl::kPrefetchRing]; };
+  auto stage_upsert = [&](size_t from, size_t to) {
+    for (size_t j = from; j < std::min(to, n); ++j) w.prefetch_upsert(updates[j], at(j));
+  };
+  auto stage_slot = [&](size_t from, size_t to) {
+    for (size_t j = from; j < std::min(to, n); ++j) w.prefetch_slot(updates[j], clock, at(j));
+  };
+  auto stage_buckets = [&](size_t from, size_t to) {
+    for (size_t j = from; j < std::min(to, n); ++j) w.prefetch_buckets(updates[j], clock, at(j));
+  };
   w.prefetch_undo();
   // The first updates go through the steps back to back: their lines
   // arrive late, the rest of the batch's do not.
-  for (size_t j = 0; j < std::min(n, kUpsertAhead); ++j) w.prefetch_upsert(updates[j], at(j));
-  for (size_t j = 0; j < std::min(n, kSlotAhead); ++j) w.prefetch_slot(updates[j], clock, at(j));
-  for (size_t j = 0; j < std::min(n, kBucketsAhead); ++j) w.prefetch_buckets(updates[j], clock, at(j));
+  stage_upsert(0, kUpsertAhead);
+  stage_slot(0, kSlotAhead);
+  stage_buckets(0, kBucketsAhead);
   for (size_t i = 0; i < n; ++i) {
-    if (i + kUpsertAhead < n) w.prefetch_upsert(updates[i + kUpsertAhead], at(i + kUpsertAhead));
-    if (i + kSlotAhead < n) w.prefetch_slot(updates[i + kSlotAhead], clock, at(i + kSlotAhead));
-    if (i + kBucketsAhead < n) w.prefetch_buckets(updates[i + kBucketsAhead], clock, at(i + kBucketsAhead));
+    if (i % kGroup == 0) {
+      stage_upsert(i + kUpsertAhead, i + kUpsertAhead + kGroup);
+      stage_slot(i + kSlotAhead, i + kSlotAhead + kGroup);
+      stage_buckets(i + kBucketsAhead, i + kBucketsAhead + kGroup);
+    }
     const Upsert& u = updates[i];
     if (u.position != nullptr) stage_position(*u.position);
     const Impl::PrefetchedKey& k = at(i);

@@ -85,6 +85,8 @@ struct Writer::Impl {
     uint64_t purge_cursor = 0;
     uint64_t due_scan = 0;         // slots below this have their due times in the heap (scan_due)
     uint32_t declared_fields = 0;  // fields an update may write; aggregate outputs follow
+    uint32_t outputs_lo = 0;       // the row words [lo, hi) that hold aggregate outputs (lo >= hi: none)
+    uint32_t outputs_hi = 0;
     writer::AggregateTable agg;
     // Field groups (geo.group_count > 0): a bit per group; each group's
     // validity bits (group_count x validity_words); the groups that hold
@@ -271,7 +273,7 @@ struct Writer::Impl {
     uint64_t slot = writer::kNone;  // the guessed slot (tables with aggregates)
     bool hashed = false;            // false: apply() refuses the key, or the table
   };
-  static constexpr size_t kPrefetchRing = 32;  // > Writer::kUpsertAhead
+  static constexpr size_t kPrefetchRing = 64;  // >= Writer::kUpsertAhead + kPrefetchGroup
   void prefetch_upsert(const Upsert& u, PrefetchedKey& k) const;
   void prefetch_slot(const Upsert& u, int64_t clock, PrefetchedKey& k) const;
   void prefetch_buckets(const Upsert& u, int64_t clock, const PrefetchedKey& k) const;

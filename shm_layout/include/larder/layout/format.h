@@ -411,13 +411,24 @@ constexpr uint32_t aggregate_bucket_stats(AggregateFn fn) {
   }
   return 0;
 }
-// Words of a bucket that keeps `stats`.
-constexpr uint32_t aggregate_bucket_words(uint32_t stats) {
-  return kBucketFixedWords + static_cast<uint32_t>(std::popcount(stats));
+// The bits set in a set of kBucket* statistics (4 bits), from a table of
+// the 16 answers: the writer asks on every bucket it folds, and without
+// -mpopcnt std::popcount is a call into libgcc.
+constexpr uint32_t bucket_stat_count(uint32_t stats) {
+  return static_cast<uint32_t>((0x4332322132212110ULL >> (4 * (stats & 0xf))) & 0xf);
 }
+static_assert((kBucketSum | kBucketM2 | kBucketMin | kBucketMax) == 0xf, "bucket_stat_count covers 4 statistics");
+static_assert([] {
+  for (uint32_t s = 0; s < 16; ++s) {
+    if (bucket_stat_count(s) != static_cast<uint32_t>(std::popcount(s))) return false;
+  }
+  return true;
+}());
+// Words of a bucket that keeps `stats`.
+constexpr uint32_t aggregate_bucket_words(uint32_t stats) { return kBucketFixedWords + bucket_stat_count(stats); }
 // The word of statistic `stat` (one kBucket* bit) in a bucket that keeps `stats`.
 constexpr uint32_t aggregate_bucket_word(uint32_t stats, uint32_t stat) {
-  return kBucketFixedWords + static_cast<uint32_t>(std::popcount(stats & (stat - 1)));
+  return kBucketFixedWords + bucket_stat_count(stats & (stat - 1));
 }
 
 // One journal entry: the old value of the word at `word` (8-byte words from

@@ -264,19 +264,21 @@ class Writer {
   // Applies updates[i] as apply() would, in order, and stores its result in
   // results[i]: the same rows, counters, last-write-wins decisions and crash
   // safety as one apply() per update. Faster for keys spread over a large
-  // table: before applying an update it hashes the key kUpsertAhead updates
-  // later and prefetches that key's home slot for writing; with aggregates,
-  // the slot the key sits in and its state's headers kSlotAhead updates
-  // ahead, and the buckets that state points to kBucketsAhead updates ahead
-  // (writer/src/upsert_many.cc), so the cache misses of the next updates
-  // overlap this one's work. apply_unix_ns = 0 reads CLOCK_REALTIME once
-  // for the whole batch.
+  // table: it hashes the key kUpsertAhead updates before applying it and
+  // prefetches that key's home slot for writing; with aggregates, the slot
+  // the key sits in and its state's headers kSlotAhead updates ahead, and
+  // the buckets that state points to kBucketsAhead updates ahead, each step
+  // for kPrefetchGroup updates at a time (writer/src/upsert_many.cc), so the
+  // cache misses and page walks of the next updates overlap each other and
+  // this one's work. apply_unix_ns = 0 reads CLOCK_REALTIME once for the
+  // whole batch.
   // Throws Error(kInvalidArgument) when results is shorter than updates, or
   // as stage_position() for an update's position (the updates before it are
   // applied).
-  static constexpr size_t kUpsertAhead = 16;
-  static constexpr size_t kSlotAhead = 8;
-  static constexpr size_t kBucketsAhead = 3;
+  static constexpr size_t kUpsertAhead = 20;
+  static constexpr size_t kSlotAhead = 12;
+  static constexpr size_t kBucketsAhead = 4;
+  static constexpr size_t kPrefetchGroup = 8;
   void upsert_many(std::span<const Upsert> updates, std::span<ApplyResult> results, int64_t apply_unix_ns = 0);
 
   // Moves the aggregate clock to `now_unix_ns` (0: CLOCK_REALTIME) and
