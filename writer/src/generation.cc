@@ -32,8 +32,14 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <bit>
+#include <limits>
+#include <utility>
+
+#include "aggregate_events.h"
 #include "crash_hook.h"
 #include "larder/layout/clock.h"
+#include "row_write.h"
 #include "table.h"
 #include "writer_impl.h"
 
@@ -64,6 +70,45 @@ constexpr uint64_t kCopyAhead = 16;
 // Automatic growth refused (no space, say): tried again after this long.
 constexpr int64_t kGrowRetryNs = 10'000'000'000;
 
+// Words of a state block carried from N to N+1 (AggregatePlan offsets).
+struct WordRange {
+  uint32_t from = 0;
+  uint32_t to = 0;
+  uint32_t words = 0;
+};
+
+// A sparse group's chunk word in N's block and in N+1's, and the words of
+// its dense ring in an arena chunk.
+struct ChunkCarry {
+  uint32_t from_word = 0;
+  uint32_t to_word = 0;
+  uint32_t words = 0;
+};
+
+bool same_windows(const AggregatePlan::Group& a, const AggregatePlan::Group& b) {
+  if (a.windows.size() != b.windows.size()) return false;
+  for (size_t i = 0; i < a.windows.size(); ++i) {
+    if (a.windows[i].window_ms != b.windows[i].window_ms || a.windows[i].end != b.windows[i].end) return false;
+  }
+  return true;
+}
+
+// Whether a group of N keeps its buckets exactly as `n` of N+1 would: then
+// its state is carried word for word.
+bool same_group(const AggregatePlan::Group& o, const AggregatePlan::Group& n) {
+  return o.ring_buckets == n.ring_buckets && o.inline_buckets == n.inline_buckets &&
+         o.bucket_words == n.bucket_words && o.stats() == n.stats() && o.last == n.last &&
+         o.distinct == n.distinct && o.slice_buckets == n.slice_buckets && same_windows(o, n);
+}
+
+// An aggregate's output as N computes it is the one N+1 would: same
+// function over the same window of the same source.
+bool same_aggregate(const TableSpec& ot, const AggregateSpec& o, const TableSpec& nt, const AggregateSpec& n) {
+  return o.source == n.source && o.fn == n.fn && o.window_ms == n.window_ms && o.end == n.end &&
+         o.window_events == n.window_events && o.min_periods_or_default() == n.min_periods_or_default() &&
+         o.ddof == n.ddof && (o.counts_events() || ot.resolution_of(o) == nt.resolution_of(n));
+}
+
 }  // namespace
 
 struct Writer::Impl::Switch {
@@ -80,17 +125,105 @@ struct Writer::Impl::Switch {
     uint64_t max_used = 0;
     uint64_t live = 0;
     uint64_t tombstones = 0;
+    // Aggregates (agg.enabled()): N+1's state, the block a key starts with
+    // (reset_block), what each row's block takes from N's, and the outputs
+    // computed from the carried block rather than copied (new or changed
+    // aggregates). N+1's arena is handed out here: `fresh` chunks were
+    // taken in order, `free_chunks` were given back by a row copied again.
+    writer::AggregateTable agg;
+    std::vector<FieldDescriptor> fields;
+    std::vector<uint64_t> fresh_block;
+    std::vector<WordRange> state_copies;
+    std::vector<ChunkCarry> chunk_copies;
+    std::vector<uint32_t> recompute;
+    std::vector<uint64_t> free_chunks;
+    uint64_t fresh_chunks = 0;
+    uint64_t used_chunks = 0;
+    uint64_t peak_chunks = 0;
   };
   std::vector<Table> tables;
+
+  // What a row's aggregate state carries from table `ot` of N (its state
+  // `from`) to `nt` of N+1 (into st): "" or why it cannot.
+  static std::string plan_aggregate_carry(const TableSpec& ot, const TableSpec& nt,
+                                          const writer::AggregateTable& from, Table& st);
+
   std::vector<int> to_of;          // each table of N: its table in N+1, -1 when dropped
   std::vector<uint64_t> cursor;    // each table of N: its slots below this are copied
   uint32_t walking = 0;            // the table of N the copy is in
   std::vector<uint64_t> from_img;  // a slot of N, then one of N+1, as words
   std::vector<uint64_t> to_img;
+  std::vector<uint64_t> held_chunks;  // a row copied again: the chunks its N+1 block held, index + 1
   uint64_t copied = 0;
   uint64_t total = 0;
   int64_t started_mono_ns = 0;
 };
+
+// A group of N+1 (one source at one resolution) with no group of N of the
+// same source and resolution starts empty; one of N with none in N+1 is
+// dropped; one in both is carried word for word when its buckets and
+// windows are the same, and refused otherwise: N's buckets do not hold what
+// the changed group needs (a statistic it did not keep, a longer ring).
+// Event stores (count windows, last_n) likewise, by source and capacity.
+std::string Writer::Impl::Switch::plan_aggregate_carry(const TableSpec& ot, const TableSpec& nt,
+                                                       const writer::AggregateTable& from, Table& st) {
+  st.agg.plan = plan_aggregates(nt);
+  if (!st.agg.enabled()) return "";
+  const AggregatePlan& op = from.plan;
+  const AggregatePlan& np = st.agg.plan;
+  auto names_in = [&](const std::string& source, int64_t resolution_ms, bool events) {
+    std::string names;
+    for (const AggregateSpec& a : nt.aggregates) {
+      if (a.source != source || a.counts_events() != events) continue;
+      if (!events && nt.resolution_of(a) != resolution_ms) continue;
+      names += (names.empty() ? "" : ", ") + a.name;
+    }
+    return names;
+  };
+  if (from.enabled()) st.state_copies.push_back({0, 0, kAggregateSlotHeaderWords});  // the due time
+  for (const AggregatePlan::Group& ng : np.groups) {
+    const AggregatePlan::Group* og = nullptr;
+    for (const AggregatePlan::Group& g : op.groups) {
+      if (g.source == ng.source && g.resolution_ms == ng.resolution_ms) og = &g;
+    }
+    if (og == nullptr) continue;  // new: starts empty
+    if (!same_group(*og, ng)) {
+      return "aggregates " + names_in(ng.source, ng.resolution_ms, false) + " (source \"" + ng.source +
+             "\", resolution " + std::to_string(ng.resolution_ms) +
+             " ms) need buckets or windows the current generation does not keep for that source and resolution, "
+             "so their state cannot be carried: keep that source's aggregates at that resolution as they are, or "
+             "give the new or changed ones another resolution_ms (they then start empty)";
+    }
+    st.state_copies.push_back({og->offset, ng.offset, kAggregateGroupHeaderWords});
+    for (size_t i = 0; i < ng.windows.size(); ++i) {
+      st.state_copies.push_back({og->windows[i].offset, ng.windows[i].offset, kAggregateWindowWords});
+    }
+    st.state_copies.push_back({og->ring_offset, ng.ring_offset, ng.inline_buckets * ng.bucket_words});
+    if (ng.distinct) st.state_copies.push_back({og->distinct_offset, ng.distinct_offset, kDistinctAreaWords});
+    if (ng.sparse()) st.chunk_copies.push_back({og->offset + kGroupChunkWord, ng.offset + kGroupChunkWord, ng.chunk_words()});
+  }
+  for (const AggregatePlan::EventStore& ne : np.event_stores) {
+    for (const AggregatePlan::EventStore& oe : op.event_stores) {
+      if (oe.source != ne.source) continue;
+      if (oe.capacity != ne.capacity) {
+        return "count windows or sequences " + names_in(ne.source, 0, true) + " (source \"" + ne.source +
+               "\") keep the newest " + std::to_string(ne.capacity) + " events, the current generation " +
+               std::to_string(oe.capacity) +
+               ": the store of that source cannot be carried; keep its largest window_events as it is";
+      }
+      st.state_copies.push_back(
+          {oe.offset, ne.offset, kEventStoreHeaderWords + ne.capacity * static_cast<uint32_t>(kEventEntryWords)});
+    }
+  }
+  for (size_t a = 0; a < nt.aggregates.size(); ++a) {
+    bool same = false;
+    for (const AggregateSpec& o : ot.aggregates) {
+      if (o.name == nt.aggregates[a].name) same = same_aggregate(ot, o, nt, nt.aggregates[a]);
+    }
+    if (!same) st.recompute.push_back(static_cast<uint32_t>(a));
+  }
+  return "";
+}
 
 void Writer::Impl::SwitchDeleter::operator()(Switch* s) const {
   if (s == nullptr) return;
@@ -126,10 +259,9 @@ void Writer::Impl::start_switch(const Schema& next) {
       const TableSpec& ot = w.schema.tables[static_cast<size_t>(st.from)];
       const TableState& ts = w.tables[static_cast<size_t>(st.from)];
       const std::string tw = "table \"" + nt.name + "\"";
-      if (!ot.aggregates.empty() || !nt.aggregates.empty()) {
-        refuse(ErrorCode::kInvalidArgument,
-               tw + " has windowed aggregates, whose state a switch does not carry yet: give the new aggregates "
-                    "their own table, or build a new segment");
+      if (const std::string why = Switch::plan_aggregate_carry(ot, nt, w.tables[static_cast<size_t>(st.from)].agg, st);
+          !why.empty()) {
+        refuse(ErrorCode::kSchemaMismatch, tw + ": " + why);
       }
       if (nt.key_max_len < ot.key_max_len) {
         refuse(ErrorCode::kInvalidArgument, tw + " key_max_len " + std::to_string(nt.key_max_len) +
@@ -196,6 +328,18 @@ void Writer::Impl::start_switch(const Schema& next) {
     st.max_used = max_used_of(st.desc->capacity, st.geo.slot_count);
     max_words = std::max(max_words, st.geo.slot_words);
     if (st.from < 0) continue;
+    if (st.agg.enabled()) {
+      writer::bind_aggregates(st.agg, base, *st.desc, next.tables[t]);
+      for (uint32_t f = 0; f < st.desc->field_count; ++f) st.fields.push_back(field_descriptor(base, *st.desc, f));
+      st.fresh_block.assign(st.agg.plan.stride_words, 0);
+      for (const AggregatePlan::Group& g : st.agg.plan.groups) {  // as reset_block leaves a block
+        for (const AggregatePlan::Window& win : g.windows) {
+          st.fresh_block[win.offset + kWindowMinWord] = std::bit_cast<uint64_t>(std::numeric_limits<double>::infinity());
+          st.fresh_block[win.offset + kWindowMaxWord] = std::bit_cast<uint64_t>(-std::numeric_limits<double>::infinity());
+        }
+      }
+      sw->held_chunks.resize(std::max(sw->held_chunks.size(), st.chunk_copies.size()));
+    }
     const TableState& ts = w.tables[static_cast<size_t>(st.from)];
     max_words = std::max(max_words, ts.geo.slot_words);
     sw->total += ts.geo.slot_count;
@@ -310,7 +454,12 @@ void Writer::Impl::switch_follow(uint32_t table, std::string_view key) {
   const uint64_t hash = hash_key(key, ts.geo.hash_seed);
   packed.assign(key);
   const Probe p = probe(ts, hash, 0);
-  if (p.found != writer::kNone && p.found < sw.cursor[table]) copy_to_next(table, p.found);
+  if (p.found != writer::kNone) switch_follow_slot(table, p.found);
+}
+
+void Writer::Impl::switch_follow_slot(uint32_t table, uint64_t slot) {
+  const Switch& sw = *next_gen;
+  if (table < tables.size() && sw.to_of[table] >= 0 && slot < sw.cursor[table]) copy_to_next(table, slot);
 }
 
 // Copies slot `slot` of table `table` of N into N+1, over the same key's
@@ -390,12 +539,97 @@ bool Writer::Impl::copy_to_next(uint32_t table, uint64_t slot) {
     img[to.geo.group_word_offset() + g] =
         og >= 0 ? src[from.geo.group_word_offset() + static_cast<uint32_t>(og)] : static_cast<uint64_t>(kNoGroupTime);
   }
+  if (to.agg.enabled()) {
+    if (!carry_state(table, slot, at, live)) return false;
+    // New and changed aggregates: their outputs as of the carried state, as
+    // the next event or refresh of the key would write them.
+    const Word* block = to.agg.block(at);
+    for (const uint32_t o : to.recompute) {
+      const AggregatePlan::Output& out = to.agg.plan.outputs[o];
+      const FieldDescriptor& fd = to.fields[out.field];
+      bool valid = false;
+      if (!live) {
+      } else if (out.fn == AggregateFn::kLastN) {
+        float seq[kMaxWindowEvents];
+        valid = writer::sequence_output(to.agg, block, out, seq);
+        writer::encode_field(to_row, fd, FieldValue::vector(out.field, std::span<const float>(seq, fd.count)));
+      } else {
+        const writer::OutputValue v = writer::output(to.agg, block, o, clock_ms);
+        writer::encode_field(to_row, fd,
+                             static_cast<FieldType>(fd.type) == FieldType::kInt64 ? FieldValue::int64(out.field, v.i64)
+                                                                                  : FieldValue::float64(out.field, v.f64));
+        valid = v.valid;
+      }
+      writer::set_valid(img + kSlotHeaderWords, fd.index, valid);
+    }
+  }
   Word* d = to.slots + at * to.geo.slot_words;
   for (uint32_t k = kSlotMetaWord; k < to.geo.slot_words; ++k) sync::store_relaxed(d[k], img[k]);
 
   if (was == SlotState::kLive) --to.live;
   if (was == SlotState::kTombstone) --to.tombstones;
   ++(live ? to.live : to.tombstones);
+  return true;
+}
+
+// The aggregate state of slot `slot` of N's table `table` into slot `at` of
+// N+1: a live row's block as planned (plan_aggregate_carry), its dense rings
+// in chunks of N+1's arena; a tombstone's block as a new key's (a delete
+// forgets the aggregates). A row copied again gives back or reuses the
+// chunks its earlier copy took. False when the switch had to be abandoned.
+bool Writer::Impl::carry_state(uint32_t table, uint64_t slot, uint64_t at, bool live) {
+  Switch& sw = *next_gen;
+  const writer::AggregateTable& fa = tables[table].agg;
+  Switch::Table& to = sw.tables[static_cast<size_t>(sw.to_of[table])];
+  Word* nb = to.agg.block(at);
+  const uint32_t stride = to.agg.plan.stride_words;
+  for (size_t c = 0; c < to.chunk_copies.size(); ++c) {
+    const uint64_t held = sync::load_relaxed(nb[to.chunk_copies[c].to_word]);
+    sw.held_chunks[c] = held <= to.agg.chunk_count ? held : 0;
+  }
+  for (uint32_t k = 0; k < stride; ++k) sync::store_relaxed(nb[k], to.fresh_block[k]);
+  if (live && fa.enabled()) {
+    const Word* ob = fa.block(slot);
+    for (const WordRange& r : to.state_copies) {
+      for (uint32_t k = 0; k < r.words; ++k) sync::store_relaxed(nb[r.to + k], sync::load_relaxed(ob[r.from + k]));
+    }
+    for (size_t c = 0; c < to.chunk_copies.size(); ++c) {
+      const ChunkCarry& cc = to.chunk_copies[c];
+      const uint64_t from_chunk = sync::load_relaxed(ob[cc.from_word]);
+      if (from_chunk == 0 || from_chunk > fa.chunk_count) {  // sparse (a damaged word reads as sparse too)
+        sync::store_relaxed(nb[cc.to_word], uint64_t{0});
+        continue;
+      }
+      uint64_t chunk = 0;  // index + 1
+      if (sw.held_chunks[c] != 0) {
+        chunk = std::exchange(sw.held_chunks[c], 0);
+      } else if (!to.free_chunks.empty()) {
+        chunk = to.free_chunks.back() + 1;
+        to.free_chunks.pop_back();
+        ++to.used_chunks;
+      } else if (to.fresh_chunks < to.agg.chunk_count) {
+        chunk = ++to.fresh_chunks;
+        ++to.used_chunks;
+      } else {
+        fail_switch("table \"" + std::string(fixed_name(to.desc->name)) + "\" of the next generation has no free "
+                    "aggregate arena chunk (arena_chunks " + std::to_string(to.agg.chunk_count) +
+                    "): give it at least the " + std::to_string(tables[table].desc->arena_chunks) +
+                    " of the current generation");
+        return false;
+      }
+      to.peak_chunks = std::max(to.peak_chunks, to.used_chunks);
+      const Word* src = fa.chunk(from_chunk - 1);
+      Word* dst = to.agg.chunk(chunk - 1);
+      for (uint32_t k = 0; k < cc.words; ++k) sync::store_relaxed(dst[k], sync::load_relaxed(src[k]));
+      sync::store_relaxed(nb[cc.to_word], chunk);
+    }
+  }
+  for (size_t c = 0; c < to.chunk_copies.size(); ++c) {
+    if (sw.held_chunks[c] == 0) continue;
+    to.free_chunks.push_back(sw.held_chunks[c] - 1);
+    --to.used_chunks;
+    sw.held_chunks[c] = 0;
+  }
   return true;
 }
 
@@ -415,6 +649,35 @@ void Writer::Impl::publish_next() {
          {&TableCounters::upserts, &TableCounters::deletes, &TableCounters::stale_ignored,
           &TableCounters::full_rejected, &TableCounters::last_apply_unix_ns, &TableCounters::max_event_time_ms}) {
       sync::store_relaxed(c.*w, sync::load_relaxed(oc.*w));
+    }
+    const TableState& from = tables[static_cast<size_t>(st.from)];
+    if (!st.agg.enabled() || !from.agg.enabled()) continue;
+    // The aggregates' counters and clock, N's dedup set, and N+1's arena as
+    // the copy handed it out (chunks given back linked as the free list).
+    const AggregateCounters& oa = from.desc->aggregate_counters;
+    AggregateCounters& na = st.desc->aggregate_counters;
+    for (Word AggregateCounters::*w :
+         {&AggregateCounters::events, &AggregateCounters::late_dropped, &AggregateCounters::duplicates,
+          &AggregateCounters::dedup_evictions, &AggregateCounters::refreshes, &AggregateCounters::clock_ms,
+          &AggregateCounters::outside_window, &AggregateCounters::refreshed_through_ms}) {
+      sync::store_relaxed(na.*w, sync::load_relaxed(oa.*w));
+    }
+    writer::bump(na.dedup_evictions, writer::dedup_carry(from.agg, st.agg));
+    if (st.agg.arena != nullptr) {
+      Word* a = st.agg.arena;
+      uint64_t head = 0;
+      for (const uint64_t f : st.free_chunks) {
+        sync::store_relaxed(st.agg.chunk(f)[kArenaChunkNextWord], head);
+        head = f + 1;
+      }
+      sync::store_relaxed(a[kArenaFreeHeadWord], head);
+      sync::store_relaxed(a[kArenaUsedWord], st.used_chunks);
+      sync::store_relaxed(a[kArenaFreshWord], st.fresh_chunks);
+      const uint64_t old_peak = from.agg.arena != nullptr ? sync::load_relaxed(from.agg.arena[kArenaPeakUsedWord]) : 0;
+      sync::store_relaxed(a[kArenaPeakUsedWord], std::max(st.peak_chunks, old_peak));
+      if (from.agg.arena != nullptr) {
+        sync::store_relaxed(a[kArenaRefusedWord], sync::load_relaxed(from.agg.arena[kArenaRefusedWord]));
+      }
     }
   }
   for (Word SegmentHeader::*w : {&SegmentHeader::writer_sessions, &SegmentHeader::updates_applied,
@@ -483,7 +746,6 @@ void Writer::Impl::maybe_grow() {
     const uint64_t live = sync::load_relaxed(ts.desc->counters.live_keys);
     if (static_cast<double>(live) < options.grow_at * static_cast<double>(capacity)) continue;
     if (options.max_capacity != 0 && capacity >= options.max_capacity) continue;
-    if (!schema.tables[t].aggregates.empty()) continue;  // not carried yet (begin_switch)
     auto grown = static_cast<uint64_t>(static_cast<double>(capacity) * std::max(options.grow_factor, 1.0));
     grown = std::max(grown, capacity + 1);
     if (options.max_capacity != 0) grown = std::min(grown, options.max_capacity);

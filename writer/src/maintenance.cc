@@ -50,6 +50,9 @@ bool Writer::Impl::refresh_slot(uint32_t table, uint64_t slot) {
   write_row(table, slot, change);
   journal.commit();
   bump(ts.desc->aggregate_counters.refreshes);
+  // A switch whose copy has passed the slot takes the refreshed row again.
+  if (next_gen) [[unlikely]]
+    switch_follow_slot(table, slot);
   return true;
 }
 
