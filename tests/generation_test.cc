@@ -19,6 +19,7 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -804,6 +805,189 @@ TEST(GenerationAggregates, ChangedRingsAndStoresAreRefused) {
   EXPECT_FALSE(w->switch_active());
   EXPECT_TRUE(file_bytes(w->path()) == bytes) << "a refused switch changed the segment";
   EXPECT_TRUE(leftovers(seg.dir(), seg.name()).empty());
+}
+
+// ---------------------------------------------------------------------------
+// Field defaults and declared conversions.
+
+TEST(GenerationFields, AddedFieldsTakeTheirDefaultInEveryCarriedRow) {
+  ScratchSegment seg;
+  const layout::Schema v1 = users_schema(100);
+  auto w = Writer::open(seg.name(), v1, seg.writer_options());
+  for (int i = 0; i < 40; ++i) write_row(*w, "k" + std::to_string(i), i, kBaseMs + i);
+  ASSERT_EQ(w->remove(0, "k3", kBaseMs + 100), ApplyResult::kApplied);
+
+  layout::Schema v2 = v1;
+  auto& fields = v2.tables[0].fields;
+  fields.push_back({"tier", layout::FieldType::kInt64, 1});
+  fields.back().default_value = "-3";
+  fields.push_back({"score", layout::FieldType::kFloat64, 1});
+  fields.back().default_value = "0.25";
+  fields.push_back({"plan", layout::FieldType::kString, 8});
+  fields.back().default_value = "free";
+  fields.push_back({"beta", layout::FieldType::kBool, 1});
+  fields.back().default_value = "true";
+  fields.push_back({"bias", layout::FieldType::kFloat32Vector, 2});
+  fields.back().default_value = "1.5, -2";
+  fields.push_back({"unset", layout::FieldType::kInt64, 1});
+  // A default on a field the rows already have changes nothing.
+  fields[0].default_value = "999";
+
+  // A default that is not of the field's type: refused, nothing changes.
+  layout::Schema bad = v2;
+  bad.tables[0].fields[bad.tables[0].fields.size() - 6].default_value = "three";
+  const std::string bytes = file_bytes(w->path());
+  try {
+    w->begin_switch(bad);
+    FAIL() << "a default that is not an int64 was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("users.tier"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(file_bytes(w->path()) == bytes);
+  EXPECT_TRUE(leftovers(seg.dir(), seg.name()).empty());
+
+  w->begin_switch(v2);
+  // Rows updated during the copy take the default too when taken again.
+  while (!w->switch_step(8)) write_row(*w, "k1", 1001, kBaseMs + 1000);
+  ASSERT_EQ(w->switch_progress().generation, 1u);
+  write_row(*w, "new", 5, kBaseMs + 2000);
+
+  Table t = Segment::open(seg.name(), ClientOptions{seg.dir()}).table("users");
+  Row row = t.make_row();
+  for (int i = 0; i < 40; ++i) {
+    const std::string key = "k" + std::to_string(i);
+    if (i == 3) {
+      EXPECT_EQ(t.get(key, row).status, Status::kNotFound);
+      continue;
+    }
+    ASSERT_EQ(t.get(key, row).status, Status::kOk) << key;
+    EXPECT_EQ(row.i64(t.field("clicks")), i == 1 ? 1001 : i) << key;
+    ASSERT_TRUE(row.valid(t.field("tier"))) << key;
+    EXPECT_EQ(row.i64(t.field("tier")), -3);
+    EXPECT_EQ(row.f64(t.field("score")), 0.25);
+    EXPECT_EQ(row.string(t.field("plan")), "free");
+    EXPECT_TRUE(row.valid(t.field("beta")));
+    const auto bias = row.vector(t.field("bias"));
+    ASSERT_EQ(bias.size(), 2u);
+    EXPECT_EQ(bias[0], 1.5f);
+    EXPECT_EQ(bias[1], -2.0f);
+    EXPECT_FALSE(row.valid(t.field("unset"))) << "no default: not valid";
+  }
+  ASSERT_EQ(t.get("new", row).status, Status::kOk);
+  EXPECT_FALSE(row.valid(t.field("tier"))) << "a key written after the switch has only what it was sent";
+}
+
+layout::Schema numbers_schema() {
+  layout::TableSpec t;
+  t.name = "nums";
+  t.key_max_len = 16;
+  t.capacity = 64;
+  t.fields = {{"i", layout::FieldType::kInt64, 1},   {"d", layout::FieldType::kFloat64, 1},
+              {"f", layout::FieldType::kFloat32, 1}, {"g", layout::FieldType::kFloat64, 1},
+              {"b", layout::FieldType::kBool, 1},    {"n", layout::FieldType::kInt64, 1},
+              {"s", layout::FieldType::kString, 8}};
+  return testing::one_table_schema(t);
+}
+
+TEST(GenerationFields, DeclaredConversionsAndRefusedOnes) {
+  ScratchSegment seg;
+  const layout::Schema v1 = numbers_schema();
+  auto w = Writer::open(seg.name(), v1, seg.writer_options());
+  struct In {
+    int64_t i;
+    double d;
+    float f;
+    double g;
+    bool b;
+    int64_t n;
+  };
+  const std::vector<In> in = {{9'007'199'254'740'993, 2.5, 0.1f, 1e300, true, 42},
+                              {-7, -2.5, -3.75f, 0.1, false, 123'456'789'012},
+                              {0, std::nan(""), 1e-3f, -2.0, true, -1234567},
+                              {1, 1e30, 0, 3.5, false, 0}};
+  int64_t t = kBaseMs;
+  for (size_t k = 0; k < in.size(); ++k) {
+    const std::vector<FieldValue> v = {FieldValue::int64(0, in[k].i),   FieldValue::float64(1, in[k].d),
+                                       FieldValue::float32(2, in[k].f), FieldValue::float64(3, in[k].g),
+                                       FieldValue::boolean(4, in[k].b), FieldValue::int64(5, in[k].n),
+                                       FieldValue::string(6, "x")};
+    ++t;
+    ASSERT_EQ(w->upsert(0, "r" + std::to_string(k), t, v, t * 1'000'000), ApplyResult::kApplied);
+  }
+
+  auto convert = [&](layout::Schema s, size_t field, layout::FieldType to, uint32_t count,
+                     std::optional<layout::FieldType> from) {
+    s.tables[0].fields[field].type = to;
+    s.tables[0].fields[field].count = count;
+    s.tables[0].fields[field].convert_from = from;
+    return s;
+  };
+  using F = layout::FieldType;
+  // Refused: a conversion not in the list, one declared from the wrong type,
+  // a change with none declared. Each names the field.
+  const std::vector<std::pair<layout::Schema, std::string>> refused = {
+      {convert(v1, 6, F::kInt64, 1, F::kString), "nums.s"},
+      {convert(v1, 0, F::kFloat64, 1, F::kFloat32), "nums.i"},
+      {convert(v1, 4, F::kFloat64, 1, std::nullopt), "nums.b"},
+      {convert(v1, 0, F::kBool, 1, F::kInt64), "nums.i"},
+  };
+  const std::string bytes = file_bytes(w->path());
+  for (const auto& [schema, name] : refused) {
+    try {
+      w->begin_switch(schema);
+      FAIL() << name << ": accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kSchemaMismatch) << e.what();
+      EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_TRUE(file_bytes(w->path()) == bytes) << "a refused switch changed the segment";
+
+  layout::Schema v2 = convert(v1, 0, F::kFloat64, 1, F::kInt64);  // i: int64 -> float64
+  v2 = convert(v2, 1, F::kInt64, 1, F::kFloat64);                 // d: float64 -> int64
+  v2 = convert(v2, 2, F::kFloat64, 1, F::kFloat32);               // f: float32 -> float64
+  v2 = convert(v2, 3, F::kFloat32, 1, F::kFloat64);               // g: float64 -> float32
+  v2 = convert(v2, 4, F::kInt64, 1, F::kBool);                    // b: bool -> int64
+  v2 = convert(v2, 5, F::kString, 6, F::kInt64);                  // n: int64 -> string(6)
+  w->switch_now(v2);
+  ASSERT_EQ(w->switch_progress().generation, 1u);
+
+  Table tab = Segment::open(seg.name(), ClientOptions{seg.dir()}).table("nums");
+  Row row = tab.make_row();
+  const Field i = tab.field("i", FieldType::kFloat64), d = tab.field("d", FieldType::kInt64);
+  const Field f = tab.field("f", FieldType::kFloat64), g = tab.field("g", FieldType::kFloat32);
+  const Field b = tab.field("b", FieldType::kInt64), n = tab.field("n", FieldType::kString);
+  for (size_t k = 0; k < in.size(); ++k) {
+    const std::string key = "r" + std::to_string(k);
+    ASSERT_EQ(tab.get(key, row).status, Status::kOk) << key;
+    EXPECT_TRUE(row.valid(i));
+    EXPECT_EQ(row.f64(i), static_cast<double>(in[k].i)) << key << ": the nearest double";
+    EXPECT_EQ(row.f64(f), static_cast<double>(in[k].f)) << key << ": exact";
+    EXPECT_EQ(row.f32(g), static_cast<float>(in[k].g)) << key << ": the nearest float (inf beyond)";
+    EXPECT_EQ(row.i64(b), in[k].b ? 1 : 0) << key;
+    EXPECT_EQ(row.string(tab.field("s")), "x") << key << ": unchanged fields are copied";
+  }
+  // float64 -> int64: nearest, halves away from zero; NaN and beyond int64
+  // read not valid.
+  ASSERT_EQ(tab.get("r0", row).status, Status::kOk);
+  EXPECT_EQ(row.i64(d), 3);
+  EXPECT_EQ(row.string(n), "42");
+  ASSERT_EQ(tab.get("r1", row).status, Status::kOk);
+  EXPECT_EQ(row.i64(d), -3);
+  EXPECT_FALSE(row.valid(n)) << "123456789012 does not fit 6 bytes";
+  ASSERT_EQ(tab.get("r2", row).status, Status::kOk);
+  EXPECT_FALSE(row.valid(d)) << "NaN";
+  EXPECT_FALSE(row.valid(n)) << "-1234567 does not fit 6 bytes";
+  ASSERT_EQ(tab.get("r3", row).status, Status::kOk);
+  EXPECT_FALSE(row.valid(d)) << "1e30";
+  EXPECT_EQ(row.string(n), "0");
+
+  // Converted once: a writer reopened with the same config finds the new
+  // types in place and switches nothing.
+  w.reset();
+  auto again = Writer::open(seg.name(), v2, seg.writer_options());
+  EXPECT_EQ(again->switch_progress().generation, 1u);
 }
 
 }  // namespace

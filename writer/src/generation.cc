@@ -33,6 +33,9 @@
 #include <unistd.h>
 
 #include <bit>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <utility>
 
@@ -56,7 +59,143 @@ struct FieldCopy {
   uint32_t bytes = 0;       // bytes to copy (a string: its length word and N's max length)
   uint32_t from_index = 0;  // validity bits
   uint32_t to_index = 0;
+  // A declared conversion (FieldSpec::convert_from): N's type to N+1's, and
+  // N+1's descriptor to encode into. Equal types: the bytes are copied.
+  FieldType from_type = FieldType::kInt64;
+  FieldType to_type = FieldType::kInt64;
+  FieldDescriptor to{};
 };
+
+// A field N does not have, with a configured default (FieldSpec::default_value).
+struct FieldDefault {
+  FieldDescriptor to{};
+  int64_t i64 = 0;
+  double f64 = 0;
+  std::string text;
+  std::vector<float> floats;
+};
+
+// The conversions a switch applies (FieldSpec::convert_from).
+bool convertible(FieldType from, FieldType to) {
+  using F = FieldType;
+  return (from == F::kInt64 && to == F::kFloat64) || (from == F::kFloat64 && to == F::kInt64) ||
+         (from == F::kFloat32 && to == F::kFloat64) || (from == F::kFloat64 && to == F::kFloat32) ||
+         (from == F::kInt64 && to == F::kString) || (from == F::kBool && to == F::kInt64);
+}
+
+// Converts N's value at `from` into `to` of N+1's row. False when the value
+// has no place in the new type (a NaN or out-of-range float64 as int64, a
+// number longer than the string's max_len): the field then reads not valid.
+bool convert_field(const FieldCopy& c, const unsigned char* from, unsigned char* to_row) {
+  using F = FieldType;
+  int64_t i = 0;
+  double d = 0;
+  float f = 0;
+  switch (c.from_type) {
+    case F::kInt64: std::memcpy(&i, from, 8); break;
+    case F::kFloat64: std::memcpy(&d, from, 8); break;
+    case F::kFloat32: std::memcpy(&f, from, 4); break;
+    case F::kBool: i = *from != 0 ? 1 : 0; break;
+    default: return false;
+  }
+  const uint32_t field = c.to.index;
+  switch (c.to_type) {
+    case F::kFloat64:
+      writer::encode_field(to_row, c.to,
+                           FieldValue::float64(field, c.from_type == F::kInt64 ? static_cast<double>(i) : double{f}));
+      return true;
+    case F::kFloat32: writer::encode_field(to_row, c.to, FieldValue::float32(field, static_cast<float>(d))); return true;
+    case F::kInt64:
+      if (c.from_type == F::kFloat64) {
+        // Nearest, halves away from zero; 2^63 itself is out of range.
+        if (!(std::fabs(d) < 9223372036854775808.0)) return false;
+        i = std::llround(d);
+      }
+      writer::encode_field(to_row, c.to, FieldValue::int64(field, i));
+      return true;
+    case F::kString: {
+      const std::string text = std::to_string(i);
+      if (text.size() > c.to.count) return false;
+      writer::encode_field(to_row, c.to, FieldValue::string(field, text));
+      return true;
+    }
+    default: return false;
+  }
+}
+
+// Parses the default of field `spec` (described by `fd` in N+1) into
+// `out`: "" or why it cannot.
+std::string parse_default(const FieldSpec& spec, const FieldDescriptor& fd, FieldDefault* out) {
+  const std::string& text = *spec.default_value;
+  out->to = fd;
+  auto number = [](std::string_view t, double* v) {
+    const std::string s(t);
+    char* end = nullptr;
+    errno = 0;
+    *v = std::strtod(s.c_str(), &end);
+    return !s.empty() && end == s.c_str() + s.size() && errno == 0;
+  };
+  switch (spec.type) {
+    case FieldType::kInt64: {
+      char* end = nullptr;
+      errno = 0;
+      const long long v = std::strtoll(text.c_str(), &end, 10);
+      if (text.empty() || end != text.c_str() + text.size() || errno != 0) return "\"" + text + "\" is not an int64";
+      out->i64 = v;
+      return "";
+    }
+    case FieldType::kFloat64:
+    case FieldType::kFloat32:
+      return number(text, &out->f64) ? "" : "\"" + text + "\" is not a number";
+    case FieldType::kBool:
+      if (text == "true" || text == "false") {
+        out->i64 = text == "true" ? 1 : 0;
+        return "";
+      }
+      return "\"" + text + "\" is not true or false";
+    case FieldType::kString:
+      if (text.size() > spec.count) {
+        return "\"" + text + "\" is longer than max_len " + std::to_string(spec.count);
+      }
+      out->text = text;
+      return "";
+    case FieldType::kFloat32Vector: {
+      std::string_view rest = text;
+      while (true) {
+        const size_t comma = rest.find(',');
+        std::string_view item = rest.substr(0, comma);
+        while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+        while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+        double v = 0;
+        if (!number(item, &v)) return "\"" + std::string(item) + "\" is not a number";
+        out->floats.push_back(static_cast<float>(v));
+        if (comma == std::string_view::npos) break;
+        rest.remove_prefix(comma + 1);
+      }
+      if (out->floats.size() != spec.count) {
+        return std::to_string(out->floats.size()) + " numbers for a vector of " + std::to_string(spec.count);
+      }
+      return "";
+    }
+  }
+  return "unknown type";
+}
+
+void apply_default(const FieldDefault& d, unsigned char* to_row) {
+  const uint32_t field = d.to.index;
+  switch (static_cast<FieldType>(d.to.type)) {
+    case FieldType::kInt64: writer::encode_field(to_row, d.to, FieldValue::int64(field, d.i64)); break;
+    case FieldType::kFloat64: writer::encode_field(to_row, d.to, FieldValue::float64(field, d.f64)); break;
+    case FieldType::kFloat32:
+      writer::encode_field(to_row, d.to, FieldValue::float32(field, static_cast<float>(d.f64)));
+      break;
+    case FieldType::kBool: writer::encode_field(to_row, d.to, FieldValue::boolean(field, d.i64 != 0)); break;
+    case FieldType::kString: writer::encode_field(to_row, d.to, FieldValue::string(field, d.text)); break;
+    case FieldType::kFloat32Vector:
+      writer::encode_field(to_row, d.to, FieldValue::vector(field, std::span<const float>(d.floats)));
+      break;
+  }
+}
 
 // Live keys and tombstones a table holds before it keeps its empty slots
 // back (table.h, choose_slot), as attach() computes it.
@@ -121,6 +260,7 @@ struct Writer::Impl::Switch {
     TableGeometry geo;
     Word* slots = nullptr;
     std::vector<FieldCopy> copies;
+    std::vector<FieldDefault> defaults;
     std::vector<int> group_from;  // N's group of each group, -1: new (never written)
     uint64_t max_used = 0;
     uint64_t live = 0;
@@ -274,16 +414,31 @@ void Writer::Impl::start_switch(const Schema& next) {
                                                 std::to_string(live) + " live keys");
       }
       for (const FieldSpec& nf : nt.fields) {
+        const std::string fw = "field \"" + nt.name + "." + nf.name + "\"";
         for (const FieldSpec& of : ot.fields) {
           if (of.name != nf.name) continue;
-          const bool same_size = of.type == FieldType::kString ? nf.count >= of.count : nf.count == of.count;
-          if (of.type != nf.type ||
-              (of.type == FieldType::kFloat32Vector || of.type == FieldType::kString ? !same_size : false)) {
+          if (of.type != nf.type) {
+            if (nf.convert_from && *nf.convert_from == of.type && convertible(of.type, nf.type)) continue;
+            std::string why = fw + " is " + field_type_name(of.type) + " now and " + field_type_name(nf.type) +
+                              " in the new schema";
+            if (nf.convert_from && *nf.convert_from != of.type) {
+              why += ", and it declares convert_from: " + std::string(field_type_name(*nf.convert_from));
+            } else if (nf.convert_from) {
+              why += ", a conversion a switch does not make";
+            } else {
+              why += ", with no convert_from";
+            }
             refuse(ErrorCode::kSchemaMismatch,
-                   "field \"" + nt.name + "." + nf.name + "\" is " + field_type_name(of.type) + "(" +
-                       std::to_string(of.count) + ") now and " + field_type_name(nf.type) + "(" +
-                       std::to_string(nf.count) +
-                       ") in the new schema; a switch converts no types (a string may only get longer): add the "
+                   why + ": a switch converts int64 <-> float64, float32 <-> float64, int64 -> string and "
+                         "bool -> int64 when the field declares convert_from; otherwise add the field under a new "
+                         "name and drop the old one");
+          }
+          const bool same_size = of.type == FieldType::kString ? nf.count >= of.count : nf.count == of.count;
+          if (!same_size) {
+            refuse(ErrorCode::kSchemaMismatch,
+                   fw + " is " + field_type_name(of.type) + "(" + std::to_string(of.count) + ") now and " +
+                       field_type_name(nf.type) + "(" + std::to_string(nf.count) +
+                       ") in the new schema; a string may only get longer and a vector keeps its dims: add the "
                        "field under a new name and drop the old one");
           }
         }
@@ -343,12 +498,28 @@ void Writer::Impl::start_switch(const Schema& next) {
     const TableState& ts = w.tables[static_cast<size_t>(st.from)];
     max_words = std::max(max_words, ts.geo.slot_words);
     sw->total += ts.geo.slot_count;
+    const TableSpec& spec = next.tables[t];
     for (uint32_t f = 0; f < st.desc->field_count; ++f) {
       const FieldDescriptor& to = field_descriptor(base, *st.desc, f);
+      bool carried = false;
       for (const FieldDescriptor& from : ts.fields) {
         if (std::strncmp(from.name, to.name, kNameBytes) != 0) continue;
-        sw->tables[t].copies.push_back(FieldCopy{from.offset, to.offset, from.bytes, from.index, to.index});
+        carried = true;
+        // Types that differ here were declared (checked above), or are an
+        // aggregate's output whose aggregate changed: computed again then.
+        const auto ft = static_cast<FieldType>(from.type);
+        const auto tt = static_cast<FieldType>(to.type);
+        if (ft != tt && !convertible(ft, tt)) continue;
+        sw->tables[t].copies.push_back(FieldCopy{from.offset, to.offset, from.bytes, from.index, to.index, ft, tt, to});
       }
+      if (carried || f >= spec.fields.size() || !spec.fields[f].default_value) continue;
+      FieldDefault d;
+      if (const std::string why = parse_default(spec.fields[f], to, &d); !why.empty()) {
+        w.switch_record.last_error =
+            seg + ": generation switch refused: field \"" + spec.name + "." + spec.fields[f].name + "\" default: " + why;
+        throw Error(ErrorCode::kInvalidArgument, w.switch_record.last_error);  // sw's deleter removes the file
+      }
+      st.defaults.push_back(std::move(d));
     }
     for (uint32_t g = 0; g < st.geo.group_count; ++g) {
       int found = -1;
@@ -531,8 +702,18 @@ bool Writer::Impl::copy_to_next(uint32_t table, uint64_t slot) {
   auto* to_row = reinterpret_cast<unsigned char*>(img + to.geo.row_word_offset());
   for (const FieldCopy& c : to.copies) {
     if (((src[kSlotHeaderWords + c.from_index / 64] >> (c.from_index % 64)) & 1) == 0) continue;
-    std::memcpy(to_row + c.to_offset, from_row + c.from_offset, c.bytes);
+    if (c.from_type == c.to_type) {
+      std::memcpy(to_row + c.to_offset, from_row + c.from_offset, c.bytes);
+    } else if (!convert_field(c, from_row + c.from_offset, to_row)) {
+      continue;  // no place in the new type: not valid
+    }
     img[kSlotHeaderWords + c.to_index / 64] |= uint64_t{1} << (c.to_index % 64);
+  }
+  if (live) {
+    for (const FieldDefault& fd : to.defaults) {
+      apply_default(fd, to_row);
+      img[kSlotHeaderWords + fd.to.index / 64] |= uint64_t{1} << (fd.to.index % 64);
+    }
   }
   for (uint32_t g = 0; g < to.geo.group_count; ++g) {
     const int og = to.group_from[g];
