@@ -28,6 +28,7 @@
 // whatever happens to its name, so they never fault on a vanished file.
 //
 // Threading: the writer thread, like every Impl function.
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -208,6 +209,9 @@ constexpr uint64_t kCopyAhead = 16;
 
 // Automatic growth refused (no space, say): tried again after this long.
 constexpr int64_t kGrowRetryNs = 10'000'000'000;
+
+// The grow request file is looked for at most this often (a stat).
+constexpr int64_t kGrowRequestCheckNs = 100'000'000;
 
 // Words of a state block carried from N to N+1 (AggregatePlan offsets).
 struct WordRange {
@@ -915,6 +919,57 @@ void Writer::Impl::publish_next() {
   // that rebuilds them for every table with aggregates of N+1.
   due = decltype(due){};
   attach(false);  // the copy kept the counters exact and left nothing armed
+}
+
+std::string Writer::grow_request_path(std::string_view name, const std::string& dir) {
+  return segment_path(dir, "." + std::string(name) + ".grow");
+}
+
+void Writer::Impl::take_grow_request() {
+  if (next_gen) return;  // one switch at a time: the request waits
+  const int64_t now = now_mono_ns();
+  if (now < grow_request_mono_ns) return;
+  grow_request_mono_ns = now + kGrowRequestCheckNs;
+  const std::string path = Writer::grow_request_path(name, dir);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return;
+  char buf[256];
+  const ssize_t n = ::read(fd, buf, sizeof(buf) - 1);
+  ::close(fd);
+  ::unlink(path.c_str());  // taken, whatever comes of it
+  const std::string what = "segment \"" + name + "\": grow request " + path + ": ";
+  // "<table> <capacity>\n": nothing else is read (outside bytes).
+  std::string text(buf, n > 0 ? static_cast<size_t>(n) : 0);
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  const size_t space = text.find(' ');
+  uint64_t capacity = 0;
+  int table = -1;
+  if (space != std::string::npos) {
+    const std::string table_name = text.substr(0, space);
+    for (size_t t = 0; t < schema.tables.size(); ++t) {
+      if (schema.tables[t].name == table_name) table = static_cast<int>(t);
+    }
+    const std::string number = text.substr(space + 1);
+    char* end = nullptr;
+    errno = 0;
+    capacity = std::strtoull(number.c_str(), &end, 10);
+    if (number.empty() || end != number.c_str() + number.size() || errno != 0) capacity = 0;
+    if (table < 0) {
+      switch_record.last_error = what + "no table \"" + table_name + "\"";
+      return;
+    }
+  }
+  if (table < 0 || capacity == 0) {
+    switch_record.last_error = what + "expected \"<table> <capacity>\"";
+    return;
+  }
+  Schema next = schema;
+  next.tables[static_cast<size_t>(table)].capacity = capacity;
+  try {
+    start_switch(next);
+  } catch (const Error&) {
+    // switch_record.last_error says why; the segment keeps serving as it is.
+  }
 }
 
 void Writer::Impl::maybe_grow() {

@@ -179,6 +179,7 @@ uint64_t Writer::maintain(uint64_t slot_budget) {
   }
   Impl& w = *impl_;
   // Growth and the copy of a switch: a slice per call between updates.
+  w.take_grow_request();
   w.maybe_grow();
   if (w.next_gen) switch_step();
   uint64_t reclaimed = 0;

@@ -198,6 +198,7 @@ struct Writer::Impl {
   std::unique_ptr<Switch, SwitchDeleter> next_gen;
   SwitchProgress switch_record;
   int64_t grow_retry_mono_ns = 0;  // automatic growth refused: not tried again before this
+  int64_t grow_request_mono_ns = 0;  // the grow request file is not looked for again before this
 
   ~Impl();
 
@@ -296,6 +297,7 @@ struct Writer::Impl {
   void publish_next();
   void fail_switch(const std::string& why);
   void maybe_grow();
+  void take_grow_request();
 
   // maintenance.cc
   void advance_clock(int64_t now_unix_ns) { clock_ms = std::max(clock_ms, now_unix_ns / 1'000'000); }
