@@ -399,7 +399,7 @@ class Writer {
   // single-mapping concurrency tests that ThreadSanitizer can follow).
   const void* data() const;
 
-  // Unlinks the segment file and its lock file. Readers that have it mapped
+  // Unlinks the segment file, its lock file and a grow request. Readers that have it mapped
   // keep their mapping until they close it.
   static void remove_segment(std::string_view name, const std::string& dir = "/dev/shm");
 
