@@ -10,12 +10,16 @@
 #include <signal.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
+#include <bit>
+#include <cstring>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -546,6 +550,444 @@ TEST(Generation, ReadersInOtherProcessesFollowEverySwitch) {
     EXPECT_EQ(row.i64(users.field("clicks")), model[static_cast<size_t>(i)]);
   }
   ::munmap(counts, 4096);
+}
+
+// ---------------------------------------------------------------------------
+// Aggregates across a switch. A segment that switches part-way through a
+// stream of events is compared with one fed the same stream without a
+// switch (the reference): every aggregate output of every key must be
+// bit-for-bit the same, which holds only if each row's windows, buckets,
+// dense rings (arena chunks), distinct sets, event stores and the dedup set
+// went across exactly, with the rows changed during the copy taken again.
+
+// 2100-01-01: later than the wall clock, so the events' clock rules.
+constexpr int64_t kAggBaseMs = 4'102'444'800'000;
+
+layout::AggregateSpec agg(std::string name, std::string source, layout::AggregateFn fn, int64_t window_ms,
+                          int64_t resolution_ms, layout::WindowEnd end = layout::WindowEnd::kNow) {
+  layout::AggregateSpec a;
+  a.name = std::move(name);
+  a.source = std::move(source);
+  a.fn = fn;
+  a.window_ms = window_ms;
+  a.resolution_ms = resolution_ms;
+  a.end = end;
+  return a;
+}
+
+layout::AggregateSpec events_agg(std::string name, std::string source, layout::AggregateFn fn, uint32_t events) {
+  layout::AggregateSpec a;
+  a.name = std::move(name);
+  a.source = std::move(source);
+  a.fn = fn;
+  a.window_events = events;
+  return a;
+}
+
+// Rings longer than the inline buckets (dense in an arena chunk for the hot
+// keys), several statistics in one ring, a latest_event window, a distinct
+// count, a count window and a sequence.
+layout::Schema events_schema(uint64_t capacity) {
+  using layout::AggregateFn;
+  layout::TableSpec t;
+  t.name = "users";
+  t.key_max_len = 16;
+  t.capacity = capacity;
+  t.arena_chunks = 96;  // every key's rings may be dense at once: no refusal depends on the capacity
+  t.fields = {{"amount", layout::FieldType::kFloat64, 1}, {"item", layout::FieldType::kInt64, 1}};
+  t.aggregates = {
+      agg("events_10s", "", AggregateFn::kCount, 10'000, 1000),
+      agg("amount_sum_10s", "amount", AggregateFn::kSum, 10'000, 1000),
+      agg("amount_std_10s", "amount", AggregateFn::kStddev, 10'000, 1000),
+      agg("amount_max_3s", "amount", AggregateFn::kMax, 3000, 250, layout::WindowEnd::kLatestEvent),
+      agg("item_distinct_10s", "item", AggregateFn::kDistinctCount, 10'000, 1000),
+      events_agg("amount_last5", "amount", AggregateFn::kLastN, 5),
+      events_agg("amount_mean_4ev", "amount", AggregateFn::kMean, 4),
+  };
+  return testing::one_table_schema(t);
+}
+
+// A stream of events over 24 keys, two of them hot (dense rings), with
+// deletes, redeliveries and refreshes, applied alike to every writer given.
+struct EventStream {
+  std::mt19937_64 rng{11};
+  uint64_t n = 0;
+  int64_t t = kAggBaseMs;
+
+  // One step: an event, a delete or a redelivered event id; every writer
+  // must answer alike. Then, every 16 steps, a refresh of every due key.
+  void step(const std::vector<Writer*>& ws) {
+    ++n;
+    t += 37 + static_cast<int64_t>(rng() % 200);
+    const uint64_t r = rng() % 100;
+    const std::string key = r < 50 ? "hot" + std::to_string(r % 2) : "k" + std::to_string(rng() % 22);
+    std::vector<ApplyResult> results;
+    if (r >= 97) {
+      for (Writer* w : ws) results.push_back(w->remove(0, key, t, t * 1'000'000));
+    } else {
+      const double amount = static_cast<double>(rng() % 10'000) / 7.0 - 300.0;
+      const auto item = static_cast<int64_t>(rng() % 40);
+      // Now and then an id seen a few seconds ago comes again.
+      const uint64_t id = r >= 94 && n > 100 ? n - 20 - rng() % 30 : n;
+      for (Writer* w : ws) {
+        std::vector<SourceValue> sources;  // the sources this writer's schema has
+        if (const int s = w->source_index(0, "amount"); s >= 0) sources.push_back({static_cast<uint32_t>(s), amount, 0});
+        if (const int s = w->source_index(0, "item"); s >= 0) {
+          sources.push_back({static_cast<uint32_t>(s), static_cast<double>(item), distinct_hash_int64(item)});
+        }
+        results.push_back(w->apply(0, key, t, {}, sources, id, t * 1'000'000));
+      }
+    }
+    for (size_t i = 1; i < results.size(); ++i) {
+      ASSERT_EQ(results[i], results[0]) << "event " << n << " key " << key;
+    }
+    if (n % 16 == 0) {
+      for (Writer* w : ws) w->refresh(t * 1'000'000);
+    }
+  }
+};
+
+// Empty when every field named in both tables reads the same (validity and
+// bits) for every key of the stream, else the first difference.
+std::string same_outputs(const Table& a, const Table& b, const std::vector<std::string>& skip = {}) {
+  Row ra = a.make_row();
+  Row rb = b.make_row();
+  std::vector<std::string> keys = {"hot0", "hot1"};
+  for (int i = 0; i < 22; ++i) keys.push_back("k" + std::to_string(i));
+  for (const std::string& key : keys) {
+    const Status sa = a.get(key, ra).status;
+    const Status sb = b.get(key, rb).status;
+    if (sa != sb) return key + ": found in one and not the other";
+    if (sa != Status::kOk) continue;
+    for (const Field& fa : a.fields()) {
+      if (std::find(skip.begin(), skip.end(), fa.name) != skip.end()) continue;
+      const Field fb = b.field(fa.name);
+      const std::string where = key + "." + std::string(fa.name);
+      if (ra.valid(fa) != rb.valid(fb)) return where + ": valid in one only";
+      if (!ra.valid(fa)) continue;
+      bool same = true;
+      switch (fa.type) {
+        case FieldType::kInt64: same = ra.i64(fa) == rb.i64(fb); break;
+        case FieldType::kFloat64:
+          same = std::bit_cast<uint64_t>(ra.f64(fa)) == std::bit_cast<uint64_t>(rb.f64(fb));
+          break;
+        case FieldType::kFloat32Vector: {
+          const auto va = ra.vector(fa);
+          const auto vb = rb.vector(fb);
+          // Bits, not values: a sequence pads with NaN.
+          same = va.size() == vb.size() && std::memcmp(va.data(), vb.data(), va.size_bytes()) == 0;
+          break;
+        }
+        default: break;
+      }
+      if (!same) return where + ": values differ";
+    }
+  }
+  return "";
+}
+
+TEST(GenerationAggregates, GrowCarriesEveryWindowExactly) {
+  ScratchSegment seg_a, seg_ref;
+  auto a = Writer::open(seg_a.name(), events_schema(40), seg_a.writer_options());
+  auto ref = Writer::open(seg_ref.name(), events_schema(40), seg_ref.writer_options());
+  EventStream stream;
+  const std::vector<Writer*> both = {a.get(), ref.get()};
+  for (int i = 0; i < 600; ++i) ASSERT_NO_FATAL_FAILURE(stream.step(both));
+  ASSERT_GT(a->stats(0).arena_used, 0u) << "the hot keys' rings are dense: chunks go across";
+  a->grow(0, 160);
+  // A few slots per step, events between them: rows on both sides of the
+  // copy change, are deleted, refreshed and come back.
+  while (!a->switch_step(3)) {
+    for (int i = 0; i < 4; ++i) ASSERT_NO_FATAL_FAILURE(stream.step(both));
+  }
+  ASSERT_TRUE(a->switch_progress().last_error.empty()) << a->switch_progress().last_error;
+  EXPECT_EQ(a->switch_progress().generation, 1u);
+  EXPECT_EQ(a->stats(0).capacity, 160u);
+  Table ta = Segment::open(seg_a.name(), ClientOptions{seg_a.dir()}).table("users");
+  Table tr = Segment::open(seg_ref.name(), ClientOptions{seg_ref.dir()}).table("users");
+  EXPECT_EQ(same_outputs(ta, tr), "") << "right after the switch";
+  for (int i = 0; i < 600; ++i) ASSERT_NO_FATAL_FAILURE(stream.step(both));
+  a->refresh(stream.t * 1'000'000);
+  ref->refresh(stream.t * 1'000'000);
+  EXPECT_EQ(same_outputs(ta, tr), "") << "600 events later";
+  const WriterStats sa = a->stats(0);
+  const WriterStats sr = ref->stats(0);
+  EXPECT_EQ(sa.aggregate_events, sr.aggregate_events);
+  EXPECT_GT(sa.duplicates, 0u) << "ids seen before the switch are still known after it";
+  EXPECT_EQ(sa.duplicates, sr.duplicates);
+  EXPECT_EQ(sa.dedup_evictions, sr.dedup_evictions);
+  EXPECT_EQ(sa.arena_used, sr.arena_used);
+  EXPECT_EQ(sa.live_keys, sr.live_keys);
+}
+
+TEST(GenerationAggregates, SchemaChangeCarriesKeptAggregatesAndStartsNewOnesEmpty) {
+  using layout::AggregateFn;
+  const layout::Schema v1 = events_schema(40);
+  // v2: item_distinct_10s dropped (its ring goes), amount_mean_10s added to
+  // the kept amount ring (computed from the carried state), amount_min_2s in
+  // a ring of its own (starts empty at the switch).
+  layout::Schema v2 = v1;
+  auto& aggs = v2.tables[0].aggregates;
+  std::erase_if(aggs, [](const layout::AggregateSpec& x) { return x.name == "item_distinct_10s"; });
+  aggs.push_back(agg("amount_mean_10s", "amount", AggregateFn::kMean, 10'000, 1000));
+  aggs.push_back(agg("amount_min_2s", "amount", AggregateFn::kMin, 2000, 500));
+
+  ScratchSegment seg_a, seg_ref, seg_new;
+  auto a = Writer::open(seg_a.name(), v1, seg_a.writer_options());
+  auto ref = Writer::open(seg_ref.name(), v2, seg_ref.writer_options());  // v2 from the start
+  EventStream stream;
+  for (int i = 0; i < 500; ++i) ASSERT_NO_FATAL_FAILURE(stream.step({a.get(), ref.get()}));
+  a->begin_switch(v2);
+  while (!a->switch_step(5)) ASSERT_NO_FATAL_FAILURE(stream.step({a.get(), ref.get()}));
+  ASSERT_TRUE(a->switch_progress().last_error.empty()) << a->switch_progress().last_error;
+  ASSERT_EQ(a->switch_progress().generation, 1u);
+  Table ta = Segment::open(seg_a.name(), ClientOptions{seg_a.dir()}).table("users");
+  Table tr = Segment::open(seg_ref.name(), ClientOptions{seg_ref.dir()}).table("users");
+  const Field min2 = ta.field("amount_min_2s");
+  Row row = ta.make_row();
+  ASSERT_EQ(ta.get("hot0", row).status, Status::kOk);
+  EXPECT_FALSE(row.valid(min2)) << "a new aggregate starts empty";
+  EXPECT_TRUE(row.valid(ta.field("amount_mean_10s"))) << "an added aggregate of a kept ring has its value now";
+  EXPECT_EQ(same_outputs(ta, tr, {"amount_min_2s"}), "");
+
+  // From the switch on, the new ring sees what a segment fed only the
+  // events after the switch sees.
+  auto fresh = Writer::open(seg_new.name(), v2, seg_new.writer_options());
+  for (int i = 0; i < 400; ++i) ASSERT_NO_FATAL_FAILURE(stream.step({a.get(), ref.get(), fresh.get()}));
+  for (Writer* w : {a.get(), ref.get(), fresh.get()}) w->refresh(stream.t * 1'000'000);
+  EXPECT_EQ(same_outputs(ta, tr, {"amount_min_2s"}), "");
+  Table tn = Segment::open(seg_new.name(), ClientOptions{seg_new.dir()}).table("users");
+  Row nrow = tn.make_row();
+  for (const std::string key : {"hot0", "hot1", "k3", "k9"}) {
+    ASSERT_EQ(ta.get(key, row).status, Status::kOk) << key;
+    if (tn.get(key, nrow).status != Status::kOk) {
+      EXPECT_FALSE(row.valid(min2)) << key;
+      continue;
+    }
+    ASSERT_EQ(row.valid(min2), nrow.valid(tn.field("amount_min_2s"))) << key;
+    if (row.valid(min2)) {
+      EXPECT_EQ(row.f64(min2), nrow.f64(tn.field("amount_min_2s"))) << key;
+    }
+  }
+}
+
+TEST(GenerationAggregates, ChangedRingsAndStoresAreRefused) {
+  using layout::AggregateFn;
+  ScratchSegment seg;
+  const layout::Schema v1 = events_schema(40);
+  auto w = Writer::open(seg.name(), v1, seg.writer_options());
+  EventStream stream;
+  for (int i = 0; i < 100; ++i) ASSERT_NO_FATAL_FAILURE(stream.step({w.get()}));
+  const std::string bytes = file_bytes(w->path());
+
+  // max over the amount ring at 1 s: its buckets never kept a maximum.
+  layout::Schema more = v1;
+  more.tables[0].aggregates.push_back(agg("amount_max_10s", "amount", AggregateFn::kMax, 10'000, 1000));
+  // A longer window at the same resolution: a longer ring.
+  layout::Schema longer = v1;
+  longer.tables[0].aggregates[1].window_ms = 20'000;
+  // A sequence of 8: the store keeps 5 events.
+  layout::Schema seq = v1;
+  seq.tables[0].aggregates[5].window_events = 8;
+  for (const auto& [schema, names] :
+       std::vector<std::pair<layout::Schema, std::string>>{{more, "amount_max_10s"},
+                                                           {longer, "amount_sum_10s"},
+                                                           {seq, "amount_last5"}}) {
+    try {
+      w->begin_switch(schema);
+      FAIL() << names << ": accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kSchemaMismatch) << e.what();
+      EXPECT_NE(std::string(e.what()).find(names), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("table \"users\""), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_FALSE(w->switch_active());
+  EXPECT_TRUE(file_bytes(w->path()) == bytes) << "a refused switch changed the segment";
+  EXPECT_TRUE(leftovers(seg.dir(), seg.name()).empty());
+}
+
+// ---------------------------------------------------------------------------
+// Field defaults and declared conversions.
+
+TEST(GenerationFields, AddedFieldsTakeTheirDefaultInEveryCarriedRow) {
+  ScratchSegment seg;
+  const layout::Schema v1 = users_schema(100);
+  auto w = Writer::open(seg.name(), v1, seg.writer_options());
+  for (int i = 0; i < 40; ++i) write_row(*w, "k" + std::to_string(i), i, kBaseMs + i);
+  ASSERT_EQ(w->remove(0, "k3", kBaseMs + 100), ApplyResult::kApplied);
+
+  layout::Schema v2 = v1;
+  auto& fields = v2.tables[0].fields;
+  fields.push_back({"tier", layout::FieldType::kInt64, 1});
+  fields.back().default_value = "-3";
+  fields.push_back({"score", layout::FieldType::kFloat64, 1});
+  fields.back().default_value = "0.25";
+  fields.push_back({"plan", layout::FieldType::kString, 8});
+  fields.back().default_value = "free";
+  fields.push_back({"beta", layout::FieldType::kBool, 1});
+  fields.back().default_value = "true";
+  fields.push_back({"bias", layout::FieldType::kFloat32Vector, 2});
+  fields.back().default_value = "1.5, -2";
+  fields.push_back({"unset", layout::FieldType::kInt64, 1});
+  // A default on a field the rows already have changes nothing.
+  fields[0].default_value = "999";
+
+  // A default that is not of the field's type: refused, nothing changes.
+  layout::Schema bad = v2;
+  bad.tables[0].fields[bad.tables[0].fields.size() - 6].default_value = "three";
+  const std::string bytes = file_bytes(w->path());
+  try {
+    w->begin_switch(bad);
+    FAIL() << "a default that is not an int64 was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("users.tier"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(file_bytes(w->path()) == bytes);
+  EXPECT_TRUE(leftovers(seg.dir(), seg.name()).empty());
+
+  w->begin_switch(v2);
+  // Rows updated during the copy take the default too when taken again.
+  while (!w->switch_step(8)) write_row(*w, "k1", 1001, kBaseMs + 1000);
+  ASSERT_EQ(w->switch_progress().generation, 1u);
+  write_row(*w, "new", 5, kBaseMs + 2000);
+
+  Table t = Segment::open(seg.name(), ClientOptions{seg.dir()}).table("users");
+  Row row = t.make_row();
+  for (int i = 0; i < 40; ++i) {
+    const std::string key = "k" + std::to_string(i);
+    if (i == 3) {
+      EXPECT_EQ(t.get(key, row).status, Status::kNotFound);
+      continue;
+    }
+    ASSERT_EQ(t.get(key, row).status, Status::kOk) << key;
+    EXPECT_EQ(row.i64(t.field("clicks")), i == 1 ? 1001 : i) << key;
+    ASSERT_TRUE(row.valid(t.field("tier"))) << key;
+    EXPECT_EQ(row.i64(t.field("tier")), -3);
+    EXPECT_EQ(row.f64(t.field("score")), 0.25);
+    EXPECT_EQ(row.string(t.field("plan")), "free");
+    EXPECT_TRUE(row.valid(t.field("beta")));
+    const auto bias = row.vector(t.field("bias"));
+    ASSERT_EQ(bias.size(), 2u);
+    EXPECT_EQ(bias[0], 1.5f);
+    EXPECT_EQ(bias[1], -2.0f);
+    EXPECT_FALSE(row.valid(t.field("unset"))) << "no default: not valid";
+  }
+  ASSERT_EQ(t.get("new", row).status, Status::kOk);
+  EXPECT_FALSE(row.valid(t.field("tier"))) << "a key written after the switch has only what it was sent";
+}
+
+layout::Schema numbers_schema() {
+  layout::TableSpec t;
+  t.name = "nums";
+  t.key_max_len = 16;
+  t.capacity = 64;
+  t.fields = {{"i", layout::FieldType::kInt64, 1},   {"d", layout::FieldType::kFloat64, 1},
+              {"f", layout::FieldType::kFloat32, 1}, {"g", layout::FieldType::kFloat64, 1},
+              {"b", layout::FieldType::kBool, 1},    {"n", layout::FieldType::kInt64, 1},
+              {"s", layout::FieldType::kString, 8}};
+  return testing::one_table_schema(t);
+}
+
+TEST(GenerationFields, DeclaredConversionsAndRefusedOnes) {
+  ScratchSegment seg;
+  const layout::Schema v1 = numbers_schema();
+  auto w = Writer::open(seg.name(), v1, seg.writer_options());
+  struct In {
+    int64_t i;
+    double d;
+    float f;
+    double g;
+    bool b;
+    int64_t n;
+  };
+  const std::vector<In> in = {{9'007'199'254'740'993, 2.5, 0.1f, 1e300, true, 42},
+                              {-7, -2.5, -3.75f, 0.1, false, 123'456'789'012},
+                              {0, std::nan(""), 1e-3f, -2.0, true, -1234567},
+                              {1, 1e30, 0, 3.5, false, 0}};
+  int64_t t = kBaseMs;
+  for (size_t k = 0; k < in.size(); ++k) {
+    const std::vector<FieldValue> v = {FieldValue::int64(0, in[k].i),   FieldValue::float64(1, in[k].d),
+                                       FieldValue::float32(2, in[k].f), FieldValue::float64(3, in[k].g),
+                                       FieldValue::boolean(4, in[k].b), FieldValue::int64(5, in[k].n),
+                                       FieldValue::string(6, "x")};
+    ++t;
+    ASSERT_EQ(w->upsert(0, "r" + std::to_string(k), t, v, t * 1'000'000), ApplyResult::kApplied);
+  }
+
+  auto convert = [&](layout::Schema s, size_t field, layout::FieldType to, uint32_t count,
+                     std::optional<layout::FieldType> from) {
+    s.tables[0].fields[field].type = to;
+    s.tables[0].fields[field].count = count;
+    s.tables[0].fields[field].convert_from = from;
+    return s;
+  };
+  using F = layout::FieldType;
+  // Refused: a conversion not in the list, one declared from the wrong type,
+  // a change with none declared. Each names the field.
+  const std::vector<std::pair<layout::Schema, std::string>> refused = {
+      {convert(v1, 6, F::kInt64, 1, F::kString), "nums.s"},
+      {convert(v1, 0, F::kFloat64, 1, F::kFloat32), "nums.i"},
+      {convert(v1, 4, F::kFloat64, 1, std::nullopt), "nums.b"},
+      {convert(v1, 0, F::kBool, 1, F::kInt64), "nums.i"},
+  };
+  const std::string bytes = file_bytes(w->path());
+  for (const auto& [schema, name] : refused) {
+    try {
+      w->begin_switch(schema);
+      FAIL() << name << ": accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kSchemaMismatch) << e.what();
+      EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_TRUE(file_bytes(w->path()) == bytes) << "a refused switch changed the segment";
+
+  layout::Schema v2 = convert(v1, 0, F::kFloat64, 1, F::kInt64);  // i: int64 -> float64
+  v2 = convert(v2, 1, F::kInt64, 1, F::kFloat64);                 // d: float64 -> int64
+  v2 = convert(v2, 2, F::kFloat64, 1, F::kFloat32);               // f: float32 -> float64
+  v2 = convert(v2, 3, F::kFloat32, 1, F::kFloat64);               // g: float64 -> float32
+  v2 = convert(v2, 4, F::kInt64, 1, F::kBool);                    // b: bool -> int64
+  v2 = convert(v2, 5, F::kString, 6, F::kInt64);                  // n: int64 -> string(6)
+  w->switch_now(v2);
+  ASSERT_EQ(w->switch_progress().generation, 1u);
+
+  Table tab = Segment::open(seg.name(), ClientOptions{seg.dir()}).table("nums");
+  Row row = tab.make_row();
+  const Field i = tab.field("i", FieldType::kFloat64), d = tab.field("d", FieldType::kInt64);
+  const Field f = tab.field("f", FieldType::kFloat64), g = tab.field("g", FieldType::kFloat32);
+  const Field b = tab.field("b", FieldType::kInt64), n = tab.field("n", FieldType::kString);
+  for (size_t k = 0; k < in.size(); ++k) {
+    const std::string key = "r" + std::to_string(k);
+    ASSERT_EQ(tab.get(key, row).status, Status::kOk) << key;
+    EXPECT_TRUE(row.valid(i));
+    EXPECT_EQ(row.f64(i), static_cast<double>(in[k].i)) << key << ": the nearest double";
+    EXPECT_EQ(row.f64(f), static_cast<double>(in[k].f)) << key << ": exact";
+    EXPECT_EQ(row.f32(g), static_cast<float>(in[k].g)) << key << ": the nearest float (inf beyond)";
+    EXPECT_EQ(row.i64(b), in[k].b ? 1 : 0) << key;
+    EXPECT_EQ(row.string(tab.field("s")), "x") << key << ": unchanged fields are copied";
+  }
+  // float64 -> int64: nearest, halves away from zero; NaN and beyond int64
+  // read not valid.
+  ASSERT_EQ(tab.get("r0", row).status, Status::kOk);
+  EXPECT_EQ(row.i64(d), 3);
+  EXPECT_EQ(row.string(n), "42");
+  ASSERT_EQ(tab.get("r1", row).status, Status::kOk);
+  EXPECT_EQ(row.i64(d), -3);
+  EXPECT_FALSE(row.valid(n)) << "123456789012 does not fit 6 bytes";
+  ASSERT_EQ(tab.get("r2", row).status, Status::kOk);
+  EXPECT_FALSE(row.valid(d)) << "NaN";
+  EXPECT_FALSE(row.valid(n)) << "-1234567 does not fit 6 bytes";
+  ASSERT_EQ(tab.get("r3", row).status, Status::kOk);
+  EXPECT_FALSE(row.valid(d)) << "1e30";
+  EXPECT_EQ(row.string(n), "0");
+
+  // Converted once: a writer reopened with the same config finds the new
+  // types in place and switches nothing.
+  w.reset();
+  auto again = Writer::open(seg.name(), v2, seg.writer_options());
+  EXPECT_EQ(again->switch_progress().generation, 1u);
 }
 
 }  // namespace

@@ -142,6 +142,42 @@ class LarderctlTest : public ::testing::Test {
   std::unique_ptr<Writer> writer_;
 };
 
+TEST_F(LarderctlTest, GrowAsksTheLiveWriterAndWaitsForTheNewGeneration) {
+  const std::string seg = seg_.name();
+  CtlRun r = larderctl(common() + "grow " + seg + " --table users --capacity 100");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("has capacity 100"), std::string::npos) << r.out;
+  r = larderctl(common() + "grow " + seg + " --table nope --capacity 1000");
+  EXPECT_EQ(r.code, 2) << r.out;
+
+  // The writer's own thread: maintain() takes the request and steps the
+  // switch, as the sidecar's writer thread does, until larderctl returns.
+  std::atomic<bool> done{false};
+  std::thread writer_thread([&] {
+    while (!done.load()) writer_->maintain();
+  });
+  r = larderctl(common() + "grow " + seg + " --table users --capacity 400 --wait 60");
+  done = true;
+  writer_thread.join();
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("grown: \"users\" capacity 400, generation 1"), std::string::npos) << r.out;
+  EXPECT_EQ(writer_->stats(0).capacity, 400u);
+  EXPECT_EQ(writer_->stats(0).live_keys, 2u);
+  EXPECT_EQ(writer_->stats(1).capacity, 10u) << "other tables keep their capacity";
+  EXPECT_NE(::access(Writer::grow_request_path(seg, seg_.dir()).c_str(), F_OK), 0) << "the request is taken";
+  r = larderctl(common() + "get " + seg + " users u1");
+  EXPECT_EQ(r.code, 0) << r.out;
+
+  // A request the writer cannot use: taken, and the reason kept.
+  const std::string request = Writer::grow_request_path(seg, seg_.dir());
+  std::ofstream(request) << "users lots\n";
+  // maintain() looks at most every 100 ms: until the request is gone.
+  while (::access(request.c_str(), F_OK) == 0) writer_->maintain();
+  EXPECT_NE(writer_->switch_progress().last_error.find("expected \"<table> <capacity>\""), std::string::npos)
+      << writer_->switch_progress().last_error;
+  EXPECT_FALSE(writer_->switch_active());
+}
+
 TEST_F(LarderctlTest, GetTextAndJson) {
   CtlRun r = larderctl(common() + "get " + seg_.name() + " users u1 u2 nobody");
   EXPECT_EQ(r.code, 1) << "a missing key makes get exit 1";

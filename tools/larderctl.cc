@@ -32,6 +32,8 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cerrno>
+#include <csignal>
 #include <chrono>
 #include <cinttypes>
 #include <cmath>
@@ -909,6 +911,74 @@ std::string aggregates_json(const larder::sidecar::TableSize& t) {
   return out + "]";
 }
 
+// grow: asks the segment's live writer to grow a table. The request is the
+// file Writer::grow_request_path names (".<name>.grow" beside the segment,
+// "<table> <capacity>\n", written whole by a rename); the writer takes it
+// on its own thread (maintain(), every 100 ms at most) and runs the
+// generation switch between updates. With --wait, waits for the grown
+// generation to be published.
+int cmd_grow(const Globals& g, const std::string& name, const std::string& table_name, uint64_t capacity,
+             double wait_s) {
+  Opened o = open_segment(g, name);
+  const SegmentInfo info = o.segment.info();
+  const Table table = o.segment.table(table_name);
+  const uint64_t current = table.stats().capacity;
+  if (capacity <= current) {
+    std::fprintf(stderr, "larderctl: table \"%s\" has capacity %" PRIu64 "; grow asks for a larger one\n",
+                 table_name.c_str(), current);
+    return kExitUsage;
+  }
+  const auto pid = static_cast<pid_t>(info.writer_pid);
+  if (pid <= 0 || (::kill(pid, 0) != 0 && errno == ESRCH)) {
+    std::fprintf(stderr,
+                 "larderctl: segment \"%s\" has no live writer to grow it: start the sidecar with capacity: %" PRIu64
+                 " for table \"%s\" (a larger capacity in the config is a migration)\n",
+                 name.c_str(), capacity, table_name.c_str());
+    return kExitOpen;
+  }
+  const std::string request = segment_path(g.dir, "." + name + ".grow");
+  const std::string tmp = request + "." + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << table_name << ' ' << capacity << '\n';
+    if (!out.flush()) {
+      std::fprintf(stderr, "larderctl: write %s: %s\n", tmp.c_str(), std::strerror(errno));
+      ::unlink(tmp.c_str());
+      return kExitOpen;
+    }
+  }
+  if (::rename(tmp.c_str(), request.c_str()) != 0) {
+    std::fprintf(stderr, "larderctl: rename to %s: %s\n", request.c_str(), std::strerror(errno));
+    ::unlink(tmp.c_str());
+    return kExitOpen;
+  }
+  if (wait_s <= 0) {
+    std::printf("asked the writer (pid %d) to grow \"%s\" to %" PRIu64 "\n", static_cast<int>(pid), table_name.c_str(),
+                capacity);
+    return kExitOk;
+  }
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(wait_s);
+  while (std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    try {
+      Segment now = Segment::open(name, ClientOptions{g.dir});
+      const uint64_t generation = now.info().generation;
+      if (generation > info.generation && now.table(table_name).stats().capacity >= capacity) {
+        std::printf("grown: \"%s\" capacity %" PRIu64 ", generation %" PRIu64 "\n", table_name.c_str(),
+                    now.table(table_name).stats().capacity, generation);
+        return kExitOk;
+      }
+    } catch (const Error&) {
+      // between the rename and the retirement: look again
+    }
+  }
+  std::fprintf(stderr,
+               "larderctl: segment \"%s\" did not grow within %.0f s: the writer's log says why (a switch refused: "
+               "no room for two generations, say), and larder_generation_switch_active whether it is still copying\n",
+               name.c_str(), wait_s);
+  return kExitProblems;
+}
+
 int cmd_size(const Globals& g, const std::string& config_path, bool check) {
   larder::sidecar::Config cfg;
   try {
@@ -1005,7 +1075,7 @@ int cmd_size(const Globals& g, const std::string& config_path, bool check) {
 
 int main(int argc, char** argv) {
   CLI::App app{
-      "larderctl: inspect Larder shared-memory segments (read-only).\n"
+      "larderctl: inspect Larder shared-memory segments (read-only but for grow).\n"
       "Exit codes: 0 ok; 1 verify found corruption, get found no row, size --check-dir found the\n"
       "directory unfit, or a snapshot command refused (live writer, invalid snapshot, non-200 answer);\n"
       "2 usage or a bad config; 3 cannot open the segment or file, or cannot reach the peer;\n"
@@ -1042,6 +1112,15 @@ int main(int argc, char** argv) {
   watch->add_option("segment", segment, "segment name")->required();
   watch->add_option("--interval", interval, "seconds between refreshes")->capture_default_str();
   watch->add_option("--count", count, "stop after this many refreshes (0: until interrupted)");
+  uint64_t grow_capacity = 0;
+  double grow_wait = 60;
+  auto* grow = app.add_subcommand(
+      "grow", "ask the segment's live writer to grow a table (a generation switch while it serves)");
+  grow->add_option("segment", segment, "segment name")->required();
+  grow->add_option("--table", table, "table name")->required();
+  grow->add_option("--capacity", grow_capacity, "the new capacity in live keys")->required();
+  grow->add_option("--wait", grow_wait, "seconds to wait for the grown generation (0: ask and return)")
+      ->capture_default_str();
   auto* verify = app.add_subcommand(
       "verify",
       "integrity check; exit 0 clean, 1 corrupt, 4 repairable by attaching a writer, 5 incomplete (a live "
@@ -1133,6 +1212,7 @@ int main(int argc, char** argv) {
     if (app.got_subcommand(dump)) return cmd_dump(g, segment, table, format, limit);
     if (app.got_subcommand(watch)) return cmd_watch(g, segment, interval, count);
     if (app.got_subcommand(verify)) return cmd_verify(g, segment);
+    if (app.got_subcommand(grow)) return cmd_grow(g, segment, table, grow_capacity, grow_wait);
     if (app.got_subcommand(size)) return cmd_size(g, config_path, check_dir);
     if (app.got_subcommand(snap)) return ctl::cmd_snapshot(g.dir, g.json, segment, snapshot_file, level);
     if (app.got_subcommand(snap_info)) return ctl::cmd_snapshot_info(g.json, snapshot_file);

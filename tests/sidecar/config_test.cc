@@ -103,6 +103,26 @@ TEST_F(ConfigTest, ValidConfigAndDefaults) {
   EXPECT_EQ(c.decode_options()[1].allow_unknown_fields, true);
 }
 
+TEST_F(ConfigTest, FieldDefaultsAndConversionsForASchemaChange) {
+  std::string v = replace(kValid, "{name: age, type: int64}", "{name: age, type: float64, convert_from: int64}");
+  v = replace(v, "{name: emb, type: vector, dims: 8}", "{name: emb, type: vector, dims: 2, default: [0.5, -1]}");
+  v = replace(v, "{name: country, type: string, max_len: 2}", "{name: country, type: string, max_len: 2, default: NL}");
+  const Config c = parse_config(v);
+  const auto& f = c.tables[0].spec.fields;
+  ASSERT_TRUE(f[0].convert_from.has_value());
+  EXPECT_EQ(*f[0].convert_from, layout::FieldType::kInt64);
+  EXPECT_FALSE(f[0].default_value.has_value());
+  EXPECT_EQ(f[1].default_value, "0.5,-1");
+  EXPECT_EQ(f[2].default_value, "NL");
+  EXPECT_FALSE(f[2].convert_from.has_value());
+  // Neither changes the layout: the fingerprint is the one without them.
+  const std::string plain = replace(replace(replace(v, ", convert_from: int64", ""), ", default: [0.5, -1]", ""),
+                                    ", default: NL", "");
+  EXPECT_EQ(c.schema().fingerprint(), parse_config(plain).schema().fingerprint());
+  expect_error(replace(v, "convert_from: int64", "convert_from: integer"), "tables[0].fields[0].convert_from",
+               "unknown type \"integer\"");
+}
+
 TEST_F(ConfigTest, PasswordFile) {
   const std::string file = ::testing::TempDir() + "/larder-config-test-password";
   std::ofstream(file) << "from-file\n";

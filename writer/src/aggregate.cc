@@ -943,4 +943,38 @@ bool dedup_insert(const AggregateTable& t, uint64_t id, int64_t event_time_ms, i
   return evicted;
 }
 
+uint64_t dedup_carry(const AggregateTable& from, const AggregateTable& to) {
+  if (from.dedup_buckets == 0 || to.dedup_buckets == 0) return 0;
+  uint64_t lost = 0;
+  const uint64_t entries = from.dedup_buckets * kDedupWays;
+  for (uint64_t n = 0; n < entries; ++n) {
+    const Word* e = from.dedup + n * kDedupEntryWords;
+    const uint64_t id = load(e[kDedupIdWord]);
+    const int64_t time1 = load_i64(e[kDedupTimeWord]);
+    if (id == 0 || time1 == 0) continue;
+    Word* b = dedup_bucket(to, id);
+    size_t victim = kDedupWays;
+    int64_t oldest = time1;  // only an older id gives way
+    for (size_t i = 0; i < kDedupWays; ++i) {
+      const Word* d = b + i * kDedupEntryWords;
+      const int64_t t1 = load_i64(d[kDedupTimeWord]);
+      if (t1 == 0 || load(d[kDedupIdWord]) == id) {
+        victim = i;
+        break;
+      }
+      if (t1 < oldest) {
+        oldest = t1;
+        victim = i;
+      }
+    }
+    ++lost;  // this id, or the one it replaces
+    if (victim == kDedupWays) continue;
+    Word* d = b + victim * kDedupEntryWords;
+    if (load_i64(d[kDedupTimeWord]) == 0 || load(d[kDedupIdWord]) == id) --lost;
+    sync::store_relaxed(d[kDedupIdWord], id);
+    sync::store_relaxed(d[kDedupTimeWord], static_cast<uint64_t>(time1));
+  }
+  return lost;
+}
+
 }  // namespace larder::writer

@@ -190,5 +190,10 @@ uint64_t scoped_event_id(uint64_t event_id, uint64_t key_hash);
 bool dedup_contains(const AggregateTable& t, uint64_t id, int64_t clock_ms);
 // Returns true when it forgot an id still inside its horizon to make room.
 bool dedup_insert(const AggregateTable& t, uint64_t id, int64_t event_time_ms, int64_t clock_ms, Journal& j);
+// Copies every id `from` remembers into `to`, the dedup set of a generation
+// being built that nothing else reads yet: plain stores, no journal. A
+// bucket of `to` with no room left keeps the ids with the newest event
+// times, as dedup_insert would. Returns the ids that found no room.
+uint64_t dedup_carry(const AggregateTable& from, const AggregateTable& to);
 
 }  // namespace larder::writer

@@ -28,12 +28,22 @@
 // whatever happens to its name, so they never fault on a vanished file.
 //
 // Threading: the writer thread, like every Impl function.
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <bit>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <utility>
+
+#include "aggregate_events.h"
 #include "crash_hook.h"
 #include "larder/layout/clock.h"
+#include "row_write.h"
 #include "table.h"
 #include "writer_impl.h"
 
@@ -50,7 +60,143 @@ struct FieldCopy {
   uint32_t bytes = 0;       // bytes to copy (a string: its length word and N's max length)
   uint32_t from_index = 0;  // validity bits
   uint32_t to_index = 0;
+  // A declared conversion (FieldSpec::convert_from): N's type to N+1's, and
+  // N+1's descriptor to encode into. Equal types: the bytes are copied.
+  FieldType from_type = FieldType::kInt64;
+  FieldType to_type = FieldType::kInt64;
+  FieldDescriptor to{};
 };
+
+// A field N does not have, with a configured default (FieldSpec::default_value).
+struct FieldDefault {
+  FieldDescriptor to{};
+  int64_t i64 = 0;
+  double f64 = 0;
+  std::string text;
+  std::vector<float> floats;
+};
+
+// The conversions a switch applies (FieldSpec::convert_from).
+bool convertible(FieldType from, FieldType to) {
+  using F = FieldType;
+  return (from == F::kInt64 && to == F::kFloat64) || (from == F::kFloat64 && to == F::kInt64) ||
+         (from == F::kFloat32 && to == F::kFloat64) || (from == F::kFloat64 && to == F::kFloat32) ||
+         (from == F::kInt64 && to == F::kString) || (from == F::kBool && to == F::kInt64);
+}
+
+// Converts N's value at `from` into `to` of N+1's row. False when the value
+// has no place in the new type (a NaN or out-of-range float64 as int64, a
+// number longer than the string's max_len): the field then reads not valid.
+bool convert_field(const FieldCopy& c, const unsigned char* from, unsigned char* to_row) {
+  using F = FieldType;
+  int64_t i = 0;
+  double d = 0;
+  float f = 0;
+  switch (c.from_type) {
+    case F::kInt64: std::memcpy(&i, from, 8); break;
+    case F::kFloat64: std::memcpy(&d, from, 8); break;
+    case F::kFloat32: std::memcpy(&f, from, 4); break;
+    case F::kBool: i = *from != 0 ? 1 : 0; break;
+    default: return false;
+  }
+  const uint32_t field = c.to.index;
+  switch (c.to_type) {
+    case F::kFloat64:
+      writer::encode_field(to_row, c.to,
+                           FieldValue::float64(field, c.from_type == F::kInt64 ? static_cast<double>(i) : double{f}));
+      return true;
+    case F::kFloat32: writer::encode_field(to_row, c.to, FieldValue::float32(field, static_cast<float>(d))); return true;
+    case F::kInt64:
+      if (c.from_type == F::kFloat64) {
+        // Nearest, halves away from zero; 2^63 itself is out of range.
+        if (!(std::fabs(d) < 9223372036854775808.0)) return false;
+        i = std::llround(d);
+      }
+      writer::encode_field(to_row, c.to, FieldValue::int64(field, i));
+      return true;
+    case F::kString: {
+      const std::string text = std::to_string(i);
+      if (text.size() > c.to.count) return false;
+      writer::encode_field(to_row, c.to, FieldValue::string(field, text));
+      return true;
+    }
+    default: return false;
+  }
+}
+
+// Parses the default of field `spec` (described by `fd` in N+1) into
+// `out`: "" or why it cannot.
+std::string parse_default(const FieldSpec& spec, const FieldDescriptor& fd, FieldDefault* out) {
+  const std::string& text = *spec.default_value;
+  out->to = fd;
+  auto number = [](std::string_view t, double* v) {
+    const std::string s(t);
+    char* end = nullptr;
+    errno = 0;
+    *v = std::strtod(s.c_str(), &end);
+    return !s.empty() && end == s.c_str() + s.size() && errno == 0;
+  };
+  switch (spec.type) {
+    case FieldType::kInt64: {
+      char* end = nullptr;
+      errno = 0;
+      const long long v = std::strtoll(text.c_str(), &end, 10);
+      if (text.empty() || end != text.c_str() + text.size() || errno != 0) return "\"" + text + "\" is not an int64";
+      out->i64 = v;
+      return "";
+    }
+    case FieldType::kFloat64:
+    case FieldType::kFloat32:
+      return number(text, &out->f64) ? "" : "\"" + text + "\" is not a number";
+    case FieldType::kBool:
+      if (text == "true" || text == "false") {
+        out->i64 = text == "true" ? 1 : 0;
+        return "";
+      }
+      return "\"" + text + "\" is not true or false";
+    case FieldType::kString:
+      if (text.size() > spec.count) {
+        return "\"" + text + "\" is longer than max_len " + std::to_string(spec.count);
+      }
+      out->text = text;
+      return "";
+    case FieldType::kFloat32Vector: {
+      std::string_view rest = text;
+      while (true) {
+        const size_t comma = rest.find(',');
+        std::string_view item = rest.substr(0, comma);
+        while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+        while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+        double v = 0;
+        if (!number(item, &v)) return "\"" + std::string(item) + "\" is not a number";
+        out->floats.push_back(static_cast<float>(v));
+        if (comma == std::string_view::npos) break;
+        rest.remove_prefix(comma + 1);
+      }
+      if (out->floats.size() != spec.count) {
+        return std::to_string(out->floats.size()) + " numbers for a vector of " + std::to_string(spec.count);
+      }
+      return "";
+    }
+  }
+  return "unknown type";
+}
+
+void apply_default(const FieldDefault& d, unsigned char* to_row) {
+  const uint32_t field = d.to.index;
+  switch (static_cast<FieldType>(d.to.type)) {
+    case FieldType::kInt64: writer::encode_field(to_row, d.to, FieldValue::int64(field, d.i64)); break;
+    case FieldType::kFloat64: writer::encode_field(to_row, d.to, FieldValue::float64(field, d.f64)); break;
+    case FieldType::kFloat32:
+      writer::encode_field(to_row, d.to, FieldValue::float32(field, static_cast<float>(d.f64)));
+      break;
+    case FieldType::kBool: writer::encode_field(to_row, d.to, FieldValue::boolean(field, d.i64 != 0)); break;
+    case FieldType::kString: writer::encode_field(to_row, d.to, FieldValue::string(field, d.text)); break;
+    case FieldType::kFloat32Vector:
+      writer::encode_field(to_row, d.to, FieldValue::vector(field, std::span<const float>(d.floats)));
+      break;
+  }
+}
 
 // Live keys and tombstones a table holds before it keeps its empty slots
 // back (table.h, choose_slot), as attach() computes it.
@@ -64,6 +210,48 @@ constexpr uint64_t kCopyAhead = 16;
 // Automatic growth refused (no space, say): tried again after this long.
 constexpr int64_t kGrowRetryNs = 10'000'000'000;
 
+// The grow request file is looked for at most this often (a stat).
+constexpr int64_t kGrowRequestCheckNs = 100'000'000;
+
+// Words of a state block carried from N to N+1 (AggregatePlan offsets).
+struct WordRange {
+  uint32_t from = 0;
+  uint32_t to = 0;
+  uint32_t words = 0;
+};
+
+// A sparse group's chunk word in N's block and in N+1's, and the words of
+// its dense ring in an arena chunk.
+struct ChunkCarry {
+  uint32_t from_word = 0;
+  uint32_t to_word = 0;
+  uint32_t words = 0;
+};
+
+bool same_windows(const AggregatePlan::Group& a, const AggregatePlan::Group& b) {
+  if (a.windows.size() != b.windows.size()) return false;
+  for (size_t i = 0; i < a.windows.size(); ++i) {
+    if (a.windows[i].window_ms != b.windows[i].window_ms || a.windows[i].end != b.windows[i].end) return false;
+  }
+  return true;
+}
+
+// Whether a group of N keeps its buckets exactly as `n` of N+1 would: then
+// its state is carried word for word.
+bool same_group(const AggregatePlan::Group& o, const AggregatePlan::Group& n) {
+  return o.ring_buckets == n.ring_buckets && o.inline_buckets == n.inline_buckets &&
+         o.bucket_words == n.bucket_words && o.stats() == n.stats() && o.last == n.last &&
+         o.distinct == n.distinct && o.slice_buckets == n.slice_buckets && same_windows(o, n);
+}
+
+// An aggregate's output as N computes it is the one N+1 would: same
+// function over the same window of the same source.
+bool same_aggregate(const TableSpec& ot, const AggregateSpec& o, const TableSpec& nt, const AggregateSpec& n) {
+  return o.source == n.source && o.fn == n.fn && o.window_ms == n.window_ms && o.end == n.end &&
+         o.window_events == n.window_events && o.min_periods_or_default() == n.min_periods_or_default() &&
+         o.ddof == n.ddof && (o.counts_events() || ot.resolution_of(o) == nt.resolution_of(n));
+}
+
 }  // namespace
 
 struct Writer::Impl::Switch {
@@ -76,21 +264,110 @@ struct Writer::Impl::Switch {
     TableGeometry geo;
     Word* slots = nullptr;
     std::vector<FieldCopy> copies;
+    std::vector<FieldDefault> defaults;
     std::vector<int> group_from;  // N's group of each group, -1: new (never written)
     uint64_t max_used = 0;
     uint64_t live = 0;
     uint64_t tombstones = 0;
+    // Aggregates (agg.enabled()): N+1's state, the block a key starts with
+    // (reset_block), what each row's block takes from N's, and the outputs
+    // computed from the carried block rather than copied (new or changed
+    // aggregates). N+1's arena is handed out here: `fresh` chunks were
+    // taken in order, `free_chunks` were given back by a row copied again.
+    writer::AggregateTable agg;
+    std::vector<FieldDescriptor> fields;
+    std::vector<uint64_t> fresh_block;
+    std::vector<WordRange> state_copies;
+    std::vector<ChunkCarry> chunk_copies;
+    std::vector<uint32_t> recompute;
+    std::vector<uint64_t> free_chunks;
+    uint64_t fresh_chunks = 0;
+    uint64_t used_chunks = 0;
+    uint64_t peak_chunks = 0;
   };
   std::vector<Table> tables;
+
+  // What a row's aggregate state carries from table `ot` of N (its state
+  // `from`) to `nt` of N+1 (into st): "" or why it cannot.
+  static std::string plan_aggregate_carry(const TableSpec& ot, const TableSpec& nt,
+                                          const writer::AggregateTable& from, Table& st);
+
   std::vector<int> to_of;          // each table of N: its table in N+1, -1 when dropped
   std::vector<uint64_t> cursor;    // each table of N: its slots below this are copied
   uint32_t walking = 0;            // the table of N the copy is in
   std::vector<uint64_t> from_img;  // a slot of N, then one of N+1, as words
   std::vector<uint64_t> to_img;
+  std::vector<uint64_t> held_chunks;  // a row copied again: the chunks its N+1 block held, index + 1
   uint64_t copied = 0;
   uint64_t total = 0;
   int64_t started_mono_ns = 0;
 };
+
+// A group of N+1 (one source at one resolution) with no group of N of the
+// same source and resolution starts empty; one of N with none in N+1 is
+// dropped; one in both is carried word for word when its buckets and
+// windows are the same, and refused otherwise: N's buckets do not hold what
+// the changed group needs (a statistic it did not keep, a longer ring).
+// Event stores (count windows, last_n) likewise, by source and capacity.
+std::string Writer::Impl::Switch::plan_aggregate_carry(const TableSpec& ot, const TableSpec& nt,
+                                                       const writer::AggregateTable& from, Table& st) {
+  st.agg.plan = plan_aggregates(nt);
+  if (!st.agg.enabled()) return "";
+  const AggregatePlan& op = from.plan;
+  const AggregatePlan& np = st.agg.plan;
+  auto names_in = [&](const std::string& source, int64_t resolution_ms, bool events) {
+    std::string names;
+    for (const AggregateSpec& a : nt.aggregates) {
+      if (a.source != source || a.counts_events() != events) continue;
+      if (!events && nt.resolution_of(a) != resolution_ms) continue;
+      names += (names.empty() ? "" : ", ") + a.name;
+    }
+    return names;
+  };
+  if (from.enabled()) st.state_copies.push_back({0, 0, kAggregateSlotHeaderWords});  // the due time
+  for (const AggregatePlan::Group& ng : np.groups) {
+    const AggregatePlan::Group* og = nullptr;
+    for (const AggregatePlan::Group& g : op.groups) {
+      if (g.source == ng.source && g.resolution_ms == ng.resolution_ms) og = &g;
+    }
+    if (og == nullptr) continue;  // new: starts empty
+    if (!same_group(*og, ng)) {
+      return "aggregates " + names_in(ng.source, ng.resolution_ms, false) + " (source \"" + ng.source +
+             "\", resolution " + std::to_string(ng.resolution_ms) +
+             " ms) need buckets or windows the current generation does not keep for that source and resolution, "
+             "so their state cannot be carried: keep that source's aggregates at that resolution as they are, or "
+             "give the new or changed ones another resolution_ms (they then start empty)";
+    }
+    st.state_copies.push_back({og->offset, ng.offset, kAggregateGroupHeaderWords});
+    for (size_t i = 0; i < ng.windows.size(); ++i) {
+      st.state_copies.push_back({og->windows[i].offset, ng.windows[i].offset, kAggregateWindowWords});
+    }
+    st.state_copies.push_back({og->ring_offset, ng.ring_offset, ng.inline_buckets * ng.bucket_words});
+    if (ng.distinct) st.state_copies.push_back({og->distinct_offset, ng.distinct_offset, kDistinctAreaWords});
+    if (ng.sparse()) st.chunk_copies.push_back({og->offset + kGroupChunkWord, ng.offset + kGroupChunkWord, ng.chunk_words()});
+  }
+  for (const AggregatePlan::EventStore& ne : np.event_stores) {
+    for (const AggregatePlan::EventStore& oe : op.event_stores) {
+      if (oe.source != ne.source) continue;
+      if (oe.capacity != ne.capacity) {
+        return "count windows or sequences " + names_in(ne.source, 0, true) + " (source \"" + ne.source +
+               "\") keep the newest " + std::to_string(ne.capacity) + " events, the current generation " +
+               std::to_string(oe.capacity) +
+               ": the store of that source cannot be carried; keep its largest window_events as it is";
+      }
+      st.state_copies.push_back(
+          {oe.offset, ne.offset, kEventStoreHeaderWords + ne.capacity * static_cast<uint32_t>(kEventEntryWords)});
+    }
+  }
+  for (size_t a = 0; a < nt.aggregates.size(); ++a) {
+    bool same = false;
+    for (const AggregateSpec& o : ot.aggregates) {
+      if (o.name == nt.aggregates[a].name) same = same_aggregate(ot, o, nt, nt.aggregates[a]);
+    }
+    if (!same) st.recompute.push_back(static_cast<uint32_t>(a));
+  }
+  return "";
+}
 
 void Writer::Impl::SwitchDeleter::operator()(Switch* s) const {
   if (s == nullptr) return;
@@ -126,10 +403,9 @@ void Writer::Impl::start_switch(const Schema& next) {
       const TableSpec& ot = w.schema.tables[static_cast<size_t>(st.from)];
       const TableState& ts = w.tables[static_cast<size_t>(st.from)];
       const std::string tw = "table \"" + nt.name + "\"";
-      if (!ot.aggregates.empty() || !nt.aggregates.empty()) {
-        refuse(ErrorCode::kInvalidArgument,
-               tw + " has windowed aggregates, whose state a switch does not carry yet: give the new aggregates "
-                    "their own table, or build a new segment");
+      if (const std::string why = Switch::plan_aggregate_carry(ot, nt, w.tables[static_cast<size_t>(st.from)].agg, st);
+          !why.empty()) {
+        refuse(ErrorCode::kSchemaMismatch, tw + ": " + why);
       }
       if (nt.key_max_len < ot.key_max_len) {
         refuse(ErrorCode::kInvalidArgument, tw + " key_max_len " + std::to_string(nt.key_max_len) +
@@ -142,16 +418,31 @@ void Writer::Impl::start_switch(const Schema& next) {
                                                 std::to_string(live) + " live keys");
       }
       for (const FieldSpec& nf : nt.fields) {
+        const std::string fw = "field \"" + nt.name + "." + nf.name + "\"";
         for (const FieldSpec& of : ot.fields) {
           if (of.name != nf.name) continue;
-          const bool same_size = of.type == FieldType::kString ? nf.count >= of.count : nf.count == of.count;
-          if (of.type != nf.type ||
-              (of.type == FieldType::kFloat32Vector || of.type == FieldType::kString ? !same_size : false)) {
+          if (of.type != nf.type) {
+            if (nf.convert_from && *nf.convert_from == of.type && convertible(of.type, nf.type)) continue;
+            std::string why = fw + " is " + field_type_name(of.type) + " now and " + field_type_name(nf.type) +
+                              " in the new schema";
+            if (nf.convert_from && *nf.convert_from != of.type) {
+              why += ", and it declares convert_from: " + std::string(field_type_name(*nf.convert_from));
+            } else if (nf.convert_from) {
+              why += ", a conversion a switch does not make";
+            } else {
+              why += ", with no convert_from";
+            }
             refuse(ErrorCode::kSchemaMismatch,
-                   "field \"" + nt.name + "." + nf.name + "\" is " + field_type_name(of.type) + "(" +
-                       std::to_string(of.count) + ") now and " + field_type_name(nf.type) + "(" +
-                       std::to_string(nf.count) +
-                       ") in the new schema; a switch converts no types (a string may only get longer): add the "
+                   why + ": a switch converts int64 <-> float64, float32 <-> float64, int64 -> string and "
+                         "bool -> int64 when the field declares convert_from; otherwise add the field under a new "
+                         "name and drop the old one");
+          }
+          const bool same_size = of.type == FieldType::kString ? nf.count >= of.count : nf.count == of.count;
+          if (!same_size) {
+            refuse(ErrorCode::kSchemaMismatch,
+                   fw + " is " + field_type_name(of.type) + "(" + std::to_string(of.count) + ") now and " +
+                       field_type_name(nf.type) + "(" + std::to_string(nf.count) +
+                       ") in the new schema; a string may only get longer and a vector keeps its dims: add the "
                        "field under a new name and drop the old one");
           }
         }
@@ -196,15 +487,43 @@ void Writer::Impl::start_switch(const Schema& next) {
     st.max_used = max_used_of(st.desc->capacity, st.geo.slot_count);
     max_words = std::max(max_words, st.geo.slot_words);
     if (st.from < 0) continue;
+    if (st.agg.enabled()) {
+      writer::bind_aggregates(st.agg, base, *st.desc, next.tables[t]);
+      for (uint32_t f = 0; f < st.desc->field_count; ++f) st.fields.push_back(field_descriptor(base, *st.desc, f));
+      st.fresh_block.assign(st.agg.plan.stride_words, 0);
+      for (const AggregatePlan::Group& g : st.agg.plan.groups) {  // as reset_block leaves a block
+        for (const AggregatePlan::Window& win : g.windows) {
+          st.fresh_block[win.offset + kWindowMinWord] = std::bit_cast<uint64_t>(std::numeric_limits<double>::infinity());
+          st.fresh_block[win.offset + kWindowMaxWord] = std::bit_cast<uint64_t>(-std::numeric_limits<double>::infinity());
+        }
+      }
+      sw->held_chunks.resize(std::max(sw->held_chunks.size(), st.chunk_copies.size()));
+    }
     const TableState& ts = w.tables[static_cast<size_t>(st.from)];
     max_words = std::max(max_words, ts.geo.slot_words);
     sw->total += ts.geo.slot_count;
+    const TableSpec& spec = next.tables[t];
     for (uint32_t f = 0; f < st.desc->field_count; ++f) {
       const FieldDescriptor& to = field_descriptor(base, *st.desc, f);
+      bool carried = false;
       for (const FieldDescriptor& from : ts.fields) {
         if (std::strncmp(from.name, to.name, kNameBytes) != 0) continue;
-        sw->tables[t].copies.push_back(FieldCopy{from.offset, to.offset, from.bytes, from.index, to.index});
+        carried = true;
+        // Types that differ here were declared (checked above), or are an
+        // aggregate's output whose aggregate changed: computed again then.
+        const auto ft = static_cast<FieldType>(from.type);
+        const auto tt = static_cast<FieldType>(to.type);
+        if (ft != tt && !convertible(ft, tt)) continue;
+        sw->tables[t].copies.push_back(FieldCopy{from.offset, to.offset, from.bytes, from.index, to.index, ft, tt, to});
       }
+      if (carried || f >= spec.fields.size() || !spec.fields[f].default_value) continue;
+      FieldDefault d;
+      if (const std::string why = parse_default(spec.fields[f], to, &d); !why.empty()) {
+        w.switch_record.last_error =
+            seg + ": generation switch refused: field \"" + spec.name + "." + spec.fields[f].name + "\" default: " + why;
+        throw Error(ErrorCode::kInvalidArgument, w.switch_record.last_error);  // sw's deleter removes the file
+      }
+      st.defaults.push_back(std::move(d));
     }
     for (uint32_t g = 0; g < st.geo.group_count; ++g) {
       int found = -1;
@@ -310,7 +629,12 @@ void Writer::Impl::switch_follow(uint32_t table, std::string_view key) {
   const uint64_t hash = hash_key(key, ts.geo.hash_seed);
   packed.assign(key);
   const Probe p = probe(ts, hash, 0);
-  if (p.found != writer::kNone && p.found < sw.cursor[table]) copy_to_next(table, p.found);
+  if (p.found != writer::kNone) switch_follow_slot(table, p.found);
+}
+
+void Writer::Impl::switch_follow_slot(uint32_t table, uint64_t slot) {
+  const Switch& sw = *next_gen;
+  if (table < tables.size() && sw.to_of[table] >= 0 && slot < sw.cursor[table]) copy_to_next(table, slot);
 }
 
 // Copies slot `slot` of table `table` of N into N+1, over the same key's
@@ -382,13 +706,47 @@ bool Writer::Impl::copy_to_next(uint32_t table, uint64_t slot) {
   auto* to_row = reinterpret_cast<unsigned char*>(img + to.geo.row_word_offset());
   for (const FieldCopy& c : to.copies) {
     if (((src[kSlotHeaderWords + c.from_index / 64] >> (c.from_index % 64)) & 1) == 0) continue;
-    std::memcpy(to_row + c.to_offset, from_row + c.from_offset, c.bytes);
+    if (c.from_type == c.to_type) {
+      std::memcpy(to_row + c.to_offset, from_row + c.from_offset, c.bytes);
+    } else if (!convert_field(c, from_row + c.from_offset, to_row)) {
+      continue;  // no place in the new type: not valid
+    }
     img[kSlotHeaderWords + c.to_index / 64] |= uint64_t{1} << (c.to_index % 64);
+  }
+  if (live) {
+    for (const FieldDefault& fd : to.defaults) {
+      apply_default(fd, to_row);
+      img[kSlotHeaderWords + fd.to.index / 64] |= uint64_t{1} << (fd.to.index % 64);
+    }
   }
   for (uint32_t g = 0; g < to.geo.group_count; ++g) {
     const int og = to.group_from[g];
     img[to.geo.group_word_offset() + g] =
         og >= 0 ? src[from.geo.group_word_offset() + static_cast<uint32_t>(og)] : static_cast<uint64_t>(kNoGroupTime);
+  }
+  if (to.agg.enabled()) {
+    if (!carry_state(table, slot, at, live)) return false;
+    // New and changed aggregates: their outputs as of the carried state, as
+    // the next event or refresh of the key would write them.
+    const Word* block = to.agg.block(at);
+    for (const uint32_t o : to.recompute) {
+      const AggregatePlan::Output& out = to.agg.plan.outputs[o];
+      const FieldDescriptor& fd = to.fields[out.field];
+      bool valid = false;
+      if (!live) {
+      } else if (out.fn == AggregateFn::kLastN) {
+        float seq[kMaxWindowEvents];
+        valid = writer::sequence_output(to.agg, block, out, seq);
+        writer::encode_field(to_row, fd, FieldValue::vector(out.field, std::span<const float>(seq, fd.count)));
+      } else {
+        const writer::OutputValue v = writer::output(to.agg, block, o, clock_ms);
+        writer::encode_field(to_row, fd,
+                             static_cast<FieldType>(fd.type) == FieldType::kInt64 ? FieldValue::int64(out.field, v.i64)
+                                                                                  : FieldValue::float64(out.field, v.f64));
+        valid = v.valid;
+      }
+      writer::set_valid(img + kSlotHeaderWords, fd.index, valid);
+    }
   }
   Word* d = to.slots + at * to.geo.slot_words;
   for (uint32_t k = kSlotMetaWord; k < to.geo.slot_words; ++k) sync::store_relaxed(d[k], img[k]);
@@ -396,6 +754,67 @@ bool Writer::Impl::copy_to_next(uint32_t table, uint64_t slot) {
   if (was == SlotState::kLive) --to.live;
   if (was == SlotState::kTombstone) --to.tombstones;
   ++(live ? to.live : to.tombstones);
+  return true;
+}
+
+// The aggregate state of slot `slot` of N's table `table` into slot `at` of
+// N+1: a live row's block as planned (plan_aggregate_carry), its dense rings
+// in chunks of N+1's arena; a tombstone's block as a new key's (a delete
+// forgets the aggregates). A row copied again gives back or reuses the
+// chunks its earlier copy took. False when the switch had to be abandoned.
+bool Writer::Impl::carry_state(uint32_t table, uint64_t slot, uint64_t at, bool live) {
+  Switch& sw = *next_gen;
+  const writer::AggregateTable& fa = tables[table].agg;
+  Switch::Table& to = sw.tables[static_cast<size_t>(sw.to_of[table])];
+  Word* nb = to.agg.block(at);
+  const uint32_t stride = to.agg.plan.stride_words;
+  for (size_t c = 0; c < to.chunk_copies.size(); ++c) {
+    const uint64_t held = sync::load_relaxed(nb[to.chunk_copies[c].to_word]);
+    sw.held_chunks[c] = held <= to.agg.chunk_count ? held : 0;
+  }
+  for (uint32_t k = 0; k < stride; ++k) sync::store_relaxed(nb[k], to.fresh_block[k]);
+  if (live && fa.enabled()) {
+    const Word* ob = fa.block(slot);
+    for (const WordRange& r : to.state_copies) {
+      for (uint32_t k = 0; k < r.words; ++k) sync::store_relaxed(nb[r.to + k], sync::load_relaxed(ob[r.from + k]));
+    }
+    for (size_t c = 0; c < to.chunk_copies.size(); ++c) {
+      const ChunkCarry& cc = to.chunk_copies[c];
+      const uint64_t from_chunk = sync::load_relaxed(ob[cc.from_word]);
+      if (from_chunk == 0 || from_chunk > fa.chunk_count) {  // sparse (a damaged word reads as sparse too)
+        sync::store_relaxed(nb[cc.to_word], uint64_t{0});
+        continue;
+      }
+      uint64_t chunk = 0;  // index + 1
+      if (sw.held_chunks[c] != 0) {
+        chunk = std::exchange(sw.held_chunks[c], 0);
+      } else if (!to.free_chunks.empty()) {
+        chunk = to.free_chunks.back() + 1;
+        to.free_chunks.pop_back();
+        ++to.used_chunks;
+      } else if (to.fresh_chunks < to.agg.chunk_count) {
+        chunk = ++to.fresh_chunks;
+        ++to.used_chunks;
+      } else {
+        fail_switch("table \"" + std::string(fixed_name(to.desc->name)) + "\" of the next generation has no free "
+                    "aggregate arena chunk (arena_chunks " + std::to_string(to.agg.chunk_count) +
+                    "): give it at least the " + std::to_string(tables[table].desc->arena_chunks) +
+                    " of the current generation");
+        return false;
+      }
+      to.peak_chunks = std::max(to.peak_chunks, to.used_chunks);
+      const Word* src = fa.chunk(from_chunk - 1);
+      Word* dst = to.agg.chunk(chunk - 1);
+      for (uint32_t k = 0; k < cc.words; ++k) sync::store_relaxed(dst[k], sync::load_relaxed(src[k]));
+      sync::store_relaxed(nb[cc.to_word], chunk);
+    }
+  }
+  for (size_t c = 0; c < to.chunk_copies.size(); ++c) {
+    if (sw.held_chunks[c] == 0) continue;
+    to.free_chunks.push_back(sw.held_chunks[c] - 1);
+    --to.used_chunks;
+    sw.held_chunks[c] = 0;
+  }
   return true;
 }
 
@@ -415,6 +834,35 @@ void Writer::Impl::publish_next() {
          {&TableCounters::upserts, &TableCounters::deletes, &TableCounters::stale_ignored,
           &TableCounters::full_rejected, &TableCounters::last_apply_unix_ns, &TableCounters::max_event_time_ms}) {
       sync::store_relaxed(c.*w, sync::load_relaxed(oc.*w));
+    }
+    const TableState& from = tables[static_cast<size_t>(st.from)];
+    if (!st.agg.enabled() || !from.agg.enabled()) continue;
+    // The aggregates' counters and clock, N's dedup set, and N+1's arena as
+    // the copy handed it out (chunks given back linked as the free list).
+    const AggregateCounters& oa = from.desc->aggregate_counters;
+    AggregateCounters& na = st.desc->aggregate_counters;
+    for (Word AggregateCounters::*w :
+         {&AggregateCounters::events, &AggregateCounters::late_dropped, &AggregateCounters::duplicates,
+          &AggregateCounters::dedup_evictions, &AggregateCounters::refreshes, &AggregateCounters::clock_ms,
+          &AggregateCounters::outside_window, &AggregateCounters::refreshed_through_ms}) {
+      sync::store_relaxed(na.*w, sync::load_relaxed(oa.*w));
+    }
+    writer::bump(na.dedup_evictions, writer::dedup_carry(from.agg, st.agg));
+    if (st.agg.arena != nullptr) {
+      Word* a = st.agg.arena;
+      uint64_t head = 0;
+      for (const uint64_t f : st.free_chunks) {
+        sync::store_relaxed(st.agg.chunk(f)[kArenaChunkNextWord], head);
+        head = f + 1;
+      }
+      sync::store_relaxed(a[kArenaFreeHeadWord], head);
+      sync::store_relaxed(a[kArenaUsedWord], st.used_chunks);
+      sync::store_relaxed(a[kArenaFreshWord], st.fresh_chunks);
+      const uint64_t old_peak = from.agg.arena != nullptr ? sync::load_relaxed(from.agg.arena[kArenaPeakUsedWord]) : 0;
+      sync::store_relaxed(a[kArenaPeakUsedWord], std::max(st.peak_chunks, old_peak));
+      if (from.agg.arena != nullptr) {
+        sync::store_relaxed(a[kArenaRefusedWord], sync::load_relaxed(from.agg.arena[kArenaRefusedWord]));
+      }
     }
   }
   for (Word SegmentHeader::*w : {&SegmentHeader::writer_sessions, &SegmentHeader::updates_applied,
@@ -473,6 +921,57 @@ void Writer::Impl::publish_next() {
   attach(false);  // the copy kept the counters exact and left nothing armed
 }
 
+std::string Writer::grow_request_path(std::string_view name, const std::string& dir) {
+  return segment_path(dir, "." + std::string(name) + ".grow");
+}
+
+void Writer::Impl::take_grow_request() {
+  if (next_gen) return;  // one switch at a time: the request waits
+  const int64_t now = now_mono_ns();
+  if (now < grow_request_mono_ns) return;
+  grow_request_mono_ns = now + kGrowRequestCheckNs;
+  const std::string path = Writer::grow_request_path(name, dir);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return;
+  char buf[256];
+  const ssize_t n = ::read(fd, buf, sizeof(buf) - 1);
+  ::close(fd);
+  ::unlink(path.c_str());  // taken, whatever comes of it
+  const std::string what = "segment \"" + name + "\": grow request " + path + ": ";
+  // "<table> <capacity>\n": nothing else is read (outside bytes).
+  std::string text(buf, n > 0 ? static_cast<size_t>(n) : 0);
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  const size_t space = text.find(' ');
+  uint64_t capacity = 0;
+  int table = -1;
+  if (space != std::string::npos) {
+    const std::string table_name = text.substr(0, space);
+    for (size_t t = 0; t < schema.tables.size(); ++t) {
+      if (schema.tables[t].name == table_name) table = static_cast<int>(t);
+    }
+    const std::string number = text.substr(space + 1);
+    char* end = nullptr;
+    errno = 0;
+    capacity = std::strtoull(number.c_str(), &end, 10);
+    if (number.empty() || end != number.c_str() + number.size() || errno != 0) capacity = 0;
+    if (table < 0) {
+      switch_record.last_error = what + "no table \"" + table_name + "\"";
+      return;
+    }
+  }
+  if (table < 0 || capacity == 0) {
+    switch_record.last_error = what + "expected \"<table> <capacity>\"";
+    return;
+  }
+  Schema next = schema;
+  next.tables[static_cast<size_t>(table)].capacity = capacity;
+  try {
+    start_switch(next);
+  } catch (const Error&) {
+    // switch_record.last_error says why; the segment keeps serving as it is.
+  }
+}
+
 void Writer::Impl::maybe_grow() {
   if (options.grow_at <= 0 || next_gen) return;
   const int64_t now = now_mono_ns();
@@ -483,7 +982,6 @@ void Writer::Impl::maybe_grow() {
     const uint64_t live = sync::load_relaxed(ts.desc->counters.live_keys);
     if (static_cast<double>(live) < options.grow_at * static_cast<double>(capacity)) continue;
     if (options.max_capacity != 0 && capacity >= options.max_capacity) continue;
-    if (!schema.tables[t].aggregates.empty()) continue;  // not carried yet (begin_switch)
     auto grown = static_cast<uint64_t>(static_cast<double>(capacity) * std::max(options.grow_factor, 1.0));
     grown = std::max(grown, capacity + 1);
     if (options.max_capacity != 0) grown = std::min(grown, options.max_capacity);

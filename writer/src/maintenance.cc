@@ -50,6 +50,9 @@ bool Writer::Impl::refresh_slot(uint32_t table, uint64_t slot) {
   write_row(table, slot, change);
   journal.commit();
   bump(ts.desc->aggregate_counters.refreshes);
+  // A switch whose copy has passed the slot takes the refreshed row again.
+  if (next_gen) [[unlikely]]
+    switch_follow_slot(table, slot);
   return true;
 }
 
@@ -176,6 +179,7 @@ uint64_t Writer::maintain(uint64_t slot_budget) {
   }
   Impl& w = *impl_;
   // Growth and the copy of a switch: a slice per call between updates.
+  w.take_grow_request();
   w.maybe_grow();
   if (w.next_gen) switch_step();
   uint64_t reclaimed = 0;

@@ -291,6 +291,30 @@ void Writer::Impl::create(bool replace_existing) {
   created = true;
 }
 
+void writer::bind_aggregates(writer::AggregateTable& agg, char* base, const TableDescriptor& d, const TableSpec& spec) {
+  if (!agg.enabled()) return;
+  agg.state = reinterpret_cast<Word*>(base + d.state_offset);
+  agg.dedup = reinterpret_cast<Word*>(base + d.dedup_offset);
+  agg.dedup_buckets = d.dedup_buckets;
+  if (agg.plan.chunk_words > 0) {
+    agg.arena = reinterpret_cast<Word*>(base + d.arena_offset);
+    agg.chunk_count = d.arena_chunks;
+  }
+  agg.bucket_memo.assign(2 * agg.plan.groups.size(), {});
+  agg.lateness_ms = spec.lateness_ms();
+  agg.horizon_ms = spec.dedup_horizon();
+  for (const AggregatePlan::Group& g : agg.plan.groups) {
+    const auto it = std::find(agg.plan.sources.begin(), agg.plan.sources.end(), g.source);
+    agg.group_source.push_back(g.source.empty() ? -1 : static_cast<int>(it - agg.plan.sources.begin()));
+    agg.counts_every_event |= g.source.empty();
+  }
+  for (const AggregatePlan::EventStore& es : agg.plan.event_stores) {
+    const auto it = std::find(agg.plan.sources.begin(), agg.plan.sources.end(), es.source);
+    agg.store_source.push_back(es.source.empty() ? -1 : static_cast<int>(it - agg.plan.sources.begin()));
+    agg.counts_every_event |= es.source.empty();
+  }
+}
+
 void Writer::Impl::attach(bool repair_first) {
   char* base = static_cast<char*>(map->mutable_data());
   header = reinterpret_cast<SegmentHeader*>(base);
@@ -314,31 +338,12 @@ void Writer::Impl::attach(bool repair_first) {
       throw Error(ErrorCode::kCorrupt, "segment \"" + name + "\" table \"" + spec.name +
                                            "\": aggregate state size differs from the schema's plan");
     }
+    writer::bind_aggregates(ts.agg, base, *ts.desc, spec);
     if (ts.agg.enabled()) {
-      ts.agg.state = reinterpret_cast<Word*>(base + ts.desc->state_offset);
-      ts.agg.dedup = reinterpret_cast<Word*>(base + ts.desc->dedup_offset);
-      ts.agg.dedup_buckets = ts.desc->dedup_buckets;
-      if (ts.agg.plan.chunk_words > 0) {
-        ts.agg.arena = reinterpret_cast<Word*>(base + ts.desc->arena_offset);
-        ts.agg.chunk_count = ts.desc->arena_chunks;
-      }
-      ts.agg.bucket_memo.assign(2 * ts.agg.plan.groups.size(), {});
       ts.outputs_lo = ts.geo.row_words;
       for (const AggregatePlan::Output& o : ts.agg.plan.outputs) {
         ts.outputs_lo = std::min(ts.outputs_lo, writer::field_first_word(ts.fields[o.field]));
         ts.outputs_hi = std::max(ts.outputs_hi, writer::field_end_word(ts.fields[o.field]));
-      }
-      ts.agg.lateness_ms = spec.lateness_ms();
-      ts.agg.horizon_ms = spec.dedup_horizon();
-      for (const AggregatePlan::Group& g : ts.agg.plan.groups) {
-        const auto it = std::find(ts.agg.plan.sources.begin(), ts.agg.plan.sources.end(), g.source);
-        ts.agg.group_source.push_back(g.source.empty() ? -1 : static_cast<int>(it - ts.agg.plan.sources.begin()));
-        ts.agg.counts_every_event |= g.source.empty();
-      }
-      for (const AggregatePlan::EventStore& es : ts.agg.plan.event_stores) {
-        const auto it = std::find(ts.agg.plan.sources.begin(), ts.agg.plan.sources.end(), es.source);
-        ts.agg.store_source.push_back(es.source.empty() ? -1 : static_cast<int>(it - ts.agg.plan.sources.begin()));
-        ts.agg.counts_every_event |= es.source.empty();
       }
     }
     if (ts.geo.group_count > 0) {

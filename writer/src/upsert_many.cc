@@ -158,6 +158,8 @@ void Writer::upsert_many(std::span<const Upsert> updates, std::span<ApplyResult>
           w.apply_aggregated(u.table, u.key, u.event_time_ms, u.values, u.sources, u.event_id, applied_at, &k.hash);
       if (w.staged) [[unlikely]]
         w.finish_position();
+      if (w.next_gen) [[unlikely]]
+        w.switch_follow(u.table, u.key);
     } else {
       results[i] = apply(u.table, u.key, u.event_time_ms, u.values, u.sources, u.event_id, applied_at);
     }

@@ -165,6 +165,7 @@ void Writer::remove_segment(std::string_view name, const std::string& dir) {
   validate_segment_name(name);
   ::unlink(segment_path(dir, name).c_str());
   ::unlink(writer::lock_path(dir, name).c_str());
+  ::unlink(grow_request_path(name, dir).c_str());  // a grow asked of a segment that is gone
 }
 
 // ---------------------------------------------------------------------------

@@ -65,6 +65,12 @@ void fill_field_descriptor(layout::FieldDescriptor* out, const layout::FieldSpec
 void fill_group_descriptor(layout::GroupDescriptor* out, const std::string& name);
 void fill_aggregate_descriptor(layout::AggregateDescriptor* out, const layout::AggregateSpec& as, size_t field);
 
+// Points `agg` (its plan already set) at the state, dedup set and arena of
+// table `d` of the segment mapped at `base`, as `spec` configures them
+// (segment_create.cc): attach() does it for the segment it serves, a
+// generation switch for the one it builds.
+void bind_aggregates(AggregateTable& agg, char* base, const layout::TableDescriptor& d, const layout::TableSpec& spec);
+
 // The lock file that holds a segment's single writer. validate_segment_name
 // refuses names ending in ".lock", so it never collides with a segment.
 std::string lock_path(std::string_view dir, std::string_view name);
@@ -194,6 +200,7 @@ struct Writer::Impl {
   std::unique_ptr<Switch, SwitchDeleter> next_gen;
   SwitchProgress switch_record;
   int64_t grow_retry_mono_ns = 0;  // automatic growth refused: not tried again before this
+  int64_t grow_request_mono_ns = 0;  // the grow request file is not looked for again before this
 
   ~Impl();
 
@@ -284,11 +291,15 @@ struct Writer::Impl {
   // is in progress, copies its row again when the copy has passed it.
   void start_switch(const layout::Schema& next);
   void switch_follow(uint32_t table, std::string_view key);
+  // The same for slot `slot`, changed by other than an update (a refresh).
+  void switch_follow_slot(uint32_t table, uint64_t slot);
   bool copy_to_next(uint32_t table, uint64_t slot);
+  bool carry_state(uint32_t table, uint64_t slot, uint64_t at, bool live);
   void prefetch_copy(uint32_t table, uint64_t slot) const;
   void publish_next();
   void fail_switch(const std::string& why);
   void maybe_grow();
+  void take_grow_request();
 
   // maintenance.cc
   void advance_clock(int64_t now_unix_ns) { clock_ms = std::max(clock_ms, now_unix_ns / 1'000'000); }

@@ -237,7 +237,8 @@ std::string parse_group(const MapNode& m) {
 }
 
 void parse_field(const YAML::Node& fnode, const std::string& fpath, TableConfig& t, TableNames& names) {
-  MapNode f(fnode, fpath, {"name", "type", "dims", "max_len", "from", "transform", "group"});
+  MapNode f(fnode, fpath,
+            {"name", "type", "dims", "max_len", "from", "transform", "group", "default", "convert_from"});
   layout::FieldSpec spec;
   spec.name = f.str("name");
   if (!layout::valid_identifier(spec.name)) {
@@ -262,6 +263,30 @@ void parse_field(const YAML::Node& fnode, const std::string& fpath, TableConfig&
     fail(f.child("max_len"), "only string fields have max_len");
   }
   spec.group = parse_group(f);
+  // Schema changes by a generation switch (segment.on_schema_change: migrate);
+  // the writer checks the value against the type when it starts the switch.
+  if (f.has("default")) {
+    const YAML::Node d = f.node("default");
+    if (d.IsSequence()) {
+      std::string text;
+      for (const YAML::Node& item : d) {
+        if (!item.IsScalar()) fail(f.child("default"), "expected numbers");
+        text += (text.empty() ? "" : ",") + item.Scalar();
+      }
+      spec.default_value = text;
+    } else {
+      spec.default_value = f.str("default");
+    }
+  }
+  if (f.has("convert_from")) {
+    const std::string from = f.str("convert_from");
+    layout::FieldType ft{};
+    if (!layout::parse_field_type(from, &ft)) {
+      fail(f.child("convert_from"),
+           fmt::format("unknown type \"{}\" (expected int64, float64, float32, bool, vector, string)", from));
+    }
+    spec.convert_from = ft;
+  }
 
   FieldIngest ingest;
   if (f.has("from") && f.node("from").IsSequence()) {

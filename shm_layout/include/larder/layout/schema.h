@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -22,6 +23,17 @@ struct FieldSpec {
   // The field group (docs/segment-format.md#field-groups); "" is the group
   // named kDefaultGroup once any field of the table names a group.
   std::string group;
+  // Schema changes by a generation switch (docs/operations.md, "Schema
+  // changes"); neither is part of the layout or the fingerprint.
+  // default_value: the value, as text, that every row carried from the
+  // previous generation takes for this field when that generation has no
+  // field of this name (the row then holds it as valid); unset, such a field
+  // starts not valid. A vector's is its numbers separated by commas.
+  std::optional<std::string> default_value;
+  // convert_from: the field's type in the previous generation, converted as
+  // each row is carried (int64 <-> float64, float32 <-> float64,
+  // int64 -> string, bool -> int64).
+  std::optional<FieldType> convert_from;
 };
 
 // The group of the fields that name none, in a table where others do.

@@ -404,9 +404,17 @@ class Writer {
   // single-mapping concurrency tests that ThreadSanitizer can follow).
   const void* data() const;
 
-  // Unlinks the segment file and its lock file. Readers that have it mapped
+  // Unlinks the segment file, its lock file and a grow request. Readers that have it mapped
   // keep their mapping until they close it.
   static void remove_segment(std::string_view name, const std::string& dir = "/dev/shm");
+
+  // A grow asked of the live writer from outside (`larderctl grow`,
+  // docs/operations.md, "Growth"): the file ".<name>.grow" in the segment's
+  // directory, holding "<table> <capacity>\n", written whole (a rename).
+  // maintain() looks for it at most every 100 ms, removes it and starts
+  // grow(table, capacity); a refusal goes to switch_progress().last_error.
+  // While a switch runs the request waits.
+  static std::string grow_request_path(std::string_view name, const std::string& dir = "/dev/shm");
 
   struct Impl;
 
