@@ -531,9 +531,14 @@ struct Decoder::Impl {
     add_source(out, in.raw_source, b ? 1.0 : 0.0);
   }
 
-  // A JSON null where every reader is a chain that takes one (it starts
-  // with an impute or a category step): a missing value.
-  void decode_null_input(const InputInfo& in, const TableInfo& table, const Where& what, DecodedBatch& out) {
+  // A null member (JSON `null`, or a typed decoder's null: the offline
+  // engine's "sent as null"). Where every reader is a chain that takes one
+  // (it starts with an impute or a category step) it is a missing value,
+  // which the chains turn into values; returns true. Else returns false,
+  // nothing added: the caller refuses it as wrong_type, in its own words.
+  // The one place that says what a null means, for every decoder.
+  bool decode_null_input(const InputInfo& in, const TableInfo& table, const Where& what, DecodedBatch& out) {
+    if (!in.takes_null) return false;
     for (const FieldTarget& target : in.fields) {
       TransformResult r;
       r.vector = vector_out.data();
@@ -543,6 +548,7 @@ struct Decoder::Impl {
       const double seen_by_source = store_transformed(r, target, table, what, out, &distinct);
       add_source(out, target.source, seen_by_source, distinct);
     }
+    return true;
   }
 
   void decode_vector_input(od::value& v, od::json_type t, const InputInfo& in, const TableInfo& table,
@@ -657,10 +663,8 @@ struct Decoder::Impl {
       const Where what{at.index, at.batch, name};
       od::value& v = f.value();
       const od::json_type t = type_of(v, what);
-      if (t == od::json_type::null && in.takes_null) {
-        decode_null_input(in, table, what, out);
-        continue;
-      }
+      // A null that no reader takes falls through: each kind refuses it.
+      if (t == od::json_type::null && decode_null_input(in, table, what, out)) continue;
       switch (in.kind) {
         case InputKind::kNumber:
         case InputKind::kNumberOrBool: decode_number_input(v, t, in, table, what, out); break;
@@ -1399,6 +1403,7 @@ void typed_number(Impl& impl, const Impl::InputInfo& in, const Impl::TableInfo& 
     uint64_t distinct = 0;
     if (target.chain != nullptr) {
       TransformResult r;
+      r.vector = impl.vector_out.data();  // a one_hot's output, as the JSON decoder gives it
       TransformFailure why;
       if (!target.chain->apply(d, &r, &why)) impl.reject_transform(why, target, table, what);
       seen_by_source = impl.store_transformed(r, target, table, what, out, &distinct);
@@ -1514,6 +1519,7 @@ void UpdateBuilder::input_string(uint32_t input, std::string_view v) {
       if (target.source >= 0) Impl::add_source(out, target.source, 0.0, distinct_hash_string(v));
     } else {
       TransformResult r;
+      r.vector = impl_->vector_out.data();  // a one_hot's output, as the JSON decoder gives it
       TransformFailure why;
       if (!target.chain->apply(v, &r, &why)) impl_->reject_transform(why, target, table, what);
       uint64_t distinct = 0;
@@ -1522,6 +1528,13 @@ void UpdateBuilder::input_string(uint32_t input, std::string_view v) {
     }
   }
   if (in.raw_source >= 0) Impl::add_source(out, in.raw_source, 0.0, distinct_hash_string(v));
+}
+
+void UpdateBuilder::input_null(uint32_t input) {
+  State& s = *state_;
+  const Impl::InputInfo& in = take_input(*impl_, s.e.table, input, s.at);
+  const Where what{s.at.index, s.at.batch, in.name};
+  if (!impl_->decode_null_input(in, *s.e.table, what, *s.out)) reject_type(in, what, "null");
 }
 
 void UpdateBuilder::vector_begin(uint32_t input) {
