@@ -1012,6 +1012,79 @@ TEST(DecoderFittedTransforms, BuilderNullIsTheJsonNull) {
   EXPECT_EQ(ub.run(built, 1000, RejectReason::kInternal, walk, &w).reason, RejectReason::kDuplicateMember);
 }
 
+// A list through the UpdateBuilder (Protobuf, Avro, the offline engine) is
+// what the JSON decoder makes of the same array: an embedding projected, and
+// the raw embedding stored beside its projection from the same input; a
+// list of the wrong length is refused by the projection's length.
+TEST(DecoderFittedTransforms, BuilderVectorIsTheJsonArray) {
+  layout::Schema s;
+  layout::TableSpec t;
+  t.name = "t";
+  t.key_max_len = 8;
+  t.capacity = 16;
+  t.fields = {{"emb_pca", FieldType::kFloat32Vector, 2}, {"emb", FieldType::kFloat32Vector, 3}};
+  s.tables.push_back(t);
+  for (const bool with_raw : {false, true}) {
+    SCOPED_TRACE(with_raw ? "projection and raw" : "projection alone");
+    layout::Schema schema = s;
+    if (!with_raw) schema.tables[0].fields.pop_back();
+    std::vector<TableDecodeOptions> o(1);
+    o[0].fields.resize(schema.tables[0].fields.size());
+    o[0].fields[0] = {"emb", steps("[{project: {components: [[1, 0, 0], [0, 0.5, 0.5]], mean: [1, 1, 1]}}]")};
+    Decoder d(schema, o);
+    UpdateBuilder ub(schema, o);
+    ASSERT_EQ(ub.inputs(0).size(), 1u);
+    ASSERT_EQ(ub.inputs(0)[0].name, "emb");
+    auto vectors = [](const DecodedBatch& b) {
+      std::vector<std::pair<uint32_t, std::vector<float>>> out;
+      for (const FieldValue& fv : b.values(b.update(0))) {
+        const auto* f = static_cast<const float*>(fv.data);
+        out.emplace_back(fv.field, std::vector<float>(f, f + fv.length));
+      }
+      return out;
+    };
+    struct Walk {
+      UpdateBuilder* b;
+      std::vector<double> v;
+      bool as_floats;
+    };
+    auto walk = [](void* ctx) {
+      Walk& w = *static_cast<Walk*>(ctx);
+      w.b->begin_update(0, false);
+      w.b->set_table(0);
+      w.b->set_key("k");
+      w.b->set_event_time_ms(1000);
+      w.b->set_fields_present();
+      w.b->vector_begin(0);
+      if (w.as_floats) {
+        std::vector<float> f(w.v.begin(), w.v.end());
+        w.b->vector_push_floats(reinterpret_cast<const char*>(f.data()), f.size());
+      } else {
+        for (double x : w.v) w.b->vector_push(x);
+      }
+      w.b->vector_end();
+      w.b->end_update();
+    };
+    DecodedBatch json, built;
+    ASSERT_TRUE(d.decode(R"({"table":"t","key":"k","event_time":1000,"fields":{"emb":[3, 0.25, 5.5]}})", json, 1000)
+                    .ok);
+    ASSERT_EQ(vectors(json).size(), with_raw ? 2u : 1u);
+    EXPECT_EQ(vectors(json)[0].second, (std::vector<float>{2, 1.875f}));
+    for (const bool as_floats : {false, true}) {
+      Walk w{&ub, {3, 0.25, 5.5}, as_floats};
+      const DecodeResult r = ub.run(built, 1000, RejectReason::kInternal, walk, &w);
+      ASSERT_TRUE(r.ok) << r.detail;
+      EXPECT_EQ(vectors(built), vectors(json));
+      w.v = {3, 0.25};
+      const DecodeResult short_list = ub.run(built, 1000, RejectReason::kInternal, walk, &w);
+      EXPECT_EQ(short_list.reason, RejectReason::kVectorLength);
+      EXPECT_NE(short_list.detail.find("2 elements, the projection takes 3"), std::string::npos) << short_list.detail;
+      w.v = {3, 0.25, 5.5, 1};
+      EXPECT_EQ(ub.run(built, 1000, RejectReason::kInternal, walk, &w).reason, RejectReason::kVectorLength);
+    }
+  }
+}
+
 // `from: [a, b, c]`: the members' values make the array the projection
 // reads; an update carries all of them or none.
 TEST(DecoderFittedTransforms, ProjectionFromSeveralMembers) {
