@@ -85,6 +85,11 @@ void check_offsets(const int64_t* offsets, size_t n, const char* what, const cha
   }
 }
 
+// larder_offline_column::present, per event.
+constexpr uint8_t kNotSent = 0;
+constexpr uint8_t kPresent = 1;
+constexpr uint8_t kSentAsNull = 2;
+
 // One event's builder calls (UpdateBuilder, as the Protobuf decoder makes them).
 struct EventWalk {
   larder::sidecar::UpdateBuilder* builder = nullptr;
@@ -114,13 +119,18 @@ void walk_event(void* ctx) {
   b.set_fields_present();
   for (size_t c = 0; c < e.column_count; ++c) {
     const larder_offline_column& col = e.columns[c];
-    if (col.present != nullptr && col.present[r] == 0) continue;
+    const uint8_t present = col.present != nullptr ? col.present[r] : kPresent;
+    if (present == kNotSent) continue;
     const int32_t input = (*w.input_of)[c];
     if (input < 0) {
       b.unknown_input(col.name);
       continue;
     }
     const auto in = static_cast<uint32_t>(input);
+    if (present == kSentAsNull) {  // what the decoder makes of a JSON null member
+      b.input_null(in);
+      continue;
+    }
     switch (col.type) {
       case LARDER_OFFLINE_INT64: b.input_integer(in, static_cast<const int64_t*>(col.data)[r]); break;
       case LARDER_OFFLINE_FLOAT64: {
@@ -202,6 +212,14 @@ std::unique_ptr<larder_offline_frame> build(Engine& engine, const larder_offline
             fmt::format("events of table \"{}\": column \"{}\" has type {}", e.table, col.name, col.type));
       }
       if (col.type == LARDER_OFFLINE_STRING) check_offsets(col.offsets, e.n, col.name, e.table);
+      if (col.present != nullptr) {
+        const uint8_t* bad = std::find_if(col.present, col.present + e.n, [](uint8_t p) { return p > kSentAsNull; });
+        if (bad != col.present + e.n) {
+          throw std::invalid_argument(
+              fmt::format("events of table \"{}\": column \"{}\": present[{}] is {} (0 not sent, 1 a value, 2 null)",
+                          e.table, col.name, bad - col.present, static_cast<int>(*bad)));
+        }
+      }
     }
     for (size_t r = 0; r < e.n; ++r) {
       const std::string_view key = slice(e.keys, e.key_offsets, r);

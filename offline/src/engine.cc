@@ -53,6 +53,7 @@ uint32_t partition_of(std::string_view key, uint32_t partitions) noexcept {
 std::unique_ptr<Engine> Engine::open(const std::string& config_path, const EngineOptions& options) {
   sidecar::ConfigLoad load;
   load.require_secrets = false;  // sources are not used: their secrets need not be readable
+  load.sources = false;          // nor their settings valid: only the tables make the features
   std::ifstream in(config_path, std::ios::binary);
   if (!in) {
     throw std::runtime_error(fmt::format("cannot read {}: {}", config_path,
@@ -62,15 +63,11 @@ std::unique_ptr<Engine> Engine::open(const std::string& config_path, const Engin
   text << in.rdbuf();
   std::string yaml = text.str();
   // A config of tables alone is enough here; the sidecar's parser wants a
-  // segment and a source, so ones that are never used stand in for them
-  // (appended: the file's line numbers in messages stay right).
+  // segment, so one that is never used stands in for it (appended: the
+  // file's line numbers in messages stay right).
   try {
     const YAML::Node root = YAML::Load(yaml);
     if (root.IsMap() && !root["segment"]) yaml += "\nsegment: {name: larder-offline}\n";
-    if (root.IsMap() && !root["rabbitmq"] && !root["kafka"] && !root["databases"]) {
-      yaml += "\nrabbitmq: {url: \"amqp://unused@127.0.0.1/\", password_env: LARDER_OFFLINE_UNUSED, "
-              "queue: {name: offline}}\n";
-    }
   } catch (const YAML::Exception&) {
     // The parser below reports it, with its position.
   }

@@ -36,6 +36,22 @@ static const char* kConfig =
     "    fields:\n"
     "      - {name: price, type: float64}\n";
 
+/* Null inputs (present == 2): an impute, an ordinal and a one-hot with a null category, and a plain field,
+ * whose null the sidecar refuses. Its rabbitmq section has no password_env: the engine does not read sources. */
+static const char* kNullConfig =
+    "rabbitmq:\n"
+    "  url: amqp://larder@127.0.0.1:5672/\n"
+    "  queue: {name: offline-c-abi}\n"
+    "tables:\n"
+    "  - name: n\n"
+    "    capacity: 8\n"
+    "    fields:\n"
+    "      - {name: amount, type: float64, from: amount_in, transform: [{impute: {value: 7.0}}]}\n"
+    "      - {name: tier_idx, type: int64, from: tier, transform: [{ordinal: {categories: [gold, silver, ~]}}]}\n"
+    "      - {name: tier_oh, type: vector, dims: 3, from: tier,\n"
+    "         transform: [{one_hot: {categories: [gold, silver, ~]}}]}\n"
+    "      - {name: spend, type: float64}\n";
+
 #define T0 1700000000000LL
 
 static uint32_t field_index(const larder_offline_frame* f, const char* name) {
@@ -229,6 +245,101 @@ int main(int argc, char** argv) {
       for (r = 0; r < 5; ++r) CHECK(seen[r] == 1);
     }
   }
+
+  /* present == 2: sent as null, as a JSON null member. */
+  snprintf(path, sizeof path, "%s/offline_c_abi_null.yaml", argv[1]);
+  fp = fopen(path, "w");
+  if (fp == NULL) return 2;
+  fputs(kNullConfig, fp);
+  fclose(fp);
+  CHECK(larder_offline_open(path, 0, 1, &engine, err, sizeof err) == 0);
+  if (engine == NULL) {
+    fprintf(stderr, "open (a rabbitmq section without password_env): %s\n", err);
+    return 1;
+  }
+  {
+    /* a: values, then every input null but spend (not sent); b: spend null (a plain field: refused);
+       c: amount_in not sent. */
+    const char keys[] = "aabc";
+    const int64_t key_offsets[] = {0, 1, 2, 3, 4};
+    const int64_t event_time[] = {T0, T0 + 1000, T0, T0};
+    const double amount_in[] = {3, NAN, 0, 0};
+    const uint8_t amount_present[] = {1, 2, 0, 0};
+    const char tier[] = "goldsilver";
+    const int64_t tier_offsets[] = {0, 4, 4, 4, 10};
+    const uint8_t tier_present[] = {1, 2, 0, 1};
+    const double spend[] = {1.5, 0, 0, 2};
+    uint8_t spend_present[] = {1, 0, 2, 1};
+    larder_offline_column cols[3];
+    larder_offline_events set;
+    const char spine_keys[] = "aabc";
+    const int64_t spine_offsets[] = {0, 1, 2, 3, 4};
+    const int64_t at[] = {T0, T0 + 1000, T0 + 1000, T0 + 1000};
+    larder_offline_spine spine;
+    const uint8_t* valid;
+    const double* d;
+    const int64_t* i64;
+    const float* v;
+    uint32_t f;
+
+    memset(cols, 0, sizeof cols);
+    cols[0].name = "amount_in"; cols[0].type = LARDER_OFFLINE_FLOAT64; cols[0].data = amount_in;
+    cols[0].present = amount_present;
+    cols[1].name = "tier"; cols[1].type = LARDER_OFFLINE_STRING; cols[1].data = tier; cols[1].offsets = tier_offsets;
+    cols[1].present = tier_present;
+    cols[2].name = "spend"; cols[2].type = LARDER_OFFLINE_FLOAT64; cols[2].data = spend;
+    cols[2].present = spend_present;
+    memset(&set, 0, sizeof set);
+    set.table = "n"; set.n = 4; set.keys = keys; set.key_offsets = key_offsets; set.event_time_ms = event_time;
+    set.columns = cols; set.column_count = 3;
+    spine.table = "n"; spine.n = 4; spine.keys = spine_keys; spine.key_offsets = spine_offsets; spine.at_ms = at;
+
+    CHECK(larder_offline_build(engine, &set, 1, &spine, &frame, err, sizeof err) == 0);
+    if (frame == NULL) {
+      fprintf(stderr, "build: %s\n", err);
+      return 1;
+    }
+    CHECK(larder_offline_frame_rejected(frame) == 1); /* b's null spend */
+    CHECK(strstr(larder_offline_frame_first_rejection(frame), "wrong_type") != NULL);
+    CHECK(strstr(larder_offline_frame_first_rejection(frame), "got null") != NULL);
+    CHECK(strstr(larder_offline_frame_first_rejection(frame), "spend") != NULL);
+    CHECK(larder_offline_frame_applied(frame) == 3);
+    CHECK(larder_offline_frame_found(frame)[0] == 1 && larder_offline_frame_found(frame)[1] == 1);
+    CHECK(larder_offline_frame_found(frame)[2] == 0 && larder_offline_frame_found(frame)[3] == 1);
+
+    f = field_index(frame, "amount"); /* impute: null -> 7 */
+    valid = larder_offline_frame_valid(frame, f);
+    d = (const double*)larder_offline_frame_values(frame, f);
+    CHECK(valid[0] == 1 && d[0] == 3);
+    CHECK(valid[1] == 1 && d[1] == 7);
+    CHECK(valid[3] == 0); /* c did not send it */
+    f = field_index(frame, "tier_idx"); /* ordinal: null is the null category's position */
+    valid = larder_offline_frame_valid(frame, f);
+    i64 = (const int64_t*)larder_offline_frame_values(frame, f);
+    CHECK(valid[0] == 1 && i64[0] == 0);
+    CHECK(valid[1] == 1 && i64[1] == 2);
+    CHECK(valid[3] == 1 && i64[3] == 1);
+    f = field_index(frame, "tier_oh"); /* one_hot: 1 at the null category */
+    valid = larder_offline_frame_valid(frame, f);
+    v = (const float*)larder_offline_frame_values(frame, f);
+    CHECK(valid[0] == 1 && v[0] == 1.0f && v[1] == 0.0f && v[2] == 0.0f);
+    CHECK(valid[1] == 1 && v[3] == 0.0f && v[4] == 0.0f && v[5] == 1.0f);
+    f = field_index(frame, "spend"); /* not sent at +1 s: kept */
+    valid = larder_offline_frame_valid(frame, f);
+    d = (const double*)larder_offline_frame_values(frame, f);
+    CHECK(valid[0] == 1 && d[0] == 1.5 && valid[1] == 1 && d[1] == 1.5);
+    larder_offline_frame_free(frame);
+    frame = NULL;
+
+    /* Any other byte in present is an error naming the column and the event. */
+    spend_present[3] = 3;
+    CHECK(larder_offline_build(engine, &set, 1, &spine, &frame, err, sizeof err) != 0 && frame == NULL);
+    CHECK(strstr(err, "\"spend\"") != NULL && strstr(err, "present[3] is 3") != NULL);
+  }
+  larder_offline_close(engine);
+  engine = NULL;
+  remove(path);
+  snprintf(path, sizeof path, "%s/offline_c_abi.yaml", argv[1]);
   remove(path);
   if (failures == 0) printf("offline C ABI: every check passed\n");
   return failures == 0 ? 0 : 1;

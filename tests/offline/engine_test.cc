@@ -221,6 +221,37 @@ TEST_F(OfflineEngine, RefusedMessagesAreCountedAndApplyNothing) {
   EXPECT_FALSE(read_user("u1", T0 + 1).found());
 }
 
+// Sources are not read: a config whose connection settings the sidecar
+// would refuse (no password_env, a kafka section without brokers, a
+// database of no known driver) still gives its tables' features.
+TEST_F(OfflineEngine, SourcesOfTheConfigAreNotRead) {
+  const std::string config = (dir_ / "sources.yaml").string();
+  std::ofstream(config) << kConfig << R"(
+rabbitmq:
+  url: amqp://larder@127.0.0.1:5672/
+  queue: {name: offline}
+kafka: {topics: []}
+databases:
+  - {driver: nosuch}
+)";
+  larder::offline::EngineOptions options;
+  options.scratch_dir = dir_.string();
+  std::unique_ptr<Engine> engine;
+  ASSERT_NO_THROW(engine = Engine::open(config, options));
+  EXPECT_EQ(engine->table_index("users"), 0);
+  std::unique_ptr<Replay> replay = engine->start();
+  ASSERT_TRUE(replay->apply_json(R"({"table":"users","key":"u1","event_time":)" + std::to_string(T0) +
+                                     R"(,"fields":{"spend":2.5}})",
+                                 T0)
+                  .ok);
+  larder::Row row = replay->table(0).make_row();
+  ASSERT_TRUE(replay->read(0, "u1", T0, row).found());
+  EXPECT_EQ(row.f64(replay->table(0).field("spend")), 2.5);
+  // Its tables are still checked.
+  std::ofstream(config) << "tables: [{name: t, capacity: 4, fields: [{name: x, type: nosuch}]}]\n";
+  EXPECT_THROW(Engine::open(config, options), std::runtime_error);
+}
+
 TEST(OfflinePartition, SplitsKeysEvenlyAndTheSameWayEveryTime) {
   std::vector<size_t> counts(4, 0);
   for (int i = 0; i < 40'000; ++i) {

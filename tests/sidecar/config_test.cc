@@ -131,6 +131,43 @@ TEST_F(ConfigTest, PasswordFile) {
   std::remove(file.c_str());
 }
 
+// ConfigLoad::sources = false (the offline engine): the sources are not
+// read, whatever they hold; the sidecar's own load still refuses them.
+TEST_F(ConfigTest, SourcesUnreadWhenNotWanted) {
+  const std::string yaml = replace(kValid, "  password_env: LARDER_TEST_CONFIG_PASSWORD\n", "") +
+                           "kafka: {topics: []}\n"
+                           "databases:\n  - {driver: nosuch}\n";
+  ConfigLoad tables_only;
+  tables_only.require_secrets = false;
+  tables_only.sources = false;
+  const Config c = parse_config(yaml, "config", tables_only);
+  EXPECT_FALSE(c.rabbitmq_enabled);
+  EXPECT_FALSE(c.kafka_enabled);
+  EXPECT_TRUE(c.databases.empty());
+  EXPECT_EQ(c.tables.size(), 2u);
+  EXPECT_EQ(c.schema().tables[1].name, "items");
+  // A config of tables alone needs no source either.
+  EXPECT_EQ(parse_config("segment: {name: s}\ntables: [{name: t, capacity: 4, fields: [{name: x, type: int64}]}]\n",
+                         "config", tables_only)
+                .tables.size(),
+            1u);
+  // Unknown top-level keys are still refused.
+  EXPECT_THROW(parse_config(yaml + "rabbit: {}\n", "config", tables_only), ConfigError);
+
+  // The sidecar reads them: a missing password_env is refused, with
+  // secrets required or not.
+  ConfigLoad unchecked_secrets;
+  unchecked_secrets.require_secrets = false;
+  for (const ConfigLoad& load : {ConfigLoad{}, unchecked_secrets}) {
+    try {
+      parse_config(replace(kValid, "  password_env: LARDER_TEST_CONFIG_PASSWORD\n", ""), "config", load);
+      ADD_FAILURE() << "a rabbitmq section without password_env accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("password_env"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST_F(ConfigTest, ErrorsNameTheKey) {
   const std::string v = kValid;
   expect_error(replace(v, "type: int64", "type: floot"), "tables[0].fields[0].type", "unknown type \"floot\"");

@@ -8,13 +8,16 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 
 #include "alloc_count.h"
 #include "apply/writer_thread.h"
+#include "decode/update_builder.h"
 #include "larder/client.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
@@ -912,6 +915,174 @@ TEST(DecoderFittedTransforms, NullsCategoriesAndProjections) {
   const DecodeResult r = strict.decode(R"({"table":"t","key":"k","event_time":1000,"fields":{"country":"FR"}})", b);
   EXPECT_EQ(r.reason, RejectReason::kBadValue);
   EXPECT_NE(r.detail.find("not one of its categories"), std::string::npos) << r.detail;
+}
+
+// A null member through the UpdateBuilder (the offline engine's "sent as
+// null") is what the JSON decoder makes of a JSON null: the same values
+// from the same rule, and the same refusal where a reader takes no null.
+TEST(DecoderFittedTransforms, BuilderNullIsTheJsonNull) {
+  layout::Schema s;
+  layout::TableSpec t;
+  t.name = "t";
+  t.key_max_len = 8;
+  t.capacity = 16;
+  t.fields = {{"amount", FieldType::kFloat64, 1},
+              {"country_oh", FieldType::kFloat32Vector, 3},
+              {"country_ix", FieldType::kInt64, 1},
+              {"country_us", FieldType::kBool, 1},
+              {"plain", FieldType::kFloat64, 1}};
+  s.tables.push_back(t);
+  std::vector<TableDecodeOptions> o(1);
+  o[0].fields.resize(5);
+  o[0].fields[0].transform = steps("[{impute: {value: 10}}, {standardize: {mean: 5, std: 2}}]");
+  o[0].fields[1] = {"country", steps("[{one_hot: {categories: [DE, US, ~], handle_unknown: ignore}}]")};
+  o[0].fields[2] = {"country", steps("[{ordinal: {categories: [DE, US, ~], missing_value: 9}}]")};
+  o[0].fields[3] = {"country", steps("[{one_hot: {categories: [DE, US, ~], index: 2}}]")};
+  Decoder d(s, o);
+  UpdateBuilder ub(s, o);
+  auto input = [&](const std::string& name) {
+    const auto inputs = ub.inputs(0);
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      if (inputs[i].name == name) return static_cast<uint32_t>(i);
+    }
+    ADD_FAILURE() << "no input " << name;
+    return uint32_t{0};
+  };
+  // (field, type, i64, f64 bits, vector) of each value, in order.
+  auto values = [](const DecodedBatch& b) {
+    std::vector<std::tuple<uint32_t, int, int64_t, uint64_t, std::vector<float>>> out;
+    for (const FieldValue& fv : b.values(b.update(0))) {
+      std::vector<float> v;
+      if (fv.type == FieldType::kFloat32Vector) {
+        const auto* f = static_cast<const float*>(fv.data);
+        v.assign(f, f + fv.length);
+      }
+      uint64_t bits;
+      std::memcpy(&bits, &fv.f64, 8);
+      out.emplace_back(fv.field, static_cast<int>(fv.type), fv.i64, bits, v);
+    }
+    return out;
+  };
+  struct Walk {
+    UpdateBuilder* b;
+    std::vector<uint32_t> nulls;
+    uint32_t string_input = 0;
+    const char* string = nullptr;  // a value for string_input, else none
+  };
+  auto walk = [](void* ctx) {
+    Walk& w = *static_cast<Walk*>(ctx);
+    w.b->begin_update(0, false);
+    w.b->set_table(0);
+    w.b->set_key("k");
+    w.b->set_event_time_ms(1000);
+    w.b->set_fields_present();
+    for (uint32_t in : w.nulls) w.b->input_null(in);
+    if (w.string != nullptr) w.b->input_string(w.string_input, w.string);
+    w.b->end_update();
+  };
+
+  DecodedBatch json, built;
+  ASSERT_TRUE(
+      d.decode(R"({"table":"t","key":"k","event_time":1000,"fields":{"amount":null,"country":null}})", json, 1000).ok);
+  Walk w{&ub, {input("amount"), input("country")}};
+  const DecodeResult r = ub.run(built, 1000, RejectReason::kInternal, walk, &w);
+  ASSERT_TRUE(r.ok) << r.detail;
+  EXPECT_EQ(values(built), values(json));
+  ASSERT_EQ(values(built).size(), 4u);
+  EXPECT_EQ(std::get<2>(values(built)[2]), 9);  // ordinal: missing_value
+  // A value, for comparison: the one_hot's vector from a typed string too.
+  ASSERT_TRUE(
+      d.decode(R"({"table":"t","key":"k","event_time":1000,"fields":{"amount":null,"country":"US"}})", json, 1000).ok);
+  w = Walk{&ub, {input("amount")}, input("country"), "US"};
+  ASSERT_TRUE(ub.run(built, 1000, RejectReason::kInternal, walk, &w).ok);
+  EXPECT_EQ(values(built), values(json));
+  EXPECT_EQ(std::get<4>(values(built)[1]), (std::vector<float>{0, 1, 0}));
+  w.string = nullptr;
+
+  // A reader that takes no null: wrong_type, both ways.
+  EXPECT_EQ(d.decode(R"({"table":"t","key":"k","event_time":1000,"fields":{"plain":null}})", json, 1000).reason,
+            RejectReason::kWrongType);
+  w.nulls = {input("plain")};
+  const DecodeResult refused = ub.run(built, 1000, RejectReason::kInternal, walk, &w);
+  EXPECT_EQ(refused.reason, RejectReason::kWrongType);
+  EXPECT_NE(refused.detail.find("field \"plain\": expected a number, got null"), std::string::npos) << refused.detail;
+  EXPECT_EQ(built.size(), 0u);
+  // A member comes once, null or not.
+  w.nulls = {input("amount"), input("amount")};
+  EXPECT_EQ(ub.run(built, 1000, RejectReason::kInternal, walk, &w).reason, RejectReason::kDuplicateMember);
+}
+
+// A list through the UpdateBuilder (Protobuf, Avro, the offline engine) is
+// what the JSON decoder makes of the same array: an embedding projected, and
+// the raw embedding stored beside its projection from the same input; a
+// list of the wrong length is refused by the projection's length.
+TEST(DecoderFittedTransforms, BuilderVectorIsTheJsonArray) {
+  layout::Schema s;
+  layout::TableSpec t;
+  t.name = "t";
+  t.key_max_len = 8;
+  t.capacity = 16;
+  t.fields = {{"emb_pca", FieldType::kFloat32Vector, 2}, {"emb", FieldType::kFloat32Vector, 3}};
+  s.tables.push_back(t);
+  for (const bool with_raw : {false, true}) {
+    SCOPED_TRACE(with_raw ? "projection and raw" : "projection alone");
+    layout::Schema schema = s;
+    if (!with_raw) schema.tables[0].fields.pop_back();
+    std::vector<TableDecodeOptions> o(1);
+    o[0].fields.resize(schema.tables[0].fields.size());
+    o[0].fields[0] = {"emb", steps("[{project: {components: [[1, 0, 0], [0, 0.5, 0.5]], mean: [1, 1, 1]}}]")};
+    Decoder d(schema, o);
+    UpdateBuilder ub(schema, o);
+    ASSERT_EQ(ub.inputs(0).size(), 1u);
+    ASSERT_EQ(ub.inputs(0)[0].name, "emb");
+    auto vectors = [](const DecodedBatch& b) {
+      std::vector<std::pair<uint32_t, std::vector<float>>> out;
+      for (const FieldValue& fv : b.values(b.update(0))) {
+        const auto* f = static_cast<const float*>(fv.data);
+        out.emplace_back(fv.field, std::vector<float>(f, f + fv.length));
+      }
+      return out;
+    };
+    struct Walk {
+      UpdateBuilder* b;
+      std::vector<double> v;
+      bool as_floats;
+    };
+    auto walk = [](void* ctx) {
+      Walk& w = *static_cast<Walk*>(ctx);
+      w.b->begin_update(0, false);
+      w.b->set_table(0);
+      w.b->set_key("k");
+      w.b->set_event_time_ms(1000);
+      w.b->set_fields_present();
+      w.b->vector_begin(0);
+      if (w.as_floats) {
+        std::vector<float> f(w.v.begin(), w.v.end());
+        w.b->vector_push_floats(reinterpret_cast<const char*>(f.data()), f.size());
+      } else {
+        for (double x : w.v) w.b->vector_push(x);
+      }
+      w.b->vector_end();
+      w.b->end_update();
+    };
+    DecodedBatch json, built;
+    ASSERT_TRUE(d.decode(R"({"table":"t","key":"k","event_time":1000,"fields":{"emb":[3, 0.25, 5.5]}})", json, 1000)
+                    .ok);
+    ASSERT_EQ(vectors(json).size(), with_raw ? 2u : 1u);
+    EXPECT_EQ(vectors(json)[0].second, (std::vector<float>{2, 1.875f}));
+    for (const bool as_floats : {false, true}) {
+      Walk w{&ub, {3, 0.25, 5.5}, as_floats};
+      const DecodeResult r = ub.run(built, 1000, RejectReason::kInternal, walk, &w);
+      ASSERT_TRUE(r.ok) << r.detail;
+      EXPECT_EQ(vectors(built), vectors(json));
+      w.v = {3, 0.25};
+      const DecodeResult short_list = ub.run(built, 1000, RejectReason::kInternal, walk, &w);
+      EXPECT_EQ(short_list.reason, RejectReason::kVectorLength);
+      EXPECT_NE(short_list.detail.find("2 elements, the projection takes 3"), std::string::npos) << short_list.detail;
+      w.v = {3, 0.25, 5.5, 1};
+      EXPECT_EQ(ub.run(built, 1000, RejectReason::kInternal, walk, &w).reason, RejectReason::kVectorLength);
+    }
+  }
 }
 
 // `from: [a, b, c]`: the members' values make the array the projection

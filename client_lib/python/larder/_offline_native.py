@@ -25,6 +25,11 @@ BOOL = 3
 STRING = 4
 FLOAT64_LIST = 5
 
+# larder_offline_column.present, per event.
+NOT_SENT = 0
+SENT = 1
+SENT_AS_NULL = 2
+
 
 class Column(ctypes.Structure):
     _fields_ = [("name", c_char_p), ("type", c_int32), ("dim", c_uint32), ("data", c_void_p),

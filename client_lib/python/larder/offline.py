@@ -55,8 +55,11 @@ def build_frame(config, events, spine, *, arrival_time=None, partition=None, tab
       are left out), `op` ("upsert"/"delete", 0/1 or a bool that is True for
       a delete), `id` (the event's id, for dedup as the sidecar does) and
       the arrival column; every other column is an input of the table, by
-      its name in message format v1. NaN / None / NA: the event does not
-      send that input.
+      its name in message format v1. NaN / None / NA as larder.publish
+      sends them: as null for an input whose every reader is a transform
+      that takes a missing value (impute, ordinal, one_hot), which the
+      engine then imputes as the sidecar does; for any other input the
+      event does not send it (publish's nan="omit").
     spine: a DataFrame or dict of columns with `key`, `timestamp` (as
       event_time) and any label columns, copied through; an optional
       `table` column names one table.
@@ -436,6 +439,7 @@ def _input_column(col, name, a, schema, keep_alive):
     the table's schema expects of the input `name` (a stored field, or an
     input of a transform or an aggregate)."""
     from . import _offline_native as _o
+    from .publish import _null_rows
     spec = schema.columns.get(name)
     if spec is None:
         if schema.allow_unknown:
@@ -451,6 +455,12 @@ def _input_column(col, name, a, schema, keep_alive):
     keep_alive.append(col.name)
     miss = _missing(a)
     present = None if not miss.any() else ~miss
+    # A missing value as larder.publish sends it (docs/offline.md): null for
+    # an input every reader of which takes one, by publish's own schema and
+    # test of the rows; else the member is left out.
+    null = None
+    if present is not None and spec is not None and spec.nullable:
+        null = _null_rows(a) & miss
     want = None if spec is None else spec.type  # int64, float64, float32, bool, string, vector; number, source
     kind = a.dtype.kind
     if a.ndim == 2 or want == "vector":
@@ -509,7 +519,11 @@ def _input_column(col, name, a, schema, keep_alive):
     else:
         raise InvalidArgumentError("events column %r: %s values are no input type (numbers, bools, strings, vectors)"
                                    % (name, a.dtype))
-    col.present = None if present is None else _ptr(present.astype(np.uint8), keep_alive)
+    if present is not None:
+        present = present.astype(np.uint8)  # 1 sent, 0 not sent
+        if null is not None:
+            present[null] = _o.SENT_AS_NULL
+    col.present = None if present is None else _ptr(present, keep_alive)
 
 
 def _holds(a, miss, types):

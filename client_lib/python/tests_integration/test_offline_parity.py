@@ -8,7 +8,9 @@ order online; the same input order offline).
 
 The log has deletes, a stale write, late events (inside and beyond the
 allowed lateness), a redelivered event id, transforms, time windows, count
-windows, last_n and a window that decays to empty before the read.
+windows, last_n, a window that decays to empty before the read, and
+missing values (NaN, None) of inputs whose transforms take them, which
+publish sends as JSON null and build_frame passes as null.
 
 Why this is deterministic (docs/offline.md, "Where online and offline can
 differ"): offline every event arrives at t_pub, the wall clock just before
@@ -38,6 +40,11 @@ TABLE_YAML = """\
       - {name: amount_log, type: float64, from: amount, transform: [{clip: {min: 0, max: 1000}}, log1p]}
       - {name: country, type: string, max_len: 4}
       - {name: country_idx, type: int64, from: country, transform: [{vocabulary: {values: [US, DE, FR]}}]}
+      - {name: amount_imp, type: float64, from: amount_in, transform: [{impute: {value: 7.0}}, {clip: {max: 100}}]}
+      - {name: tier_idx, type: int64, from: tier,
+         transform: [{ordinal: {categories: [gold, silver, ~], unknown_value: -1}}]}
+      - {name: tier_oh, type: vector, dims: 3, from: tier,
+         transform: [{one_hot: {categories: [gold, silver, ~], handle_unknown: ignore}}]}
     aggregates:
       - {name: sum_1h, source: amount, fn: sum, window: 1h}
       - {name: mean_1h, source: amount, fn: mean, window: 1h}
@@ -57,16 +64,22 @@ SENTINEL = "zz-end"
 
 
 def event_log(t_pub, seed=20261207):
-    """The log, in publish order: (key, event_time, amount, country, id, delete)."""
+    """The log, in publish order: (key, event_time, amount, country, id,
+    delete, amount_in, tier); amount_in is NaN and tier None now and then."""
     rng = np.random.default_rng(seed)
     rows = []
+    draw = object()
 
-    def add(key, t, amount=None, country=None, eid=None, delete=False):
+    def add(key, t, amount=None, country=None, eid=None, delete=False, amount_in=draw, tier=draw):
         if amount is None and not delete:
             amount = float(rng.normal(50.0, 40.0))
         if country is None and not delete:
             country = str(rng.choice(["US", "DE", "FR", "BR"]))
-        rows.append((key, int(t), amount, country, eid or "e%d" % len(rows), delete))
+        if amount_in is draw:
+            amount_in = np.nan if delete or rng.random() < 0.3 else float(rng.normal(50.0, 40.0))
+        if tier is draw:
+            tier = None if delete else [None, "gold", "silver", "bronze"][int(rng.integers(0, 4))]
+        rows.append((key, int(t), amount, country, eid or "e%d" % len(rows), delete, amount_in, tier))
 
     # Event times stay out of the minutes around every edge the test's
     # duration could move: the 10 m and 1 h window starts and the lateness.
@@ -101,7 +114,10 @@ def event_log(t_pub, seed=20261207):
     # Decay: events inside the 2 s window when published, out of it at the read.
     add("dk", t_pub - 1500, amount=7.0)
     add("dk", t_pub - 500, amount=5.0)
-    return pd.DataFrame(rows, columns=["key", "event_time", "amount", "country", "id", "delete"])
+    # Missing values last: imputed, the null category.
+    add("n1", t_pub - 20 * MIN, amount_in=3.0, tier="gold")
+    add("n1", t_pub - 15 * MIN, amount_in=np.nan, tier=None)
+    return pd.DataFrame(rows, columns=["key", "event_time", "amount", "country", "id", "delete", "amount_in", "tier"])
 
 
 def test_offline_frame_equals_online_reads(sidecar_factory):
@@ -118,7 +134,7 @@ def test_offline_frame_equals_online_reads(sidecar_factory):
     # One queue, applied in order: once the sentinel (published after the
     # log was confirmed) reads back, the whole log has been applied.
     end = pd.DataFrame({"key": [SENTINEL], "event_time": [t_pub - 45 * MIN], "amount": [1.0], "country": ["US"],
-                        "id": ["end"]})
+                        "id": ["end"], "amount_in": [1.0], "tier": ["gold"]})
     r = larder.publish(end, "p", "key", "event_time", config=sc.config, exchange=sc.exchange, id="id")
     assert r.ok, r
     wait_for(lambda: table.get(SENTINEL).ok, 60, "the log to be applied")
@@ -177,6 +193,8 @@ def test_offline_frame_equals_online_reads(sidecar_factory):
     # (offline at t_pub the 2 s window held both events; at the read, none).
     assert not online["d2"][0] and online["d1"][0]
     assert online["dk"][3]["sum_2s"] == 0.0 and online["dk"][3]["sum_1h"] == 12.0
+    assert online["n1"][3]["amount_imp"] == 7.0 and online["n1"][3]["tier_idx"] == 2
+    assert online["n1"][3]["tier_oh"].tolist() == [0.0, 0.0, 1.0]
     early = larder.offline.build_frame(
         sc.config, events, pd.DataFrame({"key": ["dk"], "timestamp": [t_pub]}))
     assert early["sum_2s"][0] == 12.0

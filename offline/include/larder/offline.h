@@ -35,7 +35,13 @@ typedef struct larder_offline_column {
   uint32_t dim;           /* FLOAT64_LIST only */
   const void* data;
   const int64_t* offsets; /* STRING only */
-  const uint8_t* present; /* NULL: present in every event; else 0 = this event does not send the input */
+  /* Per event: 0 the event does not send the input (a member left out); 1 it sends the value in data;
+   * 2 it sends the input as null (JSON `null`: data is not read), which the engine takes exactly as the
+   * sidecar takes a null member: where every reader of the input is a transform that takes a missing value
+   * (a chain starting with impute, ordinal or one_hot) they turn it into their value for it; for any other
+   * reader the event is refused as wrong_type (counted, as the sidecar dead-letters it). Any other byte:
+   * larder_offline_build() fails. NULL: 1 for every event. */
+  const uint8_t* present;
 } larder_offline_column;
 
 /* Events of one table, one row per event (a DataFrame of events). */
@@ -60,7 +66,8 @@ typedef struct larder_offline_spine {
 
 /* Returns 0 on success, else writes a one-line message (NUL-terminated, truncated) into err.
  * config_path: a sidecar config (the same YAML larder-sidecar reads); only its tables, fields,
- * transforms and aggregates matter (sources are ignored). partition/partitions: 0/1 for every key;
+ * transforms and aggregates matter (its sources, rabbitmq, kafka and databases, are not read, so
+ * neither their settings nor their secrets need be valid here). partition/partitions: 0/1 for every key;
  * else only keys whose table key hash falls in partition i of n (the same split as larder-backfill). */
 int larder_offline_open(const char* config_path, uint32_t partition, uint32_t partitions,
                         larder_offline** out, char* err, size_t err_len);

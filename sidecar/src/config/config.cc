@@ -1254,11 +1254,13 @@ Config parse_root(const YAML::Node& root, const ConfigLoad& load) {
   });
   if (c.tables.empty()) fail("tables", "at least one table is required");
   if (c.tables.size() > layout::kMaxTables) fail("tables", fmt::format("at most {} tables", layout::kMaxTables));
-  c.kafka_enabled = m.has("kafka");
-  each_item(m.node("databases"), "databases", false, [&](const YAML::Node& d, const std::string& dpath) {
-    c.databases.push_back(parse_database(d, dpath, c, secrets));
-  });
-  c.rabbitmq_enabled = m.has("rabbitmq") || (!c.kafka_enabled && c.databases.empty());
+  c.kafka_enabled = load.sources && m.has("kafka");
+  if (load.sources) {
+    each_item(m.node("databases"), "databases", false, [&](const YAML::Node& d, const std::string& dpath) {
+      c.databases.push_back(parse_database(d, dpath, c, secrets));
+    });
+  }
+  c.rabbitmq_enabled = load.sources && (m.has("rabbitmq") || (!c.kafka_enabled && c.databases.empty()));
   if (c.rabbitmq_enabled) c.rabbitmq = parse_rabbitmq(m.node("rabbitmq"), c.segment.name, secrets);
   if (c.kafka_enabled) {
     c.kafka = parse_kafka(m.node("kafka"), c.segment.name, secrets);

@@ -258,6 +258,11 @@ struct ConfigLoad {
   // missing) is a warning in Config::warnings instead of an error, so that a
   // config can be checked and sized where the secret is not available (CI).
   bool require_secrets = true;
+  // false: the sources (rabbitmq, kafka, databases) are not read at all,
+  // for tools that use only the tables (the offline engine): a config that
+  // larder-sidecar would refuse for its connection settings alone still
+  // gives its features. The sidecar always reads them.
+  bool sources = true;
 };
 
 // Reads and validates a config file. Throws ConfigError.

@@ -531,9 +531,14 @@ struct Decoder::Impl {
     add_source(out, in.raw_source, b ? 1.0 : 0.0);
   }
 
-  // A JSON null where every reader is a chain that takes one (it starts
-  // with an impute or a category step): a missing value.
-  void decode_null_input(const InputInfo& in, const TableInfo& table, const Where& what, DecodedBatch& out) {
+  // A null member (JSON `null`, or a typed decoder's null: the offline
+  // engine's "sent as null"). Where every reader is a chain that takes one
+  // (it starts with an impute or a category step) it is a missing value,
+  // which the chains turn into values; returns true. Else returns false,
+  // nothing added: the caller refuses it as wrong_type, in its own words.
+  // The one place that says what a null means, for every decoder.
+  bool decode_null_input(const InputInfo& in, const TableInfo& table, const Where& what, DecodedBatch& out) {
+    if (!in.takes_null) return false;
     for (const FieldTarget& target : in.fields) {
       TransformResult r;
       r.vector = vector_out.data();
@@ -543,6 +548,7 @@ struct Decoder::Impl {
       const double seen_by_source = store_transformed(r, target, table, what, out, &distinct);
       add_source(out, target.source, seen_by_source, distinct);
     }
+    return true;
   }
 
   void decode_vector_input(od::value& v, od::json_type t, const InputInfo& in, const TableInfo& table,
@@ -581,8 +587,8 @@ struct Decoder::Impl {
       ++n;
     }
     if (n != len) {
-      reject(RejectReason::kVectorLength, fmt::format("{}: {} elements, {} is {}{}", what, n,
-                                                      first.chain != nullptr ? "the projection takes" : "dims", len,
+      reject(RejectReason::kVectorLength, fmt::format("{}: {} elements, {} {}{}", what, n,
+                                                      first.chain != nullptr ? "the projection takes" : "dims is", len,
                                                       for_field(table, first, what.field)));
     }
     // Vector fields sharing the member share its floats.
@@ -657,10 +663,8 @@ struct Decoder::Impl {
       const Where what{at.index, at.batch, name};
       od::value& v = f.value();
       const od::json_type t = type_of(v, what);
-      if (t == od::json_type::null && in.takes_null) {
-        decode_null_input(in, table, what, out);
-        continue;
-      }
+      // A null that no reader takes falls through: each kind refuses it.
+      if (t == od::json_type::null && decode_null_input(in, table, what, out)) continue;
       switch (in.kind) {
         case InputKind::kNumber:
         case InputKind::kNumberOrBool: decode_number_input(v, t, in, table, what, out); break;
@@ -1183,10 +1187,15 @@ struct UpdateBuilder::State {
   size_t values_begin = 0;
   size_t sources_begin = 0;
   // The vector being read (vector_begin .. vector_end).
+  // As the JSON decoder reads a list: plain targets store the elements as
+  // float32 in the batch; projections read them (as doubles, or as the
+  // float32 a plain target stored) from Impl::vector_in, run at vector_end.
   const Impl::InputInfo* vector = nullptr;
   Where vector_where;
   size_t vector_begin = 0;
   uint32_t vector_count = 0;
+  bool vector_plain = false;
+  bool vector_projected = false;
 };
 
 namespace {
@@ -1435,6 +1444,7 @@ void typed_number(Impl& impl, const Impl::InputInfo& in, const Impl::TableInfo& 
     uint64_t distinct = 0;
     if (target.chain != nullptr) {
       TransformResult r;
+      r.vector = impl.vector_out.data();  // a one_hot's output, as the JSON decoder gives it
       TransformFailure why;
       if (!target.chain->apply(d, &r, &why)) impl.reject_transform(why, target, table, what);
       seen_by_source = impl.store_transformed(r, target, table, what, out, &distinct);
@@ -1550,6 +1560,7 @@ void UpdateBuilder::input_string(uint32_t input, std::string_view v) {
       if (target.source >= 0) Impl::add_source(out, target.source, 0.0, distinct_hash_string(v));
     } else {
       TransformResult r;
+      r.vector = impl_->vector_out.data();  // a one_hot's output, as the JSON decoder gives it
       TransformFailure why;
       if (!target.chain->apply(v, &r, &why)) impl_->reject_transform(why, target, table, what);
       uint64_t distinct = 0;
@@ -1560,6 +1571,13 @@ void UpdateBuilder::input_string(uint32_t input, std::string_view v) {
   if (in.raw_source >= 0) Impl::add_source(out, in.raw_source, 0.0, distinct_hash_string(v));
 }
 
+void UpdateBuilder::input_null(uint32_t input) {
+  State& s = *state_;
+  const Impl::InputInfo& in = take_input(*impl_, s.e.table, input, s.at);
+  const Where what{s.at.index, s.at.batch, in.name};
+  if (!impl_->decode_null_input(in, *s.e.table, what, *s.out)) reject_type(in, what, "null");
+}
+
 void UpdateBuilder::vector_begin(uint32_t input) {
   State& s = *state_;
   const Impl::InputInfo& in = take_input(*impl_, s.e.table, input, s.at);
@@ -1568,54 +1586,83 @@ void UpdateBuilder::vector_begin(uint32_t input) {
   s.vector = &in;
   s.vector_begin = s.out->floats_.size();
   s.vector_count = 0;
+  s.vector_plain = s.vector_projected = false;
+  for (const Impl::FieldTarget& target : in.fields) (target.chain != nullptr ? s.vector_projected : s.vector_plain) = true;
 }
+
+namespace {
+
+[[noreturn]] void reject_too_long(const Decoder::Impl::TableInfo& table, const Decoder::Impl::InputInfo& in,
+                                  const Where& what) {
+  ::larder::sidecar::reject(RejectReason::kVectorLength,
+                            fmt::format("{}: more than {} elements{}", what, in.array_len,
+                                        Decoder::Impl::for_field(table, in.fields.front(), what.field)));
+}
+
+}  // namespace
 
 void UpdateBuilder::vector_push(double v) {
   State& s = *state_;
-  const Impl::FieldTarget& first = s.vector->fields.front();
   Where what = s.vector_where;
-  if (s.vector_count == first.count) {
-    ::larder::sidecar::reject(RejectReason::kVectorLength, fmt::format("{}: more than {} elements{}", what, first.count,
-                                                                       Impl::for_field(*s.e.table, first, what.field)));
-  }
+  if (s.vector_count == s.vector->array_len) reject_too_long(*s.e.table, *s.vector, what);
   what.element = s.vector_count;
   if (!std::isfinite(v)) ::larder::sidecar::reject(RejectReason::kNonFinite, what + ": not a finite number");
-  if (v > static_cast<double>(FLT_MAX) || v < -static_cast<double>(FLT_MAX)) {
-    ::larder::sidecar::reject(RejectReason::kOutOfRange, fmt::format("{}: {} is outside the float32 range", what, v));
+  if (s.vector_plain) {
+    if (v > static_cast<double>(FLT_MAX) || v < -static_cast<double>(FLT_MAX)) {
+      ::larder::sidecar::reject(RejectReason::kOutOfRange, fmt::format("{}: {} is outside the float32 range", what, v));
+    }
+    s.out->floats_.push_back(static_cast<float>(v));
+    if (s.vector_projected) impl_->vector_in[s.vector_count] = s.out->floats_.back();
+  } else {
+    impl_->vector_in[s.vector_count] = v;
   }
-  s.out->floats_.push_back(static_cast<float>(v));
   ++s.vector_count;
 }
 
 void UpdateBuilder::vector_push_floats(const char* le, size_t n) {
   State& s = *state_;
-  const Impl::FieldTarget& first = s.vector->fields.front();
-  if (n > first.count - s.vector_count) {
-    ::larder::sidecar::reject(RejectReason::kVectorLength,
-                              fmt::format("{}: more than {} elements{}", s.vector_where, first.count,
-                                          Impl::for_field(*s.e.table, first, s.vector_where.field)));
-  }
-  std::vector<float>& floats = s.out->floats_;
-  const size_t at = floats.size();
-  floats.resize(at + n);
-  std::memcpy(floats.data() + at, le, n * sizeof(float));  // little-endian on every target Larder builds for
+  if (n > s.vector->array_len - s.vector_count) reject_too_long(*s.e.table, *s.vector, s.vector_where);
   for (size_t k = 0; k < n; ++k) {
-    if (!std::isfinite(floats[at + k])) [[unlikely]] {
+    float f;
+    std::memcpy(&f, le + k * sizeof(float), sizeof f);  // little-endian on every target Larder builds for
+    if (!std::isfinite(f)) [[unlikely]] {
       Where what = s.vector_where;
       what.element = s.vector_count + static_cast<int64_t>(k);
       ::larder::sidecar::reject(RejectReason::kNonFinite, what + ": not a finite number");
     }
+    if (s.vector_projected) impl_->vector_in[s.vector_count + k] = f;
+  }
+  if (s.vector_plain) {
+    std::vector<float>& floats = s.out->floats_;
+    const size_t at = floats.size();
+    floats.resize(at + n);
+    std::memcpy(floats.data() + at, le, n * sizeof(float));
   }
   s.vector_count += static_cast<uint32_t>(n);
 }
 
 void UpdateBuilder::vector_end() {
   State& s = *state_;
-  for (const Impl::FieldTarget& target : s.vector->fields) {
-    if (s.vector_count != target.count) {
-      ::larder::sidecar::reject(RejectReason::kVectorLength,
-                                fmt::format("{}: {} elements, dims is {}{}", s.vector_where, s.vector_count,
-                                            target.count, Impl::for_field(*s.e.table, target, s.vector_where.field)));
+  const Impl::InputInfo& in = *s.vector;
+  const Impl::FieldTarget& first = in.fields.front();
+  if (s.vector_count != in.array_len) {
+    ::larder::sidecar::reject(RejectReason::kVectorLength,
+                              fmt::format("{}: {} elements, {} {}{}", s.vector_where, s.vector_count,
+                                          first.chain != nullptr ? "the projection takes" : "dims is", in.array_len,
+                                          Impl::for_field(*s.e.table, first, s.vector_where.field)));
+  }
+  // Vector fields sharing the input share its floats.
+  for (const Impl::FieldTarget& target : in.fields) {
+    if (target.chain != nullptr) {
+      TransformResult r;
+      r.vector = impl_->vector_out.data();
+      TransformFailure why;
+      if (!target.chain->apply(impl_->vector_in.data(), s.vector_count, &r, &why)) {
+        impl_->reject_transform(why, target, *s.e.table, s.vector_where);
+      }
+      uint64_t distinct = 0;
+      impl_->store_transformed(r, target, *s.e.table, s.vector_where, *s.out, &distinct);
+      continue;
     }
     FieldValue fv;
     fv.field = target.index;

@@ -93,6 +93,11 @@ class UpdateBuilder {
   void input_double(uint32_t input, double v);
   void input_bool(uint32_t input, bool v);
   void input_string(uint32_t input, std::string_view v);
+  // The member sent as null (JSON `null`): where every reader is a
+  // transform that takes a missing value (impute, ordinal, one_hot), the
+  // value they make of it, exactly as the JSON decoder does; else
+  // wrong_type. Each input may come once per update, null or not.
+  void input_null(uint32_t input);
   void vector_begin(uint32_t input);
   void vector_push(double v);
   // `n` little-endian float32s at `le` (packed on the wire), in one go.
