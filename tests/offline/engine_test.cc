@@ -279,6 +279,12 @@ TEST(OfflineRefresh, PerKeyRefreshReadsTheSameFrameAsAGlobalRefresh) {
   const std::filesystem::path dir =
       std::filesystem::temp_directory_path() / ("larder-offline-refresh-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
+  // Removed on every exit, a failed assertion's too (after the replays,
+  // declared later, are gone).
+  struct RemoveDir {
+    std::filesystem::path p;
+    ~RemoveDir() { std::filesystem::remove_all(p); }
+  } remove_dir{dir};
   const std::string config = (dir / "larder.yaml").string();
   std::ofstream(config) << kRefreshConfig;
   larder::offline::EngineOptions per_key;
@@ -355,9 +361,6 @@ TEST(OfflineRefresh, PerKeyRefreshReadsTheSameFrameAsAGlobalRefresh) {
   EXPECT_EQ(ca.refused, 0u);
   EXPECT_GT(ca.late, 0u);
   EXPECT_GT(ca.duplicates, 0u);
-  a.reset();
-  b.reset();
-  std::filesystem::remove_all(dir);
 }
 
 TEST(OfflinePartition, SplitsKeysEvenlyAndTheSameWayEveryTime) {
