@@ -25,8 +25,9 @@ namespace {
 // Nanoseconds of the writer's clock fit int64 up to 2262-04-11.
 constexpr int64_t kMaxClockMs = INT64_MAX / 1'000'000;
 
-// Events between two refreshes at the replay's clock (Replay::flush): the
-// writer's heap of due keys holds at most about this many stale entries.
+// With refresh_all_keys, events between two refreshes at the replay's clock
+// (Replay::flush): the writer's heap of due keys holds at most about this
+// many stale entries.
 constexpr uint64_t kRefreshEvery = 1 << 16;
 
 // The decoder's clock when a message has no arrival time of its own: its
@@ -127,6 +128,8 @@ Replay::Replay(const Engine& engine, const layout::Schema& schema) : engine_(eng
     options.dir = dir_;
     options.allow_non_tmpfs = true;
     options.mode = 0600;
+    // Each read refreshes its own key: a queue of due keys would only grow.
+    options.refresh_queue = engine.options().refresh_all_keys;
     writer_ = Writer::open(name_, schema, options);
     ClientOptions client;
     client.dir = dir_;
@@ -271,7 +274,7 @@ void Replay::flush() {
   }
   drain();
   since_refresh_ += queued_;
-  if (queued_ > 0 && since_refresh_ >= kRefreshEvery) {
+  if (engine_.options().refresh_all_keys && queued_ > 0 && since_refresh_ >= kRefreshEvery) {
     // A refresh at the replay's clock (the last arrival) every
     // kRefreshEvery events, as the sidecar refreshes every 50 ms at its
     // clock. It changes no value a read sees (a read refreshes to its
@@ -293,14 +296,25 @@ ReadResult Replay::read(uint32_t table, std::string_view key, int64_t at_ms, Row
                                             at_ms, last_arrival_ms_));
   }
   flush();
-  if (at_ms > refreshed_to_ms_) {
-    // Every key whose windows lost a bucket by at_ms is rewritten, as the
+  const Table& t = tables_.at(table);
+  if (!engine_.options().refresh_all_keys) {
+    // The key's windows, if it lost a bucket by at_ms, are rewritten as the
     // sidecar's refresh pass would have by then (it runs every 50 ms; here
-    // at the instant itself).
+    // at the instant itself). No other key's answer depends on it: each
+    // key's windows are brought to the clock at its own events and reads.
+    writer_->refresh_key(table, key, clock_ns(at_ms));
+    ReadResult r = t.get(key, row);
+    // The row is current as of at_ms; the segment's refreshed_through_ms,
+    // which the client reads this from, never moves without a global refresh.
+    if (r.found() && !engine_.schema().tables[table].aggregates.empty()) r.computed_at_ms = at_ms;
+    return r;
+  }
+  if (at_ms > refreshed_to_ms_) {
+    // Every key whose windows lost a bucket by at_ms.
     writer_->refresh(clock_ns(at_ms));
     refreshed_to_ms_ = at_ms;
   }
-  return tables_.at(table).get(key, row);
+  return t.get(key, row);
 }
 
 }  // namespace larder::offline

@@ -34,7 +34,7 @@ void Writer::Impl::schedule(uint32_t table, uint64_t slot, Word* block) {
   const uint64_t word = at > 0 ? static_cast<uint64_t>(at) + 1 : 0;
   if (sync::load_relaxed(writer::due_word(block)) == word) return;
   journal.set(writer::due_word(block), word);
-  if (at > 0) due.push(Due{at, table, slot});
+  if (at > 0 && options.refresh_queue) due.push(Due{at, table, slot});
 }
 
 // Brings one live key's windows up to the clock and rewrites its outputs.
@@ -76,6 +76,15 @@ void Writer::Impl::scan_due(uint64_t slot_budget) {
 }
 
 uint64_t Writer::Impl::refresh(int64_t now_unix_ns, uint64_t key_budget) {
+  if (!options.refresh_queue) {
+    // No queue to pop (writer.h): the clock moves, no key is refreshed, and
+    // refreshed_through_ms stays, since keys not read may be owed one.
+    advance_clock(now_unix_ns != 0 ? now_unix_ns : layout::now_unix_ns());
+    for (TableState& ts : tables) {
+      if (ts.agg.enabled()) sync::store_relaxed(ts.desc->aggregate_counters.clock_ms, static_cast<uint64_t>(clock_ms));
+    }
+    return 0;
+  }
   // Until the heap holds every key again, each call scans kDueScanSlotsPerKey
   // slots per key of its budget: bounded work per call, the whole table
   // for an unbounded one.
@@ -115,10 +124,35 @@ uint64_t Writer::Impl::refresh(int64_t now_unix_ns, uint64_t key_budget) {
   return done;
 }
 
+// The key's entry in the queue, if any, stays: refresh() drops it when it
+// finds the due word moved past it.
+bool Writer::Impl::refresh_key(uint32_t table, std::string_view key, int64_t now_unix_ns) {
+  const int64_t now = now_unix_ns != 0 ? now_unix_ns : layout::now_unix_ns();
+  advance_clock(now);
+  TableState& ts = tables[table];
+  if (!ts.agg.enabled()) return false;
+  // As refresh() publishes it (the key's row is rewritten at this clock).
+  sync::store_relaxed(ts.desc->aggregate_counters.clock_ms, static_cast<uint64_t>(clock_ms));
+  if (key.empty() || key.size() > ts.geo.key_max_len) return false;
+  packed.assign(key);
+  const Probe p = probe(ts, hash_key(key, ts.geo.hash_seed), now);
+  if (p.found == writer::kNone) return false;
+  // Due as refresh() pops a key: its due word names a time at or before the
+  // clock (0: no window holds an event, nothing to move).
+  const uint64_t word = sync::load_relaxed(writer::due_word(ts.agg.block(p.found)));
+  if (word == 0 || static_cast<int64_t>(word - 1) > clock_ms) return false;
+  return refresh_slot(table, p.found);
+}
+
 uint64_t Writer::refresh(int64_t now_unix_ns, uint64_t key_budget) { return impl_->refresh(now_unix_ns, key_budget); }
+
+bool Writer::refresh_key(uint32_t table, std::string_view key, int64_t now_unix_ns) {
+  return table < impl_->tables.size() && impl_->refresh_key(table, key, now_unix_ns);
+}
 
 bool Writer::refresh_due() const {
   const Impl& w = *impl_;
+  if (!w.options.refresh_queue) return false;
   if (w.due_scan_pending) return true;
   return !w.due.empty() && w.due.top().due_ms <= std::max(w.clock_ms, layout::now_unix_ns() / 1'000'000);
 }

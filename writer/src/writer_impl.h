@@ -306,6 +306,7 @@ struct Writer::Impl {
   void schedule(uint32_t table, uint64_t slot, layout::Word* block);
   bool refresh_slot(uint32_t table, uint64_t slot);
   uint64_t refresh(int64_t now_unix_ns, uint64_t key_budget);
+  bool refresh_key(uint32_t table, std::string_view key, int64_t now_unix_ns);
   uint64_t purge(uint32_t table, uint64_t steps);
 };
 

@@ -70,6 +70,13 @@ struct WriterOptions {
   double grow_at = 0;
   double grow_factor = 2;
   uint64_t max_capacity = 0;
+  // Keep the refresh queue: every update that moves a key's next refresh
+  // time queues the key, and refresh() (and maintain()) pops the keys due.
+  // Set to false for a writer whose reads bring each key up to date
+  // themselves (Writer::refresh_key; the offline replay): nothing is queued,
+  // so no memory grows with the number of updates, and refresh() only moves
+  // the aggregate clock (no key is refreshed, refreshed_through_ms stays).
+  bool refresh_queue = true;
 };
 
 // A generation switch (Writer::begin_switch): the one in progress, and what
@@ -290,8 +297,18 @@ class Writer {
   // unbounded budget), so open does not scan: until the slice reaches a key,
   // its refresh waits (docs/operations.md, "Restarts").
   uint64_t refresh(int64_t now_unix_ns = 0, uint64_t key_budget = ~uint64_t{0});
+  // refresh() for one key: moves the aggregate clock to `now_unix_ns` (0:
+  // CLOCK_REALTIME) and, when the live key `key` of `table` is due (its
+  // windows lost a bucket since it was last written), rewrites its
+  // aggregates as refresh() would (the same per-key step). Other keys and
+  // refreshed_through_ms are left as they are. Returns true when the key's
+  // row was rewritten; false when it was not due, is absent or deleted, or
+  // the table has no aggregates (or an invalid table or key). Costs one
+  // probe, plus the refresh when due.
+  bool refresh_key(uint32_t table, std::string_view key, int64_t now_unix_ns = 0);
   // True when some key's aggregates are due for refresh by the wall clock, or
-  // the due times are still being gathered after open.
+  // the due times are still being gathered after open. Always false without
+  // the refresh queue (WriterOptions::refresh_queue).
   bool refresh_due() const;
   // Deletes `key` (leaves a tombstone with the delete's event time, also when
   // the key was absent, so an older upsert arriving later stays deleted).
