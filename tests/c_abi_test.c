@@ -847,7 +847,8 @@ static void check_groups(larder_table* users) {
   const int64_t day = 24LL * 3600 * 1000;
   /* card:1: the older profile update applied although activity was newer. */
   larder_read_result r;
-  CHECK(larder_get_groups(cards, "card:1", 6, row, NULL, NULL, 0, &r, NULL) == LARDER_OK && r.event_time_ms == at - 1000);
+  CHECK(larder_get_groups(cards, "card:1", 6, row, NULL, NULL, 0, &r, NULL) == LARDER_OK &&
+        r.event_time_ms == at - 1000);
   CHECK(larder_row_float64(cards, row, limit_field) == 3000.0);
   CHECK(larder_row_group_event_time_ms(cards, row, profile) == at - 3 * day);
   CHECK(larder_row_group_event_time_ms(cards, row, activity) == at - 1000);

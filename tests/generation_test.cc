@@ -13,8 +13,8 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
-#include <cstring>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -631,7 +631,8 @@ struct EventStream {
       const uint64_t id = r >= 94 && n > 100 ? n - 20 - rng() % 30 : n;
       for (Writer* w : ws) {
         std::vector<SourceValue> sources;  // the sources this writer's schema has
-        if (const int s = w->source_index(0, "amount"); s >= 0) sources.push_back({static_cast<uint32_t>(s), amount, 0});
+        if (const int s = w->source_index(0, "amount"); s >= 0)
+          sources.push_back({static_cast<uint32_t>(s), amount, 0});
         if (const int s = w->source_index(0, "item"); s >= 0) {
           sources.push_back({static_cast<uint32_t>(s), static_cast<double>(item), distinct_hash_int64(item)});
         }
@@ -789,10 +790,8 @@ TEST(GenerationAggregates, ChangedRingsAndStoresAreRefused) {
   // A sequence of 8: the store keeps 5 events.
   layout::Schema seq = v1;
   seq.tables[0].aggregates[5].window_events = 8;
-  for (const auto& [schema, names] :
-       std::vector<std::pair<layout::Schema, std::string>>{{more, "amount_max_10s"},
-                                                           {longer, "amount_sum_10s"},
-                                                           {seq, "amount_last5"}}) {
+  for (const auto& [schema, names] : std::vector<std::pair<layout::Schema, std::string>>{
+           {more, "amount_max_10s"}, {longer, "amount_sum_10s"}, {seq, "amount_last5"}}) {
     try {
       w->begin_switch(schema);
       FAIL() << names << ": accepted";

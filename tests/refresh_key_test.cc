@@ -36,8 +36,9 @@ constexpr int64_t ns(int64_t ms) { return ms * 1'000'000; }
 
 uint64_t seed_for(const char* test) {
   const char* s = std::getenv("LARDER_SEED");
-  const uint64_t seed = s != nullptr ? std::strtoull(s, nullptr, 10)
-                                     : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  const uint64_t seed = s != nullptr
+                            ? std::strtoull(s, nullptr, 10)
+                            : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
   std::printf("%s: seed %llu (replay with LARDER_SEED=%llu)\n", test, static_cast<unsigned long long>(seed),
               static_cast<unsigned long long>(seed));
   return seed;
@@ -63,8 +64,8 @@ layout::Schema schema() {
   t.capacity = 64;
   t.fields = {{"amount", FieldType::kFloat64, 1}};
   t.aggregates = {
-      agg("sum_5s", AggregateFn::kSum, 5000, 1000),      agg("n_5s", AggregateFn::kCount, 5000, 1000),
-      agg("last_5s", AggregateFn::kLast, 5000, 1000), agg("max_20s", AggregateFn::kMax, 20'000, 1000),
+      agg("sum_5s", AggregateFn::kSum, 5000, 1000),       agg("n_5s", AggregateFn::kCount, 5000, 1000),
+      agg("last_5s", AggregateFn::kLast, 5000, 1000),     agg("max_20s", AggregateFn::kMax, 20'000, 1000),
       agg("mean_1m", AggregateFn::kMean, 60'000, 10'000), agg("min_1m", AggregateFn::kMin, 60'000, 10'000),
   };
   layout::Schema s;

@@ -33,10 +33,10 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cerrno>
-#include <csignal>
 #include <chrono>
 #include <cinttypes>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -1114,8 +1114,8 @@ int main(int argc, char** argv) {
   watch->add_option("--count", count, "stop after this many refreshes (0: until interrupted)");
   uint64_t grow_capacity = 0;
   double grow_wait = 60;
-  auto* grow = app.add_subcommand(
-      "grow", "ask the segment's live writer to grow a table (a generation switch while it serves)");
+  auto* grow =
+      app.add_subcommand("grow", "ask the segment's live writer to grow a table (a generation switch while it serves)");
   grow->add_option("segment", segment, "segment name")->required();
   grow->add_option("--table", table, "table name")->required();
   grow->add_option("--capacity", grow_capacity, "the new capacity in live keys")->required();

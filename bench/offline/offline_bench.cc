@@ -141,12 +141,12 @@ int run_columns(const std::string& config, const Data& d, uint64_t events) {
   const double cpu = self_cpu_s() - cpu0;
   size_t found = 0;
   for (size_t r = 0; r < larder_offline_frame_rows(frame); ++r) found += larder_offline_frame_found(frame)[r];
-  std::printf("columns: %llu events, %zu spine rows (%zu found) in %.3f s (%.3f s CPU): %.2f M events/s (%.2f M per "
-              "CPU second); peak RSS %ld MiB (inputs included); applied %llu, rejected %llu\n",
-              static_cast<unsigned long long>(events), larder_offline_frame_rows(frame), found, s, cpu, events / s / 1e6,
-              events / cpu / 1e6,
-              self_rss_kib() / 1024, static_cast<unsigned long long>(larder_offline_frame_applied(frame)),
-              static_cast<unsigned long long>(larder_offline_frame_rejected(frame)));
+  std::printf(
+      "columns: %llu events, %zu spine rows (%zu found) in %.3f s (%.3f s CPU): %.2f M events/s (%.2f M per "
+      "CPU second); peak RSS %ld MiB (inputs included); applied %llu, rejected %llu\n",
+      static_cast<unsigned long long>(events), larder_offline_frame_rows(frame), found, s, cpu, events / s / 1e6,
+      events / cpu / 1e6, self_rss_kib() / 1024, static_cast<unsigned long long>(larder_offline_frame_applied(frame)),
+      static_cast<unsigned long long>(larder_offline_frame_rejected(frame)));
   larder_offline_frame_free(frame);
   larder_offline_close(engine);
   return 0;
@@ -186,11 +186,11 @@ int run_csv(const std::string& backfill, const std::string& dir, const std::stri
     std::fprintf(stderr, "larder-backfill failed (status %d)\n", status);
     return 1;
   }
-  std::printf("csv: %llu events through larder-backfill in %.3f s (%.3f s CPU): %.2f M events/s (%.2f M per CPU "
-              "second); its peak RSS %ld MiB; file %.0f MiB\n",
-              static_cast<unsigned long long>(events), s, cpu_s(ru), events / s / 1e6, events / cpu_s(ru) / 1e6,
-              ru.ru_maxrss / 1024,
-              static_cast<double>(std::filesystem::file_size(ev)) / (1 << 20));
+  std::printf(
+      "csv: %llu events through larder-backfill in %.3f s (%.3f s CPU): %.2f M events/s (%.2f M per CPU "
+      "second); its peak RSS %ld MiB; file %.0f MiB\n",
+      static_cast<unsigned long long>(events), s, cpu_s(ru), events / s / 1e6, events / cpu_s(ru) / 1e6,
+      ru.ru_maxrss / 1024, static_cast<double>(std::filesystem::file_size(ev)) / (1 << 20));
   std::filesystem::remove(ev);
   std::filesystem::remove(out);
   return 0;
@@ -221,7 +221,8 @@ int main(int argc, char** argv) {
     }
   }
   if (dir.empty()) {
-    std::string t = (std::getenv("TMPDIR") != nullptr ? std::getenv("TMPDIR") : "/tmp") + std::string("/larder-offline-bench-XXXXXX");
+    std::string t = (std::getenv("TMPDIR") != nullptr ? std::getenv("TMPDIR") : "/tmp") +
+                    std::string("/larder-offline-bench-XXXXXX");
     if (mkdtemp(t.data()) == nullptr) return 2;
     dir = t;
   }
@@ -229,9 +230,10 @@ int main(int argc, char** argv) {
   setenv("TMPDIR", dir.c_str(), 1);
   const std::string config = dir + "/bench.yaml";
   std::ofstream(config) << config_text(keys);
-  std::printf("offline_bench: %llu events over %llu keys (24 h), %llu spine rows, 3 aggregates x 3 windows; scratch in %s\n",
-              static_cast<unsigned long long>(events), static_cast<unsigned long long>(keys),
-              static_cast<unsigned long long>(spine), dir.c_str());
+  std::printf(
+      "offline_bench: %llu events over %llu keys (24 h), %llu spine rows, 3 aggregates x 3 windows; scratch in %s\n",
+      static_cast<unsigned long long>(events), static_cast<unsigned long long>(keys),
+      static_cast<unsigned long long>(spine), dir.c_str());
   const Data d = generate(events, keys, spine);
   int rc = 0;
   if (mode == "columns" || mode == "both") rc |= run_columns(config, d, events);

@@ -36,8 +36,8 @@
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
-#include <sstream>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -147,7 +147,8 @@ class Mariadb final : public Server {
   ~Mariadb() override { mysql_close(m_); }
 
   void exec(const std::string& sql) override {
-    if (mysql_real_query(m_, sql.data(), sql.size()) != 0) throw std::runtime_error(std::string("SQL: ") + mysql_error(m_));
+    if (mysql_real_query(m_, sql.data(), sql.size()) != 0)
+      throw std::runtime_error(std::string("SQL: ") + mysql_error(m_));
     if (MYSQL_RES* r = mysql_store_result(m_)) mysql_free_result(r);
   }
 
@@ -215,8 +216,7 @@ double cpu_seconds(pid_t pid) {
   return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
-SidecarRun sidecar_rate(const Options& o, const Server& server, const std::string& table,
-                        const std::string& segment) {
+SidecarRun sidecar_rate(const Options& o, const Server& server, const std::string& table, const std::string& segment) {
   larder::Writer::remove_segment(segment);
   const std::string config = fmt::format("/tmp/{}.yaml", segment);
   std::ofstream(config) << fmt::format(R"(segment: {{name: {segment}}}

@@ -282,11 +282,11 @@ class EventSource {
 // Keeps the order check: non-decreasing arrival within a file.
 void check_order(const std::string& path, size_t line, int64_t arrival, int64_t* previous, bool has_arrival_column) {
   if (arrival < *previous) {
-    throw InputError(fmt::format(
-        "{}:{}: {} {} is before the previous event's {}: events must be in non-decreasing {} order (see "
-        "--help: sort the file first)",
-        path, line, has_arrival_column ? "arrival time" : "event time", arrival, *previous,
-        has_arrival_column ? "arrival" : "event-time"));
+    throw InputError(
+        fmt::format("{}:{}: {} {} is before the previous event's {}: events must be in non-decreasing {} order (see "
+                    "--help: sort the file first)",
+                    path, line, has_arrival_column ? "arrival time" : "event time", arrival, *previous,
+                    has_arrival_column ? "arrival" : "event-time"));
   }
   *previous = arrival;
 }
@@ -466,8 +466,7 @@ class JsonlEvents : public EventSource {
     has_arrival_ = false;
     std::optional<int64_t> arrival = find_arrival();
     if (has_arrival_ && !arrival) {
-      throw InputError(
-          fmt::format("{}:{}: arrival_time is not ms since the epoch or RFC 3339", path(), current_.line));
+      throw InputError(fmt::format("{}:{}: arrival_time is not ms since the epoch or RFC 3339", path(), current_.line));
     }
     current_.arrival_ms = arrival.value_or(previous_);  // unreadable: the decoder refuses the line
     seen_arrival_ |= has_arrival_;
@@ -593,8 +592,8 @@ Spine read_spine(const std::string& path, const Common& common) {
       row.table = spine_table(common, table_col >= 0 ? cells[table_col] : std::string_view(), where);
       row.key = std::string(cells[key_col]);
       if (!parse_time(cells[time_col], &row.at_ms)) {
-        throw InputError(fmt::format("{}: timestamp \"{}\" is not ms since the epoch or RFC 3339", where,
-                                     cells[time_col]));
+        throw InputError(
+            fmt::format("{}: timestamp \"{}\" is not ms since the epoch or RFC 3339", where, cells[time_col]));
       }
       for (std::string_view c : cells) row.cells.push_back(Cell{Cell::kString, std::string(c)});
       spine.rows.push_back(std::move(row));
@@ -823,9 +822,10 @@ void write_output(const std::string& path, const Spine& spine, const std::vector
   for (size_t a = 0; a < names.size(); ++a) {
     for (size_t b = 0; b < a; ++b) {
       if (names[a] == names[b]) {
-        throw UsageError(fmt::format("{}: the spine has a column \"{}\", which the output also names for a field or "
-                                     "the result: rename it in the spine",
-                                     spine.path, names[a]));
+        throw UsageError(
+            fmt::format("{}: the spine has a column \"{}\", which the output also names for a field or "
+                        "the result: rename it in the spine",
+                        spine.path, names[a]));
       }
     }
   }
@@ -990,9 +990,7 @@ int run(const Options& o) {
   const bool progress = !o.quiet && isatty(STDERR_FILENO);
   auto last_progress = std::chrono::steady_clock::now();
   uint64_t read = 0, shown = 0;
-  auto elapsed_s = [&] {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  };
+  auto elapsed_s = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(); };
   // Applies every event that arrived at or before `until`.
   auto apply_until = [&](int64_t until) {
     while (!heads.empty() && heads.top().first <= until) {
@@ -1018,8 +1016,8 @@ int run(const Options& o) {
         if (now - last_progress >= std::chrono::seconds(1)) {
           last_progress = now;
           const double t = elapsed_s();
-          std::fprintf(stderr, "\rlarder-backfill: %llu events, %.0f/s, %s   ",
-                       static_cast<unsigned long long>(read), read / t,
+          std::fprintf(stderr, "\rlarder-backfill: %llu events, %.0f/s, %s   ", static_cast<unsigned long long>(read),
+                       read / t,
                        larder::sidecar::format_rfc3339_ms(std::max<int64_t>(0, src.current().arrival_ms)).c_str());
         }
       }

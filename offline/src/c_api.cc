@@ -14,8 +14,6 @@
 // - an event the decoder refuses: counted (rejected), the first one's reason
 //   kept (larder_offline_frame_first_rejection); as are events the writer
 //   refuses (a table or its aggregate arena full).
-#include "larder/offline.h"
-
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -26,6 +24,7 @@
 #include <vector>
 
 #include "larder/layout/table_view.h"
+#include "larder/offline.h"
 #include "larder/offline/engine.h"
 
 using larder::offline::Engine;
@@ -147,9 +146,7 @@ void walk_event(void* ctx) {
         break;
       }
       case LARDER_OFFLINE_BOOL: b.input_bool(in, static_cast<const uint8_t*>(col.data)[r] != 0); break;
-      case LARDER_OFFLINE_STRING:
-        b.input_string(in, slice(static_cast<const char*>(col.data), col.offsets, r));
-        break;
+      case LARDER_OFFLINE_STRING: b.input_string(in, slice(static_cast<const char*>(col.data), col.offsets, r)); break;
       case LARDER_OFFLINE_FLOAT64_LIST: {
         const double* v = static_cast<const double*>(col.data) + r * col.dim;
         b.vector_begin(in);
@@ -224,8 +221,8 @@ std::unique_ptr<larder_offline_frame> build(Engine& engine, const larder_offline
     for (size_t r = 0; r < e.n; ++r) {
       const std::string_view key = slice(e.keys, e.key_offsets, r);
       if (!engine.in_partition(key)) continue;
-      refs.push_back(EventRef{e.arrival_ms != nullptr ? e.arrival_ms[r] : e.event_time_ms[r],
-                              static_cast<uint32_t>(s), r});
+      refs.push_back(
+          EventRef{e.arrival_ms != nullptr ? e.arrival_ms[r] : e.event_time_ms[r], static_cast<uint32_t>(s), r});
       key_hashes.push_back(larder::layout::hash_key(key, 0));
     }
   }
@@ -313,8 +310,7 @@ std::unique_ptr<larder_offline_frame> build(Engine& engine, const larder_offline
       walk.events = &events[ref.set];
       walk.input_of = &input_of[ref.set];
       walk.row = ref.row;
-      const larder::sidecar::DecodeResult r =
-          replay->apply_built(ref.arrival_ms, ref.arrival_ms, walk_event, &walk);
+      const larder::sidecar::DecodeResult r = replay->apply_built(ref.arrival_ms, ref.arrival_ms, walk_event, &walk);
       if (!r.ok && frame->first_rejection.empty()) {
         frame->first_rejection = fmt::format("table \"{}\" event {}: {}: {}", events[ref.set].table, ref.row,
                                              larder::sidecar::reject_reason_name(r.reason), r.detail);

@@ -57,8 +57,8 @@ std::unique_ptr<Engine> Engine::open(const std::string& config_path, const Engin
   load.sources = false;          // nor their settings valid: only the tables make the features
   std::ifstream in(config_path, std::ios::binary);
   if (!in) {
-    throw std::runtime_error(fmt::format("cannot read {}: {}", config_path,
-                                         std::error_code(errno, std::system_category()).message()));
+    throw std::runtime_error(
+        fmt::format("cannot read {}: {}", config_path, std::error_code(errno, std::system_category()).message()));
   }
   std::ostringstream text;
   text << in.rdbuf();
@@ -80,7 +80,9 @@ std::unique_ptr<Engine> Engine::open(const std::string& config_path, const Engin
 }
 
 Engine::Engine(sidecar::Config config, const EngineOptions& options)
-    : config_(std::move(config)), schema_(config_.schema()), decode_options_(config_.decode_options()),
+    : config_(std::move(config)),
+      schema_(config_.schema()),
+      decode_options_(config_.decode_options()),
       options_(options) {
   if (options_.partitions == 0 || options_.partition >= options_.partitions) {
     throw std::invalid_argument(
@@ -166,9 +168,10 @@ void Replay::only_table(uint32_t table) {
 
 void Replay::note_arrival(int64_t arrival_ms) {
   if (arrival_ms < last_arrival_ms_) {
-    throw std::invalid_argument(fmt::format("arrival time {} ms is before the previous event's {} ms: events must "
-                                            "come in non-decreasing arrival order",
-                                            arrival_ms, last_arrival_ms_));
+    throw std::invalid_argument(
+        fmt::format("arrival time {} ms is before the previous event's {} ms: events must "
+                    "come in non-decreasing arrival order",
+                    arrival_ms, last_arrival_ms_));
   }
   clock_ns(arrival_ms);  // in range
   last_arrival_ms_ = arrival_ms;
@@ -291,9 +294,10 @@ void Replay::flush() {
 
 ReadResult Replay::read(uint32_t table, std::string_view key, int64_t at_ms, Row& row) {
   if (at_ms < last_arrival_ms_) {
-    throw std::invalid_argument(fmt::format("a read at {} ms after an event that arrived at {} ms was applied: "
-                                            "reads and events must come in time order",
-                                            at_ms, last_arrival_ms_));
+    throw std::invalid_argument(
+        fmt::format("a read at {} ms after an event that arrived at {} ms was applied: "
+                    "reads and events must come in time order",
+                    at_ms, last_arrival_ms_));
   }
   flush();
   const Table& t = tables_.at(table);

@@ -43,9 +43,8 @@ tables:
 class Backfill : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("larder-backfill-test-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir_ = std::filesystem::temp_directory_path() / ("larder-backfill-test-" + std::to_string(::getpid()) + "-" +
+                                                     ::testing::UnitTest::GetInstance()->current_test_info()->name());
     std::filesystem::create_directories(dir_);
     write("larder.yaml", kConfig);
   }
@@ -132,18 +131,17 @@ TEST_F(Backfill, JsonLinesEventsGiveTheSameAnswersAsCsvAndJsonLinesOutKeepsTypes
   ASSERT_EQ(backfill(path("ev.jsonl"), "spine.csv", "out.jsonl").code, 0);
   const std::vector<std::string> out = lines_of(read("out.jsonl"));
   ASSERT_EQ(out.size(), 5u);
-  EXPECT_EQ(out[3],
-            R"({"key":"c","timestamp":1700000003000,"label":0,"spend":null,"country":null,"country_idx":null,)"
-            R"("amount_1m":null,"n_1h":null,"last2":null,"found":false,"event_time":null,"computed_at":null})");
-  EXPECT_EQ(out[4],
-            R"({"key":"a","timestamp":1700000001000,"label":1,"spend":10.5,"country":"DE","country_idx":2,)"
-            R"("amount_1m":3,"n_1h":2,"last2":[2,1],"found":true,"event_time":1700000001000,)"
-            R"("computed_at":1700000001000})");
+  EXPECT_EQ(out[3], R"({"key":"c","timestamp":1700000003000,"label":0,"spend":null,"country":null,"country_idx":null,)"
+                    R"("amount_1m":null,"n_1h":null,"last2":null,"found":false,"event_time":null,"computed_at":null})");
+  EXPECT_EQ(out[4], R"({"key":"a","timestamp":1700000001000,"label":1,"spend":10.5,"country":"DE","country_idx":2,)"
+                    R"("amount_1m":3,"n_1h":2,"last2":[2,1],"found":true,"event_time":1700000001000,)"
+                    R"("computed_at":1700000001000})");
   // A JSON Lines spine: its members go through with their types.
   write("spine.jsonl", R"({"key":"a","timestamp":1700000001000,"label":[1,2],"w":0.5})"
                        "\n");
   ASSERT_EQ(backfill(path("ev.csv"), "spine.jsonl", "out2.jsonl").code, 0);
-  EXPECT_TRUE(lines_of(read("out2.jsonl")).at(0).starts_with(R"({"key":"a","timestamp":1700000001000,"label":[1,2],"w":0.5,)"))
+  EXPECT_TRUE(
+      lines_of(read("out2.jsonl")).at(0).starts_with(R"({"key":"a","timestamp":1700000001000,"label":[1,2],"w":0.5,)"))
       << read("out2.jsonl");
 }
 
@@ -261,9 +259,9 @@ TEST_F(Backfill, PeakMemoryFollowsTheKeysNotTheNumberOfEvents) {
   generate("large.csv", 1'000'000);
   write("spine.csv", "key,timestamp\nuser1,1700000050000\nuser2,1700003600000\n");
   auto args = [&](const std::string& events) {
-    return std::vector<std::string>{LARDER_BACKFILL_PATH, "--config", path("larder.yaml"), "--events", path(events),
-                                    "--spine", path("spine.csv"), "--out", path("out.csv"), "--scratch-dir",
-                                    dir_.string(), "--quiet"};
+    return std::vector<std::string>{LARDER_BACKFILL_PATH, "--config",      path("larder.yaml"), "--events",
+                                    path(events),         "--spine",       path("spine.csv"),   "--out",
+                                    path("out.csv"),      "--scratch-dir", dir_.string(),       "--quiet"};
   };
   const long small = peak_rss_kib(args("small.csv"));
   const long large = peak_rss_kib(args("large.csv"));

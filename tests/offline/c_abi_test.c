@@ -10,12 +10,12 @@
 #include "larder/offline.h"
 
 static int failures = 0;
-#define CHECK(cond)                                             \
-  do {                                                          \
-    if (!(cond)) {                                              \
+#define CHECK(cond)                                                      \
+  do {                                                                   \
+    if (!(cond)) {                                                       \
       fprintf(stderr, "%s:%d: failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                               \
-    }                                                           \
+      ++failures;                                                        \
+    }                                                                    \
   } while (0)
 
 static const char* kConfig =
@@ -122,24 +122,62 @@ int main(int argc, char** argv) {
     uint32_t f;
 
     memset(cols, 0, sizeof cols);
-    cols[0].name = "amount"; cols[0].type = LARDER_OFFLINE_FLOAT64; cols[0].data = amount;
-    cols[1].name = "spend"; cols[1].type = LARDER_OFFLINE_FLOAT64; cols[1].data = spend; cols[1].present = spend_present;
-    cols[2].name = "visits"; cols[2].type = LARDER_OFFLINE_INT64; cols[2].data = visits;
-    cols[3].name = "premium"; cols[3].type = LARDER_OFFLINE_BOOL; cols[3].data = premium;
-    cols[4].name = "country"; cols[4].type = LARDER_OFFLINE_STRING; cols[4].data = country;
+    cols[0].name = "amount";
+    cols[0].type = LARDER_OFFLINE_FLOAT64;
+    cols[0].data = amount;
+    cols[1].name = "spend";
+    cols[1].type = LARDER_OFFLINE_FLOAT64;
+    cols[1].data = spend;
+    cols[1].present = spend_present;
+    cols[2].name = "visits";
+    cols[2].type = LARDER_OFFLINE_INT64;
+    cols[2].data = visits;
+    cols[3].name = "premium";
+    cols[3].type = LARDER_OFFLINE_BOOL;
+    cols[3].data = premium;
+    cols[4].name = "country";
+    cols[4].type = LARDER_OFFLINE_STRING;
+    cols[4].data = country;
     cols[4].offsets = country_offsets;
-    cols[5].name = "emb"; cols[5].type = LARDER_OFFLINE_FLOAT64_LIST; cols[5].dim = 2; cols[5].data = emb;
-    cols[6].name = "ratio"; cols[6].type = LARDER_OFFLINE_FLOAT64; cols[6].data = ratio;
-    cols[7].name = "bogus"; cols[7].type = LARDER_OFFLINE_FLOAT64; cols[7].data = bogus; cols[7].present = bogus_present;
+    cols[5].name = "emb";
+    cols[5].type = LARDER_OFFLINE_FLOAT64_LIST;
+    cols[5].dim = 2;
+    cols[5].data = emb;
+    cols[6].name = "ratio";
+    cols[6].type = LARDER_OFFLINE_FLOAT64;
+    cols[6].data = ratio;
+    cols[7].name = "bogus";
+    cols[7].type = LARDER_OFFLINE_FLOAT64;
+    cols[7].data = bogus;
+    cols[7].present = bogus_present;
     memset(sets, 0, sizeof sets);
-    sets[0].table = "users"; sets[0].n = 5; sets[0].keys = keys; sets[0].key_offsets = key_offsets;
-    sets[0].event_time_ms = event_time; sets[0].arrival_ms = arrival; sets[0].op = op;
-    sets[0].ids = ids; sets[0].id_offsets = id_offsets; sets[0].columns = cols; sets[0].column_count = 8;
+    sets[0].table = "users";
+    sets[0].n = 5;
+    sets[0].keys = keys;
+    sets[0].key_offsets = key_offsets;
+    sets[0].event_time_ms = event_time;
+    sets[0].arrival_ms = arrival;
+    sets[0].op = op;
+    sets[0].ids = ids;
+    sets[0].id_offsets = id_offsets;
+    sets[0].columns = cols;
+    sets[0].column_count = 8;
     memset(item_cols, 0, sizeof item_cols);
-    item_cols[0].name = "price"; item_cols[0].type = LARDER_OFFLINE_FLOAT64; item_cols[0].data = price;
-    sets[1].table = "items"; sets[1].n = 1; sets[1].keys = item_keys; sets[1].key_offsets = item_offsets;
-    sets[1].event_time_ms = item_time; sets[1].columns = item_cols; sets[1].column_count = 1;
-    spine.table = "users"; spine.n = 5; spine.keys = spine_keys; spine.key_offsets = spine_offsets; spine.at_ms = at;
+    item_cols[0].name = "price";
+    item_cols[0].type = LARDER_OFFLINE_FLOAT64;
+    item_cols[0].data = price;
+    sets[1].table = "items";
+    sets[1].n = 1;
+    sets[1].keys = item_keys;
+    sets[1].key_offsets = item_offsets;
+    sets[1].event_time_ms = item_time;
+    sets[1].columns = item_cols;
+    sets[1].column_count = 1;
+    spine.table = "users";
+    spine.n = 5;
+    spine.keys = spine_keys;
+    spine.key_offsets = spine_offsets;
+    spine.at_ms = at;
 
     CHECK(larder_offline_build(engine, sets, 2, &spine, &frame, err, sizeof err) == 0);
     if (frame == NULL) {
@@ -283,16 +321,32 @@ int main(int argc, char** argv) {
     uint32_t f;
 
     memset(cols, 0, sizeof cols);
-    cols[0].name = "amount_in"; cols[0].type = LARDER_OFFLINE_FLOAT64; cols[0].data = amount_in;
+    cols[0].name = "amount_in";
+    cols[0].type = LARDER_OFFLINE_FLOAT64;
+    cols[0].data = amount_in;
     cols[0].present = amount_present;
-    cols[1].name = "tier"; cols[1].type = LARDER_OFFLINE_STRING; cols[1].data = tier; cols[1].offsets = tier_offsets;
+    cols[1].name = "tier";
+    cols[1].type = LARDER_OFFLINE_STRING;
+    cols[1].data = tier;
+    cols[1].offsets = tier_offsets;
     cols[1].present = tier_present;
-    cols[2].name = "spend"; cols[2].type = LARDER_OFFLINE_FLOAT64; cols[2].data = spend;
+    cols[2].name = "spend";
+    cols[2].type = LARDER_OFFLINE_FLOAT64;
+    cols[2].data = spend;
     cols[2].present = spend_present;
     memset(&set, 0, sizeof set);
-    set.table = "n"; set.n = 4; set.keys = keys; set.key_offsets = key_offsets; set.event_time_ms = event_time;
-    set.columns = cols; set.column_count = 3;
-    spine.table = "n"; spine.n = 4; spine.keys = spine_keys; spine.key_offsets = spine_offsets; spine.at_ms = at;
+    set.table = "n";
+    set.n = 4;
+    set.keys = keys;
+    set.key_offsets = key_offsets;
+    set.event_time_ms = event_time;
+    set.columns = cols;
+    set.column_count = 3;
+    spine.table = "n";
+    spine.n = 4;
+    spine.keys = spine_keys;
+    spine.key_offsets = spine_offsets;
+    spine.at_ms = at;
 
     CHECK(larder_offline_build(engine, &set, 1, &spine, &frame, err, sizeof err) == 0);
     if (frame == NULL) {
@@ -312,7 +366,7 @@ int main(int argc, char** argv) {
     d = (const double*)larder_offline_frame_values(frame, f);
     CHECK(valid[0] == 1 && d[0] == 3);
     CHECK(valid[1] == 1 && d[1] == 7);
-    CHECK(valid[3] == 0); /* c did not send it */
+    CHECK(valid[3] == 0);               /* c did not send it */
     f = field_index(frame, "tier_idx"); /* ordinal: null is the null category's position */
     valid = larder_offline_frame_valid(frame, f);
     i64 = (const int64_t*)larder_offline_frame_values(frame, f);

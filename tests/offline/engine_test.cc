@@ -54,9 +54,8 @@ tables:
 class OfflineEngine : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("larder-offline-test-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir_ = std::filesystem::temp_directory_path() / ("larder-offline-test-" + std::to_string(::getpid()) + "-" +
+                                                     ::testing::UnitTest::GetInstance()->current_test_info()->name());
     std::filesystem::create_directories(dir_);
     config_ = (dir_ / "larder.yaml").string();
     std::ofstream(config_) << kConfig;
@@ -81,9 +80,7 @@ class OfflineEngine : public ::testing::Test {
     const auto r = replay_->apply_json(body, arrival);
     ASSERT_TRUE(r.ok) << r.detail;
   }
-  larder::ReadResult read_user(const std::string& key, int64_t at) {
-    return replay_->read(0, key, at, row_users_);
-  }
+  larder::ReadResult read_user(const std::string& key, int64_t at) { return replay_->read(0, key, at, row_users_); }
   double field(const char* name) {
     const larder::Field f = replay_->table(0).field(name);
     return row_users_.valid(f) ? row_users_.as_f64(f) : NAN;
@@ -123,10 +120,11 @@ TEST_F(OfflineEngine, LastWriteWinsByEventTimeAndAnOlderEventArrivingLaterIsStal
 
 TEST_F(OfflineEngine, ADeleteHidesTheRowAndAnOlderUpsertStaysDeleted) {
   user("u1", T0, 5);
-  ASSERT_TRUE(replay_->apply_json(R"({"table":"users","key":"u1","event_time":)" + std::to_string(T0 + 1000) +
-                                      R"(,"op":"delete"})",
-                                  -1)
-                  .ok);
+  ASSERT_TRUE(
+      replay_
+          ->apply_json(
+              R"({"table":"users","key":"u1","event_time":)" + std::to_string(T0 + 1000) + R"(,"op":"delete"})", -1)
+          .ok);
   EXPECT_FALSE(read_user("u1", T0 + 1000).found());
   user("u1", T0 + 500, 7, T0 + 2000);  // older than the delete
   EXPECT_FALSE(read_user("u1", T0 + 2000).found());
@@ -209,10 +207,10 @@ TEST_F(OfflineEngine, NoEventArrivingAfterTheReadInstantIsSeen) {
 
 TEST_F(OfflineEngine, ArrivalOrderIsRequired) {
   user("u1", T0 + 1000, 1);
-  EXPECT_THROW(replay_->apply_json(R"({"table":"users","key":"u1","event_time":)" + std::to_string(T0) +
-                                       R"(,"fields":{"amount":1}})",
-                                   T0 + 999),
-               std::invalid_argument);
+  EXPECT_THROW(
+      replay_->apply_json(
+          R"({"table":"users","key":"u1","event_time":)" + std::to_string(T0) + R"(,"fields":{"amount":1}})", T0 + 999),
+      std::invalid_argument);
   EXPECT_THROW(read_user("u1", T0 + 999), std::invalid_argument);
 }
 
@@ -249,10 +247,11 @@ databases:
   ASSERT_NO_THROW(engine = Engine::open(config, options));
   EXPECT_EQ(engine->table_index("users"), 0);
   std::unique_ptr<Replay> replay = engine->start();
-  ASSERT_TRUE(replay->apply_json(R"({"table":"users","key":"u1","event_time":)" + std::to_string(T0) +
-                                     R"(,"fields":{"spend":2.5}})",
-                                 T0)
-                  .ok);
+  ASSERT_TRUE(
+      replay
+          ->apply_json(
+              R"({"table":"users","key":"u1","event_time":)" + std::to_string(T0) + R"(,"fields":{"spend":2.5}})", T0)
+          .ok);
   larder::Row row = replay->table(0).make_row();
   ASSERT_TRUE(replay->read(0, "u1", T0, row).found());
   EXPECT_EQ(row.f64(replay->table(0).field("spend")), 2.5);
@@ -287,7 +286,7 @@ tables:
 
 // The variance and stddev outputs first (kRefreshSpreadFields), then the
 // others.
-const char* const kRefreshFields[] = {"var_5s",  "std_30s", "spend",   "sum_5s",    "n_5s", "max_30s",
+const char* const kRefreshFields[] = {"var_5s", "std_30s", "spend",   "sum_5s",    "n_5s", "max_30s",
                                       "min_2m", "mean_2m", "last_2m", "clicks_1m", "last4"};
 constexpr size_t kRefreshSpreadFields = 2;
 
@@ -303,8 +302,9 @@ constexpr size_t kRefreshSpreadFields = 2;
 // seed.
 TEST(OfflineRefresh, PerKeyRefreshReadsTheSameFrameAsAGlobalRefresh) {
   const char* env = std::getenv("LARDER_SEED");
-  const uint64_t seed = env != nullptr ? std::strtoull(env, nullptr, 10)
-                                       : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  const uint64_t seed = env != nullptr
+                            ? std::strtoull(env, nullptr, 10)
+                            : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
   std::printf("OfflineRefresh: seed %llu (replay with LARDER_SEED=%llu)\n", static_cast<unsigned long long>(seed),
               static_cast<unsigned long long>(seed));
   const std::filesystem::path dir =
@@ -352,8 +352,7 @@ TEST(OfflineRefresh, PerKeyRefreshReadsTheSameFrameAsAGlobalRefresh) {
           // The spread: to rounding (see above). move_window keeps an M2 by
           // subtraction only while what leaves is at most 1e6 times what
           // stays, so each step is exact to about 1e6 ulps (2e-10).
-          ASSERT_NEAR(row_a.f64(field), row_b.f64(field), 1e-9 * std::max(std::abs(row_b.f64(field)), 1.0))
-              << where();
+          ASSERT_NEAR(row_a.f64(field), row_b.f64(field), 1e-9 * std::max(std::abs(row_b.f64(field)), 1.0)) << where();
           spread_differs += row_a.f64(field) != row_b.f64(field);
         } else {
           ASSERT_EQ(std::bit_cast<uint64_t>(row_a.f64(field)), std::bit_cast<uint64_t>(row_b.f64(field)))

@@ -116,8 +116,8 @@ TEST_F(ConfigTest, FieldDefaultsAndConversionsForASchemaChange) {
   EXPECT_EQ(f[2].default_value, "NL");
   EXPECT_FALSE(f[2].convert_from.has_value());
   // Neither changes the layout: the fingerprint is the one without them.
-  const std::string plain = replace(replace(replace(v, ", convert_from: int64", ""), ", default: [0.5, -1]", ""),
-                                    ", default: NL", "");
+  const std::string plain =
+      replace(replace(replace(v, ", convert_from: int64", ""), ", default: [0.5, -1]", ""), ", default: NL", "");
   EXPECT_EQ(c.schema().fingerprint(), parse_config(plain).schema().fingerprint());
   expect_error(replace(v, "convert_from: int64", "convert_from: integer"), "tables[0].fields[0].convert_from",
                "unknown type \"integer\"");

@@ -13,8 +13,8 @@
 
 #include <cctype>
 #include <cmath>
-#include <limits>
 #include <cstdlib>
+#include <limits>
 #include <regex>
 #include <string>
 #include <vector>
@@ -349,8 +349,8 @@ TEST_F(DatabaseSourceTest, ReadyDoesNotWaitForRowsInsideTheSettleMargin) {
   // The log says what READY covered (written just after the state).
   EXPECT_TRUE(wait_until([&] { return sidecar_->log_count("server's clock minus settle, 1000 ms") >= 1; }, 30s))
       << sidecar_->log_tail();
-  db_->query(fmt::format("UPDATE {} SET updated_at = clock_timestamp() - interval '2 seconds' WHERE k = 'ahead'",
-                         table_));
+  db_->query(
+      fmt::format("UPDATE {} SET updated_at = clock_timestamp() - interval '2 seconds' WHERE k = 'ahead'", table_));
   ASSERT_TRUE(wait_equal());
   EXPECT_TRUE(ready()) << "READY is kept while it reads on";
   EXPECT_EQ(sidecar_->stop(), 0);
@@ -476,7 +476,9 @@ TEST(PostgresDriverTest, BinaryCellsOfEveryReadType) {
   EXPECT_EQ(cell(0, 8).s, "héllo");
   EXPECT_EQ(cell(0, 9).s, "v");
   EXPECT_EQ(cell(0, 10).s, "c");
-  EXPECT_EQ(cell(0, 11).s, std::string_view("\0\xff" "A", 3));
+  EXPECT_EQ(cell(0, 11).s, std::string_view("\0\xff"
+                                            "A",
+                                            3));
   EXPECT_EQ(cell(0, 12).s, R"({"a": 1})");
   EXPECT_EQ(cell(0, 13).i, -62135596800LL * 1'000'000);
   EXPECT_EQ(cell(0, 14).i, -1);

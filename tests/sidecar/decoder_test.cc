@@ -1066,8 +1066,8 @@ TEST(DecoderFittedTransforms, BuilderVectorIsTheJsonArray) {
       w.b->end_update();
     };
     DecodedBatch json, built;
-    ASSERT_TRUE(d.decode(R"({"table":"t","key":"k","event_time":1000,"fields":{"emb":[3, 0.25, 5.5]}})", json, 1000)
-                    .ok);
+    ASSERT_TRUE(
+        d.decode(R"({"table":"t","key":"k","event_time":1000,"fields":{"emb":[3, 0.25, 5.5]}})", json, 1000).ok);
     ASSERT_EQ(vectors(json).size(), with_raw ? 2u : 1u);
     EXPECT_EQ(vectors(json)[0].second, (std::vector<float>{2, 1.875f}));
     for (const bool as_floats : {false, true}) {

@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include <csignal>
-
 #include <string>
 
 #include "apply/writer_thread.h"
@@ -133,9 +132,8 @@ TEST(UpdateBuilderAppend, ARefusedRecordRemovesOnlyItself) {
   ASSERT_EQ(builder.inputs(0).at(0).name, "i");
   ASSERT_EQ(builder.inputs(0).at(1).name, "s");
   DecodedBatch batch;
-  const Record records[] = {{&builder, "a", 1, "first"},
-                            {&builder, "b", -1, "refused-row"},
-                            {&builder, "c", 3, "third"}};
+  const Record records[] = {
+      {&builder, "a", 1, "first"}, {&builder, "b", -1, "refused-row"}, {&builder, "c", 3, "third"}};
   std::vector<bool> ok;
   for (const Record& r : records) {
     const DecodeResult d = builder.append(batch, 1000, RejectReason::kWrongType, &walk_record, const_cast<Record*>(&r));

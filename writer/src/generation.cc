@@ -105,7 +105,9 @@ bool convert_field(const FieldCopy& c, const unsigned char* from, unsigned char*
       writer::encode_field(to_row, c.to,
                            FieldValue::float64(field, c.from_type == F::kInt64 ? static_cast<double>(i) : double{f}));
       return true;
-    case F::kFloat32: writer::encode_field(to_row, c.to, FieldValue::float32(field, static_cast<float>(d))); return true;
+    case F::kFloat32:
+      writer::encode_field(to_row, c.to, FieldValue::float32(field, static_cast<float>(d)));
+      return true;
     case F::kInt64:
       if (c.from_type == F::kFloat64) {
         // Nearest, halves away from zero; 2^63 itself is out of range.
@@ -146,8 +148,7 @@ std::string parse_default(const FieldSpec& spec, const FieldDescriptor& fd, Fiel
       return "";
     }
     case FieldType::kFloat64:
-    case FieldType::kFloat32:
-      return number(text, &out->f64) ? "" : "\"" + text + "\" is not a number";
+    case FieldType::kFloat32: return number(text, &out->f64) ? "" : "\"" + text + "\" is not a number";
     case FieldType::kBool:
       if (text == "true" || text == "false") {
         out->i64 = text == "true" ? 1 : 0;
@@ -239,9 +240,9 @@ bool same_windows(const AggregatePlan::Group& a, const AggregatePlan::Group& b) 
 // Whether a group of N keeps its buckets exactly as `n` of N+1 would: then
 // its state is carried word for word.
 bool same_group(const AggregatePlan::Group& o, const AggregatePlan::Group& n) {
-  return o.ring_buckets == n.ring_buckets && o.inline_buckets == n.inline_buckets &&
-         o.bucket_words == n.bucket_words && o.stats() == n.stats() && o.last == n.last &&
-         o.distinct == n.distinct && o.slice_buckets == n.slice_buckets && same_windows(o, n);
+  return o.ring_buckets == n.ring_buckets && o.inline_buckets == n.inline_buckets && o.bucket_words == n.bucket_words &&
+         o.stats() == n.stats() && o.last == n.last && o.distinct == n.distinct && o.slice_buckets == n.slice_buckets &&
+         same_windows(o, n);
 }
 
 // An aggregate's output as N computes it is the one N+1 would: same
@@ -289,8 +290,8 @@ struct Writer::Impl::Switch {
 
   // What a row's aggregate state carries from table `ot` of N (its state
   // `from`) to `nt` of N+1 (into st): "" or why it cannot.
-  static std::string plan_aggregate_carry(const TableSpec& ot, const TableSpec& nt,
-                                          const writer::AggregateTable& from, Table& st);
+  static std::string plan_aggregate_carry(const TableSpec& ot, const TableSpec& nt, const writer::AggregateTable& from,
+                                          Table& st);
 
   std::vector<int> to_of;          // each table of N: its table in N+1, -1 when dropped
   std::vector<uint64_t> cursor;    // each table of N: its slots below this are copied
@@ -344,7 +345,8 @@ std::string Writer::Impl::Switch::plan_aggregate_carry(const TableSpec& ot, cons
     }
     st.state_copies.push_back({og->ring_offset, ng.ring_offset, ng.inline_buckets * ng.bucket_words});
     if (ng.distinct) st.state_copies.push_back({og->distinct_offset, ng.distinct_offset, kDistinctAreaWords});
-    if (ng.sparse()) st.chunk_copies.push_back({og->offset + kGroupChunkWord, ng.offset + kGroupChunkWord, ng.chunk_words()});
+    if (ng.sparse())
+      st.chunk_copies.push_back({og->offset + kGroupChunkWord, ng.offset + kGroupChunkWord, ng.chunk_words()});
   }
   for (const AggregatePlan::EventStore& ne : np.event_stores) {
     for (const AggregatePlan::EventStore& oe : op.event_stores) {
@@ -423,8 +425,8 @@ void Writer::Impl::start_switch(const Schema& next) {
           if (of.name != nf.name) continue;
           if (of.type != nf.type) {
             if (nf.convert_from && *nf.convert_from == of.type && convertible(of.type, nf.type)) continue;
-            std::string why = fw + " is " + field_type_name(of.type) + " now and " + field_type_name(nf.type) +
-                              " in the new schema";
+            std::string why =
+                fw + " is " + field_type_name(of.type) + " now and " + field_type_name(nf.type) + " in the new schema";
             if (nf.convert_from && *nf.convert_from != of.type) {
               why += ", and it declares convert_from: " + std::string(field_type_name(*nf.convert_from));
             } else if (nf.convert_from) {
@@ -433,9 +435,10 @@ void Writer::Impl::start_switch(const Schema& next) {
               why += ", with no convert_from";
             }
             refuse(ErrorCode::kSchemaMismatch,
-                   why + ": a switch converts int64 <-> float64, float32 <-> float64, int64 -> string and "
-                         "bool -> int64 when the field declares convert_from; otherwise add the field under a new "
-                         "name and drop the old one");
+                   why +
+                       ": a switch converts int64 <-> float64, float32 <-> float64, int64 -> string and "
+                       "bool -> int64 when the field declares convert_from; otherwise add the field under a new "
+                       "name and drop the old one");
           }
           const bool same_size = of.type == FieldType::kString ? nf.count >= of.count : nf.count == of.count;
           if (!same_size) {
@@ -493,8 +496,10 @@ void Writer::Impl::start_switch(const Schema& next) {
       st.fresh_block.assign(st.agg.plan.stride_words, 0);
       for (const AggregatePlan::Group& g : st.agg.plan.groups) {  // as reset_block leaves a block
         for (const AggregatePlan::Window& win : g.windows) {
-          st.fresh_block[win.offset + kWindowMinWord] = std::bit_cast<uint64_t>(std::numeric_limits<double>::infinity());
-          st.fresh_block[win.offset + kWindowMaxWord] = std::bit_cast<uint64_t>(-std::numeric_limits<double>::infinity());
+          st.fresh_block[win.offset + kWindowMinWord] =
+              std::bit_cast<uint64_t>(std::numeric_limits<double>::infinity());
+          st.fresh_block[win.offset + kWindowMaxWord] =
+              std::bit_cast<uint64_t>(-std::numeric_limits<double>::infinity());
         }
       }
       sw->held_chunks.resize(std::max(sw->held_chunks.size(), st.chunk_copies.size()));
@@ -519,8 +524,8 @@ void Writer::Impl::start_switch(const Schema& next) {
       if (carried || f >= spec.fields.size() || !spec.fields[f].default_value) continue;
       FieldDefault d;
       if (const std::string why = parse_default(spec.fields[f], to, &d); !why.empty()) {
-        w.switch_record.last_error =
-            seg + ": generation switch refused: field \"" + spec.name + "." + spec.fields[f].name + "\" default: " + why;
+        w.switch_record.last_error = seg + ": generation switch refused: field \"" + spec.name + "." +
+                                     spec.fields[f].name + "\" default: " + why;
         throw Error(ErrorCode::kInvalidArgument, w.switch_record.last_error);  // sw's deleter removes the file
       }
       st.defaults.push_back(std::move(d));
@@ -741,8 +746,9 @@ bool Writer::Impl::copy_to_next(uint32_t table, uint64_t slot) {
       } else {
         const writer::OutputValue v = writer::output(to.agg, block, o, clock_ms);
         writer::encode_field(to_row, fd,
-                             static_cast<FieldType>(fd.type) == FieldType::kInt64 ? FieldValue::int64(out.field, v.i64)
-                                                                                  : FieldValue::float64(out.field, v.f64));
+                             static_cast<FieldType>(fd.type) == FieldType::kInt64
+                                 ? FieldValue::int64(out.field, v.i64)
+                                 : FieldValue::float64(out.field, v.f64));
         valid = v.valid;
       }
       writer::set_valid(img + kSlotHeaderWords, fd.index, valid);
@@ -796,10 +802,11 @@ bool Writer::Impl::carry_state(uint32_t table, uint64_t slot, uint64_t at, bool 
         chunk = ++to.fresh_chunks;
         ++to.used_chunks;
       } else {
-        fail_switch("table \"" + std::string(fixed_name(to.desc->name)) + "\" of the next generation has no free "
-                    "aggregate arena chunk (arena_chunks " + std::to_string(to.agg.chunk_count) +
-                    "): give it at least the " + std::to_string(tables[table].desc->arena_chunks) +
-                    " of the current generation");
+        fail_switch("table \"" + std::string(fixed_name(to.desc->name)) +
+                    "\" of the next generation has no free "
+                    "aggregate arena chunk (arena_chunks " +
+                    std::to_string(to.agg.chunk_count) + "): give it at least the " +
+                    std::to_string(tables[table].desc->arena_chunks) + " of the current generation");
         return false;
       }
       to.peak_chunks = std::max(to.peak_chunks, to.used_chunks);

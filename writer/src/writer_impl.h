@@ -199,7 +199,7 @@ struct Writer::Impl {
   };
   std::unique_ptr<Switch, SwitchDeleter> next_gen;
   SwitchProgress switch_record;
-  int64_t grow_retry_mono_ns = 0;  // automatic growth refused: not tried again before this
+  int64_t grow_retry_mono_ns = 0;    // automatic growth refused: not tried again before this
   int64_t grow_request_mono_ns = 0;  // the grow request file is not looked for again before this
 
   ~Impl();

@@ -25,14 +25,18 @@ typedef struct larder_offline larder_offline;
 typedef struct larder_offline_frame larder_offline_frame;
 
 /* Column types of event inputs. */
-enum { LARDER_OFFLINE_INT64 = 1, LARDER_OFFLINE_FLOAT64 = 2, LARDER_OFFLINE_BOOL = 3, /* uint8 0/1 */
-       LARDER_OFFLINE_STRING = 4,  /* data: bytes, offsets: n+1 int64 offsets into data */
-       LARDER_OFFLINE_FLOAT64_LIST = 5 /* data: n*dim doubles, row-major */ };
+enum {
+  LARDER_OFFLINE_INT64 = 1,
+  LARDER_OFFLINE_FLOAT64 = 2,
+  LARDER_OFFLINE_BOOL = 3,        /* uint8 0/1 */
+  LARDER_OFFLINE_STRING = 4,      /* data: bytes, offsets: n+1 int64 offsets into data */
+  LARDER_OFFLINE_FLOAT64_LIST = 5 /* data: n*dim doubles, row-major */
+};
 
 typedef struct larder_offline_column {
-  const char* name;       /* the input's name, as a message of format v1 would send it */
-  int32_t type;           /* LARDER_OFFLINE_* */
-  uint32_t dim;           /* FLOAT64_LIST only */
+  const char* name; /* the input's name, as a message of format v1 would send it */
+  int32_t type;     /* LARDER_OFFLINE_* */
+  uint32_t dim;     /* FLOAT64_LIST only */
   const void* data;
   const int64_t* offsets; /* STRING only */
   /* Per event: 0 the event does not send the input (a member left out); 1 it sends the value in data;
@@ -48,19 +52,23 @@ typedef struct larder_offline_column {
 typedef struct larder_offline_events {
   const char* table;
   size_t n;
-  const char* keys; const int64_t* key_offsets;  /* n+1 offsets */
+  const char* keys;
+  const int64_t* key_offsets; /* n+1 offsets */
   const int64_t* event_time_ms;
-  const int64_t* arrival_ms;                      /* NULL: arrival = event time */
-  const uint8_t* op;                              /* NULL: all upserts; 0 upsert, 1 delete */
-  const char* ids; const int64_t* id_offsets;     /* NULL: no event ids (no dedup) */
-  const larder_offline_column* columns; size_t column_count;
+  const int64_t* arrival_ms; /* NULL: arrival = event time */
+  const uint8_t* op;         /* NULL: all upserts; 0 upsert, 1 delete */
+  const char* ids;
+  const int64_t* id_offsets; /* NULL: no event ids (no dedup) */
+  const larder_offline_column* columns;
+  size_t column_count;
 } larder_offline_events;
 
 /* The spine of one table: (key, at_ms) rows; label columns stay on the Python side. */
 typedef struct larder_offline_spine {
   const char* table;
   size_t n;
-  const char* keys; const int64_t* key_offsets;  /* n+1 offsets */
+  const char* keys;
+  const int64_t* key_offsets; /* n+1 offsets */
   const int64_t* at_ms;
 } larder_offline_spine;
 
@@ -69,8 +77,8 @@ typedef struct larder_offline_spine {
  * transforms and aggregates matter (its sources, rabbitmq, kafka and databases, are not read, so
  * neither their settings nor their secrets need be valid here). partition/partitions: 0/1 for every key;
  * else only keys whose table key hash falls in partition i of n (the same split as larder-backfill). */
-int larder_offline_open(const char* config_path, uint32_t partition, uint32_t partitions,
-                        larder_offline** out, char* err, size_t err_len);
+int larder_offline_open(const char* config_path, uint32_t partition, uint32_t partitions, larder_offline** out,
+                        char* err, size_t err_len);
 void larder_offline_close(larder_offline* engine);
 
 /* Builds one frame: replays `events` (any number of tables, each array sorted or not: the engine orders
@@ -78,20 +86,20 @@ void larder_offline_close(larder_offline* engine);
  * decoder rules (bad key, unknown input, wrong type...) are counted, not applied, as the sidecar
  * dead-letters them: larder_offline_frame_rejected(). */
 int larder_offline_build(larder_offline* engine, const larder_offline_events* events, size_t event_sets,
-                         const larder_offline_spine* spine, larder_offline_frame** out, char* err,
-                         size_t err_len);
+                         const larder_offline_spine* spine, larder_offline_frame** out, char* err, size_t err_len);
 
 size_t larder_offline_frame_rows(const larder_offline_frame* f);
 uint64_t larder_offline_frame_rejected(const larder_offline_frame* f);
 /* Per spine row: 0 not found (never written or deleted), 1 found. */
 const uint8_t* larder_offline_frame_found(const larder_offline_frame* f);
-const int64_t* larder_offline_frame_event_time_ms(const larder_offline_frame* f); /* 0 when not found */
+const int64_t* larder_offline_frame_event_time_ms(const larder_offline_frame* f);  /* 0 when not found */
 const int64_t* larder_offline_frame_computed_at_ms(const larder_offline_frame* f); /* as ReadResult::computed_at_ms */
 /* Fields of the spine's table, in schema order (the segment's field names and types). */
 uint32_t larder_offline_frame_field_count(const larder_offline_frame* f);
 const char* larder_offline_frame_field_name(const larder_offline_frame* f, uint32_t field);
 int32_t larder_offline_frame_field_type(const larder_offline_frame* f, uint32_t field); /* layout FieldType value */
-uint32_t larder_offline_frame_field_dim(const larder_offline_frame* f, uint32_t field);  /* vector dims, string max bytes, else 1 */
+uint32_t larder_offline_frame_field_dim(const larder_offline_frame* f,
+                                        uint32_t field); /* vector dims, string max bytes, else 1 */
 /* rows x dim values of the field's own type (int64, double, float, uint8 bool, float vectors row-major);
  * strings: larder_offline_frame_string_offsets (rows+1 int64) into these bytes. */
 const void* larder_offline_frame_values(const larder_offline_frame* f, uint32_t field);

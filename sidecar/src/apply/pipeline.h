@@ -102,7 +102,7 @@ struct Completion {
   uint32_t refused_update = 0;                    // when kRejected: the first refused update of `batch`
   DecodedBatch batch;
   std::vector<uint64_t> update_next_offsets;  // the WorkItem's, handed back for reuse
-  int64_t applied_mono_ns = 0;  // CLOCK_MONOTONIC: the writer finished it
+  int64_t applied_mono_ns = 0;                // CLOCK_MONOTONIC: the writer finished it
 };
 
 // What a source reports beside its lane's states: the HTTP thread asks it

@@ -237,8 +237,7 @@ std::string parse_group(const MapNode& m) {
 }
 
 void parse_field(const YAML::Node& fnode, const std::string& fpath, TableConfig& t, TableNames& names) {
-  MapNode f(fnode, fpath,
-            {"name", "type", "dims", "max_len", "from", "transform", "group", "default", "convert_from"});
+  MapNode f(fnode, fpath, {"name", "type", "dims", "max_len", "from", "transform", "group", "default", "convert_from"});
   layout::FieldSpec spec;
   spec.name = f.str("name");
   if (!layout::valid_identifier(spec.name)) {

@@ -323,9 +323,10 @@ bool SqlSource::poll_all() {
       wait_window(0);  // caught up means applied, not only handed over
       set_sync(layout::SyncState::kReady);
       set_status("");
-      spdlog::info("sync: READY: {}: every polled table is caught up and applied (timestamp cursors up to the "
-                   "server's clock minus settle, {} ms)",
-                   name(), db_.settle_ms);
+      spdlog::info(
+          "sync: READY: {}: every polled table is caught up and applied (timestamp cursors up to the "
+          "server's clock minus settle, {} ms)",
+          name(), db_.settle_ms);
     }
   }
   return true;
@@ -533,8 +534,8 @@ void SqlSource::process_completions() {
                                        ? std::string("a table is full (raise its capacity)")
                                        : std::string("the writer refused it");
         // The refused update's own row, when the item says which.
-        const uint64_t next = c.refused_update < c.update_next_offsets.size() ? c.update_next_offsets[c.refused_update]
-                                                                              : c.offset + 1;
+        const uint64_t next =
+            c.refused_update < c.update_next_offsets.size() ? c.update_next_offsets[c.refused_update] : c.offset + 1;
         note_reject(c.reason, fmt::format("{} cursor={}", polled_[index]->config->table, sql::decode_cursor(next)),
                     detail);
       }

@@ -1587,7 +1587,8 @@ void UpdateBuilder::vector_begin(uint32_t input) {
   s.vector_begin = s.out->floats_.size();
   s.vector_count = 0;
   s.vector_plain = s.vector_projected = false;
-  for (const Impl::FieldTarget& target : in.fields) (target.chain != nullptr ? s.vector_projected : s.vector_plain) = true;
+  for (const Impl::FieldTarget& target : in.fields)
+    (target.chain != nullptr ? s.vector_projected : s.vector_plain) = true;
 }
 
 namespace {

@@ -60,8 +60,8 @@ constexpr Oid kBoolOid = 16, kInt8Oid = 20, kInt2Oid = 21, kInt4Oid = 23, kOidOi
 // Binary timestamps count microseconds from 2000-01-01 00:00:00 UTC; the
 // driver's cells from 1970 (driver.h), years 1-9999 as the text parser.
 constexpr int64_t kUnixUsAt2000 = 946'684'800LL * 1'000'000;
-constexpr int64_t kFirstUs2000 = -62'135'596'800LL * 1'000'000 - kUnixUsAt2000;     // 0001-01-01 00:00:00
-constexpr int64_t kLastUs2000 = 253'402'300'799'999'999LL - kUnixUsAt2000;  // 9999-12-31 23:59:59.999999
+constexpr int64_t kFirstUs2000 = -62'135'596'800LL * 1'000'000 - kUnixUsAt2000;  // 0001-01-01 00:00:00
+constexpr int64_t kLastUs2000 = 253'402'300'799'999'999LL - kUnixUsAt2000;       // 9999-12-31 23:59:59.999999
 
 ColumnInfo column_info(const PGresult* r, int c) {
   ColumnInfo info;
