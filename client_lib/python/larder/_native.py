@@ -1,6 +1,6 @@
 """Loads liblarder.so and declares the C ABI (larder/larder.h) for ctypes.
 
-Search order for the library:
+Search order for the library (_libsearch.py):
   1. $LARDER_LIBRARY (a path to the .so);
   2. the package directory (a copy bundled by ``pip install``);
   3. the build tree: $LARDER_BUILD_DIR/client_lib, then <repo>/build/client_lib
@@ -10,12 +10,13 @@ Search order for the library:
 """
 
 import ctypes
-import os
 from ctypes import (POINTER, c_char_p, c_double, c_float, c_int, c_int32, c_int64, c_size_t, c_uint32,
                     c_void_p)
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(_HERE)))  # client_lib/python/larder -> repo
+from . import _libsearch
+
+_NAME = "liblarder.so"
+_ENV = "LARDER_LIBRARY"
 
 
 class ReadResult(ctypes.Structure):
@@ -92,38 +93,10 @@ POSITION_HAS_FIRST_RETAINED = 4
 
 def candidates():
     """Paths tried in order; the last entries are names for the system loader."""
-    paths = []
-    env = os.environ.get("LARDER_LIBRARY")
-    if env:
-        paths.append(env)
-    paths.append(os.path.join(_HERE, "liblarder.so"))
-    build = os.environ.get("LARDER_BUILD_DIR")
-    if build:
-        paths.append(os.path.join(build, "client_lib", "liblarder.so"))
-    paths.append(os.path.join(_REPO, "build", "client_lib", "liblarder.so"))
-    return paths, ["liblarder.so", "liblarder.so.0"]
+    return _libsearch.candidates(_NAME, _ENV, "client_lib")
 
 
-def _load():
-    paths, names = candidates()
-    env = os.environ.get("LARDER_LIBRARY")
-    if env and not os.path.exists(env):
-        raise OSError("LARDER_LIBRARY=%s does not exist" % env)
-    for p in paths:
-        if os.path.exists(p):
-            return p
-    for name in names:
-        try:
-            ctypes.CDLL(name)
-            return name
-        except OSError:
-            pass
-    raise OSError("liblarder.so not found; tried %s and the system loader. Build it with "
-                  "`cmake --build build --target larder_client_shared` or set LARDER_LIBRARY"
-                  % ", ".join(paths))
-
-
-path = _load()
+path = _libsearch.find(_NAME, _ENV, "client_lib", "larder_client_shared")
 # Two handles on the same library: batch reads and opens release the GIL
 # (CDLL); the single-key read keeps it (PyDLL), since it takes well under a
 # microsecond and releasing and retaking the GIL would cost more than the read.

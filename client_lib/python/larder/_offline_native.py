@@ -2,7 +2,7 @@
 ctypes. The offline engine is a library of its own: a reader process needs
 only liblarder.so, and importing larder does not load this one.
 
-Search order for the library (as _native.py for liblarder.so):
+Search order for the library (_libsearch.py, as for liblarder.so):
   1. $LARDER_OFFLINE_LIBRARY (a path to the .so);
   2. the package directory (a copy bundled by ``pip install``);
   3. the build tree: $LARDER_BUILD_DIR/offline, then <repo>/build/offline
@@ -11,12 +11,12 @@ Search order for the library (as _native.py for liblarder.so):
 """
 
 import ctypes
-import os
 from ctypes import POINTER, c_char_p, c_int, c_int32, c_size_t, c_uint32, c_uint64, c_void_p
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(_HERE)))  # client_lib/python/larder -> repo
+from . import _libsearch
+
 _NAME = "liblarder_offline.so"
+_ENV = "LARDER_OFFLINE_LIBRARY"
 
 # Column types of event inputs (LARDER_OFFLINE_*).
 INT64 = 1
@@ -49,38 +49,10 @@ class Spine(ctypes.Structure):
 
 def candidates():
     """Paths tried in order; the last entries are names for the system loader."""
-    paths = []
-    env = os.environ.get("LARDER_OFFLINE_LIBRARY")
-    if env:
-        paths.append(env)
-    paths.append(os.path.join(_HERE, _NAME))
-    build = os.environ.get("LARDER_BUILD_DIR")
-    if build:
-        paths.append(os.path.join(build, "offline", _NAME))
-    paths.append(os.path.join(_REPO, "build", "offline", _NAME))
-    return paths, [_NAME, _NAME + ".0"]
+    return _libsearch.candidates(_NAME, _ENV, "offline")
 
 
-def _load():
-    paths, names = candidates()
-    env = os.environ.get("LARDER_OFFLINE_LIBRARY")
-    if env and not os.path.exists(env):
-        raise OSError("LARDER_OFFLINE_LIBRARY=%s does not exist" % env)
-    for p in paths:
-        if os.path.exists(p):
-            return p
-    for name in names:
-        try:
-            ctypes.CDLL(name)
-            return name
-        except OSError:
-            pass
-    raise OSError("%s not found; tried %s and the system loader. Build it with "
-                  "`cmake --build build --target larder_offline_shared` or set LARDER_OFFLINE_LIBRARY"
-                  % (_NAME, ", ".join(paths)))
-
-
-path = _load()
+path = _libsearch.find(_NAME, _ENV, "offline", "larder_offline_shared")
 # CDLL: every call releases the GIL; a build runs for as long as its events.
 lib = ctypes.CDLL(path)
 

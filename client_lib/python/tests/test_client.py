@@ -291,6 +291,21 @@ def test_library_search_order(monkeypatch):
     assert os.path.exists(larder.library_path())
 
 
+def test_offline_library_search_order(monkeypatch):
+    # The same search as liblarder.so's (_libsearch.py), with its own name,
+    # variable and build directory.
+    from larder import _libsearch, _offline_native
+    monkeypatch.setenv("LARDER_OFFLINE_LIBRARY", "/nonexistent/liblarder_offline.so")
+    monkeypatch.setenv("LARDER_BUILD_DIR", "/build-dir")
+    paths, names = _offline_native.candidates()
+    assert paths[0] == "/nonexistent/liblarder_offline.so"
+    assert paths[1].endswith(os.path.join("larder", "liblarder_offline.so"))
+    assert paths[2] == "/build-dir/offline/liblarder_offline.so"
+    assert names == ["liblarder_offline.so", "liblarder_offline.so.0"]
+    with pytest.raises(OSError, match="LARDER_OFFLINE_LIBRARY=/nonexistent/liblarder_offline.so does not exist"):
+        _libsearch.find("liblarder_offline.so", "LARDER_OFFLINE_LIBRARY", "offline", "larder_offline_shared")
+
+
 def test_open_options_and_stats(demo):
     seg = larder.open("demo", demo)
     info = seg.info()
