@@ -14,21 +14,10 @@ feature equals the offline one, 1 otherwise. CTest runs it
 (examples.sklearn_pipeline).
 """
 
-# %% Setup: paths, the package from this checkout
-import os
-import shutil
-import signal
-import subprocess
+# %% Setup: paths, the package from this checkout, a broker and a sidecar
 import sys
-import tempfile
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-BUILD = os.environ.get("LARDER_BUILD_DIR", os.path.join(REPO, "build"))
-SIDECAR = os.environ.get("LARDER_SIDECAR_BINARY", os.path.join(BUILD, "sidecar", "larder-sidecar"))
-os.environ.setdefault("LARDER_BUILD_DIR", BUILD)
-sys.path.insert(0, os.path.join(REPO, "client_lib", "python"))
+import example_serving  # first: it puts the larder package of this checkout on sys.path
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -76,76 +65,19 @@ table_yaml = plan.to_yaml(table="cards", capacity=10_000, key_max_len=16)
 print(table_yaml)
 
 # %% 4. A broker (the test suite's, or a throwaway one) and a sidecar on that config
-work = tempfile.mkdtemp(prefix="larder-sklearn-example-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-os.chmod(work, 0o755)
-started_broker = None
-sidecar = None
-
-
-def cleanup():
-    if sidecar is not None and sidecar.poll() is None:
-        sidecar.send_signal(signal.SIGTERM)
-        try:
-            sidecar.wait(30)
-        except subprocess.TimeoutExpired:
-            sidecar.kill()
-            sidecar.wait()
-    if started_broker is not None:
-        subprocess.run(["bash", os.path.join(REPO, "scripts", "broker.sh"), "stop", "--dir", started_broker],
-                       check=False)
-        shutil.rmtree(started_broker, ignore_errors=True)
-    shutil.rmtree(work, ignore_errors=True)
-
-
-def wait_for(pred, timeout_s, what):
-    """Polls pred; the timeout only bounds a failure."""
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError("timed out waiting for " + what)
-        time.sleep(0.05)
+serving = example_serving.Serving("sklearn", port=5695)
 
 
 def main():
-    global started_broker, sidecar
-    url = os.environ.get("LARDER_TEST_AMQP_URL")
-    password = os.environ.get("LARDER_TEST_AMQP_PASSWORD", "guest")
-    if not url:
-        started_broker = tempfile.mkdtemp(prefix="larder-sklearn-broker-")
-        subprocess.run(["bash", os.path.join(REPO, "scripts", "broker.sh"), "start", "--dir", started_broker,
-                        "--node", "larder_sklearn_example", "--port", "5695", "--tls-port", "5694",
-                        "--dist-port", "25695"], check=True)
-        url = "amqp://guest@127.0.0.1:5695"
-    name = "sklearn-example-%d" % os.getpid()
-    config = os.path.join(work, "sidecar.yaml")
-    with open(config, "w") as f:
-        f.write("segment:\n  name: %s\n  dir: %s\ntables:\n%s\nrabbitmq:\n  url: %s\n"
-                "  password_env: LARDER_EXAMPLE_PASSWORD\n  queue: {name: %s, type: quorum}\n"
-                "  bindings: [{exchange: %s, type: topic, routing_keys: [\"#\"]}]\nmetrics: {listen: \"\"}\n"
-                % (name, work, table_yaml, url, name, name))
-    os.environ["LARDER_EXAMPLE_PASSWORD"] = password
-    log = open(os.path.join(work, "sidecar.log"), "w+")
-    sidecar = subprocess.Popen([SIDECAR, "--config", config], stdout=log, stderr=subprocess.STDOUT)
-
-    def connected():
-        if sidecar.poll() is not None:
-            log.seek(0)
-            raise RuntimeError("larder-sidecar exited:\n" + log.read()[-3000:])
-        try:
-            return larder.open(name, work).info()["connection"] == larder.ConnectionState.CONNECTED
-        except larder.NotFoundError:
-            return False
-
-    wait_for(connected, 60, "the sidecar to connect")
-    cards = larder.open(name, work).table("cards")
+    cards = serving.start(table_yaml).table("cards")
 
     # %% 5. Serving traffic: new transactions, one country never seen in training
     live = transactions(2_000, countries=("US", "DE", "FR", "BR", "JP"))
     live["card"] = ["card%05d" % i for i in range(len(live))]
     report = larder.publish(live, table="cards", key="card", event_time=larder.now_unix_ms() - 1000,
-                            config=config, exchange=name)
+                            config=serving.config, exchange=serving.name)
     assert report.ok, report
-    wait_for(lambda: cards.stats()["upserts"] >= len(live), 120, "the sidecar to apply the events")
+    example_serving.wait_for(lambda: cards.stats()["upserts"] >= len(live), 120, "the sidecar to apply the events")
 
     # %% 6. Served vs offline: the same features, so the same scores
     served = plan.features(cards, live["card"].tolist())
@@ -165,5 +97,5 @@ if __name__ == "__main__":
     try:
         rc = main()
     finally:
-        cleanup()
+        serving.close()
     sys.exit(rc)

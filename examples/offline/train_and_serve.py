@@ -26,19 +26,12 @@ features equal their offline twins. CTest runs it (examples.offline).
 
 # %% Setup: paths, the package from this checkout
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-BUILD = os.environ.get("LARDER_BUILD_DIR", os.path.join(REPO, "build"))
-SIDECAR = os.environ.get("LARDER_SIDECAR_BINARY", os.path.join(BUILD, "sidecar", "larder-sidecar"))
-os.environ.setdefault("LARDER_BUILD_DIR", BUILD)
-sys.path.insert(0, os.path.join(REPO, "client_lib", "python"))
+sys.path.insert(0, os.path.dirname(HERE))  # examples/, for example_serving
+import example_serving  # noqa: E402  (before larder: it puts the larder package of this checkout on sys.path)
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -87,14 +80,14 @@ def matrix(frame):
     return frame[FEATURES].astype("float64").fillna(0.0).to_numpy()
 
 
-# %% Scratch space: the configs, the segment (removed at the end)
-config_dir = tempfile.mkdtemp(prefix="larder-offline-example-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-os.chmod(config_dir, 0o755)
+# %% Scratch space: the configs, the segment (removed at the end); then, for
+# serving, a broker (the test suite's, or a throwaway one) and a sidecar
+serving = example_serving.Serving("offline", port=5693)
 
 
 # %% 1-3. Training: a day of history, labels, build_frame, a model
 def train():
-    train_config = os.path.join(config_dir, "train.yaml")
+    train_config = os.path.join(serving.work, "train.yaml")
     with open(train_config, "w") as f:
         f.write("tables:\n%s" % TABLES)  # build_frame reads only the tables of a sidecar config
     day_start = larder.now_unix_ms() - 2 * 24 * 60 * MIN
@@ -110,68 +103,10 @@ def train():
     return model
 
 
-# %% 4. Serving: a broker (the test suite's, or a throwaway one) and a sidecar
-started_broker = None
-sidecar = None
-
-
-def cleanup():
-    if sidecar is not None and sidecar.poll() is None:
-        sidecar.send_signal(signal.SIGTERM)
-        try:
-            sidecar.wait(30)
-        except subprocess.TimeoutExpired:
-            sidecar.kill()
-            sidecar.wait()
-    if started_broker is not None:
-        subprocess.run(["bash", os.path.join(REPO, "scripts", "broker.sh"), "stop", "--dir", started_broker],
-                       check=False)
-        shutil.rmtree(started_broker, ignore_errors=True)
-    shutil.rmtree(config_dir, ignore_errors=True)
-
-
-def wait_for(pred, timeout_s, what):
-    """Polls pred; the timeout only bounds a failure."""
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError("timed out waiting for " + what)
-        time.sleep(0.05)
-
-
+# %% 4. Serving: a sidecar on the same tables
 def main():
-    global started_broker, sidecar
     model = train()
-    url = os.environ.get("LARDER_TEST_AMQP_URL")
-    password = os.environ.get("LARDER_TEST_AMQP_PASSWORD", "guest")
-    if not url:
-        started_broker = tempfile.mkdtemp(prefix="larder-offline-broker-")
-        subprocess.run(["bash", os.path.join(REPO, "scripts", "broker.sh"), "start", "--dir", started_broker,
-                        "--node", "larder_offline_example", "--port", "5693", "--tls-port", "5692",
-                        "--dist-port", "25693"], check=True)
-        url = "amqp://guest@127.0.0.1:5693"
-    name = "offline-example-%d" % os.getpid()
-    config = os.path.join(config_dir, "sidecar.yaml")
-    with open(config, "w") as f:
-        f.write("segment:\n  name: %s\n  dir: %s\ntables:\n%s\nrabbitmq:\n  url: %s\n"
-                "  password_env: LARDER_EXAMPLE_PASSWORD\n  queue: {name: %s, type: quorum}\n"
-                "  bindings: [{exchange: %s, type: topic, routing_keys: [\"#\"]}]\nmetrics: {listen: \"\"}\n"
-                % (name, config_dir, TABLES, url, name, name))
-    os.environ["LARDER_EXAMPLE_PASSWORD"] = password
-    log = open(os.path.join(config_dir, "sidecar.log"), "w+")
-    sidecar = subprocess.Popen([SIDECAR, "--config", config], stdout=log, stderr=subprocess.STDOUT)
-
-    def connected():
-        if sidecar.poll() is not None:
-            log.seek(0)
-            raise RuntimeError("larder-sidecar exited:\n" + log.read()[-3000:])
-        try:
-            return larder.open(name, config_dir).info()["connection"] == larder.ConnectionState.CONNECTED
-        except larder.NotFoundError:
-            return False
-
-    wait_for(connected, 60, "the sidecar to connect")
-    users = larder.open(name, config_dir).table("users")
+    users = serving.start(TABLES).table("users")
 
     # Live traffic: the last 50 minutes of events, published now. Event
     # times keep away from the instants where the seconds this takes could
@@ -180,14 +115,14 @@ def main():
     live = shop_events(200, t_pub - 50 * MIN, 50 * MIN - 1000, 3_000)
     live = live[(live["event_time"] < t_pub - 12 * MIN) | (live["event_time"] > t_pub - 8 * MIN)]
     live["id"] = ["live%d" % i for i in range(len(live))]
-    report = larder.publish(live, table="users", key="key", event_time="event_time", id="id", config=config,
-                            exchange=name, nan="omit")
+    report = larder.publish(live, table="users", key="key", event_time="event_time", id="id",
+                            config=serving.config, exchange=serving.name, nan="omit")
     assert report.ok, report
     def applied():
         s = users.stats()
         return s["upserts"] + s["stale_ignored"] >= len(live)
 
-    wait_for(applied, 120, "the sidecar to apply the events")
+    example_serving.wait_for(applied, 120, "the sidecar to apply the events")
 
     # %% Serving: read the features, score the users
     keys = sorted(live["key"].unique())
@@ -200,7 +135,7 @@ def main():
 
     # %% 5. Each served row's offline twin: the same log, arriving when it
     # was published, read at the instant the row was computed for.
-    twin = larder.offline.build_frame(config, live.assign(arrival_time=t_pub),
+    twin = larder.offline.build_frame(serving.config, live.assign(arrival_time=t_pub),
                                       pd.DataFrame({"key": keys, "timestamp": batch.computed_at_ms}))
     offline = matrix(twin)
     same = served.shape == offline.shape and np.array_equal(served, offline)
@@ -214,5 +149,5 @@ if __name__ == "__main__":
     try:
         rc = main()
     finally:
-        cleanup()
+        serving.close()
     sys.exit(rc)
