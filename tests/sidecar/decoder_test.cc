@@ -18,6 +18,7 @@
 #include "alloc_count.h"
 #include "apply/writer_thread.h"
 #include "decode/update_builder.h"
+#include "decoder_test_support.h"
 #include "larder/client.h"
 #include "larder/layout/clock.h"
 #include "larder/writer/writer.h"
@@ -67,11 +68,7 @@ class DecoderTest : public ::testing::Test {
   DecodeResult decode(const std::string& body) { return decoder_.decode(body, batch_); }
 
   void expect_reject(const std::string& body, RejectReason reason) {
-    const DecodeResult r = decode(body);
-    EXPECT_FALSE(r.ok) << body;
-    EXPECT_EQ(reject_reason_name(r.reason), std::string(reject_reason_name(reason))) << body << " -> " << r.detail;
-    EXPECT_TRUE(batch_.empty()) << "a rejected message leaves no updates";
-    EXPECT_FALSE(r.detail.empty());
+    decoder_test::expect_refused(decode(body), batch_, reason, body);
     seen_.insert(reason);
   }
 
@@ -508,14 +505,7 @@ layout::Schema aggregate_schema() {
               {"flag", FieldType::kBool, 1},          {"bucket", FieldType::kFloat32, 1},
               {"emb", FieldType::kFloat32Vector, 2},  {"emb2", FieldType::kFloat32Vector, 2},
               {"name4", FieldType::kString, 4}};
-  auto agg = [](const char* name, const char* source, layout::AggregateFn fn) {
-    layout::AggregateSpec spec;
-    spec.name = name;
-    spec.source = source;
-    spec.fn = fn;
-    spec.window_ms = 3'600'000;
-    return spec;
-  };
+  const auto agg = decoder_test::aggregate;
   using layout::AggregateFn;
   a.aggregates = {agg("clicks", "", AggregateFn::kCount),
                   agg("spend", "amount", AggregateFn::kSum),
@@ -557,9 +547,7 @@ class AggregateDecoderTest : public ::testing::Test {
   DecodeResult decode(const std::string& body) { return decoder_.decode(body, batch_); }
   void expect_reject(const std::string& body, RejectReason reason, const std::string& detail_fragment = "") {
     const DecodeResult r = decode(body);
-    EXPECT_FALSE(r.ok) << body;
-    EXPECT_EQ(reject_reason_name(r.reason), std::string(reject_reason_name(reason))) << body << " -> " << r.detail;
-    EXPECT_TRUE(batch_.empty());
+    decoder_test::expect_refused(r, batch_, reason, body);
     EXPECT_NE(r.detail.find(detail_fragment), std::string::npos) << r.detail;
   }
   static std::string msg(const std::string& fields, const std::string& extra = R"(,"id":"e1")") {
@@ -756,18 +744,8 @@ TEST_F(AggregateDecoderTest, SteadyStateNeverAllocates) {
 // a sum reads too (numbers only).
 TEST(DistinctDecoderTest, SourcesCarryTheValuesHash) {
   layout::Schema s;
-  layout::TableSpec t;
-  t.name = "d";
-  t.capacity = 16;
-  t.fields = {{"country", FieldType::kString, 4}, {"n", FieldType::kInt64, 1}, {"band", FieldType::kInt64, 1}};
-  auto agg = [](const char* name, const char* source, layout::AggregateFn fn) {
-    layout::AggregateSpec spec;
-    spec.name = name;
-    spec.source = source;
-    spec.fn = fn;
-    spec.window_ms = 3'600'000;
-    return spec;
-  };
+  layout::TableSpec t = decoder_test::distinct_table();
+  const auto agg = decoder_test::aggregate;
   using layout::AggregateFn;
   t.aggregates = {agg("countries", "country", AggregateFn::kDistinctCount),
                   agg("country_events", "country", AggregateFn::kCount),
@@ -777,10 +755,7 @@ TEST(DistinctDecoderTest, SourcesCarryTheValuesHash) {
                   agg("merchants", "merchant", AggregateFn::kDistinctCount),
                   agg("spend", "merchant", AggregateFn::kSum)};
   s.tables.push_back(t);
-  std::vector<TableDecodeOptions> o(1);
-  o[0].fields.resize(3);
-  o[0].fields[2] = {"amount", steps("[{bucketize: {boundaries: [10, 100]}}]")};
-  Decoder decoder(s, o);
+  Decoder decoder(s, decoder_test::distinct_options());
   const std::vector<std::string> names = layout::plan_aggregates(t).sources;
   DecodedBatch batch;
   auto sources = [&](const std::string& fields) {
@@ -815,8 +790,7 @@ TEST(DistinctDecoderTest, SourcesCarryTheValuesHash) {
   auto reject = [&](const std::string& fields, RejectReason why) {
     const DecodeResult r =
         decoder.decode(R"({"table":"d","key":"k","event_time":1000,"fields":{)" + fields + "}}", batch);
-    EXPECT_FALSE(r.ok) << fields;
-    EXPECT_EQ(reject_reason_name(r.reason), std::string(reject_reason_name(why))) << fields << ": " << r.detail;
+    decoder_test::expect_refused(r, batch, why, fields);
   };
   reject(R"("device":1.5)", RejectReason::kWrongType);
   reject(R"("device":[1])", RejectReason::kWrongType);

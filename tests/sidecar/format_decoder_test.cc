@@ -21,6 +21,7 @@
 #include "config/config.h"
 #include "config/config_error.h"
 #include "decode/message_decoder.h"
+#include "decoder_test_support.h"
 #include "format_test_schema.h"
 #include "support/run_command.h"
 
@@ -29,7 +30,6 @@ namespace {
 
 namespace pb = google::protobuf;
 namespace ft = format_test;
-using layout::FieldType;
 
 const std::string kDir = std::string(LARDER_SOURCE_DIR) + "/tests/sidecar/formats";
 
@@ -64,34 +64,7 @@ std::string tmp_file(const std::string& name, const std::string& text) {
   return path;
 }
 
-// A batch as comparable text: table, op, key, time, id and every value.
-std::string dump(const DecodedBatch& b) {
-  std::string out;
-  for (size_t i = 0; i < b.size(); ++i) {
-    const DecodedUpdate& u = b.update(i);
-    out += fmt::format("t{} op{} {} @{} id={} event_id={}:", u.table, static_cast<int>(u.op), b.key(u), u.event_time_ms,
-                       b.id(u), u.event_id);
-    for (const FieldValue& v : b.values(u)) {
-      switch (v.type) {
-        case FieldType::kString:
-          out += fmt::format(" {}=\"{}\"", v.field, std::string_view(static_cast<const char*>(v.data), v.length));
-          break;
-        case FieldType::kFloat32Vector: {
-          out += fmt::format(" {}=[", v.field);
-          for (uint32_t k = 0; k < v.length; ++k) out += fmt::format("{},", static_cast<const float*>(v.data)[k]);
-          out += "]";
-          break;
-        }
-        case FieldType::kInt64:
-        case FieldType::kBool: out += fmt::format(" {}={}", v.field, v.i64); break;
-        default: out += fmt::format(" {}={}", v.field, v.f64);
-      }
-    }
-    for (const SourceValue& sv : b.sources(u)) out += fmt::format(" src{}={}/{}", sv.source, sv.value, sv.distinct);
-    out += "\n";
-  }
-  return out;
-}
+using decoder_test::dump;
 
 class FormatTest : public ::testing::Test {
  protected:
@@ -110,10 +83,7 @@ class FormatTest : public ::testing::Test {
 
   DecodeResult expect_reject(MessageDecoder& d, const std::string& body, RejectReason reason) {
     const DecodeResult r = d.decode(body, batch_, 5000);
-    EXPECT_FALSE(r.ok);
-    EXPECT_STREQ(reject_reason_name(r.reason), reject_reason_name(reason)) << r.detail;
-    EXPECT_FALSE(r.detail.empty());
-    EXPECT_TRUE(batch_.empty());
+    decoder_test::expect_refused(r, batch_, reason, "");
     return r;
   }
 
@@ -428,18 +398,8 @@ message Event { string item_id = 1; uint64 ts = 2; Price data = 3; string unused
 // read.
 TEST(FormatAggregateTest, SourcesAsJson) {
   layout::Schema s;
-  layout::TableSpec t;
-  t.name = "d";
-  t.capacity = 16;
-  t.fields = {{"country", FieldType::kString, 4}, {"n", FieldType::kInt64, 1}, {"band", FieldType::kInt64, 1}};
-  auto agg = [](const char* name, const char* source, layout::AggregateFn fn) {
-    layout::AggregateSpec spec;
-    spec.name = name;
-    spec.source = source;
-    spec.fn = fn;
-    spec.window_ms = 3'600'000;
-    return spec;
-  };
+  layout::TableSpec t = decoder_test::distinct_table();
+  const auto agg = decoder_test::aggregate;
   using layout::AggregateFn;
   t.aggregates = {agg("countries", "country", AggregateFn::kDistinctCount),
                   agg("ns", "n", AggregateFn::kDistinctCount),
@@ -449,9 +409,7 @@ TEST(FormatAggregateTest, SourcesAsJson) {
                   agg("spend", "merchant", AggregateFn::kSum),
                   agg("events", "", AggregateFn::kCount)};
   s.tables.push_back(t);
-  std::vector<TableDecodeOptions> o(1);
-  o[0].fields.resize(3);
-  o[0].fields[2] = {"amount", TransformChain::parse_yaml("[{bucketize: {boundaries: [10, 100]}}]")};
+  const std::vector<TableDecodeOptions> o = decoder_test::distinct_options();
   FormatConfig pf;
   pf.type = MessageFormat::kProtobuf;
   pf.path = "rabbitmq.format";
