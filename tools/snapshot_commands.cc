@@ -39,28 +39,13 @@
 #include "larder/layout/segment_file.h"
 #include "larder/layout/sync.h"
 #include "larder/snapshot/snapshot_file.h"
+#include "observe/json_text.h"
 
 namespace larder::ctl {
 
 std::string json_string(std::string_view s) {
   std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char b[8];
-          std::snprintf(b, sizeof b, "\\u%04x", c);
-          out += b;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
+  larder::sidecar::append_json_escaped(out, s);
   return out + "\"";
 }
 

@@ -35,6 +35,7 @@
 
 #include "decode/event_time.h"
 #include "larder/offline/engine.h"
+#include "observe/json_text.h"
 
 namespace {
 
@@ -670,21 +671,7 @@ struct OutField {
 
 void json_escape(std::string& out, std::string_view s) {
   out += '"';
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          out += fmt::format("\\u{:04x}", c);
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
+  larder::sidecar::append_json_escaped(out, s);
   out += '"';
 }
 
