@@ -17,6 +17,11 @@
 //                              reused buffer: bytes/s.
 //   memcpy/<keys>              std::memcpy of the same number of bytes between
 //                              two buffers touched beforehand: the floor.
+//   memcpy_fresh/<keys>        std::memcpy of the same bytes into a new file
+//                              of the same size in the same tmpfs (created,
+//                              mapped, written, unmapped, removed in the
+//                              timing): the floor of a copy that must also
+//                              allocate the new pages and free them after.
 //   cp/<keys>                  what `cp` of the segment file does: read it in
 //                              1 MiB blocks into a new file in the same
 //                              tmpfs, then unlink that file: bytes/s. The
@@ -36,23 +41,38 @@
 //                              every update also copies its row again when the
 //                              copy has passed it. The copy's slices (4,096
 //                              slots per 256 upserts) are not timed.
+//   read/alone/<keys>          Table::get (the client) of random present keys,
+//                              each get timed on its own (TSC): p50_ns,
+//                              p99_ns, p999_ns. Nothing else runs.
+//   read/upserting/<keys>      the same while another thread upserts random
+//                              keys back to back (the writer's normal work).
+//   read/switching/<keys>      the same while another thread runs generation
+//                              switches back to back (switch_now, nothing
+//                              applied meanwhile): every get overlaps a copy
+//                              and each table moves generation at each
+//                              publish (counter switches). Compare p99 with
+//                              read/alone and read/upserting.
 //
 // Knobs (environment): LARDER_BENCH_DIR (tmpfs directory, default /dev/shm),
 // LARDER_POS_KEYS (keys of the image benchmarks, default 1000000).
 // See docs/performance.md, "Positions and images".
 #include <benchmark/benchmark.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bench_support.h"
+#include "larder/client.h"
 #include "larder/writer/writer.h"
 
 namespace larder::bench {
@@ -197,6 +217,33 @@ void BM_Memcpy(benchmark::State& state) {
 }
 BENCHMARK(BM_Memcpy)->Name("memcpy")->Unit(benchmark::kMillisecond)->UseRealTime();
 
+void BM_MemcpyFresh(benchmark::State& state) {
+  Filled& f = filled(image_keys());
+  std::vector<unsigned char> image;
+  f.writer->copy_image(&image);
+  const std::string to = f.writer->path() + "-fresh";
+  for (auto _ : state) {
+    const int fd = ::open(to.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(image.size())) != 0) {
+      state.SkipWithError("create failed");
+      break;
+    }
+    void* p = ::mmap(nullptr, image.size(), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED) {
+      state.SkipWithError("mmap failed");
+      break;
+    }
+    std::memcpy(p, image.data(), image.size());
+    benchmark::ClobberMemory();
+    ::munmap(p, image.size());
+    ::unlink(to.c_str());
+  }
+  ::unlink(to.c_str());
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * image.size()));
+}
+BENCHMARK(BM_MemcpyFresh)->Name("memcpy_fresh")->Unit(benchmark::kMillisecond)->UseRealTime();
+
 void BM_Cp(benchmark::State& state) {
   Filled& f = filled(image_keys());
   const std::string from = f.writer->path();
@@ -292,6 +339,77 @@ void BM_UpsertSwitching(benchmark::State& state) {
   state.counters["switches"] = static_cast<double>(switches);
 }
 BENCHMARK(BM_UpsertSwitching)->Name("upsert/switching")->Arg(10'000)->Arg(1'000'000);
+
+// Reads of random present keys through the client while another thread
+// does `background` with the writer: 0 nothing, 1 upserts, 2 generation
+// switches back to back. Each get is timed on its own (TSC, serialised at
+// both ends); a get that does not find its key fails the benchmark, one
+// that returns kBusy (on a loaded machine the writer thread can be
+// preempted in the middle of an update) is counted.
+void run_reads(benchmark::State& state, int background) {
+  const uint64_t n = static_cast<uint64_t>(state.range(0));
+  Filled& f = filled(n);
+  Segment segment = Segment::open(f.name, ClientOptions{bench_dir()});
+  const Table table = segment.table("features");
+  Row row = table.make_row();
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> switches{0}, upserts{0};
+  std::thread writer([&] {
+    Rng rng(11);
+    int64_t t = int64_t{1} << 42;
+    while (background != 0 && !stop.load(std::memory_order_relaxed)) {
+      if (background == 2) {
+        f.writer->switch_now(next_capacity(f, n));
+        switches.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      for (int i = 0; i < 256; ++i) {
+        ++t;
+        const FieldValue v[] = {FieldValue::int64(0, t), FieldValue::int64(1, t + 1), FieldValue::float64(2, 0.5),
+                                FieldValue::float64(3, 1.5)};
+        f.writer->upsert(0, f.keys[rng.below(n)], t, v, t * 1'000'000);
+      }
+      upserts.fetch_add(256, std::memory_order_relaxed);
+    }
+  });
+  // A switch in progress before the first timed get.
+  if (background == 2) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  LatencySamples samples;
+  Rng rng(99);
+  KeyBuf key;
+  uint64_t misses = 0, busy = 0;
+  for (auto _ : state) {
+    format_key(rng.below(n), key);
+    const uint64_t t0 = tsc_begin();
+    const ReadResult r = table.get(key.view(), row);
+    const uint64_t t1 = tsc_end();
+    samples.add(t1 - t0);
+    if (r.status == Status::kBusy) {
+      ++busy;  // the slot stayed mid-write for max_retries: the writer thread was preempted mid-update
+    } else if (r.status != Status::kOk) {
+      ++misses;
+    }
+  }
+  const uint64_t generation_read = table.generation();
+  stop.store(true, std::memory_order_relaxed);
+  writer.join();
+  state.counters["p50_ns"] = samples.percentile_ns(0.50);
+  state.counters["p99_ns"] = samples.percentile_ns(0.99);
+  state.counters["p999_ns"] = samples.percentile_ns(0.999);
+  state.counters["switches"] = static_cast<double>(switches.load());
+  state.counters["upserts"] = static_cast<double>(upserts.load());
+  state.counters["generation"] = static_cast<double>(generation_read);
+  state.counters["busy"] = static_cast<double>(busy);
+  state.SetItemsProcessed(state.iterations());
+  if (misses != 0) state.SkipWithError("some gets did not find their key");
+}
+
+void BM_ReadAlone(benchmark::State& state) { run_reads(state, 0); }
+void BM_ReadUpserting(benchmark::State& state) { run_reads(state, 1); }
+void BM_ReadSwitching(benchmark::State& state) { run_reads(state, 2); }
+BENCHMARK(BM_ReadAlone)->Name("read/alone")->Arg(1'000'000)->MinTime(3.0)->UseRealTime();
+BENCHMARK(BM_ReadUpserting)->Name("read/upserting")->Arg(1'000'000)->MinTime(3.0)->UseRealTime();
+BENCHMARK(BM_ReadSwitching)->Name("read/switching")->Arg(1'000'000)->MinTime(3.0)->UseRealTime();
 
 }  // namespace
 }  // namespace larder::bench

@@ -13,11 +13,15 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <librdkafka/rdkafka.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
+#include <new>
 #include <regex>
 #include <string>
 #include <utility>
@@ -390,6 +394,201 @@ TEST_F(KafkaSourceTest, PythonExampleProducerFeedsTheSidecar) {
   EXPECT_EQ(compare_segment(name_, oracle), "");
   EXPECT_EQ(s.stop(), 0);
   std::remove(input.c_str());
+}
+
+// What a reader process and the test share (an anonymous shared mapping made
+// before the fork): the test publishes how many keys are written, the reader
+// counts its passes per generation and what it found wrong.
+struct ReaderShared {
+  static constexpr int kGenerations = 8;
+  std::atomic<uint32_t> written{0};  // keys u0 .. u(written - 1) are in the table
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> passes{0};                     // whole passes over the written keys
+  std::atomic<uint64_t> passes_at[kGenerations] = {};  // by the generation read at the pass's end
+  std::atomic<uint64_t> reads{0};
+  std::atomic<uint64_t> misses{0};  // a written key not found
+  std::atomic<uint64_t> busy{0};    // kBusy answers, each read again
+  std::atomic<uint64_t> torn{0};    // a row whose fields are not all of one message
+  char first_problem[256] = {};
+};
+
+// The reader process: the C++ client reading every written key again and
+// again until told to stop. A row is whole when all its fields and its event
+// time come from one message of stream() (Features::from_seed(i), event time
+// i + 1, key u(i % keys)). Exits 0 when it could read at all.
+int read_written_keys(const std::string& segment, int keys, ReaderShared* shared) {
+  Segment seg = Segment::open(segment);
+  const Table users = seg.table("users");
+  const Field n = users.field("n"), x = users.field("x"), f = users.field("f"), flag = users.field("flag"),
+              s = users.field("s"), v = users.field("v");
+  Row row = users.make_row();
+  auto problem = [&](const std::string& what) {
+    if (shared->first_problem[0] == '\0')
+      std::snprintf(shared->first_problem, sizeof shared->first_problem, "%s", what.c_str());
+  };
+  // acquire: pairs with the test's release store of `stop`.
+  while (!shared->stop.load(std::memory_order_acquire)) {
+    // acquire: pairs with the test's release store, made after the sidecar
+    // applied those keys' messages.
+    const uint32_t written = shared->written.load(std::memory_order_acquire);
+    if (written == 0) {
+      ::sched_yield();  // nothing written yet: leave the core to the sidecar
+      continue;
+    }
+    for (uint32_t k = 0; k < written; ++k) {
+      const std::string key = fmt::format("u{}", k);
+      ReadResult r = users.get(key, row);
+      // kBusy: the slot stayed mid-write for max_retries reads (the sidecar's
+      // writer thread preempted in the middle of an update on a loaded
+      // machine). The client's contract is "try again": not a miss.
+      while (r.status == Status::kBusy) {
+        shared->busy.fetch_add(1, std::memory_order_relaxed);
+        ::sched_yield();
+        r = users.get(key, row);
+      }
+      shared->reads.fetch_add(1, std::memory_order_relaxed);
+      if (r.status != Status::kOk) {
+        shared->misses.fetch_add(1, std::memory_order_relaxed);
+        problem(fmt::format("{}: {} at generation {}", key, status_name(r.status), users.generation()));
+        continue;
+      }
+      const int64_t seed = r.event_time_ms - 1;
+      const Features w = Features::from_seed(seed);
+      const auto vec = row.vector(v);
+      if (seed < 0 || seed % keys != k || row.i64(n) != w.n || row.f64(x) != w.x || row.f32(f) != w.f ||
+          row.boolean(flag) != w.flag || row.string(s) != w.s || vec.size() != 4 || vec[0] != w.v[0] ||
+          vec[2] != w.v[2]) {
+        shared->torn.fetch_add(1, std::memory_order_relaxed);
+        problem(fmt::format("{}: event {} with n {} s \"{}\" at generation {}", key, r.event_time_ms, row.i64(n),
+                            row.string(s), users.generation()));
+      }
+    }
+    const uint64_t g = users.generation();
+    if (g < ReaderShared::kGenerations) shared->passes_at[g].fetch_add(1, std::memory_order_relaxed);
+    // release: a test that sees the new count sees this pass's findings.
+    shared->passes.fetch_add(1, std::memory_order_release);
+  }
+  return 0;
+}
+
+// The value of an unlabelled gauge or counter on /metrics, -1 when absent.
+int64_t metric_value(int port, const std::string& name) {
+  httplib::Client http("127.0.0.1", port);
+  auto r = http.Get("/metrics");
+  if (!r || r->status != 200) return -1;
+  const std::regex line("\n" + name + " (\\d+)");
+  std::smatch m;
+  if (!std::regex_search(r->body, m, line)) return -1;
+  return std::stoll(m[1]);
+}
+
+// Automatic growth end to end: a table of 20,000 keys with grow_at 0.5
+// grows ×2 twice (20,000 → 40,000 → 80,000, the max_capacity) while a
+// separate reader process reads every key the test knows is written, over
+// and over. The table spans a few copy slices (Writer::kSwitchStepSlots), so
+// the copy runs between bulks of the batch that crossed the threshold. Each
+// step waits for an event: the positions the segment stores (messages
+// applied), the generation in the segment header and on /metrics, the
+// reader's pass counter. The reader must never miss a written key nor see a
+// torn row, in either generation; no update is refused or lost (the table
+// ends equal to the model).
+TEST_F(KafkaSourceTest, AutomaticGrowthWithAReaderThroughout) {
+  constexpr int kCapacity = 20000;
+  constexpr int kKeys = kCapacity * 18 / 10;  // message i writes key u(i % kKeys)
+  const std::string topic = name_ + "-t";
+  MockCluster cluster({topic + ":4"});
+  segments_.push_back(name_);
+  const std::string yaml = fmt::format(R"(segment: {{name: {}, grow_at: 0.5, grow_factor: 2, max_capacity: {}}}
+{}
+kafka:
+  bootstrap_servers: "{}"
+  topics: [{}]
+  partitions_per_topic: 8
+  commit_interval: 100ms
+metrics: {{listen: "127.0.0.1:0"}}
+)",
+                                       name_, 4 * kCapacity, users_table_yaml(kCapacity), cluster.bootstrap(), topic);
+  sidecars_.push_back(std::make_unique<SidecarProcess>(yaml, name_, BrokerEnv{}));
+  SidecarProcess& s = *sidecars_.back();
+  s.start();
+  ASSERT_TRUE(wait_until([&] { return s.log_count("kafka: assigned 4 partitions") >= 1; }, 60s)) << s.log_tail();
+  ASSERT_TRUE(wait_until([&] { return metrics_port(s) > 0; }, 30s));
+  const int port = metrics_port(s);
+  auto generation = [&] { return Segment::open(name_).info().generation; };
+  ASSERT_EQ(generation(), 0u);
+
+  void* mem = ::mmap(nullptr, sizeof(ReaderShared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mem, MAP_FAILED);
+  auto* shared = new (mem) ReaderShared();
+  struct Unmap {
+    void* p;
+    ~Unmap() { ::munmap(p, sizeof(ReaderShared)); }
+  } unmap{mem};
+  larder::testing::Children children;
+  const pid_t reader = children.add(larder::testing::spawn([&] { return read_written_keys(name_, kKeys, shared); }));
+
+  // Publishes `keys` as written once `applied` messages are, then waits for
+  // two more whole passes of the reader: one that may have begun before, one
+  // that read all of them.
+  Oracle oracle;
+  int produced = 0;
+  auto feed = [&](int to, int keys) {
+    ASSERT_EQ(produce(cluster.bootstrap(), topic, stream(produced, to, kKeys, oracle)), 0);
+    produced = to;
+    ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == to; }, 60s))
+        << "applied " << applied_messages(name_);
+    shared->written.store(static_cast<uint32_t>(keys), std::memory_order_release);
+    const uint64_t passes = shared->passes.load(std::memory_order_acquire);
+    ASSERT_TRUE(wait_until([&] { return shared->passes.load(std::memory_order_acquire) >= passes + 2; }, 60s));
+  };
+  // The reader at generation 0 first: 0.4 × capacity keys, below grow_at.
+  ASSERT_NO_FATAL_FAILURE(feed(kCapacity * 4 / 10, kCapacity * 4 / 10));
+  EXPECT_EQ(generation(), 0u);
+  EXPECT_GT(shared->passes_at[0].load(), 0u);
+  // 0.6 × capacity keys pass grow_at: the writer grows the table ×2 while
+  // the reader keeps reading the first ones.
+  ASSERT_NO_FATAL_FAILURE(feed(kCapacity * 6 / 10, kCapacity * 4 / 10));
+  ASSERT_TRUE(wait_until([&] { return generation() >= 1; }, 60s)) << s.log_tail();
+  ASSERT_TRUE(wait_until([&] { return metric_value(port, "larder_segment_generation") == 1; }, 30s));
+  shared->written.store(static_cast<uint32_t>(kCapacity * 6 / 10), std::memory_order_release);
+  ASSERT_TRUE(wait_until([&] { return shared->passes_at[1].load(std::memory_order_acquire) >= 2; }, 60s));
+  EXPECT_EQ(Segment::open(name_).table("users").stats().capacity, 2u * kCapacity);
+  // 1.2 × capacity keys pass 0.5 × the grown capacity: grown ×2 again, to
+  // max_capacity, the reader reading the 0.6 × capacity keys throughout.
+  ASSERT_NO_FATAL_FAILURE(feed(kCapacity * 12 / 10, kCapacity * 6 / 10));
+  ASSERT_TRUE(wait_until([&] { return generation() >= 2; }, 60s)) << s.log_tail();
+  ASSERT_TRUE(wait_until([&] { return metric_value(port, "larder_segment_generation") == 2; }, 30s));
+  shared->written.store(static_cast<uint32_t>(kCapacity * 12 / 10), std::memory_order_release);
+  ASSERT_TRUE(wait_until([&] { return shared->passes_at[2].load(std::memory_order_acquire) >= 2; }, 60s));
+  // The rest of the keys, then an update of every key: 1.8 × capacity keys
+  // stay below 0.5 × max_capacity, which is the bound anyway.
+  ASSERT_NO_FATAL_FAILURE(feed(kKeys, kKeys));
+  ASSERT_NO_FATAL_FAILURE(feed(2 * kKeys, kKeys));
+
+  // acquire/release: pairs with the reader's acquire load; it ends its pass.
+  shared->stop.store(true, std::memory_order_release);
+  EXPECT_EQ(children.wait(reader, 30s), 0);
+  EXPECT_EQ(shared->misses.load(), 0u) << shared->first_problem;
+  EXPECT_EQ(shared->torn.load(), 0u) << shared->first_problem;
+  EXPECT_GT(shared->reads.load(), 0u);
+  std::fprintf(stderr, "reader: %llu reads (%llu kBusy read again), passes at generations 0/1/2: %llu/%llu/%llu\n",
+               static_cast<unsigned long long>(shared->reads.load()),
+               static_cast<unsigned long long>(shared->busy.load()),
+               static_cast<unsigned long long>(shared->passes_at[0].load()),
+               static_cast<unsigned long long>(shared->passes_at[1].load()),
+               static_cast<unsigned long long>(shared->passes_at[2].load()));
+
+  EXPECT_EQ(generation(), 2u);
+  const TableStats stats = Segment::open(name_).table("users").stats();
+  EXPECT_EQ(stats.capacity, 4u * kCapacity);
+  EXPECT_EQ(stats.live_keys, static_cast<uint64_t>(kKeys));
+  EXPECT_EQ(stats.full_rejected, 0u);
+  EXPECT_EQ(compare_segment(name_, oracle), "");
+  // A table this small is copied within the maintain() that starts its
+  // switch, so the log may show the publication alone.
+  EXPECT_EQ(s.log_count("writer: generation 1 published in"), 1u);
+  EXPECT_EQ(s.log_count("writer: generation 2 published in"), 1u);
+  EXPECT_EQ(s.stop(), 0);
 }
 
 }  // namespace

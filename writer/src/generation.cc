@@ -29,6 +29,7 @@
 //
 // Threading: the writer thread, like every Impl function.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -207,6 +208,12 @@ uint64_t max_used_of(uint64_t capacity, uint64_t slot_count) { return capacity +
 // reads N in order, which the hardware prefetches, and writes N+1 at random,
 // which it does not; with the next rows' slots in flight the misses overlap.
 constexpr uint64_t kCopyAhead = 16;
+// map_ahead maps N+1's slots this far beyond the copy's place, in one call.
+constexpr uint64_t kMapAheadBytes = uint64_t{8} << 20;
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14; older kernels refuse it (EINVAL)
+#endif
 
 // Automatic growth refused (no space, say): tried again after this long.
 constexpr int64_t kGrowRetryNs = 10'000'000'000;
@@ -285,6 +292,7 @@ struct Writer::Impl::Switch {
     uint64_t fresh_chunks = 0;
     uint64_t used_chunks = 0;
     uint64_t peak_chunks = 0;
+    uint64_t mapped_bytes = 0;  // the bytes of `slots` mapped ahead of the copy (map_ahead)
   };
   std::vector<Table> tables;
 
@@ -303,6 +311,29 @@ struct Writer::Impl::Switch {
   uint64_t total = 0;
   int64_t started_mono_ns = 0;
 };
+
+// Maps N+1's slots that the copy of N's slots below `stop` (of `end`) will
+// write, ahead of it: one madvise(MADV_POPULATE_WRITE) per kMapAheadBytes,
+// where the copy would take a page fault per 4 KiB page (the pages are
+// allocated already, by build_file's posix_fallocate; this only enters them
+// in the page table). A row of N's slot s lands at its home in N+1 or a few
+// slots after, about s × (N+1's slots / N's slots), so mapping up to that
+// place plus kMapAheadBytes covers the copy's stores. Best effort: a kernel
+// that refuses the advice (before 5.14) leaves the copy faulting as before.
+static void map_ahead(Writer::Impl::Switch::Table& to, uint64_t stop, uint64_t end) {
+  const uint64_t slot_bytes = uint64_t{to.geo.slot_words} * sizeof(Word);
+  const uint64_t total = to.geo.slot_count * slot_bytes;
+  __extension__ using u128 = unsigned __int128;  // stop × slot_count may pass 64 bits
+  const auto reach = static_cast<uint64_t>(static_cast<u128>(stop) * to.geo.slot_count / end);
+  const uint64_t need = std::min(total, reach * slot_bytes + slot_bytes * 64);
+  if (need <= to.mapped_bytes) return;
+  const uint64_t upto = std::min(total, need + kMapAheadBytes);
+  static const auto page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const auto base = reinterpret_cast<uintptr_t>(to.slots);
+  const uintptr_t from = (base + to.mapped_bytes) & ~(page - 1);
+  ::madvise(reinterpret_cast<void*>(from), base + upto - from, MADV_POPULATE_WRITE);
+  to.mapped_bytes = upto;
+}
 
 // A group of N+1 (one source at one resolution) with no group of N of the
 // same source and resolution starts empty; one of N with none in N+1 is
@@ -569,6 +600,7 @@ bool Writer::switch_step(uint64_t slot_budget) {
     uint64_t& at = sw.cursor[t];
     const uint64_t before = at;
     const uint64_t stop = end - at > slot_budget ? at + slot_budget : end;
+    if (at < stop) map_ahead(sw.tables[static_cast<size_t>(sw.to_of[t])], stop, end);
     for (; at < stop; ++at) {
       if (at + kCopyAhead < end) w.prefetch_copy(t, at + kCopyAhead);
       if (!w.copy_to_next(t, at)) return true;  // abandoned
