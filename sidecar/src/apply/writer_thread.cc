@@ -194,6 +194,12 @@ void report_switch(const Writer& writer, SidecarMetrics& metrics, SwitchSeen* se
                  p.generation + 1);
   }
   if (p.switches != seen->switches) {
+    // A small table's switch can start and finish inside one maintain pass,
+    // between two looks: its start is still worth a line of its own.
+    if (!seen->active) {
+      spdlog::info("writer: generation switch started: copied into generation {} within one maintenance pass",
+                   p.generation);
+    }
     spdlog::info("writer: generation {} published in {:.3f} s; readers follow by themselves", p.generation,
                  static_cast<double>(p.last_duration_ns) / 1e9);
   }
