@@ -556,6 +556,58 @@ TEST_F(KafkaRegexTest, GroupAssignmentFollowsTheRegex) {
   EXPECT_EQ(s.stop(), 0);
 }
 
+// A range given to a topic that has stored no position yet (empty topic:
+// the kill falls between the two for certain) is the topic's after a
+// SIGKILL, while a new topic sorting first takes a free one. Then a damaged
+// table: the ranges holding positions are retired and the topics replay
+// into new ranges, never resuming at another topic's offsets.
+TEST_F(KafkaRegexTest, RangesSurviveAKillBeforeTheFirstPositionAndDamageRetiresThem) {
+  MockCluster cluster({"events.a:2", "events.b:2"});
+  Oracle oracle;
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.a", keyed_stream("a", 0, 300, 30, oracle)), 0);
+  SidecarProcess& s = sidecar(name_, cluster.bootstrap(), kTopics, yaml_extra());
+  s.start();
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 300; }, 60s)) << "applied " << applied_messages(name_);
+  ASSERT_TRUE(wait_until([&] { return s.log_count("kafka: assigned 4 partitions") >= 1; }, 30s)) << s.log_tail();
+  EXPECT_TRUE(table_has(name_, "topic 1 events.b"));  // given, and no position stored in it
+  s.kill9();
+
+  ASSERT_EQ(cluster.command("topic events.0 1"), "ok");
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.0", keyed_stream("z", 0, 50, 5, oracle)), 0);
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.b", keyed_stream("b", 0, 200, 20, oracle)), 0);
+  s.start();
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 550; }, 60s)) << "applied " << applied_messages(name_);
+  EXPECT_TRUE(table_has(name_, "topic 1 events.b"));
+  EXPECT_TRUE(table_has(name_, "topic 2 events.0"));
+  EXPECT_EQ(compare_segment(name_, oracle), "");
+  EXPECT_EQ(s.stop(), 0);
+
+  // One byte changed: the checksum fails.
+  const std::string path = "/dev/shm/" + name_ + ".kafka-topics";
+  {
+    FILE* f = std::fopen(path.c_str(), "r+");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(std::fseek(f, 0, SEEK_END), 0);
+    const long size = std::ftell(f);
+    ASSERT_EQ(std::fseek(f, size - 30, SEEK_SET), 0);
+    ASSERT_EQ(std::fputc('#', f), '#');
+    std::fclose(f);
+  }
+  s.start();
+  ASSERT_TRUE(wait_until([&] { return s.log_count("is damaged (the checksum does not match)") >= 1; }, 30s))
+      << s.log_tail();
+  // a (range 0), b (1) and events.0 (2) held positions: retired; the three
+  // replay from their earliest offsets, into range 3 and no further (max_topics 4).
+  EXPECT_EQ(s.log_count("holds stored positions of a topic the table does not name: retired"), 3u);
+  ASSERT_TRUE(wait_until([&] { return table_has(name_, "topic 3 events.0"); }, 30s));
+  EXPECT_TRUE(table_has(name_, "retired 0"));
+  EXPECT_TRUE(table_has(name_, "retired 2"));
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 600; }, 60s)) << "applied " << applied_messages(name_);
+  EXPECT_GE(s.log_count("kafka: topic \"events.a\" matches kafka.topics but is not consumed"), 1u);
+  EXPECT_EQ(compare_segment(name_, oracle), "");
+  EXPECT_EQ(s.stop(), 0);
+}
+
 // The topic table's file: what is written reads back; every damaged form is
 // refused (no bytes trusted), and a table of another source is told apart.
 TEST(KafkaTopicTableTest, RoundTripsAndRefusesDamage) {
