@@ -191,8 +191,9 @@ class KafkaSourceTest : public ::testing::Test {
     }
     for (const std::string& seg : segments_) {
       ::unlink(("/dev/shm/" + seg).c_str());
-      ::unlink(("/dev/shm/" + seg + ".lock").c_str());          // the writer lock file outlives the segment
-      ::unlink(("/dev/shm/" + seg + ".kafka-topics").c_str());  // the topic table of a regex subscription
+      ::unlink(("/dev/shm/" + seg + ".lock").c_str());               // the writer lock file outlives the segment
+      ::unlink(("/dev/shm/." + seg + ".kafka-topics").c_str());      // the topic table of a regex subscription
+      ::unlink(("/dev/shm/." + seg + ".kafka-topics.tmp").c_str());  // and its temporary file, after a kill
     }
   }
 
@@ -429,7 +430,7 @@ class KafkaRegexTest : public KafkaSourceTest {
   }
   // A line of the topic table, e.g. "topic 0 events.a".
   bool table_has(const std::string& segment, const std::string& line) {
-    FILE* f = std::fopen(("/dev/shm/" + segment + ".kafka-topics").c_str(), "r");
+    FILE* f = std::fopen(("/dev/shm/." + segment + ".kafka-topics").c_str(), "r");
     if (f == nullptr) return false;
     char buf[512];
     bool found = false;
@@ -583,7 +584,7 @@ TEST_F(KafkaRegexTest, RangesSurviveAKillBeforeTheFirstPositionAndDamageRetiresT
   EXPECT_EQ(s.stop(), 0);
 
   // One byte changed: the checksum fails.
-  const std::string path = "/dev/shm/" + name_ + ".kafka-topics";
+  const std::string path = "/dev/shm/." + name_ + ".kafka-topics";
   {
     FILE* f = std::fopen(path.c_str(), "r+");
     ASSERT_NE(f, nullptr);

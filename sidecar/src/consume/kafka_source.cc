@@ -89,7 +89,7 @@ KafkaSource::KafkaSource(const Config& config, Pipeline& pipeline, SourceLane& l
       patterns_.push_back(std::move(re));
     }
     table_ = std::make_unique<KafkaTopicTable>(
-        fmt::format("{}/{}.kafka-topics", config.segment.dir, config.segment.name), position_id(), kc_.max_topics);
+        fmt::format("{}/.{}.kafka-topics", config.segment.dir, config.segment.name), position_id(), kc_.max_topics);
   } else {
     range_topic_ = kc_.topics;
   }

@@ -2,7 +2,8 @@
 // subscriptions): which topic holds which range of the lane's stored
 // positions, when kafka.topics has a regex and the topics are not known
 // before they appear. A small text file beside the segment,
-// <segment dir>/<segment name>.kafka-topics:
+// <segment dir>/.<segment name>.kafka-topics (a dot file, as the writer's
+// temporary files: `larderctl ls` lists segments only):
 //
 //   larder-kafka-topics 1
 //   id <FNV-1a 64 of the source's position id, 16 hex digits>
