@@ -346,7 +346,12 @@ int main(int argc, char** argv) {
 
   // The stored positions, the source id and the sync state, before the
   // writer thread owns the Writer.
-  larder::sidecar::start_sources(*writer, pipeline, config, sources);
+  try {
+    larder::sidecar::start_sources(*writer, pipeline, config, sources);
+  } catch (const larder::sidecar::StartError& e) {  // a Kafka topic table that cannot be written
+    spdlog::critical("{}", e.what());
+    return e.exit_code();
+  }
 
   std::thread writer_thread([&] { larder::sidecar::run_writer_thread(*writer, pipeline, sources.stream_sync.get()); });
   std::unique_ptr<larder::sidecar::SnapshotThread> snapshot_thread;

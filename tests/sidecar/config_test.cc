@@ -814,11 +814,53 @@ TEST(KafkaConfigTest, ErrorsNameTheKey) {
   expect_error(base + "  partitions_per_topic: 40\n", "kafka.partitions_per_topic", "the segment holds 64");
   expect_error(base + "  sasl_password_env: LARDER_TEST_UNSET_VARIABLE_XYZ\n", "kafka.sasl_password_env", "is not set");
   std::string regex = base;
-  regex.replace(regex.find("[events, prices]"), 16, "[\"^events\\\\..*\"]");
-  expect_error(regex, "kafka.topics[0]", "regex");
+  regex.replace(regex.find("[events, prices]"), 16, "[\"^events\\\\.(\", prices]");
+  expect_error(regex, "kafka.topics[0]", "invalid regex \"^events\\.(\"");
+  expect_error(base + "  max_topics: 2\n", "kafka.max_topics", "only with a regex");
   std::string empty = base;
   empty.replace(empty.find("[events, prices]"), 16, "[]");
   expect_error(empty, "kafka.topics", "at least one topic");
+}
+
+// A '^' entry is a regex (librdkafka's convention): the topics then get
+// their ranges from the topic table, max_topics of them.
+TEST(KafkaConfigTest, RegexTopicsReserveMaxTopicsRanges) {
+  std::string yaml = kKafkaOnly;
+  yaml.replace(yaml.find("[events, prices]"), 16, "[\"^events\\\\..*\", prices]");
+  const Config c = parse_config(yaml + "  partitions_per_topic: 4\n  max_topics: 5\n  metadata_interval: 250ms\n");
+  EXPECT_TRUE(c.kafka.regex);
+  EXPECT_EQ(c.kafka.topics, (std::vector<std::string>{"^events\\..*", "prices"}));
+  EXPECT_EQ(c.kafka.max_topics, 5u);
+  EXPECT_EQ(c.kafka.topic_ranges(), 5u);
+  EXPECT_EQ(c.kafka.metadata_interval_ms, 250);
+  // Default: 4 ranges (64 stored positions at the default 16 per topic).
+  const Config d = parse_config(yaml);
+  EXPECT_EQ(d.kafka.max_topics, 4u);
+  EXPECT_EQ(d.kafka.metadata_interval_ms, 30'000);
+  // Without a regex nothing changes: one range per listed topic.
+  const Config plain = parse_config(kKafkaOnly);
+  EXPECT_FALSE(plain.kafka.regex);
+  EXPECT_EQ(plain.kafka.topic_ranges(), 2u);
+
+  auto expect_error = [](const std::string& bad, const std::string& path, const std::string& fragment) {
+    try {
+      parse_config(bad);
+      ADD_FAILURE() << "accepted:\n" << bad;
+    } catch (const ConfigError& e) {
+      const std::string msg = e.what();
+      EXPECT_EQ(msg.rfind(path + ": ", 0), 0u) << msg;
+      EXPECT_NE(msg.find(fragment), std::string::npos) << msg;
+    }
+  };
+  expect_error(yaml + "  max_topics: 5\n", "kafka.max_topics", "need 80 stored positions; the segment holds 64");
+  expect_error(yaml + "  max_topics: 0\n", "kafka.max_topics", "");
+  std::string two_named = kKafkaOnly;
+  two_named.replace(two_named.find("[events, prices]"), 16, "[a, b, \"^c.*\"]");
+  expect_error(two_named + "  max_topics: 1\n", "kafka.max_topics", "2 topics are listed by name");
+  expect_error(yaml + "  metadata_interval: 1ms\n", "kafka.metadata_interval", "at least 10ms");
+  std::string bad = kKafkaOnly;
+  bad.replace(bad.find("[events, prices]"), 16, "[\"^[a-\"]");
+  expect_error(bad, "kafka.topics[0]", "invalid regex");
 }
 
 }  // namespace

@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "consume/kafka_topic_table.h"
 #include "larder/client.h"
 #include "sidecar/harness.h"
 #include "support/process.h"
@@ -147,6 +148,19 @@ std::vector<Message> stream(int from, int to, int keys, Oracle& oracle) {
   return out;
 }
 
+// As stream(), with keys of their own per topic (`prefix`): the topics'
+// messages interleave in any order, so no key is written by two.
+std::vector<Message> keyed_stream(const std::string& prefix, int from, int to, int keys, Oracle& oracle) {
+  std::vector<Message> out;
+  for (int i = from; i < to; ++i) {
+    const std::string key = fmt::format("{}{}", prefix, i % keys);
+    const Features f = Features::from_seed(i);
+    oracle.upsert(key, i + 1, f);
+    out.push_back({key, upsert_json("users", key, i + 1, f)});
+  }
+  return out;
+}
+
 // The sum of the next offsets the segment stores (dense offsets: the number
 // of messages applied), or -1 when it cannot be opened yet.
 int64_t applied_messages(const std::string& segment) {
@@ -181,7 +195,9 @@ class KafkaSourceTest : public ::testing::Test {
     }
     for (const std::string& seg : segments_) {
       ::unlink(("/dev/shm/" + seg).c_str());
-      ::unlink(("/dev/shm/" + seg + ".lock").c_str());  // the writer lock file outlives the segment
+      ::unlink(("/dev/shm/" + seg + ".lock").c_str());               // the writer lock file outlives the segment
+      ::unlink(("/dev/shm/." + seg + ".kafka-topics").c_str());      // the topic table of a regex subscription
+      ::unlink(("/dev/shm/." + seg + ".kafka-topics.tmp").c_str());  // and its temporary file, after a kill
     }
   }
 
@@ -589,6 +605,273 @@ metrics: {{listen: "127.0.0.1:0"}}
   EXPECT_EQ(s.log_count("writer: generation 1 published in"), 1u);
   EXPECT_EQ(s.log_count("writer: generation 2 published in"), 1u);
   EXPECT_EQ(s.stop(), 0);
+}
+
+}  // namespace
+}  // namespace larder::test
+
+namespace larder::test {
+namespace {
+
+using namespace std::chrono_literals;
+using sidecar::KafkaTopicTable;
+
+// Regex subscriptions (docs/sidecar.md, "Kafka"): topics matched by a
+// pattern, given ranges of stored positions by the topic table beside the
+// segment.
+class KafkaRegexTest : public KafkaSourceTest {
+ protected:
+  // The `prices` topic never matches; `events.*` do.
+  static constexpr const char* kTopics = R"("^events\\..*")";
+
+  static std::string yaml_extra(const std::string& more = "") {
+    return "  partitions_per_topic: 4\n  max_topics: 4\n  metadata_interval: 100ms\n" + more;
+  }
+  // A line of the topic table, e.g. "topic 0 events.a".
+  bool table_has(const std::string& segment, const std::string& line) {
+    FILE* f = std::fopen(("/dev/shm/." + segment + ".kafka-topics").c_str(), "r");
+    if (f == nullptr) return false;
+    char buf[512];
+    bool found = false;
+    while (std::fgets(buf, sizeof buf, f) != nullptr) found = found || std::string(buf) == line + "\n";
+    std::fclose(f);
+    return found;
+  }
+};
+
+// Assignment all: the two matching topics are consumed and the other is not;
+// a matching topic created mid-run is picked up; a SIGKILL and a restart
+// resume exactly; a new topic that sorts before the others gets a new range
+// and the old topics keep theirs (a moved range would replay its topic and
+// the applied count would pass the number of messages).
+TEST_F(KafkaRegexTest, MatchingTopicsAreConsumedAndKeepTheirRanges) {
+  MockCluster cluster({"events.b:2", "events.a:3", "prices:2"});
+  Oracle oracle, ignored;
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.a", keyed_stream("a", 0, 600, 60, oracle)), 0);
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.b", keyed_stream("b", 0, 400, 40, oracle)), 0);
+  ASSERT_EQ(produce(cluster.bootstrap(), "prices", keyed_stream("p", 0, 300, 30, ignored)), 0);
+
+  SidecarProcess& s = sidecar(name_, cluster.bootstrap(), kTopics, yaml_extra());
+  s.start();
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 1000; }, 60s))
+      << "applied " << applied_messages(name_);
+  // Name order gives the ranges.
+  EXPECT_TRUE(table_has(name_, "topic 0 events.a"));
+  EXPECT_TRUE(table_has(name_, "topic 1 events.b"));
+  EXPECT_EQ(compare_segment(name_, oracle), "");  // nothing of prices
+
+  // A topic created now matches: consumed at the next metadata read.
+  ASSERT_EQ(cluster.command("topic events.c 2"), "ok");
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.c", keyed_stream("c", 0, 200, 20, oracle)), 0);
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 1200; }, 60s))
+      << "applied " << applied_messages(name_);
+  EXPECT_TRUE(table_has(name_, "topic 2 events.c"));
+  EXPECT_EQ(compare_segment(name_, oracle), "");
+
+  // SIGKILL, more messages on two topics, a restart: resumes at the stored positions.
+  s.kill9();
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.a", keyed_stream("a", 600, 1000, 60, oracle)), 0);
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.c", keyed_stream("c", 200, 500, 20, oracle)), 0);
+  s.start();
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 1900; }, 60s))
+      << "applied " << applied_messages(name_);
+  EXPECT_EQ(compare_segment(name_, oracle), "");
+  EXPECT_GE(s.log_count("resuming at stored offset"), 1u);
+
+  // Stopped; a topic that sorts first appears; the restart gives it the
+  // free range 3 and resumes the others where they were.
+  EXPECT_EQ(s.stop(), 0);
+  ASSERT_EQ(cluster.command("topic events.0 1"), "ok");
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.0", keyed_stream("z", 0, 100, 10, oracle)), 0);
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.b", keyed_stream("b", 400, 500, 40, oracle)), 0);
+  s.start();
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 2100; }, 60s))
+      << "applied " << applied_messages(name_);
+  EXPECT_TRUE(table_has(name_, "topic 3 events.0"));
+  EXPECT_TRUE(table_has(name_, "topic 0 events.a"));
+  EXPECT_GE(s.log_count("topic \"events.a\" holds position range 0"), 2u);
+  EXPECT_EQ(compare_segment(name_, oracle), "");
+  // Caught up and nothing applied twice: the count holds once READY.
+  ASSERT_TRUE(wait_until([&] { return Segment::open(name_).sync().state == layout::SyncState::kReady; }, 30s));
+  EXPECT_EQ(applied_messages(name_), 2100);
+  EXPECT_EQ(s.stop(), 0);
+}
+
+// More matching topics than max_topics: the extra one (in name order) is not
+// consumed, and the log and the metrics say so.
+TEST_F(KafkaRegexTest, TopicsBeyondMaxTopicsAreRefusedAndReported) {
+  MockCluster cluster({"events.a:1", "events.b:1", "events.c:1"});
+  Oracle oracle, ignored;
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.a", keyed_stream("a", 0, 100, 10, oracle)), 0);
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.b", keyed_stream("b", 0, 100, 10, oracle)), 0);
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.c", keyed_stream("c", 0, 100, 10, ignored)), 0);
+  SidecarProcess& s = sidecar(name_, cluster.bootstrap(), kTopics,
+                              "  partitions_per_topic: 4\n  max_topics: 2\n  metadata_interval: 100ms\n");
+  s.start();
+  ASSERT_TRUE(wait_until(
+      [&] { return s.log_count("kafka: topic \"events.c\" matches kafka.topics but is not consumed") >= 1; }, 60s))
+      << s.log_tail();
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 200; }, 60s)) << "applied " << applied_messages(name_);
+  ASSERT_TRUE(wait_until([&] { return metrics_port(s) > 0; }, 30s));
+  httplib::Client http("127.0.0.1", metrics_port(s));
+  auto metrics = http.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("larder_kafka_topics_refused 1"), std::string::npos)
+      << metrics->body.substr(metrics->body.find("larder_kafka"));
+  EXPECT_EQ(compare_segment(name_, oracle), "");
+  EXPECT_EQ(s.log_count("kafka: topic \"events.c\" matches kafka.topics but is not consumed"), 1u);  // logged once
+  EXPECT_EQ(s.stop(), 0);
+}
+
+// Assignment group: librdkafka matches the regex; the group's assignment
+// gives each topic its range, a topic created mid-run joins the assignment,
+// and a restart keeps the ranges.
+TEST_F(KafkaRegexTest, GroupAssignmentFollowsTheRegex) {
+  MockCluster cluster({"events.a:2", "events.b:2", "prices:1"});
+  const std::string extra = yaml_extra(fmt::format(
+      "  assignment: group\n  group_id: {}-g\n  properties: {{session.timeout.ms: 6000, heartbeat.interval.ms: 500}}\n",
+      name_));
+  Oracle oracle, ignored;
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.a", keyed_stream("a", 0, 300, 30, oracle)), 0);
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.b", keyed_stream("b", 0, 300, 30, oracle)), 0);
+  ASSERT_EQ(produce(cluster.bootstrap(), "prices", keyed_stream("p", 0, 100, 10, ignored)), 0);
+  SidecarProcess& s = sidecar(name_, cluster.bootstrap(), kTopics, extra);
+  s.start();
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 600; }, 60s)) << "applied " << applied_messages(name_);
+  EXPECT_EQ(compare_segment(name_, oracle), "");
+
+  ASSERT_EQ(cluster.command("topic events.c 1"), "ok");
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.c", keyed_stream("c", 0, 100, 10, oracle)), 0);
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 700; }, 60s)) << "applied " << applied_messages(name_);
+  EXPECT_EQ(compare_segment(name_, oracle), "");
+  EXPECT_GE(s.log_count("kafka: topic \"events.c\" matches kafka.topics: given position range"), 1u);
+
+  s.kill9();
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.b", keyed_stream("b", 300, 500, 30, oracle)), 0);
+  s.start();
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 900; }, 60s)) << "applied " << applied_messages(name_);
+  EXPECT_EQ(compare_segment(name_, oracle), "");
+  ASSERT_TRUE(wait_until([&] { return Segment::open(name_).sync().state == layout::SyncState::kReady; }, 30s));
+  EXPECT_EQ(applied_messages(name_), 900);
+  EXPECT_EQ(s.stop(), 0);
+}
+
+// A range given to a topic that has stored no position yet (empty topic:
+// the kill falls between the two for certain) is the topic's after a
+// SIGKILL, while a new topic sorting first takes a free one. Then a damaged
+// table: the ranges holding positions are retired and the topics replay
+// into new ranges, never resuming at another topic's offsets.
+TEST_F(KafkaRegexTest, RangesSurviveAKillBeforeTheFirstPositionAndDamageRetiresThem) {
+  MockCluster cluster({"events.a:2", "events.b:2"});
+  Oracle oracle;
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.a", keyed_stream("a", 0, 300, 30, oracle)), 0);
+  SidecarProcess& s = sidecar(name_, cluster.bootstrap(), kTopics, yaml_extra());
+  s.start();
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 300; }, 60s)) << "applied " << applied_messages(name_);
+  ASSERT_TRUE(wait_until([&] { return s.log_count("kafka: assigned 4 partitions") >= 1; }, 30s)) << s.log_tail();
+  EXPECT_TRUE(table_has(name_, "topic 1 events.b"));  // given, and no position stored in it
+  s.kill9();
+
+  ASSERT_EQ(cluster.command("topic events.0 1"), "ok");
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.0", keyed_stream("z", 0, 50, 5, oracle)), 0);
+  ASSERT_EQ(produce(cluster.bootstrap(), "events.b", keyed_stream("b", 0, 200, 20, oracle)), 0);
+  s.start();
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 550; }, 60s)) << "applied " << applied_messages(name_);
+  EXPECT_TRUE(table_has(name_, "topic 1 events.b"));
+  EXPECT_TRUE(table_has(name_, "topic 2 events.0"));
+  EXPECT_EQ(compare_segment(name_, oracle), "");
+  EXPECT_EQ(s.stop(), 0);
+
+  // One byte changed: the checksum fails.
+  const std::string path = "/dev/shm/." + name_ + ".kafka-topics";
+  {
+    FILE* f = std::fopen(path.c_str(), "r+");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(std::fseek(f, 0, SEEK_END), 0);
+    const long size = std::ftell(f);
+    ASSERT_EQ(std::fseek(f, size - 30, SEEK_SET), 0);
+    ASSERT_EQ(std::fputc('#', f), '#');
+    std::fclose(f);
+  }
+  s.start();
+  ASSERT_TRUE(wait_until([&] { return s.log_count("is damaged (the checksum does not match)") >= 1; }, 30s))
+      << s.log_tail();
+  // a (range 0), b (1) and events.0 (2) held positions: retired; the three
+  // replay from their earliest offsets, into range 3 and no further (max_topics 4).
+  EXPECT_EQ(s.log_count("holds stored positions of a topic the table does not name: retired"), 3u);
+  ASSERT_TRUE(wait_until([&] { return table_has(name_, "topic 3 events.0"); }, 30s));
+  EXPECT_TRUE(table_has(name_, "retired 0"));
+  EXPECT_TRUE(table_has(name_, "retired 2"));
+  ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 600; }, 60s)) << "applied " << applied_messages(name_);
+  EXPECT_GE(s.log_count("kafka: topic \"events.a\" matches kafka.topics but is not consumed"), 1u);
+  EXPECT_EQ(compare_segment(name_, oracle), "");
+  EXPECT_EQ(s.stop(), 0);
+}
+
+// The topic table's file: what is written reads back; every damaged form is
+// refused (no bytes trusted), and a table of another source is told apart.
+TEST(KafkaTopicTableTest, RoundTripsAndRefusesDamage) {
+  const std::string path = ::testing::TempDir() + unique_name("kafka-table") + ".kafka-topics";
+  KafkaTopicTable t(path, "kafka topics=^e.* slots=4 ranges=3", 3);
+  std::string why;
+  EXPECT_EQ(t.load(&why), KafkaTopicTable::Load::kMissing);
+  EXPECT_EQ(t.assign("events.b", &why), 0);
+  t.retire(1);
+  EXPECT_EQ(t.assign("events.a", &why), 2);  // the lowest free range: 1 is retired
+  EXPECT_EQ(t.assign("events.c", &why), -1);
+  EXPECT_EQ(why, "");                        // full, not failed
+  EXPECT_EQ(t.assign("events.b", &why), 0);  // kept
+
+  KafkaTopicTable back(path, "kafka topics=^e.* slots=4 ranges=3", 3);
+  ASSERT_EQ(back.load(&why), KafkaTopicTable::Load::kLoaded) << why;
+  EXPECT_EQ(back.topic_of(0), "events.b");
+  EXPECT_TRUE(back.retired(1));
+  EXPECT_EQ(back.topic_of(2), "events.a");
+  KafkaTopicTable other(path, "kafka topics=^f.* slots=4 ranges=3", 3);
+  EXPECT_EQ(other.load(&why), KafkaTopicTable::Load::kOtherSource);
+  EXPECT_EQ(other.used(), 0u);
+  KafkaTopicTable fewer(path, "kafka topics=^e.* slots=4 ranges=3", 2);
+  EXPECT_EQ(fewer.load(&why), KafkaTopicTable::Load::kOtherSource);
+
+  const std::string good = back.serialize();
+  // Re-sums a body so that only the content check can refuse it.
+  auto resum = [](const std::string& body) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const char c : body) {
+      h ^= static_cast<unsigned char>(c);
+      h *= 0x100000001b3ull;
+    }
+    return body + fmt::format("end {:016x}\n", h);
+  };
+  const std::string body = good.substr(0, good.rfind("end "));
+  const std::string head = body.substr(0, body.find("topic "));
+  KafkaTopicTable p(path, "kafka topics=^e.* slots=4 ranges=3", 3);
+  EXPECT_EQ(p.parse(good, &why), KafkaTopicTable::Load::kLoaded) << why;
+  const std::vector<std::pair<std::string, std::string>> damaged = {
+      {good.substr(0, good.size() - 1), "no final newline"},
+      {std::string(good).replace(good.find("events.a"), 1, "f"), "checksum"},
+      {"", "no final newline"},
+      {std::string(good).insert(10, 1, '\0'), "NUL"},
+      {std::string(70 * 1024, 'x'), "more than a table holds"},
+      {resum(head + "topic 3 events.x\n"), "out of bounds"},
+      {resum(head + "topic 00 events.x\n"), "out of bounds"},
+      {resum(head + "topic 0 events.x\ntopic 0 events.y\n"), "given twice"},
+      {resum(head + "topic 0 events.x\nretired 0\n"), "given twice"},
+      {resum(head + "topic 0 events.x\ntopic 1 events.x\n"), "listed twice"},
+      {resum(head + "topic 0 bad/name\n"), "not a Kafka topic name"},
+      {resum(head + "topic 0 " + std::string(250, 'a') + "\n"), "not a Kafka topic name"},
+      {resum(head + "topic 0\n"), "not a Kafka topic name"},
+      {resum(head + "retired -1\n"), "out of bounds"},
+      {resum(head + "moved 0 1\n"), "unknown entry"},
+      {resum("larder-kafka-topics 2\n" + head.substr(head.find('\n') + 1)), "not a topic table of this version"},
+      {resum(head.substr(0, head.find("ranges"))), "no header"},
+  };
+  for (const auto& [bytes, fragment] : damaged) {
+    EXPECT_EQ(p.parse(bytes, &why), KafkaTopicTable::Load::kDamaged) << fragment;
+    EXPECT_NE(why.find(fragment), std::string::npos) << why << " (expected " << fragment << ")";
+    EXPECT_EQ(p.used(), 0u);
+  }
+  std::remove(path.c_str());
 }
 
 }  // namespace

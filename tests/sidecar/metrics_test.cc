@@ -425,17 +425,18 @@ TEST(RenderMetrics, SourceMetricsAndReadinessFollowTheSyncState) {
 }
 
 // The families /metrics serves (a fully populated page), with a Kafka
-// source's own families after them (MetricsServer appends each source's).
+// source's own families after them (MetricsServer appends each source's;
+// with a regex in its topics, so that the regex families are there too).
 std::set<std::string> rendered_families() {
   SidecarMetrics m;
   const int64_t now = layout::now_unix_ns();
   std::string text = render_metrics(m, 2, fake_segment(now), now, layout::now_mono_ns());
   const Config config = parse_config(R"(segment: {name: metrics-docs}
 tables: [{name: t, capacity: 10, fields: [{name: a, type: int64}]}]
-kafka: {bootstrap_servers: "127.0.0.1:1", topics: [events]}
+kafka: {bootstrap_servers: "127.0.0.1:1", topics: [events, "^more\\..*"], partitions_per_topic: 4}
 )");
   Pipeline pipeline;
-  SourceLane lane(0, 0, config.kafka.partitions_per_topic);
+  SourceLane lane(0, 0, config.kafka.partitions_per_topic * config.kafka.topic_ranges());
   const std::atomic<int> stop{0};
   KafkaSource kafka(config, pipeline, lane, stop);  // not run: no connection
   kafka.render_metrics(text);

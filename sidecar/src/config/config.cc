@@ -2,6 +2,7 @@
 #include "config/config.h"
 
 #include <fmt/format.h>
+#include <regex.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
@@ -925,7 +926,7 @@ KafkaConfig parse_kafka(const YAML::Node& node, const std::string& segment_name,
   MapNode m(node, "kafka",
             {"bootstrap_servers", "assignment", "topics", "group_id", "start", "partitions_per_topic", "max_in_flight",
              "commit_interval", "drain_timeout_s", "client_id", "properties", "sasl_password_env", "sasl_password_file",
-             "format"});
+             "format", "max_topics", "metadata_interval"});
   KafkaConfig k;
   k.format = parse_format(m.node("format"), m.child("format"));
   k.bootstrap_servers = m.str("bootstrap_servers");
@@ -934,9 +935,17 @@ KafkaConfig parse_kafka(const YAML::Node& node, const std::string& segment_name,
   each_item(m.node("topics"), m.child("topics"), true, [&](const YAML::Node& t, const std::string& tpath) {
     if (!t.IsScalar() || t.Scalar().empty()) fail(tpath, "expected a topic name");
     if (t.Scalar().front() == '^') {
-      fail(tpath,
-           "a regex subscription is not supported: list the topics (each needs its own range of stored "
-           "positions, fixed across restarts)");
+      // librdkafka matches a subscription regex with POSIX regcomp (extended):
+      // the same check here makes a bad one an error at start.
+      regex_t re;
+      const int rc = ::regcomp(&re, t.Scalar().c_str(), REG_EXTENDED | REG_NOSUB);
+      if (rc != 0) {
+        char why[256];
+        ::regerror(rc, &re, why, sizeof why);
+        fail(tpath, fmt::format("invalid regex \"{}\": {}", t.Scalar(), why));
+      }
+      ::regfree(&re);
+      k.regex = true;
     }
     if (!seen.insert(t.Scalar()).second) fail(tpath, fmt::format("duplicate topic \"{}\"", t.Scalar()));
     k.topics.push_back(t.Scalar());
@@ -966,6 +975,24 @@ KafkaConfig parse_kafka(const YAML::Node& node, const std::string& segment_name,
   }
   k.partitions_per_topic =
       static_cast<uint32_t>(m.integer("partitions_per_topic", 16, 1, layout::kMaxSourcePartitions));
+  if (k.regex) {
+    // Default: as many ranges as the segment holds (kMaxSourcePartitions
+    // shared with the other sources is checked by load_config).
+    const uint32_t fit =
+        std::max<uint32_t>(1, static_cast<uint32_t>(layout::kMaxSourcePartitions) / k.partitions_per_topic);
+    k.max_topics =
+        static_cast<uint32_t>(m.integer("max_topics", std::min<uint32_t>(fit, 4), 1, layout::kMaxSourcePartitions));
+    size_t named = 0;
+    for (const std::string& t : k.topics) named += t.front() == '^' ? 0 : 1;
+    if (named > k.max_topics) {
+      fail(m.child("max_topics"),
+           fmt::format("{} topics are listed by name; max_topics ({}) must hold them", named, k.max_topics));
+    }
+  } else if (m.has("max_topics")) {
+    fail(m.child("max_topics"), "only with a regex in kafka.topics (listed topics each have their own range)");
+  }
+  if (const std::optional<int64_t> ms = duration_ms(m, "metadata_interval")) k.metadata_interval_ms = *ms;
+  if (k.metadata_interval_ms < 10) fail(m.child("metadata_interval"), "must be at least 10ms");
   k.max_in_flight = static_cast<uint32_t>(m.integer("max_in_flight", 1000, 1, 1'000'000));
   if (const std::optional<int64_t> ms = duration_ms(m, "commit_interval")) k.commit_interval_ms = *ms;
   k.drain_timeout_s = m.number("drain_timeout_s", 10.0, 0.0, 600.0);
@@ -1265,18 +1292,18 @@ Config parse_root(const YAML::Node& root, const ConfigLoad& load) {
     c.kafka = parse_kafka(m.node("kafka"), c.segment.name, secrets);
     // A RabbitMQ stream stores its position in partition 0; Kafka's slots follow.
     const uint64_t base = c.rabbitmq_enabled && c.rabbitmq.queue.type == QueueType::kStream ? 1 : 0;
-    const uint64_t slots = uint64_t{c.kafka.partitions_per_topic} * c.kafka.topics.size();
+    const uint64_t slots = uint64_t{c.kafka.partitions_per_topic} * c.kafka.topic_ranges();
     if (base + slots > layout::kMaxSourcePartitions) {
-      fail("kafka.partitions_per_topic",
+      fail(c.kafka.regex ? "kafka.max_topics" : "kafka.partitions_per_topic",
            fmt::format("{} topics x {} partitions{} need {} stored positions; the segment holds {}",
-                       c.kafka.topics.size(), c.kafka.partitions_per_topic,
+                       c.kafka.topic_ranges(), c.kafka.partitions_per_topic,
                        base > 0 ? " + 1 for the RabbitMQ stream" : "", base + slots, layout::kMaxSourcePartitions));
     }
   }
   {
     // Each polled table stores its cursor in one partition, after the others.
     uint64_t used = c.rabbitmq_enabled && c.rabbitmq.queue.type == QueueType::kStream ? 1 : 0;
-    if (c.kafka_enabled) used += uint64_t{c.kafka.partitions_per_topic} * c.kafka.topics.size();
+    if (c.kafka_enabled) used += uint64_t{c.kafka.partitions_per_topic} * c.kafka.topic_ranges();
     for (const DatabaseConfig& d : c.databases) used += d.tables.size();
     if (used > layout::kMaxSourcePartitions) {
       fail("databases", fmt::format("the sources need {} stored positions (one per polled table); the segment holds {}",

@@ -129,8 +129,16 @@ enum class KafkaAssignment : uint8_t {
 struct KafkaConfig {
   std::string bootstrap_servers;  // host:port[,host:port...]
   KafkaAssignment assignment = KafkaAssignment::kAll;
-  std::vector<std::string> topics;  // the topics consumed, in order: topic i uses position slots i * ppt ..
-  std::string group_id;             // default "larder-<hostname>-<segment>": commits per host and segment
+  // The topics consumed, in order. Without a regex, topic i uses position
+  // slots i * ppt ..; an entry starting with '^' is a POSIX extended regex
+  // (librdkafka's convention), and then every topic, named or matched, gets
+  // its range of slots from the topic table beside the segment
+  // (consume/kafka_topic_table.h).
+  std::vector<std::string> topics;
+  bool regex = false;                     // some entry of topics is a regex
+  uint32_t max_topics = 0;                // with a regex: the topics that can hold positions (ranges of ppt slots)
+  int64_t metadata_interval_ms = 30'000;  // how often the topics' metadata is re-read (new partitions, topics)
+  std::string group_id;                   // default "larder-<hostname>-<segment>": commits per host and segment
   KafkaStart start = KafkaStart::kStored;
   uint32_t partitions_per_topic = 16;  // SourceBlock partitions each topic reserves (its partitions 0..n-1)
   uint32_t max_in_flight = 1000;       // messages handed to the writer and not yet applied (and <= 16,384 updates)
@@ -143,6 +151,10 @@ struct KafkaConfig {
   std::string sasl_password;         // from sasl_password_env / sasl_password_file; "" none
   std::string sasl_password_source;  // for logs
   FormatConfig format;               // the message format of the records' values (default JSON v1)
+
+  // Ranges of partitions_per_topic position slots: one per listed topic, or
+  // max_topics with a regex.
+  uint32_t topic_ranges() const { return regex ? max_topics : static_cast<uint32_t>(topics.size()); }
 };
 
 // A database polled for rows (docs/sidecar.md, "Database polling"): one

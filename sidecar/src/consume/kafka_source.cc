@@ -11,6 +11,7 @@
 
 #include "larder/layout/clock.h"
 #include "observe/metrics.h"
+#include "snapshot/bootstrap.h"
 
 namespace larder::sidecar {
 namespace {
@@ -32,8 +33,6 @@ constexpr size_t kPollBatch = 128;
 // messages of 100 updates would be ~10 MB of batches).
 constexpr uint64_t kMaxInFlightUpdates = 16'384;
 constexpr auto kWatermarkInterval = std::chrono::milliseconds(100);
-// Assignment all: how often the topics' metadata is read for new partitions.
-constexpr auto kMetadataInterval = std::chrono::seconds(30);
 
 void rebalance_trampoline(rd_kafka_t*, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* partitions,
                           void* opaque) {
@@ -72,8 +71,28 @@ KafkaSource::KafkaSource(const Config& config, Pipeline& pipeline, SourceLane& l
       decoder_(make_message_decoder(config.schema(), config.decode_options(), config.kafka.format)),
       reject_log_(kRejectReasonCount, 10, std::chrono::milliseconds(1000)),
       work_token_(pipeline.work),
-      slot_count_(size_t{config.kafka.partitions_per_topic} * config.kafka.topics.size()) {
+      slot_count_(size_t{config.kafka.partitions_per_topic} * config.kafka.topic_ranges()) {
   slots_ = std::make_unique<Slot[]>(slot_count_);
+  if (kc_.regex) {
+    range_topic_.resize(kc_.max_topics);
+    for (const std::string& t : kc_.topics) {
+      if (t.front() != '^') continue;
+      // Checked by the config already; librdkafka compiles it the same way.
+      std::unique_ptr<regex_t, void (*)(regex_t*)> re(new regex_t, [](regex_t* r) {
+        ::regfree(r);
+        delete r;
+      });
+      if (::regcomp(re.get(), t.c_str(), REG_EXTENDED | REG_NOSUB) != 0) {
+        re.release();  // nothing to free: regcomp failed
+        throw StartError(2, fmt::format("kafka.topics: invalid regex \"{}\"", t));
+      }
+      patterns_.push_back(std::move(re));
+    }
+    table_ = std::make_unique<KafkaTopicTable>(
+        fmt::format("{}/.{}.kafka-topics", config.segment.dir, config.segment.name), position_id(), kc_.max_topics);
+  } else {
+    range_topic_ = kc_.topics;
+  }
   completions_.resize(64);
   spare_limit_ = size_t{config.kafka.max_in_flight} + kPollBatch;
   pending_.reserve(kPollBatch);
@@ -94,10 +113,17 @@ std::string KafkaSource::position_id() const {
   // many names (DNS, per-host listeners).
   std::string topics;
   for (const std::string& t : kc_.topics) topics += (topics.empty() ? "" : ",") + t;
+  // With a regex the ranges are given by the topic table; their count fixes
+  // the layout too.
+  if (kc_.regex)
+    return fmt::format("kafka topics={} slots={} ranges={}", topics, kc_.partitions_per_topic, kc_.max_topics);
   return fmt::format("kafka topics={} slots={}", topics, kc_.partitions_per_topic);
 }
 
 void KafkaSource::resume(std::span<const std::optional<SourcePosition>> stored) {
+  // The table first, even for a replay: the ranges' owners must not change
+  // under positions stored before.
+  if (kc_.regex) load_topic_table(stored);
   if (kc_.start == KafkaStart::kEarliest) {
     spdlog::info("kafka: start is \"earliest\": the stored positions are ignored, every partition is replayed");
     return;
@@ -105,6 +131,8 @@ void KafkaSource::resume(std::span<const std::optional<SourcePosition>> stored) 
   size_t resumed = 0;
   for (size_t i = 0; i < std::min(stored.size(), slot_count_); ++i) {
     if (!stored[i]) continue;
+    // A range the table gives no topic: its positions are retired (load_topic_table).
+    if (range_topic_[i / kc_.partitions_per_topic].empty()) continue;
     Slot& s = slots_[i];
     s.known = true;
     s.next_ = s.applied_next = s.committed_next = stored[i]->next_offset;
@@ -115,7 +143,7 @@ void KafkaSource::resume(std::span<const std::optional<SourcePosition>> stored) 
     }
     ++resumed;
     spdlog::info("kafka: {}[{}]: resuming at stored offset {} (skipping {} updates of it already applied)",
-                 kc_.topics[i / kc_.partitions_per_topic], i % kc_.partitions_per_topic, stored[i]->next_offset,
+                 range_topic_[i / kc_.partitions_per_topic], i % kc_.partitions_per_topic, stored[i]->next_offset,
                  stored[i]->skip_updates);
   }
   if (resumed == 0)
@@ -144,10 +172,110 @@ void KafkaSource::take_spare_batch(DecodedBatch& into) {
   spare_batches_.pop_back();
 }
 
+void KafkaSource::load_topic_table(std::span<const std::optional<SourcePosition>> stored) {
+  std::string why;
+  const KafkaTopicTable::Load loaded = table_->load(&why);
+  std::vector<bool> has_positions(kc_.max_topics, false);
+  bool any = false;
+  for (size_t i = 0; i < std::min(stored.size(), slot_count_); ++i) {
+    if (stored[i]) has_positions[i / kc_.partitions_per_topic] = any = true;
+  }
+  bool changed = false;
+  if (!any) {
+    // No position stored (a new segment, or positions cleared with a change
+    // of kafka.topics): nothing can belong to a range, so start a new table.
+    if (loaded != KafkaTopicTable::Load::kMissing) {
+      spdlog::info("kafka: the segment stores no position: topic table {} starts empty", table_->path());
+    }
+    table_->clear();
+    changed = loaded != KafkaTopicTable::Load::kMissing;
+  } else {
+    if (loaded == KafkaTopicTable::Load::kDamaged) {
+      spdlog::error("kafka: topic table {} is damaged ({}): the topics' stored positions cannot be told apart",
+                    table_->path(), why);
+    } else if (loaded == KafkaTopicTable::Load::kMissing) {
+      spdlog::error("kafka: topic table {} is missing, but the segment stores positions: they cannot be told apart",
+                    table_->path());
+    } else if (loaded == KafkaTopicTable::Load::kOtherSource) {
+      spdlog::error("kafka: topic table {} is for other kafka.topics or max_topics: its ranges are not used",
+                    table_->path());
+    }
+    if (loaded == KafkaTopicTable::Load::kLoaded && segment_restored_) {
+      spdlog::error(
+          "kafka: the segment was restored from a snapshot or a peer: topic table {} was written beside the segment "
+          "it replaced, so its ranges are not trusted",
+          table_->path());
+    }
+    if (loaded != KafkaTopicTable::Load::kLoaded || segment_restored_) table_->clear();
+    // A range with positions but no topic: they are of a topic nobody can
+    // name now. Retired, so that no other topic resumes at them.
+    for (uint32_t r = 0; r < kc_.max_topics; ++r) {
+      if (has_positions[r] && table_->topic_of(r).empty() && !table_->retired(r)) {
+        table_->retire(r);
+        changed = true;
+        spdlog::error(
+            "kafka: topic range {} holds stored positions of a topic the table does not name: retired (never given "
+            "to a topic; the topic itself starts at kafka.start). Delete the segment to start clean",
+            r);
+      }
+    }
+  }
+  if (changed && !table_->save(&why)) {
+    throw StartError(2, fmt::format("kafka: cannot write the topic table: {}", why));
+  }
+  std::lock_guard<std::mutex> lock(health_mu_);
+  for (uint32_t r = 0; r < kc_.max_topics; ++r) {
+    range_topic_[r] = table_->topic_of(r);
+    if (!range_topic_[r].empty()) spdlog::info("kafka: topic \"{}\" holds position range {}", range_topic_[r], r);
+  }
+}
+
+bool KafkaSource::matches(const char* topic) const {
+  for (const std::string& t : kc_.topics) {
+    if (t.front() != '^' && t == topic) return true;
+  }
+  for (const auto& re : patterns_) {
+    if (::regexec(re.get(), topic, 0, nullptr, 0) == 0) return true;
+  }
+  return false;
+}
+
+int KafkaSource::range_for(const std::string& topic) {
+  const int have = table_->range_of(topic);
+  if (have >= 0) return have;
+  std::string why;
+  const int r = table_->assign(topic, &why);
+  if (r >= 0) {
+    {
+      std::lock_guard<std::mutex> lock(health_mu_);
+      range_topic_[static_cast<size_t>(r)] = topic;
+    }
+    spdlog::info("kafka: topic \"{}\" matches kafka.topics: given position range {} (topic table {})", topic, r,
+                 table_->path());
+    return r;
+  }
+  if (!why.empty()) {
+    // Not consumed this time; the next metadata read or assignment retries.
+    spdlog::error("kafka: topic \"{}\" is not consumed: cannot save its position range: {}", topic, why);
+    set_status(fmt::format("kafka: topic {} is not consumed: the topic table cannot be saved", topic));
+    return -1;
+  }
+  if (over_limit_.insert(topic).second) {
+    topics_refused_.fetch_add(1, std::memory_order_relaxed);
+    spdlog::error(
+        "kafka: topic \"{}\" matches kafka.topics but is not consumed: all {} position ranges are taken "
+        "(kafka.max_topics). Raise max_topics (the segment's positions are then cleared and the topics replayed)",
+        topic, kc_.max_topics);
+    set_status(fmt::format("kafka: topic {} is not consumed: more topics match than kafka.max_topics ({})", topic,
+                           kc_.max_topics));
+  }
+  return -1;
+}
+
 KafkaSource::Slot* KafkaSource::slot_of(const char* topic, int32_t partition, uint32_t* index) {
   if (partition < 0 || static_cast<uint32_t>(partition) >= kc_.partitions_per_topic) return nullptr;
-  for (size_t t = 0; t < kc_.topics.size(); ++t) {
-    if (kc_.topics[t] == topic) {
+  for (size_t t = 0; t < range_topic_.size(); ++t) {
+    if (range_topic_[t] == topic) {
       *index = static_cast<uint32_t>(t * kc_.partitions_per_topic + static_cast<uint32_t>(partition));
       return &slots_[*index];
     }
@@ -169,6 +297,11 @@ int KafkaSource::run() {
       {"enable.partition.eof", "false"},
   };
   for (auto& p : kafka_default_properties()) settings.push_back(std::move(p));
+  if (kc_.regex && kc_.assignment == KafkaAssignment::kGroup) {
+    // librdkafka re-matches a regex subscription when it refreshes the
+    // metadata (kafka.properties may still override it).
+    settings.emplace_back("topic.metadata.refresh.interval.ms", std::to_string(kc_.metadata_interval_ms));
+  }
   settings.insert(settings.end(), kc_.properties.begin(), kc_.properties.end());
   if (!kc_.sasl_password.empty()) settings.emplace_back("sasl.password", kc_.sasl_password);
   for (const auto& [key, value] : settings) {
@@ -217,8 +350,10 @@ int KafkaSource::run() {
       // New partitions and topics appear through metadata: soon while
       // nothing is assigned, then every kMetadataInterval.
       const bool ok = assign_all();
-      next_metadata = std::chrono::steady_clock::now() +
-                      (ok && assignment_seen_ ? kMetadataInterval : std::chrono::milliseconds(1000));
+      next_metadata =
+          std::chrono::steady_clock::now() +
+          (ok && assignment_seen_ ? std::chrono::milliseconds(kc_.metadata_interval_ms)
+                                  : std::chrono::milliseconds(std::min<int64_t>(1000, kc_.metadata_interval_ms)));
     }
     if (now - last_commit_ >= std::chrono::milliseconds(kc_.commit_interval_ms)) commit(false);
     if (now - last_watermarks_ >= kWatermarkInterval) refresh_watermarks();
@@ -408,7 +543,7 @@ void KafkaSource::process_completions() {
                   ? fmt::format("update {}: a table is full (raise its capacity)", c.refused_update)
                   : fmt::format("update {}: the writer refused it", c.refused_update);
           note_reject(c.reason,
-                      fmt::format("{}[{}]@{}", kc_.topics[index / kc_.partitions_per_topic],
+                      fmt::format("{}[{}]@{}", range_topic_[index / kc_.partitions_per_topic],
                                   index % kc_.partitions_per_topic, c.offset),
                       detail);
         }
@@ -442,7 +577,7 @@ void KafkaSource::refresh_watermarks() {
     Slot& s = slots_[i];
     if (!s.assigned) continue;
     int64_t low = -1, high = -1;
-    const char* topic = kc_.topics[i / kc_.partitions_per_topic].c_str();
+    const char* topic = range_topic_[i / kc_.partitions_per_topic].c_str();
     const int32_t partition = static_cast<int32_t>(i % kc_.partitions_per_topic);
     // The cached watermarks of the last fetch reply: no request.
     if (rd_kafka_get_watermark_offsets(rk_, topic, partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0) {
@@ -476,7 +611,7 @@ void KafkaSource::commit(bool sync) {
     Slot& s = slots_[i];
     if (!s.assigned || !s.known || s.applied_next <= s.committed_next) continue;
     rd_kafka_topic_partition_t* p = rd_kafka_topic_partition_list_add(
-        list, kc_.topics[i / kc_.partitions_per_topic].c_str(), static_cast<int32_t>(i % kc_.partitions_per_topic));
+        list, range_topic_[i / kc_.partitions_per_topic].c_str(), static_cast<int32_t>(i % kc_.partitions_per_topic));
     p->offset = static_cast<int64_t>(s.applied_next);
     s.committed_next = s.applied_next;
   }
@@ -529,6 +664,9 @@ void KafkaSource::assign_partitions(rd_kafka_topic_partition_list_t* partitions,
     std::string listed;
     for (int k = 0; k < partitions->cnt; ++k) {
       const rd_kafka_topic_partition_t& tp = partitions->elems[k];
+      // A regex: the topic's range first (saved before any of its messages
+      // can be handed over); the group matched the topic already.
+      if (kc_.regex && range_for(tp.topic) < 0) continue;
       uint32_t index = 0;
       Slot* s = slot_of(tp.topic, tp.partition, &index);
       if (s == nullptr) {
@@ -608,8 +746,29 @@ bool KafkaSource::assign_all() {
   }
   set_state(layout::ConnectionState::kConnected);
   rd_kafka_topic_partition_list_t* added = rd_kafka_topic_partition_list_new(8);
-  size_t found = 0;
+  // The topics to consume: the listed ones, or (regex) the listed names and
+  // every topic of the cluster a pattern matches, in name order (the order
+  // new ones are given ranges in).
+  std::vector<std::string> wanted;
+  size_t named = 0;
   for (const std::string& t : kc_.topics) {
+    if (t.front() == '^') continue;
+    wanted.push_back(t);
+    ++named;
+  }
+  if (kc_.regex) {
+    std::vector<std::string> matched;
+    for (int i = 0; i < md->topic_cnt; ++i) {
+      const char* name = md->topics[i].topic;
+      if (name == nullptr || md->topics[i].err != RD_KAFKA_RESP_ERR_NO_ERROR || !matches(name)) continue;
+      if (std::find(wanted.begin(), wanted.end(), name) == wanted.end()) matched.emplace_back(name);
+    }
+    std::sort(matched.begin(), matched.end());
+    wanted.insert(wanted.end(), matched.begin(), matched.end());
+  }
+  size_t found = 0;  // of the listed names
+  for (size_t w = 0; w < wanted.size(); ++w) {
+    const std::string& t = wanted[w];
     const rd_kafka_metadata_topic_t* mt = nullptr;
     for (int i = 0; i < md->topic_cnt; ++i) {
       if (t == md->topics[i].topic && md->topics[i].err == RD_KAFKA_RESP_ERR_NO_ERROR) mt = &md->topics[i];
@@ -618,7 +777,8 @@ bool KafkaSource::assign_all() {
       if (missing_logged_.insert(t).second) spdlog::warn("kafka: topic \"{}\" does not exist (yet); waiting for it", t);
       continue;
     }
-    ++found;
+    if (w < named) ++found;
+    if (kc_.regex && range_for(t) < 0) continue;  // the range is saved before any partition is assigned
     for (int p = 0; p < mt->partition_cnt; ++p) {
       uint32_t index = 0;
       const Slot* s = slot_of(t.c_str(), mt->partitions[p].id, &index);
@@ -628,7 +788,9 @@ bool KafkaSource::assign_all() {
     }
   }
   rd_kafka_metadata_destroy(md);
-  if (added->cnt > 0 || (!assignment_seen_ && found == kc_.topics.size())) assign_partitions(added, true);
+  // Assignment seen once every listed topic exists (a regex alone: at the
+  // first metadata read, even with no topic matching yet).
+  if (added->cnt > 0 || (!assignment_seen_ && found >= named)) assign_partitions(added, true);
   rd_kafka_topic_partition_list_destroy(added);
   return true;
 }
@@ -669,6 +831,7 @@ void KafkaSource::render_metrics(std::string& out) const {
     bool live;
   };
   std::vector<Row> rows;
+  std::unique_lock<std::mutex> names(health_mu_);  // range_topic_
   for (size_t i = 0; i < slot_count_; ++i) {
     const Slot& s = slots_[i];
     // relaxed: statistics (kafka_source.h).
@@ -677,10 +840,11 @@ void KafkaSource::render_metrics(std::string& out) const {
     const int64_t applied = s.applied.load(std::memory_order_relaxed);
     if (!live && applied < 0) continue;
     rows.push_back(
-        Row{fmt::format("topic=\"{}\",partition=\"{}\"", escape_label_value(kc_.topics[i / kc_.partitions_per_topic]),
+        Row{fmt::format("topic=\"{}\",partition=\"{}\"", escape_label_value(range_topic_[i / kc_.partitions_per_topic]),
                         i % kc_.partitions_per_topic),
             high, applied, live});
   }
+  names.unlock();
   p.family("larder_kafka_partition_assigned", "gauge", "1 when the group assigned this partition to this sidecar.");
   for (const Row& r : rows) p.sample("larder_kafka_partition_assigned", r.labels, int64_t{r.live ? 1 : 0});
   p.family("larder_kafka_partition_high_watermark", "gauge",
@@ -704,6 +868,11 @@ void KafkaSource::render_metrics(std::string& out) const {
   p.sample("larder_kafka_rebalances_total", "", rebalances_.load(std::memory_order_relaxed));
   p.family("larder_kafka_errors_total", "counter", "Errors librdkafka reported (brokers down, consume errors).");
   p.sample("larder_kafka_errors_total", "", errors_.load(std::memory_order_relaxed));
+  if (kc_.regex) {
+    p.family("larder_kafka_topics_refused", "gauge",
+             "Topics matching kafka.topics that are not consumed: more match than kafka.max_topics.");
+    p.sample("larder_kafka_topics_refused", "", topics_refused_.load(std::memory_order_relaxed));
+  }
   out += p.text();
 }
 

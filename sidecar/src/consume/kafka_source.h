@@ -2,7 +2,10 @@
 //
 // Guarantees:
 //  * Positions: topic i of kafka.topics, partition p stores its position in
-//    the lane's partition i * partitions_per_topic + p, with each update
+//    the lane's partition i * partitions_per_topic + p (with a regex in
+//    kafka.topics: the topic's range i from the topic table beside the
+//    segment, kafka_topic_table.h, given once when the topic is first
+//    assigned and kept across restarts), with each update
 //    (apply/writer_thread.h). Those positions are the truth: at start and on
 //    every assignment a partition seeks to the segment's next offset (and
 //    skips the updates of that message applied before a kill), so nothing is
@@ -37,10 +40,20 @@
 // it CATCHING_UP, the connection state DISCONNECTED, /readyz failing with
 // librdkafka's error, and log that error: brokers may come later.
 //
+// Regex subscriptions: assignment all matches the cluster's topics against
+// the patterns (POSIX extended regcomp, as librdkafka) every
+// kafka.metadata_interval; assignment group leaves the matching to
+// librdkafka (topic.metadata.refresh.interval.ms, set to the same interval)
+// and gives each topic of an assignment its range. A topic beyond
+// kafka.max_topics is not consumed: logged once, counted in
+// larder_kafka_topics_refused, named on /readyz while catching up.
+//
 // Threads: run() and everything it calls (librdkafka's callbacks included:
 // they are served by rd_kafka_consumer_poll) on the source's thread; the
 // SourceHealth methods on HTTP threads read atomics and take health_mu_.
 #pragma once
+
+#include <regex.h>
 
 #include <array>
 #include <atomic>
@@ -54,6 +67,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "consume/kafka_topic_table.h"
 #include "consume/source.h"
 #include "decode/decoder.h"
 #include "decode/message_decoder.h"
@@ -80,6 +94,7 @@ class KafkaSource final : public Source {
   uint32_t partitions_needed() const override;
   std::string position_id() const override;
   void resume(std::span<const std::optional<SourcePosition>> stored) override;
+  void segment_restored() override { segment_restored_ = true; }
   int run() override;
   std::string not_ready_reason() const override;
   void render_metrics(std::string& out) const override;
@@ -110,6 +125,16 @@ class KafkaSource final : public Source {
   };
 
   Slot* slot_of(const char* topic, int32_t partition, uint32_t* index);
+  // With a regex: the range of `topic`, given from the topic table (saved
+  // before this returns) when it has none yet; -1 when every range is taken
+  // (logged and counted once per topic) or the table could not be saved.
+  int range_for(const std::string& topic);
+  // With a regex: whether `topic` is listed by name or matches a pattern.
+  bool matches(const char* topic) const;
+  // With a regex: the topic table from the file, reconciled with `stored`.
+  void load_topic_table(std::span<const std::optional<SourcePosition>> stored);
+  // The topic of range r ("" none). Source thread; HTTP threads under health_mu_.
+  const std::string& range_topic(size_t r) const { return range_topic_[r]; }
   // Adds `partitions` to the assignment, each at the segment's position
   // (incremental: keep the others; else replace the assignment).
   void assign_partitions(rd_kafka_topic_partition_list_s* partitions, bool incremental);
@@ -148,8 +173,15 @@ class KafkaSource final : public Source {
   RateLimiter reject_log_;
   moodycamel::ProducerToken work_token_;
   rd_kafka_s* rk_ = nullptr;
-  std::unique_ptr<Slot[]> slots_;  // topics x partitions_per_topic
+  std::unique_ptr<Slot[]> slots_;  // topic ranges x partitions_per_topic
   size_t slot_count_ = 0;
+  // The topic of each range: kafka.topics, or (regex) the topic table's.
+  // Written on the source thread under health_mu_ (render_metrics reads it).
+  std::vector<std::string> range_topic_;
+  std::unique_ptr<KafkaTopicTable> table_;                              // regex only
+  std::vector<std::unique_ptr<regex_t, void (*)(regex_t*)>> patterns_;  // regex only: the '^' entries
+  std::set<std::string> over_limit_;                                    // topics refused for max_topics (logged once)
+  bool segment_restored_ = false;  // the topic table may not be the positions' (load_topic_table)
   std::vector<Completion> completions_;
   // Decoded batches back from the writer, reused: as many as can be in
   // flight, so that a steady stream allocates nothing per message.
@@ -171,6 +203,7 @@ class KafkaSource final : public Source {
   std::atomic<uint64_t> commit_failures_{0};
   std::atomic<uint64_t> rebalances_{0};
   std::atomic<uint64_t> errors_{0};
+  std::atomic<uint64_t> topics_refused_{0};  // distinct topics refused for max_topics
   mutable std::mutex health_mu_;
   std::string status_;  // guarded by health_mu_: why it is not ready ("" when ready)
 };

@@ -57,6 +57,10 @@ class Source : public SourceHealth {
   // partition number, 0 .. partitions_needed() - 1; nullopt: none stored).
   // Main thread, before run().
   virtual void resume(std::span<const std::optional<SourcePosition>> stored) = 0;
+  // Before resume(): the segment was restored from a snapshot or a peer's
+  // image at this start, so files kept beside it may be older or newer than
+  // its positions. Main thread.
+  virtual void segment_restored() {}
   // Consumes until a stop is requested (stop_requests > 0) and what is in
   // flight has been settled or abandoned. Returns the exit code (0: clean).
   // The source's own thread.

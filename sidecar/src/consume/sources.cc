@@ -23,7 +23,7 @@ Sources make_sources(const Config& config, Pipeline& pipeline, const std::atomic
     base += count;
   }
   if (config.kafka_enabled) {
-    const uint32_t count = config.kafka.partitions_per_topic * static_cast<uint32_t>(config.kafka.topics.size());
+    const uint32_t count = config.kafka.partitions_per_topic * config.kafka.topic_ranges();
     pipeline.lanes.push_back(std::make_unique<SourceLane>(static_cast<uint32_t>(pipeline.lanes.size()), base, count));
     s.sources.push_back(std::make_unique<KafkaSource>(config, pipeline, *pipeline.lanes.back(), stop_requests));
     base += count;
@@ -102,6 +102,7 @@ void start_sources(Writer& writer, Pipeline& pipeline, const Config& config, Sou
         }
       }
     }
+    if (writer.restored()) s.sources[i]->segment_restored();
     s.sources[i]->resume(stored);
   }
   writer.set_sync_state(combined_sync_state(pipeline));

@@ -39,7 +39,8 @@ std::string combined_source_id(const Sources& s, const Pipeline& pipeline);
 // Sets the segment's source id (positions of another source set are
 // cleared, loudly), resumes each source at its stored positions and starts
 // the RabbitMQ stream's sync state. Sets the segment's sync state to the
-// lanes' combined state.
+// lanes' combined state. Throws StartError when a source cannot keep what
+// its positions need (the Kafka topic table cannot be written).
 void start_sources(Writer& writer, Pipeline& pipeline, const Config& config, Sources& s);
 
 }  // namespace larder::sidecar
