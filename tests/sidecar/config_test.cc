@@ -837,6 +837,21 @@ TEST(KafkaConfigTest, RegexTopicsReserveMaxTopicsRanges) {
   const Config d = parse_config(yaml);
   EXPECT_EQ(d.kafka.max_topics, 4u);
   EXPECT_EQ(d.kafka.metadata_interval_ms, 30'000);
+  // Beside a RabbitMQ stream (one stored position) and a polled table, the
+  // default takes the ranges that still fit: 3 of 16.
+  ::setenv("LARDER_TEST_KAFKA_PASSWORD", "pw", 1);
+  const Config beside = parse_config(yaml + R"(rabbitmq:
+  url: amqp://broker.local:5672/prod
+  password_env: LARDER_TEST_KAFKA_PASSWORD
+  queue: {name: q, type: stream}
+databases:
+  - driver: postgres
+    url: postgresql://larder@db.local:5432/app
+    password_env: LARDER_TEST_KAFKA_PASSWORD
+    tables:
+      - {table: users, query: "SELECT id, age, updated_at FROM users", key: id, cursor: updated_at, tie: id, columns: {age: age}}
+)");
+  EXPECT_EQ(beside.kafka.max_topics, 3u);
   // Without a regex nothing changes: one range per listed topic.
   const Config plain = parse_config(kKafkaOnly);
   EXPECT_FALSE(plain.kafka.regex);
@@ -854,6 +869,11 @@ TEST(KafkaConfigTest, RegexTopicsReserveMaxTopicsRanges) {
   };
   expect_error(yaml + "  max_topics: 5\n", "kafka.max_topics", "need 80 stored positions; the segment holds 64");
   expect_error(yaml + "  max_topics: 0\n", "kafka.max_topics", "");
+  // Given, it is kept: 4 x 16 and the stream's one are too many.
+  expect_error(yaml +
+                   "  max_topics: 4\nrabbitmq: {url: \"amqp://broker.local:5672/prod\", password_env: "
+                   "LARDER_TEST_KAFKA_PASSWORD, queue: {name: q, type: stream}}\n",
+               "kafka.max_topics", "+ 1 for the RabbitMQ stream need 65 stored positions");
   std::string two_named = kKafkaOnly;
   two_named.replace(two_named.find("[events, prices]"), 16, "[a, b, \"^c.*\"]");
   expect_error(two_named + "  max_topics: 1\n", "kafka.max_topics", "2 topics are listed by name");

@@ -980,6 +980,7 @@ KafkaConfig parse_kafka(const YAML::Node& node, const std::string& segment_name,
     // shared with the other sources is checked by load_config).
     const uint32_t fit =
         std::max<uint32_t>(1, static_cast<uint32_t>(layout::kMaxSourcePartitions) / k.partitions_per_topic);
+    k.max_topics_default = !m.has("max_topics");
     k.max_topics =
         static_cast<uint32_t>(m.integer("max_topics", std::min<uint32_t>(fit, 4), 1, layout::kMaxSourcePartitions));
     size_t named = 0;
@@ -1292,6 +1293,19 @@ Config parse_root(const YAML::Node& root, const ConfigLoad& load) {
     c.kafka = parse_kafka(m.node("kafka"), c.segment.name, secrets);
     // A RabbitMQ stream stores its position in partition 0; Kafka's slots follow.
     const uint64_t base = c.rabbitmq_enabled && c.rabbitmq.queue.type == QueueType::kStream ? 1 : 0;
+    if (c.kafka.regex && c.kafka.max_topics_default) {
+      // The default number of regex ranges leaves room for the other
+      // sources' positions (the stream's and one per polled table).
+      uint64_t others = base;
+      for (const DatabaseConfig& d : c.databases) others += d.tables.size();
+      const uint64_t room = others < layout::kMaxSourcePartitions ? layout::kMaxSourcePartitions - others : 0;
+      const uint64_t fit = room / c.kafka.partitions_per_topic;
+      size_t named = 0;
+      for (const std::string& t : c.kafka.topics) named += t.front() == '^' ? 0 : 1;
+      if (fit < c.kafka.max_topics && fit >= std::max<uint64_t>(1, named)) {
+        c.kafka.max_topics = static_cast<uint32_t>(fit);
+      }
+    }
     const uint64_t slots = uint64_t{c.kafka.partitions_per_topic} * c.kafka.topic_ranges();
     if (base + slots > layout::kMaxSourcePartitions) {
       fail(c.kafka.regex ? "kafka.max_topics" : "kafka.partitions_per_topic",

@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstring>
 #include <thread>
 
 #include "larder/layout/clock.h"
@@ -15,6 +16,10 @@
 
 namespace larder::sidecar {
 namespace {
+
+// Kafka's internal topics: a regex never matches them.
+constexpr const char* kInternalTopics[] = {"__consumer_offsets", "__transaction_state", "__share_group_state",
+                                           "__cluster_metadata"};
 
 // rd_kafka_consumer_poll waits at most this long when nothing is in flight
 // (the stop flag is checked between waits).
@@ -234,6 +239,11 @@ bool KafkaSource::matches(const char* topic) const {
   for (const std::string& t : kc_.topics) {
     if (t.front() != '^' && t == topic) return true;
   }
+  // Kafka's own topics are never matched by a pattern (as the Java
+  // consumer's exclude.internal.topics); listed by name they are consumed.
+  for (const char* internal : kInternalTopics) {
+    if (std::strcmp(topic, internal) == 0) return false;
+  }
   for (const auto& re : patterns_) {
     if (::regexec(re.get(), topic, 0, nullptr, 0) == 0) return true;
   }
@@ -301,6 +311,13 @@ int KafkaSource::run() {
     // librdkafka re-matches a regex subscription when it refreshes the
     // metadata (kafka.properties may still override it).
     settings.emplace_back("topic.metadata.refresh.interval.ms", std::to_string(kc_.metadata_interval_ms));
+    // The group's own matching skips Kafka's internal topics too.
+    std::string ignored;
+    for (const char* internal : kInternalTopics) {
+      if (std::find(kc_.topics.begin(), kc_.topics.end(), internal) != kc_.topics.end()) continue;
+      ignored += fmt::format("{}^{}$", ignored.empty() ? "" : ",", internal);
+    }
+    settings.emplace_back("topic.blacklist", ignored);
   }
   settings.insert(settings.end(), kc_.properties.begin(), kc_.properties.end());
   if (!kc_.sasl_password.empty()) settings.emplace_back("sasl.password", kc_.sasl_password);
