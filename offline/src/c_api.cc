@@ -30,8 +30,12 @@
 using larder::offline::Engine;
 using larder::offline::Replay;
 
+// The order of a replay (larder_offline_set_order).
+enum class KeyOrder { kByKey, kArrival };
+
 struct larder_offline {
   std::unique_ptr<Engine> engine;
+  KeyOrder order = KeyOrder::kByKey;
 };
 
 struct larder_offline_frame {
@@ -71,6 +75,15 @@ std::string table_list(const Engine& engine) {
 
 std::string_view slice(const char* bytes, const int64_t* offsets, size_t i) {
   return {bytes + offsets[i], static_cast<size_t>(offsets[i + 1] - offsets[i])};
+}
+
+// Engine::in_partition of a key whose hash_key(key, 0) is `hash`
+// (partition_of).
+bool in_partition(const Engine& engine, uint64_t hash) {
+  const uint32_t n = engine.options().partitions;
+  if (n <= 1) return true;
+  __extension__ using u128 = unsigned __int128;
+  return static_cast<uint32_t>((static_cast<u128>(hash) * n) >> 64) == engine.options().partition;
 }
 
 // Offsets must start at 0 or later and never go down.
@@ -166,25 +179,42 @@ struct EventRef {
   size_t row;
 };
 
-std::unique_ptr<larder_offline_frame> build(Engine& engine, const larder_offline_events* events, size_t event_sets,
-                                            const larder_offline_spine* spine) {
+// The arguments of one build, checked, and the rows of the partition.
+struct Input {
+  uint32_t table = 0;
+  const larder_offline_events* events = nullptr;
+  size_t event_sets = 0;
+  const larder_offline_spine* spine = nullptr;
+  // The events of the spine's table in the partition, in input order (event
+  // set after event set, rows in order), and the hash of each one's key.
+  std::vector<EventRef> refs;
+  std::vector<uint64_t> hashes;
+  bool ids = false;  // some event set carries event ids
+  // The spine rows of the partition, in spine order (the frame's rows), and
+  // the hash of each one's key.
+  std::vector<int64_t> spine_index;
+  std::vector<uint64_t> spine_hashes;
+};
+
+Input check_input(Engine& engine, const larder_offline_events* events, size_t event_sets,
+                  const larder_offline_spine* spine) {
   if (spine == nullptr || spine->table == nullptr) throw std::invalid_argument("no spine");
   const int t = engine.table_index(spine->table);
   if (t < 0) {
     throw std::invalid_argument(
         fmt::format("spine table \"{}\" is not in the config; tables: {}", spine->table, table_list(engine)));
   }
-  const auto table = static_cast<uint32_t>(t);
+  Input in;
+  in.table = static_cast<uint32_t>(t);
+  in.events = events;
+  in.event_sets = event_sets;
+  in.spine = spine;
   if (spine->n > 0) {
     check_offsets(spine->key_offsets, spine->n, "spine keys", spine->table);
     if (spine->keys == nullptr || spine->at_ms == nullptr) throw std::invalid_argument("spine: keys or at_ms NULL");
   }
   if (event_sets > 0 && events == nullptr) throw std::invalid_argument("events: NULL with event_sets > 0");
 
-  // The events of the spine's table in the partition, by arrival (stable),
-  // and how many distinct keys they hold (the scratch table's capacity).
-  std::vector<EventRef> refs;
-  std::vector<uint64_t> key_hashes;
   for (size_t s = 0; s < event_sets; ++s) {
     const larder_offline_events& e = events[s];
     if (e.table == nullptr) throw std::invalid_argument(fmt::format("events[{}]: table is NULL", s));
@@ -193,12 +223,15 @@ std::unique_ptr<larder_offline_frame> build(Engine& engine, const larder_offline
       throw std::invalid_argument(
           fmt::format("events table \"{}\" is not in the config; tables: {}", e.table, table_list(engine)));
     }
-    if (static_cast<uint32_t>(et) != table || e.n == 0) continue;
+    if (static_cast<uint32_t>(et) != in.table || e.n == 0) continue;
     check_offsets(e.key_offsets, e.n, "event keys", e.table);
     if (e.keys == nullptr || e.event_time_ms == nullptr) {
       throw std::invalid_argument(fmt::format("events of table \"{}\": keys or event_time_ms NULL", e.table));
     }
-    if (e.ids != nullptr) check_offsets(e.id_offsets, e.n, "event ids", e.table);
+    if (e.ids != nullptr) {
+      check_offsets(e.id_offsets, e.n, "event ids", e.table);
+      in.ids = true;
+    }
     for (size_t c = 0; c < e.column_count; ++c) {
       const larder_offline_column& col = e.columns[c];
       if (col.name == nullptr || col.data == nullptr) {
@@ -220,42 +253,152 @@ std::unique_ptr<larder_offline_frame> build(Engine& engine, const larder_offline
     }
     for (size_t r = 0; r < e.n; ++r) {
       const std::string_view key = slice(e.keys, e.key_offsets, r);
-      if (!engine.in_partition(key)) continue;
-      refs.push_back(
+      // The partition is the high bits of this hash (partition_of).
+      const uint64_t h = larder::layout::hash_key(key, 0);
+      if (!in_partition(engine, h)) continue;
+      in.refs.push_back(
           EventRef{e.arrival_ms != nullptr ? e.arrival_ms[r] : e.event_time_ms[r], static_cast<uint32_t>(s), r});
-      key_hashes.push_back(larder::layout::hash_key(key, 0));
+      in.hashes.push_back(h);
     }
   }
-  std::stable_sort(refs.begin(), refs.end(),
-                   [](const EventRef& a, const EventRef& b) { return a.arrival_ms < b.arrival_ms; });
-  std::sort(key_hashes.begin(), key_hashes.end());
-  const uint64_t distinct =
-      static_cast<uint64_t>(std::unique(key_hashes.begin(), key_hashes.end()) - key_hashes.begin());
-  std::vector<uint64_t>().swap(key_hashes);
-
-  // The spine rows of the partition: frame order (spine order) and read
-  // order (by instant, stable).
-  auto frame = std::make_unique<larder_offline_frame>();
-  std::vector<std::pair<int64_t, size_t>> reads;  // (at_ms, frame row)
   for (size_t r = 0; r < spine->n; ++r) {
-    if (!engine.in_partition(slice(spine->keys, spine->key_offsets, r))) continue;
-    reads.emplace_back(spine->at_ms[r], frame->spine_index.size());
-    frame->spine_index.push_back(static_cast<int64_t>(r));
+    const uint64_t h = larder::layout::hash_key(slice(spine->keys, spine->key_offsets, r), 0);
+    if (!in_partition(engine, h)) continue;
+    in.spine_index.push_back(static_cast<int64_t>(r));
+    in.spine_hashes.push_back(h);
   }
-  std::stable_sort(reads.begin(), reads.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  const size_t rows = frame->spine_index.size();
+  return in;
+}
 
+// A prefetch the compiler keeps. GCC deletes a __builtin_prefetch whose
+// address comes from a plain load that nothing else uses (here: a step's
+// EventRef, a row's offsets), with the load and the loop around it.
+inline void prefetch(const void* p) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p);
+#endif
+}
+
+// An event's offsets and values in its columns (walk_event reads them).
+void prefetch_row(const larder_offline_events& e, size_t r) {
+  prefetch(&e.key_offsets[r]);
+  prefetch(&e.event_time_ms[r]);
+  if (e.arrival_ms != nullptr) prefetch(&e.arrival_ms[r]);
+  if (e.op != nullptr) prefetch(&e.op[r]);
+  if (e.ids != nullptr) prefetch(&e.id_offsets[r]);
+  for (size_t c = 0; c < e.column_count; ++c) {
+    const larder_offline_column& col = e.columns[c];
+    if (col.present != nullptr) prefetch(&col.present[r]);
+    switch (col.type) {
+      case LARDER_OFFLINE_INT64:
+      case LARDER_OFFLINE_FLOAT64: prefetch(static_cast<const char*>(col.data) + r * 8); break;
+      case LARDER_OFFLINE_BOOL: prefetch(static_cast<const char*>(col.data) + r); break;
+      case LARDER_OFFLINE_STRING: prefetch(&col.offsets[r]); break;
+      case LARDER_OFFLINE_FLOAT64_LIST: prefetch(static_cast<const char*>(col.data) + r * col.dim * 8); break;
+      default: break;
+    }
+  }
+}
+
+// An event's key and string bytes, once prefetch_row() fetched their offsets.
+void prefetch_bytes(const larder_offline_events& e, size_t r) {
+  prefetch(e.keys + e.key_offsets[r]);
+  if (e.ids != nullptr) prefetch(e.ids + e.id_offsets[r]);
+  for (size_t c = 0; c < e.column_count; ++c) {
+    const larder_offline_column& col = e.columns[c];
+    if (col.type == LARDER_OFFLINE_STRING) prefetch(static_cast<const char*>(col.data) + col.offsets[r]);
+  }
+}
+
+uint64_t distinct_keys(std::vector<uint64_t> hashes) {
+  std::sort(hashes.begin(), hashes.end());
+  return static_cast<uint64_t>(std::unique(hashes.begin(), hashes.end()) - hashes.begin());
+}
+
+// One replay of a build's input into a frame. by_key: key after key
+// (Replay::begin_key): every step of a key (its events and its spine reads)
+// is ordered as arrival order would order it among all keys' steps: by time,
+// an event before a read at its own instant (a read sees the events arrived
+// by then), events in input order and reads in spine order among equal times.
+// Returns nullptr where that order could answer otherwise than arrival order
+// (two keys of one hash, a refusal by the writer): the caller replays again
+// in arrival order.
+std::unique_ptr<larder_offline_frame> replay_input(Engine& engine, const Input& in, bool by_key) {
+  const larder_offline_events* events = in.events;
+  const larder_offline_spine* spine = in.spine;
+  const uint32_t table = in.table;
+  auto frame = std::make_unique<larder_offline_frame>();
+  frame->spine_index = in.spine_index;
+  const size_t rows = frame->spine_index.size();
+  auto spine_key = [&](size_t fr) {
+    return slice(spine->keys, spine->key_offsets, static_cast<size_t>(frame->spine_index[fr]));
+  };
+  auto event_key = [&](const EventRef& ref) {
+    return slice(events[ref.set].keys, events[ref.set].key_offsets, ref.row);
+  };
+  // Events arriving after the last spine instant change no answer: neither
+  // order applies them.
+  int64_t last_read_ms = INT64_MIN;
+  for (size_t fr = 0; fr < rows; ++fr) {
+    last_read_ms = std::max(last_read_ms, spine->at_ms[frame->spine_index[fr]]);
+  }
+
+  // The scratch table holds every key of the events (also those of events
+  // after the last read, as in arrival order).
   std::vector<uint64_t> min_capacity(engine.schema().tables.size(), 0);
-  min_capacity[table] = distinct;
+  min_capacity[table] = distinct_keys(in.hashes);
   std::unique_ptr<Replay> replay = engine.start(min_capacity);
   replay->only_table(table);
+
+  // Key by key: the steps, by key in the order of the key's home slot (its
+  // hash under the table's seed, so the replay walks the scratch table from
+  // its first slot to its last), then as arrival order would order them.
+  struct Step {
+    uint64_t hash;
+    int64_t time;  // arrival, or the read's instant
+    uint64_t tag;  // kRead | frame row, or an index into in.refs
+  };
+  constexpr uint64_t kRead = uint64_t{1} << 63;
+  std::vector<Step> steps;
+  // Arrival order: the events (indexes into in.refs) and the reads
+  // ((at_ms, frame row)), each by time, stable.
+  std::vector<size_t> order;
+  std::vector<std::pair<int64_t, size_t>> reads;
+  if (by_key) {
+    const uint64_t seed = replay->key_hash_seed(table);
+    steps.reserve(in.refs.size() + rows);
+    for (size_t i = 0; i < in.refs.size(); ++i) {
+      const EventRef& ref = in.refs[i];
+      if (ref.arrival_ms <= last_read_ms) {
+        steps.push_back(Step{larder::layout::hash_key(event_key(ref), seed), ref.arrival_ms, i});
+      }
+    }
+    for (size_t fr = 0; fr < rows; ++fr) {
+      steps.push_back(
+          Step{larder::layout::hash_key(spine_key(fr), seed), spine->at_ms[frame->spine_index[fr]], kRead | fr});
+    }
+    std::sort(steps.begin(), steps.end(), [](const Step& a, const Step& b) {
+      if (a.hash != b.hash) return a.hash < b.hash;
+      if (a.time != b.time) return a.time < b.time;
+      return a.tag < b.tag;
+    });
+  } else {
+    order.resize(in.refs.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return in.refs[a].arrival_ms < in.refs[b].arrival_ms; });
+    for (size_t fr = 0; fr < rows; ++fr) reads.emplace_back(spine->at_ms[frame->spine_index[fr]], fr);
+    std::stable_sort(reads.begin(), reads.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  }
 
   // Columns to inputs, once per event set.
   std::vector<larder::sidecar::InputType> input_types;
   std::vector<larder::sidecar::UpdateBuilder::Input> inputs = replay->builder().inputs(table);
-  for (const auto& in : inputs) input_types.push_back(in.type);
-  std::vector<std::vector<int32_t>> input_of(event_sets);
-  for (size_t s = 0; s < event_sets; ++s) {
+  for (const auto& input : inputs) input_types.push_back(input.type);
+  std::vector<std::vector<int32_t>> input_of(in.event_sets);
+  for (size_t s = 0; s < in.event_sets; ++s) {
     for (size_t c = 0; c < events[s].column_count; ++c) {
       int32_t found = -1;
       for (size_t i = 0; i < inputs.size(); ++i) {
@@ -303,26 +446,26 @@ std::unique_ptr<larder_offline_frame> build(Engine& engine, const larder_offline
   walk.builder = &replay->builder();
   walk.table = table;
   walk.input_types = &input_types;
-  size_t next = 0;
-  auto apply_until = [&](int64_t at_ms) {
-    for (; next < refs.size() && refs[next].arrival_ms <= at_ms; ++next) {
-      const EventRef& ref = refs[next];
-      walk.events = &events[ref.set];
-      walk.input_of = &input_of[ref.set];
-      walk.row = ref.row;
-      const larder::sidecar::DecodeResult r = replay->apply_built(ref.arrival_ms, ref.arrival_ms, walk_event, &walk);
-      if (!r.ok && frame->first_rejection.empty()) {
-        frame->first_rejection = fmt::format("table \"{}\" event {}: {}: {}", events[ref.set].table, ref.row,
-                                             larder::sidecar::reject_reason_name(r.reason), r.detail);
-      }
+  // The first rejected event in arrival order (arrival, input order), in
+  // whichever order the replay meets them.
+  size_t first_rejected = SIZE_MAX;
+  larder::sidecar::DecodeResult first_result;
+  auto apply = [&](size_t i) {
+    const EventRef& ref = in.refs[i];
+    walk.events = &events[ref.set];
+    walk.input_of = &input_of[ref.set];
+    walk.row = ref.row;
+    larder::sidecar::DecodeResult r = replay->apply_built(ref.arrival_ms, ref.arrival_ms, walk_event, &walk);
+    if (!r.ok && (first_rejected == SIZE_MAX || ref.arrival_ms < in.refs[first_rejected].arrival_ms ||
+                  (ref.arrival_ms == in.refs[first_rejected].arrival_ms && i < first_rejected))) {
+      first_rejected = i;
+      first_result = std::move(r);
     }
   };
   larder::Row row = view.make_row();
-  for (const auto& [at_ms, fr] : reads) {
-    apply_until(at_ms);
-    const size_t r = static_cast<size_t>(frame->spine_index[fr]);
-    const larder::ReadResult res = replay->read(table, slice(spine->keys, spine->key_offsets, r), at_ms, row);
-    if (!res.found()) continue;
+  auto read = [&](size_t fr, std::string_view key, int64_t at_ms) {
+    const larder::ReadResult res = replay->read(table, key, at_ms, row);
+    if (!res.found()) return;
     frame->found[fr] = 1;
     frame->event_time_ms[fr] = res.event_time_ms;
     frame->computed_at_ms[fr] = res.computed_at_ms;
@@ -359,8 +502,74 @@ std::unique_ptr<larder_offline_frame> build(Engine& engine, const larder_offline
           break;
       }
     }
+  };
+
+  if (by_key) {
+    // The steps visit the input rows in a random order: fetch each step's
+    // input ahead of it, in three stages each reading only what the stage
+    // before fetched (its EventRef, then its row's offsets and values, then
+    // its key's bytes), so the misses overlap instead of following one
+    // another.
+    // Each stage runs for kGroup steps at once, every kGroup steps: the
+    // misses (and their page walks) of a group overlap, as in upsert_many.
+    constexpr size_t kGroup = 16, kRefAhead = 3 * kGroup, kRowAhead = 2 * kGroup, kBytesAhead = kGroup;
+    auto event_at = [&](size_t j) -> const EventRef* {
+      return (steps[j].tag & kRead) == 0 ? &in.refs[steps[j].tag] : nullptr;
+    };
+    auto stage = [&](size_t from, auto&& fetch) {
+      for (size_t j = from; j < std::min(from + kGroup, steps.size()); ++j) fetch(j);
+    };
+    auto fetch_ref = [&](size_t j) {
+      if ((steps[j].tag & kRead) == 0) prefetch(&in.refs[steps[j].tag]);
+    };
+    auto fetch_row = [&](size_t j) {
+      if (const EventRef* ref = event_at(j)) prefetch_row(events[ref->set], ref->row);
+    };
+    auto fetch_bytes = [&](size_t j) {
+      if (const EventRef* ref = event_at(j)) prefetch_bytes(events[ref->set], ref->row);
+    };
+    for (size_t j = 0; j < std::min(kRefAhead, steps.size()); ++j) fetch_ref(j);
+    for (size_t j = 0; j < std::min(kRowAhead, steps.size()); ++j) fetch_row(j);
+    for (size_t j = 0; j < std::min(kBytesAhead, steps.size()); ++j) fetch_bytes(j);
+    std::string_view key_of_group;
+    for (size_t i = 0; i < steps.size(); ++i) {
+      if (i % kGroup == 0) {
+        stage(i + kRefAhead, fetch_ref);
+        stage(i + kRowAhead, fetch_row);
+        stage(i + kBytesAhead, fetch_bytes);
+      }
+      const Step& step = steps[i];
+      const bool is_read = (step.tag & kRead) != 0;
+      const size_t at = static_cast<size_t>(step.tag & ~kRead);
+      const std::string_view key = is_read ? spine_key(at) : event_key(in.refs[at]);
+      if (i == 0 || step.hash != steps[i - 1].hash) {
+        replay->begin_key();
+        key_of_group = key;
+      } else if (key != key_of_group) {
+        return nullptr;  // two keys of one 64-bit hash: their steps interleave
+      }
+      if (is_read) {
+        read(at, key, step.time);
+      } else {
+        apply(at);
+      }
+    }
+  } else {
+    size_t next = 0;
+    for (const auto& [at_ms, fr] : reads) {
+      for (; next < order.size() && in.refs[order[next]].arrival_ms <= at_ms; ++next) apply(order[next]);
+      read(fr, spine_key(fr), at_ms);
+    }
   }
   replay->flush();
+  // A refusal depends on what the other keys hold at that moment, which
+  // differs between the orders.
+  if (by_key && replay->counters().refused > 0) return nullptr;
+  if (first_rejected != SIZE_MAX) {
+    const EventRef& ref = in.refs[first_rejected];
+    frame->first_rejection = fmt::format("table \"{}\" event {}: {}: {}", events[ref.set].table, ref.row,
+                                         larder::sidecar::reject_reason_name(first_result.reason), first_result.detail);
+  }
   for (size_t f = 0; f < view.fields().size(); ++f) {
     if (view.fields()[f].type != larder::layout::FieldType::kString) continue;
     larder_offline_frame::Column& col = frame->columns[f];
@@ -374,6 +583,25 @@ std::unique_ptr<larder_offline_frame> build(Engine& engine, const larder_offline
   frame->counters = replay->counters();
   frame->rejected = frame->counters.rejected + frame->counters.refused;
   return frame;
+}
+
+// Key by key unless something shared between keys could change an answer:
+// - the dedup set (tables with aggregates, events with ids): its buckets
+//   hold ids of many keys, and which id an insert evicts depends on the
+//   other keys' ids in the bucket at that moment;
+// - a refresh of every key at each read (EngineOptions::refresh_all_keys);
+// - and, found during the replay, two keys of one hash or a refusal by the
+//   writer (replay_input).
+// Everything else the writer shares between keys does not reach an answer
+// in a replay (docs/backfill.md, "Order of the replay").
+std::unique_ptr<larder_offline_frame> build(Engine& engine, const larder_offline_events* events, size_t event_sets,
+                                            const larder_offline_spine* spine, KeyOrder key_order) {
+  const Input in = check_input(engine, events, event_sets, spine);
+  const bool dedup = in.ids && !engine.schema().tables[in.table].aggregates.empty();
+  if (key_order != KeyOrder::kArrival && !dedup && !engine.options().refresh_all_keys) {
+    if (auto frame = replay_input(engine, in, true)) return frame;
+  }
+  return replay_input(engine, in, false);
 }
 
 const larder_offline_frame::Column* column(const larder_offline_frame* f, uint32_t field) {
@@ -413,6 +641,12 @@ int larder_offline_open(const char* config_path, uint32_t partition, uint32_t pa
 
 void larder_offline_close(larder_offline* engine) { delete engine; }
 
+int larder_offline_set_order(larder_offline* engine, int32_t order) {
+  if (engine == nullptr || (order != LARDER_OFFLINE_ORDER_BY_KEY && order != LARDER_OFFLINE_ORDER_ARRIVAL)) return 1;
+  engine->order = order == LARDER_OFFLINE_ORDER_ARRIVAL ? KeyOrder::kArrival : KeyOrder::kByKey;
+  return 0;
+}
+
 int larder_offline_build(larder_offline* engine, const larder_offline_events* events, size_t event_sets,
                          const larder_offline_spine* spine, larder_offline_frame** out, char* err, size_t err_len) {
   if (out == nullptr || engine == nullptr) {
@@ -421,7 +655,7 @@ int larder_offline_build(larder_offline* engine, const larder_offline_events* ev
   }
   *out = nullptr;
   try {
-    *out = build(*engine->engine, events, event_sets, spine).release();
+    *out = build(*engine->engine, events, event_sets, spine, engine->order).release();
     return 0;
   } catch (const std::exception& e) {
     set_error(err, err_len, e.what());

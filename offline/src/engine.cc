@@ -25,6 +25,11 @@ namespace {
 // Nanoseconds of the writer's clock fit int64 up to 2262-04-11.
 constexpr int64_t kMaxClockMs = INT64_MAX / 1'000'000;
 
+// The scratch writer's tombstone retention: about 31 years of arrival time,
+// forever for a replay (and retention plus any arrival before 2230 fits the
+// writer's int64 nanoseconds).
+constexpr int64_t kKeepTombstonesMs = 1'000'000'000'000;
+
 // With refresh_all_keys, events between two refreshes at the replay's clock
 // (Replay::flush): the writer's heap of due keys holds at most about this
 // many stale entries.
@@ -132,6 +137,13 @@ Replay::Replay(const Engine& engine, const layout::Schema& schema) : engine_(eng
     options.mode = 0600;
     // Each read refreshes its own key: a queue of due keys would only grow.
     options.refresh_queue = engine.options().refresh_all_keys;
+    // Each update's clock is its own arrival: in arrival order that is the
+    // newest anyway, and key by key (begin_key) no key moves another's.
+    options.clock_per_update = !engine.options().refresh_all_keys;
+    // Tombstones are kept: an expired one would be reclaimed by whichever
+    // other key probes through it first, so a key's answers would depend on
+    // the other keys and on the order of the replay (docs/backfill.md).
+    options.tombstone_retention_ms = kKeepTombstonesMs;
     writer_ = Writer::open(name_, schema, options);
     ClientOptions client;
     client.dir = dir_;
@@ -175,6 +187,15 @@ void Replay::note_arrival(int64_t arrival_ms) {
   }
   clock_ns(arrival_ms);  // in range
   last_arrival_ms_ = arrival_ms;
+}
+
+void Replay::begin_key() {
+  if (engine_.options().refresh_all_keys) {
+    throw std::logic_error("Replay::begin_key: a replay with refresh_all_keys goes in arrival order only");
+  }
+  // What is queued stays queued: each update carries its own clock
+  // (WriterOptions::clock_per_update), so runs may span keys.
+  last_arrival_ms_ = INT64_MIN;
 }
 
 sidecar::DecodedBatch& Replay::next_batch() {

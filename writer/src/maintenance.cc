@@ -150,6 +150,10 @@ bool Writer::refresh_key(uint32_t table, std::string_view key, int64_t now_unix_
   return table < impl_->tables.size() && impl_->refresh_key(table, key, now_unix_ns);
 }
 
+uint64_t Writer::key_hash_seed(uint32_t table) const noexcept {
+  return table < impl_->tables.size() ? impl_->tables[table].geo.hash_seed : 0;
+}
+
 bool Writer::refresh_due() const {
   const Impl& w = *impl_;
   if (!w.options.refresh_queue) return false;

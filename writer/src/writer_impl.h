@@ -302,7 +302,10 @@ struct Writer::Impl {
   void take_grow_request();
 
   // maintenance.cc
-  void advance_clock(int64_t now_unix_ns) { clock_ms = std::max(clock_ms, now_unix_ns / 1'000'000); }
+  void advance_clock(int64_t now_unix_ns) {
+    // WriterOptions::clock_per_update: a replay key by key; else the newest.
+    clock_ms = options.clock_per_update ? now_unix_ns / 1'000'000 : std::max(clock_ms, now_unix_ns / 1'000'000);
+  }
   void schedule(uint32_t table, uint64_t slot, layout::Word* block);
   bool refresh_slot(uint32_t table, uint64_t slot);
   uint64_t refresh(int64_t now_unix_ns, uint64_t key_budget);

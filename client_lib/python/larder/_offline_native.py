@@ -70,6 +70,8 @@ frame_p = c_void_p
 larder_offline_open = _declare("larder_offline_open", c_int, c_char_p, c_uint32, c_uint32, POINTER(c_void_p),
                                c_char_p, c_size_t)
 larder_offline_close = _declare("larder_offline_close", None, engine_p)
+ORDER_BY_KEY, ORDER_ARRIVAL = 0, 1  # LARDER_OFFLINE_ORDER_*
+larder_offline_set_order = _declare("larder_offline_set_order", c_int, engine_p, c_int32)
 larder_offline_build = _declare("larder_offline_build", c_int, engine_p, POINTER(Events), c_size_t, POINTER(Spine),
                                 POINTER(c_void_p), c_char_p, c_size_t)
 larder_offline_frame_rows = _declare("larder_offline_frame_rows", c_size_t, frame_p)

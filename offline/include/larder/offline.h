@@ -81,6 +81,16 @@ int larder_offline_open(const char* config_path, uint32_t partition, uint32_t pa
                         char* err, size_t err_len);
 void larder_offline_close(larder_offline* engine);
 
+/* The order of the replay in larder_offline_build(). BY_KEY (the default): key after key, each key's events
+ * and reads in the order arrival order would give them; keys do not interact, so the frame is the same and
+ * each key's state stays in cache while its events are applied. Where something shared between keys could
+ * change an answer (event ids on a table with aggregates: the dedup set; two keys of one 64-bit hash; a
+ * writer refusal), the build goes in arrival order instead. ARRIVAL: every event of every key in arrival
+ * order, as a sidecar applies them (the reference BY_KEY is tested against). Returns 0, or 1 for a NULL
+ * engine or another value. */
+enum { LARDER_OFFLINE_ORDER_BY_KEY = 0, LARDER_OFFLINE_ORDER_ARRIVAL = 1 };
+int larder_offline_set_order(larder_offline* engine, int32_t order);
+
 /* Builds one frame: replays `events` (any number of tables, each array sorted or not: the engine orders
  * them by arrival_ms, stable) and answers `spine` (one table) in spine order. Events refused by the
  * decoder rules (bad key, unknown input, wrong type...) are counted, not applied, as the sidecar

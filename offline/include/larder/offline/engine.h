@@ -133,6 +133,20 @@ class Replay {
   sidecar::DecodeResult apply_built(int64_t arrival_ms, int64_t now_ms, void (*walk)(void* ctx), void* ctx);
   sidecar::UpdateBuilder& builder() noexcept { return *builder_; }
 
+  // --- Key by key. Events of different keys do not interact in the
+  // writer (each update's clock is its own arrival, tombstones are kept,
+  // the table has room for every key), except through the dedup set, whose
+  // buckets are shared, and an arena or table too small for every key. So
+  // where neither applies a replay may go key after key: each key's events
+  // and reads in their own arrival order, as arrival order would interleave
+  // them. begin_key() starts the next key: the order check restarts. Not
+  // with refresh_all_keys (a refresh of every key is in arrival order).
+  void begin_key();
+  // The seed under which layout::hash_key orders table t's keys by slot
+  // (Writer::key_hash_seed): keys replayed in that hash order visit the
+  // scratch table from its first slot to its last.
+  uint64_t key_hash_seed(uint32_t table) const noexcept { return writer_->key_hash_seed(table); }
+
   // --- Reading. Applies what is queued, brings the key's aggregates to
   // at_ms (at_ms must not be before an event already applied) and reads its
   // row with the client's Table::get into `row`. For a table with

@@ -77,6 +77,12 @@ struct WriterOptions {
   // so no memory grows with the number of updates, and refresh() only moves
   // the aggregate clock (no key is refreshed, refreshed_through_ms stays).
   bool refresh_queue = true;
+  // The aggregate clock of each update (and refresh_key) is that call's own
+  // apply_unix_ns, even when it is earlier than a previous call's, instead
+  // of the newest one seen. For a replay that applies each key's events and
+  // reads on their own, key after key (the offline engine): one key's clock
+  // must not move another's. Online the clock only moves forward.
+  bool clock_per_update = false;
 };
 
 // A generation switch (Writer::begin_switch): the one in progress, and what
@@ -306,6 +312,11 @@ class Writer {
   // the table has no aggregates (or an invalid table or key). Costs one
   // probe, plus the refresh when due.
   bool refresh_key(uint32_t table, std::string_view key, int64_t now_unix_ns = 0);
+  // The seed of table `table`'s key hash: a key's home slot grows with
+  // layout::hash_key(key, seed), so updates in that order visit the slots
+  // (and their aggregate state) from the first to the last (the offline
+  // replay orders keys so). 0 for an invalid table.
+  uint64_t key_hash_seed(uint32_t table) const noexcept;
   // True when some key's aggregates are due for refresh by the wall clock, or
   // the due times are still being gathered after open. Always false without
   // the refresh queue (WriterOptions::refresh_queue).
