@@ -416,12 +416,11 @@ int cmd_info(const Globals& g, const std::string& name) {
   o.raw->populate();
   HugePageReport hp = o.raw->huge_pages();
   hp.mount_huge = mount_huge_option(g.dir);
-  const std::string huge_json = "{\"known\":" + std::string(hp.known ? "true" : "false") +
-                                ",\"huge_bytes\":" + std::to_string(hp.huge_bytes) +
-                                ",\"eligible_bytes\":" + std::to_string(hp.eligible_bytes) +
-                                ",\"resident_bytes\":" + std::to_string(hp.resident_bytes) +
-                                ",\"all_huge\":" + (hp.all_huge() ? "true" : "false") +
-                                ",\"mount_huge\":" + json_string(hp.mount_huge) + "}";
+  const std::string huge_json =
+      "{\"known\":" + std::string(hp.known ? "true" : "false") + ",\"huge_bytes\":" + std::to_string(hp.huge_bytes) +
+      ",\"eligible_bytes\":" + std::to_string(hp.eligible_bytes) +
+      ",\"resident_bytes\":" + std::to_string(hp.resident_bytes) +
+      ",\"all_huge\":" + (hp.all_huge() ? "true" : "false") + ",\"mount_huge\":" + json_string(hp.mount_huge) + "}";
   if (g.json) {
     std::printf("{\"name\":%s,\"path\":%s,\"bytes\":%" PRIu64
                 ",\"layout_version\":%u,\"abi_signature\":\"%s\","

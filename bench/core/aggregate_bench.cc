@@ -860,8 +860,8 @@ void run_writer(const Options& o, RecordingReporter& rep, uint64_t keys) {
   if (want_agg) agg = load_typical(o, keys);
   for (const std::string& d : o.extra_dirs) {
     const std::string x = dir_suffix(d);
-    if (phase.wanted_any({p + "agg_random" + x, p + "agg_hot1K" + x, p + "agg_random_many64" + x,
-                          p + "agg_hot1K_many64" + x})) {
+    if (phase.wanted_any(
+            {p + "agg_random" + x, p + "agg_hot1K" + x, p + "agg_random_many64" + x, p + "agg_hot1K_many64" + x})) {
       extra.push_back(load_typical(o, keys, d));
     }
   }

@@ -2,17 +2,16 @@
 // validation.
 #include "larder/layout/segment_file.h"
 
+#include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <linux/magic.h>
 #include <pwd.h>
+#include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
-
-#include <fcntl.h>
-#include <limits.h>
-#include <stdlib.h>
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <cctype>
@@ -153,8 +152,8 @@ std::unique_ptr<MappedFile::Region> map_file(const std::string& path, std::strin
   const auto bytes = static_cast<size_t>(st.st_size);
   if (bytes < sizeof(SegmentHeader)) {
     ::close(fd);
-    throw Error(ErrorCode::kCorrupt, "segment \"" + std::string(name) + "\" at " + path + ": " +
-                                         std::to_string(bytes) + " bytes is too small to be a Larder segment");
+    throw Error(ErrorCode::kCorrupt, "segment \"" + std::string(name) + "\" at " + path + ": " + std::to_string(bytes) +
+                                         " bytes is too small to be a Larder segment");
   }
   auto r = std::make_unique<MappedFile::Region>();
   r->addr = map_aligned(fd, bytes, write ? PROT_READ | PROT_WRITE : PROT_READ);
@@ -286,14 +285,15 @@ std::string mount_huge_option(const std::string& dir) {
   while (std::fgets(buf, sizeof buf, f) != nullptr) {
     // id parent major:minor root mount-point options [optional fields] - type source super-options
     std::vector<std::string> tok;
-    for (char* save = nullptr, *t = ::strtok_r(buf, " \n", &save); t != nullptr; t = ::strtok_r(nullptr, " \n", &save)) {
+    for (char *save = nullptr, *t = ::strtok_r(buf, " \n", &save); t != nullptr;
+         t = ::strtok_r(nullptr, " \n", &save)) {
       tok.emplace_back(t);
     }
     const auto dash = std::find(tok.begin(), tok.end(), "-");
     if (tok.size() < 5 || dash == tok.end() || tok.end() - dash < 4) continue;
     const std::string mp = unescape_mount_path(tok[4]);
-    const bool covers = mp == "/" || path == mp || (path.size() > mp.size() && path.compare(0, mp.size(), mp) == 0 &&
-                                                    path[mp.size()] == '/');
+    const bool covers = mp == "/" || path == mp ||
+                        (path.size() > mp.size() && path.compare(0, mp.size(), mp) == 0 && path[mp.size()] == '/');
     // >=: of two mounts on one point the later one (on top) is the one seen.
     if (covers && (!found || mp.size() >= best_len)) {
       found = true;

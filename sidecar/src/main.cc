@@ -312,9 +312,10 @@ int main(int argc, char** argv) {
     if (hp.all_huge()) {
       spdlog::info("segment {}: huge pages: {}", writer->path(), larder::layout::describe(hp));
     } else if (hp.eligible_bytes > 0) {
-      spdlog::info("segment {}: huge pages: {} (segment.huge_pages {}): random keys pay TLB misses; a tmpfs "
-                   "mounted huge=within_size for segment.dir gives 2 MiB pages (docs/deployment.md, \"Huge pages\")",
-                   writer->path(), larder::layout::describe(hp), config.segment.huge_pages);
+      spdlog::info(
+          "segment {}: huge pages: {} (segment.huge_pages {}): random keys pay TLB misses; a tmpfs "
+          "mounted huge=within_size for segment.dir gives 2 MiB pages (docs/deployment.md, \"Huge pages\")",
+          writer->path(), larder::layout::describe(hp), config.segment.huge_pages);
     }
   }
 
