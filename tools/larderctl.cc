@@ -409,11 +409,11 @@ int cmd_info(const Globals& g, const std::string& name) {
   // A generation switch in progress: the writer builds the next generation
   // beside this one under a temporary name (docs/design.md, "Generations").
   const uint64_t next_bytes = next_generation_bytes(g.dir, name);
-  // How the file is backed, as this reader maps it: every page mapped in
-  // (read-only; nothing is allocated), then this process's smaps entry. A
+  // How the file is backed, as this reader maps it: one byte of every 2 MiB
+  // read (nothing is allocated), then this process's smaps entry. A
   // reader's pages are the writer's (one page cache), so this is what
   // inference processes get too.
-  o.raw->populate();
+  o.raw->touch_huge_pages();
   HugePageReport hp = o.raw->huge_pages();
   hp.mount_huge = mount_huge_option(g.dir);
   const std::string huge_json =

@@ -197,8 +197,9 @@ std::unique_ptr<MappedFile> MappedFile::open_read_write(const std::string& path,
   return m;
 }
 
-bool MappedFile::populate() noexcept {
-  return ::madvise(data_, size_, writable_ ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) == 0;
+void MappedFile::touch_huge_pages() const noexcept {
+  const auto* p = static_cast<const volatile unsigned char*>(data_);
+  for (size_t at = 0; at + kHugePageBytes <= size_; at += kHugePageBytes) (void)p[at];
 }
 
 bool MappedFile::collapse() noexcept {
@@ -242,13 +243,8 @@ HugePageReport MappedFile::huge_pages() const {
 
 std::string describe(const HugePageReport& r) {
   if (!r.known) return "unknown (no /proc/self/smaps entry)";
-  constexpr uint64_t kMiB = uint64_t{1} << 20;
   std::string s = std::to_string(r.huge_bytes / kHugePageBytes) + " of " +
                   std::to_string(r.eligible_bytes / kHugePageBytes) + " 2 MiB pages";
-  if (r.resident_bytes < r.mapping_bytes) {
-    s += " (" + std::to_string(r.resident_bytes / kMiB) + " of " + std::to_string(r.mapping_bytes / kMiB) +
-         " MiB mapped so far)";
-  }
   if (!r.mount_huge.empty()) s += ", mount huge=" + r.mount_huge;
   return s;
 }

@@ -296,17 +296,13 @@ void Writer::Impl::create(bool replace_existing) {
 }
 
 void Writer::Impl::prepare_pages() {
-  // On a disk file system (allow_non_tmpfs) populating for write would
-  // dirty every page, and huge pages are a tmpfs matter.
-  DirFileSystem fs;
-  if (!dir_file_system(dir, &fs) || !fs.memory_backed) return;
-  // Failing to populate (a kernel before 5.14) only leaves the first touches
-  // to the updates, as before.
-  map->populate();
   if (options.huge_pages == HugePages::kOff) return;
+  DirFileSystem fs;
+  if (!dir_file_system(dir, &fs) || !fs.memory_backed) return;  // huge pages are a tmpfs matter
   const std::string mount = mount_huge_option(dir);
   const bool mount_allows = mount == "always" || mount == "within_size" || mount == "advise";
   if (!mount_allows && options.huge_pages != HugePages::kCollapse) return;
+  map->touch_huge_pages();
   if (map->huge_pages().all_huge()) return;
   // Refused (an older kernel, no free 2 MiB pages): the pages stay as they
   // are, and huge_pages() reports what they are.

@@ -268,6 +268,7 @@ uint64_t Writer::repaired_slots() const { return impl_->repaired; }
 const AttachReport& Writer::attach_report() const { return impl_->report; }
 
 layout::HugePageReport Writer::huge_pages() const {
+  impl_->map->touch_huge_pages();
   layout::HugePageReport r = impl_->map->huge_pages();
   r.mount_huge = mount_huge_option(impl_->dir);
   return r;

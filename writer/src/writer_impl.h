@@ -210,9 +210,9 @@ struct Writer::Impl {
                                        const WriterOptions& options);
 
   // segment_create.cc
-  // Maps every page of `map` in and, as options.huge_pages asks, collapses
-  // the file into 2 MiB pages. Nothing it does changes a byte of the file,
-  // and a refusal of the kernel leaves 4 KiB pages (huge_pages() says so).
+  // As options.huge_pages asks, collapses the file into 2 MiB pages where
+  // it is not already. Nothing it does changes a byte of the file, and a
+  // refusal of the kernel leaves 4 KiB pages (huge_pages() says so).
   void prepare_pages();
   std::unique_ptr<layout::MappedFile> build_file(const layout::Schema& of, const layout::LayoutPlan& plan,
                                                  const std::string& tmp, std::span<const uint64_t> seeds) const;

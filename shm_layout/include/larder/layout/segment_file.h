@@ -51,13 +51,13 @@ inline constexpr uint64_t kSegmentFreeMargin = uint64_t{1} << 20;
 inline constexpr size_t kHugePageBytes = size_t{2} << 20;
 
 // How much of a mapping the kernel maps with 2 MiB pages, read from this
-// process's /proc/self/smaps entry for it. It describes the pages this
-// process has touched (resident_bytes): MappedFile::populate() first makes
-// that the whole file.
+// process's /proc/self/smaps entry for it. It counts the 2 MiB pages this
+// process has touched: MappedFile::touch_huge_pages() first makes that every
+// one of the file.
 struct HugePageReport {
   bool known = false;           // false: no smaps entry found (no /proc)
   uint64_t mapping_bytes = 0;   // the mapping's size
-  uint64_t resident_bytes = 0;  // Rss: pages of the file this process has mapped
+  uint64_t resident_bytes = 0;  // Rss: bytes of the file this process has mapped in
   uint64_t huge_bytes = 0;      // of those, mapped by 2 MiB entries (ShmemPmdMapped + FilePmdMapped)
   // Bytes 2 MiB pages can back: the file cut down to whole 2 MiB pages (the
   // tail of a file whose size is not a multiple stays in 4 KiB pages).
@@ -92,12 +92,12 @@ class MappedFile {
   size_t size() const noexcept { return size_; }
   const SegmentHeader& header() const noexcept { return *static_cast<const SegmentHeader*>(data_); }
 
-  // Maps every page of the file into this mapping now (MADV_POPULATE_READ
-  // or _WRITE, Linux 5.14): first touches leave the hot path, and
-  // huge_pages() then describes the whole file. Allocates nothing on a file
-  // whose pages exist (the writer fallocates them). Returns false with errno
-  // set when the kernel refuses (EINVAL before 5.14).
-  bool populate() noexcept;
+  // Reads one byte of every whole 2 MiB of the file, so that each is mapped
+  // in: by one 2 MiB entry where the page cache holds a 2 MiB page there
+  // (the mapping is aligned), by 4 KiB entries otherwise. huge_pages() then
+  // counts every 2 MiB page of the file. One fault per 2 MiB (the segment's
+  // 4 KiB pages are not all mapped in: that took seconds per GB here).
+  void touch_huge_pages() const noexcept;
   // Asks the kernel to replace the file's 4 KiB pages by 2 MiB ones now
   // (MADV_COLLAPSE, Linux 6.1): in the page cache, so for every process
   // that maps the file. It works on a tmpfs mounted huge=advise, whose

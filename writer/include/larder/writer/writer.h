@@ -30,9 +30,7 @@ namespace larder {
 
 // What the writer does for huge pages when it opens a segment
 // (docs/deployment.md, "Huge pages"). Every mapping of a segment carries
-// MADV_HUGEPAGE and starts on a 2 MiB boundary whatever this says; the
-// writer also maps every page in at open (MADV_POPULATE_WRITE), so that what
-// it reports (Writer::huge_pages) covers the whole file.
+// MADV_HUGEPAGE and starts on a 2 MiB boundary whatever this says.
 enum class HugePages {
   // Where the directory's tmpfs is mounted huge=always, within_size or
   // advise, make every whole 2 MiB of the file a huge page: the allocation
@@ -440,9 +438,9 @@ class Writer {
   // What this open found and did; all zero for a segment it created or
   // restored.
   const AttachReport& attach_report() const;
-  // How the writer's mapping of the segment is backed, read now from
-  // /proc/self/smaps (and the mount of the directory): 2 MiB pages of the
-  // whole file once open has mapped every page in. The pages a writer gets
+  // How the writer's mapping of the segment is backed: one byte of every
+  // 2 MiB of the file read, then /proc/self/smaps (and the mount of the
+  // directory). One fault per 2 MiB page the first time. The pages a writer gets
   // are the pages its readers get (one page cache), as long as their
   // mappings are aligned (MappedFile's are).
   layout::HugePageReport huge_pages() const;
