@@ -409,6 +409,18 @@ int cmd_info(const Globals& g, const std::string& name) {
   // A generation switch in progress: the writer builds the next generation
   // beside this one under a temporary name (docs/design.md, "Generations").
   const uint64_t next_bytes = next_generation_bytes(g.dir, name);
+  // How the file is backed, as this reader maps it: one byte of every 2 MiB
+  // read (nothing is allocated), then this process's smaps entry. A
+  // reader's pages are the writer's (one page cache), so this is what
+  // inference processes get too.
+  o.raw->touch_huge_pages();
+  HugePageReport hp = o.raw->huge_pages();
+  hp.mount_huge = mount_huge_option(g.dir);
+  const std::string huge_json =
+      "{\"known\":" + std::string(hp.known ? "true" : "false") + ",\"huge_bytes\":" + std::to_string(hp.huge_bytes) +
+      ",\"eligible_bytes\":" + std::to_string(hp.eligible_bytes) +
+      ",\"resident_bytes\":" + std::to_string(hp.resident_bytes) +
+      ",\"all_huge\":" + (hp.all_huge() ? "true" : "false") + ",\"mount_huge\":" + json_string(hp.mount_huge) + "}";
   if (g.json) {
     std::printf("{\"name\":%s,\"path\":%s,\"bytes\":%" PRIu64
                 ",\"layout_version\":%u,\"abi_signature\":\"%s\","
@@ -417,14 +429,14 @@ int cmd_info(const Globals& g, const std::string& name) {
                 "\"writer\":{\"pid\":%" PRIu64 ",\"alive\":%s,\"heartbeat_age_ms\":%" PRId64 ",\"sessions\":%" PRIu64
                 ",\"repaired_slots\":%" PRIu64 "},\"connection\":\"%s\",\"updates_applied\":%" PRIu64
                 ",\"messages_rejected\":%" PRIu64 ",\"last_update_age_ms\":%" PRId64
-                ",\"next_generation_bytes\":%" PRIu64 ",\"sync\":%s,\"tables\":%s}\n",
+                ",\"next_generation_bytes\":%" PRIu64 ",\"huge_pages\":%s,\"sync\":%s,\"tables\":%s}\n",
                 json_string(name).c_str(), json_string(segment_path(g.dir, name)).c_str(), i.segment_bytes,
                 i.layout_version, hex64(h.abi_signature).c_str(), hex64(i.schema_fingerprint).c_str(),
                 state_name(i.state), i.generation,
                 json_string(std::string_view(h.creator, strnlen(h.creator, sizeof h.creator))).c_str(), i.writer_pid,
                 alive ? "true" : "false", i.heartbeat_age_ms, i.writer_sessions, i.repaired_slots,
                 connection_name(i.connection), i.updates_applied, i.messages_rejected, age_ms(i.last_apply_unix_ns),
-                next_bytes, sync_json.c_str(), tables_json.c_str());
+                next_bytes, huge_json.c_str(), sync_json.c_str(), tables_json.c_str());
   } else {
     std::printf("segment %s (%s)\n", name.c_str(), segment_path(g.dir, name).c_str());
     std::printf("  %" PRIu64 " bytes, layout v%u, ABI %s, schema %s, state %s, generation %" PRIu64 "\n",
@@ -452,6 +464,7 @@ int cmd_info(const Globals& g, const std::string& name) {
         i.updates_applied, i.messages_rejected,
         i.last_apply_unix_ns == 0 ? "never" : (std::to_string(age_ms(i.last_apply_unix_ns)) + " ms ago").c_str(),
         i.writer_sessions, i.repaired_slots);
+    if (hp.eligible_bytes > 0) std::printf("  huge pages: %s\n", describe(hp).c_str());
     std::printf("%s", sync_text.c_str());
     std::printf("tables:\n%s", text.c_str());
   }

@@ -68,7 +68,11 @@
 //   LARDER_AGG_READ_SIZES  --read_sizes=  keys of the read runs (default 10K,100K; a
 //                                         24 h @ 1 min sum keeps 34.6 KB of state per slot)
 //   LARDER_AGG_EVENT_RATE  --event_rate=  events per second of event time (default 1000000)
-//   LARDER_BENCH_DIR       --dir=         tmpfs directory of the segments (default /dev/shm)
+//   LARDER_BENCH_DIR       --dir=         tmpfs directory of the segments (default /dev/shm);
+//                                         a comma-separated list runs the writer/<keys>/agg_*
+//                                         benchmarks on a segment in each further directory too,
+//                                         in the same run, named ...@<last path component>
+//                                         (e.g. a tmpfs mounted huge=within_size beside /dev/shm)
 //   LARDER_BENCH_REPETITIONS --repetitions= runs of each benchmark (default 3); the
 //                                         summary uses the medians
 // --benchmark_filter= also skips building the segments no selected benchmark uses.
@@ -120,6 +124,7 @@ struct Options {
   std::vector<uint64_t> read_sizes{10'000, 100'000};
   double event_rate = 1e6;
   std::string dir = "/dev/shm";
+  std::vector<std::string> extra_dirs;  // writer/<keys>/agg_* again on a segment in each
   std::string filter;
   int repetitions = 3;
 };
@@ -156,7 +161,15 @@ Options parse_options(int* argc, char** argv) {
     o.event_rate = std::atof(given["LARDER_AGG_EVENT_RATE"].c_str());
     if (!(o.event_rate >= 1 && o.event_rate <= 1e9)) usage_error("LARDER_AGG_EVENT_RATE must be in [1, 1e9]");
   }
-  if (given.count("LARDER_BENCH_DIR")) o.dir = given["LARDER_BENCH_DIR"];
+  if (given.count("LARDER_BENCH_DIR")) {
+    std::vector<std::string> dirs;
+    for (std::string_view d : split(given["LARDER_BENCH_DIR"], ',')) {
+      if (!d.empty()) dirs.emplace_back(d);
+    }
+    if (dirs.empty()) usage_error("LARDER_BENCH_DIR is empty");
+    o.dir = dirs[0];
+    o.extra_dirs.assign(dirs.begin() + 1, dirs.end());
+  }
   if (given.count("filter")) o.filter = given["filter"];
   if (given.count("LARDER_BENCH_REPETITIONS"))
     o.repetitions = std::max(1, std::atoi(given["LARDER_BENCH_REPETITIONS"].c_str()));
@@ -351,10 +364,20 @@ void print_memory(const Options& o) {
 
 std::vector<std::string> g_segments;  // removed at exit, also after an error
 std::string g_dir;
+std::vector<std::pair<std::string, std::string>> g_extra_segments;  // {name, dir} outside g_dir
 
 void remove_segments() {
   for (const std::string& s : g_segments) Writer::remove_segment(s, g_dir);
   g_segments.clear();
+  for (const auto& [name, dir] : g_extra_segments) Writer::remove_segment(name, dir);
+  g_extra_segments.clear();
+}
+
+// "@huge" for /mnt/huge: the suffix of the benchmarks on a segment there.
+std::string dir_suffix(const std::string& dir) {
+  std::string d = dir;
+  while (d.size() > 1 && d.back() == '/') d.pop_back();
+  return "@" + d.substr(d.find_last_of('/') + 1);
 }
 
 double seconds_since(uint64_t t0) { return static_cast<double>(now_ns() - t0) / 1e9; }
@@ -373,13 +396,16 @@ struct Store {
   uint64_t events = 0;     // ids: 1, 2, ...
   uint32_t source = 0;     // Writer::source_index of the aggregates' source
   int64_t drained_ns = 0;  // refresh benchmark: every seeded window is empty after this
+  std::string dir;         // where the segment is
 
   int64_t event_ms() const { return sim_ns / kNsPerMs; }
   void tick() { sim_ns += step_ns; }
 };
 
-std::unique_ptr<Store> create_store(const Options& o, const std::string& tag, layout::Schema schema, uint64_t keys) {
+std::unique_ptr<Store> create_store(const Options& o, const std::string& tag, layout::Schema schema, uint64_t keys,
+                                    const std::string& dir = "") {
   auto st = std::make_unique<Store>();
+  st->dir = dir.empty() ? o.dir : dir;
   st->name = "larder-aggbench-" + std::to_string(::getpid()) + "-" + tag;
   st->schema = std::move(schema);
   st->keys = keys;
@@ -388,9 +414,13 @@ std::unique_ptr<Store> create_store(const Options& o, const std::string& tag, la
   st->sim_ns = now_unix_ms() / 1000 * 1000 * kNsPerMs;
   st->next_refresh_ns = st->sim_ns + kRefreshPeriodNs;
   WriterOptions wo;
-  wo.dir = o.dir;
-  Writer::remove_segment(st->name, o.dir);
-  g_segments.push_back(st->name);
+  wo.dir = st->dir;
+  Writer::remove_segment(st->name, st->dir);
+  if (st->dir == o.dir) {
+    g_segments.push_back(st->name);
+  } else {
+    g_extra_segments.emplace_back(st->name, st->dir);
+  }
   st->w = Writer::open(st->name, st->schema, wo);
   return st;
 }
@@ -398,8 +428,9 @@ std::unique_ptr<Store> create_store(const Options& o, const std::string& tag, la
 void drop_store(std::unique_ptr<Store>& st) {
   if (!st) return;
   st->w.reset();
-  Writer::remove_segment(st->name, g_dir);
+  Writer::remove_segment(st->name, st->dir);
   g_segments.erase(std::remove(g_segments.begin(), g_segments.end(), st->name), g_segments.end());
+  std::erase(g_extra_segments, std::make_pair(st->name, st->dir));
   st.reset();
 }
 
@@ -521,8 +552,9 @@ void check_applied(ApplyResult r, const char* what, uint64_t i) {
 }
 
 // The aggregate table, every key given one event.
-std::unique_ptr<Store> load_typical(const Options& o, uint64_t keys) {
-  auto st = create_store(o, "typical-" + count_label(keys), typical_schema(keys), keys);
+std::unique_ptr<Store> load_typical(const Options& o, uint64_t keys, const std::string& dir = "") {
+  auto st = create_store(o, "typical-" + count_label(keys) + (dir.empty() ? "" : "-" + dir_suffix(dir).substr(1)),
+                         typical_schema(keys), keys, dir);
   const int src = st->w->source_index(0, "amount");
   if (src < 0) throw std::runtime_error("no source 'amount'");
   st->source = static_cast<uint32_t>(src);
@@ -536,10 +568,11 @@ std::unique_ptr<Store> load_typical(const Options& o, uint64_t keys) {
     st->tick();
     check_applied(st->w->apply(0, key.view(), st->event_ms(), values, {&sv, 1}, 0, st->sim_ns), "loading", i);
   }
-  std::printf("# typical %s: %llu keys loaded in %.1f s (%.2f M events/s, inserts), segment %.1f MB\n",
+  std::printf("# typical %s: %llu keys loaded in %.1f s (%.2f M events/s, inserts), segment %.1f MB in %s\n",
               count_label(keys).c_str(), static_cast<unsigned long long>(keys), seconds_since(t0),
               static_cast<double>(keys) / seconds_since(t0) / 1e6,
-              static_cast<double>(layout::plan_layout(st->schema).segment_bytes) / 1e6);
+              static_cast<double>(layout::plan_layout(st->schema).segment_bytes) / 1e6, st->dir.c_str());
+  std::printf("#   huge pages: %s\n", layout::describe(st->w->huge_pages()).c_str());
   return st;
 }
 
@@ -823,7 +856,15 @@ void run_writer(const Options& o, RecordingReporter& rep, uint64_t keys) {
   const bool want_plain = want_reads || phase.wanted_any({p + "plain_random", p + "plain_hot1K"});
   if (!want_agg && !want_plain) return;
   std::unique_ptr<Store> agg, plain;
+  std::vector<std::unique_ptr<Store>> extra;  // the same table in each extra directory
   if (want_agg) agg = load_typical(o, keys);
+  for (const std::string& d : o.extra_dirs) {
+    const std::string x = dir_suffix(d);
+    if (phase.wanted_any(
+            {p + "agg_random" + x, p + "agg_hot1K" + x, p + "agg_random_many64" + x, p + "agg_hot1K_many64" + x})) {
+      extra.push_back(load_typical(o, keys, d));
+    }
+  }
   if (want_plain) plain = load_plain(o, keys);
   const uint64_t hot = std::min(keys, kHotKeys);
   if (plain) {
@@ -838,7 +879,18 @@ void run_writer(const Options& o, RecordingReporter& rep, uint64_t keys) {
     phase.add(p + "agg_random_many64", [&](benchmark::State& s) { batch_loop(s, *agg, keys); });
     phase.add(p + "agg_hot1K_many64", [&](benchmark::State& s) { batch_loop(s, *agg, hot); });
   }
+  for (std::unique_ptr<Store>& e : extra) {
+    // Registered with the ones above: --benchmark_enable_random_interleaving
+    // alternates the directories.
+    Store& st = *e;
+    const std::string x = dir_suffix(st.dir);
+    phase.add(p + "agg_random" + x, [&st, keys](benchmark::State& s) { event_loop(s, st, keys, false); });
+    phase.add(p + "agg_hot1K" + x, [&st, hot](benchmark::State& s) { event_loop(s, st, hot, false); });
+    phase.add(p + "agg_random_many64" + x, [&st, keys](benchmark::State& s) { batch_loop(s, st, keys); });
+    phase.add(p + "agg_hot1K_many64" + x, [&st, hot](benchmark::State& s) { batch_loop(s, st, hot); });
+  }
   phase.run();
+  for (std::unique_ptr<Store>& e : extra) drop_store(e);
   // Reads of an aggregate output and of a plain field of the same slot size,
   // same keys: the two tables above.
   const std::string q = "read/" + count_label(keys) + "/typical/";
@@ -1143,6 +1195,26 @@ void print_summary(const Options& o, const std::map<std::string, Result>& r) {
     if (bm != nullptr && find(p + "agg_random") != nullptr) {
       std::printf("  %-34s %8.2f\n", "batched / single, random keys rate",
                   ns(find(p + "agg_random")) / (ns(bm) / kBatch));
+    }
+    for (const std::string& d : o.extra_dirs) {
+      const std::string x = dir_suffix(d);
+      const Result* xm = find(p + "agg_random_many64" + x);
+      const Result* xh = find(p + "agg_hot1K_many64" + x);
+      if (xm == nullptr && xh == nullptr) continue;
+      std::printf("  the same table in %s (%s):\n", d.c_str(), x.c_str());
+      row("agg event, random keys", find(p + "agg_random" + x), pr);
+      row("agg event, 1K hot keys", find(p + "agg_hot1K" + x), ph);
+      row("agg upsert_many(64), random keys", xm, pr, kBatch);
+      row("agg upsert_many(64), 1K hot keys", xh, ph, kBatch);
+      if (xm != nullptr && xh != nullptr) {
+        const double ratio = ns(xh) / ns(xm);
+        std::printf("  %-34s %8.2f   target >= 0.7   %s\n", "batched random / batched hot rate", ratio,
+                    verdict(ratio, ratio >= 0.7));
+      }
+      if (xm != nullptr && bm != nullptr) {
+        std::printf("  %-34s %8.2f\n", ("batched random rate, " + x + " / " + dir_suffix(o.dir)).c_str(),
+                    ns(bm) / ns(xm));
+      }
     }
     {
       const std::string q = "read/" + count_label(keys) + "/typical/";

@@ -1,26 +1,34 @@
-// Segment names, directories, mappings (Boost.Interprocess) and header
+// Segment names, directories, mappings (mmap, 2 MiB aligned) and header
 // validation.
 #include "larder/layout/segment_file.h"
 
+#include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <linux/magic.h>
 #include <pwd.h>
+#include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <boost/interprocess/exceptions.hpp>
-#include <boost/interprocess/file_mapping.hpp>
-#include <boost/interprocess/mapped_region.hpp>
+#include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "larder/layout/schema.h"
 #include "larder/layout/sync.h"
 
-namespace bip = boost::interprocess;
+// Debian 12's glibc headers predate MADV_COLLAPSE (Linux 6.1, value from
+// <linux/mman.h>); a kernel that does not know it answers EINVAL.
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
 
 namespace larder::layout {
 
@@ -64,9 +72,13 @@ bool dir_file_system(const std::string& dir, DirFileSystem* out) {
   return true;
 }
 
+// A mapping made by map_file(): unmapped with the MappedFile.
 struct MappedFile::Region {
-  bip::file_mapping file;
-  bip::mapped_region region;
+  void* addr = MAP_FAILED;
+  size_t bytes = 0;
+  ~Region() {
+    if (addr != MAP_FAILED) ::munmap(addr, bytes);
+  }
 };
 
 namespace {
@@ -101,21 +113,58 @@ std::string describe_owner(const std::string& path) {
   throw Error(ErrorCode::kSystem, seg + ": " + std::strerror(err));
 }
 
-std::unique_ptr<MappedFile::Region> map_file(const std::string& path, std::string_view name, bool write) {
-  // Probe with access(2) first: Boost's exception carries only a generic
-  // error code, and we want to name the precise cause.
-  if (::access(path.c_str(), write ? (R_OK | W_OK) : R_OK) != 0) throw_open_error(errno, path, name, write);
-  try {
-    auto r = std::make_unique<MappedFile::Region>();
-    const bip::mode_t mode = write ? bip::read_write : bip::read_only;
-    r->file = bip::file_mapping(path.c_str(), mode);
-    r->region = bip::mapped_region(r->file, mode);
-    return r;
-  } catch (const bip::interprocess_exception& e) {
-    int err = e.get_native_error();
-    if (err != 0) throw_open_error(err, path, name, write);
-    throw Error(ErrorCode::kSystem, "segment \"" + std::string(name) + "\" at " + path + ": " + e.what());
+// mmap of `bytes` of `fd` at a 2 MiB aligned address: a reservation of
+// bytes + 2 MiB of address space, the file mapped over its first aligned
+// address, the rest given back. Huge pages of the file sit at 2 MiB file
+// offsets, so only an aligned mapping can map them with one entry each (a
+// kernel aligns large shared mappings by itself only on some versions and
+// mounts). Falls back to the kernel's choice when the reservation fails.
+void* map_aligned(int fd, size_t bytes, int prot) {
+  if (bytes < kHugePageBytes) return ::mmap(nullptr, bytes, prot, MAP_SHARED, fd, 0);
+  const size_t span = bytes + kHugePageBytes;
+  void* r = ::mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (r == MAP_FAILED) return ::mmap(nullptr, bytes, prot, MAP_SHARED, fd, 0);
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(r);
+  const uintptr_t at = (lo + kHugePageBytes - 1) & ~uintptr_t{kHugePageBytes - 1};
+  void* p = ::mmap(reinterpret_cast<void*>(at), bytes, prot, MAP_SHARED | MAP_FIXED, fd, 0);
+  if (p == MAP_FAILED) {
+    const int err = errno;
+    ::munmap(r, span);
+    errno = err;
+    return MAP_FAILED;
   }
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t end = (at + bytes + page - 1) / page * page;
+  if (at > lo) ::munmap(r, at - lo);
+  if (lo + span > end) ::munmap(reinterpret_cast<void*>(end), lo + span - end);
+  return p;
+}
+
+std::unique_ptr<MappedFile::Region> map_file(const std::string& path, std::string_view name, bool write) {
+  const int fd = ::open(path.c_str(), (write ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) throw_open_error(errno, path, name, write);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw_open_error(err, path, name, write);
+  }
+  const auto bytes = static_cast<size_t>(st.st_size);
+  if (bytes < sizeof(SegmentHeader)) {
+    ::close(fd);
+    throw Error(ErrorCode::kCorrupt, "segment \"" + std::string(name) + "\" at " + path + ": " + std::to_string(bytes) +
+                                         " bytes is too small to be a Larder segment");
+  }
+  auto r = std::make_unique<MappedFile::Region>();
+  r->addr = map_aligned(fd, bytes, write ? PROT_READ | PROT_WRITE : PROT_READ);
+  const int err = errno;
+  ::close(fd);  // the mapping keeps the file
+  if (r->addr == MAP_FAILED) throw_open_error(err, path, name, write);
+  r->bytes = bytes;
+  // Harmless where the mount says never or always; needed for huge=advise.
+  // EINVAL on a kernel built without transparent huge pages: nothing to ask.
+  if (bytes >= kHugePageBytes) ::madvise(r->addr, bytes, MADV_HUGEPAGE);
+  return r;
 }
 
 }  // namespace
@@ -127,12 +176,8 @@ namespace {
 std::unique_ptr<MappedFile::Region> map_region(const std::string& path, std::string_view name, bool write, void** data,
                                                size_t* size) {
   auto region = map_file(path, name, write);
-  *data = region->region.get_address();
-  *size = region->region.get_size();
-  if (*size < sizeof(SegmentHeader)) {
-    throw Error(ErrorCode::kCorrupt, "segment \"" + std::string(name) + "\" at " + path + ": " + std::to_string(*size) +
-                                         " bytes is too small to be a Larder segment");
-  }
+  *data = region->addr;
+  *size = region->bytes;
   return region;
 }
 
@@ -141,13 +186,129 @@ std::unique_ptr<MappedFile::Region> map_region(const std::string& path, std::str
 std::unique_ptr<MappedFile> MappedFile::open_read_only(const std::string& path, std::string_view name) {
   std::unique_ptr<MappedFile> m(new MappedFile());
   m->region_ = map_region(path, name, false, &m->data_, &m->size_);
+  m->writable_ = false;
   return m;
 }
 
 std::unique_ptr<MappedFile> MappedFile::open_read_write(const std::string& path, std::string_view name) {
   std::unique_ptr<MappedFile> m(new MappedFile());
   m->region_ = map_region(path, name, true, &m->data_, &m->size_);
+  m->writable_ = true;
   return m;
+}
+
+void MappedFile::touch_huge_pages() const noexcept {
+  const auto* p = static_cast<const volatile unsigned char*>(data_);
+  for (size_t at = 0; at + kHugePageBytes <= size_; at += kHugePageBytes) (void)p[at];
+}
+
+bool MappedFile::collapse() noexcept {
+  if (size_ < kHugePageBytes) {
+    errno = EINVAL;
+    return false;
+  }
+  return ::madvise(data_, size_, MADV_COLLAPSE) == 0;
+}
+
+HugePageReport MappedFile::huge_pages() const {
+  HugePageReport r;
+  r.mapping_bytes = size_;
+  r.eligible_bytes = size_ / kHugePageBytes * kHugePageBytes;
+  std::FILE* f = std::fopen("/proc/self/smaps", "re");
+  if (f == nullptr) return r;
+  const auto lo = reinterpret_cast<uintptr_t>(data_), hi = lo + size_;
+  bool inside = false;  // the lines below belong to a VMA within the mapping
+  char line[512];
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    unsigned long long start = 0, end = 0;
+    // A VMA header is "start-end perms ..."; the lines of its entry are "Key: value".
+    if (std::isxdigit(static_cast<unsigned char>(line[0])) && std::strchr(line, ':') > std::strchr(line, ' ') &&
+        std::sscanf(line, "%llx-%llx ", &start, &end) == 2) {
+      inside = start < hi && end > lo;
+      r.known |= inside;
+      continue;
+    }
+    if (!inside) continue;
+    unsigned long long kb = 0;
+    if (std::sscanf(line, "Rss: %llu kB", &kb) == 1) {
+      r.resident_bytes += kb * 1024;
+    } else if (std::sscanf(line, "ShmemPmdMapped: %llu kB", &kb) == 1 ||
+               std::sscanf(line, "FilePmdMapped: %llu kB", &kb) == 1) {
+      r.huge_bytes += kb * 1024;
+    }
+  }
+  std::fclose(f);
+  return r;
+}
+
+std::string describe(const HugePageReport& r) {
+  if (!r.known) return "unknown (no /proc/self/smaps entry)";
+  std::string s = std::to_string(r.huge_bytes / kHugePageBytes) + " of " +
+                  std::to_string(r.eligible_bytes / kHugePageBytes) + " 2 MiB pages";
+  if (!r.mount_huge.empty()) s += ", mount huge=" + r.mount_huge;
+  return s;
+}
+
+namespace {
+// A mountinfo path field: spaces, tabs, newlines and backslashes come as \ooo.
+std::string unescape_mount_path(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size()) {
+      const char a = s[i + 1], b = s[i + 2], c = s[i + 3];
+      if (a >= '0' && a <= '3' && b >= '0' && b <= '7' && c >= '0' && c <= '7') {
+        out += static_cast<char>((a - '0') * 64 + (b - '0') * 8 + (c - '0'));
+        i += 3;
+        continue;
+      }
+    }
+    out += s[i];
+  }
+  return out;
+}
+}  // namespace
+
+std::string mount_huge_option(const std::string& dir) {
+  char resolved[PATH_MAX];
+  if (::realpath(dir.c_str(), resolved) == nullptr) return "";
+  const std::string path = resolved;
+  std::FILE* f = std::fopen("/proc/self/mountinfo", "re");
+  if (f == nullptr) return "";
+  std::string best_type, best_opts;
+  size_t best_len = 0;
+  bool found = false;
+  char buf[4096];
+  while (std::fgets(buf, sizeof buf, f) != nullptr) {
+    // id parent major:minor root mount-point options [optional fields] - type source super-options
+    std::vector<std::string> tok;
+    for (char *save = nullptr, *t = ::strtok_r(buf, " \n", &save); t != nullptr;
+         t = ::strtok_r(nullptr, " \n", &save)) {
+      tok.emplace_back(t);
+    }
+    const auto dash = std::find(tok.begin(), tok.end(), "-");
+    if (tok.size() < 5 || dash == tok.end() || tok.end() - dash < 4) continue;
+    const std::string mp = unescape_mount_path(tok[4]);
+    const bool covers = mp == "/" || path == mp ||
+                        (path.size() > mp.size() && path.compare(0, mp.size(), mp) == 0 && path[mp.size()] == '/');
+    // >=: of two mounts on one point the later one (on top) is the one seen.
+    if (covers && (!found || mp.size() >= best_len)) {
+      found = true;
+      best_len = mp.size();
+      best_type = dash[1];
+      best_opts = dash[3];
+    }
+  }
+  std::fclose(f);
+  if (!found) return "";
+  if (best_type == "hugetlbfs") return "hugetlbfs";
+  if (best_type != "tmpfs") return "";
+  for (size_t at = 0; at <= best_opts.size();) {
+    const size_t comma = std::min(best_opts.find(',', at), best_opts.size());
+    const std::string opt = best_opts.substr(at, comma - at);
+    if (opt.compare(0, 5, "huge=") == 0) return opt.substr(5);
+    at = comma + 1;
+  }
+  return "never";
 }
 
 std::string_view fixed_name(const char (&name)[kNameBytes]) noexcept {

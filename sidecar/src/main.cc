@@ -306,6 +306,18 @@ int main(int argc, char** argv) {
                                    : "reopened warm",
                writer->repaired_slots(), attached.slots_visited,
                attached.full_scan ? ", counters recounted by a full scan" : "");
+  {
+    // What the kernel gave the segment (docs/deployment.md, "Huge pages").
+    const larder::layout::HugePageReport hp = writer->huge_pages();
+    if (hp.all_huge()) {
+      spdlog::info("segment {}: huge pages: {}", writer->path(), larder::layout::describe(hp));
+    } else if (hp.eligible_bytes > 0) {
+      spdlog::info(
+          "segment {}: huge pages: {} (segment.huge_pages {}): random keys pay TLB misses; a tmpfs "
+          "mounted huge=within_size for segment.dir gives 2 MiB pages (docs/deployment.md, \"Huge pages\")",
+          writer->path(), larder::layout::describe(hp), config.segment.huge_pages);
+    }
+  }
 
   larder::sidecar::Pipeline pipeline;
   // The sources and their lanes, before the HTTP thread reads the lanes.

@@ -250,6 +250,7 @@ std::unique_ptr<Writer> Writer::restore(std::string_view name, const Schema& sch
                                         std::span<const unsigned char> image, const WriterOptions& options) {
   std::unique_ptr<Impl> impl = Impl::prepare(name, schema, options);
   impl->restore_image(image);
+  impl->prepare_pages();
   impl->attach(false);  // restore_image checked every slot: nothing to repair, counters set
   return std::unique_ptr<Writer>(new Writer(std::move(impl)));
 }

@@ -188,8 +188,12 @@ std::unique_ptr<MappedFile> Writer::Impl::build_file(const Schema& of, const Lay
     throw_errno(ErrorCode::kSystem, "chmod " + tmp);
   }
   // Allocate every page now so that a too-small tmpfs fails here with a
-  // message, not later with SIGBUS on first touch.
-  if (int err = ::posix_fallocate(fd, 0, static_cast<off_t>(plan.segment_bytes)); err != 0) {
+  // message, not later with SIGBUS on first touch. The size is set first: a
+  // tmpfs mounted huge=within_size gives 2 MiB pages only below the file's
+  // size, which some kernels read before fallocate has extended it.
+  int err = ::ftruncate(fd, static_cast<off_t>(plan.segment_bytes)) == 0 ? 0 : errno;
+  if (err == 0) err = ::posix_fallocate(fd, 0, static_cast<off_t>(plan.segment_bytes));
+  if (err != 0) {
     ::close(fd);
     ::unlink(tmp.c_str());
     if (err == ENOSPC) {
@@ -289,6 +293,20 @@ void Writer::Impl::create(bool replace_existing) {
     throw_errno(ErrorCode::kSystem, "publish " + path);
   }
   created = true;
+}
+
+void Writer::Impl::prepare_pages() {
+  if (options.huge_pages == HugePages::kOff) return;
+  DirFileSystem fs;
+  if (!dir_file_system(dir, &fs) || !fs.memory_backed) return;  // huge pages are a tmpfs matter
+  const std::string mount = mount_huge_option(dir);
+  const bool mount_allows = mount == "always" || mount == "within_size" || mount == "advise";
+  if (!mount_allows && options.huge_pages != HugePages::kCollapse) return;
+  map->touch_huge_pages();
+  if (map->huge_pages().all_huge()) return;
+  // Refused (an older kernel, no free 2 MiB pages): the pages stay as they
+  // are, and huge_pages() reports what they are.
+  map->collapse();
 }
 
 void writer::bind_aggregates(writer::AggregateTable& agg, char* base, const TableDescriptor& d, const TableSpec& spec) {

@@ -153,6 +153,7 @@ std::unique_ptr<Writer> Writer::open(std::string_view name, const Schema& schema
       impl->create(true);
     }
   }
+  impl->prepare_pages();
   impl->attach();
   std::unique_ptr<Writer> writer(new Writer(std::move(impl)));
   // A schema change carried over: nothing is applied meanwhile (the writer
@@ -265,6 +266,22 @@ bool Writer::created() const { return impl_->created; }
 bool Writer::restored() const { return impl_->restored; }
 uint64_t Writer::repaired_slots() const { return impl_->repaired; }
 const AttachReport& Writer::attach_report() const { return impl_->report; }
+
+layout::HugePageReport Writer::huge_pages() const {
+  impl_->map->touch_huge_pages();
+  layout::HugePageReport r = impl_->map->huge_pages();
+  r.mount_huge = mount_huge_option(impl_->dir);
+  return r;
+}
+
+const char* huge_pages_name(HugePages h) {
+  switch (h) {
+    case HugePages::kAuto: return "auto";
+    case HugePages::kCollapse: return "collapse";
+    case HugePages::kOff: return "off";
+  }
+  return "?";
+}
 std::string Writer::path() const { return segment_path(impl_->dir, impl_->name); }
 const void* Writer::data() const { return impl_->map->data(); }
 

@@ -210,6 +210,10 @@ struct Writer::Impl {
                                        const WriterOptions& options);
 
   // segment_create.cc
+  // As options.huge_pages asks, collapses the file into 2 MiB pages where
+  // it is not already. Nothing it does changes a byte of the file, and a
+  // refusal of the kernel leaves 4 KiB pages (huge_pages() says so).
+  void prepare_pages();
   std::unique_ptr<layout::MappedFile> build_file(const layout::Schema& of, const layout::LayoutPlan& plan,
                                                  const std::string& tmp, std::span<const uint64_t> seeds) const;
   void acquire_lock();

@@ -66,7 +66,8 @@ void require_readable(const std::string& file, const std::string& key) {
 SegmentConfig parse_segment(const YAML::Node& node) {
   if (!node.IsDefined()) fail("segment", "required (name, dir, mode, full_check, on_schema_change, grow_at, ...)");
   MapNode m(node, "segment",
-            {"name", "dir", "mode", "full_check", "on_schema_change", "grow_at", "grow_factor", "max_capacity"});
+            {"name", "dir", "mode", "full_check", "on_schema_change", "grow_at", "grow_factor", "max_capacity",
+             "huge_pages"});
   SegmentConfig s;
   s.name = m.str("name");
   if (!layout::valid_identifier(s.name)) {
@@ -95,6 +96,10 @@ SegmentConfig parse_segment(const YAML::Node& node) {
   s.grow_at = m.number("grow_at", 0, 0.0, 1.0);
   s.grow_factor = m.number("grow_factor", 2, 1.0, 64.0, true);
   s.max_capacity = m.integer("max_capacity", 0, 0, uint64_t{1} << 36);
+  s.huge_pages = m.str("huge_pages", "auto");
+  if (s.huge_pages != "auto" && s.huge_pages != "collapse" && s.huge_pages != "off") {
+    fail(m.child("huge_pages"), fmt::format("expected auto, collapse or off, got \"{}\"", s.huge_pages));
+  }
   return s;
 }
 

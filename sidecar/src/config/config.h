@@ -38,6 +38,8 @@ struct SegmentConfig {
   double grow_at = 0;
   double grow_factor = 2;
   uint64_t max_capacity = 0;
+  // huge_pages: "auto", "collapse" or "off" (WriterOptions::huge_pages).
+  std::string huge_pages = "auto";
 };
 
 struct TableConfig {

@@ -29,6 +29,9 @@ WriterOptions writer_options(const Config& config) {
   options.grow_at = config.segment.grow_at;
   options.grow_factor = config.segment.grow_factor;
   options.max_capacity = config.segment.max_capacity;
+  options.huge_pages = config.segment.huge_pages == "collapse" ? HugePages::kCollapse
+                       : config.segment.huge_pages == "off"    ? HugePages::kOff
+                                                               : HugePages::kAuto;
   return options;
 }
 

@@ -42,8 +42,43 @@ bool dir_file_system(const std::string& dir, DirFileSystem* out);
 // creating a segment that leaves less fails with kNoSpace.
 inline constexpr uint64_t kSegmentFreeMargin = uint64_t{1} << 20;
 
+// Huge pages (docs/deployment.md, "Huge pages"). A segment is read and
+// written at random: with 4 KiB pages every key costs TLB misses and page
+// walks, two per aggregate update (the slot and its state block). Where the
+// file system hands out 2 MiB pages (a tmpfs mounted with huge=within_size,
+// always or advise; a Kubernetes emptyDir of medium HugePages-2Mi), a mapping
+// at a 2 MiB aligned address is backed by them, one TLB entry each.
+inline constexpr size_t kHugePageBytes = size_t{2} << 20;
+
+// How much of a mapping the kernel maps with 2 MiB pages, read from this
+// process's /proc/self/smaps entry for it. It counts the 2 MiB pages this
+// process has touched: MappedFile::touch_huge_pages() first makes that every
+// one of the file.
+struct HugePageReport {
+  bool known = false;           // false: no smaps entry found (no /proc)
+  uint64_t mapping_bytes = 0;   // the mapping's size
+  uint64_t resident_bytes = 0;  // Rss: bytes of the file this process has mapped in
+  uint64_t huge_bytes = 0;      // of those, mapped by 2 MiB entries (ShmemPmdMapped + FilePmdMapped)
+  // Bytes 2 MiB pages can back: the file cut down to whole 2 MiB pages (the
+  // tail of a file whose size is not a multiple stays in 4 KiB pages).
+  uint64_t eligible_bytes = 0;
+  std::string mount_huge;  // the huge= option of the directory's mount ("never" when none; "" unknown)
+  bool all_huge() const noexcept { return known && eligible_bytes > 0 && huge_bytes >= eligible_bytes; }
+};
+// "12 of 850 2 MiB pages (tmpfs huge=never)": the report for logs and larderctl.
+std::string describe(const HugePageReport& r);
+
+// The huge= option of the tmpfs mount that holds `dir`, from
+// /proc/self/mountinfo: "never" for a tmpfs mounted without one, "" when the
+// mount is not found or is not a tmpfs (hugetlbfs answers "hugetlbfs").
+std::string mount_huge_option(const std::string& dir);
+
 // A mapping of a whole segment file. Read-only mappings are PROT_READ: a
-// write through one faults.
+// write through one faults. A mapping of 2 MiB or more starts at a 2 MiB
+// aligned address (file offset 0 on a huge page boundary, so every whole
+// 2 MiB page of the file can be mapped by one entry) and carries
+// MADV_HUGEPAGE, which a tmpfs mounted huge=advise needs and any other mount
+// ignores. Neither changes what the file holds.
 class MappedFile {
  public:
   // Throws Error: kNotFound, kPermissionDenied (with the file's mode, owner
@@ -57,6 +92,24 @@ class MappedFile {
   size_t size() const noexcept { return size_; }
   const SegmentHeader& header() const noexcept { return *static_cast<const SegmentHeader*>(data_); }
 
+  // Reads one byte of every whole 2 MiB of the file, so that each is mapped
+  // in: by one 2 MiB entry where the page cache holds a 2 MiB page there
+  // (the mapping is aligned), by 4 KiB entries otherwise. huge_pages() then
+  // counts every 2 MiB page of the file. One fault per 2 MiB (the segment's
+  // 4 KiB pages are not all mapped in: that took seconds per GB here).
+  void touch_huge_pages() const noexcept;
+  // Asks the kernel to replace the file's 4 KiB pages by 2 MiB ones now
+  // (MADV_COLLAPSE, Linux 6.1): in the page cache, so for every process
+  // that maps the file. It works on a tmpfs mounted huge=advise, whose
+  // fallocated pages are small, and also overrides huge=never (not the
+  // system-wide "deny"). Copies the file once; the contents are unchanged.
+  // Returns false with errno set when it did not make every page huge
+  // (EINVAL: an older kernel; EAGAIN/ENOMEM: no free 2 MiB pages).
+  bool collapse() noexcept;
+  // Reads /proc/self/smaps now. mount_huge is left to the caller (the
+  // mapping does not know its directory).
+  HugePageReport huge_pages() const;
+
   struct Region;
 
  private:
@@ -64,6 +117,7 @@ class MappedFile {
   std::unique_ptr<Region> region_;
   void* data_ = nullptr;
   size_t size_ = 0;
+  bool writable_ = false;
 };
 
 // Checks the size (at least a header), magic, endianness, layout version, ABI signature, size and every

@@ -24,8 +24,29 @@
 #include "larder/layout/error.h"
 #include "larder/layout/format.h"
 #include "larder/layout/schema.h"
+#include "larder/layout/segment_file.h"
 
 namespace larder {
+
+// What the writer does for huge pages when it opens a segment
+// (docs/deployment.md, "Huge pages"). Every mapping of a segment carries
+// MADV_HUGEPAGE and starts on a 2 MiB boundary whatever this says.
+enum class HugePages {
+  // Where the directory's tmpfs is mounted huge=always, within_size or
+  // advise, make every whole 2 MiB of the file a huge page: the allocation
+  // does it on the first two, MADV_COLLAPSE on advise (whose fallocated
+  // pages are 4 KiB). huge=never (plain /dev/shm) keeps 4 KiB pages.
+  kAuto,
+  // kAuto, and collapse on a huge=never mount too: MADV_COLLAPSE (Linux 6.1)
+  // overrides the mount's option (not the system-wide "deny"). Costs a copy
+  // of the segment at open; the pages stay huge for every reader.
+  kCollapse,
+  // Never collapse: the mount's allocation alone decides.
+  kOff,
+};
+
+// "auto", "collapse", "off".
+const char* huge_pages_name(HugePages h);
 
 struct WriterOptions {
   // Directory of the segment file: a tmpfs such as /dev/shm or a Kubernetes
@@ -83,6 +104,8 @@ struct WriterOptions {
   // reads on their own, key after key (the offline engine): one key's clock
   // must not move another's. Online the clock only moves forward.
   bool clock_per_update = false;
+  // Huge pages for the segment: see HugePages.
+  HugePages huge_pages = HugePages::kAuto;
 };
 
 // A generation switch (Writer::begin_switch): the one in progress, and what
@@ -426,6 +449,12 @@ class Writer {
   // What this open found and did; all zero for a segment it created or
   // restored.
   const AttachReport& attach_report() const;
+  // How the writer's mapping of the segment is backed: one byte of every
+  // 2 MiB of the file read, then /proc/self/smaps (and the mount of the
+  // directory). One fault per 2 MiB page the first time. The pages a writer gets
+  // are the pages its readers get (one page cache), as long as their
+  // mappings are aligned (MappedFile's are).
+  layout::HugePageReport huge_pages() const;
   std::string path() const;
   WriterStats stats(uint32_t table) const;
   // The writer's own mapping, for readers in the same process (the
