@@ -139,7 +139,7 @@ struct KafkaConfig {
   std::vector<std::string> topics;
   bool regex = false;                     // some entry of topics is a regex
   uint32_t max_topics = 0;                // with a regex: the topics that can hold positions (ranges of ppt slots)
-  bool max_topics_default = false;       // not given: lowered by load_config to fit the other sources
+  bool max_topics_default = false;        // not given: lowered by load_config to fit the other sources
   int64_t metadata_interval_ms = 30'000;  // how often the topics' metadata is re-read (new partitions, topics)
   std::string group_id;                   // default "larder-<hostname>-<segment>": commits per host and segment
   KafkaStart start = KafkaStart::kStored;
