@@ -7,7 +7,7 @@ packages=(
   # toolchain
   build-essential cmake pkg-config clang libclang-rt-14-dev
   # core and client
-  libboost-dev libxxhash-dev
+  libxxhash-dev
   # snapshot files
   libzstd-dev
   # sidecar
