@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -348,6 +350,27 @@ size_t SidecarProcess::log_count(const std::string& needle) const {
   size_t count = 0;
   for (size_t pos = s.find(needle); pos != std::string::npos; pos = s.find(needle, pos + 1)) ++count;
   return count;
+}
+
+int SidecarProcess::metrics_port() const {
+  static const std::regex listening(R"(metrics: listening on http://127\.0\.0\.1:(\d+))");
+  const std::string log = log_tail(std::string::npos);
+  int port = 0;
+  for (auto it = std::sregex_iterator(log.begin(), log.end(), listening); it != std::sregex_iterator(); ++it) {
+    port = std::stoi((*it)[1]);
+  }
+  return port;
+}
+
+double SidecarProcess::metric(const std::string& sample) const {
+  const int port = metrics_port();
+  if (port <= 0) return -1;
+  httplib::Client http("127.0.0.1", port);
+  const auto res = http.Get("/metrics");
+  if (!res || res->status != 200) return -1;
+  const size_t at = res->body.find("\n" + sample + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(res->body.substr(at + sample.size() + 2));
 }
 
 // ---- helpers ---------------------------------------------------------------

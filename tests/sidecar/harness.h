@@ -106,6 +106,12 @@ class SidecarProcess {
   std::string log_tail(size_t bytes = 4000) const;
   size_t log_count(const std::string& needle) const;
   const std::string& log_path() const { return log_path_; }
+  // The metrics port of the child's latest start (the log keeps the
+  // "metrics: listening on" lines of earlier starts), 0 before the first.
+  int metrics_port() const;
+  // The value of one sample of the child's /metrics, named with its labels
+  // (e.g. `larder_x{table="t"}`); -1 when absent or unreachable.
+  double metric(const std::string& sample) const;
 
  private:
   std::string config_path_;

@@ -174,17 +174,6 @@ int64_t applied_messages(const std::string& segment) {
   }
 }
 
-// The metrics port of the process's latest start (its log keeps earlier ones).
-int metrics_port(const SidecarProcess& p) {
-  static const std::regex listening(R"(metrics: listening on http://127\.0\.0\.1:(\d+))");
-  const std::string log = p.log_tail(1 << 20);
-  int port = 0;
-  for (auto it = std::sregex_iterator(log.begin(), log.end(), listening); it != std::sregex_iterator(); ++it) {
-    port = std::stoi((*it)[1]);
-  }
-  return port;
-}
-
 class KafkaSourceTest : public ::testing::Test {
  protected:
   void SetUp() override { name_ = unique_name("kafka"); }
@@ -249,7 +238,7 @@ TEST_F(KafkaSourceTest, SigkillMidStreamLosesNothing) {
   EXPECT_GE(s.log_count("resuming at stored offset"), 1u);
   // Caught up: READY, and /readyz agrees.
   ASSERT_TRUE(wait_until([&] { return Segment::open(name_).sync().state == layout::SyncState::kReady; }, 30s));
-  httplib::Client http("127.0.0.1", metrics_port(s));
+  httplib::Client http("127.0.0.1", s.metrics_port());
   auto ready = http.Get("/readyz");
   ASSERT_TRUE(ready);
   EXPECT_EQ(ready->status, 200) << ready->body;
@@ -374,8 +363,8 @@ TEST_F(KafkaSourceTest, UnreachableBootstrapIsNotReadyWithTheReason) {
   SidecarProcess& s = sidecar(name_, bootstrap, name_ + "-t");
   s.start();
   ASSERT_TRUE(wait_until([&] { return s.log_count("kafka: all brokers are down") >= 1; }, 60s)) << s.log_tail();
-  ASSERT_TRUE(wait_until([&] { return metrics_port(s) > 0; }, 30s));
-  httplib::Client http("127.0.0.1", metrics_port(s));
+  ASSERT_TRUE(wait_until([&] { return s.metrics_port() > 0; }, 30s));
+  httplib::Client http("127.0.0.1", s.metrics_port());
   auto ready = http.Get("/readyz");
   ASSERT_TRUE(ready);
   EXPECT_EQ(ready->status, 503);
@@ -528,8 +517,8 @@ metrics: {{listen: "127.0.0.1:0"}}
   SidecarProcess& s = *sidecars_.back();
   s.start();
   ASSERT_TRUE(wait_until([&] { return s.log_count("kafka: assigned 4 partitions") >= 1; }, 60s)) << s.log_tail();
-  ASSERT_TRUE(wait_until([&] { return metrics_port(s) > 0; }, 30s));
-  const int port = metrics_port(s);
+  ASSERT_TRUE(wait_until([&] { return s.metrics_port() > 0; }, 30s));
+  const int port = s.metrics_port();
   auto generation = [&] { return Segment::open(name_).info().generation; };
   ASSERT_EQ(generation(), 0u);
 
@@ -712,8 +701,8 @@ TEST_F(KafkaRegexTest, TopicsBeyondMaxTopicsAreRefusedAndReported) {
       [&] { return s.log_count("kafka: topic \"events.c\" matches kafka.topics but is not consumed") >= 1; }, 60s))
       << s.log_tail();
   ASSERT_TRUE(wait_until([&] { return applied_messages(name_) == 200; }, 60s)) << "applied " << applied_messages(name_);
-  ASSERT_TRUE(wait_until([&] { return metrics_port(s) > 0; }, 30s));
-  httplib::Client http("127.0.0.1", metrics_port(s));
+  ASSERT_TRUE(wait_until([&] { return s.metrics_port() > 0; }, 30s));
+  httplib::Client http("127.0.0.1", s.metrics_port());
   auto metrics = http.Get("/metrics");
   ASSERT_TRUE(metrics);
   EXPECT_NE(metrics->body.find("larder_kafka_topics_refused 1"), std::string::npos)

@@ -29,28 +29,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-int metrics_port(const SidecarProcess& p) {
-  static const std::regex listening(R"(metrics: listening on http://127\.0\.0\.1:(\d+))");
-  const std::string log = p.log_tail(1 << 20);
-  int port = 0;
-  for (auto it = std::sregex_iterator(log.begin(), log.end(), listening); it != std::sregex_iterator(); ++it) {
-    port = std::stoi((*it)[1]);
-  }
-  return port;
-}
-
-// The value of one sample of /metrics (-1 when absent or unreachable).
-double metric(const SidecarProcess& p, const std::string& sample_prefix) {
-  const int port = metrics_port(p);
-  if (port <= 0) return -1;
-  httplib::Client http("127.0.0.1", port);
-  const auto res = http.Get("/metrics");
-  if (!res || res->status != 200) return -1;
-  const size_t at = res->body.find("\n" + sample_prefix + " ");
-  if (at == std::string::npos) return -1;
-  return std::stod(res->body.substr(at + sample_prefix.size() + 2));
-}
-
 class MariadbSourceTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -239,13 +217,13 @@ TEST_F(MariadbSourceTest, SigkillMidwayLosesNothingAndRepeatsNothingForever) {
   const std::string rows = "larder_database_rows_polled_total{database=\"databases[0]\",table=\"users\"}";
   const std::string polls = "larder_database_polls_total{database=\"databases[0]\"}";
   ASSERT_TRUE(wait_until([&] { return Segment::open(name_).sync().state == layout::SyncState::kReady; }, 30s));
-  const double rows_before = metric(*sidecar_, rows), polls_before = metric(*sidecar_, polls);
+  const double rows_before = sidecar_->metric(rows), polls_before = sidecar_->metric(polls);
   ASSERT_GT(rows_before, 0);
   // Rows read after the restart: the 500 new ones, the updated ones, and at
   // most the group at the stored cursor again.
   EXPECT_LE(rows_before, 500 + 250 + 3);
-  ASSERT_TRUE(wait_until([&] { return metric(*sidecar_, polls) >= polls_before + 5; }, 30s));
-  EXPECT_EQ(metric(*sidecar_, rows), rows_before);
+  ASSERT_TRUE(wait_until([&] { return sidecar_->metric(polls) >= polls_before + 5; }, 30s));
+  EXPECT_EQ(sidecar_->metric(rows), rows_before);
   EXPECT_EQ(sidecar_->stop(), 0);
 }
 

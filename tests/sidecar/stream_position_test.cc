@@ -146,14 +146,6 @@ std::optional<std::pair<uint64_t, uint32_t>> stored_position(const std::string& 
   return std::nullopt;
 }
 
-// The metrics port the sidecar logged ("metrics: listening on ..."), or 0.
-int metrics_port(const SidecarProcess& sidecar) {
-  static const std::regex listening(R"(metrics: listening on http://127\.0\.0\.1:(\d+))");
-  std::smatch m;
-  const std::string log = sidecar.log_tail(std::string::npos);
-  return std::regex_search(log, m, listening) ? std::stoi(m[1].str()) : 0;
-}
-
 struct HttpReply {
   int status = -1;
   std::string body;
@@ -389,7 +381,7 @@ TEST_F(StreamPositionTest, ReadyzFailsWhileCatchingUpAndPassesOnceCaughtUp) {
   }
   ASSERT_TRUE(wait_until([&] { return sidecar_->log_count("test hook: writer paused") > 0; }, 60s))
       << sidecar_->log_tail();
-  const int port = metrics_port(*sidecar_);
+  const int port = sidecar_->metrics_port();
   ASSERT_GT(port, 0) << sidecar_->log_tail();
   const uint64_t tail = messages_.size() - 1;
   // The target reaches the segment before the first bulk is applied.
@@ -596,7 +588,7 @@ TEST_F(StreamPositionTest, RetentionGapIsReportedIncompleteWithBothOffsets) {
       << "the position did not pass the stream's last offset " << *last << "\n"
       << sidecar_->log_tail();
   EXPECT_EQ(Segment::open(name_).state(), layout::SyncState::kIncomplete);
-  const int port = metrics_port(*sidecar_);
+  const int port = sidecar_->metrics_port();
   ASSERT_GT(port, 0);
   const HttpReply metrics = http_get(port, "/metrics");
   EXPECT_NE(metrics.body.find("larder_source_incomplete 1"), std::string::npos) << metrics.body;
