@@ -345,8 +345,12 @@ class CsvEvents : public EventSource {
       table_ = t ? static_cast<int>(*t) : -1;  // unknown: the builder refuses it
     }
     skipped_ = !common_.engine->in_partition(cells_[key_col_]);
+    // Parsed once: walk() takes an integer cell's value, else the text, which
+    // the builder parses (RFC 3339) or refuses with the sidecar's reason.
     int64_t event_ms = -1;
-    const bool event_ok = parse_time(cells_[time_col_], &event_ms);
+    event_is_int_ = parse_int(cells_[time_col_], &event_ms);
+    const bool event_ok = event_is_int_ || larder::sidecar::parse_rfc3339_ms(cells_[time_col_], &event_ms);
+    event_ms_ = event_ms;
     if (arrival_col_ >= 0) {
       if (!parse_time(cells_[arrival_col_], &current_.arrival_ms)) {
         throw InputError(fmt::format("{}:{}: arrival_time \"{}\" is not ms since the epoch or RFC 3339", path(), line,
@@ -411,9 +415,8 @@ class CsvEvents : public EventSource {
     }
     b.set_table(static_cast<uint32_t>(s.table_));
     b.set_key(cells[s.key_col_]);
-    int64_t ms = 0;
-    if (parse_int(cells[s.time_col_], &ms)) {
-      b.set_event_time_ms(ms);
+    if (s.event_is_int_) {
+      b.set_event_time_ms(s.event_ms_);
     } else {
       b.set_event_time_text(cells[s.time_col_]);
     }
@@ -446,6 +449,8 @@ class CsvEvents : public EventSource {
   Pending current_;
   int table_ = -1;
   bool skipped_ = false;
+  bool event_is_int_ = false;  // the event_time cell is an integer: event_ms_
+  int64_t event_ms_ = 0;
   int64_t previous_ = INT64_MIN;
 };
 

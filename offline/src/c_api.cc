@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -312,8 +313,206 @@ void prefetch_bytes(const larder_offline_events& e, size_t r) {
   }
 }
 
+// The events of one set copied into the order of a key-by-key replay (one
+// pass after the sort, gather_steps): the replay then reads every column
+// front to back, where the hardware prefetcher keeps ahead of it, instead of
+// one row at random per event, whose misses compete with the writer's own.
+// Same layout as the input (a larder_offline_events over these vectors), so
+// walk_event reads it as it reads the caller's. Costs the input's size again
+// while the build runs.
+struct Gathered {
+  struct Column {
+    std::vector<unsigned char> data;  // fixed-width values: sized up front, written at row * width
+    std::vector<int64_t> offsets;     // strings
+    std::vector<uint8_t> present;
+  };
+  size_t rows = 0;
+  std::string keys;
+  std::vector<int64_t> key_offsets, event_time_ms, arrival_ms;
+  std::vector<uint8_t> op;
+  std::string ids;
+  std::vector<int64_t> id_offsets;
+  std::vector<Column> cols;
+  std::vector<larder_offline_column> columns;
+  larder_offline_events events{};
+
+  // Room for n rows of e. The fixed-width arrays are sized (not reserved):
+  // append() stores into them with a memcpy of a known size, no growth check.
+  void reserve(const larder_offline_events& e, size_t n) {
+    key_offsets.assign(n + 1, 0);
+    event_time_ms.resize(n);
+    if (e.arrival_ms != nullptr) arrival_ms.resize(n);
+    if (e.op != nullptr) op.resize(n);
+    if (e.ids != nullptr) id_offsets.assign(n + 1, 0);
+    cols.resize(e.column_count);
+    for (size_t c = 0; c < e.column_count; ++c) {
+      const larder_offline_column& col = e.columns[c];
+      if (col.present != nullptr) cols[c].present.resize(n);
+      switch (col.type) {
+        case LARDER_OFFLINE_INT64:
+        case LARDER_OFFLINE_FLOAT64: cols[c].data.resize(n * 8); break;
+        case LARDER_OFFLINE_BOOL: cols[c].data.resize(n); break;
+        case LARDER_OFFLINE_STRING: cols[c].offsets.assign(n + 1, 0); break;
+        case LARDER_OFFLINE_FLOAT64_LIST: cols[c].data.resize(n * col.dim * 8); break;
+        default: break;
+      }
+    }
+  }
+
+  // Appends row r of e (at most the n rows reserve() made room for).
+  void append(const larder_offline_events& e, size_t r) {
+    const size_t at = rows++;
+    keys.append(slice(e.keys, e.key_offsets, r));
+    key_offsets[at + 1] = static_cast<int64_t>(keys.size());
+    event_time_ms[at] = e.event_time_ms[r];
+    if (e.arrival_ms != nullptr) arrival_ms[at] = e.arrival_ms[r];
+    if (e.op != nullptr) op[at] = e.op[r];
+    if (e.ids != nullptr) {
+      ids.append(slice(e.ids, e.id_offsets, r));
+      id_offsets[at + 1] = static_cast<int64_t>(ids.size());
+    }
+    for (size_t c = 0; c < e.column_count; ++c) {
+      const larder_offline_column& col = e.columns[c];
+      Column& g = cols[c];
+      if (col.present != nullptr) g.present[at] = col.present[r];
+      const auto* data = static_cast<const unsigned char*>(col.data);
+      switch (col.type) {
+        case LARDER_OFFLINE_INT64:
+        case LARDER_OFFLINE_FLOAT64: std::memcpy(g.data.data() + at * 8, data + r * 8, 8); break;
+        case LARDER_OFFLINE_BOOL: g.data[at] = data[r]; break;
+        case LARDER_OFFLINE_STRING: {
+          const std::string_view s = slice(static_cast<const char*>(col.data), col.offsets, r);
+          g.data.insert(g.data.end(), s.begin(), s.end());
+          g.offsets[at + 1] = static_cast<int64_t>(g.data.size());
+          break;
+        }
+        case LARDER_OFFLINE_FLOAT64_LIST: {
+          const size_t w = size_t{col.dim} * 8;
+          std::memcpy(g.data.data() + at * w, data + r * w, w);
+          break;
+        }
+        default: break;
+      }
+    }
+  }
+
+  // The events view over the copies (after the last append).
+  void finish(const larder_offline_events& e) {
+    events = e;
+    events.n = rows;
+    events.keys = keys.data();
+    events.key_offsets = key_offsets.data();
+    events.event_time_ms = event_time_ms.data();
+    events.arrival_ms = e.arrival_ms != nullptr ? arrival_ms.data() : nullptr;
+    events.op = e.op != nullptr ? op.data() : nullptr;
+    events.ids = e.ids != nullptr ? ids.data() : nullptr;
+    events.id_offsets = e.ids != nullptr ? id_offsets.data() : nullptr;
+    columns.assign(e.columns, e.columns + e.column_count);
+    for (size_t c = 0; c < e.column_count; ++c) {
+      columns[c].data = cols[c].data.data();
+      columns[c].offsets = e.columns[c].type == LARDER_OFFLINE_STRING ? cols[c].offsets.data() : nullptr;
+      columns[c].present = e.columns[c].present != nullptr ? cols[c].present.data() : nullptr;
+    }
+    events.columns = columns.data();
+  }
+};
+
+// Sorts v by `less`, an order whose first key is the uniform 64-bit hash
+// `hash(x)`: one counting pass and one scatter by the hash's top bits into
+// buckets of about 16 elements, then each bucket, within the cache, by
+// `less`. Against std::sort of the whole: two sequential passes instead of
+// log2(n) passes of misses. Memory: a second array while it runs.
+template <class T, class Hash, class Less>
+void sort_by_hash(std::vector<T>& v, Hash hash, Less less) {
+  const size_t n = v.size();
+  if (n < (size_t{1} << 12)) {
+    std::sort(v.begin(), v.end(), less);
+    return;
+  }
+  const int bits = std::clamp(static_cast<int>(std::bit_width(n / 16)), 8, 22);
+  const int shift = 64 - bits;
+  std::vector<size_t> start((size_t{1} << bits) + 1, 0);
+  for (const T& x : v) ++start[(hash(x) >> shift) + 1];
+  for (size_t b = 1; b < start.size(); ++b) start[b] += start[b - 1];
+  std::vector<T> out(n);
+  {
+    std::vector<size_t> at(start.begin(), start.end() - 1);
+    for (const T& x : v) out[at[hash(x) >> shift]++] = x;
+  }
+  for (size_t b = 0; b + 1 < start.size(); ++b) {
+    std::sort(out.begin() + static_cast<std::ptrdiff_t>(start[b]),
+              out.begin() + static_cast<std::ptrdiff_t>(start[b + 1]), less);
+  }
+  v.swap(out);
+}
+
+// A step of a key-by-key replay: an event or a spine read.
+struct Step {
+  uint64_t hash;
+  int64_t time;  // arrival, or the read's instant
+  uint64_t tag;  // kRead | frame row, or an index into in.refs
+};
+constexpr uint64_t kRead = uint64_t{1} << 63;
+
+// Copies the events of `steps` into `gathered` (per event set, in step
+// order) and their sets into `step_set`. The steps visit the input rows in a
+// random order: each step's input is fetched ahead of it, in three stages
+// each reading only what the stage before fetched (its EventRef, then its
+// row's offsets and values, then its key's bytes), so the misses overlap
+// instead of following one another. Each stage runs for kGroup steps at
+// once, every kGroup steps: the misses (and their page walks) of a group
+// overlap, as in upsert_many.
+void gather_steps(const Input& in, const std::vector<Step>& steps, std::vector<Gathered>& gathered,
+                  std::vector<uint32_t>& step_set) {
+  const larder_offline_events* events = in.events;
+  std::vector<size_t> per_set(in.event_sets, 0);
+  for (const Step& s : steps) {
+    if ((s.tag & kRead) == 0) ++per_set[in.refs[s.tag].set];
+  }
+  size_t total = 0;
+  for (size_t s = 0; s < in.event_sets; ++s) {
+    if (per_set[s] > 0) gathered[s].reserve(events[s], per_set[s]);
+    total += per_set[s];
+  }
+  step_set.reserve(total);
+  constexpr size_t kGroup = 16, kRefAhead = 3 * kGroup, kRowAhead = 2 * kGroup, kBytesAhead = kGroup;
+  auto event_at = [&](size_t j) -> const EventRef* {
+    return (steps[j].tag & kRead) == 0 ? &in.refs[steps[j].tag] : nullptr;
+  };
+  auto stage = [&](size_t from, auto&& fetch) {
+    for (size_t j = from; j < std::min(from + kGroup, steps.size()); ++j) fetch(j);
+  };
+  auto fetch_ref = [&](size_t j) {
+    if ((steps[j].tag & kRead) == 0) prefetch(&in.refs[steps[j].tag]);
+  };
+  auto fetch_row = [&](size_t j) {
+    if (const EventRef* ref = event_at(j)) prefetch_row(events[ref->set], ref->row);
+  };
+  auto fetch_bytes = [&](size_t j) {
+    if (const EventRef* ref = event_at(j)) prefetch_bytes(events[ref->set], ref->row);
+  };
+  for (size_t j = 0; j < std::min(kRefAhead, steps.size()); ++j) fetch_ref(j);
+  for (size_t j = 0; j < std::min(kRowAhead, steps.size()); ++j) fetch_row(j);
+  for (size_t j = 0; j < std::min(kBytesAhead, steps.size()); ++j) fetch_bytes(j);
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (i % kGroup == 0) {
+      stage(i + kRefAhead, fetch_ref);
+      stage(i + kRowAhead, fetch_row);
+      stage(i + kBytesAhead, fetch_bytes);
+    }
+    if (const EventRef* ref = event_at(i)) {
+      gathered[ref->set].append(events[ref->set], ref->row);
+      step_set.push_back(ref->set);
+    }
+  }
+  for (size_t s = 0; s < in.event_sets; ++s) {
+    if (per_set[s] > 0) gathered[s].finish(events[s]);
+  }
+}
+
 uint64_t distinct_keys(std::vector<uint64_t> hashes) {
-  std::sort(hashes.begin(), hashes.end());
+  sort_by_hash(
+      hashes, [](uint64_t h) { return h; }, std::less<uint64_t>());
   return static_cast<uint64_t>(std::unique(hashes.begin(), hashes.end()) - hashes.begin());
 }
 
@@ -355,12 +554,6 @@ std::unique_ptr<larder_offline_frame> replay_input(Engine& engine, const Input& 
   // Key by key: the steps, by key in the order of the key's home slot (its
   // hash under the table's seed, so the replay walks the scratch table from
   // its first slot to its last), then as arrival order would order them.
-  struct Step {
-    uint64_t hash;
-    int64_t time;  // arrival, or the read's instant
-    uint64_t tag;  // kRead | frame row, or an index into in.refs
-  };
-  constexpr uint64_t kRead = uint64_t{1} << 63;
   std::vector<Step> steps;
   // Arrival order: the events (indexes into in.refs) and the reads
   // ((at_ms, frame row)), each by time, stable.
@@ -379,11 +572,13 @@ std::unique_ptr<larder_offline_frame> replay_input(Engine& engine, const Input& 
       steps.push_back(
           Step{larder::layout::hash_key(spine_key(fr), seed), spine->at_ms[frame->spine_index[fr]], kRead | fr});
     }
-    std::sort(steps.begin(), steps.end(), [](const Step& a, const Step& b) {
-      if (a.hash != b.hash) return a.hash < b.hash;
-      if (a.time != b.time) return a.time < b.time;
-      return a.tag < b.tag;
-    });
+    sort_by_hash(
+        steps, [](const Step& s) { return s.hash; },
+        [](const Step& a, const Step& b) {
+          if (a.hash != b.hash) return a.hash < b.hash;
+          if (a.time != b.time) return a.time < b.time;
+          return a.tag < b.tag;
+        });
   } else {
     order.resize(in.refs.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -450,17 +645,22 @@ std::unique_ptr<larder_offline_frame> replay_input(Engine& engine, const Input& 
   // whichever order the replay meets them.
   size_t first_rejected = SIZE_MAX;
   larder::sidecar::DecodeResult first_result;
-  auto apply = [&](size_t i) {
-    const EventRef& ref = in.refs[i];
-    walk.events = &events[ref.set];
-    walk.input_of = &input_of[ref.set];
-    walk.row = ref.row;
-    larder::sidecar::DecodeResult r = replay->apply_built(ref.arrival_ms, ref.arrival_ms, walk_event, &walk);
-    if (!r.ok && (first_rejected == SIZE_MAX || ref.arrival_ms < in.refs[first_rejected].arrival_ms ||
-                  (ref.arrival_ms == in.refs[first_rejected].arrival_ms && i < first_rejected))) {
+  // Event i of in.refs, read from row `row` of `source` (the caller's set,
+  // or its copy in step order).
+  auto apply_row = [&](size_t i, const larder_offline_events& source, uint32_t set, size_t row, int64_t arrival_ms) {
+    walk.events = &source;
+    walk.input_of = &input_of[set];
+    walk.row = row;
+    larder::sidecar::DecodeResult r = replay->apply_built(arrival_ms, arrival_ms, walk_event, &walk);
+    if (!r.ok && (first_rejected == SIZE_MAX || arrival_ms < in.refs[first_rejected].arrival_ms ||
+                  (arrival_ms == in.refs[first_rejected].arrival_ms && i < first_rejected))) {
       first_rejected = i;
       first_result = std::move(r);
     }
+  };
+  auto apply = [&](size_t i) {
+    const EventRef& ref = in.refs[i];
+    apply_row(i, events[ref.set], ref.set, ref.row, ref.arrival_ms);
   };
   larder::Row row = view.make_row();
   auto read = [&](size_t fr, std::string_view key, int64_t at_ms) {
@@ -505,43 +705,28 @@ std::unique_ptr<larder_offline_frame> replay_input(Engine& engine, const Input& 
   };
 
   if (by_key) {
-    // The steps visit the input rows in a random order: fetch each step's
-    // input ahead of it, in three stages each reading only what the stage
-    // before fetched (its EventRef, then its row's offsets and values, then
-    // its key's bytes), so the misses overlap instead of following one
-    // another.
-    // Each stage runs for kGroup steps at once, every kGroup steps: the
-    // misses (and their page walks) of a group overlap, as in upsert_many.
-    constexpr size_t kGroup = 16, kRefAhead = 3 * kGroup, kRowAhead = 2 * kGroup, kBytesAhead = kGroup;
-    auto event_at = [&](size_t j) -> const EventRef* {
-      return (steps[j].tag & kRead) == 0 ? &in.refs[steps[j].tag] : nullptr;
-    };
-    auto stage = [&](size_t from, auto&& fetch) {
-      for (size_t j = from; j < std::min(from + kGroup, steps.size()); ++j) fetch(j);
-    };
-    auto fetch_ref = [&](size_t j) {
-      if ((steps[j].tag & kRead) == 0) prefetch(&in.refs[steps[j].tag]);
-    };
-    auto fetch_row = [&](size_t j) {
-      if (const EventRef* ref = event_at(j)) prefetch_row(events[ref->set], ref->row);
-    };
-    auto fetch_bytes = [&](size_t j) {
-      if (const EventRef* ref = event_at(j)) prefetch_bytes(events[ref->set], ref->row);
-    };
-    for (size_t j = 0; j < std::min(kRefAhead, steps.size()); ++j) fetch_ref(j);
-    for (size_t j = 0; j < std::min(kRowAhead, steps.size()); ++j) fetch_row(j);
-    for (size_t j = 0; j < std::min(kBytesAhead, steps.size()); ++j) fetch_bytes(j);
+    // Each step's event, copied out of the input in step order (Gathered),
+    // then replayed from the copies front to back.
+    std::vector<Gathered> gathered(in.event_sets);
+    std::vector<uint32_t> step_set;  // per event step, in step order: its set
+    gather_steps(in, steps, gathered, step_set);
+    std::vector<size_t> next_row(in.event_sets, 0);
+    size_t event_step = 0;
     std::string_view key_of_group;
     for (size_t i = 0; i < steps.size(); ++i) {
-      if (i % kGroup == 0) {
-        stage(i + kRefAhead, fetch_ref);
-        stage(i + kRowAhead, fetch_row);
-        stage(i + kBytesAhead, fetch_bytes);
-      }
       const Step& step = steps[i];
       const bool is_read = (step.tag & kRead) != 0;
       const size_t at = static_cast<size_t>(step.tag & ~kRead);
-      const std::string_view key = is_read ? spine_key(at) : event_key(in.refs[at]);
+      uint32_t set = 0;
+      size_t event_row = 0;
+      std::string_view key;
+      if (is_read) {
+        key = spine_key(at);
+      } else {
+        set = step_set[event_step++];
+        event_row = next_row[set]++;
+        key = slice(gathered[set].events.keys, gathered[set].events.key_offsets, event_row);
+      }
       if (i == 0 || step.hash != steps[i - 1].hash) {
         replay->begin_key();
         key_of_group = key;
@@ -551,7 +736,7 @@ std::unique_ptr<larder_offline_frame> replay_input(Engine& engine, const Input& 
       if (is_read) {
         read(at, key, step.time);
       } else {
-        apply(at);
+        apply_row(at, gathered[set].events, set, event_row, step.time);  // an event step's time is its arrival
       }
     }
   } else {

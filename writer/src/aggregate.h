@@ -51,6 +51,10 @@ class Journal {
   void set(Word& w, uint64_t v) {
     const uint64_t old = layout::sync::load_relaxed(w);
     if (old == v) return;
+    if (!recording_) [[unlikely]] {  // WriterOptions::crash_safety off: nothing to roll back
+      layout::sync::store_relaxed(w, v);
+      return;
+    }
     crash_point(CrashPoint::kJournal);
     if (count_ >= capacity_) [[unlikely]]
       std::abort();  // plan_aggregates bounds every change; a bug otherwise
@@ -66,6 +70,8 @@ class Journal {
   void set_f64(Word& w, double v) { set(w, std::bit_cast<uint64_t>(v)); }
   void commit();
   bool armed() const { return armed_; }
+  // false (WriterOptions::crash_safety off): set() stores without an entry.
+  void set_recording(bool on) { recording_ = on; }
 
   // A restarting writer: undoes an armed change, newest entry first. Returns
   // the entries undone. (repair.cc decides whether to undo.)
@@ -78,6 +84,7 @@ class Journal {
   uint64_t capacity_ = 0;
   uint64_t count_ = 0;
   bool armed_ = false;
+  bool recording_ = true;
 };
 
 // One table's aggregate configuration and state arrays.

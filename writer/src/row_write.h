@@ -156,6 +156,9 @@ namespace larder {
   const layout::SlotState from = layout::meta_state(sync::load_relaxed(s[layout::kSlotMetaWord]));
   const layout::SlotState to = change.set_meta ? layout::meta_state(change.meta) : from;
   const bool counts = from != to;
+  // WriterOptions::crash_safety off: no count record and no undo copy (a
+  // local: the compiler reloads members after every atomic store).
+  const bool safe = options.crash_safety;
   layout::TableDescriptor& d = *ts.desc;
   uint64_t live_after = 0, tombstones_after = 0;
   if (counts) {
@@ -163,22 +166,24 @@ namespace larder {
     live_after = sync::load_relaxed(d.counters.live_keys) + (to == SlotState::kLive) - (from == SlotState::kLive);
     tombstones_after =
         sync::load_relaxed(d.counters.tombstones) + (to == SlotState::kTombstone) - (from == SlotState::kTombstone);
-    crash_point(CrashPoint::kCounts);
-    sync::store_relaxed(d.count_live, live_after);
-    sync::store_relaxed(d.count_tombstones, tombstones_after);
-    sync::store_release(d.count_armed, uint64_t{1});  // after its values, before the undo copy is armed
+    if (safe) {
+      crash_point(CrashPoint::kCounts);
+      sync::store_relaxed(d.count_live, live_after);
+      sync::store_relaxed(d.count_tombstones, tombstones_after);
+      sync::store_release(d.count_armed, uint64_t{1});  // after its values, before the undo copy is armed
+    }
   }
   // 1. The undo copy, armed before seq turns odd. (Locals: the compiler
   // reloads members after every atomic store.)
-  {
+  if (safe) {
     Word* const u = undo;
     const uint32_t words = geo.slot_words;
     for (uint32_t k = 0; k < words; ++k) sync::store_relaxed(u[k], sync::load_relaxed(s[k]));
+    sync::store_relaxed(header->undo_table, uint64_t{table});
+    sync::store_relaxed(header->undo_slot, slot);
+    sync::store_release(header->undo_armed, uint64_t{1});  // after the copy, before seq turns odd
+    crash_point(CrashPoint::kUndoArmed);
   }
-  sync::store_relaxed(header->undo_table, uint64_t{table});
-  sync::store_relaxed(header->undo_slot, slot);
-  sync::store_release(header->undo_armed, uint64_t{1});  // after the copy, before seq turns odd
-  crash_point(CrashPoint::kUndoArmed);
   // 2. seq odd.
   const uint64_t seq = sync::load_relaxed(s[layout::kSlotSeqWord]);
   sync::store_relaxed(s[layout::kSlotSeqWord], seq + 1);
@@ -228,7 +233,7 @@ namespace larder {
     crash_point(CrashPoint::kCounts);
     sync::store_relaxed(d.counters.tombstones, tombstones_after);
     crash_point(CrashPoint::kCounts);
-    sync::store_release(d.count_armed, uint64_t{0});
+    if (safe) sync::store_release(d.count_armed, uint64_t{0});
   }
   // 6b. The table's newest event time, while the undo record still guards
   // the write: a writer killed before this store leaves a finished write
@@ -240,7 +245,7 @@ namespace larder {
     sync::store_relaxed(d.counters.max_event_time_ms, static_cast<uint64_t>(change.event_time_ms));
   }
   // 7. The undo copy is no longer needed.
-  sync::store_release(header->undo_armed, uint64_t{0});
+  if (safe) sync::store_release(header->undo_armed, uint64_t{0});
 }
 
 }  // namespace larder

@@ -390,6 +390,7 @@ void Writer::Impl::attach(bool repair_first) {
   source = reinterpret_cast<SourceBlock*>(base + header->source_offset);
   journal = writer::Journal(header, reinterpret_cast<Word*>(base),
                             reinterpret_cast<JournalEntry*>(base + header->journal_offset), header->journal_capacity);
+  journal.set_recording(options.crash_safety);
   uint32_t max_row_words = 0;
   for (const TableState& ts : tables) max_row_words = std::max(max_row_words, ts.geo.row_words);
   scratch.assign(max_row_words, 0);

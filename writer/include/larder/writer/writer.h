@@ -104,6 +104,13 @@ struct WriterOptions {
   // reads on their own, key after key (the offline engine): one key's clock
   // must not move another's. Online the clock only moves forward.
   bool clock_per_update = false;
+  // false: the writer skips the work that only a restart after a crash
+  // reads (the undo copy of each slot before its write, the count record,
+  // the journal entries of each aggregate change), for a scratch segment no
+  // process reopens after a crash (the offline replay). Readers still see
+  // every write through the slot's seqlock. A writer killed mid-write leaves
+  // such a segment torn: open it with a crash-safe writer only to remove it.
+  bool crash_safety = true;
   // Huge pages for the segment: see HugePages.
   HugePages huge_pages = HugePages::kAuto;
 };
