@@ -256,14 +256,13 @@ void rescan(const AggregateTable& t, const AggregatePlan::Group& g, Word* block,
   }
 }
 
-// Moves window `w` (n buckets) so that it ends at bucket `end`: subtracts the
-// buckets that left it. Returns true when the window's state changed.
-bool move_window(const AggregateTable& t, const AggregatePlan::Group& g, const AggregatePlan::Window& win, Word* block,
-                 int64_t end, Journal& j) {
+// The work of move_window(), once its test found a bucket that left the
+// window (older than end - n + 1).
+bool shift_window(const AggregateTable& t, const AggregatePlan::Group& g, const AggregatePlan::Window& win, Word* block,
+                  int64_t end, Journal& j) {
   Word* words = block + win.offset;
-  WindowState w = WindowState::read(words);
   const int64_t lo = end - win.buckets + 1;
-  if (w.count == 0 || w.start >= lo) return false;
+  WindowState w = WindowState::read(words);
   bool min_dirty = false, max_dirty = false, moments_dirty = false;
   // Every bucket the window holds lies in [start, end_before], and
   // end_before - start < n, so this loop is bounded by the window length.
@@ -297,6 +296,16 @@ bool move_window(const AggregateTable& t, const AggregatePlan::Group& g, const A
   }
   w.write(words, j);
   return true;
+}
+
+// Moves window `win` (n buckets) so that it ends at bucket `end`: subtracts
+// the buckets that left it. Returns true when the window's state changed.
+// Most calls find nothing to subtract: the test on two words is inline.
+inline bool move_window(const AggregateTable& t, const AggregatePlan::Group& g, const AggregatePlan::Window& win,
+                        Word* block, int64_t end, Journal& j) {
+  const Word* words = block + win.offset;
+  if (load(words[kWindowCountWord]) == 0 || load_i64(words[kWindowStartWord]) >= end - win.buckets + 1) return false;
+  return shift_window(t, g, win, block, end, j);
 }
 
 int64_t group_head(const Word* gh) { return load_i64(gh[kGroupHeadWord]) - 1; }  // -1: no event yet
@@ -392,9 +401,7 @@ bool promote(const AggregateTable& t, const AggregatePlan::Group& g, Word* block
 // (so at most that many buckets: each bucket a window can still reach lies
 // in some window). The margin keeps a key near K buckets from taking and
 // freeing a chunk on every event.
-void maybe_demote(const AggregateTable& t, const AggregatePlan::Group& g, Word* block, int64_t h, Journal& j) {
-  const uint64_t c = chunk_of(t, g, block);
-  if (c == 0) return;
+void demote(const AggregateTable& t, const AggregatePlan::Group& g, Word* block, int64_t h, Journal& j, uint64_t c) {
   uint64_t events = 0;
   for (const AggregatePlan::Window& w : g.windows) events += load(block[w.offset + kWindowCountWord]);
   if (events > kInlineBuckets / 2) return;
@@ -420,6 +427,13 @@ void maybe_demote(const AggregateTable& t, const AggregatePlan::Group& g, Word* 
     }
   }
   free_chunk(t, c - 1, j);
+}
+// demote() when the ring is dense (c: its chunk + 1) and the windows are
+// quiet enough; the test on the chunk word inline, since nearly every call
+// finds the ring sparse.
+inline void maybe_demote(const AggregateTable& t, const AggregatePlan::Group& g, Word* block, int64_t h, Journal& j) {
+  if (const uint64_t c = chunk_of(t, g, block); c != 0) [[unlikely]]
+    demote(t, g, block, h, j, c);
 }
 
 // A sparse group's inline bucket for bucket k: the one tagged k, else a
@@ -824,45 +838,16 @@ OutputValue output(const AggregateTable& t, const Word* block, size_t o, int64_t
   const AggregatePlan::Output& out = t.plan.outputs[o];
   if (out.events != 0) return event_output(t, block, out);  // a count window (aggregate_events.cc)
   const AggregatePlan::Group& g = t.plan.groups[out.group];
-  const WindowState w = WindowState::read(block + g.windows[out.window].offset);
-  OutputValue r;
-  const double n = static_cast<double>(w.count);
-  auto variance = [&] { return std::max(0.0, w.m2 / (n - out.ddof)); };
-  switch (out.fn) {
-    case AggregateFn::kCount:
-      r.i64 = static_cast<int64_t>(w.count);
-      r.valid = true;
-      return r;
-    case AggregateFn::kSum:
-      r.f64 = w.count > 0 ? w.sum : 0.0;
-      r.valid = true;
-      return r;
-    case AggregateFn::kDistinctCount: {
-      const AggregatePlan::Window& win = g.windows[out.window];
-      r.i64 = w.count > 0
-                  ? distinct_output(g, win, block, window_end(g, win, block, bucket_of(t, g, clock_ms, TimeOf::kClock)))
-                  : 0;
-      r.valid = true;
-      return r;
-    }
-    default: break;
-  }
-  // Empty, or one value with ddof 1 (no sample variance, as in pandas).
-  if (w.count == 0 || ((out.fn == AggregateFn::kVariance || out.fn == AggregateFn::kStddev) && w.count <= out.ddof)) {
-    r.f64 = kNaN;
+  const AggregatePlan::Window& win = g.windows[out.window];
+  if (out.fn == AggregateFn::kDistinctCount) {
+    OutputValue r;
+    r.i64 = load(block[win.offset + kWindowCountWord]) > 0
+                ? distinct_output(g, win, block, window_end(g, win, block, bucket_of(t, g, clock_ms, TimeOf::kClock)))
+                : 0;
+    r.valid = true;
     return r;
   }
-  r.valid = true;
-  switch (out.fn) {
-    case AggregateFn::kMean: r.f64 = w.sum / n; break;
-    case AggregateFn::kMin: r.f64 = w.min; break;
-    case AggregateFn::kMax: r.f64 = w.max; break;
-    case AggregateFn::kLast: r.f64 = load_f64(block[g.offset + kGroupLastValueWord]); break;
-    case AggregateFn::kVariance: r.f64 = variance(); break;
-    case AggregateFn::kStddev: r.f64 = std::sqrt(variance()); break;
-    default: break;
-  }
-  return r;
+  return window_value(out.fn, out.ddof, block + win.offset, block[g.offset + kGroupLastValueWord]);
 }
 
 int64_t next_due_ms(const AggregateTable& t, const Word* block) {

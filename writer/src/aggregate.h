@@ -13,9 +13,12 @@
 // block unused.
 #pragma once
 
+#include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <span>
 #include <vector>
 
@@ -87,6 +90,24 @@ class Journal {
   bool recording_ = true;
 };
 
+// An output of a time window resolved once at bind time
+// (bind_aggregates), for the slot write: the words it reads and the row
+// bytes it writes, so that rewriting a row's outputs after every event
+// neither walks the plan nor dispatches on the field type per output. The
+// outputs that need more than their window's words (distinct_count, count
+// windows, sequences) or a conversion (a float32 or bool field) are kGeneral
+// and go through output().
+struct OutputSlot {
+  enum class Kind : uint8_t { kGeneral, kFloat64, kInt64 };
+  Kind kind = Kind::kGeneral;
+  layout::AggregateFn fn = layout::AggregateFn::kSum;
+  uint32_t ddof = 0;
+  uint32_t window_word = 0;  // the window's first word in the block
+  uint32_t last_word = 0;    // the group's kGroupLastValueWord in the block
+  uint32_t row_byte = 0;     // the field's offset in the row
+  uint32_t field = 0;        // the field's index (its validity bit)
+};
+
 // One table's aggregate configuration and state arrays.
 struct AggregateTable {
   AggregatePlan plan;
@@ -119,6 +140,10 @@ struct AggregateTable {
     int64_t k = 0;
   };
   mutable std::vector<BucketMemo> bucket_memo;
+
+  // One per plan.outputs entry, in order (bind_aggregates; empty: every
+  // output goes through output()).
+  std::vector<OutputSlot> output_slots;
 
   bool enabled() const { return plan.stride_words != 0; }
   Word* block(uint64_t slot) const { return state + slot * plan.stride_words; }
@@ -178,6 +203,46 @@ struct OutputValue {
   int64_t i64 = 0;
   bool valid = false;
 };
+
+// The value of time-window output `fn` (any but distinct_count) from its
+// window's words `w` and, for `last`, the group's last value: the one
+// definition output() and the slot write's resolved outputs share. Reads
+// only the words `fn` needs.
+inline OutputValue window_value(layout::AggregateFn fn, uint32_t ddof, const Word* w, const Word& last) {
+  using layout::AggregateFn;
+  namespace sync = layout::sync;
+  OutputValue r;
+  const uint64_t count = sync::load_relaxed(w[layout::kWindowCountWord]);
+  if (fn == AggregateFn::kCount) {
+    r.i64 = static_cast<int64_t>(count);
+    r.valid = true;
+    return r;
+  }
+  auto f64 = [&](uint32_t word) { return std::bit_cast<double>(sync::load_relaxed(w[word])); };
+  if (fn == AggregateFn::kSum) {
+    r.f64 = count > 0 ? f64(layout::kWindowSumWord) : 0.0;
+    r.valid = true;
+    return r;
+  }
+  const bool spread = fn == AggregateFn::kVariance || fn == AggregateFn::kStddev;
+  // Empty, or one value with ddof 1 (no sample variance, as in pandas).
+  if (count == 0 || (spread && count <= ddof)) {
+    r.f64 = std::numeric_limits<double>::quiet_NaN();
+    return r;
+  }
+  const double n = static_cast<double>(count);
+  r.valid = true;
+  switch (fn) {
+    case AggregateFn::kMean: r.f64 = f64(layout::kWindowSumWord) / n; break;
+    case AggregateFn::kMin: r.f64 = f64(layout::kWindowMinWord); break;
+    case AggregateFn::kMax: r.f64 = f64(layout::kWindowMaxWord); break;
+    case AggregateFn::kLast: r.f64 = std::bit_cast<double>(sync::load_relaxed(last)); break;
+    case AggregateFn::kVariance: r.f64 = std::max(0.0, f64(layout::kWindowM2Word) / (n - ddof)); break;
+    case AggregateFn::kStddev: r.f64 = std::sqrt(std::max(0.0, f64(layout::kWindowM2Word) / (n - ddof))); break;
+    default: break;
+  }
+  return r;
+}
 // `clock_ms` places the `end: now` windows of distinct_count, which the
 // block's window words do not describe alone.
 OutputValue output(const AggregateTable& t, const Word* block, size_t o, int64_t clock_ms);

@@ -131,7 +131,23 @@ namespace larder {
       writer::set_valid(validity, v.field, true);
     }
     if (change.outputs_of != nullptr) {
+      const size_t resolved = ts.agg.output_slots.size();
       for (size_t o = 0; o < ts.agg.plan.outputs.size(); ++o) {
+        if (o < resolved) {
+          // A time window into a float64 or int64 field (writer::OutputSlot).
+          const writer::OutputSlot& os = ts.agg.output_slots[o];
+          if (os.kind != writer::OutputSlot::Kind::kGeneral) {
+            const writer::OutputValue v = writer::window_value(os.fn, os.ddof, change.outputs_of + os.window_word,
+                                                               change.outputs_of[os.last_word]);
+            if (os.kind == writer::OutputSlot::Kind::kInt64) {
+              std::memcpy(row + os.row_byte, &v.i64, 8);
+            } else {
+              std::memcpy(row + os.row_byte, &v.f64, 8);
+            }
+            writer::set_valid(validity, os.field, v.valid);
+            continue;
+          }
+        }
         const uint32_t f = ts.agg.plan.outputs[o].field;
         const layout::FieldDescriptor& fd = ts.fields[f];
         if (ts.agg.plan.outputs[o].fn == layout::AggregateFn::kLastN) {  // a sequence (aggregate_events.h)

@@ -331,6 +331,26 @@ void writer::bind_aggregates(writer::AggregateTable& agg, char* base, const Tabl
     agg.store_source.push_back(es.source.empty() ? -1 : static_cast<int>(it - agg.plan.sources.begin()));
     agg.counts_every_event |= es.source.empty();
   }
+  // The outputs the slot write computes from their window's words alone
+  // (writer::OutputSlot); the others keep kGeneral.
+  agg.output_slots.clear();
+  for (const AggregatePlan::Output& o : agg.plan.outputs) {
+    writer::OutputSlot s;
+    const FieldDescriptor& fd = field_descriptor(base, d, o.field);
+    const auto type = static_cast<FieldType>(fd.type);
+    if (o.events == 0 && o.fn != AggregateFn::kDistinctCount && o.fn != AggregateFn::kLastN &&
+        (type == FieldType::kFloat64 || type == FieldType::kInt64)) {
+      const AggregatePlan::Group& g = agg.plan.groups[o.group];
+      s.kind = type == FieldType::kInt64 ? writer::OutputSlot::Kind::kInt64 : writer::OutputSlot::Kind::kFloat64;
+      s.fn = o.fn;
+      s.ddof = o.ddof;
+      s.window_word = g.windows[o.window].offset;
+      s.last_word = g.offset + kGroupLastValueWord;
+      s.row_byte = fd.offset;
+      s.field = o.field;
+    }
+    agg.output_slots.push_back(s);
+  }
 }
 
 void Writer::Impl::attach(bool repair_first) {
