@@ -18,13 +18,14 @@
 // on a cache miss. A table with aggregates copies at once (the state block
 // and rings are not in the row's words).
 //
-// The page work is not the writer thread's: a thread of its own (pager.h) populates
-// N+1's pages ahead of the copy and unmaps the retired generation after
-// publish. The copy stores N+1's rows with non-temporal stores, so the rows
-// it writes (nobody reads them before the publish) do not evict the lines
-// that updates and readers use. switch_step() without a budget paces
-// itself: the copy takes a set share of the writer's busy time and half its
-// idle time (kSwitchShare).
+// The page work is not the writer thread's: a thread of its own (pager.h)
+// populates N+1's pages ahead of the copy and unmaps the retired generation
+// after publish. The copy's stores are plain ones: it reads each
+// destination line to probe it, so a non-temporal store would first have
+// to evict a line just loaded (measured: the copy 1.7x slower, readers'
+// p99 no better; docs/performance.md). switch_step() without a budget
+// paces itself: the copy takes a set share of the writer's busy time, and
+// half its idle time (kSwitchShare).
 //
 // Publishing, in order (each step a CrashPoint::kSwitch):
 //  1. N+1's counters, header words and source block are copied from N, its
@@ -51,9 +52,6 @@
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 #include <bit>
 #include <cerrno>
@@ -260,32 +258,6 @@ int64_t thread_cpu_ns() {
   timespec ts{};
   ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
   return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
-
-// Stores a row of N+1. Non-temporal where the target has them: the row is
-// not read again before the publish (unless updated again), so it should
-// not take a cache line from the rows updates and readers use. The stores
-// are ordered before the publish by the sfence at the end of each step.
-inline void store_row(Word* d, const uint64_t* img, uint32_t from, uint32_t to, bool stream) {
-#if defined(__SSE2__) && !defined(__SANITIZE_THREAD__)
-  if (stream) {
-    for (uint32_t k = from; k < to; ++k) {
-      _mm_stream_si64(reinterpret_cast<long long*>(static_cast<void*>(d + k)), static_cast<long long>(img[k]));
-    }
-    return;
-  }
-#else
-  (void)stream;
-#endif
-  for (uint32_t k = from; k < to; ++k) sync::store_relaxed(d[k], img[k]);
-}
-
-// Makes the non-temporal stores of the copy visible before anything the
-// writer stores after (a row copied again with plain stores, the publish).
-inline void end_streaming() {
-#if defined(__SSE2__) && !defined(__SANITIZE_THREAD__)
-  _mm_sfence();
-#endif
 }
 
 // Automatic growth refused (no space, say): tried again after this long.
@@ -745,7 +717,7 @@ bool Writer::Impl::step(uint64_t slot_budget, bool paced) {
     }
     for (; at < stop; ++at) {
       if (at + kCopyAhead < end) w.prefetch_copy(t, at + kCopyAhead);
-      if (!w.copy_to_next(t, at, nullptr, true)) return true;  // abandoned
+      if (!w.copy_to_next(t, at)) return true;  // abandoned
     }
     sw.copied += at - before;
     slot_budget -= at - before;
@@ -754,7 +726,6 @@ bool Writer::Impl::step(uint64_t slot_budget, bool paced) {
       ++sw.walking;
     }
   }
-  end_streaming();
   // The cost per slot of this slice, for the next paced budget.
   const int64_t cpu2 = thread_cpu_ns();
   if (const uint64_t n = sw.copied - copied_before; n >= 64) {
@@ -877,16 +848,15 @@ bool Writer::Impl::drain_follow_log() {
       prefetch_row(static_cast<uint32_t>(log[ahead]), log.data() + ahead + 2);
       ahead += entry_words(ahead);
     }
-    if (!copy_to_next(static_cast<uint32_t>(log[at]), log[at + 1], log.data() + at + 2, true)) return false;
+    if (!copy_to_next(static_cast<uint32_t>(log[at]), log[at + 1], log.data() + at + 2)) return false;
   }
   log.clear();
-  end_streaming();
   return true;
 }
 
 // Copies slot `slot` of table `table` of N into N+1, over the same key's
 // slot there or into a new one. False when the switch had to be abandoned.
-bool Writer::Impl::copy_to_next(uint32_t table, uint64_t slot, const uint64_t* image, bool stream) {
+bool Writer::Impl::copy_to_next(uint32_t table, uint64_t slot, const uint64_t* image) {
   Switch& sw = *next_gen;
   const TableState& from = tables[table];
   Switch::Table& to = sw.tables[static_cast<size_t>(sw.to_of[table])];
@@ -1000,7 +970,8 @@ bool Writer::Impl::copy_to_next(uint32_t table, uint64_t slot, const uint64_t* i
       writer::set_valid(img + kSlotHeaderWords, fd.index, valid);
     }
   }
-  store_row(to.slots + at * to.geo.slot_words, img, kSlotMetaWord, to.geo.slot_words, stream);
+  Word* d = to.slots + at * to.geo.slot_words;
+  for (uint32_t k = kSlotMetaWord; k < to.geo.slot_words; ++k) sync::store_relaxed(d[k], img[k]);
 
   if (was == SlotState::kLive) --to.live;
   if (was == SlotState::kTombstone) --to.tombstones;

@@ -303,8 +303,8 @@ struct Writer::Impl {
   // The same for slot `slot`, changed by other than an update (a refresh).
   void switch_follow_slot(uint32_t table, uint64_t slot);
   // `image`: the slot's words as logged (switch_follow_slot), else read from
-  // the slot. `stream`: non-temporal stores (the bulk copy and the log).
-  bool copy_to_next(uint32_t table, uint64_t slot, const uint64_t* image = nullptr, bool stream = false);
+  // the slot.
+  bool copy_to_next(uint32_t table, uint64_t slot, const uint64_t* image = nullptr);
   bool drain_follow_log();
   uint64_t paced_budget(int64_t now_mono_ns, int64_t now_cpu_ns, int64_t drain_ns) const;
   // Writer::switch_step: `paced`, the budget is paced_budget's.
