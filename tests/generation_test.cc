@@ -175,6 +175,80 @@ TEST(Generation, GrowCarriesEveryRowAndUpdatesDuringTheCopy) {
   EXPECT_EQ(before.info().writer_pid, 0u);
 }
 
+// The paced switch_step() (the sidecar's) on a table large enough that the
+// pager thread is still populating the next generation while the copy runs:
+// rows updated, deleted and added behind the copy go through the follow log
+// (copied at the next step), and the generation published holds exactly the
+// model. Then a switch abandoned half way, and a writer closed half way
+// through one, leave nothing behind: the pager thread leaves the next
+// generation's pages before it is removed and is joined at close.
+TEST(Generation, PacedStepsCarryEveryUpdateAndAnUnfinishedSwitchLeavesNothing) {
+  ScratchSegment seg;
+  constexpr int kKeys = 6000;
+  auto w = Writer::open(seg.name(), users_schema(8000), seg.writer_options());
+  std::map<std::string, int64_t> model;  // key -> value, -1 deleted
+  int64_t t = kBaseMs;
+  for (int i = 0; i < kKeys; ++i) {
+    write_row(*w, "k" + std::to_string(i), i, ++t);
+    model["k" + std::to_string(i)] = i;
+  }
+  Table users = Segment::open(seg.name(), ClientOptions{seg.dir()}).table("users");
+  w->grow(0, 30000);
+  std::mt19937_64 rng(11);
+  int64_t v = 100'000;
+  uint64_t steps = 0;
+  while (!w->switch_step()) {
+    ++steps;
+    // Updates on both sides of the copy, deletes, and keys new to the table
+    // (which may take the slot of a tombstone the copy has passed).
+    for (int j = 0; j < 50; ++j) {
+      const std::string key = "k" + std::to_string(rng() % (kKeys + 1500));
+      if (rng() % 5 == 0) {
+        ASSERT_NE(w->remove(0, key, ++t), ApplyResult::kInvalid);
+        model[key] = -1;
+      } else {
+        write_row(*w, key, ++v, ++t);
+        model[key] = v;
+      }
+    }
+  }
+  EXPECT_GT(steps, 1u) << "the paced steps copy a slice at a time";
+  const SwitchProgress p = w->switch_progress();
+  EXPECT_EQ(p.generation, 1u);
+  EXPECT_TRUE(p.last_error.empty()) << p.last_error;
+  EXPECT_TRUE(leftovers(seg.dir(), seg.name()).empty());
+  Row row = users.make_row();
+  uint64_t live = 0;
+  for (const auto& [key, value] : model) {
+    const ReadResult r = users.get(key, row);
+    if (value < 0) {
+      EXPECT_EQ(r.status, Status::kNotFound) << key;
+      continue;
+    }
+    ++live;
+    ASSERT_EQ(r.status, Status::kOk) << key;
+    EXPECT_EQ(row.i64(users.field("clicks")), value) << key;
+    EXPECT_EQ(torn(users, row), "") << key;
+  }
+  EXPECT_EQ(users.generation(), 1u);
+  EXPECT_EQ(users.stats().live_keys, live);
+
+  // Abandoned half way: the next generation's file goes, this one serves.
+  w->grow(0, 60000);
+  for (int i = 0; i < 3; ++i) ASSERT_FALSE(w->switch_step(64));
+  w->abort_switch();
+  EXPECT_FALSE(w->switch_active());
+  EXPECT_TRUE(leftovers(seg.dir(), seg.name()).empty());
+  // Closed half way: the same, and the next open finds generation 1.
+  w->grow(0, 60000);
+  ASSERT_FALSE(w->switch_step(64));
+  w.reset();
+  EXPECT_TRUE(leftovers(seg.dir(), seg.name()).empty());
+  w = Writer::open(seg.name(), users_schema(30000), seg.writer_options());
+  EXPECT_EQ(w->switch_progress().generation, 1u);
+  EXPECT_EQ(w->stats(0).live_keys, live);
+}
+
 TEST(Generation, AddedFieldStartsNotValidAndDroppedFieldReadsNotValid) {
   ScratchSegment seg;
   const layout::Schema v1 = users_schema(100);

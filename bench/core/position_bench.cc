@@ -40,7 +40,15 @@
 //   upsert/switching/<keys>    upsert/plain while a generation switch runs:
 //                              every update also copies its row again when the
 //                              copy has passed it. The copy's slices (4,096
-//                              slots per 256 upserts) are not timed.
+//                              slots per 256 upserts) are not timed: the
+//                              update path's own cost during a switch.
+//   upsert/paced_switch/<keys> upsert/plain while a generation switch runs,
+//                              Writer::switch_step() (paced) called after
+//                              every 256 upserts and timed with them: the
+//                              writer's update rate over a switch, copy
+//                              included, against upsert/plain (counters:
+//                              switches published, copy_share of the
+//                              thread's CPU time spent in switch_step).
 //   read/alone/<keys>          Table::get (the client) of random present keys,
 //                              each get timed on its own (TSC): p50_ns,
 //                              p99_ns, p999_ns. Nothing else runs.
@@ -52,6 +60,11 @@
 //                              and each table moves generation at each
 //                              publish (counter switches). Compare p99 with
 //                              read/alone and read/upserting.
+//   read/paced_switch/<keys>   the same while another thread upserts back to
+//                              back with a switch always running, paced
+//                              (switch_step() after every 256 upserts), as
+//                              the sidecar's writer thread does. Compare
+//                              with read/upserting.
 //
 // Knobs (environment): LARDER_BENCH_DIR (tmpfs directory, default /dev/shm),
 // LARDER_POS_KEYS (keys of the image benchmarks, default 1000000).
@@ -64,6 +77,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <map>
 #include <memory>
 #include <random>
@@ -340,9 +354,49 @@ void BM_UpsertSwitching(benchmark::State& state) {
 }
 BENCHMARK(BM_UpsertSwitching)->Name("upsert/switching")->Arg(10'000)->Arg(1'000'000);
 
+int64_t thread_cpu_ns() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+void BM_UpsertPacedSwitch(benchmark::State& state) {
+  const uint64_t n = static_cast<uint64_t>(state.range(0));
+  Filled& f = filled(n);
+  std::mt19937_64 rng(42);
+  std::vector<uint32_t> order(1 << 16);
+  for (uint32_t& i : order) i = static_cast<uint32_t>(rng() % f.keys.size());
+  int64_t t = 2'000'000;
+  size_t i = 0;
+  uint64_t switches = 0;
+  int64_t step_ns = 0;
+  f.writer->begin_switch(next_capacity(f, n));
+  const int64_t cpu0 = thread_cpu_ns();
+  for (auto _ : state) {
+    ++t;
+    const FieldValue v[] = {FieldValue::int64(0, t), FieldValue::int64(1, t + 1), FieldValue::float64(2, 0.5),
+                            FieldValue::float64(3, 1.5)};
+    benchmark::DoNotOptimize(f.writer->upsert(0, f.keys[order[i++ & 0xffff]], t, v, t * 1'000'000));
+    if ((i & 255) == 0) {
+      const int64_t s0 = thread_cpu_ns();
+      if (f.writer->switch_step()) {
+        ++switches;
+        f.writer->begin_switch(next_capacity(f, n));
+      }
+      step_ns += thread_cpu_ns() - s0;
+    }
+  }
+  const int64_t cpu = thread_cpu_ns() - cpu0;
+  f.writer->abort_switch();
+  state.SetItemsProcessed(state.iterations());
+  state.counters["switches"] = static_cast<double>(switches);
+  state.counters["copy_share"] = cpu > 0 ? static_cast<double>(step_ns) / static_cast<double>(cpu) : 0;
+}
+BENCHMARK(BM_UpsertPacedSwitch)->Name("upsert/paced_switch")->Arg(10'000)->Arg(1'000'000);
+
 // Reads of random present keys through the client while another thread
 // does `background` with the writer: 0 nothing, 1 upserts, 2 generation
-// switches back to back. Each get is timed on its own (TSC, serialised at
+// switches back to back, 3 upserts with a paced switch always running. Each get is timed on its own (TSC, serialised at
 // both ends); a get that does not find its key fails the benchmark, one
 // that returns kBusy (on a loaded machine the writer thread can be
 // preempted in the middle of an update) is counted.
@@ -357,11 +411,16 @@ void run_reads(benchmark::State& state, int background) {
   std::thread writer([&] {
     Rng rng(11);
     int64_t t = int64_t{1} << 42;
+    if (background == 3) f.writer->begin_switch(next_capacity(f, n));
     while (background != 0 && !stop.load(std::memory_order_relaxed)) {
       if (background == 2) {
         f.writer->switch_now(next_capacity(f, n));
         switches.fetch_add(1, std::memory_order_relaxed);
         continue;
+      }
+      if (background == 3 && f.writer->switch_step()) {
+        switches.fetch_add(1, std::memory_order_relaxed);
+        f.writer->begin_switch(next_capacity(f, n));
       }
       for (int i = 0; i < 256; ++i) {
         ++t;
@@ -373,7 +432,7 @@ void run_reads(benchmark::State& state, int background) {
     }
   });
   // A switch in progress before the first timed get.
-  if (background == 2) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (background >= 2) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   LatencySamples samples;
   Rng rng(99);
   KeyBuf key;
@@ -393,6 +452,7 @@ void run_reads(benchmark::State& state, int background) {
   const uint64_t generation_read = table.generation();
   stop.store(true, std::memory_order_relaxed);
   writer.join();
+  if (background == 3) f.writer->abort_switch();
   state.counters["p50_ns"] = samples.percentile_ns(0.50);
   state.counters["p99_ns"] = samples.percentile_ns(0.99);
   state.counters["p999_ns"] = samples.percentile_ns(0.999);
@@ -407,9 +467,11 @@ void run_reads(benchmark::State& state, int background) {
 void BM_ReadAlone(benchmark::State& state) { run_reads(state, 0); }
 void BM_ReadUpserting(benchmark::State& state) { run_reads(state, 1); }
 void BM_ReadSwitching(benchmark::State& state) { run_reads(state, 2); }
+void BM_ReadPacedSwitch(benchmark::State& state) { run_reads(state, 3); }
 BENCHMARK(BM_ReadAlone)->Name("read/alone")->Arg(1'000'000)->MinTime(3.0)->UseRealTime();
 BENCHMARK(BM_ReadUpserting)->Name("read/upserting")->Arg(1'000'000)->MinTime(3.0)->UseRealTime();
 BENCHMARK(BM_ReadSwitching)->Name("read/switching")->Arg(1'000'000)->MinTime(3.0)->UseRealTime();
+BENCHMARK(BM_ReadPacedSwitch)->Name("read/paced_switch")->Arg(1'000'000)->MinTime(3.0)->UseRealTime();
 
 }  // namespace
 }  // namespace larder::bench

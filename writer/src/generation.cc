@@ -7,8 +7,25 @@
 // their whole crash-safety protocol; N+1 is nobody's but this thread's until
 // it is published, so its slots are written with plain relaxed stores, no
 // seqlock, no undo copy. An update of a key whose slot the copy has already
-// passed copies that row again right after it is applied (switch_follow), so
-// when the copy reaches the end N+1 holds every row of N as N holds it.
+// passed copies that row again (switch_follow), so when the copy reaches the
+// end N+1 holds every row of N as N holds it. For a table without
+// aggregates the row's words are logged right after the update and copied
+// at the start of the next step, in the order they were logged and before
+// the copy moves on, so the copies happen in the same order as if each were
+// made at its update (a key whose slot was reused by another key was
+// logged before the reuse); the next step takes them in a batch with their
+// slots of N+1 prefetched, where one at a time each would stall its update
+// on a cache miss. A table with aggregates copies at once (the state block
+// and rings are not in the row's words).
+//
+// The page work is not the writer thread's: a thread of its own (pager.h)
+// populates N+1's pages ahead of the copy and unmaps the retired generation
+// after publish. The copy's stores are plain ones: it reads each
+// destination line to probe it, so a non-temporal store would first have
+// to evict a line just loaded (measured: the copy 1.7x slower, readers'
+// p99 no better; docs/performance.md). switch_step() without a budget
+// paces itself: the copy takes a set share of the writer's busy time, and
+// half its idle time (kSwitchShare).
 //
 // Publishing, in order (each step a CrashPoint::kSwitch):
 //  1. N+1's counters, header words and source block are copied from N, its
@@ -27,11 +44,13 @@
 // longer the name's, retires it and removes the link. Readers keep N mapped
 // whatever happens to its name, so they never fault on a vanished file.
 //
-// Threading: the writer thread, like every Impl function.
+// Threading: the writer thread, like every Impl function; the pager's
+// thread runs pager.cc only.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <bit>
@@ -44,6 +63,7 @@
 #include "aggregate_events.h"
 #include "crash_hook.h"
 #include "larder/layout/clock.h"
+#include "pager.h"
 #include "row_write.h"
 #include "table.h"
 #include "writer_impl.h"
@@ -215,6 +235,31 @@ constexpr uint64_t kMapAheadBytes = uint64_t{8} << 20;
 #define MADV_POPULATE_WRITE 23  // Linux 5.14; older kernels refuse it (EINVAL)
 #endif
 
+// The follow log (switch_follow): copied at once when it holds this many
+// words (a caller that updates without calling switch_step between).
+constexpr size_t kFollowLogWords = size_t{1} << 17;
+// Logged rows ahead of the one being copied whose N+1 slots are prefetched.
+constexpr size_t kFollowAhead = 8;
+
+// The paced switch_step(): the copy (with the follow log) takes at most this
+// share of the writer thread's CPU time, so updates keep the rest; after a
+// pause with no update, half of the time the thread was not running (it
+// waited for messages). A thread that applied updates and still was not
+// running was preempted, not idle: that time is not the copy's. At least
+// kPacedMinSlots per step, so a switch always finishes, at most
+// kPacedMaxSlots, so a step stays short.
+constexpr double kSwitchShare = 0.08;
+constexpr uint64_t kPacedMinSlots = 64;
+constexpr uint64_t kPacedMaxSlots = uint64_t{1} << 18;
+// The copy's cost per slot before the first slice measured it.
+constexpr double kFirstNsPerSlot = 500;
+
+int64_t thread_cpu_ns() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
 // Automatic growth refused (no space, say): tried again after this long.
 constexpr int64_t kGrowRetryNs = 10'000'000'000;
 
@@ -307,9 +352,20 @@ struct Writer::Impl::Switch {
   std::vector<uint64_t> from_img;  // a slot of N, then one of N+1, as words
   std::vector<uint64_t> to_img;
   std::vector<uint64_t> held_chunks;  // a row copied again: the chunks its N+1 block held, index + 1
+  // Rows of tables without aggregates updated after the copy passed them,
+  // to copy at the next step: each its table, its slot of N, its words.
+  std::vector<uint64_t> follow_log;
   uint64_t copied = 0;
   uint64_t total = 0;
   int64_t started_mono_ns = 0;
+  // N+1's file as the pager populates it: where each table's slots start.
+  char* file_base = nullptr;
+  // The paced switch_step(): when the last step ended (wall and this
+  // thread's CPU time) and the copy's measured cost per slot.
+  int64_t step_end_mono_ns = 0;
+  int64_t step_end_cpu_ns = 0;
+  uint64_t step_end_updates = 0;  // the header's updates_applied then
+  double ns_per_slot = kFirstNsPerSlot;
 };
 
 // Maps N+1's slots that the copy of N's slots below `stop` (of `end`) will
@@ -320,12 +376,17 @@ struct Writer::Impl::Switch {
 // slots after, about s × (N+1's slots / N's slots), so mapping up to that
 // place plus kMapAheadBytes covers the copy's stores. Best effort: a kernel
 // that refuses the advice (before 5.14) leaves the copy faulting as before.
-static void map_ahead(Writer::Impl::Switch::Table& to, uint64_t stop, uint64_t end) {
+// The pager populates the whole file ahead of the copy on its own thread
+// (pager.h); `pager_bytes` of the slots are done, and this thread maps
+// pages itself only where the copy has caught up with the pager.
+static void map_ahead(Writer::Impl::Switch::Table& to, uint64_t stop, uint64_t end, uint64_t pager_bytes) {
   const uint64_t slot_bytes = uint64_t{to.geo.slot_words} * sizeof(Word);
   const uint64_t total = to.geo.slot_count * slot_bytes;
   __extension__ using u128 = unsigned __int128;  // stop × slot_count may pass 64 bits
   const auto reach = static_cast<uint64_t>(static_cast<u128>(stop) * to.geo.slot_count / end);
   const uint64_t need = std::min(total, reach * slot_bytes + slot_bytes * 64);
+  if (need <= pager_bytes) return;
+  to.mapped_bytes = std::max(to.mapped_bytes, pager_bytes);
   if (need <= to.mapped_bytes) return;
   const uint64_t upto = std::min(total, need + kMapAheadBytes);
   static const auto page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
@@ -490,6 +551,9 @@ void Writer::Impl::start_switch(const Schema& next) {
   // Two generations side by side: N stays while N+1 is built and after, for
   // as long as readers map it.
   const LayoutPlan plan = plan_layout(next);
+  // A generation retired by the last switch still holds its pages until
+  // the pager has unmapped it (and its readers have): wait for the first.
+  if (w.pager) w.pager->wait_retired();
   struct statvfs vfs;
   if (::statvfs(w.dir.c_str(), &vfs) != 0) {
     w.switch_record.last_error = seg + ": statvfs " + w.dir + ": " + std::strerror(errno);
@@ -576,6 +640,23 @@ void Writer::Impl::start_switch(const Schema& next) {
   sw->from_img.assign(max_words, 0);
   sw->to_img.assign(max_words, 0);
   sw->started_mono_ns = now_mono_ns();
+  sw->step_end_mono_ns = sw->started_mono_ns;
+  sw->step_end_cpu_ns = thread_cpu_ns();
+  sw->step_end_updates = sync::load_relaxed(w.header->updates_applied);
+  sw->file_base = base;
+  // N+1's pages, front to back, on the pager's thread; into 2 MiB pages
+  // where the writer's huge-page policy collapses the segment's own
+  // (prepare_pages), so a new generation is backed as the first was.
+  bool collapse = false;
+  if (w.options.huge_pages != HugePages::kOff) {
+    DirFileSystem fs;
+    const std::string mount = mount_huge_option(w.dir);
+    collapse = dir_file_system(w.dir, &fs) && fs.memory_backed &&
+               (mount == "always" || mount == "within_size" || mount == "advise" ||
+                w.options.huge_pages == HugePages::kCollapse);
+  }
+  if (!w.pager) w.pager = std::make_unique<writer::Pager>();
+  w.pager->populate(base, sw->file->size(), collapse);
   w.next_gen = std::move(sw);
   w.switch_record.last_error.clear();
   writer::crash_point(CrashPoint::kSwitch);
@@ -590,17 +671,50 @@ void Writer::grow(uint32_t table, uint64_t capacity) {
   begin_switch(next);
 }
 
-bool Writer::switch_step(uint64_t slot_budget) {
-  Impl& w = *impl_;
+// The paced step's slot budget: the copy's share of the writer thread's
+// time since the last step (kSwitchShare of its CPU time, and half of the
+// rest when it applied no update meanwhile), at the cost per slot measured
+// so far.
+// `drain_ns`: what this step spent copying the follow log, taken from it.
+uint64_t Writer::Impl::paced_budget(int64_t now_mono, int64_t now_cpu, int64_t drain_ns) const {
+  const Switch& sw = *next_gen;
+  const auto busy = static_cast<double>(std::max<int64_t>(0, now_cpu - drain_ns - sw.step_end_cpu_ns));
+  const auto wall = static_cast<double>(std::max<int64_t>(0, now_mono - drain_ns - sw.step_end_mono_ns));
+  const bool updated = sync::load_relaxed(header->updates_applied) != sw.step_end_updates;
+  const double idle = updated ? 0.0 : std::max(0.0, wall - busy);
+  const double allowed_ns = busy * kSwitchShare / (1 - kSwitchShare) + idle / 2 - static_cast<double>(drain_ns);
+  const double slots = allowed_ns / std::max(sw.ns_per_slot, 1.0);
+  if (!(slots > static_cast<double>(kPacedMinSlots))) return kPacedMinSlots;
+  return slots >= static_cast<double>(kPacedMaxSlots) ? kPacedMaxSlots : static_cast<uint64_t>(slots);
+}
+
+bool Writer::switch_step() { return impl_->step(0, true); }
+
+bool Writer::switch_step(uint64_t slot_budget) { return impl_->step(slot_budget, false); }
+
+bool Writer::Impl::step(uint64_t slot_budget, bool paced) {
+  Impl& w = *this;
   if (!w.next_gen) return true;
+  const int64_t cpu0 = thread_cpu_ns();
+  // Rows updated since the last step first: before the copy moves on, so
+  // each is copied where an immediate copy would have been.
+  if (!w.drain_follow_log()) return true;  // abandoned
   Impl::Switch& sw = *w.next_gen;
+  const int64_t cpu1 = thread_cpu_ns();
+  if (paced) slot_budget = w.paced_budget(now_mono_ns(), cpu1, cpu1 - cpu0);
+  const uint64_t copied_before = sw.copied;
   while (sw.walking < w.tables.size() && slot_budget > 0) {
     const uint32_t t = sw.walking;
     const uint64_t end = sw.to_of[t] < 0 ? 0 : w.tables[t].geo.slot_count;
     uint64_t& at = sw.cursor[t];
     const uint64_t before = at;
     const uint64_t stop = end - at > slot_budget ? at + slot_budget : end;
-    if (at < stop) map_ahead(sw.tables[static_cast<size_t>(sw.to_of[t])], stop, end);
+    if (at < stop) {
+      Impl::Switch::Table& to = sw.tables[static_cast<size_t>(sw.to_of[t])];
+      const auto slots_at = static_cast<uint64_t>(reinterpret_cast<char*>(to.slots) - sw.file_base);
+      const uint64_t populated = w.pager->populated();
+      map_ahead(to, stop, end, populated > slots_at ? populated - slots_at : 0);
+    }
     for (; at < stop; ++at) {
       if (at + kCopyAhead < end) w.prefetch_copy(t, at + kCopyAhead);
       if (!w.copy_to_next(t, at)) return true;  // abandoned
@@ -612,6 +726,14 @@ bool Writer::switch_step(uint64_t slot_budget) {
       ++sw.walking;
     }
   }
+  // The cost per slot of this slice, for the next paced budget.
+  const int64_t cpu2 = thread_cpu_ns();
+  if (const uint64_t n = sw.copied - copied_before; n >= 64) {
+    sw.ns_per_slot = 0.75 * sw.ns_per_slot + 0.25 * static_cast<double>(cpu2 - cpu1) / static_cast<double>(n);
+  }
+  sw.step_end_mono_ns = now_mono_ns();
+  sw.step_end_cpu_ns = cpu2;
+  sw.step_end_updates = sync::load_relaxed(w.header->updates_applied);
   writer::crash_point(CrashPoint::kSwitch);
   if (sw.walking < w.tables.size()) return false;
   w.publish_next();
@@ -625,7 +747,14 @@ void Writer::switch_now(const Schema& next) {
   if (!impl_->switch_record.last_error.empty()) throw Error(ErrorCode::kNoSpace, impl_->switch_record.last_error);
 }
 
-void Writer::abort_switch() { impl_->next_gen.reset(); }
+void Writer::abort_switch() { impl_->end_switch(); }
+
+// Drops the switch in progress: the pager leaves N+1's pages first, then
+// the file is unmapped and removed (SwitchDeleter).
+void Writer::Impl::end_switch() {
+  if (pager) pager->stop_populating();
+  next_gen.reset();
+}
 
 bool Writer::switch_active() const { return impl_->next_gen != nullptr; }
 
@@ -643,7 +772,7 @@ SwitchProgress Writer::switch_progress() const {
 
 void Writer::Impl::fail_switch(const std::string& why) {
   switch_record.last_error = "segment \"" + name + "\": generation switch abandoned: " + why;
-  next_gen.reset();
+  end_switch();
 }
 
 // Prefetches, for writing, the N+1 home slot of the row in slot `slot` of
@@ -658,6 +787,17 @@ void Writer::Impl::prefetch_copy(uint32_t table, uint64_t slot) const {
   for (uint32_t l = 0; l < lines; ++l) __builtin_prefetch(d + 64 * l, 1, 3);
 }
 
+// Prefetches, for writing, the N+1 home slot of a logged row of table
+// `table` (its words at `image`).
+void Writer::Impl::prefetch_row(uint32_t table, const uint64_t* image) const {
+  const Switch& sw = *next_gen;
+  const uint64_t meta = image[kSlotMetaWord];
+  if (meta == 0) return;
+  const Switch::Table& to = sw.tables[static_cast<size_t>(sw.to_of[table])];
+  const auto* d = reinterpret_cast<const char*>(to.slots + to.geo.home(meta) * to.geo.slot_words);
+  __builtin_prefetch(d, 1, 3);
+}
+
 void Writer::Impl::switch_follow(uint32_t table, std::string_view key) {
   const Switch& sw = *next_gen;
   if (table >= tables.size() || sw.to_of[table] < 0) return;
@@ -670,23 +810,67 @@ void Writer::Impl::switch_follow(uint32_t table, std::string_view key) {
 }
 
 void Writer::Impl::switch_follow_slot(uint32_t table, uint64_t slot) {
-  const Switch& sw = *next_gen;
-  if (table < tables.size() && sw.to_of[table] >= 0 && slot < sw.cursor[table]) copy_to_next(table, slot);
+  Switch& sw = *next_gen;
+  if (table >= tables.size() || sw.to_of[table] < 0 || slot >= sw.cursor[table]) return;
+  if (sw.tables[static_cast<size_t>(sw.to_of[table])].agg.enabled()) {
+    copy_to_next(table, slot);  // the state block is not in the logged words: now
+    return;
+  }
+  // Logged, copied at the next step (drain_follow_log). The slot was just
+  // written, so its words are in cache; an empty slot is logged too, as the
+  // copy of it would be: it copies nothing.
+  const TableState& ts = tables[table];
+  const Word* s = ts.slot(slot);
+  std::vector<uint64_t>& log = sw.follow_log;
+  const size_t at = log.size();
+  log.resize(at + 2 + ts.geo.slot_words);
+  log[at] = table;
+  log[at + 1] = slot;
+  for (uint32_t i = 0; i < ts.geo.slot_words; ++i) log[at + 2 + i] = sync::load_relaxed(s[i]);
+  if (log.size() >= kFollowLogWords) drain_follow_log();
+}
+
+// Copies the logged rows into N+1 in the order they were logged, the N+1
+// home slots of the next few prefetched. False when the switch had to be
+// abandoned.
+bool Writer::Impl::drain_follow_log() {
+  Switch& sw = *next_gen;
+  std::vector<uint64_t>& log = sw.follow_log;
+  if (log.empty()) return true;
+  auto entry_words = [&](size_t at) { return 2 + tables[log[at]].geo.slot_words; };
+  size_t ahead = 0;  // the entry whose slot is prefetched next
+  for (size_t n = 0; n < kFollowAhead && ahead < log.size(); ++n) {
+    prefetch_row(static_cast<uint32_t>(log[ahead]), log.data() + ahead + 2);
+    ahead += entry_words(ahead);
+  }
+  for (size_t at = 0; at < log.size(); at += entry_words(at)) {
+    if (ahead < log.size()) {
+      prefetch_row(static_cast<uint32_t>(log[ahead]), log.data() + ahead + 2);
+      ahead += entry_words(ahead);
+    }
+    if (!copy_to_next(static_cast<uint32_t>(log[at]), log[at + 1], log.data() + at + 2)) return false;
+  }
+  log.clear();
+  return true;
 }
 
 // Copies slot `slot` of table `table` of N into N+1, over the same key's
 // slot there or into a new one. False when the switch had to be abandoned.
-bool Writer::Impl::copy_to_next(uint32_t table, uint64_t slot) {
+bool Writer::Impl::copy_to_next(uint32_t table, uint64_t slot, const uint64_t* image) {
   Switch& sw = *next_gen;
   const TableState& from = tables[table];
   Switch::Table& to = sw.tables[static_cast<size_t>(sw.to_of[table])];
   const Word* s = from.slot(slot);
-  const uint64_t meta = sync::load_relaxed(s[kSlotMetaWord]);
+  const uint64_t meta = image != nullptr ? image[kSlotMetaWord] : sync::load_relaxed(s[kSlotMetaWord]);
   // An empty slot holds nothing; one that was emptied after it was copied
   // held an expired tombstone, which N+1 may keep.
   if (meta == 0) return true;
-  uint64_t* src = sw.from_img.data();
-  for (uint32_t i = 0; i < from.geo.slot_words; ++i) src[i] = sync::load_relaxed(s[i]);
+  const uint64_t* src = image;
+  if (src == nullptr) {
+    uint64_t* img = sw.from_img.data();
+    for (uint32_t i = 0; i < from.geo.slot_words; ++i) img[i] = sync::load_relaxed(s[i]);
+    src = img;
+  }
   const uint32_t key_len = static_cast<uint32_t>(src[kSlotKeyLenWord] & 0xffffffffu);
   const uint32_t key_words = (key_len + 7) / 8;
 
@@ -951,6 +1135,10 @@ void Writer::Impl::publish_next() {
 
   switch_record.switches += 1;
   switch_record.last_duration_ns = now_mono_ns() - sw.started_mono_ns;
+  // N is unmapped on the pager's thread: when no reader maps it either,
+  // that frees its pages, which takes as long as allocating them did.
+  pager->stop_populating();
+  pager->retire(std::move(map));
   map = std::move(sw.file);
   schema = sw.next;
   next_gen.reset();

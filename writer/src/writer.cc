@@ -15,6 +15,7 @@
 #include <bit>
 #include <cmath>
 
+#include "pager.h"
 #include "writer_impl.h"
 
 namespace larder {
@@ -64,6 +65,9 @@ uint64_t distinct_hash_number(double v) noexcept {
 }
 
 Writer::Impl::~Impl() {
+  // The pager first: it unmaps the retired generations handed to it
+  // and leaves the next one's pages before either is unmapped here.
+  pager.reset();
   if (header != nullptr) {
     sync::store_relaxed(header->connection_state, static_cast<uint32_t>(ConnectionState::kStopped));
     sync::store_release(header->writer_pid, uint64_t{0});

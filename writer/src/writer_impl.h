@@ -42,6 +42,8 @@
 
 namespace larder::writer {
 
+class Pager;  // pager.h
+
 // No slot.
 inline constexpr uint64_t kNone = ~uint64_t{0};
 
@@ -198,6 +200,9 @@ struct Writer::Impl {
     void operator()(Switch* s) const;
   };
   std::unique_ptr<Switch, SwitchDeleter> next_gen;
+  // The switch's page thread (pager.h): started by the first switch, joined
+  // first thing in ~Impl, before either generation is unmapped.
+  std::unique_ptr<writer::Pager> pager;
   SwitchProgress switch_record;
   int64_t grow_retry_mono_ns = 0;    // automatic growth refused: not tried again before this
   int64_t grow_request_mono_ns = 0;  // the grow request file is not looked for again before this
@@ -297,9 +302,17 @@ struct Writer::Impl {
   void switch_follow(uint32_t table, std::string_view key);
   // The same for slot `slot`, changed by other than an update (a refresh).
   void switch_follow_slot(uint32_t table, uint64_t slot);
-  bool copy_to_next(uint32_t table, uint64_t slot);
+  // `image`: the slot's words as logged (switch_follow_slot), else read from
+  // the slot.
+  bool copy_to_next(uint32_t table, uint64_t slot, const uint64_t* image = nullptr);
+  bool drain_follow_log();
+  uint64_t paced_budget(int64_t now_mono_ns, int64_t now_cpu_ns, int64_t drain_ns) const;
+  // Writer::switch_step: `paced`, the budget is paced_budget's.
+  bool step(uint64_t slot_budget, bool paced);
+  void end_switch();
   bool carry_state(uint32_t table, uint64_t slot, uint64_t at, bool live);
   void prefetch_copy(uint32_t table, uint64_t slot) const;
+  void prefetch_row(uint32_t table, const uint64_t* image) const;
   void publish_next();
   void fail_switch(const std::string& why);
   void maybe_grow();

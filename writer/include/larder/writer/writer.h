@@ -442,7 +442,15 @@ class Writer {
   // switch_progress().last_error). Throws Error(kSystem) when publishing
   // fails; the current generation keeps serving.
   static constexpr uint64_t kSwitchStepSlots = 16384;
-  bool switch_step(uint64_t slot_budget = kSwitchStepSlots);
+  bool switch_step(uint64_t slot_budget);
+  // switch_step() paced to the writer's own work: the copy takes at most 8%
+  // of this thread's CPU time since the previous step (so updates keep 92%
+  // while they come back to back), plus half of the time it was not running
+  // when no update was applied meanwhile (idle between messages), at least
+  // 64 slots a step so that a switch always ends (docs/design.md,
+  // "Generations"). Call it between updates as often as convenient: after
+  // each bulk of messages.
+  bool switch_step();
   // begin_switch() and switch_step() until published.
   void switch_now(const layout::Schema& next);
   // Discards the next generation being built; the current one keeps serving.
