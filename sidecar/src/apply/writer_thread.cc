@@ -63,8 +63,10 @@ Outcome apply_batch(Writer& writer, const DecodedBatch& batch, RejectReason* rea
   // Runs of upserts go through Writer::upsert_many, up to kRun at a time, so
   // the writer prefetches the next keys' slots while it applies each one
   // (docs/performance.md, "Batched upserts"); deletes and unpins one by one.
-  constexpr size_t kRun = 64;
-  // Per thread, not per call: initialising kRun entries (about 6 KB) cost
+  // The first updates of a run wait on their slots (nothing fetched them
+  // ahead), so a run takes a whole message of a few hundred updates at once.
+  constexpr size_t kRun = 256;
+  // Per thread, not per call: initialising kRun entries (about 24 KB) cost
   // a one-update message more than its apply (apply_batch is not reentrant).
   static thread_local std::array<Upsert, kRun> run;
   static thread_local std::array<SourcePosition, kRun> positions;

@@ -347,14 +347,36 @@ class AvroDecoder final : public MessageDecoder {
     builder_.reject(RejectReason::kBadAvro, fmt::format("{}: {}", builder_.where(), what));
   }
 
+  static int64_t unzigzag(uint64_t v) { return static_cast<int64_t>((v >> 1) ^ (~(v & 1) + 1)); }
+
   int64_t read_long(Cursor& c) {
+    if (c.p != c.end && *c.p < 0x80) [[likely]]
+      return unzigzag(*c.p++);  // lengths, union branches, small values: one byte
+    if (c.left() < 10) [[unlikely]]
+      return read_long_near_end(c);
+    // Ten bytes are there, the most a long takes: no end check per byte.
+    const uint8_t* p = c.p;
+    uint64_t v = 0;
+    for (int i = 0; i < 10; ++i) {
+      const uint8_t b = p[i];
+      if (i == 9 && b > 1) malformed("long longer than 64 bits");
+      v |= static_cast<uint64_t>(b & 0x7f) << (7 * i);
+      if (!(b & 0x80)) {
+        c.p = p + i + 1;
+        return unzigzag(v);
+      }
+    }
+    malformed("long longer than 10 bytes");  // not reached: the tenth byte ends it or is refused
+  }
+
+  [[gnu::noinline]] int64_t read_long_near_end(Cursor& c) {
     uint64_t v = 0;
     for (int shift = 0; shift < 64; shift += 7) {
       if (c.p == c.end) malformed("truncated long");
       const uint8_t b = *c.p++;
       if (shift == 63 && b > 1) malformed("long longer than 64 bits");
       v |= static_cast<uint64_t>(b & 0x7f) << shift;
-      if (!(b & 0x80)) return static_cast<int64_t>((v >> 1) ^ (~(v & 1) + 1));
+      if (!(b & 0x80)) return unzigzag(v);
     }
     malformed("long longer than 10 bytes");
   }

@@ -205,8 +205,9 @@ struct Decoder::Impl {
   };
 
   StringMap<uint32_t> table_by_name;
-  std::vector<TableInfo> tables;
-  std::string table_list;  // "the tables are a, b, c" for the unknown-table detail, bounded
+  std::vector<TableInfo> tables;          // never resized after construction: pointers into it stay valid
+  const TableInfo* last_table = nullptr;  // find_table's cache
+  std::string table_list;                 // "the tables are a, b, c" for the unknown-table detail, bounded
   od::parser parser;
   // Scratch for vector transforms: a vector input read as doubles, and a
   // chain's vector output. Sized at construction to the largest of each.
@@ -493,7 +494,7 @@ struct Decoder::Impl {
         }
         if (stored_at < 0) {
           stored_at = static_cast<int64_t>(out.bytes_.size());
-          out.bytes_.insert(out.bytes_.end(), s.begin(), s.end());
+          out.bytes_.append(s.data(), s.size());
         }
         FieldValue fv;
         fv.field = target.index;
@@ -693,8 +694,21 @@ struct Decoder::Impl {
 
   // Rejects a member that appears twice in one update.
   static void mark_once(bool& flag, std::string_view name, const Where& at) {
-    if (flag) reject(RejectReason::kDuplicateMember, fmt::format("{}: \"{}\" appears twice", at, name));
+    if (flag) [[unlikely]]
+      reject_twice(name, at);
     flag = true;
+  }
+  [[noreturn, gnu::cold, gnu::noinline]] static void reject_twice(std::string_view name, const Where& at) {
+    reject(RejectReason::kDuplicateMember, fmt::format("{}: \"{}\" appears twice", at, name));
+  }
+
+  // The table an update names. The updates of a message mostly name the
+  // same table: a one-entry cache saves hashing the name each time.
+  const TableInfo* find_table(std::string_view name) {
+    if (last_table != nullptr && last_table->name == name) return last_table;
+    auto it = table_by_name.find(name);
+    if (it == table_by_name.end()) return nullptr;
+    return last_table = &tables[it->second];
   }
 
   std::string_view read_string_member(od::value& v, std::string_view name, const Where& at) {
@@ -724,10 +738,9 @@ struct Decoder::Impl {
     if (name == "table") {
       mark_once(e.have_table, name, at);
       const std::string_view t = read_string_member(v, name, at);
-      auto it = table_by_name.find(t);
-      if (it == table_by_name.end())
+      e.table = find_table(t);
+      if (e.table == nullptr)
         reject(RejectReason::kUnknownTable, fmt::format("{}: no table \"{}\"; {}", at, clip(t), table_list));
-      e.table = &tables[it->second];
     } else if (name == "key") {
       mark_once(e.have_key, name, at);
       e.key = read_string_member(v, name, at);
@@ -746,7 +759,7 @@ struct Decoder::Impl {
       current_id.assign(kept);
       e.id_offset = static_cast<uint32_t>(out.bytes_.size());
       e.id_length = static_cast<uint32_t>(kept.size());
-      out.bytes_.insert(out.bytes_.end(), kept.begin(), kept.end());
+      out.bytes_.append(kept.data(), kept.size());
       // Hashed now: `id` points into the parser's string buffer, which a
       // second walk of the object may reuse. "" is no id: a producer that
       // fills it with an empty default must not have every event after
@@ -815,10 +828,10 @@ struct Decoder::Impl {
     DecodedUpdate u;
     u.key_offset = static_cast<uint32_t>(out.bytes_.size());
     u.key_length = static_cast<uint32_t>(e.key.size());
-    out.bytes_.insert(out.bytes_.end(), e.key.begin(), e.key.end());
+    out.bytes_.append(e.key.data(), e.key.size());
     if (e.op != UpdateOp::kUpsert) {
-      out.values_.resize(values_begin);  // a delete or unpin ignores fields
-      out.sources_.resize(sources_begin);
+      out.values_.truncate(values_begin);  // a delete or unpin ignores fields
+      out.sources_.truncate(sources_begin);
       if (e.have_fields && !e.fields_done) skipped_unread = true;
     } else if (!e.fields_done) {
       decode_fields_after_walk(obj, *e.table, at, out);
@@ -1291,11 +1304,11 @@ DecodeResult UpdateBuilder::append(DecodedBatch& out, int64_t now_unix_ms, Rejec
   state_->out = &out;
   state_->vector = nullptr;
   auto undo = [&] {
-    out.updates_.resize(updates);
-    out.values_.resize(values);
-    out.sources_.resize(sources);
-    out.bytes_.resize(bytes);
-    out.floats_.resize(floats);
+    out.updates_.truncate(updates);
+    out.values_.truncate(values);
+    out.sources_.truncate(sources);
+    out.bytes_.truncate(bytes);
+    out.floats_.truncate(floats);
     if (!had_id) out.first_id_.clear();
   };
   try {
@@ -1339,12 +1352,11 @@ void UpdateBuilder::set_table(uint32_t table) {
 void UpdateBuilder::set_table_name(std::string_view name) {
   State& s = *state_;
   Decoder::Impl::mark_once(s.e.have_table, "table", s.at);
-  auto it = impl_->table_by_name.find(name);
-  if (it == impl_->table_by_name.end()) {
+  s.e.table = impl_->find_table(name);
+  if (s.e.table == nullptr) {
     ::larder::sidecar::reject(RejectReason::kUnknownTable,
                               fmt::format("{}: no table \"{}\"; {}", s.at, clip(name), impl_->table_list));
   }
-  s.e.table = &impl_->tables[it->second];
 }
 
 bool UpdateBuilder::has_table() const noexcept { return state_->e.table != nullptr; }
@@ -1404,7 +1416,7 @@ void UpdateBuilder::set_id(std::string_view id) {
   impl_->current_id.assign(kept);
   s.e.id_offset = static_cast<uint32_t>(out.bytes_.size());
   s.e.id_length = static_cast<uint32_t>(kept.size());
-  out.bytes_.insert(out.bytes_.end(), kept.begin(), kept.end());
+  out.bytes_.append(kept.data(), kept.size());
   s.e.event_id = id.empty() ? 0 : event_id_hash(id);  // "" is no id (see the JSON decoder)
 }
 
@@ -1416,16 +1428,24 @@ namespace {
 
 using Impl = Decoder::Impl;
 
-// The input `index` of the update's table, marked as seen.
-const Impl::InputInfo& take_input(Impl& impl, const Impl::TableInfo* table, uint32_t index, const Where& at) {
-  if (table == nullptr || index >= table->inputs.size()) {
-    reject(RejectReason::kInternal, at + ": a value for no input of the table");
-  }
+[[noreturn, gnu::cold, gnu::noinline]] void reject_no_input(const Where& at) {
+  reject(RejectReason::kInternal, at + ": a value for no input of the table");
+}
+
+[[noreturn, gnu::cold, gnu::noinline]] void reject_input_twice(const Impl::InputInfo& in, const Where& at) {
+  reject(RejectReason::kDuplicateMember, fmt::format("{}: field \"{}\" appears twice", at, in.name));
+}
+
+// The input `index` of the update's table, marked as seen. Inlined into
+// every setter: it runs once per member of every update.
+[[gnu::always_inline]] inline const Impl::InputInfo& take_input(Impl& impl, const Impl::TableInfo* table,
+                                                                uint32_t index, const Where& at) {
+  if (table == nullptr || index >= table->inputs.size()) [[unlikely]]
+    reject_no_input(at);
   const Impl::InputInfo& in = table->inputs[index];
   auto& seen = const_cast<Impl::TableInfo*>(table)->seen;
-  if (seen[in.index] == impl.update_serial) {
-    reject(RejectReason::kDuplicateMember, fmt::format("{}: field \"{}\" appears twice", at, in.name));
-  }
+  if (seen[in.index] == impl.update_serial) [[unlikely]]
+    reject_input_twice(in, at);
   seen[in.index] = impl.update_serial;
   return in;
 }
@@ -1549,7 +1569,7 @@ void UpdateBuilder::input_string(uint32_t input, std::string_view v) {
       }
       if (stored_at < 0) {
         stored_at = static_cast<int64_t>(out.bytes_.size());
-        out.bytes_.insert(out.bytes_.end(), v.begin(), v.end());
+        out.bytes_.append(v.data(), v.size());
       }
       FieldValue fv;
       fv.field = target.index;
@@ -1633,12 +1653,7 @@ void UpdateBuilder::vector_push_floats(const char* le, size_t n) {
     }
     if (s.vector_projected) impl_->vector_in[s.vector_count + k] = f;
   }
-  if (s.vector_plain) {
-    std::vector<float>& floats = s.out->floats_;
-    const size_t at = floats.size();
-    floats.resize(at + n);
-    std::memcpy(floats.data() + at, le, n * sizeof(float));
-  }
+  if (s.vector_plain && n != 0) std::memcpy(s.out->floats_.extend(n), le, n * sizeof(float));
   s.vector_count += static_cast<uint32_t>(n);
 }
 
@@ -1689,10 +1704,10 @@ void UpdateBuilder::end_update() {
   DecodedUpdate u;
   u.key_offset = static_cast<uint32_t>(out.bytes_.size());
   u.key_length = static_cast<uint32_t>(s.e.key.size());
-  out.bytes_.insert(out.bytes_.end(), s.e.key.begin(), s.e.key.end());
+  out.bytes_.append(s.e.key.data(), s.e.key.size());
   if (s.e.op != UpdateOp::kUpsert) {  // a delete or unpin ignores fields
-    out.values_.resize(s.values_begin);
-    out.sources_.resize(s.sources_begin);
+    out.values_.truncate(s.values_begin);
+    out.sources_.truncate(s.sources_begin);
   }
   u.table = s.e.table->index;
   u.op = s.e.op;

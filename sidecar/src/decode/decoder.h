@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "config/ingest.h"
+#include "decode/pod_buffer.h"
 #include "decode/reject_reason.h"
 #include "larder/layout/schema.h"
 #include "larder/writer/writer.h"
@@ -92,11 +93,11 @@ class DecodedBatch {
  private:
   friend class Decoder;
   friend class UpdateBuilder;
-  std::vector<DecodedUpdate> updates_;
-  std::vector<FieldValue> values_;
-  std::vector<SourceValue> sources_;
-  std::vector<char> bytes_;    // keys and string values
-  std::vector<float> floats_;  // vector values
+  PodBuffer<DecodedUpdate> updates_;
+  PodBuffer<FieldValue> values_;
+  PodBuffer<SourceValue> sources_;
+  PodBuffer<char> bytes_;    // keys and string values
+  PodBuffer<float> floats_;  // vector values
   std::string first_id_;
 };
 

@@ -155,14 +155,18 @@ struct ErrorCollector final : pb::compiler::MultiFileErrorCollector {
 
 enum class Envelope : uint8_t { kTable, kKey, kEventTime, kOp, kId, kFields };
 
+// Each slot keeps the wire type its Read expects, resolved at start: the
+// check per member is then one compare, not a switch.
 struct EnvelopeSlot {
   Envelope what;
   Read read;
   const char* name;  // the JSON name, for details
+  uint32_t wire;     // wire_type_of(read)
 };
 
 struct FieldSlot {
   Read read;
+  uint32_t wire;  // wire_type_of(read)
   std::string name;
   std::vector<int32_t> input_by_table;  // -1: no input of that table
 };
@@ -246,7 +250,7 @@ class ProtobufDecoder final : public MessageDecoder {
       Read r;
       read_of(f, &r);
       envelope_index_.add(static_cast<uint32_t>(f->number()), static_cast<int32_t>(envelope_.size()));
-      envelope_.push_back(EnvelopeSlot{what, r, json_name});
+      envelope_.push_back(EnvelopeSlot{what, r, json_name, wire_type_of(r)});
     };
     using T = pb::FieldDescriptor;
     auto is_string = [](const T* f) { return f->type() == T::TYPE_STRING; };
@@ -297,7 +301,7 @@ class ProtobufDecoder final : public MessageDecoder {
       Read r = Read::kMessage;
       read_of(f, &r);
       field_index_.add(static_cast<uint32_t>(f->number()), static_cast<int32_t>(fields_.size()));
-      fields_.push_back(FieldSlot{r, f->name(), inputs[static_cast<size_t>(i)]});
+      fields_.push_back(FieldSlot{r, wire_type_of(r), f->name(), inputs[static_cast<size_t>(i)]});
     }
     fixed_table_ = format.table.empty() ? -1 : static_cast<int32_t>(tables[0]);
   }
@@ -311,10 +315,29 @@ class ProtobufDecoder final : public MessageDecoder {
   uint64_t varint(Cursor& c) {
     if (c.p != c.end && *c.p < 0x80) [[likely]]
       return *c.p++;  // most tags and small values are one byte
-    return varint_slow(c);
+    return varint_long(c);
   }
 
-  [[gnu::noinline]] uint64_t varint_slow(Cursor& c) {
+  // Two bytes or more (event times, ids, lengths from 128 on).
+  uint64_t varint_long(Cursor& c) {
+    if (c.left() < 10) [[unlikely]]
+      return varint_near_end(c);
+    // Ten bytes are there, the most a varint takes: no end check per byte.
+    const uint8_t* p = c.p;
+    uint64_t v = 0;
+    for (int i = 0; i < 10; ++i) {
+      const uint8_t b = p[i];
+      if (i == 9 && b > 1) malformed("varint longer than 64 bits");
+      v |= static_cast<uint64_t>(b & 0x7f) << (7 * i);
+      if (!(b & 0x80)) {
+        c.p = p + i + 1;
+        return v;
+      }
+    }
+    malformed("varint longer than 10 bytes");  // not reached: the tenth byte ends it or is refused
+  }
+
+  [[gnu::noinline]] uint64_t varint_near_end(Cursor& c) {
     uint64_t v = 0;
     for (int shift = 0; shift < 64; shift += 7) {
       if (c.p == c.end) malformed("truncated varint");
@@ -363,12 +386,13 @@ class ProtobufDecoder final : public MessageDecoder {
     }
   }
 
-  void expect_wire(uint32_t wire, Read r, std::string_view name) {
-    if (wire != wire_type_of(r)) [[unlikely]]
+  // `name` stays a C string until a refusal needs it (no strlen per member).
+  void expect_wire(uint32_t wire, uint32_t expected, Read r, const char* name) {
+    if (wire != expected) [[unlikely]]
       bad_wire(wire, r, name);
   }
 
-  [[noreturn, gnu::cold, gnu::noinline]] void bad_wire(uint32_t wire, Read r, std::string_view name) {
+  [[noreturn, gnu::cold, gnu::noinline]] void bad_wire(uint32_t wire, Read r, const char* name) {
     if (wire != kVarint && wire != kFixed64 && wire != kLengthDelimited && wire != kFixed32) {
       malformed(fmt::format("member \"{}\": wire type {} (groups are not supported)", name, wire));
     }
@@ -446,7 +470,7 @@ class ProtobufDecoder final : public MessageDecoder {
         continue;
       }
       const EnvelopeSlot& e = envelope_[static_cast<size_t>(slot)];
-      expect_wire(wire, e.read, e.name);
+      expect_wire(wire, e.wire, e.read, e.name);
       switch (e.what) {
         case Envelope::kTable: builder_.set_table_name(bytes(c)); break;
         case Envelope::kKey: builder_.set_key(bytes(c)); break;
@@ -496,7 +520,7 @@ class ProtobufDecoder final : public MessageDecoder {
         skip(c, wire);
         continue;
       }
-      expect_wire(wire, f.read, f.name);
+      expect_wire(wire, f.wire, f.read, f.name.c_str());
       const uint32_t in = static_cast<uint32_t>(input);
       switch (f.read) {
         case Read::kFloat: builder_.input_double(in, fixed<float>(c)); break;
