@@ -381,6 +381,7 @@ void BM_DecodeApplyFormat(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations() * updates);
   state.SetBytesProcessed(static_cast<int64_t>(bytes));
+  state.counters["stale"] = static_cast<double>(stale) / static_cast<double>(state.iterations() * updates);
   state.SetLabel(format == 0 ? "json" : format == 1 ? "protobuf" : "avro");
   writer.reset();
   larder::Writer::remove_segment(name);
