@@ -85,6 +85,27 @@ std::string torn(const Table& t, const RowView& row) {
   return "";
 }
 
+// Reads every key of `model` (key -> clicks, -1 deleted) through `users`:
+// a deleted key is not found, a live one holds its value in one whole
+// update. Returns how many keys are live.
+uint64_t expect_model(const Table& users, const std::map<std::string, int64_t>& model) {
+  Row row = users.make_row();
+  uint64_t live = 0;
+  for (const auto& [key, value] : model) {
+    const ReadResult r = users.get(key, row);
+    if (value < 0) {
+      EXPECT_EQ(r.status, Status::kNotFound) << key;
+      continue;
+    }
+    ++live;
+    EXPECT_EQ(r.status, Status::kOk) << key;
+    if (r.status != Status::kOk) continue;
+    EXPECT_EQ(row.i64(users.field("clicks")), value) << key;
+    EXPECT_EQ(torn(users, row), "") << key;
+  }
+  return live;
+}
+
 std::vector<std::string> leftovers(const std::string& dir, const std::string& name) {
   std::vector<std::string> found;
   for (const auto& e : std::filesystem::directory_iterator(dir)) {
@@ -146,18 +167,7 @@ TEST(Generation, GrowCarriesEveryRowAndUpdatesDuringTheCopy) {
   // The old mapping is retired; the table handle opened on it follows.
   EXPECT_TRUE(before.retired());
   Row row = users.make_row();
-  uint64_t live = 0;
-  for (const auto& [key, value] : model) {
-    const ReadResult r = users.get(key, row);
-    if (value < 0) {
-      EXPECT_EQ(r.status, Status::kNotFound) << key;
-      continue;
-    }
-    ++live;
-    ASSERT_EQ(r.status, Status::kOk) << key;
-    EXPECT_EQ(row.i64(users.field("clicks")), value) << key;
-    EXPECT_EQ(torn(users, row), "") << key;
-  }
+  const uint64_t live = expect_model(users, model);
   EXPECT_EQ(users.generation(), 1u);
   EXPECT_EQ(users.stats().capacity, 400u);
   EXPECT_EQ(users.stats().live_keys, live);
@@ -217,19 +227,7 @@ TEST(Generation, PacedStepsCarryEveryUpdateAndAnUnfinishedSwitchLeavesNothing) {
   EXPECT_EQ(p.generation, 1u);
   EXPECT_TRUE(p.last_error.empty()) << p.last_error;
   EXPECT_TRUE(leftovers(seg.dir(), seg.name()).empty());
-  Row row = users.make_row();
-  uint64_t live = 0;
-  for (const auto& [key, value] : model) {
-    const ReadResult r = users.get(key, row);
-    if (value < 0) {
-      EXPECT_EQ(r.status, Status::kNotFound) << key;
-      continue;
-    }
-    ++live;
-    ASSERT_EQ(r.status, Status::kOk) << key;
-    EXPECT_EQ(row.i64(users.field("clicks")), value) << key;
-    EXPECT_EQ(torn(users, row), "") << key;
-  }
+  const uint64_t live = expect_model(users, model);
   EXPECT_EQ(users.generation(), 1u);
   EXPECT_EQ(users.stats().live_keys, live);
 
