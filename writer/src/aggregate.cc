@@ -437,15 +437,29 @@ inline void maybe_demote(const AggregateTable& t, const AggregatePlan::Group& g,
 }
 
 // A sparse group's inline bucket for bucket k: the one tagged k, else a
-// dead or unused one; nullptr when every one is still needed.
-Word* sparse_bucket(const AggregatePlan::Group& g, Word* block, int64_t k, int64_t first) {
+// dead or unused one; nullptr when every one is still needed. first() gives
+// the oldest bucket still needed (first_needed), asked only when a bucket
+// other than k's is in use: the common event finds k's bucket first.
+template <class First>
+Word* sparse_bucket(const AggregatePlan::Group& g, Word* block, int64_t k, First&& first) {
   Word* free = nullptr;
+  int64_t needed = 0;
+  bool asked = false;
   for (uint32_t i = 0; i < g.inline_buckets; ++i) {
     Word* b = inline_bucket(g, block, i);
     const uint64_t tag = load(b[kBucketTagWord]);
     if (tag == 0) return free != nullptr ? free : b;  // the unused ones follow: k is not held
     if (tag == static_cast<uint64_t>(k + 1)) return b;
-    if (free == nullptr && (load(b[kBucketCountWord]) == 0 || static_cast<int64_t>(tag - 1) < first)) free = b;
+    if (free != nullptr) continue;
+    if (load(b[kBucketCountWord]) == 0) {
+      free = b;
+      continue;
+    }
+    if (!asked) {
+      needed = first();
+      asked = true;
+    }
+    if (static_cast<int64_t>(tag - 1) < needed) free = b;
   }
   return free;
 }
@@ -721,7 +735,7 @@ uint32_t chunks_needed(const AggregateTable& t, const Word* block, int64_t clock
     for (const AggregatePlan::Window& w : g.windows) {
       first = std::min(first, (w.end == WindowEnd::kNow ? h : head) - w.buckets + 1);
     }
-    needed += sparse_bucket(g, b, k, first) == nullptr;
+    needed += sparse_bucket(g, b, k, [first] { return first; }) == nullptr;
   }
   return needed;
 }
@@ -737,10 +751,11 @@ void count_arena_refusal(const AggregateTable& t) {
 }
 
 bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_time_ms,
-          std::span<const SourceValue> sources, Journal& j) {
+          std::span<const SourceValue> sources, Journal& j, bool* starts_moved) {
   // An event stamped after the clock counts as of the clock.
   const int64_t te = std::min(event_time_ms, clock_ms);
   bool folded = false;
+  bool moved = false;  // some window's start or emptiness changed
   for (size_t gi = 0; gi < t.plan.groups.size(); ++gi) {
     const AggregatePlan::Group& g = t.plan.groups[gi];
     double v = 0;
@@ -778,7 +793,7 @@ bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_
     Word* at = nullptr;
     if (is_dense(t, g, block)) {
       at = dense_bucket(t, g, block, k);
-    } else if (at = sparse_bucket(g, block, k, first_needed(g, block, h)); at == nullptr) {
+    } else if (at = sparse_bucket(g, block, k, [&] { return first_needed(g, block, h); }); at == nullptr) {
       // chunks_needed() said a chunk is free; only a damaged free list
       // disagrees, and then the event cannot count in this group.
       if (!promote(t, g, block, j)) continue;
@@ -813,8 +828,10 @@ bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_
       WindowState w = WindowState::read(words);
       if (w.count == 0) {
         w.clear(k);
-      } else {
-        w.start = std::min(w.start, k);
+        moved = true;
+      } else if (k < w.start) {
+        w.start = k;
+        moved = true;
       }
       if (g.sumsq) {
         double sum, m2;
@@ -831,6 +848,7 @@ bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_
     }
     if (g.distinct) fold_distinct(g, block, h, k, dh != 0 ? dh : distinct_hash_number(v), j);
   }
+  if (starts_moved != nullptr) *starts_moved = moved;
   return folded;
 }
 

@@ -66,9 +66,11 @@ class Journal {
     layout::sync::store_relaxed(e.old, old);
     layout::sync::store_release(header_->journal_count, ++count_);
     // The entry is in memory before the word changes: a SIGKILL after this
-    // point finds the entry (only the compiler could reorder these stores).
-    layout::sync::signal_fence();
-    layout::sync::store_relaxed(w, v);
+    // point finds the entry. Only the compiler could reorder these stores,
+    // and a release store keeps every store before it in place (a plain mov
+    // on x86); unlike a signal fence it does not make the compiler reload
+    // every member and plan word the next set() reads.
+    layout::sync::store_release(w, v);
   }
   void set_f64(Word& w, double v) { set(w, std::bit_cast<uint64_t>(v)); }
   void commit();
@@ -193,9 +195,12 @@ bool advance(const AggregateTable& t, Word* block, int64_t clock_ms, Journal& j)
 // Folds one event into every group whose ring still holds its bucket,
 // promoting a sparse group to a dense ring when it needs one more bucket
 // (call chunks_needed() first). Returns false when no group took it (too
-// late for all of them).
+// late for all of them). *starts_moved (if given) tells whether the start
+// or the emptiness of some window changed, which is all next_due_ms()
+// reads besides what advance() moves: when neither changed them, the
+// block's due word stands.
 bool fold(const AggregateTable& t, Word* block, int64_t clock_ms, int64_t event_time_ms,
-          std::span<const SourceValue> sources, Journal& j);
+          std::span<const SourceValue> sources, Journal& j, bool* starts_moved = nullptr);
 
 // The value and validity of output `o` as of the block's state.
 struct OutputValue {

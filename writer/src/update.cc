@@ -271,11 +271,15 @@ ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key,
     writer::release_chunks(ts.agg, block, journal);
     writer::reset_block(ts.agg, block);
   }
-  if (!fresh_row) writer::advance(ts.agg, block, clock, journal);
+  // The due word depends only on the windows' starts and emptiness: it is
+  // recomputed when advance() moved a window or fold() changed either.
+  bool due_may_move = !fresh_row && writer::advance(ts.agg, block, clock, journal);
   if (late) {
     bump(ac.late_dropped);
   } else {
-    const bool folded = writer::fold(ts.agg, block, clock, event_time_ms, sources, journal);
+    bool starts_moved = false;
+    const bool folded = writer::fold(ts.agg, block, clock, event_time_ms, sources, journal, &starts_moved);
+    due_may_move |= starts_moved;
     // Count windows and sequences (aggregate_events.h).
     const writer::EventFold in_stores = writer::fold_events(ts.agg, block, clock, event_time_ms, sources, journal);
     if (folded || in_stores == writer::EventFold::kFolded) {
@@ -287,7 +291,9 @@ ApplyResult Writer::Impl::apply_aggregated(uint32_t table, std::string_view key,
     }
   }
   if (scoped != 0 && writer::dedup_insert(ts.agg, scoped, event_time_ms, clock, journal)) bump(ac.dedup_evictions);
-  schedule(table, at, block);
+  // A fresh row's block was reset, due word included, and folded into
+  // empty windows (starts_moved), so it is scheduled whenever it has one.
+  if (due_may_move) schedule(table, at, block);
 
   // The row: the event's fields if they are fresh, then every output.
   RowChange change;
