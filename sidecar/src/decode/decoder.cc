@@ -162,6 +162,10 @@ struct Decoder::Impl {
     bool raw_distinct = false;        // a distinct_count reads raw_source
     uint32_t array_len = 0;           // kArray: the number of elements every reader takes
     bool takes_null = false;          // every reader is a chain that takes null (a missing value)
+    // One field reads it as it comes (no transform, no aggregate source, no
+    // projection): the binary formats' setters store it without the loop
+    // over targets (UpdateBuilder::input_*).
+    bool stored_as_is = false;
     // Projections from several members this member is one element of:
     // (TableInfo::gathers index, element).
     std::vector<std::pair<uint32_t, uint32_t>> gathers;
@@ -1130,6 +1134,10 @@ void build_tables(Decoder::Impl& impl, const layout::Schema& schema, const std::
                                                  layout::aggregate_fn_name(a.fn), a.source, over, a.source));
     }
     info.seen.assign(info.inputs.size(), 0);
+    for (Impl::InputInfo& in : info.inputs) {
+      in.stored_as_is = in.fields.size() == 1 && in.fields[0].chain == nullptr && in.fields[0].source < 0 &&
+                        in.raw_source < 0 && in.gathers.empty();
+    }
     impl.table_by_name.emplace(spec.name, static_cast<uint32_t>(t));
   }
   // A detail is bounded (a reject reason travels in a header): at most
@@ -1503,6 +1511,15 @@ void typed_number(Impl& impl, const Impl::InputInfo& in, const Impl::TableInfo& 
 void UpdateBuilder::input_integer(uint32_t input, int64_t v) {
   State& s = *state_;
   const Impl::InputInfo& in = take_input(*impl_, s.e.table, input, s.at);
+  if (in.stored_as_is && in.kind == Impl::InputKind::kNumber && in.fields[0].type == FieldType::kInt64) [[likely]] {
+    // typed_number's work for its one plain int64 target.
+    FieldValue fv;
+    fv.field = in.fields[0].index;
+    fv.type = FieldType::kInt64;
+    fv.i64 = v;
+    s.out->values_.push_back(fv);
+    return;
+  }
   const Where what{s.at.index, s.at.batch, in.name};
   switch (in.kind) {
     case Impl::InputKind::kNumber:
@@ -1522,6 +1539,15 @@ void UpdateBuilder::input_double(uint32_t input, double v) {
     reject_type(in, what, "a floating-point number");
   }
   if (!std::isfinite(v)) ::larder::sidecar::reject(RejectReason::kNonFinite, what + ": not a finite number");
+  if (in.stored_as_is && in.fields[0].type == FieldType::kFloat64) [[likely]] {
+    // typed_number's work for its one plain float64 target.
+    FieldValue fv;
+    fv.field = in.fields[0].index;
+    fv.type = FieldType::kFloat64;
+    fv.f64 = v;
+    s.out->values_.push_back(fv);
+    return;
+  }
   typed_number(*impl_, in, *s.e.table, what, false, 0, v, *s.out);
 }
 
