@@ -1539,12 +1539,19 @@ void UpdateBuilder::input_double(uint32_t input, double v) {
     reject_type(in, what, "a floating-point number");
   }
   if (!std::isfinite(v)) ::larder::sidecar::reject(RejectReason::kNonFinite, what + ": not a finite number");
-  if (in.stored_as_is && in.fields[0].type == FieldType::kFloat64) [[likely]] {
-    // typed_number's work for its one plain float64 target.
+  const FieldType type = in.fields.empty() ? FieldType::kInt64 : in.fields[0].type;
+  if (in.stored_as_is && (type == FieldType::kFloat64 || type == FieldType::kFloat32)) [[likely]] {
+    // typed_number's work for its one plain float64 or float32 target.
     FieldValue fv;
     fv.field = in.fields[0].index;
-    fv.type = FieldType::kFloat64;
+    fv.type = type;
     fv.f64 = v;
+    if (type == FieldType::kFloat32) {
+      if (v > static_cast<double>(FLT_MAX) || v < -static_cast<double>(FLT_MAX)) {
+        ::larder::sidecar::reject(RejectReason::kOutOfRange, fmt::format("{}: {} is outside the float32 range", what, v));
+      }
+      fv.f64 = static_cast<float>(v);
+    }
     s.out->values_.push_back(fv);
     return;
   }
