@@ -1561,6 +1561,15 @@ void UpdateBuilder::input_double(uint32_t input, double v) {
 void UpdateBuilder::input_bool(uint32_t input, bool v) {
   State& s = *state_;
   const Impl::InputInfo& in = take_input(*impl_, s.e.table, input, s.at);
+  if (in.stored_as_is && in.kind == Impl::InputKind::kBool) [[likely]] {
+    // The loop below for its one plain bool target.
+    FieldValue fv;
+    fv.field = in.fields[0].index;
+    fv.type = in.fields[0].type;
+    fv.i64 = v ? 1 : 0;
+    s.out->values_.push_back(fv);
+    return;
+  }
   const Where what{s.at.index, s.at.batch, in.name};
   DecodedBatch& out = *s.out;
   switch (in.kind) {
@@ -1584,6 +1593,20 @@ void UpdateBuilder::input_bool(uint32_t input, bool v) {
 void UpdateBuilder::input_string(uint32_t input, std::string_view v) {
   State& s = *state_;
   const Impl::InputInfo& in = take_input(*impl_, s.e.table, input, s.at);
+  if (in.stored_as_is && in.kind == Impl::InputKind::kString && in.fields[0].type == FieldType::kString &&
+      v.size() <= in.fields[0].count) [[likely]] {
+    // The loop below for its one plain string target that fits (a longer
+    // one is refused there).
+    DecodedBatch& out = *s.out;
+    FieldValue fv;
+    fv.field = in.fields[0].index;
+    fv.type = FieldType::kString;
+    fv.i64 = static_cast<int64_t>(out.bytes_.size());  // fixed up to a pointer in finish()
+    fv.length = static_cast<uint32_t>(v.size());
+    out.bytes_.append(v.data(), v.size());
+    out.values_.push_back(fv);
+    return;
+  }
   const Where what{s.at.index, s.at.batch, in.name};
   const Impl::TableInfo& table = *s.e.table;
   DecodedBatch& out = *s.out;
