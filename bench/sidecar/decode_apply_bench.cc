@@ -10,6 +10,7 @@
 #include <google/protobuf/text_format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -278,7 +279,8 @@ larder::layout::Schema schema() {
 
 struct Update {
   int64_t i;
-  std::string key() const { return fmt::format("u{}", i % 100000); }
+  int64_t keys = 100000;
+  std::string key() const { return fmt::format("u{}", i % keys); }
   int64_t time() const { return 1'700'000'000'000 + i; }
   double ctr() const { return static_cast<double>(i) * 0.5; }
   float score() const { return static_cast<float>(i % 1000) * 0.25f; }
@@ -348,7 +350,10 @@ std::string avro(const std::vector<Update>& us) {
   return w.out;
 }
 
-void BM_DecodeApplyFormat(benchmark::State& state) {
+// `keys`: the updates cycle over that many keys (the table holds 200,000).
+// `huge`: the segment on 2 MiB pages (HugePages::kCollapse), else as the
+// directory's mount gives it (4 KiB pages on a plain /dev/shm).
+void decode_apply_format(benchmark::State& state, int64_t keys, bool huge) {
   const int format = static_cast<int>(state.range(0));
   const int updates = static_cast<int>(state.range(1));
   larder::sidecar::FormatConfig config;
@@ -356,15 +361,20 @@ void BM_DecodeApplyFormat(benchmark::State& state) {
   if (format == 2) config = ft::avro(kDir, updates > 1 ? "batch.avsc" : "update.avsc");
   auto decoder = larder::sidecar::make_message_decoder(schema(), ft::options(), config);
   Proto proto;
-  std::vector<std::string> bodies(1000);
+  // Each key once per cycle of the bodies: a key's update in the next cycle
+  // carries the same event time, a tie the later call wins, so every update
+  // is applied (none stale).
+  std::vector<std::string> bodies(static_cast<size_t>(std::clamp<int64_t>(keys / updates, 1, 1000)));
   for (size_t m = 0; m < bodies.size(); ++m) {
     std::vector<Update> us;
-    for (int j = 0; j < updates; ++j) us.push_back(Update{static_cast<int64_t>(m) * updates + j});
+    for (int j = 0; j < updates; ++j) us.push_back(Update{static_cast<int64_t>(m) * updates + j, keys});
     bodies[m] = format == 0 ? json(us) : format == 1 ? proto.encode(us) : avro(us);
   }
   const std::string name = fmt::format("larder-bench-formats-{}", ::getpid());
   larder::Writer::remove_segment(name);
-  auto writer = larder::Writer::open(name, schema());
+  larder::WriterOptions options;
+  if (huge) options.huge_pages = larder::HugePages::kCollapse;
+  auto writer = larder::Writer::open(name, schema(), options);
   larder::sidecar::DecodedBatch batch;
   size_t m = 0, bytes = 0;
   uint64_t stale = 0;
@@ -382,11 +392,27 @@ void BM_DecodeApplyFormat(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * updates);
   state.SetBytesProcessed(static_cast<int64_t>(bytes));
   state.counters["stale"] = static_cast<double>(stale) / static_cast<double>(state.iterations() * updates);
-  state.SetLabel(format == 0 ? "json" : format == 1 ? "protobuf" : "avro");
+  std::string label = format == 0 ? "json" : format == 1 ? "protobuf" : "avro";
+  if (huge) label += ", " + larder::layout::describe(writer->huge_pages());
+  state.SetLabel(label);
   writer.reset();
   larder::Writer::remove_segment(name);
 }
+
+// 100,000 random keys of a 34 MB table: every update's slot is a cache and
+// TLB miss.
+void BM_DecodeApplyFormat(benchmark::State& state) { decode_apply_format(state, 100000, false); }
 BENCHMARK(BM_DecodeApplyFormat)->ArgsProduct({{0, 1, 2}, {1, 100}});
+
+// The same on 2 MiB pages: the slot is still a cache miss, its page walk
+// mostly not.
+void BM_DecodeApplyFormatHugePages(benchmark::State& state) { decode_apply_format(state, 100000, true); }
+BENCHMARK(BM_DecodeApplyFormatHugePages)->ArgsProduct({{0, 1, 2}, {1, 100}});
+
+// 1,000 keys: their slots stay in the caches, so the apply is the writer's
+// own work (hash, probe, undo copy, seqlocked stores, counters).
+void BM_DecodeApplyFormatCached(benchmark::State& state) { decode_apply_format(state, 1000, false); }
+BENCHMARK(BM_DecodeApplyFormatCached)->ArgsProduct({{0, 1, 2}, {1, 100}});
 
 // Decode alone, same messages: what the format itself costs.
 void BM_DecodeFormat(benchmark::State& state) {

@@ -56,11 +56,13 @@ void Writer::Impl::count_apply(TableState& ts, int64_t event_time_ms, int64_t no
 // Plain tables
 
 ApplyResult Writer::Impl::upsert_plain(uint32_t table, std::string_view key, int64_t event_time_ms,
-                                       std::span<const FieldValue> values, int64_t apply_unix_ns) {
+                                       std::span<const FieldValue> values, int64_t apply_unix_ns,
+                                       const uint64_t* key_hash) {
   TableState& ts = tables[table];
   if (key.empty() || key.size() > ts.geo.key_max_len || !values_valid(ts, values)) return ApplyResult::kInvalid;
   const int64_t now = apply_unix_ns != 0 ? apply_unix_ns : now_unix_ns();
-  const uint64_t hash = hash_key(key, ts.geo.hash_seed);
+  // A batch (upsert_many.cc) hashed the key when it prefetched its slot.
+  const uint64_t hash = key_hash != nullptr ? *key_hash : hash_key(key, ts.geo.hash_seed);
   packed.assign(key);
   const Probe p = probe(ts, hash, now);
   TableCounters& c = ts.desc->counters;

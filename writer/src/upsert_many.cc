@@ -160,6 +160,13 @@ void Writer::upsert_many(std::span<const Upsert> updates, std::span<ApplyResult>
         w.finish_position();
       if (w.next_gen) [[unlikely]]
         w.switch_follow(u.table, u.key);
+    } else if (k.hashed && u.sources.empty() && w.tables[u.table].geo.group_count == 0) {
+      // apply() for a plain table, with the hash at hand.
+      results[i] = w.upsert_plain(u.table, u.key, u.event_time_ms, u.values, applied_at, &k.hash);
+      if (w.staged) [[unlikely]]
+        w.finish_position();
+      if (w.next_gen) [[unlikely]]
+        w.switch_follow(u.table, u.key);
     } else {
       results[i] = apply(u.table, u.key, u.event_time_ms, u.values, u.sources, u.event_id, applied_at);
     }

@@ -262,10 +262,11 @@ struct Writer::Impl {
 
   // update.cc
   bool values_valid(const TableState& ts, std::span<const FieldValue> values) const;
+  // `key_hash` (both): the key's hash_key when the caller has it (a batch),
+  // else nullptr.
   ApplyResult upsert_plain(uint32_t table, std::string_view key, int64_t event_time_ms,
-                           std::span<const FieldValue> values, int64_t apply_unix_ns);
-  // `key_hash`: the key's hash_key when the caller has it (a batch), else
-  // nullptr.
+                           std::span<const FieldValue> values, int64_t apply_unix_ns,
+                           const uint64_t* key_hash = nullptr);
   ApplyResult apply_aggregated(uint32_t table, std::string_view key, int64_t event_time_ms,
                                std::span<const FieldValue> values, std::span<const SourceValue> sources,
                                uint64_t event_id, int64_t apply_unix_ns, const uint64_t* key_hash = nullptr);

@@ -476,8 +476,11 @@ void SqlSource::walk_row(void* opaque) {
   b.set_table(p.table);
   const sql::Cell key = cell(p.key);
   if (key.null) b.reject(RejectReason::kMissingMember, fmt::format("key column \"{}\" is NULL", p.config->key_column));
+  // set_key keeps a view until end_update: the text must outlive the call.
+  std::string key_text;
   if (p.key_type == sql::ColumnType::kInt) {
-    b.set_key(std::to_string(key.i));
+    key_text = std::to_string(key.i);
+    b.set_key(key_text);
   } else {
     b.set_key(key.s);
   }

@@ -162,6 +162,10 @@ struct Decoder::Impl {
     bool raw_distinct = false;        // a distinct_count reads raw_source
     uint32_t array_len = 0;           // kArray: the number of elements every reader takes
     bool takes_null = false;          // every reader is a chain that takes null (a missing value)
+    // One field reads it as it comes (no transform, no aggregate source, no
+    // projection): the binary formats' setters store it without the loop
+    // over targets (UpdateBuilder::input_*).
+    bool stored_as_is = false;
     // Projections from several members this member is one element of:
     // (TableInfo::gathers index, element).
     std::vector<std::pair<uint32_t, uint32_t>> gathers;
@@ -1130,6 +1134,10 @@ void build_tables(Decoder::Impl& impl, const layout::Schema& schema, const std::
                                                  layout::aggregate_fn_name(a.fn), a.source, over, a.source));
     }
     info.seen.assign(info.inputs.size(), 0);
+    for (Impl::InputInfo& in : info.inputs) {
+      in.stored_as_is = in.fields.size() == 1 && in.fields[0].chain == nullptr && in.fields[0].source < 0 &&
+                        in.raw_source < 0 && in.gathers.empty();
+    }
     impl.table_by_name.emplace(spec.name, static_cast<uint32_t>(t));
   }
   // A detail is bounded (a reject reason travels in a header): at most
@@ -1503,6 +1511,15 @@ void typed_number(Impl& impl, const Impl::InputInfo& in, const Impl::TableInfo& 
 void UpdateBuilder::input_integer(uint32_t input, int64_t v) {
   State& s = *state_;
   const Impl::InputInfo& in = take_input(*impl_, s.e.table, input, s.at);
+  if (in.stored_as_is && in.kind == Impl::InputKind::kNumber && in.fields[0].type == FieldType::kInt64) [[likely]] {
+    // typed_number's work for its one plain int64 target.
+    FieldValue fv;
+    fv.field = in.fields[0].index;
+    fv.type = FieldType::kInt64;
+    fv.i64 = v;
+    s.out->values_.push_back(fv);
+    return;
+  }
   const Where what{s.at.index, s.at.batch, in.name};
   switch (in.kind) {
     case Impl::InputKind::kNumber:
@@ -1522,12 +1539,37 @@ void UpdateBuilder::input_double(uint32_t input, double v) {
     reject_type(in, what, "a floating-point number");
   }
   if (!std::isfinite(v)) ::larder::sidecar::reject(RejectReason::kNonFinite, what + ": not a finite number");
+  const FieldType type = in.fields.empty() ? FieldType::kInt64 : in.fields[0].type;
+  if (in.stored_as_is && (type == FieldType::kFloat64 || type == FieldType::kFloat32)) [[likely]] {
+    // typed_number's work for its one plain float64 or float32 target.
+    FieldValue fv;
+    fv.field = in.fields[0].index;
+    fv.type = type;
+    fv.f64 = v;
+    if (type == FieldType::kFloat32) {
+      if (v > static_cast<double>(FLT_MAX) || v < -static_cast<double>(FLT_MAX)) {
+        ::larder::sidecar::reject(RejectReason::kOutOfRange, fmt::format("{}: {} is outside the float32 range", what, v));
+      }
+      fv.f64 = static_cast<float>(v);
+    }
+    s.out->values_.push_back(fv);
+    return;
+  }
   typed_number(*impl_, in, *s.e.table, what, false, 0, v, *s.out);
 }
 
 void UpdateBuilder::input_bool(uint32_t input, bool v) {
   State& s = *state_;
   const Impl::InputInfo& in = take_input(*impl_, s.e.table, input, s.at);
+  if (in.stored_as_is && in.kind == Impl::InputKind::kBool) [[likely]] {
+    // The loop below for its one plain bool target.
+    FieldValue fv;
+    fv.field = in.fields[0].index;
+    fv.type = in.fields[0].type;
+    fv.i64 = v ? 1 : 0;
+    s.out->values_.push_back(fv);
+    return;
+  }
   const Where what{s.at.index, s.at.batch, in.name};
   DecodedBatch& out = *s.out;
   switch (in.kind) {
@@ -1551,6 +1593,20 @@ void UpdateBuilder::input_bool(uint32_t input, bool v) {
 void UpdateBuilder::input_string(uint32_t input, std::string_view v) {
   State& s = *state_;
   const Impl::InputInfo& in = take_input(*impl_, s.e.table, input, s.at);
+  if (in.stored_as_is && in.kind == Impl::InputKind::kString && in.fields[0].type == FieldType::kString &&
+      v.size() <= in.fields[0].count) [[likely]] {
+    // The loop below for its one plain string target that fits (a longer
+    // one is refused there).
+    DecodedBatch& out = *s.out;
+    FieldValue fv;
+    fv.field = in.fields[0].index;
+    fv.type = FieldType::kString;
+    fv.i64 = static_cast<int64_t>(out.bytes_.size());  // fixed up to a pointer in finish()
+    fv.length = static_cast<uint32_t>(v.size());
+    out.bytes_.append(v.data(), v.size());
+    out.values_.push_back(fv);
+    return;
+  }
   const Where what{s.at.index, s.at.batch, in.name};
   const Impl::TableInfo& table = *s.e.table;
   DecodedBatch& out = *s.out;

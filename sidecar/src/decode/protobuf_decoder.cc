@@ -171,6 +171,16 @@ struct FieldSlot {
   std::vector<int32_t> input_by_table;  // -1: no input of that table
 };
 
+// A member of the fields message as one table reads it, by field number:
+// what decode_fields needs per member in one load, instead of the number's
+// slot, then the slot, then its input_by_table.
+struct MemberInput {
+  int32_t input = -1;  // -1: not an input of this table (or no such member): the general path
+  uint16_t slot = 0;   // into fields_
+  Read read = Read::kMessage;
+  uint8_t wire = 0;
+};
+
 class ProtobufDecoder final : public MessageDecoder {
  public:
   ProtobufDecoder(const layout::Schema& schema, const std::vector<TableDecodeOptions>& options,
@@ -304,6 +314,20 @@ class ProtobufDecoder final : public MessageDecoder {
       fields_.push_back(FieldSlot{r, wire_type_of(r), f->name(), inputs[static_cast<size_t>(i)]});
     }
     fixed_table_ = format.table.empty() ? -1 : static_cast<int32_t>(tables[0]);
+    // Per table, the members numbered below kDenseLimit (all, in practice)
+    // that are its inputs.
+    inputs_by_number_.assign(builder_.table_count(), {});
+    for (size_t slot = 0; slot < fields_.size() && slot <= std::numeric_limits<uint16_t>::max(); ++slot) {
+      const uint32_t number = static_cast<uint32_t>(fields->field(static_cast<int>(slot))->number());
+      if (number >= NumberIndex::kDenseLimit) continue;
+      const FieldSlot& f = fields_[slot];
+      for (size_t t = 0; t < inputs_by_number_.size(); ++t) {
+        if (f.input_by_table[t] < 0) continue;
+        std::vector<MemberInput>& dense = inputs_by_number_[t];
+        if (dense.size() <= number) dense.resize(number + 1);
+        dense[number] = MemberInput{f.input_by_table[t], static_cast<uint16_t>(slot), f.read, static_cast<uint8_t>(f.wire)};
+      }
+    }
   }
 
   // --- The walk (consumer thread).
@@ -506,8 +530,17 @@ class ProtobufDecoder final : public MessageDecoder {
     Cursor c{reinterpret_cast<const uint8_t*>(body.data()),
              reinterpret_cast<const uint8_t*>(body.data()) + body.size()};
     const uint32_t table = builder_.current_table();
+    const std::vector<MemberInput>& dense = inputs_by_number_[table];
     uint32_t number, wire;
     while (tag(c, &number, &wire)) {
+      // An input of the table: one load tells how to read it.
+      if (number < dense.size() && dense[number].input >= 0) [[likely]] {
+        const MemberInput m = dense[number];
+        if (wire != m.wire) [[unlikely]]
+          bad_wire(wire, m.read, fields_[m.slot].name.c_str());
+        read_member(c, m.read, static_cast<uint32_t>(m.input), fields_[m.slot]);
+        continue;
+      }
       const int32_t slot = field_index_.find(number);
       if (slot < 0) {
         skip(c, wire);  // a member of a newer .proto
@@ -521,43 +554,46 @@ class ProtobufDecoder final : public MessageDecoder {
         continue;
       }
       expect_wire(wire, f.wire, f.read, f.name.c_str());
-      const uint32_t in = static_cast<uint32_t>(input);
-      switch (f.read) {
-        case Read::kFloat: builder_.input_double(in, fixed<float>(c)); break;
-        case Read::kDouble: builder_.input_double(in, fixed<double>(c)); break;
-        case Read::kBool: {
-          const uint64_t v = varint(c);
-          builder_.input_bool(in, v != 0);
-          break;
-        }
-        case Read::kString: builder_.input_string(in, bytes(c)); break;
-        case Read::kPackedFloat:
-        case Read::kPackedDouble: {
-          const std::string_view packed = bytes(c);
-          const size_t width = f.read == Read::kPackedFloat ? 4 : 8;
-          if (packed.size() % width != 0)
-            malformed(fmt::format("member \"{}\": packed length {}", f.name, packed.size()));
-          builder_.vector_begin(in);
-          if (width == 4) {
-            builder_.vector_push_floats(packed.data(), packed.size() / 4);
-          } else {
-            for (size_t k = 0; k < packed.size(); k += 8) {
-              double x;
-              std::memcpy(&x, packed.data() + k, 8);
-              builder_.vector_push(x);
-            }
+      read_member(c, f.read, static_cast<uint32_t>(input), f);
+    }
+  }
+
+  // Reads one member's value (its wire type checked) into input `in`.
+  void read_member(Cursor& c, Read read, uint32_t in, const FieldSlot& f) {
+    switch (read) {
+      case Read::kFloat: builder_.input_double(in, fixed<float>(c)); break;
+      case Read::kDouble: builder_.input_double(in, fixed<double>(c)); break;
+      case Read::kBool: {
+        const uint64_t v = varint(c);
+        builder_.input_bool(in, v != 0);
+        break;
+      }
+      case Read::kString: builder_.input_string(in, bytes(c)); break;
+      case Read::kPackedFloat:
+      case Read::kPackedDouble: {
+        const std::string_view packed = bytes(c);
+        const size_t width = read == Read::kPackedFloat ? 4 : 8;
+        if (packed.size() % width != 0) malformed(fmt::format("member \"{}\": packed length {}", f.name, packed.size()));
+        builder_.vector_begin(in);
+        if (width == 4) {
+          builder_.vector_push_floats(packed.data(), packed.size() / 4);
+        } else {
+          for (size_t k = 0; k < packed.size(); k += 8) {
+            double x;
+            std::memcpy(&x, packed.data() + k, 8);
+            builder_.vector_push(x);
           }
-          builder_.vector_end();
-          break;
         }
-        default: {
-          int64_t v;
-          if (!integer(c, f.read, &v)) {
-            builder_.reject(RejectReason::kOutOfRange,
-                            fmt::format("{}: field \"{}\": integer outside the int64 range", builder_.where(), f.name));
-          }
-          builder_.input_integer(in, v);
+        builder_.vector_end();
+        break;
+      }
+      default: {
+        int64_t v;
+        if (!integer(c, read, &v)) {
+          builder_.reject(RejectReason::kOutOfRange,
+                          fmt::format("{}: field \"{}\": integer outside the int64 range", builder_.where(), f.name));
         }
+        builder_.input_integer(in, v);
       }
     }
   }
@@ -573,6 +609,7 @@ class ProtobufDecoder final : public MessageDecoder {
   std::vector<EnvelopeSlot> envelope_;
   NumberIndex field_index_;
   std::vector<FieldSlot> fields_;
+  std::vector<std::vector<MemberInput>> inputs_by_number_;  // per table, by field number
   std::string_view body_;
 };
 
