@@ -27,13 +27,6 @@ constexpr size_t kFixedBody = 1 + 1 + 2 + 8 + 8 + 2 + 2 + 2;
 
 std::string errno_text(int e) { return std::error_code(e, std::system_category()).message(); }
 
-template <class T>
-void put(std::string& out, T v) {
-  char b[sizeof(T)];
-  std::memcpy(b, &v, sizeof(T));
-  out.append(b, sizeof(T));
-}
-
 uint16_t narrow16(size_t n, const char* what) {
   if (n > UINT16_MAX) throw std::runtime_error(fmt::format("an update's {} ({}) does not fit a run record", what, n));
   return static_cast<uint16_t>(n);
@@ -70,53 +63,71 @@ std::string RunWriter::path(uint32_t run) const { return fmt::format("{}/run-{}"
 
 void RunWriter::add(uint32_t run, const sidecar::DecodedBatch& batch, const sidecar::DecodedUpdate& u,
                     int64_t arrival_ms) {
-  std::string& r = record_;
-  r.clear();
-  put<uint32_t>(r, 0);  // the body's length, below
   const std::string_view key = batch.key(u);
   const auto values = batch.values(u);
   const auto sources = batch.sources(u);
   const bool pinned = u.op == sidecar::UpdateOp::kUnpin;
-  put<uint8_t>(r, static_cast<uint8_t>(u.op));
-  put<uint8_t>(r, static_cast<uint8_t>((u.event_id != 0 ? kHasId : 0) | (pinned ? kHasPinned : 0)));
-  put<uint16_t>(r, narrow16(u.table, "table"));
-  put<int64_t>(r, arrival_ms);
-  put<int64_t>(r, u.event_time_ms);
-  if (u.event_id != 0) put<uint64_t>(r, u.event_id);
-  if (pinned) put<int64_t>(r, u.pinned_after_ms);
-  put<uint16_t>(r, narrow16(key.size(), "key length"));
-  put<uint16_t>(r, narrow16(values.size(), "value count"));
-  put<uint16_t>(r, narrow16(sources.size(), "source count"));
-  r.append(key);
+  // The record's size first, then its fields stored in place: one resize of
+  // the run's buffer per record, no append per field.
+  size_t size = sizeof(uint32_t) + kFixedBody + (u.event_id != 0 ? 8 : 0) + (pinned ? 8 : 0) + key.size() +
+                sources.size() * (2 + 8 + 8);
   for (const FieldValue& v : values) {
-    put<uint16_t>(r, narrow16(v.field, "field index"));
-    put<uint8_t>(r, static_cast<uint8_t>(v.type));
+    size += 2 + 1;
+    switch (v.type) {
+      case layout::FieldType::kString: size += 4 + size_t{v.length}; break;
+      case layout::FieldType::kFloat32Vector: size += 4 + size_t{v.length} * sizeof(float); break;
+      default: size += 8; break;
+    }
+  }
+  if (size - sizeof(uint32_t) > UINT32_MAX) throw std::runtime_error("an update does not fit a run record");
+  Run& out = runs_.at(run);
+  const size_t start = out.buffer.size();
+  out.buffer.resize(start + size);
+  char* p = out.buffer.data() + start;
+  auto put = [&p]<class T>(T v) {
+    std::memcpy(p, &v, sizeof(T));
+    p += sizeof(T);
+  };
+  auto put_bytes = [&p](const void* from, size_t n) {
+    if (n > 0) std::memcpy(p, from, n);
+    p += n;
+  };
+  put(static_cast<uint32_t>(size - sizeof(uint32_t)));
+  put(static_cast<uint8_t>(u.op));
+  put(static_cast<uint8_t>((u.event_id != 0 ? kHasId : 0) | (pinned ? kHasPinned : 0)));
+  put(narrow16(u.table, "table"));
+  put(arrival_ms);
+  put(u.event_time_ms);
+  if (u.event_id != 0) put(u.event_id);
+  if (pinned) put(u.pinned_after_ms);
+  put(narrow16(key.size(), "key length"));
+  put(narrow16(values.size(), "value count"));
+  put(narrow16(sources.size(), "source count"));
+  put_bytes(key.data(), key.size());
+  for (const FieldValue& v : values) {
+    put(narrow16(v.field, "field index"));
+    put(static_cast<uint8_t>(v.type));
     switch (v.type) {
       case layout::FieldType::kInt64:
-      case layout::FieldType::kBool: put<int64_t>(r, v.i64); break;
+      case layout::FieldType::kBool: put(v.i64); break;
       case layout::FieldType::kFloat64:
-      case layout::FieldType::kFloat32: put<double>(r, v.f64); break;
+      case layout::FieldType::kFloat32: put(v.f64); break;
       case layout::FieldType::kString:
-        put<uint32_t>(r, v.length);
-        r.append(static_cast<const char*>(v.data), v.length);
+        put(v.length);
+        put_bytes(v.data, v.length);
         break;
       case layout::FieldType::kFloat32Vector:
-        put<uint32_t>(r, v.length);
-        r.append(static_cast<const char*>(v.data), size_t{v.length} * sizeof(float));
+        put(v.length);
+        put_bytes(v.data, size_t{v.length} * sizeof(float));
         break;
     }
   }
-  for (const SourceValue& s : sources) {
-    put<uint16_t>(r, narrow16(s.source, "source index"));
-    put<double>(r, s.value);
-    put<uint64_t>(r, s.distinct);
+  for (const SourceValue& sv : sources) {
+    put(narrow16(sv.source, "source index"));
+    put(sv.value);
+    put(sv.distinct);
   }
-  const auto body = static_cast<uint32_t>(r.size() - sizeof(uint32_t));
-  std::memcpy(r.data(), &body, sizeof body);
-
-  Run& out = runs_.at(run);
-  out.buffer += r;
-  out.bytes += r.size();
+  out.bytes += size;
   ++out.records;
   out.values += values.size();
   out.sources += sources.size();
@@ -166,18 +177,13 @@ void read_run(const RunWriter& writer, uint32_t run, uint32_t tables, RunData& o
 }
 
 void RunData::clear() {
-  files.clear();
+  files_used = 0;
   events.clear();
   values.clear();
   sources.clear();
   floats.clear();
   firsts.clear();
   vector_at.clear();
-}
-
-uint64_t RunData::cost(uint64_t bytes, uint64_t records, uint64_t values, uint64_t sources) noexcept {
-  return bytes + records * (sizeof(Replay::DecodedEvent) + sizeof(std::array<size_t, 4>)) +
-         values * sizeof(FieldValue) + sources * sizeof(SourceValue);
 }
 
 void RunData::seal() {
@@ -189,7 +195,7 @@ void RunData::seal() {
   }
 }
 
-void read_run_file(const std::string& path, uint64_t bytes, uint64_t records, uint32_t tables, RunData& out) {
+void load_run_file(const std::string& path, uint64_t bytes, std::vector<char>& file) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw std::runtime_error(fmt::format("cannot open run file {}: {}", path, errno_text(errno)));
   struct stat st {};
@@ -200,7 +206,7 @@ void read_run_file(const std::string& path, uint64_t bytes, uint64_t records, ui
         "run file {} holds {} bytes, {} were written: it was changed or truncated (is --temp-dir shared?)", path, size,
         bytes));
   }
-  std::vector<char>& file = out.files.emplace_back(bytes);
+  file.resize(bytes);
   size_t done = 0;
   while (done < bytes) {
     const ssize_t n = ::read(fd, file.data() + done, bytes - done);
@@ -214,15 +220,51 @@ void read_run_file(const std::string& path, uint64_t bytes, uint64_t records, ui
   }
   ::close(fd);
 
-  const char* const data = file.data();
-  size_t at = 0;
+}
+
+bool scan_record(const char* data, size_t size, size_t at, uint32_t tables, size_t* length, uint32_t* table,
+                 std::string_view* key) noexcept {
+  uint32_t body = 0;
+  if (at > size || size - at < sizeof body) return false;
+  std::memcpy(&body, data + at, sizeof body);
+  const size_t start = at + sizeof body;
+  if (body > size - start || body < kFixedBody) return false;
+  uint8_t flags = 0;
+  uint16_t t = 0, key_len = 0;
+  std::memcpy(&flags, data + start + 1, 1);
+  std::memcpy(&t, data + start + 2, 2);
+  const size_t key_len_at = 4 + 16 + ((flags & kHasId) ? 8 : 0) + ((flags & kHasPinned) ? 8 : 0);
+  if (t >= tables || key_len_at + 6 > body) return false;
+  std::memcpy(&key_len, data + start + key_len_at, 2);
+  if (key_len > body - key_len_at - 6) return false;
+  *length = sizeof body + body;
+  *table = t;
+  *key = std::string_view(data + start + key_len_at + 6, key_len);
+  return true;
+}
+
+void read_run_file(const std::string& path, uint64_t bytes, uint64_t records, uint32_t tables, RunData& out) {
+  // A buffer of an earlier run is reused when there is one: its pages are
+  // mapped already (a fresh one would take a page fault per 4 KiB).
+  if (out.files_used == out.files.size()) out.files.emplace_back();
+  std::vector<char>& file = out.files[out.files_used++];
+  load_run_file(path, bytes, file);
   const size_t first_event = out.events.size();
+  parse_records(file.data(), file.size(), "run file " + path, tables, out);
+  if (out.events.size() - first_event != records) {
+    throw std::runtime_error(
+        fmt::format("run file {} holds {} records, {} were written", path, out.events.size() - first_event, records));
+  }
+}
+
+void parse_records(const char* data, size_t bytes, const std::string& where, uint32_t tables, RunData& out) {
+  size_t at = 0;
   // The floats of vector values are copied aligned; their FieldValue::data
   // and every event's spans are set by seal(), once the vectors stop growing.
   while (at < bytes) {
     const size_t start = at;
     auto bad = [&](const char* what) {
-      return std::runtime_error(fmt::format("run file {}: the record at byte {} {}", path, start, what));
+      return std::runtime_error(fmt::format("{}: the record at byte {} {}", where, start, what));
     };
     uint32_t body = 0;
     if (bytes - at < sizeof body) throw bad("is cut short");
@@ -307,9 +349,6 @@ void read_run_file(const std::string& path, uint64_t bytes, uint64_t records, ui
     out.events.push_back(e);
     out.firsts.push_back({first_value, value_count, first_source, source_count});
   }
-  if (out.events.size() - first_event != records) {
-    throw std::runtime_error(
-        fmt::format("run file {} holds {} records, {} were written", path, out.events.size() - first_event, records));
-  }
 }
+
 }  // namespace larder::offline

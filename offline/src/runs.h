@@ -80,13 +80,13 @@ class RunWriter {
   std::string dir_;
   std::vector<Run> runs_;
   size_t buffer_bytes_;
-  std::string record_;
 };
 
 // Run files read back. Several may be read into one RunData (runs of
 // neighbouring hash ranges replayed together); seal() then makes the spans.
 struct RunData {
   std::vector<std::vector<char>> files;     // the files' bytes; keys and strings point into them
+  size_t files_used = 0;                     // files[0, files_used) hold the runs read since clear()
   std::vector<Replay::DecodedEvent> events;  // in the order added, file after file
   std::vector<FieldValue> values;            // events' values point into these
   std::vector<SourceValue> sources;
@@ -99,9 +99,6 @@ struct RunData {
   // Points each event's values and sources (and vector values' data) at
   // their storage, once every file is read.
   void seal();
-  // About the memory read_run_file() takes for a file of `bytes` bytes,
-  // `records` records, `values` values and `sources` sources.
-  static uint64_t cost(uint64_t bytes, uint64_t records, uint64_t values, uint64_t sources) noexcept;
 };
 
 // Appends run `run` of `writer` to `out`. `tables`: the schema's table
@@ -111,5 +108,20 @@ void read_run(const RunWriter& writer, uint32_t run, uint32_t tables, RunData& o
 
 // The same, of a file of `records` records and `bytes` bytes at `path`.
 void read_run_file(const std::string& path, uint64_t bytes, uint64_t records, uint32_t tables, RunData& out);
+
+// The pieces of read_run_file, for a caller that reorders the records in
+// memory before parsing them (larder-backfill).
+//
+// Reads the file at `path` into `file` (resized), which must hold exactly
+// `bytes` bytes. Throws std::runtime_error naming the file.
+void load_run_file(const std::string& path, uint64_t bytes, std::vector<char>& file);
+// The record at data[at]: its whole length, its table and its key, checked
+// to lie within data[0, size) (the rest of it is checked by parse_records).
+// false when they do not.
+bool scan_record(const char* data, size_t size, size_t at, uint32_t tables, size_t* length, uint32_t* table,
+                 std::string_view* key) noexcept;
+// Appends the records of data[0, bytes) to `out`, every one checked; keys
+// and strings point into `data`. Errors name `where`.
+void parse_records(const char* data, size_t bytes, const std::string& where, uint32_t tables, RunData& out);
 
 }  // namespace larder::offline

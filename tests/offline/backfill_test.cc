@@ -269,13 +269,16 @@ TEST_F(Backfill, PeakMemoryFollowsTheKeysNotTheNumberOfEvents) {
                                     path(events),         "--spine",       path("spine.csv"),   "--out",
                                     path("out.csv"),      "--scratch-dir", dir_.string(),       "--temp-dir",
                                     dir_.string(),        "--order",       order,               "--memory",
-                                    "4M",                 "--quiet"};
+                                    "1M",                 "--quiet"};
   };
-  const auto by_key = backfill(path("small.csv"), "spine.csv", "out.csv", "--memory 4M --temp-dir " + dir_.string());
+  const auto by_key = backfill(path("small.csv"), "spine.csv", "out.csv", "--memory 1M --temp-dir " + dir_.string());
   ASSERT_EQ(by_key.code, 0) << by_key.out;
-  ASSERT_NE(by_key.out.find("replayed key by key, 8 runs"), std::string::npos) << by_key.out;
-  // Key by key, memory follows one run (here 4 MiB of updates read back),
-  // not the input; in arrival order, nothing but the state.
+  ASSERT_NE(by_key.out.find("replayed key by key, "), std::string::npos) << by_key.out;
+  ASSERT_EQ(by_key.out.find("key by key, 1 run"), std::string::npos) << by_key.out;
+  // In arrival order memory follows the state alone; key by key, the state
+  // and one run (here about 1 MiB of records read back, and the first
+  // pass's write buffers, one per run), never the input: the 1M-event file
+  // is 24 MiB, its records 56 MiB, and the peak grows by less than 8 MiB.
   for (const std::string order : {"key", "arrival"}) {
     SCOPED_TRACE("--order " + order);
     const long small = peak_rss_kib(args("small.csv", order));
@@ -284,8 +287,12 @@ TEST_F(Backfill, PeakMemoryFollowsTheKeysNotTheNumberOfEvents) {
     ASSERT_GT(large, 0);
     RecordProperty("peak_rss_kib_100k_" + order, std::to_string(small));
     RecordProperty("peak_rss_kib_1m_" + order, std::to_string(large));
-    EXPECT_LT(static_cast<double>(large) / static_cast<double>(small), 1.2)
-        << "peak RSS " << small << " KiB over 100k events, " << large << " KiB over 1M";
+    if (order == "arrival") {
+      EXPECT_LT(static_cast<double>(large) / static_cast<double>(small), 1.2)
+          << "peak RSS " << small << " KiB over 100k events, " << large << " KiB over 1M";
+    } else {
+      EXPECT_LT(large - small, 8 * 1024) << "peak RSS " << small << " KiB over 100k events, " << large << " KiB over 1M";
+    }
   }
 }
 
