@@ -27,8 +27,12 @@ constexpr size_t kFixedBody = 1 + 1 + 2 + 8 + 8 + 2 + 2 + 2;
 
 std::string errno_text(int e) { return std::error_code(e, std::system_category()).message(); }
 
-uint16_t narrow16(size_t n, const char* what) {
-  if (n > UINT16_MAX) throw std::runtime_error(fmt::format("an update's {} ({}) does not fit a run record", what, n));
+[[noreturn, gnu::cold]] void too_large(size_t n, const char* what) {
+  throw std::runtime_error(fmt::format("an update's {} ({}) does not fit a run record", what, n));
+}
+
+inline uint16_t narrow16(size_t n, const char* what) {
+  if (n > UINT16_MAX) [[unlikely]] too_large(n, what);
   return static_cast<uint16_t>(n);
 }
 
