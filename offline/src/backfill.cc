@@ -4,11 +4,13 @@
 // files through the offline engine (larder/offline/engine.h): the sidecar's
 // decoder, transforms, aggregates and writer. docs/backfill.md.
 //
-// Streaming: the events are read a line at a time and applied in arrival
-// order, so memory follows the live keys and their aggregate state (the
-// scratch segment) plus the spine, which is read whole and sorted by time;
-// the results wait in memory (a row copy per spine row) to be written in
-// spine order.
+// Streaming: the events are read once, in arrival order, and decoded; key by
+// key (the default, replay_by_key) their updates go to run files split by
+// key hash and each run is replayed key after key; in arrival order
+// (replay_arrival) they are applied as they come. Memory follows the live
+// keys and their aggregate state (the scratch segment), one run read back,
+// and the spine, which is read whole; the results wait in memory (a row
+// copy per spine row) to be written in spine order.
 //
 // Exit codes: 0 done; 1 bad input (a file:line error, out-of-order events, a
 // refused event with --strict); 2 bad usage or config.
@@ -1454,6 +1456,8 @@ int main(int argc, char** argv) {
             JSON Lines, integer arrival_time:
               jq -r '[.arrival_time, tojson] | @tsv' ev.jsonl | sort -n -s -k1,1 | cut -f2- > sorted.jsonl
           (sort -s keeps the file's order among equal times; set LC_ALL=C for speed.)
+          Replayed key by key from run files under --temp-dir (about twice the CSV's size),
+          or with --order arrival as they come; the frame is the same.
   spine   .csv or .jsonl with key, timestamp (ms or RFC 3339), optional table, and any other
           columns, copied to the output. Read whole and sorted by timestamp; written in its order.
   out     .csv or .jsonl: the spine's columns, each field of its table(s) (empty / null when not
