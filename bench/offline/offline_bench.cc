@@ -4,11 +4,12 @@
 // larder-backfill from a CSV file, with 3 aggregates x 3 windows; the peak
 // RSS of each (getrusage of this process, and of the larder-backfill child).
 //
-//   offline_bench [--events N] [--keys K] [--spine S] [--mode columns|csv|both]
+//   offline_bench [--events N] [--keys K] [--spine S] [--mode columns|csv|both|files]
 //                 [--order key|arrival|both] [--backfill PATH] [--dir DIR]
 //
 // --order: the replay order of the columns run (larder_offline_set_order);
-// both runs the two one after the other on the same data.
+// both runs the two one after the other on the same data. --mode files only
+// writes bench.yaml, events.csv and spine.csv into --dir and keeps them.
 //
 // Defaults are small (1M events over 100k keys) so it runs in seconds; the
 // documented figures use --events 10000000 --keys 1000000.
@@ -157,9 +158,9 @@ int run_columns(const std::string& config, const Data& d, uint64_t events, int32
   return 0;
 }
 
-int run_csv(const std::string& backfill, const std::string& dir, const std::string& config, const Data& d,
-            uint64_t events) {
-  const std::string ev = dir + "/events.csv", spine = dir + "/spine.csv", out = dir + "/out.csv";
+// The events and the spine as CSV files in dir (events.csv, spine.csv).
+void write_csv(const std::string& dir, const Data& d, uint64_t events) {
+  const std::string ev = dir + "/events.csv", spine = dir + "/spine.csv";
   {
     std::ofstream f(ev);
     f << "key,event_time,amount\n";
@@ -176,6 +177,12 @@ int run_csv(const std::string& backfill, const std::string& dir, const std::stri
       s << ',' << d.spine_at[i] << '\n';
     }
   }
+}
+
+int run_csv(const std::string& backfill, const std::string& dir, const std::string& config, const Data& d,
+            uint64_t events) {
+  const std::string ev = dir + "/events.csv", spine = dir + "/spine.csv", out = dir + "/out.csv";
+  write_csv(dir, d, events);
   const auto start = std::chrono::steady_clock::now();
   const pid_t pid = fork();
   if (pid == 0) {
@@ -242,6 +249,12 @@ int main(int argc, char** argv) {
       static_cast<unsigned long long>(events), static_cast<unsigned long long>(keys),
       static_cast<unsigned long long>(spine), dir.c_str());
   const Data d = generate(events, keys, spine);
+  if (mode == "files") {
+    // Only the inputs, kept: bench.yaml, events.csv and spine.csv in --dir,
+    // for a larder-backfill run of one's own (docs/backfill.md).
+    write_csv(dir, d, events);
+    return 0;
+  }
   int rc = 0;
   if (mode == "columns" || mode == "both") {
     if (order == "arrival" || order == "both") rc |= run_columns(config, d, events, LARDER_OFFLINE_ORDER_ARRIVAL);

@@ -4,11 +4,13 @@
 // files through the offline engine (larder/offline/engine.h): the sidecar's
 // decoder, transforms, aggregates and writer. docs/backfill.md.
 //
-// Streaming: the events are read a line at a time and applied in arrival
-// order, so memory follows the live keys and their aggregate state (the
-// scratch segment) plus the spine, which is read whole and sorted by time;
-// the results wait in memory (a row copy per spine row) to be written in
-// spine order.
+// Streaming: the events are read once, in arrival order, and decoded; key by
+// key (the default, replay_by_key) their updates go to run files split by
+// key hash and each run is replayed key after key; in arrival order
+// (replay_arrival) they are applied as they come. Memory follows the live
+// keys and their aggregate state (the scratch segment), one run read back,
+// and the spine, which is read whole; the results wait in memory (a row
+// copy per spine row) to be written in spine order.
 //
 // Exit codes: 0 done; 1 bad input (a file:line error, out-of-order events, a
 // refused event with --strict); 2 bad usage or config.
@@ -16,15 +18,18 @@
 // Threading: one thread.
 #include <fmt/format.h>
 #include <simdjson.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <bit>
 #include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <queue>
@@ -34,8 +39,10 @@
 #include <vector>
 
 #include "decode/event_time.h"
+#include "larder/layout/table_view.h"
 #include "larder/offline/engine.h"
 #include "observe/json_text.h"
+#include "runs.h"
 
 namespace {
 
@@ -89,41 +96,75 @@ bool parse_time(std::string_view s, int64_t* ms) {
 // Line and CSV reading
 
 // Lines of a file, with their numbers; a CSV record may span lines inside
-// quotes (RFC 4180).
+// quotes (RFC 4180). Read in blocks of 1 MiB, lines found with memchr: a
+// line is a view into the block, copied only when it straddles two.
 class LineReader {
  public:
   explicit LineReader(const std::string& path) : path_(path) {
-    file_ = path == "-" ? stdin : std::fopen(path.c_str(), "rb");
-    if (file_ == nullptr) throw UsageError(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) throw UsageError(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
+    buf_.resize(kBlock);
   }
   ~LineReader() {
-    if (file_ != nullptr && file_ != stdin) std::fclose(file_);
-    std::free(buf_);
+    if (fd_ >= 0) ::close(fd_);
   }
   LineReader(const LineReader&) = delete;
   LineReader& operator=(const LineReader&) = delete;
 
   // The next line without its end of line; false at the end of the file.
+  // The view stays valid until the next call.
   bool next(std::string_view* line) {
-    const ssize_t n = getline(&buf_, &cap_, file_);
-    if (n < 0) {
-      if (std::ferror(file_)) throw InputError(fmt::format("{}: read error: {}", path_, std::strerror(errno)));
-      return false;
+    while (true) {
+      const char* at = buf_.data() + begin_;
+      if (const void* nl = std::memchr(at, '\n', end_ - begin_)) {
+        const size_t len = static_cast<size_t>(static_cast<const char*>(nl) - at);
+        begin_ += len + 1;
+        return found(line, at, len);
+      }
+      if (eof_) {
+        if (begin_ == end_) return false;
+        const size_t len = end_ - begin_;
+        begin_ = end_;
+        return found(line, at, len);  // the last line, without an end of line
+      }
+      fill();
     }
-    ++line_;
-    size_t len = static_cast<size_t>(n);
-    while (len > 0 && (buf_[len - 1] == '\n' || buf_[len - 1] == '\r')) --len;
-    *line = std::string_view(buf_, len);
-    return true;
   }
   size_t line() const noexcept { return line_; }
   const std::string& path() const noexcept { return path_; }
 
  private:
+  static constexpr size_t kBlock = size_t{1} << 20;
+
+  bool found(std::string_view* line, const char* at, size_t len) {
+    ++line_;
+    while (len > 0 && at[len - 1] == '\r') --len;
+    *line = std::string_view(at, len);
+    return true;
+  }
+  // More of the file after what is left of the block (moved to its front);
+  // the block grows when one line fills it.
+  void fill() {
+    const size_t left = end_ - begin_;
+    if (begin_ > 0) std::memmove(buf_.data(), buf_.data() + begin_, left);
+    begin_ = 0;
+    end_ = left;
+    if (end_ == buf_.size()) buf_.resize(buf_.size() * 2);
+    while (true) {
+      const ssize_t n = ::read(fd_, buf_.data() + end_, buf_.size() - end_);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw InputError(fmt::format("{}: read error: {}", path_, std::strerror(errno)));
+      if (n == 0) eof_ = true;
+      end_ += static_cast<size_t>(n);
+      return;
+    }
+  }
+
   std::string path_;
-  FILE* file_ = nullptr;
-  char* buf_ = nullptr;
-  size_t cap_ = 0;
+  int fd_ = -1;
+  std::vector<char> buf_;
+  size_t begin_ = 0, end_ = 0;  // the unread bytes of buf_
+  bool eof_ = false;
   size_t line_ = 0;
 };
 
@@ -250,7 +291,8 @@ void feed_cell(UpdateBuilder& b, uint32_t input, InputType type, std::string_vie
     }
     default: break;
   }
-  if (parse_int(cell, &i)) {
+  // A cell with a '.' is no integer: one from_chars less for most numbers.
+  if (cell.find('.') == std::string_view::npos && parse_int(cell, &i)) {
     b.input_integer(input, i);
   } else if (cell == "true" || cell == "false") {
     b.input_bool(input, cell == "true");
@@ -275,6 +317,10 @@ class EventSource {
   virtual const Pending& current() const = 0;
   // Applies the current event. Returns the decoder's result.
   virtual larder::sidecar::DecodeResult apply(Replay& replay) = 0;
+  // Decodes the current event into `batch` without applying it, and says
+  // its arrival time. Returns the decoder's result.
+  virtual larder::sidecar::DecodeResult decode(Replay& replay, larder::sidecar::DecodedBatch& batch,
+                                               int64_t* arrival_ms) = 0;
   // The event's key is outside the partition: not applied.
   virtual bool skipped() const { return false; }
   virtual const std::string& path() const = 0;
@@ -370,6 +416,12 @@ class CsvEvents : public EventSource {
   larder::sidecar::DecodeResult apply(Replay& replay) override {
     if (table_ >= 0) resolve(static_cast<uint32_t>(table_));
     return replay.apply_built(current_.arrival_ms, current_.arrival_ms, &walk, this);
+  }
+  larder::sidecar::DecodeResult decode(Replay& replay, larder::sidecar::DecodedBatch& batch,
+                                       int64_t* arrival_ms) override {
+    if (table_ >= 0) resolve(static_cast<uint32_t>(table_));
+    *arrival_ms = current_.arrival_ms;
+    return replay.decode_built(current_.arrival_ms, &walk, this, batch);
   }
 
  private:
@@ -483,6 +535,11 @@ class JsonlEvents : public EventSource {
   const std::string& path() const override { return lines_.path(); }
   larder::sidecar::DecodeResult apply(Replay& replay) override {
     return replay.apply_json(line_, has_arrival_ ? current_.arrival_ms : -1);
+  }
+  larder::sidecar::DecodeResult decode(Replay& replay, larder::sidecar::DecodedBatch& batch,
+                                       int64_t* arrival_ms) override {
+    *arrival_ms = has_arrival_ ? current_.arrival_ms : -1;
+    return replay.decode_json(line_, arrival_ms, batch);
   }
 
  private:
@@ -913,10 +970,33 @@ struct Options {
   std::string partition = "0/1";
   std::string table;
   std::string scratch_dir;
+  std::string order = "key";
+  std::string temp_dir;
+  std::string memory = "256M";
   bool strict = false;
   bool quiet = false;
   size_t show_rejections = 10;
 };
+
+// A size: bytes, or a number with K, M or G (powers of 1024).
+uint64_t parse_size(const std::string& text, const char* option) {
+  uint64_t n = 0;
+  const char* end = text.data() + text.size();
+  auto [p, ec] = std::from_chars(text.data(), end, n);
+  uint64_t unit = 1;
+  if (ec == std::errc() && p + 1 == end) {
+    switch (*p) {
+      case 'k': case 'K': unit = uint64_t{1} << 10; ++p; break;
+      case 'm': case 'M': unit = uint64_t{1} << 20; ++p; break;
+      case 'g': case 'G': unit = uint64_t{1} << 30; ++p; break;
+      default: break;
+    }
+  }
+  if (ec != std::errc() || p != end || n == 0 || n > (UINT64_MAX >> 31)) {
+    throw UsageError(fmt::format("{} {}: say a size, e.g. 512M or 2G", option, text));
+  }
+  return n * unit;
+}
 
 struct SourceOrder {
   // Smallest arrival first; ties: the earlier file.
@@ -925,8 +1005,363 @@ struct SourceOrder {
   }
 };
 
+// What the user sees while the events are read: the refused events (the
+// first few, with file:line), --strict, the progress line. A replay that
+// starts again in arrival order reads the events again in the same order,
+// so it shows only the refusals the first pass did not.
+class Reporter {
+ public:
+  Reporter(const Options& o) : o_(o), progress_(!o.quiet && isatty(STDERR_FILENO)) {}
+  void begin_pass() { seen_ = 0; }
+  void refused(const EventSource& src, const larder::sidecar::DecodeResult& r) {
+    const std::string what = fmt::format("{}:{}: {}: {}", src.path(), src.current().line,
+                                         larder::sidecar::reject_reason_name(r.reason), r.detail);
+    if (o_.strict) throw InputError(what + " (--strict)");
+    if (seen_++ >= shown_ && shown_ < o_.show_rejections) {
+      ++shown_;
+      if (progress_) std::fputc('\n', stderr);
+      std::fprintf(stderr, "larder-backfill: refused %s\n", what.c_str());
+    }
+  }
+  // At most once a second, on a terminal.
+  template <class Text>
+  void progress(Text&& text) {
+    if (!progress_) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_ < std::chrono::seconds(1)) return;
+    last_ = now;
+    std::fprintf(stderr, "\rlarder-backfill: %s   ", text().c_str());
+  }
+  void end_progress() {
+    if (progress_) std::fputc('\n', stderr);
+  }
+  double elapsed_s() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  }
+
+ private:
+  const Options& o_;
+  bool progress_;
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point last_ = started_;
+  size_t seen_ = 0;   // refusals met in this pass
+  size_t shown_ = 0;  // refusals shown, over all passes
+};
+
+// The event files, merged by arrival time (ties: the earlier file), each
+// checked to be in non-decreasing arrival order.
+class EventStream {
+ public:
+  EventStream(const Options& o, const Common& common, Replay& replay) {
+    for (const std::string& path : o.events) {
+      if (format_of(path) == Format::kCsv) {
+        sources_.push_back(std::make_unique<CsvEvents>(path, common, replay.builder()));
+      } else {
+        sources_.push_back(std::make_unique<JsonlEvents>(path, common));
+      }
+    }
+    for (size_t s = 0; s < sources_.size(); ++s) {
+      if (sources_[s]->advance()) heads_.emplace(sources_[s]->current().arrival_ms, s);
+    }
+  }
+  // Calls each(source) for every event in the partition that arrived at or
+  // before `until`, in order; each() returns the decoder's result, which
+  // `reporter` reports when it refused the event.
+  template <class Each>
+  void until(int64_t until, Reporter& reporter, Each&& each) {
+    while (!heads_.empty() && heads_.top().first <= until) {
+      const size_t s = heads_.top().second;
+      heads_.pop();
+      EventSource& src = *sources_[s];
+      ++read_;
+      if (!src.skipped()) {
+        const larder::sidecar::DecodeResult r = each(src);
+        if (!r.ok) reporter.refused(src, r);
+      }
+      if (src.advance()) heads_.emplace(src.current().arrival_ms, s);
+      if ((read_ & 0xffff) == 0) {
+        reporter.progress([&] {
+          return fmt::format("{} events, {:.0f}/s, {}", read_, read_ / reporter.elapsed_s(),
+                             larder::sidecar::format_rfc3339_ms(std::max<int64_t>(0, src.current().arrival_ms)));
+        });
+      }
+    }
+  }
+  uint64_t read() const noexcept { return read_; }
+
+ private:
+  std::vector<std::unique_ptr<EventSource>> sources_;
+  std::priority_queue<std::pair<int64_t, size_t>, std::vector<std::pair<int64_t, size_t>>, SourceOrder> heads_;
+  uint64_t read_ = 0;
+};
+
+// One replay's answers: per spine row (spine.rows order) its read.
+struct Answers {
+  std::unique_ptr<Replay> replay;
+  std::vector<Result> results;
+  uint64_t found = 0;
+  uint64_t read = 0;  // events read from the files
+  std::string how;    // for the summary: the order of the replay
+};
+
+void answer(Replay& replay, const SpineRow& sr, std::vector<larder::Row>& rows, Result& res, uint64_t* found) {
+  larder::Row& row = rows[sr.table];
+  res.read = replay.read(sr.table, sr.key, sr.at_ms, row);
+  if (res.read.found()) {
+    ++*found;
+    const size_t words = replay.table(sr.table).row_words();
+    res.row.assign(row.data(), row.data() + words);
+  }
+}
+
+std::vector<larder::Row> row_buffers(const Engine& engine, Replay& replay) {
+  std::vector<larder::Row> rows;
+  for (size_t t = 0; t < engine.schema().tables.size(); ++t) rows.push_back(replay.table(t).make_row());
+  return rows;
+}
+
+// The replay rule in its own order: every event in arrival order, each
+// spine row answered once the events that arrived by its instant are applied.
+Answers replay_arrival(const Options& o, const Engine& engine, const Common& common, const Spine& spine,
+                       Reporter& reporter) {
+  Answers a;
+  a.replay = engine.start();
+  Replay& replay = *a.replay;
+  reporter.begin_pass();
+  EventStream stream(o, common, replay);
+  auto apply = [&](EventSource& src) { return src.apply(replay); };
+  std::vector<size_t> order(spine.rows.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t x, size_t y) { return spine.rows[x].at_ms < spine.rows[y].at_ms; });
+  a.results.resize(spine.rows.size());
+  std::vector<larder::Row> rows = row_buffers(engine, replay);
+  for (size_t i : order) {
+    stream.until(spine.rows[i].at_ms, reporter, apply);
+    answer(replay, spine.rows[i], rows, a.results[i], &a.found);
+  }
+  // The events after the last spine instant change no answer, but are read:
+  // the summary counts them and a malformed line is still an error.
+  stream.until(INT64_MAX, reporter, apply);
+  replay.flush();
+  a.read = stream.read();
+  return a;
+}
+
+// Why a key-by-key replay could answer otherwise than arrival order.
+struct NotByKey {
+  std::string why;
+};
+
+// A step of the key-by-key replay: an update of a run or a spine read.
+struct Step {
+  uint64_t hash;   // hash_key(key, the table's seed)
+  int64_t time;    // arrival, or the read's instant
+  uint64_t tag;    // kRead | spine row, or the update's index in the run
+  uint32_t table;
+};
+constexpr uint64_t kRead = uint64_t{1} << 63;
+
+// Key by key (docs/backfill.md, "Order of the replay"): a first pass reads
+// the files once in arrival order, decodes each event and appends its
+// updates to one of k run files by the top bits of the key's hash under its
+// table's seed (the key's home slot in the scratch table); then each run,
+// read back whole, is sorted by (hash, table, time; an update before a read
+// at its instant, updates in input order, reads in spine order) and replayed
+// key after key. Memory: the scratch segment and one run. Throws NotByKey
+// where that order could answer otherwise than arrival order.
+Answers replay_by_key(const Options& o, const Engine& engine, const Common& common, const Spine& spine,
+                      Reporter& reporter) {
+  Answers a;
+  a.replay = engine.start();
+  Replay& replay = *a.replay;
+  const auto& tables = engine.schema().tables;
+  std::vector<uint64_t> seeds;
+  for (uint32_t t = 0; t < tables.size(); ++t) seeds.push_back(replay.key_hash_seed(t));
+
+  // k: a power of two, so that a run's share of the input fits the budget
+  // read back: at about kLoadedPerInputByte bytes of memory per byte of
+  // input (the run file and its regrouped copy, about 56 bytes a record
+  // each, against a CSV line of 32 bytes; JSON Lines take less).
+  constexpr uint64_t kLoadedPerInputByte = 4;
+  const uint64_t budget = parse_size(o.memory, "--memory");
+  uint64_t input_bytes = 0;
+  for (const std::string& path : o.events) {
+    std::error_code ec;
+    const uintmax_t size = std::filesystem::file_size(path, ec);
+    if (!ec) input_bytes += size;
+  }
+  const uint64_t wanted = (input_bytes / std::max<uint64_t>(1, budget / kLoadedPerInputByte)) + 1;
+  const uint32_t runs_k = static_cast<uint32_t>(std::bit_ceil(std::min<uint64_t>(wanted, 4096)));
+  const int run_bits = std::countr_zero(runs_k);
+  auto run_of = [&](uint64_t hash) { return run_bits == 0 ? 0u : static_cast<uint32_t>(hash >> (64 - run_bits)); };
+  std::string temp_dir = o.temp_dir;
+  if (temp_dir.empty()) {
+    const char* tmp = std::getenv("TMPDIR");
+    temp_dir = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
+  }
+  // Each run's write buffer: at most a quarter of the budget for all.
+  const size_t buffer = std::clamp<uint64_t>(budget / 4 / runs_k, 4096, size_t{1} << 16);
+  larder::offline::RunWriter runs(temp_dir, runs_k, buffer);
+
+  // Pass 1: decode, split.
+  reporter.begin_pass();
+  {
+    EventStream stream(o, common, replay);
+    larder::sidecar::DecodedBatch batch;
+    stream.until(INT64_MAX, reporter, [&](EventSource& src) {
+      int64_t arrival = 0;
+      larder::sidecar::DecodeResult r = src.decode(replay, batch, &arrival);
+      if (!r.ok) return r;
+      for (size_t i = 0; i < batch.size(); ++i) {
+        const larder::sidecar::DecodedUpdate& u = batch.update(i);
+        const std::string_view key = batch.key(u);
+        if (!engine.in_partition(key)) {
+          replay.note_skipped();
+          continue;
+        }
+        if (u.event_id != 0 && !tables[u.table].aggregates.empty()) {
+          // The dedup set's buckets hold the ids of many keys: which id an
+          // insert evicts depends on the other keys' ids.
+          throw NotByKey{"event ids on a table with aggregates"};
+        }
+        runs.add(run_of(larder::layout::hash_key(key, seeds[u.table])), batch, u, arrival);
+      }
+      return r;
+    });
+    runs.finish();
+    a.read = stream.read();
+  }
+
+  // The spine rows of each run.
+  std::vector<std::vector<size_t>> spine_of_run(runs_k);
+  std::vector<uint64_t> spine_hash(spine.rows.size());
+  for (size_t i = 0; i < spine.rows.size(); ++i) {
+    const SpineRow& sr = spine.rows[i];
+    spine_hash[i] = larder::layout::hash_key(sr.key, seeds[sr.table]);
+    spine_of_run[run_of(spine_hash[i])].push_back(i);
+  }
+
+  // Pass 2: each run, key after key. A run is read whole, then its records
+  // are reordered in memory by the next bits of their hashes into groups of
+  // about kGroupEvents (a counting pass and one copy, stable, so each group
+  // keeps input order), and each group is parsed, sorted and replayed while
+  // its records, its steps and its keys' slots stay in the cache: the steps
+  // of a whole run, sorted, would visit its records in a random order, a
+  // miss (and a TLB miss) each.
+  constexpr uint64_t kGroupEvents = 2048;
+  for (auto& rows_of_run : spine_of_run) {
+    std::sort(rows_of_run.begin(), rows_of_run.end(), [&](size_t x, size_t y) {
+      return spine_hash[x] != spine_hash[y] ? spine_hash[x] < spine_hash[y] : x < y;
+    });
+  }
+  a.results.resize(spine.rows.size());
+  std::vector<larder::Row> rows = row_buffers(engine, replay);
+  const auto table_count = static_cast<uint32_t>(tables.size());
+  std::vector<char> file, grouped;
+  std::vector<uint32_t> group_of;  // per record, in file order
+  std::vector<size_t> group_start;
+  larder::offline::RunData data;
+  std::vector<Step> steps;
+  uint64_t applied = 0;
+  for (uint32_t r = 0; r < runs_k; ++r) {
+    const std::string where = "run file " + runs.path(r);
+    larder::offline::load_run_file(runs.path(r), runs.bytes(r), file);
+    runs.remove(r);
+    const uint64_t records = runs.records(r);
+    const int group_bits =
+        std::min(static_cast<int>(std::bit_width(records / kGroupEvents)), std::max(0, 48 - run_bits));
+    auto group_of_hash = [&](uint64_t h) {
+      return group_bits == 0 ? 0u : static_cast<uint32_t>((h << run_bits) >> (64 - group_bits));
+    };
+    // Count: each record's group, checking its bounds as it goes.
+    group_of.clear();
+    group_start.assign((size_t{1} << group_bits) + 1, 0);
+    for (size_t at = 0; at < file.size();) {
+      size_t length = 0;
+      uint32_t table = 0;
+      std::string_view key;
+      if (!larder::offline::scan_record(file.data(), file.size(), at, table_count, &length, &table, &key)) {
+        throw std::runtime_error(fmt::format("{}: the record at byte {} does not check", where, at));
+      }
+      const uint32_t g = group_of_hash(larder::layout::hash_key(key, seeds[table]));
+      group_of.push_back(g);
+      group_start[g + 1] += length;
+      at += length;
+    }
+    if (group_of.size() != records) {
+      throw std::runtime_error(fmt::format("{} holds {} records, {} were written", where, group_of.size(), records));
+    }
+    for (size_t g = 1; g < group_start.size(); ++g) group_start[g] += group_start[g - 1];
+    // Copy: the records into their groups, in file order within each.
+    grouped.resize(file.size());
+    {
+      std::vector<size_t> fill(group_start.begin(), group_start.end() - 1);
+      size_t at = 0;
+      for (uint32_t g : group_of) {
+        uint32_t body = 0;
+        std::memcpy(&body, file.data() + at, sizeof body);
+        const size_t length = sizeof body + body;
+        std::memcpy(grouped.data() + fill[g], file.data() + at, length);
+        fill[g] += length;
+        at += length;
+      }
+    }
+    size_t next_read = 0;  // into spine_of_run[r], by hash
+    for (size_t g = 0; g + 1 < group_start.size(); ++g) {
+      data.clear();
+      larder::offline::parse_records(grouped.data() + group_start[g], group_start[g + 1] - group_start[g], where,
+                                     table_count, data);
+      data.seal();
+      steps.clear();
+      for (size_t e = 0; e < data.events.size(); ++e) {
+        const auto& ev = data.events[e];
+        steps.push_back(Step{larder::layout::hash_key(ev.key, seeds[ev.table]), ev.arrival_ms, e, ev.table});
+      }
+      for (; next_read < spine_of_run[r].size() && group_of_hash(spine_hash[spine_of_run[r][next_read]]) == g;
+           ++next_read) {
+        const size_t i = spine_of_run[r][next_read];
+        steps.push_back(Step{spine_hash[i], spine.rows[i].at_ms, kRead | i, spine.rows[i].table});
+      }
+      std::sort(steps.begin(), steps.end(), [](const Step& x, const Step& y) {
+        if (x.hash != y.hash) return x.hash < y.hash;
+        if (x.table != y.table) return x.table < y.table;
+        if (x.time != y.time) return x.time < y.time;
+        return x.tag < y.tag;
+      });
+      std::string_view key_of_group;
+      for (size_t s = 0; s < steps.size(); ++s) {
+        const Step& step = steps[s];
+        const bool is_read = (step.tag & kRead) != 0;
+        const size_t at = static_cast<size_t>(step.tag & ~kRead);
+        const std::string_view key = is_read ? std::string_view(spine.rows[at].key) : data.events[at].key;
+        if (s == 0 || step.hash != steps[s - 1].hash || step.table != steps[s - 1].table) {
+          replay.begin_key();
+          key_of_group = key;
+        } else if (key != key_of_group) {
+          throw NotByKey{"two keys of one 64-bit hash"};  // their steps would interleave
+        }
+        if (is_read) {
+          answer(replay, spine.rows[at], rows, a.results[at], &a.found);
+        } else {
+          replay.apply_decoded(data.events[at]);
+          ++applied;
+        }
+      }
+      // The group's records are parsed again into `data` next: apply what
+      // still points into them.
+      replay.flush();
+    }
+    // A refusal depends on what the other keys hold at that moment, which
+    // differs between the orders.
+    if (replay.counters().refused > 0) throw NotByKey{"the writer refused events (table or aggregate arena full)"};
+    reporter.progress([&] { return fmt::format("run {} of {}: {} updates applied", r + 1, runs_k, applied); });
+  }
+  a.how = fmt::format("key by key, {} run{}", runs_k, runs_k == 1 ? "" : "s");
+  return a;
+}
+
 int run(const Options& o) {
-  const auto started = std::chrono::steady_clock::now();
   larder::offline::EngineOptions eo;
   eo.scratch_dir = o.scratch_dir;
   {
@@ -938,6 +1373,8 @@ int run(const Options& o) {
     eo.partition = i;
     eo.partitions = n;
   }
+  if (o.order != "key" && o.order != "arrival") throw UsageError(fmt::format("--order {}: say key or arrival", o.order));
+  parse_size(o.memory, "--memory");
   std::unique_ptr<Engine> engine;
   try {
     engine = Engine::open(o.config, eo);
@@ -954,104 +1391,46 @@ int run(const Options& o) {
     throw UsageError(fmt::format("--table {}: not in the config", o.table));
   }
 
-  // The spine, whole, in the partition, read in time order (stable).
+  // The spine, whole, in the partition.
   Spine spine = read_spine(o.spine, common);
   const size_t spine_total = spine.rows.size();
   std::erase_if(spine.rows, [&](const SpineRow& r) { return !engine->in_partition(r.key); });
-  std::vector<size_t> order(spine.rows.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return spine.rows[a].at_ms < spine.rows[b].at_ms; });
   std::vector<uint8_t> spine_tables(engine->schema().tables.size(), 0);
   for (const SpineRow& r : spine.rows) spine_tables[r.table] = 1;
 
-  std::unique_ptr<Replay> replay = engine->start();
-  std::vector<std::unique_ptr<EventSource>> sources;
-  for (const std::string& path : o.events) {
-    if (format_of(path) == Format::kCsv) {
-      sources.push_back(std::make_unique<CsvEvents>(path, common, replay->builder()));
-    } else {
-      sources.push_back(std::make_unique<JsonlEvents>(path, common));
+  Reporter reporter(o);
+  Answers a;
+  if (o.order == "key") {
+    try {
+      a = replay_by_key(o, *engine, common, spine, reporter);
+    } catch (const NotByKey& e) {
+      a = Answers();  // the scratch segment and the run files go first
+      a.how = fmt::format("in arrival order ({})", e.why);
     }
+  } else {
+    a.how = "in arrival order (--order arrival)";
   }
-  std::priority_queue<std::pair<int64_t, size_t>, std::vector<std::pair<int64_t, size_t>>, SourceOrder> heads;
-  for (size_t s = 0; s < sources.size(); ++s) {
-    if (sources[s]->advance()) heads.emplace(sources[s]->current().arrival_ms, s);
+  if (a.replay == nullptr) {
+    std::string how = std::move(a.how);
+    a = replay_arrival(o, *engine, common, spine, reporter);
+    a.how = std::move(how);
   }
+  reporter.end_progress();
 
-  const bool progress = !o.quiet && isatty(STDERR_FILENO);
-  auto last_progress = std::chrono::steady_clock::now();
-  uint64_t read = 0, shown = 0;
-  auto elapsed_s = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(); };
-  // Applies every event that arrived at or before `until`.
-  auto apply_until = [&](int64_t until) {
-    while (!heads.empty() && heads.top().first <= until) {
-      const size_t s = heads.top().second;
-      heads.pop();
-      EventSource& src = *sources[s];
-      ++read;
-      if (!src.skipped()) {
-        const larder::sidecar::DecodeResult r = src.apply(*replay);
-        if (!r.ok) {
-          const std::string what = fmt::format("{}:{}: {}: {}", src.path(), src.current().line,
-                                               larder::sidecar::reject_reason_name(r.reason), r.detail);
-          if (o.strict) throw InputError(what + " (--strict)");
-          if (shown++ < o.show_rejections) {
-            if (progress) std::fputc('\n', stderr);
-            std::fprintf(stderr, "larder-backfill: refused %s\n", what.c_str());
-          }
-        }
-      }
-      if (src.advance()) heads.emplace(src.current().arrival_ms, s);
-      if (progress && (read & 0xffff) == 0) {
-        const auto now = std::chrono::steady_clock::now();
-        if (now - last_progress >= std::chrono::seconds(1)) {
-          last_progress = now;
-          const double t = elapsed_s();
-          std::fprintf(stderr, "\rlarder-backfill: %llu events, %.0f/s, %s   ", static_cast<unsigned long long>(read),
-                       read / t,
-                       larder::sidecar::format_rfc3339_ms(std::max<int64_t>(0, src.current().arrival_ms)).c_str());
-        }
-      }
-    }
-  };
+  write_output(o.out, spine, a.results, *a.replay, spine_tables);
 
-  std::vector<Result> results(spine.rows.size());
-  std::vector<larder::Row> rows;
-  for (size_t t = 0; t < engine->schema().tables.size(); ++t) rows.push_back(replay->table(t).make_row());
-  uint64_t found = 0;
-  for (size_t i : order) {
-    const SpineRow& sr = spine.rows[i];
-    apply_until(sr.at_ms);
-    larder::Row& row = rows[sr.table];
-    Result& res = results[i];
-    res.read = replay->read(sr.table, sr.key, sr.at_ms, row);
-    if (res.read.found()) {
-      ++found;
-      const size_t words = replay->table(sr.table).row_words();
-      res.row.assign(row.data(), row.data() + words);
-    }
-  }
-  // The events after the last spine instant change no answer, but are read:
-  // the summary counts them and a malformed line is still an error.
-  apply_until(INT64_MAX);
-  replay->flush();
-  if (progress) std::fputc('\n', stderr);
-
-  write_output(o.out, spine, results, *replay, spine_tables);
-
-  const larder::offline::ReplayCounters& c = replay->counters();
-  const double t = elapsed_s();
+  const larder::offline::ReplayCounters& c = a.replay->counters();
+  const double t = reporter.elapsed_s();
   std::fprintf(stderr,
                "larder-backfill: %llu events read (%llu in partition %s: %llu applied, %llu stale, %llu duplicates, "
                "%llu late, %llu refused by the decoder, %llu by the writer); %zu of %zu spine rows (%llu found) "
-               "in %.2f s, %.0f events/s\n",
-               static_cast<unsigned long long>(read), static_cast<unsigned long long>(c.events + c.rejected),
+               "in %.2f s, %.0f events/s, replayed %s\n",
+               static_cast<unsigned long long>(a.read), static_cast<unsigned long long>(c.events + c.rejected),
                o.partition.c_str(), static_cast<unsigned long long>(c.applied),
                static_cast<unsigned long long>(c.stale), static_cast<unsigned long long>(c.duplicates),
                static_cast<unsigned long long>(c.late), static_cast<unsigned long long>(c.rejected),
                static_cast<unsigned long long>(c.refused), spine.rows.size(), spine_total,
-               static_cast<unsigned long long>(found), t, read / std::max(t, 1e-9));
+               static_cast<unsigned long long>(a.found), t, a.read / std::max(t, 1e-9), a.how.c_str());
   if (o.strict && c.refused > 0) {
     throw InputError(fmt::format("the writer refused {} events (table or aggregate arena full; --strict)", c.refused));
   }
@@ -1077,6 +1456,8 @@ int main(int argc, char** argv) {
             JSON Lines, integer arrival_time:
               jq -r '[.arrival_time, tojson] | @tsv' ev.jsonl | sort -n -s -k1,1 | cut -f2- > sorted.jsonl
           (sort -s keeps the file's order among equal times; set LC_ALL=C for speed.)
+          Replayed key by key from run files under --temp-dir (about twice the CSV's size),
+          or with --order arrival as they come; the frame is the same.
   spine   .csv or .jsonl with key, timestamp (ms or RFC 3339), optional table, and any other
           columns, copied to the output. Read whole and sorted by timestamp; written in its order.
   out     .csv or .jsonl: the spine's columns, each field of its table(s) (empty / null when not
@@ -1096,6 +1477,17 @@ Exit: 0 done, 1 bad input (file:line), 2 bad usage or config.)");
   app.add_option("--table", o.table, "the table of files without a \"table\" column (default: the config's only one)");
   app.add_option("--scratch-dir", o.scratch_dir,
                  "where the scratch segment goes (default $TMPDIR, else /tmp; a tmpfs such as /dev/shm is fastest)");
+  app.add_option("--order", o.order,
+                 "key: replay key by key from run files (the default; falls back to arrival order where that could "
+                 "answer otherwise); arrival: in arrival order, the reference")
+      ->capture_default_str();
+  app.add_option("--temp-dir", o.temp_dir,
+                 "where the key-by-key replay writes its run files, in a directory of its own (default $TMPDIR, "
+                 "else /tmp)");
+  app.add_option("--memory", o.memory,
+                 "the memory one run of the key-by-key replay may take when read back (K, M, G); the run files "
+                 "are as many as the input needs for that")
+      ->capture_default_str();
   app.add_flag("--strict", o.strict, "an event the decoder or writer refuses is an error (default: counted, skipped)");
   app.add_flag("--quiet", o.quiet, "no progress line");
   try {

@@ -212,24 +212,38 @@ void Replay::commit_batch(int64_t arrival_ms) {
   ++queued_;
 }
 
-sidecar::DecodeResult Replay::apply_json(std::string_view body, int64_t arrival_ms) {
-  sidecar::DecodedBatch& batch = next_batch();
-  sidecar::DecodeResult r = decoder_->decode(body, batch, arrival_ms >= 0 ? arrival_ms : kNoFutureMs);
+sidecar::DecodeResult Replay::decode_json(std::string_view body, int64_t* arrival_ms, sidecar::DecodedBatch& batch) {
+  sidecar::DecodeResult r = decoder_->decode(body, batch, *arrival_ms >= 0 ? *arrival_ms : kNoFutureMs);
   if (!r.ok) {
     ++counters_.rejected;
     return r;
   }
-  if (arrival_ms < 0) {
-    arrival_ms = 0;
+  if (*arrival_ms < 0) {
+    int64_t newest = 0;
     bool unpin = false;
     for (size_t i = 0; i < batch.size(); ++i) {
-      arrival_ms = std::max(arrival_ms, batch.update(i).event_time_ms);
+      newest = std::max(newest, batch.update(i).event_time_ms);
       unpin |= batch.update(i).op == sidecar::UpdateOp::kUnpin;
     }
+    *arrival_ms = newest;
     // An unpin's bound is the decoder's clock plus max_future_skew: decode
     // it again with the clock at its arrival.
-    if (unpin) r = decoder_->decode(body, batch, arrival_ms);
+    if (unpin) r = decoder_->decode(body, batch, newest);
   }
+  return r;
+}
+
+sidecar::DecodeResult Replay::decode_built(int64_t now_ms, void (*walk)(void* ctx), void* ctx,
+                                           sidecar::DecodedBatch& batch) {
+  sidecar::DecodeResult r = builder_->run(batch, now_ms, sidecar::RejectReason::kInternal, walk, ctx);
+  if (!r.ok) ++counters_.rejected;
+  return r;
+}
+
+sidecar::DecodeResult Replay::apply_json(std::string_view body, int64_t arrival_ms) {
+  sidecar::DecodedBatch& batch = next_batch();
+  sidecar::DecodeResult r = decode_json(body, &arrival_ms, batch);
+  if (!r.ok) return r;
   note_arrival(arrival_ms);
   commit_batch(arrival_ms);
   return r;
@@ -237,37 +251,63 @@ sidecar::DecodeResult Replay::apply_json(std::string_view body, int64_t arrival_
 
 sidecar::DecodeResult Replay::apply_built(int64_t arrival_ms, int64_t now_ms, void (*walk)(void* ctx), void* ctx) {
   sidecar::DecodedBatch& batch = next_batch();
-  sidecar::DecodeResult r = builder_->run(batch, now_ms, sidecar::RejectReason::kInternal, walk, ctx);
-  if (!r.ok) {
-    ++counters_.rejected;
-    return r;
-  }
+  sidecar::DecodeResult r = decode_built(now_ms, walk, ctx, batch);
+  if (!r.ok) return r;
   note_arrival(arrival_ms);
   commit_batch(arrival_ms);
   return r;
 }
 
+void Replay::apply_decoded(const DecodedEvent& e) {
+  if (queued_ > 0) flush();  // in order: what was queued first
+  note_arrival(e.arrival_ms);
+  if (!table_enabled_.at(e.table)) return;
+  ++counters_.events;
+  const int64_t ns = clock_ns(e.arrival_ms);
+  if (e.op == sidecar::UpdateOp::kUpsert) {
+    Upsert up;
+    up.table = e.table;
+    up.key = e.key;
+    up.event_time_ms = e.event_time_ms;
+    up.values = e.values;
+    up.sources = e.sources;
+    up.event_id = e.event_id;
+    up.apply_unix_ns = ns;
+    run_.push_back(up);
+    if (run_.size() >= kQueue * 4) drain_run();  // as a flush of a full queue would
+    return;
+  }
+  drain_run();  // in order: the upserts before this delete
+  if (e.op == sidecar::UpdateOp::kDelete) {
+    tally(writer_->remove(e.table, e.key, e.event_time_ms, ns));
+  } else {
+    tally(writer_->unpin(e.table, e.key, e.event_time_ms, e.pinned_after_ms, ns));
+  }
+}
+
+void Replay::tally(ApplyResult r) noexcept {
+  switch (r) {
+    case ApplyResult::kApplied: ++counters_.applied; break;
+    case ApplyResult::kStale: ++counters_.stale; break;
+    case ApplyResult::kDuplicate: ++counters_.duplicates; break;
+    case ApplyResult::kLate: ++counters_.late; break;
+    case ApplyResult::kTableFull:
+    case ApplyResult::kArenaFull:
+    case ApplyResult::kInvalid: ++counters_.refused; break;
+  }
+}
+
+void Replay::drain_run() {
+  if (run_.empty()) return;
+  results_.resize(run_.size());
+  // Each update carries its own clock; the batch's is the newest, for the
+  // prefetches' guesses.
+  writer_->upsert_many(run_, results_, run_.back().apply_unix_ns);
+  for (ApplyResult r : results_) tally(r);
+  run_.clear();
+}
+
 void Replay::flush() {
-  auto tally = [&](ApplyResult r) {
-    switch (r) {
-      case ApplyResult::kApplied: ++counters_.applied; break;
-      case ApplyResult::kStale: ++counters_.stale; break;
-      case ApplyResult::kDuplicate: ++counters_.duplicates; break;
-      case ApplyResult::kLate: ++counters_.late; break;
-      case ApplyResult::kTableFull:
-      case ApplyResult::kArenaFull:
-      case ApplyResult::kInvalid: ++counters_.refused; break;
-    }
-  };
-  auto drain = [&] {
-    if (run_.empty()) return;
-    results_.resize(run_.size());
-    // Each update carries its own clock; the batch's is the newest, for the
-    // prefetches' guesses.
-    writer_->upsert_many(run_, results_, run_.back().apply_unix_ns);
-    for (ApplyResult r : results_) tally(r);
-    run_.clear();
-  };
   for (size_t q = 0; q < queued_; ++q) {
     const sidecar::DecodedBatch& batch = queue_[q];
     const int64_t ns = clock_ns(queue_arrival_[q]);
@@ -292,7 +332,7 @@ void Replay::flush() {
         run_.push_back(up);
         continue;
       }
-      drain();  // in order: the upserts before this delete
+      drain_run();  // in order: the upserts before this delete
       if (u.op == sidecar::UpdateOp::kDelete) {
         tally(writer_->remove(u.table, key, u.event_time_ms, ns));
       } else {
@@ -300,7 +340,7 @@ void Replay::flush() {
       }
     }
   }
-  drain();
+  drain_run();
   since_refresh_ += queued_;
   if (engine_.options().refresh_all_keys && queued_ > 0 && since_refresh_ >= kRefreshEvery) {
     // A refresh at the replay's clock (the last arrival) every

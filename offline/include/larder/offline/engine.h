@@ -133,6 +133,36 @@ class Replay {
   sidecar::DecodeResult apply_built(int64_t arrival_ms, int64_t now_ms, void (*walk)(void* ctx), void* ctx);
   sidecar::UpdateBuilder& builder() noexcept { return *builder_; }
 
+  // --- Decoding apart from applying: larder-backfill's key-by-key replay
+  // decodes each message once, in arrival order, stores its updates in run
+  // files, and applies them later, key by key (apply_decoded). As
+  // apply_json / apply_built, but into `batch`: nothing is queued or
+  // applied; a refused message is counted (rejected). decode_json:
+  // *arrival_ms < 0 is set to the newest event time of the updates.
+  sidecar::DecodeResult decode_json(std::string_view body, int64_t* arrival_ms, sidecar::DecodedBatch& batch);
+  sidecar::DecodeResult decode_built(int64_t now_ms, void (*walk)(void* ctx), void* ctx,
+                                     sidecar::DecodedBatch& batch);
+
+  // One update decoded before (decode_json, decode_built), in partition.
+  struct DecodedEvent {
+    int64_t arrival_ms = 0;
+    uint32_t table = 0;
+    sidecar::UpdateOp op = sidecar::UpdateOp::kUpsert;
+    std::string_view key;
+    int64_t event_time_ms = 0;
+    int64_t pinned_after_ms = 0;  // kUnpin
+    uint64_t event_id = 0;
+    std::span<const FieldValue> values;
+    std::span<const SourceValue> sources;
+  };
+  // Applies `e` at its arrival as flush() applies a queued update (counted
+  // the same way). Upserts are held in a run, applied at the next read(),
+  // flush() or delete: the key, values and sources they point to must stay
+  // valid until then.
+  void apply_decoded(const DecodedEvent& e);
+  // An update the caller left out: its key is outside the partition.
+  void note_skipped() noexcept { ++counters_.skipped; }
+
   // --- Key by key. Events of different keys do not interact in the
   // writer (each update's clock is its own arrival, tombstones are kept,
   // the table has room for every key), except through the dedup set, whose
@@ -168,6 +198,8 @@ class Replay {
   sidecar::DecodedBatch& next_batch();
   void commit_batch(int64_t arrival_ms);
   void note_arrival(int64_t arrival_ms);
+  void tally(ApplyResult r) noexcept;
+  void drain_run();
 
   const Engine& engine_;
   std::string dir_;
