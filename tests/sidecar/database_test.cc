@@ -380,6 +380,55 @@ TEST_F(DatabaseSourceTest, DatabaseRestartIsRidden) {
   EXPECT_EQ(sidecar_->stop(), 0);
 }
 
+// An integer key column keys each row by its decimal text. The keys have 19
+// digits, so their text is longer than a std::string keeps inline.
+TEST_F(DatabaseSourceTest, AnIntegerKeyColumnKeysRowsByItsDecimalText) {
+  constexpr int64_t kBase = 1'234'567'890'123'456'789;
+  constexpr int kRows = 200;
+  std::string sql = fmt::format("INSERT INTO {} (k, n, x, updated_at) VALUES ", table_);
+  for (int i = 0; i < kRows; ++i) {
+    sql += fmt::format("{}('k{}', {}, {}, timestamptz '2026-01-01 00:00:00+00' + interval '{} milliseconds')",
+                       i == 0 ? "" : ",", i, kBase - i, i * 0.5, i);
+  }
+  db_->query(sql);
+  std::string yaml = config();
+  yaml.replace(yaml.find("key: k\n"), 7, "key: n\n");
+  start(yaml);
+  std::string last;
+  const bool matched = wait_until(
+      [&] {
+        Segment seg;
+        try {
+          seg = Segment::open(name_);
+        } catch (const Error& e) {
+          last = e.what();
+          return false;
+        }
+        const Table users = seg.table("users");
+        const Field x = users.field("x");
+        Row row = users.make_row();
+        for (int i = 0; i < kRows; ++i) {
+          const std::string key = std::to_string(kBase - i);
+          if (users.get(key, row).status != Status::kOk) {
+            last = key + " is missing";
+            return false;
+          }
+          if (row.f64(x) != i * 0.5) {
+            last = fmt::format("{}: x is {}, not {}", key, row.f64(x), i * 0.5);
+            return false;
+          }
+        }
+        if (users.stats().live_keys != kRows) {
+          last = fmt::format("{} keys, not {}", users.stats().live_keys, kRows);
+          return false;
+        }
+        return true;
+      },
+      60s);
+  EXPECT_TRUE(matched) << last;
+  EXPECT_EQ(sidecar_->stop(), 0);
+}
+
 // Bad configurations against the real server fail at start with the key
 // path and the reason, exit code 2.
 TEST_F(DatabaseSourceTest, BadColumnTypeUnknownColumnAndUnreachableServerFailAtStart) {
