@@ -64,6 +64,7 @@
 // thread runs pager.cc only.
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -260,8 +261,9 @@ constexpr size_t kFollowAhead = 8;
 // The paced switch_step(): the copy (pass 1 and the sweep) takes this share
 // of the writer thread's CPU time, so updates keep the rest; after a pause
 // with no update, half of the time the thread was not running (it waited
-// for messages). A thread that applied updates and still was not running
-// was preempted, not idle: that time is not the copy's. The share is kept
+// for messages). A thread that applied updates, or did not wait (no
+// voluntary context switch), and still was not running was preempted, not
+// idle: that time is not the copy's. The share is kept
 // as a balance (Switch::credit_ns): what the thread's time since the last
 // step allows, less what each step spent, so a step that spent more leaves
 // the next ones less. The follow log is not the copy's: it is the updates'
@@ -285,6 +287,13 @@ constexpr uint64_t kMarkSlots = 8;
 constexpr uint64_t kSweepWordsPerUnit = 16;
 // The copy's cost per slot before the first slice measured it.
 constexpr double kFirstNsPerSlot = 500;
+
+// Times this thread gave up the CPU to wait (a read, a futex, a sleep).
+int64_t thread_waits() {
+  rusage u{};
+  ::getrusage(RUSAGE_THREAD, &u);
+  return u.ru_nvcsw;
+}
 
 int64_t thread_cpu_ns() {
   timespec ts{};
@@ -403,6 +412,7 @@ struct Writer::Impl::Switch {
   int64_t step_end_mono_ns = 0;
   int64_t step_end_cpu_ns = 0;
   uint64_t step_end_updates = 0;  // the header's updates_applied then
+  int64_t step_end_waits = 0;     // this thread's voluntary context switches then
   double ns_per_slot = kFirstNsPerSlot;  // per unit: a slot of pass 1, a row of the sweep
   double credit_ns = 0;  // the copy's time the share allows and it has not spent (< 0: overspent)
   int64_t copy_ns = 0;   // this thread's CPU time on pass 1 and the sweep
@@ -689,6 +699,7 @@ void Writer::Impl::start_switch(const Schema& next) {
   sw->step_end_mono_ns = sw->started_mono_ns;
   sw->step_end_cpu_ns = thread_cpu_ns();
   sw->step_end_updates = sync::load_relaxed(w.header->updates_applied);
+  sw->step_end_waits = thread_waits();
   sw->file_base = base;
   // N+1's pages, front to back, on the pager's thread; into 2 MiB pages
   // where the writer's huge-page policy collapses the segment's own
@@ -727,8 +738,12 @@ uint64_t Writer::Impl::paced_budget(int64_t now_mono, int64_t now_cpu, int64_t d
   Switch& sw = *next_gen;
   const auto busy = static_cast<double>(std::max<int64_t>(0, now_cpu - drain_ns - sw.step_end_cpu_ns));
   const auto wall = static_cast<double>(std::max<int64_t>(0, now_mono - drain_ns - sw.step_end_mono_ns));
+  // Idle: no update applied and the thread waited (a voluntary context
+  // switch: it slept on its messages). Otherwise the time it was not running
+  // was taken by other threads (a loaded machine), not the writer's to give.
   const bool updated = sync::load_relaxed(header->updates_applied) != sw.step_end_updates;
-  const double idle = updated ? 0.0 : std::max(0.0, wall - busy);
+  const bool waited = thread_waits() != sw.step_end_waits;
+  const double idle = updated || !waited ? 0.0 : std::max(0.0, wall - busy);
   const double per_unit = std::max(sw.ns_per_slot, 1.0);
   // A long pause earns no more than one full step: the balance is not a
   // store of copying to spend later in a burst.
@@ -792,6 +807,7 @@ bool Writer::Impl::step(uint64_t slot_budget, bool paced) {
   sw.step_end_mono_ns = now_mono_ns();
   sw.step_end_cpu_ns = cpu2;
   sw.step_end_updates = sync::load_relaxed(w.header->updates_applied);
+  sw.step_end_waits = thread_waits();
   writer::crash_point(CrashPoint::kSwitch);
   if (sw.walking < w.tables.size()) return false;
   w.publish_next();
