@@ -451,10 +451,11 @@ class Writer {
   // switch_step() paced to the writer's own work: the copy takes 8% of this
   // thread's CPU time (so updates keep 92% while they come back to back),
   // plus half of the time it was not running when no update was applied
-  // meanwhile (idle between messages), at least 16 slots a step so that a
-  // switch always ends; the rows updates logged behind the copy are copied
-  // first, on top of that share (docs/design.md, "Generations"). Call it
-  // between updates as often as convenient: after each bulk of messages.
+  // meanwhile and it waited (idle between messages), at least 16 slots a
+  // step so that a switch always ends; the rows updates logged behind the
+  // copy are copied first, on top of that share (docs/design.md,
+  // "Generations"). Call it between updates as often as convenient: after
+  // each bulk of messages.
   bool switch_step();
   // begin_switch() and switch_step() until published.
   void switch_now(const layout::Schema& next);
