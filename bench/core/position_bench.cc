@@ -36,7 +36,11 @@
 //                              larger (then back): a generation switch of the
 //                              whole segment with no update meanwhile (items:
 //                              rows copied; bytes: the current generation's
-//                              size). Compare its bytes/s with memcpy.
+//                              size). Compare its bytes/s with memcpy;
+//                              counter vs_memcpy: the switch's bytes/s over
+//                              a memcpy of the same bytes between two
+//                              buffers touched beforehand, timed in the same
+//                              run (best of 3).
 //   upsert/switching/<keys>    upsert/plain while a generation switch runs:
 //                              every update also copies its row again when the
 //                              copy has passed it. The copy's slices (4,096
@@ -49,6 +53,24 @@
 //                              included, against upsert/plain (counters:
 //                              switches published, copy_share of the
 //                              thread's CPU time spent in switch_step).
+//   apply_ratio/<keys>         the writer's apply rate over a whole paced
+//                              switch against its rate with no switch, in
+//                              one row. Each iteration: upserts as
+//                              upsert/plain (its thread's CPU time), then a
+//                              switch from begin_switch to its publish with
+//                              the same upserts back to back and
+//                              switch_step() (paced) after every 256, then
+//                              plain upserts again. Counters: ratio (updates
+//                              per CPU second during the switch, copy
+//                              included, over those of the plain parts;
+//                              the goal is >= 0.9), step_share (the share
+//                              of the switch's CPU time in switch_step),
+//                              copy_share and follow_share (the parts of it
+//                              on the copy, paced at 8%, and on the follow
+//                              log: SwitchProgress), switch_s (the switch's
+//                              CPU time, start to publish: the pace the
+//                              copy ran at) and updates (applied during the
+//                              switch).
 //   read/alone/<keys>          Table::get (the client) of random present keys,
 //                              each get timed on its own (TSC): p50_ns,
 //                              p99_ns, p999_ns. Nothing else runs.
@@ -74,7 +96,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -316,11 +340,23 @@ layout::Schema next_capacity(const Filled& f, uint64_t n) {
 void BM_Switch(benchmark::State& state) {
   const uint64_t n = image_keys();
   Filled& f = filled(n);
+  const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) f.writer->switch_now(next_capacity(f, n));
+  const double switch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::vector<unsigned char> image;
   f.writer->copy_image(&image);
+  // The floor in the same run: memcpy of the same bytes, best of 3.
+  std::vector<unsigned char> to(image.size(), 1);
+  double memcpy_s = 1e9;
+  for (int r = 0; r < 3; ++r) {
+    const auto m0 = std::chrono::steady_clock::now();
+    std::memcpy(to.data(), image.data(), image.size());
+    benchmark::ClobberMemory();
+    memcpy_s = std::min(memcpy_s, std::chrono::duration<double>(std::chrono::steady_clock::now() - m0).count());
+  }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * n));
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * image.size()));
+  state.counters["vs_memcpy"] = memcpy_s * static_cast<double>(state.iterations()) / switch_s;
 }
 BENCHMARK(BM_Switch)->Name("switch")->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -393,6 +429,61 @@ void BM_UpsertPacedSwitch(benchmark::State& state) {
   state.counters["copy_share"] = cpu > 0 ? static_cast<double>(step_ns) / static_cast<double>(cpu) : 0;
 }
 BENCHMARK(BM_UpsertPacedSwitch)->Name("upsert/paced_switch")->Arg(10'000)->Arg(1'000'000);
+
+void BM_ApplyRatio(benchmark::State& state) {
+  const uint64_t n = static_cast<uint64_t>(state.range(0));
+  Filled& f = filled(n);
+  std::mt19937_64 rng(5);
+  std::vector<uint32_t> order(1 << 16);
+  for (uint32_t& i : order) i = static_cast<uint32_t>(rng() % f.keys.size());
+  static int64_t t = int64_t{3} << 40;
+  size_t i = 0;
+  auto upsert = [&] {
+    ++t;
+    const FieldValue v[] = {FieldValue::int64(0, t), FieldValue::int64(1, t + 1), FieldValue::float64(2, 0.5),
+                            FieldValue::float64(3, 1.5)};
+    benchmark::DoNotOptimize(f.writer->upsert(0, f.keys[order[i++ & 0xffff]], t, v, t * 1'000'000));
+  };
+  // Plain upserts: half before the switch, half after, so a drift of the
+  // machine's load over the iteration weighs on both sides alike.
+  const uint64_t plain_half = std::max<uint64_t>(n / 2, 65'536);
+  double plain_ns = 0, switch_ns = 0, step_ns = 0, copy_ns = 0, follow_ns = 0;
+  uint64_t plain = 0, during = 0;
+  auto run_plain = [&] {
+    const int64_t c0 = thread_cpu_ns();
+    for (uint64_t k = 0; k < plain_half; ++k) upsert();
+    plain_ns += static_cast<double>(thread_cpu_ns() - c0);
+    plain += plain_half;
+  };
+  for (auto _ : state) {
+    run_plain();
+    const int64_t c0 = thread_cpu_ns();
+    f.writer->begin_switch(next_capacity(f, n));
+    bool done = false;
+    SwitchProgress p;
+    while (!done) {
+      for (int k = 0; k < 256; ++k) upsert();
+      during += 256;
+      const int64_t s0 = thread_cpu_ns();
+      done = f.writer->switch_step();
+      step_ns += static_cast<double>(thread_cpu_ns() - s0);
+      if (!done) p = f.writer->switch_progress();  // the last before publish
+    }
+    switch_ns += static_cast<double>(thread_cpu_ns() - c0);
+    copy_ns += static_cast<double>(p.copy_cpu_ns);
+    follow_ns += static_cast<double>(p.follow_cpu_ns);
+    run_plain();
+  }
+  const double plain_rate = static_cast<double>(plain) / plain_ns;
+  const double switch_rate = static_cast<double>(during) / switch_ns;
+  state.counters["ratio"] = switch_rate / plain_rate;
+  state.counters["step_share"] = step_ns / switch_ns;
+  state.counters["copy_share"] = copy_ns / switch_ns;
+  state.counters["follow_share"] = follow_ns / switch_ns;
+  state.counters["switch_s"] = switch_ns / 1e9 / static_cast<double>(state.iterations());
+  state.counters["updates"] = static_cast<double>(during) / static_cast<double>(state.iterations());
+}
+BENCHMARK(BM_ApplyRatio)->Name("apply_ratio")->Arg(1'000'000)->Iterations(2)->Unit(benchmark::kMillisecond);
 
 // Reads of random present keys through the client while another thread
 // does `background` with the writer: 0 nothing, 1 upserts, 2 generation

@@ -7,16 +7,32 @@
 // their whole crash-safety protocol; N+1 is nobody's but this thread's until
 // it is published, so its slots are written with plain relaxed stores, no
 // seqlock, no undo copy. An update of a key whose slot the copy has already
-// passed copies that row again (switch_follow), so when the copy reaches the
-// end N+1 holds every row of N as N holds it. For a table without
-// aggregates the row's words are logged right after the update and copied
-// at the start of the next step, in the order they were logged and before
-// the copy moves on, so the copies happen in the same order as if each were
-// made at its update (a key whose slot was reused by another key was
-// logged before the reuse); the next step takes them in a batch with their
-// slots of N+1 prefetched, where one at a time each would stall its update
-// on a cache miss. A table with aggregates copies at once (the state block
-// and rings are not in the row's words).
+// passed copies that row again (switch_follow), so when the copy is done
+// N+1 holds every row of N as N holds it. For a table without aggregates
+// the copy of each table makes two passes:
+//  1. The copy: every slot of N, in order. A row the copy has passed that
+//     is updated and still live is only marked (a bit per kMarkSlots slots
+//     of N, so the marks stay in cache): the pass does not copy it again at
+//     each update.
+//  2. The sweep: the marked slots, in order, each copied as it is then. A
+//     row behind the sweep that is updated is logged (below); one ahead of
+//     it is marked, and the sweep takes it. When the sweep reaches the end
+//     the table is done.
+// A slot copied as N holds it when the sweep comes holds its key's newest
+// state (a key never moves), so copying any slot, marked or only beside one
+// that is, is right; what a mark must not lose is a state the slot held
+// before it went to another key. A slot only goes to another key after it
+// was a tombstone, and a row that becomes a tombstone is never only marked:
+// it is logged. Logged rows (a
+// tombstone, or any row behind the sweep) have their words copied into the
+// log right after the update and are copied into N+1 at the start of the
+// next step, in the order they were logged and before the copy or sweep
+// moves on, so they land as if each were copied at its update, and before
+// any later state of the same slot the sweep reads. The log is taken in a
+// batch with the rows' slots of N+1 prefetched; the sweep reads N and
+// writes N+1 about in order, as pass 1 does, and takes a row updated many
+// times once. A table with aggregates copies a passed row at its update
+// (the state block and rings are not in the row's words): no sweep.
 //
 // The page work is not the writer thread's: a thread of its own (pager.h)
 // populates N+1's pages ahead of the copy and unmaps the retired generation
@@ -48,6 +64,7 @@
 // thread runs pager.cc only.
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -241,18 +258,42 @@ constexpr size_t kFollowLogWords = size_t{1} << 17;
 // Logged rows ahead of the one being copied whose N+1 slots are prefetched.
 constexpr size_t kFollowAhead = 8;
 
-// The paced switch_step(): the copy (with the follow log) takes at most this
-// share of the writer thread's CPU time, so updates keep the rest; after a
-// pause with no update, half of the time the thread was not running (it
-// waited for messages). A thread that applied updates and still was not
-// running was preempted, not idle: that time is not the copy's. At least
-// kPacedMinSlots per step, so a switch always finishes, at most
+// The paced switch_step(): the copy (pass 1 and the sweep) takes this share
+// of the writer thread's CPU time, so updates keep the rest; after a pause
+// with no update, half of the time the thread was not running (it waited
+// for messages). A thread that applied updates, or did not wait (no
+// voluntary context switch), and still was not running was preempted, not
+// idle: that time is not the copy's. The share is kept
+// as a balance (Switch::credit_ns): what the thread's time since the last
+// step allows, less what each step spent, so a step that spent more leaves
+// the next ones less. The follow log is not the copy's: it is the updates'
+// own copies, deferred from their path to the step, and is counted with
+// them (charging it to the share would starve the copy while most updates
+// land behind it, and stretch the switch). So the copy's pace is known: a
+// saturated writer finishes a table of S slots in about (S + the marked
+// slots) × ns_per_slot / kSwitchShare of its time, an idle one in twice
+// that of wall time. At least kPacedMinSlots units a step (a unit: a slot of
+// pass 1 or of the sweep), taken from the balance too, so that a caller
+// stepping with nothing between still ends the switch, and at most
 // kPacedMaxSlots, so a step stays short.
 constexpr double kSwitchShare = 0.08;
-constexpr uint64_t kPacedMinSlots = 64;
+constexpr uint64_t kPacedMinSlots = 16;
 constexpr uint64_t kPacedMaxSlots = uint64_t{1} << 18;
+// Slots of N per mark bit: 8 slots of a table of 1.3 million take a 20 KiB
+// bitmap, which an update reads and writes at random.
+constexpr uint64_t kMarkSlots = 8;
+// A sweep's scan of a word of marks counts as this fraction of a unit: a
+// unit is a slot copied.
+constexpr uint64_t kSweepWordsPerUnit = 16;
 // The copy's cost per slot before the first slice measured it.
 constexpr double kFirstNsPerSlot = 500;
+
+// Times this thread gave up the CPU to wait (a read, a futex, a sleep).
+int64_t thread_waits() {
+  rusage u{};
+  ::getrusage(RUSAGE_THREAD, &u);
+  return u.ru_nvcsw;
+}
 
 int64_t thread_cpu_ns() {
   timespec ts{};
@@ -348,6 +389,12 @@ struct Writer::Impl::Switch {
 
   std::vector<int> to_of;          // each table of N: its table in N+1, -1 when dropped
   std::vector<uint64_t> cursor;    // each table of N: its slots below this are copied
+  // Each table of N without aggregates: a bit per kMarkSlots slots, the
+  // rows to copy again at the sweep (the copy passed them, an update
+  // changed them), and the sweep's place (pass 2): its slots below this are
+  // swept.
+  std::vector<std::vector<uint64_t>> marked;
+  std::vector<uint64_t> swept;
   uint32_t walking = 0;            // the table of N the copy is in
   std::vector<uint64_t> from_img;  // a slot of N, then one of N+1, as words
   std::vector<uint64_t> to_img;
@@ -365,7 +412,11 @@ struct Writer::Impl::Switch {
   int64_t step_end_mono_ns = 0;
   int64_t step_end_cpu_ns = 0;
   uint64_t step_end_updates = 0;  // the header's updates_applied then
-  double ns_per_slot = kFirstNsPerSlot;
+  int64_t step_end_waits = 0;     // this thread's voluntary context switches then
+  double ns_per_slot = kFirstNsPerSlot;  // per unit: a slot of pass 1, a row of the sweep
+  double credit_ns = 0;  // the copy's time the share allows and it has not spent (< 0: overspent)
+  int64_t copy_ns = 0;   // this thread's CPU time on pass 1 and the sweep
+  int64_t follow_ns = 0;  // and on the follow log
 };
 
 // Maps N+1's slots that the copy of N's slots below `stop` (of `end`) will
@@ -486,6 +537,8 @@ void Writer::Impl::start_switch(const Schema& next) {
   sw->next = next;
   sw->to_of.assign(w.tables.size(), -1);
   sw->cursor.assign(w.tables.size(), 0);
+  sw->marked.resize(w.tables.size());
+  sw->swept.assign(w.tables.size(), 0);
   std::vector<uint64_t> seeds(next.tables.size(), 0);
   for (size_t t = 0; t < next.tables.size(); ++t) {
     const TableSpec& nt = next.tables[t];
@@ -602,6 +655,9 @@ void Writer::Impl::start_switch(const Schema& next) {
     const TableState& ts = w.tables[static_cast<size_t>(st.from)];
     max_words = std::max(max_words, ts.geo.slot_words);
     sw->total += ts.geo.slot_count;
+    if (!st.agg.enabled()) {
+      sw->marked[static_cast<size_t>(st.from)].assign((ts.geo.slot_count + 64 * kMarkSlots - 1) / (64 * kMarkSlots), 0);
+    }
     const TableSpec& spec = next.tables[t];
     for (uint32_t f = 0; f < st.desc->field_count; ++f) {
       const FieldDescriptor& to = field_descriptor(base, *st.desc, f);
@@ -643,6 +699,7 @@ void Writer::Impl::start_switch(const Schema& next) {
   sw->step_end_mono_ns = sw->started_mono_ns;
   sw->step_end_cpu_ns = thread_cpu_ns();
   sw->step_end_updates = sync::load_relaxed(w.header->updates_applied);
+  sw->step_end_waits = thread_waits();
   sw->file_base = base;
   // N+1's pages, front to back, on the pager's thread; into 2 MiB pages
   // where the writer's huge-page policy collapses the segment's own
@@ -671,21 +728,30 @@ void Writer::grow(uint32_t table, uint64_t capacity) {
   begin_switch(next);
 }
 
-// The paced step's slot budget: the copy's share of the writer thread's
-// time since the last step (kSwitchShare of its CPU time, and half of the
-// rest when it applied no update meanwhile), at the cost per slot measured
-// so far.
-// `drain_ns`: what this step spent copying the follow log, taken from it.
-uint64_t Writer::Impl::paced_budget(int64_t now_mono, int64_t now_cpu, int64_t drain_ns) const {
-  const Switch& sw = *next_gen;
+// The paced step's budget, in units of work: the copy's share of the
+// writer thread's time since the last step (kSwitchShare of its CPU time,
+// and half of the rest when it applied no update meanwhile) added to the
+// balance, at the cost per unit measured so far. `drain_ns`: what this step
+// spent on the follow log, which is not the copy's and not the thread's
+// time outside the steps either.
+uint64_t Writer::Impl::paced_budget(int64_t now_mono, int64_t now_cpu, int64_t drain_ns) {
+  Switch& sw = *next_gen;
   const auto busy = static_cast<double>(std::max<int64_t>(0, now_cpu - drain_ns - sw.step_end_cpu_ns));
   const auto wall = static_cast<double>(std::max<int64_t>(0, now_mono - drain_ns - sw.step_end_mono_ns));
+  // Idle: no update applied and the thread waited (a voluntary context
+  // switch: it slept on its messages). Otherwise the time it was not running
+  // was taken by other threads (a loaded machine), not the writer's to give.
   const bool updated = sync::load_relaxed(header->updates_applied) != sw.step_end_updates;
-  const double idle = updated ? 0.0 : std::max(0.0, wall - busy);
-  const double allowed_ns = busy * kSwitchShare / (1 - kSwitchShare) + idle / 2 - static_cast<double>(drain_ns);
-  const double slots = allowed_ns / std::max(sw.ns_per_slot, 1.0);
-  if (!(slots > static_cast<double>(kPacedMinSlots))) return kPacedMinSlots;
-  return slots >= static_cast<double>(kPacedMaxSlots) ? kPacedMaxSlots : static_cast<uint64_t>(slots);
+  const bool waited = thread_waits() != sw.step_end_waits;
+  const double idle = updated || !waited ? 0.0 : std::max(0.0, wall - busy);
+  const double per_unit = std::max(sw.ns_per_slot, 1.0);
+  // A long pause earns no more than one full step: the balance is not a
+  // store of copying to spend later in a burst.
+  const double cap = static_cast<double>(kPacedMaxSlots) * per_unit;
+  sw.credit_ns = std::min(cap, sw.credit_ns + busy * kSwitchShare / (1 - kSwitchShare) + idle / 2);
+  const double units = sw.credit_ns / per_unit;
+  if (!(units > static_cast<double>(kPacedMinSlots))) return kPacedMinSlots;
+  return units >= static_cast<double>(kPacedMaxSlots) ? kPacedMaxSlots : static_cast<uint64_t>(units);
 }
 
 bool Writer::switch_step() { return impl_->step(0, true); }
@@ -696,44 +762,52 @@ bool Writer::Impl::step(uint64_t slot_budget, bool paced) {
   Impl& w = *this;
   if (!w.next_gen) return true;
   const int64_t cpu0 = thread_cpu_ns();
-  // Rows updated since the last step first: before the copy moves on, so
-  // each is copied where an immediate copy would have been.
+  // Rows logged since the last step first: before the copy or the sweep
+  // moves on, so each is copied where an immediate copy would have been.
   if (!w.drain_follow_log()) return true;  // abandoned
   Impl::Switch& sw = *w.next_gen;
   const int64_t cpu1 = thread_cpu_ns();
   if (paced) slot_budget = w.paced_budget(now_mono_ns(), cpu1, cpu1 - cpu0);
-  const uint64_t copied_before = sw.copied;
+  const uint64_t budget_given = slot_budget;
   while (sw.walking < w.tables.size() && slot_budget > 0) {
     const uint32_t t = sw.walking;
     const uint64_t end = sw.to_of[t] < 0 ? 0 : w.tables[t].geo.slot_count;
     uint64_t& at = sw.cursor[t];
+    if (at >= end) {  // pass 2: the sweep of the rows marked during pass 1 and since
+      if (!sw.marked[t].empty() && !w.sweep_marked(t, &slot_budget)) return true;  // abandoned
+      if (sw.marked[t].empty() || sw.swept[t] >= end) {
+        sw.swept[t] = end;
+        ++sw.walking;
+      }
+      continue;
+    }
     const uint64_t before = at;
     const uint64_t stop = end - at > slot_budget ? at + slot_budget : end;
-    if (at < stop) {
-      Impl::Switch::Table& to = sw.tables[static_cast<size_t>(sw.to_of[t])];
-      const auto slots_at = static_cast<uint64_t>(reinterpret_cast<char*>(to.slots) - sw.file_base);
-      const uint64_t populated = w.pager->populated();
-      map_ahead(to, stop, end, populated > slots_at ? populated - slots_at : 0);
-    }
+    Impl::Switch::Table& to = sw.tables[static_cast<size_t>(sw.to_of[t])];
+    const auto slots_at = static_cast<uint64_t>(reinterpret_cast<char*>(to.slots) - sw.file_base);
+    const uint64_t populated = w.pager->populated();
+    map_ahead(to, stop, end, populated > slots_at ? populated - slots_at : 0);
     for (; at < stop; ++at) {
       if (at + kCopyAhead < end) w.prefetch_copy(t, at + kCopyAhead);
       if (!w.copy_to_next(t, at)) return true;  // abandoned
     }
     sw.copied += at - before;
     slot_budget -= at - before;
-    if (at >= end) {
-      at = end;
-      ++sw.walking;
-    }
   }
-  // The cost per slot of this slice, for the next paced budget.
+  // The cost per unit of this slice, for the next paced budget, and the
+  // balance it spent.
   const int64_t cpu2 = thread_cpu_ns();
-  if (const uint64_t n = sw.copied - copied_before; n >= 64) {
+  const uint64_t n = budget_given - slot_budget;
+  sw.copy_ns += cpu2 - cpu1;
+  sw.follow_ns += cpu1 - cpu0;
+  if (n >= 64) {
     sw.ns_per_slot = 0.75 * sw.ns_per_slot + 0.25 * static_cast<double>(cpu2 - cpu1) / static_cast<double>(n);
   }
+  sw.credit_ns -= static_cast<double>(cpu2 - cpu1);
   sw.step_end_mono_ns = now_mono_ns();
   sw.step_end_cpu_ns = cpu2;
   sw.step_end_updates = sync::load_relaxed(w.header->updates_applied);
+  sw.step_end_waits = thread_waits();
   writer::crash_point(CrashPoint::kSwitch);
   if (sw.walking < w.tables.size()) return false;
   w.publish_next();
@@ -766,6 +840,8 @@ SwitchProgress Writer::switch_progress() const {
     p.slots_copied = impl_->next_gen->copied;
     p.slots_total = impl_->next_gen->total;
     p.started_mono_ns = impl_->next_gen->started_mono_ns;
+    p.copy_cpu_ns = impl_->next_gen->copy_ns;
+    p.follow_cpu_ns = impl_->next_gen->follow_ns;
   }
   return p;
 }
@@ -816,11 +892,19 @@ void Writer::Impl::switch_follow_slot(uint32_t table, uint64_t slot) {
     copy_to_next(table, slot);  // the state block is not in the logged words: now
     return;
   }
+  const TableState& ts = tables[table];
+  const Word* s = ts.slot(slot);
+  // A live row the sweep has still to pass: marked, the sweep copies it as
+  // it is then. Not a tombstone: its slot may go to another key before the
+  // sweep comes (the header comment).
+  if (slot >= sw.swept[table] && meta_state(sync::load_relaxed(s[kSlotMetaWord])) == SlotState::kLive) {
+    const uint64_t mark = slot / kMarkSlots;
+    sw.marked[table][mark / 64] |= uint64_t{1} << (mark % 64);
+    return;
+  }
   // Logged, copied at the next step (drain_follow_log). The slot was just
   // written, so its words are in cache; an empty slot is logged too, as the
   // copy of it would be: it copies nothing.
-  const TableState& ts = tables[table];
-  const Word* s = ts.slot(slot);
   std::vector<uint64_t>& log = sw.follow_log;
   const size_t at = log.size();
   log.resize(at + 2 + ts.geo.slot_words);
@@ -828,6 +912,38 @@ void Writer::Impl::switch_follow_slot(uint32_t table, uint64_t slot) {
   log[at + 1] = slot;
   for (uint32_t i = 0; i < ts.geo.slot_words; ++i) log[at + 2 + i] = sync::load_relaxed(s[i]);
   if (log.size() >= kFollowLogWords) drain_follow_log();
+}
+
+bool Writer::Impl::sweep_marked(uint32_t table, uint64_t* budget) {
+  Switch& sw = *next_gen;
+  std::vector<uint64_t>& marks = sw.marked[table];
+  const uint64_t end = tables[table].geo.slot_count;
+  // A word of marks at a time (64 × kMarkSlots slots): its bits are cleared
+  // first, so a row marked again after its copy is taken again. The slots
+  // are read in order, as pass 1 reads them, and their rows of N+1 are
+  // about in order too (a row lands near s × N+1's slots / N's), with the
+  // next ones prefetched. The sweep's place moves by whole words.
+  constexpr uint64_t kWordSlots = 64 * kMarkSlots;
+  uint64_t word = sw.swept[table] / kWordSlots;
+  uint64_t scanned = 0;
+  uint64_t slots = 0;
+  while (word < marks.size() && slots + scanned / kSweepWordsPerUnit < *budget) {
+    const uint64_t bits = std::exchange(marks[word], 0);
+    ++scanned;
+    for (uint64_t b = bits; b != 0; b &= b - 1) {
+      const uint64_t first = (word * 64 + static_cast<uint64_t>(std::countr_zero(b))) * kMarkSlots;
+      const uint64_t last = std::min(first + kMarkSlots, end);
+      for (uint64_t s = first; s < last; ++s) prefetch_copy(table, s);
+      for (uint64_t s = first; s < last; ++s) {
+        if (!copy_to_next(table, s)) return false;
+      }
+      slots += last - first;
+    }
+    ++word;
+  }
+  sw.swept[table] = std::min(word * kWordSlots, end);
+  *budget -= std::min(*budget, slots + scanned / kSweepWordsPerUnit);
+  return true;
 }
 
 // Copies the logged rows into N+1 in the order they were logged, the N+1

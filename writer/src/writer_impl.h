@@ -302,12 +302,16 @@ struct Writer::Impl {
   void start_switch(const layout::Schema& next);
   void switch_follow(uint32_t table, std::string_view key);
   // The same for slot `slot`, changed by other than an update (a refresh).
+  // A live row is marked to copy again at the sweep, a tombstone is logged.
   void switch_follow_slot(uint32_t table, uint64_t slot);
   // `image`: the slot's words as logged (switch_follow_slot), else read from
   // the slot.
   bool copy_to_next(uint32_t table, uint64_t slot, const uint64_t* image = nullptr);
   bool drain_follow_log();
-  uint64_t paced_budget(int64_t now_mono_ns, int64_t now_cpu_ns, int64_t drain_ns) const;
+  // Copies the marked rows of table `table` from the sweep's place on, for
+  // at most `*budget` units of work (taken from it). False when abandoned.
+  bool sweep_marked(uint32_t table, uint64_t* budget);
+  uint64_t paced_budget(int64_t now_mono_ns, int64_t now_cpu_ns, int64_t drain_ns);
   // Writer::switch_step: `paced`, the budget is paced_budget's.
   bool step(uint64_t slot_budget, bool paced);
   void end_switch();

@@ -123,6 +123,11 @@ struct SwitchProgress {
   uint64_t slots_copied = 0;  // of the switch in progress: slots of the current generation visited
   uint64_t slots_total = 0;
   int64_t started_mono_ns = 0;
+  // Of the switch in progress: the writer thread's CPU time in switch_step
+  // on the copy (both passes) and on the follow log (docs/design.md,
+  // "Generations").
+  int64_t copy_cpu_ns = 0;
+  int64_t follow_cpu_ns = 0;
   uint64_t switches = 0;         // switches this writer published
   int64_t last_duration_ns = 0;  // the last published switch, begin to publish
   std::string last_error;        // why the last switch was refused or abandoned ("": none was)
@@ -443,11 +448,12 @@ class Writer {
   // fails; the current generation keeps serving.
   static constexpr uint64_t kSwitchStepSlots = 16384;
   bool switch_step(uint64_t slot_budget);
-  // switch_step() paced to the writer's own work: the copy takes at most 8%
-  // of this thread's CPU time since the previous step (so updates keep 92%
-  // while they come back to back), plus half of the time it was not running
-  // when no update was applied meanwhile (idle between messages), at least
-  // 64 slots a step so that a switch always ends (docs/design.md,
+  // switch_step() paced to the writer's own work: the copy takes 8% of this
+  // thread's CPU time (so updates keep 92% while they come back to back),
+  // plus half of the time it was not running when no update was applied
+  // meanwhile and it waited (idle between messages), at least 16 slots a
+  // step so that a switch always ends; the rows updates logged behind the
+  // copy are copied first, on top of that share (docs/design.md,
   // "Generations"). Call it between updates as often as convenient: after
   // each bulk of messages.
   bool switch_step();
