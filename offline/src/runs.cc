@@ -223,7 +223,6 @@ void load_run_file(const std::string& path, uint64_t bytes, std::vector<char>& f
     done += static_cast<size_t>(n);
   }
   ::close(fd);
-
 }
 
 bool scan_record(const char* data, size_t size, size_t at, uint32_t tables, size_t* length, uint32_t* table,
