@@ -16,9 +16,9 @@
 // refused event with --strict); 2 bad usage or config.
 //
 // Threading: one thread.
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <simdjson.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -986,9 +986,21 @@ uint64_t parse_size(const std::string& text, const char* option) {
   uint64_t unit = 1;
   if (ec == std::errc() && p + 1 == end) {
     switch (*p) {
-      case 'k': case 'K': unit = uint64_t{1} << 10; ++p; break;
-      case 'm': case 'M': unit = uint64_t{1} << 20; ++p; break;
-      case 'g': case 'G': unit = uint64_t{1} << 30; ++p; break;
+      case 'k':
+      case 'K':
+        unit = uint64_t{1} << 10;
+        ++p;
+        break;
+      case 'm':
+      case 'M':
+        unit = uint64_t{1} << 20;
+        ++p;
+        break;
+      case 'g':
+      case 'G':
+        unit = uint64_t{1} << 30;
+        ++p;
+        break;
       default: break;
     }
   }
@@ -1155,9 +1167,9 @@ struct NotByKey {
 
 // A step of the key-by-key replay: an update of a run or a spine read.
 struct Step {
-  uint64_t hash;   // hash_key(key, the table's seed)
-  int64_t time;    // arrival, or the read's instant
-  uint64_t tag;    // kRead | spine row, or the update's index in the run
+  uint64_t hash;  // hash_key(key, the table's seed)
+  int64_t time;   // arrival, or the read's instant
+  uint64_t tag;   // kRead | spine row, or the update's index in the run
   uint32_t table;
 };
 constexpr uint64_t kRead = uint64_t{1} << 63;
@@ -1373,7 +1385,8 @@ int run(const Options& o) {
     eo.partition = i;
     eo.partitions = n;
   }
-  if (o.order != "key" && o.order != "arrival") throw UsageError(fmt::format("--order {}: say key or arrival", o.order));
+  if (o.order != "key" && o.order != "arrival")
+    throw UsageError(fmt::format("--order {}: say key or arrival", o.order));
   parse_size(o.memory, "--memory");
   std::unique_ptr<Engine> engine;
   try {

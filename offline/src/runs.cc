@@ -2,6 +2,7 @@
 #include "runs.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,8 +13,6 @@
 #include <filesystem>
 #include <stdexcept>
 #include <system_error>
-
-#include <fmt/format.h>
 
 namespace larder::offline {
 
@@ -32,7 +31,8 @@ std::string errno_text(int e) { return std::error_code(e, std::system_category()
 }
 
 inline uint16_t narrow16(size_t n, const char* what) {
-  if (n > UINT16_MAX) [[unlikely]] too_large(n, what);
+  if (n > UINT16_MAX) [[unlikely]]
+    too_large(n, what);
   return static_cast<uint16_t>(n);
 }
 
@@ -206,9 +206,9 @@ void load_run_file(const std::string& path, uint64_t bytes, std::vector<char>& f
   if (::fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) != bytes) {
     const uint64_t size = static_cast<uint64_t>(st.st_size);
     ::close(fd);
-    throw std::runtime_error(fmt::format(
-        "run file {} holds {} bytes, {} were written: it was changed or truncated (is --temp-dir shared?)", path, size,
-        bytes));
+    throw std::runtime_error(
+        fmt::format("run file {} holds {} bytes, {} were written: it was changed or truncated (is --temp-dir shared?)",
+                    path, size, bytes));
   }
   file.resize(bytes);
   size_t done = 0;

@@ -85,12 +85,12 @@ class RunWriter {
 // Run files read back. Several may be read into one RunData (runs of
 // neighbouring hash ranges replayed together); seal() then makes the spans.
 struct RunData {
-  std::vector<std::vector<char>> files;     // the files' bytes; keys and strings point into them
+  std::vector<std::vector<char>> files;      // the files' bytes; keys and strings point into them
   size_t files_used = 0;                     // files[0, files_used) hold the runs read since clear()
   std::vector<Replay::DecodedEvent> events;  // in the order added, file after file
   std::vector<FieldValue> values;            // events' values point into these
   std::vector<SourceValue> sources;
-  std::vector<float> floats;                 // vector values, aligned
+  std::vector<float> floats;  // vector values, aligned
   // Per event: its first value, value count, first source, source count.
   std::vector<std::array<size_t, 4>> firsts;
   std::vector<std::pair<size_t, size_t>> vector_at;  // (value, first float) of vector values

@@ -73,10 +73,9 @@ class BackfillOrder : public ::testing::Test {
   }
   larder::testing::CommandRun backfill(const std::string& events, const std::string& spine, const std::string& out,
                                        const std::string& extra = "", const std::string& config = "larder.yaml") const {
-    return larder::testing::run_command(std::string(LARDER_BACKFILL_PATH) + " --config " + path(config) +
-                                        " --events " + events + " --spine " + path(spine) + " --out " + path(out) +
-                                        " --scratch-dir " + dir_.string() + " --temp-dir " + path("tmp") + " " +
-                                        extra);
+    return larder::testing::run_command(std::string(LARDER_BACKFILL_PATH) + " --config " + path(config) + " --events " +
+                                        events + " --spine " + path(spine) + " --out " + path(out) + " --scratch-dir " +
+                                        dir_.string() + " --temp-dir " + path("tmp") + " " + extra);
   }
   bool temp_dir_empty() const { return std::filesystem::is_empty(dir_ / "tmp"); }
 
@@ -122,7 +121,12 @@ void generate(uint64_t seed, int keys, bool ids, std::string* csv, std::string* 
         std::string country;
         int64_t clicks;
         bool wrong;
-      } e{key, t, del, amount, rng() % 3 != 0 ? kCountries[rng() % 4] : "", static_cast<int64_t>(rng() % 5),
+      } e{key,
+          t,
+          del,
+          amount,
+          rng() % 3 != 0 ? kCountries[rng() % 4] : "",
+          static_cast<int64_t>(rng() % 5),
           rng() % 250 == 0};
       return e;
     };

@@ -265,11 +265,12 @@ TEST_F(Backfill, PeakMemoryFollowsTheKeysNotTheNumberOfEvents) {
   generate("large.csv", 1'000'000);
   write("spine.csv", "key,timestamp\nuser1,1700000050000\nuser2,1700003600000\n");
   auto args = [&](const std::string& events, const std::string& order) {
-    return std::vector<std::string>{LARDER_BACKFILL_PATH, "--config",      path("larder.yaml"), "--events",
-                                    path(events),         "--spine",       path("spine.csv"),   "--out",
-                                    path("out.csv"),      "--scratch-dir", dir_.string(),       "--temp-dir",
-                                    dir_.string(),        "--order",       order,               "--memory",
-                                    "1M",                 "--quiet"};
+    return std::vector<std::string>{LARDER_BACKFILL_PATH, "--config",    path("larder.yaml"),
+                                    "--events",           path(events),  "--spine",
+                                    path("spine.csv"),    "--out",       path("out.csv"),
+                                    "--scratch-dir",      dir_.string(), "--temp-dir",
+                                    dir_.string(),        "--order",     order,
+                                    "--memory",           "1M",          "--quiet"};
   };
   const auto by_key = backfill(path("small.csv"), "spine.csv", "out.csv", "--memory 1M --temp-dir " + dir_.string());
   ASSERT_EQ(by_key.code, 0) << by_key.out;
@@ -291,7 +292,8 @@ TEST_F(Backfill, PeakMemoryFollowsTheKeysNotTheNumberOfEvents) {
       EXPECT_LT(static_cast<double>(large) / static_cast<double>(small), 1.2)
           << "peak RSS " << small << " KiB over 100k events, " << large << " KiB over 1M";
     } else {
-      EXPECT_LT(large - small, 8 * 1024) << "peak RSS " << small << " KiB over 100k events, " << large << " KiB over 1M";
+      EXPECT_LT(large - small, 8 * 1024) << "peak RSS " << small << " KiB over 100k events, " << large
+                                         << " KiB over 1M";
     }
   }
 }

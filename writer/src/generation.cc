@@ -387,8 +387,8 @@ struct Writer::Impl::Switch {
   static std::string plan_aggregate_carry(const TableSpec& ot, const TableSpec& nt, const writer::AggregateTable& from,
                                           Table& st);
 
-  std::vector<int> to_of;          // each table of N: its table in N+1, -1 when dropped
-  std::vector<uint64_t> cursor;    // each table of N: its slots below this are copied
+  std::vector<int> to_of;        // each table of N: its table in N+1, -1 when dropped
+  std::vector<uint64_t> cursor;  // each table of N: its slots below this are copied
   // Each table of N without aggregates: a bit per kMarkSlots slots, the
   // rows to copy again at the sweep (the copy passed them, an update
   // changed them), and the sweep's place (pass 2): its slots below this are
@@ -411,12 +411,12 @@ struct Writer::Impl::Switch {
   // thread's CPU time) and the copy's measured cost per slot.
   int64_t step_end_mono_ns = 0;
   int64_t step_end_cpu_ns = 0;
-  uint64_t step_end_updates = 0;  // the header's updates_applied then
-  int64_t step_end_waits = 0;     // this thread's voluntary context switches then
+  uint64_t step_end_updates = 0;         // the header's updates_applied then
+  int64_t step_end_waits = 0;            // this thread's voluntary context switches then
   double ns_per_slot = kFirstNsPerSlot;  // per unit: a slot of pass 1, a row of the sweep
-  double credit_ns = 0;  // the copy's time the share allows and it has not spent (< 0: overspent)
-  int64_t copy_ns = 0;   // this thread's CPU time on pass 1 and the sweep
-  int64_t follow_ns = 0;  // and on the follow log
+  double credit_ns = 0;                  // the copy's time the share allows and it has not spent (< 0: overspent)
+  int64_t copy_ns = 0;                   // this thread's CPU time on pass 1 and the sweep
+  int64_t follow_ns = 0;                 // and on the follow log
 };
 
 // Maps N+1's slots that the copy of N's slots below `stop` (of `end`) will

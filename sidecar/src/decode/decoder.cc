@@ -1548,7 +1548,8 @@ void UpdateBuilder::input_double(uint32_t input, double v) {
     fv.f64 = v;
     if (type == FieldType::kFloat32) {
       if (v > static_cast<double>(FLT_MAX) || v < -static_cast<double>(FLT_MAX)) {
-        ::larder::sidecar::reject(RejectReason::kOutOfRange, fmt::format("{}: {} is outside the float32 range", what, v));
+        ::larder::sidecar::reject(RejectReason::kOutOfRange,
+                                  fmt::format("{}: {} is outside the float32 range", what, v));
       }
       fv.f64 = static_cast<float>(v);
     }

@@ -325,7 +325,8 @@ class ProtobufDecoder final : public MessageDecoder {
         if (f.input_by_table[t] < 0) continue;
         std::vector<MemberInput>& dense = inputs_by_number_[t];
         if (dense.size() <= number) dense.resize(number + 1);
-        dense[number] = MemberInput{f.input_by_table[t], static_cast<uint16_t>(slot), f.read, static_cast<uint8_t>(f.wire)};
+        dense[number] =
+            MemberInput{f.input_by_table[t], static_cast<uint16_t>(slot), f.read, static_cast<uint8_t>(f.wire)};
       }
     }
   }
@@ -573,7 +574,8 @@ class ProtobufDecoder final : public MessageDecoder {
       case Read::kPackedDouble: {
         const std::string_view packed = bytes(c);
         const size_t width = read == Read::kPackedFloat ? 4 : 8;
-        if (packed.size() % width != 0) malformed(fmt::format("member \"{}\": packed length {}", f.name, packed.size()));
+        if (packed.size() % width != 0)
+          malformed(fmt::format("member \"{}\": packed length {}", f.name, packed.size()));
         builder_.vector_begin(in);
         if (width == 4) {
           builder_.vector_push_floats(packed.data(), packed.size() / 4);

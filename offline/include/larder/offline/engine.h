@@ -140,8 +140,7 @@ class Replay {
   // applied; a refused message is counted (rejected). decode_json:
   // *arrival_ms < 0 is set to the newest event time of the updates.
   sidecar::DecodeResult decode_json(std::string_view body, int64_t* arrival_ms, sidecar::DecodedBatch& batch);
-  sidecar::DecodeResult decode_built(int64_t now_ms, void (*walk)(void* ctx), void* ctx,
-                                     sidecar::DecodedBatch& batch);
+  sidecar::DecodeResult decode_built(int64_t now_ms, void (*walk)(void* ctx), void* ctx, sidecar::DecodedBatch& batch);
 
   // One update decoded before (decode_json, decode_built), in partition.
   struct DecodedEvent {
